@@ -1,0 +1,125 @@
+"""Contraction kernel family: index expressions lowered to BLAS GEMM and simple loops.
+
+Each term of a derived kernel ``out[idx] = Σ terms`` is recognized as one of
+- ``gemm``: Σ_k c·A[·,k]·B[k,·] (any index order -> transpose flags), via cython_blas;
+- ``loop``: a single array broadcast, copied or reduced into ``out`` (bias terms).
+Anything else is refused with the term named, rather than lowered wrongly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..derive.indexed import ContractionKernel, DerivedContraction
+from .config import DTYPES
+from .printer import print_expr
+from .render import render
+
+
+class LoweringError(ValueError):
+    pass
+
+
+@dataclass
+class Term:
+    coeff: sp.Expr
+    factors: list          # list[sp.Indexed]
+    sums: list             # summation index symbols
+
+
+def terms_of(expr: sp.Expr) -> list[Term]:
+    out = []
+    for t in sp.Add.make_args(expr):
+        sums = []
+        if isinstance(t, sp.Sum):
+            sums = [lim[0] for lim in t.limits]
+            t = t.function
+        factors = [f for f in sp.Mul.make_args(t) if isinstance(f, sp.Indexed)]
+        coeff = sp.Mul(*[f for f in sp.Mul.make_args(t) if not isinstance(f, sp.Indexed)])
+        if coeff.has(sp.Indexed) or coeff.free_symbols:
+            raise LoweringError(f"term {t} has a non-constant coefficient {coeff}")
+        out.append(Term(coeff, factors, sums))
+    return out
+
+
+def _gemm_op(k: ContractionKernel, t: Term) -> dict | None:
+    if len(t.factors) != 2 or len(t.sums) != 1 or len(k.out_indices) != 2:
+        return None
+    (r, c), (s,) = k.out_indices, t.sums
+    A, B = t.factors
+    if r not in A.indices:
+        A, B = B, A
+    if r not in A.indices or c not in B.indices or len(A.indices) != 2 or len(B.indices) != 2:
+        return None
+    if set(A.indices) != {r, s} or set(B.indices) != {s, c}:
+        return None
+    ta = A.indices == (s, r)
+    tb = B.indices == (c, s)
+    return {"kind": "gemm", "A": str(A.base), "B": str(B.base), "ta": int(ta), "tb": int(tb),
+            "M": str(r), "N": str(c), "K": str(s), "alpha": t.coeff,
+            "lda": str(A.indices[1]), "ldb": str(B.indices[1]), "ldc": str(c),
+            "arrays": [str(A.base), str(B.base)]}
+
+
+def _loop_op(k: ContractionKernel, t: Term) -> dict | None:
+    if len(t.factors) != 1:
+        return None
+    (A,) = t.factors
+    idx = set(A.indices)
+    if not set(k.out_indices) <= idx | set() and not idx <= set(k.out_indices) | set(t.sums):
+        return None
+    if not (idx - set(t.sums)) <= set(k.out_indices):
+        return None
+    # traverse in the larger array's memory order so the innermost loop is contiguous
+    big = A.indices if len(A.indices) >= len(k.out_indices) else k.out_indices
+    order = list(big) + [i for i in list(k.out_indices) + list(A.indices) if i not in big]
+    order = list(dict.fromkeys(order))
+    return {"kind": "loop", "A": str(A.base), "a_idx": [str(i) for i in A.indices],
+            "order": [str(i) for i in order], "alpha": t.coeff, "arrays": [str(A.base)]}
+
+
+def lower(k: ContractionKernel) -> list[dict]:
+    ops = []
+    for t in terms_of(k.expr):
+        op = _gemm_op(k, t) or _loop_op(k, t)
+        if op is None:
+            raise LoweringError(f"{k.name}: cannot lower term {t.coeff}*{t.factors} summed over {t.sums}")
+        ops.append(op)
+    ops.sort(key=lambda o: o["kind"] != "gemm")   # a GEMM first can assign (beta = 0)
+    for i, op in enumerate(ops):
+        op["assign"] = i == 0 and op["kind"] == "gemm"
+    return ops
+
+
+def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
+    ops = lower(k)
+    used = []
+    for op in ops:
+        for a in op["arrays"]:
+            if a not in used:
+                used.append(a)
+    rank = {}
+    for name, idx in list(d.spec.arrays.items()) + [("g", d.spec.out_indices)]:
+        rank[name] = idx
+        rank["R" + name] = idx
+    shapes = {a: [str(i) for i in rank[a]] for a in used}
+    shapes[k.out] = [str(i) for i in k.out_indices]
+    optional = [a for a in used if a.startswith("R")]
+    used = [a for a in used if a not in optional] + optional   # required arguments first
+    for op in ops:
+        op["alpha_c"] = {ct: print_expr(op["alpha"], ct) for ct, _, _ in DTYPES}
+        op["guard"] = [a for a in op["arrays"] if a in optional]
+        op["assign"] = op["assign"] and not op["guard"]
+    extents = list(dict.fromkeys(i for a in used + [k.out] for i in shapes[a]))
+    return {"name": k.name, "arrays": used, "out": k.out, "shapes": shapes, "ops": ops,
+            "optional": optional, "extents": extents, "any_assign": any(o["assign"] for o in ops),
+            "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
+
+
+def render_contraction_module(module: str, derived: list[DerivedContraction]) -> str:
+    kernels = [kernel_context(d, k) for d in derived for k in d.kernels]
+    specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
+    return render("contraction.pyx.j2", module=module, specs=specs, kernels=kernels,
+                  dtypes=DTYPES, doc="Contraction kernels (GEMM-lowered): "
+                  + ", ".join(s["name"] for s in specs) + ".")

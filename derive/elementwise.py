@@ -1,0 +1,144 @@
+"""Elementwise maps ``y = f(x; params)``: the spec and its derived products.
+
+From one SymPy expression this derives the forward map, f' and f'' in their cheapest
+numerically sound forms (possibly written with the saved output y), and the four kernel
+bodies every layer needs:
+
+====================  ==========================================
+forward               y = f(x)
+vjp (pullback)        ∂L/∂x = f'(x) · ḡ
+jvp (pushforward)     Ry = f'(x) · Rx
+rvjp (R-op backward)  R(∂L/∂x) = f''(x) · Rx · ḡ + f'(x) · R(ḡ)
+====================  ==========================================
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import sympy as sp
+
+from .cost import cse_cost, op_cost
+from .rewrite import (Choice, choose_form, clean_distributions, in_terms_of_output,
+                      inverse_candidates, _try)
+
+X, Y = sp.Symbol("x"), sp.Symbol("y")
+G, RX, RG = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be derived or compiled; the message names the spec."""
+
+
+@dataclass(frozen=True)
+class ElementwiseSpec:
+    """``name``: identifier; ``expr``: SymPy expression in ``var`` (and ``params``)."""
+    name: str
+    expr: sp.Basic
+    var: sp.Symbol
+    params: tuple = ()  # ((name, default), ...)
+    doc: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise SpecError(f"elementwise spec name {self.name!r} must be a Python identifier")
+        if not isinstance(self.expr, sp.Basic):
+            raise SpecError(f"spec {self.name!r}: expr must be a SymPy expression, got {type(self.expr).__name__}")
+        if not isinstance(self.var, sp.Symbol):
+            raise SpecError(f"spec {self.name!r}: var must be a sympy.Symbol, got {self.var!r}")
+        extra = self.expr.free_symbols - {self.var} - {sp.Symbol(p) for p, _ in self.params}
+        if extra:
+            raise SpecError(f"spec {self.name!r}: expression has unbound symbols "
+                            f"{sorted(map(str, extra))}; declare them as params")
+
+    @property
+    def canonical(self) -> sp.Basic:
+        """The expression in the canonical variable ``x``."""
+        return self.expr.subs(self.var, X) if self.var != X else self.expr
+
+    @property
+    def hash(self) -> str:
+        text = "|".join([self.name, sp.srepr(self.canonical), repr(self.params)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Kernel:
+    """One elementwise kernel: named outputs as expressions of array inputs and scalars."""
+    name: str
+    inputs: list[str]            # array arguments, in order
+    scalars: list[str]           # scalar arguments, in order
+    outputs: list[tuple[str, sp.Basic]]
+    inplace: dict = field(default_factory=dict)   # output name -> input name it overwrites
+
+    @cached_property
+    def cse(self):
+        cost, repl, reduced = cse_cost([e for _, e in self.outputs])
+        return cost, repl, reduced
+
+    @property
+    def cost(self) -> int:
+        return self.cse[0]
+
+
+@dataclass
+class DerivedElementwise:
+    spec: ElementwiseSpec
+    forward: Choice
+    d1: Choice
+    d2: Choice
+    kernels: list[Kernel]
+
+    @property
+    def name(self):
+        return self.spec.name
+
+    def op_counts(self) -> dict:
+        """Weighted op counts of f, f', f'' before (textbook) and after rewriting."""
+        return {k: {"before": c.cost_before, "after": c.cost_after}
+                for k, c in (("f", self.forward), ("f'", self.d1), ("f''", self.d2))}
+
+
+def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], params) -> Kernel:
+    used = set().union(*(e.free_symbols for _, e in outputs)) if outputs else set()
+    inputs = [s for s in order if sp.Symbol(s) in used]
+    scalars = [p for p, _ in params if sp.Symbol(p) in used]
+    return Kernel(name=name, inputs=inputs, scalars=scalars, outputs=outputs)
+
+
+def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
+    """Derive f, f', f'' and the kernel bodies for ``spec`` (SymPy only)."""
+    params = {sp.Symbol(p): float(v) for p, v in spec.params}
+    f = spec.canonical
+    try:
+        d1_raw = clean_distributions(sp.diff(f, X))
+        d2_raw = clean_distributions(sp.diff(d1_raw, X))
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"spec {spec.name!r}: SymPy cannot differentiate {f}: {exc}") from exc
+    if d1_raw.has(sp.Derivative) or d2_raw.has(sp.Derivative):
+        raise SpecError(f"spec {spec.name!r}: derivative of {f} is not in closed form ({d1_raw})")
+
+    fwd = choose_form(f, [], X, None, None, params)
+    inverses = inverse_candidates(f, X, Y) if not f.has(sp.Piecewise, sp.Max, sp.Min) else []
+    chosen = {}
+    for key, raw in (("d1", d1_raw), ("d2", d2_raw)):
+        cands = [c for c in (_try(lambda raw=raw: sp.simplify(raw)),
+                             _try(lambda raw=raw: sp.factor(raw)),
+                             _try(lambda raw=raw: sp.powsimp(sp.expand(raw))))
+                 if c is not None]
+        ycands = []
+        for c in [raw] + cands:
+            ycands += in_terms_of_output(c, f, X, Y, inverses)
+        chosen[key] = choose_form(raw, cands + ycands, X, Y, fwd.chosen, params)
+    d1, d2 = chosen["d1"].chosen, chosen["d2"].chosen
+
+    order = ["x", "y", "g", "Rx", "Rg"]
+    n = spec.name
+    kernels = [
+        _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params),
+        _kernel(f"{n}_vjp", [("gx", G * d1)], order, spec.params),
+        _kernel(f"{n}_jvp", [("Ry", d1 * RX)], order, spec.params),
+        _kernel(f"{n}_rvjp", [("Rgx", d2 * RX * G + d1 * RG)], order, spec.params),
+    ]
+    return DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)

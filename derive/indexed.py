@@ -1,0 +1,185 @@
+"""Indexed (Einstein-style) layer specs and their derived VJPs/JVPs.
+
+A contraction layer is written the way a textbook writes it, e.g. the dense layer
+``y[n,o] = Σ_i x[n,i]·W[o,i] + b[o]``. Its pullbacks come from differentiating
+``L = Σ_{n,o} ḡ[n,o]·y[n,o]`` with respect to one array element; SymPy returns sums of
+``KroneckerDelta`` under range guards, which :func:`resolve_deltas` collapses (a
+delta over a summation variable substitutes that variable and removes the sum).
+Affine, non-trivial index maps (strided convolution) are deliberately *not* resolved
+here: SymPy drops their divisibility condition, so they raise instead of going wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+EPS = sp.Symbol("epsilon")
+
+
+def R(name: str) -> str:
+    """Name of the R-operator (direction) array of ``name``: x -> Rx."""
+    return "R" + name
+
+
+@dataclass(frozen=True)
+class ContractionSpec:
+    """``output[out_indices] = expr`` over named input and parameter arrays."""
+    name: str
+    output: str
+    out_indices: tuple
+    expr: sp.Expr
+    inputs: dict          # array name -> canonical index tuple (data flowing through)
+    params: dict          # array name -> canonical index tuple (trainable)
+    extents: dict         # index symbol -> extent symbol
+    doc: str = ""
+
+    @property
+    def arrays(self) -> dict:
+        return {**self.inputs, **self.params}
+
+    @property
+    def hash(self) -> str:
+        text = "|".join([self.name, sp.srepr(self.expr), repr(sorted(self.arrays.items(), key=str))])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def base(self, name: str) -> sp.IndexedBase:
+        return sp.IndexedBase(name)
+
+
+def _strip_range_guards(expr: sp.Basic) -> sp.Basic:
+    """``Piecewise((a, lo <= i <= hi), (0, True)) -> a``: indices we differentiate by are
+    in range by construction."""
+    def is_guard(e):
+        return (isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[1].expr == 0
+                and e.args[1].cond == sp.true
+                and all(s.is_integer for s in e.args[0].cond.free_symbols))
+    return expr.replace(is_guard, lambda e: e.args[0].expr)
+
+
+def _expand(e: sp.Basic) -> sp.Basic:
+    """Distribute products over sums only (keep exp(a + b) and log(ab) intact)."""
+    return sp.expand(e, power_exp=False, power_base=False, log=False)
+
+
+def _flatten(term: sp.Basic, limits: list) -> sp.Basic:
+    """a·Σ_j b  under Σ_i  ->  Σ_{i,j} a·b (bound names are distinct by construction)."""
+    factors = sp.Mul.make_args(term)
+    inner = [f for f in factors if isinstance(f, sp.Sum)]
+    if not inner:
+        return sp.Sum(term, *limits) if limits else term
+    rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.Sum)])
+    body, lims = rest, list(limits)
+    for s in inner:
+        body, lims = body * s.function, lims + list(s.limits)
+    return split_sums(sp.Sum(body, *lims))
+
+
+def split_sums(expr: sp.Basic) -> sp.Basic:
+    """Sums of products of indexed terms: Σ(a + b) -> Σa + Σb, nested sums flattened."""
+    def split(e):
+        body = _expand(e.function)
+        return sp.Add(*[_flatten(t, list(e.limits)) for t in sp.Add.make_args(body)])
+    return _expand(expr.replace(lambda e: isinstance(e, sp.Sum), split))
+
+
+def resolve_deltas(expr: sp.Basic) -> sp.Basic:
+    """Collapse ``Σ_k δ(k, j)·f(k) -> f(j)`` for summation variables k (dense index maps)."""
+    expr = split_sums(_strip_range_guards(expr))
+
+    def collapse(s: sp.Sum):
+        body, limits = s.function, list(s.limits)
+        changed = True
+        while changed:
+            changed = False
+            for d in body.atoms(sp.KroneckerDelta):
+                a, b = d.args
+                for var, other in ((a, b), (b, a)):
+                    lim = next((l for l in limits if l[0] == var), None)
+                    if lim is not None and isinstance(var, sp.Symbol):
+                        body = body.subs(d, 1).subs(var, other)
+                        limits.remove(lim)
+                        changed = True
+                        break
+                if changed:
+                    break
+        return sp.Sum(body, *limits) if limits else body
+
+    out = _expand(expr.replace(lambda e: isinstance(e, sp.Sum), collapse))
+    if out.has(sp.KroneckerDelta):
+        raise NotImplementedError(
+            f"cannot resolve {out.atoms(sp.KroneckerDelta)}: an affine index map needs "
+            "the adjoint-map rule, not SymPy's delta substitution")
+    return out
+
+
+def _rename_bound(expr: sp.Basic, taken: set) -> sp.Basic:
+    """Rename summation variables that clash with free indices (readability only)."""
+    def fix(s):
+        new_limits, body = [], s.function
+        for lim in s.limits:
+            v = lim[0]
+            if v in taken:
+                nv = sp.Symbol(str(v) + "'", integer=True)
+                body = body.subs(v, nv)
+                lim = (nv,) + tuple(lim[1:])
+            new_limits.append(lim)
+        return sp.Sum(body, *new_limits)
+    return expr.replace(lambda e: isinstance(e, sp.Sum), fix)
+
+
+def directional(expr: sp.Basic, names: list[str]) -> sp.Basic:
+    """Directional derivative (R-operator) of ``expr`` w.r.t. the arrays ``names``."""
+    def is_arr(e):
+        return isinstance(e, sp.Indexed) and str(e.base) in names
+    pert = expr.replace(is_arr, lambda e: e + EPS * sp.IndexedBase(R(str(e.base)))[e.indices])
+    return split_sums(sp.diff(pert, EPS).subs(EPS, 0))
+
+
+@dataclass
+class ContractionKernel:
+    """One kernel of a contraction layer: ``out[indices] = expr``."""
+    name: str
+    out: str
+    out_indices: tuple
+    expr: sp.Expr
+
+
+@dataclass
+class DerivedContraction:
+    spec: ContractionSpec
+    forward: ContractionKernel
+    vjps: dict = field(default_factory=dict)     # wrt name -> kernel
+    jvp: ContractionKernel | None = None
+    rvjps: dict = field(default_factory=dict)    # wrt name -> kernel
+
+    @property
+    def kernels(self) -> list[ContractionKernel]:
+        return [self.forward, *self.vjps.values(), self.jvp, *self.rvjps.values()]
+
+
+def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
+    """Derive the forward, pullbacks, pushforward and R-op pullbacks of ``spec``."""
+    g = sp.IndexedBase("g")
+    out_idx = spec.out_indices
+    limits = [(i, 0, spec.extents[i] - 1) for i in out_idx]
+    loss = sp.Sum(g[out_idx] * spec.expr, *limits)
+    fresh_map = {}
+    d = DerivedContraction(spec=spec, forward=ContractionKernel(
+        f"{spec.name}_forward", spec.output, out_idx, split_sums(spec.expr)))
+    for name, idx in spec.arrays.items():
+        fresh = tuple(sp.Symbol(f"{i}_", integer=True) for i in idx)
+        fresh_map[name] = fresh
+        raw = resolve_deltas(sp.diff(loss, sp.IndexedBase(name)[fresh]))
+        # back to the array's canonical index names
+        raw = _rename_bound(raw, set(idx))
+        expr = raw.xreplace(dict(zip(fresh, idx)))
+        d.vjps[name] = ContractionKernel(f"{spec.name}_vjp_{name}", "g" + name, idx, expr)
+    differentiable = list(spec.arrays)
+    d.jvp = ContractionKernel(f"{spec.name}_jvp", R(spec.output), out_idx,
+                              directional(spec.expr, differentiable))
+    for name, k in d.vjps.items():
+        d.rvjps[name] = ContractionKernel(f"{spec.name}_rvjp_{name}", R(k.out), k.out_indices,
+                                          directional(k.expr, differentiable + ["g"]))
+    return d

@@ -1,0 +1,113 @@
+"""Loss specs: per-sample losses, their gradients and Hessian-vector terms, derived.
+
+Softmax cross-entropy is written with the log-sum-exp shift ``m`` (the row max) as a
+free symbol; the derivation checks ∂ℓ/∂m = 0 (so any shift is exact) and that the
+gradient reduces to ``p − onehot`` with ``p = softmax(z)``. Losses average over the
+batch; MSE averages over all elements (as ``torch.nn.functional.mse_loss``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import sympy as sp
+
+from .indexed import resolve_deltas
+from .elementwise import SpecError
+
+j, k, l_ = sp.symbols("j k l", integer=True)
+K = sp.Symbol("K", integer=True, positive=True)
+z, t, v, p = (sp.IndexedBase(s) for s in ("z", "t", "v", "p"))
+m, S, s_dot, zt = sp.symbols("m S s z_t")
+
+
+@dataclass
+class SoftmaxCrossEntropyDerivation:
+    """Per-row expressions for the softmax cross-entropy kernel family."""
+    definition: sp.Expr        # ℓ(z; t) with shift m
+    shift_derivative: sp.Expr  # ∂ℓ/∂m, must be 0
+    grad_raw: sp.Expr          # ∂ℓ/∂z_j as SymPy derives it
+    grad: sp.Expr              # in p: p_j − t_j
+    hvp_raw: sp.Expr
+    hvp: sp.Expr               # in p and s = Σ_l p_l v_l
+    # scalar forms the kernel prints (element symbols without indices)
+    row_loss: sp.Expr          # m + log(S) − z_t
+    exp_term: sp.Expr          # exp(z − m)
+    grad_elem: sp.Expr         # p − t
+    hvp_elem: sp.Expr          # p·(v − s)
+    name: str = "softmax_cross_entropy"
+
+    @property
+    def hash(self):
+        return hashlib.sha256(sp.srepr(self.definition).encode()).hexdigest()[:16]
+
+
+def _name_normalizer(expr: sp.Expr, Ssum: sp.Expr) -> sp.Expr:
+    """Replace every sum that is a constant multiple of the normalizer Σ_k exp(z_k − m) by c·S."""
+    def repl(e):
+        ratio = sp.powsimp(e.function / Ssum.function)
+        return ratio * S if not ratio.has(k) and e.limits == Ssum.limits else e
+    return expr.replace(lambda e: isinstance(e, sp.Sum), repl)
+
+
+def _to_p(expr: sp.Expr, Ssum: sp.Expr) -> sp.Expr:
+    """Rewrite exp(z_i − m) as p_i·S and the normalizer sum as S."""
+    expr = _name_normalizer(expr, Ssum)
+    expr = expr.replace(
+        lambda e: isinstance(e, sp.exp) and isinstance(e.args[0], sp.Add)
+        and any(isinstance(a, sp.Indexed) and a.base == z for a in e.args[0].args),
+        lambda e: p[[a for a in e.args[0].args if isinstance(a, sp.Indexed)][0].indices] * S)
+    return sp.expand(expr, power_exp=False, log=False)
+
+
+def derive_softmax_cross_entropy() -> SoftmaxCrossEntropyDerivation:
+    Ssum = sp.Sum(sp.exp(z[k] - m), (k, 0, K - 1))
+    loss = m + sp.log(Ssum) - sp.Sum(t[k] * z[k], (k, 0, K - 1))
+    dm = sp.simplify(_name_normalizer(resolve_deltas(sp.diff(loss, m)), Ssum))
+    if dm != 0:
+        raise SpecError(f"softmax_cross_entropy: shift derivative is {dm}, not 0")
+    grad_raw = resolve_deltas(sp.diff(loss, z[j]))
+    grad = _to_p(grad_raw, Ssum)
+    if sp.simplify(grad - (p[j] - t[j])) != 0:
+        raise SpecError(f"softmax_cross_entropy: gradient {grad} did not reduce to p − onehot")
+    hvp_raw = resolve_deltas(sp.Sum(sp.diff(grad_raw, z[l_]) * v[l_], (l_, 0, K - 1)))
+    hvp = _to_p(hvp_raw, Ssum)
+    dots = [e for e in hvp.atoms(sp.Sum)]
+    hvp_s = hvp
+    for d in dots:  # Σ_l p_l v_l is the one row reduction the kernel computes
+        dep = sp.Mul(*[f for f in sp.Mul.make_args(d.function) if f.has(l_)])
+        if dep == p[l_] * v[l_]:
+            hvp_s = hvp_s.subs(d, (d.function / dep) * s_dot)
+    if hvp_s.has(sp.Sum):
+        raise SpecError(f"softmax_cross_entropy: HVP {hvp} has an unrecognized reduction")
+    pe, te, ve = sp.symbols("p t v")
+    elem = {p[j]: pe, t[j]: te, v[j]: ve}
+    return SoftmaxCrossEntropyDerivation(
+        definition=loss, shift_derivative=dm, grad_raw=grad_raw, grad=grad,
+        hvp_raw=hvp_raw, hvp=hvp,
+        row_loss=m + sp.log(S) - zt, exp_term=sp.exp(sp.Symbol("z") - m),
+        grad_elem=grad.xreplace(elem), hvp_elem=sp.factor(hvp_s.xreplace(elem)))
+
+
+@dataclass
+class PointwiseLossDerivation:
+    """ℓ = scale · Σ e(a, t) over all elements; gradient and (diagonal) Hessian terms."""
+    name: str
+    elem: sp.Expr
+    grad_elem: sp.Expr
+    hess_elem: sp.Expr
+
+    @property
+    def hash(self):
+        return hashlib.sha256((self.name + sp.srepr(self.elem)).encode()).hexdigest()[:16]
+
+
+def derive_pointwise_loss(name: str, elem: sp.Expr) -> PointwiseLossDerivation:
+    a = sp.Symbol("a")
+    g = sp.factor(sp.diff(elem, a))
+    return PointwiseLossDerivation(name=name, elem=elem, grad_elem=g, hess_elem=sp.diff(g, a))
+
+
+def mse() -> PointwiseLossDerivation:
+    a, tt = sp.symbols("a t")
+    return derive_pointwise_loss("mse", (a - tt) ** 2)

@@ -1,0 +1,229 @@
+"""Cost-aware, stability-checked rewriting of scalar expressions.
+
+``sympy.simplify`` optimizes for size, not cost or stability (it turns σ' into
+``1/(4cosh²(x/2))`` and keeps ``log(1 + exp(x))``, which loses everything below
+x ≈ -37). Here a rewrite is a *candidate*: every candidate is evaluated in float32 and
+float64 on a grid of points against a 50-digit mpmath reference of the textbook form,
+candidates with more bad points than the best are dropped, and the cheapest survivor
+(by :func:`symprop.derive.cost.op_cost`) wins.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import mpmath
+import numpy as np
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+
+from .cost import op_cost
+
+
+def clean_distributions(expr: sp.Basic) -> sp.Basic:
+    """Replace the artefacts of differentiating piecewise functions by the a.e. derivative:
+    ``DiracDelta(u) -> 0`` and ``Heaviside(u) -> [u > 0]``."""
+    expr = expr.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside),
+                        lambda e: sp.Piecewise((sp.S.One, e.args[0] > 0), (sp.S.Zero, True)))
+    return expr
+
+
+def _stable_rules(expr: sp.Basic) -> sp.Basic:
+    """Rewrite known overflow/cancellation patterns into their stable equivalents."""
+    def softplus(e):
+        # log(1 + exp(u)) -> max(u, 0) + log1p(exp(-|u|))
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add):
+            a = e.args[0]
+            if len(a.args) == 2 and sp.S.One in a.args:
+                other = [t for t in a.args if t != sp.S.One][0]
+                if isinstance(other, sp.exp):
+                    u = other.args[0]
+                    return sp.Max(u, 0) + log1p(sp.exp(-sp.Abs(u)))
+                return log1p(other)
+        return None
+
+    def logistic(e):
+        # exp(u)/(1 + exp(u)) -> 1/(1 + exp(-u))
+        if not isinstance(e, sp.Expr):
+            return None
+        num, den = e.as_numer_denom()
+        if isinstance(num, sp.exp) and isinstance(den, sp.Add) and len(den.args) == 2 \
+                and sp.S.One in den.args and num in den.args:
+            return 1 / (1 + sp.exp(-num.args[0]))
+        return None
+
+    def expm1_rule(e):
+        # exp(u) - 1 -> expm1(u);  1 - exp(u) -> -expm1(u)
+        if isinstance(e, sp.Add) and len(e.args) == 2:
+            for one, sign in ((sp.S.NegativeOne, 1), (sp.S.One, -1)):
+                if one in e.args:
+                    other = [t for t in e.args if t != one][0]
+                    if sign == 1 and isinstance(other, sp.exp):
+                        return expm1(other.args[0])
+                    if sign == -1 and isinstance(-other, sp.exp):
+                        return -expm1((-other).args[0])
+        return None
+
+    for rule in (softplus, logistic, expm1_rule):
+        expr = expr.replace(lambda e, r=rule: r(e) is not None, lambda e, r=rule: r(e))
+    return expr
+
+
+@contextmanager
+def _time_limit(seconds: int):
+    """Bound slow SymPy calls (solve/simplify on user specs); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _try(fn, seconds=5):
+    try:
+        with _time_limit(seconds):
+            return fn()
+    except Exception:  # noqa: BLE001 — a failed rewrite is just a missing candidate
+        return None
+
+
+def inverse_candidates(f: sp.Basic, x: sp.Symbol, y: sp.Symbol) -> list[sp.Basic]:
+    """Solutions of ``y = f(x)`` for x (used to express derivatives in the saved output)."""
+    sols = _try(lambda: sp.solve(sp.Eq(y, f), x), seconds=5) or []
+    return [s for s in sols if not s.has(x)][:4]
+
+
+def in_terms_of_output(d: sp.Basic, f: sp.Basic, x: sp.Symbol, y: sp.Symbol,
+                       inverses: list[sp.Basic]) -> list[sp.Basic]:
+    """Forms of the derivative ``d`` written with the forward output ``y = f(x)``."""
+    out = []
+    direct = d.subs(f, y)
+    if direct != d:
+        out.append(direct)
+    for inv in inverses:
+        sub = _try(lambda inv=inv: sp.simplify(d.subs(x, inv)))
+        if sub is not None and not sub.has(x) and sub.is_finite is not False:
+            out.append(sub)
+            fac = _try(lambda sub=sub: sp.factor(sub))
+            if fac is not None:
+                out.append(fac)
+    return out
+
+
+# ---------------------------------------------------------------- numerical check
+
+def sample_grid() -> np.ndarray:
+    """Points where candidates are compared: tiny to huge magnitudes, both signs, no 0."""
+    mags = np.concatenate([np.logspace(-3, 2, 41), np.linspace(0.05, 5, 34)])
+    return np.unique(np.concatenate([-mags, mags]))
+
+
+@dataclass
+class Check:
+    bad32: int
+    bad64: int
+
+    @property
+    def key(self):
+        return (self.bad64, self.bad32)
+
+
+def reference_values(expr: sp.Basic, x: sp.Symbol, params: dict, grid: np.ndarray) -> np.ndarray:
+    """50-digit mpmath values of ``expr`` on ``grid`` (NaN where undefined)."""
+    fn = sp.lambdify([x] + list(params), expr, modules="mpmath")
+    vals = []
+    with mpmath.workdps(50):
+        for g in grid:
+            try:
+                vals.append(float(fn(mpmath.mpf(float(g)), *[mpmath.mpf(v) for v in params.values()])))
+            except (ZeroDivisionError, ValueError, TypeError, OverflowError):
+                vals.append(np.nan)
+    return np.array(vals)
+
+
+def _numpy_fn(expr, args):
+    return sp.lambdify(args, expr, modules=[{"log1p": np.log1p, "expm1": np.expm1}, "numpy", "scipy"])
+
+
+def check_candidate(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: sp.Basic | None,
+                    params: dict, grid: np.ndarray, ref: np.ndarray) -> Check:
+    """Count grid points where ``expr`` (evaluated as a kernel would, per dtype) is bad."""
+    bad = []
+    # Errors are measured relative to max(|reference|, scale) with scale the largest
+    # reference magnitude for |x| <= 5: gradients need normwise, not tail-relative,
+    # accuracy (as y(1-y) for σ' in every framework); overflow to inf/NaN is always bad.
+    central = np.abs(grid) <= 5
+    finite = np.isfinite(ref) & central
+    scale = float(np.max(np.abs(ref[finite]))) if finite.any() else 1.0
+    scale = scale if scale > 0 else 1.0
+    for dt in (np.float32, np.float64):
+        tol = 64 * float(np.finfo(dt).eps)
+        xs = grid.astype(dt)
+        pv = [dt(v) for v in params.values()]
+        with np.errstate(all="ignore"):
+            args = [xs]
+            if y is not None:
+                yv = np.broadcast_to(_numpy_fn(forward, [x] + list(params))(xs, *pv), xs.shape).astype(dt)
+                args.append(yv)
+            syms = [x] + ([y] if y is not None else []) + list(params)
+            val = np.broadcast_to(np.asarray(_numpy_fn(expr, syms)(*args, *pv)), xs.shape).astype(np.float64)
+            r = ref.astype(dt).astype(np.float64)
+            err = np.abs(val - r) / np.maximum(np.abs(r), scale)
+            finite_ref = np.isfinite(r)
+            badpts = finite_ref & (~np.isfinite(val) | (err > tol))
+        bad.append(int(badpts.sum()))
+    return Check(bad32=bad[0], bad64=bad[1])
+
+
+@dataclass
+class Choice:
+    """The chosen form of one expression, with what it was chosen against."""
+    textbook: sp.Basic
+    chosen: sp.Basic
+    cost_before: int
+    cost_after: int
+    uses_output: bool
+    candidates: int
+
+
+def choose_form(textbook: sp.Basic, candidates: list[sp.Basic], x: sp.Symbol,
+                y: sp.Symbol | None, forward: sp.Basic | None, params: dict,
+                grid: np.ndarray | None = None) -> Choice:
+    """Pick the cheapest candidate among the numerically best ones.
+
+    ``textbook`` is the raw derivative (after removing distribution artefacts); it is both
+    the reference (evaluated with mpmath) and the 'before' of the recorded op counts.
+    """
+    grid = sample_grid() if grid is None else grid
+    ref = reference_values(textbook, x, params, grid)
+    pool, seen = [], set()
+    for c in [textbook] + candidates:
+        for form in (c, _stable_rules(c)):
+            if form is None or form in seen or form.has(sp.nan, sp.zoo, sp.oo):
+                continue
+            if form.free_symbols - ({x} | ({y} if y is not None else set()) | set(params)):
+                continue
+            seen.add(form)
+            try:
+                pool.append((check_candidate(form, x, y, forward, params, grid, ref), form))
+            except Exception:  # noqa: BLE001 — a candidate numpy cannot evaluate is dropped
+                continue
+    best = min(ch.key for ch, _ in pool)
+    survivors = [f for ch, f in pool if ch.key == best]
+    # cheapest; ties broken by a stable textual order so output is deterministic
+    chosen = min(survivors, key=lambda f: (op_cost(f), len(sp.srepr(f)), sp.srepr(f)))
+    return Choice(textbook=textbook, chosen=chosen, cost_before=op_cost(textbook),
+                  cost_after=op_cost(chosen), uses_output=y is not None and chosen.has(y),
+                  candidates=len(pool))
