@@ -72,6 +72,26 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+#: argument lists of every kernel, for callers that bind arguments by name
+KERNELS = {
+    "tanh_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
+    "tanh_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
+    "tanh_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
+    "tanh_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "sigmoid_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
+    "sigmoid_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
+    "sigmoid_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
+    "sigmoid_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "relu_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
+    "relu_vjp": {"arrays": ("x", "g", ), "outs": ("gx", ), "scalars": ()},
+    "relu_jvp": {"arrays": ("x", "Rx", ), "outs": ("Ry", ), "scalars": ()},
+    "relu_rvjp": {"arrays": ("x", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "softplus_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
+    "softplus_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
+    "softplus_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
+    "softplus_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+}
+
 # ---------------------------------------------------------------- tanh_forward
 # y = tanh(x)
 cdef void _tanh_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:

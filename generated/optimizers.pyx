@@ -70,6 +70,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+#: argument lists of every kernel, for callers that bind arguments by name
+KERNELS = {
+    "sgd_update": {"arrays": ("p", "g", "v", ), "outs": (), "scalars": ("lr", "mu", "wd", )},
+    "adam_update": {"arrays": ("p", "g", "m", "s", ), "outs": (), "scalars": ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", )},
+}
+
 # ---------------------------------------------------------------- sgd_update
 # v = g + mu*v + p*wd; p = -lr*(g + mu*v + p*wd) + p
 cdef void _sgd_update_f32(float* p_p, const float* g_p, float* v_p, float lr, float mu, float wd, Py_ssize_t _n) noexcept nogil:

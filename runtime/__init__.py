@@ -1,1 +1,1 @@
-"""symprop.runtime"""
+"""symprop.runtime — NumPy plus compiled kernels: layers, models, losses, optimizers, data."""

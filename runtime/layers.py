@@ -1,0 +1,195 @@
+"""Layers: thin wrappers that validate shapes and call the generated kernels.
+
+Every derivative here is a call into ``symprop.generated`` (or a module compiled from a
+user's SymPy spec); nothing derivative-shaped is written by hand.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..generated import activations as _act
+from ..generated import dense as _dense
+
+
+class Layer:
+    """The layer protocol: ``build`` once, then ``forward`` (saving what backward needs)
+    and ``backward`` (returning the input gradient and the parameter gradients)."""
+
+    name = "layer"
+
+    def build(self, input_shape: tuple, dtype: np.dtype, rng: np.random.Generator) -> tuple:
+        """Allocate parameters for inputs of per-sample shape ``input_shape``; return the
+        per-sample output shape."""
+        self.dtype = np.dtype(dtype)
+        return input_shape
+
+    def parameters(self) -> list[np.ndarray]:
+        return []
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, g: np.ndarray, need_input_grad: bool = True):
+        """Return ``(∂L/∂x or None, [∂L/∂θ for θ in parameters()])``."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x Wᵀ + b`` (PyTorch layout: W is (out, in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        for nm, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Dense: {nm} must be a positive integer, got {v!r}")
+        if not bias:
+            raise ValueError("Dense: bias=False is not supported yet")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.W = self.b = None
+
+    @property
+    def name(self):
+        return f"Dense({self.in_features} -> {self.out_features})"
+
+    def config(self):
+        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features}
+
+    def build(self, input_shape, dtype, rng):
+        self.dtype = np.dtype(dtype)
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"{self.name}: expects per-sample inputs of shape ({self.in_features},), "
+                             f"the previous layer gives {tuple(input_shape)}")
+        bound = 1.0 / np.sqrt(self.in_features)   # PyTorch's nn.Linear default init
+        self.W = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)
+        self.b = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
+        return (self.out_features,)
+
+    def parameters(self):
+        return [self.W, self.b]
+
+    def _check(self, x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self.name}: input must be a numpy array, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self.name}: expected input of shape (N, {self.in_features}), got {x.shape}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the layer's {self.dtype}")
+
+    def forward(self, x):
+        self._check(x)
+        self.x = np.ascontiguousarray(x)
+        y = np.empty((x.shape[0], self.out_features), self.dtype)
+        return _dense.dense_forward(self.x, self.W, self.b, y)
+
+    def backward(self, g, need_input_grad=True):
+        gW = _dense.dense_vjp_W(g, self.x, np.empty_like(self.W))
+        gb = _dense.dense_vjp_b(g, np.empty_like(self.b))
+        gx = _dense.dense_vjp_x(g, self.W, np.empty_like(self.x)) if need_input_grad else None
+        return gx, [gW, gb]
+
+
+class Activation(Layer):
+    """An elementwise layer whose kernels come from an elementwise spec.
+
+    Built-ins: :class:`Tanh`, :class:`Sigmoid`, :class:`ReLU`, :class:`SoftPlus`; any SymPy
+    expression via :meth:`from_sympy`.
+    """
+
+    def __init__(self, kernel_name: str, module=_act, spec=None):
+        self.kernel_name = kernel_name
+        self.module = module
+        self.spec = spec
+        table = getattr(module, "KERNELS", {})
+        missing = [f"{kernel_name}_{k}" for k in ("forward", "vjp") if f"{kernel_name}_{k}" not in table]
+        if missing:
+            raise ValueError(f"Activation {kernel_name!r}: no kernels {missing} in {module.__name__}")
+        self._sig = {k: table[f"{kernel_name}_{k}"] for k in ("forward", "vjp", "jvp", "rvjp")
+                     if f"{kernel_name}_{k}" in table}
+
+    @property
+    def name(self):
+        return f"Activation({self.kernel_name})"
+
+    def config(self):
+        return {"type": "Activation", "name": self.kernel_name}
+
+    def _call(self, which: str, out_shape, **arrays):
+        sig = self._sig[which]
+        out = np.empty(out_shape, self.dtype)
+        args = [arrays[a] for a in sig["arrays"]]
+        getattr(self.module, f"{self.kernel_name}_{which}")(*args, out)
+        return out
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype != self.dtype:
+            raise TypeError(f"{self.name}: expected a {self.dtype} array, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        self.x = np.ascontiguousarray(x)
+        self.y = self._call("forward", x.shape, x=self.x)
+        return self.y
+
+    def backward(self, g, need_input_grad=True):
+        if not need_input_grad:
+            return None, []
+        return self._call("vjp", g.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g)), []
+
+    @classmethod
+    def from_sympy(cls, name: str, expr, var, params=(), verbose: bool = False) -> "Activation":
+        """Derive, generate and compile (cached by spec hash) an activation from SymPy."""
+        from ..codegen.build import load_or_build
+        from ..codegen.elementwise import render_elementwise_module
+        from ..derive.elementwise import ElementwiseSpec, SpecError, derive_elementwise
+
+        spec = ElementwiseSpec(name, expr, var, tuple(params))
+        if spec.params:
+            raise SpecError(f"spec {name!r}: parameterized activations are not supported by layers yet")
+        derived = derive_elementwise(spec)
+        try:
+            text = render_elementwise_module(f"act_{name}", [derived])
+        except NotImplementedError as exc:
+            raise SpecError(f"spec {name!r}: cannot emit a kernel: {exc}") from exc
+        module, compiled = load_or_build(f"act_{name}", text, name, verbose=verbose)
+        layer = cls(name, module=module, spec=spec)
+        layer.compiled = compiled
+        layer.derived = derived
+        return layer
+
+
+def Tanh():
+    return Activation("tanh")
+
+
+def Sigmoid():
+    return Activation("sigmoid")
+
+
+def ReLU():
+    return Activation("relu")
+
+
+def SoftPlus():
+    return Activation("softplus")
+
+
+BUILTIN_ACTIVATIONS = {"tanh": Tanh, "sigmoid": Sigmoid, "relu": ReLU, "softplus": SoftPlus}
+
+
+def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
+    """Rebuild a layer from :meth:`Layer.config` (used by checkpoints; no pickle)."""
+    kind = cfg.get("type")
+    if kind == "Dense":
+        return Dense(cfg["in_features"], cfg["out_features"])
+    if kind == "Activation":
+        nm = cfg["name"]
+        if nm in BUILTIN_ACTIVATIONS:
+            return BUILTIN_ACTIVATIONS[nm]()
+        if custom_objects and nm in custom_objects:
+            return custom_objects[nm]
+        raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
+    raise ValueError(f"unknown layer type {kind!r} in checkpoint")

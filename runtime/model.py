@@ -1,0 +1,171 @@
+"""``Sequential``: a stack of layers with a loss, trained by mini-batch optimization."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from . import checkpoint
+from .layers import Layer, from_config
+from .losses import get_loss
+from .optimizers import Adam, Optimizer
+
+
+class Sequential:
+    """Layers applied in order, then a loss that averages over the batch."""
+
+    def __init__(self, layers: list[Layer], loss="softmax_cross_entropy", dtype="float32",
+                 seed: int = 0, input_shape: tuple | None = None):
+        if not layers:
+            raise ValueError("Sequential: needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a symprop layer")
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
+        self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
+        self.rng = np.random.default_rng(seed)
+        if input_shape is None:
+            first = self.layers[0]
+            if not hasattr(first, "in_features"):
+                raise ValueError("Sequential: pass input_shape= when the first layer is not Dense")
+            input_shape = (first.in_features,)
+        self.input_shape = tuple(input_shape)
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.build(shape, dt, self.rng)
+        self.output_shape = shape
+
+    # ------------------------------------------------------------ basics
+    def parameters(self) -> list[np.ndarray]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def _check_X(self, X) -> np.ndarray:
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X)
+        first = self.layers[0].name
+        if X.ndim != len(self.input_shape) + 1 or X.shape[1:] != self.input_shape:
+            raise ValueError(f"{first}: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {X.shape}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{first}: empty batch (input shape {X.shape})")
+        if not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"{first}: input must be numeric, got dtype {X.dtype}")
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{first}: input of shape {X.shape} contains NaN or inf")
+        return X
+
+    def forward(self, X) -> np.ndarray:
+        """Network outputs (logits for classification)."""
+        out = self._check_X(X)
+        for layer in self.layers:
+            out = layer.forward(out)
+        return out
+
+    def loss_and_grad(self, X, y):
+        """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
+        out = self.forward(X)
+        y = self.loss.check_targets(y, out.shape[0], out.shape)
+        loss, g = self.loss.value_and_grad(out, y)
+        grads = []
+        for k in range(len(self.layers) - 1, -1, -1):
+            g, pg = self.layers[k].backward(g, need_input_grad=k > 0)
+            grads[:0] = pg
+        return float(loss), grads
+
+    def predict(self, X, batch_size: int = 1024) -> np.ndarray:
+        """Class labels for classification losses, raw outputs otherwise."""
+        outs = [self.forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+        out = np.concatenate(outs)
+        return out.argmax(axis=1) if self.loss.classification else out
+
+    def evaluate(self, X, y, batch_size: int = 1024) -> dict:
+        X = self._check_X(X)
+        total, correct = 0.0, 0
+        for i in range(0, len(X), batch_size):
+            out = self.forward(X[i:i + batch_size])
+            yb = self.loss.check_targets(y[i:i + batch_size], out.shape[0], out.shape)
+            total += self.loss.value(out, yb) * len(out)
+            if self.loss.classification:
+                correct += int((out.argmax(axis=1) == yb).sum())
+        res = {"loss": total / len(X)}
+        if self.loss.classification:
+            res["accuracy"] = correct / len(X)
+        return res
+
+    # ------------------------------------------------------------ training
+    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
+            validation_data=None, verbose: int | None = None, seed: int | None = None) -> dict:
+        """Shuffled mini-batch training; returns a history of per-epoch metrics."""
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
+        X = self._check_X(X)
+        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        optimizer = optimizer or Adam()
+        if verbose is None:
+            verbose = 1 if sys.stdout.isatty() else 0
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        params = self.parameters()
+        hist = {"loss": [], "time": []}
+        if self.loss.classification:
+            hist["accuracy"] = []
+        if validation_data is not None:
+            hist["val_loss"] = []
+            if self.loss.classification:
+                hist["val_accuracy"] = []
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            order = rng.permutation(len(X))
+            total, correct = 0.0, 0
+            for i in range(0, len(X), batch_size):
+                idx = order[i:i + batch_size]
+                xb, yb = X[idx], y[idx]
+                loss, grads = self.loss_and_grad(xb, yb)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
+                if self.loss.classification:
+                    correct += int((self.loss.probs.argmax(axis=1) == yb).sum())
+                total += loss * len(idx)
+                optimizer.step(params, grads)
+            hist["loss"].append(total / len(X))
+            hist["time"].append(time.perf_counter() - t0)
+            msg = f"epoch {epoch}/{epochs}  loss {hist['loss'][-1]:.4f}"
+            if self.loss.classification:
+                hist["accuracy"].append(correct / len(X))
+                msg += f"  acc {hist['accuracy'][-1]:.4f}"
+            if validation_data is not None:
+                ev = self.evaluate(*validation_data)
+                hist["val_loss"].append(ev["loss"])
+                msg += f"  val_loss {ev['loss']:.4f}"
+                if "accuracy" in ev:
+                    hist["val_accuracy"].append(ev["accuracy"])
+                    msg += f"  val_acc {ev['accuracy']:.4f}"
+            if verbose:
+                print(msg + f"  ({hist['time'][-1]:.2f} s)", flush=True)
+        return hist
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path):
+        cfg = {"layers": [layer.config() for layer in self.layers], "loss": self.loss.name,
+               "dtype": self.dtype.name, "seed": self.seed, "input_shape": list(self.input_shape)}
+        return checkpoint.save(path, cfg, self.parameters())
+
+    @classmethod
+    def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
+        cfg, arrays = checkpoint.load(path)
+        layers = [from_config(c, custom_objects) for c in cfg["layers"]]
+        model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
+                    input_shape=tuple(cfg["input_shape"]))
+        params = model.parameters()
+        if len(params) != len(arrays):
+            raise ValueError(f"{path}: checkpoint has {len(arrays)} arrays, the model {len(params)}")
+        for p, a in zip(params, arrays):
+            if p.shape != a.shape:
+                raise ValueError(f"{path}: parameter shape {a.shape} does not match the model's {p.shape}")
+            p[...] = a
+        return model
