@@ -106,7 +106,11 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     shapes = {a: [str(i) for i in rank[a]] for a in used}
     shapes[k.out] = [str(i) for i in k.out_indices]
     optional = [a for a in used if a.startswith("R")]
-    used = [a for a in used if a not in optional] + optional   # required arguments first
+    # canonical argument order: spec arrays, then g; directions (optional) after, same order
+    canon = list(d.spec.arrays) + ["g"]
+    canon = canon + ["R" + a for a in canon]
+    used = sorted((a for a in used if a not in optional), key=canon.index) + \
+        sorted(optional, key=canon.index)
     for op in ops:
         op["alpha_c"] = {ct: print_expr(op["alpha"], ct) for ct, _, _ in DTYPES}
         op["guard"] = [a for a in op["arrays"] if a in optional]

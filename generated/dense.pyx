@@ -103,27 +103,27 @@ def dense_forward(x, W, b, y=None):
 
 # ---------------------------------------------------------------- dense_vjp_x
 # gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
-cdef void _dense_vjp_x_f32(float[:, ::1] g, float[:, ::1] W, float[:, ::1] gx, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_vjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] gx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
     with nogil:
         _gemm_f32(0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
 
-cdef void _dense_vjp_x_f64(double[:, ::1] g, double[:, ::1] W, double[:, ::1] gx, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_vjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] gx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
     with nogil:
         _gemm_f64(0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
 
 
-def dense_vjp_x(g, W, gx=None):
+def dense_vjp_x(W, g, gx=None):
     """gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
 
     Writes and returns ``gx``.
     """
     if gx is None:
         raise TypeError("dense_vjp_x: output array 'gx' is required")
-    dt = _check_arrays("dense_vjp_x", ("g", "W", "gx"), (g, W, gx), ("gx",))
+    dt = _check_arrays("dense_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
     cdef dict ext = {}
-    for aname, arr, idx in ((("g", g, ("n", "o", )), ("W", W, ("o", "i", )), ("gx", gx, ("n", "i", )), )):
+    for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("gx", gx, ("n", "i", )), )):
         if arr is None:
             continue
         if arr.ndim != len(idx):
@@ -135,38 +135,38 @@ def dense_vjp_x(g, W, gx=None):
     if any(v[0] == 0 for v in ext.values()):
         gx[...] = 0
         return gx
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     if dt == _F32:
-        _dense_vjp_x_f32(g, W, gx, n_, o_, i_)
+        _dense_vjp_x_f32(W, g, gx, o_, i_, n_)
     else:
-        _dense_vjp_x_f64(g, W, gx, n_, o_, i_)
+        _dense_vjp_x_f64(W, g, gx, o_, i_, n_)
     return gx
 
 # ---------------------------------------------------------------- dense_vjp_W
 # gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
-cdef void _dense_vjp_W_f32(float[:, ::1] g, float[:, ::1] x, float[:, ::1] gW, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_vjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] gW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
     with nogil:
         _gemm_f32(1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
 
-cdef void _dense_vjp_W_f64(double[:, ::1] g, double[:, ::1] x, double[:, ::1] gW, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_vjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] gW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
     with nogil:
         _gemm_f64(1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
 
 
-def dense_vjp_W(g, x, gW=None):
+def dense_vjp_W(x, g, gW=None):
     """gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
 
     Writes and returns ``gW``.
     """
     if gW is None:
         raise TypeError("dense_vjp_W: output array 'gW' is required")
-    dt = _check_arrays("dense_vjp_W", ("g", "x", "gW"), (g, x, gW), ("gW",))
+    dt = _check_arrays("dense_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
     cdef dict ext = {}
-    for aname, arr, idx in ((("g", g, ("n", "o", )), ("x", x, ("n", "i", )), ("gW", gW, ("o", "i", )), )):
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("gW", gW, ("o", "i", )), )):
         if arr is None:
             continue
         if arr.ndim != len(idx):
@@ -179,12 +179,12 @@ def dense_vjp_W(g, x, gW=None):
         gW[...] = 0
         return gW
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     if dt == _F32:
-        _dense_vjp_W_f32(g, x, gW, n_, o_, i_)
+        _dense_vjp_W_f32(x, g, gW, n_, i_, o_)
     else:
-        _dense_vjp_W_f64(g, x, gW, n_, o_, i_)
+        _dense_vjp_W_f64(x, g, gW, n_, i_, o_)
     return gW
 
 # ---------------------------------------------------------------- dense_vjp_b
@@ -237,7 +237,7 @@ def dense_vjp_b(g, gb=None):
 
 # ---------------------------------------------------------------- dense_jvp
 # Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] RW, float[:, ::1] Rx, float[::1] Rb, float[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     Ry[:, :] = 0
     if RW is not None:
@@ -252,7 +252,7 @@ cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] RW, flo
                 for o in range(o_):
                     Ry[n, o] += (<float>1.0) * Rb[o]
 
-cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] RW, double[:, ::1] Rx, double[::1] Rb, double[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     Ry[:, :] = 0
     if RW is not None:
@@ -268,16 +268,16 @@ cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] RW, 
                     Ry[n, o] += (<double>1.0) * Rb[o]
 
 
-def dense_jvp(x, W, RW=None, Rx=None, Rb=None, Ry=None):
+def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
     """Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
 
     Writes and returns ``Ry``; absent directions (RW, Rx, Rb) count as zero.
     """
     if Ry is None:
         raise TypeError("dense_jvp: output array 'Ry' is required")
-    dt = _check_arrays("dense_jvp", ("x", "W", "RW", "Rx", "Rb", "Ry"), (x, W, RW, Rx, Rb, Ry), ("Ry",))
+    dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
     cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("RW", RW, ("o", "i", )), ("Rx", Rx, ("n", "i", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", )), )):
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", )), )):
         if arr is None:
             continue
         if arr.ndim != len(idx):
@@ -293,15 +293,15 @@ def dense_jvp(x, W, RW=None, Rx=None, Rb=None, Ry=None):
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     if dt == _F32:
-        _dense_jvp_f32(x, W, RW, Rx, Rb, Ry, n_, i_, o_)
+        _dense_jvp_f32(x, W, Rx, RW, Rb, Ry, n_, i_, o_)
     else:
-        _dense_jvp_f64(x, W, RW, Rx, Rb, Ry, n_, i_, o_)
+        _dense_jvp_f64(x, W, Rx, RW, Rb, Ry, n_, i_, o_)
     return Ry
 
 # ---------------------------------------------------------------- dense_rvjp_x
 # Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
-cdef void _dense_rvjp_x_f32(float[:, ::1] g, float[:, ::1] W, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] Rgx, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_rvjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] Rgx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
     Rgx[:, :] = 0
     if RW is not None:
         with nogil:
@@ -310,8 +310,8 @@ cdef void _dense_rvjp_x_f32(float[:, ::1] g, float[:, ::1] W, float[:, ::1] RW, 
         with nogil:
             _gemm_f32(0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
 
-cdef void _dense_rvjp_x_f64(double[:, ::1] g, double[:, ::1] W, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] Rgx, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
-    cdef Py_ssize_t n, o, i
+cdef void _dense_rvjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] Rgx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
     Rgx[:, :] = 0
     if RW is not None:
         with nogil:
@@ -321,16 +321,16 @@ cdef void _dense_rvjp_x_f64(double[:, ::1] g, double[:, ::1] W, double[:, ::1] R
             _gemm_f64(0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
 
 
-def dense_rvjp_x(g, W, RW=None, Rg=None, Rgx=None):
+def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
     """Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
 
     Writes and returns ``Rgx``; absent directions (RW, Rg) count as zero.
     """
     if Rgx is None:
         raise TypeError("dense_rvjp_x: output array 'Rgx' is required")
-    dt = _check_arrays("dense_rvjp_x", ("g", "W", "RW", "Rg", "Rgx"), (g, W, RW, Rg, Rgx), ("Rgx",))
+    dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
     cdef dict ext = {}
-    for aname, arr, idx in ((("g", g, ("n", "o", )), ("W", W, ("o", "i", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("Rgx", Rgx, ("n", "i", )), )):
+    for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("Rgx", Rgx, ("n", "i", )), )):
         if arr is None:
             continue
         if arr.ndim != len(idx):
@@ -342,18 +342,18 @@ def dense_rvjp_x(g, W, RW=None, Rg=None, Rgx=None):
     if any(v[0] == 0 for v in ext.values()):
         Rgx[...] = 0
         return Rgx
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     if dt == _F32:
-        _dense_rvjp_x_f32(g, W, RW, Rg, Rgx, n_, o_, i_)
+        _dense_rvjp_x_f32(W, g, RW, Rg, Rgx, o_, i_, n_)
     else:
-        _dense_rvjp_x_f64(g, W, RW, Rg, Rgx, n_, o_, i_)
+        _dense_rvjp_x_f64(W, g, RW, Rg, Rgx, o_, i_, n_)
     return Rgx
 
 # ---------------------------------------------------------------- dense_rvjp_W
 # RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rg, float[:, ::1] Rx, float[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     RgW[:, :] = 0
     if Rg is not None:
@@ -363,7 +363,7 @@ cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rg, 
         with nogil:
             _gemm_f32(1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
 
-cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rg, double[:, ::1] Rx, double[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     RgW[:, :] = 0
     if Rg is not None:
@@ -374,16 +374,16 @@ cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] R
             _gemm_f64(1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
 
 
-def dense_rvjp_W(x, g, Rg=None, Rx=None, RgW=None):
+def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
     """RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
 
     Writes and returns ``RgW``; absent directions (Rg, Rx) count as zero.
     """
     if RgW is None:
         raise TypeError("dense_rvjp_W: output array 'RgW' is required")
-    dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rg", "Rx", "RgW"), (x, g, Rg, Rx, RgW), ("RgW",))
+    dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
     cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rg", Rg, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("RgW", RgW, ("o", "i", )), )):
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("RgW", RgW, ("o", "i", )), )):
         if arr is None:
             continue
         if arr.ndim != len(idx):
@@ -399,9 +399,9 @@ def dense_rvjp_W(x, g, Rg=None, Rx=None, RgW=None):
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     if dt == _F32:
-        _dense_rvjp_W_f32(x, g, Rg, Rx, RgW, n_, i_, o_)
+        _dense_rvjp_W_f32(x, g, Rx, Rg, RgW, n_, i_, o_)
     else:
-        _dense_rvjp_W_f64(x, g, Rg, Rx, RgW, n_, i_, o_)
+        _dense_rvjp_W_f64(x, g, Rx, Rg, RgW, n_, i_, o_)
     return RgW
 
 # ---------------------------------------------------------------- dense_rvjp_b

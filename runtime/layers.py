@@ -88,9 +88,9 @@ class Dense(Layer):
         return _dense.dense_forward(self.x, self.W, self.b, y)
 
     def backward(self, g, need_input_grad=True):
-        gW = _dense.dense_vjp_W(g, self.x, np.empty_like(self.W))
-        gb = _dense.dense_vjp_b(g, np.empty_like(self.b))
-        gx = _dense.dense_vjp_x(g, self.W, np.empty_like(self.x)) if need_input_grad else None
+        gW = _dense.dense_vjp_W(x=self.x, g=g, gW=np.empty_like(self.W))
+        gb = _dense.dense_vjp_b(g=g, gb=np.empty_like(self.b))
+        gx = _dense.dense_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x)) if need_input_grad else None
         return gx, [gW, gb]
 
 
