@@ -97,9 +97,10 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
 
 def test_cli_train_runs_and_saves(tmp_path):
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--epochs", "3",
-                        "--save", str(tmp_path / "m.npz")], capture_output=True, text=True, timeout=300)
+                        "--save", str(tmp_path / "m.npz")], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)   # outside the checkout: import the installed package
     assert r.returncode == 0, r.stderr
     assert "epoch 3/3" in r.stdout and "final test accuracy" in r.stdout
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "evaluate", str(tmp_path / "m.npz")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "accuracy" in r.stdout
