@@ -57,3 +57,9 @@ def test_bad_specs_raise_clear_errors(cache):
         L.Activation.from_sympy("free", x * sp.Symbol("a"), x)
     with pytest.raises(SpecError, match="identifier"):
         L.Activation.from_sympy("bad name", x, x)
+
+
+def test_compile_failure_names_spec_and_kept_file(cache):
+    from symprop.codegen.build import BuildError, load_or_build
+    with pytest.raises(BuildError, match=r"spec 'broken'.*kept at .*\.pyx"):
+        load_or_build("act_broken", "def f(:\n    pass\n", "broken")
