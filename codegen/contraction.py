@@ -67,8 +67,6 @@ def _loop_op(k: ContractionKernel, t: Term) -> dict | None:
         return None
     (A,) = t.factors
     idx = set(A.indices)
-    if not set(k.out_indices) <= idx | set() and not idx <= set(k.out_indices) | set(t.sums):
-        return None
     if not (idx - set(t.sums)) <= set(k.out_indices):
         return None
     # traverse in the larger array's memory order so the innermost loop is contiguous

@@ -13,8 +13,7 @@ def kernel_context(k: Kernel, doc: str = "") -> dict:
     """Everything the template needs to lay out one kernel."""
     written = [a for a in k.inputs if a in k.inplace.values()]
     outs = [o for o, _ in k.outputs if o not in k.inplace]
-    repl, reduced = sp.cse([e for _, e in k.outputs], symbols=sp.numbered_symbols("_t"),
-                           optimizations="basic")
+    _, repl, reduced = k.cse      # the same CSE whose op count derive records
     bodies = []
     for ctype, sfx, _ in DTYPES:
         temps = [(str(s), print_expr(v, ctype)) for s, v in repl]

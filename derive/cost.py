@@ -54,5 +54,5 @@ def op_cost(expr: sp.Basic) -> int:
 
 def cse_cost(exprs: list[sp.Basic]) -> tuple[int, list, list]:
     """Cost after common-subexpression elimination; returns (cost, replacements, reduced)."""
-    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t"), optimizations="basic")
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
     return (sum(op_cost(v) for _, v in repl) + sum(op_cost(r) for r in reduced), repl, reduced)

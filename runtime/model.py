@@ -67,8 +67,14 @@ class Sequential:
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
-        out = self.forward(X)
-        y = self.loss.check_targets(y, out.shape[0], out.shape)
+        X = self._check_X(X)
+        return self._loss_and_grad(X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape))
+
+    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray):
+        """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop)."""
+        out = X
+        for layer in self.layers:
+            out = layer.forward(out)
         loss, g = self.loss.value_and_grad(out, y)
         grads = []
         for k in range(len(self.layers) - 1, -1, -1):
@@ -125,7 +131,7 @@ class Sequential:
             for i in range(0, len(X), batch_size):
                 idx = order[i:i + batch_size]
                 xb, yb = X[idx], y[idx]
-                loss, grads = self.loss_and_grad(xb, yb)
+                loss, grads = self._loss_and_grad(xb, yb)   # X, y validated once above
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
                 if self.loss.classification:
