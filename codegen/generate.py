@@ -12,6 +12,7 @@ from .contraction import render_contraction_module
 from .elementwise import render_elementwise_module
 from .losses import render_losses_module
 from .render import TEMPLATES
+from .window import render_window_module
 
 MATH_HEADER = "symprop_math.h"
 
@@ -30,6 +31,9 @@ def render_all(progress=None) -> dict[str, str]:
     say("deriving dense layer")
     files["dense.pyx"] = render_contraction_module(
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])
+    say("deriving conv2d and pooling (adjoint index maps)")
+    files["window.pyx"] = render_window_module(
+        "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])
     say("deriving losses")
     files["losses.pyx"] = render_losses_module("losses")
     say("deriving optimizer updates")

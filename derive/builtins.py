@@ -27,4 +27,53 @@ DENSE = ContractionSpec(
     inputs={"x": (n, i)}, params={"W": (o, i), "b": (o,)},
     extents={n: N, o: O, i: I}, doc="fully connected layer y = x Wᵀ + b")
 
+# ---------------------------------------------------------------- window layers (NCHW)
+from .affine import AxisMap  # noqa: E402
+
+c, h, w, u, v, j = sp.symbols("c h w u v j", integer=True)
+C_in, C_out, H_in, W_in, H_out, W_out, K_h, K_w = sp.symbols(
+    "C_in C_out H_in W_in H_out W_out K_h K_w", integer=True, positive=True)
+s_h, s_w, d_h, d_w = sp.symbols("s_h s_w d_h d_w", integer=True, positive=True)
+p_h, p_w = sp.symbols("p_h p_w", integer=True, nonnegative=True)
+
+
+def window_maps(dilated: bool) -> tuple:
+    """The two spatial axes ``u = h·s_h + i·d_h − p_h``, ``v = w·s_w + j·d_w − p_w``."""
+    return (AxisMap(h, i, u, s_h, d_h if dilated else sp.Integer(1), p_h, H_out, K_h, H_in),
+            AxisMap(w, j, v, s_w, d_w if dilated else sp.Integer(1), p_w, W_out, K_w, W_in))
+
+
+_CONV_MAPS = window_maps(True)
+_POOL_MAPS = window_maps(False)
+_g_conv = [m.forward_index() for m in _CONV_MAPS]
+_g_pool = [m.forward_index() for m in _POOL_MAPS]
+_window_extents = {n: N, h: H_out, w: W_out, u: H_in, v: W_in, i: K_h, j: K_w}
+
+CONV2D = ContractionSpec(
+    name="conv2d", output="y", out_indices=(n, o, h, w),
+    expr=_b[o] + sp.Sum(_W[o, c, i, j] * _x[n, c, _g_conv[0], _g_conv[1]],
+                        (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)),
+    inputs={"x": (n, c, u, v)}, params={"W": (o, c, i, j), "b": (o,)},
+    extents={**_window_extents, o: C_out, c: C_in}, maps=_CONV_MAPS,
+    scalars=(s_h, s_w, p_h, p_w, d_h, d_w),
+    doc="2-D convolution (cross-correlation, NCHW); reads outside the input are zero")
+
+AVGPOOL2D = ContractionSpec(
+    name="avgpool2d", output="y", out_indices=(n, c, h, w),
+    expr=sp.Sum(_x[n, c, _g_pool[0], _g_pool[1]], (i, 0, K_h - 1), (j, 0, K_w - 1)) / (K_h * K_w),
+    inputs={"x": (n, c, u, v)}, params={},
+    extents={**_window_extents, c: C_in}, maps=_POOL_MAPS, scalars=(s_h, s_w, p_h, p_w, K_h, K_w),
+    doc="average pooling; zero padding counts in the mean (PyTorch's count_include_pad=True)")
+
+_M = sp.IndexedBase("M")
+MAXPOOL2D = ContractionSpec(
+    name="maxpool2d", output="y", out_indices=(n, c, h, w),
+    expr=sp.Sum(_M[n, c, h, w, i, j] * _x[n, c, _g_pool[0], _g_pool[1]], (i, 0, K_h - 1), (j, 0, K_w - 1)),
+    inputs={"x": (n, c, u, v)}, params={}, constants={"M": (n, c, h, w, i, j)},
+    selects={"M": ("max", "x")},
+    extents={**_window_extents, c: C_in}, maps=_POOL_MAPS, scalars=(s_h, s_w, p_h, p_w, K_h, K_w),
+    doc="max pooling, written as its local linearization: M is the one-hot argmax of each window "
+        "(first maximum in row-major window order, as PyTorch), saved by the forward pass")
+
 CONTRACTIONS = {DENSE.name: DENSE}
+WINDOWS = {s.name: s for s in (CONV2D, AVGPOOL2D, MAXPOOL2D)}

@@ -5,8 +5,9 @@ A contraction layer is written the way a textbook writes it, e.g. the dense laye
 ``L = Σ_{n,o} ḡ[n,o]·y[n,o]`` with respect to one array element; SymPy returns sums of
 ``KroneckerDelta`` under range guards, which :func:`resolve_deltas` collapses (a
 delta over a summation variable substitutes that variable and removes the sum).
-Affine, non-trivial index maps (strided convolution) are deliberately *not* resolved
-here: SymPy drops their divisibility condition, so they raise instead of going wrong.
+Affine window reads (convolution, pooling) resolve through the adjoint-map rule of
+:mod:`symprop.derive.affine` (SymPy's own substitution drops the divisibility condition);
+without a set of output indices to solve for they raise instead of going wrong.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 import sympy as sp
+
+from .affine import adjoint_delta
 
 EPS = sp.Symbol("epsilon")
 
@@ -34,14 +37,25 @@ class ContractionSpec:
     params: dict          # array name -> canonical index tuple (trainable)
     extents: dict         # index symbol -> extent symbol
     doc: str = ""
+    maps: tuple = ()      # AxisMap per affine window axis (conv/pool)
+    constants: dict = field(default_factory=dict)  # arrays saved by forward, not differentiated
+    selects: dict = field(default_factory=dict)    # mask name -> ("max", array): one-hot argmax
+    scalars: tuple = ()   # integer geometry symbols passed to kernels (stride, padding, ...)
 
     @property
     def arrays(self) -> dict:
+        """Differentiable arrays: inputs, then parameters."""
         return {**self.inputs, **self.params}
 
     @property
+    def all_arrays(self) -> dict:
+        return {**self.inputs, **self.params, **self.constants}
+
+    @property
     def hash(self) -> str:
-        text = "|".join([self.name, sp.srepr(self.expr), repr(sorted(self.arrays.items(), key=str))])
+        text = "|".join([self.name, sp.srepr(self.expr), repr(sorted(self.arrays.items(), key=str)),
+                         repr(sorted(self.constants.items(), key=str)), repr(sorted(self.selects.items())),
+                         sp.srepr(tuple(self.scalars))] + [sp.srepr(tuple(vars(m).values())) for m in self.maps])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def base(self, name: str) -> sp.IndexedBase:
@@ -76,16 +90,28 @@ def _flatten(term: sp.Basic, limits: list) -> sp.Basic:
     return split_sums(sp.Sum(body, *lims))
 
 
+def _split_piecewise(e: sp.Basic) -> sp.Basic:
+    """``[c]·(a + b) -> [c]·a + [c]·b`` for guards ``Piecewise((·, c), (0, True))``."""
+    def is_guard(p):
+        return isinstance(p, sp.Piecewise) and len(p.args) == 2 and p.args[1] == (0, True)
+
+    def split(p):
+        (val, cond) = p.args[0]
+        return sp.Add(*[sp.Piecewise((t, cond), (0, True)) for t in sp.Add.make_args(_expand(val))])
+    return e.replace(is_guard, split)
+
+
 def split_sums(expr: sp.Basic) -> sp.Basic:
     """Sums of products of indexed terms: Σ(a + b) -> Σa + Σb, nested sums flattened."""
     def split(e):
-        body = _expand(e.function)
+        body = _expand(_split_piecewise(_expand(e.function)))
         return sp.Add(*[_flatten(t, list(e.limits)) for t in sp.Add.make_args(body)])
     return _expand(expr.replace(lambda e: isinstance(e, sp.Sum), split))
 
 
-def resolve_deltas(expr: sp.Basic) -> sp.Basic:
-    """Collapse ``Σ_k δ(k, j)·f(k) -> f(j)`` for summation variables k (dense index maps)."""
+def resolve_deltas(expr: sp.Basic, solve_for: set | None = None) -> sp.Basic:
+    """Collapse ``Σ_k δ(k, j)·f(k) -> f(j)`` for summation variables k (dense index maps);
+    affine deltas over an index in ``solve_for`` go through the adjoint-map rule."""
     expr = split_sums(_strip_range_guards(expr))
 
     def collapse(s: sp.Sum):
@@ -104,6 +130,10 @@ def resolve_deltas(expr: sp.Basic) -> sp.Basic:
                         break
                 if changed:
                     break
+        if solve_for and body.has(sp.KroneckerDelta):
+            body, limits, conds = adjoint_delta(body, limits, solve_for)
+            if conds:
+                body = sp.Piecewise((body, sp.And(*conds)), (0, True))
         return sp.Sum(body, *limits) if limits else body
 
     out = _expand(expr.replace(lambda e: isinstance(e, sp.Sum), collapse))
@@ -150,6 +180,7 @@ class ContractionKernel:
 class DerivedContraction:
     spec: ContractionSpec
     forward: ContractionKernel
+    adjoint_maps: dict = field(default_factory=dict)  # wrt name -> AxisMaps its VJP inverts
     vjps: dict = field(default_factory=dict)     # wrt name -> kernel
     jvp: ContractionKernel | None = None
     rvjps: dict = field(default_factory=dict)    # wrt name -> kernel
@@ -171,10 +202,11 @@ def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
     for name, idx in spec.arrays.items():
         fresh = tuple(sp.Symbol(f"{i}_", integer=True) for i in idx)
         fresh_map[name] = fresh
-        raw = resolve_deltas(sp.diff(loss, sp.IndexedBase(name)[fresh]))
+        raw = resolve_deltas(sp.diff(loss, sp.IndexedBase(name)[fresh]), solve_for=set(out_idx))
         # back to the array's canonical index names
         raw = _rename_bound(raw, set(idx))
         expr = raw.xreplace(dict(zip(fresh, idx)))
+        d.adjoint_maps[name] = tuple(m for m in spec.maps if m.inp in idx and expr.has(sp.Piecewise))
         d.vjps[name] = ContractionKernel(f"{spec.name}_vjp_{name}", "g" + name, idx, expr)
     differentiable = list(spec.arrays)
     d.jvp = ContractionKernel(f"{spec.name}_jvp", R(spec.output), out_idx,

@@ -1,0 +1,227 @@
+"""Window kernel family (conv, pooling): affine gathers lowered to im2col/col2im + GEMM.
+
+Each term of a derived window kernel is recognized by its index structure, using the
+:class:`~symprop.derive.affine.AxisMap` objects the spec declares:
+
+- ``im2col_gemm``   out[n,o,h,w] += Σ_{c,i,j} A[o,c,i,j]·X[n,c,⟨h,i⟩,⟨w,j⟩]   (conv forward/JVP)
+- ``im2col_wgrad``  out[o,c,i,j] += Σ_{n,h,w} G[n,o,h,w]·X[n,c,⟨h,i⟩,⟨w,j⟩]   (weight VJP)
+- ``col2im_gemm``   out[n,c,u,v] += Σ_{o,i,j} [cond]·A[o,c,i,j]·G[n,o,⟨u,i⟩⁻¹,⟨v,j⟩⁻¹]  (input VJP)
+- ``gather``        out[n,c,h,w] += α Σ_{i,j} (M)·X[n,c,⟨h,i⟩,⟨w,j⟩]          (pooling)
+- ``scatter``       out[n,c,u,v] += α Σ_{i,j} [cond]·(M)·G[n,c,⟨u,i⟩⁻¹,⟨v,j⟩⁻¹]  (pooling VJP)
+- ``loop``          broadcasts and reductions (bias terms), as in the contraction family.
+
+``⟨h,i⟩ = h·s + i·d − p`` is the forward read; ``⟨u,i⟩⁻¹`` its adjoint with the guard that
+:func:`~symprop.derive.affine.adjoint_delta` derived. A guarded adjoint gather is lowered as
+the scatter of the forward map (col2im), which visits only valid (h, i) pairs; an adjoint
+read *without* its guard is refused, since that is SymPy's silently wrong ``doit`` result.
+A mask ``M`` declared in ``spec.selects`` is a one-hot argmax stored as an int64 offset
+``i·K_w + j`` per output (the forward kernel computes it).
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
+from .config import DTYPES
+from .contraction import LoweringError, _loop_op
+from .printer import print_expr
+from .render import render
+
+
+def _is_guard(e) -> bool:
+    return isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[1] == (0, True)
+
+
+def window_terms(expr: sp.Expr, allowed: set) -> list[dict]:
+    """``Σ [cond]·coeff·Π factors`` terms; coefficients may use extents and geometry scalars."""
+    out = []
+    for t in sp.Add.make_args(expr):
+        sums = []
+        inner = [f for f in sp.Mul.make_args(t) if isinstance(f, sp.Sum)]
+        if len(inner) == 1:      # c·Σ body -> Σ c·body
+            sums = [lim[0] for lim in inner[0].limits]
+            t = sp.Mul(*[f for f in sp.Mul.make_args(t) if f is not inner[0]]) * inner[0].function
+        elif inner:
+            raise LoweringError(f"term {t} is a product of sums; flatten it first")
+        cond, parts = None, []
+        for f in sp.Mul.make_args(t):
+            if _is_guard(f):
+                cond = f.args[0].cond
+                parts += list(sp.Mul.make_args(f.args[0].expr))
+            else:
+                parts.append(f)
+        factors = [f for f in parts if isinstance(f, sp.Indexed)]
+        coeff = sp.Mul(*[f for f in parts if not isinstance(f, sp.Indexed)])
+        if coeff.has(sp.Indexed, sp.Piecewise) or not coeff.free_symbols <= allowed:
+            raise LoweringError(f"term {t} has a coefficient {coeff} that is not a constant")
+        out.append({"coeff": coeff, "factors": factors, "sums": sums, "cond": cond})
+    return out
+
+
+def _roles(spec: ContractionSpec, f: sp.Indexed) -> list:
+    """Per index: ('plain', symbol) | ('fwd', map) | ('adj', map)."""
+    roles = []
+    for e in f.indices:
+        if isinstance(e, sp.Symbol):
+            roles.append(("plain", e))
+            continue
+        for m in spec.maps:
+            if m.is_forward(e):
+                roles.append(("fwd", m))
+                break
+            if m.is_adjoint(e):
+                roles.append(("adj", m))
+                break
+        else:
+            raise LoweringError(f"{spec.name}: index {e} of {f} is neither a window read nor its adjoint")
+    return roles
+
+
+def _spatial(spec, roles, kind) -> bool:
+    """The last two indices read the two declared axes, in order, the ``kind`` way."""
+    return [r for r in roles[-2:]] == [(kind, m) for m in spec.maps]
+
+
+def _plain(roles) -> tuple:
+    return tuple(r[1] for r in roles) if all(r[0] == "plain" for r in roles) else None
+
+
+def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
+    out = tuple(k.out_indices)
+    m0, m1 = spec.maps
+    facs = t["factors"]
+    roles = {f: _roles(spec, f) for f in facs}
+    masks = [f for f in facs if str(f.base) in spec.selects]
+    data = [f for f in facs if f not in masks]
+    sums = set(t["sums"])
+    name = f"{k.name}: term {t['coeff']}·{'·'.join(map(str, facs))} summed over {t['sums']}"
+    has_adj = any(r[0] == "adj" for f in facs for r in roles[f])
+    if has_adj and t["cond"] is None:
+        raise LoweringError(f"{name}: adjoint window read without its integrality/range guard")
+    base = {"alpha": t["coeff"]}
+    if len(data) == 1 and all(isinstance(e, sp.Symbol) for e in data[0].indices) and not masks:
+        op = _loop_op(k, _LoopTerm(t["coeff"], data, t["sums"]))
+        if op is not None:
+            return op
+    if len(data) == 2 and not masks:
+        A, X = data
+        if not _plain(roles[A]):
+            A, X = X, A
+        pa, rx = _plain(roles[A]), roles[X]
+        if pa is None or len(pa) != 4 or len(rx) != 4:
+            raise LoweringError(f"{name}: expected a 4-index array times a windowed 4-index array")
+        n, c = rx[0][1], rx[1][1]
+        if _spatial(spec, rx, "fwd") and sums == {c, m0.kernel, m1.kernel} and \
+                pa == (out[1], c, m0.kernel, m1.kernel) and out == (n, out[1], m0.out, m1.out):
+            return {**base, "kind": "im2col_gemm", "A": str(A.base), "X": str(X.base), "n": str(n),
+                    "o": str(out[1]), "c": str(c), "arrays": [str(A.base), str(X.base)]}
+        if _spatial(spec, rx, "fwd") and sums == {n, m0.out, m1.out} and \
+                pa == (n, out[0], m0.out, m1.out) and out == (out[0], c, m0.kernel, m1.kernel):
+            return {**base, "kind": "im2col_wgrad", "G": str(A.base), "X": str(X.base), "n": str(n),
+                    "o": str(out[0]), "c": str(c), "arrays": [str(A.base), str(X.base)]}
+        if _spatial(spec, rx, "adj") and sums == {c, m0.kernel, m1.kernel} and \
+                pa == (c, out[1], m0.kernel, m1.kernel) and out == (n, out[1], m0.inp, m1.inp):
+            return {**base, "kind": "col2im_gemm", "A": str(A.base), "G": str(X.base), "n": str(n),
+                    "o": str(c), "c": str(out[1]), "arrays": [str(A.base), str(X.base)]}
+        raise LoweringError(f"{name}: index structure matches no im2col/col2im GEMM")
+    if len(data) == 1 and len(masks) <= 1:
+        (X,) = data
+        rx = roles[X]
+        mask = str(masks[0].base) if masks else None
+        if masks:
+            rm = roles[masks[0]]
+            # the mask is indexed by the output position of the same window: (n, c, h, w, i, j)
+            ok = [r[1] for r in rm[:2]] == [r[1] for r in rx[:2]] and \
+                [r[1] for r in rm[-2:]] == [m0.kernel, m1.kernel]
+            if not ok:
+                raise LoweringError(f"{name}: mask {masks[0]} is not indexed by the window of {X}")
+        if sums != {m0.kernel, m1.kernel} or [r[0] for r in rx[:2]] != ["plain", "plain"]:
+            raise LoweringError(f"{name}: a pooling term must sum over the kernel offsets only")
+        if _spatial(spec, rx, "fwd") and out == (rx[0][1], rx[1][1], m0.out, m1.out):
+            kind = "argmax" if (mask and k.name.endswith("_forward")) else "gather"
+            return {**base, "kind": kind, "X": str(X.base), "mask": mask, "n": str(rx[0][1]),
+                    "c": str(rx[1][1]), "arrays": [str(X.base)]}
+        if _spatial(spec, rx, "adj") and out == (rx[0][1], rx[1][1], m0.inp, m1.inp):
+            return {**base, "kind": "scatter", "G": str(X.base), "mask": mask, "n": str(rx[0][1]),
+                    "c": str(rx[1][1]), "arrays": [str(X.base)]}
+    raise LoweringError(f"{name}: no window lowering for this term")
+
+
+class _LoopTerm:
+    """Adapter to the contraction family's broadcast/reduction lowering."""
+    def __init__(self, coeff, factors, sums):
+        self.coeff, self.factors, self.sums = coeff, factors, sums
+
+
+def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
+    spec = d.spec
+    m0, m1 = spec.maps
+    allowed = set(spec.extents.values()) | set(spec.scalars)
+    ops = [lower_term(spec, k, t) for t in window_terms(k.expr, allowed)]
+    rank = {}
+    for nm, idx in list(spec.all_arrays.items()) + [("g", spec.out_indices)]:
+        rank[nm] = idx
+        rank["R" + nm] = idx
+    used = []
+    for op in ops:
+        for a in op["arrays"]:
+            if a not in used:
+                used.append(a)
+    masks = sorted({op["mask"] for op in ops if op.get("mask")})
+    optional = [a for a in used if a.startswith("R")]
+    canon = list(spec.arrays) + ["g"]
+    canon = canon + ["R" + a for a in canon]
+    arrays = sorted((a for a in used if a not in optional), key=canon.index) + sorted(optional, key=canon.index)
+    shapes = {a: [str(i) for i in rank[a]] for a in arrays}
+    shapes[k.out] = [str(i) for i in k.out_indices]
+    outs = [k.out]
+    argmax = any(op["kind"] == "argmax" for op in ops)
+    for mk in masks:   # stored compressed: the argmax offset per output position
+        shapes[mk] = [str(i) for i in spec.constants[mk][:4]]
+    mask_in = [mk for mk in masks if not argmax]
+    mask_out = [mk for mk in masks if argmax]
+    windowed = any(op["kind"] != "loop" for op in ops)
+    # extent of index i is the C variable ``i_``; geometry scalars keep their names
+    names = {str(ext): f"{ix}_" for ix, ext in spec.extents.items()}
+    scalar_names = [str(s) for s in spec.scalars] if windowed else []
+    scalar_extents = {str(ext): str(ix) for ix, ext in spec.extents.items() if str(ext) in scalar_names}
+    for op in ops:
+        op["alpha_c"] = {ct: print_expr(op["alpha"], ct, names) for ct, _, _ in DTYPES}
+        op["guard"] = [a for a in op["arrays"] if a in optional]
+    extents = list(dict.fromkeys(i for a in arrays + outs + masks for i in shapes[a]))
+    extents += [ix for ix in scalar_extents.values() if ix not in extents]
+    if windowed:
+        for m in spec.maps:
+            for ix in (m.out, m.inp, m.kernel):
+                if str(ix) not in extents:
+                    raise LoweringError(f"{k.name}: the extent of {ix} is not determined by any argument")
+    geometry = []
+    if windowed:
+        for m in spec.maps:
+            geometry.append({
+                "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
+                "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
+                "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
+                           f" - 1) // {m.stride} + 1"})
+    gemms = [op for op in ops if op["kind"] in ("im2col_gemm", "im2col_wgrad", "col2im_gemm")]
+    idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
+           "i": str(m0.kernel), "j": str(m1.kernel)}
+    cols = None
+    if gemms:
+        c = gemms[0]["c"]
+        cols = (f"{c}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
+    minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
+    return {"name": k.name, "arrays": arrays, "cols": cols, "minimum": minimum, "out": k.out, "outs": outs, "shapes": shapes, "ops": ops,
+            "optional": optional, "extents": extents, "any_assign": False,
+            "masks_in": mask_in, "masks_out": mask_out, "scalars": scalar_names,
+            "scalar_extents": scalar_extents, "geometry": geometry,
+            "idx": idx,
+            "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
+
+
+def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
+    kernels = [kernel_context(d, k) for d in derived for k in d.kernels]
+    specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
+    return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
+                  doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "
+                  + ", ".join(s["name"] for s in specs) + ".")
