@@ -48,9 +48,8 @@ class Dense(Layer):
         for nm, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Dense: {nm} must be a positive integer, got {v!r}")
-        if not bias:
-            raise ValueError("Dense: bias=False is not supported yet")
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bias = bool(bias)
         self.W = self.b = None
 
     @property
@@ -58,7 +57,8 @@ class Dense(Layer):
         return f"Dense({self.in_features} -> {self.out_features})"
 
     def config(self):
-        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features}
+        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias}
 
     def build(self, input_shape, dtype, rng):
         self.dtype = np.dtype(dtype)
@@ -67,11 +67,12 @@ class Dense(Layer):
                              f"the previous layer gives {tuple(input_shape)}")
         bound = 1.0 / np.sqrt(self.in_features)   # PyTorch's nn.Linear default init
         self.W = rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)
-        self.b = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
+        self.b = (rng.uniform(-bound, bound, (self.out_features,)) if self.bias
+                  else np.zeros(self.out_features)).astype(self.dtype)   # bias=False: a constant zero
         return (self.out_features,)
 
     def parameters(self):
-        return [self.W, self.b]
+        return [self.W, self.b] if self.bias else [self.W]
 
     def _check(self, x):
         if not isinstance(x, np.ndarray):
@@ -88,10 +89,11 @@ class Dense(Layer):
         return _dense.dense_forward(self.x, self.W, self.b, y)
 
     def backward(self, g, need_input_grad=True):
+        g = np.ascontiguousarray(g)
         gW = _dense.dense_vjp_W(x=self.x, g=g, gW=np.empty_like(self.W))
-        gb = _dense.dense_vjp_b(g=g, gb=np.empty_like(self.b))
+        grads = [gW, _dense.dense_vjp_b(g=g, gb=np.empty_like(self.b))] if self.bias else [gW]
         gx = _dense.dense_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x)) if need_input_grad else None
-        return gx, [gW, gb]
+        return gx, grads
 
 
 class Activation(Layer):
@@ -184,7 +186,17 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     """Rebuild a layer from :meth:`Layer.config` (used by checkpoints; no pickle)."""
     kind = cfg.get("type")
     if kind == "Dense":
-        return Dense(cfg["in_features"], cfg["out_features"])
+        return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+    if kind == "Conv2D":
+        return Conv2D(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]), tuple(cfg["stride"]),
+                      tuple(cfg["padding"]), tuple(cfg["dilation"]), bias=cfg["bias"])
+    if kind in ("MaxPool2D", "AvgPool2D"):
+        return {"MaxPool2D": MaxPool2D, "AvgPool2D": AvgPool2D}[kind](
+            tuple(cfg["kernel_size"]), tuple(cfg["stride"]), tuple(cfg["padding"]))
+    if kind == "Flatten":
+        return Flatten()
+    if kind == "Residual":
+        return Residual([from_config(c, custom_objects) for c in cfg["layers"]], cfg.get("projection"))
     if kind == "Activation":
         nm = cfg["name"]
         if nm in BUILTIN_ACTIVATIONS:
@@ -193,3 +205,8 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
             return custom_objects[nm]
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
     raise ValueError(f"unknown layer type {kind!r} in checkpoint")
+
+
+# image layers and skip connections live in their own modules; re-exported here (``L.Conv2D``)
+from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D  # noqa: E402
+from .residual import Residual  # noqa: E402

@@ -27,25 +27,39 @@ class Sequential:
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
         self.rng = np.random.default_rng(seed)
-        if input_shape is None:
-            first = self.layers[0]
-            if not hasattr(first, "in_features"):
-                raise ValueError("Sequential: pass input_shape= when the first layer is not Dense")
-            input_shape = (first.in_features,)
-        self.input_shape = tuple(input_shape)
-        shape = self.input_shape
+        self.input_shape = self.output_shape = None
+        if input_shape is None and hasattr(self.layers[0], "in_features"):
+            input_shape = (self.layers[0].in_features,)
+        if input_shape is not None:   # otherwise built from the first batch seen
+            self.build(input_shape)
+
+    def build(self, input_shape: tuple) -> "Sequential":
+        """Allocate every layer's parameters for per-sample inputs of ``input_shape``."""
+        if self.input_shape is not None:
+            if tuple(input_shape) != self.input_shape:
+                raise ValueError(f"Sequential: already built for inputs {self.input_shape}, not {tuple(input_shape)}")
+            return self
+        shape = tuple(int(s) for s in input_shape)
         for layer in self.layers:
-            shape = layer.build(shape, dt, self.rng)
-        self.output_shape = shape
+            shape = layer.build(shape, self.dtype, self.rng)
+        self.input_shape, self.output_shape = tuple(int(s) for s in input_shape), shape
+        return self
 
     # ------------------------------------------------------------ basics
     def parameters(self) -> list[np.ndarray]:
+        if self.input_shape is None:
+            raise ValueError("Sequential: not built yet; pass input_shape= or call build(), fit() or "
+                             "forward() first (the first layer does not fix the input size)")
         return [p for layer in self.layers for p in layer.parameters()]
 
     def _check_X(self, X) -> np.ndarray:
         if not isinstance(X, np.ndarray):
             X = np.asarray(X)
         first = self.layers[0].name
+        if self.input_shape is None:
+            if X.ndim < 2:
+                raise ValueError(f"{first}: expected a batch (N, ...), got shape {X.shape}")
+            self.build(X.shape[1:])
         if X.ndim != len(self.input_shape) + 1 or X.shape[1:] != self.input_shape:
             raise ValueError(f"{first}: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {X.shape}")

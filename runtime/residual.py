@@ -1,0 +1,79 @@
+"""``Residual``: a skip connection ``y = block(x) + P(x)``.
+
+``P`` is the identity when the block keeps the shape, otherwise a learned projection
+(a strided 1×1 Conv2D for images, a Dense layer for vectors). The pullback of the fan-out
+``x -> (block(x), P(x))`` is the sum of the two branch gradients.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import Dense, Layer
+
+
+class Residual(Layer):
+    def __init__(self, layers: list, projection: bool | None = None):
+        if not layers or not all(isinstance(la, Layer) for la in layers):
+            raise TypeError("Residual: needs a non-empty list of symprop layers")
+        self.block = list(layers)
+        self.projection_wanted = projection   # None: only when shapes differ
+        self.projection = None
+
+    @property
+    def name(self):
+        return f"Residual({', '.join(la.name for la in self.block)})"
+
+    def config(self):
+        return {"type": "Residual", "layers": [la.config() for la in self.block],
+                "projection": self.projection_wanted}
+
+    def build(self, input_shape, dtype, rng):
+        from .conv import Conv2D, out_size
+        self.dtype = np.dtype(dtype)
+        shape = tuple(input_shape)
+        for la in self.block:
+            shape = la.build(shape, dtype, rng)
+        self.in_shape, self.out_shape = tuple(input_shape), tuple(shape)
+        need = self.in_shape != self.out_shape if self.projection_wanted is None else bool(self.projection_wanted)
+        if need:
+            if len(self.in_shape) == 1 and len(self.out_shape) == 1:
+                self.projection = Dense(self.in_shape[0], self.out_shape[0])
+            elif len(self.in_shape) == 3 and len(self.out_shape) == 3:
+                strides = []
+                for a, b in zip(self.in_shape[1:], self.out_shape[1:]):
+                    s = next((s for s in range(1, a + 1) if out_size(a, 1, s, 0) == b), None)
+                    if s is None:
+                        raise ValueError(f"{self.name}: no strided 1x1 projection maps spatial size "
+                                         f"{self.in_shape[1:]} to {self.out_shape[1:]}")
+                    strides.append(s)
+                self.projection = Conv2D(self.in_shape[0], self.out_shape[0], 1, stride=tuple(strides))
+            else:
+                raise ValueError(f"{self.name}: cannot project input {self.in_shape} onto output {self.out_shape}")
+            got = self.projection.build(self.in_shape, dtype, rng)
+            if tuple(got) != self.out_shape:
+                raise ValueError(f"{self.name}: projection gives {got}, the block {self.out_shape}")
+        return self.out_shape
+
+    def parameters(self):
+        ps = [p for la in self.block for p in la.parameters()]
+        return ps + (self.projection.parameters() if self.projection else [])
+
+    def forward(self, x):
+        out = x
+        for la in self.block:
+            out = la.forward(out)
+        skip = self.projection.forward(x) if self.projection else x
+        return out + skip
+
+    def backward(self, g, need_input_grad=True):
+        grads = []
+        gb = g
+        for k in range(len(self.block) - 1, -1, -1):
+            gb, pg = self.block[k].backward(gb, need_input_grad=True)
+            grads[:0] = pg
+        if self.projection:
+            gs, pg = self.projection.backward(g, need_input_grad=need_input_grad)
+            grads += pg
+        else:
+            gs = g
+        return (gb + gs if need_input_grad else None), grads
