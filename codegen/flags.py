@@ -23,8 +23,15 @@ def _isa_flags() -> list:
 
 
 def extension_kwargs() -> dict:
-    """-O3 and -fno-math-errno let GCC vectorize libm calls through libmvec; never -ffast-math."""
-    args = ["-O3", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
+    """-O3 and -fno-math-errno let GCC vectorize libm calls through libmvec; never -ffast-math.
+
+    -fstrict-aliasing overrides Python's -fno-strict-aliasing: without it a float store in a
+    kernel loop may alias the loop bound, which GCC then reloads every iteration and the loop
+    stays scalar. -fno-trapping-math lets GCC if-convert selects such as ``g·[x > 0]`` (it only
+    gives up observing FP exception flags; NaN/inf results are unchanged). Measured: the ReLU
+    pullback went from a branchy scalar loop (5 ns/element on random signs) to vector code.
+    """
+    args = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fstrict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]
     args += _isa_flags()
     extra = os.environ.get("SYMPROP_CFLAGS", "").split()
     libraries = ["m"]

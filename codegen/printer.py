@@ -82,20 +82,28 @@ class CythonPrinter(C99CodePrinter):
         args = [self._print(a) for a in expr.args]
         out = args[0]
         for a in args[1:]:
-            out = f"{self._fn('fmax')}({out}, {a})"
+            out = f"symprop_{self._fn('fmax')}({out}, {a})"
         return out
 
     def _print_Min(self, expr):
         args = [self._print(a) for a in expr.args]
         out = args[0]
         for a in args[1:]:
-            out = f"{self._fn('fmin')}({out}, {a})"
+            out = f"symprop_{self._fn('fmin')}({out}, {a})"
         return out
 
     def _print_Piecewise(self, expr):
         *pieces, last = expr.args
         if last.cond != sp.true:
             raise NotImplementedError(f"Piecewise without a default branch: {expr}")
+        if len(pieces) == 1 and pieces[0].expr.is_number and last.expr.is_number:
+            # constant branches: an Iverson bracket [c] cast to the float type, branch-free so the
+            # loop vectorizes (a ternary becomes an if/else that mispredicts on random signs)
+            (hi, cond), lo = pieces[0], last.expr
+            bracket = f"(<{self.ctype}>{self._print(cond)})"
+            if lo == 0:
+                return bracket if hi == 1 else f"({self._print(hi)}*{bracket})"
+            return f"({self._print(lo)} + {self._print(hi - lo)}*{bracket})"
         out = self._print(last.expr)
         for e, c in reversed(pieces):
             out = f"({self._print(e)} if {self._print(c)} else {out})"

@@ -158,6 +158,8 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     m0, m1 = spec.maps
     allowed = set(spec.extents.values()) | set(spec.scalars)
     ops = [lower_term(spec, k, t) for t in window_terms(k.expr, allowed)]
+    if any(op["kind"] == "argmax" for op in ops) and (len(ops) != 1 or ops[0]["alpha"] != 1):
+        raise LoweringError(f"{k.name}: an argmax (max-pool) forward must be the kernel's only term")
     rank = {}
     for nm, idx in list(spec.all_arrays.items()) + [("g", spec.out_indices)]:
         rank[nm] = idx

@@ -45,6 +45,10 @@ cdef extern from "symprop_math.h":
     double cosh(double) nogil
     double sinh(double) nogil
     double atan(double) nogil
+    float symprop_fmaxf(float, float) nogil
+    float symprop_fminf(float, float) nogil
+    double symprop_fmax(double, double) nogil
+    double symprop_fmin(double, double) nogil
 
 import numpy as _np
 
@@ -515,14 +519,14 @@ cdef void _relu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcep
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = fmaxf((<float>0.0), x)
+        y_p[_e] = symprop_fmaxf((<float>0.0), x)
 
 cdef void _relu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = fmax((<double>0.0), x)
+        y_p[_e] = symprop_fmax((<double>0.0), x)
 
 
 def relu_forward(x, y, ):
@@ -559,7 +563,7 @@ cdef void _relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssiz
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))
+        gx_p[_e] = g*(<float>(x > (<float>0.0)))
 
 cdef void _relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -568,7 +572,7 @@ cdef void _relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_s
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))
+        gx_p[_e] = g*(<double>(x > (<double>0.0)))
 
 
 def relu_vjp(x, g, gx, ):
@@ -609,7 +613,7 @@ cdef void _relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssi
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))
+        Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
 
 cdef void _relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -618,7 +622,7 @@ cdef void _relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))
+        Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
 
 
 def relu_jvp(x, Rx, Ry, ):
@@ -659,7 +663,7 @@ cdef void _relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p, Py_s
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))
+        Rgx_p[_e] = Rg*(<float>(x > (<float>0.0)))
 
 cdef void _relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -668,7 +672,7 @@ cdef void _relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, P
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))
+        Rgx_p[_e] = Rg*(<double>(x > (<double>0.0)))
 
 
 def relu_rvjp(x, Rg, Rgx, ):
@@ -707,14 +711,14 @@ cdef void _softplus_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noe
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = log1pf(expf(-fabsf(x))) + fmaxf((<float>0.0), x)
+        y_p[_e] = log1pf(expf(-fabsf(x))) + symprop_fmaxf((<float>0.0), x)
 
 cdef void _softplus_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = log1p(exp(-fabs(x))) + fmax((<double>0.0), x)
+        y_p[_e] = log1p(exp(-fabs(x))) + symprop_fmax((<double>0.0), x)
 
 
 def softplus_forward(x, y, ):

@@ -43,6 +43,10 @@ cdef extern from "symprop_math.h":
     double cosh(double) nogil
     double sinh(double) nogil
     double atan(double) nogil
+    float symprop_fmaxf(float, float) nogil
+    float symprop_fminf(float, float) nogil
+    double symprop_fmax(double, double) nogil
+    double symprop_fmin(double, double) nogil
 
 import numpy as _np
 

@@ -10,6 +10,7 @@
 
 """Window kernels (conv via im2col/col2im + GEMM, pooling): conv2d, avgpool2d, maxpool2d."""
 from libc.stdint cimport int64_t
+from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
@@ -66,18 +67,30 @@ def _check_mask(str kernel, str name, a, bint writable):
     if writable and not a.flags.writeable:
         raise ValueError(f"{kernel}: output {name!r} is read-only")
 
+cdef inline void _valid_range(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t off, Py_ssize_t stride,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    # output positions w in [lo, hi) whose read w*stride + off lies in [0, size)
+    lo[0] = 0 if off >= 0 else (stride - 1 - off) // stride
+    hi[0] = 0 if size - 1 - off < 0 else (size - 1 - off) // stride + 1
+    if hi[0] > n_out:
+        hi[0] = n_out
+    if lo[0] > hi[0]:
+        lo[0] = hi[0]
+
 
 cdef void _im2col_f32(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, float* cols) noexcept nogil:
     # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input
-    cdef Py_ssize_t c, i, j, h, w, u, v, row
+    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
     cdef float* dst
     cdef const float* src
     for c in range(C):
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
                 for h in range(HO):
                     dst = cols + (row * HO + h) * WO
                     u = h * sh + i * dh - ph
@@ -85,47 +98,93 @@ cdef void _im2col_f32(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, 
                         for w in range(WO):
                             dst[w] = 0
                         continue
-                    src = x + (c * H + u) * W
-                    v = j * dw - pw
-                    for w in range(WO):
-                        dst[w] = src[v] if 0 <= v < W else 0
-                        v += sw
+                    src = x + (c * H + u) * W + off
+                    for w in range(lo):
+                        dst[w] = 0
+                    if sw == 1:
+                        for w in range(lo, hi):
+                            dst[w] = src[w]
+                    else:
+                        for w in range(lo, hi):
+                            dst[w] = src[w * sw]
+                    for w in range(hi, WO):
+                        dst[w] = 0
 
 
 cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, float* x) noexcept nogil:
     # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)]
-    cdef Py_ssize_t c, i, j, h, w, u, v, row
+    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
     cdef const float* src
     cdef float* dst
     for c in range(C):
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
                 for h in range(HO):
                     u = h * sh + i * dh - ph
                     if u < 0 or u >= H:
                         continue
                     src = cols + (row * HO + h) * WO
-                    dst = x + (c * H + u) * W
-                    v = j * dw - pw
-                    for w in range(WO):
-                        if 0 <= v < W:
-                            dst[v] += src[w]
-                        v += sw
+                    dst = x + (c * H + u) * W + off
+                    if sw == 1:
+                        for w in range(lo, hi):
+                            dst[w] += src[w]
+                    else:
+                        for w in range(lo, hi):
+                            dst[w * sw] += src[w]
+
+
+cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                          Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t ph, Py_ssize_t pw, float* y, int64_t* M) noexcept nogil:
+    # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
+    # first maximum in row-major window order wins and a NaN always wins (PyTorch's rule);
+    # vectorized along w with selects instead of branches.
+    cdef Py_ssize_t i, j, h, w, u, off, lo, hi
+    cdef int64_t kk
+    cdef bint take
+    cdef float val
+    cdef const float* src
+    cdef float* yr
+    cdef int64_t* mr
+    for h in range(HO):
+        yr = y + h * WO
+        mr = M + h * WO
+        for w in range(WO):
+            yr[w] = -INFINITY
+            mr[w] = -1
+        for i in range(KH):
+            u = h * sh + i * dh - ph
+            if u < 0 or u >= H:
+                continue
+            for j in range(KW):
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
+                src = x + u * W + off
+                kk = i * KW + j
+                for w in range(lo, hi):
+                    val = src[w * sw]
+                    take = (val > yr[w]) | (val != val) | (mr[w] < 0)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
 
 cdef void _im2col_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, double* cols) noexcept nogil:
     # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input
-    cdef Py_ssize_t c, i, j, h, w, u, v, row
+    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
     cdef double* dst
     cdef const double* src
     for c in range(C):
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
                 for h in range(HO):
                     dst = cols + (row * HO + h) * WO
                     u = h * sh + i * dh - ph
@@ -133,35 +192,79 @@ cdef void _im2col_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                         for w in range(WO):
                             dst[w] = 0
                         continue
-                    src = x + (c * H + u) * W
-                    v = j * dw - pw
-                    for w in range(WO):
-                        dst[w] = src[v] if 0 <= v < W else 0
-                        v += sw
+                    src = x + (c * H + u) * W + off
+                    for w in range(lo):
+                        dst[w] = 0
+                    if sw == 1:
+                        for w in range(lo, hi):
+                            dst[w] = src[w]
+                    else:
+                        for w in range(lo, hi):
+                            dst[w] = src[w * sw]
+                    for w in range(hi, WO):
+                        dst[w] = 0
 
 
 cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, double* x) noexcept nogil:
     # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)]
-    cdef Py_ssize_t c, i, j, h, w, u, v, row
+    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
     cdef const double* src
     cdef double* dst
     for c in range(C):
         for i in range(KH):
             for j in range(KW):
                 row = (c * KH + i) * KW + j
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
                 for h in range(HO):
                     u = h * sh + i * dh - ph
                     if u < 0 or u >= H:
                         continue
                     src = cols + (row * HO + h) * WO
-                    dst = x + (c * H + u) * W
-                    v = j * dw - pw
-                    for w in range(WO):
-                        if 0 <= v < W:
-                            dst[v] += src[w]
-                        v += sw
+                    dst = x + (c * H + u) * W + off
+                    if sw == 1:
+                        for w in range(lo, hi):
+                            dst[w] += src[w]
+                    else:
+                        for w in range(lo, hi):
+                            dst[w * sw] += src[w]
+
+
+cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                          Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t ph, Py_ssize_t pw, double* y, int64_t* M) noexcept nogil:
+    # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
+    # first maximum in row-major window order wins and a NaN always wins (PyTorch's rule);
+    # vectorized along w with selects instead of branches.
+    cdef Py_ssize_t i, j, h, w, u, off, lo, hi
+    cdef int64_t kk
+    cdef bint take
+    cdef double val
+    cdef const double* src
+    cdef double* yr
+    cdef int64_t* mr
+    for h in range(HO):
+        yr = y + h * WO
+        mr = M + h * WO
+        for w in range(WO):
+            yr[w] = -INFINITY
+            mr[w] = -1
+        for i in range(KH):
+            u = h * sh + i * dh - ph
+            if u < 0 or u >= H:
+                continue
+            for j in range(KW):
+                off = j * dw - pw
+                _valid_range(W, WO, off, sw, &lo, &hi)
+                src = x + u * W + off
+                kk = i * KW + j
+                for w in range(lo, hi):
+                    val = src[w * sw]
+                    take = (val > yr[w]) | (val != val) | (mr[w] < 0)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
 
 #: argument lists of every kernel, for callers that bind arguments by name
 KERNELS = {
@@ -904,8 +1007,7 @@ cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, P
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _val = x[_n, _c, _u, _v]
-                                        _acc = _acc + _val
+                                        _acc = _acc + x[_n, _c, _u, _v]
                         y[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
 
 cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -925,8 +1027,7 @@ cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _val = x[_n, _c, _u, _v]
-                                        _acc = _acc + _val
+                                        _acc = _acc + x[_n, _c, _u, _v]
                         y[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
 
 
@@ -1115,8 +1216,7 @@ cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, Py_
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _val = Rx[_n, _c, _u, _v]
-                                            _acc = _acc + _val
+                                            _acc = _acc + Rx[_n, _c, _u, _v]
                             Ry[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
 
 cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1137,8 +1237,7 @@ cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, P
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _val = Rx[_n, _c, _u, _v]
-                                            _acc = _acc + _val
+                                            _acc = _acc + Rx[_n, _c, _u, _v]
                             Ry[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
 
 
@@ -1319,23 +1418,7 @@ cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, i
     with nogil:
         for _n in range(n_):
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _acc = 0
-                        _kk = -1
-                        for _i in range(i_):
-                            _u = _h * s_h + _i * 1 - p_h
-                            if 0 <= _u < u_:
-                                for _j in range(j_):
-                                    _v = _w * s_w + _j * 1 - p_w
-                                    if 0 <= _v < v_:
-                                        _val = x[_n, _c, _u, _v]
-                                        # first maximum in row-major window order; NaN wins (as PyTorch)
-                                        if _kk < 0 or _val > _acc or _val != _val:
-                                            _acc = _val
-                                            _kk = _i * j_ + _j
-                        M[_n, _c, _h, _w] = _kk
-                        y[_n, _c, _h, _w] += (<float>1.0) * _acc
+                _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
 
 cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
@@ -1345,23 +1428,7 @@ cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
     with nogil:
         for _n in range(n_):
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _acc = 0
-                        _kk = -1
-                        for _i in range(i_):
-                            _u = _h * s_h + _i * 1 - p_h
-                            if 0 <= _u < u_:
-                                for _j in range(j_):
-                                    _v = _w * s_w + _j * 1 - p_w
-                                    if 0 <= _v < v_:
-                                        _val = x[_n, _c, _u, _v]
-                                        # first maximum in row-major window order; NaN wins (as PyTorch)
-                                        if _kk < 0 or _val > _acc or _val != _val:
-                                            _acc = _val
-                                            _kk = _i * j_ + _j
-                        M[_n, _c, _h, _w] = _kk
-                        y[_n, _c, _h, _w] += (<double>1.0) * _acc
+                _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
 
 
 def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):

@@ -22,4 +22,10 @@ SYMPROP_SIMD double erf(double);
 SYMPROP_SIMD double log1p(double);
 SYMPROP_SIMD double expm1(double);
 #endif
+/* fmax/fmin semantics (a NaN argument loses to a number) without a libm call, written as
+ * selects so that loops vectorize; libm's fmaxf is not inlined without -ffinite-math-only. */
+static inline float symprop_fmaxf(float a, float b) { return (a > b || b != b) ? a : b; }
+static inline float symprop_fminf(float a, float b) { return (a < b || b != b) ? a : b; }
+static inline double symprop_fmax(double a, double b) { return (a > b || b != b) ? a : b; }
+static inline double symprop_fmin(double a, double b) { return (a < b || b != b) ? a : b; }
 #endif
