@@ -9,6 +9,7 @@ import numpy as np
 from . import checkpoint
 from .layers import Layer, from_config
 from .losses import get_loss
+from .memory import tune_allocator
 from .optimizers import Adam, Optimizer
 
 
@@ -27,6 +28,7 @@ class Sequential:
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
         self.rng = np.random.default_rng(seed)
+        tune_allocator()
         self.input_shape = self.output_shape = None
         if input_shape is None and hasattr(self.layers[0], "in_features"):
             input_shape = (self.layers[0].in_features,)
