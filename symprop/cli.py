@@ -35,50 +35,88 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def build_model(name: str, hidden: int, activation: str, dtype: str, seed: int, n_in: int, n_out: int):
-    from . import Sequential
-    from .runtime import layers as L
+DEFAULT_EPOCHS = {"mlp": 40, "cnn": 15, "lenet": 15, "cifar_cnn": 15}
+DEFAULT_WEIGHT_DECAY = {"mlp": 0.0, "cnn": 5e-4, "lenet": 5e-4, "cifar_cnn": 5e-4}
 
-    act = L.BUILTIN_ACTIVATIONS[activation]
-    if name == "mlp":
-        return Sequential([L.Dense(n_in, hidden), act(), L.Dense(hidden, n_out)],
-                          loss="softmax_cross_entropy", dtype=dtype, seed=seed)
-    raise SystemExit(f"symprop train: model {name!r} is not available (choose from: mlp)")
+
+def load_data(dataset: str, data_dir, dtype: str, input_shape=None, model: str | None = None):
+    """Train/test splits shaped for the model: flat vectors for the MLP on digits, NCHW images
+    otherwise; LeNet gets the 8x8 digits upsampled to 32x32 (LeNet-5's input size)."""
+    from .runtime.data import load_dataset, upsample
+
+    flat = (model == "mlp" and dataset == "digits") or (input_shape is not None and len(input_shape) == 1)
+    (X, y), (Xt, yt) = load_dataset(dataset, data_dir, dtype, image=not flat)
+    factor = 1
+    if dataset == "digits" and not flat:
+        factor = 4 if model == "lenet" else (input_shape[-1] // 8 if input_shape else 1)
+    return (upsample(X, factor), y), (upsample(Xt, factor), yt)
 
 
 def cmd_train(args) -> int:
     from .runtime import optimizers as O
-    from .runtime.data import load_digits
+    from .runtime.models import MODELS
 
-    if args.dataset != "digits":
-        raise SystemExit(f"symprop train: dataset {args.dataset!r} is not available yet (choose from: digits)")
-    (X, y), (Xt, yt) = load_digits(dtype=args.dtype, seed=0)
-    model = build_model(args.model, args.hidden, args.activation, args.dtype, args.seed, X.shape[1], 10)
-    kw = {"lr": args.lr}
+    (X, y), (Xt, yt) = load_data(args.dataset, args.data_dir, args.dtype, model=args.model)
+    builder = MODELS[args.model]
+    kw = {"hidden": args.hidden, "activation": args.activation} if args.model == "mlp" else {}
+    if args.model == "cnn":
+        kw["activation"] = args.activation
+    model = builder(X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype, seed=args.seed, **kw)
+    epochs = args.epochs or DEFAULT_EPOCHS[args.model]
+    wd = DEFAULT_WEIGHT_DECAY[args.model] if args.weight_decay is None else args.weight_decay
+    okw = {"lr": args.lr, "weight_decay": wd}
     if args.optimizer == "sgd":
-        kw["momentum"] = args.momentum
-    opt = O.get_optimizer(args.optimizer, **kw)
-    print(f"symprop train: {args.model} {model.input_shape[0]}-{args.hidden}-10 ({args.activation}) on digits: "
-          f"{len(X)} train / {len(Xt)} test, {args.optimizer}(lr={opt.lr}), batch {args.batch_size}, "
-          f"{args.epochs} epochs, {args.dtype}, seed {args.seed}")
+        okw["momentum"] = args.momentum
+    opt = O.get_optimizer(args.optimizer, **okw)
+    n_params = sum(p.size for p in model.parameters())
+    print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params} parameters) on {args.dataset} "
+          f"{'x'.join(map(str, X.shape[1:]))}: {len(X)} train / {len(Xt)} test, {args.optimizer}(lr={opt.lr}), "
+          f"weight decay {wd}, batch {args.batch_size}, {epochs} epochs, {args.dtype}, seed {args.seed}")
     t0 = time.perf_counter()
-    model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
-              validation_data=(Xt, yt), verbose=1, seed=args.seed)
+    hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt,
+                     validation_data=(Xt, yt), verbose=1, seed=args.seed)
     ev = model.evaluate(Xt, yt)
     print(f"final test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  "
           f"({time.perf_counter() - t0:.1f} s)")
     if args.save:
         path = model.save(args.save)
         print(f"saved {path}")
+    if args.plot:
+        _plot(hist, args.plot, f"{args.model} on {args.dataset}")
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _plot(hist: dict, path: str, title: str) -> None:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ValueError("--plot needs matplotlib: pip install 'symprop[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = range(1, len(hist["loss"]) + 1)
+    a.plot(ep, hist["loss"], label="train")
+    if "val_loss" in hist:
+        a.plot(ep, hist["val_loss"], label="test")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
+    if "accuracy" in hist:
+        b.plot(ep, hist["accuracy"], label="train")
+        if "val_accuracy" in hist:
+            b.plot(ep, hist["val_accuracy"], label="test")
+        b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def cmd_evaluate(args) -> int:
     from . import Sequential
-    from .runtime.data import load_digits
 
     model = Sequential.load(args.file)
-    (_, _), (Xt, yt) = load_digits(dtype=model.dtype.name, seed=0)
+    (_, _), (Xt, yt) = load_data(args.dataset, args.data_dir, model.dtype.name, input_shape=model.input_shape)
     ev = model.evaluate(Xt, yt)
     print(" ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     return 0
@@ -93,29 +131,36 @@ def main(argv=None) -> int:
     g.add_argument("--out", help="output folder (default: ./generated of the checkout)")
     g.set_defaults(fn=cmd_generate)
 
-    t = sub.add_parser("train", help="train a model on a bundled data set")
-    t.add_argument("--model", default="mlp", choices=["mlp"])
-    t.add_argument("--dataset", default="digits")
-    t.add_argument("--epochs", type=int, default=40)
+    t = sub.add_parser("train", help="train a model on digits (bundled), MNIST or CIFAR-10 (local files)")
+    t.add_argument("--model", default="mlp", choices=["mlp", "cnn", "lenet", "cifar_cnn"])
+    t.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10"])
+    t.add_argument("--data-dir", help="folder with the MNIST IDX files or the CIFAR-10 binary batches")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()))
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_WEIGHT_DECAY.items()))
     t.add_argument("--hidden", type=int, default=512)
     t.add_argument("--activation", default="relu", choices=["tanh", "sigmoid", "relu", "softplus"])
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")
+    t.add_argument("--plot", help="write loss/accuracy curves to this image (matplotlib)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a saved checkpoint on the digits test split")
+    e = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a test split")
     e.add_argument("file")
+    e.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10"])
+    e.add_argument("--data-dir")
     e.set_defaults(fn=cmd_evaluate)
 
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"symprop {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
 
