@@ -104,3 +104,15 @@ def test_cli_train_runs_and_saves(tmp_path):
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "evaluate", str(tmp_path / "m.npz")],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "accuracy" in r.stdout
+
+
+def test_cli_cnn_reaches_98_percent_on_digits(tmp_path):
+    """The issue's bar: `symprop train --model cnn` >= 98 % test accuracy on digits (defaults)."""
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--model", "cnn", "--save",
+                        str(tmp_path / "cnn.npz")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    acc = float(r.stdout.split("final test accuracy")[1].split()[0])
+    assert acc >= 0.98, r.stdout[-500:]
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "evaluate", str(tmp_path / "cnn.npz")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and f"accuracy {acc:.4f}" in r.stdout, (r.stdout, r.stderr)

@@ -55,14 +55,12 @@ def test_conv2d_kernels_match_torch(case, dtype):
     ryt = torch.autograd.functional.jvp(lambda a, w, c: F.conv2d(a, w, c, stride=s, padding=p, dilation=d),
                                         (xt, Wt, bt), tuple(torch.tensor(v.astype(np.float64)) for v in (Rx, RW, Rb)))[1]
     assert rel_err(K.conv2d_jvp(x, W, Rx=Rx, RW=RW, Rb=Rb, Ry=np.empty_like(y), **geo), ryt.numpy()) < tol
-    dot = sum((a * torch.tensor(v.astype(np.float64))).sum() for a, v in ((gxt, Rx), (gWt, RW)))
     # d/dε of (gx, gW) along (Rx, RW, Rg): the bilinear cross terms
     Rg_t = torch.tensor(Rg.astype(np.float64))
     gx_dir = torch.autograd.grad(yt, xt, Rg_t, retain_graph=True)[0] + \
         torch.autograd.grad(F.conv2d(xt, torch.tensor(RW.astype(np.float64)), None, s, p, d), xt, gt, retain_graph=True)[0]
     gW_dir = torch.autograd.grad(yt, Wt, Rg_t, retain_graph=True)[0] + \
         torch.autograd.grad(F.conv2d(torch.tensor(Rx.astype(np.float64)), Wt, None, s, p, d), Wt, gt, retain_graph=True)[0]
-    del dot
     assert rel_err(K.conv2d_rvjp_x(W, g, RW=RW, Rg=Rg, Rgx=np.empty_like(x), **geo), gx_dir.detach().numpy()) < tol
     assert rel_err(K.conv2d_rvjp_W(x, g, Rx=Rx, Rg=Rg, RgW=np.empty_like(W), **geo), gW_dir.detach().numpy()) < tol
     assert rel_err(K.conv2d_rvjp_b(Rg=Rg, Rgb=np.empty_like(b)), Rg.astype(np.float64).sum(axis=(0, 2, 3))) < tol
