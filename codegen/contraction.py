@@ -90,25 +90,27 @@ def lower(k: ContractionKernel) -> list[dict]:
     return ops
 
 
+def argument_layout(spec, k: ContractionKernel, ops: list[dict]) -> tuple[list, list, dict]:
+    """The arrays a kernel reads, in canonical order (spec arrays, then g; the optional
+    direction arrays R· after, in the same order), which of them are optional, and every
+    array's index names (the output's included)."""
+    used = list(dict.fromkeys(a for op in ops for a in op["arrays"]))
+    rank = {}
+    for name, idx in list(spec.arrays.items()) + [("g", spec.out_indices)]:
+        rank[name] = rank["R" + name] = idx
+    optional = [a for a in used if a.startswith("R")]
+    canon = list(spec.arrays) + ["g"]
+    canon = canon + ["R" + a for a in canon]
+    arrays = sorted((a for a in used if a not in optional), key=canon.index) + \
+        sorted(optional, key=canon.index)
+    shapes = {a: [str(i) for i in rank[a]] for a in arrays}
+    shapes[k.out] = [str(i) for i in k.out_indices]
+    return arrays, optional, shapes
+
+
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     ops = lower(k)
-    used = []
-    for op in ops:
-        for a in op["arrays"]:
-            if a not in used:
-                used.append(a)
-    rank = {}
-    for name, idx in list(d.spec.arrays.items()) + [("g", d.spec.out_indices)]:
-        rank[name] = idx
-        rank["R" + name] = idx
-    shapes = {a: [str(i) for i in rank[a]] for a in used}
-    shapes[k.out] = [str(i) for i in k.out_indices]
-    optional = [a for a in used if a.startswith("R")]
-    # canonical argument order: spec arrays, then g; directions (optional) after, same order
-    canon = list(d.spec.arrays) + ["g"]
-    canon = canon + ["R" + a for a in canon]
-    used = sorted((a for a in used if a not in optional), key=canon.index) + \
-        sorted(optional, key=canon.index)
+    used, optional, shapes = argument_layout(d.spec, k, ops)
     for op in ops:
         op["alpha_c"] = {ct: print_expr(op["alpha"], ct) for ct, _, _ in DTYPES}
         op["guard"] = [a for a in op["arrays"] if a in optional]

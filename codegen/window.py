@@ -23,7 +23,7 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
 from .config import DTYPES
-from .contraction import LoweringError, _loop_op
+from .contraction import LoweringError, Term, _loop_op, argument_layout
 from .printer import print_expr
 from .render import render
 
@@ -79,7 +79,7 @@ def _roles(spec: ContractionSpec, f: sp.Indexed) -> list:
 
 def _spatial(spec, roles, kind) -> bool:
     """The last two indices read the two declared axes, in order, the ``kind`` way."""
-    return [r for r in roles[-2:]] == [(kind, m) for m in spec.maps]
+    return list(roles[-2:]) == [(kind, m) for m in spec.maps]
 
 
 def _plain(roles) -> tuple:
@@ -100,7 +100,7 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
         raise LoweringError(f"{name}: adjoint window read without its integrality/range guard")
     base = {"alpha": t["coeff"]}
     if len(data) == 1 and all(isinstance(e, sp.Symbol) for e in data[0].indices) and not masks:
-        op = _loop_op(k, _LoopTerm(t["coeff"], data, t["sums"]))
+        op = _loop_op(k, Term(t["coeff"], data, t["sums"]))
         if op is not None:
             return op
     if len(data) == 2 and not masks:
@@ -147,37 +147,17 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
     raise LoweringError(f"{name}: no window lowering for this term")
 
 
-class _LoopTerm:
-    """Adapter to the contraction family's broadcast/reduction lowering."""
-    def __init__(self, coeff, factors, sums):
-        self.coeff, self.factors, self.sums = coeff, factors, sums
-
-
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     spec = d.spec
     m0, m1 = spec.maps
     allowed = set(spec.extents.values()) | set(spec.scalars)
     ops = [lower_term(spec, k, t) for t in window_terms(k.expr, allowed)]
-    if any(op["kind"] == "argmax" for op in ops) and (len(ops) != 1 or ops[0]["alpha"] != 1):
-        raise LoweringError(f"{k.name}: an argmax (max-pool) forward must be the kernel's only term")
-    rank = {}
-    for nm, idx in list(spec.all_arrays.items()) + [("g", spec.out_indices)]:
-        rank[nm] = idx
-        rank["R" + nm] = idx
-    used = []
-    for op in ops:
-        for a in op["arrays"]:
-            if a not in used:
-                used.append(a)
-    masks = sorted({op["mask"] for op in ops if op.get("mask")})
-    optional = [a for a in used if a.startswith("R")]
-    canon = list(spec.arrays) + ["g"]
-    canon = canon + ["R" + a for a in canon]
-    arrays = sorted((a for a in used if a not in optional), key=canon.index) + sorted(optional, key=canon.index)
-    shapes = {a: [str(i) for i in rank[a]] for a in arrays}
-    shapes[k.out] = [str(i) for i in k.out_indices]
-    outs = [k.out]
     argmax = any(op["kind"] == "argmax" for op in ops)
+    if argmax and (len(ops) != 1 or ops[0]["alpha"] != 1):
+        raise LoweringError(f"{k.name}: an argmax (max-pool) forward must be the kernel's only term")
+    arrays, optional, shapes = argument_layout(spec, k, ops)
+    outs = [k.out]
+    masks = sorted({op["mask"] for op in ops if op.get("mask")})
     for mk in masks:   # stored compressed: the argmax offset per output position
         shapes[mk] = [str(i) for i in spec.constants[mk][:4]]
     mask_in = [mk for mk in masks if not argmax]
@@ -192,19 +172,16 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["guard"] = [a for a in op["arrays"] if a in optional]
     extents = list(dict.fromkeys(i for a in arrays + outs + masks for i in shapes[a]))
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
-    if windowed:
-        for m in spec.maps:
-            for ix in (m.out, m.inp, m.kernel):
-                if str(ix) not in extents:
-                    raise LoweringError(f"{k.name}: the extent of {ix} is not determined by any argument")
     geometry = []
-    if windowed:
-        for m in spec.maps:
-            geometry.append({
-                "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
-                "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
-                "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
-                           f" - 1) // {m.stride} + 1"})
+    for m in spec.maps if windowed else ():
+        for ix in (m.out, m.inp, m.kernel):
+            if str(ix) not in extents:
+                raise LoweringError(f"{k.name}: the extent of {ix} is not determined by any argument")
+        geometry.append({
+            "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
+            "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
+            "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
+                       f" - 1) // {m.stride} + 1"})
     gemms = [op for op in ops if op["kind"] in ("im2col_gemm", "im2col_wgrad", "col2im_gemm")]
     idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
            "i": str(m0.kernel), "j": str(m1.kernel)}
@@ -213,11 +190,10 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         c = gemms[0]["c"]
         cols = (f"{c}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
-    return {"name": k.name, "arrays": arrays, "cols": cols, "minimum": minimum, "out": k.out, "outs": outs, "shapes": shapes, "ops": ops,
-            "optional": optional, "extents": extents, "any_assign": False,
+    return {"name": k.name, "arrays": arrays, "cols": cols, "minimum": minimum, "out": k.out, "outs": outs,
+            "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
             "masks_in": mask_in, "masks_out": mask_out, "scalars": scalar_names,
-            "scalar_extents": scalar_extents, "geometry": geometry,
-            "idx": idx,
+            "scalar_extents": scalar_extents, "geometry": geometry, "idx": idx,
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
 

@@ -33,26 +33,15 @@ class AxisMap:
     def forward_index(self) -> sp.Expr:
         return self.out * self.stride + self.kernel * self.dilation - self.padding
 
-    def adjoint_index(self, at: sp.Expr | None = None) -> sp.Expr:
-        """The output position that reads input position ``at`` through kernel offset ``kernel``."""
-        at = self.inp if at is None else at
-        return (at + self.padding - self.kernel * self.dilation) / self.stride
-
-    def adjoint_condition(self, at: sp.Expr | None = None) -> sp.Boolean:
-        at = self.inp if at is None else at
-        return _solution_condition(at + self.padding - self.kernel * self.dilation, self.stride,
-                                   (0, self.out_extent - 1))
+    def adjoint_index(self) -> sp.Expr:
+        """The output position that reads input position ``inp`` through kernel offset ``kernel``."""
+        return (self.inp + self.padding - self.kernel * self.dilation) / self.stride
 
     def is_forward(self, e: sp.Expr) -> bool:
         return sp.expand(e - self.forward_index()) == 0
 
     def is_adjoint(self, e: sp.Expr) -> bool:
         return sp.simplify(e - self.adjoint_index()) == 0
-
-    def out_size(self) -> sp.Expr:
-        """PyTorch's output size: ⌊(H_in + 2p − d(K − 1) − 1)/s⌋ + 1."""
-        return sp.floor((self.in_extent + 2 * self.padding - self.dilation * (self.kernel_extent - 1) - 1)
-                        / self.stride) + 1
 
 
 def _solution_condition(numer: sp.Expr, coeff: sp.Expr, bounds: tuple) -> sp.Boolean:

@@ -15,14 +15,17 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-_done = False
+_done = None   # None: not tried yet; then whether it took effect
 
 
 def tune_allocator(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Raise glibc's mmap/trim thresholds once per process; False where not glibc or disabled."""
     global _done
-    if _done or os.environ.get("SYMPROP_NO_MALLOPT") or not sys.platform.startswith("linux"):
+    if _done is not None:
         return _done
+    _done = False
+    if os.environ.get("SYMPROP_NO_MALLOPT") or not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(min(mmap_threshold, 2**31 - 1))) == 1
