@@ -10,6 +10,10 @@ vjp (pullback)        ∂L/∂x = f'(x) · ḡ
 jvp (pushforward)     Ry = f'(x) · Rx
 rvjp (R-op backward)  R(∂L/∂x) = f''(x) · Rx · ḡ + f'(x) · R(ḡ)
 ====================  ==========================================
+
+and two for Hessian diagonals: ``residual`` r = f''(x) · ḡ (the second-order term an
+elementwise map adds to the Hessian w.r.t. its input; omitted when f'' ≡ 0) and
+``diag_backprop`` h_x = f'(x)² · h + f''(x) · ḡ (Becker & LeCun's diagonal rule).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from .rewrite import (Choice, choose_form, clean_distributions, in_terms_of_outp
                       inverse_candidates, _try)
 
 X, Y = sp.Symbol("x"), sp.Symbol("y")
-G, RX, RG = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg")
+G, RX, RG, H = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg"), sp.Symbol("h")
 
 
 class SpecError(ValueError):
@@ -133,12 +137,15 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
         chosen[key] = choose_form(raw, cands + ycands, X, Y, fwd.chosen, params)
     d1, d2 = chosen["d1"].chosen, chosen["d2"].chosen
 
-    order = ["x", "y", "g", "Rx", "Rg"]
+    order = ["x", "y", "g", "Rx", "Rg", "h"]
     n = spec.name
     kernels = [
         _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params),
         _kernel(f"{n}_vjp", [("gx", G * d1)], order, spec.params),
         _kernel(f"{n}_jvp", [("Ry", d1 * RX)], order, spec.params),
         _kernel(f"{n}_rvjp", [("Rgx", d2 * RX * G + d1 * RG)], order, spec.params),
+        _kernel(f"{n}_diag_backprop", [("hx", d1 ** 2 * H + d2 * G)], order, spec.params),
     ]
+    if d2 != 0:
+        kernels.append(_kernel(f"{n}_residual", [("r", d2 * G)], order, spec.params))
     return DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)

@@ -82,18 +82,25 @@ KERNELS = {
     "tanh_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
     "tanh_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
     "tanh_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "tanh_diag_backprop": {"arrays": ("y", "g", "h", ), "outs": ("hx", ), "scalars": ()},
+    "tanh_residual": {"arrays": ("y", "g", ), "outs": ("r", ), "scalars": ()},
     "sigmoid_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
     "sigmoid_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
     "sigmoid_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
     "sigmoid_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "sigmoid_diag_backprop": {"arrays": ("y", "g", "h", ), "outs": ("hx", ), "scalars": ()},
+    "sigmoid_residual": {"arrays": ("y", "g", ), "outs": ("r", ), "scalars": ()},
     "relu_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
     "relu_vjp": {"arrays": ("x", "g", ), "outs": ("gx", ), "scalars": ()},
     "relu_jvp": {"arrays": ("x", "Rx", ), "outs": ("Ry", ), "scalars": ()},
     "relu_rvjp": {"arrays": ("x", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "relu_diag_backprop": {"arrays": ("x", "h", ), "outs": ("hx", ), "scalars": ()},
     "softplus_forward": {"arrays": ("x", ), "outs": ("y", ), "scalars": ()},
     "softplus_vjp": {"arrays": ("y", "g", ), "outs": ("gx", ), "scalars": ()},
     "softplus_jvp": {"arrays": ("y", "Rx", ), "outs": ("Ry", ), "scalars": ()},
     "softplus_rvjp": {"arrays": ("y", "g", "Rx", "Rg", ), "outs": ("Rgx", ), "scalars": ()},
+    "softplus_diag_backprop": {"arrays": ("y", "g", "h", ), "outs": ("hx", ), "scalars": ()},
+    "softplus_residual": {"arrays": ("y", "g", ), "outs": ("r", ), "scalars": ()},
 }
 
 # ---------------------------------------------------------------- tanh_forward
@@ -304,6 +311,114 @@ scalars: none.
         with nogil:
             _tanh_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
 
+# ---------------------------------------------------------------- tanh_diag_backprop
+# hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
+cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float h
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0)) + h*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0)))
+
+cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double h
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0)) + h*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0)))
+
+
+def tanh_diag_backprop(y, g, h, hx, ):
+    """hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
+
+    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"tanh_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
+    if h.size != n:
+        raise ValueError(f"tanh_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if hx.size != n:
+        raise ValueError(f"tanh_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        h_f32 = h.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        h_f64 = h.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+
+# ---------------------------------------------------------------- tanh_residual
+# r = 2*g*y*(y - 1)*(y + 1)
+cdef void _tanh_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
+
+cdef void _tanh_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
+
+
+def tanh_residual(y, g, r, ):
+    """r = 2*g*y*(y - 1)*(y + 1)
+
+    Arrays: y, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("tanh_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"tanh_residual: g has shape {g.shape} but y has shape {y.shape}")
+    if r.size != n:
+        raise ValueError(f"tanh_residual: r has shape {r.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, r_f32
+    cdef double[::1] y_f64, g_f64, r_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            _tanh_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            _tanh_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+
 # ---------------------------------------------------------------- sigmoid_forward
 # y = 1/(1 + exp(-x))
 cdef void _sigmoid_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
@@ -512,6 +627,118 @@ scalars: none.
         with nogil:
             _sigmoid_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
 
+# ---------------------------------------------------------------- sigmoid_diag_backprop
+# hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
+cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float h
+    cdef float _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        _t0 = y*(y + (<float>-1.0))
+        hx_p[_e] = _t0*(_t0*h + g*((<float>2.0)*y + (<float>-1.0)))
+
+cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double h
+    cdef double _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        _t0 = y*(y + (<double>-1.0))
+        hx_p[_e] = _t0*(_t0*h + g*((<double>2.0)*y + (<double>-1.0)))
+
+
+def sigmoid_diag_backprop(y, g, h, hx, ):
+    """hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
+
+    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"sigmoid_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
+    if h.size != n:
+        raise ValueError(f"sigmoid_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if hx.size != n:
+        raise ValueError(f"sigmoid_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        h_f32 = h.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        h_f64 = h.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+
+# ---------------------------------------------------------------- sigmoid_residual
+# r = g*y*(y - 1)*(2*y - 1)
+cdef void _sigmoid_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*y*(y + (<float>-1.0))*((<float>2.0)*y + (<float>-1.0))
+
+cdef void _sigmoid_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*y*(y + (<double>-1.0))*((<double>2.0)*y + (<double>-1.0))
+
+
+def sigmoid_residual(y, g, r, ):
+    """r = g*y*(y - 1)*(2*y - 1)
+
+    Arrays: y, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("sigmoid_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"sigmoid_residual: g has shape {g.shape} but y has shape {y.shape}")
+    if r.size != n:
+        raise ValueError(f"sigmoid_residual: r has shape {r.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, r_f32
+    cdef double[::1] y_f64, g_f64, r_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            _sigmoid_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            _sigmoid_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+
 # ---------------------------------------------------------------- relu_forward
 # y = Max(0, x)
 cdef void _relu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
@@ -703,6 +930,56 @@ scalars: none.
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
             _relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+
+# ---------------------------------------------------------------- relu_diag_backprop
+# hx = h*Piecewise((1, x > 0), (0, True))
+cdef void _relu_diag_backprop_f32(const float* x_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float h
+    for _e in range(_n):
+        x = x_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = h*(<float>(x > (<float>0.0)))
+
+cdef void _relu_diag_backprop_f64(const double* x_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double h
+    for _e in range(_n):
+        x = x_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = h*(<double>(x > (<double>0.0)))
+
+
+def relu_diag_backprop(x, h, hx, ):
+    """hx = h*Piecewise((1, x > 0), (0, True))
+
+    Arrays: x, h, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("relu_diag_backprop", ("x", "h", "hx", ), (x, h, hx, ), ("hx", ))
+    cdef Py_ssize_t n = x.size
+    if h.size != n:
+        raise ValueError(f"relu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef float[::1] x_f32, h_f32, hx_f32
+    cdef double[::1] x_f64, h_f64, hx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        h_f32 = h.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            _relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], n)
+    else:
+        x_f64 = x.reshape(-1)
+        h_f64 = h.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            _relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], n)
 
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
@@ -911,3 +1188,111 @@ scalars: none.
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
             _softplus_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+
+# ---------------------------------------------------------------- softplus_diag_backprop
+# hx = g*exp(-2*y)*expm1(y) + h*expm1(-y)**2
+cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float h
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = g*expf(-(<float>2.0)*y)*expm1f(y) + h*((expm1f(-y))*(expm1f(-y)))
+
+cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double h
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        h = h_p[_e]
+        hx_p[_e] = g*exp(-(<double>2.0)*y)*expm1(y) + h*((expm1(-y))*(expm1(-y)))
+
+
+def softplus_diag_backprop(y, g, h, hx, ):
+    """hx = g*exp(-2*y)*expm1(y) + h*expm1(-y)**2
+
+    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"softplus_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
+    if h.size != n:
+        raise ValueError(f"softplus_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if hx.size != n:
+        raise ValueError(f"softplus_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        h_f32 = h.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        h_f64 = h.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+
+# ---------------------------------------------------------------- softplus_residual
+# r = g*exp(-2*y)*expm1(y)
+cdef void _softplus_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*expf(-(<float>2.0)*y)*expm1f(y)
+
+cdef void _softplus_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*exp(-(<double>2.0)*y)*expm1(y)
+
+
+def softplus_residual(y, g, r, ):
+    """r = g*exp(-2*y)*expm1(y)
+
+    Arrays: y, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("softplus_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"softplus_residual: g has shape {g.shape} but y has shape {y.shape}")
+    if r.size != n:
+        raise ValueError(f"softplus_residual: r has shape {r.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef float[::1] y_f32, g_f32, r_f32
+    cdef double[::1] y_f64, g_f64, r_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            _softplus_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            _softplus_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)

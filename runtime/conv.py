@@ -108,6 +108,23 @@ class Conv2D(_Window):
             if need_input_grad else None
         return gx, grads
 
+    def _split(self, Rparams):
+        return (Rparams[0], Rparams[1]) if self.bias else (Rparams[0], None)
+
+    def jvp(self, Rx, Rparams):
+        RW, Rb = self._split(Rparams)
+        Ry = np.empty((self.x.shape[0],) + self.out_shape, self.dtype)
+        return _win.conv2d_jvp(self.x, self.W, Rx=Rx, RW=RW, Rb=Rb, Ry=Ry, **self.geometry)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        RW, _ = self._split(Rparams)
+        g = np.ascontiguousarray(g)
+        RgW = _win.conv2d_rvjp_W(self.x, g, Rx=Rx, Rg=Rg, RgW=np.empty_like(self.W), **self.geometry)
+        Rgrads = [RgW, _win.conv2d_rvjp_b(Rg=Rg, Rgb=np.empty_like(self.b))] if self.bias else [RgW]
+        Rgx = _win.conv2d_rvjp_x(self.W, g, RW=RW, Rg=Rg, Rgx=np.empty_like(self.x), **self.geometry) \
+            if need_input_grad else None
+        return Rgx, Rgrads
+
 
 class _Pool2D(_Window):
     kind = ""
@@ -158,6 +175,18 @@ class MaxPool2D(_Pool2D):
         gx = np.empty(self.x_shape, self.dtype)
         return _win.maxpool2d_vjp_x(g=np.ascontiguousarray(g), M=self.M, gx=gx, **self.geometry), []
 
+    def jvp(self, Rx, Rparams):
+        if Rx is None:
+            return None
+        Ry = np.empty(self.M.shape, self.dtype)
+        return _win.maxpool2d_jvp(Rx=Rx, M=self.M, Ry=Ry, **self.geometry)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        if not need_input_grad or Rg is None:
+            return None, []
+        Rgx = np.empty(self.x_shape, self.dtype)
+        return _win.maxpool2d_rvjp_x(Rg=Rg, M=self.M, Rgx=Rgx, **self.geometry), []
+
 
 class AvgPool2D(_Pool2D):
     """Average pooling; zero padding counts in the mean (PyTorch's ``count_include_pad=True``)."""
@@ -173,6 +202,18 @@ class AvgPool2D(_Pool2D):
             return None, []
         gx = np.empty(self.x_shape, self.dtype)
         return _win.avgpool2d_vjp_x(g=np.ascontiguousarray(g), gx=gx, **self.geometry), []
+
+    def jvp(self, Rx, Rparams):
+        if Rx is None:
+            return None
+        Ry = np.empty((Rx.shape[0],) + self.out_shape, self.dtype)
+        return _win.avgpool2d_jvp(Rx=Rx, Ry=Ry, **self.geometry)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        if not need_input_grad or Rg is None:
+            return None, []
+        Rgx = np.empty(self.x_shape, self.dtype)
+        return _win.avgpool2d_rvjp_x(Rg=Rg, Rgx=Rgx, **self.geometry), []
 
 
 class Flatten(Layer):
@@ -193,3 +234,9 @@ class Flatten(Layer):
 
     def backward(self, g, need_input_grad=True):
         return (g.reshape((g.shape[0],) + self.in_shape) if need_input_grad else None), []
+
+    def jvp(self, Rx, Rparams):
+        return None if Rx is None else Rx.reshape(Rx.shape[0], -1)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        return self.backward(Rg, need_input_grad) if Rg is not None else (None, [])

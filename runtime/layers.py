@@ -33,6 +33,18 @@ class Layer:
         """Return ``(∂L/∂x or None, [∂L/∂θ for θ in parameters()])``."""
         raise NotImplementedError
 
+    # Second order (Pearlmutter's R-operator). ``None`` stands for an all-zero direction.
+    def jvp(self, Rx, Rparams: list):
+        """Push a direction forward: ``Ry`` from the input direction ``Rx`` and the parameter
+        directions ``Rparams`` (aligned with :meth:`parameters`), at the last forward point."""
+        raise NotImplementedError(f"{self.name}: no second-order kernels")
+
+    def rvjp(self, g, Rg, Rx, Rparams: list, need_input_grad: bool = True):
+        """The R-op of :meth:`backward`: ``(R(∂L/∂x) or None, [R(∂L/∂θ)])`` given the output
+        gradient ``g`` of the last backward pass, its direction ``Rg``, and ``Rx``/``Rparams``
+        as passed to :meth:`jvp`."""
+        raise NotImplementedError(f"{self.name}: no second-order kernels")
+
     def config(self) -> dict:
         return {"type": type(self).__name__}
 
@@ -95,6 +107,22 @@ class Dense(Layer):
         gx = _dense.dense_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x)) if need_input_grad else None
         return gx, grads
 
+    def _split(self, Rparams):
+        return (Rparams[0], Rparams[1]) if self.bias else (Rparams[0], None)
+
+    def jvp(self, Rx, Rparams):
+        RW, Rb = self._split(Rparams)
+        Ry = np.empty((self.x.shape[0], self.out_features), self.dtype)
+        return _dense.dense_jvp(self.x, self.W, Rx=Rx, RW=RW, Rb=Rb, Ry=Ry)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        RW, _ = self._split(Rparams)
+        RgW = _dense.dense_rvjp_W(self.x, g, Rx=Rx, Rg=Rg, RgW=np.empty_like(self.W))
+        Rgrads = [RgW, _dense.dense_rvjp_b(Rg=Rg, Rgb=np.empty_like(self.b))] if self.bias else [RgW]
+        Rgx = _dense.dense_rvjp_x(self.W, g, RW=RW, Rg=Rg, Rgx=np.empty_like(self.x)) \
+            if need_input_grad else None
+        return Rgx, Rgrads
+
 
 class Activation(Layer):
     """An elementwise layer whose kernels come from an elementwise spec.
@@ -140,6 +168,16 @@ class Activation(Layer):
         if not need_input_grad:
             return None, []
         return self._call("vjp", g.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g)), []
+
+    def jvp(self, Rx, Rparams):
+        return None if Rx is None else self._call("jvp", Rx.shape, x=self.x, y=self.y, Rx=Rx)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        if not need_input_grad:
+            return None, []
+        zero = np.zeros_like(self.x) if Rx is None or Rg is None else None
+        return self._call("rvjp", self.x.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g),
+                          Rx=zero if Rx is None else Rx, Rg=zero if Rg is None else Rg), []
 
     @classmethod
     def from_sympy(cls, name: str, expr, var, params=(), verbose: bool = False) -> "Activation":

@@ -16,6 +16,23 @@ class Loss:
     def check_targets(self, y, n: int, out_shape: tuple) -> np.ndarray:
         raise NotImplementedError
 
+    def hvp(self, out: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Loss Hessian (w.r.t. the outputs, at the last :meth:`value_and_grad`) times ``v``."""
+        raise NotImplementedError
+
+    def hessian_blocks(self, out: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-sample loss Hessians ``(N, K, K)`` (outputs flattened to K per sample), built
+        from the generated HVP kernel applied to the K unit directions."""
+        n, k = out.shape[0], out[0].size
+        H = np.empty((n, k, k), out.dtype)
+        e = np.zeros_like(out)
+        flat = e.reshape(n, k)
+        for j in range(k):
+            flat[:, j] = 1
+            H[:, :, j] = self.hvp(out, y, e).reshape(n, k)
+            flat[:, j] = 0
+        return H
+
 
 class SoftmaxCrossEntropy(Loss):
     """Mean over the batch of ``logsumexp(z) − z[label]``; labels are integers (N,)."""
@@ -43,6 +60,9 @@ class SoftmaxCrossEntropy(Loss):
     def value(self, out, y):
         return _losses.softmax_cross_entropy(out, y)
 
+    def hvp(self, out, y, v):
+        return _losses.softmax_cross_entropy_hvp(self.probs, np.ascontiguousarray(v), np.empty_like(out))
+
 
 class MSE(Loss):
     """Mean squared error over all elements (as ``torch.nn.functional.mse_loss``)."""
@@ -66,6 +86,10 @@ class MSE(Loss):
 
     def value(self, out, y):
         return _losses.mse(out, np.ascontiguousarray(y, dtype=out.dtype))
+
+    def hvp(self, out, y, v):
+        return _losses.mse_hvp(out, np.ascontiguousarray(y, dtype=out.dtype), np.ascontiguousarray(v),
+                               np.empty_like(out))
 
 
 LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": SoftmaxCrossEntropy,

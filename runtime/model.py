@@ -86,17 +86,98 @@ class Sequential:
         X = self._check_X(X)
         return self._loss_and_grad(X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape))
 
-    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray):
-        """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop)."""
+    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, keep_output_grads: bool = False):
+        """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop).
+        With ``keep_output_grads`` each layer's output gradient is kept for the R-op pass."""
         out = X
         for layer in self.layers:
             out = layer.forward(out)
+        self._out = out
         loss, g = self.loss.value_and_grad(out, y)
         grads = []
+        self._gs = [None] * len(self.layers) if keep_output_grads else None
         for k in range(len(self.layers) - 1, -1, -1):
+            if keep_output_grads:
+                self._gs[k] = g
             g, pg = self.layers[k].backward(g, need_input_grad=k > 0)
             grads[:0] = pg
         return float(loss), grads
+
+    # ------------------------------------------------------------ second order
+    def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
+        params = self.parameters()
+        if not isinstance(v, (list, tuple)) or len(v) != len(params):
+            raise ValueError(f"Sequential: {what} must be a list of {len(params)} arrays aligned with "
+                             f"parameters(), got {type(v).__name__}"
+                             + (f" of length {len(v)}" if isinstance(v, (list, tuple)) else ""))
+        out = []
+        for i, (a, p) in enumerate(zip(v, params)):
+            a = np.asarray(a)
+            if a.shape != p.shape:
+                raise ValueError(f"Sequential: {what}[{i}] has shape {a.shape}, parameter {i} has {p.shape}")
+            if not np.issubdtype(a.dtype, np.number):
+                raise TypeError(f"Sequential: {what}[{i}] must be numeric, got dtype {a.dtype}")
+            a = np.ascontiguousarray(a, dtype=self.dtype)
+            if not np.isfinite(a).all():
+                raise ValueError(f"Sequential: {what}[{i}] (shape {a.shape}) contains NaN or inf")
+            out.append(a)
+        return out
+
+    def _split(self, v: list) -> list[list]:
+        parts, i = [], 0
+        for layer in self.layers:
+            n = len(layer.parameters())
+            parts.append(v[i:i + n])
+            i += n
+        return parts
+
+    def _rop(self, y: np.ndarray, v: list[np.ndarray]) -> list[np.ndarray]:
+        """Hessian-vector product at the point of the last ``_loss_and_grad(..., keep_output_grads=True)``:
+        push ``v`` forward (JVPs), through the loss Hessian, and back (R-op of every pullback)."""
+        parts = self._split(v)
+        Rxs, Rx = [], None
+        for layer, Rp in zip(self.layers, parts):
+            Rxs.append(Rx)
+            Rx = layer.jvp(Rx, Rp)
+        Rg = self.loss.hvp(self._out, y, Rx if Rx is not None else np.zeros_like(self._out))
+        Rgrads = []
+        for k in range(len(self.layers) - 1, -1, -1):
+            Rg, Rp = self.layers[k].rvjp(self._gs[k], Rg, Rxs[k], parts[k], need_input_grad=k > 0)
+            Rgrads[:0] = Rp
+        return Rgrads
+
+    def hvp(self, X, y, v, return_grad: bool = False):
+        """Exact Hessian-vector product ``H v`` of the mean batch loss (Pearlmutter's R-operator
+        through the generated JVP and R-op kernels); ``v`` is aligned with :meth:`parameters`.
+        With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
+        X = self._check_X(X)
+        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        v = self._check_direction(v)
+        loss, grads = self._loss_and_grad(X, y, keep_output_grads=True)
+        hv = self._rop(y, v)
+        return (loss, grads, hv) if return_grad else hv
+
+    def hessian_diagonal(self, X, y, method: str = "exact", samples: int = 100, seed: int | None = None):
+        """Diagonal of the loss Hessian w.r.t. every parameter (list aligned with :meth:`parameters`).
+
+        ``method``: ``"exact"`` (backprop of the loss Hessian's factor plus the activations'
+        second-order residuals; memory grows with batch × units, meant for small models),
+        ``"gauss_newton"`` (exact diagonal of the generalized Gauss–Newton matrix),
+        ``"becker_lecun"`` (Becker & LeCun 1988: off-diagonal terms dropped while backpropagating)
+        or ``"hutchinson"`` (``mean v ⊙ Hv`` over ``samples`` Rademacher ``v``, seeded by ``seed``).
+        """
+        from . import curvature
+        X = self._check_X(X)
+        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        return curvature.hessian_diagonal(self, X, y, method, samples=samples, seed=seed)
+
+    def hessian(self, X, y, max_params: int | None = None) -> np.ndarray:
+        """The full (P × P) Hessian of the mean batch loss, one exact HVP per column.
+        Refused above ``max_params`` (default :data:`curvature.MAX_FULL_HESSIAN_PARAMS`)."""
+        from . import curvature
+        X = self._check_X(X)
+        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        return curvature.full_hessian(self, X, y, max_params)[2]
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Class labels for classification losses, raw outputs otherwise."""

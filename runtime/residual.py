@@ -68,7 +68,9 @@ class Residual(Layer):
     def backward(self, g, need_input_grad=True):
         grads = []
         gb = g
+        self._gs = [None] * len(self.block)   # each block layer's output gradient, for rvjp
         for k in range(len(self.block) - 1, -1, -1):
+            self._gs[k] = gb
             gb, pg = self.block[k].backward(gb, need_input_grad=True)
             grads[:0] = pg
         if self.projection:
@@ -77,3 +79,40 @@ class Residual(Layer):
         else:
             gs = g
         return (gb + gs if need_input_grad else None), grads
+
+    def _split(self, Rparams):
+        parts, i = [], 0
+        for la in self.block + ([self.projection] if self.projection else []):
+            n = len(la.parameters())
+            parts.append(Rparams[i:i + n])
+            i += n
+        return parts
+
+    def jvp(self, Rx, Rparams):
+        parts = self._split(Rparams)
+        self._Rxs = []   # each block layer's input direction, for rvjp
+        Rb = Rx
+        for la, Rp in zip(self.block, parts):
+            self._Rxs.append(Rb)
+            Rb = la.jvp(Rb, Rp)
+        Rs = self.projection.jvp(Rx, parts[-1]) if self.projection else Rx
+        return _add(Rb, Rs)
+
+    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
+        parts = self._split(Rparams)
+        Rgrads = []
+        Rgb = Rg
+        for k in range(len(self.block) - 1, -1, -1):
+            Rgb, Rp = self.block[k].rvjp(self._gs[k], Rgb, self._Rxs[k], parts[k], need_input_grad=True)
+            Rgrads[:0] = Rp
+        if self.projection:
+            Rgs, Rp = self.projection.rvjp(g, Rg, Rx, parts[-1], need_input_grad=need_input_grad)
+            Rgrads += Rp
+        else:
+            Rgs = Rg
+        return (_add(Rgb, Rgs) if need_input_grad else None), Rgrads
+
+
+def _add(a, b):
+    """Sum of two directions where ``None`` is zero (the fan-out's pullback/pushforward)."""
+    return b if a is None else a if b is None else a + b

@@ -1,5 +1,9 @@
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+
+from symprop import layers as L
 
 
 @pytest.fixture
@@ -10,3 +14,43 @@ def rng():
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+TORCH_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+                     "softplus": lambda h: F.softplus(h, threshold=100)}
+
+
+def torch_forward(model, X, params):
+    """The same network in PyTorch, from our layer objects and weights."""
+    it = iter(params)
+    h = torch.tensor(X)
+
+    def run(layers, h):
+        for la in layers:
+            if isinstance(la, L.Conv2D):
+                Wt = next(it)
+                bt = next(it) if la.bias else None
+                h = F.conv2d(h, Wt, bt, la.stride, la.padding, la.dilation)
+            elif isinstance(la, L.Dense):
+                h = F.linear(h, next(it), next(it) if la.bias else None)
+            elif isinstance(la, L.MaxPool2D):
+                h = F.max_pool2d(h, la.kernel_size, la.stride, la.padding)
+            elif isinstance(la, L.AvgPool2D):
+                h = F.avg_pool2d(h, la.kernel_size, la.stride, la.padding)
+            elif isinstance(la, L.Flatten):
+                h = h.reshape(h.shape[0], -1)
+            elif isinstance(la, L.Residual):
+                out = run(la.block, h)
+                h = out + (run([la.projection], h) if la.projection else h)
+            else:
+                h = TORCH_ACTIVATIONS[la.kernel_name](h)
+        return h
+    return run(model.layers, h)
+
+
+def torch_loss(model, X, y, params):
+    """The model's mean batch loss in PyTorch."""
+    out = torch_forward(model, X, params)
+    if model.loss.name == "mse":
+        return F.mse_loss(out, torch.tensor(np.asarray(y, np.float64)).reshape(out.shape))
+    return F.cross_entropy(out, torch.tensor(y))

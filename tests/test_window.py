@@ -11,7 +11,7 @@ from symprop import Sequential, layers as L
 from symprop.derive.builtins import CONV2D, AVGPOOL2D, MAXPOOL2D
 from symprop.derive.indexed import derive_contraction
 from symprop.generated import window as K
-from conftest import rel_err
+from conftest import rel_err, torch_forward
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 T64 = lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True)  # noqa: E731
@@ -239,34 +239,6 @@ def test_layer_errors():
     m.loss_and_grad(np.zeros((2, 1, 8, 8)), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match=r"Conv2D\(1 -> 2, 3x3\).*\(N, 1, 8, 8\).*\(2, 1, 9, 8\)"):
         m.loss_and_grad(np.zeros((2, 1, 9, 8)), np.zeros(2, np.int64))
-
-
-def torch_forward(model, X, params):
-    """The same network in PyTorch, from our layer objects and weights."""
-    it = iter(params)
-    h = torch.tensor(X)
-
-    def run(layers, h):
-        for la in layers:
-            if isinstance(la, L.Conv2D):
-                Wt = next(it)
-                bt = next(it) if la.bias else None
-                h = F.conv2d(h, Wt, bt, la.stride, la.padding, la.dilation)
-            elif isinstance(la, L.Dense):
-                h = F.linear(h, next(it), next(it) if la.bias else None)
-            elif isinstance(la, L.MaxPool2D):
-                h = F.max_pool2d(h, la.kernel_size, la.stride, la.padding)
-            elif isinstance(la, L.AvgPool2D):
-                h = F.avg_pool2d(h, la.kernel_size, la.stride, la.padding)
-            elif isinstance(la, L.Flatten):
-                h = h.reshape(h.shape[0], -1)
-            elif isinstance(la, L.Residual):
-                out = run(la.block, h)
-                h = out + (run([la.projection], h) if la.projection else h)
-            else:
-                h = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[la.kernel_name](h)
-        return h
-    return run(model.layers, h)
 
 
 def lenet(C=1, H=28, **kw):
