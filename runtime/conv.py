@@ -125,6 +125,31 @@ class Conv2D(_Window):
             if need_input_grad else None
         return Rgx, Rgrads
 
+    def input_vjp(self, g):
+        return _win.conv2d_vjp_x(W=self.W, g=np.ascontiguousarray(g), gx=np.empty_like(self.x), **self.geometry)
+
+    def sq_param_grads(self, S, w):
+        # a weight is shared across positions, so per-sample gradients are formed one by one
+        gW, gb = np.zeros_like(self.W), np.zeros_like(self.b)
+        tW, tb = np.empty_like(self.W), np.empty_like(self.b)
+        for k in range(S.shape[0]):
+            for n in range(S.shape[1]):
+                if w[k, n] == 0:
+                    continue
+                s = np.ascontiguousarray(S[k, n:n + 1])
+                _win.conv2d_vjp_W(x=self.x[n:n + 1], g=s, gW=tW, **self.geometry)
+                gW += w[k, n] * tW * tW
+                if self.bias:
+                    _win.conv2d_vjp_b(g=s, gb=tb)
+                    gb += w[k, n] * tb * tb
+        return [gW, gb] if self.bias else [gW]
+
+    def diag_backprop(self, h, g):
+        h = np.ascontiguousarray(h)
+        hx = _win.conv2d_vjp_x(W=self.W * self.W, g=h, gx=np.empty_like(self.x), **self.geometry)
+        hW = _win.conv2d_vjp_W(x=self.x * self.x, g=h, gW=np.empty_like(self.W), **self.geometry)
+        return hx, ([hW, _win.conv2d_vjp_b(g=h, gb=np.empty_like(self.b))] if self.bias else [hW])
+
 
 class _Pool2D(_Window):
     kind = ""
@@ -187,6 +212,9 @@ class MaxPool2D(_Pool2D):
         Rgx = np.empty(self.x_shape, self.dtype)
         return _win.maxpool2d_rvjp_x(Rg=Rg, M=self.M, Rgx=Rgx, **self.geometry), []
 
+    def diag_backprop(self, h, g):
+        return self.backward(h)[0], []    # Jacobian entries are 0 or 1: squares are the same
+
 
 class AvgPool2D(_Pool2D):
     """Average pooling; zero padding counts in the mean (PyTorch's ``count_include_pad=True``)."""
@@ -215,6 +243,11 @@ class AvgPool2D(_Pool2D):
         Rgx = np.empty(self.x_shape, self.dtype)
         return _win.avgpool2d_rvjp_x(Rg=Rg, Rgx=Rgx, **self.geometry), []
 
+    def diag_backprop(self, h, g):
+        # Jacobian entries are 0 or the window weight c = 1/(K_h·K_w) of the AVGPOOL2D spec:
+        # squared entries are c times the entries
+        return self.backward(h)[0] / (self.kernel_size[0] * self.kernel_size[1]), []
+
 
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C·H·W); a movement op whose pullback is the inverse reshape."""
@@ -240,3 +273,6 @@ class Flatten(Layer):
 
     def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
         return self.backward(Rg, need_input_grad) if Rg is not None else (None, [])
+
+    def diag_backprop(self, h, g):
+        return self.backward(h)[0], []

@@ -45,6 +45,45 @@ class Layer:
         as passed to :meth:`jvp`."""
         raise NotImplementedError(f"{self.name}: no second-order kernels")
 
+    # Hessian diagonals (see runtime/curvature.py). ``S`` holds K factor columns at the output,
+    # shape (K, N, *out), with per-column, per-sample signs ``w`` of shape (K, N).
+    def input_vjp(self, g):
+        """``∂L/∂x`` only (the pullback applied to one factor column)."""
+        return self.backward(g, need_input_grad=True)[0]
+
+    def sq_param_grads(self, S, w) -> list:
+        """``Σ_k Σ_n w[k,n] · (J_θ(n)ᵀ S[k,n])²`` for every parameter: the diagonal of
+        ``J_θᵀ (S diag(w) Sᵀ) J_θ`` summed over samples."""
+        return []
+
+    def residual(self, g):
+        """The second-order term this layer adds to the Hessian w.r.t. its input, as an
+        elementwise array ``r`` (Hessian += diag(r)), or None when it adds none."""
+        return None
+
+    def factor_backprop(self, groups, g, exact: bool, need_input: bool = True):
+        """Backprop factor groups ``[(S, w), ...]`` of the Hessian w.r.t. the output: returns the
+        groups at the input (plus this layer's residual term when ``exact``) and the diagonal
+        contribution for each parameter."""
+        from .curvature import diagonal_factor
+        diag = [np.zeros_like(p) for p in self.parameters()]
+        for S, w in groups:
+            for d, a in zip(diag, self.sq_param_grads(S, w)):
+                d += a
+        if not need_input:
+            return [], diag
+        new = [(np.stack([self.input_vjp(s) for s in S]), w) for S, w in groups]
+        r = self.residual(g) if exact else None
+        if r is not None:
+            new.append(diagonal_factor(r, self.name))
+        return new, diag
+
+    def diag_backprop(self, h, g):
+        """Becker & LeCun: the diagonal ``h`` of the Hessian w.r.t. the output (per sample)
+        to ``(h_x, [diagonal for each parameter])``, off-diagonal terms dropped."""
+        raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not available for this layer; "
+                         f"use method='exact', 'gauss_newton' or 'hutchinson'")
+
     def config(self) -> dict:
         return {"type": type(self).__name__}
 
@@ -123,6 +162,22 @@ class Dense(Layer):
             if need_input_grad else None
         return Rgx, Rgrads
 
+    def input_vjp(self, g):
+        return _dense.dense_vjp_x(W=self.W, g=np.ascontiguousarray(g), gx=np.empty_like(self.x))
+
+    def sq_param_grads(self, S, w):
+        # per sample, ∂y[n,o]/∂W[o,i] = x[n,i] is a single term, so squares factor:
+        # Σ_kn w (Σ... )² = dense_vjp_W(x², Σ_k w S²)
+        acc = np.ascontiguousarray((w[(...,) + (None,) * (S.ndim - 2)] * S * S).sum(axis=0))
+        gW = _dense.dense_vjp_W(x=self.x * self.x, g=acc, gW=np.empty_like(self.W))
+        return [gW, _dense.dense_vjp_b(g=acc, gb=np.empty_like(self.b))] if self.bias else [gW]
+
+    def diag_backprop(self, h, g):
+        h = np.ascontiguousarray(h)
+        hx = _dense.dense_vjp_x(W=self.W * self.W, g=h, gx=np.empty_like(self.x))
+        hW = _dense.dense_vjp_W(x=self.x * self.x, g=h, gW=np.empty_like(self.W))
+        return hx, ([hW, _dense.dense_vjp_b(g=h, gb=np.empty_like(self.b))] if self.bias else [hW])
+
 
 class Activation(Layer):
     """An elementwise layer whose kernels come from an elementwise spec.
@@ -139,7 +194,8 @@ class Activation(Layer):
         missing = [f"{kernel_name}_{k}" for k in ("forward", "vjp") if f"{kernel_name}_{k}" not in table]
         if missing:
             raise ValueError(f"Activation {kernel_name!r}: no kernels {missing} in {module.__name__}")
-        self._sig = {k: table[f"{kernel_name}_{k}"] for k in ("forward", "vjp", "jvp", "rvjp")
+        self._sig = {k: table[f"{kernel_name}_{k}"]
+                     for k in ("forward", "vjp", "jvp", "rvjp", "residual", "diag_backprop")
                      if f"{kernel_name}_{k}" in table}
 
     @property
@@ -178,6 +234,15 @@ class Activation(Layer):
         zero = np.zeros_like(self.x) if Rx is None or Rg is None else None
         return self._call("rvjp", self.x.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g),
                           Rx=zero if Rx is None else Rx, Rg=zero if Rg is None else Rg), []
+
+    def residual(self, g):
+        if "residual" not in self._sig:   # f'' ≡ 0 (e.g. ReLU): no kernel
+            return None
+        return self._call("residual", self.x.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g))
+
+    def diag_backprop(self, h, g):
+        return self._call("diag_backprop", self.x.shape, x=self.x, y=self.y, g=np.ascontiguousarray(g),
+                          h=np.ascontiguousarray(h)), []
 
     @classmethod
     def from_sympy(cls, name: str, expr, var, params=(), verbose: bool = False) -> "Activation":

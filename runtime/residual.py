@@ -112,6 +112,23 @@ class Residual(Layer):
             Rgs = Rg
         return (_add(Rgb, Rgs) if need_input_grad else None), Rgrads
 
+    def factor_backprop(self, groups, g, exact, need_input=True):
+        cur, diag = groups, []
+        for k in range(len(self.block) - 1, -1, -1):
+            cur, d = self.block[k].factor_backprop(cur, self._gs[k], exact, need_input=True)
+            diag[:0] = d
+        if self.projection:   # a linear map: no residual term of its own
+            skip, d = self.projection.factor_backprop(groups, g, exact=False, need_input=need_input)
+            diag += d
+        else:
+            skip = groups
+        if not need_input:
+            return [], diag
+        # the fan-out's pullback adds the skip branch to the block branch, column by column;
+        # groups born inside the block (its residual terms) only come through the block
+        n = len(groups)
+        return [(Sb + Ss, w) for (Sb, w), (Ss, _) in zip(cur[:n], skip)] + cur[n:], diag
+
 
 def _add(a, b):
     """Sum of two directions where ``None`` is zero (the fan-out's pullback/pushforward)."""
