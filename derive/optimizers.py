@@ -5,8 +5,8 @@ import sympy as sp
 
 from .elementwise import Kernel
 
-p, g, vel, m1, m2 = sp.symbols("p g v m s")
-lr, mu, wd, b1, b2, eps, bc1, bc2 = sp.symbols("lr mu wd beta1 beta2 eps bc1 bc2")
+p, g, vel, m1, m2, hd = sp.symbols("p g v m s d")
+lr, mu, wd, b1, b2, eps, bc1, bc2, kpow = sp.symbols("lr mu wd beta1 beta2 eps bc1 bc2 k")
 
 
 def sgd_kernel() -> Kernel:
@@ -30,4 +30,18 @@ def adam_kernel() -> Kernel:
                   inplace={"m": "m", "s": "s", "p": "p"})
 
 
-OPTIMIZER_KERNELS = [sgd_kernel, adam_kernel]
+def adahessian_kernel() -> Kernel:
+    """AdaHessian (Yao et al. 2021): Adam's second moment replaced by the running mean of the
+    squared Hessian-diagonal estimate d (Hutchinson, optionally averaged over conv kernels),
+    Hessian power k, bias corrections passed in, weight decay decoupled as in AdamW:
+    p ← p(1 − lr·wd) − (lr/bc1)·m / ((s/bc2)^(k/2) + eps)."""
+    m_new = b1 * m1 + (1 - b1) * g
+    s_new = b2 * m2 + (1 - b2) * hd ** 2
+    step = lr * (m_new / bc1) / ((s_new / bc2) ** (kpow / 2) + eps)
+    return Kernel(name="adahessian_update", inputs=["p", "g", "d", "m", "s"],
+                  scalars=["lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", "k"],
+                  outputs=[("m", m_new), ("s", s_new), ("p", p * (1 - lr * wd) - step)],
+                  inplace={"m": "m", "s": "s", "p": "p"})
+
+
+OPTIMIZER_KERNELS = [sgd_kernel, adam_kernel, adahessian_kernel]

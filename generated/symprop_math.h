@@ -15,12 +15,14 @@ SYMPROP_SIMD float tanhf(float);
 SYMPROP_SIMD float erff(float);
 SYMPROP_SIMD float log1pf(float);
 SYMPROP_SIMD float expm1f(float);
+SYMPROP_SIMD float powf(float, float);
 SYMPROP_SIMD double exp(double);
 SYMPROP_SIMD double log(double);
 SYMPROP_SIMD double tanh(double);
 SYMPROP_SIMD double erf(double);
 SYMPROP_SIMD double log1p(double);
 SYMPROP_SIMD double expm1(double);
+SYMPROP_SIMD double pow(double, double);
 #endif
 /* fmax/fmin semantics (a NaN argument loses to a number) without a libm call, written as
  * selects so that loops vectorize; libm's fmaxf is not inlined without -ffinite-math-only. */

@@ -228,7 +228,7 @@ class Sequential:
             for i in range(0, len(X), batch_size):
                 idx = order[i:i + batch_size]
                 xb, yb = X[idx], y[idx]
-                loss, grads = self._loss_and_grad(xb, yb)   # X, y validated once above
+                loss, grads = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
                 if self.loss.classification:

@@ -7,6 +7,8 @@ from ..generated import optimizers as _opt
 
 
 class Optimizer:
+    """Base class: ``loss_and_grad`` evaluates what the update needs (``fit`` calls it), ``step``
+    updates the parameters in place."""
     needs_hessian = False
 
     def __init__(self, lr: float):
@@ -19,6 +21,11 @@ class Optimizer:
     def _init_state(self, params):
         raise NotImplementedError
 
+    def loss_and_grad(self, model, X, y):
+        """Loss and gradients of ``model`` on a validated batch (plus whatever curvature the
+        optimizer uses, kept for the next :meth:`step`)."""
+        return model._loss_and_grad(X, y)
+
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         if len(params) != len(grads):
             raise ValueError(f"{type(self).__name__}: {len(params)} parameters but {len(grads)} gradients")
@@ -28,7 +35,7 @@ class Optimizer:
         for i, (p, g) in enumerate(zip(params, grads)):
             if p.shape != g.shape:
                 raise ValueError(f"{type(self).__name__}: gradient {i} has shape {g.shape}, parameter {p.shape}")
-            self._update(p, g, self.state[i])
+            self._update(i, p, g, self.state[i])
 
 
 class SGD(Optimizer):
@@ -43,7 +50,7 @@ class SGD(Optimizer):
     def _init_state(self, params):
         return [np.zeros_like(p) for p in params]
 
-    def _update(self, p, g, v):
+    def _update(self, i, p, g, v):
         _opt.sgd_update(p, g, v, self.lr, self.momentum, self.weight_decay)
 
 
@@ -60,13 +67,134 @@ class Adam(Optimizer):
     def _init_state(self, params):
         return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
 
-    def _update(self, p, g, state):
+    def _update(self, i, p, g, state):
         m, s = state
         _opt.adam_update(p, g, m, s, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
                          1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdaHessian(Optimizer):
+    """AdaHessian (Yao et al., AAAI 2021): Adam with the squared gradient replaced by the square
+    of a Hutchinson estimate ``D = v ⊙ Hv`` of the Hessian diagonal (Rademacher ``v``, exact HVPs).
+
+    ``hessian_power`` k: denominator ``(E[D²]/bc2)^(k/2) + eps``; ``average_conv_kernel``: for
+    4-D (conv) weights ``|D|`` is averaged over each kernel's spatial positions (the paper's
+    spatial averaging); ``update_each``: re-estimate D every so many steps and reuse it in
+    between; ``n_samples``: probes per estimate; ``weight_decay`` is decoupled (AdamW style).
+    Defaults are the paper's (lr 0.15, eps 1e-4).
+    """
+    needs_hessian = True
+
+    def __init__(self, lr: float = 0.15, betas=(0.9, 0.999), eps: float = 1e-4, weight_decay: float = 0.0,
+                 hessian_power: float = 1.0, update_each: int = 1, n_samples: int = 1,
+                 average_conv_kernel: bool = True, seed: int = 0):
+        super().__init__(lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"AdaHessian: betas must be in [0, 1), got {betas}")
+        if not 0 < hessian_power <= 1:
+            raise ValueError(f"AdaHessian: hessian_power must be in (0, 1], got {hessian_power}")
+        for nm, v in (("update_each", update_each), ("n_samples", n_samples)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"AdaHessian: {nm} must be a positive integer, got {v!r}")
+        if not eps > 0 or weight_decay < 0:
+            raise ValueError(f"AdaHessian: eps must be > 0 and weight_decay >= 0, got {eps}, {weight_decay}")
+        self.b1, self.b2, self.eps, self.weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
+        self.k, self.update_each, self.n_samples = float(hessian_power), int(update_each), int(n_samples)
+        self.average_conv_kernel = bool(average_conv_kernel)
+        self.rng = np.random.default_rng(seed)
+        self.hessian_diag = None
+        self._calls = 0
+
+    def estimate(self, model, X, y):
+        """Loss, gradients and the (spatially averaged) Hutchinson diagonal from one shared
+        forward/backward pass and ``n_samples`` R-op passes."""
+        from .curvature import rademacher
+        loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
+        params = model.parameters()
+        D = [np.zeros_like(p) for p in params]
+        for _ in range(self.n_samples):
+            v = rademacher(params, self.rng)
+            for d, vi, hv in zip(D, v, model._rop(y, v)):
+                d += vi * hv
+        for i, d in enumerate(D):
+            if self.n_samples > 1:
+                d /= self.n_samples
+            if self.average_conv_kernel and d.ndim == 4:
+                D[i] = np.ascontiguousarray(np.broadcast_to(np.abs(d).mean(axis=(2, 3), keepdims=True), d.shape))
+        return loss, grads, D
+
+    def loss_and_grad(self, model, X, y):
+        due = self._calls % self.update_each == 0
+        self._calls += 1
+        if due or self.hessian_diag is None:
+            loss, grads, self.hessian_diag = self.estimate(model, X, y)
+            return loss, grads
+        return model._loss_and_grad(X, y)
+
+    def step(self, params, grads, hessian_diag=None):
+        """Update in place; ``hessian_diag`` defaults to the estimate made by :meth:`loss_and_grad`."""
+        D = self.hessian_diag if hessian_diag is None else hessian_diag
+        if D is None:
+            raise ValueError("AdaHessian: no Hessian diagonal; train with fit(), call loss_and_grad(model, X, y) "
+                             "first, or pass step(params, grads, hessian_diag=...)")
+        if len(D) != len(params) or any(d.shape != p.shape for d, p in zip(D, params)):
+            raise ValueError(f"AdaHessian: Hessian diagonal shapes {[d.shape for d in D]} do not match "
+                             f"the parameters {[p.shape for p in params]}")
+        self._D = [np.ascontiguousarray(d, dtype=p.dtype) for d, p in zip(D, params)]
+        super().step(params, grads)
+
+    def _init_state(self, params):
+        return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+
+    def _update(self, i, p, g, state):
+        m, s = state
+        _opt.adahessian_update(p, np.ascontiguousarray(g), self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
+                               self.weight_decay, 1 - self.b1 ** self.t, 1 - self.b2 ** self.t, self.k)
+
+
+class Newton(Optimizer):
+    """Damped Newton for tiny models: ``p ← p − lr·(|H| + λI)⁻¹ g`` with the full Hessian H from
+    exact HVPs and ``|H|`` its eigen-decomposition with absolute eigenvalues (saddle-free Newton,
+    Dauphin et al. 2014): where H is positive definite this is the damped Newton step, and
+    negative-curvature directions are descended instead of climbed. λ = ``damping``.
+    Refused above ``max_params`` parameters (default 5000: a P×P matrix and P HVPs per step)."""
+    needs_hessian = True
+
+    def __init__(self, lr: float = 1.0, damping: float = 1e-2, max_params: int | None = None):
+        super().__init__(lr)
+        if not damping > 0:
+            raise ValueError(f"Newton: damping must be > 0, got {damping}")
+        from .curvature import MAX_FULL_HESSIAN_PARAMS
+        self.damping = float(damping)
+        self.max_params = MAX_FULL_HESSIAN_PARAMS if max_params is None else int(max_params)
+        self.H = None
+
+    def loss_and_grad(self, model, X, y):
+        from .curvature import full_hessian
+        loss, grads, self.H = full_hessian(model, X, y, self.max_params)
+        return loss, grads
+
+    def step(self, params, grads, hessian=None):
+        H = self.H if hessian is None else np.asarray(hessian, np.float64)
+        P = sum(p.size for p in params)
+        if H is None or H.shape != (P, P):
+            raise ValueError(f"Newton: needs the {P}x{P} Hessian; train with fit() or call "
+                             f"loss_and_grad(model, X, y) first (got {None if H is None else H.shape})")
+        if len(params) != len(grads):
+            raise ValueError(f"Newton: {len(params)} parameters but {len(grads)} gradients")
+        g = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in grads])
+        lam, U = np.linalg.eigh((H + H.T) / 2)
+        step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
+        self.eigenvalues = lam
+        self.t += 1
+        i = 0
+        for p in params:
+            p -= (self.lr * step[i:i + p.size]).reshape(p.shape).astype(p.dtype)
+            i += p.size
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adahessian": AdaHessian, "newton": Newton}
 
 
 def get_optimizer(name: str, **kwargs) -> Optimizer:
