@@ -161,7 +161,7 @@ class Newton(Optimizer):
     Refused above ``max_params`` parameters (default 5000: a P×P matrix and P HVPs per step)."""
     needs_hessian = True
 
-    def __init__(self, lr: float = 1.0, damping: float = 1e-2, max_params: int | None = None):
+    def __init__(self, lr: float = 1.0, damping: float = 0.1, max_params: int | None = None):
         super().__init__(lr)
         if not damping > 0:
             raise ValueError(f"Newton: damping must be > 0, got {damping}")

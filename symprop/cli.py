@@ -36,6 +36,7 @@ def cmd_generate(args) -> int:
 
 
 DEFAULT_EPOCHS = {"mlp": 40, "cnn": 15, "lenet": 15, "cifar_cnn": 15}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adahessian": 0.15, "newton": 1.0}
 DEFAULT_WEIGHT_DECAY = {"mlp": 0.0, "cnn": 5e-4, "lenet": 5e-4, "cifar_cnn": 5e-4}
 
 
@@ -64,9 +65,15 @@ def cmd_train(args) -> int:
     model = builder(X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype, seed=args.seed, **kw)
     epochs = args.epochs or DEFAULT_EPOCHS[args.model]
     wd = DEFAULT_WEIGHT_DECAY[args.model] if args.weight_decay is None else args.weight_decay
-    okw = {"lr": args.lr, "weight_decay": wd}
+    okw = {"lr": DEFAULT_LR[args.optimizer] if args.lr is None else args.lr}
     if args.optimizer == "sgd":
         okw["momentum"] = args.momentum
+    if args.optimizer == "adahessian":
+        okw.update(update_each=args.update_each, seed=args.seed)
+    if args.optimizer == "newton":
+        okw["damping"] = args.damping
+    else:
+        okw["weight_decay"] = wd
     opt = O.get_optimizer(args.optimizer, **okw)
     n_params = sum(p.size for p in model.parameters())
     print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params} parameters) on {args.dataset} "
@@ -138,11 +145,15 @@ def main(argv=None) -> int:
     t.add_argument("--epochs", type=int, default=None,
                    help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()))
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--optimizer", default="sgd", choices=list(DEFAULT_LR))
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     t.add_argument("--weight-decay", type=float, default=None,
                    help="L2 weight decay; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_WEIGHT_DECAY.items()))
+    t.add_argument("--update-each", type=int, default=1, help="AdaHessian: re-estimate the Hessian "
+                   "diagonal every N steps")
+    t.add_argument("--damping", type=float, default=0.1, help="Newton: damping added to |eigenvalues|")
     t.add_argument("--hidden", type=int, default=512)
     t.add_argument("--activation", default="relu", choices=["tanh", "sigmoid", "relu", "softplus"])
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])

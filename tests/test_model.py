@@ -116,3 +116,25 @@ def test_cli_cnn_reaches_98_percent_on_digits(tmp_path):
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "evaluate", str(tmp_path / "cnn.npz")],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and f"accuracy {acc:.4f}" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_cli_adahessian_trains_the_digits_cnn_to_98_percent(tmp_path):
+    """Issue 5's bar: AdaHessian (Hutchinson diagonal from exact HVPs) >= 98 % on the digits CNN."""
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--model", "cnn", "--optimizer", "adahessian"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "adahessian(lr=0.15)" in r.stdout
+    acc = float(r.stdout.split("final test accuracy")[1].split()[0])
+    assert acc >= 0.98, r.stdout[-500:]
+
+
+def test_cli_newton_refuses_a_big_model_and_trains_a_tiny_one(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--optimizer", "newton", "--epochs", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and "above the limit of 5,000" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--optimizer", "newton", "--hidden", "8",
+                        "--activation", "tanh", "--epochs", "3", "--batch-size", "512", "--dtype", "float64"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    acc = float(r.stdout.split("final test accuracy")[1].split()[0])
+    assert acc > 0.5, r.stdout
