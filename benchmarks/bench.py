@@ -1,6 +1,8 @@
 """Side-by-side timings against PyTorch (same process, same run, 2 threads).
 
-float32, forward pass and one SGD train step (forward + backward + update) for
+float32: forward pass, one SGD train step (forward + backward + update), gradient + exact
+Hessian-vector product (PyTorch: double backward), an Adam step and an AdaHessian step
+(PyTorch: Yao et al.'s reference update written here) for
 - MLP 784-256-128-10 (tanh), batch 128;
 - LeNet-5 style, 1x28x28, batch 64;
 - CIFAR-style CNN, 3x32x32 (conv 32 -> conv 64 -> fc 256 -> 10), batch 64.
@@ -57,16 +59,48 @@ def torch_twin(model):
     return net
 
 
+def torch_adahessian_step(params, loss_fn, state, lr=0.15, betas=(0.9, 0.999), eps=1e-4):
+    """One step of Yao et al.'s reference AdaHessian in PyTorch (Rademacher probe, double
+    backward, spatial averaging over conv kernels, bias-corrected moments)."""
+    import torch
+
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    v = [torch.randint_like(p, high=2) * 2 - 1 for p in params]
+    hv = torch.autograd.grad(grads, params, v)
+    state["t"] = t = state.get("t", 0) + 1
+    with torch.no_grad():
+        for i, (p, g, h) in enumerate(zip(params, grads, hv)):
+            d = (h * v[i]).abs()
+            if d.dim() == 4:
+                d = d.mean(dim=[2, 3], keepdim=True).expand_as(d)
+            m, s = state.setdefault(i, (torch.zeros_like(p), torch.zeros_like(p)))
+            m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
+            s.mul_(betas[1]).addcmul_(d, d, value=1 - betas[1])
+            denom = (s / (1 - betas[1] ** t)).sqrt_().add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1 - betas[0] ** t))
+
+
 def compare(name, model, X, y, repeat=15, number=20):
-    """Forward and SGD train step, symprop vs PyTorch, interleaved in the same run."""
+    """Forward, SGD train step, gradient + exact HVP, Adam step and AdaHessian step, symprop vs
+    PyTorch, interleaved in the same run."""
     import torch
     from symprop import optimizers as O
 
-    opt = O.SGD(lr=0.01, momentum=0.9)
     params = model.parameters()
     tnet = torch_twin(model)
-    topt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+    tparams = list(tnet.parameters())
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    rng = np.random.default_rng(1)
+    v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in params]
+    vt = [torch.from_numpy(a) for a in v]
+    sgd, adam, ada = O.SGD(lr=0.01, momentum=0.9), O.Adam(lr=1e-4), O.AdaHessian(lr=1e-3)
+    tsgd, tadam = torch.optim.SGD(tparams, lr=0.01, momentum=0.9), torch.optim.Adam(tparams, lr=1e-4)
+    tada_state = {}
+    Xv, yv = model._check_X(X), model.loss.check_targets(y, len(X), (len(X),) + model.output_shape)
+
+    def tloss():
+        return torch.nn.functional.cross_entropy(tnet(Xt), yt)
 
     def sym_fwd():
         model.forward(X)
@@ -75,17 +109,30 @@ def compare(name, model, X, y, repeat=15, number=20):
         with torch.no_grad():
             tnet(Xt)
 
-    def sym_step():
-        _, grads = model.loss_and_grad(X, y)
-        opt.step(params, grads)
+    def sym_step(opt):
+        def run():
+            _, grads = opt.loss_and_grad(model, Xv, yv)
+            opt.step(params, grads)
+        return run
 
-    def torch_step():
-        topt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(tnet(Xt), yt).backward()
-        topt.step()
+    def torch_step(opt):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            tloss().backward()
+            opt.step()
+        return run
+
+    def sym_hvp():
+        model.hvp(X, y, v, return_grad=True)
+
+    def torch_hvp():
+        grads = torch.autograd.grad(tloss(), tparams, create_graph=True)
+        torch.autograd.grad(grads, tparams, vt)
 
     rows = []
-    for what, s, t in (("forward", sym_fwd, torch_fwd), ("train step", sym_step, torch_step)):
+    for what, s, t in (("forward", sym_fwd, torch_fwd), ("sgd step", sym_step(sgd), torch_step(tsgd)),
+                       ("grad+hvp", sym_hvp, torch_hvp), ("adam step", sym_step(adam), torch_step(tadam)),
+                       ("adahessian step", sym_step(ada), lambda: torch_adahessian_step(tparams, tloss, tada_state))):
         # interleave rounds so both see the same machine noise
         ts, tt = [], []
         for _ in range(3):
@@ -93,6 +140,11 @@ def compare(name, model, X, y, repeat=15, number=20):
             tt.append(best_of(t, repeat, number))
         rows.append({"case": name, "what": what, "symprop_ms": 1e3 * min(ts),
                      "torch_ms": 1e3 * min(tt), "ratio": min(ts) / min(tt)})
+    by = {r["what"]: r for r in rows}
+    rows.append({"case": name, "what": "adahessian/adam", "symprop_ms": by["adahessian step"]["symprop_ms"],
+                 "torch_ms": by["adahessian step"]["torch_ms"],
+                 "symprop_step_ratio": by["adahessian step"]["symprop_ms"] / by["adam step"]["symprop_ms"],
+                 "torch_step_ratio": by["adahessian step"]["torch_ms"] / by["adam step"]["torch_ms"]})
     return rows
 
 
@@ -148,9 +200,13 @@ def main(argv=None):
     if args.json:
         print(json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=2))
         return
-    print(f"{'case':28s} {'what':12s} {'symprop ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
+    print(f"{'case':28s} {'what':16s} {'symprop ms':>11s} {'torch ms':>9s} {'ratio':>6s}")
     for r in rows:
-        print(f"{r['case']:28s} {r['what']:12s} {r['symprop_ms']:11.3f} {r['torch_ms']:9.3f} {r['ratio']:6.2f}")
+        if "ratio" in r:
+            print(f"{r['case']:28s} {r['what']:16s} {r['symprop_ms']:11.3f} {r['torch_ms']:9.3f} {r['ratio']:6.2f}")
+        else:
+            print(f"{r['case']:28s} {r['what']:16s} {'':11s} {'':9s}        AdaHessian step = "
+                  f"{r['symprop_step_ratio']:.2f}x Adam step (PyTorch: {r['torch_step_ratio']:.2f}x)")
     print("ratio = symprop / PyTorch time (lower is better; < 1 means symprop is faster)")
 
 

@@ -30,18 +30,22 @@ def adam_kernel() -> Kernel:
                   inplace={"m": "m", "s": "s", "p": "p"})
 
 
-def adahessian_kernel() -> Kernel:
+def adahessian_kernel(power=None) -> Kernel:
     """AdaHessian (Yao et al. 2021): Adam's second moment replaced by the running mean of the
     squared Hessian-diagonal estimate d (Hutchinson, optionally averaged over conv kernels),
     Hessian power k, bias corrections passed in, weight decay decoupled as in AdamW:
-    p ← p(1 − lr·wd) − (lr/bc1)·m / ((s/bc2)^(k/2) + eps)."""
+    p ← p(1 − lr·wd) − (lr/bc1)·m / ((s/bc2)^(k/2) + eps).
+
+    ``power=1`` fixes k = 1 (the default; a square root instead of a pow call)."""
+    k = kpow if power is None else sp.Integer(power)
     m_new = b1 * m1 + (1 - b1) * g
     s_new = b2 * m2 + (1 - b2) * hd ** 2
-    step = lr * (m_new / bc1) / ((s_new / bc2) ** (kpow / 2) + eps)
-    return Kernel(name="adahessian_update", inputs=["p", "g", "d", "m", "s"],
-                  scalars=["lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", "k"],
+    step = lr * (m_new / bc1) / ((s_new / bc2) ** (k / 2) + eps)
+    return Kernel(name="adahessian_update" if power == 1 else "adahessian_update_pow",
+                  inputs=["p", "g", "d", "m", "s"],
+                  scalars=["lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2"] + (["k"] if power is None else []),
                   outputs=[("m", m_new), ("s", s_new), ("p", p * (1 - lr * wd) - step)],
                   inplace={"m": "m", "s": "s", "p": "p"})
 
 
-OPTIMIZER_KERNELS = [sgd_kernel, adam_kernel, adahessian_kernel]
+OPTIMIZER_KERNELS = [sgd_kernel, adam_kernel, lambda: adahessian_kernel(1), adahessian_kernel]

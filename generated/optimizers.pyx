@@ -6,7 +6,8 @@
 # module: optimizers
 # spec: sgd_update  hash: 44dc2f3b33a68479
 # spec: adam_update  hash: ac76515c7e59cefc
-# spec: adahessian_update  hash: 989981191b70aea0
+# spec: adahessian_update  hash: 13dbcfd0ddb48659
+# spec: adahessian_update_pow  hash: 19411ca7d8fc7596
 
 """Optimizer update kernels (in place)."""
 cdef extern from "symprop_math.h":
@@ -79,7 +80,8 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
 KERNELS = {
     "sgd_update": {"arrays": ("p", "g", "v", ), "outs": (), "scalars": ("lr", "mu", "wd", )},
     "adam_update": {"arrays": ("p", "g", "m", "s", ), "outs": (), "scalars": ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", )},
-    "adahessian_update": {"arrays": ("p", "g", "d", "m", "s", ), "outs": (), "scalars": ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", "k", )},
+    "adahessian_update": {"arrays": ("p", "g", "d", "m", "s", ), "outs": (), "scalars": ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", )},
+    "adahessian_update_pow": {"arrays": ("p", "g", "d", "m", "s", ), "outs": (), "scalars": ("lr", "beta1", "beta2", "eps", "wd", "bc1", "bc2", "k", )},
 }
 
 # ---------------------------------------------------------------- sgd_update
@@ -261,8 +263,118 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
             _adam_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
 
 # ---------------------------------------------------------------- adahessian_update
+# m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
+cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float p
+    cdef float g
+    cdef float d
+    cdef float m
+    cdef float s
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        d = d_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        _t0 = beta1*m - g*(beta1 + (<float>-1.0))
+        _t1 = beta2*s - (d*d)*(beta2 + (<float>-1.0))
+        m_p[_e] = _t0
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
+
+cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double p
+    cdef double g
+    cdef double d
+    cdef double m
+    cdef double s
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        d = d_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        _t0 = beta1*m - g*(beta1 + (<double>-1.0))
+        _t1 = beta2*s - (d*d)*(beta2 + (<double>-1.0))
+        m_p[_e] = _t0
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
+
+
+def adahessian_update(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
+    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
+
+    Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
+updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
+    """
+    dt = _check_arrays("adahessian_update", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    cdef Py_ssize_t n = p.size
+    if g.size != n:
+        raise ValueError(f"adahessian_update: g has shape {g.shape} but p has shape {p.shape}")
+    if d.size != n:
+        raise ValueError(f"adahessian_update: d has shape {d.shape} but p has shape {p.shape}")
+    if m.size != n:
+        raise ValueError(f"adahessian_update: m has shape {m.shape} but p has shape {p.shape}")
+    if s.size != n:
+        raise ValueError(f"adahessian_update: s has shape {s.shape} but p has shape {p.shape}")
+    if n == 0:
+        return
+    cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
+    cdef float lr_f32
+    cdef float beta1_f32
+    cdef float beta2_f32
+    cdef float eps_f32
+    cdef float wd_f32
+    cdef float bc1_f32
+    cdef float bc2_f32
+    cdef double[::1] p_f64, g_f64, d_f64, m_f64, s_f64
+    cdef double lr_f64
+    cdef double beta1_f64
+    cdef double beta2_f64
+    cdef double eps_f64
+    cdef double wd_f64
+    cdef double bc1_f64
+    cdef double bc2_f64
+    if dt == _F32:
+        p_f32 = p.reshape(-1)
+        g_f32 = g.reshape(-1)
+        d_f32 = d.reshape(-1)
+        m_f32 = m.reshape(-1)
+        s_f32 = s.reshape(-1)
+        lr_f32 = lr
+        beta1_f32 = beta1
+        beta2_f32 = beta2
+        eps_f32 = eps
+        wd_f32 = wd
+        bc1_f32 = bc1
+        bc2_f32 = bc2
+        with nogil:
+            _adahessian_update_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+    else:
+        p_f64 = p.reshape(-1)
+        g_f64 = g.reshape(-1)
+        d_f64 = d.reshape(-1)
+        m_f64 = m.reshape(-1)
+        s_f64 = s.reshape(-1)
+        lr_f64 = lr
+        beta1_f64 = beta1
+        beta2_f64 = beta2
+        eps_f64 = eps
+        wd_f64 = wd
+        bc1_f64 = bc1
+        bc2_f64 = bc2
+        with nogil:
+            _adahessian_update_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+
+# ---------------------------------------------------------------- adahessian_update_pow
 # m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
-cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, float k, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_pow_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, float k, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -283,7 +395,7 @@ cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p,
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr/(bc1*(eps + powf(_t1/bc2, ((<float>0.5))*k))) - p*(lr*wd + (<float>-1.0))
 
-cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, double k, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_pow_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, double k, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -305,22 +417,22 @@ cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d
         p_p[_e] = -_t0*lr/(bc1*(eps + pow(_t1/bc2, ((<double>0.5))*k))) - p*(lr*wd + (<double>-1.0))
 
 
-def adahessian_update(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, k, ):
+def adahessian_update_pow(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, k, ):
     """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
 
     Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
     """
-    dt = _check_arrays("adahessian_update", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    dt = _check_arrays("adahessian_update_pow", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
     cdef Py_ssize_t n = p.size
     if g.size != n:
-        raise ValueError(f"adahessian_update: g has shape {g.shape} but p has shape {p.shape}")
+        raise ValueError(f"adahessian_update_pow: g has shape {g.shape} but p has shape {p.shape}")
     if d.size != n:
-        raise ValueError(f"adahessian_update: d has shape {d.shape} but p has shape {p.shape}")
+        raise ValueError(f"adahessian_update_pow: d has shape {d.shape} but p has shape {p.shape}")
     if m.size != n:
-        raise ValueError(f"adahessian_update: m has shape {m.shape} but p has shape {p.shape}")
+        raise ValueError(f"adahessian_update_pow: m has shape {m.shape} but p has shape {p.shape}")
     if s.size != n:
-        raise ValueError(f"adahessian_update: s has shape {s.shape} but p has shape {p.shape}")
+        raise ValueError(f"adahessian_update_pow: s has shape {s.shape} but p has shape {p.shape}")
     if n == 0:
         return
     cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
@@ -356,7 +468,7 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
         bc2_f32 = bc2
         k_f32 = k
         with nogil:
-            _adahessian_update_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n)
+            _adahessian_update_pow_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n)
     else:
         p_f64 = p.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -372,4 +484,4 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
         bc2_f64 = bc2
         k_f64 = k
         with nogil:
-            _adahessian_update_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n)
+            _adahessian_update_pow_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n)

@@ -112,11 +112,15 @@ class AdaHessian(Optimizer):
         from .curvature import rademacher
         loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
         params = model.parameters()
-        D = [np.zeros_like(p) for p in params]
+        D = None
         for _ in range(self.n_samples):
             v = rademacher(params, self.rng)
-            for d, vi, hv in zip(D, v, model._rop(y, v)):
-                d += vi * hv
+            hv = model._rop(y, v)
+            if D is None:
+                D = [np.multiply(vi, h, out=h) for vi, h in zip(v, hv)]
+            else:
+                for d, vi, h in zip(D, v, hv):
+                    d += vi * h
         for i, d in enumerate(D):
             if self.n_samples > 1:
                 d /= self.n_samples
@@ -149,8 +153,12 @@ class AdaHessian(Optimizer):
 
     def _update(self, i, p, g, state):
         m, s = state
-        _opt.adahessian_update(p, np.ascontiguousarray(g), self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
-                               self.weight_decay, 1 - self.b1 ** self.t, 1 - self.b2 ** self.t, self.k)
+        args = (p, np.ascontiguousarray(g), self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
+                self.weight_decay, 1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+        if self.k == 1:
+            _opt.adahessian_update(*args)
+        else:
+            _opt.adahessian_update_pow(*args, self.k)
 
 
 class Newton(Optimizer):
