@@ -13,6 +13,16 @@ from .memory import tune_allocator
 from .optimizers import Adam, Optimizer
 
 
+def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
+    """``a`` as a C-contiguous array of ``dtype``; numeric and finite, or a clear error."""
+    if not np.issubdtype(a.dtype, np.number):
+        raise TypeError(f"{label} must be numeric, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{label} of shape {a.shape} contains NaN or inf")
+    return a
+
+
 class Sequential:
     """Layers applied in order, then a loss that averages over the batch."""
 
@@ -67,12 +77,12 @@ class Sequential:
                              f"got {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{first}: empty batch (input shape {X.shape})")
-        if not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"{first}: input must be numeric, got dtype {X.dtype}")
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not np.isfinite(X).all():
-            raise ValueError(f"{first}: input of shape {X.shape} contains NaN or inf")
-        return X
+        return _finite_array(X, self.dtype, f"{first}: input")
+
+    def _check_batch(self, X, y):
+        """Validated inputs and targets (targets shaped for the model's outputs)."""
+        X = self._check_X(X)
+        return X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
 
     def forward(self, X) -> np.ndarray:
         """Network outputs (logits for classification)."""
@@ -83,8 +93,7 @@ class Sequential:
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
-        X = self._check_X(X)
-        return self._loss_and_grad(X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape))
+        return self._loss_and_grad(*self._check_batch(X, y))
 
     def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, keep_output_grads: bool = False):
         """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop).
@@ -115,12 +124,7 @@ class Sequential:
             a = np.asarray(a)
             if a.shape != p.shape:
                 raise ValueError(f"Sequential: {what}[{i}] has shape {a.shape}, parameter {i} has {p.shape}")
-            if not np.issubdtype(a.dtype, np.number):
-                raise TypeError(f"Sequential: {what}[{i}] must be numeric, got dtype {a.dtype}")
-            a = np.ascontiguousarray(a, dtype=self.dtype)
-            if not np.isfinite(a).all():
-                raise ValueError(f"Sequential: {what}[{i}] (shape {a.shape}) contains NaN or inf")
-            out.append(a)
+            out.append(_finite_array(a, self.dtype, f"Sequential: {what}[{i}]"))
         return out
 
     def _split(self, v: list) -> list[list]:
@@ -150,8 +154,7 @@ class Sequential:
         """Exact Hessian-vector product ``H v`` of the mean batch loss (Pearlmutter's R-operator
         through the generated JVP and R-op kernels); ``v`` is aligned with :meth:`parameters`.
         With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
-        X = self._check_X(X)
-        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        X, y = self._check_batch(X, y)
         v = self._check_direction(v)
         loss, grads = self._loss_and_grad(X, y, keep_output_grads=True)
         hv = self._rop(y, v)
@@ -167,16 +170,14 @@ class Sequential:
         or ``"hutchinson"`` (``mean v ⊙ Hv`` over ``samples`` Rademacher ``v``, seeded by ``seed``).
         """
         from . import curvature
-        X = self._check_X(X)
-        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        X, y = self._check_batch(X, y)
         return curvature.hessian_diagonal(self, X, y, method, samples=samples, seed=seed)
 
     def hessian(self, X, y, max_params: int | None = None) -> np.ndarray:
         """The full (P × P) Hessian of the mean batch loss, one exact HVP per column.
         Refused above ``max_params`` (default :data:`curvature.MAX_FULL_HESSIAN_PARAMS`)."""
         from . import curvature
-        X = self._check_X(X)
-        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        X, y = self._check_batch(X, y)
         return curvature.full_hessian(self, X, y, max_params)[2]
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
@@ -207,8 +208,7 @@ class Sequential:
             raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        X = self._check_X(X)
-        y = self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        X, y = self._check_batch(X, y)
         optimizer = optimizer or Adam()
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 0
