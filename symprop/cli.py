@@ -1,4 +1,4 @@
-"""The ``symprop`` command line: generate kernels, train and evaluate models."""
+"""The ``symprop`` command line: generate kernels, export derivations, train and evaluate models."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,65 @@ def _plot(hist: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _model_layers(name: str) -> list[str]:
+    """Spec names of the layers of a named model (its kernels' specs), in forward order."""
+    from .runtime.models import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    shape = (64,) if name == "mlp" else (1, 32, 32) if name == "lenet" else \
+        (3, 32, 32) if name == "cifar_cnn" else (1, 8, 8)
+    model = MODELS[name](shape, classes=10)
+    out = []
+    for la in model.layers:
+        kind = type(la).__name__
+        out.append(la.kernel_name if kind == "Activation" else
+                   {"Dense": "dense", "Conv2D": "conv2d", "MaxPool2D": "maxpool2d", "AvgPool2D": "avgpool2d"}
+                   .get(kind, kind.lower()))
+    return out
+
+
+def _load_specs(path: str) -> list:
+    """ElementwiseSpec/ContractionSpec objects defined at the top level of a user's Python file."""
+    import runpy
+
+    from .derive import ContractionSpec, ElementwiseSpec
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--spec: no such file {path}")
+    found = [v for v in runpy.run_path(path).values() if isinstance(v, (ElementwiseSpec, ContractionSpec))]
+    if not found:
+        raise ValueError(f"--spec {path}: defines no ElementwiseSpec or ContractionSpec at top level")
+    return found
+
+
+def cmd_latex(args) -> int:
+    from .derive import latex
+
+    layers = [s for s in args.layers.split(",") if s] if args.layers else None
+    model = None
+    if args.model:
+        chain = _model_layers(args.model)
+        model = (args.model, chain)
+        if layers is None:
+            known = latex.builtin_layer_names()
+            layers = list(dict.fromkeys(n for n in chain if n in known))
+    extra = _load_specs(args.spec) if args.spec else []
+    if args.spec and layers is None:
+        layers = []
+    t0 = time.perf_counter()
+    text = latex.document(layers=layers, extra=extra, model=model)
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(f"wrote {out} ({len(text.splitlines())} lines, {time.perf_counter() - t0:.1f} s)")
+    if args.pdf:
+        pdf = latex.compile_pdf(text, out.with_suffix(".pdf"))
+        print(f"wrote {pdf}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from . import Sequential
 
@@ -162,6 +221,14 @@ def main(argv=None) -> int:
     t.add_argument("--plot", help="write loss/accuracy curves to this image (matplotlib)")
     t.set_defaults(fn=cmd_train)
 
+    x = sub.add_parser("latex", help="write the derivations (every built-in layer by default) as LaTeX")
+    x.add_argument("--layers", help="comma-separated built-in layer names (default: all, or the model's)")
+    x.add_argument("--spec", help="a Python file defining ElementwiseSpec/ContractionSpec objects")
+    x.add_argument("--model", help="add the composed chain rule of a named model (mlp, cnn, lenet, cifar_cnn)")
+    x.add_argument("-o", "--output", default="derivations.tex")
+    x.add_argument("--pdf", action="store_true", help="also compile with pdflatex (no shell escape)")
+    x.set_defaults(fn=cmd_latex)
+
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a test split")
     e.add_argument("file")
     e.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10"])
@@ -171,7 +238,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"symprop {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,87 @@
+"""The LaTeX derivation export: the document prints the kernels' own expressions."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+from symprop.derive import ElementwiseSpec, builtins, derive_contraction, derive_elementwise, latex
+
+HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None
+
+
+@pytest.fixture(scope="module")
+def full():
+    return latex.document(model=("lenet", ["conv2d", "relu", "maxpool2d", "dense"]))
+
+
+def test_every_builtin_layer_has_its_section(full):
+    for name in latex.builtin_layer_names():
+        assert f"\\texttt{{{latex.escape(name)}}}}}" in full, name
+    assert "\\section{Losses}" in full and "composed chain rule" in full
+
+
+def test_the_document_prints_the_emitted_expressions(full):
+    """Each kernel's expression, printed by the document's printer, appears verbatim."""
+    for spec in builtins.ACTIVATIONS.values():
+        for k in derive_elementwise(spec).kernels:
+            for o, e in k.outputs:
+                assert latex._equation(latex.tex(sp.Symbol(o)), e, f"eq:{k.name}:{o}") in full, k.name
+    for spec in {**builtins.CONTRACTIONS, **builtins.WINDOWS}.values():
+        for k in derive_contraction(spec).kernels:
+            assert latex._equation(latex._lhs(k.out, k.out_indices), k.expr) .split("\\label")[0] \
+                .rsplit("\n\\end{align}", 1)[0] in full, k.name
+            assert latex._kernel_ref(k.name) in full
+
+
+def test_guarded_adjoint_prints_as_iverson_brackets(full):
+    i = full.index("\\texttt{conv2d\\_vjp\\_x}")
+    eq = full[i:full.index("\\end{align}", i)]
+    assert "\\bmod s_{h} = 0\\right]" in eq and "\\begin{cases}" not in eq
+
+
+def test_escape():
+    assert latex.escape("my_act#1%&\\") == r"my\_act\#1\%\&\textbackslash{}"
+    with pytest.raises(ValueError, match="unknown layer"):
+        latex.document(layers=["nope"])
+
+
+def user_spec():
+    x = sp.Symbol("x")
+    return ElementwiseSpec("my_act", x * sp.tanh(sp.log(1 + sp.exp(x))), x, doc="my_act#1% (Mish) & friends")
+
+
+@pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex and pdftotext (.ci/run installs them)")
+def test_pdf_of_all_builtins_and_a_user_activation(tmp_path):
+    text = latex.document(extra=[user_spec()], model=("mlp", ["dense", "relu", "dense"]))
+    pdf = latex.compile_pdf(text, tmp_path / "d.pdf")
+    out = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
+    for name in latex.builtin_layer_names() + ["my_act"]:
+        assert name in out, name
+    assert "my_act#1% (Mish) & friends" in out
+    pages = out.count("\f")
+    assert pages >= len(latex.builtin_layer_names())
+
+
+@pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex (.ci/run installs it)")
+def test_cli_latex_with_spec_file_and_model(tmp_path):
+    spec = tmp_path / "myspec.py"
+    spec.write_text("import sympy as sp\nfrom symprop.derive import ElementwiseSpec\nx = sp.Symbol('x')\n"
+                    "SWISH = ElementwiseSpec('swish_1', x / (1 + sp.exp(-x)), x, doc='swish #1 50%')\n")
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--spec", str(spec), "--model", "lenet",
+                        "-o", str(tmp_path / "d.tex"), "--pdf"], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tex = (tmp_path / "d.tex").read_text()
+    assert "swish\\_1" in tex and "Model \\texttt{lenet}" in tex and "Layer \\texttt{conv2d}" in tex
+    assert (tmp_path / "d.pdf").stat().st_size > 10000
+
+
+def test_cli_latex_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--layers", "tanh,bogus", "-o",
+                        str(tmp_path / "d.tex")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and "unknown layer(s) ['bogus']" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--spec", str(tmp_path / "none.py")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and "no such file" in r.stderr
