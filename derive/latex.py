@@ -47,6 +47,8 @@ class DerivationPrinter(LatexPrinter):
             return r"\mathcal{R}\{" + self._print_Symbol(sp.Symbol(name[1:])) + r"\}"
         if name.endswith("_"):   # fresh index symbols of a pullback: u_ → u'
             return self._print_Symbol(sp.Symbol(name[:-1])) + "'"
+        if name == "hx":
+            return "h^{x}"
         if name in ("gx", "gW", "gb"):
             return r"\bar{g}^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         return super()._print_Symbol(expr, style)
@@ -145,7 +147,7 @@ model of \texttt{derive/cost.py} (a transcendental call counts 10--12, a divisio
 def elementwise_section(d: DerivedElementwise) -> str:
     s = d.spec
     x, y = sp.Symbol("x"), sp.Symbol("y")
-    out = [f"\\section{{Activation \\texttt{{{escape(s.name)}}}}}\n"]
+    out = [f"\\clearpage\n\\section{{Activation \\texttt{{{escape(s.name)}}}}}\n"]
     if s.doc:
         out.append(escape(s.doc) + "\n\n")
     out.append("Definition:\n" + _equation("y", d.forward.textbook, f"eq:{s.name}:def"))
@@ -180,7 +182,7 @@ def elementwise_section(d: DerivedElementwise) -> str:
 def contraction_section(d: DerivedContraction) -> str:
     s = d.spec
     kind = "Layer" if s.params else "Pooling layer"
-    out = [f"\\section{{{kind} \\texttt{{{escape(s.name)}}}}}\n"]
+    out = [f"\\clearpage\n\\section{{{kind} \\texttt{{{escape(s.name)}}}}}\n"]
     if s.doc:
         out.append(escape(s.doc) + "\n\n")
     out.append(f"Definition, computed by {_kernel_ref(d.forward.name)} (index notation; reads outside the "
@@ -218,7 +220,7 @@ def contraction_section(d: DerivedContraction) -> str:
 def losses_section() -> str:
     ce = derive_softmax_cross_entropy()
     ms = mse()
-    out = ["\\section{Losses}\n\\subsection*{Softmax cross-entropy}\n",
+    out = ["\\clearpage\n\\section{Losses}\n\\subsection*{Softmax cross-entropy}\n",
            "Per sample, with a shift $m$ (the row maximum) for stability and one-hot target $t$:\n",
            _equation(r"\ell", ce.definition, "eq:ce:def"),
            "The derivation checks $\\partial\\ell/\\partial m = " + tex(ce.shift_derivative)
@@ -244,7 +246,7 @@ def model_section(name: str, layer_names: list[str]) -> str:
     for k, nm in enumerate(layer_names, start=1):
         rows.append(f"{k} & \\texttt{{{escape(nm)}}} \\\\")
     chain = " ".join(f"J_{{{k}}}^\\top" for k in range(1, L + 1))
-    return (f"\\section{{Model \\texttt{{{escape(name)}}}: the composed chain rule}}\n"
+    return (f"\\clearpage\n\\section{{Model \\texttt{{{escape(name)}}}: the composed chain rule}}\n"
             "Forward: $x_0 \\mapsto x_1 = f_1(x_0) \\mapsto \\dots \\mapsto x_{" + str(L)
             + "} = f_{" + str(L) + "}(x_{" + str(L - 1) + "})$, then the loss $L(x_{" + str(L) + "})$.\n"
             "\\begin{center}\\begin{tabular}{rl}\\hline $k$ & layer $f_k$\\\\\\hline\n"

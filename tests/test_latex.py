@@ -60,8 +60,13 @@ def test_pdf_of_all_builtins_and_a_user_activation(tmp_path):
     for name in latex.builtin_layer_names() + ["my_act"]:
         assert name in out, name
     assert "my_act#1% (Mish) & friends" in out
-    pages = out.count("\f")
-    assert pages >= len(latex.builtin_layer_names())
+    # a page (at least) per section: every section heading starts a page
+    pages = out.split("\f")
+    sections = latex.builtin_layer_names() + ["my_act"]
+    assert len(pages) >= len(sections) + 2          # + losses and the model
+    for name in sections:
+        starts = [p for p in pages if p.lstrip().split("\n")[0].strip().endswith(name)]
+        assert starts, f"no page starts with the section of {name}"
 
 
 @pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex (.ci/run installs it)")
