@@ -56,3 +56,20 @@ def cse_cost(exprs: list[sp.Basic]) -> tuple[int, list, list]:
     """Cost after common-subexpression elimination; returns (cost, replacements, reduced)."""
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("_t"), optimizations="basic")
     return (sum(op_cost(v) for _, v in repl) + sum(op_cost(r) for r in reduced), repl, reduced)
+
+
+def summed_work(expr: sp.Basic) -> sp.Expr:
+    """Multiply-adds per output element of an index expression, as a polynomial in the
+    extents: a sum contributes the product of its ranges times its summand's work, a term
+    (product of array reads) counts 1. Used to report what collapsing Kronecker deltas saves."""
+    if isinstance(expr, sp.Add):
+        return sp.Add(*[summed_work(t) for t in expr.args])
+    if isinstance(expr, sp.Sum):
+        ext = sp.Mul(*[u - lo + 1 for _, lo, u in expr.limits])
+        return sp.expand(ext * summed_work(expr.function))
+    if isinstance(expr, sp.Piecewise):
+        return summed_work(expr.args[0].expr)
+    if isinstance(expr, sp.Mul):
+        inner = [a for a in expr.args if isinstance(a, (sp.Sum, sp.Add, sp.Piecewise))]
+        return sp.Mul(*[summed_work(a) for a in inner]) if inner else sp.S.One
+    return sp.S.One

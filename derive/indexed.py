@@ -184,6 +184,7 @@ class DerivedContraction:
     vjps: dict = field(default_factory=dict)     # wrt name -> kernel
     jvp: ContractionKernel | None = None
     rvjps: dict = field(default_factory=dict)    # wrt name -> kernel
+    raw_vjps: dict = field(default_factory=dict)  # wrt name -> diff(Σ ḡ·y, X[idx]) before delta collapse
 
     @property
     def kernels(self) -> list[ContractionKernel]:
@@ -202,7 +203,8 @@ def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
     for name, idx in spec.arrays.items():
         fresh = tuple(sp.Symbol(f"{i}_", integer=True) for i in idx)
         fresh_map[name] = fresh
-        raw = resolve_deltas(sp.diff(loss, sp.IndexedBase(name)[fresh]), solve_for=set(out_idx))
+        d.raw_vjps[name] = sp.diff(loss, sp.IndexedBase(name)[fresh])
+        raw = resolve_deltas(d.raw_vjps[name], solve_for=set(out_idx))
         # back to the array's canonical index names
         raw = _rename_bound(raw, set(idx))
         expr = raw.xreplace(dict(zip(fresh, idx)))

@@ -15,6 +15,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from . import builtins
+from .cost import summed_work
 from .elementwise import DerivedElementwise, ElementwiseSpec, derive_elementwise
 from .indexed import ContractionSpec, DerivedContraction, derive_contraction
 from .losses import derive_softmax_cross_entropy, mse
@@ -114,7 +115,7 @@ def _equation(lhs: str, expr, label: str | None = None) -> str:
     lines = []
     for k, t in enumerate(terms):
         tl = _term_lines(t)
-        lines.append(("" if k == 0 else "+ ") + tl[0])
+        lines.append(tl[0] if k == 0 or tl[0].startswith("-") else "+ " + tl[0])
         lines += [r"\qquad " + x for x in tl[1:]]
     body = lhs + " &= " + lines[0]
     for ln in lines[1:]:
@@ -125,6 +126,15 @@ def _equation(lhs: str, expr, label: str | None = None) -> str:
 
 def _kernel_ref(name: str) -> str:
     return r"\texttt{" + escape(name) + "}"
+
+
+def _work(k, raw=None) -> str:
+    """Kernel name and its multiply-adds per output element (before/after delta collapse)."""
+    after = "$" + tex(summed_work(k.expr)) + "$"
+    if raw is None:
+        return f"{_kernel_ref(k.name)} ({after} multiply-adds per output element):\n"
+    return (f"{_kernel_ref(k.name)} (multiply-adds per output element: ${tex(summed_work(raw))}$ as "
+            f"differentiated, a sum over every output with Kronecker deltas; {after} after collapsing them):\n")
 
 
 # ---------------------------------------------------------------- sections
@@ -185,8 +195,8 @@ def contraction_section(d: DerivedContraction) -> str:
     out = [f"\\clearpage\n\\section{{{kind} \\texttt{{{escape(s.name)}}}}}\n"]
     if s.doc:
         out.append(escape(s.doc) + "\n\n")
-    out.append(f"Definition, computed by {_kernel_ref(d.forward.name)} (index notation; reads outside the "
-               "input are zero):\n"
+    out.append("Definition (index notation; reads outside the input are zero), computed by "
+               + _work(d.forward)
                + _equation(_lhs(s.output, s.out_indices), d.forward.expr, f"eq:{s.name}:def"))
     if s.selects:
         out.append("Here " + ", ".join(f"${tex(sp.Symbol(m))}$" for m in s.selects)
@@ -203,12 +213,12 @@ def contraction_section(d: DerivedContraction) -> str:
                                    f"{tex(m.dilation)} - {tex(m.padding)}$" for m in maps)
                        + "; its pullback is the adjoint (a scatter), written as a gather over the "
                        "output positions that solve the map, guarded by divisibility and range:\n")
-        out.append(f"{_kernel_ref(k.name)}:\n" + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
+        out.append(_work(k, d.raw_vjps.get(wrt)) + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
     out.append("\\subsection*{Second order: pushforward and R-op pullbacks}\n")
-    out.append(f"{_kernel_ref(d.jvp.name)}:\n" + _equation(_lhs(d.jvp.out, d.jvp.out_indices), d.jvp.expr,
+    out.append(_work(d.jvp) + _equation(_lhs(d.jvp.out, d.jvp.out_indices), d.jvp.expr,
                                                          f"eq:{d.jvp.name}"))
     for wrt, k in d.rvjps.items():
-        out.append(f"{_kernel_ref(k.name)}:\n" + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
+        out.append(_work(k) + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
     if s.params:
         out.append("Hessian diagonals: a parameter's Gauss--Newton (and exact) diagonal is the sum over "
                    "factor columns and samples of its squared per-sample pullback; Becker--LeCun "
@@ -269,6 +279,7 @@ PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage[margin=2cm]{geometry}
 \usepackage{amsmath,amssymb}
 \allowdisplaybreaks
+\sloppy
 \numberwithin{equation}{section}
 \title{symprop: derivations of first- and second-order backpropagation}
 \date{}

@@ -90,3 +90,13 @@ def test_cli_latex_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--spec", str(tmp_path / "none.py")],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+@pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex (.ci/run installs it)")
+def test_no_formula_runs_off_the_page(tmp_path):
+    (tmp_path / "d.tex").write_text(latex.document(model=("lenet", ["conv2d", "relu", "maxpool2d", "dense"])))
+    subprocess.run(["pdflatex", "-interaction=nonstopmode", "-no-shell-escape", "d.tex"], cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    log = (tmp_path / "d.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln][:5]
+    assert "LaTeX Warning: Reference" not in log and "Missing character" not in log
