@@ -48,8 +48,8 @@ class DerivationPrinter(LatexPrinter):
             return r"\mathcal{R}\{" + self._print_Symbol(sp.Symbol(name[1:])) + r"\}"
         if name.endswith("_"):   # fresh index symbols of a pullback: u_ → u'
             return self._print_Symbol(sp.Symbol(name[:-1])) + "'"
-        if name == "hx":
-            return "h^{x}"
+        if name in ("hx", "hW", "hb"):
+            return "h^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         if name in ("gx", "gW", "gb"):
             return r"\bar{g}^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         return super()._print_Symbol(expr, style)
@@ -219,11 +219,77 @@ def contraction_section(d: DerivedContraction) -> str:
                                                          f"eq:{d.jvp.name}"))
     for wrt, k in d.rvjps.items():
         out.append(_work(k) + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
+    out.append(hessian_diagonal_subsection(d))
+    return "".join(out)
+
+
+def squared_jacobian(expr):
+    """A pullback ``Σ c·A·ḡ[…]`` turned into Becker–LeCun's diagonal rule ``Σ (c·A)²·h[…]``:
+    the incoming gradient replaced by the output-Hessian diagonal h, every other factor squared."""
+    g, h = sp.IndexedBase("g"), sp.IndexedBase("h")
+    if isinstance(expr, sp.Add):
+        return sp.Add(*[squared_jacobian(t) for t in expr.args])
+    if isinstance(expr, sp.Sum):
+        return sp.Sum(squared_jacobian(expr.function), *expr.limits)
+    if isinstance(expr, sp.Piecewise):
+        return sp.Piecewise(*[(squared_jacobian(e), c) for e, c in expr.args])
+    if isinstance(expr, sp.Indexed) and expr.base == g:
+        return h[expr.indices]
+    if isinstance(expr, sp.Mul):
+        reads = [a for a in expr.args if isinstance(a, sp.Indexed) and a.base == g]
+        if len(reads) == 1:
+            return (expr / reads[0]) ** 2 * h[reads[0].indices]
+        return sp.Mul(*[squared_jacobian(a) for a in expr.args])
+    return expr
+
+
+def per_sample_squared(expr, batch, columns):
+    """A parameter pullback ``Σ_{n,…} ḡ[n,…]·A`` as the Gauss–Newton diagonal
+    ``Σ_k Σ_n (Σ_… S[k,n,…]·A)²``: the sample index taken out of the sum, ḡ replaced by factor
+    column k of the output Hessian, the per-sample pullback squared."""
+    g, S = sp.IndexedBase("g"), sp.IndexedBase("S")
+    k, K = columns
+    terms = sp.Add.make_args(expr)
+    inner = []
+    limit_n = None
+    for t in terms:
+        if isinstance(t, sp.Sum):
+            keep = [lim for lim in t.limits if lim[0] != batch]
+            limit_n = next((lim for lim in t.limits if lim[0] == batch), limit_n)
+            f = t.function.replace(lambda e: isinstance(e, sp.Indexed) and e.base == g,
+                                   lambda e: S[(k,) + tuple(e.indices)])
+            inner.append(sp.Sum(f, *keep) if keep else f)
+        else:
+            inner.append(t)
+    if limit_n is None:
+        return None
+    return sp.Sum(sp.Add(*inner) ** 2, (k, 0, K - 1), limit_n)
+
+
+def hessian_diagonal_subsection(d: DerivedContraction) -> str:
+    """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules, printed from the
+    layer's own pullbacks."""
+    s = d.spec
+    out = ["\\subsection*{Hessian diagonals}\n"
+           "Becker--LeCun backpropagates only the diagonal $h$ of the Hessian w.r.t.\\ the output: "
+           "each pullback with $\\bar g$ replaced by $h$ and its Jacobian entries squared "
+           "(off-diagonal terms dropped):\n"]
+    for wrt, k in d.vjps.items():
+        out.append(_equation(_lhs("h" + wrt, k.out_indices), squared_jacobian(k.expr), f"eq:{s.name}:bl:{wrt}"))
     if s.params:
-        out.append("Hessian diagonals: a parameter's Gauss--Newton (and exact) diagonal is the sum over "
-                   "factor columns and samples of its squared per-sample pullback; Becker--LeCun "
-                   "squares the Jacobian entries instead: the pullback kernels applied to "
-                   + ", ".join(f"${tex(sp.Symbol(a))}^2$" for a in s.arrays) + ".\n")
+        kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True)
+        out.append("Gauss--Newton: with the output Hessian factored per sample as "
+                   "$\\sum_k w_k S_{k} S_{k}^\\top$ (signs $w_k$ omitted below), a parameter's diagonal "
+                   "is the sum over factor columns and samples of its squared per-sample pullback; the "
+                   "exact diagonal adds, at every activation before this layer, the residual "
+                   "$f''(x)\\,\\bar g$ as further columns:\n")
+        batch = s.out_indices[0]
+        for wrt in s.params:
+            k = d.vjps[wrt]
+            e = per_sample_squared(k.expr, batch, (kk, KK))
+            if e is not None:
+                out.append(_equation(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices]) + "}",
+                                     e, f"eq:{s.name}:gn:{wrt}"))
     return "".join(out)
 
 

@@ -100,3 +100,21 @@ def test_no_formula_runs_off_the_page(tmp_path):
     log = (tmp_path / "d.log").read_text(errors="replace")
     assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln][:5]
     assert "LaTeX Warning: Reference" not in log and "Missing character" not in log
+
+
+def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
+    """Becker-LeCun and Gauss-Newton rules printed for a layer follow from its own VJPs: for the
+    dense layer they are the formulas the runtime evaluates with the pullback kernels on squared
+    arrays (h_x = Σ_o W² h, diag W = Σ_n x² Σ_k S²)."""
+    d = derive_contraction(builtins.DENSE)
+    n, o, i = (sp.Symbol(s, integer=True) for s in "noi")
+    N, O, I = (sp.Symbol(s, integer=True, positive=True) for s in "NOI")
+    W, x, h, S = (sp.IndexedBase(s) for s in ("W", "x", "h", "S"))
+    k, K = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True)
+    bl_x = latex.squared_jacobian(d.vjps["x"].expr)
+    assert sp.simplify(bl_x.doit() - sp.Sum(W[o, i] ** 2 * h[n, o], (o, 0, O - 1)).doit()) == 0
+    gn_W = latex.per_sample_squared(d.vjps["W"].expr, n, (k, K))
+    assert gn_W == sp.Sum(S[k, n, o] ** 2 * x[n, i] ** 2, (k, 0, K - 1), (n, 0, N - 1))
+    conv = latex.contraction_section(derive_contraction(builtins.CONV2D))
+    assert "eq:conv2d:bl:x" in conv and "eq:conv2d:gn:W" in conv and "eq:conv2d:gn:b" in conv
+    assert "{W}_{o,c,i,j}^{2}" in conv
