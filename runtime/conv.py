@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..generated import window as _win
-from .layers import Layer
+from .layers import Layer, weight_bias
 
 
 def _pair(name: str, layer: str, v, minimum: int) -> tuple[int, int]:
@@ -108,16 +108,13 @@ class Conv2D(_Window):
             if need_input_grad else None
         return gx, grads
 
-    def _split(self, Rparams):
-        return (Rparams[0], Rparams[1]) if self.bias else (Rparams[0], None)
-
     def jvp(self, Rx, Rparams):
-        RW, Rb = self._split(Rparams)
+        RW, Rb = weight_bias(Rparams, self.bias)
         Ry = np.empty((self.x.shape[0],) + self.out_shape, self.dtype)
         return _win.conv2d_jvp(self.x, self.W, Rx=Rx, RW=RW, Rb=Rb, Ry=Ry, **self.geometry)
 
     def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
-        RW, _ = self._split(Rparams)
+        RW, _ = weight_bias(Rparams, self.bias)
         g = np.ascontiguousarray(g)
         RgW = _win.conv2d_rvjp_W(self.x, g, Rx=Rx, Rg=Rg, RgW=np.empty_like(self.W), **self.geometry)
         Rgrads = [RgW, _win.conv2d_rvjp_b(Rg=Rg, Rgb=np.empty_like(self.b))] if self.bias else [RgW]

@@ -93,17 +93,26 @@ def _becker_lecun(model, y):
     return diag
 
 
-def _hutchinson(model, y, samples: int, seed):
-    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"hessian_diagonal: samples must be a positive integer, got {samples!r}")
-    rng = np.random.default_rng(seed)
+def hutchinson(model, y, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``mean_s v_s ⊙ H v_s`` over ``samples`` Rademacher probes at the point of the last
+    ``_loss_and_grad(..., keep_output_grads=True)``; one probe is formed in place, several are
+    summed in float64."""
     params = model.parameters()
+    if samples == 1:
+        v = rademacher(params, rng)
+        return [np.multiply(vi, h, out=h) for vi, h in zip(v, model._rop(y, v))]
     acc = [np.zeros(p.shape, np.float64) for p in params]
     for _ in range(samples):
         v = rademacher(params, rng)
         for a, vi, hv in zip(acc, v, model._rop(y, v)):
             a += vi * hv
     return [(a / samples).astype(model.dtype) for a in acc]
+
+
+def _hutchinson(model, y, samples: int, seed):
+    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"hessian_diagonal: samples must be a positive integer, got {samples!r}")
+    return hutchinson(model, y, samples, np.random.default_rng(seed))
 
 
 def hessian_diagonal(model, X: np.ndarray, y: np.ndarray, method: str, samples: int = 100, seed=None):

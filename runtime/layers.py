@@ -11,6 +11,21 @@ from ..generated import activations as _act
 from ..generated import dense as _dense
 
 
+def split_by_layer(layers, flat: list) -> list[list]:
+    """Cut a list aligned with the layers' concatenated ``parameters()`` into one list per layer."""
+    parts, i = [], 0
+    for la in layers:
+        n = len(la.parameters())
+        parts.append(flat[i:i + n])
+        i += n
+    return parts
+
+
+def weight_bias(Rparams: list, bias: bool):
+    """``(RW, Rb)`` from a weight-and-bias layer's directions (``Rb`` is None without a bias)."""
+    return (Rparams[0], Rparams[1]) if bias else (Rparams[0], None)
+
+
 class Layer:
     """The layer protocol: ``build`` once, then ``forward`` (saving what backward needs)
     and ``backward`` (returning the input gradient and the parameter gradients)."""
@@ -146,16 +161,13 @@ class Dense(Layer):
         gx = _dense.dense_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x)) if need_input_grad else None
         return gx, grads
 
-    def _split(self, Rparams):
-        return (Rparams[0], Rparams[1]) if self.bias else (Rparams[0], None)
-
     def jvp(self, Rx, Rparams):
-        RW, Rb = self._split(Rparams)
+        RW, Rb = weight_bias(Rparams, self.bias)
         Ry = np.empty((self.x.shape[0], self.out_features), self.dtype)
         return _dense.dense_jvp(self.x, self.W, Rx=Rx, RW=RW, Rb=Rb, Ry=Ry)
 
     def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
-        RW, _ = self._split(Rparams)
+        RW, _ = weight_bias(Rparams, self.bias)
         RgW = _dense.dense_rvjp_W(self.x, g, Rx=Rx, Rg=Rg, RgW=np.empty_like(self.W))
         Rgrads = [RgW, _dense.dense_rvjp_b(Rg=Rg, Rgb=np.empty_like(self.b))] if self.bias else [RgW]
         Rgx = _dense.dense_rvjp_x(self.W, g, RW=RW, Rg=Rg, Rgx=np.empty_like(self.x)) \

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from . import checkpoint
-from .layers import Layer, from_config
+from .layers import Layer, from_config, split_by_layer
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Adam, Optimizer
@@ -127,18 +127,10 @@ class Sequential:
             out.append(_finite_array(a, self.dtype, f"Sequential: {what}[{i}]"))
         return out
 
-    def _split(self, v: list) -> list[list]:
-        parts, i = [], 0
-        for layer in self.layers:
-            n = len(layer.parameters())
-            parts.append(v[i:i + n])
-            i += n
-        return parts
-
     def _rop(self, y: np.ndarray, v: list[np.ndarray]) -> list[np.ndarray]:
         """Hessian-vector product at the point of the last ``_loss_and_grad(..., keep_output_grads=True)``:
         push ``v`` forward (JVPs), through the loss Hessian, and back (R-op of every pullback)."""
-        parts = self._split(v)
+        parts = split_by_layer(self.layers, v)
         Rxs, Rx = [], None
         for layer, Rp in zip(self.layers, parts):
             Rxs.append(Rx)

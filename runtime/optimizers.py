@@ -109,21 +109,10 @@ class AdaHessian(Optimizer):
     def estimate(self, model, X, y):
         """Loss, gradients and the (spatially averaged) Hutchinson diagonal from one shared
         forward/backward pass and ``n_samples`` R-op passes."""
-        from .curvature import rademacher
+        from .curvature import hutchinson
         loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
-        params = model.parameters()
-        D = None
-        for _ in range(self.n_samples):
-            v = rademacher(params, self.rng)
-            hv = model._rop(y, v)
-            if D is None:
-                D = [np.multiply(vi, h, out=h) for vi, h in zip(v, hv)]
-            else:
-                for d, vi, h in zip(D, v, hv):
-                    d += vi * h
+        D = hutchinson(model, y, self.n_samples, self.rng)
         for i, d in enumerate(D):
-            if self.n_samples > 1:
-                d /= self.n_samples
             if self.average_conv_kernel and d.ndim == 4:
                 D[i] = np.ascontiguousarray(np.broadcast_to(np.abs(d).mean(axis=(2, 3), keepdims=True), d.shape))
         return loss, grads, D

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Dense, Layer
+from .layers import Dense, Layer, split_by_layer
 
 
 class Residual(Layer):
@@ -81,12 +81,7 @@ class Residual(Layer):
         return (gb + gs if need_input_grad else None), grads
 
     def _split(self, Rparams):
-        parts, i = [], 0
-        for la in self.block + ([self.projection] if self.projection else []):
-            n = len(la.parameters())
-            parts.append(Rparams[i:i + n])
-            i += n
-        return parts
+        return split_by_layer(self.block + ([self.projection] if self.projection else []), Rparams)
 
     def jvp(self, Rx, Rparams):
         parts = self._split(Rparams)
