@@ -117,6 +117,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["assign"] = op["assign"] and not op["guard"]
     extents = list(dict.fromkeys(i for a in used + [k.out] for i in shapes[a]))
     return {"name": k.name, "arrays": used, "out": k.out, "shapes": shapes, "ops": ops,
+            "calls_blas": any(op["kind"] == "gemm" for op in ops),
             "optional": optional, "extents": extents, "any_assign": any(o["assign"] for o in ops),
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 

@@ -37,7 +37,9 @@ def extension_kwargs() -> dict:
     libraries = ["m"]
     if sys.platform.startswith("linux") and platform.machine() == "x86_64":
         libraries = ["mvec", "m"]
-    return {"extra_compile_args": args + extra, "libraries": libraries}
+    # OpenMP: the window kernels split their batch over threads (generated/window.pyx)
+    return {"extra_compile_args": args + ["-fopenmp"] + extra, "extra_link_args": ["-fopenmp"],
+            "libraries": libraries}
 
 
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,

@@ -147,6 +147,30 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
     raise LoweringError(f"{name}: no window lowering for this term")
 
 
+GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
+
+
+def group_gemm_terms(ops: list[dict]) -> list[dict]:
+    """Merge consecutive GEMM terms of one kind over the same window into one op with
+    ``terms``, so one sample loop serves them all: the input pullback of the R-op
+    (``RWᵀḡ + Wᵀ𝓡ḡ``) then sums both GEMMs into one column buffer and runs one col2im.
+    Each term keeps its own guard (an absent direction skips only that term)."""
+    out = []
+    for op in ops:
+        if op["kind"] not in GEMM_KINDS:
+            out.append(op)
+            continue
+        term = {key: op[key] for key in ("A", "G", "X", "alpha", "alpha_c", "guard") if key in op}
+        prev = out[-1] if out else None
+        if prev and prev["kind"] == op["kind"] and all(prev[key] == op[key] for key in ("n", "o", "c")):
+            prev["terms"].append(term)
+            prev["arrays"] += [a for a in op["arrays"] if a not in prev["arrays"]]
+        else:
+            out.append({"kind": op["kind"], "n": op["n"], "o": op["o"], "c": op["c"], "terms": [term],
+                        "arrays": list(op["arrays"]), "guard": []})
+    return out
+
+
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     spec = d.spec
     m0, m1 = spec.maps
@@ -170,6 +194,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     for op in ops:
         op["alpha_c"] = {ct: print_expr(op["alpha"], ct, names) for ct, _, _ in DTYPES}
         op["guard"] = [a for a in op["arrays"] if a in optional]
+    ops = group_gemm_terms(ops)
     extents = list(dict.fromkeys(i for a in arrays + outs + masks for i in shapes[a]))
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
     geometry = []
@@ -182,15 +207,22 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
             "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
             "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
                        f" - 1) // {m.stride} + 1"})
-    gemms = [op for op in ops if op["kind"] in ("im2col_gemm", "im2col_wgrad", "col2im_gemm")]
+    gemms = [op for op in ops if op["kind"] in GEMM_KINDS]
     idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
            "i": str(m0.kernel), "j": str(m1.kernel)}
-    cols = None
+    cols = wacc = None
     if gemms:
         c = gemms[0]["c"]
         cols = (f"{c}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
+        wg = [op for op in gemms if op["kind"] == "im2col_wgrad"]
+        if wg:   # per-thread partial weight gradients, summed after the sample loop
+            wacc = (f"{wg[0]['o']}_", cols[0])
+    samples = {op["n"] for op in ops if op["kind"] != "loop"}
+    if len(samples) > 1:
+        raise LoweringError(f"{k.name}: window terms loop over different sample indices {sorted(samples)}")
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
-    return {"name": k.name, "arrays": arrays, "cols": cols, "minimum": minimum, "out": k.out, "outs": outs,
+    return {"name": k.name, "arrays": arrays, "cols": cols, "wacc": wacc,
+            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "minimum": minimum, "out": k.out, "outs": outs,
             "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
             "masks_in": mask_in, "masks_out": mask_out, "scalars": scalar_names,
             "scalar_extents": scalar_extents, "geometry": geometry, "idx": idx,

@@ -8,6 +8,78 @@
 
 """Contraction kernels (GEMM-lowered): dense."""
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cython.parallel cimport prange, threadid
+cimport openmp
+from symprop import blas_threads as _blas_threads
+
+# Sample-parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
+# OMP_NUM_THREADS or threadpoolctl). While a loop that calls BLAS runs, every BLAS library is
+# held at one thread, so per-sample GEMMs never oversubscribe the cores (symprop.blas_threads).
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+cdef enum:
+    _MAX_BLAS = 8
+cdef _get_threads_t _blas_get[_MAX_BLAS]
+cdef _set_threads_t _blas_set[_MAX_BLAS]
+cdef int _blas_saved[_MAX_BLAS]
+cdef int _n_blas = 0
+cdef bint _parallel_ok = False
+cdef int _blas_held = 0
+
+
+def set_blas_controls(controls):
+    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
+    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
+    global _n_blas, _parallel_ok
+    if _blas_held:
+        raise RuntimeError("set_blas_controls: a parallel kernel is running")
+    _parallel_ok, _n_blas = False, 0
+    if controls is None or len(controls) > _MAX_BLAS:
+        return
+    for k, (get, set_) in enumerate(controls):
+        _blas_get[k] = <_get_threads_t><size_t>get
+        _blas_set[k] = <_set_threads_t><size_t>set_
+    _n_blas, _parallel_ok = len(controls), True
+
+
+set_blas_controls(_blas_threads.controls())
+
+
+cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
+    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
+    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
+    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s and
+    # measured 4x slower conv loops). The counter makes nested and concurrent callers (other
+    # Python threads) restore the saved counts only when the last one leaves.
+    global _blas_held
+    cdef int T = openmp.omp_get_max_threads()
+    cdef int k
+    if calls_blas and not _parallel_ok:
+        return 1     # unknown BLAS: leave its threading alone and stay serial
+    if T > work:
+        T = <int>work
+    if T < 1:
+        T = 1
+    if calls_blas:
+        if _blas_held == 0:
+            for k in range(_n_blas):
+                _blas_saved[k] = _blas_get[k]()
+                if _blas_saved[k] != 1:
+                    _blas_set[k](1)
+        _blas_held += 1
+    return T
+
+
+cdef void _parallel_leave(bint calls_blas):
+    global _blas_held
+    cdef int k
+    if not calls_blas or not _parallel_ok:
+        return
+    _blas_held -= 1
+    if _blas_held == 0:
+        for k in range(_n_blas):
+            if _blas_saved[k] != 1:
+                _blas_set[k](_blas_saved[k])
 
 
 cdef inline void _gemm_f32(bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
@@ -23,6 +95,53 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
     cdef char cta = b'T' if ta else b'N'
     cdef char ctb = b'T' if tb else b'N'
     dgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+
+
+cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
+                       float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # _gemm on T threads, each a block of the longer of C's rows and columns (single-threaded
+    # BLAS inside, see _parallel_enter); small products stay on one thread
+    cdef int t, lo, hi
+    if T <= 1 or <double>M * N * K < 131072.0:
+        _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+    elif M >= N:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>M * t // T)
+            hi = <int>(<long long>M * (t + 1) // T)
+            if hi > lo:
+                _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>N * t // T)
+            hi = <int>(<long long>N * (t + 1) // T)
+            if hi > lo:
+                _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                           beta, C + lo, ldc)
+
+
+cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                       double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # _gemm on T threads, each a block of the longer of C's rows and columns (single-threaded
+    # BLAS inside, see _parallel_enter); small products stay on one thread
+    cdef int t, lo, hi
+    if T <= 1 or <double>M * N * K < 131072.0:
+        _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+    elif M >= N:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>M * t // T)
+            hi = <int>(<long long>M * (t + 1) // T)
+            if hi > lo:
+                _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>N * t // T)
+            hi = <int>(<long long>N * (t + 1) // T)
+            if hi > lo:
+                _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                           beta, C + lo, ldc)
+
 
 import numpy as _np
 
@@ -52,19 +171,19 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
-cdef void _dense_forward_f32(float[:, ::1] x, float[:, ::1] W, float[::1] b, float[:, ::1] y, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_f32(float[:, ::1] x, float[:, ::1] W, float[::1] b, float[:, ::1] y, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     with nogil:
-        _gemm_f32(0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>0.0), &y[0, 0], <int>o_)
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>0.0), &y[0, 0], <int>o_)
     with nogil:
         for n in range(n_):
             for o in range(o_):
                 y[n, o] += (<float>1.0) * b[o]
 
-cdef void _dense_forward_f64(double[:, ::1] x, double[:, ::1] W, double[::1] b, double[:, ::1] y, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_f64(double[:, ::1] x, double[:, ::1] W, double[::1] b, double[:, ::1] y, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     with nogil:
-        _gemm_f64(0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>0.0), &y[0, 0], <int>o_)
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>0.0), &y[0, 0], <int>o_)
     with nogil:
         for n in range(n_):
             for o in range(o_):
@@ -95,23 +214,27 @@ def dense_forward(x, W, b, y=None):
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_forward_f32(x, W, b, y, n_, i_, o_)
-    else:
-        _dense_forward_f64(x, W, b, y, n_, i_, o_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_forward_f32(x, W, b, y, _T, n_, i_, o_)
+        else:
+            _dense_forward_f64(x, W, b, y, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
     return y
 
 # ---------------------------------------------------------------- dense_vjp_x
 # gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
-cdef void _dense_vjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] gx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] gx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
     cdef Py_ssize_t o, i, n
     with nogil:
-        _gemm_f32(0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
 
-cdef void _dense_vjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] gx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] gx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
     cdef Py_ssize_t o, i, n
     with nogil:
-        _gemm_f64(0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
 
 
 def dense_vjp_x(W, g, gx=None):
@@ -138,23 +261,27 @@ def dense_vjp_x(W, g, gx=None):
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    if dt == _F32:
-        _dense_vjp_x_f32(W, g, gx, o_, i_, n_)
-    else:
-        _dense_vjp_x_f64(W, g, gx, o_, i_, n_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_vjp_x_f32(W, g, gx, _T, o_, i_, n_)
+        else:
+            _dense_vjp_x_f64(W, g, gx, _T, o_, i_, n_)
+    finally:
+        _parallel_leave(True)
     return gx
 
 # ---------------------------------------------------------------- dense_vjp_W
 # gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
-cdef void _dense_vjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] gW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] gW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     with nogil:
-        _gemm_f32(1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
 
-cdef void _dense_vjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] gW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] gW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     with nogil:
-        _gemm_f64(1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
 
 
 def dense_vjp_W(x, g, gW=None):
@@ -181,10 +308,14 @@ def dense_vjp_W(x, g, gW=None):
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_vjp_W_f32(x, g, gW, n_, i_, o_)
-    else:
-        _dense_vjp_W_f64(x, g, gW, n_, i_, o_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_vjp_W_f32(x, g, gW, _T, n_, i_, o_)
+        else:
+            _dense_vjp_W_f64(x, g, gW, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
     return gW
 
 # ---------------------------------------------------------------- dense_vjp_b
@@ -237,30 +368,30 @@ def dense_vjp_b(g, gb=None):
 
 # ---------------------------------------------------------------- dense_jvp
 # Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     Ry[:, :] = 0
     if RW is not None:
         with nogil:
-            _gemm_f32(0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
+            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
     if Rx is not None:
         with nogil:
-            _gemm_f32(0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
+            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
     if Rb is not None:
         with nogil:
             for n in range(n_):
                 for o in range(o_):
                     Ry[n, o] += (<float>1.0) * Rb[o]
 
-cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] Ry, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     Ry[:, :] = 0
     if RW is not None:
         with nogil:
-            _gemm_f64(0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
+            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
     if Rx is not None:
         with nogil:
-            _gemm_f64(0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
+            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
     if Rb is not None:
         with nogil:
             for n in range(n_):
@@ -292,33 +423,37 @@ def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_jvp_f32(x, W, Rx, RW, Rb, Ry, n_, i_, o_)
-    else:
-        _dense_jvp_f64(x, W, Rx, RW, Rb, Ry, n_, i_, o_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_jvp_f32(x, W, Rx, RW, Rb, Ry, _T, n_, i_, o_)
+        else:
+            _dense_jvp_f64(x, W, Rx, RW, Rb, Ry, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
     return Ry
 
 # ---------------------------------------------------------------- dense_rvjp_x
 # Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
-cdef void _dense_rvjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] Rgx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_rvjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] Rgx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
     cdef Py_ssize_t o, i, n
     Rgx[:, :] = 0
     if RW is not None:
         with nogil:
-            _gemm_f32(0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
+            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
     if Rg is not None:
         with nogil:
-            _gemm_f32(0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
+            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
 
-cdef void _dense_rvjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] Rgx, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_rvjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] Rgx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
     cdef Py_ssize_t o, i, n
     Rgx[:, :] = 0
     if RW is not None:
         with nogil:
-            _gemm_f64(0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
+            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
     if Rg is not None:
         with nogil:
-            _gemm_f64(0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
+            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
 
 
 def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
@@ -345,33 +480,37 @@ def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    if dt == _F32:
-        _dense_rvjp_x_f32(W, g, RW, Rg, Rgx, o_, i_, n_)
-    else:
-        _dense_rvjp_x_f64(W, g, RW, Rg, Rgx, o_, i_, n_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_rvjp_x_f32(W, g, RW, Rg, Rgx, _T, o_, i_, n_)
+        else:
+            _dense_rvjp_x_f64(W, g, RW, Rg, Rgx, _T, o_, i_, n_)
+    finally:
+        _parallel_leave(True)
     return Rgx
 
 # ---------------------------------------------------------------- dense_rvjp_W
 # RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] RgW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     RgW[:, :] = 0
     if Rg is not None:
         with nogil:
-            _gemm_f32(1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
     if Rx is not None:
         with nogil:
-            _gemm_f32(1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
 
-cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] RgW, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] RgW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
     cdef Py_ssize_t n, i, o
     RgW[:, :] = 0
     if Rg is not None:
         with nogil:
-            _gemm_f64(1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
     if Rx is not None:
         with nogil:
-            _gemm_f64(1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
 
 
 def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
@@ -398,10 +537,14 @@ def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
     cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
     cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
     cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_rvjp_W_f32(x, g, Rx, Rg, RgW, n_, i_, o_)
-    else:
-        _dense_rvjp_W_f64(x, g, Rx, Rg, RgW, n_, i_, o_)
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_rvjp_W_f32(x, g, Rx, Rg, RgW, _T, n_, i_, o_)
+        else:
+            _dense_rvjp_W_f64(x, g, Rx, Rg, RgW, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
     return RgW
 
 # ---------------------------------------------------------------- dense_rvjp_b

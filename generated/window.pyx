@@ -12,6 +12,78 @@
 from libc.stdint cimport int64_t
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cython.parallel cimport prange, threadid
+cimport openmp
+from symprop import blas_threads as _blas_threads
+
+# Sample-parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
+# OMP_NUM_THREADS or threadpoolctl). While a loop that calls BLAS runs, every BLAS library is
+# held at one thread, so per-sample GEMMs never oversubscribe the cores (symprop.blas_threads).
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+cdef enum:
+    _MAX_BLAS = 8
+cdef _get_threads_t _blas_get[_MAX_BLAS]
+cdef _set_threads_t _blas_set[_MAX_BLAS]
+cdef int _blas_saved[_MAX_BLAS]
+cdef int _n_blas = 0
+cdef bint _parallel_ok = False
+cdef int _blas_held = 0
+
+
+def set_blas_controls(controls):
+    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
+    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
+    global _n_blas, _parallel_ok
+    if _blas_held:
+        raise RuntimeError("set_blas_controls: a parallel kernel is running")
+    _parallel_ok, _n_blas = False, 0
+    if controls is None or len(controls) > _MAX_BLAS:
+        return
+    for k, (get, set_) in enumerate(controls):
+        _blas_get[k] = <_get_threads_t><size_t>get
+        _blas_set[k] = <_set_threads_t><size_t>set_
+    _n_blas, _parallel_ok = len(controls), True
+
+
+set_blas_controls(_blas_threads.controls())
+
+
+cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
+    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
+    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
+    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s and
+    # measured 4x slower conv loops). The counter makes nested and concurrent callers (other
+    # Python threads) restore the saved counts only when the last one leaves.
+    global _blas_held
+    cdef int T = openmp.omp_get_max_threads()
+    cdef int k
+    if calls_blas and not _parallel_ok:
+        return 1     # unknown BLAS: leave its threading alone and stay serial
+    if T > work:
+        T = <int>work
+    if T < 1:
+        T = 1
+    if calls_blas:
+        if _blas_held == 0:
+            for k in range(_n_blas):
+                _blas_saved[k] = _blas_get[k]()
+                if _blas_saved[k] != 1:
+                    _blas_set[k](1)
+        _blas_held += 1
+    return T
+
+
+cdef void _parallel_leave(bint calls_blas):
+    global _blas_held
+    cdef int k
+    if not calls_blas or not _parallel_ok:
+        return
+    _blas_held -= 1
+    if _blas_held == 0:
+        for k in range(_n_blas):
+            if _blas_saved[k] != 1:
+                _blas_set[k](_blas_saved[k])
 
 
 cdef inline void _gemm_f32(bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
@@ -27,6 +99,53 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
     cdef char cta = b'T' if ta else b'N'
     cdef char ctb = b'T' if tb else b'N'
     dgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+
+
+cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
+                       float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # _gemm on T threads, each a block of the longer of C's rows and columns (single-threaded
+    # BLAS inside, see _parallel_enter); small products stay on one thread
+    cdef int t, lo, hi
+    if T <= 1 or <double>M * N * K < 131072.0:
+        _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+    elif M >= N:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>M * t // T)
+            hi = <int>(<long long>M * (t + 1) // T)
+            if hi > lo:
+                _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>N * t // T)
+            hi = <int>(<long long>N * (t + 1) // T)
+            if hi > lo:
+                _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                           beta, C + lo, ldc)
+
+
+cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                       double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # _gemm on T threads, each a block of the longer of C's rows and columns (single-threaded
+    # BLAS inside, see _parallel_enter); small products stay on one thread
+    cdef int t, lo, hi
+    if T <= 1 or <double>M * N * K < 131072.0:
+        _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+    elif M >= N:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>M * t // T)
+            hi = <int>(<long long>M * (t + 1) // T)
+            if hi > lo:
+                _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        for t in prange(T, num_threads=T, schedule="static"):
+            lo = <int>(<long long>N * t // T)
+            hi = <int>(<long long>N * (t + 1) // T)
+            if hi > lo:
+                _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                           beta, C + lo, ldc)
+
 
 import numpy as _np
 
@@ -138,6 +257,14 @@ cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                             dst[w * sw] += src[w]
 
 
+cdef void _sum_slabs_f32(const float* acc, int T, Py_ssize_t size, float* out) noexcept nogil:
+    # out += sum over t of acc[t]: the per-thread partial weight gradients
+    cdef Py_ssize_t t, e
+    for t in range(T):
+        for e in range(size):
+            out[e] += acc[t * size + e]
+
+
 cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, float* y, int64_t* M) noexcept nogil:
@@ -232,6 +359,14 @@ cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                             dst[w * sw] += src[w]
 
 
+cdef void _sum_slabs_f64(const double* acc, int T, Py_ssize_t size, double* out) noexcept nogil:
+    # out += sum over t of acc[t]: the per-thread partial weight gradients
+    cdef Py_ssize_t t, e
+    for t in range(T):
+        for e in range(size):
+            out[e] += acc[t * size + e]
+
+
 cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, double* y, int64_t* M) noexcept nogil:
@@ -288,9 +423,10 @@ KERNELS = {
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[::1] b, float[:, :, :, ::1] y, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[::1] b, float[:, :, :, ::1] y, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     y[:, :, :, :] = 0
     with nogil:
@@ -299,14 +435,19 @@ cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, floa
                 for h in range(h_):
                     for w in range(w_):
                         y[n, o, h, w] += (<float>1.0) * b[o]
-    with nogil:
-        for _n in range(n_):
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+    cdef bint _use_1_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_1_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
 
-cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] y, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] y, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     y[:, :, :, :] = 0
     with nogil:
@@ -315,10 +456,14 @@ cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, do
                 for h in range(h_):
                     for w in range(w_):
                         y[n, o, h, w] += (<double>1.0) * b[o]
-    with nogil:
-        for _n in range(n_):
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+    cdef bint _use_1_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_1_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
 
 
 def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -378,34 +523,50 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if any(v[0] == 0 for v in ext.values()):
         y[...] = 0
         return y
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_forward_f32(x, W, b, y, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    else:
-        _conv2d_forward_f64(x, W, b, y, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_forward_f32(x, W, b, y, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+        else:
+            _conv2d_forward_f64(x, W, b, y, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    finally:
+        _parallel_leave(True)
     return y
 
 # ---------------------------------------------------------------- conv2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] gx, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] gx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0), &_cols[0, 0], <int>(h_ * w_))
-            _col2im_f32(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
 
-cdef void _conv2d_vjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] gx, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef void _conv2d_vjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] gx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0), &_cols[0, 0], <int>(h_ * w_))
-            _col2im_f64(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
 
 
 def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -465,34 +626,54 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if any(v[0] == 0 for v in ext.values()):
         gx[...] = 0
         return gx
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_vjp_x_f32(W, g, gx, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-    else:
-        _conv2d_vjp_x_f64(W, g, gx, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_vjp_x_f32(W, g, gx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+        else:
+            _conv2d_vjp_x_f64(W, g, gx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+    finally:
+        _parallel_leave(True)
     return gx
 
 # ---------------------------------------------------------------- conv2d_vjp_W
 # gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] gW, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] gW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     gW[:, :, :, :] = 0
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
     with nogil:
-        for _n in range(n_):
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &gW[0, 0, 0, 0], <int>(c_ * i_ * j_))
+        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
 
-cdef void _conv2d_vjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] gW, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _conv2d_vjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] gW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     gW[:, :, :, :] = 0
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
     with nogil:
-        for _n in range(n_):
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &gW[0, 0, 0, 0], <int>(c_ * i_ * j_))
+        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
 
 
 def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -552,11 +733,16 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if any(v[0] == 0 for v in ext.values()):
         gW[...] = 0
         return gW
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_vjp_W_f32(x, g, gW, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-    else:
-        _conv2d_vjp_W_f64(x, g, gW, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        if dt == _F32:
+            _conv2d_vjp_W_f32(x, g, gW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+        else:
+            _conv2d_vjp_W_f64(x, g, gW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(True)
     return gW
 
 # ---------------------------------------------------------------- conv2d_vjp_b
@@ -564,6 +750,7 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
 cdef void _conv2d_vjp_b_f32(float[:, :, :, ::1] g, float[::1] gb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     gb[:] = 0
     with nogil:
@@ -576,6 +763,7 @@ cdef void _conv2d_vjp_b_f32(float[:, :, :, ::1] g, float[::1] gb, Py_ssize_t n_,
 cdef void _conv2d_vjp_b_f64(double[:, :, :, ::1] g, double[::1] gb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     gb[:] = 0
     with nogil:
@@ -619,9 +807,10 @@ def conv2d_vjp_b(g, gb=None):
 
 # ---------------------------------------------------------------- conv2d_jvp
 # Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] Ry, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] Ry, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Ry[:, :, :, :] = 0
     if Rb is not None:
@@ -631,20 +820,24 @@ cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:,
                     for h in range(h_):
                         for w in range(w_):
                             Ry[n, o, h, w] += (<float>1.0) * Rb[o]
-    if RW is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    if Rx is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    cdef bint _use_1_0 = RW is not None
+    cdef bint _use_1_1 = Rx is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_1_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_1_1:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
 
-cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] Ry, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Ry[:, :, :, :] = 0
     if Rb is not None:
@@ -654,16 +847,19 @@ cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double
                     for h in range(h_):
                         for w in range(w_):
                             Ry[n, o, h, w] += (<double>1.0) * Rb[o]
-    if RW is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    if Rx is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    cdef bint _use_1_0 = RW is not None
+    cdef bint _use_1_1 = Rx is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_1_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_1_1:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _first = 0
 
 
 def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -723,46 +919,58 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
     if any(v[0] == 0 for v in ext.values()):
         Ry[...] = 0
         return Ry
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_jvp_f32(x, W, Rx, RW, Rb, Ry, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    else:
-        _conv2d_jvp_f64(x, W, Rx, RW, Rb, Ry, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_jvp_f32(x, W, Rx, RW, Rb, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+        else:
+            _conv2d_jvp_f64(x, W, Rx, RW, Rb, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    finally:
+        _parallel_leave(True)
     return Ry
 
 # ---------------------------------------------------------------- conv2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Rgx[:, :, :, :] = 0
-    if RW is not None:
-        with nogil:
-            for _n in range(n_):
-                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0), &_cols[0, 0], <int>(h_ * w_))
-                _col2im_f32(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-    if Rg is not None:
-        with nogil:
-            for _n in range(n_):
-                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0), &_cols[0, 0], <int>(h_ * w_))
-                _col2im_f32(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+    cdef bint _use_0_0 = RW is not None
+    cdef bint _use_0_1 = Rg is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_0_1:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
 
-cdef void _conv2d_rvjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef void _conv2d_rvjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Rgx[:, :, :, :] = 0
-    if RW is not None:
-        with nogil:
-            for _n in range(n_):
-                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0), &_cols[0, 0], <int>(h_ * w_))
-                _col2im_f64(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-    if Rg is not None:
-        with nogil:
-            for _n in range(n_):
-                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0), &_cols[0, 0], <int>(h_ * w_))
-                _col2im_f64(&_cols[0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+    cdef bint _use_0_0 = RW is not None
+    cdef bint _use_0_1 = Rg is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_0_1:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
 
 
 def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -822,46 +1030,64 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
     if any(v[0] == 0 for v in ext.values()):
         Rgx[...] = 0
         return Rgx
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_rvjp_x_f32(W, g, RW, Rg, Rgx, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-    else:
-        _conv2d_rvjp_x_f64(W, g, RW, Rg, Rgx, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_rvjp_x_f32(W, g, RW, Rg, Rgx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+        else:
+            _conv2d_rvjp_x_f64(W, g, RW, Rg, Rgx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
+    finally:
+        _parallel_leave(True)
     return Rgx
 
 # ---------------------------------------------------------------- conv2d_rvjp_W
 # RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] RgW, float[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] RgW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     RgW[:, :, :, :] = 0
-    if Rg is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &RgW[0, 0, 0, 0], <int>(c_ * i_ * j_))
-    if Rx is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<float>1.0), &RgW[0, 0, 0, 0], <int>(c_ * i_ * j_))
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = Rg is not None
+    cdef bint _use_0_1 = Rx is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+        if _use_0_1:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+    with nogil:
+        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
 
-cdef void _conv2d_rvjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] RgW, double[:, ::1] _cols, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _conv2d_rvjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] RgW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     RgW[:, :, :, :] = 0
-    if Rg is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &RgW[0, 0, 0, 0], <int>(c_ * i_ * j_))
-    if Rx is not None:
-        with nogil:
-            for _n in range(n_):
-                _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[0, 0])
-                _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[0, 0], <int>(h_ * w_), (<double>1.0), &RgW[0, 0, 0, 0], <int>(c_ * i_ * j_))
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = Rg is not None
+    cdef bint _use_0_1 = Rx is not None
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+        if _use_0_1:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+    with nogil:
+        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
 
 
 def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -921,11 +1147,16 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
     if any(v[0] == 0 for v in ext.values()):
         RgW[...] = 0
         return RgW
-    _cols = _np.empty((c_ * i_ * j_, h_ * w_), dtype=dt)
-    if dt == _F32:
-        _conv2d_rvjp_W_f32(x, g, Rx, Rg, RgW, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-    else:
-        _conv2d_rvjp_W_f64(x, g, Rx, Rg, RgW, _cols, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        if dt == _F32:
+            _conv2d_rvjp_W_f32(x, g, Rx, Rg, RgW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+        else:
+            _conv2d_rvjp_W_f64(x, g, Rx, Rg, RgW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(True)
     return RgW
 
 # ---------------------------------------------------------------- conv2d_rvjp_b
@@ -933,6 +1164,7 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
 cdef void _conv2d_rvjp_b_f32(float[:, :, :, ::1] Rg, float[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Rgb[:] = 0
     if Rg is not None:
@@ -946,6 +1178,7 @@ cdef void _conv2d_rvjp_b_f32(float[:, :, :, ::1] Rg, float[::1] Rgb, Py_ssize_t 
 cdef void _conv2d_rvjp_b_f64(double[:, :, :, ::1] Rg, double[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Rgb[:] = 0
     if Rg is not None:
@@ -990,13 +1223,13 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
 
 # ---------------------------------------------------------------- avgpool2d_forward
 # y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     y[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1010,13 +1243,13 @@ cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, P
                                         _acc = _acc + x[_n, _c, _u, _v]
                         y[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
 
-cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     y[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1087,21 +1320,25 @@ def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if any(v[0] == 0 for v in ext.values()):
         y[...] = 0
         return y
-    if dt == _F32:
-        _avgpool2d_forward_f32(x, y, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    else:
-        _avgpool2d_forward_f64(x, y, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_forward_f32(x, y, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _avgpool2d_forward_f64(x, y, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return y
 
 # ---------------------------------------------------------------- avgpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1114,13 +1351,13 @@ cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, Py
                                     if 0 <= _v < v_:
                                         gx[_n, _c, _u, _v] += _val
 
-cdef void _avgpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1190,22 +1427,26 @@ def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if any(v[0] == 0 for v in ext.values()):
         gx[...] = 0
         return gx
-    if dt == _F32:
-        _avgpool2d_vjp_x_f32(g, gx, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    else:
-        _avgpool2d_vjp_x_f64(g, gx, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_vjp_x_f32(g, gx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _avgpool2d_vjp_x_f64(g, gx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return gx
 
 # ---------------------------------------------------------------- avgpool2d_jvp
 # Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Ry[:, :, :, :] = 0
     if Rx is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1219,14 +1460,14 @@ cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, Py_
                                             _acc = _acc + Rx[_n, _c, _u, _v]
                             Ry[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
 
-cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Ry[:, :, :, :] = 0
     if Rx is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1297,22 +1538,26 @@ def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if any(v[0] == 0 for v in ext.values()):
         Ry[...] = 0
         return Ry
-    if dt == _F32:
-        _avgpool2d_jvp_f32(Rx, Ry, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    else:
-        _avgpool2d_jvp_f64(Rx, Ry, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_jvp_f32(Rx, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _avgpool2d_jvp_f64(Rx, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return Ry
 
 # ---------------------------------------------------------------- avgpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Rgx[:, :, :, :] = 0
     if Rg is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1325,14 +1570,14 @@ cdef void _avgpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
                                         if 0 <= _v < v_:
                                             Rgx[_n, _c, _u, _v] += _val
 
-cdef void _avgpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _avgpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Rgx[:, :, :, :] = 0
     if Rg is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1402,31 +1647,35 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if any(v[0] == 0 for v in ext.values()):
         Rgx[...] = 0
         return Rgx
-    if dt == _F32:
-        _avgpool2d_rvjp_x_f32(Rg, Rgx, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    else:
-        _avgpool2d_rvjp_x_f64(Rg, Rgx, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_rvjp_x_f32(Rg, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _avgpool2d_rvjp_x_f64(Rg, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return Rgx
 
 # ---------------------------------------------------------------- maxpool2d_forward
 # y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     y[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
 
-cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     y[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
 
@@ -1490,21 +1739,25 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if any(v[0] == 0 for v in ext.values()):
         y[...] = 0
         return y
-    if dt == _F32:
-        _maxpool2d_forward_f32(x, y, M, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    else:
-        _maxpool2d_forward_f64(x, y, M, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_forward_f32(x, y, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _maxpool2d_forward_f64(x, y, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return y, M
 
 # ---------------------------------------------------------------- maxpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1515,13 +1768,13 @@ cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, co
                         if 0 <= _u < u_ and 0 <= _v < v_:
                             gx[_n, _c, _u, _v] += _val
 
-cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     gx[:, :, :, :] = 0
-    with nogil:
-        for _n in range(n_):
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1594,22 +1847,26 @@ def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         return gx
     if M.size and (M.min() < 0 or M.max() >= i_ * j_):
         raise ValueError(f"maxpool2d_vjp_x: argmax mask M holds offsets outside [0, {i_ * j_})")
-    if dt == _F32:
-        _maxpool2d_vjp_x_f32(g, gx, M, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    else:
-        _maxpool2d_vjp_x_f64(g, gx, M, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_vjp_x_f32(g, gx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _maxpool2d_vjp_x_f64(g, gx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return gx
 
 # ---------------------------------------------------------------- maxpool2d_jvp
 # Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Ry[:, :, :, :] = 0
     if Rx is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1619,14 +1876,14 @@ cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, con
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Ry[_n, _c, _h, _w] += (<float>1.0) * Rx[_n, _c, _u, _v]
 
-cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Ry[:, :, :, :] = 0
     if Rx is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1698,22 +1955,26 @@ def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         return Ry
     if M.size and (M.min() < 0 or M.max() >= i_ * j_):
         raise ValueError(f"maxpool2d_jvp: argmax mask M holds offsets outside [0, {i_ * j_})")
-    if dt == _F32:
-        _maxpool2d_jvp_f32(Rx, Ry, M, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    else:
-        _maxpool2d_jvp_f64(Rx, Ry, M, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_jvp_f32(Rx, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _maxpool2d_jvp_f64(Rx, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return Ry
 
 # ---------------------------------------------------------------- maxpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef float _acc, _val
     Rgx[:, :, :, :] = 0
     if Rg is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1724,14 +1985,14 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Rgx[_n, _c, _u, _v] += _val
 
-cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
     cdef double _acc, _val
     Rgx[:, :, :, :] = 0
     if Rg is not None:
-        with nogil:
-            for _n in range(n_):
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -1804,8 +2065,12 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
         return Rgx
     if M.size and (M.min() < 0 or M.max() >= i_ * j_):
         raise ValueError(f"maxpool2d_rvjp_x: argmax mask M holds offsets outside [0, {i_ * j_})")
-    if dt == _F32:
-        _maxpool2d_rvjp_x_f32(Rg, Rgx, M, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    else:
-        _maxpool2d_rvjp_x_f64(Rg, Rgx, M, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_rvjp_x_f32(Rg, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _maxpool2d_rvjp_x_f64(Rg, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
     return Rgx

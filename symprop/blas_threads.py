@@ -1,0 +1,51 @@
+"""Thread-count switches of the loaded BLAS libraries, for the generated kernels' parallel loops.
+
+A window kernel (conv, pooling) splits its batch over OpenMP threads, and each thread calls
+GEMM on one sample's small matrices. A multithreaded BLAS called from several threads at once
+oversubscribes the cores: measured here, a LeNet conv forward ran 1.5x slower with the BLAS
+pool at 2 threads than at 1, even serially. So while a parallel loop runs, the kernel holds
+every BLAS library at one thread through the ``(get, set)`` function addresses found here, and
+restores the previous counts afterwards (``generated/window.pyx``, ``_parallel_enter``).
+
+If a BLAS library is loaded whose thread count cannot be set this way (or none is found),
+:func:`controls` returns ``None`` and the kernels run their loops serially, which is always correct.
+The number of threads is OpenMP's (``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits``).
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+#: (get, set) thread-count functions per BLAS implementation, as ``threadpoolctl`` names them;
+#: each get is ``int f(void)`` and each set ``void f(int)``.
+_SYMBOLS = {
+    "openblas": [(f"{p}openblas_get_num_threads{s}", f"{p}openblas_set_num_threads{s}")
+                 for p, s in itertools.product(("", "scipy_"), ("", "64_", "_64"))],
+    "mkl": [("MKL_Get_Max_Threads", "MKL_Set_Num_Threads")],
+    "blis": [("bli_thread_get_num_threads", "bli_thread_set_num_threads")],
+    "flexiblas": [("flexiblas_get_num_threads", "flexiblas_set_num_threads")],
+}
+
+
+def _address(dynlib, name: str) -> int | None:
+    fn = getattr(dynlib, name, None)
+    return None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def controls() -> tuple[tuple[int, int], ...] | None:
+    """``(get, set)`` addresses for every loaded BLAS library, or ``None`` if one of them has
+    no known thread-count functions (then kernels must not call BLAS from parallel loops)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    found = []
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        for get_name, set_name in _SYMBOLS.get(lib.internal_api, ()):
+            get, set_ = _address(lib.dynlib, get_name), _address(lib.dynlib, set_name)
+            if get and set_:
+                found.append((get, set_))
+                break
+        else:
+            return None
+    return tuple(found) or None   # none found: the BLAS in use is not one we can see
