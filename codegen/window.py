@@ -195,6 +195,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["alpha_c"] = {ct: print_expr(op["alpha"], ct, names) for ct, _, _ in DTYPES}
         op["guard"] = [a for a in op["arrays"] if a in optional]
     ops = group_gemm_terms(ops)
+    ops.sort(key=lambda op: op["kind"] == "loop")   # sample loops first: they may zero the output
     extents = list(dict.fromkeys(i for a in arrays + outs + masks for i in shapes[a]))
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
     geometry = []
@@ -220,9 +221,22 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
         raise LoweringError(f"{k.name}: window terms loop over different sample indices {sorted(samples)}")
+    out_idx = shapes[k.out]
+    for op in ops:   # a loop whose outer index is the output's first writes disjoint slices
+        op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == out_idx[0]
+    # zero the output serially ("all"), per sample in the first sample loop ("sample"), or
+    # not at all when the argmax forward assigns every element ("none")
+    first = ops[0]
+    zero = "all"
+    if first["kind"] == "argmax":
+        zero = "none"
+    elif first["kind"] in ("im2col_gemm", "col2im_gemm", "gather", "scatter") and not first["guard"] \
+            and out_idx[0] == first["n"]:
+        zero = "sample"
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
     return {"name": k.name, "arrays": arrays, "cols": cols, "wacc": wacc,
-            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "minimum": minimum, "out": k.out, "outs": outs,
+            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "zero": zero,
+            "sample_size": " * ".join(f"{i}_" for i in out_idx[1:]), "minimum": minimum, "out": k.out, "outs": outs,
             "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
             "masks_in": mask_in, "masks_out": mask_out, "scalars": scalar_names,
             "scalar_extents": scalar_extents, "geometry": geometry, "idx": idx,

@@ -49,6 +49,21 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+from cython.parallel cimport prange, threadid
+cimport openmp
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    cdef int T = openmp.omp_get_max_threads()
+    if T > work:
+        T = <int>work
+    return T if T > 1 else 1
+
+#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
+#: little from a second thread on small arrays, and waking it costs a few microseconds)
+cdef enum:
+    _GRAIN = 32768
 
 import numpy as _np
 
@@ -132,18 +147,30 @@ scalars: none.
         raise ValueError(f"tanh_forward: y has shape {y.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, y_f32
     cdef double[::1] x_f64, y_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         y_f32 = y.reshape(-1)
         with nogil:
-            _tanh_forward_f32(&x_f32[0], &y_f32[0], n)
+            if _T == 1:
+                _tanh_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         y_f64 = y.reshape(-1)
         with nogil:
-            _tanh_forward_f64(&x_f64[0], &y_f64[0], n)
+            if _T == 1:
+                _tanh_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_vjp
 # gx = g*(1 - y**2)
@@ -180,6 +207,8 @@ scalars: none.
         raise ValueError(f"tanh_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, gx_f32
     cdef double[::1] y_f64, g_f64, gx_f64
     if dt == _F32:
@@ -187,13 +216,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         gx_f32 = gx.reshape(-1)
         with nogil:
-            _tanh_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            if _T == 1:
+                _tanh_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         gx_f64 = gx.reshape(-1)
         with nogil:
-            _tanh_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            if _T == 1:
+                _tanh_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_jvp
 # Ry = Rx*(1 - y**2)
@@ -230,6 +269,8 @@ scalars: none.
         raise ValueError(f"tanh_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, Rx_f32, Ry_f32
     cdef double[::1] y_f64, Rx_f64, Ry_f64
     if dt == _F32:
@@ -237,13 +278,23 @@ scalars: none.
         Rx_f32 = Rx.reshape(-1)
         Ry_f32 = Ry.reshape(-1)
         with nogil:
-            _tanh_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            if _T == 1:
+                _tanh_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         Rx_f64 = Rx.reshape(-1)
         Ry_f64 = Ry.reshape(-1)
         with nogil:
-            _tanh_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            if _T == 1:
+                _tanh_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_rvjp
 # Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
@@ -292,6 +343,8 @@ scalars: none.
         raise ValueError(f"tanh_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
     cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
     if dt == _F32:
@@ -301,7 +354,12 @@ scalars: none.
         Rg_f32 = Rg.reshape(-1)
         Rgx_f32 = Rgx.reshape(-1)
         with nogil:
-            _tanh_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            if _T == 1:
+                _tanh_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -309,7 +367,12 @@ scalars: none.
         Rg_f64 = Rg.reshape(-1)
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
-            _tanh_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            if _T == 1:
+                _tanh_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_diag_backprop
 # hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
@@ -352,6 +415,8 @@ scalars: none.
         raise ValueError(f"tanh_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, h_f32, hx_f32
     cdef double[::1] y_f64, g_f64, h_f64, hx_f64
     if dt == _F32:
@@ -360,14 +425,24 @@ scalars: none.
         h_f32 = h.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
-            _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            if _T == 1:
+                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         h_f64 = h.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
-            _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            if _T == 1:
+                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_residual
 # r = 2*g*y*(y - 1)*(y + 1)
@@ -404,6 +479,8 @@ scalars: none.
         raise ValueError(f"tanh_residual: r has shape {r.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, r_f32
     cdef double[::1] y_f64, g_f64, r_f64
     if dt == _F32:
@@ -411,13 +488,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         r_f32 = r.reshape(-1)
         with nogil:
-            _tanh_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            if _T == 1:
+                _tanh_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         r_f64 = r.reshape(-1)
         with nogil:
-            _tanh_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            if _T == 1:
+                _tanh_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_forward
 # y = 1/(1 + exp(-x))
@@ -448,18 +535,30 @@ scalars: none.
         raise ValueError(f"sigmoid_forward: y has shape {y.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, y_f32
     cdef double[::1] x_f64, y_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         y_f32 = y.reshape(-1)
         with nogil:
-            _sigmoid_forward_f32(&x_f32[0], &y_f32[0], n)
+            if _T == 1:
+                _sigmoid_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         y_f64 = y.reshape(-1)
         with nogil:
-            _sigmoid_forward_f64(&x_f64[0], &y_f64[0], n)
+            if _T == 1:
+                _sigmoid_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_vjp
 # gx = -g*y*(y - 1)
@@ -496,6 +595,8 @@ scalars: none.
         raise ValueError(f"sigmoid_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, gx_f32
     cdef double[::1] y_f64, g_f64, gx_f64
     if dt == _F32:
@@ -503,13 +604,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         gx_f32 = gx.reshape(-1)
         with nogil:
-            _sigmoid_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            if _T == 1:
+                _sigmoid_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         gx_f64 = gx.reshape(-1)
         with nogil:
-            _sigmoid_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            if _T == 1:
+                _sigmoid_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_jvp
 # Ry = -Rx*y*(y - 1)
@@ -546,6 +657,8 @@ scalars: none.
         raise ValueError(f"sigmoid_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, Rx_f32, Ry_f32
     cdef double[::1] y_f64, Rx_f64, Ry_f64
     if dt == _F32:
@@ -553,13 +666,23 @@ scalars: none.
         Rx_f32 = Rx.reshape(-1)
         Ry_f32 = Ry.reshape(-1)
         with nogil:
-            _sigmoid_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            if _T == 1:
+                _sigmoid_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         Rx_f64 = Rx.reshape(-1)
         Ry_f64 = Ry.reshape(-1)
         with nogil:
-            _sigmoid_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            if _T == 1:
+                _sigmoid_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_rvjp
 # Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
@@ -608,6 +731,8 @@ scalars: none.
         raise ValueError(f"sigmoid_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
     cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
     if dt == _F32:
@@ -617,7 +742,12 @@ scalars: none.
         Rg_f32 = Rg.reshape(-1)
         Rgx_f32 = Rgx.reshape(-1)
         with nogil:
-            _sigmoid_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            if _T == 1:
+                _sigmoid_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -625,7 +755,12 @@ scalars: none.
         Rg_f64 = Rg.reshape(-1)
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
-            _sigmoid_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            if _T == 1:
+                _sigmoid_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_diag_backprop
 # hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
@@ -672,6 +807,8 @@ scalars: none.
         raise ValueError(f"sigmoid_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, h_f32, hx_f32
     cdef double[::1] y_f64, g_f64, h_f64, hx_f64
     if dt == _F32:
@@ -680,14 +817,24 @@ scalars: none.
         h_f32 = h.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
-            _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            if _T == 1:
+                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         h_f64 = h.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
-            _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            if _T == 1:
+                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_residual
 # r = g*y*(y - 1)*(2*y - 1)
@@ -724,6 +871,8 @@ scalars: none.
         raise ValueError(f"sigmoid_residual: r has shape {r.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, r_f32
     cdef double[::1] y_f64, g_f64, r_f64
     if dt == _F32:
@@ -731,13 +880,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         r_f32 = r.reshape(-1)
         with nogil:
-            _sigmoid_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            if _T == 1:
+                _sigmoid_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         r_f64 = r.reshape(-1)
         with nogil:
-            _sigmoid_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            if _T == 1:
+                _sigmoid_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_forward
 # y = Max(0, x)
@@ -768,18 +927,30 @@ scalars: none.
         raise ValueError(f"relu_forward: y has shape {y.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, y_f32
     cdef double[::1] x_f64, y_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         y_f32 = y.reshape(-1)
         with nogil:
-            _relu_forward_f32(&x_f32[0], &y_f32[0], n)
+            if _T == 1:
+                _relu_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         y_f64 = y.reshape(-1)
         with nogil:
-            _relu_forward_f64(&x_f64[0], &y_f64[0], n)
+            if _T == 1:
+                _relu_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_vjp
 # gx = g*Piecewise((1, x > 0), (0, True))
@@ -816,6 +987,8 @@ scalars: none.
         raise ValueError(f"relu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, g_f32, gx_f32
     cdef double[::1] x_f64, g_f64, gx_f64
     if dt == _F32:
@@ -823,13 +996,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         gx_f32 = gx.reshape(-1)
         with nogil:
-            _relu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
+            if _T == 1:
+                _relu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         g_f64 = g.reshape(-1)
         gx_f64 = gx.reshape(-1)
         with nogil:
-            _relu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
+            if _T == 1:
+                _relu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_jvp
 # Ry = Rx*Piecewise((1, x > 0), (0, True))
@@ -866,6 +1049,8 @@ scalars: none.
         raise ValueError(f"relu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, Rx_f32, Ry_f32
     cdef double[::1] x_f64, Rx_f64, Ry_f64
     if dt == _F32:
@@ -873,13 +1058,23 @@ scalars: none.
         Rx_f32 = Rx.reshape(-1)
         Ry_f32 = Ry.reshape(-1)
         with nogil:
-            _relu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            if _T == 1:
+                _relu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         Rx_f64 = Rx.reshape(-1)
         Ry_f64 = Ry.reshape(-1)
         with nogil:
-            _relu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            if _T == 1:
+                _relu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_rvjp
 # Rgx = Rg*Piecewise((1, x > 0), (0, True))
@@ -916,6 +1111,8 @@ scalars: none.
         raise ValueError(f"relu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, Rg_f32, Rgx_f32
     cdef double[::1] x_f64, Rg_f64, Rgx_f64
     if dt == _F32:
@@ -923,13 +1120,23 @@ scalars: none.
         Rg_f32 = Rg.reshape(-1)
         Rgx_f32 = Rgx.reshape(-1)
         with nogil:
-            _relu_rvjp_f32(&x_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            if _T == 1:
+                _relu_rvjp_f32(&x_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_rvjp_f32(&x_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         Rg_f64 = Rg.reshape(-1)
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
-            _relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            if _T == 1:
+                _relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_diag_backprop
 # hx = h*Piecewise((1, x > 0), (0, True))
@@ -966,6 +1173,8 @@ scalars: none.
         raise ValueError(f"relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, h_f32, hx_f32
     cdef double[::1] x_f64, h_f64, hx_f64
     if dt == _F32:
@@ -973,13 +1182,23 @@ scalars: none.
         h_f32 = h.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
-            _relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], n)
+            if _T == 1:
+                _relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_diag_backprop_f32(&x_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         h_f64 = h.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
-            _relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], n)
+            if _T == 1:
+                _relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_diag_backprop_f64(&x_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
@@ -1010,18 +1229,30 @@ scalars: none.
         raise ValueError(f"softplus_forward: y has shape {y.shape} but x has shape {x.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] x_f32, y_f32
     cdef double[::1] x_f64, y_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         y_f32 = y.reshape(-1)
         with nogil:
-            _softplus_forward_f32(&x_f32[0], &y_f32[0], n)
+            if _T == 1:
+                _softplus_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         y_f64 = y.reshape(-1)
         with nogil:
-            _softplus_forward_f64(&x_f64[0], &y_f64[0], n)
+            if _T == 1:
+                _softplus_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_vjp
 # gx = -g*expm1(-y)
@@ -1058,6 +1289,8 @@ scalars: none.
         raise ValueError(f"softplus_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, gx_f32
     cdef double[::1] y_f64, g_f64, gx_f64
     if dt == _F32:
@@ -1065,13 +1298,23 @@ scalars: none.
         g_f32 = g.reshape(-1)
         gx_f32 = gx.reshape(-1)
         with nogil:
-            _softplus_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            if _T == 1:
+                _softplus_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         gx_f64 = gx.reshape(-1)
         with nogil:
-            _softplus_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            if _T == 1:
+                _softplus_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_jvp
 # Ry = -Rx*expm1(-y)
@@ -1108,6 +1351,8 @@ scalars: none.
         raise ValueError(f"softplus_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, Rx_f32, Ry_f32
     cdef double[::1] y_f64, Rx_f64, Ry_f64
     if dt == _F32:
@@ -1115,13 +1360,23 @@ scalars: none.
         Rx_f32 = Rx.reshape(-1)
         Ry_f32 = Ry.reshape(-1)
         with nogil:
-            _softplus_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            if _T == 1:
+                _softplus_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         Rx_f64 = Rx.reshape(-1)
         Ry_f64 = Ry.reshape(-1)
         with nogil:
-            _softplus_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            if _T == 1:
+                _softplus_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_rvjp
 # Rgx = -Rg*expm1(-y) + Rx*g*exp(-2*y)*expm1(y)
@@ -1170,6 +1425,8 @@ scalars: none.
         raise ValueError(f"softplus_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
     cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
     if dt == _F32:
@@ -1179,7 +1436,12 @@ scalars: none.
         Rg_f32 = Rg.reshape(-1)
         Rgx_f32 = Rgx.reshape(-1)
         with nogil:
-            _softplus_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            if _T == 1:
+                _softplus_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -1187,7 +1449,12 @@ scalars: none.
         Rg_f64 = Rg.reshape(-1)
         Rgx_f64 = Rgx.reshape(-1)
         with nogil:
-            _softplus_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            if _T == 1:
+                _softplus_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_diag_backprop
 # hx = g*exp(-2*y)*expm1(y) + h*expm1(-y)**2
@@ -1230,6 +1497,8 @@ scalars: none.
         raise ValueError(f"softplus_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, h_f32, hx_f32
     cdef double[::1] y_f64, g_f64, h_f64, hx_f64
     if dt == _F32:
@@ -1238,14 +1507,24 @@ scalars: none.
         h_f32 = h.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
-            _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            if _T == 1:
+                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         h_f64 = h.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
-            _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            if _T == 1:
+                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_residual
 # r = g*exp(-2*y)*expm1(y)
@@ -1282,6 +1561,8 @@ scalars: none.
         raise ValueError(f"softplus_residual: r has shape {r.shape} but y has shape {y.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] y_f32, g_f32, r_f32
     cdef double[::1] y_f64, g_f64, r_f64
     if dt == _F32:
@@ -1289,10 +1570,20 @@ scalars: none.
         g_f32 = g.reshape(-1)
         r_f32 = r.reshape(-1)
         with nogil:
-            _softplus_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            if _T == 1:
+                _softplus_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
         r_f64 = r.reshape(-1)
         with nogil:
-            _softplus_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            if _T == 1:
+                _softplus_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)

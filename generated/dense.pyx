@@ -10,6 +10,14 @@
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange, threadid
 cimport openmp
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    cdef int T = openmp.omp_get_max_threads()
+    if T > work:
+        T = <int>work
+    return T if T > 1 else 1
 from symprop import blas_threads as _blas_threads
 
 # Sample-parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
@@ -52,14 +60,10 @@ cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
     # measured 4x slower conv loops). The counter makes nested and concurrent callers (other
     # Python threads) restore the saved counts only when the last one leaves.
     global _blas_held
-    cdef int T = openmp.omp_get_max_threads()
+    cdef int T = _threads_for(work)
     cdef int k
     if calls_blas and not _parallel_ok:
         return 1     # unknown BLAS: leave its threading alone and stay serial
-    if T > work:
-        T = <int>work
-    if T < 1:
-        T = 1
     if calls_blas:
         if _blas_held == 0:
             for k in range(_n_blas):

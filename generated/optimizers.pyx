@@ -49,6 +49,21 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+from cython.parallel cimport prange, threadid
+cimport openmp
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    cdef int T = openmp.omp_get_max_threads()
+    if T > work:
+        T = <int>work
+    return T if T > 1 else 1
+
+#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
+#: little from a second thread on small arrays, and waking it costs a few microseconds)
+cdef enum:
+    _GRAIN = 32768
 
 import numpy as _np
 
@@ -129,6 +144,8 @@ updated in place: p, v; scalars: lr, mu, wd.
         raise ValueError(f"sgd_update: v has shape {v.shape} but p has shape {p.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] p_f32, g_f32, v_f32
     cdef float lr_f32
     cdef float mu_f32
@@ -145,7 +162,12 @@ updated in place: p, v; scalars: lr, mu, wd.
         mu_f32 = mu
         wd_f32 = wd
         with nogil:
-            _sgd_update_f32(&p_f32[0], &g_f32[0], &v_f32[0], lr_f32, mu_f32, wd_f32, n)
+            if _T == 1:
+                _sgd_update_f32(&p_f32[0], &g_f32[0], &v_f32[0], lr_f32, mu_f32, wd_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sgd_update_f32(&p_f32[_lo], &g_f32[_lo], &v_f32[_lo], lr_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
     else:
         p_f64 = p.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -154,7 +176,12 @@ updated in place: p, v; scalars: lr, mu, wd.
         mu_f64 = mu
         wd_f64 = wd
         with nogil:
-            _sgd_update_f64(&p_f64[0], &g_f64[0], &v_f64[0], lr_f64, mu_f64, wd_f64, n)
+            if _T == 1:
+                _sgd_update_f64(&p_f64[0], &g_f64[0], &v_f64[0], lr_f64, mu_f64, wd_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sgd_update_f64(&p_f64[_lo], &g_f64[_lo], &v_f64[_lo], lr_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- adam_update
 # m = beta1*m + (1 - beta1)*(g + p*wd); s = beta2*s + (1 - beta2)*(g + p*wd)**2; p = p - lr*(beta1*m + (1 - beta1)*(g + p*wd))/(bc1*(eps + sqrt((beta2*s + (1 - beta2)*(g + p*wd)**2)/bc2)))
@@ -217,6 +244,8 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         raise ValueError(f"adam_update: s has shape {s.shape} but p has shape {p.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] p_f32, g_f32, m_f32, s_f32
     cdef float lr_f32
     cdef float beta1_f32
@@ -246,7 +275,12 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         bc1_f32 = bc1
         bc2_f32 = bc2
         with nogil:
-            _adam_update_f32(&p_f32[0], &g_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+            if _T == 1:
+                _adam_update_f32(&p_f32[0], &g_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adam_update_f32(&p_f32[_lo], &g_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
     else:
         p_f64 = p.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -260,7 +294,12 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         bc1_f64 = bc1
         bc2_f64 = bc2
         with nogil:
-            _adam_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+            if _T == 1:
+                _adam_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adam_update_f64(&p_f64[_lo], &g_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- adahessian_update
 # m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
@@ -325,6 +364,8 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         raise ValueError(f"adahessian_update: s has shape {s.shape} but p has shape {p.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
     cdef float lr_f32
     cdef float beta1_f32
@@ -355,7 +396,12 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         bc1_f32 = bc1
         bc2_f32 = bc2
         with nogil:
-            _adahessian_update_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+            if _T == 1:
+                _adahessian_update_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adahessian_update_f32(&p_f32[_lo], &g_f32[_lo], &d_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
     else:
         p_f64 = p.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -370,7 +416,12 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
         bc1_f64 = bc1
         bc2_f64 = bc2
         with nogil:
-            _adahessian_update_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+            if _T == 1:
+                _adahessian_update_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adahessian_update_f64(&p_f64[_lo], &g_f64[_lo], &d_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- adahessian_update_pow
 # m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
@@ -435,6 +486,8 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
         raise ValueError(f"adahessian_update_pow: s has shape {s.shape} but p has shape {p.shape}")
     if n == 0:
         return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
     cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
     cdef float lr_f32
     cdef float beta1_f32
@@ -468,7 +521,12 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
         bc2_f32 = bc2
         k_f32 = k
         with nogil:
-            _adahessian_update_pow_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n)
+            if _T == 1:
+                _adahessian_update_pow_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adahessian_update_pow_f32(&p_f32[_lo], &g_f32[_lo], &d_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n * (_t + 1) // _T - _lo)
     else:
         p_f64 = p.reshape(-1)
         g_f64 = g.reshape(-1)
@@ -484,4 +542,9 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
         bc2_f64 = bc2
         k_f64 = k
         with nogil:
-            _adahessian_update_pow_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n)
+            if _T == 1:
+                _adahessian_update_pow_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adahessian_update_pow_f64(&p_f64[_lo], &g_f64[_lo], &d_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n * (_t + 1) // _T - _lo)

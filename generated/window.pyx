@@ -10,10 +10,20 @@
 
 """Window kernels (conv via im2col/col2im + GEMM, pooling): conv2d, avgpool2d, maxpool2d."""
 from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange, threadid
 cimport openmp
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    cdef int T = openmp.omp_get_max_threads()
+    if T > work:
+        T = <int>work
+    return T if T > 1 else 1
 from symprop import blas_threads as _blas_threads
 
 # Sample-parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
@@ -56,14 +66,10 @@ cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
     # measured 4x slower conv loops). The counter makes nested and concurrent callers (other
     # Python threads) restore the saved counts only when the last one leaves.
     global _blas_held
-    cdef int T = openmp.omp_get_max_threads()
+    cdef int T = _threads_for(work)
     cdef int k
     if calls_blas and not _parallel_ok:
         return 1     # unknown BLAS: leave its threading alone and stay serial
-    if T > work:
-        T = <int>work
-    if T < 1:
-        T = 1
     if calls_blas:
         if _blas_held == 0:
             for k in range(_n_blas):
@@ -428,42 +434,40 @@ cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, floa
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    y[:, :, :, :] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        y[n, o, h, w] += (<float>1.0) * b[o]
-    cdef bint _use_1_0 = True
+    cdef bint _use_0_0 = True
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
         _first = 1
-        if _use_1_0:
+        if _use_0_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<float>1.0) * b[o]
 
 cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] y, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    y[:, :, :, :] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        y[n, o, h, w] += (<double>1.0) * b[o]
-    cdef bint _use_1_0 = True
+    cdef bint _use_0_0 = True
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
         _first = 1
-        if _use_1_0:
+        if _use_0_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<double>1.0) * b[o]
 
 
 def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -541,10 +545,10 @@ cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    gx[:, :, :, :] = 0
     cdef bint _use_0_0 = True
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
         if _use_0_0:
             _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
@@ -557,10 +561,10 @@ cdef void _conv2d_vjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, doub
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    gx[:, :, :, :] = 0
     cdef bint _use_0_0 = True
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
         if _use_0_0:
             _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
@@ -812,54 +816,52 @@ cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Ry[:, :, :, :] = 0
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    for h in range(h_):
-                        for w in range(w_):
-                            Ry[n, o, h, w] += (<float>1.0) * Rb[o]
-    cdef bint _use_1_0 = RW is not None
-    cdef bint _use_1_1 = Rx is not None
+    cdef bint _use_0_0 = RW is not None
+    cdef bint _use_0_1 = Rx is not None
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
         _first = 1
-        if _use_1_0:
+        if _use_0_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
-        if _use_1_1:
+        if _use_0_1:
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
 
 cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Ry[:, :, :, :] = 0
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    for h in range(h_):
-                        for w in range(w_):
-                            Ry[n, o, h, w] += (<double>1.0) * Rb[o]
-    cdef bint _use_1_0 = RW is not None
-    cdef bint _use_1_1 = Rx is not None
+    cdef bint _use_0_0 = RW is not None
+    cdef bint _use_0_1 = Rx is not None
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
         _first = 1
-        if _use_1_0:
+        if _use_0_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
-        if _use_1_1:
+        if _use_0_1:
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
             _first = 0
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
 
 
 def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -937,11 +939,11 @@ cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgx[:, :, :, :] = 0
     cdef bint _use_0_0 = RW is not None
     cdef bint _use_0_1 = Rg is not None
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
         if _use_0_0:
             _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
@@ -957,11 +959,11 @@ cdef void _conv2d_rvjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, dou
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgx[:, :, :, :] = 0
     cdef bint _use_0_0 = RW is not None
     cdef bint _use_0_1 = Rg is not None
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
+        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
         if _use_0_0:
             _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
@@ -1228,8 +1230,8 @@ cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, i
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    y[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&y[_n, 0, 0, 0], 0, sizeof(float) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1248,8 +1250,8 @@ cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    y[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&y[_n, 0, 0, 0], 0, sizeof(double) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1337,8 +1339,8 @@ cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, in
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    gx[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1356,8 +1358,8 @@ cdef void _avgpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    gx[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -1664,7 +1666,6 @@ cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, i
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    y[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
@@ -1674,7 +1675,6 @@ cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    y[:, :, :, :] = 0
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
@@ -1756,34 +1756,50 @@ cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, co
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    gx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
                         _val = (<float>1.0) * g[_n, _c, _h, _w]
                         _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + (_kk // j_) * 1 - p_h
-                        _v = _w * s_w + (_kk % j_) * 1 - p_w
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                         if 0 <= _u < u_ and 0 <= _v < v_:
                             gx[_n, _c, _u, _v] += _val
+    free(_moff)
 
 cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    gx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
                         _val = (<double>1.0) * g[_n, _c, _h, _w]
                         _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + (_kk // j_) * 1 - p_h
-                        _v = _w * s_w + (_kk % j_) * 1 - p_w
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                         if 0 <= _u < u_ and 0 <= _v < v_:
                             gx[_n, _c, _u, _v] += _val
+    free(_moff)
 
 
 def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -1865,16 +1881,24 @@ cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, con
     cdef int _tid, _first
     cdef float _acc, _val
     Ry[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
                             _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + (_kk // j_) * 1 - p_h
-                            _v = _w * s_w + (_kk % j_) * 1 - p_w
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Ry[_n, _c, _h, _w] += (<float>1.0) * Rx[_n, _c, _u, _v]
+    free(_moff)
 
 cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, h, w, i, j
@@ -1882,16 +1906,24 @@ cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, c
     cdef int _tid, _first
     cdef double _acc, _val
     Ry[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
                             _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + (_kk // j_) * 1 - p_h
-                            _v = _w * s_w + (_kk % j_) * 1 - p_w
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Ry[_n, _c, _h, _w] += (<double>1.0) * Rx[_n, _c, _u, _v]
+    free(_moff)
 
 
 def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -1973,6 +2005,13 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
     cdef int _tid, _first
     cdef float _acc, _val
     Rgx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
@@ -1980,10 +2019,11 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
                         for _w in range(w_):
                             _val = (<float>1.0) * Rg[_n, _c, _h, _w]
                             _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + (_kk // j_) * 1 - p_h
-                            _v = _w * s_w + (_kk % j_) * 1 - p_w
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Rgx[_n, _c, _u, _v] += _val
+    free(_moff)
 
 cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, h, w, u, v, i, j
@@ -1991,6 +2031,13 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
     cdef int _tid, _first
     cdef double _acc, _val
     Rgx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
@@ -1998,10 +2045,11 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
                         for _w in range(w_):
                             _val = (<double>1.0) * Rg[_n, _c, _h, _w]
                             _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + (_kk // j_) * 1 - p_h
-                            _v = _w * s_w + (_kk % j_) * 1 - p_w
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
                             if 0 <= _u < u_ and 0 <= _v < v_:
                                 Rgx[_n, _c, _u, _v] += _val
+    free(_moff)
 
 
 def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):

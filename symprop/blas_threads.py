@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 
 #: (get, set) thread-count functions per BLAS implementation, as ``threadpoolctl`` names them;
 #: each get is ``int f(void)`` and each set ``void f(int)``.
@@ -41,8 +42,12 @@ def controls() -> tuple[tuple[int, int], ...] | None:
         return None
     found = []
     for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        try:   # already loaded: this only finds the handle
+            dynlib = ctypes.CDLL(lib.filepath, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:
+            return None
         for get_name, set_name in _SYMBOLS.get(lib.internal_api, ()):
-            get, set_ = _address(lib.dynlib, get_name), _address(lib.dynlib, set_name)
+            get, set_ = _address(dynlib, get_name), _address(dynlib, set_name)
             if get and set_:
                 found.append((get, set_))
                 break
