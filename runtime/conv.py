@@ -104,8 +104,7 @@ class Conv2D(_Window):
         g = np.ascontiguousarray(g)
         gW = _win.conv2d_vjp_W(x=self.x, g=g, gW=np.empty_like(self.W), **self.geometry)
         grads = [gW, _win.conv2d_vjp_b(g=g, gb=np.empty_like(self.b))] if self.bias else [gW]
-        gx = _win.conv2d_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x), **self.geometry) \
-            if need_input_grad else None
+        gx = self.input_vjp(g) if need_input_grad else None
         return gx, grads
 
     def jvp(self, Rx, Rparams):

@@ -158,7 +158,7 @@ class Dense(Layer):
         g = np.ascontiguousarray(g)
         gW = _dense.dense_vjp_W(x=self.x, g=g, gW=np.empty_like(self.W))
         grads = [gW, _dense.dense_vjp_b(g=g, gb=np.empty_like(self.b))] if self.bias else [gW]
-        gx = _dense.dense_vjp_x(W=self.W, g=g, gx=np.empty_like(self.x)) if need_input_grad else None
+        gx = self.input_vjp(g) if need_input_grad else None
         return gx, grads
 
     def jvp(self, Rx, Rparams):
