@@ -37,7 +37,7 @@ def extension_kwargs() -> dict:
     libraries = ["m"]
     if sys.platform.startswith("linux") and platform.machine() == "x86_64":
         libraries = ["mvec", "m"]
-    # OpenMP: the window kernels split their batch over threads (generated/window.pyx)
+    # OpenMP: kernels split samples, GEMM blocks and long arrays over threads (_macros.pyx.j2)
     return {"extra_compile_args": args + ["-fopenmp"] + extra, "extra_link_args": ["-fopenmp"],
             "libraries": libraries}
 

@@ -1,14 +1,15 @@
 """Thread-count switches of the loaded BLAS libraries, for the generated kernels' parallel loops.
 
-A window kernel (conv, pooling) splits its batch over OpenMP threads, and each thread calls
-GEMM on one sample's small matrices. A multithreaded BLAS called from several threads at once
-oversubscribes the cores: measured here, a LeNet conv forward ran 1.5x slower with the BLAS
-pool at 2 threads than at 1, even serially. So while a parallel loop runs, the kernel holds
-every BLAS library at one thread through the ``(get, set)`` function addresses found here, and
-restores the previous counts afterwards (``generated/window.pyx``, ``_parallel_enter``).
+Generated kernels thread their own loops with OpenMP: a window kernel (conv) runs one sample per
+thread, each calling GEMM on that sample's small matrices, and a dense kernel gives each thread a
+block of the GEMM. A BLAS with its own thread pool beside ours oversubscribes the cores (its idle
+workers spin after each call), and a per-sample conv GEMM ran 1.3x faster with the BLAS at one
+thread than at two even serially. So every kernel that calls BLAS holds every BLAS library at one
+thread through the ``(get, set)`` function addresses found here, and restores the previous counts
+afterwards (``_parallel_enter``/``_parallel_leave`` in ``codegen/templates/_macros.pyx.j2``).
 
 If a BLAS library is loaded whose thread count cannot be set this way (or none is found),
-:func:`controls` returns ``None`` and the kernels run their loops serially, which is always correct.
+:func:`controls` returns ``None`` and the kernels that call BLAS run serially, which is always correct.
 The number of threads is OpenMP's (``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits``).
 """
 from __future__ import annotations
