@@ -13,6 +13,7 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, DerivedContraction
 from .config import DTYPES
+from .manifest import canonical_arrays, contraction_role, spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -116,15 +117,30 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["guard"] = [a for a in op["arrays"] if a in optional]
         op["assign"] = op["assign"] and not op["guard"]
     extents = list(dict.fromkeys(i for a in used + [k.out] for i in shapes[a]))
-    return {"name": k.name, "arrays": used, "out": k.out, "shapes": shapes, "ops": ops,
+    return {"name": k.name, "role": k.role, "arrays": used, "out": k.out, "shapes": shapes, "ops": ops,
             "calls_blas": any(op["kind"] == "gemm" for op in ops),
             "optional": optional, "extents": extents, "any_assign": any(o["assign"] for o in ops),
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
 
+def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: list[list[dict]],
+                     role_fn) -> dict:
+    """Manifest entries of indexed specs: ``role_fn(ctx, canonical)`` -> one role entry."""
+    table = {}
+    for d, ctxs in zip(derived, contexts):
+        s = d.spec
+        canonical = canonical_arrays(s)
+        roles = {ctx["role"]: role_fn(ctx, canonical) for ctx in ctxs}
+        table[s.name] = spec_entry(family, s.name, s.hash, list(s.inputs), list(s.params), s.output,
+                                   [str(x) for x in s.scalars], roles, canonical)
+    return table
+
+
 def render_contraction_module(module: str, derived: list[DerivedContraction]) -> str:
-    kernels = [kernel_context(d, k) for d in derived for k in d.kernels]
+    contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
+    kernels = [ctx for ctxs in contexts for ctx in ctxs]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("contraction.pyx.j2", module=module, specs=specs, kernels=kernels,
+                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role),
                   dtypes=DTYPES, doc="Contraction kernels (GEMM-lowered): "
                   + ", ".join(s["name"] for s in specs) + ".")

@@ -5,6 +5,7 @@ import sympy as sp
 
 from ..derive.elementwise import DerivedElementwise, Kernel
 from .config import DTYPES
+from .manifest import elementwise_role, spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -20,9 +21,22 @@ def kernel_context(k: Kernel, doc: str = "") -> dict:
         results = [(k.inplace.get(o, o), print_expr(r, ctype)) for (o, _), r in zip(k.outputs, reduced)]
         bodies.append((ctype, sfx, {"locals": list(k.inputs) + [t for t, _ in temps],
                                     "temps": temps, "results": results}))
-    return {"name": k.name, "arrays": list(k.inputs), "outs": outs, "written": written,
+    return {"name": k.name, "role": k.role, "arrays": list(k.inputs), "outs": outs, "written": written,
             "scalars": list(k.scalars), "bodies": bodies,
             "doc": doc or "; ".join(f"{o} = {e}" for o, e in k.outputs)}
+
+
+def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Kernel, dict]] = ()) -> dict:
+    """Manifest entries: one per spec (its kernels by role), one per extra kernel (``update``)."""
+    table = {}
+    for d in derived:
+        roles = {k.role: elementwise_role(kernel_context(k)) for k in d.kernels}
+        table[d.spec.name] = spec_entry("elementwise", d.spec.name, d.spec.hash, ["x"], [], "y",
+                                        [p for p, _ in d.spec.params], roles)
+    for k, ctx in extra:
+        table[k.name] = spec_entry("elementwise", k.name, _kernel_hash(k), [], [], "", list(k.scalars),
+                                   {"update": elementwise_role(ctx)})
+    return table
 
 
 def render_elementwise_module(module: str, derived: list[DerivedElementwise],
@@ -31,11 +45,12 @@ def render_elementwise_module(module: str, derived: list[DerivedElementwise],
     for d in derived:
         for k in d.kernels:
             kernels.append(kernel_context(k))
-    for k in extra_kernels:
-        kernels.append(kernel_context(k))
+    extra = [(k, kernel_context(k)) for k in extra_kernels]
+    kernels += [ctx for _, ctx in extra]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived] + \
             [{"name": k.name, "hash": _kernel_hash(k)} for k in extra_kernels]
     return render("elementwise.pyx.j2", module=module, specs=specs, kernels=kernels,
+                  manifest=elementwise_manifest(derived, extra),
                   doc=doc or f"Elementwise kernels: {', '.join(s['name'] for s in specs)}.")
 
 

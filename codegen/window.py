@@ -23,7 +23,8 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
 from .config import DTYPES
-from .contraction import LoweringError, Term, _loop_op, argument_layout
+from .contraction import LoweringError, Term, _loop_op, argument_layout, indexed_manifest
+from .manifest import contraction_role
 from .printer import print_expr
 from .render import render
 
@@ -234,7 +235,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
             and out_idx[0] == first["n"]:
         zero = "sample"
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
-    return {"name": k.name, "arrays": arrays, "cols": cols, "wacc": wacc,
+    return {"name": k.name, "role": k.role, "arrays": arrays, "cols": cols, "wacc": wacc,
             "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "zero": zero,
             "sample_size": " * ".join(f"{i}_" for i in out_idx[1:]), "minimum": minimum, "out": k.out, "outs": outs,
             "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
@@ -243,9 +244,15 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
 
+def window_role(ctx: dict, canonical: dict) -> dict:
+    return contraction_role(ctx, canonical, ctx["masks_in"], ctx["masks_out"], ctx["scalars"])
+
+
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
-    kernels = [kernel_context(d, k) for d in derived for k in d.kernels]
+    contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
+    kernels = [ctx for ctxs in contexts for ctx in ctxs]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
+                  manifest=indexed_manifest("window", derived, contexts, window_role),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "
                   + ", ".join(s["name"] for s in specs) + ".")

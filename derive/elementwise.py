@@ -75,6 +75,7 @@ class Kernel:
     scalars: list[str]           # scalar arguments, in order
     outputs: list[tuple[str, sp.Basic]]
     inplace: dict = field(default_factory=dict)   # output name -> input name it overwrites
+    role: str = ""               # what the runtime asks for: forward, vjp:x, jvp, rvjp:x, residual, bl:x
 
     @cached_property
     def cse(self):
@@ -104,11 +105,11 @@ class DerivedElementwise:
                 for k, c in (("f", self.forward), ("f'", self.d1), ("f''", self.d2))}
 
 
-def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], params) -> Kernel:
+def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], params, role: str = "") -> Kernel:
     used = set().union(*(e.free_symbols for _, e in outputs)) if outputs else set()
     inputs = [s for s in order if sp.Symbol(s) in used]
     scalars = [p for p, _ in params if sp.Symbol(p) in used]
-    return Kernel(name=name, inputs=inputs, scalars=scalars, outputs=outputs)
+    return Kernel(name=name, inputs=inputs, scalars=scalars, outputs=outputs, role=role)
 
 
 def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
@@ -140,12 +141,12 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
     order = ["x", "y", "g", "Rx", "Rg", "h"]
     n = spec.name
     kernels = [
-        _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params),
-        _kernel(f"{n}_vjp", [("gx", G * d1)], order, spec.params),
-        _kernel(f"{n}_jvp", [("Ry", d1 * RX)], order, spec.params),
-        _kernel(f"{n}_rvjp", [("Rgx", d2 * RX * G + d1 * RG)], order, spec.params),
-        _kernel(f"{n}_diag_backprop", [("hx", d1 ** 2 * H + d2 * G)], order, spec.params),
+        _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params, "forward"),
+        _kernel(f"{n}_vjp", [("gx", G * d1)], order, spec.params, "vjp:x"),
+        _kernel(f"{n}_jvp", [("Ry", d1 * RX)], order, spec.params, "jvp"),
+        _kernel(f"{n}_rvjp", [("Rgx", d2 * RX * G + d1 * RG)], order, spec.params, "rvjp:x"),
+        _kernel(f"{n}_diag_backprop", [("hx", d1 ** 2 * H + d2 * G)], order, spec.params, "bl:x"),
     ]
     if d2 != 0:
-        kernels.append(_kernel(f"{n}_residual", [("r", d2 * G)], order, spec.params))
+        kernels.append(_kernel(f"{n}_residual", [("r", d2 * G)], order, spec.params, "residual"))
     return DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)

@@ -174,6 +174,7 @@ class ContractionKernel:
     out: str
     out_indices: tuple
     expr: sp.Expr
+    role: str = ""    # forward, vjp:<array>, jvp, rvjp:<array>, bl:<array>, sqvjp:<param>
 
 
 @dataclass
@@ -199,7 +200,7 @@ def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
     loss = sp.Sum(g[out_idx] * spec.expr, *limits)
     fresh_map = {}
     d = DerivedContraction(spec=spec, forward=ContractionKernel(
-        f"{spec.name}_forward", spec.output, out_idx, split_sums(spec.expr)))
+        f"{spec.name}_forward", spec.output, out_idx, split_sums(spec.expr), "forward"))
     for name, idx in spec.arrays.items():
         fresh = tuple(sp.Symbol(f"{i}_", integer=True) for i in idx)
         fresh_map[name] = fresh
@@ -209,11 +210,11 @@ def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
         raw = _rename_bound(raw, set(idx))
         expr = raw.xreplace(dict(zip(fresh, idx)))
         d.adjoint_maps[name] = tuple(m for m in spec.maps if m.inp in idx and expr.has(sp.Piecewise))
-        d.vjps[name] = ContractionKernel(f"{spec.name}_vjp_{name}", "g" + name, idx, expr)
+        d.vjps[name] = ContractionKernel(f"{spec.name}_vjp_{name}", "g" + name, idx, expr, f"vjp:{name}")
     differentiable = list(spec.arrays)
     d.jvp = ContractionKernel(f"{spec.name}_jvp", R(spec.output), out_idx,
-                              directional(spec.expr, differentiable))
+                              directional(spec.expr, differentiable), "jvp")
     for name, k in d.vjps.items():
         d.rvjps[name] = ContractionKernel(f"{spec.name}_rvjp_{name}", R(k.out), k.out_indices,
-                                          directional(k.expr, differentiable + ["g"]))
+                                          directional(k.expr, differentiable + ["g"]), f"rvjp:{name}")
     return d

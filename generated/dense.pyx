@@ -18,11 +18,12 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
     if T > work:
         T = <int>work
     return T if T > 1 else 1
-from symprop import blas_threads as _blas_threads
 
 # Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
 # OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
-# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads).
+# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
+# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
+# serially and leave the BLAS alone. Generated code imports nothing from symprop.
 ctypedef int (*_get_threads_t)() noexcept nogil
 ctypedef void (*_set_threads_t)(int) noexcept nogil
 cdef enum:
@@ -49,8 +50,6 @@ def set_blas_controls(controls):
         _blas_set[k] = <_set_threads_t><size_t>set_
     _n_blas, _parallel_ok = len(controls), True
 
-
-set_blas_controls(_blas_threads.controls())
 
 
 cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
@@ -172,6 +171,66 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
         if name in writable and not a.flags.writeable:
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
+
+#: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
+#: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
+#: arrays are optional directions, its outputs and the array each output is shaped like.
+#: symprop.runtime.kernels runs every layer by looking roles up here.
+MANIFEST = {'dense': {'family': 'contraction',
+           'hash': '4d84bbb1c3879b64',
+           'inputs': ['x'],
+           'params': ['W', 'b'],
+           'output': 'y',
+           'scalars': [],
+           'arrays': {'x': ['n', 'i'], 'W': ['o', 'i'], 'b': ['o'], 'y': ['n', 'o']},
+           'roles': {'forward': {'kernel': 'dense_forward',
+                                 'call': ['x', 'W', 'b', 'y'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'W', 'b'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
+                     'vjp:x': {'kernel': 'dense_vjp_x',
+                               'call': ['W', 'g', 'gx'],
+                               'kwargs': [],
+                               'arrays': ['W', 'g'],
+                               'optional': [],
+                               'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
+                     'vjp:W': {'kernel': 'dense_vjp_W',
+                               'call': ['x', 'g', 'gW'],
+                               'kwargs': [],
+                               'arrays': ['x', 'g'],
+                               'optional': [],
+                               'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'}]},
+                     'vjp:b': {'kernel': 'dense_vjp_b',
+                               'call': ['g', 'gb'],
+                               'kwargs': [],
+                               'arrays': ['g'],
+                               'optional': [],
+                               'outputs': [{'name': 'gb', 'like': 'b', 'dtype': 'float'}]},
+                     'jvp': {'kernel': 'dense_jvp',
+                             'call': ['x', 'W', 'Rx', 'RW', 'Rb', 'Ry'],
+                             'kwargs': [],
+                             'arrays': ['x', 'W', 'Rx', 'RW', 'Rb'],
+                             'optional': ['RW', 'Rx', 'Rb'],
+                             'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
+                     'rvjp:x': {'kernel': 'dense_rvjp_x',
+                                'call': ['W', 'g', 'RW', 'Rg', 'Rgx'],
+                                'kwargs': [],
+                                'arrays': ['W', 'g', 'RW', 'Rg'],
+                                'optional': ['RW', 'Rg'],
+                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
+                     'rvjp:W': {'kernel': 'dense_rvjp_W',
+                                'call': ['x', 'g', 'Rx', 'Rg', 'RgW'],
+                                'kwargs': [],
+                                'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                'optional': ['Rg', 'Rx'],
+                                'outputs': [{'name': 'RgW', 'like': 'W', 'dtype': 'float'}]},
+                     'rvjp:b': {'kernel': 'dense_rvjp_b',
+                                'call': ['Rg', 'Rgb'],
+                                'kwargs': [],
+                                'arrays': ['Rg'],
+                                'optional': ['Rg'],
+                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]}}}}
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))

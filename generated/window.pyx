@@ -24,11 +24,12 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
     if T > work:
         T = <int>work
     return T if T > 1 else 1
-from symprop import blas_threads as _blas_threads
 
 # Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
 # OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
-# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads).
+# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
+# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
+# serially and leave the BLAS alone. Generated code imports nothing from symprop.
 ctypedef int (*_get_threads_t)() noexcept nogil
 ctypedef void (*_set_threads_t)(int) noexcept nogil
 cdef enum:
@@ -55,8 +56,6 @@ def set_blas_controls(controls):
         _blas_set[k] = <_set_threads_t><size_t>set_
     _n_blas, _parallel_ok = len(controls), True
 
-
-set_blas_controls(_blas_threads.controls())
 
 
 cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
@@ -407,25 +406,131 @@ cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssiz
                     yr[w] = val if take else yr[w]
                     mr[w] = kk if take else mr[w]
 
-#: argument lists of every kernel, for callers that bind arguments by name
-KERNELS = {
-    "conv2d_forward": {"arrays": ("x", "W", "b", ), "masks": (), "outs": ("y", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_vjp_x": {"arrays": ("W", "g", ), "masks": (), "outs": ("gx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_vjp_W": {"arrays": ("x", "g", ), "masks": (), "outs": ("gW", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_vjp_b": {"arrays": ("g", ), "masks": (), "outs": ("gb", ), "scalars": ()},
-    "conv2d_jvp": {"arrays": ("x", "W", "Rx", "RW", "Rb", ), "masks": (), "outs": ("Ry", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_rvjp_x": {"arrays": ("W", "g", "RW", "Rg", ), "masks": (), "outs": ("Rgx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_rvjp_W": {"arrays": ("x", "g", "Rx", "Rg", ), "masks": (), "outs": ("RgW", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "d_h", "d_w", )},
-    "conv2d_rvjp_b": {"arrays": ("Rg", ), "masks": (), "outs": ("Rgb", ), "scalars": ()},
-    "avgpool2d_forward": {"arrays": ("x", ), "masks": (), "outs": ("y", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "avgpool2d_vjp_x": {"arrays": ("g", ), "masks": (), "outs": ("gx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "avgpool2d_jvp": {"arrays": ("Rx", ), "masks": (), "outs": ("Ry", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "avgpool2d_rvjp_x": {"arrays": ("Rg", ), "masks": (), "outs": ("Rgx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "maxpool2d_forward": {"arrays": ("x", ), "masks": (), "outs": ("y", "M", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "maxpool2d_vjp_x": {"arrays": ("g", ), "masks": ("M", ), "outs": ("gx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "maxpool2d_jvp": {"arrays": ("Rx", ), "masks": ("M", ), "outs": ("Ry", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-    "maxpool2d_rvjp_x": {"arrays": ("Rg", ), "masks": ("M", ), "outs": ("Rgx", ), "scalars": ("s_h", "s_w", "p_h", "p_w", "K_h", "K_w", )},
-}
+#: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
+#: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
+#: arrays are optional directions, its outputs and the array each output is shaped like.
+#: symprop.runtime.kernels runs every layer by looking roles up here.
+MANIFEST = {'conv2d': {'family': 'window',
+            'hash': 'd8d94bc18b973ec0',
+            'inputs': ['x'],
+            'params': ['W', 'b'],
+            'output': 'y',
+            'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+            'arrays': {'x': ['n', 'c', 'u', 'v'],
+                       'W': ['o', 'c', 'i', 'j'],
+                       'b': ['o'],
+                       'y': ['n', 'o', 'h', 'w']},
+            'roles': {'forward': {'kernel': 'conv2d_forward',
+                                  'call': ['x', 'W', 'b', 'y'],
+                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                  'arrays': ['x', 'W', 'b'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
+                      'vjp:x': {'kernel': 'conv2d_vjp_x',
+                                'call': ['W', 'g', 'gx'],
+                                'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                'arrays': ['W', 'g'],
+                                'optional': [],
+                                'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
+                      'vjp:W': {'kernel': 'conv2d_vjp_W',
+                                'call': ['x', 'g', 'gW'],
+                                'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                'arrays': ['x', 'g'],
+                                'optional': [],
+                                'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'}]},
+                      'vjp:b': {'kernel': 'conv2d_vjp_b',
+                                'call': ['g', 'gb'],
+                                'kwargs': [],
+                                'arrays': ['g'],
+                                'optional': [],
+                                'outputs': [{'name': 'gb', 'like': 'b', 'dtype': 'float'}]},
+                      'jvp': {'kernel': 'conv2d_jvp',
+                              'call': ['x', 'W', 'Rx', 'RW', 'Rb', 'Ry'],
+                              'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                              'arrays': ['x', 'W', 'Rx', 'RW', 'Rb'],
+                              'optional': ['Rb', 'RW', 'Rx'],
+                              'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
+                      'rvjp:x': {'kernel': 'conv2d_rvjp_x',
+                                 'call': ['W', 'g', 'RW', 'Rg', 'Rgx'],
+                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                 'arrays': ['W', 'g', 'RW', 'Rg'],
+                                 'optional': ['RW', 'Rg'],
+                                 'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
+                      'rvjp:W': {'kernel': 'conv2d_rvjp_W',
+                                 'call': ['x', 'g', 'Rx', 'Rg', 'RgW'],
+                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                 'optional': ['Rg', 'Rx'],
+                                 'outputs': [{'name': 'RgW', 'like': 'W', 'dtype': 'float'}]},
+                      'rvjp:b': {'kernel': 'conv2d_rvjp_b',
+                                 'call': ['Rg', 'Rgb'],
+                                 'kwargs': [],
+                                 'arrays': ['Rg'],
+                                 'optional': ['Rg'],
+                                 'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]}}},
+ 'avgpool2d': {'family': 'window',
+               'hash': '00b5ef56ba411db4',
+               'inputs': ['x'],
+               'params': [],
+               'output': 'y',
+               'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+               'arrays': {'x': ['n', 'c', 'u', 'v'], 'y': ['n', 'c', 'h', 'w']},
+               'roles': {'forward': {'kernel': 'avgpool2d_forward',
+                                     'call': ['x', 'y'],
+                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                     'arrays': ['x'],
+                                     'optional': [],
+                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
+                         'vjp:x': {'kernel': 'avgpool2d_vjp_x',
+                                   'call': ['g', 'gx'],
+                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                   'arrays': ['g'],
+                                   'optional': [],
+                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
+                         'jvp': {'kernel': 'avgpool2d_jvp',
+                                 'call': ['Rx', 'Ry'],
+                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                 'arrays': ['Rx'],
+                                 'optional': ['Rx'],
+                                 'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
+                         'rvjp:x': {'kernel': 'avgpool2d_rvjp_x',
+                                    'call': ['Rg', 'Rgx'],
+                                    'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                    'arrays': ['Rg'],
+                                    'optional': ['Rg'],
+                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]}}},
+ 'maxpool2d': {'family': 'window',
+               'hash': 'cd4945eb636cc5aa',
+               'inputs': ['x'],
+               'params': [],
+               'output': 'y',
+               'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+               'arrays': {'x': ['n', 'c', 'u', 'v'], 'y': ['n', 'c', 'h', 'w'], 'M': ['n', 'c', 'h', 'w']},
+               'roles': {'forward': {'kernel': 'maxpool2d_forward',
+                                     'call': ['x', 'y', 'M'],
+                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                     'arrays': ['x'],
+                                     'optional': [],
+                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
+                                                 {'name': 'M', 'like': 'y', 'dtype': 'int64'}]},
+                         'vjp:x': {'kernel': 'maxpool2d_vjp_x',
+                                   'call': ['g', 'M', 'gx'],
+                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                   'arrays': ['g', 'M'],
+                                   'optional': [],
+                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
+                         'jvp': {'kernel': 'maxpool2d_jvp',
+                                 'call': ['Rx', 'M', 'Ry'],
+                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                 'arrays': ['Rx', 'M'],
+                                 'optional': ['Rx'],
+                                 'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
+                         'rvjp:x': {'kernel': 'maxpool2d_rvjp_x',
+                                    'call': ['Rg', 'M', 'Rgx'],
+                                    'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                    'arrays': ['Rg', 'M'],
+                                    'optional': ['Rg'],
+                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]}}}}
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
