@@ -3,7 +3,17 @@
 Every formula is printed from the same derived SymPy objects that ``codegen`` prints as
 kernels (no hand-typed formulas): definitions, first-order pullbacks (VJPs), pushforwards
 (JVPs), the R-op pullbacks, the Hessian-diagonal rules, and the simplified forms with their
-op counts and kernel names.
+op counts and kernel names. With a model, the document adds the network-level chain rule
+(layer shapes, the composed first- and second-order sweeps) and the kernels each training
+call runs, in order.
+
+Printing is for a reader: index names chosen per section so each symbol has one meaning,
+Iverson brackets without unit factors, the adjoint of a window read guarded in the compact
+form ``[s | û + p − k d]·[0 ≤ h < H_out]`` (checked equal to the normalised conditions the
+derivation produces, :func:`compact_guard`), CSE temporaries named τ₁, τ₂, …, and small
+expressions rewritten for display (:func:`display_form`; always checked equal, never fed back
+to the kernels). :attr:`Document.equations` records every printed kernel expression as it
+was before display rewriting, so tests compare those with the kernels' own expressions.
 
     from symprop.derive import latex
     text = latex.document()                     # every built-in layer and loss
@@ -11,14 +21,21 @@ op counts and kernel names.
 """
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass, field
+
 import sympy as sp
+from sympy.core.mul import _keep_coeff
 from sympy.printing.latex import LatexPrinter
 
 from . import builtins
+from .affine import AxisMap, _solution_condition
 from .cost import summed_work
 from .elementwise import DerivedElementwise, ElementwiseSpec, derive_elementwise
-from .indexed import ContractionSpec, DerivedContraction, derive_contraction
+from .indexed import ContractionSpec, DerivedContraction, _expand, derive_contraction
 from .losses import derive_softmax_cross_entropy, mse
+
 
 #: non-ASCII characters of spec docstrings, in LaTeX
 _UNICODE = {"ᵀ": r"\textsuperscript{T}", "·": r"$\cdot$", "Σ": r"$\Sigma$", "σ": r"$\sigma$", "ḡ": r"$\bar g$",
@@ -36,190 +53,803 @@ def escape(text: str) -> str:
     return "".join(_SPECIALS.get(ch) or _UNICODE.get(ch) or (ch if ord(ch) < 128 else "?") for ch in str(text))
 
 
-class DerivationPrinter(LatexPrinter):
-    """SymPy's LaTeX printer with symprop's notation: ``g`` is ḡ (the incoming gradient),
-    ``R·`` arrays are directions 𝓡{·}, guarded adjoint reads print as Iverson brackets."""
 
+
+# ---------------------------------------------------------------- compact guards of window adjoints
+@dataclass(frozen=True)
+class CompactGuard:
+    """The guard of the adjoint of one window axis ``û = h·s + k·d − p`` in the form a reader
+    wants: ``[s | û + p − k d]·[0 ≤ h < H_out]`` with ``h = (û + p − k d)/s``, derived from the
+    :class:`AxisMap` (the same rule :func:`symprop.derive.affine.adjoint_delta` applies)."""
+    map: AxisMap
+
+    @property
+    def numerator(self) -> sp.Expr:
+        m = self.map
+        return m.inp + m.padding - m.kernel * m.dilation
+
+    @property
+    def position(self) -> sp.Expr:
+        """The output position that reads input position ``inp`` through kernel offset ``kernel``."""
+        return self.numerator / self.map.stride
+
+    def normalised(self) -> frozenset:
+        """The conditions as the derivation produces them: the adjoint-map rule's relations after
+        the derivation's expansion (``Σ`` bodies are distributed, relations with them)."""
+        m = self.map
+        cond = _solution_condition(self.numerator, m.stride, (sp.S.Zero, m.out_extent - 1))
+        guarded = _expand(sp.Piecewise((sp.Symbol("value"), cond), (0, True)))
+        return frozenset(sp.And.make_args(guarded.args[0].cond))
+
+    def conditions(self) -> tuple:
+        """The compact guard as unevaluated SymPy relations: ``s | numerator``, ``0 ≤ h``,
+        ``h < H_out`` (``h`` the output position); equal to :meth:`normalised` (tested)."""
+        m = self.map
+        out = [] if m.stride == 1 else [sp.Eq(sp.Mod(self.numerator, m.stride), 0, evaluate=False)]
+        return tuple(out + [sp.Le(0, self.position, evaluate=False),
+                            sp.Lt(self.position, m.out_extent, evaluate=False)])
+
+    def holds(self, values: dict) -> bool:
+        """Evaluate the compact guard at integer ``values`` of its symbols."""
+        m = self.map
+        num = int(self.numerator.subs(values))
+        s, hi = int(m.stride.subs(values)), int(m.out_extent.subs(values))
+        return num % s == 0 and 0 <= num // s < hi
+
+
+def canonical(rel) -> tuple:
+    """A relation as ``(kind, expr)`` with ``expr ≥ 0`` (``kind`` "ge") or ``expr = 0`` ("eq"),
+    expanded; strict inequalities of integers become non-strict (``a < b`` ⇔ ``b − a − 1 ≥ 0``;
+    window positions are integers wherever the divisibility guard holds)."""
+    a, b = rel.args
+    if isinstance(rel, sp.Eq):
+        return ("eq", sp.expand(a - b))
+    if isinstance(rel, (sp.Gt, sp.Lt)):
+        hi, lo = (a, b) if isinstance(rel, sp.Gt) else (b, a)
+        return ("ge", sp.expand(hi - lo - 1))
+    hi, lo = (a, b) if isinstance(rel, sp.Ge) else (b, a)
+    return ("ge", sp.expand(hi - lo))
+
+
+def _is_iverson(e) -> bool:
+    """``Piecewise((value, condition), (0, True))``: printed as ``[condition]·value``."""
+    return (isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[1].cond == sp.true
+            and e.args[1].expr == 0)
+
+
+def _neg(e) -> bool:
+    return e.could_extract_minus_sign()
+
+
+# ---------------------------------------------------------------- printer
+_FUNCTION_NAMES = {"expm1": r"\operatorname{expm1}", "log1p": r"\operatorname{log1p}"}
+
+
+class DerivationPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with the document's notation.
+
+    ``g`` is ḡ (the incoming gradient), ``gx``/``hx`` the pullback ḡ^x and the Hessian-diagonal
+    rule D^x of array ``x``, ``R·`` arrays are directions 𝓡{·}; ``names`` renames symbols for one
+    section (so each letter has one meaning in the whole document); ``maps`` are the section's
+    window axes, whose adjoint guards print compactly and whose solved output positions print
+    as ``h``/``w``. Guarded terms print as Iverson brackets, ``[c]·1`` as ``[c]``."""
+
+    def __init__(self, names: dict | None = None, maps=(), arrays=()):
+        super().__init__({"mul_symbol": None})
+        self.names = dict(names or {})
+        self.guards = tuple(CompactGuard(m) for m in maps)
+        self.arrays = set(arrays) | {"x", "y", "W", "b"}
+
+    # symbols
     def _print_Symbol(self, expr, style="plain"):
         name = expr.name
+        if name in self.names:
+            return self.names[name]
+        m = re.fullmatch(r"_t(\d+)", name)
+        if m:                                   # CSE temporaries: τ₁, τ₂, …
+            return r"\tau_{%d}" % (int(m.group(1)) + 1)
+        if name.endswith("_") or name.endswith("'"):   # fresh / renamed bound indices: u_ → u'
+            return self._print_Symbol(sp.Symbol(name[:-1])) + "'"
         if name == "g":
             return r"\bar{g}"
-        if name.startswith("R") and len(name) > 1 and name[1:] in ("x", "y", "g", "W", "b", "gx", "gW", "gb"):
+        if name == "h" and not expr.is_integer:
+            return "D"
+        if name.startswith("R") and len(name) > 1 and (name[1:] in self.arrays or name[1:] == "g"
+                                                        or name[2:] in self.arrays and name[1] in "gh"):
             return r"\mathcal{R}\{" + self._print_Symbol(sp.Symbol(name[1:])) + r"\}"
-        if name.endswith("_"):   # fresh index symbols of a pullback: u_ → u'
-            return self._print_Symbol(sp.Symbol(name[:-1])) + "'"
-        if name in ("hx", "hW", "hb"):
-            return "h^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
-        if name in ("gx", "gW", "gb"):
-            return r"\bar{g}^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
+        if len(name) > 1 and name[0] in "gh" and name[1:] in self.arrays:
+            return (r"\bar{g}" if name[0] == "g" else "D") + "^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         return super()._print_Symbol(expr, style)
 
+    def _print_Function(self, expr, exp=None):
+        name = type(expr).__name__
+        if name in _FUNCTION_NAMES:
+            head = _FUNCTION_NAMES[name] + (f"^{{{exp}}}" if exp else "")
+            return head + r"\left(" + self._print(expr.args[0]) + r"\right)"
+        return super()._print_Function(expr, exp)
+
+    # sums over full index ranges print as Σ_{i,j}; the ranges are stated per section
+    def _print_Sum(self, expr):
+        if not all(lim[1] == 0 for lim in expr.limits):
+            return super()._print_Sum(expr)
+        sub = ",".join(self._print(lim[0]) for lim in expr.limits)
+        body = self._print(expr.function)
+        if isinstance(expr.function, sp.Add):
+            body = r"\left(" + body + r"\right)"
+        return r"\sum_{" + sub + "} " + body
+
+    # sums of terms: a positive term first when there is one (t − a, not −a + t)
+    def ordered_terms(self, expr) -> list:
+        terms = self._as_ordered_terms(expr, order=None)
+        if _neg(terms[0]) and any(not _neg(t) for t in terms):
+            terms = [t for t in terms if not _neg(t)] + [t for t in terms if _neg(t)]
+        return terms
+
+    def _print_Add(self, expr, order=None):
+        out = ""
+        for i, term in enumerate(self.ordered_terms(expr)):
+            if i == 0:
+                pass
+            elif _neg(term):
+                out += " - "
+                term = -term
+            else:
+                out += " + "
+            t = self._print(term)
+            if self._needs_add_brackets(term):
+                t = r"\left(%s\right)" % t
+            out += t
+        return out
+
+    # Iverson brackets
+    def iverson(self, pw) -> tuple[list[list[str]], sp.Expr]:
+        """Bracket groups (one per window axis, then the rest) and the guarded value, with the
+        solved output positions of compact window guards substituted back as h, w."""
+        value, cond = pw.args[0]
+        conds = {canonical(c): c for c in sp.And.make_args(cond)}
+        groups = []
+        for gd in self.guards:
+            normal = {canonical(c) for c in gd.normalised()}
+            if normal <= set(conds):
+                for key in normal:
+                    del conds[key]
+                groups.append(self.compact_brackets(gd))
+                value = value.replace(
+                    lambda e: isinstance(e, sp.Indexed),
+                    lambda e, gd=gd: e.base[tuple(gd.map.out if sp.expand(ix - gd.position) == 0 else ix
+                                                  for ix in e.indices)])
+        rest = sorted(conds.values(), key=sp.default_sort_key)
+        if rest:
+            groups.append([self._bracket(c) for c in rest])
+        return groups, value
+
+    def _bracket(self, c) -> str:
+        t = self._print(c)
+        return (r"\left[" + t + r"\right]") if r"\frac" in t else "[" + t + "]"
+
+    def compact_brackets(self, gd: CompactGuard) -> list[str]:
+        m = gd.map
+        out = []
+        if m.stride != 1:
+            out.append("[" + self._print(m.stride) + r" \mid " + self.numerator_tex(gd) + "]")
+        out.append(r"[0 \le " + self._print(m.out) + " < " + self._print(m.out_extent) + "]")
+        return out
+
+    def numerator_tex(self, gd: CompactGuard) -> str:
+        m = gd.map
+        t = self._print(m.inp)
+        if m.padding != 0:
+            t += " + " + self._print(m.padding)
+        kd = self._print(m.kernel) + ("" if m.dilation == 1 else " " + self._print(m.dilation))
+        return t + " - " + kd
+
+    def forward_tex(self, gd: CompactGuard) -> str:
+        """The window read ``h s + k d − p`` in the order a reader expects."""
+        m = gd.map
+        t = self._print(m.out) + ("" if m.stride == 1 else " " + self._print(m.stride))
+        t += " + " + self._print(m.kernel) + ("" if m.dilation == 1 else " " + self._print(m.dilation))
+        return t + ("" if m.padding == 0 else " - " + self._print(m.padding))
+
+    def _print_Indexed(self, expr):
+        if not self.guards:
+            return super()._print_Indexed(expr)
+        idx = []
+        for ix in expr.indices:
+            gd = next((g for g in self.guards if sp.expand(ix - g.map.forward_index()) == 0), None)
+            idx.append(self._print(ix) if gd is None else self.forward_tex(gd))
+        return "{" + self._print(expr.base) + "}_{" + ",".join(idx) + "}"
+
+    def position_tex(self, gd: CompactGuard) -> str:
+        m = gd.map
+        return self._print(m.out) + " = (" + self.numerator_tex(gd) + ")/" + self._print(m.stride)
+
     def _print_Piecewise(self, expr):
-        # Piecewise((e, cond), (0, True)): the guard as Iverson brackets [c1][c2]… e
-        if len(expr.args) == 2 and expr.args[1].cond == sp.true and expr.args[1].expr == 0:
-            e, cond = expr.args[0]
-            conds = cond.args if isinstance(cond, sp.And) else (cond,)
-            brackets = "".join(r"\left[" + self._print(c) + r"\right]" for c in conds)
-            return brackets + r"\, " + self._print(e)
-        return super()._print_Piecewise(expr)
+        if not _is_iverson(expr):
+            return super()._print_Piecewise(expr)
+        groups, value = self.iverson(expr)
+        br = "".join(b for g in groups for b in g)
+        return br if value == 1 else br + r"\, " + self._print_factor(value)
 
+    def _print_factor(self, e) -> str:
+        t = self._print(e)
+        return r"\left(" + t + r"\right)" if isinstance(e, sp.Add) else t
 
-_PRINTER = DerivationPrinter({"mul_symbol": None})
-
-
-def tex(expr) -> str:
-    """LaTeX of one SymPy expression in the document's notation."""
-    return _PRINTER.doprint(expr)
-
-
-def _lhs(out: str, indices) -> str:
-    return tex(sp.IndexedBase(out)[tuple(indices)]) if indices else tex(sp.Symbol(out))
-
-
-def _guarded(term):
-    """``Σ c·Piecewise((e, conds), (0, True))`` → (sum prefix, coefficient, conditions, e) or None."""
-    if not isinstance(term, sp.Sum):
-        return None
-    coeff, pw = sp.S.One, term.function
-    if isinstance(pw, sp.Mul):
-        pws = [a for a in pw.args if isinstance(a, sp.Piecewise)]
-        if len(pws) != 1:
+    def split_iverson(self, expr):
+        """``c·[conds]·v`` → (sign, bracket groups, c·v) or None when no factor is a guard."""
+        facs = sp.Mul.make_args(expr)
+        pws = [f for f in facs if _is_iverson(f)]
+        if not pws:
             return None
-        coeff, pw = pw / pws[0], pws[0]
-    if not (isinstance(pw, sp.Piecewise) and len(pw.args) == 2 and pw.args[1].cond == sp.true
-            and pw.args[1].expr == 0):
-        return None
-    e, cond = pw.args[0]
-    marker = sp.Symbol("MARKER")
-    prefix = tex(sp.Sum(marker, *term.limits)).replace("MARKER", "").rstrip()
-    return prefix, coeff, (cond.args if isinstance(cond, sp.And) else (cond,)), e
+        groups, rest = [], [f for f in facs if not _is_iverson(f)]
+        for p in pws:
+            g, v = self.iverson(p)
+            groups += g
+            rest.append(v)
+        other = sp.Mul(*rest)
+        sign = ""
+        if _neg(other):
+            sign, other = "-", -other
+        return sign, groups, other
+
+    def _print_Mul(self, expr):
+        parts = self.split_iverson(expr)
+        if parts is None:
+            return super()._print_Mul(expr)
+        sign, groups, other = parts
+        br = "".join(b for g in groups for b in g)
+        return sign + br + ("" if other == 1 else r"\, " + self._print_factor(other))
+
+    # a term as pieces that may go on separate lines
+    def term_parts(self, term) -> list[str]:
+        """A (positive) term as line-breakable pieces: a guarded sum gives its Σ with the first
+        guards, the other guard groups, and the guarded value."""
+        coeff, core = sp.S.One, term
+        if isinstance(term, sp.Mul):
+            sums = [f for f in term.args if isinstance(f, sp.Sum)]
+            if len(sums) == 1:
+                coeff, core = term / sums[0], sums[0]
+        if not isinstance(core, sp.Sum) or not all(lim[1] == 0 for lim in core.limits):
+            return [self._print(term)]
+        inner = self.split_iverson(core.function)
+        if inner is None:
+            return [self._print(term)]
+        sign, groups, value = inner
+        prefix = (self._print(coeff) + " " if coeff != 1 else "") + r"\sum_{" + ",".join(
+            self._print(lim[0]) for lim in core.limits) + "} " + sign
+        pieces = ["".join(g) for g in groups]
+        pieces[0] = prefix + pieces[0]
+        if value != 1:
+            pieces.append(self._print_factor(value))
+        return pieces
 
 
-def _term_lines(term) -> list[str]:
-    """A term as one or more lines: guarded adjoint sums put two guard brackets per line."""
-    g = _guarded(term)
-    if g is None:
-        return [tex(term)]
-    prefix, coeff, conds, e = g
-    br = [r"\left[" + tex(c) + r"\right]" for c in conds]
-    lines = [prefix + (" " + tex(coeff) if coeff != 1 else "") + " " + "".join(br[:2])]
-    lines += [r"\cdot " + "".join(br[k:k + 2]) for k in range(2, len(br), 2)]
-    lines.append(r"\cdot " + tex(e))
+def tex(expr, printer: DerivationPrinter | None = None) -> str:
+    """LaTeX of one SymPy expression in the document's notation."""
+    return (printer or _PLAIN).doprint(expr)
+
+
+_PLAIN = DerivationPrinter()
+
+
+# ---------------------------------------------------------------- width estimate and line breaking
+_CMD_WIDTH = {"sum": 2.0, "cdot": 0.8, "quad": 2.0, "qquad": 4.0, "mid": 1.6, "le": 1.8, "ge": 1.8,
+              "in": 1.6, "to": 1.8, "top": 0.8, "langle": 0.6, "rangle": 0.6, "dots": 2.0, "cdots": 2.0,
+              "ldots": 2.0, "times": 1.6, "mapsto": 2.0, "odot": 1.6, "circ": 1.2, "tanh": 3.6,
+              "log": 2.6, "exp": 2.6, "max": 3.0, "min": 3.0, "cosh": 3.6, "sinh": 3.6, "partial": 1.0,
+              "nabla": 1.2, "ell": 0.8, "left": 0.0, "right": 0.0, "notag": 0.0, "label": 0.0, "\\": 0.0}
+_WRAPPERS = {"bar", "hat", "tilde", "mathcal", "mathrm", "mathit", "mathbf", "operatorname", "text", "texttt"}
+_SPACES = {",": 0.3, ";": 0.5, "!": 0.0, ":": 0.4, " ": 0.3, "{": 0.5, "}": 0.5, "|": 0.5}
+
+
+def tex_width(s: str) -> float:
+    """Rough display width of a LaTeX math string in units of one italic letter (about 5.5 pt at
+    11 pt): good enough to decide whether an equation fits on a line."""
+    w, _ = _width(s, 0)
+    return w
+
+
+def _group(s: str, i: int):
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i < len(s) and s[i] == "{":
+        w, i = _width(s, i + 1)
+        return w, i + 1
+    if i < len(s) and s[i] == "\\":
+        j = i + 1
+        while j < len(s) and s[j].isalpha():
+            j += 1
+        return _CMD_WIDTH.get(s[i + 1:j], 1.0), max(j, i + 2)
+    return (1.0 if i < len(s) else 0.0), i + 1
+
+
+def _width(s: str, i: int):
+    total = 0.0
+    while i < len(s):
+        c = s[i]
+        if c == "}":
+            return total, i
+        if c == "{":
+            w, i = _width(s, i + 1)
+            total, i = total + w, i + 1
+        elif c == "\\":
+            j = i + 1
+            while j < len(s) and s[j].isalpha():
+                j += 1
+            name = s[i + 1:j]
+            if not name:                               # \, \; \{ \! …
+                total += _SPACES.get(s[i + 1:i + 2], 1.0) if i + 1 < len(s) else 0
+                i += 2
+                continue
+            i = j
+            if name == "frac":
+                a, i = _group(s, i)
+                b, i = _group(s, i)
+                total += max(a, b) + 0.4
+            elif name == "sqrt":
+                a, i = _group(s, i)
+                total += a + 1.2
+            elif name in _WRAPPERS:
+                a, i = _group(s, i)
+                total += a * (1.15 if name == "texttt" else 1.0)
+            elif name in ("left", "right"):
+                if i < len(s) and s[i] == "\\":
+                    i += 2
+                else:
+                    i += 1
+                total += 0.5
+            elif name in ("label", "tag"):
+                _, i = _group(s, i)
+            else:
+                total += _CMD_WIDTH.get(name, 1.0)
+        elif c in "^_":
+            a, i = _group(s, i + 1)
+            total += 0.7 * a
+        elif c in " &":
+            i += 1
+        elif c in "+-=<>":
+            total += 1.7
+            i += 1
+        elif c in "()[],;.'|":
+            total += 0.5
+            i += 1
+        else:
+            total += 1.0
+            i += 1
+    return total, i
+
+
+#: display width (in :func:`tex_width` units) of one equation line: 17 cm of text less the number
+LINE = 62.0
+
+
+def _pack(lhs: str, terms: list[list[str]]) -> list[str]:
+    """Lines of the right-hand side: whole terms while they fit, long terms broken between their
+    pieces (guards, value) with a leading ·."""
+    cap = LINE - tex_width(lhs) - 3
+    lines, cur = [], ""
+    for parts in terms:
+        whole = " ".join(parts)
+        if cur and tex_width(cur + " " + whole) <= cap and not whole.startswith("= "):
+            cur += " " + whole
+            continue
+        if cur:
+            lines.append(cur)
+            cur = ""
+        if tex_width(whole) <= cap:
+            cur = whole
+            continue
+        for j, p in enumerate(parts):
+            if not cur:
+                cur = p if j == 0 else r"\cdot " + p
+            elif tex_width(cur + " " + p) <= cap:
+                cur += " " + p
+            else:
+                lines.append(cur)
+                cur = r"\cdot " + p
+    lines.append(cur)
     return lines
 
 
-def _equation(lhs: str, expr, label: str | None = None) -> str:
-    """One numbered equation; a sum of several terms gets a line per term (``align``) and long
-    guarded sums are broken after every two guards."""
-    terms = sp.Add.make_args(expr) if isinstance(expr, sp.Add) else (expr,)
-    lines = []
+def rhs_terms(expr, printer: DerivationPrinter) -> list[list[str]]:
+    """``expr`` as terms (sign included), each a list of line-breakable pieces."""
+    terms = printer.ordered_terms(expr) if isinstance(expr, sp.Add) else [expr]
+    out = []
     for k, t in enumerate(terms):
-        tl = _term_lines(t)
-        lines.append(tl[0] if k == 0 or tl[0].startswith("-") else "+ " + tl[0])
-        lines += [r"\qquad " + x for x in tl[1:]]
-    body = lhs + " &= " + lines[0]
-    for ln in lines[1:]:
-        body += r" \notag\\ &\quad " + ln
-    lab = f"\\label{{{label}}}" if label else ""
-    return "\\begin{align}\n" + body + lab + "\n\\end{align}\n"
+        sign = ""
+        if _neg(t):
+            sign, t = "- ", -t
+        elif k:
+            sign = "+ "
+        parts = printer.term_parts(t)
+        parts[0] = sign + parts[0]
+        out.append(parts)
+    return out
+
+
+@dataclass
+class Row:
+    """One equation of a display: ``lhs = rhs`` (rhs given as terms of pieces)."""
+    lhs: str
+    terms: list
+    label: str | None = None
+
+
+def row(lhs: str, expr, printer: DerivationPrinter, label: str | None = None, then=None) -> Row:
+    """``lhs = expr`` (and ``= then`` on the same line when it fits, on the next otherwise)."""
+    terms = rhs_terms(expr, printer)
+    if then is not None:
+        t = rhs_terms(then, printer)
+        t[0][0] = "= " + t[0][0]
+        terms += [[" ".join(x for p in t for x in p)]]
+    return Row(lhs, terms, label)
+
+
+def display(rows: list[Row]) -> str:
+    """Rows as one numbered display: ``equation`` when it is a single short line, else ``align``
+    (aligned at =, long right-hand sides continued on indented lines)."""
+    if not rows:
+        return ""
+    packed = [(r, _pack(r.lhs, r.terms)) for r in rows]
+    if len(rows) == 1 and len(packed[0][1]) == 1:
+        r, (line,) = packed[0]
+        lab = f"\\label{{{r.label}}}" if r.label else ""
+        return "\\begin{equation}\n" + r.lhs + " = " + line + lab + "\n\\end{equation}\n"
+    body = []
+    for r, lines in packed:
+        lab = f"\\label{{{r.label}}}" if r.label else ""
+        text = r.lhs + " &= " + lines[0]
+        for ln in lines[1:]:
+            text += " \\notag\\\\\n" + ("&" + ln if ln.startswith("= ") else r"&\quad " + ln)
+        body.append(text + lab)
+    return "\\begin{align}\n" + " \\\\\n".join(body) + "\n\\end{align}\n"
+
+
+# ---------------------------------------------------------------- display-only simplification
+def _same(a, b) -> bool:
+    try:
+        return a == b or sp.expand(a - b) == 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _variants(e) -> list:
+    """Equal forms of a product: pairs of sum factors multiplied out, a sign moved into a
+    sum factor (−c·(y − 1) → c·(1 − y)), factors independent of a sum's index pulled out."""
+    out = [e]
+    if isinstance(e, sp.Mul):
+        coeff, facs = e.as_coeff_mul()
+        facs = list(facs)
+        adds = [i for i, f in enumerate(facs) if isinstance(f, sp.Add)]
+        for a in range(len(adds)):
+            for b in range(a + 1, len(adds)):
+                i, j = adds[a], adds[b]
+                rest = [f for k, f in enumerate(facs) if k not in (i, j)]
+                out.append(_keep_coeff(coeff, sp.Mul(*rest, sp.expand(facs[i] * facs[j]))))
+        for cand in list(out):
+            c2, f2 = cand.as_coeff_mul()
+            f2 = list(f2)
+            for i, f in enumerate(f2):
+                if isinstance(f, sp.Add):
+                    out.append(_keep_coeff(-c2, sp.Mul(*f2[:i], -f, *f2[i + 1:])))
+    if isinstance(e, sp.Sum) and isinstance(e.function, sp.Mul):
+        bound = {lim[0] for lim in e.limits}
+        free = [f for f in e.function.args if not (f.free_symbols & bound)]
+        if free:
+            inner = sp.Mul(*[f for f in e.function.args if f.free_symbols & bound])
+            out.append(sp.Mul(*free) * sp.Sum(inner, *e.limits))
+    return out
+
+
+def _score(e) -> tuple:
+    t = tex(e)
+    return (t.count("-"), tex_width(t))
+
+
+def display_form(expr):
+    """A form of ``expr`` that reads better (fewest minus signs, then narrowest): sign moves,
+    factors multiplied out or pulled out of sums, applied per term. Display only: the result is
+    checked equal to ``expr`` and the kernels never see it."""
+    if not isinstance(expr, sp.Expr) or expr.is_Atom:
+        return expr
+    if isinstance(expr, sp.Add):
+        new = sp.Add(*[display_form(t) for t in expr.args])
+        return new if _same(new, expr) else expr
+    cands = []
+    for base in [expr] + [c for c in (_try_factor(expr),) if c is not None]:
+        cands += _variants(base)
+    good = [c for c in cands if _same(c, expr)]
+    return min(good, key=_score)
+
+
+def _try_factor(e):
+    if e.has(sp.Sum, sp.Piecewise, sp.Indexed) or sp.count_ops(e) > 30:
+        return None
+    try:
+        return sp.factor(e)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ---------------------------------------------------------------- the document being written
+@dataclass
+class Printed:
+    """A kernel expression as the document prints it: ``expr`` is the kernel's own expression
+    (before display rewriting); ``shown`` is what was printed, with CSE temporaries ``temps``."""
+    kernel: str
+    output: str
+    expr: sp.Expr
+    shown: sp.Expr
+    temps: list = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    text: str
+    printed: list          # [Printed]: every kernel expression in the text
 
 
 def _kernel_ref(name: str) -> str:
     return r"\texttt{" + escape(name) + "}"
 
 
-def _work(k, raw=None) -> str:
-    """Kernel name and its multiply-adds per output element (before/after delta collapse)."""
-    after = "$" + tex(summed_work(k.expr)) + "$"
-    if raw is None:
-        return f"{_kernel_ref(k.name)} ({after} multiply-adds per output element):\n"
-    return (f"{_kernel_ref(k.name)} (multiply-adds per output element: ${tex(summed_work(raw))}$ as "
-            f"differentiated, a sum over every output with Kronecker deltas; {after} after collapsing them):\n")
+#: what a reader is told about each built-in layer (math in math mode); user specs print their doc
+DESCRIPTIONS = {
+    "tanh": r"The hyperbolic tangent.",
+    "sigmoid": r"The logistic sigmoid $\sigma(x) = 1/(1 + e^{-x})$.",
+    "relu": r"The rectified linear unit, differentiated almost everywhere: $f'(x) = [x > 0]$ and "
+            r"$f'' = 0$ (the distributional $\delta$ at 0 is dropped, as in every framework).",
+    "softplus": r"Softplus, a smooth ReLU; the kernels evaluate it in the overflow-free form "
+                r"$\max(0, x) + \operatorname{log1p}(e^{-|x|})$.",
+    "dense": r"The fully connected layer $y = x W^\top + b$ for a batch $x$ of $N$ rows, with $W$ of shape "
+             r"$O \times I$ (PyTorch's layout).",
+    "conv2d": r"Two-dimensional convolution (a cross-correlation, as in PyTorch) of an input of shape "
+              r"$N \times C_{in} \times H_{in} \times W_{in}$ with a weight of shape "
+              r"$C_{out} \times C_{in} \times K_h \times K_w$ and stride $(s_h, s_w)$, padding $(p_h, p_w)$, "
+              r"dilation $(d_h, d_w)$.",
+    "avgpool2d": r"Average pooling over $K_h \times K_w$ windows with stride $(s_h, s_w)$ and padding "
+                 r"$(p_h, p_w)$; zero padding counts in the mean (PyTorch's \texttt{count\_include\_pad=True}).",
+    "maxpool2d": r"Max pooling, written as its local linearisation: $M_{n,c,h,w,k,l}$ is the one-hot argmax "
+                 r"of each window (the first maximum in row-major order, as in PyTorch), saved by the "
+                 r"forward pass and held fixed by every derivative, so the second derivative is zero.",
+}
+
+#: display names of a window layer's indices: û, ŵ input positions, k, l kernel offsets
+WINDOW_NAMES = {"u": r"\hat h", "v": r"\hat w", "i": "k", "j": "l"}
+#: the losses: j' a second class index, ⟨p, v⟩ = Σ_j p_j v_j
+LOSS_NAMES = {"k": "j'", "l": "j'", "s": r"\langle p, v\rangle"}
 
 
-# ---------------------------------------------------------------- sections
+def _description(name: str, doc: str) -> str:
+    return DESCRIPTIONS.get(name) or (escape(doc[:1].upper() + doc[1:]) + "." if doc else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _derived_builtin(name: str):
+    if name in builtins.ACTIVATIONS:
+        return derive_elementwise(builtins.ACTIVATIONS[name])
+    return derive_contraction({**builtins.CONTRACTIONS, **builtins.WINDOWS}[name])
+
+
+def _derive(spec):
+    if builtins.ACTIVATIONS.get(spec.name) is spec or {**builtins.CONTRACTIONS, **builtins.WINDOWS}.get(spec.name) is spec:
+        return _derived_builtin(spec.name)
+    if isinstance(spec, ElementwiseSpec):
+        return derive_elementwise(spec)
+    return derive_contraction(spec)
+
+
+# ---------------------------------------------------------------- front matter
+PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
+\usepackage[T1]{fontenc}
+\usepackage[margin=2cm]{geometry}
+\usepackage{amsmath,amssymb}
+\usepackage{booktabs,tabularx,array}
+\allowdisplaybreaks
+\sloppy
+\numberwithin{equation}{section}
+\setlength{\parindent}{0pt}
+\setlength{\parskip}{0.5ex plus 0.3ex}
+\newcolumntype{M}{>{\raggedright\arraybackslash$}X<{$}}
+\newcolumntype{R}{>{\raggedright\arraybackslash}X}
+\title{symprop: derivations of first- and second-order backpropagation}
+\date{}
+\begin{document}
+\maketitle
+"""
+
 NOTATION = r"""
 \section*{Notation}
-$\bar g = \partial L/\partial y$ is the gradient arriving at a layer's output $y$ and
-$\bar g^x, \bar g^W, \bar g^b$ the gradients it passes on (the pullback, or VJP).
-$\mathcal{R}\{\cdot\}$ is Pearlmutter's R-operator, the directional derivative along a
-direction $v$ in parameter space: $\mathcal{R}\{x\}$ is the pushed-forward input direction,
-$\mathcal{R}\{y\}$ the layer's JVP, and $\mathcal{R}\{\bar g^x\}$, $\mathcal{R}\{\bar g^W\}$
-the R-op of the pullback, whose parameter parts form the Hessian-vector product $Hv$.
-Indices: $n$ sample, $i,o$ input/output features, $c,o$ input/output channels, $h,w$ output
-positions, $u,v$ input positions, $i,j$ kernel offsets; primed indices are the free indices
-of a pullback. $[P]$ is 1 when $P$ holds and 0 otherwise. Elementwise maps are written per
-element with $x$ the input and $y = f(x)$ the saved output. Op counts use the weighted cost
-model of \texttt{derive/cost.py} (a transcendental call counts 10--12, a division 4).
+A layer maps its input $x$ to its output $y$. $\bar g = \partial L/\partial y$ is the gradient arriving at
+$y$ and $\bar g^x, \bar g^W, \bar g^b$ are the gradients the layer passes on: its pullback, or
+vector--Jacobian product $J^\top \bar g$. $\mathcal{R}\{\cdot\}$ is Pearlmutter's R-operator, the
+derivative along a direction $v$ in parameter space: $\mathcal{R}\{W\} = v_W$ for a parameter,
+$\mathcal{R}\{x\}$ is the direction pushed forward to a layer's input and $\mathcal{R}\{y\}$ its
+pushforward (the Jacobian--vector product); $\mathcal{R}\{\bar g\}$ is the direction of the incoming
+gradient and $\mathcal{R}\{\bar g^x\}, \mathcal{R}\{\bar g^W\}$ the R-op of the pullback, whose parameter
+parts make up the Hessian--vector product $Hv$. $D$ is the diagonal of the Hessian of the loss with
+respect to a layer's output (per sample), $D^x, D^W$ its Becker--LeCun counterparts at the input and
+parameters, and $S$ a factorisation of the output Hessian into columns $q$ (Gauss--Newton).
+
+Indices: $n$ sample; $o$ output feature or channel; $i$ input feature of a dense layer; $c$ input
+channel; $h, w$ output row and column; $\hat h, \hat w$ input row and column; $k, l$ kernel row and
+column offsets; $j, j'$ classes. Sizes: $N$ samples; $I, O$ features; $C_{in}, C_{out}$ channels;
+$H_{in} \times W_{in}$ and $H_{out} \times W_{out}$ input and output images; $K_h \times K_w$ kernel;
+$K$ classes; $s, p, d$ stride, padding and dilation, subscripted by the axis ($h$ or $w$).
+A sum $\sum_{a,b}$ runs over the whole range of its indices (stated with each layer); $[P]$ is 1 when
+$P$ holds and 0 otherwise, and $a \mid b$ says that $a$ divides $b$; $\tau_1, \tau_2, \dots$ name common
+subexpressions of a kernel. Op counts use the weighted cost model of \texttt{derive/cost.py} (a
+transcendental call counts 10--12, a division 4); multiply-adds are counted per output element.
 """
 
 
-def elementwise_section(d: DerivedElementwise) -> str:
+# ---------------------------------------------------------------- elementwise part
+ELEMENTWISE_INTRO = r"""
+\section{Elementwise activations}
+An activation $y = f(x)$ acts on each element alone, so its Jacobian is diagonal and every product of
+the chain rule is a product of elements. With $\bar g$ and $\mathcal{R}\{x\}, \mathcal{R}\{\bar g\}$ at
+the same element,
+\begin{align}
+\bar g^x &= f'(x)\,\bar g, & \mathcal{R}\{y\} &= f'(x)\,\mathcal{R}\{x\}, \label{eq:ew:first}\\
+\mathcal{R}\{\bar g^x\} &= f''(x)\,\mathcal{R}\{x\}\,\bar g + f'(x)\,\mathcal{R}\{\bar g\}, &
+D^x &= f'(x)^2 D + f''(x)\,\bar g. \label{eq:ew:second}
+\end{align}
+The pullback and pushforward \eqref{eq:ew:first} are the first-order products; the R-op of the pullback
+and Becker--LeCun's diagonal rule \eqref{eq:ew:second} the second-order ones. The term $r = f''(x)\,\bar g$
+is the residual an activation adds to the Hessian with respect to its input: the exact Hessian
+diagonal includes it and the Gauss--Newton diagonal drops it. Each activation below gives its $f'$ and
+$f''$ as differentiated and (after the second $=$) in the cheapest form that is accurate on a grid of
+test points in float32 and float64, written with the saved output $y$ where that is cheaper, and the
+kernels that compute these products with them.
+"""
+
+_EW_ROLE = {"forward": ("y = f(x)", "eq:{name}:def"), "vjp:x": (r"\bar g^x", "eq:ew:first"),
+            "jvp": (r"\mathcal{R}\{y\}", "eq:ew:first"), "rvjp:x": (r"\mathcal{R}\{\bar g^x\}", "eq:ew:second"),
+            "bl:x": ("D^x", "eq:ew:second"), "residual": ("r", "eq:ew:second")}
+
+
+def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> str:
     s = d.spec
-    x, y = sp.Symbol("x"), sp.Symbol("y")
-    out = [f"\\clearpage\n\\section{{Activation \\texttt{{{escape(s.name)}}}}}\n"]
-    if s.doc:
-        out.append(escape(s.doc) + "\n\n")
-    out.append("Definition:\n" + _equation("y", d.forward.textbook, f"eq:{s.name}:def"))
-    out.append("\\subsection*{Derivatives as derived and as computed}\n")
-    for key, label, choice in (("f", "f(x)", d.forward), ("d1", "f'(x)", d.d1), ("d2", "f''(x)", d.d2)):
-        out.append(f"${label}$ as differentiated (op count {choice.cost_before}):\n"
-                   + _equation(label, choice.textbook))
-        if choice.chosen != choice.textbook:
-            out.append(f"and in the form the kernels use (op count {choice.cost_after}"
-                       + (", written with the saved output $y$" if choice.uses_output else "") + "):\n"
-                       + _equation(label, choice.chosen))
-    out.append("\\subsection*{Chain rule}\n"
-               "First order: $\\bar g^x = f'(x)\\,\\bar g$. Second order (R-op): "
-               "$\\mathcal{R}\\{y\\} = f'(x)\\,\\mathcal{R}\\{x\\}$ and "
-               "$\\mathcal{R}\\{\\bar g^x\\} = f''(x)\\,\\mathcal{R}\\{x\\}\\,\\bar g + "
-               "f'(x)\\,\\mathcal{R}\\{\\bar g\\}$. Hessian diagonals: the exact and Gauss--Newton "
-               "backprop differ by the residual $r = f''(x)\\,\\bar g$ (added only for the exact "
-               "diagonal); Becker--LeCun propagates $h_x = f'(x)^2 h + f''(x)\\,\\bar g$.\n")
-    out.append("\\subsection*{Kernels}\n")
+    P = DerivationPrinter(names={p: r"\mathrm{" + p + "}" if len(p) > 1 else p for p, _ in s.params})
+    out = [f"\\subsection{{Activation \\texttt{{{escape(s.name)}}}}}\n",
+           _description(s.name, s.doc) + " Definition and derivatives:\n"]
+    rows = []
+    for lhs, choice, label in (("y = f(x)", d.forward, f"eq:{s.name}:def"), ("f'(x)", d.d1, f"eq:{s.name}:d1"),
+                               ("f''(x)", d.d2, f"eq:{s.name}:d2")):
+        then = display_form(choice.chosen) if choice.chosen != choice.textbook else None
+        rows.append(row(lhs, display_form(choice.textbook), P, label, then=then))
+    out.append(display(rows))
+    counts = []
+    for key, c in (("f", d.forward), ("f'", d.d1), ("f''", d.d2)):
+        counts.append(f"${key}$ {c.cost_before}" + (f"\\,$\\to$\\,{c.cost_after}" if c.chosen != c.textbook else ""))
+    out.append("Op counts as differentiated and as computed: " + ", ".join(counts) + ".\n\n")
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l M r@{}}\n\\toprule\n"
+               "kernel & product & \\text{as computed} & ops\\\\\n\\midrule\n")
     for k in d.kernels:
         cost, repl, reduced = k.cse
-        out.append(f"{_kernel_ref(k.name)} (op count {cost} after common-subexpression elimination):\n")
-        for (o, e) in k.outputs:
-            out.append(_equation(tex(sp.Symbol(o)), e, f"eq:{k.name}:{o}"))
+        what, ref = _EW_ROLE.get(k.role, ("", ""))
+        cells = []
+        for (o, e), r in zip(k.outputs, reduced):
+            shown = display_form(r) if repl else display_form(e)
+            if printed is not None:
+                printed.append(Printed(k.name, o, e, shown, list(repl)))
+            cells.append(tex(sp.Symbol(o), P) + " = " + tex(shown, P))
+        formula = ", ".join(cells)
         if repl:
-            out.append("computed as " + ", ".join(f"${tex(a)} = {tex(b)}$" for a, b in repl)
-                       + ", then " + ", ".join(f"${tex(sp.Symbol(o))} = {tex(r)}$"
-                                               for (o, _), r in zip(k.outputs, reduced)) + ".\n\n")
+            formula += r",\ \text{where } " + ", ".join(f"{tex(a, P)} = {tex(display_form(b), P)}" for a, b in repl)
+        ref = ref.format(name=s.name)
+        out.append(f"{_kernel_ref(k.name)} & " + (f"\\eqref{{{ref}}}" if ref else "") + f" & {formula} & {cost}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
     return "".join(out)
 
 
-def contraction_section(d: DerivedContraction) -> str:
+# ---------------------------------------------------------------- contraction part
+CONTRACTION_INTRO = r"""
+\section{Dense and window layers}
+These layers are sums of products, written in index notation. A pullback comes from differentiating
+$L = \sum \bar g\, y$ (summed over the output's indices) with respect to one element of an input or
+parameter array; SymPy returns sums of Kronecker deltas, which collapse a sum each
+(the tables count the multiply-adds per output element before and after). The pushforward is the
+directional derivative of the definition, and the R-op of a pullback the directional derivative of the
+pullback, $\mathcal{R}\{\bar g\}$ included.
+
+A window layer (convolution, pooling) reads its input through an affine index map, e.g.
+$\hat h = h s_h + k d_h - p_h$, and reads outside the input are zero. The pullback of such a gather is
+a scatter; it is written here as a gather over the output positions $h = (\hat h + p_h - k d_h)/s_h$
+that read $\hat h$ through kernel offset $k$, guarded by $[s_h \mid \hat h + p_h - k d_h]$ (an integer
+position) and $[0 \le h < H_{out}]$ (in range). SymPy's own substitution drops the divisibility
+condition, which is wrong for $s > 1$; the guards come from the adjoint-map rule of
+\texttt{derive/affine.py} and are printed in this compact form, checked equal to the conditions
+the derivation produces.
+
+For Hessian diagonals, Becker--LeCun backpropagates only the diagonal $D$ of the output Hessian: each
+pullback with $\bar g$ replaced by $D$ and its Jacobian entries squared (off-diagonal terms dropped).
+Gauss--Newton factors the output Hessian per sample as $\sum_q \pm S_q S_q^\top$ (signs omitted below);
+a parameter's diagonal is the sum over columns $q$ and samples of its squared per-sample pullback.
+The exact diagonal adds, at every activation before the layer, the residual $f''(x)\,\bar g$ as further
+columns.
+"""
+
+
+def _ranges(spec: ContractionSpec, P: DerivationPrinter) -> str:
+    idx = list(dict.fromkeys([*spec.out_indices, *[i for ix in spec.all_arrays.values() for i in ix]]))
+    parts = [f"$0 \\le {tex(i, P)} < {tex(spec.extents[i], P)}$" for i in idx if i in spec.extents]
+    return ", ".join(parts)
+
+
+def _lhs(out: str, indices, P: DerivationPrinter) -> str:
+    return tex(sp.IndexedBase(out)[tuple(indices)], P) if indices else tex(sp.Symbol(out), P)
+
+
+def _product(role: str, spec: ContractionSpec) -> str:
+    """The chain-rule product a contraction kernel computes, in operator notation."""
+    kind, _, arr = role.partition(":")
+    a = tex(sp.Symbol(arr)) if arr else ""
+    if kind == "forward":
+        return "$y$"
+    if kind == "vjp":
+        return f"$\\bar g^{{{a}}} = J_{{{a}}}^\\top \\bar g$"
+    if kind == "jvp":
+        return "$\\mathcal{R}\\{y\\} = " + " + ".join(
+            f"J_{{{tex(sp.Symbol(n))}}} \\mathcal{{R}}\\{{{tex(sp.Symbol(n))}\\}}" for n in spec.arrays) + "$"
+    if kind == "rvjp":
+        return (f"$\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}} = J_{{{a}}}^\\top \\mathcal{{R}}\\{{\\bar g\\}} + "
+                f"\\mathcal{{R}}\\{{J_{{{a}}}\\}}^\\top \\bar g$")
+    return ""
+
+
+def _work(k, raw=None, P=None) -> str:
+    after = tex(summed_work(k.expr), P)
+    if raw is None:
+        return f"${after}$"
+    return f"${tex(summed_work(raw), P)} \\to {after}$"
+
+
+def contraction_section(d: DerivedContraction, printed: list | None = None) -> str:
     s = d.spec
+    names = dict(WINDOW_NAMES) if s.maps else {}
+    P = DerivationPrinter(names=names, maps=s.maps, arrays=s.all_arrays)
     kind = "Layer" if s.params else "Pooling layer"
-    out = [f"\\clearpage\n\\section{{{kind} \\texttt{{{escape(s.name)}}}}}\n"]
-    if s.doc:
-        out.append(escape(s.doc) + "\n\n")
-    out.append("Definition (index notation; reads outside the input are zero), computed by "
-               + _work(d.forward)
-               + _equation(_lhs(s.output, s.out_indices), d.forward.expr, f"eq:{s.name}:def"))
-    if s.selects:
-        out.append("Here " + ", ".join(f"${tex(sp.Symbol(m))}$" for m in s.selects)
-                   + " is the one-hot argmax of the window saved by the forward pass (the layer's "
-                   "local linearization; its second derivative is zero).\n\n")
-    out.append("\\subsection*{First order: pullbacks}\n")
-    out.append("From $L = \\sum " + tex(sp.Symbol("g")) + "\\, " + _lhs(s.output, s.out_indices)
-               + "$ differentiated by one array element, Kronecker deltas collapsed.\n")
+    out = [f"\\subsection{{{kind} \\texttt{{{escape(s.name)}}}}}\n", _description(s.name, s.doc), "\n"]
+
+    def rec(k, e=None):
+        if printed is not None:
+            printed.append(Printed(k.name, k.out, k.expr, k.expr if e is None else e))
+
+    rec(d.forward)
+    out.append(display([row(_lhs(s.output, s.out_indices, P), d.forward.expr, P, f"eq:{s.name}:def")]))
+    out.append("with " + _ranges(s, P) + ".\n\n")
+    out.append("\\paragraph{First order.} Pullbacks from $L = \\sum " + tex(sp.Symbol("g"), P) + "\\, "
+               + _lhs(s.output, s.out_indices, P) + "$, Kronecker deltas collapsed")
+    guards = [CompactGuard(m) for m in s.maps]
+    if guards and any(d.adjoint_maps.get(w) for w in d.vjps):
+        out.append("; the read of $x$ is the gather "
+                   + ", ".join(f"${tex(g.map.inp, P)} = {P.forward_tex(g)}$" for g in guards)
+                   + ", so its pullback is a guarded gather at the output positions "
+                   + " and ".join(f"${P.position_tex(g)}$" for g in guards))
+    out.append(":\n")
+    rows = []
     for wrt, k in d.vjps.items():
-        maps = d.adjoint_maps.get(wrt) or ()
-        if maps:
-            out.append("The read of $" + tex(sp.Symbol(wrt)) + "$ is a gather through "
-                       + ", ".join(f"${tex(m.inp)} = {tex(m.out)} {tex(m.stride)} + {tex(m.kernel)} "
-                                   f"{tex(m.dilation)} - {tex(m.padding)}$" for m in maps)
-                       + "; its pullback is the adjoint (a scatter), written as a gather over the "
-                       "output positions that solve the map, guarded by divisibility and range:\n")
-        out.append(_work(k, d.raw_vjps.get(wrt)) + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
-    out.append("\\subsection*{Second order: pushforward and R-op pullbacks}\n")
-    out.append(_work(d.jvp) + _equation(_lhs(d.jvp.out, d.jvp.out_indices), d.jvp.expr,
-                                                         f"eq:{d.jvp.name}"))
+        rec(k)
+        rows.append(row(_lhs(k.out, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
+    out.append(display(rows))
+    out.append("\\paragraph{Second order.} The pushforward and the R-op of each pullback:\n")
+    rec(d.jvp)
+    rows = [row(_lhs(d.jvp.out, d.jvp.out_indices, P), d.jvp.expr, P, f"eq:{d.jvp.name}")]
     for wrt, k in d.rvjps.items():
-        out.append(_work(k) + _equation(_lhs(k.out, k.out_indices), k.expr, f"eq:{k.name}"))
-    out.append(hessian_diagonal_subsection(d))
+        rec(k)
+        rows.append(row(_lhs(k.out, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
+    out.append(display(rows))
+    out.append(hessian_diagonal_subsection(d, P))
+    out.append("\\paragraph{Kernels.}\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l c R@{}}\n\\toprule\n"
+               "kernel & product & eq. & multiply-adds per output element\\\\\n\\midrule\n")
+    for k in d.kernels:
+        ref = f"eq:{s.name}:def" if k.role == "forward" else f"eq:{k.name}"
+        raw = d.raw_vjps.get(k.role.partition(":")[2]) if k.role.startswith("vjp:") else None
+        out.append(f"{_kernel_ref(k.name)} & {_product(k.role, s)} & \\eqref{{{ref}}} & {_work(k, raw, P)}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+    if any(d.raw_vjps.get(w) is not None for w in d.vjps):
+        out.append("For a pullback the count is given as differentiated (a sum over every output, with "
+                   "Kronecker deltas) and after collapsing the deltas.\n")
     return "".join(out)
 
 
@@ -266,128 +896,390 @@ def per_sample_squared(expr, batch, columns):
     return sp.Sum(sp.Add(*inner) ** 2, (k, 0, K - 1), limit_n)
 
 
-def hessian_diagonal_subsection(d: DerivedContraction) -> str:
+def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | None = None) -> str:
     """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules, printed from the
     layer's own pullbacks."""
     s = d.spec
-    out = ["\\subsection*{Hessian diagonals}\n"
-           "Becker--LeCun backpropagates only the diagonal $h$ of the Hessian w.r.t.\\ the output: "
-           "each pullback with $\\bar g$ replaced by $h$ and its Jacobian entries squared "
-           "(off-diagonal terms dropped):\n"]
-    for wrt, k in d.vjps.items():
-        out.append(_equation(_lhs("h" + wrt, k.out_indices), squared_jacobian(k.expr), f"eq:{s.name}:bl:{wrt}"))
+    P = P or DerivationPrinter(names=WINDOW_NAMES if s.maps else {}, maps=s.maps, arrays=s.all_arrays)
+    out = ["\\paragraph{Hessian diagonals.} Becker--LeCun:\n"]
+    out.append(display([row(_lhs("h" + wrt, k.out_indices, P), squared_jacobian(k.expr), P, f"eq:{s.name}:bl:{wrt}")
+                        for wrt, k in d.vjps.items()]))
     if s.params:
-        kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True)
-        out.append("Gauss--Newton: with the output Hessian factored per sample as "
-                   "$\\sum_k w_k S_{k} S_{k}^\\top$ (signs $w_k$ omitted below), a parameter's diagonal "
-                   "is the sum over factor columns and samples of its squared per-sample pullback; the "
-                   "exact diagonal adds, at every activation before this layer, the residual "
-                   "$f''(x)\\,\\bar g$ as further columns:\n")
+        q, Q = sp.Symbol("q", integer=True), sp.Symbol("Q", integer=True)
+        out.append("Gauss--Newton (and exact, with the residual columns), with $0 \\le q < Q$:\n")
+        rows = []
         batch = s.out_indices[0]
         for wrt in s.params:
             k = d.vjps[wrt]
-            e = per_sample_squared(k.expr, batch, (kk, KK))
+            e = per_sample_squared(k.expr, batch, (q, Q))
             if e is not None:
-                out.append(_equation(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices]) + "}",
-                                     e, f"eq:{s.name}:gn:{wrt}"))
+                rows.append(row(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices], P) + "}",
+                                e, P, f"eq:{s.name}:gn:{wrt}"))
+        out.append(display(rows))
     return "".join(out)
 
 
+# ---------------------------------------------------------------- losses
 def losses_section() -> str:
     ce = derive_softmax_cross_entropy()
     ms = mse()
-    out = ["\\clearpage\n\\section{Losses}\n\\subsection*{Softmax cross-entropy}\n",
-           "Per sample, with a shift $m$ (the row maximum) for stability and one-hot target $t$:\n",
-           _equation(r"\ell", ce.definition, "eq:ce:def"),
-           "The derivation checks $\\partial\\ell/\\partial m = " + tex(ce.shift_derivative)
-           + "$, so any shift is exact. Gradient as differentiated and in $p = \\mathrm{softmax}(z)$:\n",
-           _equation(r"\frac{\partial \ell}{\partial z_j}", ce.grad_raw),
-           _equation(r"\frac{\partial \ell}{\partial z_j}", ce.grad, "eq:ce:grad"),
-           "Hessian-vector product (kernel \\texttt{softmax\\_cross\\_entropy\\_hvp}), "
-           "with $s = \\sum_l p_l v_l$:\n",
-           _equation(r"(H v)_j", ce.hvp, "eq:ce:hvp"),
-           _equation(r"(H v)_j", ce.hvp_elem),
-           "\\subsection*{Mean squared error}\n",
-           _equation(r"e(a, t)", ms.elem, "eq:mse:def"),
-           _equation(r"\frac{\partial e}{\partial a}", ms.grad_elem),
-           _equation(r"\frac{\partial^2 e}{\partial a^2}", ms.hess_elem),
-           "averaged over all elements (kernels \\texttt{mse}, \\texttt{mse\\_hvp}).\n"]
+    P = DerivationPrinter(names=LOSS_NAMES)
+    j = sp.Symbol("j", integer=True)
+    pe, ve = sp.symbols("p v")
+    hvp_indexed = ce.hvp_elem.xreplace({pe: sp.IndexedBase("p")[j], ve: sp.IndexedBase("v")[j]})
+    a, t = sp.symbols("a t")
+    return "".join([
+        "\\section{Losses}\n",
+        "A loss compares the network's output with the targets; the batch loss is the mean over the "
+        "$N$ samples. The gradient $\\partial L/\\partial y$ of the last layer's output is the first "
+        "$\\bar g$ of the backward pass, and the loss Hessian times the pushed-forward direction the first "
+        "$\\mathcal{R}\\{\\bar g\\}$ of the R-op.\n",
+        "\\subsection{Softmax cross-entropy}\n",
+        "Per sample, for logits $z$ and target $t$ (one-hot, or probabilities), with a shift $m$ for "
+        "stability (the kernels use the row maximum):\n",
+        display([row(r"\ell", ce.definition, P, "eq:ce:def")]),
+        "The derivation checks $\\partial\\ell/\\partial m = " + tex(ce.shift_derivative, P)
+        + "$, so any shift is exact. The gradient, as differentiated and in the probabilities "
+        "$p = \\operatorname{softmax}(z)$, and the Hessian-vector product for a direction $v$ at the output "
+        "(kernel \\texttt{softmax\\_cross\\_entropy\\_hvp}):\n",
+        display([row(r"\frac{\partial \ell}{\partial z_j}", ce.grad_raw, P, "eq:ce:grad", then=ce.grad),
+                 row(r"(\nabla^2\ell\, v)_j", display_form(ce.hvp), P, "eq:ce:hvp", then=display_form(hvp_indexed))]),
+        "\\subsection{Mean squared error}\n",
+        "Per element of the output $a$ and target $t$, averaged over all elements "
+        "(kernels \\texttt{mse}, \\texttt{mse\\_hvp}):\n",
+        display([row(r"\ell(a, t)", ms.elem.subs(sp.Symbol("a"), a), P, "eq:mse:def"),
+                 row(r"\frac{\partial \ell}{\partial a}", display_form(ms.grad_elem), P, "eq:mse:grad"),
+                 row(r"\frac{\partial^2 \ell}{\partial a^2}", ms.hess_elem, P, "eq:mse:hess")]),
+    ])
+
+
+# ---------------------------------------------------------------- a model: shapes, composed chain rule, kernel order
+@dataclass
+class ModelLayer:
+    """One layer of a model as the document describes it (from its checkpoint config)."""
+    kind: str                 # config type: Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation
+    spec: str | None          # the spec whose kernels it runs (None: a reshape)
+    label: str                # e.g. Conv2D(1→6, 5×5, padding 2)
+    out_shape: tuple          # per sample
+    params: list              # [(name, shape)]
+    config: dict
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    input_shape: tuple
+    layers: list
+    loss: str = "softmax_cross_entropy"
+
+    @property
+    def n_params(self) -> int:
+        return sum(_size(shape) for la in self.layers for _, shape in la.params)
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """PyTorch's output size ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 (as runtime/conv.py)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_cross_entropy") -> ModelInfo:
+    """Shapes and parameters of a model from its layers' configs (``Layer.config()``, the
+    checkpoint format) by shape arithmetic alone: no kernels, no data."""
+    shape = tuple(int(s) for s in input_shape)
+    layers = []
+    for cfg in configs:
+        t = cfg.get("type")
+        if t == "Dense":
+            if shape != (cfg["in_features"],):
+                raise ValueError(f"latex: Dense({cfg['in_features']} -> {cfg['out_features']}) after a layer "
+                                 f"giving {shape}")
+            o = cfg["out_features"]
+            params = [("W", (o, cfg["in_features"]))] + ([("b", (o,))] if cfg.get("bias", True) else [])
+            la = ModelLayer(t, "dense", f"Dense({cfg['in_features']}$\\to${o})", (o,), params, cfg)
+        elif t == "Conv2D":
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cfg[k] for k in ("kernel_size", "stride", "padding", "dilation"))
+            o, c = cfg["out_channels"], cfg["in_channels"]
+            out = (o, _window_out(shape[1], kh, sh, ph, dh), _window_out(shape[2], kw, sw, pw, dw))
+            params = [("W", (o, c, kh, kw))] + ([("b", (o,))] if cfg.get("bias", True) else [])
+            extra = "".join(f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
+                            for nm, v, dflt in (("stride", (sh, sw), 1), ("padding", (ph, pw), 0),
+                                                ("dilation", (dh, dw), 1)) if v != (dflt, dflt))
+            la = ModelLayer(t, "conv2d", f"Conv2D({c}$\\to${o}, {kh}$\\times${kw}{extra})", out, params, cfg)
+        elif t in ("MaxPool2D", "AvgPool2D"):
+            (kh, kw), (sh, sw), (ph, pw) = (cfg[k] for k in ("kernel_size", "stride", "padding"))
+            out = (shape[0], _window_out(shape[1], kh, sh, ph), _window_out(shape[2], kw, sw, pw))
+            extra = "" if (sh, sw) == (kh, kw) else f", stride {sh}"
+            la = ModelLayer(t, t.lower(), f"{t}({kh}$\\times${kw}{extra})", out, [], cfg)
+        elif t == "Flatten":
+            la = ModelLayer(t, None, "Flatten", (_size(shape),), [], cfg)
+        elif t == "Activation":
+            if cfg["name"] not in builtins.ACTIVATIONS:
+                raise ValueError(f"latex: activation {cfg['name']!r} is not a built-in spec")
+            la = ModelLayer(t, cfg["name"], escape(cfg["name"]), shape, [], cfg)
+        else:
+            raise ValueError(f"latex: no shape rule for layer type {t!r}")
+        layers.append(la)
+        shape = la.out_shape
+    return ModelInfo(name, tuple(int(s) for s in input_shape), layers, loss)
+
+
+def _shape_tex(shape, batch: bool = True) -> str:
+    dims = (["N"] if batch else []) + [str(s) for s in shape]
+    return r"\mathbb{R}^{" + r" \times ".join(dims) + "}"
+
+
+def _kernels_by_role(spec_name: str) -> dict:
+    d = _derived_builtin(spec_name)
+    if isinstance(d, DerivedElementwise):
+        return {k.role: k.name for k in d.kernels}
+    roles = {"forward": d.forward.name, "jvp": d.jvp.name}
+    roles.update({k.role: k.name for k in d.vjps.values()})
+    roles.update({k.role: k.name for k in d.rvjps.values()})
+    return roles
+
+
+def kernel_schedule(info: ModelInfo) -> dict:
+    """The kernels each training call runs, in order, as ``runtime/model.py`` and
+    ``runtime/curvature.py`` call them: ``{call: [(layer k or None, kernel name, note)]}``.
+    Reshapes (Flatten) run no kernel; the first layer computes no input gradient."""
+    L = info.layers
+    roles = [(_kernels_by_role(la.spec) if la.spec else {}) for la in L]
+    pnames = [[p for p, _ in la.params] for la in L]
+    loss, loss_hvp = info.loss, info.loss + "_hvp"
+
+    forward = [(k + 1, roles[k]["forward"], "") for k in range(len(L)) if L[k].spec]
+    backward = [(None, loss, r"value, $\bar g_L$, $p$")]
+    for k in range(len(L) - 1, -1, -1):
+        r = roles[k]
+        backward += [(k + 1, r[f"vjp:{p}"], "") for p in pnames[k]]
+        if k > 0 and L[k].spec:
+            backward.append((k + 1, r["vjp:x"], ""))
+    grad = forward + backward
+
+    rfwd, started = [], False
+    for k in range(len(L)):
+        started = started or bool(pnames[k])
+        if L[k].spec and (pnames[k] or started):      # a parameter-free layer before any parameter sees no direction
+            rfwd.append((k + 1, roles[k]["jvp"], ""))
+    rbwd = [(None, loss_hvp, r"$\mathcal{R}\{\bar g_L\}$")]
+    for k in range(len(L) - 1, -1, -1):
+        r = roles[k]
+        rbwd += [(k + 1, r[f"rvjp:{p}"], "") for p in pnames[k]]
+        if k > 0 and L[k].spec:
+            rbwd.append((k + 1, r["rvjp:x"], ""))
+
+    blocks = [(None, loss_hvp, "once per output unit: the loss Hessian blocks")]
+
+    def factor(exact: bool):
+        out = list(blocks)
+        for k in range(len(L) - 1, -1, -1):
+            r, la = roles[k], L[k]
+            if pnames[k]:
+                note = ("on $x \\circ x$ and $\\sum_q \\pm S_q \\circ S_q$" if la.kind == "Dense"
+                        else "per column and sample, squared")
+                out += [(k + 1, r[f"vjp:{p}"], note) for p in pnames[k]]
+            if k > 0 and la.spec:
+                out.append((k + 1, r["vjp:x"], "per column"))
+                if exact and "residual" in r:
+                    out.append((k + 1, r["residual"], "new columns"))
+        return out
+
+    bl = list(blocks)
+    for k in range(len(L) - 1, -1, -1):
+        r, la = roles[k], L[k]
+        if la.kind == "Activation":
+            bl.append((k + 1, r["bl:x"], ""))
+        elif la.spec:
+            bl.append((k + 1, r["vjp:x"], "on $W \\circ W$" if pnames[k] else
+                       ("divided by $K_h K_w$" if la.kind == "AvgPool2D" else "")))
+            bl += [(k + 1, r[f"vjp:{p}"], "on $x \\circ x$" if p == "W" else "") for p in pnames[k]]
+    return {"loss_and_grad": grad, "hvp": grad + rfwd + rbwd,
+            "exact": grad + factor(True), "gauss_newton": grad + factor(False),
+            "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
+
+
+def _names(steps) -> str:
+    return ", ".join(_kernel_ref(n) for _, n, _ in steps)
+
+
+def model_section(info: ModelInfo) -> str:
+    """The network-level chain rule of a model: shapes, the composed first-order product
+    (reverse layer order), the R-op sweeps (forward, then reverse), the kernels per call."""
+    L = len(info.layers)
+    xs = [info.input_shape] + [la.out_shape for la in info.layers]
+    sched = kernel_schedule(info)
+    roles = [(_kernels_by_role(la.spec) if la.spec else {}) for la in info.layers]
+    out = [f"\\section{{Model \\texttt{{{escape(info.name)}}}}}\n",
+           f"The model \\texttt{{{escape(info.name)}}} of \\texttt{{symprop train}} for inputs "
+           f"$x_0 \\in {_shape_tex(info.input_shape)}$: layer $k$ maps $x_{{k-1}}$ to "
+           f"$x_k = f_k(x_{{k-1}}; \\theta_k)$ and the loss $L$ (softmax cross-entropy, "
+           f"\\eqref{{eq:ce:def}}, averaged over the batch) is taken of $x_{{{L}}}$. "
+           + f"${info.n_params:,}$ parameters in all.\n".replace(",", "\\,")]
+    out.append("\\begin{center}\\small\n\\begin{tabular}{@{}r l l l r@{}}\n\\toprule\n"
+               "$k$ & layer $f_k$ & output $x_k$ & parameters $\\theta_k$ & count\\\\\n\\midrule\n")
+    for k, la in enumerate(info.layers, 1):
+        ps = ", ".join(f"${tex(sp.Symbol(p))}_{{{k}}} \\in {_shape_tex(shape, False)}$" for p, shape in la.params)
+        cnt = sum(_size(s) for _, s in la.params)
+        out.append(f"{k} & {la.label} & ${_shape_tex(la.out_shape)}$ & {ps or '---'} & {cnt if cnt else ''}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabular}\n\\end{center}\n")
+
+    def jac(k):
+        return f"J_{{{k}}}"
+
+    # first order
+    out.append("\\subsection{First order: the chain rule in reverse layer order}\n"
+               "With $J_k = \\partial x_k/\\partial x_{k-1}$ and $J_{\\theta_k} = \\partial x_k/\\partial \\theta_k$ "
+               "(per sample; a $|x_k| \\times |x_{k-1}|$ matrix, never formed), the gradient of a "
+               "parameter is the product of the transposed Jacobians from the loss back to its layer,\n"
+               "\\begin{equation}\n\\frac{\\partial L}{\\partial \\theta_k} = J_{\\theta_k}^\\top\\, J_{k+1}^\\top "
+               f"\\cdots J_{{{L}}}^\\top\\, \\bar g_{{{L}}}, \\qquad \\bar g_{{{L}}} = \\frac{{\\partial L}}{{\\partial x_{{{L}}}}},"
+               "\\label{eq:model:grad}\n\\end{equation}\n"
+               "evaluated right to left: each product is one pullback kernel applied to a vector "
+               "($\\bar g_{k-1} = J_k^\\top \\bar g_k$), so no Jacobian is ever formed. For this model, top to bottom:\n")
+    rows = [f"\\bar g_{{{L}}} &= \\nabla_{{x_{{{L}}}}} L \\in {_shape_tex(xs[L])} && {_kernel_ref(info.loss)}"]
+    for k in range(L, 0, -1):
+        la, r = info.layers[k - 1], roles[k - 1]
+        for p, shape in la.params:
+            P = tex(sp.Symbol(p))
+            rows.append(f"\\partial L/\\partial {P}_{{{k}}} &= J_{{{P}_{{{k}}}}}^\\top \\bar g_{{{k}}} \\in "
+                        f"{_shape_tex(shape, False)} && {_kernel_ref(r['vjp:' + p])}")
+        if k > 1:
+            what = _kernel_ref(r["vjp:x"]) if la.spec else "reshape"
+            rows.append(f"\\bar g_{{{k - 1}}} &= {jac(k)}^\\top \\bar g_{{{k}}} \\in {_shape_tex(xs[k - 1])} && {what}")
+    out.append("\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}\n")
+
+    # second order
+    out.append("\\subsection{Second order: the R-op sweeps}\n"
+               "For a direction $v = (v_{\\theta_1}, \\dots)$ aligned with the parameters, the R-operator "
+               "pushes $v$ forward through the layers in their own order (the Jacobian products "
+               "left to right),\n\\begin{equation}\n"
+               f"\\mathcal{{R}}\\{{x_{{{L}}}\\}} = \\sum_k J_{{{L}}} \\cdots J_{{k+1}} J_{{\\theta_k}} v_{{\\theta_k}},"
+               "\\label{eq:model:rfwd}\n\\end{equation}\n"
+               "through the loss Hessian, $\\mathcal{R}\\{\\bar g_L\\} = \\nabla^2 \\ell\\; \\mathcal{R}\\{x_L\\}$ "
+               "\\eqref{eq:ce:hvp}, and back through the R-op of every pullback in reverse order,\n"
+               "\\begin{equation}\n\\mathcal{R}\\{\\bar g_{k-1}\\} = J_k^\\top \\mathcal{R}\\{\\bar g_k\\} + "
+               "\\mathcal{R}\\{J_k\\}^\\top \\bar g_k, \\qquad (Hv)_{\\theta_k} = J_{\\theta_k}^\\top "
+               "\\mathcal{R}\\{\\bar g_k\\} + \\mathcal{R}\\{J_{\\theta_k}\\}^\\top \\bar g_k,"
+               "\\label{eq:model:rbwd}\n\\end{equation}\n"
+               "where $\\mathcal{R}\\{J_k\\}^\\top \\bar g_k$ is the second-order term ($f''$ of an "
+               "activation, the direction of a weight; zero for pooling and reshapes). For this model:\n")
+    rows, started = [], False
+    for k in range(1, L + 1):
+        la, r = info.layers[k - 1], roles[k - 1]
+        terms = []
+        if started:
+            terms.append(f"{jac(k)} \\mathcal{{R}}\\{{x_{{{k - 1}}}\\}}")
+        terms += [f"J_{{{tex(sp.Symbol(p))}_{{{k}}}}} v_{{{tex(sp.Symbol(p))}_{{{k}}}}}" for p, _ in la.params]
+        started = started or bool(la.params)
+        if not terms:
+            continue
+        what = _kernel_ref(r["jvp"]) if la.spec else "reshape"
+        rows.append(f"\\mathcal{{R}}\\{{x_{{{k}}}\\}} &= {' + '.join(terms)} \\in {_shape_tex(xs[k])} && {what}")
+    rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{L}}}\\}} &= \\nabla^2 \\ell\\; \\mathcal{{R}}\\{{x_{{{L}}}\\}} "
+                f"\\in {_shape_tex(xs[L])} && {_kernel_ref(info.loss + '_hvp')}")
+    for k in range(L, 0, -1):
+        la, r = info.layers[k - 1], roles[k - 1]
+        for p, shape in la.params:
+            P = f"{tex(sp.Symbol(p))}_{{{k}}}"
+            rows.append(f"(Hv)_{{{P}}} &= J_{{{P}}}^\\top \\mathcal{{R}}\\{{\\bar g_{{{k}}}\\}} + "
+                        f"\\mathcal{{R}}\\{{J_{{{P}}}\\}}^\\top \\bar g_{{{k}}} \\in {_shape_tex(shape, False)} "
+                        f"&& {_kernel_ref(r['rvjp:' + p])}")
+        if k > 1:
+            second = la.params or la.kind == "Activation"
+            rhs = f"{jac(k)}^\\top \\mathcal{{R}}\\{{\\bar g_{{{k}}}\\}}" + (
+                f" + \\mathcal{{R}}\\{{{jac(k)}\\}}^\\top \\bar g_{{{k}}}" if second else "")
+            what = _kernel_ref(r["rvjp:x"]) if la.spec else "reshape"
+            rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{k - 1}}}\\}} &= {rhs} \\in {_shape_tex(xs[k - 1])} && {what}")
+    out.append("\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}\n")
+
+    # kernels per call
+    fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
+    out.append("\\subsection{Kernels per call}\n"
+               "\\texttt{loss\\_and\\_grad(X, y)} runs the forward kernels in layer order, "
+               + _names(fwd) + ", then " + _kernel_ref(info.loss)
+               + " (loss, $\\bar g_L$ and the probabilities), then the first-order sweep above, top to bottom "
+               "($" + str(len(sched['loss_and_grad'])) + "$ kernel calls).\n\n"
+               "\\texttt{hvp(X, y, v)} runs the same, keeping every $\\bar g_k$, then the second-order sweep "
+               "above, top to bottom ($" + str(len(sched['hvp'])) + "$ calls; with \\texttt{return\\_grad} the "
+               "gradient comes from the same passes).\n\n"
+               "\\texttt{hessian\\_diagonal(X, y, method)} starts like \\texttt{hvp} with the forward and "
+               "first-order passes, then:\n\\begin{itemize}\n"
+               "\\item \\texttt{hutchinson}: per probe a Rademacher $v$ and the second-order sweep; the "
+               "estimate is the mean of $v \\circ Hv$.\n"
+               "\\item \\texttt{exact} and \\texttt{gauss\\_newton}: the per-sample loss Hessian from "
+               + _kernel_ref(info.loss + "_hvp") + " applied to each output unit, factored by an eigendecomposition "
+               "into columns $S_q$, which are backpropagated through the pullback kernels (right column below); "
+               "\\texttt{exact} adds the residual kernel's columns at each activation.\n"
+               "\\item \\texttt{becker\\_lecun}: the diagonal $D$ of the same loss Hessian, backpropagated by "
+               "the rules of the layer sections.\n\\end{itemize}\n")
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
+               "$k$ & layer & \\texttt{becker\\_lecun} & \\texttt{gauss\\_newton} / \\texttt{exact}\\\\\n\\midrule\n")
+
+    def cell(steps, k):
+        return "; ".join(_kernel_ref(n) + (f" ({note})" if note else "") for kk, n, note in steps if kk == k) or "---"
+    bl = sched["becker_lecun"][len(sched["loss_and_grad"]):]
+    ex = sched["exact"][len(sched["loss_and_grad"]):]
+    for k in range(L, 0, -1):
+        la = info.layers[k - 1]
+        out.append(f"{k} & {la.label} & {cell(bl, k)} & {cell(ex, k)}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
     return "".join(out)
 
 
-def model_section(name: str, layer_names: list[str]) -> str:
-    """Backpropagation through a stack as the chain rule evaluated from the loss back."""
-    L = len(layer_names)
-    rows = []
-    for k, nm in enumerate(layer_names, start=1):
-        rows.append(f"{k} & \\texttt{{{escape(nm)}}} \\\\")
-    chain = " ".join(f"J_{{{k}}}^\\top" for k in range(1, L + 1))
-    return (f"\\clearpage\n\\section{{Model \\texttt{{{escape(name)}}}: the composed chain rule}}\n"
-            "Forward: $x_0 \\mapsto x_1 = f_1(x_0) \\mapsto \\dots \\mapsto x_{" + str(L)
-            + "} = f_{" + str(L) + "}(x_{" + str(L - 1) + "})$, then the loss $L(x_{" + str(L) + "})$.\n"
-            "\\begin{center}\\begin{tabular}{rl}\\hline $k$ & layer $f_k$\\\\\\hline\n"
-            + "\n".join(rows) + "\n\\hline\\end{tabular}\\end{center}\n"
-            "Backward: with $J_k = \\partial x_k/\\partial x_{k-1}$ and $\\bar g_{" + str(L)
-            + "} = \\partial L/\\partial x_{" + str(L) + "}$,\n"
-            "\\begin{align}\n\\bar g_{k-1} &= J_k^\\top \\bar g_k,\\qquad "
-            "\\frac{\\partial L}{\\partial \\theta_k} = \\Big(\\frac{\\partial x_k}{\\partial \\theta_k}\\Big)^{\\!\\top}"
-            " \\bar g_k,\\qquad k = " + str(L) + ", \\dots, 1,\\\\\n"
-            "\\frac{\\partial L}{\\partial x_0} &= " + chain + "\\, \\bar g_{" + str(L) + "}\n\\end{align}\n"
-            "--- the Jacobian products in the reverse order of the forward pass, each applied by its "
-            "layer's pullback kernel without forming $J_k$. Second order runs the same sweep on "
-            "$(\\bar g_k, \\mathcal{R}\\{\\bar g_k\\})$ after a forward sweep of $\\mathcal{R}\\{x_k\\}$, "
-            "starting from $\\mathcal{R}\\{\\bar g_{" + str(L) + "}\\} = H_L\\, \\mathcal{R}\\{x_{" + str(L)
-            + "}\\}$ (the loss HVP).\n")
-
-
-PREAMBLE = r"""\documentclass[11pt]{article}
-\usepackage[T1]{fontenc}
-\usepackage[margin=2cm]{geometry}
-\usepackage{amsmath,amssymb}
-\allowdisplaybreaks
-\sloppy
-\numberwithin{equation}{section}
-\title{symprop: derivations of first- and second-order backpropagation}
-\date{}
-\begin{document}
-\maketitle
-"""
-
-
+# ---------------------------------------------------------------- the document
 def builtin_layer_names() -> list[str]:
     return list(builtins.ACTIVATIONS) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
 
 
-def document(layers: list[str] | None = None, extra: list = (), model: tuple | None = None,
-             losses: bool = True) -> str:
-    """The full document: notation, one section per selected built-in layer (default: all),
-    one per extra spec (:class:`ElementwiseSpec` or :class:`ContractionSpec`), the losses and,
-    with ``model=(name, [layer names])``, the model's composed chain rule."""
+def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
+          losses: bool = True) -> Document:
+    """The document and the kernel expressions it prints (see :func:`document`)."""
     known = builtin_layer_names()
     chosen = known if layers is None else list(layers)
     unknown = [n for n in chosen if n not in known]
     if unknown:
         raise ValueError(f"latex: unknown layer(s) {unknown}; built-ins are {known}")
-    parts = [PREAMBLE, NOTATION]
-    for nm in chosen:
-        if nm in builtins.ACTIVATIONS:
-            parts.append(elementwise_section(derive_elementwise(builtins.ACTIVATIONS[nm])))
-        else:
-            spec = {**builtins.CONTRACTIONS, **builtins.WINDOWS}[nm]
-            parts.append(contraction_section(derive_contraction(spec)))
     for spec in extra:
-        if isinstance(spec, ElementwiseSpec):
-            parts.append(elementwise_section(derive_elementwise(spec)))
-        elif isinstance(spec, ContractionSpec):
-            parts.append(contraction_section(derive_contraction(spec)))
-        else:
+        if not isinstance(spec, (ElementwiseSpec, ContractionSpec)):
             raise TypeError(f"latex: extra specs must be ElementwiseSpec or ContractionSpec, got {type(spec).__name__}")
+    specs = [builtins.ACTIVATIONS.get(n) or {**builtins.CONTRACTIONS, **builtins.WINDOWS}[n] for n in chosen]
+    specs += list(extra)
+    printed: list = []
+    parts = [PREAMBLE, NOTATION]
+    breaks = False                       # a page break before every part but the first
+    ew = [s for s in specs if isinstance(s, ElementwiseSpec)]
+    ct = [s for s in specs if isinstance(s, ContractionSpec)]
+    if ew:
+        parts.append(ELEMENTWISE_INTRO)
+        parts += [elementwise_section(_derive(s), printed) for s in ew]
+        breaks = True
+    if ct:
+        parts.append(("\\clearpage\n" if breaks else "") + CONTRACTION_INTRO)
+        parts += [contraction_section(_derive(s), printed) for s in ct]
+        breaks = True
     if losses:
-        parts.append(losses_section())
+        parts.append(("\\clearpage\n" if breaks else "") + losses_section())
+        breaks = True
     if model is not None:
-        parts.append(model_section(*model))
+        parts.append(("\\clearpage\n" if breaks else "") + model_section(model))
     parts.append("\\end{document}\n")
-    return "".join(parts)
+    return Document("".join(parts), printed)
+
+
+def document(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
+             losses: bool = True) -> str:
+    """The full document: notation, the activations, the dense and window layers (every
+    built-in by default, or ``layers``, plus ``extra`` specs: :class:`ElementwiseSpec` or
+    :class:`ContractionSpec`), the losses and, with ``model`` (:func:`describe_model`), the
+    model's shapes, composed chain rule and kernel order."""
+    return build(layers, extra, model, losses).text
 
 
 def compile_pdf(text: str, pdf_path) -> "Path":
@@ -418,3 +1310,4 @@ def compile_pdf(text: str, pdf_path) -> "Path":
         shutil.copyfile(Path(tmp) / "derivations.pdf", tmp_pdf)
         tmp_pdf.replace(pdf_path)
     return pdf_path
+
