@@ -294,6 +294,13 @@ class DerivationPrinter(LatexPrinter):
     def _print_Mul(self, expr):
         parts = self.split_iverson(expr)
         if parts is None:
+            facs = sp.Mul.make_args(expr)
+            adds = [f for f in facs if isinstance(f, sp.Add)]
+            if adds and len(adds) < len(facs) and not any(f.is_Pow and f.exp.is_negative for f in facs) \
+                    and not _neg(expr):   # sums last: p_j (v_j − s), not (v_j − s) p_j
+                rest = sp.Mul(*[f for f in facs if not isinstance(f, sp.Add)])
+                return super()._print_Mul(rest) + " " + " ".join(r"\left(" + self._print(a) + r"\right)"
+                                                                  for a in adds)
             return super()._print_Mul(expr)
         sign, groups, other = parts
         br = "".join(b for g in groups for b in g)
@@ -505,9 +512,21 @@ def display(rows: list[Row]) -> str:
 
 
 # ---------------------------------------------------------------- display-only simplification
+def _into_sums(e):
+    """Factors independent of a sum's indices moved inside it (a canonical form for comparing)."""
+    def push(m):
+        sums = [f for f in m.args if isinstance(f, sp.Sum)]
+        if len(sums) != 1:
+            return m
+        rest = sp.Mul(*[f for f in m.args if f is not sums[0]])
+        return sp.Sum(sp.expand(rest * sums[0].function), *sums[0].limits)
+    e = e.replace(lambda x: isinstance(x, sp.Mul) and any(isinstance(f, sp.Sum) for f in x.args), push)
+    return e.replace(lambda x: isinstance(x, sp.Sum), lambda x: sp.Sum(sp.expand(x.function), *x.limits))
+
+
 def _same(a, b) -> bool:
     try:
-        return a == b or sp.expand(a - b) == 0
+        return a == b or sp.expand(a - b) == 0 or sp.expand(_into_sums(a) - _into_sums(b)) == 0
     except Exception:  # noqa: BLE001
         return False
 
@@ -524,7 +543,9 @@ def _variants(e) -> list:
             for b in range(a + 1, len(adds)):
                 i, j = adds[a], adds[b]
                 rest = [f for k, f in enumerate(facs) if k not in (i, j)]
-                out.append(_keep_coeff(coeff, sp.Mul(*rest, sp.expand(facs[i] * facs[j]))))
+                prod = sp.expand(facs[i] * facs[j])
+                if len(sp.Add.make_args(prod)) <= 2:          # (y − 1)(y + 1) → y² − 1 only
+                    out.append(_keep_coeff(coeff, sp.Mul(*rest, prod)))
         for cand in list(out):
             c2, f2 = cand.as_coeff_mul()
             f2 = list(f2)
@@ -536,7 +557,7 @@ def _variants(e) -> list:
         free = [f for f in e.function.args if not (f.free_symbols & bound)]
         if free:
             inner = sp.Mul(*[f for f in e.function.args if f.free_symbols & bound])
-            out.append(sp.Mul(*free) * sp.Sum(inner, *e.limits))
+            out.insert(0, sp.Mul(*free) * sp.Sum(inner, *e.limits))
     return out
 
 
@@ -620,7 +641,7 @@ LOSS_NAMES = {"k": "j'", "l": "j'", "s": r"\langle p, v\rangle"}
 
 
 def _description(name: str, doc: str) -> str:
-    return DESCRIPTIONS.get(name) or (escape(doc[:1].upper() + doc[1:]) + "." if doc else "")
+    return DESCRIPTIONS.get(name) or (escape(doc) + ("" if doc.endswith(".") else ".") if doc else "")
 
 
 @functools.lru_cache(maxsize=None)
