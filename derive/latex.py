@@ -1103,9 +1103,10 @@ def kernel_schedule(info: ModelInfo) -> dict:
         for k in range(len(L) - 1, -1, -1):
             r, la = roles[k], L[k]
             if pnames[k]:
-                note = ("on $x \\circ x$ and $\\sum_q \\pm S_q \\circ S_q$" if la.kind == "Dense"
-                        else "per column and sample, squared")
-                out += [(k + 1, r[f"vjp:{p}"], note) for p in pnames[k]]
+                for p in pnames[k]:
+                    note = "per column and sample, squared" if la.kind != "Dense" else (
+                        ("on $x \\circ x$ and " if p == "W" else "on ") + "$\\sum_q \\pm S_q \\circ S_q$")
+                    out.append((k + 1, r[f"vjp:{p}"], note))
             if k > 0 and la.spec:
                 out.append((k + 1, r["vjp:x"], "per column"))
                 if exact and "residual" in r:
