@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..generated import losses as _losses
+from .kernels import load
+
+_losses = load("losses")
 
 
 class Loss:
@@ -11,16 +13,18 @@ class Loss:
     classification = False
 
     def value_and_grad(self, out: np.ndarray, y: np.ndarray):
+        """``(loss, ∂loss/∂out, ctx)``; ``ctx`` is what :meth:`hvp` needs at this point (per call:
+        losses keep no state)."""
         raise NotImplementedError
 
     def check_targets(self, y, n: int, out_shape: tuple) -> np.ndarray:
         raise NotImplementedError
 
-    def hvp(self, out: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Loss Hessian (w.r.t. the outputs, at the last :meth:`value_and_grad`) times ``v``."""
+    def hvp(self, ctx, out: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Loss Hessian (w.r.t. the outputs, at the point ``ctx`` came from) times ``v``."""
         raise NotImplementedError
 
-    def hessian_blocks(self, out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def hessian_blocks(self, ctx, out: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample loss Hessians ``(N, K, K)`` (outputs flattened to K per sample), built
         from the generated HVP kernel applied to the K unit directions."""
         n, k = out.shape[0], out[0].size
@@ -29,7 +33,7 @@ class Loss:
         flat = e.reshape(n, k)
         for j in range(k):
             flat[:, j] = 1
-            H[:, :, j] = self.hvp(out, y, e).reshape(n, k)
+            H[:, :, j] = self.hvp(ctx, out, y, e).reshape(n, k)
             flat[:, j] = 0
         return H
 
@@ -52,16 +56,15 @@ class SoftmaxCrossEntropy(Loss):
         return np.ascontiguousarray(y, dtype=np.int64)
 
     def value_and_grad(self, out, y):
-        grad = np.empty_like(out)
-        self.probs = np.empty_like(out)
-        loss = _losses.softmax_cross_entropy(out, y, grad, self.probs)
-        return loss, grad
+        grad, probs = np.empty_like(out), np.empty_like(out)
+        loss = _losses.softmax_cross_entropy(out, y, grad, probs)
+        return loss, grad, probs
 
     def value(self, out, y):
         return _losses.softmax_cross_entropy(out, y)
 
-    def hvp(self, out, y, v):
-        return _losses.softmax_cross_entropy_hvp(self.probs, np.ascontiguousarray(v), np.empty_like(out))
+    def hvp(self, ctx, out, y, v):
+        return _losses.softmax_cross_entropy_hvp(ctx, np.ascontiguousarray(v), np.empty_like(out))
 
 
 class MSE(Loss):
@@ -82,12 +85,12 @@ class MSE(Loss):
     def value_and_grad(self, out, y):
         y = np.ascontiguousarray(y, dtype=out.dtype)
         grad = np.empty_like(out)
-        return _losses.mse(out, y, grad), grad
+        return _losses.mse(out, y, grad), grad, None
 
     def value(self, out, y):
         return _losses.mse(out, np.ascontiguousarray(y, dtype=out.dtype))
 
-    def hvp(self, out, y, v):
+    def hvp(self, ctx, out, y, v):
         return _losses.mse_hvp(out, np.ascontiguousarray(y, dtype=out.dtype), np.ascontiguousarray(v),
                                np.empty_like(out))
 

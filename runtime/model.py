@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import checkpoint
-from .layers import Layer, from_config, split_by_layer
+from .layer import Layer
+from .layers import from_config
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Adam, Optimizer
@@ -23,8 +25,26 @@ def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     return a
 
 
+class Tape:
+    """What one forward pass of a :class:`Sequential` saved, per call: each layer use's record,
+    the network output, the loss and its context (e.g. softmax probabilities) and, after
+    :meth:`Sequential.backward` with ``keep_output_grads``, each layer's output gradient.
+    Nothing per-call lives on layers or the model, so models and layers are reentrant."""
+
+    __slots__ = ("records", "out", "y", "loss", "loss_ctx", "grad_out", "gs")
+
+    def __init__(self, records, out, y, loss, loss_ctx, grad_out):
+        self.records, self.out, self.y = records, out, y
+        self.loss, self.loss_ctx, self.grad_out = loss, loss_ctx, grad_out
+        self.gs = None
+
+
 class Sequential:
-    """Layers applied in order, then a loss that averages over the batch."""
+    """Layers applied in order, then a loss that averages over the batch.
+
+    A layer object may appear several times (its weights are shared: listed once in
+    :meth:`parameters`, gradients summed over the uses) and may sit in several models.
+    """
 
     def __init__(self, layers: list[Layer], loss="softmax_cross_entropy", dtype="float32",
                  seed: int = 0, input_shape: tuple | None = None):
@@ -38,31 +58,68 @@ class Sequential:
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
         self.rng = np.random.default_rng(seed)
+        self._build_lock = threading.Lock()
         tune_allocator()
+        seen = set()
+        for layer in self.layers:   # parameters whose shapes the constructors fix, once per object
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                layer.init_parameters(dt, self.rng)
         self.input_shape = self.output_shape = None
+        self._slots = None
         if input_shape is None and hasattr(self.layers[0], "in_features"):
             input_shape = (self.layers[0].in_features,)
         if input_shape is not None:   # otherwise built from the first batch seen
             self.build(input_shape)
 
     def build(self, input_shape: tuple) -> "Sequential":
-        """Allocate every layer's parameters for per-sample inputs of ``input_shape``."""
-        if self.input_shape is not None:
-            if tuple(input_shape) != self.input_shape:
-                raise ValueError(f"Sequential: already built for inputs {self.input_shape}, not {tuple(input_shape)}")
-            return self
-        shape = tuple(int(s) for s in input_shape)
-        for layer in self.layers:
-            shape = layer.build(shape, self.dtype, self.rng)
-        self.input_shape, self.output_shape = tuple(int(s) for s in input_shape), shape
+        """Infer every layer's shapes for per-sample inputs of ``input_shape`` (and create
+        parameters that depend on them, e.g. a residual projection)."""
+        with self._build_lock:
+            if self.input_shape is not None:
+                if tuple(input_shape) != self.input_shape:
+                    raise ValueError(f"Sequential: already built for inputs {self.input_shape}, "
+                                     f"not {tuple(input_shape)}")
+                return self
+            shape = tuple(int(s) for s in input_shape)
+            for layer in self.layers:
+                shape = layer.build(shape, self.dtype, self.rng)
+            self._slots = None
+            self.output_shape = shape
+            self.input_shape = tuple(int(s) for s in input_shape)
         return self
 
     # ------------------------------------------------------------ basics
     def parameters(self) -> list[np.ndarray]:
-        if self.input_shape is None:
+        """Every trainable array once, in layer order, weight before bias (live arrays)."""
+        return self.param_slots()[0]
+
+    def param_slots(self):
+        """``(parameters, slots)``: ``slots[k]`` maps layer k's ``param_uses()`` to indices of
+        ``parameters()`` (a shared layer's uses point at the same entries)."""
+        if self._slots is not None:
+            return self._slots
+        if self.input_shape is None and not all(la.parameters_known() for la in self.layers):
             raise ValueError("Sequential: not built yet; pass input_shape= or call build(), fit() or "
-                             "forward() first (the first layer does not fix the input size)")
-        return [p for layer in self.layers for p in layer.parameters()]
+                             "forward() first (a layer's parameters depend on the input shape)")
+        params, index, slots = [], {}, []
+        for layer in self.layers:
+            s = []
+            for p in layer.param_uses():
+                if id(p) not in index:
+                    index[id(p)] = len(params)
+                    params.append(p)
+                s.append(index[id(p)])
+            slots.append(s)
+        result = (params, slots)
+        if self.input_shape is not None:
+            self._slots = result
+        return result
+
+    def shares_parameters(self) -> bool:
+        """Whether a parameter is used more than once (tied weights)."""
+        params, slots = self.param_slots()
+        return sum(len(s) for s in slots) != len(params)
 
     def _check_X(self, X) -> np.ndarray:
         if not isinstance(X, np.ndarray):
@@ -84,33 +141,68 @@ class Sequential:
         X = self._check_X(X)
         return X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
 
+    def _forward(self, X: np.ndarray):
+        out, recs = X, []
+        for layer in self.layers:
+            out, r = layer.forward(out)
+            recs.append(r)
+        return out, recs
+
     def forward(self, X) -> np.ndarray:
         """Network outputs (logits for classification)."""
-        out = self._check_X(X)
-        for layer in self.layers:
-            out = layer.forward(out)
-        return out
+        return self._forward(self._check_X(X))[0]
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
-        return self._loss_and_grad(*self._check_batch(X, y))
+        tape = self.trace(X, y)
+        return tape.loss, self.backward(tape)
 
-    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, keep_output_grads: bool = False):
-        """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop).
-        With ``keep_output_grads`` each layer's output gradient is kept for the R-op pass."""
-        out = X
-        for layer in self.layers:
-            out = layer.forward(out)
-        self._out = out
-        loss, g = self.loss.value_and_grad(out, y)
-        grads = []
-        self._gs = [None] * len(self.layers) if keep_output_grads else None
+    # ------------------------------------------------------------ the passes, on a tape
+    def trace(self, X, y, checked: bool = False) -> Tape:
+        """Forward pass and loss on a batch: the :class:`Tape` every later pass reads.
+        ``checked``: X and y are already validated (the fit loop validates once)."""
+        if not checked:
+            X, y = self._check_batch(X, y)
+        out, recs = self._forward(X)
+        loss, g, ctx = self.loss.value_and_grad(out, y)
+        return Tape(recs, out, y, float(loss), ctx, g)
+
+    def backward(self, tape: Tape, keep_output_grads: bool = False) -> list[np.ndarray]:
+        """Gradients of the tape's loss, aligned with :meth:`parameters` (summed over the uses
+        of a shared parameter). ``keep_output_grads`` keeps each layer's output gradient on the
+        tape for :meth:`rop` and the Hessian diagonals."""
+        params, slots = self.param_slots()
+        grads = [None] * len(params)
+        g = tape.grad_out
+        gs = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
-            if keep_output_grads:
-                self._gs[k] = g
-            g, pg = self.layers[k].backward(g, need_input_grad=k > 0)
-            grads[:0] = pg
-        return float(loss), grads
+            gs[k] = g
+            g, pg = self.layers[k].vjp(tape.records[k], g, need_input=k > 0)
+            for i, a in zip(slots[k], pg):
+                grads[i] = a if grads[i] is None else grads[i] + a
+        if keep_output_grads:
+            tape.gs = gs
+        return grads
+
+    def rop(self, tape: Tape, v: list[np.ndarray]) -> list[np.ndarray]:
+        """Exact Hessian-vector product at the tape's point (after ``backward(tape,
+        keep_output_grads=True)``): push ``v`` forward (JVPs), through the loss Hessian, and
+        back (the R-op of every pullback). ``v`` is aligned with :meth:`parameters`."""
+        if tape.gs is None:
+            raise ValueError("Sequential.rop: call backward(tape, keep_output_grads=True) first")
+        params, slots = self.param_slots()
+        parts = [[v[i] for i in s] for s in slots]
+        Rxs, Rx = [], None
+        for layer, rec, Rp in zip(self.layers, tape.records, parts):
+            Rxs.append(Rx)
+            Rx = layer.jvp(rec, Rx, Rp)
+        Rg = self.loss.hvp(tape.loss_ctx, tape.out, tape.y, Rx if Rx is not None else np.zeros_like(tape.out))
+        Hv = [None] * len(params)
+        for k in range(len(self.layers) - 1, -1, -1):
+            Rg, Rp = self.layers[k].rvjp(tape.records[k], tape.gs[k], Rg, Rxs[k], parts[k], need_input=k > 0)
+            for i, a in zip(slots[k], Rp):
+                Hv[i] = a if Hv[i] is None else Hv[i] + a
+        return [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
 
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
@@ -127,30 +219,16 @@ class Sequential:
             out.append(_finite_array(a, self.dtype, f"Sequential: {what}[{i}]"))
         return out
 
-    def _rop(self, y: np.ndarray, v: list[np.ndarray]) -> list[np.ndarray]:
-        """Hessian-vector product at the point of the last ``_loss_and_grad(..., keep_output_grads=True)``:
-        push ``v`` forward (JVPs), through the loss Hessian, and back (R-op of every pullback)."""
-        parts = split_by_layer(self.layers, v)
-        Rxs, Rx = [], None
-        for layer, Rp in zip(self.layers, parts):
-            Rxs.append(Rx)
-            Rx = layer.jvp(Rx, Rp)
-        Rg = self.loss.hvp(self._out, y, Rx if Rx is not None else np.zeros_like(self._out))
-        Rgrads = []
-        for k in range(len(self.layers) - 1, -1, -1):
-            Rg, Rp = self.layers[k].rvjp(self._gs[k], Rg, Rxs[k], parts[k], need_input_grad=k > 0)
-            Rgrads[:0] = Rp
-        return Rgrads
-
     def hvp(self, X, y, v, return_grad: bool = False):
         """Exact Hessian-vector product ``H v`` of the mean batch loss (Pearlmutter's R-operator
         through the generated JVP and R-op kernels); ``v`` is aligned with :meth:`parameters`.
         With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
         X, y = self._check_batch(X, y)
         v = self._check_direction(v)
-        loss, grads = self._loss_and_grad(X, y, keep_output_grads=True)
-        hv = self._rop(y, v)
-        return (loss, grads, hv) if return_grad else hv
+        tape = self.trace(X, y, checked=True)
+        grads = self.backward(tape, keep_output_grads=True)
+        hv = self.rop(tape, v)
+        return (tape.loss, grads, hv) if return_grad else hv
 
     def hessian_diagonal(self, X, y, method: str = "exact", samples: int = 100, seed: int | None = None):
         """Diagonal of the loss Hessian w.r.t. every parameter (list aligned with :meth:`parameters`).
@@ -220,11 +298,11 @@ class Sequential:
             for i in range(0, len(X), batch_size):
                 idx = order[i:i + batch_size]
                 xb, yb = X[idx], y[idx]
-                loss, grads = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
+                loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
                 if self.loss.classification:
-                    correct += int((self.loss.probs.argmax(axis=1) == yb).sum())
+                    correct += int((tape.out.argmax(axis=1) == yb).sum())
                 total += loss * len(idx)
                 optimizer.step(params, grads)
             hist["loss"].append(total / len(X))
@@ -246,14 +324,26 @@ class Sequential:
 
     # ------------------------------------------------------------ persistence
     def save(self, path):
-        cfg = {"layers": [layer.config() for layer in self.layers], "loss": self.loss.name,
-               "dtype": self.dtype.name, "seed": self.seed, "input_shape": list(self.input_shape)}
+        first, cfgs = {}, []
+        for k, layer in enumerate(self.layers):   # a layer used again is stored as a reference
+            cfgs.append({"type": "Shared", "index": first[id(layer)]} if id(layer) in first else layer.config())
+            first.setdefault(id(layer), k)
+        cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
+               "input_shape": list(self.input_shape)}
         return checkpoint.save(path, cfg, self.parameters())
 
     @classmethod
     def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
         cfg, arrays = checkpoint.load(path)
-        layers = [from_config(c, custom_objects) for c in cfg["layers"]]
+        layers = []
+        for c in cfg["layers"]:
+            if c.get("type") == "Shared":
+                k = c.get("index")
+                if not isinstance(k, int) or not 0 <= k < len(layers):
+                    raise ValueError(f"{path}: shared-layer reference {c} points at no earlier layer")
+                layers.append(layers[k])
+            else:
+                layers.append(from_config(c, custom_objects))
         model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
                     input_shape=tuple(cfg["input_shape"]))
         params = model.parameters()

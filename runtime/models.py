@@ -16,7 +16,7 @@ def _flat_size(model_layers: list, input_shape: tuple, dtype) -> int:
 
 
 def mlp(input_shape: tuple, classes: int = 10, hidden: int = 512, activation: str = "relu", **kw) -> Sequential:
-    act = L.BUILTIN_ACTIVATIONS[activation]
+    act = lambda: L.Activation(activation)  # noqa: E731
     layers = [L.Flatten()] if len(input_shape) > 1 else []
     size = 1
     for s in input_shape:
@@ -32,7 +32,7 @@ def _features_then_head(features_fn, head_fn, input_shape, dtype, **kw) -> Seque
 
 def cnn(input_shape: tuple, classes: int = 10, activation: str = "relu", dtype="float32", **kw) -> Sequential:
     """Small CNN for 8x8 digits (works for any size >= 4x4): two 3x3 conv blocks, a hidden layer."""
-    act = L.BUILTIN_ACTIVATIONS[activation]
+    act = lambda: L.Activation(activation)  # noqa: E731
     C = input_shape[0]
     return _features_then_head(
         lambda: [L.Conv2D(C, 32, 3, padding=1), act(), L.Conv2D(32, 64, 3, padding=1), act(), L.MaxPool2D(2)],

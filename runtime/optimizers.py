@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..generated import optimizers as _opt
+from .kernels import load
+
+_opt = load("optimizers")
 
 
 class Optimizer:
@@ -22,9 +24,10 @@ class Optimizer:
         raise NotImplementedError
 
     def loss_and_grad(self, model, X, y):
-        """Loss and gradients of ``model`` on a validated batch (plus whatever curvature the
+        """``(loss, grads, tape)`` of ``model`` on a validated batch (plus whatever curvature the
         optimizer uses, kept for the next :meth:`step`)."""
-        return model._loss_and_grad(X, y)
+        tape = model.trace(X, y, checked=True)
+        return tape.loss, model.backward(tape), tape
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         if len(params) != len(grads):
@@ -110,20 +113,22 @@ class AdaHessian(Optimizer):
         """Loss, gradients and the (spatially averaged) Hutchinson diagonal from one shared
         forward/backward pass and ``n_samples`` R-op passes."""
         from .curvature import hutchinson
-        loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
-        D = hutchinson(model, y, self.n_samples, self.rng)
+        tape = model.trace(X, y, checked=True)
+        loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
+        D = hutchinson(model, tape, self.n_samples, self.rng)
         for i, d in enumerate(D):
             if self.average_conv_kernel and d.ndim == 4:
                 D[i] = np.ascontiguousarray(np.broadcast_to(np.abs(d).mean(axis=(2, 3), keepdims=True), d.shape))
-        return loss, grads, D
+        return loss, grads, D, tape
 
     def loss_and_grad(self, model, X, y):
         due = self._calls % self.update_each == 0
         self._calls += 1
         if due or self.hessian_diag is None:
-            loss, grads, self.hessian_diag = self.estimate(model, X, y)
-            return loss, grads
-        return model._loss_and_grad(X, y)
+            loss, grads, self.hessian_diag, tape = self.estimate(model, X, y)
+            return loss, grads, tape
+        tape = model.trace(X, y, checked=True)
+        return tape.loss, model.backward(tape), tape
 
     def step(self, params, grads, hessian_diag=None):
         """Update in place; ``hessian_diag`` defaults to the estimate made by :meth:`loss_and_grad`."""
@@ -169,8 +174,8 @@ class Newton(Optimizer):
 
     def loss_and_grad(self, model, X, y):
         from .curvature import full_hessian
-        loss, grads, self.H = full_hessian(model, X, y, self.max_params)
-        return loss, grads
+        loss, grads, self.H, tape = full_hessian(model, X, y, self.max_params, return_tape=True)
+        return loss, grads, tape
 
     def step(self, params, grads, hessian=None):
         H = self.H if hessian is None else np.asarray(hessian, np.float64)

@@ -53,6 +53,16 @@ def load_data(dataset: str, data_dir, dtype: str, input_shape=None, model: str |
     return (upsample(X, factor), y), (upsample(Xt, factor), yt)
 
 
+def _activation_names():
+    """The activation registry (the compiled manifest); None when no kernels are compiled, so
+    `symprop generate` and `symprop latex` still run."""
+    try:
+        from .runtime.activation import names
+        return names()
+    except ImportError:
+        return None
+
+
 def cmd_train(args) -> int:
     from .runtime import optimizers as O
     from .runtime.models import MODELS
@@ -214,7 +224,8 @@ def main(argv=None) -> int:
                    "diagonal every N steps")
     t.add_argument("--damping", type=float, default=0.1, help="Newton: damping added to |eigenvalues|")
     t.add_argument("--hidden", type=int, default=512)
-    t.add_argument("--activation", default="relu", choices=["tanh", "sigmoid", "relu", "softplus"])
+    t.add_argument("--activation", default="relu", choices=_activation_names(),
+                   help="any registered activation (derive/builtins.py)")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")

@@ -3,18 +3,25 @@ import numpy as np
 import pytest
 import torch
 
-from symprop.generated import activations as A
-from conftest import rel_err
+from symprop import layers as L
+from symprop.runtime.kernels import SpecKernels, load
+from conftest import TORCH_ACTIVATIONS as TORCH, rel_err
 
-TORCH = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
-         "softplus": lambda t: torch.nn.functional.softplus(t, threshold=100.0)}  # torch returns x above 20 by default
+A = load("activations")
+ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x", "residual": "residual",
+         "diag_backprop": "bl:x"}
 
 
 def run(name, which, **arrays):
-    sig = A.KERNELS[f"{name}_{which}"]
-    out = np.empty_like(next(iter(arrays.values())))
-    getattr(A, f"{name}_{which}")(*[arrays[a] for a in sig["arrays"]], out)
-    return out
+    """One role of a registered activation, through the manifest executor."""
+    x = next(iter(arrays.values()))
+    return SpecKernels(A, name).run(ROLES[which], arrays, x.dtype, {}, {"x": x.shape, "y": x.shape})
+
+
+def test_registry_is_the_spec_table():
+    """The compiled registry and the spec table agree: one line in derive/builtins.py is all."""
+    from symprop.derive.builtins import ACTIVATIONS
+    assert sorted(L.activation_names()) == sorted(ACTIVATIONS) == sorted(TORCH)
 
 
 def points(rng, dtype):

@@ -53,7 +53,7 @@ def test_adahessian_steps_match_a_torch_reference(k, wd, update_each):
                        update_each=update_each)
     params = model.parameters()
     for _ in range(3):
-        _, grads = opt.loss_and_grad(model, X, y)
+        _, grads, _ = opt.loss_and_grad(model, X, y)
         opt.step(params, grads)
     for a, b in zip(params, want):
         assert rel_err(a, b) < 1e-9
@@ -62,8 +62,8 @@ def test_adahessian_steps_match_a_torch_reference(k, wd, update_each):
 def test_adahessian_averages_conv_kernels_only_when_asked():
     model = small_cnn()
     X, y = np.random.default_rng(1).normal(size=(4, 1, 4, 4)), np.array([0, 1, 2, 0])
-    _, _, D = O.AdaHessian(seed=0).estimate(model, X, y)
-    _, _, Draw = O.AdaHessian(seed=0, average_conv_kernel=False).estimate(model, X, y)
+    _, _, D, _ = O.AdaHessian(seed=0).estimate(model, X, y)
+    _, _, Draw, _ = O.AdaHessian(seed=0, average_conv_kernel=False).estimate(model, X, y)
     assert np.all(D[0] == D[0][:, :, :1, :1]) and D[0].min() >= 0
     assert rel_err(D[0][:, :, 0, 0], np.abs(Draw[0]).mean(axis=(2, 3))) < 1e-12
     assert all(np.array_equal(a, b) for a, b in zip(D[1:], Draw[1:]))   # non-conv: v ⊙ Hv as is
@@ -94,7 +94,7 @@ def test_newton_solves_a_quadratic_in_one_step():
     model = Sequential([L.Dense(4, 2)], loss="mse", dtype="float64")
     X, Y = rng.normal(size=(20, 4)), rng.normal(size=(20, 2))
     opt = O.Newton(lr=1.0, damping=1e-12)
-    _, grads = opt.loss_and_grad(model, X, Y)
+    _, grads, _ = opt.loss_and_grad(model, X, Y)
     opt.step(model.parameters(), grads)
     A = np.hstack([X, np.ones((20, 1))])
     sol = np.linalg.lstsq(A, Y, rcond=None)[0]          # exact least-squares minimizer
