@@ -111,7 +111,7 @@ def compare(name, model, X, y, repeat=15, number=20):
 
     def sym_step(opt):
         def run():
-            _, grads = opt.loss_and_grad(model, Xv, yv)
+            _, grads, _ = opt.loss_and_grad(model, Xv, yv)
             opt.step(params, grads)
         return run
 
