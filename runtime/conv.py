@@ -151,7 +151,7 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def forward(self, x):
+    def forward(self, x, ctx=None):
         if not isinstance(x, np.ndarray) or x.ndim < 2:
             raise ValueError(f"Flatten: expected a batch (N, ...), got {getattr(x, 'shape', type(x).__name__)}")
         x = np.ascontiguousarray(x)

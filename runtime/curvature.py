@@ -124,7 +124,7 @@ def hessian_diagonal(model, X: np.ndarray, y: np.ndarray, method: str, samples: 
         raise ValueError(f"hessian_diagonal: method={method!r} backpropagates per-use curvature and would "
                          f"drop the cross terms between the uses of a shared parameter; use "
                          f"method='hutchinson' (exact HVPs) or model.hessian() for tied weights")
-    tape = model.trace(X, y, checked=True)
+    tape = model.trace(X, y, checked=True, update_buffers=False)
     model.backward(tape, keep_output_grads=True)
     if method == "hutchinson":
         return _hutchinson(model, tape, samples, seed)
@@ -143,7 +143,7 @@ def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = N
     if P > limit:
         raise ValueError(f"full Hessian: the model has {P:,} parameters, above the limit of {limit:,} "
                          f"(a {P}x{P} matrix from {P} HVPs); use hvp() or hessian_diagonal()")
-    tape = model.trace(X, y, checked=True)
+    tape = model.trace(X, y, checked=True, update_buffers=False)
     loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
     H = np.empty((P, P))
     offsets = np.cumsum([0] + sizes)

@@ -14,6 +14,21 @@ import numpy as np
 from .kernels import SpecKernels
 
 
+class Context:
+    """How one forward pass runs, passed down by the model (per call, never stored):
+    ``training`` (batch statistics, dropout masks) or evaluation; ``update_buffers`` (a
+    train-mode pass that updates running statistics; False for second-order passes);
+    ``rng`` the model's seeded generator for masks (one draw per forward call)."""
+
+    __slots__ = ("training", "update_buffers", "rng")
+
+    def __init__(self, training: bool = False, update_buffers: bool = False, rng=None):
+        self.training, self.update_buffers, self.rng = training, update_buffers, rng
+
+
+EVAL = Context()
+
+
 def check_positive_int(layer: str, name: str, v) -> int:
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{layer}: {name} must be a positive integer, got {v!r}")
@@ -68,7 +83,8 @@ class Layer:
         return self.parameters()
 
     # ------------------------------------------------------------ passes
-    def forward(self, x):
+    def forward(self, x, ctx: Context = EVAL):
+        """``(y, record)``: the output and what later passes of this call need."""
         raise NotImplementedError
 
     def vjp(self, rec, g, need_input: bool = True):
@@ -172,7 +188,7 @@ class SpecLayer(Layer):
     def _run(self, role, env, rec, dtype):
         return self.kernels.run(role, env, dtype, self.scalars(), rec["_shapes"])
 
-    def forward(self, x):
+    def forward(self, x, ctx: Context = EVAL):
         x = self.check_input(x)
         K = self.kernels
         shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}

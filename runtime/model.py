@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from . import checkpoint
-from .layer import Layer
+from .layer import EVAL, Context, Layer
 from .layers import from_config
 from .losses import get_loss
 from .memory import tune_allocator
@@ -57,6 +57,7 @@ class Sequential:
         if dt not in (np.float32, np.float64):
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
+        self.training = False
         self.rng = np.random.default_rng(seed)
         self._build_lock = threading.Lock()
         tune_allocator()
@@ -141,16 +142,29 @@ class Sequential:
         X = self._check_X(X)
         return X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
 
-    def _forward(self, X: np.ndarray):
+    # ------------------------------------------------------------ mode
+    def train(self, mode: bool = True) -> "Sequential":
+        """Train mode (as PyTorch): batch statistics, dropout masks. ``fit`` trains in train mode."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Sequential":
+        """Evaluation mode: running statistics, no dropout. ``predict``/``evaluate`` use it."""
+        return self.train(False)
+
+    def _context(self, update_buffers: bool) -> Context:
+        return Context(self.training, self.training and update_buffers, self.rng) if self.training else EVAL
+
+    def _forward(self, X: np.ndarray, ctx: Context = EVAL):
         out, recs = X, []
         for layer in self.layers:
-            out, r = layer.forward(out)
+            out, r = layer.forward(out, ctx)
             recs.append(r)
         return out, recs
 
     def forward(self, X) -> np.ndarray:
-        """Network outputs (logits for classification)."""
-        return self._forward(self._check_X(X))[0]
+        """Network outputs (logits for classification), in the model's current mode."""
+        return self._forward(self._check_X(X), self._context(update_buffers=False))[0]
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
@@ -158,12 +172,14 @@ class Sequential:
         return tape.loss, self.backward(tape)
 
     # ------------------------------------------------------------ the passes, on a tape
-    def trace(self, X, y, checked: bool = False) -> Tape:
+    def trace(self, X, y, checked: bool = False, update_buffers: bool = True) -> Tape:
         """Forward pass and loss on a batch: the :class:`Tape` every later pass reads.
-        ``checked``: X and y are already validated (the fit loop validates once)."""
+        ``checked``: X and y are already validated (the fit loop validates once);
+        ``update_buffers``: a train-mode pass updates running statistics (second-order calls
+        pass False)."""
         if not checked:
             X, y = self._check_batch(X, y)
-        out, recs = self._forward(X)
+        out, recs = self._forward(X, self._context(update_buffers))
         loss, g, ctx = self.loss.value_and_grad(out, y)
         return Tape(recs, out, y, float(loss), ctx, g)
 
@@ -225,7 +241,7 @@ class Sequential:
         With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
         X, y = self._check_batch(X, y)
         v = self._check_direction(v)
-        tape = self.trace(X, y, checked=True)
+        tape = self.trace(X, y, checked=True, update_buffers=False)
         grads = self.backward(tape, keep_output_grads=True)
         hv = self.rop(tape, v)
         return (tape.loss, grads, hv) if return_grad else hv
@@ -252,7 +268,8 @@ class Sequential:
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Class labels for classification losses, raw outputs otherwise."""
-        outs = [self.forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+        X = self._check_X(X)
+        outs = [self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)]
         out = np.concatenate(outs)
         return out.argmax(axis=1) if self.loss.classification else out
 
@@ -260,7 +277,7 @@ class Sequential:
         X = self._check_X(X)
         total, correct = 0.0, 0
         for i in range(0, len(X), batch_size):
-            out = self.forward(X[i:i + batch_size])
+            out = self._forward(X[i:i + batch_size], EVAL)[0]
             yb = self.loss.check_targets(y[i:i + batch_size], out.shape[0], out.shape)
             total += self.loss.value(out, yb) * len(out)
             if self.loss.classification:
@@ -284,6 +301,14 @@ class Sequential:
             verbose = 1 if sys.stdout.isatty() else 0
         rng = np.random.default_rng(self.seed if seed is None else seed)
         params = self.parameters()
+        was_training = self.training
+        self.train()
+        try:
+            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, verbose, rng, params)
+        finally:
+            self.train(was_training)
+
+    def _fit(self, X, y, epochs, batch_size, optimizer, validation_data, verbose, rng, params):
         hist = {"loss": [], "time": []}
         if self.loss.classification:
             hist["accuracy"] = []

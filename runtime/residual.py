@@ -13,7 +13,7 @@ import numpy as np
 
 from .conv import Conv2D, out_size
 from .dense import Dense
-from .layer import Layer
+from .layer import EVAL, Layer
 
 
 def _add(a, b):
@@ -111,13 +111,13 @@ class Residual(Layer):
         return out
 
     # ------------------------------------------------------------ passes
-    def forward(self, x):
+    def forward(self, x, ctx=EVAL):
         recs, out = [], x
         for la in self.block:
-            out, r = la.forward(out)
+            out, r = la.forward(out, ctx)
             recs.append(r)
         if self.projection:
-            skip, prec = self.projection.forward(x)
+            skip, prec = self.projection.forward(x, ctx)
         else:
             skip, prec = x, None
         return out + skip, {"block": recs, "proj": prec, "gs": None, "Rxs": None}
