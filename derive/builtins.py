@@ -6,13 +6,23 @@ import sympy as sp
 from .elementwise import ElementwiseSpec
 
 x = sp.Symbol("x")
+alpha, beta = sp.Symbol("alpha"), sp.Symbol("beta")
 
 TANH = ElementwiseSpec("tanh", sp.tanh(x), x, doc="hyperbolic tangent")
 SIGMOID = ElementwiseSpec("sigmoid", 1 / (1 + sp.exp(-x)), x, doc="logistic sigmoid")
 RELU = ElementwiseSpec("relu", sp.Max(0, x), x, doc="rectified linear unit")
 SOFTPLUS = ElementwiseSpec("softplus", sp.log(1 + sp.exp(x)), x, doc="softplus (stable form)")
 
+# The activation registry: one line each. `symprop generate` emits every kernel (forward, vjp,
+# jvp, R-op, residual, Becker–LeCun) and L.Activation(name), checkpoints, the CLI and the tests
+# pick the name up from the compiled manifest.
 ACTIVATIONS = {s.name: s for s in (TANH, SIGMOID, RELU, SOFTPLUS)}
+ACTIVATIONS["leaky_relu"] = ElementwiseSpec("leaky_relu", sp.Max(x, 0) + alpha * sp.Min(x, 0), x, (("alpha", 0.01),), doc="leaky ReLU, slope alpha below 0")
+ACTIVATIONS["elu"] = ElementwiseSpec("elu", sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)), x, (("alpha", 1.0),), doc="exponential linear unit")
+ACTIVATIONS["silu"] = ElementwiseSpec("silu", x / (1 + sp.exp(-x)), x, doc="sigmoid-weighted linear unit x·σ(x)")
+ACTIVATIONS["swish"] = ElementwiseSpec("swish", x / (1 + sp.exp(-beta * x)), x, (("beta", 1.0),), doc="swish x·σ(βx)")
+ACTIVATIONS["gelu"] = ElementwiseSpec("gelu", x * (1 + sp.erf(x / sp.sqrt(2))) / 2, x, doc="Gaussian error linear unit (erf form)")
+ACTIVATIONS["mish"] = ElementwiseSpec("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x, doc="mish x·tanh(softplus(x))")
 
 # ---------------------------------------------------------------- dense layer
 from .indexed import ContractionSpec  # noqa: E402

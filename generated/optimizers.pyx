@@ -49,6 +49,8 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+    float symprop_finite_orf(float, float) nogil
+    double symprop_finite_or(double, double) nogil
 from cython.parallel cimport prange, threadid
 cimport openmp
 

@@ -5,13 +5,15 @@ Every derivative a layer computes is a role of its spec, run by the manifest exe
 """
 from __future__ import annotations
 
-from .activation import Activation, ReLU, Sigmoid, SoftPlus, Tanh, names as activation_names
+from .activation import (ELU, GELU, Activation, LeakyReLU, Mish, ReLU, Sigmoid, SiLU, SoftPlus, Swish, Tanh,
+                         names as activation_names)
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .layer import Layer, SpecLayer
 from .residual import Residual
 
-__all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "Conv2D",
+__all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
+           "SiLU", "Swish", "GELU", "Mish", "Conv2D",
            "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "activation_names", "from_config"]
 
 
@@ -35,6 +37,6 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         if custom_objects and nm in custom_objects:
             return custom_objects[nm]
         if nm in activation_names():
-            return Activation(nm)
+            return Activation(nm, params=cfg.get("params"))
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
     raise ValueError(f"unknown layer type {kind!r} in checkpoint")

@@ -32,12 +32,24 @@ def _torch_min(*args):
     return out
 
 
-def torch_activation(spec):
-    """The PyTorch oracle of an elementwise spec: its SymPy expression evaluated by torch ops
-    (autograd then differentiates it independently of symprop's derivation)."""
+def _torch_or_math(name):
+    import math
+
+    def fn(a):
+        return getattr(torch, name)(a) if isinstance(a, torch.Tensor) else getattr(math, name)(a)
+    return fn
+
+
+def torch_activation(spec, **values):
+    """The PyTorch oracle of an elementwise spec: its SymPy expression (parameters at their
+    defaults or ``values``) evaluated by torch ops; autograd then differentiates it
+    independently of symprop's derivation."""
     import sympy as sp
-    return sp.lambdify(spec.var, spec.expr, modules=[{"Max": _torch_max, "Min": _torch_min, "max": _torch_max, "min": _torch_min,
-                                                      "amax": _torch_max, "amin": _torch_min}, "torch"])
+    expr = spec.expr.subs({sp.Symbol(p): values.get(p, d) for p, d in spec.params})
+    return sp.lambdify(spec.var, expr, modules=[{"Max": _torch_max, "Min": _torch_min, "max": _torch_max, "min": _torch_min,
+                                                      "amax": _torch_max, "amin": _torch_min,
+                                                      "sqrt": _torch_or_math("sqrt"), "exp": _torch_or_math("exp"),
+                                                      "log": _torch_or_math("log")}, "torch"])
 
 
 def _registry_oracles():
