@@ -28,6 +28,9 @@ def render_all(progress=None) -> dict[str, str]:
     say("deriving activations")
     acts = [derive_elementwise(s) for s in builtins.ACTIVATIONS.values()]
     files["activations.pyx"] = render_elementwise_module("activations", acts)
+    files["masks.pyx"] = render_elementwise_module(
+        "masks", [derive_elementwise(s) for s in builtins.MASKS.values()],
+        doc="Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call.")
     say("deriving dense layer")
     files["dense.pyx"] = render_contraction_module(
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])

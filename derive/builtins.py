@@ -24,6 +24,11 @@ ACTIVATIONS["swish"] = ElementwiseSpec("swish", x / (1 + sp.exp(-beta * x)), x, 
 ACTIVATIONS["gelu"] = ElementwiseSpec("gelu", x * (1 + sp.erf(x / sp.sqrt(2))) / 2, x, doc="Gaussian error linear unit (erf form)")
 ACTIVATIONS["mish"] = ElementwiseSpec("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x, doc="mish x·tanh(softplus(x))")
 
+# Masks drawn per forward call (not activations): dropout y = m·x with m ∈ {0, 1/(1−p)}; the
+# same spec masks a Dense layer's weights for DropConnect.
+_m = sp.Symbol("m")
+MASKS = {"dropout": ElementwiseSpec("dropout", _m * x, x, arrays=("m",), doc="inverted dropout: y = m·x, m ∈ {0, 1/(1−p)}")}
+
 # ---------------------------------------------------------------- dense layer
 from .indexed import ContractionSpec  # noqa: E402
 

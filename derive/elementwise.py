@@ -43,6 +43,7 @@ class ElementwiseSpec:
     var: sp.Symbol
     params: tuple = ()  # ((name, default), ...)
     doc: str = ""
+    arrays: tuple = ()  # constant input arrays of x's shape (e.g. a dropout mask), not differentiated
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -51,7 +52,8 @@ class ElementwiseSpec:
             raise SpecError(f"spec {self.name!r}: expr must be a SymPy expression, got {type(self.expr).__name__}")
         if not isinstance(self.var, sp.Symbol):
             raise SpecError(f"spec {self.name!r}: var must be a sympy.Symbol, got {self.var!r}")
-        extra = self.expr.free_symbols - {self.var} - {sp.Symbol(p) for p, _ in self.params}
+        extra = self.expr.free_symbols - {self.var} - {sp.Symbol(p) for p, _ in self.params} \
+            - {sp.Symbol(a) for a in self.arrays}
         if extra:
             raise SpecError(f"spec {self.name!r}: expression has unbound symbols "
                             f"{sorted(map(str, extra))}; declare them as params")
@@ -63,7 +65,8 @@ class ElementwiseSpec:
 
     @property
     def hash(self) -> str:
-        text = "|".join([self.name, sp.srepr(self.canonical), repr(self.params)])
+        text = "|".join([self.name, sp.srepr(self.canonical), repr(self.params)]
+                        + ([repr(self.arrays)] if self.arrays else []))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -115,6 +118,7 @@ def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], pa
 def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
     """Derive f, f', f'' and the kernel bodies for ``spec`` (SymPy only)."""
     params = {sp.Symbol(p): float(v) for p, v in spec.params}
+    params.update({sp.Symbol(a): 1.0 for a in spec.arrays})   # constants: checked at 1
     f = spec.canonical
     try:
         d1_raw = clean_distributions(sp.diff(f, X))
@@ -138,7 +142,7 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
         chosen[key] = choose_form(raw, cands + ycands, X, Y, fwd.chosen, params)
     d1, d2 = chosen["d1"].chosen, chosen["d2"].chosen
 
-    order = ["x", "y", "g", "Rx", "Rg", "h"]
+    order = ["x", "y", "g", "Rx", "Rg", "h", *spec.arrays]
     n = spec.name
     kernels = [
         _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params, "forward"),

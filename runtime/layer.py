@@ -188,11 +188,15 @@ class SpecLayer(Layer):
     def _run(self, role, env, rec, dtype):
         return self.kernels.run(role, env, dtype, self.scalars(), rec["_shapes"])
 
-    def forward(self, x, ctx: Context = EVAL):
+    def forward(self, x, ctx: Context = EVAL, arrays: dict | None = None):
+        """``arrays`` replace spec arrays for this call (e.g. DropConnect's masked weight);
+        the record keeps them, so every later pass of the call sees the same arrays."""
         x = self.check_input(x)
         K = self.kernels
         shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
         env = self.spec_arrays()
+        if arrays:
+            env.update(arrays)
         env[K.input] = x
         res = K.run("forward", env, x.dtype, self.scalars(), shapes)
         outs = res if isinstance(res, tuple) else (res,)
@@ -201,6 +205,8 @@ class SpecLayer(Layer):
             env[name] = v
         for a in K.saved:
             rec[a] = env[a]
+        if arrays:
+            rec.update(arrays)
         return outs[0], rec
 
     def vjp(self, rec, g, need_input=True):

@@ -9,19 +9,23 @@ from .activation import (ELU, GELU, Activation, LeakyReLU, Mish, ReLU, Sigmoid, 
                          names as activation_names)
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
+from .dropout import Dropout
 from .layer import Layer, SpecLayer
 from .residual import Residual
 
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
            "SiLU", "Swish", "GELU", "Mish", "Conv2D",
-           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "activation_names", "from_config"]
+           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "activation_names", "from_config"]
 
 
 def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     """Rebuild a layer from :meth:`Layer.config` (used by checkpoints; no pickle)."""
     kind = cfg.get("type")
     if kind == "Dense":
-        return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+        return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True),
+                     dropconnect=cfg.get("dropconnect", 0.0))
+    if kind == "Dropout":
+        return Dropout(cfg["p"])
     if kind == "Conv2D":
         return Conv2D(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]), tuple(cfg["stride"]),
                       tuple(cfg["padding"]), tuple(cfg["dilation"]), bias=cfg["bias"])
