@@ -8,6 +8,7 @@ from ..derive import builtins
 from ..derive.elementwise import derive_elementwise
 from ..derive.indexed import derive_contraction
 from ..derive.optimizers import OPTIMIZER_KERNELS
+from .channelwise import render_channelwise_module
 from .contraction import render_contraction_module
 from .elementwise import render_elementwise_module
 from .losses import render_losses_module
@@ -31,6 +32,9 @@ def render_all(progress=None) -> dict[str, str]:
     files["masks.pyx"] = render_elementwise_module(
         "masks", [derive_elementwise(s) for s in builtins.MASKS.values()],
         doc="Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call.")
+    say("deriving learnable activations")
+    files["learnable.pyx"] = render_channelwise_module(
+        "learnable", [derive_elementwise(s) for s in builtins.LEARNABLE.values()])
     say("deriving dense layer")
     files["dense.pyx"] = render_contraction_module(
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])

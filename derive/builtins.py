@@ -24,6 +24,13 @@ ACTIVATIONS["swish"] = ElementwiseSpec("swish", x / (1 + sp.exp(-beta * x)), x, 
 ACTIVATIONS["gelu"] = ElementwiseSpec("gelu", x * (1 + sp.erf(x / sp.sqrt(2))) / 2, x, doc="Gaussian error linear unit (erf form)")
 ACTIVATIONS["mish"] = ElementwiseSpec("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x, doc="mish x·tanh(softplus(x))")
 
+# Activations with a learnable parameter (one per channel on axis 1, or one shared): kernels of
+# the channelwise family (generated/learnable.pyx); the parameter's pullback is a reduction.
+LEARNABLE = {
+    "prelu": ElementwiseSpec("prelu", sp.Max(x, 0) + alpha * sp.Min(x, 0), x, (("alpha", 0.25),), doc="PReLU: learnable slope below 0", learnable=("alpha",)),
+    "swish_learnable": ElementwiseSpec("swish_learnable", x / (1 + sp.exp(-beta * x)), x, (("beta", 1.0),), doc="swish x·σ(βx) with learnable β", learnable=("beta",)),
+}
+
 # Masks drawn per forward call (not activations): dropout y = m·x with m ∈ {0, 1/(1−p)}; the
 # same spec masks a Dense layer's weights for DropConnect.
 _m = sp.Symbol("m")

@@ -138,9 +138,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'tanh_diag_backprop',
-                             'call': ['y', 'g', 'h', 'hx'],
+                             'call': ['y', 'g', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['y', 'g', 'h'],
+                             'arrays': ['y', 'g', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                              'scalars': []},
@@ -187,9 +187,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                   'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                   'scalars': []},
                        'bl:x': {'kernel': 'sigmoid_diag_backprop',
-                                'call': ['y', 'g', 'h', 'hx'],
+                                'call': ['y', 'g', 'H', 'hx'],
                                 'kwargs': [],
-                                'arrays': ['y', 'g', 'h'],
+                                'arrays': ['y', 'g', 'H'],
                                 'optional': [],
                                 'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                                 'scalars': []},
@@ -236,9 +236,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'relu_diag_backprop',
-                             'call': ['x', 'h', 'hx'],
+                             'call': ['x', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['x', 'h'],
+                             'arrays': ['x', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                              'scalars': []}},
@@ -278,9 +278,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                    'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                    'scalars': []},
                         'bl:x': {'kernel': 'softplus_diag_backprop',
-                                 'call': ['y', 'g', 'h', 'hx'],
+                                 'call': ['y', 'g', 'H', 'hx'],
                                  'kwargs': [],
-                                 'arrays': ['y', 'g', 'h'],
+                                 'arrays': ['y', 'g', 'H'],
                                  'optional': [],
                                  'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                                  'scalars': []},
@@ -327,9 +327,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                      'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                      'scalars': ['alpha']},
                           'bl:x': {'kernel': 'leaky_relu_diag_backprop',
-                                   'call': ['x', 'h', 'hx', 'alpha'],
+                                   'call': ['x', 'H', 'hx', 'alpha'],
                                    'kwargs': [],
-                                   'arrays': ['x', 'h'],
+                                   'arrays': ['x', 'H'],
                                    'optional': [],
                                    'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                                    'scalars': ['alpha']}},
@@ -369,9 +369,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                               'scalars': ['alpha']},
                    'bl:x': {'kernel': 'elu_diag_backprop',
-                            'call': ['x', 'g', 'h', 'hx', 'alpha'],
+                            'call': ['x', 'g', 'H', 'hx', 'alpha'],
                             'kwargs': [],
-                            'arrays': ['x', 'g', 'h'],
+                            'arrays': ['x', 'g', 'H'],
                             'optional': [],
                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                             'scalars': ['alpha']},
@@ -418,9 +418,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'silu_diag_backprop',
-                             'call': ['x', 'g', 'h', 'hx'],
+                             'call': ['x', 'g', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['x', 'g', 'h'],
+                             'arrays': ['x', 'g', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                              'scalars': []},
@@ -467,9 +467,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                 'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                 'scalars': ['beta']},
                      'bl:x': {'kernel': 'swish_diag_backprop',
-                              'call': ['x', 'g', 'h', 'hx', 'beta'],
+                              'call': ['x', 'g', 'H', 'hx', 'beta'],
                               'kwargs': [],
-                              'arrays': ['x', 'g', 'h'],
+                              'arrays': ['x', 'g', 'H'],
                               'optional': [],
                               'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                               'scalars': ['beta']},
@@ -516,9 +516,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'gelu_diag_backprop',
-                             'call': ['x', 'g', 'h', 'hx'],
+                             'call': ['x', 'g', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['x', 'g', 'h'],
+                             'arrays': ['x', 'g', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                              'scalars': []},
@@ -565,9 +565,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'mish_diag_backprop',
-                             'call': ['x', 'y', 'g', 'h', 'hx'],
+                             'call': ['x', 'y', 'g', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['x', 'y', 'g', 'h'],
+                             'arrays': ['x', 'y', 'g', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
                              'scalars': []},
@@ -837,74 +837,74 @@ scalars: none.
                     _tanh_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_diag_backprop
-# hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
-cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
+cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0)) + h*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0))) + (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0)) + h*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0))) + (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
 
-def tanh_diag_backprop(y, g, h, hx, ):
-    """hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
+def tanh_diag_backprop(y, g, H, hx, ):
+    """hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"tanh_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"tanh_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"tanh_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_residual
 # r = 2*g*y*(y - 1)*(y + 1)
@@ -1225,78 +1225,78 @@ scalars: none.
                     _sigmoid_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_diag_backprop
-# hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
-cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
+cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = y*(y + (<float>-1.0))
-        hx_p[_e] = _t0*(_t0*h + g*((<float>2.0)*y + (<float>-1.0)))
+        hx_p[_e] = _t0*(H*_t0 + g*((<float>2.0)*y + (<float>-1.0)))
 
-cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = y*(y + (<double>-1.0))
-        hx_p[_e] = _t0*(_t0*h + g*((<double>2.0)*y + (<double>-1.0)))
+        hx_p[_e] = _t0*(H*_t0 + g*((<double>2.0)*y + (<double>-1.0)))
 
 
-def sigmoid_diag_backprop(y, g, h, hx, ):
-    """hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
+def sigmoid_diag_backprop(y, g, H, hx, ):
+    """hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"sigmoid_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"sigmoid_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"sigmoid_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_residual
 # r = g*y*(y - 1)*(2*y - 1)
@@ -1601,66 +1601,66 @@ scalars: none.
                     _relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_diag_backprop
-# hx = h*Piecewise((1, x > 0), (0, True))
-cdef void _relu_diag_backprop_f32(const float* x_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*Piecewise((1, x > 0), (0, True))
+cdef void _relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
-    cdef float h
+    cdef float H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*(<float>(x > (<float>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(<float>(x > (<float>0.0)))
 
-cdef void _relu_diag_backprop_f64(const double* x_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
-    cdef double h
+    cdef double H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*(<double>(x > (<double>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(<double>(x > (<double>0.0)))
 
 
-def relu_diag_backprop(x, h, hx, ):
-    """hx = h*Piecewise((1, x > 0), (0, True))
+def relu_diag_backprop(x, H, hx, ):
+    """hx = H*Piecewise((1, x > 0), (0, True))
 
-    Arrays: x, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("relu_diag_backprop", ("x", "h", "hx", ), (x, h, hx, ), ("hx", ))
+    dt = _check_arrays("relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
-    if h.size != n:
-        raise ValueError(f"relu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, h_f32, hx_f32
-    cdef double[::1] x_f64, h_f64, hx_f64
+    cdef float[::1] x_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, H_f64, hx_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], n)
+                _relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _relu_diag_backprop_f32(&x_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], n)
+                _relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _relu_diag_backprop_f64(&x_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
@@ -1919,74 +1919,74 @@ scalars: none.
                     _softplus_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_diag_backprop
-# hx = g*finite_or(exp(-2*y)*expm1(y), 0) + h*expm1(-y)**2
-cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
+cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)) + h*((expm1f(-y))*(expm1f(-y)))
+        H = H_p[_e]
+        hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)) + h*((expm1(-y))*(expm1(-y)))
+        H = H_p[_e]
+        hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
 
-def softplus_diag_backprop(y, g, h, hx, ):
-    """hx = g*finite_or(exp(-2*y)*expm1(y), 0) + h*expm1(-y)**2
+def softplus_diag_backprop(y, g, H, hx, ):
+    """hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"softplus_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"softplus_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"softplus_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_residual
 # r = g*finite_or(exp(-2*y)*expm1(y), 0)
@@ -2307,70 +2307,70 @@ scalars: alpha.
                     _leaky_relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- leaky_relu_diag_backprop
-# hx = h*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_diag_backprop_f32(const float* x_p, const float* h_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+# hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
-    cdef float h
+    cdef float H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_diag_backprop_f64(const double* x_p, const double* h_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
-    cdef double h
+    cdef double H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
 
-def leaky_relu_diag_backprop(x, h, hx, alpha, ):
-    """hx = h*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+def leaky_relu_diag_backprop(x, H, hx, alpha, ):
+    """hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
 
-    Arrays: x, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, H, hx (same dtype and size, C-contiguous);
 scalars: alpha.
     """
-    dt = _check_arrays("leaky_relu_diag_backprop", ("x", "h", "hx", ), (x, h, hx, ), ("hx", ))
+    dt = _check_arrays("leaky_relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
-    if h.size != n:
-        raise ValueError(f"leaky_relu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"leaky_relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"leaky_relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, h_f32, hx_f32
+    cdef float[::1] x_f32, H_f32, hx_f32
     cdef float alpha_f32
-    cdef double[::1] x_f64, h_f64, hx_f64
+    cdef double[::1] x_f64, H_f64, hx_f64
     cdef double alpha_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         alpha_f32 = alpha
         with nogil:
             if _T == 1:
-                _leaky_relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], alpha_f32, n)
+                _leaky_relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _leaky_relu_diag_backprop_f32(&x_f32[_lo], &h_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+                    _leaky_relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         alpha_f64 = alpha
         with nogil:
             if _T == 1:
-                _leaky_relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], alpha_f64, n)
+                _leaky_relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _leaky_relu_diag_backprop_f64(&x_f64[_lo], &h_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+                    _leaky_relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- elu_forward
 # y = Piecewise((x, x > 0), (alpha*expm1(x), True))
@@ -2653,82 +2653,82 @@ scalars: alpha.
                     _elu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- elu_diag_backprop
-# hx = g*Piecewise((0, x > 0), (alpha*exp(x), True)) + h*Piecewise((1, x > 0), (alpha**2*exp(2*x), True))
-cdef void _elu_diag_backprop_f32(const float* x_p, const float* g_p, const float* h_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+# hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
+cdef void _elu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = (x > (<float>0.0))
-        hx_p[_e] = g*((<float>0.0) if _t0 else alpha*expf(x)) + h*((<float>1.0) if _t0 else (alpha*alpha)*expf((<float>2.0)*x))
+        hx_p[_e] = H*((<float>1.0) if _t0 else (alpha*alpha)*expf((<float>2.0)*x)) + g*((<float>0.0) if _t0 else alpha*expf(x))
 
-cdef void _elu_diag_backprop_f64(const double* x_p, const double* g_p, const double* h_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = (x > (<double>0.0))
-        hx_p[_e] = g*((<double>0.0) if _t0 else alpha*exp(x)) + h*((<double>1.0) if _t0 else (alpha*alpha)*exp((<double>2.0)*x))
+        hx_p[_e] = H*((<double>1.0) if _t0 else (alpha*alpha)*exp((<double>2.0)*x)) + g*((<double>0.0) if _t0 else alpha*exp(x))
 
 
-def elu_diag_backprop(x, g, h, hx, alpha, ):
-    """hx = g*Piecewise((0, x > 0), (alpha*exp(x), True)) + h*Piecewise((1, x > 0), (alpha**2*exp(2*x), True))
+def elu_diag_backprop(x, g, H, hx, alpha, ):
+    """hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
 
-    Arrays: x, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
 scalars: alpha.
     """
-    dt = _check_arrays("elu_diag_backprop", ("x", "g", "h", "hx", ), (x, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("elu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"elu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if h.size != n:
-        raise ValueError(f"elu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"elu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"elu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, h_f32, hx_f32
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
     cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, h_f64, hx_f64
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
     cdef double alpha_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         alpha_f32 = alpha
         with nogil:
             if _T == 1:
-                _elu_diag_backprop_f32(&x_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], alpha_f32, n)
+                _elu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _elu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+                    _elu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         alpha_f64 = alpha
         with nogil:
             if _T == 1:
-                _elu_diag_backprop_f64(&x_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], alpha_f64, n)
+                _elu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _elu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+                    _elu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- elu_residual
 # r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
@@ -3073,86 +3073,86 @@ scalars: none.
                     _silu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- silu_diag_backprop
-# hx = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0) + h*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2
-cdef void _silu_diag_backprop_f32(const float* x_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+cdef void _silu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     cdef float _t1
     cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = expf(-x)
         _t1 = expf(x)
         _t2 = _t1 + (<float>1.0)
-        hx_p[_e] = g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0)) + h*((x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))))
+        hx_p[_e] = H*((x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))) + g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
 
-cdef void _silu_diag_backprop_f64(const double* x_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     cdef double _t1
     cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = exp(-x)
         _t1 = exp(x)
         _t2 = _t1 + (<double>1.0)
-        hx_p[_e] = g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0)) + h*((x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))))
+        hx_p[_e] = H*((x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))) + g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
 
 
-def silu_diag_backprop(x, g, h, hx, ):
-    """hx = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0) + h*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2
+def silu_diag_backprop(x, g, H, hx, ):
+    """hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
 
-    Arrays: x, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("silu_diag_backprop", ("x", "g", "h", "hx", ), (x, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("silu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"silu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if h.size != n:
-        raise ValueError(f"silu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"silu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"silu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] x_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _silu_diag_backprop_f32(&x_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _silu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _silu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _silu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _silu_diag_backprop_f64(&x_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _silu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _silu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _silu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- silu_residual
 # r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
@@ -3529,12 +3529,12 @@ scalars: beta.
                     _swish_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- swish_diag_backprop
-# hx = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + h*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2
-cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const float* h_p, float* hx_p, float beta, Py_ssize_t _n) noexcept nogil:
+# hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float beta, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     cdef float _t1
     cdef float _t2
@@ -3542,18 +3542,18 @@ cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const flo
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = beta*x
         _t1 = expf(-_t0)
         _t2 = expf(_t0)
         _t3 = _t2 + (<float>1.0)
-        hx_p[_e] = g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0)) + h*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))))
+        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
 
-cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const double* h_p, double* hx_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double beta, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     cdef double _t1
     cdef double _t2
@@ -3561,62 +3561,62 @@ cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const d
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = beta*x
         _t1 = exp(-_t0)
         _t2 = exp(_t0)
         _t3 = _t2 + (<double>1.0)
-        hx_p[_e] = g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0)) + h*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))))
+        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))) + g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
 
 
-def swish_diag_backprop(x, g, h, hx, beta, ):
-    """hx = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + h*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2
+def swish_diag_backprop(x, g, H, hx, beta, ):
+    """hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
 
-    Arrays: x, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
 scalars: beta.
     """
-    dt = _check_arrays("swish_diag_backprop", ("x", "g", "h", "hx", ), (x, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("swish_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"swish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if h.size != n:
-        raise ValueError(f"swish_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"swish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"swish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, h_f32, hx_f32
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
     cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, h_f64, hx_f64
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
     cdef double beta_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         beta_f32 = beta
         with nogil:
             if _T == 1:
-                _swish_diag_backprop_f32(&x_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], beta_f32, n)
+                _swish_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], beta_f32, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _swish_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+                    _swish_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         beta_f64 = beta
         with nogil:
             if _T == 1:
-                _swish_diag_backprop_f64(&x_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], beta_f64, n)
+                _swish_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], beta_f64, n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _swish_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+                    _swish_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- swish_residual
 # r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
@@ -3981,12 +3981,12 @@ scalars: none.
                     _gelu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- gelu_diag_backprop
-# hx = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0) + h*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2
-cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     cdef float _t1
     cdef float _t2
@@ -3994,18 +3994,18 @@ cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const floa
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = sqrtf((<float>2.0))
         _t1 = (x*x)
         _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
         _t3 = _t0*x
-        hx_p[_e] = g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0)) + ((<float>0.25))*h*((_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0)))
+        hx_p[_e] = ((<float>0.25))*H*((_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))) + g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
 
-cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     cdef double _t1
     cdef double _t2
@@ -4013,58 +4013,58 @@ cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const do
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = sqrt((<double>2.0))
         _t1 = (x*x)
         _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
         _t3 = _t0*x
-        hx_p[_e] = g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0)) + ((<double>0.25))*h*((_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0)))
+        hx_p[_e] = ((<double>0.25))*H*((_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))) + g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
 
 
-def gelu_diag_backprop(x, g, h, hx, ):
-    """hx = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0) + h*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2
+def gelu_diag_backprop(x, g, H, hx, ):
+    """hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
 
-    Arrays: x, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("gelu_diag_backprop", ("x", "g", "h", "hx", ), (x, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("gelu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"gelu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if h.size != n:
-        raise ValueError(f"gelu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"gelu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"gelu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] x_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _gelu_diag_backprop_f32(&x_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _gelu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _gelu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _gelu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _gelu_diag_backprop_f64(&x_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _gelu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _gelu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _gelu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- gelu_residual
 # r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
@@ -4441,13 +4441,13 @@ scalars: none.
                     _mish_rvjp_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- mish_diag_backprop
-# hx = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + h*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2
-cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     cdef float _t1
     cdef float _t2
@@ -4457,20 +4457,20 @@ cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const floa
         x = x_p[_e]
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
         _t2 = logf(_t1)
         _t3 = (<float>2.0)*_t0
         _t4 = tanhf(_t2)
-        hx_p[_e] = g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)) + h*((symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))*(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0))))))
+        hx_p[_e] = H*((symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))*(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))) + g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
 
-cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     cdef double _t1
     cdef double _t2
@@ -4480,63 +4480,63 @@ cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const do
         x = x_p[_e]
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
         _t2 = log(_t1)
         _t3 = (<double>2.0)*_t0
         _t4 = tanh(_t2)
-        hx_p[_e] = g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)) + h*((symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))*(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0))))))
+        hx_p[_e] = H*((symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))*(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))) + g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
 
 
-def mish_diag_backprop(x, y, g, h, hx, ):
-    """hx = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + h*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2
+def mish_diag_backprop(x, y, g, H, hx, ):
+    """hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
 
-    Arrays: x, y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("mish_diag_backprop", ("x", "y", "g", "h", "hx", ), (x, y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("mish_diag_backprop", ("x", "y", "g", "H", "hx", ), (x, y, g, H, hx, ), ("hx", ))
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"mish_diag_backprop: y has shape {y.shape} but x has shape {x.shape}")
     if g.size != n:
         raise ValueError(f"mish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if h.size != n:
-        raise ValueError(f"mish_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"mish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"mish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] x_f64, y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] x_f32, y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _mish_diag_backprop_f32(&x_f32[0], &y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _mish_diag_backprop_f32(&x_f32[0], &y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _mish_diag_backprop_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _mish_diag_backprop_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _mish_diag_backprop_f64(&x_f64[0], &y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _mish_diag_backprop_f64(&x_f64[0], &y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _mish_diag_backprop_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _mish_diag_backprop_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- mish_residual
 # r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)

@@ -230,7 +230,37 @@ MANIFEST = {'dense': {'family': 'contraction',
                                 'kwargs': [],
                                 'arrays': ['Rg'],
                                 'optional': ['Rg'],
-                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]}}}}
+                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]},
+                     'bl:x': {'kernel': 'dense_bl_x',
+                              'call': ['H', 'W', 'hx'],
+                              'kwargs': [],
+                              'arrays': ['H', 'W'],
+                              'optional': [],
+                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
+                     'bl:W': {'kernel': 'dense_bl_W',
+                              'call': ['H', 'x', 'hW'],
+                              'kwargs': [],
+                              'arrays': ['H', 'x'],
+                              'optional': [],
+                              'outputs': [{'name': 'hW', 'like': 'W', 'dtype': 'float'}]},
+                     'bl:b': {'kernel': 'dense_bl_b',
+                              'call': ['H', 'hb'],
+                              'kwargs': [],
+                              'arrays': ['H'],
+                              'optional': [],
+                              'outputs': [{'name': 'hb', 'like': 'b', 'dtype': 'float'}]},
+                     'sqvjp:W': {'kernel': 'dense_sqvjp_W',
+                                 'call': ['x', 'S', 'w', 'sW'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'S', 'w'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'sW', 'like': 'W', 'dtype': 'float'}]},
+                     'sqvjp:b': {'kernel': 'dense_sqvjp_b',
+                                 'call': ['S', 'w', 'sb'],
+                                 'kwargs': [],
+                                 'arrays': ['S', 'w'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]}}}}
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
@@ -659,3 +689,181 @@ def dense_rvjp_b(Rg=None, Rgb=None):
     else:
         _dense_rvjp_b_f64(Rg, Rgb, n_, o_)
     return Rgb
+
+# ---------------------------------------------------------------- dense_bl_x
+# hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
+cdef void _dense_bl_x_f32(float[:, ::1] H, float[:, ::1] W_sq, float[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<float>0.0), &hx[0, 0], <int>i_)
+
+cdef void _dense_bl_x_f64(double[:, ::1] H, double[:, ::1] W_sq, double[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<double>0.0), &hx[0, 0], <int>i_)
+
+
+def dense_bl_x(H, W, hx=None):
+    """hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
+
+    Writes and returns ``hx``.
+    """
+    if hx is None:
+        raise TypeError("dense_bl_x: output array 'hx' is required")
+    dt = _check_arrays("dense_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("W_sq", W_sq, ("o", "i", )), ("hx", hx, ("n", "i", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hx[...] = 0
+        return hx
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_bl_x_f32(H, W_sq, hx, _T, n_, o_, i_)
+        else:
+            _dense_bl_x_f64(H, W_sq, hx, _T, n_, o_, i_)
+    finally:
+        _parallel_leave(True)
+    return hx
+
+# ---------------------------------------------------------------- dense_bl_W
+# hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
+cdef void _dense_bl_W_f32(float[:, ::1] H, float[:, ::1] x_sq, float[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<float>0.0), &hW[0, 0], <int>i_)
+
+cdef void _dense_bl_W_f64(double[:, ::1] H, double[:, ::1] x_sq, double[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<double>0.0), &hW[0, 0], <int>i_)
+
+
+def dense_bl_W(H, x, hW=None):
+    """hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
+
+    Writes and returns ``hW``.
+    """
+    if hW is None:
+        raise TypeError("dense_bl_W: output array 'hW' is required")
+    dt = _check_arrays("dense_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("x_sq", x_sq, ("n", "i", )), ("hW", hW, ("o", "i", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_W: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hW[...] = 0
+        return hW
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_bl_W_f32(H, x_sq, hW, _T, n_, o_, i_)
+        else:
+            _dense_bl_W_f64(H, x_sq, hW, _T, n_, o_, i_)
+    finally:
+        _parallel_leave(True)
+    return hW
+
+# ---------------------------------------------------------------- dense_bl_b
+# hb[o] = Sum(H[n, o], (n, 0, N - 1))
+cdef void _dense_bl_b_f32(float[:, ::1] H, float[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+    cdef Py_ssize_t n, o
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<float>1.0) * H[n, o]
+
+cdef void _dense_bl_b_f64(double[:, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+    cdef Py_ssize_t n, o
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<double>1.0) * H[n, o]
+
+
+def dense_bl_b(H, hb=None):
+    """hb[o] = Sum(H[n, o], (n, 0, N - 1))
+
+    Writes and returns ``hb``.
+    """
+    if hb is None:
+        raise TypeError("dense_bl_b: output array 'hb' is required")
+    dt = _check_arrays("dense_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("hb", hb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_b: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hb[...] = 0
+        return hb
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    if dt == _F32:
+        _dense_bl_b_f32(H, hb, n_, o_)
+    else:
+        _dense_bl_b_f64(H, hb, n_, o_)
+    return hb
+
+# ---------------------------------------------------------------- dense_sqvjp_W
+# sW = Sum(S[k, n, o]**2*x[n, i]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def dense_sqvjp_W(x, S, w, sW=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to W)²: the
+    W part of the Gauss–Newton / exact Hessian diagonal (factorized).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sW``.
+    """
+    if sW is None:
+        raise TypeError("dense_sqvjp_W: output array 'sW' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"dense_sqvjp_W: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
+    H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
+    return dense_bl_W(x=x, H=H, hW=sW)
+
+# ---------------------------------------------------------------- dense_sqvjp_b
+# sb = Sum(S[k, n, o]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def dense_sqvjp_b(S, w, sb=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to b)²: the
+    b part of the Gauss–Newton / exact Hessian diagonal (factorized).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sb``.
+    """
+    if sb is None:
+        raise TypeError("dense_sqvjp_b: output array 'sb' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"dense_sqvjp_b: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
+    H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
+    return dense_bl_b(H=H, hb=sb)

@@ -129,11 +129,11 @@ MANIFEST = {'dropout': {'family': 'elementwise',
                                   'outputs': [{'name': 'Rgx', 'like': 'Rg', 'dtype': 'float'}],
                                   'scalars': []},
                        'bl:x': {'kernel': 'dropout_diag_backprop',
-                                'call': ['h', 'm', 'hx'],
+                                'call': ['H', 'm', 'hx'],
                                 'kwargs': [],
-                                'arrays': ['h', 'm'],
+                                'arrays': ['H', 'm'],
                                 'optional': [],
-                                'outputs': [{'name': 'hx', 'like': 'h', 'dtype': 'float'}],
+                                'outputs': [{'name': 'hx', 'like': 'H', 'dtype': 'float'}],
                                 'scalars': []}},
              'defaults': {}}}
 
@@ -386,63 +386,63 @@ scalars: none.
                     _dropout_rvjp_f64(&Rg_f64[_lo], &m_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- dropout_diag_backprop
-# hx = h*m**2
-cdef void _dropout_diag_backprop_f32(const float* h_p, const float* m_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*m**2
+cdef void _dropout_diag_backprop_f32(const float* H_p, const float* m_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
-    cdef float h
+    cdef float H
     cdef float m
     for _e in range(_n):
-        h = h_p[_e]
+        H = H_p[_e]
         m = m_p[_e]
-        hx_p[_e] = h*(m*m)
+        hx_p[_e] = H*(m*m)
 
-cdef void _dropout_diag_backprop_f64(const double* h_p, const double* m_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_diag_backprop_f64(const double* H_p, const double* m_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
-    cdef double h
+    cdef double H
     cdef double m
     for _e in range(_n):
-        h = h_p[_e]
+        H = H_p[_e]
         m = m_p[_e]
-        hx_p[_e] = h*(m*m)
+        hx_p[_e] = H*(m*m)
 
 
-def dropout_diag_backprop(h, m, hx, ):
-    """hx = h*m**2
+def dropout_diag_backprop(H, m, hx, ):
+    """hx = H*m**2
 
-    Arrays: h, m, hx (same dtype and size, C-contiguous);
+    Arrays: H, m, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("dropout_diag_backprop", ("h", "m", "hx", ), (h, m, hx, ), ("hx", ))
-    cdef Py_ssize_t n = h.size
+    dt = _check_arrays("dropout_diag_backprop", ("H", "m", "hx", ), (H, m, hx, ), ("hx", ))
+    cdef Py_ssize_t n = H.size
     if m.size != n:
-        raise ValueError(f"dropout_diag_backprop: m has shape {m.shape} but h has shape {h.shape}")
+        raise ValueError(f"dropout_diag_backprop: m has shape {m.shape} but H has shape {H.shape}")
     if hx.size != n:
-        raise ValueError(f"dropout_diag_backprop: hx has shape {hx.shape} but h has shape {h.shape}")
+        raise ValueError(f"dropout_diag_backprop: hx has shape {hx.shape} but H has shape {H.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] h_f32, m_f32, hx_f32
-    cdef double[::1] h_f64, m_f64, hx_f64
+    cdef float[::1] H_f32, m_f32, hx_f32
+    cdef double[::1] H_f64, m_f64, hx_f64
     if dt == _F32:
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         m_f32 = m.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _dropout_diag_backprop_f32(&h_f32[0], &m_f32[0], &hx_f32[0], n)
+                _dropout_diag_backprop_f32(&H_f32[0], &m_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _dropout_diag_backprop_f32(&h_f32[_lo], &m_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _dropout_diag_backprop_f32(&H_f32[_lo], &m_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         m_f64 = m.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _dropout_diag_backprop_f64(&h_f64[0], &m_f64[0], &hx_f64[0], n)
+                _dropout_diag_backprop_f64(&H_f64[0], &m_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _dropout_diag_backprop_f64(&h_f64[_lo], &m_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _dropout_diag_backprop_f64(&H_f64[_lo], &m_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)

@@ -54,7 +54,7 @@ class MaskOps:
         return self._run("rvjp:x", g=np.ascontiguousarray(g), Rg=Rg, Rx=Rx)
 
     def bl(self, h, g=None):
-        return self._run("bl:x", h=np.ascontiguousarray(h), g=g)
+        return self._run("bl:x", H=np.ascontiguousarray(h), g=g)
 
 
 class Dropout(Layer):

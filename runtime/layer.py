@@ -248,7 +248,7 @@ class SpecLayer(Layer):
 
     def bl(self, rec, h, g):
         h = np.ascontiguousarray(h)
-        env = self._env(rec, h=h, g=None if g is None else np.ascontiguousarray(g))
+        env = self._env(rec, H=h, g=None if g is None else np.ascontiguousarray(g))
         hx = self._run(f"bl:{self.kernels.input}", env, rec, h.dtype)
         return hx, [self._run(f"bl:{p}", env, rec, h.dtype) for p in self.trainable()]
 

@@ -5,8 +5,8 @@ Every derivative a layer computes is a role of its spec, run by the manifest exe
 """
 from __future__ import annotations
 
-from .activation import (ELU, GELU, Activation, LeakyReLU, Mish, ReLU, Sigmoid, SiLU, SoftPlus, Swish, Tanh,
-                         names as activation_names)
+from .activation import (ELU, GELU, Activation, LeakyReLU, LearnableActivation, Mish, PReLU, ReLU, Sigmoid, SiLU,
+                         SoftPlus, Swish, Tanh, names as activation_names)
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
@@ -14,7 +14,7 @@ from .layer import Layer, SpecLayer
 from .residual import Residual
 
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
-           "SiLU", "Swish", "GELU", "Mish", "Conv2D",
+           "SiLU", "Swish", "GELU", "Mish", "PReLU", "LearnableActivation", "Conv2D",
            "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "activation_names", "from_config"]
 
 
@@ -24,6 +24,8 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     if kind == "Dense":
         return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True),
                      dropconnect=cfg.get("dropconnect", 0.0))
+    if kind == "LearnableActivation":
+        return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
     if kind == "Dropout":
         return Dropout(cfg["p"])
     if kind == "Conv2D":

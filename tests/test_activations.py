@@ -140,7 +140,7 @@ def test_float32_is_finite_and_accurate_up_to_1e4(name):
     for which in ("residual", "diag_backprop"):
         if which == "residual" and "residual" not in SpecKernels(A, name).roles:
             continue
-        out = run(name, which, x=x32, y=y, g=ones, h=ones)
+        out = run(name, which, x=x32, y=y, g=ones, H=ones)
         assert np.isfinite(out).all(), (name, which)
 
 
