@@ -223,73 +223,31 @@ def contraction_section(d: DerivedContraction) -> str:
     return "".join(out)
 
 
-def squared_jacobian(expr):
-    """A pullback ``Σ c·A·ḡ[…]`` turned into Becker–LeCun's diagonal rule ``Σ (c·A)²·h[…]``:
-    the incoming gradient replaced by the output-Hessian diagonal h, every other factor squared."""
-    g, h = sp.IndexedBase("g"), sp.IndexedBase("h")
-    if isinstance(expr, sp.Add):
-        return sp.Add(*[squared_jacobian(t) for t in expr.args])
-    if isinstance(expr, sp.Sum):
-        return sp.Sum(squared_jacobian(expr.function), *expr.limits)
-    if isinstance(expr, sp.Piecewise):
-        return sp.Piecewise(*[(squared_jacobian(e), c) for e, c in expr.args])
-    if isinstance(expr, sp.Indexed) and expr.base == g:
-        return h[expr.indices]
-    if isinstance(expr, sp.Mul):
-        reads = [a for a in expr.args if isinstance(a, sp.Indexed) and a.base == g]
-        if len(reads) == 1:
-            return (expr / reads[0]) ** 2 * h[reads[0].indices]
-        return sp.Mul(*[squared_jacobian(a) for a in expr.args])
-    return expr
-
-
-def per_sample_squared(expr, batch, columns):
-    """A parameter pullback ``Σ_{n,…} ḡ[n,…]·A`` as the Gauss–Newton diagonal
-    ``Σ_k Σ_n (Σ_… S[k,n,…]·A)²``: the sample index taken out of the sum, ḡ replaced by factor
-    column k of the output Hessian, the per-sample pullback squared."""
-    g, S = sp.IndexedBase("g"), sp.IndexedBase("S")
-    k, K = columns
-    terms = sp.Add.make_args(expr)
-    inner = []
-    limit_n = None
-    for t in terms:
-        if isinstance(t, sp.Sum):
-            keep = [lim for lim in t.limits if lim[0] != batch]
-            limit_n = next((lim for lim in t.limits if lim[0] == batch), limit_n)
-            f = t.function.replace(lambda e: isinstance(e, sp.Indexed) and e.base == g,
-                                   lambda e: S[(k,) + tuple(e.indices)])
-            inner.append(sp.Sum(f, *keep) if keep else f)
-        else:
-            inner.append(t)
-    if limit_n is None:
-        return None
-    return sp.Sum(sp.Add(*inner) ** 2, (k, 0, K - 1), limit_n)
-
-
 def hessian_diagonal_subsection(d: DerivedContraction) -> str:
-    """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules, printed from the
-    layer's own pullbacks."""
+    """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules: the
+    expressions the ``bl:`` and ``sqvjp:`` kernels compute, derived from the layer's own
+    pullbacks (:mod:`symprop.derive.curvature`)."""
     s = d.spec
     out = ["\\subsection*{Hessian diagonals}\n"
-           "Becker--LeCun backpropagates only the diagonal $h$ of the Hessian w.r.t.\\ the output: "
-           "each pullback with $\\bar g$ replaced by $h$ and its Jacobian entries squared "
-           "(off-diagonal terms dropped):\n"]
-    for wrt, k in d.vjps.items():
-        out.append(_equation(_lhs("h" + wrt, k.out_indices), squared_jacobian(k.expr), f"eq:{s.name}:bl:{wrt}"))
+           "Becker--LeCun backpropagates only the diagonal $H$ of the Hessian w.r.t.\\ the output: "
+           "each pullback with $\\bar g$ replaced by $H$ and its Jacobian entries squared "
+           "(off-diagonal terms dropped); kernels " + ", ".join(_kernel_ref(k.name) for k in d.bls.values()) + ":\n"]
+    for wrt, k in d.bls.items():
+        out.append(_equation(_lhs("h" + wrt, k.out_indices), k.expr, f"eq:{s.name}:bl:{wrt}"))
     if s.params:
-        kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True)
         out.append("Gauss--Newton: with the output Hessian factored per sample as "
                    "$\\sum_k w_k S_{k} S_{k}^\\top$ (signs $w_k$ omitted below), a parameter's diagonal "
                    "is the sum over factor columns and samples of its squared per-sample pullback; the "
                    "exact diagonal adds, at every activation before this layer, the residual "
                    "$f''(x)\\,\\bar g$ as further columns:\n")
-        batch = s.out_indices[0]
-        for wrt in s.params:
+        for wrt, sq in d.sqvjps.items():
             k = d.vjps[wrt]
-            e = per_sample_squared(k.expr, batch, (kk, KK))
-            if e is not None:
-                out.append(_equation(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices]) + "}",
-                                     e, f"eq:{s.name}:gn:{wrt}"))
+            how = ("one product per sample, so the square factors and the kernel is the Becker--LeCun rule "
+                   "at $H = \\sum_k w_k S_k^2$" if sq.mode == "factorized" else
+                   "the weight is shared over positions, so the kernel forms each sample's pullback and squares it")
+            out.append(_equation(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices]) + "}",
+                                 sq.definition, f"eq:{s.name}:gn:{wrt}")
+                       + f"({how}; {_kernel_ref(s.name + '_sqvjp_' + wrt)}).\n")
     return "".join(out)
 
 

@@ -109,12 +109,14 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     d = derive_contraction(builtins.DENSE)
     n, o, i = (sp.Symbol(s, integer=True) for s in "noi")
     N, O, I = (sp.Symbol(s, integer=True, positive=True) for s in "NOI")
-    W, x, h, S = (sp.IndexedBase(s) for s in ("W", "x", "h", "S"))
-    k, K = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True)
-    bl_x = latex.squared_jacobian(d.vjps["x"].expr)
+    W, x, h, S = (sp.IndexedBase(s) for s in ("W", "x", "H", "S"))
+    k, K = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
+    bl_x = d.bls["x"].expr          # what the dense_bl_x kernel computes
     assert sp.simplify(bl_x.doit() - sp.Sum(W[o, i] ** 2 * h[n, o], (o, 0, O - 1)).doit()) == 0
-    gn_W = latex.per_sample_squared(d.vjps["W"].expr, n, (k, K))
+    gn_W = d.sqvjps["W"].definition
     assert gn_W == sp.Sum(S[k, n, o] ** 2 * x[n, i] ** 2, (k, 0, K - 1), (n, 0, N - 1))
+    assert d.sqvjps["W"].mode == "factorized"
+    assert derive_contraction(builtins.CONV2D).sqvjps["W"].mode == "per_sample"
     conv = latex.contraction_section(derive_contraction(builtins.CONV2D))
     assert "eq:conv2d:bl:x" in conv and "eq:conv2d:gn:W" in conv and "eq:conv2d:gn:b" in conv
     assert "{W}_{o,c,i,j}^{2}" in conv
