@@ -32,6 +32,9 @@ def render_all(progress=None) -> dict[str, str]:
     files["masks.pyx"] = render_elementwise_module(
         "masks", [derive_elementwise(s) for s in builtins.MASKS.values()],
         doc="Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call.")
+    files["penalties.pyx"] = render_elementwise_module(
+        "penalties", [derive_elementwise(s) for s in builtins.PENALTIES.values()],
+        doc="Weight penalty kernels: value, gradient, HVP and Hessian diagonal of l1·|w| + (l2/2)·w².")
     say("deriving learnable activations")
     files["learnable.pyx"] = render_channelwise_module(
         "learnable", [derive_elementwise(s) for s in builtins.LEARNABLE.values()])

@@ -36,6 +36,11 @@ LEARNABLE = {
 _m = sp.Symbol("m")
 MASKS = {"dropout": ElementwiseSpec("dropout", _m * x, x, arrays=("m",), doc="inverted dropout: y = m·x, m ∈ {0, 1/(1−p)}")}
 
+# Weight penalties added to the loss: l1·|w| + (l2/2)·w² per weight (Dense and Conv2D weights).
+_l1, _l2 = sp.Symbol("l1"), sp.Symbol("l2")
+PENALTIES = {"penalty": ElementwiseSpec("penalty", _l1 * sp.Max(x, -x) + _l2 * x ** 2 / 2, x, (("l1", 0.0), ("l2", 0.0)),
+                                        doc="weight penalty l1·|w| + (l2/2)·w²")}
+
 # ---------------------------------------------------------------- dense layer
 from .indexed import ContractionSpec  # noqa: E402
 

@@ -99,6 +99,9 @@ class Conv2D(_Window):
     def spec_arrays(self):
         return {"W": self.W, "b": self.b}
 
+    def penalized(self):
+        return [self.W]
+
     def trainable(self):
         return ("W", "b") if self.bias else ("W",)
 

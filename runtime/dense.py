@@ -50,6 +50,9 @@ class Dense(SpecLayer):
     def spec_arrays(self):
         return {"W": self.W, "b": self.b}
 
+    def penalized(self):
+        return [self.W]
+
     def trainable(self):
         return ("W", "b") if self.bias else ("W",)
 

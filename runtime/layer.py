@@ -77,6 +77,10 @@ class Layer:
         """Trainable arrays, each once (live: in-place updates are seen by the kernels)."""
         return []
 
+    def penalized(self) -> list[np.ndarray]:
+        """The parameters a model's l1/l2 penalty applies to (weights, not biases)."""
+        return []
+
     def param_uses(self) -> list[np.ndarray]:
         """The parameters as the passes see them, aligned with the gradients they return (a
         composite layer lists a shared sub-layer's parameters once per use)."""

@@ -47,7 +47,7 @@ class Sequential:
     """
 
     def __init__(self, layers: list[Layer], loss="softmax_cross_entropy", dtype="float32",
-                 seed: int = 0, input_shape: tuple | None = None):
+                 seed: int = 0, input_shape: tuple | None = None, l1: float = 0.0, l2: float = 0.0):
         if not layers:
             raise ValueError("Sequential: needs at least one layer")
         for i, layer in enumerate(layers):
@@ -58,6 +58,11 @@ class Sequential:
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
         self.training = False
+        for nm, v in (("l1", l1), ("l2", l2)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                    not np.isfinite(v) or v < 0:
+                raise ValueError(f"Sequential: {nm} must be a finite number >= 0, got {v!r}")
+        self.l1, self.l2 = float(l1), float(l2)
         self.rng = np.random.default_rng(seed)
         self._build_lock = threading.Lock()
         tune_allocator()
@@ -181,7 +186,52 @@ class Sequential:
             X, y = self._check_batch(X, y)
         out, recs = self._forward(X, self._context(update_buffers))
         loss, g, ctx = self.loss.value_and_grad(out, y)
-        return Tape(recs, out, y, float(loss), ctx, g)
+        return Tape(recs, out, y, float(loss) + self.penalty_value(), ctx, g)
+
+    # ------------------------------------------------------------ penalties
+    def _penalty(self):
+        """``(kernels, scalars, indices of penalized parameters)`` or None without a penalty."""
+        if not (self.l1 or self.l2):
+            return None
+        from .kernels import SpecKernels, load
+        params, _ = self.param_slots()
+        index = {id(p): i for i, p in enumerate(params)}
+        seen, idx = set(), []
+        for layer in self.layers:
+            for p in layer.penalized():
+                if id(p) not in seen and id(p) in index:
+                    seen.add(id(p))
+                    idx.append(index[id(p)])
+        return SpecKernels(load("penalties"), "penalty"), {"l1": self.l1, "l2": self.l2}, idx
+
+    def _penalty_role(self, role, i, **arrays):
+        K, sc, _ = self._penalty()
+        p = self.parameters()[i]
+        return K.run(role, {"x": p, **arrays}, p.dtype, sc, {"x": p.shape, "y": p.shape})
+
+    def penalty_value(self) -> float:
+        """``l1·Σ|W| + (l2/2)·Σ W²`` over Dense and Conv2D weights (each shared weight once)."""
+        pen = self._penalty()
+        if pen is None:
+            return 0.0
+        return float(sum(self._penalty_role("forward", i).sum(dtype=np.float64) for i in pen[2]))
+
+    def _add_penalty(self, out: list, role: str, **direction):
+        """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``) or Hessian diagonal
+        (``residual``) kernel output to ``out`` (aligned with parameters())."""
+        pen = self._penalty()
+        if pen is None:
+            return out
+        for i in pen[2]:
+            p = self.parameters()[i]
+            one = np.ones_like(p)
+            if role == "rvjp:x":
+                r = self._penalty_role(role, i, g=one, Rx=direction["v"][i], Rg=np.zeros_like(p))
+            else:
+                r = self._penalty_role(role, i, g=one)
+            if r is not None:
+                out[i] = out[i] + r
+        return out
 
     def backward(self, tape: Tape, keep_output_grads: bool = False) -> list[np.ndarray]:
         """Gradients of the tape's loss, aligned with :meth:`parameters` (summed over the uses
@@ -198,7 +248,7 @@ class Sequential:
                 grads[i] = a if grads[i] is None else grads[i] + a
         if keep_output_grads:
             tape.gs = gs
-        return grads
+        return self._add_penalty(grads, "vjp:x")
 
     def rop(self, tape: Tape, v: list[np.ndarray]) -> list[np.ndarray]:
         """Exact Hessian-vector product at the tape's point (after ``backward(tape,
@@ -218,7 +268,8 @@ class Sequential:
             Rg, Rp = self.layers[k].rvjp(tape.records[k], tape.gs[k], Rg, Rxs[k], parts[k], need_input=k > 0)
             for i, a in zip(slots[k], Rp):
                 Hv[i] = a if Hv[i] is None else Hv[i] + a
-        return [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+        Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+        return self._add_penalty(Hv, "rvjp:x", v=v)
 
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
@@ -271,20 +322,21 @@ class Sequential:
         X = self._check_X(X)
         outs = [self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)]
         out = np.concatenate(outs)
-        return out.argmax(axis=1) if self.loss.classification else out
+        return self.loss.predict(out)
 
     def evaluate(self, X, y, batch_size: int = 1024) -> dict:
         X = self._check_X(X)
-        total, correct = 0.0, 0
+        total, correct, count = 0.0, 0, 0
         for i in range(0, len(X), batch_size):
             out = self._forward(X[i:i + batch_size], EVAL)[0]
             yb = self.loss.check_targets(y[i:i + batch_size], out.shape[0], out.shape)
             total += self.loss.value(out, yb) * len(out)
-            if self.loss.classification:
-                correct += int((out.argmax(axis=1) == yb).sum())
-        res = {"loss": total / len(X)}
+            c = self.loss.correct(out, yb)
+            if c is not None:
+                correct, count = correct + c[0], count + c[1]
+        res = {"loss": total / len(X) + self.penalty_value()}
         if self.loss.classification:
-            res["accuracy"] = correct / len(X)
+            res["accuracy"] = correct / max(count, 1)
         return res
 
     # ------------------------------------------------------------ training
@@ -319,22 +371,23 @@ class Sequential:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             order = rng.permutation(len(X))
-            total, correct = 0.0, 0
+            total, correct, count = 0.0, 0, 0
             for i in range(0, len(X), batch_size):
                 idx = order[i:i + batch_size]
                 xb, yb = X[idx], y[idx]
                 loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
-                if self.loss.classification:
-                    correct += int((tape.out.argmax(axis=1) == yb).sum())
+                c = self.loss.correct(tape.out, yb)
+                if c is not None:
+                    correct, count = correct + c[0], count + c[1]
                 total += loss * len(idx)
                 optimizer.step(params, grads)
             hist["loss"].append(total / len(X))
             hist["time"].append(time.perf_counter() - t0)
             msg = f"epoch {epoch}/{epochs}  loss {hist['loss'][-1]:.4f}"
             if self.loss.classification:
-                hist["accuracy"].append(correct / len(X))
+                hist["accuracy"].append(correct / max(count, 1))
                 msg += f"  acc {hist['accuracy'][-1]:.4f}"
             if validation_data is not None:
                 ev = self.evaluate(*validation_data)
@@ -354,7 +407,7 @@ class Sequential:
             cfgs.append({"type": "Shared", "index": first[id(layer)]} if id(layer) in first else layer.config())
             first.setdefault(id(layer), k)
         cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
-               "input_shape": list(self.input_shape)}
+               "input_shape": list(self.input_shape), "l1": self.l1, "l2": self.l2}
         return checkpoint.save(path, cfg, self.parameters())
 
     @classmethod
@@ -370,7 +423,7 @@ class Sequential:
             else:
                 layers.append(from_config(c, custom_objects))
         model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
-                    input_shape=tuple(cfg["input_shape"]))
+                    input_shape=tuple(cfg["input_shape"]), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
         params = model.parameters()
         if len(params) != len(arrays):
             raise ValueError(f"{path}: checkpoint has {len(arrays)} arrays, the model {len(params)}")

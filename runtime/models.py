@@ -15,13 +15,18 @@ def _flat_size(model_layers: list, input_shape: tuple, dtype) -> int:
     return int(np.prod(shape))
 
 
-def mlp(input_shape: tuple, classes: int = 10, hidden: int = 512, activation: str = "relu", **kw) -> Sequential:
+def _dropout(p: float) -> list:
+    return [L.Dropout(p)] if p else []
+
+
+def mlp(input_shape: tuple, classes: int = 10, hidden: int = 512, activation: str = "relu", dropout: float = 0.0,
+        **kw) -> Sequential:
     act = lambda: L.Activation(activation)  # noqa: E731
     layers = [L.Flatten()] if len(input_shape) > 1 else []
     size = 1
     for s in input_shape:
         size *= s
-    return Sequential(layers + [L.Dense(size, hidden), act(), L.Dense(hidden, classes)],
+    return Sequential(layers + [L.Dense(size, hidden), act()] + _dropout(dropout) + [L.Dense(hidden, classes)],
                       input_shape=input_shape, **kw)
 
 
@@ -30,13 +35,16 @@ def _features_then_head(features_fn, head_fn, input_shape, dtype, **kw) -> Seque
     return Sequential(features_fn() + [L.Flatten()] + head_fn(n), input_shape=input_shape, dtype=dtype, **kw)
 
 
-def cnn(input_shape: tuple, classes: int = 10, activation: str = "relu", dtype="float32", **kw) -> Sequential:
-    """Small CNN for 8x8 digits (works for any size >= 4x4): two 3x3 conv blocks, a hidden layer."""
+def cnn(input_shape: tuple, classes: int = 10, activation: str = "relu", dtype="float32", dropout: float = 0.0,
+        **kw) -> Sequential:
+    """Small CNN for 8x8 digits (works for any size >= 4x4): two 3x3 conv blocks, a hidden layer
+    (with dropout before the hidden and the output layer when ``dropout`` > 0)."""
     act = lambda: L.Activation(activation)  # noqa: E731
     C = input_shape[0]
     return _features_then_head(
         lambda: [L.Conv2D(C, 32, 3, padding=1), act(), L.Conv2D(32, 64, 3, padding=1), act(), L.MaxPool2D(2)],
-        lambda n: [L.Dense(n, 128), act(), L.Dense(128, classes)], input_shape, dtype, **kw)
+        lambda n: _dropout(dropout) + [L.Dense(n, 128), act()] + _dropout(dropout) + [L.Dense(128, classes)],
+        input_shape, dtype, **kw)
 
 
 def lenet(input_shape: tuple, classes: int = 10, dtype="float32", **kw) -> Sequential:

@@ -99,6 +99,9 @@ class Residual(Layer):
             return Conv2D(in_shape[0], out_shape[0], 1, stride=tuple(strides))
         raise ValueError(f"{self.name}: cannot project input {in_shape} onto output {out_shape}")
 
+    def penalized(self):
+        return [p for la in self._parts() for p in la.penalized()]
+
     def param_uses(self):
         return [p for la in self._parts() for p in la.param_uses()]
 

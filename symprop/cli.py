@@ -72,6 +72,12 @@ def cmd_train(args) -> int:
     kw = {"hidden": args.hidden, "activation": args.activation} if args.model == "mlp" else {}
     if args.model == "cnn":
         kw["activation"] = args.activation
+    if args.dropout:
+        if args.model not in ("mlp", "cnn"):
+            raise ValueError(f"--dropout applies to --model mlp or cnn, not {args.model}")
+        kw["dropout"] = args.dropout
+    if args.l1 or args.l2:
+        kw.update(l1=args.l1, l2=args.l2)
     model = builder(X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype, seed=args.seed, **kw)
     epochs = args.epochs or DEFAULT_EPOCHS[args.model]
     wd = DEFAULT_WEIGHT_DECAY[args.model] if args.weight_decay is None else args.weight_decay
@@ -226,6 +232,9 @@ def main(argv=None) -> int:
     t.add_argument("--hidden", type=int, default=512)
     t.add_argument("--activation", default="relu", choices=_activation_names(),
                    help="any registered activation (derive/builtins.py)")
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout probability (mlp, cnn)")
+    t.add_argument("--l1", type=float, default=0.0, help="l1 penalty on Dense/Conv2D weights")
+    t.add_argument("--l2", type=float, default=0.0, help="(l2/2)·ΣW² penalty on Dense/Conv2D weights")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")
