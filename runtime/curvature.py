@@ -132,7 +132,7 @@ def hessian_diagonal(model, X: np.ndarray, y: np.ndarray, method: str, samples: 
         diag = _becker_lecun(model, tape)
     else:
         diag = _factor_diagonal(model, tape, exact=method == "exact")
-    return model._add_penalty(diag, "residual")   # the penalty's own diagonal, l2 (its kernel)
+    return model.add_penalty_terms(diag, "residual")   # the penalty's own diagonal, l2 (its kernel)
 
 
 def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = None, return_tape=False):

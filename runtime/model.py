@@ -216,7 +216,7 @@ class Sequential:
             return 0.0
         return float(sum(self._penalty_role("forward", i).sum(dtype=np.float64) for i in pen[2]))
 
-    def _add_penalty(self, out: list, role: str, **direction):
+    def add_penalty_terms(self, out: list, role: str, **direction):
         """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``) or Hessian diagonal
         (``residual``) kernel output to ``out`` (aligned with parameters())."""
         pen = self._penalty()
@@ -248,7 +248,7 @@ class Sequential:
                 grads[i] = a if grads[i] is None else grads[i] + a
         if keep_output_grads:
             tape.gs = gs
-        return self._add_penalty(grads, "vjp:x")
+        return self.add_penalty_terms(grads, "vjp:x")
 
     def rop(self, tape: Tape, v: list[np.ndarray]) -> list[np.ndarray]:
         """Exact Hessian-vector product at the tape's point (after ``backward(tape,
@@ -269,7 +269,7 @@ class Sequential:
             for i, a in zip(slots[k], Rp):
                 Hv[i] = a if Hv[i] is None else Hv[i] + a
         Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
-        return self._add_penalty(Hv, "rvjp:x", v=v)
+        return self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
