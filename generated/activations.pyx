@@ -99,6 +99,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -604,6 +610,7 @@ def tanh_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"tanh_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -662,6 +669,8 @@ def tanh_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -724,6 +733,8 @@ def tanh_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"tanh_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -794,6 +805,10 @@ def tanh_rvjp(y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -868,6 +883,9 @@ def tanh_diag_backprop(y, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
@@ -934,6 +952,8 @@ def tanh_residual(y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -992,6 +1012,7 @@ def sigmoid_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"sigmoid_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -1050,6 +1071,8 @@ def sigmoid_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1112,6 +1135,8 @@ def sigmoid_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"sigmoid_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -1182,6 +1207,10 @@ def sigmoid_rvjp(y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1260,6 +1289,9 @@ def sigmoid_diag_backprop(y, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
@@ -1326,6 +1358,8 @@ def sigmoid_residual(y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -1384,6 +1418,7 @@ def relu_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("relu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"relu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -1442,6 +1477,8 @@ def relu_vjp(x, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -1504,6 +1541,8 @@ def relu_jvp(x, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -1566,6 +1605,8 @@ def relu_rvjp(x, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if Rg.size != n:
         raise ValueError(f"relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
@@ -1628,6 +1669,8 @@ def relu_diag_backprop(x, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
+    x = _readable(x)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if H.size != n:
         raise ValueError(f"relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
@@ -1686,6 +1729,7 @@ def softplus_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"softplus_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -1744,6 +1788,8 @@ def softplus_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1806,6 +1852,8 @@ def softplus_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"softplus_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -1876,6 +1924,10 @@ def softplus_rvjp(y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1950,6 +2002,9 @@ def softplus_diag_backprop(y, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
@@ -2016,6 +2071,8 @@ def softplus_residual(y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -2074,6 +2131,7 @@ def leaky_relu_forward(x, y, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("leaky_relu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"leaky_relu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -2136,6 +2194,8 @@ def leaky_relu_vjp(x, g, gx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("leaky_relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"leaky_relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -2202,6 +2262,8 @@ def leaky_relu_jvp(x, Rx, Ry, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("leaky_relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"leaky_relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -2268,6 +2330,8 @@ def leaky_relu_rvjp(x, Rg, Rgx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("leaky_relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if Rg.size != n:
         raise ValueError(f"leaky_relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
@@ -2334,6 +2398,8 @@ def leaky_relu_diag_backprop(x, H, hx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("leaky_relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
+    x = _readable(x)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if H.size != n:
         raise ValueError(f"leaky_relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
@@ -2396,6 +2462,7 @@ def elu_forward(x, y, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"elu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -2458,6 +2525,8 @@ def elu_vjp(x, g, gx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"elu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -2524,6 +2593,8 @@ def elu_jvp(x, Rx, Ry, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"elu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -2606,6 +2677,10 @@ def elu_rvjp(x, g, Rx, Rg, Rgx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"elu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -2688,6 +2763,9 @@ def elu_diag_backprop(x, g, H, hx, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"elu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
@@ -2758,6 +2836,8 @@ def elu_residual(x, g, r, alpha, ):
 scalars: alpha.
     """
     dt = _check_arrays("elu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"elu_residual: g has shape {g.shape} but x has shape {x.shape}")
@@ -2820,6 +2900,7 @@ def silu_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("silu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"silu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -2882,6 +2963,8 @@ def silu_vjp(x, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("silu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"silu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -2948,6 +3031,8 @@ def silu_jvp(x, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("silu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"silu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -3030,6 +3115,10 @@ def silu_rvjp(x, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("silu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"silu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -3116,6 +3205,9 @@ def silu_diag_backprop(x, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("silu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"silu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
@@ -3190,6 +3282,8 @@ def silu_residual(x, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("silu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"silu_residual: g has shape {g.shape} but x has shape {x.shape}")
@@ -3248,6 +3342,7 @@ def swish_forward(x, y, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"swish_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -3318,6 +3413,8 @@ def swish_vjp(x, g, gx, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"swish_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -3392,6 +3489,8 @@ def swish_jvp(x, Rx, Ry, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"swish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -3482,6 +3581,10 @@ def swish_rvjp(x, g, Rx, Rg, Rgx, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"swish_rvjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -3576,6 +3679,9 @@ def swish_diag_backprop(x, g, H, hx, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"swish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
@@ -3658,6 +3764,8 @@ def swish_residual(x, g, r, beta, ):
 scalars: beta.
     """
     dt = _check_arrays("swish_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"swish_residual: g has shape {g.shape} but x has shape {x.shape}")
@@ -3724,6 +3832,7 @@ def gelu_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"gelu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -3786,6 +3895,8 @@ def gelu_vjp(x, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"gelu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -3852,6 +3963,8 @@ def gelu_jvp(x, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"gelu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -3938,6 +4051,10 @@ def gelu_rvjp(x, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"gelu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -4028,6 +4145,9 @@ def gelu_diag_backprop(x, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"gelu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
@@ -4098,6 +4218,8 @@ def gelu_residual(x, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("gelu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"gelu_residual: g has shape {g.shape} but x has shape {x.shape}")
@@ -4156,6 +4278,7 @@ def mish_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("mish_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"mish_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -4226,6 +4349,8 @@ def mish_vjp(x, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("mish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"mish_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -4300,6 +4425,8 @@ def mish_jvp(x, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("mish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"mish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -4394,6 +4521,11 @@ def mish_rvjp(x, y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("mish_rvjp", ("x", "y", "g", "Rx", "Rg", "Rgx", ), (x, y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"mish_rvjp: y has shape {y.shape} but x has shape {x.shape}")
@@ -4496,6 +4628,10 @@ def mish_diag_backprop(x, y, g, H, hx, ):
 scalars: none.
     """
     dt = _check_arrays("mish_diag_backprop", ("x", "y", "g", "H", "hx", ), (x, y, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"mish_diag_backprop: y has shape {y.shape} but x has shape {x.shape}")
@@ -4578,6 +4714,9 @@ def mish_residual(x, y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("mish_residual", ("x", "y", "g", "r", ), (x, y, g, r, ), ("r", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"mish_residual: y has shape {y.shape} but x has shape {x.shape}")

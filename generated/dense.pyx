@@ -172,6 +172,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -291,6 +297,9 @@ def dense_forward(x, W, b, y=None):
     if y is None:
         raise TypeError("dense_forward: output array 'y' is required")
     dt = _check_arrays("dense_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("b", b, ("o", )), ("y", y, ("n", "o", )), )):
         if arr is None:
@@ -338,6 +347,8 @@ def dense_vjp_x(W, g, gx=None):
     if gx is None:
         raise TypeError("dense_vjp_x: output array 'gx' is required")
     dt = _check_arrays("dense_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    W = _readable(W)
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("gx", gx, ("n", "i", )), )):
         if arr is None:
@@ -385,6 +396,8 @@ def dense_vjp_W(x, g, gW=None):
     if gW is None:
         raise TypeError("dense_vjp_W: output array 'gW' is required")
     dt = _check_arrays("dense_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    x = _readable(x)
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("gW", gW, ("o", "i", )), )):
         if arr is None:
@@ -438,6 +451,7 @@ def dense_vjp_b(g, gb=None):
     if gb is None:
         raise TypeError("dense_vjp_b: output array 'gb' is required")
     dt = _check_arrays("dense_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", )), ("gb", gb, ("o", )), )):
         if arr is None:
@@ -500,6 +514,11 @@ def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
     if Ry is None:
         raise TypeError("dense_jvp: output array 'Ry' is required")
     dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    x = _readable(x)
+    W = _readable(W)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", )), )):
         if arr is None:
@@ -557,6 +576,10 @@ def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
     if Rgx is None:
         raise TypeError("dense_rvjp_x: output array 'Rgx' is required")
     dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    W = _readable(W)
+    g = _readable(g)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("Rgx", Rgx, ("n", "i", )), )):
         if arr is None:
@@ -614,6 +637,10 @@ def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
     if RgW is None:
         raise TypeError("dense_rvjp_W: output array 'RgW' is required")
     dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("RgW", RgW, ("o", "i", )), )):
         if arr is None:
@@ -669,6 +696,7 @@ def dense_rvjp_b(Rg=None, Rgb=None):
     if Rgb is None:
         raise TypeError("dense_rvjp_b: output array 'Rgb' is required")
     dt = _check_arrays("dense_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", )), ("Rgb", Rgb, ("o", )), )):
         if arr is None:
@@ -711,6 +739,8 @@ def dense_bl_x(H, W, hx=None):
     if hx is None:
         raise TypeError("dense_bl_x: output array 'hx' is required")
     dt = _check_arrays("dense_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    H = _readable(H)
+    W = _readable(W)
     W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", )), ("W_sq", W_sq, ("o", "i", )), ("hx", hx, ("n", "i", )), )):
@@ -759,6 +789,8 @@ def dense_bl_W(H, x, hW=None):
     if hW is None:
         raise TypeError("dense_bl_W: output array 'hW' is required")
     dt = _check_arrays("dense_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    H = _readable(H)
+    x = _readable(x)
     x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", )), ("x_sq", x_sq, ("n", "i", )), ("hW", hW, ("o", "i", )), )):
@@ -813,6 +845,7 @@ def dense_bl_b(H, hb=None):
     if hb is None:
         raise TypeError("dense_bl_b: output array 'hb' is required")
     dt = _check_arrays("dense_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    H = _readable(H)
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", )), ("hb", hb, ("o", )), )):
         if arr is None:

@@ -77,6 +77,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -277,6 +283,8 @@ def prelu_forward(x, alpha, y, ):
     channel arrays alpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_forward", ("x", "alpha", "y", ), (x, alpha, y, ), ("y", ))
+    x = _readable(x)
+    alpha = _readable(alpha)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_forward: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -355,6 +363,9 @@ def prelu_vjp(x, g, alpha, gx, ):
     channel arrays alpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_vjp", ("x", "g", "alpha", "gx", ), (x, g, alpha, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    alpha = _readable(alpha)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_vjp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -447,6 +458,8 @@ def prelu_vjp_alpha(x, g, galpha, ):
     channel arrays - and the output galpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_vjp_alpha", ("x", "g", "galpha", ), (x, g, galpha, ), ("galpha", ))
+    x = _readable(x)
+    g = _readable(g)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_vjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -530,6 +543,10 @@ def prelu_jvp(x, Rx, alpha, Ralpha, Ry, ):
     channel arrays alpha, Ralpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_jvp", ("x", "Rx", "alpha", "Ralpha", "Ry", ), (x, Rx, alpha, Ralpha, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    alpha = _readable(alpha)
+    Ralpha = _readable(Ralpha)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_jvp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -630,6 +647,11 @@ def prelu_rvjp(x, g, Rg, alpha, Ralpha, Rgx, ):
     channel arrays alpha, Ralpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_rvjp", ("x", "g", "Rg", "alpha", "Ralpha", "Rgx", ), (x, g, Rg, alpha, Ralpha, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rg = _readable(Rg)
+    alpha = _readable(alpha)
+    Ralpha = _readable(Ralpha)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_rvjp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -740,6 +762,10 @@ def prelu_rvjp_alpha(x, g, Rx, Rg, Rgalpha, ):
     channel arrays - and the output Rgalpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_rvjp_alpha", ("x", "g", "Rx", "Rg", "Rgalpha", ), (x, g, Rx, Rg, Rgalpha, ), ("Rgalpha", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_rvjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -827,6 +853,9 @@ def prelu_diag_backprop(x, H, alpha, hx, ):
     channel arrays alpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_diag_backprop", ("x", "H", "alpha", "hx", ), (x, H, alpha, hx, ), ("hx", ))
+    x = _readable(x)
+    H = _readable(H)
+    alpha = _readable(alpha)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_diag_backprop: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -919,6 +948,8 @@ def prelu_diag_backprop_alpha(x, H, halpha, ):
     channel arrays - and the output halpha: (C,) or (1,) (shared).
     """
     dt = _check_arrays("prelu_diag_backprop_alpha", ("x", "H", "halpha", ), (x, H, halpha, ), ("halpha", ))
+    x = _readable(x)
+    H = _readable(H)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_diag_backprop_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1025,6 +1056,8 @@ def prelu_sqvjp_alpha(x, salpha, S, w, ):
     S: (K, N, C, S) factor columns, w: (K, N) signs.
     """
     dt = _check_arrays("prelu_sqvjp_alpha", ("x", "salpha", "S", "w", ), (x, salpha, S, w, ), ("salpha", ))
+    x = _readable(x)
+    S, w = _readable(S), _readable(w)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"prelu_sqvjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1103,6 +1136,8 @@ def swish_learnable_forward(x, beta, y, ):
     channel arrays beta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_forward", ("x", "beta", "y", ), (x, beta, y, ), ("y", ))
+    x = _readable(x)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_forward: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1189,6 +1224,9 @@ def swish_learnable_vjp(x, g, beta, gx, ):
     channel arrays beta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_vjp", ("x", "g", "beta", "gx", ), (x, g, beta, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_vjp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1289,6 +1327,10 @@ def swish_learnable_vjp_beta(x, y, g, beta, gbeta, ):
     channel arrays beta and the output gbeta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_vjp_beta", ("x", "y", "g", "beta", "gbeta", ), (x, y, g, beta, gbeta, ), ("gbeta", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_vjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1394,6 +1436,11 @@ def swish_learnable_jvp(x, y, Rx, beta, Rbeta, Ry, ):
     channel arrays beta, Rbeta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_jvp", ("x", "y", "Rx", "beta", "Rbeta", "Ry", ), (x, y, Rx, beta, Rbeta, Ry, ), ("Ry", ))
+    x = _readable(x)
+    y = _readable(y)
+    Rx = _readable(Rx)
+    beta = _readable(beta)
+    Rbeta = _readable(Rbeta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_jvp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1518,6 +1565,12 @@ def swish_learnable_rvjp(x, g, Rx, Rg, beta, Rbeta, Rgx, ):
     channel arrays beta, Rbeta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_rvjp", ("x", "g", "Rx", "Rg", "beta", "Rbeta", "Rgx", ), (x, g, Rx, Rg, beta, Rbeta, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    beta = _readable(beta)
+    Rbeta = _readable(Rbeta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_rvjp: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1664,6 +1717,13 @@ def swish_learnable_rvjp_beta(x, y, g, Rx, Rg, beta, Rbeta, Rgbeta, ):
     channel arrays beta, Rbeta and the output Rgbeta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_rvjp_beta", ("x", "y", "g", "Rx", "Rg", "beta", "Rbeta", "Rgbeta", ), (x, y, g, Rx, Rg, beta, Rbeta, Rgbeta, ), ("Rgbeta", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    beta = _readable(beta)
+    Rbeta = _readable(Rbeta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_rvjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1787,6 +1847,10 @@ def swish_learnable_diag_backprop(x, g, H, beta, hx, ):
     channel arrays beta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_diag_backprop", ("x", "g", "H", "beta", "hx", ), (x, g, H, beta, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_diag_backprop: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -1903,6 +1967,11 @@ def swish_learnable_diag_backprop_beta(x, y, g, H, beta, hbeta, ):
     channel arrays beta and the output hbeta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_diag_backprop_beta", ("x", "y", "g", "H", "beta", "hbeta", ), (x, y, g, H, beta, hbeta, ), ("hbeta", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_diag_backprop_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -2031,6 +2100,10 @@ def swish_learnable_sqvjp_beta(x, y, beta, sbeta, S, w, ):
     S: (K, N, C, S) factor columns, w: (K, N) signs.
     """
     dt = _check_arrays("swish_learnable_sqvjp_beta", ("x", "y", "beta", "sbeta", "S", "w", ), (x, y, beta, sbeta, S, w, ), ("sbeta", ))
+    x = _readable(x)
+    y = _readable(y)
+    beta = _readable(beta)
+    S, w = _readable(S), _readable(w)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_sqvjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
@@ -2135,6 +2208,9 @@ def swish_learnable_residual(x, g, beta, r, ):
     channel arrays beta: (C,) or (1,) (shared).
     """
     dt = _check_arrays("swish_learnable_residual", ("x", "g", "beta", "r", ), (x, g, beta, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
+    beta = _readable(beta)
     shape = x.shape
     if len(shape) != 3:
         raise ValueError(f"swish_learnable_residual: data arrays must be 3-D (N, C, S), got shape {shape}")

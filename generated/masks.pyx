@@ -90,6 +90,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -165,6 +171,8 @@ def dropout_forward(x, m, y, ):
 scalars: none.
     """
     dt = _check_arrays("dropout_forward", ("x", "m", "y", ), (x, m, y, ), ("y", ))
+    x = _readable(x)
+    m = _readable(m)
     cdef Py_ssize_t n = x.size
     if m.size != n:
         raise ValueError(f"dropout_forward: m has shape {m.shape} but x has shape {x.shape}")
@@ -227,6 +235,8 @@ def dropout_vjp(g, m, gx, ):
 scalars: none.
     """
     dt = _check_arrays("dropout_vjp", ("g", "m", "gx", ), (g, m, gx, ), ("gx", ))
+    g = _readable(g)
+    m = _readable(m)
     cdef Py_ssize_t n = g.size
     if m.size != n:
         raise ValueError(f"dropout_vjp: m has shape {m.shape} but g has shape {g.shape}")
@@ -289,6 +299,8 @@ def dropout_jvp(Rx, m, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("dropout_jvp", ("Rx", "m", "Ry", ), (Rx, m, Ry, ), ("Ry", ))
+    Rx = _readable(Rx)
+    m = _readable(m)
     cdef Py_ssize_t n = Rx.size
     if m.size != n:
         raise ValueError(f"dropout_jvp: m has shape {m.shape} but Rx has shape {Rx.shape}")
@@ -351,6 +363,8 @@ def dropout_rvjp(Rg, m, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("dropout_rvjp", ("Rg", "m", "Rgx", ), (Rg, m, Rgx, ), ("Rgx", ))
+    Rg = _readable(Rg)
+    m = _readable(m)
     cdef Py_ssize_t n = Rg.size
     if m.size != n:
         raise ValueError(f"dropout_rvjp: m has shape {m.shape} but Rg has shape {Rg.shape}")
@@ -413,6 +427,8 @@ def dropout_diag_backprop(H, m, hx, ):
 scalars: none.
     """
     dt = _check_arrays("dropout_diag_backprop", ("H", "m", "hx", ), (H, m, hx, ), ("hx", ))
+    H = _readable(H)
+    m = _readable(m)
     cdef Py_ssize_t n = H.size
     if m.size != n:
         raise ValueError(f"dropout_diag_backprop: m has shape {m.shape} but H has shape {H.shape}")

@@ -93,6 +93,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -228,6 +234,7 @@ def sgd_update(p, g, v, lr, mu, wd, ):
 updated in place: p, v; scalars: lr, mu, wd.
     """
     dt = _check_arrays("sgd_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"sgd_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -326,6 +333,7 @@ def adam_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
     """
     dt = _check_arrays("adam_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adam_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -444,6 +452,8 @@ def adahessian_update(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
     """
     dt = _check_arrays("adahessian_update", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
+    d = _readable(d)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adahessian_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -566,6 +576,8 @@ def adahessian_update_pow(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, k,
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
     """
     dt = _check_arrays("adahessian_update_pow", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
+    d = _readable(d)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adahessian_update_pow: g has shape {g.shape} but p has shape {p.shape}")

@@ -90,6 +90,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -168,6 +174,7 @@ def penalty_forward(x, y, l1, l2, ):
 scalars: l1, l2.
     """
     dt = _check_arrays("penalty_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"penalty_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -238,6 +245,8 @@ def penalty_vjp(x, g, gx, l1, l2, ):
 scalars: l1, l2.
     """
     dt = _check_arrays("penalty_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"penalty_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -312,6 +321,8 @@ def penalty_jvp(x, Rx, Ry, l1, l2, ):
 scalars: l1, l2.
     """
     dt = _check_arrays("penalty_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"penalty_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -394,6 +405,10 @@ def penalty_rvjp(x, g, Rx, Rg, Rgx, l1, l2, ):
 scalars: l1, l2.
     """
     dt = _check_arrays("penalty_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"penalty_rvjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -480,6 +495,9 @@ def penalty_diag_backprop(x, g, H, hx, l1, l2, ):
 scalars: l1, l2.
     """
     dt = _check_arrays("penalty_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"penalty_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
@@ -550,6 +568,7 @@ def penalty_residual(g, r, l2, ):
 scalars: l2.
     """
     dt = _check_arrays("penalty_residual", ("g", "r", ), (g, r, ), ("r", ))
+    g = _readable(g)
     cdef Py_ssize_t n = g.size
     if r.size != n:
         raise ValueError(f"penalty_residual: r has shape {r.shape} but g has shape {g.shape}")

@@ -178,6 +178,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 _I64 = _np.dtype(_np.int64)
 
 
@@ -626,6 +632,9 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if y is None:
         raise TypeError("conv2d_forward: array 'y' is required")
     dt = _check_arrays("conv2d_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_forward: s_h must be an integer >= 1, got {s_h!r}")
@@ -729,6 +738,8 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if gx is None:
         raise TypeError("conv2d_vjp_x: array 'gx' is required")
     dt = _check_arrays("conv2d_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    W = _readable(W)
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -836,6 +847,8 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if gW is None:
         raise TypeError("conv2d_vjp_W: array 'gW' is required")
     dt = _check_arrays("conv2d_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    x = _readable(x)
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_vjp_W: s_h must be an integer >= 1, got {s_h!r}")
@@ -933,6 +946,7 @@ def conv2d_vjp_b(g, gb=None):
     if gb is None:
         raise TypeError("conv2d_vjp_b: array 'gb' is required")
     dt = _check_arrays("conv2d_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", "h", "w", )), ("gb", gb, ("o", )), )):
         if arr is None:
@@ -1020,6 +1034,11 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
     if Ry is None:
         raise TypeError("conv2d_jvp: array 'Ry' is required")
     dt = _check_arrays("conv2d_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    x = _readable(x)
+    W = _readable(W)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
@@ -1131,6 +1150,10 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
     if Rgx is None:
         raise TypeError("conv2d_rvjp_x: array 'Rgx' is required")
     dt = _check_arrays("conv2d_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    W = _readable(W)
+    g = _readable(g)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -1248,6 +1271,10 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
     if RgW is None:
         raise TypeError("conv2d_rvjp_W: array 'RgW' is required")
     dt = _check_arrays("conv2d_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_rvjp_W: s_h must be an integer >= 1, got {s_h!r}")
@@ -1347,6 +1374,7 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
     if Rgb is None:
         raise TypeError("conv2d_rvjp_b: array 'Rgb' is required")
     dt = _check_arrays("conv2d_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", "h", "w", )), ("Rgb", Rgb, ("o", )), )):
         if arr is None:
@@ -1414,6 +1442,8 @@ def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if hx is None:
         raise TypeError("conv2d_bl_x: array 'hx' is required")
     dt = _check_arrays("conv2d_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    H = _readable(H)
+    W = _readable(W)
     W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -1522,6 +1552,8 @@ def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if hW is None:
         raise TypeError("conv2d_bl_W: array 'hW' is required")
     dt = _check_arrays("conv2d_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    H = _readable(H)
+    x = _readable(x)
     x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -1620,6 +1652,7 @@ def conv2d_bl_b(H, hb=None):
     if hb is None:
         raise TypeError("conv2d_bl_b: array 'hb' is required")
     dt = _check_arrays("conv2d_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    H = _readable(H)
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("hb", hb, ("o", )), )):
         if arr is None:
@@ -1695,6 +1728,7 @@ def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if y is None:
         raise TypeError("avgpool2d_forward: array 'y' is required")
     dt = _check_arrays("avgpool2d_forward", ("x", "y"), (x, y), ("y",))
+    x = _readable(x)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_forward: s_h must be an integer >= 1, got {s_h!r}")
@@ -1802,6 +1836,7 @@ def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if gx is None:
         raise TypeError("avgpool2d_vjp_x: array 'gx' is required")
     dt = _check_arrays("avgpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -1913,6 +1948,7 @@ def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if Ry is None:
         raise TypeError("avgpool2d_jvp: array 'Ry' is required")
     dt = _check_arrays("avgpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    Rx = _readable(Rx)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
@@ -2022,6 +2058,7 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if Rgx is None:
         raise TypeError("avgpool2d_rvjp_x: array 'Rgx' is required")
     dt = _check_arrays("avgpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -2129,6 +2166,7 @@ def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if hx is None:
         raise TypeError("avgpool2d_bl_x: array 'hx' is required")
     dt = _check_arrays("avgpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    H = _readable(H)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -2218,6 +2256,7 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_forward: array 'M' is required")
     dt = _check_arrays("maxpool2d_forward", ("x", "y"), (x, y), ("y",))
+    x = _readable(x)
     _check_mask("maxpool2d_forward", "M", M, True)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2340,6 +2379,8 @@ def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_vjp_x: array 'M' is required")
     dt = _check_arrays("maxpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    g = _readable(g)
+    M = _readable(M)
     _check_mask("maxpool2d_vjp_x", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2464,6 +2505,8 @@ def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_jvp: array 'M' is required")
     dt = _check_arrays("maxpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    Rx = _readable(Rx)
+    M = _readable(M)
     _check_mask("maxpool2d_jvp", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2590,6 +2633,8 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
     if M is None:
         raise TypeError("maxpool2d_rvjp_x: array 'M' is required")
     dt = _check_arrays("maxpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    Rg = _readable(Rg)
+    M = _readable(M)
     _check_mask("maxpool2d_rvjp_x", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2714,6 +2759,8 @@ def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_bl_x: array 'M' is required")
     dt = _check_arrays("maxpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    H = _readable(H)
+    M = _readable(M)
     _check_mask("maxpool2d_bl_x", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:

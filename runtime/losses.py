@@ -114,6 +114,8 @@ class MSE(Loss):
                 y = y.reshape(n, 1)
             else:
                 raise ValueError(f"{self.name}: targets must have shape {(n,) + tuple(out_shape[1:])}, got {y.shape}")
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise TypeError(f"{self.name}: targets must be real numbers, got dtype {y.dtype}")
         if not np.isfinite(y).all():
             raise ValueError(f"{self.name}: targets of shape {y.shape} contain NaN or inf")
         return y

@@ -17,8 +17,8 @@ from .optimizers import Adam, Optimizer
 
 def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     """``a`` as a C-contiguous array of ``dtype``; numeric and finite, or a clear error."""
-    if not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"{label} must be numeric, got dtype {a.dtype}")
+    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise TypeError(f"{label} must be real numbers, got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():
         raise ValueError(f"{label} of shape {a.shape} contains NaN or inf")
