@@ -104,3 +104,44 @@ MAXPOOL2D = ContractionSpec(
 
 CONTRACTIONS = {DENSE.name: DENSE}
 WINDOWS = {s.name: s for s in (CONV2D, AVGPOOL2D, MAXPOOL2D)}
+
+# ---------------------------------------------------------------- composite layers (stages)
+from .composite import CompositeSpec, Stage  # noqa: E402
+
+_xe = sp.Symbol("x")
+_mu, _var, _d = sp.Symbol("mu"), sp.Symbol("var"), sp.Symbol("d")
+_rstd, _xhat, _y = sp.Symbol("rstd", positive=True), sp.Symbol("xhat"), sp.Symbol("y")
+_gamma, _beta, _eps = sp.Symbol("gamma"), sp.Symbol("beta"), sp.Symbol("eps")
+_rmean, _rvar = sp.Symbol("running_mean"), sp.Symbol("running_var")
+
+BATCHNORM = CompositeSpec(
+    name="batchnorm", input=_xe,
+    stages=(Stage(_mu, "mean", _xe),
+            Stage(_d, "map", _xe - _mu),
+            Stage(_var, "mean", _d ** 2),
+            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)),
+            Stage(_xhat, "map", _d * _rstd),
+            Stage(_y, "map", _gamma * _xhat + _beta)),
+    saved=(_xhat, _rstd), params=(_gamma, _beta), scalars=(("eps", 1e-5),), stats=(_mu, _var),
+    groups="one channel: every sample and pixel with that channel index",
+    doc="batch normalization (train mode): batch mean and biased variance per channel")
+
+BATCHNORM_EVAL = CompositeSpec(
+    name="batchnorm_eval", input=_xe,
+    stages=(Stage(_rstd, "map", 1 / sp.sqrt(_rvar + _eps)),
+            Stage(_xhat, "map", (_xe - _rmean) * _rstd),
+            Stage(_y, "map", _gamma * _xhat + _beta)),
+    saved=(_xhat, _rstd), params=(_gamma, _beta), constants=(_rmean, _rvar), scalars=(("eps", 1e-5),),
+    groups="one channel", doc="batch normalization (eval mode): the running statistics, per channel")
+
+_m, _e, _s = sp.Symbol("m"), sp.Symbol("e"), sp.Symbol("s", positive=True)
+SOFTMAX = CompositeSpec(
+    name="softmax", input=_xe,
+    stages=(Stage(_m, "max", _xe),
+            Stage(_e, "map", sp.exp(_xe - _m)),
+            Stage(_s, "sum", _e),
+            Stage(_y, "map", _e / _s)),
+    saved=(_y,), groups="one sample: its K classes",
+    doc="softmax over axis 1, shifted by the row maximum (exp never overflows)")
+
+COMPOSITES = {s.name: s for s in (BATCHNORM, BATCHNORM_EVAL, SOFTMAX)}

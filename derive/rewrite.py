@@ -84,10 +84,26 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
+#: wall-clock bounds on SymPy calls are for interactive user specs only; `symprop generate`
+#: turns them off so the emitted files never depend on machine load
+_BOUNDED = [True]
+
+
+@contextmanager
+def unbounded():
+    """Run SymPy calls without time limits (deterministic output for the built-in specs)."""
+    _BOUNDED.append(False)
+    try:
+        yield
+    finally:
+        _BOUNDED.pop()
+
+
 @contextmanager
 def _time_limit(seconds: int):
     """Bound slow SymPy calls (solve/simplify on user specs); a no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+    if (not _BOUNDED[-1] or threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "SIGALRM")):
         yield
         return
 
