@@ -51,6 +51,35 @@ def diagonal_factor(r: np.ndarray, where: str = "a layer"):
     return S.reshape((len(units),) + r.shape), np.sign(flat[:, units]).T
 
 
+def batch_columns(S: np.ndarray, w: np.ndarray):
+    """A per-sample factor group ``(S (K, N, ...), w (K, N))`` as whole-batch columns
+    ``(S' (K·N, N, ...), w' (K·N,))``: column (k, n) holds ``S[k, n]`` at sample n and zeros
+    elsewhere (what a layer that couples samples needs at its output). Batch groups pass."""
+    if w.ndim == 1:
+        return S, w
+    K, N = w.shape
+    from .curvature import check_factor_size
+    check_factor_size(K * N * S[0].size, "a batch-coupled layer (whole-batch factor columns)")
+    out = np.zeros((K, N) + S.shape[1:], S.dtype)
+    idx = np.arange(N)
+    out[:, idx, idx] = S
+    return out.reshape((K * N,) + S.shape[1:]), np.ascontiguousarray(w.reshape(-1))
+
+
+def _backprop_batch_columns(layer, rec, S, w, diag, need_input):
+    """Whole-batch columns through ``layer``: each column's pullback (one vjp per column);
+    the parameter diagonals gain ``w_j · (∂θ of column j)²``."""
+    cols = []
+    for j in range(S.shape[0]):
+        gx, grads = layer.vjp(rec, np.ascontiguousarray(S[j]), need_input)
+        for d, a in zip(diag, grads):
+            if a is not None:
+                d += w[j] * a * a
+        if need_input:
+            cols.append(gx)
+    return np.stack(cols) if need_input else None
+
+
 class Layer:
     """The protocol. ``forward(x) -> (y, record)``; every later pass takes the record."""
 
@@ -75,6 +104,10 @@ class Layer:
 
     def parameters(self) -> list[np.ndarray]:
         """Trainable arrays, each once (live: in-place updates are seen by the kernels)."""
+        return []
+
+    def buffers(self) -> list[np.ndarray]:
+        """Non-trainable state saved in checkpoints (BatchNorm's running statistics)."""
         return []
 
     def penalized(self) -> list[np.ndarray]:
@@ -123,14 +156,25 @@ class Layer:
     def factor_backprop(self, rec, groups, g, exact: bool, need_input: bool = True):
         """Backprop factor groups ``[(S, w), ...]`` of the Hessian w.r.t. the output: the groups
         at the input (plus this layer's residual group when ``exact``) and each parameter's
-        diagonal. Composition only: the kernels are the sqvjp, vjp and residual roles."""
+        diagonal. Composition only: the kernels are the sqvjp, vjp and residual roles.
+
+        A group is per sample (``w`` of shape (K, N): column k of sample n is ``S[k, n]``)
+        or, below a layer that couples samples (BatchNorm), per batch (``w`` of shape (J,):
+        column j is the whole-batch array ``S[j]``; see :func:`batch_columns`)."""
         diag = [np.zeros_like(p) for p in self.param_uses()]
+        new = []
         for S, w in groups:
+            if w.ndim == 1:
+                cols = _backprop_batch_columns(self, rec, S, w, diag, need_input)
+                if need_input:
+                    new.append((cols, w))
+                continue
             for d, a in zip(diag, self.sq_param_grads(rec, S, w)):
                 d += a
+            if need_input:
+                new.append((np.stack([self.input_vjp(rec, np.ascontiguousarray(s)) for s in S]), w))
         if not need_input:
             return [], diag
-        new = [(np.stack([self.input_vjp(rec, np.ascontiguousarray(s)) for s in S]), w) for S, w in groups]
         r = self.residual(rec, g) if exact else None
         if r is not None:
             f = diagonal_factor(r, self.name)

@@ -11,11 +11,13 @@ from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
 from .layer import Layer, SpecLayer
+from .normalization import BatchNorm1D, BatchNorm2D, CompositeLayer, Softmax
 from .residual import Residual
 
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
            "SiLU", "Swish", "GELU", "Mish", "PReLU", "LearnableActivation", "Conv2D",
-           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "activation_names", "from_config"]
+           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "BatchNorm1D", "BatchNorm2D", "Softmax", "CompositeLayer",
+           "activation_names", "from_config"]
 
 
 def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
@@ -26,6 +28,11 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
                      dropconnect=cfg.get("dropconnect", 0.0))
     if kind == "LearnableActivation":
         return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
+    if kind in ("BatchNorm1D", "BatchNorm2D"):
+        return {"BatchNorm1D": BatchNorm1D, "BatchNorm2D": BatchNorm2D}[kind](
+            cfg["num_features"], eps=cfg.get("eps", 1e-5), momentum=cfg.get("momentum", 0.1))
+    if kind == "Softmax":
+        return Softmax()
     if kind == "Dropout":
         return Dropout(cfg["p"])
     if kind == "Conv2D":

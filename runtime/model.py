@@ -100,6 +100,16 @@ class Sequential:
         """Every trainable array once, in layer order, weight before bias (live arrays)."""
         return self.param_slots()[0]
 
+    def buffers(self) -> list[np.ndarray]:
+        """Non-trainable state (BatchNorm running statistics), each once, in layer order."""
+        seen, out = set(), []
+        for layer in self.layers:
+            for b in layer.buffers():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    out.append(b)
+        return out
+
     def param_slots(self):
         """``(parameters, slots)``: ``slots[k]`` maps layer k's ``param_uses()`` to indices of
         ``parameters()`` (a shared layer's uses point at the same entries)."""
@@ -408,7 +418,9 @@ class Sequential:
             first.setdefault(id(layer), k)
         cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
                "input_shape": list(self.input_shape), "l1": self.l1, "l2": self.l2}
-        return checkpoint.save(path, cfg, self.parameters())
+        buffers = self.buffers()
+        cfg["n_buffers"] = len(buffers)
+        return checkpoint.save(path, cfg, self.parameters() + buffers)
 
     @classmethod
     def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
@@ -424,7 +436,12 @@ class Sequential:
                 layers.append(from_config(c, custom_objects))
         model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
                     input_shape=tuple(cfg["input_shape"]), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
-        params = model.parameters()
+        nb = cfg.get("n_buffers", 0)
+        if not isinstance(nb, int) or not 0 <= nb <= len(arrays):
+            raise ValueError(f"{path}: invalid buffer count {nb!r} in the checkpoint")
+        params = model.parameters() + model.buffers()
+        if model.buffers() and not nb:
+            raise ValueError(f"{path}: the model has buffers (running statistics) the checkpoint does not hold")
         if len(params) != len(arrays):
             raise ValueError(f"{path}: checkpoint has {len(arrays)} arrays, the model {len(params)}")
         for p, a in zip(params, arrays):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .conv import Conv2D, out_size
 from .dense import Dense
-from .layer import EVAL, Layer
+from .layer import EVAL, Layer, batch_columns
 
 
 def _add(a, b):
@@ -105,6 +105,14 @@ class Residual(Layer):
     def param_uses(self):
         return [p for la in self._parts() for p in la.param_uses()]
 
+    def buffers(self):
+        seen, out = set(), []
+        for b in (b for la in self._parts() for b in la.buffers()):
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append(b)
+        return out
+
     def parameters(self):
         seen, out = set(), []
         for p in self.param_uses():
@@ -188,7 +196,12 @@ class Residual(Layer):
         # the fan-out's pullback adds the skip branch to the block branch, column by column;
         # groups born inside the block (its residual terms) only come through the block
         n = len(groups)
-        return [(Sb + Ss, w) for (Sb, w), (Ss, _) in zip(cur[:n], skip)] + cur[n:], diag
+        out = []
+        for (Sb, w), (Ss, ws) in zip(cur[:n], skip):
+            if w.ndim != ws.ndim:   # a batch-coupled layer in one branch: both as whole-batch columns
+                (Sb, w), (Ss, ws) = batch_columns(Sb, w), batch_columns(Ss, ws)
+            out.append((Sb + Ss, w))
+        return out + cur[n:], diag
 
     def bl(self, rec, h, g):
         raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not defined through a skip connection "

@@ -76,6 +76,10 @@ def cmd_train(args) -> int:
         if args.model not in ("mlp", "cnn"):
             raise ValueError(f"--dropout applies to --model mlp or cnn, not {args.model}")
         kw["dropout"] = args.dropout
+    if args.batchnorm:
+        if args.model not in ("mlp", "cnn"):
+            raise ValueError(f"--batchnorm applies to --model mlp or cnn, not {args.model}")
+        kw["batchnorm"] = True
     if args.l1 or args.l2:
         kw.update(l1=args.l1, l2=args.l2)
     model = builder(X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype, seed=args.seed, **kw)
@@ -233,6 +237,8 @@ def main(argv=None) -> int:
     t.add_argument("--activation", default="relu", choices=_activation_names(),
                    help="any registered activation (derive/builtins.py)")
     t.add_argument("--dropout", type=float, default=0.0, help="dropout probability (mlp, cnn)")
+    t.add_argument("--batchnorm", action="store_true",
+                   help="batch normalization before each hidden activation (mlp, cnn)")
     t.add_argument("--l1", type=float, default=0.0, help="l1 penalty on Dense/Conv2D weights")
     t.add_argument("--l2", type=float, default=0.0, help="(l2/2)·ΣW² penalty on Dense/Conv2D weights")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
