@@ -18,7 +18,8 @@ from . import builtins
 from .cost import summed_work
 from .elementwise import DerivedElementwise, ElementwiseSpec, derive_elementwise
 from .indexed import ContractionSpec, DerivedContraction, derive_contraction
-from .losses import derive_softmax_cross_entropy, mse
+from .composite import CompositeSpec, DerivedComposite, derive_composite
+from .losses import derive_softmax_cross_entropy, mse, sigmoid_cross_entropy
 
 #: non-ASCII characters of spec docstrings, in LaTeX
 _UNICODE = {"ᵀ": r"\textsuperscript{T}", "·": r"$\cdot$", "Σ": r"$\Sigma$", "σ": r"$\sigma$", "ḡ": r"$\bar g$",
@@ -48,11 +49,27 @@ class DerivationPrinter(LatexPrinter):
             return r"\mathcal{R}\{" + self._print_Symbol(sp.Symbol(name[1:])) + r"\}"
         if name.endswith("_"):   # fresh index symbols of a pullback: u_ → u'
             return self._print_Symbol(sp.Symbol(name[:-1])) + "'"
+        if name.startswith("R") and len(name) > 1 and name[1:] in ("gamma", "beta", "alpha"):
+            return r"\mathcal{R}\{" + super()._print_Symbol(sp.Symbol(name[1:]), style) + r"\}"
+        if name == "xhat":
+            return r"\hat{x}"
+        if name in ("rstd", "var"):
+            return r"\mathrm{" + name + "}"
+        if name == "eps":
+            return r"\varepsilon"
         if name in ("hx", "hW", "hb"):
             return "h^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         if name in ("gx", "gW", "gb"):
             return r"\bar{g}^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
         return super()._print_Symbol(expr, style)
+
+    def _print_finite_or(self, expr, exp=None):
+        out = (r"\operatorname{finite\_or}\left(" + self._print(expr.args[0]) + r",\; "
+               + self._print(expr.args[1]) + r"\right)")
+        return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
+
+    def _print_GroupSum(self, expr):
+        return r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
 
     def _print_Piecewise(self, expr):
         # Piecewise((e, cond), (0, True)): the guard as Iverson brackets [c1][c2]… e
@@ -151,13 +168,20 @@ positions, $u,v$ input positions, $i,j$ kernel offsets; primed indices are the f
 of a pullback. $[P]$ is 1 when $P$ holds and 0 otherwise. Elementwise maps are written per
 element with $x$ the input and $y = f(x)$ the saved output. Op counts use the weighted cost
 model of \texttt{derive/cost.py} (a transcendental call counts 10--12, a division 4).
+$\operatorname{finite\_or}(e, a)$ is $e$ where it is finite and $a$, its limit, where an
+intermediate of $e$ overflows. In composite layers $\sum_{\mathcal{G}}$ sums over the
+elements of one group (a channel for batch normalization, a sample for softmax) and $M$ is
+their number.
 """
 
 
 def elementwise_section(d: DerivedElementwise) -> str:
     s = d.spec
     x, y = sp.Symbol("x"), sp.Symbol("y")
-    out = [f"\\clearpage\n\\section{{Activation \\texttt{{{escape(s.name)}}}}}\n"]
+    kind = "Activation" if s.name in builtins.ACTIVATIONS or not (s.arrays or s.learnable or
+                                                                   s.name in builtins.PENALTIES) else \
+        "Learnable activation" if s.learnable else "Mask" if s.arrays else "Penalty"
+    out = [f"\\clearpage\n\\section{{{kind} \\texttt{{{escape(s.name)}}}}}\n"]
     if s.doc:
         out.append(escape(s.doc) + "\n\n")
     out.append("Definition:\n" + _equation("y", d.forward.textbook, f"eq:{s.name}:def"))
@@ -251,9 +275,65 @@ def hessian_diagonal_subsection(d: DerivedContraction) -> str:
     return "".join(out)
 
 
+_KIND = {"map": "", "sum": r"\sum_{\mathcal{G}}", "mean": r"\frac{1}{M}\sum_{\mathcal{G}}",
+         "max": r"\max_{\mathcal{G}}"}
+
+
+def composite_section(d: DerivedComposite) -> str:
+    """A composite layer: its stages, the backward sweep stage by stage, the identities the
+    reductions imply, the simplified pullbacks, the JVP and the R-op, and its kernels."""
+    s = d.spec
+    out = [f"\\clearpage\n\\section{{Composite layer \\texttt{{{escape(s.name)}}}}}\n"]
+    if s.doc:
+        out.append(escape(s.doc) + ".\n\n")
+    out.append(f"A group $\\mathcal{{G}}$ is {escape(s.groups)}; $M = |\\mathcal{{G}}|$. Stages, in order "
+               "(element-level unless reduced over the group):\n\\begin{align}\n")
+    rows = []
+    for st in s.stages:
+        rhs = tex(st.expr)
+        if st.kind != "map":
+            rhs = _KIND[st.kind] + r"\left(" + rhs + r"\right)"
+        rows.append(tex(st.symbol) + " &= " + rhs)
+    out.append(" \\\\\n".join(rows))
+    out.append("\n\\end{align}\n")
+    out.append("\\subsection*{Backward sweep, stage by stage}\n"
+               "Visiting the stages in reverse, the adjoint $\\bar{s}$ of each stage symbol $s$ "
+               "(the group-level adjoint of a symbol read by element-level stages is a group sum: "
+               "broadcast and sum are adjoints), every form written with the saved "
+               + ", ".join(f"${tex(v)}$" for v in d.saved) + ":\n\\begin{align}\n")
+    adj_rows = [r"\bar{" + tex(st.symbol) + "} &= " + tex(d.pretty(a)) for st, a in d.sweep]
+    out.append(" \\\\\n".join(adj_rows) + "\n\\end{align}\n")
+    maxes = [st.symbol for st in s.stages if st.kind == "max"]
+    if maxes:
+        out.append("The adjoint of the shift " + ", ".join(f"${tex(m)}$" for m in maxes)
+                   + " simplifies to zero, so the output is invariant to it and it is a constant "
+                   "for every derivative.\n\n")
+    if d.identities:
+        out.append("The reductions imply, and the simplification uses:\n\\begin{align}\n"
+                   + " \\\\\n".join(f"{tex(a)} &= {tex(v)} && \\text{{(from ${tex(sym)}$)}}"
+                                       for sym, a, v in d.identities) + "\n\\end{align}\n")
+    out.append("\\subsection*{First order: the simplified pullbacks}\n")
+    for k, e in d.vjp.items():
+        out.append(_equation(r"\bar{g}^{" + tex(sp.Symbol(k)) + "}", d.pretty(e), f"eq:{s.name}:vjp:{k}"))
+    out.append("\\subsection*{Second order: pushforward and R-op}\n")
+    out.append(_equation(r"\mathcal{R}\{y\}", d.pretty(d.jvp), f"eq:{s.name}:jvp"))
+    for k, e in d.rvjp.items():
+        out.append(_equation(r"\mathcal{R}\{\bar{g}^{" + tex(sp.Symbol(k)) + r"}\}", e,
+                             f"eq:{s.name}:rvjp:{k}"))
+    out.append("\\subsection*{Kernels}\n")
+    for role, rk in d.role_kernels.items():
+        out.append(f"{_kernel_ref(s.name + '_' + role)}: one pass accumulating {len(rk.sums)} group "
+                   f"sum{'s' if len(rk.sums) != 1 else ''}"
+                   + (" (" + ", ".join(f"$\\sum_{{\\mathcal{{G}}}} {tex(e)}$" for _, e in rk.sums) + ")"
+                      if rk.sums else "") + ", then the outputs.\n\n")
+    out.append(f"{_kernel_ref(s.name + '_forward')}: the stages in order, one pass per reduction.\n")
+    return "".join(out)
+
+
 def losses_section() -> str:
     ce = derive_softmax_cross_entropy()
     ms = mse()
+    sc = sigmoid_cross_entropy()
     out = ["\\clearpage\n\\section{Losses}\n\\subsection*{Softmax cross-entropy}\n",
            "Per sample, with a shift $m$ (the row maximum) for stability and one-hot target $t$:\n",
            _equation(r"\ell", ce.definition, "eq:ce:def"),
@@ -269,7 +349,12 @@ def losses_section() -> str:
            _equation(r"e(a, t)", ms.elem, "eq:mse:def"),
            _equation(r"\frac{\partial e}{\partial a}", ms.grad_elem),
            _equation(r"\frac{\partial^2 e}{\partial a^2}", ms.hess_elem),
-           "averaged over all elements (kernels \\texttt{mse}, \\texttt{mse\\_hvp}).\n"]
+           "averaged over all elements (kernels \\texttt{mse}, \\texttt{mse\\_hvp}).\n",
+           "\\subsection*{Sigmoid cross-entropy (logits)}\n",
+           _equation(r"e(a, t)", sc.elem, "eq:sce:def"),
+           _equation(r"\frac{\partial e}{\partial a}", sc.grad_elem),
+           _equation(r"\frac{\partial^2 e}{\partial a^2}", sc.hess_elem),
+           "averaged over all elements, in the forms the rewriter chose (finite for logits of any size).\n"]
     return "".join(out)
 
 
@@ -312,8 +397,13 @@ PREAMBLE = r"""\documentclass[11pt]{article}
 """
 
 
+def _elementwise_builtins() -> dict:
+    return {**builtins.ACTIVATIONS, **builtins.LEARNABLE, **builtins.MASKS, **builtins.PENALTIES}
+
+
 def builtin_layer_names() -> list[str]:
-    return list(builtins.ACTIVATIONS) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
+    return (list(_elementwise_builtins()) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
+            + list(builtins.COMPOSITES))
 
 
 def document(layers: list[str] | None = None, extra: list = (), model: tuple | None = None,
@@ -328,8 +418,10 @@ def document(layers: list[str] | None = None, extra: list = (), model: tuple | N
         raise ValueError(f"latex: unknown layer(s) {unknown}; built-ins are {known}")
     parts = [PREAMBLE, NOTATION]
     for nm in chosen:
-        if nm in builtins.ACTIVATIONS:
-            parts.append(elementwise_section(derive_elementwise(builtins.ACTIVATIONS[nm])))
+        if nm in _elementwise_builtins():
+            parts.append(elementwise_section(derive_elementwise(_elementwise_builtins()[nm])))
+        elif nm in builtins.COMPOSITES:
+            parts.append(composite_section(derive_composite(builtins.COMPOSITES[nm])))
         else:
             spec = {**builtins.CONTRACTIONS, **builtins.WINDOWS}[nm]
             parts.append(contraction_section(derive_contraction(spec)))
@@ -338,6 +430,8 @@ def document(layers: list[str] | None = None, extra: list = (), model: tuple | N
             parts.append(elementwise_section(derive_elementwise(spec)))
         elif isinstance(spec, ContractionSpec):
             parts.append(contraction_section(derive_contraction(spec)))
+        elif isinstance(spec, CompositeSpec):
+            parts.append(composite_section(derive_composite(spec)))
         else:
             raise TypeError(f"latex: extra specs must be ElementwiseSpec or ContractionSpec, got {type(spec).__name__}")
     if losses:

@@ -120,3 +120,18 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     conv = latex.contraction_section(derive_contraction(builtins.CONV2D))
     assert "eq:conv2d:bl:x" in conv and "eq:conv2d:gn:W" in conv and "eq:conv2d:gn:b" in conv
     assert "{W}_{o,c,i,j}^{2}" in conv
+
+
+def test_composite_sections_print_the_stage_by_stage_chain_rule(full):
+    from symprop.derive.composite import derive_composite
+    d = derive_composite(builtins.BATCHNORM)
+    i = full.index("Composite layer \\texttt{batchnorm}")
+    sec = full[i:full.index("\\clearpage", i)]
+    assert "Backward sweep, stage by stage" in sec
+    for st, a in d.sweep:     # every stage's adjoint, as derived
+        assert r"\bar{" + latex.tex(st.symbol) + "} &= " + latex.tex(d.pretty(a)) in sec
+    assert latex._equation(r"\bar{g}^{x}", d.pretty(d.vjp["x"]), "eq:batchnorm:vjp:x") in sec
+    assert r"\sum_{\mathcal{G}}\!\left(\hat{x}\right) &= 0" in sec     # the identity mean(x) = μ implies
+    assert "\\texttt{batchnorm\\_rvjp}: one pass accumulating 7 group sums" in sec
+    s = full[full.index("Composite layer \\texttt{softmax}"):]
+    assert "The adjoint of the shift $m$ simplifies to zero" in s
