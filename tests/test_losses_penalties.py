@@ -116,6 +116,12 @@ def test_target_errors_name_the_loss():
     X = np.zeros((2, 2))
     with pytest.raises(ValueError, match="softmax_cross_entropy.*sum to 1"):
         model.loss_and_grad(X, np.array([[0.5, 0.2, 0.2], [1.0, 0, 0]]))
+    # off by more than the targets' rounding: refused (p − t would be off by δ·p), with the fix
+    t = np.array([[0.5, 0.3, 0.2 + 1e-9], [1.0, 0, 0]])
+    with pytest.raises(ValueError, match="normalize them"):
+        model.loss_and_grad(X, t)
+    model.loss_and_grad(X, t / t.sum(axis=1, keepdims=True))                  # renormalized: accepted
+    model.loss_and_grad(X, np.array([[0.1, 0.7, 0.2], [0.3, 0.3, 0.4]], np.float32))   # float32 rounding
     sig = Sequential([L.Dense(2, 3)], loss="sigmoid_cross_entropy", dtype="float64")
     with pytest.raises(ValueError, match=r"sigmoid_cross_entropy.*\[0, 1\]"):
         sig.loss_and_grad(X, np.full((2, 3), 1.5))
