@@ -178,8 +178,9 @@ class Sequential:
         return out, recs
 
     def forward(self, X) -> np.ndarray:
-        """Network outputs (logits for classification), in the model's current mode."""
-        return self._forward(self._check_X(X), self._context(update_buffers=False))[0]
+        """Network outputs (logits for classification), in the model's current mode; in train
+        mode this updates running statistics, as a PyTorch forward does."""
+        return self._forward(self._check_X(X), self._context(update_buffers=True))[0]
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""

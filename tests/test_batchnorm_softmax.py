@@ -104,6 +104,9 @@ def test_running_statistics_eval_mode_and_buffers_like_torch(tmp_path):
         tbn(torch.tensor(h))
     assert rel_err(bn.running_mean, tbn.running_mean.numpy()) < 1e-12
     assert rel_err(bn.running_var, tbn.running_var.numpy()) < 1e-12
+    model.forward(X)                          # so does a train-mode forward, as in PyTorch
+    tbn(torch.tensor(h))
+    assert rel_err(bn.running_var, tbn.running_var.numpy()) < 1e-12
     before = bn.running_mean.copy(), bn.running_var.copy()
     model.hvp(X, y, [np.ones_like(p) for p in model.parameters()])
     model.hessian_diagonal(X, y, "gauss_newton")
