@@ -13,7 +13,7 @@ def small_cnn():
                       dtype="float64", seed=4, input_shape=(1, 4, 4))
 
 
-def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_each=1):
+def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_each=1, warmup=0):
     """The update of Yao et al.'s reference implementation (spatial averaging of |v ⊙ Hv| over
     conv kernels, bias corrections, decoupled weight decay), with the same Rademacher draws."""
     rng = np.random.default_rng(seed)
@@ -24,7 +24,7 @@ def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_
     for t in range(1, steps + 1):
         loss = torch_loss(model, X, y, params)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        if (t - 1) % update_each == 0:
+        if t - 1 < warmup or (t - 1 - warmup) % update_each == 0:
             v = [torch.tensor(a) for a in rademacher([p.detach().numpy() for p in params], rng)]
             hv = torch.autograd.grad(grads, params, v)
             D = []
@@ -42,17 +42,20 @@ def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_
     return [p.detach().numpy() for p in params]
 
 
-@pytest.mark.parametrize("k,wd,update_each", [(1.0, 0.0, 1), (0.5, 0.01, 1), (1.0, 0.001, 2)])
-def test_adahessian_steps_match_a_torch_reference(k, wd, update_each):
+@pytest.mark.parametrize("k,wd,update_each,warmup", [(1.0, 0.0, 1, 0), (0.5, 0.01, 1, 10), (1.0, 0.001, 2, 0),
+                                                     (1.0, 0.001, 2, 1), (0.5, 0.0, 3, 2)])
+def test_adahessian_steps_match_a_torch_reference(k, wd, update_each, warmup):
+    """estimate_warmup=0 is the reference schedule (re-estimate at steps 1, 1 + update_each, ...);
+    with a warm-up the first ``warmup`` steps re-estimate every step."""
     model = small_cnn()
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(5, 1, 4, 4)), rng.integers(0, 3, 5)
     hp = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-4, wd=wd, k=k, seed=7)
-    want = torch_adahessian(model, X, y, 3, update_each=update_each, **hp)
+    want = torch_adahessian(model, X, y, 6, update_each=update_each, warmup=warmup, **hp)
     opt = O.AdaHessian(lr=0.05, betas=(0.9, 0.99), eps=1e-4, weight_decay=wd, hessian_power=k, seed=7,
-                       update_each=update_each)
+                       update_each=update_each, estimate_warmup=warmup)
     params = model.parameters()
-    for _ in range(3):
+    for _ in range(6):
         _, grads, _ = opt.loss_and_grad(model, X, y)
         opt.step(params, grads)
     for a, b in zip(params, want):
