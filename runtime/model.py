@@ -25,6 +25,11 @@ def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     return a
 
 
+class TrainingDiverged(ValueError, FloatingPointError):
+    """``fit`` stopped on a non-finite loss; the model keeps the weights of the last finite loss
+    and ``history`` holds the completed epochs."""
+
+
 class Tape:
     """What one forward pass of a :class:`Sequential` saved, per call: each layer use's record,
     the network output, the loss and its context (e.g. softmax probabilities) and, after
@@ -350,66 +355,227 @@ class Sequential:
             res["accuracy"] = correct / max(count, 1)
         return res
 
+    # ------------------------------------------------------------ conveniences
+    def predict_proba(self, X, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities (softmax of the logits) for a classification loss."""
+        if not self.loss.classification:
+            raise ValueError(f"predict_proba: needs a classification loss, the model's is {self.loss.name!r}; "
+                             f"use predict()")
+        X = self._check_X(X)
+        out = np.concatenate([self._forward(X[i:i + batch_size])[0] for i in range(0, len(X), batch_size)])
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def layer_table(self) -> list[tuple[str, tuple | None, int, str]]:
+        """``(layer, per-sample output shape or None before building, parameter count, note)`` per
+        layer use; a shared layer's parameters are counted at its first use."""
+        shape, rows, seen = self.input_shape, [], {}
+        for k, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape) if shape is not None else None
+            if id(layer) in seen:
+                rows.append((repr(layer), shape, 0, f"shared with layer {seen[id(layer)]}"))
+                continue
+            seen[id(layer)] = k
+            n = sum(p.size for p in layer.parameters()) if shape is not None or layer.parameters_known() else 0
+            rows.append((repr(layer), shape, n, ""))
+        return rows
+
+    def summary(self, print_fn=print) -> None:
+        """Print the layers, their output shapes and parameter counts, and the total (as Keras's
+        ``model.summary()``; pass ``print_fn`` to collect the lines instead)."""
+        rows = self.layer_table()
+        head = ("#", "layer", "output shape", "params")
+        cells = [(str(k), name + (f"  ({note})" if note else ""),
+                  "(N, " + ", ".join(map(str, shape)) + ")" if shape is not None else "(not built)", f"{n:,}")
+                 for k, (name, shape, n, note) in enumerate(rows)]
+        w = [max(len(r[i]) for r in cells + [head]) for i in range(4)]
+        fmt = lambda r: f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
+        total = sum(r[2] for r in rows)
+        inp = "(N, " + ", ".join(map(str, self.input_shape)) + ")" if self.input_shape else "(not built yet)"
+        rule = "-" * len(fmt(head))
+        lines = [f"Sequential: input {inp}, loss {self.loss.name}, {self.dtype.name}", rule, fmt(head), rule]
+        lines += [fmt(r) for r in cells]
+        lines += [rule, f"total parameters: {total:,} ({total * self.dtype.itemsize / 1024:,.1f} KiB)"]
+        for line in lines:
+            print_fn(line)
+
+    def __repr__(self):
+        inner = "".join(f"\n    {la!r}," for la in self.layers)
+        shape = f", input_shape={self.input_shape}" if self.input_shape is not None else ""
+        return f"Sequential([{inner}\n], loss={self.loss.name!r}, dtype={self.dtype.name!r}{shape})"
+
     # ------------------------------------------------------------ training
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
-            validation_data=None, verbose: int | None = None, seed: int | None = None) -> dict:
-        """Shuffled mini-batch training; returns a history of per-epoch metrics."""
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        X, y = self._check_batch(X, y)
-        optimizer = optimizer or Adam()
+    def _split(self, X, y, validation_split, validation_data):
+        """Training arrays and validation arrays (or None). A split is a fixed random subset of
+        the training data (drawn from the model's seed, so the same in every fit call)."""
+        if validation_split is None or validation_split == 0:
+            if validation_data is None:
+                return X, y, None
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            return X, y, self._check_batch(*validation_data)
+        if validation_data is not None:
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        from .optimizers import check_real
+        f = check_real("fit", "validation_split", validation_split, low=0, low_open=True, high=1)
+        n_val = int(round(len(X) * f))
+        if n_val < 1 or n_val >= len(X):
+            raise ValueError(f"fit: validation_split={validation_split} of {len(X)} samples leaves "
+                             f"{n_val} for validation and {len(X) - n_val} for training")
+        perm = np.random.default_rng([self.seed if isinstance(self.seed, int) else 0, 0x5eed]).permutation(len(X))
+        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        return X[tr], y[tr], (X[val], y[val])
+
+    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | str | None = None,
+            validation_data=None, validation_split: float = 0.0, early_stopping: int | None = None,
+            restore_best: bool = True, schedule=None, clip_norm: float | None = None,
+            clip_value: float | None = None, verbose: int | None = None, seed: int | None = None) -> dict:
+        """Shuffled mini-batch training; returns a history of per-epoch metrics.
+
+        ``optimizer``: an :class:`Optimizer` (its state carries over between fit calls) or a name
+        (``"adamw"``, ...; default hyperparameters). ``validation_split``: hold out this fraction
+        of (X, y) — a fixed subset, the same in every call — for the ``val_*`` metrics, or give
+        ``validation_data``. ``early_stopping``: stop after that many epochs without a lower
+        validation loss; ``restore_best`` then puts back the weights of the best epoch.
+        ``schedule``: a :class:`~symprop.runtime.schedules.Schedule` or a name, applied per epoch
+        to the optimizer's initial learning rate. ``clip_norm``/``clip_value``: clip the
+        gradients by global L2 norm / elementwise before each step. ``verbose``: 1 (default) a
+        tqdm bar per epoch when stdout is a terminal, one line per epoch otherwise; 0 silent.
+        ``seed``: re-seed the shuffling generator (by default it continues across calls, starting
+        from the model's seed). A non-finite loss stops training with :class:`TrainingDiverged`,
+        the weights of the last finite loss kept.
+
+        The history has per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``
+        and ``time`` (seconds of training), plus ``best_epoch`` and ``stopped_epoch`` (1-based).
+        """
+        from .optimizers import check_int, check_real, get_optimizer
+        from .schedules import get_schedule
+        epochs = check_int("fit", "epochs", epochs)
+        batch_size = check_int("fit", "batch_size", batch_size)
+        if early_stopping is not None:
+            early_stopping = check_int("fit", "early_stopping", early_stopping)
+        if clip_norm is not None:
+            clip_norm = check_real("fit", "clip_norm", clip_norm, low=0, low_open=True)
+        if clip_value is not None:
+            clip_value = check_real("fit", "clip_value", clip_value, low=0, low_open=True)
         if verbose is None:
-            verbose = 1 if sys.stdout.isatty() else 0
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+            verbose = 1
+        X, y = self._check_batch(X, y)
+        X, y, val = self._split(X, y, validation_split, validation_data)
+        if early_stopping is not None and val is None:
+            raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or "
+                             "validation_data")
+        optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
+        sched = None if schedule is None else get_schedule(schedule, epochs)
+        if sched is not None and not hasattr(optimizer, "initial_lr"):
+            optimizer.initial_lr = optimizer.lr
+        if seed is not None or getattr(self, "_shuffle_rng", None) is None:
+            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
+        rng = self._shuffle_rng
+        bar = None
+        if verbose and sys.stdout.isatty():
+            try:
+                from tqdm.auto import tqdm as bar
+            except ImportError:
+                bar = None
         params = self.parameters()
         was_training = self.training
-        self.train()
+        self.train()   # fit trains in train mode (batch statistics, dropout), as PyTorch
         try:
-            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, verbose, rng, params)
+            state = params + self.buffers()   # what a restore puts back: weights and running statistics
+            last_good = [p.copy() for p in state]
+            hist = {"loss": [], "lr": [], "time": []}
+            if self.loss.classification:
+                hist["accuracy"] = []
+            if val is not None:
+                hist["val_loss"] = []
+                if self.loss.classification:
+                    hist["val_accuracy"] = []
+            best, best_loss, best_epoch, waited = None, np.inf, None, 0
+            n_batches = -(-len(X) // batch_size)
+            for epoch in range(1, epochs + 1):
+                if sched is not None:
+                    optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
+                    sched.epoch += 1
+                t0 = time.perf_counter()
+                order = rng.permutation(len(X))
+                total, correct, count, seen = 0.0, 0, 0, 0
+                pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
+                           dynamic_ncols=True) if bar else None
+                for b, i in enumerate(range(0, len(X), batch_size)):
+                    idx = order[i:i + batch_size]
+                    xb, yb = X[idx], y[idx]
+                    loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
+                    if not np.isfinite(loss):
+                        for p, g in zip(state, last_good):
+                            np.copyto(p, g)
+                        if pbar:
+                            pbar.close()
+                        exc = TrainingDiverged(
+                            f"fit: the loss became {loss} at epoch {epoch}, batch {b + 1}/{n_batches} "
+                            f"({type(optimizer).__name__}, lr={optimizer.lr:g}); training stopped with the weights "
+                            f"of the last finite loss; lower the learning rate or clip the gradients (clip_norm=)")
+                        exc.history = hist
+                        raise exc
+                    c = self.loss.correct(tape.out, yb)
+                    if c is not None:
+                        correct, count = correct + c[0], count + c[1]
+                    total += loss * len(idx)
+                    seen += len(idx)
+                    if clip_value is not None:
+                        for g in grads:
+                            np.clip(g, -clip_value, clip_value, out=g)
+                    if clip_norm is not None:
+                        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+                        if norm > clip_norm:
+                            for g in grads:
+                                g *= clip_norm / (norm + 1e-6)
+                    for p, g in zip(state, last_good):
+                        np.copyto(g, p)
+                    optimizer.step(params, grads)
+                    if pbar:
+                        pbar.update(1)
+                        pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
+                hist["loss"].append(total / len(X))
+                hist["lr"].append(optimizer.lr)
+                hist["time"].append(time.perf_counter() - t0)
+                msg = f"loss {hist['loss'][-1]:.4f}"
+                if self.loss.classification:
+                    hist["accuracy"].append(correct / max(count, 1))
+                    msg += f"  acc {hist['accuracy'][-1]:.4f}"
+                if val is not None:
+                    ev = self.evaluate(*val)
+                    hist["val_loss"].append(ev["loss"])
+                    msg += f"  val_loss {ev['loss']:.4f}"
+                    if "accuracy" in ev:
+                        hist["val_accuracy"].append(ev["accuracy"])
+                        msg += f"  val_acc {ev['accuracy']:.4f}"
+                    if ev["loss"] < best_loss:
+                        best_loss, best_epoch, waited = ev["loss"], epoch, 0
+                        if early_stopping is not None and restore_best:
+                            best = [p.copy() for p in state]
+                    else:
+                        waited += 1
+                msg += f"  lr {optimizer.lr:.3g}"
+                if pbar:
+                    pbar.set_postfix_str(msg, refresh=True)
+                    pbar.close()
+                elif verbose:
+                    print(f"epoch {epoch}/{epochs}  {msg}  ({hist['time'][-1]:.2f} s)", flush=True)
+                if early_stopping is not None and waited >= early_stopping:
+                    if verbose:
+                        print(f"early stopping: no lower val_loss for {early_stopping} epochs", flush=True)
+                    break
+            hist["stopped_epoch"] = epoch
+            hist["best_epoch"] = best_epoch
+            if best is not None and best_epoch != epoch:
+                for p, b in zip(state, best):
+                    np.copyto(p, b)
+                if verbose:
+                    print(f"restored the weights of epoch {best_epoch} (val_loss {best_loss:.4f})", flush=True)
+            return hist
         finally:
             self.train(was_training)
-
-    def _fit(self, X, y, epochs, batch_size, optimizer, validation_data, verbose, rng, params):
-        hist = {"loss": [], "time": []}
-        if self.loss.classification:
-            hist["accuracy"] = []
-        if validation_data is not None:
-            hist["val_loss"] = []
-            if self.loss.classification:
-                hist["val_accuracy"] = []
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            order = rng.permutation(len(X))
-            total, correct, count = 0.0, 0, 0
-            for i in range(0, len(X), batch_size):
-                idx = order[i:i + batch_size]
-                xb, yb = X[idx], y[idx]
-                loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
-                c = self.loss.correct(tape.out, yb)
-                if c is not None:
-                    correct, count = correct + c[0], count + c[1]
-                total += loss * len(idx)
-                optimizer.step(params, grads)
-            hist["loss"].append(total / len(X))
-            hist["time"].append(time.perf_counter() - t0)
-            msg = f"epoch {epoch}/{epochs}  loss {hist['loss'][-1]:.4f}"
-            if self.loss.classification:
-                hist["accuracy"].append(correct / max(count, 1))
-                msg += f"  acc {hist['accuracy'][-1]:.4f}"
-            if validation_data is not None:
-                ev = self.evaluate(*validation_data)
-                hist["val_loss"].append(ev["loss"])
-                msg += f"  val_loss {ev['loss']:.4f}"
-                if "accuracy" in ev:
-                    hist["val_accuracy"].append(ev["accuracy"])
-                    msg += f"  val_acc {ev['accuracy']:.4f}"
-            if verbose:
-                print(msg + f"  ({hist['time'][-1]:.2f} s)", flush=True)
-        return hist
 
     # ------------------------------------------------------------ persistence
     def save(self, path):
