@@ -373,11 +373,11 @@ class Sequential:
         for k, layer in enumerate(self.layers):
             shape = layer.output_shape(shape) if shape is not None else None
             if id(layer) in seen:
-                rows.append((repr(layer), shape, 0, f"shared with layer {seen[id(layer)]}"))
+                rows.append((layer.name, shape, 0, f"shared with layer {seen[id(layer)]}"))
                 continue
             seen[id(layer)] = k
             n = sum(p.size for p in layer.parameters()) if shape is not None or layer.parameters_known() else 0
-            rows.append((repr(layer), shape, n, ""))
+            rows.append((layer.name, shape, n, ""))
         return rows
 
     def summary(self, print_fn=print) -> None:
