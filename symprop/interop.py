@@ -1,0 +1,144 @@
+"""PyTorch interop (optional: ``pip install 'symprop[torch]'``).
+
+``from_torch(nn.Sequential)`` builds the equivalent :class:`~symprop.Sequential` with the same
+weights; ``to_torch(model)`` the reverse. Supported: ``Linear``, ``Conv2d`` (groups 1, zero
+padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), ``MaxPool2d`` and
+``AvgPool2d`` (no ceil mode, dilation 1, ``count_include_pad=True``), ``Flatten`` (from dim 1)
+and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
+PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("symprop.interop needs PyTorch: pip install 'symprop[torch]' "
+                          "(torch==2.13.0)") from exc
+    return torch
+
+
+_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus"}
+
+
+def _flat_modules(seq, prefix=""):
+    torch = _torch()
+    for name, mod in seq.named_children():
+        if isinstance(mod, torch.nn.Sequential):
+            yield from _flat_modules(mod, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", mod
+
+
+def _unsupported(where, mod, why=""):
+    return ValueError(f"from_torch: module {where} ({mod!r}) is not supported{': ' + why if why else ''}; "
+                      f"supported: Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, MaxPool2d, AvgPool2d, "
+                      f"Flatten, Sequential")
+
+
+def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = None, seed: int = 0):
+    """The symprop model equivalent to the ``torch.nn.Sequential`` ``seq``, with copies of its
+    weights. ``input_shape`` (per sample, e.g. ``(1, 28, 28)``) is needed when the first layer
+    is not ``Linear``, unless the model is to be built on its first batch."""
+    torch = _torch()
+    from .runtime import layers as L
+    from .runtime.model import Sequential
+
+    nn = torch.nn
+    if not isinstance(seq, nn.Sequential):
+        raise ValueError(f"from_torch: expects a torch.nn.Sequential, got {type(seq).__name__}")
+    layers, weights, dtype = [], [], None
+    for where, mod in _flat_modules(seq):
+        kind = type(mod).__name__
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            dt = mod.weight.dtype
+            if dt not in (torch.float32, torch.float64):
+                raise _unsupported(where, mod, f"dtype {dt}")
+            if dtype is not None and dt != dtype:
+                raise _unsupported(where, mod, f"dtype {dt} differs from an earlier layer's {dtype}")
+            dtype = dt
+        if isinstance(mod, nn.Linear):
+            layer = L.Dense(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        elif isinstance(mod, nn.Conv2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                raise _unsupported(where, mod, "groups, padding modes and string padding are not")
+            layer = L.Conv2D(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                             mod.dilation, bias=mod.bias is not None)
+        elif kind in _ACTIVATIONS and type(mod) is getattr(nn, kind):
+            if kind == "Softplus" and (mod.beta != 1 or mod.threshold != 20):
+                raise _unsupported(where, mod, "only beta=1, threshold=20")
+            layer = L.Activation(_ACTIVATIONS[kind])
+        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+            if mod.ceil_mode:
+                raise _unsupported(where, mod, "ceil_mode=True")
+            if isinstance(mod, nn.MaxPool2d):
+                if mod.dilation not in (1, (1, 1)) or mod.return_indices:
+                    raise _unsupported(where, mod, "dilation and return_indices")
+                layer = L.MaxPool2D(mod.kernel_size, mod.stride, mod.padding)
+            else:
+                if not mod.count_include_pad or mod.divisor_override is not None:
+                    raise _unsupported(where, mod, "count_include_pad=False and divisor_override")
+                layer = L.AvgPool2D(mod.kernel_size, mod.stride, mod.padding)
+        elif isinstance(mod, nn.Flatten):
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                raise _unsupported(where, mod, "only start_dim=1, end_dim=-1")
+            layer = L.Flatten()
+        elif isinstance(mod, (nn.Dropout,)) and mod.p == 0:
+            continue
+        else:
+            raise _unsupported(where, mod)
+        layers.append(layer)
+        weights.append([t.detach().cpu().numpy() for t in (mod.weight, mod.bias) if t is not None]
+                       if isinstance(mod, (nn.Linear, nn.Conv2d)) else [])
+    if not layers:
+        raise ValueError("from_torch: the Sequential has no layers")
+    np_dtype = "float64" if dtype == torch.float64 else "float32"
+    model = Sequential(layers, loss=loss, dtype=np_dtype, seed=seed, input_shape=input_shape)
+    for layer, ws in zip(layers, weights):
+        for p, w in zip(layer.parameters(), ws):
+            p[...] = w
+    return model
+
+
+def to_torch(model):
+    """A ``torch.nn.Sequential`` computing the same function as ``model``, with copies of its
+    weights (same dtype). Shared layers become shared modules. Residual blocks and user-defined
+    activations have no ``nn.Sequential`` equivalent here and raise a ValueError naming them."""
+    torch = _torch()
+    from .runtime import layers as L
+
+    nn = torch.nn
+    dt = torch.float64 if model.dtype == np.float64 else torch.float32
+    made, mods = {}, []
+    for k, layer in enumerate(model.layers):
+        if id(layer) in made:
+            mods.append(made[id(layer)])
+            continue
+        if isinstance(layer, L.Dense):
+            mod = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dt)
+        elif isinstance(layer, L.Conv2D):
+            mod = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, bias=layer.bias, dtype=dt)
+        elif isinstance(layer, L.MaxPool2D):
+            mod = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, L.AvgPool2D):
+            mod = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
+        elif isinstance(layer, L.Flatten):
+            mod = nn.Flatten()
+        elif isinstance(layer, L.Activation) and layer.config().get("name") in _ACTIVATIONS.values():
+            name = layer.config()["name"]
+            mod = getattr(nn, next(k2 for k2, v in _ACTIVATIONS.items() if v == name))()
+        else:
+            raise ValueError(f"to_torch: layer {k} ({layer.name}) has no torch.nn equivalent here; supported: "
+                             f"Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation "
+                             f"({', '.join(_ACTIVATIONS.values())})")
+        if isinstance(layer, (L.Dense, L.Conv2D)):
+            with torch.no_grad():
+                for t, p in zip([mod.weight, mod.bias] if layer.bias else [mod.weight], layer.parameters()):
+                    t.copy_(torch.from_numpy(np.ascontiguousarray(p)))
+        made[id(layer)] = mod
+        mods.append(mod)
+    return nn.Sequential(*mods)
