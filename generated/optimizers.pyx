@@ -389,6 +389,7 @@ def nesterov_update(p, g, v, lr, mu, wd, ):
 updated in place: p, v; scalars: lr, mu, wd.
     """
     dt = _check_arrays("nesterov_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"nesterov_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -477,6 +478,7 @@ def adagrad_update(p, g, s, lr, eps, wd, ):
 updated in place: p, s; scalars: lr, eps, wd.
     """
     dt = _check_arrays("adagrad_update", ("p", "g", "s", ), (p, g, s, ), ("p", "s", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adagrad_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -575,6 +577,7 @@ def rmsprop_update(p, g, s, v, lr, alpha, eps, mu, wd, ):
 updated in place: p, s, v; scalars: lr, alpha, eps, mu, wd.
     """
     dt = _check_arrays("rmsprop_update", ("p", "g", "s", "v", ), (p, g, s, v, ), ("p", "s", "v", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"rmsprop_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -800,6 +803,7 @@ def adamw_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
     """
     dt = _check_arrays("adamw_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adamw_update: g has shape {g.shape} but p has shape {p.shape}")
