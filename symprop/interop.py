@@ -3,8 +3,10 @@
 ``from_torch(nn.Sequential)`` builds the equivalent :class:`~symprop.Sequential` with the same
 weights; ``to_torch(model)`` the reverse. Supported: ``Linear``, ``Conv2d`` (groups 1, zero
 padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), ``MaxPool2d`` and
-``AvgPool2d`` (no ceil mode, dilation 1, ``count_include_pad=True``), ``Flatten`` (from dim 1)
-and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
+``AvgPool2d`` (no ceil mode, dilation 1, ``count_include_pad=True``), ``Flatten`` (from dim 1),
+``LeakyReLU``, ``ELU``, ``SiLU``, ``GELU`` (erf form), ``Mish``, ``PReLU``, ``Softmax(dim=1)``,
+``Dropout``, ``BatchNorm1d``/``BatchNorm2d`` (affine, tracked running statistics, a numeric
+momentum; weights and running statistics copied) and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
 PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
 """
 from __future__ import annotations
@@ -21,7 +23,12 @@ def _torch():
     return torch
 
 
-_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus"}
+_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus", "SiLU": "silu",
+                "Mish": "mish", "GELU": "gelu", "LeakyReLU": "leaky_relu", "ELU": "elu"}
+#: torch attribute of each parameterized activation's fixed parameter
+_ACT_PARAMS = {"LeakyReLU": ("negative_slope", "alpha"), "ELU": ("alpha", "alpha")}
+_SUPPORTED = ("Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, SiLU, Mish, GELU, LeakyReLU, ELU, PReLU, Softmax, "
+              "Dropout, BatchNorm1d, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, Sequential")
 
 
 def _flat_modules(seq, prefix=""):
@@ -35,8 +42,7 @@ def _flat_modules(seq, prefix=""):
 
 def _unsupported(where, mod, why=""):
     return ValueError(f"from_torch: module {where} ({mod!r}) is not supported{': ' + why if why else ''}; "
-                      f"supported: Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, MaxPool2d, AvgPool2d, "
-                      f"Flatten, Sequential")
+                      f"supported: {_SUPPORTED}")
 
 
 def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = None, seed: int = 0):
@@ -53,7 +59,9 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
     layers, weights, dtype = [], [], None
     for where, mod in _flat_modules(seq):
         kind = type(mod).__name__
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+        if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)):
+            if getattr(mod, "weight", None) is None:
+                raise _unsupported(where, mod, "affine=False")
             dt = mod.weight.dtype
             if dt not in (torch.float32, torch.float64):
                 raise _unsupported(where, mod, f"dtype {dt}")
@@ -70,7 +78,28 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
         elif kind in _ACTIVATIONS and type(mod) is getattr(nn, kind):
             if kind == "Softplus" and (mod.beta != 1 or mod.threshold != 20):
                 raise _unsupported(where, mod, "only beta=1, threshold=20")
-            layer = L.Activation(_ACTIVATIONS[kind])
+            if kind == "GELU" and mod.approximate != "none":
+                raise _unsupported(where, mod, "only the erf form (approximate='none')")
+            params = {}
+            if kind in _ACT_PARAMS:
+                attr, name = _ACT_PARAMS[kind]
+                params[name] = float(getattr(mod, attr))
+            layer = L.Activation(_ACTIVATIONS[kind], params=params)
+        elif isinstance(mod, nn.PReLU):
+            layer = L.PReLU(mod.num_parameters)
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not mod.track_running_stats or mod.momentum is None:
+                raise _unsupported(where, mod, "track_running_stats=False and momentum=None (cumulative average)")
+            kind_ = L.BatchNorm1D if isinstance(mod, nn.BatchNorm1d) else L.BatchNorm2D
+            layer = kind_(mod.num_features, eps=mod.eps, momentum=mod.momentum)
+        elif isinstance(mod, nn.Softmax):
+            if mod.dim not in (1, -1):
+                raise _unsupported(where, mod, "only dim=1 on (N, K) inputs")
+            layer = L.Softmax()
+        elif isinstance(mod, nn.Dropout) and type(mod) is nn.Dropout:
+            if mod.p == 0:
+                continue
+            layer = L.Dropout(mod.p)
         elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
             if mod.ceil_mode:
                 raise _unsupported(where, mod, "ceil_mode=True")
@@ -86,20 +115,22 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
             if mod.start_dim != 1 or mod.end_dim != -1:
                 raise _unsupported(where, mod, "only start_dim=1, end_dim=-1")
             layer = L.Flatten()
-        elif isinstance(mod, (nn.Dropout,)) and mod.p == 0:
-            continue
         else:
             raise _unsupported(where, mod)
         layers.append(layer)
         weights.append([t.detach().cpu().numpy() for t in (mod.weight, mod.bias) if t is not None]
-                       if isinstance(mod, (nn.Linear, nn.Conv2d)) else [])
+                       if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
+                       else [mod.weight.detach().cpu().numpy()] if isinstance(mod, nn.PReLU) else [])
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            weights[-1] += [mod.running_mean.detach().cpu().numpy(), mod.running_var.detach().cpu().numpy()]
     if not layers:
         raise ValueError("from_torch: the Sequential has no layers")
     np_dtype = "float64" if dtype == torch.float64 else "float32"
     model = Sequential(layers, loss=loss, dtype=np_dtype, seed=seed, input_shape=input_shape)
     for layer, ws in zip(layers, weights):
-        for p, w in zip(layer.parameters(), ws):
+        for p, w in zip(layer.parameters() + layer.buffers(), ws):
             p[...] = w
+    model.train(seq.training)
     return model
 
 
@@ -128,17 +159,39 @@ def to_torch(model):
             mod = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
         elif isinstance(layer, L.Flatten):
             mod = nn.Flatten()
-        elif isinstance(layer, L.Activation) and layer.config().get("name") in _ACTIVATIONS.values():
+        elif isinstance(layer, L.Activation) and layer.config().get("name") in _ACTIVATIONS.values() \
+                and layer.module is _builtin_activations():
             name = layer.config()["name"]
-            mod = getattr(nn, next(k2 for k2, v in _ACTIVATIONS.items() if v == name))()
+            kind = next(k2 for k2, v in _ACTIVATIONS.items() if v == name)
+            kw = {_ACT_PARAMS[kind][0]: layer.params[_ACT_PARAMS[kind][1]]} if kind in _ACT_PARAMS else {}
+            mod = getattr(nn, kind)(**kw)
+        elif isinstance(layer, L.LearnableActivation) and layer.kernel_name == "prelu":
+            mod = nn.PReLU(layer.num_parameters, dtype=dt)
+        elif isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
+            kind = nn.BatchNorm1d if isinstance(layer, L.BatchNorm1D) else nn.BatchNorm2d
+            mod = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum, dtype=dt)
+        elif isinstance(layer, L.Softmax):
+            mod = nn.Softmax(dim=1)
+        elif isinstance(layer, L.Dropout):
+            mod = nn.Dropout(layer.p)
         else:
             raise ValueError(f"to_torch: layer {k} ({layer.name}) has no torch.nn equivalent here; supported: "
-                             f"Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation "
-                             f"({', '.join(_ACTIVATIONS.values())})")
-        if isinstance(layer, (L.Dense, L.Conv2D)):
+                             f"Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, PReLU, BatchNorm1D/2D, Softmax, "
+                             f"Dropout, Activation ({', '.join(_ACTIVATIONS.values())})")
+        tensors = {L.Dense: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
+                   L.Conv2D: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
+                   L.LearnableActivation: lambda m: [m.weight],
+                   L.BatchNorm1D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var],
+                   L.BatchNorm2D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var]}.get(type(layer))
+        if tensors is not None:
             with torch.no_grad():
-                for t, p in zip([mod.weight, mod.bias] if layer.bias else [mod.weight], layer.parameters()):
+                for t, p in zip(tensors(mod), layer.parameters() + layer.buffers()):
                     t.copy_(torch.from_numpy(np.ascontiguousarray(p)))
         made[id(layer)] = mod
         mods.append(mod)
-    return nn.Sequential(*mods)
+    return nn.Sequential(*mods).train(model.training)
+
+
+def _builtin_activations():
+    from .runtime.kernels import load
+    return load("activations")

@@ -55,8 +55,12 @@ def test_to_torch_from_symprop_model_float32_and_shared_layers():
 
 
 def test_unsupported_modules_are_named():
-    with pytest.raises(ValueError, match=r"module 1 \(GELU"):
-        from_torch(nn.Sequential(nn.Linear(2, 2), nn.GELU()))
+    with pytest.raises(ValueError, match=r"module 1 \(Hardswish"):
+        from_torch(nn.Sequential(nn.Linear(2, 2), nn.Hardswish()))
+    with pytest.raises(ValueError, match="erf form"):
+        from_torch(nn.Sequential(nn.Linear(2, 2), nn.GELU(approximate="tanh")))
+    with pytest.raises(ValueError, match="affine=False"):
+        from_torch(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, affine=False)))
     with pytest.raises(ValueError, match="groups"):
         from_torch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)))
     with pytest.raises(ValueError, match="ceil_mode"):
@@ -67,3 +71,46 @@ def test_unsupported_modules_are_named():
                      input_shape=(1, 4, 4))
     with pytest.raises(ValueError, match=r"layer 1 \(Residual"):
         to_torch(res)
+
+
+def torch_course_net():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3, momentum=0.3), nn.PReLU(3),
+                        nn.Flatten(), nn.Linear(3 * 16, 6), nn.BatchNorm1d(6), nn.LeakyReLU(0.2), nn.Dropout(0.3),
+                        nn.Linear(6, 5), nn.ELU(0.7), nn.Linear(5, 4), nn.SiLU(), nn.Linear(4, 4), nn.GELU(),
+                        nn.Linear(4, 4), nn.Mish(), nn.Linear(4, 3)).double()
+    with torch.no_grad():   # non-trivial running statistics and affine parameters
+        for m in net:
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def test_course_layers_round_trip_eval_and_train_modes():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(8, 1, 4, 4)), rng.integers(0, 3, 8)
+    tmod = torch_course_net().eval()
+    model = from_torch(tmod, input_shape=(1, 4, 4))
+    assert not model.training and len(model.buffers()) == 4
+    check_same(model, tmod, X, y)                       # eval: running statistics, no dropout
+    back = to_torch(model)
+    assert not back.training
+    check_same(model, back, X, y)
+    for a, b in zip(list(tmod.state_dict().values()), list(back.state_dict().values())):
+        assert torch.equal(a, b)
+    # train mode without dropout: batch statistics, and the same running-statistics update
+    tmod = nn.Sequential(*[m for m in torch_course_net() if not isinstance(m, nn.Dropout)]).train()
+    model = from_torch(tmod, input_shape=(1, 4, 4))
+    assert model.training
+    out_t = tmod(torch.tensor(X))
+    loss_t = nn.functional.cross_entropy(out_t, torch.tensor(y))
+    grads_t = torch.autograd.grad(loss_t, list(tmod.parameters()))
+    loss, grads = model.loss_and_grad(X, y)             # one train-mode forward each
+    assert abs(loss - loss_t.item()) < 1e-12
+    assert max(rel_err(a, b.numpy()) for a, b in zip(grads, grads_t)) < 1e-10
+    bn_t, bn = tmod[1], model.layers[1]
+    assert rel_err(bn.running_mean, bn_t.running_mean.numpy()) < 1e-12
+    assert rel_err(bn.running_var, bn_t.running_var.numpy()) < 1e-12
