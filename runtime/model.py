@@ -272,6 +272,7 @@ class Sequential:
         back (the R-op of every pullback). ``v`` is aligned with :meth:`parameters`."""
         if tape.gs is None:
             raise ValueError("Sequential.rop: call backward(tape, keep_output_grads=True) first")
+        v = self._check_direction(v)
         params, slots = self.param_slots()
         parts = [[v[i] for i in s] for s in slots]
         Rxs, Rx = [], None
