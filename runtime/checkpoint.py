@@ -34,6 +34,9 @@ def save(path, config: dict, arrays: list[np.ndarray]) -> None:
 
 
 def load(path) -> tuple[dict, list[np.ndarray]]:
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{path}: not a symprop checkpoint (not an .npz archive)")
     with np.load(path, allow_pickle=False) as z:
         if "config" not in z.files:
             raise ValueError(f"{path}: not a symprop checkpoint (no config entry)")

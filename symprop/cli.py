@@ -314,6 +314,8 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.file}: no such file")
     try:
         model = Sequential.load(args.file)
+    except ValueError:
+        raise
     except Exception as exc:
         raise ValueError(f"{args.file}: not a readable symprop checkpoint ({' '.join(str(exc).split())})") from exc
     (_, _), (Xt, yt) = load_data(args.dataset, args.data_dir, model.dtype.name, input_shape=model.input_shape)

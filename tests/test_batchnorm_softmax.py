@@ -244,3 +244,10 @@ def test_bad_input_names_the_layer():
         L.BatchNorm1D(3, eps=0)
     with pytest.raises(ValueError, match="Softmax"):
         Sequential([L.Softmax()], dtype="float64").forward(np.zeros((2, 3, 4)))
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_clearly(tmp_path):
+    bad = tmp_path / "image.npz"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ValueError, match="not a symprop checkpoint"):
+        Sequential.load(bad)
