@@ -580,6 +580,14 @@ class Sequential:
 
     # ------------------------------------------------------------ persistence
     def save(self, path):
+        """Write the architecture, weights and buffers to ``path`` (.npz, atomically)."""
+        if self.input_shape is None:
+            raise ValueError("Sequential.save: the model is not built yet (its input shape is unknown); "
+                             "pass input_shape= or run fit/forward first")
+        for i, a in enumerate(self.parameters() + self.buffers()):
+            if not np.isfinite(a).all():
+                raise ValueError(f"Sequential.save: array {i} holds NaN or inf values; refusing to write a "
+                                 f"checkpoint that cannot be loaded")
         first, cfgs = {}, []
         for k, layer in enumerate(self.layers):   # a layer used again is stored as a reference
             cfgs.append({"type": "Shared", "index": first[id(layer)]} if id(layer) in first else layer.config())
@@ -592,28 +600,55 @@ class Sequential:
 
     @classmethod
     def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
-        cfg, arrays = checkpoint.load(path)
+        """Rebuild a model saved by :meth:`save` (no pickle). The architecture comes from the
+        JSON config; every array's declared shape and dtype is checked against it before the
+        array is read; malformed files raise ValueError naming the file."""
+        with checkpoint.Checkpoint(path) as ck:
+            model = cls._from_checkpoint_config(ck.path, ck.config, custom_objects)
+            nb = ck.config.get("n_buffers", 0)
+            if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= ck.n:
+                raise ValueError(f"{path}: invalid buffer count {nb!r} in the checkpoint")
+            params, buffers = model.parameters(), model.buffers()
+            if buffers and not nb:
+                raise ValueError(f"{path}: the model has buffers (running statistics) the checkpoint does not hold")
+            targets = params + buffers
+            if len(targets) != ck.n:
+                raise ValueError(f"{path}: checkpoint has {ck.n} arrays, the model {len(targets)}")
+            values = [ck.array(i, p.shape, p.dtype) for i, p in enumerate(targets)]
+        for p, a in zip(targets, values):
+            p[...] = a
+        return model
+
+    @classmethod
+    def _from_checkpoint_config(cls, path, cfg: dict, custom_objects):
+        def need(key, kinds, what):
+            v = cfg.get(key)
+            if not isinstance(v, kinds) or isinstance(v, bool):
+                raise ValueError(f"{path}: config entry {key!r} must be {what}, got {v!r:.80}")
+            return v
+        layer_cfgs = need("layers", list, "a list of layer configs")
+        need("loss", str, "a loss name")
+        need("dtype", str, "a dtype name")
+        shape = need("input_shape", list, "a list of positive integers")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise ValueError(f"{path}: config entry 'input_shape' must be positive integers, got {shape!r:.80}")
         layers = []
-        for c in cfg["layers"]:
+        for c in layer_cfgs:
+            if not isinstance(c, dict):
+                raise ValueError(f"{path}: a layer config is a {type(c).__name__}, not an object")
             if c.get("type") == "Shared":
                 k = c.get("index")
                 if not isinstance(k, int) or not 0 <= k < len(layers):
                     raise ValueError(f"{path}: shared-layer reference {c} points at no earlier layer")
                 layers.append(layers[k])
-            else:
+                continue
+            try:
                 layers.append(from_config(c, custom_objects))
-        model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
-                    input_shape=tuple(cfg["input_shape"]), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
-        nb = cfg.get("n_buffers", 0)
-        if not isinstance(nb, int) or not 0 <= nb <= len(arrays):
-            raise ValueError(f"{path}: invalid buffer count {nb!r} in the checkpoint")
-        params = model.parameters() + model.buffers()
-        if model.buffers() and not nb:
-            raise ValueError(f"{path}: the model has buffers (running statistics) the checkpoint does not hold")
-        if len(params) != len(arrays):
-            raise ValueError(f"{path}: checkpoint has {len(arrays)} arrays, the model {len(params)}")
-        for p, a in zip(params, arrays):
-            if p.shape != a.shape:
-                raise ValueError(f"{path}: parameter shape {a.shape} does not match the model's {p.shape}")
-            p[...] = a
-        return model
+            except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+                raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        try:
+            return cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg.get("seed", 0),
+                       input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: the config does not describe a model ({type(exc).__name__}: {exc})") from exc
