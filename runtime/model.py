@@ -58,7 +58,12 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a symprop layer")
-        dt = np.dtype(dtype)
+        if dtype is None:
+            raise TypeError("Sequential: dtype must be 'float32' or 'float64', got None")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"Sequential: dtype must be 'float32' or 'float64', got {dtype!r}") from exc
         if dt not in (np.float32, np.float64):
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
@@ -92,6 +97,10 @@ class Sequential:
                     raise ValueError(f"Sequential: already built for inputs {self.input_shape}, "
                                      f"not {tuple(input_shape)}")
                 return self
+            if not isinstance(input_shape, (tuple, list)) or not all(
+                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in input_shape):
+                raise ValueError(f"Sequential: input_shape must be a tuple of positive integers (per sample), "
+                                 f"got {input_shape!r}")
             shape = tuple(int(s) for s in input_shape)
             for layer in self.layers:
                 shape = layer.build(shape, self.dtype, self.rng)
@@ -160,7 +169,18 @@ class Sequential:
     def _check_batch(self, X, y):
         """Validated inputs and targets (targets shaped for the model's outputs)."""
         X = self._check_X(X)
-        return X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        return X, self._check_targets(y, X.shape[0])
+
+    def _check_targets(self, y, n: int):
+        """The loss's target checks, plus: float targets must stay finite in the model's dtype
+        (1e300 is finite in float64 but inf in a float32 model)."""
+        y = self.loss.check_targets(y, n, (n,) + self.output_shape)
+        if y.dtype.kind == "f" and y.dtype != self.dtype:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(y.astype(self.dtype)).all():
+                    raise ValueError(f"{self.loss.name}: targets up to {np.abs(y).max():.3g} overflow the model's "
+                                     f"{self.dtype}; scale them or use dtype='float64'")
+        return y
 
     # ------------------------------------------------------------ mode
     def train(self, mode: bool = True) -> "Sequential":
@@ -336,17 +356,22 @@ class Sequential:
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Class labels for classification losses, raw outputs otherwise."""
+        from .optimizers import check_int
+        batch_size = check_int("predict", "batch_size", batch_size)
         X = self._check_X(X)
         outs = [self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)]
         out = np.concatenate(outs)
         return self.loss.predict(out)
 
     def evaluate(self, X, y, batch_size: int = 1024) -> dict:
+        """Mean loss (and accuracy for classification) in evaluation mode."""
+        from .optimizers import check_int
+        batch_size = check_int("evaluate", "batch_size", batch_size)
         X = self._check_X(X)
         total, correct, count = 0.0, 0, 0
         for i in range(0, len(X), batch_size):
             out = self._forward(X[i:i + batch_size], EVAL)[0]
-            yb = self.loss.check_targets(y[i:i + batch_size], out.shape[0], out.shape)
+            yb = self._check_targets(y[i:i + batch_size], out.shape[0])
             total += self.loss.value(out, yb) * len(out)
             c = self.loss.correct(out, yb)
             if c is not None:

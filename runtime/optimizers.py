@@ -123,7 +123,7 @@ class AdaGrad(Optimizer):
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0, lr_decay: float = 0.0):
         super().__init__(lr)
-        self.eps = check_real("AdaGrad", "eps", eps, low=0)
+        self.eps = check_real("AdaGrad", "eps", eps, low=0, low_open=True)
         self.weight_decay = check_real("AdaGrad", "weight_decay", weight_decay, low=0)
         self.lr_decay = check_real("AdaGrad", "lr_decay", lr_decay, low=0)
 
@@ -142,7 +142,7 @@ class RMSProp(Optimizer):
                  weight_decay: float = 0.0):
         super().__init__(lr)
         self.alpha = check_real("RMSProp", "alpha", alpha, low=0, high=1)
-        self.eps = check_real("RMSProp", "eps", eps, low=0)
+        self.eps = check_real("RMSProp", "eps", eps, low=0, low_open=True)
         self.momentum = check_real("RMSProp", "momentum", momentum, low=0, high=1)
         self.weight_decay = check_real("RMSProp", "weight_decay", weight_decay, low=0)
 
@@ -166,7 +166,7 @@ class Adam(Optimizer):
         name = type(self).__name__
         self.betas = check_betas(name, betas)
         self.b1, self.b2 = self.betas
-        self.eps = check_real(name, "eps", eps, low=0)
+        self.eps = check_real(name, "eps", eps, low=0, low_open=True)
         self.weight_decay = check_real(name, "weight_decay", weight_decay, low=0)
 
     def _init_state(self, params):
