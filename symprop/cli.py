@@ -13,7 +13,8 @@ def _source_root() -> Path:
     for p in [here, *here.parents]:
         if (p / "pyproject.toml").exists() and (p / "codegen").is_dir():
             return p
-    return here
+    raise ValueError(f"no symprop checkout at or above {here}: `symprop generate` writes the checkout's "
+                     f"generated/ folder; run it inside the source tree or pass --out DIR")
 
 
 def cmd_generate(args) -> int:
@@ -295,8 +296,12 @@ def cmd_latex(args) -> int:
     if args.spec and layers is None:
         layers = []
     t0 = time.perf_counter()
-    text = latex.document(layers=layers, extra=extra, model=model)
     out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"-o {out}: is a directory")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ValueError(f"-o {out}: folder {out.parent} does not exist")
+    text = latex.document(layers=layers, extra=extra, model=model)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)
@@ -310,6 +315,8 @@ def cmd_latex(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import Sequential
 
+    if Path(args.file).is_dir():
+        raise ValueError(f"{args.file}: is a directory, not a checkpoint")
     if not Path(args.file).is_file():
         raise ValueError(f"{args.file}: no such file")
     try:
