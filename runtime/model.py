@@ -518,7 +518,11 @@ class Sequential:
                 if self.loss.classification:
                     hist["val_accuracy"] = []
             best, best_loss, best_epoch, waited = None, np.inf, None, 0
-            n_batches = -(-len(X) // batch_size)
+            bounds = [(i, min(i + batch_size, len(X))) for i in range(0, len(X), batch_size)]
+            if self.buffers() and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+                # batch statistics need two samples: a last batch of one joins the one before
+                bounds[-2:] = [(bounds[-2][0], len(X))]
+            n_batches = len(bounds)
             for epoch in range(1, epochs + 1):
                 if sched is not None:
                     optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
@@ -528,8 +532,8 @@ class Sequential:
                 total, correct, count, seen = 0.0, 0, 0, 0
                 pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
                            dynamic_ncols=True) if bar else None
-                for b, i in enumerate(range(0, len(X), batch_size)):
-                    idx = order[i:i + batch_size]
+                for b, (i, j) in enumerate(bounds):
+                    idx = order[i:j]
                     xb, yb = X[idx], y[idx]
                     loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
                     if not np.isfinite(loss):

@@ -251,3 +251,11 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_clearly(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     with pytest.raises(ValueError, match="not a symprop checkpoint"):
         Sequential.load(bad)
+
+
+def test_fit_with_batchnorm_when_the_last_batch_would_hold_one_sample():
+    rng = np.random.default_rng(9)
+    model = Sequential([L.Dense(3, 4), L.BatchNorm1D(4), L.ReLU(), L.Dense(4, 2)], seed=0)
+    X, y = rng.normal(size=(33, 3)).astype(np.float32), rng.integers(0, 2, 33)
+    hist = model.fit(X, y, epochs=2, batch_size=8, verbose=0)     # 8+8+8+9: the single sample joins
+    assert len(hist["loss"]) == 2 and np.isfinite(hist["loss"]).all()
