@@ -133,8 +133,6 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
     Returns ``(module, compiled)`` where ``compiled`` says whether this call compiled it.
     """
     name = _module_name(stem, text)
-    if name in sys.modules:
-        return sys.modules[name], False
     root = _writable_root()
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = root / (name + suffix)
