@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,8 @@ class Checkpoint:
         except ValueError:
             self.close()
             raise
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, RecursionError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, RecursionError, RuntimeError,
+                NotImplementedError) as exc:   # zipfile: encrypted entries, unknown versions/methods
             self.close()
             raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
 
@@ -157,7 +159,8 @@ class Checkpoint:
         try:
             with self.zip.open(f"param_{i}.npy") as f:
                 a = np.lib.format.read_array(f, allow_pickle=False)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+                NotImplementedError) as exc:
             raise ValueError(f"{self.path}: array {i} is corrupt or truncated ({type(exc).__name__})") from exc
         if not np.isfinite(a).all():
             raise ValueError(f"{self.path}: array {i} holds NaN or inf values")

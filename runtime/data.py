@@ -53,7 +53,8 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     shape = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
     dt = np.dtype(IDX_DTYPES[raw[2]])
-    need = int(np.prod(shape)) * dt.itemsize
+    import math
+    need = math.prod(shape) * dt.itemsize
     body = raw[4 + 4 * ndim:]
     if len(body) != need:
         raise ValueError(f"{path}: IDX header says shape {shape} ({need} bytes of {dt}) but the file has "

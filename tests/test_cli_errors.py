@@ -34,3 +34,24 @@ def test_cli_errors_are_one_line_with_status_2(case, tmp_path):
     assert "Traceback" not in r.stderr
     err = [ln for ln in r.stderr.splitlines() if "error" in ln]
     assert len(err) == 1 and message in err[0], r.stderr
+
+
+def test_cli_fuzz_random_train_arguments(tmp_path):
+    """Random flag values (valid and not) for `symprop train`: exit 0, or 2 with one error line."""
+    import random
+    rnd = random.Random(7)
+    values = {"--lr": ["0.01", "-1", "nan", "abc", "1e400"], "--batch-size": ["16", "0", "-3", "2.5"],
+              "--dropout": ["0.2", "1.5", "-0.1"], "--validation-split": ["0.1", "1", "x"],
+              "--clip-norm": ["1", "0", "inf"], "--schedule": ["cosine", "nope"],
+              "--optimizer": ["adam", "rmsprop", "bogus"], "--activation": ["gelu", "mish", "bogus"],
+              "--l2": ["0.001", "-1"], "--momentum": ["0.9", "2"]}
+    for _ in range(10):
+        args = ["train", "--epochs", "1", "--hidden", "16"]
+        for flag in rnd.sample(sorted(values), 3):
+            args += [flag, rnd.choice(values[flag])]
+        r = subprocess.run([sys.executable, "-m", "symprop.cli", *args], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+        assert r.returncode in (0, 2), (args, r.stderr[-1500:])
+        assert "Traceback" not in r.stderr, (args, r.stderr[-1500:])
+        if r.returncode == 2:
+            assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1, (args, r.stderr)
