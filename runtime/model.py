@@ -1,6 +1,7 @@
 """``Sequential``: a stack of layers with a loss, trained by mini-batch optimization."""
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -431,6 +432,20 @@ class Sequential:
         return f"Sequential([{inner}\n], loss={self.loss.name!r}, dtype={self.dtype.name!r}{shape})"
 
     # ------------------------------------------------------------ training
+    def _evaluate_sharded(self, val, dist) -> dict:
+        """:meth:`evaluate` with each rank on its contiguous part of the validation data, the
+        sums reduced across ranks."""
+        Xv, yv = val
+        s0, s1 = dist.shard(0, len(Xv))
+        pen = self.penalty_value()
+        local = self.evaluate(Xv[s0:s1], yv[s0:s1]) if s1 > s0 else {"loss": pen, "accuracy": 0.0}
+        n = s1 - s0
+        loss_sum, acc_sum, total = dist.sum([(local["loss"] - pen) * n, local.get("accuracy", 0.0) * n, n])
+        out = {"loss": loss_sum / total + pen}
+        if self.loss.classification:
+            out["accuracy"] = acc_sum / total
+        return out
+
     def _split(self, X, y, validation_split, validation_data):
         """Training arrays and validation arrays (or None). A split is a fixed random subset of
         the training data (drawn from the model's seed, so the same in every fit call)."""
@@ -455,7 +470,8 @@ class Sequential:
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | str | None = None,
             validation_data=None, validation_split: float = 0.0, early_stopping: int | None = None,
             restore_best: bool = True, schedule=None, clip_norm: float | None = None,
-            clip_value: float | None = None, verbose: int | None = None, seed: int | None = None) -> dict:
+            clip_value: float | None = None, verbose: int | None = None, seed: int | None = None,
+            distributed=False) -> dict:
         """Shuffled mini-batch training; returns a history of per-epoch metrics.
 
         ``optimizer``: an :class:`Optimizer` (its state carries over between fit calls) or a name
@@ -473,7 +489,28 @@ class Sequential:
 
         The history has per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``
         and ``time`` (seconds of training), plus ``best_epoch`` and ``stopped_epoch`` (1-based).
+
+        ``distributed``: True (MPI.COMM_WORLD) or an mpi4py communicator: data-parallel training
+        under ``mpiexec`` — every rank passes the same data and takes its contiguous shard of each
+        global batch of ``batch_size``; gradients (and AdaHessian's curvature) are averaged with
+        one Allreduce per step, so the result equals single-process training on the same global
+        batches. See :mod:`symprop.runtime.distributed`.
         """
+        from . import distributed as _dist
+        dist = _dist.get(distributed)
+        if dist is None or dist.size == 1:
+            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
+                             early_stopping, restore_best, schedule, clip_norm, clip_value, verbose, seed, None)
+        try:
+            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
+                             early_stopping, restore_best, schedule, clip_norm, clip_value,
+                             verbose if dist.rank == 0 else 0, seed, dist)
+        except BaseException as exc:  # noqa: BLE001 — one failing rank must not leave the others waiting
+            dist.abort(exc)
+            raise
+
+    def _fit(self, X, y, epochs, batch_size, optimizer, validation_data, validation_split, early_stopping,
+             restore_best, schedule, clip_norm, clip_value, verbose, seed, dist):
         from .optimizers import check_int, check_real, get_optimizer
         from .schedules import get_schedule
         epochs = check_int("fit", "epochs", epochs)
@@ -492,6 +529,15 @@ class Sequential:
             raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or "
                              "validation_data")
         optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
+        if dist is not None:
+            dist.check_same("model or data", {
+                "layers": [la.config() for la in self.layers], "dtype": self.dtype.name, "loss": self.loss.name,
+                "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
+                "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed})
+            if batch_size < dist.size:
+                raise ValueError(f"fit(distributed=True): batch_size {batch_size} is smaller than the "
+                                 f"{dist.size} ranks (each rank needs a share of every batch)")
+            dist.broadcast(self.parameters() + self.buffers())
         sched = None if schedule is None else get_schedule(schedule, epochs)
         if sched is not None and not hasattr(optimizer, "initial_lr"):
             optimizer.initial_lr = optimizer.lr
@@ -519,8 +565,10 @@ class Sequential:
                     hist["val_accuracy"] = []
             best, best_loss, best_epoch, waited = None, np.inf, None, 0
             bounds = [(i, min(i + batch_size, len(X))) for i in range(0, len(X), batch_size)]
-            if self.buffers() and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
-                # batch statistics need two samples: a last batch of one joins the one before
+            smallest = max(2 if self.buffers() else 1, dist.size if dist else 1)
+            if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < smallest:
+                # batch statistics need two samples and every rank a share of each batch: a last
+                # batch smaller than that joins the one before
                 bounds[-2:] = [(bounds[-2][0], len(X))]
             n_batches = len(bounds)
             for epoch in range(1, epochs + 1):
@@ -533,7 +581,12 @@ class Sequential:
                 pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
                            dynamic_ncols=True) if bar else None
                 for b, (i, j) in enumerate(bounds):
-                    idx = order[i:j]
+                    if dist is not None:   # this rank's shard; the optimizer averages over ranks
+                        s0, s1 = dist.shard(i, j)
+                        idx = order[s0:s1]
+                        optimizer._reduce = functools.partial(dist.average, weight=s1 - s0, total=j - i)
+                    else:
+                        idx = order[i:j]
                     xb, yb = X[idx], y[idx]
                     loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
                     if not np.isfinite(loss):
@@ -550,8 +603,8 @@ class Sequential:
                     c = self.loss.correct(tape.out, yb)
                     if c is not None:
                         correct, count = correct + c[0], count + c[1]
-                    total += loss * len(idx)
-                    seen += len(idx)
+                    total += loss * (j - i)      # the global batch's mean loss (all ranks agree)
+                    seen += j - i
                     if clip_value is not None:
                         for g in grads:
                             np.clip(g, -clip_value, clip_value, out=g)
@@ -566,6 +619,11 @@ class Sequential:
                     if pbar:
                         pbar.update(1)
                         pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
+                if dist is not None:
+                    optimizer._reduce = None
+                    correct, count = (int(v) for v in dist.sum([correct, count]))
+                    if self.buffers():   # per-rank batch statistics: rank 0's running statistics win
+                        dist.broadcast(self.buffers())
                 hist["loss"].append(total / len(X))
                 hist["lr"].append(optimizer.lr)
                 hist["time"].append(time.perf_counter() - t0)
@@ -574,7 +632,7 @@ class Sequential:
                     hist["accuracy"].append(correct / max(count, 1))
                     msg += f"  acc {hist['accuracy'][-1]:.4f}"
                 if val is not None:
-                    ev = self.evaluate(*val)
+                    ev = self.evaluate(*val) if dist is None else self._evaluate_sharded(val, dist)
                     hist["val_loss"].append(ev["loss"])
                     msg += f"  val_loss {ev['loss']:.4f}"
                     if "accuracy" in ev:
@@ -605,6 +663,7 @@ class Sequential:
                     print(f"restored the weights of epoch {best_epoch} (val_loss {best_loss:.4f})", flush=True)
             return hist
         finally:
+            optimizer._reduce = None
             self.train(was_training)
 
     # ------------------------------------------------------------ persistence

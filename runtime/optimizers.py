@@ -66,11 +66,18 @@ class Optimizer:
     def _init_state(self, params):
         raise NotImplementedError
 
+    #: set by ``fit(distributed=True)`` for each batch: averages ``(loss, arrays)`` over the
+    #: ranks, weighted by shard size (see :mod:`symprop.runtime.distributed`)
+    _reduce = None
+
     def loss_and_grad(self, model, X, y):
         """``(loss, grads, tape)`` of ``model`` on a validated batch (plus whatever curvature the
         optimizer uses, kept for the next :meth:`step`)."""
         tape = model.trace(X, y, checked=True)
-        return tape.loss, model.backward(tape), tape
+        loss, grads = tape.loss, model.backward(tape)
+        if self._reduce is not None:
+            loss, grads = self._reduce(loss, grads)
+        return loss, grads, tape
 
     def _check(self, params, grads):
         name = type(self).__name__
@@ -234,6 +241,9 @@ class AdaHessian(Optimizer):
         tape = model.trace(X, y, checked=True)
         loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
         D = hutchinson(model, tape, self.n_samples, self.rng)
+        if self._reduce is not None:   # v ⊙ Hv is linear in H: averaged like the gradients
+            loss, both = self._reduce(loss, grads + D)
+            grads, D = both[:len(grads)], both[len(grads):]
         for i, d in enumerate(D):
             if self.average_conv_kernel and d.ndim == 4:
                 D[i] = np.ascontiguousarray(np.broadcast_to(np.abs(d).mean(axis=(2, 3), keepdims=True), d.shape))
@@ -250,8 +260,7 @@ class AdaHessian(Optimizer):
         if due:
             loss, grads, self.hessian_diag, tape = self.estimate(model, X, y)
             return loss, grads, tape
-        tape = model.trace(X, y, checked=True)
-        return tape.loss, model.backward(tape), tape
+        return super().loss_and_grad(model, X, y)
 
     def step(self, params, grads, hessian_diag=None):
         """Update in place; ``hessian_diag`` defaults to the estimate made by :meth:`loss_and_grad`."""
@@ -302,6 +311,9 @@ class Newton(Optimizer):
 
     def loss_and_grad(self, model, X, y):
         from .curvature import full_hessian
+        if self._reduce is not None:
+            raise ValueError("Newton: distributed training is not supported (the full Hessian would be "
+                             "reduced across ranks); use a first-order optimizer or AdaHessian")
         loss, grads, self.H, tape = full_hessian(model, X, y, self.max_params, return_tape=True)
         return loss, grads, tape
 

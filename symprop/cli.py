@@ -189,15 +189,24 @@ def cmd_train(args) -> int:
                      f", clip value {args.clip_value}" if args.clip_value else "",
                      f", validation split {args.validation_split}" if args.validation_split else "",
                      f", early stopping {args.early_stopping}" if args.early_stopping else ""])
-    print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params:,} parameters) on {args.dataset} "
-          f"{'x'.join(map(str, X.shape[1:]))}: {len(X)} train / {len(Xt)} test, {opt!r}, "
-          f"batch {args.batch_size}, {epochs} epochs{extra}, {args.dtype}, seed {args.seed}", flush=True)
+    dist = None
+    if args.distributed:
+        from .runtime.distributed import Distributed
+        dist = Distributed()
+        extra += f", distributed over {dist.size} MPI ranks"
+    lead = dist is None or dist.rank == 0     # only rank 0 prints, saves and plots
+    if lead:
+        print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params:,} parameters) on {args.dataset} "
+              f"{'x'.join(map(str, X.shape[1:]))}: {len(X)} train / {len(Xt)} test, {opt!r}, "
+              f"batch {args.batch_size}, {epochs} epochs{extra}, {args.dtype}, seed {args.seed}", flush=True)
     t0 = time.perf_counter()
     hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt, schedule=sched,
                      clip_norm=args.clip_norm, clip_value=args.clip_value,
                      validation_split=args.validation_split or 0.0, early_stopping=args.early_stopping,
-                     verbose=1, seed=args.seed)
+                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False)
     train_time = time.perf_counter() - t0
+    if not lead:
+        return 0
     ev = model.evaluate(Xt, yt)
     print(f"final test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  "
           f"({train_time:.1f} s)")
@@ -376,6 +385,8 @@ def main(argv=None) -> int:
     t.add_argument("--activation", default="relu", choices=_activation_names(),
                    help="any registered activation (derive/builtins.py)")
     t.add_argument("--dropout", type=float, default=0.0, help="dropout probability (mlp, cnn)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: run as mpiexec -n P symprop train --distributed ...")
     t.add_argument("--batchnorm", action="store_true",
                    help="batch normalization before each hidden activation (mlp, cnn)")
     t.add_argument("--l1", type=float, default=0.0, help="l1 penalty on Dense/Conv2D weights")
