@@ -30,7 +30,9 @@ SCRIPT = textwrap.dedent("""
 
 def _run(cache, mode):
     env = dict(os.environ, SYMPROP_CACHE=str(cache))
-    r = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=600)
+    # from outside the checkout, so the installed package (not ./symprop) is imported
+    r = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=cache.parent)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 

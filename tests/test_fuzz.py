@@ -225,9 +225,11 @@ DRIVER = textwrap.dedent(r'''
 ''')
 
 
-def test_fuzz_public_entry_points():
+def test_fuzz_public_entry_points(tmp_path):
     n = int(os.environ.get("SYMPROP_FUZZ_EXAMPLES", "600"))
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(n)], capture_output=True, text=True, timeout=900)
+    # from outside the checkout, so the installed package (not ./symprop) is imported
+    r = subprocess.run([sys.executable, "-c", DRIVER, str(n)], capture_output=True, text=True, timeout=900,
+                       cwd=tmp_path)
     assert r.returncode == 0, f"the fuzz process crashed (status {r.returncode}):\n{r.stderr[-3000:]}"
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"fuzz: {stats['cases']} cases, {stats['ok']} correct, {stats['refused']} refused, "
