@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 DRIVER = textwrap.dedent(r'''
     import json, sys, warnings
     import numpy as np
@@ -226,7 +228,18 @@ DRIVER = textwrap.dedent(r'''
 
 
 def test_fuzz_public_entry_points(tmp_path):
-    n = int(os.environ.get("SYMPROP_FUZZ_EXAMPLES", "600"))
+    _fuzz(tmp_path, int(os.environ.get("SYMPROP_FUZZ_EXAMPLES", "600")))
+
+
+@pytest.mark.fuzz_long
+def test_fuzz_long_profile(tmp_path, request):
+    """The long profile (4,000 examples, about 30 s idle): ``pytest -m fuzz_long``."""
+    if "fuzz_long" not in (request.config.getoption("-m") or ""):
+        pytest.skip("the long fuzz profile runs with: pytest -m fuzz_long")
+    _fuzz(tmp_path, 4000)
+
+
+def _fuzz(tmp_path, n):
     # from outside the checkout, so the installed package (not ./symprop) is imported
     r = subprocess.run([sys.executable, "-c", DRIVER, str(n)], capture_output=True, text=True, timeout=900,
                        cwd=tmp_path)
