@@ -51,6 +51,20 @@ def diagonal_factor(r: np.ndarray, where: str = "a layer"):
     return S.reshape((len(units),) + r.shape), np.sign(flat[:, units]).T
 
 
+def check_float_input(layer, x) -> np.ndarray:
+    """``x`` as a C-contiguous float32/float64 array of the layer's parameter dtype, or a
+    TypeError naming the layer."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer.name}: input must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32 and x.dtype != np.float64:
+        raise TypeError(f"{layer.name}: input dtype {x.dtype}; expected float32 or float64")
+    for p in layer.parameters():
+        if p.dtype != x.dtype:
+            raise TypeError(f"{layer.name}: input dtype {x.dtype} does not match the layer's {p.dtype}")
+        break
+    return np.ascontiguousarray(x)
+
+
 def batch_columns(S: np.ndarray, w: np.ndarray):
     """A per-sample factor group ``(S (K, N, ...), w (K, N))`` as whole-batch columns
     ``(S' (K·N, N, ...), w' (K·N,))``: column (k, n) holds ``S[k, n]`` at sample n and zeros
@@ -217,15 +231,7 @@ class SpecLayer(Layer):
         return {}
 
     def check_input(self, x) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{self.name}: input must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32 and x.dtype != np.float64:
-            raise TypeError(f"{self.name}: input dtype {x.dtype}; expected float32 or float64")
-        for p in self.parameters():
-            if p.dtype != x.dtype:
-                raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the layer's {p.dtype}")
-            break
-        return np.ascontiguousarray(x)
+        return check_float_input(self, x)
 
     def _env(self, rec: dict, **arrays) -> dict:
         env = self.spec_arrays()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import SpecKernels, load
-from .layer import EVAL, Context, Layer, batch_columns, check_positive_int
+from .layer import EVAL, Context, Layer, batch_columns, check_float_input, check_positive_int
 
 
 class CompositeLayer(Layer):
@@ -26,15 +26,7 @@ class CompositeLayer(Layer):
         return {}
 
     def check_input(self, x):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{self.name}: input must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32 and x.dtype != np.float64:
-            raise TypeError(f"{self.name}: input dtype {x.dtype}; expected float32 or float64")
-        for p in self.parameters():
-            if p.dtype != x.dtype:
-                raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the layer's {p.dtype}")
-            break
-        return np.ascontiguousarray(x)
+        return check_float_input(self, x)
 
     def _run(self, K: SpecKernels, role: str, env: dict, rec: dict):
         A, C, B = rec["_layout"]
