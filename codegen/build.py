@@ -21,6 +21,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from ..processes import pid_alive
 from . import flags
 from .generate import MATH_HEADER, math_header
 
@@ -82,16 +83,6 @@ def _pid_of(name: str, prefix: str):
     return int(pid) if pid.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def clean_stale(root: Path) -> int:
     """Remove build folders and staged files left by builders that were killed; returns how
     many were removed."""
@@ -102,7 +93,7 @@ def clean_stale(root: Path) -> int:
         else:
             parts = p.name.rsplit(".", 2)
             pid = int(parts[-2]) if len(parts) == 3 and parts[-2].isdigit() else None
-        if pid is None or pid == os.getpid() or _alive(pid):
+        if pid is None or pid == os.getpid() or pid_alive(pid):
             continue
         try:
             shutil.rmtree(p) if p.is_dir() else p.unlink()

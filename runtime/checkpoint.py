@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..processes import pid_alive
+
 FORMAT = "symprop-checkpoint-1"
 TMP_SUFFIX = ".symprop-tmp"
 #: the JSON description is small; anything larger is not a symprop checkpoint
@@ -35,23 +37,13 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _clean_stale(path: Path) -> None:
     """Remove temporaries of earlier saves of ``path`` whose process is gone."""
     prefix = f".{path.name}."
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TMP_SUFFIX}"):
         middle = tmp.name[len(prefix):-len(TMP_SUFFIX)]
         pid = middle.split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             try:
                 tmp.unlink()
             except OSError:
@@ -176,9 +168,3 @@ class Checkpoint:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def load(path) -> tuple[dict, list[np.ndarray]]:
-    """Config and every array (unchecked shapes; :meth:`Sequential.load` checks them first)."""
-    with Checkpoint(path) as ck:
-        return ck.config, [ck.array(i, *ck.headers[i]) for i in range(ck.n)]

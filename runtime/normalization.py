@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import SpecKernels, load
-from .layer import EVAL, Context, Layer, batch_columns, check_float_input, check_positive_int
+from .layer import EVAL, Context, Layer, _backprop_batch_columns, batch_columns, check_float_input, check_positive_int
 
 
 class CompositeLayer(Layer):
@@ -173,12 +173,9 @@ class _BatchNorm(CompositeLayer):
                          f"normalization; use method='gauss_newton' or 'hutchinson'")
 
     def sq_param_grads(self, rec, S, w):
-        # per-sample columns: each column's parameter pullback as a whole-batch column
+        # per-sample columns (eval mode): each column's parameter pullback as a whole-batch column
         diag = [np.zeros_like(p) for p in self.parameters()]
-        Sb, wb = batch_columns(S, w)
-        for j in range(Sb.shape[0]):
-            for d, a in zip(diag, self.vjp(rec, np.ascontiguousarray(Sb[j]), False)[1]):
-                d += wb[j] * a * a
+        _backprop_batch_columns(self, rec, *batch_columns(S, w), diag, need_input=False)
         return diag
 
 
