@@ -5,6 +5,7 @@ Hessian-vector product (PyTorch: double backward), an Adam step and an AdaHessia
 (PyTorch: Yao et al.'s reference update written here) for
 - MLP 784-256-128-10 (tanh), batch 128;
 - LeNet-5 style, 1x28x28, batch 64;
+- LeNet-5 with BatchNorm (2-D after each conv, 1-D after fc 120), train mode, batch 64;
 - CIFAR-style CNN, 3x32x32 (conv 32 -> conv 64 -> fc 256 -> 10), batch 64.
  Prints a ratio table (symprop time / PyTorch time; below
 1.0 means symprop is faster); ``--json`` prints machine-readable results.
@@ -50,6 +51,9 @@ def torch_twin(model):
             mods.append(nn.AvgPool2d(la.kernel_size, la.stride, la.padding))
         elif isinstance(la, L.Flatten):
             mods.append(nn.Flatten())
+        elif isinstance(la, (L.BatchNorm1D, L.BatchNorm2D)):
+            kind = nn.BatchNorm1d if isinstance(la, L.BatchNorm1D) else nn.BatchNorm2d
+            mods.append(kind(la.num_features, eps=la.eps, momentum=la.momentum))
         else:
             mods.append(acts[la.kernel_name]())
     net = nn.Sequential(*mods)
@@ -111,7 +115,7 @@ def compare(name, model, X, y, repeat=15, number=20):
 
     def sym_step(opt):
         def run():
-            _, grads = opt.loss_and_grad(model, Xv, yv)
+            _, grads, _ = opt.loss_and_grad(model, Xv, yv)
             opt.step(params, grads)
         return run
 
@@ -178,7 +182,21 @@ def cifar_case(batch=64):
     return f"cifar cnn 3x32x32 b{batch}", model, X, rng.integers(0, 10, batch)
 
 
-CASES = {"mlp": mlp_case, "lenet": lenet_case, "cifar": cifar_case}
+def lenet_bn_case(batch=64):
+    """LeNet-5 with BatchNorm2D after each convolution and BatchNorm1D after the first hidden
+    layer, in train mode (batch statistics) on both sides."""
+    from symprop import Sequential, layers as L
+
+    model = Sequential([L.Conv2D(1, 6, 5, padding=2), L.BatchNorm2D(6), L.ReLU(), L.MaxPool2D(2),
+                        L.Conv2D(6, 16, 5), L.BatchNorm2D(16), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
+                        L.Dense(400, 120), L.BatchNorm1D(120), L.ReLU(), L.Dense(120, 84), L.ReLU(),
+                        L.Dense(84, 10)], dtype="float32", seed=0, input_shape=(1, 28, 28)).train()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(batch, 1, 28, 28)).astype(np.float32)
+    return f"lenet-5+batchnorm b{batch}", model, X, rng.integers(0, 10, batch)
+
+
+CASES = {"mlp": mlp_case, "lenet": lenet_case, "lenet_bn": lenet_bn_case, "cifar": cifar_case}
 
 
 def main(argv=None):

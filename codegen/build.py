@@ -2,7 +2,12 @@
 
 Used for user specs (``Activation.from_sympy``): the first use derives, renders and
 compiles (a few seconds); later uses — in this process or another — import the cached
-extension without compiling.
+extension without compiling, and (through :func:`lookup_spec`) without deriving.
+
+The cache never trusts its files: every extension has a SHA-256 beside it, checked before
+import (a truncated or corrupted ``.so`` is rebuilt, not imported — importing one can crash
+the interpreter); build folders and staged files of killed builders are removed by the next
+build; an unwritable cache folder falls back to a per-user temporary one with a warning.
 """
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 
+from ..processes import pid_alive
 from . import flags
 from .generate import MATH_HEADER, math_header
 
@@ -29,6 +36,71 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "symprop"
+
+
+def _writable_root() -> Path:
+    """The cache folder, created; a per-user temporary one (with a warning) when it cannot be
+    written; BuildError naming both when neither can."""
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK | os.X_OK):
+            return root
+        problem = "is not writable"
+    except OSError as exc:
+        problem = f"cannot be created ({exc.strerror or exc})"
+    fallback = Path(tempfile.gettempdir()) / f"symprop-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    try:
+        fallback.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"the compile cache {root} {problem}, and the fallback {fallback} cannot be "
+                         f"created ({exc}); set SYMPROP_CACHE to a writable folder") from exc
+    warnings.warn(f"symprop: the compile cache {root} {problem}; using {fallback} (set SYMPROP_CACHE)",
+                  RuntimeWarning, stacklevel=3)
+    return fallback
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(target: Path) -> bool:
+    """Whether ``target`` exists and matches the checksum stored beside it."""
+    check = target.with_name(target.name + ".sha256")
+    try:
+        return target.is_file() and check.read_text().strip() == _digest(target)
+    except OSError:
+        return False
+
+
+def _pid_of(name: str, prefix: str):
+    rest = name[len(prefix):]
+    pid = rest.split("-", 1)[0].split(".", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def clean_stale(root: Path) -> int:
+    """Remove build folders and staged files left by builders that were killed; returns how
+    many were removed."""
+    n = 0
+    for p in list(root.glob("symprop-build-*")) + list(root.glob("*.tmp")):
+        if p.name.startswith("symprop-build-"):
+            pid = _pid_of(p.name, "symprop-build-")
+        else:
+            parts = p.name.rsplit(".", 2)
+            pid = int(parts[-2]) if len(parts) == 3 and parts[-2].isdigit() else None
+        if pid is None or pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
 
 
 def _module_name(stem: str, text: str) -> str:
@@ -52,13 +124,16 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
     Returns ``(module, compiled)`` where ``compiled`` says whether this call compiled it.
     """
     name = _module_name(stem, text)
-    root = cache_dir()
+    root = _writable_root()
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = root / (name + suffix)
-    if target.exists():
+    if _verified(target):
         return _import(name, target), False
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="symprop-build-", dir=root) as tmp:
+    if target.exists():
+        warnings.warn(f"symprop: the cached {target.name} does not match its checksum (truncated or "
+                      f"corrupted); rebuilding it", RuntimeWarning, stacklevel=2)
+    clean_stale(root)
+    with tempfile.TemporaryDirectory(prefix=f"symprop-build-{os.getpid()}-", dir=root) as tmp:
         tmp = Path(tmp)
         pyx = tmp / f"{name}.pyx"
         pyx.write_text(text)
@@ -74,8 +149,62 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
         built = next(tmp.rglob(name + "*" + suffix))
         staged = root / (name + suffix + f".{os.getpid()}.tmp")
         shutil.copy(built, staged)
+        check = root / (name + suffix + f".sha256.{os.getpid()}.tmp")
+        check.write_text(_digest(staged) + "\n")
+        # the checksum first: a reader that sees the new .so finds its checksum (a reader that
+        # sees only the checksum rebuilds, which is harmless)
+        os.replace(check, target.with_name(target.name + ".sha256"))
         os.replace(staged, target)   # atomic: concurrent builders race harmlessly
     return _import(name, target), True
+
+
+def _toolchain_hash() -> str:
+    """A hash of everything that turns a spec into a module (derive, codegen, templates)."""
+    global _TOOLCHAIN
+    if _TOOLCHAIN is None:
+        h = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for folder in (here, here / "templates", here.parent / "derive"):
+            for f in sorted(folder.glob("*")):
+                if f.is_file() and f.suffix in (".py", ".j2", ".h"):
+                    h.update(f.name.encode())
+                    h.update(f.read_bytes())
+        _TOOLCHAIN = h.hexdigest()[:16]
+    return _TOOLCHAIN
+
+
+_TOOLCHAIN = None
+
+
+def _alias(stem: str, spec_hash: str) -> Path:
+    return cache_dir() / f"{stem}_{spec_hash}_{_toolchain_hash()}.module"
+
+
+def lookup_spec(stem: str, spec_hash: str):
+    """The cached module built for a spec with this hash by this toolchain, or None: a cache
+    hit needs no derivation."""
+    try:
+        name = _alias(stem, spec_hash).read_text().strip()
+    except OSError:
+        return None
+    if name in sys.modules:
+        return sys.modules[name]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    target = cache_dir() / (name + suffix)
+    if not name.isidentifier() or not _verified(target):
+        return None
+    return _import(name, target)
+
+
+def remember_spec(stem: str, spec_hash: str, module) -> None:
+    """Record which module a spec hash built (best effort)."""
+    alias = _alias(stem, spec_hash)
+    try:
+        tmp = alias.with_name(alias.name + f".{os.getpid()}.tmp")
+        tmp.write_text(module.__name__ + "\n")
+        os.replace(tmp, alias)
+    except OSError:
+        pass
 
 
 def _compile(name: str, pyx: Path, tmp: Path, verbose: bool) -> None:

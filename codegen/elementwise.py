@@ -33,6 +33,7 @@ def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Ke
         roles = {k.role: elementwise_role(kernel_context(k)) for k in d.kernels}
         table[d.spec.name] = spec_entry("elementwise", d.spec.name, d.spec.hash, ["x"], [], "y",
                                         [p for p, _ in d.spec.params], roles)
+        table[d.spec.name]["defaults"] = {p: float(v) for p, v in d.spec.params}
     for k, ctx in extra:
         table[k.name] = spec_entry("elementwise", k.name, _kernel_hash(k), [], [], "", list(k.scalars),
                                    {"update": elementwise_role(ctx)})

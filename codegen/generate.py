@@ -5,9 +5,13 @@ import difflib
 from pathlib import Path
 
 from ..derive import builtins
+from ..derive.composite import derive_composite
 from ..derive.elementwise import derive_elementwise
 from ..derive.indexed import derive_contraction
 from ..derive.optimizers import OPTIMIZER_KERNELS
+from ..derive.rewrite import unbounded
+from .channelwise import render_channelwise_module
+from .composite import render_composite_module
 from .contraction import render_contraction_module
 from .elementwise import render_elementwise_module
 from .losses import render_losses_module
@@ -22,12 +26,28 @@ def math_header() -> str:
 
 
 def render_all(progress=None) -> dict[str, str]:
-    """File name -> text for every generated file (deterministic)."""
-    say = progress or (lambda msg: None)
+    """File name -> text for every generated file (deterministic: no wall-clock limits)."""
+    with unbounded():
+        return _render_all(progress or (lambda msg: None))
+
+
+def _render_all(say) -> dict[str, str]:
     files = {}
     say("deriving activations")
     acts = [derive_elementwise(s) for s in builtins.ACTIVATIONS.values()]
     files["activations.pyx"] = render_elementwise_module("activations", acts)
+    files["masks.pyx"] = render_elementwise_module(
+        "masks", [derive_elementwise(s) for s in builtins.MASKS.values()],
+        doc="Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call.")
+    files["penalties.pyx"] = render_elementwise_module(
+        "penalties", [derive_elementwise(s) for s in builtins.PENALTIES.values()],
+        doc="Weight penalty kernels: value, gradient, HVP and Hessian diagonal of l1·|w| + (l2/2)·w².")
+    say("deriving learnable activations")
+    files["learnable.pyx"] = render_channelwise_module(
+        "learnable", [derive_elementwise(s) for s in builtins.LEARNABLE.values()])
+    say("deriving composite layers (batch norm, softmax: stage by stage)")
+    files["composite.pyx"] = render_composite_module(
+        "composite", [derive_composite(s) for s in builtins.COMPOSITES.values()])
     say("deriving dense layer")
     files["dense.pyx"] = render_contraction_module(
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])

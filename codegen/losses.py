@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..derive.losses import (PointwiseLossDerivation, SoftmaxCrossEntropyDerivation,
-                             derive_softmax_cross_entropy, mse)
+                             derive_softmax_cross_entropy, mse, sigmoid_cross_entropy)
 from .config import DTYPES
 from .printer import print_expr
 from .render import render
@@ -28,7 +28,7 @@ def _pointwise_context(d: PointwiseLossDerivation) -> dict:
 
 def render_losses_module(module: str = "losses") -> str:
     ce = derive_softmax_cross_entropy()
-    pw = [mse()]
+    pw = [mse(), sigmoid_cross_entropy()]
     specs = [{"name": ce.name, "hash": ce.hash}] + [{"name": d.name, "hash": d.hash} for d in pw]
     return render("losses.pyx.j2", module=module, specs=specs, ce=_ce_context(ce),
                   pointwise=[_pointwise_context(d) for d in pw],

@@ -25,9 +25,10 @@ def contraction_role(ctx: dict, canonical: dict, masks_in=(), masks_out=(), kwar
     """A contraction or window kernel: array arguments (by canonical name), output(s)."""
     outs = [{"name": ctx["out"], "like": _like(ctx["shapes"][ctx["out"]], canonical), "dtype": "float"}]
     outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int64"} for mk in masks_out]
+    arrays = ctx.get("def_arrays", ctx["arrays"])
     return {"kernel": ctx["name"],
-            "call": list(ctx["arrays"]) + list(masks_in) + [ctx["out"]] + list(masks_out),
-            "kwargs": list(kwargs), "arrays": list(ctx["arrays"]) + list(masks_in),
+            "call": list(arrays) + list(masks_in) + [ctx["out"]] + list(masks_out),
+            "kwargs": list(kwargs), "arrays": list(arrays) + list(masks_in),
             "optional": list(ctx["optional"]), "outputs": outs}
 
 

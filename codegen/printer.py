@@ -92,6 +92,10 @@ class CythonPrinter(C99CodePrinter):
             out = f"symprop_{self._fn('fmin')}({out}, {a})"
         return out
 
+    def _print_finite_or(self, expr):
+        e, a = (self._print(v) for v in expr.args)
+        return f"symprop_finite_or{self.sfx}({e}, {a})"
+
     def _print_Piecewise(self, expr):
         *pieces, last = expr.args
         if last.cond != sp.true:

@@ -23,7 +23,8 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
 from .config import DTYPES
-from .contraction import LoweringError, Term, _loop_op, argument_layout, indexed_manifest
+from .contraction import (LoweringError, Term, _loop_op, argument_layout, def_arrays, indexed_manifest, name_squares,
+                          sqvjp_contexts)
 from .manifest import contraction_role
 from .printer import print_expr
 from .render import render
@@ -174,6 +175,7 @@ def group_gemm_terms(ops: list[dict]) -> list[dict]:
 
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     spec = d.spec
+    k, squares = name_squares(k)
     m0, m1 = spec.maps
     allowed = set(spec.extents.values()) | set(spec.scalars)
     ops = [lower_term(spec, k, t) for t in window_terms(k.expr, allowed)]
@@ -235,7 +237,8 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
             and out_idx[0] == first["n"]:
         zero = "sample"
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
-    return {"name": k.name, "role": k.role, "arrays": arrays, "cols": cols, "wacc": wacc,
+    return {"name": k.name, "role": k.role, "arrays": arrays, "def_arrays": def_arrays(arrays, squares),
+            "squares": sorted(squares.items()), "cols": cols, "wacc": wacc,
             "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "zero": zero,
             "sample_size": " * ".join(f"{i}_" for i in out_idx[1:]), "minimum": minimum, "out": k.out, "outs": outs,
             "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
@@ -251,8 +254,10 @@ def window_role(ctx: dict, canonical: dict) -> dict:
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
     kernels = [ctx for ctxs in contexts for ctx in ctxs]
+    sqs = [sqvjp_contexts(d, ctxs, [str(s) for s in d.spec.scalars]) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
-                  manifest=indexed_manifest("window", derived, contexts, window_role),
+                  sqvjps=[f for fs in sqs for f in fs],
+                  manifest=indexed_manifest("window", derived, contexts, window_role, sqs),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "
                   + ", ".join(s["name"] for s in specs) + ".")

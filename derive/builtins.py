@@ -6,13 +6,40 @@ import sympy as sp
 from .elementwise import ElementwiseSpec
 
 x = sp.Symbol("x")
+alpha, beta = sp.Symbol("alpha"), sp.Symbol("beta")
 
 TANH = ElementwiseSpec("tanh", sp.tanh(x), x, doc="hyperbolic tangent")
 SIGMOID = ElementwiseSpec("sigmoid", 1 / (1 + sp.exp(-x)), x, doc="logistic sigmoid")
 RELU = ElementwiseSpec("relu", sp.Max(0, x), x, doc="rectified linear unit")
 SOFTPLUS = ElementwiseSpec("softplus", sp.log(1 + sp.exp(x)), x, doc="softplus (stable form)")
 
+# The activation registry: one line each. `symprop generate` emits every kernel (forward, vjp,
+# jvp, R-op, residual, Becker–LeCun) and L.Activation(name), checkpoints, the CLI and the tests
+# pick the name up from the compiled manifest.
 ACTIVATIONS = {s.name: s for s in (TANH, SIGMOID, RELU, SOFTPLUS)}
+ACTIVATIONS["leaky_relu"] = ElementwiseSpec("leaky_relu", sp.Max(x, 0) + alpha * sp.Min(x, 0), x, (("alpha", 0.01),), doc="leaky ReLU, slope alpha below 0")
+ACTIVATIONS["elu"] = ElementwiseSpec("elu", sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)), x, (("alpha", 1.0),), doc="exponential linear unit")
+ACTIVATIONS["silu"] = ElementwiseSpec("silu", x / (1 + sp.exp(-x)), x, doc="sigmoid-weighted linear unit x·σ(x)")
+ACTIVATIONS["swish"] = ElementwiseSpec("swish", x / (1 + sp.exp(-beta * x)), x, (("beta", 1.0),), doc="swish x·σ(βx)")
+ACTIVATIONS["gelu"] = ElementwiseSpec("gelu", x * (1 + sp.erf(x / sp.sqrt(2))) / 2, x, doc="Gaussian error linear unit (erf form)")
+ACTIVATIONS["mish"] = ElementwiseSpec("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x, doc="mish x·tanh(softplus(x))")
+
+# Activations with a learnable parameter (one per channel on axis 1, or one shared): kernels of
+# the channelwise family (generated/learnable.pyx); the parameter's pullback is a reduction.
+LEARNABLE = {
+    "prelu": ElementwiseSpec("prelu", sp.Max(x, 0) + alpha * sp.Min(x, 0), x, (("alpha", 0.25),), doc="PReLU: learnable slope below 0", learnable=("alpha",)),
+    "swish_learnable": ElementwiseSpec("swish_learnable", x / (1 + sp.exp(-beta * x)), x, (("beta", 1.0),), doc="swish x·σ(βx) with learnable β", learnable=("beta",)),
+}
+
+# Masks drawn per forward call (not activations): dropout y = m·x with m ∈ {0, 1/(1−p)}; the
+# same spec masks a Dense layer's weights for DropConnect.
+_m = sp.Symbol("m")
+MASKS = {"dropout": ElementwiseSpec("dropout", _m * x, x, arrays=("m",), doc="inverted dropout: y = m·x, m ∈ {0, 1/(1−p)}")}
+
+# Weight penalties added to the loss: l1·|w| + (l2/2)·w² per weight (Dense and Conv2D weights).
+_l1, _l2 = sp.Symbol("l1"), sp.Symbol("l2")
+PENALTIES = {"penalty": ElementwiseSpec("penalty", _l1 * sp.Max(x, -x) + _l2 * x ** 2 / 2, x, (("l1", 0.0), ("l2", 0.0)),
+                                        doc="weight penalty l1·|w| + (l2/2)·w²")}
 
 # ---------------------------------------------------------------- dense layer
 from .indexed import ContractionSpec  # noqa: E402
@@ -77,3 +104,44 @@ MAXPOOL2D = ContractionSpec(
 
 CONTRACTIONS = {DENSE.name: DENSE}
 WINDOWS = {s.name: s for s in (CONV2D, AVGPOOL2D, MAXPOOL2D)}
+
+# ---------------------------------------------------------------- composite layers (stages)
+from .composite import CompositeSpec, Stage  # noqa: E402
+
+_xe = sp.Symbol("x")
+_mu, _var, _d = sp.Symbol("mu"), sp.Symbol("var"), sp.Symbol("d")
+_rstd, _xhat, _y = sp.Symbol("rstd", positive=True), sp.Symbol("xhat"), sp.Symbol("y")
+_gamma, _beta, _eps = sp.Symbol("gamma"), sp.Symbol("beta"), sp.Symbol("eps")
+_rmean, _rvar = sp.Symbol("running_mean"), sp.Symbol("running_var")
+
+BATCHNORM = CompositeSpec(
+    name="batchnorm", input=_xe,
+    stages=(Stage(_mu, "mean", _xe),
+            Stage(_d, "map", _xe - _mu),
+            Stage(_var, "mean", _d ** 2),
+            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)),
+            Stage(_xhat, "map", _d * _rstd),
+            Stage(_y, "map", _gamma * _xhat + _beta)),
+    saved=(_xhat, _rstd), params=(_gamma, _beta), scalars=(("eps", 1e-5),), stats=(_mu, _var),
+    groups="one channel: every sample and pixel with that channel index",
+    doc="batch normalization (train mode): batch mean and biased variance per channel")
+
+BATCHNORM_EVAL = CompositeSpec(
+    name="batchnorm_eval", input=_xe,
+    stages=(Stage(_rstd, "map", 1 / sp.sqrt(_rvar + _eps)),
+            Stage(_xhat, "map", (_xe - _rmean) * _rstd),
+            Stage(_y, "map", _gamma * _xhat + _beta)),
+    saved=(_xhat, _rstd), params=(_gamma, _beta), constants=(_rmean, _rvar), scalars=(("eps", 1e-5),),
+    groups="one channel", doc="batch normalization (eval mode): the running statistics, per channel")
+
+_m, _e, _s = sp.Symbol("m"), sp.Symbol("e"), sp.Symbol("s", positive=True)
+SOFTMAX = CompositeSpec(
+    name="softmax", input=_xe,
+    stages=(Stage(_m, "max", _xe),
+            Stage(_e, "map", sp.exp(_xe - _m)),
+            Stage(_s, "sum", _e),
+            Stage(_y, "map", _e / _s)),
+    saved=(_y,), groups="one sample: its K classes",
+    doc="softmax over axis 1, shifted by the row maximum (exp never overflows)")
+
+COMPOSITES = {s.name: s for s in (BATCHNORM, BATCHNORM_EVAL, SOFTMAX)}

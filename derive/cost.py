@@ -10,7 +10,7 @@ import sympy as sp
 #: cost of one call, in "flops": transcendental calls dominate elementwise kernels
 FUNCTION_COST = {"exp": 10, "log": 10, "tanh": 12, "erf": 12, "erfc": 12, "log1p": 10,
                  "expm1": 10, "sqrt": 4, "sin": 10, "cos": 10, "atan": 12,
-                 "Abs": 1, "Max": 1, "Min": 1, "sign": 1}
+                 "Abs": 1, "Max": 1, "Min": 1, "sign": 1, "finite_or": 2}
 DIVISION_COST = 4
 DEFAULT_FUNCTION_COST = 12
 

@@ -28,7 +28,7 @@ from .rewrite import (Choice, choose_form, clean_distributions, in_terms_of_outp
                       inverse_candidates, _try)
 
 X, Y = sp.Symbol("x"), sp.Symbol("y")
-G, RX, RG, H = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg"), sp.Symbol("h")
+G, RX, RG, H = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg"), sp.Symbol("H")
 
 
 class SpecError(ValueError):
@@ -43,6 +43,8 @@ class ElementwiseSpec:
     var: sp.Symbol
     params: tuple = ()  # ((name, default), ...)
     doc: str = ""
+    arrays: tuple = ()  # constant input arrays of x's shape (e.g. a dropout mask), not differentiated
+    learnable: tuple = ()  # names of params that are trained (one value per channel, axis 1, or shared)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -51,10 +53,17 @@ class ElementwiseSpec:
             raise SpecError(f"spec {self.name!r}: expr must be a SymPy expression, got {type(self.expr).__name__}")
         if not isinstance(self.var, sp.Symbol):
             raise SpecError(f"spec {self.name!r}: var must be a sympy.Symbol, got {self.var!r}")
-        extra = self.expr.free_symbols - {self.var} - {sp.Symbol(p) for p, _ in self.params}
+        extra = self.expr.free_symbols - {self.var} - {sp.Symbol(p) for p, _ in self.params} \
+            - {sp.Symbol(a) for a in self.arrays}
         if extra:
             raise SpecError(f"spec {self.name!r}: expression has unbound symbols "
                             f"{sorted(map(str, extra))}; declare them as params")
+        unknown = set(self.learnable) - {p for p, _ in self.params}
+        if unknown:
+            raise SpecError(f"spec {self.name!r}: learnable {sorted(unknown)} must be among its params")
+        if len(self.learnable) > 1:
+            raise SpecError(f"spec {self.name!r}: at most one learnable parameter is supported, "
+                            f"got {list(self.learnable)}")
 
     @property
     def canonical(self) -> sp.Basic:
@@ -63,7 +72,9 @@ class ElementwiseSpec:
 
     @property
     def hash(self) -> str:
-        text = "|".join([self.name, sp.srepr(self.canonical), repr(self.params)])
+        text = "|".join([self.name, sp.srepr(self.canonical), repr(self.params)]
+                        + ([repr(self.arrays)] if self.arrays else [])
+                        + ([repr(self.learnable)] if self.learnable else []))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -76,6 +87,8 @@ class Kernel:
     outputs: list[tuple[str, sp.Basic]]
     inplace: dict = field(default_factory=dict)   # output name -> input name it overwrites
     role: str = ""               # what the runtime asks for: forward, vjp:x, jvp, rvjp:x, residual, bl:x
+    reduce: str = ""             # "sum": outputs are summed per channel (a learnable parameter's
+                                 # pullback); "sqsum": Σ_k w[k,n]·(Σ_s S[k]·expr)² per channel
 
     @cached_property
     def cse(self):
@@ -94,6 +107,7 @@ class DerivedElementwise:
     d1: Choice
     d2: Choice
     kernels: list[Kernel]
+    param_derivatives: dict = field(default_factory=dict)   # "f_p", "f_xp", "f_pp" -> Choice
 
     @property
     def name(self):
@@ -105,16 +119,18 @@ class DerivedElementwise:
                 for k, c in (("f", self.forward), ("f'", self.d1), ("f''", self.d2))}
 
 
-def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], params, role: str = "") -> Kernel:
+def _kernel(name: str, outputs: list[tuple[str, sp.Basic]], order: list[str], params, role: str = "",
+            reduce: str = "", learnable=()) -> Kernel:
     used = set().union(*(e.free_symbols for _, e in outputs)) if outputs else set()
     inputs = [s for s in order if sp.Symbol(s) in used]
-    scalars = [p for p, _ in params if sp.Symbol(p) in used]
-    return Kernel(name=name, inputs=inputs, scalars=scalars, outputs=outputs, role=role)
+    scalars = [p for p, _ in params if sp.Symbol(p) in used and p not in learnable]
+    return Kernel(name=name, inputs=inputs, scalars=scalars, outputs=outputs, role=role, reduce=reduce)
 
 
 def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
     """Derive f, f', f'' and the kernel bodies for ``spec`` (SymPy only)."""
     params = {sp.Symbol(p): float(v) for p, v in spec.params}
+    params.update({sp.Symbol(a): 1.0 for a in spec.arrays})   # constants: checked at 1
     f = spec.canonical
     try:
         d1_raw = clean_distributions(sp.diff(f, X))
@@ -138,7 +154,7 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
         chosen[key] = choose_form(raw, cands + ycands, X, Y, fwd.chosen, params)
     d1, d2 = chosen["d1"].chosen, chosen["d2"].chosen
 
-    order = ["x", "y", "g", "Rx", "Rg", "h"]
+    order = ["x", "y", "g", "Rx", "Rg", "H", *spec.arrays]
     n = spec.name
     kernels = [
         _kernel(f"{n}_forward", [("y", fwd.chosen)], order, spec.params, "forward"),
@@ -149,4 +165,50 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
     ]
     if d2 != 0:
         kernels.append(_kernel(f"{n}_residual", [("r", d2 * G)], order, spec.params, "residual"))
-    return DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)
+    derived = DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)
+    if spec.learnable:
+        _learnable_kernels(derived, f, d1_raw, inverses, params)
+    return derived
+
+
+def _choose(raw, f, inverses, fwd, params):
+    cands = [c for c in (_try(lambda: sp.simplify(raw)), _try(lambda: sp.factor(raw))) if c is not None]
+    ycands = []
+    for c in [raw] + cands:
+        ycands += in_terms_of_output(c, f, X, Y, inverses)
+    return choose_form(raw, cands + ycands, X, Y, fwd, params)
+
+
+def _learnable_kernels(d: DerivedElementwise, f, d1_raw, inverses, params):
+    """Kernels of a spec with a learnable parameter p (one value per channel, or shared): its
+    pullback, pushforward and R-op terms. A parameter's pullback is a sum over the axes p is
+    broadcast along (``reduce="sum"``); its Gauss–Newton role sums squared per-sample
+    pullbacks of factor columns (``reduce="sqsum"``)."""
+    spec = d.spec
+    name = spec.learnable[0]
+    P, RP = sp.Symbol(name), sp.Symbol("R" + name)
+    fp_raw = clean_distributions(sp.diff(f, P))
+    raws = {"f_p": fp_raw, "f_xp": clean_distributions(sp.diff(d1_raw, P)),
+            "f_pp": clean_distributions(sp.diff(fp_raw, P))}
+    ch = {k: _choose(r, f, inverses, d.forward.chosen, params) for k, r in raws.items()}
+    d.param_derivatives = ch
+    fx, fxx = d.d1.chosen, d.d2.chosen
+    fp, fxp, fpp = (ch[k].chosen for k in ("f_p", "f_xp", "f_pp"))
+    order = ["x", "y", "g", "Rx", "Rg", "H", name, "R" + name]
+    n, L = spec.name, spec.learnable
+    d.kernels = [
+        _kernel(f"{n}_forward", [("y", d.forward.chosen)], order, spec.params, "forward", learnable=L),
+        _kernel(f"{n}_vjp", [("gx", G * fx)], order, spec.params, "vjp:x", learnable=L),
+        _kernel(f"{n}_vjp_{name}", [("g" + name, G * fp)], order, spec.params, f"vjp:{name}", "sum", L),
+        _kernel(f"{n}_jvp", [("Ry", fx * RX + fp * RP)], order, spec.params, "jvp", learnable=L),
+        _kernel(f"{n}_rvjp", [("Rgx", fxx * RX * G + fxp * RP * G + fx * RG)], order, spec.params, "rvjp:x",
+                learnable=L),
+        _kernel(f"{n}_rvjp_{name}", [("Rg" + name, fxp * RX * G + fpp * RP * G + fp * RG)], order, spec.params,
+                f"rvjp:{name}", "sum", L),
+        _kernel(f"{n}_diag_backprop", [("hx", fx ** 2 * H + fxx * G)], order, spec.params, "bl:x", learnable=L),
+        _kernel(f"{n}_diag_backprop_{name}", [("h" + name, fp ** 2 * H + fpp * G)], order, spec.params,
+                f"bl:{name}", "sum", L),
+        _kernel(f"{n}_sqvjp_{name}", [("s" + name, fp)], order, spec.params, f"sqvjp:{name}", "sqsum", L),
+    ]
+    if fxx != 0:
+        d.kernels.append(_kernel(f"{n}_residual", [("r", fxx * G)], order, spec.params, "residual", learnable=L))

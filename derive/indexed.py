@@ -186,10 +186,12 @@ class DerivedContraction:
     jvp: ContractionKernel | None = None
     rvjps: dict = field(default_factory=dict)    # wrt name -> kernel
     raw_vjps: dict = field(default_factory=dict)  # wrt name -> diff(Σ ḡ·y, X[idx]) before delta collapse
+    bls: dict = field(default_factory=dict)      # wrt name -> Becker–LeCun kernel (squared Jacobian entries)
+    sqvjps: dict = field(default_factory=dict)   # param -> SquaredPullback (how sqvjp:<param> is formed)
 
     @property
     def kernels(self) -> list[ContractionKernel]:
-        return [self.forward, *self.vjps.values(), self.jvp, *self.rvjps.values()]
+        return [self.forward, *self.vjps.values(), self.jvp, *self.rvjps.values(), *self.bls.values()]
 
 
 def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
@@ -217,4 +219,22 @@ def derive_contraction(spec: ContractionSpec) -> DerivedContraction:
     for name, k in d.vjps.items():
         d.rvjps[name] = ContractionKernel(f"{spec.name}_rvjp_{name}", R(k.out), k.out_indices,
                                           directional(k.expr, differentiable + ["g"]), f"rvjp:{name}")
+    _curvature(d)
     return d
+
+
+def _curvature(d: DerivedContraction):
+    """Becker–LeCun and per-sample squared pullbacks, from the layer's own VJPs."""
+    from .curvature import (SquaredPullback, check_single_terms, per_sample_squared, squared_jacobian,
+                            squared_pullback_mode)
+    spec = d.spec
+    masks = tuple(spec.selects)
+    for name, k in d.vjps.items():
+        check_single_terms(k.expr, k.name)
+        d.bls[name] = ContractionKernel(f"{spec.name}_bl_{name}", "h" + name, k.out_indices,
+                                        squared_jacobian(k.expr, masks), f"bl:{name}")
+    batch = spec.out_indices[0]
+    kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
+    for name in spec.params:
+        e = d.vjps[name].expr
+        d.sqvjps[name] = SquaredPullback(name, squared_pullback_mode(e, batch), per_sample_squared(e, batch, (kk, KK)))

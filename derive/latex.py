@@ -33,8 +33,9 @@ from . import builtins
 from .affine import AxisMap, _solution_condition
 from .cost import summed_work
 from .elementwise import DerivedElementwise, ElementwiseSpec, derive_elementwise
+from .composite import CompositeSpec, DerivedComposite, derive_composite
 from .indexed import ContractionSpec, DerivedContraction, _expand, derive_contraction
-from .losses import derive_softmax_cross_entropy, mse
+from .losses import derive_softmax_cross_entropy, mse, sigmoid_cross_entropy
 
 
 #: non-ASCII characters of spec docstrings, in LaTeX
@@ -100,7 +101,10 @@ class CompactGuard:
 def canonical(rel) -> tuple:
     """A relation as ``(kind, expr)`` with ``expr ≥ 0`` (``kind`` "ge") or ``expr = 0`` ("eq"),
     expanded; strict inequalities of integers become non-strict (``a < b`` ⇔ ``b − a − 1 ≥ 0``;
-    window positions are integers wherever the divisibility guard holds)."""
+    window positions are integers wherever the divisibility guard holds). Any other condition
+    is its own key."""
+    if not isinstance(rel, (sp.Eq, sp.Gt, sp.Lt, sp.Ge, sp.Le)):
+        return ("other", rel)
     a, b = rel.args
     if isinstance(rel, sp.Eq):
         return ("eq", sp.expand(a - b))
@@ -125,6 +129,11 @@ def _neg(e) -> bool:
 _FUNCTION_NAMES = {"expm1": r"\operatorname{expm1}", "log1p": r"\operatorname{log1p}"}
 
 
+#: symbols of the composite specs printed as a reader writes them
+_NAMED = {"xhat": r"\hat{x}", "rstd": r"\rho", "l1": r"\ell_1", "l2": r"\ell_2", "var": r"\mathrm{var}", "eps": r"\varepsilon",
+          "running_mean": r"\hat{\mu}", "running_var": r"\hat{\sigma}^2"}
+
+
 class DerivationPrinter(LatexPrinter):
     """SymPy's LaTeX printer with the document's notation.
 
@@ -136,7 +145,7 @@ class DerivationPrinter(LatexPrinter):
 
     def __init__(self, names: dict | None = None, maps=(), arrays=()):
         super().__init__({"mul_symbol": None})
-        self.names = dict(names or {})
+        self.names = {"H": "D", **(names or {})}
         self.guards = tuple(CompactGuard(m) for m in maps)
         self.arrays = set(arrays) | {"x", "y", "W", "b"}
 
@@ -157,9 +166,23 @@ class DerivationPrinter(LatexPrinter):
         if name.startswith("R") and len(name) > 1 and (name[1:] in self.arrays or name[1:] == "g"
                                                         or name[2:] in self.arrays and name[1] in "gh"):
             return r"\mathcal{R}\{" + self._print_Symbol(sp.Symbol(name[1:])) + r"\}"
+        if name.startswith("R") and name[1:] in ("gamma", "beta", "alpha"):
+            return r"\mathcal{R}\{" + super()._print_Symbol(sp.Symbol(name[1:]), style) + r"\}"
         if len(name) > 1 and name[0] in "gh" and name[1:] in self.arrays:
             return (r"\bar{g}" if name[0] == "g" else "D") + "^{" + self._print_Symbol(sp.Symbol(name[1:])) + "}"
+        if len(name) > 1 and name[0] == "s" and name[1:] in self.arrays:
+            return r"\partial y/\partial " + self._print_Symbol(sp.Symbol(name[1:]))
+        if name in _NAMED:
+            return _NAMED[name]
         return super()._print_Symbol(expr, style)
+
+    def _print_finite_or(self, expr, exp=None):
+        out = (r"\operatorname{finite\_or}\left(" + self._print(expr.args[0]) + r",\; "
+               + self._print(expr.args[1]) + r"\right)")
+        return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
+
+    def _print_GroupSum(self, expr):
+        return r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
 
     def _print_Function(self, expr, exp=None):
         name = type(expr).__name__
@@ -574,7 +597,11 @@ def display_form(expr):
         return expr
     if isinstance(expr, sp.Add):
         new = sp.Add(*[display_form(t) for t in expr.args])
-        return new if _same(new, expr) else expr
+        cands = [new if _same(new, expr) else expr]
+        whole = _try_factor(expr)           # a common factor pulled out: 2a − 2t → 2(a − t)
+        if whole is not None and not isinstance(whole, sp.Add):
+            cands += [c for c in _variants(whole) if _same(c, expr)]
+        return min(cands, key=lambda c: (*_score(c), len(sp.Add.make_args(c))))   # ties: the product
     cands = []
     for base in [expr] + [c for c in (_try_factor(expr),) if c is not None]:
         cands += _variants(base)
@@ -609,8 +636,13 @@ class Document:
     printed: list          # [Printed]: every kernel expression in the text
 
 
-def _kernel_ref(name: str) -> str:
-    return r"\texttt{" + escape(name) + "}"
+def _kernel_ref(name: str, breakable: bool = False) -> str:
+    """A kernel's name in typewriter type; ``breakable`` allows line breaks after underscores
+    (for table cells)."""
+    text = escape(name)
+    if breakable:
+        text = text.replace(r"\_", r"\_\allowbreak{}")
+    return r"\texttt{" + text + "}"
 
 
 #: what a reader is told about each built-in layer (math in math mode); user specs print their doc
@@ -621,6 +653,25 @@ DESCRIPTIONS = {
             r"$f'' = 0$ (the distributional $\delta$ at 0 is dropped, as in every framework).",
     "softplus": r"Softplus, a smooth ReLU; the kernels evaluate it in the overflow-free form "
                 r"$\max(0, x) + \operatorname{log1p}(e^{-|x|})$.",
+    "leaky_relu": r"Leaky ReLU with slope $\alpha$ below 0.",
+    "elu": r"The exponential linear unit: $x$ for $x > 0$ and $\alpha(e^x - 1)$ otherwise.",
+    "silu": r"The sigmoid-weighted linear unit $x\,\sigma(x)$.",
+    "swish": r"Swish, $x\,\sigma(\beta x)$ for a fixed $\beta$.",
+    "gelu": r"The Gaussian error linear unit in its exact form $x\,\Phi(x) = \tfrac{x}{2}(1 + \operatorname{erf}(x/\sqrt 2))$.",
+    "mish": r"Mish, $x \tanh(\operatorname{softplus}(x))$.",
+    "prelu": r"PReLU: leaky ReLU whose slope $\alpha$ below 0 is learned (one per channel, or one shared).",
+    "swish_learnable": r"Swish $x\,\sigma(\beta x)$ with a learned $\beta$ (one per channel, or one shared).",
+    "dropout": r"Inverted dropout: $y = m x$ with a mask $m \in \{0, 1/(1-p)\}$ drawn per forward call "
+               r"(each element kept with probability $1 - p$); the same kernels mask a dense layer's weights "
+               r"for DropConnect.",
+    "penalty": r"The weight penalty $\ell_1 |x| + \tfrac{\ell_2}{2} x^2$ of one weight $x$ (Dense and Conv2D "
+               r"weights), added to the loss.",
+    "batchnorm": r"Batch normalisation in training mode: each channel normalised by its batch mean and "
+                 r"biased batch variance, then scaled by $\gamma$ and shifted by $\beta$.",
+    "batchnorm_eval": r"Batch normalisation in evaluation mode: the running mean $\hat\mu$ and variance "
+                      r"$\hat\sigma^2$ (constants here) in place of the batch statistics.",
+    "softmax": r"Softmax over the $K$ classes of a sample, shifted by the row maximum so that no exponential "
+               r"overflows.",
     "dense": r"The fully connected layer $y = x W^\top + b$ for a batch $x$ of $N$ rows, with $W$ of shape "
              r"$O \times I$ (PyTorch's layout).",
     "conv2d": r"Two-dimensional convolution (a cross-correlation, as in PyTorch) of an input of shape "
@@ -640,23 +691,43 @@ WINDOW_NAMES = {"u": r"\hat h", "v": r"\hat w", "i": "k", "j": "l"}
 LOSS_NAMES = {"k": "j'", "l": "j'", "s": r"\langle p, v\rangle"}
 
 
+def _is_word(name: str) -> bool:
+    """A multi-letter name SymPy would set in italics as a product (not a Greek letter, not
+    a letter with a numeric subscript such as l1)."""
+    return len(name) > 1 and name.isalpha() and sp.latex(sp.Symbol(name)) == name
+
+
 def _description(name: str, doc: str) -> str:
     return DESCRIPTIONS.get(name) or (escape(doc) + ("" if doc.endswith(".") else ".") if doc else "")
 
 
+def _elementwise_builtins() -> dict:
+    return {**builtins.ACTIVATIONS, **builtins.LEARNABLE, **builtins.MASKS, **builtins.PENALTIES}
+
+
+def _builtin_specs() -> dict:
+    """Every built-in spec by name, in document order."""
+    return {**_elementwise_builtins(), **builtins.CONTRACTIONS, **builtins.WINDOWS, **builtins.COMPOSITES}
+
+
 @functools.lru_cache(maxsize=None)
 def _derived_builtin(name: str):
-    if name in builtins.ACTIVATIONS:
-        return derive_elementwise(builtins.ACTIVATIONS[name])
-    return derive_contraction({**builtins.CONTRACTIONS, **builtins.WINDOWS}[name])
+    return _derive_new(_builtin_specs()[name])
+
+
+def _derive_new(spec):
+    if isinstance(spec, ElementwiseSpec):
+        return derive_elementwise(spec)
+    if isinstance(spec, CompositeSpec):
+        return derive_composite(spec)
+    return derive_contraction(spec)
 
 
 def _derive(spec):
-    if builtins.ACTIVATIONS.get(spec.name) is spec or {**builtins.CONTRACTIONS, **builtins.WINDOWS}.get(spec.name) is spec:
+    """The derivation of ``spec`` (built-ins derived once per process)."""
+    if _builtin_specs().get(spec.name) is spec:
         return _derived_builtin(spec.name)
-    if isinstance(spec, ElementwiseSpec):
-        return derive_elementwise(spec)
-    return derive_contraction(spec)
+    return _derive_new(spec)
 
 
 # ---------------------------------------------------------------- front matter
@@ -672,6 +743,7 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 \setlength{\parskip}{0.5ex plus 0.3ex}
 \newcolumntype{M}{>{\raggedright\arraybackslash$}X<{$}}
 \newcolumntype{R}{>{\raggedright\arraybackslash}X}
+\newcolumntype{K}[1]{>{\raggedright\arraybackslash}p{#1}}
 \title{symprop: derivations of first- and second-order backpropagation}
 \date{}
 \begin{document}
@@ -700,6 +772,9 @@ A sum $\sum_{a,b}$ runs over the whole range of its indices (stated with each la
 $P$ holds and 0 otherwise, and $a \mid b$ says that $a$ divides $b$; $\tau_1, \tau_2, \dots$ name common
 subexpressions of a kernel. Op counts use the weighted cost model of \texttt{derive/cost.py} (a
 transcendental call counts 10--12, a division 4); multiply-adds are counted per output element.
+$\operatorname{finite\_or}(e, a)$ is $e$ where $e$ is finite and $a$, its limit, where an intermediate of
+$e$ overflows. In the composite layers (normalisation, softmax) a group $\mathcal{G}$ is the set of
+elements a reduction runs over (a channel, a sample), $M$ its size, and $\sum_{\mathcal{G}}$ a sum over it.
 """
 
 
@@ -730,8 +805,11 @@ _EW_ROLE = {"forward": ("y = f(x)", "eq:{name}:def"), "vjp:x": (r"\bar g^x", "eq
 
 def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> str:
     s = d.spec
-    P = DerivationPrinter(names={p: r"\mathrm{" + p + "}" if len(p) > 1 else p for p, _ in s.params})
-    out = [f"\\subsection{{Activation \\texttt{{{escape(s.name)}}}}}\n",
+    P = DerivationPrinter(names={p: r"\mathrm{" + p + "}" for p, _ in s.params if _is_word(p)},
+                          arrays=[*s.learnable, *s.arrays])
+    kind = ("Learnable activation" if s.learnable else "Mask" if s.arrays else
+            "Penalty" if s.name in builtins.PENALTIES else "Activation")
+    out = [f"\\subsection{{{kind} \\texttt{{{escape(s.name)}}}}}\n",
            _description(s.name, s.doc) + " Definition and derivatives:\n"]
     rows = []
     for lhs, choice, label in (("y = f(x)", d.forward, f"eq:{s.name}:def"), ("f'(x)", d.d1, f"eq:{s.name}:d1"),
@@ -743,7 +821,7 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
     for key, c in (("f", d.forward), ("f'", d.d1), ("f''", d.d2)):
         counts.append(f"${key}$ {c.cost_before}" + (f"\\,$\\to$\\,{c.cost_after}" if c.chosen != c.textbook else ""))
     out.append("Op counts as differentiated and as computed: " + ", ".join(counts) + ".\n\n")
-    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l M r@{}}\n\\toprule\n"
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}K{3.2cm} l M r@{}}\n\\toprule\n"
                "kernel & product & \\text{as computed} & ops\\\\\n\\midrule\n")
     for k in d.kernels:
         cost, repl, reduced = k.cse
@@ -758,8 +836,22 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
         if repl:
             formula += r",\ \text{where } " + ", ".join(f"{tex(a, P)} = {tex(display_form(b), P)}" for a, b in repl)
         ref = ref.format(name=s.name)
-        out.append(f"{_kernel_ref(k.name)} & " + (f"\\eqref{{{ref}}}" if ref else "") + f" & {formula} & {cost}\\\\\n")
+        out.append(f"{_kernel_ref(k.name, True)} & " + (f"\\eqref{{{ref}}}" if ref else "") + f" & {formula} & {cost}\\\\\n")
     out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+    for p in s.learnable:
+        a = tex(sp.Symbol(p), P)
+        out.append(f"The kernels of ${a}$ (one value per channel, or one shared) sum their per-element values "
+                   f"over every element that shares ${a}$: $\\bar g^{{{a}}} = \\sum \\bar g\\, \\partial y/\\partial {a}$, "
+                   f"and so $\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}}$ and $D^{{{a}}}$; "
+                   f"{_kernel_ref(s.name + '_sqvjp_' + p)} sums $w_q (S_q\\, \\partial y/\\partial {a})^2$ over the "
+                   "factor columns $q$ and the samples, the elements of a sample summed inside the square.\n")
+    for m in s.arrays:
+        out.append(f"The mask ${tex(sp.Symbol(m), P)}$ is drawn once per forward call and is a constant for every "
+                   "derivative.\n")
+    if s.name in builtins.PENALTIES:
+        out.append("Here $x$ is one weight and $y$ its penalty, added to the loss; the kernels add $\\bar g^x$ "
+                   "to the weight's gradient, and the second-order kernels their terms to the Hessian-vector "
+                   "product and the Hessian diagonals.\n")
     return "".join(out)
 
 
@@ -860,7 +952,7 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
         rec(k)
         rows.append(row(_lhs(k.out, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
     out.append(display(rows))
-    out.append(hessian_diagonal_subsection(d, P))
+    out.append(hessian_diagonal_subsection(d, P, rec))
     out.append("\\paragraph{Kernels.}\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l c R@{}}\n\\toprule\n"
                "kernel & product & eq. & multiply-adds per output element\\\\\n\\midrule\n")
     for k in d.kernels:
@@ -874,69 +966,98 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
     return "".join(out)
 
 
-def squared_jacobian(expr):
-    """A pullback ``Σ c·A·ḡ[…]`` turned into Becker–LeCun's diagonal rule ``Σ (c·A)²·h[…]``:
-    the incoming gradient replaced by the output-Hessian diagonal h, every other factor squared."""
-    g, h = sp.IndexedBase("g"), sp.IndexedBase("h")
-    if isinstance(expr, sp.Add):
-        return sp.Add(*[squared_jacobian(t) for t in expr.args])
-    if isinstance(expr, sp.Sum):
-        return sp.Sum(squared_jacobian(expr.function), *expr.limits)
-    if isinstance(expr, sp.Piecewise):
-        return sp.Piecewise(*[(squared_jacobian(e), c) for e, c in expr.args])
-    if isinstance(expr, sp.Indexed) and expr.base == g:
-        return h[expr.indices]
-    if isinstance(expr, sp.Mul):
-        reads = [a for a in expr.args if isinstance(a, sp.Indexed) and a.base == g]
-        if len(reads) == 1:
-            return (expr / reads[0]) ** 2 * h[reads[0].indices]
-        return sp.Mul(*[squared_jacobian(a) for a in expr.args])
-    return expr
-
-
-def per_sample_squared(expr, batch, columns):
-    """A parameter pullback ``Σ_{n,…} ḡ[n,…]·A`` as the Gauss–Newton diagonal
-    ``Σ_k Σ_n (Σ_… S[k,n,…]·A)²``: the sample index taken out of the sum, ḡ replaced by factor
-    column k of the output Hessian, the per-sample pullback squared."""
-    g, S = sp.IndexedBase("g"), sp.IndexedBase("S")
-    k, K = columns
-    terms = sp.Add.make_args(expr)
-    inner = []
-    limit_n = None
-    for t in terms:
-        if isinstance(t, sp.Sum):
-            keep = [lim for lim in t.limits if lim[0] != batch]
-            limit_n = next((lim for lim in t.limits if lim[0] == batch), limit_n)
-            f = t.function.replace(lambda e: isinstance(e, sp.Indexed) and e.base == g,
-                                   lambda e: S[(k,) + tuple(e.indices)])
-            inner.append(sp.Sum(f, *keep) if keep else f)
-        else:
-            inner.append(t)
-    if limit_n is None:
-        return None
-    return sp.Sum(sp.Add(*inner) ** 2, (k, 0, K - 1), limit_n)
-
-
-def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | None = None) -> str:
-    """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules, printed from the
-    layer's own pullbacks."""
+def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | None = None, rec=None) -> str:
+    """Becker–LeCun (every array) and Gauss–Newton (parameters) diagonal rules: the expressions
+    the ``bl:`` and ``sqvjp:`` kernels compute, derived from the layer's own pullbacks
+    (:mod:`symprop.derive.curvature`)."""
     s = d.spec
     P = P or DerivationPrinter(names=WINDOW_NAMES if s.maps else {}, maps=s.maps, arrays=s.all_arrays)
-    out = ["\\paragraph{Hessian diagonals.} Becker--LeCun:\n"]
-    out.append(display([row(_lhs("h" + wrt, k.out_indices, P), squared_jacobian(k.expr), P, f"eq:{s.name}:bl:{wrt}")
-                        for wrt, k in d.vjps.items()]))
-    if s.params:
-        q, Q = sp.Symbol("q", integer=True), sp.Symbol("Q", integer=True)
+    out = ["\\paragraph{Hessian diagonals.} Becker--LeCun (kernels "
+           + ", ".join(_kernel_ref(k.name) for k in d.bls.values()) + "):\n"]
+    rows = []
+    for wrt, k in d.bls.items():
+        if rec:
+            rec(k)
+        rows.append(row(_lhs("h" + wrt, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
+    out.append(display(rows))
+    if d.sqvjps:
+        kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
+        q, Q = sp.Symbol("q", integer=True), sp.Symbol("Q", integer=True, positive=True)
         out.append("Gauss--Newton (and exact, with the residual columns), with $0 \\le q < Q$:\n")
-        rows = []
-        batch = s.out_indices[0]
-        for wrt in s.params:
+        rows, notes = [], []
+        for wrt, sq in d.sqvjps.items():
             k = d.vjps[wrt]
-            e = per_sample_squared(k.expr, batch, (q, Q))
-            if e is not None:
-                rows.append(row(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices], P) + "}",
-                                e, P, f"eq:{s.name}:gn:{wrt}"))
+            rows.append(row(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices], P) + "}",
+                            sq.definition.xreplace({kk: q, KK: Q}), P, f"eq:{s.name}:gn:{wrt}"))
+            notes.append(f"{_kernel_ref(s.name + '_sqvjp_' + wrt)} "
+                         + ("is the Becker--LeCun rule at $D = \\sum_q \\pm S_q^2$ (one product per sample, so "
+                            "the square factors)" if sq.mode == "factorized" else
+                            f"forms each sample's pullback and squares it (${tex(sp.Symbol(wrt), P)}$ is shared over "
+                            "positions, so the square does not factor)"))
         out.append(display(rows))
+        out.append("; ".join(notes) + ".\n")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- composite part
+COMPOSITE_INTRO = r"""
+\section{Normalisation and softmax: composite layers}
+Batch normalisation and softmax couple the elements of a group $\mathcal{G}$ through reductions, so
+their Jacobians are not diagonal. Each is written as a short list of stages, each either elementwise
+or a reduction over the group ($\sum_{\mathcal{G}}$, a mean, or a maximum used as a shift). The
+backward sweep visits the stages in reverse: the adjoint of a group value read by elementwise stages
+is the group sum of what they pass back (broadcast and sum are adjoints). Every intermediate is
+then rewritten in the values the forward pass saves, and the identities the reductions imply (a
+normalised group sums to zero, probabilities sum to one) simplify the result. The pushforward runs
+the stages in order, and the R-op of the pullback is its directional derivative.
+"""
+
+_KIND = {"map": "", "sum": r"\sum_{\mathcal{G}}", "mean": r"\frac{1}{M}\sum_{\mathcal{G}}",
+         "max": r"\max_{\mathcal{G}}"}
+
+
+def composite_section(d: DerivedComposite) -> str:
+    """A composite layer: its stages, the backward sweep stage by stage, the identities the
+    reductions imply, the simplified pullbacks, the JVP and the R-op, and its kernels."""
+    s = d.spec
+    P = DerivationPrinter(arrays=[str(p) for p in s.params])
+    out = [f"\\subsection{{Layer \\texttt{{{escape(s.name)}}}}}\n", _description(s.name, s.doc), " ",
+           f"A group $\\mathcal{{G}}$ is {escape(s.groups)}. The stages, in order:\n"]
+    rows = []
+    for st in s.stages:
+        rhs = tex(st.expr, P)
+        if st.kind != "map":
+            rhs = _KIND[st.kind] + (r"\left(" + rhs + r"\right)" if isinstance(st.expr, sp.Add) else " " + rhs)
+        rows.append(tex(st.symbol, P) + " &= " + rhs)
+    out.append("\\begin{align}\n" + ",\\notag\\\\\n".join(rows) + f".\\label{{eq:{s.name}:def}}\n\\end{{align}}\n")
+    out.append("\\paragraph{Backward sweep.} The adjoint $\\bar s$ of each stage symbol $s$, from the last "
+               "stage to the first, written with the saved " + ", ".join(f"${tex(v, P)}$" for v in d.saved) + ":\n")
+    out.append(display([row(r"\bar{" + tex(st.symbol, P) + "}", d.pretty(a), P) for st, a in d.sweep]))
+    maxes = [st.symbol for st in s.stages if st.kind == "max"]
+    if maxes:
+        out.append("The adjoint of the shift " + ", ".join(f"${tex(m, P)}$" for m in maxes)
+                   + " simplifies to zero: the output does not depend on it, so it is a constant "
+                   "for every derivative.\n\n")
+    if d.identities:
+        out.append("The reductions imply, and the simplification uses,\n\\begin{align*}\n"
+                   + ",\\\\\n".join(f"{tex(a, P)} &= {tex(v, P)} && \\text{{(from ${tex(sym, P)}$)}}"
+                                    for sym, a, v in d.identities) + ".\n\\end{align*}\n")
+    out.append("\\paragraph{First order.} The pullbacks:\n")
+    out.append(display([row(r"\bar{g}^{" + tex(sp.Symbol(k), P) + "}", d.pretty(e), P, f"eq:{s.name}:vjp:{k}")
+                        for k, e in d.vjp.items()]))
+    out.append("\\paragraph{Second order.} The pushforward and the R-op of each pullback:\n")
+    rows = [row(r"\mathcal{R}\{y\}", d.pretty(d.jvp), P, f"eq:{s.name}:jvp")]
+    rows += [row(r"\mathcal{R}\{\bar{g}^{" + tex(sp.Symbol(k), P) + r"}\}", e, P, f"eq:{s.name}:rvjp:{k}")
+             for k, e in d.rvjp.items()]
+    out.append(display(rows))
+    out.append("\\paragraph{Kernels.}\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l R@{}}\n"
+               "\\toprule\nkernel & one pass per group: the group sums it accumulates, then its outputs\\\\\n"
+               "\\midrule\n")
+    out.append(f"{_kernel_ref(s.name + '_forward')} & the stages in order, one pass per reduction\\\\\n")
+    for role, rk in d.role_kernels.items():
+        sums = ", ".join(f"$\\sum_{{\\mathcal{{G}}}} {tex(e, P)}$" for _, e in rk.sums)
+        out.append(f"{_kernel_ref(s.name + '_' + role)} & {sums or 'no group sum'}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
     return "".join(out)
 
 
@@ -944,6 +1065,7 @@ def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | No
 def losses_section() -> str:
     ce = derive_softmax_cross_entropy()
     ms = mse()
+    sc = sigmoid_cross_entropy()
     P = DerivationPrinter(names=LOSS_NAMES)
     j = sp.Symbol("j", integer=True)
     pe, ve = sp.symbols("p v")
@@ -971,6 +1093,13 @@ def losses_section() -> str:
         display([row(r"\ell(a, t)", ms.elem.subs(sp.Symbol("a"), a), P, "eq:mse:def"),
                  row(r"\frac{\partial \ell}{\partial a}", display_form(ms.grad_elem), P, "eq:mse:grad"),
                  row(r"\frac{\partial^2 \ell}{\partial a^2}", ms.hess_elem, P, "eq:mse:hess")]),
+        "\\subsection{Sigmoid cross-entropy}\n",
+        "Per element of the logits $a$ and target $t \\in [0, 1]$, averaged over all elements, in the "
+        "forms the rewriter chose: finite for logits of any size (kernels "
+        "\\texttt{sigmoid\\_cross\\_entropy}, \\texttt{sigmoid\\_cross\\_entropy\\_hvp}):\n",
+        display([row(r"\ell(a, t)", sc.elem, P, "eq:sce:def"),
+                 row(r"\frac{\partial \ell}{\partial a}", display_form(sc.grad_elem), P, "eq:sce:grad"),
+                 row(r"\frac{\partial^2 \ell}{\partial a^2}", sc.hess_elem, P, "eq:sce:hess")]),
     ])
 
 
@@ -1063,6 +1192,8 @@ def _kernels_by_role(spec_name: str) -> dict:
     roles = {"forward": d.forward.name, "jvp": d.jvp.name}
     roles.update({k.role: k.name for k in d.vjps.values()})
     roles.update({k.role: k.name for k in d.rvjps.values()})
+    roles.update({k.role: k.name for k in d.bls.values()})
+    roles.update({f"sqvjp:{p}": f"{spec_name}_sqvjp_{p}" for p in d.sqvjps})
     return roles
 
 
@@ -1099,29 +1230,26 @@ def kernel_schedule(info: ModelInfo) -> dict:
     blocks = [(None, loss_hvp, "once per output unit: the loss Hessian blocks")]
 
     def factor(exact: bool):
-        out = list(blocks)
+        """Per layer, for each factor group: the squared parameter pullbacks, then the input
+        pullback of each column; with ``exact`` an activation's residual starts a new group."""
+        out, groups = list(blocks), 1
         for k in range(len(L) - 1, -1, -1):
-            r, la = roles[k], L[k]
-            if pnames[k]:
-                for p in pnames[k]:
-                    note = "per column and sample, squared" if la.kind != "Dense" else (
-                        ("on $x \\circ x$ and " if p == "W" else "on ") + "$\\sum_q \\pm S_q \\circ S_q$")
-                    out.append((k + 1, r[f"vjp:{p}"], note))
-            if k > 0 and la.spec:
-                out.append((k + 1, r["vjp:x"], "per column"))
-                if exact and "residual" in r:
-                    out.append((k + 1, r["residual"], "new columns"))
+            r = roles[k]
+            for _ in range(groups):
+                out += [(k + 1, r[f"sqvjp:{p}"], "per factor group") for p in pnames[k]]
+                if k > 0 and L[k].spec:
+                    out.append((k + 1, r["vjp:x"], "per column"))
+            if k > 0 and exact and "residual" in r:
+                out.append((k + 1, r["residual"], "a new group"))
+                groups += 1
         return out
 
     bl = list(blocks)
     for k in range(len(L) - 1, -1, -1):
-        r, la = roles[k], L[k]
-        if la.kind == "Activation":
+        r = roles[k]
+        if L[k].spec:
             bl.append((k + 1, r["bl:x"], ""))
-        elif la.spec:
-            bl.append((k + 1, r["vjp:x"], "on $W \\circ W$" if pnames[k] else
-                       ("divided by $K_h K_w$" if la.kind == "AvgPool2D" else "")))
-            bl += [(k + 1, r[f"vjp:{p}"], "on $x \\circ x$" if p == "W" else "") for p in pnames[k]]
+            bl += [(k + 1, r[f"bl:{p}"], "") for p in pnames[k]]
     return {"loss_and_grad": grad, "hvp": grad + rfwd + rbwd,
             "exact": grad + factor(True), "gauss_newton": grad + factor(False),
             "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
@@ -1245,7 +1373,8 @@ def model_section(info: ModelInfo) -> str:
                "$k$ & layer & \\texttt{becker\\_lecun} & \\texttt{gauss\\_newton} / \\texttt{exact}\\\\\n\\midrule\n")
 
     def cell(steps, k):
-        return "; ".join(_kernel_ref(n) + (f" ({note})" if note else "") for kk, n, note in steps if kk == k) or "---"
+        mine = [(n, note) for kk, n, note in steps if kk == k]
+        return "; ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
     bl = sched["becker_lecun"][len(sched["loss_and_grad"]):]
     ex = sched["exact"][len(sched["loss_and_grad"]):]
     for k in range(L, 0, -1):
@@ -1257,7 +1386,8 @@ def model_section(info: ModelInfo) -> str:
 
 # ---------------------------------------------------------------- the document
 def builtin_layer_names() -> list[str]:
-    return list(builtins.ACTIVATIONS) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
+    return (list(_elementwise_builtins()) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
+            + list(builtins.COMPOSITES))
 
 
 def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
@@ -1269,15 +1399,16 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
     if unknown:
         raise ValueError(f"latex: unknown layer(s) {unknown}; built-ins are {known}")
     for spec in extra:
-        if not isinstance(spec, (ElementwiseSpec, ContractionSpec)):
-            raise TypeError(f"latex: extra specs must be ElementwiseSpec or ContractionSpec, got {type(spec).__name__}")
-    specs = [builtins.ACTIVATIONS.get(n) or {**builtins.CONTRACTIONS, **builtins.WINDOWS}[n] for n in chosen]
-    specs += list(extra)
+        if not isinstance(spec, (ElementwiseSpec, ContractionSpec, CompositeSpec)):
+            raise TypeError("latex: extra specs must be ElementwiseSpec, ContractionSpec or CompositeSpec, "
+                            f"got {type(spec).__name__}")
+    specs = [_builtin_specs()[n] for n in chosen] + list(extra)
     printed: list = []
     parts = [PREAMBLE, NOTATION]
     breaks = False                       # a page break before every part but the first
     ew = [s for s in specs if isinstance(s, ElementwiseSpec)]
     ct = [s for s in specs if isinstance(s, ContractionSpec)]
+    cp = [s for s in specs if isinstance(s, CompositeSpec)]
     if ew:
         parts.append(ELEMENTWISE_INTRO)
         parts += [elementwise_section(_derive(s), printed) for s in ew]
@@ -1285,6 +1416,10 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
     if ct:
         parts.append(("\\clearpage\n" if breaks else "") + CONTRACTION_INTRO)
         parts += [contraction_section(_derive(s), printed) for s in ct]
+        breaks = True
+    if cp:
+        parts.append(("\\clearpage\n" if breaks else "") + COMPOSITE_INTRO)
+        parts += [composite_section(_derive(s)) for s in cp]
         breaks = True
     if losses:
         parts.append(("\\clearpage\n" if breaks else "") + losses_section())

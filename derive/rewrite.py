@@ -22,6 +22,18 @@ from sympy.codegen.cfunctions import expm1, log1p
 from .cost import op_cost
 
 
+class finite_or(sp.Function):
+    """``finite_or(e, a)``: e where it is finite, else a — the kernel-side guard that replaces
+    an overflowed intermediate (inf/inf, inf·0) by the function's limit. Printed as one
+    branch-free select (``symprop_finite_or``)."""
+    nargs = 2
+
+
+def _np_finite_or(e, a):
+    e = np.asarray(e)
+    return np.where(np.isfinite(e), e, a)
+
+
 def clean_distributions(expr: sp.Basic) -> sp.Basic:
     """Replace the artefacts of differentiating piecewise functions by the a.e. derivative:
     ``DiracDelta(u) -> 0`` and ``Heaviside(u) -> [u > 0]``."""
@@ -72,10 +84,26 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
+#: wall-clock bounds on SymPy calls are for interactive user specs only; `symprop generate`
+#: turns them off so the emitted files never depend on machine load
+_BOUNDED = [True]
+
+
+@contextmanager
+def unbounded():
+    """Run SymPy calls without time limits (deterministic output for the built-in specs)."""
+    _BOUNDED.append(False)
+    try:
+        yield
+    finally:
+        _BOUNDED.pop()
+
+
 @contextmanager
 def _time_limit(seconds: int):
     """Bound slow SymPy calls (solve/simplify on user specs); a no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+    if (not _BOUNDED[-1] or threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "SIGALRM")):
         yield
         return
 
@@ -124,9 +152,14 @@ def in_terms_of_output(d: sp.Basic, f: sp.Basic, x: sp.Symbol, y: sp.Symbol,
 
 # ---------------------------------------------------------------- numerical check
 
+#: magnitudes beyond the central grid, up to float32's largest: forms must stay finite there
+FAR = np.array([200.0, 1e3, 1e4, 1e6, 1e10, 1e20, 1e30, 3e38])
+
+
 def sample_grid() -> np.ndarray:
-    """Points where candidates are compared: tiny to huge magnitudes, both signs, no 0."""
-    mags = np.concatenate([np.logspace(-3, 2, 41), np.linspace(0.05, 5, 34)])
+    """Points where candidates are compared: tiny to huge magnitudes (up to the float32
+    range), both signs, no 0."""
+    mags = np.concatenate([np.logspace(-3, 2, 41), np.linspace(0.05, 5, 34), FAR])
     return np.unique(np.concatenate([-mags, mags]))
 
 
@@ -154,7 +187,8 @@ def reference_values(expr: sp.Basic, x: sp.Symbol, params: dict, grid: np.ndarra
 
 
 def _numpy_fn(expr, args):
-    return sp.lambdify(args, expr, modules=[{"log1p": np.log1p, "expm1": np.expm1}, "numpy", "scipy"])
+    return sp.lambdify(args, expr, modules=[{"log1p": np.log1p, "expm1": np.expm1, "finite_or": _np_finite_or},
+                                            "numpy", "scipy"])
 
 
 def check_candidate(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: sp.Basic | None,
@@ -178,13 +212,36 @@ def check_candidate(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: 
                 yv = np.broadcast_to(_numpy_fn(forward, [x] + list(params))(xs, *pv), xs.shape).astype(dt)
                 args.append(yv)
             syms = [x] + ([y] if y is not None else []) + list(params)
-            val = np.broadcast_to(np.asarray(_numpy_fn(expr, syms)(*args, *pv)), xs.shape).astype(np.float64)
+            val = np.broadcast_to(np.asarray(_numpy_fn(expr, syms)(*args, *pv)), xs.shape)
+            if np.iscomplexobj(val):   # a complex intermediate (log of a negative) is a bad point
+                val = np.where(val.imag == 0, val.real, np.nan)
+            val = val.astype(np.float64)
             r = ref.astype(dt).astype(np.float64)
             err = np.abs(val - r) / np.maximum(np.abs(r), scale)
             finite_ref = np.isfinite(r)
             badpts = finite_ref & (~np.isfinite(val) | (err > tol))
         bad.append(int(badpts.sum()))
     return Check(bad32=bad[0], bad64=bad[1])
+
+
+def _limit_fallback(textbook: sp.Basic, x: sp.Symbol, params: dict):
+    """``Piecewise((L+, x > 0), (L−, True))`` with L± the finite limits of ``textbook`` at ±∞
+    (parameters taken positive), or None when neither is finite."""
+    pos = {p: sp.Symbol(p.name, positive=True) for p in params}
+    e = textbook.xreplace(pos)
+    back = {v: k for k, v in pos.items()}
+    lims = []
+    for side in (sp.oo, -sp.oo):
+        L = _try(lambda side=side: sp.limit(e, x, side), seconds=10)
+        ok = L is not None and L.is_finite and not L.has(x, sp.AccumBounds)
+        lims.append(L.xreplace(back) if ok else None)
+    if lims[0] is None and lims[1] is None:
+        return None
+    if lims[0] is None:
+        return lims[1]
+    if lims[1] is None or lims[1] == lims[0]:
+        return lims[0]
+    return sp.Piecewise((lims[0], x > 0), (lims[1], True))
 
 
 @dataclass
@@ -221,6 +278,17 @@ def choose_form(textbook: sp.Basic, candidates: list[sp.Basic], x: sp.Symbol,
             except Exception:  # noqa: BLE001 — a candidate numpy cannot evaluate is dropped
                 continue
     best = min(ch.key for ch, _ in pool)
+    if best != (0, 0):   # overflow at large |x|: guard the best forms with the limits at ±∞
+        fallback = _limit_fallback(textbook, x, params)
+        if fallback is not None:
+            ranked = sorted(pool, key=lambda cf: (cf[0].key, op_cost(cf[1]), sp.srepr(cf[1])))[:4]
+            for _, form in ranked:
+                guarded = finite_or(form, fallback)
+                try:
+                    pool.append((check_candidate(guarded, x, y, forward, params, grid, ref), guarded))
+                except Exception:  # noqa: BLE001
+                    continue
+            best = min(ch.key for ch, _ in pool)
     survivors = [f for ch, f in pool if ch.key == best]
     # cheapest; ties broken by a stable textual order so output is deterministic
     chosen = min(survivors, key=lambda f: (op_cost(f), len(sp.srepr(f)), sp.srepr(f)))

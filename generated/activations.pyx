@@ -8,8 +8,14 @@
 # spec: sigmoid  hash: c34fc4e916697276
 # spec: relu  hash: 18d606cf070bab0a
 # spec: softplus  hash: 5c6ccc2b5d856291
+# spec: leaky_relu  hash: 24c77790b8fe118a
+# spec: elu  hash: 0fed97321d3cf5ec
+# spec: silu  hash: e445a400d2e80fc9
+# spec: swish  hash: 079aeb700267b334
+# spec: gelu  hash: 3ce4b0da2e7d778f
+# spec: mish  hash: 39901bc85ba4b857
 
-"""Elementwise kernels: tanh, sigmoid, relu, softplus."""
+"""Elementwise kernels: tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish."""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -49,12 +55,32 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+    float symprop_finite_orf(float, float) nogil
+    double symprop_finite_or(double, double) nogil
 from cython.parallel cimport prange, threadid
 cimport openmp
 
 
+# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
+# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
+    # one in a forked child
+    if _forked_child:
+        return 1
     cdef int T = openmp.omp_get_max_threads()
     if T > work:
         T = <int>work
@@ -90,6 +116,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
         if name in writable and not a.flags.writeable:
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
+
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -130,9 +162,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'tanh_diag_backprop',
-                             'call': ['y', 'g', 'h', 'hx'],
+                             'call': ['y', 'g', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['y', 'g', 'h'],
+                             'arrays': ['y', 'g', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                              'scalars': []},
@@ -142,7 +174,8 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                  'arrays': ['y', 'g'],
                                  'optional': [],
                                  'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                 'scalars': []}}},
+                                 'scalars': []}},
+          'defaults': {}},
  'sigmoid': {'family': 'elementwise',
              'hash': 'c34fc4e916697276',
              'inputs': ['x'],
@@ -178,9 +211,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                   'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                   'scalars': []},
                        'bl:x': {'kernel': 'sigmoid_diag_backprop',
-                                'call': ['y', 'g', 'h', 'hx'],
+                                'call': ['y', 'g', 'H', 'hx'],
                                 'kwargs': [],
-                                'arrays': ['y', 'g', 'h'],
+                                'arrays': ['y', 'g', 'H'],
                                 'optional': [],
                                 'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                                 'scalars': []},
@@ -190,7 +223,8 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                     'arrays': ['y', 'g'],
                                     'optional': [],
                                     'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                    'scalars': []}}},
+                                    'scalars': []}},
+             'defaults': {}},
  'relu': {'family': 'elementwise',
           'hash': '18d606cf070bab0a',
           'inputs': ['x'],
@@ -226,12 +260,13 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                'scalars': []},
                     'bl:x': {'kernel': 'relu_diag_backprop',
-                             'call': ['x', 'h', 'hx'],
+                             'call': ['x', 'H', 'hx'],
                              'kwargs': [],
-                             'arrays': ['x', 'h'],
+                             'arrays': ['x', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []}}},
+                             'scalars': []}},
+          'defaults': {}},
  'softplus': {'family': 'elementwise',
               'hash': '5c6ccc2b5d856291',
               'inputs': ['x'],
@@ -267,9 +302,9 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                    'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                    'scalars': []},
                         'bl:x': {'kernel': 'softplus_diag_backprop',
-                                 'call': ['y', 'g', 'h', 'hx'],
+                                 'call': ['y', 'g', 'H', 'hx'],
                                  'kwargs': [],
-                                 'arrays': ['y', 'g', 'h'],
+                                 'arrays': ['y', 'g', 'H'],
                                  'optional': [],
                                  'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
                                  'scalars': []},
@@ -279,7 +314,295 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                      'arrays': ['y', 'g'],
                                      'optional': [],
                                      'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                     'scalars': []}}}}
+                                     'scalars': []}},
+              'defaults': {}},
+ 'leaky_relu': {'family': 'elementwise',
+                'hash': '24c77790b8fe118a',
+                'inputs': ['x'],
+                'params': [],
+                'output': 'y',
+                'scalars': ['alpha'],
+                'roles': {'forward': {'kernel': 'leaky_relu_forward',
+                                      'call': ['x', 'y', 'alpha'],
+                                      'kwargs': [],
+                                      'arrays': ['x'],
+                                      'optional': [],
+                                      'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                                      'scalars': ['alpha']},
+                          'vjp:x': {'kernel': 'leaky_relu_vjp',
+                                    'call': ['x', 'g', 'gx', 'alpha'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'g'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': ['alpha']},
+                          'jvp': {'kernel': 'leaky_relu_jvp',
+                                  'call': ['x', 'Rx', 'Ry', 'alpha'],
+                                  'kwargs': [],
+                                  'arrays': ['x', 'Rx'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                  'scalars': ['alpha']},
+                          'rvjp:x': {'kernel': 'leaky_relu_rvjp',
+                                     'call': ['x', 'Rg', 'Rgx', 'alpha'],
+                                     'kwargs': [],
+                                     'arrays': ['x', 'Rg'],
+                                     'optional': [],
+                                     'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                     'scalars': ['alpha']},
+                          'bl:x': {'kernel': 'leaky_relu_diag_backprop',
+                                   'call': ['x', 'H', 'hx', 'alpha'],
+                                   'kwargs': [],
+                                   'arrays': ['x', 'H'],
+                                   'optional': [],
+                                   'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                                   'scalars': ['alpha']}},
+                'defaults': {'alpha': 0.01}},
+ 'elu': {'family': 'elementwise',
+         'hash': '0fed97321d3cf5ec',
+         'inputs': ['x'],
+         'params': [],
+         'output': 'y',
+         'scalars': ['alpha'],
+         'roles': {'forward': {'kernel': 'elu_forward',
+                               'call': ['x', 'y', 'alpha'],
+                               'kwargs': [],
+                               'arrays': ['x'],
+                               'optional': [],
+                               'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                               'scalars': ['alpha']},
+                   'vjp:x': {'kernel': 'elu_vjp',
+                             'call': ['x', 'g', 'gx', 'alpha'],
+                             'kwargs': [],
+                             'arrays': ['x', 'g'],
+                             'optional': [],
+                             'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                             'scalars': ['alpha']},
+                   'jvp': {'kernel': 'elu_jvp',
+                           'call': ['x', 'Rx', 'Ry', 'alpha'],
+                           'kwargs': [],
+                           'arrays': ['x', 'Rx'],
+                           'optional': [],
+                           'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                           'scalars': ['alpha']},
+                   'rvjp:x': {'kernel': 'elu_rvjp',
+                              'call': ['x', 'g', 'Rx', 'Rg', 'Rgx', 'alpha'],
+                              'kwargs': [],
+                              'arrays': ['x', 'g', 'Rx', 'Rg'],
+                              'optional': [],
+                              'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                              'scalars': ['alpha']},
+                   'bl:x': {'kernel': 'elu_diag_backprop',
+                            'call': ['x', 'g', 'H', 'hx', 'alpha'],
+                            'kwargs': [],
+                            'arrays': ['x', 'g', 'H'],
+                            'optional': [],
+                            'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                            'scalars': ['alpha']},
+                   'residual': {'kernel': 'elu_residual',
+                                'call': ['x', 'g', 'r', 'alpha'],
+                                'kwargs': [],
+                                'arrays': ['x', 'g'],
+                                'optional': [],
+                                'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': ['alpha']}},
+         'defaults': {'alpha': 1.0}},
+ 'silu': {'family': 'elementwise',
+          'hash': 'e445a400d2e80fc9',
+          'inputs': ['x'],
+          'params': [],
+          'output': 'y',
+          'scalars': [],
+          'roles': {'forward': {'kernel': 'silu_forward',
+                                'call': ['x', 'y'],
+                                'kwargs': [],
+                                'arrays': ['x'],
+                                'optional': [],
+                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': []},
+                    'vjp:x': {'kernel': 'silu_vjp',
+                              'call': ['x', 'g', 'gx'],
+                              'kwargs': [],
+                              'arrays': ['x', 'g'],
+                              'optional': [],
+                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                              'scalars': []},
+                    'jvp': {'kernel': 'silu_jvp',
+                            'call': ['x', 'Rx', 'Ry'],
+                            'kwargs': [],
+                            'arrays': ['x', 'Rx'],
+                            'optional': [],
+                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                            'scalars': []},
+                    'rvjp:x': {'kernel': 'silu_rvjp',
+                               'call': ['x', 'g', 'Rx', 'Rg', 'Rgx'],
+                               'kwargs': [],
+                               'arrays': ['x', 'g', 'Rx', 'Rg'],
+                               'optional': [],
+                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                               'scalars': []},
+                    'bl:x': {'kernel': 'silu_diag_backprop',
+                             'call': ['x', 'g', 'H', 'hx'],
+                             'kwargs': [],
+                             'arrays': ['x', 'g', 'H'],
+                             'optional': [],
+                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                             'scalars': []},
+                    'residual': {'kernel': 'silu_residual',
+                                 'call': ['x', 'g', 'r'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []}},
+          'defaults': {}},
+ 'swish': {'family': 'elementwise',
+           'hash': '079aeb700267b334',
+           'inputs': ['x'],
+           'params': [],
+           'output': 'y',
+           'scalars': ['beta'],
+           'roles': {'forward': {'kernel': 'swish_forward',
+                                 'call': ['x', 'y', 'beta'],
+                                 'kwargs': [],
+                                 'arrays': ['x'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': ['beta']},
+                     'vjp:x': {'kernel': 'swish_vjp',
+                               'call': ['x', 'g', 'gx', 'beta'],
+                               'kwargs': [],
+                               'arrays': ['x', 'g'],
+                               'optional': [],
+                               'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                               'scalars': ['beta']},
+                     'jvp': {'kernel': 'swish_jvp',
+                             'call': ['x', 'Rx', 'Ry', 'beta'],
+                             'kwargs': [],
+                             'arrays': ['x', 'Rx'],
+                             'optional': [],
+                             'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                             'scalars': ['beta']},
+                     'rvjp:x': {'kernel': 'swish_rvjp',
+                                'call': ['x', 'g', 'Rx', 'Rg', 'Rgx', 'beta'],
+                                'kwargs': [],
+                                'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                'optional': [],
+                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': ['beta']},
+                     'bl:x': {'kernel': 'swish_diag_backprop',
+                              'call': ['x', 'g', 'H', 'hx', 'beta'],
+                              'kwargs': [],
+                              'arrays': ['x', 'g', 'H'],
+                              'optional': [],
+                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                              'scalars': ['beta']},
+                     'residual': {'kernel': 'swish_residual',
+                                  'call': ['x', 'g', 'r', 'beta'],
+                                  'kwargs': [],
+                                  'arrays': ['x', 'g'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                  'scalars': ['beta']}},
+           'defaults': {'beta': 1.0}},
+ 'gelu': {'family': 'elementwise',
+          'hash': '3ce4b0da2e7d778f',
+          'inputs': ['x'],
+          'params': [],
+          'output': 'y',
+          'scalars': [],
+          'roles': {'forward': {'kernel': 'gelu_forward',
+                                'call': ['x', 'y'],
+                                'kwargs': [],
+                                'arrays': ['x'],
+                                'optional': [],
+                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': []},
+                    'vjp:x': {'kernel': 'gelu_vjp',
+                              'call': ['x', 'g', 'gx'],
+                              'kwargs': [],
+                              'arrays': ['x', 'g'],
+                              'optional': [],
+                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                              'scalars': []},
+                    'jvp': {'kernel': 'gelu_jvp',
+                            'call': ['x', 'Rx', 'Ry'],
+                            'kwargs': [],
+                            'arrays': ['x', 'Rx'],
+                            'optional': [],
+                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                            'scalars': []},
+                    'rvjp:x': {'kernel': 'gelu_rvjp',
+                               'call': ['x', 'g', 'Rx', 'Rg', 'Rgx'],
+                               'kwargs': [],
+                               'arrays': ['x', 'g', 'Rx', 'Rg'],
+                               'optional': [],
+                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                               'scalars': []},
+                    'bl:x': {'kernel': 'gelu_diag_backprop',
+                             'call': ['x', 'g', 'H', 'hx'],
+                             'kwargs': [],
+                             'arrays': ['x', 'g', 'H'],
+                             'optional': [],
+                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                             'scalars': []},
+                    'residual': {'kernel': 'gelu_residual',
+                                 'call': ['x', 'g', 'r'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []}},
+          'defaults': {}},
+ 'mish': {'family': 'elementwise',
+          'hash': '39901bc85ba4b857',
+          'inputs': ['x'],
+          'params': [],
+          'output': 'y',
+          'scalars': [],
+          'roles': {'forward': {'kernel': 'mish_forward',
+                                'call': ['x', 'y'],
+                                'kwargs': [],
+                                'arrays': ['x'],
+                                'optional': [],
+                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': []},
+                    'vjp:x': {'kernel': 'mish_vjp',
+                              'call': ['x', 'g', 'gx'],
+                              'kwargs': [],
+                              'arrays': ['x', 'g'],
+                              'optional': [],
+                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
+                              'scalars': []},
+                    'jvp': {'kernel': 'mish_jvp',
+                            'call': ['x', 'Rx', 'Ry'],
+                            'kwargs': [],
+                            'arrays': ['x', 'Rx'],
+                            'optional': [],
+                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                            'scalars': []},
+                    'rvjp:x': {'kernel': 'mish_rvjp',
+                               'call': ['x', 'y', 'g', 'Rx', 'Rg', 'Rgx'],
+                               'kwargs': [],
+                               'arrays': ['x', 'y', 'g', 'Rx', 'Rg'],
+                               'optional': [],
+                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                               'scalars': []},
+                    'bl:x': {'kernel': 'mish_diag_backprop',
+                             'call': ['x', 'y', 'g', 'H', 'hx'],
+                             'kwargs': [],
+                             'arrays': ['x', 'y', 'g', 'H'],
+                             'optional': [],
+                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
+                             'scalars': []},
+                    'residual': {'kernel': 'mish_residual',
+                                 'call': ['x', 'y', 'g', 'r'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'y', 'g'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []}},
+          'defaults': {}}}
 
 # ---------------------------------------------------------------- tanh_forward
 # y = tanh(x)
@@ -305,6 +628,7 @@ def tanh_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"tanh_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -363,6 +687,8 @@ def tanh_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -425,6 +751,8 @@ def tanh_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"tanh_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -495,6 +823,10 @@ def tanh_rvjp(y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -538,74 +870,77 @@ scalars: none.
                     _tanh_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_diag_backprop
-# hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
-cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
+cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0)) + h*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0))) + (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0)) + h*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0))) + (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
 
-def tanh_diag_backprop(y, g, h, hx, ):
-    """hx = 2*g*y*(y - 1)*(y + 1) + h*(1 - y**2)**2
+def tanh_diag_backprop(y, g, H, hx, ):
+    """hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"tanh_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"tanh_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"tanh_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- tanh_residual
 # r = 2*g*y*(y - 1)*(y + 1)
@@ -635,6 +970,8 @@ def tanh_residual(y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("tanh_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"tanh_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -693,6 +1030,7 @@ def sigmoid_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"sigmoid_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -751,6 +1089,8 @@ def sigmoid_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -813,6 +1153,8 @@ def sigmoid_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"sigmoid_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -883,6 +1225,10 @@ def sigmoid_rvjp(y, g, Rx, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -926,78 +1272,81 @@ scalars: none.
                     _sigmoid_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_diag_backprop
-# hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
-cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
+cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     cdef float _t0
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = y*(y + (<float>-1.0))
-        hx_p[_e] = _t0*(_t0*h + g*((<float>2.0)*y + (<float>-1.0)))
+        hx_p[_e] = _t0*(H*_t0 + g*((<float>2.0)*y + (<float>-1.0)))
 
-cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     cdef double _t0
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
+        H = H_p[_e]
         _t0 = y*(y + (<double>-1.0))
-        hx_p[_e] = _t0*(_t0*h + g*((<double>2.0)*y + (<double>-1.0)))
+        hx_p[_e] = _t0*(H*_t0 + g*((<double>2.0)*y + (<double>-1.0)))
 
 
-def sigmoid_diag_backprop(y, g, h, hx, ):
-    """hx = g*y*(y - 1)*(2*y - 1) + h*y**2*(y - 1)**2
+def sigmoid_diag_backprop(y, g, H, hx, ):
+    """hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"sigmoid_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"sigmoid_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"sigmoid_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_residual
 # r = g*y*(y - 1)*(2*y - 1)
@@ -1027,6 +1376,8 @@ def sigmoid_residual(y, g, r, ):
 scalars: none.
     """
     dt = _check_arrays("sigmoid_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"sigmoid_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -1085,6 +1436,7 @@ def relu_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("relu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"relu_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -1143,6 +1495,8 @@ def relu_vjp(x, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
     cdef Py_ssize_t n = x.size
     if g.size != n:
         raise ValueError(f"relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
@@ -1205,6 +1559,8 @@ def relu_jvp(x, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = x.size
     if Rx.size != n:
         raise ValueError(f"relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
@@ -1267,6 +1623,8 @@ def relu_rvjp(x, Rg, Rgx, ):
 scalars: none.
     """
     dt = _check_arrays("relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = x.size
     if Rg.size != n:
         raise ValueError(f"relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
@@ -1302,66 +1660,68 @@ scalars: none.
                     _relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- relu_diag_backprop
-# hx = h*Piecewise((1, x > 0), (0, True))
-cdef void _relu_diag_backprop_f32(const float* x_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*Piecewise((1, x > 0), (0, True))
+cdef void _relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float x
-    cdef float h
+    cdef float H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*(<float>(x > (<float>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(<float>(x > (<float>0.0)))
 
-cdef void _relu_diag_backprop_f64(const double* x_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double x
-    cdef double h
+    cdef double H
     for _e in range(_n):
         x = x_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = h*(<double>(x > (<double>0.0)))
+        H = H_p[_e]
+        hx_p[_e] = H*(<double>(x > (<double>0.0)))
 
 
-def relu_diag_backprop(x, h, hx, ):
-    """hx = h*Piecewise((1, x > 0), (0, True))
+def relu_diag_backprop(x, H, hx, ):
+    """hx = H*Piecewise((1, x > 0), (0, True))
 
-    Arrays: x, h, hx (same dtype and size, C-contiguous);
+    Arrays: x, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("relu_diag_backprop", ("x", "h", "hx", ), (x, h, hx, ), ("hx", ))
+    dt = _check_arrays("relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
+    x = _readable(x)
+    H = _readable(H)
     cdef Py_ssize_t n = x.size
-    if h.size != n:
-        raise ValueError(f"relu_diag_backprop: h has shape {h.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
     if hx.size != n:
         raise ValueError(f"relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, h_f32, hx_f32
-    cdef double[::1] x_f64, h_f64, hx_f64
+    cdef float[::1] x_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, H_f64, hx_f64
     if dt == _F32:
         x_f32 = x.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _relu_diag_backprop_f32(&x_f32[0], &h_f32[0], &hx_f32[0], n)
+                _relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _relu_diag_backprop_f32(&x_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         x_f64 = x.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _relu_diag_backprop_f64(&x_f64[0], &h_f64[0], &hx_f64[0], n)
+                _relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _relu_diag_backprop_f64(&x_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
@@ -1387,6 +1747,7 @@ def softplus_forward(x, y, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
     cdef Py_ssize_t n = x.size
     if y.size != n:
         raise ValueError(f"softplus_forward: y has shape {y.shape} but x has shape {x.shape}")
@@ -1445,6 +1806,8 @@ def softplus_vjp(y, g, gx, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_vjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1507,6 +1870,8 @@ def softplus_jvp(y, Rx, Ry, ):
 scalars: none.
     """
     dt = _check_arrays("softplus_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
+    y = _readable(y)
+    Rx = _readable(Rx)
     cdef Py_ssize_t n = y.size
     if Rx.size != n:
         raise ValueError(f"softplus_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
@@ -1542,7 +1907,7 @@ scalars: none.
                     _softplus_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_rvjp
-# Rgx = -Rg*expm1(-y) + Rx*g*exp(-2*y)*expm1(y)
+# Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
 cdef void _softplus_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
@@ -1554,7 +1919,7 @@ cdef void _softplus_rvjp_f32(const float* y_p, const float* g_p, const float* Rx
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = -Rg*expm1f(-y) + Rx*g*expf(-(<float>2.0)*y)*expm1f(y)
+        Rgx_p[_e] = -Rg*expm1f(-y) + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
 cdef void _softplus_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -1567,16 +1932,20 @@ cdef void _softplus_rvjp_f64(const double* y_p, const double* g_p, const double*
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*exp(-(<double>2.0)*y)*expm1(y)
+        Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
 
 def softplus_rvjp(y, g, Rx, Rg, Rgx, ):
-    """Rgx = -Rg*expm1(-y) + Rx*g*exp(-2*y)*expm1(y)
+    """Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
 
     Arrays: y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
 scalars: none.
     """
     dt = _check_arrays("softplus_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_rvjp: g has shape {g.shape} but y has shape {y.shape}")
@@ -1620,77 +1989,80 @@ scalars: none.
                     _softplus_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_diag_backprop
-# hx = g*exp(-2*y)*expm1(y) + h*expm1(-y)**2
-cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* h_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+# hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
+cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
-    cdef float h
+    cdef float H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = g*expf(-(<float>2.0)*y)*expm1f(y) + h*((expm1f(-y))*(expm1f(-y)))
+        H = H_p[_e]
+        hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* h_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
-    cdef double h
+    cdef double H
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        h = h_p[_e]
-        hx_p[_e] = g*exp(-(<double>2.0)*y)*expm1(y) + h*((expm1(-y))*(expm1(-y)))
+        H = H_p[_e]
+        hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
 
-def softplus_diag_backprop(y, g, h, hx, ):
-    """hx = g*exp(-2*y)*expm1(y) + h*expm1(-y)**2
+def softplus_diag_backprop(y, g, H, hx, ):
+    """hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
 
-    Arrays: y, g, h, hx (same dtype and size, C-contiguous);
+    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
 scalars: none.
     """
-    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "h", "hx", ), (y, g, h, hx, ), ("hx", ))
+    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if h.size != n:
-        raise ValueError(f"softplus_diag_backprop: h has shape {h.shape} but y has shape {y.shape}")
+    if H.size != n:
+        raise ValueError(f"softplus_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
     if hx.size != n:
         raise ValueError(f"softplus_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
     if n == 0:
         return
     cdef int _t, _T = _threads_for(n // _GRAIN)
     cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, h_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, h_f64, hx_f64
+    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
     if dt == _F32:
         y_f32 = y.reshape(-1)
         g_f32 = g.reshape(-1)
-        h_f32 = h.reshape(-1)
+        H_f32 = H.reshape(-1)
         hx_f32 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &h_f32[0], &hx_f32[0], n)
+                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &h_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
     else:
         y_f64 = y.reshape(-1)
         g_f64 = g.reshape(-1)
-        h_f64 = h.reshape(-1)
+        H_f64 = H.reshape(-1)
         hx_f64 = hx.reshape(-1)
         with nogil:
             if _T == 1:
-                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &h_f64[0], &hx_f64[0], n)
+                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
             else:
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
-                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &h_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_residual
-# r = g*exp(-2*y)*expm1(y)
+# r = g*finite_or(exp(-2*y)*expm1(y), 0)
 cdef void _softplus_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float y
@@ -1698,7 +2070,7 @@ cdef void _softplus_residual_f32(const float* y_p, const float* g_p, float* r_p,
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        r_p[_e] = g*expf(-(<float>2.0)*y)*expm1f(y)
+        r_p[_e] = g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
 cdef void _softplus_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -1707,16 +2079,18 @@ cdef void _softplus_residual_f64(const double* y_p, const double* g_p, double* r
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        r_p[_e] = g*exp(-(<double>2.0)*y)*expm1(y)
+        r_p[_e] = g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
 
 def softplus_residual(y, g, r, ):
-    """r = g*exp(-2*y)*expm1(y)
+    """r = g*finite_or(exp(-2*y)*expm1(y), 0)
 
     Arrays: y, g, r (same dtype and size, C-contiguous);
 scalars: none.
     """
     dt = _check_arrays("softplus_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
+    y = _readable(y)
+    g = _readable(g)
     cdef Py_ssize_t n = y.size
     if g.size != n:
         raise ValueError(f"softplus_residual: g has shape {g.shape} but y has shape {y.shape}")
@@ -1750,3 +2124,2651 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _softplus_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_forward
+# y = alpha*Min(0, x) + Max(0, x)
+cdef void _leaky_relu_forward_f32(const float* x_p, float* y_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
+
+cdef void _leaky_relu_forward_f64(const double* x_p, double* y_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
+
+
+def leaky_relu_forward(x, y, alpha, ):
+    """y = alpha*Min(0, x) + Max(0, x)
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"leaky_relu_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, y_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_forward_f32(&x_f32[0], &y_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_forward_f32(&x_f32[_lo], &y_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_forward_f64(&x_f64[0], &y_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_forward_f64(&x_f64[_lo], &y_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_vjp
+# gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        gx_p[_e] = g*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+
+cdef void _leaky_relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        gx_p[_e] = g*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+
+
+def leaky_relu_vjp(x, g, gx, alpha, ):
+    """gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"leaky_relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"leaky_relu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_jvp
+# Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+
+cdef void _leaky_relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+
+
+def leaky_relu_jvp(x, Rx, Ry, alpha, ):
+    """Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"leaky_relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"leaky_relu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_rvjp
+# Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rg
+    for _e in range(_n):
+        x = x_p[_e]
+        Rg = Rg_p[_e]
+        Rgx_p[_e] = Rg*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+
+cdef void _leaky_relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rg
+    for _e in range(_n):
+        x = x_p[_e]
+        Rg = Rg_p[_e]
+        Rgx_p[_e] = Rg*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+
+
+def leaky_relu_rvjp(x, Rg, Rgx, alpha, ):
+    """Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if Rg.size != n:
+        raise ValueError(f"leaky_relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"leaky_relu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rg_f32, Rgx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, Rg_f64, Rgx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_rvjp_f32(&x_f32[0], &Rg_f32[0], &Rgx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_rvjp_f32(&x_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_diag_backprop
+# hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float H
+    for _e in range(_n):
+        x = x_p[_e]
+        H = H_p[_e]
+        hx_p[_e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+
+cdef void _leaky_relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double H
+    for _e in range(_n):
+        x = x_p[_e]
+        H = H_p[_e]
+        hx_p[_e] = H*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+
+
+def leaky_relu_diag_backprop(x, H, hx, alpha, ):
+    """hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, H, hx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
+    x = _readable(x)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if H.size != n:
+        raise ValueError(f"leaky_relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"leaky_relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, H_f32, hx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, H_f64, hx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_forward
+# y = Piecewise((x, x > 0), (alpha*expm1(x), True))
+cdef void _elu_forward_f32(const float* x_p, float* y_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = (x if (x > (<float>0.0)) else alpha*expm1f(x))
+
+cdef void _elu_forward_f64(const double* x_p, double* y_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = (x if (x > (<double>0.0)) else alpha*expm1(x))
+
+
+def elu_forward(x, y, alpha, ):
+    """y = Piecewise((x, x > 0), (alpha*expm1(x), True))
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"elu_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, y_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_forward_f32(&x_f32[0], &y_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_forward_f32(&x_f32[_lo], &y_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_forward_f64(&x_f64[0], &y_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_forward_f64(&x_f64[_lo], &y_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_vjp
+# gx = g*Piecewise((1, x > 0), (alpha*exp(x), True))
+cdef void _elu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        gx_p[_e] = g*((<float>1.0) if (x > (<float>0.0)) else alpha*expf(x))
+
+cdef void _elu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        gx_p[_e] = g*((<double>1.0) if (x > (<double>0.0)) else alpha*exp(x))
+
+
+def elu_vjp(x, g, gx, alpha, ):
+    """gx = g*Piecewise((1, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"elu_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"elu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_jvp
+# Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
+cdef void _elu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        Ry_p[_e] = Rx*((<float>1.0) if (x > (<float>0.0)) else alpha*expf(x))
+
+cdef void _elu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        Ry_p[_e] = Rx*((<double>1.0) if (x > (<double>0.0)) else alpha*exp(x))
+
+
+def elu_jvp(x, Rx, Ry, alpha, ):
+    """Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"elu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"elu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_rvjp
+# Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
+cdef void _elu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (x > (<float>0.0))
+        _t1 = alpha*expf(x)
+        Rgx_p[_e] = Rg*((<float>1.0) if _t0 else _t1) + Rx*g*((<float>0.0) if _t0 else _t1)
+
+cdef void _elu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (x > (<double>0.0))
+        _t1 = alpha*exp(x)
+        Rgx_p[_e] = Rg*((<double>1.0) if _t0 else _t1) + Rx*g*((<double>0.0) if _t0 else _t1)
+
+
+def elu_rvjp(x, g, Rx, Rg, Rgx, alpha, ):
+    """Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"elu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"elu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"elu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"elu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_diag_backprop
+# hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
+cdef void _elu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float H
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = (x > (<float>0.0))
+        hx_p[_e] = H*((<float>1.0) if _t0 else (alpha*alpha)*expf((<float>2.0)*x)) + g*((<float>0.0) if _t0 else alpha*expf(x))
+
+cdef void _elu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double H
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = (x > (<double>0.0))
+        hx_p[_e] = H*((<double>1.0) if _t0 else (alpha*alpha)*exp((<double>2.0)*x)) + g*((<double>0.0) if _t0 else alpha*exp(x))
+
+
+def elu_diag_backprop(x, g, H, hx, alpha, ):
+    """hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"elu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"elu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"elu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_residual
+# r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
+cdef void _elu_residual_f32(const float* x_p, const float* g_p, float* r_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*((<float>0.0) if (x > (<float>0.0)) else alpha*expf(x))
+
+cdef void _elu_residual_f64(const double* x_p, const double* g_p, double* r_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        r_p[_e] = g*((<double>0.0) if (x > (<double>0.0)) else alpha*exp(x))
+
+
+def elu_residual(x, g, r, alpha, ):
+    """r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, g, r (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"elu_residual: g has shape {g.shape} but x has shape {x.shape}")
+    if r.size != n:
+        raise ValueError(f"elu_residual: r has shape {r.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, r_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, r_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_forward
+# y = x/(1 + exp(-x))
+cdef void _silu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x/((<float>1.0) + expf(-x))
+
+cdef void _silu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x/((<double>1.0) + exp(-x))
+
+
+def silu_forward(x, y, ):
+    """y = x/(1 + exp(-x))
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"silu_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef double[::1] x_f64, y_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_vjp
+# gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+cdef void _silu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = expf(-x)
+        gx_p[_e] = g*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
+
+cdef void _silu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = exp(-x)
+        gx_p[_e] = g*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
+
+
+def silu_vjp(x, g, gx, ):
+    """gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"silu_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"silu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_jvp
+# Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+cdef void _silu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = expf(-x)
+        Ry_p[_e] = Rx*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
+
+cdef void _silu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = exp(-x)
+        Ry_p[_e] = Rx*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
+
+
+def silu_jvp(x, Rx, Ry, ):
+    """Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"silu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"silu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_rvjp
+# Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+cdef void _silu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expf(-x)
+        _t1 = expf(x)
+        _t2 = _t1 + (<float>1.0)
+        Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
+
+cdef void _silu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = exp(-x)
+        _t1 = exp(x)
+        _t2 = _t1 + (<double>1.0)
+        Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
+
+
+def silu_rvjp(x, g, Rx, Rg, Rgx, ):
+    """Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+
+    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"silu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"silu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"silu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"silu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_diag_backprop
+# hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+cdef void _silu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float H
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = expf(-x)
+        _t1 = expf(x)
+        _t2 = _t1 + (<float>1.0)
+        hx_p[_e] = H*((x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))) + g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
+
+cdef void _silu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double H
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = exp(-x)
+        _t1 = exp(x)
+        _t2 = _t1 + (<double>1.0)
+        hx_p[_e] = H*((x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))) + g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
+
+
+def silu_diag_backprop(x, g, H, hx, ):
+    """hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"silu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"silu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"silu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_residual
+# r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+cdef void _silu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        r_p[_e] = g*symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0))
+
+cdef void _silu_residual_f64(const double* x_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        r_p[_e] = g*symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0))
+
+
+def silu_residual(x, g, r, ):
+    """r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+
+    Arrays: x, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"silu_residual: g has shape {g.shape} but x has shape {x.shape}")
+    if r.size != n:
+        raise ValueError(f"silu_residual: r has shape {r.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, r_f32
+    cdef double[::1] x_f64, g_f64, r_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_forward
+# y = x/(1 + exp(-beta*x))
+cdef void _swish_forward_f32(const float* x_p, float* y_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x/((<float>1.0) + expf(-beta*x))
+
+cdef void _swish_forward_f64(const double* x_p, double* y_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x/((<double>1.0) + exp(-beta*x))
+
+
+def swish_forward(x, y, beta, ):
+    """y = x/(1 + exp(-beta*x))
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"swish_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, y_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_forward_f32(&x_f32[0], &y_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_forward_f32(&x_f32[_lo], &y_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_forward_f64(&x_f64[0], &y_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_forward_f64(&x_f64[_lo], &y_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_vjp
+# gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+cdef void _swish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        gx_p[_e] = g*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+
+cdef void _swish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        gx_p[_e] = g*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+
+
+def swish_vjp(x, g, gx, beta, ):
+    """gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"swish_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"swish_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_jvp
+# Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+cdef void _swish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+
+cdef void _swish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+
+
+def swish_jvp(x, Rx, Ry, beta, ):
+    """Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"swish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"swish_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_rvjp
+# Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+cdef void _swish_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        _t2 = expf(_t0)
+        _t3 = _t2 + (<float>1.0)
+        Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
+
+cdef void _swish_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        _t2 = exp(_t0)
+        _t3 = _t2 + (<double>1.0)
+        Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
+
+
+def swish_rvjp(x, g, Rx, Rg, Rgx, beta, ):
+    """Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+
+    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"swish_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"swish_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"swish_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"swish_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_diag_backprop
+# hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float H
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        _t2 = expf(_t0)
+        _t3 = _t2 + (<float>1.0)
+        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
+
+cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double H
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        _t2 = exp(_t0)
+        _t3 = _t2 + (<double>1.0)
+        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))) + g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
+
+
+def swish_diag_backprop(x, g, H, hx, beta, ):
+    """hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"swish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"swish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"swish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_residual
+# r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+cdef void _swish_residual_f32(const float* x_p, const float* g_p, float* r_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = beta*x
+        _t1 = expf(_t0)
+        _t2 = _t1 + (<float>1.0)
+        r_p[_e] = g*symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0))
+
+cdef void _swish_residual_f64(const double* x_p, const double* g_p, double* r_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = beta*x
+        _t1 = exp(_t0)
+        _t2 = _t1 + (<double>1.0)
+        r_p[_e] = g*symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0))
+
+
+def swish_residual(x, g, r, beta, ):
+    """r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+
+    Arrays: x, g, r (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"swish_residual: g has shape {g.shape} but x has shape {x.shape}")
+    if r.size != n:
+        raise ValueError(f"swish_residual: r has shape {r.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, r_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, g_f64, r_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_forward
+# y = x*(erf(sqrt(2)*x/2) + 1)/2
+cdef void _gelu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        _t0 = ((<float>0.5))*x
+        y_p[_e] = _t0*(erff(sqrtf((<float>2.0))*_t0) + (<float>1.0))
+
+cdef void _gelu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        _t0 = ((<double>0.5))*x
+        y_p[_e] = _t0*(erf(sqrt((<double>2.0))*_t0) + (<double>1.0))
+
+
+def gelu_forward(x, y, ):
+    """y = x*(erf(sqrt(2)*x/2) + 1)/2
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"gelu_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef double[::1] x_f64, y_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_vjp
+# gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+cdef void _gelu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = sqrtf((<float>2.0))*x
+        gx_p[_e] = ((<float>0.5))*g*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
+
+cdef void _gelu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = sqrt((<double>2.0))*x
+        gx_p[_e] = ((<double>0.5))*g*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
+
+
+def gelu_vjp(x, g, gx, ):
+    """gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"gelu_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"gelu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_jvp
+# Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+cdef void _gelu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = sqrtf((<float>2.0))*x
+        Ry_p[_e] = ((<float>0.5))*Rx*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
+
+cdef void _gelu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = sqrt((<double>2.0))*x
+        Ry_p[_e] = ((<double>0.5))*Rx*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
+
+
+def gelu_jvp(x, Rx, Ry, ):
+    """Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"gelu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"gelu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_rvjp
+# Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+cdef void _gelu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = sqrtf((<float>2.0))
+        _t1 = (x*x)
+        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
+        _t3 = _t0*x
+        Rgx_p[_e] = ((<float>0.5))*Rg*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0)) + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
+
+cdef void _gelu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = sqrt((<double>2.0))
+        _t1 = (x*x)
+        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
+        _t3 = _t0*x
+        Rgx_p[_e] = ((<double>0.5))*Rg*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0)) + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
+
+
+def gelu_rvjp(x, g, Rx, Rg, Rgx, ):
+    """Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+
+    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"gelu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"gelu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"gelu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"gelu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_diag_backprop
+# hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float H
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = sqrtf((<float>2.0))
+        _t1 = (x*x)
+        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
+        _t3 = _t0*x
+        hx_p[_e] = ((<float>0.25))*H*((_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))) + g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
+
+cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double H
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = sqrt((<double>2.0))
+        _t1 = (x*x)
+        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
+        _t3 = _t0*x
+        hx_p[_e] = ((<double>0.25))*H*((_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))) + g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
+
+
+def gelu_diag_backprop(x, g, H, hx, ):
+    """hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+
+    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    g = _readable(g)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"gelu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"gelu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"gelu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_residual
+# r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+cdef void _gelu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = (x*x)
+        r_p[_e] = g*symprop_finite_orf(-(<float>0.5)*sqrtf((<float>2.0))*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0)/sqrtf((<float>3.141592653589793)), (<float>0.0))
+
+cdef void _gelu_residual_f64(const double* x_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = (x*x)
+        r_p[_e] = g*symprop_finite_or(-(<double>0.5)*sqrt((<double>2.0))*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0)/sqrt((<double>3.141592653589793)), (<double>0.0))
+
+
+def gelu_residual(x, g, r, ):
+    """r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+
+    Arrays: x, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"gelu_residual: g has shape {g.shape} but x has shape {x.shape}")
+    if r.size != n:
+        raise ValueError(f"gelu_residual: r has shape {r.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, r_f32
+    cdef double[::1] x_f64, g_f64, r_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_forward
+# y = x*tanh(log(exp(x) + 1))
+cdef void _mish_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x*tanhf(logf(expf(x) + (<float>1.0)))
+
+cdef void _mish_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = x*tanh(log(exp(x) + (<double>1.0)))
+
+
+def mish_forward(x, y, ):
+    """y = x*tanh(log(exp(x) + 1))
+
+    Arrays: x, y (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_forward", ("x", "y", ), (x, y, ), ("y", ))
+    x = _readable(x)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"mish_forward: y has shape {y.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32
+    cdef double[::1] x_f64, y_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_forward_f32(&x_f32[0], &y_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_forward_f64(&x_f64[0], &y_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_vjp
+# gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+cdef void _mish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = tanhf(logf(_t1))
+        gx_p[_e] = g*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+
+cdef void _mish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = tanh(log(_t1))
+        gx_p[_e] = g*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+
+
+def mish_vjp(x, g, gx, ):
+    """gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+
+    Arrays: x, g, gx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
+    x = _readable(x)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"mish_vjp: g has shape {g.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"mish_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, gx_f32
+    cdef double[::1] x_f64, g_f64, gx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_jvp
+# Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+cdef void _mish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = tanhf(logf(_t1))
+        Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+
+cdef void _mish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = tanh(log(_t1))
+        Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+
+
+def mish_jvp(x, Rx, Ry, ):
+    """Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+
+    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"mish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"mish_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_rvjp
+# Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef void _mish_rvjp_f32(const float* x_p, const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float y
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = logf(_t1)
+        _t3 = (<float>2.0)*_t0
+        _t4 = tanhf(_t2)
+        Rgx_p[_e] = Rg*symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))) + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+
+cdef void _mish_rvjp_f64(const double* x_p, const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double y
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = log(_t1)
+        _t3 = (<double>2.0)*_t0
+        _t4 = tanh(_t2)
+        Rgx_p[_e] = Rg*symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))) + Rx*g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+
+
+def mish_rvjp(x, y, g, Rx, Rg, Rgx, ):
+    """Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+
+    Arrays: x, y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_rvjp", ("x", "y", "g", "Rx", "Rg", "Rgx", ), (x, y, g, Rx, Rg, Rgx, ), ("Rgx", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"mish_rvjp: y has shape {y.shape} but x has shape {x.shape}")
+    if g.size != n:
+        raise ValueError(f"mish_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"mish_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"mish_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"mish_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
+    cdef double[::1] x_f64, y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_rvjp_f32(&x_f32[0], &y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_rvjp_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_rvjp_f64(&x_f64[0], &y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_rvjp_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_diag_backprop
+# hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float y
+    cdef float g
+    cdef float H
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = logf(_t1)
+        _t3 = (<float>2.0)*_t0
+        _t4 = tanhf(_t2)
+        hx_p[_e] = H*((symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))*(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))) + g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+
+cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double y
+    cdef double g
+    cdef double H
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = log(_t1)
+        _t3 = (<double>2.0)*_t0
+        _t4 = tanh(_t2)
+        hx_p[_e] = H*((symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))*(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))) + g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+
+
+def mish_diag_backprop(x, y, g, H, hx, ):
+    """hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+
+    Arrays: x, y, g, H, hx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_diag_backprop", ("x", "y", "g", "H", "hx", ), (x, y, g, H, hx, ), ("hx", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    H = _readable(H)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"mish_diag_backprop: y has shape {y.shape} but x has shape {x.shape}")
+    if g.size != n:
+        raise ValueError(f"mish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
+    if H.size != n:
+        raise ValueError(f"mish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
+    if hx.size != n:
+        raise ValueError(f"mish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32, g_f32, H_f32, hx_f32
+    cdef double[::1] x_f64, y_f64, g_f64, H_f64, hx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        H_f32 = H.reshape(-1)
+        hx_f32 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_diag_backprop_f32(&x_f32[0], &y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_diag_backprop_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        H_f64 = H.reshape(-1)
+        hx_f64 = hx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_diag_backprop_f64(&x_f64[0], &y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_diag_backprop_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_residual
+# r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef void _mish_residual_f32(const float* x_p, const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float y
+    cdef float g
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        _t0 = expf(x)
+        _t1 = (<float>2.0)*_t0
+        r_p[_e] = g*symprop_finite_orf(((<float>0.25))*(-_t1*y + _t1 + x + (<float>2.0))/(((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))*((coshf(logf(_t0 + (<float>1.0))))*(coshf(logf(_t0 + (<float>1.0)))))), (<float>0.0))
+
+cdef void _mish_residual_f64(const double* x_p, const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double y
+    cdef double g
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        y = y_p[_e]
+        g = g_p[_e]
+        _t0 = exp(x)
+        _t1 = (<double>2.0)*_t0
+        r_p[_e] = g*symprop_finite_or(((<double>0.25))*(-_t1*y + _t1 + x + (<double>2.0))/(((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))*((cosh(log(_t0 + (<double>1.0))))*(cosh(log(_t0 + (<double>1.0)))))), (<double>0.0))
+
+
+def mish_residual(x, y, g, r, ):
+    """r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+
+    Arrays: x, y, g, r (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_residual", ("x", "y", "g", "r", ), (x, y, g, r, ), ("r", ))
+    x = _readable(x)
+    y = _readable(y)
+    g = _readable(g)
+    cdef Py_ssize_t n = x.size
+    if y.size != n:
+        raise ValueError(f"mish_residual: y has shape {y.shape} but x has shape {x.shape}")
+    if g.size != n:
+        raise ValueError(f"mish_residual: g has shape {g.shape} but x has shape {x.shape}")
+    if r.size != n:
+        raise ValueError(f"mish_residual: r has shape {r.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, y_f32, g_f32, r_f32
+    cdef double[::1] x_f64, y_f64, g_f64, r_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        r_f32 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_residual_f32(&x_f32[0], &y_f32[0], &g_f32[0], &r_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_residual_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        r_f64 = r.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_residual_f64(&x_f64[0], &y_f64[0], &g_f64[0], &r_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_residual_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)

@@ -12,8 +12,26 @@ from cython.parallel cimport prange, threadid
 cimport openmp
 
 
+# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
+# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
+    # one in a forked child
+    if _forked_child:
+        return 1
     cdef int T = openmp.omp_get_max_threads()
     if T > work:
         T = <int>work
@@ -172,6 +190,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -230,7 +254,37 @@ MANIFEST = {'dense': {'family': 'contraction',
                                 'kwargs': [],
                                 'arrays': ['Rg'],
                                 'optional': ['Rg'],
-                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]}}}}
+                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]},
+                     'bl:x': {'kernel': 'dense_bl_x',
+                              'call': ['H', 'W', 'hx'],
+                              'kwargs': [],
+                              'arrays': ['H', 'W'],
+                              'optional': [],
+                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
+                     'bl:W': {'kernel': 'dense_bl_W',
+                              'call': ['H', 'x', 'hW'],
+                              'kwargs': [],
+                              'arrays': ['H', 'x'],
+                              'optional': [],
+                              'outputs': [{'name': 'hW', 'like': 'W', 'dtype': 'float'}]},
+                     'bl:b': {'kernel': 'dense_bl_b',
+                              'call': ['H', 'hb'],
+                              'kwargs': [],
+                              'arrays': ['H'],
+                              'optional': [],
+                              'outputs': [{'name': 'hb', 'like': 'b', 'dtype': 'float'}]},
+                     'sqvjp:W': {'kernel': 'dense_sqvjp_W',
+                                 'call': ['x', 'S', 'w', 'sW'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'S', 'w'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'sW', 'like': 'W', 'dtype': 'float'}]},
+                     'sqvjp:b': {'kernel': 'dense_sqvjp_b',
+                                 'call': ['S', 'w', 'sb'],
+                                 'kwargs': [],
+                                 'arrays': ['S', 'w'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]}}}}
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
@@ -261,6 +315,9 @@ def dense_forward(x, W, b, y=None):
     if y is None:
         raise TypeError("dense_forward: output array 'y' is required")
     dt = _check_arrays("dense_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("b", b, ("o", )), ("y", y, ("n", "o", )), )):
         if arr is None:
@@ -308,6 +365,8 @@ def dense_vjp_x(W, g, gx=None):
     if gx is None:
         raise TypeError("dense_vjp_x: output array 'gx' is required")
     dt = _check_arrays("dense_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    W = _readable(W)
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("gx", gx, ("n", "i", )), )):
         if arr is None:
@@ -355,6 +414,8 @@ def dense_vjp_W(x, g, gW=None):
     if gW is None:
         raise TypeError("dense_vjp_W: output array 'gW' is required")
     dt = _check_arrays("dense_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    x = _readable(x)
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("gW", gW, ("o", "i", )), )):
         if arr is None:
@@ -408,6 +469,7 @@ def dense_vjp_b(g, gb=None):
     if gb is None:
         raise TypeError("dense_vjp_b: output array 'gb' is required")
     dt = _check_arrays("dense_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", )), ("gb", gb, ("o", )), )):
         if arr is None:
@@ -470,6 +532,11 @@ def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
     if Ry is None:
         raise TypeError("dense_jvp: output array 'Ry' is required")
     dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    x = _readable(x)
+    W = _readable(W)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", )), )):
         if arr is None:
@@ -527,6 +594,10 @@ def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
     if Rgx is None:
         raise TypeError("dense_rvjp_x: output array 'Rgx' is required")
     dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    W = _readable(W)
+    g = _readable(g)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("Rgx", Rgx, ("n", "i", )), )):
         if arr is None:
@@ -584,6 +655,10 @@ def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
     if RgW is None:
         raise TypeError("dense_rvjp_W: output array 'RgW' is required")
     dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("RgW", RgW, ("o", "i", )), )):
         if arr is None:
@@ -639,6 +714,7 @@ def dense_rvjp_b(Rg=None, Rgb=None):
     if Rgb is None:
         raise TypeError("dense_rvjp_b: output array 'Rgb' is required")
     dt = _check_arrays("dense_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", )), ("Rgb", Rgb, ("o", )), )):
         if arr is None:
@@ -659,3 +735,186 @@ def dense_rvjp_b(Rg=None, Rgb=None):
     else:
         _dense_rvjp_b_f64(Rg, Rgb, n_, o_)
     return Rgb
+
+# ---------------------------------------------------------------- dense_bl_x
+# hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
+cdef void _dense_bl_x_f32(float[:, ::1] H, float[:, ::1] W_sq, float[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<float>0.0), &hx[0, 0], <int>i_)
+
+cdef void _dense_bl_x_f64(double[:, ::1] H, double[:, ::1] W_sq, double[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<double>0.0), &hx[0, 0], <int>i_)
+
+
+def dense_bl_x(H, W, hx=None):
+    """hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
+
+    Writes and returns ``hx``.
+    """
+    if hx is None:
+        raise TypeError("dense_bl_x: output array 'hx' is required")
+    dt = _check_arrays("dense_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    H = _readable(H)
+    W = _readable(W)
+    W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("W_sq", W_sq, ("o", "i", )), ("hx", hx, ("n", "i", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hx[...] = 0
+        return hx
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_bl_x_f32(H, W_sq, hx, _T, n_, o_, i_)
+        else:
+            _dense_bl_x_f64(H, W_sq, hx, _T, n_, o_, i_)
+    finally:
+        _parallel_leave(True)
+    return hx
+
+# ---------------------------------------------------------------- dense_bl_W
+# hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
+cdef void _dense_bl_W_f32(float[:, ::1] H, float[:, ::1] x_sq, float[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<float>0.0), &hW[0, 0], <int>i_)
+
+cdef void _dense_bl_W_f64(double[:, ::1] H, double[:, ::1] x_sq, double[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+    cdef Py_ssize_t n, o, i
+    with nogil:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<double>0.0), &hW[0, 0], <int>i_)
+
+
+def dense_bl_W(H, x, hW=None):
+    """hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
+
+    Writes and returns ``hW``.
+    """
+    if hW is None:
+        raise TypeError("dense_bl_W: output array 'hW' is required")
+    dt = _check_arrays("dense_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    H = _readable(H)
+    x = _readable(x)
+    x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("x_sq", x_sq, ("n", "i", )), ("hW", hW, ("o", "i", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_W: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hW[...] = 0
+        return hW
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_bl_W_f32(H, x_sq, hW, _T, n_, o_, i_)
+        else:
+            _dense_bl_W_f64(H, x_sq, hW, _T, n_, o_, i_)
+    finally:
+        _parallel_leave(True)
+    return hW
+
+# ---------------------------------------------------------------- dense_bl_b
+# hb[o] = Sum(H[n, o], (n, 0, N - 1))
+cdef void _dense_bl_b_f32(float[:, ::1] H, float[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+    cdef Py_ssize_t n, o
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<float>1.0) * H[n, o]
+
+cdef void _dense_bl_b_f64(double[:, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+    cdef Py_ssize_t n, o
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<double>1.0) * H[n, o]
+
+
+def dense_bl_b(H, hb=None):
+    """hb[o] = Sum(H[n, o], (n, 0, N - 1))
+
+    Writes and returns ``hb``.
+    """
+    if hb is None:
+        raise TypeError("dense_bl_b: output array 'hb' is required")
+    dt = _check_arrays("dense_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    H = _readable(H)
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", )), ("hb", hb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_bl_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_bl_b: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        hb[...] = 0
+        return hb
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    if dt == _F32:
+        _dense_bl_b_f32(H, hb, n_, o_)
+    else:
+        _dense_bl_b_f64(H, hb, n_, o_)
+    return hb
+
+# ---------------------------------------------------------------- dense_sqvjp_W
+# sW = Sum(S[k, n, o]**2*x[n, i]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def dense_sqvjp_W(x, S, w, sW=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to W)²: the
+    W part of the Gauss–Newton / exact Hessian diagonal (factorized).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sW``.
+    """
+    if sW is None:
+        raise TypeError("dense_sqvjp_W: output array 'sW' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"dense_sqvjp_W: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
+    H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
+    return dense_bl_W(x=x, H=H, hW=sW)
+
+# ---------------------------------------------------------------- dense_sqvjp_b
+# sb = Sum(S[k, n, o]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def dense_sqvjp_b(S, w, sb=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to b)²: the
+    b part of the Gauss–Newton / exact Hessian diagonal (factorized).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sb``.
+    """
+    if sb is None:
+        raise TypeError("dense_sqvjp_b: output array 'sb' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"dense_sqvjp_b: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
+    H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
+    return dense_bl_b(H=H, hb=sb)

@@ -5,7 +5,8 @@
 # Regenerate with `symprop generate`; `symprop generate --check` fails when this file drifts.
 # module: losses
 # spec: softmax_cross_entropy  hash: 586a200c60c7996a
-# spec: mse  hash: fb55e034d460f53d
+# spec: mse  hash: ebc158772041d770
+# spec: sigmoid_cross_entropy  hash: ea88ba3417df5936
 
 """Loss kernels: value, gradient and Hessian-vector product per loss."""
 cdef extern from "symprop_math.h":
@@ -47,6 +48,8 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+    float symprop_finite_orf(float, float) nogil
+    double symprop_finite_or(double, double) nogil
 
 import numpy as _np
 
@@ -73,6 +76,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
         if name in writable and not a.flags.writeable:
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
+
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
 
 # ---------------------------------------------------------------- softmax_cross_entropy
 # per-row loss  m - z_t + log(S)
@@ -168,6 +177,7 @@ def softmax_cross_entropy(z, labels, grad=None, probs=None):
     Returns the loss as a Python float.
     """
     dt = _check_arrays("softmax_cross_entropy", ("z", "grad", "probs"), (z, grad, probs), ("grad", "probs"))
+    z, labels = _readable(z), _readable(labels)
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
         raise ValueError(f"softmax_cross_entropy: logits must be a non-empty (N, K) array, got shape {z.shape}")
     for name, a in (("grad", grad), ("probs", probs)):
@@ -188,9 +198,88 @@ def softmax_cross_entropy(z, labels, grad=None, probs=None):
         return _softmax_cross_entropy_f64(z, labels, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
 
 
+cdef double _softmax_cross_entropy_soft_f32(const float[:, ::1] z_a, const float[:, ::1] t_a, float[:, ::1] grad_a, float[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
+    # probability targets: the same row loss with z_t = Σ_j t_j z_j (rows of t sum to 1)
+    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+    cdef float m, S, z, p, t, z_t
+    cdef float scale = (<float>1.0) / (<float>N)
+    cdef double total = 0.0
+    for n in range(N):
+        m = z_a[n, 0]
+        for j in range(1, K):
+            if z_a[n, j] > m:
+                m = z_a[n, j]
+        S = 0
+        z_t = 0
+        for j in range(K):
+            z = z_a[n, j]
+            S = S + expf(-m + z)
+            z_t = z_t + t_a[n, j] * z
+        total += m - z_t + logf(S)
+        if want_grad or want_p:
+            for j in range(K):
+                z = z_a[n, j]
+                p = expf(-m + z) / S
+                t = t_a[n, j]
+                if want_p:
+                    p_a[n, j] = p
+                if want_grad:
+                    grad_a[n, j] = scale * (p - t)
+    return total / N
+
+cdef double _softmax_cross_entropy_soft_f64(const double[:, ::1] z_a, const double[:, ::1] t_a, double[:, ::1] grad_a, double[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
+    # probability targets: the same row loss with z_t = Σ_j t_j z_j (rows of t sum to 1)
+    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+    cdef double m, S, z, p, t, z_t
+    cdef double scale = (<double>1.0) / (<double>N)
+    cdef double total = 0.0
+    for n in range(N):
+        m = z_a[n, 0]
+        for j in range(1, K):
+            if z_a[n, j] > m:
+                m = z_a[n, j]
+        S = 0
+        z_t = 0
+        for j in range(K):
+            z = z_a[n, j]
+            S = S + exp(-m + z)
+            z_t = z_t + t_a[n, j] * z
+        total += m - z_t + log(S)
+        if want_grad or want_p:
+            for j in range(K):
+                z = z_a[n, j]
+                p = exp(-m + z) / S
+                t = t_a[n, j]
+                if want_p:
+                    p_a[n, j] = p
+                if want_grad:
+                    grad_a[n, j] = scale * (p - t)
+    return total / N
+
+
+def softmax_cross_entropy_soft(z, t, grad=None, probs=None):
+    """Mean softmax cross-entropy of logits ``z`` (N, K) with probability targets ``t`` (N, K),
+    each row summing to 1 (as ``torch.nn.functional.cross_entropy`` with class probabilities).
+    Optionally writes ∂L/∂z into ``grad`` and the softmax into ``probs``."""
+    dt = _check_arrays("softmax_cross_entropy_soft", ("z", "t", "grad", "probs"), (z, t, grad, probs), ("grad", "probs"))
+    z, t = _readable(z), _readable(t)
+    if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"softmax_cross_entropy: logits must be a non-empty (N, K) array, got shape {z.shape}")
+    for name, a in (("t", t), ("grad", grad), ("probs", probs)):
+        if a is not None and a.shape != z.shape:
+            raise ValueError(f"softmax_cross_entropy: {name} has shape {a.shape}, logits have {z.shape}")
+    if t is None:
+        raise TypeError("softmax_cross_entropy_soft: targets t are required")
+    if dt == _F32:
+        return _softmax_cross_entropy_soft_f32(z, t, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+    else:
+        return _softmax_cross_entropy_soft_f64(z, t, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+
+
 def softmax_cross_entropy_hvp(p, v, out):
     """Loss Hessian-vector product on the logits: out = (diag(p) − p pᵀ) v / N per row."""
     dt = _check_arrays("softmax_cross_entropy_hvp", ("p", "v", "out"), (p, v, out), ("out",))
+    p, v = _readable(p), _readable(v)
     if p.ndim != 2 or v.shape != p.shape or out.shape != p.shape:
         raise ValueError(f"softmax_cross_entropy_hvp: p {p.shape}, v {v.shape}, out {out.shape} must be equal (N, K)")
     if dt == _F32:
@@ -200,8 +289,8 @@ def softmax_cross_entropy_hvp(p, v, out):
     return out
 
 # ---------------------------------------------------------------- mse
-# element loss e(a, t) = (a - t)**2; mean over all elements
-# gradient  ∂e/∂a = -2*(-a + t);  Hessian  ∂²e/∂a² = 2 (diagonal)
+# element loss e(a, t) = (-a + t)**2; mean over all elements
+# gradient  ∂e/∂a = 2*a - 2*t;  Hessian  ∂²e/∂a² = 2 (diagonal)
 cdef double _mse_f32(const float* a_p, const float* t_p, float* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
     cdef Py_ssize_t e
     cdef float a, t
@@ -210,12 +299,12 @@ cdef double _mse_f32(const float* a_p, const float* t_p, float* g_p, bint want_g
     for e in range(size):
         a = a_p[e]
         t = t_p[e]
-        total += ((a - t)*(a - t))
+        total += ((-a + t)*(-a + t))
     if want_grad:
         for e in range(size):
             a = a_p[e]
             t = t_p[e]
-            g_p[e] = scale * (-(<float>2.0)*(-a + t))
+            g_p[e] = scale * ((<float>2.0)*a - (<float>2.0)*t)
     return total / size
 
 
@@ -236,12 +325,12 @@ cdef double _mse_f64(const double* a_p, const double* t_p, double* g_p, bint wan
     for e in range(size):
         a = a_p[e]
         t = t_p[e]
-        total += ((a - t)*(a - t))
+        total += ((-a + t)*(-a + t))
     if want_grad:
         for e in range(size):
             a = a_p[e]
             t = t_p[e]
-            g_p[e] = scale * (-(<double>2.0)*(-a + t))
+            g_p[e] = scale * ((<double>2.0)*a - (<double>2.0)*t)
     return total / size
 
 
@@ -259,6 +348,7 @@ def mse(a, t, grad=None):
     """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
     optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
     dt = _check_arrays("mse", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
+    a, t = _readable(a), _readable(t)
     if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
         raise ValueError(f"mse: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
                          f"{getattr(grad, 'shape', None)} must have one non-empty shape")
@@ -280,6 +370,7 @@ def mse(a, t, grad=None):
 def mse_hvp(a, t, v, out):
     """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
     dt = _check_arrays("mse_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
+    a, t, v = _readable(a), _readable(t), _readable(v)
     if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
         raise ValueError(f"mse_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
     cdef Py_ssize_t size = a.size
@@ -297,4 +388,105 @@ def mse_hvp(a, t, v, out):
         v_f64 = v.reshape(-1)
         o_f64 = out.reshape(-1)
         _mse_hvp_f64(&a_f64[0], &t_f64[0], &v_f64[0], &o_f64[0], size)
+    return out
+# ---------------------------------------------------------------- sigmoid_cross_entropy
+# element loss e(a, t) = -a*t + log1p(exp(-Abs(a))) + Max(0, a); mean over all elements
+# gradient  ∂e/∂a = -t + 1/(1 + exp(-a));  Hessian  ∂²e/∂a² = finite_or(exp(a)/(exp(a) + 1)**2, 0) (diagonal)
+cdef double _sigmoid_cross_entropy_f32(const float* a_p, const float* t_p, float* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += -a*t + log1pf(expf(-fabsf(a))) + symprop_fmaxf((<float>0.0), a)
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (-t + ((<float>1.0)/(((<float>1.0) + expf(-a)))))
+    return total / size
+
+
+cdef void _sigmoid_cross_entropy_hvp_f32(const float* a_p, const float* t_p, const float* v_p, float* out_p, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (symprop_finite_orf(expf(a)/((expf(a) + (<float>1.0))*(expf(a) + (<float>1.0))), (<float>0.0))) * v_p[e]
+
+cdef double _sigmoid_cross_entropy_f64(const double* a_p, const double* t_p, double* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += -a*t + log1p(exp(-fabs(a))) + symprop_fmax((<double>0.0), a)
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (-t + ((<double>1.0)/(((<double>1.0) + exp(-a)))))
+    return total / size
+
+
+cdef void _sigmoid_cross_entropy_hvp_f64(const double* a_p, const double* t_p, const double* v_p, double* out_p, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (symprop_finite_or(exp(a)/((exp(a) + (<double>1.0))*(exp(a) + (<double>1.0))), (<double>0.0))) * v_p[e]
+
+
+def sigmoid_cross_entropy(a, t, grad=None):
+    """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
+    optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
+    dt = _check_arrays("sigmoid_cross_entropy", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
+    a, t = _readable(a), _readable(t)
+    if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
+        raise ValueError(f"sigmoid_cross_entropy: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
+                         f"{getattr(grad, 'shape', None)} must have one non-empty shape")
+    cdef Py_ssize_t size = a.size
+    cdef float[::1] a_f32, t_f32, g_f32
+    cdef double[::1] a_f64, t_f64, g_f64
+    if dt == _F32:
+        a_f32 = a.reshape(-1)
+        t_f32 = t.reshape(-1)
+        g_f32 = grad.reshape(-1) if grad is not None else a_f32
+        return _sigmoid_cross_entropy_f32(&a_f32[0], &t_f32[0], &g_f32[0], grad is not None, size)
+    else:
+        a_f64 = a.reshape(-1)
+        t_f64 = t.reshape(-1)
+        g_f64 = grad.reshape(-1) if grad is not None else a_f64
+        return _sigmoid_cross_entropy_f64(&a_f64[0], &t_f64[0], &g_f64[0], grad is not None, size)
+
+
+def sigmoid_cross_entropy_hvp(a, t, v, out):
+    """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
+    dt = _check_arrays("sigmoid_cross_entropy_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
+    a, t, v = _readable(a), _readable(t), _readable(v)
+    if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
+        raise ValueError(f"sigmoid_cross_entropy_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
+    cdef Py_ssize_t size = a.size
+    cdef float[::1] a_f32, t_f32, v_f32, o_f32
+    cdef double[::1] a_f64, t_f64, v_f64, o_f64
+    if dt == _F32:
+        a_f32 = a.reshape(-1)
+        t_f32 = t.reshape(-1)
+        v_f32 = v.reshape(-1)
+        o_f32 = out.reshape(-1)
+        _sigmoid_cross_entropy_hvp_f32(&a_f32[0], &t_f32[0], &v_f32[0], &o_f32[0], size)
+    else:
+        a_f64 = a.reshape(-1)
+        t_f64 = t.reshape(-1)
+        v_f64 = v.reshape(-1)
+        o_f64 = out.reshape(-1)
+        _sigmoid_cross_entropy_hvp_f64(&a_f64[0], &t_f64[0], &v_f64[0], &o_f64[0], size)
     return out

@@ -5,9 +5,13 @@
 # Regenerate with `symprop generate`; `symprop generate --check` fails when this file drifts.
 # module: optimizers
 # spec: sgd_update  hash: 44dc2f3b33a68479
+# spec: nesterov_update  hash: 76cccb1956b15b1b
+# spec: adagrad_update  hash: e50a139fa5764b1a
+# spec: rmsprop_update  hash: 82bf66e837ae199d
 # spec: adam_update  hash: ac76515c7e59cefc
-# spec: adahessian_update  hash: 13dbcfd0ddb48659
-# spec: adahessian_update_pow  hash: 19411ca7d8fc7596
+# spec: adamw_update  hash: 9f3b7a0fb6b7015c
+# spec: adahessian_update  hash: aeb0780765ba80d7
+# spec: adahessian_update_pow  hash: 9d0d873159fae517
 
 """Optimizer update kernels (in place)."""
 cdef extern from "symprop_math.h":
@@ -49,12 +53,32 @@ cdef extern from "symprop_math.h":
     float symprop_fminf(float, float) nogil
     double symprop_fmax(double, double) nogil
     double symprop_fmin(double, double) nogil
+    float symprop_finite_orf(float, float) nogil
+    double symprop_finite_or(double, double) nogil
 from cython.parallel cimport prange, threadid
 cimport openmp
 
 
+# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
+# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
+    # one in a forked child
+    if _forked_child:
+        return 1
     cdef int T = openmp.omp_get_max_threads()
     if T > work:
         T = <int>work
@@ -91,6 +115,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
 
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
@@ -108,6 +138,45 @@ MANIFEST = {'sgd_update': {'family': 'elementwise',
                                      'optional': [],
                                      'outputs': [],
                                      'scalars': ['lr', 'mu', 'wd']}}},
+ 'nesterov_update': {'family': 'elementwise',
+                     'hash': '76cccb1956b15b1b',
+                     'inputs': [],
+                     'params': [],
+                     'output': '',
+                     'scalars': ['lr', 'mu', 'wd'],
+                     'roles': {'update': {'kernel': 'nesterov_update',
+                                          'call': ['p', 'g', 'v', 'lr', 'mu', 'wd'],
+                                          'kwargs': [],
+                                          'arrays': ['p', 'g', 'v'],
+                                          'optional': [],
+                                          'outputs': [],
+                                          'scalars': ['lr', 'mu', 'wd']}}},
+ 'adagrad_update': {'family': 'elementwise',
+                    'hash': 'e50a139fa5764b1a',
+                    'inputs': [],
+                    'params': [],
+                    'output': '',
+                    'scalars': ['lr', 'eps', 'wd'],
+                    'roles': {'update': {'kernel': 'adagrad_update',
+                                         'call': ['p', 'g', 's', 'lr', 'eps', 'wd'],
+                                         'kwargs': [],
+                                         'arrays': ['p', 'g', 's'],
+                                         'optional': [],
+                                         'outputs': [],
+                                         'scalars': ['lr', 'eps', 'wd']}}},
+ 'rmsprop_update': {'family': 'elementwise',
+                    'hash': '82bf66e837ae199d',
+                    'inputs': [],
+                    'params': [],
+                    'output': '',
+                    'scalars': ['lr', 'alpha', 'eps', 'mu', 'wd'],
+                    'roles': {'update': {'kernel': 'rmsprop_update',
+                                         'call': ['p', 'g', 's', 'v', 'lr', 'alpha', 'eps', 'mu', 'wd'],
+                                         'kwargs': [],
+                                         'arrays': ['p', 'g', 's', 'v'],
+                                         'optional': [],
+                                         'outputs': [],
+                                         'scalars': ['lr', 'alpha', 'eps', 'mu', 'wd']}}},
  'adam_update': {'family': 'elementwise',
                  'hash': 'ac76515c7e59cefc',
                  'inputs': [],
@@ -131,8 +200,31 @@ MANIFEST = {'sgd_update': {'family': 'elementwise',
                                       'optional': [],
                                       'outputs': [],
                                       'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
+ 'adamw_update': {'family': 'elementwise',
+                  'hash': '9f3b7a0fb6b7015c',
+                  'inputs': [],
+                  'params': [],
+                  'output': '',
+                  'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2'],
+                  'roles': {'update': {'kernel': 'adamw_update',
+                                       'call': ['p',
+                                                'g',
+                                                'm',
+                                                's',
+                                                'lr',
+                                                'beta1',
+                                                'beta2',
+                                                'eps',
+                                                'wd',
+                                                'bc1',
+                                                'bc2'],
+                                       'kwargs': [],
+                                       'arrays': ['p', 'g', 'm', 's'],
+                                       'optional': [],
+                                       'outputs': [],
+                                       'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
  'adahessian_update': {'family': 'elementwise',
-                       'hash': '13dbcfd0ddb48659',
+                       'hash': 'aeb0780765ba80d7',
                        'inputs': [],
                        'params': [],
                        'output': '',
@@ -156,7 +248,7 @@ MANIFEST = {'sgd_update': {'family': 'elementwise',
                                             'outputs': [],
                                             'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
  'adahessian_update_pow': {'family': 'elementwise',
-                           'hash': '19411ca7d8fc7596',
+                           'hash': '9d0d873159fae517',
                            'inputs': [],
                            'params': [],
                            'output': '',
@@ -226,6 +318,7 @@ def sgd_update(p, g, v, lr, mu, wd, ):
 updated in place: p, v; scalars: lr, mu, wd.
     """
     dt = _check_arrays("sgd_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"sgd_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -271,6 +364,295 @@ updated in place: p, v; scalars: lr, mu, wd.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _sgd_update_f64(&p_f64[_lo], &g_f64[_lo], &v_f64[_lo], lr_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- nesterov_update
+# v = g + mu*v + p*wd; p = -lr*(g + mu*(g + mu*v + p*wd) + p*wd) + p
+cdef void _nesterov_update_f32(float* p_p, const float* g_p, float* v_p, float lr, float mu, float wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float p
+    cdef float g
+    cdef float v
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        v = v_p[_e]
+        _t0 = g + p*wd
+        _t1 = _t0 + mu*v
+        v_p[_e] = _t1
+        p_p[_e] = -lr*(_t0 + _t1*mu) + p
+
+cdef void _nesterov_update_f64(double* p_p, const double* g_p, double* v_p, double lr, double mu, double wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double p
+    cdef double g
+    cdef double v
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        v = v_p[_e]
+        _t0 = g + p*wd
+        _t1 = _t0 + mu*v
+        v_p[_e] = _t1
+        p_p[_e] = -lr*(_t0 + _t1*mu) + p
+
+
+def nesterov_update(p, g, v, lr, mu, wd, ):
+    """v = g + mu*v + p*wd; p = -lr*(g + mu*(g + mu*v + p*wd) + p*wd) + p
+
+    Arrays: p, g, v (same dtype and size, C-contiguous);
+updated in place: p, v; scalars: lr, mu, wd.
+    """
+    dt = _check_arrays("nesterov_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
+    g = _readable(g)
+    cdef Py_ssize_t n = p.size
+    if g.size != n:
+        raise ValueError(f"nesterov_update: g has shape {g.shape} but p has shape {p.shape}")
+    if v.size != n:
+        raise ValueError(f"nesterov_update: v has shape {v.shape} but p has shape {p.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] p_f32, g_f32, v_f32
+    cdef float lr_f32
+    cdef float mu_f32
+    cdef float wd_f32
+    cdef double[::1] p_f64, g_f64, v_f64
+    cdef double lr_f64
+    cdef double mu_f64
+    cdef double wd_f64
+    if dt == _F32:
+        p_f32 = p.reshape(-1)
+        g_f32 = g.reshape(-1)
+        v_f32 = v.reshape(-1)
+        lr_f32 = lr
+        mu_f32 = mu
+        wd_f32 = wd
+        with nogil:
+            if _T == 1:
+                _nesterov_update_f32(&p_f32[0], &g_f32[0], &v_f32[0], lr_f32, mu_f32, wd_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _nesterov_update_f32(&p_f32[_lo], &g_f32[_lo], &v_f32[_lo], lr_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
+    else:
+        p_f64 = p.reshape(-1)
+        g_f64 = g.reshape(-1)
+        v_f64 = v.reshape(-1)
+        lr_f64 = lr
+        mu_f64 = mu
+        wd_f64 = wd
+        with nogil:
+            if _T == 1:
+                _nesterov_update_f64(&p_f64[0], &g_f64[0], &v_f64[0], lr_f64, mu_f64, wd_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _nesterov_update_f64(&p_f64[_lo], &g_f64[_lo], &v_f64[_lo], lr_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- adagrad_update
+# s = s + (g + p*wd)**2; p = -lr*(g + p*wd)/(eps + sqrt(s + (g + p*wd)**2)) + p
+cdef void _adagrad_update_f32(float* p_p, const float* g_p, float* s_p, float lr, float eps, float wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float p
+    cdef float g
+    cdef float s
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        s = s_p[_e]
+        _t0 = g + p*wd
+        _t1 = (_t0*_t0) + s
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(sqrtf(_t1) + eps) + p
+
+cdef void _adagrad_update_f64(double* p_p, const double* g_p, double* s_p, double lr, double eps, double wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double p
+    cdef double g
+    cdef double s
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        s = s_p[_e]
+        _t0 = g + p*wd
+        _t1 = (_t0*_t0) + s
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(sqrt(_t1) + eps) + p
+
+
+def adagrad_update(p, g, s, lr, eps, wd, ):
+    """s = s + (g + p*wd)**2; p = -lr*(g + p*wd)/(eps + sqrt(s + (g + p*wd)**2)) + p
+
+    Arrays: p, g, s (same dtype and size, C-contiguous);
+updated in place: p, s; scalars: lr, eps, wd.
+    """
+    dt = _check_arrays("adagrad_update", ("p", "g", "s", ), (p, g, s, ), ("p", "s", ))
+    g = _readable(g)
+    cdef Py_ssize_t n = p.size
+    if g.size != n:
+        raise ValueError(f"adagrad_update: g has shape {g.shape} but p has shape {p.shape}")
+    if s.size != n:
+        raise ValueError(f"adagrad_update: s has shape {s.shape} but p has shape {p.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] p_f32, g_f32, s_f32
+    cdef float lr_f32
+    cdef float eps_f32
+    cdef float wd_f32
+    cdef double[::1] p_f64, g_f64, s_f64
+    cdef double lr_f64
+    cdef double eps_f64
+    cdef double wd_f64
+    if dt == _F32:
+        p_f32 = p.reshape(-1)
+        g_f32 = g.reshape(-1)
+        s_f32 = s.reshape(-1)
+        lr_f32 = lr
+        eps_f32 = eps
+        wd_f32 = wd
+        with nogil:
+            if _T == 1:
+                _adagrad_update_f32(&p_f32[0], &g_f32[0], &s_f32[0], lr_f32, eps_f32, wd_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adagrad_update_f32(&p_f32[_lo], &g_f32[_lo], &s_f32[_lo], lr_f32, eps_f32, wd_f32, n * (_t + 1) // _T - _lo)
+    else:
+        p_f64 = p.reshape(-1)
+        g_f64 = g.reshape(-1)
+        s_f64 = s.reshape(-1)
+        lr_f64 = lr
+        eps_f64 = eps
+        wd_f64 = wd
+        with nogil:
+            if _T == 1:
+                _adagrad_update_f64(&p_f64[0], &g_f64[0], &s_f64[0], lr_f64, eps_f64, wd_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adagrad_update_f64(&p_f64[_lo], &g_f64[_lo], &s_f64[_lo], lr_f64, eps_f64, wd_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- rmsprop_update
+# s = alpha*s + (1 - alpha)*(g + p*wd)**2; v = mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2)); p = -lr*(mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2))) + p
+cdef void _rmsprop_update_f32(float* p_p, const float* g_p, float* s_p, float* v_p, float lr, float alpha, float eps, float mu, float wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float p
+    cdef float g
+    cdef float s
+    cdef float v
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        s = s_p[_e]
+        v = v_p[_e]
+        _t0 = g + p*wd
+        _t1 = -(_t0*_t0)*(alpha + (<float>-1.0)) + alpha*s
+        _t2 = _t0/(sqrtf(_t1) + eps) + mu*v
+        s_p[_e] = _t1
+        v_p[_e] = _t2
+        p_p[_e] = -_t2*lr + p
+
+cdef void _rmsprop_update_f64(double* p_p, const double* g_p, double* s_p, double* v_p, double lr, double alpha, double eps, double mu, double wd, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double p
+    cdef double g
+    cdef double s
+    cdef double v
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        s = s_p[_e]
+        v = v_p[_e]
+        _t0 = g + p*wd
+        _t1 = -(_t0*_t0)*(alpha + (<double>-1.0)) + alpha*s
+        _t2 = _t0/(sqrt(_t1) + eps) + mu*v
+        s_p[_e] = _t1
+        v_p[_e] = _t2
+        p_p[_e] = -_t2*lr + p
+
+
+def rmsprop_update(p, g, s, v, lr, alpha, eps, mu, wd, ):
+    """s = alpha*s + (1 - alpha)*(g + p*wd)**2; v = mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2)); p = -lr*(mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2))) + p
+
+    Arrays: p, g, s, v (same dtype and size, C-contiguous);
+updated in place: p, s, v; scalars: lr, alpha, eps, mu, wd.
+    """
+    dt = _check_arrays("rmsprop_update", ("p", "g", "s", "v", ), (p, g, s, v, ), ("p", "s", "v", ))
+    g = _readable(g)
+    cdef Py_ssize_t n = p.size
+    if g.size != n:
+        raise ValueError(f"rmsprop_update: g has shape {g.shape} but p has shape {p.shape}")
+    if s.size != n:
+        raise ValueError(f"rmsprop_update: s has shape {s.shape} but p has shape {p.shape}")
+    if v.size != n:
+        raise ValueError(f"rmsprop_update: v has shape {v.shape} but p has shape {p.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] p_f32, g_f32, s_f32, v_f32
+    cdef float lr_f32
+    cdef float alpha_f32
+    cdef float eps_f32
+    cdef float mu_f32
+    cdef float wd_f32
+    cdef double[::1] p_f64, g_f64, s_f64, v_f64
+    cdef double lr_f64
+    cdef double alpha_f64
+    cdef double eps_f64
+    cdef double mu_f64
+    cdef double wd_f64
+    if dt == _F32:
+        p_f32 = p.reshape(-1)
+        g_f32 = g.reshape(-1)
+        s_f32 = s.reshape(-1)
+        v_f32 = v.reshape(-1)
+        lr_f32 = lr
+        alpha_f32 = alpha
+        eps_f32 = eps
+        mu_f32 = mu
+        wd_f32 = wd
+        with nogil:
+            if _T == 1:
+                _rmsprop_update_f32(&p_f32[0], &g_f32[0], &s_f32[0], &v_f32[0], lr_f32, alpha_f32, eps_f32, mu_f32, wd_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _rmsprop_update_f32(&p_f32[_lo], &g_f32[_lo], &s_f32[_lo], &v_f32[_lo], lr_f32, alpha_f32, eps_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
+    else:
+        p_f64 = p.reshape(-1)
+        g_f64 = g.reshape(-1)
+        s_f64 = s.reshape(-1)
+        v_f64 = v.reshape(-1)
+        lr_f64 = lr
+        alpha_f64 = alpha
+        eps_f64 = eps
+        mu_f64 = mu
+        wd_f64 = wd
+        with nogil:
+            if _T == 1:
+                _rmsprop_update_f64(&p_f64[0], &g_f64[0], &s_f64[0], &v_f64[0], lr_f64, alpha_f64, eps_f64, mu_f64, wd_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _rmsprop_update_f64(&p_f64[_lo], &g_f64[_lo], &s_f64[_lo], &v_f64[_lo], lr_f64, alpha_f64, eps_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- adam_update
 # m = beta1*m + (1 - beta1)*(g + p*wd); s = beta2*s + (1 - beta2)*(g + p*wd)**2; p = p - lr*(beta1*m + (1 - beta1)*(g + p*wd))/(bc1*(eps + sqrt((beta2*s + (1 - beta2)*(g + p*wd)**2)/bc2)))
@@ -324,6 +706,7 @@ def adam_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
     """
     dt = _check_arrays("adam_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adam_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -390,8 +773,123 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
                     _lo = n * _t // _T
                     _adam_update_f64(&p_f64[_lo], &g_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
 
+# ---------------------------------------------------------------- adamw_update
+# m = beta1*m + g*(1 - beta1); s = beta2*s + g**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + g**2*(1 - beta2))/bc2)))
+cdef void _adamw_update_f32(float* p_p, const float* g_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float p
+    cdef float g
+    cdef float m
+    cdef float s
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        _t0 = beta1*m - g*(beta1 + (<float>-1.0))
+        _t1 = beta2*s - (g*g)*(beta2 + (<float>-1.0))
+        m_p[_e] = _t0
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
+
+cdef void _adamw_update_f64(double* p_p, const double* g_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double p
+    cdef double g
+    cdef double m
+    cdef double s
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        p = p_p[_e]
+        g = g_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        _t0 = beta1*m - g*(beta1 + (<double>-1.0))
+        _t1 = beta2*s - (g*g)*(beta2 + (<double>-1.0))
+        m_p[_e] = _t0
+        s_p[_e] = _t1
+        p_p[_e] = -_t0*lr/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
+
+
+def adamw_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
+    """m = beta1*m + g*(1 - beta1); s = beta2*s + g**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + g**2*(1 - beta2))/bc2)))
+
+    Arrays: p, g, m, s (same dtype and size, C-contiguous);
+updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
+    """
+    dt = _check_arrays("adamw_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
+    cdef Py_ssize_t n = p.size
+    if g.size != n:
+        raise ValueError(f"adamw_update: g has shape {g.shape} but p has shape {p.shape}")
+    if m.size != n:
+        raise ValueError(f"adamw_update: m has shape {m.shape} but p has shape {p.shape}")
+    if s.size != n:
+        raise ValueError(f"adamw_update: s has shape {s.shape} but p has shape {p.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] p_f32, g_f32, m_f32, s_f32
+    cdef float lr_f32
+    cdef float beta1_f32
+    cdef float beta2_f32
+    cdef float eps_f32
+    cdef float wd_f32
+    cdef float bc1_f32
+    cdef float bc2_f32
+    cdef double[::1] p_f64, g_f64, m_f64, s_f64
+    cdef double lr_f64
+    cdef double beta1_f64
+    cdef double beta2_f64
+    cdef double eps_f64
+    cdef double wd_f64
+    cdef double bc1_f64
+    cdef double bc2_f64
+    if dt == _F32:
+        p_f32 = p.reshape(-1)
+        g_f32 = g.reshape(-1)
+        m_f32 = m.reshape(-1)
+        s_f32 = s.reshape(-1)
+        lr_f32 = lr
+        beta1_f32 = beta1
+        beta2_f32 = beta2
+        eps_f32 = eps
+        wd_f32 = wd
+        bc1_f32 = bc1
+        bc2_f32 = bc2
+        with nogil:
+            if _T == 1:
+                _adamw_update_f32(&p_f32[0], &g_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adamw_update_f32(&p_f32[_lo], &g_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
+    else:
+        p_f64 = p.reshape(-1)
+        g_f64 = g.reshape(-1)
+        m_f64 = m.reshape(-1)
+        s_f64 = s.reshape(-1)
+        lr_f64 = lr
+        beta1_f64 = beta1
+        beta2_f64 = beta2
+        eps_f64 = eps
+        wd_f64 = wd
+        bc1_f64 = bc1
+        bc2_f64 = bc2
+        with nogil:
+            if _T == 1:
+                _adamw_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _adamw_update_f64(&p_f64[_lo], &g_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
+
 # ---------------------------------------------------------------- adahessian_update
-# m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
+# m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
 cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float p
@@ -411,7 +909,7 @@ cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p,
         _t1 = beta2*s - (d*d)*(beta2 + (<float>-1.0))
         m_p[_e] = _t0
         s_p[_e] = _t1
-        p_p[_e] = -_t0*lr/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
+        p_p[_e] = -_t0*lr*(<float>(_t1 > (<float>0.0)))/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
 
 cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -432,16 +930,18 @@ cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d
         _t1 = beta2*s - (d*d)*(beta2 + (<double>-1.0))
         m_p[_e] = _t0
         s_p[_e] = _t1
-        p_p[_e] = -_t0*lr/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
+        p_p[_e] = -_t0*lr*(<double>(_t1 > (<double>0.0)))/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
 
 
 def adahessian_update(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
-    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
+    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
 
     Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
     """
     dt = _check_arrays("adahessian_update", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
+    d = _readable(d)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adahessian_update: g has shape {g.shape} but p has shape {p.shape}")
@@ -513,7 +1013,7 @@ updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
                     _adahessian_update_f64(&p_f64[_lo], &g_f64[_lo], &d_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- adahessian_update_pow
-# m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
+# m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
 cdef void _adahessian_update_pow_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, float k, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
     cdef float p
@@ -533,7 +1033,7 @@ cdef void _adahessian_update_pow_f32(float* p_p, const float* g_p, const float* 
         _t1 = beta2*s - (d*d)*(beta2 + (<float>-1.0))
         m_p[_e] = _t0
         s_p[_e] = _t1
-        p_p[_e] = -_t0*lr/(bc1*(eps + powf(_t1/bc2, ((<float>0.5))*k))) - p*(lr*wd + (<float>-1.0))
+        p_p[_e] = -_t0*lr*(<float>(_t1 > (<float>0.0)))/(bc1*(eps + powf(_t1/bc2, ((<float>0.5))*k))) - p*(lr*wd + (<float>-1.0))
 
 cdef void _adahessian_update_pow_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, double k, Py_ssize_t _n) noexcept nogil:
     cdef Py_ssize_t _e
@@ -554,16 +1054,18 @@ cdef void _adahessian_update_pow_f64(double* p_p, const double* g_p, const doubl
         _t1 = beta2*s - (d*d)*(beta2 + (<double>-1.0))
         m_p[_e] = _t0
         s_p[_e] = _t1
-        p_p[_e] = -_t0*lr/(bc1*(eps + pow(_t1/bc2, ((<double>0.5))*k))) - p*(lr*wd + (<double>-1.0))
+        p_p[_e] = -_t0*lr*(<double>(_t1 > (<double>0.0)))/(bc1*(eps + pow(_t1/bc2, ((<double>0.5))*k))) - p*(lr*wd + (<double>-1.0))
 
 
 def adahessian_update_pow(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, k, ):
-    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
+    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
 
     Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
 updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
     """
     dt = _check_arrays("adahessian_update_pow", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
+    g = _readable(g)
+    d = _readable(d)
     cdef Py_ssize_t n = p.size
     if g.size != n:
         raise ValueError(f"adahessian_update_pow: g has shape {g.shape} but p has shape {p.shape}")

@@ -30,4 +30,8 @@ static inline float symprop_fmaxf(float a, float b) { return (a > b || b != b) ?
 static inline float symprop_fminf(float a, float b) { return (a < b || b != b) ? a : b; }
 static inline double symprop_fmax(double a, double b) { return (a > b || b != b) ? a : b; }
 static inline double symprop_fmin(double a, double b) { return (a < b || b != b) ? a : b; }
+/* e where it is finite, else a: replaces an overflowed intermediate (inf/inf, inf*0) by the
+ * function's limit at +-inf (derive/rewrite.py: finite_or); a select, so loops vectorize. */
+static inline float symprop_finite_orf(float e, float a) { return (e - e == 0.0f) ? e : a; }
+static inline double symprop_finite_or(double e, double a) { return (e - e == 0.0) ? e : a; }
 #endif

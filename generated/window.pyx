@@ -18,8 +18,26 @@ from cython.parallel cimport prange, threadid
 cimport openmp
 
 
+# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
+# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
+    # one in a forked child
+    if _forked_child:
+        return 1
     cdef int T = openmp.omp_get_max_threads()
     if T > work:
         T = <int>work
@@ -177,6 +195,12 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
         if name in writable and not a.flags.writeable:
             raise ValueError(f"{kernel}: output {name!r} is read-only")
     return dt
+
+
+def _readable(a):
+    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
+    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
+    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
 
 _I64 = _np.dtype(_np.int64)
 
@@ -467,7 +491,37 @@ MANIFEST = {'conv2d': {'family': 'window',
                                  'kwargs': [],
                                  'arrays': ['Rg'],
                                  'optional': ['Rg'],
-                                 'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]}}},
+                                 'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]},
+                      'bl:x': {'kernel': 'conv2d_bl_x',
+                               'call': ['H', 'W', 'hx'],
+                               'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                               'arrays': ['H', 'W'],
+                               'optional': [],
+                               'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
+                      'bl:W': {'kernel': 'conv2d_bl_W',
+                               'call': ['H', 'x', 'hW'],
+                               'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                               'arrays': ['H', 'x'],
+                               'optional': [],
+                               'outputs': [{'name': 'hW', 'like': 'W', 'dtype': 'float'}]},
+                      'bl:b': {'kernel': 'conv2d_bl_b',
+                               'call': ['H', 'hb'],
+                               'kwargs': [],
+                               'arrays': ['H'],
+                               'optional': [],
+                               'outputs': [{'name': 'hb', 'like': 'b', 'dtype': 'float'}]},
+                      'sqvjp:W': {'kernel': 'conv2d_sqvjp_W',
+                                  'call': ['x', 'S', 'w', 'sW'],
+                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                  'arrays': ['x', 'S', 'w'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'sW', 'like': 'W', 'dtype': 'float'}]},
+                      'sqvjp:b': {'kernel': 'conv2d_sqvjp_b',
+                                  'call': ['S', 'w', 'sb'],
+                                  'kwargs': [],
+                                  'arrays': ['S', 'w'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]}}},
  'avgpool2d': {'family': 'window',
                'hash': '00b5ef56ba411db4',
                'inputs': ['x'],
@@ -498,7 +552,13 @@ MANIFEST = {'conv2d': {'family': 'window',
                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
                                     'arrays': ['Rg'],
                                     'optional': ['Rg'],
-                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]}}},
+                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
+                         'bl:x': {'kernel': 'avgpool2d_bl_x',
+                                  'call': ['H', 'hx'],
+                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                  'arrays': ['H'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]}}},
  'maxpool2d': {'family': 'window',
                'hash': 'cd4945eb636cc5aa',
                'inputs': ['x'],
@@ -530,7 +590,13 @@ MANIFEST = {'conv2d': {'family': 'window',
                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
                                     'arrays': ['Rg', 'M'],
                                     'optional': ['Rg'],
-                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]}}}}
+                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
+                         'bl:x': {'kernel': 'maxpool2d_bl_x',
+                                  'call': ['H', 'M', 'hx'],
+                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                  'arrays': ['H', 'M'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]}}}}
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -584,6 +650,9 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if y is None:
         raise TypeError("conv2d_forward: array 'y' is required")
     dt = _check_arrays("conv2d_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_forward: s_h must be an integer >= 1, got {s_h!r}")
@@ -687,6 +756,8 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if gx is None:
         raise TypeError("conv2d_vjp_x: array 'gx' is required")
     dt = _check_arrays("conv2d_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    W = _readable(W)
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -794,6 +865,8 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     if gW is None:
         raise TypeError("conv2d_vjp_W: array 'gW' is required")
     dt = _check_arrays("conv2d_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    x = _readable(x)
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_vjp_W: s_h must be an integer >= 1, got {s_h!r}")
@@ -891,6 +964,7 @@ def conv2d_vjp_b(g, gb=None):
     if gb is None:
         raise TypeError("conv2d_vjp_b: array 'gb' is required")
     dt = _check_arrays("conv2d_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", "h", "w", )), ("gb", gb, ("o", )), )):
         if arr is None:
@@ -978,6 +1052,11 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
     if Ry is None:
         raise TypeError("conv2d_jvp: array 'Ry' is required")
     dt = _check_arrays("conv2d_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    x = _readable(x)
+    W = _readable(W)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
@@ -1089,6 +1168,10 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
     if Rgx is None:
         raise TypeError("conv2d_rvjp_x: array 'Rgx' is required")
     dt = _check_arrays("conv2d_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    W = _readable(W)
+    g = _readable(g)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -1206,6 +1289,10 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
     if RgW is None:
         raise TypeError("conv2d_rvjp_W: array 'RgW' is required")
     dt = _check_arrays("conv2d_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"conv2d_rvjp_W: s_h must be an integer >= 1, got {s_h!r}")
@@ -1305,6 +1392,7 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
     if Rgb is None:
         raise TypeError("conv2d_rvjp_b: array 'Rgb' is required")
     dt = _check_arrays("conv2d_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", "h", "w", )), ("Rgb", Rgb, ("o", )), )):
         if arr is None:
@@ -1327,6 +1415,284 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
     else:
         _conv2d_rvjp_b_f64(Rg, Rgb, n_, o_, h_, w_)
     return Rgb
+
+# ---------------------------------------------------------------- conv2d_bl_x
+# hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _conv2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] W_sq, float[:, :, :, ::1] hx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
+    cdef Py_ssize_t n, o, h, w, c, i, j, u, v
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        _first = 1
+        if _use_0_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
+
+cdef void _conv2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] W_sq, double[:, :, :, ::1] hx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
+    cdef Py_ssize_t n, o, h, w, c, i, j, u, v
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        _first = 1
+        if _use_0_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
+
+
+def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``hx``.
+    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
+    """
+    if hx is None:
+        raise TypeError("conv2d_bl_x: array 'hx' is required")
+    dt = _check_arrays("conv2d_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    H = _readable(H)
+    W = _readable(W)
+    W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"conv2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"conv2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"conv2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"conv2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
+        raise ValueError(f"conv2d_bl_x: d_h must be an integer >= 1, got {d_h!r}")
+    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
+        raise ValueError(f"conv2d_bl_x: d_w must be an integer >= 1, got {d_w!r}")
+    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("W_sq", W_sq, ("o", "c", "i", "j", )), ("hx", hx, ("n", "c", "u", "v", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    cdef Py_ssize_t _d_h = d_h
+    cdef Py_ssize_t _d_w = d_w
+    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"conv2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"conv2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        hx[...] = 0
+        return hx
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_bl_x_f32(H, W_sq, hx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, i_, j_, u_, v_)
+        else:
+            _conv2d_bl_x_f64(H, W_sq, hx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, i_, j_, u_, v_)
+    finally:
+        _parallel_leave(True)
+    return hx
+
+# ---------------------------------------------------------------- conv2d_bl_W
+# hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+cdef void _conv2d_bl_W_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] x_sq, float[:, :, :, ::1] hW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, o, h, w, c, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    hW[:, :, :, :] = 0
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f32(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+    with nogil:
+        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
+
+cdef void _conv2d_bl_W_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] x_sq, double[:, :, :, ::1] hW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, o, h, w, c, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    hW[:, :, :, :] = 0
+    _wacc[:, :, :] = 0
+    cdef bint _use_0_0 = True
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        _first = 1
+        if _use_0_0:
+            _im2col_f64(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
+            _first = 0
+    with nogil:
+        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
+
+
+def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+
+    Writes and returns ``hW``.
+    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
+    """
+    if hW is None:
+        raise TypeError("conv2d_bl_W: array 'hW' is required")
+    dt = _check_arrays("conv2d_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    H = _readable(H)
+    x = _readable(x)
+    x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"conv2d_bl_W: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"conv2d_bl_W: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"conv2d_bl_W: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"conv2d_bl_W: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
+        raise ValueError(f"conv2d_bl_W: d_h must be an integer >= 1, got {d_h!r}")
+    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
+        raise ValueError(f"conv2d_bl_W: d_w must be an integer >= 1, got {d_w!r}")
+    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("x_sq", x_sq, ("n", "c", "u", "v", )), ("hW", hW, ("o", "c", "i", "j", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_bl_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_bl_W: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    cdef Py_ssize_t _d_h = d_h
+    cdef Py_ssize_t _d_w = d_w
+    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"conv2d_bl_W: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"conv2d_bl_W: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        hW[...] = 0
+        return hW
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        if dt == _F32:
+            _conv2d_bl_W_f32(H, x_sq, hW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, u_, v_, i_, j_)
+        else:
+            _conv2d_bl_W_f64(H, x_sq, hW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(True)
+    return hW
+
+# ---------------------------------------------------------------- conv2d_bl_b
+# hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+cdef void _conv2d_bl_b_f32(float[:, :, :, ::1] H, float[::1] hb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, o, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        hb[o] += (<float>1.0) * H[n, o, h, w]
+
+cdef void _conv2d_bl_b_f64(double[:, :, :, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, o, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    hb[:] = 0
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        hb[o] += (<double>1.0) * H[n, o, h, w]
+
+
+def conv2d_bl_b(H, hb=None):
+    """hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+
+    Writes and returns ``hb``.
+    """
+    if hb is None:
+        raise TypeError("conv2d_bl_b: array 'hb' is required")
+    dt = _check_arrays("conv2d_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    H = _readable(H)
+    cdef dict ext = {}
+    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("hb", hb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_bl_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_bl_b: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    if any(v[0] == 0 for v in ext.values()):
+        hb[...] = 0
+        return hb
+    if dt == _F32:
+        _conv2d_bl_b_f32(H, hb, n_, o_, h_, w_)
+    else:
+        _conv2d_bl_b_f64(H, hb, n_, o_, h_, w_)
+    return hb
 
 # ---------------------------------------------------------------- avgpool2d_forward
 # y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
@@ -1380,6 +1746,7 @@ def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if y is None:
         raise TypeError("avgpool2d_forward: array 'y' is required")
     dt = _check_arrays("avgpool2d_forward", ("x", "y"), (x, y), ("y",))
+    x = _readable(x)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_forward: s_h must be an integer >= 1, got {s_h!r}")
@@ -1487,6 +1854,7 @@ def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if gx is None:
         raise TypeError("avgpool2d_vjp_x: array 'gx' is required")
     dt = _check_arrays("avgpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -1598,6 +1966,7 @@ def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if Ry is None:
         raise TypeError("avgpool2d_jvp: array 'Ry' is required")
     dt = _check_arrays("avgpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    Rx = _readable(Rx)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
@@ -1707,6 +2076,7 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if Rgx is None:
         raise TypeError("avgpool2d_rvjp_x: array 'Rgx' is required")
     dt = _check_arrays("avgpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
         raise ValueError(f"avgpool2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
@@ -1764,6 +2134,114 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return Rgx
 
+# ---------------------------------------------------------------- avgpool2d_bl_x
+# hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _avgpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<float>1.0)/((i_*i_)*(j_*j_)) * H[_n, _c, _h, _w]
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        hx[_n, _c, _u, _v] += _val
+
+cdef void _avgpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<double>1.0)/((i_*i_)*(j_*j_)) * H[_n, _c, _h, _w]
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        hx[_n, _c, _u, _v] += _val
+
+
+def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``hx``.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if hx is None:
+        raise TypeError("avgpool2d_bl_x: array 'hx' is required")
+    dt = _check_arrays("avgpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    H = _readable(H)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"avgpool2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"avgpool2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"avgpool2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"avgpool2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"avgpool2d_bl_x: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"avgpool2d_bl_x: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("H", H, ("n", "c", "h", "w", )), ("hx", hx, ("n", "c", "u", "v", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"avgpool2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"avgpool2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"avgpool2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"avgpool2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        hx[...] = 0
+        return hx
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_bl_x_f32(H, hx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _avgpool2d_bl_x_f64(H, hx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return hx
+
 # ---------------------------------------------------------------- maxpool2d_forward
 # y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1796,6 +2274,7 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_forward: array 'M' is required")
     dt = _check_arrays("maxpool2d_forward", ("x", "y"), (x, y), ("y",))
+    x = _readable(x)
     _check_mask("maxpool2d_forward", "M", M, True)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -1918,6 +2397,8 @@ def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_vjp_x: array 'M' is required")
     dt = _check_arrays("maxpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    g = _readable(g)
+    M = _readable(M)
     _check_mask("maxpool2d_vjp_x", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2042,6 +2523,8 @@ def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     if M is None:
         raise TypeError("maxpool2d_jvp: array 'M' is required")
     dt = _check_arrays("maxpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    Rx = _readable(Rx)
+    M = _readable(M)
     _check_mask("maxpool2d_jvp", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2168,6 +2651,8 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
     if M is None:
         raise TypeError("maxpool2d_rvjp_x: array 'M' is required")
     dt = _check_arrays("maxpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    Rg = _readable(Rg)
+    M = _readable(M)
     _check_mask("maxpool2d_rvjp_x", "M", M, False)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2227,3 +2712,180 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
     finally:
         _parallel_leave(False)
     return Rgx
+
+# ---------------------------------------------------------------- maxpool2d_bl_x
+# hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _maxpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<float>1.0) * H[_n, _c, _h, _w]
+                        _kk = M[_n, _c, _h, _w]
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                        if 0 <= _u < u_ and 0 <= _v < v_:
+                            hx[_n, _c, _u, _v] += _val
+    free(_moff)
+
+cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<double>1.0) * H[_n, _c, _h, _w]
+                        _kk = M[_n, _c, _h, _w]
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                        if 0 <= _u < u_ and 0 <= _v < v_:
+                            hx[_n, _c, _u, _v] += _val
+    free(_moff)
+
+
+def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``hx``.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if hx is None:
+        raise TypeError("maxpool2d_bl_x: array 'hx' is required")
+    if M is None:
+        raise TypeError("maxpool2d_bl_x: array 'M' is required")
+    dt = _check_arrays("maxpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    H = _readable(H)
+    M = _readable(M)
+    _check_mask("maxpool2d_bl_x", "M", M, False)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"maxpool2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"maxpool2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"maxpool2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"maxpool2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"maxpool2d_bl_x: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"maxpool2d_bl_x: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("H", H, ("n", "c", "h", "w", )), ("hx", hx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"maxpool2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"maxpool2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"maxpool2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"maxpool2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        hx[...] = 0
+        return hx
+    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
+        raise ValueError(f"maxpool2d_bl_x: argmax mask M holds offsets outside [0, {i_ * j_})")
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_bl_x_f32(H, hx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _maxpool2d_bl_x_f64(H, hx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return hx
+
+# ---------------------------------------------------------------- conv2d_sqvjp_W
+# sW = Sum(Sum(S[k, n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (h, 0, H_out - 1), (w, 0, W_out - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def conv2d_sqvjp_W(x, S, w, sW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to W)²: the
+    W part of the Gauss–Newton / exact Hessian diagonal (per_sample).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sW``.
+    """
+    if sW is None:
+        raise TypeError("conv2d_sqvjp_W: output array 'sW' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"conv2d_sqvjp_W: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # a parameter shared across positions: the per-sample pullback, sample by sample, squared
+    sW[...] = 0
+    tmp = _np.empty_like(sW)
+    for n in range(S.shape[1]):
+        x_n = x[n:n + 1]
+        for k in range(S.shape[0]):
+            if w[k, n] == 0:
+                continue
+            conv2d_vjp_W(x=x_n, g=_np.ascontiguousarray(S[k, n:n + 1]), gW=tmp, s_h=s_h, s_w=s_w, p_h=p_h, p_w=p_w, d_h=d_h, d_w=d_w)
+            _np.multiply(tmp, tmp, out=tmp)
+            sW += w[k, n] * tmp
+    return sW
+
+# ---------------------------------------------------------------- conv2d_sqvjp_b
+# sb = Sum(Sum(S[k, n, o, h, w], (h, 0, H_out - 1), (w, 0, W_out - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def conv2d_sqvjp_b(S, w, sb=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to b)²: the
+    b part of the Gauss–Newton / exact Hessian diagonal (per_sample).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sb``.
+    """
+    if sb is None:
+        raise TypeError("conv2d_sqvjp_b: output array 'sb' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"conv2d_sqvjp_b: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # a parameter shared across positions: the per-sample pullback, sample by sample, squared
+    sb[...] = 0
+    tmp = _np.empty_like(sb)
+    for n in range(S.shape[1]):
+        for k in range(S.shape[0]):
+            if w[k, n] == 0:
+                continue
+            conv2d_vjp_b(g=_np.ascontiguousarray(S[k, n:n + 1]), gb=tmp)
+            _np.multiply(tmp, tmp, out=tmp)
+            sb += w[k, n] * tmp
+    return sb

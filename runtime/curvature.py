@@ -42,93 +42,102 @@ def rademacher(params: list[np.ndarray], rng: np.random.Generator) -> list[np.nd
     return out
 
 
-def _check_size(n_elements: int, where: str):
+def check_factor_size(n_elements: int, where: str):
     if n_elements > MAX_FACTOR_ELEMENTS:
         raise ValueError(f"hessian_diagonal: the factor at {where} would hold {n_elements:,} elements "
                          f"(limit MAX_FACTOR_ELEMENTS = {MAX_FACTOR_ELEMENTS:,}); use a smaller batch, "
                          f"method='becker_lecun' or method='hutchinson'")
 
 
-def diagonal_factor(r: np.ndarray, where: str = "a layer"):
-    """Factor ``diag(r)`` (r of shape (N, *shape)) as one column per unit: column k holds
-    ``sqrt|r[n,k]|`` at unit k, with sign ``sign(r[n,k])``. Units where r is zero for every
-    sample are dropped."""
-    n = r.shape[0]
-    flat = r.reshape(n, -1)
-    units = np.flatnonzero((flat != 0).any(axis=0))
-    _check_size(len(units) * flat.size, where)
-    S = np.zeros((len(units), n, flat.shape[1]), r.dtype)
-    S[np.arange(len(units)), :, units] = np.sqrt(np.abs(flat[:, units])).T
-    return S.reshape((len(units),) + r.shape), np.sign(flat[:, units]).T
-
-
-def loss_factor(model, y):
-    """The per-sample loss Hessian at the last forward pass as ``S diag(w) Sᵀ`` (eigh)."""
-    out = model._out
-    H = model.loss.hessian_blocks(out, y)              # (N, K, K) from the generated HVP kernel
+def loss_factor(model, tape):
+    """The per-sample loss Hessian at the tape's point as ``S diag(w) Sᵀ`` (eigh)."""
+    out = tape.out
+    H = model.loss.hessian_blocks(tape.loss_ctx, out, tape.y)   # (N, K, K) from the generated HVP kernel
     lam, U = np.linalg.eigh(H.astype(np.float64))      # H[n] = U[n] diag(lam[n]) U[n]ᵀ
     S = U * np.sqrt(np.abs(lam))[:, None, :]           # column k of sample n: S[n, :, k]
     k = S.shape[2]
-    _check_size(k * out.size, "the output")
+    check_factor_size(k * out.size, "the output")
     return (np.ascontiguousarray(S.transpose(2, 0, 1)).reshape((k,) + out.shape).astype(out.dtype),
             np.sign(lam).T.astype(out.dtype))
 
 
-def _factor_diagonal(model, y, exact: bool):
-    groups = [loss_factor(model, y)]
-    diag = []
+def _per_layer(model, tape, diag_of_layer):
+    """Run ``diag_of_layer(k, layer, record, g)`` from the last layer to the first; the
+    per-use parameter diagonals it returns land in ``parameters()`` order."""
+    params, slots = model.param_slots()
+    out = [None] * len(params)
     for k in range(len(model.layers) - 1, -1, -1):
-        groups, d = model.layers[k].factor_backprop(groups, model._gs[k], exact, need_input=k > 0)
-        diag[:0] = d
-    return diag
+        for i, d in zip(slots[k], diag_of_layer(k, model.layers[k], tape.records[k], tape.gs[k])):
+            out[i] = d
+    return out
 
 
-def _becker_lecun(model, y):
-    h = np.ascontiguousarray(np.diagonal(model.loss.hessian_blocks(model._out, y), axis1=1, axis2=2)
-                             .reshape(model._out.shape))
-    diag = []
-    for k in range(len(model.layers) - 1, -1, -1):
-        h, d = model.layers[k].diag_backprop(h, model._gs[k])
-        diag[:0] = d
-    return diag
+def _factor_diagonal(model, tape, exact: bool):
+    groups = [loss_factor(model, tape)]
+
+    def step(k, layer, rec, g):
+        nonlocal groups
+        groups, d = layer.factor_backprop(rec, groups, g, exact, need_input=k > 0)
+        groups = [(S, w) for S, w in groups if S.shape[0]]   # groups with no columns add nothing
+        return d
+    return _per_layer(model, tape, step)
 
 
-def hutchinson(model, y, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``mean_s v_s ⊙ H v_s`` over ``samples`` Rademacher probes at the point of the last
-    ``_loss_and_grad(..., keep_output_grads=True)``; one probe is formed in place, several are
+def _becker_lecun(model, tape):
+    h = np.ascontiguousarray(np.diagonal(model.loss.hessian_blocks(tape.loss_ctx, tape.out, tape.y),
+                                         axis1=1, axis2=2).reshape(tape.out.shape))
+
+    def step(k, layer, rec, g):
+        nonlocal h
+        h, d = layer.bl(rec, h, g)
+        return d
+    return _per_layer(model, tape, step)
+
+
+def hutchinson(model, tape, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``mean_s v_s ⊙ H v_s`` over ``samples`` Rademacher probes at the tape's point (after
+    ``backward(tape, keep_output_grads=True)``); one probe is formed in place, several are
     summed in float64."""
     params = model.parameters()
     if samples == 1:
         v = rademacher(params, rng)
-        return [np.multiply(vi, h, out=h) for vi, h in zip(v, model._rop(y, v))]
+        return [np.multiply(vi, h, out=h) for vi, h in zip(v, model.rop(tape, v))]
     acc = [np.zeros(p.shape, np.float64) for p in params]
     for _ in range(samples):
         v = rademacher(params, rng)
-        for a, vi, hv in zip(acc, v, model._rop(y, v)):
+        for a, vi, hv in zip(acc, v, model.rop(tape, v)):
             a += vi * hv
     return [(a / samples).astype(model.dtype) for a in acc]
 
 
-def _hutchinson(model, y, samples: int, seed):
+def _hutchinson(model, tape, samples: int, seed):
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"hessian_diagonal: samples must be a positive integer, got {samples!r}")
-    return hutchinson(model, y, samples, np.random.default_rng(seed))
+    return hutchinson(model, tape, samples, np.random.default_rng(seed))
 
 
 def hessian_diagonal(model, X: np.ndarray, y: np.ndarray, method: str, samples: int = 100, seed=None):
     """See :meth:`Sequential.hessian_diagonal` (X and y already validated)."""
     if method not in METHODS:
         raise ValueError(f"hessian_diagonal: unknown method {method!r}; choose from {list(METHODS)}")
-    model._loss_and_grad(X, y, keep_output_grads=True)
+    if method != "hutchinson" and model.shares_parameters():
+        raise ValueError(f"hessian_diagonal: method={method!r} backpropagates per-use curvature and would "
+                         f"drop the cross terms between the uses of a shared parameter; use "
+                         f"method='hutchinson' (exact HVPs) or model.hessian() for tied weights")
+    tape = model.trace(X, y, checked=True, update_buffers=False)
+    model.backward(tape, keep_output_grads=True)
     if method == "hutchinson":
-        return _hutchinson(model, y, samples, seed)
+        return _hutchinson(model, tape, samples, seed)
     if method == "becker_lecun":
-        return _becker_lecun(model, y)
-    return _factor_diagonal(model, y, exact=method == "exact")
+        diag = _becker_lecun(model, tape)
+    else:
+        diag = _factor_diagonal(model, tape, exact=method == "exact")
+    return model.add_penalty_terms(diag, "residual")   # the penalty's own diagonal, l2 (its kernel)
 
 
-def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = None):
-    """``(loss, grads, H)`` with H the (P × P) float64 Hessian, one exact HVP per column."""
+def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = None, return_tape=False):
+    """``(loss, grads, H)`` with H the (P × P) float64 Hessian, one exact HVP per column
+    (and the tape, with ``return_tape``)."""
     limit = MAX_FULL_HESSIAN_PARAMS if max_params is None else max_params
     params = model.parameters()
     sizes = [p.size for p in params]
@@ -136,7 +145,8 @@ def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = N
     if P > limit:
         raise ValueError(f"full Hessian: the model has {P:,} parameters, above the limit of {limit:,} "
                          f"(a {P}x{P} matrix from {P} HVPs); use hvp() or hessian_diagonal()")
-    loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
+    tape = model.trace(X, y, checked=True, update_buffers=False)
+    loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
     H = np.empty((P, P))
     offsets = np.cumsum([0] + sizes)
     e = [np.zeros_like(p) for p in params]
@@ -144,6 +154,6 @@ def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = N
         flat = e[i].reshape(-1)
         for j in range(p.size):
             flat[j] = 1
-            H[:, offsets[i] + j] = np.concatenate([h.reshape(-1) for h in model._rop(y, e)])
+            H[:, offsets[i] + j] = np.concatenate([h.reshape(-1) for h in model.rop(tape, e)])
             flat[j] = 0
-    return loss, grads, H
+    return (loss, grads, H, tape) if return_tape else (loss, grads, H)

@@ -53,7 +53,8 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
     shape = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
     dt = np.dtype(IDX_DTYPES[raw[2]])
-    need = int(np.prod(shape)) * dt.itemsize
+    import math
+    need = math.prod(shape) * dt.itemsize
     body = raw[4 + 4 * ndim:]
     if len(body) != need:
         raise ValueError(f"{path}: IDX header says shape {shape} ({need} bytes of {dt}) but the file has "
@@ -66,8 +67,12 @@ def _find(data_dir, names: list[str]):
     d = Path(data_dir)
     for nm in names:
         for cand in (d / nm, d / (nm + ".gz")):
+            if cand.is_dir():
+                raise ValueError(f"{cand}: is a directory, expected an IDX file")
             if cand.exists():
                 return cand
+    if not d.is_dir():
+        raise FileNotFoundError(f"--data-dir {d}: no such folder")
     raise FileNotFoundError(f"none of {names} (or .gz) found in {d}")
 
 
@@ -82,7 +87,9 @@ def load_mnist(data_dir, dtype="float32"):
         y = read_idx(_find(data_dir, [f"{split}-labels-idx1-ubyte", f"{split}-labels.idx1-ubyte"]))
         if X.ndim != 3 or y.ndim != 1 or len(X) != len(y):
             raise ValueError(f"{data_dir}: {split} images {X.shape} and labels {y.shape} do not match")
-        if y.size and y.max() > 9:
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{data_dir}: {split} labels must be integers (IDX type 0x08), got {y.dtype}")
+        if y.size and (y.max() > 9 or y.min() < 0):
             raise ValueError(f"{data_dir}: {split} labels must be digits 0-9, found {int(y.max())}")
         out.append((np.ascontiguousarray((X[:, None] / 255.0).astype(dtype)), y.astype(np.int64)))
     return out[0], out[1]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..generated import losses as _losses
+from .kernels import load
+
+_losses = load("losses")
 
 
 class Loss:
@@ -11,16 +13,26 @@ class Loss:
     classification = False
 
     def value_and_grad(self, out: np.ndarray, y: np.ndarray):
+        """``(loss, ∂loss/∂out, ctx)``; ``ctx`` is what :meth:`hvp` needs at this point (per call:
+        losses keep no state)."""
         raise NotImplementedError
 
     def check_targets(self, y, n: int, out_shape: tuple) -> np.ndarray:
         raise NotImplementedError
 
-    def hvp(self, out: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Loss Hessian (w.r.t. the outputs, at the last :meth:`value_and_grad`) times ``v``."""
+    def hvp(self, ctx, out: np.ndarray, y: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Loss Hessian (w.r.t. the outputs, at the point ``ctx`` came from) times ``v``."""
         raise NotImplementedError
 
-    def hessian_blocks(self, out: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def predict(self, out: np.ndarray) -> np.ndarray:
+        """What ``model.predict`` returns for network outputs ``out``."""
+        return out
+
+    def correct(self, out, y) -> tuple[int, int] | None:
+        """``(correct predictions, predictions)`` for accuracy, or None (regression)."""
+        return None
+
+    def hessian_blocks(self, ctx, out: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample loss Hessians ``(N, K, K)`` (outputs flattened to K per sample), built
         from the generated HVP kernel applied to the K unit directions."""
         n, k = out.shape[0], out[0].size
@@ -29,39 +41,70 @@ class Loss:
         flat = e.reshape(n, k)
         for j in range(k):
             flat[:, j] = 1
-            H[:, :, j] = self.hvp(out, y, e).reshape(n, k)
+            H[:, :, j] = self.hvp(ctx, out, y, e).reshape(n, k)
             flat[:, j] = 0
         return H
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Mean over the batch of ``logsumexp(z) − z[label]``; labels are integers (N,)."""
+    """Mean over the batch of ``logsumexp(z) − Σ t·z``: integer labels (N,) (t one-hot) or
+    probability targets (N, K) whose rows sum to 1."""
     name = "softmax_cross_entropy"
     classification = True
 
     def check_targets(self, y, n, out_shape):
         y = np.asarray(y)
+        k = out_shape[-1]
+        if y.ndim == 2:
+            return self._check_probabilities(y, n, k)
         if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"{self.name}: labels must have shape ({n},), got {y.shape}")
+            raise ValueError(f"{self.name}: labels must have shape ({n},) or probabilities ({n}, {k}), got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{self.name}: labels must be integers of shape ({n},), got dtype {y.dtype}"
                              + (" containing NaN" if np.issubdtype(y.dtype, np.floating) and np.isnan(y).any() else ""))
-        k = out_shape[-1]
         if n and (y.min() < 0 or y.max() >= k):
             raise ValueError(f"{self.name}: labels must lie in [0, {k}), got [{y.min()}, {y.max()}]")
         return np.ascontiguousarray(y, dtype=np.int64)
 
+    def _check_probabilities(self, y, n, k):
+        if y.shape != (n, k):
+            raise ValueError(f"{self.name}: probability targets must have shape ({n}, {k}), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.floating):
+            raise TypeError(f"{self.name}: probability targets must be floats, got dtype {y.dtype}")
+        if not np.isfinite(y).all() or y.min() < 0 or y.max() > 1:
+            raise ValueError(f"{self.name}: probability targets must lie in [0, 1]")
+        rows = y.sum(axis=1, dtype=np.float64)
+        # the derived gradient p − t and HVP assume Σt = 1: a row off by δ would shift the
+        # gradient by δ·p, so sums must be 1 to the targets' own rounding
+        tol = 4 * k * float(np.finfo(y.dtype).eps)
+        if np.abs(rows - 1).max() > tol:
+            raise ValueError(f"{self.name}: probability target rows must sum to 1 (within {tol:.1e} for "
+                             f"{y.dtype}), got sums in [{rows.min():.17g}, {rows.max():.17g}]; "
+                             f"normalize them, e.g. t / t.sum(axis=1, keepdims=True)")
+        return np.ascontiguousarray(y)
+
     def value_and_grad(self, out, y):
-        grad = np.empty_like(out)
-        self.probs = np.empty_like(out)
-        loss = _losses.softmax_cross_entropy(out, y, grad, self.probs)
-        return loss, grad
+        grad, probs = np.empty_like(out), np.empty_like(out)
+        if y.ndim == 2:
+            loss = _losses.softmax_cross_entropy_soft(out, np.ascontiguousarray(y, dtype=out.dtype), grad, probs)
+        else:
+            loss = _losses.softmax_cross_entropy(out, y, grad, probs)
+        return loss, grad, probs
 
     def value(self, out, y):
+        if y.ndim == 2:
+            return _losses.softmax_cross_entropy_soft(out, np.ascontiguousarray(y, dtype=out.dtype))
         return _losses.softmax_cross_entropy(out, y)
 
-    def hvp(self, out, y, v):
-        return _losses.softmax_cross_entropy_hvp(self.probs, np.ascontiguousarray(v), np.empty_like(out))
+    def hvp(self, ctx, out, y, v):
+        return _losses.softmax_cross_entropy_hvp(ctx, np.ascontiguousarray(v), np.empty_like(out))
+
+    def predict(self, out):
+        return out.argmax(axis=1)
+
+    def correct(self, out, y) -> tuple[int, int]:
+        labels = y.argmax(axis=1) if y.ndim == 2 else y
+        return int((out.argmax(axis=1) == labels).sum()), len(labels)
 
 
 class MSE(Loss):
@@ -75,25 +118,55 @@ class MSE(Loss):
                 y = y.reshape(n, 1)
             else:
                 raise ValueError(f"{self.name}: targets must have shape {(n,) + tuple(out_shape[1:])}, got {y.shape}")
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise TypeError(f"{self.name}: targets must be real numbers, got dtype {y.dtype}")
         if not np.isfinite(y).all():
             raise ValueError(f"{self.name}: targets of shape {y.shape} contain NaN or inf")
         return y
 
+    def _kernels(self):
+        return _losses.mse, _losses.mse_hvp
+
     def value_and_grad(self, out, y):
         y = np.ascontiguousarray(y, dtype=out.dtype)
         grad = np.empty_like(out)
-        return _losses.mse(out, y, grad), grad
+        return self._kernels()[0](out, y, grad), grad, None
 
     def value(self, out, y):
-        return _losses.mse(out, np.ascontiguousarray(y, dtype=out.dtype))
+        return self._kernels()[0](out, np.ascontiguousarray(y, dtype=out.dtype))
 
-    def hvp(self, out, y, v):
-        return _losses.mse_hvp(out, np.ascontiguousarray(y, dtype=out.dtype), np.ascontiguousarray(v),
+    def hvp(self, ctx, out, y, v):
+        return self._kernels()[1](out, np.ascontiguousarray(y, dtype=out.dtype), np.ascontiguousarray(v),
                                np.empty_like(out))
 
 
+class SigmoidCrossEntropy(MSE):
+    """Binary/multi-label cross-entropy of logits, mean over all elements (PyTorch's
+    ``binary_cross_entropy_with_logits``): float targets in [0, 1] of the output's shape.
+    Accuracy counts elements where ``logit > 0`` agrees with ``target > 0.5``."""
+    name = "sigmoid_cross_entropy"
+    classification = True
+
+    def check_targets(self, y, n, out_shape):
+        y = super().check_targets(y, n, out_shape)
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise TypeError(f"{self.name}: targets must be real numbers, got dtype {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() > 1):
+            raise ValueError(f"{self.name}: targets must lie in [0, 1], got [{y.min()}, {y.max()}]")
+        return y
+
+    def _kernels(self):
+        return _losses.sigmoid_cross_entropy, _losses.sigmoid_cross_entropy_hvp
+
+    def predict(self, out):
+        return (out > 0).astype(np.int64)
+
+    def correct(self, out, y):
+        return int(((out > 0) == (y > 0.5)).sum()), y.size
+
+
 LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": SoftmaxCrossEntropy,
-          "mse": MSE}
+          "mse": MSE, "sigmoid_cross_entropy": SigmoidCrossEntropy}
 
 
 def get_loss(name) -> Loss:

@@ -1,13 +1,16 @@
 """``Sequential``: a stack of layers with a loss, trained by mini-batch optimization."""
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import checkpoint
-from .layers import Layer, from_config, split_by_layer
+from .layer import EVAL, Context, Layer
+from .layers import from_config
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Adam, Optimizer
@@ -15,54 +18,139 @@ from .optimizers import Adam, Optimizer
 
 def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     """``a`` as a C-contiguous array of ``dtype``; numeric and finite, or a clear error."""
-    if not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"{label} must be numeric, got dtype {a.dtype}")
+    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise TypeError(f"{label} must be real numbers, got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():
         raise ValueError(f"{label} of shape {a.shape} contains NaN or inf")
     return a
 
 
+class TrainingDiverged(ValueError, FloatingPointError):
+    """``fit`` stopped on a non-finite loss; the model keeps the weights of the last finite loss
+    and ``history`` holds the completed epochs."""
+
+
+class Tape:
+    """What one forward pass of a :class:`Sequential` saved, per call: each layer use's record,
+    the network output, the loss and its context (e.g. softmax probabilities) and, after
+    :meth:`Sequential.backward` with ``keep_output_grads``, each layer's output gradient.
+    Nothing per-call lives on layers or the model, so models and layers are reentrant."""
+
+    __slots__ = ("records", "out", "y", "loss", "loss_ctx", "grad_out", "gs")
+
+    def __init__(self, records, out, y, loss, loss_ctx, grad_out):
+        self.records, self.out, self.y = records, out, y
+        self.loss, self.loss_ctx, self.grad_out = loss, loss_ctx, grad_out
+        self.gs = None
+
+
 class Sequential:
-    """Layers applied in order, then a loss that averages over the batch."""
+    """Layers applied in order, then a loss that averages over the batch.
+
+    A layer object may appear several times (its weights are shared: listed once in
+    :meth:`parameters`, gradients summed over the uses) and may sit in several models.
+    """
 
     def __init__(self, layers: list[Layer], loss="softmax_cross_entropy", dtype="float32",
-                 seed: int = 0, input_shape: tuple | None = None):
+                 seed: int = 0, input_shape: tuple | None = None, l1: float = 0.0, l2: float = 0.0):
         if not layers:
             raise ValueError("Sequential: needs at least one layer")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a symprop layer")
-        dt = np.dtype(dtype)
+        if dtype is None:
+            raise TypeError("Sequential: dtype must be 'float32' or 'float64', got None")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"Sequential: dtype must be 'float32' or 'float64', got {dtype!r}") from exc
         if dt not in (np.float32, np.float64):
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
         self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
+        self.training = False
+        for nm, v in (("l1", l1), ("l2", l2)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                    not np.isfinite(v) or v < 0:
+                raise ValueError(f"Sequential: {nm} must be a finite number >= 0, got {v!r}")
+        self.l1, self.l2 = float(l1), float(l2)
         self.rng = np.random.default_rng(seed)
+        self._build_lock = threading.Lock()
         tune_allocator()
+        seen = set()
+        for layer in self.layers:   # parameters whose shapes the constructors fix, once per object
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                layer.init_parameters(dt, self.rng)
         self.input_shape = self.output_shape = None
+        self._slots = None
         if input_shape is None and hasattr(self.layers[0], "in_features"):
             input_shape = (self.layers[0].in_features,)
         if input_shape is not None:   # otherwise built from the first batch seen
             self.build(input_shape)
 
     def build(self, input_shape: tuple) -> "Sequential":
-        """Allocate every layer's parameters for per-sample inputs of ``input_shape``."""
-        if self.input_shape is not None:
-            if tuple(input_shape) != self.input_shape:
-                raise ValueError(f"Sequential: already built for inputs {self.input_shape}, not {tuple(input_shape)}")
-            return self
-        shape = tuple(int(s) for s in input_shape)
-        for layer in self.layers:
-            shape = layer.build(shape, self.dtype, self.rng)
-        self.input_shape, self.output_shape = tuple(int(s) for s in input_shape), shape
+        """Infer every layer's shapes for per-sample inputs of ``input_shape`` (and create
+        parameters that depend on them, e.g. a residual projection)."""
+        with self._build_lock:
+            if self.input_shape is not None:
+                if tuple(input_shape) != self.input_shape:
+                    raise ValueError(f"Sequential: already built for inputs {self.input_shape}, "
+                                     f"not {tuple(input_shape)}")
+                return self
+            if not isinstance(input_shape, (tuple, list)) or not all(
+                    isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in input_shape):
+                raise ValueError(f"Sequential: input_shape must be a tuple of positive integers (per sample), "
+                                 f"got {input_shape!r}")
+            shape = tuple(int(s) for s in input_shape)
+            for layer in self.layers:
+                shape = layer.build(shape, self.dtype, self.rng)
+            self._slots = None
+            self.output_shape = shape
+            self.input_shape = tuple(int(s) for s in input_shape)
         return self
 
     # ------------------------------------------------------------ basics
     def parameters(self) -> list[np.ndarray]:
-        if self.input_shape is None:
+        """Every trainable array once, in layer order, weight before bias (live arrays)."""
+        return self.param_slots()[0]
+
+    def buffers(self) -> list[np.ndarray]:
+        """Non-trainable state (BatchNorm running statistics), each once, in layer order."""
+        seen, out = set(), []
+        for layer in self.layers:
+            for b in layer.buffers():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    out.append(b)
+        return out
+
+    def param_slots(self):
+        """``(parameters, slots)``: ``slots[k]`` maps layer k's ``param_uses()`` to indices of
+        ``parameters()`` (a shared layer's uses point at the same entries)."""
+        if self._slots is not None:
+            return self._slots
+        if self.input_shape is None and not all(la.parameters_known() for la in self.layers):
             raise ValueError("Sequential: not built yet; pass input_shape= or call build(), fit() or "
-                             "forward() first (the first layer does not fix the input size)")
-        return [p for layer in self.layers for p in layer.parameters()]
+                             "forward() first (a layer's parameters depend on the input shape)")
+        params, index, slots = [], {}, []
+        for layer in self.layers:
+            s = []
+            for p in layer.param_uses():
+                if id(p) not in index:
+                    index[id(p)] = len(params)
+                    params.append(p)
+                s.append(index[id(p)])
+            slots.append(s)
+        result = (params, slots)
+        if self.input_shape is not None:
+            self._slots = result
+        return result
+
+    def shares_parameters(self) -> bool:
+        """Whether a parameter is used more than once (tied weights)."""
+        params, slots = self.param_slots()
+        return sum(len(s) for s in slots) != len(params)
 
     def _check_X(self, X) -> np.ndarray:
         if not isinstance(X, np.ndarray):
@@ -82,35 +170,144 @@ class Sequential:
     def _check_batch(self, X, y):
         """Validated inputs and targets (targets shaped for the model's outputs)."""
         X = self._check_X(X)
-        return X, self.loss.check_targets(y, X.shape[0], (X.shape[0],) + self.output_shape)
+        return X, self._check_targets(y, X.shape[0])
+
+    def _check_targets(self, y, n: int):
+        """The loss's target checks, plus: float targets must stay finite in the model's dtype
+        (1e300 is finite in float64 but inf in a float32 model)."""
+        y = self.loss.check_targets(y, n, (n,) + self.output_shape)
+        if y.dtype.kind == "f" and y.dtype != self.dtype:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(y.astype(self.dtype)).all():
+                    raise ValueError(f"{self.loss.name}: targets up to {np.abs(y).max():.3g} overflow the model's "
+                                     f"{self.dtype}; scale them or use dtype='float64'")
+        return y
+
+    # ------------------------------------------------------------ mode
+    def train(self, mode: bool = True) -> "Sequential":
+        """Train mode (as PyTorch): batch statistics, dropout masks. ``fit`` trains in train mode."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Sequential":
+        """Evaluation mode: running statistics, no dropout. ``predict``/``evaluate`` use it."""
+        return self.train(False)
+
+    def _context(self, update_buffers: bool) -> Context:
+        return Context(self.training, self.training and update_buffers, self.rng) if self.training else EVAL
+
+    def _forward(self, X: np.ndarray, ctx: Context = EVAL):
+        out, recs = X, []
+        for layer in self.layers:
+            out, r = layer.forward(out, ctx)
+            recs.append(r)
+        return out, recs
 
     def forward(self, X) -> np.ndarray:
-        """Network outputs (logits for classification)."""
-        out = self._check_X(X)
-        for layer in self.layers:
-            out = layer.forward(out)
-        return out
+        """Network outputs (logits for classification), in the model's current mode; in train
+        mode this updates running statistics, as a PyTorch forward does."""
+        return self._forward(self._check_X(X), self._context(update_buffers=True))[0]
 
     def loss_and_grad(self, X, y):
         """Mean loss over the batch and its gradients, aligned with :meth:`parameters`."""
-        return self._loss_and_grad(*self._check_batch(X, y))
+        tape = self.trace(X, y)
+        return tape.loss, self.backward(tape)
 
-    def _loss_and_grad(self, X: np.ndarray, y: np.ndarray, keep_output_grads: bool = False):
-        """:meth:`loss_and_grad` for inputs and targets already validated (the fit loop).
-        With ``keep_output_grads`` each layer's output gradient is kept for the R-op pass."""
-        out = X
+    # ------------------------------------------------------------ the passes, on a tape
+    def trace(self, X, y, checked: bool = False, update_buffers: bool = True) -> Tape:
+        """Forward pass and loss on a batch: the :class:`Tape` every later pass reads.
+        ``checked``: X and y are already validated (the fit loop validates once);
+        ``update_buffers``: a train-mode pass updates running statistics (second-order calls
+        pass False)."""
+        if not checked:
+            X, y = self._check_batch(X, y)
+        out, recs = self._forward(X, self._context(update_buffers))
+        loss, g, ctx = self.loss.value_and_grad(out, y)
+        return Tape(recs, out, y, float(loss) + self.penalty_value(), ctx, g)
+
+    # ------------------------------------------------------------ penalties
+    def _penalty(self):
+        """``(kernels, scalars, indices of penalized parameters)`` or None without a penalty."""
+        if not (self.l1 or self.l2):
+            return None
+        from .kernels import SpecKernels, load
+        params, _ = self.param_slots()
+        index = {id(p): i for i, p in enumerate(params)}
+        seen, idx = set(), []
         for layer in self.layers:
-            out = layer.forward(out)
-        self._out = out
-        loss, g = self.loss.value_and_grad(out, y)
-        grads = []
-        self._gs = [None] * len(self.layers) if keep_output_grads else None
+            for p in layer.penalized():
+                if id(p) not in seen and id(p) in index:
+                    seen.add(id(p))
+                    idx.append(index[id(p)])
+        return SpecKernels(load("penalties"), "penalty"), {"l1": self.l1, "l2": self.l2}, idx
+
+    def _penalty_role(self, role, i, **arrays):
+        K, sc, _ = self._penalty()
+        p = self.parameters()[i]
+        return K.run(role, {"x": p, **arrays}, p.dtype, sc, {"x": p.shape, "y": p.shape})
+
+    def penalty_value(self) -> float:
+        """``l1·Σ|W| + (l2/2)·Σ W²`` over Dense and Conv2D weights (each shared weight once)."""
+        pen = self._penalty()
+        if pen is None:
+            return 0.0
+        return float(sum(self._penalty_role("forward", i).sum(dtype=np.float64) for i in pen[2]))
+
+    def add_penalty_terms(self, out: list, role: str, **direction):
+        """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``) or Hessian diagonal
+        (``residual``) kernel output to ``out`` (aligned with parameters())."""
+        pen = self._penalty()
+        if pen is None:
+            return out
+        for i in pen[2]:
+            p = self.parameters()[i]
+            one = np.ones_like(p)
+            if role == "rvjp:x":
+                r = self._penalty_role(role, i, g=one, Rx=direction["v"][i], Rg=np.zeros_like(p))
+            else:
+                r = self._penalty_role(role, i, g=one)
+            if r is not None:
+                out[i] = out[i] + r
+        return out
+
+    def backward(self, tape: Tape, keep_output_grads: bool = False) -> list[np.ndarray]:
+        """Gradients of the tape's loss, aligned with :meth:`parameters` (summed over the uses
+        of a shared parameter). ``keep_output_grads`` keeps each layer's output gradient on the
+        tape for :meth:`rop` and the Hessian diagonals."""
+        params, slots = self.param_slots()
+        grads = [None] * len(params)
+        g = tape.grad_out
+        gs = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
-            if keep_output_grads:
-                self._gs[k] = g
-            g, pg = self.layers[k].backward(g, need_input_grad=k > 0)
-            grads[:0] = pg
-        return float(loss), grads
+            gs[k] = g
+            g, pg = self.layers[k].vjp(tape.records[k], g, need_input=k > 0)
+            for i, a in zip(slots[k], pg):
+                grads[i] = a if grads[i] is None else grads[i] + a
+        if keep_output_grads:
+            tape.gs = gs
+        return self.add_penalty_terms(grads, "vjp:x")
+
+    def rop(self, tape: Tape, v: list[np.ndarray]) -> list[np.ndarray]:
+        """Exact Hessian-vector product at the tape's point (after ``backward(tape,
+        keep_output_grads=True)``): push ``v`` forward (JVPs), through the loss Hessian, and
+        back (the R-op of every pullback). ``v`` is aligned with :meth:`parameters`."""
+        if tape.gs is None:
+            raise ValueError("Sequential.rop: call backward(tape, keep_output_grads=True) first")
+        v = self._check_direction(v)
+        params, slots = self.param_slots()
+        parts = [[v[i] for i in s] for s in slots]
+        Rxs, Rx = [], None
+        for layer, rec, Rp in zip(self.layers, tape.records, parts):
+            Rxs.append(Rx)
+            Rx = layer.jvp(rec, Rx, Rp)
+        Rg = self.loss.hvp(tape.loss_ctx, tape.out, tape.y, Rx if Rx is not None else np.zeros_like(tape.out))
+        Hv = [None] * len(params)
+        for k in range(len(self.layers) - 1, -1, -1):
+            Rg, Rp = self.layers[k].rvjp(tape.records[k], tape.gs[k], Rg, Rxs[k], parts[k], need_input=k > 0)
+            for i, a in zip(slots[k], Rp):
+                Hv[i] = a if Hv[i] is None else Hv[i] + a
+        Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+        return self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
@@ -127,30 +324,16 @@ class Sequential:
             out.append(_finite_array(a, self.dtype, f"Sequential: {what}[{i}]"))
         return out
 
-    def _rop(self, y: np.ndarray, v: list[np.ndarray]) -> list[np.ndarray]:
-        """Hessian-vector product at the point of the last ``_loss_and_grad(..., keep_output_grads=True)``:
-        push ``v`` forward (JVPs), through the loss Hessian, and back (R-op of every pullback)."""
-        parts = split_by_layer(self.layers, v)
-        Rxs, Rx = [], None
-        for layer, Rp in zip(self.layers, parts):
-            Rxs.append(Rx)
-            Rx = layer.jvp(Rx, Rp)
-        Rg = self.loss.hvp(self._out, y, Rx if Rx is not None else np.zeros_like(self._out))
-        Rgrads = []
-        for k in range(len(self.layers) - 1, -1, -1):
-            Rg, Rp = self.layers[k].rvjp(self._gs[k], Rg, Rxs[k], parts[k], need_input_grad=k > 0)
-            Rgrads[:0] = Rp
-        return Rgrads
-
     def hvp(self, X, y, v, return_grad: bool = False):
         """Exact Hessian-vector product ``H v`` of the mean batch loss (Pearlmutter's R-operator
         through the generated JVP and R-op kernels); ``v`` is aligned with :meth:`parameters`.
         With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
         X, y = self._check_batch(X, y)
         v = self._check_direction(v)
-        loss, grads = self._loss_and_grad(X, y, keep_output_grads=True)
-        hv = self._rop(y, v)
-        return (loss, grads, hv) if return_grad else hv
+        tape = self.trace(X, y, checked=True, update_buffers=False)
+        grads = self.backward(tape, keep_output_grads=True)
+        hv = self.rop(tape, v)
+        return (tape.loss, grads, hv) if return_grad else hv
 
     def hessian_diagonal(self, X, y, method: str = "exact", samples: int = 100, seed: int | None = None):
         """Diagonal of the loss Hessian w.r.t. every parameter (list aligned with :meth:`parameters`).
@@ -174,93 +357,386 @@ class Sequential:
 
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Class labels for classification losses, raw outputs otherwise."""
-        outs = [self.forward(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+        from .optimizers import check_int
+        batch_size = check_int("predict", "batch_size", batch_size)
+        X = self._check_X(X)
+        outs = [self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)]
         out = np.concatenate(outs)
-        return out.argmax(axis=1) if self.loss.classification else out
+        return self.loss.predict(out)
 
     def evaluate(self, X, y, batch_size: int = 1024) -> dict:
+        """Mean loss (and accuracy for classification) in evaluation mode."""
+        from .optimizers import check_int
+        batch_size = check_int("evaluate", "batch_size", batch_size)
         X = self._check_X(X)
-        total, correct = 0.0, 0
+        total, correct, count = 0.0, 0, 0
         for i in range(0, len(X), batch_size):
-            out = self.forward(X[i:i + batch_size])
-            yb = self.loss.check_targets(y[i:i + batch_size], out.shape[0], out.shape)
+            out = self._forward(X[i:i + batch_size], EVAL)[0]
+            yb = self._check_targets(y[i:i + batch_size], out.shape[0])
             total += self.loss.value(out, yb) * len(out)
-            if self.loss.classification:
-                correct += int((out.argmax(axis=1) == yb).sum())
-        res = {"loss": total / len(X)}
+            c = self.loss.correct(out, yb)
+            if c is not None:
+                correct, count = correct + c[0], count + c[1]
+        res = {"loss": total / len(X) + self.penalty_value()}
         if self.loss.classification:
-            res["accuracy"] = correct / len(X)
+            res["accuracy"] = correct / max(count, 1)
         return res
 
+    # ------------------------------------------------------------ conveniences
+    def predict_proba(self, X, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities (softmax of the logits) for a classification loss."""
+        if not self.loss.classification:
+            raise ValueError(f"predict_proba: needs a classification loss, the model's is {self.loss.name!r}; "
+                             f"use predict()")
+        X = self._check_X(X)
+        out = np.concatenate([self._forward(X[i:i + batch_size])[0] for i in range(0, len(X), batch_size)])
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def layer_table(self) -> list[tuple[str, tuple | None, int, str]]:
+        """``(layer, per-sample output shape or None before building, parameter count, note)`` per
+        layer use; a shared layer's parameters are counted at its first use."""
+        shape, rows, seen = self.input_shape, [], {}
+        for k, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape) if shape is not None else None
+            if id(layer) in seen:
+                rows.append((layer.name, shape, 0, f"shared with layer {seen[id(layer)]}"))
+                continue
+            seen[id(layer)] = k
+            n = sum(p.size for p in layer.parameters()) if shape is not None or layer.parameters_known() else 0
+            rows.append((layer.name, shape, n, ""))
+        return rows
+
+    def summary(self, print_fn=print) -> None:
+        """Print the layers, their output shapes and parameter counts, and the total (as Keras's
+        ``model.summary()``; pass ``print_fn`` to collect the lines instead)."""
+        rows = self.layer_table()
+        head = ("#", "layer", "output shape", "params")
+        cells = [(str(k), name + (f"  ({note})" if note else ""),
+                  "(N, " + ", ".join(map(str, shape)) + ")" if shape is not None else "(not built)", f"{n:,}")
+                 for k, (name, shape, n, note) in enumerate(rows)]
+        w = [max(len(r[i]) for r in cells + [head]) for i in range(4)]
+        fmt = lambda r: f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
+        total = sum(r[2] for r in rows)
+        inp = "(N, " + ", ".join(map(str, self.input_shape)) + ")" if self.input_shape else "(not built yet)"
+        rule = "-" * len(fmt(head))
+        lines = [f"Sequential: input {inp}, loss {self.loss.name}, {self.dtype.name}", rule, fmt(head), rule]
+        lines += [fmt(r) for r in cells]
+        lines += [rule, f"total parameters: {total:,} ({total * self.dtype.itemsize / 1024:,.1f} KiB)"]
+        for line in lines:
+            print_fn(line)
+
+    def __repr__(self):
+        inner = "".join(f"\n    {la!r}," for la in self.layers)
+        shape = f", input_shape={self.input_shape}" if self.input_shape is not None else ""
+        return f"Sequential([{inner}\n], loss={self.loss.name!r}, dtype={self.dtype.name!r}{shape})"
+
     # ------------------------------------------------------------ training
-    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | None = None,
-            validation_data=None, verbose: int | None = None, seed: int | None = None) -> dict:
-        """Shuffled mini-batch training; returns a history of per-epoch metrics."""
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        X, y = self._check_batch(X, y)
-        optimizer = optimizer or Adam()
-        if verbose is None:
-            verbose = 1 if sys.stdout.isatty() else 0
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        params = self.parameters()
-        hist = {"loss": [], "time": []}
+    def _evaluate_sharded(self, val, dist) -> dict:
+        """:meth:`evaluate` with each rank on its contiguous part of the validation data, the
+        sums reduced across ranks."""
+        Xv, yv = val
+        s0, s1 = dist.shard(0, len(Xv))
+        pen = self.penalty_value()
+        local = self.evaluate(Xv[s0:s1], yv[s0:s1]) if s1 > s0 else {"loss": pen, "accuracy": 0.0}
+        n = s1 - s0
+        loss_sum, acc_sum, total = dist.sum([(local["loss"] - pen) * n, local.get("accuracy", 0.0) * n, n])
+        out = {"loss": loss_sum / total + pen}
         if self.loss.classification:
-            hist["accuracy"] = []
+            out["accuracy"] = acc_sum / total
+        return out
+
+    def _split(self, X, y, validation_split, validation_data):
+        """Training arrays and validation arrays (or None). A split is a fixed random subset of
+        the training data (drawn from the model's seed, so the same in every fit call)."""
+        if validation_split is None or validation_split == 0:
+            if validation_data is None:
+                return X, y, None
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            return X, y, self._check_batch(*validation_data)
         if validation_data is not None:
-            hist["val_loss"] = []
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        from .optimizers import check_real
+        f = check_real("fit", "validation_split", validation_split, low=0, low_open=True, high=1)
+        n_val = int(round(len(X) * f))
+        if n_val < 1 or n_val >= len(X):
+            raise ValueError(f"fit: validation_split={validation_split} of {len(X)} samples leaves "
+                             f"{n_val} for validation and {len(X) - n_val} for training")
+        perm = np.random.default_rng([self.seed if isinstance(self.seed, int) else 0, 0x5eed]).permutation(len(X))
+        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        return X[tr], y[tr], (X[val], y[val])
+
+    def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | str | None = None,
+            validation_data=None, validation_split: float = 0.0, early_stopping: int | None = None,
+            restore_best: bool = True, schedule=None, clip_norm: float | None = None,
+            clip_value: float | None = None, verbose: int | None = None, seed: int | None = None,
+            distributed=False) -> dict:
+        """Shuffled mini-batch training; returns a history of per-epoch metrics.
+
+        ``optimizer``: an :class:`Optimizer` (its state carries over between fit calls) or a name
+        (``"adamw"``, ...; default hyperparameters). ``validation_split``: hold out this fraction
+        of (X, y) — a fixed subset, the same in every call — for the ``val_*`` metrics, or give
+        ``validation_data``. ``early_stopping``: stop after that many epochs without a lower
+        validation loss; ``restore_best`` then puts back the weights of the best epoch.
+        ``schedule``: a :class:`~symprop.runtime.schedules.Schedule` or a name, applied per epoch
+        to the optimizer's initial learning rate. ``clip_norm``/``clip_value``: clip the
+        gradients by global L2 norm / elementwise before each step. ``verbose``: 1 (default) a
+        tqdm bar per epoch when stdout is a terminal, one line per epoch otherwise; 0 silent.
+        ``seed``: re-seed the shuffling generator (by default it continues across calls, starting
+        from the model's seed). A non-finite loss stops training with :class:`TrainingDiverged`,
+        the weights of the last finite loss kept.
+
+        The history has per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``
+        and ``time`` (seconds of training), plus ``best_epoch`` and ``stopped_epoch`` (1-based).
+
+        ``distributed``: True (MPI.COMM_WORLD) or an mpi4py communicator: data-parallel training
+        under ``mpiexec`` — every rank passes the same data and takes its contiguous shard of each
+        global batch of ``batch_size``; gradients (and AdaHessian's curvature) are averaged with
+        one Allreduce per step, so the result equals single-process training on the same global
+        batches. See :mod:`symprop.runtime.distributed`.
+        """
+        from . import distributed as _dist
+        dist = _dist.get(distributed)
+        if dist is None or dist.size == 1:
+            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
+                             early_stopping, restore_best, schedule, clip_norm, clip_value, verbose, seed, None)
+        try:
+            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
+                             early_stopping, restore_best, schedule, clip_norm, clip_value,
+                             verbose if dist.rank == 0 else 0, seed, dist)
+        except BaseException as exc:  # noqa: BLE001 — one failing rank must not leave the others waiting
+            dist.abort(exc)
+            raise
+
+    def _fit(self, X, y, epochs, batch_size, optimizer, validation_data, validation_split, early_stopping,
+             restore_best, schedule, clip_norm, clip_value, verbose, seed, dist):
+        from .optimizers import check_int, check_real, get_optimizer
+        from .schedules import get_schedule
+        epochs = check_int("fit", "epochs", epochs)
+        batch_size = check_int("fit", "batch_size", batch_size)
+        if early_stopping is not None:
+            early_stopping = check_int("fit", "early_stopping", early_stopping)
+        if clip_norm is not None:
+            clip_norm = check_real("fit", "clip_norm", clip_norm, low=0, low_open=True)
+        if clip_value is not None:
+            clip_value = check_real("fit", "clip_value", clip_value, low=0, low_open=True)
+        if verbose is None:
+            verbose = 1
+        X, y = self._check_batch(X, y)
+        X, y, val = self._split(X, y, validation_split, validation_data)
+        if early_stopping is not None and val is None:
+            raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or "
+                             "validation_data")
+        optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
+        if dist is not None:
+            dist.check_same("model or data", {
+                "layers": [la.config() for la in self.layers], "dtype": self.dtype.name, "loss": self.loss.name,
+                "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
+                "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed})
+            if batch_size < dist.size:
+                raise ValueError(f"fit(distributed=True): batch_size {batch_size} is smaller than the "
+                                 f"{dist.size} ranks (each rank needs a share of every batch)")
+            dist.broadcast(self.parameters() + self.buffers())
+        sched = None if schedule is None else get_schedule(schedule, epochs)
+        if sched is not None and not hasattr(optimizer, "initial_lr"):
+            optimizer.initial_lr = optimizer.lr
+        if seed is not None or getattr(self, "_shuffle_rng", None) is None:
+            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
+        rng = self._shuffle_rng
+        bar = None
+        if verbose and sys.stdout.isatty():
+            try:
+                from tqdm.auto import tqdm as bar
+            except ImportError:
+                bar = None
+        params = self.parameters()
+        was_training = self.training
+        self.train()   # fit trains in train mode (batch statistics, dropout), as PyTorch
+        try:
+            state = params + self.buffers()   # what a restore puts back: weights and running statistics
+            last_good = [p.copy() for p in state]
+            hist = {"loss": [], "lr": [], "time": []}
             if self.loss.classification:
-                hist["val_accuracy"] = []
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            order = rng.permutation(len(X))
-            total, correct = 0.0, 0
-            for i in range(0, len(X), batch_size):
-                idx = order[i:i + batch_size]
-                xb, yb = X[idx], y[idx]
-                loss, grads = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"fit: loss became {loss} in epoch {epoch}; lower the learning rate")
+                hist["accuracy"] = []
+            if val is not None:
+                hist["val_loss"] = []
                 if self.loss.classification:
-                    correct += int((self.loss.probs.argmax(axis=1) == yb).sum())
-                total += loss * len(idx)
-                optimizer.step(params, grads)
-            hist["loss"].append(total / len(X))
-            hist["time"].append(time.perf_counter() - t0)
-            msg = f"epoch {epoch}/{epochs}  loss {hist['loss'][-1]:.4f}"
-            if self.loss.classification:
-                hist["accuracy"].append(correct / len(X))
-                msg += f"  acc {hist['accuracy'][-1]:.4f}"
-            if validation_data is not None:
-                ev = self.evaluate(*validation_data)
-                hist["val_loss"].append(ev["loss"])
-                msg += f"  val_loss {ev['loss']:.4f}"
-                if "accuracy" in ev:
-                    hist["val_accuracy"].append(ev["accuracy"])
-                    msg += f"  val_acc {ev['accuracy']:.4f}"
-            if verbose:
-                print(msg + f"  ({hist['time'][-1]:.2f} s)", flush=True)
-        return hist
+                    hist["val_accuracy"] = []
+            best, best_loss, best_epoch, waited = None, np.inf, None, 0
+            bounds = [(i, min(i + batch_size, len(X))) for i in range(0, len(X), batch_size)]
+            smallest = max(2 if self.buffers() else 1, dist.size if dist else 1)
+            if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < smallest:
+                # batch statistics need two samples and every rank a share of each batch: a last
+                # batch smaller than that joins the one before
+                bounds[-2:] = [(bounds[-2][0], len(X))]
+            n_batches = len(bounds)
+            for epoch in range(1, epochs + 1):
+                if sched is not None:
+                    optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
+                    sched.epoch += 1
+                t0 = time.perf_counter()
+                order = rng.permutation(len(X))
+                total, correct, count, seen = 0.0, 0, 0, 0
+                pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
+                           dynamic_ncols=True) if bar else None
+                for b, (i, j) in enumerate(bounds):
+                    if dist is not None:   # this rank's shard; the optimizer averages over ranks
+                        s0, s1 = dist.shard(i, j)
+                        idx = order[s0:s1]
+                        optimizer._reduce = functools.partial(dist.average, weight=s1 - s0, total=j - i)
+                    else:
+                        idx = order[i:j]
+                    xb, yb = X[idx], y[idx]
+                    loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
+                    if not np.isfinite(loss):
+                        for p, g in zip(state, last_good):
+                            np.copyto(p, g)
+                        if pbar:
+                            pbar.close()
+                        exc = TrainingDiverged(
+                            f"fit: the loss became {loss} at epoch {epoch}, batch {b + 1}/{n_batches} "
+                            f"({type(optimizer).__name__}, lr={optimizer.lr:g}); training stopped with the weights "
+                            f"of the last finite loss; lower the learning rate or clip the gradients (clip_norm=)")
+                        exc.history = hist
+                        raise exc
+                    c = self.loss.correct(tape.out, yb)
+                    if c is not None:
+                        correct, count = correct + c[0], count + c[1]
+                    total += loss * (j - i)      # the global batch's mean loss (all ranks agree)
+                    seen += j - i
+                    if clip_value is not None:
+                        for g in grads:
+                            np.clip(g, -clip_value, clip_value, out=g)
+                    if clip_norm is not None:
+                        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+                        if norm > clip_norm:
+                            for g in grads:
+                                g *= clip_norm / (norm + 1e-6)
+                    for p, g in zip(state, last_good):
+                        np.copyto(g, p)
+                    optimizer.step(params, grads)
+                    if pbar:
+                        pbar.update(1)
+                        pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
+                if dist is not None:
+                    optimizer._reduce = None
+                    correct, count = (int(v) for v in dist.sum([correct, count]))
+                    if self.buffers():   # per-rank batch statistics: rank 0's running statistics win
+                        dist.broadcast(self.buffers())
+                hist["loss"].append(total / len(X))
+                hist["lr"].append(optimizer.lr)
+                hist["time"].append(time.perf_counter() - t0)
+                msg = f"loss {hist['loss'][-1]:.4f}"
+                if self.loss.classification:
+                    hist["accuracy"].append(correct / max(count, 1))
+                    msg += f"  acc {hist['accuracy'][-1]:.4f}"
+                if val is not None:
+                    ev = self.evaluate(*val) if dist is None else self._evaluate_sharded(val, dist)
+                    hist["val_loss"].append(ev["loss"])
+                    msg += f"  val_loss {ev['loss']:.4f}"
+                    if "accuracy" in ev:
+                        hist["val_accuracy"].append(ev["accuracy"])
+                        msg += f"  val_acc {ev['accuracy']:.4f}"
+                    if ev["loss"] < best_loss:
+                        best_loss, best_epoch, waited = ev["loss"], epoch, 0
+                        if early_stopping is not None and restore_best:
+                            best = [p.copy() for p in state]
+                    else:
+                        waited += 1
+                msg += f"  lr {optimizer.lr:.3g}"
+                if pbar:
+                    pbar.set_postfix_str(msg, refresh=True)
+                    pbar.close()
+                elif verbose:
+                    print(f"epoch {epoch}/{epochs}  {msg}  ({hist['time'][-1]:.2f} s)", flush=True)
+                if early_stopping is not None and waited >= early_stopping:
+                    if verbose:
+                        print(f"early stopping: no lower val_loss for {early_stopping} epochs", flush=True)
+                    break
+            hist["stopped_epoch"] = epoch
+            hist["best_epoch"] = best_epoch
+            if best is not None and best_epoch != epoch:
+                for p, b in zip(state, best):
+                    np.copyto(p, b)
+                if verbose:
+                    print(f"restored the weights of epoch {best_epoch} (val_loss {best_loss:.4f})", flush=True)
+            return hist
+        finally:
+            optimizer._reduce = None
+            self.train(was_training)
 
     # ------------------------------------------------------------ persistence
     def save(self, path):
-        cfg = {"layers": [layer.config() for layer in self.layers], "loss": self.loss.name,
-               "dtype": self.dtype.name, "seed": self.seed, "input_shape": list(self.input_shape)}
-        return checkpoint.save(path, cfg, self.parameters())
+        """Write the architecture, weights and buffers to ``path`` (.npz, atomically)."""
+        if self.input_shape is None:
+            raise ValueError("Sequential.save: the model is not built yet (its input shape is unknown); "
+                             "pass input_shape= or run fit/forward first")
+        for i, a in enumerate(self.parameters() + self.buffers()):
+            if not np.isfinite(a).all():
+                raise ValueError(f"Sequential.save: array {i} holds NaN or inf values; refusing to write a "
+                                 f"checkpoint that cannot be loaded")
+        first, cfgs = {}, []
+        for k, layer in enumerate(self.layers):   # a layer used again is stored as a reference
+            cfgs.append({"type": "Shared", "index": first[id(layer)]} if id(layer) in first else layer.config())
+            first.setdefault(id(layer), k)
+        cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
+               "input_shape": list(self.input_shape), "l1": self.l1, "l2": self.l2}
+        buffers = self.buffers()
+        cfg["n_buffers"] = len(buffers)
+        return checkpoint.save(path, cfg, self.parameters() + buffers)
 
     @classmethod
     def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
-        cfg, arrays = checkpoint.load(path)
-        layers = [from_config(c, custom_objects) for c in cfg["layers"]]
-        model = cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg["seed"],
-                    input_shape=tuple(cfg["input_shape"]))
-        params = model.parameters()
-        if len(params) != len(arrays):
-            raise ValueError(f"{path}: checkpoint has {len(arrays)} arrays, the model {len(params)}")
-        for p, a in zip(params, arrays):
-            if p.shape != a.shape:
-                raise ValueError(f"{path}: parameter shape {a.shape} does not match the model's {p.shape}")
+        """Rebuild a model saved by :meth:`save` (no pickle). The architecture comes from the
+        JSON config; every array's declared shape and dtype is checked against it before the
+        array is read; malformed files raise ValueError naming the file."""
+        with checkpoint.Checkpoint(path) as ck:
+            model = cls._from_checkpoint_config(ck.path, ck.config, custom_objects)
+            nb = ck.config.get("n_buffers", 0)
+            if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= ck.n:
+                raise ValueError(f"{path}: invalid buffer count {nb!r} in the checkpoint")
+            params, buffers = model.parameters(), model.buffers()
+            if buffers and not nb:
+                raise ValueError(f"{path}: the model has buffers (running statistics) the checkpoint does not hold")
+            targets = params + buffers
+            if len(targets) != ck.n:
+                raise ValueError(f"{path}: checkpoint has {ck.n} arrays, the model {len(targets)}")
+            values = [ck.array(i, p.shape, p.dtype) for i, p in enumerate(targets)]
+        for p, a in zip(targets, values):
             p[...] = a
         return model
+
+    @classmethod
+    def _from_checkpoint_config(cls, path, cfg: dict, custom_objects):
+        def need(key, kinds, what):
+            v = cfg.get(key)
+            if not isinstance(v, kinds) or isinstance(v, bool):
+                raise ValueError(f"{path}: config entry {key!r} must be {what}, got {v!r:.80}")
+            return v
+        layer_cfgs = need("layers", list, "a list of layer configs")
+        need("loss", str, "a loss name")
+        need("dtype", str, "a dtype name")
+        shape = need("input_shape", list, "a list of positive integers")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise ValueError(f"{path}: config entry 'input_shape' must be positive integers, got {shape!r:.80}")
+        layers = []
+        for c in layer_cfgs:
+            if not isinstance(c, dict):
+                raise ValueError(f"{path}: a layer config is a {type(c).__name__}, not an object")
+            if c.get("type") == "Shared":
+                k = c.get("index")
+                if not isinstance(k, int) or not 0 <= k < len(layers):
+                    raise ValueError(f"{path}: shared-layer reference {c} points at no earlier layer")
+                layers.append(layers[k])
+                continue
+            try:
+                layers.append(from_config(c, custom_objects))
+            except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+                raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        try:
+            return cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg.get("seed", 0),
+                       input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: the config does not describe a model ({type(exc).__name__}: {exc})") from exc

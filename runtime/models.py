@@ -15,13 +15,20 @@ def _flat_size(model_layers: list, input_shape: tuple, dtype) -> int:
     return int(np.prod(shape))
 
 
-def mlp(input_shape: tuple, classes: int = 10, hidden: int = 512, activation: str = "relu", **kw) -> Sequential:
-    act = L.BUILTIN_ACTIVATIONS[activation]
+def _dropout(p: float) -> list:
+    return [L.Dropout(p)] if p else []
+
+
+def mlp(input_shape: tuple, classes: int = 10, hidden: int = 512, activation: str = "relu", dropout: float = 0.0,
+        batchnorm: bool = False, **kw) -> Sequential:
+    """One hidden layer (BatchNorm1D before its activation with ``batchnorm``; dropout after)."""
+    act = lambda: L.Activation(activation)  # noqa: E731
     layers = [L.Flatten()] if len(input_shape) > 1 else []
     size = 1
     for s in input_shape:
         size *= s
-    return Sequential(layers + [L.Dense(size, hidden), act(), L.Dense(hidden, classes)],
+    bn = [L.BatchNorm1D(hidden)] if batchnorm else []
+    return Sequential(layers + [L.Dense(size, hidden)] + bn + [act()] + _dropout(dropout) + [L.Dense(hidden, classes)],
                       input_shape=input_shape, **kw)
 
 
@@ -30,13 +37,21 @@ def _features_then_head(features_fn, head_fn, input_shape, dtype, **kw) -> Seque
     return Sequential(features_fn() + [L.Flatten()] + head_fn(n), input_shape=input_shape, dtype=dtype, **kw)
 
 
-def cnn(input_shape: tuple, classes: int = 10, activation: str = "relu", dtype="float32", **kw) -> Sequential:
-    """Small CNN for 8x8 digits (works for any size >= 4x4): two 3x3 conv blocks, a hidden layer."""
-    act = L.BUILTIN_ACTIVATIONS[activation]
+def cnn(input_shape: tuple, classes: int = 10, activation: str = "relu", dtype="float32", dropout: float = 0.0,
+        batchnorm: bool = False, **kw) -> Sequential:
+    """Small CNN for 8x8 digits (works for any size >= 4x4): two 3x3 conv blocks, a hidden layer
+    (with dropout before the hidden and the output layer when ``dropout`` > 0; with
+    ``batchnorm``, BatchNorm2D after each convolution and BatchNorm1D after the hidden layer,
+    each before its activation)."""
+    act = lambda: L.Activation(activation)  # noqa: E731
+    bn2 = (lambda c: [L.BatchNorm2D(c)]) if batchnorm else (lambda c: [])
+    bn1 = [L.BatchNorm1D(128)] if batchnorm else []
     C = input_shape[0]
     return _features_then_head(
-        lambda: [L.Conv2D(C, 32, 3, padding=1), act(), L.Conv2D(32, 64, 3, padding=1), act(), L.MaxPool2D(2)],
-        lambda n: [L.Dense(n, 128), act(), L.Dense(128, classes)], input_shape, dtype, **kw)
+        lambda: [L.Conv2D(C, 32, 3, padding=1), *bn2(32), act(), L.Conv2D(32, 64, 3, padding=1), *bn2(64), act(),
+                 L.MaxPool2D(2)],
+        lambda n: _dropout(dropout) + [L.Dense(n, 128)] + bn1 + [act()] + _dropout(dropout) + [L.Dense(128, classes)],
+        input_shape, dtype, **kw)
 
 
 def lenet(input_shape: tuple, classes: int = 10, dtype="float32", **kw) -> Sequential:

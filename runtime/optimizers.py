@@ -1,76 +1,197 @@
-"""Optimizers: per-parameter state plus a call to the generated in-place update kernel."""
+"""Optimizers: per-parameter state plus a call to the generated in-place update kernel.
+
+Every first-order rule is an elementwise spec in ``derive/optimizers.py`` with
+``torch.optim``'s semantics; this module keeps the state arrays, passes the step-dependent
+scalars (bias corrections) and validates hyperparameters and gradients.
+"""
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
-from ..generated import optimizers as _opt
+from .kernels import load
+
+_opt = load("optimizers")
+
+
+def check_real(owner: str, name: str, v, *, low=None, low_open: bool = False, high=None,
+               high_open: bool = True) -> float:
+    """``v`` as a float: a real number (Python or NumPy; not a bool), finite, within the bounds
+    (``low``/``high`` included unless ``*_open``); otherwise a ValueError naming ``owner.name``."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating)):
+        raise ValueError(f"{owner}: {name} must be a real number, got {v!r}")
+    f = float(v)
+    if not np.isfinite(f):
+        raise ValueError(f"{owner}: {name} must be finite, got {v!r}")
+    if low is not None and (f <= low if low_open else f < low):
+        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {v!r}")
+    if high is not None and (f >= high if high_open else f > high):
+        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {v!r}")
+    return f
+
+
+def check_int(owner: str, name: str, v, low: int = 1) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def check_betas(owner: str, betas) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    return tuple(check_real(owner, f"beta{i + 1}", b, low=0, high=1) for i, b in enumerate(betas))
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    s = np.add.reduce(a, axis=None)        # NaN/inf propagate into the sum; a finite sum settles it
+    return bool(np.isfinite(s)) or bool(np.isfinite(a).all())
 
 
 class Optimizer:
     """Base class: ``loss_and_grad`` evaluates what the update needs (``fit`` calls it), ``step``
-    updates the parameters in place."""
+    updates the parameters in place. ``lr`` may be changed between steps (schedules do)."""
     needs_hessian = False
 
     def __init__(self, lr: float):
-        if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: lr must be a positive finite number, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = check_real(type(self).__name__, "lr", lr, low=0)
         self.state = None
         self.t = 0
+
+    def __repr__(self):
+        keys = [k for k in self.__init__.__code__.co_varnames[1:self.__init__.__code__.co_argcount]
+                if hasattr(self, k)]
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 
     def _init_state(self, params):
         raise NotImplementedError
 
+    #: set by ``fit(distributed=True)`` for each batch: averages ``(loss, arrays)`` over the
+    #: ranks, weighted by shard size (see :mod:`symprop.runtime.distributed`)
+    _reduce = None
+
     def loss_and_grad(self, model, X, y):
-        """Loss and gradients of ``model`` on a validated batch (plus whatever curvature the
+        """``(loss, grads, tape)`` of ``model`` on a validated batch (plus whatever curvature the
         optimizer uses, kept for the next :meth:`step`)."""
-        return model._loss_and_grad(X, y)
+        tape = model.trace(X, y, checked=True)
+        loss, grads = tape.loss, model.backward(tape)
+        if self._reduce is not None:
+            loss, grads = self._reduce(loss, grads)
+        return loss, grads, tape
+
+    def _check(self, params, grads):
+        name = type(self).__name__
+        if len(params) != len(grads):
+            raise ValueError(f"{name}: {len(params)} parameters but {len(grads)} gradients")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if not isinstance(g, np.ndarray) or p.shape != g.shape:
+                raise ValueError(f"{name}: gradient {i} has shape {np.shape(g)}, parameter {p.shape}")
+            if not _all_finite(g):
+                raise ValueError(f"{name}: gradient {i} (shape {g.shape}) contains NaN or inf; "
+                                 f"no parameter was updated")
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
-        if len(params) != len(grads):
-            raise ValueError(f"{type(self).__name__}: {len(params)} parameters but {len(grads)} gradients")
+        """Update ``params`` in place. Every gradient is checked first (shapes, NaN/inf): a bad
+        one raises ValueError with no parameter or state touched."""
+        self._check(params, grads)
         if self.state is None:
             self.state = self._init_state(params)
         self.t += 1
         for i, (p, g) in enumerate(zip(params, grads)):
-            if p.shape != g.shape:
-                raise ValueError(f"{type(self).__name__}: gradient {i} has shape {g.shape}, parameter {p.shape}")
-            self._update(i, p, g, self.state[i])
+            self._update(i, p, np.ascontiguousarray(g, dtype=p.dtype), self.state[i])
 
 
 class SGD(Optimizer):
-    """SGD with heavy-ball momentum and L2 weight decay (as ``torch.optim.SGD``)."""
+    """SGD with heavy-ball or Nesterov momentum and L2 weight decay (as ``torch.optim.SGD``,
+    dampening 0)."""
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
         super().__init__(lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.momentum = check_real("SGD", "momentum", momentum, low=0, high=1)
+        self.weight_decay = check_real("SGD", "weight_decay", weight_decay, low=0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("SGD: nesterov momentum needs momentum > 0")
+        self.nesterov = bool(nesterov)
 
     def _init_state(self, params):
         return [np.zeros_like(p) for p in params]
 
     def _update(self, i, p, g, v):
-        _opt.sgd_update(p, g, v, self.lr, self.momentum, self.weight_decay)
+        (_opt.nesterov_update if self.nesterov else _opt.sgd_update)(p, g, v, self.lr, self.momentum,
+                                                                      self.weight_decay)
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad (as ``torch.optim.Adagrad``, initial accumulator 0): ``s += g²``,
+    ``p -= lr_t·g/(√s + eps)`` with ``lr_t = lr/(1 + (t−1)·lr_decay)``."""
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0, lr_decay: float = 0.0):
+        super().__init__(lr)
+        self.eps = check_real("AdaGrad", "eps", eps, low=0, low_open=True)
+        self.weight_decay = check_real("AdaGrad", "weight_decay", weight_decay, low=0)
+        self.lr_decay = check_real("AdaGrad", "lr_decay", lr_decay, low=0)
+
+    def _init_state(self, params):
+        return [np.zeros_like(p) for p in params]
+
+    def _update(self, i, p, g, s):
+        _opt.adagrad_update(p, g, s, self.lr / (1 + (self.t - 1) * self.lr_decay), self.eps, self.weight_decay)
+
+
+class RMSProp(Optimizer):
+    """RMSProp (as ``torch.optim.RMSprop``, not centered): ``s = α s + (1−α) g²``,
+    ``v = μ v + g/(√s + eps)``, ``p -= lr·v``."""
+
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.alpha = check_real("RMSProp", "alpha", alpha, low=0, high=1)
+        self.eps = check_real("RMSProp", "eps", eps, low=0, low_open=True)
+        self.momentum = check_real("RMSProp", "momentum", momentum, low=0, high=1)
+        self.weight_decay = check_real("RMSProp", "weight_decay", weight_decay, low=0)
+
+    def _init_state(self, params):
+        return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+
+    def _update(self, i, p, g, state):
+        s, v = state
+        _opt.rmsprop_update(p, g, s, v, self.lr, self.alpha, self.eps, self.momentum, self.weight_decay)
+
+
+RMSprop = RMSProp
 
 
 class Adam(Optimizer):
     """Adam with bias correction and L2 weight decay (as ``torch.optim.Adam``)."""
+    _kernel = "adam_update"
 
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
-        self.b1, self.b2, self.eps, self.weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
+        name = type(self).__name__
+        self.betas = check_betas(name, betas)
+        self.b1, self.b2 = self.betas
+        self.eps = check_real(name, "eps", eps, low=0, low_open=True)
+        self.weight_decay = check_real(name, "weight_decay", weight_decay, low=0)
 
     def _init_state(self, params):
         return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
 
     def _update(self, i, p, g, state):
         m, s = state
-        _opt.adam_update(p, g, m, s, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
-                         1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+        getattr(_opt, self._kernel)(p, g, m, s, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
+                                    1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (as ``torch.optim.AdamW``):
+    ``p ← p(1 − lr·wd)`` before the Adam step on the raw gradient."""
+    _kernel = "adamw_update"
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(lr, betas, eps, weight_decay)
 
 
 class AdaHessian(Optimizer):
@@ -82,26 +203,33 @@ class AdaHessian(Optimizer):
     spatial averaging); ``update_each``: re-estimate D every so many steps and reuse it in
     between; ``n_samples``: probes per estimate; ``weight_decay`` is decoupled (AdamW style).
     Defaults are the paper's (lr 0.15, eps 1e-4).
+
+    Reusing a diagonal between estimates is made safe by two rules (the reference
+    implementation has neither, and with ``update_each`` 2 or 5 it wrecks the digits CNN):
+    the first ``estimate_warmup`` steps re-estimate every step, so the bias-corrected second
+    moment averages several batches before any estimate is reused; and an entry whose second
+    moment is still exactly 0 (no estimate has seen the parameter active) is not moved
+    (see ``derive/optimizers.py``). ``estimate_warmup=0`` gives the reference schedule.
     """
     needs_hessian = True
 
     def __init__(self, lr: float = 0.15, betas=(0.9, 0.999), eps: float = 1e-4, weight_decay: float = 0.0,
                  hessian_power: float = 1.0, update_each: int = 1, n_samples: int = 1,
-                 average_conv_kernel: bool = True, seed: int = 0):
+                 average_conv_kernel: bool = True, seed: int = 0, estimate_warmup: int = 10):
         super().__init__(lr)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"AdaHessian: betas must be in [0, 1), got {betas}")
-        if not 0 < hessian_power <= 1:
-            raise ValueError(f"AdaHessian: hessian_power must be in (0, 1], got {hessian_power}")
-        for nm, v in (("update_each", update_each), ("n_samples", n_samples)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"AdaHessian: {nm} must be a positive integer, got {v!r}")
-        if not eps > 0 or weight_decay < 0:
-            raise ValueError(f"AdaHessian: eps must be > 0 and weight_decay >= 0, got {eps}, {weight_decay}")
-        self.b1, self.b2, self.eps, self.weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
-        self.k, self.update_each, self.n_samples = float(hessian_power), int(update_each), int(n_samples)
+        self.betas = check_betas("AdaHessian", betas)
+        self.b1, self.b2 = self.betas
+        self.hessian_power = self.k = check_real("AdaHessian", "hessian_power", hessian_power, low=0,
+                                                 low_open=True, high=1, high_open=False)
+        self.update_each = check_int("AdaHessian", "update_each", update_each)
+        self.n_samples = check_int("AdaHessian", "n_samples", n_samples)
+        self.estimate_warmup = check_int("AdaHessian", "estimate_warmup", estimate_warmup, low=0)
+        self.eps = check_real("AdaHessian", "eps", eps, low=0, low_open=True)
+        self.weight_decay = check_real("AdaHessian", "weight_decay", weight_decay, low=0)
+        if not isinstance(average_conv_kernel, (bool, np.bool_)):
+            raise ValueError(f"AdaHessian: average_conv_kernel must be True or False, got {average_conv_kernel!r}")
         self.average_conv_kernel = bool(average_conv_kernel)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.hessian_diag = None
         self._calls = 0
@@ -110,20 +238,29 @@ class AdaHessian(Optimizer):
         """Loss, gradients and the (spatially averaged) Hutchinson diagonal from one shared
         forward/backward pass and ``n_samples`` R-op passes."""
         from .curvature import hutchinson
-        loss, grads = model._loss_and_grad(X, y, keep_output_grads=True)
-        D = hutchinson(model, y, self.n_samples, self.rng)
+        tape = model.trace(X, y, checked=True)
+        loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
+        D = hutchinson(model, tape, self.n_samples, self.rng)
+        if self._reduce is not None:   # v ⊙ Hv is linear in H: averaged like the gradients
+            loss, both = self._reduce(loss, grads + D)
+            grads, D = both[:len(grads)], both[len(grads):]
         for i, d in enumerate(D):
             if self.average_conv_kernel and d.ndim == 4:
                 D[i] = np.ascontiguousarray(np.broadcast_to(np.abs(d).mean(axis=(2, 3), keepdims=True), d.shape))
-        return loss, grads, D
+        return loss, grads, D, tape
+
+    def estimate_due(self) -> bool:
+        """Whether the next :meth:`loss_and_grad` re-estimates the diagonal."""
+        c, w = self._calls, self.estimate_warmup
+        return self.hessian_diag is None or c < w or (c - w) % self.update_each == 0
 
     def loss_and_grad(self, model, X, y):
-        due = self._calls % self.update_each == 0
+        due = self.estimate_due()
         self._calls += 1
-        if due or self.hessian_diag is None:
-            loss, grads, self.hessian_diag = self.estimate(model, X, y)
-            return loss, grads
-        return model._loss_and_grad(X, y)
+        if due:
+            loss, grads, self.hessian_diag, tape = self.estimate(model, X, y)
+            return loss, grads, tape
+        return super().loss_and_grad(model, X, y)
 
     def step(self, params, grads, hessian_diag=None):
         """Update in place; ``hessian_diag`` defaults to the estimate made by :meth:`loss_and_grad`."""
@@ -131,10 +268,16 @@ class AdaHessian(Optimizer):
         if D is None:
             raise ValueError("AdaHessian: no Hessian diagonal; train with fit(), call loss_and_grad(model, X, y) "
                              "first, or pass step(params, grads, hessian_diag=...)")
-        if len(D) != len(params) or any(d.shape != p.shape for d, p in zip(D, params)):
-            raise ValueError(f"AdaHessian: Hessian diagonal shapes {[d.shape for d in D]} do not match "
+        if len(D) != len(params) or any(np.shape(d) != p.shape for d, p in zip(D, params)):
+            raise ValueError(f"AdaHessian: Hessian diagonal shapes {[np.shape(d) for d in D]} do not match "
                              f"the parameters {[p.shape for p in params]}")
-        self._D = [np.ascontiguousarray(d, dtype=p.dtype) for d, p in zip(D, params)]
+        D = [np.ascontiguousarray(d, dtype=p.dtype) for d, p in zip(D, params)]
+        for i, d in enumerate(D):
+            if not _all_finite(d):
+                raise ValueError(f"AdaHessian: Hessian diagonal {i} (shape {d.shape}) contains NaN or inf; "
+                                 f"no parameter was updated")
+        self._check(params, grads)
+        self._D = D
         super().step(params, grads)
 
     def _init_state(self, params):
@@ -142,7 +285,7 @@ class AdaHessian(Optimizer):
 
     def _update(self, i, p, g, state):
         m, s = state
-        args = (p, np.ascontiguousarray(g), self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
+        args = (p, g, self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
                 self.weight_decay, 1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
         if self.k == 1:
             _opt.adahessian_update(*args)
@@ -160,17 +303,19 @@ class Newton(Optimizer):
 
     def __init__(self, lr: float = 1.0, damping: float = 0.1, max_params: int | None = None):
         super().__init__(lr)
-        if not damping > 0:
-            raise ValueError(f"Newton: damping must be > 0, got {damping}")
         from .curvature import MAX_FULL_HESSIAN_PARAMS
-        self.damping = float(damping)
-        self.max_params = MAX_FULL_HESSIAN_PARAMS if max_params is None else int(max_params)
+        self.damping = check_real("Newton", "damping", damping, low=0, low_open=True)
+        self.max_params = MAX_FULL_HESSIAN_PARAMS if max_params is None else check_int("Newton", "max_params",
+                                                                                      max_params)
         self.H = None
 
     def loss_and_grad(self, model, X, y):
         from .curvature import full_hessian
-        loss, grads, self.H = full_hessian(model, X, y, self.max_params)
-        return loss, grads
+        if self._reduce is not None:
+            raise ValueError("Newton: distributed training is not supported (the full Hessian would be "
+                             "reduced across ranks); use a first-order optimizer or AdaHessian")
+        loss, grads, self.H, tape = full_hessian(model, X, y, self.max_params, return_tape=True)
+        return loss, grads, tape
 
     def step(self, params, grads, hessian=None):
         H = self.H if hessian is None else np.asarray(hessian, np.float64)
@@ -178,8 +323,9 @@ class Newton(Optimizer):
         if H is None or H.shape != (P, P):
             raise ValueError(f"Newton: needs the {P}x{P} Hessian; train with fit() or call "
                              f"loss_and_grad(model, X, y) first (got {None if H is None else H.shape})")
-        if len(params) != len(grads):
-            raise ValueError(f"Newton: {len(params)} parameters but {len(grads)} gradients")
+        self._check(params, grads)
+        if not np.isfinite(H).all():
+            raise ValueError("Newton: the Hessian contains NaN or inf; no parameter was updated")
         g = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in grads])
         lam, U = np.linalg.eigh((H + H.T) / 2)
         step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
@@ -191,10 +337,21 @@ class Newton(Optimizer):
             i += p.size
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adahessian": AdaHessian, "newton": Newton}
+def _nesterov(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> SGD:
+    return SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
-def get_optimizer(name: str, **kwargs) -> Optimizer:
-    if name not in OPTIMIZERS:
+OPTIMIZERS = {"sgd": SGD, "nesterov": _nesterov, "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam,
+              "adamw": AdamW, "adahessian": AdaHessian, "newton": Newton}
+
+
+def get_optimizer(name, **kwargs) -> Optimizer:
+    """An optimizer by name (``OPTIMIZERS``; "nesterov" is SGD with Nesterov momentum 0.9), with
+    its default hyperparameters unless given; an :class:`Optimizer` is returned as is."""
+    if isinstance(name, Optimizer):
+        if kwargs:
+            raise ValueError("get_optimizer: hyperparameters given with an optimizer instance")
+        return name
+    if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](**kwargs)
+    return OPTIMIZERS[name.lower()](**kwargs)

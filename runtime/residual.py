@@ -2,13 +2,33 @@
 
 ``P`` is the identity when the block keeps the shape, otherwise a learned projection
 (a strided 1×1 Conv2D for images, a Dense layer for vectors). The pullback of the fan-out
-``x -> (block(x), P(x))`` is the sum of the two branch gradients.
+``x -> (block(x), P(x))`` is the sum of the two branch gradients; the pushforward of the
+fan-in is the sum of the branch directions. Composition only: every product is a sub-layer's.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from .layers import Dense, Layer, split_by_layer
+from .conv import Conv2D, out_size
+from .dense import Dense
+from .layer import EVAL, Layer, batch_columns
+
+
+def _add(a, b):
+    """Sum of two arrays where ``None`` is zero."""
+    return b if a is None else a if b is None else a + b
+
+
+def split_uses(layers, flat: list) -> list[list]:
+    """Cut a list aligned with the layers' concatenated ``param_uses()`` into one list per layer."""
+    parts, i = [], 0
+    for la in layers:
+        n = len(la.param_uses())
+        parts.append(flat[i:i + n])
+        i += n
+    return parts
 
 
 class Residual(Layer):
@@ -18,6 +38,7 @@ class Residual(Layer):
         self.block = list(layers)
         self.projection_wanted = projection   # None: only when shapes differ
         self.projection = None
+        self._lock = threading.Lock()
 
     @property
     def name(self):
@@ -27,93 +48,146 @@ class Residual(Layer):
         return {"type": "Residual", "layers": [la.config() for la in self.block],
                 "projection": self.projection_wanted}
 
-    def build(self, input_shape, dtype, rng):
-        from .conv import Conv2D, out_size
-        self.dtype = np.dtype(dtype)
+    def _parts(self):
+        return self.block + ([self.projection] if self.projection else [])
+
+    def init_parameters(self, dtype, rng):
+        for la in self.block:
+            la.init_parameters(dtype, rng)
+
+    def parameters_known(self):
+        return all(la.parameters_known() for la in self.block) and \
+            (self.projection is not None or self.projection_wanted is False)
+
+    def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for la in self.block:
+            shape = la.output_shape(shape)
+        return shape
+
+    def build(self, input_shape, dtype, rng):
+        in_shape = tuple(input_shape)
+        shape = in_shape
+        for la in self.block:
             shape = la.build(shape, dtype, rng)
-        self.in_shape, self.out_shape = tuple(input_shape), tuple(shape)
-        need = self.in_shape != self.out_shape if self.projection_wanted is None else bool(self.projection_wanted)
-        if need:
-            if len(self.in_shape) == 1 and len(self.out_shape) == 1:
-                self.projection = Dense(self.in_shape[0], self.out_shape[0])
-            elif len(self.in_shape) == 3 and len(self.out_shape) == 3:
-                strides = []
-                for a, b in zip(self.in_shape[1:], self.out_shape[1:]):
-                    s = next((s for s in range(1, a + 1) if out_size(a, 1, s, 0) == b), None)
-                    if s is None:
-                        raise ValueError(f"{self.name}: no strided 1x1 projection maps spatial size "
-                                         f"{self.in_shape[1:]} to {self.out_shape[1:]}")
-                    strides.append(s)
-                self.projection = Conv2D(self.in_shape[0], self.out_shape[0], 1, stride=tuple(strides))
-            else:
-                raise ValueError(f"{self.name}: cannot project input {self.in_shape} onto output {self.out_shape}")
-            got = self.projection.build(self.in_shape, dtype, rng)
-            if tuple(got) != self.out_shape:
-                raise ValueError(f"{self.name}: projection gives {got}, the block {self.out_shape}")
-        return self.out_shape
+        out_shape = tuple(shape)
+        need = in_shape != out_shape if self.projection_wanted is None else bool(self.projection_wanted)
+        with self._lock:
+            if need and self.projection is None:
+                self.projection = self._make_projection(in_shape, out_shape)
+            if self.projection is not None:
+                self.projection.init_parameters(dtype, rng)
+                got = self.projection.output_shape(in_shape)
+                if tuple(got) != out_shape:
+                    raise ValueError(f"{self.name}: projection gives {got}, the block {out_shape}")
+            elif in_shape != out_shape:
+                raise ValueError(f"{self.name}: the block maps {in_shape} to {out_shape}; "
+                                 f"an identity skip needs equal shapes (use projection=True)")
+        return out_shape
+
+    def _make_projection(self, in_shape, out_shape):
+        if len(in_shape) == 1 and len(out_shape) == 1:
+            return Dense(in_shape[0], out_shape[0])
+        if len(in_shape) == 3 and len(out_shape) == 3:
+            strides = []
+            for a, b in zip(in_shape[1:], out_shape[1:]):
+                s = next((s for s in range(1, a + 1) if out_size(a, 1, s, 0) == b), None)
+                if s is None:
+                    raise ValueError(f"{self.name}: no strided 1x1 projection maps spatial size "
+                                     f"{in_shape[1:]} to {out_shape[1:]}")
+                strides.append(s)
+            return Conv2D(in_shape[0], out_shape[0], 1, stride=tuple(strides))
+        raise ValueError(f"{self.name}: cannot project input {in_shape} onto output {out_shape}")
+
+    def penalized(self):
+        return [p for la in self._parts() for p in la.penalized()]
+
+    def param_uses(self):
+        return [p for la in self._parts() for p in la.param_uses()]
+
+    def buffers(self):
+        seen, out = set(), []
+        for b in (b for la in self._parts() for b in la.buffers()):
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append(b)
+        return out
 
     def parameters(self):
-        ps = [p for la in self.block for p in la.parameters()]
-        return ps + (self.projection.parameters() if self.projection else [])
+        seen, out = set(), []
+        for p in self.param_uses():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
 
-    def forward(self, x):
-        out = x
+    # ------------------------------------------------------------ passes
+    def forward(self, x, ctx=EVAL):
+        recs, out = [], x
         for la in self.block:
-            out = la.forward(out)
-        skip = self.projection.forward(x) if self.projection else x
-        return out + skip
+            out, r = la.forward(out, ctx)
+            recs.append(r)
+        if self.projection:
+            skip, prec = self.projection.forward(x, ctx)
+        else:
+            skip, prec = x, None
+        return out + skip, {"block": recs, "proj": prec, "gs": None, "Rxs": None}
 
-    def backward(self, g, need_input_grad=True):
+    def vjp(self, rec, g, need_input=True):
         grads = []
         gb = g
-        self._gs = [None] * len(self.block)   # each block layer's output gradient, for rvjp
+        gs = [None] * len(self.block)   # each block layer's output gradient, for the R-op
         for k in range(len(self.block) - 1, -1, -1):
-            self._gs[k] = gb
-            gb, pg = self.block[k].backward(gb, need_input_grad=True)
+            gs[k] = gb
+            gb, pg = self.block[k].vjp(rec["block"][k], gb, need_input=True)
             grads[:0] = pg
+        rec["gs"] = gs
         if self.projection:
-            gs, pg = self.projection.backward(g, need_input_grad=need_input_grad)
+            gsk, pg = self.projection.vjp(rec["proj"], g, need_input=need_input)
             grads += pg
         else:
-            gs = g
-        return (gb + gs if need_input_grad else None), grads
+            gsk = g
+        return (gb + gsk if need_input else None), grads
 
-    def _split(self, Rparams):
-        return split_by_layer(self.block + ([self.projection] if self.projection else []), Rparams)
+    def input_vjp(self, rec, g):
+        gb = g
+        for k in range(len(self.block) - 1, -1, -1):
+            gb = self.block[k].input_vjp(rec["block"][k], gb)
+        return gb + (self.projection.input_vjp(rec["proj"], g) if self.projection else g)
 
-    def jvp(self, Rx, Rparams):
-        parts = self._split(Rparams)
-        self._Rxs = []   # each block layer's input direction, for rvjp
+    def jvp(self, rec, Rx, Rparams):
+        parts = split_uses(self._parts(), Rparams)
+        Rxs = []   # each block layer's input direction, for the R-op pullback
         Rb = Rx
-        for la, Rp in zip(self.block, parts):
-            self._Rxs.append(Rb)
-            Rb = la.jvp(Rb, Rp)
-        Rs = self.projection.jvp(Rx, parts[-1]) if self.projection else Rx
+        for la, r, Rp in zip(self.block, rec["block"], parts):
+            Rxs.append(Rb)
+            Rb = la.jvp(r, Rb, Rp)
+        rec["Rxs"] = Rxs
+        Rs = self.projection.jvp(rec["proj"], Rx, parts[-1]) if self.projection else Rx
         return _add(Rb, Rs)
 
-    def rvjp(self, g, Rg, Rx, Rparams, need_input_grad=True):
-        parts = self._split(Rparams)
+    def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        parts = split_uses(self._parts(), Rparams)
         Rgrads = []
         Rgb = Rg
         for k in range(len(self.block) - 1, -1, -1):
-            Rgb, Rp = self.block[k].rvjp(self._gs[k], Rgb, self._Rxs[k], parts[k], need_input_grad=True)
+            Rgb, Rp = self.block[k].rvjp(rec["block"][k], rec["gs"][k], Rgb, rec["Rxs"][k], parts[k],
+                                         need_input=True)
             Rgrads[:0] = Rp
         if self.projection:
-            Rgs, Rp = self.projection.rvjp(g, Rg, Rx, parts[-1], need_input_grad=need_input_grad)
+            Rgs, Rp = self.projection.rvjp(rec["proj"], g, Rg, Rx, parts[-1], need_input=need_input)
             Rgrads += Rp
         else:
             Rgs = Rg
-        return (_add(Rgb, Rgs) if need_input_grad else None), Rgrads
+        return (_add(Rgb, Rgs) if need_input else None), Rgrads
 
-    def factor_backprop(self, groups, g, exact, need_input=True):
+    def factor_backprop(self, rec, groups, g, exact, need_input=True):
         cur, diag = groups, []
         for k in range(len(self.block) - 1, -1, -1):
-            cur, d = self.block[k].factor_backprop(cur, self._gs[k], exact, need_input=True)
+            cur, d = self.block[k].factor_backprop(rec["block"][k], cur, rec["gs"][k], exact, need_input=True)
             diag[:0] = d
         if self.projection:   # a linear map: no residual term of its own
-            skip, d = self.projection.factor_backprop(groups, g, exact=False, need_input=need_input)
+            skip, d = self.projection.factor_backprop(rec["proj"], groups, g, exact=False, need_input=need_input)
             diag += d
         else:
             skip = groups
@@ -122,9 +196,14 @@ class Residual(Layer):
         # the fan-out's pullback adds the skip branch to the block branch, column by column;
         # groups born inside the block (its residual terms) only come through the block
         n = len(groups)
-        return [(Sb + Ss, w) for (Sb, w), (Ss, _) in zip(cur[:n], skip)] + cur[n:], diag
+        out = []
+        for (Sb, w), (Ss, ws) in zip(cur[:n], skip):
+            if w.ndim != ws.ndim:   # a batch-coupled layer in one branch: both as whole-batch columns
+                (Sb, w), (Ss, ws) = batch_columns(Sb, w), batch_columns(Ss, ws)
+            out.append((Sb + Ss, w))
+        return out + cur[n:], diag
 
-
-def _add(a, b):
-    """Sum of two directions where ``None`` is zero (the fan-out's pullback/pushforward)."""
-    return b if a is None else a if b is None else a + b
+    def bl(self, rec, h, g):
+        raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not defined through a skip connection "
+                         f"(the fan-out's cross terms are what it drops); use method='exact', "
+                         f"'gauss_newton' or 'hutchinson'")

@@ -13,7 +13,8 @@ def _source_root() -> Path:
     for p in [here, *here.parents]:
         if (p / "pyproject.toml").exists() and (p / "codegen").is_dir():
             return p
-    return here
+    raise ValueError(f"no symprop checkout at or above {here}: `symprop generate` writes the checkout's "
+                     f"generated/ folder; run it inside the source tree or pass --out DIR")
 
 
 def cmd_generate(args) -> int:
@@ -36,8 +37,16 @@ def cmd_generate(args) -> int:
 
 
 DEFAULT_EPOCHS = {"mlp": 40, "cnn": 15, "lenet": 15, "cifar_cnn": 15}
-DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adahessian": 0.15, "newton": 1.0}
+DEFAULT_LR = {"sgd": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3,
+              "adahessian": 0.15, "newton": 1.0}
 DEFAULT_WEIGHT_DECAY = {"mlp": 0.0, "cnn": 5e-4, "lenet": 5e-4, "cifar_cnn": 5e-4}
+#: AdamW's decay is decoupled (multiplied by lr, not added to the gradient): its own default
+ADAMW_WEIGHT_DECAY = 0.01
+#: Newton's recipe: the full Hessian of a small MLP, large batches (a Newton step on 32
+#: samples overfits the batch), strong damping
+NEWTON_HIDDEN, NEWTON_BATCH, NEWTON_EPOCHS = 16, 256, 10
+SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine", "cosine_restarts", "linear", "warmup",
+                  "warmup_cosine")
 
 
 def load_data(dataset: str, data_dir, dtype: str, input_shape=None, model: str | None = None):
@@ -53,20 +62,117 @@ def load_data(dataset: str, data_dir, dtype: str, input_shape=None, model: str |
     return (upsample(X, factor), y), (upsample(Xt, factor), yt)
 
 
-def cmd_train(args) -> int:
-    from .runtime import optimizers as O
+def _activation_names():
+    """The activation registry (the compiled manifest); None when no kernels are compiled, so
+    `symprop generate` and `symprop latex` still run."""
+    try:
+        from .runtime.activation import names
+        return names()
+    except ImportError:
+        return None
+
+
+def _writable(path: str, flag: str) -> None:
+    """Refuse, before any training, an output path that cannot be written."""
+    import os
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory")
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{flag} {path}: not writable")
+
+
+def _plot_backend(path: str):
+    """matplotlib's pyplot (Agg), after checking it can write ``path``'s format."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ValueError("--plot needs matplotlib: pip install 'symprop[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fmt = Path(path).suffix.lstrip(".").lower()
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in supported:
+        raise ValueError(f"--plot {path}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
+    return plt
+
+
+def build_model(args, X, y, yt):
     from .runtime.models import MODELS
 
-    (X, y), (Xt, yt) = load_data(args.dataset, args.data_dir, args.dtype, model=args.model)
-    builder = MODELS[args.model]
     kw = {"hidden": args.hidden, "activation": args.activation} if args.model == "mlp" else {}
     if args.model == "cnn":
         kw["activation"] = args.activation
-    model = builder(X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype, seed=args.seed, **kw)
+    if args.dropout:
+        if args.model not in ("mlp", "cnn"):
+            raise ValueError(f"--dropout applies to --model mlp or cnn, not {args.model}")
+        kw["dropout"] = args.dropout
+    if args.batchnorm:
+        if args.model not in ("mlp", "cnn"):
+            raise ValueError(f"--batchnorm applies to --model mlp or cnn, not {args.model}")
+        kw["batchnorm"] = True
+    if args.l1 or args.l2:
+        kw.update(l1=args.l1, l2=args.l2)
+    return MODELS[args.model](X.shape[1:], classes=int(max(y.max(), yt.max())) + 1, dtype=args.dtype,
+                              seed=args.seed, **kw)
+
+
+def _newton_defaults(args) -> None:
+    """Newton's recipe, applied to what the user left unset (see NEWTON_*)."""
+    if args.optimizer != "newton":
+        return
+    if args.hidden is None and args.model == "mlp":
+        args.hidden = NEWTON_HIDDEN
+    if args.batch_size is None:
+        args.batch_size = NEWTON_BATCH
+    if args.epochs is None:
+        args.epochs = NEWTON_EPOCHS
+    if args.damping is None:
+        args.damping = 1.0
+
+
+def cmd_train(args) -> int:
+    from .runtime import optimizers as O
+    from .runtime.curvature import MAX_FULL_HESSIAN_PARAMS
+    from .runtime.schedules import get_schedule
+
+    _newton_defaults(args)
+    if args.hidden is None:
+        args.hidden = 512
+    if args.batch_size is None:
+        args.batch_size = 32
+    if args.damping is None:
+        args.damping = 0.1
+    for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--hidden", args.hidden),
+                    ("--early-stopping", args.early_stopping), ("--update-each", args.update_each)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {v}")
+    if args.save:
+        _writable(args.save if args.save.endswith(".npz") else args.save + ".npz", "--save")
+    plt = None
+    if args.plot:
+        _writable(args.plot, "--plot")
+        plt = _plot_backend(args.plot)
+    if args.early_stopping and not args.validation_split:
+        raise ValueError("--early-stopping watches the validation loss: give --validation-split too (e.g. 0.1)")
+    (X, y), (Xt, yt) = load_data(args.dataset, args.data_dir, args.dtype, model=args.model)
+    model = build_model(args, X, y, yt)
+    n_params = sum(p.size for p in model.parameters())
+    if args.optimizer == "newton" and n_params > MAX_FULL_HESSIAN_PARAMS:
+        raise ValueError(f"--optimizer newton forms the full {n_params:,} x {n_params:,} Hessian; the limit is "
+                         f"{MAX_FULL_HESSIAN_PARAMS:,} parameters. Use the MLP with a small hidden layer "
+                         f"(`--model mlp --hidden {NEWTON_HIDDEN}`, the default for newton) or a first-order optimizer")
     epochs = args.epochs or DEFAULT_EPOCHS[args.model]
-    wd = DEFAULT_WEIGHT_DECAY[args.model] if args.weight_decay is None else args.weight_decay
+    if args.weight_decay is not None:
+        wd = args.weight_decay
+    else:
+        wd = ADAMW_WEIGHT_DECAY if args.optimizer == "adamw" else DEFAULT_WEIGHT_DECAY[args.model]
     okw = {"lr": DEFAULT_LR[args.optimizer] if args.lr is None else args.lr}
-    if args.optimizer == "sgd":
+    if args.optimizer in ("sgd", "nesterov"):
         okw["momentum"] = args.momentum
     if args.optimizer == "adahessian":
         okw.update(update_each=args.update_each, seed=args.seed)
@@ -75,44 +181,66 @@ def cmd_train(args) -> int:
     else:
         okw["weight_decay"] = wd
     opt = O.get_optimizer(args.optimizer, **okw)
-    n_params = sum(p.size for p in model.parameters())
-    print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params} parameters) on {args.dataset} "
-          f"{'x'.join(map(str, X.shape[1:]))}: {len(X)} train / {len(Xt)} test, {args.optimizer}(lr={opt.lr}), "
-          f"weight decay {wd}, batch {args.batch_size}, {epochs} epochs, {args.dtype}, seed {args.seed}")
+    sched = get_schedule(args.schedule, epochs) if args.schedule else None
+    if args.summary:
+        model.summary()
+    extra = "".join([f", schedule {args.schedule}" if sched else "",
+                     f", clip norm {args.clip_norm}" if args.clip_norm else "",
+                     f", clip value {args.clip_value}" if args.clip_value else "",
+                     f", validation split {args.validation_split}" if args.validation_split else "",
+                     f", early stopping {args.early_stopping}" if args.early_stopping else ""])
+    dist = None
+    if args.distributed:
+        from .runtime.distributed import Distributed
+        dist = Distributed()
+        extra += f", distributed over {dist.size} MPI ranks"
+    lead = dist is None or dist.rank == 0     # only rank 0 prints, saves and plots
+    if lead:
+        print(f"symprop train: {args.model} ({len(model.layers)} layers, {n_params:,} parameters) on {args.dataset} "
+              f"{'x'.join(map(str, X.shape[1:]))}: {len(X)} train / {len(Xt)} test, {opt!r}, "
+              f"batch {args.batch_size}, {epochs} epochs{extra}, {args.dtype}, seed {args.seed}", flush=True)
     t0 = time.perf_counter()
-    hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt,
-                     validation_data=(Xt, yt), verbose=1, seed=args.seed)
+    hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt, schedule=sched,
+                     clip_norm=args.clip_norm, clip_value=args.clip_value,
+                     validation_split=args.validation_split or 0.0, early_stopping=args.early_stopping,
+                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False)
+    train_time = time.perf_counter() - t0
+    if not lead:
+        return 0
     ev = model.evaluate(Xt, yt)
     print(f"final test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  "
-          f"({time.perf_counter() - t0:.1f} s)")
+          f"({train_time:.1f} s)")
     if args.save:
         path = model.save(args.save)
         print(f"saved {path}")
     if args.plot:
-        _plot(hist, args.plot, f"{args.model} on {args.dataset}")
+        _plot(plt, hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"
+              + (f", {args.schedule}" if sched else "") + f": test accuracy {ev['accuracy']:.4f}")
         print(f"wrote {args.plot}")
     return 0
 
 
-def _plot(hist: dict, path: str, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ValueError("--plot needs matplotlib: pip install 'symprop[plot]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(plt, hist: dict, path: str, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ep = range(1, len(hist["loss"]) + 1)
-    a.plot(ep, hist["loss"], label="train")
-    if "val_loss" in hist:
-        a.plot(ep, hist["val_loss"], label="test")
-    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
-    if "accuracy" in hist:
-        b.plot(ep, hist["accuracy"], label="train")
-        if "val_accuracy" in hist:
-            b.plot(ep, hist["val_accuracy"], label="test")
-        b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
+    panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in hist else []) + [("lr", "learning rate")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    ep = list(range(1, len(hist["loss"]) + 1))
+    for ax, (key, label) in zip(axes, panels):
+        if key == "lr":
+            ax.plot(ep, hist["lr"], marker=".", color="tab:green")
+        else:
+            ax.plot(ep, hist[key], marker=".", label="train")
+            if "val_" + key in hist:
+                ax.plot(ep, hist["val_" + key], marker=".", label="validation")
+            ax.legend()
+        if key == "loss" and min(hist["loss"]) > 0 and max(hist["loss"]) / min(hist["loss"]) > 50:
+            ax.set_yscale("log")
+        if hist.get("best_epoch") and "val_loss" in hist:
+            ax.axvline(hist["best_epoch"], color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("epoch"), ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -120,6 +248,16 @@ def _plot(hist: dict, path: str, title: str) -> None:
 
 
 MODEL_INPUTS = {"mlp": (64,), "cnn": (1, 8, 8), "lenet": (1, 32, 32), "cifar_cnn": (3, 32, 32)}
+
+
+def cmd_summary(args) -> int:
+    from .runtime.models import MODELS
+
+    if args.model not in MODELS:
+        raise ValueError(f"unknown model {args.model!r}; choose from {sorted(MODELS)}")
+    kw = {"hidden": args.hidden} if args.model == "mlp" else {}
+    MODELS[args.model](MODEL_INPUTS.get(args.model, (1, 8, 8)), classes=10, **kw).summary()
+    return 0
 
 
 def _pair(v):
@@ -159,6 +297,7 @@ def _shape_only_layers():
     L.BUILTIN_ACTIVATIONS = {n: (lambda n=n: Stub(type="Activation", name=n)) for n in builtins.ACTIVATIONS}
     for cls, n in (("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("ReLU", "relu"), ("SoftPlus", "softplus")):
         setattr(L, cls, L.BUILTIN_ACTIVATIONS[n])
+    L.Activation = lambda name, **params: Stub(type="Activation", name=name, **({"params": params} if params else {}))
 
     def missing(attr):
         raise ValueError(f"latex --model: no shape rule for layers.{attr}")
@@ -203,16 +342,19 @@ def _model_info(name: str):
 
 
 def _load_specs(path: str) -> list:
-    """ElementwiseSpec/ContractionSpec objects defined at the top level of a user's Python file."""
+    """ElementwiseSpec/ContractionSpec/CompositeSpec objects defined at the top level of a
+    user's Python file."""
     import runpy
 
     from .derive import ContractionSpec, ElementwiseSpec
+    from .derive.composite import CompositeSpec
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--spec: no such file {path}")
-    found = [v for v in runpy.run_path(path).values() if isinstance(v, (ElementwiseSpec, ContractionSpec))]
+    kinds = (ElementwiseSpec, ContractionSpec, CompositeSpec)
+    found = [v for v in runpy.run_path(path).values() if isinstance(v, kinds)]
     if not found:
-        raise ValueError(f"--spec {path}: defines no ElementwiseSpec or ContractionSpec at top level")
+        raise ValueError(f"--spec {path}: defines no ElementwiseSpec, ContractionSpec or CompositeSpec at top level")
     return found
 
 
@@ -230,8 +372,12 @@ def cmd_latex(args) -> int:
     if args.spec and layers is None:
         layers = []
     t0 = time.perf_counter()
-    text = latex.document(layers=layers, extra=extra, model=model)
     out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"-o {out}: is a directory")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise ValueError(f"-o {out}: folder {out.parent} does not exist")
+    text = latex.document(layers=layers, extra=extra, model=model)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)
@@ -245,16 +391,28 @@ def cmd_latex(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import Sequential
 
-    model = Sequential.load(args.file)
+    if Path(args.file).is_dir():
+        raise ValueError(f"{args.file}: is a directory, not a checkpoint")
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file}: no such file")
+    try:
+        model = Sequential.load(args.file)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{args.file}: not a readable symprop checkpoint ({' '.join(str(exc).split())})") from exc
     (_, _), (Xt, yt) = load_data(args.dataset, args.data_dir, model.dtype.name, input_shape=model.input_shape)
     ev = model.evaluate(Xt, yt)
-    print(" ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+    if "accuracy" in ev:
+        print(f"test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  ({len(Xt)} {args.dataset} test samples)")
+    else:
+        print(f"test loss {ev['loss']:.4f}  ({len(Xt)} {args.dataset} test samples)")
     return 0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="symprop", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="symprop", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="regenerate the Cython kernels under generated/")
     g.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file differs")
@@ -266,28 +424,55 @@ def main(argv=None) -> int:
     t.add_argument("--dataset", default="digits", choices=["digits", "mnist", "cifar10"])
     t.add_argument("--data-dir", help="folder with the MNIST IDX files or the CIFAR-10 binary batches")
     t.add_argument("--epochs", type=int, default=None,
-                   help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()))
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--optimizer", default="sgd", choices=list(DEFAULT_LR))
+                   help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+                   + f"; newton {NEWTON_EPOCHS}")
+    t.add_argument("--batch-size", type=int, default=None, help=f"default 32; newton {NEWTON_BATCH}")
+    t.add_argument("--optimizer", default="sgd", choices=list(DEFAULT_LR),
+                   help="nesterov is SGD with Nesterov momentum; newton needs a model of at most 5000 "
+                        f"parameters (default for it: --model mlp --hidden {NEWTON_HIDDEN})")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+                   help="initial learning rate; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
+    t.add_argument("--schedule", choices=SCHEDULE_NAMES,
+                   help="per-epoch learning-rate schedule (torch.optim.lr_scheduler values), sized to --epochs")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD/nesterov momentum (default 0.9)")
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 weight decay; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_WEIGHT_DECAY.items()))
+                   help="weight decay; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_WEIGHT_DECAY.items())
+                   + f"; adamw (decoupled) {ADAMW_WEIGHT_DECAY}")
+    t.add_argument("--clip-norm", type=float, help="clip gradients to this global L2 norm")
+    t.add_argument("--clip-value", type=float, help="clip gradients elementwise to [-X, X]")
+    t.add_argument("--validation-split", type=float, default=0.0,
+                   help="hold out this fraction of the training data for the val_* columns (never the test set)")
+    t.add_argument("--early-stopping", type=int, metavar="N",
+                   help="stop after N epochs without a lower validation loss; keep the best epoch's weights")
     t.add_argument("--update-each", type=int, default=1, help="AdaHessian: re-estimate the Hessian "
                    "diagonal every N steps")
-    t.add_argument("--damping", type=float, default=0.1, help="Newton: damping added to |eigenvalues|")
-    t.add_argument("--hidden", type=int, default=512)
-    t.add_argument("--activation", default="relu", choices=["tanh", "sigmoid", "relu", "softplus"])
+    t.add_argument("--damping", type=float, default=None, help="Newton: damping added to |eigenvalues| "
+                   "(default 1.0 with the newton recipe's batch 256, else 0.1)")
+    t.add_argument("--hidden", type=int, default=None, help=f"MLP hidden units (default 512; newton {NEWTON_HIDDEN})")
+    t.add_argument("--activation", default="relu", choices=_activation_names(),
+                   help="any registered activation (derive/builtins.py)")
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout probability (mlp, cnn)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: run as mpiexec -n P symprop train --distributed ...")
+    t.add_argument("--batchnorm", action="store_true",
+                   help="batch normalization before each hidden activation (mlp, cnn)")
+    t.add_argument("--l1", type=float, default=0.0, help="l1 penalty on Dense/Conv2D weights")
+    t.add_argument("--l2", type=float, default=0.0, help="(l2/2)·ΣW² penalty on Dense/Conv2D weights")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--summary", action="store_true", help="print the model summary before training")
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")
-    t.add_argument("--plot", help="write loss/accuracy curves to this image (matplotlib)")
+    t.add_argument("--plot", help="write loss/accuracy/learning-rate curves to this image (matplotlib)")
     t.set_defaults(fn=cmd_train)
+
+    m = sub.add_parser("summary", help="print a named model's layers, output shapes and parameter counts")
+    m.add_argument("--model", default="mlp", choices=["mlp", "cnn", "lenet", "cifar_cnn"])
+    m.add_argument("--hidden", type=int, default=512, help="MLP hidden units")
+    m.set_defaults(fn=cmd_summary)
 
     x = sub.add_parser("latex", help="write the derivations (every built-in layer by default) as LaTeX")
     x.add_argument("--layers", help="comma-separated built-in layer names (default: all, or the model's)")
-    x.add_argument("--spec", help="a Python file defining ElementwiseSpec/ContractionSpec objects")
+    x.add_argument("--spec", help="a Python file defining ElementwiseSpec/ContractionSpec/CompositeSpec objects")
     x.add_argument("--model", help="add the composed chain rule of a named model (mlp, cnn, lenet, cifar_cnn)")
     x.add_argument("-o", "--output", default="derivations.tex")
     x.add_argument("--pdf", action="store_true", help="also compile with pdflatex (no shell escape)")
@@ -302,9 +487,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"symprop {args.cmd}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"symprop {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:   # a user-facing tool: one line, never a traceback
+        kind = "" if isinstance(exc, (ValueError, TypeError, FileNotFoundError)) else f"{type(exc).__name__}: "
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"symprop {args.cmd}: error: {kind}{msg}", file=sys.stderr)
         return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), the usage left to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 if __name__ == "__main__":

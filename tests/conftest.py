@@ -16,8 +16,49 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-TORCH_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-                     "softplus": lambda h: F.softplus(h, threshold=100)}
+def _torch_max(*args):
+    ts = [a for a in args if isinstance(a, torch.Tensor)]
+    out = ts[0]
+    for a in args:
+        out = torch.maximum(out, a if isinstance(a, torch.Tensor) else torch.full_like(ts[0], float(a)))
+    return out
+
+
+def _torch_min(*args):
+    ts = [a for a in args if isinstance(a, torch.Tensor)]
+    out = ts[0]
+    for a in args:
+        out = torch.minimum(out, a if isinstance(a, torch.Tensor) else torch.full_like(ts[0], float(a)))
+    return out
+
+
+def _torch_or_math(name):
+    import math
+
+    def fn(a):
+        return getattr(torch, name)(a) if isinstance(a, torch.Tensor) else getattr(math, name)(a)
+    return fn
+
+
+def torch_activation(spec, **values):
+    """The PyTorch oracle of an elementwise spec: its SymPy expression (parameters at their
+    defaults or ``values``) evaluated by torch ops; autograd then differentiates it
+    independently of symprop's derivation."""
+    import sympy as sp
+    expr = spec.expr.subs({sp.Symbol(p): values.get(p, d) for p, d in spec.params})
+    return sp.lambdify(spec.var, expr, modules=[{"Max": _torch_max, "Min": _torch_min, "max": _torch_max, "min": _torch_min,
+                                                      "amax": _torch_max, "amin": _torch_min,
+                                                      "sqrt": _torch_or_math("sqrt"), "exp": _torch_or_math("exp"),
+                                                      "log": _torch_or_math("log")}, "torch"])
+
+
+def _registry_oracles():
+    from symprop.derive.builtins import ACTIVATIONS
+    return {name: torch_activation(spec) for name, spec in ACTIVATIONS.items()}
+
+
+#: every registered activation, its PyTorch oracle (the test tables read the registry)
+TORCH_ACTIVATIONS = _registry_oracles()
 
 
 def torch_forward(model, X, params):

@@ -3,18 +3,26 @@ import numpy as np
 import pytest
 import torch
 
-from symprop.generated import activations as A
-from conftest import rel_err
+from symprop import layers as L
+from symprop.runtime.kernels import SpecKernels, load
+from conftest import TORCH_ACTIVATIONS as TORCH, rel_err
 
-TORCH = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
-         "softplus": lambda t: torch.nn.functional.softplus(t, threshold=100.0)}  # torch returns x above 20 by default
+A = load("activations")
+ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x", "residual": "residual",
+         "diag_backprop": "bl:x"}
 
 
 def run(name, which, **arrays):
-    sig = A.KERNELS[f"{name}_{which}"]
-    out = np.empty_like(next(iter(arrays.values())))
-    getattr(A, f"{name}_{which}")(*[arrays[a] for a in sig["arrays"]], out)
-    return out
+    """One role of a registered activation, through the manifest executor."""
+    x = next(iter(arrays.values()))
+    K = SpecKernels(A, name)
+    return K.run(ROLES[which], arrays, x.dtype, K.entry["defaults"], {"x": x.shape, "y": x.shape})
+
+
+def test_registry_is_the_spec_table():
+    """The compiled registry and the spec table agree: one line in derive/builtins.py is all."""
+    from symprop.derive.builtins import ACTIVATIONS
+    assert sorted(L.activation_names()) == sorted(ACTIVATIONS) == sorted(TORCH)
 
 
 def points(rng, dtype):
@@ -89,3 +97,95 @@ def test_rewriter_uses_saved_output_and_records_op_counts():
     assert r.d2.chosen == 0 and not r.d1.chosen.has(sp.Heaviside, sp.DiracDelta)
     sp_ = derive_elementwise(builtins.SOFTPLUS)
     assert not sp_.forward.chosen.has(sp.log) or "log1p" in str(sp_.forward.chosen)
+
+
+FAR = np.array([1e-3, 0.5, 3.0, 20.0, 88.0, 88.8, 89.0, 100.0, 1e3, 1e4])
+
+
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_float32_is_finite_and_accurate_up_to_1e4(name):
+    """f, f' and f'' in float32 stay finite and within 1e-6 (relative to max(|ref|, 1)) of
+    float64 PyTorch autograd for |x| up to 1e4, far past exp's overflow at 88.7."""
+    x64 = np.concatenate([-FAR[::-1], FAR])
+    x32 = x64.astype(np.float32)
+    xt = torch.tensor(x64, requires_grad=True)
+    yt = TORCH[name](xt)
+    (d1,) = torch.autograd.grad(yt.sum(), xt, create_graph=True)
+    d2 = torch.autograd.grad(d1.sum(), xt)[0] if d1.requires_grad else torch.zeros_like(xt)
+    ones, zeros = np.ones_like(x32), np.zeros_like(x32)
+    y = run(name, "forward", x=x32)
+    got = {"f": y, "f'": run(name, "vjp", x=x32, y=y, g=ones),
+           "f''": run(name, "rvjp", x=x32, y=y, g=ones, Rx=ones, Rg=zeros)}
+    want = {"f": yt.detach().numpy(), "f'": d1.detach().numpy(), "f''": d2.numpy()}
+    # where the float64 textbook overflows (exp(1000)), a 50-digit mpmath reference of SymPy's
+    # own derivatives of the spec
+    import mpmath
+    import sympy as sp
+    from symprop.derive.builtins import ACTIVATIONS
+    from symprop.derive.rewrite import clean_distributions
+    spec = ACTIVATIONS[name]
+    e = spec.expr.subs({sp.Symbol(p): d for p, d in spec.params})
+    exprs = {"f": e, "f'": clean_distributions(sp.diff(e, spec.var))}
+    exprs["f''"] = clean_distributions(sp.diff(exprs["f'"], spec.var))
+    for k, ex in exprs.items():
+        bad = ~np.isfinite(want[k])
+        if bad.any():
+            fn = sp.lambdify(spec.var, ex, modules="mpmath")
+            with mpmath.workdps(50):
+                want[k][bad] = [float(fn(mpmath.mpf(float(v)))) for v in x64[bad]]
+    for k in got:
+        assert np.isfinite(got[k]).all(), (name, k, x64[~np.isfinite(got[k])])
+        err = np.abs(got[k] - want[k]) / np.maximum(np.abs(want[k]), 1.0)
+        assert err.max() < 1e-6, (name, k, x64[err.argmax()], got[k][err.argmax()], want[k][err.argmax()])
+    for which in ("residual", "diag_backprop"):
+        if which == "residual" and "residual" not in SpecKernels(A, name).roles:
+            continue
+        out = run(name, which, x=x32, y=y, g=ones, H=ones)
+        assert np.isfinite(out).all(), (name, which)
+
+
+TORCH_LAYERS = [
+    (lambda: L.LeakyReLU(0.2), lambda t: torch.nn.functional.leaky_relu(t, 0.2)),
+    (lambda: L.ELU(0.7), lambda t: torch.nn.functional.elu(t, 0.7)),
+    (L.SiLU, torch.nn.functional.silu),
+    (lambda: L.Swish(1.7), lambda t: t * torch.sigmoid(1.7 * t)),
+    (L.GELU, torch.nn.functional.gelu),
+    (L.Mish, torch.nn.functional.mish),
+]
+
+
+@pytest.mark.parametrize("make,tfn", TORCH_LAYERS, ids=["leaky_relu", "elu", "silu", "swish", "gelu", "mish"])
+def test_parameterized_activation_layers_match_torch(make, tfn):
+    """Loss, gradients and HVP of an MLP with the activation (its PyTorch functional)."""
+    from symprop import Sequential
+    rng = np.random.default_rng(3)
+    model = Sequential([L.Dense(4, 6), make(), L.Dense(6, 3)], dtype="float64", seed=1)
+    X, y = rng.normal(size=(9, 4)) * 2, rng.integers(0, 3, 9)
+    v = [rng.normal(size=p.shape) for p in model.parameters()]
+    pt = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    lt = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(tfn(torch.nn.functional.linear(torch.tensor(X), pt[0], pt[1])), pt[2], pt[3]),
+        torch.tensor(y))
+    gt = torch.autograd.grad(lt, pt, create_graph=True)
+    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
+    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
+    assert abs(loss - lt.item()) < 1e-12
+    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < 1e-9
+    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < 1e-9
+    # exact and Gauss-Newton diagonals through it equal the full Hessian's / are finite
+    d = model.hessian_diagonal(X, y, "hutchinson", samples=3, seed=0)
+    assert all(np.isfinite(a).all() for a in d)
+
+
+def test_activation_parameters_are_checked_and_checkpointed(tmp_path):
+    from symprop import Sequential
+    with pytest.raises(TypeError, match=r"leaky_relu.*unknown parameter.*beta.*alpha"):
+        L.Activation("leaky_relu", params={"beta": 1.0})
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        L.LeakyReLU(float("nan"))
+    m = Sequential([L.Dense(3, 4), L.ELU(0.3), L.Dense(4, 2)], dtype="float64")
+    m.save(tmp_path / "m.npz")
+    back = Sequential.load(tmp_path / "m.npz")
+    assert back.layers[1].params == {"alpha": 0.3}
+    X = np.random.default_rng(0).normal(size=(3, 3))
+    assert np.array_equal(back.forward(X), m.forward(X))

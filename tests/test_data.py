@@ -109,3 +109,23 @@ def test_cli_trains_lenet_on_local_mnist_files(tmp_path):
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--dataset", "cifar10", "--data-dir",
                         str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 2 and "data_batch_*.bin" in r.stderr
+
+
+def test_idx_float_labels_and_directories_are_refused(tmp_path):
+    import struct
+    from symprop.runtime import data
+
+    def idx(path, code, arr):
+        arr = np.asarray(arr)
+        with open(path, "wb") as f:
+            f.write(struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape))
+            f.write(arr.astype({0x08: ">u1", 0x0D: ">f4"}[code]).tobytes())
+    for split in ("train", "t10k"):
+        idx(tmp_path / f"{split}-images-idx3-ubyte", 0x08, np.zeros((2, 28, 28)))
+        idx(tmp_path / f"{split}-labels-idx1-ubyte", 0x0D, [3.7, 1.0])
+    with pytest.raises(ValueError, match="labels must be integers"):
+        data.load_mnist(tmp_path)
+    d = tmp_path / "d"
+    (d / "train-images-idx3-ubyte").mkdir(parents=True)
+    with pytest.raises(ValueError, match="is a directory"):
+        data.load_mnist(d)

@@ -94,7 +94,7 @@ def test_becker_lecun_matches_its_definition_on_a_two_layer_net(act):
     diagonal d_o = p_o(1 − p_o)/N, then h_a = Σ_o W2²·d, h_z = σ'²·h_a + σ''·ḡ_a, and each
     weight's diagonal is Σ_n (input)²·h; σ', σ'' from torch autograd."""
     rng = np.random.default_rng(7)
-    model = Sequential([L.Dense(5, 6), L.BUILTIN_ACTIVATIONS[act](), L.Dense(6, 4)], dtype="float64", seed=3)
+    model = Sequential([L.Dense(5, 6), L.Activation(act), L.Dense(6, 4)], dtype="float64", seed=3)
     X, y = rng.normal(size=(8, 5)), rng.integers(0, 4, 8)
     W1, b1, W2, b2 = model.parameters()
     N = len(X)

@@ -40,8 +40,8 @@ def test_mlp_hvp_matches_torch_double_backward(act, loss):
     seed = ACTS.index(act) * 7 + len(loss)
     rng = np.random.default_rng(seed)
     n_in, h1, h2, n_out, N = (int(a) for a in rng.integers(2, 9, 5))
-    model = Sequential([L.Dense(n_in, h1), L.BUILTIN_ACTIVATIONS[act](), L.Dense(h1, h2, bias=bool(seed % 2)),
-                        L.BUILTIN_ACTIVATIONS[act](), L.Dense(h2, n_out)], loss=loss, dtype="float64", seed=seed)
+    model = Sequential([L.Dense(n_in, h1), L.Activation(act), L.Dense(h1, h2, bias=bool(seed % 2)),
+                        L.Activation(act), L.Dense(h2, n_out)], loss=loss, dtype="float64", seed=seed)
     X = rng.normal(size=(N, n_in))
     y = rng.integers(0, n_out, N) if loss != "mse" else rng.normal(size=(N, n_out))
     check_against_torch(model, X, y, rng)

@@ -13,7 +13,7 @@ def small_cnn():
                       dtype="float64", seed=4, input_shape=(1, 4, 4))
 
 
-def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_each=1):
+def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_each=1, warmup=0):
     """The update of Yao et al.'s reference implementation (spatial averaging of |v ⊙ Hv| over
     conv kernels, bias corrections, decoupled weight decay), with the same Rademacher draws."""
     rng = np.random.default_rng(seed)
@@ -24,7 +24,7 @@ def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_
     for t in range(1, steps + 1):
         loss = torch_loss(model, X, y, params)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        if (t - 1) % update_each == 0:
+        if t - 1 < warmup or (t - 1 - warmup) % update_each == 0:
             v = [torch.tensor(a) for a in rademacher([p.detach().numpy() for p in params], rng)]
             hv = torch.autograd.grad(grads, params, v)
             D = []
@@ -42,18 +42,21 @@ def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_
     return [p.detach().numpy() for p in params]
 
 
-@pytest.mark.parametrize("k,wd,update_each", [(1.0, 0.0, 1), (0.5, 0.01, 1), (1.0, 0.001, 2)])
-def test_adahessian_steps_match_a_torch_reference(k, wd, update_each):
+@pytest.mark.parametrize("k,wd,update_each,warmup", [(1.0, 0.0, 1, 0), (0.5, 0.01, 1, 10), (1.0, 0.001, 2, 0),
+                                                     (1.0, 0.001, 2, 1), (0.5, 0.0, 3, 2)])
+def test_adahessian_steps_match_a_torch_reference(k, wd, update_each, warmup):
+    """estimate_warmup=0 is the reference schedule (re-estimate at steps 1, 1 + update_each, ...);
+    with a warm-up the first ``warmup`` steps re-estimate every step."""
     model = small_cnn()
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(5, 1, 4, 4)), rng.integers(0, 3, 5)
     hp = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-4, wd=wd, k=k, seed=7)
-    want = torch_adahessian(model, X, y, 3, update_each=update_each, **hp)
+    want = torch_adahessian(model, X, y, 6, update_each=update_each, warmup=warmup, **hp)
     opt = O.AdaHessian(lr=0.05, betas=(0.9, 0.99), eps=1e-4, weight_decay=wd, hessian_power=k, seed=7,
-                       update_each=update_each)
+                       update_each=update_each, estimate_warmup=warmup)
     params = model.parameters()
-    for _ in range(3):
-        _, grads = opt.loss_and_grad(model, X, y)
+    for _ in range(6):
+        _, grads, _ = opt.loss_and_grad(model, X, y)
         opt.step(params, grads)
     for a, b in zip(params, want):
         assert rel_err(a, b) < 1e-9
@@ -62,8 +65,8 @@ def test_adahessian_steps_match_a_torch_reference(k, wd, update_each):
 def test_adahessian_averages_conv_kernels_only_when_asked():
     model = small_cnn()
     X, y = np.random.default_rng(1).normal(size=(4, 1, 4, 4)), np.array([0, 1, 2, 0])
-    _, _, D = O.AdaHessian(seed=0).estimate(model, X, y)
-    _, _, Draw = O.AdaHessian(seed=0, average_conv_kernel=False).estimate(model, X, y)
+    _, _, D, _ = O.AdaHessian(seed=0).estimate(model, X, y)
+    _, _, Draw, _ = O.AdaHessian(seed=0, average_conv_kernel=False).estimate(model, X, y)
     assert np.all(D[0] == D[0][:, :, :1, :1]) and D[0].min() >= 0
     assert rel_err(D[0][:, :, 0, 0], np.abs(Draw[0]).mean(axis=(2, 3))) < 1e-12
     assert all(np.array_equal(a, b) for a, b in zip(D[1:], Draw[1:]))   # non-conv: v ⊙ Hv as is
@@ -94,7 +97,7 @@ def test_newton_solves_a_quadratic_in_one_step():
     model = Sequential([L.Dense(4, 2)], loss="mse", dtype="float64")
     X, Y = rng.normal(size=(20, 4)), rng.normal(size=(20, 2))
     opt = O.Newton(lr=1.0, damping=1e-12)
-    _, grads = opt.loss_and_grad(model, X, Y)
+    _, grads, _ = opt.loss_and_grad(model, X, Y)
     opt.step(model.parameters(), grads)
     A = np.hstack([X, np.ones((20, 1))])
     sol = np.linalg.lstsq(A, Y, rcond=None)[0]          # exact least-squares minimizer

@@ -234,8 +234,12 @@ def test_layer_errors():
     with pytest.raises(ValueError, match="at most half"):
         L.MaxPool2D(2, padding=2)
     m = Sequential([L.Conv2D(1, 2, 3), L.ReLU(), L.Flatten(), L.Dense(2 * 6 * 6, 3)])
+    # a conv-first model has its parameters at construction (weights can be copied in before
+    # the first batch, as in PyTorch); a residual projection's wait for the input shape
+    assert [p.shape for p in m.parameters()] == [(2, 1, 3, 3), (2,), (3, 72), (3,)]
+    r = Sequential([L.Residual([L.Conv2D(1, 2, 3, padding=1)])])
     with pytest.raises(ValueError, match="not built yet"):
-        m.parameters()
+        r.parameters()
     m.loss_and_grad(np.zeros((2, 1, 8, 8)), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match=r"Conv2D\(1 -> 2, 3x3\).*\(N, 1, 8, 8\).*\(2, 1, 9, 8\)"):
         m.loss_and_grad(np.zeros((2, 1, 9, 8)), np.zeros(2, np.int64))

@@ -1,0 +1,102 @@
+"""Composite kernel family: fused group-reduction + elementwise kernels for composite specs.
+
+Element arrays are flat views of an (A, C, B) array whose group index is the middle axis C
+(BatchNorm2D: (N, C, H·W); BatchNorm1D: (N, C, 1); Softmax: (1, N, K)). Every kernel runs,
+per group: its passes (each accumulates group sums in double over the A·B elements of the
+group, then computes the group values that follow), its group outputs, then one elementwise
+pass writing the element outputs. Groups are split across OpenMP threads.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from ..derive.composite import M, DerivedComposite
+from .config import DTYPES
+from .manifest import spec_entry
+from .printer import print_expr
+from .render import render
+
+LAYOUT = ["A", "C", "B"]
+
+
+def _cse(exprs: list, prefix: str):
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
+    return repl, reduced
+
+
+def _body(ct: str, elem_in, passes, group_out, elem_out) -> dict:
+    """Printed statements for one C type. ``passes``: [(sums, after)] with sums
+    [(name, kind, expr)] and after [(name, expr)]."""
+    P = lambda e: print_expr(e, ct)  # noqa: E731
+    printed = []
+    group_locals = []
+    elem_locals = list(elem_in)
+    for k, (sums, after) in enumerate(passes):
+        repl, reduced = _cse([e for _, _, e in sums], f"_t{k}_")
+        elem_locals += [str(s) for s, _ in repl]
+        printed.append({"temps": [(str(s), P(v)) for s, v in repl],
+                        "sums": [(str(n), kind, P(r)) for (n, kind, _), r in zip(sums, reduced)],
+                        "after": [(str(n), P(e)) for n, e in after]})
+        group_locals += [str(n) for n, _, _ in sums] + [str(n) for n, _ in after]
+    repl, reduced = _cse([e for _, e in elem_out], "_u")
+    elem_locals += [str(s) for s, _ in repl]
+    final = {"temps": [(str(s), P(v)) for s, v in repl],
+             "results": [(n, P(r)) for (n, _), r in zip(elem_out, reduced)]}
+    return {"passes": printed, "final": final, "group_out": [(n, P(e)) for n, e in group_out],
+            "group_locals": list(dict.fromkeys(group_locals)), "elem_locals": list(dict.fromkeys(elem_locals))}
+
+
+def _kernel(name: str, role: str, elem_in, group_in, scalars, passes, group_out, elem_out, doc) -> dict:
+    bodies = [(ct, sfx, _body(ct, elem_in, passes, group_out, elem_out)) for ct, sfx, _ in DTYPES]
+    return {"name": name, "role": role, "elem_in": list(elem_in), "group_in": list(group_in),
+            "elem_out": [n for n, _ in elem_out], "group_out": [n for n, _ in group_out],
+            "scalars": list(scalars), "bodies": bodies, "doc": doc}
+
+
+def composite_kernels(d: DerivedComposite) -> list[dict]:
+    spec = d.spec
+    scalars = [s.name for s in d.scalars]
+    f = d.forward
+    passes = []
+    if f.before:
+        passes.append(([], f.before))
+    for sym, kind, expr, after in f.passes:
+        passes.append(([(sym, "max" if kind == "max" else "sum", expr)],
+                       ([(sym, sym / M)] if kind == "mean" else []) + after))
+    kernels = [_kernel(f"{spec.name}_forward", "forward", f.elem_in, f.group_in, scalars, passes,
+                       f.group_out, f.elem_out, f"{spec.doc}: forward (stages in order)")]
+    for role, rk in d.role_kernels.items():
+        rpasses = [([(s, "sum", e) for s, e in rk.sums], [])] if rk.sums else []
+        kernels.append(_kernel(f"{spec.name}_{role}", role, rk.elem_in, rk.group_in, scalars, rpasses,
+                               rk.group_out, rk.elem_out,
+                               f"{spec.doc}: {role} ({', '.join(n for n, _ in rk.elem_out + rk.group_out)})"))
+    return kernels
+
+
+def composite_role(d: DerivedComposite, k: dict) -> dict:
+    arrays = k["elem_in"] + k["group_in"]
+    outs = k["elem_out"] + k["group_out"]
+    return {"kernel": k["name"], "call": arrays + outs, "kwargs": k["scalars"] + LAYOUT,
+            "arrays": arrays, "optional": [],
+            "outputs": [{"name": o, "like": d.x.name, "dtype": "float"} for o in k["elem_out"]]
+            + [{"name": o, "like": o.split("_", 1)[1] if o.startswith(("grad_", "Rgrad_")) else "group",
+                "dtype": "float"} for o in k["group_out"]]}
+
+
+def render_composite_module(module: str, derived: list[DerivedComposite], doc: str = "") -> str:
+    kernels, table = [], {}
+    for d in derived:
+        ks = composite_kernels(d)
+        kernels += ks
+        spec = d.spec
+        table[spec.name] = spec_entry(
+            "composite", spec.name, spec.hash, [d.x.name], [p.name for p in spec.params],
+            spec.output.name, [s.name for s in d.scalars], {k["role"]: composite_role(d, k) for k in ks})
+        table[spec.name]["defaults"] = {s: float(v) for s, v in spec.scalars}
+        table[spec.name]["constants"] = [c.name for c in spec.constants]
+        table[spec.name]["saved"] = [s.name for s in spec.saved]
+        table[spec.name]["stats"] = [s.name for s in spec.stats]
+    specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
+    return render("composite.pyx.j2", module=module, specs=specs, kernels=kernels, manifest=table,
+                  doc=doc or f"Composite kernels (group reductions + elementwise stages): "
+                             f"{', '.join(s['name'] for s in specs)}.")

@@ -1,0 +1,259 @@
+"""Elementwise layers: one registry of activations, read from the compiled manifest.
+
+A built-in activation is one line in ``derive/builtins.py`` plus ``symprop generate``: its
+kernels (forward, vjp, jvp, R-op, residual, Becker–LeCun) land in ``generated/activations``
+with a manifest entry, and :func:`names` (hence ``L.Activation(name)``, checkpoints, the CLI
+and the test tables) lists it. User activations (:meth:`Activation.from_sympy`) go through
+the same derive → codegen path into a module compiled on the fly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import SpecKernels, load, manifest
+from .layer import SpecLayer
+
+
+def _builtin_module():
+    return load("activations")
+
+
+def names() -> list[str]:
+    """Every built-in activation (the registry: the compiled activations manifest)."""
+    return [k for k, e in manifest(_builtin_module()).items() if e["family"] == "elementwise"]
+
+
+class Activation(SpecLayer):
+    """An elementwise layer ``y = f(x)`` whose kernels come from an elementwise spec.
+
+    ``Activation("tanh")`` for any name in :func:`names`; any SymPy expression via
+    :meth:`from_sympy`.
+    """
+
+    def __init__(self, kernel_name: str, module=None, spec=None, params: dict | None = None):
+        self.kernel_name = kernel_name
+        self.module = module if module is not None else _builtin_module()
+        self.spec = spec
+        table = manifest(self.module)
+        if kernel_name not in table:
+            known = names() if module is None else sorted(table)
+            raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {known} "
+                             f"(or build one with Activation.from_sympy)")
+        defaults = table[kernel_name].get("defaults", {})
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise TypeError(f"Activation({kernel_name}): unknown parameter(s) {unknown}; "
+                            f"it has {sorted(defaults) or 'none'}")
+        self.params = {}
+        for p, d in defaults.items():
+            v = params.get(p, d)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+                raise ValueError(f"Activation({kernel_name}): {p} must be a finite number, got {v!r}")
+            self.params[p] = float(v)
+        self._bind(self.module, kernel_name)
+
+    @property
+    def name(self):
+        if not self.params:
+            return f"Activation({self.kernel_name})"
+        return f"Activation({self.kernel_name}, " + ", ".join(f"{k}={v:g}" for k, v in self.params.items()) + ")"
+
+    def scalars(self):
+        return self.params
+
+    def config(self):
+        cfg = {"type": "Activation", "name": self.kernel_name}
+        if self.params:
+            cfg["params"] = dict(self.params)
+        return cfg
+
+    @classmethod
+    def from_sympy(cls, name: str, expr, var, params=(), verbose: bool = False, **values) -> "Activation":
+        """Derive, generate and compile (cached by spec hash) an activation from SymPy.
+
+        ``params``: ``(("alpha", 0.01), ...)`` fixed parameters of ``expr`` with defaults
+        (kernel scalars); ``values`` override them for this layer (``alpha=0.2``)."""
+        from ..codegen.build import load_or_build, lookup_spec, remember_spec
+        from ..codegen.elementwise import render_elementwise_module
+        from ..derive.elementwise import ElementwiseSpec, SpecError, derive_elementwise
+        from .kernels import register
+
+        spec = ElementwiseSpec(name, expr, var, tuple(params))
+        module = lookup_spec(f"act_{name}", spec.hash)   # a cache hit skips the derivation
+        compiled, derived = False, None
+        if module is None:
+            derived = derive_elementwise(spec)
+            try:
+                text = render_elementwise_module(f"act_{name}", [derived])
+            except NotImplementedError as exc:
+                raise SpecError(f"spec {name!r}: cannot emit a kernel: {exc}") from exc
+            module, compiled = load_or_build(f"act_{name}", text, name, verbose=verbose)
+            remember_spec(f"act_{name}", spec.hash, module)
+        layer = cls(name, module=register(module), spec=spec, params=values)
+        layer.compiled = compiled
+        layer._derived = derived
+        return layer
+
+    @property
+    def derived(self):
+        """The derivation of a ``from_sympy`` activation (derived on first access after a
+        cache hit)."""
+        if getattr(self, "_derived", None) is None and self.spec is not None:
+            from ..derive.elementwise import derive_elementwise
+            self._derived = derive_elementwise(self.spec)
+        return getattr(self, "_derived", None)
+
+
+def Tanh():
+    return Activation("tanh")
+
+
+def Sigmoid():
+    return Activation("sigmoid")
+
+
+def ReLU():
+    return Activation("relu")
+
+
+def SoftPlus():
+    return Activation("softplus")
+
+
+def LeakyReLU(alpha: float = 0.01):
+    return Activation("leaky_relu", params={"alpha": alpha})
+
+
+def ELU(alpha: float = 1.0):
+    return Activation("elu", params={"alpha": alpha})
+
+
+def SiLU():
+    return Activation("silu")
+
+
+def Swish(beta: float = 1.0, learnable: bool = False, num_parameters: int = 1):
+    """x·σ(βx); with ``learnable`` β is trained (shared, or one per channel)."""
+    if learnable:
+        return LearnableActivation("swish_learnable", num_parameters, beta)
+    return Activation("swish", params={"beta": beta})
+
+
+def GELU():
+    return Activation("gelu")
+
+
+def Mish():
+    return Activation("mish")
+
+
+class LearnableActivation(SpecLayer):
+    """An elementwise layer with one learnable parameter, one value per channel (axis 1) or
+    one shared value, from a spec of the channelwise family (``generated/learnable``).
+
+    The kernels see the data as (N, C, S); the parameter's pullback is their reduction over
+    N and S (and C when shared). Reshapes are all this class does.
+    """
+
+    def __init__(self, spec_name: str, num_parameters: int = 1, init: float | None = None, module=None):
+        from .layer import check_positive_int
+        self.kernel_name = spec_name
+        self.module = module if module is not None else load("learnable")
+        table = manifest(self.module)
+        if spec_name not in table:
+            raise ValueError(f"LearnableActivation: unknown spec {spec_name!r}; have {sorted(table)}")
+        self.param_name = table[spec_name]["params"][0]
+        self.num_parameters = check_positive_int(spec_name, "num_parameters", num_parameters)
+        init = table[spec_name]["defaults"][self.param_name] if init is None else init
+        if isinstance(init, bool) or not isinstance(init, (int, float, np.integer, np.floating)) or not np.isfinite(init):
+            raise ValueError(f"{spec_name}: init must be a finite number, got {init!r}")
+        self.init = float(init)
+        self.weight = None
+        self._bind(self.module, spec_name)
+
+    @property
+    def name(self):
+        return f"{self.kernel_name}({self.param_name}: {self.num_parameters})"
+
+    def config(self):
+        return {"type": "LearnableActivation", "name": self.kernel_name, "num_parameters": self.num_parameters,
+                "init": self.init}
+
+    def init_parameters(self, dtype, rng):
+        dtype = np.dtype(dtype)
+        if self.weight is not None:
+            if self.weight.dtype != dtype:
+                raise TypeError(f"{self.name}: already initialised as {self.weight.dtype}, cannot join a {dtype} model")
+            return
+        self.weight = np.full(self.num_parameters, self.init, dtype)
+
+    def spec_arrays(self):
+        return {self.param_name: self.weight}
+
+    def trainable(self):
+        return (self.param_name,)
+
+    def output_shape(self, input_shape):
+        if self.num_parameters > 1 and (len(input_shape) < 1 or input_shape[0] != self.num_parameters):
+            raise ValueError(f"{self.name}: {self.num_parameters} parameters need {self.num_parameters} channels "
+                             f"on axis 1, got per-sample inputs {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        x = super().check_input(x)
+        if x.ndim < 2:
+            raise ValueError(f"{self.name}: expected a batch (N, C, ...), got shape {x.shape}")
+        self.output_shape(x.shape[1:])
+        return x
+
+    @staticmethod
+    def _to3(a, rec):
+        return None if a is None else np.ascontiguousarray(a).reshape(rec["_shapes"]["x"])
+
+    @staticmethod
+    def _back(a, rec):
+        return None if a is None else a.reshape(rec["shape"])
+
+    def forward(self, x, ctx=None):
+        x = self.check_input(x)
+        y, rec = super().forward(x.reshape(x.shape[0], x.shape[1], -1))
+        rec["shape"] = x.shape
+        return y.reshape(x.shape), rec
+
+    def vjp(self, rec, g, need_input=True):
+        gx, grads = super().vjp(rec, self._to3(g, rec), need_input)
+        return self._back(gx, rec), grads
+
+    def input_vjp(self, rec, g):
+        return self._back(super().input_vjp(rec, self._to3(g, rec)), rec)
+
+    def jvp(self, rec, Rx, Rparams):
+        return self._back(super().jvp(rec, self._to3(Rx, rec), Rparams), rec)
+
+    def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        Rgx, Rgrads = super().rvjp(rec, self._to3(g, rec), self._to3(Rg, rec), self._to3(Rx, rec), Rparams,
+                                   need_input)
+        return self._back(Rgx, rec), Rgrads
+
+    def residual(self, rec, g):
+        return self._back(super().residual(rec, self._to3(g, rec)), rec)
+
+    def bl(self, rec, h, g):
+        hx, hp = super().bl(rec, self._to3(h, rec), self._to3(g, rec))
+        return self._back(hx, rec), hp
+
+    def sq_param_grads(self, rec, S, w):
+        return super().sq_param_grads(rec, np.ascontiguousarray(S).reshape((S.shape[0],) + rec["_shapes"]["x"]), w)
+
+    def factor_backprop(self, rec, groups, g, exact, need_input=True):
+        new, diag = super().factor_backprop(rec, groups, g, exact, need_input)
+        if exact:   # the parameter's own second-order term Σ f_pp·ḡ: its Becker–LeCun role at h = 0
+            g3 = self._to3(g, rec)
+            diag[0] = diag[0] + super().bl(rec, np.zeros_like(g3), g3)[1][0]
+        return new, diag
+
+
+def PReLU(num_parameters: int = 1, init: float = 0.25):
+    """PyTorch's PReLU: a learnable slope below zero, shared or one per channel (axis 1)."""
+    return LearnableActivation("prelu", num_parameters, init)

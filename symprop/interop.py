@@ -1,0 +1,197 @@
+"""PyTorch interop (optional: ``pip install 'symprop[torch]'``).
+
+``from_torch(nn.Sequential)`` builds the equivalent :class:`~symprop.Sequential` with the same
+weights; ``to_torch(model)`` the reverse. Supported: ``Linear``, ``Conv2d`` (groups 1, zero
+padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), ``MaxPool2d`` and
+``AvgPool2d`` (no ceil mode, dilation 1, ``count_include_pad=True``), ``Flatten`` (from dim 1),
+``LeakyReLU``, ``ELU``, ``SiLU``, ``GELU`` (erf form), ``Mish``, ``PReLU``, ``Softmax(dim=1)``,
+``Dropout``, ``BatchNorm1d``/``BatchNorm2d`` (affine, tracked running statistics, a numeric
+momentum; weights and running statistics copied) and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
+PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("symprop.interop needs PyTorch: pip install 'symprop[torch]' "
+                          "(torch==2.13.0)") from exc
+    return torch
+
+
+_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus", "SiLU": "silu",
+                "Mish": "mish", "GELU": "gelu", "LeakyReLU": "leaky_relu", "ELU": "elu"}
+#: torch attribute of each parameterized activation's fixed parameter
+_ACT_PARAMS = {"LeakyReLU": ("negative_slope", "alpha"), "ELU": ("alpha", "alpha")}
+_SUPPORTED = ("Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, SiLU, Mish, GELU, LeakyReLU, ELU, PReLU, Softmax, "
+              "Dropout, BatchNorm1d, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, Sequential")
+
+
+def _flat_modules(seq, prefix=""):
+    torch = _torch()
+    for name, mod in seq.named_children():
+        if isinstance(mod, torch.nn.Sequential):
+            yield from _flat_modules(mod, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", mod
+
+
+def _unsupported(where, mod, why=""):
+    return ValueError(f"from_torch: module {where} ({mod!r}) is not supported{': ' + why if why else ''}; "
+                      f"supported: {_SUPPORTED}")
+
+
+def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = None, seed: int = 0):
+    """The symprop model equivalent to the ``torch.nn.Sequential`` ``seq``, with copies of its
+    weights. ``input_shape`` (per sample, e.g. ``(1, 28, 28)``) is needed when the first layer
+    is not ``Linear``, unless the model is to be built on its first batch."""
+    torch = _torch()
+    from .runtime import layers as L
+    from .runtime.model import Sequential
+
+    nn = torch.nn
+    if not isinstance(seq, nn.Sequential):
+        raise ValueError(f"from_torch: expects a torch.nn.Sequential, got {type(seq).__name__}")
+    layers, weights, dtype = [], [], None
+    for where, mod in _flat_modules(seq):
+        kind = type(mod).__name__
+        if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)):
+            if getattr(mod, "weight", None) is None:
+                raise _unsupported(where, mod, "affine=False")
+            dt = mod.weight.dtype
+            if dt not in (torch.float32, torch.float64):
+                raise _unsupported(where, mod, f"dtype {dt}")
+            if dtype is not None and dt != dtype:
+                raise _unsupported(where, mod, f"dtype {dt} differs from an earlier layer's {dtype}")
+            dtype = dt
+        if isinstance(mod, nn.Linear):
+            layer = L.Dense(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        elif isinstance(mod, nn.Conv2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                raise _unsupported(where, mod, "groups, padding modes and string padding are not")
+            layer = L.Conv2D(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                             mod.dilation, bias=mod.bias is not None)
+        elif kind in _ACTIVATIONS and type(mod) is getattr(nn, kind):
+            if kind == "Softplus" and (mod.beta != 1 or mod.threshold != 20):
+                raise _unsupported(where, mod, "only beta=1, threshold=20")
+            if kind == "GELU" and mod.approximate != "none":
+                raise _unsupported(where, mod, "only the erf form (approximate='none')")
+            params = {}
+            if kind in _ACT_PARAMS:
+                attr, name = _ACT_PARAMS[kind]
+                params[name] = float(getattr(mod, attr))
+            layer = L.Activation(_ACTIVATIONS[kind], params=params)
+        elif isinstance(mod, nn.PReLU):
+            layer = L.PReLU(mod.num_parameters)
+        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not mod.track_running_stats or mod.momentum is None:
+                raise _unsupported(where, mod, "track_running_stats=False and momentum=None (cumulative average)")
+            kind_ = L.BatchNorm1D if isinstance(mod, nn.BatchNorm1d) else L.BatchNorm2D
+            layer = kind_(mod.num_features, eps=mod.eps, momentum=mod.momentum)
+        elif isinstance(mod, nn.Softmax):
+            if mod.dim not in (1, -1):
+                raise _unsupported(where, mod, "only dim=1 on (N, K) inputs")
+            layer = L.Softmax()
+        elif isinstance(mod, nn.Dropout) and type(mod) is nn.Dropout:
+            if mod.p == 0:
+                continue
+            layer = L.Dropout(mod.p)
+        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+            if mod.ceil_mode:
+                raise _unsupported(where, mod, "ceil_mode=True")
+            if isinstance(mod, nn.MaxPool2d):
+                if mod.dilation not in (1, (1, 1)) or mod.return_indices:
+                    raise _unsupported(where, mod, "dilation and return_indices")
+                layer = L.MaxPool2D(mod.kernel_size, mod.stride, mod.padding)
+            else:
+                if not mod.count_include_pad or mod.divisor_override is not None:
+                    raise _unsupported(where, mod, "count_include_pad=False and divisor_override")
+                layer = L.AvgPool2D(mod.kernel_size, mod.stride, mod.padding)
+        elif isinstance(mod, nn.Flatten):
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                raise _unsupported(where, mod, "only start_dim=1, end_dim=-1")
+            layer = L.Flatten()
+        else:
+            raise _unsupported(where, mod)
+        layers.append(layer)
+        weights.append([t.detach().cpu().numpy() for t in (mod.weight, mod.bias) if t is not None]
+                       if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
+                       else [mod.weight.detach().cpu().numpy()] if isinstance(mod, nn.PReLU) else [])
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            weights[-1] += [mod.running_mean.detach().cpu().numpy(), mod.running_var.detach().cpu().numpy()]
+    if not layers:
+        raise ValueError("from_torch: the Sequential has no layers")
+    np_dtype = "float64" if dtype == torch.float64 else "float32"
+    model = Sequential(layers, loss=loss, dtype=np_dtype, seed=seed, input_shape=input_shape)
+    for layer, ws in zip(layers, weights):
+        for p, w in zip(layer.parameters() + layer.buffers(), ws):
+            p[...] = w
+    model.train(seq.training)
+    return model
+
+
+def to_torch(model):
+    """A ``torch.nn.Sequential`` computing the same function as ``model``, with copies of its
+    weights (same dtype). Shared layers become shared modules. Residual blocks and user-defined
+    activations have no ``nn.Sequential`` equivalent here and raise a ValueError naming them."""
+    torch = _torch()
+    from .runtime import layers as L
+
+    nn = torch.nn
+    dt = torch.float64 if model.dtype == np.float64 else torch.float32
+    made, mods = {}, []
+    for k, layer in enumerate(model.layers):
+        if id(layer) in made:
+            mods.append(made[id(layer)])
+            continue
+        if isinstance(layer, L.Dense):
+            mod = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dt)
+        elif isinstance(layer, L.Conv2D):
+            mod = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                            layer.dilation, bias=layer.bias, dtype=dt)
+        elif isinstance(layer, L.MaxPool2D):
+            mod = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, L.AvgPool2D):
+            mod = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
+        elif isinstance(layer, L.Flatten):
+            mod = nn.Flatten()
+        elif isinstance(layer, L.Activation) and layer.config().get("name") in _ACTIVATIONS.values() \
+                and layer.module is _builtin_activations():
+            name = layer.config()["name"]
+            kind = next(k2 for k2, v in _ACTIVATIONS.items() if v == name)
+            kw = {_ACT_PARAMS[kind][0]: layer.params[_ACT_PARAMS[kind][1]]} if kind in _ACT_PARAMS else {}
+            mod = getattr(nn, kind)(**kw)
+        elif isinstance(layer, L.LearnableActivation) and layer.kernel_name == "prelu":
+            mod = nn.PReLU(layer.num_parameters, dtype=dt)
+        elif isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
+            kind = nn.BatchNorm1d if isinstance(layer, L.BatchNorm1D) else nn.BatchNorm2d
+            mod = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum, dtype=dt)
+        elif isinstance(layer, L.Softmax):
+            mod = nn.Softmax(dim=1)
+        elif isinstance(layer, L.Dropout):
+            mod = nn.Dropout(layer.p)
+        else:
+            raise ValueError(f"to_torch: layer {k} ({layer.name}) has no torch.nn equivalent here; supported: "
+                             f"Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, PReLU, BatchNorm1D/2D, Softmax, "
+                             f"Dropout, Activation ({', '.join(_ACTIVATIONS.values())})")
+        tensors = {L.Dense: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
+                   L.Conv2D: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
+                   L.LearnableActivation: lambda m: [m.weight],
+                   L.BatchNorm1D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var],
+                   L.BatchNorm2D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var]}.get(type(layer))
+        if tensors is not None:
+            with torch.no_grad():
+                for t, p in zip(tensors(mod), layer.parameters() + layer.buffers()):
+                    t.copy_(torch.from_numpy(np.ascontiguousarray(p)))
+        made[id(layer)] = mod
+        mods.append(mod)
+    return nn.Sequential(*mods).train(model.training)
+
+
+def _builtin_activations():
+    from .runtime.kernels import load
+    return load("activations")
