@@ -769,7 +769,7 @@ column offsets; $j, j'$ classes. Sizes: $N$ samples; $I, O$ features; $C_{in}, C
 $H_{in} \times W_{in}$ and $H_{out} \times W_{out}$ input and output images; $K_h \times K_w$ kernel;
 $K$ classes; $s, p, d$ stride, padding and dilation, subscripted by the axis ($h$ or $w$).
 A sum $\sum_{a,b}$ runs over the whole range of its indices (stated with each layer); $[P]$ is 1 when
-$P$ holds and 0 otherwise, and $a \mid b$ says that $a$ divides $b$; $\tau_1, \tau_2, \dots$ name common
+$P$ holds and 0 otherwise, and $a \mid b$ says that $a$ divides $b$; $A^{\circ 2}$ squares every entry of $A$; $\tau_1, \tau_2, \dots$ name common
 subexpressions of a kernel. Op counts use the weighted cost model of \texttt{derive/cost.py} (a
 transcendental call counts 10--12, a division 4); multiply-adds are counted per output element.
 $\operatorname{finite\_or}(e, a)$ is $e$ where $e$ is finite and $a$, its limit, where an intermediate of
@@ -821,7 +821,7 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
     for key, c in (("f", d.forward), ("f'", d.d1), ("f''", d.d2)):
         counts.append(f"${key}$ {c.cost_before}" + (f"\\,$\\to$\\,{c.cost_after}" if c.chosen != c.textbook else ""))
     out.append("Op counts as differentiated and as computed: " + ", ".join(counts) + ".\n\n")
-    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}K{3.2cm} l M r@{}}\n\\toprule\n"
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}K{3.5cm} l M r@{}}\n\\toprule\n"
                "kernel & product & \\text{as computed} & ops\\\\\n\\midrule\n")
     for k in d.kernels:
         cost, repl, reduced = k.cse
@@ -907,6 +907,10 @@ def _product(role: str, spec: ContractionSpec) -> str:
     if kind == "rvjp":
         return (f"$\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}} = J_{{{a}}}^\\top \\mathcal{{R}}\\{{\\bar g\\}} + "
                 f"\\mathcal{{R}}\\{{J_{{{a}}}\\}}^\\top \\bar g$")
+    if kind == "bl":
+        return f"$D^{{{a}}} = (J_{{{a}}}^{{\\circ 2}})^\\top D$"
+    if kind == "sqvjp":
+        return f"$\\operatorname{{diag}}(G)_{{{a}}} = \\sum_{{q,n}} \\pm (J_{{{a}}}^\\top S_q)^{{\\circ 2}}$"
     return ""
 
 
@@ -959,6 +963,10 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
         ref = f"eq:{s.name}:def" if k.role == "forward" else f"eq:{k.name}"
         raw = d.raw_vjps.get(k.role.partition(":")[2]) if k.role.startswith("vjp:") else None
         out.append(f"{_kernel_ref(k.name)} & {_product(k.role, s)} & \\eqref{{{ref}}} & {_work(k, raw, P)}\\\\\n")
+    for p, sq in d.sqvjps.items():
+        how = "as the \\texttt{bl} rule" if sq.mode == "factorized" else "per sample, then squared"
+        out.append(f"{_kernel_ref(s.name + '_sqvjp_' + p)} & {_product('sqvjp:' + p, s)} & "
+                   f"\\eqref{{eq:{s.name}:gn:{p}}} & {how}\\\\\n")
     out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
     if any(d.raw_vjps.get(w) is not None for w in d.vjps):
         out.append("For a pullback the count is given as differentiated (a sum over every output, with "
@@ -1365,10 +1373,12 @@ def model_section(info: ModelInfo) -> str:
                "estimate is the mean of $v \\circ Hv$.\n"
                "\\item \\texttt{exact} and \\texttt{gauss\\_newton}: the per-sample loss Hessian from "
                + _kernel_ref(info.loss + "_hvp") + " applied to each output unit, factored by an eigendecomposition "
-               "into columns $S_q$, which are backpropagated through the pullback kernels (right column below); "
-               "\\texttt{exact} adds the residual kernel's columns at each activation.\n"
-               "\\item \\texttt{becker\\_lecun}: the diagonal $D$ of the same loss Hessian, backpropagated by "
-               "the rules of the layer sections.\n\\end{itemize}\n")
+               "into a factor group of columns $S_q$. Layer by layer, from the last, each group gives every "
+               "parameter's diagonal through its \\texttt{sqvjp} kernel and passes its "
+               "columns down through the input pullback (right column below); \\texttt{exact} adds, at each "
+               "activation with $f'' \\ne 0$, the residual kernel's diagonal $f''(x)\\,\\bar g$ as a new group.\n"
+               "\\item \\texttt{becker\\_lecun}: the diagonal $D$ of the same loss Hessian, passed down through "
+               "every layer's \\texttt{bl} kernels (middle column).\n\\end{itemize}\n")
     out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
                "$k$ & layer & \\texttt{becker\\_lecun} & \\texttt{gauss\\_newton} / \\texttt{exact}\\\\\n\\midrule\n")
 
