@@ -95,3 +95,32 @@ def torch_loss(model, X, y, params):
     if model.loss.name == "mse":
         return F.mse_loss(out, torch.tensor(np.asarray(y, np.float64)).reshape(out.shape))
     return F.cross_entropy(out, torch.tensor(y))
+
+
+def check_hvp_against_torch(model, X, y, v, torch_loss_of, tol=1e-9):
+    """``model.hvp(X, y, v, return_grad=True)`` against PyTorch's double backward of
+    ``torch_loss_of(params)`` at the model's parameters: loss, gradient and HVP. Returns the
+    torch parameter tensors (for further checks)."""
+    pt = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    lt = torch_loss_of(pt)
+    gt = torch.autograd.grad(lt, pt, create_graph=True)
+    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
+    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
+    assert abs(loss - lt.item()) < 1e-12 * max(1, abs(lt.item()))
+    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < tol
+    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < tol
+    return pt
+
+
+def flatten_torch(pt):
+    """``(theta, unflatten)``: the parameters as one detached vector, and its inverse."""
+    flat = torch.cat([p.reshape(-1) for p in pt]).detach()
+    sizes = [p.numel() for p in pt]
+
+    def unflatten(th):
+        parts, i = [], 0
+        for p, n in zip(pt, sizes):
+            parts.append(th[i:i + n].reshape(p.shape))
+            i += n
+        return parts
+    return flat, unflatten

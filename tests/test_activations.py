@@ -5,7 +5,7 @@ import torch
 
 from symprop import layers as L
 from symprop.runtime.kernels import SpecKernels, load
-from conftest import TORCH_ACTIVATIONS as TORCH, rel_err
+from conftest import TORCH_ACTIVATIONS as TORCH, check_hvp_against_torch, rel_err
 
 A = load("activations")
 ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x", "residual": "residual",
@@ -162,16 +162,9 @@ def test_parameterized_activation_layers_match_torch(make, tfn):
     model = Sequential([L.Dense(4, 6), make(), L.Dense(6, 3)], dtype="float64", seed=1)
     X, y = rng.normal(size=(9, 4)) * 2, rng.integers(0, 3, 9)
     v = [rng.normal(size=p.shape) for p in model.parameters()]
-    pt = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
-    lt = torch.nn.functional.cross_entropy(
-        torch.nn.functional.linear(tfn(torch.nn.functional.linear(torch.tensor(X), pt[0], pt[1])), pt[2], pt[3]),
-        torch.tensor(y))
-    gt = torch.autograd.grad(lt, pt, create_graph=True)
-    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
-    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
-    assert abs(loss - lt.item()) < 1e-12
-    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < 1e-9
-    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < 1e-9
+    F = torch.nn.functional
+    check_hvp_against_torch(model, X, y, v, lambda pt: F.cross_entropy(
+        F.linear(tfn(F.linear(torch.tensor(X), pt[0], pt[1])), pt[2], pt[3]), torch.tensor(y)))
     # exact and Gauss-Newton diagonals through it equal the full Hessian's / are finite
     d = model.hessian_diagonal(X, y, "hutchinson", samples=3, seed=0)
     assert all(np.isfinite(a).all() for a in d)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from symprop import Sequential, layers as L
 from symprop.derive.builtins import BATCHNORM, SOFTMAX
 from symprop.derive.composite import M, G, GroupSum, derive_composite
-from conftest import rel_err
+from conftest import flatten_torch, rel_err
 
 torch.set_default_dtype(torch.float64)
 
@@ -151,15 +151,7 @@ def test_eval_mode_batchnorm_gradients_match_torch():
 
 def _ggn_diag_torch(fn_out, pt, y):
     """diag(Jᵀ H J) of the mean cross-entropy: J the Jacobian of the logits (all samples)."""
-    flat = torch.cat([p.reshape(-1) for p in pt]).detach()
-    sizes = [p.numel() for p in pt]
-
-    def unflat(th):
-        parts, i = [], 0
-        for p, n in zip(pt, sizes):
-            parts.append(th[i:i + n].reshape(p.shape))
-            i += n
-        return parts
+    flat, unflat = flatten_torch(pt)
     out = fn_out(unflat(flat))
     J = torch.autograd.functional.jacobian(lambda th: fn_out(unflat(th)).reshape(-1), flat)
     Hout = torch.autograd.functional.hessian(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from symprop import Sequential, layers as L
-from conftest import rel_err
+from conftest import check_hvp_against_torch, flatten_torch, rel_err
 
 
 def _prelu(t, a):
@@ -42,25 +42,10 @@ def test_mlp_loss_grad_hvp_and_diagonals_match_torch(case):
     params = model.parameters()
     assert len(params) == 5 and params[2].shape in ((1,), (6,))
     v = [rng.normal(size=p.shape) for p in params]
-    pt = [torch.tensor(p, requires_grad=True) for p in params]
-    lt = _mlp_torch(pt, X, y, fn)
-    gt = torch.autograd.grad(lt, pt, create_graph=True)
-    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
-    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
-    assert abs(loss - lt.item()) < 1e-12
-    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < 1e-9
-    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < 1e-9
+    pt = check_hvp_against_torch(model, X, y, v, lambda pt: _mlp_torch(pt, X, y, fn))
     # the exact diagonal (factor backprop + the parameter's own second-order term) is torch's
-    flat = torch.cat([p.reshape(-1) for p in pt]).detach()
-    sizes = [p.numel() for p in pt]
-
-    def f(th):
-        parts, i = [], 0
-        for p, n in zip(pt, sizes):
-            parts.append(th[i:i + n].reshape(p.shape))
-            i += n
-        return _mlp_torch(parts, X, y, fn)
-    H = torch.autograd.functional.hessian(f, flat).numpy()
+    flat, unflatten = flatten_torch(pt)
+    H = torch.autograd.functional.hessian(lambda th: _mlp_torch(unflatten(th), X, y, fn), flat).numpy()
     d = np.concatenate([a.reshape(-1) for a in model.hessian_diagonal(X, y, "exact")])
     assert rel_err(d, np.diag(H)) < 1e-9
     gn = model.hessian_diagonal(X, y, "gauss_newton")

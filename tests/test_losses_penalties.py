@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from symprop import Sequential, layers as L
-from conftest import rel_err
+from conftest import check_hvp_against_torch, flatten_torch, rel_err
 
 
 def _torch_mlp(pt, X):
@@ -17,24 +17,9 @@ def _check(model, X, y, torch_loss, v_seed=0):
     rng = np.random.default_rng(v_seed)
     params = model.parameters()
     v = [rng.normal(size=p.shape) for p in params]
-    pt = [torch.tensor(p, requires_grad=True) for p in params]
-    lt = torch_loss(pt)
-    gt = torch.autograd.grad(lt, pt, create_graph=True)
-    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
-    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
-    assert abs(loss - lt.item()) < 1e-12 * max(1, abs(lt.item()))
-    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < 1e-9
-    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < 1e-9
-    flat = torch.cat([p.reshape(-1) for p in pt]).detach()
-    sizes = [p.numel() for p in pt]
-
-    def f(th):
-        parts, i = [], 0
-        for p, n in zip(pt, sizes):
-            parts.append(th[i:i + n].reshape(p.shape))
-            i += n
-        return torch_loss(parts)
-    H = torch.autograd.functional.hessian(f, flat).numpy()
+    pt = check_hvp_against_torch(model, X, y, v, torch_loss)
+    flat, unflatten = flatten_torch(pt)
+    H = torch.autograd.functional.hessian(lambda th: torch_loss(unflatten(th)), flat).numpy()
     d = np.concatenate([a.reshape(-1) for a in model.hessian_diagonal(X, y, "exact")])
     assert rel_err(d, np.diag(H)) < 1e-9
     assert rel_err(model.hessian(X, y), H) < 1e-9

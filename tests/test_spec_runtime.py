@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from symprop import Sequential, layers as L
-from conftest import rel_err, torch_activation, torch_loss
+from conftest import check_hvp_against_torch, rel_err, torch_activation, torch_loss
 
 
 def _tied_torch_loss(params, X, y):
@@ -186,15 +186,8 @@ def test_a_spec_line_added_to_builtins_gives_a_working_layer(tmp_path, monkeypat
     X, y = rng.normal(size=(7, 3)), rng.integers(0, 3, 7)
     v = [rng.normal(size=p.shape) for p in model.parameters()]
     f = torch_activation(copy.ACTIVATIONS["swish1"])
-    pt = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
-    h = f(F.linear(torch.tensor(X), pt[0], pt[1]))
-    lt = F.cross_entropy(F.linear(h, pt[2], pt[3]), torch.tensor(y))
-    gt = torch.autograd.grad(lt, pt, create_graph=True)
-    hvt = torch.autograd.grad(sum((g * torch.tensor(a)).sum() for g, a in zip(gt, v)), pt)
-    loss, grads, hv = model.hvp(X, y, v, return_grad=True)
-    assert abs(loss - lt.item()) < 1e-12
-    assert max(rel_err(a, b.detach().numpy()) for a, b in zip(grads, gt)) < 1e-9
-    assert max(rel_err(a, b.numpy()) for a, b in zip(hv, hvt)) < 1e-9
+    check_hvp_against_torch(model, X, y, v, lambda pt: F.cross_entropy(
+        F.linear(f(F.linear(torch.tensor(X), pt[0], pt[1])), pt[2], pt[3]), torch.tensor(y)))
 
 
 def test_generate_and_latex_run_without_compiled_kernels(tmp_path):
