@@ -1449,7 +1449,7 @@ def document(layers: list[str] | None = None, extra: list = (), model: ModelInfo
     return build(layers, extra, model, losses).text
 
 
-def compile_pdf(text: str, pdf_path) -> "Path":
+def compile_pdf(text: str, pdf_path):
     """Compile ``text`` with pdflatex in a temporary directory (shell escape off, run twice for
     references) and move the PDF to ``pdf_path``; errors quote the LaTeX log."""
     import shutil
