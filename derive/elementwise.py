@@ -23,7 +23,7 @@ from functools import cached_property
 
 import sympy as sp
 
-from .cost import cse_cost, op_cost
+from .cost import cse_cost
 from .rewrite import (Choice, choose_form, clean_distributions, in_terms_of_output,
                       inverse_candidates, _try)
 

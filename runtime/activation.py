@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import SpecKernels, load, manifest
+from .kernels import load, manifest
 from .layer import SpecLayer
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 
 from .conv import Conv2D, out_size
 from .dense import Dense

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sympy as sp
 import torch
 import torch.nn.functional as F
 
 from symprop import Sequential, layers as L
-from conftest import check_hvp_against_torch, rel_err, torch_activation, torch_loss
+from conftest import check_hvp_against_torch, rel_err, torch_activation
 
 
 def _tied_torch_loss(params, X, y):
