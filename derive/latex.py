@@ -780,8 +780,9 @@ elements a reduction runs over (a channel, a sample), $M$ its size, and $\sum_{\
 
 # ---------------------------------------------------------------- elementwise part
 ELEMENTWISE_INTRO = r"""
-\section{Elementwise activations}
-An activation $y = f(x)$ acts on each element alone, so its Jacobian is diagonal and every product of
+\section{Elementwise layers: activations, masks, penalties}
+An elementwise layer $y = f(x)$ (an activation, a mask, a penalty) acts on each element alone, so its
+Jacobian is diagonal and every product of
 the chain rule is a product of elements. With $\bar g$ and $\mathcal{R}\{x\}, \mathcal{R}\{\bar g\}$ at
 the same element,
 \begin{align}

@@ -46,7 +46,7 @@ def pdf(tmp_path_factory, full):
 def test_every_builtin_layer_has_its_section(full):
     for name in latex.builtin_layer_names() + ["my_act"]:
         assert re.search(r"\\subsection\{[A-Za-z ]+\\texttt\{" + re.escape(latex.escape(name)) + r"\}\}", full), name
-    for part in ("Elementwise activations", "Dense and window layers", "Normalisation and softmax: composite layers",
+    for part in ("Elementwise layers: activations, masks, penalties", "Dense and window layers", "Normalisation and softmax: composite layers",
                  "Losses", "Model \\texttt{lenet}"):
         assert f"\\section{{{part}}}" in full, part
 
@@ -258,7 +258,7 @@ def test_pdf_has_no_overfull_boxes_or_broken_references(pdf):
     assert "LaTeX Warning: There were undefined references" not in log
 
 
-PART_TITLE = re.compile(r"^\s*\d+\s+(Elementwise activations|Dense and window layers|Normalisation and softmax|Losses|Model\s)")
+PART_TITLE = re.compile(r"^\s*\d+\s+(Elementwise layers|Dense and window layers|Normalisation and softmax|Losses|Model\s)")
 
 
 @needs_tex
