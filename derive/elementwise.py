@@ -31,6 +31,11 @@ X, Y = sp.Symbol("x"), sp.Symbol("y")
 G, RX, RG, H = sp.Symbol("g"), sp.Symbol("Rx"), sp.Symbol("Rg"), sp.Symbol("H")
 
 
+#: names the kernels use for their own arrays (input, output, incoming gradient, directions,
+#: Hessian diagonal, outputs): a parameter or mask with one of them would be confused with it
+RESERVED_NAMES = frozenset({"x", "y", "g", "h", "H", "r", "Rx", "Rg", "Ry", "gx", "Rgx", "hx"})
+
+
 class SpecError(ValueError):
     """A spec that cannot be derived or compiled; the message names the spec."""
 
@@ -58,6 +63,11 @@ class ElementwiseSpec:
         if extra:
             raise SpecError(f"spec {self.name!r}: expression has unbound symbols "
                             f"{sorted(map(str, extra))}; declare them as params")
+        clash = sorted({p for p, _ in self.params} | set(self.arrays))
+        clash = [n for n in clash if n in RESERVED_NAMES or (n.startswith("R") and n[1:] in RESERVED_NAMES)]
+        if clash:
+            raise SpecError(f"spec {self.name!r}: parameter/array names {clash} are reserved for the kernels' "
+                            f"own arrays ({', '.join(sorted(RESERVED_NAMES))}); rename them")
         unknown = set(self.learnable) - {p for p, _ in self.params}
         if unknown:
             raise SpecError(f"spec {self.name!r}: learnable {sorted(unknown)} must be among its params")

@@ -60,3 +60,15 @@ def test_compile_failure_names_spec_and_kept_file(cache):
     from symprop.codegen.build import BuildError, load_or_build
     with pytest.raises(BuildError, match=r"spec 'broken'.*kept at .*\.pyx"):
         load_or_build("act_broken", "def f(:\n    pass\n", "broken")
+
+
+@pytest.mark.parametrize("name", ["g", "H", "y", "Rx"])
+def test_parameter_names_the_kernels_use_are_refused(name):
+    """A parameter named like the incoming gradient (g), the output-Hessian diagonal (H), the
+    output or a direction would merge with it in the derivation and the document."""
+    from symprop.derive import ElementwiseSpec
+    x, p = sp.Symbol("x"), sp.Symbol(name)
+    with pytest.raises(SpecError, match=rf"\['{name}'\] are reserved"):
+        ElementwiseSpec("scaled_tanh", p * sp.tanh(x), x, ((name, 1.0),))
+    with pytest.raises(SpecError, match="reserved"):
+        ElementwiseSpec("masked", p * x, x, arrays=(name,))
