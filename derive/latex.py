@@ -9,15 +9,16 @@ call runs, in order.
 
 Printing is for a reader: index names chosen per section so each symbol has one meaning,
 Iverson brackets without unit factors, the adjoint of a window read guarded in the compact
-form ``[s | û + p − k d]·[0 ≤ h < H_out]`` (checked equal to the normalised conditions the
-derivation produces, :func:`compact_guard`), CSE temporaries named τ₁, τ₂, …, and small
+form ``[s | ĥ + p − k d]·[0 ≤ h < H_out]`` (checked equal to the normalised conditions the
+derivation produces, :class:`CompactGuard`), CSE temporaries named τ₁, τ₂, …, and small
 expressions rewritten for display (:func:`display_form`; always checked equal, never fed back
-to the kernels). :attr:`Document.equations` records every printed kernel expression as it
+to the kernels). :attr:`Document.printed` records every printed kernel expression as it
 was before display rewriting, so tests compare those with the kernels' own expressions.
 
     from symprop.derive import latex
     text = latex.document()                     # every built-in layer and loss
     text = latex.document(layers=["tanh", "conv2d"], extra=[my_spec])
+    text = latex.document(model=latex.describe_model("m", (64,), configs))   # configs: Layer.config()
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ _FUNCTION_NAMES = {"expm1": r"\operatorname{expm1}", "log1p": r"\operatorname{lo
 
 
 #: symbols of the composite specs printed as a reader writes them
-_NAMED = {"xhat": r"\hat{x}", "rstd": r"\rho", "l1": r"\ell_1", "l2": r"\ell_2", "var": r"\mathrm{var}", "eps": r"\varepsilon",
+_NAMED = {"xhat": r"\hat{x}", "rstd": r"\rho", "l1": r"\lambda_1", "l2": r"\lambda_2", "var": r"\mathrm{var}", "eps": r"\varepsilon",
           "running_mean": r"\hat{\mu}", "running_var": r"\hat{\sigma}^2"}
 
 
@@ -505,7 +506,7 @@ class Row:
 
 
 def row(lhs: str, expr, printer: DerivationPrinter, label: str | None = None, then=None) -> Row:
-    """``lhs = expr`` (and ``= then`` on the same line when it fits, on the next otherwise)."""
+    """``lhs = expr``, and ``= then`` (the same value in another form) on the next line."""
     terms = rhs_terms(expr, printer)
     if then is not None:
         t = rhs_terms(then, printer)
@@ -515,18 +516,18 @@ def row(lhs: str, expr, printer: DerivationPrinter, label: str | None = None, th
 
 
 def display(rows: list[Row]) -> str:
-    """Rows as one numbered display: ``equation`` when it is a single short line, else ``align``
-    (aligned at =, long right-hand sides continued on indented lines)."""
+    """Rows as one display: ``equation`` when it is a single short line, else ``align`` (aligned
+    at =, long right-hand sides continued on indented lines). Only labelled rows are numbered."""
     if not rows:
         return ""
     packed = [(r, _pack(r.lhs, r.terms)) for r in rows]
     if len(rows) == 1 and len(packed[0][1]) == 1:
         r, (line,) = packed[0]
-        lab = f"\\label{{{r.label}}}" if r.label else ""
+        lab = f"\\label{{{r.label}}}" if r.label else "\\notag"
         return "\\begin{equation}\n" + r.lhs + " = " + line + lab + "\n\\end{equation}\n"
     body = []
     for r, lines in packed:
-        lab = f"\\label{{{r.label}}}" if r.label else ""
+        lab = f"\\label{{{r.label}}}" if r.label else "\\notag"
         text = r.lhs + " &= " + lines[0]
         for ln in lines[1:]:
             text += " \\notag\\\\\n" + ("&" + ln if ln.startswith("= ") else r"&\quad " + ln)
@@ -632,6 +633,7 @@ class Printed:
 
 @dataclass
 class Document:
+    """The LaTeX text and every kernel expression printed in it."""
     text: str
     printed: list          # [Printed]: every kernel expression in the text
 
@@ -664,7 +666,7 @@ DESCRIPTIONS = {
     "dropout": r"Inverted dropout: $y = m x$ with a mask $m \in \{0, 1/(1-p)\}$ drawn per forward call "
                r"(each element kept with probability $1 - p$); the same kernels mask a dense layer's weights "
                r"for DropConnect.",
-    "penalty": r"The weight penalty $\ell_1 |x| + \tfrac{\ell_2}{2} x^2$ of one weight $x$ (Dense and Conv2D "
+    "penalty": r"The weight penalty $\lambda_1 |x| + \tfrac{\lambda_2}{2} x^2$ of one weight $x$ (Dense and Conv2D "
                r"weights), added to the loss.",
     "batchnorm": r"Batch normalisation in training mode: each channel normalised by its batch mean and "
                  r"biased batch variance, then scaled by $\gamma$ and shifted by $\beta$.",
@@ -680,13 +682,16 @@ DESCRIPTIONS = {
               r"dilation $(d_h, d_w)$.",
     "avgpool2d": r"Average pooling over $K_h \times K_w$ windows with stride $(s_h, s_w)$ and padding "
                  r"$(p_h, p_w)$; zero padding counts in the mean (PyTorch's \texttt{count\_include\_pad=True}).",
-    "maxpool2d": r"Max pooling, written as its local linearisation: $M_{n,c,h,w,k,l}$ is the one-hot argmax "
+    "maxpool2d": r"Max pooling, written as its local linearisation: $A_{n,c,h,w,k,l}$ is the one-hot argmax "
                  r"of each window (the first maximum in row-major order, as in PyTorch), saved by the "
                  r"forward pass and held fixed by every derivative, so the second derivative is zero.",
 }
 
 #: display names of a window layer's indices: û, ŵ input positions, k, l kernel offsets
-WINDOW_NAMES = {"u": r"\hat h", "v": r"\hat w", "i": "k", "j": "l"}
+WINDOW_NAMES = {"u": r"\hat h", "v": r"\hat w", "i": "k", "j": "l", "M": "A"}
+#: composite stage symbols that would collide with other meanings: the softmax shift, sum and
+#: exponentials (m, s, e: mask, stride, Euler's e) and batch norm's centred input (d: dilation)
+COMPOSITE_NAMES = {"m": r"x_{\max}", "s": "Z", "e": "u", "d": r"\tilde{x}"}
 #: the losses: j' a second class index, ⟨p, v⟩ = Σ_j p_j v_j
 LOSS_NAMES = {"k": "j'", "l": "j'", "s": r"\langle p, v\rangle"}
 
@@ -752,7 +757,7 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 
 NOTATION = r"""
 \section*{Notation}
-A layer maps its input $x$ to its output $y$. $\bar g = \partial L/\partial y$ is the gradient arriving at
+A layer maps its input $x$ to its output $y$; $W$ and $b$ are its weight and bias. $\bar g = \partial L/\partial y$ is the gradient arriving at
 $y$ and $\bar g^x, \bar g^W, \bar g^b$ are the gradients the layer passes on: its pullback, or
 vector--Jacobian product $J^\top \bar g$. $\mathcal{R}\{\cdot\}$ is Pearlmutter's R-operator, the
 derivative along a direction $v$ in parameter space: $\mathcal{R}\{W\} = v_W$ for a parameter,
@@ -805,6 +810,8 @@ _EW_ROLE = {"forward": ("y = f(x)", "eq:{name}:def"), "vjp:x": (r"\bar g^x", "eq
 
 
 def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> str:
+    """One elementwise layer: f, f′, f″ as differentiated and as computed, and its kernels
+    (each kernel's expression is appended to ``printed``)."""
     s = d.spec
     P = DerivationPrinter(names={p: r"\mathrm{" + p + "}" for p, _ in s.params if _is_word(p)},
                           arrays=[*s.learnable, *s.arrays])
@@ -826,6 +833,7 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
                "kernel & product & \\text{as computed} & ops\\\\\n\\midrule\n")
     for k in d.kernels:
         cost, repl, reduced = k.cse
+        repl, reduced = _conditions_inline(repl, reduced)
         what, ref = _EW_ROLE.get(k.role, ("", ""))
         cells = []
         for (o, e), r in zip(k.outputs, reduced):
@@ -844,7 +852,7 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
         out.append(f"The kernels of ${a}$ (one value per channel, or one shared) sum their per-element values "
                    f"over every element that shares ${a}$: $\\bar g^{{{a}}} = \\sum \\bar g\\, \\partial y/\\partial {a}$, "
                    f"and so $\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}}$ and $D^{{{a}}}$; "
-                   f"{_kernel_ref(s.name + '_sqvjp_' + p)} sums $w_q (S_q\\, \\partial y/\\partial {a})^2$ over the "
+                   f"{_kernel_ref(s.name + '_sqvjp_' + p)} sums $\\sigma_{{q,n}} (S_q\\, \\partial y/\\partial {a})^2$ over the "
                    "factor columns $q$ and the samples, the elements of a sample summed inside the square.\n")
     for m in s.arrays:
         out.append(f"The mask ${tex(sp.Symbol(m), P)}$ is drawn once per forward call and is a constant for every "
@@ -854,6 +862,23 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
                    "to the weight's gradient, and the second-order kernels their terms to the Hessian-vector "
                    "product and the Hessian diagonals.\n")
     return "".join(out)
+
+
+def _conditions_inline(repl, reduced):
+    """CSE temporaries that stand for a condition (``τ₁ = x < 0``) put back where they are used:
+    a reader wants ``[x < 0]``, not ``[τ₁]``."""
+    keep, back = [], {}
+    for t, v in repl:
+        v = v.xreplace(back)
+        if isinstance(v, sp.logic.boolalg.Boolean) and not isinstance(v, sp.Expr):
+            back[t] = v
+        else:
+            keep.append((t, v))
+    if not back:
+        return keep, list(reduced)
+    rename = {t: sp.Symbol(f"_t{i}") for i, (t, _) in enumerate(keep)}     # τ₁, τ₂, … without gaps
+    keep = [(rename[t], v.xreplace(rename)) for t, v in keep]
+    return keep, [r.xreplace(back).xreplace(rename) for r in reduced]
 
 
 # ---------------------------------------------------------------- contraction part
@@ -877,8 +902,9 @@ the derivation produces.
 
 For Hessian diagonals, Becker--LeCun backpropagates only the diagonal $D$ of the output Hessian: each
 pullback with $\bar g$ replaced by $D$ and its Jacobian entries squared (off-diagonal terms dropped).
-Gauss--Newton factors the output Hessian per sample as $\sum_q \pm S_q S_q^\top$ (signs omitted below);
-a parameter's diagonal is the sum over columns $q$ and samples of its squared per-sample pullback.
+Gauss--Newton factors the output Hessian per sample $n$ as $\sum_q \sigma_{q,n} S_q S_q^\top$ (columns
+$S_q$, signs $\sigma_{q,n} \in \{-1, 1\}$: the eigenvalues' signs); a parameter's diagonal is the signed sum over
+columns $q$ and samples of its squared per-sample pullback.
 The exact diagonal adds, at every activation before the layer, the residual $f''(x)\,\bar g$ as further
 columns.
 """
@@ -911,7 +937,7 @@ def _product(role: str, spec: ContractionSpec) -> str:
     if kind == "bl":
         return f"$D^{{{a}}} = (J_{{{a}}}^{{\\circ 2}})^\\top D$"
     if kind == "sqvjp":
-        return f"$\\operatorname{{diag}}(G)_{{{a}}} = \\sum_{{q,n}} \\pm (J_{{{a}}}^\\top S_q)^{{\\circ 2}}$"
+        return f"$\\operatorname{{diag}}(G)_{{{a}}} = \\sum_{{q,n}} \\sigma_{{q,n}} (J_{{{a}}}^\\top S_q)^{{\\circ 2}}$"
     return ""
 
 
@@ -923,6 +949,8 @@ def _work(k, raw=None, P=None) -> str:
 
 
 def contraction_section(d: DerivedContraction, printed: list | None = None) -> str:
+    """One dense or window layer: definition, pullbacks, pushforward and R-op, Hessian-diagonal
+    rules and its kernel table (each kernel's expression is appended to ``printed``)."""
     s = d.spec
     names = dict(WINDOW_NAMES) if s.maps else {}
     P = DerivationPrinter(names=names, maps=s.maps, arrays=s.all_arrays)
@@ -958,7 +986,11 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
         rows.append(row(_lhs(k.out, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
     out.append(display(rows))
     out.append(hessian_diagonal_subsection(d, P, rec))
-    out.append("\\paragraph{Kernels.}\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l c R@{}}\n\\toprule\n"
+    out.append("\\paragraph{Kernels.}"
+               + (" For a pullback the count is given as differentiated (a sum over every output, with Kronecker "
+                  "deltas) and after collapsing the deltas." if any(d.raw_vjps.get(w) is not None for w in d.vjps)
+                  else "")
+               + "\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l c R@{}}\n\\toprule\n"
                "kernel & product & eq. & multiply-adds per output element\\\\\n\\midrule\n")
     for k in d.kernels:
         ref = f"eq:{s.name}:def" if k.role == "forward" else f"eq:{k.name}"
@@ -969,10 +1001,15 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
         out.append(f"{_kernel_ref(s.name + '_sqvjp_' + p)} & {_product('sqvjp:' + p, s)} & "
                    f"\\eqref{{eq:{s.name}:gn:{p}}} & {how}\\\\\n")
     out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
-    if any(d.raw_vjps.get(w) is not None for w in d.vjps):
-        out.append("For a pullback the count is given as differentiated (a sum over every output, with "
-                   "Kronecker deltas) and after collapsing the deltas.\n")
     return "".join(out)
+
+
+def _signed(definition):
+    """``Σ_{q,n} (…)²`` as ``Σ_{q,n} σ_{q,n} (…)²``: each factor column's eigenvalue sign."""
+    if not isinstance(definition, sp.Sum) or len(definition.limits) != 2:
+        return definition
+    (q, *_), (n, *_) = definition.limits
+    return sp.Sum(sp.IndexedBase("sigma")[q, n] * definition.function, *definition.limits)
 
 
 def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | None = None, rec=None) -> str:
@@ -993,17 +1030,21 @@ def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | No
         kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
         q, Q = sp.Symbol("q", integer=True), sp.Symbol("Q", integer=True, positive=True)
         out.append("Gauss--Newton (and exact, with the residual columns), with $0 \\le q < Q$:\n")
-        rows, notes = [], []
+        rows, modes = [], {}
         for wrt, sq in d.sqvjps.items():
             k = d.vjps[wrt]
             rows.append(row(r"\operatorname{diag}(G)_{" + tex(sp.IndexedBase(wrt)[k.out_indices], P) + "}",
-                            sq.definition.xreplace({kk: q, KK: Q}), P, f"eq:{s.name}:gn:{wrt}"))
-            notes.append(f"{_kernel_ref(s.name + '_sqvjp_' + wrt)} "
-                         + ("is the Becker--LeCun rule at $D = \\sum_q \\pm S_q^2$ (one product per sample, so "
-                            "the square factors)" if sq.mode == "factorized" else
-                            f"forms each sample's pullback and squares it (${tex(sp.Symbol(wrt), P)}$ is shared over "
-                            "positions, so the square does not factor)"))
+                            _signed(sq.definition.xreplace({kk: q, KK: Q})), P, f"eq:{s.name}:gn:{wrt}"))
+            modes.setdefault(sq.mode, []).append(wrt)
         out.append(display(rows))
+        notes = []
+        for mode, names in modes.items():
+            refs = ", ".join(_kernel_ref(f"{s.name}_sqvjp_{w}") for w in names)
+            notes.append(refs + (" compute the Becker--LeCun rule at $D = \\sum_q \\sigma_{q,n} S_q^{\\circ 2}$ "
+                                 "(one product per sample, so the square factors)" if mode == "factorized" else
+                                 " form each sample's pullback and square it (" + ", ".join(
+                                     f"${tex(sp.Symbol(w), P)}$" for w in names)
+                                 + " shared over positions, so the square does not factor)"))
         out.append("; ".join(notes) + ".\n")
     return "".join(out)
 
@@ -1029,7 +1070,7 @@ def composite_section(d: DerivedComposite) -> str:
     """A composite layer: its stages, the backward sweep stage by stage, the identities the
     reductions imply, the simplified pullbacks, the JVP and the R-op, and its kernels."""
     s = d.spec
-    P = DerivationPrinter(arrays=[str(p) for p in s.params])
+    P = DerivationPrinter(names=COMPOSITE_NAMES, arrays=[str(p) for p in s.params])
     out = [f"\\subsection{{Layer \\texttt{{{escape(s.name)}}}}}\n", _description(s.name, s.doc), " ",
            f"A group $\\mathcal{{G}}$ is {escape(s.groups)}. The stages, in order:\n"]
     rows = []
@@ -1039,9 +1080,9 @@ def composite_section(d: DerivedComposite) -> str:
             rhs = _KIND[st.kind] + (r"\left(" + rhs + r"\right)" if isinstance(st.expr, sp.Add) else " " + rhs)
         rows.append(tex(st.symbol, P) + " &= " + rhs)
     out.append("\\begin{align}\n" + ",\\notag\\\\\n".join(rows) + f".\\label{{eq:{s.name}:def}}\n\\end{{align}}\n")
-    out.append("\\paragraph{Backward sweep.} The adjoint $\\bar s$ of each stage symbol $s$, from the last "
+    out.append("\\paragraph{Backward sweep.} The adjoint (barred) of each stage's value, from the last "
                "stage to the first, written with the saved " + ", ".join(f"${tex(v, P)}$" for v in d.saved) + ":\n")
-    out.append(display([row(r"\bar{" + tex(st.symbol, P) + "}", d.pretty(a), P) for st, a in d.sweep]))
+    out.append(display([row(r"\overline{" + tex(st.symbol, P) + "}", d.pretty(a), P) for st, a in d.sweep]))
     maxes = [st.symbol for st in s.stages if st.kind == "max"]
     if maxes:
         out.append("The adjoint of the shift " + ", ".join(f"${tex(m, P)}$" for m in maxes)
@@ -1072,6 +1113,7 @@ def composite_section(d: DerivedComposite) -> str:
 
 # ---------------------------------------------------------------- losses
 def losses_section() -> str:
+    """The losses: definition, gradient and Hessian (-vector product) as the kernels compute them."""
     ce = derive_softmax_cross_entropy()
     ms = mse()
     sc = sigmoid_cross_entropy()
@@ -1126,10 +1168,13 @@ class ModelLayer:
 
 @dataclass
 class ModelInfo:
+    """A model as the document describes it: layers with shapes and parameters, its loss, and
+    where it comes from (e.g. " as symprop train --model lenet builds it")."""
     name: str
     input_shape: tuple
     layers: list
     loss: str = "softmax_cross_entropy"
+    origin: str = ""
 
     @property
     def n_params(self) -> int:
@@ -1148,9 +1193,18 @@ def _window_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_cross_entropy") -> ModelInfo:
+#: per loss: its name in the text, the label of its definition and of its Hessian
+LOSS_TEXT = {"softmax_cross_entropy": ("softmax cross-entropy", "eq:ce:def", "eq:ce:hvp"),
+             "mse": ("mean squared error", "eq:mse:def", "eq:mse:hess"),
+             "sigmoid_cross_entropy": ("sigmoid cross-entropy", "eq:sce:def", "eq:sce:hess")}
+
+
+def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_cross_entropy",
+                   origin: str = "") -> ModelInfo:
     """Shapes and parameters of a model from its layers' configs (``Layer.config()``, the
     checkpoint format) by shape arithmetic alone: no kernels, no data."""
+    if loss not in LOSS_TEXT:
+        raise ValueError(f"latex: the model's loss {loss!r} is not one the document derives ({sorted(LOSS_TEXT)})")
     shape = tuple(int(s) for s in input_shape)
     layers = []
     for cfg in configs:
@@ -1186,7 +1240,7 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
             raise ValueError(f"latex: no shape rule for layer type {t!r}")
         layers.append(la)
         shape = la.out_shape
-    return ModelInfo(name, tuple(int(s) for s in input_shape), layers, loss)
+    return ModelInfo(name, tuple(int(s) for s in input_shape), layers, loss, origin)
 
 
 def _shape_tex(shape, batch: bool = True) -> str:
@@ -1216,7 +1270,7 @@ def kernel_schedule(info: ModelInfo) -> dict:
     loss, loss_hvp = info.loss, info.loss + "_hvp"
 
     forward = [(k + 1, roles[k]["forward"], "") for k in range(len(L)) if L[k].spec]
-    backward = [(None, loss, r"value, $\bar g_L$, $p$")]
+    backward = [(None, loss, "the loss and its gradient")]
     for k in range(len(L) - 1, -1, -1):
         r = roles[k]
         backward += [(k + 1, r[f"vjp:{p}"], "") for p in pnames[k]]
@@ -1229,7 +1283,7 @@ def kernel_schedule(info: ModelInfo) -> dict:
         started = started or bool(pnames[k])
         if L[k].spec and (pnames[k] or started):      # a parameter-free layer before any parameter sees no direction
             rfwd.append((k + 1, roles[k]["jvp"], ""))
-    rbwd = [(None, loss_hvp, r"$\mathcal{R}\{\bar g_L\}$")]
+    rbwd = [(None, loss_hvp, "the loss Hessian times the pushed-forward direction")]
     for k in range(len(L) - 1, -1, -1):
         r = roles[k]
         rbwd += [(k + 1, r[f"rvjp:{p}"], "") for p in pnames[k]]
@@ -1275,11 +1329,12 @@ def model_section(info: ModelInfo) -> str:
     xs = [info.input_shape] + [la.out_shape for la in info.layers]
     sched = kernel_schedule(info)
     roles = [(_kernels_by_role(la.spec) if la.spec else {}) for la in info.layers]
+    loss_name, loss_def, loss_hess = LOSS_TEXT[info.loss]
     out = [f"\\section{{Model \\texttt{{{escape(info.name)}}}}}\n",
-           f"The model \\texttt{{{escape(info.name)}}} of \\texttt{{symprop train}} for inputs "
+           f"The model \\texttt{{{escape(info.name)}}}{info.origin} for inputs "
            f"$x_0 \\in {_shape_tex(info.input_shape)}$: layer $k$ maps $x_{{k-1}}$ to "
-           f"$x_k = f_k(x_{{k-1}}; \\theta_k)$ and the loss $L$ (softmax cross-entropy, "
-           f"\\eqref{{eq:ce:def}}, averaged over the batch) is taken of $x_{{{L}}}$. "
+           f"$x_k = f_k(x_{{k-1}}; \\theta_k)$ and the loss $L$ ({loss_name}, "
+           f"\\eqref{{{loss_def}}}, averaged over the batch) is taken of $x_{{{L}}}$. "
            + f"${info.n_params:,}$ parameters in all.\n".replace(",", "\\,")]
     out.append("\\begin{center}\\small\n\\begin{tabular}{@{}r l l l r@{}}\n\\toprule\n"
                "$k$ & layer $f_k$ & output $x_k$ & parameters $\\theta_k$ & count\\\\\n\\midrule\n")
@@ -1312,7 +1367,7 @@ def model_section(info: ModelInfo) -> str:
         if k > 1:
             what = _kernel_ref(r["vjp:x"]) if la.spec else "reshape"
             rows.append(f"\\bar g_{{{k - 1}}} &= {jac(k)}^\\top \\bar g_{{{k}}} \\in {_shape_tex(xs[k - 1])} && {what}")
-    out.append("\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}\n")
+    out.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}\n")
 
     # second order
     out.append("\\subsection{Second order: the R-op sweeps}\n"
@@ -1321,8 +1376,8 @@ def model_section(info: ModelInfo) -> str:
                "left to right),\n\\begin{equation}\n"
                f"\\mathcal{{R}}\\{{x_{{{L}}}\\}} = \\sum_k J_{{{L}}} \\cdots J_{{k+1}} J_{{\\theta_k}} v_{{\\theta_k}},"
                "\\label{eq:model:rfwd}\n\\end{equation}\n"
-               "through the loss Hessian, $\\mathcal{R}\\{\\bar g_L\\} = \\nabla^2 \\ell\\; \\mathcal{R}\\{x_L\\}$ "
-               "\\eqref{eq:ce:hvp}, and back through the R-op of every pullback in reverse order,\n"
+               f"through the loss Hessian, $\\mathcal{{R}}\\{{\\bar g_{{{L}}}\\}} = \\nabla^2 \\ell\\; "
+               f"\\mathcal{{R}}\\{{x_{{{L}}}\\}}$ \\eqref{{{loss_hess}}}, and back through the R-op of every pullback in reverse order,\n"
                "\\begin{equation}\n\\mathcal{R}\\{\\bar g_{k-1}\\} = J_k^\\top \\mathcal{R}\\{\\bar g_k\\} + "
                "\\mathcal{R}\\{J_k\\}^\\top \\bar g_k, \\qquad (Hv)_{\\theta_k} = J_{\\theta_k}^\\top "
                "\\mathcal{R}\\{\\bar g_k\\} + \\mathcal{R}\\{J_{\\theta_k}\\}^\\top \\bar g_k,"
@@ -1356,14 +1411,14 @@ def model_section(info: ModelInfo) -> str:
                 f" + \\mathcal{{R}}\\{{{jac(k)}\\}}^\\top \\bar g_{{{k}}}" if second else "")
             what = _kernel_ref(r["rvjp:x"]) if la.spec else "reshape"
             rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{k - 1}}}\\}} &= {rhs} \\in {_shape_tex(xs[k - 1])} && {what}")
-    out.append("\\begin{align}\n" + " \\\\\n".join(rows) + "\n\\end{align}\n")
+    out.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}\n")
 
     # kernels per call
     fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
     out.append("\\subsection{Kernels per call}\n"
                "\\texttt{loss\\_and\\_grad(X, y)} runs the forward kernels in layer order, "
                + _names(fwd) + ", then " + _kernel_ref(info.loss)
-               + " (loss, $\\bar g_L$ and the probabilities), then the first-order sweep above, top to bottom "
+               + f" (the loss and $\\bar g_{{{L}}}$), then the first-order sweep above, top to bottom "
                "($" + str(len(sched['loss_and_grad'])) + "$ kernel calls).\n\n"
                "\\texttt{hvp(X, y, v)} runs the same, keeping every $\\bar g_k$, then the second-order sweep "
                "above, top to bottom ($" + str(len(sched['hvp'])) + "$ calls; with \\texttt{return\\_grad} the "
@@ -1397,6 +1452,7 @@ def model_section(info: ModelInfo) -> str:
 
 # ---------------------------------------------------------------- the document
 def builtin_layer_names() -> list[str]:
+    """Every built-in spec that has a section, in document order."""
     return (list(_elementwise_builtins()) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
             + list(builtins.COMPOSITES))
 
@@ -1404,6 +1460,9 @@ def builtin_layer_names() -> list[str]:
 def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
           losses: bool = True) -> Document:
     """The document and the kernel expressions it prints (see :func:`document`)."""
+    if model is not None and not isinstance(model, ModelInfo):
+        raise TypeError(f"latex: model must be a ModelInfo (see describe_model), got {type(model).__name__}")
+    losses = losses or model is not None        # the model part refers to its loss's equations
     known = builtin_layer_names()
     chosen = known if layers is None else list(layers)
     unknown = [n for n in chosen if n not in known]
@@ -1443,10 +1502,11 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
 
 def document(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
              losses: bool = True) -> str:
-    """The full document: notation, the activations, the dense and window layers (every
-    built-in by default, or ``layers``, plus ``extra`` specs: :class:`ElementwiseSpec` or
-    :class:`ContractionSpec`), the losses and, with ``model`` (:func:`describe_model`), the
-    model's shapes, composed chain rule and kernel order."""
+    """The full document: notation, the elementwise layers, the dense and window layers, the
+    composite layers (every built-in by default, or ``layers``, plus ``extra`` specs:
+    :class:`ElementwiseSpec`, :class:`ContractionSpec` or :class:`CompositeSpec`), the losses
+    and, with ``model`` (:func:`describe_model`), the model's shapes, composed chain rule and
+    kernel order."""
     return build(layers, extra, model, losses).text
 
 

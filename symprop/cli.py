@@ -256,7 +256,7 @@ def cmd_summary(args) -> int:
     if args.model not in MODELS:
         raise ValueError(f"unknown model {args.model!r}; choose from {sorted(MODELS)}")
     kw = {"hidden": args.hidden} if args.model == "mlp" else {}
-    MODELS[args.model](MODEL_INPUTS.get(args.model, (1, 8, 8)), classes=10, **kw).summary()
+    MODELS[args.model](MODEL_INPUTS[args.model], classes=10, **kw).summary()
     return 0
 
 
@@ -300,7 +300,7 @@ def _shape_only_layers():
     L.Activation = lambda name, **params: Stub(type="Activation", name=name, **({"params": params} if params else {}))
 
     def missing(attr):
-        raise ValueError(f"latex --model: no shape rule for layers.{attr}")
+        raise AttributeError(f"latex --model: no shape rule for layers.{attr}")
     L.__getattr__ = missing
 
     class Sequential:
@@ -338,7 +338,8 @@ def _model_info(name: str):
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss)
+    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss,
+                                origin=f" (as \\texttt{{symprop train --model {latex.escape(name)}}} builds it)")
 
 
 def _load_specs(path: str) -> list:
@@ -361,7 +362,12 @@ def _load_specs(path: str) -> list:
 def cmd_latex(args) -> int:
     from .derive import latex
 
-    layers = [s for s in args.layers.split(",") if s] if args.layers else None
+    layers = None
+    if args.layers is not None:
+        layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+        if not layers:
+            raise ValueError(f"--layers {args.layers!r}: names no layer; built-ins are "
+                             f"{', '.join(latex.builtin_layer_names())}")
     model = None
     if args.model:
         model = _model_info(args.model)
@@ -373,10 +379,15 @@ def cmd_latex(args) -> int:
         layers = []
     t0 = time.perf_counter()
     out = Path(args.output)
+    if out.suffix.lower() == ".pdf":
+        raise ValueError(f"-o {out}: give the .tex file; --pdf writes the PDF beside it")
     if out.is_dir():
         raise ValueError(f"-o {out}: is a directory")
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise ValueError(f"-o {out}: folder {out.parent} does not exist")
+    n = len(latex.builtin_layer_names() if layers is None else layers) + len(extra)
+    print(f"deriving {n} layer{'s' if n != 1 else ''} and the losses"
+          + (f", and the model {args.model}" if model else "") + " ...", flush=True)
     text = latex.document(layers=layers, extra=extra, model=model)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
@@ -471,11 +482,14 @@ def main(argv=None) -> int:
     m.set_defaults(fn=cmd_summary)
 
     x = sub.add_parser("latex", help="write the derivations (every built-in layer by default) as LaTeX")
-    x.add_argument("--layers", help="comma-separated built-in layer names (default: all, or the model's)")
+    x.add_argument("--layers", help="comma-separated built-in layer names, e.g. tanh,conv2d,batchnorm "
+                   "(default: all, or the model's; an unknown name lists them)")
     x.add_argument("--spec", help="a Python file defining ElementwiseSpec/ContractionSpec/CompositeSpec objects")
-    x.add_argument("--model", help="add the composed chain rule of a named model (mlp, cnn, lenet, cifar_cnn)")
-    x.add_argument("-o", "--output", default="derivations.tex")
-    x.add_argument("--pdf", action="store_true", help="also compile with pdflatex (no shell escape)")
+    x.add_argument("--model", choices=sorted(MODEL_INPUTS),
+                   help="add the composed chain rule of a named model (its layers, shapes and kernels)")
+    x.add_argument("-o", "--output", default="derivations.tex", help="the .tex file to write (default: %(default)s)")
+    x.add_argument("--pdf", action="store_true",
+                   help="also compile with pdflatex (no shell escape) into the same name with .pdf")
     x.set_defaults(fn=cmd_latex)
 
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a test split")

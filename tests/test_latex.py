@@ -165,6 +165,23 @@ def test_model_shapes_parameters_and_chain_rule(full):
         assert f"\\texttt{{{call}" in part, call
 
 
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lenet", "cifar_cnn"])
+def test_shape_only_layers_describe_the_real_model(name):
+    """``latex --model`` runs runtime/models.py on shape-only stand-ins (no kernels needed): their
+    configs and shapes must be the real model's."""
+    from symprop.cli import MODEL_INPUTS
+    from symprop.runtime.models import MODELS
+
+    real = MODELS[name](MODEL_INPUTS[name], classes=10)
+    info = _model_info(name)
+    assert [la.config for la in info.layers] == [la.config() for la in real.layers]
+    shape = MODEL_INPUTS[name]
+    for la, described in zip(real.layers, info.layers):
+        shape = la.output_shape(shape)
+        assert tuple(shape) == described.out_shape, described.label
+    assert info.n_params == sum(p.size for p in real.parameters())
+
+
 def test_model_shapes_match_torch():
     torch = pytest.importorskip("torch")
     nn = torch.nn
@@ -304,7 +321,11 @@ def test_cli_latex_errors(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--model", "resnet9", "-o",
                         str(tmp_path / "d.tex")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert r.returncode == 2 and "unknown model 'resnet9'" in r.stderr
+    assert r.returncode == 2 and "invalid choice: 'resnet9'" in r.stderr
+    for argv, msg in ((["--layers", ","], "names no layer"), (["-o", str(tmp_path / "d.pdf"), "--pdf"], "give the .tex file")):
+        r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", *argv], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+        assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "d.pdf").exists(), r.stderr
 
 
 def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
@@ -340,5 +361,5 @@ def test_composite_sections_print_the_stage_by_stage_chain_rule(full):
     assert r"\sum_{\mathcal{G}}\!\left(\hat{x}\right) &= 0" in sec     # the identity mean(x) = μ implies
     assert sec.count("\\texttt{batchnorm\\_rvjp} & ") == 1 and sec.count(r"$\sum_{\mathcal{G}}", sec.index("batchnorm\\_rvjp} & ")) >= 7
     s = full[full.index("Layer \\texttt{softmax}"):]
-    assert "The adjoint of the shift $m$ simplifies to zero" in s
+    assert "The adjoint of the shift $x_{\\max}$ simplifies to zero" in s
 
