@@ -98,15 +98,21 @@ def hutchinson(model, tape, samples: int, rng: np.random.Generator) -> list[np.n
     """``mean_s v_s ⊙ H v_s`` over ``samples`` Rademacher probes at the tape's point (after
     ``backward(tape, keep_output_grads=True)``); one probe is formed in place, several are
     summed in float64."""
-    params = model.parameters()
+    v = rademacher(model.parameters(), rng)
+    return hutchinson_from(model, tape, v, model.rop(tape, v), samples, rng)
+
+
+def hutchinson_from(model, tape, v: list, hv: list, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """:func:`hutchinson` whose first probe ``v`` and its product ``hv`` are already computed
+    (AdaHessian gets them from its forward-over-reverse sweep); the other ``samples − 1``
+    probes are drawn from ``rng`` and pushed through :meth:`Sequential.rop` on ``tape``."""
     if samples == 1:
-        v = rademacher(params, rng)
-        return [np.multiply(vi, h, out=h) for vi, h in zip(v, model.rop(tape, v))]
-    acc = [np.zeros(p.shape, np.float64) for p in params]
-    for _ in range(samples):
-        v = rademacher(params, rng)
-        for a, vi, hv in zip(acc, v, model.rop(tape, v)):
-            a += vi * hv
+        return [np.multiply(vi, h, out=h) for vi, h in zip(v, hv)]
+    acc = [np.zeros(vi.shape, np.float64) + vi * h for vi, h in zip(v, hv)]
+    for _ in range(samples - 1):
+        v = rademacher(model.parameters(), rng)
+        for a, vi, h in zip(acc, v, model.rop(tape, v)):
+            a += vi * h
     return [(a / samples).astype(model.dtype) for a in acc]
 
 
