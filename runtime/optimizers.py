@@ -279,9 +279,8 @@ class AdaHessian(Optimizer):
             if not _all_finite(d):
                 raise ValueError(f"AdaHessian: Hessian diagonal {i} (shape {d.shape}) contains NaN or inf; "
                                  f"no parameter was updated")
-        self._check(params, grads)
         self._D = D
-        super().step(params, grads)
+        super().step(params, grads)   # checks the gradients before updating anything
 
     def _init_state(self, params):
         return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
