@@ -182,9 +182,14 @@ def test_adahessian_estimate_equals_separate_passes(n_samples):
         assert rel_err(a, b) < 1e-12
 
 
-def test_rademacher_probe_is_drawn_before_the_sweep():
-    """The first probe comes from the optimizer's generator exactly as before (same bits)."""
-    model = Sequential([L.Dense(3, 2)], dtype="float64")
-    a = rademacher(model.parameters(), np.random.default_rng(0))
-    b = rademacher(model.parameters(), np.random.default_rng(0))
-    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rademacher_signs_are_the_generators_bits(dtype):
+    """Each probe entry is 2·bit − 1 of the generator's bytes, most significant bit first, for
+    sizes that are and are not multiples of eight (the table lookup keeps the bit stream)."""
+    params = [np.zeros((3, 5), dtype), np.zeros(8, dtype), np.zeros(1, dtype)]
+    got = rademacher(params, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    for p, v in zip(params, got):
+        bits = np.unpackbits(np.frombuffer(rng.bytes((p.size + 7) // 8), np.uint8), count=p.size)
+        assert v.dtype == dtype and v.shape == p.shape and v.flags.c_contiguous
+        assert np.array_equal(v.reshape(-1), 2.0 * bits - 1)
