@@ -15,7 +15,8 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, DerivedContraction
 from .config import DTYPES
-from .manifest import canonical_arrays, contraction_role, spec_entry
+from .fusion import fused_roles, kernel_name
+from .manifest import _like, canonical_arrays, contraction_role, spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -76,8 +77,20 @@ def _loop_op(k: ContractionKernel, t: Term) -> dict | None:
     big = A.indices if len(A.indices) >= len(k.out_indices) else k.out_indices
     order = list(big) + [i for i in list(k.out_indices) + list(A.indices) if i not in big]
     order = list(dict.fromkeys(order))
+    # a reduction over A's trailing (contiguous) indices: summed by a helper with independent
+    # partial sums, not one add chain through out[...] in memory
+    out_idx = set(k.out_indices)
+    tail = []
+    for i in reversed(order):
+        if i in out_idx or i not in idx:
+            break
+        tail.insert(0, i)
+    if tail and list(A.indices[len(A.indices) - len(tail):]) != tail:
+        tail = []
     return {"kind": "loop", "A": str(A.base), "a_idx": [str(i) for i in A.indices],
-            "order": [str(i) for i in order], "alpha": t.coeff, "arrays": [str(A.base)]}
+            "order": [str(i) for i in order], "alpha": t.coeff, "arrays": [str(A.base)],
+            "outer": [str(i) for i in order[:len(order) - len(tail)]], "tail": [str(i) for i in tail],
+            "a_base": [str(i) if i not in tail else "0" for i in A.indices]}
 
 
 def lower(k: ContractionKernel) -> list[dict]:
@@ -120,8 +133,7 @@ def argument_layout(spec, k: ContractionKernel, ops: list[dict]) -> tuple[list, 
     for name, idx in list(spec.arrays.items()) + [("g", spec.out_indices), ("H", spec.out_indices)]:
         rank[name] = rank["R" + name] = rank[name + "_sq"] = idx
     optional = [a for a in used if a.startswith("R")]
-    canon = list(spec.arrays) + ["g", "H"]
-    canon = canon + [a + "_sq" for a in canon] + ["R" + a for a in canon]
+    canon = canonical_order(spec)
     arrays = sorted((a for a in used if a not in optional), key=canon.index) + \
         sorted(optional, key=canon.index)
     shapes = {a: [str(i) for i in rank[a]] for a in arrays}
@@ -138,11 +150,65 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["guard"] = [a for a in op["arrays"] if a in optional]
         op["assign"] = op["assign"] and not op["guard"]
     extents = list(dict.fromkeys(i for a in used + [k.out] for i in shapes[a]))
+    for op in ops:
+        op["out"] = k.out
+    any_assign = any(o["assign"] for o in ops)
     return {"name": k.name, "role": k.role, "arrays": used, "def_arrays": def_arrays(used, squares),
-            "squares": sorted(squares.items()), "out": k.out, "shapes": shapes, "ops": ops,
-            "calls_blas": any(op["kind"] == "gemm" for op in ops),
-            "optional": optional, "extents": extents, "any_assign": any(o["assign"] for o in ops),
+            "squares": sorted(squares.items()), "out": k.out, "outs": [k.out], "shapes": shapes, "ops": ops,
+            "calls_blas": any(op["kind"] == "gemm" for op in ops), "zero": [] if any_assign else [k.out],
+            "optional": optional, "extents": extents, "any_assign": any_assign,
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
+
+
+def canonical_order(spec) -> list[str]:
+    """Argument order of every kernel: spec arrays, g, H, squared arrays, directions."""
+    canon = list(spec.arrays) + ["g", "H"]
+    return canon + [a + "_sq" for a in canon] + ["R" + a for a in canon]
+
+
+def fused_parts(spec, ctxs: list[dict], name: str, role: str, parts: list[str]) -> dict:
+    """The union of several lowered kernels of one spec (``codegen/fusion.py``): every array
+    they read once (directions optional), every output, every op in part order, each op
+    writing its own part's output. Shared by the contraction and window families."""
+    by_role = {c["role"]: c for c in ctxs}
+    ps = [by_role[r] for r in parts]
+    if any(p["squares"] for p in ps):
+        raise LoweringError(f"{name}: squared-array kernels are not fused")
+    canon = canonical_order(spec)
+    outs = [o for p in ps for o in p["outs"]]
+    produced = set(outs) | {mk for p in ps for mk in p.get("masks_out", [])}
+    used = list(dict.fromkeys(a for p in ps for a in p["arrays"]))
+    optional = sorted({a for p in ps for a in p["optional"]}, key=canon.index)
+    arrays = sorted((a for a in used if a not in optional and a not in produced), key=canon.index) + optional
+    shapes = {}
+    for p in ps:
+        shapes.update(p["shapes"])
+    extents = list(dict.fromkeys(i for p in ps for i in p["extents"]))
+    ops = []
+    for p in ps:
+        for op in p["ops"]:
+            ops.append({**op, "part": p["role"]})
+    return {"name": name, "role": role, "parts": parts, "arrays": arrays, "def_arrays": list(arrays),
+            "squares": [], "out": outs[0], "outs": outs, "shapes": shapes, "ops": ops,
+            "calls_blas": any(p["calls_blas"] for p in ps), "optional": optional, "extents": extents,
+            "zero": [o for p in ps for o in p["zero"]],
+            "doc": f"fused {role}: " + "; ".join(p["doc"] for p in ps)}
+
+
+def fused_role(ctx: dict, canonical: dict, kwargs=(), masks_out=()) -> dict:
+    """Manifest entry of a fused kernel: every output, each shaped like its canonical array."""
+    outs = [{"name": o, "like": _like(ctx["shapes"][o], canonical), "dtype": "float"} for o in ctx["outs"]]
+    outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int64"} for mk in masks_out]
+    return {"kernel": ctx["name"], "call": list(ctx["arrays"]) + list(ctx["outs"]) + list(masks_out),
+            "kwargs": list(kwargs), "arrays": list(ctx["arrays"]), "optional": list(ctx["optional"]),
+            "outputs": outs, "fuses": list(ctx["parts"])}
+
+
+def fused_contexts(d: DerivedContraction, ctxs: list[dict], fuse) -> list[dict]:
+    """Every fused role the spec's kernels allow, built by ``fuse(spec, ctxs, name, role, parts)``."""
+    s = d.spec
+    return [fuse(s, ctxs, kernel_name(s.name, role), role, parts)
+            for role, parts in fused_roles([c["role"] for c in ctxs], list(s.inputs), list(s.params)).items()]
 
 
 def sqvjp_contexts(d: DerivedContraction, ctxs: list[dict], scalars: list) -> list[dict]:
@@ -173,14 +239,17 @@ def sqvjp_role(f: dict, param: str) -> dict:
 
 
 def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: list[list[dict]],
-                     role_fn, sqvjps: list[list[dict]]) -> dict:
-    """Manifest entries of indexed specs: ``role_fn(ctx, canonical)`` -> one role entry."""
+                     role_fn, sqvjps: list[list[dict]], fused: list[list[dict]] = (), fused_fn=None) -> dict:
+    """Manifest entries of indexed specs: ``role_fn(ctx, canonical)`` -> one role entry;
+    ``fused_fn(ctx, canonical)`` for the fused kernels."""
     table = {}
-    for d, ctxs, sqs in zip(derived, contexts, sqvjps):
+    fused = list(fused) or [[] for _ in derived]
+    for d, ctxs, sqs, fs in zip(derived, contexts, sqvjps, fused):
         s = d.spec
         canonical = canonical_arrays(s)
         roles = {ctx["role"]: role_fn(ctx, canonical) for ctx in ctxs}
         roles.update({f["role"]: sqvjp_role(f, f["param"]) for f in sqs})
+        roles.update({f["role"]: fused_fn(f, canonical) for f in fs})
         table[s.name] = spec_entry(family, s.name, s.hash, list(s.inputs), list(s.params), s.output,
                                    [str(x) for x in s.scalars], roles, canonical)
     return table
@@ -188,11 +257,13 @@ def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: l
 
 def render_contraction_module(module: str, derived: list[DerivedContraction]) -> str:
     contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
-    kernels = [ctx for ctxs in contexts for ctx in ctxs]
+    fused = [fused_contexts(d, ctxs, fused_parts) for d, ctxs in zip(derived, contexts)]
+    kernels = [ctx for ctxs in contexts + fused for ctx in ctxs]
     sqs = [sqvjp_contexts(d, ctxs, []) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("contraction.pyx.j2", module=module, specs=specs, kernels=kernels,
                   sqvjps=[f for fs in sqs for f in fs],
-                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role, sqs),
+                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role, sqs, fused,
+                                            fused_role),
                   dtypes=DTYPES, doc="Contraction kernels (GEMM-lowered): "
                   + ", ".join(s["name"] for s in specs) + ".")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derive.elementwise import DerivedElementwise, Kernel
+from ..derive.elementwise import Y, DerivedElementwise, Kernel
 from .config import DTYPES
+from .fusion import fused_roles, kernel_name
 from .manifest import elementwise_role, spec_entry
 from .printer import print_expr
 from .render import render
@@ -26,11 +27,36 @@ def kernel_context(k: Kernel, doc: str = "") -> dict:
             "doc": doc or "; ".join(f"{o} = {e}" for o, e in k.outputs)}
 
 
-def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Kernel, dict]] = ()) -> dict:
-    """Manifest entries: one per spec (its kernels by role), one per extra kernel (``update``)."""
+def fused_kernels(d: DerivedElementwise) -> list[Kernel]:
+    """The spec's fused roles (``codegen/fusion.py``) as single-loop kernels: the union of the
+    parts' outputs under one CSE. A part that reads the saved output y next to the forward
+    part reads the forward expression instead (y is computed in the same loop, and the CSE
+    evaluates it once)."""
+    by_role = {k.role: k for k in d.kernels}
+    out = []
+    for role, parts in fused_roles(list(by_role), ["x"], []).items():
+        ks = [by_role[r] for r in parts]
+        fwd = dict(by_role["forward"].outputs)["y"] if "forward" in parts else None
+        outputs = []
+        for k in ks:
+            outputs += [(o, e if fwd is None or k.role == "forward" else e.subs(Y, fwd)) for o, e in k.outputs]
+        used = set().union(*(e.free_symbols for _, e in outputs))
+        inputs = [a for a in dict.fromkeys(a for k in ks for a in k.inputs) if sp.Symbol(a) in used]
+        scalars = list(dict.fromkeys(s for k in ks for s in k.scalars))
+        out.append(Kernel(name=kernel_name(d.spec.name, role), inputs=inputs, scalars=scalars,
+                          outputs=outputs, role=role))
+    return out
+
+
+def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Kernel, dict]] = (),
+                         contexts: list[list[dict]] | None = None) -> dict:
+    """Manifest entries: one per spec (its kernels by role, fused roles included), one per
+    extra kernel (``update``). ``contexts``: each spec's kernel contexts, when already made."""
     table = {}
-    for d in derived:
-        roles = {k.role: elementwise_role(kernel_context(k)) for k in d.kernels}
+    if contexts is None:
+        contexts = [[kernel_context(k) for k in d.kernels + fused_kernels(d)] for d in derived]
+    for d, ctxs in zip(derived, contexts):
+        roles = {ctx["role"]: elementwise_role(ctx) for ctx in ctxs}
         table[d.spec.name] = spec_entry("elementwise", d.spec.name, d.spec.hash, ["x"], [], "y",
                                         [p for p, _ in d.spec.params], roles)
         table[d.spec.name]["defaults"] = {p: float(v) for p, v in d.spec.params}
@@ -42,16 +68,14 @@ def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Ke
 
 def render_elementwise_module(module: str, derived: list[DerivedElementwise],
                               extra_kernels: list[Kernel] = (), doc: str = "") -> str:
-    kernels = []
-    for d in derived:
-        for k in d.kernels:
-            kernels.append(kernel_context(k))
+    contexts = [[kernel_context(k) for k in d.kernels + fused_kernels(d)] for d in derived]
+    kernels = [ctx for ctxs in contexts for ctx in ctxs]
     extra = [(k, kernel_context(k)) for k in extra_kernels]
     kernels += [ctx for _, ctx in extra]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived] + \
             [{"name": k.name, "hash": _kernel_hash(k)} for k in extra_kernels]
     return render("elementwise.pyx.j2", module=module, specs=specs, kernels=kernels,
-                  manifest=elementwise_manifest(derived, extra),
+                  manifest=elementwise_manifest(derived, extra, contexts),
                   doc=doc or f"Elementwise kernels: {', '.join(s['name'] for s in specs)}.")
 
 

@@ -23,6 +23,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters["pyliteral"] = pyliteral
+    env.filters["add_suffix"] = lambda name: f"{name}_"   # index i -> its extent variable i_
     return env
 
 

@@ -23,8 +23,8 @@ import sympy as sp
 
 from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
 from .config import DTYPES
-from .contraction import (LoweringError, Term, _loop_op, argument_layout, def_arrays, indexed_manifest, name_squares,
-                          sqvjp_contexts)
+from .contraction import (LoweringError, Term, _loop_op, argument_layout, def_arrays, fused_contexts, fused_parts,
+                          fused_role, indexed_manifest, name_squares, sqvjp_contexts)
 from .manifest import contraction_role
 from .printer import print_expr
 from .render import render
@@ -152,112 +152,181 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
 GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
 
 
-def group_gemm_terms(ops: list[dict]) -> list[dict]:
-    """Merge consecutive GEMM terms of one kind over the same window into one op with
-    ``terms``, so one sample loop serves them all: the input pullback of the R-op
-    (``RWᵀḡ + Wᵀ𝓡ḡ``) then sums both GEMMs into one column buffer and runs one col2im.
-    Each term keeps its own guard (an absent direction skips only that term)."""
-    out = []
-    for op in ops:
-        if op["kind"] not in GEMM_KINDS:
-            out.append(op)
-            continue
-        term = {key: op[key] for key in ("A", "G", "X", "alpha", "alpha_c", "guard") if key in op}
-        prev = out[-1] if out else None
-        if prev and prev["kind"] == op["kind"] and all(prev[key] == op[key] for key in ("n", "o", "c")):
-            prev["terms"].append(term)
-            prev["arrays"] += [a for a in op["arrays"] if a not in prev["arrays"]]
-        else:
-            out.append({"kind": op["kind"], "n": op["n"], "o": op["o"], "c": op["c"], "terms": [term],
-                        "arrays": list(op["arrays"]), "guard": []})
-    return out
-
-
-def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
+def lower_kernel(d: DerivedContraction, k: ContractionKernel) -> dict:
+    """One derived kernel lowered to ops (each writing ``op["out"]``), with its arguments."""
     spec = d.spec
     k, squares = name_squares(k)
-    m0, m1 = spec.maps
     allowed = set(spec.extents.values()) | set(spec.scalars)
     ops = [lower_term(spec, k, t) for t in window_terms(k.expr, allowed)]
     argmax = any(op["kind"] == "argmax" for op in ops)
     if argmax and (len(ops) != 1 or ops[0]["alpha"] != 1):
         raise LoweringError(f"{k.name}: an argmax (max-pool) forward must be the kernel's only term")
     arrays, optional, shapes = argument_layout(spec, k, ops)
-    outs = [k.out]
     masks = sorted({op["mask"] for op in ops if op.get("mask")})
     for mk in masks:   # stored compressed: the argmax offset per output position
         shapes[mk] = [str(i) for i in spec.constants[mk][:4]]
-    mask_in = [mk for mk in masks if not argmax]
-    mask_out = [mk for mk in masks if argmax]
+    for op in ops:
+        op["out"] = k.out
+    return {"name": k.name, "role": k.role, "arrays": arrays, "def_arrays": def_arrays(arrays, squares),
+            "squares": sorted(squares.items()), "out": k.out, "outs": [k.out], "shapes": shapes, "ops": ops,
+            "optional": optional, "masks_in": [mk for mk in masks if not argmax],
+            "masks_out": [mk for mk in masks if argmax], "calls_blas": any(op["kind"] in GEMM_KINDS for op in ops),
+            "extents": [], "zero": [],
+            "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
+
+
+def fuse_window(spec: ContractionSpec, ctxs: list[dict], name: str, role: str, parts: list[str]) -> dict:
+    """A fused window kernel (``codegen/fusion.py``): the parts' ops in one kernel; a mask the
+    forward part produces is read by the later parts from the same call."""
+    by_role = {c["role"]: c for c in ctxs}
+    ctx = fused_parts(spec, [by_role[r] for r in parts], name, role, parts)
+    made = [mk for r in parts for mk in by_role[r]["masks_out"]]
+    ctx["masks_out"] = made
+    ctx["masks_in"] = sorted({mk for r in parts for mk in by_role[r]["masks_in"]} - set(made))
+    return ctx
+
+
+def _sweep(ctx: dict, gemm: list[dict]) -> dict:
+    """All GEMM terms of a kernel in one loop over samples: each distinct windowed source is
+    im2col'd once per sample and every term reading it runs on those columns (the forward and
+    its pushforward share x's columns; the weight pullback and its R-op share x's and Rx's);
+    input pullbacks sum their GEMMs into one column buffer and col2im it into their output.
+    Each term keeps its guard (an absent direction skips only the terms that read it)."""
+    n, o, c = (gemm[0][key] for key in ("n", "o", "c"))
+    if any((op["n"], op["o"], op["c"]) != (n, o, c) for op in gemm):
+        raise LoweringError(f"{ctx['name']}: window GEMM terms over different index triples")
+    produced = set(ctx["outs"]) | set(ctx.get("masks_out", []))
+    terms = []
+    for op in gemm:
+        for t in op.get("terms", [op]):
+            if {t.get("A"), t.get("G"), t.get("X")} & produced:
+                raise LoweringError(f"{ctx['name']}: a GEMM term reads an output of the same kernel")
+            terms.append((op, t))
+    sources = list(dict.fromkeys(t["X"] for op, t in terms if op["kind"] != "col2im_gemm"))
+    wouts = list(dict.fromkeys(op["out"] for op, _ in terms if op["kind"] == "im2col_wgrad"))
+    steps = []
+    for slot, X in enumerate(sources):
+        steps.append({"kind": "im2col", "X": X, "slot": slot, "guard": [X] if X in ctx["optional"] else []})
+        for op, t in terms:
+            if op["kind"] != "col2im_gemm" and t["X"] == X:
+                step = {"kind": "fwd" if op["kind"] == "im2col_gemm" else "wgrad", "slot": slot, "out": op["out"],
+                        "alpha_c": t["alpha_c"], "guard": t["guard"], "A": t.get("A"), "G": t.get("G")}
+                if step["kind"] == "wgrad":
+                    step["acc"] = wouts.index(op["out"])
+                steps.append(step)
+    slot = len(sources)
+    for out in dict.fromkeys(op["out"] for op, _ in terms if op["kind"] == "col2im_gemm"):
+        steps.append({"kind": "col2im", "out": out, "slot": slot, "guard": [],
+                      "terms": [{"A": t["A"], "G": t["G"], "alpha_c": t["alpha_c"], "guard": t["guard"]}
+                                for op, t in terms if op["kind"] == "col2im_gemm" and op["out"] == out]})
+    uses = 0
+    for st in steps:
+        for t in st.get("terms", [st]):
+            t["use"] = uses
+            uses += 1
+    memset = list(dict.fromkeys(st["out"] for st in steps if st["kind"] in ("fwd", "col2im")))
+    return {"n": n, "o": o, "c": c, "steps": steps, "memset": memset, "wouts": wouts, "uses": uses,
+            "slots": len(sources) + (1 if any(st["kind"] == "col2im" for st in steps) else 0)}
+
+
+def layout(d: DerivedContraction, ctx: dict) -> dict:
+    """Everything the template needs beyond the ops: guards, the sample sweep, column and
+    weight-accumulator buffers, geometry, zeroing, threads."""
+    spec = d.spec
+    m0, m1 = spec.maps
+    ops = ctx["ops"]
     windowed = any(op["kind"] != "loop" for op in ops)
     # extent of index i is the C variable ``i_``; geometry scalars keep their names
     names = {str(ext): f"{ix}_" for ix, ext in spec.extents.items()}
     scalar_names = [str(s) for s in spec.scalars] if windowed else []
     scalar_extents = {str(ext): str(ix) for ix, ext in spec.extents.items() if str(ext) in scalar_names}
+    optional, shapes = ctx["optional"], ctx["shapes"]
     for op in ops:
         op["alpha_c"] = {ct: print_expr(op["alpha"], ct, names) for ct, _, _ in DTYPES}
         op["guard"] = [a for a in op["arrays"] if a in optional]
-    ops = group_gemm_terms(ops)
-    ops.sort(key=lambda op: op["kind"] == "loop")   # sample loops first: they may zero the output
-    extents = list(dict.fromkeys(i for a in arrays + outs + masks for i in shapes[a]))
+        op["zero_sample"] = False
+    gemm = [op for op in ops if op["kind"] in GEMM_KINDS]
+    rest = sorted((op for op in ops if op["kind"] not in GEMM_KINDS), key=lambda op: op["kind"] == "loop")
+    sweep = _sweep(ctx, gemm) if gemm else None
+    masks = ctx["masks_in"] + ctx["masks_out"]
+    outs = ctx["outs"]
+    extents = list(dict.fromkeys(i for a in ctx["arrays"] + outs + masks for i in shapes[a]))
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
     geometry = []
     for m in spec.maps if windowed else ():
         for ix in (m.out, m.inp, m.kernel):
             if str(ix) not in extents:
-                raise LoweringError(f"{k.name}: the extent of {ix} is not determined by any argument")
+                raise LoweringError(f"{ctx['name']}: the extent of {ix} is not determined by any argument")
         geometry.append({
             "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
             "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
             "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
                        f" - 1) // {m.stride} + 1"})
-    gemms = [op for op in ops if op["kind"] in GEMM_KINDS]
     idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
            "i": str(m0.kernel), "j": str(m1.kernel)}
     cols = wacc = None
-    if gemms:
-        c = gemms[0]["c"]
-        cols = (f"{c}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
-        wg = [op for op in gemms if op["kind"] == "im2col_wgrad"]
-        if wg:   # per-thread partial weight gradients, summed after the sample loop
-            wacc = (f"{wg[0]['o']}_", cols[0])
+    if sweep:
+        cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
+        if sweep["wouts"]:   # per-thread partial weight gradients, summed after the sample loop
+            wacc = (f"{sweep['o']}_", cols[0])
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
-        raise LoweringError(f"{k.name}: window terms loop over different sample indices {sorted(samples)}")
-    out_idx = shapes[k.out]
-    for op in ops:   # a loop whose outer index is the output's first writes disjoint slices
-        op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == out_idx[0]
-    # zero the output serially ("all"), per sample in the first sample loop ("sample"), or
-    # not at all when the argmax forward assigns every element ("none")
-    first = ops[0]
-    zero = "all"
-    if first["kind"] == "argmax":
-        zero = "none"
-    elif first["kind"] in ("im2col_gemm", "col2im_gemm", "gather", "scatter") and not first["guard"] \
-            and out_idx[0] == first["n"]:
-        zero = "sample"
+        raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
+    for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
+        op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == shapes[op["out"]][0]
+    # zero each output per sample in the sweep, per sample in its first sample loop, not at all
+    # when an argmax forward assigns every element, else serially before anything runs
+    first = {}
+    for op in rest:
+        first.setdefault(op["out"], op)
+    zero = []
+    for out in outs:
+        if sweep and out in sweep["memset"]:
+            continue
+        f = first.get(out)
+        if sweep and out in sweep["wouts"] or f is None:
+            zero.append(out)
+        elif f["kind"] == "argmax":
+            continue
+        elif f["kind"] in ("gather", "scatter") and not f["guard"] and shapes[out][0] == f["n"]:
+            f["zero_sample"] = True
+        else:
+            zero.append(out)
     minimum = {str(s): 1 if s.is_positive else 0 for s in spec.scalars}
-    return {"name": k.name, "role": k.role, "arrays": arrays, "def_arrays": def_arrays(arrays, squares),
-            "squares": sorted(squares.items()), "cols": cols, "wacc": wacc,
-            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemms), "zero": zero,
-            "sample_size": " * ".join(f"{i}_" for i in out_idx[1:]), "minimum": minimum, "out": k.out, "outs": outs,
-            "shapes": shapes, "ops": ops, "optional": optional, "extents": extents,
-            "masks_in": mask_in, "masks_out": mask_out, "scalars": scalar_names,
-            "scalar_extents": scalar_extents, "geometry": geometry, "idx": idx,
-            "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
+    # gathers/scatters through an argmax mask (read, or made by the same kernel's forward part)
+    moff = any(op.get("mask") for op in rest if op["kind"] in ("gather", "scatter"))
+    return {**ctx, "ops": rest, "sweep": sweep, "moff": moff, "cols": cols, "wacc": wacc,
+            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemm), "zero": zero,
+            "sample_sizes": {o: " * ".join(f"{i}_" for i in shapes[o][1:]) for o in outs},
+            "minimum": minimum, "extents": extents, "scalars": scalar_names, "scalar_extents": scalar_extents,
+            "geometry": geometry, "idx": idx}
+
+
+def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
+    return layout(d, lower_kernel(d, k))
 
 
 def window_role(ctx: dict, canonical: dict) -> dict:
     return contraction_role(ctx, canonical, ctx["masks_in"], ctx["masks_out"], ctx["scalars"])
 
 
+def fused_window_role(ctx: dict, canonical: dict) -> dict:
+    role = fused_role(ctx, canonical, ctx["scalars"], ctx["masks_out"])
+    role["call"] = list(ctx["arrays"]) + ctx["masks_in"] + list(ctx["outs"]) + ctx["masks_out"]
+    role["arrays"] = list(ctx["arrays"]) + ctx["masks_in"]
+    return role
+
+
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
-    contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
-    kernels = [ctx for ctxs in contexts for ctx in ctxs]
+    lowered = [[lower_kernel(d, k) for k in d.kernels] for d in derived]
+    fused = [[layout(d, f) for f in fused_contexts(d, low, fuse_window)] for d, low in zip(derived, lowered)]
+    contexts = [[layout(d, c) for c in low] for d, low in zip(derived, lowered)]
+    kernels = [ctx for ctxs in contexts + fused for ctx in ctxs]
     sqs = [sqvjp_contexts(d, ctxs, [str(s) for s in d.spec.scalars]) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
                   sqvjps=[f for fs in sqs for f in fs],
-                  manifest=indexed_manifest("window", derived, contexts, window_role, sqs),
+                  manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused,
+                                            fused_window_role),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "
                   + ", ".join(s["name"] for s in specs) + ".")

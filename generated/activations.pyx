@@ -174,6 +174,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                  'arrays': ['y', 'g'],
                                  'optional': [],
                                  'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
+                                 'scalars': []},
+                    'forward+jvp': {'kernel': 'tanh_forward_jvp',
+                                    'call': ['x', 'Rx', 'y', 'Ry'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'Rx'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': []},
+                    'vjp+rvjp': {'kernel': 'tanh_vjp_rvjp',
+                                 'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                 'kwargs': [],
+                                 'arrays': ['y', 'g', 'Rx', 'Rg'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
+                                             {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                  'scalars': []}},
           'defaults': {}},
  'sigmoid': {'family': 'elementwise',
@@ -223,6 +239,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                     'arrays': ['y', 'g'],
                                     'optional': [],
                                     'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
+                                    'scalars': []},
+                       'forward+jvp': {'kernel': 'sigmoid_forward_jvp',
+                                       'call': ['x', 'Rx', 'y', 'Ry'],
+                                       'kwargs': [],
+                                       'arrays': ['x', 'Rx'],
+                                       'optional': [],
+                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                       'scalars': []},
+                       'vjp+rvjp': {'kernel': 'sigmoid_vjp_rvjp',
+                                    'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                    'kwargs': [],
+                                    'arrays': ['y', 'g', 'Rx', 'Rg'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
+                                                {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                     'scalars': []}},
              'defaults': {}},
  'relu': {'family': 'elementwise',
@@ -265,7 +297,23 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                              'arrays': ['x', 'H'],
                              'optional': [],
                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []}},
+                             'scalars': []},
+                    'forward+jvp': {'kernel': 'relu_forward_jvp',
+                                    'call': ['x', 'Rx', 'y', 'Ry'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'Rx'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': []},
+                    'vjp+rvjp': {'kernel': 'relu_vjp_rvjp',
+                                 'call': ['x', 'g', 'Rg', 'gx', 'Rgx'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g', 'Rg'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []}},
           'defaults': {}},
  'softplus': {'family': 'elementwise',
               'hash': '5c6ccc2b5d856291',
@@ -314,6 +362,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                      'arrays': ['y', 'g'],
                                      'optional': [],
                                      'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
+                                     'scalars': []},
+                        'forward+jvp': {'kernel': 'softplus_forward_jvp',
+                                        'call': ['x', 'Rx', 'y', 'Ry'],
+                                        'kwargs': [],
+                                        'arrays': ['x', 'Rx'],
+                                        'optional': [],
+                                        'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                    {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                        'scalars': []},
+                        'vjp+rvjp': {'kernel': 'softplus_vjp_rvjp',
+                                     'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                     'kwargs': [],
+                                     'arrays': ['y', 'g', 'Rx', 'Rg'],
+                                     'optional': [],
+                                     'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
+                                                 {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
                                      'scalars': []}},
               'defaults': {}},
  'leaky_relu': {'family': 'elementwise',
@@ -356,7 +420,23 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                    'arrays': ['x', 'H'],
                                    'optional': [],
                                    'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': ['alpha']}},
+                                   'scalars': ['alpha']},
+                          'forward+jvp': {'kernel': 'leaky_relu_forward_jvp',
+                                          'call': ['x', 'Rx', 'y', 'Ry', 'alpha'],
+                                          'kwargs': [],
+                                          'arrays': ['x', 'Rx'],
+                                          'optional': [],
+                                          'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                      {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                          'scalars': ['alpha']},
+                          'vjp+rvjp': {'kernel': 'leaky_relu_vjp_rvjp',
+                                       'call': ['x', 'g', 'Rg', 'gx', 'Rgx', 'alpha'],
+                                       'kwargs': [],
+                                       'arrays': ['x', 'g', 'Rg'],
+                                       'optional': [],
+                                       'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                                   {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                       'scalars': ['alpha']}},
                 'defaults': {'alpha': 0.01}},
  'elu': {'family': 'elementwise',
          'hash': '0fed97321d3cf5ec',
@@ -405,6 +485,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                 'arrays': ['x', 'g'],
                                 'optional': [],
                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                'scalars': ['alpha']},
+                   'forward+jvp': {'kernel': 'elu_forward_jvp',
+                                   'call': ['x', 'Rx', 'y', 'Ry', 'alpha'],
+                                   'kwargs': [],
+                                   'arrays': ['x', 'Rx'],
+                                   'optional': [],
+                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                               {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                   'scalars': ['alpha']},
+                   'vjp+rvjp': {'kernel': 'elu_vjp_rvjp',
+                                'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'alpha'],
+                                'kwargs': [],
+                                'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                'optional': [],
+                                'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                            {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                 'scalars': ['alpha']}},
          'defaults': {'alpha': 1.0}},
  'silu': {'family': 'elementwise',
@@ -454,6 +550,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                  'arrays': ['x', 'g'],
                                  'optional': [],
                                  'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []},
+                    'forward+jvp': {'kernel': 'silu_forward_jvp',
+                                    'call': ['x', 'Rx', 'y', 'Ry'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'Rx'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': []},
+                    'vjp+rvjp': {'kernel': 'silu_vjp_rvjp',
+                                 'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                  'scalars': []}},
           'defaults': {}},
  'swish': {'family': 'elementwise',
@@ -503,6 +615,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                   'arrays': ['x', 'g'],
                                   'optional': [],
                                   'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                  'scalars': ['beta']},
+                     'forward+jvp': {'kernel': 'swish_forward_jvp',
+                                     'call': ['x', 'Rx', 'y', 'Ry', 'beta'],
+                                     'kwargs': [],
+                                     'arrays': ['x', 'Rx'],
+                                     'optional': [],
+                                     'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                 {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                     'scalars': ['beta']},
+                     'vjp+rvjp': {'kernel': 'swish_vjp_rvjp',
+                                  'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'beta'],
+                                  'kwargs': [],
+                                  'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                  'optional': [],
+                                  'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                              {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                   'scalars': ['beta']}},
            'defaults': {'beta': 1.0}},
  'gelu': {'family': 'elementwise',
@@ -552,6 +680,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                  'arrays': ['x', 'g'],
                                  'optional': [],
                                  'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []},
+                    'forward+jvp': {'kernel': 'gelu_forward_jvp',
+                                    'call': ['x', 'Rx', 'y', 'Ry'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'Rx'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': []},
+                    'vjp+rvjp': {'kernel': 'gelu_vjp_rvjp',
+                                 'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                  'scalars': []}},
           'defaults': {}},
  'mish': {'family': 'elementwise',
@@ -601,6 +745,22 @@ MANIFEST = {'tanh': {'family': 'elementwise',
                                  'arrays': ['x', 'y', 'g'],
                                  'optional': [],
                                  'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
+                                 'scalars': []},
+                    'forward+jvp': {'kernel': 'mish_forward_jvp',
+                                    'call': ['x', 'Rx', 'y', 'Ry'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'Rx'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': []},
+                    'vjp+rvjp': {'kernel': 'mish_vjp_rvjp',
+                                 'call': ['x', 'g', 'y', 'Rx', 'Rg', 'gx', 'Rgx'],
+                                 'kwargs': [],
+                                 'arrays': ['x', 'g', 'y', 'Rx', 'Rg'],
+                                 'optional': [],
+                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
                                  'scalars': []}},
           'defaults': {}}}
 
@@ -1005,6 +1165,172 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _tanh_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- tanh_forward_jvp
+# y = tanh(x); Ry = Rx*(1 - tanh(x)**2)
+cdef void _tanh_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = tanhf(x)
+        y_p[_e] = _t0
+        Ry_p[_e] = -Rx*((_t0*_t0) + (<float>-1.0))
+
+cdef void _tanh_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = tanh(x)
+        y_p[_e] = _t0
+        Ry_p[_e] = -Rx*((_t0*_t0) + (<double>-1.0))
+
+
+def tanh_forward_jvp(x, Rx, y, Ry, ):
+    """y = tanh(x); Ry = Rx*(1 - tanh(x)**2)
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("tanh_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"tanh_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"tanh_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"tanh_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _tanh_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _tanh_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- tanh_vjp_rvjp
+# gx = g*(1 - y**2); Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
+cdef void _tanh_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (y*y) + (<float>-1.0)
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = -Rg*_t0 + (<float>2.0)*Rx*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
+
+cdef void _tanh_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (y*y) + (<double>-1.0)
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = -Rg*_t0 + (<double>2.0)*Rx*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
+
+
+def tanh_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
+    """gx = g*(1 - y**2); Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
+
+    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("tanh_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"tanh_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
+    if Rx.size != n:
+        raise ValueError(f"tanh_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
+    if Rg.size != n:
+        raise ValueError(f"tanh_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
+    if gx.size != n:
+        raise ValueError(f"tanh_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"tanh_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _tanh_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _tanh_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _tanh_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- sigmoid_forward
 # y = 1/(1 + exp(-x))
@@ -1412,6 +1738,172 @@ scalars: none.
                     _lo = n * _t // _T
                     _sigmoid_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
 
+# ---------------------------------------------------------------- sigmoid_forward_jvp
+# y = 1/(1 + exp(-x)); Ry = -Rx*(-1 + 1/(1 + exp(-x)))/(1 + exp(-x))
+cdef void _sigmoid_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = ((<float>1.0)/(((<float>1.0) + expf(-x))))
+        y_p[_e] = _t0
+        Ry_p[_e] = Rx*_t0*((<float>1.0) - _t0)
+
+cdef void _sigmoid_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = ((<double>1.0)/(((<double>1.0) + exp(-x))))
+        y_p[_e] = _t0
+        Ry_p[_e] = Rx*_t0*((<double>1.0) - _t0)
+
+
+def sigmoid_forward_jvp(x, Rx, y, Ry, ):
+    """y = 1/(1 + exp(-x)); Ry = -Rx*(-1 + 1/(1 + exp(-x)))/(1 + exp(-x))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("sigmoid_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"sigmoid_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"sigmoid_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"sigmoid_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _sigmoid_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _sigmoid_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- sigmoid_vjp_rvjp
+# gx = -g*y*(y - 1); Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
+cdef void _sigmoid_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = y*(y + (<float>-1.0))
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = _t0*(-Rg + Rx*g*((<float>2.0)*y + (<float>-1.0)))
+
+cdef void _sigmoid_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = y*(y + (<double>-1.0))
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = _t0*(-Rg + Rx*g*((<double>2.0)*y + (<double>-1.0)))
+
+
+def sigmoid_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
+    """gx = -g*y*(y - 1); Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
+
+    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("sigmoid_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"sigmoid_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
+    if Rx.size != n:
+        raise ValueError(f"sigmoid_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
+    if Rg.size != n:
+        raise ValueError(f"sigmoid_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
+    if gx.size != n:
+        raise ValueError(f"sigmoid_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"sigmoid_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _sigmoid_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _sigmoid_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _sigmoid_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
 # ---------------------------------------------------------------- relu_forward
 # y = Max(0, x)
 cdef void _relu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
@@ -1722,6 +2214,159 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- relu_forward_jvp
+# y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))
+cdef void _relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = symprop_fmaxf((<float>0.0), x)
+        Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
+
+cdef void _relu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = symprop_fmax((<double>0.0), x)
+        Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
+
+
+def relu_forward_jvp(x, Rx, y, Ry, ):
+    """y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("relu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"relu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"relu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"relu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _relu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _relu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- relu_vjp_rvjp
+# gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))
+cdef void _relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (<float>(x > (<float>0.0)))
+        gx_p[_e] = _t0*g
+        Rgx_p[_e] = Rg*_t0
+
+cdef void _relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (<double>(x > (<double>0.0)))
+        gx_p[_e] = _t0*g
+        Rgx_p[_e] = Rg*_t0
+
+
+def relu_vjp_rvjp(x, g, Rg, gx, Rgx, ):
+    """gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))
+
+    Arrays: x, g, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("relu_vjp_rvjp", ("x", "g", "Rg", "gx", "Rgx", ), (x, g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"relu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"relu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"relu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"relu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _relu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _relu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _relu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
@@ -2125,6 +2770,172 @@ scalars: none.
                     _lo = n * _t // _T
                     _softplus_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
 
+# ---------------------------------------------------------------- softplus_forward_jvp
+# y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))
+cdef void _softplus_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = log1pf(expf(-fabsf(x))) + symprop_fmaxf((<float>0.0), x)
+        y_p[_e] = _t0
+        Ry_p[_e] = -Rx*expm1f(-_t0)
+
+cdef void _softplus_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = log1p(exp(-fabs(x))) + symprop_fmax((<double>0.0), x)
+        y_p[_e] = _t0
+        Ry_p[_e] = -Rx*expm1(-_t0)
+
+
+def softplus_forward_jvp(x, Rx, y, Ry, ):
+    """y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("softplus_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"softplus_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"softplus_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"softplus_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _softplus_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _softplus_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- softplus_vjp_rvjp
+# gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
+cdef void _softplus_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float y
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expm1f(-y)
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
+
+cdef void _softplus_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double y
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        y = y_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expm1(-y)
+        gx_p[_e] = -_t0*g
+        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
+
+
+def softplus_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
+    """gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
+
+    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("softplus_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    y = _readable(y)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = y.size
+    if g.size != n:
+        raise ValueError(f"softplus_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
+    if Rx.size != n:
+        raise ValueError(f"softplus_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
+    if Rg.size != n:
+        raise ValueError(f"softplus_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
+    if gx.size != n:
+        raise ValueError(f"softplus_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"softplus_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        y_f32 = y.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _softplus_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        y_f64 = y.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _softplus_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _softplus_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
 # ---------------------------------------------------------------- leaky_relu_forward
 # y = alpha*Min(0, x) + Max(0, x)
 cdef void _leaky_relu_forward_f32(const float* x_p, float* y_p, float alpha, Py_ssize_t _n) noexcept nogil:
@@ -2455,6 +3266,167 @@ scalars: alpha.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _leaky_relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_forward_jvp
+# y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
+        Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+
+cdef void _leaky_relu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
+        Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+
+
+def leaky_relu_forward_jvp(x, Rx, y, Ry, alpha, ):
+    """y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"leaky_relu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"leaky_relu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"leaky_relu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- leaky_relu_vjp_rvjp
+# gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+cdef void _leaky_relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, float* gx_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        gx_p[_e] = _t0*g
+        Rgx_p[_e] = Rg*_t0
+
+cdef void _leaky_relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_p, double* gx_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        gx_p[_e] = _t0*g
+        Rgx_p[_e] = Rg*_t0
+
+
+def leaky_relu_vjp_rvjp(x, g, Rg, gx, Rgx, alpha, ):
+    """gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+
+    Arrays: x, g, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("leaky_relu_vjp_rvjp", ("x", "g", "Rg", "gx", "Rgx", ), (x, g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"leaky_relu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"leaky_relu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"leaky_relu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"leaky_relu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, Rg_f64, gx_f64, Rgx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _leaky_relu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _leaky_relu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- elu_forward
 # y = Piecewise((x, x > 0), (alpha*expm1(x), True))
@@ -2893,6 +3865,188 @@ scalars: alpha.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _elu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_forward_jvp
+# y = Piecewise((x, x > 0), (alpha*expm1(x), True)); Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
+cdef void _elu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = (x > (<float>0.0))
+        y_p[_e] = (x if _t0 else alpha*expm1f(x))
+        Ry_p[_e] = Rx*((<float>1.0) if _t0 else alpha*expf(x))
+
+cdef void _elu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = (x > (<double>0.0))
+        y_p[_e] = (x if _t0 else alpha*expm1(x))
+        Ry_p[_e] = Rx*((<double>1.0) if _t0 else alpha*exp(x))
+
+
+def elu_forward_jvp(x, Rx, y, Ry, alpha, ):
+    """y = Piecewise((x, x > 0), (alpha*expm1(x), True)); Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"elu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"elu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"elu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- elu_vjp_rvjp
+# gx = g*Piecewise((1, x > 0), (alpha*exp(x), True)); Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
+cdef void _elu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (x > (<float>0.0))
+        _t1 = alpha*expf(x)
+        _t2 = ((<float>1.0) if _t0 else _t1)
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*((<float>0.0) if _t0 else _t1)
+
+cdef void _elu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = (x > (<double>0.0))
+        _t1 = alpha*exp(x)
+        _t2 = ((<double>1.0) if _t0 else _t1)
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*((<double>0.0) if _t0 else _t1)
+
+
+def elu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, alpha, ):
+    """gx = g*Piecewise((1, x > 0), (alpha*exp(x), True)); Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
+
+    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: alpha.
+    """
+    dt = _check_arrays("elu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"elu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"elu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"elu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"elu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"elu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef float alpha_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    cdef double alpha_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        alpha_f32 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], alpha_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        alpha_f64 = alpha
+        with nogil:
+            if _T == 1:
+                _elu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], alpha_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _elu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- silu_forward
 # y = x/(1 + exp(-x))
@@ -3335,6 +4489,188 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _silu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_forward_jvp
+# y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+cdef void _silu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = expf(-x)
+        _t1 = ((<float>1.0)/((_t0 + (<float>1.0))))
+        y_p[_e] = _t1*x
+        Ry_p[_e] = Rx*(_t1 + x/(_t0 + expf(x) + (<float>2.0)))
+
+cdef void _silu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = exp(-x)
+        _t1 = ((<double>1.0)/((_t0 + (<double>1.0))))
+        y_p[_e] = _t1*x
+        Ry_p[_e] = Rx*(_t1 + x/(_t0 + exp(x) + (<double>2.0)))
+
+
+def silu_forward_jvp(x, Rx, y, Ry, ):
+    """y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"silu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"silu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"silu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- silu_vjp_rvjp
+# gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+cdef void _silu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expf(-x)
+        _t1 = expf(x)
+        _t2 = x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))
+        _t3 = _t1 + (<float>1.0)
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t3*_t3*_t3), (<float>0.0))
+
+cdef void _silu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = exp(-x)
+        _t1 = exp(x)
+        _t2 = x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))
+        _t3 = _t1 + (<double>1.0)
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0))
+
+
+def silu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, ):
+    """gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+
+    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("silu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"silu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"silu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"silu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"silu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"silu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _silu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _silu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- swish_forward
 # y = x/(1 + exp(-beta*x))
@@ -3822,6 +5158,204 @@ scalars: beta.
                     _lo = n * _t // _T
                     _swish_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
 
+# ---------------------------------------------------------------- swish_forward_jvp
+# y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+cdef void _swish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        _t2 = ((<float>1.0)/((_t1 + (<float>1.0))))
+        y_p[_e] = _t2*x
+        Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + _t2)
+
+cdef void _swish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        _t2 = ((<double>1.0)/((_t1 + (<double>1.0))))
+        y_p[_e] = _t2*x
+        Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + _t2)
+
+
+def swish_forward_jvp(x, Rx, y, Ry, beta, ):
+    """y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"swish_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"swish_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"swish_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- swish_vjp_rvjp
+# gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+cdef void _swish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = beta*x
+        _t1 = expf(-_t0)
+        _t2 = expf(_t0)
+        _t3 = _t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))
+        _t4 = _t2 + (<float>1.0)
+        gx_p[_e] = _t3*g
+        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0))
+
+cdef void _swish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double beta, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = beta*x
+        _t1 = exp(-_t0)
+        _t2 = exp(_t0)
+        _t3 = _t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))
+        _t4 = _t2 + (<double>1.0)
+        gx_p[_e] = _t3*g
+        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0))
+
+
+def swish_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, beta, ):
+    """gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+
+    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: beta.
+    """
+    dt = _check_arrays("swish_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"swish_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"swish_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"swish_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"swish_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"swish_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef float beta_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    cdef double beta_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        beta_f32 = beta
+        with nogil:
+            if _T == 1:
+                _swish_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], beta_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        beta_f64 = beta
+        with nogil:
+            if _T == 1:
+                _swish_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], beta_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _swish_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
+
 # ---------------------------------------------------------------- gelu_forward
 # y = x*(erf(sqrt(2)*x/2) + 1)/2
 cdef void _gelu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
@@ -4271,6 +5805,196 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _gelu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_forward_jvp
+# y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+cdef void _gelu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = sqrtf((<float>2.0))
+        _t1 = ((<float>0.5))*x
+        _t2 = erff(_t0*_t1) + (<float>1.0)
+        y_p[_e] = _t1*_t2
+        Ry_p[_e] = ((<float>0.5))*Rx*(_t0*x*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + _t2)
+
+cdef void _gelu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = sqrt((<double>2.0))
+        _t1 = ((<double>0.5))*x
+        _t2 = erf(_t0*_t1) + (<double>1.0)
+        y_p[_e] = _t1*_t2
+        Ry_p[_e] = ((<double>0.5))*Rx*(_t0*x*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + _t2)
+
+
+def gelu_forward_jvp(x, Rx, y, Ry, ):
+    """y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"gelu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"gelu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"gelu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- gelu_vjp_rvjp
+# gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+cdef void _gelu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = sqrtf((<float>2.0))
+        _t1 = _t0*x
+        _t2 = (x*x)
+        _t3 = expf(-(<float>0.5)*_t2)/sqrtf((<float>3.141592653589793))
+        _t4 = ((<float>0.5))*_t1*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t1) + (<float>0.5)
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t3*(_t2 + (<float>-2.0)), (<float>0.0))
+
+cdef void _gelu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = sqrt((<double>2.0))
+        _t1 = _t0*x
+        _t2 = (x*x)
+        _t3 = exp(-(<double>0.5)*_t2)/sqrt((<double>3.141592653589793))
+        _t4 = ((<double>0.5))*_t1*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t1) + (<double>0.5)
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t3*(_t2 + (<double>-2.0)), (<double>0.0))
+
+
+def gelu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, ):
+    """gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+
+    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("gelu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"gelu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"gelu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"gelu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"gelu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"gelu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _gelu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _gelu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
 
 # ---------------------------------------------------------------- mish_forward
 # y = x*tanh(log(exp(x) + 1))
@@ -4772,3 +6496,206 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _mish_residual_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_forward_jvp
+# y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+cdef void _mish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = tanhf(logf(_t1))
+        y_p[_e] = _t2*x
+        Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+
+cdef void _mish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = tanh(log(_t1))
+        y_p[_e] = _t2*x
+        Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+
+
+def mish_forward_jvp(x, Rx, y, Ry, ):
+    """y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"mish_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"mish_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"mish_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- mish_vjp_rvjp
+# gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef void _mish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* y_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float y
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
+    cdef float _t5
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        y = y_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = logf(_t1)
+        _t3 = tanhf(_t2)
+        _t4 = symprop_finite_orf(-_t0*x*((_t3*_t3) + (<float>-1.0))/_t1 + _t3, (<float>(x > (<float>0.0))))
+        _t5 = (<float>2.0)*_t0
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t5*y + _t5 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+
+cdef void _mish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* y_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double y
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
+    cdef double _t5
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        y = y_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = log(_t1)
+        _t3 = tanh(_t2)
+        _t4 = symprop_finite_or(-_t0*x*((_t3*_t3) + (<double>-1.0))/_t1 + _t3, (<double>(x > (<double>0.0))))
+        _t5 = (<double>2.0)*_t0
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(((<double>0.25))*(-_t5*y + _t5 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+
+
+def mish_vjp_rvjp(x, g, y, Rx, Rg, gx, Rgx, ):
+    """gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+
+    Arrays: x, g, y, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("mish_vjp_rvjp", ("x", "g", "y", "Rx", "Rg", "gx", "Rgx", ), (x, g, y, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    y = _readable(y)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"mish_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"mish_vjp_rvjp: y has shape {y.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"mish_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"mish_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"mish_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"mish_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, y_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] x_f64, g_f64, y_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &y_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &y_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _mish_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &y_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _mish_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &y_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)

@@ -103,6 +103,48 @@ cdef void _parallel_leave(bint calls_blas):
                 _blas_set[k](_blas_saved[k])
 
 
+cdef inline float _sum_f32(const float* a, Py_ssize_t n) noexcept nogil:
+    # a contiguous reduction (a bias pullback) with eight independent partial sums, which the
+    # compiler keeps in registers and vectorizes
+    cdef float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t e = 0
+    while e + 8 <= n:
+        s0 += a[e]
+        s1 += a[e + 1]
+        s2 += a[e + 2]
+        s3 += a[e + 3]
+        s4 += a[e + 4]
+        s5 += a[e + 5]
+        s6 += a[e + 6]
+        s7 += a[e + 7]
+        e += 8
+    while e < n:
+        s0 += a[e]
+        e += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+cdef inline double _sum_f64(const double* a, Py_ssize_t n) noexcept nogil:
+    # a contiguous reduction (a bias pullback) with eight independent partial sums, which the
+    # compiler keeps in registers and vectorizes
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t e = 0
+    while e + 8 <= n:
+        s0 += a[e]
+        s1 += a[e + 1]
+        s2 += a[e + 2]
+        s3 += a[e + 3]
+        s4 += a[e + 4]
+        s5 += a[e + 5]
+        s6 += a[e + 6]
+        s7 += a[e + 7]
+        e += 8
+    while e < n:
+        s0 += a[e]
+        e += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 cdef inline void _gemm_f32(bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                            float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # row-major C[M,N] = alpha op(A) op(B) + beta C, as column-major C^T = op(B)^T op(A)^T
@@ -284,7 +326,48 @@ MANIFEST = {'dense': {'family': 'contraction',
                                  'kwargs': [],
                                  'arrays': ['S', 'w'],
                                  'optional': [],
-                                 'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]}}}}
+                                 'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]},
+                     'forward+jvp': {'kernel': 'dense_forward_jvp',
+                                     'call': ['x', 'W', 'b', 'Rx', 'RW', 'Rb', 'y', 'Ry'],
+                                     'kwargs': [],
+                                     'arrays': ['x', 'W', 'b', 'Rx', 'RW', 'Rb'],
+                                     'optional': ['Rx', 'RW', 'Rb'],
+                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
+                                                 {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
+                                     'fuses': ['forward', 'jvp']},
+                     'vjp+rvjp': {'kernel': 'dense_vjp_rvjp',
+                                  'call': ['x',
+                                           'W',
+                                           'g',
+                                           'Rx',
+                                           'RW',
+                                           'Rg',
+                                           'gx',
+                                           'gW',
+                                           'gb',
+                                           'Rgx',
+                                           'RgW',
+                                           'Rgb'],
+                                  'kwargs': [],
+                                  'arrays': ['x', 'W', 'g', 'Rx', 'RW', 'Rg'],
+                                  'optional': ['Rx', 'RW', 'Rg'],
+                                  'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                              {'name': 'gW', 'like': 'W', 'dtype': 'float'},
+                                              {'name': 'gb', 'like': 'b', 'dtype': 'float'},
+                                              {'name': 'Rgx', 'like': 'x', 'dtype': 'float'},
+                                              {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
+                                              {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
+                                  'fuses': ['vjp:x', 'vjp:W', 'vjp:b', 'rvjp:x', 'rvjp:W', 'rvjp:b']},
+                     'vjp+rvjp:params': {'kernel': 'dense_vjp_rvjp_params',
+                                         'call': ['x', 'g', 'Rx', 'Rg', 'gW', 'gb', 'RgW', 'Rgb'],
+                                         'kwargs': [],
+                                         'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                         'optional': ['Rx', 'Rg'],
+                                         'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'},
+                                                     {'name': 'gb', 'like': 'b', 'dtype': 'float'},
+                                                     {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
+                                                     {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
+                                         'fuses': ['vjp:W', 'vjp:b', 'rvjp:W', 'rvjp:b']}}}}
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
@@ -314,7 +397,7 @@ def dense_forward(x, W, b, y=None):
     """
     if y is None:
         raise TypeError("dense_forward: output array 'y' is required")
-    dt = _check_arrays("dense_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    dt = _check_arrays("dense_forward", ("x", "W", "b", "y", ), (x, W, b, y, ), ("y", ))
     x = _readable(x)
     W = _readable(W)
     b = _readable(b)
@@ -364,7 +447,7 @@ def dense_vjp_x(W, g, gx=None):
     """
     if gx is None:
         raise TypeError("dense_vjp_x: output array 'gx' is required")
-    dt = _check_arrays("dense_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    dt = _check_arrays("dense_vjp_x", ("W", "g", "gx", ), (W, g, gx, ), ("gx", ))
     W = _readable(W)
     g = _readable(g)
     cdef dict ext = {}
@@ -413,7 +496,7 @@ def dense_vjp_W(x, g, gW=None):
     """
     if gW is None:
         raise TypeError("dense_vjp_W: output array 'gW' is required")
-    dt = _check_arrays("dense_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    dt = _check_arrays("dense_vjp_W", ("x", "g", "gW", ), (x, g, gW, ), ("gW", ))
     x = _readable(x)
     g = _readable(g)
     cdef dict ext = {}
@@ -468,7 +551,7 @@ def dense_vjp_b(g, gb=None):
     """
     if gb is None:
         raise TypeError("dense_vjp_b: output array 'gb' is required")
-    dt = _check_arrays("dense_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    dt = _check_arrays("dense_vjp_b", ("g", "gb", ), (g, gb, ), ("gb", ))
     g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", )), ("gb", gb, ("o", )), )):
@@ -531,7 +614,7 @@ def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
     """
     if Ry is None:
         raise TypeError("dense_jvp: output array 'Ry' is required")
-    dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry", ), (x, W, Rx, RW, Rb, Ry, ), ("Ry", ))
     x = _readable(x)
     W = _readable(W)
     Rx = _readable(Rx)
@@ -593,7 +676,7 @@ def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
     """
     if Rgx is None:
         raise TypeError("dense_rvjp_x: output array 'Rgx' is required")
-    dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx", ), (W, g, RW, Rg, Rgx, ), ("Rgx", ))
     W = _readable(W)
     g = _readable(g)
     RW = _readable(RW)
@@ -654,7 +737,7 @@ def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
     """
     if RgW is None:
         raise TypeError("dense_rvjp_W: output array 'RgW' is required")
-    dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW", ), (x, g, Rx, Rg, RgW, ), ("RgW", ))
     x = _readable(x)
     g = _readable(g)
     Rx = _readable(Rx)
@@ -713,7 +796,7 @@ def dense_rvjp_b(Rg=None, Rgb=None):
     """
     if Rgb is None:
         raise TypeError("dense_rvjp_b: output array 'Rgb' is required")
-    dt = _check_arrays("dense_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    dt = _check_arrays("dense_rvjp_b", ("Rg", "Rgb", ), (Rg, Rgb, ), ("Rgb", ))
     Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", )), ("Rgb", Rgb, ("o", )), )):
@@ -756,7 +839,7 @@ def dense_bl_x(H, W, hx=None):
     """
     if hx is None:
         raise TypeError("dense_bl_x: output array 'hx' is required")
-    dt = _check_arrays("dense_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    dt = _check_arrays("dense_bl_x", ("H", "W", "hx", ), (H, W, hx, ), ("hx", ))
     H = _readable(H)
     W = _readable(W)
     W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
@@ -806,7 +889,7 @@ def dense_bl_W(H, x, hW=None):
     """
     if hW is None:
         raise TypeError("dense_bl_W: output array 'hW' is required")
-    dt = _check_arrays("dense_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    dt = _check_arrays("dense_bl_W", ("H", "x", "hW", ), (H, x, hW, ), ("hW", ))
     H = _readable(H)
     x = _readable(x)
     x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
@@ -862,7 +945,7 @@ def dense_bl_b(H, hb=None):
     """
     if hb is None:
         raise TypeError("dense_bl_b: output array 'hb' is required")
-    dt = _check_arrays("dense_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    dt = _check_arrays("dense_bl_b", ("H", "hb", ), (H, hb, ), ("hb", ))
     H = _readable(H)
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", )), ("hb", hb, ("o", )), )):
@@ -884,6 +967,312 @@ def dense_bl_b(H, hb=None):
     else:
         _dense_bl_b_f64(H, hb, n_, o_)
     return hb
+
+# ---------------------------------------------------------------- dense_forward_jvp
+# fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
+cdef void _dense_forward_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[::1] b, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] y, float[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
+    Ry[:, :] = 0
+    with nogil:
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>0.0), &y[0, 0], <int>o_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                y[n, o] += (<float>1.0) * b[o]
+    if RW is not None:
+        with nogil:
+            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
+    if Rb is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[n, o] += (<float>1.0) * Rb[o]
+
+cdef void _dense_forward_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[::1] b, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] y, double[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
+    Ry[:, :] = 0
+    with nogil:
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>0.0), &y[0, 0], <int>o_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                y[n, o] += (<double>1.0) * b[o]
+    if RW is not None:
+        with nogil:
+            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
+    if Rb is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[n, o] += (<double>1.0) * Rb[o]
+
+
+def dense_forward_jvp(x, W, b, Rx=None, RW=None, Rb=None, y=None, Ry=None):
+    """fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
+
+    Writes and returns ``y``, ``Ry``; absent directions (Rx, RW, Rb) count as zero.
+    """
+    if y is None:
+        raise TypeError("dense_forward_jvp: output array 'y' is required")
+    if Ry is None:
+        raise TypeError("dense_forward_jvp: output array 'Ry' is required")
+    dt = _check_arrays("dense_forward_jvp", ("x", "W", "b", "Rx", "RW", "Rb", "y", "Ry", ), (x, W, b, Rx, RW, Rb, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
+    cdef dict ext = {}
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("b", b, ("o", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("y", y, ("n", "o", )), ("Ry", Ry, ("n", "o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        y[...] = 0
+        Ry[...] = 0
+        return y, Ry
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_forward_jvp_f32(x, W, b, Rx, RW, Rb, y, Ry, _T, n_, i_, o_)
+        else:
+            _dense_forward_jvp_f64(x, W, b, Rx, RW, Rb, y, Ry, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
+    return y, Ry
+
+# ---------------------------------------------------------------- dense_vjp_rvjp
+# fused vjp+rvjp: gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1)); gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
+cdef void _dense_vjp_rvjp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] gx, float[:, ::1] gW, float[::1] gb, float[:, ::1] Rgx, float[:, ::1] RgW, float[::1] Rgb, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
+    gb[:] = 0
+    Rgx[:, :] = 0
+    RgW[:, :] = 0
+    Rgb[:] = 0
+    with nogil:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
+    with nogil:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * g[n, o]
+    if RW is not None:
+        with nogil:
+            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * Rg[n, o]
+
+cdef void _dense_vjp_rvjp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] gx, double[:, ::1] gW, double[::1] gb, double[:, ::1] Rgx, double[:, ::1] RgW, double[::1] Rgb, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+    cdef Py_ssize_t o, i, n
+    gb[:] = 0
+    Rgx[:, :] = 0
+    RgW[:, :] = 0
+    Rgb[:] = 0
+    with nogil:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
+    with nogil:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * g[n, o]
+    if RW is not None:
+        with nogil:
+            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * Rg[n, o]
+
+
+def dense_vjp_rvjp(x, W, g, Rx=None, RW=None, Rg=None, gx=None, gW=None, gb=None, Rgx=None, RgW=None, Rgb=None):
+    """fused vjp+rvjp: gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1)); gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
+
+    Writes and returns ``gx``, ``gW``, ``gb``, ``Rgx``, ``RgW``, ``Rgb``; absent directions (Rx, RW, Rg) count as zero.
+    """
+    if gx is None:
+        raise TypeError("dense_vjp_rvjp: output array 'gx' is required")
+    if gW is None:
+        raise TypeError("dense_vjp_rvjp: output array 'gW' is required")
+    if gb is None:
+        raise TypeError("dense_vjp_rvjp: output array 'gb' is required")
+    if Rgx is None:
+        raise TypeError("dense_vjp_rvjp: output array 'Rgx' is required")
+    if RgW is None:
+        raise TypeError("dense_vjp_rvjp: output array 'RgW' is required")
+    if Rgb is None:
+        raise TypeError("dense_vjp_rvjp: output array 'Rgb' is required")
+    dt = _check_arrays("dense_vjp_rvjp", ("x", "W", "g", "Rx", "RW", "Rg", "gx", "gW", "gb", "Rgx", "RgW", "Rgb", ), (x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, ), ("gx", "gW", "gb", "Rgx", "RgW", "Rgb", ))
+    x = _readable(x)
+    W = _readable(W)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
+    cdef dict ext = {}
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("gx", gx, ("n", "i", )), ("gW", gW, ("o", "i", )), ("gb", gb, ("o", )), ("Rgx", Rgx, ("n", "i", )), ("RgW", RgW, ("o", "i", )), ("Rgb", Rgb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        gx[...] = 0
+        gW[...] = 0
+        gb[...] = 0
+        Rgx[...] = 0
+        RgW[...] = 0
+        Rgb[...] = 0
+        return gx, gW, gb, Rgx, RgW, Rgb
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_vjp_rvjp_f32(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _T, o_, i_, n_)
+        else:
+            _dense_vjp_rvjp_f64(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _T, o_, i_, n_)
+    finally:
+        _parallel_leave(True)
+    return gx, gW, gb, Rgx, RgW, Rgb
+
+# ---------------------------------------------------------------- dense_vjp_rvjp_params
+# fused vjp+rvjp:params: gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
+cdef void _dense_vjp_rvjp_params_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] gW, float[::1] gb, float[:, ::1] RgW, float[::1] Rgb, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
+    gb[:] = 0
+    RgW[:, :] = 0
+    Rgb[:] = 0
+    with nogil:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * g[n, o]
+    if Rg is not None:
+        with nogil:
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * Rg[n, o]
+
+cdef void _dense_vjp_rvjp_params_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] gW, double[::1] gb, double[:, ::1] RgW, double[::1] Rgb, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+    cdef Py_ssize_t n, i, o
+    gb[:] = 0
+    RgW[:, :] = 0
+    Rgb[:] = 0
+    with nogil:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * g[n, o]
+    if Rg is not None:
+        with nogil:
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+    if Rx is not None:
+        with nogil:
+            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * Rg[n, o]
+
+
+def dense_vjp_rvjp_params(x, g, Rx=None, Rg=None, gW=None, gb=None, RgW=None, Rgb=None):
+    """fused vjp+rvjp:params: gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
+
+    Writes and returns ``gW``, ``gb``, ``RgW``, ``Rgb``; absent directions (Rx, Rg) count as zero.
+    """
+    if gW is None:
+        raise TypeError("dense_vjp_rvjp_params: output array 'gW' is required")
+    if gb is None:
+        raise TypeError("dense_vjp_rvjp_params: output array 'gb' is required")
+    if RgW is None:
+        raise TypeError("dense_vjp_rvjp_params: output array 'RgW' is required")
+    if Rgb is None:
+        raise TypeError("dense_vjp_rvjp_params: output array 'Rgb' is required")
+    dt = _check_arrays("dense_vjp_rvjp_params", ("x", "g", "Rx", "Rg", "gW", "gb", "RgW", "Rgb", ), (x, g, Rx, Rg, gW, gb, RgW, Rgb, ), ("gW", "gb", "RgW", "Rgb", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef dict ext = {}
+    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("gW", gW, ("o", "i", )), ("gb", gb, ("o", )), ("RgW", RgW, ("o", "i", )), ("Rgb", Rgb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"dense_vjp_rvjp_params: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"dense_vjp_rvjp_params: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    if any(v[0] == 0 for v in ext.values()):
+        gW[...] = 0
+        gb[...] = 0
+        RgW[...] = 0
+        Rgb[...] = 0
+        return gW, gb, RgW, Rgb
+    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
+    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
+    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
+    cdef int _T = _parallel_enter(1 << 30, True)
+    try:
+        if dt == _F32:
+            _dense_vjp_rvjp_params_f32(x, g, Rx, Rg, gW, gb, RgW, Rgb, _T, n_, i_, o_)
+        else:
+            _dense_vjp_rvjp_params_f64(x, g, Rx, Rg, gW, gb, RgW, Rgb, _T, n_, i_, o_)
+    finally:
+        _parallel_leave(True)
+    return gW, gb, RgW, Rgb
 
 # ---------------------------------------------------------------- dense_sqvjp_W
 # sW = Sum(S[k, n, o]**2*x[n, i]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)

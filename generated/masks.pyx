@@ -158,7 +158,23 @@ MANIFEST = {'dropout': {'family': 'elementwise',
                                 'arrays': ['H', 'm'],
                                 'optional': [],
                                 'outputs': [{'name': 'hx', 'like': 'H', 'dtype': 'float'}],
-                                'scalars': []}},
+                                'scalars': []},
+                       'forward+jvp': {'kernel': 'dropout_forward_jvp',
+                                       'call': ['x', 'm', 'Rx', 'y', 'Ry'],
+                                       'kwargs': [],
+                                       'arrays': ['x', 'm', 'Rx'],
+                                       'optional': [],
+                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                       'scalars': []},
+                       'vjp+rvjp': {'kernel': 'dropout_vjp_rvjp',
+                                    'call': ['g', 'm', 'Rg', 'gx', 'Rgx'],
+                                    'kwargs': [],
+                                    'arrays': ['g', 'm', 'Rg'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'gx', 'like': 'g', 'dtype': 'float'},
+                                                {'name': 'Rgx', 'like': 'g', 'dtype': 'float'}],
+                                    'scalars': []}},
              'defaults': {}}}
 
 # ---------------------------------------------------------------- dropout_forward
@@ -480,3 +496,161 @@ scalars: none.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _dropout_diag_backprop_f64(&H_f64[_lo], &m_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- dropout_forward_jvp
+# y = m*x; Ry = Rx*m
+cdef void _dropout_forward_jvp_f32(const float* x_p, const float* m_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float m
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = m*x
+        Ry_p[_e] = Rx*m
+
+cdef void _dropout_forward_jvp_f64(const double* x_p, const double* m_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double m
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = m*x
+        Ry_p[_e] = Rx*m
+
+
+def dropout_forward_jvp(x, m, Rx, y, Ry, ):
+    """y = m*x; Ry = Rx*m
+
+    Arrays: x, m, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("dropout_forward_jvp", ("x", "m", "Rx", "y", "Ry", ), (x, m, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    m = _readable(m)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if m.size != n:
+        raise ValueError(f"dropout_forward_jvp: m has shape {m.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"dropout_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"dropout_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"dropout_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, m_f32, Rx_f32, y_f32, Ry_f32
+    cdef double[::1] x_f64, m_f64, Rx_f64, y_f64, Ry_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        m_f32 = m.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _dropout_forward_jvp_f32(&x_f32[0], &m_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _dropout_forward_jvp_f32(&x_f32[_lo], &m_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        m_f64 = m.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _dropout_forward_jvp_f64(&x_f64[0], &m_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _dropout_forward_jvp_f64(&x_f64[_lo], &m_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- dropout_vjp_rvjp
+# gx = g*m; Rgx = Rg*m
+cdef void _dropout_vjp_rvjp_f32(const float* g_p, const float* m_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float g
+    cdef float m
+    cdef float Rg
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        Rg = Rg_p[_e]
+        gx_p[_e] = g*m
+        Rgx_p[_e] = Rg*m
+
+cdef void _dropout_vjp_rvjp_f64(const double* g_p, const double* m_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double g
+    cdef double m
+    cdef double Rg
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        Rg = Rg_p[_e]
+        gx_p[_e] = g*m
+        Rgx_p[_e] = Rg*m
+
+
+def dropout_vjp_rvjp(g, m, Rg, gx, Rgx, ):
+    """gx = g*m; Rgx = Rg*m
+
+    Arrays: g, m, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: none.
+    """
+    dt = _check_arrays("dropout_vjp_rvjp", ("g", "m", "Rg", "gx", "Rgx", ), (g, m, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    g = _readable(g)
+    m = _readable(m)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = g.size
+    if m.size != n:
+        raise ValueError(f"dropout_vjp_rvjp: m has shape {m.shape} but g has shape {g.shape}")
+    if Rg.size != n:
+        raise ValueError(f"dropout_vjp_rvjp: Rg has shape {Rg.shape} but g has shape {g.shape}")
+    if gx.size != n:
+        raise ValueError(f"dropout_vjp_rvjp: gx has shape {gx.shape} but g has shape {g.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"dropout_vjp_rvjp: Rgx has shape {Rgx.shape} but g has shape {g.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] g_f32, m_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef double[::1] g_f64, m_f64, Rg_f64, gx_f64, Rgx_f64
+    if dt == _F32:
+        g_f32 = g.reshape(-1)
+        m_f32 = m.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _dropout_vjp_rvjp_f32(&g_f32[0], &m_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _dropout_vjp_rvjp_f32(&g_f32[_lo], &m_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
+    else:
+        g_f64 = g.reshape(-1)
+        m_f64 = m.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        with nogil:
+            if _T == 1:
+                _dropout_vjp_rvjp_f64(&g_f64[0], &m_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _dropout_vjp_rvjp_f64(&g_f64[_lo], &m_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)

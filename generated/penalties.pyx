@@ -165,7 +165,23 @@ MANIFEST = {'penalty': {'family': 'elementwise',
                                     'arrays': ['g'],
                                     'optional': [],
                                     'outputs': [{'name': 'r', 'like': 'g', 'dtype': 'float'}],
-                                    'scalars': ['l2']}},
+                                    'scalars': ['l2']},
+                       'forward+jvp': {'kernel': 'penalty_forward_jvp',
+                                       'call': ['x', 'Rx', 'y', 'Ry', 'l1', 'l2'],
+                                       'kwargs': [],
+                                       'arrays': ['x', 'Rx'],
+                                       'optional': [],
+                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
+                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
+                                       'scalars': ['l1', 'l2']},
+                       'vjp+rvjp': {'kernel': 'penalty_vjp_rvjp',
+                                    'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'l1', 'l2'],
+                                    'kwargs': [],
+                                    'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                    'optional': [],
+                                    'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                                {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                    'scalars': ['l1', 'l2']}},
              'defaults': {'l1': 0.0, 'l2': 0.0}}}
 
 # ---------------------------------------------------------------- penalty_forward
@@ -620,3 +636,189 @@ scalars: l2.
                 for _t in prange(_T, num_threads=_T, schedule="static"):
                     _lo = n * _t // _T
                     _penalty_residual_f64(&g_f64[_lo], &r_f64[_lo], l2_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- penalty_forward_jvp
+# y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+cdef void _penalty_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+
+cdef void _penalty_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+
+
+def penalty_forward_jvp(x, Rx, y, Ry, l1, l2, ):
+    """y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+
+    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
+scalars: l1, l2.
+    """
+    dt = _check_arrays("penalty_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef Py_ssize_t n = x.size
+    if Rx.size != n:
+        raise ValueError(f"penalty_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if y.size != n:
+        raise ValueError(f"penalty_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
+    if Ry.size != n:
+        raise ValueError(f"penalty_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
+    cdef float l1_f32
+    cdef float l2_f32
+    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
+    cdef double l1_f64
+    cdef double l2_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        y_f32 = y.reshape(-1)
+        Ry_f32 = Ry.reshape(-1)
+        l1_f32 = l1
+        l2_f32 = l2
+        with nogil:
+            if _T == 1:
+                _penalty_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], l1_f32, l2_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _penalty_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        y_f64 = y.reshape(-1)
+        Ry_f64 = Ry.reshape(-1)
+        l1_f64 = l1
+        l2_f64 = l2
+        with nogil:
+            if _T == 1:
+                _penalty_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], l1_f64, l2_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _penalty_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
+
+# ---------------------------------------------------------------- penalty_vjp_rvjp
+# gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+cdef void _penalty_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        _t1 = (-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+        gx_p[_e] = _t1*g
+        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+
+cdef void _penalty_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        _t1 = (-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+        gx_p[_e] = _t1*g
+        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+
+
+def penalty_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, l1, l2, ):
+    """gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+
+    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
+scalars: l1, l2.
+    """
+    dt = _check_arrays("penalty_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef Py_ssize_t n = x.size
+    if g.size != n:
+        raise ValueError(f"penalty_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
+    if Rx.size != n:
+        raise ValueError(f"penalty_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
+    if Rg.size != n:
+        raise ValueError(f"penalty_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
+    if gx.size != n:
+        raise ValueError(f"penalty_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
+    if Rgx.size != n:
+        raise ValueError(f"penalty_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
+    if n == 0:
+        return
+    cdef int _t, _T = _threads_for(n // _GRAIN)
+    cdef Py_ssize_t _lo
+    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
+    cdef float l1_f32
+    cdef float l2_f32
+    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
+    cdef double l1_f64
+    cdef double l2_f64
+    if dt == _F32:
+        x_f32 = x.reshape(-1)
+        g_f32 = g.reshape(-1)
+        Rx_f32 = Rx.reshape(-1)
+        Rg_f32 = Rg.reshape(-1)
+        gx_f32 = gx.reshape(-1)
+        Rgx_f32 = Rgx.reshape(-1)
+        l1_f32 = l1
+        l2_f32 = l2
+        with nogil:
+            if _T == 1:
+                _penalty_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], l1_f32, l2_f32, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _penalty_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
+    else:
+        x_f64 = x.reshape(-1)
+        g_f64 = g.reshape(-1)
+        Rx_f64 = Rx.reshape(-1)
+        Rg_f64 = Rg.reshape(-1)
+        gx_f64 = gx.reshape(-1)
+        Rgx_f64 = Rgx.reshape(-1)
+        l1_f64 = l1
+        l2_f64 = l2
+        with nogil:
+            if _T == 1:
+                _penalty_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], l1_f64, l2_f64, n)
+            else:
+                for _t in prange(_T, num_threads=_T, schedule="static"):
+                    _lo = n * _t // _T
+                    _penalty_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)

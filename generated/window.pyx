@@ -109,6 +109,48 @@ cdef void _parallel_leave(bint calls_blas):
                 _blas_set[k](_blas_saved[k])
 
 
+cdef inline float _sum_f32(const float* a, Py_ssize_t n) noexcept nogil:
+    # a contiguous reduction (a bias pullback) with eight independent partial sums, which the
+    # compiler keeps in registers and vectorizes
+    cdef float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t e = 0
+    while e + 8 <= n:
+        s0 += a[e]
+        s1 += a[e + 1]
+        s2 += a[e + 2]
+        s3 += a[e + 3]
+        s4 += a[e + 4]
+        s5 += a[e + 5]
+        s6 += a[e + 6]
+        s7 += a[e + 7]
+        e += 8
+    while e < n:
+        s0 += a[e]
+        e += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+cdef inline double _sum_f64(const double* a, Py_ssize_t n) noexcept nogil:
+    # a contiguous reduction (a bias pullback) with eight independent partial sums, which the
+    # compiler keeps in registers and vectorizes
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t e = 0
+    while e + 8 <= n:
+        s0 += a[e]
+        s1 += a[e + 1]
+        s2 += a[e + 2]
+        s3 += a[e + 3]
+        s4 += a[e + 4]
+        s5 += a[e + 5]
+        s6 += a[e + 6]
+        s7 += a[e + 7]
+        e += 8
+    while e < n:
+        s0 += a[e]
+        e += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 cdef inline void _gemm_f32(bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                            float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # row-major C[M,N] = alpha op(A) op(B) + beta C, as column-major C^T = op(B)^T op(A)^T
@@ -521,7 +563,48 @@ MANIFEST = {'conv2d': {'family': 'window',
                                   'kwargs': [],
                                   'arrays': ['S', 'w'],
                                   'optional': [],
-                                  'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]}}},
+                                  'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]},
+                      'forward+jvp': {'kernel': 'conv2d_forward_jvp',
+                                      'call': ['x', 'W', 'b', 'Rx', 'RW', 'Rb', 'y', 'Ry'],
+                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                      'arrays': ['x', 'W', 'b', 'Rx', 'RW', 'Rb'],
+                                      'optional': ['Rx', 'RW', 'Rb'],
+                                      'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
+                                                  {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
+                                      'fuses': ['forward', 'jvp']},
+                      'vjp+rvjp': {'kernel': 'conv2d_vjp_rvjp',
+                                   'call': ['x',
+                                            'W',
+                                            'g',
+                                            'Rx',
+                                            'RW',
+                                            'Rg',
+                                            'gx',
+                                            'gW',
+                                            'gb',
+                                            'Rgx',
+                                            'RgW',
+                                            'Rgb'],
+                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                   'arrays': ['x', 'W', 'g', 'Rx', 'RW', 'Rg'],
+                                   'optional': ['Rx', 'RW', 'Rg'],
+                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                               {'name': 'gW', 'like': 'W', 'dtype': 'float'},
+                                               {'name': 'gb', 'like': 'b', 'dtype': 'float'},
+                                               {'name': 'Rgx', 'like': 'x', 'dtype': 'float'},
+                                               {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
+                                               {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
+                                   'fuses': ['vjp:x', 'vjp:W', 'vjp:b', 'rvjp:x', 'rvjp:W', 'rvjp:b']},
+                      'vjp+rvjp:params': {'kernel': 'conv2d_vjp_rvjp_params',
+                                          'call': ['x', 'g', 'Rx', 'Rg', 'gW', 'gb', 'RgW', 'Rgb'],
+                                          'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
+                                          'arrays': ['x', 'g', 'Rx', 'Rg'],
+                                          'optional': ['Rx', 'Rg'],
+                                          'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'},
+                                                      {'name': 'gb', 'like': 'b', 'dtype': 'float'},
+                                                      {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
+                                                      {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
+                                          'fuses': ['vjp:W', 'vjp:b', 'rvjp:W', 'rvjp:b']}}},
  'avgpool2d': {'family': 'window',
                'hash': '00b5ef56ba411db4',
                'inputs': ['x'],
@@ -558,7 +641,23 @@ MANIFEST = {'conv2d': {'family': 'window',
                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
                                   'arrays': ['H'],
                                   'optional': [],
-                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]}}},
+                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
+                         'forward+jvp': {'kernel': 'avgpool2d_forward_jvp',
+                                         'call': ['x', 'Rx', 'y', 'Ry'],
+                                         'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                         'arrays': ['x', 'Rx'],
+                                         'optional': ['Rx'],
+                                         'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
+                                                     {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
+                                         'fuses': ['forward', 'jvp']},
+                         'vjp+rvjp': {'kernel': 'avgpool2d_vjp_rvjp',
+                                      'call': ['g', 'Rg', 'gx', 'Rgx'],
+                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                      'arrays': ['g', 'Rg'],
+                                      'optional': ['Rg'],
+                                      'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                                  {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                      'fuses': ['vjp:x', 'rvjp:x']}}},
  'maxpool2d': {'family': 'window',
                'hash': 'cd4945eb636cc5aa',
                'inputs': ['x'],
@@ -596,7 +695,24 @@ MANIFEST = {'conv2d': {'family': 'window',
                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
                                   'arrays': ['H', 'M'],
                                   'optional': [],
-                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]}}}}
+                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
+                         'forward+jvp': {'kernel': 'maxpool2d_forward_jvp',
+                                         'call': ['x', 'Rx', 'y', 'Ry', 'M'],
+                                         'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                         'arrays': ['x', 'Rx'],
+                                         'optional': ['Rx'],
+                                         'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
+                                                     {'name': 'Ry', 'like': 'y', 'dtype': 'float'},
+                                                     {'name': 'M', 'like': 'y', 'dtype': 'int64'}],
+                                         'fuses': ['forward', 'jvp']},
+                         'vjp+rvjp': {'kernel': 'maxpool2d_vjp_rvjp',
+                                      'call': ['g', 'Rg', 'M', 'gx', 'Rgx'],
+                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
+                                      'arrays': ['g', 'Rg', 'M'],
+                                      'optional': ['Rg'],
+                                      'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
+                                                  {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
+                                      'fuses': ['vjp:x', 'rvjp:x']}}}}
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -605,15 +721,16 @@ cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, floa
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
-        _first = 1
-        if _use_0_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
     for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
@@ -625,21 +742,21 @@ cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, do
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
-        _first = 1
-        if _use_0_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
     for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
                     y[n, o, h, w] += (<double>1.0) * b[o]
-
 
 def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -649,7 +766,7 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """
     if y is None:
         raise TypeError("conv2d_forward: array 'y' is required")
-    dt = _check_arrays("conv2d_forward", ("x", "W", "b", "y"), (x, W, b, y), ("y",))
+    dt = _check_arrays("conv2d_forward", ("x", "W", "b", "y", ), (x, W, b, y, ), ("y", ))
     x = _readable(x)
     W = _readable(W)
     b = _readable(b)
@@ -703,7 +820,7 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         return y
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
         if dt == _F32:
             _conv2d_forward_f32(x, W, b, y, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
         else:
@@ -712,6 +829,7 @@ def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         _parallel_leave(True)
     return y
 
+
 # ---------------------------------------------------------------- conv2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] gx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
@@ -719,33 +837,34 @@ cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
 
 cdef void _conv2d_vjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] gx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
-
+            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
 
 def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -755,7 +874,7 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """
     if gx is None:
         raise TypeError("conv2d_vjp_x: array 'gx' is required")
-    dt = _check_arrays("conv2d_vjp_x", ("W", "g", "gx"), (W, g, gx), ("gx",))
+    dt = _check_arrays("conv2d_vjp_x", ("W", "g", "gx", ), (W, g, gx, ), ("gx", ))
     W = _readable(W)
     g = _readable(g)
     cdef dict ext = {}
@@ -808,7 +927,7 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         return gx
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
         if dt == _F32:
             _conv2d_vjp_x_f32(W, g, gx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
         else:
@@ -817,6 +936,7 @@ def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         _parallel_leave(True)
     return gx
 
+
 # ---------------------------------------------------------------- conv2d_vjp_W
 # gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
 cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] gW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -824,37 +944,38 @@ cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
     gW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
+        _sum_slabs_f32(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
 
 cdef void _conv2d_vjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] gW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
     gW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
-
+        _sum_slabs_f64(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
 
 def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -864,7 +985,7 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """
     if gW is None:
         raise TypeError("conv2d_vjp_W: array 'gW' is required")
-    dt = _check_arrays("conv2d_vjp_W", ("x", "g", "gW"), (x, g, gW), ("gW",))
+    dt = _check_arrays("conv2d_vjp_W", ("x", "g", "gW", ), (x, g, gW, ), ("gW", ))
     x = _readable(x)
     g = _readable(g)
     cdef dict ext = {}
@@ -917,8 +1038,8 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         return gW
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((1 * _T, o_, c_ * i_ * j_), dtype=dt)
         if dt == _F32:
             _conv2d_vjp_W_f32(x, g, gW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
         else:
@@ -926,6 +1047,7 @@ def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     finally:
         _parallel_leave(True)
     return gW
+
 
 # ---------------------------------------------------------------- conv2d_vjp_b
 # gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -938,9 +1060,7 @@ cdef void _conv2d_vjp_b_f32(float[:, :, :, ::1] g, float[::1] gb, Py_ssize_t n_,
     with nogil:
         for n in range(n_):
             for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        gb[o] += (<float>1.0) * g[n, o, h, w]
+                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
 
 cdef void _conv2d_vjp_b_f64(double[:, :, :, ::1] g, double[::1] gb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
@@ -951,10 +1071,7 @@ cdef void _conv2d_vjp_b_f64(double[:, :, :, ::1] g, double[::1] gb, Py_ssize_t n
     with nogil:
         for n in range(n_):
             for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        gb[o] += (<double>1.0) * g[n, o, h, w]
-
+                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
 
 def conv2d_vjp_b(g, gb=None):
     """gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -963,7 +1080,7 @@ def conv2d_vjp_b(g, gb=None):
     """
     if gb is None:
         raise TypeError("conv2d_vjp_b: array 'gb' is required")
-    dt = _check_arrays("conv2d_vjp_b", ("g", "gb"), (g, gb), ("gb",))
+    dt = _check_arrays("conv2d_vjp_b", ("g", "gb", ), (g, gb, ), ("gb", ))
     g = _readable(g)
     cdef dict ext = {}
     for aname, arr, idx in ((("g", g, ("n", "o", "h", "w", )), ("gb", gb, ("o", )), )):
@@ -988,6 +1105,7 @@ def conv2d_vjp_b(g, gb=None):
         _conv2d_vjp_b_f64(g, gb, n_, o_, h_, w_)
     return gb
 
+
 # ---------------------------------------------------------------- conv2d_jvp
 # Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] Ry, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
@@ -995,20 +1113,22 @@ cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0_0 = RW is not None
-    cdef bint _use_0_1 = Rx is not None
+    cdef bint _use_0 = True
+    cdef bint _use_1 = RW is not None
+    cdef bint _use_2 = Rx is not None
+    cdef bint _use_3 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
-        _first = 1
-        if _use_0_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
-        if _use_0_1:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_2:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_3:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
     if Rb is not None:
         for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for o in range(o_):
@@ -1021,27 +1141,28 @@ cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0_0 = RW is not None
-    cdef bint _use_0_1 = Rx is not None
+    cdef bint _use_0 = True
+    cdef bint _use_1 = RW is not None
+    cdef bint _use_2 = Rx is not None
+    cdef bint _use_3 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
-        _first = 1
-        if _use_0_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
-        if _use_0_1:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-            _first = 0
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_2:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_3:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
     if Rb is not None:
         for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
                         Ry[n, o, h, w] += (<double>1.0) * Rb[o]
-
 
 def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -1051,7 +1172,7 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
     """
     if Ry is None:
         raise TypeError("conv2d_jvp: array 'Ry' is required")
-    dt = _check_arrays("conv2d_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry"), (x, W, Rx, RW, Rb, Ry), ("Ry",))
+    dt = _check_arrays("conv2d_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry", ), (x, W, Rx, RW, Rb, Ry, ), ("Ry", ))
     x = _readable(x)
     W = _readable(W)
     Rx = _readable(Rx)
@@ -1107,7 +1228,7 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
         return Ry
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
         if dt == _F32:
             _conv2d_jvp_f32(x, W, Rx, RW, Rb, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
         else:
@@ -1116,6 +1237,7 @@ def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, 
         _parallel_leave(True)
     return Ry
 
+
 # ---------------------------------------------------------------- conv2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
@@ -1123,41 +1245,42 @@ cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0_0 = RW is not None
-    cdef bint _use_0_1 = Rg is not None
+    cdef bint _use_0 = RW is not None
+    cdef bint _use_1 = Rg is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Rgx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
-        if _use_0_1:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_1:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
 
 cdef void _conv2d_rvjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0_0 = RW is not None
-    cdef bint _use_0_1 = Rg is not None
+    cdef bint _use_0 = RW is not None
+    cdef bint _use_1 = Rg is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Rgx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
-        if _use_0_1:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_1:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-
+            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
 
 def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -1167,7 +1290,7 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
     """
     if Rgx is None:
         raise TypeError("conv2d_rvjp_x: array 'Rgx' is required")
-    dt = _check_arrays("conv2d_rvjp_x", ("W", "g", "RW", "Rg", "Rgx"), (W, g, RW, Rg, Rgx), ("Rgx",))
+    dt = _check_arrays("conv2d_rvjp_x", ("W", "g", "RW", "Rg", "Rgx", ), (W, g, RW, Rg, Rgx, ), ("Rgx", ))
     W = _readable(W)
     g = _readable(g)
     RW = _readable(RW)
@@ -1222,7 +1345,7 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
         return Rgx
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
         if dt == _F32:
             _conv2d_rvjp_x_f32(W, g, RW, Rg, Rgx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
         else:
@@ -1231,6 +1354,7 @@ def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, 
         _parallel_leave(True)
     return Rgx
 
+
 # ---------------------------------------------------------------- conv2d_rvjp_W
 # RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
 cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] RgW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1238,47 +1362,50 @@ cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = Rg is not None
+    cdef bint _use_2 = Rx is not None
+    cdef bint _use_3 = Rx is not None
     RgW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = Rg is not None
-    cdef bint _use_0_1 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
-        if _use_0_1:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_3:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
+        _sum_slabs_f32(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
 
 cdef void _conv2d_rvjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] RgW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = Rg is not None
+    cdef bint _use_2 = Rx is not None
+    cdef bint _use_3 = Rx is not None
     RgW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = Rg is not None
-    cdef bint _use_0_1 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
-        if _use_0_1:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_3:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
-
+        _sum_slabs_f64(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
 
 def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1288,7 +1415,7 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
     """
     if RgW is None:
         raise TypeError("conv2d_rvjp_W: array 'RgW' is required")
-    dt = _check_arrays("conv2d_rvjp_W", ("x", "g", "Rx", "Rg", "RgW"), (x, g, Rx, Rg, RgW), ("RgW",))
+    dt = _check_arrays("conv2d_rvjp_W", ("x", "g", "Rx", "Rg", "RgW", ), (x, g, Rx, Rg, RgW, ), ("RgW", ))
     x = _readable(x)
     g = _readable(g)
     Rx = _readable(Rx)
@@ -1343,8 +1470,8 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
         return RgW
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((1 * _T, o_, c_ * i_ * j_), dtype=dt)
         if dt == _F32:
             _conv2d_rvjp_W_f32(x, g, Rx, Rg, RgW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
         else:
@@ -1352,6 +1479,7 @@ def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, 
     finally:
         _parallel_leave(True)
     return RgW
+
 
 # ---------------------------------------------------------------- conv2d_rvjp_b
 # Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1365,9 +1493,7 @@ cdef void _conv2d_rvjp_b_f32(float[:, :, :, ::1] Rg, float[::1] Rgb, Py_ssize_t 
         with nogil:
             for n in range(n_):
                 for o in range(o_):
-                    for h in range(h_):
-                        for w in range(w_):
-                            Rgb[o] += (<float>1.0) * Rg[n, o, h, w]
+                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
 
 cdef void _conv2d_rvjp_b_f64(double[:, :, :, ::1] Rg, double[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
@@ -1379,10 +1505,7 @@ cdef void _conv2d_rvjp_b_f64(double[:, :, :, ::1] Rg, double[::1] Rgb, Py_ssize_
         with nogil:
             for n in range(n_):
                 for o in range(o_):
-                    for h in range(h_):
-                        for w in range(w_):
-                            Rgb[o] += (<double>1.0) * Rg[n, o, h, w]
-
+                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
 
 def conv2d_rvjp_b(Rg=None, Rgb=None):
     """Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1391,7 +1514,7 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
     """
     if Rgb is None:
         raise TypeError("conv2d_rvjp_b: array 'Rgb' is required")
-    dt = _check_arrays("conv2d_rvjp_b", ("Rg", "Rgb"), (Rg, Rgb), ("Rgb",))
+    dt = _check_arrays("conv2d_rvjp_b", ("Rg", "Rgb", ), (Rg, Rgb, ), ("Rgb", ))
     Rg = _readable(Rg)
     cdef dict ext = {}
     for aname, arr, idx in ((("Rg", Rg, ("n", "o", "h", "w", )), ("Rgb", Rgb, ("o", )), )):
@@ -1416,6 +1539,7 @@ def conv2d_rvjp_b(Rg=None, Rgb=None):
         _conv2d_rvjp_b_f64(Rg, Rgb, n_, o_, h_, w_)
     return Rgb
 
+
 # ---------------------------------------------------------------- conv2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _conv2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] W_sq, float[:, :, :, ::1] hx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
@@ -1423,33 +1547,34 @@ cdef void _conv2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] W_sq, floa
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
+            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
 
 cdef void _conv2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] W_sq, double[:, :, :, ::1] hx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
     cdef Py_ssize_t n, o, h, w, c, i, j, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0_0 = True
+    cdef bint _use_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
-        if _use_0_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid, 0, 0], <int>(h_ * w_))
+        if _use_0:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
-
+            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
 
 def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -1459,7 +1584,7 @@ def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """
     if hx is None:
         raise TypeError("conv2d_bl_x: array 'hx' is required")
-    dt = _check_arrays("conv2d_bl_x", ("H", "W", "hx"), (H, W, hx), ("hx",))
+    dt = _check_arrays("conv2d_bl_x", ("H", "W", "hx", ), (H, W, hx, ), ("hx", ))
     H = _readable(H)
     W = _readable(W)
     W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
@@ -1513,7 +1638,7 @@ def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         return hx
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
         if dt == _F32:
             _conv2d_bl_x_f32(H, W_sq, hx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, i_, j_, u_, v_)
         else:
@@ -1522,6 +1647,7 @@ def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         _parallel_leave(True)
     return hx
 
+
 # ---------------------------------------------------------------- conv2d_bl_W
 # hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
 cdef void _conv2d_bl_W_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] x_sq, float[:, :, :, ::1] hW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1529,37 +1655,38 @@ cdef void _conv2d_bl_W_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] x_sq, floa
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
     hW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f32(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f32(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f32(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
+        _sum_slabs_f32(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
 
 cdef void _conv2d_bl_W_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] x_sq, double[:, :, :, ::1] hW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
     cdef Py_ssize_t n, o, h, w, c, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
     hW[:, :, :, :] = 0
     _wacc[:, :, :] = 0
-    cdef bint _use_0_0 = True
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        _first = 1
-        if _use_0_0:
-            _im2col_f64(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid, 0, 0])
-            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[_tid, 0, 0], <int>(c_ * i_ * j_))
-            _first = 0
+        if _use_0:
+            _im2col_f64(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &H[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
     with nogil:
-        _sum_slabs_f64(&_wacc[0, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
-
+        _sum_slabs_f64(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &hW[0, 0, 0, 0])
 
 def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1569,7 +1696,7 @@ def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """
     if hW is None:
         raise TypeError("conv2d_bl_W: array 'hW' is required")
-    dt = _check_arrays("conv2d_bl_W", ("H", "x", "hW"), (H, x, hW), ("hW",))
+    dt = _check_arrays("conv2d_bl_W", ("H", "x", "hW", ), (H, x, hW, ), ("hW", ))
     H = _readable(H)
     x = _readable(x)
     x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
@@ -1623,8 +1750,8 @@ def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
         return hW
     cdef int _T = _parallel_enter(n_, True)
     try:
-        _cols = _np.empty((_T, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((_T, o_, c_ * i_ * j_), dtype=dt)
+        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((1 * _T, o_, c_ * i_ * j_), dtype=dt)
         if dt == _F32:
             _conv2d_bl_W_f32(H, x_sq, hW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, u_, v_, i_, j_)
         else:
@@ -1632,6 +1759,7 @@ def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     finally:
         _parallel_leave(True)
     return hW
+
 
 # ---------------------------------------------------------------- conv2d_bl_b
 # hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1644,9 +1772,7 @@ cdef void _conv2d_bl_b_f32(float[:, :, :, ::1] H, float[::1] hb, Py_ssize_t n_, 
     with nogil:
         for n in range(n_):
             for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        hb[o] += (<float>1.0) * H[n, o, h, w]
+                hb[o] += (<float>1.0) * _sum_f32(&H[n, o, 0, 0], h_ * w_)
 
 cdef void _conv2d_bl_b_f64(double[:, :, :, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, o, h, w
@@ -1657,10 +1783,7 @@ cdef void _conv2d_bl_b_f64(double[:, :, :, ::1] H, double[::1] hb, Py_ssize_t n_
     with nogil:
         for n in range(n_):
             for o in range(o_):
-                for h in range(h_):
-                    for w in range(w_):
-                        hb[o] += (<double>1.0) * H[n, o, h, w]
-
+                hb[o] += (<double>1.0) * _sum_f64(&H[n, o, 0, 0], h_ * w_)
 
 def conv2d_bl_b(H, hb=None):
     """hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
@@ -1669,7 +1792,7 @@ def conv2d_bl_b(H, hb=None):
     """
     if hb is None:
         raise TypeError("conv2d_bl_b: array 'hb' is required")
-    dt = _check_arrays("conv2d_bl_b", ("H", "hb"), (H, hb), ("hb",))
+    dt = _check_arrays("conv2d_bl_b", ("H", "hb", ), (H, hb, ), ("hb", ))
     H = _readable(H)
     cdef dict ext = {}
     for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("hb", hb, ("o", )), )):
@@ -1693,6 +1816,7 @@ def conv2d_bl_b(H, hb=None):
     else:
         _conv2d_bl_b_f64(H, hb, n_, o_, h_, w_)
     return hb
+
 
 # ---------------------------------------------------------------- avgpool2d_forward
 # y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
@@ -1736,7 +1860,6 @@ cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
                                         _acc = _acc + x[_n, _c, _u, _v]
                         y[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
 
-
 def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
 
@@ -1745,7 +1868,7 @@ def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """
     if y is None:
         raise TypeError("avgpool2d_forward: array 'y' is required")
-    dt = _check_arrays("avgpool2d_forward", ("x", "y"), (x, y), ("y",))
+    dt = _check_arrays("avgpool2d_forward", ("x", "y", ), (x, y, ), ("y", ))
     x = _readable(x)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -1804,6 +1927,7 @@ def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return y
 
+
 # ---------------------------------------------------------------- avgpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1844,7 +1968,6 @@ cdef void _avgpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, 
                                     if 0 <= _v < v_:
                                         gx[_n, _c, _u, _v] += _val
 
-
 def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -1853,7 +1976,7 @@ def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """
     if gx is None:
         raise TypeError("avgpool2d_vjp_x: array 'gx' is required")
-    dt = _check_arrays("avgpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    dt = _check_arrays("avgpool2d_vjp_x", ("g", "gx", ), (g, gx, ), ("gx", ))
     g = _readable(g)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -1912,6 +2035,7 @@ def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return gx
 
+
 # ---------------------------------------------------------------- avgpool2d_jvp
 # Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
 cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -1956,7 +2080,6 @@ cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, i
                                             _acc = _acc + Rx[_n, _c, _u, _v]
                             Ry[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
 
-
 def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
 
@@ -1965,7 +2088,7 @@ def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """
     if Ry is None:
         raise TypeError("avgpool2d_jvp: array 'Ry' is required")
-    dt = _check_arrays("avgpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    dt = _check_arrays("avgpool2d_jvp", ("Rx", "Ry", ), (Rx, Ry, ), ("Ry", ))
     Rx = _readable(Rx)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2024,6 +2147,7 @@ def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return Ry
 
+
 # ---------------------------------------------------------------- avgpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _avgpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2066,7 +2190,6 @@ cdef void _avgpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
                                         if 0 <= _v < v_:
                                             Rgx[_n, _c, _u, _v] += _val
 
-
 def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2075,7 +2198,7 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """
     if Rgx is None:
         raise TypeError("avgpool2d_rvjp_x: array 'Rgx' is required")
-    dt = _check_arrays("avgpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    dt = _check_arrays("avgpool2d_rvjp_x", ("Rg", "Rgx", ), (Rg, Rgx, ), ("Rgx", ))
     Rg = _readable(Rg)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2134,6 +2257,7 @@ def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return Rgx
 
+
 # ---------------------------------------------------------------- avgpool2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _avgpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2174,7 +2298,6 @@ cdef void _avgpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, i
                                     if 0 <= _v < v_:
                                         hx[_n, _c, _u, _v] += _val
 
-
 def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2183,7 +2306,7 @@ def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """
     if hx is None:
         raise TypeError("avgpool2d_bl_x: array 'hx' is required")
-    dt = _check_arrays("avgpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    dt = _check_arrays("avgpool2d_bl_x", ("H", "hx", ), (H, hx, ), ("hx", ))
     H = _readable(H)
     cdef dict ext = {}
     if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
@@ -2242,6 +2365,7 @@ def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return hx
 
+
 # ---------------------------------------------------------------- maxpool2d_forward
 # y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2262,7 +2386,6 @@ cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
             for _c in range(c_):
                 _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
 
-
 def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2273,7 +2396,7 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         raise TypeError("maxpool2d_forward: array 'y' is required")
     if M is None:
         raise TypeError("maxpool2d_forward: array 'M' is required")
-    dt = _check_arrays("maxpool2d_forward", ("x", "y"), (x, y), ("y",))
+    dt = _check_arrays("maxpool2d_forward", ("x", "y", ), (x, y, ), ("y", ))
     x = _readable(x)
     _check_mask("maxpool2d_forward", "M", M, True)
     cdef dict ext = {}
@@ -2322,7 +2445,7 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
                          f"for input extent {v_}, kernel {j_}")
     if any(v[0] == 0 for v in ext.values()):
         y[...] = 0
-        return y
+        return y, M
     cdef int _T = _parallel_enter(n_, False)
     try:
         if dt == _F32:
@@ -2332,6 +2455,7 @@ def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     finally:
         _parallel_leave(False)
     return y, M
+
 
 # ---------------------------------------------------------------- maxpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -2385,7 +2509,6 @@ cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, 
                             gx[_n, _c, _u, _v] += _val
     free(_moff)
 
-
 def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2396,7 +2519,7 @@ def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         raise TypeError("maxpool2d_vjp_x: array 'gx' is required")
     if M is None:
         raise TypeError("maxpool2d_vjp_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_vjp_x", ("g", "gx"), (g, gx), ("gx",))
+    dt = _check_arrays("maxpool2d_vjp_x", ("g", "gx", ), (g, gx, ), ("gx", ))
     g = _readable(g)
     M = _readable(M)
     _check_mask("maxpool2d_vjp_x", "M", M, False)
@@ -2459,6 +2582,7 @@ def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return gx
 
+
 # ---------------------------------------------------------------- maxpool2d_jvp
 # Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2511,7 +2635,6 @@ cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, c
                                 Ry[_n, _c, _h, _w] += (<double>1.0) * Rx[_n, _c, _u, _v]
     free(_moff)
 
-
 def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2522,7 +2645,7 @@ def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         raise TypeError("maxpool2d_jvp: array 'Ry' is required")
     if M is None:
         raise TypeError("maxpool2d_jvp: array 'M' is required")
-    dt = _check_arrays("maxpool2d_jvp", ("Rx", "Ry"), (Rx, Ry), ("Ry",))
+    dt = _check_arrays("maxpool2d_jvp", ("Rx", "Ry", ), (Rx, Ry, ), ("Ry", ))
     Rx = _readable(Rx)
     M = _readable(M)
     _check_mask("maxpool2d_jvp", "M", M, False)
@@ -2585,6 +2708,7 @@ def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         _parallel_leave(False)
     return Ry
 
+
 # ---------------------------------------------------------------- maxpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2639,7 +2763,6 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
                                 Rgx[_n, _c, _u, _v] += _val
     free(_moff)
 
-
 def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2650,7 +2773,7 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
         raise TypeError("maxpool2d_rvjp_x: array 'Rgx' is required")
     if M is None:
         raise TypeError("maxpool2d_rvjp_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_rvjp_x", ("Rg", "Rgx"), (Rg, Rgx), ("Rgx",))
+    dt = _check_arrays("maxpool2d_rvjp_x", ("Rg", "Rgx", ), (Rg, Rgx, ), ("Rgx", ))
     Rg = _readable(Rg)
     M = _readable(M)
     _check_mask("maxpool2d_rvjp_x", "M", M, False)
@@ -2713,6 +2836,7 @@ def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w)
         _parallel_leave(False)
     return Rgx
 
+
 # ---------------------------------------------------------------- maxpool2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 cdef void _maxpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2765,7 +2889,6 @@ cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, c
                             hx[_n, _c, _u, _v] += _val
     free(_moff)
 
-
 def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
 
@@ -2776,7 +2899,7 @@ def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
         raise TypeError("maxpool2d_bl_x: array 'hx' is required")
     if M is None:
         raise TypeError("maxpool2d_bl_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_bl_x", ("H", "hx"), (H, hx), ("hx",))
+    dt = _check_arrays("maxpool2d_bl_x", ("H", "hx", ), (H, hx, ), ("hx", ))
     H = _readable(H)
     M = _readable(M)
     _check_mask("maxpool2d_bl_x", "M", M, False)
@@ -2838,6 +2961,1114 @@ def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
     finally:
         _parallel_leave(False)
     return hx
+
+
+# ---------------------------------------------------------------- conv2d_forward_jvp
+# fused forward+jvp: y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _conv2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[::1] b, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, c, u, v, o, i, j, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = RW is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_2:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_3:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_4:
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<float>1.0) * b[o]
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
+
+cdef void _conv2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, c, u, v, o, i, j, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = RW is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_2:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+        if _use_3:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_4:
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<double>1.0) * b[o]
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
+
+def conv2d_forward_jvp(x, W, b, Rx=None, RW=None, Rb=None, y=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """fused forward+jvp: y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``y``, ``Ry``; absent directions (Rx, RW, Rb) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
+    """
+    if y is None:
+        raise TypeError("conv2d_forward_jvp: array 'y' is required")
+    if Ry is None:
+        raise TypeError("conv2d_forward_jvp: array 'Ry' is required")
+    dt = _check_arrays("conv2d_forward_jvp", ("x", "W", "b", "Rx", "RW", "Rb", "y", "Ry", ), (x, W, b, Rx, RW, Rb, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    W = _readable(W)
+    b = _readable(b)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rb = _readable(Rb)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"conv2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"conv2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"conv2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"conv2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
+        raise ValueError(f"conv2d_forward_jvp: d_h must be an integer >= 1, got {d_h!r}")
+    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
+        raise ValueError(f"conv2d_forward_jvp: d_w must be an integer >= 1, got {d_w!r}")
+    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("b", b, ("o", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rb", Rb, ("o", )), ("y", y, ("n", "o", "h", "w", )), ("Ry", Ry, ("n", "o", "h", "w", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    cdef Py_ssize_t _d_h = d_h
+    cdef Py_ssize_t _d_w = d_w
+    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"conv2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"conv2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        y[...] = 0
+        Ry[...] = 0
+        return y, Ry
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
+        if dt == _F32:
+            _conv2d_forward_jvp_f32(x, W, b, Rx, RW, Rb, y, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+        else:
+            _conv2d_forward_jvp_f64(x, W, b, Rx, RW, Rb, y, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    finally:
+        _parallel_leave(True)
+    return y, Ry
+
+
+# ---------------------------------------------------------------- conv2d_vjp_rvjp
+# fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+cdef void _conv2d_vjp_rvjp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] gW, float[::1] gb, float[:, :, :, ::1] Rgx, float[:, :, :, ::1] RgW, float[::1] Rgb, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, c, u, v, o, i, j, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = Rg is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    cdef bint _use_5 = True
+    cdef bint _use_6 = RW is not None
+    cdef bint _use_7 = Rg is not None
+    gW[:, :, :, :] = 0
+    gb[:] = 0
+    RgW[:, :, :, :] = 0
+    Rgb[:] = 0
+    _wacc[:, :, :] = 0
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_3:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
+        if _use_4:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        _first = 1
+        if _use_5:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f32(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+        _first = 1
+        if _use_6:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_7:
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f32(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
+    with nogil:
+        _sum_slabs_f32(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
+        _sum_slabs_f32(&_wacc[1 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
+
+cdef void _conv2d_vjp_rvjp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] gW, double[::1] gb, double[:, :, :, ::1] Rgx, double[:, :, :, ::1] RgW, double[::1] Rgb, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+    cdef Py_ssize_t n, c, u, v, o, i, j, h, w
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = Rg is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    cdef bint _use_5 = True
+    cdef bint _use_6 = RW is not None
+    cdef bint _use_7 = Rg is not None
+    gW[:, :, :, :] = 0
+    gb[:] = 0
+    RgW[:, :, :, :] = 0
+    Rgb[:] = 0
+    _wacc[:, :, :] = 0
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_3:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
+        if _use_4:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        _first = 1
+        if _use_5:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f64(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+        _first = 1
+        if _use_6:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if _use_7:
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _first = 0
+        if not _first:
+            _col2im_f64(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
+    with nogil:
+        _sum_slabs_f64(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
+        _sum_slabs_f64(&_wacc[1 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
+
+def conv2d_vjp_rvjp(x, W, g, Rx=None, RW=None, Rg=None, gx=None, gW=None, gb=None, Rgx=None, RgW=None, Rgb=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+
+    Writes and returns ``gx``, ``gW``, ``gb``, ``Rgx``, ``RgW``, ``Rgb``; absent directions (Rx, RW, Rg) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
+    """
+    if gx is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'gx' is required")
+    if gW is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'gW' is required")
+    if gb is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'gb' is required")
+    if Rgx is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'Rgx' is required")
+    if RgW is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'RgW' is required")
+    if Rgb is None:
+        raise TypeError("conv2d_vjp_rvjp: array 'Rgb' is required")
+    dt = _check_arrays("conv2d_vjp_rvjp", ("x", "W", "g", "Rx", "RW", "Rg", "gx", "gW", "gb", "Rgx", "RgW", "Rgb", ), (x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, ), ("gx", "gW", "gb", "Rgx", "RgW", "Rgb", ))
+    x = _readable(x)
+    W = _readable(W)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    RW = _readable(RW)
+    Rg = _readable(Rg)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"conv2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"conv2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"conv2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"conv2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
+        raise ValueError(f"conv2d_vjp_rvjp: d_h must be an integer >= 1, got {d_h!r}")
+    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
+        raise ValueError(f"conv2d_vjp_rvjp: d_w must be an integer >= 1, got {d_w!r}")
+    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("g", g, ("n", "o", "h", "w", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("gW", gW, ("o", "c", "i", "j", )), ("gb", gb, ("o", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), ("RgW", RgW, ("o", "c", "i", "j", )), ("Rgb", Rgb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    cdef Py_ssize_t _d_h = d_h
+    cdef Py_ssize_t _d_w = d_w
+    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"conv2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"conv2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        gx[...] = 0
+        gW[...] = 0
+        gb[...] = 0
+        Rgx[...] = 0
+        RgW[...] = 0
+        Rgb[...] = 0
+        return gx, gW, gb, Rgx, RgW, Rgb
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T * 3, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((2 * _T, o_, c_ * i_ * j_), dtype=dt)
+        if dt == _F32:
+            _conv2d_vjp_rvjp_f32(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+        else:
+            _conv2d_vjp_rvjp_f64(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
+    finally:
+        _parallel_leave(True)
+    return gx, gW, gb, Rgx, RgW, Rgb
+
+
+# ---------------------------------------------------------------- conv2d_vjp_rvjp_params
+# fused vjp+rvjp:params: gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+cdef void _conv2d_vjp_rvjp_params_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gW, float[::1] gb, float[:, :, :, ::1] RgW, float[::1] Rgb, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, o, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = Rg is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    gW[:, :, :, :] = 0
+    gb[:] = 0
+    RgW[:, :, :, :] = 0
+    Rgb[:] = 0
+    _wacc[:, :, :] = 0
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        if _use_0:
+            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_3:
+            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_4:
+            _gemm_f32(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<float>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
+    with nogil:
+        _sum_slabs_f32(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
+        _sum_slabs_f32(&_wacc[1 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
+
+cdef void _conv2d_vjp_rvjp_params_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gW, double[::1] gb, double[:, :, :, ::1] RgW, double[::1] Rgb, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, o, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    cdef bint _use_0 = True
+    cdef bint _use_1 = True
+    cdef bint _use_2 = Rg is not None
+    cdef bint _use_3 = Rx is not None
+    cdef bint _use_4 = Rx is not None
+    gW[:, :, :, :] = 0
+    gb[:] = 0
+    RgW[:, :, :, :] = 0
+    Rgb[:] = 0
+    _wacc[:, :, :] = 0
+    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        _tid = threadid()
+        if _use_0:
+            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+        if _use_1:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_2:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &Rg[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+        if _use_3:
+            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+        if _use_4:
+            _gemm_f64(0, 1, <int>o_, <int>(c_ * i_ * j_), <int>(h_ * w_), (<double>1.0), &g[_n, 0, 0, 0], <int>(h_ * w_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>(c_ * i_ * j_))
+    with nogil:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
+    if Rg is not None:
+        with nogil:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
+    with nogil:
+        _sum_slabs_f64(&_wacc[0 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &gW[0, 0, 0, 0])
+        _sum_slabs_f64(&_wacc[1 * _T, 0, 0], _T, o_ * c_ * i_ * j_, &RgW[0, 0, 0, 0])
+
+def conv2d_vjp_rvjp_params(x, g, Rx=None, Rg=None, gW=None, gb=None, RgW=None, Rgb=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
+    """fused vjp+rvjp:params: gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
+
+    Writes and returns ``gW``, ``gb``, ``RgW``, ``Rgb``; absent directions (Rx, Rg) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
+    """
+    if gW is None:
+        raise TypeError("conv2d_vjp_rvjp_params: array 'gW' is required")
+    if gb is None:
+        raise TypeError("conv2d_vjp_rvjp_params: array 'gb' is required")
+    if RgW is None:
+        raise TypeError("conv2d_vjp_rvjp_params: array 'RgW' is required")
+    if Rgb is None:
+        raise TypeError("conv2d_vjp_rvjp_params: array 'Rgb' is required")
+    dt = _check_arrays("conv2d_vjp_rvjp_params", ("x", "g", "Rx", "Rg", "gW", "gb", "RgW", "Rgb", ), (x, g, Rx, Rg, gW, gb, RgW, Rgb, ), ("gW", "gb", "RgW", "Rgb", ))
+    x = _readable(x)
+    g = _readable(g)
+    Rx = _readable(Rx)
+    Rg = _readable(Rg)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"conv2d_vjp_rvjp_params: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"conv2d_vjp_rvjp_params: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: d_h must be an integer >= 1, got {d_h!r}")
+    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: d_w must be an integer >= 1, got {d_w!r}")
+    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("g", g, ("n", "o", "h", "w", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("gW", gW, ("o", "c", "i", "j", )), ("gb", gb, ("o", )), ("RgW", RgW, ("o", "c", "i", "j", )), ("Rgb", Rgb, ("o", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"conv2d_vjp_rvjp_params: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"conv2d_vjp_rvjp_params: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t o_ = ext["o"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    cdef Py_ssize_t _d_h = d_h
+    cdef Py_ssize_t _d_w = d_w
+    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"conv2d_vjp_rvjp_params: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        gW[...] = 0
+        gb[...] = 0
+        RgW[...] = 0
+        Rgb[...] = 0
+        return gW, gb, RgW, Rgb
+    cdef int _T = _parallel_enter(n_, True)
+    try:
+        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
+        _wacc = _np.empty((2 * _T, o_, c_ * i_ * j_), dtype=dt)
+        if dt == _F32:
+            _conv2d_vjp_rvjp_params_f32(x, g, Rx, Rg, gW, gb, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+        else:
+            _conv2d_vjp_rvjp_params_f64(x, g, Rx, Rg, gW, gb, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(True)
+    return gW, gb, RgW, Rgb
+
+
+# ---------------------------------------------------------------- avgpool2d_forward_jvp
+# fused forward+jvp: y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w); Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
+cdef void _avgpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] Rx, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    Ry[:, :, :, :] = 0
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&y[_n, 0, 0, 0], 0, sizeof(float) * c_ * h_ * w_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _acc = 0
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        _acc = _acc + x[_n, _c, _u, _v]
+                        y[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
+    if Rx is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _acc = 0
+                            for _i in range(i_):
+                                _u = _h * s_h + _i * 1 - p_h
+                                if 0 <= _u < u_:
+                                    for _j in range(j_):
+                                        _v = _w * s_w + _j * 1 - p_w
+                                        if 0 <= _v < v_:
+                                            _acc = _acc + Rx[_n, _c, _u, _v]
+                            Ry[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
+
+cdef void _avgpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] Rx, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    Ry[:, :, :, :] = 0
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&y[_n, 0, 0, 0], 0, sizeof(double) * c_ * h_ * w_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _acc = 0
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        _acc = _acc + x[_n, _c, _u, _v]
+                        y[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
+    if Rx is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _acc = 0
+                            for _i in range(i_):
+                                _u = _h * s_h + _i * 1 - p_h
+                                if 0 <= _u < u_:
+                                    for _j in range(j_):
+                                        _v = _w * s_w + _j * 1 - p_w
+                                        if 0 <= _v < v_:
+                                            _acc = _acc + Rx[_n, _c, _u, _v]
+                            Ry[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
+
+def avgpool2d_forward_jvp(x, Rx=None, y=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """fused forward+jvp: y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w); Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
+
+    Writes and returns ``y``, ``Ry``; absent directions (Rx) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if y is None:
+        raise TypeError("avgpool2d_forward_jvp: array 'y' is required")
+    if Ry is None:
+        raise TypeError("avgpool2d_forward_jvp: array 'Ry' is required")
+    dt = _check_arrays("avgpool2d_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"avgpool2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"avgpool2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"avgpool2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"avgpool2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"avgpool2d_forward_jvp: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"avgpool2d_forward_jvp: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), ("Ry", Ry, ("n", "c", "h", "w", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"avgpool2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"avgpool2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"avgpool2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"avgpool2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        y[...] = 0
+        Ry[...] = 0
+        return y, Ry
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_forward_jvp_f32(x, Rx, y, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _avgpool2d_forward_jvp_f64(x, Rx, y, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return y, Ry
+
+
+# ---------------------------------------------------------------- avgpool2d_vjp_rvjp
+# fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _avgpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    Rgx[:, :, :, :] = 0
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<float>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        gx[_n, _c, _u, _v] += _val
+    if Rg is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _val = (<float>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            for _i in range(i_):
+                                _u = _h * s_h + _i * 1 - p_h
+                                if 0 <= _u < u_:
+                                    for _j in range(j_):
+                                        _v = _w * s_w + _j * 1 - p_w
+                                        if 0 <= _v < v_:
+                                            Rgx[_n, _c, _u, _v] += _val
+
+cdef void _avgpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    Rgx[:, :, :, :] = 0
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<double>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        for _i in range(i_):
+                            _u = _h * s_h + _i * 1 - p_h
+                            if 0 <= _u < u_:
+                                for _j in range(j_):
+                                    _v = _w * s_w + _j * 1 - p_w
+                                    if 0 <= _v < v_:
+                                        gx[_n, _c, _u, _v] += _val
+    if Rg is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _val = (<double>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            for _i in range(i_):
+                                _u = _h * s_h + _i * 1 - p_h
+                                if 0 <= _u < u_:
+                                    for _j in range(j_):
+                                        _v = _w * s_w + _j * 1 - p_w
+                                        if 0 <= _v < v_:
+                                            Rgx[_n, _c, _u, _v] += _val
+
+def avgpool2d_vjp_rvjp(g, Rg=None, gx=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``gx``, ``Rgx``; absent directions (Rg) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if gx is None:
+        raise TypeError("avgpool2d_vjp_rvjp: array 'gx' is required")
+    if Rgx is None:
+        raise TypeError("avgpool2d_vjp_rvjp: array 'Rgx' is required")
+    dt = _check_arrays("avgpool2d_vjp_rvjp", ("g", "Rg", "gx", "Rgx", ), (g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    g = _readable(g)
+    Rg = _readable(Rg)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"avgpool2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"avgpool2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("Rg", Rg, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"avgpool2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"avgpool2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"avgpool2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        gx[...] = 0
+        Rgx[...] = 0
+        return gx, Rgx
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _avgpool2d_vjp_rvjp_f32(g, Rg, gx, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _avgpool2d_vjp_rvjp_f64(g, Rg, gx, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return gx, Rgx
+
+
+# ---------------------------------------------------------------- maxpool2d_forward_jvp
+# fused forward+jvp: y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _maxpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] Rx, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    Ry[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for _c in range(c_):
+                _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
+    if Rx is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _kk = M[_n, _c, _h, _w]
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                            if 0 <= _u < u_ and 0 <= _v < v_:
+                                Ry[_n, _c, _h, _w] += (<float>1.0) * Rx[_n, _c, _u, _v]
+    free(_moff)
+
+cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] Rx, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, u, v, h, w, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    Ry[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for _c in range(c_):
+                _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
+    if Rx is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _kk = M[_n, _c, _h, _w]
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                            if 0 <= _u < u_ and 0 <= _v < v_:
+                                Ry[_n, _c, _h, _w] += (<double>1.0) * Rx[_n, _c, _u, _v]
+    free(_moff)
+
+def maxpool2d_forward_jvp(x, Rx=None, y=None, Ry=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """fused forward+jvp: y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``y``, ``Ry`` and the argmax mask M (int64 offsets ``i*K_w + j``); absent directions (Rx) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if y is None:
+        raise TypeError("maxpool2d_forward_jvp: array 'y' is required")
+    if Ry is None:
+        raise TypeError("maxpool2d_forward_jvp: array 'Ry' is required")
+    if M is None:
+        raise TypeError("maxpool2d_forward_jvp: array 'M' is required")
+    dt = _check_arrays("maxpool2d_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
+    x = _readable(x)
+    Rx = _readable(Rx)
+    _check_mask("maxpool2d_forward_jvp", "M", M, True)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"maxpool2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"maxpool2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"maxpool2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"maxpool2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"maxpool2d_forward_jvp: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"maxpool2d_forward_jvp: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), ("Ry", Ry, ("n", "c", "h", "w", )), ("M", M, ("n", "c", "h", "w", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"maxpool2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"maxpool2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"maxpool2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"maxpool2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        y[...] = 0
+        Ry[...] = 0
+        return y, Ry, M
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_forward_jvp_f32(x, Rx, y, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+        else:
+            _maxpool2d_forward_jvp_f64(x, Rx, y, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return y, Ry, M
+
+
+# ---------------------------------------------------------------- maxpool2d_vjp_rvjp
+# fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+cdef void _maxpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef float _acc, _val
+    Rgx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<float>1.0) * g[_n, _c, _h, _w]
+                        _kk = M[_n, _c, _h, _w]
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                        if 0 <= _u < u_ and 0 <= _v < v_:
+                            gx[_n, _c, _u, _v] += _val
+    if Rg is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _val = (<float>1.0) * Rg[_n, _c, _h, _w]
+                            _kk = M[_n, _c, _h, _w]
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                            if 0 <= _u < u_ and 0 <= _v < v_:
+                                Rgx[_n, _c, _u, _v] += _val
+    free(_moff)
+
+cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+    cdef Py_ssize_t n, c, h, w, u, v, i, j
+    cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
+    cdef int _tid, _first
+    cdef double _acc, _val
+    Rgx[:, :, :, :] = 0
+    # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
+    cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
+    if _moff == NULL:
+        raise MemoryError()
+    for _kk in range(i_ * j_):
+        _moff[2 * _kk] = (_kk // j_) * 1
+        _moff[2 * _kk + 1] = (_kk % j_) * 1
+    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+            for _c in range(c_):
+                for _h in range(h_):
+                    for _w in range(w_):
+                        _val = (<double>1.0) * g[_n, _c, _h, _w]
+                        _kk = M[_n, _c, _h, _w]
+                        _u = _h * s_h + _moff[2 * _kk] - p_h
+                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                        if 0 <= _u < u_ and 0 <= _v < v_:
+                            gx[_n, _c, _u, _v] += _val
+    if Rg is not None:
+        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                for _c in range(c_):
+                    for _h in range(h_):
+                        for _w in range(w_):
+                            _val = (<double>1.0) * Rg[_n, _c, _h, _w]
+                            _kk = M[_n, _c, _h, _w]
+                            _u = _h * s_h + _moff[2 * _kk] - p_h
+                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
+                            if 0 <= _u < u_ and 0 <= _v < v_:
+                                Rgx[_n, _c, _u, _v] += _val
+    free(_moff)
+
+def maxpool2d_vjp_rvjp(g, Rg=None, M=None, gx=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
+    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+
+    Writes and returns ``gx``, ``Rgx``; absent directions (Rg) count as zero.
+    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
+    """
+    if gx is None:
+        raise TypeError("maxpool2d_vjp_rvjp: array 'gx' is required")
+    if Rgx is None:
+        raise TypeError("maxpool2d_vjp_rvjp: array 'Rgx' is required")
+    if M is None:
+        raise TypeError("maxpool2d_vjp_rvjp: array 'M' is required")
+    dt = _check_arrays("maxpool2d_vjp_rvjp", ("g", "Rg", "gx", "Rgx", ), (g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
+    g = _readable(g)
+    Rg = _readable(Rg)
+    M = _readable(M)
+    _check_mask("maxpool2d_vjp_rvjp", "M", M, False)
+    cdef dict ext = {}
+    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
+    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
+    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
+        raise ValueError(f"maxpool2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
+    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
+        raise ValueError(f"maxpool2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
+    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: K_h must be an integer >= 1, got {K_h!r}")
+    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: K_w must be an integer >= 1, got {K_w!r}")
+    ext["i"] = (int(K_h), "K_h")
+    ext["j"] = (int(K_w), "K_w")
+    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("Rg", Rg, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
+        if arr is None:
+            continue
+        if arr.ndim != len(idx):
+            raise ValueError(f"maxpool2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+        for ax, ix in enumerate(idx):
+            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
+                raise ValueError(f"maxpool2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
+                                 f"{ext[ix][0]} in {ext[ix][1]}")
+    cdef Py_ssize_t n_ = ext["n"][0]
+    cdef Py_ssize_t c_ = ext["c"][0]
+    cdef Py_ssize_t h_ = ext["h"][0]
+    cdef Py_ssize_t w_ = ext["w"][0]
+    cdef Py_ssize_t u_ = ext["u"][0]
+    cdef Py_ssize_t v_ = ext["v"][0]
+    cdef Py_ssize_t i_ = ext["i"][0]
+    cdef Py_ssize_t j_ = ext["j"][0]
+    cdef Py_ssize_t _s_h = s_h
+    cdef Py_ssize_t _s_w = s_w
+    cdef Py_ssize_t _p_h = p_h
+    cdef Py_ssize_t _p_w = p_w
+    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
+                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
+                         f"for input extent {u_}, kernel {i_}")
+    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
+        raise ValueError(f"maxpool2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
+                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
+                         f"for input extent {v_}, kernel {j_}")
+    if any(v[0] == 0 for v in ext.values()):
+        gx[...] = 0
+        Rgx[...] = 0
+        return gx, Rgx
+    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
+        raise ValueError(f"maxpool2d_vjp_rvjp: argmax mask M holds offsets outside [0, {i_ * j_})")
+    cdef int _T = _parallel_enter(n_, False)
+    try:
+        if dt == _F32:
+            _maxpool2d_vjp_rvjp_f32(g, Rg, gx, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+        else:
+            _maxpool2d_vjp_rvjp_f64(g, Rg, gx, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
+    finally:
+        _parallel_leave(False)
+    return gx, Rgx
+
 
 # ---------------------------------------------------------------- conv2d_sqvjp_W
 # sW = Sum(Sum(S[k, n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (h, 0, H_out - 1), (w, 0, W_out - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)

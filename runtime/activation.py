@@ -225,6 +225,12 @@ class LearnableActivation(SpecLayer):
         gx, grads = super().vjp(rec, self._to3(g, rec), need_input)
         return self._back(gx, rec), grads
 
+    def forward_jvp(self, x, Rx, Rparams, ctx=None):   # Layer's composition, through the reshaping passes above
+        return super(SpecLayer, self).forward_jvp(x, Rx, Rparams, ctx)
+
+    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        return super(SpecLayer, self).vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
+
     def input_vjp(self, rec, g):
         return self._back(super().input_vjp(rec, self._to3(g, rec)), rec)
 

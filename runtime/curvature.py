@@ -29,16 +29,26 @@ MAX_FULL_HESSIAN_PARAMS = 5000
 METHODS = ("exact", "gauss_newton", "becker_lecun", "hutchinson")
 
 
+_SIGNS: dict = {}
+
+
+def _signs(dtype) -> np.ndarray:
+    """(256, 8): the ±1 values of each byte's bits, most significant first (unpackbits' order)."""
+    t = _SIGNS.get(dtype)
+    if t is None:
+        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
+        t = _SIGNS[dtype] = 2 * bits.astype(dtype) - 1
+    return t
+
+
 def rademacher(params: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Independent ±1 entries shaped like ``params`` (Hutchinson's probe vectors), one random
-    bit each (5x faster than ``rng.integers``)."""
+    bit each (5x faster than ``rng.integers``); each byte becomes its eight signs in one table
+    lookup (one pass, 2x faster than unpacking the bits and scaling them)."""
     out = []
     for p in params:
-        bits = np.unpackbits(np.frombuffer(rng.bytes((p.size + 7) // 8), np.uint8), count=p.size).view(np.int8)
-        v = np.empty(p.shape, p.dtype)
-        np.multiply(bits.reshape(p.shape), 2, out=v)
-        v -= 1
-        out.append(v)
+        b = np.frombuffer(rng.bytes((p.size + 7) // 8), np.uint8)
+        out.append(_signs(p.dtype).take(b, axis=0).reshape(-1)[:p.size].reshape(p.shape))
     return out
 
 
@@ -98,15 +108,21 @@ def hutchinson(model, tape, samples: int, rng: np.random.Generator) -> list[np.n
     """``mean_s v_s ⊙ H v_s`` over ``samples`` Rademacher probes at the tape's point (after
     ``backward(tape, keep_output_grads=True)``); one probe is formed in place, several are
     summed in float64."""
-    params = model.parameters()
+    v = rademacher(model.parameters(), rng)
+    return hutchinson_from(model, tape, v, model.rop(tape, v), samples, rng)
+
+
+def hutchinson_from(model, tape, v: list, hv: list, samples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """:func:`hutchinson` whose first probe ``v`` and its product ``hv`` are already computed
+    (AdaHessian gets them from its forward-over-reverse sweep); the other ``samples − 1``
+    probes are drawn from ``rng`` and pushed through :meth:`Sequential.rop` on ``tape``."""
     if samples == 1:
-        v = rademacher(params, rng)
-        return [np.multiply(vi, h, out=h) for vi, h in zip(v, model.rop(tape, v))]
-    acc = [np.zeros(p.shape, np.float64) for p in params]
-    for _ in range(samples):
-        v = rademacher(params, rng)
-        for a, vi, hv in zip(acc, v, model.rop(tape, v)):
-            a += vi * hv
+        return [np.multiply(vi, h, out=h) for vi, h in zip(v, hv)]
+    acc = [np.zeros(vi.shape, np.float64) + vi * h for vi, h in zip(v, hv)]
+    for _ in range(samples - 1):
+        v = rademacher(model.parameters(), rng)
+        for a, vi, h in zip(acc, v, model.rop(tape, v)):
+            a += vi * h
     return [(a / samples).astype(model.dtype) for a in acc]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from .dropout import MaskOps, check_rate, draw_mask
 from .kernels import load
-from .layer import EVAL, SpecLayer, check_positive_int
+from .layer import EVAL, Layer, SpecLayer, check_positive_int
 
 
 class Dense(SpecLayer):
@@ -75,6 +75,16 @@ class Dense(SpecLayer):
         y, rec = super().forward(x, ctx, arrays={"W": ops.forward(self.W)})
         rec["mask"] = ops
         return y, rec
+
+    def forward_jvp(self, x, Rx, Rparams, ctx=EVAL):
+        if ctx.training and self.dropconnect:   # the masked weight: forward, then jvp (both masked)
+            return Layer.forward_jvp(self, x, Rx, Rparams, ctx)
+        return super().forward_jvp(x, Rx, Rparams, ctx)
+
+    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        if "mask" in rec:
+            return Layer.vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input)
+        return super().vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
 
     def vjp(self, rec, g, need_input=True):
         gx, grads = super().vjp(rec, g, need_input)

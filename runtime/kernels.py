@@ -2,10 +2,13 @@
 
 Every generated module carries a ``MANIFEST`` (written by ``codegen/manifest.py``): for each
 spec and role (``forward``, ``vjp:<array>``, ``jvp``, ``rvjp:<array>``, ``residual``,
-``bl:<array>``, ``sqvjp:<param>``) the kernel, its arguments, which arrays are optional
-directions, and the array each output is shaped like. :class:`SpecKernels` binds an
+``bl:<array>``, ``sqvjp:<param>``, and the fused ``forward+jvp``, ``vjp+rvjp``,
+``vjp+rvjp:params`` of ``codegen/fusion.py``) the kernel, its arguments, which arrays are
+optional directions, and the array each output is shaped like. :class:`SpecKernels` binds an
 environment of named arrays (a forward record, parameters, gradients, directions) to those
 arguments, allocates the outputs and calls the kernel. It never multiplies anything itself.
+Callers use a fused role when :meth:`SpecKernels.has` says the module carries it and the
+separate roles otherwise (modules generated before fusion, user specs without an R-op).
 
 The loader also registers the BLAS thread controls with every module it loads (generated
 code imports nothing from symprop, so a module imported on its own runs its BLAS-calling
@@ -19,6 +22,9 @@ import threading
 import numpy as np
 
 from .. import blas_threads
+
+#: the fused roles (``codegen/fusion.py``)
+FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS = "forward+jvp", "vjp+rvjp", "vjp+rvjp:params"
 
 _lock = threading.Lock()
 _registered: set = set()
@@ -93,9 +99,11 @@ class SpecKernels:
         self.scalars = list(entry["scalars"])
         self.roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
         fwd = self.roles["forward"]
-        # what the forward pass must keep for every other role: its input, outputs it reads
-        read = {a for r, role in self.roles.items() if r != "forward" for a in role.arrays}
+        # what the forward pass must keep for every later role: its input, outputs it reads
+        read = {a for r, role in self.roles.items() if not r.startswith("forward") for a in role.arrays}
         self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read)
+        # the output each single role writes (vjp:W -> gW), to pick a fused role's results
+        self.output_of = {r: next(iter(role.outputs)) for r, role in self.roles.items() if role.outputs}
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -105,12 +113,25 @@ class SpecKernels:
         like the named arrays of ``env`` (or ``shapes``). Returns the output (a tuple for
         several). An absent direction is zero: a role linear in its directions returns None
         when all are absent."""
+        res = self._call(role, env, dtype, scalars, shapes)
+        if res is None:
+            return None
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def run_named(self, role: str, env: dict, dtype, scalars: dict = None, shapes: dict = None) -> dict:
+        """:meth:`run` for a role with several outputs (a fused role): ``{output name: array}``."""
+        res = self._call(role, env, dtype, scalars, shapes)
+        if res is None:
+            return {}
+        return dict(zip(self.roles[role].outputs, res))
+
+    def _call(self, role, env, dtype, scalars, shapes):
         r = self.roles.get(role)
         if r is None:
             raise ValueError(f"{self.owner}: the spec {self.spec!r} has no {role!r} kernel")
         if r.linear_in_directions and all(env.get(a) is None for a in r.directions):
             return None
-        args, outs = [], []
+        args, outs = [], {}
         for a in r.call:
             out = r.outputs.get(a)
             if a in r.positional_scalars:
@@ -119,7 +140,7 @@ class SpecKernels:
                 like, odt = out
                 shape = shapes[like] if shapes and like in shapes else env[like].shape
                 v = np.empty(shape, odt or dtype)
-                outs.append(v)
+                outs[a] = v
             else:
                 v = env.get(a)
                 if v is None and a in r.zero_fill:
@@ -131,4 +152,4 @@ class SpecKernels:
             r.fn(*args, **{k: scalars[k] for k in r.kwargs})
         else:
             r.fn(*args)
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return [outs[o] for o in r.outputs]

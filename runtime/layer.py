@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import SpecKernels
+from .kernels import FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS, SpecKernels
 
 
 class Context:
@@ -153,6 +153,20 @@ class Layer:
         """The R-op of :meth:`vjp`: ``(R(∂L/∂x) or None, [R(∂L/∂θ)])``."""
         raise NotImplementedError(f"{self.name}: no second-order kernels")
 
+    # ------------------------------------------------------------ forward-over-reverse sweeps
+    def forward_jvp(self, x, Rx, Rparams: list, ctx: Context = EVAL):
+        """``(y, Ry, record)``: :meth:`forward` and :meth:`jvp` of one call (a spec layer runs
+        them as one fused kernel when its module has one)."""
+        y, rec = self.forward(x, ctx)
+        return y, self.jvp(rec, Rx, Rparams), rec
+
+    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams: list, need_input: bool = True):
+        """``(∂L/∂x, [∂L/∂θ], R(∂L/∂x), [R(∂L/∂θ)])``: :meth:`vjp` and :meth:`rvjp` of one call
+        (one fused kernel for a spec layer whose module has it)."""
+        gx, grads = self.vjp(rec, g, need_input)
+        Rgx, Rgrads = self.rvjp(rec, g, Rg, Rx, Rparams, need_input)
+        return gx, grads, Rgx, Rgrads
+
     # ------------------------------------------------------------ Hessian diagonals
     def sq_param_grads(self, rec, S, w) -> list:
         """``Σ_k Σ_n w[k,n]·(J_θ(n)ᵀ S[k,n])²`` per parameter (the ``sqvjp`` roles)."""
@@ -293,6 +307,36 @@ class SpecLayer(Layer):
             Rgrads.append(np.zeros_like(env[p]) if r is None else r)
         Rgx = self._run(f"rvjp:{self.kernels.input}", env, rec, dt) if need_input else None
         return Rgx, Rgrads
+
+    def forward_jvp(self, x, Rx, Rparams, ctx: Context = EVAL):
+        K = self.kernels
+        if not K.has(FORWARD_JVP):
+            return super().forward_jvp(x, Rx, Rparams, ctx)
+        x = self.check_input(x)
+        shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
+        env = self.spec_arrays()
+        env[K.input] = x
+        env.update(self._directions(Rx, Rparams))
+        outs = K.run_named(FORWARD_JVP, env, x.dtype, self.scalars(), shapes)
+        env.update(outs)
+        rec = {"_shapes": shapes, "_dtype": x.dtype}
+        for a in K.saved:
+            rec[a] = env[a]
+        return outs[K.output], outs["R" + K.output], rec
+
+    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        K = self.kernels
+        role = VJP_RVJP_PARAMS if not need_input and K.has(VJP_RVJP_PARAMS) else VJP_RVJP
+        if not K.has(role):
+            return super().vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
+        env = self._env(rec, g=np.ascontiguousarray(g), Rg=Rg, **self._directions(Rx, Rparams))
+        outs = K.run_named(role, env, self._dtype(rec), self.scalars(), rec["_shapes"])
+        of = K.output_of
+        grads = [outs[of[f"vjp:{p}"]] for p in self.trainable()]
+        Rgrads = [outs[of[f"rvjp:{p}"]] for p in self.trainable()]
+        if not need_input:
+            return None, grads, None, Rgrads
+        return outs[of[f"vjp:{K.input}"]], grads, outs[of[f"rvjp:{K.input}"]], Rgrads
 
     def residual(self, rec, g):
         if not self.kernels.has("residual"):   # f'' ≡ 0 (e.g. ReLU): no kernel

@@ -309,6 +309,36 @@ class Sequential:
         Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
         return self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
+    def forward_over_reverse(self, X, y, v: list[np.ndarray], update_buffers: bool = False):
+        """``(tape, grads, Hv)`` on a validated batch and direction, in two sweeps: every layer's
+        forward and JVP together (one fused kernel per spec layer whose module has one), the
+        loss with its gradient and Hessian-vector term, then every layer's pullback and its
+        R-op together. The tape is what :meth:`trace` + :meth:`backward` with
+        ``keep_output_grads`` would leave (further :meth:`rop` calls may use it)."""
+        params, slots = self.param_slots()
+        parts = [[v[i] for i in s] for s in slots]
+        ctx = self._context(update_buffers)
+        out, Rx, recs, Rxs = X, None, [], []
+        for layer, Rp in zip(self.layers, parts):
+            Rxs.append(Rx)
+            out, Rx, rec = layer.forward_jvp(out, Rx, Rp, ctx)
+            recs.append(rec)
+        loss, g, lctx = self.loss.value_and_grad(out, y)
+        tape = Tape(recs, out, y, float(loss) + self.penalty_value(), lctx, g)
+        Rg = self.loss.hvp(lctx, out, y, Rx if Rx is not None else np.zeros_like(out))
+        grads, Hv = [None] * len(params), [None] * len(params)
+        gs = [None] * len(self.layers)
+        for k in range(len(self.layers) - 1, -1, -1):
+            gs[k] = g
+            g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
+            for i, a, r in zip(slots[k], pg, Rp):
+                grads[i] = a if grads[i] is None else grads[i] + a
+                if r is not None:
+                    Hv[i] = r if Hv[i] is None else Hv[i] + r
+        tape.gs = gs
+        Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+        return tape, self.add_penalty_terms(grads, "vjp:x"), self.add_penalty_terms(Hv, "rvjp:x", v=v)
+
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
         params = self.parameters()
@@ -327,12 +357,11 @@ class Sequential:
     def hvp(self, X, y, v, return_grad: bool = False):
         """Exact Hessian-vector product ``H v`` of the mean batch loss (Pearlmutter's R-operator
         through the generated JVP and R-op kernels); ``v`` is aligned with :meth:`parameters`.
-        With ``return_grad`` returns ``(loss, grads, Hv)`` from one shared forward/backward."""
+        With ``return_grad`` returns ``(loss, grads, Hv)``; either way one forward+JVP sweep
+        and one backward+R-op sweep (:meth:`forward_over_reverse`)."""
         X, y = self._check_batch(X, y)
         v = self._check_direction(v)
-        tape = self.trace(X, y, checked=True, update_buffers=False)
-        grads = self.backward(tape, keep_output_grads=True)
-        hv = self.rop(tape, v)
+        tape, grads, hv = self.forward_over_reverse(X, y, v, update_buffers=False)
         return (tape.loss, grads, hv) if return_grad else hv
 
     def hessian_diagonal(self, X, y, method: str = "exact", samples: int = 100, seed: int | None = None):

@@ -235,12 +235,15 @@ class AdaHessian(Optimizer):
         self._calls = 0
 
     def estimate(self, model, X, y):
-        """Loss, gradients and the (spatially averaged) Hutchinson diagonal from one shared
-        forward/backward pass and ``n_samples`` R-op passes."""
-        from .curvature import hutchinson
-        tape = model.trace(X, y, checked=True)
-        loss, grads = tape.loss, model.backward(tape, keep_output_grads=True)
-        D = hutchinson(model, tape, self.n_samples, self.rng)
+        """Loss, gradients and the (spatially averaged) Hutchinson diagonal. The first probe is
+        drawn before the forward pass, so gradient and first Hessian-vector product come from
+        one forward-over-reverse sweep (:meth:`Sequential.forward_over_reverse`: forward+JVP,
+        then backward+R-op backward); further probes are R-op passes on the same tape."""
+        from .curvature import hutchinson_from, rademacher
+        v = rademacher(model.parameters(), self.rng)
+        tape, grads, hv = model.forward_over_reverse(X, y, v, update_buffers=True)
+        loss = tape.loss
+        D = hutchinson_from(model, tape, v, hv, self.n_samples, self.rng)
         if self._reduce is not None:   # v ⊙ Hv is linear in H: averaged like the gradients
             loss, both = self._reduce(loss, grads + D)
             grads, D = both[:len(grads)], both[len(grads):]
@@ -276,9 +279,8 @@ class AdaHessian(Optimizer):
             if not _all_finite(d):
                 raise ValueError(f"AdaHessian: Hessian diagonal {i} (shape {d.shape}) contains NaN or inf; "
                                  f"no parameter was updated")
-        self._check(params, grads)
         self._D = D
-        super().step(params, grads)
+        super().step(params, grads)   # checks the gradients before updating anything
 
     def _init_state(self, params):
         return [(np.zeros_like(p), np.zeros_like(p)) for p in params]
