@@ -1313,7 +1313,16 @@ def kernel_schedule(info: ModelInfo) -> dict:
         if L[k].spec:
             bl.append((k + 1, r["bl:x"], ""))
             bl += [(k + 1, r[f"bl:{p}"], "") for p in pnames[k]]
-    return {"loss_and_grad": grad, "hvp": grad + rfwd + rbwd,
+    # hvp: forward over reverse, each layer's forward and JVP in one fused kernel, then its
+    # pullbacks and their R-ops in one (runtime Sequential.forward_over_reverse; the fused
+    # roles of codegen/fusion.py, which every family of the model part's layers emits)
+    fused = [(k + 1, f"{L[k].spec}_forward_jvp", "") for k in range(len(L)) if L[k].spec]
+    fused += [backward[0], rbwd[0]]
+    for k in range(len(L) - 1, -1, -1):
+        if L[k].spec:
+            first = k == 0 and pnames[k]           # the first layer needs no input gradient
+            fused.append((k + 1, f"{L[k].spec}_vjp_rvjp" + ("_params" if first else ""), ""))
+    return {"loss_and_grad": grad, "hvp": fused,
             "exact": grad + factor(True), "gauss_newton": grad + factor(False),
             "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
 
@@ -1420,12 +1429,19 @@ def model_section(info: ModelInfo) -> str:
                + _names(fwd) + ", then " + _kernel_ref(info.loss)
                + f" (the loss and $\\bar g_{{{L}}}$), then the first-order sweep above, top to bottom "
                "($" + str(len(sched['loss_and_grad'])) + "$ kernel calls).\n\n"
-               "\\texttt{hvp(X, y, v)} runs the same, keeping every $\\bar g_k$, then the second-order sweep "
-               "above, top to bottom ($" + str(len(sched['hvp'])) + "$ calls; with \\texttt{return\\_grad} the "
-               "gradient comes from the same passes).\n\n"
-               "\\texttt{hessian\\_diagonal(X, y, method)} starts like \\texttt{hvp} with the forward and "
-               "first-order passes, then:\n\\begin{itemize}\n"
-               "\\item \\texttt{hutchinson}: per probe a Rademacher $v$ and the second-order sweep; the "
+               "\\texttt{hvp(X, y, v)} (and AdaHessian's step) runs forward over reverse, in two sweeps of "
+               "fused kernels that compute several of the products above in one pass over their arrays: "
+               "layer by layer, $x_k$ and $\\mathcal{R}\\{x_k\\}$ together ("
+               + _names([s for s in sched["hvp"] if s[1].endswith("_forward_jvp")][:2])
+               + ", \\dots; a convolution im2cols its input once for both), then the loss with its gradient "
+               "and Hessian term, then from the last layer to the first its pullbacks and their R-ops "
+               "together (" + _names([s for s in sched["hvp"] if "_vjp_rvjp" in s[1]][:2])
+               + ", \\dots; the first layer's kernel computes no input gradient): $"
+               + str(len(sched['hvp'])) + "$ kernel calls, which also give the gradient.\n\n"
+               "\\texttt{hessian\\_diagonal(X, y, method)} starts with the forward and first-order passes "
+               "of \\texttt{loss\\_and\\_grad}, then:\n\\begin{itemize}\n"
+               "\\item \\texttt{hutchinson}: per probe a Rademacher $v$ and the second-order sweeps above "
+               "(the separate JVP and R-op kernels, on the kept first-order pass); the "
                "estimate is the mean of $v \\circ Hv$.\n"
                "\\item \\texttt{exact} and \\texttt{gauss\\_newton}: the per-sample loss Hessian from "
                + _kernel_ref(info.loss + "_hvp") + " applied to each output unit, factored by an eigendecomposition "
