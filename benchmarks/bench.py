@@ -352,7 +352,10 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
 
 
 def _fmt(v, spec):
-    return DASH if v is None else format(v, spec)
+    if v is not None:
+        return format(v, spec)
+    width = spec.split(".")[0]
+    return DASH.rjust(int(width)) if width.isdigit() else DASH
 
 
 def print_table(res: dict) -> None:
@@ -377,6 +380,9 @@ def print_table(res: dict) -> None:
         print(f"{d['case']}: symprop fit {d['symprop_s']:.3f} s, sklearn MLPClassifier.fit {d['sklearn_s']:.3f} s "
               f"({d['sklearn_dtype']}) -> ratio {d['ratio_sklearn']:.2f}; per step {d['symprop_ms_per_step']:.3f} "
               f"vs {d['sklearn_ms_per_step']:.3f} ms; test acc {d['symprop_test_acc']:.3f} vs {d['sklearn_test_acc']:.3f}")
+    if res.get("busy_before_case"):
+        print("other processes' CPU use before each case: " + ", ".join(
+            f"{c} {DASH if b is None else f'{100 * b:.0f}%'}" for c, b in res["busy_before_case"].items()))
     print("times in ms (median per call, best of 3 interleaved rounds); ratio = symprop / peer time "
           "(< 1: symprop faster); roofline % = GEMM FLOPs / (time x sgemm peak)")
 
@@ -389,6 +395,9 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX baseline even if jax is installed")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
+    ap.add_argument("--wait-quiet", type=float, default=10.0,
+                    help="seconds to wait, before each case, for other processes to use < 20%% of the machine "
+                         "(the load seen is printed either way)")
     ap.add_argument("--digits-epochs", type=int, default=40, help="epochs of the digits case (default 40, "
                     "the CLI's for the MLP)")
     args = ap.parse_args(argv)
@@ -397,8 +406,9 @@ def main(argv=None):
         if c not in names:
             ap.error(f"unknown case {c!r}; choose from {names}")
     xla_flags = None
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _machine
     if not args.no_jax:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import _jax_twin
         xla_flags = _jax_twin.configure(args.threads)
         use_jax = _jax_twin.available()
@@ -414,14 +424,15 @@ def main(argv=None):
         jax_version = f"{jax.__version__} ({jax.devices()[0].platform})"
     with threadpool_limits(args.threads):
         peak = sgemm_peak(args.threads)
-        rows, digits = [], None
+        rows, digits, busy = [], None, {}
         for c in cases:
+            busy[c] = _machine.wait_quiet(timeout=args.wait_quiet)
             if c == "digits":
                 digits = digits_compare(args.digits_epochs)
             else:
                 rows += compare(*CASES[c](), peak_gflops=peak["scipy_gflops"], use_jax=use_jax, rounds=args.rounds)
     res = {"threads": args.threads, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
-           "peak": peak, "rows": rows, "digits": digits}
+           "peak": peak, "rows": rows, "digits": digits, "busy_before_case": busy}
     if args.json:
         print(json.dumps(res, indent=2))
     else:

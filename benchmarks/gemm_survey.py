@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: (label, ta, tb, M, N, K) as the generated kernels call _gemm (row-major C = op(A) op(B))
@@ -86,6 +87,12 @@ SHAPES = [
 ]
 
 MODES = ("1t", "2t", "split")
+
+#: short column names for the tables
+SHORT = {"scipy": "scipy", "scipy-cython_blas": "cyblas", "numpy": "numpy", "torch-mkl": "t-mkl",
+         "torch.mm": "t.mm", "scipy@Haswell": "s@HSW", "scipy@Zen": "s@ZEN", "scipy@SkylakeX": "s@SKX",
+         "scipy@Cooperlake": "s@CPL", "openblas32": "ob32", "blis": "blis", "mkl": "mkl",
+         "openblas32@Haswell": "ob32@H"}
 
 
 # ------------------------------------------------------------------ harness
@@ -186,7 +193,7 @@ def open_library(name: str):
     raise ValueError(f"unknown library {name!r}")
 
 
-def _best_rate(time_once, flops: float, repeat: int = 7, min_round: float = 0.02) -> float:
+def _best_rate(time_once, flops: float, repeat: int = 5, min_round: float = 0.015) -> float:
     """GFLOP/s of the fastest of ``repeat`` rounds of about ``min_round`` seconds
     (``time_once(reps) -> seconds``). The fastest, not the median: on a shared machine other
     processes only ever slow a round down; run the survey several times for the spread."""
@@ -291,6 +298,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default=None, help="substring filter on shape labels")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=20.0,
+                    help="seconds to wait, before each library, for other processes to use < 20%% of the machine")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shapes = [s for s in SHAPES if args.shapes is None or args.shapes in s[0]]
@@ -308,7 +317,9 @@ def main(argv=None):
     libs = args.libs.split(",") if args.libs else list(plan)
     results, errors = [], {}
     harness()   # compile once, before the workers
+    import _machine
     for lib in libs:
+        busy = _machine.wait_quiet(timeout=args.wait_quiet)
         exe, env = plan[lib]
         cmd = [exe, os.path.abspath(__file__), "--worker", lib, "--modes", ",".join(modes)]
         if args.shapes:
@@ -317,7 +328,7 @@ def main(argv=None):
         if p.returncode:
             errors[lib] = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
             continue
-        results.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        results.append({**json.loads(p.stdout.strip().splitlines()[-1]), "busy": busy})
     sizes = install_size(site, ["mkl", "intel-openmp", "tbb", "tcmlib", "umf", "intel-cmplr-lib-ur", "blis",
                                 "scipy-openblas32", "numpy", "scipy"]) if site and os.path.isdir(site) else {}
     out = {"results": results, "errors": errors, "install_bytes": sizes}
@@ -332,16 +343,17 @@ def print_tables(out, shapes, modes):
     for r in res:
         info = r["info"]
         desc = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("core", "version", "note") and v)
-        print(f"# {r['lib']}: {desc} ({info.get('path', '')})")
+        print(f"# {r['lib']} [{SHORT.get(r['lib'], r['lib'])}]: {desc} ({info.get('path', '')})"
+              + (f"; other processes busy {100 * r['busy']:.0f}% of the machine before it" if r.get("busy") is not None else ""))
     for lib, e in out["errors"].items():
         print(f"# {lib}: FAILED: {e}")
     for mode in modes:
         libs = [r for r in res if any(mode in v for v in r["gflops"].values())]
         if not libs:
             continue
-        w = max(9, max(len(r["lib"]) for r in libs))
+        w = 7
         print(f"\nGFLOP/s, mode {mode} ({'library at 1 thread' if mode == '1t' else 'library at 2 threads' if mode == '2t' else '2 OpenMP threads x library at 1 thread, C split in halves'})")
-        print(f"{'shape':38s} " + " ".join(f"{r['lib']:>{w}s}" for r in libs) + "  best")
+        print(f"{'shape':38s} " + " ".join(f"{SHORT.get(r['lib'], r['lib'])[:w]:>{w}s}" for r in libs) + "  best")
         for label, *_ in shapes:
             vals = [r["gflops"].get(label, {}).get(mode) for r in libs]
             best = max((v, r["lib"]) for v, r in zip(vals, libs) if v is not None) if any(v is not None for v in vals) else None

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the cases, FLOP counts and timers)
 
+DASH = bench.DASH
 STEPS = ("sgd", "hvp", "adahessian", "adam")
 STEP_TITLES = {"sgd": "SGD step", "hvp": "grad+HVP", "adahessian": "AdaHessian step", "adam": "Adam step"}
 
@@ -297,6 +298,8 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=1.5, help="instrumented run time per case and step")
     ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost measurements")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--wait-quiet", type=float, default=10.0,
+                    help="seconds to wait, before each case, for other processes to use < 20%% of the machine")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -309,7 +312,11 @@ def main(argv=None):
         if not args.json:
             print(f"sgemm peak {peak['scipy_gflops']:.0f} GFLOP/s (SciPy OpenBLAS, {peak['n']}^2, "
                   f"{args.threads} threads); torch.mm {peak['torch_gflops']:.0f}")
+        import _machine
         for c in args.cases.split(","):
+            busy = _machine.wait_quiet(timeout=args.wait_quiet)
+            if not args.json:
+                print(f"\n#### {c}: other processes busy {DASH if busy is None else f'{100 * busy:.0f}%'} of the machine before it")
             name, model, X, y = bench.CASES[c]()
             calls = step_callables(model, X, y)
             prof = Profiler()
