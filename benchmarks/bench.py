@@ -108,10 +108,10 @@ def gemm_flops(model, batch: int) -> dict:
     return {"forward": F, "sgd step": step, "adam step": step, "grad+hvp": hvp, "adahessian step": hvp}
 
 
-def sgemm_peak(threads: int, n: int = 2048, repeat: int = 5) -> dict:
+def sgemm_peak(threads: int, n: int = 1024, repeat: int = 9) -> dict:
     """Measured sgemm GFLOP/s on an n×n·n×n product: SciPy's OpenBLAS (``scipy.linalg.blas.
     sgemm``, the BLAS the generated kernels call) and PyTorch's ``torch.mm`` (MKL), at the
-    current thread limits."""
+    current thread limits; the fastest of ``repeat`` rounds (other processes only slow a round)."""
     from scipy.linalg.blas import sgemm
     import torch
 
@@ -120,8 +120,18 @@ def sgemm_peak(threads: int, n: int = 2048, repeat: int = 5) -> dict:
     c = np.zeros((n, n), np.float32, order="F")
     ta = torch.from_numpy(np.ascontiguousarray(a))
     tc = torch.empty((n, n))
-    t_s = median_time(lambda: sgemm(1.0, a, a, c=c, overwrite_c=True), repeat, 0.2)
-    t_t = median_time(lambda: torch.mm(ta, ta, out=tc), repeat, 0.2)
+
+    def best(fn):
+        fn()
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                fn()
+            ts.append((time.perf_counter() - t0) / 5)
+        return min(ts)
+    t_s = best(lambda: sgemm(1.0, a, a, c=c, overwrite_c=True))
+    t_t = best(lambda: torch.mm(ta, ta, out=tc))
     return {"n": n, "threads": threads, "scipy_gflops": 2 * n ** 3 / t_s / 1e9, "torch_gflops": 2 * n ** 3 / t_t / 1e9}
 
 
@@ -179,9 +189,11 @@ def torch_adahessian_step(params, loss_fn, state, lr=0.15, betas=(0.9, 0.999), e
             p.addcdiv_(m, denom, value=-lr / (1 - betas[0] ** t))
 
 
-def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 3, repeat: int = 5):
+def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 3, repeat: int = 5,
+            wait_quiet=None):
     """Forward, SGD train step, gradient + exact HVP, Adam step and AdaHessian step: symprop,
-    PyTorch and (``use_jax``) JAX, interleaved in the same run."""
+    PyTorch and (``use_jax``) JAX, interleaved in the same run. ``wait_quiet()`` (if given) is
+    called before each row and returns the other processes' CPU share it saw."""
     import torch
     from symprop import optimizers as O
 
@@ -238,8 +250,9 @@ def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 
     rows = []
     for what in WHATS:
         s, t = pairs[what]
+        busy = wait_quiet() if wait_quiet else None
         ts = interleaved({"symprop": s, "torch": t, "jax": jfns.get(what)}, rounds, repeat)
-        row = {"case": name, "what": what, "gemm_mflop": flops[what] / 1e6}
+        row = {"case": name, "what": what, "gemm_mflop": flops[what] / 1e6, "busy": busy}
         for lib in ("symprop", "torch", "jax"):
             sec = ts[lib]
             row[f"{lib}_ms"] = None if sec is None else 1e3 * sec
@@ -360,8 +373,10 @@ def _fmt(v, spec):
 
 def print_table(res: dict) -> None:
     pk = res["peak"]
-    print(f"sgemm peak ({pk['n']}x{pk['n']} square, {pk['threads']} threads): SciPy OpenBLAS "
-          f"{pk['scipy_gflops']:.0f} GFLOP/s (the roofline below), torch.mm {pk['torch_gflops']:.0f} GFLOP/s")
+    print(f"sgemm peak ({pk['n']}x{pk['n']} square, {pk['threads']} threads, measured before each case; the "
+          f"roofline of that case): SciPy OpenBLAS " + ", ".join(
+              f"{c} {p['scipy_gflops']:.0f}" for c, p in res.get("peak_by_case", {}).items())
+          + f" GFLOP/s; torch.mm best {pk['torch_gflops']:.0f}")
     print(f"jax: {res['jax'] or 'not installed (' + DASH + ')'}   XLA_FLAGS={res.get('xla_flags') or ''}")
     print(f"{'case':26s} {'what':16s} {'GEMM MF':>7s} {'symprop':>8s} {'torch':>8s} {'jax':>8s} "
           f"{'s/torch':>7s} {'s/jax':>6s}   roofline % s/t/j")
@@ -374,7 +389,8 @@ def print_table(res: dict) -> None:
                         for k in ("symprop", "torch", "jax"))
         print(f"{r['case']:26s} {r['what']:16s} {r['gemm_mflop']:7.1f} {_fmt(r['symprop_ms'], '8.3f')} "
               f"{_fmt(r['torch_ms'], '8.3f')} {_fmt(r['jax_ms'], '8.3f')} {_fmt(r['ratio_torch'], '7.2f')} "
-              f"{_fmt(r['ratio_jax'], '6.2f')}   {roof}")
+              f"{_fmt(r['ratio_jax'], '6.2f')}   {roof}"
+              + (f"   busy {100 * r['busy']:.0f}%" if r.get("busy") is not None and r["busy"] >= 0.2 else ""))
     d = res.get("digits")
     if d:
         print(f"{d['case']}: symprop fit {d['symprop_s']:.3f} s, sklearn MLPClassifier.fit {d['sklearn_s']:.3f} s "
@@ -384,7 +400,8 @@ def print_table(res: dict) -> None:
         print("other processes' CPU use before each case: " + ", ".join(
             f"{c} {DASH if b is None else f'{100 * b:.0f}%'}" for c, b in res["busy_before_case"].items()))
     print("times in ms (median per call, best of 3 interleaved rounds); ratio = symprop / peer time "
-          "(< 1: symprop faster); roofline % = GEMM FLOPs / (time x sgemm peak)")
+          "(< 1: symprop faster); roofline % = GEMM FLOPs / (time x sgemm peak); 'busy N%': other processes "
+          "used N% of the machine just before the row (2-thread rows are unreliable then)")
 
 
 def main(argv=None):
@@ -423,16 +440,20 @@ def main(argv=None):
         import jax
         jax_version = f"{jax.__version__} ({jax.devices()[0].platform})"
     with threadpool_limits(args.threads):
-        peak = sgemm_peak(args.threads)
-        rows, digits, busy = [], None, {}
+        rows, digits, busy, peaks = [], None, {}, {}
+        quiet = lambda: _machine.wait_quiet(timeout=args.wait_quiet)  # noqa: E731
         for c in cases:
-            busy[c] = _machine.wait_quiet(timeout=args.wait_quiet)
+            busy[c] = quiet()
             if c == "digits":
                 digits = digits_compare(args.digits_epochs)
             else:
-                rows += compare(*CASES[c](), peak_gflops=peak["scipy_gflops"], use_jax=use_jax, rounds=args.rounds)
+                # the roofline of this case: the peak measured just before it, under the same load
+                peaks[c] = peak = sgemm_peak(args.threads)
+                rows += compare(*CASES[c](), peak_gflops=peak["scipy_gflops"], use_jax=use_jax, rounds=args.rounds,
+                                wait_quiet=quiet)
+        peak = max(peaks.values(), key=lambda p: p["scipy_gflops"]) if peaks else sgemm_peak(args.threads)
     res = {"threads": args.threads, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
-           "peak": peak, "rows": rows, "digits": digits, "busy_before_case": busy}
+           "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy}
     if args.json:
         print(json.dumps(res, indent=2))
     else:
