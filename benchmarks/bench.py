@@ -108,6 +108,18 @@ def gemm_flops(model, batch: int) -> dict:
     return {"forward": F, "sgd step": step, "adam step": step, "grad+hvp": hvp, "adahessian step": hvp}
 
 
+def load_blas_libraries() -> None:
+    """Load every BLAS and OpenMP runtime the run will use (SciPy's OpenBLAS through symprop's
+    kernels and ``scipy.linalg.blas``, NumPy's, PyTorch's): ``threadpoolctl.threadpool_limits``
+    only limits libraries already loaded when it is entered."""
+    import scipy.linalg.blas  # noqa: F401
+    import symprop.runtime.model  # noqa: F401
+    from symprop.runtime import kernels
+    for name in ("dense", "window", "activations", "composite", "losses", "optimizers"):
+        kernels.load(name)
+    import torch  # noqa: F401
+
+
 def sgemm_peak(threads: int, n: int = 1024, repeat: int = 9) -> dict:
     """Measured sgemm GFLOP/s on an n×n·n×n product: SciPy's OpenBLAS (``scipy.linalg.blas.
     sgemm``, the BLAS the generated kernels call) and PyTorch's ``torch.mm`` (MKL), at the
@@ -439,6 +451,7 @@ def main(argv=None):
     if use_jax:
         import jax
         jax_version = f"{jax.__version__} ({jax.devices()[0].platform})"
+    load_blas_libraries()   # before the limits: threadpoolctl limits only the libraries loaded
     with threadpool_limits(args.threads):
         rows, digits, busy, peaks = [], None, {}, {}
         quiet = lambda: _machine.wait_quiet(timeout=args.wait_quiet)  # noqa: E731

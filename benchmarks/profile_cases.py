@@ -306,6 +306,7 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     results = {"threads": args.threads, "cases": {}}
+    bench.load_blas_libraries()   # before the limits: threadpoolctl limits only the libraries loaded
     with threadpool_limits(args.threads):
         peak = bench.sgemm_peak(args.threads)
         results["peak"] = peak
@@ -317,6 +318,9 @@ def main(argv=None):
             busy = _machine.wait_quiet(timeout=args.wait_quiet)
             if not args.json:
                 print(f"\n#### {c}: other processes busy {DASH if busy is None else f'{100 * busy:.0f}%'} of the machine before it")
+            p2 = bench.sgemm_peak(args.threads)   # the best peak seen so far is the roofline
+            if p2["scipy_gflops"] > peak["scipy_gflops"]:
+                peak = results["peak"] = p2
             name, model, X, y = bench.CASES[c]()
             calls = step_callables(model, X, y)
             prof = Profiler()
