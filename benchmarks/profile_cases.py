@@ -116,18 +116,33 @@ class Profiler:
 
 def role_gemm_flops(model, batch: int) -> dict:
     """``{(label, role): GEMM FLOPs per call}`` for dense and conv roles (F = forward FLOPs;
-    jvp and rvjp count both terms, as at a layer with an input direction)."""
+    jvp and rvjp:W do two products, one at the first GEMM layer, whose input direction is 0)."""
     per = bench.layer_gemm_flops(model, batch)
     out, k = {}, 0
     from symprop import layers as L
     for i, la in enumerate(model.layers):
         if isinstance(la, (L.Dense, L.Conv2D)):
             F = per[k][1]
+            two = 1 if k == 0 else 2
             k += 1
             lab = f"{i}:{la.name}"
-            out.update({(lab, "forward"): F, (lab, "vjp:W"): F, (lab, "vjp:x"): F, (lab, "jvp"): 2 * F,
-                        (lab, "rvjp:W"): 2 * F, (lab, "rvjp:x"): 2 * F})
+            out.update({(lab, "forward"): F, (lab, "vjp:W"): F, (lab, "vjp:x"): F, (lab, "jvp"): two * F,
+                        (lab, "rvjp:W"): two * F, (lab, "rvjp:x"): 2 * F})
     return out
+
+
+def digits_case(batch: int = 200):
+    """The digits case of bench.py: ``symprop train``'s MLP 64-512-10 ReLU on one batch of 200
+    digits (what each of MLPClassifier-equivalent fit's steps does)."""
+    from symprop.runtime.data import load_digits
+    from symprop.runtime.models import mlp
+
+    (X, y), _ = load_digits()
+    model = mlp(X.shape[1:], classes=10, hidden=bench.DIGITS_HIDDEN, activation="relu", dtype="float32", seed=0)
+    return f"digits mlp 64-{bench.DIGITS_HIDDEN}-10 b{batch}", model, X[:batch], y[:batch]
+
+
+CASES = {**bench.CASES, "digits": digits_case}
 
 
 def step_callables(model, X, y):
@@ -292,7 +307,7 @@ def print_fixed(fc: dict) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default=",".join(bench.CASES))
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=1.5, help="instrumented run time per case and step")
@@ -321,7 +336,7 @@ def main(argv=None):
             p2 = bench.sgemm_peak(args.threads)   # the best peak seen so far is the roofline
             if p2["scipy_gflops"] > peak["scipy_gflops"]:
                 peak = results["peak"] = p2
-            name, model, X, y = bench.CASES[c]()
+            name, model, X, y = CASES[c]()
             calls = step_callables(model, X, y)
             prof = Profiler()
             prof.install(model)
