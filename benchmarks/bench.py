@@ -424,7 +424,7 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX baseline even if jax is installed")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
-    ap.add_argument("--wait-quiet", type=float, default=10.0,
+    ap.add_argument("--wait-quiet", type=float, default=2.0,
                     help="seconds to wait, before each case, for other processes to use < 20%% of the machine "
                          "(the load seen is printed either way)")
     ap.add_argument("--digits-epochs", type=int, default=40, help="epochs of the digits case (default 40, "

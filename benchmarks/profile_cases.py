@@ -313,7 +313,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=1.5, help="instrumented run time per case and step")
     ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost measurements")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--wait-quiet", type=float, default=10.0,
+    ap.add_argument("--wait-quiet", type=float, default=2.0,
                     help="seconds to wait, before each case, for other processes to use < 20%% of the machine")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
