@@ -44,3 +44,15 @@ def wait_quiet(threshold: float = 0.2, timeout: float = 0.0, sample: float = 0.5
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pin_cores(threads: int):
+    """With fewer threads than cores, pin this process (and every thread it starts later) to
+    ``threads`` cores: XLA runs independent operations concurrently on its own pool whatever
+    ``XLA_FLAGS`` say, so a "1-thread" JAX run otherwise uses both cores. Returns the cores, or
+    None when nothing was pinned. Call before importing the libraries (threads inherit it)."""
+    if not hasattr(os, "sched_setaffinity") or threads >= cores():
+        return None
+    mine = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, mine)
+    return mine

@@ -389,7 +389,8 @@ def print_table(res: dict) -> None:
           f"OpenBLAS " + ", ".join(f"{c} {p['scipy_gflops']:.0f}" for c, p in res.get("peak_by_case", {}).items())
           + f" GFLOP/s; the roofline below is the best, {pk['scipy_gflops']:.0f} (torch.mm best "
           f"{pk['torch_gflops']:.0f})")
-    print(f"jax: {res['jax'] or 'not installed (' + DASH + ')'}   XLA_FLAGS={res.get('xla_flags') or ''}")
+    print(f"jax: {res['jax'] or 'not installed (' + DASH + ')'}   XLA_FLAGS={res.get('xla_flags') or ''}"
+          + (f"   process pinned to cores {res['pinned_cores']}" if res.get("pinned_cores") else ""))
     print(f"{'case':26s} {'what':16s} {'GEMM MF':>7s} {'symprop':>8s} {'torch':>8s} {'jax':>8s} "
           f"{'s/torch':>7s} {'s/jax':>6s}   roofline % s/t/j")
     for r in res["rows"]:
@@ -437,6 +438,7 @@ def main(argv=None):
     xla_flags = None
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _machine
+    pinned = _machine.pin_cores(args.threads)
     if not args.no_jax:
         import _jax_twin
         xla_flags = _jax_twin.configure(args.threads)
@@ -471,7 +473,7 @@ def main(argv=None):
             for lib in ("symprop", "torch", "jax"):
                 if r.get(f"{lib}_ms") is not None and "gemm_mflop" in r:
                     r[f"{lib}_roofline"] = r["gemm_mflop"] * 1e6 / (r[f"{lib}_ms"] * 1e-3 * peak["scipy_gflops"] * 1e9)
-    res = {"threads": args.threads, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
+    res = {"threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
            "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy}
     if args.json:
         print(json.dumps(res, indent=2))
