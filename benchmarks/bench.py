@@ -363,7 +363,9 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
             clf.fit(X, y)
             tk.append(time.perf_counter() - t0)
         acc_k.append(float((clf.predict(Xt) == yt).mean()))
-        assert clf.n_iter_ == epochs, clf.n_iter_
+        if clf.n_iter_ != epochs:
+            raise RuntimeError(f"MLPClassifier stopped after {clf.n_iter_} of {epochs} epochs; the comparison "
+                               f"needs the same number of epochs")
     steps = epochs * -(-len(X) // batch)
     return {"case": f"digits mlp 64-{DIGITS_HIDDEN}-10 relu, {epochs} epochs b{batch} adam",
             "epochs": epochs, "steps": steps, "samples": len(X),
