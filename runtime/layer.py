@@ -256,9 +256,8 @@ class SpecLayer(Layer):
     def _run(self, role, env, rec, dtype):
         return self.kernels.run(role, env, dtype, self.scalars(), rec["_shapes"])
 
-    def forward(self, x, ctx: Context = EVAL, arrays: dict | None = None):
-        """``arrays`` replace spec arrays for this call (e.g. DropConnect's masked weight);
-        the record keeps them, so every later pass of the call sees the same arrays."""
+    def _forward_env(self, x, arrays: dict | None = None):
+        """The checked input, the output shapes and the environment of a forward role."""
         x = self.check_input(x)
         K = self.kernels
         shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
@@ -266,16 +265,27 @@ class SpecLayer(Layer):
         if arrays:
             env.update(arrays)
         env[K.input] = x
-        res = K.run("forward", env, x.dtype, self.scalars(), shapes)
-        outs = res if isinstance(res, tuple) else (res,)
-        rec = {"_shapes": shapes, "_dtype": x.dtype}
-        for name, v in zip(K.roles["forward"].outputs, outs):
-            env[name] = v
-        for a in K.saved:
+        return x, shapes, env
+
+    def _record(self, env: dict, shapes: dict, dtype, arrays: dict | None = None) -> dict:
+        """What a forward call keeps for the later passes: the saved arrays (and ``arrays``)."""
+        rec = {"_shapes": shapes, "_dtype": dtype}
+        for a in self.kernels.saved:
             rec[a] = env[a]
         if arrays:
             rec.update(arrays)
-        return outs[0], rec
+        return rec
+
+    def forward(self, x, ctx: Context = EVAL, arrays: dict | None = None):
+        """``arrays`` replace spec arrays for this call (e.g. DropConnect's masked weight);
+        the record keeps them, so every later pass of the call sees the same arrays."""
+        K = self.kernels
+        x, shapes, env = self._forward_env(x, arrays)
+        res = K.run("forward", env, x.dtype, self.scalars(), shapes)
+        outs = res if isinstance(res, tuple) else (res,)
+        for name, v in zip(K.roles["forward"].outputs, outs):
+            env[name] = v
+        return outs[0], self._record(env, shapes, x.dtype, arrays)
 
     def vjp(self, rec, g, need_input=True):
         g = np.ascontiguousarray(g)
@@ -312,17 +322,11 @@ class SpecLayer(Layer):
         K = self.kernels
         if not K.has(FORWARD_JVP):
             return super().forward_jvp(x, Rx, Rparams, ctx)
-        x = self.check_input(x)
-        shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
-        env = self.spec_arrays()
-        env[K.input] = x
+        x, shapes, env = self._forward_env(x)
         env.update(self._directions(Rx, Rparams))
         outs = K.run_named(FORWARD_JVP, env, x.dtype, self.scalars(), shapes)
         env.update(outs)
-        rec = {"_shapes": shapes, "_dtype": x.dtype}
-        for a in K.saved:
-            rec[a] = env[a]
-        return outs[K.output], outs["R" + K.output], rec
+        return outs[K.output], outs["R" + K.output], self._record(env, shapes, x.dtype)
 
     def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
         K = self.kernels
