@@ -45,6 +45,18 @@ class Tape:
         self.gs = None
 
 
+def _sum_uses(acc: list, slots, values) -> None:
+    """Add a layer's per-parameter results into ``acc`` at the parameters' slots (a shared
+    parameter sums over its uses); a None value (no direction reached it) adds nothing."""
+    for i, a in zip(slots, values):
+        if a is not None:
+            acc[i] = a if acc[i] is None else acc[i] + a
+
+
+def _zeros_where_none(values: list, params: list) -> list:
+    return [np.zeros_like(p) if v is None else v for p, v in zip(params, values)]
+
+
 class Sequential:
     """Layers applied in order, then a loss that averages over the batch.
 
@@ -281,8 +293,7 @@ class Sequential:
         for k in range(len(self.layers) - 1, -1, -1):
             gs[k] = g
             g, pg = self.layers[k].vjp(tape.records[k], g, need_input=k > 0)
-            for i, a in zip(slots[k], pg):
-                grads[i] = a if grads[i] is None else grads[i] + a
+            _sum_uses(grads, slots[k], pg)
         if keep_output_grads:
             tape.gs = gs
         return self.add_penalty_terms(grads, "vjp:x")
@@ -304,9 +315,8 @@ class Sequential:
         Hv = [None] * len(params)
         for k in range(len(self.layers) - 1, -1, -1):
             Rg, Rp = self.layers[k].rvjp(tape.records[k], tape.gs[k], Rg, Rxs[k], parts[k], need_input=k > 0)
-            for i, a in zip(slots[k], Rp):
-                Hv[i] = a if Hv[i] is None else Hv[i] + a
-        Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+            _sum_uses(Hv, slots[k], Rp)
+        Hv = _zeros_where_none(Hv, params)
         return self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
     def forward_over_reverse(self, X, y, v: list[np.ndarray], update_buffers: bool = False):
@@ -331,12 +341,10 @@ class Sequential:
         for k in range(len(self.layers) - 1, -1, -1):
             gs[k] = g
             g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
-            for i, a, r in zip(slots[k], pg, Rp):
-                grads[i] = a if grads[i] is None else grads[i] + a
-                if r is not None:
-                    Hv[i] = r if Hv[i] is None else Hv[i] + r
+            _sum_uses(grads, slots[k], pg)
+            _sum_uses(Hv, slots[k], Rp)
         tape.gs = gs
-        Hv = [np.zeros_like(p) if h is None else h for p, h in zip(params, Hv)]
+        Hv = _zeros_where_none(Hv, params)
         return tape, self.add_penalty_terms(grads, "vjp:x"), self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
     # ------------------------------------------------------------ second order
