@@ -1260,12 +1260,17 @@ def _kernels_by_role(spec_name: str) -> dict:
     return roles
 
 
+def _layer_roles(info: ModelInfo) -> list[dict]:
+    """Per layer of the model, its spec's kernels by role ({} for a reshape)."""
+    return [(_kernels_by_role(la.spec) if la.spec else {}) for la in info.layers]
+
+
 def kernel_schedule(info: ModelInfo) -> dict:
     """The kernels each training call runs, in order, as ``runtime/model.py`` and
     ``runtime/curvature.py`` call them: ``{call: [(layer k or None, kernel name, note)]}``.
     Reshapes (Flatten) run no kernel; the first layer computes no input gradient."""
     L = info.layers
-    roles = [(_kernels_by_role(la.spec) if la.spec else {}) for la in L]
+    roles = _layer_roles(info)
     pnames = [[p for p, _ in la.params] for la in L]
     loss, loss_hvp = info.loss, info.loss + "_hvp"
 
@@ -1337,7 +1342,7 @@ def model_section(info: ModelInfo) -> str:
     L = len(info.layers)
     xs = [info.input_shape] + [la.out_shape for la in info.layers]
     sched = kernel_schedule(info)
-    roles = [(_kernels_by_role(la.spec) if la.spec else {}) for la in info.layers]
+    roles = _layer_roles(info)
     loss_name, loss_def, loss_hess = LOSS_TEXT[info.loss]
     out = [f"\\section{{Model \\texttt{{{escape(info.name)}}}}}\n",
            f"The model \\texttt{{{escape(info.name)}}}{info.origin} for inputs "
