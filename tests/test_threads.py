@@ -143,3 +143,36 @@ def test_controls_find_the_loaded_blas():
         assert all(isinstance(a, int) and a > 0 for pair in c for a in pair)
     else:
         assert c is None
+
+
+def test_openmp_spin_is_bounded_unless_the_user_chose():
+    """symprop sets GOMP_SPINCOUNT (idle workers spinning for 300k iterations made a step 60x
+    slower beside one busy process) but never over the user's own spin or wait policy."""
+    from symprop.runtime.openmp import SPINCOUNT, bound_spin
+    env = {}
+    assert bound_spin(env) and env == {"GOMP_SPINCOUNT": str(SPINCOUNT)}
+    for mine in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "active"}, {"SYMPROP_OPENMP_SPIN": "default"}):
+        env = dict(mine)
+        assert not bound_spin(env) and env == mine
+    env = {"SYMPROP_OPENMP_SPIN": "0"}
+    assert bound_spin(env) and env["GOMP_SPINCOUNT"] == "0"
+    with pytest.raises(ValueError, match="SYMPROP_OPENMP_SPIN"):
+        bound_spin({"SYMPROP_OPENMP_SPIN": "fast"})
+
+
+def test_openmp_spin_is_set_before_libgomp_loads(tmp_path):
+    """In a fresh process, importing the runtime sets the variable before the first generated
+    module (and with it libgomp) is loaded; a user's value is kept."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os; import symprop.runtime.optimizers; "
+            "assert 'libgomp' in open('/proc/self/maps').read(); print(os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "SYMPROP_OPENMP_SPIN")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    from symprop.runtime.openmp import SPINCOUNT
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(SPINCOUNT)
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, GOMP_SPINCOUNT="7"), cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "7", out.stderr
