@@ -330,6 +330,10 @@ CASES = {"mlp": mlp_case, "lenet": lenet_case, "lenet_bn": lenet_bn_case, "cifar
 
 # ------------------------------------------------------------------ digits vs scikit-learn
 DIGITS_HIDDEN = 512    # the MLP of `symprop train` (runtime.models.mlp's default)
+#: pause before each timed fit: the other library's idle BLAS workers (NumPy's OpenBLAS after
+#: scikit-learn, SciPy's after the peak measurement) busy-wait for ~0.1 s after their last call
+#: and would otherwise share the cores with the fit that follows (both libraries get the pause)
+SETTLE_S = 0.3
 
 
 def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float = 1e-3) -> dict:
@@ -350,6 +354,7 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
     ts, tk, acc_s, acc_k = [], [], [], []
     for r in range(runs):
         model = mlp(X.shape[1:], classes=10, hidden=DIGITS_HIDDEN, activation="relu", dtype="float32", seed=r)
+        time.sleep(SETTLE_S)
         t0 = time.perf_counter()
         model.fit(X, y, epochs=epochs, batch_size=batch, optimizer=O.Adam(lr=lr), verbose=0)
         ts.append(time.perf_counter() - t0)
@@ -359,6 +364,7 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
                             n_iter_no_change=epochs + 1, early_stopping=False, random_state=r)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             clf.fit(X, y)
             tk.append(time.perf_counter() - t0)
