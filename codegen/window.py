@@ -274,7 +274,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
     for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
         op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == shapes[op["out"]][0]
-    # zero each output per sample in the sweep, per sample in its first sample loop, not at all
+    # zero each output per sample in the sweep, per sample in its first sample loop (a mask
+    # gather/scatter assigns instead), not at all
     # when an argmax forward assigns every element, else serially before anything runs
     first = {}
     for op in rest:
@@ -288,7 +289,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
             zero.append(out)
         elif f["kind"] == "argmax":
             continue
-        elif f["kind"] in ("gather", "scatter") and not f["guard"] and shapes[out][0] == f["n"]:
+        elif f["kind"] in ("gather", "scatter") and shapes[out][0] == f["n"] and (not f["guard"] or f["mask"]):
+            # per sample; a mask gather/scatter overwrites its planes and zeroes when its direction is absent
             f["zero_sample"] = True
         else:
             zero.append(out)

@@ -11,7 +11,7 @@
 """Window kernels (conv via im2col/col2im + GEMM, pooling): conv2d, avgpool2d, maxpool2d."""
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange, threadid
@@ -268,64 +268,121 @@ cdef inline void _valid_range(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t off,
         lo[0] = hi[0]
 
 
+cdef inline void _copy_short_f32(const float* src, Py_ssize_t n, float* dst) noexcept nogil:
+    # dst[:n] = src[:n] in 32-byte moves, the last one overlapping the previous: no scalar tail
+    cdef Py_ssize_t k = 0
+    cdef Py_ssize_t v8 = 32 // sizeof(float)
+    cdef Py_ssize_t v4 = 16 // sizeof(float)
+    if n >= v8:
+        while k + v8 < n:
+            memcpy(dst + k, src + k, 32)
+            k += v8
+        memcpy(dst + n - v8, src + n - v8, 32)
+    elif n >= v4:
+        memcpy(dst, src, 16)
+        memcpy(dst + n - v4, src + n - v4, 16)
+    else:
+        for k in range(n):
+            dst[k] = src[k]
+
+
+cdef void _copy_rows_f32(const float* src, Py_ssize_t sstep, Py_ssize_t rows, Py_ssize_t n,
+                       float* dst, Py_ssize_t dstep) noexcept nogil:
+    # a rows x n block copy; rows of one to two 32-byte vectors (LeNet's 10 floats) as two
+    # overlapping moves, the case picked once per block (a memcpy call per row cost 3x more)
+    cdef Py_ssize_t r
+    cdef Py_ssize_t v8 = 32 // sizeof(float)
+    if v8 <= n <= 2 * v8:
+        for r in range(rows):
+            memcpy(dst, src, 32)
+            memcpy(dst + n - v8, src + n - v8, 32)
+            dst += dstep
+            src += sstep
+    else:
+        for r in range(rows):
+            _copy_short_f32(src, n, dst)
+            dst += dstep
+            src += sstep
+
+
 cdef void _im2col_f32(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, float* cols) noexcept nogil:
-    # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input
-    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
+    # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input.
+    # Per (c, i, j) block: the rows [hlo, hhi) that read inside are copied, the rest zeroed; with
+    # stride 1 and WO == W ('same' padding) the block is one long copy of consecutive input
+    # rows, its wrapped border columns zeroed after
+    cdef Py_ssize_t c, i, j, h, w, off, lo, hi, hlo, hhi
+    cdef float* blk
     cdef float* dst
     cdef const float* src
+    cdef bint flat = sh == 1 and sw == 1 and WO == W
     for c in range(C):
         for i in range(KH):
+            _valid_range(H, HO, i * dh - ph, sh, &hlo, &hhi)
             for j in range(KW):
-                row = (c * KH + i) * KW + j
+                blk = cols + ((c * KH + i) * KW + j) * HO * WO
                 off = j * dw - pw
                 _valid_range(W, WO, off, sw, &lo, &hi)
-                for h in range(HO):
-                    dst = cols + (row * HO + h) * WO
-                    u = h * sh + i * dh - ph
-                    if u < 0 or u >= H:
-                        for w in range(WO):
-                            dst[w] = 0
-                        continue
-                    src = x + (c * H + u) * W + off
+                if hlo > 0:
+                    memset(blk, 0, hlo * WO * sizeof(float))
+                if hhi < HO:
+                    memset(blk + hhi * WO, 0, (HO - hhi) * WO * sizeof(float))
+                if hlo >= hhi:
+                    continue
+                src = x + (c * H + hlo * sh + i * dh - ph) * W + off
+                if flat and lo < hi:
+                    memcpy(blk + hlo * WO + lo, src + lo, ((hhi - hlo - 1) * W + hi - lo) * sizeof(float))
+                    if lo > 0 or hi < WO:
+                        for h in range(hlo, hhi):
+                            dst = blk + h * WO
+                            for w in range(lo):
+                                dst[w] = 0
+                            for w in range(hi, WO):
+                                dst[w] = 0
+                    continue
+                if sw == 1 and lo == 0 and hi == WO:
+                    _copy_rows_f32(src, sh * W, hhi - hlo, WO, blk + hlo * WO, WO)
+                    continue
+                for h in range(hlo, hhi):
+                    dst = blk + h * WO
                     for w in range(lo):
                         dst[w] = 0
                     if sw == 1:
-                        for w in range(lo, hi):
-                            dst[w] = src[w]
+                        _copy_short_f32(src + lo, hi - lo, dst + lo)
                     else:
                         for w in range(lo, hi):
                             dst[w] = src[w * sw]
                     for w in range(hi, WO):
                         dst[w] = 0
+                    src += sh * W
 
 
 cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, float* x) noexcept nogil:
-    # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)]
-    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
+    # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)],
+    # over the rows [hlo, hhi) and columns [lo, hi) that land inside
+    cdef Py_ssize_t c, i, j, h, w, off, lo, hi, hlo, hhi
     cdef const float* src
     cdef float* dst
     for c in range(C):
         for i in range(KH):
+            _valid_range(H, HO, i * dh - ph, sh, &hlo, &hhi)
             for j in range(KW):
-                row = (c * KH + i) * KW + j
                 off = j * dw - pw
                 _valid_range(W, WO, off, sw, &lo, &hi)
-                for h in range(HO):
-                    u = h * sh + i * dh - ph
-                    if u < 0 or u >= H:
-                        continue
-                    src = cols + (row * HO + h) * WO
-                    dst = x + (c * H + u) * W + off
+                src = cols + (((c * KH + i) * KW + j) * HO + hlo) * WO
+                dst = x + (c * H + hlo * sh + i * dh - ph) * W + off
+                for h in range(hlo, hhi):
                     if sw == 1:
                         for w in range(lo, hi):
                             dst[w] += src[w]
                     else:
                         for w in range(lo, hi):
                             dst[w * sw] += src[w]
+                    src += WO
+                    dst += sh * W
 
 
 cdef void _sum_slabs_f32(const float* acc, int T, Py_ssize_t size, float* out) noexcept nogil:
@@ -336,98 +393,323 @@ cdef void _sum_slabs_f32(const float* acc, int T, Py_ssize_t size, float* out) n
             out[e] += acc[t * size + e]
 
 
+cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                                 Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
+                                 float* y, int64_t* m) noexcept nogil:
+    # one output at the border: window cells outside the input (padding) are skipped; a
+    # window wholly outside gives -inf and offset -1
+    cdef Py_ssize_t i, j, u, v
+    cdef float best = -INFINITY
+    cdef float val
+    cdef int64_t arg = -1
+    for i in range(KH):
+        u = u0 + i * dh
+        if u < 0 or u >= H:
+            continue
+        for j in range(KW):
+            v = v0 + j * dw
+            if v < 0 or v >= W:
+                continue
+            val = x[u * W + v]
+            if val > best or val != val or arg < 0:
+                best = val
+                arg = i * KW + j
+    y[0] = best
+    m[0] = arg
+
+
+cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, float* yr, int64_t* mr) noexcept nogil:
+    # n interior outputs of a row (every window cell inside; src = their first window's first
+    # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
+    cdef Py_ssize_t i, j, w
+    cdef int64_t kk
+    cdef bint take
+    cdef float val
+    cdef const float* s
+    for w in range(n):
+        yr[w] = src[w * sw]
+        mr[w] = 0
+    for i in range(KH):
+        for j in range(KW):
+            if i == 0 and j == 0:
+                continue
+            s = src + i * dh * W + j * dw
+            kk = i * KW + j
+            if sw == 1:
+                for w in range(n):
+                    val = s[w]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+            elif sw == 2:
+                for w in range(n):
+                    val = s[2 * w]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+            else:
+                for w in range(n):
+                    val = s[w * sw]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+
+
+cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssize_t n,
+                                    float* yr, int64_t* mr) noexcept nogil:
+    # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
+    # second row): the four cells in registers, 4-5x faster than the general span
+    cdef Py_ssize_t w
+    cdef const float* s1 = src + rstep
+    cdef float best, val
+    cdef int64_t arg
+    cdef bint take
+    for w in range(n):
+        best = src[2 * w]
+        arg = 0
+        val = src[2 * w + 1]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 1 if take else arg
+        val = s1[2 * w]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 2 if take else arg
+        val = s1[2 * w + 1]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 3 if take else arg
+        yr[w] = best
+        mr[w] = arg
+
+
 cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, float* y, int64_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
-    # first maximum in row-major window order wins and a NaN always wins (PyTorch's rule);
-    # vectorized along w with selects instead of branches.
-    cdef Py_ssize_t i, j, h, w, u, off, lo, hi
-    cdef int64_t kk
-    cdef bint take
-    cdef float val
-    cdef const float* src
-    cdef float* yr
-    cdef int64_t* mr
+    # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
+    # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
+    # take the vectorized spans without bounds checks; the border ones _maxpool_one.
+    cdef Py_ssize_t h, w, hlo, hhi, lo, hi, wlo, whi, u0
+    cdef bint k22 = KH == 2 and KW == 2 and sw == 2 and dw == 1
+    _valid_range(H - (KH - 1) * dh, HO, -ph, sh, &hlo, &hhi)
+    _valid_range(W - (KW - 1) * dw, WO, -pw, sw, &lo, &hi)
     for h in range(HO):
-        yr = y + h * WO
+        u0 = h * sh - ph
+        wlo, whi = (lo, hi) if hlo <= h < hhi else (WO, WO)
+        for w in range(wlo):
+            _maxpool_one_f32(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
+        if k22:
+            _maxpool_span22_f32(x + u0 * W + wlo * sw - pw, dh * W, whi - wlo, y + h * WO + wlo, M + h * WO + wlo)
+        else:
+            _maxpool_span_f32(x + u0 * W + wlo * sw - pw, W, KH, KW, whi - wlo, sw, dh, dw, y + h * WO + wlo,
+                                M + h * WO + wlo)
+        for w in range(whi, WO):
+            _maxpool_one_f32(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
+
+
+cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
+                         float alpha, bint assign, float* out) noexcept nogil:
+    # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
+    # (i, j) = M[h, w], offsets from moff; reads in the padding (or an empty window's -1) are
+    # zero. Without padding every read is inside and the loop has no checks.
+    cdef Py_ssize_t h, w, u, v, kk
+    cdef float val
+    cdef const float* xr
+    cdef const int64_t* mr
+    cdef float* yr
+    for h in range(HO):
         mr = M + h * WO
+        yr = out + h * WO
+        if ph == 0 and pw == 0:
+            xr = x + h * sh * W
+            for w in range(WO):
+                kk = mr[w]
+                val = alpha * xr[w * sw + moff[2 * kk] * W + moff[2 * kk + 1]]
+                yr[w] = val if assign else yr[w] + val
+            continue
         for w in range(WO):
-            yr[w] = -INFINITY
-            mr[w] = -1
-        for i in range(KH):
-            u = h * sh + i * dh - ph
-            if u < 0 or u >= H:
-                continue
-            for j in range(KW):
-                off = j * dw - pw
-                _valid_range(W, WO, off, sw, &lo, &hi)
-                src = x + u * W + off
-                kk = i * KW + j
-                for w in range(lo, hi):
-                    val = src[w * sw]
-                    take = (val > yr[w]) | (val != val) | (mr[w] < 0)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+            kk = mr[w]
+            val = 0
+            if kk >= 0:
+                u = h * sh + moff[2 * kk] - ph
+                v = w * sw + moff[2 * kk + 1] - pw
+                if 0 <= u < H and 0 <= v < W:
+                    val = alpha * x[u * W + v]
+            yr[w] = val if assign else yr[w] + val
+
+
+cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, float alpha, bint assign,
+                          float* out) noexcept nogil:
+    # one (n, c) plane: out[h*sh + i*dh - ph, w*sw + j*dw - pw] += alpha*g[h, w] at the argmax
+    # (i, j) = M[h, w]; targets in the padding are dropped (checked only with padding). With
+    # assign the plane is overwritten: when the windows tile the input (stride = kernel, no
+    # dilation or padding) each element is written once, g or 0, instead of zeroing first.
+    cdef Py_ssize_t h, w, i, j, u, v, kk
+    cdef float val
+    cdef const float* gr
+    cdef const int64_t* mr
+    cdef float* orow
+    if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
+        for h in range(HO):
+            gr = g + h * WO
+            mr = M + h * WO
+            for i in range(KH):
+                orow = out + (h * KH + i) * W
+                if KW == 2:
+                    for w in range(WO):
+                        val = alpha * gr[w]
+                        kk = mr[w] - 2 * i
+                        orow[2 * w] = val if kk == 0 else 0
+                        orow[2 * w + 1] = val if kk == 1 else 0
+                else:
+                    for w in range(WO):
+                        val = alpha * gr[w]
+                        kk = mr[w] - i * KW
+                        for j in range(KW):
+                            orow[w * KW + j] = val if kk == j else 0
+                if W > WO * KW:
+                    memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(float))
+        if H > HO * KH:
+            memset(out + HO * KH * W, 0, (H - HO * KH) * W * sizeof(float))
+        return
+    if assign:
+        memset(out, 0, H * W * sizeof(float))
+    for h in range(HO):
+        gr = g + h * WO
+        mr = M + h * WO
+        if ph == 0 and pw == 0:
+            orow = out + h * sh * W
+            for w in range(WO):
+                kk = mr[w]
+                orow[w * sw + moff[2 * kk] * W + moff[2 * kk + 1]] += alpha * gr[w]
+            continue
+        for w in range(WO):
+            kk = mr[w]
+            u = h * sh + moff[2 * kk] - ph
+            v = w * sw + moff[2 * kk + 1] - pw
+            if 0 <= u < H and 0 <= v < W:
+                out[u * W + v] += alpha * gr[w]
+
+cdef inline void _copy_short_f64(const double* src, Py_ssize_t n, double* dst) noexcept nogil:
+    # dst[:n] = src[:n] in 32-byte moves, the last one overlapping the previous: no scalar tail
+    cdef Py_ssize_t k = 0
+    cdef Py_ssize_t v8 = 32 // sizeof(double)
+    cdef Py_ssize_t v4 = 16 // sizeof(double)
+    if n >= v8:
+        while k + v8 < n:
+            memcpy(dst + k, src + k, 32)
+            k += v8
+        memcpy(dst + n - v8, src + n - v8, 32)
+    elif n >= v4:
+        memcpy(dst, src, 16)
+        memcpy(dst + n - v4, src + n - v4, 16)
+    else:
+        for k in range(n):
+            dst[k] = src[k]
+
+
+cdef void _copy_rows_f64(const double* src, Py_ssize_t sstep, Py_ssize_t rows, Py_ssize_t n,
+                       double* dst, Py_ssize_t dstep) noexcept nogil:
+    # a rows x n block copy; rows of one to two 32-byte vectors (LeNet's 10 floats) as two
+    # overlapping moves, the case picked once per block (a memcpy call per row cost 3x more)
+    cdef Py_ssize_t r
+    cdef Py_ssize_t v8 = 32 // sizeof(double)
+    if v8 <= n <= 2 * v8:
+        for r in range(rows):
+            memcpy(dst, src, 32)
+            memcpy(dst + n - v8, src + n - v8, 32)
+            dst += dstep
+            src += sstep
+    else:
+        for r in range(rows):
+            _copy_short_f64(src, n, dst)
+            dst += dstep
+            src += sstep
+
 
 cdef void _im2col_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, double* cols) noexcept nogil:
-    # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input
-    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
+    # cols[(c, i, j), (h, w)] = x[c, h*sh + i*dh - ph, w*sw + j*dw - pw], zero outside the input.
+    # Per (c, i, j) block: the rows [hlo, hhi) that read inside are copied, the rest zeroed; with
+    # stride 1 and WO == W ('same' padding) the block is one long copy of consecutive input
+    # rows, its wrapped border columns zeroed after
+    cdef Py_ssize_t c, i, j, h, w, off, lo, hi, hlo, hhi
+    cdef double* blk
     cdef double* dst
     cdef const double* src
+    cdef bint flat = sh == 1 and sw == 1 and WO == W
     for c in range(C):
         for i in range(KH):
+            _valid_range(H, HO, i * dh - ph, sh, &hlo, &hhi)
             for j in range(KW):
-                row = (c * KH + i) * KW + j
+                blk = cols + ((c * KH + i) * KW + j) * HO * WO
                 off = j * dw - pw
                 _valid_range(W, WO, off, sw, &lo, &hi)
-                for h in range(HO):
-                    dst = cols + (row * HO + h) * WO
-                    u = h * sh + i * dh - ph
-                    if u < 0 or u >= H:
-                        for w in range(WO):
-                            dst[w] = 0
-                        continue
-                    src = x + (c * H + u) * W + off
+                if hlo > 0:
+                    memset(blk, 0, hlo * WO * sizeof(double))
+                if hhi < HO:
+                    memset(blk + hhi * WO, 0, (HO - hhi) * WO * sizeof(double))
+                if hlo >= hhi:
+                    continue
+                src = x + (c * H + hlo * sh + i * dh - ph) * W + off
+                if flat and lo < hi:
+                    memcpy(blk + hlo * WO + lo, src + lo, ((hhi - hlo - 1) * W + hi - lo) * sizeof(double))
+                    if lo > 0 or hi < WO:
+                        for h in range(hlo, hhi):
+                            dst = blk + h * WO
+                            for w in range(lo):
+                                dst[w] = 0
+                            for w in range(hi, WO):
+                                dst[w] = 0
+                    continue
+                if sw == 1 and lo == 0 and hi == WO:
+                    _copy_rows_f64(src, sh * W, hhi - hlo, WO, blk + hlo * WO, WO)
+                    continue
+                for h in range(hlo, hhi):
+                    dst = blk + h * WO
                     for w in range(lo):
                         dst[w] = 0
                     if sw == 1:
-                        for w in range(lo, hi):
-                            dst[w] = src[w]
+                        _copy_short_f64(src + lo, hi - lo, dst + lo)
                     else:
                         for w in range(lo, hi):
                             dst[w] = src[w * sw]
                     for w in range(hi, WO):
                         dst[w] = 0
+                    src += sh * W
 
 
 cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t ph, Py_ssize_t pw, double* x) noexcept nogil:
-    # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)]
-    cdef Py_ssize_t c, i, j, h, w, u, off, row, lo, hi
+    # the adjoint of _im2col: x[c, h*sh + i*dh - ph, w*sw + j*dw - pw] += cols[(c, i, j), (h, w)],
+    # over the rows [hlo, hhi) and columns [lo, hi) that land inside
+    cdef Py_ssize_t c, i, j, h, w, off, lo, hi, hlo, hhi
     cdef const double* src
     cdef double* dst
     for c in range(C):
         for i in range(KH):
+            _valid_range(H, HO, i * dh - ph, sh, &hlo, &hhi)
             for j in range(KW):
-                row = (c * KH + i) * KW + j
                 off = j * dw - pw
                 _valid_range(W, WO, off, sw, &lo, &hi)
-                for h in range(HO):
-                    u = h * sh + i * dh - ph
-                    if u < 0 or u >= H:
-                        continue
-                    src = cols + (row * HO + h) * WO
-                    dst = x + (c * H + u) * W + off
+                src = cols + (((c * KH + i) * KW + j) * HO + hlo) * WO
+                dst = x + (c * H + hlo * sh + i * dh - ph) * W + off
+                for h in range(hlo, hhi):
                     if sw == 1:
                         for w in range(lo, hi):
                             dst[w] += src[w]
                     else:
                         for w in range(lo, hi):
                             dst[w * sw] += src[w]
+                    src += WO
+                    dst += sh * W
 
 
 cdef void _sum_slabs_f64(const double* acc, int T, Py_ssize_t size, double* out) noexcept nogil:
@@ -438,39 +720,207 @@ cdef void _sum_slabs_f64(const double* acc, int T, Py_ssize_t size, double* out)
             out[e] += acc[t * size + e]
 
 
+cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                                 Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
+                                 double* y, int64_t* m) noexcept nogil:
+    # one output at the border: window cells outside the input (padding) are skipped; a
+    # window wholly outside gives -inf and offset -1
+    cdef Py_ssize_t i, j, u, v
+    cdef double best = -INFINITY
+    cdef double val
+    cdef int64_t arg = -1
+    for i in range(KH):
+        u = u0 + i * dh
+        if u < 0 or u >= H:
+            continue
+        for j in range(KW):
+            v = v0 + j * dw
+            if v < 0 or v >= W:
+                continue
+            val = x[u * W + v]
+            if val > best or val != val or arg < 0:
+                best = val
+                arg = i * KW + j
+    y[0] = best
+    m[0] = arg
+
+
+cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, double* yr, int64_t* mr) noexcept nogil:
+    # n interior outputs of a row (every window cell inside; src = their first window's first
+    # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
+    cdef Py_ssize_t i, j, w
+    cdef int64_t kk
+    cdef bint take
+    cdef double val
+    cdef const double* s
+    for w in range(n):
+        yr[w] = src[w * sw]
+        mr[w] = 0
+    for i in range(KH):
+        for j in range(KW):
+            if i == 0 and j == 0:
+                continue
+            s = src + i * dh * W + j * dw
+            kk = i * KW + j
+            if sw == 1:
+                for w in range(n):
+                    val = s[w]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+            elif sw == 2:
+                for w in range(n):
+                    val = s[2 * w]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+            else:
+                for w in range(n):
+                    val = s[w * sw]
+                    take = (val > yr[w]) | (val != val)
+                    yr[w] = val if take else yr[w]
+                    mr[w] = kk if take else mr[w]
+
+
+cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssize_t n,
+                                    double* yr, int64_t* mr) noexcept nogil:
+    # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
+    # second row): the four cells in registers, 4-5x faster than the general span
+    cdef Py_ssize_t w
+    cdef const double* s1 = src + rstep
+    cdef double best, val
+    cdef int64_t arg
+    cdef bint take
+    for w in range(n):
+        best = src[2 * w]
+        arg = 0
+        val = src[2 * w + 1]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 1 if take else arg
+        val = s1[2 * w]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 2 if take else arg
+        val = s1[2 * w + 1]
+        take = (val > best) | (val != val)
+        best = val if take else best
+        arg = 3 if take else arg
+        yr[w] = best
+        mr[w] = arg
+
+
 cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, double* y, int64_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
-    # first maximum in row-major window order wins and a NaN always wins (PyTorch's rule);
-    # vectorized along w with selects instead of branches.
-    cdef Py_ssize_t i, j, h, w, u, off, lo, hi
-    cdef int64_t kk
-    cdef bint take
-    cdef double val
-    cdef const double* src
-    cdef double* yr
-    cdef int64_t* mr
+    # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
+    # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
+    # take the vectorized spans without bounds checks; the border ones _maxpool_one.
+    cdef Py_ssize_t h, w, hlo, hhi, lo, hi, wlo, whi, u0
+    cdef bint k22 = KH == 2 and KW == 2 and sw == 2 and dw == 1
+    _valid_range(H - (KH - 1) * dh, HO, -ph, sh, &hlo, &hhi)
+    _valid_range(W - (KW - 1) * dw, WO, -pw, sw, &lo, &hi)
     for h in range(HO):
-        yr = y + h * WO
+        u0 = h * sh - ph
+        wlo, whi = (lo, hi) if hlo <= h < hhi else (WO, WO)
+        for w in range(wlo):
+            _maxpool_one_f64(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
+        if k22:
+            _maxpool_span22_f64(x + u0 * W + wlo * sw - pw, dh * W, whi - wlo, y + h * WO + wlo, M + h * WO + wlo)
+        else:
+            _maxpool_span_f64(x + u0 * W + wlo * sw - pw, W, KH, KW, whi - wlo, sw, dh, dw, y + h * WO + wlo,
+                                M + h * WO + wlo)
+        for w in range(whi, WO):
+            _maxpool_one_f64(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
+
+
+cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
+                         double alpha, bint assign, double* out) noexcept nogil:
+    # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
+    # (i, j) = M[h, w], offsets from moff; reads in the padding (or an empty window's -1) are
+    # zero. Without padding every read is inside and the loop has no checks.
+    cdef Py_ssize_t h, w, u, v, kk
+    cdef double val
+    cdef const double* xr
+    cdef const int64_t* mr
+    cdef double* yr
+    for h in range(HO):
         mr = M + h * WO
+        yr = out + h * WO
+        if ph == 0 and pw == 0:
+            xr = x + h * sh * W
+            for w in range(WO):
+                kk = mr[w]
+                val = alpha * xr[w * sw + moff[2 * kk] * W + moff[2 * kk + 1]]
+                yr[w] = val if assign else yr[w] + val
+            continue
         for w in range(WO):
-            yr[w] = -INFINITY
-            mr[w] = -1
-        for i in range(KH):
-            u = h * sh + i * dh - ph
-            if u < 0 or u >= H:
-                continue
-            for j in range(KW):
-                off = j * dw - pw
-                _valid_range(W, WO, off, sw, &lo, &hi)
-                src = x + u * W + off
-                kk = i * KW + j
-                for w in range(lo, hi):
-                    val = src[w * sw]
-                    take = (val > yr[w]) | (val != val) | (mr[w] < 0)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+            kk = mr[w]
+            val = 0
+            if kk >= 0:
+                u = h * sh + moff[2 * kk] - ph
+                v = w * sw + moff[2 * kk + 1] - pw
+                if 0 <= u < H and 0 <= v < W:
+                    val = alpha * x[u * W + v]
+            yr[w] = val if assign else yr[w] + val
+
+
+cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, double alpha, bint assign,
+                          double* out) noexcept nogil:
+    # one (n, c) plane: out[h*sh + i*dh - ph, w*sw + j*dw - pw] += alpha*g[h, w] at the argmax
+    # (i, j) = M[h, w]; targets in the padding are dropped (checked only with padding). With
+    # assign the plane is overwritten: when the windows tile the input (stride = kernel, no
+    # dilation or padding) each element is written once, g or 0, instead of zeroing first.
+    cdef Py_ssize_t h, w, i, j, u, v, kk
+    cdef double val
+    cdef const double* gr
+    cdef const int64_t* mr
+    cdef double* orow
+    if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
+        for h in range(HO):
+            gr = g + h * WO
+            mr = M + h * WO
+            for i in range(KH):
+                orow = out + (h * KH + i) * W
+                if KW == 2:
+                    for w in range(WO):
+                        val = alpha * gr[w]
+                        kk = mr[w] - 2 * i
+                        orow[2 * w] = val if kk == 0 else 0
+                        orow[2 * w + 1] = val if kk == 1 else 0
+                else:
+                    for w in range(WO):
+                        val = alpha * gr[w]
+                        kk = mr[w] - i * KW
+                        for j in range(KW):
+                            orow[w * KW + j] = val if kk == j else 0
+                if W > WO * KW:
+                    memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(double))
+        if H > HO * KH:
+            memset(out + HO * KH * W, 0, (H - HO * KH) * W * sizeof(double))
+        return
+    if assign:
+        memset(out, 0, H * W * sizeof(double))
+    for h in range(HO):
+        gr = g + h * WO
+        mr = M + h * WO
+        if ph == 0 and pw == 0:
+            orow = out + h * sh * W
+            for w in range(WO):
+                kk = mr[w]
+                orow[w * sw + moff[2 * kk] * W + moff[2 * kk + 1]] += alpha * gr[w]
+            continue
+        for w in range(WO):
+            kk = mr[w]
+            u = h * sh + moff[2 * kk] - ph
+            v = w * sw + moff[2 * kk + 1] - pw
+            if 0 <= u < H and 0 <= v < W:
+                out[u * W + v] += alpha * gr[w]
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -2472,16 +2922,8 @@ cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, co
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<float>1.0) * g[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            gx[_n, _c, _u, _v] += _val
+                _mask_scatter_f32(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[_n, _c, 0, 0])
     free(_moff)
 
 cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2497,16 +2939,8 @@ cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, 
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<double>1.0) * g[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            gx[_n, _c, _u, _v] += _val
+                _mask_scatter_f64(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[_n, _c, 0, 0])
     free(_moff)
 
 def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -2590,7 +3024,6 @@ cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, con
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Ry[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -2601,13 +3034,9 @@ cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, con
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Ry[_n, _c, _h, _w] += (<float>1.0) * Rx[_n, _c, _u, _v]
+                    _mask_gather_f32(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[_n, _c, 0, 0])
+    else:
+        Ry[:, :, :, :] = 0
     free(_moff)
 
 cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2615,7 +3044,6 @@ cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, c
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Ry[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -2626,13 +3054,9 @@ cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, c
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Ry[_n, _c, _h, _w] += (<double>1.0) * Rx[_n, _c, _u, _v]
+                    _mask_gather_f64(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[_n, _c, 0, 0])
+    else:
+        Ry[:, :, :, :] = 0
     free(_moff)
 
 def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -2716,7 +3140,6 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgx[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -2727,14 +3150,9 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _val = (<float>1.0) * Rg[_n, _c, _h, _w]
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Rgx[_n, _c, _u, _v] += _val
+                    _mask_scatter_f32(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[_n, _c, 0, 0])
+    else:
+        Rgx[:, :, :, :] = 0
     free(_moff)
 
 cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2742,7 +3160,6 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgx[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -2753,14 +3170,9 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _val = (<double>1.0) * Rg[_n, _c, _h, _w]
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Rgx[_n, _c, _u, _v] += _val
+                    _mask_scatter_f64(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[_n, _c, 0, 0])
+    else:
+        Rgx[:, :, :, :] = 0
     free(_moff)
 
 def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -2852,16 +3264,8 @@ cdef void _maxpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, con
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<float>1.0) * H[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            hx[_n, _c, _u, _v] += _val
+                _mask_scatter_f32(&H[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &hx[_n, _c, 0, 0])
     free(_moff)
 
 cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -2877,16 +3281,8 @@ cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, c
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<double>1.0) * H[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            hx[_n, _c, _u, _v] += _val
+                _mask_scatter_f64(&H[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &hx[_n, _c, 0, 0])
     free(_moff)
 
 def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -3790,7 +4186,6 @@ cdef void _maxpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Ry[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -3804,13 +4199,9 @@ cdef void _maxpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] 
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Ry[_n, _c, _h, _w] += (<float>1.0) * Rx[_n, _c, _u, _v]
+                    _mask_gather_f32(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[_n, _c, 0, 0])
+    else:
+        Ry[:, :, :, :] = 0
     free(_moff)
 
 cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] Rx, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
@@ -3818,7 +4209,6 @@ cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Ry[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -3832,13 +4222,9 @@ cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1
     if Rx is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Ry[_n, _c, _h, _w] += (<double>1.0) * Rx[_n, _c, _u, _v]
+                    _mask_gather_f64(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[_n, _c, 0, 0])
+    else:
+        Ry[:, :, :, :] = 0
     free(_moff)
 
 def maxpool2d_forward_jvp(x, Rx=None, y=None, Ry=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
@@ -3923,7 +4309,6 @@ cdef void _maxpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg,
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgx[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -3932,27 +4317,14 @@ cdef void _maxpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg,
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<float>1.0) * g[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            gx[_n, _c, _u, _v] += _val
+                _mask_scatter_f32(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[_n, _c, 0, 0])
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _val = (<float>1.0) * Rg[_n, _c, _h, _w]
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Rgx[_n, _c, _u, _v] += _val
+                    _mask_scatter_f32(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[_n, _c, 0, 0])
+    else:
+        Rgx[:, :, :, :] = 0
     free(_moff)
 
 cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
@@ -3960,7 +4332,6 @@ cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] R
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgx[:, :, :, :] = 0
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -3969,27 +4340,14 @@ cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] R
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
-                for _h in range(h_):
-                    for _w in range(w_):
-                        _val = (<double>1.0) * g[_n, _c, _h, _w]
-                        _kk = M[_n, _c, _h, _w]
-                        _u = _h * s_h + _moff[2 * _kk] - p_h
-                        _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                        if 0 <= _u < u_ and 0 <= _v < v_:
-                            gx[_n, _c, _u, _v] += _val
+                _mask_scatter_f64(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[_n, _c, 0, 0])
     if Rg is not None:
         for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    for _h in range(h_):
-                        for _w in range(w_):
-                            _val = (<double>1.0) * Rg[_n, _c, _h, _w]
-                            _kk = M[_n, _c, _h, _w]
-                            _u = _h * s_h + _moff[2 * _kk] - p_h
-                            _v = _w * s_w + _moff[2 * _kk + 1] - p_w
-                            if 0 <= _u < u_ and 0 <= _v < v_:
-                                Rgx[_n, _c, _u, _v] += _val
+                    _mask_scatter_f64(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[_n, _c, 0, 0])
+    else:
+        Rgx[:, :, :, :] = 0
     free(_moff)
 
 def maxpool2d_vjp_rvjp(g, Rg=None, M=None, gx=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):

@@ -25,6 +25,12 @@ CONV_GRID = [
     (1, 3, 2, 8, 9, (5, 3), (2, 2), (2, 0), (1, 1)),
     (2, 1, 3, 10, 7, (3, 3), (3, 3), (1, 1), (2, 2)),
     (2, 2, 2, 6, 6, (1, 1), (2, 2), (0, 0), (1, 1)),
+    # im2col's copy paths: rows of 10 (two overlapping vector moves), 'same' padding at stride 1
+    # (one long copy per block), rows of 24, stride 1 with column padding and dilation
+    (2, 2, 3, 14, 14, (5, 5), (1, 1), (0, 0), (1, 1)),
+    (2, 1, 2, 12, 12, (5, 5), (1, 1), (2, 2), (1, 1)),
+    (1, 2, 2, 9, 26, (3, 3), (1, 1), (1, 0), (1, 1)),
+    (1, 2, 2, 8, 11, (3, 3), (1, 1), (0, 2), (2, 1)),
 ]
 
 
@@ -117,6 +123,50 @@ def test_pooling_matches_torch(pool, ties, dtype):
                 (xt,), (torch.tensor(Rx.astype(np.float64)),))[1]
             assert rel_err(ry, ryt.numpy()) < tol
             assert rel_err(rgx, gxt.numpy()) < tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxpool_random_geometries_nan_match_torch(dtype):
+    """The max-pool kernels' interior fast paths and border code on random geometries (2x2/2
+    planes of odd size too), with ties and NaNs: y and the argmax match torch's max_pool2d
+    (first maximum wins, a later NaN replaces an earlier one), the pullbacks scatter to it, and
+    the fused kernels equal the separate ones."""
+    rng = np.random.default_rng(18)
+    geos = [((2, 2), (2, 2), (0, 0))] * 3 + [None] * 17
+    for geo_ in geos:
+        if geo_ is None:
+            k = tuple(int(a) for a in rng.integers(1, 5, 2))
+            s = tuple(int(a) for a in rng.integers(1, 5, 2))
+            p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        else:
+            k, s, p = geo_
+        N, C = 2, 3
+        H, W_ = (int(a) for a in rng.integers(max(k) + 1, 24, 2))
+        x = (rng.integers(0, 4, (N, C, H, W_)) if rng.random() < 0.3 else rng.normal(size=(N, C, H, W_))).astype(dtype)
+        x.reshape(-1)[rng.choice(x.size, max(1, x.size // 40), replace=False)] = np.nan
+        geo = geo_pool(k, s, p)
+        yt, idx = F.max_pool2d(torch.tensor(x), k, s, p, return_indices=True)
+        y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int64), **geo)
+        assert np.array_equal(y, yt.numpy(), equal_nan=True), (k, s, p, H, W_)
+        hh, ww = np.meshgrid(np.arange(y.shape[2]), np.arange(y.shape[3]), indexing="ij")
+        u, v = hh * s[0] + M // k[1] - p[0], ww * s[1] + M % k[1] - p[1]
+        assert np.array_equal(u * W_ + v, idx.numpy()), (k, s, p, H, W_)
+        g, Rg = (rng.normal(size=y.shape).astype(dtype) for _ in range(2))
+        Rx = rng.normal(size=x.shape).astype(dtype)
+        gx = K.maxpool2d_vjp_x(g, M, np.full_like(x, 7), **geo)
+        ref = np.zeros((N, C, H * W_))
+        np.add.at(ref, (np.arange(N)[:, None, None], np.arange(C)[None, :, None], idx.numpy().reshape(N, C, -1)),
+                  g.reshape(N, C, -1))
+        assert rel_err(gx, ref.reshape(x.shape)) < TOL[dtype]
+        y2, Ry, M2 = K.maxpool2d_forward_jvp(x, Rx, np.empty_like(y), np.full_like(y, 7), np.empty_like(M), **geo)
+        assert np.array_equal(y2, y, equal_nan=True) and np.array_equal(M2, M)
+        assert np.array_equal(Ry, np.take_along_axis(Rx.reshape(N, C, -1), idx.numpy().reshape(N, C, -1), 2).reshape(y.shape))
+        _, Ry0, _ = K.maxpool2d_forward_jvp(x, None, np.empty_like(y), np.full_like(y, 7), np.empty_like(M), **geo)
+        assert not Ry0.any()
+        gx2, Rgx = K.maxpool2d_vjp_rvjp(g, Rg, M, np.full_like(x, 7), np.full_like(x, 7), **geo)
+        assert np.array_equal(gx2, gx) and np.array_equal(Rgx, K.maxpool2d_vjp_x(Rg, M, np.empty_like(x), **geo))
+        _, Rgx0 = K.maxpool2d_vjp_rvjp(g, None, M, np.full_like(x, 7), np.full_like(x, 7), **geo)
+        assert not Rgx0.any()
 
 
 def _eval_indexed(expr, arrays: dict, env: dict):
