@@ -267,8 +267,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     cols = wacc = None
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
-        if sweep["wouts"]:   # per-thread partial weight gradients, summed after the sample loop
-            wacc = (f"{sweep['o']}_", cols[0])
+        if sweep["wouts"]:   # per-thread partial weight gradients (transposed: C·K·K × O), summed after
+            wacc = (cols[0], f"{sweep['o']}_")
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
