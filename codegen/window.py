@@ -229,26 +229,6 @@ def _sweep(ctx: dict, gemm: list[dict]) -> dict:
             "slots": len(sources) + (1 if any(st["kind"] == "col2im" for st in steps) else 0)}
 
 
-def _fill_channels(sweep: dict, rest: list[dict], shapes: dict) -> list[dict]:
-    """Per-channel broadcasts (a bias ``out[n,o,h,w] += α b[o]``) into an output the sweep
-    zeroes per sample become that sample's initial value: the GEMMs accumulate onto it, and
-    the separate pass re-reading the whole output after the sweep is gone. Returns the ops
-    left for after the sweep; each fill term gets a use flag like the GEMM terms."""
-    fills, left = {}, []
-    for op in rest:
-        out = op["out"]
-        if (op["kind"] == "loop" and out in sweep["memset"] and not op["tail"]
-                and op["a_idx"] == [shapes[out][1]] and set(op["order"]) == set(shapes[out])
-                and any(st["kind"] == "fwd" and st["out"] == out for st in sweep["steps"])):
-            fills.setdefault(out, []).append({"A": op["A"], "alpha_c": op["alpha_c"], "guard": op["guard"],
-                                              "use": sweep["uses"]})
-            sweep["uses"] += 1
-        else:
-            left.append(op)
-    sweep["fills"] = fills
-    return left
-
-
 def layout(d: DerivedContraction, ctx: dict) -> dict:
     """Everything the template needs beyond the ops: guards, the sample sweep, column and
     weight-accumulator buffers, geometry, zeroing, threads."""
@@ -268,8 +248,6 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     gemm = [op for op in ops if op["kind"] in GEMM_KINDS]
     rest = sorted((op for op in ops if op["kind"] not in GEMM_KINDS), key=lambda op: op["kind"] == "loop")
     sweep = _sweep(ctx, gemm) if gemm else None
-    if sweep:
-        rest = _fill_channels(sweep, rest, shapes)
     masks = ctx["masks_in"] + ctx["masks_out"]
     outs = ctx["outs"]
     extents = list(dict.fromkeys(i for a in ctx["arrays"] + outs + masks for i in shapes[a]))

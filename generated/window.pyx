@@ -393,12 +393,6 @@ cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                     dst += sh * W
 
 
-cdef inline void _fill_f32(float* p, Py_ssize_t n, float v) noexcept nogil:
-    cdef Py_ssize_t e
-    for e in range(n):
-        p[e] = v
-
-
 cdef void _sum_slabs_t_f32(const float* acc, int T, Py_ssize_t R, Py_ssize_t O, float* out) noexcept nogil:
     # out[o, r] += sum over t of acc[t, r, o]: the per-thread partial weight gradients, which
     # the sweep accumulates transposed (see the wgrad GEMM)
@@ -726,12 +720,6 @@ cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                             dst[w * sw] += src[w]
                     src += WO
                     dst += sh * W
-
-
-cdef inline void _fill_f64(double* p, Py_ssize_t n, double v) noexcept nogil:
-    cdef Py_ssize_t e
-    for e in range(n):
-        p[e] = v
 
 
 cdef void _sum_slabs_t_f64(const double* acc, int T, Py_ssize_t R, Py_ssize_t O, double* out) noexcept nogil:
@@ -1197,20 +1185,19 @@ cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, floa
     cdef float _acc, _val
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_2:
-                _val = _val + (<float>1.0) * b[_c]
-            _fill_f32(&y[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<float>1.0) * b[o]
 
 cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] y, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
@@ -1219,20 +1206,19 @@ cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, do
     cdef double _acc, _val
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_2:
-                _val = _val + (<double>1.0) * b[_c]
-            _fill_f64(&y[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<double>1.0) * b[o]
 
 def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -1597,16 +1583,10 @@ cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:,
     cdef bint _use_1 = RW is not None
     cdef bint _use_2 = Rx is not None
     cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rb is not None
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_4:
-                _val = _val + (<float>1.0) * Rb[_c]
-            _fill_f32(&Ry[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
@@ -1615,6 +1595,12 @@ cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:,
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_3:
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
 
 cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
@@ -1625,16 +1611,10 @@ cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double
     cdef bint _use_1 = RW is not None
     cdef bint _use_2 = Rx is not None
     cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rb is not None
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_4:
-                _val = _val + (<double>1.0) * Rb[_c]
-            _fill_f64(&Ry[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
@@ -1643,6 +1623,12 @@ cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_3:
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
 
 def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
@@ -3413,23 +3399,11 @@ cdef void _conv2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, 
     cdef bint _use_2 = RW is not None
     cdef bint _use_3 = Rx is not None
     cdef bint _use_4 = Rx is not None
-    cdef bint _use_5 = True
-    cdef bint _use_6 = Rb is not None
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_5:
-                _val = _val + (<float>1.0) * b[_c]
-            _fill_f32(&y[_n, _c, 0, 0], h_ * w_, _val)
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_6:
-                _val = _val + (<float>1.0) * Rb[_c]
-            _fill_f32(&Ry[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
@@ -3440,6 +3414,17 @@ cdef void _conv2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, 
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_4:
             _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<float>1.0) * b[o]
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
 
 cdef void _conv2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
@@ -3451,23 +3436,11 @@ cdef void _conv2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W
     cdef bint _use_2 = RW is not None
     cdef bint _use_3 = Rx is not None
     cdef bint _use_4 = Rx is not None
-    cdef bint _use_5 = True
-    cdef bint _use_6 = Rb is not None
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
         _tid = threadid()
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_5:
-                _val = _val + (<double>1.0) * b[_c]
-            _fill_f64(&y[_n, _c, 0, 0], h_ * w_, _val)
-        # the per-channel terms (bias) as the sample's initial value; its GEMMs add onto it
-        for _c in range(o_):
-            _val = 0
-            if _use_6:
-                _val = _val + (<double>1.0) * Rb[_c]
-            _fill_f64(&Ry[_n, _c, 0, 0], h_ * w_, _val)
+        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
@@ -3478,6 +3451,17 @@ cdef void _conv2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_4:
             _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+        for o in range(o_):
+            for h in range(h_):
+                for w in range(w_):
+                    y[n, o, h, w] += (<double>1.0) * b[o]
+    if Rb is not None:
+        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            for o in range(o_):
+                for h in range(h_):
+                    for w in range(w_):
+                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
 
 def conv2d_forward_jvp(x, W, b, Rx=None, RW=None, Rb=None, y=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     """fused forward+jvp: y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
