@@ -398,6 +398,7 @@ def print_table(res: dict) -> None:
           + f" GFLOP/s; the roofline below is the best, {pk['scipy_gflops']:.0f} (torch.mm best "
           f"{pk['torch_gflops']:.0f})")
     print(f"jax: {res['jax'] or 'not installed (' + DASH + ')'}   XLA_FLAGS={res.get('xla_flags') or ''}"
+          f"   GOMP_SPINCOUNT: {res.get('gomp_spincount')}"
           + (f"   process pinned to cores {res['pinned_cores']}" if res.get("pinned_cores") else ""))
     print(f"{'case':26s} {'what':16s} {'GEMM MF':>7s} {'symprop':>8s} {'torch':>8s} {'jax':>8s} "
           f"{'s/torch':>7s} {'s/jax':>6s}   roofline % s/t/j")
@@ -482,7 +483,10 @@ def main(argv=None):
                 if r.get(f"{lib}_ms") is not None and "gemm_mflop" in r:
                     r[f"{lib}_roofline"] = r["gemm_mflop"] * 1e6 / (r[f"{lib}_ms"] * 1e-3 * peak["scipy_gflops"] * 1e9)
     res = {"threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
-           "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy}
+           "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy,
+           # torch is imported first: its libgomp.so.1 is the one both libraries share, and it has
+           # read its settings before symprop's runtime could bound the spin (runtime/openmp.py)
+           "gomp_spincount": os.environ.get("GOMP_SPINCOUNT") or "libgomp default"}
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -146,33 +146,46 @@ def test_controls_find_the_loaded_blas():
 
 
 def test_openmp_spin_is_bounded_unless_the_user_chose():
-    """symprop sets GOMP_SPINCOUNT (idle workers spinning for 300k iterations made a step 60x
-    slower beside one busy process) but never over the user's own spin or wait policy."""
+    """symprop sets GOMP_SPINCOUNT (idle workers spinning for 300k iterations made a step ~70x
+    slower beside one busy process) but never over the user's own spin or wait policy, and not
+    once a libgomp is loaded (it has read its settings; the variable would only mislead)."""
     from symprop.runtime.openmp import SPINCOUNT, bound_spin
+    fresh = lambda: False  # noqa: E731
     env = {}
-    assert bound_spin(env) and env == {"GOMP_SPINCOUNT": str(SPINCOUNT)}
-    for mine in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "active"}, {"SYMPROP_OPENMP_SPIN": "default"}):
+    assert bound_spin(env, fresh) and env == {"GOMP_SPINCOUNT": str(SPINCOUNT)}
+    for mine in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "active"}, {"SYMPROP_OPENMP_SPIN": "default"},
+                 {"GOMP_SPINCOUNT": "5", "SYMPROP_OPENMP_SPIN": "7"}):
         env = dict(mine)
-        assert not bound_spin(env) and env == mine
+        assert not bound_spin(env, fresh) and env == mine
     env = {"SYMPROP_OPENMP_SPIN": "0"}
-    assert bound_spin(env) and env["GOMP_SPINCOUNT"] == "0"
-    with pytest.raises(ValueError, match="SYMPROP_OPENMP_SPIN"):
-        bound_spin({"SYMPROP_OPENMP_SPIN": "fast"})
+    assert bound_spin(env, fresh) and env["GOMP_SPINCOUNT"] == "0"
+    env = {}
+    assert not bound_spin(env, lambda: True) and env == {}
+    for bad in ("fast", "\u00b2", "-1"):
+        env = {"SYMPROP_OPENMP_SPIN": bad}
+        with pytest.warns(RuntimeWarning, match="SYMPROP_OPENMP_SPIN"):
+            assert bound_spin(env, fresh)
+        assert env["GOMP_SPINCOUNT"] == str(SPINCOUNT)
 
 
 def test_openmp_spin_is_set_before_libgomp_loads(tmp_path):
-    """In a fresh process, importing the runtime sets the variable before the first generated
-    module (and with it libgomp) is loaded; a user's value is kept."""
+    """In a fresh process, importing the runtime sets the variable while no libgomp is loaded
+    yet, and the first generated module then loads it; a user's value is kept; after torch
+    (which brings its own libgomp.so.1) nothing is set."""
     import os
     import subprocess
     import sys
-    code = ("import os; import symprop.runtime.optimizers; "
-            "assert 'libgomp' in open('/proc/self/maps').read(); print(os.environ.get('GOMP_SPINCOUNT'))")
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "SYMPROP_OPENMP_SPIN")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     from symprop.runtime.openmp import SPINCOUNT
+    code = ("import os; maps = lambda: open('/proc/self/maps').read(); import symprop.runtime; "
+            "assert 'libgomp' not in maps(); v = os.environ.get('GOMP_SPINCOUNT'); "
+            "import symprop.runtime.optimizers; assert 'libgomp' in maps(); print(v)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "SYMPROP_OPENMP_SPIN")}
+    run = lambda c, e: subprocess.run([sys.executable, "-c", c], env=e, cwd=tmp_path, capture_output=True,  # noqa: E731
+                                      text=True)
+    out = run(code, env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(SPINCOUNT)
-    out = subprocess.run([sys.executable, "-c", code], env=dict(env, GOMP_SPINCOUNT="7"), cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = run(code, dict(env, GOMP_SPINCOUNT="7"))
     assert out.stdout.strip() == "7", out.stderr
+    out = run("import os, torch, symprop.runtime; print(os.environ.get('GOMP_SPINCOUNT'))", env)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
