@@ -275,8 +275,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
         op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == shapes[op["out"]][0]
     # zero each output per sample in the sweep, per sample in its first sample loop (a mask
-    # gather/scatter assigns instead), not at all
-    # when an argmax forward assigns every element, else serially before anything runs
+    # gather/scatter assigns instead), not at all when an argmax forward assigns every
+    # element, else serially before anything runs
     first = {}
     for op in rest:
         first.setdefault(op["out"], op)

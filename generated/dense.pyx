@@ -163,11 +163,11 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
 cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                        float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # more rows than columns, else a block of its columns (single-threaded BLAS inside, see
-    # _parallel_enter); small products stay on one thread. Measured on 2 threads: the digits
-    # forward 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight
-    # pullback 256x128·128x784 183 vs 170; with fewer rows (the batch of 64 of the CIFAR fc,
-    # 64x4096·4096x256) columns win, 129 vs 96.
+    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
+    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
+    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
+    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
+    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
     cdef int t, lo, hi
     if T <= 1 or <double>M * N * K < 131072.0:
         _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
@@ -190,11 +190,11 @@ cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, 
 cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
                        double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
     # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # more rows than columns, else a block of its columns (single-threaded BLAS inside, see
-    # _parallel_enter); small products stay on one thread. Measured on 2 threads: the digits
-    # forward 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight
-    # pullback 256x128·128x784 183 vs 170; with fewer rows (the batch of 64 of the CIFAR fc,
-    # 64x4096·4096x256) columns win, 129 vs 96.
+    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
+    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
+    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
+    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
+    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
     cdef int t, lo, hi
     if T <= 1 or <double>M * N * K < 131072.0:
         _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)

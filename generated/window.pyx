@@ -169,11 +169,11 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
 cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                        float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # more rows than columns, else a block of its columns (single-threaded BLAS inside, see
-    # _parallel_enter); small products stay on one thread. Measured on 2 threads: the digits
-    # forward 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight
-    # pullback 256x128·128x784 183 vs 170; with fewer rows (the batch of 64 of the CIFAR fc,
-    # 64x4096·4096x256) columns win, 129 vs 96.
+    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
+    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
+    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
+    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
+    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
     cdef int t, lo, hi
     if T <= 1 or <double>M * N * K < 131072.0:
         _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
@@ -196,11 +196,11 @@ cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, 
 cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
                        double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
     # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # more rows than columns, else a block of its columns (single-threaded BLAS inside, see
-    # _parallel_enter); small products stay on one thread. Measured on 2 threads: the digits
-    # forward 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight
-    # pullback 256x128·128x784 183 vs 170; with fewer rows (the batch of 64 of the CIFAR fc,
-    # 64x4096·4096x256) columns win, 129 vs 96.
+    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
+    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
+    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
+    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
+    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
     cdef int t, lo, hi
     if T <= 1 or <double>M * N * K < 131072.0:
         _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
@@ -600,6 +600,8 @@ cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_s
             continue
         for w in range(WO):
             kk = mr[w]
+            if kk < 0:      # a window wholly in the padding (the forward left -1) pulls back nothing
+                continue
             u = h * sh + moff[2 * kk] - ph
             v = w * sw + moff[2 * kk + 1] - pw
             if 0 <= u < H and 0 <= v < W:
@@ -929,6 +931,8 @@ cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_
             continue
         for w in range(WO):
             kk = mr[w]
+            if kk < 0:      # a window wholly in the padding (the forward left -1) pulls back nothing
+                continue
             u = h * sh + moff[2 * kk] - ph
             v = w * sw + moff[2 * kk + 1] - pw
             if 0 <= u < H and 0 <= v < W:
@@ -1416,8 +1420,6 @@ cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
@@ -1437,8 +1439,6 @@ cdef void _conv2d_vjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, doub
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
@@ -1840,14 +1840,10 @@ cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_3:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
@@ -1869,14 +1865,10 @@ cdef void _conv2d_rvjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, dou
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_3:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
@@ -2139,8 +2131,6 @@ cdef void _conv2d_bl_W_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] x_sq, floa
         if _use_0:
             _im2col_f32(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &hW[0, 0, 0, 0])
@@ -2160,8 +2150,6 @@ cdef void _conv2d_bl_W_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] x_sq, do
         if _use_0:
             _im2col_f64(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &hW[0, 0, 0, 0])
@@ -3569,18 +3557,12 @@ cdef void _conv2d_vjp_rvjp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, flo
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         if _use_3:
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
         if _use_4:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         _first = 1
         if _use_5:
@@ -3636,18 +3618,12 @@ cdef void _conv2d_vjp_rvjp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, d
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         if _use_3:
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
         if _use_4:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         _first = 1
         if _use_5:
@@ -3791,18 +3767,12 @@ cdef void _conv2d_vjp_rvjp_params_f32(float[:, :, :, ::1] x, float[:, :, :, ::1]
         if _use_0:
             _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         if _use_3:
             _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_4:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         for n in range(n_):
@@ -3838,18 +3808,12 @@ cdef void _conv2d_vjp_rvjp_params_f64(double[:, :, :, ::1] x, double[:, :, :, ::
         if _use_0:
             _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
         if _use_1:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
         if _use_2:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
         if _use_3:
             _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
         if _use_4:
-            # gWᵀ += cols·Gᵀ: OpenBLAS runs this orientation 1.1-1.5x faster than G·colsᵀ on
-            # per-sample shapes (16x100·100x150: 72 vs 49 GFLOP/s on one core)
             _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
     with nogil:
         for n in range(n_):

@@ -31,6 +31,8 @@ CONV_GRID = [
     (2, 1, 2, 12, 12, (5, 5), (1, 1), (2, 2), (1, 1)),
     (1, 2, 2, 9, 26, (3, 3), (1, 1), (1, 0), (1, 1)),
     (1, 2, 2, 8, 11, (3, 3), (1, 1), (0, 2), (2, 1)),
+    # the one-long-copy path ('same' output width at stride 1) with dilation 2
+    (2, 2, 3, 10, 9, (3, 3), (1, 1), (2, 2), (2, 2)),
 ]
 
 
@@ -132,7 +134,10 @@ def test_maxpool_random_geometries_nan_match_torch(dtype):
     (first maximum wins, a later NaN replaces an earlier one), the pullbacks scatter to it, and
     the fused kernels equal the separate ones."""
     rng = np.random.default_rng(18)
-    geos = [((2, 2), (2, 2), (0, 0))] * 3 + [None] * 17
+    # windows that tile the input (the scatter writes each element once) for several kernel
+    # widths, then random geometries
+    geos = [((2, 2), (2, 2), (0, 0))] * 3 + [((3, 3), (3, 3), (0, 0)), ((1, 1), (1, 1), (0, 0)),
+                                              ((3, 2), (3, 2), (0, 0))] + [None] * 17
     for geo_ in geos:
         if geo_ is None:
             k = tuple(int(a) for a in rng.integers(1, 5, 2))
@@ -144,6 +149,7 @@ def test_maxpool_random_geometries_nan_match_torch(dtype):
         H, W_ = (int(a) for a in rng.integers(max(k) + 1, 24, 2))
         x = (rng.integers(0, 4, (N, C, H, W_)) if rng.random() < 0.3 else rng.normal(size=(N, C, H, W_))).astype(dtype)
         x.reshape(-1)[rng.choice(x.size, max(1, x.size // 40), replace=False)] = np.nan
+        x.reshape(-1)[rng.choice(x.size, max(1, x.size // 40), replace=False)] = -np.inf
         geo = geo_pool(k, s, p)
         yt, idx = F.max_pool2d(torch.tensor(x), k, s, p, return_indices=True)
         y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int64), **geo)
