@@ -6,13 +6,13 @@ gradient + exact HVP, AdaHessian step, Adam step) this times, per layer and per 
 the loss kernels, the optimizer update kernels and the Rademacher probes, and splits the rest
 of the step into
 
-- *executor*: time inside ``SpecKernels.run`` around the kernel (argument binding, output
-  allocation), and
+- *executor*: time inside ``SpecKernels._call`` (behind ``run`` and ``run_named``) around the
+  kernel (argument binding, output allocation), and
 - *python*: everything else (the model's and layers' Python: input checks, records, tapes,
   list handling, NumPy glue) = step time − kernels − executor.
 
 Nothing in ``symprop`` is edited: the script wraps each bound kernel (``Role.fn``) of every
-layer's ``SpecKernels``, ``SpecKernels.run``, and the ``losses``/``optimizers`` kernel modules
+layer's ``SpecKernels``, ``SpecKernels._call``, and the ``losses``/``optimizers`` kernel modules
 at run time. For dense and conv roles it prints the kernel's GEMM FLOP rate (the GEMM FLOPs
 the role performs, as counted in ``bench.gemm_flops``) next to the sgemm peak measured in the
 same run.
@@ -80,7 +80,8 @@ class Profiler:
                         self._undo.append((role, "fn", role.fn))
                         role.fn = self._timed(role.fn, ("kernel", labels[id(v)], rname))
         self.labels = labels
-        orig_run = kernels.SpecKernels.run
+        # every role, separate (run) or fused (run_named), goes through SpecKernels._call
+        orig_run = kernels.SpecKernels._call
         prof = self
 
         def run(K, role, *a, **k):
@@ -93,8 +94,8 @@ class Profiler:
                 e = prof.acc[("run", labels.get(id(K), K.owner), role)]
                 e[0] += 1
                 e[1] += time.perf_counter() - t0
-        self._undo.append((kernels.SpecKernels, "run", orig_run))
-        kernels.SpecKernels.run = run
+        self._undo.append((kernels.SpecKernels, "_call", orig_run))
+        kernels.SpecKernels._call = run
 
         for mod, attr, kind in ((losses, "_losses", "loss"), (optimizers, "_opt", "optimizer")):
             real = getattr(mod, attr)
