@@ -16,7 +16,7 @@ import sympy as sp
 from ..derive.indexed import ContractionKernel, DerivedContraction
 from .config import DTYPES
 from .fusion import fused_roles, kernel_name
-from .manifest import _like, canonical_arrays, contraction_role, spec_entry
+from .manifest import canonical_arrays, contraction_role, spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -156,7 +156,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     return {"name": k.name, "role": k.role, "arrays": used, "def_arrays": def_arrays(used, squares),
             "squares": sorted(squares.items()), "out": k.out, "outs": [k.out], "shapes": shapes, "ops": ops,
             "calls_blas": any(op["kind"] == "gemm" for op in ops), "zero": [] if any_assign else [k.out],
-            "optional": optional, "extents": extents, "any_assign": any_assign,
+            "optional": optional, "extents": extents,
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
 
@@ -195,15 +195,6 @@ def fused_parts(spec, ctxs: list[dict], name: str, role: str, parts: list[str]) 
             "doc": f"fused {role}: " + "; ".join(p["doc"] for p in ps)}
 
 
-def fused_role(ctx: dict, canonical: dict, kwargs=(), masks_out=()) -> dict:
-    """Manifest entry of a fused kernel: every output, each shaped like its canonical array."""
-    outs = [{"name": o, "like": _like(ctx["shapes"][o], canonical), "dtype": "float"} for o in ctx["outs"]]
-    outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int64"} for mk in masks_out]
-    return {"kernel": ctx["name"], "call": list(ctx["arrays"]) + list(ctx["outs"]) + list(masks_out),
-            "kwargs": list(kwargs), "arrays": list(ctx["arrays"]), "optional": list(ctx["optional"]),
-            "outputs": outs, "fuses": list(ctx["parts"])}
-
-
 def fused_contexts(d: DerivedContraction, ctxs: list[dict], fuse) -> list[dict]:
     """Every fused role the spec's kernels allow, built by ``fuse(spec, ctxs, name, role, parts)``."""
     s = d.spec
@@ -239,9 +230,9 @@ def sqvjp_role(f: dict, param: str) -> dict:
 
 
 def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: list[list[dict]],
-                     role_fn, sqvjps: list[list[dict]], fused: list[list[dict]] = (), fused_fn=None) -> dict:
-    """Manifest entries of indexed specs: ``role_fn(ctx, canonical)`` -> one role entry;
-    ``fused_fn(ctx, canonical)`` for the fused kernels."""
+                     role_fn, sqvjps: list[list[dict]], fused: list[list[dict]] = ()) -> dict:
+    """Manifest entries of indexed specs: ``role_fn(ctx, canonical)`` -> one role entry, for
+    single and fused kernels alike."""
     table = {}
     fused = list(fused) or [[] for _ in derived]
     for d, ctxs, sqs, fs in zip(derived, contexts, sqvjps, fused):
@@ -249,7 +240,7 @@ def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: l
         canonical = canonical_arrays(s)
         roles = {ctx["role"]: role_fn(ctx, canonical) for ctx in ctxs}
         roles.update({f["role"]: sqvjp_role(f, f["param"]) for f in sqs})
-        roles.update({f["role"]: fused_fn(f, canonical) for f in fs})
+        roles.update({f["role"]: role_fn(f, canonical) for f in fs})
         table[s.name] = spec_entry(family, s.name, s.hash, list(s.inputs), list(s.params), s.output,
                                    [str(x) for x in s.scalars], roles, canonical)
     return table
@@ -263,7 +254,6 @@ def render_contraction_module(module: str, derived: list[DerivedContraction]) ->
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("contraction.pyx.j2", module=module, specs=specs, kernels=kernels,
                   sqvjps=[f for fs in sqs for f in fs],
-                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role, sqs, fused,
-                                            fused_role),
+                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role, sqs, fused),
                   dtypes=DTYPES, doc="Contraction kernels (GEMM-lowered): "
                   + ", ".join(s["name"] for s in specs) + ".")

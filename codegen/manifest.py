@@ -22,14 +22,18 @@ def _like(shape: list, canonical: dict) -> str:
 
 
 def contraction_role(ctx: dict, canonical: dict, masks_in=(), masks_out=(), kwargs=()) -> dict:
-    """A contraction or window kernel: array arguments (by canonical name), output(s)."""
-    outs = [{"name": ctx["out"], "like": _like(ctx["shapes"][ctx["out"]], canonical), "dtype": "float"}]
+    """A contraction or window kernel, single or fused: array arguments (by canonical name),
+    outputs (a fused kernel's are every part's, and it names the roles it fuses)."""
+    outs = [{"name": o, "like": _like(ctx["shapes"][o], canonical), "dtype": "float"} for o in ctx["outs"]]
     outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int64"} for mk in masks_out]
     arrays = ctx.get("def_arrays", ctx["arrays"])
-    return {"kernel": ctx["name"],
-            "call": list(arrays) + list(masks_in) + [ctx["out"]] + list(masks_out),
+    role = {"kernel": ctx["name"],
+            "call": list(arrays) + list(masks_in) + list(ctx["outs"]) + list(masks_out),
             "kwargs": list(kwargs), "arrays": list(arrays) + list(masks_in),
             "optional": list(ctx["optional"]), "outputs": outs}
+    if "parts" in ctx:
+        role["fuses"] = list(ctx["parts"])
+    return role
 
 
 def elementwise_role(ctx: dict) -> dict:

@@ -24,7 +24,7 @@ import sympy as sp
 from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContraction
 from .config import DTYPES
 from .contraction import (LoweringError, Term, _loop_op, argument_layout, def_arrays, fused_contexts, fused_parts,
-                          fused_role, indexed_manifest, name_squares, sqvjp_contexts)
+                          indexed_manifest, name_squares, sqvjp_contexts)
 from .manifest import contraction_role
 from .printer import print_expr
 from .render import render
@@ -196,29 +196,25 @@ def _sweep(ctx: dict, gemm: list[dict]) -> dict:
     if any((op["n"], op["o"], op["c"]) != (n, o, c) for op in gemm):
         raise LoweringError(f"{ctx['name']}: window GEMM terms over different index triples")
     produced = set(ctx["outs"]) | set(ctx.get("masks_out", []))
-    terms = []
-    for op in gemm:
-        for t in op.get("terms", [op]):
-            if {t.get("A"), t.get("G"), t.get("X")} & produced:
-                raise LoweringError(f"{ctx['name']}: a GEMM term reads an output of the same kernel")
-            terms.append((op, t))
-    sources = list(dict.fromkeys(t["X"] for op, t in terms if op["kind"] != "col2im_gemm"))
-    wouts = list(dict.fromkeys(op["out"] for op, _ in terms if op["kind"] == "im2col_wgrad"))
+    if any({op.get("A"), op.get("G"), op.get("X")} & produced for op in gemm):
+        raise LoweringError(f"{ctx['name']}: a GEMM term reads an output of the same kernel")
+    sources = list(dict.fromkeys(op["X"] for op in gemm if op["kind"] != "col2im_gemm"))
+    wouts = list(dict.fromkeys(op["out"] for op in gemm if op["kind"] == "im2col_wgrad"))
     steps = []
     for slot, X in enumerate(sources):
         steps.append({"kind": "im2col", "X": X, "slot": slot, "guard": [X] if X in ctx["optional"] else []})
-        for op, t in terms:
-            if op["kind"] != "col2im_gemm" and t["X"] == X:
+        for op in gemm:
+            if op["kind"] != "col2im_gemm" and op["X"] == X:
                 step = {"kind": "fwd" if op["kind"] == "im2col_gemm" else "wgrad", "slot": slot, "out": op["out"],
-                        "alpha_c": t["alpha_c"], "guard": t["guard"], "A": t.get("A"), "G": t.get("G")}
+                        "alpha_c": op["alpha_c"], "guard": op["guard"], "A": op.get("A"), "G": op.get("G")}
                 if step["kind"] == "wgrad":
                     step["acc"] = wouts.index(op["out"])
                 steps.append(step)
     slot = len(sources)
-    for out in dict.fromkeys(op["out"] for op, _ in terms if op["kind"] == "col2im_gemm"):
+    for out in dict.fromkeys(op["out"] for op in gemm if op["kind"] == "col2im_gemm"):
         steps.append({"kind": "col2im", "out": out, "slot": slot, "guard": [],
-                      "terms": [{"A": t["A"], "G": t["G"], "alpha_c": t["alpha_c"], "guard": t["guard"]}
-                                for op, t in terms if op["kind"] == "col2im_gemm" and op["out"] == out]})
+                      "terms": [{"A": op["A"], "G": op["G"], "alpha_c": op["alpha_c"], "guard": op["guard"]}
+                                for op in gemm if op["kind"] == "col2im_gemm" and op["out"] == out]})
     uses = 0
     for st in steps:
         for t in st.get("terms", [st]):
@@ -312,13 +308,6 @@ def window_role(ctx: dict, canonical: dict) -> dict:
     return contraction_role(ctx, canonical, ctx["masks_in"], ctx["masks_out"], ctx["scalars"])
 
 
-def fused_window_role(ctx: dict, canonical: dict) -> dict:
-    role = fused_role(ctx, canonical, ctx["scalars"], ctx["masks_out"])
-    role["call"] = list(ctx["arrays"]) + ctx["masks_in"] + list(ctx["outs"]) + ctx["masks_out"]
-    role["arrays"] = list(ctx["arrays"]) + ctx["masks_in"]
-    return role
-
-
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     lowered = [[lower_kernel(d, k) for k in d.kernels] for d in derived]
     fused = [[layout(d, f) for f in fused_contexts(d, low, fuse_window)] for d, low in zip(derived, lowered)]
@@ -328,7 +317,6 @@ def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
                   sqvjps=[f for fs in sqs for f in fs],
-                  manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused,
-                                            fused_window_role),
+                  manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "
                   + ", ".join(s["name"] for s in specs) + ".")
