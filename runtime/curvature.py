@@ -118,7 +118,7 @@ def hutchinson_from(model, tape, v: list, hv: list, samples: int, rng: np.random
     probes are drawn from ``rng`` and pushed through :meth:`Sequential.rop` on ``tape``."""
     if samples == 1:
         return [np.multiply(vi, h, out=h) for vi, h in zip(v, hv)]
-    acc = [np.zeros(vi.shape, np.float64) + vi * h for vi, h in zip(v, hv)]
+    acc = [(vi * h).astype(np.float64) for vi, h in zip(v, hv)]
     for _ in range(samples - 1):
         v = rademacher(model.parameters(), rng)
         for a, vi, h in zip(acc, v, model.rop(tape, v)):

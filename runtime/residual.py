@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 
-
 from .conv import Conv2D, out_size
 from .dense import Dense
 from .layer import EVAL, Layer, batch_columns
