@@ -1,15 +1,51 @@
-"""Builds the generated Cython kernels; everything else is in pyproject.toml."""
+"""Builds the generated Cython kernels; everything else is in pyproject.toml.
+
+Cython and the C compiler run on every core (``SYMPROP_BUILD_JOBS`` overrides), the Cython
+runtime support code (memoryviews) is compiled once into ``symprop.generated._cyutility``
+instead of into every module, and a compiled extension is kept in a build cache keyed by its
+C source, headers, flags, compiler and Python (``codegen/build_cache.py``): installing an
+extra after the base install, or reinstalling an unchanged checkout, compiles nothing.
+"""
+import os
 import runpy
 from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 root = Path(__file__).parent
 flags = runpy.run_path(str(root / "codegen" / "flags.py"))
+cache = runpy.run_path(str(root / "codegen" / "build_cache.py"))
+jobs = flags["build_jobs"]()
+
 extensions = [
     Extension(f"symprop.generated.{pyx.stem}", [str(pyx.relative_to(root))],
               include_dirs=["generated"], **flags["extension_kwargs"]())
     for pyx in sorted((root / "generated").glob("*.pyx"))
 ]
-setup(ext_modules=cythonize(extensions, compiler_directives=flags["CYTHON_DIRECTIVES"], quiet=True))
+extensions.append(Extension(flags["SHARED_UTILITY"], ["generated/_cyutility.c"],
+                            **flags["extension_kwargs"]()))
+
+
+class cached_build_ext(build_ext):
+    """build_ext on ``jobs`` threads, each extension taken from the build cache when present."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = jobs
+
+    def build_extension(self, ext):
+        target = self.get_ext_fullpath(ext.name)
+        key = cache["extension_key"](ext, self.compiler)
+        if cache["restore"](key, target):
+            print(f"symprop: {ext.name} unchanged, taken from the build cache")
+            return
+        super().build_extension(ext)
+        cache["store"](key, target)
+
+
+setup(ext_modules=cythonize(extensions, compiler_directives=flags["CYTHON_DIRECTIVES"], quiet=True,
+                            nthreads=jobs, shared_utility_qualified_name=flags["SHARED_UTILITY"]),
+      cmdclass={"build_ext": cached_build_ext})

@@ -44,3 +44,17 @@ def extension_kwargs() -> dict:
 
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
                      "initializedcheck": False, "cdivision": True}
+
+#: the module holding Cython's runtime support code (memoryviews), compiled once for all
+SHARED_UTILITY = "symprop.generated._cyutility"
+
+
+def build_jobs() -> int:
+    """Parallel Cython and C compiler jobs: every core (``SYMPROP_BUILD_JOBS`` overrides)."""
+    env = os.environ.get("SYMPROP_BUILD_JOBS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

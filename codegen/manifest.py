@@ -37,12 +37,13 @@ def contraction_role(ctx: dict, canonical: dict, masks_in=(), masks_out=(), kwar
 
 
 def elementwise_role(ctx: dict) -> dict:
-    """An elementwise kernel: every array has the same shape; scalars follow positionally."""
+    """An elementwise kernel: every array has the same shape; scalars follow positionally;
+    ``written`` arrays are updated in place (optimizer state). ``doc`` is what it computes."""
     like = ctx["arrays"][0]
     return {"kernel": ctx["name"], "call": list(ctx["arrays"]) + list(ctx["outs"]) + list(ctx["scalars"]),
             "kwargs": [], "arrays": list(ctx["arrays"]), "optional": [],
             "outputs": [{"name": o, "like": like, "dtype": "float"} for o in ctx["outs"]],
-            "scalars": list(ctx["scalars"])}
+            "scalars": list(ctx["scalars"]), "written": list(ctx["written"]), "doc": ctx["doc"]}
 
 
 def spec_entry(family: str, name: str, hash_: str, inputs: list, params: list, output: str,

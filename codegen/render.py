@@ -1,7 +1,7 @@
 """The Jinja2 environment: templates live in ``codegen/templates``, one per kernel family."""
 from __future__ import annotations
 
-import pprint
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,10 +10,14 @@ import jinja2
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def pyliteral(value) -> str:
-    """A Python literal for plain data (dicts, lists, strings, numbers), deterministic and
-    in insertion order: how generated modules carry their manifest."""
-    return pprint.pformat(value, width=110, sort_dicts=False)
+def jsonliteral(value) -> str:
+    """A Python expression that builds plain data from a JSON string parsed at import: a
+    compiled module carries its manifest as one string constant, not as a dict literal
+    (which Cython turns into hundreds of kilobytes of C). Deterministic, keys in order."""
+    text = json.dumps(value, indent=1, ensure_ascii=True, allow_nan=True)
+    if "'''" in text:
+        raise ValueError("jsonliteral: the data holds a triple quote")
+    return "__import__('json').loads(r'''" + text + "''')"
 
 
 @lru_cache(maxsize=1)
@@ -22,7 +26,7 @@ def environment() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined, autoescape=False)
-    env.filters["pyliteral"] = pyliteral
+    env.filters["jsonliteral"] = jsonliteral
     env.filters["add_suffix"] = lambda name: f"{name}_"   # index i -> its extent variable i_
     return env
 

@@ -15,7 +15,13 @@
 # spec: gelu  hash: 3ce4b0da2e7d778f
 # spec: mish  hash: 39901bc85ba4b857
 
-"""Elementwise kernels: tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish."""
+"""Elementwise kernels: tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish.
+
+Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
+Py_ssize_t n)``: the arrays in manifest call order, outputs after inputs), collected in a
+table; the shared dispatcher (``symprop.generated.dispatch``) checks the arrays, threads the
+loop and calls through the table. This module imports nothing from symprop.
+"""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -57,771 +63,2317 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
-from cython.parallel cimport prange, threadid
-cimport openmp
 
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
-#: little from a second thread on small arrays, and waking it costs a few microseconds)
-cdef enum:
-    _GRAIN = 32768
-
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'tanh': {'family': 'elementwise',
-          'hash': 'b9de5c7f8ddcc0e4',
-          'inputs': ['x'],
-          'params': [],
-          'output': 'y',
-          'scalars': [],
-          'roles': {'forward': {'kernel': 'tanh_forward',
-                                'call': ['x', 'y'],
-                                'kwargs': [],
-                                'arrays': ['x'],
-                                'optional': [],
-                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                    'vjp:x': {'kernel': 'tanh_vjp',
-                              'call': ['y', 'g', 'gx'],
-                              'kwargs': [],
-                              'arrays': ['y', 'g'],
-                              'optional': [],
-                              'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'}],
-                              'scalars': []},
-                    'jvp': {'kernel': 'tanh_jvp',
-                            'call': ['y', 'Rx', 'Ry'],
-                            'kwargs': [],
-                            'arrays': ['y', 'Rx'],
-                            'optional': [],
-                            'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                            'scalars': []},
-                    'rvjp:x': {'kernel': 'tanh_rvjp',
-                               'call': ['y', 'g', 'Rx', 'Rg', 'Rgx'],
-                               'kwargs': [],
-                               'arrays': ['y', 'g', 'Rx', 'Rg'],
-                               'optional': [],
-                               'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                               'scalars': []},
-                    'bl:x': {'kernel': 'tanh_diag_backprop',
-                             'call': ['y', 'g', 'H', 'hx'],
-                             'kwargs': [],
-                             'arrays': ['y', 'g', 'H'],
-                             'optional': [],
-                             'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
-                             'scalars': []},
-                    'residual': {'kernel': 'tanh_residual',
-                                 'call': ['y', 'g', 'r'],
-                                 'kwargs': [],
-                                 'arrays': ['y', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                 'scalars': []},
-                    'forward+jvp': {'kernel': 'tanh_forward_jvp',
-                                    'call': ['x', 'Rx', 'y', 'Ry'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'Rx'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                    'vjp+rvjp': {'kernel': 'tanh_vjp_rvjp',
-                                 'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                 'kwargs': [],
-                                 'arrays': ['y', 'g', 'Rx', 'Rg'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
-                                             {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                                 'scalars': []}},
-          'defaults': {}},
- 'sigmoid': {'family': 'elementwise',
-             'hash': 'c34fc4e916697276',
-             'inputs': ['x'],
-             'params': [],
-             'output': 'y',
-             'scalars': [],
-             'roles': {'forward': {'kernel': 'sigmoid_forward',
-                                   'call': ['x', 'y'],
-                                   'kwargs': [],
-                                   'arrays': ['x'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': []},
-                       'vjp:x': {'kernel': 'sigmoid_vjp',
-                                 'call': ['y', 'g', 'gx'],
-                                 'kwargs': [],
-                                 'arrays': ['y', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'}],
-                                 'scalars': []},
-                       'jvp': {'kernel': 'sigmoid_jvp',
-                               'call': ['y', 'Rx', 'Ry'],
-                               'kwargs': [],
-                               'arrays': ['y', 'Rx'],
-                               'optional': [],
-                               'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                               'scalars': []},
-                       'rvjp:x': {'kernel': 'sigmoid_rvjp',
-                                  'call': ['y', 'g', 'Rx', 'Rg', 'Rgx'],
-                                  'kwargs': [],
-                                  'arrays': ['y', 'g', 'Rx', 'Rg'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                                  'scalars': []},
-                       'bl:x': {'kernel': 'sigmoid_diag_backprop',
-                                'call': ['y', 'g', 'H', 'hx'],
-                                'kwargs': [],
-                                'arrays': ['y', 'g', 'H'],
-                                'optional': [],
-                                'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
-                                'scalars': []},
-                       'residual': {'kernel': 'sigmoid_residual',
-                                    'call': ['y', 'g', 'r'],
-                                    'kwargs': [],
-                                    'arrays': ['y', 'g'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                    'scalars': []},
-                       'forward+jvp': {'kernel': 'sigmoid_forward_jvp',
-                                       'call': ['x', 'Rx', 'y', 'Ry'],
-                                       'kwargs': [],
-                                       'arrays': ['x', 'Rx'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                       'scalars': []},
-                       'vjp+rvjp': {'kernel': 'sigmoid_vjp_rvjp',
-                                    'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                    'kwargs': [],
-                                    'arrays': ['y', 'g', 'Rx', 'Rg'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
-                                                {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                                    'scalars': []}},
-             'defaults': {}},
- 'relu': {'family': 'elementwise',
-          'hash': '18d606cf070bab0a',
-          'inputs': ['x'],
-          'params': [],
-          'output': 'y',
-          'scalars': [],
-          'roles': {'forward': {'kernel': 'relu_forward',
-                                'call': ['x', 'y'],
-                                'kwargs': [],
-                                'arrays': ['x'],
-                                'optional': [],
-                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                    'vjp:x': {'kernel': 'relu_vjp',
-                              'call': ['x', 'g', 'gx'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g'],
-                              'optional': [],
-                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': []},
-                    'jvp': {'kernel': 'relu_jvp',
-                            'call': ['x', 'Rx', 'Ry'],
-                            'kwargs': [],
-                            'arrays': ['x', 'Rx'],
-                            'optional': [],
-                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                            'scalars': []},
-                    'rvjp:x': {'kernel': 'relu_rvjp',
-                               'call': ['x', 'Rg', 'Rgx'],
-                               'kwargs': [],
-                               'arrays': ['x', 'Rg'],
-                               'optional': [],
-                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': []},
-                    'bl:x': {'kernel': 'relu_diag_backprop',
-                             'call': ['x', 'H', 'hx'],
-                             'kwargs': [],
-                             'arrays': ['x', 'H'],
-                             'optional': [],
-                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []},
-                    'forward+jvp': {'kernel': 'relu_forward_jvp',
-                                    'call': ['x', 'Rx', 'y', 'Ry'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'Rx'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                    'vjp+rvjp': {'kernel': 'relu_vjp_rvjp',
-                                 'call': ['x', 'g', 'Rg', 'gx', 'Rgx'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g', 'Rg'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []}},
-          'defaults': {}},
- 'softplus': {'family': 'elementwise',
-              'hash': '5c6ccc2b5d856291',
-              'inputs': ['x'],
-              'params': [],
-              'output': 'y',
-              'scalars': [],
-              'roles': {'forward': {'kernel': 'softplus_forward',
-                                    'call': ['x', 'y'],
-                                    'kwargs': [],
-                                    'arrays': ['x'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                        'vjp:x': {'kernel': 'softplus_vjp',
-                                  'call': ['y', 'g', 'gx'],
-                                  'kwargs': [],
-                                  'arrays': ['y', 'g'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'}],
-                                  'scalars': []},
-                        'jvp': {'kernel': 'softplus_jvp',
-                                'call': ['y', 'Rx', 'Ry'],
-                                'kwargs': [],
-                                'arrays': ['y', 'Rx'],
-                                'optional': [],
-                                'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                                'scalars': []},
-                        'rvjp:x': {'kernel': 'softplus_rvjp',
-                                   'call': ['y', 'g', 'Rx', 'Rg', 'Rgx'],
-                                   'kwargs': [],
-                                   'arrays': ['y', 'g', 'Rx', 'Rg'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                                   'scalars': []},
-                        'bl:x': {'kernel': 'softplus_diag_backprop',
-                                 'call': ['y', 'g', 'H', 'hx'],
-                                 'kwargs': [],
-                                 'arrays': ['y', 'g', 'H'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'hx', 'like': 'y', 'dtype': 'float'}],
-                                 'scalars': []},
-                        'residual': {'kernel': 'softplus_residual',
-                                     'call': ['y', 'g', 'r'],
-                                     'kwargs': [],
-                                     'arrays': ['y', 'g'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'r', 'like': 'y', 'dtype': 'float'}],
-                                     'scalars': []},
-                        'forward+jvp': {'kernel': 'softplus_forward_jvp',
-                                        'call': ['x', 'Rx', 'y', 'Ry'],
-                                        'kwargs': [],
-                                        'arrays': ['x', 'Rx'],
-                                        'optional': [],
-                                        'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                    {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                        'scalars': []},
-                        'vjp+rvjp': {'kernel': 'softplus_vjp_rvjp',
-                                     'call': ['y', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                     'kwargs': [],
-                                     'arrays': ['y', 'g', 'Rx', 'Rg'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'gx', 'like': 'y', 'dtype': 'float'},
-                                                 {'name': 'Rgx', 'like': 'y', 'dtype': 'float'}],
-                                     'scalars': []}},
-              'defaults': {}},
- 'leaky_relu': {'family': 'elementwise',
-                'hash': '24c77790b8fe118a',
-                'inputs': ['x'],
-                'params': [],
-                'output': 'y',
-                'scalars': ['alpha'],
-                'roles': {'forward': {'kernel': 'leaky_relu_forward',
-                                      'call': ['x', 'y', 'alpha'],
-                                      'kwargs': [],
-                                      'arrays': ['x'],
-                                      'optional': [],
-                                      'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                      'scalars': ['alpha']},
-                          'vjp:x': {'kernel': 'leaky_relu_vjp',
-                                    'call': ['x', 'g', 'gx', 'alpha'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'g'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': ['alpha']},
-                          'jvp': {'kernel': 'leaky_relu_jvp',
-                                  'call': ['x', 'Rx', 'Ry', 'alpha'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'Rx'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                  'scalars': ['alpha']},
-                          'rvjp:x': {'kernel': 'leaky_relu_rvjp',
-                                     'call': ['x', 'Rg', 'Rgx', 'alpha'],
-                                     'kwargs': [],
-                                     'arrays': ['x', 'Rg'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                     'scalars': ['alpha']},
-                          'bl:x': {'kernel': 'leaky_relu_diag_backprop',
-                                   'call': ['x', 'H', 'hx', 'alpha'],
-                                   'kwargs': [],
-                                   'arrays': ['x', 'H'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': ['alpha']},
-                          'forward+jvp': {'kernel': 'leaky_relu_forward_jvp',
-                                          'call': ['x', 'Rx', 'y', 'Ry', 'alpha'],
-                                          'kwargs': [],
-                                          'arrays': ['x', 'Rx'],
-                                          'optional': [],
-                                          'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                      {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                          'scalars': ['alpha']},
-                          'vjp+rvjp': {'kernel': 'leaky_relu_vjp_rvjp',
-                                       'call': ['x', 'g', 'Rg', 'gx', 'Rgx', 'alpha'],
-                                       'kwargs': [],
-                                       'arrays': ['x', 'g', 'Rg'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                                   {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                       'scalars': ['alpha']}},
-                'defaults': {'alpha': 0.01}},
- 'elu': {'family': 'elementwise',
-         'hash': '0fed97321d3cf5ec',
-         'inputs': ['x'],
-         'params': [],
-         'output': 'y',
-         'scalars': ['alpha'],
-         'roles': {'forward': {'kernel': 'elu_forward',
-                               'call': ['x', 'y', 'alpha'],
-                               'kwargs': [],
-                               'arrays': ['x'],
-                               'optional': [],
-                               'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': ['alpha']},
-                   'vjp:x': {'kernel': 'elu_vjp',
-                             'call': ['x', 'g', 'gx', 'alpha'],
-                             'kwargs': [],
-                             'arrays': ['x', 'g'],
-                             'optional': [],
-                             'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': ['alpha']},
-                   'jvp': {'kernel': 'elu_jvp',
-                           'call': ['x', 'Rx', 'Ry', 'alpha'],
-                           'kwargs': [],
-                           'arrays': ['x', 'Rx'],
-                           'optional': [],
-                           'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                           'scalars': ['alpha']},
-                   'rvjp:x': {'kernel': 'elu_rvjp',
-                              'call': ['x', 'g', 'Rx', 'Rg', 'Rgx', 'alpha'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g', 'Rx', 'Rg'],
-                              'optional': [],
-                              'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': ['alpha']},
-                   'bl:x': {'kernel': 'elu_diag_backprop',
-                            'call': ['x', 'g', 'H', 'hx', 'alpha'],
-                            'kwargs': [],
-                            'arrays': ['x', 'g', 'H'],
-                            'optional': [],
-                            'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                            'scalars': ['alpha']},
-                   'residual': {'kernel': 'elu_residual',
-                                'call': ['x', 'g', 'r', 'alpha'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g'],
-                                'optional': [],
-                                'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': ['alpha']},
-                   'forward+jvp': {'kernel': 'elu_forward_jvp',
-                                   'call': ['x', 'Rx', 'y', 'Ry', 'alpha'],
-                                   'kwargs': [],
-                                   'arrays': ['x', 'Rx'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                               {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': ['alpha']},
-                   'vjp+rvjp': {'kernel': 'elu_vjp_rvjp',
-                                'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'alpha'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                'optional': [],
-                                'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                            {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': ['alpha']}},
-         'defaults': {'alpha': 1.0}},
- 'silu': {'family': 'elementwise',
-          'hash': 'e445a400d2e80fc9',
-          'inputs': ['x'],
-          'params': [],
-          'output': 'y',
-          'scalars': [],
-          'roles': {'forward': {'kernel': 'silu_forward',
-                                'call': ['x', 'y'],
-                                'kwargs': [],
-                                'arrays': ['x'],
-                                'optional': [],
-                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                    'vjp:x': {'kernel': 'silu_vjp',
-                              'call': ['x', 'g', 'gx'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g'],
-                              'optional': [],
-                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': []},
-                    'jvp': {'kernel': 'silu_jvp',
-                            'call': ['x', 'Rx', 'Ry'],
-                            'kwargs': [],
-                            'arrays': ['x', 'Rx'],
-                            'optional': [],
-                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                            'scalars': []},
-                    'rvjp:x': {'kernel': 'silu_rvjp',
-                               'call': ['x', 'g', 'Rx', 'Rg', 'Rgx'],
-                               'kwargs': [],
-                               'arrays': ['x', 'g', 'Rx', 'Rg'],
-                               'optional': [],
-                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': []},
-                    'bl:x': {'kernel': 'silu_diag_backprop',
-                             'call': ['x', 'g', 'H', 'hx'],
-                             'kwargs': [],
-                             'arrays': ['x', 'g', 'H'],
-                             'optional': [],
-                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []},
-                    'residual': {'kernel': 'silu_residual',
-                                 'call': ['x', 'g', 'r'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []},
-                    'forward+jvp': {'kernel': 'silu_forward_jvp',
-                                    'call': ['x', 'Rx', 'y', 'Ry'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'Rx'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                    'vjp+rvjp': {'kernel': 'silu_vjp_rvjp',
-                                 'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []}},
-          'defaults': {}},
- 'swish': {'family': 'elementwise',
-           'hash': '079aeb700267b334',
-           'inputs': ['x'],
-           'params': [],
-           'output': 'y',
-           'scalars': ['beta'],
-           'roles': {'forward': {'kernel': 'swish_forward',
-                                 'call': ['x', 'y', 'beta'],
-                                 'kwargs': [],
-                                 'arrays': ['x'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': ['beta']},
-                     'vjp:x': {'kernel': 'swish_vjp',
-                               'call': ['x', 'g', 'gx', 'beta'],
-                               'kwargs': [],
-                               'arrays': ['x', 'g'],
-                               'optional': [],
-                               'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': ['beta']},
-                     'jvp': {'kernel': 'swish_jvp',
-                             'call': ['x', 'Rx', 'Ry', 'beta'],
-                             'kwargs': [],
-                             'arrays': ['x', 'Rx'],
-                             'optional': [],
-                             'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': ['beta']},
-                     'rvjp:x': {'kernel': 'swish_rvjp',
-                                'call': ['x', 'g', 'Rx', 'Rg', 'Rgx', 'beta'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                'optional': [],
-                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': ['beta']},
-                     'bl:x': {'kernel': 'swish_diag_backprop',
-                              'call': ['x', 'g', 'H', 'hx', 'beta'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g', 'H'],
-                              'optional': [],
-                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': ['beta']},
-                     'residual': {'kernel': 'swish_residual',
-                                  'call': ['x', 'g', 'r', 'beta'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'g'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                  'scalars': ['beta']},
-                     'forward+jvp': {'kernel': 'swish_forward_jvp',
-                                     'call': ['x', 'Rx', 'y', 'Ry', 'beta'],
-                                     'kwargs': [],
-                                     'arrays': ['x', 'Rx'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                 {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                     'scalars': ['beta']},
-                     'vjp+rvjp': {'kernel': 'swish_vjp_rvjp',
-                                  'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'beta'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                              {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                  'scalars': ['beta']}},
-           'defaults': {'beta': 1.0}},
- 'gelu': {'family': 'elementwise',
-          'hash': '3ce4b0da2e7d778f',
-          'inputs': ['x'],
-          'params': [],
-          'output': 'y',
-          'scalars': [],
-          'roles': {'forward': {'kernel': 'gelu_forward',
-                                'call': ['x', 'y'],
-                                'kwargs': [],
-                                'arrays': ['x'],
-                                'optional': [],
-                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                    'vjp:x': {'kernel': 'gelu_vjp',
-                              'call': ['x', 'g', 'gx'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g'],
-                              'optional': [],
-                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': []},
-                    'jvp': {'kernel': 'gelu_jvp',
-                            'call': ['x', 'Rx', 'Ry'],
-                            'kwargs': [],
-                            'arrays': ['x', 'Rx'],
-                            'optional': [],
-                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                            'scalars': []},
-                    'rvjp:x': {'kernel': 'gelu_rvjp',
-                               'call': ['x', 'g', 'Rx', 'Rg', 'Rgx'],
-                               'kwargs': [],
-                               'arrays': ['x', 'g', 'Rx', 'Rg'],
-                               'optional': [],
-                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': []},
-                    'bl:x': {'kernel': 'gelu_diag_backprop',
-                             'call': ['x', 'g', 'H', 'hx'],
-                             'kwargs': [],
-                             'arrays': ['x', 'g', 'H'],
-                             'optional': [],
-                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []},
-                    'residual': {'kernel': 'gelu_residual',
-                                 'call': ['x', 'g', 'r'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []},
-                    'forward+jvp': {'kernel': 'gelu_forward_jvp',
-                                    'call': ['x', 'Rx', 'y', 'Ry'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'Rx'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                    'vjp+rvjp': {'kernel': 'gelu_vjp_rvjp',
-                                 'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []}},
-          'defaults': {}},
- 'mish': {'family': 'elementwise',
-          'hash': '39901bc85ba4b857',
-          'inputs': ['x'],
-          'params': [],
-          'output': 'y',
-          'scalars': [],
-          'roles': {'forward': {'kernel': 'mish_forward',
-                                'call': ['x', 'y'],
-                                'kwargs': [],
-                                'arrays': ['x'],
-                                'optional': [],
-                                'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                    'vjp:x': {'kernel': 'mish_vjp',
-                              'call': ['x', 'g', 'gx'],
-                              'kwargs': [],
-                              'arrays': ['x', 'g'],
-                              'optional': [],
-                              'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': []},
-                    'jvp': {'kernel': 'mish_jvp',
-                            'call': ['x', 'Rx', 'Ry'],
-                            'kwargs': [],
-                            'arrays': ['x', 'Rx'],
-                            'optional': [],
-                            'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                            'scalars': []},
-                    'rvjp:x': {'kernel': 'mish_rvjp',
-                               'call': ['x', 'y', 'g', 'Rx', 'Rg', 'Rgx'],
-                               'kwargs': [],
-                               'arrays': ['x', 'y', 'g', 'Rx', 'Rg'],
-                               'optional': [],
-                               'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': []},
-                    'bl:x': {'kernel': 'mish_diag_backprop',
-                             'call': ['x', 'y', 'g', 'H', 'hx'],
-                             'kwargs': [],
-                             'arrays': ['x', 'y', 'g', 'H'],
-                             'optional': [],
-                             'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []},
-                    'residual': {'kernel': 'mish_residual',
-                                 'call': ['x', 'y', 'g', 'r'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'y', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []},
-                    'forward+jvp': {'kernel': 'mish_forward_jvp',
-                                    'call': ['x', 'Rx', 'y', 'Ry'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'Rx'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': []},
-                    'vjp+rvjp': {'kernel': 'mish_vjp_rvjp',
-                                 'call': ['x', 'g', 'y', 'Rx', 'Rg', 'gx', 'Rgx'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g', 'y', 'Rx', 'Rg'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                             {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []}},
-          'defaults': {}}}
+MANIFEST = __import__('json').loads(r'''{
+ "tanh": {
+  "family": "elementwise",
+  "hash": "b9de5c7f8ddcc0e4",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "tanh_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = tanh(x)"
+   },
+   "vjp:x": {
+    "kernel": "tanh_vjp",
+    "call": [
+     "y",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(1 - y**2)"
+   },
+   "jvp": {
+    "kernel": "tanh_jvp",
+    "call": [
+     "y",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*(1 - y**2)"
+   },
+   "rvjp:x": {
+    "kernel": "tanh_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)"
+   },
+   "bl:x": {
+    "kernel": "tanh_diag_backprop",
+    "call": [
+     "y",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)"
+   },
+   "residual": {
+    "kernel": "tanh_residual",
+    "call": [
+     "y",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = 2*g*y*(y - 1)*(y + 1)"
+   },
+   "forward+jvp": {
+    "kernel": "tanh_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = tanh(x); Ry = Rx*(1 - tanh(x)**2)"
+   },
+   "vjp+rvjp": {
+    "kernel": "tanh_vjp_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(1 - y**2); Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)"
+   }
+  },
+  "defaults": {}
+ },
+ "sigmoid": {
+  "family": "elementwise",
+  "hash": "c34fc4e916697276",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "sigmoid_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = 1/(1 + exp(-x))"
+   },
+   "vjp:x": {
+    "kernel": "sigmoid_vjp",
+    "call": [
+     "y",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = -g*y*(y - 1)"
+   },
+   "jvp": {
+    "kernel": "sigmoid_jvp",
+    "call": [
+     "y",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = -Rx*y*(y - 1)"
+   },
+   "rvjp:x": {
+    "kernel": "sigmoid_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)"
+   },
+   "bl:x": {
+    "kernel": "sigmoid_diag_backprop",
+    "call": [
+     "y",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)"
+   },
+   "residual": {
+    "kernel": "sigmoid_residual",
+    "call": [
+     "y",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = g*y*(y - 1)*(2*y - 1)"
+   },
+   "forward+jvp": {
+    "kernel": "sigmoid_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = 1/(1 + exp(-x)); Ry = -Rx*(-1 + 1/(1 + exp(-x)))/(1 + exp(-x))"
+   },
+   "vjp+rvjp": {
+    "kernel": "sigmoid_vjp_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = -g*y*(y - 1); Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)"
+   }
+  },
+  "defaults": {}
+ },
+ "relu": {
+  "family": "elementwise",
+  "hash": "18d606cf070bab0a",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "relu_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = Max(0, x)"
+   },
+   "vjp:x": {
+    "kernel": "relu_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*Piecewise((1, x > 0), (0, True))"
+   },
+   "jvp": {
+    "kernel": "relu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*Piecewise((1, x > 0), (0, True))"
+   },
+   "rvjp:x": {
+    "kernel": "relu_rvjp",
+    "call": [
+     "x",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*Piecewise((1, x > 0), (0, True))"
+   },
+   "bl:x": {
+    "kernel": "relu_diag_backprop",
+    "call": [
+     "x",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*Piecewise((1, x > 0), (0, True))"
+   },
+   "forward+jvp": {
+    "kernel": "relu_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))"
+   },
+   "vjp+rvjp": {
+    "kernel": "relu_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))"
+   }
+  },
+  "defaults": {}
+ },
+ "softplus": {
+  "family": "elementwise",
+  "hash": "5c6ccc2b5d856291",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "softplus_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x)"
+   },
+   "vjp:x": {
+    "kernel": "softplus_vjp",
+    "call": [
+     "y",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = -g*expm1(-y)"
+   },
+   "jvp": {
+    "kernel": "softplus_jvp",
+    "call": [
+     "y",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = -Rx*expm1(-y)"
+   },
+   "rvjp:x": {
+    "kernel": "softplus_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)"
+   },
+   "bl:x": {
+    "kernel": "softplus_diag_backprop",
+    "call": [
+     "y",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)"
+   },
+   "residual": {
+    "kernel": "softplus_residual",
+    "call": [
+     "y",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = g*finite_or(exp(-2*y)*expm1(y), 0)"
+   },
+   "forward+jvp": {
+    "kernel": "softplus_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))"
+   },
+   "vjp+rvjp": {
+    "kernel": "softplus_vjp_rvjp",
+    "call": [
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)"
+   }
+  },
+  "defaults": {}
+ },
+ "leaky_relu": {
+  "family": "elementwise",
+  "hash": "24c77790b8fe118a",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "alpha"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "leaky_relu_forward",
+    "call": [
+     "x",
+     "y",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "y = alpha*Min(0, x) + Max(0, x)"
+   },
+   "vjp:x": {
+    "kernel": "leaky_relu_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+   },
+   "jvp": {
+    "kernel": "leaky_relu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+   },
+   "rvjp:x": {
+    "kernel": "leaky_relu_rvjp",
+    "call": [
+     "x",
+     "Rg",
+     "Rgx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+   },
+   "bl:x": {
+    "kernel": "leaky_relu_diag_backprop",
+    "call": [
+     "x",
+     "H",
+     "hx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))"
+   },
+   "forward+jvp": {
+    "kernel": "leaky_relu_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+   },
+   "vjp+rvjp": {
+    "kernel": "leaky_relu_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rg",
+     "gx",
+     "Rgx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+   }
+  },
+  "defaults": {
+   "alpha": 0.01
+  }
+ },
+ "elu": {
+  "family": "elementwise",
+  "hash": "0fed97321d3cf5ec",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "alpha"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "elu_forward",
+    "call": [
+     "x",
+     "y",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "y = Piecewise((x, x > 0), (alpha*expm1(x), True))"
+   },
+   "vjp:x": {
+    "kernel": "elu_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((1, x > 0), (alpha*exp(x), True))"
+   },
+   "jvp": {
+    "kernel": "elu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))"
+   },
+   "rvjp:x": {
+    "kernel": "elu_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))"
+   },
+   "bl:x": {
+    "kernel": "elu_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))"
+   },
+   "residual": {
+    "kernel": "elu_residual",
+    "call": [
+     "x",
+     "g",
+     "r",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "r = g*Piecewise((0, x > 0), (alpha*exp(x), True))"
+   },
+   "forward+jvp": {
+    "kernel": "elu_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "y = Piecewise((x, x > 0), (alpha*expm1(x), True)); Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))"
+   },
+   "vjp+rvjp": {
+    "kernel": "elu_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx",
+     "alpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "alpha"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((1, x > 0), (alpha*exp(x), True)); Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))"
+   }
+  },
+  "defaults": {
+   "alpha": 1.0
+  }
+ },
+ "silu": {
+  "family": "elementwise",
+  "hash": "e445a400d2e80fc9",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "silu_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x/(1 + exp(-x))"
+   },
+   "vjp:x": {
+    "kernel": "silu_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+   },
+   "jvp": {
+    "kernel": "silu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+   },
+   "rvjp:x": {
+    "kernel": "silu_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+   },
+   "bl:x": {
+    "kernel": "silu_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+   },
+   "residual": {
+    "kernel": "silu_residual",
+    "call": [
+     "x",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+   },
+   "forward+jvp": {
+    "kernel": "silu_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+   },
+   "vjp+rvjp": {
+    "kernel": "silu_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+   }
+  },
+  "defaults": {}
+ },
+ "swish": {
+  "family": "elementwise",
+  "hash": "079aeb700267b334",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "beta"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "swish_forward",
+    "call": [
+     "x",
+     "y",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "y = x/(1 + exp(-beta*x))"
+   },
+   "vjp:x": {
+    "kernel": "swish_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+   },
+   "jvp": {
+    "kernel": "swish_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+   },
+   "rvjp:x": {
+    "kernel": "swish_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+   },
+   "bl:x": {
+    "kernel": "swish_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+   },
+   "residual": {
+    "kernel": "swish_residual",
+    "call": [
+     "x",
+     "g",
+     "r",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+   },
+   "forward+jvp": {
+    "kernel": "swish_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+   },
+   "vjp+rvjp": {
+    "kernel": "swish_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx",
+     "beta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "beta"
+    ],
+    "written": [],
+    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+   }
+  },
+  "defaults": {
+   "beta": 1.0
+  }
+ },
+ "gelu": {
+  "family": "elementwise",
+  "hash": "3ce4b0da2e7d778f",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "gelu_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x*(erf(sqrt(2)*x/2) + 1)/2"
+   },
+   "vjp:x": {
+    "kernel": "gelu_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+   },
+   "jvp": {
+    "kernel": "gelu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+   },
+   "rvjp:x": {
+    "kernel": "gelu_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+   },
+   "bl:x": {
+    "kernel": "gelu_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+   },
+   "residual": {
+    "kernel": "gelu_residual",
+    "call": [
+     "x",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+   },
+   "forward+jvp": {
+    "kernel": "gelu_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+   },
+   "vjp+rvjp": {
+    "kernel": "gelu_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+   }
+  },
+  "defaults": {}
+ },
+ "mish": {
+  "family": "elementwise",
+  "hash": "39901bc85ba4b857",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "mish_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x*tanh(log(exp(x) + 1))"
+   },
+   "vjp:x": {
+    "kernel": "mish_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+   },
+   "jvp": {
+    "kernel": "mish_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+   },
+   "rvjp:x": {
+    "kernel": "mish_rvjp",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+   },
+   "bl:x": {
+    "kernel": "mish_diag_backprop",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "H",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+   },
+   "residual": {
+    "kernel": "mish_residual",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+   },
+   "forward+jvp": {
+    "kernel": "mish_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+   },
+   "vjp+rvjp": {
+    "kernel": "mish_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "y",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "y",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+   }
+  },
+  "defaults": {}
+ }
+}''')
 
 # ---------------------------------------------------------------- tanh_forward
 # y = tanh(x)
-cdef void _tanh_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = tanhf(x)
 
-cdef void _tanh_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = tanh(x)
 
-
-def tanh_forward(x, y, ):
-    """y = tanh(x)
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"tanh_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_vjp
 # gx = g*(1 - y**2)
-cdef void _tanh_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -830,7 +2382,10 @@ cdef void _tanh_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_ssiz
         g = g_p[_e]
         gx_p[_e] = -g*((y*y) + (<float>-1.0))
 
-cdef void _tanh_vjp_f64(const double* y_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -839,53 +2394,12 @@ cdef void _tanh_vjp_f64(const double* y_p, const double* g_p, double* gx_p, Py_s
         g = g_p[_e]
         gx_p[_e] = -g*((y*y) + (<double>-1.0))
 
-
-def tanh_vjp(y, g, gx, ):
-    """gx = g*(1 - y**2)
-
-    Arrays: y, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"tanh_vjp: g has shape {g.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"tanh_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, gx_f32
-    cdef double[::1] y_f64, g_f64, gx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_jvp
 # Ry = Rx*(1 - y**2)
-cdef void _tanh_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float Rx
@@ -894,7 +2408,10 @@ cdef void _tanh_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py_ssi
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*((y*y) + (<float>-1.0))
 
-cdef void _tanh_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double Rx
@@ -903,53 +2420,14 @@ cdef void _tanh_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p, Py_
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*((y*y) + (<double>-1.0))
 
-
-def tanh_jvp(y, Rx, Ry, ):
-    """Ry = Rx*(1 - y**2)
-
-    Arrays: y, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
-    y = _readable(y)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = y.size
-    if Rx.size != n:
-        raise ValueError(f"tanh_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Ry.size != n:
-        raise ValueError(f"tanh_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, Rx_f32, Ry_f32
-    cdef double[::1] y_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_rvjp
 # Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
-cdef void _tanh_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -962,7 +2440,12 @@ cdef void _tanh_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, 
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*((y*y) + (<float>-1.0)) + (<float>2.0)*Rx*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -975,63 +2458,13 @@ cdef void _tanh_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*((y*y) + (<double>-1.0)) + (<double>2.0)*Rx*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-
-def tanh_rvjp(y, g, Rx, Rg, Rgx, ):
-    """Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
-
-    Arrays: y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"tanh_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"tanh_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"tanh_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"tanh_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_diag_backprop
 # hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
-cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1042,7 +2475,11 @@ cdef void _tanh_diag_backprop_f32(const float* y_p, const float* g_p, const floa
         H = H_p[_e]
         hx_p[_e] = H*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0))) + (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1053,58 +2490,12 @@ cdef void _tanh_diag_backprop_f64(const double* y_p, const double* g_p, const do
         H = H_p[_e]
         hx_p[_e] = H*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0))) + (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-
-def tanh_diag_backprop(y, g, H, hx, ):
-    """hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
-
-    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
-    y = _readable(y)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"tanh_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if H.size != n:
-        raise ValueError(f"tanh_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
-    if hx.size != n:
-        raise ValueError(f"tanh_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_residual
 # r = 2*g*y*(y - 1)*(y + 1)
-cdef void _tanh_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1113,7 +2504,10 @@ cdef void _tanh_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_
         g = g_p[_e]
         r_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1122,53 +2516,13 @@ cdef void _tanh_residual_f64(const double* y_p, const double* g_p, double* r_p, 
         g = g_p[_e]
         r_p[_e] = (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-
-def tanh_residual(y, g, r, ):
-    """r = 2*g*y*(y - 1)*(y + 1)
-
-    Arrays: y, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"tanh_residual: g has shape {g.shape} but y has shape {y.shape}")
-    if r.size != n:
-        raise ValueError(f"tanh_residual: r has shape {r.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, r_f32
-    cdef double[::1] y_f64, g_f64, r_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_forward_jvp
 # y = tanh(x); Ry = Rx*(1 - tanh(x)**2)
-cdef void _tanh_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -1180,7 +2534,11 @@ cdef void _tanh_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p,
         y_p[_e] = _t0
         Ry_p[_e] = -Rx*((_t0*_t0) + (<float>-1.0))
 
-cdef void _tanh_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -1192,57 +2550,15 @@ cdef void _tanh_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y
         y_p[_e] = _t0
         Ry_p[_e] = -Rx*((_t0*_t0) + (<double>-1.0))
 
-
-def tanh_forward_jvp(x, Rx, y, Ry, ):
-    """y = tanh(x); Ry = Rx*(1 - tanh(x)**2)
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"tanh_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"tanh_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"tanh_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- tanh_vjp_rvjp
 # gx = g*(1 - y**2); Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
-cdef void _tanh_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1258,7 +2574,13 @@ cdef void _tanh_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = -Rg*_t0 + (<float>2.0)*Rx*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1274,122 +2596,32 @@ cdef void _tanh_vjp_rvjp_f64(const double* y_p, const double* g_p, const double*
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = -Rg*_t0 + (<double>2.0)*Rx*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-
-def tanh_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
-    """gx = g*(1 - y**2); Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)
-
-    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("tanh_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"tanh_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"tanh_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"tanh_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"tanh_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"tanh_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _tanh_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _tanh_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_forward
 # y = 1/(1 + exp(-x))
-cdef void _sigmoid_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = ((<float>1.0)/(((<float>1.0) + expf(-x))))
 
-cdef void _sigmoid_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = ((<double>1.0)/(((<double>1.0) + exp(-x))))
 
-
-def sigmoid_forward(x, y, ):
-    """y = 1/(1 + exp(-x))
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"sigmoid_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_vjp
 # gx = -g*y*(y - 1)
-cdef void _sigmoid_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1398,7 +2630,10 @@ cdef void _sigmoid_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_s
         g = g_p[_e]
         gx_p[_e] = -g*y*(y + (<float>-1.0))
 
-cdef void _sigmoid_vjp_f64(const double* y_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1407,53 +2642,12 @@ cdef void _sigmoid_vjp_f64(const double* y_p, const double* g_p, double* gx_p, P
         g = g_p[_e]
         gx_p[_e] = -g*y*(y + (<double>-1.0))
 
-
-def sigmoid_vjp(y, g, gx, ):
-    """gx = -g*y*(y - 1)
-
-    Arrays: y, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"sigmoid_vjp: g has shape {g.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"sigmoid_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, gx_f32
-    cdef double[::1] y_f64, g_f64, gx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_jvp
 # Ry = -Rx*y*(y - 1)
-cdef void _sigmoid_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float Rx
@@ -1462,7 +2656,10 @@ cdef void _sigmoid_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py_
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*y*(y + (<float>-1.0))
 
-cdef void _sigmoid_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double Rx
@@ -1471,53 +2668,14 @@ cdef void _sigmoid_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p, 
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*y*(y + (<double>-1.0))
 
-
-def sigmoid_jvp(y, Rx, Ry, ):
-    """Ry = -Rx*y*(y - 1)
-
-    Arrays: y, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
-    y = _readable(y)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = y.size
-    if Rx.size != n:
-        raise ValueError(f"sigmoid_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Ry.size != n:
-        raise ValueError(f"sigmoid_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, Rx_f32, Ry_f32
-    cdef double[::1] y_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_rvjp
 # Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1530,7 +2688,12 @@ cdef void _sigmoid_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_
         Rg = Rg_p[_e]
         Rgx_p[_e] = y*(-Rg + Rx*g*((<float>2.0)*y + (<float>-1.0)))*(y + (<float>-1.0))
 
-cdef void _sigmoid_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1543,63 +2706,13 @@ cdef void _sigmoid_rvjp_f64(const double* y_p, const double* g_p, const double* 
         Rg = Rg_p[_e]
         Rgx_p[_e] = y*(-Rg + Rx*g*((<double>2.0)*y + (<double>-1.0)))*(y + (<double>-1.0))
 
-
-def sigmoid_rvjp(y, g, Rx, Rg, Rgx, ):
-    """Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
-
-    Arrays: y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"sigmoid_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"sigmoid_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"sigmoid_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"sigmoid_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_diag_backprop
 # hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1612,7 +2725,11 @@ cdef void _sigmoid_diag_backprop_f32(const float* y_p, const float* g_p, const f
         _t0 = y*(y + (<float>-1.0))
         hx_p[_e] = _t0*(H*_t0 + g*((<float>2.0)*y + (<float>-1.0)))
 
-cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1625,58 +2742,12 @@ cdef void _sigmoid_diag_backprop_f64(const double* y_p, const double* g_p, const
         _t0 = y*(y + (<double>-1.0))
         hx_p[_e] = _t0*(H*_t0 + g*((<double>2.0)*y + (<double>-1.0)))
 
-
-def sigmoid_diag_backprop(y, g, H, hx, ):
-    """hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
-
-    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
-    y = _readable(y)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"sigmoid_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if H.size != n:
-        raise ValueError(f"sigmoid_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
-    if hx.size != n:
-        raise ValueError(f"sigmoid_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_residual
 # r = g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1685,7 +2756,10 @@ cdef void _sigmoid_residual_f32(const float* y_p, const float* g_p, float* r_p, 
         g = g_p[_e]
         r_p[_e] = g*y*(y + (<float>-1.0))*((<float>2.0)*y + (<float>-1.0))
 
-cdef void _sigmoid_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1694,53 +2768,13 @@ cdef void _sigmoid_residual_f64(const double* y_p, const double* g_p, double* r_
         g = g_p[_e]
         r_p[_e] = g*y*(y + (<double>-1.0))*((<double>2.0)*y + (<double>-1.0))
 
-
-def sigmoid_residual(y, g, r, ):
-    """r = g*y*(y - 1)*(2*y - 1)
-
-    Arrays: y, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"sigmoid_residual: g has shape {g.shape} but y has shape {y.shape}")
-    if r.size != n:
-        raise ValueError(f"sigmoid_residual: r has shape {r.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, r_f32
-    cdef double[::1] y_f64, g_f64, r_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_forward_jvp
 # y = 1/(1 + exp(-x)); Ry = -Rx*(-1 + 1/(1 + exp(-x)))/(1 + exp(-x))
-cdef void _sigmoid_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -1752,7 +2786,11 @@ cdef void _sigmoid_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y
         y_p[_e] = _t0
         Ry_p[_e] = Rx*_t0*((<float>1.0) - _t0)
 
-cdef void _sigmoid_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -1764,57 +2802,15 @@ cdef void _sigmoid_forward_jvp_f64(const double* x_p, const double* Rx_p, double
         y_p[_e] = _t0
         Ry_p[_e] = Rx*_t0*((<double>1.0) - _t0)
 
-
-def sigmoid_forward_jvp(x, Rx, y, Ry, ):
-    """y = 1/(1 + exp(-x)); Ry = -Rx*(-1 + 1/(1 + exp(-x)))/(1 + exp(-x))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"sigmoid_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"sigmoid_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"sigmoid_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- sigmoid_vjp_rvjp
 # gx = -g*y*(y - 1); Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -1830,7 +2826,13 @@ cdef void _sigmoid_vjp_rvjp_f32(const float* y_p, const float* g_p, const float*
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = _t0*(-Rg + Rx*g*((<float>2.0)*y + (<float>-1.0)))
 
-cdef void _sigmoid_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -1846,122 +2848,32 @@ cdef void _sigmoid_vjp_rvjp_f64(const double* y_p, const double* g_p, const doub
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = _t0*(-Rg + Rx*g*((<double>2.0)*y + (<double>-1.0)))
 
-
-def sigmoid_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
-    """gx = -g*y*(y - 1); Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)
-
-    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("sigmoid_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"sigmoid_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"sigmoid_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"sigmoid_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"sigmoid_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"sigmoid_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _sigmoid_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sigmoid_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_forward
 # y = Max(0, x)
-cdef void _relu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = symprop_fmaxf((<float>0.0), x)
 
-cdef void _relu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = symprop_fmax((<double>0.0), x)
 
-
-def relu_forward(x, y, ):
-    """y = Max(0, x)
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"relu_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_vjp
 # gx = g*Piecewise((1, x > 0), (0, True))
-cdef void _relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -1970,7 +2882,10 @@ cdef void _relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssiz
         g = g_p[_e]
         gx_p[_e] = g*(<float>(x > (<float>0.0)))
 
-cdef void _relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -1979,53 +2894,12 @@ cdef void _relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_s
         g = g_p[_e]
         gx_p[_e] = g*(<double>(x > (<double>0.0)))
 
-
-def relu_vjp(x, g, gx, ):
-    """gx = g*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"relu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_jvp
 # Ry = Rx*Piecewise((1, x > 0), (0, True))
-cdef void _relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -2034,7 +2908,10 @@ cdef void _relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssi
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
 
-cdef void _relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -2043,53 +2920,12 @@ cdef void _relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
 
-
-def relu_jvp(x, Rx, Ry, ):
-    """Ry = Rx*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"relu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_rvjp
 # Rgx = Rg*Piecewise((1, x > 0), (0, True))
-cdef void _relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rg_p = <const float*>_a[1]
+    cdef float* Rgx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rg
@@ -2098,7 +2934,10 @@ cdef void _relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p, Py_s
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*(<float>(x > (<float>0.0)))
 
-cdef void _relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rg_p = <const double*>_a[1]
+    cdef double* Rgx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rg
@@ -2107,53 +2946,12 @@ cdef void _relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, P
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*(<double>(x > (<double>0.0)))
 
-
-def relu_rvjp(x, Rg, Rgx, ):
-    """Rgx = Rg*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if Rg.size != n:
-        raise ValueError(f"relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"relu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rg_f32, Rgx_f32
-    cdef double[::1] x_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_rvjp_f32(&x_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_rvjp_f32(&x_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_diag_backprop
 # hx = H*Piecewise((1, x > 0), (0, True))
-cdef void _relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* H_p = <const float*>_a[1]
+    cdef float* hx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float H
@@ -2162,7 +2960,10 @@ cdef void _relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_
         H = H_p[_e]
         hx_p[_e] = H*(<float>(x > (<float>0.0)))
 
-cdef void _relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* H_p = <const double*>_a[1]
+    cdef double* hx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double H
@@ -2171,53 +2972,13 @@ cdef void _relu_diag_backprop_f64(const double* x_p, const double* H_p, double* 
         H = H_p[_e]
         hx_p[_e] = H*(<double>(x > (<double>0.0)))
 
-
-def relu_diag_backprop(x, H, hx, ):
-    """hx = H*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
-    x = _readable(x)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if H.size != n:
-        raise ValueError(f"relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, H_f32, hx_f32
-    cdef double[::1] x_f64, H_f64, hx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_forward_jvp
 # y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))
-cdef void _relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -2227,7 +2988,11 @@ cdef void _relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p,
         y_p[_e] = symprop_fmaxf((<float>0.0), x)
         Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
 
-cdef void _relu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -2237,57 +3002,14 @@ cdef void _relu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y
         y_p[_e] = symprop_fmax((<double>0.0), x)
         Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
 
-
-def relu_forward_jvp(x, Rx, y, Ry, ):
-    """y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"relu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"relu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"relu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- relu_vjp_rvjp
 # gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))
-cdef void _relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rg_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -2301,7 +3023,12 @@ cdef void _relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rg
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
-cdef void _relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rg_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -2315,117 +3042,32 @@ cdef void _relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double*
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
-
-def relu_vjp_rvjp(x, g, Rg, gx, Rgx, ):
-    """gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))
-
-    Arrays: x, g, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("relu_vjp_rvjp", ("x", "g", "Rg", "gx", "Rgx", ), (x, g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"relu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"relu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"relu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"relu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _relu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _relu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_forward
 # y = log1p(exp(-Abs(x))) + Max(0, x)
-cdef void _softplus_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = log1pf(expf(-fabsf(x))) + symprop_fmaxf((<float>0.0), x)
 
-cdef void _softplus_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = log1p(exp(-fabs(x))) + symprop_fmax((<double>0.0), x)
 
-
-def softplus_forward(x, y, ):
-    """y = log1p(exp(-Abs(x))) + Max(0, x)
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"softplus_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_vjp
 # gx = -g*expm1(-y)
-cdef void _softplus_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -2434,7 +3076,10 @@ cdef void _softplus_vjp_f32(const float* y_p, const float* g_p, float* gx_p, Py_
         g = g_p[_e]
         gx_p[_e] = -g*expm1f(-y)
 
-cdef void _softplus_vjp_f64(const double* y_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -2443,53 +3088,12 @@ cdef void _softplus_vjp_f64(const double* y_p, const double* g_p, double* gx_p, 
         g = g_p[_e]
         gx_p[_e] = -g*expm1(-y)
 
-
-def softplus_vjp(y, g, gx, ):
-    """gx = -g*expm1(-y)
-
-    Arrays: y, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_vjp", ("y", "g", "gx", ), (y, g, gx, ), ("gx", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"softplus_vjp: g has shape {g.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"softplus_vjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, gx_f32
-    cdef double[::1] y_f64, g_f64, gx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_vjp_f32(&y_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_vjp_f32(&y_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_vjp_f64(&y_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_vjp_f64(&y_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_jvp
 # Ry = -Rx*expm1(-y)
-cdef void _softplus_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float Rx
@@ -2498,7 +3102,10 @@ cdef void _softplus_jvp_f32(const float* y_p, const float* Rx_p, float* Ry_p, Py
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*expm1f(-y)
 
-cdef void _softplus_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double Rx
@@ -2507,53 +3114,14 @@ cdef void _softplus_jvp_f64(const double* y_p, const double* Rx_p, double* Ry_p,
         Rx = Rx_p[_e]
         Ry_p[_e] = -Rx*expm1(-y)
 
-
-def softplus_jvp(y, Rx, Ry, ):
-    """Ry = -Rx*expm1(-y)
-
-    Arrays: y, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_jvp", ("y", "Rx", "Ry", ), (y, Rx, Ry, ), ("Ry", ))
-    y = _readable(y)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = y.size
-    if Rx.size != n:
-        raise ValueError(f"softplus_jvp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Ry.size != n:
-        raise ValueError(f"softplus_jvp: Ry has shape {Ry.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, Rx_f32, Ry_f32
-    cdef double[::1] y_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_jvp_f32(&y_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_jvp_f32(&y_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_jvp_f64(&y_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_jvp_f64(&y_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_rvjp
 # Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
-cdef void _softplus_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -2566,7 +3134,12 @@ cdef void _softplus_rvjp_f32(const float* y_p, const float* g_p, const float* Rx
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*expm1f(-y) + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -2579,63 +3152,13 @@ cdef void _softplus_rvjp_f64(const double* y_p, const double* g_p, const double*
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
-
-def softplus_rvjp(y, g, Rx, Rg, Rgx, ):
-    """Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
-
-    Arrays: y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_rvjp", ("y", "g", "Rx", "Rg", "Rgx", ), (y, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"softplus_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"softplus_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"softplus_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"softplus_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_diag_backprop
 # hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
-cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -2646,7 +3169,11 @@ cdef void _softplus_diag_backprop_f32(const float* y_p, const float* g_p, const 
         H = H_p[_e]
         hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -2657,58 +3184,12 @@ cdef void _softplus_diag_backprop_f64(const double* y_p, const double* g_p, cons
         H = H_p[_e]
         hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
-
-def softplus_diag_backprop(y, g, H, hx, ):
-    """hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
-
-    Arrays: y, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_diag_backprop", ("y", "g", "H", "hx", ), (y, g, H, hx, ), ("hx", ))
-    y = _readable(y)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"softplus_diag_backprop: g has shape {g.shape} but y has shape {y.shape}")
-    if H.size != n:
-        raise ValueError(f"softplus_diag_backprop: H has shape {H.shape} but y has shape {y.shape}")
-    if hx.size != n:
-        raise ValueError(f"softplus_diag_backprop: hx has shape {hx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] y_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_diag_backprop_f32(&y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_diag_backprop_f32(&y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_diag_backprop_f64(&y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_diag_backprop_f64(&y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_residual
 # r = g*finite_or(exp(-2*y)*expm1(y), 0)
-cdef void _softplus_residual_f32(const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -2717,7 +3198,10 @@ cdef void _softplus_residual_f32(const float* y_p, const float* g_p, float* r_p,
         g = g_p[_e]
         r_p[_e] = g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_residual_f64(const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -2726,53 +3210,13 @@ cdef void _softplus_residual_f64(const double* y_p, const double* g_p, double* r
         g = g_p[_e]
         r_p[_e] = g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
-
-def softplus_residual(y, g, r, ):
-    """r = g*finite_or(exp(-2*y)*expm1(y), 0)
-
-    Arrays: y, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_residual", ("y", "g", "r", ), (y, g, r, ), ("r", ))
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"softplus_residual: g has shape {g.shape} but y has shape {y.shape}")
-    if r.size != n:
-        raise ValueError(f"softplus_residual: r has shape {r.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, r_f32
-    cdef double[::1] y_f64, g_f64, r_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_residual_f32(&y_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_residual_f32(&y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_residual_f64(&y_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_residual_f64(&y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_forward_jvp
 # y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))
-cdef void _softplus_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -2784,7 +3228,11 @@ cdef void _softplus_forward_jvp_f32(const float* x_p, const float* Rx_p, float* 
         y_p[_e] = _t0
         Ry_p[_e] = -Rx*expm1f(-_t0)
 
-cdef void _softplus_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -2796,57 +3244,15 @@ cdef void _softplus_forward_jvp_f64(const double* x_p, const double* Rx_p, doubl
         y_p[_e] = _t0
         Ry_p[_e] = -Rx*expm1(-_t0)
 
-
-def softplus_forward_jvp(x, Rx, y, Ry, ):
-    """y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"softplus_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"softplus_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"softplus_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- softplus_vjp_rvjp
 # gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
-cdef void _softplus_vjp_rvjp_f32(const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float y
     cdef float g
@@ -2862,7 +3268,13 @@ cdef void _softplus_vjp_rvjp_f32(const float* y_p, const float* g_p, const float
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
 
-cdef void _softplus_vjp_rvjp_f64(const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double y
     cdef double g
@@ -2878,126 +3290,35 @@ cdef void _softplus_vjp_rvjp_f64(const double* y_p, const double* g_p, const dou
         gx_p[_e] = -_t0*g
         Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
 
-
-def softplus_vjp_rvjp(y, g, Rx, Rg, gx, Rgx, ):
-    """gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
-
-    Arrays: y, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("softplus_vjp_rvjp", ("y", "g", "Rx", "Rg", "gx", "Rgx", ), (y, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = y.size
-    if g.size != n:
-        raise ValueError(f"softplus_vjp_rvjp: g has shape {g.shape} but y has shape {y.shape}")
-    if Rx.size != n:
-        raise ValueError(f"softplus_vjp_rvjp: Rx has shape {Rx.shape} but y has shape {y.shape}")
-    if Rg.size != n:
-        raise ValueError(f"softplus_vjp_rvjp: Rg has shape {Rg.shape} but y has shape {y.shape}")
-    if gx.size != n:
-        raise ValueError(f"softplus_vjp_rvjp: gx has shape {gx.shape} but y has shape {y.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"softplus_vjp_rvjp: Rgx has shape {Rgx.shape} but y has shape {y.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] y_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] y_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_vjp_rvjp_f32(&y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_vjp_rvjp_f32(&y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _softplus_vjp_rvjp_f64(&y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _softplus_vjp_rvjp_f64(&y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_forward
 # y = alpha*Min(0, x) + Max(0, x)
-cdef void _leaky_relu_forward_f32(const float* x_p, float* y_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
 
-cdef void _leaky_relu_forward_f64(const double* x_p, double* y_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
 
-
-def leaky_relu_forward(x, y, alpha, ):
-    """y = alpha*Min(0, x) + Max(0, x)
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"leaky_relu_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, y_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_forward_f32(&x_f32[0], &y_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_forward_f32(&x_f32[_lo], &y_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_forward_f64(&x_f64[0], &y_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_forward_f64(&x_f64[_lo], &y_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_vjp
 # gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3006,7 +3327,11 @@ cdef void _leaky_relu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, f
         g = g_p[_e]
         gx_p[_e] = g*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3015,57 +3340,13 @@ cdef void _leaky_relu_vjp_f64(const double* x_p, const double* g_p, double* gx_p
         g = g_p[_e]
         gx_p[_e] = g*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
-
-def leaky_relu_vjp(x, g, gx, alpha, ):
-    """gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"leaky_relu_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"leaky_relu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_jvp
 # Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -3074,7 +3355,11 @@ cdef void _leaky_relu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, 
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -3083,57 +3368,13 @@ cdef void _leaky_relu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
-
-def leaky_relu_jvp(x, Rx, Ry, alpha, ):
-    """Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"leaky_relu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"leaky_relu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_rvjp
 # Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rg_p = <const float*>_a[1]
+    cdef float* Rgx_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rg
@@ -3142,7 +3383,11 @@ cdef void _leaky_relu_rvjp_f32(const float* x_p, const float* Rg_p, float* Rgx_p
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rg_p = <const double*>_a[1]
+    cdef double* Rgx_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rg
@@ -3151,57 +3396,13 @@ cdef void _leaky_relu_rvjp_f64(const double* x_p, const double* Rg_p, double* Rg
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
-
-def leaky_relu_rvjp(x, Rg, Rgx, alpha, ):
-    """Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_rvjp", ("x", "Rg", "Rgx", ), (x, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if Rg.size != n:
-        raise ValueError(f"leaky_relu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"leaky_relu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rg_f32, Rgx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, Rg_f64, Rgx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_rvjp_f32(&x_f32[0], &Rg_f32[0], &Rgx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_rvjp_f32(&x_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_rvjp_f64(&x_f64[0], &Rg_f64[0], &Rgx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_rvjp_f64(&x_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_diag_backprop
 # hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_diag_backprop_f32(const float* x_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* H_p = <const float*>_a[1]
+    cdef float* hx_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float H
@@ -3210,7 +3411,11 @@ cdef void _leaky_relu_diag_backprop_f32(const float* x_p, const float* H_p, floa
         H = H_p[_e]
         hx_p[_e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_diag_backprop_f64(const double* x_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* H_p = <const double*>_a[1]
+    cdef double* hx_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double H
@@ -3219,57 +3424,14 @@ cdef void _leaky_relu_diag_backprop_f64(const double* x_p, const double* H_p, do
         H = H_p[_e]
         hx_p[_e] = H*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
-
-def leaky_relu_diag_backprop(x, H, hx, alpha, ):
-    """hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, H, hx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_diag_backprop", ("x", "H", "hx", ), (x, H, hx, ), ("hx", ))
-    x = _readable(x)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if H.size != n:
-        raise ValueError(f"leaky_relu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"leaky_relu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, H_f32, hx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, H_f64, hx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_diag_backprop_f32(&x_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_diag_backprop_f32(&x_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_diag_backprop_f64(&x_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_diag_backprop_f64(&x_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_forward_jvp
 # y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -3279,7 +3441,12 @@ cdef void _leaky_relu_forward_jvp_f32(const float* x_p, const float* Rx_p, float
         y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
         Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
 
-cdef void _leaky_relu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -3289,61 +3456,15 @@ cdef void _leaky_relu_forward_jvp_f64(const double* x_p, const double* Rx_p, dou
         y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
         Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
 
-
-def leaky_relu_forward_jvp(x, Rx, y, Ry, alpha, ):
-    """y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"leaky_relu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"leaky_relu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"leaky_relu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- leaky_relu_vjp_rvjp
 # gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef void _leaky_relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, float* gx_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rg_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3357,7 +3478,13 @@ cdef void _leaky_relu_vjp_rvjp_f32(const float* x_p, const float* g_p, const flo
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
-cdef void _leaky_relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_p, double* gx_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rg_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3371,125 +3498,35 @@ cdef void _leaky_relu_vjp_rvjp_f64(const double* x_p, const double* g_p, const d
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
-
-def leaky_relu_vjp_rvjp(x, g, Rg, gx, Rgx, alpha, ):
-    """gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Arrays: x, g, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("leaky_relu_vjp_rvjp", ("x", "g", "Rg", "gx", "Rgx", ), (x, g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"leaky_relu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"leaky_relu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"leaky_relu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"leaky_relu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, Rg_f64, gx_f64, Rgx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _leaky_relu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _leaky_relu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_forward
 # y = Piecewise((x, x > 0), (alpha*expm1(x), True))
-cdef void _elu_forward_f32(const float* x_p, float* y_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = (x if (x > (<float>0.0)) else alpha*expm1f(x))
 
-cdef void _elu_forward_f64(const double* x_p, double* y_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = (x if (x > (<double>0.0)) else alpha*expm1(x))
 
-
-def elu_forward(x, y, alpha, ):
-    """y = Piecewise((x, x > 0), (alpha*expm1(x), True))
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"elu_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, y_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_forward_f32(&x_f32[0], &y_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_forward_f32(&x_f32[_lo], &y_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_forward_f64(&x_f64[0], &y_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_forward_f64(&x_f64[_lo], &y_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_vjp
 # gx = g*Piecewise((1, x > 0), (alpha*exp(x), True))
-cdef void _elu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3498,7 +3535,11 @@ cdef void _elu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float al
         g = g_p[_e]
         gx_p[_e] = g*((<float>1.0) if (x > (<float>0.0)) else alpha*expf(x))
 
-cdef void _elu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3507,57 +3548,13 @@ cdef void _elu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, doubl
         g = g_p[_e]
         gx_p[_e] = g*((<double>1.0) if (x > (<double>0.0)) else alpha*exp(x))
 
-
-def elu_vjp(x, g, gx, alpha, ):
-    """gx = g*Piecewise((1, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"elu_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"elu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_jvp
 # Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
-cdef void _elu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -3566,7 +3563,11 @@ cdef void _elu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float a
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*((<float>1.0) if (x > (<float>0.0)) else alpha*expf(x))
 
-cdef void _elu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -3575,57 +3576,15 @@ cdef void _elu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, doub
         Rx = Rx_p[_e]
         Ry_p[_e] = Rx*((<double>1.0) if (x > (<double>0.0)) else alpha*exp(x))
 
-
-def elu_jvp(x, Rx, Ry, alpha, ):
-    """Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"elu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"elu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_rvjp
 # Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3642,7 +3601,13 @@ cdef void _elu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, c
         _t1 = alpha*expf(x)
         Rgx_p[_e] = Rg*((<float>1.0) if _t0 else _t1) + Rx*g*((<float>0.0) if _t0 else _t1)
 
-cdef void _elu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3659,67 +3624,14 @@ cdef void _elu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p
         _t1 = alpha*exp(x)
         Rgx_p[_e] = Rg*((<double>1.0) if _t0 else _t1) + Rx*g*((<double>0.0) if _t0 else _t1)
 
-
-def elu_rvjp(x, g, Rx, Rg, Rgx, alpha, ):
-    """Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"elu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"elu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"elu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"elu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_diag_backprop
 # hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3732,7 +3644,12 @@ cdef void _elu_diag_backprop_f32(const float* x_p, const float* g_p, const float
         _t0 = (x > (<float>0.0))
         hx_p[_e] = H*((<float>1.0) if _t0 else (alpha*alpha)*expf((<float>2.0)*x)) + g*((<float>0.0) if _t0 else alpha*expf(x))
 
-cdef void _elu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3745,62 +3662,13 @@ cdef void _elu_diag_backprop_f64(const double* x_p, const double* g_p, const dou
         _t0 = (x > (<double>0.0))
         hx_p[_e] = H*((<double>1.0) if _t0 else (alpha*alpha)*exp((<double>2.0)*x)) + g*((<double>0.0) if _t0 else alpha*exp(x))
 
-
-def elu_diag_backprop(x, g, H, hx, alpha, ):
-    """hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"elu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"elu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"elu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_residual
 # r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_residual_f32(const float* x_p, const float* g_p, float* r_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3809,7 +3677,11 @@ cdef void _elu_residual_f32(const float* x_p, const float* g_p, float* r_p, floa
         g = g_p[_e]
         r_p[_e] = g*((<float>0.0) if (x > (<float>0.0)) else alpha*expf(x))
 
-cdef void _elu_residual_f64(const double* x_p, const double* g_p, double* r_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3818,57 +3690,14 @@ cdef void _elu_residual_f64(const double* x_p, const double* g_p, double* r_p, d
         g = g_p[_e]
         r_p[_e] = g*((<double>0.0) if (x > (<double>0.0)) else alpha*exp(x))
 
-
-def elu_residual(x, g, r, alpha, ):
-    """r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, g, r (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"elu_residual: g has shape {g.shape} but x has shape {x.shape}")
-    if r.size != n:
-        raise ValueError(f"elu_residual: r has shape {r.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, r_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, r_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_forward_jvp
 # y = Piecewise((x, x > 0), (alpha*expm1(x), True)); Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
-cdef void _elu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -3880,7 +3709,12 @@ cdef void _elu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, 
         y_p[_e] = (x if _t0 else alpha*expm1f(x))
         Ry_p[_e] = Rx*((<float>1.0) if _t0 else alpha*expf(x))
 
-cdef void _elu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -3892,61 +3726,16 @@ cdef void _elu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_
         y_p[_e] = (x if _t0 else alpha*expm1(x))
         Ry_p[_e] = Rx*((<double>1.0) if _t0 else alpha*exp(x))
 
-
-def elu_forward_jvp(x, Rx, y, Ry, alpha, ):
-    """y = Piecewise((x, x > 0), (alpha*expm1(x), True)); Ry = Rx*Piecewise((1, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"elu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"elu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"elu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- elu_vjp_rvjp
 # gx = g*Piecewise((1, x > 0), (alpha*exp(x), True)); Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
+    cdef float alpha = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -3966,7 +3755,14 @@ cdef void _elu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*((<float>0.0) if _t0 else _t1)
 
-cdef void _elu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double alpha, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
+    cdef double alpha = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -3986,126 +3782,32 @@ cdef void _elu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* 
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*((<double>0.0) if _t0 else _t1)
 
-
-def elu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, alpha, ):
-    """gx = g*Piecewise((1, x > 0), (alpha*exp(x), True)); Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))
-
-    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: alpha.
-    """
-    dt = _check_arrays("elu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"elu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"elu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"elu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"elu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"elu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef float alpha_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    cdef double alpha_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        alpha_f32 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], alpha_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], alpha_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        alpha_f64 = alpha
-        with nogil:
-            if _T == 1:
-                _elu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], alpha_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _elu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], alpha_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_forward
 # y = x/(1 + exp(-x))
-cdef void _silu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x/((<float>1.0) + expf(-x))
 
-cdef void _silu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x/((<double>1.0) + exp(-x))
 
-
-def silu_forward(x, y, ):
-    """y = x/(1 + exp(-x))
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"silu_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_vjp
 # gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-cdef void _silu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4116,7 +3818,10 @@ cdef void _silu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssiz
         _t0 = expf(-x)
         gx_p[_e] = g*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
 
-cdef void _silu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4127,53 +3832,12 @@ cdef void _silu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_s
         _t0 = exp(-x)
         gx_p[_e] = g*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
 
-
-def silu_vjp(x, g, gx, ):
-    """gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"silu_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"silu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_jvp
 # Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-cdef void _silu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -4184,7 +3848,10 @@ cdef void _silu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssi
         _t0 = expf(-x)
         Ry_p[_e] = Rx*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
 
-cdef void _silu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -4195,53 +3862,14 @@ cdef void _silu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_
         _t0 = exp(-x)
         Ry_p[_e] = Rx*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
 
-
-def silu_jvp(x, Rx, Ry, ):
-    """Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"silu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"silu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_rvjp
 # Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-cdef void _silu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4260,7 +3888,12 @@ cdef void _silu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, 
         _t2 = _t1 + (<float>1.0)
         Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
 
-cdef void _silu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4279,63 +3912,13 @@ cdef void _silu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_
         _t2 = _t1 + (<double>1.0)
         Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
 
-
-def silu_rvjp(x, g, Rx, Rg, Rgx, ):
-    """Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-
-    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"silu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"silu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"silu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"silu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_diag_backprop
 # hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-cdef void _silu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4352,7 +3935,11 @@ cdef void _silu_diag_backprop_f32(const float* x_p, const float* g_p, const floa
         _t2 = _t1 + (<float>1.0)
         hx_p[_e] = H*((x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))) + g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
 
-cdef void _silu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4369,58 +3956,12 @@ cdef void _silu_diag_backprop_f64(const double* x_p, const double* g_p, const do
         _t2 = _t1 + (<double>1.0)
         hx_p[_e] = H*((x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))) + g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
 
-
-def silu_diag_backprop(x, g, H, hx, ):
-    """hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-
-    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"silu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"silu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"silu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_residual
 # r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-cdef void _silu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4433,7 +3974,10 @@ cdef void _silu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_
         _t1 = _t0 + (<float>1.0)
         r_p[_e] = g*symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0))
 
-cdef void _silu_residual_f64(const double* x_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4446,53 +3990,13 @@ cdef void _silu_residual_f64(const double* x_p, const double* g_p, double* r_p, 
         _t1 = _t0 + (<double>1.0)
         r_p[_e] = g*symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0))
 
-
-def silu_residual(x, g, r, ):
-    """r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-
-    Arrays: x, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"silu_residual: g has shape {g.shape} but x has shape {x.shape}")
-    if r.size != n:
-        raise ValueError(f"silu_residual: r has shape {r.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, r_f32
-    cdef double[::1] x_f64, g_f64, r_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_forward_jvp
 # y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-cdef void _silu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -4506,7 +4010,11 @@ cdef void _silu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p,
         y_p[_e] = _t1*x
         Ry_p[_e] = Rx*(_t1 + x/(_t0 + expf(x) + (<float>2.0)))
 
-cdef void _silu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -4520,57 +4028,15 @@ cdef void _silu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y
         y_p[_e] = _t1*x
         Ry_p[_e] = Rx*(_t1 + x/(_t0 + exp(x) + (<double>2.0)))
 
-
-def silu_forward_jvp(x, Rx, y, Ry, ):
-    """y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"silu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"silu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"silu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- silu_vjp_rvjp
 # gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-cdef void _silu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4592,7 +4058,13 @@ cdef void _silu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t3*_t3*_t3), (<float>0.0))
 
-cdef void _silu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4614,126 +4086,35 @@ cdef void _silu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double*
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0))
 
-
-def silu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, ):
-    """gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
-
-    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("silu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"silu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"silu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"silu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"silu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"silu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _silu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _silu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_forward
 # y = x/(1 + exp(-beta*x))
-cdef void _swish_forward_f32(const float* x_p, float* y_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x/((<float>1.0) + expf(-beta*x))
 
-cdef void _swish_forward_f64(const double* x_p, double* y_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x/((<double>1.0) + exp(-beta*x))
 
-
-def swish_forward(x, y, beta, ):
-    """y = x/(1 + exp(-beta*x))
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"swish_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, y_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_forward_f32(&x_f32[0], &y_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_forward_f32(&x_f32[_lo], &y_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_forward_f64(&x_f64[0], &y_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_forward_f64(&x_f64[_lo], &y_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_vjp
 # gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-cdef void _swish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4746,7 +4127,11 @@ cdef void _swish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float 
         _t1 = expf(-_t0)
         gx_p[_e] = g*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
 
-cdef void _swish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4759,57 +4144,13 @@ cdef void _swish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, dou
         _t1 = exp(-_t0)
         gx_p[_e] = g*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
 
-
-def swish_vjp(x, g, gx, beta, ):
-    """gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"swish_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"swish_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_jvp
 # Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-cdef void _swish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -4822,7 +4163,11 @@ cdef void _swish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float
         _t1 = expf(-_t0)
         Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
 
-cdef void _swish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -4835,57 +4180,15 @@ cdef void _swish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, do
         _t1 = exp(-_t0)
         Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
 
-
-def swish_jvp(x, Rx, Ry, beta, ):
-    """Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"swish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"swish_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_rvjp
 # Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef void _swish_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -4906,7 +4209,13 @@ cdef void _swish_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p,
         _t3 = _t2 + (<float>1.0)
         Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
 
-cdef void _swish_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -4927,67 +4236,14 @@ cdef void _swish_rvjp_f64(const double* x_p, const double* g_p, const double* Rx
         _t3 = _t2 + (<double>1.0)
         Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
 
-
-def swish_rvjp(x, g, Rx, Rg, Rgx, beta, ):
-    """Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"swish_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"swish_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"swish_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"swish_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_diag_backprop
 # hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5006,7 +4262,12 @@ cdef void _swish_diag_backprop_f32(const float* x_p, const float* g_p, const flo
         _t3 = _t2 + (<float>1.0)
         hx_p[_e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
 
-cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5025,62 +4286,13 @@ cdef void _swish_diag_backprop_f64(const double* x_p, const double* g_p, const d
         _t3 = _t2 + (<double>1.0)
         hx_p[_e] = H*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))) + g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
 
-
-def swish_diag_backprop(x, g, H, hx, beta, ):
-    """hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"swish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"swish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"swish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_residual
 # r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef void _swish_residual_f32(const float* x_p, const float* g_p, float* r_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5095,7 +4307,11 @@ cdef void _swish_residual_f32(const float* x_p, const float* g_p, float* r_p, fl
         _t2 = _t1 + (<float>1.0)
         r_p[_e] = g*symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0))
 
-cdef void _swish_residual_f64(const double* x_p, const double* g_p, double* r_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5110,57 +4326,14 @@ cdef void _swish_residual_f64(const double* x_p, const double* g_p, double* r_p,
         _t2 = _t1 + (<double>1.0)
         r_p[_e] = g*symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0))
 
-
-def swish_residual(x, g, r, beta, ):
-    """r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Arrays: x, g, r (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"swish_residual: g has shape {g.shape} but x has shape {x.shape}")
-    if r.size != n:
-        raise ValueError(f"swish_residual: r has shape {r.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, r_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, r_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_forward_jvp
 # y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-cdef void _swish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -5176,7 +4349,12 @@ cdef void _swish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p
         y_p[_e] = _t2*x
         Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + _t2)
 
-cdef void _swish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -5192,61 +4370,16 @@ cdef void _swish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* 
         y_p[_e] = _t2*x
         Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + _t2)
 
-
-def swish_forward_jvp(x, Rx, y, Ry, beta, ):
-    """y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"swish_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"swish_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"swish_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- swish_vjp_rvjp
 # gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef void _swish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
+    cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5270,7 +4403,14 @@ cdef void _swish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* R
         gx_p[_e] = _t3*g
         Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0))
 
-cdef void _swish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double beta, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
+    cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5294,71 +4434,11 @@ cdef void _swish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double
         gx_p[_e] = _t3*g
         Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0))
 
-
-def swish_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, beta, ):
-    """gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: beta.
-    """
-    dt = _check_arrays("swish_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"swish_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"swish_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"swish_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"swish_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"swish_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef float beta_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    cdef double beta_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        beta_f32 = beta
-        with nogil:
-            if _T == 1:
-                _swish_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], beta_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], beta_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        beta_f64 = beta
-        with nogil:
-            if _T == 1:
-                _swish_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], beta_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _swish_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], beta_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_forward
 # y = x*(erf(sqrt(2)*x/2) + 1)/2
-cdef void _gelu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float _t0
@@ -5367,7 +4447,9 @@ cdef void _gelu_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcep
         _t0 = ((<float>0.5))*x
         y_p[_e] = _t0*(erff(sqrtf((<float>2.0))*_t0) + (<float>1.0))
 
-cdef void _gelu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double _t0
@@ -5376,48 +4458,12 @@ cdef void _gelu_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexc
         _t0 = ((<double>0.5))*x
         y_p[_e] = _t0*(erf(sqrt((<double>2.0))*_t0) + (<double>1.0))
 
-
-def gelu_forward(x, y, ):
-    """y = x*(erf(sqrt(2)*x/2) + 1)/2
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"gelu_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_vjp
 # gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-cdef void _gelu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5428,7 +4474,10 @@ cdef void _gelu_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssiz
         _t0 = sqrtf((<float>2.0))*x
         gx_p[_e] = ((<float>0.5))*g*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
 
-cdef void _gelu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5439,53 +4488,12 @@ cdef void _gelu_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_s
         _t0 = sqrt((<double>2.0))*x
         gx_p[_e] = ((<double>0.5))*g*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
 
-
-def gelu_vjp(x, g, gx, ):
-    """gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"gelu_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"gelu_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_jvp
 # Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-cdef void _gelu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -5496,7 +4504,10 @@ cdef void _gelu_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssi
         _t0 = sqrtf((<float>2.0))*x
         Ry_p[_e] = ((<float>0.5))*Rx*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
 
-cdef void _gelu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -5507,53 +4518,14 @@ cdef void _gelu_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_
         _t0 = sqrt((<double>2.0))*x
         Ry_p[_e] = ((<double>0.5))*Rx*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
 
-
-def gelu_jvp(x, Rx, Ry, ):
-    """Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"gelu_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"gelu_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_rvjp
 # Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-cdef void _gelu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5574,7 +4546,12 @@ cdef void _gelu_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, 
         _t3 = _t0*x
         Rgx_p[_e] = ((<float>0.5))*Rg*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0)) + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
 
-cdef void _gelu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5595,63 +4572,13 @@ cdef void _gelu_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_
         _t3 = _t0*x
         Rgx_p[_e] = ((<double>0.5))*Rg*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0)) + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
 
-
-def gelu_rvjp(x, g, Rx, Rg, Rgx, ):
-    """Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-
-    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"gelu_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"gelu_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"gelu_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"gelu_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_diag_backprop
 # hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5670,7 +4597,11 @@ cdef void _gelu_diag_backprop_f32(const float* x_p, const float* g_p, const floa
         _t3 = _t0*x
         hx_p[_e] = ((<float>0.25))*H*((_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))) + g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
 
-cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5689,58 +4620,12 @@ cdef void _gelu_diag_backprop_f64(const double* x_p, const double* g_p, const do
         _t3 = _t0*x
         hx_p[_e] = ((<double>0.25))*H*((_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))) + g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
 
-
-def gelu_diag_backprop(x, g, H, hx, ):
-    """hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-
-    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"gelu_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"gelu_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"gelu_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_residual
 # r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-cdef void _gelu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* r_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5751,7 +4636,10 @@ cdef void _gelu_residual_f32(const float* x_p, const float* g_p, float* r_p, Py_
         _t0 = (x*x)
         r_p[_e] = g*symprop_finite_orf(-(<float>0.5)*sqrtf((<float>2.0))*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0)/sqrtf((<float>3.141592653589793)), (<float>0.0))
 
-cdef void _gelu_residual_f64(const double* x_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* r_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5762,53 +4650,13 @@ cdef void _gelu_residual_f64(const double* x_p, const double* g_p, double* r_p, 
         _t0 = (x*x)
         r_p[_e] = g*symprop_finite_or(-(<double>0.5)*sqrt((<double>2.0))*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0)/sqrt((<double>3.141592653589793)), (<double>0.0))
 
-
-def gelu_residual(x, g, r, ):
-    """r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-
-    Arrays: x, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_residual", ("x", "g", "r", ), (x, g, r, ), ("r", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"gelu_residual: g has shape {g.shape} but x has shape {x.shape}")
-    if r.size != n:
-        raise ValueError(f"gelu_residual: r has shape {r.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, r_f32
-    cdef double[::1] x_f64, g_f64, r_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_residual_f32(&x_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_residual_f32(&x_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_residual_f64(&x_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_residual_f64(&x_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_forward_jvp
 # y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-cdef void _gelu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -5824,7 +4672,11 @@ cdef void _gelu_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p,
         y_p[_e] = _t1*_t2
         Ry_p[_e] = ((<float>0.5))*Rx*(_t0*x*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + _t2)
 
-cdef void _gelu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -5840,57 +4692,15 @@ cdef void _gelu_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y
         y_p[_e] = _t1*_t2
         Ry_p[_e] = ((<double>0.5))*Rx*(_t0*x*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + _t2)
 
-
-def gelu_forward_jvp(x, Rx, y, Ry, ):
-    """y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"gelu_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"gelu_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"gelu_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- gelu_vjp_rvjp
 # gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-cdef void _gelu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -5914,7 +4724,13 @@ cdef void _gelu_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx
         gx_p[_e] = _t4*g
         Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t3*(_t2 + (<float>-2.0)), (<float>0.0))
 
-cdef void _gelu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -5938,122 +4754,32 @@ cdef void _gelu_vjp_rvjp_f64(const double* x_p, const double* g_p, const double*
         gx_p[_e] = _t4*g
         Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t3*(_t2 + (<double>-2.0)), (<double>0.0))
 
-
-def gelu_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, ):
-    """gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
-
-    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("gelu_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"gelu_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"gelu_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"gelu_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"gelu_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"gelu_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _gelu_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _gelu_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_forward
 # y = x*tanh(log(exp(x) + 1))
-cdef void _mish_forward_f32(const float* x_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x*tanhf(logf(expf(x) + (<float>1.0)))
 
-cdef void _mish_forward_f64(const double* x_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = x*tanh(log(exp(x) + (<double>1.0)))
 
-
-def mish_forward(x, y, ):
-    """y = x*tanh(log(exp(x) + 1))
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"mish_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_forward_f32(&x_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_forward_f32(&x_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_forward_f64(&x_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_forward_f64(&x_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_vjp
 # gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-cdef void _mish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -6068,7 +4794,10 @@ cdef void _mish_vjp_f32(const float* x_p, const float* g_p, float* gx_p, Py_ssiz
         _t2 = tanhf(logf(_t1))
         gx_p[_e] = g*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
 
-cdef void _mish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -6083,53 +4812,12 @@ cdef void _mish_vjp_f64(const double* x_p, const double* g_p, double* gx_p, Py_s
         _t2 = tanh(log(_t1))
         gx_p[_e] = g*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
 
-
-def mish_vjp(x, g, gx, ):
-    """gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"mish_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"mish_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_jvp
 # Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-cdef void _mish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -6144,7 +4832,10 @@ cdef void _mish_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, Py_ssi
         _t2 = tanhf(logf(_t1))
         Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
 
-cdef void _mish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -6159,53 +4850,15 @@ cdef void _mish_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, Py_
         _t2 = tanh(log(_t1))
         Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
 
-
-def mish_jvp(x, Rx, Ry, ):
-    """Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"mish_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"mish_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_rvjp
 # Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-cdef void _mish_rvjp_f32(const float* x_p, const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef const float* Rx_p = <const float*>_a[3]
+    cdef const float* Rg_p = <const float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
     cdef Py_ssize_t _e
     cdef float x
     cdef float y
@@ -6230,7 +4883,13 @@ cdef void _mish_rvjp_f32(const float* x_p, const float* y_p, const float* g_p, c
         _t4 = tanhf(_t2)
         Rgx_p[_e] = Rg*symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))) + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
 
-cdef void _mish_rvjp_f64(const double* x_p, const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef const double* Rx_p = <const double*>_a[3]
+    cdef const double* Rg_p = <const double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
     cdef Py_ssize_t _e
     cdef double x
     cdef double y
@@ -6255,68 +4914,14 @@ cdef void _mish_rvjp_f64(const double* x_p, const double* y_p, const double* g_p
         _t4 = tanh(_t2)
         Rgx_p[_e] = Rg*symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))) + Rx*g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
 
-
-def mish_rvjp(x, y, g, Rx, Rg, Rgx, ):
-    """Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-
-    Arrays: x, y, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_rvjp", ("x", "y", "g", "Rx", "Rg", "Rgx", ), (x, y, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"mish_rvjp: y has shape {y.shape} but x has shape {x.shape}")
-    if g.size != n:
-        raise ValueError(f"mish_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"mish_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"mish_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"mish_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef double[::1] x_f64, y_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_rvjp_f32(&x_f32[0], &y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_rvjp_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_rvjp_f64(&x_f64[0], &y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_rvjp_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_diag_backprop
 # hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const float* g_p, const float* H_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef const float* H_p = <const float*>_a[3]
+    cdef float* hx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float x
     cdef float y
@@ -6339,7 +4944,12 @@ cdef void _mish_diag_backprop_f32(const float* x_p, const float* y_p, const floa
         _t4 = tanhf(_t2)
         hx_p[_e] = H*((symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))*(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))) + g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
 
-cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const double* g_p, const double* H_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef const double* H_p = <const double*>_a[3]
+    cdef double* hx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double x
     cdef double y
@@ -6362,63 +4972,13 @@ cdef void _mish_diag_backprop_f64(const double* x_p, const double* y_p, const do
         _t4 = tanh(_t2)
         hx_p[_e] = H*((symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))*(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))) + g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
 
-
-def mish_diag_backprop(x, y, g, H, hx, ):
-    """hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-
-    Arrays: x, y, g, H, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_diag_backprop", ("x", "y", "g", "H", "hx", ), (x, y, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"mish_diag_backprop: y has shape {y.shape} but x has shape {x.shape}")
-    if g.size != n:
-        raise ValueError(f"mish_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"mish_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"mish_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32, g_f32, H_f32, hx_f32
-    cdef double[::1] x_f64, y_f64, g_f64, H_f64, hx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_diag_backprop_f32(&x_f32[0], &y_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_diag_backprop_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_diag_backprop_f64(&x_f64[0], &y_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_diag_backprop_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_residual
 # r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-cdef void _mish_residual_f32(const float* x_p, const float* y_p, const float* g_p, float* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef float* r_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float y
@@ -6433,7 +4993,11 @@ cdef void _mish_residual_f32(const float* x_p, const float* y_p, const float* g_
         _t1 = (<float>2.0)*_t0
         r_p[_e] = g*symprop_finite_orf(((<float>0.25))*(-_t1*y + _t1 + x + (<float>2.0))/(((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))*((coshf(logf(_t0 + (<float>1.0))))*(coshf(logf(_t0 + (<float>1.0)))))), (<float>0.0))
 
-cdef void _mish_residual_f64(const double* x_p, const double* y_p, const double* g_p, double* r_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef double* r_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double y
@@ -6448,58 +5012,13 @@ cdef void _mish_residual_f64(const double* x_p, const double* y_p, const double*
         _t1 = (<double>2.0)*_t0
         r_p[_e] = g*symprop_finite_or(((<double>0.25))*(-_t1*y + _t1 + x + (<double>2.0))/(((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))*((cosh(log(_t0 + (<double>1.0))))*(cosh(log(_t0 + (<double>1.0)))))), (<double>0.0))
 
-
-def mish_residual(x, y, g, r, ):
-    """r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-
-    Arrays: x, y, g, r (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_residual", ("x", "y", "g", "r", ), (x, y, g, r, ), ("r", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"mish_residual: y has shape {y.shape} but x has shape {x.shape}")
-    if g.size != n:
-        raise ValueError(f"mish_residual: g has shape {g.shape} but x has shape {x.shape}")
-    if r.size != n:
-        raise ValueError(f"mish_residual: r has shape {r.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32, g_f32, r_f32
-    cdef double[::1] x_f64, y_f64, g_f64, r_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_residual_f32(&x_f32[0], &y_f32[0], &g_f32[0], &r_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_residual_f32(&x_f32[_lo], &y_f32[_lo], &g_f32[_lo], &r_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_residual_f64(&x_f64[0], &y_f64[0], &g_f64[0], &r_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_residual_f64(&x_f64[_lo], &y_f64[_lo], &g_f64[_lo], &r_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_forward_jvp
 # y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-cdef void _mish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -6515,7 +5034,11 @@ cdef void _mish_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p,
         y_p[_e] = _t2*x
         Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
 
-cdef void _mish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -6531,57 +5054,16 @@ cdef void _mish_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y
         y_p[_e] = _t2*x
         Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
 
-
-def mish_forward_jvp(x, Rx, y, Ry, ):
-    """y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"mish_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"mish_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"mish_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- mish_vjp_rvjp
 # gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
-cdef void _mish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* y_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* y_p = <const float*>_a[2]
+    cdef const float* Rx_p = <const float*>_a[3]
+    cdef const float* Rg_p = <const float*>_a[4]
+    cdef float* gx_p = <float*>_a[5]
+    cdef float* Rgx_p = <float*>_a[6]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -6609,7 +5091,14 @@ cdef void _mish_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* y_
         gx_p[_e] = _t4*g
         Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t5*y + _t5 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
 
-cdef void _mish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* y_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* y_p = <const double*>_a[2]
+    cdef const double* Rx_p = <const double*>_a[3]
+    cdef const double* Rg_p = <const double*>_a[4]
+    cdef double* gx_p = <double*>_a[5]
+    cdef double* Rgx_p = <double*>_a[6]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -6637,65 +5126,169 @@ cdef void _mish_vjp_rvjp_f64(const double* x_p, const double* g_p, const double*
         gx_p[_e] = _t4*g
         Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(((<double>0.25))*(-_t5*y + _t5 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
 
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", )
 
-def mish_vjp_rvjp(x, g, y, Rx, Rg, gx, Rgx, ):
-    """gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+cdef _elementwise_t _TABLE_F32[78]
+cdef _elementwise_t _TABLE_F64[78]
+_TABLE_F32[0] = _tanh_forward_f32
+_TABLE_F64[0] = _tanh_forward_f64
+_TABLE_F32[1] = _tanh_vjp_f32
+_TABLE_F64[1] = _tanh_vjp_f64
+_TABLE_F32[2] = _tanh_jvp_f32
+_TABLE_F64[2] = _tanh_jvp_f64
+_TABLE_F32[3] = _tanh_rvjp_f32
+_TABLE_F64[3] = _tanh_rvjp_f64
+_TABLE_F32[4] = _tanh_diag_backprop_f32
+_TABLE_F64[4] = _tanh_diag_backprop_f64
+_TABLE_F32[5] = _tanh_residual_f32
+_TABLE_F64[5] = _tanh_residual_f64
+_TABLE_F32[6] = _tanh_forward_jvp_f32
+_TABLE_F64[6] = _tanh_forward_jvp_f64
+_TABLE_F32[7] = _tanh_vjp_rvjp_f32
+_TABLE_F64[7] = _tanh_vjp_rvjp_f64
+_TABLE_F32[8] = _sigmoid_forward_f32
+_TABLE_F64[8] = _sigmoid_forward_f64
+_TABLE_F32[9] = _sigmoid_vjp_f32
+_TABLE_F64[9] = _sigmoid_vjp_f64
+_TABLE_F32[10] = _sigmoid_jvp_f32
+_TABLE_F64[10] = _sigmoid_jvp_f64
+_TABLE_F32[11] = _sigmoid_rvjp_f32
+_TABLE_F64[11] = _sigmoid_rvjp_f64
+_TABLE_F32[12] = _sigmoid_diag_backprop_f32
+_TABLE_F64[12] = _sigmoid_diag_backprop_f64
+_TABLE_F32[13] = _sigmoid_residual_f32
+_TABLE_F64[13] = _sigmoid_residual_f64
+_TABLE_F32[14] = _sigmoid_forward_jvp_f32
+_TABLE_F64[14] = _sigmoid_forward_jvp_f64
+_TABLE_F32[15] = _sigmoid_vjp_rvjp_f32
+_TABLE_F64[15] = _sigmoid_vjp_rvjp_f64
+_TABLE_F32[16] = _relu_forward_f32
+_TABLE_F64[16] = _relu_forward_f64
+_TABLE_F32[17] = _relu_vjp_f32
+_TABLE_F64[17] = _relu_vjp_f64
+_TABLE_F32[18] = _relu_jvp_f32
+_TABLE_F64[18] = _relu_jvp_f64
+_TABLE_F32[19] = _relu_rvjp_f32
+_TABLE_F64[19] = _relu_rvjp_f64
+_TABLE_F32[20] = _relu_diag_backprop_f32
+_TABLE_F64[20] = _relu_diag_backprop_f64
+_TABLE_F32[21] = _relu_forward_jvp_f32
+_TABLE_F64[21] = _relu_forward_jvp_f64
+_TABLE_F32[22] = _relu_vjp_rvjp_f32
+_TABLE_F64[22] = _relu_vjp_rvjp_f64
+_TABLE_F32[23] = _softplus_forward_f32
+_TABLE_F64[23] = _softplus_forward_f64
+_TABLE_F32[24] = _softplus_vjp_f32
+_TABLE_F64[24] = _softplus_vjp_f64
+_TABLE_F32[25] = _softplus_jvp_f32
+_TABLE_F64[25] = _softplus_jvp_f64
+_TABLE_F32[26] = _softplus_rvjp_f32
+_TABLE_F64[26] = _softplus_rvjp_f64
+_TABLE_F32[27] = _softplus_diag_backprop_f32
+_TABLE_F64[27] = _softplus_diag_backprop_f64
+_TABLE_F32[28] = _softplus_residual_f32
+_TABLE_F64[28] = _softplus_residual_f64
+_TABLE_F32[29] = _softplus_forward_jvp_f32
+_TABLE_F64[29] = _softplus_forward_jvp_f64
+_TABLE_F32[30] = _softplus_vjp_rvjp_f32
+_TABLE_F64[30] = _softplus_vjp_rvjp_f64
+_TABLE_F32[31] = _leaky_relu_forward_f32
+_TABLE_F64[31] = _leaky_relu_forward_f64
+_TABLE_F32[32] = _leaky_relu_vjp_f32
+_TABLE_F64[32] = _leaky_relu_vjp_f64
+_TABLE_F32[33] = _leaky_relu_jvp_f32
+_TABLE_F64[33] = _leaky_relu_jvp_f64
+_TABLE_F32[34] = _leaky_relu_rvjp_f32
+_TABLE_F64[34] = _leaky_relu_rvjp_f64
+_TABLE_F32[35] = _leaky_relu_diag_backprop_f32
+_TABLE_F64[35] = _leaky_relu_diag_backprop_f64
+_TABLE_F32[36] = _leaky_relu_forward_jvp_f32
+_TABLE_F64[36] = _leaky_relu_forward_jvp_f64
+_TABLE_F32[37] = _leaky_relu_vjp_rvjp_f32
+_TABLE_F64[37] = _leaky_relu_vjp_rvjp_f64
+_TABLE_F32[38] = _elu_forward_f32
+_TABLE_F64[38] = _elu_forward_f64
+_TABLE_F32[39] = _elu_vjp_f32
+_TABLE_F64[39] = _elu_vjp_f64
+_TABLE_F32[40] = _elu_jvp_f32
+_TABLE_F64[40] = _elu_jvp_f64
+_TABLE_F32[41] = _elu_rvjp_f32
+_TABLE_F64[41] = _elu_rvjp_f64
+_TABLE_F32[42] = _elu_diag_backprop_f32
+_TABLE_F64[42] = _elu_diag_backprop_f64
+_TABLE_F32[43] = _elu_residual_f32
+_TABLE_F64[43] = _elu_residual_f64
+_TABLE_F32[44] = _elu_forward_jvp_f32
+_TABLE_F64[44] = _elu_forward_jvp_f64
+_TABLE_F32[45] = _elu_vjp_rvjp_f32
+_TABLE_F64[45] = _elu_vjp_rvjp_f64
+_TABLE_F32[46] = _silu_forward_f32
+_TABLE_F64[46] = _silu_forward_f64
+_TABLE_F32[47] = _silu_vjp_f32
+_TABLE_F64[47] = _silu_vjp_f64
+_TABLE_F32[48] = _silu_jvp_f32
+_TABLE_F64[48] = _silu_jvp_f64
+_TABLE_F32[49] = _silu_rvjp_f32
+_TABLE_F64[49] = _silu_rvjp_f64
+_TABLE_F32[50] = _silu_diag_backprop_f32
+_TABLE_F64[50] = _silu_diag_backprop_f64
+_TABLE_F32[51] = _silu_residual_f32
+_TABLE_F64[51] = _silu_residual_f64
+_TABLE_F32[52] = _silu_forward_jvp_f32
+_TABLE_F64[52] = _silu_forward_jvp_f64
+_TABLE_F32[53] = _silu_vjp_rvjp_f32
+_TABLE_F64[53] = _silu_vjp_rvjp_f64
+_TABLE_F32[54] = _swish_forward_f32
+_TABLE_F64[54] = _swish_forward_f64
+_TABLE_F32[55] = _swish_vjp_f32
+_TABLE_F64[55] = _swish_vjp_f64
+_TABLE_F32[56] = _swish_jvp_f32
+_TABLE_F64[56] = _swish_jvp_f64
+_TABLE_F32[57] = _swish_rvjp_f32
+_TABLE_F64[57] = _swish_rvjp_f64
+_TABLE_F32[58] = _swish_diag_backprop_f32
+_TABLE_F64[58] = _swish_diag_backprop_f64
+_TABLE_F32[59] = _swish_residual_f32
+_TABLE_F64[59] = _swish_residual_f64
+_TABLE_F32[60] = _swish_forward_jvp_f32
+_TABLE_F64[60] = _swish_forward_jvp_f64
+_TABLE_F32[61] = _swish_vjp_rvjp_f32
+_TABLE_F64[61] = _swish_vjp_rvjp_f64
+_TABLE_F32[62] = _gelu_forward_f32
+_TABLE_F64[62] = _gelu_forward_f64
+_TABLE_F32[63] = _gelu_vjp_f32
+_TABLE_F64[63] = _gelu_vjp_f64
+_TABLE_F32[64] = _gelu_jvp_f32
+_TABLE_F64[64] = _gelu_jvp_f64
+_TABLE_F32[65] = _gelu_rvjp_f32
+_TABLE_F64[65] = _gelu_rvjp_f64
+_TABLE_F32[66] = _gelu_diag_backprop_f32
+_TABLE_F64[66] = _gelu_diag_backprop_f64
+_TABLE_F32[67] = _gelu_residual_f32
+_TABLE_F64[67] = _gelu_residual_f64
+_TABLE_F32[68] = _gelu_forward_jvp_f32
+_TABLE_F64[68] = _gelu_forward_jvp_f64
+_TABLE_F32[69] = _gelu_vjp_rvjp_f32
+_TABLE_F64[69] = _gelu_vjp_rvjp_f64
+_TABLE_F32[70] = _mish_forward_f32
+_TABLE_F64[70] = _mish_forward_f64
+_TABLE_F32[71] = _mish_vjp_f32
+_TABLE_F64[71] = _mish_vjp_f64
+_TABLE_F32[72] = _mish_jvp_f32
+_TABLE_F64[72] = _mish_jvp_f64
+_TABLE_F32[73] = _mish_rvjp_f32
+_TABLE_F64[73] = _mish_rvjp_f64
+_TABLE_F32[74] = _mish_diag_backprop_f32
+_TABLE_F64[74] = _mish_diag_backprop_f64
+_TABLE_F32[75] = _mish_residual_f32
+_TABLE_F64[75] = _mish_residual_f64
+_TABLE_F32[76] = _mish_forward_jvp_f32
+_TABLE_F64[76] = _mish_forward_jvp_f64
+_TABLE_F32[77] = _mish_vjp_rvjp_f32
+_TABLE_F64[77] = _mish_vjp_rvjp_f64
 
-    Arrays: x, g, y, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("mish_vjp_rvjp", ("x", "g", "y", "Rx", "Rg", "gx", "Rgx", ), (x, g, y, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    y = _readable(y)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"mish_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"mish_vjp_rvjp: y has shape {y.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"mish_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"mish_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"mish_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"mish_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, y_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, y_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &y_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &y_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _mish_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &y_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _mish_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &y_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(78)]

@@ -120,155 +120,530 @@ def _readable(a):
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'batchnorm': {'family': 'composite',
-               'hash': '342dcd0436e3c5fc',
-               'inputs': ['x'],
-               'params': ['gamma', 'beta'],
-               'output': 'y',
-               'scalars': ['eps'],
-               'roles': {'forward': {'kernel': 'batchnorm_forward',
-                                     'call': ['x', 'gamma', 'beta', 'y', 'xhat', 'rstd', 'mu', 'var'],
-                                     'kwargs': ['eps', 'A', 'C', 'B'],
-                                     'arrays': ['x', 'gamma', 'beta'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                 {'name': 'xhat', 'like': 'x', 'dtype': 'float'},
-                                                 {'name': 'rstd', 'like': 'group', 'dtype': 'float'},
-                                                 {'name': 'mu', 'like': 'group', 'dtype': 'float'},
-                                                 {'name': 'var', 'like': 'group', 'dtype': 'float'}]},
-                         'vjp': {'kernel': 'batchnorm_vjp',
-                                 'call': ['g', 'xhat', 'gamma', 'rstd', 'grad_x', 'grad_gamma', 'grad_beta'],
-                                 'kwargs': ['eps', 'A', 'C', 'B'],
-                                 'arrays': ['g', 'xhat', 'gamma', 'rstd'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'grad_x', 'like': 'x', 'dtype': 'float'},
-                                             {'name': 'grad_gamma', 'like': 'gamma', 'dtype': 'float'},
-                                             {'name': 'grad_beta', 'like': 'beta', 'dtype': 'float'}]},
-                         'jvp': {'kernel': 'batchnorm_jvp',
-                                 'call': ['Rx', 'xhat', 'Rbeta', 'Rgamma', 'gamma', 'rstd', 'Ry'],
-                                 'kwargs': ['eps', 'A', 'C', 'B'],
-                                 'arrays': ['Rx', 'xhat', 'Rbeta', 'Rgamma', 'gamma', 'rstd'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}]},
-                         'rvjp': {'kernel': 'batchnorm_rvjp',
-                                  'call': ['Rg',
-                                           'Rx',
-                                           'g',
-                                           'xhat',
-                                           'Rgamma',
-                                           'gamma',
-                                           'rstd',
-                                           'Rgrad_x',
-                                           'Rgrad_gamma',
-                                           'Rgrad_beta'],
-                                  'kwargs': ['eps', 'A', 'C', 'B'],
-                                  'arrays': ['Rg', 'Rx', 'g', 'xhat', 'Rgamma', 'gamma', 'rstd'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'Rgrad_x', 'like': 'x', 'dtype': 'float'},
-                                              {'name': 'Rgrad_gamma', 'like': 'gamma', 'dtype': 'float'},
-                                              {'name': 'Rgrad_beta', 'like': 'beta', 'dtype': 'float'}]}},
-               'defaults': {'eps': 1e-05},
-               'constants': [],
-               'saved': ['xhat', 'rstd'],
-               'stats': ['mu', 'var']},
- 'batchnorm_eval': {'family': 'composite',
-                    'hash': 'f7e8a12e2ac50493',
-                    'inputs': ['x'],
-                    'params': ['gamma', 'beta'],
-                    'output': 'y',
-                    'scalars': ['eps'],
-                    'roles': {'forward': {'kernel': 'batchnorm_eval_forward',
-                                          'call': ['x',
-                                                   'gamma',
-                                                   'beta',
-                                                   'running_mean',
-                                                   'running_var',
-                                                   'y',
-                                                   'xhat',
-                                                   'rstd'],
-                                          'kwargs': ['eps', 'A', 'C', 'B'],
-                                          'arrays': ['x', 'gamma', 'beta', 'running_mean', 'running_var'],
-                                          'optional': [],
-                                          'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                      {'name': 'xhat', 'like': 'x', 'dtype': 'float'},
-                                                      {'name': 'rstd', 'like': 'group', 'dtype': 'float'}]},
-                              'vjp': {'kernel': 'batchnorm_eval_vjp',
-                                      'call': ['g',
-                                               'xhat',
-                                               'gamma',
-                                               'rstd',
-                                               'grad_x',
-                                               'grad_gamma',
-                                               'grad_beta'],
-                                      'kwargs': ['eps', 'A', 'C', 'B'],
-                                      'arrays': ['g', 'xhat', 'gamma', 'rstd'],
-                                      'optional': [],
-                                      'outputs': [{'name': 'grad_x', 'like': 'x', 'dtype': 'float'},
-                                                  {'name': 'grad_gamma', 'like': 'gamma', 'dtype': 'float'},
-                                                  {'name': 'grad_beta', 'like': 'beta', 'dtype': 'float'}]},
-                              'jvp': {'kernel': 'batchnorm_eval_jvp',
-                                      'call': ['Rx', 'xhat', 'Rbeta', 'Rgamma', 'gamma', 'rstd', 'Ry'],
-                                      'kwargs': ['eps', 'A', 'C', 'B'],
-                                      'arrays': ['Rx', 'xhat', 'Rbeta', 'Rgamma', 'gamma', 'rstd'],
-                                      'optional': [],
-                                      'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}]},
-                              'rvjp': {'kernel': 'batchnorm_eval_rvjp',
-                                       'call': ['Rg',
-                                                'Rx',
-                                                'g',
-                                                'xhat',
-                                                'Rgamma',
-                                                'gamma',
-                                                'rstd',
-                                                'Rgrad_x',
-                                                'Rgrad_gamma',
-                                                'Rgrad_beta'],
-                                       'kwargs': ['eps', 'A', 'C', 'B'],
-                                       'arrays': ['Rg', 'Rx', 'g', 'xhat', 'Rgamma', 'gamma', 'rstd'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'Rgrad_x', 'like': 'x', 'dtype': 'float'},
-                                                   {'name': 'Rgrad_gamma', 'like': 'gamma', 'dtype': 'float'},
-                                                   {'name': 'Rgrad_beta',
-                                                    'like': 'beta',
-                                                    'dtype': 'float'}]}},
-                    'defaults': {'eps': 1e-05},
-                    'constants': ['running_mean', 'running_var'],
-                    'saved': ['xhat', 'rstd'],
-                    'stats': []},
- 'softmax': {'family': 'composite',
-             'hash': 'aae4d1188b307f0b',
-             'inputs': ['x'],
-             'params': [],
-             'output': 'y',
-             'scalars': [],
-             'roles': {'forward': {'kernel': 'softmax_forward',
-                                   'call': ['x', 'y'],
-                                   'kwargs': ['A', 'C', 'B'],
-                                   'arrays': ['x'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}]},
-                       'vjp': {'kernel': 'softmax_vjp',
-                               'call': ['g', 'y', 'grad_x'],
-                               'kwargs': ['A', 'C', 'B'],
-                               'arrays': ['g', 'y'],
-                               'optional': [],
-                               'outputs': [{'name': 'grad_x', 'like': 'x', 'dtype': 'float'}]},
-                       'jvp': {'kernel': 'softmax_jvp',
-                               'call': ['Rx', 'y', 'Ry'],
-                               'kwargs': ['A', 'C', 'B'],
-                               'arrays': ['Rx', 'y'],
-                               'optional': [],
-                               'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}]},
-                       'rvjp': {'kernel': 'softmax_rvjp',
-                                'call': ['Rg', 'Rx', 'g', 'y', 'Rgrad_x'],
-                                'kwargs': ['A', 'C', 'B'],
-                                'arrays': ['Rg', 'Rx', 'g', 'y'],
-                                'optional': [],
-                                'outputs': [{'name': 'Rgrad_x', 'like': 'x', 'dtype': 'float'}]}},
-             'defaults': {},
-             'constants': [],
-             'saved': ['y'],
-             'stats': []}}
+MANIFEST = __import__('json').loads(r'''{
+ "batchnorm": {
+  "family": "composite",
+  "hash": "342dcd0436e3c5fc",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "gamma",
+   "beta"
+  ],
+  "output": "y",
+  "scalars": [
+   "eps"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "batchnorm_forward",
+    "call": [
+     "x",
+     "gamma",
+     "beta",
+     "y",
+     "xhat",
+     "rstd",
+     "mu",
+     "var"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x",
+     "gamma",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "xhat",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "rstd",
+      "like": "group",
+      "dtype": "float"
+     },
+     {
+      "name": "mu",
+      "like": "group",
+      "dtype": "float"
+     },
+     {
+      "name": "var",
+      "like": "group",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp": {
+    "kernel": "batchnorm_vjp",
+    "call": [
+     "g",
+     "xhat",
+     "gamma",
+     "rstd",
+     "grad_x",
+     "grad_gamma",
+     "grad_beta"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g",
+     "xhat",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad_x",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "grad_gamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "grad_beta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "batchnorm_jvp",
+    "call": [
+     "Rx",
+     "xhat",
+     "Rbeta",
+     "Rgamma",
+     "gamma",
+     "rstd",
+     "Ry"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rx",
+     "xhat",
+     "Rbeta",
+     "Rgamma",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp": {
+    "kernel": "batchnorm_rvjp",
+    "call": [
+     "Rg",
+     "Rx",
+     "g",
+     "xhat",
+     "Rgamma",
+     "gamma",
+     "rstd",
+     "Rgrad_x",
+     "Rgrad_gamma",
+     "Rgrad_beta"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rg",
+     "Rx",
+     "g",
+     "xhat",
+     "Rgamma",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgrad_x",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgrad_gamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgrad_beta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ]
+   }
+  },
+  "defaults": {
+   "eps": 1e-05
+  },
+  "constants": [],
+  "saved": [
+   "xhat",
+   "rstd"
+  ],
+  "stats": [
+   "mu",
+   "var"
+  ]
+ },
+ "batchnorm_eval": {
+  "family": "composite",
+  "hash": "f7e8a12e2ac50493",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "gamma",
+   "beta"
+  ],
+  "output": "y",
+  "scalars": [
+   "eps"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "batchnorm_eval_forward",
+    "call": [
+     "x",
+     "gamma",
+     "beta",
+     "running_mean",
+     "running_var",
+     "y",
+     "xhat",
+     "rstd"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x",
+     "gamma",
+     "beta",
+     "running_mean",
+     "running_var"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "xhat",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "rstd",
+      "like": "group",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp": {
+    "kernel": "batchnorm_eval_vjp",
+    "call": [
+     "g",
+     "xhat",
+     "gamma",
+     "rstd",
+     "grad_x",
+     "grad_gamma",
+     "grad_beta"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g",
+     "xhat",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad_x",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "grad_gamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "grad_beta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "batchnorm_eval_jvp",
+    "call": [
+     "Rx",
+     "xhat",
+     "Rbeta",
+     "Rgamma",
+     "gamma",
+     "rstd",
+     "Ry"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rx",
+     "xhat",
+     "Rbeta",
+     "Rgamma",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp": {
+    "kernel": "batchnorm_eval_rvjp",
+    "call": [
+     "Rg",
+     "Rx",
+     "g",
+     "xhat",
+     "Rgamma",
+     "gamma",
+     "rstd",
+     "Rgrad_x",
+     "Rgrad_gamma",
+     "Rgrad_beta"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rg",
+     "Rx",
+     "g",
+     "xhat",
+     "Rgamma",
+     "gamma",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgrad_x",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgrad_gamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgrad_beta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ]
+   }
+  },
+  "defaults": {
+   "eps": 1e-05
+  },
+  "constants": [
+   "running_mean",
+   "running_var"
+  ],
+  "saved": [
+   "xhat",
+   "rstd"
+  ],
+  "stats": []
+ },
+ "softmax": {
+  "family": "composite",
+  "hash": "aae4d1188b307f0b",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "softmax_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp": {
+    "kernel": "softmax_vjp",
+    "call": [
+     "g",
+     "y",
+     "grad_x"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "softmax_jvp",
+    "call": [
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rx",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp": {
+    "kernel": "softmax_rvjp",
+    "call": [
+     "Rg",
+     "Rx",
+     "g",
+     "y",
+     "Rgrad_x"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rg",
+     "Rx",
+     "g",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgrad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   }
+  },
+  "defaults": {},
+  "constants": [],
+  "saved": [
+   "y"
+  ],
+  "stats": []
+ }
+}''')
 
 # ---------------------------------------------------------------- batchnorm_forward
 # batch normalization (train mode): batch mean and biased variance per channel: forward (stages in order)

@@ -250,132 +250,503 @@ def _readable(a):
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'dense': {'family': 'contraction',
-           'hash': '4d84bbb1c3879b64',
-           'inputs': ['x'],
-           'params': ['W', 'b'],
-           'output': 'y',
-           'scalars': [],
-           'arrays': {'x': ['n', 'i'], 'W': ['o', 'i'], 'b': ['o'], 'y': ['n', 'o']},
-           'roles': {'forward': {'kernel': 'dense_forward',
-                                 'call': ['x', 'W', 'b', 'y'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'W', 'b'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
-                     'vjp:x': {'kernel': 'dense_vjp_x',
-                               'call': ['W', 'g', 'gx'],
-                               'kwargs': [],
-                               'arrays': ['W', 'g'],
-                               'optional': [],
-                               'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
-                     'vjp:W': {'kernel': 'dense_vjp_W',
-                               'call': ['x', 'g', 'gW'],
-                               'kwargs': [],
-                               'arrays': ['x', 'g'],
-                               'optional': [],
-                               'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'}]},
-                     'vjp:b': {'kernel': 'dense_vjp_b',
-                               'call': ['g', 'gb'],
-                               'kwargs': [],
-                               'arrays': ['g'],
-                               'optional': [],
-                               'outputs': [{'name': 'gb', 'like': 'b', 'dtype': 'float'}]},
-                     'jvp': {'kernel': 'dense_jvp',
-                             'call': ['x', 'W', 'Rx', 'RW', 'Rb', 'Ry'],
-                             'kwargs': [],
-                             'arrays': ['x', 'W', 'Rx', 'RW', 'Rb'],
-                             'optional': ['RW', 'Rx', 'Rb'],
-                             'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
-                     'rvjp:x': {'kernel': 'dense_rvjp_x',
-                                'call': ['W', 'g', 'RW', 'Rg', 'Rgx'],
-                                'kwargs': [],
-                                'arrays': ['W', 'g', 'RW', 'Rg'],
-                                'optional': ['RW', 'Rg'],
-                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
-                     'rvjp:W': {'kernel': 'dense_rvjp_W',
-                                'call': ['x', 'g', 'Rx', 'Rg', 'RgW'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                'optional': ['Rg', 'Rx'],
-                                'outputs': [{'name': 'RgW', 'like': 'W', 'dtype': 'float'}]},
-                     'rvjp:b': {'kernel': 'dense_rvjp_b',
-                                'call': ['Rg', 'Rgb'],
-                                'kwargs': [],
-                                'arrays': ['Rg'],
-                                'optional': ['Rg'],
-                                'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]},
-                     'bl:x': {'kernel': 'dense_bl_x',
-                              'call': ['H', 'W', 'hx'],
-                              'kwargs': [],
-                              'arrays': ['H', 'W'],
-                              'optional': [],
-                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
-                     'bl:W': {'kernel': 'dense_bl_W',
-                              'call': ['H', 'x', 'hW'],
-                              'kwargs': [],
-                              'arrays': ['H', 'x'],
-                              'optional': [],
-                              'outputs': [{'name': 'hW', 'like': 'W', 'dtype': 'float'}]},
-                     'bl:b': {'kernel': 'dense_bl_b',
-                              'call': ['H', 'hb'],
-                              'kwargs': [],
-                              'arrays': ['H'],
-                              'optional': [],
-                              'outputs': [{'name': 'hb', 'like': 'b', 'dtype': 'float'}]},
-                     'sqvjp:W': {'kernel': 'dense_sqvjp_W',
-                                 'call': ['x', 'S', 'w', 'sW'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'S', 'w'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'sW', 'like': 'W', 'dtype': 'float'}]},
-                     'sqvjp:b': {'kernel': 'dense_sqvjp_b',
-                                 'call': ['S', 'w', 'sb'],
-                                 'kwargs': [],
-                                 'arrays': ['S', 'w'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]},
-                     'forward+jvp': {'kernel': 'dense_forward_jvp',
-                                     'call': ['x', 'W', 'b', 'Rx', 'RW', 'Rb', 'y', 'Ry'],
-                                     'kwargs': [],
-                                     'arrays': ['x', 'W', 'b', 'Rx', 'RW', 'Rb'],
-                                     'optional': ['Rx', 'RW', 'Rb'],
-                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
-                                                 {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                                     'fuses': ['forward', 'jvp']},
-                     'vjp+rvjp': {'kernel': 'dense_vjp_rvjp',
-                                  'call': ['x',
-                                           'W',
-                                           'g',
-                                           'Rx',
-                                           'RW',
-                                           'Rg',
-                                           'gx',
-                                           'gW',
-                                           'gb',
-                                           'Rgx',
-                                           'RgW',
-                                           'Rgb'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'W', 'g', 'Rx', 'RW', 'Rg'],
-                                  'optional': ['Rx', 'RW', 'Rg'],
-                                  'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                              {'name': 'gW', 'like': 'W', 'dtype': 'float'},
-                                              {'name': 'gb', 'like': 'b', 'dtype': 'float'},
-                                              {'name': 'Rgx', 'like': 'x', 'dtype': 'float'},
-                                              {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
-                                              {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
-                                  'fuses': ['vjp:x', 'vjp:W', 'vjp:b', 'rvjp:x', 'rvjp:W', 'rvjp:b']},
-                     'vjp+rvjp:params': {'kernel': 'dense_vjp_rvjp_params',
-                                         'call': ['x', 'g', 'Rx', 'Rg', 'gW', 'gb', 'RgW', 'Rgb'],
-                                         'kwargs': [],
-                                         'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                         'optional': ['Rx', 'Rg'],
-                                         'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'},
-                                                     {'name': 'gb', 'like': 'b', 'dtype': 'float'},
-                                                     {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
-                                                     {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
-                                         'fuses': ['vjp:W', 'vjp:b', 'rvjp:W', 'rvjp:b']}}}}
+MANIFEST = __import__('json').loads(r'''{
+ "dense": {
+  "family": "contraction",
+  "hash": "4d84bbb1c3879b64",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "W",
+   "b"
+  ],
+  "output": "y",
+  "scalars": [],
+  "arrays": {
+   "x": [
+    "n",
+    "i"
+   ],
+   "W": [
+    "o",
+    "i"
+   ],
+   "b": [
+    "o"
+   ],
+   "y": [
+    "n",
+    "o"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "dense_forward",
+    "call": [
+     "x",
+     "W",
+     "b",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "W",
+     "b"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:x": {
+    "kernel": "dense_vjp_x",
+    "call": [
+     "W",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "W",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:W": {
+    "kernel": "dense_vjp_W",
+    "call": [
+     "x",
+     "g",
+     "gW"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:b": {
+    "kernel": "dense_vjp_b",
+    "call": [
+     "g",
+     "gb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "dense_jvp",
+    "call": [
+     "x",
+     "W",
+     "Rx",
+     "RW",
+     "Rb",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "W",
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "optional": [
+     "RW",
+     "Rx",
+     "Rb"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:x": {
+    "kernel": "dense_rvjp_x",
+    "call": [
+     "W",
+     "g",
+     "RW",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "W",
+     "g",
+     "RW",
+     "Rg"
+    ],
+    "optional": [
+     "RW",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:W": {
+    "kernel": "dense_rvjp_W",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "RgW"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rg",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:b": {
+    "kernel": "dense_rvjp_b",
+    "call": [
+     "Rg",
+     "Rgb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rg"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:x": {
+    "kernel": "dense_bl_x",
+    "call": [
+     "H",
+     "W",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "W"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:W": {
+    "kernel": "dense_bl_W",
+    "call": [
+     "H",
+     "x",
+     "hW"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:b": {
+    "kernel": "dense_bl_b",
+    "call": [
+     "H",
+     "hb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "sqvjp:W": {
+    "kernel": "dense_sqvjp_W",
+    "call": [
+     "x",
+     "S",
+     "w",
+     "sW"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "sqvjp:b": {
+    "kernel": "dense_sqvjp_b",
+    "call": [
+     "S",
+     "w",
+     "sb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "dense_forward_jvp",
+    "call": [
+     "x",
+     "W",
+     "b",
+     "Rx",
+     "RW",
+     "Rb",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "W",
+     "b",
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "optional": [
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ]
+   },
+   "vjp+rvjp": {
+    "kernel": "dense_vjp_rvjp",
+    "call": [
+     "x",
+     "W",
+     "g",
+     "Rx",
+     "RW",
+     "Rg",
+     "gx",
+     "gW",
+     "gb",
+     "Rgx",
+     "RgW",
+     "Rgb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "W",
+     "g",
+     "Rx",
+     "RW",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "RW",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "vjp:W",
+     "vjp:b",
+     "rvjp:x",
+     "rvjp:W",
+     "rvjp:b"
+    ]
+   },
+   "vjp+rvjp:params": {
+    "kernel": "dense_vjp_rvjp_params",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gW",
+     "gb",
+     "RgW",
+     "Rgb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     },
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:W",
+     "vjp:b",
+     "rvjp:W",
+     "rvjp:b"
+    ]
+   }
+  }
+ }
+}''')
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))

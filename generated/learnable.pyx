@@ -87,157 +87,528 @@ def _readable(a):
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'prelu': {'family': 'channelwise',
-           'hash': 'e5659dea01fff357',
-           'inputs': ['x'],
-           'params': ['alpha'],
-           'output': 'y',
-           'scalars': [],
-           'roles': {'forward': {'kernel': 'prelu_forward',
-                                 'call': ['x', 'alpha', 'y'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'alpha'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': []},
-                     'vjp:x': {'kernel': 'prelu_vjp',
-                               'call': ['x', 'g', 'alpha', 'gx'],
-                               'kwargs': [],
-                               'arrays': ['x', 'g', 'alpha'],
-                               'optional': [],
-                               'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': []},
-                     'vjp:alpha': {'kernel': 'prelu_vjp_alpha',
-                                   'call': ['x', 'g', 'galpha'],
-                                   'kwargs': [],
-                                   'arrays': ['x', 'g'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'galpha', 'like': 'alpha', 'dtype': 'float'}],
-                                   'scalars': []},
-                     'jvp': {'kernel': 'prelu_jvp',
-                             'call': ['x', 'Rx', 'alpha', 'Ralpha', 'Ry'],
-                             'kwargs': [],
-                             'arrays': ['x', 'Rx', 'alpha', 'Ralpha'],
-                             'optional': [],
-                             'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                             'scalars': []},
-                     'rvjp:x': {'kernel': 'prelu_rvjp',
-                                'call': ['x', 'g', 'Rg', 'alpha', 'Ralpha', 'Rgx'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g', 'Rg', 'alpha', 'Ralpha'],
-                                'optional': [],
-                                'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': []},
-                     'rvjp:alpha': {'kernel': 'prelu_rvjp_alpha',
-                                    'call': ['x', 'g', 'Rx', 'Rg', 'Rgalpha'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'Rgalpha', 'like': 'alpha', 'dtype': 'float'}],
-                                    'scalars': []},
-                     'bl:x': {'kernel': 'prelu_diag_backprop',
-                              'call': ['x', 'H', 'alpha', 'hx'],
-                              'kwargs': [],
-                              'arrays': ['x', 'H', 'alpha'],
-                              'optional': [],
-                              'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                              'scalars': []},
-                     'bl:alpha': {'kernel': 'prelu_diag_backprop_alpha',
-                                  'call': ['x', 'H', 'halpha'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'H'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'halpha', 'like': 'alpha', 'dtype': 'float'}],
-                                  'scalars': []},
-                     'sqvjp:alpha': {'kernel': 'prelu_sqvjp_alpha',
-                                     'call': ['x', 'salpha', 'S', 'w'],
-                                     'kwargs': [],
-                                     'arrays': ['x', 'S', 'w'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'salpha', 'like': 'alpha', 'dtype': 'float'}],
-                                     'scalars': []}},
-           'defaults': {'alpha': 0.25}},
- 'swish_learnable': {'family': 'channelwise',
-                     'hash': 'f46ff0ed27cb6309',
-                     'inputs': ['x'],
-                     'params': ['beta'],
-                     'output': 'y',
-                     'scalars': [],
-                     'roles': {'forward': {'kernel': 'swish_learnable_forward',
-                                           'call': ['x', 'beta', 'y'],
-                                           'kwargs': [],
-                                           'arrays': ['x', 'beta'],
-                                           'optional': [],
-                                           'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                           'scalars': []},
-                               'vjp:x': {'kernel': 'swish_learnable_vjp',
-                                         'call': ['x', 'g', 'beta', 'gx'],
-                                         'kwargs': [],
-                                         'arrays': ['x', 'g', 'beta'],
-                                         'optional': [],
-                                         'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                                         'scalars': []},
-                               'vjp:beta': {'kernel': 'swish_learnable_vjp_beta',
-                                            'call': ['x', 'y', 'g', 'beta', 'gbeta'],
-                                            'kwargs': [],
-                                            'arrays': ['x', 'y', 'g', 'beta'],
-                                            'optional': [],
-                                            'outputs': [{'name': 'gbeta', 'like': 'beta', 'dtype': 'float'}],
-                                            'scalars': []},
-                               'jvp': {'kernel': 'swish_learnable_jvp',
-                                       'call': ['x', 'y', 'Rx', 'beta', 'Rbeta', 'Ry'],
-                                       'kwargs': [],
-                                       'arrays': ['x', 'y', 'Rx', 'beta', 'Rbeta'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                       'scalars': []},
-                               'rvjp:x': {'kernel': 'swish_learnable_rvjp',
-                                          'call': ['x', 'g', 'Rx', 'Rg', 'beta', 'Rbeta', 'Rgx'],
-                                          'kwargs': [],
-                                          'arrays': ['x', 'g', 'Rx', 'Rg', 'beta', 'Rbeta'],
-                                          'optional': [],
-                                          'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                          'scalars': []},
-                               'rvjp:beta': {'kernel': 'swish_learnable_rvjp_beta',
-                                             'call': ['x', 'y', 'g', 'Rx', 'Rg', 'beta', 'Rbeta', 'Rgbeta'],
-                                             'kwargs': [],
-                                             'arrays': ['x', 'y', 'g', 'Rx', 'Rg', 'beta', 'Rbeta'],
-                                             'optional': [],
-                                             'outputs': [{'name': 'Rgbeta',
-                                                          'like': 'beta',
-                                                          'dtype': 'float'}],
-                                             'scalars': []},
-                               'bl:x': {'kernel': 'swish_learnable_diag_backprop',
-                                        'call': ['x', 'g', 'H', 'beta', 'hx'],
-                                        'kwargs': [],
-                                        'arrays': ['x', 'g', 'H', 'beta'],
-                                        'optional': [],
-                                        'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                                        'scalars': []},
-                               'bl:beta': {'kernel': 'swish_learnable_diag_backprop_beta',
-                                           'call': ['x', 'y', 'g', 'H', 'beta', 'hbeta'],
-                                           'kwargs': [],
-                                           'arrays': ['x', 'y', 'g', 'H', 'beta'],
-                                           'optional': [],
-                                           'outputs': [{'name': 'hbeta', 'like': 'beta', 'dtype': 'float'}],
-                                           'scalars': []},
-                               'sqvjp:beta': {'kernel': 'swish_learnable_sqvjp_beta',
-                                              'call': ['x', 'y', 'beta', 'sbeta', 'S', 'w'],
-                                              'kwargs': [],
-                                              'arrays': ['x', 'y', 'beta', 'S', 'w'],
-                                              'optional': [],
-                                              'outputs': [{'name': 'sbeta',
-                                                           'like': 'beta',
-                                                           'dtype': 'float'}],
-                                              'scalars': []},
-                               'residual': {'kernel': 'swish_learnable_residual',
-                                            'call': ['x', 'g', 'beta', 'r'],
-                                            'kwargs': [],
-                                            'arrays': ['x', 'g', 'beta'],
-                                            'optional': [],
-                                            'outputs': [{'name': 'r', 'like': 'x', 'dtype': 'float'}],
-                                            'scalars': []}},
-                     'defaults': {'beta': 1.0}}}
+MANIFEST = __import__('json').loads(r'''{
+ "prelu": {
+  "family": "channelwise",
+  "hash": "e5659dea01fff357",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "alpha"
+  ],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "prelu_forward",
+    "call": [
+     "x",
+     "alpha",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "alpha"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "vjp:x": {
+    "kernel": "prelu_vjp",
+    "call": [
+     "x",
+     "g",
+     "alpha",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "alpha"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "vjp:alpha": {
+    "kernel": "prelu_vjp_alpha",
+    "call": [
+     "x",
+     "g",
+     "galpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "galpha",
+      "like": "alpha",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "jvp": {
+    "kernel": "prelu_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "alpha",
+     "Ralpha",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx",
+     "alpha",
+     "Ralpha"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "rvjp:x": {
+    "kernel": "prelu_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rg",
+     "alpha",
+     "Ralpha",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rg",
+     "alpha",
+     "Ralpha"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "rvjp:alpha": {
+    "kernel": "prelu_rvjp_alpha",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgalpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgalpha",
+      "like": "alpha",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "bl:x": {
+    "kernel": "prelu_diag_backprop",
+    "call": [
+     "x",
+     "H",
+     "alpha",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "H",
+     "alpha"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "bl:alpha": {
+    "kernel": "prelu_diag_backprop_alpha",
+    "call": [
+     "x",
+     "H",
+     "halpha"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "halpha",
+      "like": "alpha",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "sqvjp:alpha": {
+    "kernel": "prelu_sqvjp_alpha",
+    "call": [
+     "x",
+     "salpha",
+     "S",
+     "w"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "salpha",
+      "like": "alpha",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   }
+  },
+  "defaults": {
+   "alpha": 0.25
+  }
+ },
+ "swish_learnable": {
+  "family": "channelwise",
+  "hash": "f46ff0ed27cb6309",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "beta"
+  ],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "swish_learnable_forward",
+    "call": [
+     "x",
+     "beta",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "vjp:x": {
+    "kernel": "swish_learnable_vjp",
+    "call": [
+     "x",
+     "g",
+     "beta",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "vjp:beta": {
+    "kernel": "swish_learnable_vjp_beta",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "beta",
+     "gbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gbeta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "jvp": {
+    "kernel": "swish_learnable_jvp",
+    "call": [
+     "x",
+     "y",
+     "Rx",
+     "beta",
+     "Rbeta",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "Rx",
+     "beta",
+     "Rbeta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "rvjp:x": {
+    "kernel": "swish_learnable_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "beta",
+     "Rbeta",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "beta",
+     "Rbeta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "rvjp:beta": {
+    "kernel": "swish_learnable_rvjp_beta",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "beta",
+     "Rbeta",
+     "Rgbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g",
+     "Rx",
+     "Rg",
+     "beta",
+     "Rbeta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgbeta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "bl:x": {
+    "kernel": "swish_learnable_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "beta",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "bl:beta": {
+    "kernel": "swish_learnable_diag_backprop_beta",
+    "call": [
+     "x",
+     "y",
+     "g",
+     "H",
+     "beta",
+     "hbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "g",
+     "H",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hbeta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "sqvjp:beta": {
+    "kernel": "swish_learnable_sqvjp_beta",
+    "call": [
+     "x",
+     "y",
+     "beta",
+     "sbeta",
+     "S",
+     "w"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "y",
+     "beta",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sbeta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   },
+   "residual": {
+    "kernel": "swish_learnable_residual",
+    "call": [
+     "x",
+     "g",
+     "beta",
+     "r"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": []
+   }
+  },
+  "defaults": {
+   "beta": 1.0
+  }
+ }
+}''')
 
 # ---------------------------------------------------------------- prelu_forward
 # y = alpha*Min(0, x) + Max(0, x)

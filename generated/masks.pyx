@@ -6,7 +6,13 @@
 # module: masks
 # spec: dropout  hash: 0c9a9249c82a17f1
 
-"""Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call."""
+"""Mask kernels (dropout, DropConnect): y = m·x with a mask drawn per forward call.
+
+Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
+Py_ssize_t n)``: the arrays in manifest call order, outputs after inputs), collected in a
+table; the shared dispatcher (``symprop.generated.dispatch``) checks the arrays, threads the
+loop and calls through the table. This module imports nothing from symprop.
+"""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -48,138 +54,219 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
-from cython.parallel cimport prange, threadid
-cimport openmp
 
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
-#: little from a second thread on small arrays, and waking it costs a few microseconds)
-cdef enum:
-    _GRAIN = 32768
-
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'dropout': {'family': 'elementwise',
-             'hash': '0c9a9249c82a17f1',
-             'inputs': ['x'],
-             'params': [],
-             'output': 'y',
-             'scalars': [],
-             'roles': {'forward': {'kernel': 'dropout_forward',
-                                   'call': ['x', 'm', 'y'],
-                                   'kwargs': [],
-                                   'arrays': ['x', 'm'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': []},
-                       'vjp:x': {'kernel': 'dropout_vjp',
-                                 'call': ['g', 'm', 'gx'],
-                                 'kwargs': [],
-                                 'arrays': ['g', 'm'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'g', 'dtype': 'float'}],
-                                 'scalars': []},
-                       'jvp': {'kernel': 'dropout_jvp',
-                               'call': ['Rx', 'm', 'Ry'],
-                               'kwargs': [],
-                               'arrays': ['Rx', 'm'],
-                               'optional': [],
-                               'outputs': [{'name': 'Ry', 'like': 'Rx', 'dtype': 'float'}],
-                               'scalars': []},
-                       'rvjp:x': {'kernel': 'dropout_rvjp',
-                                  'call': ['Rg', 'm', 'Rgx'],
-                                  'kwargs': [],
-                                  'arrays': ['Rg', 'm'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'Rgx', 'like': 'Rg', 'dtype': 'float'}],
-                                  'scalars': []},
-                       'bl:x': {'kernel': 'dropout_diag_backprop',
-                                'call': ['H', 'm', 'hx'],
-                                'kwargs': [],
-                                'arrays': ['H', 'm'],
-                                'optional': [],
-                                'outputs': [{'name': 'hx', 'like': 'H', 'dtype': 'float'}],
-                                'scalars': []},
-                       'forward+jvp': {'kernel': 'dropout_forward_jvp',
-                                       'call': ['x', 'm', 'Rx', 'y', 'Ry'],
-                                       'kwargs': [],
-                                       'arrays': ['x', 'm', 'Rx'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                       'scalars': []},
-                       'vjp+rvjp': {'kernel': 'dropout_vjp_rvjp',
-                                    'call': ['g', 'm', 'Rg', 'gx', 'Rgx'],
-                                    'kwargs': [],
-                                    'arrays': ['g', 'm', 'Rg'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'gx', 'like': 'g', 'dtype': 'float'},
-                                                {'name': 'Rgx', 'like': 'g', 'dtype': 'float'}],
-                                    'scalars': []}},
-             'defaults': {}}}
+MANIFEST = __import__('json').loads(r'''{
+ "dropout": {
+  "family": "elementwise",
+  "hash": "0c9a9249c82a17f1",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "dropout_forward",
+    "call": [
+     "x",
+     "m",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = m*x"
+   },
+   "vjp:x": {
+    "kernel": "dropout_vjp",
+    "call": [
+     "g",
+     "m",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*m"
+   },
+   "jvp": {
+    "kernel": "dropout_jvp",
+    "call": [
+     "Rx",
+     "m",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rx",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "Rx",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*m"
+   },
+   "rvjp:x": {
+    "kernel": "dropout_rvjp",
+    "call": [
+     "Rg",
+     "m",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rg",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "Rg",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*m"
+   },
+   "bl:x": {
+    "kernel": "dropout_diag_backprop",
+    "call": [
+     "H",
+     "m",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "H",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*m**2"
+   },
+   "forward+jvp": {
+    "kernel": "dropout_forward_jvp",
+    "call": [
+     "x",
+     "m",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "m",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = m*x; Ry = Rx*m"
+   },
+   "vjp+rvjp": {
+    "kernel": "dropout_vjp_rvjp",
+    "call": [
+     "g",
+     "m",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g",
+     "m",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "g",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*m; Rgx = Rg*m"
+   }
+  },
+  "defaults": {}
+ }
+}''')
 
 # ---------------------------------------------------------------- dropout_forward
 # y = m*x
-cdef void _dropout_forward_f32(const float* x_p, const float* m_p, float* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float x
     cdef float m
@@ -188,7 +275,10 @@ cdef void _dropout_forward_f32(const float* x_p, const float* m_p, float* y_p, P
         m = m_p[_e]
         y_p[_e] = m*x
 
-cdef void _dropout_forward_f64(const double* x_p, const double* m_p, double* y_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double x
     cdef double m
@@ -197,53 +287,12 @@ cdef void _dropout_forward_f64(const double* x_p, const double* m_p, double* y_p
         m = m_p[_e]
         y_p[_e] = m*x
 
-
-def dropout_forward(x, m, y, ):
-    """y = m*x
-
-    Arrays: x, m, y (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_forward", ("x", "m", "y", ), (x, m, y, ), ("y", ))
-    x = _readable(x)
-    m = _readable(m)
-    cdef Py_ssize_t n = x.size
-    if m.size != n:
-        raise ValueError(f"dropout_forward: m has shape {m.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"dropout_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, m_f32, y_f32
-    cdef double[::1] x_f64, m_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        m_f32 = m.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_forward_f32(&x_f32[0], &m_f32[0], &y_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_forward_f32(&x_f32[_lo], &m_f32[_lo], &y_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        m_f64 = m.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_forward_f64(&x_f64[0], &m_f64[0], &y_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_forward_f64(&x_f64[_lo], &m_f64[_lo], &y_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_vjp
 # gx = g*m
-cdef void _dropout_vjp_f32(const float* g_p, const float* m_p, float* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float g
     cdef float m
@@ -252,7 +301,10 @@ cdef void _dropout_vjp_f32(const float* g_p, const float* m_p, float* gx_p, Py_s
         m = m_p[_e]
         gx_p[_e] = g*m
 
-cdef void _dropout_vjp_f64(const double* g_p, const double* m_p, double* gx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double g
     cdef double m
@@ -261,53 +313,12 @@ cdef void _dropout_vjp_f64(const double* g_p, const double* m_p, double* gx_p, P
         m = m_p[_e]
         gx_p[_e] = g*m
 
-
-def dropout_vjp(g, m, gx, ):
-    """gx = g*m
-
-    Arrays: g, m, gx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_vjp", ("g", "m", "gx", ), (g, m, gx, ), ("gx", ))
-    g = _readable(g)
-    m = _readable(m)
-    cdef Py_ssize_t n = g.size
-    if m.size != n:
-        raise ValueError(f"dropout_vjp: m has shape {m.shape} but g has shape {g.shape}")
-    if gx.size != n:
-        raise ValueError(f"dropout_vjp: gx has shape {gx.shape} but g has shape {g.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] g_f32, m_f32, gx_f32
-    cdef double[::1] g_f64, m_f64, gx_f64
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        m_f32 = m.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_vjp_f32(&g_f32[0], &m_f32[0], &gx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_vjp_f32(&g_f32[_lo], &m_f32[_lo], &gx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        g_f64 = g.reshape(-1)
-        m_f64 = m.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_vjp_f64(&g_f64[0], &m_f64[0], &gx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_vjp_f64(&g_f64[_lo], &m_f64[_lo], &gx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_jvp
 # Ry = Rx*m
-cdef void _dropout_jvp_f32(const float* Rx_p, const float* m_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float Rx
     cdef float m
@@ -316,7 +327,10 @@ cdef void _dropout_jvp_f32(const float* Rx_p, const float* m_p, float* Ry_p, Py_
         m = m_p[_e]
         Ry_p[_e] = Rx*m
 
-cdef void _dropout_jvp_f64(const double* Rx_p, const double* m_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double Rx
     cdef double m
@@ -325,53 +339,12 @@ cdef void _dropout_jvp_f64(const double* Rx_p, const double* m_p, double* Ry_p, 
         m = m_p[_e]
         Ry_p[_e] = Rx*m
 
-
-def dropout_jvp(Rx, m, Ry, ):
-    """Ry = Rx*m
-
-    Arrays: Rx, m, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_jvp", ("Rx", "m", "Ry", ), (Rx, m, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    m = _readable(m)
-    cdef Py_ssize_t n = Rx.size
-    if m.size != n:
-        raise ValueError(f"dropout_jvp: m has shape {m.shape} but Rx has shape {Rx.shape}")
-    if Ry.size != n:
-        raise ValueError(f"dropout_jvp: Ry has shape {Ry.shape} but Rx has shape {Rx.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] Rx_f32, m_f32, Ry_f32
-    cdef double[::1] Rx_f64, m_f64, Ry_f64
-    if dt == _F32:
-        Rx_f32 = Rx.reshape(-1)
-        m_f32 = m.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_jvp_f32(&Rx_f32[0], &m_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_jvp_f32(&Rx_f32[_lo], &m_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        Rx_f64 = Rx.reshape(-1)
-        m_f64 = m.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_jvp_f64(&Rx_f64[0], &m_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_jvp_f64(&Rx_f64[_lo], &m_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_rvjp
 # Rgx = Rg*m
-cdef void _dropout_rvjp_f32(const float* Rg_p, const float* m_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* Rgx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float Rg
     cdef float m
@@ -380,7 +353,10 @@ cdef void _dropout_rvjp_f32(const float* Rg_p, const float* m_p, float* Rgx_p, P
         m = m_p[_e]
         Rgx_p[_e] = Rg*m
 
-cdef void _dropout_rvjp_f64(const double* Rg_p, const double* m_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* Rgx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double Rg
     cdef double m
@@ -389,53 +365,12 @@ cdef void _dropout_rvjp_f64(const double* Rg_p, const double* m_p, double* Rgx_p
         m = m_p[_e]
         Rgx_p[_e] = Rg*m
 
-
-def dropout_rvjp(Rg, m, Rgx, ):
-    """Rgx = Rg*m
-
-    Arrays: Rg, m, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_rvjp", ("Rg", "m", "Rgx", ), (Rg, m, Rgx, ), ("Rgx", ))
-    Rg = _readable(Rg)
-    m = _readable(m)
-    cdef Py_ssize_t n = Rg.size
-    if m.size != n:
-        raise ValueError(f"dropout_rvjp: m has shape {m.shape} but Rg has shape {Rg.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"dropout_rvjp: Rgx has shape {Rgx.shape} but Rg has shape {Rg.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] Rg_f32, m_f32, Rgx_f32
-    cdef double[::1] Rg_f64, m_f64, Rgx_f64
-    if dt == _F32:
-        Rg_f32 = Rg.reshape(-1)
-        m_f32 = m.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_rvjp_f32(&Rg_f32[0], &m_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_rvjp_f32(&Rg_f32[_lo], &m_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        Rg_f64 = Rg.reshape(-1)
-        m_f64 = m.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_rvjp_f64(&Rg_f64[0], &m_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_rvjp_f64(&Rg_f64[_lo], &m_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_diag_backprop
 # hx = H*m**2
-cdef void _dropout_diag_backprop_f32(const float* H_p, const float* m_p, float* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* H_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* hx_p = <float*>_a[2]
     cdef Py_ssize_t _e
     cdef float H
     cdef float m
@@ -444,7 +379,10 @@ cdef void _dropout_diag_backprop_f32(const float* H_p, const float* m_p, float* 
         m = m_p[_e]
         hx_p[_e] = H*(m*m)
 
-cdef void _dropout_diag_backprop_f64(const double* H_p, const double* m_p, double* hx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* H_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* hx_p = <double*>_a[2]
     cdef Py_ssize_t _e
     cdef double H
     cdef double m
@@ -453,53 +391,14 @@ cdef void _dropout_diag_backprop_f64(const double* H_p, const double* m_p, doubl
         m = m_p[_e]
         hx_p[_e] = H*(m*m)
 
-
-def dropout_diag_backprop(H, m, hx, ):
-    """hx = H*m**2
-
-    Arrays: H, m, hx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_diag_backprop", ("H", "m", "hx", ), (H, m, hx, ), ("hx", ))
-    H = _readable(H)
-    m = _readable(m)
-    cdef Py_ssize_t n = H.size
-    if m.size != n:
-        raise ValueError(f"dropout_diag_backprop: m has shape {m.shape} but H has shape {H.shape}")
-    if hx.size != n:
-        raise ValueError(f"dropout_diag_backprop: hx has shape {hx.shape} but H has shape {H.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] H_f32, m_f32, hx_f32
-    cdef double[::1] H_f64, m_f64, hx_f64
-    if dt == _F32:
-        H_f32 = H.reshape(-1)
-        m_f32 = m.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_diag_backprop_f32(&H_f32[0], &m_f32[0], &hx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_diag_backprop_f32(&H_f32[_lo], &m_f32[_lo], &hx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        H_f64 = H.reshape(-1)
-        m_f64 = m.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_diag_backprop_f64(&H_f64[0], &m_f64[0], &hx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_diag_backprop_f64(&H_f64[_lo], &m_f64[_lo], &hx_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_forward_jvp
 # y = m*x; Ry = Rx*m
-cdef void _dropout_forward_jvp_f32(const float* x_p, const float* m_p, const float* Rx_p, float* y_p, float* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef float* y_p = <float*>_a[3]
+    cdef float* Ry_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float x
     cdef float m
@@ -511,7 +410,12 @@ cdef void _dropout_forward_jvp_f32(const float* x_p, const float* m_p, const flo
         y_p[_e] = m*x
         Ry_p[_e] = Rx*m
 
-cdef void _dropout_forward_jvp_f64(const double* x_p, const double* m_p, const double* Rx_p, double* y_p, double* Ry_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef double* y_p = <double*>_a[3]
+    cdef double* Ry_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double x
     cdef double m
@@ -523,62 +427,14 @@ cdef void _dropout_forward_jvp_f64(const double* x_p, const double* m_p, const d
         y_p[_e] = m*x
         Ry_p[_e] = Rx*m
 
-
-def dropout_forward_jvp(x, m, Rx, y, Ry, ):
-    """y = m*x; Ry = Rx*m
-
-    Arrays: x, m, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_forward_jvp", ("x", "m", "Rx", "y", "Ry", ), (x, m, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    m = _readable(m)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if m.size != n:
-        raise ValueError(f"dropout_forward_jvp: m has shape {m.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"dropout_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"dropout_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"dropout_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, m_f32, Rx_f32, y_f32, Ry_f32
-    cdef double[::1] x_f64, m_f64, Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        m_f32 = m.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_forward_jvp_f32(&x_f32[0], &m_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_forward_jvp_f32(&x_f32[_lo], &m_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        m_f64 = m.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_forward_jvp_f64(&x_f64[0], &m_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_forward_jvp_f64(&x_f64[_lo], &m_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- dropout_vjp_rvjp
 # gx = g*m; Rgx = Rg*m
-cdef void _dropout_vjp_rvjp_f32(const float* g_p, const float* m_p, const float* Rg_p, float* gx_p, float* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef const float* Rg_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
     cdef Py_ssize_t _e
     cdef float g
     cdef float m
@@ -590,7 +446,12 @@ cdef void _dropout_vjp_rvjp_f32(const float* g_p, const float* m_p, const float*
         gx_p[_e] = g*m
         Rgx_p[_e] = Rg*m
 
-cdef void _dropout_vjp_rvjp_f64(const double* g_p, const double* m_p, const double* Rg_p, double* gx_p, double* Rgx_p, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef const double* Rg_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
     cdef Py_ssize_t _e
     cdef double g
     cdef double m
@@ -602,55 +463,27 @@ cdef void _dropout_vjp_rvjp_f64(const double* g_p, const double* m_p, const doub
         gx_p[_e] = g*m
         Rgx_p[_e] = Rg*m
 
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_diag_backprop", "dropout_forward_jvp", "dropout_vjp_rvjp", )
 
-def dropout_vjp_rvjp(g, m, Rg, gx, Rgx, ):
-    """gx = g*m; Rgx = Rg*m
+cdef _elementwise_t _TABLE_F32[7]
+cdef _elementwise_t _TABLE_F64[7]
+_TABLE_F32[0] = _dropout_forward_f32
+_TABLE_F64[0] = _dropout_forward_f64
+_TABLE_F32[1] = _dropout_vjp_f32
+_TABLE_F64[1] = _dropout_vjp_f64
+_TABLE_F32[2] = _dropout_jvp_f32
+_TABLE_F64[2] = _dropout_jvp_f64
+_TABLE_F32[3] = _dropout_rvjp_f32
+_TABLE_F64[3] = _dropout_rvjp_f64
+_TABLE_F32[4] = _dropout_diag_backprop_f32
+_TABLE_F64[4] = _dropout_diag_backprop_f64
+_TABLE_F32[5] = _dropout_forward_jvp_f32
+_TABLE_F64[5] = _dropout_forward_jvp_f64
+_TABLE_F32[6] = _dropout_vjp_rvjp_f32
+_TABLE_F64[6] = _dropout_vjp_rvjp_f64
 
-    Arrays: g, m, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: none.
-    """
-    dt = _check_arrays("dropout_vjp_rvjp", ("g", "m", "Rg", "gx", "Rgx", ), (g, m, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    g = _readable(g)
-    m = _readable(m)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = g.size
-    if m.size != n:
-        raise ValueError(f"dropout_vjp_rvjp: m has shape {m.shape} but g has shape {g.shape}")
-    if Rg.size != n:
-        raise ValueError(f"dropout_vjp_rvjp: Rg has shape {Rg.shape} but g has shape {g.shape}")
-    if gx.size != n:
-        raise ValueError(f"dropout_vjp_rvjp: gx has shape {gx.shape} but g has shape {g.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"dropout_vjp_rvjp: Rgx has shape {Rgx.shape} but g has shape {g.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] g_f32, m_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef double[::1] g_f64, m_f64, Rg_f64, gx_f64, Rgx_f64
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        m_f32 = m.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_vjp_rvjp_f32(&g_f32[0], &m_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_vjp_rvjp_f32(&g_f32[_lo], &m_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], n * (_t + 1) // _T - _lo)
-    else:
-        g_f64 = g.reshape(-1)
-        m_f64 = m.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            if _T == 1:
-                _dropout_vjp_rvjp_f64(&g_f64[0], &m_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _dropout_vjp_rvjp_f64(&g_f64[_lo], &m_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], n * (_t + 1) // _T - _lo)
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(7)]

@@ -13,7 +13,13 @@
 # spec: adahessian_update  hash: aeb0780765ba80d7
 # spec: adahessian_update_pow  hash: 9d0d873159fae517
 
-"""Optimizer update kernels (in place)."""
+"""Optimizer update kernels (in place).
+
+Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
+Py_ssize_t n)``: the arrays in manifest call order, outputs after inputs), collected in a
+table; the shared dispatcher (``symprop.generated.dispatch``) checks the arrays, threads the
+loop and calls through the table. This module imports nothing from symprop.
+"""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -55,234 +61,445 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
-from cython.parallel cimport prange, threadid
-cimport openmp
 
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
-#: little from a second thread on small arrays, and waking it costs a few microseconds)
-cdef enum:
-    _GRAIN = 32768
-
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'sgd_update': {'family': 'elementwise',
-                'hash': '44dc2f3b33a68479',
-                'inputs': [],
-                'params': [],
-                'output': '',
-                'scalars': ['lr', 'mu', 'wd'],
-                'roles': {'update': {'kernel': 'sgd_update',
-                                     'call': ['p', 'g', 'v', 'lr', 'mu', 'wd'],
-                                     'kwargs': [],
-                                     'arrays': ['p', 'g', 'v'],
-                                     'optional': [],
-                                     'outputs': [],
-                                     'scalars': ['lr', 'mu', 'wd']}}},
- 'nesterov_update': {'family': 'elementwise',
-                     'hash': '76cccb1956b15b1b',
-                     'inputs': [],
-                     'params': [],
-                     'output': '',
-                     'scalars': ['lr', 'mu', 'wd'],
-                     'roles': {'update': {'kernel': 'nesterov_update',
-                                          'call': ['p', 'g', 'v', 'lr', 'mu', 'wd'],
-                                          'kwargs': [],
-                                          'arrays': ['p', 'g', 'v'],
-                                          'optional': [],
-                                          'outputs': [],
-                                          'scalars': ['lr', 'mu', 'wd']}}},
- 'adagrad_update': {'family': 'elementwise',
-                    'hash': 'e50a139fa5764b1a',
-                    'inputs': [],
-                    'params': [],
-                    'output': '',
-                    'scalars': ['lr', 'eps', 'wd'],
-                    'roles': {'update': {'kernel': 'adagrad_update',
-                                         'call': ['p', 'g', 's', 'lr', 'eps', 'wd'],
-                                         'kwargs': [],
-                                         'arrays': ['p', 'g', 's'],
-                                         'optional': [],
-                                         'outputs': [],
-                                         'scalars': ['lr', 'eps', 'wd']}}},
- 'rmsprop_update': {'family': 'elementwise',
-                    'hash': '82bf66e837ae199d',
-                    'inputs': [],
-                    'params': [],
-                    'output': '',
-                    'scalars': ['lr', 'alpha', 'eps', 'mu', 'wd'],
-                    'roles': {'update': {'kernel': 'rmsprop_update',
-                                         'call': ['p', 'g', 's', 'v', 'lr', 'alpha', 'eps', 'mu', 'wd'],
-                                         'kwargs': [],
-                                         'arrays': ['p', 'g', 's', 'v'],
-                                         'optional': [],
-                                         'outputs': [],
-                                         'scalars': ['lr', 'alpha', 'eps', 'mu', 'wd']}}},
- 'adam_update': {'family': 'elementwise',
-                 'hash': 'ac76515c7e59cefc',
-                 'inputs': [],
-                 'params': [],
-                 'output': '',
-                 'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2'],
-                 'roles': {'update': {'kernel': 'adam_update',
-                                      'call': ['p',
-                                               'g',
-                                               'm',
-                                               's',
-                                               'lr',
-                                               'beta1',
-                                               'beta2',
-                                               'eps',
-                                               'wd',
-                                               'bc1',
-                                               'bc2'],
-                                      'kwargs': [],
-                                      'arrays': ['p', 'g', 'm', 's'],
-                                      'optional': [],
-                                      'outputs': [],
-                                      'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
- 'adamw_update': {'family': 'elementwise',
-                  'hash': '9f3b7a0fb6b7015c',
-                  'inputs': [],
-                  'params': [],
-                  'output': '',
-                  'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2'],
-                  'roles': {'update': {'kernel': 'adamw_update',
-                                       'call': ['p',
-                                                'g',
-                                                'm',
-                                                's',
-                                                'lr',
-                                                'beta1',
-                                                'beta2',
-                                                'eps',
-                                                'wd',
-                                                'bc1',
-                                                'bc2'],
-                                       'kwargs': [],
-                                       'arrays': ['p', 'g', 'm', 's'],
-                                       'optional': [],
-                                       'outputs': [],
-                                       'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
- 'adahessian_update': {'family': 'elementwise',
-                       'hash': 'aeb0780765ba80d7',
-                       'inputs': [],
-                       'params': [],
-                       'output': '',
-                       'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2'],
-                       'roles': {'update': {'kernel': 'adahessian_update',
-                                            'call': ['p',
-                                                     'g',
-                                                     'd',
-                                                     'm',
-                                                     's',
-                                                     'lr',
-                                                     'beta1',
-                                                     'beta2',
-                                                     'eps',
-                                                     'wd',
-                                                     'bc1',
-                                                     'bc2'],
-                                            'kwargs': [],
-                                            'arrays': ['p', 'g', 'd', 'm', 's'],
-                                            'optional': [],
-                                            'outputs': [],
-                                            'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2']}}},
- 'adahessian_update_pow': {'family': 'elementwise',
-                           'hash': '9d0d873159fae517',
-                           'inputs': [],
-                           'params': [],
-                           'output': '',
-                           'scalars': ['lr', 'beta1', 'beta2', 'eps', 'wd', 'bc1', 'bc2', 'k'],
-                           'roles': {'update': {'kernel': 'adahessian_update_pow',
-                                                'call': ['p',
-                                                         'g',
-                                                         'd',
-                                                         'm',
-                                                         's',
-                                                         'lr',
-                                                         'beta1',
-                                                         'beta2',
-                                                         'eps',
-                                                         'wd',
-                                                         'bc1',
-                                                         'bc2',
-                                                         'k'],
-                                                'kwargs': [],
-                                                'arrays': ['p', 'g', 'd', 'm', 's'],
-                                                'optional': [],
-                                                'outputs': [],
-                                                'scalars': ['lr',
-                                                            'beta1',
-                                                            'beta2',
-                                                            'eps',
-                                                            'wd',
-                                                            'bc1',
-                                                            'bc2',
-                                                            'k']}}}}
+MANIFEST = __import__('json').loads(r'''{
+ "sgd_update": {
+  "family": "elementwise",
+  "hash": "44dc2f3b33a68479",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "mu",
+   "wd"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "sgd_update",
+    "call": [
+     "p",
+     "g",
+     "v",
+     "lr",
+     "mu",
+     "wd"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "mu",
+     "wd"
+    ],
+    "written": [
+     "p",
+     "v"
+    ],
+    "doc": "v = g + mu*v + p*wd; p = -lr*(g + mu*v + p*wd) + p"
+   }
+  }
+ },
+ "nesterov_update": {
+  "family": "elementwise",
+  "hash": "76cccb1956b15b1b",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "mu",
+   "wd"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "nesterov_update",
+    "call": [
+     "p",
+     "g",
+     "v",
+     "lr",
+     "mu",
+     "wd"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "mu",
+     "wd"
+    ],
+    "written": [
+     "p",
+     "v"
+    ],
+    "doc": "v = g + mu*v + p*wd; p = -lr*(g + mu*(g + mu*v + p*wd) + p*wd) + p"
+   }
+  }
+ },
+ "adagrad_update": {
+  "family": "elementwise",
+  "hash": "e50a139fa5764b1a",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "eps",
+   "wd"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adagrad_update",
+    "call": [
+     "p",
+     "g",
+     "s",
+     "lr",
+     "eps",
+     "wd"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "s"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "eps",
+     "wd"
+    ],
+    "written": [
+     "p",
+     "s"
+    ],
+    "doc": "s = s + (g + p*wd)**2; p = -lr*(g + p*wd)/(eps + sqrt(s + (g + p*wd)**2)) + p"
+   }
+  }
+ },
+ "rmsprop_update": {
+  "family": "elementwise",
+  "hash": "82bf66e837ae199d",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "alpha",
+   "eps",
+   "mu",
+   "wd"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "rmsprop_update",
+    "call": [
+     "p",
+     "g",
+     "s",
+     "v",
+     "lr",
+     "alpha",
+     "eps",
+     "mu",
+     "wd"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "s",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "alpha",
+     "eps",
+     "mu",
+     "wd"
+    ],
+    "written": [
+     "p",
+     "s",
+     "v"
+    ],
+    "doc": "s = alpha*s + (1 - alpha)*(g + p*wd)**2; v = mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2)); p = -lr*(mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2))) + p"
+   }
+  }
+ },
+ "adam_update": {
+  "family": "elementwise",
+  "hash": "ac76515c7e59cefc",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "beta1",
+   "beta2",
+   "eps",
+   "wd",
+   "bc1",
+   "bc2"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adam_update",
+    "call": [
+     "p",
+     "g",
+     "m",
+     "s",
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "m",
+     "s"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "written": [
+     "p",
+     "m",
+     "s"
+    ],
+    "doc": "m = beta1*m + (1 - beta1)*(g + p*wd); s = beta2*s + (1 - beta2)*(g + p*wd)**2; p = p - lr*(beta1*m + (1 - beta1)*(g + p*wd))/(bc1*(eps + sqrt((beta2*s + (1 - beta2)*(g + p*wd)**2)/bc2)))"
+   }
+  }
+ },
+ "adamw_update": {
+  "family": "elementwise",
+  "hash": "9f3b7a0fb6b7015c",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "beta1",
+   "beta2",
+   "eps",
+   "wd",
+   "bc1",
+   "bc2"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adamw_update",
+    "call": [
+     "p",
+     "g",
+     "m",
+     "s",
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "m",
+     "s"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "written": [
+     "p",
+     "m",
+     "s"
+    ],
+    "doc": "m = beta1*m + g*(1 - beta1); s = beta2*s + g**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + g**2*(1 - beta2))/bc2)))"
+   }
+  }
+ },
+ "adahessian_update": {
+  "family": "elementwise",
+  "hash": "aeb0780765ba80d7",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "beta1",
+   "beta2",
+   "eps",
+   "wd",
+   "bc1",
+   "bc2"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adahessian_update",
+    "call": [
+     "p",
+     "g",
+     "d",
+     "m",
+     "s",
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "d",
+     "m",
+     "s"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2"
+    ],
+    "written": [
+     "p",
+     "m",
+     "s"
+    ],
+    "doc": "m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))"
+   }
+  }
+ },
+ "adahessian_update_pow": {
+  "family": "elementwise",
+  "hash": "9d0d873159fae517",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "lr",
+   "beta1",
+   "beta2",
+   "eps",
+   "wd",
+   "bc1",
+   "bc2",
+   "k"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adahessian_update_pow",
+    "call": [
+     "p",
+     "g",
+     "d",
+     "m",
+     "s",
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2",
+     "k"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "p",
+     "g",
+     "d",
+     "m",
+     "s"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "lr",
+     "beta1",
+     "beta2",
+     "eps",
+     "wd",
+     "bc1",
+     "bc2",
+     "k"
+    ],
+    "written": [
+     "p",
+     "m",
+     "s"
+    ],
+    "doc": "m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))"
+   }
+  }
+ }
+}''')
 
 # ---------------------------------------------------------------- sgd_update
 # v = g + mu*v + p*wd; p = -lr*(g + mu*v + p*wd) + p
-cdef void _sgd_update_f32(float* p_p, const float* g_p, float* v_p, float lr, float mu, float wd, Py_ssize_t _n) noexcept nogil:
+cdef void _sgd_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* v_p = <float*>_a[2]
+    cdef float lr = <float>_s[0]
+    cdef float mu = <float>_s[1]
+    cdef float wd = <float>_s[2]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -296,7 +513,13 @@ cdef void _sgd_update_f32(float* p_p, const float* g_p, float* v_p, float lr, fl
         v_p[_e] = _t0
         p_p[_e] = -_t0*lr + p
 
-cdef void _sgd_update_f64(double* p_p, const double* g_p, double* v_p, double lr, double mu, double wd, Py_ssize_t _n) noexcept nogil:
+cdef void _sgd_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* v_p = <double*>_a[2]
+    cdef double lr = <double>_s[0]
+    cdef double mu = <double>_s[1]
+    cdef double wd = <double>_s[2]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -310,64 +533,15 @@ cdef void _sgd_update_f64(double* p_p, const double* g_p, double* v_p, double lr
         v_p[_e] = _t0
         p_p[_e] = -_t0*lr + p
 
-
-def sgd_update(p, g, v, lr, mu, wd, ):
-    """v = g + mu*v + p*wd; p = -lr*(g + mu*v + p*wd) + p
-
-    Arrays: p, g, v (same dtype and size, C-contiguous);
-updated in place: p, v; scalars: lr, mu, wd.
-    """
-    dt = _check_arrays("sgd_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"sgd_update: g has shape {g.shape} but p has shape {p.shape}")
-    if v.size != n:
-        raise ValueError(f"sgd_update: v has shape {v.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, v_f32
-    cdef float lr_f32
-    cdef float mu_f32
-    cdef float wd_f32
-    cdef double[::1] p_f64, g_f64, v_f64
-    cdef double lr_f64
-    cdef double mu_f64
-    cdef double wd_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        v_f32 = v.reshape(-1)
-        lr_f32 = lr
-        mu_f32 = mu
-        wd_f32 = wd
-        with nogil:
-            if _T == 1:
-                _sgd_update_f32(&p_f32[0], &g_f32[0], &v_f32[0], lr_f32, mu_f32, wd_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sgd_update_f32(&p_f32[_lo], &g_f32[_lo], &v_f32[_lo], lr_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        v_f64 = v.reshape(-1)
-        lr_f64 = lr
-        mu_f64 = mu
-        wd_f64 = wd
-        with nogil:
-            if _T == 1:
-                _sgd_update_f64(&p_f64[0], &g_f64[0], &v_f64[0], lr_f64, mu_f64, wd_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _sgd_update_f64(&p_f64[_lo], &g_f64[_lo], &v_f64[_lo], lr_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- nesterov_update
 # v = g + mu*v + p*wd; p = -lr*(g + mu*(g + mu*v + p*wd) + p*wd) + p
-cdef void _nesterov_update_f32(float* p_p, const float* g_p, float* v_p, float lr, float mu, float wd, Py_ssize_t _n) noexcept nogil:
+cdef void _nesterov_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* v_p = <float*>_a[2]
+    cdef float lr = <float>_s[0]
+    cdef float mu = <float>_s[1]
+    cdef float wd = <float>_s[2]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -383,7 +557,13 @@ cdef void _nesterov_update_f32(float* p_p, const float* g_p, float* v_p, float l
         v_p[_e] = _t1
         p_p[_e] = -lr*(_t0 + _t1*mu) + p
 
-cdef void _nesterov_update_f64(double* p_p, const double* g_p, double* v_p, double lr, double mu, double wd, Py_ssize_t _n) noexcept nogil:
+cdef void _nesterov_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* v_p = <double*>_a[2]
+    cdef double lr = <double>_s[0]
+    cdef double mu = <double>_s[1]
+    cdef double wd = <double>_s[2]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -399,64 +579,15 @@ cdef void _nesterov_update_f64(double* p_p, const double* g_p, double* v_p, doub
         v_p[_e] = _t1
         p_p[_e] = -lr*(_t0 + _t1*mu) + p
 
-
-def nesterov_update(p, g, v, lr, mu, wd, ):
-    """v = g + mu*v + p*wd; p = -lr*(g + mu*(g + mu*v + p*wd) + p*wd) + p
-
-    Arrays: p, g, v (same dtype and size, C-contiguous);
-updated in place: p, v; scalars: lr, mu, wd.
-    """
-    dt = _check_arrays("nesterov_update", ("p", "g", "v", ), (p, g, v, ), ("p", "v", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"nesterov_update: g has shape {g.shape} but p has shape {p.shape}")
-    if v.size != n:
-        raise ValueError(f"nesterov_update: v has shape {v.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, v_f32
-    cdef float lr_f32
-    cdef float mu_f32
-    cdef float wd_f32
-    cdef double[::1] p_f64, g_f64, v_f64
-    cdef double lr_f64
-    cdef double mu_f64
-    cdef double wd_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        v_f32 = v.reshape(-1)
-        lr_f32 = lr
-        mu_f32 = mu
-        wd_f32 = wd
-        with nogil:
-            if _T == 1:
-                _nesterov_update_f32(&p_f32[0], &g_f32[0], &v_f32[0], lr_f32, mu_f32, wd_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _nesterov_update_f32(&p_f32[_lo], &g_f32[_lo], &v_f32[_lo], lr_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        v_f64 = v.reshape(-1)
-        lr_f64 = lr
-        mu_f64 = mu
-        wd_f64 = wd
-        with nogil:
-            if _T == 1:
-                _nesterov_update_f64(&p_f64[0], &g_f64[0], &v_f64[0], lr_f64, mu_f64, wd_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _nesterov_update_f64(&p_f64[_lo], &g_f64[_lo], &v_f64[_lo], lr_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- adagrad_update
 # s = s + (g + p*wd)**2; p = -lr*(g + p*wd)/(eps + sqrt(s + (g + p*wd)**2)) + p
-cdef void _adagrad_update_f32(float* p_p, const float* g_p, float* s_p, float lr, float eps, float wd, Py_ssize_t _n) noexcept nogil:
+cdef void _adagrad_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* s_p = <float*>_a[2]
+    cdef float lr = <float>_s[0]
+    cdef float eps = <float>_s[1]
+    cdef float wd = <float>_s[2]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -472,7 +603,13 @@ cdef void _adagrad_update_f32(float* p_p, const float* g_p, float* s_p, float lr
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr/(sqrtf(_t1) + eps) + p
 
-cdef void _adagrad_update_f64(double* p_p, const double* g_p, double* s_p, double lr, double eps, double wd, Py_ssize_t _n) noexcept nogil:
+cdef void _adagrad_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* s_p = <double*>_a[2]
+    cdef double lr = <double>_s[0]
+    cdef double eps = <double>_s[1]
+    cdef double wd = <double>_s[2]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -488,64 +625,18 @@ cdef void _adagrad_update_f64(double* p_p, const double* g_p, double* s_p, doubl
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr/(sqrt(_t1) + eps) + p
 
-
-def adagrad_update(p, g, s, lr, eps, wd, ):
-    """s = s + (g + p*wd)**2; p = -lr*(g + p*wd)/(eps + sqrt(s + (g + p*wd)**2)) + p
-
-    Arrays: p, g, s (same dtype and size, C-contiguous);
-updated in place: p, s; scalars: lr, eps, wd.
-    """
-    dt = _check_arrays("adagrad_update", ("p", "g", "s", ), (p, g, s, ), ("p", "s", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"adagrad_update: g has shape {g.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"adagrad_update: s has shape {s.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, s_f32
-    cdef float lr_f32
-    cdef float eps_f32
-    cdef float wd_f32
-    cdef double[::1] p_f64, g_f64, s_f64
-    cdef double lr_f64
-    cdef double eps_f64
-    cdef double wd_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        s_f32 = s.reshape(-1)
-        lr_f32 = lr
-        eps_f32 = eps
-        wd_f32 = wd
-        with nogil:
-            if _T == 1:
-                _adagrad_update_f32(&p_f32[0], &g_f32[0], &s_f32[0], lr_f32, eps_f32, wd_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adagrad_update_f32(&p_f32[_lo], &g_f32[_lo], &s_f32[_lo], lr_f32, eps_f32, wd_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        s_f64 = s.reshape(-1)
-        lr_f64 = lr
-        eps_f64 = eps
-        wd_f64 = wd
-        with nogil:
-            if _T == 1:
-                _adagrad_update_f64(&p_f64[0], &g_f64[0], &s_f64[0], lr_f64, eps_f64, wd_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adagrad_update_f64(&p_f64[_lo], &g_f64[_lo], &s_f64[_lo], lr_f64, eps_f64, wd_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- rmsprop_update
 # s = alpha*s + (1 - alpha)*(g + p*wd)**2; v = mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2)); p = -lr*(mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2))) + p
-cdef void _rmsprop_update_f32(float* p_p, const float* g_p, float* s_p, float* v_p, float lr, float alpha, float eps, float mu, float wd, Py_ssize_t _n) noexcept nogil:
+cdef void _rmsprop_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* s_p = <float*>_a[2]
+    cdef float* v_p = <float*>_a[3]
+    cdef float lr = <float>_s[0]
+    cdef float alpha = <float>_s[1]
+    cdef float eps = <float>_s[2]
+    cdef float mu = <float>_s[3]
+    cdef float wd = <float>_s[4]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -566,7 +657,16 @@ cdef void _rmsprop_update_f32(float* p_p, const float* g_p, float* s_p, float* v
         v_p[_e] = _t2
         p_p[_e] = -_t2*lr + p
 
-cdef void _rmsprop_update_f64(double* p_p, const double* g_p, double* s_p, double* v_p, double lr, double alpha, double eps, double mu, double wd, Py_ssize_t _n) noexcept nogil:
+cdef void _rmsprop_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* s_p = <double*>_a[2]
+    cdef double* v_p = <double*>_a[3]
+    cdef double lr = <double>_s[0]
+    cdef double alpha = <double>_s[1]
+    cdef double eps = <double>_s[2]
+    cdef double mu = <double>_s[3]
+    cdef double wd = <double>_s[4]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -587,76 +687,20 @@ cdef void _rmsprop_update_f64(double* p_p, const double* g_p, double* s_p, doubl
         v_p[_e] = _t2
         p_p[_e] = -_t2*lr + p
 
-
-def rmsprop_update(p, g, s, v, lr, alpha, eps, mu, wd, ):
-    """s = alpha*s + (1 - alpha)*(g + p*wd)**2; v = mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2)); p = -lr*(mu*v + (g + p*wd)/(eps + sqrt(alpha*s + (1 - alpha)*(g + p*wd)**2))) + p
-
-    Arrays: p, g, s, v (same dtype and size, C-contiguous);
-updated in place: p, s, v; scalars: lr, alpha, eps, mu, wd.
-    """
-    dt = _check_arrays("rmsprop_update", ("p", "g", "s", "v", ), (p, g, s, v, ), ("p", "s", "v", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"rmsprop_update: g has shape {g.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"rmsprop_update: s has shape {s.shape} but p has shape {p.shape}")
-    if v.size != n:
-        raise ValueError(f"rmsprop_update: v has shape {v.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, s_f32, v_f32
-    cdef float lr_f32
-    cdef float alpha_f32
-    cdef float eps_f32
-    cdef float mu_f32
-    cdef float wd_f32
-    cdef double[::1] p_f64, g_f64, s_f64, v_f64
-    cdef double lr_f64
-    cdef double alpha_f64
-    cdef double eps_f64
-    cdef double mu_f64
-    cdef double wd_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        s_f32 = s.reshape(-1)
-        v_f32 = v.reshape(-1)
-        lr_f32 = lr
-        alpha_f32 = alpha
-        eps_f32 = eps
-        mu_f32 = mu
-        wd_f32 = wd
-        with nogil:
-            if _T == 1:
-                _rmsprop_update_f32(&p_f32[0], &g_f32[0], &s_f32[0], &v_f32[0], lr_f32, alpha_f32, eps_f32, mu_f32, wd_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _rmsprop_update_f32(&p_f32[_lo], &g_f32[_lo], &s_f32[_lo], &v_f32[_lo], lr_f32, alpha_f32, eps_f32, mu_f32, wd_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        s_f64 = s.reshape(-1)
-        v_f64 = v.reshape(-1)
-        lr_f64 = lr
-        alpha_f64 = alpha
-        eps_f64 = eps
-        mu_f64 = mu
-        wd_f64 = wd
-        with nogil:
-            if _T == 1:
-                _rmsprop_update_f64(&p_f64[0], &g_f64[0], &s_f64[0], &v_f64[0], lr_f64, alpha_f64, eps_f64, mu_f64, wd_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _rmsprop_update_f64(&p_f64[_lo], &g_f64[_lo], &s_f64[_lo], &v_f64[_lo], lr_f64, alpha_f64, eps_f64, mu_f64, wd_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- adam_update
 # m = beta1*m + (1 - beta1)*(g + p*wd); s = beta2*s + (1 - beta2)*(g + p*wd)**2; p = p - lr*(beta1*m + (1 - beta1)*(g + p*wd))/(bc1*(eps + sqrt((beta2*s + (1 - beta2)*(g + p*wd)**2)/bc2)))
-cdef void _adam_update_f32(float* p_p, const float* g_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adam_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* m_p = <float*>_a[2]
+    cdef float* s_p = <float*>_a[3]
+    cdef float lr = <float>_s[0]
+    cdef float beta1 = <float>_s[1]
+    cdef float beta2 = <float>_s[2]
+    cdef float eps = <float>_s[3]
+    cdef float wd = <float>_s[4]
+    cdef float bc1 = <float>_s[5]
+    cdef float bc2 = <float>_s[6]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -677,7 +721,18 @@ cdef void _adam_update_f32(float* p_p, const float* g_p, float* m_p, float* s_p,
         s_p[_e] = _t2
         p_p[_e] = -_t1*lr/(bc1*(eps + sqrtf(_t2/bc2))) + p
 
-cdef void _adam_update_f64(double* p_p, const double* g_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adam_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* m_p = <double*>_a[2]
+    cdef double* s_p = <double*>_a[3]
+    cdef double lr = <double>_s[0]
+    cdef double beta1 = <double>_s[1]
+    cdef double beta2 = <double>_s[2]
+    cdef double eps = <double>_s[3]
+    cdef double wd = <double>_s[4]
+    cdef double bc1 = <double>_s[5]
+    cdef double bc2 = <double>_s[6]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -698,84 +753,20 @@ cdef void _adam_update_f64(double* p_p, const double* g_p, double* m_p, double* 
         s_p[_e] = _t2
         p_p[_e] = -_t1*lr/(bc1*(eps + sqrt(_t2/bc2))) + p
 
-
-def adam_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
-    """m = beta1*m + (1 - beta1)*(g + p*wd); s = beta2*s + (1 - beta2)*(g + p*wd)**2; p = p - lr*(beta1*m + (1 - beta1)*(g + p*wd))/(bc1*(eps + sqrt((beta2*s + (1 - beta2)*(g + p*wd)**2)/bc2)))
-
-    Arrays: p, g, m, s (same dtype and size, C-contiguous);
-updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
-    """
-    dt = _check_arrays("adam_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"adam_update: g has shape {g.shape} but p has shape {p.shape}")
-    if m.size != n:
-        raise ValueError(f"adam_update: m has shape {m.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"adam_update: s has shape {s.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, m_f32, s_f32
-    cdef float lr_f32
-    cdef float beta1_f32
-    cdef float beta2_f32
-    cdef float eps_f32
-    cdef float wd_f32
-    cdef float bc1_f32
-    cdef float bc2_f32
-    cdef double[::1] p_f64, g_f64, m_f64, s_f64
-    cdef double lr_f64
-    cdef double beta1_f64
-    cdef double beta2_f64
-    cdef double eps_f64
-    cdef double wd_f64
-    cdef double bc1_f64
-    cdef double bc2_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        m_f32 = m.reshape(-1)
-        s_f32 = s.reshape(-1)
-        lr_f32 = lr
-        beta1_f32 = beta1
-        beta2_f32 = beta2
-        eps_f32 = eps
-        wd_f32 = wd
-        bc1_f32 = bc1
-        bc2_f32 = bc2
-        with nogil:
-            if _T == 1:
-                _adam_update_f32(&p_f32[0], &g_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adam_update_f32(&p_f32[_lo], &g_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        m_f64 = m.reshape(-1)
-        s_f64 = s.reshape(-1)
-        lr_f64 = lr
-        beta1_f64 = beta1
-        beta2_f64 = beta2
-        eps_f64 = eps
-        wd_f64 = wd
-        bc1_f64 = bc1
-        bc2_f64 = bc2
-        with nogil:
-            if _T == 1:
-                _adam_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adam_update_f64(&p_f64[_lo], &g_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- adamw_update
 # m = beta1*m + g*(1 - beta1); s = beta2*s + g**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + g**2*(1 - beta2))/bc2)))
-cdef void _adamw_update_f32(float* p_p, const float* g_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adamw_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* m_p = <float*>_a[2]
+    cdef float* s_p = <float*>_a[3]
+    cdef float lr = <float>_s[0]
+    cdef float beta1 = <float>_s[1]
+    cdef float beta2 = <float>_s[2]
+    cdef float eps = <float>_s[3]
+    cdef float wd = <float>_s[4]
+    cdef float bc1 = <float>_s[5]
+    cdef float bc2 = <float>_s[6]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -794,7 +785,18 @@ cdef void _adamw_update_f32(float* p_p, const float* g_p, float* m_p, float* s_p
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
 
-cdef void _adamw_update_f64(double* p_p, const double* g_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adamw_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* m_p = <double*>_a[2]
+    cdef double* s_p = <double*>_a[3]
+    cdef double lr = <double>_s[0]
+    cdef double beta1 = <double>_s[1]
+    cdef double beta2 = <double>_s[2]
+    cdef double eps = <double>_s[3]
+    cdef double wd = <double>_s[4]
+    cdef double bc1 = <double>_s[5]
+    cdef double bc2 = <double>_s[6]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -813,84 +815,21 @@ cdef void _adamw_update_f64(double* p_p, const double* g_p, double* m_p, double*
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
 
-
-def adamw_update(p, g, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
-    """m = beta1*m + g*(1 - beta1); s = beta2*s + g**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))/(bc1*(eps + sqrt((beta2*s + g**2*(1 - beta2))/bc2)))
-
-    Arrays: p, g, m, s (same dtype and size, C-contiguous);
-updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
-    """
-    dt = _check_arrays("adamw_update", ("p", "g", "m", "s", ), (p, g, m, s, ), ("p", "m", "s", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"adamw_update: g has shape {g.shape} but p has shape {p.shape}")
-    if m.size != n:
-        raise ValueError(f"adamw_update: m has shape {m.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"adamw_update: s has shape {s.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, m_f32, s_f32
-    cdef float lr_f32
-    cdef float beta1_f32
-    cdef float beta2_f32
-    cdef float eps_f32
-    cdef float wd_f32
-    cdef float bc1_f32
-    cdef float bc2_f32
-    cdef double[::1] p_f64, g_f64, m_f64, s_f64
-    cdef double lr_f64
-    cdef double beta1_f64
-    cdef double beta2_f64
-    cdef double eps_f64
-    cdef double wd_f64
-    cdef double bc1_f64
-    cdef double bc2_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        m_f32 = m.reshape(-1)
-        s_f32 = s.reshape(-1)
-        lr_f32 = lr
-        beta1_f32 = beta1
-        beta2_f32 = beta2
-        eps_f32 = eps
-        wd_f32 = wd
-        bc1_f32 = bc1
-        bc2_f32 = bc2
-        with nogil:
-            if _T == 1:
-                _adamw_update_f32(&p_f32[0], &g_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adamw_update_f32(&p_f32[_lo], &g_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        m_f64 = m.reshape(-1)
-        s_f64 = s.reshape(-1)
-        lr_f64 = lr
-        beta1_f64 = beta1
-        beta2_f64 = beta2
-        eps_f64 = eps
-        wd_f64 = wd
-        bc1_f64 = bc1
-        bc2_f64 = bc2
-        with nogil:
-            if _T == 1:
-                _adamw_update_f64(&p_f64[0], &g_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adamw_update_f64(&p_f64[_lo], &g_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- adahessian_update
 # m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
-cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* d_p = <const float*>_a[2]
+    cdef float* m_p = <float*>_a[3]
+    cdef float* s_p = <float*>_a[4]
+    cdef float lr = <float>_s[0]
+    cdef float beta1 = <float>_s[1]
+    cdef float beta2 = <float>_s[2]
+    cdef float eps = <float>_s[3]
+    cdef float wd = <float>_s[4]
+    cdef float bc1 = <float>_s[5]
+    cdef float bc2 = <float>_s[6]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -911,7 +850,19 @@ cdef void _adahessian_update_f32(float* p_p, const float* g_p, const float* d_p,
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr*(<float>(_t1 > (<float>0.0)))/(bc1*(eps + sqrtf(_t1/bc2))) - p*(lr*wd + (<float>-1.0))
 
-cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* d_p = <const double*>_a[2]
+    cdef double* m_p = <double*>_a[3]
+    cdef double* s_p = <double*>_a[4]
+    cdef double lr = <double>_s[0]
+    cdef double beta1 = <double>_s[1]
+    cdef double beta2 = <double>_s[2]
+    cdef double eps = <double>_s[3]
+    cdef double wd = <double>_s[4]
+    cdef double bc1 = <double>_s[5]
+    cdef double bc2 = <double>_s[6]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -932,89 +883,22 @@ cdef void _adahessian_update_f64(double* p_p, const double* g_p, const double* d
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr*(<double>(_t1 > (<double>0.0)))/(bc1*(eps + sqrt(_t1/bc2))) - p*(lr*wd + (<double>-1.0))
 
-
-def adahessian_update(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, ):
-    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + sqrt((beta2*s + d**2*(1 - beta2))/bc2)))
-
-    Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
-updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2.
-    """
-    dt = _check_arrays("adahessian_update", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
-    g = _readable(g)
-    d = _readable(d)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"adahessian_update: g has shape {g.shape} but p has shape {p.shape}")
-    if d.size != n:
-        raise ValueError(f"adahessian_update: d has shape {d.shape} but p has shape {p.shape}")
-    if m.size != n:
-        raise ValueError(f"adahessian_update: m has shape {m.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"adahessian_update: s has shape {s.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
-    cdef float lr_f32
-    cdef float beta1_f32
-    cdef float beta2_f32
-    cdef float eps_f32
-    cdef float wd_f32
-    cdef float bc1_f32
-    cdef float bc2_f32
-    cdef double[::1] p_f64, g_f64, d_f64, m_f64, s_f64
-    cdef double lr_f64
-    cdef double beta1_f64
-    cdef double beta2_f64
-    cdef double eps_f64
-    cdef double wd_f64
-    cdef double bc1_f64
-    cdef double bc2_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        d_f32 = d.reshape(-1)
-        m_f32 = m.reshape(-1)
-        s_f32 = s.reshape(-1)
-        lr_f32 = lr
-        beta1_f32 = beta1
-        beta2_f32 = beta2
-        eps_f32 = eps
-        wd_f32 = wd
-        bc1_f32 = bc1
-        bc2_f32 = bc2
-        with nogil:
-            if _T == 1:
-                _adahessian_update_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adahessian_update_f32(&p_f32[_lo], &g_f32[_lo], &d_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        d_f64 = d.reshape(-1)
-        m_f64 = m.reshape(-1)
-        s_f64 = s.reshape(-1)
-        lr_f64 = lr
-        beta1_f64 = beta1
-        beta2_f64 = beta2
-        eps_f64 = eps
-        wd_f64 = wd
-        bc1_f64 = bc1
-        bc2_f64 = bc2
-        with nogil:
-            if _T == 1:
-                _adahessian_update_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adahessian_update_f64(&p_f64[_lo], &g_f64[_lo], &d_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- adahessian_update_pow
 # m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
-cdef void _adahessian_update_pow_f32(float* p_p, const float* g_p, const float* d_p, float* m_p, float* s_p, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, float k, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_pow_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef float* p_p = <float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* d_p = <const float*>_a[2]
+    cdef float* m_p = <float*>_a[3]
+    cdef float* s_p = <float*>_a[4]
+    cdef float lr = <float>_s[0]
+    cdef float beta1 = <float>_s[1]
+    cdef float beta2 = <float>_s[2]
+    cdef float eps = <float>_s[3]
+    cdef float wd = <float>_s[4]
+    cdef float bc1 = <float>_s[5]
+    cdef float bc2 = <float>_s[6]
+    cdef float k = <float>_s[7]
     cdef Py_ssize_t _e
     cdef float p
     cdef float g
@@ -1035,7 +919,20 @@ cdef void _adahessian_update_pow_f32(float* p_p, const float* g_p, const float* 
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr*(<float>(_t1 > (<float>0.0)))/(bc1*(eps + powf(_t1/bc2, ((<float>0.5))*k))) - p*(lr*wd + (<float>-1.0))
 
-cdef void _adahessian_update_pow_f64(double* p_p, const double* g_p, const double* d_p, double* m_p, double* s_p, double lr, double beta1, double beta2, double eps, double wd, double bc1, double bc2, double k, Py_ssize_t _n) noexcept nogil:
+cdef void _adahessian_update_pow_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef double* p_p = <double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* d_p = <const double*>_a[2]
+    cdef double* m_p = <double*>_a[3]
+    cdef double* s_p = <double*>_a[4]
+    cdef double lr = <double>_s[0]
+    cdef double beta1 = <double>_s[1]
+    cdef double beta2 = <double>_s[2]
+    cdef double eps = <double>_s[3]
+    cdef double wd = <double>_s[4]
+    cdef double bc1 = <double>_s[5]
+    cdef double bc2 = <double>_s[6]
+    cdef double k = <double>_s[7]
     cdef Py_ssize_t _e
     cdef double p
     cdef double g
@@ -1056,86 +953,29 @@ cdef void _adahessian_update_pow_f64(double* p_p, const double* g_p, const doubl
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr*(<double>(_t1 > (<double>0.0)))/(bc1*(eps + pow(_t1/bc2, ((<double>0.5))*k))) - p*(lr*wd + (<double>-1.0))
 
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("sgd_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update", "adamw_update", "adahessian_update", "adahessian_update_pow", )
 
-def adahessian_update_pow(p, g, d, m, s, lr, beta1, beta2, eps, wd, bc1, bc2, k, ):
-    """m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))
+cdef _elementwise_t _TABLE_F32[8]
+cdef _elementwise_t _TABLE_F64[8]
+_TABLE_F32[0] = _sgd_update_f32
+_TABLE_F64[0] = _sgd_update_f64
+_TABLE_F32[1] = _nesterov_update_f32
+_TABLE_F64[1] = _nesterov_update_f64
+_TABLE_F32[2] = _adagrad_update_f32
+_TABLE_F64[2] = _adagrad_update_f64
+_TABLE_F32[3] = _rmsprop_update_f32
+_TABLE_F64[3] = _rmsprop_update_f64
+_TABLE_F32[4] = _adam_update_f32
+_TABLE_F64[4] = _adam_update_f64
+_TABLE_F32[5] = _adamw_update_f32
+_TABLE_F64[5] = _adamw_update_f64
+_TABLE_F32[6] = _adahessian_update_f32
+_TABLE_F64[6] = _adahessian_update_f64
+_TABLE_F32[7] = _adahessian_update_pow_f32
+_TABLE_F64[7] = _adahessian_update_pow_f64
 
-    Arrays: p, g, d, m, s (same dtype and size, C-contiguous);
-updated in place: p, m, s; scalars: lr, beta1, beta2, eps, wd, bc1, bc2, k.
-    """
-    dt = _check_arrays("adahessian_update_pow", ("p", "g", "d", "m", "s", ), (p, g, d, m, s, ), ("p", "m", "s", ))
-    g = _readable(g)
-    d = _readable(d)
-    cdef Py_ssize_t n = p.size
-    if g.size != n:
-        raise ValueError(f"adahessian_update_pow: g has shape {g.shape} but p has shape {p.shape}")
-    if d.size != n:
-        raise ValueError(f"adahessian_update_pow: d has shape {d.shape} but p has shape {p.shape}")
-    if m.size != n:
-        raise ValueError(f"adahessian_update_pow: m has shape {m.shape} but p has shape {p.shape}")
-    if s.size != n:
-        raise ValueError(f"adahessian_update_pow: s has shape {s.shape} but p has shape {p.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] p_f32, g_f32, d_f32, m_f32, s_f32
-    cdef float lr_f32
-    cdef float beta1_f32
-    cdef float beta2_f32
-    cdef float eps_f32
-    cdef float wd_f32
-    cdef float bc1_f32
-    cdef float bc2_f32
-    cdef float k_f32
-    cdef double[::1] p_f64, g_f64, d_f64, m_f64, s_f64
-    cdef double lr_f64
-    cdef double beta1_f64
-    cdef double beta2_f64
-    cdef double eps_f64
-    cdef double wd_f64
-    cdef double bc1_f64
-    cdef double bc2_f64
-    cdef double k_f64
-    if dt == _F32:
-        p_f32 = p.reshape(-1)
-        g_f32 = g.reshape(-1)
-        d_f32 = d.reshape(-1)
-        m_f32 = m.reshape(-1)
-        s_f32 = s.reshape(-1)
-        lr_f32 = lr
-        beta1_f32 = beta1
-        beta2_f32 = beta2
-        eps_f32 = eps
-        wd_f32 = wd
-        bc1_f32 = bc1
-        bc2_f32 = bc2
-        k_f32 = k
-        with nogil:
-            if _T == 1:
-                _adahessian_update_pow_f32(&p_f32[0], &g_f32[0], &d_f32[0], &m_f32[0], &s_f32[0], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adahessian_update_pow_f32(&p_f32[_lo], &g_f32[_lo], &d_f32[_lo], &m_f32[_lo], &s_f32[_lo], lr_f32, beta1_f32, beta2_f32, eps_f32, wd_f32, bc1_f32, bc2_f32, k_f32, n * (_t + 1) // _T - _lo)
-    else:
-        p_f64 = p.reshape(-1)
-        g_f64 = g.reshape(-1)
-        d_f64 = d.reshape(-1)
-        m_f64 = m.reshape(-1)
-        s_f64 = s.reshape(-1)
-        lr_f64 = lr
-        beta1_f64 = beta1
-        beta2_f64 = beta2
-        eps_f64 = eps
-        wd_f64 = wd
-        bc1_f64 = bc1
-        bc2_f64 = bc2
-        k_f64 = k
-        with nogil:
-            if _T == 1:
-                _adahessian_update_pow_f64(&p_f64[0], &g_f64[0], &d_f64[0], &m_f64[0], &s_f64[0], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _adahessian_update_pow_f64(&p_f64[_lo], &g_f64[_lo], &d_f64[_lo], &m_f64[_lo], &s_f64[_lo], lr_f64, beta1_f64, beta2_f64, eps_f64, wd_f64, bc1_f64, bc2_f64, k_f64, n * (_t + 1) // _T - _lo)
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(8)]

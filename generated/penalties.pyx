@@ -6,7 +6,13 @@
 # module: penalties
 # spec: penalty  hash: 75d31fc91124b69e
 
-"""Weight penalty kernels: value, gradient, HVP and Hessian diagonal of l1·|w| + (l2/2)·w²."""
+"""Weight penalty kernels: value, gradient, HVP and Hessian diagonal of l1·|w| + (l2/2)·w².
+
+Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
+Py_ssize_t n)``: the arrays in manifest call order, outputs after inputs), collected in a
+table; the shared dispatcher (``symprop.generated.dispatch``) checks the arrays, threads the
+loop and calls through the table. This module imports nothing from symprop.
+"""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -48,208 +54,315 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
-from cython.parallel cimport prange, threadid
-cimport openmp
 
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-#: elements per thread below which a kernel stays on one thread (memory-bound loops gain
-#: little from a second thread on small arrays, and waking it costs a few microseconds)
-cdef enum:
-    _GRAIN = 32768
-
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'penalty': {'family': 'elementwise',
-             'hash': '75d31fc91124b69e',
-             'inputs': ['x'],
-             'params': [],
-             'output': 'y',
-             'scalars': ['l1', 'l2'],
-             'roles': {'forward': {'kernel': 'penalty_forward',
-                                   'call': ['x', 'y', 'l1', 'l2'],
-                                   'kwargs': [],
-                                   'arrays': ['x'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'}],
-                                   'scalars': ['l1', 'l2']},
-                       'vjp:x': {'kernel': 'penalty_vjp',
-                                 'call': ['x', 'g', 'gx', 'l1', 'l2'],
-                                 'kwargs': [],
-                                 'arrays': ['x', 'g'],
-                                 'optional': [],
-                                 'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}],
-                                 'scalars': ['l1', 'l2']},
-                       'jvp': {'kernel': 'penalty_jvp',
-                               'call': ['x', 'Rx', 'Ry', 'l1', 'l2'],
-                               'kwargs': [],
-                               'arrays': ['x', 'Rx'],
-                               'optional': [],
-                               'outputs': [{'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                               'scalars': ['l1', 'l2']},
-                       'rvjp:x': {'kernel': 'penalty_rvjp',
-                                  'call': ['x', 'g', 'Rx', 'Rg', 'Rgx', 'l1', 'l2'],
-                                  'kwargs': [],
-                                  'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                  'scalars': ['l1', 'l2']},
-                       'bl:x': {'kernel': 'penalty_diag_backprop',
-                                'call': ['x', 'g', 'H', 'hx', 'l1', 'l2'],
-                                'kwargs': [],
-                                'arrays': ['x', 'g', 'H'],
-                                'optional': [],
-                                'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}],
-                                'scalars': ['l1', 'l2']},
-                       'residual': {'kernel': 'penalty_residual',
-                                    'call': ['g', 'r', 'l2'],
-                                    'kwargs': [],
-                                    'arrays': ['g'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'r', 'like': 'g', 'dtype': 'float'}],
-                                    'scalars': ['l2']},
-                       'forward+jvp': {'kernel': 'penalty_forward_jvp',
-                                       'call': ['x', 'Rx', 'y', 'Ry', 'l1', 'l2'],
-                                       'kwargs': [],
-                                       'arrays': ['x', 'Rx'],
-                                       'optional': [],
-                                       'outputs': [{'name': 'y', 'like': 'x', 'dtype': 'float'},
-                                                   {'name': 'Ry', 'like': 'x', 'dtype': 'float'}],
-                                       'scalars': ['l1', 'l2']},
-                       'vjp+rvjp': {'kernel': 'penalty_vjp_rvjp',
-                                    'call': ['x', 'g', 'Rx', 'Rg', 'gx', 'Rgx', 'l1', 'l2'],
-                                    'kwargs': [],
-                                    'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                    'optional': [],
-                                    'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                                {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                    'scalars': ['l1', 'l2']}},
-             'defaults': {'l1': 0.0, 'l2': 0.0}}}
+MANIFEST = __import__('json').loads(r'''{
+ "penalty": {
+  "family": "elementwise",
+  "hash": "75d31fc91124b69e",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "l1",
+   "l2"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "penalty_forward",
+    "call": [
+     "x",
+     "y",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "y = l1*Max(-x, x) + l2*x**2/2"
+   },
+   "vjp:x": {
+    "kernel": "penalty_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "jvp": {
+    "kernel": "penalty_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "rvjp:x": {
+    "kernel": "penalty_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+   },
+   "bl:x": {
+    "kernel": "penalty_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2"
+   },
+   "residual": {
+    "kernel": "penalty_residual",
+    "call": [
+     "g",
+     "r",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l2"
+    ],
+    "written": [],
+    "doc": "r = g*l2"
+   },
+   "forward+jvp": {
+    "kernel": "penalty_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "vjp+rvjp": {
+    "kernel": "penalty_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+   }
+  },
+  "defaults": {
+   "l1": 0.0,
+   "l2": 0.0
+  }
+ }
+}''')
 
 # ---------------------------------------------------------------- penalty_forward
 # y = l1*Max(-x, x) + l2*x**2/2
-cdef void _penalty_forward_f32(const float* x_p, float* y_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
 
-cdef void _penalty_forward_f64(const double* x_p, double* y_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
         y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
 
-
-def penalty_forward(x, y, l1, l2, ):
-    """y = l1*Max(-x, x) + l2*x**2/2
-
-    Arrays: x, y (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t n = x.size
-    if y.size != n:
-        raise ValueError(f"penalty_forward: y has shape {y.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, y_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, y_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_forward_f32(&x_f32[0], &y_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_forward_f32(&x_f32[_lo], &y_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_forward_f64(&x_f64[0], &y_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_forward_f64(&x_f64[_lo], &y_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_vjp
 # gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-cdef void _penalty_vjp_f32(const float* x_p, const float* g_p, float* gx_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -260,7 +373,12 @@ cdef void _penalty_vjp_f32(const float* x_p, const float* g_p, float* gx_p, floa
         _t0 = l2*x
         gx_p[_e] = g*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
 
-cdef void _penalty_vjp_f64(const double* x_p, const double* g_p, double* gx_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -271,61 +389,14 @@ cdef void _penalty_vjp_f64(const double* x_p, const double* g_p, double* gx_p, d
         _t0 = l2*x
         gx_p[_e] = g*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
 
-
-def penalty_vjp(x, g, gx, l1, l2, ):
-    """gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-
-    Arrays: x, g, gx (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_vjp", ("x", "g", "gx", ), (x, g, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"penalty_vjp: g has shape {g.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"penalty_vjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, gx_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, g_f64, gx_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_vjp_f32(&x_f32[0], &g_f32[0], &gx_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_vjp_f32(&x_f32[_lo], &g_f32[_lo], &gx_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_vjp_f64(&x_f64[0], &g_f64[0], &gx_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_vjp_f64(&x_f64[_lo], &g_f64[_lo], &gx_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_jvp
 # Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-cdef void _penalty_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -336,7 +407,12 @@ cdef void _penalty_jvp_f32(const float* x_p, const float* Rx_p, float* Ry_p, flo
         _t0 = l2*x
         Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
 
-cdef void _penalty_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -347,61 +423,16 @@ cdef void _penalty_jvp_f64(const double* x_p, const double* Rx_p, double* Ry_p, 
         _t0 = l2*x
         Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
 
-
-def penalty_jvp(x, Rx, Ry, l1, l2, ):
-    """Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-
-    Arrays: x, Rx, Ry (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_jvp", ("x", "Rx", "Ry", ), (x, Rx, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"penalty_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"penalty_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, Ry_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, Rx_f64, Ry_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_jvp_f32(&x_f32[0], &Rx_f32[0], &Ry_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &Ry_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_jvp_f64(&x_f64[0], &Rx_f64[0], &Ry_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &Ry_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_rvjp
 # Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
-cdef void _penalty_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* Rgx_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -416,7 +447,14 @@ cdef void _penalty_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_
         _t0 = l2*x
         Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)) + Rx*g*l2
 
-cdef void _penalty_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* Rgx_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -431,71 +469,15 @@ cdef void _penalty_rvjp_f64(const double* x_p, const double* g_p, const double* 
         _t0 = l2*x
         Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)) + Rx*g*l2
 
-
-def penalty_rvjp(x, g, Rx, Rg, Rgx, l1, l2, ):
-    """Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
-
-    Arrays: x, g, Rx, Rg, Rgx (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_rvjp", ("x", "g", "Rx", "Rg", "Rgx", ), (x, g, Rx, Rg, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"penalty_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"penalty_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"penalty_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"penalty_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgx_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgx_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgx_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &Rgx_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgx_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &Rgx_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_diag_backprop
 # hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2
-cdef void _penalty_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, float* hx_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -508,7 +490,13 @@ cdef void _penalty_diag_backprop_f32(const float* x_p, const float* g_p, const f
         _t0 = l2*x
         hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<float>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<float>0.0)) else (l2*l2)*(x*x))) + g*l2
 
-cdef void _penalty_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, double* hx_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -521,125 +509,37 @@ cdef void _penalty_diag_backprop_f64(const double* x_p, const double* g_p, const
         _t0 = l2*x
         hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<double>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<double>0.0)) else (l2*l2)*(x*x))) + g*l2
 
-
-def penalty_diag_backprop(x, g, H, hx, l1, l2, ):
-    """hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2
-
-    Arrays: x, g, H, hx (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_diag_backprop", ("x", "g", "H", "hx", ), (x, g, H, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"penalty_diag_backprop: g has shape {g.shape} but x has shape {x.shape}")
-    if H.size != n:
-        raise ValueError(f"penalty_diag_backprop: H has shape {H.shape} but x has shape {x.shape}")
-    if hx.size != n:
-        raise ValueError(f"penalty_diag_backprop: hx has shape {hx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, H_f32, hx_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, g_f64, H_f64, hx_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &hx_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_diag_backprop_f32(&x_f32[_lo], &g_f32[_lo], &H_f32[_lo], &hx_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &hx_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_diag_backprop_f64(&x_f64[_lo], &g_f64[_lo], &H_f64[_lo], &hx_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_residual
 # r = g*l2
-cdef void _penalty_residual_f32(const float* g_p, float* r_p, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef float* r_p = <float*>_a[1]
+    cdef float l2 = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float g
     for _e in range(_n):
         g = g_p[_e]
         r_p[_e] = g*l2
 
-cdef void _penalty_residual_f64(const double* g_p, double* r_p, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef double* r_p = <double*>_a[1]
+    cdef double l2 = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double g
     for _e in range(_n):
         g = g_p[_e]
         r_p[_e] = g*l2
 
-
-def penalty_residual(g, r, l2, ):
-    """r = g*l2
-
-    Arrays: g, r (same dtype and size, C-contiguous);
-scalars: l2.
-    """
-    dt = _check_arrays("penalty_residual", ("g", "r", ), (g, r, ), ("r", ))
-    g = _readable(g)
-    cdef Py_ssize_t n = g.size
-    if r.size != n:
-        raise ValueError(f"penalty_residual: r has shape {r.shape} but g has shape {g.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] g_f32, r_f32
-    cdef float l2_f32
-    cdef double[::1] g_f64, r_f64
-    cdef double l2_f64
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        r_f32 = r.reshape(-1)
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_residual_f32(&g_f32[0], &r_f32[0], l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_residual_f32(&g_f32[_lo], &r_f32[_lo], l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        g_f64 = g.reshape(-1)
-        r_f64 = r.reshape(-1)
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_residual_f64(&g_f64[0], &r_f64[0], l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_residual_f64(&g_f64[_lo], &r_f64[_lo], l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_forward_jvp
 # y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-cdef void _penalty_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y_p, float* Ry_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
@@ -651,7 +551,13 @@ cdef void _penalty_forward_jvp_f32(const float* x_p, const float* Rx_p, float* y
         y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
         Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
 
-cdef void _penalty_forward_jvp_f64(const double* x_p, const double* Rx_p, double* y_p, double* Ry_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
@@ -663,65 +569,17 @@ cdef void _penalty_forward_jvp_f64(const double* x_p, const double* Rx_p, double
         y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
         Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
 
-
-def penalty_forward_jvp(x, Rx, y, Ry, l1, l2, ):
-    """y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
-
-    Arrays: x, Rx, y, Ry (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef Py_ssize_t n = x.size
-    if Rx.size != n:
-        raise ValueError(f"penalty_forward_jvp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if y.size != n:
-        raise ValueError(f"penalty_forward_jvp: y has shape {y.shape} but x has shape {x.shape}")
-    if Ry.size != n:
-        raise ValueError(f"penalty_forward_jvp: Ry has shape {Ry.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, Rx_f32, y_f32, Ry_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, Rx_f64, y_f64, Ry_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_forward_jvp_f32(&x_f32[0], &Rx_f32[0], &y_f32[0], &Ry_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_forward_jvp_f32(&x_f32[_lo], &Rx_f32[_lo], &y_f32[_lo], &Ry_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_forward_jvp_f64(&x_f64[0], &Rx_f64[0], &y_f64[0], &Ry_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_forward_jvp_f64(&x_f64[_lo], &Rx_f64[_lo], &y_f64[_lo], &Ry_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
-
 # ---------------------------------------------------------------- penalty_vjp_rvjp
 # gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
-cdef void _penalty_vjp_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* gx_p, float* Rgx_p, float l1, float l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
@@ -739,7 +597,15 @@ cdef void _penalty_vjp_rvjp_f32(const float* x_p, const float* g_p, const float*
         gx_p[_e] = _t1*g
         Rgx_p[_e] = Rg*_t1 + Rx*g*l2
 
-cdef void _penalty_vjp_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* gx_p, double* Rgx_p, double l1, double l2, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
@@ -757,68 +623,29 @@ cdef void _penalty_vjp_rvjp_f64(const double* x_p, const double* g_p, const doub
         gx_p[_e] = _t1*g
         Rgx_p[_e] = Rg*_t1 + Rx*g*l2
 
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_diag_backprop", "penalty_residual", "penalty_forward_jvp", "penalty_vjp_rvjp", )
 
-def penalty_vjp_rvjp(x, g, Rx, Rg, gx, Rgx, l1, l2, ):
-    """gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+cdef _elementwise_t _TABLE_F32[8]
+cdef _elementwise_t _TABLE_F64[8]
+_TABLE_F32[0] = _penalty_forward_f32
+_TABLE_F64[0] = _penalty_forward_f64
+_TABLE_F32[1] = _penalty_vjp_f32
+_TABLE_F64[1] = _penalty_vjp_f64
+_TABLE_F32[2] = _penalty_jvp_f32
+_TABLE_F64[2] = _penalty_jvp_f64
+_TABLE_F32[3] = _penalty_rvjp_f32
+_TABLE_F64[3] = _penalty_rvjp_f64
+_TABLE_F32[4] = _penalty_diag_backprop_f32
+_TABLE_F64[4] = _penalty_diag_backprop_f64
+_TABLE_F32[5] = _penalty_residual_f32
+_TABLE_F64[5] = _penalty_residual_f64
+_TABLE_F32[6] = _penalty_forward_jvp_f32
+_TABLE_F64[6] = _penalty_forward_jvp_f64
+_TABLE_F32[7] = _penalty_vjp_rvjp_f32
+_TABLE_F64[7] = _penalty_vjp_rvjp_f64
 
-    Arrays: x, g, Rx, Rg, gx, Rgx (same dtype and size, C-contiguous);
-scalars: l1, l2.
-    """
-    dt = _check_arrays("penalty_vjp_rvjp", ("x", "g", "Rx", "Rg", "gx", "Rgx", ), (x, g, Rx, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef Py_ssize_t n = x.size
-    if g.size != n:
-        raise ValueError(f"penalty_vjp_rvjp: g has shape {g.shape} but x has shape {x.shape}")
-    if Rx.size != n:
-        raise ValueError(f"penalty_vjp_rvjp: Rx has shape {Rx.shape} but x has shape {x.shape}")
-    if Rg.size != n:
-        raise ValueError(f"penalty_vjp_rvjp: Rg has shape {Rg.shape} but x has shape {x.shape}")
-    if gx.size != n:
-        raise ValueError(f"penalty_vjp_rvjp: gx has shape {gx.shape} but x has shape {x.shape}")
-    if Rgx.size != n:
-        raise ValueError(f"penalty_vjp_rvjp: Rgx has shape {Rgx.shape} but x has shape {x.shape}")
-    if n == 0:
-        return
-    cdef int _t, _T = _threads_for(n // _GRAIN)
-    cdef Py_ssize_t _lo
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, gx_f32, Rgx_f32
-    cdef float l1_f32
-    cdef float l2_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, gx_f64, Rgx_f64
-    cdef double l1_f64
-    cdef double l2_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        l1_f32 = l1
-        l2_f32 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_vjp_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &gx_f32[0], &Rgx_f32[0], l1_f32, l2_f32, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_vjp_rvjp_f32(&x_f32[_lo], &g_f32[_lo], &Rx_f32[_lo], &Rg_f32[_lo], &gx_f32[_lo], &Rgx_f32[_lo], l1_f32, l2_f32, n * (_t + 1) // _T - _lo)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        l1_f64 = l1
-        l2_f64 = l2
-        with nogil:
-            if _T == 1:
-                _penalty_vjp_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &gx_f64[0], &Rgx_f64[0], l1_f64, l2_f64, n)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _lo = n * _t // _T
-                    _penalty_vjp_rvjp_f64(&x_f64[_lo], &g_f64[_lo], &Rx_f64[_lo], &Rg_f64[_lo], &gx_f64[_lo], &Rgx_f64[_lo], l1_f64, l2_f64, n * (_t + 1) // _T - _lo)
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(8)]

@@ -942,243 +942,1122 @@ cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
 #: arrays are optional directions, its outputs and the array each output is shaped like.
 #: symprop.runtime.kernels runs every layer by looking roles up here.
-MANIFEST = {'conv2d': {'family': 'window',
-            'hash': 'd8d94bc18b973ec0',
-            'inputs': ['x'],
-            'params': ['W', 'b'],
-            'output': 'y',
-            'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-            'arrays': {'x': ['n', 'c', 'u', 'v'],
-                       'W': ['o', 'c', 'i', 'j'],
-                       'b': ['o'],
-                       'y': ['n', 'o', 'h', 'w']},
-            'roles': {'forward': {'kernel': 'conv2d_forward',
-                                  'call': ['x', 'W', 'b', 'y'],
-                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                  'arrays': ['x', 'W', 'b'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
-                      'vjp:x': {'kernel': 'conv2d_vjp_x',
-                                'call': ['W', 'g', 'gx'],
-                                'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                'arrays': ['W', 'g'],
-                                'optional': [],
-                                'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
-                      'vjp:W': {'kernel': 'conv2d_vjp_W',
-                                'call': ['x', 'g', 'gW'],
-                                'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                'arrays': ['x', 'g'],
-                                'optional': [],
-                                'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'}]},
-                      'vjp:b': {'kernel': 'conv2d_vjp_b',
-                                'call': ['g', 'gb'],
-                                'kwargs': [],
-                                'arrays': ['g'],
-                                'optional': [],
-                                'outputs': [{'name': 'gb', 'like': 'b', 'dtype': 'float'}]},
-                      'jvp': {'kernel': 'conv2d_jvp',
-                              'call': ['x', 'W', 'Rx', 'RW', 'Rb', 'Ry'],
-                              'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                              'arrays': ['x', 'W', 'Rx', 'RW', 'Rb'],
-                              'optional': ['Rb', 'RW', 'Rx'],
-                              'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
-                      'rvjp:x': {'kernel': 'conv2d_rvjp_x',
-                                 'call': ['W', 'g', 'RW', 'Rg', 'Rgx'],
-                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                 'arrays': ['W', 'g', 'RW', 'Rg'],
-                                 'optional': ['RW', 'Rg'],
-                                 'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
-                      'rvjp:W': {'kernel': 'conv2d_rvjp_W',
-                                 'call': ['x', 'g', 'Rx', 'Rg', 'RgW'],
-                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                 'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                 'optional': ['Rg', 'Rx'],
-                                 'outputs': [{'name': 'RgW', 'like': 'W', 'dtype': 'float'}]},
-                      'rvjp:b': {'kernel': 'conv2d_rvjp_b',
-                                 'call': ['Rg', 'Rgb'],
-                                 'kwargs': [],
-                                 'arrays': ['Rg'],
-                                 'optional': ['Rg'],
-                                 'outputs': [{'name': 'Rgb', 'like': 'b', 'dtype': 'float'}]},
-                      'bl:x': {'kernel': 'conv2d_bl_x',
-                               'call': ['H', 'W', 'hx'],
-                               'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                               'arrays': ['H', 'W'],
-                               'optional': [],
-                               'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
-                      'bl:W': {'kernel': 'conv2d_bl_W',
-                               'call': ['H', 'x', 'hW'],
-                               'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                               'arrays': ['H', 'x'],
-                               'optional': [],
-                               'outputs': [{'name': 'hW', 'like': 'W', 'dtype': 'float'}]},
-                      'bl:b': {'kernel': 'conv2d_bl_b',
-                               'call': ['H', 'hb'],
-                               'kwargs': [],
-                               'arrays': ['H'],
-                               'optional': [],
-                               'outputs': [{'name': 'hb', 'like': 'b', 'dtype': 'float'}]},
-                      'sqvjp:W': {'kernel': 'conv2d_sqvjp_W',
-                                  'call': ['x', 'S', 'w', 'sW'],
-                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                  'arrays': ['x', 'S', 'w'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'sW', 'like': 'W', 'dtype': 'float'}]},
-                      'sqvjp:b': {'kernel': 'conv2d_sqvjp_b',
-                                  'call': ['S', 'w', 'sb'],
-                                  'kwargs': [],
-                                  'arrays': ['S', 'w'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'sb', 'like': 'b', 'dtype': 'float'}]},
-                      'forward+jvp': {'kernel': 'conv2d_forward_jvp',
-                                      'call': ['x', 'W', 'b', 'Rx', 'RW', 'Rb', 'y', 'Ry'],
-                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                      'arrays': ['x', 'W', 'b', 'Rx', 'RW', 'Rb'],
-                                      'optional': ['Rx', 'RW', 'Rb'],
-                                      'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
-                                                  {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                                      'fuses': ['forward', 'jvp']},
-                      'vjp+rvjp': {'kernel': 'conv2d_vjp_rvjp',
-                                   'call': ['x',
-                                            'W',
-                                            'g',
-                                            'Rx',
-                                            'RW',
-                                            'Rg',
-                                            'gx',
-                                            'gW',
-                                            'gb',
-                                            'Rgx',
-                                            'RgW',
-                                            'Rgb'],
-                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                   'arrays': ['x', 'W', 'g', 'Rx', 'RW', 'Rg'],
-                                   'optional': ['Rx', 'RW', 'Rg'],
-                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                               {'name': 'gW', 'like': 'W', 'dtype': 'float'},
-                                               {'name': 'gb', 'like': 'b', 'dtype': 'float'},
-                                               {'name': 'Rgx', 'like': 'x', 'dtype': 'float'},
-                                               {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
-                                               {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
-                                   'fuses': ['vjp:x', 'vjp:W', 'vjp:b', 'rvjp:x', 'rvjp:W', 'rvjp:b']},
-                      'vjp+rvjp:params': {'kernel': 'conv2d_vjp_rvjp_params',
-                                          'call': ['x', 'g', 'Rx', 'Rg', 'gW', 'gb', 'RgW', 'Rgb'],
-                                          'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'd_h', 'd_w'],
-                                          'arrays': ['x', 'g', 'Rx', 'Rg'],
-                                          'optional': ['Rx', 'Rg'],
-                                          'outputs': [{'name': 'gW', 'like': 'W', 'dtype': 'float'},
-                                                      {'name': 'gb', 'like': 'b', 'dtype': 'float'},
-                                                      {'name': 'RgW', 'like': 'W', 'dtype': 'float'},
-                                                      {'name': 'Rgb', 'like': 'b', 'dtype': 'float'}],
-                                          'fuses': ['vjp:W', 'vjp:b', 'rvjp:W', 'rvjp:b']}}},
- 'avgpool2d': {'family': 'window',
-               'hash': '00b5ef56ba411db4',
-               'inputs': ['x'],
-               'params': [],
-               'output': 'y',
-               'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-               'arrays': {'x': ['n', 'c', 'u', 'v'], 'y': ['n', 'c', 'h', 'w']},
-               'roles': {'forward': {'kernel': 'avgpool2d_forward',
-                                     'call': ['x', 'y'],
-                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                     'arrays': ['x'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'}]},
-                         'vjp:x': {'kernel': 'avgpool2d_vjp_x',
-                                   'call': ['g', 'gx'],
-                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                   'arrays': ['g'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
-                         'jvp': {'kernel': 'avgpool2d_jvp',
-                                 'call': ['Rx', 'Ry'],
-                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                 'arrays': ['Rx'],
-                                 'optional': ['Rx'],
-                                 'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
-                         'rvjp:x': {'kernel': 'avgpool2d_rvjp_x',
-                                    'call': ['Rg', 'Rgx'],
-                                    'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                    'arrays': ['Rg'],
-                                    'optional': ['Rg'],
-                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
-                         'bl:x': {'kernel': 'avgpool2d_bl_x',
-                                  'call': ['H', 'hx'],
-                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                  'arrays': ['H'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
-                         'forward+jvp': {'kernel': 'avgpool2d_forward_jvp',
-                                         'call': ['x', 'Rx', 'y', 'Ry'],
-                                         'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                         'arrays': ['x', 'Rx'],
-                                         'optional': ['Rx'],
-                                         'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
-                                                     {'name': 'Ry', 'like': 'y', 'dtype': 'float'}],
-                                         'fuses': ['forward', 'jvp']},
-                         'vjp+rvjp': {'kernel': 'avgpool2d_vjp_rvjp',
-                                      'call': ['g', 'Rg', 'gx', 'Rgx'],
-                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                      'arrays': ['g', 'Rg'],
-                                      'optional': ['Rg'],
-                                      'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                                  {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                      'fuses': ['vjp:x', 'rvjp:x']}}},
- 'maxpool2d': {'family': 'window',
-               'hash': 'cd4945eb636cc5aa',
-               'inputs': ['x'],
-               'params': [],
-               'output': 'y',
-               'scalars': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-               'arrays': {'x': ['n', 'c', 'u', 'v'], 'y': ['n', 'c', 'h', 'w'], 'M': ['n', 'c', 'h', 'w']},
-               'roles': {'forward': {'kernel': 'maxpool2d_forward',
-                                     'call': ['x', 'y', 'M'],
-                                     'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                     'arrays': ['x'],
-                                     'optional': [],
-                                     'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
-                                                 {'name': 'M', 'like': 'y', 'dtype': 'int64'}]},
-                         'vjp:x': {'kernel': 'maxpool2d_vjp_x',
-                                   'call': ['g', 'M', 'gx'],
-                                   'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                   'arrays': ['g', 'M'],
-                                   'optional': [],
-                                   'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'}]},
-                         'jvp': {'kernel': 'maxpool2d_jvp',
-                                 'call': ['Rx', 'M', 'Ry'],
-                                 'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                 'arrays': ['Rx', 'M'],
-                                 'optional': ['Rx'],
-                                 'outputs': [{'name': 'Ry', 'like': 'y', 'dtype': 'float'}]},
-                         'rvjp:x': {'kernel': 'maxpool2d_rvjp_x',
-                                    'call': ['Rg', 'M', 'Rgx'],
-                                    'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                    'arrays': ['Rg', 'M'],
-                                    'optional': ['Rg'],
-                                    'outputs': [{'name': 'Rgx', 'like': 'x', 'dtype': 'float'}]},
-                         'bl:x': {'kernel': 'maxpool2d_bl_x',
-                                  'call': ['H', 'M', 'hx'],
-                                  'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                  'arrays': ['H', 'M'],
-                                  'optional': [],
-                                  'outputs': [{'name': 'hx', 'like': 'x', 'dtype': 'float'}]},
-                         'forward+jvp': {'kernel': 'maxpool2d_forward_jvp',
-                                         'call': ['x', 'Rx', 'y', 'Ry', 'M'],
-                                         'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                         'arrays': ['x', 'Rx'],
-                                         'optional': ['Rx'],
-                                         'outputs': [{'name': 'y', 'like': 'y', 'dtype': 'float'},
-                                                     {'name': 'Ry', 'like': 'y', 'dtype': 'float'},
-                                                     {'name': 'M', 'like': 'y', 'dtype': 'int64'}],
-                                         'fuses': ['forward', 'jvp']},
-                         'vjp+rvjp': {'kernel': 'maxpool2d_vjp_rvjp',
-                                      'call': ['g', 'Rg', 'M', 'gx', 'Rgx'],
-                                      'kwargs': ['s_h', 's_w', 'p_h', 'p_w', 'K_h', 'K_w'],
-                                      'arrays': ['g', 'Rg', 'M'],
-                                      'optional': ['Rg'],
-                                      'outputs': [{'name': 'gx', 'like': 'x', 'dtype': 'float'},
-                                                  {'name': 'Rgx', 'like': 'x', 'dtype': 'float'}],
-                                      'fuses': ['vjp:x', 'rvjp:x']}}}}
+MANIFEST = __import__('json').loads(r'''{
+ "conv2d": {
+  "family": "window",
+  "hash": "d8d94bc18b973ec0",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "W",
+   "b"
+  ],
+  "output": "y",
+  "scalars": [
+   "s_h",
+   "s_w",
+   "p_h",
+   "p_w",
+   "d_h",
+   "d_w"
+  ],
+  "arrays": {
+   "x": [
+    "n",
+    "c",
+    "u",
+    "v"
+   ],
+   "W": [
+    "o",
+    "c",
+    "i",
+    "j"
+   ],
+   "b": [
+    "o"
+   ],
+   "y": [
+    "n",
+    "o",
+    "h",
+    "w"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "conv2d_forward",
+    "call": [
+     "x",
+     "W",
+     "b",
+     "y"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "W",
+     "b"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:x": {
+    "kernel": "conv2d_vjp_x",
+    "call": [
+     "W",
+     "g",
+     "gx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "W",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:W": {
+    "kernel": "conv2d_vjp_W",
+    "call": [
+     "x",
+     "g",
+     "gW"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:b": {
+    "kernel": "conv2d_vjp_b",
+    "call": [
+     "g",
+     "gb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "conv2d_jvp",
+    "call": [
+     "x",
+     "W",
+     "Rx",
+     "RW",
+     "Rb",
+     "Ry"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "W",
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "optional": [
+     "Rb",
+     "RW",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:x": {
+    "kernel": "conv2d_rvjp_x",
+    "call": [
+     "W",
+     "g",
+     "RW",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "W",
+     "g",
+     "RW",
+     "Rg"
+    ],
+    "optional": [
+     "RW",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:W": {
+    "kernel": "conv2d_rvjp_W",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "RgW"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rg",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:b": {
+    "kernel": "conv2d_rvjp_b",
+    "call": [
+     "Rg",
+     "Rgb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rg"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:x": {
+    "kernel": "conv2d_bl_x",
+    "call": [
+     "H",
+     "W",
+     "hx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "H",
+     "W"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:W": {
+    "kernel": "conv2d_bl_W",
+    "call": [
+     "H",
+     "x",
+     "hW"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "H",
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:b": {
+    "kernel": "conv2d_bl_b",
+    "call": [
+     "H",
+     "hb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "sqvjp:W": {
+    "kernel": "conv2d_sqvjp_W",
+    "call": [
+     "x",
+     "S",
+     "w",
+     "sW"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sW",
+      "like": "W",
+      "dtype": "float"
+     }
+    ]
+   },
+   "sqvjp:b": {
+    "kernel": "conv2d_sqvjp_b",
+    "call": [
+     "S",
+     "w",
+     "sb"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "conv2d_forward_jvp",
+    "call": [
+     "x",
+     "W",
+     "b",
+     "Rx",
+     "RW",
+     "Rb",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "W",
+     "b",
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "optional": [
+     "Rx",
+     "RW",
+     "Rb"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ]
+   },
+   "vjp+rvjp": {
+    "kernel": "conv2d_vjp_rvjp",
+    "call": [
+     "x",
+     "W",
+     "g",
+     "Rx",
+     "RW",
+     "Rg",
+     "gx",
+     "gW",
+     "gb",
+     "Rgx",
+     "RgW",
+     "Rgb"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "W",
+     "g",
+     "Rx",
+     "RW",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "RW",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "vjp:W",
+     "vjp:b",
+     "rvjp:x",
+     "rvjp:W",
+     "rvjp:b"
+    ]
+   },
+   "vjp+rvjp:params": {
+    "kernel": "conv2d_vjp_rvjp_params",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gW",
+     "gb",
+     "RgW",
+     "Rgb"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "d_h",
+     "d_w"
+    ],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "gb",
+      "like": "b",
+      "dtype": "float"
+     },
+     {
+      "name": "RgW",
+      "like": "W",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgb",
+      "like": "b",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:W",
+     "vjp:b",
+     "rvjp:W",
+     "rvjp:b"
+    ]
+   }
+  }
+ },
+ "avgpool2d": {
+  "family": "window",
+  "hash": "00b5ef56ba411db4",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "s_h",
+   "s_w",
+   "p_h",
+   "p_w",
+   "K_h",
+   "K_w"
+  ],
+  "arrays": {
+   "x": [
+    "n",
+    "c",
+    "u",
+    "v"
+   ],
+   "y": [
+    "n",
+    "c",
+    "h",
+    "w"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "avgpool2d_forward",
+    "call": [
+     "x",
+     "y"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "vjp:x": {
+    "kernel": "avgpool2d_vjp_x",
+    "call": [
+     "g",
+     "gx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "avgpool2d_jvp",
+    "call": [
+     "Rx",
+     "Ry"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "Rx"
+    ],
+    "optional": [
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:x": {
+    "kernel": "avgpool2d_rvjp_x",
+    "call": [
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "Rg"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:x": {
+    "kernel": "avgpool2d_bl_x",
+    "call": [
+     "H",
+     "hx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "avgpool2d_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ]
+   },
+   "vjp+rvjp": {
+    "kernel": "avgpool2d_vjp_rvjp",
+    "call": [
+     "g",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "g",
+     "Rg"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "rvjp:x"
+    ]
+   }
+  }
+ },
+ "maxpool2d": {
+  "family": "window",
+  "hash": "cd4945eb636cc5aa",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "s_h",
+   "s_w",
+   "p_h",
+   "p_w",
+   "K_h",
+   "K_w"
+  ],
+  "arrays": {
+   "x": [
+    "n",
+    "c",
+    "u",
+    "v"
+   ],
+   "y": [
+    "n",
+    "c",
+    "h",
+    "w"
+   ],
+   "M": [
+    "n",
+    "c",
+    "h",
+    "w"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "maxpool2d_forward",
+    "call": [
+     "x",
+     "y",
+     "M"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "M",
+      "like": "y",
+      "dtype": "int64"
+     }
+    ]
+   },
+   "vjp:x": {
+    "kernel": "maxpool2d_vjp_x",
+    "call": [
+     "g",
+     "M",
+     "gx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "g",
+     "M"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "jvp": {
+    "kernel": "maxpool2d_jvp",
+    "call": [
+     "Rx",
+     "M",
+     "Ry"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "Rx",
+     "M"
+    ],
+    "optional": [
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     }
+    ]
+   },
+   "rvjp:x": {
+    "kernel": "maxpool2d_rvjp_x",
+    "call": [
+     "Rg",
+     "M",
+     "Rgx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "Rg",
+     "M"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "bl:x": {
+    "kernel": "maxpool2d_bl_x",
+    "call": [
+     "H",
+     "M",
+     "hx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "H",
+     "M"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "maxpool2d_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "M"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "y",
+      "dtype": "float"
+     },
+     {
+      "name": "M",
+      "like": "y",
+      "dtype": "int64"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ]
+   },
+   "vjp+rvjp": {
+    "kernel": "maxpool2d_vjp_rvjp",
+    "call": [
+     "g",
+     "Rg",
+     "M",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [
+     "s_h",
+     "s_w",
+     "p_h",
+     "p_w",
+     "K_h",
+     "K_w"
+    ],
+    "arrays": [
+     "g",
+     "Rg",
+     "M"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "rvjp:x"
+    ]
+   }
+  }
+ }
+}''')
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))

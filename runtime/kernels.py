@@ -31,12 +31,19 @@ _registered: set = set()
 
 
 def register(module):
-    """Give ``module`` the BLAS thread controls (once per module)."""
-    if id(module) in _registered or not hasattr(module, "set_blas_controls"):
+    """Make ``module`` ready to run (once per module): give it the BLAS thread controls, and
+    bind the kernels of a table-based module (elementwise: plain C functions, no Python
+    wrappers) to the shared dispatcher, as attributes named like the kernels."""
+    if id(module) in _registered:
         return module
     with _lock:
         if id(module) not in _registered:
-            module.set_blas_controls(blas_threads.controls())
+            if hasattr(module, "set_blas_controls"):
+                module.set_blas_controls(blas_threads.controls())
+            if hasattr(module, "kernel_table"):
+                from ..generated import dispatch
+                for name, kernel in dispatch.bind(module).items():
+                    setattr(module, name, kernel)
             _registered.add(id(module))
     return module
 
@@ -86,7 +93,7 @@ class SpecKernels:
     """The kernels of one spec in one compiled module, by role."""
 
     def __init__(self, module, spec: str, owner: str | None = None):
-        table = manifest(module)
+        table = manifest(register(module))
         if spec not in table:
             raise ValueError(f"{owner or spec}: no spec {spec!r} in {module.__name__} "
                              f"(it has {sorted(table)})")
