@@ -16,7 +16,7 @@ import sympy as sp
 from ..derive.indexed import ContractionKernel, DerivedContraction
 from .config import DTYPES
 from .fusion import fused_roles, kernel_name
-from .manifest import canonical_arrays, contraction_role, spec_entry
+from .manifest import canonical_arrays, contraction_role, indexed_binding, spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -246,6 +246,11 @@ def indexed_manifest(family: str, derived: list[DerivedContraction], contexts: l
     return table
 
 
+def _bound_role(ctx: dict, canonical: dict) -> dict:
+    """A contraction kernel's manifest role, with what the dispatcher binds."""
+    return {**contraction_role(ctx, canonical), "binding": indexed_binding(ctx)}
+
+
 def render_contraction_module(module: str, derived: list[DerivedContraction]) -> str:
     contexts = [[kernel_context(d, k) for k in d.kernels] for d in derived]
     fused = [fused_contexts(d, ctxs, fused_parts) for d, ctxs in zip(derived, contexts)]
@@ -254,6 +259,6 @@ def render_contraction_module(module: str, derived: list[DerivedContraction]) ->
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("contraction.pyx.j2", module=module, specs=specs, kernels=kernels,
                   sqvjps=[f for fs in sqs for f in fs],
-                  manifest=indexed_manifest("contraction", derived, contexts, contraction_role, sqs, fused),
+                  manifest=indexed_manifest("contraction", derived, contexts, _bound_role, sqs, fused),
                   dtypes=DTYPES, doc="Contraction kernels (GEMM-lowered): "
                   + ", ".join(s["name"] for s in specs) + ".")

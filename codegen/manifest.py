@@ -36,6 +36,20 @@ def contraction_role(ctx: dict, canonical: dict, masks_in=(), masks_out=(), kwar
     return role
 
 
+def indexed_binding(ctx: dict) -> dict:
+    """What the dispatcher needs to call an indexed kernel of the uniform signature: the
+    arrays the kernel reads (squared ones included) and writes, in pointer order; every
+    array's index names; the squared arrays it forms (``[square, base]``); the extents in the
+    order the kernel takes them; whether it calls BLAS (then BLAS is held at one thread and
+    the kernel gets OpenMP's thread count)."""
+    names = list(ctx["arrays"]) + list(ctx["outs"])
+    indices = {a: list(ctx["shapes"][a]) for a in names}
+    for sq, base in ctx["squares"]:
+        indices.setdefault(base, list(ctx["shapes"][sq]))
+    return {"pointers": names, "indices": indices, "squares": [list(p) for p in ctx["squares"]],
+            "extents": list(ctx["extents"]), "calls_blas": bool(ctx["calls_blas"])}
+
+
 def elementwise_role(ctx: dict) -> dict:
     """An elementwise kernel: every array has the same shape; scalars follow positionally;
     ``written`` arrays are updated in place (optimizer state). ``doc`` is what it computes."""

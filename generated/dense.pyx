@@ -6,101 +6,17 @@
 # module: dense
 # spec: dense  hash: 4d84bbb1c3879b64
 
-"""Contraction kernels (GEMM-lowered): dense."""
+"""Contraction kernels (GEMM-lowered): dense.
+
+Plain C kernels, one signature for all (``void k(char** arrays, const Py_ssize_t* extents,
+int threads)``: the arrays in the order the manifest's ``binding`` gives, NULL for an absent
+direction), collected in a table; the shared dispatcher (``symprop.generated.dispatch``)
+checks shapes, holds BLAS at one thread and calls through the table. This module imports
+nothing from symprop.
+"""
+from libc.string cimport memset
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-from cython.parallel cimport prange, threadid
-cimport openmp
-
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-# Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
-# OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
-# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
-# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
-# serially and leave the BLAS alone. Generated code imports nothing from symprop.
-ctypedef int (*_get_threads_t)() noexcept nogil
-ctypedef void (*_set_threads_t)(int) noexcept nogil
-cdef enum:
-    _MAX_BLAS = 8
-cdef _get_threads_t _blas_get[_MAX_BLAS]
-cdef _set_threads_t _blas_set[_MAX_BLAS]
-cdef int _blas_saved[_MAX_BLAS]
-cdef int _n_blas = 0
-cdef bint _parallel_ok = False
-cdef int _blas_held = 0
-
-
-def set_blas_controls(controls):
-    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
-    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
-    global _n_blas, _parallel_ok
-    if _blas_held:
-        raise RuntimeError("set_blas_controls: a parallel kernel is running")
-    _parallel_ok, _n_blas = False, 0
-    if controls is None or len(controls) > _MAX_BLAS:
-        return
-    for k, (get, set_) in enumerate(controls):
-        _blas_get[k] = <_get_threads_t><size_t>get
-        _blas_set[k] = <_set_threads_t><size_t>set_
-    _n_blas, _parallel_ok = len(controls), True
-
-
-
-cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
-    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
-    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
-    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
-    # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
-    # Python threads) restore the saved counts only when the last one leaves.
-    global _blas_held
-    cdef int T = _threads_for(work)
-    cdef int k
-    if calls_blas and not _parallel_ok:
-        return 1     # unknown BLAS: leave its threading alone and stay serial
-    if calls_blas:
-        if _blas_held == 0:
-            for k in range(_n_blas):
-                _blas_saved[k] = _blas_get[k]()
-                if _blas_saved[k] != 1:
-                    _blas_set[k](1)
-        _blas_held += 1
-    return T
-
-
-cdef void _parallel_leave(bint calls_blas):
-    global _blas_held
-    cdef int k
-    if not calls_blas or not _parallel_ok:
-        return
-    _blas_held -= 1
-    if _blas_held == 0:
-        for k in range(_n_blas):
-            if _blas_saved[k] != 1:
-                _blas_set[k](_blas_saved[k])
+from cython.parallel cimport prange
 
 
 cdef inline float _sum_f32(const float* a, Py_ssize_t n) noexcept nogil:
@@ -213,38 +129,9 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
                 _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
                            beta, C + lo, ldc)
 
-
 import numpy as _np
 
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -302,7 +189,39 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "b",
+      "y"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "W": [
+       "o",
+       "i"
+      ],
+      "b": [
+       "o"
+      ],
+      "y": [
+       "n",
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    },
    "vjp:x": {
     "kernel": "dense_vjp_x",
@@ -323,7 +242,35 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "W",
+      "g",
+      "gx"
+     ],
+     "indices": {
+      "W": [
+       "o",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "gx": [
+       "n",
+       "i"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "o",
+      "i",
+      "n"
+     ],
+     "calls_blas": true
+    }
    },
    "vjp:W": {
     "kernel": "dense_vjp_W",
@@ -344,7 +291,35 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "gW"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "gW": [
+       "o",
+       "i"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    },
    "vjp:b": {
     "kernel": "dense_vjp_b",
@@ -363,7 +338,28 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "gb"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "o"
+      ],
+      "gb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o"
+     ],
+     "calls_blas": false
+    }
    },
    "jvp": {
     "kernel": "dense_jvp",
@@ -394,7 +390,49 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "Rx",
+      "RW",
+      "Rb",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "W": [
+       "o",
+       "i"
+      ],
+      "Rx": [
+       "n",
+       "i"
+      ],
+      "RW": [
+       "o",
+       "i"
+      ],
+      "Rb": [
+       "o"
+      ],
+      "Ry": [
+       "n",
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    },
    "rvjp:x": {
     "kernel": "dense_rvjp_x",
@@ -422,7 +460,45 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "W",
+      "g",
+      "RW",
+      "Rg",
+      "Rgx"
+     ],
+     "indices": {
+      "W": [
+       "o",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "RW": [
+       "o",
+       "i"
+      ],
+      "Rg": [
+       "n",
+       "o"
+      ],
+      "Rgx": [
+       "n",
+       "i"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "o",
+      "i",
+      "n"
+     ],
+     "calls_blas": true
+    }
    },
    "rvjp:W": {
     "kernel": "dense_rvjp_W",
@@ -450,7 +526,45 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "RgW"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "Rx": [
+       "n",
+       "i"
+      ],
+      "Rg": [
+       "n",
+       "o"
+      ],
+      "RgW": [
+       "o",
+       "i"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    },
    "rvjp:b": {
     "kernel": "dense_rvjp_b",
@@ -471,7 +585,28 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rg",
+      "Rgb"
+     ],
+     "indices": {
+      "Rg": [
+       "n",
+       "o"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o"
+     ],
+     "calls_blas": false
+    }
    },
    "bl:x": {
     "kernel": "dense_bl_x",
@@ -492,7 +627,44 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "W_sq",
+      "hx"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o"
+      ],
+      "W_sq": [
+       "o",
+       "i"
+      ],
+      "hx": [
+       "n",
+       "i"
+      ],
+      "W": [
+       "o",
+       "i"
+      ]
+     },
+     "squares": [
+      [
+       "W_sq",
+       "W"
+      ]
+     ],
+     "extents": [
+      "n",
+      "o",
+      "i"
+     ],
+     "calls_blas": true
+    }
    },
    "bl:W": {
     "kernel": "dense_bl_W",
@@ -513,7 +685,44 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "x_sq",
+      "hW"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o"
+      ],
+      "x_sq": [
+       "n",
+       "i"
+      ],
+      "hW": [
+       "o",
+       "i"
+      ],
+      "x": [
+       "n",
+       "i"
+      ]
+     },
+     "squares": [
+      [
+       "x_sq",
+       "x"
+      ]
+     ],
+     "extents": [
+      "n",
+      "o",
+      "i"
+     ],
+     "calls_blas": true
+    }
    },
    "bl:b": {
     "kernel": "dense_bl_b",
@@ -532,7 +741,28 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "hb"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o"
+      ],
+      "hb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o"
+     ],
+     "calls_blas": false
+    }
    },
    "sqvjp:W": {
     "kernel": "dense_sqvjp_W",
@@ -619,7 +849,58 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "forward",
      "jvp"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "b",
+      "Rx",
+      "RW",
+      "Rb",
+      "y",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "W": [
+       "o",
+       "i"
+      ],
+      "b": [
+       "o"
+      ],
+      "Rx": [
+       "n",
+       "i"
+      ],
+      "RW": [
+       "o",
+       "i"
+      ],
+      "Rb": [
+       "o"
+      ],
+      "y": [
+       "n",
+       "o"
+      ],
+      "Ry": [
+       "n",
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    },
    "vjp+rvjp": {
     "kernel": "dense_vjp_rvjp",
@@ -690,7 +971,78 @@ MANIFEST = __import__('json').loads(r'''{
      "rvjp:x",
      "rvjp:W",
      "rvjp:b"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "g",
+      "Rx",
+      "RW",
+      "Rg",
+      "gx",
+      "gW",
+      "gb",
+      "Rgx",
+      "RgW",
+      "Rgb"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "W": [
+       "o",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "Rx": [
+       "n",
+       "i"
+      ],
+      "RW": [
+       "o",
+       "i"
+      ],
+      "Rg": [
+       "n",
+       "o"
+      ],
+      "gx": [
+       "n",
+       "i"
+      ],
+      "gW": [
+       "o",
+       "i"
+      ],
+      "gb": [
+       "o"
+      ],
+      "Rgx": [
+       "n",
+       "i"
+      ],
+      "RgW": [
+       "o",
+       "i"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "o",
+      "i",
+      "n"
+     ],
+     "calls_blas": true
+    }
    },
    "vjp+rvjp:params": {
     "kernel": "dense_vjp_rvjp_params",
@@ -742,7 +1094,58 @@ MANIFEST = __import__('json').loads(r'''{
      "vjp:b",
      "rvjp:W",
      "rvjp:b"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "gW",
+      "gb",
+      "RgW",
+      "Rgb"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "i"
+      ],
+      "g": [
+       "n",
+       "o"
+      ],
+      "Rx": [
+       "n",
+       "i"
+      ],
+      "Rg": [
+       "n",
+       "o"
+      ],
+      "gW": [
+       "o",
+       "i"
+      ],
+      "gb": [
+       "o"
+      ],
+      "RgW": [
+       "o",
+       "i"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "i",
+      "o"
+     ],
+     "calls_blas": true
+    }
    }
   }
  }
@@ -750,909 +1153,552 @@ MANIFEST = __import__('json').loads(r'''{
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
-cdef void _dense_forward_f32(float[:, ::1] x, float[:, ::1] W, float[::1] b, float[:, ::1] y, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* b = <float*>_a[2]
+    cdef float* y = <float*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    with nogil:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>0.0), &y[0, 0], <int>o_)
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                y[n, o] += (<float>1.0) * b[o]
+    _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, W, <int>i_, (<float>0.0), y, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            y[(n) * o_ + o] += (<float>1.0) * b[o]
 
-cdef void _dense_forward_f64(double[:, ::1] x, double[:, ::1] W, double[::1] b, double[:, ::1] y, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* b = <double*>_a[2]
+    cdef double* y = <double*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    with nogil:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>0.0), &y[0, 0], <int>o_)
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                y[n, o] += (<double>1.0) * b[o]
-
-
-def dense_forward(x, W, b, y=None):
-    """y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
-
-    Writes and returns ``y``.
-    """
-    if y is None:
-        raise TypeError("dense_forward: output array 'y' is required")
-    dt = _check_arrays("dense_forward", ("x", "W", "b", "y", ), (x, W, b, y, ), ("y", ))
-    x = _readable(x)
-    W = _readable(W)
-    b = _readable(b)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("b", b, ("o", )), ("y", y, ("n", "o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_forward: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_forward: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        return y
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_forward_f32(x, W, b, y, _T, n_, i_, o_)
-        else:
-            _dense_forward_f64(x, W, b, y, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return y
+    _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, W, <int>i_, (<double>0.0), y, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            y[(n) * o_ + o] += (<double>1.0) * b[o]
 
 # ---------------------------------------------------------------- dense_vjp_x
 # gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
-cdef void _dense_vjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] gx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* W = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    with nogil:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
+    _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, W, <int>i_, (<float>0.0), gx, <int>i_)
 
-cdef void _dense_vjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] gx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* W = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    with nogil:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
-
-
-def dense_vjp_x(W, g, gx=None):
-    """gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
-
-    Writes and returns ``gx``.
-    """
-    if gx is None:
-        raise TypeError("dense_vjp_x: output array 'gx' is required")
-    dt = _check_arrays("dense_vjp_x", ("W", "g", "gx", ), (W, g, gx, ), ("gx", ))
-    W = _readable(W)
-    g = _readable(g)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("gx", gx, ("n", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_vjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_vjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        return gx
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_vjp_x_f32(W, g, gx, _T, o_, i_, n_)
-        else:
-            _dense_vjp_x_f64(W, g, gx, _T, o_, i_, n_)
-    finally:
-        _parallel_leave(True)
-    return gx
+    _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, W, <int>i_, (<double>0.0), gx, <int>i_)
 
 # ---------------------------------------------------------------- dense_vjp_W
 # gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
-cdef void _dense_vjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] gW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gW = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    with nogil:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
+    _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
 
-cdef void _dense_vjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] gW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gW = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    with nogil:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
-
-
-def dense_vjp_W(x, g, gW=None):
-    """gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
-
-    Writes and returns ``gW``.
-    """
-    if gW is None:
-        raise TypeError("dense_vjp_W: output array 'gW' is required")
-    dt = _check_arrays("dense_vjp_W", ("x", "g", "gW", ), (x, g, gW, ), ("gW", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("gW", gW, ("o", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_vjp_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_vjp_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        gW[...] = 0
-        return gW
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_vjp_W_f32(x, g, gW, _T, n_, i_, o_)
-        else:
-            _dense_vjp_W_f64(x, g, gW, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return gW
+    _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
 
 # ---------------------------------------------------------------- dense_vjp_b
 # gb[o] = Sum(g[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_b_f32(float[:, ::1] g, float[::1] gb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* gb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    gb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                gb[o] += (<float>1.0) * g[n, o]
+    memset(gb, 0, o_ * sizeof(float))
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * g[(n) * o_ + o]
 
-cdef void _dense_vjp_b_f64(double[:, ::1] g, double[::1] gb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* gb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    gb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                gb[o] += (<double>1.0) * g[n, o]
-
-
-def dense_vjp_b(g, gb=None):
-    """gb[o] = Sum(g[n, o], (n, 0, N - 1))
-
-    Writes and returns ``gb``.
-    """
-    if gb is None:
-        raise TypeError("dense_vjp_b: output array 'gb' is required")
-    dt = _check_arrays("dense_vjp_b", ("g", "gb", ), (g, gb, ), ("gb", ))
-    g = _readable(g)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("g", g, ("n", "o", )), ("gb", gb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_vjp_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_vjp_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        gb[...] = 0
-        return gb
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_vjp_b_f32(g, gb, n_, o_)
-    else:
-        _dense_vjp_b_f64(g, gb, n_, o_)
-    return gb
+    memset(gb, 0, o_ * sizeof(double))
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * g[(n) * o_ + o]
 
 # ---------------------------------------------------------------- dense_jvp
 # Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* RW = <float*>_a[3]
+    cdef float* Rb = <float*>_a[4]
+    cdef float* Ry = <float*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    Ry[:, :] = 0
-    if RW is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Ry[n, o] += (<float>1.0) * Rb[o]
+    memset(Ry, 0, n_ * o_ * sizeof(float))
+    if RW != NULL:
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0), Ry, <int>o_)
+    if Rx != NULL:
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0), Ry, <int>o_)
+    if Rb != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
 
-cdef void _dense_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* RW = <double*>_a[3]
+    cdef double* Rb = <double*>_a[4]
+    cdef double* Ry = <double*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    Ry[:, :] = 0
-    if RW is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Ry[n, o] += (<double>1.0) * Rb[o]
-
-
-def dense_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None):
-    """Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-
-    Writes and returns ``Ry``; absent directions (RW, Rx, Rb) count as zero.
-    """
-    if Ry is None:
-        raise TypeError("dense_jvp: output array 'Ry' is required")
-    dt = _check_arrays("dense_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry", ), (x, W, Rx, RW, Rb, Ry, ), ("Ry", ))
-    x = _readable(x)
-    W = _readable(W)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rb = _readable(Rb)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        Ry[...] = 0
-        return Ry
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_jvp_f32(x, W, Rx, RW, Rb, Ry, _T, n_, i_, o_)
-        else:
-            _dense_jvp_f64(x, W, Rx, RW, Rb, Ry, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return Ry
+    memset(Ry, 0, n_ * o_ * sizeof(double))
+    if RW != NULL:
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0), Ry, <int>o_)
+    if Rx != NULL:
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0), Ry, <int>o_)
+    if Rb != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
 
 # ---------------------------------------------------------------- dense_rvjp_x
 # Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
-cdef void _dense_rvjp_x_f32(float[:, ::1] W, float[:, ::1] g, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] Rgx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* W = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* RW = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rgx = <float*>_a[4]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    Rgx[:, :] = 0
-    if RW is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
+    memset(Rgx, 0, n_ * i_ * sizeof(float))
+    if RW != NULL:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0), Rgx, <int>i_)
 
-cdef void _dense_rvjp_x_f64(double[:, ::1] W, double[:, ::1] g, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] Rgx, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* W = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* RW = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rgx = <double*>_a[4]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    Rgx[:, :] = 0
-    if RW is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
-
-
-def dense_rvjp_x(W, g, RW=None, Rg=None, Rgx=None):
-    """Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
-
-    Writes and returns ``Rgx``; absent directions (RW, Rg) count as zero.
-    """
-    if Rgx is None:
-        raise TypeError("dense_rvjp_x: output array 'Rgx' is required")
-    dt = _check_arrays("dense_rvjp_x", ("W", "g", "RW", "Rg", "Rgx", ), (W, g, RW, Rg, Rgx, ), ("Rgx", ))
-    W = _readable(W)
-    g = _readable(g)
-    RW = _readable(RW)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("Rgx", Rgx, ("n", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_rvjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_rvjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        Rgx[...] = 0
-        return Rgx
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_rvjp_x_f32(W, g, RW, Rg, Rgx, _T, o_, i_, n_)
-        else:
-            _dense_rvjp_x_f64(W, g, RW, Rg, Rgx, _T, o_, i_, n_)
-    finally:
-        _parallel_leave(True)
-    return Rgx
+    memset(Rgx, 0, n_ * i_ * sizeof(double))
+    if RW != NULL:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0), Rgx, <int>i_)
 
 # ---------------------------------------------------------------- dense_rvjp_W
 # RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_W_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] RgW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* RgW = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    RgW[:, :] = 0
-    if Rg is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
+    memset(RgW, 0, o_ * i_ * sizeof(float))
+    if Rg != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
 
-cdef void _dense_rvjp_W_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] RgW, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* RgW = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    RgW[:, :] = 0
-    if Rg is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-
-
-def dense_rvjp_W(x, g, Rx=None, Rg=None, RgW=None):
-    """RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
-
-    Writes and returns ``RgW``; absent directions (Rg, Rx) count as zero.
-    """
-    if RgW is None:
-        raise TypeError("dense_rvjp_W: output array 'RgW' is required")
-    dt = _check_arrays("dense_rvjp_W", ("x", "g", "Rx", "Rg", "RgW", ), (x, g, Rx, Rg, RgW, ), ("RgW", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("RgW", RgW, ("o", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_rvjp_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_rvjp_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        RgW[...] = 0
-        return RgW
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_rvjp_W_f32(x, g, Rx, Rg, RgW, _T, n_, i_, o_)
-        else:
-            _dense_rvjp_W_f64(x, g, Rx, Rg, RgW, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return RgW
+    memset(RgW, 0, o_ * i_ * sizeof(double))
+    if Rg != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
 
 # ---------------------------------------------------------------- dense_rvjp_b
 # Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_b_f32(float[:, ::1] Rg, float[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rg = <float*>_a[0]
+    cdef float* Rgb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    Rgb[:] = 0
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * Rg[n, o]
+    memset(Rgb, 0, o_ * sizeof(float))
+    if Rg != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
 
-cdef void _dense_rvjp_b_f64(double[:, ::1] Rg, double[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rg = <double*>_a[0]
+    cdef double* Rgb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    Rgb[:] = 0
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * Rg[n, o]
-
-
-def dense_rvjp_b(Rg=None, Rgb=None):
-    """Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-
-    Writes and returns ``Rgb``; absent directions (Rg) count as zero.
-    """
-    if Rgb is None:
-        raise TypeError("dense_rvjp_b: output array 'Rgb' is required")
-    dt = _check_arrays("dense_rvjp_b", ("Rg", "Rgb", ), (Rg, Rgb, ), ("Rgb", ))
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("Rg", Rg, ("n", "o", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_rvjp_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_rvjp_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        Rgb[...] = 0
-        return Rgb
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_rvjp_b_f32(Rg, Rgb, n_, o_)
-    else:
-        _dense_rvjp_b_f64(Rg, Rgb, n_, o_)
-    return Rgb
+    memset(Rgb, 0, o_ * sizeof(double))
+    if Rg != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
 
 # ---------------------------------------------------------------- dense_bl_x
 # hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
-cdef void _dense_bl_x_f32(float[:, ::1] H, float[:, ::1] W_sq, float[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+cdef void _dense_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* W_sq = <float*>_a[1]
+    cdef float* hx = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
-    with nogil:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<float>0.0), &hx[0, 0], <int>i_)
+    _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), H, <int>o_, W_sq, <int>i_, (<float>0.0), hx, <int>i_)
 
-cdef void _dense_bl_x_f64(double[:, ::1] H, double[:, ::1] W_sq, double[:, ::1] hx, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+cdef void _dense_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* W_sq = <double*>_a[1]
+    cdef double* hx = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
-    with nogil:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &H[0, 0], <int>o_, &W_sq[0, 0], <int>i_, (<double>0.0), &hx[0, 0], <int>i_)
-
-
-def dense_bl_x(H, W, hx=None):
-    """hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
-
-    Writes and returns ``hx``.
-    """
-    if hx is None:
-        raise TypeError("dense_bl_x: output array 'hx' is required")
-    dt = _check_arrays("dense_bl_x", ("H", "W", "hx", ), (H, W, hx, ), ("hx", ))
-    H = _readable(H)
-    W = _readable(W)
-    W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
-    cdef dict ext = {}
-    for aname, arr, idx in ((("H", H, ("n", "o", )), ("W_sq", W_sq, ("o", "i", )), ("hx", hx, ("n", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        hx[...] = 0
-        return hx
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_bl_x_f32(H, W_sq, hx, _T, n_, o_, i_)
-        else:
-            _dense_bl_x_f64(H, W_sq, hx, _T, n_, o_, i_)
-    finally:
-        _parallel_leave(True)
-    return hx
+    _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), H, <int>o_, W_sq, <int>i_, (<double>0.0), hx, <int>i_)
 
 # ---------------------------------------------------------------- dense_bl_W
 # hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
-cdef void _dense_bl_W_f32(float[:, ::1] H, float[:, ::1] x_sq, float[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+cdef void _dense_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* x_sq = <float*>_a[1]
+    cdef float* hW = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
-    with nogil:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<float>0.0), &hW[0, 0], <int>i_)
+    _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), H, <int>o_, x_sq, <int>i_, (<float>0.0), hW, <int>i_)
 
-cdef void _dense_bl_W_f64(double[:, ::1] H, double[:, ::1] x_sq, double[:, ::1] hW, int _T, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t i_):
+cdef void _dense_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* x_sq = <double*>_a[1]
+    cdef double* hW = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
-    with nogil:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &H[0, 0], <int>o_, &x_sq[0, 0], <int>i_, (<double>0.0), &hW[0, 0], <int>i_)
-
-
-def dense_bl_W(H, x, hW=None):
-    """hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
-
-    Writes and returns ``hW``.
-    """
-    if hW is None:
-        raise TypeError("dense_bl_W: output array 'hW' is required")
-    dt = _check_arrays("dense_bl_W", ("H", "x", "hW", ), (H, x, hW, ), ("hW", ))
-    H = _readable(H)
-    x = _readable(x)
-    x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
-    cdef dict ext = {}
-    for aname, arr, idx in ((("H", H, ("n", "o", )), ("x_sq", x_sq, ("n", "i", )), ("hW", hW, ("o", "i", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_bl_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_bl_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        hW[...] = 0
-        return hW
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_bl_W_f32(H, x_sq, hW, _T, n_, o_, i_)
-        else:
-            _dense_bl_W_f64(H, x_sq, hW, _T, n_, o_, i_)
-    finally:
-        _parallel_leave(True)
-    return hW
+    _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), H, <int>o_, x_sq, <int>i_, (<double>0.0), hW, <int>i_)
 
 # ---------------------------------------------------------------- dense_bl_b
 # hb[o] = Sum(H[n, o], (n, 0, N - 1))
-cdef void _dense_bl_b_f32(float[:, ::1] H, float[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* hb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    hb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                hb[o] += (<float>1.0) * H[n, o]
+    memset(hb, 0, o_ * sizeof(float))
+    for n in range(n_):
+        for o in range(o_):
+            hb[o] += (<float>1.0) * H[(n) * o_ + o]
 
-cdef void _dense_bl_b_f64(double[:, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_):
+cdef void _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* hb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    hb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                hb[o] += (<double>1.0) * H[n, o]
-
-
-def dense_bl_b(H, hb=None):
-    """hb[o] = Sum(H[n, o], (n, 0, N - 1))
-
-    Writes and returns ``hb``.
-    """
-    if hb is None:
-        raise TypeError("dense_bl_b: output array 'hb' is required")
-    dt = _check_arrays("dense_bl_b", ("H", "hb", ), (H, hb, ), ("hb", ))
-    H = _readable(H)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("H", H, ("n", "o", )), ("hb", hb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_bl_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_bl_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        hb[...] = 0
-        return hb
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    if dt == _F32:
-        _dense_bl_b_f32(H, hb, n_, o_)
-    else:
-        _dense_bl_b_f64(H, hb, n_, o_)
-    return hb
+    memset(hb, 0, o_ * sizeof(double))
+    for n in range(n_):
+        for o in range(o_):
+            hb[o] += (<double>1.0) * H[(n) * o_ + o]
 
 # ---------------------------------------------------------------- dense_forward_jvp
 # fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_forward_jvp_f32(float[:, ::1] x, float[:, ::1] W, float[::1] b, float[:, ::1] Rx, float[:, ::1] RW, float[::1] Rb, float[:, ::1] y, float[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* b = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* RW = <float*>_a[4]
+    cdef float* Rb = <float*>_a[5]
+    cdef float* y = <float*>_a[6]
+    cdef float* Ry = <float*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    Ry[:, :] = 0
-    with nogil:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>0.0), &y[0, 0], <int>o_)
-    with nogil:
+    memset(Ry, 0, n_ * o_ * sizeof(float))
+    _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, W, <int>i_, (<float>0.0), y, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            y[(n) * o_ + o] += (<float>1.0) * b[o]
+    if RW != NULL:
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0), Ry, <int>o_)
+    if Rx != NULL:
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0), Ry, <int>o_)
+    if Rb != NULL:
         for n in range(n_):
             for o in range(o_):
-                y[n, o] += (<float>1.0) * b[o]
-    if RW is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<float>1.0), &Ry[0, 0], <int>o_)
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Ry[n, o] += (<float>1.0) * Rb[o]
+                Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
 
-cdef void _dense_forward_jvp_f64(double[:, ::1] x, double[:, ::1] W, double[::1] b, double[:, ::1] Rx, double[:, ::1] RW, double[::1] Rb, double[:, ::1] y, double[:, ::1] Ry, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* b = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* RW = <double*>_a[4]
+    cdef double* Rb = <double*>_a[5]
+    cdef double* y = <double*>_a[6]
+    cdef double* Ry = <double*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    Ry[:, :] = 0
-    with nogil:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>0.0), &y[0, 0], <int>o_)
-    with nogil:
+    memset(Ry, 0, n_ * o_ * sizeof(double))
+    _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, W, <int>i_, (<double>0.0), y, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            y[(n) * o_ + o] += (<double>1.0) * b[o]
+    if RW != NULL:
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0), Ry, <int>o_)
+    if Rx != NULL:
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0), Ry, <int>o_)
+    if Rb != NULL:
         for n in range(n_):
             for o in range(o_):
-                y[n, o] += (<double>1.0) * b[o]
-    if RW is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &x[0, 0], <int>i_, &RW[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), &Rx[0, 0], <int>i_, &W[0, 0], <int>i_, (<double>1.0), &Ry[0, 0], <int>o_)
-    if Rb is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Ry[n, o] += (<double>1.0) * Rb[o]
-
-
-def dense_forward_jvp(x, W, b, Rx=None, RW=None, Rb=None, y=None, Ry=None):
-    """fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-
-    Writes and returns ``y``, ``Ry``; absent directions (Rx, RW, Rb) count as zero.
-    """
-    if y is None:
-        raise TypeError("dense_forward_jvp: output array 'y' is required")
-    if Ry is None:
-        raise TypeError("dense_forward_jvp: output array 'Ry' is required")
-    dt = _check_arrays("dense_forward_jvp", ("x", "W", "b", "Rx", "RW", "Rb", "y", "Ry", ), (x, W, b, Rx, RW, Rb, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    W = _readable(W)
-    b = _readable(b)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rb = _readable(Rb)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("b", b, ("o", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rb", Rb, ("o", )), ("y", y, ("n", "o", )), ("Ry", Ry, ("n", "o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        Ry[...] = 0
-        return y, Ry
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_forward_jvp_f32(x, W, b, Rx, RW, Rb, y, Ry, _T, n_, i_, o_)
-        else:
-            _dense_forward_jvp_f64(x, W, b, Rx, RW, Rb, y, Ry, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return y, Ry
+                Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
 
 # ---------------------------------------------------------------- dense_vjp_rvjp
 # fused vjp+rvjp: gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1)); gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_rvjp_f32(float[:, ::1] x, float[:, ::1] W, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] RW, float[:, ::1] Rg, float[:, ::1] gx, float[:, ::1] gW, float[::1] gb, float[:, ::1] Rgx, float[:, ::1] RgW, float[::1] Rgb, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* g = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* RW = <float*>_a[4]
+    cdef float* Rg = <float*>_a[5]
+    cdef float* gx = <float*>_a[6]
+    cdef float* gW = <float*>_a[7]
+    cdef float* gb = <float*>_a[8]
+    cdef float* Rgx = <float*>_a[9]
+    cdef float* RgW = <float*>_a[10]
+    cdef float* Rgb = <float*>_a[11]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    gb[:] = 0
-    Rgx[:, :] = 0
-    RgW[:, :] = 0
-    Rgb[:] = 0
-    with nogil:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>0.0), &gx[0, 0], <int>i_)
-    with nogil:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
-    with nogil:
+    memset(gb, 0, o_ * sizeof(float))
+    memset(Rgx, 0, n_ * i_ * sizeof(float))
+    memset(RgW, 0, o_ * i_ * sizeof(float))
+    memset(Rgb, 0, o_ * sizeof(float))
+    _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, W, <int>i_, (<float>0.0), gx, <int>i_)
+    _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    if RW != NULL:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<float>1.0) * g[n, o]
-    if RW is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<float>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * Rg[n, o]
+                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
 
-cdef void _dense_vjp_rvjp_f64(double[:, ::1] x, double[:, ::1] W, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] RW, double[:, ::1] Rg, double[:, ::1] gx, double[:, ::1] gW, double[::1] gb, double[:, ::1] Rgx, double[:, ::1] RgW, double[::1] Rgb, int _T, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t n_):
+cdef void _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* g = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* RW = <double*>_a[4]
+    cdef double* Rg = <double*>_a[5]
+    cdef double* gx = <double*>_a[6]
+    cdef double* gW = <double*>_a[7]
+    cdef double* gb = <double*>_a[8]
+    cdef double* Rgx = <double*>_a[9]
+    cdef double* RgW = <double*>_a[10]
+    cdef double* Rgb = <double*>_a[11]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    gb[:] = 0
-    Rgx[:, :] = 0
-    RgW[:, :] = 0
-    Rgb[:] = 0
-    with nogil:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>0.0), &gx[0, 0], <int>i_)
-    with nogil:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
-    with nogil:
+    memset(gb, 0, o_ * sizeof(double))
+    memset(Rgx, 0, n_ * i_ * sizeof(double))
+    memset(RgW, 0, o_ * i_ * sizeof(double))
+    memset(Rgb, 0, o_ * sizeof(double))
+    _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, W, <int>i_, (<double>0.0), gx, <int>i_)
+    _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    if RW != NULL:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0), Rgx, <int>i_)
+    if Rg != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<double>1.0) * g[n, o]
-    if RW is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &g[0, 0], <int>o_, &RW[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), &Rg[0, 0], <int>o_, &W[0, 0], <int>i_, (<double>1.0), &Rgx[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * Rg[n, o]
-
-
-def dense_vjp_rvjp(x, W, g, Rx=None, RW=None, Rg=None, gx=None, gW=None, gb=None, Rgx=None, RgW=None, Rgb=None):
-    """fused vjp+rvjp: gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1)); gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-
-    Writes and returns ``gx``, ``gW``, ``gb``, ``Rgx``, ``RgW``, ``Rgb``; absent directions (Rx, RW, Rg) count as zero.
-    """
-    if gx is None:
-        raise TypeError("dense_vjp_rvjp: output array 'gx' is required")
-    if gW is None:
-        raise TypeError("dense_vjp_rvjp: output array 'gW' is required")
-    if gb is None:
-        raise TypeError("dense_vjp_rvjp: output array 'gb' is required")
-    if Rgx is None:
-        raise TypeError("dense_vjp_rvjp: output array 'Rgx' is required")
-    if RgW is None:
-        raise TypeError("dense_vjp_rvjp: output array 'RgW' is required")
-    if Rgb is None:
-        raise TypeError("dense_vjp_rvjp: output array 'Rgb' is required")
-    dt = _check_arrays("dense_vjp_rvjp", ("x", "W", "g", "Rx", "RW", "Rg", "gx", "gW", "gb", "Rgx", "RgW", "Rgb", ), (x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, ), ("gx", "gW", "gb", "Rgx", "RgW", "Rgb", ))
-    x = _readable(x)
-    W = _readable(W)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("W", W, ("o", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("RW", RW, ("o", "i", )), ("Rg", Rg, ("n", "o", )), ("gx", gx, ("n", "i", )), ("gW", gW, ("o", "i", )), ("gb", gb, ("o", )), ("Rgx", Rgx, ("n", "i", )), ("RgW", RgW, ("o", "i", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        gW[...] = 0
-        gb[...] = 0
-        Rgx[...] = 0
-        RgW[...] = 0
-        Rgb[...] = 0
-        return gx, gW, gb, Rgx, RgW, Rgb
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_vjp_rvjp_f32(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _T, o_, i_, n_)
-        else:
-            _dense_vjp_rvjp_f64(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _T, o_, i_, n_)
-    finally:
-        _parallel_leave(True)
-    return gx, gW, gb, Rgx, RgW, Rgb
+                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
 
 # ---------------------------------------------------------------- dense_vjp_rvjp_params
 # fused vjp+rvjp:params: gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_rvjp_params_f32(float[:, ::1] x, float[:, ::1] g, float[:, ::1] Rx, float[:, ::1] Rg, float[:, ::1] gW, float[::1] gb, float[:, ::1] RgW, float[::1] Rgb, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* gW = <float*>_a[4]
+    cdef float* gb = <float*>_a[5]
+    cdef float* RgW = <float*>_a[6]
+    cdef float* Rgb = <float*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    gb[:] = 0
-    RgW[:, :] = 0
-    Rgb[:] = 0
-    with nogil:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>0.0), &gW[0, 0], <int>i_)
-    with nogil:
+    memset(gb, 0, o_ * sizeof(float))
+    memset(RgW, 0, o_ * i_ * sizeof(float))
+    memset(Rgb, 0, o_ * sizeof(float))
+    _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    if Rg != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<float>1.0) * g[n, o]
-    if Rg is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<float>1.0), &RgW[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * Rg[n, o]
+                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
 
-cdef void _dense_vjp_rvjp_params_f64(double[:, ::1] x, double[:, ::1] g, double[:, ::1] Rx, double[:, ::1] Rg, double[:, ::1] gW, double[::1] gb, double[:, ::1] RgW, double[::1] Rgb, int _T, Py_ssize_t n_, Py_ssize_t i_, Py_ssize_t o_):
+cdef void _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* gW = <double*>_a[4]
+    cdef double* gb = <double*>_a[5]
+    cdef double* RgW = <double*>_a[6]
+    cdef double* Rgb = <double*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t i_ = _x[1]
+    cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    gb[:] = 0
-    RgW[:, :] = 0
-    Rgb[:] = 0
-    with nogil:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>0.0), &gW[0, 0], <int>i_)
-    with nogil:
+    memset(gb, 0, o_ * sizeof(double))
+    memset(RgW, 0, o_ * i_ * sizeof(double))
+    memset(Rgb, 0, o_ * sizeof(double))
+    _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    if Rg != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+    if Rx != NULL:
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<double>1.0) * g[n, o]
-    if Rg is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &Rg[0, 0], <int>o_, &x[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-    if Rx is not None:
-        with nogil:
-            _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), &g[0, 0], <int>o_, &Rx[0, 0], <int>i_, (<double>1.0), &RgW[0, 0], <int>i_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * Rg[n, o]
+                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("dense_forward", "dense_vjp_x", "dense_vjp_W", "dense_vjp_b", "dense_jvp", "dense_rvjp_x", "dense_rvjp_W", "dense_rvjp_b", "dense_bl_x", "dense_bl_W", "dense_bl_b", "dense_forward_jvp", "dense_vjp_rvjp", "dense_vjp_rvjp_params", )
+
+cdef _indexed_t _TABLE_F32[14]
+cdef _indexed_t _TABLE_F64[14]
+_TABLE_F32[0] = _dense_forward_f32
+_TABLE_F64[0] = _dense_forward_f64
+_TABLE_F32[1] = _dense_vjp_x_f32
+_TABLE_F64[1] = _dense_vjp_x_f64
+_TABLE_F32[2] = _dense_vjp_W_f32
+_TABLE_F64[2] = _dense_vjp_W_f64
+_TABLE_F32[3] = _dense_vjp_b_f32
+_TABLE_F64[3] = _dense_vjp_b_f64
+_TABLE_F32[4] = _dense_jvp_f32
+_TABLE_F64[4] = _dense_jvp_f64
+_TABLE_F32[5] = _dense_rvjp_x_f32
+_TABLE_F64[5] = _dense_rvjp_x_f64
+_TABLE_F32[6] = _dense_rvjp_W_f32
+_TABLE_F64[6] = _dense_rvjp_W_f64
+_TABLE_F32[7] = _dense_rvjp_b_f32
+_TABLE_F64[7] = _dense_rvjp_b_f64
+_TABLE_F32[8] = _dense_bl_x_f32
+_TABLE_F64[8] = _dense_bl_x_f64
+_TABLE_F32[9] = _dense_bl_W_f32
+_TABLE_F64[9] = _dense_bl_W_f64
+_TABLE_F32[10] = _dense_bl_b_f32
+_TABLE_F64[10] = _dense_bl_b_f64
+_TABLE_F32[11] = _dense_forward_jvp_f32
+_TABLE_F64[11] = _dense_forward_jvp_f64
+_TABLE_F32[12] = _dense_vjp_rvjp_f32
+_TABLE_F64[12] = _dense_vjp_rvjp_f64
+_TABLE_F32[13] = _dense_vjp_rvjp_params_f32
+_TABLE_F64[13] = _dense_vjp_rvjp_params_f64
 
 
-def dense_vjp_rvjp_params(x, g, Rx=None, Rg=None, gW=None, gb=None, RgW=None, Rgb=None):
-    """fused vjp+rvjp:params: gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(14)]
 
-    Writes and returns ``gW``, ``gb``, ``RgW``, ``Rgb``; absent directions (Rx, Rg) count as zero.
-    """
-    if gW is None:
-        raise TypeError("dense_vjp_rvjp_params: output array 'gW' is required")
-    if gb is None:
-        raise TypeError("dense_vjp_rvjp_params: output array 'gb' is required")
-    if RgW is None:
-        raise TypeError("dense_vjp_rvjp_params: output array 'RgW' is required")
-    if Rgb is None:
-        raise TypeError("dense_vjp_rvjp_params: output array 'Rgb' is required")
-    dt = _check_arrays("dense_vjp_rvjp_params", ("x", "g", "Rx", "Rg", "gW", "gb", "RgW", "Rgb", ), (x, g, Rx, Rg, gW, gb, RgW, Rgb, ), ("gW", "gb", "RgW", "Rgb", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("x", x, ("n", "i", )), ("g", g, ("n", "o", )), ("Rx", Rx, ("n", "i", )), ("Rg", Rg, ("n", "o", )), ("gW", gW, ("o", "i", )), ("gb", gb, ("o", )), ("RgW", RgW, ("o", "i", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"dense_vjp_rvjp_params: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"dense_vjp_rvjp_params: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    if any(v[0] == 0 for v in ext.values()):
-        gW[...] = 0
-        gb[...] = 0
-        RgW[...] = 0
-        Rgb[...] = 0
-        return gW, gb, RgW, Rgb
-    cdef Py_ssize_t n_ = ext.get("n", (0,))[0]
-    cdef Py_ssize_t i_ = ext.get("i", (0,))[0]
-    cdef Py_ssize_t o_ = ext.get("o", (0,))[0]
-    cdef int _T = _parallel_enter(1 << 30, True)
-    try:
-        if dt == _F32:
-            _dense_vjp_rvjp_params_f32(x, g, Rx, Rg, gW, gb, RgW, Rgb, _T, n_, i_, o_)
-        else:
-            _dense_vjp_rvjp_params_f64(x, g, Rx, Rg, gW, gb, RgW, Rgb, _T, n_, i_, o_)
-    finally:
-        _parallel_leave(True)
-    return gW, gb, RgW, Rgb
 
+def _bound(str name):
+    """A kernel of this module as a callable: a def of its own, or the dispatcher's binding
+    (which symprop.runtime.kernels.register attaches when it loads the module)."""
+    fn = globals().get(name)
+    if fn is None:
+        raise RuntimeError(f"{__name__}.{name} is not bound: load this module through "
+                           f"symprop.runtime.kernels.load/register")
+    return fn
 # ---------------------------------------------------------------- dense_sqvjp_W
 # sW = Sum(S[k, n, o]**2*x[n, i]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
 def dense_sqvjp_W(x, S, w, sW=None):
@@ -1668,7 +1714,7 @@ def dense_sqvjp_W(x, S, w, sW=None):
                          f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
     # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
     H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
-    return dense_bl_W(x=x, H=H, hW=sW)
+    return _bound("dense_bl_W")(x=x, H=H, hW=sW)
 
 # ---------------------------------------------------------------- dense_sqvjp_b
 # sb = Sum(S[k, n, o]**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
@@ -1685,4 +1731,4 @@ def dense_sqvjp_b(S, w, sb=None):
                          f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
     # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
     H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
-    return dense_bl_b(H=H, hb=sb)
+    return _bound("dense_bl_b")(H=H, hb=sb)

@@ -5,17 +5,22 @@
 # Regenerate with `symprop generate`; `symprop generate --check` fails when this file drifts.
 # module: dispatch
 
-"""The one dispatcher of elementwise kernels: binds a kernel's arrays, checks them once, splits
-the work over OpenMP threads and calls the kernel through its module's table.
+"""The one dispatcher of generated kernels: binds a kernel's arrays, checks them once, decides
+the threads and calls the kernel through its module's table.
 
-Kernel modules hold only plain ``nogil`` C functions with one signature
-(``void k(char** arrays, const double* scalars, Py_ssize_t n)``, f32 and f64 twins), their
-names in ``KERNELS`` and the table's addresses from ``kernel_table()``: no Python wrapper per
-role. :func:`bind` turns a module's table into one :class:`ElementwiseKernel` per kernel, with
-the argument names its manifest records (``symprop.runtime.kernels.register`` attaches them to
-the module, so ``module.relu_forward(x, y)`` works as before). The threading decisions (the
-grain below which a loop stays on one thread, the serial fallback in a forked child) live here
-once.
+Kernel modules hold only plain ``nogil`` C functions with one signature per family, f32 and
+f64 twins, their names in ``KERNELS`` and the table's addresses from ``kernel_table()``: no
+Python wrapper per role.
+
+- elementwise: ``void k(char** arrays, const double* scalars, Py_ssize_t n)``;
+- indexed (contractions): ``void k(char** arrays, const Py_ssize_t* extents, int threads)``.
+
+:func:`bind` turns a module's table into one callable per kernel, with the argument names and
+index names its manifest records (``symprop.runtime.kernels.register`` attaches them to the
+module, so ``module.relu_forward(x, y)`` and ``module.dense_vjp_x(W, g, gx)`` work as before).
+The threading decisions live here once: the grain below which an elementwise loop stays on one
+thread, the serial fallback in a forked child, and BLAS held at one thread while a kernel that
+calls it runs its own OpenMP threads.
 """
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_ANY_CONTIGUOUS, PyBUF_WRITABLE
 from libc.stdlib cimport malloc, free
@@ -48,6 +53,71 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
         T = <int>work
     return T if T > 1 else 1
 
+# Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
+# OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
+# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
+# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
+# serially and leave the BLAS alone. Generated code imports nothing from symprop.
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+cdef enum:
+    _MAX_BLAS = 8
+cdef _get_threads_t _blas_get[_MAX_BLAS]
+cdef _set_threads_t _blas_set[_MAX_BLAS]
+cdef int _blas_saved[_MAX_BLAS]
+cdef int _n_blas = 0
+cdef bint _parallel_ok = False
+cdef int _blas_held = 0
+
+
+def set_blas_controls(controls):
+    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
+    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
+    global _n_blas, _parallel_ok
+    if _blas_held:
+        raise RuntimeError("set_blas_controls: a parallel kernel is running")
+    _parallel_ok, _n_blas = False, 0
+    if controls is None or len(controls) > _MAX_BLAS:
+        return
+    for k, (get, set_) in enumerate(controls):
+        _blas_get[k] = <_get_threads_t><size_t>get
+        _blas_set[k] = <_set_threads_t><size_t>set_
+    _n_blas, _parallel_ok = len(controls), True
+
+
+
+cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
+    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
+    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
+    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
+    # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
+    # Python threads) restore the saved counts only when the last one leaves.
+    global _blas_held
+    cdef int T = _threads_for(work)
+    cdef int k
+    if calls_blas and not _parallel_ok:
+        return 1     # unknown BLAS: leave its threading alone and stay serial
+    if calls_blas:
+        if _blas_held == 0:
+            for k in range(_n_blas):
+                _blas_saved[k] = _blas_get[k]()
+                if _blas_saved[k] != 1:
+                    _blas_set[k](1)
+        _blas_held += 1
+    return T
+
+
+cdef void _parallel_leave(bint calls_blas):
+    global _blas_held
+    cdef int k
+    if not calls_blas or not _parallel_ok:
+        return
+    _blas_held -= 1
+    if _blas_held == 0:
+        for k in range(_n_blas):
+            if _blas_saved[k] != 1:
+                _blas_set[k](_blas_saved[k])
+
 #: elements per thread below which a kernel stays on one thread (memory-bound loops gain
 #: little from a second thread on small arrays, and waking it costs a few microseconds)
 cdef enum:
@@ -55,6 +125,7 @@ cdef enum:
     _MAX_ARGS = 32
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
+ctypedef void (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
 
 import numpy as _np
 
@@ -196,9 +267,115 @@ cdef class ElementwiseKernel:
         return tuple(out)
 
 
+cdef class IndexedKernel:
+    """One contraction kernel: ``kernel(*arrays, *outputs)`` (positional or by name; absent
+    directions are None and count as zero); writes and returns the outputs.
+
+    Every array is C-contiguous, float32 or float64 (all one dtype), with as many axes as its
+    index names, and every index has one extent across the arrays."""
+
+    cdef readonly str name
+    cdef readonly str doc
+    cdef readonly tuple arguments     # the arrays it reads, then its outputs (the call order)
+    cdef readonly tuple outputs
+    cdef readonly frozenset optional
+    cdef tuple pointers, squares, extents
+    cdef dict indices
+    cdef bint calls_blas
+    cdef _indexed_t f32
+    cdef _indexed_t f64
+
+    def __init__(self, str name, arrays, outputs, optional, dict binding, size_t f32, size_t f64, str doc=""):
+        self.name, self.doc = name, doc
+        self.outputs = tuple(outputs)
+        self.arguments = tuple(arrays) + self.outputs
+        self.optional = frozenset(optional)
+        self.pointers = tuple(binding["pointers"])
+        self.indices = {k: tuple(v) for k, v in binding["indices"].items()}
+        self.squares = tuple((sq, base) for sq, base in binding["squares"])
+        self.extents = tuple(binding["extents"])
+        self.calls_blas = binding["calls_blas"]
+        if len(self.pointers) > _MAX_ARGS or len(self.extents) > _MAX_ARGS or f32 == 0 or f64 == 0:
+            raise ValueError(f"{name}: not a valid kernel table entry")
+        self.f32 = <_indexed_t>f32
+        self.f64 = <_indexed_t>f64
+
+    def __repr__(self):
+        return f"<indexed kernel {self.name}({', '.join(self.arguments)})>"
+
+    def __call__(self, *args, **kwargs):
+        cdef Py_buffer views[_MAX_ARGS]
+        cdef char* ptrs[_MAX_ARGS]
+        cdef Py_ssize_t xs[_MAX_ARGS]
+        cdef int k, held = 0, T = 1
+        cdef _indexed_t fn
+        if len(args) > len(self.arguments):
+            raise TypeError(f"{self.name}() takes {len(self.arguments)} arguments "
+                            f"({', '.join(self.arguments)}), got {len(args)}")
+        env = dict(zip(self.arguments, args))
+        for key, value in kwargs.items():
+            if key not in self.arguments:
+                raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
+                                f"it takes {', '.join(self.arguments)}")
+            if key in env:
+                raise TypeError(f"{self.name}() got argument {key!r} twice")
+            env[key] = value
+        for a in self.arguments:
+            if env.get(a) is None:
+                if a in self.outputs:
+                    raise TypeError(f"{self.name}: output array {a!r} is required")
+                if a not in self.optional:
+                    raise TypeError(f"{self.name}: array argument {a!r} is required")
+                env[a] = None
+        dt = _check_arrays(self.name, self.arguments, tuple(env[a] for a in self.arguments), self.outputs)
+        for sq, base in self.squares:
+            env[sq] = _np.square(env[base])   # the squared Jacobian entries of the Becker-LeCun rule
+        ext = {}
+        for a in self.pointers:
+            arr = env[a]
+            if arr is None:
+                continue
+            idx = self.indices[a]
+            if arr.ndim != len(idx):
+                raise ValueError(f"{self.name}: {a} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+            for ax, ix in enumerate(idx):
+                if ext.setdefault(ix, (arr.shape[ax], a))[0] != arr.shape[ax]:
+                    raise ValueError(f"{self.name}: {a} has shape {arr.shape} but index {ix} has extent "
+                                     f"{ext[ix][0]} in {ext[ix][1]}")
+        outs = tuple(env[o] for o in self.outputs)
+        if any(v[0] == 0 for v in ext.values()):
+            for o in outs:
+                o[...] = 0
+            return outs[0] if len(outs) == 1 else outs
+        for k, e in enumerate(self.extents):
+            xs[k] = ext.get(e, (0,))[0]
+        fn = self.f32 if dt == _F32 else self.f64
+        try:
+            for k, a in enumerate(self.pointers):
+                arr = env[a]
+                if arr is None:
+                    ptrs[k] = NULL
+                    continue
+                PyObject_GetBuffer(arr, &views[held], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                ptrs[k] = <char*>views[held].buf
+                held += 1
+            if self.calls_blas:
+                T = _parallel_enter(1 << 30, True)
+            try:
+                with nogil:
+                    fn(ptrs, xs, T)
+            finally:
+                if self.calls_blas:
+                    _parallel_leave(True)
+        finally:
+            for k in range(held):
+                PyBuffer_Release(&views[k])
+        return outs[0] if len(outs) == 1 else outs
+
+
 def bind(module) -> dict:
-    """``{kernel name: ElementwiseKernel}`` for every kernel in ``module``'s table, with the
-    argument names its manifest records."""
+    """``{kernel name: callable}`` for every kernel in ``module``'s table, with the argument
+    names (and, for indexed kernels, index names) its manifest records."""
     names = module.KERNELS
     table = module.kernel_table()
     if len(table) != len(names):
@@ -214,6 +391,10 @@ def bind(module) -> dict:
         if role is None:
             raise ImportError(f"{module.__name__}: kernel {name!r} has no manifest role")
         outs = [o["name"] for o in role["outputs"]]
-        out[name] = ElementwiseKernel(name, role["arrays"], outs, role.get("written", ()),
-                                      role.get("scalars", ()), f32, f64, role.get("doc", ""))
+        if "binding" in role:
+            out[name] = IndexedKernel(name, role["arrays"], outs, role["optional"], role["binding"],
+                                      f32, f64, role.get("doc", ""))
+        else:
+            out[name] = ElementwiseKernel(name, role["arrays"], outs, role.get("written", ()),
+                                          role.get("scalars", ()), f32, f64, role.get("doc", ""))
     return out

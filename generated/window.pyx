@@ -14,99 +14,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
-from cython.parallel cimport prange, threadid
-cimport openmp
-
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-# Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
-# OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
-# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
-# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
-# serially and leave the BLAS alone. Generated code imports nothing from symprop.
-ctypedef int (*_get_threads_t)() noexcept nogil
-ctypedef void (*_set_threads_t)(int) noexcept nogil
-cdef enum:
-    _MAX_BLAS = 8
-cdef _get_threads_t _blas_get[_MAX_BLAS]
-cdef _set_threads_t _blas_set[_MAX_BLAS]
-cdef int _blas_saved[_MAX_BLAS]
-cdef int _n_blas = 0
-cdef bint _parallel_ok = False
-cdef int _blas_held = 0
-
-
-def set_blas_controls(controls):
-    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
-    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
-    global _n_blas, _parallel_ok
-    if _blas_held:
-        raise RuntimeError("set_blas_controls: a parallel kernel is running")
-    _parallel_ok, _n_blas = False, 0
-    if controls is None or len(controls) > _MAX_BLAS:
-        return
-    for k, (get, set_) in enumerate(controls):
-        _blas_get[k] = <_get_threads_t><size_t>get
-        _blas_set[k] = <_set_threads_t><size_t>set_
-    _n_blas, _parallel_ok = len(controls), True
-
-
-
-cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
-    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
-    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
-    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
-    # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
-    # Python threads) restore the saved counts only when the last one leaves.
-    global _blas_held
-    cdef int T = _threads_for(work)
-    cdef int k
-    if calls_blas and not _parallel_ok:
-        return 1     # unknown BLAS: leave its threading alone and stay serial
-    if calls_blas:
-        if _blas_held == 0:
-            for k in range(_n_blas):
-                _blas_saved[k] = _blas_get[k]()
-                if _blas_saved[k] != 1:
-                    _blas_set[k](1)
-        _blas_held += 1
-    return T
-
-
-cdef void _parallel_leave(bint calls_blas):
-    global _blas_held
-    cdef int k
-    if not calls_blas or not _parallel_ok:
-        return
-    _blas_held -= 1
-    if _blas_held == 0:
-        for k in range(_n_blas):
-            if _blas_saved[k] != 1:
-                _blas_set[k](_blas_saved[k])
+from cython.parallel cimport prange
 
 
 cdef inline float _sum_f32(const float* a, Py_ssize_t n) noexcept nogil:
@@ -219,6 +127,99 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
                 _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
                            beta, C + lo, ldc)
 
+from cython.parallel cimport prange, threadid
+cimport openmp
+
+
+# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
+# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
+cdef bint _forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = True
+
+
+import os as _os
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
+    # one in a forked child
+    if _forked_child:
+        return 1
+    cdef int T = openmp.omp_get_max_threads()
+    if T > work:
+        T = <int>work
+    return T if T > 1 else 1
+
+# Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
+# OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
+# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
+# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
+# serially and leave the BLAS alone. Generated code imports nothing from symprop.
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+cdef enum:
+    _MAX_BLAS = 8
+cdef _get_threads_t _blas_get[_MAX_BLAS]
+cdef _set_threads_t _blas_set[_MAX_BLAS]
+cdef int _blas_saved[_MAX_BLAS]
+cdef int _n_blas = 0
+cdef bint _parallel_ok = False
+cdef int _blas_held = 0
+
+
+def set_blas_controls(controls):
+    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
+    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
+    global _n_blas, _parallel_ok
+    if _blas_held:
+        raise RuntimeError("set_blas_controls: a parallel kernel is running")
+    _parallel_ok, _n_blas = False, 0
+    if controls is None or len(controls) > _MAX_BLAS:
+        return
+    for k, (get, set_) in enumerate(controls):
+        _blas_get[k] = <_get_threads_t><size_t>get
+        _blas_set[k] = <_set_threads_t><size_t>set_
+    _n_blas, _parallel_ok = len(controls), True
+
+
+
+cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
+    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
+    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
+    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
+    # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
+    # Python threads) restore the saved counts only when the last one leaves.
+    global _blas_held
+    cdef int T = _threads_for(work)
+    cdef int k
+    if calls_blas and not _parallel_ok:
+        return 1     # unknown BLAS: leave its threading alone and stay serial
+    if calls_blas:
+        if _blas_held == 0:
+            for k in range(_n_blas):
+                _blas_saved[k] = _blas_get[k]()
+                if _blas_saved[k] != 1:
+                    _blas_set[k](1)
+        _blas_held += 1
+    return T
+
+
+cdef void _parallel_leave(bint calls_blas):
+    global _blas_held
+    cdef int k
+    if not calls_blas or not _parallel_ok:
+        return
+    _blas_held -= 1
+    if _blas_held == 0:
+        for k in range(_n_blas):
+            if _blas_saved[k] != 1:
+                _blas_set[k](_blas_saved[k])
 
 import numpy as _np
 
@@ -5323,6 +5324,16 @@ def maxpool2d_vjp_rvjp(g, Rg=None, M=None, gx=None, Rgx=None, *, s_h, s_w, p_h, 
     return gx, Rgx
 
 
+
+
+def _bound(str name):
+    """A kernel of this module as a callable: a def of its own, or the dispatcher's binding
+    (which symprop.runtime.kernels.register attaches when it loads the module)."""
+    fn = globals().get(name)
+    if fn is None:
+        raise RuntimeError(f"{__name__}.{name} is not bound: load this module through "
+                           f"symprop.runtime.kernels.load/register")
+    return fn
 # ---------------------------------------------------------------- conv2d_sqvjp_W
 # sW = Sum(Sum(S[k, n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (h, 0, H_out - 1), (w, 0, W_out - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
 def conv2d_sqvjp_W(x, S, w, sW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
@@ -5339,12 +5350,13 @@ def conv2d_sqvjp_W(x, S, w, sW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
     # a parameter shared across positions: the per-sample pullback, sample by sample, squared
     sW[...] = 0
     tmp = _np.empty_like(sW)
+    kernel = _bound("conv2d_vjp_W")
     for n in range(S.shape[1]):
         x_n = x[n:n + 1]
         for k in range(S.shape[0]):
             if w[k, n] == 0:
                 continue
-            conv2d_vjp_W(x=x_n, g=_np.ascontiguousarray(S[k, n:n + 1]), gW=tmp, s_h=s_h, s_w=s_w, p_h=p_h, p_w=p_w, d_h=d_h, d_w=d_w)
+            kernel(x=x_n, g=_np.ascontiguousarray(S[k, n:n + 1]), gW=tmp, s_h=s_h, s_w=s_w, p_h=p_h, p_w=p_w, d_h=d_h, d_w=d_w)
             _np.multiply(tmp, tmp, out=tmp)
             sW += w[k, n] * tmp
     return sW
@@ -5365,11 +5377,12 @@ def conv2d_sqvjp_b(S, w, sb=None):
     # a parameter shared across positions: the per-sample pullback, sample by sample, squared
     sb[...] = 0
     tmp = _np.empty_like(sb)
+    kernel = _bound("conv2d_vjp_b")
     for n in range(S.shape[1]):
         for k in range(S.shape[0]):
             if w[k, n] == 0:
                 continue
-            conv2d_vjp_b(g=_np.ascontiguousarray(S[k, n:n + 1]), gb=tmp)
+            kernel(g=_np.ascontiguousarray(S[k, n:n + 1]), gb=tmp)
             _np.multiply(tmp, tmp, out=tmp)
             sb += w[k, n] * tmp
     return sb

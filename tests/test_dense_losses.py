@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from symprop import Sequential, layers as L
-from symprop.generated import dense as D
-from symprop.generated import losses as LS
+from symprop.runtime.kernels import load
+
+D, LS = load("dense"), load("losses")   # the loader binds table kernels to the dispatcher
 from conftest import rel_err
 
 TOL = {np.float64: 1e-9, np.float32: 1e-4}

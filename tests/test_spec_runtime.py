@@ -177,7 +177,7 @@ def test_a_spec_line_added_to_builtins_gives_a_working_layer(tmp_path, monkeypat
     out = tmp_path / "generated"
     gen.generate(out)
     text = (out / "activations.pyx").read_text()
-    assert "spec: swish1" in text and "'swish1'" in text
+    assert "spec: swish1" in text and '"swish1"' in text
     module, _ = load_or_build("activations_copy", text, "swish1")
     act = L.Activation("swish1", module=module)
     model = Sequential([L.Dense(3, 5), act, L.Dense(5, 3)], dtype="float64", seed=0)

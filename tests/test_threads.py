@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from symprop import blas_threads
-from symprop.generated import dense as D, window as K
+from symprop.runtime.kernels import load
+
+D, K = load("dense"), load("window")   # the loader binds table kernels to the dispatcher
 from conftest import rel_err
 
 GEO = dict(s_h=2, s_w=1, p_h=1, p_w=2, d_h=1, d_w=2)
