@@ -42,8 +42,9 @@ def extension_kwargs() -> dict:
             "libraries": libraries}
 
 
+#: emit_code_comments=False: no copy of every .pyx line as a C comment (they doubled the C)
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
-                     "initializedcheck": False, "cdivision": True}
+                     "initializedcheck": False, "cdivision": True, "emit_code_comments": False}
 
 #: the module holding Cython's runtime support code (memoryviews), compiled once for all
 SHARED_UTILITY = "symprop.generated._cyutility"

@@ -25,7 +25,7 @@ from ..derive.indexed import ContractionKernel, ContractionSpec, DerivedContract
 from .config import DTYPES
 from .contraction import (LoweringError, Term, _loop_op, argument_layout, def_arrays, fused_contexts, fused_parts,
                           indexed_manifest, name_squares, sqvjp_contexts)
-from .manifest import contraction_role
+from .manifest import indexed_binding, contraction_role
 from .printer import print_expr
 from .render import render
 
@@ -305,7 +305,35 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
 
 
 def window_role(ctx: dict, canonical: dict) -> dict:
-    return contraction_role(ctx, canonical, ctx["masks_in"], ctx["masks_out"], ctx["scalars"])
+    return {**contraction_role(ctx, canonical, ctx["masks_in"], ctx["masks_out"], ctx["scalars"]),
+            "binding": window_binding(ctx)}
+
+
+def window_binding(ctx: dict) -> dict:
+    """:func:`indexed_binding` plus what a window kernel needs: argmax masks (int64, after
+    the float arrays), the geometry scalars (integers with a minimum; some are extents, the
+    rest follow the extents), the output-size rule per axis, the sample extent its threads
+    split, and its work buffers (per-thread im2col columns, per-thread weight-gradient slabs)."""
+    b = indexed_binding(ctx)
+    masks = ctx["masks_in"] + ctx["masks_out"]
+    b["pointers"] += masks
+    b["indices"].update({mk: list(ctx["shapes"][mk]) for mk in masks})
+    b["masks"] = list(masks)
+    b["scalars"] = {s: ctx["minimum"][s] for s in ctx["scalars"]}
+    b["scalar_extents"] = dict(ctx["scalar_extents"])
+    b["geometry_scalars"] = [s for s in ctx["scalars"] if s not in ctx["scalar_extents"]]
+    b["geometry"] = [{"out": g["out"][:-1], "inp": g["inp"][:-1], "k": g["k"][:-1], "s": g["s"], "d": g["d"],
+                      "p": g["p"], "formula": g["formula"]} for g in ctx["geometry"]]
+    b["parallel"] = ctx["parallel"]
+    b["mask_offsets"] = [ctx["idx"]["i"], ctx["idx"]["j"]] if ctx["masks_in"] else None
+    sweep, idx = ctx["sweep"], ctx["idx"]
+    b["cols"] = b["wacc"] = None
+    if ctx["cols"]:     # the shapes the template's cols/wacc expressions name (layout)
+        rows = [sweep["c"], idx["i"], idx["j"]]
+        b["cols"] = {"slots": sweep["slots"], "rows": rows, "cols": [idx["h"], idx["w"]]}
+        if ctx["wacc"]:
+            b["wacc"] = {"count": len(sweep["wouts"]), "rows": rows, "cols": [sweep["o"]]}
+    return b
 
 
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:

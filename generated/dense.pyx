@@ -8,8 +8,8 @@
 
 """Contraction kernels (GEMM-lowered): dense.
 
-Plain C kernels, one signature for all (``void k(char** arrays, const Py_ssize_t* extents,
-int threads)``: the arrays in the order the manifest's ``binding`` gives, NULL for an absent
+Plain C kernels, one signature for all (``int k(char** arrays, const Py_ssize_t* extents,
+int threads)``, 0 on success: the arrays in the order the manifest's ``binding`` gives, NULL for an absent
 direction), collected in a table; the shared dispatcher (``symprop.generated.dispatch``)
 checks shapes, holds BLAS at one thread and calls through the table. This module imports
 nothing from symprop.
@@ -131,7 +131,7 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
 
 import numpy as _np
 
-ctypedef void (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
+ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -1153,7 +1153,7 @@ MANIFEST = __import__('json').loads(r'''{
 
 # ---------------------------------------------------------------- dense_forward
 # y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1))
-cdef void _dense_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* W = <float*>_a[1]
     cdef float* b = <float*>_a[2]
@@ -1166,8 +1166,9 @@ cdef void _dense_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     for n in range(n_):
         for o in range(o_):
             y[(n) * o_ + o] += (<float>1.0) * b[o]
+    return 0
 
-cdef void _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* W = <double*>_a[1]
     cdef double* b = <double*>_a[2]
@@ -1180,10 +1181,11 @@ cdef void _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     for n in range(n_):
         for o in range(o_):
             y[(n) * o_ + o] += (<double>1.0) * b[o]
+    return 0
 
 # ---------------------------------------------------------------- dense_vjp_x
 # gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1))
-cdef void _dense_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* W = <float*>_a[0]
     cdef float* g = <float*>_a[1]
     cdef float* gx = <float*>_a[2]
@@ -1192,8 +1194,9 @@ cdef void _dense_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
     _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, W, <int>i_, (<float>0.0), gx, <int>i_)
+    return 0
 
-cdef void _dense_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* W = <double*>_a[0]
     cdef double* g = <double*>_a[1]
     cdef double* gx = <double*>_a[2]
@@ -1202,10 +1205,11 @@ cdef void _dense_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
     _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, W, <int>i_, (<double>0.0), gx, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_vjp_W
 # gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1))
-cdef void _dense_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* g = <float*>_a[1]
     cdef float* gW = <float*>_a[2]
@@ -1214,8 +1218,9 @@ cdef void _dense_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
+    return 0
 
-cdef void _dense_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* g = <double*>_a[1]
     cdef double* gW = <double*>_a[2]
@@ -1224,10 +1229,11 @@ cdef void _dense_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_vjp_b
 # gb[o] = Sum(g[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* g = <float*>_a[0]
     cdef float* gb = <float*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1237,8 +1243,9 @@ cdef void _dense_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    return 0
 
-cdef void _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* g = <double*>_a[0]
     cdef double* gb = <double*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1248,10 +1255,11 @@ cdef void _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    return 0
 
 # ---------------------------------------------------------------- dense_jvp
 # Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* W = <float*>_a[1]
     cdef float* Rx = <float*>_a[2]
@@ -1271,8 +1279,9 @@ cdef void _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+    return 0
 
-cdef void _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* W = <double*>_a[1]
     cdef double* Rx = <double*>_a[2]
@@ -1292,10 +1301,11 @@ cdef void _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+    return 0
 
 # ---------------------------------------------------------------- dense_rvjp_x
 # Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1))
-cdef void _dense_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* W = <float*>_a[0]
     cdef float* g = <float*>_a[1]
     cdef float* RW = <float*>_a[2]
@@ -1310,8 +1320,9 @@ cdef void _dense_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0), Rgx, <int>i_)
     if Rg != NULL:
         _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0), Rgx, <int>i_)
+    return 0
 
-cdef void _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* W = <double*>_a[0]
     cdef double* g = <double*>_a[1]
     cdef double* RW = <double*>_a[2]
@@ -1326,10 +1337,11 @@ cdef void _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0), Rgx, <int>i_)
     if Rg != NULL:
         _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0), Rgx, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_rvjp_W
 # RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* g = <float*>_a[1]
     cdef float* Rx = <float*>_a[2]
@@ -1344,8 +1356,9 @@ cdef void _dense_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
     if Rx != NULL:
         _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+    return 0
 
-cdef void _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* g = <double*>_a[1]
     cdef double* Rx = <double*>_a[2]
@@ -1360,10 +1373,11 @@ cdef void _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
     if Rx != NULL:
         _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_rvjp_b
 # Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* Rg = <float*>_a[0]
     cdef float* Rgb = <float*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1374,8 +1388,9 @@ cdef void _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    return 0
 
-cdef void _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* Rg = <double*>_a[0]
     cdef double* Rgb = <double*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1386,10 +1401,11 @@ cdef void _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    return 0
 
 # ---------------------------------------------------------------- dense_bl_x
 # hx[n, i] = Sum(H[n, o]*W_sq[o, i], (o, 0, O - 1))
-cdef void _dense_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* H = <float*>_a[0]
     cdef float* W_sq = <float*>_a[1]
     cdef float* hx = <float*>_a[2]
@@ -1398,8 +1414,9 @@ cdef void _dense_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
     _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), H, <int>o_, W_sq, <int>i_, (<float>0.0), hx, <int>i_)
+    return 0
 
-cdef void _dense_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* H = <double*>_a[0]
     cdef double* W_sq = <double*>_a[1]
     cdef double* hx = <double*>_a[2]
@@ -1408,10 +1425,11 @@ cdef void _dense_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
     _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), H, <int>o_, W_sq, <int>i_, (<double>0.0), hx, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_bl_W
 # hW[o, i] = Sum(H[n, o]*x_sq[n, i], (n, 0, N - 1))
-cdef void _dense_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* H = <float*>_a[0]
     cdef float* x_sq = <float*>_a[1]
     cdef float* hW = <float*>_a[2]
@@ -1420,8 +1438,9 @@ cdef void _dense_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), H, <int>o_, x_sq, <int>i_, (<float>0.0), hW, <int>i_)
+    return 0
 
-cdef void _dense_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* H = <double*>_a[0]
     cdef double* x_sq = <double*>_a[1]
     cdef double* hW = <double*>_a[2]
@@ -1430,10 +1449,11 @@ cdef void _dense_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t i_ = _x[2]
     cdef Py_ssize_t n, o, i
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), H, <int>o_, x_sq, <int>i_, (<double>0.0), hW, <int>i_)
+    return 0
 
 # ---------------------------------------------------------------- dense_bl_b
 # hb[o] = Sum(H[n, o], (n, 0, N - 1))
-cdef void _dense_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* H = <float*>_a[0]
     cdef float* hb = <float*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1443,8 +1463,9 @@ cdef void _dense_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     for n in range(n_):
         for o in range(o_):
             hb[o] += (<float>1.0) * H[(n) * o_ + o]
+    return 0
 
-cdef void _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* H = <double*>_a[0]
     cdef double* hb = <double*>_a[1]
     cdef Py_ssize_t n_ = _x[0]
@@ -1454,10 +1475,11 @@ cdef void _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     for n in range(n_):
         for o in range(o_):
             hb[o] += (<double>1.0) * H[(n) * o_ + o]
+    return 0
 
 # ---------------------------------------------------------------- dense_forward_jvp
 # fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
-cdef void _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* W = <float*>_a[1]
     cdef float* b = <float*>_a[2]
@@ -1483,8 +1505,9 @@ cdef void _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+    return 0
 
-cdef void _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* W = <double*>_a[1]
     cdef double* b = <double*>_a[2]
@@ -1510,10 +1533,11 @@ cdef void _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+    return 0
 
 # ---------------------------------------------------------------- dense_vjp_rvjp
 # fused vjp+rvjp: gx[n, i] = Sum(W[o, i]*g[n, o], (o, 0, O - 1)); gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); Rgx[n, i] = Sum(RW[o, i]*g[n, o], (o, 0, O - 1)) + Sum(Rg[n, o]*W[o, i], (o, 0, O - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* W = <float*>_a[1]
     cdef float* g = <float*>_a[2]
@@ -1551,8 +1575,9 @@ cdef void _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    return 0
 
-cdef void _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* W = <double*>_a[1]
     cdef double* g = <double*>_a[2]
@@ -1590,10 +1615,11 @@ cdef void _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    return 0
 
 # ---------------------------------------------------------------- dense_vjp_rvjp_params
 # fused vjp+rvjp:params: gW[o, i] = Sum(g[n, o]*x[n, i], (n, 0, N - 1)); gb[o] = Sum(g[n, o], (n, 0, N - 1)); RgW[o, i] = Sum(Rg[n, o]*x[n, i], (n, 0, N - 1)) + Sum(Rx[n, i]*g[n, o], (n, 0, N - 1)); Rgb[o] = Sum(Rg[n, o], (n, 0, N - 1))
-cdef void _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* g = <float*>_a[1]
     cdef float* Rx = <float*>_a[2]
@@ -1621,8 +1647,9 @@ cdef void _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    return 0
 
-cdef void _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* g = <double*>_a[1]
     cdef double* Rx = <double*>_a[2]
@@ -1650,6 +1677,7 @@ cdef void _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    return 0
 
 #: the kernels of this module in table order (``kernel_table``)
 KERNELS = ("dense_forward", "dense_vjp_x", "dense_vjp_W", "dense_vjp_b", "dense_jvp", "dense_rvjp_x", "dense_rvjp_W", "dense_rvjp_b", "dense_bl_x", "dense_bl_W", "dense_bl_b", "dense_forward_jvp", "dense_vjp_rvjp", "dense_vjp_rvjp_params", )

@@ -13,7 +13,8 @@ f64 twins, their names in ``KERNELS`` and the table's addresses from ``kernel_ta
 Python wrapper per role.
 
 - elementwise: ``void k(char** arrays, const double* scalars, Py_ssize_t n)``;
-- indexed (contractions): ``void k(char** arrays, const Py_ssize_t* extents, int threads)``.
+- indexed (contractions, windows): ``int k(char** arrays, const Py_ssize_t* extents, int threads)``
+  (the arrays, masks and work buffers; the extents, then geometry scalars; -1: out of memory).
 
 :func:`bind` turns a module's table into one callable per kernel, with the argument names and
 index names its manifest records (``symprop.runtime.kernels.register`` attaches them to the
@@ -125,7 +126,7 @@ cdef enum:
     _MAX_ARGS = 32
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
-ctypedef void (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
+ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
 
 import numpy as _np
 
@@ -267,20 +268,45 @@ cdef class ElementwiseKernel:
         return tuple(out)
 
 
-cdef class IndexedKernel:
-    """One contraction kernel: ``kernel(*arrays, *outputs)`` (positional or by name; absent
-    directions are None and count as zero); writes and returns the outputs.
+_I64 = _np.dtype(_np.int64)
 
-    Every array is C-contiguous, float32 or float64 (all one dtype), with as many axes as its
-    index names, and every index has one extent across the arrays."""
+
+def _check_mask(str kernel, str name, a, bint writable):
+    if not isinstance(a, _np.ndarray):
+        raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != _I64:
+        raise TypeError(f"{kernel}: argmax mask {name!r} has dtype {a.dtype}; expected int64")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{kernel}: argmax mask {name!r} (shape {a.shape}) must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{kernel}: output {name!r} is read-only")
+
+
+def _product(dict ext, names):
+    cdef Py_ssize_t p = 1
+    for n in names:
+        p *= ext[n][0]
+    return p
+
+
+cdef class IndexedKernel:
+    """One contraction or window kernel: ``kernel(*arrays, *outputs, **scalars)`` (arrays
+    positional or by name, geometry scalars by name; absent directions are None and count as
+    zero); writes and returns the outputs (and the argmax masks it makes).
+
+    Every array is C-contiguous, float32 or float64 (all one dtype; argmax masks int64), with
+    as many axes as its index names, and every index has one extent across the arrays."""
 
     cdef readonly str name
     cdef readonly str doc
-    cdef readonly tuple arguments     # the arrays it reads, then its outputs (the call order)
+    cdef readonly tuple arguments     # the arrays and masks it reads, then its outputs (call order)
     cdef readonly tuple outputs
+    cdef readonly tuple scalars       # keyword-only geometry scalars
     cdef readonly frozenset optional
-    cdef tuple pointers, squares, extents
-    cdef dict indices
+    cdef tuple pointers, squares, extents, masks, floats, geometry_scalars
+    cdef dict indices, minimum, scalar_extents, binding
+    cdef list geometry
+    cdef object parallel, cols, wacc, mask_offsets
     cdef bint calls_blas
     cdef _indexed_t f32
     cdef _indexed_t f64
@@ -295,42 +321,70 @@ cdef class IndexedKernel:
         self.squares = tuple((sq, base) for sq, base in binding["squares"])
         self.extents = tuple(binding["extents"])
         self.calls_blas = binding["calls_blas"]
-        if len(self.pointers) > _MAX_ARGS or len(self.extents) > _MAX_ARGS or f32 == 0 or f64 == 0:
+        self.masks = tuple(binding.get("masks", ()))
+        self.floats = tuple(a for a in self.arguments if a not in self.masks)
+        self.minimum = dict(binding.get("scalars", {}))
+        self.scalars = tuple(self.minimum)
+        self.scalar_extents = dict(binding.get("scalar_extents", {}))
+        self.geometry_scalars = tuple(binding.get("geometry_scalars", ()))
+        self.geometry = list(binding.get("geometry", ()))
+        self.parallel = binding.get("parallel")
+        self.cols = binding.get("cols")
+        self.wacc = binding.get("wacc")
+        self.mask_offsets = binding.get("mask_offsets")
+        if (len(self.pointers) + 2 > _MAX_ARGS or len(self.extents) + len(self.geometry_scalars) > _MAX_ARGS
+                or f32 == 0 or f64 == 0):
             raise ValueError(f"{name}: not a valid kernel table entry")
         self.f32 = <_indexed_t>f32
         self.f64 = <_indexed_t>f64
 
     def __repr__(self):
-        return f"<indexed kernel {self.name}({', '.join(self.arguments)})>"
+        kw = "".join(f", {s}" for s in self.scalars)
+        return f"<indexed kernel {self.name}({', '.join(self.arguments)}{', *' if kw else ''}{kw})>"
 
     def __call__(self, *args, **kwargs):
         cdef Py_buffer views[_MAX_ARGS]
         cdef char* ptrs[_MAX_ARGS]
         cdef Py_ssize_t xs[_MAX_ARGS]
-        cdef int k, held = 0, T = 1
+        cdef int k, held = 0, T = 1, rc = 0
+        cdef bint entered = False
         cdef _indexed_t fn
         if len(args) > len(self.arguments):
-            raise TypeError(f"{self.name}() takes {len(self.arguments)} arguments "
+            raise TypeError(f"{self.name}() takes {len(self.arguments)} positional arguments "
                             f"({', '.join(self.arguments)}), got {len(args)}")
         env = dict(zip(self.arguments, args))
+        scal = {}
         for key, value in kwargs.items():
+            if key in self.minimum:
+                scal[key] = value
+                continue
             if key not in self.arguments:
                 raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
-                                f"it takes {', '.join(self.arguments)}")
+                                f"it takes {', '.join(self.arguments + self.scalars)}")
             if key in env:
                 raise TypeError(f"{self.name}() got argument {key!r} twice")
             env[key] = value
         for a in self.arguments:
             if env.get(a) is None:
-                if a in self.outputs:
-                    raise TypeError(f"{self.name}: output array {a!r} is required")
+                if a in self.outputs or a in self.masks:
+                    raise TypeError(f"{self.name}: array {a!r} is required")
                 if a not in self.optional:
                     raise TypeError(f"{self.name}: array argument {a!r} is required")
                 env[a] = None
-        dt = _check_arrays(self.name, self.arguments, tuple(env[a] for a in self.arguments), self.outputs)
+        missing = [s for s in self.scalars if s not in scal]
+        if missing:
+            raise TypeError(f"{self.name}() missing keyword argument(s) {', '.join(missing)}")
+        dt = _check_arrays(self.name, self.floats, tuple(env[a] for a in self.floats), self.outputs)
+        for mk in self.masks:
+            _check_mask(self.name, mk, env[mk], mk in self.outputs)
         for sq, base in self.squares:
             env[sq] = _np.square(env[base])   # the squared Jacobian entries of the Becker-LeCun rule
         ext = {}
+        for s, v in scal.items():
+            if not isinstance(v, (int, _np.integer)) or isinstance(v, bool) or v < self.minimum[s]:
+                raise ValueError(f"{self.name}: {s} must be an integer >= {self.minimum[s]}, got {v!r}")
+        for s, ix in self.scalar_extents.items():
+            ext[ix] = (int(scal[s]), s)
         for a in self.pointers:
             arr = env[a]
             if arr is None:
@@ -342,13 +396,29 @@ cdef class IndexedKernel:
                 if ext.setdefault(ix, (arr.shape[ax], a))[0] != arr.shape[ax]:
                     raise ValueError(f"{self.name}: {a} has shape {arr.shape} but index {ix} has extent "
                                      f"{ext[ix][0]} in {ext[ix][1]}")
+        for g in self.geometry:
+            val = {n: int(scal[n]) if n in scal else int(n) for n in (g["s"], g["d"], g["p"])}
+            size = (ext[g["inp"]][0] + 2 * val[g["p"]] - val[g["d"]] * (ext[g["k"]][0] - 1) - 1) // val[g["s"]] + 1
+            if ext[g["out"]][0] != size:
+                raise ValueError(f"{self.name}: output extent {ext[g['out']][0]} does not match {g['formula']} "
+                                 f"= {size} for input extent {ext[g['inp']][0]}, kernel {ext[g['k']][0]}")
         outs = tuple(env[o] for o in self.outputs)
         if any(v[0] == 0 for v in ext.values()):
             for o in outs:
-                o[...] = 0
+                if o.dtype != _I64:
+                    o[...] = 0
             return outs[0] if len(outs) == 1 else outs
+        if self.mask_offsets is not None:
+            span = _product(ext, self.mask_offsets)
+            for mk in self.masks:
+                if mk not in self.outputs:
+                    m = env[mk]
+                    if m.size and (m.min() < 0 or m.max() >= span):
+                        raise ValueError(f"{self.name}: argmax mask {mk} holds offsets outside [0, {span})")
         for k, e in enumerate(self.extents):
             xs[k] = ext.get(e, (0,))[0]
+        for k, s in enumerate(self.geometry_scalars):
+            xs[len(self.extents) + k] = scal[s]
         fn = self.f32 if dt == _F32 else self.f64
         try:
             for k, a in enumerate(self.pointers):
@@ -359,17 +429,37 @@ cdef class IndexedKernel:
                 PyObject_GetBuffer(arr, &views[held], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
                 ptrs[k] = <char*>views[held].buf
                 held += 1
-            if self.calls_blas:
+            k = len(self.pointers)
+            if self.parallel is not None:
+                T = _parallel_enter(ext[self.parallel][0], self.calls_blas)
+                entered = True
+            elif self.calls_blas:
                 T = _parallel_enter(1 << 30, True)
+                entered = True
             try:
+                if self.cols is not None:
+                    cols = _np.empty((T * self.cols["slots"], _product(ext, self.cols["rows"]),
+                                      _product(ext, self.cols["cols"])), dtype=dt)
+                    PyObject_GetBuffer(cols, &views[held], PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+                    ptrs[k] = <char*>views[held].buf
+                    held += 1
+                    k += 1
+                if self.wacc is not None:
+                    wacc = _np.empty((self.wacc["count"] * T, _product(ext, self.wacc["rows"]),
+                                      _product(ext, self.wacc["cols"])), dtype=dt)
+                    PyObject_GetBuffer(wacc, &views[held], PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+                    ptrs[k] = <char*>views[held].buf
+                    held += 1
                 with nogil:
-                    fn(ptrs, xs, T)
+                    rc = fn(ptrs, xs, T)
             finally:
-                if self.calls_blas:
-                    _parallel_leave(True)
+                if entered:
+                    _parallel_leave(self.calls_blas)
         finally:
             for k in range(held):
                 PyBuffer_Release(&views[k])
+        if rc != 0:
+            raise MemoryError(f"{self.name}: out of memory")
         return outs[0] if len(outs) == 1 else outs
 
 

@@ -8,7 +8,16 @@
 # spec: avgpool2d  hash: 00b5ef56ba411db4
 # spec: maxpool2d  hash: cd4945eb636cc5aa
 
-"""Window kernels (conv via im2col/col2im + GEMM, pooling): conv2d, avgpool2d, maxpool2d."""
+"""Window kernels (conv via im2col/col2im + GEMM, pooling): conv2d, avgpool2d, maxpool2d.
+
+Plain C kernels, one signature for all (``int k(char** arrays, const Py_ssize_t* extents,
+int threads)``: the arrays, argmax masks and work buffers in the order the manifest's
+``binding`` gives, NULL for an absent direction; the extents, then the geometry scalars; 0 or
+-1 when out of memory), collected in a table; the shared dispatcher
+(``symprop.generated.dispatch``) checks shapes, geometry and masks, allocates the work
+buffers, holds BLAS at one thread and calls through the table. This module imports nothing
+from symprop.
+"""
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -127,144 +136,10 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
                 _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
                            beta, C + lo, ldc)
 
-from cython.parallel cimport prange, threadid
-cimport openmp
-
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
-
-# Parallel loops run on OpenMP threads (as many as omp_get_max_threads(): set them with
-# OMP_NUM_THREADS or threadpoolctl). While a kernel that calls BLAS runs, every BLAS library is
-# held at one thread, so BLAS never runs a pool beside ours (symprop.blas_threads). The loader
-# (symprop.runtime.kernels) registers the BLAS controls; until then kernels that call BLAS run
-# serially and leave the BLAS alone. Generated code imports nothing from symprop.
-ctypedef int (*_get_threads_t)() noexcept nogil
-ctypedef void (*_set_threads_t)(int) noexcept nogil
-cdef enum:
-    _MAX_BLAS = 8
-cdef _get_threads_t _blas_get[_MAX_BLAS]
-cdef _set_threads_t _blas_set[_MAX_BLAS]
-cdef int _blas_saved[_MAX_BLAS]
-cdef int _n_blas = 0
-cdef bint _parallel_ok = False
-cdef int _blas_held = 0
-
-
-def set_blas_controls(controls):
-    """Register every loaded BLAS library's ``(get, set)`` thread-count function addresses
-    (:func:`symprop.blas_threads.controls`); ``None`` makes every loop that calls BLAS serial."""
-    global _n_blas, _parallel_ok
-    if _blas_held:
-        raise RuntimeError("set_blas_controls: a parallel kernel is running")
-    _parallel_ok, _n_blas = False, 0
-    if controls is None or len(controls) > _MAX_BLAS:
-        return
-    for k, (get, set_) in enumerate(controls):
-        _blas_get[k] = <_get_threads_t><size_t>get
-        _blas_set[k] = <_set_threads_t><size_t>set_
-    _n_blas, _parallel_ok = len(controls), True
-
-
-
-cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
-    # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
-    # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
-    # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
-    # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
-    # Python threads) restore the saved counts only when the last one leaves.
-    global _blas_held
-    cdef int T = _threads_for(work)
-    cdef int k
-    if calls_blas and not _parallel_ok:
-        return 1     # unknown BLAS: leave its threading alone and stay serial
-    if calls_blas:
-        if _blas_held == 0:
-            for k in range(_n_blas):
-                _blas_saved[k] = _blas_get[k]()
-                if _blas_saved[k] != 1:
-                    _blas_set[k](1)
-        _blas_held += 1
-    return T
-
-
-cdef void _parallel_leave(bint calls_blas):
-    global _blas_held
-    cdef int k
-    if not calls_blas or not _parallel_ok:
-        return
-    _blas_held -= 1
-    if _blas_held == 0:
-        for k in range(_n_blas):
-            if _blas_saved[k] != 1:
-                _blas_set[k](_blas_saved[k])
-
+from cython.parallel cimport threadid
 import numpy as _np
 
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
-
-_I64 = _np.dtype(_np.int64)
-
-
-def _check_mask(str kernel, str name, a, bint writable):
-    if not isinstance(a, _np.ndarray):
-        raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != _I64:
-        raise TypeError(f"{kernel}: argmax mask {name!r} has dtype {a.dtype}; expected int64")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{kernel}: argmax mask {name!r} (shape {a.shape}) must be C-contiguous")
-    if writable and not a.flags.writeable:
-        raise ValueError(f"{kernel}: output {name!r} is read-only")
+ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
 
 cdef inline void _valid_range(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t off, Py_ssize_t stride,
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
@@ -1015,7 +890,104 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "b",
+      "y"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "b": [
+       "o"
+      ],
+      "y": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "i",
+      "j",
+      "h",
+      "w"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "vjp:x": {
     "kernel": "conv2d_vjp_x",
@@ -1043,7 +1015,100 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "W",
+      "g",
+      "gx"
+     ],
+     "indices": {
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "o",
+      "c",
+      "i",
+      "j",
+      "n",
+      "h",
+      "w",
+      "u",
+      "v"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "vjp:W": {
     "kernel": "conv2d_vjp_W",
@@ -1071,7 +1136,110 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "gW"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "gW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": {
+      "count": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "o"
+      ]
+     }
+    }
    },
    "vjp:b": {
     "kernel": "conv2d_vjp_b",
@@ -1090,7 +1258,41 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "gb"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "gb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o",
+      "h",
+      "w"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {},
+     "scalar_extents": {},
+     "geometry_scalars": [],
+     "geometry": [],
+     "parallel": null,
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "jvp": {
     "kernel": "conv2d_jvp",
@@ -1128,7 +1330,118 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "Rx",
+      "RW",
+      "Rb",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "RW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rb": [
+       "o"
+      ],
+      "Ry": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "i",
+      "j",
+      "h",
+      "w"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "rvjp:x": {
     "kernel": "conv2d_rvjp_x",
@@ -1163,7 +1476,114 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "W",
+      "g",
+      "RW",
+      "Rg",
+      "Rgx"
+     ],
+     "indices": {
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "RW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rg": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "o",
+      "c",
+      "i",
+      "j",
+      "n",
+      "h",
+      "w",
+      "u",
+      "v"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "rvjp:W": {
     "kernel": "conv2d_rvjp_W",
@@ -1198,7 +1618,124 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "RgW"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rg": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "RgW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": {
+      "count": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "o"
+      ]
+     }
+    }
    },
    "rvjp:b": {
     "kernel": "conv2d_rvjp_b",
@@ -1219,7 +1756,41 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rg",
+      "Rgb"
+     ],
+     "indices": {
+      "Rg": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o",
+      "h",
+      "w"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {},
+     "scalar_extents": {},
+     "geometry_scalars": [],
+     "geometry": [],
+     "parallel": null,
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "bl:x": {
     "kernel": "conv2d_bl_x",
@@ -1247,7 +1818,111 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "W_sq",
+      "hx"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "W_sq": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "hx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ]
+     },
+     "squares": [
+      [
+       "W_sq",
+       "W"
+      ]
+     ],
+     "extents": [
+      "n",
+      "o",
+      "h",
+      "w",
+      "c",
+      "i",
+      "j",
+      "u",
+      "v"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "bl:W": {
     "kernel": "conv2d_bl_W",
@@ -1275,7 +1950,121 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "W",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "x_sq",
+      "hW"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "x_sq": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "hW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [
+      [
+       "x_sq",
+       "x"
+      ]
+     ],
+     "extents": [
+      "n",
+      "o",
+      "h",
+      "w",
+      "c",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": {
+      "count": 1,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "o"
+      ]
+     }
+    }
    },
    "bl:b": {
     "kernel": "conv2d_bl_b",
@@ -1294,7 +2083,41 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "b",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "hb"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "hb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "o",
+      "h",
+      "w"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {},
+     "scalar_extents": {},
+     "geometry_scalars": [],
+     "geometry": [],
+     "parallel": null,
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "sqvjp:W": {
     "kernel": "conv2d_sqvjp_W",
@@ -1395,7 +2218,129 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "forward",
      "jvp"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "b",
+      "Rx",
+      "RW",
+      "Rb",
+      "y",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "b": [
+       "o"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "RW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rb": [
+       "o"
+      ],
+      "y": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Ry": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "i",
+      "j",
+      "h",
+      "w"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": null
+    }
    },
    "vjp+rvjp": {
     "kernel": "conv2d_vjp_rvjp",
@@ -1473,7 +2418,167 @@ MANIFEST = __import__('json').loads(r'''{
      "rvjp:x",
      "rvjp:W",
      "rvjp:b"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "W",
+      "g",
+      "Rx",
+      "RW",
+      "Rg",
+      "gx",
+      "gW",
+      "gb",
+      "Rgx",
+      "RgW",
+      "Rgb"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "W": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "RW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rg": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "gW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "gb": [
+       "o"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "RgW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "i",
+      "j",
+      "h",
+      "w"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 3,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": {
+      "count": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "o"
+      ]
+     }
+    }
    },
    "vjp+rvjp:params": {
     "kernel": "conv2d_vjp_rvjp_params",
@@ -1532,7 +2637,139 @@ MANIFEST = __import__('json').loads(r'''{
      "vjp:b",
      "rvjp:W",
      "rvjp:b"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "gW",
+      "gb",
+      "RgW",
+      "Rgb"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "g": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rg": [
+       "n",
+       "o",
+       "h",
+       "w"
+      ],
+      "gW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "gb": [
+       "o"
+      ],
+      "RgW": [
+       "o",
+       "c",
+       "i",
+       "j"
+      ],
+      "Rgb": [
+       "o"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "o",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": true,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "d_h": 1,
+      "d_w": 1
+     },
+     "scalar_extents": {},
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w",
+      "d_h",
+      "d_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "d_h",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "d_w",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": {
+      "slots": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "h",
+       "w"
+      ]
+     },
+     "wacc": {
+      "count": 2,
+      "rows": [
+       "c",
+       "i",
+       "j"
+      ],
+      "cols": [
+       "o"
+      ]
+     }
+    }
    }
   }
  },
@@ -1591,7 +2828,82 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "y"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "y": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "vjp:x": {
     "kernel": "avgpool2d_vjp_x",
@@ -1617,7 +2929,82 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "gx"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "jvp": {
     "kernel": "avgpool2d_jvp",
@@ -1645,7 +3032,82 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rx",
+      "Ry"
+     ],
+     "indices": {
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "rvjp:x": {
     "kernel": "avgpool2d_rvjp_x",
@@ -1673,7 +3135,82 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rg",
+      "Rgx"
+     ],
+     "indices": {
+      "Rg": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "bl:x": {
     "kernel": "avgpool2d_bl_x",
@@ -1699,7 +3236,82 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "hx"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "hx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "forward+jvp": {
     "kernel": "avgpool2d_forward_jvp",
@@ -1739,7 +3351,96 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "forward",
      "jvp"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "Rx",
+      "y",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "y": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "vjp+rvjp": {
     "kernel": "avgpool2d_vjp_rvjp",
@@ -1779,7 +3480,96 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "vjp:x",
      "rvjp:x"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "Rg",
+      "gx",
+      "Rgx"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    }
   }
  },
@@ -1850,7 +3640,91 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "int64"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "y",
+      "M"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "y": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "vjp:x": {
     "kernel": "maxpool2d_vjp_x",
@@ -1878,7 +3752,94 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "gx",
+      "M"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": [
+      "i",
+      "j"
+     ],
+     "cols": null,
+     "wacc": null
+    }
    },
    "jvp": {
     "kernel": "maxpool2d_jvp",
@@ -1908,7 +3869,94 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "y",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rx",
+      "Ry",
+      "M"
+     ],
+     "indices": {
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": [
+      "i",
+      "j"
+     ],
+     "cols": null,
+     "wacc": null
+    }
    },
    "rvjp:x": {
     "kernel": "maxpool2d_rvjp_x",
@@ -1938,7 +3986,94 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "Rg",
+      "Rgx",
+      "M"
+     ],
+     "indices": {
+      "Rg": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": [
+      "i",
+      "j"
+     ],
+     "cols": null,
+     "wacc": null
+    }
    },
    "bl:x": {
     "kernel": "maxpool2d_bl_x",
@@ -1966,7 +4101,94 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "hx",
+      "M"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "hx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": [
+      "i",
+      "j"
+     ],
+     "cols": null,
+     "wacc": null
+    }
    },
    "forward+jvp": {
     "kernel": "maxpool2d_forward_jvp",
@@ -2012,7 +4234,105 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "forward",
      "jvp"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "Rx",
+      "y",
+      "Ry",
+      "M"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "y": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "u",
+      "v",
+      "h",
+      "w",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": null,
+     "cols": null,
+     "wacc": null
+    }
    },
    "vjp+rvjp": {
     "kernel": "maxpool2d_vjp_rvjp",
@@ -2054,7 +4374,108 @@ MANIFEST = __import__('json').loads(r'''{
     "fuses": [
      "vjp:x",
      "rvjp:x"
-    ]
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "Rg",
+      "gx",
+      "Rgx",
+      "M"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "u",
+       "v"
+      ],
+      "M": [
+       "n",
+       "c",
+       "h",
+       "w"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "h",
+      "w",
+      "u",
+      "v",
+      "i",
+      "j"
+     ],
+     "calls_blas": false,
+     "masks": [
+      "M"
+     ],
+     "scalars": {
+      "s_h": 1,
+      "s_w": 1,
+      "p_h": 0,
+      "p_w": 0,
+      "K_h": 1,
+      "K_w": 1
+     },
+     "scalar_extents": {
+      "K_h": "i",
+      "K_w": "j"
+     },
+     "geometry_scalars": [
+      "s_h",
+      "s_w",
+      "p_h",
+      "p_w"
+     ],
+     "geometry": [
+      {
+       "out": "h",
+       "inp": "u",
+       "k": "i",
+       "s": "s_h",
+       "d": "1",
+       "p": "p_h",
+       "formula": "H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1"
+      },
+      {
+       "out": "w",
+       "inp": "v",
+       "k": "j",
+       "s": "s_w",
+       "d": "1",
+       "p": "p_w",
+       "formula": "W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1"
+      }
+     ],
+     "parallel": "n",
+     "mask_offsets": [
+      "i",
+      "j"
+     ],
+     "cols": null,
+     "wacc": null
+    }
    }
   }
  }
@@ -2062,1117 +4483,839 @@ MANIFEST = __import__('json').loads(r'''{
 
 # ---------------------------------------------------------------- conv2d_forward
 # y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[::1] b, float[:, :, :, ::1] y, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* b = <float*>_a[2]
+    cdef float* y = <float*>_a[3]
+    cdef float* _cols = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
-    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
-                    y[n, o, h, w] += (<float>1.0) * b[o]
+                    y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * b[o]
+    return 0
 
-cdef void _conv2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] y, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* b = <double*>_a[2]
+    cdef double* y = <double*>_a[3]
+    cdef double* _cols = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
-    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
-                    y[n, o, h, w] += (<double>1.0) * b[o]
-
-def conv2d_forward(x, W, b, y=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``y``.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("conv2d_forward: array 'y' is required")
-    dt = _check_arrays("conv2d_forward", ("x", "W", "b", "y", ), (x, W, b, y, ), ("y", ))
-    x = _readable(x)
-    W = _readable(W)
-    b = _readable(b)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_forward: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_forward: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_forward: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_forward: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_forward: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_forward: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("b", b, ("o", )), ("y", y, ("n", "o", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_forward: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_forward: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_forward: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_forward: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        return y
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_forward_f32(x, W, b, y, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-        else:
-            _conv2d_forward_f64(x, W, b, y, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    finally:
-        _parallel_leave(True)
-    return y
-
+                    y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * b[o]
+    return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_vjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] gx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* W = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef float* _cols = <float*>_a[3]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
+    cdef Py_ssize_t j_ = _x[3]
+    cdef Py_ssize_t n_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
-cdef void _conv2d_vjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] gx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* W = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef double* _cols = <double*>_a[3]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
+    cdef Py_ssize_t j_ = _x[3]
+    cdef Py_ssize_t n_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
-
-def conv2d_vjp_x(W, g, gx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``gx``.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("conv2d_vjp_x: array 'gx' is required")
-    dt = _check_arrays("conv2d_vjp_x", ("W", "g", "gx", ), (W, g, gx, ), ("gx", ))
-    W = _readable(W)
-    g = _readable(g)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_vjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_vjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_vjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_vjp_x: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_vjp_x: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("W", W, ("o", "c", "i", "j", )), ("g", g, ("n", "o", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_vjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_vjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_vjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_vjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        return gx
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_vjp_x_f32(W, g, gx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-        else:
-            _conv2d_vjp_x_f64(W, g, gx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-    finally:
-        _parallel_leave(True)
-    return gx
-
+            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_W
 # gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_vjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] gW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gW = <float*>_a[2]
+    cdef float* _cols = <float*>_a[3]
+    cdef float* _wacc = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    gW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    return 0
 
-cdef void _conv2d_vjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] gW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gW = <double*>_a[2]
+    cdef double* _cols = <double*>_a[3]
+    cdef double* _wacc = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    gW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
-
-def conv2d_vjp_W(x, g, gW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``gW``.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gW is None:
-        raise TypeError("conv2d_vjp_W: array 'gW' is required")
-    dt = _check_arrays("conv2d_vjp_W", ("x", "g", "gW", ), (x, g, gW, ), ("gW", ))
-    x = _readable(x)
-    g = _readable(g)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_vjp_W: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_vjp_W: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_vjp_W: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_vjp_W: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_vjp_W: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_vjp_W: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("g", g, ("n", "o", "h", "w", )), ("gW", gW, ("o", "c", "i", "j", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_vjp_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_vjp_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_vjp_W: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_vjp_W: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gW[...] = 0
-        return gW
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((1 * _T, c_ * i_ * j_, o_), dtype=dt)
-        if dt == _F32:
-            _conv2d_vjp_W_f32(x, g, gW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-        else:
-            _conv2d_vjp_W_f64(x, g, gW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(True)
-    return gW
-
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_b
 # gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_vjp_b_f32(float[:, :, :, ::1] g, float[::1] gb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* gb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    gb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
+    memset(gb, 0, o_ * sizeof(float))
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
-cdef void _conv2d_vjp_b_f64(double[:, :, :, ::1] g, double[::1] gb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* gb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    gb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
-
-def conv2d_vjp_b(g, gb=None):
-    """gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``gb``.
-    """
-    if gb is None:
-        raise TypeError("conv2d_vjp_b: array 'gb' is required")
-    dt = _check_arrays("conv2d_vjp_b", ("g", "gb", ), (g, gb, ), ("gb", ))
-    g = _readable(g)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("g", g, ("n", "o", "h", "w", )), ("gb", gb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_vjp_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_vjp_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    if any(v[0] == 0 for v in ext.values()):
-        gb[...] = 0
-        return gb
-    if dt == _F32:
-        _conv2d_vjp_b_f32(g, gb, n_, o_, h_, w_)
-    else:
-        _conv2d_vjp_b_f64(g, gb, n_, o_, h_, w_)
-    return gb
-
+    memset(gb, 0, o_ * sizeof(double))
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_jvp
 # Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] Ry, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* RW = <float*>_a[3]
+    cdef float* Rb = <float*>_a[4]
+    cdef float* Ry = <float*>_a[5]
+    cdef float* _cols = <float*>_a[6]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
-    cdef bint _use_1 = RW is not None
-    cdef bint _use_2 = Rx is not None
-    cdef bint _use_3 = Rx is not None
+    cdef bint _use_1 = RW != NULL
+    cdef bint _use_2 = Rx != NULL
+    cdef bint _use_3 = Rx != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    if Rb is not None:
-        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    if Rb != NULL:
+        for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
-                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
+                        Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * Rb[o]
+    return 0
 
-cdef void _conv2d_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* RW = <double*>_a[3]
+    cdef double* Rb = <double*>_a[4]
+    cdef double* Ry = <double*>_a[5]
+    cdef double* _cols = <double*>_a[6]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
-    cdef bint _use_1 = RW is not None
-    cdef bint _use_2 = Rx is not None
-    cdef bint _use_3 = Rx is not None
+    cdef bint _use_1 = RW != NULL
+    cdef bint _use_2 = Rx != NULL
+    cdef bint _use_3 = Rx != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    if Rb is not None:
-        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    if Rb != NULL:
+        for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
-                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
-
-def conv2d_jvp(x, W, Rx=None, RW=None, Rb=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``Ry``; absent directions (Rb, RW, Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Ry is None:
-        raise TypeError("conv2d_jvp: array 'Ry' is required")
-    dt = _check_arrays("conv2d_jvp", ("x", "W", "Rx", "RW", "Rb", "Ry", ), (x, W, Rx, RW, Rb, Ry, ), ("Ry", ))
-    x = _readable(x)
-    W = _readable(W)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rb = _readable(Rb)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_jvp: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_jvp: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rb", Rb, ("o", )), ("Ry", Ry, ("n", "o", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Ry[...] = 0
-        return Ry
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_jvp_f32(x, W, Rx, RW, Rb, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-        else:
-            _conv2d_jvp_f64(x, W, Rx, RW, Rb, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    finally:
-        _parallel_leave(True)
-    return Ry
-
+                        Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * Rb[o]
+    return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_rvjp_x_f32(float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* W = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* RW = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rgx = <float*>_a[4]
+    cdef float* _cols = <float*>_a[5]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
+    cdef Py_ssize_t j_ = _x[3]
+    cdef Py_ssize_t n_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    cdef bint _use_0 = RW is not None
-    cdef bint _use_1 = Rg is not None
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
+    cdef bint _use_0 = RW != NULL
+    cdef bint _use_1 = Rg != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if _use_1:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
+            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
-cdef void _conv2d_rvjp_x_f64(double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t o_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t n_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* W = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* RW = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rgx = <double*>_a[4]
+    cdef double* _cols = <double*>_a[5]
+    cdef Py_ssize_t o_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t i_ = _x[2]
+    cdef Py_ssize_t j_ = _x[3]
+    cdef Py_ssize_t n_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t o, c, i, j, n, h, w, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    cdef bint _use_0 = RW is not None
-    cdef bint _use_1 = Rg is not None
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
+    cdef bint _use_0 = RW != NULL
+    cdef bint _use_1 = Rg != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if _use_1:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-
-def conv2d_rvjp_x(W, g, RW=None, Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``Rgx``; absent directions (RW, Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Rgx is None:
-        raise TypeError("conv2d_rvjp_x: array 'Rgx' is required")
-    dt = _check_arrays("conv2d_rvjp_x", ("W", "g", "RW", "Rg", "Rgx", ), (W, g, RW, Rg, Rgx, ), ("Rgx", ))
-    W = _readable(W)
-    g = _readable(g)
-    RW = _readable(RW)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_rvjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_rvjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_rvjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_rvjp_x: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_rvjp_x: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("W", W, ("o", "c", "i", "j", )), ("g", g, ("n", "o", "h", "w", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_rvjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_rvjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_rvjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_rvjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Rgx[...] = 0
-        return Rgx
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_rvjp_x_f32(W, g, RW, Rg, Rgx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-        else:
-            _conv2d_rvjp_x_f64(W, g, RW, Rg, Rgx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, o_, c_, i_, j_, n_, h_, w_, u_, v_)
-    finally:
-        _parallel_leave(True)
-    return Rgx
-
+            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_W
 # RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_rvjp_W_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] RgW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* RgW = <float*>_a[4]
+    cdef float* _cols = <float*>_a[5]
+    cdef float* _wacc = <float*>_a[6]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
-    cdef bint _use_1 = Rg is not None
-    cdef bint _use_2 = Rx is not None
-    cdef bint _use_3 = Rx is not None
-    RgW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_1 = Rg != NULL
+    cdef bint _use_2 = Rx != NULL
+    cdef bint _use_3 = Rx != NULL
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
-cdef void _conv2d_rvjp_W_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] RgW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* RgW = <double*>_a[4]
+    cdef double* _cols = <double*>_a[5]
+    cdef double* _wacc = <double*>_a[6]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
-    cdef bint _use_1 = Rg is not None
-    cdef bint _use_2 = Rx is not None
-    cdef bint _use_3 = Rx is not None
-    RgW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_1 = Rg != NULL
+    cdef bint _use_2 = Rx != NULL
+    cdef bint _use_3 = Rx != NULL
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
-
-def conv2d_rvjp_W(x, g, Rx=None, Rg=None, RgW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``RgW``; absent directions (Rg, Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if RgW is None:
-        raise TypeError("conv2d_rvjp_W: array 'RgW' is required")
-    dt = _check_arrays("conv2d_rvjp_W", ("x", "g", "Rx", "Rg", "RgW", ), (x, g, Rx, Rg, RgW, ), ("RgW", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_rvjp_W: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_rvjp_W: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_rvjp_W: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_rvjp_W: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_rvjp_W: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_rvjp_W: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("g", g, ("n", "o", "h", "w", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("RgW", RgW, ("o", "c", "i", "j", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_rvjp_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_rvjp_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_rvjp_W: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_rvjp_W: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        RgW[...] = 0
-        return RgW
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((1 * _T, c_ * i_ * j_, o_), dtype=dt)
-        if dt == _F32:
-            _conv2d_rvjp_W_f32(x, g, Rx, Rg, RgW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-        else:
-            _conv2d_rvjp_W_f64(x, g, Rx, Rg, RgW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(True)
-    return RgW
-
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_b
 # Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_rvjp_b_f32(float[:, :, :, ::1] Rg, float[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rg = <float*>_a[0]
+    cdef float* Rgb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgb[:] = 0
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
+    memset(Rgb, 0, o_ * sizeof(float))
+    if Rg != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
-cdef void _conv2d_rvjp_b_f64(double[:, :, :, ::1] Rg, double[::1] Rgb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rg = <double*>_a[0]
+    cdef double* Rgb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgb[:] = 0
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
-
-def conv2d_rvjp_b(Rg=None, Rgb=None):
-    """Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``Rgb``; absent directions (Rg) count as zero.
-    """
-    if Rgb is None:
-        raise TypeError("conv2d_rvjp_b: array 'Rgb' is required")
-    dt = _check_arrays("conv2d_rvjp_b", ("Rg", "Rgb", ), (Rg, Rgb, ), ("Rgb", ))
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("Rg", Rg, ("n", "o", "h", "w", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_rvjp_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_rvjp_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    if any(v[0] == 0 for v in ext.values()):
-        Rgb[...] = 0
-        return Rgb
-    if dt == _F32:
-        _conv2d_rvjp_b_f32(Rg, Rgb, n_, o_, h_, w_)
-    else:
-        _conv2d_rvjp_b_f64(Rg, Rgb, n_, o_, h_, w_)
-    return Rgb
-
+    memset(Rgb, 0, o_ * sizeof(double))
+    if Rg != NULL:
+        for n in range(n_):
+            for o in range(o_):
+                Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] W_sq, float[:, :, :, ::1] hx, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* W_sq = <float*>_a[1]
+    cdef float* hx = <float*>_a[2]
+    cdef float* _cols = <float*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t c_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, o, h, w, c, i, j, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
+            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
-cdef void _conv2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] W_sq, double[:, :, :, ::1] hx, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t u_, Py_ssize_t v_):
+cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* W_sq = <double*>_a[1]
+    cdef double* hx = <double*>_a[2]
+    cdef double* _cols = <double*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t c_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t u_ = _x[7]
+    cdef Py_ssize_t v_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, o, h, w, c, i, j, u, v
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
         _first = 1
         if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W_sq[0, 0, 0, 0], <int>(c_ * i_ * j_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid * 1 + 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[_n, 0, 0, 0])
-
-def conv2d_bl_x(H, W, hx=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """hx[n, c, u, v] = Sum(Piecewise((H[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W_sq[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``hx``.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if hx is None:
-        raise TypeError("conv2d_bl_x: array 'hx' is required")
-    dt = _check_arrays("conv2d_bl_x", ("H", "W", "hx", ), (H, W, hx, ), ("hx", ))
-    H = _readable(H)
-    W = _readable(W)
-    W_sq = _np.square(W)   # the squared Jacobian entries of the Becker-LeCun rule
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_bl_x: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_bl_x: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("W_sq", W_sq, ("o", "c", "i", "j", )), ("hx", hx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        hx[...] = 0
-        return hx
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_bl_x_f32(H, W_sq, hx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, i_, j_, u_, v_)
-        else:
-            _conv2d_bl_x_f64(H, W_sq, hx, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, i_, j_, u_, v_)
-    finally:
-        _parallel_leave(True)
-    return hx
-
+            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    return 0
 
 # ---------------------------------------------------------------- conv2d_bl_W
 # hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_bl_W_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] x_sq, float[:, :, :, ::1] hW, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* x_sq = <float*>_a[1]
+    cdef float* hW = <float*>_a[2]
+    cdef float* _cols = <float*>_a[3]
+    cdef float* _wacc = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t c_ = _x[4]
+    cdef Py_ssize_t u_ = _x[5]
+    cdef Py_ssize_t v_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, o, h, w, c, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    hW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f32(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &hW[0, 0, 0, 0])
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, hW)
+    return 0
 
-cdef void _conv2d_bl_W_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] x_sq, double[:, :, :, ::1] hW, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* x_sq = <double*>_a[1]
+    cdef double* hW = <double*>_a[2]
+    cdef double* _cols = <double*>_a[3]
+    cdef double* _wacc = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t c_ = _x[4]
+    cdef Py_ssize_t u_ = _x[5]
+    cdef Py_ssize_t v_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, o, h, w, c, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    hW[:, :, :, :] = 0
-    _wacc[:, :, :] = 0
+    memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f64(&x_sq[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 1 + 0, 0, 0])
+            _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 1 + 0, 0, 0], <int>(h_ * w_), &H[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
-        _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &hW[0, 0, 0, 0])
-
-def conv2d_bl_W(H, x, hW=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """hW[o, c, i, j] = Sum(H[n, o, h, w]*x_sq[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``hW``.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if hW is None:
-        raise TypeError("conv2d_bl_W: array 'hW' is required")
-    dt = _check_arrays("conv2d_bl_W", ("H", "x", "hW", ), (H, x, hW, ), ("hW", ))
-    H = _readable(H)
-    x = _readable(x)
-    x_sq = _np.square(x)   # the squared Jacobian entries of the Becker-LeCun rule
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_bl_W: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_bl_W: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_bl_W: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_bl_W: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_bl_W: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_bl_W: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("x_sq", x_sq, ("n", "c", "u", "v", )), ("hW", hW, ("o", "c", "i", "j", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_bl_W: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_bl_W: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_bl_W: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_bl_W: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        hW[...] = 0
-        return hW
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 1, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((1 * _T, c_ * i_ * j_, o_), dtype=dt)
-        if dt == _F32:
-            _conv2d_bl_W_f32(H, x_sq, hW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, u_, v_, i_, j_)
-        else:
-            _conv2d_bl_W_f64(H, x_sq, hW, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, o_, h_, w_, c_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(True)
-    return hW
-
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, hW)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_bl_b
 # hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_bl_b_f32(float[:, :, :, ::1] H, float[::1] hb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* hb = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    hb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                hb[o] += (<float>1.0) * _sum_f32(&H[n, o, 0, 0], h_ * w_)
+    memset(hb, 0, o_ * sizeof(float))
+    for n in range(n_):
+        for o in range(o_):
+            hb[o] += (<float>1.0) * _sum_f32(&H[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
-cdef void _conv2d_bl_b_f64(double[:, :, :, ::1] H, double[::1] hb, Py_ssize_t n_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* hb = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t o_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
     cdef Py_ssize_t n, o, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    hb[:] = 0
-    with nogil:
-        for n in range(n_):
-            for o in range(o_):
-                hb[o] += (<double>1.0) * _sum_f64(&H[n, o, 0, 0], h_ * w_)
-
-def conv2d_bl_b(H, hb=None):
-    """hb[o] = Sum(H[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``hb``.
-    """
-    if hb is None:
-        raise TypeError("conv2d_bl_b: array 'hb' is required")
-    dt = _check_arrays("conv2d_bl_b", ("H", "hb", ), (H, hb, ), ("hb", ))
-    H = _readable(H)
-    cdef dict ext = {}
-    for aname, arr, idx in ((("H", H, ("n", "o", "h", "w", )), ("hb", hb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_bl_b: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_bl_b: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    if any(v[0] == 0 for v in ext.values()):
-        hb[...] = 0
-        return hb
-    if dt == _F32:
-        _conv2d_bl_b_f32(H, hb, n_, o_, h_, w_)
-    else:
-        _conv2d_bl_b_f64(H, hb, n_, o_, h_, w_)
-    return hb
-
+    memset(hb, 0, o_ * sizeof(double))
+    for n in range(n_):
+        for o in range(o_):
+            hb[o] += (<double>1.0) * _sum_f64(&H[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_forward
 # y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* y = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&y[_n, 0, 0, 0], 0, sizeof(float) * c_ * h_ * w_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&y[(((_n) * c_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -3183,16 +5326,31 @@ cdef void _avgpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, i
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _acc = _acc + x[_n, _c, _u, _v]
-                        y[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
+                                        _acc = _acc + x[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                        y[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<float>1.0)/(i_*j_) * _acc
+    return 0
 
-cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* y = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&y[_n, 0, 0, 0], 0, sizeof(double) * c_ * h_ * w_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&y[(((_n) * c_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -3203,195 +5361,104 @@ cdef void _avgpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y,
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _acc = _acc + x[_n, _c, _u, _v]
-                        y[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
-
-def avgpool2d_forward(x, y=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-
-    Writes and returns ``y``.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("avgpool2d_forward: array 'y' is required")
-    dt = _check_arrays("avgpool2d_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_forward: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_forward: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_forward: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_forward: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_forward: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_forward: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_forward: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_forward: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_forward: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_forward: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        return y
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_forward_f32(x, y, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _avgpool2d_forward_f64(x, y, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return y
-
+                                        _acc = _acc + x[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                        y[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<double>1.0)/(i_*j_) * _acc
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* gx = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<float>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        _val = (<float>1.0)/(i_*j_) * g[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        gx[_n, _c, _u, _v] += _val
+                                        gx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
-cdef void _avgpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* gx = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<double>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        _val = (<double>1.0)/(i_*j_) * g[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        gx[_n, _c, _u, _v] += _val
-
-def avgpool2d_vjp_x(g, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``gx``.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("avgpool2d_vjp_x: array 'gx' is required")
-    dt = _check_arrays("avgpool2d_vjp_x", ("g", "gx", ), (g, gx, ), ("gx", ))
-    g = _readable(g)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_vjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_vjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_vjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_vjp_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_vjp_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_vjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_vjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_vjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_vjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        return gx
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_vjp_x_f32(g, gx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _avgpool2d_vjp_x_f64(g, gx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return gx
-
+                                        gx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_jvp
 # Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rx = <float*>_a[0]
+    cdef float* Ry = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Ry[:, :, :, :] = 0
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(float))
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -3402,17 +5469,32 @@ cdef void _avgpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, int
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _acc = _acc + Rx[_n, _c, _u, _v]
-                            Ry[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
+                                            _acc = _acc + Rx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                            Ry[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<float>1.0)/(i_*j_) * _acc
+    return 0
 
-cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rx = <double*>_a[0]
+    cdef double* Ry = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Ry[:, :, :, :] = 0
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(double))
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -3423,389 +5505,222 @@ cdef void _avgpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, i
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _acc = _acc + Rx[_n, _c, _u, _v]
-                            Ry[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
-
-def avgpool2d_jvp(Rx=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-
-    Writes and returns ``Ry``; absent directions (Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Ry is None:
-        raise TypeError("avgpool2d_jvp: array 'Ry' is required")
-    dt = _check_arrays("avgpool2d_jvp", ("Rx", "Ry", ), (Rx, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_jvp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_jvp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("Rx", Rx, ("n", "c", "u", "v", )), ("Ry", Ry, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Ry[...] = 0
-        return Ry
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_jvp_f32(Rx, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _avgpool2d_jvp_f64(Rx, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return Ry
-
+                                            _acc = _acc + Rx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                            Ry[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<double>1.0)/(i_*j_) * _acc
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rg = <float*>_a[0]
+    cdef float* Rgx = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgx[:, :, :, :] = 0
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(float))
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
-                            _val = (<float>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            _val = (<float>1.0)/(i_*j_) * Rg[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                             for _i in range(i_):
                                 _u = _h * s_h + _i * 1 - p_h
                                 if 0 <= _u < u_:
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            Rgx[_n, _c, _u, _v] += _val
+                                            Rgx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
-cdef void _avgpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rg = <double*>_a[0]
+    cdef double* Rgx = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgx[:, :, :, :] = 0
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(double))
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
-                            _val = (<double>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            _val = (<double>1.0)/(i_*j_) * Rg[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                             for _i in range(i_):
                                 _u = _h * s_h + _i * 1 - p_h
                                 if 0 <= _u < u_:
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            Rgx[_n, _c, _u, _v] += _val
-
-def avgpool2d_rvjp_x(Rg=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``Rgx``; absent directions (Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Rgx is None:
-        raise TypeError("avgpool2d_rvjp_x: array 'Rgx' is required")
-    dt = _check_arrays("avgpool2d_rvjp_x", ("Rg", "Rgx", ), (Rg, Rgx, ), ("Rgx", ))
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_rvjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_rvjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_rvjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_rvjp_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_rvjp_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("Rg", Rg, ("n", "c", "h", "w", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_rvjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_rvjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_rvjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_rvjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Rgx[...] = 0
-        return Rgx
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_rvjp_x_f32(Rg, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _avgpool2d_rvjp_x_f64(Rg, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return Rgx
-
+                                            Rgx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* hx = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&hx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<float>1.0)/((i_*i_)*(j_*j_)) * H[_n, _c, _h, _w]
+                        _val = (<float>1.0)/((i_*i_)*(j_*j_)) * H[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        hx[_n, _c, _u, _v] += _val
+                                        hx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
-cdef void _avgpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* hx = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&hx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<double>1.0)/((i_*i_)*(j_*j_)) * H[_n, _c, _h, _w]
+                        _val = (<double>1.0)/((i_*i_)*(j_*j_)) * H[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        hx[_n, _c, _u, _v] += _val
-
-def avgpool2d_bl_x(H, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h**2*K_w**2), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``hx``.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if hx is None:
-        raise TypeError("avgpool2d_bl_x: array 'hx' is required")
-    dt = _check_arrays("avgpool2d_bl_x", ("H", "hx", ), (H, hx, ), ("hx", ))
-    H = _readable(H)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_bl_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_bl_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("H", H, ("n", "c", "h", "w", )), ("hx", hx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        hx[...] = 0
-        return hx
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_bl_x_f32(H, hx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _avgpool2d_bl_x_f64(H, hx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return hx
-
+                                        hx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_forward
 # y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_forward_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* y = <float*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
+                _maxpool_rows_f32(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
+    return 0
 
-cdef void _maxpool2d_forward_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] y, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* y = <double*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
-
-def maxpool2d_forward(x, y=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``y`` and the argmax mask M (int64 offsets ``i*K_w + j``).
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("maxpool2d_forward: array 'y' is required")
-    if M is None:
-        raise TypeError("maxpool2d_forward: array 'M' is required")
-    dt = _check_arrays("maxpool2d_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    _check_mask("maxpool2d_forward", "M", M, True)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_forward: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_forward: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_forward: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_forward: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_forward: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_forward: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_forward: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_forward: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_forward: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_forward: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        return y, M
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_forward_f32(x, y, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _maxpool2d_forward_f64(x, y, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return y, M
-
+                _maxpool_rows_f64(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_vjp_x
 # gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* gx = <float*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -3813,16 +5728,32 @@ cdef void _maxpool2d_vjp_x_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] gx, co
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f32(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[_n, _c, 0, 0])
+                _mask_scatter_f32(&g[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* gx = <double*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -3830,92 +5761,34 @@ cdef void _maxpool2d_vjp_x_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] gx, 
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f64(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[_n, _c, 0, 0])
+                _mask_scatter_f64(&g[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     free(_moff)
-
-def maxpool2d_vjp_x(g, M=None, gx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``gx``.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("maxpool2d_vjp_x: array 'gx' is required")
-    if M is None:
-        raise TypeError("maxpool2d_vjp_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_vjp_x", ("g", "gx", ), (g, gx, ), ("gx", ))
-    g = _readable(g)
-    M = _readable(M)
-    _check_mask("maxpool2d_vjp_x", "M", M, False)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_vjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_vjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_vjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_vjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_vjp_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_vjp_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_vjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_vjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_vjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_vjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        return gx
-    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
-        raise ValueError(f"maxpool2d_vjp_x: argmax mask M holds offsets outside [0, {i_ * j_})")
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_vjp_x_f32(g, gx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _maxpool2d_vjp_x_f64(g, gx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return gx
-
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_jvp
 # Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rx = <float*>_a[0]
+    cdef float* Ry = <float*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -3923,19 +5796,35 @@ cdef void _maxpool2d_jvp_f32(float[:, :, :, ::1] Rx, float[:, :, :, ::1] Ry, con
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_gather_f32(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[_n, _c, 0, 0])
+                    _mask_gather_f32(&Rx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
     else:
-        Ry[:, :, :, :] = 0
+        memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(float))
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rx = <double*>_a[0]
+    cdef double* Ry = <double*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -3943,95 +5832,37 @@ cdef void _maxpool2d_jvp_f64(double[:, :, :, ::1] Rx, double[:, :, :, ::1] Ry, c
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_gather_f64(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[_n, _c, 0, 0])
+                    _mask_gather_f64(&Rx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
     else:
-        Ry[:, :, :, :] = 0
+        memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(double))
     free(_moff)
-
-def maxpool2d_jvp(Rx=None, M=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``Ry``; absent directions (Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Ry is None:
-        raise TypeError("maxpool2d_jvp: array 'Ry' is required")
-    if M is None:
-        raise TypeError("maxpool2d_jvp: array 'M' is required")
-    dt = _check_arrays("maxpool2d_jvp", ("Rx", "Ry", ), (Rx, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    M = _readable(M)
-    _check_mask("maxpool2d_jvp", "M", M, False)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_jvp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_jvp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("Rx", Rx, ("n", "c", "u", "v", )), ("Ry", Ry, ("n", "c", "h", "w", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Ry[...] = 0
-        return Ry
-    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
-        raise ValueError(f"maxpool2d_jvp: argmax mask M holds offsets outside [0, {i_ * j_})")
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_jvp_f32(Rx, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _maxpool2d_jvp_f64(Rx, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return Ry
-
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_rvjp_x
 # Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rg = <float*>_a[0]
+    cdef float* Rgx = <float*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -4039,19 +5870,35 @@ cdef void _maxpool2d_rvjp_x_f32(float[:, :, :, ::1] Rg, float[:, :, :, ::1] Rgx,
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_scatter_f32(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[_n, _c, 0, 0])
+                    _mask_scatter_f32(&Rg[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     else:
-        Rgx[:, :, :, :] = 0
+        memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(float))
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rg = <double*>_a[0]
+    cdef double* Rgx = <double*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -4059,95 +5906,37 @@ cdef void _maxpool2d_rvjp_x_f64(double[:, :, :, ::1] Rg, double[:, :, :, ::1] Rg
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_scatter_f64(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[_n, _c, 0, 0])
+                    _mask_scatter_f64(&Rg[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     else:
-        Rgx[:, :, :, :] = 0
+        memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(double))
     free(_moff)
-
-def maxpool2d_rvjp_x(Rg=None, M=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``Rgx``; absent directions (Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if Rgx is None:
-        raise TypeError("maxpool2d_rvjp_x: array 'Rgx' is required")
-    if M is None:
-        raise TypeError("maxpool2d_rvjp_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_rvjp_x", ("Rg", "Rgx", ), (Rg, Rgx, ), ("Rgx", ))
-    Rg = _readable(Rg)
-    M = _readable(M)
-    _check_mask("maxpool2d_rvjp_x", "M", M, False)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_rvjp_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_rvjp_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_rvjp_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_rvjp_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_rvjp_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_rvjp_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("Rg", Rg, ("n", "c", "h", "w", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_rvjp_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_rvjp_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_rvjp_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_rvjp_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        Rgx[...] = 0
-        return Rgx
-    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
-        raise ValueError(f"maxpool2d_rvjp_x: argmax mask M holds offsets outside [0, {i_ * j_})")
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_rvjp_x_f32(Rg, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _maxpool2d_rvjp_x_f64(Rg, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return Rgx
-
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_bl_x
 # hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* hx = <float*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -4155,16 +5944,32 @@ cdef void _maxpool2d_bl_x_f32(float[:, :, :, ::1] H, float[:, :, :, ::1] hx, con
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f32(&H[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &hx[_n, _c, 0, 0])
+                _mask_scatter_f32(&H[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &hx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* hx = <double*>_a[1]
+    cdef int64_t* M = <int64_t*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -4172,635 +5977,482 @@ cdef void _maxpool2d_bl_x_f64(double[:, :, :, ::1] H, double[:, :, :, ::1] hx, c
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f64(&H[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &hx[_n, _c, 0, 0])
+                _mask_scatter_f64(&H[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &hx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     free(_moff)
-
-def maxpool2d_bl_x(H, M=None, hx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """hx[n, c, u, v] = Sum(Piecewise((H[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]*M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``hx``.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if hx is None:
-        raise TypeError("maxpool2d_bl_x: array 'hx' is required")
-    if M is None:
-        raise TypeError("maxpool2d_bl_x: array 'M' is required")
-    dt = _check_arrays("maxpool2d_bl_x", ("H", "hx", ), (H, hx, ), ("hx", ))
-    H = _readable(H)
-    M = _readable(M)
-    _check_mask("maxpool2d_bl_x", "M", M, False)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_bl_x: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_bl_x: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_bl_x: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_bl_x: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_bl_x: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_bl_x: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("H", H, ("n", "c", "h", "w", )), ("hx", hx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_bl_x: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_bl_x: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_bl_x: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_bl_x: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        hx[...] = 0
-        return hx
-    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
-        raise ValueError(f"maxpool2d_bl_x: argmax mask M holds offsets outside [0, {i_ * j_})")
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_bl_x_f32(H, hx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _maxpool2d_bl_x_f64(H, hx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return hx
-
+    return 0
 
 # ---------------------------------------------------------------- conv2d_forward_jvp
 # fused forward+jvp: y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _conv2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[::1] b, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[::1] Rb, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, float[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* b = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* RW = <float*>_a[4]
+    cdef float* Rb = <float*>_a[5]
+    cdef float* y = <float*>_a[6]
+    cdef float* Ry = <float*>_a[7]
+    cdef float* _cols = <float*>_a[8]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = RW is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
+    cdef bint _use_2 = RW != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&y[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
-        memset(&Ry[_n, 0, 0, 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
+        memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_3:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<float>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
-                    y[n, o, h, w] += (<float>1.0) * b[o]
-    if Rb is not None:
-        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                    y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * b[o]
+    if Rb != NULL:
+        for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
-                        Ry[n, o, h, w] += (<float>1.0) * Rb[o]
+                        Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * Rb[o]
+    return 0
 
-cdef void _conv2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[::1] b, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[::1] Rb, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, double[:, :, ::1] _cols, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* b = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* RW = <double*>_a[4]
+    cdef double* Rb = <double*>_a[5]
+    cdef double* y = <double*>_a[6]
+    cdef double* Ry = <double*>_a[7]
+    cdef double* _cols = <double*>_a[8]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = RW is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
+    cdef bint _use_2 = RW != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&y[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
-        memset(&Ry[_n, 0, 0, 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
+        memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &y[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_3:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), (<double>1.0), &Ry[_n, 0, 0, 0], <int>(h_ * w_))
-    for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+    for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
-                    y[n, o, h, w] += (<double>1.0) * b[o]
-    if Rb is not None:
-        for n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                    y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * b[o]
+    if Rb != NULL:
+        for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
-                        Ry[n, o, h, w] += (<double>1.0) * Rb[o]
-
-def conv2d_forward_jvp(x, W, b, Rx=None, RW=None, Rb=None, y=None, Ry=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """fused forward+jvp: y[n, o, h, w] = b[o] + Sum(W[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, o, h, w] = Rb[o] + Sum(RW[o, c, i, j]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*W[o, c, i, j], (c, 0, C_in - 1), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``y``, ``Ry``; absent directions (Rx, RW, Rb) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("conv2d_forward_jvp: array 'y' is required")
-    if Ry is None:
-        raise TypeError("conv2d_forward_jvp: array 'Ry' is required")
-    dt = _check_arrays("conv2d_forward_jvp", ("x", "W", "b", "Rx", "RW", "Rb", "y", "Ry", ), (x, W, b, Rx, RW, Rb, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    W = _readable(W)
-    b = _readable(b)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rb = _readable(Rb)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_forward_jvp: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_forward_jvp: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("b", b, ("o", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rb", Rb, ("o", )), ("y", y, ("n", "o", "h", "w", )), ("Ry", Ry, ("n", "o", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        Ry[...] = 0
-        return y, Ry
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
-        if dt == _F32:
-            _conv2d_forward_jvp_f32(x, W, b, Rx, RW, Rb, y, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-        else:
-            _conv2d_forward_jvp_f64(x, W, b, Rx, RW, Rb, y, Ry, _cols, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    finally:
-        _parallel_leave(True)
-    return y, Ry
-
+                        Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * Rb[o]
+    return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_rvjp
 # fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_vjp_rvjp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] W, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] RW, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] gW, float[::1] gb, float[:, :, :, ::1] Rgx, float[:, :, :, ::1] RgW, float[::1] Rgb, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* W = <float*>_a[1]
+    cdef float* g = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* RW = <float*>_a[4]
+    cdef float* Rg = <float*>_a[5]
+    cdef float* gx = <float*>_a[6]
+    cdef float* gW = <float*>_a[7]
+    cdef float* gb = <float*>_a[8]
+    cdef float* Rgx = <float*>_a[9]
+    cdef float* RgW = <float*>_a[10]
+    cdef float* Rgb = <float*>_a[11]
+    cdef float* _cols = <float*>_a[12]
+    cdef float* _wacc = <float*>_a[13]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = Rg is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
+    cdef bint _use_2 = Rg != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
     cdef bint _use_5 = True
-    cdef bint _use_6 = RW is not None
-    cdef bint _use_7 = Rg is not None
-    gW[:, :, :, :] = 0
-    gb[:] = 0
-    RgW[:, :, :, :] = 0
-    Rgb[:] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_6 = RW != NULL
+    cdef bint _use_7 = Rg != NULL
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(gb, 0, o_ * sizeof(float))
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(Rgb, 0, o_ * sizeof(float))
+    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(float))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
-        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
+        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_3:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
+            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
         if _use_4:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         _first = 1
         if _use_5:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+            _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
         _first = 1
         if _use_6:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if _use_7:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f32(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-    with nogil:
+            _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
-    with nogil:
-        _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
-        _sum_slabs_t_f32(&_wacc[1 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
+                Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
-cdef void _conv2d_vjp_rvjp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] W, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] RW, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] gW, double[::1] gb, double[:, :, :, ::1] Rgx, double[:, :, :, ::1] RgW, double[::1] Rgb, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t i_, Py_ssize_t j_, Py_ssize_t h_, Py_ssize_t w_):
+cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* W = <double*>_a[1]
+    cdef double* g = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* RW = <double*>_a[4]
+    cdef double* Rg = <double*>_a[5]
+    cdef double* gx = <double*>_a[6]
+    cdef double* gW = <double*>_a[7]
+    cdef double* gb = <double*>_a[8]
+    cdef double* Rgx = <double*>_a[9]
+    cdef double* RgW = <double*>_a[10]
+    cdef double* Rgb = <double*>_a[11]
+    cdef double* _cols = <double*>_a[12]
+    cdef double* _wacc = <double*>_a[13]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t i_ = _x[5]
+    cdef Py_ssize_t j_ = _x[6]
+    cdef Py_ssize_t h_ = _x[7]
+    cdef Py_ssize_t w_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, i, j, h, w
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = Rg is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
+    cdef bint _use_2 = Rg != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
     cdef bint _use_5 = True
-    cdef bint _use_6 = RW is not None
-    cdef bint _use_7 = Rg is not None
-    gW[:, :, :, :] = 0
-    gb[:] = 0
-    RgW[:, :, :, :] = 0
-    Rgb[:] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_6 = RW != NULL
+    cdef bint _use_7 = Rg != NULL
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(gb, 0, o_ * sizeof(double))
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(Rgb, 0, o_ * sizeof(double))
+    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(double))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
-        memset(&Rgx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
+        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_3:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 3 + 1, 0, 0])
+            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
         if _use_4:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 3 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         _first = 1
         if _use_5:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[_n, 0, 0, 0])
+            _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
         _first = 1
         if _use_6:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &RW[0, 0, 0, 0], <int>(c_ * i_ * j_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if _use_7:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), &W[0, 0, 0, 0], <int>(c_ * i_ * j_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), &_cols[_tid * 3 + 2, 0, 0], <int>(h_ * w_))
+            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
             _first = 0
         if not _first:
-            _col2im_f64(&_cols[_tid * 3 + 2, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[_n, 0, 0, 0])
-    with nogil:
+            _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
-    with nogil:
-        _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
-        _sum_slabs_t_f64(&_wacc[1 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
-
-def conv2d_vjp_rvjp(x, W, g, Rx=None, RW=None, Rg=None, gx=None, gW=None, gb=None, Rgx=None, RgW=None, Rgb=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((W[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgx[n, c, u, v] = Sum(Piecewise((RW[o, c, i, j]*g[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)) + Sum(Piecewise((Rg[n, o, (-d_h*i + p_h + u)/s_h, (-d_w*j + p_w + v)/s_w]*W[o, c, i, j], Eq(Mod(-d_h*i + p_h + u, s_h), 0) & Eq(Mod(-d_w*j + p_w + v, s_w), 0) & (-d_h*i/s_h + p_h/s_h + u/s_h >= 0) & (-d_w*j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -d_h*i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -d_w*j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (o, 0, C_out - 1), (i, 0, K_h - 1), (j, 0, K_w - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``gx``, ``gW``, ``gb``, ``Rgx``, ``RgW``, ``Rgb``; absent directions (Rx, RW, Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'gx' is required")
-    if gW is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'gW' is required")
-    if gb is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'gb' is required")
-    if Rgx is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'Rgx' is required")
-    if RgW is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'RgW' is required")
-    if Rgb is None:
-        raise TypeError("conv2d_vjp_rvjp: array 'Rgb' is required")
-    dt = _check_arrays("conv2d_vjp_rvjp", ("x", "W", "g", "Rx", "RW", "Rg", "gx", "gW", "gb", "Rgx", "RgW", "Rgb", ), (x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, ), ("gx", "gW", "gb", "Rgx", "RgW", "Rgb", ))
-    x = _readable(x)
-    W = _readable(W)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    RW = _readable(RW)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_vjp_rvjp: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_vjp_rvjp: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("W", W, ("o", "c", "i", "j", )), ("g", g, ("n", "o", "h", "w", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("RW", RW, ("o", "c", "i", "j", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("gW", gW, ("o", "c", "i", "j", )), ("gb", gb, ("o", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), ("RgW", RgW, ("o", "c", "i", "j", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        gW[...] = 0
-        gb[...] = 0
-        Rgx[...] = 0
-        RgW[...] = 0
-        Rgb[...] = 0
-        return gx, gW, gb, Rgx, RgW, Rgb
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 3, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((2 * _T, c_ * i_ * j_, o_), dtype=dt)
-        if dt == _F32:
-            _conv2d_vjp_rvjp_f32(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-        else:
-            _conv2d_vjp_rvjp_f64(x, W, g, Rx, RW, Rg, gx, gW, gb, Rgx, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, i_, j_, h_, w_)
-    finally:
-        _parallel_leave(True)
-    return gx, gW, gb, Rgx, RgW, Rgb
-
+                Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_rvjp_params
 # fused vjp+rvjp:params: gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-cdef void _conv2d_vjp_rvjp_params_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] g, float[:, :, :, ::1] Rx, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gW, float[::1] gb, float[:, :, :, ::1] RgW, float[::1] Rgb, float[:, :, ::1] _cols, float[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* gW = <float*>_a[4]
+    cdef float* gb = <float*>_a[5]
+    cdef float* RgW = <float*>_a[6]
+    cdef float* Rgb = <float*>_a[7]
+    cdef float* _cols = <float*>_a[8]
+    cdef float* _wacc = <float*>_a[9]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = Rg is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
-    gW[:, :, :, :] = 0
-    gb[:] = 0
-    RgW[:, :, :, :] = 0
-    Rgb[:] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_2 = Rg != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(gb, 0, o_ * sizeof(float))
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
+    memset(Rgb, 0, o_ * sizeof(float))
+    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(float))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f32(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_3:
-            _im2col_f32(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<float>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
+            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<float>1.0) * _sum_f32(&g[n, o, 0, 0], h_ * w_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<float>1.0) * _sum_f32(&Rg[n, o, 0, 0], h_ * w_)
-    with nogil:
-        _sum_slabs_t_f32(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
-        _sum_slabs_t_f32(&_wacc[1 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
+                Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
-cdef void _conv2d_vjp_rvjp_params_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] g, double[:, :, :, ::1] Rx, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gW, double[::1] gb, double[:, :, :, ::1] RgW, double[::1] Rgb, double[:, :, ::1] _cols, double[:, :, ::1] _wacc, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t d_h, Py_ssize_t d_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t o_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* gW = <double*>_a[4]
+    cdef double* gb = <double*>_a[5]
+    cdef double* RgW = <double*>_a[6]
+    cdef double* Rgb = <double*>_a[7]
+    cdef double* _cols = <double*>_a[8]
+    cdef double* _wacc = <double*>_a[9]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t o_ = _x[4]
+    cdef Py_ssize_t h_ = _x[5]
+    cdef Py_ssize_t w_ = _x[6]
+    cdef Py_ssize_t i_ = _x[7]
+    cdef Py_ssize_t j_ = _x[8]
+    cdef Py_ssize_t s_h = _x[9]
+    cdef Py_ssize_t s_w = _x[10]
+    cdef Py_ssize_t p_h = _x[11]
+    cdef Py_ssize_t p_w = _x[12]
+    cdef Py_ssize_t d_h = _x[13]
+    cdef Py_ssize_t d_w = _x[14]
     cdef Py_ssize_t n, c, u, v, o, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
-    cdef bint _use_2 = Rg is not None
-    cdef bint _use_3 = Rx is not None
-    cdef bint _use_4 = Rx is not None
-    gW[:, :, :, :] = 0
-    gb[:] = 0
-    RgW[:, :, :, :] = 0
-    Rgb[:] = 0
-    _wacc[:, :, :] = 0
+    cdef bint _use_2 = Rg != NULL
+    cdef bint _use_3 = Rx != NULL
+    cdef bint _use_4 = Rx != NULL
+    memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(gb, 0, o_ * sizeof(double))
+    memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
+    memset(Rgb, 0, o_ * sizeof(double))
+    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(double))
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         if _use_0:
-            _im2col_f64(&x[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 0, 0, 0])
+            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[0 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_2:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 0, 0, 0], <int>(h_ * w_), &Rg[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
         if _use_3:
-            _im2col_f64(&Rx[_n, 0, 0, 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &_cols[_tid * 2 + 1, 0, 0])
+            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), &_cols[_tid * 2 + 1, 0, 0], <int>(h_ * w_), &g[_n, 0, 0, 0], <int>(h_ * w_), (<double>1.0), &_wacc[1 * _T + _tid, 0, 0], <int>o_)
-    with nogil:
+            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+    for n in range(n_):
+        for o in range(o_):
+            gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    if Rg != NULL:
         for n in range(n_):
             for o in range(o_):
-                gb[o] += (<double>1.0) * _sum_f64(&g[n, o, 0, 0], h_ * w_)
-    if Rg is not None:
-        with nogil:
-            for n in range(n_):
-                for o in range(o_):
-                    Rgb[o] += (<double>1.0) * _sum_f64(&Rg[n, o, 0, 0], h_ * w_)
-    with nogil:
-        _sum_slabs_t_f64(&_wacc[0 * _T, 0, 0], _T, c_ * i_ * j_, o_, &gW[0, 0, 0, 0])
-        _sum_slabs_t_f64(&_wacc[1 * _T, 0, 0], _T, c_ * i_ * j_, o_, &RgW[0, 0, 0, 0])
-
-def conv2d_vjp_rvjp_params(x, g, Rx=None, Rg=None, gW=None, gb=None, RgW=None, Rgb=None, *, s_h, s_w, p_h, p_w, d_h, d_w):
-    """fused vjp+rvjp:params: gW[o, c, i, j] = Sum(g[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); gb[o] = Sum(g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); RgW[o, c, i, j] = Sum(Rg[n, o, h, w]*x[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)) + Sum(Rx[n, c, d_h*i + h*s_h - p_h, d_w*j - p_w + s_w*w]*g[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1)); Rgb[o] = Sum(Rg[n, o, h, w], (n, 0, N - 1), (h, 0, H_out - 1), (w, 0, W_out - 1))
-
-    Writes and returns ``gW``, ``gb``, ``RgW``, ``Rgb``; absent directions (Rx, Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gW is None:
-        raise TypeError("conv2d_vjp_rvjp_params: array 'gW' is required")
-    if gb is None:
-        raise TypeError("conv2d_vjp_rvjp_params: array 'gb' is required")
-    if RgW is None:
-        raise TypeError("conv2d_vjp_rvjp_params: array 'RgW' is required")
-    if Rgb is None:
-        raise TypeError("conv2d_vjp_rvjp_params: array 'Rgb' is required")
-    dt = _check_arrays("conv2d_vjp_rvjp_params", ("x", "g", "Rx", "Rg", "gW", "gb", "RgW", "Rgb", ), (x, g, Rx, Rg, gW, gb, RgW, Rgb, ), ("gW", "gb", "RgW", "Rgb", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"conv2d_vjp_rvjp_params: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"conv2d_vjp_rvjp_params: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(d_h, (int, _np.integer)) or isinstance(d_h, bool) or d_h < 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: d_h must be an integer >= 1, got {d_h!r}")
-    if not isinstance(d_w, (int, _np.integer)) or isinstance(d_w, bool) or d_w < 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: d_w must be an integer >= 1, got {d_w!r}")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("g", g, ("n", "o", "h", "w", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("Rg", Rg, ("n", "o", "h", "w", )), ("gW", gW, ("o", "c", "i", "j", )), ("gb", gb, ("o", )), ("RgW", RgW, ("o", "c", "i", "j", )), ("Rgb", Rgb, ("o", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"conv2d_vjp_rvjp_params: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"conv2d_vjp_rvjp_params: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t o_ = ext["o"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    cdef Py_ssize_t _d_h = d_h
-    cdef Py_ssize_t _d_w = d_w
-    if h_ != (u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: output extent {h_} does not match H_out = (H_in + 2*p_h - d_h*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - d_h * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"conv2d_vjp_rvjp_params: output extent {w_} does not match W_out = (W_in + 2*p_w - d_w*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - d_w * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gW[...] = 0
-        gb[...] = 0
-        RgW[...] = 0
-        Rgb[...] = 0
-        return gW, gb, RgW, Rgb
-    cdef int _T = _parallel_enter(n_, True)
-    try:
-        _cols = _np.empty((_T * 2, c_ * i_ * j_, h_ * w_), dtype=dt)
-        _wacc = _np.empty((2 * _T, c_ * i_ * j_, o_), dtype=dt)
-        if dt == _F32:
-            _conv2d_vjp_rvjp_params_f32(x, g, Rx, Rg, gW, gb, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-        else:
-            _conv2d_vjp_rvjp_params_f64(x, g, Rx, Rg, gW, gb, RgW, Rgb, _cols, _wacc, _T, _s_h, _s_w, _p_h, _p_w, _d_h, _d_w, n_, c_, u_, v_, o_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(True)
-    return gW, gb, RgW, Rgb
-
+                Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_forward_jvp
 # fused forward+jvp: y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w); Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-cdef void _avgpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] Rx, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* Rx = <float*>_a[1]
+    cdef float* y = <float*>_a[2]
+    cdef float* Ry = <float*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Ry[:, :, :, :] = 0
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&y[_n, 0, 0, 0], 0, sizeof(float) * c_ * h_ * w_)
+    memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(float))
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&y[(((_n) * c_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -4811,10 +6463,10 @@ cdef void _avgpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] 
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _acc = _acc + x[_n, _c, _u, _v]
-                        y[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                                        _acc = _acc + x[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                        y[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<float>1.0)/(i_*j_) * _acc
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -4825,17 +6477,34 @@ cdef void _avgpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] 
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _acc = _acc + Rx[_n, _c, _u, _v]
-                            Ry[_n, _c, _h, _w] += (<float>1.0)/(i_*j_) * _acc
+                                            _acc = _acc + Rx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                            Ry[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<float>1.0)/(i_*j_) * _acc
+    return 0
 
-cdef void _avgpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] Rx, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* Rx = <double*>_a[1]
+    cdef double* y = <double*>_a[2]
+    cdef double* Ry = <double*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Ry[:, :, :, :] = 0
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&y[_n, 0, 0, 0], 0, sizeof(double) * c_ * h_ * w_)
+    memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(double))
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&y[(((_n) * c_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * c_ * h_ * w_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
@@ -4846,10 +6515,10 @@ cdef void _avgpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        _acc = _acc + x[_n, _c, _u, _v]
-                        y[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                                        _acc = _acc + x[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                        y[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<double>1.0)/(i_*j_) * _acc
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
@@ -4860,224 +6529,132 @@ cdef void _avgpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            _acc = _acc + Rx[_n, _c, _u, _v]
-                            Ry[_n, _c, _h, _w] += (<double>1.0)/(i_*j_) * _acc
-
-def avgpool2d_forward_jvp(x, Rx=None, y=None, Ry=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """fused forward+jvp: y[n, c, h, w] = Sum(x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w); Ry[n, c, h, w] = Sum(Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))/(K_h*K_w)
-
-    Writes and returns ``y``, ``Ry``; absent directions (Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("avgpool2d_forward_jvp: array 'y' is required")
-    if Ry is None:
-        raise TypeError("avgpool2d_forward_jvp: array 'Ry' is required")
-    dt = _check_arrays("avgpool2d_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_forward_jvp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_forward_jvp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), ("Ry", Ry, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        Ry[...] = 0
-        return y, Ry
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_forward_jvp_f32(x, Rx, y, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _avgpool2d_forward_jvp_f64(x, Rx, y, Ry, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return y, Ry
-
+                                            _acc = _acc + Rx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v]
+                            Ry[(((_n) * c_ + _c) * h_ + _h) * w_ + _w] += (<double>1.0)/(i_*j_) * _acc
+    return 0
 
 # ---------------------------------------------------------------- avgpool2d_vjp_rvjp
 # fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _avgpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* Rg = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef float* Rgx = <float*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
-    Rgx[:, :, :, :] = 0
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(float) * c_ * u_ * v_)
+    memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(float))
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<float>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        _val = (<float>1.0)/(i_*j_) * g[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        gx[_n, _c, _u, _v] += _val
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                                        gx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
-                            _val = (<float>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            _val = (<float>1.0)/(i_*j_) * Rg[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                             for _i in range(i_):
                                 _u = _h * s_h + _i * 1 - p_h
                                 if 0 <= _u < u_:
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            Rgx[_n, _c, _u, _v] += _val
+                                            Rgx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
-cdef void _avgpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] Rgx, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _avgpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* Rg = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef double* Rgx = <double*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
-    Rgx[:, :, :, :] = 0
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
-            memset(&gx[_n, 0, 0, 0], 0, sizeof(double) * c_ * u_ * v_)
+    memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(double))
+    for _n in prange(n_, num_threads=_T, schedule="static"):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             for _c in range(c_):
                 for _h in range(h_):
                     for _w in range(w_):
-                        _val = (<double>1.0)/(i_*j_) * g[_n, _c, _h, _w]
+                        _val = (<double>1.0)/(i_*j_) * g[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                         for _i in range(i_):
                             _u = _h * s_h + _i * 1 - p_h
                             if 0 <= _u < u_:
                                 for _j in range(j_):
                                     _v = _w * s_w + _j * 1 - p_w
                                     if 0 <= _v < v_:
-                                        gx[_n, _c, _u, _v] += _val
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                                        gx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
                     for _h in range(h_):
                         for _w in range(w_):
-                            _val = (<double>1.0)/(i_*j_) * Rg[_n, _c, _h, _w]
+                            _val = (<double>1.0)/(i_*j_) * Rg[(((_n) * c_ + _c) * h_ + _h) * w_ + _w]
                             for _i in range(i_):
                                 _u = _h * s_h + _i * 1 - p_h
                                 if 0 <= _u < u_:
                                     for _j in range(j_):
                                         _v = _w * s_w + _j * 1 - p_w
                                         if 0 <= _v < v_:
-                                            Rgx[_n, _c, _u, _v] += _val
-
-def avgpool2d_vjp_rvjp(g, Rg=None, gx=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w]/(K_h*K_w), Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``gx``, ``Rgx``; absent directions (Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("avgpool2d_vjp_rvjp: array 'gx' is required")
-    if Rgx is None:
-        raise TypeError("avgpool2d_vjp_rvjp: array 'Rgx' is required")
-    dt = _check_arrays("avgpool2d_vjp_rvjp", ("g", "Rg", "gx", "Rgx", ), (g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    g = _readable(g)
-    Rg = _readable(Rg)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"avgpool2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"avgpool2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("Rg", Rg, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"avgpool2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"avgpool2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"avgpool2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        Rgx[...] = 0
-        return gx, Rgx
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _avgpool2d_vjp_rvjp_f32(g, Rg, gx, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _avgpool2d_vjp_rvjp_f64(g, Rg, gx, Rgx, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return gx, Rgx
-
+                                            Rgx[(((_n) * c_ + _c) * u_ + _u) * v_ + _v] += _val
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_forward_jvp
 # fused forward+jvp: y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] Rx, float[:, :, :, ::1] y, float[:, :, :, ::1] Ry, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* Rx = <float*>_a[1]
+    cdef float* y = <float*>_a[2]
+    cdef float* Ry = <float*>_a[3]
+    cdef int64_t* M = <int64_t*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -5085,22 +6662,40 @@ cdef void _maxpool2d_forward_jvp_f32(float[:, :, :, ::1] x, float[:, :, :, ::1] 
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _maxpool_rows_f32(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                _maxpool_rows_f32(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_gather_f32(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[_n, _c, 0, 0])
+                    _mask_gather_f32(&Rx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<float>1.0), 1, &Ry[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
     else:
-        Ry[:, :, :, :] = 0
+        memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(float))
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1] Rx, double[:, :, :, ::1] y, double[:, :, :, ::1] Ry, int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* Rx = <double*>_a[1]
+    cdef double* y = <double*>_a[2]
+    cdef double* Ry = <double*>_a[3]
+    cdef int64_t* M = <int64_t*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t u_ = _x[2]
+    cdef Py_ssize_t v_ = _x[3]
+    cdef Py_ssize_t h_ = _x[4]
+    cdef Py_ssize_t w_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, u, v, h, w, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -5108,99 +6703,42 @@ cdef void _maxpool2d_forward_jvp_f64(double[:, :, :, ::1] x, double[:, :, :, ::1
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _maxpool_rows_f64(&x[_n, _c, 0, 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[_n, _c, 0, 0], &M[_n, _c, 0, 0])
-    if Rx is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                _maxpool_rows_f64(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
+    if Rx != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_gather_f64(&Rx[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[_n, _c, 0, 0])
+                    _mask_gather_f64(&Rx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, s_h, s_w, p_h, p_w, _moff, (<double>1.0), 1, &Ry[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
     else:
-        Ry[:, :, :, :] = 0
+        memset(Ry, 0, n_ * c_ * h_ * w_ * sizeof(double))
     free(_moff)
-
-def maxpool2d_forward_jvp(x, Rx=None, y=None, Ry=None, M=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """fused forward+jvp: y[n, c, h, w] = Sum(M[n, c, h, w, i, j]*x[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1)); Ry[n, c, h, w] = Sum(M[n, c, h, w, i, j]*Rx[n, c, h*s_h + i - p_h, j - p_w + s_w*w], (i, 0, K_h - 1), (j, 0, K_w - 1))
-
-    Writes and returns ``y``, ``Ry`` and the argmax mask M (int64 offsets ``i*K_w + j``); absent directions (Rx) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if y is None:
-        raise TypeError("maxpool2d_forward_jvp: array 'y' is required")
-    if Ry is None:
-        raise TypeError("maxpool2d_forward_jvp: array 'Ry' is required")
-    if M is None:
-        raise TypeError("maxpool2d_forward_jvp: array 'M' is required")
-    dt = _check_arrays("maxpool2d_forward_jvp", ("x", "Rx", "y", "Ry", ), (x, Rx, y, Ry, ), ("y", "Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    _check_mask("maxpool2d_forward_jvp", "M", M, True)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_forward_jvp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_forward_jvp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_forward_jvp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_forward_jvp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_forward_jvp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_forward_jvp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("x", x, ("n", "c", "u", "v", )), ("Rx", Rx, ("n", "c", "u", "v", )), ("y", y, ("n", "c", "h", "w", )), ("Ry", Ry, ("n", "c", "h", "w", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_forward_jvp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_forward_jvp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_forward_jvp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_forward_jvp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        y[...] = 0
-        Ry[...] = 0
-        return y, Ry, M
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_forward_jvp_f32(x, Rx, y, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-        else:
-            _maxpool2d_forward_jvp_f64(x, Rx, y, Ry, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, u_, v_, h_, w_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return y, Ry, M
-
+    return 0
 
 # ---------------------------------------------------------------- maxpool2d_vjp_rvjp
 # fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
-cdef void _maxpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg, float[:, :, :, ::1] gx, float[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* Rg = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef float* Rgx = <float*>_a[3]
+    cdef int64_t* M = <int64_t*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -5208,22 +6746,40 @@ cdef void _maxpool2d_vjp_rvjp_f32(float[:, :, :, ::1] g, float[:, :, :, ::1] Rg,
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f32(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[_n, _c, 0, 0])
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                _mask_scatter_f32(&g[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &gx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_scatter_f32(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[_n, _c, 0, 0])
+                    _mask_scatter_f32(&Rg[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<float>1.0), 1, &Rgx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     else:
-        Rgx[:, :, :, :] = 0
+        memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(float))
     free(_moff)
+    return 0
 
-cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] Rg, double[:, :, :, ::1] gx, double[:, :, :, ::1] Rgx, const int64_t[:, :, :, ::1] M, int _T, Py_ssize_t s_h, Py_ssize_t s_w, Py_ssize_t p_h, Py_ssize_t p_w, Py_ssize_t n_, Py_ssize_t c_, Py_ssize_t h_, Py_ssize_t w_, Py_ssize_t u_, Py_ssize_t v_, Py_ssize_t i_, Py_ssize_t j_):
+cdef int _maxpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* Rg = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef double* Rgx = <double*>_a[3]
+    cdef int64_t* M = <int64_t*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t h_ = _x[2]
+    cdef Py_ssize_t w_ = _x[3]
+    cdef Py_ssize_t u_ = _x[4]
+    cdef Py_ssize_t v_ = _x[5]
+    cdef Py_ssize_t i_ = _x[6]
+    cdef Py_ssize_t j_ = _x[7]
+    cdef Py_ssize_t s_h = _x[8]
+    cdef Py_ssize_t s_w = _x[9]
+    cdef Py_ssize_t p_h = _x[10]
+    cdef Py_ssize_t p_w = _x[11]
     cdef Py_ssize_t n, c, h, w, u, v, i, j
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
@@ -5231,99 +6787,88 @@ cdef void _maxpool2d_vjp_rvjp_f64(double[:, :, :, ::1] g, double[:, :, :, ::1] R
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
-        raise MemoryError()
+        return -1
     for _kk in range(i_ * j_):
         _moff[2 * _kk] = (_kk // j_) * 1
         _moff[2 * _kk + 1] = (_kk % j_) * 1
-    for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+    for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
-                _mask_scatter_f64(&g[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[_n, _c, 0, 0])
-    if Rg is not None:
-        for _n in prange(n_, nogil=True, num_threads=_T, schedule="static"):
+                _mask_scatter_f64(&g[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &gx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
+    if Rg != NULL:
+        for _n in prange(n_, num_threads=_T, schedule="static"):
                 for _c in range(c_):
-                    _mask_scatter_f64(&Rg[_n, _c, 0, 0], &M[_n, _c, 0, 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[_n, _c, 0, 0])
+                    _mask_scatter_f64(&Rg[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], u_, v_, h_, w_, i_, j_, s_h, s_w, 1, 1, p_h, p_w, _moff, (<double>1.0), 1, &Rgx[(((_n) * c_ + _c) * u_ + 0) * v_ + 0])
     else:
-        Rgx[:, :, :, :] = 0
+        memset(Rgx, 0, n_ * c_ * u_ * v_ * sizeof(double))
     free(_moff)
+    return 0
 
-def maxpool2d_vjp_rvjp(g, Rg=None, M=None, gx=None, Rgx=None, *, s_h, s_w, p_h, p_w, K_h, K_w):
-    """fused vjp+rvjp: gx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*g[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1)); Rgx[n, c, u, v] = Sum(Piecewise((M[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w, i, j]*Rg[n, c, (-i + p_h + u)/s_h, (-j + p_w + v)/s_w], Eq(Mod(-i + p_h + u, s_h), 0) & Eq(Mod(-j + p_w + v, s_w), 0) & (-i/s_h + p_h/s_h + u/s_h >= 0) & (-j/s_w + p_w/s_w + v/s_w >= 0) & (H_out >= -i/s_h + p_h/s_h + 1 + u/s_h) & (W_out >= -j/s_w + p_w/s_w + 1 + v/s_w)), (0, True)), (i, 0, K_h - 1), (j, 0, K_w - 1))
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("conv2d_forward", "conv2d_vjp_x", "conv2d_vjp_W", "conv2d_vjp_b", "conv2d_jvp", "conv2d_rvjp_x", "conv2d_rvjp_W", "conv2d_rvjp_b", "conv2d_bl_x", "conv2d_bl_W", "conv2d_bl_b", "avgpool2d_forward", "avgpool2d_vjp_x", "avgpool2d_jvp", "avgpool2d_rvjp_x", "avgpool2d_bl_x", "maxpool2d_forward", "maxpool2d_vjp_x", "maxpool2d_jvp", "maxpool2d_rvjp_x", "maxpool2d_bl_x", "conv2d_forward_jvp", "conv2d_vjp_rvjp", "conv2d_vjp_rvjp_params", "avgpool2d_forward_jvp", "avgpool2d_vjp_rvjp", "maxpool2d_forward_jvp", "maxpool2d_vjp_rvjp", )
 
-    Writes and returns ``gx``, ``Rgx``; absent directions (Rg) count as zero.
-    Output size per axis: H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1; W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1.
-    """
-    if gx is None:
-        raise TypeError("maxpool2d_vjp_rvjp: array 'gx' is required")
-    if Rgx is None:
-        raise TypeError("maxpool2d_vjp_rvjp: array 'Rgx' is required")
-    if M is None:
-        raise TypeError("maxpool2d_vjp_rvjp: array 'M' is required")
-    dt = _check_arrays("maxpool2d_vjp_rvjp", ("g", "Rg", "gx", "Rgx", ), (g, Rg, gx, Rgx, ), ("gx", "Rgx", ))
-    g = _readable(g)
-    Rg = _readable(Rg)
-    M = _readable(M)
-    _check_mask("maxpool2d_vjp_rvjp", "M", M, False)
-    cdef dict ext = {}
-    if not isinstance(s_h, (int, _np.integer)) or isinstance(s_h, bool) or s_h < 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: s_h must be an integer >= 1, got {s_h!r}")
-    if not isinstance(s_w, (int, _np.integer)) or isinstance(s_w, bool) or s_w < 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: s_w must be an integer >= 1, got {s_w!r}")
-    if not isinstance(p_h, (int, _np.integer)) or isinstance(p_h, bool) or p_h < 0:
-        raise ValueError(f"maxpool2d_vjp_rvjp: p_h must be an integer >= 0, got {p_h!r}")
-    if not isinstance(p_w, (int, _np.integer)) or isinstance(p_w, bool) or p_w < 0:
-        raise ValueError(f"maxpool2d_vjp_rvjp: p_w must be an integer >= 0, got {p_w!r}")
-    if not isinstance(K_h, (int, _np.integer)) or isinstance(K_h, bool) or K_h < 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: K_h must be an integer >= 1, got {K_h!r}")
-    if not isinstance(K_w, (int, _np.integer)) or isinstance(K_w, bool) or K_w < 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: K_w must be an integer >= 1, got {K_w!r}")
-    ext["i"] = (int(K_h), "K_h")
-    ext["j"] = (int(K_w), "K_w")
-    for aname, arr, idx in ((("g", g, ("n", "c", "h", "w", )), ("Rg", Rg, ("n", "c", "h", "w", )), ("gx", gx, ("n", "c", "u", "v", )), ("Rgx", Rgx, ("n", "c", "u", "v", )), ("M", M, ("n", "c", "h", "w", )), )):
-        if arr is None:
-            continue
-        if arr.ndim != len(idx):
-            raise ValueError(f"maxpool2d_vjp_rvjp: {aname} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-        for ax, ix in enumerate(idx):
-            if ext.setdefault(ix, (arr.shape[ax], aname))[0] != arr.shape[ax]:
-                raise ValueError(f"maxpool2d_vjp_rvjp: {aname} has shape {arr.shape} but index {ix} has extent "
-                                 f"{ext[ix][0]} in {ext[ix][1]}")
-    cdef Py_ssize_t n_ = ext["n"][0]
-    cdef Py_ssize_t c_ = ext["c"][0]
-    cdef Py_ssize_t h_ = ext["h"][0]
-    cdef Py_ssize_t w_ = ext["w"][0]
-    cdef Py_ssize_t u_ = ext["u"][0]
-    cdef Py_ssize_t v_ = ext["v"][0]
-    cdef Py_ssize_t i_ = ext["i"][0]
-    cdef Py_ssize_t j_ = ext["j"][0]
-    cdef Py_ssize_t _s_h = s_h
-    cdef Py_ssize_t _s_w = s_w
-    cdef Py_ssize_t _p_h = p_h
-    cdef Py_ssize_t _p_w = p_w
-    if h_ != (u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: output extent {h_} does not match H_out = (H_in + 2*p_h - 1*(K_h - 1) - 1) // s_h + 1 "
-                         f"= {(u_ + 2 * p_h - 1 * (i_ - 1) - 1) // s_h + 1} "
-                         f"for input extent {u_}, kernel {i_}")
-    if w_ != (v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1:
-        raise ValueError(f"maxpool2d_vjp_rvjp: output extent {w_} does not match W_out = (W_in + 2*p_w - 1*(K_w - 1) - 1) // s_w + 1 "
-                         f"= {(v_ + 2 * p_w - 1 * (j_ - 1) - 1) // s_w + 1} "
-                         f"for input extent {v_}, kernel {j_}")
-    if any(v[0] == 0 for v in ext.values()):
-        gx[...] = 0
-        Rgx[...] = 0
-        return gx, Rgx
-    if M.size and (M.min() < 0 or M.max() >= i_ * j_):
-        raise ValueError(f"maxpool2d_vjp_rvjp: argmax mask M holds offsets outside [0, {i_ * j_})")
-    cdef int _T = _parallel_enter(n_, False)
-    try:
-        if dt == _F32:
-            _maxpool2d_vjp_rvjp_f32(g, Rg, gx, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-        else:
-            _maxpool2d_vjp_rvjp_f64(g, Rg, gx, Rgx, M, _T, _s_h, _s_w, _p_h, _p_w, n_, c_, h_, w_, u_, v_, i_, j_)
-    finally:
-        _parallel_leave(False)
-    return gx, Rgx
+cdef _indexed_t _TABLE_F32[28]
+cdef _indexed_t _TABLE_F64[28]
+_TABLE_F32[0] = _conv2d_forward_f32
+_TABLE_F64[0] = _conv2d_forward_f64
+_TABLE_F32[1] = _conv2d_vjp_x_f32
+_TABLE_F64[1] = _conv2d_vjp_x_f64
+_TABLE_F32[2] = _conv2d_vjp_W_f32
+_TABLE_F64[2] = _conv2d_vjp_W_f64
+_TABLE_F32[3] = _conv2d_vjp_b_f32
+_TABLE_F64[3] = _conv2d_vjp_b_f64
+_TABLE_F32[4] = _conv2d_jvp_f32
+_TABLE_F64[4] = _conv2d_jvp_f64
+_TABLE_F32[5] = _conv2d_rvjp_x_f32
+_TABLE_F64[5] = _conv2d_rvjp_x_f64
+_TABLE_F32[6] = _conv2d_rvjp_W_f32
+_TABLE_F64[6] = _conv2d_rvjp_W_f64
+_TABLE_F32[7] = _conv2d_rvjp_b_f32
+_TABLE_F64[7] = _conv2d_rvjp_b_f64
+_TABLE_F32[8] = _conv2d_bl_x_f32
+_TABLE_F64[8] = _conv2d_bl_x_f64
+_TABLE_F32[9] = _conv2d_bl_W_f32
+_TABLE_F64[9] = _conv2d_bl_W_f64
+_TABLE_F32[10] = _conv2d_bl_b_f32
+_TABLE_F64[10] = _conv2d_bl_b_f64
+_TABLE_F32[11] = _avgpool2d_forward_f32
+_TABLE_F64[11] = _avgpool2d_forward_f64
+_TABLE_F32[12] = _avgpool2d_vjp_x_f32
+_TABLE_F64[12] = _avgpool2d_vjp_x_f64
+_TABLE_F32[13] = _avgpool2d_jvp_f32
+_TABLE_F64[13] = _avgpool2d_jvp_f64
+_TABLE_F32[14] = _avgpool2d_rvjp_x_f32
+_TABLE_F64[14] = _avgpool2d_rvjp_x_f64
+_TABLE_F32[15] = _avgpool2d_bl_x_f32
+_TABLE_F64[15] = _avgpool2d_bl_x_f64
+_TABLE_F32[16] = _maxpool2d_forward_f32
+_TABLE_F64[16] = _maxpool2d_forward_f64
+_TABLE_F32[17] = _maxpool2d_vjp_x_f32
+_TABLE_F64[17] = _maxpool2d_vjp_x_f64
+_TABLE_F32[18] = _maxpool2d_jvp_f32
+_TABLE_F64[18] = _maxpool2d_jvp_f64
+_TABLE_F32[19] = _maxpool2d_rvjp_x_f32
+_TABLE_F64[19] = _maxpool2d_rvjp_x_f64
+_TABLE_F32[20] = _maxpool2d_bl_x_f32
+_TABLE_F64[20] = _maxpool2d_bl_x_f64
+_TABLE_F32[21] = _conv2d_forward_jvp_f32
+_TABLE_F64[21] = _conv2d_forward_jvp_f64
+_TABLE_F32[22] = _conv2d_vjp_rvjp_f32
+_TABLE_F64[22] = _conv2d_vjp_rvjp_f64
+_TABLE_F32[23] = _conv2d_vjp_rvjp_params_f32
+_TABLE_F64[23] = _conv2d_vjp_rvjp_params_f64
+_TABLE_F32[24] = _avgpool2d_forward_jvp_f32
+_TABLE_F64[24] = _avgpool2d_forward_jvp_f64
+_TABLE_F32[25] = _avgpool2d_vjp_rvjp_f32
+_TABLE_F64[25] = _avgpool2d_vjp_rvjp_f64
+_TABLE_F32[26] = _maxpool2d_forward_jvp_f32
+_TABLE_F64[26] = _maxpool2d_forward_jvp_f64
+_TABLE_F32[27] = _maxpool2d_vjp_rvjp_f32
+_TABLE_F64[27] = _maxpool2d_vjp_rvjp_f64
 
 
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(28)]
 
 
 def _bound(str name):

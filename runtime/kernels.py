@@ -10,9 +10,12 @@ arguments, allocates the outputs and calls the kernel. It never multiplies anyth
 Callers use a fused role when :meth:`SpecKernels.has` says the module carries it and the
 separate roles otherwise (modules generated before fusion, user specs without an R-op).
 
-The loader also registers the BLAS thread controls with every module it loads (generated
-code imports nothing from symprop, so a module imported on its own runs its BLAS-calling
-loops serially until registered).
+The loader also binds the kernels of table-based modules to the shared dispatcher
+(``generated/dispatch``: one place that checks arrays, picks threads and holds BLAS at one
+thread) and gives the BLAS thread controls to it and to every module that still carries its
+own (generated code imports nothing from symprop, so a module imported on its own has no
+Python-callable kernels, and a dispatcher never given the controls runs BLAS-calling kernels
+serially).
 """
 from __future__ import annotations
 
@@ -41,11 +44,20 @@ def register(module):
             if hasattr(module, "set_blas_controls"):
                 module.set_blas_controls(blas_threads.controls())
             if hasattr(module, "kernel_table"):
-                from ..generated import dispatch
+                dispatch = _dispatcher()
                 for name, kernel in dispatch.bind(module).items():
                     setattr(module, name, kernel)
             _registered.add(id(module))
     return module
+
+
+def _dispatcher():
+    """The shared dispatcher module, given the BLAS thread controls once (call with the lock)."""
+    from ..generated import dispatch
+    if id(dispatch) not in _registered:
+        dispatch.set_blas_controls(blas_threads.controls())
+        _registered.add(id(dispatch))
+    return dispatch
 
 
 def load(name: str):
