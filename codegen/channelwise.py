@@ -28,7 +28,9 @@ def channel_role(ctx: dict, learnable: str) -> dict:
     return {"kernel": ctx["name"], "call": ctx["data"] + ctx["channel"] + ctx["outs"] + sq + list(ctx["scalars"]),
             "kwargs": [], "arrays": ctx["data"] + ctx["channel"] + sq, "optional": [],
             "outputs": [{"name": o, "like": like, "dtype": "float"} for o in ctx["outs"]],
-            "scalars": list(ctx["scalars"])}
+            "scalars": list(ctx["scalars"]), "doc": ctx["doc"],
+            "binding": {"family": "channelwise", "data": ctx["data"], "channel": ctx["channel"],
+                        "reduce": ctx["reduce"] or None}}
 
 
 def render_channelwise_module(module: str, derived: list[DerivedElementwise], doc: str = "") -> str:

@@ -80,7 +80,10 @@ def composite_role(d: DerivedComposite, k: dict) -> dict:
             "arrays": arrays, "optional": [],
             "outputs": [{"name": o, "like": d.x.name, "dtype": "float"} for o in k["elem_out"]]
             + [{"name": o, "like": o.split("_", 1)[1] if o.startswith(("grad_", "Rgrad_")) else "group",
-                "dtype": "float"} for o in k["group_out"]]}
+                "dtype": "float"} for o in k["group_out"]],
+            "doc": k["doc"],
+            "binding": {"family": "composite", "elem": k["elem_in"] + k["elem_out"],
+                        "group": k["group_in"] + k["group_out"], "scalars": k["scalars"]}}
 
 
 def render_composite_module(module: str, derived: list[DerivedComposite], doc: str = "") -> str:

@@ -8,7 +8,15 @@
 # spec: batchnorm_eval  hash: f7e8a12e2ac50493
 # spec: softmax  hash: aae4d1188b307f0b
 
-"""Composite kernels (group reductions + elementwise stages): batchnorm, batchnorm_eval, softmax."""
+"""Composite kernels (group reductions + elementwise stages): batchnorm, batchnorm_eval, softmax.
+
+Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
+const Py_ssize_t* layout, Py_ssize_t c0, Py_ssize_t c1)``: the element inputs, group inputs,
+element outputs and group outputs in manifest call order; the layout (A, C, B); the groups
+[c0, c1) to run), collected in a table; the shared dispatcher (``symprop.generated.dispatch``)
+checks sizes, splits the groups over threads and calls through the table. This module imports
+nothing from symprop.
+"""
 cdef extern from "symprop_math.h":
     float expf(float) nogil
     float logf(float) nogil
@@ -50,71 +58,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
-from cython.parallel cimport prange, threadid
-cimport openmp
-
-
-# OpenMP (GNU libgomp) is not fork-safe: a forked child that starts a parallel region waits
-# forever for the parent's pool threads. After a fork every kernel of the child runs serially.
-cdef bint _forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
-import os as _os
-if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    # OpenMP's thread count (OMP_NUM_THREADS, threadpoolctl), at most one per unit of work;
-    # one in a forked child
-    if _forked_child:
-        return 1
-    cdef int T = openmp.omp_get_max_threads()
-    if T > work:
-        T = <int>work
-    return T if T > 1 else 1
 from libc.math cimport INFINITY
 
-#: elements per thread below which a kernel stays on one thread
-cdef enum:
-    _GRAIN = 32768
-
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef void (*_composite_t)(char** arrays, const double* scalars, const Py_ssize_t* layout,
+                              Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -186,7 +133,26 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "group",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (train mode): batch mean and biased variance per channel: forward (stages in order)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x",
+      "y",
+      "xhat"
+     ],
+     "group": [
+      "gamma",
+      "beta",
+      "rstd",
+      "mu",
+      "var"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "vjp": {
     "kernel": "batchnorm_vjp",
@@ -228,7 +194,25 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "beta",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (train mode): batch mean and biased variance per channel: vjp (grad_x, grad_gamma, grad_beta)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g",
+      "xhat",
+      "grad_x"
+     ],
+     "group": [
+      "gamma",
+      "rstd",
+      "grad_gamma",
+      "grad_beta"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "jvp": {
     "kernel": "batchnorm_jvp",
@@ -262,7 +246,25 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (train mode): batch mean and biased variance per channel: jvp (Ry)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rx",
+      "xhat",
+      "Ry"
+     ],
+     "group": [
+      "Rbeta",
+      "Rgamma",
+      "gamma",
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "rvjp": {
     "kernel": "batchnorm_rvjp",
@@ -310,7 +312,28 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "beta",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (train mode): batch mean and biased variance per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rg",
+      "Rx",
+      "g",
+      "xhat",
+      "Rgrad_x"
+     ],
+     "group": [
+      "Rgamma",
+      "gamma",
+      "rstd",
+      "Rgrad_gamma",
+      "Rgrad_beta"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    }
   },
   "defaults": {
@@ -383,7 +406,26 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "group",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (eval mode): the running statistics, per channel: forward (stages in order)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x",
+      "y",
+      "xhat"
+     ],
+     "group": [
+      "gamma",
+      "beta",
+      "running_mean",
+      "running_var",
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "vjp": {
     "kernel": "batchnorm_eval_vjp",
@@ -425,7 +467,25 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "beta",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (eval mode): the running statistics, per channel: vjp (grad_x, grad_gamma, grad_beta)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g",
+      "xhat",
+      "grad_x"
+     ],
+     "group": [
+      "gamma",
+      "rstd",
+      "grad_gamma",
+      "grad_beta"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "jvp": {
     "kernel": "batchnorm_eval_jvp",
@@ -459,7 +519,25 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (eval mode): the running statistics, per channel: jvp (Ry)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rx",
+      "xhat",
+      "Ry"
+     ],
+     "group": [
+      "Rbeta",
+      "Rgamma",
+      "gamma",
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    },
    "rvjp": {
     "kernel": "batchnorm_eval_rvjp",
@@ -507,7 +585,28 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "beta",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "batch normalization (eval mode): the running statistics, per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rg",
+      "Rx",
+      "g",
+      "xhat",
+      "Rgrad_x"
+     ],
+     "group": [
+      "Rgamma",
+      "gamma",
+      "rstd",
+      "Rgrad_gamma",
+      "Rgrad_beta"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
    }
   },
   "defaults": {
@@ -554,7 +653,17 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): forward (stages in order)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x",
+      "y"
+     ],
+     "group": [],
+     "scalars": []
+    }
    },
    "vjp": {
     "kernel": "softmax_vjp",
@@ -579,7 +688,18 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): vjp (grad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g",
+      "y",
+      "grad_x"
+     ],
+     "group": [],
+     "scalars": []
+    }
    },
    "jvp": {
     "kernel": "softmax_jvp",
@@ -604,7 +724,18 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): jvp (Ry)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rx",
+      "y",
+      "Ry"
+     ],
+     "group": [],
+     "scalars": []
+    }
    },
    "rvjp": {
     "kernel": "softmax_rvjp",
@@ -633,7 +764,20 @@ MANIFEST = __import__('json').loads(r'''{
       "like": "x",
       "dtype": "float"
      }
-    ]
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): rvjp (Rgrad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rg",
+      "Rx",
+      "g",
+      "y",
+      "Rgrad_x"
+     ],
+     "group": [],
+     "scalars": []
+    }
    }
   },
   "defaults": {},
@@ -647,7 +791,17 @@ MANIFEST = __import__('json').loads(r'''{
 
 # ---------------------------------------------------------------- batchnorm_forward
 # batch normalization (train mode): batch mean and biased variance per channel: forward (stages in order)
-cdef void _batchnorm_forward_f32(const float* x_p, const float* gamma_p, const float* beta_p, float* y_p, float* xhat_p, float* rstd_p, float* mu_p, float* var_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x_p = <const float*>_ap[0]
+    cdef const float* gamma_p = <const float*>_ap[1]
+    cdef const float* beta_p = <const float*>_ap[2]
+    cdef float* y_p = <float*>_ap[3]
+    cdef float* xhat_p = <float*>_ap[4]
+    cdef float* rstd_p = <float*>_ap[5]
+    cdef float* mu_p = <float*>_ap[6]
+    cdef float* var_p = <float*>_ap[7]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -686,7 +840,17 @@ cdef void _batchnorm_forward_f32(const float* x_p, const float* gamma_p, const f
                 y_p[_i] = _u0*gamma + beta
                 xhat_p[_i] = _u0
 
-cdef void _batchnorm_forward_f64(const double* x_p, const double* gamma_p, const double* beta_p, double* y_p, double* xhat_p, double* rstd_p, double* mu_p, double* var_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x_p = <const double*>_ap[0]
+    cdef const double* gamma_p = <const double*>_ap[1]
+    cdef const double* beta_p = <const double*>_ap[2]
+    cdef double* y_p = <double*>_ap[3]
+    cdef double* xhat_p = <double*>_ap[4]
+    cdef double* rstd_p = <double*>_ap[5]
+    cdef double* mu_p = <double*>_ap[6]
+    cdef double* var_p = <double*>_ap[7]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -725,86 +889,18 @@ cdef void _batchnorm_forward_f64(const double* x_p, const double* gamma_p, const
                 y_p[_i] = _u0*gamma + beta
                 xhat_p[_i] = _u0
 
-
-def batchnorm_forward(x, gamma, beta, y, xhat, rstd, mu, var, *, eps, A, C, B):
-    """batch normalization (train mode): batch mean and biased variance per channel: forward (stages in order)
-
-    Element arrays x, y, xhat: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays gamma, beta, rstd, mu, var: (C,).
-    """
-    dt = _check_arrays("batchnorm_forward", ("x", "gamma", "beta", "y", "xhat", "rstd", "mu", "var", ), (x, gamma, beta, y, xhat, rstd, mu, var, ), ("y", "xhat", "rstd", "mu", "var", ))
-    x = _readable(x)
-    gamma = _readable(gamma)
-    beta = _readable(beta)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_forward: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_forward: x has shape {x.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_forward: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_forward: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_forward: gamma has shape {gamma.shape}, expected ({C},)")
-    if beta.size != _C:
-        raise ValueError(f"batchnorm_forward: beta has shape {beta.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_forward: rstd has shape {rstd.shape}, expected ({C},)")
-    if mu.size != _C:
-        raise ValueError(f"batchnorm_forward: mu has shape {mu.shape}, expected ({C},)")
-    if var.size != _C:
-        raise ValueError(f"batchnorm_forward: var has shape {var.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] x_f32, gamma_f32, beta_f32, y_f32, xhat_f32, rstd_f32, mu_f32, var_f32
-    cdef double[::1] x_f64, gamma_f64, beta_f64, y_f64, xhat_f64, rstd_f64, mu_f64, var_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        y_f32 = y.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        mu_f32 = mu.reshape(-1)
-        var_f32 = var.reshape(-1)
-        if _A * _B == 0:
-            rstd[...] = 0
-            mu[...] = 0
-            var[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_forward_f32(&x_f32[0], &gamma_f32[0], &beta_f32[0], &y_f32[0], &xhat_f32[0], &rstd_f32[0], &mu_f32[0], &var_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_forward_f32(&x_f32[0], &gamma_f32[0], &beta_f32[0], &y_f32[0], &xhat_f32[0], &rstd_f32[0], &mu_f32[0], &var_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        x_f64 = x.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        y_f64 = y.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        mu_f64 = mu.reshape(-1)
-        var_f64 = var.reshape(-1)
-        if _A * _B == 0:
-            rstd[...] = 0
-            mu[...] = 0
-            var[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_forward_f64(&x_f64[0], &gamma_f64[0], &beta_f64[0], &y_f64[0], &xhat_f64[0], &rstd_f64[0], &mu_f64[0], &var_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_forward_f64(&x_f64[0], &gamma_f64[0], &beta_f64[0], &y_f64[0], &xhat_f64[0], &rstd_f64[0], &mu_f64[0], &var_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_vjp
 # batch normalization (train mode): batch mean and biased variance per channel: vjp (grad_x, grad_gamma, grad_beta)
-cdef void _batchnorm_vjp_f32(const float* g_p, const float* xhat_p, const float* gamma_p, const float* rstd_p, float* grad_x_p, float* grad_gamma_p, float* grad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g_p = <const float*>_ap[0]
+    cdef const float* xhat_p = <const float*>_ap[1]
+    cdef const float* gamma_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* grad_x_p = <float*>_ap[4]
+    cdef float* grad_gamma_p = <float*>_ap[5]
+    cdef float* grad_beta_p = <float*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -836,7 +932,16 @@ cdef void _batchnorm_vjp_f32(const float* g_p, const float* xhat_p, const float*
                 _u0 = gamma*rstd/M
                 grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*xhat + g*gamma*rstd
 
-cdef void _batchnorm_vjp_f64(const double* g_p, const double* xhat_p, const double* gamma_p, const double* rstd_p, double* grad_x_p, double* grad_gamma_p, double* grad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g_p = <const double*>_ap[0]
+    cdef const double* xhat_p = <const double*>_ap[1]
+    cdef const double* gamma_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* grad_x_p = <double*>_ap[4]
+    cdef double* grad_gamma_p = <double*>_ap[5]
+    cdef double* grad_beta_p = <double*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -868,81 +973,18 @@ cdef void _batchnorm_vjp_f64(const double* g_p, const double* xhat_p, const doub
                 _u0 = gamma*rstd/M
                 grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*xhat + g*gamma*rstd
 
-
-def batchnorm_vjp(g, xhat, gamma, rstd, grad_x, grad_gamma, grad_beta, *, eps, A, C, B):
-    """batch normalization (train mode): batch mean and biased variance per channel: vjp (grad_x, grad_gamma, grad_beta)
-
-    Element arrays g, xhat, grad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays gamma, rstd, grad_gamma, grad_beta: (C,).
-    """
-    dt = _check_arrays("batchnorm_vjp", ("g", "xhat", "gamma", "rstd", "grad_x", "grad_gamma", "grad_beta", ), (g, xhat, gamma, rstd, grad_x, grad_gamma, grad_beta, ), ("grad_x", "grad_gamma", "grad_beta", ))
-    g = _readable(g)
-    xhat = _readable(xhat)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_vjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_vjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_vjp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if grad_x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_vjp: grad_x has shape {grad_x.shape}, expected {A}·{C}·{B} elements")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_vjp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_vjp: rstd has shape {rstd.shape}, expected ({C},)")
-    if grad_gamma.size != _C:
-        raise ValueError(f"batchnorm_vjp: grad_gamma has shape {grad_gamma.shape}, expected ({C},)")
-    if grad_beta.size != _C:
-        raise ValueError(f"batchnorm_vjp: grad_beta has shape {grad_beta.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] g_f32, xhat_f32, gamma_f32, rstd_f32, grad_x_f32, grad_gamma_f32, grad_beta_f32
-    cdef double[::1] g_f64, xhat_f64, gamma_f64, rstd_f64, grad_x_f64, grad_gamma_f64, grad_beta_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        grad_x_f32 = grad_x.reshape(-1)
-        grad_gamma_f32 = grad_gamma.reshape(-1)
-        grad_beta_f32 = grad_beta.reshape(-1)
-        if _A * _B == 0:
-            grad_gamma[...] = 0
-            grad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_vjp_f32(&g_f32[0], &xhat_f32[0], &gamma_f32[0], &rstd_f32[0], &grad_x_f32[0], &grad_gamma_f32[0], &grad_beta_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_vjp_f32(&g_f32[0], &xhat_f32[0], &gamma_f32[0], &rstd_f32[0], &grad_x_f32[0], &grad_gamma_f32[0], &grad_beta_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        g_f64 = g.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        grad_x_f64 = grad_x.reshape(-1)
-        grad_gamma_f64 = grad_gamma.reshape(-1)
-        grad_beta_f64 = grad_beta.reshape(-1)
-        if _A * _B == 0:
-            grad_gamma[...] = 0
-            grad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_vjp_f64(&g_f64[0], &xhat_f64[0], &gamma_f64[0], &rstd_f64[0], &grad_x_f64[0], &grad_gamma_f64[0], &grad_beta_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_vjp_f64(&g_f64[0], &xhat_f64[0], &gamma_f64[0], &rstd_f64[0], &grad_x_f64[0], &grad_gamma_f64[0], &grad_beta_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_jvp
 # batch normalization (train mode): batch mean and biased variance per channel: jvp (Ry)
-cdef void _batchnorm_jvp_f32(const float* Rx_p, const float* xhat_p, const float* Rbeta_p, const float* Rgamma_p, const float* gamma_p, const float* rstd_p, float* Ry_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_ap[0]
+    cdef const float* xhat_p = <const float*>_ap[1]
+    cdef const float* Rbeta_p = <const float*>_ap[2]
+    cdef const float* Rgamma_p = <const float*>_ap[3]
+    cdef const float* gamma_p = <const float*>_ap[4]
+    cdef const float* rstd_p = <const float*>_ap[5]
+    cdef float* Ry_p = <float*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rbeta
@@ -978,7 +1020,16 @@ cdef void _batchnorm_jvp_f32(const float* Rx_p, const float* xhat_p, const float
                 _u1 = _u0/M
                 Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_u0 - _sum0*_u1 - _sum1*_u1*xhat
 
-cdef void _batchnorm_jvp_f64(const double* Rx_p, const double* xhat_p, const double* Rbeta_p, const double* Rgamma_p, const double* gamma_p, const double* rstd_p, double* Ry_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_ap[0]
+    cdef const double* xhat_p = <const double*>_ap[1]
+    cdef const double* Rbeta_p = <const double*>_ap[2]
+    cdef const double* Rgamma_p = <const double*>_ap[3]
+    cdef const double* gamma_p = <const double*>_ap[4]
+    cdef const double* rstd_p = <const double*>_ap[5]
+    cdef double* Ry_p = <double*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rbeta
@@ -1014,79 +1065,21 @@ cdef void _batchnorm_jvp_f64(const double* Rx_p, const double* xhat_p, const dou
                 _u1 = _u0/M
                 Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_u0 - _sum0*_u1 - _sum1*_u1*xhat
 
-
-def batchnorm_jvp(Rx, xhat, Rbeta, Rgamma, gamma, rstd, Ry, *, eps, A, C, B):
-    """batch normalization (train mode): batch mean and biased variance per channel: jvp (Ry)
-
-    Element arrays Rx, xhat, Ry: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays Rbeta, Rgamma, gamma, rstd: (C,).
-    """
-    dt = _check_arrays("batchnorm_jvp", ("Rx", "xhat", "Rbeta", "Rgamma", "gamma", "rstd", "Ry", ), (Rx, xhat, Rbeta, Rgamma, gamma, rstd, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    xhat = _readable(xhat)
-    Rbeta = _readable(Rbeta)
-    Rgamma = _readable(Rgamma)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_jvp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_jvp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_jvp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if Ry.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_jvp: Ry has shape {Ry.shape}, expected {A}·{C}·{B} elements")
-    if Rbeta.size != _C:
-        raise ValueError(f"batchnorm_jvp: Rbeta has shape {Rbeta.shape}, expected ({C},)")
-    if Rgamma.size != _C:
-        raise ValueError(f"batchnorm_jvp: Rgamma has shape {Rgamma.shape}, expected ({C},)")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_jvp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_jvp: rstd has shape {rstd.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rx_f32, xhat_f32, Rbeta_f32, Rgamma_f32, gamma_f32, rstd_f32, Ry_f32
-    cdef double[::1] Rx_f64, xhat_f64, Rbeta_f64, Rgamma_f64, gamma_f64, rstd_f64, Ry_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        Rx_f32 = Rx.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        Rbeta_f32 = Rbeta.reshape(-1)
-        Rgamma_f32 = Rgamma.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_jvp_f32(&Rx_f32[0], &xhat_f32[0], &Rbeta_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Ry_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_jvp_f32(&Rx_f32[0], &xhat_f32[0], &Rbeta_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Ry_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rx_f64 = Rx.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        Rbeta_f64 = Rbeta.reshape(-1)
-        Rgamma_f64 = Rgamma.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_jvp_f64(&Rx_f64[0], &xhat_f64[0], &Rbeta_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Ry_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_jvp_f64(&Rx_f64[0], &xhat_f64[0], &Rbeta_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Ry_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_rvjp
 # batch normalization (train mode): batch mean and biased variance per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
-cdef void _batchnorm_rvjp_f32(const float* Rg_p, const float* Rx_p, const float* g_p, const float* xhat_p, const float* Rgamma_p, const float* gamma_p, const float* rstd_p, float* Rgrad_x_p, float* Rgrad_gamma_p, float* Rgrad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_ap[0]
+    cdef const float* Rx_p = <const float*>_ap[1]
+    cdef const float* g_p = <const float*>_ap[2]
+    cdef const float* xhat_p = <const float*>_ap[3]
+    cdef const float* Rgamma_p = <const float*>_ap[4]
+    cdef const float* gamma_p = <const float*>_ap[5]
+    cdef const float* rstd_p = <const float*>_ap[6]
+    cdef float* Rgrad_x_p = <float*>_ap[7]
+    cdef float* Rgrad_gamma_p = <float*>_ap[8]
+    cdef float* Rgrad_beta_p = <float*>_ap[9]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rgamma
@@ -1151,7 +1144,19 @@ cdef void _batchnorm_rvjp_f32(const float* Rg_p, const float* Rx_p, const float*
                 _u5 = ((<float>1.0)/(M*M))
                 Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd - Rx*_sum6*_u4 - _sum0*_u2 + _sum1*_sum2*_u3*_u5*gamma*xhat + _sum1*_sum6*_u3*_u5*gamma + _sum2*_sum5*_u3*_u5*gamma - _sum2*_u1 - _sum3*_u2*xhat - _sum4*_u4*xhat + (<float>3.0)*_sum5*_sum6*_u3*_u5*gamma*xhat - _sum5*_u4*g - _sum6*_u1*xhat
 
-cdef void _batchnorm_rvjp_f64(const double* Rg_p, const double* Rx_p, const double* g_p, const double* xhat_p, const double* Rgamma_p, const double* gamma_p, const double* rstd_p, double* Rgrad_x_p, double* Rgrad_gamma_p, double* Rgrad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_ap[0]
+    cdef const double* Rx_p = <const double*>_ap[1]
+    cdef const double* g_p = <const double*>_ap[2]
+    cdef const double* xhat_p = <const double*>_ap[3]
+    cdef const double* Rgamma_p = <const double*>_ap[4]
+    cdef const double* gamma_p = <const double*>_ap[5]
+    cdef const double* rstd_p = <const double*>_ap[6]
+    cdef double* Rgrad_x_p = <double*>_ap[7]
+    cdef double* Rgrad_gamma_p = <double*>_ap[8]
+    cdef double* Rgrad_beta_p = <double*>_ap[9]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rgamma
@@ -1216,96 +1221,19 @@ cdef void _batchnorm_rvjp_f64(const double* Rg_p, const double* Rx_p, const doub
                 _u5 = ((<double>1.0)/(M*M))
                 Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd - Rx*_sum6*_u4 - _sum0*_u2 + _sum1*_sum2*_u3*_u5*gamma*xhat + _sum1*_sum6*_u3*_u5*gamma + _sum2*_sum5*_u3*_u5*gamma - _sum2*_u1 - _sum3*_u2*xhat - _sum4*_u4*xhat + (<double>3.0)*_sum5*_sum6*_u3*_u5*gamma*xhat - _sum5*_u4*g - _sum6*_u1*xhat
 
-
-def batchnorm_rvjp(Rg, Rx, g, xhat, Rgamma, gamma, rstd, Rgrad_x, Rgrad_gamma, Rgrad_beta, *, eps, A, C, B):
-    """batch normalization (train mode): batch mean and biased variance per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
-
-    Element arrays Rg, Rx, g, xhat, Rgrad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays Rgamma, gamma, rstd, Rgrad_gamma, Rgrad_beta: (C,).
-    """
-    dt = _check_arrays("batchnorm_rvjp", ("Rg", "Rx", "g", "xhat", "Rgamma", "gamma", "rstd", "Rgrad_x", "Rgrad_gamma", "Rgrad_beta", ), (Rg, Rx, g, xhat, Rgamma, gamma, rstd, Rgrad_x, Rgrad_gamma, Rgrad_beta, ), ("Rgrad_x", "Rgrad_gamma", "Rgrad_beta", ))
-    Rg = _readable(Rg)
-    Rx = _readable(Rx)
-    g = _readable(g)
-    xhat = _readable(xhat)
-    Rgamma = _readable(Rgamma)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_rvjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rg.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_rvjp: Rg has shape {Rg.shape}, expected {A}·{C}·{B} elements")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_rvjp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_rvjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_rvjp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if Rgrad_x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_rvjp: Rgrad_x has shape {Rgrad_x.shape}, expected {A}·{C}·{B} elements")
-    if Rgamma.size != _C:
-        raise ValueError(f"batchnorm_rvjp: Rgamma has shape {Rgamma.shape}, expected ({C},)")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_rvjp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_rvjp: rstd has shape {rstd.shape}, expected ({C},)")
-    if Rgrad_gamma.size != _C:
-        raise ValueError(f"batchnorm_rvjp: Rgrad_gamma has shape {Rgrad_gamma.shape}, expected ({C},)")
-    if Rgrad_beta.size != _C:
-        raise ValueError(f"batchnorm_rvjp: Rgrad_beta has shape {Rgrad_beta.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rg_f32, Rx_f32, g_f32, xhat_f32, Rgamma_f32, gamma_f32, rstd_f32, Rgrad_x_f32, Rgrad_gamma_f32, Rgrad_beta_f32
-    cdef double[::1] Rg_f64, Rx_f64, g_f64, xhat_f64, Rgamma_f64, gamma_f64, rstd_f64, Rgrad_x_f64, Rgrad_gamma_f64, Rgrad_beta_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        Rg_f32 = Rg.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        g_f32 = g.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        Rgamma_f32 = Rgamma.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        Rgrad_x_f32 = Rgrad_x.reshape(-1)
-        Rgrad_gamma_f32 = Rgrad_gamma.reshape(-1)
-        Rgrad_beta_f32 = Rgrad_beta.reshape(-1)
-        if _A * _B == 0:
-            Rgrad_gamma[...] = 0
-            Rgrad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &xhat_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Rgrad_x_f32[0], &Rgrad_gamma_f32[0], &Rgrad_beta_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &xhat_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Rgrad_x_f32[0], &Rgrad_gamma_f32[0], &Rgrad_beta_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rg_f64 = Rg.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        g_f64 = g.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        Rgamma_f64 = Rgamma.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        Rgrad_x_f64 = Rgrad_x.reshape(-1)
-        Rgrad_gamma_f64 = Rgrad_gamma.reshape(-1)
-        Rgrad_beta_f64 = Rgrad_beta.reshape(-1)
-        if _A * _B == 0:
-            Rgrad_gamma[...] = 0
-            Rgrad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &xhat_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Rgrad_x_f64[0], &Rgrad_gamma_f64[0], &Rgrad_beta_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &xhat_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Rgrad_x_f64[0], &Rgrad_gamma_f64[0], &Rgrad_beta_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_eval_forward
 # batch normalization (eval mode): the running statistics, per channel: forward (stages in order)
-cdef void _batchnorm_eval_forward_f32(const float* x_p, const float* gamma_p, const float* beta_p, const float* running_mean_p, const float* running_var_p, float* y_p, float* xhat_p, float* rstd_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x_p = <const float*>_ap[0]
+    cdef const float* gamma_p = <const float*>_ap[1]
+    cdef const float* beta_p = <const float*>_ap[2]
+    cdef const float* running_mean_p = <const float*>_ap[3]
+    cdef const float* running_var_p = <const float*>_ap[4]
+    cdef float* y_p = <float*>_ap[5]
+    cdef float* xhat_p = <float*>_ap[6]
+    cdef float* rstd_p = <float*>_ap[7]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -1330,7 +1258,17 @@ cdef void _batchnorm_eval_forward_f32(const float* x_p, const float* gamma_p, co
                 y_p[_i] = _u0*gamma + beta
                 xhat_p[_i] = _u0
 
-cdef void _batchnorm_eval_forward_f64(const double* x_p, const double* gamma_p, const double* beta_p, const double* running_mean_p, const double* running_var_p, double* y_p, double* xhat_p, double* rstd_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x_p = <const double*>_ap[0]
+    cdef const double* gamma_p = <const double*>_ap[1]
+    cdef const double* beta_p = <const double*>_ap[2]
+    cdef const double* running_mean_p = <const double*>_ap[3]
+    cdef const double* running_var_p = <const double*>_ap[4]
+    cdef double* y_p = <double*>_ap[5]
+    cdef double* xhat_p = <double*>_ap[6]
+    cdef double* rstd_p = <double*>_ap[7]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -1355,84 +1293,18 @@ cdef void _batchnorm_eval_forward_f64(const double* x_p, const double* gamma_p, 
                 y_p[_i] = _u0*gamma + beta
                 xhat_p[_i] = _u0
 
-
-def batchnorm_eval_forward(x, gamma, beta, running_mean, running_var, y, xhat, rstd, *, eps, A, C, B):
-    """batch normalization (eval mode): the running statistics, per channel: forward (stages in order)
-
-    Element arrays x, y, xhat: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays gamma, beta, running_mean, running_var, rstd: (C,).
-    """
-    dt = _check_arrays("batchnorm_eval_forward", ("x", "gamma", "beta", "running_mean", "running_var", "y", "xhat", "rstd", ), (x, gamma, beta, running_mean, running_var, y, xhat, rstd, ), ("y", "xhat", "rstd", ))
-    x = _readable(x)
-    gamma = _readable(gamma)
-    beta = _readable(beta)
-    running_mean = _readable(running_mean)
-    running_var = _readable(running_var)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_eval_forward: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_forward: x has shape {x.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_forward: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_forward: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_forward: gamma has shape {gamma.shape}, expected ({C},)")
-    if beta.size != _C:
-        raise ValueError(f"batchnorm_eval_forward: beta has shape {beta.shape}, expected ({C},)")
-    if running_mean.size != _C:
-        raise ValueError(f"batchnorm_eval_forward: running_mean has shape {running_mean.shape}, expected ({C},)")
-    if running_var.size != _C:
-        raise ValueError(f"batchnorm_eval_forward: running_var has shape {running_var.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_eval_forward: rstd has shape {rstd.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] x_f32, gamma_f32, beta_f32, running_mean_f32, running_var_f32, y_f32, xhat_f32, rstd_f32
-    cdef double[::1] x_f64, gamma_f64, beta_f64, running_mean_f64, running_var_f64, y_f64, xhat_f64, rstd_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        running_mean_f32 = running_mean.reshape(-1)
-        running_var_f32 = running_var.reshape(-1)
-        y_f32 = y.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        if _A * _B == 0:
-            rstd[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_forward_f32(&x_f32[0], &gamma_f32[0], &beta_f32[0], &running_mean_f32[0], &running_var_f32[0], &y_f32[0], &xhat_f32[0], &rstd_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_forward_f32(&x_f32[0], &gamma_f32[0], &beta_f32[0], &running_mean_f32[0], &running_var_f32[0], &y_f32[0], &xhat_f32[0], &rstd_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        x_f64 = x.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        running_mean_f64 = running_mean.reshape(-1)
-        running_var_f64 = running_var.reshape(-1)
-        y_f64 = y.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        if _A * _B == 0:
-            rstd[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_forward_f64(&x_f64[0], &gamma_f64[0], &beta_f64[0], &running_mean_f64[0], &running_var_f64[0], &y_f64[0], &xhat_f64[0], &rstd_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_forward_f64(&x_f64[0], &gamma_f64[0], &beta_f64[0], &running_mean_f64[0], &running_var_f64[0], &y_f64[0], &xhat_f64[0], &rstd_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_eval_vjp
 # batch normalization (eval mode): the running statistics, per channel: vjp (grad_x, grad_gamma, grad_beta)
-cdef void _batchnorm_eval_vjp_f32(const float* g_p, const float* xhat_p, const float* gamma_p, const float* rstd_p, float* grad_x_p, float* grad_gamma_p, float* grad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g_p = <const float*>_ap[0]
+    cdef const float* xhat_p = <const float*>_ap[1]
+    cdef const float* gamma_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* grad_x_p = <float*>_ap[4]
+    cdef float* grad_gamma_p = <float*>_ap[5]
+    cdef float* grad_beta_p = <float*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -1462,7 +1334,16 @@ cdef void _batchnorm_eval_vjp_f32(const float* g_p, const float* xhat_p, const f
                 xhat = xhat_p[_i]
                 grad_x_p[_i] = g*gamma*rstd
 
-cdef void _batchnorm_eval_vjp_f64(const double* g_p, const double* xhat_p, const double* gamma_p, const double* rstd_p, double* grad_x_p, double* grad_gamma_p, double* grad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g_p = <const double*>_ap[0]
+    cdef const double* xhat_p = <const double*>_ap[1]
+    cdef const double* gamma_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* grad_x_p = <double*>_ap[4]
+    cdef double* grad_gamma_p = <double*>_ap[5]
+    cdef double* grad_beta_p = <double*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double gamma
@@ -1492,81 +1373,18 @@ cdef void _batchnorm_eval_vjp_f64(const double* g_p, const double* xhat_p, const
                 xhat = xhat_p[_i]
                 grad_x_p[_i] = g*gamma*rstd
 
-
-def batchnorm_eval_vjp(g, xhat, gamma, rstd, grad_x, grad_gamma, grad_beta, *, eps, A, C, B):
-    """batch normalization (eval mode): the running statistics, per channel: vjp (grad_x, grad_gamma, grad_beta)
-
-    Element arrays g, xhat, grad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays gamma, rstd, grad_gamma, grad_beta: (C,).
-    """
-    dt = _check_arrays("batchnorm_eval_vjp", ("g", "xhat", "gamma", "rstd", "grad_x", "grad_gamma", "grad_beta", ), (g, xhat, gamma, rstd, grad_x, grad_gamma, grad_beta, ), ("grad_x", "grad_gamma", "grad_beta", ))
-    g = _readable(g)
-    xhat = _readable(xhat)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_eval_vjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_vjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_vjp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if grad_x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_vjp: grad_x has shape {grad_x.shape}, expected {A}·{C}·{B} elements")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_vjp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_eval_vjp: rstd has shape {rstd.shape}, expected ({C},)")
-    if grad_gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_vjp: grad_gamma has shape {grad_gamma.shape}, expected ({C},)")
-    if grad_beta.size != _C:
-        raise ValueError(f"batchnorm_eval_vjp: grad_beta has shape {grad_beta.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] g_f32, xhat_f32, gamma_f32, rstd_f32, grad_x_f32, grad_gamma_f32, grad_beta_f32
-    cdef double[::1] g_f64, xhat_f64, gamma_f64, rstd_f64, grad_x_f64, grad_gamma_f64, grad_beta_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        grad_x_f32 = grad_x.reshape(-1)
-        grad_gamma_f32 = grad_gamma.reshape(-1)
-        grad_beta_f32 = grad_beta.reshape(-1)
-        if _A * _B == 0:
-            grad_gamma[...] = 0
-            grad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_vjp_f32(&g_f32[0], &xhat_f32[0], &gamma_f32[0], &rstd_f32[0], &grad_x_f32[0], &grad_gamma_f32[0], &grad_beta_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_vjp_f32(&g_f32[0], &xhat_f32[0], &gamma_f32[0], &rstd_f32[0], &grad_x_f32[0], &grad_gamma_f32[0], &grad_beta_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        g_f64 = g.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        grad_x_f64 = grad_x.reshape(-1)
-        grad_gamma_f64 = grad_gamma.reshape(-1)
-        grad_beta_f64 = grad_beta.reshape(-1)
-        if _A * _B == 0:
-            grad_gamma[...] = 0
-            grad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_vjp_f64(&g_f64[0], &xhat_f64[0], &gamma_f64[0], &rstd_f64[0], &grad_x_f64[0], &grad_gamma_f64[0], &grad_beta_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_vjp_f64(&g_f64[0], &xhat_f64[0], &gamma_f64[0], &rstd_f64[0], &grad_x_f64[0], &grad_gamma_f64[0], &grad_beta_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_eval_jvp
 # batch normalization (eval mode): the running statistics, per channel: jvp (Ry)
-cdef void _batchnorm_eval_jvp_f32(const float* Rx_p, const float* xhat_p, const float* Rbeta_p, const float* Rgamma_p, const float* gamma_p, const float* rstd_p, float* Ry_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_ap[0]
+    cdef const float* xhat_p = <const float*>_ap[1]
+    cdef const float* Rbeta_p = <const float*>_ap[2]
+    cdef const float* Rgamma_p = <const float*>_ap[3]
+    cdef const float* gamma_p = <const float*>_ap[4]
+    cdef const float* rstd_p = <const float*>_ap[5]
+    cdef float* Ry_p = <float*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rbeta
@@ -1587,7 +1405,16 @@ cdef void _batchnorm_eval_jvp_f32(const float* Rx_p, const float* xhat_p, const 
                 xhat = xhat_p[_i]
                 Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*gamma*rstd
 
-cdef void _batchnorm_eval_jvp_f64(const double* Rx_p, const double* xhat_p, const double* Rbeta_p, const double* Rgamma_p, const double* gamma_p, const double* rstd_p, double* Ry_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_ap[0]
+    cdef const double* xhat_p = <const double*>_ap[1]
+    cdef const double* Rbeta_p = <const double*>_ap[2]
+    cdef const double* Rgamma_p = <const double*>_ap[3]
+    cdef const double* gamma_p = <const double*>_ap[4]
+    cdef const double* rstd_p = <const double*>_ap[5]
+    cdef double* Ry_p = <double*>_ap[6]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rbeta
@@ -1608,79 +1435,21 @@ cdef void _batchnorm_eval_jvp_f64(const double* Rx_p, const double* xhat_p, cons
                 xhat = xhat_p[_i]
                 Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*gamma*rstd
 
-
-def batchnorm_eval_jvp(Rx, xhat, Rbeta, Rgamma, gamma, rstd, Ry, *, eps, A, C, B):
-    """batch normalization (eval mode): the running statistics, per channel: jvp (Ry)
-
-    Element arrays Rx, xhat, Ry: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays Rbeta, Rgamma, gamma, rstd: (C,).
-    """
-    dt = _check_arrays("batchnorm_eval_jvp", ("Rx", "xhat", "Rbeta", "Rgamma", "gamma", "rstd", "Ry", ), (Rx, xhat, Rbeta, Rgamma, gamma, rstd, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    xhat = _readable(xhat)
-    Rbeta = _readable(Rbeta)
-    Rgamma = _readable(Rgamma)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_eval_jvp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_jvp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_jvp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if Ry.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_jvp: Ry has shape {Ry.shape}, expected {A}·{C}·{B} elements")
-    if Rbeta.size != _C:
-        raise ValueError(f"batchnorm_eval_jvp: Rbeta has shape {Rbeta.shape}, expected ({C},)")
-    if Rgamma.size != _C:
-        raise ValueError(f"batchnorm_eval_jvp: Rgamma has shape {Rgamma.shape}, expected ({C},)")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_jvp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_eval_jvp: rstd has shape {rstd.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rx_f32, xhat_f32, Rbeta_f32, Rgamma_f32, gamma_f32, rstd_f32, Ry_f32
-    cdef double[::1] Rx_f64, xhat_f64, Rbeta_f64, Rgamma_f64, gamma_f64, rstd_f64, Ry_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        Rx_f32 = Rx.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        Rbeta_f32 = Rbeta.reshape(-1)
-        Rgamma_f32 = Rgamma.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_jvp_f32(&Rx_f32[0], &xhat_f32[0], &Rbeta_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Ry_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_jvp_f32(&Rx_f32[0], &xhat_f32[0], &Rbeta_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Ry_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rx_f64 = Rx.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        Rbeta_f64 = Rbeta.reshape(-1)
-        Rgamma_f64 = Rgamma.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_jvp_f64(&Rx_f64[0], &xhat_f64[0], &Rbeta_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Ry_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_jvp_f64(&Rx_f64[0], &xhat_f64[0], &Rbeta_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Ry_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- batchnorm_eval_rvjp
 # batch normalization (eval mode): the running statistics, per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
-cdef void _batchnorm_eval_rvjp_f32(const float* Rg_p, const float* Rx_p, const float* g_p, const float* xhat_p, const float* Rgamma_p, const float* gamma_p, const float* rstd_p, float* Rgrad_x_p, float* Rgrad_gamma_p, float* Rgrad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_ap[0]
+    cdef const float* Rx_p = <const float*>_ap[1]
+    cdef const float* g_p = <const float*>_ap[2]
+    cdef const float* xhat_p = <const float*>_ap[3]
+    cdef const float* Rgamma_p = <const float*>_ap[4]
+    cdef const float* gamma_p = <const float*>_ap[5]
+    cdef const float* rstd_p = <const float*>_ap[6]
+    cdef float* Rgrad_x_p = <float*>_ap[7]
+    cdef float* Rgrad_gamma_p = <float*>_ap[8]
+    cdef float* Rgrad_beta_p = <float*>_ap[9]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rgamma
@@ -1721,7 +1490,19 @@ cdef void _batchnorm_eval_rvjp_f32(const float* Rg_p, const float* Rx_p, const f
                 xhat = xhat_p[_i]
                 Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd
 
-cdef void _batchnorm_eval_rvjp_f64(const double* Rg_p, const double* Rx_p, const double* g_p, const double* xhat_p, const double* Rgamma_p, const double* gamma_p, const double* rstd_p, double* Rgrad_x_p, double* Rgrad_gamma_p, double* Rgrad_beta_p, double eps, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_ap[0]
+    cdef const double* Rx_p = <const double*>_ap[1]
+    cdef const double* g_p = <const double*>_ap[2]
+    cdef const double* xhat_p = <const double*>_ap[3]
+    cdef const double* Rgamma_p = <const double*>_ap[4]
+    cdef const double* gamma_p = <const double*>_ap[5]
+    cdef const double* rstd_p = <const double*>_ap[6]
+    cdef double* Rgrad_x_p = <double*>_ap[7]
+    cdef double* Rgrad_gamma_p = <double*>_ap[8]
+    cdef double* Rgrad_beta_p = <double*>_ap[9]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double Rgamma
@@ -1762,96 +1543,12 @@ cdef void _batchnorm_eval_rvjp_f64(const double* Rg_p, const double* Rx_p, const
                 xhat = xhat_p[_i]
                 Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd
 
-
-def batchnorm_eval_rvjp(Rg, Rx, g, xhat, Rgamma, gamma, rstd, Rgrad_x, Rgrad_gamma, Rgrad_beta, *, eps, A, C, B):
-    """batch normalization (eval mode): the running statistics, per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
-
-    Element arrays Rg, Rx, g, xhat, Rgrad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays Rgamma, gamma, rstd, Rgrad_gamma, Rgrad_beta: (C,).
-    """
-    dt = _check_arrays("batchnorm_eval_rvjp", ("Rg", "Rx", "g", "xhat", "Rgamma", "gamma", "rstd", "Rgrad_x", "Rgrad_gamma", "Rgrad_beta", ), (Rg, Rx, g, xhat, Rgamma, gamma, rstd, Rgrad_x, Rgrad_gamma, Rgrad_beta, ), ("Rgrad_x", "Rgrad_gamma", "Rgrad_beta", ))
-    Rg = _readable(Rg)
-    Rx = _readable(Rx)
-    g = _readable(g)
-    xhat = _readable(xhat)
-    Rgamma = _readable(Rgamma)
-    gamma = _readable(gamma)
-    rstd = _readable(rstd)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"batchnorm_eval_rvjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rg.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_rvjp: Rg has shape {Rg.shape}, expected {A}·{C}·{B} elements")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_rvjp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_rvjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if xhat.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_rvjp: xhat has shape {xhat.shape}, expected {A}·{C}·{B} elements")
-    if Rgrad_x.size != _A * _C * _B:
-        raise ValueError(f"batchnorm_eval_rvjp: Rgrad_x has shape {Rgrad_x.shape}, expected {A}·{C}·{B} elements")
-    if Rgamma.size != _C:
-        raise ValueError(f"batchnorm_eval_rvjp: Rgamma has shape {Rgamma.shape}, expected ({C},)")
-    if gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_rvjp: gamma has shape {gamma.shape}, expected ({C},)")
-    if rstd.size != _C:
-        raise ValueError(f"batchnorm_eval_rvjp: rstd has shape {rstd.shape}, expected ({C},)")
-    if Rgrad_gamma.size != _C:
-        raise ValueError(f"batchnorm_eval_rvjp: Rgrad_gamma has shape {Rgrad_gamma.shape}, expected ({C},)")
-    if Rgrad_beta.size != _C:
-        raise ValueError(f"batchnorm_eval_rvjp: Rgrad_beta has shape {Rgrad_beta.shape}, expected ({C},)")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rg_f32, Rx_f32, g_f32, xhat_f32, Rgamma_f32, gamma_f32, rstd_f32, Rgrad_x_f32, Rgrad_gamma_f32, Rgrad_beta_f32
-    cdef double[::1] Rg_f64, Rx_f64, g_f64, xhat_f64, Rgamma_f64, gamma_f64, rstd_f64, Rgrad_x_f64, Rgrad_gamma_f64, Rgrad_beta_f64
-    cdef double _eps = eps
-    if dt == _F32:
-        Rg_f32 = Rg.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        g_f32 = g.reshape(-1)
-        xhat_f32 = xhat.reshape(-1)
-        Rgamma_f32 = Rgamma.reshape(-1)
-        gamma_f32 = gamma.reshape(-1)
-        rstd_f32 = rstd.reshape(-1)
-        Rgrad_x_f32 = Rgrad_x.reshape(-1)
-        Rgrad_gamma_f32 = Rgrad_gamma.reshape(-1)
-        Rgrad_beta_f32 = Rgrad_beta.reshape(-1)
-        if _A * _B == 0:
-            Rgrad_gamma[...] = 0
-            Rgrad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &xhat_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Rgrad_x_f32[0], &Rgrad_gamma_f32[0], &Rgrad_beta_f32[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &xhat_f32[0], &Rgamma_f32[0], &gamma_f32[0], &rstd_f32[0], &Rgrad_x_f32[0], &Rgrad_gamma_f32[0], &Rgrad_beta_f32[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rg_f64 = Rg.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        g_f64 = g.reshape(-1)
-        xhat_f64 = xhat.reshape(-1)
-        Rgamma_f64 = Rgamma.reshape(-1)
-        gamma_f64 = gamma.reshape(-1)
-        rstd_f64 = rstd.reshape(-1)
-        Rgrad_x_f64 = Rgrad_x.reshape(-1)
-        Rgrad_gamma_f64 = Rgrad_gamma.reshape(-1)
-        Rgrad_beta_f64 = Rgrad_beta.reshape(-1)
-        if _A * _B == 0:
-            Rgrad_gamma[...] = 0
-            Rgrad_beta[...] = 0
-            return
-        with nogil:
-            if _T == 1:
-                _batchnorm_eval_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &xhat_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Rgrad_x_f64[0], &Rgrad_gamma_f64[0], &Rgrad_beta_f64[0], _eps, _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _batchnorm_eval_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &xhat_f64[0], &Rgamma_f64[0], &gamma_f64[0], &rstd_f64[0], &Rgrad_x_f64[0], &Rgrad_gamma_f64[0], &Rgrad_beta_f64[0], _eps, _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- softmax_forward
 # softmax over axis 1, shifted by the row maximum (exp never overflows): forward (stages in order)
-cdef void _softmax_forward_f32(const float* x_p, float* y_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x_p = <const float*>_ap[0]
+    cdef float* y_p = <float*>_ap[1]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double m
@@ -1877,7 +1574,10 @@ cdef void _softmax_forward_f32(const float* x_p, float* y_p, Py_ssize_t A, Py_ss
                 x = x_p[_i]
                 y_p[_i] = expf(-m + x)/s
 
-cdef void _softmax_forward_f64(const double* x_p, double* y_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x_p = <const double*>_ap[0]
+    cdef double* y_p = <double*>_ap[1]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double m
@@ -1903,53 +1603,13 @@ cdef void _softmax_forward_f64(const double* x_p, double* y_p, Py_ssize_t A, Py_
                 x = x_p[_i]
                 y_p[_i] = exp(-m + x)/s
 
-
-def softmax_forward(x, y, *, A, C, B):
-    """softmax over axis 1, shifted by the row maximum (exp never overflows): forward (stages in order)
-
-    Element arrays x, y: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays -: (C,).
-    """
-    dt = _check_arrays("softmax_forward", ("x", "y", ), (x, y, ), ("y", ))
-    x = _readable(x)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"softmax_forward: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if x.size != _A * _C * _B:
-        raise ValueError(f"softmax_forward: x has shape {x.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"softmax_forward: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] x_f32, y_f32
-    cdef double[::1] x_f64, y_f64
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_forward_f32(&x_f32[0], &y_f32[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_forward_f32(&x_f32[0], &y_f32[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_forward_f64(&x_f64[0], &y_f64[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_forward_f64(&x_f64[0], &y_f64[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- softmax_vjp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): vjp (grad_x)
-cdef void _softmax_vjp_f32(const float* g_p, const float* y_p, float* grad_x_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef float* grad_x_p = <float*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -1970,7 +1630,11 @@ cdef void _softmax_vjp_f32(const float* g_p, const float* y_p, float* grad_x_p, 
                 y = y_p[_i]
                 grad_x_p[_i] = -_sum0*y + g*y
 
-cdef void _softmax_vjp_f64(const double* g_p, const double* y_p, double* grad_x_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef double* grad_x_p = <double*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -1991,58 +1655,13 @@ cdef void _softmax_vjp_f64(const double* g_p, const double* y_p, double* grad_x_
                 y = y_p[_i]
                 grad_x_p[_i] = -_sum0*y + g*y
 
-
-def softmax_vjp(g, y, grad_x, *, A, C, B):
-    """softmax over axis 1, shifted by the row maximum (exp never overflows): vjp (grad_x)
-
-    Element arrays g, y, grad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays -: (C,).
-    """
-    dt = _check_arrays("softmax_vjp", ("g", "y", "grad_x", ), (g, y, grad_x, ), ("grad_x", ))
-    g = _readable(g)
-    y = _readable(y)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"softmax_vjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"softmax_vjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"softmax_vjp: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if grad_x.size != _A * _C * _B:
-        raise ValueError(f"softmax_vjp: grad_x has shape {grad_x.shape}, expected {A}·{C}·{B} elements")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] g_f32, y_f32, grad_x_f32
-    cdef double[::1] g_f64, y_f64, grad_x_f64
-    if dt == _F32:
-        g_f32 = g.reshape(-1)
-        y_f32 = y.reshape(-1)
-        grad_x_f32 = grad_x.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_vjp_f32(&g_f32[0], &y_f32[0], &grad_x_f32[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_vjp_f32(&g_f32[0], &y_f32[0], &grad_x_f32[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        g_f64 = g.reshape(-1)
-        y_f64 = y.reshape(-1)
-        grad_x_f64 = grad_x.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_vjp_f64(&g_f64[0], &y_f64[0], &grad_x_f64[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_vjp_f64(&g_f64[0], &y_f64[0], &grad_x_f64[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- softmax_jvp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): jvp (Ry)
-cdef void _softmax_jvp_f32(const float* Rx_p, const float* y_p, float* Ry_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef float* Ry_p = <float*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -2063,7 +1682,11 @@ cdef void _softmax_jvp_f32(const float* Rx_p, const float* y_p, float* Ry_p, Py_
                 y = y_p[_i]
                 Ry_p[_i] = Rx*y - _sum0*y
 
-cdef void _softmax_jvp_f64(const double* Rx_p, const double* y_p, double* Ry_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef double* Ry_p = <double*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -2084,58 +1707,15 @@ cdef void _softmax_jvp_f64(const double* Rx_p, const double* y_p, double* Ry_p, 
                 y = y_p[_i]
                 Ry_p[_i] = Rx*y - _sum0*y
 
-
-def softmax_jvp(Rx, y, Ry, *, A, C, B):
-    """softmax over axis 1, shifted by the row maximum (exp never overflows): jvp (Ry)
-
-    Element arrays Rx, y, Ry: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays -: (C,).
-    """
-    dt = _check_arrays("softmax_jvp", ("Rx", "y", "Ry", ), (Rx, y, Ry, ), ("Ry", ))
-    Rx = _readable(Rx)
-    y = _readable(y)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"softmax_jvp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"softmax_jvp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"softmax_jvp: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if Ry.size != _A * _C * _B:
-        raise ValueError(f"softmax_jvp: Ry has shape {Ry.shape}, expected {A}·{C}·{B} elements")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rx_f32, y_f32, Ry_f32
-    cdef double[::1] Rx_f64, y_f64, Ry_f64
-    if dt == _F32:
-        Rx_f32 = Rx.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_jvp_f32(&Rx_f32[0], &y_f32[0], &Ry_f32[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_jvp_f32(&Rx_f32[0], &y_f32[0], &Ry_f32[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rx_f64 = Rx.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_jvp_f64(&Rx_f64[0], &y_f64[0], &Ry_f64[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_jvp_f64(&Rx_f64[0], &y_f64[0], &Ry_f64[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-
 # ---------------------------------------------------------------- softmax_rvjp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): rvjp (Rgrad_x)
-cdef void _softmax_rvjp_f32(const float* Rg_p, const float* Rx_p, const float* g_p, const float* y_p, float* Rgrad_x_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_ap[0]
+    cdef const float* Rx_p = <const float*>_ap[1]
+    cdef const float* g_p = <const float*>_ap[2]
+    cdef const float* y_p = <const float*>_ap[3]
+    cdef float* Rgrad_x_p = <float*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -2173,7 +1753,13 @@ cdef void _softmax_rvjp_f32(const float* Rg_p, const float* Rx_p, const float* g
                 y = y_p[_i]
                 Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<float>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
 
-cdef void _softmax_rvjp_f64(const double* Rg_p, const double* Rx_p, const double* g_p, const double* y_p, double* Rgrad_x_p, Py_ssize_t A, Py_ssize_t C, Py_ssize_t B, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_ap[0]
+    cdef const double* Rx_p = <const double*>_ap[1]
+    cdef const double* g_p = <const double*>_ap[2]
+    cdef const double* y_p = <const double*>_ap[3]
+    cdef double* Rgrad_x_p = <double*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
     cdef Py_ssize_t _c, _a, _b, _i
     cdef double M = <double>(A * B)
     cdef double _sum0
@@ -2211,61 +1797,37 @@ cdef void _softmax_rvjp_f64(const double* Rg_p, const double* Rx_p, const double
                 y = y_p[_i]
                 Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<double>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
 
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", )
 
-def softmax_rvjp(Rg, Rx, g, y, Rgrad_x, *, A, C, B):
-    """softmax over axis 1, shifted by the row maximum (exp never overflows): rvjp (Rgrad_x)
+cdef _composite_t _TABLE_F32[12]
+cdef _composite_t _TABLE_F64[12]
+_TABLE_F32[0] = _batchnorm_forward_f32
+_TABLE_F64[0] = _batchnorm_forward_f64
+_TABLE_F32[1] = _batchnorm_vjp_f32
+_TABLE_F64[1] = _batchnorm_vjp_f64
+_TABLE_F32[2] = _batchnorm_jvp_f32
+_TABLE_F64[2] = _batchnorm_jvp_f64
+_TABLE_F32[3] = _batchnorm_rvjp_f32
+_TABLE_F64[3] = _batchnorm_rvjp_f64
+_TABLE_F32[4] = _batchnorm_eval_forward_f32
+_TABLE_F64[4] = _batchnorm_eval_forward_f64
+_TABLE_F32[5] = _batchnorm_eval_vjp_f32
+_TABLE_F64[5] = _batchnorm_eval_vjp_f64
+_TABLE_F32[6] = _batchnorm_eval_jvp_f32
+_TABLE_F64[6] = _batchnorm_eval_jvp_f64
+_TABLE_F32[7] = _batchnorm_eval_rvjp_f32
+_TABLE_F64[7] = _batchnorm_eval_rvjp_f64
+_TABLE_F32[8] = _softmax_forward_f32
+_TABLE_F64[8] = _softmax_forward_f64
+_TABLE_F32[9] = _softmax_vjp_f32
+_TABLE_F64[9] = _softmax_vjp_f64
+_TABLE_F32[10] = _softmax_jvp_f32
+_TABLE_F64[10] = _softmax_jvp_f64
+_TABLE_F32[11] = _softmax_rvjp_f32
+_TABLE_F64[11] = _softmax_rvjp_f64
 
-    Element arrays Rg, Rx, g, y, Rgrad_x: A·C·B elements, an (A, C, B)
-    array with the group on the middle axis; group arrays -: (C,).
-    """
-    dt = _check_arrays("softmax_rvjp", ("Rg", "Rx", "g", "y", "Rgrad_x", ), (Rg, Rx, g, y, Rgrad_x, ), ("Rgrad_x", ))
-    Rg = _readable(Rg)
-    Rx = _readable(Rx)
-    g = _readable(g)
-    y = _readable(y)
-    cdef Py_ssize_t _A = A, _C = C, _B = B
-    if _A < 0 or _C < 0 or _B < 0:
-        raise ValueError(f"softmax_rvjp: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
-    if Rg.size != _A * _C * _B:
-        raise ValueError(f"softmax_rvjp: Rg has shape {Rg.shape}, expected {A}·{C}·{B} elements")
-    if Rx.size != _A * _C * _B:
-        raise ValueError(f"softmax_rvjp: Rx has shape {Rx.shape}, expected {A}·{C}·{B} elements")
-    if g.size != _A * _C * _B:
-        raise ValueError(f"softmax_rvjp: g has shape {g.shape}, expected {A}·{C}·{B} elements")
-    if y.size != _A * _C * _B:
-        raise ValueError(f"softmax_rvjp: y has shape {y.shape}, expected {A}·{C}·{B} elements")
-    if Rgrad_x.size != _A * _C * _B:
-        raise ValueError(f"softmax_rvjp: Rgrad_x has shape {Rgrad_x.shape}, expected {A}·{C}·{B} elements")
-    if _C == 0:
-        return
-    cdef int _t, _T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
-    cdef float[::1] Rg_f32, Rx_f32, g_f32, y_f32, Rgrad_x_f32
-    cdef double[::1] Rg_f64, Rx_f64, g_f64, y_f64, Rgrad_x_f64
-    if dt == _F32:
-        Rg_f32 = Rg.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        g_f32 = g.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Rgrad_x_f32 = Rgrad_x.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &y_f32[0], &Rgrad_x_f32[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_rvjp_f32(&Rg_f32[0], &Rx_f32[0], &g_f32[0], &y_f32[0], &Rgrad_x_f32[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
-    else:
-        Rg_f64 = Rg.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        g_f64 = g.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Rgrad_x_f64 = Rgrad_x.reshape(-1)
-        if _A * _B == 0:
-            return
-        with nogil:
-            if _T == 1:
-                _softmax_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &y_f64[0], &Rgrad_x_f64[0], _A, _C, _B, 0, _C)
-            else:
-                for _t in prange(_T, num_threads=_T, schedule="static"):
-                    _softmax_rvjp_f64(&Rg_f64[0], &Rx_f64[0], &g_f64[0], &y_f64[0], &Rgrad_x_f64[0], _A, _C, _B, _C * _t // _T, _C * (_t + 1) // _T)
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(12)]

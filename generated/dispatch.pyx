@@ -14,7 +14,11 @@ Python wrapper per role.
 
 - elementwise: ``void k(char** arrays, const double* scalars, Py_ssize_t n)``;
 - indexed (contractions, windows): ``int k(char** arrays, const Py_ssize_t* extents, int threads)``
-  (the arrays, masks and work buffers; the extents, then geometry scalars; -1: out of memory).
+  (the arrays, masks and work buffers; the extents, then geometry scalars; -1: out of memory);
+- channelwise (learnable per-channel parameters): ``int k(char** arrays, const double* scalars,
+  const Py_ssize_t* sizes)`` (data arrays viewed as (N, C, S), channel arrays (C,) or (1,));
+- composite (group reductions + elementwise stages): ``void k(char** arrays, const double*
+  scalars, const Py_ssize_t* layout, Py_ssize_t c0, Py_ssize_t c1)`` (groups split over threads).
 
 :func:`bind` turns a module's table into one callable per kernel, with the argument names and
 index names its manifest records (``symprop.runtime.kernels.register`` attaches them to the
@@ -127,6 +131,9 @@ cdef enum:
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
+ctypedef int (*_channelwise_t)(char** arrays, const double* scalars, const Py_ssize_t* sizes) noexcept nogil
+ctypedef void (*_composite_t)(char** arrays, const double* scalars, const Py_ssize_t* layout,
+                              Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
 import numpy as _np
 
@@ -366,8 +373,10 @@ cdef class IndexedKernel:
             env[key] = value
         for a in self.arguments:
             if env.get(a) is None:
-                if a in self.outputs or a in self.masks:
-                    raise TypeError(f"{self.name}: array {a!r} is required")
+                if a in self.outputs:
+                    raise TypeError(f"{self.name}: output array {a!r} is required")
+                if a in self.masks:
+                    raise TypeError(f"{self.name}: argmax mask {a!r} is required")
                 if a not in self.optional:
                     raise TypeError(f"{self.name}: array argument {a!r} is required")
                 env[a] = None
@@ -463,6 +472,189 @@ cdef class IndexedKernel:
         return outs[0] if len(outs) == 1 else outs
 
 
+cdef class ChannelwiseKernel:
+    """One channelwise kernel: ``kernel(*data, *channel, *outputs[, S, w], *scalars)``
+    (positional or by name). Data arrays and pointwise outputs are (N, C, S), one shape;
+    channel arrays, and the output of a parameter pullback, are (C,) or (1,) (shared)."""
+
+    cdef readonly str name
+    cdef readonly str doc
+    cdef readonly tuple arguments
+    cdef tuple data, channel, outputs, arrays, scalars
+    cdef object reduce
+    cdef _channelwise_t f32
+    cdef _channelwise_t f64
+
+    def __init__(self, str name, outputs, scalars, dict binding, size_t f32, size_t f64, str doc=""):
+        self.name, self.doc = name, doc
+        self.data, self.channel = tuple(binding["data"]), tuple(binding["channel"])
+        self.reduce = binding["reduce"]
+        self.outputs = tuple(outputs)
+        self.arrays = self.data + self.channel + self.outputs + (("S", "w") if self.reduce == "sqsum" else ())
+        self.scalars = tuple(scalars)
+        self.arguments = self.arrays + self.scalars
+        if len(self.arrays) > _MAX_ARGS or len(self.scalars) > _MAX_ARGS or f32 == 0 or f64 == 0:
+            raise ValueError(f"{name}: not a valid kernel table entry")
+        self.f32 = <_channelwise_t>f32
+        self.f64 = <_channelwise_t>f64
+
+    def __repr__(self):
+        return f"<channelwise kernel {self.name}({', '.join(self.arguments)})>"
+
+    def __call__(self, *args, **kwargs):
+        cdef Py_buffer views[_MAX_ARGS]
+        cdef char* ptrs[_MAX_ARGS]
+        cdef double scal[_MAX_ARGS]
+        cdef Py_ssize_t xs[5]
+        cdef int k, held = 0, status = 0
+        cdef _channelwise_t fn
+        if len(args) > len(self.arguments):
+            raise TypeError(f"{self.name}() takes {len(self.arguments)} arguments "
+                            f"({', '.join(self.arguments)}), got {len(args)}")
+        env = dict(zip(self.arguments, args))
+        for key, value in kwargs.items():
+            if key not in self.arguments:
+                raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
+                                f"it takes {', '.join(self.arguments)}")
+            if key in env:
+                raise TypeError(f"{self.name}() got argument {key!r} twice")
+            env[key] = value
+        missing = [a for a in self.arguments if env.get(a) is None]
+        if missing:
+            raise TypeError(f"{self.name}() missing argument(s) {', '.join(missing)}")
+        dt = _check_arrays(self.name, self.arrays, tuple(env[a] for a in self.arrays), self.outputs)
+        for k, sname in enumerate(self.scalars):
+            scal[k] = env[sname]
+        pointwise = self.data + (() if self.reduce else self.outputs)
+        shape = env[pointwise[0]].shape
+        if len(shape) != 3:
+            raise ValueError(f"{self.name}: data arrays must be 3-D (N, C, S), got shape {shape}")
+        for a in pointwise[1:]:
+            if env[a].shape != shape:
+                raise ValueError(f"{self.name}: {a} has shape {env[a].shape}, expected {shape}")
+        N, C, SS = shape
+        Cp = env[self.channel[0] if self.channel else self.outputs[0]].shape[0]
+        for a in self.channel + (self.outputs if self.reduce else ()):
+            arr = env[a]
+            if arr.ndim != 1 or arr.shape[0] not in (1, C):
+                raise ValueError(f"{self.name}: {a} must have shape ({C},) or (1,), got {arr.shape}")
+            if arr.shape[0] != Cp:
+                raise ValueError(f"{self.name}: {a} has {arr.shape[0]} channels, expected {Cp}")
+        K = 0
+        if self.reduce == "sqsum":
+            S, w = env["S"], env["w"]
+            if S.ndim != 4 or S.shape[1:] != shape or w.shape != (S.shape[0], N):
+                raise ValueError(f"{self.name}: S must be (K, {N}, {C}, {SS}) and w (K, {N}), got {S.shape} and {w.shape}")
+            K = S.shape[0]
+        if N == 0 or C == 0 or SS == 0:
+            if self.reduce:
+                env[self.outputs[0]][...] = 0
+            return
+        xs[0], xs[1], xs[2], xs[3], xs[4] = N, C, SS, Cp, K
+        fn = self.f32 if dt == _F32 else self.f64
+        try:
+            for k, a in enumerate(self.arrays):
+                PyObject_GetBuffer(env[a], &views[k], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                held += 1
+                ptrs[k] = <char*>views[k].buf
+            with nogil:
+                status = fn(ptrs, scal, xs)
+        finally:
+            for k in range(held):
+                PyBuffer_Release(&views[k])
+        if status != 0:
+            raise MemoryError(f"{self.name}: out of memory")
+
+
+cdef class CompositeKernel:
+    """One composite kernel: ``kernel(*arrays, *outputs, *, scalars..., A, C, B)``. Element
+    arrays hold A·C·B elements, an (A, C, B) array with the group on the middle axis; group
+    arrays hold C. Groups are split over threads."""
+
+    cdef readonly str name
+    cdef readonly str doc
+    cdef readonly tuple arguments
+    cdef readonly tuple keywords
+    cdef tuple outputs, elem, group
+    cdef _composite_t f32
+    cdef _composite_t f64
+
+    def __init__(self, str name, arrays, outputs, dict binding, size_t f32, size_t f64, str doc=""):
+        self.name, self.doc = name, doc
+        self.outputs = tuple(outputs)
+        self.arguments = tuple(arrays) + self.outputs
+        self.elem, self.group = tuple(binding["elem"]), tuple(binding["group"])
+        self.keywords = tuple(binding["scalars"]) + ("A", "C", "B")
+        if len(self.arguments) > _MAX_ARGS or len(self.keywords) > _MAX_ARGS or f32 == 0 or f64 == 0:
+            raise ValueError(f"{name}: not a valid kernel table entry")
+        self.f32 = <_composite_t>f32
+        self.f64 = <_composite_t>f64
+
+    def __repr__(self):
+        return f"<composite kernel {self.name}({', '.join(self.arguments)}, *, {', '.join(self.keywords)})>"
+
+    def __call__(self, *args, **kwargs):
+        cdef Py_buffer views[_MAX_ARGS]
+        cdef char* ptrs[_MAX_ARGS]
+        cdef char** chunk
+        cdef double scal[_MAX_ARGS]
+        cdef Py_ssize_t lay[3]
+        cdef Py_ssize_t _A, _C, _B
+        cdef int k, t, T, held = 0, ns = len(self.keywords) - 3
+        cdef _composite_t fn
+        if len(args) > len(self.arguments):
+            raise TypeError(f"{self.name}() takes {len(self.arguments)} positional arguments "
+                            f"({', '.join(self.arguments)}), got {len(args)}")
+        env = dict(zip(self.arguments, args))
+        for key, value in kwargs.items():
+            if key not in self.arguments and key not in self.keywords:
+                raise TypeError(f"{self.name}() got an unexpected argument {key!r}")
+            if key in env:
+                raise TypeError(f"{self.name}() got argument {key!r} twice")
+            env[key] = value
+        missing = [a for a in self.arguments + self.keywords if env.get(a) is None]
+        if missing:
+            raise TypeError(f"{self.name}() missing argument(s) {', '.join(missing)}")
+        dt = _check_arrays(self.name, self.arguments, tuple(env[a] for a in self.arguments), self.outputs)
+        A, C, B = env["A"], env["C"], env["B"]
+        _A, _C, _B = A, C, B
+        if _A < 0 or _C < 0 or _B < 0:
+            raise ValueError(f"{self.name}: layout (A, C, B) = ({A}, {C}, {B}) must be non-negative")
+        for a in self.elem:
+            if env[a].size != _A * _C * _B:
+                raise ValueError(f"{self.name}: {a} has shape {env[a].shape}, expected {A}·{C}·{B} elements")
+        for a in self.group:
+            if env[a].size != _C:
+                raise ValueError(f"{self.name}: {a} has shape {env[a].shape}, expected ({C},)")
+        if _C == 0:
+            return
+        if self.elem and _A * _B == 0:
+            for o in self.outputs:
+                if o in self.group:
+                    env[o][...] = 0
+            return
+        for k in range(ns):
+            scal[k] = env[self.keywords[k]]
+        lay[0], lay[1], lay[2] = _A, _C, _B
+        T = _threads_for(min(_C, (_A * _C * _B) // _GRAIN))
+        fn = self.f32 if dt == _F32 else self.f64
+        try:
+            for k, a in enumerate(self.arguments):
+                PyObject_GetBuffer(env[a], &views[k], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                held += 1
+                ptrs[k] = <char*>views[k].buf
+            chunk = ptrs
+            with nogil:
+                if T == 1:
+                    fn(chunk, scal, lay, 0, _C)
+                else:
+                    for t in prange(T, num_threads=T, schedule="static"):
+                        fn(chunk, scal, lay, _C * t // T, _C * (t + 1) // T)
+        finally:
+            for k in range(held):
+                PyBuffer_Release(&views[k])
+
+
 def bind(module) -> dict:
     """``{kernel name: callable}`` for every kernel in ``module``'s table, with the argument
     names (and, for indexed kernels, index names) its manifest records."""
@@ -481,7 +673,13 @@ def bind(module) -> dict:
         if role is None:
             raise ImportError(f"{module.__name__}: kernel {name!r} has no manifest role")
         outs = [o["name"] for o in role["outputs"]]
-        if "binding" in role:
+        family = role.get("binding", {}).get("family")
+        if family == "composite":
+            out[name] = CompositeKernel(name, role["arrays"], outs, role["binding"], f32, f64, role.get("doc", ""))
+        elif family == "channelwise":
+            out[name] = ChannelwiseKernel(name, outs, role.get("scalars", ()), role["binding"], f32, f64,
+                                          role.get("doc", ""))
+        elif "binding" in role:
             out[name] = IndexedKernel(name, role["arrays"], outs, role["optional"], role["binding"],
                                       f32, f64, role.get("doc", ""))
         else:

@@ -7,7 +7,14 @@
 # spec: prelu  hash: e5659dea01fff357
 # spec: swish_learnable  hash: f46ff0ed27cb6309
 
-"""Channelwise kernels (learnable per-channel parameters): prelu, swish_learnable."""
+"""Channelwise kernels (learnable per-channel parameters): prelu, swish_learnable.
+
+Plain C kernels, one signature for all (``int k(char** arrays, const double* scalars,
+const Py_ssize_t* sizes)``: the data arrays, channel arrays, outputs (and S, w for the
+Gauss-Newton role) in manifest call order; sizes N, C, S, Cp, K; -1 when out of memory),
+collected in a table; the shared dispatcher (``symprop.generated.dispatch``) checks shapes
+and calls through the table. This module imports nothing from symprop.
+"""
 from libc.stdlib cimport calloc, free
 cdef extern from "symprop_math.h":
     float expf(float) nogil
@@ -51,37 +58,7 @@ cdef extern from "symprop_math.h":
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
 
-import numpy as _np
-
-_F32 = _np.dtype(_np.float32)
-_F64 = _np.dtype(_np.float64)
-
-
-def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
-    """Validate kernel arguments at the Python boundary (the kernels run unchecked)."""
-    dt = None
-    for name, a in zip(names, arrays):
-        if a is None:
-            continue
-        if not isinstance(a, _np.ndarray):
-            raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != _F32 and a.dtype != _F64:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype}; expected float32 or float64")
-        if dt is None:
-            dt = a.dtype
-        elif a.dtype != dt:
-            raise TypeError(f"{kernel}: argument {name!r} has dtype {a.dtype} but earlier arguments are {dt}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{kernel}: argument {name!r} (shape {a.shape}) must be C-contiguous")
-        if name in writable and not a.flags.writeable:
-            raise ValueError(f"{kernel}: output {name!r} is read-only")
-    return dt
-
-
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
+ctypedef int (*_channelwise_t)(char** arrays, const double* scalars, const Py_ssize_t* sizes) noexcept nogil
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
 #: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
@@ -120,7 +97,18 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "y = alpha*Min(0, x) + Max(0, x)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x"
+     ],
+     "channel": [
+      "alpha"
+     ],
+     "reduce": null
+    }
    },
    "vjp:x": {
     "kernel": "prelu_vjp",
@@ -144,7 +132,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g"
+     ],
+     "channel": [
+      "alpha"
+     ],
+     "reduce": null
+    }
    },
    "vjp:alpha": {
     "kernel": "prelu_vjp_alpha",
@@ -166,7 +166,17 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "galpha = g*Min(0, x)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g"
+     ],
+     "channel": [],
+     "reduce": "sum"
+    }
    },
    "jvp": {
     "kernel": "prelu_jvp",
@@ -192,7 +202,20 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Ry = Ralpha*Min(0, x) + Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "Rx"
+     ],
+     "channel": [
+      "alpha",
+      "Ralpha"
+     ],
+     "reduce": null
+    }
    },
    "rvjp:x": {
     "kernel": "prelu_rvjp",
@@ -220,7 +243,21 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Rgx = Ralpha*g*Piecewise((1, x < 0), (0, True)) + Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g",
+      "Rg"
+     ],
+     "channel": [
+      "alpha",
+      "Ralpha"
+     ],
+     "reduce": null
+    }
    },
    "rvjp:alpha": {
     "kernel": "prelu_rvjp_alpha",
@@ -246,7 +283,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Rgalpha = Rg*Min(0, x) + Rx*g*Piecewise((1, x < 0), (0, True))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g",
+      "Rx",
+      "Rg"
+     ],
+     "channel": [],
+     "reduce": "sum"
+    }
    },
    "bl:x": {
     "kernel": "prelu_diag_backprop",
@@ -270,7 +319,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "H"
+     ],
+     "channel": [
+      "alpha"
+     ],
+     "reduce": null
+    }
    },
    "bl:alpha": {
     "kernel": "prelu_diag_backprop_alpha",
@@ -292,7 +353,17 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "halpha = H*Min(0, x)**2",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "H"
+     ],
+     "channel": [],
+     "reduce": "sum"
+    }
    },
    "sqvjp:alpha": {
     "kernel": "prelu_sqvjp_alpha",
@@ -316,7 +387,16 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "salpha = Min(0, x)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x"
+     ],
+     "channel": [],
+     "reduce": "sqsum"
+    }
    }
   },
   "defaults": {
@@ -355,7 +435,18 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "y = x/(1 + exp(-beta*x))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": null
+    }
    },
    "vjp:x": {
     "kernel": "swish_learnable_vjp",
@@ -379,7 +470,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": null
+    }
    },
    "vjp:beta": {
     "kernel": "swish_learnable_vjp_beta",
@@ -405,7 +508,20 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "gbeta = g*finite_or(y**2*exp(-beta*x), 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "y",
+      "g"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": "sum"
+    }
    },
    "jvp": {
     "kernel": "swish_learnable_jvp",
@@ -433,7 +549,21 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Ry = Rbeta*finite_or(y**2*exp(-beta*x), 0) + Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "y",
+      "Rx"
+     ],
+     "channel": [
+      "beta",
+      "Rbeta"
+     ],
+     "reduce": null
+    }
    },
    "rvjp:x": {
     "kernel": "swish_learnable_rvjp",
@@ -463,7 +593,22 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Rgx = Rbeta*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g",
+      "Rx",
+      "Rg"
+     ],
+     "channel": [
+      "beta",
+      "Rbeta"
+     ],
+     "reduce": null
+    }
    },
    "rvjp:beta": {
     "kernel": "swish_learnable_rvjp_beta",
@@ -495,7 +640,23 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "Rgbeta = Rbeta*g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0) + Rg*finite_or(y**2*exp(-beta*x), 0) + Rx*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "y",
+      "g",
+      "Rx",
+      "Rg"
+     ],
+     "channel": [
+      "beta",
+      "Rbeta"
+     ],
+     "reduce": "sum"
+    }
    },
    "bl:x": {
     "kernel": "swish_learnable_diag_backprop",
@@ -521,7 +682,20 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g",
+      "H"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": null
+    }
    },
    "bl:beta": {
     "kernel": "swish_learnable_diag_backprop_beta",
@@ -549,7 +723,21 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "hbeta = H*finite_or(y**2*exp(-beta*x), 0)**2 + g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "y",
+      "g",
+      "H"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": "sum"
+    }
    },
    "sqvjp:beta": {
     "kernel": "swish_learnable_sqvjp_beta",
@@ -577,7 +765,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "sbeta = finite_or(y**2*exp(-beta*x), 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "y"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": "sqsum"
+    }
    },
    "residual": {
     "kernel": "swish_learnable_residual",
@@ -601,7 +801,19 @@ MANIFEST = __import__('json').loads(r'''{
       "dtype": "float"
      }
     ],
-    "scalars": []
+    "scalars": [],
+    "doc": "r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "binding": {
+     "family": "channelwise",
+     "data": [
+      "x",
+      "g"
+     ],
+     "channel": [
+      "beta"
+     ],
+     "reduce": null
+    }
    }
   },
   "defaults": {
@@ -612,7 +824,11 @@ MANIFEST = __import__('json').loads(r'''{
 
 # ---------------------------------------------------------------- prelu_forward
 # y = alpha*Min(0, x) + Max(0, x)
-cdef int _prelu_forward_f32(const float* x_p, const float* alpha_p, float* y_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* alpha_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -629,7 +845,11 @@ cdef int _prelu_forward_f32(const float* x_p, const float* alpha_p, float* y_p, 
                 y_p[e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
     return 0
 
-cdef int _prelu_forward_f64(const double* x_p, const double* alpha_p, double* y_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* alpha_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -647,48 +867,14 @@ cdef int _prelu_forward_f64(const double* x_p, const double* alpha_p, double* y_
     return 0
 
 
-def prelu_forward(x, alpha, y, ):
-    """y = alpha*Min(0, x) + Max(0, x)
-
-    Data arrays x and outputs y: (N, C, S), one shape;
-    channel arrays alpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_forward", ("x", "alpha", "y", ), (x, alpha, y, ), ("y", ))
-    x = _readable(x)
-    alpha = _readable(alpha)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_forward: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"prelu_forward: y has shape {y.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = alpha.shape[0]
-    if alpha.ndim != 1 or alpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_forward: alpha must have shape ({C},) or (1,), got {alpha.shape}")
-    if alpha.shape[0] != Cp:
-        raise ValueError(f"prelu_forward: alpha has {alpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, alpha_f32, y_f32
-    cdef double[::1] x_f64, alpha_f64, y_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        alpha_f32 = alpha.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            status = _prelu_forward_f32(&x_f32[0], &alpha_f32[0], &y_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        alpha_f64 = alpha.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            status = _prelu_forward_f64(&x_f64[0], &alpha_f64[0], &y_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_forward: out of memory")
-
 # ---------------------------------------------------------------- prelu_vjp
 # gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef int _prelu_vjp_f32(const float* x_p, const float* g_p, const float* alpha_p, float* gx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* alpha_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -707,7 +893,12 @@ cdef int _prelu_vjp_f32(const float* x_p, const float* g_p, const float* alpha_p
                 gx_p[e] = g*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
     return 0
 
-cdef int _prelu_vjp_f64(const double* x_p, const double* g_p, const double* alpha_p, double* gx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* alpha_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -727,53 +918,13 @@ cdef int _prelu_vjp_f64(const double* x_p, const double* g_p, const double* alph
     return 0
 
 
-def prelu_vjp(x, g, alpha, gx, ):
-    """gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Data arrays x, g and outputs gx: (N, C, S), one shape;
-    channel arrays alpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_vjp", ("x", "g", "alpha", "gx", ), (x, g, alpha, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    alpha = _readable(alpha)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_vjp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"prelu_vjp: g has shape {g.shape}, expected {shape}")
-    if gx.shape != shape:
-        raise ValueError(f"prelu_vjp: gx has shape {gx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = alpha.shape[0]
-    if alpha.ndim != 1 or alpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_vjp: alpha must have shape ({C},) or (1,), got {alpha.shape}")
-    if alpha.shape[0] != Cp:
-        raise ValueError(f"prelu_vjp: alpha has {alpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, alpha_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, alpha_f64, gx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        alpha_f32 = alpha.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            status = _prelu_vjp_f32(&x_f32[0], &g_f32[0], &alpha_f32[0], &gx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        alpha_f64 = alpha.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            status = _prelu_vjp_f64(&x_f64[0], &g_f64[0], &alpha_f64[0], &gx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_vjp: out of memory")
-
 # ---------------------------------------------------------------- prelu_vjp_alpha
 # galpha = g*Min(0, x)
-cdef int _prelu_vjp_alpha_f32(const float* x_p, const float* g_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_vjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* _out_p = <float*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -797,7 +948,11 @@ cdef int _prelu_vjp_alpha_f32(const float* x_p, const float* g_p, float* _out_p,
     free(acc)
     return 0
 
-cdef int _prelu_vjp_alpha_f64(const double* x_p, const double* g_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_vjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* _out_p = <double*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -822,49 +977,15 @@ cdef int _prelu_vjp_alpha_f64(const double* x_p, const double* g_p, double* _out
     return 0
 
 
-def prelu_vjp_alpha(x, g, galpha, ):
-    """galpha = g*Min(0, x)
-
-    Data arrays x, g: (N, C, S), one shape;
-    channel arrays - and the output galpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_vjp_alpha", ("x", "g", "galpha", ), (x, g, galpha, ), ("galpha", ))
-    x = _readable(x)
-    g = _readable(g)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_vjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"prelu_vjp_alpha: g has shape {g.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = galpha.shape[0]
-    if galpha.ndim != 1 or galpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_vjp_alpha: galpha must have shape ({C},) or (1,), got {galpha.shape}")
-    if galpha.shape[0] != Cp:
-        raise ValueError(f"prelu_vjp_alpha: galpha has {galpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, galpha_f32
-    cdef double[::1] x_f64, g_f64, galpha_f64
-    if N == 0 or C == 0 or SS == 0:
-        galpha[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        galpha_f32 = galpha.reshape(-1)
-        with nogil:
-            status = _prelu_vjp_alpha_f32(&x_f32[0], &g_f32[0], &galpha_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        galpha_f64 = galpha.reshape(-1)
-        with nogil:
-            status = _prelu_vjp_alpha_f64(&x_f64[0], &g_f64[0], &galpha_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_vjp_alpha: out of memory")
-
 # ---------------------------------------------------------------- prelu_jvp
 # Ry = Ralpha*Min(0, x) + Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef int _prelu_jvp_f32(const float* x_p, const float* Rx_p, const float* alpha_p, const float* Ralpha_p, float* Ry_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef const float* alpha_p = <const float*>_a[2]
+    cdef const float* Ralpha_p = <const float*>_a[3]
+    cdef float* Ry_p = <float*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -885,7 +1006,13 @@ cdef int _prelu_jvp_f32(const float* x_p, const float* Rx_p, const float* alpha_
                 Ry_p[e] = Ralpha*symprop_fminf((<float>0.0), x) + Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
     return 0
 
-cdef int _prelu_jvp_f64(const double* x_p, const double* Rx_p, const double* alpha_p, const double* Ralpha_p, double* Ry_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef const double* alpha_p = <const double*>_a[2]
+    cdef const double* Ralpha_p = <const double*>_a[3]
+    cdef double* Ry_p = <double*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -907,60 +1034,16 @@ cdef int _prelu_jvp_f64(const double* x_p, const double* Rx_p, const double* alp
     return 0
 
 
-def prelu_jvp(x, Rx, alpha, Ralpha, Ry, ):
-    """Ry = Ralpha*Min(0, x) + Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Data arrays x, Rx and outputs Ry: (N, C, S), one shape;
-    channel arrays alpha, Ralpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_jvp", ("x", "Rx", "alpha", "Ralpha", "Ry", ), (x, Rx, alpha, Ralpha, Ry, ), ("Ry", ))
-    x = _readable(x)
-    Rx = _readable(Rx)
-    alpha = _readable(alpha)
-    Ralpha = _readable(Ralpha)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_jvp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if Rx.shape != shape:
-        raise ValueError(f"prelu_jvp: Rx has shape {Rx.shape}, expected {shape}")
-    if Ry.shape != shape:
-        raise ValueError(f"prelu_jvp: Ry has shape {Ry.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = alpha.shape[0]
-    if alpha.ndim != 1 or alpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_jvp: alpha must have shape ({C},) or (1,), got {alpha.shape}")
-    if alpha.shape[0] != Cp:
-        raise ValueError(f"prelu_jvp: alpha has {alpha.shape[0]} channels, expected {Cp}")
-    if Ralpha.ndim != 1 or Ralpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_jvp: Ralpha must have shape ({C},) or (1,), got {Ralpha.shape}")
-    if Ralpha.shape[0] != Cp:
-        raise ValueError(f"prelu_jvp: Ralpha has {Ralpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, Rx_f32, alpha_f32, Ralpha_f32, Ry_f32
-    cdef double[::1] x_f64, Rx_f64, alpha_f64, Ralpha_f64, Ry_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        alpha_f32 = alpha.reshape(-1)
-        Ralpha_f32 = Ralpha.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            status = _prelu_jvp_f32(&x_f32[0], &Rx_f32[0], &alpha_f32[0], &Ralpha_f32[0], &Ry_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        alpha_f64 = alpha.reshape(-1)
-        Ralpha_f64 = Ralpha.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            status = _prelu_jvp_f64(&x_f64[0], &Rx_f64[0], &alpha_f64[0], &Ralpha_f64[0], &Ry_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_jvp: out of memory")
-
 # ---------------------------------------------------------------- prelu_rvjp
 # Rgx = Ralpha*g*Piecewise((1, x < 0), (0, True)) + Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-cdef int _prelu_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, const float* alpha_p, const float* Ralpha_p, float* Rgx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rg_p = <const float*>_a[2]
+    cdef const float* alpha_p = <const float*>_a[3]
+    cdef const float* Ralpha_p = <const float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -985,7 +1068,14 @@ cdef int _prelu_rvjp_f32(const float* x_p, const float* g_p, const float* Rg_p, 
                 Rgx_p[e] = Ralpha*g*(<float>_t0) + Rg*(alpha if _t0 else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
     return 0
 
-cdef int _prelu_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_p, const double* alpha_p, const double* Ralpha_p, double* Rgx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rg_p = <const double*>_a[2]
+    cdef const double* alpha_p = <const double*>_a[3]
+    cdef const double* Ralpha_p = <const double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1011,65 +1101,15 @@ cdef int _prelu_rvjp_f64(const double* x_p, const double* g_p, const double* Rg_
     return 0
 
 
-def prelu_rvjp(x, g, Rg, alpha, Ralpha, Rgx, ):
-    """Rgx = Ralpha*g*Piecewise((1, x < 0), (0, True)) + Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
-
-    Data arrays x, g, Rg and outputs Rgx: (N, C, S), one shape;
-    channel arrays alpha, Ralpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_rvjp", ("x", "g", "Rg", "alpha", "Ralpha", "Rgx", ), (x, g, Rg, alpha, Ralpha, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rg = _readable(Rg)
-    alpha = _readable(alpha)
-    Ralpha = _readable(Ralpha)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_rvjp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"prelu_rvjp: g has shape {g.shape}, expected {shape}")
-    if Rg.shape != shape:
-        raise ValueError(f"prelu_rvjp: Rg has shape {Rg.shape}, expected {shape}")
-    if Rgx.shape != shape:
-        raise ValueError(f"prelu_rvjp: Rgx has shape {Rgx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = alpha.shape[0]
-    if alpha.ndim != 1 or alpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_rvjp: alpha must have shape ({C},) or (1,), got {alpha.shape}")
-    if alpha.shape[0] != Cp:
-        raise ValueError(f"prelu_rvjp: alpha has {alpha.shape[0]} channels, expected {Cp}")
-    if Ralpha.ndim != 1 or Ralpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_rvjp: Ralpha must have shape ({C},) or (1,), got {Ralpha.shape}")
-    if Ralpha.shape[0] != Cp:
-        raise ValueError(f"prelu_rvjp: Ralpha has {Ralpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, Rg_f32, alpha_f32, Ralpha_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rg_f64, alpha_f64, Ralpha_f64, Rgx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        alpha_f32 = alpha.reshape(-1)
-        Ralpha_f32 = Ralpha.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            status = _prelu_rvjp_f32(&x_f32[0], &g_f32[0], &Rg_f32[0], &alpha_f32[0], &Ralpha_f32[0], &Rgx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        alpha_f64 = alpha.reshape(-1)
-        Ralpha_f64 = Ralpha.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            status = _prelu_rvjp_f64(&x_f64[0], &g_f64[0], &Rg_f64[0], &alpha_f64[0], &Ralpha_f64[0], &Rgx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_rvjp: out of memory")
-
 # ---------------------------------------------------------------- prelu_rvjp_alpha
 # Rgalpha = Rg*Min(0, x) + Rx*g*Piecewise((1, x < 0), (0, True))
-cdef int _prelu_rvjp_alpha_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_rvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* _out_p = <float*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1097,7 +1137,13 @@ cdef int _prelu_rvjp_alpha_f32(const float* x_p, const float* g_p, const float* 
     free(acc)
     return 0
 
-cdef int _prelu_rvjp_alpha_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* _out_p = <double*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1126,59 +1172,14 @@ cdef int _prelu_rvjp_alpha_f64(const double* x_p, const double* g_p, const doubl
     return 0
 
 
-def prelu_rvjp_alpha(x, g, Rx, Rg, Rgalpha, ):
-    """Rgalpha = Rg*Min(0, x) + Rx*g*Piecewise((1, x < 0), (0, True))
-
-    Data arrays x, g, Rx, Rg: (N, C, S), one shape;
-    channel arrays - and the output Rgalpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_rvjp_alpha", ("x", "g", "Rx", "Rg", "Rgalpha", ), (x, g, Rx, Rg, Rgalpha, ), ("Rgalpha", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_rvjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"prelu_rvjp_alpha: g has shape {g.shape}, expected {shape}")
-    if Rx.shape != shape:
-        raise ValueError(f"prelu_rvjp_alpha: Rx has shape {Rx.shape}, expected {shape}")
-    if Rg.shape != shape:
-        raise ValueError(f"prelu_rvjp_alpha: Rg has shape {Rg.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = Rgalpha.shape[0]
-    if Rgalpha.ndim != 1 or Rgalpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_rvjp_alpha: Rgalpha must have shape ({C},) or (1,), got {Rgalpha.shape}")
-    if Rgalpha.shape[0] != Cp:
-        raise ValueError(f"prelu_rvjp_alpha: Rgalpha has {Rgalpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, Rgalpha_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, Rgalpha_f64
-    if N == 0 or C == 0 or SS == 0:
-        Rgalpha[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        Rgalpha_f32 = Rgalpha.reshape(-1)
-        with nogil:
-            status = _prelu_rvjp_alpha_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &Rgalpha_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        Rgalpha_f64 = Rgalpha.reshape(-1)
-        with nogil:
-            status = _prelu_rvjp_alpha_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &Rgalpha_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_rvjp_alpha: out of memory")
-
 # ---------------------------------------------------------------- prelu_diag_backprop
 # hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
-cdef int _prelu_diag_backprop_f32(const float* x_p, const float* H_p, const float* alpha_p, float* hx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* H_p = <const float*>_a[1]
+    cdef const float* alpha_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1197,7 +1198,12 @@ cdef int _prelu_diag_backprop_f32(const float* x_p, const float* H_p, const floa
                 hx_p[e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
     return 0
 
-cdef int _prelu_diag_backprop_f64(const double* x_p, const double* H_p, const double* alpha_p, double* hx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* H_p = <const double*>_a[1]
+    cdef const double* alpha_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1217,53 +1223,13 @@ cdef int _prelu_diag_backprop_f64(const double* x_p, const double* H_p, const do
     return 0
 
 
-def prelu_diag_backprop(x, H, alpha, hx, ):
-    """hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
-
-    Data arrays x, H and outputs hx: (N, C, S), one shape;
-    channel arrays alpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_diag_backprop", ("x", "H", "alpha", "hx", ), (x, H, alpha, hx, ), ("hx", ))
-    x = _readable(x)
-    H = _readable(H)
-    alpha = _readable(alpha)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_diag_backprop: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if H.shape != shape:
-        raise ValueError(f"prelu_diag_backprop: H has shape {H.shape}, expected {shape}")
-    if hx.shape != shape:
-        raise ValueError(f"prelu_diag_backprop: hx has shape {hx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = alpha.shape[0]
-    if alpha.ndim != 1 or alpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_diag_backprop: alpha must have shape ({C},) or (1,), got {alpha.shape}")
-    if alpha.shape[0] != Cp:
-        raise ValueError(f"prelu_diag_backprop: alpha has {alpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, H_f32, alpha_f32, hx_f32
-    cdef double[::1] x_f64, H_f64, alpha_f64, hx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        H_f32 = H.reshape(-1)
-        alpha_f32 = alpha.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            status = _prelu_diag_backprop_f32(&x_f32[0], &H_f32[0], &alpha_f32[0], &hx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        H_f64 = H.reshape(-1)
-        alpha_f64 = alpha.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            status = _prelu_diag_backprop_f64(&x_f64[0], &H_f64[0], &alpha_f64[0], &hx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_diag_backprop: out of memory")
-
 # ---------------------------------------------------------------- prelu_diag_backprop_alpha
 # halpha = H*Min(0, x)**2
-cdef int _prelu_diag_backprop_alpha_f32(const float* x_p, const float* H_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_diag_backprop_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* H_p = <const float*>_a[1]
+    cdef float* _out_p = <float*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1287,7 +1253,11 @@ cdef int _prelu_diag_backprop_alpha_f32(const float* x_p, const float* H_p, floa
     free(acc)
     return 0
 
-cdef int _prelu_diag_backprop_alpha_f64(const double* x_p, const double* H_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_diag_backprop_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* H_p = <const double*>_a[1]
+    cdef double* _out_p = <double*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1312,49 +1282,15 @@ cdef int _prelu_diag_backprop_alpha_f64(const double* x_p, const double* H_p, do
     return 0
 
 
-def prelu_diag_backprop_alpha(x, H, halpha, ):
-    """halpha = H*Min(0, x)**2
-
-    Data arrays x, H: (N, C, S), one shape;
-    channel arrays - and the output halpha: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("prelu_diag_backprop_alpha", ("x", "H", "halpha", ), (x, H, halpha, ), ("halpha", ))
-    x = _readable(x)
-    H = _readable(H)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_diag_backprop_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if H.shape != shape:
-        raise ValueError(f"prelu_diag_backprop_alpha: H has shape {H.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = halpha.shape[0]
-    if halpha.ndim != 1 or halpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_diag_backprop_alpha: halpha must have shape ({C},) or (1,), got {halpha.shape}")
-    if halpha.shape[0] != Cp:
-        raise ValueError(f"prelu_diag_backprop_alpha: halpha has {halpha.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, H_f32, halpha_f32
-    cdef double[::1] x_f64, H_f64, halpha_f64
-    if N == 0 or C == 0 or SS == 0:
-        halpha[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        H_f32 = H.reshape(-1)
-        halpha_f32 = halpha.reshape(-1)
-        with nogil:
-            status = _prelu_diag_backprop_alpha_f32(&x_f32[0], &H_f32[0], &halpha_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        H_f64 = H.reshape(-1)
-        halpha_f64 = halpha.reshape(-1)
-        with nogil:
-            status = _prelu_diag_backprop_alpha_f64(&x_f64[0], &H_f64[0], &halpha_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_diag_backprop_alpha: out of memory")
-
 # ---------------------------------------------------------------- prelu_sqvjp_alpha
 # salpha = Min(0, x)
-cdef int _prelu_sqvjp_alpha_f32(const float* x_p, float* _out_p, const float* S_p, const float* w_p, Py_ssize_t K, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_sqvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* _out_p = <float*>_a[1]
+    cdef const float* S_p = <const float*>_a[2]
+    cdef const float* w_p = <const float*>_a[3]
+    cdef Py_ssize_t K = _x[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef Py_ssize_t kk
     cdef double wk, tot
@@ -1386,7 +1322,13 @@ cdef int _prelu_sqvjp_alpha_f32(const float* x_p, float* _out_p, const float* S_
     free(acc)
     return 0
 
-cdef int _prelu_sqvjp_alpha_f64(const double* x_p, double* _out_p, const double* S_p, const double* w_p, Py_ssize_t K, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* _out_p = <double*>_a[1]
+    cdef const double* S_p = <const double*>_a[2]
+    cdef const double* w_p = <const double*>_a[3]
+    cdef Py_ssize_t K = _x[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef Py_ssize_t kk
     cdef double wk, tot
@@ -1419,53 +1361,13 @@ cdef int _prelu_sqvjp_alpha_f64(const double* x_p, double* _out_p, const double*
     return 0
 
 
-def prelu_sqvjp_alpha(x, salpha, S, w, ):
-    """salpha = Min(0, x)
-
-    Data arrays x: (N, C, S), one shape;
-    channel arrays - and the output salpha: (C,) or (1,) (shared);
-    S: (K, N, C, S) factor columns, w: (K, N) signs.
-    """
-    dt = _check_arrays("prelu_sqvjp_alpha", ("x", "salpha", "S", "w", ), (x, salpha, S, w, ), ("salpha", ))
-    x = _readable(x)
-    S, w = _readable(S), _readable(w)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"prelu_sqvjp_alpha: data arrays must be 3-D (N, C, S), got shape {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = salpha.shape[0]
-    if salpha.ndim != 1 or salpha.shape[0] not in (1, C):
-        raise ValueError(f"prelu_sqvjp_alpha: salpha must have shape ({C},) or (1,), got {salpha.shape}")
-    if salpha.shape[0] != Cp:
-        raise ValueError(f"prelu_sqvjp_alpha: salpha has {salpha.shape[0]} channels, expected {Cp}")
-    if S.ndim != 4 or S.shape[1:] != shape or w.shape != (S.shape[0], N):
-        raise ValueError(f"prelu_sqvjp_alpha: S must be (K, {N}, {C}, {SS}) and w (K, {N}), got {S.shape} and {w.shape}")
-    cdef Py_ssize_t K = S.shape[0]
-    cdef int status = 0
-    cdef float[::1] x_f32, salpha_f32, S_f32, w_f32
-    cdef double[::1] x_f64, salpha_f64, S_f64, w_f64
-    if N == 0 or C == 0 or SS == 0:
-        salpha[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        salpha_f32 = salpha.reshape(-1)
-        S_f32 = S.reshape(-1)
-        w_f32 = w.reshape(-1)
-        with nogil:
-            status = _prelu_sqvjp_alpha_f32(&x_f32[0], &salpha_f32[0], &S_f32[0], &w_f32[0], K, N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        salpha_f64 = salpha.reshape(-1)
-        S_f64 = S.reshape(-1)
-        w_f64 = w.reshape(-1)
-        with nogil:
-            status = _prelu_sqvjp_alpha_f64(&x_f64[0], &salpha_f64[0], &S_f64[0], &w_f64[0], K, N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("prelu_sqvjp_alpha: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_forward
 # y = x/(1 + exp(-beta*x))
-cdef int _swish_learnable_forward_f32(const float* x_p, const float* beta_p, float* y_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* beta_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1482,7 +1384,11 @@ cdef int _swish_learnable_forward_f32(const float* x_p, const float* beta_p, flo
                 y_p[e] = x/((<float>1.0) + expf(-beta*x))
     return 0
 
-cdef int _swish_learnable_forward_f64(const double* x_p, const double* beta_p, double* y_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* beta_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1500,48 +1406,14 @@ cdef int _swish_learnable_forward_f64(const double* x_p, const double* beta_p, d
     return 0
 
 
-def swish_learnable_forward(x, beta, y, ):
-    """y = x/(1 + exp(-beta*x))
-
-    Data arrays x and outputs y: (N, C, S), one shape;
-    channel arrays beta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_forward", ("x", "beta", "y", ), (x, beta, y, ), ("y", ))
-    x = _readable(x)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_forward: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_forward: y has shape {y.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_forward: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_forward: beta has {beta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, beta_f32, y_f32
-    cdef double[::1] x_f64, beta_f64, y_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        y_f32 = y.reshape(-1)
-        with nogil:
-            status = _swish_learnable_forward_f32(&x_f32[0], &beta_f32[0], &y_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        y_f64 = y.reshape(-1)
-        with nogil:
-            status = _swish_learnable_forward_f64(&x_f64[0], &beta_f64[0], &y_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_forward: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_vjp
 # gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-cdef int _swish_learnable_vjp_f32(const float* x_p, const float* g_p, const float* beta_p, float* gx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* beta_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1564,7 +1436,12 @@ cdef int _swish_learnable_vjp_f32(const float* x_p, const float* g_p, const floa
                 gx_p[e] = g*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
     return 0
 
-cdef int _swish_learnable_vjp_f64(const double* x_p, const double* g_p, const double* beta_p, double* gx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* beta_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1588,53 +1465,15 @@ cdef int _swish_learnable_vjp_f64(const double* x_p, const double* g_p, const do
     return 0
 
 
-def swish_learnable_vjp(x, g, beta, gx, ):
-    """gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-
-    Data arrays x, g and outputs gx: (N, C, S), one shape;
-    channel arrays beta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_vjp", ("x", "g", "beta", "gx", ), (x, g, beta, gx, ), ("gx", ))
-    x = _readable(x)
-    g = _readable(g)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_vjp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_vjp: g has shape {g.shape}, expected {shape}")
-    if gx.shape != shape:
-        raise ValueError(f"swish_learnable_vjp: gx has shape {gx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_vjp: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_vjp: beta has {beta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, beta_f32, gx_f32
-    cdef double[::1] x_f64, g_f64, beta_f64, gx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        gx_f32 = gx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_vjp_f32(&x_f32[0], &g_f32[0], &beta_f32[0], &gx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        gx_f64 = gx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_vjp_f64(&x_f64[0], &g_f64[0], &beta_f64[0], &gx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_vjp: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_vjp_beta
 # gbeta = g*finite_or(y**2*exp(-beta*x), 0)
-cdef int _swish_learnable_vjp_beta_f32(const float* x_p, const float* y_p, const float* g_p, const float* beta_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_vjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef const float* beta_p = <const float*>_a[3]
+    cdef float* _out_p = <float*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1662,7 +1501,13 @@ cdef int _swish_learnable_vjp_beta_f32(const float* x_p, const float* y_p, const
     free(acc)
     return 0
 
-cdef int _swish_learnable_vjp_beta_f64(const double* x_p, const double* y_p, const double* g_p, const double* beta_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef const double* beta_p = <const double*>_a[3]
+    cdef double* _out_p = <double*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1691,61 +1536,16 @@ cdef int _swish_learnable_vjp_beta_f64(const double* x_p, const double* y_p, con
     return 0
 
 
-def swish_learnable_vjp_beta(x, y, g, beta, gbeta, ):
-    """gbeta = g*finite_or(y**2*exp(-beta*x), 0)
-
-    Data arrays x, y, g: (N, C, S), one shape;
-    channel arrays beta and the output gbeta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_vjp_beta", ("x", "y", "g", "beta", "gbeta", ), (x, y, g, beta, gbeta, ), ("gbeta", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_vjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_vjp_beta: y has shape {y.shape}, expected {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_vjp_beta: g has shape {g.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_vjp_beta: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_vjp_beta: beta has {beta.shape[0]} channels, expected {Cp}")
-    if gbeta.ndim != 1 or gbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_vjp_beta: gbeta must have shape ({C},) or (1,), got {gbeta.shape}")
-    if gbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_vjp_beta: gbeta has {gbeta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, y_f32, g_f32, beta_f32, gbeta_f32
-    cdef double[::1] x_f64, y_f64, g_f64, beta_f64, gbeta_f64
-    if N == 0 or C == 0 or SS == 0:
-        gbeta[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        gbeta_f32 = gbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_vjp_beta_f32(&x_f32[0], &y_f32[0], &g_f32[0], &beta_f32[0], &gbeta_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        gbeta_f64 = gbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_vjp_beta_f64(&x_f64[0], &y_f64[0], &g_f64[0], &beta_f64[0], &gbeta_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_vjp_beta: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_jvp
 # Ry = Rbeta*finite_or(y**2*exp(-beta*x), 0) + Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-cdef int _swish_learnable_jvp_f32(const float* x_p, const float* y_p, const float* Rx_p, const float* beta_p, const float* Rbeta_p, float* Ry_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* beta_p = <const float*>_a[3]
+    cdef const float* Rbeta_p = <const float*>_a[4]
+    cdef float* Ry_p = <float*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1772,7 +1572,14 @@ cdef int _swish_learnable_jvp_f32(const float* x_p, const float* y_p, const floa
                 Ry_p[e] = Rbeta*symprop_finite_orf(_t1*(y*y), (<float>0.0)) + Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
     return 0
 
-cdef int _swish_learnable_jvp_f64(const double* x_p, const double* y_p, const double* Rx_p, const double* beta_p, const double* Rbeta_p, double* Ry_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* beta_p = <const double*>_a[3]
+    cdef const double* Rbeta_p = <const double*>_a[4]
+    cdef double* Ry_p = <double*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1800,65 +1607,17 @@ cdef int _swish_learnable_jvp_f64(const double* x_p, const double* y_p, const do
     return 0
 
 
-def swish_learnable_jvp(x, y, Rx, beta, Rbeta, Ry, ):
-    """Ry = Rbeta*finite_or(y**2*exp(-beta*x), 0) + Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
-
-    Data arrays x, y, Rx and outputs Ry: (N, C, S), one shape;
-    channel arrays beta, Rbeta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_jvp", ("x", "y", "Rx", "beta", "Rbeta", "Ry", ), (x, y, Rx, beta, Rbeta, Ry, ), ("Ry", ))
-    x = _readable(x)
-    y = _readable(y)
-    Rx = _readable(Rx)
-    beta = _readable(beta)
-    Rbeta = _readable(Rbeta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_jvp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_jvp: y has shape {y.shape}, expected {shape}")
-    if Rx.shape != shape:
-        raise ValueError(f"swish_learnable_jvp: Rx has shape {Rx.shape}, expected {shape}")
-    if Ry.shape != shape:
-        raise ValueError(f"swish_learnable_jvp: Ry has shape {Ry.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_jvp: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_jvp: beta has {beta.shape[0]} channels, expected {Cp}")
-    if Rbeta.ndim != 1 or Rbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_jvp: Rbeta must have shape ({C},) or (1,), got {Rbeta.shape}")
-    if Rbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_jvp: Rbeta has {Rbeta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, y_f32, Rx_f32, beta_f32, Rbeta_f32, Ry_f32
-    cdef double[::1] x_f64, y_f64, Rx_f64, beta_f64, Rbeta_f64, Ry_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        Rbeta_f32 = Rbeta.reshape(-1)
-        Ry_f32 = Ry.reshape(-1)
-        with nogil:
-            status = _swish_learnable_jvp_f32(&x_f32[0], &y_f32[0], &Rx_f32[0], &beta_f32[0], &Rbeta_f32[0], &Ry_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        Rbeta_f64 = Rbeta.reshape(-1)
-        Ry_f64 = Ry.reshape(-1)
-        with nogil:
-            status = _swish_learnable_jvp_f64(&x_f64[0], &y_f64[0], &Rx_f64[0], &beta_f64[0], &Rbeta_f64[0], &Ry_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_jvp: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_rvjp
 # Rgx = Rbeta*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef int _swish_learnable_rvjp_f32(const float* x_p, const float* g_p, const float* Rx_p, const float* Rg_p, const float* beta_p, const float* Rbeta_p, float* Rgx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef const float* beta_p = <const float*>_a[4]
+    cdef const float* Rbeta_p = <const float*>_a[5]
+    cdef float* Rgx_p = <float*>_a[6]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -1893,7 +1652,15 @@ cdef int _swish_learnable_rvjp_f32(const float* x_p, const float* g_p, const flo
                 Rgx_p[e] = Rbeta*g*symprop_finite_orf(_t4*x, (<float>0.0)) + Rg*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t4*beta, (<float>0.0))
     return 0
 
-cdef int _swish_learnable_rvjp_f64(const double* x_p, const double* g_p, const double* Rx_p, const double* Rg_p, const double* beta_p, const double* Rbeta_p, double* Rgx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef const double* beta_p = <const double*>_a[4]
+    cdef const double* Rbeta_p = <const double*>_a[5]
+    cdef double* Rgx_p = <double*>_a[6]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -1929,70 +1696,18 @@ cdef int _swish_learnable_rvjp_f64(const double* x_p, const double* g_p, const d
     return 0
 
 
-def swish_learnable_rvjp(x, g, Rx, Rg, beta, Rbeta, Rgx, ):
-    """Rgx = Rbeta*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Data arrays x, g, Rx, Rg and outputs Rgx: (N, C, S), one shape;
-    channel arrays beta, Rbeta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_rvjp", ("x", "g", "Rx", "Rg", "beta", "Rbeta", "Rgx", ), (x, g, Rx, Rg, beta, Rbeta, Rgx, ), ("Rgx", ))
-    x = _readable(x)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    beta = _readable(beta)
-    Rbeta = _readable(Rbeta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_rvjp: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp: g has shape {g.shape}, expected {shape}")
-    if Rx.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp: Rx has shape {Rx.shape}, expected {shape}")
-    if Rg.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp: Rg has shape {Rg.shape}, expected {shape}")
-    if Rgx.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp: Rgx has shape {Rgx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_rvjp: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_rvjp: beta has {beta.shape[0]} channels, expected {Cp}")
-    if Rbeta.ndim != 1 or Rbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_rvjp: Rbeta must have shape ({C},) or (1,), got {Rbeta.shape}")
-    if Rbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_rvjp: Rbeta has {Rbeta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, Rx_f32, Rg_f32, beta_f32, Rbeta_f32, Rgx_f32
-    cdef double[::1] x_f64, g_f64, Rx_f64, Rg_f64, beta_f64, Rbeta_f64, Rgx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        Rbeta_f32 = Rbeta.reshape(-1)
-        Rgx_f32 = Rgx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_rvjp_f32(&x_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &beta_f32[0], &Rbeta_f32[0], &Rgx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        Rbeta_f64 = Rbeta.reshape(-1)
-        Rgx_f64 = Rgx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_rvjp_f64(&x_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &beta_f64[0], &Rbeta_f64[0], &Rgx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_rvjp: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_rvjp_beta
 # Rgbeta = Rbeta*g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0) + Rg*finite_or(y**2*exp(-beta*x), 0) + Rx*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef int _swish_learnable_rvjp_beta_f32(const float* x_p, const float* y_p, const float* g_p, const float* Rx_p, const float* Rg_p, const float* beta_p, const float* Rbeta_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_rvjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef const float* Rx_p = <const float*>_a[3]
+    cdef const float* Rg_p = <const float*>_a[4]
+    cdef const float* beta_p = <const float*>_a[5]
+    cdef const float* Rbeta_p = <const float*>_a[6]
+    cdef float* _out_p = <float*>_a[7]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -2036,7 +1751,16 @@ cdef int _swish_learnable_rvjp_beta_f32(const float* x_p, const float* y_p, cons
     free(acc)
     return 0
 
-cdef int _swish_learnable_rvjp_beta_f64(const double* x_p, const double* y_p, const double* g_p, const double* Rx_p, const double* Rg_p, const double* beta_p, const double* Rbeta_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef const double* Rx_p = <const double*>_a[3]
+    cdef const double* Rg_p = <const double*>_a[4]
+    cdef const double* beta_p = <const double*>_a[5]
+    cdef const double* Rbeta_p = <const double*>_a[6]
+    cdef double* _out_p = <double*>_a[7]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -2081,78 +1805,15 @@ cdef int _swish_learnable_rvjp_beta_f64(const double* x_p, const double* y_p, co
     return 0
 
 
-def swish_learnable_rvjp_beta(x, y, g, Rx, Rg, beta, Rbeta, Rgbeta, ):
-    """Rgbeta = Rbeta*g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0) + Rg*finite_or(y**2*exp(-beta*x), 0) + Rx*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Data arrays x, y, g, Rx, Rg: (N, C, S), one shape;
-    channel arrays beta, Rbeta and the output Rgbeta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_rvjp_beta", ("x", "y", "g", "Rx", "Rg", "beta", "Rbeta", "Rgbeta", ), (x, y, g, Rx, Rg, beta, Rbeta, Rgbeta, ), ("Rgbeta", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    Rx = _readable(Rx)
-    Rg = _readable(Rg)
-    beta = _readable(beta)
-    Rbeta = _readable(Rbeta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_rvjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp_beta: y has shape {y.shape}, expected {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp_beta: g has shape {g.shape}, expected {shape}")
-    if Rx.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp_beta: Rx has shape {Rx.shape}, expected {shape}")
-    if Rg.shape != shape:
-        raise ValueError(f"swish_learnable_rvjp_beta: Rg has shape {Rg.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_rvjp_beta: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_rvjp_beta: beta has {beta.shape[0]} channels, expected {Cp}")
-    if Rbeta.ndim != 1 or Rbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_rvjp_beta: Rbeta must have shape ({C},) or (1,), got {Rbeta.shape}")
-    if Rbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_rvjp_beta: Rbeta has {Rbeta.shape[0]} channels, expected {Cp}")
-    if Rgbeta.ndim != 1 or Rgbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_rvjp_beta: Rgbeta must have shape ({C},) or (1,), got {Rgbeta.shape}")
-    if Rgbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_rvjp_beta: Rgbeta has {Rgbeta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, y_f32, g_f32, Rx_f32, Rg_f32, beta_f32, Rbeta_f32, Rgbeta_f32
-    cdef double[::1] x_f64, y_f64, g_f64, Rx_f64, Rg_f64, beta_f64, Rbeta_f64, Rgbeta_f64
-    if N == 0 or C == 0 or SS == 0:
-        Rgbeta[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        Rx_f32 = Rx.reshape(-1)
-        Rg_f32 = Rg.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        Rbeta_f32 = Rbeta.reshape(-1)
-        Rgbeta_f32 = Rgbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_rvjp_beta_f32(&x_f32[0], &y_f32[0], &g_f32[0], &Rx_f32[0], &Rg_f32[0], &beta_f32[0], &Rbeta_f32[0], &Rgbeta_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        Rx_f64 = Rx.reshape(-1)
-        Rg_f64 = Rg.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        Rbeta_f64 = Rbeta.reshape(-1)
-        Rgbeta_f64 = Rgbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_rvjp_beta_f64(&x_f64[0], &y_f64[0], &g_f64[0], &Rx_f64[0], &Rg_f64[0], &beta_f64[0], &Rbeta_f64[0], &Rgbeta_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_rvjp_beta: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_diag_backprop
 # hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef int _swish_learnable_diag_backprop_f32(const float* x_p, const float* g_p, const float* H_p, const float* beta_p, float* hx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef const float* beta_p = <const float*>_a[3]
+    cdef float* hx_p = <float*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -2181,7 +1842,13 @@ cdef int _swish_learnable_diag_backprop_f32(const float* x_p, const float* g_p, 
                 hx_p[e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
     return 0
 
-cdef int _swish_learnable_diag_backprop_f64(const double* x_p, const double* g_p, const double* H_p, const double* beta_p, double* hx_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef const double* beta_p = <const double*>_a[3]
+    cdef double* hx_p = <double*>_a[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -2211,58 +1878,16 @@ cdef int _swish_learnable_diag_backprop_f64(const double* x_p, const double* g_p
     return 0
 
 
-def swish_learnable_diag_backprop(x, g, H, beta, hx, ):
-    """hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-
-    Data arrays x, g, H and outputs hx: (N, C, S), one shape;
-    channel arrays beta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_diag_backprop", ("x", "g", "H", "beta", "hx", ), (x, g, H, beta, hx, ), ("hx", ))
-    x = _readable(x)
-    g = _readable(g)
-    H = _readable(H)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_diag_backprop: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop: g has shape {g.shape}, expected {shape}")
-    if H.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop: H has shape {H.shape}, expected {shape}")
-    if hx.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop: hx has shape {hx.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_diag_backprop: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_diag_backprop: beta has {beta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, H_f32, beta_f32, hx_f32
-    cdef double[::1] x_f64, g_f64, H_f64, beta_f64, hx_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        hx_f32 = hx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_diag_backprop_f32(&x_f32[0], &g_f32[0], &H_f32[0], &beta_f32[0], &hx_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        hx_f64 = hx.reshape(-1)
-        with nogil:
-            status = _swish_learnable_diag_backprop_f64(&x_f64[0], &g_f64[0], &H_f64[0], &beta_f64[0], &hx_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_diag_backprop: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_diag_backprop_beta
 # hbeta = H*finite_or(y**2*exp(-beta*x), 0)**2 + g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0)
-cdef int _swish_learnable_diag_backprop_beta_f32(const float* x_p, const float* y_p, const float* g_p, const float* H_p, const float* beta_p, float* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_diag_backprop_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* g_p = <const float*>_a[2]
+    cdef const float* H_p = <const float*>_a[3]
+    cdef const float* beta_p = <const float*>_a[4]
+    cdef float* _out_p = <float*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -2296,7 +1921,14 @@ cdef int _swish_learnable_diag_backprop_beta_f32(const float* x_p, const float* 
     free(acc)
     return 0
 
-cdef int _swish_learnable_diag_backprop_beta_f64(const double* x_p, const double* y_p, const double* g_p, const double* H_p, const double* beta_p, double* _out_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_diag_backprop_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* g_p = <const double*>_a[2]
+    cdef const double* H_p = <const double*>_a[3]
+    cdef const double* beta_p = <const double*>_a[4]
+    cdef double* _out_p = <double*>_a[5]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -2331,66 +1963,17 @@ cdef int _swish_learnable_diag_backprop_beta_f64(const double* x_p, const double
     return 0
 
 
-def swish_learnable_diag_backprop_beta(x, y, g, H, beta, hbeta, ):
-    """hbeta = H*finite_or(y**2*exp(-beta*x), 0)**2 + g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0)
-
-    Data arrays x, y, g, H: (N, C, S), one shape;
-    channel arrays beta and the output hbeta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_diag_backprop_beta", ("x", "y", "g", "H", "beta", "hbeta", ), (x, y, g, H, beta, hbeta, ), ("hbeta", ))
-    x = _readable(x)
-    y = _readable(y)
-    g = _readable(g)
-    H = _readable(H)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: y has shape {y.shape}, expected {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: g has shape {g.shape}, expected {shape}")
-    if H.shape != shape:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: H has shape {H.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_diag_backprop_beta: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: beta has {beta.shape[0]} channels, expected {Cp}")
-    if hbeta.ndim != 1 or hbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_diag_backprop_beta: hbeta must have shape ({C},) or (1,), got {hbeta.shape}")
-    if hbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_diag_backprop_beta: hbeta has {hbeta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, y_f32, g_f32, H_f32, beta_f32, hbeta_f32
-    cdef double[::1] x_f64, y_f64, g_f64, H_f64, beta_f64, hbeta_f64
-    if N == 0 or C == 0 or SS == 0:
-        hbeta[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        g_f32 = g.reshape(-1)
-        H_f32 = H.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        hbeta_f32 = hbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_diag_backprop_beta_f32(&x_f32[0], &y_f32[0], &g_f32[0], &H_f32[0], &beta_f32[0], &hbeta_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        g_f64 = g.reshape(-1)
-        H_f64 = H.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        hbeta_f64 = hbeta.reshape(-1)
-        with nogil:
-            status = _swish_learnable_diag_backprop_beta_f64(&x_f64[0], &y_f64[0], &g_f64[0], &H_f64[0], &beta_f64[0], &hbeta_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_diag_backprop_beta: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_sqvjp_beta
 # sbeta = finite_or(y**2*exp(-beta*x), 0)
-cdef int _swish_learnable_sqvjp_beta_f32(const float* x_p, const float* y_p, const float* beta_p, float* _out_p, const float* S_p, const float* w_p, Py_ssize_t K, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_sqvjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* y_p = <const float*>_a[1]
+    cdef const float* beta_p = <const float*>_a[2]
+    cdef float* _out_p = <float*>_a[3]
+    cdef const float* S_p = <const float*>_a[4]
+    cdef const float* w_p = <const float*>_a[5]
+    cdef Py_ssize_t K = _x[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef Py_ssize_t kk
     cdef double wk, tot
@@ -2426,7 +2009,15 @@ cdef int _swish_learnable_sqvjp_beta_f32(const float* x_p, const float* y_p, con
     free(acc)
     return 0
 
-cdef int _swish_learnable_sqvjp_beta_f64(const double* x_p, const double* y_p, const double* beta_p, double* _out_p, const double* S_p, const double* w_p, Py_ssize_t K, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* y_p = <const double*>_a[1]
+    cdef const double* beta_p = <const double*>_a[2]
+    cdef double* _out_p = <double*>_a[3]
+    cdef const double* S_p = <const double*>_a[4]
+    cdef const double* w_p = <const double*>_a[5]
+    cdef Py_ssize_t K = _x[4]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef Py_ssize_t kk
     cdef double wk, tot
@@ -2463,65 +2054,14 @@ cdef int _swish_learnable_sqvjp_beta_f64(const double* x_p, const double* y_p, c
     return 0
 
 
-def swish_learnable_sqvjp_beta(x, y, beta, sbeta, S, w, ):
-    """sbeta = finite_or(y**2*exp(-beta*x), 0)
-
-    Data arrays x, y: (N, C, S), one shape;
-    channel arrays beta and the output sbeta: (C,) or (1,) (shared);
-    S: (K, N, C, S) factor columns, w: (K, N) signs.
-    """
-    dt = _check_arrays("swish_learnable_sqvjp_beta", ("x", "y", "beta", "sbeta", "S", "w", ), (x, y, beta, sbeta, S, w, ), ("sbeta", ))
-    x = _readable(x)
-    y = _readable(y)
-    beta = _readable(beta)
-    S, w = _readable(S), _readable(w)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_sqvjp_beta: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if y.shape != shape:
-        raise ValueError(f"swish_learnable_sqvjp_beta: y has shape {y.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_sqvjp_beta: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_sqvjp_beta: beta has {beta.shape[0]} channels, expected {Cp}")
-    if sbeta.ndim != 1 or sbeta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_sqvjp_beta: sbeta must have shape ({C},) or (1,), got {sbeta.shape}")
-    if sbeta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_sqvjp_beta: sbeta has {sbeta.shape[0]} channels, expected {Cp}")
-    if S.ndim != 4 or S.shape[1:] != shape or w.shape != (S.shape[0], N):
-        raise ValueError(f"swish_learnable_sqvjp_beta: S must be (K, {N}, {C}, {SS}) and w (K, {N}), got {S.shape} and {w.shape}")
-    cdef Py_ssize_t K = S.shape[0]
-    cdef int status = 0
-    cdef float[::1] x_f32, y_f32, beta_f32, sbeta_f32, S_f32, w_f32
-    cdef double[::1] x_f64, y_f64, beta_f64, sbeta_f64, S_f64, w_f64
-    if N == 0 or C == 0 or SS == 0:
-        sbeta[...] = 0
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        y_f32 = y.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        sbeta_f32 = sbeta.reshape(-1)
-        S_f32 = S.reshape(-1)
-        w_f32 = w.reshape(-1)
-        with nogil:
-            status = _swish_learnable_sqvjp_beta_f32(&x_f32[0], &y_f32[0], &beta_f32[0], &sbeta_f32[0], &S_f32[0], &w_f32[0], K, N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        y_f64 = y.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        sbeta_f64 = sbeta.reshape(-1)
-        S_f64 = S.reshape(-1)
-        w_f64 = w.reshape(-1)
-        with nogil:
-            status = _swish_learnable_sqvjp_beta_f64(&x_f64[0], &y_f64[0], &beta_f64[0], &sbeta_f64[0], &S_f64[0], &w_f64[0], K, N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_sqvjp_beta: out of memory")
-
 # ---------------------------------------------------------------- swish_learnable_residual
 # r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
-cdef int _swish_learnable_residual_f32(const float* x_p, const float* g_p, const float* beta_p, float* r_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* beta_p = <const float*>_a[2]
+    cdef float* r_p = <float*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef float x
@@ -2546,7 +2086,12 @@ cdef int _swish_learnable_residual_f32(const float* x_p, const float* g_p, const
                 r_p[e] = g*symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0))
     return 0
 
-cdef int _swish_learnable_residual_f64(const double* x_p, const double* g_p, const double* beta_p, double* r_p, Py_ssize_t N, Py_ssize_t C, Py_ssize_t SS, Py_ssize_t Cp) noexcept nogil:
+cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* beta_p = <const double*>_a[2]
+    cdef double* r_p = <double*>_a[3]
+    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
     cdef Py_ssize_t n, c, s, e, pc, base
     cdef double part
     cdef double x
@@ -2572,46 +2117,51 @@ cdef int _swish_learnable_residual_f64(const double* x_p, const double* g_p, con
     return 0
 
 
-def swish_learnable_residual(x, g, beta, r, ):
-    """r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("prelu_forward", "prelu_vjp", "prelu_vjp_alpha", "prelu_jvp", "prelu_rvjp", "prelu_rvjp_alpha", "prelu_diag_backprop", "prelu_diag_backprop_alpha", "prelu_sqvjp_alpha", "swish_learnable_forward", "swish_learnable_vjp", "swish_learnable_vjp_beta", "swish_learnable_jvp", "swish_learnable_rvjp", "swish_learnable_rvjp_beta", "swish_learnable_diag_backprop", "swish_learnable_diag_backprop_beta", "swish_learnable_sqvjp_beta", "swish_learnable_residual", )
 
-    Data arrays x, g and outputs r: (N, C, S), one shape;
-    channel arrays beta: (C,) or (1,) (shared).
-    """
-    dt = _check_arrays("swish_learnable_residual", ("x", "g", "beta", "r", ), (x, g, beta, r, ), ("r", ))
-    x = _readable(x)
-    g = _readable(g)
-    beta = _readable(beta)
-    shape = x.shape
-    if len(shape) != 3:
-        raise ValueError(f"swish_learnable_residual: data arrays must be 3-D (N, C, S), got shape {shape}")
-    if g.shape != shape:
-        raise ValueError(f"swish_learnable_residual: g has shape {g.shape}, expected {shape}")
-    if r.shape != shape:
-        raise ValueError(f"swish_learnable_residual: r has shape {r.shape}, expected {shape}")
-    cdef Py_ssize_t N = shape[0], C = shape[1], SS = shape[2], Cp = beta.shape[0]
-    if beta.ndim != 1 or beta.shape[0] not in (1, C):
-        raise ValueError(f"swish_learnable_residual: beta must have shape ({C},) or (1,), got {beta.shape}")
-    if beta.shape[0] != Cp:
-        raise ValueError(f"swish_learnable_residual: beta has {beta.shape[0]} channels, expected {Cp}")
-    cdef int status = 0
-    cdef float[::1] x_f32, g_f32, beta_f32, r_f32
-    cdef double[::1] x_f64, g_f64, beta_f64, r_f64
-    if N == 0 or C == 0 or SS == 0:
-        return
-    if dt == _F32:
-        x_f32 = x.reshape(-1)
-        g_f32 = g.reshape(-1)
-        beta_f32 = beta.reshape(-1)
-        r_f32 = r.reshape(-1)
-        with nogil:
-            status = _swish_learnable_residual_f32(&x_f32[0], &g_f32[0], &beta_f32[0], &r_f32[0], N, C, SS, Cp)
-    else:
-        x_f64 = x.reshape(-1)
-        g_f64 = g.reshape(-1)
-        beta_f64 = beta.reshape(-1)
-        r_f64 = r.reshape(-1)
-        with nogil:
-            status = _swish_learnable_residual_f64(&x_f64[0], &g_f64[0], &beta_f64[0], &r_f64[0], N, C, SS, Cp)
-    if status != 0:
-        raise MemoryError("swish_learnable_residual: out of memory")
+cdef _channelwise_t _TABLE_F32[19]
+cdef _channelwise_t _TABLE_F64[19]
+_TABLE_F32[0] = _prelu_forward_f32
+_TABLE_F64[0] = _prelu_forward_f64
+_TABLE_F32[1] = _prelu_vjp_f32
+_TABLE_F64[1] = _prelu_vjp_f64
+_TABLE_F32[2] = _prelu_vjp_alpha_f32
+_TABLE_F64[2] = _prelu_vjp_alpha_f64
+_TABLE_F32[3] = _prelu_jvp_f32
+_TABLE_F64[3] = _prelu_jvp_f64
+_TABLE_F32[4] = _prelu_rvjp_f32
+_TABLE_F64[4] = _prelu_rvjp_f64
+_TABLE_F32[5] = _prelu_rvjp_alpha_f32
+_TABLE_F64[5] = _prelu_rvjp_alpha_f64
+_TABLE_F32[6] = _prelu_diag_backprop_f32
+_TABLE_F64[6] = _prelu_diag_backprop_f64
+_TABLE_F32[7] = _prelu_diag_backprop_alpha_f32
+_TABLE_F64[7] = _prelu_diag_backprop_alpha_f64
+_TABLE_F32[8] = _prelu_sqvjp_alpha_f32
+_TABLE_F64[8] = _prelu_sqvjp_alpha_f64
+_TABLE_F32[9] = _swish_learnable_forward_f32
+_TABLE_F64[9] = _swish_learnable_forward_f64
+_TABLE_F32[10] = _swish_learnable_vjp_f32
+_TABLE_F64[10] = _swish_learnable_vjp_f64
+_TABLE_F32[11] = _swish_learnable_vjp_beta_f32
+_TABLE_F64[11] = _swish_learnable_vjp_beta_f64
+_TABLE_F32[12] = _swish_learnable_jvp_f32
+_TABLE_F64[12] = _swish_learnable_jvp_f64
+_TABLE_F32[13] = _swish_learnable_rvjp_f32
+_TABLE_F64[13] = _swish_learnable_rvjp_f64
+_TABLE_F32[14] = _swish_learnable_rvjp_beta_f32
+_TABLE_F64[14] = _swish_learnable_rvjp_beta_f64
+_TABLE_F32[15] = _swish_learnable_diag_backprop_f32
+_TABLE_F64[15] = _swish_learnable_diag_backprop_f64
+_TABLE_F32[16] = _swish_learnable_diag_backprop_beta_f32
+_TABLE_F64[16] = _swish_learnable_diag_backprop_beta_f64
+_TABLE_F32[17] = _swish_learnable_sqvjp_beta_f32
+_TABLE_F64[17] = _swish_learnable_sqvjp_beta_f64
+_TABLE_F32[18] = _swish_learnable_residual_f32
+_TABLE_F64[18] = _swish_learnable_residual_f64
+
+
+def kernel_table():
+    """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(19)]

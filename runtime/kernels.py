@@ -51,11 +51,23 @@ def register(module):
     return module
 
 
+_dispatch_controls = [None]
+
+
 def _dispatcher():
-    """The shared dispatcher module, given the BLAS thread controls once (call with the lock)."""
+    """The shared dispatcher module with the thread controls of every BLAS loaded by now (call
+    with the lock, after importing the module to bind: its import may load a BLAS, as
+    ``scipy.linalg.cython_blas`` does, and a BLAS the dispatcher cannot hold at one thread would
+    start its own pool inside our OpenMP loops)."""
+    import scipy.linalg.cython_blas  # noqa: F401 — the BLAS the kernels call, loaded before the controls are read
     from ..generated import dispatch
-    if id(dispatch) not in _registered:
-        dispatch.set_blas_controls(blas_threads.controls())
+    controls = blas_threads.controls()
+    if id(dispatch) not in _registered or controls != _dispatch_controls[0]:
+        try:
+            dispatch.set_blas_controls(controls)
+            _dispatch_controls[0] = controls
+        except RuntimeError:    # a kernel is running in another thread: keep the current controls
+            pass
         _registered.add(id(dispatch))
     return dispatch
 
