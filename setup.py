@@ -1,10 +1,9 @@
 """Builds the generated Cython kernels; everything else is in pyproject.toml.
 
-Cython and the C compiler run on every core (``SYMPROP_BUILD_JOBS`` overrides), the Cython
-runtime support code (memoryviews) is compiled once into ``symprop.generated._cyutility``
-instead of into every module, and a compiled extension is kept in a build cache keyed by its
-C source, headers, flags, compiler and Python (``codegen/build_cache.py``): installing an
-extra after the base install, or reinstalling an unchanged checkout, compiles nothing.
+Cython and the C compiler run on every core (``SYMPROP_BUILD_JOBS`` overrides), and a compiled
+extension is kept in a build cache keyed by its C source, headers, flags, compiler and Python
+(``codegen/build_cache.py``): installing an extra after the base install, or reinstalling an
+unchanged checkout, compiles nothing.
 """
 import os
 import runpy
@@ -22,10 +21,9 @@ jobs = flags["build_jobs"]()
 extensions = [
     Extension(f"symprop.generated.{pyx.stem}", [str(pyx.relative_to(root))],
               include_dirs=["generated"], **flags["extension_kwargs"]())
-    for pyx in sorted((root / "generated").glob("*.pyx"))
+    # the longest compiles first, so the parallel jobs finish together
+    for pyx in sorted((root / "generated").glob("*.pyx"), key=lambda p: (-p.stat().st_size, p.name))
 ]
-extensions.append(Extension(flags["SHARED_UTILITY"], ["generated/_cyutility.c"],
-                            **flags["extension_kwargs"]()))
 
 
 class cached_build_ext(build_ext):
@@ -47,5 +45,5 @@ class cached_build_ext(build_ext):
 
 
 setup(ext_modules=cythonize(extensions, compiler_directives=flags["CYTHON_DIRECTIVES"], quiet=True,
-                            nthreads=jobs, shared_utility_qualified_name=flags["SHARED_UTILITY"]),
+                            nthreads=jobs),
       cmdclass={"build_ext": cached_build_ext})

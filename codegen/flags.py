@@ -46,9 +46,6 @@ def extension_kwargs() -> dict:
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
                      "initializedcheck": False, "cdivision": True, "emit_code_comments": False}
 
-#: the module holding Cython's runtime support code (memoryviews), compiled once for all
-SHARED_UTILITY = "symprop.generated._cyutility"
-
 
 def build_jobs() -> int:
     """Parallel Cython and C compiler jobs: every core (``SYMPROP_BUILD_JOBS`` overrides)."""

@@ -83,91 +83,97 @@ def _readable(a):
     buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
     return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
 
+
+cdef size_t _addr(a):
+    """The data address of a checked C-contiguous array (0 for None): the kernels take raw
+    pointers, so no typed memoryviews (and none of Cython's memoryview support code)."""
+    return 0 if a is None else <size_t>a.__array_interface__["data"][0]
+
 # ---------------------------------------------------------------- softmax_cross_entropy
 # per-row loss  m - z_t + log(S)
 # gradient      ∂ℓ/∂z_j = p[j] - t[j]   (p = softmax(z), t = onehot(label))
 # HVP           R(∂ℓ/∂z_j) = p[j]*v[j] + Sum(-p[j]*p[l]*v[l], (l, 0, K - 1))   (s = Σ_l p_l v_l)
-cdef double _softmax_cross_entropy_f32(const float[:, ::1] z_a, const long long[::1] labels, float[:, ::1] grad_a, float[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
-    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+cdef double _softmax_cross_entropy_f32(const float* z_a, const long long* labels, float* grad_a, float* p_a, bint want_grad, bint want_p, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t n, j
     cdef float m, S, z, p, t, z_t
     cdef float scale = (<float>1.0) / (<float>N)
     cdef double total = 0.0
     for n in range(N):
-        m = z_a[n, 0]
+        m = z_a[n * K]
         for j in range(1, K):
-            if z_a[n, j] > m:
-                m = z_a[n, j]
+            if z_a[n * K + j] > m:
+                m = z_a[n * K + j]
         S = 0
         for j in range(K):
-            z = z_a[n, j]
+            z = z_a[n * K + j]
             S = S + expf(-m + z)
-        z_t = z_a[n, labels[n]]
+        z_t = z_a[n * K + labels[n]]
         total += m - z_t + logf(S)
         if want_grad or want_p:
             for j in range(K):
-                z = z_a[n, j]
+                z = z_a[n * K + j]
                 p = expf(-m + z) / S
                 t = (<float>1.0) if j == labels[n] else (<float>0.0)
                 if want_p:
-                    p_a[n, j] = p
+                    p_a[n * K + j] = p
                 if want_grad:
-                    grad_a[n, j] = scale * (p - t)
+                    grad_a[n * K + j] = scale * (p - t)
     return total / N
 
 
-cdef void _softmax_cross_entropy_hvp_f32(const float[:, ::1] p_a, const float[:, ::1] v_a, float[:, ::1] out) noexcept nogil:
-    cdef Py_ssize_t n, j, N = p_a.shape[0], K = p_a.shape[1]
+cdef void _softmax_cross_entropy_hvp_f32(const float* p_a, const float* v_a, float* out, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t n, j
     cdef float s, p, v
     cdef float scale = (<float>1.0) / (<float>N)
     for n in range(N):
         s = 0
         for j in range(K):
-            s = s + p_a[n, j] * v_a[n, j]
+            s = s + p_a[n * K + j] * v_a[n * K + j]
         for j in range(K):
-            p = p_a[n, j]
-            v = v_a[n, j]
-            out[n, j] = scale * (-p*(s - v))
+            p = p_a[n * K + j]
+            v = v_a[n * K + j]
+            out[n * K + j] = scale * (-p*(s - v))
 
-cdef double _softmax_cross_entropy_f64(const double[:, ::1] z_a, const long long[::1] labels, double[:, ::1] grad_a, double[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
-    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+cdef double _softmax_cross_entropy_f64(const double* z_a, const long long* labels, double* grad_a, double* p_a, bint want_grad, bint want_p, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t n, j
     cdef double m, S, z, p, t, z_t
     cdef double scale = (<double>1.0) / (<double>N)
     cdef double total = 0.0
     for n in range(N):
-        m = z_a[n, 0]
+        m = z_a[n * K]
         for j in range(1, K):
-            if z_a[n, j] > m:
-                m = z_a[n, j]
+            if z_a[n * K + j] > m:
+                m = z_a[n * K + j]
         S = 0
         for j in range(K):
-            z = z_a[n, j]
+            z = z_a[n * K + j]
             S = S + exp(-m + z)
-        z_t = z_a[n, labels[n]]
+        z_t = z_a[n * K + labels[n]]
         total += m - z_t + log(S)
         if want_grad or want_p:
             for j in range(K):
-                z = z_a[n, j]
+                z = z_a[n * K + j]
                 p = exp(-m + z) / S
                 t = (<double>1.0) if j == labels[n] else (<double>0.0)
                 if want_p:
-                    p_a[n, j] = p
+                    p_a[n * K + j] = p
                 if want_grad:
-                    grad_a[n, j] = scale * (p - t)
+                    grad_a[n * K + j] = scale * (p - t)
     return total / N
 
 
-cdef void _softmax_cross_entropy_hvp_f64(const double[:, ::1] p_a, const double[:, ::1] v_a, double[:, ::1] out) noexcept nogil:
-    cdef Py_ssize_t n, j, N = p_a.shape[0], K = p_a.shape[1]
+cdef void _softmax_cross_entropy_hvp_f64(const double* p_a, const double* v_a, double* out, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t n, j
     cdef double s, p, v
     cdef double scale = (<double>1.0) / (<double>N)
     for n in range(N):
         s = 0
         for j in range(K):
-            s = s + p_a[n, j] * v_a[n, j]
+            s = s + p_a[n * K + j] * v_a[n * K + j]
         for j in range(K):
-            p = p_a[n, j]
-            v = v_a[n, j]
-            out[n, j] = scale * (-p*(s - v))
+            p = p_a[n * K + j]
+            v = v_a[n * K + j]
+            out[n * K + j] = scale * (-p*(s - v))
 
 
 def softmax_cross_entropy(z, labels, grad=None, probs=None):
@@ -193,67 +199,67 @@ def softmax_cross_entropy(z, labels, grad=None, probs=None):
                          f"[{labels.min()}, {labels.max()}]")
     labels = _np.ascontiguousarray(labels)
     if dt == _F32:
-        return _softmax_cross_entropy_f32(z, labels, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+        return _softmax_cross_entropy_f32(<const float*>_addr(z), <const long long*>_addr(labels), <float*>_addr(grad), <float*>_addr(probs), grad is not None, probs is not None, z.shape[0], z.shape[1])
     else:
-        return _softmax_cross_entropy_f64(z, labels, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+        return _softmax_cross_entropy_f64(<const double*>_addr(z), <const long long*>_addr(labels), <double*>_addr(grad), <double*>_addr(probs), grad is not None, probs is not None, z.shape[0], z.shape[1])
 
 
-cdef double _softmax_cross_entropy_soft_f32(const float[:, ::1] z_a, const float[:, ::1] t_a, float[:, ::1] grad_a, float[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
+cdef double _softmax_cross_entropy_soft_f32(const float* z_a, const float* t_a, float* grad_a, float* p_a, bint want_grad, bint want_p, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
     # probability targets: the same row loss with z_t = Σ_j t_j z_j (rows of t sum to 1)
-    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+    cdef Py_ssize_t n, j
     cdef float m, S, z, p, t, z_t
     cdef float scale = (<float>1.0) / (<float>N)
     cdef double total = 0.0
     for n in range(N):
-        m = z_a[n, 0]
+        m = z_a[n * K]
         for j in range(1, K):
-            if z_a[n, j] > m:
-                m = z_a[n, j]
+            if z_a[n * K + j] > m:
+                m = z_a[n * K + j]
         S = 0
         z_t = 0
         for j in range(K):
-            z = z_a[n, j]
+            z = z_a[n * K + j]
             S = S + expf(-m + z)
-            z_t = z_t + t_a[n, j] * z
+            z_t = z_t + t_a[n * K + j] * z
         total += m - z_t + logf(S)
         if want_grad or want_p:
             for j in range(K):
-                z = z_a[n, j]
+                z = z_a[n * K + j]
                 p = expf(-m + z) / S
-                t = t_a[n, j]
+                t = t_a[n * K + j]
                 if want_p:
-                    p_a[n, j] = p
+                    p_a[n * K + j] = p
                 if want_grad:
-                    grad_a[n, j] = scale * (p - t)
+                    grad_a[n * K + j] = scale * (p - t)
     return total / N
 
-cdef double _softmax_cross_entropy_soft_f64(const double[:, ::1] z_a, const double[:, ::1] t_a, double[:, ::1] grad_a, double[:, ::1] p_a, bint want_grad, bint want_p) noexcept nogil:
+cdef double _softmax_cross_entropy_soft_f64(const double* z_a, const double* t_a, double* grad_a, double* p_a, bint want_grad, bint want_p, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
     # probability targets: the same row loss with z_t = Σ_j t_j z_j (rows of t sum to 1)
-    cdef Py_ssize_t n, j, N = z_a.shape[0], K = z_a.shape[1]
+    cdef Py_ssize_t n, j
     cdef double m, S, z, p, t, z_t
     cdef double scale = (<double>1.0) / (<double>N)
     cdef double total = 0.0
     for n in range(N):
-        m = z_a[n, 0]
+        m = z_a[n * K]
         for j in range(1, K):
-            if z_a[n, j] > m:
-                m = z_a[n, j]
+            if z_a[n * K + j] > m:
+                m = z_a[n * K + j]
         S = 0
         z_t = 0
         for j in range(K):
-            z = z_a[n, j]
+            z = z_a[n * K + j]
             S = S + exp(-m + z)
-            z_t = z_t + t_a[n, j] * z
+            z_t = z_t + t_a[n * K + j] * z
         total += m - z_t + log(S)
         if want_grad or want_p:
             for j in range(K):
-                z = z_a[n, j]
+                z = z_a[n * K + j]
                 p = exp(-m + z) / S
-                t = t_a[n, j]
+                t = t_a[n * K + j]
                 if want_p:
-                    p_a[n, j] = p
+                    p_a[n * K + j] = p
                 if want_grad:
-                    grad_a[n, j] = scale * (p - t)
+                    grad_a[n * K + j] = scale * (p - t)
     return total / N
 
 
@@ -271,9 +277,9 @@ def softmax_cross_entropy_soft(z, t, grad=None, probs=None):
     if t is None:
         raise TypeError("softmax_cross_entropy_soft: targets t are required")
     if dt == _F32:
-        return _softmax_cross_entropy_soft_f32(z, t, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+        return _softmax_cross_entropy_soft_f32(<const float*>_addr(z), <const float*>_addr(t), <float*>_addr(grad), <float*>_addr(probs), grad is not None, probs is not None, z.shape[0], z.shape[1])
     else:
-        return _softmax_cross_entropy_soft_f64(z, t, grad if grad is not None else _np.empty((1, 1), dt), probs if probs is not None else _np.empty((1, 1), dt), grad is not None, probs is not None)
+        return _softmax_cross_entropy_soft_f64(<const double*>_addr(z), <const double*>_addr(t), <double*>_addr(grad), <double*>_addr(probs), grad is not None, probs is not None, z.shape[0], z.shape[1])
 
 
 def softmax_cross_entropy_hvp(p, v, out):
@@ -283,9 +289,9 @@ def softmax_cross_entropy_hvp(p, v, out):
     if p.ndim != 2 or v.shape != p.shape or out.shape != p.shape:
         raise ValueError(f"softmax_cross_entropy_hvp: p {p.shape}, v {v.shape}, out {out.shape} must be equal (N, K)")
     if dt == _F32:
-        _softmax_cross_entropy_hvp_f32(p, v, out)
+        _softmax_cross_entropy_hvp_f32(<const float*>_addr(p), <const float*>_addr(v), <float*>_addr(out), p.shape[0], p.shape[1])
     else:
-        _softmax_cross_entropy_hvp_f64(p, v, out)
+        _softmax_cross_entropy_hvp_f64(<const double*>_addr(p), <const double*>_addr(v), <double*>_addr(out), p.shape[0], p.shape[1])
     return out
 
 # ---------------------------------------------------------------- mse
@@ -353,18 +359,10 @@ def mse(a, t, grad=None):
         raise ValueError(f"mse: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
                          f"{getattr(grad, 'shape', None)} must have one non-empty shape")
     cdef Py_ssize_t size = a.size
-    cdef float[::1] a_f32, t_f32, g_f32
-    cdef double[::1] a_f64, t_f64, g_f64
     if dt == _F32:
-        a_f32 = a.reshape(-1)
-        t_f32 = t.reshape(-1)
-        g_f32 = grad.reshape(-1) if grad is not None else a_f32
-        return _mse_f32(&a_f32[0], &t_f32[0], &g_f32[0], grad is not None, size)
+        return _mse_f32(<const float*>_addr(a), <const float*>_addr(t), <float*>_addr(grad), grad is not None, size)
     else:
-        a_f64 = a.reshape(-1)
-        t_f64 = t.reshape(-1)
-        g_f64 = grad.reshape(-1) if grad is not None else a_f64
-        return _mse_f64(&a_f64[0], &t_f64[0], &g_f64[0], grad is not None, size)
+        return _mse_f64(<const double*>_addr(a), <const double*>_addr(t), <double*>_addr(grad), grad is not None, size)
 
 
 def mse_hvp(a, t, v, out):
@@ -374,20 +372,10 @@ def mse_hvp(a, t, v, out):
     if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
         raise ValueError(f"mse_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
     cdef Py_ssize_t size = a.size
-    cdef float[::1] a_f32, t_f32, v_f32, o_f32
-    cdef double[::1] a_f64, t_f64, v_f64, o_f64
     if dt == _F32:
-        a_f32 = a.reshape(-1)
-        t_f32 = t.reshape(-1)
-        v_f32 = v.reshape(-1)
-        o_f32 = out.reshape(-1)
-        _mse_hvp_f32(&a_f32[0], &t_f32[0], &v_f32[0], &o_f32[0], size)
+        _mse_hvp_f32(<const float*>_addr(a), <const float*>_addr(t), <const float*>_addr(v), <float*>_addr(out), size)
     else:
-        a_f64 = a.reshape(-1)
-        t_f64 = t.reshape(-1)
-        v_f64 = v.reshape(-1)
-        o_f64 = out.reshape(-1)
-        _mse_hvp_f64(&a_f64[0], &t_f64[0], &v_f64[0], &o_f64[0], size)
+        _mse_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size)
     return out
 # ---------------------------------------------------------------- sigmoid_cross_entropy
 # element loss e(a, t) = -a*t + log1p(exp(-Abs(a))) + Max(0, a); mean over all elements
@@ -454,18 +442,10 @@ def sigmoid_cross_entropy(a, t, grad=None):
         raise ValueError(f"sigmoid_cross_entropy: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
                          f"{getattr(grad, 'shape', None)} must have one non-empty shape")
     cdef Py_ssize_t size = a.size
-    cdef float[::1] a_f32, t_f32, g_f32
-    cdef double[::1] a_f64, t_f64, g_f64
     if dt == _F32:
-        a_f32 = a.reshape(-1)
-        t_f32 = t.reshape(-1)
-        g_f32 = grad.reshape(-1) if grad is not None else a_f32
-        return _sigmoid_cross_entropy_f32(&a_f32[0], &t_f32[0], &g_f32[0], grad is not None, size)
+        return _sigmoid_cross_entropy_f32(<const float*>_addr(a), <const float*>_addr(t), <float*>_addr(grad), grad is not None, size)
     else:
-        a_f64 = a.reshape(-1)
-        t_f64 = t.reshape(-1)
-        g_f64 = grad.reshape(-1) if grad is not None else a_f64
-        return _sigmoid_cross_entropy_f64(&a_f64[0], &t_f64[0], &g_f64[0], grad is not None, size)
+        return _sigmoid_cross_entropy_f64(<const double*>_addr(a), <const double*>_addr(t), <double*>_addr(grad), grad is not None, size)
 
 
 def sigmoid_cross_entropy_hvp(a, t, v, out):
@@ -475,18 +455,8 @@ def sigmoid_cross_entropy_hvp(a, t, v, out):
     if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
         raise ValueError(f"sigmoid_cross_entropy_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
     cdef Py_ssize_t size = a.size
-    cdef float[::1] a_f32, t_f32, v_f32, o_f32
-    cdef double[::1] a_f64, t_f64, v_f64, o_f64
     if dt == _F32:
-        a_f32 = a.reshape(-1)
-        t_f32 = t.reshape(-1)
-        v_f32 = v.reshape(-1)
-        o_f32 = out.reshape(-1)
-        _sigmoid_cross_entropy_hvp_f32(&a_f32[0], &t_f32[0], &v_f32[0], &o_f32[0], size)
+        _sigmoid_cross_entropy_hvp_f32(<const float*>_addr(a), <const float*>_addr(t), <const float*>_addr(v), <float*>_addr(out), size)
     else:
-        a_f64 = a.reshape(-1)
-        t_f64 = t.reshape(-1)
-        v_f64 = v.reshape(-1)
-        o_f64 = out.reshape(-1)
-        _sigmoid_cross_entropy_hvp_f64(&a_f64[0], &t_f64[0], &v_f64[0], &o_f64[0], size)
+        _sigmoid_cross_entropy_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size)
     return out

@@ -124,3 +124,28 @@ def flatten_torch(pt):
             i += n
         return parts
     return flat, unflatten
+
+
+def kernelless_copy(root):
+    """A copy of the installed package under ``root`` without its compiled kernels (``.so``
+    and ``.c`` left out): what ``symprop generate`` and ``symprop latex`` must run in, since
+    generated code never imports the package root and the root imports lazily. Returns
+    ``root``, to put on PYTHONPATH."""
+    import symprop
+    from pathlib import Path
+    pkg = Path(symprop.__file__).resolve().parent
+    src = {"symprop": pkg}
+    for sub in ("derive", "codegen", "generated", "runtime"):
+        src[f"symprop/{sub}"] = Path(__import__(f"symprop.{sub}", fromlist=["x"]).__file__).resolve().parent
+    for rel, path in src.items():
+        dst = root / rel
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in path.iterdir():
+            if f.is_file() and f.suffix not in (".so", ".pyd", ".c"):
+                dst.joinpath(f.name).write_bytes(f.read_bytes())
+        if rel == "symprop/codegen":
+            (dst / "templates").mkdir(exist_ok=True)
+            for f in (path / "templates").iterdir():
+                (dst / "templates" / f.name).write_bytes(f.read_bytes())
+    assert not list((root / "symprop/generated").glob("*.so"))
+    return root
