@@ -42,9 +42,13 @@ def extension_kwargs() -> dict:
             "libraries": libraries}
 
 
-#: emit_code_comments=False: no copy of every .pyx line as a C comment (they doubled the C)
+#: emit_code_comments=False: no copy of every .pyx line as a C comment (they doubled the C);
+#: binding=False: the few def functions of a generated module are plain builtins (no CyFunction
+#: support code, ~85 kB of C per module); auto_pickle=False: kernel objects hold C function
+#: pointers and must not be pickled anyway
 CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False,
-                     "initializedcheck": False, "cdivision": True, "emit_code_comments": False}
+                     "initializedcheck": False, "cdivision": True, "emit_code_comments": False,
+                     "binding": False, "auto_pickle": False}
 
 
 def build_jobs() -> int:

@@ -168,6 +168,34 @@ def _readable(a):
     return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
 
 
+cdef dict _environment(str name, tuple arguments, tuple args, dict kwargs, tuple keywords=()):
+    """``{argument: value}`` of one call: positional arguments in order, then by name (an
+    argument, or a keyword-only one of ``keywords``)."""
+    if len(args) > len(arguments):
+        raise TypeError(f"{name}() takes {len(arguments)} positional arguments ({', '.join(arguments)}), "
+                        f"got {len(args)}")
+    env = dict(zip(arguments, args))
+    for key, value in kwargs.items():
+        if key not in arguments and key not in keywords:
+            raise TypeError(f"{name}() got an unexpected argument {key!r}; it takes "
+                            f"{', '.join(arguments + keywords)}")
+        if key in env:
+            raise TypeError(f"{name}() got argument {key!r} twice")
+        env[key] = value
+    return env
+
+
+cdef _require(str name, dict env, tuple names):
+    """TypeError naming every argument of ``names`` the call left out (or passed as None)."""
+    missing = [a for a in names if env.get(a) is None]
+    if missing:
+        raise TypeError(f"{name}() missing argument(s) {', '.join(missing)}")
+
+
+cdef int _acquire(Py_buffer* view, arr, bint writable) except -1:
+    return PyObject_GetBuffer(arr, view, PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
+
+
 cdef class ElementwiseKernel:
     """One elementwise kernel: ``kernel(*arrays, *outputs, *scalars)`` (positional or by name).
 
@@ -211,7 +239,9 @@ cdef class ElementwiseKernel:
         cdef _elementwise_t fn
         cdef int held = 0
         if kwargs or len(args) != len(self.arguments):
-            args = self._bind(args, kwargs)
+            env = _environment(self.name, self.arguments, args, kwargs)
+            _require(self.name, env, self.arguments)
+            args = tuple([env[a] for a in self.arguments])
         arrs = args[:na]
         for k in range(na):
             if arrs[k] is None:
@@ -231,8 +261,7 @@ cdef class ElementwiseKernel:
         itemsize = 4 if dt == _F32 else 8
         try:
             for k in range(na):
-                PyObject_GetBuffer(arrs[k], &views[k],
-                                   PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if self.arguments[k] in self.writable else 0))
+                _acquire(&views[k], arrs[k], self.arguments[k] in self.writable)
                 held += 1
                 base[k] = <char*>views[k].buf
             T = _threads_for(n // _GRAIN)
@@ -254,25 +283,6 @@ cdef class ElementwiseKernel:
         finally:
             for k in range(held):
                 PyBuffer_Release(&views[k])
-
-    def _bind(self, tuple args, dict kwargs):
-        """The call's arguments in call order (positional, then by name)."""
-        if len(args) > len(self.arguments):
-            raise TypeError(f"{self.name}() takes {len(self.arguments)} arguments "
-                            f"({', '.join(self.arguments)}), got {len(args)}")
-        out = list(args) + [None] * (len(self.arguments) - len(args))
-        for key, value in kwargs.items():
-            if key not in self.arguments:
-                raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
-                                f"it takes {', '.join(self.arguments)}")
-            k = self.arguments.index(key)
-            if k < len(args):
-                raise TypeError(f"{self.name}() got argument {key!r} twice")
-            out[k] = value
-        missing = [a for a, v in zip(self.arguments, out) if v is None]
-        if missing:
-            raise TypeError(f"{self.name}() missing argument(s) {', '.join(missing)}")
-        return tuple(out)
 
 
 _I64 = _np.dtype(_np.int64)
@@ -325,11 +335,11 @@ cdef class IndexedKernel:
         self.optional = frozenset(optional)
         self.pointers = tuple(binding["pointers"])
         self.indices = {k: tuple(v) for k, v in binding["indices"].items()}
-        self.squares = tuple((sq, base) for sq, base in binding["squares"])
+        self.squares = tuple([(sq, base) for sq, base in binding["squares"]])
         self.extents = tuple(binding["extents"])
         self.calls_blas = binding["calls_blas"]
         self.masks = tuple(binding.get("masks", ()))
-        self.floats = tuple(a for a in self.arguments if a not in self.masks)
+        self.floats = tuple([a for a in self.arguments if a not in self.masks])
         self.minimum = dict(binding.get("scalars", {}))
         self.scalars = tuple(self.minimum)
         self.scalar_extents = dict(binding.get("scalar_extents", {}))
@@ -346,7 +356,7 @@ cdef class IndexedKernel:
         self.f64 = <_indexed_t>f64
 
     def __repr__(self):
-        kw = "".join(f", {s}" for s in self.scalars)
+        kw = "".join([f", {s}" for s in self.scalars])
         return f"<indexed kernel {self.name}({', '.join(self.arguments)}{', *' if kw else ''}{kw})>"
 
     def __call__(self, *args, **kwargs):
@@ -356,21 +366,11 @@ cdef class IndexedKernel:
         cdef int k, held = 0, T = 1, rc = 0
         cdef bint entered = False
         cdef _indexed_t fn
-        if len(args) > len(self.arguments):
-            raise TypeError(f"{self.name}() takes {len(self.arguments)} positional arguments "
-                            f"({', '.join(self.arguments)}), got {len(args)}")
-        env = dict(zip(self.arguments, args))
+        env = _environment(self.name, self.arguments, args, kwargs, self.scalars)
         scal = {}
-        for key, value in kwargs.items():
-            if key in self.minimum:
-                scal[key] = value
-                continue
-            if key not in self.arguments:
-                raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
-                                f"it takes {', '.join(self.arguments + self.scalars)}")
+        for key in self.scalars:
             if key in env:
-                raise TypeError(f"{self.name}() got argument {key!r} twice")
-            env[key] = value
+                scal[key] = env.pop(key)
         for a in self.arguments:
             if env.get(a) is None:
                 if a in self.outputs:
@@ -380,10 +380,8 @@ cdef class IndexedKernel:
                 if a not in self.optional:
                     raise TypeError(f"{self.name}: array argument {a!r} is required")
                 env[a] = None
-        missing = [s for s in self.scalars if s not in scal]
-        if missing:
-            raise TypeError(f"{self.name}() missing keyword argument(s) {', '.join(missing)}")
-        dt = _check_arrays(self.name, self.floats, tuple(env[a] for a in self.floats), self.outputs)
+        _require(self.name, scal, self.scalars)
+        dt = _check_arrays(self.name, self.floats, tuple([env[a] for a in self.floats]), self.outputs)
         for mk in self.masks:
             _check_mask(self.name, mk, env[mk], mk in self.outputs)
         for sq, base in self.squares:
@@ -411,8 +409,8 @@ cdef class IndexedKernel:
             if ext[g["out"]][0] != size:
                 raise ValueError(f"{self.name}: output extent {ext[g['out']][0]} does not match {g['formula']} "
                                  f"= {size} for input extent {ext[g['inp']][0]}, kernel {ext[g['k']][0]}")
-        outs = tuple(env[o] for o in self.outputs)
-        if any(v[0] == 0 for v in ext.values()):
+        outs = tuple([env[o] for o in self.outputs])
+        if any([v[0] == 0 for v in ext.values()]):
             for o in outs:
                 if o.dtype != _I64:
                     o[...] = 0
@@ -435,7 +433,7 @@ cdef class IndexedKernel:
                 if arr is None:
                     ptrs[k] = NULL
                     continue
-                PyObject_GetBuffer(arr, &views[held], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                _acquire(&views[held], arr, a in self.outputs)
                 ptrs[k] = <char*>views[held].buf
                 held += 1
             k = len(self.pointers)
@@ -449,14 +447,14 @@ cdef class IndexedKernel:
                 if self.cols is not None:
                     cols = _np.empty((T * self.cols["slots"], _product(ext, self.cols["rows"]),
                                       _product(ext, self.cols["cols"])), dtype=dt)
-                    PyObject_GetBuffer(cols, &views[held], PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+                    _acquire(&views[held], cols, True)
                     ptrs[k] = <char*>views[held].buf
                     held += 1
                     k += 1
                 if self.wacc is not None:
                     wacc = _np.empty((self.wacc["count"] * T, _product(ext, self.wacc["rows"]),
                                       _product(ext, self.wacc["cols"])), dtype=dt)
-                    PyObject_GetBuffer(wacc, &views[held], PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE)
+                    _acquire(&views[held], wacc, True)
                     ptrs[k] = <char*>views[held].buf
                     held += 1
                 with nogil:
@@ -508,21 +506,9 @@ cdef class ChannelwiseKernel:
         cdef Py_ssize_t xs[5]
         cdef int k, held = 0, status = 0
         cdef _channelwise_t fn
-        if len(args) > len(self.arguments):
-            raise TypeError(f"{self.name}() takes {len(self.arguments)} arguments "
-                            f"({', '.join(self.arguments)}), got {len(args)}")
-        env = dict(zip(self.arguments, args))
-        for key, value in kwargs.items():
-            if key not in self.arguments:
-                raise TypeError(f"{self.name}() got an unexpected argument {key!r}; "
-                                f"it takes {', '.join(self.arguments)}")
-            if key in env:
-                raise TypeError(f"{self.name}() got argument {key!r} twice")
-            env[key] = value
-        missing = [a for a in self.arguments if env.get(a) is None]
-        if missing:
-            raise TypeError(f"{self.name}() missing argument(s) {', '.join(missing)}")
-        dt = _check_arrays(self.name, self.arrays, tuple(env[a] for a in self.arrays), self.outputs)
+        env = _environment(self.name, self.arguments, args, kwargs)
+        _require(self.name, env, self.arguments)
+        dt = _check_arrays(self.name, self.arrays, tuple([env[a] for a in self.arrays]), self.outputs)
         for k, sname in enumerate(self.scalars):
             scal[k] = env[sname]
         pointwise = self.data + (() if self.reduce else self.outputs)
@@ -554,7 +540,7 @@ cdef class ChannelwiseKernel:
         fn = self.f32 if dt == _F32 else self.f64
         try:
             for k, a in enumerate(self.arrays):
-                PyObject_GetBuffer(env[a], &views[k], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                _acquire(&views[k], env[a], a in self.outputs)
                 held += 1
                 ptrs[k] = <char*>views[k].buf
             with nogil:
@@ -602,20 +588,9 @@ cdef class CompositeKernel:
         cdef Py_ssize_t _A, _C, _B
         cdef int k, t, T, held = 0, ns = len(self.keywords) - 3
         cdef _composite_t fn
-        if len(args) > len(self.arguments):
-            raise TypeError(f"{self.name}() takes {len(self.arguments)} positional arguments "
-                            f"({', '.join(self.arguments)}), got {len(args)}")
-        env = dict(zip(self.arguments, args))
-        for key, value in kwargs.items():
-            if key not in self.arguments and key not in self.keywords:
-                raise TypeError(f"{self.name}() got an unexpected argument {key!r}")
-            if key in env:
-                raise TypeError(f"{self.name}() got argument {key!r} twice")
-            env[key] = value
-        missing = [a for a in self.arguments + self.keywords if env.get(a) is None]
-        if missing:
-            raise TypeError(f"{self.name}() missing argument(s) {', '.join(missing)}")
-        dt = _check_arrays(self.name, self.arguments, tuple(env[a] for a in self.arguments), self.outputs)
+        env = _environment(self.name, self.arguments, args, kwargs, self.keywords)
+        _require(self.name, env, self.arguments + self.keywords)
+        dt = _check_arrays(self.name, self.arguments, tuple([env[a] for a in self.arguments]), self.outputs)
         A, C, B = env["A"], env["C"], env["B"]
         _A, _C, _B = A, C, B
         if _A < 0 or _C < 0 or _B < 0:
@@ -640,7 +615,7 @@ cdef class CompositeKernel:
         fn = self.f32 if dt == _F32 else self.f64
         try:
             for k, a in enumerate(self.arguments):
-                PyObject_GetBuffer(env[a], &views[k], PyBUF_ANY_CONTIGUOUS | (PyBUF_WRITABLE if a in self.outputs else 0))
+                _acquire(&views[k], env[a], a in self.outputs)
                 held += 1
                 ptrs[k] = <char*>views[k].buf
             chunk = ptrs
