@@ -299,10 +299,10 @@ def _check_mask(str kernel, str name, a, bint writable):
         raise ValueError(f"{kernel}: output {name!r} is read-only")
 
 
-def _product(dict ext, names):
+cdef Py_ssize_t _product(dict ext, tuple names) except -1:
     cdef Py_ssize_t p = 1
     for n in names:
-        p *= ext[n][0]
+        p *= <Py_ssize_t>ext[n][0]
     return p
 
 
@@ -344,11 +344,16 @@ cdef class IndexedKernel:
         self.scalars = tuple(self.minimum)
         self.scalar_extents = dict(binding.get("scalar_extents", {}))
         self.geometry_scalars = tuple(binding.get("geometry_scalars", ()))
-        self.geometry = list(binding.get("geometry", ()))
+        # per axis (output, input, kernel index; stride, dilation, padding: a scalar's name or an
+        # int literal; the rule as text)
+        self.geometry = [(g["out"], g["inp"], g["k"], *[int(g[q]) if g[q].lstrip("-").isdigit() else g[q]
+                                                       for q in ("s", "d", "p")], g["formula"])
+                         for g in binding.get("geometry", ())]
         self.parallel = binding.get("parallel")
-        self.cols = binding.get("cols")
-        self.wacc = binding.get("wacc")
-        self.mask_offsets = binding.get("mask_offsets")
+        cols, wacc = binding.get("cols"), binding.get("wacc")   # (count, row indices, column indices)
+        self.cols = None if cols is None else (cols["slots"], tuple(cols["rows"]), tuple(cols["cols"]))
+        self.wacc = None if wacc is None else (wacc["count"], tuple(wacc["rows"]), tuple(wacc["cols"]))
+        self.mask_offsets = None if binding.get("mask_offsets") is None else tuple(binding["mask_offsets"])
         if (len(self.pointers) + 2 > _MAX_ARGS or len(self.extents) + len(self.geometry_scalars) > _MAX_ARGS
                 or f32 == 0 or f64 == 0):
             raise ValueError(f"{name}: not a valid kernel table entry")
@@ -388,7 +393,7 @@ cdef class IndexedKernel:
             env[sq] = _np.square(env[base])   # the squared Jacobian entries of the Becker-LeCun rule
         ext = {}
         for s, v in scal.items():
-            if not isinstance(v, (int, _np.integer)) or isinstance(v, bool) or v < self.minimum[s]:
+            if (type(v) is not int and (not isinstance(v, (int, _np.integer)) or isinstance(v, bool))) or v < self.minimum[s]:
                 raise ValueError(f"{self.name}: {s} must be an integer >= {self.minimum[s]}, got {v!r}")
         for s, ix in self.scalar_extents.items():
             ext[ix] = (int(scal[s]), s)
@@ -403,12 +408,15 @@ cdef class IndexedKernel:
                 if ext.setdefault(ix, (arr.shape[ax], a))[0] != arr.shape[ax]:
                     raise ValueError(f"{self.name}: {a} has shape {arr.shape} but index {ix} has extent "
                                      f"{ext[ix][0]} in {ext[ix][1]}")
-        for g in self.geometry:
-            val = {n: int(scal[n]) if n in scal else int(n) for n in (g["s"], g["d"], g["p"])}
-            size = (ext[g["inp"]][0] + 2 * val[g["p"]] - val[g["d"]] * (ext[g["k"]][0] - 1) - 1) // val[g["s"]] + 1
-            if ext[g["out"]][0] != size:
-                raise ValueError(f"{self.name}: output extent {ext[g['out']][0]} does not match {g['formula']} "
-                                 f"= {size} for input extent {ext[g['inp']][0]}, kernel {ext[g['k']][0]}")
+        for out_ix, in_ix, k_ix, s_, d_, p_, formula in self.geometry:
+            n_in, n_k, n_out = ext[in_ix][0], ext[k_ix][0], ext[out_ix][0]
+            st = scal[s_] if s_ in scal else s_        # a scalar's name, or a literal (an int)
+            di = scal[d_] if d_ in scal else d_
+            pa = scal[p_] if p_ in scal else p_
+            size = (n_in + 2 * pa - di * (n_k - 1) - 1) // st + 1
+            if n_out != size:
+                raise ValueError(f"{self.name}: output extent {n_out} does not match {formula} "
+                                 f"= {size} for input extent {n_in}, kernel {n_k}")
         outs = tuple([env[o] for o in self.outputs])
         if any([v[0] == 0 for v in ext.values()]):
             for o in outs:
@@ -445,15 +453,15 @@ cdef class IndexedKernel:
                 entered = True
             try:
                 if self.cols is not None:
-                    cols = _np.empty((T * self.cols["slots"], _product(ext, self.cols["rows"]),
-                                      _product(ext, self.cols["cols"])), dtype=dt)
+                    cols = _np.empty((T * self.cols[0], _product(ext, self.cols[1]), _product(ext, self.cols[2])),
+                                     dtype=dt)
                     _acquire(&views[held], cols, True)
                     ptrs[k] = <char*>views[held].buf
                     held += 1
                     k += 1
                 if self.wacc is not None:
-                    wacc = _np.empty((self.wacc["count"] * T, _product(ext, self.wacc["rows"]),
-                                      _product(ext, self.wacc["cols"])), dtype=dt)
+                    wacc = _np.empty((self.wacc[0] * T, _product(ext, self.wacc[1]), _product(ext, self.wacc[2])),
+                                     dtype=dt)
                     _acquire(&views[held], wacc, True)
                     ptrs[k] = <char*>views[held].buf
                     held += 1
