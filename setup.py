@@ -34,6 +34,18 @@ class cached_build_ext(build_ext):
         if not self.parallel:
             self.parallel = jobs
 
+    def run(self):
+        # a module merged into another leaves its old build in build/ (pip builds in the
+        # checkout): drop extension files no current module makes, or they reach the wheel
+        folder = Path(self.build_lib) / "symprop" / "generated"
+        current = {Path(self.get_ext_fullpath(e.name)).name for e in self.extensions}
+        for built in folder.glob("*.*"):
+            if built.suffix in (".so", ".pyd") and built.name not in current:
+                built.unlink()
+            elif built.suffix in (".c", ".pyx") and not (root / "generated" / (built.stem + ".pyx")).exists():
+                built.unlink()
+        super().run()
+
     def build_extension(self, ext):
         target = self.get_ext_fullpath(ext.name)
         key = cache["extension_key"](ext, self.compiler)

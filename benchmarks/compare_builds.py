@@ -56,8 +56,12 @@ def _arrays(seed: int, n: int, dtype, count: int, special: bool = True) -> list:
 
 
 def elementwise_roles(out: dict) -> None:
+    import importlib.util
     from symprop.runtime.kernels import load
+    # keyed by spec, not module: builds may group specs into modules differently
     for mod_name in ("activations", "masks", "penalties", "optimizers"):
+        if importlib.util.find_spec(f"symprop.generated.{mod_name}") is None:
+            continue
         mod = load(mod_name)
         for spec, entry in mod.MANIFEST.items():
             defaults = entry.get("defaults", {})
@@ -66,14 +70,15 @@ def elementwise_roles(out: dict) -> None:
                 for dtype in (np.float32, np.float64):
                     for n in (100_003, 37):
                         seed = int(hashlib.sha256(f"{spec}|{role}|{n}".encode()).hexdigest()[:8], 16)
-                        arrays = _arrays(seed, n, dtype, len(r["arrays"]), special=mod_name != "optimizers")
-                        if mod_name == "optimizers":    # state arrays (second moments) are >= 0
+                        update = role == "update"      # an optimizer's in-place update
+                        arrays = _arrays(seed, n, dtype, len(r["arrays"]), special=not update)
+                        if update:    # state arrays (second moments) are >= 0
                             arrays = [np.abs(a) if name.startswith(("s", "v", "h")) else a
                                       for name, a in zip(r["arrays"], arrays)]
                         outs = [np.empty(n, dtype) for _ in r["outputs"]]
                         scalars = [defaults.get(s, 0.1 + 0.05 * i) for i, s in enumerate(r.get("scalars", ()))]
                         fn(*arrays, *outs, *scalars)
-                        out[f"{mod_name}/{spec}/{role}/{np.dtype(dtype).name}/{n}"] = _digest(*arrays, *outs)
+                        out[f"elementwise/{spec}/{role}/{np.dtype(dtype).name}/{n}"] = _digest(*arrays, *outs)
 
 
 def _models(dtype):

@@ -49,10 +49,13 @@ def fused_kernels(d: DerivedElementwise) -> list[Kernel]:
 
 
 def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Kernel, dict]] = (),
-                         contexts: list[list[dict]] | None = None) -> dict:
+                         contexts: list[list[dict]] | None = None, kinds: dict | None = None) -> dict:
     """Manifest entries: one per spec (its kernels by role, fused roles included), one per
-    extra kernel (``update``). ``contexts``: each spec's kernel contexts, when already made."""
+    extra kernel (``update``). ``contexts``: each spec's kernel contexts, when already made.
+    ``kinds``: what a spec is for, by name, when not an activation (``mask``, ``penalty``):
+    the activation registry lists only activations."""
     table = {}
+    kinds = kinds or {}
     if contexts is None:
         contexts = [[kernel_context(k) for k in d.kernels + fused_kernels(d)] for d in derived]
     for d, ctxs in zip(derived, contexts):
@@ -60,6 +63,8 @@ def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Ke
         table[d.spec.name] = spec_entry("elementwise", d.spec.name, d.spec.hash, ["x"], [], "y",
                                         [p for p, _ in d.spec.params], roles)
         table[d.spec.name]["defaults"] = {p: float(v) for p, v in d.spec.params}
+        if d.spec.name in kinds:
+            table[d.spec.name]["kind"] = kinds[d.spec.name]
     for k, ctx in extra:
         table[k.name] = spec_entry("elementwise", k.name, _kernel_hash(k), [], [], "", list(k.scalars),
                                    {"update": elementwise_role(ctx)})
@@ -67,7 +72,7 @@ def elementwise_manifest(derived: list[DerivedElementwise], extra: list[tuple[Ke
 
 
 def render_elementwise_module(module: str, derived: list[DerivedElementwise],
-                              extra_kernels: list[Kernel] = (), doc: str = "") -> str:
+                              extra_kernels: list[Kernel] = (), doc: str = "", kinds: dict | None = None) -> str:
     contexts = [[kernel_context(k) for k in d.kernels + fused_kernels(d)] for d in derived]
     kernels = [ctx for ctxs in contexts for ctx in ctxs]
     extra = [(k, kernel_context(k)) for k in extra_kernels]
@@ -75,7 +80,7 @@ def render_elementwise_module(module: str, derived: list[DerivedElementwise],
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived] + \
             [{"name": k.name, "hash": _kernel_hash(k)} for k in extra_kernels]
     return render("elementwise.pyx.j2", module=module, specs=specs, kernels=kernels,
-                  manifest=elementwise_manifest(derived, extra, contexts),
+                  manifest=elementwise_manifest(derived, extra, contexts, kinds),
                   doc=doc or f"Elementwise kernels: {', '.join(s['name'] for s in specs)}.")
 
 

@@ -14,8 +14,10 @@
 # spec: swish  hash: 079aeb700267b334
 # spec: gelu  hash: 3ce4b0da2e7d778f
 # spec: mish  hash: 39901bc85ba4b857
+# spec: dropout  hash: 0c9a9249c82a17f1
+# spec: penalty  hash: 75d31fc91124b69e
 
-"""Elementwise kernels: tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish.
+"""Elementwise kernels: the activations, the dropout mask and the weight penalty.
 
 Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
 Py_ssize_t n)``: the arrays in manifest call order, outputs after inputs), collected in a
@@ -2345,6 +2347,472 @@ MANIFEST = __import__('json').loads(r'''{
    }
   },
   "defaults": {}
+ },
+ "dropout": {
+  "family": "elementwise",
+  "hash": "0c9a9249c82a17f1",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [],
+  "roles": {
+   "forward": {
+    "kernel": "dropout_forward",
+    "call": [
+     "x",
+     "m",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = m*x"
+   },
+   "vjp:x": {
+    "kernel": "dropout_vjp",
+    "call": [
+     "g",
+     "m",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*m"
+   },
+   "jvp": {
+    "kernel": "dropout_jvp",
+    "call": [
+     "Rx",
+     "m",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rx",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "Rx",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Ry = Rx*m"
+   },
+   "rvjp:x": {
+    "kernel": "dropout_rvjp",
+    "call": [
+     "Rg",
+     "m",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rg",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "Rg",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "Rgx = Rg*m"
+   },
+   "bl:x": {
+    "kernel": "dropout_diag_backprop",
+    "call": [
+     "H",
+     "m",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "m"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "H",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "hx = H*m**2"
+   },
+   "forward+jvp": {
+    "kernel": "dropout_forward_jvp",
+    "call": [
+     "x",
+     "m",
+     "Rx",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "m",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "y = m*x; Ry = Rx*m"
+   },
+   "vjp+rvjp": {
+    "kernel": "dropout_vjp_rvjp",
+    "call": [
+     "g",
+     "m",
+     "Rg",
+     "gx",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g",
+     "m",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "g",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [],
+    "written": [],
+    "doc": "gx = g*m; Rgx = Rg*m"
+   }
+  },
+  "defaults": {},
+  "kind": "mask"
+ },
+ "penalty": {
+  "family": "elementwise",
+  "hash": "75d31fc91124b69e",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "l1",
+   "l2"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "penalty_forward",
+    "call": [
+     "x",
+     "y",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "y = l1*Max(-x, x) + l2*x**2/2"
+   },
+   "vjp:x": {
+    "kernel": "penalty_vjp",
+    "call": [
+     "x",
+     "g",
+     "gx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "jvp": {
+    "kernel": "penalty_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "Ry",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "rvjp:x": {
+    "kernel": "penalty_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rgx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+   },
+   "bl:x": {
+    "kernel": "penalty_diag_backprop",
+    "call": [
+     "x",
+     "g",
+     "H",
+     "hx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2"
+   },
+   "residual": {
+    "kernel": "penalty_residual",
+    "call": [
+     "g",
+     "r",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "r",
+      "like": "g",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l2"
+    ],
+    "written": [],
+    "doc": "r = g*l2"
+   },
+   "forward+jvp": {
+    "kernel": "penalty_forward_jvp",
+    "call": [
+     "x",
+     "Rx",
+     "y",
+     "Ry",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "Rx"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+   },
+   "vjp+rvjp": {
+    "kernel": "penalty_vjp_rvjp",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "gx",
+     "Rgx",
+     "l1",
+     "l2"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "scalars": [
+     "l1",
+     "l2"
+    ],
+    "written": [],
+    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+   }
+  },
+  "defaults": {
+   "l1": 0.0,
+   "l2": 0.0
+  },
+  "kind": "penalty"
  }
 }''')
 
@@ -5126,11 +5594,505 @@ cdef void _mish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         gx_p[_e] = _t4*g
         Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(((<double>0.25))*(-_t5*y + _t5 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
 
-#: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", )
+# ---------------------------------------------------------------- dropout_forward
+# y = m*x
+cdef void _dropout_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float m
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        y_p[_e] = m*x
 
-cdef _elementwise_t _TABLE_F32[78]
-cdef _elementwise_t _TABLE_F64[78]
+cdef void _dropout_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double m
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        y_p[_e] = m*x
+
+# ---------------------------------------------------------------- dropout_vjp
+# gx = g*m
+cdef void _dropout_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef Py_ssize_t _e
+    cdef float g
+    cdef float m
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        gx_p[_e] = g*m
+
+cdef void _dropout_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef Py_ssize_t _e
+    cdef double g
+    cdef double m
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        gx_p[_e] = g*m
+
+# ---------------------------------------------------------------- dropout_jvp
+# Ry = Rx*m
+cdef void _dropout_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef Py_ssize_t _e
+    cdef float Rx
+    cdef float m
+    for _e in range(_n):
+        Rx = Rx_p[_e]
+        m = m_p[_e]
+        Ry_p[_e] = Rx*m
+
+cdef void _dropout_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef Py_ssize_t _e
+    cdef double Rx
+    cdef double m
+    for _e in range(_n):
+        Rx = Rx_p[_e]
+        m = m_p[_e]
+        Ry_p[_e] = Rx*m
+
+# ---------------------------------------------------------------- dropout_rvjp
+# Rgx = Rg*m
+cdef void _dropout_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* Rgx_p = <float*>_a[2]
+    cdef Py_ssize_t _e
+    cdef float Rg
+    cdef float m
+    for _e in range(_n):
+        Rg = Rg_p[_e]
+        m = m_p[_e]
+        Rgx_p[_e] = Rg*m
+
+cdef void _dropout_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* Rgx_p = <double*>_a[2]
+    cdef Py_ssize_t _e
+    cdef double Rg
+    cdef double m
+    for _e in range(_n):
+        Rg = Rg_p[_e]
+        m = m_p[_e]
+        Rgx_p[_e] = Rg*m
+
+# ---------------------------------------------------------------- dropout_diag_backprop
+# hx = H*m**2
+cdef void _dropout_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* H_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef float* hx_p = <float*>_a[2]
+    cdef Py_ssize_t _e
+    cdef float H
+    cdef float m
+    for _e in range(_n):
+        H = H_p[_e]
+        m = m_p[_e]
+        hx_p[_e] = H*(m*m)
+
+cdef void _dropout_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* H_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef double* hx_p = <double*>_a[2]
+    cdef Py_ssize_t _e
+    cdef double H
+    cdef double m
+    for _e in range(_n):
+        H = H_p[_e]
+        m = m_p[_e]
+        hx_p[_e] = H*(m*m)
+
+# ---------------------------------------------------------------- dropout_forward_jvp
+# y = m*x; Ry = Rx*m
+cdef void _dropout_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef float* y_p = <float*>_a[3]
+    cdef float* Ry_p = <float*>_a[4]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float m
+    cdef float Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = m*x
+        Ry_p[_e] = Rx*m
+
+cdef void _dropout_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef double* y_p = <double*>_a[3]
+    cdef double* Ry_p = <double*>_a[4]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double m
+    cdef double Rx
+    for _e in range(_n):
+        x = x_p[_e]
+        m = m_p[_e]
+        Rx = Rx_p[_e]
+        y_p[_e] = m*x
+        Ry_p[_e] = Rx*m
+
+# ---------------------------------------------------------------- dropout_vjp_rvjp
+# gx = g*m; Rgx = Rg*m
+cdef void _dropout_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef const float* m_p = <const float*>_a[1]
+    cdef const float* Rg_p = <const float*>_a[2]
+    cdef float* gx_p = <float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef Py_ssize_t _e
+    cdef float g
+    cdef float m
+    cdef float Rg
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        Rg = Rg_p[_e]
+        gx_p[_e] = g*m
+        Rgx_p[_e] = Rg*m
+
+cdef void _dropout_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef const double* m_p = <const double*>_a[1]
+    cdef const double* Rg_p = <const double*>_a[2]
+    cdef double* gx_p = <double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef Py_ssize_t _e
+    cdef double g
+    cdef double m
+    cdef double Rg
+    for _e in range(_n):
+        g = g_p[_e]
+        m = m_p[_e]
+        Rg = Rg_p[_e]
+        gx_p[_e] = g*m
+        Rgx_p[_e] = Rg*m
+
+# ---------------------------------------------------------------- penalty_forward
+# y = l1*Max(-x, x) + l2*x**2/2
+cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef float* y_p = <float*>_a[1]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
+
+cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef double* y_p = <double*>_a[1]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    for _e in range(_n):
+        x = x_p[_e]
+        y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
+
+# ---------------------------------------------------------------- penalty_vjp
+# gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef float* gx_p = <float*>_a[2]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = l2*x
+        gx_p[_e] = g*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+
+cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef double* gx_p = <double*>_a[2]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        _t0 = l2*x
+        gx_p[_e] = g*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+
+# ---------------------------------------------------------------- penalty_jvp
+# Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* Ry_p = <float*>_a[2]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+
+cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* Ry_p = <double*>_a[2]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+
+# ---------------------------------------------------------------- penalty_rvjp
+# Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* Rgx_p = <float*>_a[4]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)) + Rx*g*l2
+
+cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* Rgx_p = <double*>_a[4]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)) + Rx*g*l2
+
+# ---------------------------------------------------------------- penalty_diag_backprop
+# hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2
+cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* H_p = <const float*>_a[2]
+    cdef float* hx_p = <float*>_a[3]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float H
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = l2*x
+        hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<float>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<float>0.0)) else (l2*l2)*(x*x))) + g*l2
+
+cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* H_p = <const double*>_a[2]
+    cdef double* hx_p = <double*>_a[3]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double H
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        H = H_p[_e]
+        _t0 = l2*x
+        hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<double>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<double>0.0)) else (l2*l2)*(x*x))) + g*l2
+
+# ---------------------------------------------------------------- penalty_residual
+# r = g*l2
+cdef void _penalty_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef float* r_p = <float*>_a[1]
+    cdef float l2 = <float>_s[0]
+    cdef Py_ssize_t _e
+    cdef float g
+    for _e in range(_n):
+        g = g_p[_e]
+        r_p[_e] = g*l2
+
+cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef double* r_p = <double*>_a[1]
+    cdef double l2 = <double>_s[0]
+    cdef Py_ssize_t _e
+    cdef double g
+    for _e in range(_n):
+        g = g_p[_e]
+        r_p[_e] = g*l2
+
+# ---------------------------------------------------------------- penalty_forward_jvp
+# y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* Rx_p = <const float*>_a[1]
+    cdef float* y_p = <float*>_a[2]
+    cdef float* Ry_p = <float*>_a[3]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float Rx
+    cdef float _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+
+cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* Rx_p = <const double*>_a[1]
+    cdef double* y_p = <double*>_a[2]
+    cdef double* Ry_p = <double*>_a[3]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double Rx
+    cdef double _t0
+    for _e in range(_n):
+        x = x_p[_e]
+        Rx = Rx_p[_e]
+        _t0 = l2*x
+        y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
+        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+
+# ---------------------------------------------------------------- penalty_vjp_rvjp
+# gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* x_p = <const float*>_a[0]
+    cdef const float* g_p = <const float*>_a[1]
+    cdef const float* Rx_p = <const float*>_a[2]
+    cdef const float* Rg_p = <const float*>_a[3]
+    cdef float* gx_p = <float*>_a[4]
+    cdef float* Rgx_p = <float*>_a[5]
+    cdef float l1 = <float>_s[0]
+    cdef float l2 = <float>_s[1]
+    cdef Py_ssize_t _e
+    cdef float x
+    cdef float g
+    cdef float Rx
+    cdef float Rg
+    cdef float _t0
+    cdef float _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        _t1 = (-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+        gx_p[_e] = _t1*g
+        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+
+cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* x_p = <const double*>_a[0]
+    cdef const double* g_p = <const double*>_a[1]
+    cdef const double* Rx_p = <const double*>_a[2]
+    cdef const double* Rg_p = <const double*>_a[3]
+    cdef double* gx_p = <double*>_a[4]
+    cdef double* Rgx_p = <double*>_a[5]
+    cdef double l1 = <double>_s[0]
+    cdef double l2 = <double>_s[1]
+    cdef Py_ssize_t _e
+    cdef double x
+    cdef double g
+    cdef double Rx
+    cdef double Rg
+    cdef double _t0
+    cdef double _t1
+    for _e in range(_n):
+        x = x_p[_e]
+        g = g_p[_e]
+        Rx = Rx_p[_e]
+        Rg = Rg_p[_e]
+        _t0 = l2*x
+        _t1 = (-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+        gx_p[_e] = _t1*g
+        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", "dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_diag_backprop", "dropout_forward_jvp", "dropout_vjp_rvjp", "penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_diag_backprop", "penalty_residual", "penalty_forward_jvp", "penalty_vjp_rvjp", )
+
+cdef _elementwise_t _TABLE_F32[93]
+cdef _elementwise_t _TABLE_F64[93]
 _TABLE_F32[0] = _tanh_forward_f32
 _TABLE_F64[0] = _tanh_forward_f64
 _TABLE_F32[1] = _tanh_vjp_f32
@@ -5287,8 +6249,38 @@ _TABLE_F32[76] = _mish_forward_jvp_f32
 _TABLE_F64[76] = _mish_forward_jvp_f64
 _TABLE_F32[77] = _mish_vjp_rvjp_f32
 _TABLE_F64[77] = _mish_vjp_rvjp_f64
+_TABLE_F32[78] = _dropout_forward_f32
+_TABLE_F64[78] = _dropout_forward_f64
+_TABLE_F32[79] = _dropout_vjp_f32
+_TABLE_F64[79] = _dropout_vjp_f64
+_TABLE_F32[80] = _dropout_jvp_f32
+_TABLE_F64[80] = _dropout_jvp_f64
+_TABLE_F32[81] = _dropout_rvjp_f32
+_TABLE_F64[81] = _dropout_rvjp_f64
+_TABLE_F32[82] = _dropout_diag_backprop_f32
+_TABLE_F64[82] = _dropout_diag_backprop_f64
+_TABLE_F32[83] = _dropout_forward_jvp_f32
+_TABLE_F64[83] = _dropout_forward_jvp_f64
+_TABLE_F32[84] = _dropout_vjp_rvjp_f32
+_TABLE_F64[84] = _dropout_vjp_rvjp_f64
+_TABLE_F32[85] = _penalty_forward_f32
+_TABLE_F64[85] = _penalty_forward_f64
+_TABLE_F32[86] = _penalty_vjp_f32
+_TABLE_F64[86] = _penalty_vjp_f64
+_TABLE_F32[87] = _penalty_jvp_f32
+_TABLE_F64[87] = _penalty_jvp_f64
+_TABLE_F32[88] = _penalty_rvjp_f32
+_TABLE_F64[88] = _penalty_rvjp_f64
+_TABLE_F32[89] = _penalty_diag_backprop_f32
+_TABLE_F64[89] = _penalty_diag_backprop_f64
+_TABLE_F32[90] = _penalty_residual_f32
+_TABLE_F64[90] = _penalty_residual_f64
+_TABLE_F32[91] = _penalty_forward_jvp_f32
+_TABLE_F64[91] = _penalty_forward_jvp_f64
+_TABLE_F32[92] = _penalty_vjp_rvjp_f32
+_TABLE_F64[92] = _penalty_vjp_rvjp_f64
 
 
 def kernel_table():
     """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
-    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(78)]
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(93)]

@@ -20,7 +20,8 @@ def _builtin_module():
 
 def names() -> list[str]:
     """Every built-in activation (the registry: the compiled activations manifest)."""
-    return [k for k, e in manifest(_builtin_module()).items() if e["family"] == "elementwise"]
+    return [k for k, e in manifest(_builtin_module()).items()
+            if e["family"] == "elementwise" and e.get("kind", "activation") == "activation"]
 
 
 class Activation(SpecLayer):
@@ -35,7 +36,7 @@ class Activation(SpecLayer):
         self.module = module if module is not None else _builtin_module()
         self.spec = spec
         table = manifest(self.module)
-        if kernel_name not in table:
+        if kernel_name not in table or table[kernel_name].get("kind", "activation") != "activation":
             known = names() if module is None else sorted(table)
             raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {known} "
                              f"(or build one with Activation.from_sympy)")

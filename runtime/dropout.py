@@ -20,7 +20,7 @@ def check_rate(layer: str, p) -> float:
 
 
 def mask_kernels() -> SpecKernels:
-    return SpecKernels(load("masks"), "dropout")
+    return SpecKernels(load("activations"), "dropout")   # a spec of kind "mask" there
 
 
 def draw_mask(rng: np.random.Generator, shape: tuple, p: float, dtype) -> np.ndarray:

@@ -251,7 +251,7 @@ class Sequential:
                 if id(p) not in seen and id(p) in index:
                     seen.add(id(p))
                     idx.append(index[id(p)])
-        return SpecKernels(load("penalties"), "penalty"), {"l1": self.l1, "l2": self.l2}, idx
+        return SpecKernels(load("activations"), "penalty"), {"l1": self.l1, "l2": self.l2}, idx
 
     def _penalty_role(self, role, i, **arrays):
         K, sc, _ = self._penalty()

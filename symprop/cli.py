@@ -31,7 +31,7 @@ def cmd_generate(args) -> int:
             return 1
         print(f"symprop generate --check: {out} is up to date ({time.perf_counter() - t0:.1f} s)")
         return 0
-    print(f"wrote {len(drift)} changed file(s) to {out}" + (f": {', '.join(drift)}" if drift else "")
+    print(f"wrote or removed {len(drift)} changed file(s) in {out}" + (f": {', '.join(drift)}" if drift else "")
           + f" ({time.perf_counter() - t0:.1f} s); reinstall (pip install .) to compile them")
     return 0
 

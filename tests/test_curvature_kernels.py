@@ -65,7 +65,7 @@ def test_pool_bl_equal_formulas():
     assert rel_err(K.avgpool2d_bl_x(h, e(x), **geo), K.avgpool2d_vjp_x(h, e(x), **geo) / 6) < 1e-14
 
 
-MODULES = {"activations": None, "dense": None, "window": None, "masks": None, "learnable": None}
+MODULES = {"activations": None, "dense": None, "window": None, "learnable": None}   # activations holds the masks too
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -6,7 +6,7 @@ from threadpoolctl import threadpool_limits
 
 from symprop.runtime.kernels import load
 
-TABLE_MODULES = ["activations", "masks", "penalties", "optimizers", "dense", "window", "learnable", "composite"]
+TABLE_MODULES = ["activations", "optimizers", "dense", "window", "learnable", "composite"]
 
 
 @pytest.mark.parametrize("name", TABLE_MODULES)
@@ -165,3 +165,14 @@ def test_a_blas_loaded_after_the_first_table_module_is_still_held_at_one_thread(
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stderr
     assert "OpenMP Loop" not in r.stderr
+
+
+def test_masks_and_penalties_share_the_activations_module_but_not_its_registry():
+    from symprop import layers as L
+    from symprop.runtime.activation import names
+    table = load("activations").MANIFEST
+    assert table["dropout"]["kind"] == "mask" and table["penalty"]["kind"] == "penalty"
+    assert "dropout" not in names() and "penalty" not in names() and "tanh" in names()
+    for name in ("dropout", "penalty"):
+        with pytest.raises(ValueError, match=rf"unknown activation '{name}'"):
+            L.Activation(name)

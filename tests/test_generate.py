@@ -58,3 +58,11 @@ def test_check_catches_an_edit_and_names_the_file(fresh, tmp_path, monkeypatch, 
     assert (a / "activations.pyx").read_text() == edited      # --check writes nothing
     assert cli.main(["generate", "--out", str(a)]) == 0       # without it, the file is rewritten
     assert (a / "activations.pyx").read_text() == files["activations.pyx"]
+    # a generated module no spec produces any more (merged into another) is drift, and removed
+    (a / "masks.pyx").write_text(files["optimizers.pyx"].replace("module: optimizers", "module: masks"))
+    (a / "masks.c").write_text("/* built from masks.pyx */")
+    (a / "notes.pyx").write_text("# a hand-written file, not generated: left alone\n")
+    assert cli.main(["generate", "--check", "--out", str(a)]) == 1
+    assert "masks.pyx" in capsys.readouterr().err
+    assert cli.main(["generate", "--out", str(a)]) == 0
+    assert not (a / "masks.pyx").exists() and not (a / "masks.c").exists() and (a / "notes.pyx").exists()
