@@ -81,6 +81,46 @@ def elementwise_roles(out: dict) -> None:
                         out[f"elementwise/{spec}/{role}/{np.dtype(dtype).name}/{n}"] = _digest(*arrays, *outs)
 
 
+#: extents and geometry per indexed spec: every role is called directly on arrays of these shapes
+_INDEXED = {
+    ("dense", "dense"): ({"n": 7, "i": 5, "o": 4}, {}),
+    ("window", "conv2d"): ({"n": 3, "c": 2, "u": 7, "v": 6, "o": 4, "i": 3, "j": 2, "h": 4, "w": 6},
+                          {"s_h": 2, "s_w": 1, "p_h": 1, "p_w": 1, "d_h": 1, "d_w": 2}),
+    ("window", "avgpool2d"): ({"n": 3, "c": 2, "u": 7, "v": 6, "h": 3, "w": 3},
+                             {"s_h": 2, "s_w": 2, "p_h": 0, "p_w": 0, "K_h": 2, "K_w": 2}),
+    ("window", "maxpool2d"): ({"n": 3, "c": 2, "u": 7, "v": 6, "h": 4, "w": 3},
+                             {"s_h": 2, "s_w": 2, "p_h": 1, "p_w": 0, "K_h": 2, "K_w": 2}),
+}
+
+
+def indexed_roles(out: dict) -> None:
+    """Every role of the dense, conv and pooling specs, called directly through the executor
+    with every direction present, on random arrays (maxpool's mask from its forward)."""
+    from symprop.runtime.kernels import SpecKernels, load
+    for (mod_name, spec), (ext, scalars) in _INDEXED.items():
+        mod = load(mod_name)
+        entry = mod.MANIFEST[spec]
+        kern = SpecKernels(mod, spec)
+        shape = {a: tuple(ext[i] for i in idx) for a, idx in entry["arrays"].items()}
+        out_shape = shape[entry["output"]]
+        for dtype in (np.float32, np.float64):
+            rng = np.random.default_rng(11)
+            env = {a: rng.standard_normal(shp).astype(dtype) for a, shp in shape.items()
+                   if a in entry["inputs"] + entry["params"]}
+            for a in list(env):
+                env["R" + a] = rng.standard_normal(shape[a]).astype(dtype)
+            for a in ("g", "H", "Rg"):
+                env[a] = rng.standard_normal(out_shape).astype(dtype)
+            env["S"] = rng.standard_normal((2, *out_shape)).astype(dtype)
+            env["w"] = rng.choice([-1.0, 1.0], size=(2, out_shape[0])).astype(dtype)
+            shapes = {entry["output"]: out_shape, **{a: shp for a, shp in shape.items()}}
+            res = kern.run_named("forward", env, dtype, scalars, shapes)
+            env.update({k: v for k, v in res.items() if k in ("M",)})
+            for role in sorted(entry["roles"]):
+                res = kern.run_named(role, env, dtype, scalars, shapes)
+                out[f"indexed/{spec}/{role}/{np.dtype(dtype).name}"] = _digest(*[res[k] for k in sorted(res)])
+
+
 def _models(dtype):
     from symprop import Sequential, layers as L
     from symprop.runtime.activation import names
@@ -147,6 +187,7 @@ def main(argv=None) -> int:
         return 1 if differ else 0
     out: dict = {}
     elementwise_roles(out)
+    indexed_roles(out)
     model_roles(out)
     text = json.dumps(out, indent=1, sort_keys=True)
     if args.out:
