@@ -48,7 +48,7 @@ class cached_build_ext(build_ext):
 
     def build_extension(self, ext):
         target = self.get_ext_fullpath(ext.name)
-        key = cache["extension_key"](ext, self.compiler)
+        key = cache["extension_key"](ext, self.compiler, self)
         if cache["restore"](key, target):
             print(f"symprop: {ext.name} unchanged, taken from the build cache")
             return

@@ -43,8 +43,9 @@ def _compiler_version(cmd):
     return _versions[cmd[0]]
 
 
-def extension_key(ext, compiler):
-    """A hash of everything that goes into ``ext``'s shared object."""
+def extension_key(ext, compiler, command=None):
+    """A hash of everything that goes into ``ext``'s shared object (``command``: the build_ext
+    command, whose options -- debug, defines, include and library folders -- count too)."""
     h = hashlib.sha256()
 
     def add(label, data):
@@ -63,6 +64,8 @@ def extension_key(ext, compiler):
         cmd = getattr(compiler, attr, None)
         add(attr, cmd)
         add(attr + " version", _compiler_version(cmd))
+    for attr in ("debug", "define", "undef", "include_dirs", "library_dirs", "libraries", "rpath", "link_objects"):
+        add("build_ext " + attr, getattr(command, attr, None))
     add("python", (sys.version, sysconfig.get_config_var("EXT_SUFFIX"), sysconfig.get_platform()))
     add("cflags", os.environ.get("CFLAGS", "") + "|" + os.environ.get("LDFLAGS", ""))
     return h.hexdigest()[:32]

@@ -91,15 +91,17 @@ def set_blas_controls(controls):
 
 
 
-cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
+cdef int _parallel_enter(Py_ssize_t work, bint calls_blas, bint* held):
     # With the GIL held: the thread count for a loop over `work` independent pieces. A kernel
     # that calls BLAS holds every BLAS at one thread for its whole run, parallel or not, so
     # BLAS never starts its own pool beside ours (its idle workers spin for ~0.1 s; a LeNet
     # grad+HVP took 61 ms beside them instead of 11). The counter makes nested and concurrent callers (other
-    # Python threads) restore the saved counts only when the last one leaves.
+    # Python threads) restore the saved counts only when the last one leaves. ``held`` says
+    # whether this call took a hold, for _parallel_leave (the controls may change in between).
     global _blas_held
     cdef int T = _threads_for(work)
     cdef int k
+    held[0] = False
     if calls_blas and not _parallel_ok:
         return 1     # unknown BLAS: leave its threading alone and stay serial
     if calls_blas:
@@ -109,13 +111,15 @@ cdef int _parallel_enter(Py_ssize_t work, bint calls_blas):
                 if _blas_saved[k] != 1:
                     _blas_set[k](1)
         _blas_held += 1
+        held[0] = True
     return T
 
 
-cdef void _parallel_leave(bint calls_blas):
+cdef void _parallel_leave(bint held):
+    # ``held``: what _parallel_enter reported for this call
     global _blas_held
     cdef int k
-    if not calls_blas or not _parallel_ok:
+    if not held:
         return
     _blas_held -= 1
     if _blas_held == 0:
@@ -349,6 +353,11 @@ cdef class IndexedKernel:
         self.geometry = [(g["out"], g["inp"], g["k"], *[int(g[q]) if g[q].lstrip("-").isdigit() else g[q]
                                                        for q in ("s", "d", "p")], g["formula"])
                          for g in binding.get("geometry", ())]
+        for g in self.geometry:
+            for q in g[3:6]:
+                if not isinstance(q, int) and q not in self.minimum:
+                    raise ValueError(f"{name}: a window's stride, dilation and padding must each be a "
+                                     f"geometry scalar or an integer, got {q!r}")
         self.parallel = binding.get("parallel")
         cols, wacc = binding.get("cols"), binding.get("wacc")   # (count, row indices, column indices)
         self.cols = None if cols is None else (cols["slots"], tuple(cols["rows"]), tuple(cols["cols"]))
@@ -369,7 +378,7 @@ cdef class IndexedKernel:
         cdef char* ptrs[_MAX_ARGS]
         cdef Py_ssize_t xs[_MAX_ARGS]
         cdef int k, held = 0, T = 1, rc = 0
-        cdef bint entered = False
+        cdef bint held_blas = False
         cdef _indexed_t fn
         env = _environment(self.name, self.arguments, args, kwargs, self.scalars)
         scal = {}
@@ -446,11 +455,9 @@ cdef class IndexedKernel:
                 held += 1
             k = len(self.pointers)
             if self.parallel is not None:
-                T = _parallel_enter(ext[self.parallel][0], self.calls_blas)
-                entered = True
+                T = _parallel_enter(ext[self.parallel][0], self.calls_blas, &held_blas)
             elif self.calls_blas:
-                T = _parallel_enter(1 << 30, True)
-                entered = True
+                T = _parallel_enter(1 << 30, True, &held_blas)
             try:
                 if self.cols is not None:
                     cols = _np.empty((T * self.cols[0], _product(ext, self.cols[1]), _product(ext, self.cols[2])),
@@ -468,8 +475,7 @@ cdef class IndexedKernel:
                 with nogil:
                     rc = fn(ptrs, xs, T)
             finally:
-                if entered:
-                    _parallel_leave(self.calls_blas)
+                _parallel_leave(held_blas)
         finally:
             for k in range(held):
                 PyBuffer_Release(&views[k])
