@@ -23,19 +23,12 @@ from pathlib import Path
 
 from ..processes import pid_alive
 from . import flags
+from .build_cache import cache_dir, store_verified, verified
 from .generate import MATH_HEADER, math_header
 
 
 class BuildError(RuntimeError):
     """Compiling a generated module failed; the message names the spec and the file."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("SYMPROP_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "symprop"
 
 
 def _writable_root() -> Path:
@@ -58,23 +51,6 @@ def _writable_root() -> Path:
     warnings.warn(f"symprop: the compile cache {root} {problem}; using {fallback} (set SYMPROP_CACHE)",
                   RuntimeWarning, stacklevel=3)
     return fallback
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _verified(target: Path) -> bool:
-    """Whether ``target`` exists and matches the checksum stored beside it."""
-    check = target.with_name(target.name + ".sha256")
-    try:
-        return target.is_file() and check.read_text().strip() == _digest(target)
-    except OSError:
-        return False
 
 
 def _pid_of(name: str, prefix: str):
@@ -127,7 +103,7 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
     root = _writable_root()
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = root / (name + suffix)
-    if _verified(target):
+    if verified(target):
         return _import(name, target), False
     if target.exists():
         warnings.warn(f"symprop: the cached {target.name} does not match its checksum (truncated or "
@@ -146,15 +122,8 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
             shutil.copy(pyx, keep)
             raise BuildError(f"compiling spec {spec_name!r} failed (generated file kept at {keep}): "
                              f"{exc}") from exc
-        built = next(tmp.rglob(name + "*" + suffix))
-        staged = root / (name + suffix + f".{os.getpid()}.tmp")
-        shutil.copy(built, staged)
-        check = root / (name + suffix + f".sha256.{os.getpid()}.tmp")
-        check.write_text(_digest(staged) + "\n")
-        # the checksum first: a reader that sees the new .so finds its checksum (a reader that
-        # sees only the checksum rebuilds, which is harmless)
-        os.replace(check, target.with_name(target.name + ".sha256"))
-        os.replace(staged, target)   # atomic: concurrent builders race harmlessly
+        # atomic, the checksum first: concurrent builders race harmlessly
+        store_verified(next(tmp.rglob(name + "*" + suffix)), target)
     return _import(name, target), True
 
 
@@ -191,7 +160,7 @@ def lookup_spec(stem: str, spec_hash: str):
         return sys.modules[name]
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = cache_dir() / (name + suffix)
-    if not name.isidentifier() or not _verified(target):
+    if not name.isidentifier() or not verified(target):
         return None
     return _import(name, target)
 

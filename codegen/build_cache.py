@@ -16,15 +16,22 @@ import sysconfig
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """symprop's compile cache: ``$SYMPROP_CACHE``, else ``$XDG_CACHE_HOME/symprop`` or
+    ``~/.cache/symprop`` (specs compiled on the fly live at its top, installed modules in
+    ``install/``)."""
+    env = os.environ.get("SYMPROP_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symprop"
+
+
 def cache_root():
-    """The folder of cached extensions, or None when the cache is off."""
+    """The folder of cached installed extensions, or None when the cache is off."""
     if os.environ.get("SYMPROP_BUILD_CACHE", "1") in ("0", "off", "no"):
         return None
-    base = os.environ.get("SYMPROP_CACHE")
-    if not base:
-        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(home, "symprop")
-    return Path(base) / "install"
+    return cache_dir() / "install"
 
 
 _versions = {}
@@ -71,12 +78,35 @@ def extension_key(ext, compiler, command=None):
     return h.hexdigest()[:32]
 
 
-def _digest(path):
+def digest(path) -> str:
+    """SHA-256 of a file, hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def verified(path) -> bool:
+    """Whether ``path`` exists and matches the checksum stored beside it (``<name>.sha256``)."""
+    path = Path(path)
+    try:
+        return path.is_file() and path.with_name(path.name + ".sha256").read_text().strip() == digest(path)
+    except OSError:
+        return False
+
+
+def store_verified(src, entry) -> None:
+    """Copy ``src`` to ``entry`` with its checksum beside it, atomically: staged as
+    ``<name>.<pid>.tmp`` and ``<name>.sha256.<pid>.tmp``, the checksum replaced first (a reader
+    that sees the new file finds its checksum; one that sees only the checksum rebuilds)."""
+    entry = Path(entry)
+    tmp = entry.with_name(entry.name + f".{os.getpid()}.tmp")
+    shutil.copy(src, tmp)
+    check = entry.with_name(entry.name + f".sha256.{os.getpid()}.tmp")
+    check.write_text(digest(tmp) + "\n")
+    os.replace(check, entry.with_name(entry.name + ".sha256"))
+    os.replace(tmp, entry)
 
 
 def restore(key, target):
@@ -87,7 +117,7 @@ def restore(key, target):
         return False
     entry = root / key / Path(target).name
     try:
-        if not entry.is_file() or entry.with_name(entry.name + ".sha256").read_text().strip() != _digest(entry):
+        if not verified(entry):
             return False
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(target) + f".{os.getpid()}.tmp")
@@ -107,12 +137,7 @@ def store(key, target):
     entry = root / key / Path(target).name
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(entry.name + f".{os.getpid()}.tmp")
-        shutil.copyfile(target, tmp)
-        check = entry.with_name(entry.name + f".sha256.{os.getpid()}.tmp")
-        check.write_text(_digest(tmp) + "\n")
-        os.replace(check, entry.with_name(entry.name + ".sha256"))
-        os.replace(tmp, entry)
+        store_verified(target, entry)
     except OSError as exc:
         print(f"symprop: could not store {Path(target).name} in the build cache {root}: {exc}",
               file=sys.stderr)
