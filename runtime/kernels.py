@@ -10,12 +10,11 @@ arguments, allocates the outputs and calls the kernel. It never multiplies anyth
 Callers use a fused role when :meth:`SpecKernels.has` says the module carries it and the
 separate roles otherwise (modules generated before fusion, user specs without an R-op).
 
-The loader also binds the kernels of table-based modules to the shared dispatcher
-(``generated/dispatch``: one place that checks arrays, picks threads and holds BLAS at one
-thread) and gives the BLAS thread controls to it and to every module that still carries its
-own (generated code imports nothing from symprop, so a module imported on its own has no
-Python-callable kernels, and a dispatcher never given the controls runs BLAS-calling kernels
-serially).
+The loader also binds the kernels of every module with a kernel table to the shared
+dispatcher (``generated/dispatch``: one place that checks arrays, picks threads and holds BLAS
+at one thread) and gives the dispatcher the BLAS thread controls (generated code imports
+nothing from symprop, so a module imported on its own has no Python-callable kernels, and a
+dispatcher never given the controls runs BLAS-calling kernels serially).
 """
 from __future__ import annotations
 
@@ -34,15 +33,13 @@ _registered: set = set()
 
 
 def register(module):
-    """Make ``module`` ready to run (once per module): give it the BLAS thread controls, and
-    bind the kernels of a table-based module (elementwise: plain C functions, no Python
-    wrappers) to the shared dispatcher, as attributes named like the kernels."""
+    """Make ``module`` ready to run (once per module): bind the kernels of its table (plain C
+    functions, no Python wrappers) to the shared dispatcher, as attributes named like the
+    kernels. A module without a table (losses) is returned as it is."""
     if id(module) in _registered:
         return module
     with _lock:
         if id(module) not in _registered:
-            if hasattr(module, "set_blas_controls"):
-                module.set_blas_controls(blas_threads.controls())
             if hasattr(module, "kernel_table"):
                 dispatch = _dispatcher()
                 for name, kernel in dispatch.bind(module).items():
@@ -51,6 +48,7 @@ def register(module):
     return module
 
 
+#: the controls last given to the dispatcher (None: none yet, as a fresh dispatcher has)
 _dispatch_controls = [None]
 
 
@@ -62,13 +60,12 @@ def _dispatcher():
     import scipy.linalg.cython_blas  # noqa: F401 — the BLAS the kernels call, loaded before the controls are read
     from ..generated import dispatch
     controls = blas_threads.controls()
-    if id(dispatch) not in _registered or controls != _dispatch_controls[0]:
+    if controls != _dispatch_controls[0]:
         try:
             dispatch.set_blas_controls(controls)
             _dispatch_controls[0] = controls
         except RuntimeError:    # a kernel is running in another thread: keep the current controls
             pass
-        _registered.add(id(dispatch))
     return dispatch
 
 
