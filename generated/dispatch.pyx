@@ -166,12 +166,6 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
     return dt
 
 
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
-
-
 cdef dict _environment(str name, tuple arguments, tuple args, dict kwargs, tuple keywords=()):
     """``{argument: value}`` of one call: positional arguments in order, then by name (an
     argument, or a keyword-only one of ``keywords``)."""

@@ -78,12 +78,6 @@ def _check_arrays(str kernel, tuple names, tuple arrays, tuple writable):
     return dt
 
 
-def _readable(a):
-    """``a`` itself, or a copy when it is read-only (typed memoryviews need a writable
-    buffer; kernels never write their inputs, so read-only arrays are accepted this way)."""
-    return a if not isinstance(a, _np.ndarray) or a.flags.writeable else a.copy()
-
-
 cdef size_t _addr(a):
     """The data address of a checked C-contiguous array (0 for None): the kernels take raw
     pointers, so no typed memoryviews (and none of Cython's memoryview support code)."""
@@ -183,7 +177,6 @@ def softmax_cross_entropy(z, labels, grad=None, probs=None):
     Returns the loss as a Python float.
     """
     dt = _check_arrays("softmax_cross_entropy", ("z", "grad", "probs"), (z, grad, probs), ("grad", "probs"))
-    z, labels = _readable(z), _readable(labels)
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
         raise ValueError(f"softmax_cross_entropy: logits must be a non-empty (N, K) array, got shape {z.shape}")
     for name, a in (("grad", grad), ("probs", probs)):
@@ -268,7 +261,6 @@ def softmax_cross_entropy_soft(z, t, grad=None, probs=None):
     each row summing to 1 (as ``torch.nn.functional.cross_entropy`` with class probabilities).
     Optionally writes ∂L/∂z into ``grad`` and the softmax into ``probs``."""
     dt = _check_arrays("softmax_cross_entropy_soft", ("z", "t", "grad", "probs"), (z, t, grad, probs), ("grad", "probs"))
-    z, t = _readable(z), _readable(t)
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
         raise ValueError(f"softmax_cross_entropy: logits must be a non-empty (N, K) array, got shape {z.shape}")
     for name, a in (("t", t), ("grad", grad), ("probs", probs)):
@@ -285,7 +277,6 @@ def softmax_cross_entropy_soft(z, t, grad=None, probs=None):
 def softmax_cross_entropy_hvp(p, v, out):
     """Loss Hessian-vector product on the logits: out = (diag(p) − p pᵀ) v / N per row."""
     dt = _check_arrays("softmax_cross_entropy_hvp", ("p", "v", "out"), (p, v, out), ("out",))
-    p, v = _readable(p), _readable(v)
     if p.ndim != 2 or v.shape != p.shape or out.shape != p.shape:
         raise ValueError(f"softmax_cross_entropy_hvp: p {p.shape}, v {v.shape}, out {out.shape} must be equal (N, K)")
     if dt == _F32:
@@ -354,7 +345,6 @@ def mse(a, t, grad=None):
     """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
     optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
     dt = _check_arrays("mse", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
-    a, t = _readable(a), _readable(t)
     if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
         raise ValueError(f"mse: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
                          f"{getattr(grad, 'shape', None)} must have one non-empty shape")
@@ -368,7 +358,6 @@ def mse(a, t, grad=None):
 def mse_hvp(a, t, v, out):
     """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
     dt = _check_arrays("mse_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
-    a, t, v = _readable(a), _readable(t), _readable(v)
     if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
         raise ValueError(f"mse_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
     cdef Py_ssize_t size = a.size
@@ -437,7 +426,6 @@ def sigmoid_cross_entropy(a, t, grad=None):
     """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
     optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
     dt = _check_arrays("sigmoid_cross_entropy", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
-    a, t = _readable(a), _readable(t)
     if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
         raise ValueError(f"sigmoid_cross_entropy: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
                          f"{getattr(grad, 'shape', None)} must have one non-empty shape")
@@ -451,7 +439,6 @@ def sigmoid_cross_entropy(a, t, grad=None):
 def sigmoid_cross_entropy_hvp(a, t, v, out):
     """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
     dt = _check_arrays("sigmoid_cross_entropy_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
-    a, t, v = _readable(a), _readable(t), _readable(v)
     if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
         raise ValueError(f"sigmoid_cross_entropy_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
     cdef Py_ssize_t size = a.size
