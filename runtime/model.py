@@ -1,10 +1,7 @@
 """``Sequential``: a stack of layers with a loss, trained by mini-batch optimization."""
 from __future__ import annotations
 
-import functools
-import sys
 import threading
-import time
 
 import numpy as np
 
@@ -13,7 +10,8 @@ from .layer import EVAL, Context, Layer
 from .layers import from_config
 from .losses import get_loss
 from .memory import tune_allocator
-from .optimizers import Adam, Optimizer
+from .optimizers import Optimizer
+from .training import DIVERGENCE_FACTOR, TrainingDiverged  # noqa: F401 (public here too)
 
 
 def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
@@ -24,11 +22,6 @@ def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"{label} of shape {a.shape} contains NaN or inf")
     return a
-
-
-class TrainingDiverged(ValueError, FloatingPointError):
-    """``fit`` stopped on a non-finite loss; the model keeps the weights of the last finite loss
-    and ``history`` holds the completed epochs."""
 
 
 class Tape:
@@ -401,12 +394,17 @@ class Sequential:
         out = np.concatenate(outs)
         return self.loss.predict(out)
 
-    def evaluate(self, X, y, batch_size: int = 1024) -> dict:
-        """Mean loss (and accuracy for classification) in evaluation mode."""
+    def evaluate(self, X, y, batch_size: int = 1024, metrics=None) -> dict:
+        """Mean loss (and accuracy for classification) in evaluation mode, plus ``metrics``:
+        names (``f1``, ``precision_micro``, ``top_k_accuracy``, ``confusion_matrix``, ``mae``,
+        ``r2``, ... see :mod:`symprop.metrics`) or functions ``f(y_true, y_pred)`` of the
+        predictions :meth:`predict` returns; the values equal scikit-learn's."""
+        from . import metrics as M
         from .optimizers import check_int
         batch_size = check_int("evaluate", "batch_size", batch_size)
+        wanted = [M.check_applicable(m, self.loss) for m in M.get_metrics(metrics)]
         X = self._check_X(X)
-        total, correct, count = 0.0, 0, 0
+        total, correct, count, outs, ys = 0.0, 0, 0, [], []
         for i in range(0, len(X), batch_size):
             out = self._forward(X[i:i + batch_size], EVAL)[0]
             yb = self._check_targets(y[i:i + batch_size], out.shape[0])
@@ -414,10 +412,20 @@ class Sequential:
             c = self.loss.correct(out, yb)
             if c is not None:
                 correct, count = correct + c[0], count + c[1]
+            if wanted:
+                outs.append(out)
+                ys.append(yb)
         res = {"loss": total / len(X) + self.penalty_value()}
         if self.loss.classification:
             res["accuracy"] = correct / max(count, 1)
+        if wanted:
+            res.update(M.compute(wanted, np.concatenate(ys), np.concatenate(outs), self.loss))
         return res
+
+    def _metric_values(self, X, y, metrics) -> dict:
+        """The metrics other than loss and accuracy on (X, y), in evaluation mode."""
+        ev = self.evaluate(X, y, metrics=metrics)
+        return {k: v for k, v in ev.items() if k not in ("loss", "accuracy")}
 
     # ------------------------------------------------------------ conveniences
     def predict_proba(self, X, batch_size: int = 1024) -> np.ndarray:
@@ -469,63 +477,41 @@ class Sequential:
         return f"Sequential([{inner}\n], loss={self.loss.name!r}, dtype={self.dtype.name!r}{shape})"
 
     # ------------------------------------------------------------ training
-    def _evaluate_sharded(self, val, dist) -> dict:
-        """:meth:`evaluate` with each rank on its contiguous part of the validation data, the
-        sums reduced across ranks."""
-        Xv, yv = val
-        s0, s1 = dist.shard(0, len(Xv))
-        pen = self.penalty_value()
-        local = self.evaluate(Xv[s0:s1], yv[s0:s1]) if s1 > s0 else {"loss": pen, "accuracy": 0.0}
-        n = s1 - s0
-        loss_sum, acc_sum, total = dist.sum([(local["loss"] - pen) * n, local.get("accuracy", 0.0) * n, n])
-        out = {"loss": loss_sum / total + pen}
-        if self.loss.classification:
-            out["accuracy"] = acc_sum / total
-        return out
-
-    def _split(self, X, y, validation_split, validation_data):
-        """Training arrays and validation arrays (or None). A split is a fixed random subset of
-        the training data (drawn from the model's seed, so the same in every fit call)."""
-        if validation_split is None or validation_split == 0:
-            if validation_data is None:
-                return X, y, None
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
-            return X, y, self._check_batch(*validation_data)
-        if validation_data is not None:
-            raise ValueError("fit: give validation_data or validation_split, not both")
-        from .optimizers import check_real
-        f = check_real("fit", "validation_split", validation_split, low=0, low_open=True, high=1)
-        n_val = int(round(len(X) * f))
-        if n_val < 1 or n_val >= len(X):
-            raise ValueError(f"fit: validation_split={validation_split} of {len(X)} samples leaves "
-                             f"{n_val} for validation and {len(X) - n_val} for training")
-        perm = np.random.default_rng([self.seed if isinstance(self.seed, int) else 0, 0x5eed]).permutation(len(X))
-        val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        return X[tr], y[tr], (X[val], y[val])
-
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | str | None = None,
             validation_data=None, validation_split: float = 0.0, early_stopping: int | None = None,
             restore_best: bool = True, schedule=None, clip_norm: float | None = None,
             clip_value: float | None = None, verbose: int | None = None, seed: int | None = None,
-            distributed=False) -> dict:
+            distributed=False, callbacks=None, metrics=None, augment=None,
+            divergence_factor: float | None = DIVERGENCE_FACTOR) -> dict:
         """Shuffled mini-batch training; returns a history of per-epoch metrics.
 
         ``optimizer``: an :class:`Optimizer` (its state carries over between fit calls) or a name
-        (``"adamw"``, ...; default hyperparameters). ``validation_split``: hold out this fraction
-        of (X, y) — a fixed subset, the same in every call — for the ``val_*`` metrics, or give
-        ``validation_data``. ``early_stopping``: stop after that many epochs without a lower
-        validation loss; ``restore_best`` then puts back the weights of the best epoch.
-        ``schedule``: a :class:`~symprop.runtime.schedules.Schedule` or a name, applied per epoch
-        to the optimizer's initial learning rate. ``clip_norm``/``clip_value``: clip the
-        gradients by global L2 norm / elementwise before each step. ``verbose``: 1 (default) a
-        tqdm bar per epoch when stdout is a terminal, one line per epoch otherwise; 0 silent.
-        ``seed``: re-seed the shuffling generator (by default it continues across calls, starting
-        from the model's seed). A non-finite loss stops training with :class:`TrainingDiverged`,
-        the weights of the last finite loss kept.
+        (``"adamw"``, ...; the defaults of :data:`symprop.optimizers.DEFAULTS`, the same as the
+        CLI's). ``validation_split``: hold out this fraction of (X, y) — a fixed subset, the same
+        in every call — for the ``val_*`` metrics, or give ``validation_data``.
+        ``early_stopping``: stop after that many epochs without a lower validation loss
+        (:class:`~symprop.callbacks.EarlyStopping`); ``restore_best`` then puts back the weights of
+        the best epoch. ``schedule``: a :class:`~symprop.runtime.schedules.Schedule` or a name,
+        applied per epoch to the optimizer's initial learning rate. ``clip_norm``/``clip_value``:
+        clip the gradients by global L2 norm / elementwise before each step. ``verbose``: 1
+        (default) a tqdm bar per epoch when stdout is a terminal, one line per epoch otherwise;
+        0 silent. ``seed``: re-seed the shuffling generator (by default it continues across
+        calls, starting from the model's seed).
 
-        The history has per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``
-        and ``time`` (seconds of training), plus ``best_epoch`` and ``stopped_epoch`` (1-based).
+        ``callbacks``: :mod:`symprop.callbacks` objects (hooks per epoch and batch; one may stop
+        training). ``metrics``: names (``f1``, ``top_k_accuracy``, ``confusion_matrix``, ``r2``,
+        ... see :mod:`symprop.metrics`) or functions ``f(y_true, y_pred)``, reported per epoch on
+        the training batches and (``val_*``) on the validation data. ``augment``: a transform of
+        :mod:`symprop.augment` or names such as ``"shift,rotate"``, applied to every training
+        batch with the model's seeded generator.
+
+        Divergence: a non-finite loss, or a batch loss above ``divergence_factor`` times the
+        call's first batch loss (default 1e4; None turns that bound off), stops training with
+        :class:`TrainingDiverged`, the weights before the step that led there kept.
+
+        The history has per-epoch ``loss``, ``accuracy``, the metrics, ``val_*``, ``lr`` and
+        ``time`` (seconds of training), plus ``best_epoch`` (lowest ``val_loss``) and
+        ``stopped_epoch`` (1-based).
 
         ``distributed``: True (MPI.COMM_WORLD) or an mpi4py communicator: data-parallel training
         under ``mpiexec`` — every rank passes the same data and takes its contiguous shard of each
@@ -534,174 +520,19 @@ class Sequential:
         batches. See :mod:`symprop.runtime.distributed`.
         """
         from . import distributed as _dist
+        from . import training
         dist = _dist.get(distributed)
+        kw = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, validation_data=validation_data,
+                  validation_split=validation_split, early_stopping=early_stopping, restore_best=restore_best,
+                  schedule=schedule, clip_norm=clip_norm, clip_value=clip_value, seed=seed, callbacks=callbacks,
+                  metrics=metrics, augment=augment, divergence_factor=divergence_factor)
         if dist is None or dist.size == 1:
-            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
-                             early_stopping, restore_best, schedule, clip_norm, clip_value, verbose, seed, None)
+            return training.fit(self, X, y, verbose=verbose, dist=None, **kw)
         try:
-            return self._fit(X, y, epochs, batch_size, optimizer, validation_data, validation_split,
-                             early_stopping, restore_best, schedule, clip_norm, clip_value,
-                             verbose if dist.rank == 0 else 0, seed, dist)
+            return training.fit(self, X, y, verbose=verbose if dist.rank == 0 else 0, dist=dist, **kw)
         except BaseException as exc:  # noqa: BLE001 — one failing rank must not leave the others waiting
             dist.abort(exc)
             raise
-
-    def _fit(self, X, y, epochs, batch_size, optimizer, validation_data, validation_split, early_stopping,
-             restore_best, schedule, clip_norm, clip_value, verbose, seed, dist):
-        from .optimizers import check_int, check_real, get_optimizer
-        from .schedules import get_schedule
-        epochs = check_int("fit", "epochs", epochs)
-        batch_size = check_int("fit", "batch_size", batch_size)
-        if early_stopping is not None:
-            early_stopping = check_int("fit", "early_stopping", early_stopping)
-        if clip_norm is not None:
-            clip_norm = check_real("fit", "clip_norm", clip_norm, low=0, low_open=True)
-        if clip_value is not None:
-            clip_value = check_real("fit", "clip_value", clip_value, low=0, low_open=True)
-        if verbose is None:
-            verbose = 1
-        X, y = self._check_batch(X, y)
-        X, y, val = self._split(X, y, validation_split, validation_data)
-        if early_stopping is not None and val is None:
-            raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or "
-                             "validation_data")
-        optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
-        if dist is not None:
-            dist.check_same("model or data", {
-                "layers": [la.config() for la in self.layers], "dtype": self.dtype.name, "loss": self.loss.name,
-                "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
-                "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed})
-            if batch_size < dist.size:
-                raise ValueError(f"fit(distributed=True): batch_size {batch_size} is smaller than the "
-                                 f"{dist.size} ranks (each rank needs a share of every batch)")
-            dist.broadcast(self.parameters() + self.buffers())
-        sched = None if schedule is None else get_schedule(schedule, epochs)
-        if sched is not None and not hasattr(optimizer, "initial_lr"):
-            optimizer.initial_lr = optimizer.lr
-        if seed is not None or getattr(self, "_shuffle_rng", None) is None:
-            self._shuffle_rng = np.random.default_rng(self.seed if seed is None else seed)
-        rng = self._shuffle_rng
-        bar = None
-        if verbose and sys.stdout.isatty():
-            try:
-                from tqdm.auto import tqdm as bar
-            except ImportError:
-                bar = None
-        params = self.parameters()
-        was_training = self.training
-        self.train()   # fit trains in train mode (batch statistics, dropout), as PyTorch
-        try:
-            state = params + self.buffers()   # what a restore puts back: weights and running statistics
-            last_good = [p.copy() for p in state]
-            hist = {"loss": [], "lr": [], "time": []}
-            if self.loss.classification:
-                hist["accuracy"] = []
-            if val is not None:
-                hist["val_loss"] = []
-                if self.loss.classification:
-                    hist["val_accuracy"] = []
-            best, best_loss, best_epoch, waited = None, np.inf, None, 0
-            bounds = [(i, min(i + batch_size, len(X))) for i in range(0, len(X), batch_size)]
-            smallest = max(2 if self.buffers() else 1, dist.size if dist else 1)
-            if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < smallest:
-                # batch statistics need two samples and every rank a share of each batch: a last
-                # batch smaller than that joins the one before
-                bounds[-2:] = [(bounds[-2][0], len(X))]
-            n_batches = len(bounds)
-            for epoch in range(1, epochs + 1):
-                if sched is not None:
-                    optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
-                    sched.epoch += 1
-                t0 = time.perf_counter()
-                order = rng.permutation(len(X))
-                total, correct, count, seen = 0.0, 0, 0, 0
-                pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
-                           dynamic_ncols=True) if bar else None
-                for b, (i, j) in enumerate(bounds):
-                    if dist is not None:   # this rank's shard; the optimizer averages over ranks
-                        s0, s1 = dist.shard(i, j)
-                        idx = order[s0:s1]
-                        optimizer._reduce = functools.partial(dist.average, weight=s1 - s0, total=j - i)
-                    else:
-                        idx = order[i:j]
-                    xb, yb = X[idx], y[idx]
-                    loss, grads, tape = optimizer.loss_and_grad(self, xb, yb)   # X, y validated once above
-                    if not np.isfinite(loss):
-                        for p, g in zip(state, last_good):
-                            np.copyto(p, g)
-                        if pbar:
-                            pbar.close()
-                        exc = TrainingDiverged(
-                            f"fit: the loss became {loss} at epoch {epoch}, batch {b + 1}/{n_batches} "
-                            f"({type(optimizer).__name__}, lr={optimizer.lr:g}); training stopped with the weights "
-                            f"of the last finite loss; lower the learning rate or clip the gradients (clip_norm=)")
-                        exc.history = hist
-                        raise exc
-                    c = self.loss.correct(tape.out, yb)
-                    if c is not None:
-                        correct, count = correct + c[0], count + c[1]
-                    total += loss * (j - i)      # the global batch's mean loss (all ranks agree)
-                    seen += j - i
-                    if clip_value is not None:
-                        for g in grads:
-                            np.clip(g, -clip_value, clip_value, out=g)
-                    if clip_norm is not None:
-                        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
-                        if norm > clip_norm:
-                            for g in grads:
-                                g *= clip_norm / (norm + 1e-6)
-                    for p, g in zip(state, last_good):
-                        np.copyto(g, p)
-                    optimizer.step(params, grads)
-                    if pbar:
-                        pbar.update(1)
-                        pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
-                if dist is not None:
-                    optimizer._reduce = None
-                    correct, count = (int(v) for v in dist.sum([correct, count]))
-                    if self.buffers():   # per-rank batch statistics: rank 0's running statistics win
-                        dist.broadcast(self.buffers())
-                hist["loss"].append(total / len(X))
-                hist["lr"].append(optimizer.lr)
-                hist["time"].append(time.perf_counter() - t0)
-                msg = f"loss {hist['loss'][-1]:.4f}"
-                if self.loss.classification:
-                    hist["accuracy"].append(correct / max(count, 1))
-                    msg += f"  acc {hist['accuracy'][-1]:.4f}"
-                if val is not None:
-                    ev = self.evaluate(*val) if dist is None else self._evaluate_sharded(val, dist)
-                    hist["val_loss"].append(ev["loss"])
-                    msg += f"  val_loss {ev['loss']:.4f}"
-                    if "accuracy" in ev:
-                        hist["val_accuracy"].append(ev["accuracy"])
-                        msg += f"  val_acc {ev['accuracy']:.4f}"
-                    if ev["loss"] < best_loss:
-                        best_loss, best_epoch, waited = ev["loss"], epoch, 0
-                        if early_stopping is not None and restore_best:
-                            best = [p.copy() for p in state]
-                    else:
-                        waited += 1
-                msg += f"  lr {optimizer.lr:.3g}"
-                if pbar:
-                    pbar.set_postfix_str(msg, refresh=True)
-                    pbar.close()
-                elif verbose:
-                    print(f"epoch {epoch}/{epochs}  {msg}  ({hist['time'][-1]:.2f} s)", flush=True)
-                if early_stopping is not None and waited >= early_stopping:
-                    if verbose:
-                        print(f"early stopping: no lower val_loss for {early_stopping} epochs", flush=True)
-                    break
-            hist["stopped_epoch"] = epoch
-            hist["best_epoch"] = best_epoch
-            if best is not None and best_epoch != epoch:
-                for p, b in zip(state, best):
-                    np.copyto(p, b)
-                if verbose:
-                    print(f"restored the weights of epoch {best_epoch} (val_loss {best_loss:.4f})", flush=True)
-            return hist
-        finally:
-            optimizer._reduce = None
-            self.train(was_training)
 
     # ------------------------------------------------------------ persistence
     def save(self, path):

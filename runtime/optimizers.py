@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from .kernels import load
+from .optimizer_defaults import DEFAULTS
 
 _opt = load("optimizers")
 
@@ -103,10 +104,10 @@ class Optimizer:
 
 class SGD(Optimizer):
     """SGD with heavy-ball or Nesterov momentum and L2 weight decay (as ``torch.optim.SGD``,
-    dampening 0)."""
+    dampening 0; default momentum 0.9, see :data:`DEFAULTS`)."""
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(self, lr: float = DEFAULTS["sgd"]["lr"], momentum: float = DEFAULTS["sgd"]["momentum"],
+                 nesterov: bool = False, weight_decay: float = DEFAULTS["sgd"]["weight_decay"]):
         super().__init__(lr)
         self.momentum = check_real("SGD", "momentum", momentum, low=0, high=1)
         self.weight_decay = check_real("SGD", "weight_decay", weight_decay, low=0)
@@ -128,7 +129,8 @@ class AdaGrad(Optimizer):
     """AdaGrad (as ``torch.optim.Adagrad``, initial accumulator 0): ``s += g²``,
     ``p -= lr_t·g/(√s + eps)`` with ``lr_t = lr/(1 + (t−1)·lr_decay)``."""
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0, lr_decay: float = 0.0):
+    def __init__(self, lr: float = DEFAULTS["adagrad"]["lr"], eps: float = DEFAULTS["adagrad"]["eps"],
+                 weight_decay: float = DEFAULTS["adagrad"]["weight_decay"], lr_decay: float = DEFAULTS["adagrad"]["lr_decay"]):
         super().__init__(lr)
         self.eps = check_real("AdaGrad", "eps", eps, low=0, low_open=True)
         self.weight_decay = check_real("AdaGrad", "weight_decay", weight_decay, low=0)
@@ -145,8 +147,9 @@ class RMSProp(Optimizer):
     """RMSProp (as ``torch.optim.RMSprop``, not centered): ``s = α s + (1−α) g²``,
     ``v = μ v + g/(√s + eps)``, ``p -= lr·v``."""
 
-    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
-                 weight_decay: float = 0.0):
+    def __init__(self, lr: float = DEFAULTS["rmsprop"]["lr"], alpha: float = DEFAULTS["rmsprop"]["alpha"],
+                 eps: float = DEFAULTS["rmsprop"]["eps"], momentum: float = DEFAULTS["rmsprop"]["momentum"],
+                 weight_decay: float = DEFAULTS["rmsprop"]["weight_decay"]):
         super().__init__(lr)
         self.alpha = check_real("RMSProp", "alpha", alpha, low=0, high=1)
         self.eps = check_real("RMSProp", "eps", eps, low=0, low_open=True)
@@ -168,7 +171,8 @@ class Adam(Optimizer):
     """Adam with bias correction and L2 weight decay (as ``torch.optim.Adam``)."""
     _kernel = "adam_update"
 
-    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, lr: float = DEFAULTS["adam"]["lr"], betas=DEFAULTS["adam"]["betas"], eps: float = DEFAULTS["adam"]["eps"],
+                 weight_decay: float = DEFAULTS["adam"]["weight_decay"]):
         super().__init__(lr)
         name = type(self).__name__
         self.betas = check_betas(name, betas)
@@ -190,7 +194,8 @@ class AdamW(Adam):
     ``p ← p(1 − lr·wd)`` before the Adam step on the raw gradient."""
     _kernel = "adamw_update"
 
-    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+    def __init__(self, lr: float = DEFAULTS["adamw"]["lr"], betas=DEFAULTS["adamw"]["betas"], eps: float = DEFAULTS["adamw"]["eps"],
+                 weight_decay: float = DEFAULTS["adamw"]["weight_decay"]):
         super().__init__(lr, betas, eps, weight_decay)
 
 
@@ -213,8 +218,9 @@ class AdaHessian(Optimizer):
     """
     needs_hessian = True
 
-    def __init__(self, lr: float = 0.15, betas=(0.9, 0.999), eps: float = 1e-4, weight_decay: float = 0.0,
-                 hessian_power: float = 1.0, update_each: int = 1, n_samples: int = 1,
+    def __init__(self, lr: float = DEFAULTS["adahessian"]["lr"], betas=DEFAULTS["adahessian"]["betas"],
+                 eps: float = DEFAULTS["adahessian"]["eps"], weight_decay: float = DEFAULTS["adahessian"]["weight_decay"],
+                 hessian_power: float = 1.0, update_each: int = DEFAULTS["adahessian"]["update_each"], n_samples: int = 1,
                  average_conv_kernel: bool = True, seed: int = 0, estimate_warmup: int = 10):
         super().__init__(lr)
         self.betas = check_betas("AdaHessian", betas)
@@ -303,7 +309,8 @@ class Newton(Optimizer):
     Refused above ``max_params`` parameters (default 5000: a P×P matrix and P HVPs per step)."""
     needs_hessian = True
 
-    def __init__(self, lr: float = 1.0, damping: float = 0.1, max_params: int | None = None):
+    def __init__(self, lr: float = DEFAULTS["newton"]["lr"], damping: float = DEFAULTS["newton"]["damping"],
+                 max_params: int | None = None):
         super().__init__(lr)
         from .curvature import MAX_FULL_HESSIAN_PARAMS
         self.damping = check_real("Newton", "damping", damping, low=0, low_open=True)
@@ -339,7 +346,8 @@ class Newton(Optimizer):
             i += p.size
 
 
-def _nesterov(lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> SGD:
+def _nesterov(lr: float = DEFAULTS["nesterov"]["lr"], momentum: float = DEFAULTS["nesterov"]["momentum"],
+              weight_decay: float = DEFAULTS["nesterov"]["weight_decay"]) -> SGD:
     return SGD(lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
@@ -350,6 +358,10 @@ OPTIMIZERS = {"sgd": SGD, "nesterov": _nesterov, "adagrad": AdaGrad, "rmsprop": 
 def get_optimizer(name, **kwargs) -> Optimizer:
     """An optimizer by name (``OPTIMIZERS``; "nesterov" is SGD with Nesterov momentum 0.9), with
     its default hyperparameters unless given; an :class:`Optimizer` is returned as is."""
+    if isinstance(name, type) and issubclass(name, Optimizer):
+        raise TypeError(f"got the optimizer class {name.__name__}, not an optimizer: pass an instance such as "
+                        f"O.{name.__name__}() (its defaults) or O.{name.__name__}(lr=...), or the name "
+                        f"{name.__name__.lower()!r}")
     if isinstance(name, Optimizer):
         if kwargs:
             raise ValueError("get_optimizer: hyperparameters given with an optimizer instance")

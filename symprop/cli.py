@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from .runtime.optimizer_defaults import DEFAULTS   # kernel-free: the parser is built without kernels
+
 
 def _source_root() -> Path:
     """The checkout the user stands in (the folder holding pyproject.toml and generated/)."""
@@ -37,11 +39,6 @@ def cmd_generate(args) -> int:
 
 
 DEFAULT_EPOCHS = {"mlp": 40, "cnn": 15, "lenet": 15, "cifar_cnn": 15}
-DEFAULT_LR = {"sgd": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adam": 1e-3, "adamw": 1e-3,
-              "adahessian": 0.15, "newton": 1.0}
-DEFAULT_WEIGHT_DECAY = {"mlp": 0.0, "cnn": 5e-4, "lenet": 5e-4, "cifar_cnn": 5e-4}
-#: AdamW's decay is decoupled (multiplied by lr, not added to the gradient): its own default
-ADAMW_WEIGHT_DECAY = 0.01
 #: Newton's recipe: the full Hessian of a small MLP, large batches (a Newton step on 32
 #: samples overfits the batch), strong damping
 NEWTON_HIDDEN, NEWTON_BATCH, NEWTON_EPOCHS = 16, 256, 10
@@ -85,22 +82,6 @@ def _writable(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path}: not writable")
 
 
-def _plot_backend(path: str):
-    """matplotlib's pyplot (Agg), after checking it can write ``path``'s format."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ValueError("--plot needs matplotlib: pip install 'symprop[plot]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fmt = Path(path).suffix.lstrip(".").lower()
-    supported = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
-    if fmt not in supported:
-        raise ValueError(f"--plot {path}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
-    return plt
-
-
 def build_model(args, X, y, yt):
     from .runtime.models import MODELS
 
@@ -131,8 +112,6 @@ def _newton_defaults(args) -> None:
         args.batch_size = NEWTON_BATCH
     if args.epochs is None:
         args.epochs = NEWTON_EPOCHS
-    if args.damping is None:
-        args.damping = 1.0
 
 
 def cmd_train(args) -> int:
@@ -145,18 +124,20 @@ def cmd_train(args) -> int:
         args.hidden = 512
     if args.batch_size is None:
         args.batch_size = 32
-    if args.damping is None:
-        args.damping = 0.1
     for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--hidden", args.hidden),
                     ("--early-stopping", args.early_stopping), ("--update-each", args.update_each)):
         if v is not None and v < 1:
             raise ValueError(f"{flag} must be a positive integer, got {v}")
     if args.save:
         _writable(args.save if args.save.endswith(".npz") else args.save + ".npz", "--save")
-    plt = None
     if args.plot:
+        from . import plot
         _writable(args.plot, "--plot")
-        plt = _plot_backend(args.plot)
+        plot.check_path(args.plot)
+    augment = None
+    if args.augment:
+        from .runtime.augment import get_transform
+        augment = get_transform(args.augment)
     if args.early_stopping and not args.validation_split:
         raise ValueError("--early-stopping watches the validation loss: give --validation-split too (e.g. 0.1)")
     (X, y), (Xt, yt) = load_data(args.dataset, args.data_dir, args.dtype, model=args.model)
@@ -167,19 +148,15 @@ def cmd_train(args) -> int:
                          f"{MAX_FULL_HESSIAN_PARAMS:,} parameters. Use the MLP with a small hidden layer "
                          f"(`--model mlp --hidden {NEWTON_HIDDEN}`, the default for newton) or a first-order optimizer")
     epochs = args.epochs or DEFAULT_EPOCHS[args.model]
-    if args.weight_decay is not None:
-        wd = args.weight_decay
-    else:
-        wd = ADAMW_WEIGHT_DECAY if args.optimizer == "adamw" else DEFAULT_WEIGHT_DECAY[args.model]
-    okw = {"lr": DEFAULT_LR[args.optimizer] if args.lr is None else args.lr}
-    if args.optimizer in ("sgd", "nesterov"):
-        okw["momentum"] = args.momentum
+    # flags left unset keep the optimizer's defaults (optimizer_defaults.DEFAULTS), as in Python
+    given = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+             "update_each": args.update_each, "damping": args.damping}
+    okw = {k: v for k, v in given.items() if v is not None}
+    for k in okw:
+        if k not in DEFAULTS[args.optimizer]:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to --optimizer {args.optimizer}")
     if args.optimizer == "adahessian":
-        okw.update(update_each=args.update_each, seed=args.seed)
-    if args.optimizer == "newton":
-        okw["damping"] = args.damping
-    else:
-        okw["weight_decay"] = wd
+        okw["seed"] = args.seed
     opt = O.get_optimizer(args.optimizer, **okw)
     sched = get_schedule(args.schedule, epochs) if args.schedule else None
     if args.summary:
@@ -188,7 +165,8 @@ def cmd_train(args) -> int:
                      f", clip norm {args.clip_norm}" if args.clip_norm else "",
                      f", clip value {args.clip_value}" if args.clip_value else "",
                      f", validation split {args.validation_split}" if args.validation_split else "",
-                     f", early stopping {args.early_stopping}" if args.early_stopping else ""])
+                     f", early stopping {args.early_stopping}" if args.early_stopping else "",
+                     f", augment {args.augment}" if augment is not None else ""])
     dist = None
     if args.distributed:
         from .runtime.distributed import Distributed
@@ -203,7 +181,7 @@ def cmd_train(args) -> int:
     hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt, schedule=sched,
                      clip_norm=args.clip_norm, clip_value=args.clip_value,
                      validation_split=args.validation_split or 0.0, early_stopping=args.early_stopping,
-                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False)
+                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False, augment=augment)
     train_time = time.perf_counter() - t0
     if not lead:
         return 0
@@ -214,37 +192,12 @@ def cmd_train(args) -> int:
         path = model.save(args.save)
         print(f"saved {path}")
     if args.plot:
-        _plot(plt, hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"
-              + (f", {args.schedule}" if sched else "") + f": test accuracy {ev['accuracy']:.4f}")
+        from . import plot
+        fig = plot.history(hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"
+                           + (f", {args.schedule}" if sched else "") + f": test accuracy {ev['accuracy']:.4f}")
+        plot.pyplot().close(fig)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _plot(plt, hist: dict, path: str, title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in hist else []) + [("lr", "learning rate")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
-    ep = list(range(1, len(hist["loss"]) + 1))
-    for ax, (key, label) in zip(axes, panels):
-        if key == "lr":
-            ax.plot(ep, hist["lr"], marker=".", color="tab:green")
-        else:
-            ax.plot(ep, hist[key], marker=".", label="train")
-            if "val_" + key in hist:
-                ax.plot(ep, hist["val_" + key], marker=".", label="validation")
-            ax.legend()
-        if key == "loss" and min(hist["loss"]) > 0 and max(hist["loss"]) / min(hist["loss"]) > 50:
-            ax.set_yscale("log")
-        if hist.get("best_epoch") and "val_loss" in hist:
-            ax.axvline(hist["best_epoch"], color="gray", ls="--", lw=0.8)
-        ax.set_xlabel("epoch"), ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 MODEL_INPUTS = {"mlp": (64,), "cnn": (1, 8, 8), "lenet": (1, 32, 32), "cifar_cnn": (3, 32, 32)}
@@ -413,12 +366,36 @@ def cmd_evaluate(args) -> int:
     except Exception as exc:
         raise ValueError(f"{args.file}: not a readable symprop checkpoint ({' '.join(str(exc).split())})") from exc
     (_, _), (Xt, yt) = load_data(args.dataset, args.data_dir, model.dtype.name, input_shape=model.input_shape)
-    ev = model.evaluate(Xt, yt)
-    if "accuracy" in ev:
-        print(f"test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  ({len(Xt)} {args.dataset} test samples)")
-    else:
-        print(f"test loss {ev['loss']:.4f}  ({len(Xt)} {args.dataset} test samples)")
+    if not model.loss.classification:
+        ev = model.evaluate(Xt, yt, metrics=["mae", "rmse", "r2"])
+        print(f"test loss {ev['loss']:.4f}  MAE {ev['mae']:.4f}  RMSE {ev['rmse']:.4f}  R² {ev['r2']:.4f}  "
+              f"({len(Xt)} {args.dataset} test samples)")
+        return 0
+    ev = model.evaluate(Xt, yt, metrics=["f1", "f1_micro", "confusion_matrix"])
+    print(f"test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  macro F1 {ev['f1']:.4f}  "
+          f"({len(Xt)} {args.dataset} test samples)")
+    print()
+    for line in class_report(ev["confusion_matrix"]):
+        print(line)
     return 0
+
+
+def class_report(C) -> list[str]:
+    """Per-class precision, recall, F1 and support, then the confusion matrix (rows: true
+    class, columns: predicted), as text lines."""
+    import numpy as np
+
+    from .runtime.metrics import _ratio
+    tp, pred, true = np.diag(C), C.sum(axis=0), C.sum(axis=1)
+    p, r = _ratio(tp, pred), _ratio(tp, true)
+    f = _ratio(2 * p * r, p + r)
+    lines = [f"{'class':>5}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]
+    lines += [f"{k:>5}  {p[k]:>9.4f}  {r[k]:>6.4f}  {f[k]:>6.4f}  {true[k]:>7}" for k in range(len(C))]
+    w = max(4, len(str(int(C.max()))) + 1)
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+              " " * 6 + "".join(f"{k:>{w}}" for k in range(len(C)))]
+    lines += [f"{k:>5} " + "".join(f"{v:>{w}}" for v in row) for k, row in enumerate(C)]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -438,27 +415,28 @@ def main(argv=None) -> int:
                    help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
                    + f"; newton {NEWTON_EPOCHS}")
     t.add_argument("--batch-size", type=int, default=None, help=f"default 32; newton {NEWTON_BATCH}")
-    t.add_argument("--optimizer", default="sgd", choices=list(DEFAULT_LR),
+    t.add_argument("--optimizer", default="sgd", choices=list(DEFAULTS),
                    help="nesterov is SGD with Nesterov momentum; newton needs a model of at most 5000 "
                         f"parameters (default for it: --model mlp --hidden {NEWTON_HIDDEN})")
     t.add_argument("--lr", type=float, default=None,
-                   help="initial learning rate; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
+                   help="initial learning rate; default: " + ", ".join(f"{k} {v['lr']}" for k, v in DEFAULTS.items()))
     t.add_argument("--schedule", choices=SCHEDULE_NAMES,
                    help="per-epoch learning-rate schedule (torch.optim.lr_scheduler values), sized to --epochs")
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD/nesterov momentum (default 0.9)")
+    t.add_argument("--momentum", type=float, default=None,
+                   help="momentum of sgd, nesterov, rmsprop; default: " + ", ".join(
+                       f"{k} {v['momentum']}" for k, v in DEFAULTS.items() if "momentum" in v))
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay; default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_WEIGHT_DECAY.items())
-                   + f"; adamw (decoupled) {ADAMW_WEIGHT_DECAY}")
+                   help="weight decay; default 0 (adamw: decoupled, 0.01)")
     t.add_argument("--clip-norm", type=float, help="clip gradients to this global L2 norm")
     t.add_argument("--clip-value", type=float, help="clip gradients elementwise to [-X, X]")
     t.add_argument("--validation-split", type=float, default=0.0,
                    help="hold out this fraction of the training data for the val_* columns (never the test set)")
     t.add_argument("--early-stopping", type=int, metavar="N",
                    help="stop after N epochs without a lower validation loss; keep the best epoch's weights")
-    t.add_argument("--update-each", type=int, default=1, help="AdaHessian: re-estimate the Hessian "
-                   "diagonal every N steps")
+    t.add_argument("--update-each", type=int, default=None, help="AdaHessian: re-estimate the Hessian "
+                   "diagonal every N steps (default 1)")
     t.add_argument("--damping", type=float, default=None, help="Newton: damping added to |eigenvalues| "
-                   "(default 1.0 with the newton recipe's batch 256, else 0.1)")
+                   f"(default {DEFAULTS['newton']['damping']})")
     t.add_argument("--hidden", type=int, default=None, help=f"MLP hidden units (default 512; newton {NEWTON_HIDDEN})")
     t.add_argument("--activation", default="relu", choices=_activation_names(),
                    help="any registered activation (derive/builtins.py)")
@@ -473,7 +451,11 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--summary", action="store_true", help="print the model summary before training")
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")
-    t.add_argument("--plot", help="write loss/accuracy/learning-rate curves to this image (matplotlib)")
+    t.add_argument("--plot", help="write loss/accuracy/learning-rate curves to this image (matplotlib; "
+                   "symprop.plot.history draws the same from Python)")
+    t.add_argument("--augment", metavar="NAMES",
+                   help="augment every training batch (image models): comma-separated shift, rotate, flip, "
+                        "noise, e.g. shift,rotate")
     t.set_defaults(fn=cmd_train)
 
     m = sub.add_parser("summary", help="print a named model's layers, output shapes and parameter counts")

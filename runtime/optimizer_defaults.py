@@ -1,0 +1,17 @@
+"""The optimizer defaults, in a module without compiled kernels so the CLI can read them."""
+
+#: The one table of optimizer defaults: the keyword defaults of the classes in
+#: :mod:`symprop.runtime.optimizers`, ``fit(optimizer="name")`` and ``symprop train --optimizer
+#: name`` all read it, so a name means the same optimizer everywhere. SGD's default momentum is
+#: 0.9 (``torch.optim.SGD``'s is 0: pass ``momentum=0`` for plain SGD): plain SGD trained the
+#: digits CNN worse (15 epochs, seed 0: lr 0.1 97.5 % test accuracy, momentum 0.9 at lr 0.05 98.6 %).
+DEFAULTS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    "nesterov": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    "adagrad": {"lr": 0.01, "eps": 1e-10, "weight_decay": 0.0, "lr_decay": 0.0},
+    "rmsprop": {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0},
+    "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
+    "adahessian": {"lr": 0.15, "betas": (0.9, 0.999), "eps": 1e-4, "weight_decay": 0.0, "update_each": 1},
+    "newton": {"lr": 1.0, "damping": 1.0},
+}

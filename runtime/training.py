@@ -1,0 +1,303 @@
+"""The training loop behind ``Sequential.fit``: shuffled mini-batches, the optimizer's step,
+callbacks, metrics, augmentation, the divergence guards, validation and MPI sharding.
+
+Everything here is composition: the gradients and curvature come from the model's passes and
+the update from the optimizer's generated kernels.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+import numpy as np
+
+from . import callbacks as C
+from . import metrics as M
+
+#: ``fit``'s default divergence bound: training stops when a batch's loss exceeds this
+#: multiple of the first batch's loss of the call (a fresh classifier starts near ln K, so
+#: 1e4 × 2.3; normal training never comes near it, SGD(1e6) passes it in its first steps)
+DIVERGENCE_FACTOR = 1e4
+
+
+class TrainingDiverged(ValueError, FloatingPointError):
+    """``fit`` stopped on a non-finite loss or a loss past the divergence bound; the model keeps
+    the weights before the step that led there and ``history`` holds the completed epochs."""
+
+
+def split(model, X, y, validation_split, validation_data):
+    """Training arrays and validation arrays (or None). A split is a fixed random subset of
+    the training data (drawn from the model's seed, so the same in every fit call)."""
+    if validation_split is None or validation_split == 0:
+        if validation_data is None:
+            return X, y, None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+        return X, y, model._check_batch(*validation_data)
+    if validation_data is not None:
+        raise ValueError("fit: give validation_data or validation_split, not both")
+    from .optimizers import check_real
+    f = check_real("fit", "validation_split", validation_split, low=0, low_open=True, high=1)
+    n_val = int(round(len(X) * f))
+    if n_val < 1 or n_val >= len(X):
+        raise ValueError(f"fit: validation_split={validation_split} of {len(X)} samples leaves "
+                         f"{n_val} for validation and {len(X) - n_val} for training")
+    perm = np.random.default_rng([model.seed if isinstance(model.seed, int) else 0, 0x5eed]).permutation(len(X))
+    val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return X[tr], y[tr], (X[val], y[val])
+
+
+def evaluate_sharded(model, val, dist, metrics) -> dict:
+    """``model.evaluate`` with each rank on its contiguous part of the validation data, the
+    sums reduced across ranks (metrics other than loss and accuracy on rank-local outputs
+    gathered to every rank)."""
+    Xv, yv = val
+    s0, s1 = dist.shard(0, len(Xv))
+    pen = model.penalty_value()
+    local = model.evaluate(Xv[s0:s1], yv[s0:s1]) if s1 > s0 else {"loss": pen, "accuracy": 0.0}
+    n = s1 - s0
+    loss_sum, acc_sum, total = dist.sum([(local["loss"] - pen) * n, local.get("accuracy", 0.0) * n, n])
+    out = {"loss": loss_sum / total + pen}
+    if model.loss.classification:
+        out["accuracy"] = acc_sum / total
+    if metrics:   # every rank evaluates the whole split for the other metrics (cheap next to training)
+        out.update(model._metric_values(Xv, yv, metrics))
+    return out
+
+
+def _check_factor(v):
+    if v is None:
+        return None
+    from .optimizers import check_real
+    return check_real("fit", "divergence_factor", v, low=1, low_open=True)
+
+
+def _diverged(hist, msg: str) -> TrainingDiverged:
+    exc = TrainingDiverged(msg)
+    exc.history = hist
+    return exc
+
+
+class _Batches:
+    """The fit loop's per-epoch batch bounds: a last batch too small for batch statistics (two
+    samples) or for every rank to get a share joins the one before."""
+
+    def __init__(self, n: int, batch_size: int, smallest: int):
+        self.bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        if len(self.bounds) > 1 and self.bounds[-1][1] - self.bounds[-1][0] < smallest:
+            self.bounds[-2:] = [(self.bounds[-2][0], n)]
+
+
+def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validation_split, early_stopping,
+        restore_best, schedule, clip_norm, clip_value, verbose, seed, dist, callbacks, metrics, augment,
+        divergence_factor):
+    """``Sequential.fit``'s loop (see its docstring for the arguments)."""
+    from . import augment as A
+    from .optimizers import Adam, check_int, check_real, get_optimizer
+    from .schedules import get_schedule
+    epochs = check_int("fit", "epochs", epochs)
+    batch_size = check_int("fit", "batch_size", batch_size)
+    if clip_norm is not None:
+        clip_norm = check_real("fit", "clip_norm", clip_norm, low=0, low_open=True)
+    if clip_value is not None:
+        clip_value = check_real("fit", "clip_value", clip_value, low=0, low_open=True)
+    factor = _check_factor(divergence_factor)
+    if verbose is None:
+        verbose = 1
+    cbs = C.check_callbacks(callbacks)
+    if early_stopping is not None:
+        cbs.append(C.EarlyStopping(check_int("fit", "early_stopping", early_stopping), restore_best=restore_best,
+                                   verbose=verbose))
+    # accuracy is always reported for a classifier; a metric that does not fit the loss fails here
+    metric_list = [M.check_applicable(m, model.loss) for m in M.get_metrics(metrics)
+                   if m.name != "accuracy" or not model.loss.classification]
+    transform = None if augment is None else A.get_transform(augment)
+    X, y = model._check_batch(X, y)
+    X, y, val = split(model, X, y, validation_split, validation_data)
+    if transform is not None:   # a transform that cannot take these batches fails before training
+        _augmented(transform, X[:2], model, np.random.default_rng(0))
+    if any(isinstance(c, C.EarlyStopping) and c.monitor.startswith("val_") for c in cbs) and val is None:
+        raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or validation_data")
+    optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
+    if dist is not None:
+        dist.check_same("model or data", {
+            "layers": [la.config() for la in model.layers], "dtype": model.dtype.name, "loss": model.loss.name,
+            "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
+            "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed,
+            "augment": repr(transform)})
+        if batch_size < dist.size:
+            raise ValueError(f"fit(distributed=True): batch_size {batch_size} is smaller than the "
+                             f"{dist.size} ranks (each rank needs a share of every batch)")
+        dist.broadcast(model.parameters() + model.buffers())
+    sched = None if schedule is None else get_schedule(schedule, epochs)
+    if sched is not None and not hasattr(optimizer, "initial_lr"):
+        optimizer.initial_lr = optimizer.lr
+    if seed is not None or getattr(model, "_shuffle_rng", None) is None:
+        model._shuffle_rng = np.random.default_rng(model.seed if seed is None else seed)
+    rng = model._shuffle_rng
+    bar = None
+    if verbose and sys.stdout.isatty():
+        try:
+            from tqdm.auto import tqdm as bar
+        except ImportError:
+            bar = None
+    params = model.parameters()
+    was_training = model.training
+    model.train()   # fit trains in train mode (batch statistics, dropout), as PyTorch
+    model.stop_training = False
+    for c in cbs:
+        c.set_model(model)
+    state = params + model.buffers()   # what a restore puts back: weights and running statistics
+    last_good = [p.copy() for p in state]
+    hist = {"loss": [], "lr": [], "time": []}
+    if model.loss.classification:
+        hist["accuracy"] = []
+    for m in metric_list:
+        hist[m.name] = []
+    if val is not None:
+        hist["val_loss"] = []
+        if model.loss.classification:
+            hist["val_accuracy"] = []
+        for m in metric_list:
+            hist["val_" + m.name] = []
+    bounds = _Batches(len(X), batch_size, max(2 if model.buffers() else 1, dist.size if dist else 1)).bounds
+    n_batches = len(bounds)
+    best_loss, best_epoch, first_loss, epoch = np.inf, None, None, 0
+    pbar = None
+
+    def restore():
+        for p, g in zip(state, last_good):
+            np.copyto(p, g)
+
+    try:
+        for c in cbs:
+            c.on_train_begin({"epochs": epochs, "batches": n_batches})
+        for epoch in range(1, epochs + 1):
+            if sched is not None:
+                optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
+                sched.epoch += 1
+            for c in cbs:
+                c.on_epoch_begin(epoch, {"lr": optimizer.lr})
+            t0 = time.perf_counter()
+            order = rng.permutation(len(X))
+            total, correct, count, seen = 0.0, 0, 0, 0
+            outs, targets = [], []
+            pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
+                       dynamic_ncols=True) if bar else None
+            for b, (i, j) in enumerate(bounds, start=1):
+                if dist is not None:   # this rank's shard; the optimizer averages over ranks
+                    s0, s1 = dist.shard(i, j)
+                    idx = order[s0:s1]
+                    optimizer._reduce = functools.partial(dist.average, weight=s1 - s0, total=j - i)
+                else:
+                    idx = order[i:j]
+                xb, yb = X[idx], y[idx]
+                if transform is not None:
+                    xb = _augmented(transform, xb, model)
+                for c in cbs:
+                    c.on_batch_begin(b, {"size": j - i})
+                loss, grads, tape = optimizer.loss_and_grad(model, xb, yb)   # X, y validated once above
+                where = f"at epoch {epoch}, batch {b}/{n_batches} ({type(optimizer).__name__}, lr={optimizer.lr:g})"
+                if not np.isfinite(loss):
+                    restore()
+                    raise _diverged(hist, f"fit: the loss became {loss} {where}; training stopped with the weights "
+                                          f"of the last finite loss; lower the learning rate or clip the gradients "
+                                          f"(clip_norm=)")
+                if first_loss is None:
+                    first_loss = abs(loss)
+                elif factor is not None and first_loss > 0 and loss > factor * first_loss:
+                    restore()
+                    raise _diverged(hist, f"fit: the loss grew to {loss:.4g} {where}, more than divergence_factor="
+                                          f"{factor:g} times the first batch's {first_loss:.4g}; training stopped "
+                                          f"with the weights before that step; lower the learning rate, or pass "
+                                          f"divergence_factor=None to turn this check off")
+                c_ = model.loss.correct(tape.out, yb)
+                if c_ is not None:
+                    correct, count = correct + c_[0], count + c_[1]
+                if metric_list:
+                    outs.append(np.array(tape.out, copy=True))
+                    targets.append(yb)
+                total += loss * (j - i)      # the global batch's mean loss (all ranks agree)
+                seen += j - i
+                if clip_value is not None:
+                    for g in grads:
+                        np.clip(g, -clip_value, clip_value, out=g)
+                if clip_norm is not None:
+                    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+                    if norm > clip_norm:
+                        for g in grads:
+                            g *= clip_norm / (norm + 1e-6)
+                for p, g in zip(state, last_good):
+                    np.copyto(g, p)
+                optimizer.step(params, grads)
+                if pbar:
+                    pbar.update(1)
+                    pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
+                for c in cbs:
+                    c.on_batch_end(b, {"size": j - i, "loss": loss, "lr": optimizer.lr})
+                if model.stop_training:
+                    break
+            if dist is not None:
+                optimizer._reduce = None
+                correct, count = (int(v) for v in dist.sum([correct, count]))
+                if model.buffers():   # per-rank batch statistics: rank 0's running statistics win
+                    dist.broadcast(model.buffers())
+            logs = {"loss": total / seen}
+            msg = f"loss {logs['loss']:.4f}"
+            if model.loss.classification:
+                logs["accuracy"] = correct / max(count, 1)
+                msg += f"  acc {logs['accuracy']:.4f}"
+            if metric_list:
+                logs.update(M.compute(metric_list, np.concatenate(targets), np.concatenate(outs), model.loss))
+                msg += "".join(f"  {m.name} {logs[m.name]:.4f}" for m in metric_list if np.isscalar(logs[m.name]))
+            if val is not None:
+                ev = model.evaluate(*val, metrics=metric_list) if dist is None else \
+                    evaluate_sharded(model, val, dist, metric_list)
+                logs.update({"val_" + k: v for k, v in ev.items()})
+                msg += "".join(f"  val_{k} {v:.4f}" for k, v in ev.items() if np.isscalar(v)).replace(
+                    "val_accuracy", "val_acc")
+                if ev["loss"] < best_loss:
+                    best_loss, best_epoch = ev["loss"], epoch
+            logs["lr"] = optimizer.lr
+            logs["time"] = time.perf_counter() - t0
+            msg += f"  lr {optimizer.lr:.3g}"
+            for k, v in logs.items():
+                hist[k].append(v)
+            if pbar:
+                pbar.set_postfix_str(msg, refresh=True)
+                pbar.close()
+                pbar = None
+            elif verbose:
+                print(f"epoch {epoch}/{epochs}  {msg}  ({logs['time']:.2f} s)", flush=True)
+            for c in cbs:
+                c.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        hist["stopped_epoch"] = epoch
+        hist["best_epoch"] = best_epoch
+        for c in cbs:
+            c.on_train_end({"stopped_epoch": epoch, "best_epoch": best_epoch})
+        stopper = next((c for c in cbs if isinstance(c, C.EarlyStopping)), None)
+        if stopper is not None and stopper.best_epoch is not None:
+            hist["best_epoch"] = stopper.best_epoch
+        return hist
+    finally:
+        if pbar:
+            pbar.close()
+        optimizer._reduce = None
+        model.stop_training = False
+        model.train(was_training)
+
+
+def _augmented(transform, xb, model, rng=None):
+    """The transformed batch (drawn from the model's generator), checked: same shape, finite,
+    in the model's dtype."""
+    out = transform(xb, model.rng if rng is None else rng)
+    if not isinstance(out, np.ndarray) or out.shape != xb.shape:
+        raise ValueError(f"fit(augment=): the transform returned {getattr(out, 'shape', type(out).__name__)} "
+                         f"for a batch of shape {xb.shape}; it must keep the shape")
+    out = np.ascontiguousarray(out, dtype=model.dtype)
+    if not np.isfinite(out).all():
+        raise ValueError("fit(augment=): the transform produced NaN or inf values")
+    return out
