@@ -336,8 +336,10 @@ class Newton(Optimizer):
         if not np.isfinite(H).all():
             raise ValueError("Newton: the Hessian contains NaN or inf; no parameter was updated")
         g = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in grads])
-        lam, U = np.linalg.eigh((H + H.T) / 2)
-        step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
+        from ..blas_threads import like_kernels
+        with like_kernels():   # LAPACK under the kernels' thread count, not a BLAS pool of its own
+            lam, U = np.linalg.eigh((H + H.T) / 2)
+            step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
         self.eigenvalues = lam
         self.t += 1
         i = 0

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime.optimizer_defaults import DEFAULTS   # kernel-free: the parser is built without kernels
+from .runtime.optimizer_defaults import DEFAULTS, MODEL_RECIPES   # kernel-free: no kernels needed to parse
 
 
 def _source_root() -> Path:
@@ -38,7 +38,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-DEFAULT_EPOCHS = {"mlp": 40, "cnn": 15, "lenet": 15, "cifar_cnn": 15}
+DEFAULT_EPOCHS = {k: v["epochs"] for k, v in MODEL_RECIPES.items()}
 #: Newton's recipe: the full Hessian of a small MLP, large batches (a Newton step on 32
 #: samples overfits the batch), strong damping
 NEWTON_HIDDEN, NEWTON_BATCH, NEWTON_EPOCHS = 16, 256, 10
@@ -155,6 +155,8 @@ def cmd_train(args) -> int:
     for k in okw:
         if k not in DEFAULTS[args.optimizer]:
             raise ValueError(f"--{k.replace('_', '-')} does not apply to --optimizer {args.optimizer}")
+    if args.weight_decay is None and args.optimizer not in ("adamw", "newton"):
+        okw["weight_decay"] = MODEL_RECIPES[args.model]["weight_decay"]   # the model's recipe
     if args.optimizer == "adahessian":
         okw["seed"] = args.seed
     opt = O.get_optimizer(args.optimizer, **okw)
@@ -426,7 +428,9 @@ def main(argv=None) -> int:
                    help="momentum of sgd, nesterov, rmsprop; default: " + ", ".join(
                        f"{k} {v['momentum']}" for k, v in DEFAULTS.items() if "momentum" in v))
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay; default 0 (adamw: decoupled, 0.01)")
+                   help="weight decay; default: the model's (" + ", ".join(
+                       f"{k} {v['weight_decay']}" for k, v in MODEL_RECIPES.items()) + "); adamw (decoupled) "
+                   f"{DEFAULTS['adamw']['weight_decay']}")
     t.add_argument("--clip-norm", type=float, help="clip gradients to this global L2 norm")
     t.add_argument("--clip-value", type=float, help="clip gradients elementwise to [-X, X]")
     t.add_argument("--validation-split", type=float, default=0.0,

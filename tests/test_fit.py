@@ -129,7 +129,8 @@ def test_non_finite_loss_stops_with_the_last_good_weights():
     y = X @ np.arange(6.0)
     m = Sequential([L.Dense(6, 1)], loss="mse", dtype="float64")
     with pytest.raises(TrainingDiverged, match="loss became .* last finite loss") as ei:
-        m.fit(X, y, epochs=500, batch_size=16, optimizer=O.SGD(10.0), verbose=0)
+        m.fit(X, y, epochs=500, batch_size=16, optimizer=O.SGD(10.0, momentum=0), verbose=0,
+              divergence_factor=None)
     assert all(np.isfinite(p).all() for p in m.parameters())
     assert np.isfinite(m.evaluate(X, y)["loss"])
     assert isinstance(ei.value, ValueError) and isinstance(ei.value.history, dict)

@@ -16,12 +16,12 @@ def gradient_sequence(steps=25, seed=0):
 
 
 CASES = [
-    (lambda: O.SGD(0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    (lambda: O.SGD(0.1, momentum=0), lambda p: torch.optim.SGD(p, lr=0.1)),
     (lambda: O.SGD(0.05, momentum=0.9, weight_decay=0.01),
      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01)),
     (lambda: O.SGD(0.05, momentum=0.8, nesterov=True, weight_decay=1e-3),
      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-3)),
-    (lambda: O.get_optimizer("nesterov"), lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, nesterov=True)),
+    (lambda: O.get_optimizer("nesterov"), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
     (lambda: O.AdaGrad(), lambda p: torch.optim.Adagrad(p)),
     (lambda: O.AdaGrad(0.1, eps=1e-6, weight_decay=0.01, lr_decay=0.05),
      lambda p: torch.optim.Adagrad(p, lr=0.1, eps=1e-6, weight_decay=0.01, lr_decay=0.05)),
@@ -54,7 +54,7 @@ def test_optimizer_matches_torch_over_25_steps(ours, theirs):
 
 def test_lr_change_between_steps_is_seen():
     p = [np.ones(3)]
-    opt = O.SGD(0.1)
+    opt = O.SGD(0.1, momentum=0)
     opt.step(p, [np.ones(3)])
     opt.lr = 0.5
     opt.step(p, [np.ones(3)])
@@ -71,7 +71,7 @@ def test_float32_parameters_update_in_place():
 @pytest.mark.parametrize("make", [
     lambda: O.SGD(-0.1), lambda: O.SGD(float("nan")), lambda: O.SGD(True), lambda: O.SGD("0.1"),
     lambda: O.SGD(0.1, momentum=1.0), lambda: O.SGD(0.1, momentum=-0.1), lambda: O.SGD(0.1, weight_decay=-1),
-    lambda: O.SGD(0.1, nesterov=True), lambda: O.SGD(0.1, momentum=0.9, nesterov=1),
+    lambda: O.SGD(0.1, momentum=0, nesterov=True), lambda: O.SGD(0.1, momentum=0.9, nesterov=1),
     lambda: O.AdaGrad(eps=-1e-10), lambda: O.AdaGrad(float("inf")), lambda: O.AdaGrad(weight_decay=float("nan")),
     lambda: O.RMSProp(alpha=1.0), lambda: O.RMSProp(momentum=np.nan), lambda: O.RMSProp(eps=-1),
     lambda: O.Adam(betas=(0.9, 1.0)), lambda: O.Adam(betas=(-0.1, 0.9)), lambda: O.Adam(betas=(0.9,)),
