@@ -103,7 +103,8 @@ class RandomRotation(Transform):
 
     def transform(self, X, rng):
         n, c, h, w = X.shape
-        theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, size=n))[:, None, None]
+        # counter-clockwise on screen for positive angles (as scipy.ndimage.rotate and torchvision)
+        theta = -np.deg2rad(rng.uniform(-self.degrees, self.degrees, size=n))[:, None, None]
         yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
         cos, sin = np.cos(theta), np.sin(theta)
         # the source position of each output pixel: the inverse rotation

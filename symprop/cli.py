@@ -114,6 +114,22 @@ def _newton_defaults(args) -> None:
         args.epochs = NEWTON_EPOCHS
 
 
+def optimizer_kwargs(args) -> dict:
+    """The optimizer's keyword arguments from the flags: what the user gave, the model's weight
+    decay (MODEL_RECIPES) when not, and the table's defaults (DEFAULTS, as in Python) for the rest."""
+    given = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+             "update_each": args.update_each, "damping": args.damping}
+    okw = {k: v for k, v in given.items() if v is not None}
+    for k in okw:
+        if k not in DEFAULTS[args.optimizer]:
+            raise ValueError(f"--{k.replace('_', '-')} does not apply to --optimizer {args.optimizer}")
+    if args.weight_decay is None and args.optimizer not in ("adamw", "newton"):
+        okw["weight_decay"] = MODEL_RECIPES[args.model]["weight_decay"]
+    if args.optimizer == "adahessian":
+        okw["seed"] = args.seed
+    return okw
+
+
 def cmd_train(args) -> int:
     from .runtime import optimizers as O
     from .runtime.curvature import MAX_FULL_HESSIAN_PARAMS
@@ -138,6 +154,7 @@ def cmd_train(args) -> int:
     if args.augment:
         from .runtime.augment import get_transform
         augment = get_transform(args.augment)
+    okw = optimizer_kwargs(args)
     if args.early_stopping and not args.validation_split:
         raise ValueError("--early-stopping watches the validation loss: give --validation-split too (e.g. 0.1)")
     (X, y), (Xt, yt) = load_data(args.dataset, args.data_dir, args.dtype, model=args.model)
@@ -148,17 +165,6 @@ def cmd_train(args) -> int:
                          f"{MAX_FULL_HESSIAN_PARAMS:,} parameters. Use the MLP with a small hidden layer "
                          f"(`--model mlp --hidden {NEWTON_HIDDEN}`, the default for newton) or a first-order optimizer")
     epochs = args.epochs or DEFAULT_EPOCHS[args.model]
-    # flags left unset keep the optimizer's defaults (optimizer_defaults.DEFAULTS), as in Python
-    given = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-             "update_each": args.update_each, "damping": args.damping}
-    okw = {k: v for k, v in given.items() if v is not None}
-    for k in okw:
-        if k not in DEFAULTS[args.optimizer]:
-            raise ValueError(f"--{k.replace('_', '-')} does not apply to --optimizer {args.optimizer}")
-    if args.weight_decay is None and args.optimizer not in ("adamw", "newton"):
-        okw["weight_decay"] = MODEL_RECIPES[args.model]["weight_decay"]   # the model's recipe
-    if args.optimizer == "adahessian":
-        okw["seed"] = args.seed
     opt = O.get_optimizer(args.optimizer, **okw)
     sched = get_schedule(args.schedule, epochs) if args.schedule else None
     if args.summary:
@@ -400,7 +406,8 @@ def class_report(C) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The ``symprop`` argument parser (every subcommand and flag)."""
     p = _Parser(prog="symprop", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
@@ -484,7 +491,11 @@ def main(argv=None) -> int:
     e.add_argument("--data-dir")
     e.set_defaults(fn=cmd_evaluate)
 
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
