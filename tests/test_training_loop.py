@@ -375,3 +375,29 @@ def test_newton_eigensolve_runs_under_the_kernels_thread_count(monkeypatch):
     with threadpool_limits(1, user_api="openmp"):
         m.fit(X, y, epochs=1, batch_size=40, verbose=0, optimizer="newton")
     assert seen and all(s == {1} for s in seen)
+
+
+# ------------------------------------------------------------------ the command line
+def _cli(*args, cwd):
+    import subprocess
+    return subprocess.run([sys.executable, "-m", "symprop.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_cli_augments_plots_and_evaluates_with_a_class_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = _cli("train", "--model", "cnn", "--epochs", "2", "--augment", "shift,rotate", "--validation-split", "0.1",
+             "--plot", "curves.png", "--save", "m.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "augment shift,rotate" in r.stdout and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    r = _cli("evaluate", "m.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("test accuracy") and "macro F1" in lines[0]
+    head = lines.index("confusion matrix (rows: true class, columns: predicted)")
+    matrix = np.array([[int(v) for v in line.split()[1:]] for line in lines[head + 2:head + 12]])
+    assert matrix.shape == (10, 10) and matrix.sum() == 360       # the digits test split
+    acc = float(lines[0].split()[2])
+    assert np.isclose(np.trace(matrix) / matrix.sum(), acc, atol=1e-4)
+    r = _cli("train", "--model", "mlp", "--epochs", "1", "--augment", "shift", cwd=tmp_path)
+    assert r.returncode == 2 and "image batches" in r.stderr
