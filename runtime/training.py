@@ -224,7 +224,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                     for g in grads:
                         np.clip(g, -clip_value, clip_value, out=g)
                 if clip_norm is not None:
-                    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+                    norm = global_norm(grads)
                     if norm > clip_norm:
                         for g in grads:
                             g *= clip_norm / (norm + 1e-6)
@@ -288,6 +288,17 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
         optimizer._reduce = None
         model.stop_training = False
         model.train(was_training)
+
+
+def global_norm(grads) -> float:
+    """The L2 norm of all gradients together, finite whenever every entry is: the squares are
+    summed in the arrays' dtype and, if that overflows (float32 entries past ~1e19), again in
+    float64 after scaling by the largest magnitude."""
+    total = sum(float(np.vdot(g, g)) for g in grads)
+    if np.isfinite(total):
+        return float(np.sqrt(total))
+    big = max(float(np.max(np.abs(g))) for g in grads if g.size)
+    return big * float(np.sqrt(sum(float(np.vdot(s, s)) for s in (np.asarray(g, np.float64) / big for g in grads))))
 
 
 def _augmented(transform, xb, model, rng=None):

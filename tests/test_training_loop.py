@@ -360,6 +360,18 @@ def test_a_growing_loss_stops_training_with_the_weights_before_it():
         small().fit(X, y, epochs=1, verbose=0, divergence_factor=0.5)
 
 
+def test_clip_norm_clips_a_float32_gradient_whose_norm_overflows():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 3)), np.full((8, 1), 1.5e19)
+    m = Sequential([L.Dense(3, 1)], loss="mse", dtype="float32")
+    before = [p.astype(np.float64) for p in m.parameters()]
+    _, grads = m.loss_and_grad(X, y)
+    assert not np.isfinite(sum(float(np.vdot(g, g)) for g in grads))   # the float32 sum of squares overflows
+    m.fit(X, y, epochs=1, batch_size=8, optimizer=O.SGD(1.0, momentum=0), clip_norm=2.0, verbose=0)
+    step = np.sqrt(sum(((p.astype(np.float64) - b) ** 2).sum() for p, b in zip(m.parameters(), before)))
+    assert np.isclose(step, 2.0, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ Newton's BLAS threads
 def test_newton_eigensolve_runs_under_the_kernels_thread_count(monkeypatch):
     from threadpoolctl import threadpool_info, threadpool_limits
