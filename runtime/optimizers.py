@@ -67,6 +67,38 @@ class Optimizer:
     def _init_state(self, params):
         raise NotImplementedError
 
+    #: hyperparameters the update kernels read, each with whether it must stay below 1 there
+    #: (Newton's damping is not among them: its eigensolve runs in float64)
+    _KERNEL_SCALARS = (("lr", False), ("eps", False), ("weight_decay", False), ("lr_decay", False),
+                       ("momentum", True), ("alpha", True), ("b1", True), ("b2", True))
+    _checked = None
+
+    def check_dtype(self, dtype) -> None:
+        """Refuse a hyperparameter that the kernels, which compute in the parameters' ``dtype``,
+        would see as 0 (eps 1e-50 in float32: 0/0 = NaN where a gradient entry is 0), as 1 (β₂
+        0.99999999: no second-moment average) or as inf (lr 1e39)."""
+        dt = np.dtype(dtype)
+        if self._checked == (dt, self.lr):
+            return
+        name = type(self).__name__
+        for attr, below_one in self._KERNEL_SCALARS:
+            v = getattr(self, attr, None)
+            if v is None or not isinstance(v, float):
+                continue
+            with np.errstate(over="ignore", under="ignore"):
+                c = dt.type(v)
+            label = {"b1": "betas[0]", "b2": "betas[1]"}.get(attr, attr)
+            if not np.isfinite(c):
+                raise ValueError(f"{name}: {label}={v!r} overflows {dt} (the update kernels compute in the "
+                                 f"parameters' dtype; use dtype='float64' or a smaller value)")
+            if v != 0 and c == 0:
+                raise ValueError(f"{name}: {label}={v!r} rounds to 0 in {dt} (the update kernels compute in the "
+                                 f"parameters' dtype); use at least {np.finfo(dt).tiny:.3g}")
+            if below_one and c == 1 and v < 1:
+                raise ValueError(f"{name}: {label}={v!r} rounds to 1 in {dt} (the update kernels compute in the "
+                                 f"parameters' dtype); use at most {1 - np.finfo(dt).epsneg:.9g}")
+        self._checked = (dt, self.lr)
+
     #: set by ``fit(distributed=True)`` for each batch: averages ``(loss, arrays)`` over the
     #: ranks, weighted by shard size (see :mod:`symprop.runtime.distributed`)
     _reduce = None
@@ -95,6 +127,8 @@ class Optimizer:
         """Update ``params`` in place. Every gradient is checked first (shapes, NaN/inf): a bad
         one raises ValueError with no parameter or state touched."""
         self._check(params, grads)
+        if params:
+            self.check_dtype(params[0].dtype)
         if self.state is None:
             self.state = self._init_state(params)
         self.t += 1

@@ -120,6 +120,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     if any(isinstance(c, C.EarlyStopping) and c.monitor.startswith("val_") for c in cbs) and val is None:
         raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or validation_data")
     optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
+    optimizer.check_dtype(model.dtype)
     if dist is not None:
         dist.check_same("model or data", {
             "layers": [la.config() for la in model.layers], "dtype": model.dtype.name, "loss": model.loss.name,

@@ -134,3 +134,29 @@ def test_adahessian_leaves_entries_with_no_curvature_seen():
     p = [np.zeros(2)]
     opt.step(p, [np.array([1.0, 1.0])], hessian_diag=[np.array([2.0, 0.0])])
     assert p[0][1] == 0 and p[0][0] == pytest.approx(-0.1 / (2 + 1e-4))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: O.Adam(eps=1e-50), r"eps=1e-50 rounds to 0 in float32"),
+    (lambda: O.AdamW(eps=1e-50), r"eps=1e-50 rounds to 0 in float32"),
+    (lambda: O.AdaGrad(eps=1e-50), r"eps=1e-50 rounds to 0 in float32"),
+    (lambda: O.RMSProp(eps=1e-50), r"eps=1e-50 rounds to 0 in float32"),
+    (lambda: O.SGD(1e39), r"lr=1e\+39 overflows float32"),
+    (lambda: O.Adam(betas=(0.9, 0.99999999)), r"betas\[1\]=0.99999999 rounds to 1 in float32"),
+    (lambda: O.AdaHessian(weight_decay=1e39), r"weight_decay=1e\+39 overflows float32"),
+])
+def test_hyperparameters_that_break_in_float32_are_refused_there_and_work_in_float64(make, message):
+    p32, g32 = [np.ones(3, np.float32)], [np.zeros(3, np.float32)]
+    opt = make()
+    with pytest.raises(ValueError, match=message):
+        opt.hessian_diag = [np.ones(3, np.float32)]   # AdaHessian's step needs a diagonal
+        opt.step(p32, g32)
+    assert (p32[0] == 1).all() and opt.state is None   # nothing touched
+    from symprop import Sequential, layers as L
+    X, y = np.ones((4, 3)), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=message):
+        Sequential([L.Dense(3, 2)], dtype="float32").fit(X, y, epochs=1, optimizer=make(), verbose=0)
+    p64 = [np.ones(3)]
+    opt = make()
+    opt.hessian_diag = [np.ones(3)]
+    opt.step(p64, [np.zeros(3)])   # float64 represents all of them
