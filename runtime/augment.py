@@ -172,6 +172,8 @@ def get_transform(spec) -> Transform:
         return Compose(spec)
     if callable(spec):
         return _Function(spec)
+    if spec is None:
+        raise TypeError("augment: None is no transform; leave augment out for none")
     raise TypeError(f"augment: expected a Transform, names such as 'shift,rotate', or a function "
                     f"f(X, rng) -> X, got {type(spec).__name__}")
 
@@ -184,3 +186,11 @@ class _Function(Transform):
 
     def __call__(self, X, rng):
         return self.fn(X, rng)
+
+    def __repr__(self):   # the same in every process (no address), for the distributed check
+        return f"function {getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', type(self.fn).__name__)}"
+
+
+def describe(transform) -> str | None:
+    """A description of a transform that is equal in every process that builds the same one."""
+    return None if transform is None else repr(transform)

@@ -7,14 +7,17 @@ then ``on_epoch_end(epoch, logs)`` with the epoch's metrics (``loss``, ``accurac
 count from 1, as ``fit``'s progress lines and history do.
 
 A callback stops training by setting ``self.model.stop_training = True``: from a batch hook
-the epoch ends after that batch (its metrics cover the batches run), from an epoch hook no
-further epoch starts. A callback that raises stops ``fit``, which keeps the weights of the
+the epoch ends after that batch (its metrics cover the batches run), from ``on_epoch_end`` no
+further epoch starts, from ``on_epoch_begin`` that epoch does not run. In a distributed fit
+every rank runs the callbacks and a stop on any rank stops all; files (checkpoints, CSV) are
+written by rank 0 only. A callback that raises stops ``fit``, which keeps the weights of the
 last completed step and re-raises the exception.
 """
 from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +75,29 @@ def _monitored(logs: dict, monitor: str, owner: str) -> float:
     return float(logs[monitor])
 
 
+#: built-in metrics by direction, for ``mode="auto"``
+_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse")
+_HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "r2")
+
+
 def _mode(monitor: str, mode: str, owner: str) -> str:
-    if mode == "auto":
-        return "max" if any(w in monitor for w in ("acc", "f1", "precision", "recall", "r2")) else "min"
-    if mode not in ("min", "max"):
+    """"min" or "max": given, or known from a built-in metric's name (a user metric's
+    direction cannot be guessed from its name: ``mode=`` is then required)."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
         raise ValueError(f"{owner}: mode must be 'min', 'max' or 'auto', got {mode!r}")
-    return mode
+    base = monitor[4:] if monitor.startswith("val_") else monitor
+    if base in _LOWER_IS_BETTER:
+        return "min"
+    if base.split("_")[0] in _HIGHER_IS_BETTER or re.fullmatch(r"top_\d+_accuracy|top_k_accuracy", base):
+        return "max"
+    raise ValueError(f"{owner}: is a lower or a higher {monitor!r} better? pass mode='min' or mode='max'")
+
+
+def _writes_files(model) -> bool:
+    """Whether this process writes the callbacks' files (rank 0 of a distributed fit, or alone)."""
+    return getattr(model, "_fit_rank", 0) == 0
 
 
 class EarlyStopping(Callback):
@@ -141,14 +161,13 @@ class ModelCheckpoint(Callback):
         self.best_only, self.monitor = bool(best_only), monitor
         self.mode = _mode(monitor, mode, "ModelCheckpoint")
         self.verbose = verbose
+        #: the best monitored value saved so far: kept across fit calls, so a later worse run never
+        #: overwrites a better checkpoint (set it to None to start over)
         self.best = None
         self.saved: list[str] = []
         parent = Path(self.path).parent
         if not parent.is_dir():
             raise ValueError(f"ModelCheckpoint: folder {parent} does not exist")
-
-    def on_train_begin(self, logs):
-        self.best = None
 
     def on_epoch_end(self, epoch, logs):
         if self.best_only:
@@ -162,6 +181,8 @@ class ModelCheckpoint(Callback):
             path = self.path.format(epoch=epoch, **{k: v for k, v in logs.items() if np.isscalar(v)})
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"ModelCheckpoint: cannot fill in the path {self.path!r} ({exc})") from exc
+        if not _writes_files(self.model):
+            return
         saved = str(self.model.save(path))
         self.saved.append(saved)
         if self.verbose:
@@ -181,17 +202,27 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs):
         self.fields = None
-        if not self.append:
+        if not _writes_files(self.model):
+            return
+        if self.append and os.path.exists(self.path) and os.path.getsize(self.path):
+            with open(self.path, newline="") as f:
+                self.fields = next(csv.reader(f), None)
+        elif not self.append or not os.path.exists(self.path):
             open(self.path, "w").close()
 
     def on_epoch_end(self, epoch, logs):
+        if not _writes_files(self.model):
+            return
         row = {"epoch": epoch, **{k: v for k, v in logs.items() if np.isscalar(v)}}
         new = self.fields is None
         if new:
             self.fields = list(row)
+        elif list(row) != self.fields:
+            raise ValueError(f"CSVLogger: {self.path} has the columns {', '.join(self.fields)}; this fit reports "
+                             f"{', '.join(row)} (append=True needs the same metrics; use another file)")
         with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new and f.tell() == 0:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            if new:
                 w.writeheader()
             w.writerow(row)
 
@@ -207,7 +238,7 @@ def check_callbacks(callbacks) -> list[Callback]:
     for i, c in enumerate(callbacks):
         if isinstance(c, type) and issubclass(c, Callback):
             raise TypeError(f"fit: callbacks[{i}] is the class {c.__name__}; pass an instance, e.g. {c.__name__}(...)")
-        if not all(callable(getattr(c, h, None)) for h in LambdaCallback.HOOKS):
+        if not all(callable(getattr(c, h, None)) for h in LambdaCallback.HOOKS + ("set_model",)):
             raise TypeError(f"fit: callbacks[{i}] ({type(c).__name__}) is not a Callback (subclass "
                             f"symprop.callbacks.Callback)")
     return list(callbacks)

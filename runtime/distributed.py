@@ -76,6 +76,15 @@ class Distributed:
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf.tolist()
 
+    def gather(self, array: np.ndarray) -> np.ndarray:
+        """Every rank's ``array`` concatenated along axis 0 in rank order (the shards' order),
+        on every rank (for metrics over the whole batch or split)."""
+        return np.concatenate(self.comm.allgather(np.ascontiguousarray(array)))
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any (a stop decided by one rank's callback)."""
+        return self.sum([1.0 if flag else 0.0])[0] > 0
+
     def broadcast(self, arrays: list) -> None:
         """Overwrite ``arrays`` in place with rank 0's values (one Bcast per dtype group)."""
         for dt in sorted({a.dtype.str for a in arrays}):

@@ -1,11 +1,20 @@
 """Evaluation metrics for ``evaluate(metrics=)`` and ``fit(metrics=)``: classification metrics
-from the confusion matrix, regression metrics from the outputs, each equal to scikit-learn's
+from confusion counts, regression metrics from the outputs, each equal to scikit-learn's
 function of the same name on the same predictions (the tests compare them).
 
-A metric is a name from :data:`NAMES` (or ``top_<k>_accuracy``, ``precision_micro``, ...) or a
-callable ``f(y_true, y_pred) -> value`` that receives what :meth:`Sequential.predict` returns
-(class labels for classification losses, outputs otherwise), so scikit-learn's functions can be
-passed as they are.
+A metric is a name from :data:`NAMES` (or ``top_<k>_accuracy``), a callable
+``f(y_true, y_pred) -> value`` or a pair ``(name, f)``. A callable receives the true labels
+(integer classes; the argmax of probability targets; for ``sigmoid_cross_entropy`` the 0/1
+matrix ``target > 0.5``) and what :meth:`Sequential.predict` returns, so scikit-learn's
+functions can be passed as they are; for regression losses the targets and outputs.
+
+Label conventions: with softmax cross-entropy the classes are ``0..K-1`` of the K outputs (the
+confusion matrix is K×K, as sklearn's with ``labels=range(K)``; macro averages run over the
+classes that occur as a label or a prediction, as sklearn's). With sigmoid cross-entropy every
+output column is a binary label (multi-label, as sklearn's indicator matrices): precision,
+recall and F1 are the positive class's per label, averaged over labels; ``confusion_matrix``
+is sklearn's ``multilabel_confusion_matrix`` (L, 2, 2); ``accuracy`` is the fraction of
+correct entries (what ``fit`` reports; sklearn's ``accuracy_score`` would count whole rows).
 """
 from __future__ import annotations
 
@@ -15,16 +24,14 @@ import numpy as np
 
 __all__ = ["NAMES", "Metric", "get_metric", "get_metrics", "compute", "confusion_matrix", "precision_recall_f1"]
 
+#: names the history uses for other things; a metric function may not take them
+RESERVED = ("loss", "lr", "time", "epoch")
+
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """``C[i, j]``: samples of class i predicted as j (rows true, columns predicted, as sklearn)."""
     return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(
         n_classes, n_classes)
-
-
-def _present(C: np.ndarray) -> np.ndarray:
-    """Classes that occur as a label or a prediction (sklearn averages over these)."""
-    return (C.sum(axis=0) + C.sum(axis=1)) > 0
 
 
 def _ratio(num, den):
@@ -33,70 +40,92 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def precision_recall_f1(C: np.ndarray, average: str) -> tuple[float, float, float]:
-    """Precision, recall and F1 of a confusion matrix, ``average`` "macro" (unweighted mean over
-    the classes present), "micro" (global counts) or "weighted" (by class support)."""
-    tp = np.diag(C).astype(np.float64)
-    pred, true = C.sum(axis=0), C.sum(axis=1)
+def _average(tp, pred, true, keep, average: str) -> tuple[float, float, float]:
+    """Precision, recall and F1 from per-class counts (true positives, predicted, actual),
+    ``average`` over the classes in ``keep``: "macro", "micro" or "weighted" (by support)."""
     if average == "micro":
-        p = r = _ratio(tp.sum(), pred.sum())
+        p, r = _ratio(tp[keep].sum(), pred[keep].sum()), _ratio(tp[keep].sum(), true[keep].sum())
         return float(p), float(r), float(_ratio(2 * p * r, p + r))
     p, r = _ratio(tp, pred), _ratio(tp, true)
     f = _ratio(2 * p * r, p + r)
-    keep = _present(C)
-    w = true[keep] / max(true[keep].sum(), 1) if average == "weighted" else None
-    return tuple(float(np.average(v[keep], weights=w)) if keep.any() else 0.0 for v in (p, r, f))
+    if not keep.any():
+        return 0.0, 0.0, 0.0
+    w = None
+    if average == "weighted":
+        if true[keep].sum() == 0:
+            return 0.0, 0.0, 0.0
+        w = true[keep]
+    return tuple(float(np.average(v[keep], weights=w)) for v in (p, r, f))
+
+
+def precision_recall_f1(C: np.ndarray, average: str) -> tuple[float, float, float]:
+    """Precision, recall and F1 of a K×K confusion matrix (sklearn's, the classes present)."""
+    tp, pred, true = np.diag(C).astype(np.float64), C.sum(axis=0), C.sum(axis=1)
+    return _average(tp, pred, true, (pred + true) > 0, average)
+
+
+def multilabel_counts(Y: np.ndarray, P: np.ndarray):
+    """Per-label true positives, predicted positives and actual positives of 0/1 matrices."""
+    return (Y & P).sum(axis=0).astype(np.float64), P.sum(axis=0), Y.sum(axis=0)
 
 
 class Metric:
-    """A named metric: ``value(y_true, out, loss)`` with the network's raw outputs ``out``."""
+    """A metric: ``fn`` and what it reads (``needs``): "labels" (true and predicted classes),
+    "scores" (true classes and per-class scores), "values" (regression targets and outputs)
+    or "predictions" (a user function of true labels and ``predict``'s output)."""
 
-    def __init__(self, name: str, fn, needs: str):
-        self.name, self.fn, self.needs = name, fn, needs   # needs: "labels", "scores" or "values"
+    def __init__(self, name: str, fn, needs: str, multilabel=None):
+        self.name, self.fn, self.needs, self.multilabel = name, fn, needs, multilabel
 
-    def value(self, y_true: np.ndarray, out: np.ndarray, loss):
+    def value(self, y_true, out: np.ndarray, loss):
         check_applicable(self, loss)
         if self.needs == "values":
-            return self.fn(np.asarray(y_true, np.float64).reshape(len(out), -1),
-                           np.asarray(out, np.float64).reshape(len(out), -1))
-        labels, scores = class_labels(y_true, out, loss)
+            n = len(out)
+            return self.fn(np.asarray(y_true, np.float64).reshape(n, -1), np.asarray(out, np.float64).reshape(n, -1))
+        labels = true_labels(y_true, loss)
+        if self.needs == "predictions":
+            return self.fn(labels, loss.predict(out))
+        if _multilabel(loss):
+            return self.multilabel(labels.reshape(len(out), -1), loss.predict(out).reshape(len(out), -1))
         if self.needs == "scores":
-            return self.fn(labels, scores)
-        k = scores.shape[1] if scores.ndim == 2 else 2
-        return self.fn(labels, scores.argmax(axis=1) if scores.ndim == 2 else scores, k)
+            return self.fn(labels, out)
+        return self.fn(labels, out.argmax(axis=1), out.shape[1])
+
+
+def _multilabel(loss) -> bool:
+    return loss.name == "sigmoid_cross_entropy"
+
+
+def true_labels(y_true, loss) -> np.ndarray:
+    """Integer classes for softmax cross-entropy (argmax of probability targets), the 0/1
+    matrix ``target > 0.5`` for sigmoid cross-entropy."""
+    y_true = np.asarray(y_true)
+    if _multilabel(loss):
+        return (y_true > 0.5).astype(np.int64)
+    return (y_true.argmax(axis=1) if y_true.ndim == 2 else y_true).astype(np.int64)
 
 
 def check_applicable(metric: Metric, loss) -> Metric:
-    """``metric`` if it applies to the loss (classification or regression), else a ValueError."""
+    """``metric`` if it applies to the loss, else a ValueError saying which metrics do."""
     if metric.needs == "values" and loss.classification:
         raise ValueError(f"metric {metric.name!r} is a regression metric; the model's loss {loss.name!r} is a "
                          f"classification loss (use accuracy, precision, recall, f1, ...)")
     if metric.needs in ("labels", "scores") and not loss.classification:
         raise ValueError(f"metric {metric.name!r} needs a classification loss; the model's is {loss.name!r} "
                          f"(use mae, mse, rmse or r2)")
+    if metric.needs in ("labels", "scores") and _multilabel(loss) and metric.multilabel is None:
+        raise ValueError(f"metric {metric.name!r} needs per-class scores of one label per sample (softmax "
+                         f"cross-entropy); the model's loss {loss.name!r} gives independent binary labels")
     return metric
-
-
-def class_labels(y_true, out, loss) -> tuple[np.ndarray, np.ndarray]:
-    """``(true labels, scores)``: for softmax cross-entropy the integer labels (argmax of
-    probability targets) and the logits (N, K); for sigmoid cross-entropy every element is a
-    binary decision: labels ``target > 0.5`` and predictions ``logit > 0`` (flattened)."""
-    y_true = np.asarray(y_true)
-    if out.ndim == 2 and loss.name != "sigmoid_cross_entropy":
-        return (y_true.argmax(axis=1) if y_true.ndim == 2 else y_true).astype(np.int64), out
-    return (y_true.reshape(-1) > 0.5).astype(np.int64), (out.reshape(-1) > 0).astype(np.int64)
 
 
 def _top_k(k: int):
     def top_k_accuracy(labels, scores):
-        if scores.ndim != 2:
-            raise ValueError("top_k_accuracy needs per-class scores (softmax cross-entropy)")
         if k >= scores.shape[1]:
             return 1.0
-        kth = np.partition(scores, -k, axis=1)[:, -k]
-        # a label counts when fewer than k classes score strictly higher (ties resolved as sklearn:
-        # the label's score at least the k-th largest)
-        return float(np.mean(scores[np.arange(len(labels)), labels] >= kth))
+        # sklearn's rule, ties included: a stable ascending sort reversed, the first k count
+        top = np.argsort(scores, axis=1, kind="mergesort")[:, ::-1][:, :k]
+        return float(np.mean((top == labels[:, None]).any(axis=1)))
     return top_k_accuracy
 
 
@@ -104,12 +133,29 @@ def _accuracy(labels, predicted, k):
     return float(np.mean(labels == predicted))
 
 
+def _accuracy_multilabel(Y, P):
+    return float(np.mean(Y == P))
+
+
 def _prf(which: int, average: str):
     return lambda labels, predicted, k: precision_recall_f1(confusion_matrix(labels, predicted, k), average)[which]
 
 
+def _prf_multilabel(which: int, average: str):
+    def fn(Y, P):
+        tp, pred, true = multilabel_counts(Y, P)
+        return _average(tp, pred, true, np.ones(len(tp), bool), average)[which]
+    return fn
+
+
 def _confusion(labels, predicted, k):
     return confusion_matrix(labels, predicted, k)
+
+
+def _confusion_multilabel(Y, P):
+    tp, pred, true = multilabel_counts(Y, P)
+    tn = ((1 - Y) & (1 - P)).sum(axis=0)
+    return np.stack([np.stack([tn, pred - tp], -1), np.stack([true - tp, tp], -1)], 1).astype(np.int64)
 
 
 def _per_class_accuracy(labels, predicted, k):
@@ -137,27 +183,25 @@ def _r2(y, out):
     return float(np.mean(r2))
 
 
-#: every named metric and what it reads
+#: every named metric: (function, what it reads, its multi-label form or None)
 NAMES = {
-    "accuracy": (_accuracy, "labels"),
-    "top_k_accuracy": (_top_k(5), "scores"),
-    "precision": (_prf(0, "macro"), "labels"),
-    "recall": (_prf(1, "macro"), "labels"),
-    "f1": (_prf(2, "macro"), "labels"),
-    "confusion_matrix": (_confusion, "labels"),
-    "per_class_accuracy": (_per_class_accuracy, "labels"),
-    "mae": (_mae, "values"),
-    "mse": (_mse, "values"),
-    "rmse": (_rmse, "values"),
-    "r2": (_r2, "values"),
+    "accuracy": (_accuracy, "labels", _accuracy_multilabel),
+    "top_k_accuracy": (_top_k(5), "scores", None),
+    "confusion_matrix": (_confusion, "labels", _confusion_multilabel),
+    "per_class_accuracy": (_per_class_accuracy, "labels", None),
+    "mae": (_mae, "values", None),
+    "mse": (_mse, "values", None),
+    "rmse": (_rmse, "values", None),
+    "r2": (_r2, "values", None),
 }
 for _which, _base in enumerate(("precision", "recall", "f1")):
+    NAMES[_base] = (_prf(_which, "macro"), "labels", _prf_multilabel(_which, "macro"))
     for _avg in ("macro", "micro", "weighted"):
-        NAMES[f"{_base}_{_avg}"] = (_prf(_which, _avg), "labels")
+        NAMES[f"{_base}_{_avg}"] = (_prf(_which, _avg), "labels", _prf_multilabel(_which, _avg))
 
 
 def get_metric(spec) -> Metric:
-    """A :class:`Metric` from a name or a callable ``f(y_true, y_pred)``."""
+    """A :class:`Metric` from a name, a callable ``f(y_true, y_pred)`` or a pair ``(name, f)``."""
     if isinstance(spec, Metric):
         return spec
     if isinstance(spec, str):
@@ -167,33 +211,34 @@ def get_metric(spec) -> Metric:
         if spec in NAMES:
             return Metric(spec, *NAMES[spec])
         raise ValueError(f"unknown metric {spec!r}; choose from {', '.join(sorted(NAMES))}, top_<k>_accuracy, "
-                         f"or pass a function f(y_true, y_pred)")
-    if callable(spec):
-        name = getattr(spec, "__name__", type(spec).__name__)
-        return Metric(name, spec, "predictions")
-    raise TypeError(f"a metric is a name or a function f(y_true, y_pred), got {type(spec).__name__}")
+                         f"or pass a function f(y_true, y_pred) or a pair (name, f)")
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
+        name, fn = spec
+    elif callable(spec) and not isinstance(spec, type):
+        name, fn = getattr(spec, "__name__", type(spec).__name__), spec
+    else:
+        raise TypeError(f"a metric is a name, a function f(y_true, y_pred) or a pair (name, f), "
+                        f"got {spec!r:.60}")
+    if name in RESERVED or name in NAMES or name.startswith("val_"):
+        raise ValueError(f"a metric function may not be named {name!r} (a name the history uses for something "
+                         f"else); pass it as a pair (other_name, f)")
+    return Metric(name, fn, "predictions")
 
 
 def get_metrics(specs) -> list[Metric]:
-    """Metrics from a list of names and callables; a repeated name is refused."""
+    """Metrics from a list of names, callables and ``(name, f)`` pairs; a repeated name is refused."""
     if specs is None:
         return []
-    if isinstance(specs, (str, Metric)) or callable(specs):
+    if isinstance(specs, (str, Metric, tuple)) or callable(specs):
         specs = [specs]
     out = [get_metric(s) for s in specs]
     names = [m.name for m in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"metrics: {', '.join(dup)} given twice")
+        raise ValueError(f"metrics: {', '.join(dup)} given twice (name functions with pairs (name, f))")
     return out
 
 
 def compute(metrics: list[Metric], y_true, out, loss) -> dict:
     """``{name: value}`` of every metric on targets ``y_true`` and raw outputs ``out``."""
-    res = {}
-    for m in metrics:
-        if m.needs == "predictions":
-            res[m.name] = m.fn(np.asarray(y_true), loss.predict(out))
-        else:
-            res[m.name] = m.value(y_true, out, loss)
-    return res
+    return {m.name: m.value(y_true, out, loss) for m in metrics}

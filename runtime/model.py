@@ -385,14 +385,18 @@ class Sequential:
         X, y = self._check_batch(X, y)
         return curvature.full_hessian(self, X, y, max_params)[2]
 
+    def outputs(self, X, batch_size: int = 1024) -> np.ndarray:
+        """Raw network outputs (logits for classification) in evaluation mode, in batches."""
+        from .optimizers import check_int
+        batch_size = check_int("outputs", "batch_size", batch_size)
+        X = self._check_X(X)
+        return np.concatenate([self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)])
+
     def predict(self, X, batch_size: int = 1024) -> np.ndarray:
         """Class labels for classification losses, raw outputs otherwise."""
         from .optimizers import check_int
         batch_size = check_int("predict", "batch_size", batch_size)
-        X = self._check_X(X)
-        outs = [self._forward(X[i:i + batch_size], EVAL)[0] for i in range(0, len(X), batch_size)]
-        out = np.concatenate(outs)
-        return self.loss.predict(out)
+        return self.loss.predict(self.outputs(X, batch_size))
 
     def evaluate(self, X, y, batch_size: int = 1024, metrics=None) -> dict:
         """Mean loss (and accuracy for classification) in evaluation mode, plus ``metrics``:

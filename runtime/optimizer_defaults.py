@@ -1,4 +1,4 @@
-"""The optimizer defaults and the built-in models' training recipes, in a module without
+"""The optimizer defaults, the built-in models' training recipes and fit's divergence bound, in a module without
 compiled kernels so the CLI can read them."""
 
 #: The one table of optimizer defaults: the keyword defaults of the classes in
@@ -26,3 +26,10 @@ MODEL_RECIPES = {
     "lenet": {"epochs": 15, "weight_decay": 5e-4},
     "cifar_cnn": {"epochs": 15, "weight_decay": 5e-4},
 }
+
+#: ``fit``'s default divergence bound: training stops when a batch's loss exceeds this multiple
+#: of the larger of the call's first batch loss and an uninformed predictor's loss on that
+#: batch (zero outputs: ln K for softmax cross-entropy, mean y² for MSE), so a trained model
+#: being fine-tuned from a tiny loss is not stopped by ordinary batches; normal training never
+#: comes near the bound, SGD(1e6) on the digits MLP passes it in its first steps
+DIVERGENCE_FACTOR = 1e4

@@ -14,11 +14,7 @@ import numpy as np
 
 from . import callbacks as C
 from . import metrics as M
-
-#: ``fit``'s default divergence bound: training stops when a batch's loss exceeds this
-#: multiple of the first batch's loss of the call (a fresh classifier starts near ln K, so
-#: 1e4 × 2.3; normal training never comes near it, SGD(1e6) passes it in its first steps)
-DIVERGENCE_FACTOR = 1e4
+from .optimizer_defaults import DIVERGENCE_FACTOR  # noqa: F401 (fit's default, re-exported)
 
 
 class TrainingDiverged(ValueError, FloatingPointError):
@@ -49,20 +45,23 @@ def split(model, X, y, validation_split, validation_data):
 
 
 def evaluate_sharded(model, val, dist, metrics) -> dict:
-    """``model.evaluate`` with each rank on its contiguous part of the validation data, the
-    sums reduced across ranks (metrics other than loss and accuracy on rank-local outputs
-    gathered to every rank)."""
+    """``model.evaluate`` with each rank on its contiguous part of the validation data: the loss
+    and accuracy sums reduced across ranks, the other metrics computed from every rank's
+    outputs gathered (so all ranks report the values one process would)."""
     Xv, yv = val
     s0, s1 = dist.shard(0, len(Xv))
-    pen = model.penalty_value()
-    local = model.evaluate(Xv[s0:s1], yv[s0:s1]) if s1 > s0 else {"loss": pen, "accuracy": 0.0}
-    n = s1 - s0
-    loss_sum, acc_sum, total = dist.sum([(local["loss"] - pen) * n, local.get("accuracy", 0.0) * n, n])
-    out = {"loss": loss_sum / total + pen}
+    outs = model.outputs(Xv[s0:s1]) if s1 > s0 else np.zeros((0,) + model.output_shape, model.dtype)
+    loss_sum, correct, count = 0.0, 0, 0
+    if s1 > s0:
+        loss_sum = model.loss.value(outs, yv[s0:s1]) * (s1 - s0)
+        c = model.loss.correct(outs, yv[s0:s1])
+        correct, count = c if c is not None else (0, 0)
+    loss_sum, correct, count, total = dist.sum([loss_sum, correct, count, s1 - s0])
+    out = {"loss": loss_sum / total + model.penalty_value()}
     if model.loss.classification:
-        out["accuracy"] = acc_sum / total
-    if metrics:   # every rank evaluates the whole split for the other metrics (cheap next to training)
-        out.update(model._metric_values(Xv, yv, metrics))
+        out["accuracy"] = correct / max(count, 1)
+    if metrics:
+        out.update(M.compute(metrics, yv, dist.gather(outs), model.loss))
     return out
 
 
@@ -106,9 +105,9 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     if verbose is None:
         verbose = 1
     cbs = C.check_callbacks(callbacks)
-    if early_stopping is not None:
-        cbs.append(C.EarlyStopping(check_int("fit", "early_stopping", early_stopping), restore_best=restore_best,
-                                   verbose=verbose))
+    if early_stopping is not None:   # first, so the other callbacks' on_train_end see the restored weights
+        cbs.insert(0, C.EarlyStopping(check_int("fit", "early_stopping", early_stopping), restore_best=restore_best,
+                                      verbose=verbose))
     # accuracy is always reported for a classifier; a metric that does not fit the loss fails here
     metric_list = [M.check_applicable(m, model.loss) for m in M.get_metrics(metrics)
                    if m.name != "accuracy" or not model.loss.classification]
@@ -117,8 +116,9 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     X, y, val = split(model, X, y, validation_split, validation_data)
     if transform is not None:   # a transform that cannot take these batches fails before training
         _augmented(transform, X[:2], model, np.random.default_rng(0))
-    if any(isinstance(c, C.EarlyStopping) and c.monitor.startswith("val_") for c in cbs) and val is None:
-        raise ValueError("fit: early_stopping monitors the validation loss; give validation_split or validation_data")
+    keys = _log_keys(model, metric_list, val is not None)
+    for c in cbs:
+        _check_monitor(c, keys, early_stopping)
     optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
     optimizer.check_dtype(model.dtype)
     if dist is not None:
@@ -126,7 +126,8 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
             "layers": [la.config() for la in model.layers], "dtype": model.dtype.name, "loss": model.loss.name,
             "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
             "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed,
-            "augment": repr(transform)})
+            "augment": A.describe(transform), "callbacks": [type(c).__name__ for c in cbs],
+            "metrics": [m.name for m in metric_list]})
         if batch_size < dist.size:
             raise ValueError(f"fit(distributed=True): batch_size {batch_size} is smaller than the "
                              f"{dist.size} ranks (each rank needs a share of every batch)")
@@ -136,6 +137,8 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
         optimizer.initial_lr = optimizer.lr
     if seed is not None or getattr(model, "_shuffle_rng", None) is None:
         model._shuffle_rng = np.random.default_rng(model.seed if seed is None else seed)
+        # augmentation draws from its own generator, seeded alike, so fit(seed=s) repeats a run
+        model._augment_rng = np.random.default_rng([model.seed if seed is None else seed, 0xa06])
     rng = model._shuffle_rng
     bar = None
     if verbose and sys.stdout.isatty():
@@ -147,39 +150,36 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     was_training = model.training
     model.train()   # fit trains in train mode (batch statistics, dropout), as PyTorch
     model.stop_training = False
+    model._fit_rank = dist.rank if dist is not None else 0
     for c in cbs:
         c.set_model(model)
     state = params + model.buffers()   # what a restore puts back: weights and running statistics
     last_good = [p.copy() for p in state]
-    hist = {"loss": [], "lr": [], "time": []}
-    if model.loss.classification:
-        hist["accuracy"] = []
-    for m in metric_list:
-        hist[m.name] = []
-    if val is not None:
-        hist["val_loss"] = []
-        if model.loss.classification:
-            hist["val_accuracy"] = []
-        for m in metric_list:
-            hist["val_" + m.name] = []
+    hist = {k: [] for k in keys}
     bounds = _Batches(len(X), batch_size, max(2 if model.buffers() else 1, dist.size if dist else 1)).bounds
     n_batches = len(bounds)
-    best_loss, best_epoch, first_loss, epoch = np.inf, None, None, 0
+    best_loss, best_epoch, reference, epoch = np.inf, None, None, 0
     pbar = None
 
     def restore():
         for p, g in zip(state, last_good):
             np.copyto(p, g)
 
+    def stop_requested() -> bool:   # every rank agrees (one rank's callback may decide alone)
+        return dist.any(model.stop_training) if dist is not None and cbs else model.stop_training
+
     try:
         for c in cbs:
             c.on_train_begin({"epochs": epochs, "batches": n_batches})
+        done = 0
         for epoch in range(1, epochs + 1):
             if sched is not None:
                 optimizer.lr = sched.lr_at(sched.epoch, optimizer.initial_lr)
                 sched.epoch += 1
             for c in cbs:
                 c.on_epoch_begin(epoch, {"lr": optimizer.lr})
+            if stop_requested():
+                break
             t0 = time.perf_counter()
             order = rng.permutation(len(X))
             total, correct, count, seen = 0.0, 0, 0, 0
@@ -187,15 +187,13 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
             pbar = bar(total=n_batches, desc=f"epoch {epoch}/{epochs}", leave=True, file=sys.stdout,
                        dynamic_ncols=True) if bar else None
             for b, (i, j) in enumerate(bounds, start=1):
+                xb, yb = X[order[i:j]], y[order[i:j]]
+                if transform is not None:   # the whole global batch on every rank: the draws one process makes
+                    xb = _augmented(transform, xb, model)
                 if dist is not None:   # this rank's shard; the optimizer averages over ranks
                     s0, s1 = dist.shard(i, j)
-                    idx = order[s0:s1]
+                    xb, yb = xb[s0 - i:s1 - i], yb[s0 - i:s1 - i]
                     optimizer._reduce = functools.partial(dist.average, weight=s1 - s0, total=j - i)
-                else:
-                    idx = order[i:j]
-                xb, yb = X[idx], y[idx]
-                if transform is not None:
-                    xb = _augmented(transform, xb, model)
                 for c in cbs:
                     c.on_batch_begin(b, {"size": j - i})
                 loss, grads, tape = optimizer.loss_and_grad(model, xb, yb)   # X, y validated once above
@@ -205,14 +203,15 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                     raise _diverged(hist, f"fit: the loss became {loss} {where}; training stopped with the weights "
                                           f"of the last finite loss; lower the learning rate or clip the gradients "
                                           f"(clip_norm=)")
-                if first_loss is None:
-                    first_loss = abs(loss)
-                elif factor is not None and first_loss > 0 and loss > factor * first_loss:
+                if reference is None:
+                    reference = max(abs(loss), _uninformed_loss(model, tape.out, yb, dist))
+                elif factor is not None and reference > 0 and loss > factor * reference:
                     restore()
                     raise _diverged(hist, f"fit: the loss grew to {loss:.4g} {where}, more than divergence_factor="
-                                          f"{factor:g} times the first batch's {first_loss:.4g}; training stopped "
-                                          f"with the weights before that step; lower the learning rate, or pass "
-                                          f"divergence_factor=None to turn this check off")
+                                          f"{factor:g} times {reference:.4g} (the first batch's loss, or an "
+                                          f"uninformed predictor's if larger); training stopped with the weights "
+                                          f"before that step; lower the learning rate, or turn this check off "
+                                          f"(fit(divergence_factor=None), symprop train --divergence-factor none)")
                 c_ = model.loss.correct(tape.out, yb)
                 if c_ is not None:
                     correct, count = correct + c_[0], count + c_[1]
@@ -237,8 +236,9 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                     pbar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
                 for c in cbs:
                     c.on_batch_end(b, {"size": j - i, "loss": loss, "lr": optimizer.lr})
-                if model.stop_training:
+                if cbs and stop_requested():
                     break
+            done = epoch
             if dist is not None:
                 optimizer._reduce = None
                 correct, count = (int(v) for v in dist.sum([correct, count]))
@@ -250,7 +250,10 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                 logs["accuracy"] = correct / max(count, 1)
                 msg += f"  acc {logs['accuracy']:.4f}"
             if metric_list:
-                logs.update(M.compute(metric_list, np.concatenate(targets), np.concatenate(outs), model.loss))
+                out_all, y_all = np.concatenate(outs), np.concatenate(targets)
+                if dist is not None:   # every rank's shards: the metrics one process would report
+                    out_all, y_all = dist.gather(out_all), dist.gather(y_all)
+                logs.update(M.compute(metric_list, y_all, out_all, model.loss))
                 msg += "".join(f"  {m.name} {logs[m.name]:.4f}" for m in metric_list if np.isscalar(logs[m.name]))
             if val is not None:
                 ev = model.evaluate(*val, metrics=metric_list) if dist is None else \
@@ -263,8 +266,8 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
             logs["lr"] = optimizer.lr
             logs["time"] = time.perf_counter() - t0
             msg += f"  lr {optimizer.lr:.3g}"
-            for k, v in logs.items():
-                hist[k].append(v)
+            for k in keys:
+                hist[k].append(logs[k])
             if pbar:
                 pbar.set_postfix_str(msg, refresh=True)
                 pbar.close()
@@ -273,15 +276,12 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                 print(f"epoch {epoch}/{epochs}  {msg}  ({logs['time']:.2f} s)", flush=True)
             for c in cbs:
                 c.on_epoch_end(epoch, logs)
-            if model.stop_training:
+            if stop_requested():
                 break
-        hist["stopped_epoch"] = epoch
+        hist["stopped_epoch"] = done
         hist["best_epoch"] = best_epoch
         for c in cbs:
-            c.on_train_end({"stopped_epoch": epoch, "best_epoch": best_epoch})
-        stopper = next((c for c in cbs if isinstance(c, C.EarlyStopping)), None)
-        if stopper is not None and stopper.best_epoch is not None:
-            hist["best_epoch"] = stopper.best_epoch
+            c.on_train_end({"stopped_epoch": done, "best_epoch": best_epoch})
         return hist
     finally:
         if pbar:
@@ -289,6 +289,38 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
         optimizer._reduce = None
         model.stop_training = False
         model.train(was_training)
+
+
+def _log_keys(model, metrics, validation: bool) -> list[str]:
+    """The per-epoch history keys and ``logs`` entries, in order."""
+    keys = ["loss"] + (["accuracy"] if model.loss.classification else []) + [m.name for m in metrics]
+    if validation:
+        keys += ["val_" + k for k in keys]
+    return keys + ["lr", "time"]
+
+
+def _check_monitor(callback, keys, early_stopping) -> None:
+    """A callback that watches a log entry fit will not report fails before training."""
+    watches = isinstance(callback, C.EarlyStopping) or getattr(callback, "best_only", False)
+    monitor = getattr(callback, "monitor", None)
+    if not watches or monitor in keys:
+        return
+    who = "early_stopping" if early_stopping is not None and monitor == "val_loss" else \
+        f"{type(callback).__name__}(monitor={monitor!r})"
+    if monitor.startswith("val_") and monitor[4:] in keys:
+        raise ValueError(f"fit: {who} monitors the validation data; give validation_split or validation_data")
+    raise ValueError(f"fit: {who} monitors {monitor!r}, which this fit does not report; it reports "
+                     f"{', '.join(keys)} (add the metric to metrics=[...])")
+
+
+def _uninformed_loss(model, out, y, dist) -> float:
+    """The loss of zero outputs on this batch (ln K for softmax cross-entropy, ln 2 for sigmoid
+    cross-entropy, mean y² for MSE): the divergence bound's floor. Averaged over ranks."""
+    v = float(model.loss.value(np.zeros_like(out), y))
+    if dist is not None:
+        total, n = dist.sum([v * len(out), len(out)])
+        v = total / max(n, 1)
+    return v if np.isfinite(v) else 0.0
 
 
 def global_norm(grads) -> float:
@@ -303,9 +335,9 @@ def global_norm(grads) -> float:
 
 
 def _augmented(transform, xb, model, rng=None):
-    """The transformed batch (drawn from the model's generator), checked: same shape, finite,
-    in the model's dtype."""
-    out = transform(xb, model.rng if rng is None else rng)
+    """The transformed batch (drawn from the fit's augmentation generator), checked: same
+    shape, finite, in the model's dtype."""
+    out = transform(xb, model._augment_rng if rng is None else rng)
     if not isinstance(out, np.ndarray) or out.shape != xb.shape:
         raise ValueError(f"fit(augment=): the transform returned {getattr(out, 'shape', type(out).__name__)} "
                          f"for a batch of shape {xb.shape}; it must keep the shape")

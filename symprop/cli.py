@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runtime.optimizer_defaults import DEFAULTS, MODEL_RECIPES   # kernel-free: no kernels needed to parse
+from .runtime.optimizer_defaults import DEFAULTS, DIVERGENCE_FACTOR, MODEL_RECIPES   # kernel-free: parse without kernels
 
 
 def _source_root() -> Path:
@@ -114,6 +114,13 @@ def _newton_defaults(args) -> None:
         args.epochs = NEWTON_EPOCHS
 
 
+def _factor(text: str):
+    """``--divergence-factor``: a number, or none for no bound."""
+    if text.strip().lower() == "none":
+        return None
+    return float(text)
+
+
 def optimizer_kwargs(args) -> dict:
     """The optimizer's keyword arguments from the flags: what the user gave, the model's weight
     decay (MODEL_RECIPES) when not, and the table's defaults (DEFAULTS, as in Python) for the rest."""
@@ -151,7 +158,7 @@ def cmd_train(args) -> int:
         _writable(args.plot, "--plot")
         plot.check_path(args.plot)
     augment = None
-    if args.augment:
+    if args.augment is not None:
         from .runtime.augment import get_transform
         augment = get_transform(args.augment)
     okw = optimizer_kwargs(args)
@@ -189,7 +196,8 @@ def cmd_train(args) -> int:
     hist = model.fit(X, y, epochs=epochs, batch_size=args.batch_size, optimizer=opt, schedule=sched,
                      clip_norm=args.clip_norm, clip_value=args.clip_value,
                      validation_split=args.validation_split or 0.0, early_stopping=args.early_stopping,
-                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False, augment=augment)
+                     verbose=1, seed=args.seed, distributed=dist if dist is not None else False, augment=augment,
+                     divergence_factor=args.divergence_factor)
     train_time = time.perf_counter() - t0
     if not lead:
         return 0
@@ -201,9 +209,8 @@ def cmd_train(args) -> int:
         print(f"saved {path}")
     if args.plot:
         from . import plot
-        fig = plot.history(hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"
-                           + (f", {args.schedule}" if sched else "") + f": test accuracy {ev['accuracy']:.4f}")
-        plot.pyplot().close(fig)
+        plot.history(hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"
+                     + (f", {args.schedule}" if sched else "") + f": test accuracy {ev['accuracy']:.4f}")
         print(f"wrote {args.plot}")
     return 0
 
@@ -464,6 +471,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--save", help="write the trained model to this .npz checkpoint")
     t.add_argument("--plot", help="write loss/accuracy/learning-rate curves to this image (matplotlib; "
                    "symprop.plot.history draws the same from Python)")
+    t.add_argument("--divergence-factor", type=_factor, default=DIVERGENCE_FACTOR, metavar="X|none",
+                   help="stop when a batch loss exceeds X times the first batch's (or an uninformed "
+                        f"predictor's) loss; none turns the check off (default {DIVERGENCE_FACTOR:g})")
     t.add_argument("--augment", metavar="NAMES",
                    help="augment every training batch (image models): comma-separated shift, rotate, flip, "
                         "noise, e.g. shift,rotate")

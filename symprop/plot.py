@@ -10,24 +10,20 @@ import os
 INSTALL_HINT = "pip install matplotlib  (or, from a symprop checkout: pip install '.[plot]')"
 
 
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+def _figure(**kw):
+    """A matplotlib Figure of its own (not pyplot's: the caller's backend and open figures
+    are left alone; it displays in a notebook and ``fig.savefig`` writes any format)."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(f"plotting needs matplotlib: {INSTALL_HINT}") from exc
-    if os.environ.get("MPLBACKEND") is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    return Figure(**kw)
 
 
 def check_path(path) -> None:
     """Refuse a path whose image format matplotlib cannot write, before any training."""
-    plt = pyplot()
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
-    supported = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    supported = _figure().canvas.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(f"{path}: unknown image format {fmt!r}; use one of {', '.join(sorted(supported))}")
 
@@ -48,17 +44,17 @@ def history(hist: dict, path=None, title: str | None = None, dpi: int = 120):
     """The figure of a ``fit`` history: a log-scale loss panel, an accuracy panel (classifiers),
     a learning-rate panel; validation curves beside training ones and a dashed line with a
     legend entry at the best epoch (lowest validation loss). Writes ``path`` when given and
-    returns the matplotlib Figure (close it with ``matplotlib.pyplot.close(fig)``)."""
+    returns the matplotlib Figure (independent of pyplot: nothing to close)."""
     from matplotlib.ticker import MaxNLocator
 
     n = _check_history(hist)
-    plt = pyplot()
     if path is not None:
         check_path(path)
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if hist.get("accuracy") else [])
     if hist.get("lr"):
         panels.append(("lr", "learning rate"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig = _figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     ep = list(range(1, n + 1))
     best = hist.get("best_epoch") if hist.get("val_loss") else None
     for ax, (key, label) in zip(axes[0], panels):

@@ -160,6 +160,80 @@ def test_callback_misuse_is_refused():
         C.LambdaCallback(on_epoch_ends=print)
 
 
+def test_monitors_are_checked_before_any_training(tmp_path):
+    X, y = blobs(40)
+    began = []
+    probe = C.LambdaCallback(on_train_begin=lambda logs: began.append(1))
+    for cb, message in [(C.EarlyStopping(monitor="val_acc", mode="max"), "'val_acc', which this fit does not report"),
+                        (C.ModelCheckpoint(tmp_path / "b.npz", best_only=True), "monitors the validation data"),
+                        (C.EarlyStopping(monitor="val_f1"), "add the metric")]:
+        with pytest.raises(ValueError, match=message):
+            small().fit(X, y, epochs=2, verbose=0, validation_split=0.25 if "acc" in message or "add" in message
+                        else 0.0, callbacks=[probe, cb])
+    assert not began
+    with pytest.raises(ValueError, match="mode='min' or mode='max'"):
+        C.EarlyStopping(monitor="val_roc_auc")
+    assert C.EarlyStopping(monitor="val_roc_auc", mode="max").mode == "max"
+
+
+def test_a_stop_from_on_epoch_begin_runs_no_batch_of_that_epoch():
+    X, y = blobs(40)
+    m = small()
+    batches = []
+    cb = C.LambdaCallback(on_epoch_begin=lambda e, logs: setattr(m, "stop_training", e == 2),
+                          on_batch_end=lambda b, logs: batches.append(b))
+    hist = m.fit(X, y, epochs=5, batch_size=20, verbose=0, callbacks=[cb])
+    assert hist["stopped_epoch"] == 1 and len(hist["loss"]) == 1 and len(batches) == 2
+
+
+def test_best_only_checkpoint_is_not_overwritten_by_a_worse_later_fit(tmp_path):
+    X, y = blobs(80)
+    ck = C.ModelCheckpoint(tmp_path / "best.npz", best_only=True)
+    m = small()
+    m.fit(X, y, epochs=8, verbose=0, validation_split=0.25, optimizer=O.SGD(0.1), callbacks=[ck])
+    best, n = ck.best, len(ck.saved)
+    m.fit(X, y, epochs=2, verbose=0, validation_split=0.25, optimizer=O.SGD(50.0, momentum=0), callbacks=[ck],
+          divergence_factor=None)   # a much worse run
+    assert ck.best <= best and (len(ck.saved) == n or ck.best < best)
+
+
+def test_csv_logger_appends_only_the_same_columns(tmp_path):
+    X, y = blobs(40)
+    path = tmp_path / "log.csv"
+    small().fit(X, y, epochs=2, verbose=0, callbacks=[C.CSVLogger(path)])
+    small().fit(X, y, epochs=1, verbose=0, callbacks=[C.CSVLogger(path, append=True)])
+    assert [r["epoch"] for r in csv.DictReader(path.open())] == ["1", "2", "1"]
+    with pytest.raises(ValueError, match="needs the same metrics"):
+        small().fit(X, y, epochs=1, verbose=0, metrics=["f1"], callbacks=[C.CSVLogger(path, append=True)])
+
+
+def test_divergence_bound_spares_fine_tuning_from_a_tiny_loss():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    X = 0.3 * rng.normal(size=(120, 6)) + 3 * np.eye(3, 6)[y]
+    m = small()
+    m.fit(X, y, epochs=600, batch_size=120, optimizer=O.Adam(0.05), verbose=0)
+    assert m.evaluate(X, y)["loss"] < 1e-4
+    flipped = y.copy()
+    flipped[:6] = (flipped[:6] + 1) % 3   # a few wrong labels: batches 1e5 times the first batch's loss
+    losses = []
+    m.fit(X, flipped, epochs=2, batch_size=10, optimizer=O.SGD(1e-3, momentum=0), verbose=0,
+          callbacks=[C.LambdaCallback(on_batch_end=lambda b, logs: losses.append(logs["loss"]))])
+    assert max(losses) > 1e4 * losses[0]   # what a bound on the first batch alone would have stopped
+
+
+def test_augmentation_repeats_with_fit_seed():
+    X, y = images()
+    m = tiny_cnn()
+    w0 = [p.copy() for p in m.parameters()]
+    m.fit(X, y, epochs=1, batch_size=10, verbose=0, augment="shift,rotate", seed=3)
+    a = [p.copy() for p in m.parameters()]
+    for p, w in zip(m.parameters(), w0):
+        p[...] = w
+    m.fit(X, y, epochs=1, batch_size=10, verbose=0, augment="shift,rotate", seed=3)
+    assert all(np.array_equal(p, q) for p, q in zip(a, m.parameters()))
+
+
 # ------------------------------------------------------------------ metrics
 @pytest.mark.parametrize("seed", range(4))
 def test_classification_metrics_equal_scikit_learn(seed):
@@ -198,6 +272,53 @@ def test_regression_metrics_equal_scikit_learn(seed):
     assert np.isclose(got["mse"], skm.mean_squared_error(y, out))
     assert np.isclose(got["rmse"], np.mean(np.sqrt(skm.mean_squared_error(y, out, multioutput="raw_values"))))
     assert np.isclose(got["r2"], skm.r2_score(y, out))
+
+
+def test_top_k_breaks_ties_as_scikit_learn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 50)
+    scores = rng.integers(0, 3, size=(50, 6)).astype(float)   # many ties
+    scores[:5] = 0.0                                          # all equal
+    for k in (1, 2, 3):
+        got = M.compute(M.get_metrics([f"top_{k}_accuracy"]), labels, scores, get_loss("softmax_cross_entropy"))
+        assert np.isclose(got[f"top_{k}_accuracy"], skm.top_k_accuracy_score(labels, scores, k=k, labels=range(6)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multilabel_metrics_equal_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 40, int(rng.integers(1, 5))
+    Y = (rng.random((n, k)) < 0.4).astype(float)
+    logits = rng.normal(size=(n, k))
+    P = (logits > 0).astype(int)
+    names = ["accuracy", "precision", "recall", "f1", "f1_micro", "precision_weighted", "confusion_matrix"]
+    got = M.compute(M.get_metrics(names), Y, logits, get_loss("sigmoid_cross_entropy"))
+    Yi = Y.astype(int)
+    kw = dict(zero_division=0)
+    assert np.isclose(got["accuracy"], np.mean(Yi == P))   # per entry, as fit reports
+    assert np.isclose(got["precision"], skm.precision_score(Yi, P, average="macro", **kw))
+    assert np.isclose(got["recall"], skm.recall_score(Yi, P, average="macro", **kw))
+    assert np.isclose(got["f1"], skm.f1_score(Yi, P, average="macro", **kw))
+    assert np.isclose(got["f1_micro"], skm.f1_score(Yi, P, average="micro", **kw))
+    assert np.isclose(got["precision_weighted"], skm.precision_score(Yi, P, average="weighted", **kw))
+    assert np.array_equal(got["confusion_matrix"], skm.multilabel_confusion_matrix(Yi, P))
+    with pytest.raises(ValueError, match="per-class scores"):
+        M.compute(M.get_metrics(["top_2_accuracy"]), Y, logits, get_loss("sigmoid_cross_entropy"))
+
+
+def test_metric_functions_get_labels_and_names():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(30, 4))
+    soft = rng.dirichlet(np.ones(4), size=30)                 # probability targets
+    got = M.compute(M.get_metrics([skm.accuracy_score, ("bal", skm.balanced_accuracy_score)]), soft, logits,
+                    get_loss("softmax_cross_entropy"))
+    assert np.isclose(got["accuracy_score"], skm.accuracy_score(soft.argmax(1), logits.argmax(1)))
+    assert np.isclose(got["bal"], skm.balanced_accuracy_score(soft.argmax(1), logits.argmax(1)))
+    for bad in (("loss", skm.accuracy_score), ("f1", skm.f1_score)):
+        with pytest.raises(ValueError, match="may not be named"):
+            M.get_metric(bad)
+    with pytest.raises(ValueError, match="given twice"):
+        M.get_metrics([lambda a, b: 0.0, lambda a, b: 1.0])
 
 
 def test_evaluate_with_metrics_and_a_callable_on_a_trained_model():
@@ -308,7 +429,10 @@ def test_history_plot_from_python(tmp_path):
     labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
     assert labels == ["training", "validation", f"best epoch ({hist['best_epoch']})"]
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plot.pyplot().close(fig)
+    import matplotlib
+    backend = matplotlib.get_backend()
+    plot.history(hist)
+    assert matplotlib.get_backend() == backend   # the caller's pyplot is left alone
     with pytest.raises(TypeError, match="expected the dict"):
         plot.history([1, 2])
     with pytest.raises(ValueError, match="unknown image format"):
@@ -318,8 +442,9 @@ def test_history_plot_from_python(tmp_path):
 def test_missing_matplotlib_says_what_to_install(monkeypatch):
     from symprop import plot
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"pip install matplotlib .*checkout"):
-        plot.pyplot()
+        plot.history({"loss": [1.0]})
 
 
 # ------------------------------------------------------------------ defaults
