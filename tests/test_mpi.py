@@ -21,8 +21,9 @@ def mpirun(n, script, *args, timeout=180):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("opt", ["sgd", "adahessian"])
+@pytest.mark.parametrize("opt", ["sgd", "adahessian", "sgd_aug"])
 def test_two_ranks_equal_single_process_training(tmp_path, opt):
+    """sgd_aug: augmentation, metrics and a stop requested on one rank only give what one process does."""
     single, dist = tmp_path / "single.npz", tmp_path / "dist.npz"
     r = subprocess.run([sys.executable, str(SCRIPTS / "train_equal.py"), opt, single, "0"], capture_output=True,
                        text=True, timeout=180)
@@ -31,6 +32,8 @@ def test_two_ranks_equal_single_process_training(tmp_path, opt):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b, c = np.load(single), np.load(dist), np.load(str(dist) + ".r1.npz")
     for k in a.files:     # 23 samples, batch 8: an uneven last batch (7 = 4 + 3 across the ranks)
+        if k == "stopped":
+            assert a[k] == b[k] == 2
         scale = max(np.abs(a[k]).max(), 1e-30)
         assert np.max(np.abs(a[k] - b[k])) / scale <= 1e-10, k
         if k in c.files:
