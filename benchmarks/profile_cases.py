@@ -270,7 +270,7 @@ def fixed_costs(repeat: int = 7) -> dict:
         params = model.parameters()
         v = [np.ones_like(p) for p in params]
         calls = step_callables(model, x, yb)
-        opt = O.SGD(lr=0.01)
+        opt = O.SGD(lr=0.01, momentum=0)
         Xv, yv = model._check_X(x), model.loss.check_targets(yb, 1, (1,) + model.output_shape)
 
         def sgd():

@@ -19,7 +19,9 @@ from .optimizer_defaults import DIVERGENCE_FACTOR  # noqa: F401 (fit's default, 
 
 class TrainingDiverged(ValueError, FloatingPointError):
     """``fit`` stopped on a non-finite loss or a loss past the divergence bound; the model keeps
-    the weights before the step that led there and ``history`` holds the completed epochs."""
+    the weights before the step that led there (the optimizer's state, e.g. momentum, is that
+    after the last step: make a new optimizer before training on) and ``history`` holds the
+    completed epochs."""
 
 
 def split(model, X, y, validation_split, validation_data):
