@@ -11,8 +11,10 @@ statistics (as PyTorch's DDP by default); its running statistics are broadcast f
 after every epoch. Only rank 0 prints.
 
 A rank that raises aborts the communicator, so every rank exits with an error instead of
-waiting forever in a collective; a model or data mismatch between ranks is detected at the
-start from a hash of the architecture, dtype and data shapes.
+waiting forever in a collective; a rank that never reaches ``fit`` is named after a bounded
+wait (:data:`START_TIMEOUT`) and every rank aborted; a model or data mismatch between ranks is
+detected at the start from a hash of the architecture, dtype, the data's and labels' contents,
+the initial weights and every seed that shapes the run.
 """
 from __future__ import annotations
 
@@ -22,6 +24,37 @@ import sys
 import time
 
 import numpy as np
+
+
+#: seconds the start-up check waits for every rank to reach ``fit``
+START_TIMEOUT = 120.0
+_CHECK_TAG = 0x5e1f
+
+
+def start_timeout() -> float:
+    """:data:`START_TIMEOUT`, or ``SYMPROP_MPI_TIMEOUT`` seconds when set."""
+    import os
+    v = os.environ.get("SYMPROP_MPI_TIMEOUT")
+    if v is None:
+        return START_TIMEOUT
+    try:
+        t = float(v)
+    except ValueError:
+        raise ValueError(f"SYMPROP_MPI_TIMEOUT must be a number of seconds, got {v!r}") from None
+    if not t > 0:
+        raise ValueError(f"SYMPROP_MPI_TIMEOUT must be positive, got {v!r}")
+    return t
+
+
+def fingerprint(*arrays) -> str:
+    """A digest of the arrays' contents, shapes and dtypes (BLAKE2b, ~1 GB/s: cheap next to an
+    epoch), so ranks whose data differ only in values are told apart."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
 
 
 def _mpi():
@@ -97,13 +130,34 @@ class Distributed:
                 a.reshape(-1)[...] = flat[k:k + a.size]
                 k += a.size
 
-    def check_same(self, what: str, description) -> None:
-        """Raise ValueError on every rank unless ``description`` is equal on all of them."""
-        digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
-        digests = self.comm.allgather(digest)
-        if len(set(digests)) != 1:
-            differ = [r for r, d in enumerate(digests) if d != digests[0]]
-            raise ValueError(f"fit(distributed=True): the {what} differs between ranks (ranks {differ} differ "
+    def check_same(self, what: str, description, timeout: float | None = None) -> None:
+        """Raise ValueError on every rank unless ``description`` is equal on all of them. Each
+        rank sends its digest to every other and waits at most ``timeout`` seconds (default
+        :data:`START_TIMEOUT`, ``SYMPROP_MPI_TIMEOUT``) for theirs: a rank that never calls
+        ``fit`` (it failed or exited before) is named, then every rank is aborted."""
+        digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).digest()
+        if timeout is None:
+            timeout = start_timeout()
+        mine = np.frombuffer(digest, np.uint8).copy()
+        got = {r: np.empty(32, np.uint8) for r in range(self.size) if r != self.rank}
+        sends = [self.comm.Isend(mine, dest=r, tag=_CHECK_TAG) for r in got]
+        recvs = {r: self.comm.Irecv(buf, source=r, tag=_CHECK_TAG) for r, buf in got.items()}
+        deadline = time.monotonic() + timeout
+        while recvs:
+            recvs = {r: q for r, q in recvs.items() if not q.Test()}
+            if recvs and time.monotonic() > deadline:
+                missing = ", ".join(map(str, sorted(recvs)))
+                self.abort(TimeoutError(f"fit(distributed=True): rank(s) {missing} did not start fit within "
+                                        f"{timeout:g} s (failed or exited before it?); set SYMPROP_MPI_TIMEOUT "
+                                        f"to wait longer"))
+            if recvs:
+                time.sleep(0.002)
+        self.MPI.Request.Waitall(sends)
+        differ = [r for r, buf in got.items() if buf.tobytes() != digest]
+        differ_all = self.comm.allgather(differ)   # every rank reports the same verdict
+        if any(differ_all):
+            bad = sorted({r for d in differ_all for r in d} - {0}) or [0]
+            raise ValueError(f"fit(distributed=True): the {what} differs between ranks (ranks {bad} differ "
                              f"from rank 0); every rank must build the same model and read the same data")
 
     def abort(self, exc: BaseException) -> None:

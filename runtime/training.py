@@ -124,9 +124,14 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     optimizer = Adam() if optimizer is None else get_optimizer(optimizer)
     optimizer.check_dtype(model.dtype)
     if dist is not None:
+        from .distributed import fingerprint
+        shuffle = getattr(model, "_shuffle_rng", None)
         dist.check_same("model or data", {
             "layers": [la.config() for la in model.layers], "dtype": model.dtype.name, "loss": model.loss.name,
             "X": X.shape, "y": y.shape, "val": None if val is None else val[0].shape,
+            "data": fingerprint(X, y, *(val or ())), "weights": fingerprint(*model.parameters(), *model.buffers()),
+            "model_seed": model.seed, "rng": model.rng.bit_generator.state,
+            "shuffle": None if seed is not None or shuffle is None else shuffle.bit_generator.state,
             "batch_size": batch_size, "epochs": epochs, "optimizer": repr(optimizer), "seed": seed,
             "augment": A.describe(transform), "callbacks": [type(c).__name__ for c in cbs],
             "metrics": [m.name for m in metric_list]})

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip inst
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 
 
-def mpirun(n, script, *args, timeout=180):
-    cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(n), "-x", "OMP_NUM_THREADS=1",
+def mpirun(n, script, *args, timeout=180, env=()):
+    exports = [a for k, v in env for a in ("-x", f"{k}={v}")]
+    cmd = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", str(n), "-x", "OMP_NUM_THREADS=1", *exports,
            sys.executable, str(SCRIPTS / script), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -40,9 +41,12 @@ def test_two_ranks_equal_single_process_training(tmp_path, opt):
             assert np.array_equal(b[k], c[k]), f"ranks differ in {k}"      # bitwise identical
 
 
-@pytest.mark.parametrize("mode, message", [("raise", "rank 1 of 2 failed"), ("mismatch", "differs between ranks")])
+@pytest.mark.parametrize("mode, message", [
+    ("raise", "rank 1 of 2 failed"), ("mismatch", "differs between ranks"), ("values", "differs between ranks"),
+    ("labels", "differs between ranks"), ("seed", "differs between ranks"), ("exit", "rank(s) 1 did not start fit")])
 def test_a_failing_rank_ends_every_rank(mode, message):
-    r = mpirun(2, "rank_fails.py", mode, timeout=120)
+    """Within a bounded time: the start-up check waits SYMPROP_MPI_TIMEOUT (here 10 s) at most."""
+    r = mpirun(2, "rank_fails.py", mode, timeout=120, env=[("SYMPROP_MPI_TIMEOUT", "10")])
     assert r.returncode != 0
     assert message in r.stderr, r.stderr[-2000:]
     assert "finished" not in r.stdout
