@@ -34,10 +34,36 @@ _SUPPORTED = ("Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, SiLU, Mish, GELU, 
 def _flat_modules(seq, prefix=""):
     torch = _torch()
     for name, mod in seq.named_children():
-        if isinstance(mod, torch.nn.Sequential):
+        _check_plain(f"{prefix}{name}", mod)
+        if type(mod) is torch.nn.Sequential:
             yield from _flat_modules(mod, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", mod
+
+
+def _check_plain(where, mod) -> None:
+    """Refuse a module that may compute something other than its torch.nn class: a subclass, an
+    instance with its own ``forward``, or one with forward hooks."""
+    base = next((c for c in type(mod).__mro__ if c.__module__.startswith("torch.nn.modules")), None)
+    if base is not None and type(mod) is not base:
+        raise _unsupported(where, mod, f"{type(mod).__name__} subclasses torch.nn.{base.__name__} and may compute "
+                                       f"something else (its own forward); only the torch.nn classes themselves are")
+    if "forward" in vars(mod):
+        raise _unsupported(where, mod, "its forward is replaced on the instance")
+    if getattr(mod, "_forward_hooks", None) or getattr(mod, "_forward_pre_hooks", None):
+        raise _unsupported(where, mod, "it has forward hooks, which may change its output")
+
+
+def _values(where, mod, t):
+    """A tensor's values as a NumPy array: on the CPU, finite, not on the meta device."""
+    if t.is_meta:
+        raise ValueError(f"from_torch: module {where} ({type(mod).__name__}) is on the meta device: its tensors "
+                         f"have no values; materialise it first (e.g. module.to_empty(device='cpu') and initialise)")
+    a = t.detach().cpu().numpy()
+    if not np.isfinite(a).all():
+        raise ValueError(f"from_torch: module {where} ({type(mod).__name__}) holds NaN or inf values in a tensor "
+                         f"of shape {tuple(a.shape)}; refusing to copy them")
+    return a
 
 
 def _unsupported(where, mod, why=""):
@@ -56,6 +82,7 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
     nn = torch.nn
     if not isinstance(seq, nn.Sequential):
         raise ValueError(f"from_torch: expects a torch.nn.Sequential, got {type(seq).__name__}")
+    _check_plain("(the Sequential)", seq)
     layers, weights, dtype = [], [], None
     for where, mod in _flat_modules(seq):
         kind = type(mod).__name__
@@ -118,11 +145,11 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
         else:
             raise _unsupported(where, mod)
         layers.append(layer)
-        weights.append([t.detach().cpu().numpy() for t in (mod.weight, mod.bias) if t is not None]
+        weights.append([_values(where, mod, t) for t in (mod.weight, mod.bias) if t is not None]
                        if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
-                       else [mod.weight.detach().cpu().numpy()] if isinstance(mod, nn.PReLU) else [])
+                       else [_values(where, mod, mod.weight)] if isinstance(mod, nn.PReLU) else [])
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            weights[-1] += [mod.running_mean.detach().cpu().numpy(), mod.running_var.detach().cpu().numpy()]
+            weights[-1] += [_values(where, mod, mod.running_mean), _values(where, mod, mod.running_var)]
     if not layers:
         raise ValueError("from_torch: the Sequential has no layers")
     np_dtype = "float64" if dtype == torch.float64 else "float32"
@@ -148,6 +175,10 @@ def to_torch(model):
         if id(layer) in made:
             mods.append(made[id(layer)])
             continue
+        if isinstance(layer, L.Dense) and layer.dropconnect:
+            raise ValueError(f"to_torch: layer {k} ({layer.name}) uses DropConnect (p={layer.dropconnect}), which "
+                             f"torch.nn has no module for; a plain Linear would silently drop it (build the model "
+                             f"without dropconnect to export it)")
         if isinstance(layer, L.Dense):
             mod = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dt)
         elif isinstance(layer, L.Conv2D):

@@ -115,3 +115,36 @@ def test_course_layers_round_trip_eval_and_train_modes():
     bn_t, bn = tmod[1], model.layers[1]
     assert rel_err(bn.running_mean, bn_t.running_mean.numpy()) < 1e-12
     assert rel_err(bn.running_var, bn_t.running_var.numpy()) < 1e-12
+
+
+def test_subclasses_replaced_forwards_hooks_nonfinite_and_meta_modules_are_refused():
+    class Doubling(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    with pytest.raises(ValueError, match="subclasses torch.nn.Linear"):
+        from_torch(nn.Sequential(Doubling(3, 2)))
+    lin = nn.Linear(3, 2)
+    lin.forward = lambda x: x
+    with pytest.raises(ValueError, match="forward is replaced"):
+        from_torch(nn.Sequential(lin))
+    hooked = nn.Linear(3, 2)
+    hooked.register_forward_hook(lambda m, i, o: o * 0)
+    with pytest.raises(ValueError, match="forward hooks"):
+        from_torch(nn.Sequential(hooked))
+    class MySeq(nn.Sequential):
+        pass
+    with pytest.raises(ValueError, match="subclasses torch.nn.Sequential"):
+        from_torch(nn.Sequential(MySeq(nn.Linear(3, 2))))
+    bad = nn.Linear(3, 2)
+    with torch.no_grad():
+        bad.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        from_torch(nn.Sequential(bad))
+    with pytest.raises(ValueError, match="meta device"):
+        from_torch(nn.Sequential(nn.Linear(3, 2, device="meta")))
+
+
+def test_to_torch_refuses_dropconnect_by_name():
+    from symprop import Sequential, layers as L
+    with pytest.raises(ValueError, match="DropConnect"):
+        to_torch(Sequential([L.Dense(4, 3, dropconnect=0.5)]))
