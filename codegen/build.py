@@ -154,7 +154,7 @@ def lookup_spec(stem: str, spec_hash: str):
     hit needs no derivation."""
     try:
         name = _alias(stem, spec_hash).read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):   # unreadable or damaged: a miss (the rebuild rewrites it)
         return None
     if name in sys.modules:
         return sys.modules[name]

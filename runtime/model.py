@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import threading
 
+import contextlib
+
 import numpy as np
 
 from . import checkpoint
@@ -22,6 +24,24 @@ def _finite_array(a: np.ndarray, dtype, label: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"{label} of shape {a.shape} contains NaN or inf")
     return a
+
+
+def check_seed(owner: str, seed):
+    """A seed NumPy's generators accept: an integer >= 0 (not a bool), else a clear error."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{owner}: seed must be a non-negative integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{owner}: seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
+@contextlib.contextmanager
+def _memory_named(layer):
+    """A MemoryError while allocating a layer's arrays, naming the layer."""
+    try:
+        yield
+    except MemoryError as exc:
+        raise MemoryError(f"{layer.name}: not enough memory for its parameters ({exc})") from exc
 
 
 class Tape:
@@ -72,7 +92,7 @@ class Sequential:
             raise TypeError(f"Sequential: dtype must be 'float32' or 'float64', got {dtype!r}") from exc
         if dt not in (np.float32, np.float64):
             raise TypeError(f"Sequential: dtype must be float32 or float64, got {dt}")
-        self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, seed
+        self.layers, self.loss, self.dtype, self.seed = list(layers), get_loss(loss), dt, check_seed("Sequential", seed)
         self.training = False
         for nm, v in (("l1", l1), ("l2", l2)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
@@ -86,7 +106,8 @@ class Sequential:
         for layer in self.layers:   # parameters whose shapes the constructors fix, once per object
             if id(layer) not in seen:
                 seen.add(id(layer))
-                layer.init_parameters(dt, self.rng)
+                with _memory_named(layer):
+                    layer.init_parameters(dt, self.rng)
         self.input_shape = self.output_shape = None
         self._slots = None
         if input_shape is None and hasattr(self.layers[0], "in_features"):
@@ -109,7 +130,8 @@ class Sequential:
                                  f"got {input_shape!r}")
             shape = tuple(int(s) for s in input_shape)
             for layer in self.layers:
-                shape = layer.build(shape, self.dtype, self.rng)
+                with _memory_named(layer):
+                    shape = layer.build(shape, self.dtype, self.rng)
             self._slots = None
             self.output_shape = shape
             self.input_shape = tuple(int(s) for s in input_shape)

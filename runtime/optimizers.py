@@ -269,8 +269,9 @@ class AdaHessian(Optimizer):
         if not isinstance(average_conv_kernel, (bool, np.bool_)):
             raise ValueError(f"AdaHessian: average_conv_kernel must be True or False, got {average_conv_kernel!r}")
         self.average_conv_kernel = bool(average_conv_kernel)
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        from .model import check_seed
+        self.seed = check_seed("AdaHessian", seed)
+        self.rng = np.random.default_rng(self.seed)
         self.hessian_diag = None
         self._calls = 0
 

@@ -142,6 +142,9 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
     sched = None if schedule is None else get_schedule(schedule, epochs)
     if sched is not None and not hasattr(optimizer, "initial_lr"):
         optimizer.initial_lr = optimizer.lr
+    if seed is not None:
+        from .model import check_seed
+        seed = check_seed("fit", seed)
     if seed is not None or getattr(model, "_shuffle_rng", None) is None:
         model._shuffle_rng = np.random.default_rng(model.seed if seed is None else seed)
         # augmentation draws from its own generator, seeded alike, so fit(seed=s) repeats a run
@@ -204,12 +207,12 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                 for c in cbs:
                     c.on_batch_begin(b, {"size": j - i})
                 loss, grads, tape = optimizer.loss_and_grad(model, xb, yb)   # X, y validated once above
-                where = f"at epoch {epoch}, batch {b}/{n_batches} ({type(optimizer).__name__}, lr={optimizer.lr:g})"
+                where = f"at epoch {epoch}, batch {b}/{n_batches} ({_step_sizes(model, optimizer)})"
                 if not np.isfinite(loss):
                     restore()
                     raise _diverged(hist, f"fit: the loss became {loss} {where}; training stopped with the weights "
-                                          f"of the last finite loss; lower the learning rate or clip the gradients "
-                                          f"(clip_norm=)")
+                                          f"of the last finite loss; lower the step sizes named (the learning rate "
+                                          f"first) or clip the gradients (clip_norm=)")
                 if reference is None:
                     reference = max(abs(loss), _uninformed_loss(model, tape.out, yb, dist))
                 elif factor is not None and reference > 0 and loss > factor * reference:
@@ -296,6 +299,18 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
         optimizer._reduce = None
         model.stop_training = False
         model.train(was_training)
+
+
+def _step_sizes(model, optimizer) -> str:
+    """The optimizer and every hyperparameter that scales a step (for a divergence message:
+    the cause may be a weight decay or penalty rather than the learning rate)."""
+    parts = [f"{type(optimizer).__name__} lr={optimizer.lr:g}"]
+    for attr in ("weight_decay", "damping"):
+        v = getattr(optimizer, attr, 0.0)
+        if v and (attr != "damping" or v < 1e-6):
+            parts.append(f"{attr}={v:g}")
+    parts += [f"{k}={getattr(model, k):g}" for k in ("l1", "l2") if getattr(model, k)]
+    return ", ".join(parts)
 
 
 def _log_keys(model, metrics, validation: bool) -> list[str]:

@@ -80,6 +80,33 @@ def _writable(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise ValueError(f"{flag} {path}: not writable")
+    import tempfile   # a real write in the folder (as root, os.access says yes to /proc and read-only mounts)
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".symprop-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+def _save_or_recover(model, path: str):
+    """Save the trained model; if that fails, save it to a recovery file (current folder, else
+    the temporary folder) and raise an error naming both, so training is never lost."""
+    import os
+    import tempfile
+    try:
+        return model.save(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            recovery = folder / f"symprop-recovered-{os.getpid()}.npz"
+            try:
+                model.save(recovery)
+            except OSError:
+                continue
+            raise ValueError(f"--save {path}: could not write it ({reason}); the trained model is in {recovery}") \
+                from exc
+        raise ValueError(f"--save {path}: could not write it ({reason}), nor a recovery file in "
+                         f"{Path.cwd()} or {tempfile.gettempdir()}") from exc
 
 
 def build_model(args, X, y, yt):
@@ -205,8 +232,7 @@ def cmd_train(args) -> int:
     print(f"final test accuracy {ev['accuracy']:.4f}  test loss {ev['loss']:.4f}  "
           f"({train_time:.1f} s)")
     if args.save:
-        path = model.save(args.save)
-        print(f"saved {path}")
+        print(f"saved {_save_or_recover(model, args.save)}")
     if args.plot:
         from . import plot
         plot.history(hist, args.plot, f"{args.model} on {args.dataset}, {args.optimizer}"

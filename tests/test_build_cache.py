@@ -1,4 +1,4 @@
-"""The compile cache never trusts its files (issue 15 item 5): a corrupted extension is rebuilt,
+"""The compile cache never trusts its files: a corrupted extension is rebuilt, a damaged alias is a miss,
 not imported; killed builders' leftovers are removed; an unwritable cache falls back to a
 temporary one; a cache hit needs no derivation."""
 import os
@@ -48,6 +48,17 @@ def test_cache_hit_skips_derivation_and_a_corrupted_extension_is_rebuilt(tmp_pat
     so[0].write_bytes(data[: len(data) // 3])            # truncated, as by a full disk or a kill
     out = _run(cache, "build")
     assert out.startswith("compiled") and "does not match its checksum" in out
+    assert _run(cache, "no-derive").startswith("cached")
+
+
+def test_a_damaged_spec_alias_is_a_cache_miss_not_an_error(tmp_path):
+    cache = tmp_path / "cache"
+    _run(cache, "build")
+    alias = [p for p in cache.iterdir() if p.name.startswith("act_cube_act_") and p.suffix == ".module"]
+    assert len(alias) == 1
+    alias[0].write_bytes(b"\xff\xfe\x00garbage")     # not UTF-8: every later lookup used to fail
+    assert "[[1.3333333333333333, 4.666666666666666]]" in _run(cache, "build")
+    alias[0].read_text()                                # rewritten, readable
     assert _run(cache, "no-derive").startswith("cached")
 
 

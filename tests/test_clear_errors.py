@@ -1,0 +1,44 @@
+"""Misuse that used to surface as a generic error (NumPy's seed errors, an unnamed MemoryError, a
+divergence blamed on the learning rate, a lost model after a failed save) gets an error naming
+the real cause."""
+import numpy as np
+import pytest
+
+from symprop import Sequential, layers as L, optimizers as O
+from symprop.runtime.model import TrainingDiverged
+
+
+@pytest.mark.parametrize("seed, kind", [(-1, ValueError), ("a", TypeError), (1.5, TypeError), (True, TypeError)])
+def test_seeds_are_checked_by_name(seed, kind):
+    with pytest.raises(kind, match="seed must be a non-negative integer"):
+        Sequential([L.Dense(2, 2)], seed=seed)
+    with pytest.raises(kind, match="fit: seed must be"):
+        Sequential([L.Dense(2, 2)]).fit(np.ones((4, 2)), np.zeros(4, int), epochs=1, verbose=0, seed=seed)
+    with pytest.raises(kind, match="AdaHessian: seed must be"):
+        O.AdaHessian(seed=seed)
+
+
+def test_a_layer_too_large_for_memory_is_named():
+    with pytest.raises(MemoryError, match=r"Dense\(1000000000 -> 1000000000\): not enough memory"):
+        Sequential([L.Dense(10 ** 9, 10 ** 9)])
+
+
+def test_divergence_names_the_weight_decay_and_the_penalty():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 4)), rng.integers(0, 3, 64)
+    with pytest.raises(TrainingDiverged, match=r"weight_decay=1e\+30"):
+        Sequential([L.Dense(4, 3)], dtype="float64").fit(X, y, epochs=3, verbose=0,
+                                                         optimizer=O.SGD(0.1, weight_decay=1e30))
+    with pytest.raises(TrainingDiverged, match=r"l2=1e\+30"):
+        Sequential([L.Dense(4, 3)], dtype="float64", l2=1e30).fit(X, y, epochs=3, verbose=0, optimizer="sgd")
+
+
+def test_a_failed_final_save_keeps_the_model_in_a_recovery_file(tmp_path, monkeypatch):
+    from symprop.cli import _save_or_recover
+    monkeypatch.chdir(tmp_path)
+    m = Sequential([L.Dense(3, 2)], seed=0)
+    with pytest.raises(ValueError, match=r"--save /proc/nope/m.npz: could not write it .*trained model is in") as ei:
+        _save_or_recover(m, "/proc/nope/m.npz")
+    recovery = str(ei.value).rsplit(" ", 1)[1]
+    back = Sequential.load(recovery)
+    assert all(np.array_equal(a, b) for a, b in zip(back.parameters(), m.parameters()))
