@@ -7,6 +7,8 @@ of running statistics (PyTorch's update rule), which is not a derivative.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .kernels import SpecKernels, load
@@ -88,6 +90,7 @@ class _BatchNorm(CompositeLayer):
                                  f"{'(0, inf)' if nm == 'eps' else '[0, 1]'}, got {v!r}")
         self.eps, self.momentum = float(eps), float(momentum)
         self.gamma = self.beta = self.running_mean = self.running_var = None
+        self._stats_lock = threading.Lock()   # one forward's running-statistics update at a time
         self.train_kernels = self._kernels("batchnorm")
         self.eval_kernels = self._kernels("batchnorm_eval")
 
@@ -149,11 +152,22 @@ class _BatchNorm(CompositeLayer):
         rec.update(xhat=xhat, rstd=rstd)
         if ctx.update_buffers:   # PyTorch: running ← (1 − m)·running + m·batch, unbiased variance
             m, n = self.momentum, A * B
-            self.running_mean *= 1 - m
-            self.running_mean += m * mu
-            self.running_var *= 1 - m
-            self.running_var += (m * n / (n - 1)) * var
+            with self._stats_lock:   # read-modify-write: threads sharing the layer must not interleave
+                self.running_mean *= 1 - m
+                self.running_mean += m * mu
+                self.running_var *= 1 - m
+                self.running_var += (m * n / (n - 1)) * var
         return y, rec
+
+    def check_state(self, where: str) -> None:
+        """Refuse running statistics no training could produce (a damaged or edited checkpoint):
+        a non-finite mean, or a variance that is negative or non-finite."""
+        if not np.isfinite(self.running_mean).all():
+            raise ValueError(f"{where}: {self.name} has a non-finite running_mean")
+        bad = ~np.isfinite(self.running_var) | (self.running_var < 0)
+        if bad.any():
+            raise ValueError(f"{where}: {self.name} has a negative or non-finite running_var (channel "
+                             f"{int(np.argmax(bad))}: {self.running_var[np.argmax(bad)]!r})")
 
     def factor_backprop(self, rec, groups, g, exact, need_input=True):
         """Batch statistics couple the samples: factor columns continue as whole-batch

@@ -251,3 +251,39 @@ def test_fit_with_batchnorm_when_the_last_batch_would_hold_one_sample():
     X, y = rng.normal(size=(33, 3)).astype(np.float32), rng.integers(0, 2, 33)
     hist = model.fit(X, y, epochs=2, batch_size=8, verbose=0)     # 8+8+8+9: the single sample joins
     assert len(hist["loss"]) == 2 and np.isfinite(hist["loss"]).all()
+
+
+def test_running_statistics_from_threads_equal_serial():
+    """4 threads x 50 train-mode forwards through one BatchNorm1D(8192) (the same batch each
+    time, so every order gives the same statistics; a small momentum, so an interleaved update
+    is not forgotten) equal 200 serial forwards."""
+    import sys
+    import threading
+    x = np.random.default_rng(0).normal(size=(64, 8192)).astype(np.float32) * 3 + 1
+    def make():
+        m = Sequential([L.BatchNorm1D(8192, momentum=0.001)], dtype="float32")
+        m.train()
+        return m
+    serial, shared = make(), make()
+    for _ in range(200):
+        serial.forward(x)
+    threads = [threading.Thread(target=lambda: [shared.forward(x) for _ in range(50)]) for _ in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads as often as possible
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for a, b in zip(serial.buffers(), shared.buffers()):
+        assert np.array_equal(a, b)
+
+
+def test_a_checkpoint_with_a_negative_running_variance_is_refused(tmp_path):
+    m = Sequential([L.Dense(3, 4), L.BatchNorm1D(4)], dtype="float64")
+    m.layers[1].running_var[2] = -0.5
+    m.save(tmp_path / "bn.npz")
+    with pytest.raises(ValueError, match=r"BatchNorm1D\(4\) has a negative or non-finite running_var \(channel 2"):
+        Sequential.load(tmp_path / "bn.npz")
