@@ -1669,6 +1669,11 @@ def model_schedule(info: ModelInfo) -> str:
 
 
 # ---------------------------------------------------------------- the document
+#: between parts: a new page unless a third of the page is left (a part never strands a few lines
+#: on a page of their own)
+PART_BREAK = "\\needlines{18}\\bigskip\n"
+
+
 def builtin_layer_names() -> list[str]:
     """Every built-in spec that has a section, in document order."""
     return (list(_elementwise_builtins()) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
@@ -1694,7 +1699,7 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
     printed: list = []
     tables: list = []                    # the appendix: one kernel table per layer
     parts = [PREAMBLE, NOTATION]
-    breaks = False                       # a page break before every part but the first
+    breaks = False                       # a part break before every part but the first
     ew = [s for s in specs if isinstance(s, ElementwiseSpec)]
     ct = [s for s in specs if isinstance(s, ContractionSpec)]
     cp = [s for s in specs if isinstance(s, CompositeSpec)]
@@ -1703,21 +1708,21 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
         parts += [elementwise_section(_derive(s), printed, tables) for s in ew]
         breaks = True
     if ct:
-        parts.append(("\\clearpage\n" if breaks else "") + CONTRACTION_INTRO)
+        parts.append((PART_BREAK if breaks else "") + CONTRACTION_INTRO)
         parts += [contraction_section(_derive(s), printed, tables) for s in ct]
         breaks = True
     if cp:
-        parts.append(("\\clearpage\n" if breaks else "") + COMPOSITE_INTRO)
+        parts.append((PART_BREAK if breaks else "") + COMPOSITE_INTRO)
         parts += [composite_section(_derive(s), tables) for s in cp]
         breaks = True
     if losses:
-        parts.append(("\\clearpage\n" if breaks else "") + losses_section(tables))
+        parts.append((PART_BREAK if breaks else "") + losses_section(tables))
         breaks = True
     if model is not None:
-        parts.append(("\\clearpage\n" if breaks else "") + model_section(model))
+        parts.append((PART_BREAK if breaks else "") + model_section(model))
         breaks = True
     if tables or model is not None:
-        parts.append(("\\clearpage\n" if breaks else "") + "\\appendix\n" + kernel_appendix(tables)
+        parts.append((PART_BREAK if breaks else "") + "\\appendix\n" + kernel_appendix(tables)
                      + (model_schedule(model) if model is not None else ""))
     parts.append("\\end{document}\n")
     return Document("".join(parts), printed)
