@@ -439,7 +439,7 @@ def _width(s: str, i: int):
             elif name == "guarded":                    # cases: the wider line and its note
                 a, i = _group(s, i)
                 b, i = _group(s, i)
-                total += max(a, b) + 9.0
+                total += max(a, b) + 12.0
             elif name == "sqrt":
                 a, i = _group(s, i)
                 total += a + 1.2
@@ -981,6 +981,8 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None, kern
     for lhs, choice, label in (("y = f(x)", d.forward, f"eq:{s.name}:def"), ("f'(x)", d.d1, f"eq:{s.name}:d1"),
                                ("f''(x)", d.d2, f"eq:{s.name}:d2")):
         then = display_form(choice.chosen) if choice.chosen != choice.textbook else None
+        if then is not None and tex(then, P) == tex(display_form(choice.textbook), P):
+            then = None                  # differs only in a function the document writes out (expm1)
         rows.append(row(lhs, display_form(choice.textbook), P, label, then=then))
     out.append(display(rows))
     counts = []
@@ -1343,7 +1345,7 @@ class ModelLayer:
     """One layer of a model as the document describes it (from its checkpoint config)."""
     kind: str                 # config type: Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation
     spec: str | None          # the spec whose kernels it runs (None: a reshape)
-    label: str                # e.g. Conv2D(1→6, 5×5, padding 2)
+    label: str                # in words, e.g. convolution, 1→6, 5×5, padding 2
     out_shape: tuple          # per sample
     params: list              # [(name, shape)]
     config: dict
@@ -1398,7 +1400,7 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
                                  f"giving {shape}")
             o = cfg["out_features"]
             params = [("W", (o, cfg["in_features"]))] + ([("b", (o,))] if cfg.get("bias", True) else [])
-            la = ModelLayer(t, "dense", f"Dense({cfg['in_features']}$\\to${o})", (o,), params, cfg)
+            la = ModelLayer(t, "dense", f"Fully connected, {cfg['in_features']}$\\to${o}", (o,), params, cfg)
         elif t == "Conv2D":
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cfg[k] for k in ("kernel_size", "stride", "padding", "dilation"))
             o, c = cfg["out_channels"], cfg["in_channels"]
@@ -1407,14 +1409,15 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
             extra = "".join(f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
                             for nm, v, dflt in (("stride", (sh, sw), 1), ("padding", (ph, pw), 0),
                                                 ("dilation", (dh, dw), 1)) if v != (dflt, dflt))
-            la = ModelLayer(t, "conv2d", f"Conv2D({c}$\\to${o}, {kh}$\\times${kw}{extra})", out, params, cfg)
+            la = ModelLayer(t, "conv2d", f"Convolution, {c}$\\to${o}, {kh}$\\times${kw}{extra}", out, params, cfg)
         elif t in ("MaxPool2D", "AvgPool2D"):
             (kh, kw), (sh, sw), (ph, pw) = (cfg[k] for k in ("kernel_size", "stride", "padding"))
             out = (shape[0], _window_out(shape[1], kh, sh, ph), _window_out(shape[2], kw, sw, pw))
             extra = "" if (sh, sw) == (kh, kw) else f", stride {sh}"
-            la = ModelLayer(t, t.lower(), f"{t}({kh}$\\times${kw}{extra})", out, [], cfg)
+            kind = "Max pooling" if t == "MaxPool2D" else "Average pooling"
+            la = ModelLayer(t, t.lower(), f"{kind}, {kh}$\\times${kw}{extra}", out, [], cfg)
         elif t == "Flatten":
-            la = ModelLayer(t, None, "Flatten", (_size(shape),), [], cfg)
+            la = ModelLayer(t, None, "Flatten (a reshape)", (_size(shape),), [], cfg)
         elif t == "Activation":
             if cfg["name"] not in builtins.ACTIVATIONS:
                 raise ValueError(f"latex: activation {cfg['name']!r} is not a built-in spec")
@@ -1513,10 +1516,6 @@ def kernel_schedule(info: ModelInfo) -> dict:
     return {"loss_and_grad": grad, "hvp": fused,
             "exact": grad + factor(True), "gauss_newton": grad + factor(False),
             "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
-
-
-def _names(steps) -> str:
-    return ", ".join(_kernel_ref(n) for _, n, _ in steps)
 
 
 def model_title(info: ModelInfo) -> str:
@@ -1621,46 +1620,51 @@ def model_section(info: ModelInfo) -> str:
 
 def model_schedule(info: ModelInfo) -> str:
     """The appendix section of a model: the kernels each training call runs, in order
-    (:func:`kernel_schedule`), with the equations of the model part they compute."""
+    (:func:`kernel_schedule`), as two tables (first order and the R-op; the Hessian diagonals)."""
     L = len(info.layers)
     sched = kernel_schedule(info)
-    fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
-    out = []
-    out.append(f"\\needlines{{12}}\n\\section{{Kernel schedule: {model_title(info)}}}\\label{{app:schedule}}\n"
-               "\\texttt{loss\\_and\\_grad(X, y)} runs the forward kernels in layer order, "
-               + _names(fwd) + ", then " + _kernel_ref(info.loss)
-               + f" (the loss and $\\bar g_{{{L}}}$), then the first-order sweep above, top to bottom "
-               "($" + str(len(sched['loss_and_grad'])) + "$ kernel calls).\n\n"
-               "\\texttt{hvp(X, y, v)} (and AdaHessian's step) runs forward over reverse, in two sweeps of "
-               "fused kernels that compute several of the products above in one pass over their arrays: "
-               "layer by layer, $x_k$ and $\\mathcal{R}\\{x_k\\}$ together ("
-               + _names([s for s in sched["hvp"] if s[1].endswith("_forward_jvp")][:2])
-               + ", \\dots; a convolution im2cols its input once for both), then the loss with its gradient "
-               "and Hessian term, then from the last layer to the first its pullbacks and their R-ops "
-               "together (" + _names([s for s in sched["hvp"] if "_vjp_rvjp" in s[1]][:2])
-               + ", \\dots; the first layer's kernel computes no input gradient): $"
-               + str(len(sched['hvp'])) + "$ kernel calls, which also give the gradient.\n\n"
-               "\\texttt{hessian\\_diagonal(X, y, method)} starts with the forward and first-order passes "
-               "of \\texttt{loss\\_and\\_grad}, then:\n\\begin{itemize}\n"
-               "\\item \\texttt{hutchinson}: per probe a Rademacher $v$ and the second-order sweeps above "
-               "(the separate JVP and R-op kernels, on the kept first-order pass); the "
-               "estimate is the mean of $v \\circ Hv$.\n"
-               "\\item \\texttt{exact} and \\texttt{gauss\\_newton}: the per-sample loss Hessian from "
-               + _kernel_ref(info.loss + "_hvp") + " applied to each output unit, factored by an eigendecomposition "
-               "into a factor group of columns $S_q$. Layer by layer, from the last, each group gives every "
-               "parameter's diagonal through its \\texttt{sqvjp} kernel and passes its "
-               "columns down through the input pullback (right column below); \\texttt{exact} adds, at each "
-               "activation with $f'' \\ne 0$, the residual kernel's diagonal $f''(x)\\,\\bar g$ as a new group.\n"
-               "\\item \\texttt{becker\\_lecun}: the diagonal $D$ of the same loss Hessian, passed down through "
-               "every layer's \\texttt{bl} kernels (middle column).\n\\end{itemize}\n")
-    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
-               "$k$ & layer & \\texttt{becker\\_lecun} & \\texttt{gauss\\_newton} / \\texttt{exact}\\\\\n\\midrule\n")
+    n_grad = len(sched["loss_and_grad"])
 
     def cell(steps, k):
         mine = [(n, note) for kk, n, note in steps if kk == k]
-        return "; ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
-    bl = sched["becker_lecun"][len(sched["loss_and_grad"]):]
-    ex = sched["exact"][len(sched["loss_and_grad"]):]
+        return ", ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
+    fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
+    pull = sched["loss_and_grad"][len(fwd) + 1:]
+    rop = sched["hutchinson"][n_grad:]
+    hvp = sched["hvp"]
+    out = [f"\\needlines{{16}}\n\\section{{Kernel schedule: {model_title(info)}}}\\label{{app:schedule}}\n"
+           "The kernels each training call runs, layer by layer ($k$ as in the table of Section~\\ref{sec:model}). "
+           f"\\texttt{{loss\\_and\\_grad(X, y)}} runs the forward column top to bottom, then the loss kernel "
+           f"{_kernel_ref(info.loss)} (the loss and $\\bar g_{{{L}}}$), then the pullback column bottom to top: "
+           f"${n_grad}$ kernel calls. \\texttt{{hessian\\_diagonal(X, y, method)}} with \\texttt{{hutchinson}} adds, per "
+           "probe, the R-op: the "
+           f"JVPs top to bottom, {_kernel_ref(info.loss + '_hvp')}, then the R-op pullbacks bottom to top. "
+           "\\texttt{hvp(X, y, v)} (and AdaHessian's step) runs fused kernels instead, which compute several "
+           "of these products in one pass over their arrays: each layer's forward and JVP together, top to bottom "
+           "(a convolution im2cols its input once for both), the loss with its gradient and Hessian term, then "
+           "each layer's pullbacks and their R-ops together, bottom to top (the first layer computes no input "
+           f"gradient): ${len(hvp)}$ kernel calls, which also give the gradient.\n"
+           "\\begin{center}\\small\\setlength{\\tabcolsep}{4pt}\n"
+           "\\begin{tabularx}{\\linewidth}{@{}r l R R R@{}}\n\\toprule\n"
+           "$k$ & forward & pullbacks & JVP; R-op pullbacks & fused (\\texttt{hvp})\\\\\n\\midrule\n"]
+    for k in range(1, L + 1):
+        r = [s for s in rop if s[0] == k]
+        jr = "; ".join(x for x in (cell([s for s in r if s[1].endswith("_jvp")], k),
+                                   cell([s for s in r if not s[1].endswith("_jvp")], k)) if x != "---") or "---"
+        out.append(f"{k} & {cell(fwd, k)} & {cell(pull, k)} & {jr} & {cell(hvp, k)}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+    out.append("\\texttt{hessian\\_diagonal(X, y, method)} with \\texttt{becker\\_lecun}, \\texttt{gauss\\_newton} or "
+               "\\texttt{exact} starts with the calls of \\texttt{loss\\_and\\_grad}, then runs "
+               f"{_kernel_ref(info.loss + '_hvp')} once per output unit (the per-sample loss Hessian). "
+               "Becker--LeCun passes its diagonal $D$ down through every layer's diagonal kernels (middle column). "
+               "Gauss--Newton factors it by an eigendecomposition into a group of columns $S_q$; layer by layer, "
+               "from the last, each group gives every parameter's diagonal and passes its columns down through the "
+               "input pullback (right column); the exact diagonal adds, at each activation with $f'' \\ne 0$, its "
+               "residual $f''(x)\\,\\bar g$ as a new group.\n")
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
+               "$k$ & layer & Becker--LeCun & Gauss--Newton and exact\\\\\n\\midrule\n")
+    bl = sched["becker_lecun"][n_grad:]
+    ex = sched["exact"][n_grad:]
     for k in range(L, 0, -1):
         la = info.layers[k - 1]
         out.append(f"{k} & {la.label} & {cell(bl, k)} & {cell(ex, k)}\\\\\n")
