@@ -196,6 +196,12 @@ class DerivationPrinter(LatexPrinter):
         out = r"\guarded{" + self._print(expr.args[0]) + "}{" + self._print(expr.args[1]) + "}"
         return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
 
+    def _needs_mul_brackets(self, expr, first=False, last=False) -> bool:
+        """Cases as the last factor of a product need no parentheses (nothing follows the brace)."""
+        if isinstance(expr, sp.Piecewise) and last and not _is_iverson(expr):
+            return False
+        return super()._needs_mul_brackets(expr, first=first, last=last)
+
     def _print_GroupSum(self, expr):
         return r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
 
@@ -242,7 +248,7 @@ class DerivationPrinter(LatexPrinter):
             t = self._print(term)
             if self._needs_add_brackets(term):
                 t = r"\left(%s\right)" % t
-            out += t
+            out += t if i == len(expr.args) - 1 else close_trailing_cases(t)
         return out
 
     # Iverson brackets
@@ -341,7 +347,8 @@ class DerivationPrinter(LatexPrinter):
             facs = sp.Mul.make_args(expr)
             adds = [f for f in facs if isinstance(f, sp.Add)]
             if adds and len(adds) < len(facs) and not any(f.is_Pow and f.exp.is_negative for f in facs) \
-                    and not _neg(expr):   # sums last: p_j (v_j − s), not (v_j − s) p_j
+                    and not _neg(expr) and not any(isinstance(f, sp.Piecewise) for f in facs):
+                # sums last: p_j (v_j − s), not (v_j − s) p_j (not after cases, which would seem to hold them)
                 rest = sp.Mul(*[f for f in facs if not isinstance(f, sp.Add)])
                 return super()._print_Mul(rest) + " " + " ".join(r"\left(" + self._print(a) + r"\right)"
                                                                   for a in adds)
@@ -372,6 +379,30 @@ class DerivationPrinter(LatexPrinter):
         if value != 1:
             pieces.append(self._print_factor(value))
         return pieces
+
+
+def _group_end(t: str, i: int) -> int:
+    """The index after the brace group that opens at ``t[i] == "{"``."""
+    depth = 0
+    for j in range(i, len(t)):
+        depth += {"{": 1, "}": -1}.get(t[j], 0) if t[j - 1:j] != "\\" or j == 0 else 0
+        if depth == 0:
+            return j + 1
+    return len(t)
+
+
+def close_trailing_cases(t: str) -> str:
+    """A term that ends with cases (or an overflow guard), followed by more terms, with the cases
+    in parentheses: otherwise what follows the open brace would seem to belong to the last case."""
+    if t.endswith(r"\end{cases}"):
+        i = t.rfind(r"\begin{cases}")
+        return t[:i] + r"\left(" + t[i:] + r"\right)"
+    i = t.rfind(r"\guarded{")
+    if i >= 0:
+        j = _group_end(t, i + len(r"\guarded"))
+        if _group_end(t, j) == len(t):
+            return t[:i] + r"\left(" + t[i:] + r"\right)"
+    return t
 
 
 def tex(expr, printer: DerivationPrinter | None = None) -> str:
@@ -518,6 +549,8 @@ def rhs_terms(expr, printer: DerivationPrinter) -> list[list[str]]:
             sign = "+ "
         parts = printer.term_parts(t)
         parts[0] = sign + parts[0]
+        if k < len(terms) - 1:
+            parts[-1] = close_trailing_cases(parts[-1])
         out.append(parts)
     return out
 

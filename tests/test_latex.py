@@ -106,6 +106,7 @@ def test_mathematics_in_mathematical_notation_only(full):
     assert re.search(r"e\^\{[^}]*\} - 1", full)                # expm1 printed as e^u - 1
     assert "\\guarded{" in full and "\\newcommand{\\guarded}" in full
     assert not re.search(r"_\{(?:in|out)\}", full) and "H_{\\mathrm{out}}" in full
+    assert not re.search(r"\\end\{cases\}\s*(\\left\(|[A-Za-z+-])", full), "what follows cases reads as part of them"
     assert not re.search(r"\\tau_\{\d+\} = \\sqrt\{2\}", full), "a constant pulled out as a temporary"
     assert "\\section*{Notation}\n\\begin{center}" in full          # the notation is a table
 
