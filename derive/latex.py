@@ -727,8 +727,8 @@ DESCRIPTIONS = {
     "dropout": r"Inverted dropout: $y = m x$ with a mask $m \in \{0, 1/(1-p)\}$ drawn per forward call "
                r"(each element kept with probability $1 - p$); the same kernels mask a dense layer's weights "
                r"for DropConnect.",
-    "penalty": r"The weight penalty $\lambda_1 |x| + \tfrac{\lambda_2}{2} x^2$ of one weight $x$ (Dense and Conv2D "
-               r"weights), added to the loss.",
+    "penalty": r"The weight penalty $\lambda_1 |x| + \tfrac{\lambda_2}{2} x^2$ of one weight $x$ (of a fully connected "
+               r"or convolution layer), added to the loss.",
     "batchnorm": r"Batch normalisation in training mode: each channel normalised by its batch mean and "
                  r"biased batch variance, then scaled by $\gamma$ and shifted by $\beta$.",
     "batchnorm_eval": r"Batch normalisation in evaluation mode: the running mean $\hat\mu$ and variance "
@@ -1048,7 +1048,11 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None, kern
                    f"\\begin{{equation}}\n\\operatorname{{diag}}(G)_{{{a}}} = \\sum_{{q,n}} \\sigma_{{q,n}} \\Bigl(\\sum_{{e}} "
                    f"S_{{q,n,e}}\\, \\frac{{\\partial y_{{n,e}}}}{{\\partial {a}}}\\Bigr)^2.\\label{{eq:{s.name}:gn:{p}}}\n"
                    "\\end{equation}\n")
-        table.append((f"{s.name}_sqvjp_{p}", f"$\\operatorname{{diag}}(G)_{{{a}}}$", f"\\eqref{{eq:{s.name}:gn:{p}}}", ""))
+        name = f"{s.name}_sqvjp_{p}"
+        if name in [r[0] for r in table]:       # the kernel of ∂y/∂a the sum reads: both equations
+            table = [r if r[0] != name else (*r[:2], r[2] + f", \\eqref{{eq:{s.name}:gn:{p}}}", r[3]) for r in table]
+        else:
+            table.append((name, f"$\\operatorname{{diag}}(G)_{{{a}}}$", f"\\eqref{{eq:{s.name}:gn:{p}}}", ""))
     for m in s.arrays:
         out.append(f"The mask ${tex(sp.Symbol(m), P)}$ is drawn once per forward call and is a constant for every "
                    "derivative.\n")
@@ -1659,7 +1663,7 @@ def model_schedule(info: ModelInfo) -> str:
     n_grad = len(sched["loss_and_grad"])
 
     def cell(steps, k):
-        mine = [(n, note) for kk, n, note in steps if kk == k]
+        mine = [(n, note if note == "a new group" else "") for kk, n, note in steps if kk == k]
         return ", ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
     fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
     pull = sched["loss_and_grad"][len(fwd) + 1:]
@@ -1691,8 +1695,8 @@ def model_schedule(info: ModelInfo) -> str:
                f"{_kernel_ref(info.loss + '_hvp')} once per output unit (the per-sample loss Hessian). "
                "Becker--LeCun passes its diagonal $D$ down through every layer's diagonal kernels (middle column). "
                "Gauss--Newton factors it by an eigendecomposition into a group of columns $S_q$; layer by layer, "
-               "from the last, each group gives every parameter's diagonal and passes its columns down through the "
-               "input pullback (right column); the exact diagonal adds, at each activation with $f'' \\ne 0$, its "
+               "from the last, each group gives every parameter's diagonal (one call of its kernel per group) and passes "
+               "its columns down through the input pullback (one call per column; right column); the exact diagonal adds, at each activation with $f'' \\ne 0$, its "
                "residual $f''(x)\\,\\bar g$ as a new group.\n")
     out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
                "$k$ & layer & Becker--LeCun & Gauss--Newton and exact\\\\\n\\midrule\n")

@@ -85,6 +85,8 @@ def test_every_builtin_layer_has_its_section(full):
     for part in ("Elementwise layers: activations, masks, penalties", "Dense and window layers", "Normalisation and softmax: composite layers",
                  "Losses", "Model: LeNet-5"):
         assert f"\\section{{{part}}}" in full, part
+    rows = re.findall(r"^\\texttt\{([^}]*)\} & ", full, re.M)      # kernel-table rows: one per kernel
+    assert len(rows) > 100 and len(rows) == len(set(rows)), [r for r in rows if rows.count(r) > 1]
     for title in re.findall(r"\\(?:sub)*section\*?\{([^}]*)\}", full):
         assert "\\texttt" not in title and ("\\_" not in title or title.startswith("My")), title
 
