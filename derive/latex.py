@@ -769,7 +769,14 @@ def _title(spec) -> str:
         return TITLES[spec.name]
     first = re.split(r"[.;:\n]", spec.doc or "")[0].strip()
     words = first if 0 < len(first) <= 48 else spec.name.replace("_", " ").strip()
-    return escape(words[:1].upper() + words[1:])
+    return escape(_capitalised(words))
+
+
+def _capitalised(text: str) -> str:
+    """``text`` with a capital first letter when its first word is a plain word (a name such as
+    ``my_act#1`` is left as written)."""
+    first = text.split(" ", 1)[0]
+    return text[:1].upper() + text[1:] if first.isalpha() and first.islower() else text
 
 
 def _heading(spec) -> str:
@@ -867,7 +874,7 @@ def _is_word(name: str) -> bool:
 
 
 def _description(name: str, doc: str) -> str:
-    return DESCRIPTIONS.get(name) or (escape(doc) + ("" if doc.endswith(".") else ".") if doc else "")
+    return DESCRIPTIONS.get(name) or (escape(_capitalised(doc)) + ("" if doc.endswith(".") else ".") if doc else "")
 
 
 def _elementwise_builtins() -> dict:
@@ -938,28 +945,23 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 #: the notation section: one symbol per meaning, stated once (symbol, meaning)
 NOTATION_ROWS = [
     (r"$x$, $y$; $W$, $b$", r"a layer's input and output; its weight and bias"),
-    (r"$\bar g = \partial L/\partial y$", r"the gradient arriving at a layer's output"),
-    (r"$\bar g^x$, $\bar g^W$, $\bar g^b$", r"the gradients a layer passes on: its pullbacks, or "
-     r"vector--Jacobian products $J^\top \bar g$"),
-    (r"$\mathcal{R}\{\cdot\}$", r"Pearlmutter's R-operator: the derivative along a direction $v$ in parameter "
-     r"space; $\mathcal{R}\{W\} = v_W$"),
-    (r"$\mathcal{R}\{x\}$, $\mathcal{R}\{y\}$", r"the direction pushed forward to a layer's input, and its "
-     r"pushforward (the Jacobian--vector product)"),
-    (r"$\mathcal{R}\{\bar g\}$, $\mathcal{R}\{\bar g^x\}$", r"the direction of the incoming gradient; the R-op "
-     r"of a pullback (its parameter parts make up the Hessian--vector product $Hv$)"),
-    (r"$D$; $D^x$, $D^W$", r"the diagonal of the loss Hessian with respect to a layer's output (per sample); "
-     r"its Becker--LeCun counterparts at the input and parameters"),
+    (r"$\bar g = \partial L/\partial y$; $\bar g^x$, $\bar g^W$", r"the gradient arriving at a layer's output; the "
+     r"gradients it passes on (pullbacks, vector--Jacobian products $J^\top \bar g$)"),
+    (r"$\mathcal{R}\{\cdot\}$", r"Pearlmutter's R-operator: the derivative along a direction $v$ in parameter space "
+     r"($\mathcal{R}\{W\} = v_W$)"),
+    (r"$\mathcal{R}\{x\}$, $\mathcal{R}\{y\}$; $\mathcal{R}\{\bar g\}$, $\mathcal{R}\{\bar g^x\}$",
+     r"the direction at a layer's input and its pushforward (Jacobian--vector product); the direction of the "
+     r"incoming gradient and the R-op of a pullback (its parameter parts make up the Hessian--vector product $Hv$)"),
+    (r"$D$; $D^x$, $D^W$", r"the diagonal of the loss Hessian with respect to a layer's output (per sample); its "
+     r"Becker--LeCun counterparts at the input and parameters"),
     (r"$S_q$, $\sigma_{q,n}$", r"columns of a factorisation of the output Hessian (Gauss--Newton), and their signs"),
-    (r"$n$; $o$; $i$; $c$", r"sample; output feature or channel; input feature; input channel"),
-    (r"$h, w$; $\hat h, \hat w$; $k, l$", r"output row and column; input row and column; kernel row and column offsets"),
-    (r"$N$; $I, O$; $C_{\mathrm{in}}, C_{\mathrm{out}}$", r"samples; input and output features; input and output channels"),
-    (r"$H_{\mathrm{in}}, W_{\mathrm{in}}$; $H_{\mathrm{out}}, W_{\mathrm{out}}$; $K_h, K_w$",
-     r"input image; output image; kernel (height, width)"),
-    (r"$s, p, d$", r"stride, padding and dilation, subscripted by the axis ($h$ or $w$)"),
-    (r"$j, j'$; $K$", r"classes; their number"),
+    (r"indices", r"$n$ sample; $o$ output feature or channel; $i$ input feature; $c$ input channel; $h, w$ output "
+     r"and $\hat h, \hat w$ input row and column; $k, l$ kernel offsets; $j, j'$ classes"),
+    (r"sizes", r"$N$ samples; $I, O$ features; $C_{\mathrm{in}}, C_{\mathrm{out}}$ channels; "
+     r"$H_{\mathrm{in}} \times W_{\mathrm{in}}$, $H_{\mathrm{out}} \times W_{\mathrm{out}}$ images; $K_h \times K_w$ "
+     r"kernel; $K$ classes; $s, p, d$ stride, padding, dilation (subscript: the axis)"),
     (r"$\sum_{a,b}$", r"a sum over the whole range of its indices (stated with each layer)"),
-    (r"$[P]$; $a \mid b$", r"1 when $P$ holds and 0 otherwise; $a$ divides $b$"),
-    (r"$A^{\circ 2}$", r"every entry of $A$ squared"),
+    (r"$[P]$; $a \mid b$; $A^{\circ 2}$", r"1 when $P$ holds, else 0; $a$ divides $b$; every entry of $A$ squared"),
     (r"$\tau_1, \tau_2, \dots$", r"common subexpressions of one kernel"),
     (r"$\guarded{e}{a}$", r"$e$, which is the function; $a$, its limit at $\pm\infty$, is the value "
      r"the kernels use where an intermediate of $e$ overflows in floating point"),

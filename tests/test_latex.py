@@ -81,14 +81,14 @@ def test_every_builtin_layer_has_its_section(full):
         assert f"\\label{{app:{name}}}" in full, name         # its kernels' appendix table
     assert _section(full, "batchnorm_eval").startswith("\\subsection{Batch normalisation, evaluation mode}")
     assert _section(full, "tanh").startswith("\\subsection{Hyperbolic tangent}")
-    assert _section(full, "my_act").startswith("\\subsection{My\\_act\\#1\\% (Mish) \\& friends}")
+    assert _section(full, "my_act").startswith("\\subsection{my\\_act\\#1\\% (Mish) \\& friends}")
     for part in ("Elementwise layers: activations, masks, penalties", "Dense and window layers", "Normalisation and softmax: composite layers",
                  "Losses", "Model: LeNet-5"):
         assert f"\\section{{{part}}}" in full, part
     rows = re.findall(r"^\\texttt\{([^}]*)\} & ", full, re.M)      # kernel-table rows: one per kernel
     assert len(rows) > 100 and len(rows) == len(set(rows)), [r for r in rows if rows.count(r) > 1]
     for title in re.findall(r"\\(?:sub)*section\*?\{([^}]*)\}", full):
-        assert "\\texttt" not in title and ("\\_" not in title or title.startswith("My")), title
+        assert "\\texttt" not in title and ("\\_" not in title or title.startswith("my")), title
 
 
 def _displays(full):
