@@ -3,17 +3,20 @@
 Every formula is printed from the same derived SymPy objects that ``codegen`` prints as
 kernels (no hand-typed formulas): definitions, first-order pullbacks (VJPs), pushforwards
 (JVPs), the R-op pullbacks, the Hessian-diagonal rules, and the simplified forms with their
-op counts and kernel names. With a model, the document adds the network-level chain rule
-(layer shapes, the composed first- and second-order sweeps) and the kernels each training
-call runs, in order.
+op counts. With a model, the document adds the network-level chain rule (layer shapes, the
+composed first- and second-order sweeps). Kernel names appear only in the appendix: one table
+per layer, and per model the kernels each training call runs, in order.
 
-Printing is for a reader: index names chosen per section so each symbol has one meaning,
-Iverson brackets without unit factors, the adjoint of a window read guarded in the compact
-form ``[s | ĥ + p − k d]·[0 ≤ h < H_out]`` (checked equal to the normalised conditions the
-derivation produces, :class:`CompactGuard`), CSE temporaries named τ₁, τ₂, …, and small
-expressions rewritten for display (:func:`display_form`; always checked equal, never fed back
-to the kernels). :attr:`Document.printed` records every printed kernel expression as it
-was before display rewriting, so tests compare those with the kernels' own expressions.
+Printing is for a reader: sections titled in words (the spec name once, in the text), Latin
+Modern type, index names chosen per section so each symbol has one meaning, upright
+multi-letter subscripts, Iverson brackets without unit factors, the adjoint of a window read
+guarded in the compact form ``[s | ĥ + p − k d]·[0 ≤ h < H_out]`` (checked equal to the
+normalised conditions the derivation produces, :class:`CompactGuard`), ``expm1``/``log1p``
+written out, overflow guards as cases, CSE temporaries named τ₁, τ₂, … only where an output
+would not fit on two lines, and small expressions rewritten for display (:func:`display_form`;
+always checked equal, never fed back to the kernels). :attr:`Document.printed` records every
+printed kernel expression as it was before display rewriting, so tests compare those with
+the kernels' own expressions.
 
     from symprop.derive import latex
     text = latex.document()                     # every built-in layer and loss
@@ -1792,7 +1795,7 @@ def compile_pdf(text: str, pdf_path):
     exe = shutil.which("pdflatex")
     if exe is None:
         raise FileNotFoundError("pdflatex not found: install TeX (Debian: texlive-latex-base "
-                                "texlive-latex-recommended)")
+                                "texlive-latex-recommended lmodern)")
     pdf_path = Path(pdf_path)
     with tempfile.TemporaryDirectory(prefix="symprop-latex-") as tmp:
         src = Path(tmp) / "derivations.tex"

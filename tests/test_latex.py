@@ -11,8 +11,9 @@ import sympy as sp
 from symprop.cli import _model_info
 from symprop.derive import ElementwiseSpec, builtins, derive_contraction, derive_elementwise, latex
 
-HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None
-needs_tex = pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex and pdftotext (.ci/run installs them)")
+HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None and bool(
+    shutil.which("kpsewhich") and subprocess.run(["kpsewhich", "lmodern.sty"], capture_output=True, text=True).stdout)
+needs_tex = pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex, Latin Modern and pdftotext (.ci/run installs them)")
 
 
 def user_spec():
@@ -43,7 +44,7 @@ def _compile(tmp, text):
 def pdf(tmp_path_factory, full):
     """The full document compiled once: (pdf path, log text)."""
     if not HAS_TEX:
-        pytest.skip("needs pdflatex and pdftotext (.ci/run installs them)")
+        pytest.skip("needs pdflatex, Latin Modern and pdftotext (.ci/run installs them)")
     return _compile(tmp_path_factory.mktemp("latex"), full)
 
 
@@ -111,6 +112,11 @@ def test_mathematics_in_mathematical_notation_only(full):
     assert not re.search(r"\\end\{cases\}\s*(\\left\(|[A-Za-z+-])", full), "what follows cases reads as part of them"
     assert not re.search(r"\\tau_\{\d+\} = \\sqrt\{2\}", full), "a constant pulled out as a temporary"
     assert "\\section*{Notation}\n\\begin{center}" in full          # the notation is a table
+    body = full[full.index("\\begin{document}"):full.index("\\appendix")]
+    specs = {latex.escape(n) for n in latex.builtin_layer_names() + ["my_act"]}
+    for word in re.findall(r"\\texttt\{([^}]*)\}", body):   # before the appendix: spec names, files, commands only
+        assert word in specs or word.endswith(".py") or word.startswith("symprop ") or "=" in word, word
+    assert "\\texttt{symprop train -{}-{}model lenet}" in body     # a CLI flag set verbatim (no en dash)
 
 
 def _equal(a, b) -> bool:
