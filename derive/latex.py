@@ -974,10 +974,16 @@ NOTATION_ROWS = [
      r"a multiplication or addition 1; multiply-adds are counted per output element"),
 ]
 
-NOTATION = ("\n\\section*{Notation}\n"
+
+def notation(body: str) -> str:
+    """The notation table: every row whose symbol the document ``body`` uses (the temporaries
+    τ₁, τ₂ and the overflow guard only when some equation has them)."""
+    optional = {r"$\tau_1, \tau_2, \dots$": r"\tau_{", r"$\guarded{e}{a}$": r"\guarded{"}
+    rows = [(a, b) for a, b in NOTATION_ROWS if a not in optional or optional[a] in body]
+    return ("\n\\section*{Notation}\n"
             "\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l R@{}}\n\\toprule\n"
             "symbol & meaning\\\\\n\\midrule\n"
-            + "".join(f"{a} & {b}\\\\\n" for a, b in NOTATION_ROWS)
+            + "".join(f"{a} & {b}\\\\\n" for a, b in rows)
             + "\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
 
 
@@ -1039,7 +1045,7 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None, kern
                 printed.append(Printed(k.name, o, e, shown, list(repl)))
             rows.append(row(tex(sp.Symbol(o), P), shown, P, f"eq:{k.name}" if j == 0 else None))
         if repl:
-            rows.append(Row("", [[(r",\ " if j else "") + tex(t, P) + " = " + tex(display_form(v), P)]
+            rows.append(Row("", [[tex(t, P) + " = " + tex(display_form(v), P) + (r",\ " if j < len(repl) - 1 else "")]
                                  for j, (t, v) in enumerate(repl)]))
         what = ", ".join(f"${tex(sp.Symbol(o), P)}$" for o, _ in k.outputs)
         table.append((k.name, what, f"\\eqref{{eq:{k.name}}}", str(cost)))
@@ -1744,7 +1750,7 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
     specs = [_builtin_specs()[n] for n in chosen] + list(extra)
     printed: list = []
     tables: list = []                    # the appendix: one kernel table per layer
-    parts = [PREAMBLE, NOTATION]
+    parts = [PREAMBLE, ""]               # the notation, once the body is known
     breaks = False                       # a part break before every part but the first
     ew = [s for s in specs if isinstance(s, ElementwiseSpec)]
     ct = [s for s in specs if isinstance(s, ContractionSpec)]
@@ -1771,6 +1777,7 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
         parts.append((PART_BREAK if breaks else "") + "\\appendix\n" + kernel_appendix(tables)
                      + (model_schedule(model) if model is not None else ""))
     parts.append("\\end{document}\n")
+    parts[1] = notation("".join(parts[2:]))
     return Document("".join(parts), printed)
 
 

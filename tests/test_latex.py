@@ -112,6 +112,9 @@ def test_mathematics_in_mathematical_notation_only(full):
     assert not re.search(r"\\end\{cases\}\s*(\\left\(|[A-Za-z+-])", full), "what follows cases reads as part of them"
     assert not re.search(r"\\tau_\{\d+\} = \\sqrt\{2\}", full), "a constant pulled out as a temporary"
     assert "\\section*{Notation}\n\\begin{center}" in full          # the notation is a table
+    table, rest = full.split("\\section{", 1)
+    assert ("\\tau_1, \\tau_2" in table) == ("\\tau_{" in rest)   # it lists the symbols the document uses
+    assert ("$\\guarded{e}{a}$" in table) == ("\\guarded{" in rest)
     body = full[full.index("\\begin{document}"):full.index("\\appendix")]
     specs = {latex.escape(n) for n in latex.builtin_layer_names() + ["my_act"]}
     for word in re.findall(r"\\texttt\{([^}]*)\}", body):   # before the appendix: spec names, files, commands only
