@@ -3,17 +3,20 @@
 Every formula is printed from the same derived SymPy objects that ``codegen`` prints as
 kernels (no hand-typed formulas): definitions, first-order pullbacks (VJPs), pushforwards
 (JVPs), the R-op pullbacks, the Hessian-diagonal rules, and the simplified forms with their
-op counts and kernel names. With a model, the document adds the network-level chain rule
-(layer shapes, the composed first- and second-order sweeps) and the kernels each training
-call runs, in order.
+op counts. With a model, the document adds the network-level chain rule (layer shapes, the
+composed first- and second-order sweeps). Kernel names appear only in the appendix: one table
+per layer, and per model the kernels each training call runs, in order.
 
-Printing is for a reader: index names chosen per section so each symbol has one meaning,
-Iverson brackets without unit factors, the adjoint of a window read guarded in the compact
-form ``[s | ĥ + p − k d]·[0 ≤ h < H_out]`` (checked equal to the normalised conditions the
-derivation produces, :class:`CompactGuard`), CSE temporaries named τ₁, τ₂, …, and small
-expressions rewritten for display (:func:`display_form`; always checked equal, never fed back
-to the kernels). :attr:`Document.printed` records every printed kernel expression as it
-was before display rewriting, so tests compare those with the kernels' own expressions.
+Printing is for a reader: sections titled in words (the spec name once, in the text), Latin
+Modern type, index names chosen per section so each symbol has one meaning, upright
+multi-letter subscripts, Iverson brackets without unit factors, the adjoint of a window read
+guarded in the compact form ``[s | ĥ + p − k d]·[0 ≤ h < H_out]`` (checked equal to the
+normalised conditions the derivation produces, :class:`CompactGuard`), ``expm1``/``log1p``
+written out, overflow guards as cases, CSE temporaries named τ₁, τ₂, … only where an output
+would not fit on two lines, and small expressions rewritten for display (:func:`display_form`;
+always checked equal, never fed back to the kernels). :attr:`Document.printed` records every
+printed kernel expression as it was before display rewriting, so tests compare those with
+the kernels' own expressions.
 
     from symprop.derive import latex
     text = latex.document()                     # every built-in layer and loss
@@ -127,7 +130,21 @@ def _neg(e) -> bool:
 
 
 # ---------------------------------------------------------------- printer
-_FUNCTION_NAMES = {"expm1": r"\operatorname{expm1}", "log1p": r"\operatorname{log1p}"}
+def _mathematical_names(expr):
+    """``expm1(u)`` → ``e^u − 1`` and ``log1p(u)`` → ``log(1 + u)``: the same functions, as a reader
+    writes them (the kernels' accurate forms are an implementation detail)."""
+    names = {"expm1": lambda u: sp.exp(u) - 1, "log1p": lambda u: sp.log(1 + u)}
+    return expr.replace(lambda e: isinstance(e, sp.Function) and type(e).__name__ in names,
+                        lambda e: names[type(e).__name__](*e.args))
+
+
+#: a multi-letter subscript such as H_out: set upright (H_{\mathrm{out}}), not as a product of letters
+_WORD_SUBSCRIPT = re.compile(r"_\{([A-Za-z]{2,})\}")
+
+
+def upright_subscripts(t: str) -> str:
+    """``H_{out}`` → ``H_{\\mathrm{out}}`` in a LaTeX string (commands such as ``\\max`` untouched)."""
+    return _WORD_SUBSCRIPT.sub(r"_{\\mathrm{\1}}", t)
 
 
 #: symbols of the composite specs printed as a reader writes them
@@ -175,21 +192,33 @@ class DerivationPrinter(LatexPrinter):
             return r"\partial y/\partial " + self._print_Symbol(sp.Symbol(name[1:]))
         if name in _NAMED:
             return _NAMED[name]
-        return super()._print_Symbol(expr, style)
+        return upright_subscripts(super()._print_Symbol(expr, style))
 
     def _print_finite_or(self, expr, exp=None):
-        out = (r"\operatorname{finite\_or}\left(" + self._print(expr.args[0]) + r",\; "
-               + self._print(expr.args[1]) + r"\right)")
+        """The overflow guard as cases (``\\guarded`` of the preamble): the function, and its limit."""
+        out = r"\guarded{" + self._print(expr.args[0]) + "}{" + self._print(expr.args[1]) + "}"
         return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
+
+    def _needs_mul_brackets(self, expr, first=False, last=False) -> bool:
+        """Cases as the last factor of a product need no parentheses (nothing follows the brace)."""
+        if isinstance(expr, sp.Piecewise) and last and not _is_iverson(expr):
+            return False
+        return super()._needs_mul_brackets(expr, first=first, last=last)
 
     def _print_GroupSum(self, expr):
         return r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
 
+    def doprint(self, expr):
+        """Print ``expr`` with the kernels' numerically motivated functions in their mathematical
+        names: ``expm1(u)`` as ``e^u − 1``, ``log1p(u)`` as ``log(1 + u)`` (equal by definition)."""
+        if isinstance(expr, sp.Basic):
+            expr = _mathematical_names(expr)
+        return super().doprint(expr)
+
     def _print_Function(self, expr, exp=None):
-        name = type(expr).__name__
-        if name in _FUNCTION_NAMES:
-            head = _FUNCTION_NAMES[name] + (f"^{{{exp}}}" if exp else "")
-            return head + r"\left(" + self._print(expr.args[0]) + r"\right)"
+        if type(expr).__name__ in ("expm1", "log1p"):          # reached only by _print of a part
+            t = self._print(_mathematical_names(expr))
+            return (r"\left(" + t + r"\right)") + (f"^{{{exp}}}" if exp else "")
         return super()._print_Function(expr, exp)
 
     # sums over full index ranges print as Σ_{i,j}; the ranges are stated per section
@@ -222,7 +251,7 @@ class DerivationPrinter(LatexPrinter):
             t = self._print(term)
             if self._needs_add_brackets(term):
                 t = r"\left(%s\right)" % t
-            out += t
+            out += t if i == len(expr.args) - 1 else close_trailing_cases(t)
         return out
 
     # Iverson brackets
@@ -321,7 +350,8 @@ class DerivationPrinter(LatexPrinter):
             facs = sp.Mul.make_args(expr)
             adds = [f for f in facs if isinstance(f, sp.Add)]
             if adds and len(adds) < len(facs) and not any(f.is_Pow and f.exp.is_negative for f in facs) \
-                    and not _neg(expr):   # sums last: p_j (v_j − s), not (v_j − s) p_j
+                    and not _neg(expr) and not any(isinstance(f, sp.Piecewise) for f in facs):
+                # sums last: p_j (v_j − s), not (v_j − s) p_j (not after cases, which would seem to hold them)
                 rest = sp.Mul(*[f for f in facs if not isinstance(f, sp.Add)])
                 return super()._print_Mul(rest) + " " + " ".join(r"\left(" + self._print(a) + r"\right)"
                                                                   for a in adds)
@@ -352,6 +382,30 @@ class DerivationPrinter(LatexPrinter):
         if value != 1:
             pieces.append(self._print_factor(value))
         return pieces
+
+
+def _group_end(t: str, i: int) -> int:
+    """The index after the brace group that opens at ``t[i] == "{"``."""
+    depth = 0
+    for j in range(i, len(t)):
+        depth += {"{": 1, "}": -1}.get(t[j], 0) if t[j - 1:j] != "\\" or j == 0 else 0
+        if depth == 0:
+            return j + 1
+    return len(t)
+
+
+def close_trailing_cases(t: str) -> str:
+    """A term that ends with cases (or an overflow guard), followed by more terms, with the cases
+    in parentheses: otherwise what follows the open brace would seem to belong to the last case."""
+    if t.endswith(r"\end{cases}"):
+        i = t.rfind(r"\begin{cases}")
+        return t[:i] + r"\left(" + t[i:] + r"\right)"
+    i = t.rfind(r"\guarded{")
+    if i >= 0:
+        j = _group_end(t, i + len(r"\guarded"))
+        if _group_end(t, j) == len(t):
+            return t[:i] + r"\left(" + t[i:] + r"\right)"
+    return t
 
 
 def tex(expr, printer: DerivationPrinter | None = None) -> str:
@@ -416,6 +470,10 @@ def _width(s: str, i: int):
                 a, i = _group(s, i)
                 b, i = _group(s, i)
                 total += max(a, b) + 0.4
+            elif name == "guarded":                    # cases: the wider line and its note
+                a, i = _group(s, i)
+                b, i = _group(s, i)
+                total += max(a, b) + 12.0
             elif name == "sqrt":
                 a, i = _group(s, i)
                 total += a + 1.2
@@ -483,6 +541,7 @@ def _pack(lhs: str, terms: list[list[str]]) -> list[str]:
 
 def rhs_terms(expr, printer: DerivationPrinter) -> list[list[str]]:
     """``expr`` as terms (sign included), each a list of line-breakable pieces."""
+    expr = _mathematical_names(expr)
     terms = printer.ordered_terms(expr) if isinstance(expr, sp.Add) else [expr]
     out = []
     for k, t in enumerate(terms):
@@ -493,6 +552,8 @@ def rhs_terms(expr, printer: DerivationPrinter) -> list[list[str]]:
             sign = "+ "
         parts = printer.term_parts(t)
         parts[0] = sign + parts[0]
+        if k < len(terms) - 1:
+            parts[-1] = close_trailing_cases(parts[-1])
         out.append(parts)
     return out
 
@@ -528,6 +589,9 @@ def display(rows: list[Row]) -> str:
     body = []
     for r, lines in packed:
         lab = f"\\label{{{r.label}}}" if r.label else "\\notag"
+        if r.lhs == "":                  # a "where" line under the previous row: the temporaries
+            body.append(r"&\qquad \text{where } " + (r" \notag\\" + "\n" + r"&\qquad ").join(lines) + lab)
+            continue
         text = r.lhs + " &= " + lines[0]
         for ln in lines[1:]:
             text += " \\notag\\\\\n" + ("&" + ln if ln.startswith("= ") else r"&\quad " + ln)
@@ -654,7 +718,7 @@ DESCRIPTIONS = {
     "relu": r"The rectified linear unit, differentiated almost everywhere: $f'(x) = [x > 0]$ and "
             r"$f'' = 0$ (the distributional $\delta$ at 0 is dropped, as in every framework).",
     "softplus": r"Softplus, a smooth ReLU; the kernels evaluate it in the overflow-free form "
-                r"$\max(0, x) + \operatorname{log1p}(e^{-|x|})$.",
+                r"$\max(0, x) + \log(1 + e^{-|x|})$.",
     "leaky_relu": r"Leaky ReLU with slope $\alpha$ below 0.",
     "elu": r"The exponential linear unit: $x$ for $x > 0$ and $\alpha(e^x - 1)$ otherwise.",
     "silu": r"The sigmoid-weighted linear unit $x\,\sigma(x)$.",
@@ -666,8 +730,8 @@ DESCRIPTIONS = {
     "dropout": r"Inverted dropout: $y = m x$ with a mask $m \in \{0, 1/(1-p)\}$ drawn per forward call "
                r"(each element kept with probability $1 - p$); the same kernels mask a dense layer's weights "
                r"for DropConnect.",
-    "penalty": r"The weight penalty $\lambda_1 |x| + \tfrac{\lambda_2}{2} x^2$ of one weight $x$ (Dense and Conv2D "
-               r"weights), added to the loss.",
+    "penalty": r"The weight penalty $\lambda_1 |x| + \tfrac{\lambda_2}{2} x^2$ of one weight $x$ (of a fully connected "
+               r"or convolution layer), added to the loss.",
     "batchnorm": r"Batch normalisation in training mode: each channel normalised by its batch mean and "
                  r"biased batch variance, then scaled by $\gamma$ and shifted by $\beta$.",
     "batchnorm_eval": r"Batch normalisation in evaluation mode: the running mean $\hat\mu$ and variance "
@@ -677,8 +741,8 @@ DESCRIPTIONS = {
     "dense": r"The fully connected layer $y = x W^\top + b$ for a batch $x$ of $N$ rows, with $W$ of shape "
              r"$O \times I$ (PyTorch's layout).",
     "conv2d": r"Two-dimensional convolution (a cross-correlation, as in PyTorch) of an input of shape "
-              r"$N \times C_{in} \times H_{in} \times W_{in}$ with a weight of shape "
-              r"$C_{out} \times C_{in} \times K_h \times K_w$ and stride $(s_h, s_w)$, padding $(p_h, p_w)$, "
+              r"$N \times C_{\mathrm{in}} \times H_{\mathrm{in}} \times W_{\mathrm{in}}$ with a weight of shape "
+              r"$C_{\mathrm{out}} \times C_{\mathrm{in}} \times K_h \times K_w$ and stride $(s_h, s_w)$, padding $(p_h, p_w)$, "
               r"dilation $(d_h, d_w)$.",
     "avgpool2d": r"Average pooling over $K_h \times K_w$ windows with stride $(s_h, s_w)$ and padding "
                  r"$(p_h, p_w)$; zero padding counts in the mean (PyTorch's \texttt{count\_include\_pad=True}).",
@@ -686,6 +750,116 @@ DESCRIPTIONS = {
                  r"of each window (the first maximum in row-major order, as in PyTorch), saved by the "
                  r"forward pass and held fixed by every derivative, so the second derivative is zero.",
 }
+
+#: section titles of the built-in layers, as a reader names them (the spec name is given once in the text)
+TITLES = {"tanh": "Hyperbolic tangent", "sigmoid": "Logistic sigmoid", "relu": "Rectified linear unit",
+          "softplus": "Softplus", "leaky_relu": "Leaky rectified linear unit", "elu": "Exponential linear unit",
+          "silu": "Sigmoid-weighted linear unit", "swish": "Swish", "gelu": "Gaussian error linear unit",
+          "mish": "Mish", "prelu": "Parametric rectified linear unit", "swish_learnable": "Swish with a learned slope",
+          "dropout": "Dropout", "penalty": "Weight penalty", "dense": "Fully connected layer",
+          "conv2d": "Two-dimensional convolution", "avgpool2d": "Average pooling", "maxpool2d": "Max pooling",
+          "batchnorm": "Batch normalisation, training mode", "batchnorm_eval": "Batch normalisation, evaluation mode",
+          "softmax": "Softmax"}
+#: the named models' titles (``symprop train --model NAME``)
+MODEL_TITLES = {"lenet": "LeNet-5", "cnn": "a small convolutional network", "mlp": "a multilayer perceptron",
+                "cifar_cnn": "a convolutional network for CIFAR-10"}
+
+
+def _title(spec) -> str:
+    """A section title in words: the built-in's name, or for a user spec the first clause of its
+    docstring (capitalised) when that is short, else its name with spaces for underscores."""
+    if _builtin_specs().get(spec.name) is spec and spec.name in TITLES:
+        return TITLES[spec.name]
+    first = re.split(r"[.;:\n]", spec.doc or "")[0].strip()
+    words = first if 0 < len(first) <= 48 else spec.name.replace("_", " ").strip()
+    return escape(_capitalised(words))
+
+
+def _capitalised(text: str) -> str:
+    """``text`` with a capital first letter when its first word is a plain word (a name such as
+    ``my_act#1`` is left as written)."""
+    first = text.split(" ", 1)[0]
+    return text[:1].upper() + text[1:] if first.isalpha() and first.islower() else text
+
+
+def _heading(spec) -> str:
+    """The subsection of one layer, kept with at least the first lines of what follows it."""
+    return f"\\needlines{{8}}\n\\subsection{{{_title(spec)}}}\\label{{sec:{spec.name}}}\n"
+
+
+def _spec_note(name: str) -> str:
+    """The one mention of a layer's spec name, for readers who look for the code, with a pointer
+    to its kernels in the appendix."""
+    return (f"In the code it is the spec {_kernel_ref(name)}; its kernels are listed in "
+            f"Appendix~\\ref{{app:{name}}}.")
+
+
+def command_tex(cmd: str) -> str:
+    """A command line in typewriter type, typeset verbatim: ``--model`` keeps both hyphens (no
+    en dash), special characters escaped."""
+    return r"\texttt{" + escape(cmd).replace("-", "-{}") + "}"
+
+
+@dataclass
+class KernelTable:
+    """One appendix table: the kernels of a layer (or the loss kernels), which product each
+    computes, where the document derives it, and its cost."""
+    title: str
+    key: str                  # label app:<key>
+    columns: str              # tabularx column spec
+    header: tuple
+    rows: list                # [tuple of cells]; the first cell is a kernel name
+    note: str = ""
+
+
+#: a kernel table two of which fit side by side: no wrapping column, names of at most this many characters
+_NARROW_NAME = 25
+
+
+def _narrow(t: KernelTable) -> bool:
+    return "R" not in t.columns.split() and max(len(r[0]) for r in t.rows) <= _NARROW_NAME
+
+
+def _table_tex(t: KernelTable) -> str:
+    cols = t.columns.split()
+    spec = "@{}" + " ".join(cols) + "@{}"
+    env = "tabularx" if "R" in cols else "tabular"
+    width = "{\\linewidth}" if env == "tabularx" else ""
+    return (f"\\begin{{{env}}}{width}{{{spec}}}\n\\toprule\n" + " & ".join(t.header) + "\\\\\n\\midrule\n"
+            + "".join(_kernel_ref(r[0]) + " & " + " & ".join(r[1:]) + "\\\\\n" for r in t.rows)
+            + f"\\bottomrule\n\\end{{{env}}}\n")
+
+
+def kernel_appendix(tables: list) -> str:
+    """The appendix: one table of kernels per layer (typewriter names only here, never beside
+    the equations); two narrow tables share a row."""
+    if not tables:
+        return ""
+    out = ["\\section{Kernels}\\label{app:kernels}\n"
+           "The generated kernels, one table per layer: the kernel's name in \\texttt{generated/}, what it "
+           "computes, the equation it computes, and its op count (elementwise layers) or its multiply-adds per "
+           "output element (dense and window layers).\n"]
+    i = 0
+    while i < len(tables):
+        t = tables[i]
+        if _narrow(t) and i + 1 < len(tables) and _narrow(tables[i + 1]):
+            pair = tables[i:i + 2]
+            rows = max(len(x.rows) for x in pair)
+            out.append(f"\\needlines{{{rows + 6}}}\n\\noindent")
+            for j, x in enumerate(pair):
+                out.append(("\\hfill" if j else "") + "\\begin{minipage}[t]{0.485\\linewidth}\n"
+                           f"\\refstepcounter{{subsection}}\\label{{app:{x.key}}}"
+                           f"{{\\large\\bfseries \\thesubsection\\quad {x.title}\\par}}\\medskip\n"
+                           + (x.note + "\n" if x.note else "") + "{\\small\\setlength{\\tabcolsep}{4pt}\n" + _table_tex(x) + "}\n\\end{minipage}")
+            out.append("\n\\par\\bigskip\n")
+            i += 2
+            continue
+        out.append(f"\\needlines{{{min(len(t.rows), 10) + 5}}}\n\\subsection{{{t.title}}}\\label{{app:{t.key}}}\n"
+                   + (t.note + "\n" if t.note else "")
+                   + "\\begin{center}\\small\n" + _table_tex(t) + "\\end{center}\n")
+        i += 1
+    return "".join(out)
+
 
 #: display names of a window layer's indices: û, ŵ input positions, k, l kernel offsets
 WINDOW_NAMES = {"u": r"\hat h", "v": r"\hat w", "i": "k", "j": "l", "M": "A"}
@@ -703,7 +877,7 @@ def _is_word(name: str) -> bool:
 
 
 def _description(name: str, doc: str) -> str:
-    return DESCRIPTIONS.get(name) or (escape(doc) + ("" if doc.endswith(".") else ".") if doc else "")
+    return DESCRIPTIONS.get(name) or (escape(_capitalised(doc)) + ("" if doc.endswith(".") else ".") if doc else "")
 
 
 def _elementwise_builtins() -> dict:
@@ -737,50 +911,80 @@ def _derive(spec):
 
 # ---------------------------------------------------------------- front matter
 PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
+\pdfgentounicode=1
+\input{glyphtounicode}
 \usepackage[T1]{fontenc}
+\usepackage{lmodern}
+\usepackage{textcomp}
 \usepackage[margin=2cm]{geometry}
 \usepackage{amsmath,amssymb}
 \usepackage{booktabs,tabularx,array}
+\usepackage{microtype}
 \allowdisplaybreaks
 \sloppy
+\clubpenalty=10000
+\widowpenalty=10000
 \numberwithin{equation}{section}
 \setlength{\parindent}{0pt}
 \setlength{\parskip}{0.5ex plus 0.3ex}
 \newcolumntype{M}{>{\raggedright\arraybackslash$}X<{$}}
 \newcolumntype{R}{>{\raggedright\arraybackslash}X}
 \newcolumntype{K}[1]{>{\raggedright\arraybackslash}p{#1}}
+\makeatletter
+% a new page unless #1 lines are left: keeps a heading with what follows it
+\newcommand{\needlines}[1]{\par\penalty-100\begingroup\dimen@=#1\baselineskip
+  \dimen@ii=\pagegoal\advance\dimen@ii-\pagetotal
+  \ifdim\dimen@>\dimen@ii\ifdim\dimen@ii>\z@\vfil\fi\break\fi\endgroup}
+\makeatother
+% the value the kernels use where an intermediate overflows (see the notation)
+\newcommand{\guarded}[2]{\left\{\begin{array}{@{}l@{\quad}l@{}}\displaystyle #1 & \text{(finite)}\\[1ex]
+  \displaystyle #2 & \text{(overflow)}\end{array}\right.}
 \title{symprop: derivations of first- and second-order backpropagation}
 \date{}
 \begin{document}
 \maketitle
 """
 
-NOTATION = r"""
-\section*{Notation}
-A layer maps its input $x$ to its output $y$; $W$ and $b$ are its weight and bias. $\bar g = \partial L/\partial y$ is the gradient arriving at
-$y$ and $\bar g^x, \bar g^W, \bar g^b$ are the gradients the layer passes on: its pullback, or
-vector--Jacobian product $J^\top \bar g$. $\mathcal{R}\{\cdot\}$ is Pearlmutter's R-operator, the
-derivative along a direction $v$ in parameter space: $\mathcal{R}\{W\} = v_W$ for a parameter,
-$\mathcal{R}\{x\}$ is the direction pushed forward to a layer's input and $\mathcal{R}\{y\}$ its
-pushforward (the Jacobian--vector product); $\mathcal{R}\{\bar g\}$ is the direction of the incoming
-gradient and $\mathcal{R}\{\bar g^x\}, \mathcal{R}\{\bar g^W\}$ the R-op of the pullback, whose parameter
-parts make up the Hessian--vector product $Hv$. $D$ is the diagonal of the Hessian of the loss with
-respect to a layer's output (per sample), $D^x, D^W$ its Becker--LeCun counterparts at the input and
-parameters, and $S$ a factorisation of the output Hessian into columns $q$ (Gauss--Newton).
+#: the notation section: one symbol per meaning, stated once (symbol, meaning)
+NOTATION_ROWS = [
+    (r"$x$, $y$; $W$, $b$", r"a layer's input and output; its weight and bias"),
+    (r"$\bar g = \partial L/\partial y$; $\bar g^x$, $\bar g^W$", r"the gradient arriving at a layer's output; the "
+     r"gradients it passes on (pullbacks, vector--Jacobian products $J^\top \bar g$)"),
+    (r"$\mathcal{R}\{\cdot\}$", r"Pearlmutter's R-operator: the derivative along a direction $v$ in parameter space "
+     r"($\mathcal{R}\{W\} = v_W$)"),
+    (r"$\mathcal{R}\{x\}$, $\mathcal{R}\{y\}$; $\mathcal{R}\{\bar g\}$, $\mathcal{R}\{\bar g^x\}$",
+     r"the direction at a layer's input and its pushforward (Jacobian--vector product); the direction of the "
+     r"incoming gradient and the R-op of a pullback (its parameter parts make up the Hessian--vector product $Hv$)"),
+    (r"$D$; $D^x$, $D^W$", r"the diagonal of the loss Hessian with respect to a layer's output (per sample); its "
+     r"Becker--LeCun counterparts at the input and parameters"),
+    (r"$S_q$, $\sigma_{q,n}$", r"columns of a factorisation of the output Hessian (Gauss--Newton), and their signs"),
+    (r"indices", r"$n$ sample; $o$ output feature or channel; $i$ input feature; $c$ input channel; $h, w$ output "
+     r"and $\hat h, \hat w$ input row and column; $k, l$ kernel offsets; $j, j'$ classes"),
+    (r"sizes", r"$N$ samples; $I, O$ features; $C_{\mathrm{in}}, C_{\mathrm{out}}$ channels; "
+     r"$H_{\mathrm{in}} \times W_{\mathrm{in}}$, $H_{\mathrm{out}} \times W_{\mathrm{out}}$ images; $K_h \times K_w$ "
+     r"kernel; $K$ classes; $s, p, d$ stride, padding, dilation (subscript: the axis)"),
+    (r"$\sum_{a,b}$", r"a sum over the whole range of its indices (stated with each layer)"),
+    (r"$[P]$; $a \mid b$; $A^{\circ 2}$", r"1 when $P$ holds, else 0; $a$ divides $b$; every entry of $A$ squared"),
+    (r"$\tau_1, \tau_2, \dots$", r"common subexpressions of one kernel"),
+    (r"$\guarded{e}{a}$", r"$e$, which is the function; $a$, its limit at $\pm\infty$, is the value "
+     r"the kernels use where an intermediate of $e$ overflows in floating point"),
+    (r"$\mathcal{G}$; $M$; $\sum_{\mathcal{G}}$", r"in a composite layer: a group (a channel, a sample) a "
+     r"reduction runs over; its size; a sum over it"),
+    (r"op count", r"the weighted cost of an expression: a transcendental function counts 10--12, a division 4, "
+     r"a multiplication or addition 1; multiply-adds are counted per output element"),
+]
 
-Indices: $n$ sample; $o$ output feature or channel; $i$ input feature of a dense layer; $c$ input
-channel; $h, w$ output row and column; $\hat h, \hat w$ input row and column; $k, l$ kernel row and
-column offsets; $j, j'$ classes. Sizes: $N$ samples; $I, O$ features; $C_{in}, C_{out}$ channels;
-$H_{in} \times W_{in}$ and $H_{out} \times W_{out}$ input and output images; $K_h \times K_w$ kernel;
-$K$ classes; $s, p, d$ stride, padding and dilation, subscripted by the axis ($h$ or $w$).
-A sum $\sum_{a,b}$ runs over the whole range of its indices (stated with each layer); $[P]$ is 1 when
-$P$ holds and 0 otherwise, and $a \mid b$ says that $a$ divides $b$; $A^{\circ 2}$ squares every entry of $A$; $\tau_1, \tau_2, \dots$ name common
-subexpressions of a kernel. Op counts use the weighted cost model of \texttt{derive/cost.py} (a
-transcendental call counts 10--12, a division 4); multiply-adds are counted per output element.
-$\operatorname{finite\_or}(e, a)$ is $e$ where $e$ is finite and $a$, its limit, where an intermediate of
-$e$ overflows. In the composite layers (normalisation, softmax) a group $\mathcal{G}$ is the set of
-elements a reduction runs over (a channel, a sample), $M$ its size, and $\sum_{\mathcal{G}}$ a sum over it.
-"""
+
+def notation(body: str) -> str:
+    """The notation table: every row whose symbol the document ``body`` uses (the temporaries
+    τ₁, τ₂ and the overflow guard only when some equation has them)."""
+    optional = {r"$\tau_1, \tau_2, \dots$": r"\tau_{", r"$\guarded{e}{a}$": r"\guarded{"}
+    rows = [(a, b) for a, b in NOTATION_ROWS if a not in optional or optional[a] in body]
+    return ("\n\\section*{Notation}\n"
+            "\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l R@{}}\n\\toprule\n"
+            "symbol & meaning\\\\\n\\midrule\n"
+            + "".join(f"{a} & {b}\\\\\n" for a, b in rows)
+            + "\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
 
 
 # ---------------------------------------------------------------- elementwise part
@@ -809,51 +1013,57 @@ _EW_ROLE = {"forward": ("y = f(x)", "eq:{name}:def"), "vjp:x": (r"\bar g^x", "eq
             "bl:x": ("D^x", "eq:ew:second"), "residual": ("r", "eq:ew:second")}
 
 
-def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> str:
-    """One elementwise layer: f, f′, f″ as differentiated and as computed, and its kernels
-    (each kernel's expression is appended to ``printed``)."""
+def elementwise_section(d: DerivedElementwise, printed: list | None = None, kernels: list | None = None) -> str:
+    """One elementwise layer: f, f′, f″ as differentiated and as computed, and the products its
+    kernels compute (each kernel's expression is appended to ``printed``, its appendix table
+    to ``kernels``)."""
     s = d.spec
     P = DerivationPrinter(names={p: r"\mathrm{" + p + "}" for p, _ in s.params if _is_word(p)},
                           arrays=[*s.learnable, *s.arrays])
-    kind = ("Learnable activation" if s.learnable else "Mask" if s.arrays else
-            "Penalty" if s.name in builtins.PENALTIES else "Activation")
-    out = [f"\\subsection{{{kind} \\texttt{{{escape(s.name)}}}}}\n",
-           _description(s.name, s.doc) + " Definition and derivatives:\n"]
+    out = [_heading(s), _description(s.name, s.doc) + " " + _spec_note(s.name) + " Definition and derivatives:\n"]
     rows = []
     for lhs, choice, label in (("y = f(x)", d.forward, f"eq:{s.name}:def"), ("f'(x)", d.d1, f"eq:{s.name}:d1"),
                                ("f''(x)", d.d2, f"eq:{s.name}:d2")):
         then = display_form(choice.chosen) if choice.chosen != choice.textbook else None
+        if then is not None and tex(then, P) == tex(display_form(choice.textbook), P):
+            then = None                  # differs only in a function the document writes out (expm1)
         rows.append(row(lhs, display_form(choice.textbook), P, label, then=then))
     out.append(display(rows))
     counts = []
     for key, c in (("f", d.forward), ("f'", d.d1), ("f''", d.d2)):
         counts.append(f"${key}$ {c.cost_before}" + (f"\\,$\\to$\\,{c.cost_after}" if c.chosen != c.textbook else ""))
-    out.append("Op counts as differentiated and as computed: " + ", ".join(counts) + ".\n\n")
-    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}K{3.5cm} l M r@{}}\n\\toprule\n"
-               "kernel & product & \\text{as computed} & ops\\\\\n\\midrule\n")
+    out.append("Op counts as differentiated and as computed: " + ", ".join(counts) + ". "
+               "The products of the chain rule \\eqref{eq:ew:first}--\\eqref{eq:ew:second} as they are computed, "
+               "one line per kernel:\n")
+    rows, table = [], []
     for k in d.kernels:
         cost, repl, reduced = k.cse
-        repl, reduced = _conditions_inline(repl, reduced)
-        what, ref = _EW_ROLE.get(k.role, ("", ""))
-        cells = []
-        for (o, e), r in zip(k.outputs, reduced):
+        repl, reduced = _temporaries(k, *_conditions_inline(repl, reduced), P)
+        for j, ((o, e), r) in enumerate(zip(k.outputs, reduced)):
             shown = display_form(r) if repl else display_form(e)
             if printed is not None:
                 printed.append(Printed(k.name, o, e, shown, list(repl)))
-            cells.append(tex(sp.Symbol(o), P) + " = " + tex(shown, P))
-        formula = ", ".join(cells)
+            rows.append(row(tex(sp.Symbol(o), P), shown, P, f"eq:{k.name}" if j == 0 else None))
         if repl:
-            formula += r",\ \text{where } " + ", ".join(f"{tex(a, P)} = {tex(display_form(b), P)}" for a, b in repl)
-        ref = ref.format(name=s.name)
-        out.append(f"{_kernel_ref(k.name, True)} & " + (f"\\eqref{{{ref}}}" if ref else "") + f" & {formula} & {cost}\\\\\n")
-    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+            rows.append(Row("", [[tex(t, P) + " = " + tex(display_form(v), P) + (r",\ " if j < len(repl) - 1 else "")]
+                                 for j, (t, v) in enumerate(repl)]))
+        what = ", ".join(f"${tex(sp.Symbol(o), P)}$" for o, _ in k.outputs)
+        table.append((k.name, what, f"\\eqref{{eq:{k.name}}}", str(cost)))
+    out.append(display(rows))
     for p in s.learnable:
         a = tex(sp.Symbol(p), P)
-        out.append(f"The kernels of ${a}$ (one value per channel, or one shared) sum their per-element values "
+        out.append(f"The products for ${a}$ (one value per channel, or one shared) sum their per-element values "
                    f"over every element that shares ${a}$: $\\bar g^{{{a}}} = \\sum \\bar g\\, \\partial y/\\partial {a}$, "
-                   f"and so $\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}}$ and $D^{{{a}}}$; "
-                   f"{_kernel_ref(s.name + '_sqvjp_' + p)} sums $\\sigma_{{q,n}} (S_q\\, \\partial y/\\partial {a})^2$ over the "
-                   "factor columns $q$ and the samples, the elements of a sample summed inside the square.\n")
+                   f"and so $\\mathcal{{R}}\\{{\\bar g^{{{a}}}\\}}$ and $D^{{{a}}}$. Its Gauss--Newton diagonal sums over the "
+                   "factor columns $q$ and the samples $n$, the elements $e$ of a sample summed inside the square:\n"
+                   f"\\begin{{equation}}\n\\operatorname{{diag}}(G)_{{{a}}} = \\sum_{{q,n}} \\sigma_{{q,n}} \\Bigl(\\sum_{{e}} "
+                   f"S_{{q,n,e}}\\, \\frac{{\\partial y_{{n,e}}}}{{\\partial {a}}}\\Bigr)^2.\\label{{eq:{s.name}:gn:{p}}}\n"
+                   "\\end{equation}\n")
+        name = f"{s.name}_sqvjp_{p}"
+        if name in [r[0] for r in table]:       # the kernel of ∂y/∂a the sum reads: both equations
+            table = [r if r[0] != name else (*r[:2], r[2] + f", \\eqref{{eq:{s.name}:gn:{p}}}", r[3]) for r in table]
+        else:
+            table.append((name, f"$\\operatorname{{diag}}(G)_{{{a}}}$", f"\\eqref{{eq:{s.name}:gn:{p}}}", ""))
     for m in s.arrays:
         out.append(f"The mask ${tex(sp.Symbol(m), P)}$ is drawn once per forward call and is a constant for every "
                    "derivative.\n")
@@ -861,16 +1071,37 @@ def elementwise_section(d: DerivedElementwise, printed: list | None = None) -> s
         out.append("Here $x$ is one weight and $y$ its penalty, added to the loss; the kernels add $\\bar g^x$ "
                    "to the weight's gradient, and the second-order kernels their terms to the Hessian-vector "
                    "product and the Hessian diagonals.\n")
+    if kernels is not None:
+        kernels.append(KernelTable(_title(s), s.name, "l l l r", ("kernel", "computes", "eq.", "ops"), table))
     return "".join(out)
 
 
+def _temporaries(k, repl, reduced, P):
+    """The temporaries a reader is shown: none when every output of the kernel, written out, fits
+    on two lines; else only those used more than once (the others put back where they are used)."""
+    whole = [e for _, e in k.outputs]
+    if all(tex_width(tex(display_form(e), P)) <= 2 * LINE for e in whole):
+        return [], whole
+    while True:
+        uses = {t: sum(x.count(t) for x in [*reduced, *(v for _, v in repl)]) for t, _ in repl}
+        once = next(((t, v) for t, v in repl if uses[t] <= 1), None)
+        if once is None:
+            return repl, reduced
+        t, v = once
+        repl = [(a, b.xreplace({t: v})) for a, b in repl if a != t]
+        reduced = [r.xreplace({t: v}) for r in reduced]
+        rename = {a: sp.Symbol(f"_t{i}") for i, (a, _) in enumerate(repl)}       # τ₁, τ₂, … without gaps
+        repl = [(rename[a], b.xreplace(rename)) for a, b in repl]
+        reduced = [r.xreplace(rename) for r in reduced]
+
+
 def _conditions_inline(repl, reduced):
-    """CSE temporaries that stand for a condition (``τ₁ = x < 0``) put back where they are used:
-    a reader wants ``[x < 0]``, not ``[τ₁]``."""
+    """CSE temporaries that stand for a condition (``τ₁ = x < 0``) or a constant (``τ₁ = √2``)
+    put back where they are used: a reader wants ``[x < 0]`` and ``√2``, not ``[τ₁]`` and ``τ₁``."""
     keep, back = [], {}
     for t, v in repl:
         v = v.xreplace(back)
-        if isinstance(v, sp.logic.boolalg.Boolean) and not isinstance(v, sp.Expr):
+        if isinstance(v, sp.logic.boolalg.Boolean) and not isinstance(v, sp.Expr) or not v.free_symbols:
             back[t] = v
         else:
             keep.append((t, v))
@@ -895,7 +1126,7 @@ A window layer (convolution, pooling) reads its input through an affine index ma
 $\hat h = h s_h + k d_h - p_h$, and reads outside the input are zero. The pullback of such a gather is
 a scatter; it is written here as a gather over the output positions $h = (\hat h + p_h - k d_h)/s_h$
 that read $\hat h$ through kernel offset $k$, guarded by $[s_h \mid \hat h + p_h - k d_h]$ (an integer
-position) and $[0 \le h < H_{out}]$ (in range). SymPy's own substitution drops the divisibility
+position) and $[0 \le h < H_{\mathrm{out}}]$ (in range). SymPy's own substitution drops the divisibility
 condition, which is wrong for $s > 1$; the guards come from the adjoint-map rule of
 \texttt{derive/affine.py} and are printed in this compact form, checked equal to the conditions
 the derivation produces.
@@ -948,14 +1179,13 @@ def _work(k, raw=None, P=None) -> str:
     return f"${tex(summed_work(raw), P)} \\to {after}$"
 
 
-def contraction_section(d: DerivedContraction, printed: list | None = None) -> str:
+def contraction_section(d: DerivedContraction, printed: list | None = None, kernels: list | None = None) -> str:
     """One dense or window layer: definition, pullbacks, pushforward and R-op, Hessian-diagonal
-    rules and its kernel table (each kernel's expression is appended to ``printed``)."""
+    rules (each kernel's expression is appended to ``printed``, its appendix table to ``kernels``)."""
     s = d.spec
     names = dict(WINDOW_NAMES) if s.maps else {}
     P = DerivationPrinter(names=names, maps=s.maps, arrays=s.all_arrays)
-    kind = "Layer" if s.params else "Pooling layer"
-    out = [f"\\subsection{{{kind} \\texttt{{{escape(s.name)}}}}}\n", _description(s.name, s.doc), "\n"]
+    out = [_heading(s), _description(s.name, s.doc), " ", _spec_note(s.name), "\n"]
 
     def rec(k, e=None):
         if printed is not None:
@@ -986,21 +1216,20 @@ def contraction_section(d: DerivedContraction, printed: list | None = None) -> s
         rows.append(row(_lhs(k.out, k.out_indices, P), k.expr, P, f"eq:{k.name}"))
     out.append(display(rows))
     out.append(hessian_diagonal_subsection(d, P, rec))
-    out.append("\\paragraph{Kernels.}"
-               + (" For a pullback the count is given as differentiated (a sum over every output, with Kronecker "
-                  "deltas) and after collapsing the deltas." if any(d.raw_vjps.get(w) is not None for w in d.vjps)
-                  else "")
-               + "\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l l c R@{}}\n\\toprule\n"
-               "kernel & product & eq. & multiply-adds per output element\\\\\n\\midrule\n")
+    raw_note = any(d.raw_vjps.get(w) is not None for w in d.vjps)
+    table = []
     for k in d.kernels:
         ref = f"eq:{s.name}:def" if k.role == "forward" else f"eq:{k.name}"
         raw = d.raw_vjps.get(k.role.partition(":")[2]) if k.role.startswith("vjp:") else None
-        out.append(f"{_kernel_ref(k.name)} & {_product(k.role, s)} & \\eqref{{{ref}}} & {_work(k, raw, P)}\\\\\n")
+        table.append((k.name, _product(k.role, s), f"\\eqref{{{ref}}}", _work(k, raw, P)))
     for p, sq in d.sqvjps.items():
-        how = "as the \\texttt{bl} rule" if sq.mode == "factorized" else "per sample, then squared"
-        out.append(f"{_kernel_ref(s.name + '_sqvjp_' + p)} & {_product('sqvjp:' + p, s)} & "
-                   f"\\eqref{{eq:{s.name}:gn:{p}}} & {how}\\\\\n")
-    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+        how = "as the Becker--LeCun rule" if sq.mode == "factorized" else "per sample, then squared"
+        table.append((s.name + "_sqvjp_" + p, _product("sqvjp:" + p, s), f"\\eqref{{eq:{s.name}:gn:{p}}}", how))
+    if kernels is not None:
+        note = ("For a pullback the count is given as differentiated (a sum over every output, with Kronecker "
+                "deltas) and after collapsing the deltas." if raw_note else "")
+        kernels.append(KernelTable(_title(s), s.name, "l l l R", ("kernel", "product", "eq.", "multiply-adds"),
+                                   table, note))
     return "".join(out)
 
 
@@ -1018,8 +1247,7 @@ def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | No
     (:mod:`symprop.derive.curvature`)."""
     s = d.spec
     P = P or DerivationPrinter(names=WINDOW_NAMES if s.maps else {}, maps=s.maps, arrays=s.all_arrays)
-    out = ["\\paragraph{Hessian diagonals.} Becker--LeCun (kernels "
-           + ", ".join(_kernel_ref(k.name) for k in d.bls.values()) + "):\n"]
+    out = ["\\paragraph{Hessian diagonals.} Becker--LeCun:\n"]
     rows = []
     for wrt, k in d.bls.items():
         if rec:
@@ -1039,12 +1267,11 @@ def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | No
         out.append(display(rows))
         notes = []
         for mode, names in modes.items():
-            refs = ", ".join(_kernel_ref(f"{s.name}_sqvjp_{w}") for w in names)
-            notes.append(refs + (" compute the Becker--LeCun rule at $D = \\sum_q \\sigma_{q,n} S_q^{\\circ 2}$ "
-                                 "(one product per sample, so the square factors)" if mode == "factorized" else
-                                 " form each sample's pullback and square it (" + ", ".join(
-                                     f"${tex(sp.Symbol(w), P)}$" for w in names)
-                                 + " shared over positions, so the square does not factor)"))
+            arrays = " and ".join(f"${tex(sp.Symbol(w), P)}$" for w in names)
+            notes.append(("For " + arrays + " the square factors (one product per sample), so the kernels compute "
+                          "the Becker--LeCun rule at $D = \\sum_q \\sigma_{q,n} S_q^{\\circ 2}$") if mode == "factorized"
+                         else ("For " + arrays + ", shared over positions, the square does not factor: the kernels "
+                               "form each sample's pullback and square it"))
         out.append("; ".join(notes) + ".\n")
     return "".join(out)
 
@@ -1066,12 +1293,13 @@ _KIND = {"map": "", "sum": r"\sum_{\mathcal{G}}", "mean": r"\frac{1}{M}\sum_{\ma
          "max": r"\max_{\mathcal{G}}"}
 
 
-def composite_section(d: DerivedComposite) -> str:
+def composite_section(d: DerivedComposite, kernels: list | None = None) -> str:
     """A composite layer: its stages, the backward sweep stage by stage, the identities the
-    reductions imply, the simplified pullbacks, the JVP and the R-op, and its kernels."""
+    reductions imply, the simplified pullbacks, the JVP and the R-op (its appendix table of
+    kernels appended to ``kernels``)."""
     s = d.spec
     P = DerivationPrinter(names=COMPOSITE_NAMES, arrays=[str(p) for p in s.params])
-    out = [f"\\subsection{{Layer \\texttt{{{escape(s.name)}}}}}\n", _description(s.name, s.doc), " ",
+    out = [_heading(s), _description(s.name, s.doc), " ", _spec_note(s.name), " ",
            f"A group $\\mathcal{{G}}$ is {escape(s.groups)}. The stages, in order:\n"]
     rows = []
     for st in s.stages:
@@ -1100,20 +1328,28 @@ def composite_section(d: DerivedComposite) -> str:
     rows += [row(r"\mathcal{R}\{\bar{g}^{" + tex(sp.Symbol(k), P) + r"}\}", e, P, f"eq:{s.name}:rvjp:{k}")
              for k, e in d.rvjp.items()]
     out.append(display(rows))
-    out.append("\\paragraph{Kernels.}\n\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}l R@{}}\n"
-               "\\toprule\nkernel & one pass per group: the group sums it accumulates, then its outputs\\\\\n"
-               "\\midrule\n")
-    out.append(f"{_kernel_ref(s.name + '_forward')} & the stages in order, one pass per reduction\\\\\n")
+    table = [(s.name + "_forward", "the stages in order, one pass per reduction")]
     for role, rk in d.role_kernels.items():
         sums = ", ".join(f"$\\sum_{{\\mathcal{{G}}}} {tex(e, P)}$" for _, e in rk.sums)
-        out.append(f"{_kernel_ref(s.name + '_' + role)} & {sums or 'no group sum'}\\\\\n")
-    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+        table.append((s.name + "_" + role, sums or "no group sum"))
+    if kernels is not None:
+        kernels.append(KernelTable(_title(s), s.name, "l R", ("kernel", "the group sums of its one pass per group"),
+                                   table))
     return "".join(out)
 
 
 # ---------------------------------------------------------------- losses
-def losses_section() -> str:
-    """The losses: definition, gradient and Hessian (-vector product) as the kernels compute them."""
+def losses_section(kernels: list | None = None) -> str:
+    """The losses: definition, gradient and Hessian (-vector product) as the kernels compute them
+    (their appendix table of kernels appended to ``kernels``)."""
+    if kernels is not None:
+        kernels.append(KernelTable("Losses", "losses", "l R l", ("kernel", "computes", "eq."), [
+            ("softmax_cross_entropy", "the loss and its gradient", "\\eqref{eq:ce:def}, \\eqref{eq:ce:grad}"),
+            ("softmax_cross_entropy_hvp", "the Hessian-vector product", "\\eqref{eq:ce:hvp}"),
+            ("mse", "the loss and its gradient", "\\eqref{eq:mse:def}, \\eqref{eq:mse:grad}"),
+            ("mse_hvp", "the second derivative times the direction", "\\eqref{eq:mse:hess}"),
+            ("sigmoid_cross_entropy", "the loss and its gradient", "\\eqref{eq:sce:def}, \\eqref{eq:sce:grad}"),
+            ("sigmoid_cross_entropy_hvp", "the second derivative times the direction", "\\eqref{eq:sce:hess}")]))
     ce = derive_softmax_cross_entropy()
     ms = mse()
     sc = sigmoid_cross_entropy()
@@ -1134,20 +1370,17 @@ def losses_section() -> str:
         display([row(r"\ell", ce.definition, P, "eq:ce:def")]),
         "The derivation checks $\\partial\\ell/\\partial m = " + tex(ce.shift_derivative, P)
         + "$, so any shift is exact. The gradient, as differentiated and in the probabilities "
-        "$p = \\operatorname{softmax}(z)$, and the Hessian-vector product for a direction $v$ at the output "
-        "(kernel \\texttt{softmax\\_cross\\_entropy\\_hvp}):\n",
+        "$p = \\operatorname{softmax}(z)$, and the Hessian-vector product for a direction $v$ at the output:\n",
         display([row(r"\frac{\partial \ell}{\partial z_j}", ce.grad_raw, P, "eq:ce:grad", then=ce.grad),
                  row(r"(\nabla^2\ell\, v)_j", display_form(ce.hvp), P, "eq:ce:hvp", then=display_form(hvp_indexed))]),
         "\\subsection{Mean squared error}\n",
-        "Per element of the output $a$ and target $t$, averaged over all elements "
-        "(kernels \\texttt{mse}, \\texttt{mse\\_hvp}):\n",
+        "Per element of the output $a$ and target $t$, averaged over all elements:\n",
         display([row(r"\ell(a, t)", ms.elem.subs(sp.Symbol("a"), a), P, "eq:mse:def"),
                  row(r"\frac{\partial \ell}{\partial a}", display_form(ms.grad_elem), P, "eq:mse:grad"),
                  row(r"\frac{\partial^2 \ell}{\partial a^2}", ms.hess_elem, P, "eq:mse:hess")]),
         "\\subsection{Sigmoid cross-entropy}\n",
         "Per element of the logits $a$ and target $t \\in [0, 1]$, averaged over all elements, in the "
-        "forms the rewriter chose: finite for logits of any size (kernels "
-        "\\texttt{sigmoid\\_cross\\_entropy}, \\texttt{sigmoid\\_cross\\_entropy\\_hvp}):\n",
+        "forms the rewriter chose, finite for logits of any size:\n",
         display([row(r"\ell(a, t)", sc.elem, P, "eq:sce:def"),
                  row(r"\frac{\partial \ell}{\partial a}", display_form(sc.grad_elem), P, "eq:sce:grad"),
                  row(r"\frac{\partial^2 \ell}{\partial a^2}", sc.hess_elem, P, "eq:sce:hess")]),
@@ -1160,7 +1393,7 @@ class ModelLayer:
     """One layer of a model as the document describes it (from its checkpoint config)."""
     kind: str                 # config type: Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation
     spec: str | None          # the spec whose kernels it runs (None: a reshape)
-    label: str                # e.g. Conv2D(1→6, 5×5, padding 2)
+    label: str                # in words, e.g. convolution, 1→6, 5×5, padding 2
     out_shape: tuple          # per sample
     params: list              # [(name, shape)]
     config: dict
@@ -1215,7 +1448,7 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
                                  f"giving {shape}")
             o = cfg["out_features"]
             params = [("W", (o, cfg["in_features"]))] + ([("b", (o,))] if cfg.get("bias", True) else [])
-            la = ModelLayer(t, "dense", f"Dense({cfg['in_features']}$\\to${o})", (o,), params, cfg)
+            la = ModelLayer(t, "dense", f"Fully connected, {cfg['in_features']}$\\to${o}", (o,), params, cfg)
         elif t == "Conv2D":
             (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cfg[k] for k in ("kernel_size", "stride", "padding", "dilation"))
             o, c = cfg["out_channels"], cfg["in_channels"]
@@ -1224,18 +1457,19 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
             extra = "".join(f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
                             for nm, v, dflt in (("stride", (sh, sw), 1), ("padding", (ph, pw), 0),
                                                 ("dilation", (dh, dw), 1)) if v != (dflt, dflt))
-            la = ModelLayer(t, "conv2d", f"Conv2D({c}$\\to${o}, {kh}$\\times${kw}{extra})", out, params, cfg)
+            la = ModelLayer(t, "conv2d", f"Convolution, {c}$\\to${o}, {kh}$\\times${kw}{extra}", out, params, cfg)
         elif t in ("MaxPool2D", "AvgPool2D"):
             (kh, kw), (sh, sw), (ph, pw) = (cfg[k] for k in ("kernel_size", "stride", "padding"))
             out = (shape[0], _window_out(shape[1], kh, sh, ph), _window_out(shape[2], kw, sw, pw))
             extra = "" if (sh, sw) == (kh, kw) else f", stride {sh}"
-            la = ModelLayer(t, t.lower(), f"{t}({kh}$\\times${kw}{extra})", out, [], cfg)
+            kind = "Max pooling" if t == "MaxPool2D" else "Average pooling"
+            la = ModelLayer(t, t.lower(), f"{kind}, {kh}$\\times${kw}{extra}", out, [], cfg)
         elif t == "Flatten":
-            la = ModelLayer(t, None, "Flatten", (_size(shape),), [], cfg)
+            la = ModelLayer(t, None, "Flatten (a reshape)", (_size(shape),), [], cfg)
         elif t == "Activation":
             if cfg["name"] not in builtins.ACTIVATIONS:
                 raise ValueError(f"latex: activation {cfg['name']!r} is not a built-in spec")
-            la = ModelLayer(t, cfg["name"], escape(cfg["name"]), shape, [], cfg)
+            la = ModelLayer(t, cfg["name"], TITLES.get(cfg["name"], escape(cfg["name"])), shape, [], cfg)
         else:
             raise ValueError(f"latex: no shape rule for layer type {t!r}")
         layers.append(la)
@@ -1332,24 +1566,27 @@ def kernel_schedule(info: ModelInfo) -> dict:
             "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
 
 
-def _names(steps) -> str:
-    return ", ".join(_kernel_ref(n) for _, n, _ in steps)
+def model_title(info: ModelInfo) -> str:
+    """The model's name in words (``LeNet-5``), for titles and text."""
+    return MODEL_TITLES.get(info.name, escape(info.name))
 
 
 def model_section(info: ModelInfo) -> str:
     """The network-level chain rule of a model: shapes, the composed first-order product
-    (reverse layer order), the R-op sweeps (forward, then reverse), the kernels per call."""
+    (reverse layer order), the R-op sweeps (forward, then reverse); the kernels per call are
+    in the appendix (:func:`model_schedule`)."""
     L = len(info.layers)
     xs = [info.input_shape] + [la.out_shape for la in info.layers]
-    sched = kernel_schedule(info)
     roles = _layer_roles(info)
     loss_name, loss_def, loss_hess = LOSS_TEXT[info.loss]
-    out = [f"\\section{{Model \\texttt{{{escape(info.name)}}}}}\n",
-           f"The model \\texttt{{{escape(info.name)}}}{info.origin} for inputs "
+    title = model_title(info)
+    out = [f"\\section{{Model: {title[:1].upper() + title[1:]}}}\\label{{sec:model}}\n",
+           f"The network{info.origin} for inputs "
            f"$x_0 \\in {_shape_tex(info.input_shape)}$: layer $k$ maps $x_{{k-1}}$ to "
            f"$x_k = f_k(x_{{k-1}}; \\theta_k)$ and the loss $L$ ({loss_name}, "
            f"\\eqref{{{loss_def}}}, averaged over the batch) is taken of $x_{{{L}}}$. "
-           + f"${info.n_params:,}$ parameters in all.\n".replace(",", "\\,")]
+           + f"${info.n_params:,}$ parameters in all; the kernels each training call runs are listed in "
+           .replace(",", "\\,") + "Appendix~\\ref{app:schedule}.\n"]
     out.append("\\begin{center}\\small\n\\begin{tabular}{@{}r l l l r@{}}\n\\toprule\n"
                "$k$ & layer $f_k$ & output $x_k$ & parameters $\\theta_k$ & count\\\\\n\\midrule\n")
     for k, la in enumerate(info.layers, 1):
@@ -1371,16 +1608,16 @@ def model_section(info: ModelInfo) -> str:
                "\\label{eq:model:grad}\n\\end{equation}\n"
                "evaluated right to left: each product is one pullback kernel applied to a vector "
                "($\\bar g_{k-1} = J_k^\\top \\bar g_k$), so no Jacobian is ever formed. For this model, top to bottom:\n")
-    rows = [f"\\bar g_{{{L}}} &= \\nabla_{{x_{{{L}}}}} L \\in {_shape_tex(xs[L])} && {_kernel_ref(info.loss)}"]
+    rows = [f"\\bar g_{{{L}}} &= \\nabla_{{x_{{{L}}}}} L \\in {_shape_tex(xs[L])}"]
     for k in range(L, 0, -1):
         la, r = info.layers[k - 1], roles[k - 1]
         for p, shape in la.params:
             P = tex(sp.Symbol(p))
             rows.append(f"\\partial L/\\partial {P}_{{{k}}} &= J_{{{P}_{{{k}}}}}^\\top \\bar g_{{{k}}} \\in "
-                        f"{_shape_tex(shape, False)} && {_kernel_ref(r['vjp:' + p])}")
+                        f"{_shape_tex(shape, False)}")
         if k > 1:
-            what = _kernel_ref(r["vjp:x"]) if la.spec else "reshape"
-            rows.append(f"\\bar g_{{{k - 1}}} &= {jac(k)}^\\top \\bar g_{{{k}}} \\in {_shape_tex(xs[k - 1])} && {what}")
+            what = "" if la.spec else r" && \text{(a reshape)}"
+            rows.append(f"\\bar g_{{{k - 1}}} &= {jac(k)}^\\top \\bar g_{{{k}}} \\in {_shape_tex(xs[k - 1])}{what}")
     out.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}\n")
 
     # second order
@@ -1408,62 +1645,74 @@ def model_section(info: ModelInfo) -> str:
         started = started or bool(la.params)
         if not terms:
             continue
-        what = _kernel_ref(r["jvp"]) if la.spec else "reshape"
-        rows.append(f"\\mathcal{{R}}\\{{x_{{{k}}}\\}} &= {' + '.join(terms)} \\in {_shape_tex(xs[k])} && {what}")
+        what = "" if la.spec else r" && \text{(a reshape)}"
+        rows.append(f"\\mathcal{{R}}\\{{x_{{{k}}}\\}} &= {' + '.join(terms)} \\in {_shape_tex(xs[k])}{what}")
     rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{L}}}\\}} &= \\nabla^2 \\ell\\; \\mathcal{{R}}\\{{x_{{{L}}}\\}} "
-                f"\\in {_shape_tex(xs[L])} && {_kernel_ref(info.loss + '_hvp')}")
+                f"\\in {_shape_tex(xs[L])}")
     for k in range(L, 0, -1):
         la, r = info.layers[k - 1], roles[k - 1]
         for p, shape in la.params:
             P = f"{tex(sp.Symbol(p))}_{{{k}}}"
             rows.append(f"(Hv)_{{{P}}} &= J_{{{P}}}^\\top \\mathcal{{R}}\\{{\\bar g_{{{k}}}\\}} + "
-                        f"\\mathcal{{R}}\\{{J_{{{P}}}\\}}^\\top \\bar g_{{{k}}} \\in {_shape_tex(shape, False)} "
-                        f"&& {_kernel_ref(r['rvjp:' + p])}")
+                        f"\\mathcal{{R}}\\{{J_{{{P}}}\\}}^\\top \\bar g_{{{k}}} \\in {_shape_tex(shape, False)}")
         if k > 1:
             second = la.params or la.kind == "Activation"
             rhs = f"{jac(k)}^\\top \\mathcal{{R}}\\{{\\bar g_{{{k}}}\\}}" + (
                 f" + \\mathcal{{R}}\\{{{jac(k)}\\}}^\\top \\bar g_{{{k}}}" if second else "")
-            what = _kernel_ref(r["rvjp:x"]) if la.spec else "reshape"
-            rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{k - 1}}}\\}} &= {rhs} \\in {_shape_tex(xs[k - 1])} && {what}")
+            what = "" if la.spec else r" && \text{(a reshape)}"
+            rows.append(f"\\mathcal{{R}}\\{{\\bar g_{{{k - 1}}}\\}} &= {rhs} \\in {_shape_tex(xs[k - 1])}{what}")
     out.append("\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}\n")
 
-    # kernels per call
-    fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
-    out.append("\\subsection{Kernels per call}\n"
-               "\\texttt{loss\\_and\\_grad(X, y)} runs the forward kernels in layer order, "
-               + _names(fwd) + ", then " + _kernel_ref(info.loss)
-               + f" (the loss and $\\bar g_{{{L}}}$), then the first-order sweep above, top to bottom "
-               "($" + str(len(sched['loss_and_grad'])) + "$ kernel calls).\n\n"
-               "\\texttt{hvp(X, y, v)} (and AdaHessian's step) runs forward over reverse, in two sweeps of "
-               "fused kernels that compute several of the products above in one pass over their arrays: "
-               "layer by layer, $x_k$ and $\\mathcal{R}\\{x_k\\}$ together ("
-               + _names([s for s in sched["hvp"] if s[1].endswith("_forward_jvp")][:2])
-               + ", \\dots; a convolution im2cols its input once for both), then the loss with its gradient "
-               "and Hessian term, then from the last layer to the first its pullbacks and their R-ops "
-               "together (" + _names([s for s in sched["hvp"] if "_vjp_rvjp" in s[1]][:2])
-               + ", \\dots; the first layer's kernel computes no input gradient): $"
-               + str(len(sched['hvp'])) + "$ kernel calls, which also give the gradient.\n\n"
-               "\\texttt{hessian\\_diagonal(X, y, method)} starts with the forward and first-order passes "
-               "of \\texttt{loss\\_and\\_grad}, then:\n\\begin{itemize}\n"
-               "\\item \\texttt{hutchinson}: per probe a Rademacher $v$ and the second-order sweeps above "
-               "(the separate JVP and R-op kernels, on the kept first-order pass); the "
-               "estimate is the mean of $v \\circ Hv$.\n"
-               "\\item \\texttt{exact} and \\texttt{gauss\\_newton}: the per-sample loss Hessian from "
-               + _kernel_ref(info.loss + "_hvp") + " applied to each output unit, factored by an eigendecomposition "
-               "into a factor group of columns $S_q$. Layer by layer, from the last, each group gives every "
-               "parameter's diagonal through its \\texttt{sqvjp} kernel and passes its "
-               "columns down through the input pullback (right column below); \\texttt{exact} adds, at each "
-               "activation with $f'' \\ne 0$, the residual kernel's diagonal $f''(x)\\,\\bar g$ as a new group.\n"
-               "\\item \\texttt{becker\\_lecun}: the diagonal $D$ of the same loss Hessian, passed down through "
-               "every layer's \\texttt{bl} kernels (middle column).\n\\end{itemize}\n")
-    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
-               "$k$ & layer & \\texttt{becker\\_lecun} & \\texttt{gauss\\_newton} / \\texttt{exact}\\\\\n\\midrule\n")
+    return "".join(out)
+
+
+def model_schedule(info: ModelInfo) -> str:
+    """The appendix section of a model: the kernels each training call runs, in order
+    (:func:`kernel_schedule`), as two tables (first order and the R-op; the Hessian diagonals)."""
+    L = len(info.layers)
+    sched = kernel_schedule(info)
+    n_grad = len(sched["loss_and_grad"])
 
     def cell(steps, k):
-        mine = [(n, note) for kk, n, note in steps if kk == k]
-        return "; ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
-    bl = sched["becker_lecun"][len(sched["loss_and_grad"]):]
-    ex = sched["exact"][len(sched["loss_and_grad"]):]
+        mine = [(n, note if note == "a new group" else "") for kk, n, note in steps if kk == k]
+        return ", ".join(_kernel_ref(n) + (f" ({note})" if note else "") for n, note in dict.fromkeys(mine)) or "---"
+    fwd = [s for s in sched["loss_and_grad"] if s[1].endswith("_forward")]
+    pull = sched["loss_and_grad"][len(fwd) + 1:]
+    rop = sched["hutchinson"][n_grad:]
+    hvp = sched["hvp"]
+    out = [f"\\needlines{{16}}\n\\section{{Kernel schedule: {model_title(info)}}}\\label{{app:schedule}}\n"
+           "The kernels each training call runs, layer by layer ($k$ as in the table of Section~\\ref{sec:model}). "
+           f"\\texttt{{loss\\_and\\_grad(X, y)}} runs the forward column top to bottom, then the loss kernel "
+           f"{_kernel_ref(info.loss)} (the loss and $\\bar g_{{{L}}}$), then the pullback column bottom to top: "
+           f"${n_grad}$ kernel calls. \\texttt{{hessian\\_diagonal(X, y, method)}} with \\texttt{{hutchinson}} adds, per "
+           "probe, the R-op: the "
+           f"JVPs top to bottom, {_kernel_ref(info.loss + '_hvp')}, then the R-op pullbacks bottom to top. "
+           "\\texttt{hvp(X, y, v)} (and AdaHessian's step) runs fused kernels instead, which compute several "
+           "of these products in one pass over their arrays: each layer's forward and JVP together, top to bottom "
+           "(a convolution im2cols its input once for both), the loss with its gradient and Hessian term, then "
+           "each layer's pullbacks and their R-ops together, bottom to top (the first layer computes no input "
+           f"gradient): ${len(hvp)}$ kernel calls, which also give the gradient.\n"
+           "\\begin{center}\\small\\setlength{\\tabcolsep}{4pt}\n"
+           "\\begin{tabularx}{\\linewidth}{@{}r l R R R@{}}\n\\toprule\n"
+           "$k$ & forward & pullbacks & JVP; R-op pullbacks & fused (\\texttt{hvp})\\\\\n\\midrule\n"]
+    for k in range(1, L + 1):
+        r = [s for s in rop if s[0] == k]
+        jr = "; ".join(x for x in (cell([s for s in r if s[1].endswith("_jvp")], k),
+                                   cell([s for s in r if not s[1].endswith("_jvp")], k)) if x != "---") or "---"
+        out.append(f"{k} & {cell(fwd, k)} & {cell(pull, k)} & {jr} & {cell(hvp, k)}\\\\\n")
+    out.append("\\bottomrule\n\\end{tabularx}\n\\end{center}\n")
+    out.append("\\texttt{hessian\\_diagonal(X, y, method)} with \\texttt{becker\\_lecun}, \\texttt{gauss\\_newton} or "
+               "\\texttt{exact} starts with the calls of \\texttt{loss\\_and\\_grad}, then runs "
+               f"{_kernel_ref(info.loss + '_hvp')} once per output unit (the per-sample loss Hessian). "
+               "Becker--LeCun passes its diagonal $D$ down through every layer's diagonal kernels (middle column). "
+               "Gauss--Newton factors it by an eigendecomposition into a group of columns $S_q$; layer by layer, "
+               "from the last, each group gives every parameter's diagonal (one call of its kernel per group) and passes "
+               "its columns down through the input pullback (one call per column; right column); the exact diagonal adds, at each activation with $f'' \\ne 0$, its "
+               "residual $f''(x)\\,\\bar g$ as a new group.\n")
+    out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
+               "$k$ & layer & Becker--LeCun & Gauss--Newton and exact\\\\\n\\midrule\n")
+    bl = sched["becker_lecun"][n_grad:]
+    ex = sched["exact"][n_grad:]
     for k in range(L, 0, -1):
         la = info.layers[k - 1]
         out.append(f"{k} & {la.label} & {cell(bl, k)} & {cell(ex, k)}\\\\\n")
@@ -1472,6 +1721,11 @@ def model_section(info: ModelInfo) -> str:
 
 
 # ---------------------------------------------------------------- the document
+#: between parts: a new page unless a third of the page is left (a part never strands a few lines
+#: on a page of their own)
+PART_BREAK = "\\needlines{18}\\bigskip\n"
+
+
 def builtin_layer_names() -> list[str]:
     """Every built-in spec that has a section, in document order."""
     return (list(_elementwise_builtins()) + list(builtins.CONTRACTIONS) + list(builtins.WINDOWS)
@@ -1495,29 +1749,35 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
                             f"got {type(spec).__name__}")
     specs = [_builtin_specs()[n] for n in chosen] + list(extra)
     printed: list = []
-    parts = [PREAMBLE, NOTATION]
-    breaks = False                       # a page break before every part but the first
+    tables: list = []                    # the appendix: one kernel table per layer
+    parts = [PREAMBLE, ""]               # the notation, once the body is known
+    breaks = False                       # a part break before every part but the first
     ew = [s for s in specs if isinstance(s, ElementwiseSpec)]
     ct = [s for s in specs if isinstance(s, ContractionSpec)]
     cp = [s for s in specs if isinstance(s, CompositeSpec)]
     if ew:
         parts.append(ELEMENTWISE_INTRO)
-        parts += [elementwise_section(_derive(s), printed) for s in ew]
+        parts += [elementwise_section(_derive(s), printed, tables) for s in ew]
         breaks = True
     if ct:
-        parts.append(("\\clearpage\n" if breaks else "") + CONTRACTION_INTRO)
-        parts += [contraction_section(_derive(s), printed) for s in ct]
+        parts.append((PART_BREAK if breaks else "") + CONTRACTION_INTRO)
+        parts += [contraction_section(_derive(s), printed, tables) for s in ct]
         breaks = True
     if cp:
-        parts.append(("\\clearpage\n" if breaks else "") + COMPOSITE_INTRO)
-        parts += [composite_section(_derive(s)) for s in cp]
+        parts.append((PART_BREAK if breaks else "") + COMPOSITE_INTRO)
+        parts += [composite_section(_derive(s), tables) for s in cp]
         breaks = True
     if losses:
-        parts.append(("\\clearpage\n" if breaks else "") + losses_section())
+        parts.append((PART_BREAK if breaks else "") + losses_section(tables))
         breaks = True
     if model is not None:
-        parts.append(("\\clearpage\n" if breaks else "") + model_section(model))
+        parts.append((PART_BREAK if breaks else "") + model_section(model))
+        breaks = True
+    if tables or model is not None:
+        parts.append((PART_BREAK if breaks else "") + "\\appendix\n" + kernel_appendix(tables)
+                     + (model_schedule(model) if model is not None else ""))
     parts.append("\\end{document}\n")
+    parts[1] = notation("".join(parts[2:]))
     return Document("".join(parts), printed)
 
 
@@ -1542,7 +1802,7 @@ def compile_pdf(text: str, pdf_path):
     exe = shutil.which("pdflatex")
     if exe is None:
         raise FileNotFoundError("pdflatex not found: install TeX (Debian: texlive-latex-base "
-                                "texlive-latex-recommended)")
+                                "texlive-latex-recommended lmodern)")
     pdf_path = Path(pdf_path)
     with tempfile.TemporaryDirectory(prefix="symprop-latex-") as tmp:
         src = Path(tmp) / "derivations.tex"

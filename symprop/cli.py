@@ -333,7 +333,7 @@ def _model_info(name: str):
             else:
                 sys.modules[k] = v
     return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss,
-                                origin=f" (as \\texttt{{symprop train --model {latex.escape(name)}}} builds it)")
+                                origin=f" that {latex.command_tex('symprop train --model ' + name)} builds")
 
 
 def _load_specs(path: str) -> list:

@@ -11,8 +11,9 @@ import sympy as sp
 from symprop.cli import _model_info
 from symprop.derive import ElementwiseSpec, builtins, derive_contraction, derive_elementwise, latex
 
-HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None
-needs_tex = pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex and pdftotext (.ci/run installs them)")
+HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None and bool(
+    shutil.which("kpsewhich") and subprocess.run(["kpsewhich", "lmodern.sty"], capture_output=True, text=True).stdout)
+needs_tex = pytest.mark.skipif(not HAS_TEX, reason="needs pdflatex, Latin Modern and pdftotext (.ci/run installs them)")
 
 
 def user_spec():
@@ -30,25 +31,95 @@ def full(doc):
     return doc.text
 
 
-@pytest.fixture(scope="module")
-def pdf(tmp_path_factory, full):
-    """The full document compiled once: (pdf path, log text)."""
-    if not HAS_TEX:
-        pytest.skip("needs pdflatex and pdftotext (.ci/run installs them)")
-    tmp = tmp_path_factory.mktemp("latex")
-    (tmp / "d.tex").write_text(full)
+def _compile(tmp, text):
+    """``text`` compiled with pdflatex in ``tmp``: (pdf path, log text)."""
+    (tmp / "d.tex").write_text(text)
     for _ in range(2):
         subprocess.run(["pdflatex", "-interaction=nonstopmode", "-no-shell-escape", "d.tex"], cwd=tmp,
                        capture_output=True, timeout=300)
     return tmp / "d.pdf", (tmp / "d.log").read_text(errors="replace")
 
 
+@pytest.fixture(scope="module")
+def pdf(tmp_path_factory, full):
+    """The full document compiled once: (pdf path, log text)."""
+    if not HAS_TEX:
+        pytest.skip("needs pdflatex, Latin Modern and pdftotext (.ci/run installs them)")
+    return _compile(tmp_path_factory.mktemp("latex"), full)
+
+
+MODELS = ["mlp", "cnn", "lenet", "cifar_cnn"]
+
+
+@pytest.fixture(scope="module")
+def pdfs(tmp_path_factory, pdf):
+    """The full document and each ``--model`` document as the CLI writes it (the model's layers
+    only), compiled once: {name: (pdf path, log text, tex)}."""
+    out = {"full": (*pdf, None)}
+    known = latex.builtin_layer_names()
+    for name in MODELS:
+        info = _model_info(name)
+        text = latex.document(layers=list(dict.fromkeys(la.spec for la in info.layers if la.spec in known)),
+                              model=info)
+        out[name] = (*_compile(tmp_path_factory.mktemp(name), text), text)
+    return out
+
+
+def _section(full, name):
+    """The text of one layer's section (its subsection up to the next heading of its level)."""
+    i = full.index(f"\\label{{sec:{name}}}")
+    j = min(k for k in (full.find("\\subsection", i), full.find("\\section", i), len(full)) if k >= 0)
+    return full[full.rindex("\\subsection", 0, i):j]
+
+
 def test_every_builtin_layer_has_its_section(full):
+    """Titles in words (no typewriter, no underscores); the spec name given once, in the text."""
     for name in latex.builtin_layer_names() + ["my_act"]:
-        assert re.search(r"\\subsection\{[A-Za-z ]+\\texttt\{" + re.escape(latex.escape(name)) + r"\}\}", full), name
+        sec = _section(full, name)
+        title = re.match(r"\\subsection\{([^}]*)\}", sec).group(1)
+        assert name == "my_act" or re.fullmatch(r"[A-Z][A-Za-z ,()-]+", title), (name, title)
+        assert sec.count(latex._kernel_ref(name)) == 1, name
+        assert f"\\label{{app:{name}}}" in full, name         # its kernels' appendix table
+    assert _section(full, "batchnorm_eval").startswith("\\subsection{Batch normalisation, evaluation mode}")
+    assert _section(full, "tanh").startswith("\\subsection{Hyperbolic tangent}")
+    assert _section(full, "my_act").startswith("\\subsection{my\\_act\\#1\\% (Mish) \\& friends}")
     for part in ("Elementwise layers: activations, masks, penalties", "Dense and window layers", "Normalisation and softmax: composite layers",
-                 "Losses", "Model \\texttt{lenet}"):
+                 "Losses", "Model: LeNet-5"):
         assert f"\\section{{{part}}}" in full, part
+    rows = re.findall(r"^\\texttt\{([^}]*)\} & ", full, re.M)      # kernel-table rows: one per kernel
+    assert len(rows) > 100 and len(rows) == len(set(rows)), [r for r in rows if rows.count(r) > 1]
+    for title in re.findall(r"\\(?:sub)*section\*?\{([^}]*)\}", full):
+        assert "\\texttt" not in title and ("\\_" not in title or title.startswith("my")), title
+
+
+def _displays(full):
+    """The display-math environments of the text."""
+    return re.findall(r"\\begin\{(equation|align)\*?\}(.*?)\\end\{\1\*?\}", full, re.S)
+
+
+def test_mathematics_in_mathematical_notation_only(full):
+    """No typewriter text or kernel name in display mathematics; elementary functions by their
+    mathematical names; guarded limits as cases; multi-letter subscripts upright."""
+    for _, body in _displays(full):
+        body = re.sub(r"\\label\{[^}]*\}", "", body)          # labels are not printed
+        assert "\\texttt" not in body and "\\operatorname{finite" not in body, body[:200]
+        assert "_forward" not in body and "_vjp" not in body and "backprop" not in body, body[:200]
+    for word in ("expm1", "expm_{1}", "log1p", "finite\\_or", "finite_or"):
+        assert word not in full, word
+    assert re.search(r"e\^\{[^}]*\} - 1", full)                # expm1 printed as e^u - 1
+    assert "\\guarded{" in full and "\\newcommand{\\guarded}" in full
+    assert not re.search(r"_\{(?:in|out)\}", full) and "H_{\\mathrm{out}}" in full
+    assert not re.search(r"\\end\{cases\}\s*(\\left\(|[A-Za-z+-])", full), "what follows cases reads as part of them"
+    assert not re.search(r"\\tau_\{\d+\} = \\sqrt\{2\}", full), "a constant pulled out as a temporary"
+    assert "\\section*{Notation}\n\\begin{center}" in full          # the notation is a table
+    table, rest = full.split("\\section{", 1)
+    assert ("\\tau_1, \\tau_2" in table) == ("\\tau_{" in rest)   # it lists the symbols the document uses
+    assert ("$\\guarded{e}{a}$" in table) == ("\\guarded{" in rest)
+    body = full[full.index("\\begin{document}"):full.index("\\appendix")]
+    specs = {latex.escape(n) for n in latex.builtin_layer_names() + ["my_act"]}
+    for word in re.findall(r"\\texttt\{([^}]*)\}", body):   # before the appendix: spec names, files, commands only
+        assert word in specs or word.endswith(".py") or word.startswith("symprop ") or "=" in word, word
+    assert "\\texttt{symprop train -{}-{}model lenet}" in body     # a CLI flag set verbatim (no en dash)
 
 
 def _equal(a, b) -> bool:
@@ -69,11 +140,18 @@ def _equal(a, b) -> bool:
     return True
 
 
+def _flat(t: str) -> str:
+    """LaTeX with the line breaks of long equations undone (the continuation markup the layout
+    adds: a new aligned line and a leading ·) and without white space, for finding a formula."""
+    t = re.sub(r"\\notag\\\\\s*&\\quad", " ", t).replace("\\cdot", " ")
+    return re.sub(r"\s+", "", t)
+
+
 def test_the_document_prints_the_emitted_expressions(doc):
     """Every kernel's expression is printed, compared before any display rewriting: the recorded
     expression is the kernel's own, and what was shown (CSE temporaries substituted back, display
     rewriting undone by algebra) equals it."""
-    printed = {}
+    printed, text = {}, _flat(doc.text)
     for p in doc.printed:
         printed.setdefault(p.kernel, []).append(p)
     for spec in latex._elementwise_builtins().values():
@@ -85,7 +163,7 @@ def test_the_document_prints_the_emitted_expressions(doc):
                 for t, v in reversed(p.temps):
                     shown = shown.subs(t, v)
                 assert _equal(shown, e), k.name
-                assert latex.tex(p.shown) in doc.text, k.name
+                assert _flat(latex.tex(p.shown)) in text, k.name
     for spec in {**builtins.CONTRACTIONS, **builtins.WINDOWS}.values():
         for k in derive_contraction(spec).kernels:
             assert any(p.expr == k.expr for p in printed[k.name]), k.name
@@ -95,13 +173,13 @@ def test_the_document_prints_the_emitted_expressions(doc):
 
 def test_no_raw_temporaries_or_unit_factors(full):
     assert "$_t" not in full and "_t0" not in full and "{t}_{0}" not in full
-    assert "\\tau_{1}" in full                      # sigmoid's Becker-LeCun kernel shares y(y - 1)
+    for tau in set(re.findall(r"\\tau_\{\d+\}", full)):     # every temporary shown is defined where used
+        assert re.search(re.escape(tau) + r" = ", full), tau
     math = re.findall(r"\$[^$]*\$|\\begin\{(?:equation|align)\}.*?\\end\{(?:equation|align)\}", full, re.S)
     body = " ".join(math).replace("\\times 1", "").replace("\\begin{cases} 1", "")
     assert not re.search(r"\]\s*(\\,)?\s*1(?![0-9])", body), "Iverson bracket times 1"
     assert not re.search(r"[A-Za-z}] 1(?![0-9])", body), "a factor 1 (e.g. dilation 1)"
     assert "\\bmod" not in full and "\\frac{p_{h}}{s_{h}}" not in full   # guards are compact
-    assert "expm_{1}" not in full and "\\operatorname{expm1}" in full
 
 
 def test_display_forms_keep_indices_and_read_well(full):
@@ -145,7 +223,7 @@ def test_compact_guards_equal_the_normalised_ones(layer):
 def test_conv_pullback_reads_like_the_textbook(full):
     i = full.index("\\label{eq:conv2d_vjp_x}")
     eq = full[full.rindex("\\begin{align}", 0, i):i]
-    assert r"[s_{h} \mid \hat h + p_{h} - k d_{h}][0 \le h < H_{out}]" in eq
+    assert r"[s_{h} \mid \hat h + p_{h} - k d_{h}][0 \le h < H_{\mathrm{out}}]" in eq
     assert r"{\bar{g}}_{n,o,h,w}" in eq and "\\frac" not in eq
     assert r"\hat h = h s_{h} + k d_{h} - p_{h}" in full
 
@@ -156,7 +234,7 @@ def test_model_shapes_parameters_and_chain_rule(full):
                                                     (16, 12, 12), (16, 6, 6), (576,), (120,), (120,), (84,),
                                                     (84,), (10,)]
     assert info.n_params == 156 + 2416 + 576 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
-    i = full.index("\\section{Model \\texttt{lenet}}")
+    i = full.index("\\section{Model: LeNet-5}")
     part = full[i:]
     assert r"\mathbb{R}^{N \times 6 \times 32 \times 32}" in part and "82\\,826" in part
     assert "J_{\\theta_k}^\\top\\, J_{k+1}^\\top \\cdots J_{12}^\\top" in part       # reverse order
@@ -268,33 +346,90 @@ def test_escape():
 
 
 @needs_tex
-def test_pdf_has_no_overfull_boxes_or_broken_references(pdf):
-    _, log = pdf
-    assert "Overfull \\hbox" not in log, [ln for ln in log.splitlines() if "Overfull" in ln][:5]
-    assert "LaTeX Warning: Reference" not in log and "Missing character" not in log
-    assert "LaTeX Warning: There were undefined references" not in log
+def test_pdf_has_no_overfull_boxes_or_broken_references(pdfs):
+    """Tables and equations fit the text width; every reference resolves."""
+    for which, (_, log, _) in pdfs.items():
+        assert "Overfull \\hbox" not in log, (which, [ln for ln in log.splitlines() if "Overfull" in ln][:5])
+        assert "LaTeX Warning: Reference" not in log and "Missing character" not in log, which
+        assert "LaTeX Warning: There were undefined references" not in log, which
 
 
-PART_TITLE = re.compile(r"^\s*\d+\s+(Elementwise layers|Dense and window layers|Normalisation and softmax|Losses|Model\s)")
+PART_TITLE = re.compile(r"^\s*(\d+|[A-Z])\s+(Elementwise layers|Dense and window layers|Normalisation and softmax|Losses"
+                        r"|Model:|Kernels\b)")
+
+
+def _pages(path) -> list[str]:
+    """The text of every page, laid out (``pdftotext -layout``)."""
+    n = int(re.search(r"Pages:\s+(\d+)", subprocess.run(["pdfinfo", str(path)], capture_output=True,
+                                                        text=True).stdout).group(1))
+    return [subprocess.run(["pdftotext", "-layout", "-f", str(i), "-l", str(i), str(path), "-"], capture_output=True,
+                           text=True).stdout for i in range(1, n + 1)]
+
+
+def _fill(path) -> list[float]:
+    """How full each page is: the lowest word of the text block (the page number excluded)
+    against the text block's height, from the PDF's word boxes."""
+    html = subprocess.run(["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True).stdout
+    top, bottom = 56.9, 842 - 56.9                     # A4, 2 cm margins
+    out = []
+    for pg in html.split("<page ")[1:]:
+        ys = [float(y) for y in re.findall(r'yMax="([0-9.]+)"', pg) if float(y) < bottom + 5]
+        out.append((max(ys) - top) / (bottom - top))
+    return out
 
 
 @needs_tex
-def test_no_page_under_a_third_full_except_the_last_of_a_part(pdf):
-    """Sections flow; only a part ends on a short page. Fill is measured from the PDF: the lowest
-    word of the text block (the page number excluded) against the text block's height."""
-    path, _ = pdf
-    html = subprocess.run(["pdftotext", "-bbox", str(path), "-"], capture_output=True, text=True).stdout
-    pages = html.split("<page ")[1:]
-    top, bottom = 56.9, 842 - 56.9                     # A4, 2 cm margins
-    texts = [subprocess.run(["pdftotext", "-f", str(i), "-l", str(i), str(path), "-"], capture_output=True,
-                            text=True).stdout for i in range(1, len(pages) + 1)]
-    assert len(pages) >= 8
-    for i, pg in enumerate(pages):
-        ys = [float(y) for y in re.findall(r'yMax="([0-9.]+)"', pg) if float(y) < bottom + 5]
-        fill = (max(ys) - top) / (bottom - top)
-        last_of_part = i == len(pages) - 1 or PART_TITLE.match(texts[i + 1])
-        assert fill >= 1 / 3 or last_of_part, f"page {i + 1} is {fill:.0%} full"
-    assert "my_act#1% (Mish) & friends" in "".join(texts)
+@pytest.mark.parametrize("which", ["full"] + MODELS)
+def test_no_page_under_a_third_full_except_the_last_of_a_part(pdfs, which):
+    """Sections flow; only a part ends on a short page (measured from the PDF, not the .tex)."""
+    path, _, _ = pdfs[which]
+    texts, fill = _pages(path), _fill(path)
+    assert len(texts) == len(fill) >= 5
+    for i, f in enumerate(fill):
+        last_of_part = i == len(fill) - 1 or PART_TITLE.match(texts[i + 1].lstrip("\n"))
+        assert f >= 1 / 3 or last_of_part, f"{which}: page {i + 1} is {f:.0%} full"
+
+
+def _headings(tex: str) -> tuple[list[str], list[str]]:
+    """The section and subsection titles, and the run-in paragraph heads, as plain text."""
+    def plain(t):
+        return re.sub(r"\\([_#%&$])", r"\1", t)
+    titles = [plain(t) for t in re.findall(r"\\(?:sub)?section\*?\{([^}]*)\}", tex)]
+    return titles, [plain(t) for t in re.findall(r"\\paragraph\{([^}]*)\}", tex)]
+
+
+@needs_tex
+@pytest.mark.parametrize("which", ["full"] + MODELS)
+def test_no_heading_as_the_last_line_of_a_page(pdfs, full, which):
+    """A heading (or a one-line paragraph after a run-in head) never ends a page: what it
+    introduces starts on the same page."""
+    path, _, tex = pdfs[which]
+    titles, heads = _headings(tex or full)
+    assert titles and heads
+    for i, page in enumerate(_pages(path)):
+        lines = [" ".join(ln.split()) for ln in page.splitlines() if ln.strip()]
+        if lines and lines[-1].isdigit():
+            lines.pop()                                   # the page number
+        last = lines[-1]
+        assert not any(re.fullmatch(r"(\d+(\.\d+)*|[A-Z](\.\d+)*)? ?" + re.escape(t), last) for t in titles), \
+            f"{which}: page {i + 1} ends with the heading {last!r}"
+        assert not any(last.startswith(h) for h in heads), f"{which}: page {i + 1} ends with {last!r}"
+
+
+@needs_tex
+def test_fonts_are_vector_and_text_reads_back(pdfs):
+    """Every font is Type 1, TrueType or OpenType (no bitmap Type 3); the title, a ligature and
+    a command line flag read back exactly from the PDF."""
+    for which, (path, _, _) in pdfs.items():
+        fonts = subprocess.run(["pdffonts", str(path)], capture_output=True, text=True).stdout.splitlines()[2:]
+        assert fonts, which
+        for ln in fonts:
+            assert re.search(r"\s(Type 1C?|TrueType|CID TrueType|OpenType|CID Type 0C?)\s", ln), (which, ln)
+    path, _, _ = pdfs["full"]
+    first = [ln.strip() for ln in _pages(path)[0].splitlines() if ln.strip()]
+    assert first[0] == "symprop: derivations of first- and second-order backpropagation"
+    assert "symprop train --model lenet" in "".join(_pages(pdfs["lenet"][0]))
+    assert "my_act#1% (Mish) & friends" in "".join(_pages(path))
 
 
 @needs_tex
@@ -307,8 +442,9 @@ def test_cli_latex_with_spec_file_and_model(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     tex = (tmp_path / "d.tex").read_text()
-    assert "swish\\_1" in tex and "Model \\texttt{lenet}" in tex and "Layer \\texttt{conv2d}" in tex
-    assert "Activation \\texttt{tanh}" not in tex          # only the model's layers and the spec
+    assert "\\texttt{swish\\_1}" in tex and "\\section{Model: LeNet-5}" in tex and "\\label{sec:conv2d}" in tex
+    assert "\\subsection{Swish \\#1 50\\%}" in tex            # a user spec's title: its docstring
+    assert "sec:tanh" not in tex                              # only the model's layers and the spec
     assert (tmp_path / "d.pdf").stat().st_size > 10000
 
 
@@ -352,14 +488,15 @@ def test_composite_sections_print_the_stage_by_stage_chain_rule(full):
     from symprop.derive.composite import derive_composite
     d = derive_composite(builtins.BATCHNORM)
     P = latex.DerivationPrinter(arrays=["gamma", "beta"])
-    i = full.index("Layer \\texttt{batchnorm}")
-    sec = full[i:full.index("\\subsection", i + 10)]
+    sec = _section(full, "batchnorm")
+    app = full[full.index("\\label{app:batchnorm}"):]
+    app = app[:app.index("\\subsection")]
     assert "Backward sweep." in sec
     for st, a in d.sweep:     # every stage's adjoint, as derived
         assert latex.tex(d.pretty(a), P) in sec
     assert latex.tex(d.pretty(d.vjp["x"]), P) in sec
     assert r"\sum_{\mathcal{G}}\!\left(\hat{x}\right) &= 0" in sec     # the identity mean(x) = μ implies
-    assert sec.count("\\texttt{batchnorm\\_rvjp} & ") == 1 and sec.count(r"$\sum_{\mathcal{G}}", sec.index("batchnorm\\_rvjp} & ")) >= 7
-    s = full[full.index("Layer \\texttt{softmax}"):]
+    assert app.count("\\texttt{batchnorm\\_rvjp} & ") == 1 and app.count(r"$\sum_{\mathcal{G}}", app.index("batchnorm\\_rvjp} & ")) >= 7
+    s = _section(full, "softmax")
     assert "The adjoint of the shift $x_{\\max}$ simplifies to zero" in s
 
