@@ -151,6 +151,12 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
 
 GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
 
+#: weight gradients sum per-sample GEMMs into min(N, WGRAD_CHUNKS) slabs, one per chunk of
+#: consecutive samples, then the slabs in chunk order: a count that depends on the batch size
+#: only, so a result is bitwise the same on any thread count (and up to this many threads share
+#: the sweep)
+WGRAD_CHUNKS = 16
+
 
 def lower_kernel(d: DerivedContraction, k: ContractionKernel) -> dict:
     """One derived kernel lowered to ops (each writing ``op["out"]``), with its arguments."""
@@ -263,8 +269,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     cols = wacc = None
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
-        if sweep["wouts"]:   # per-thread partial weight gradients (transposed: C·K·K × O), summed after
-            wacc = (cols[0], f"{sweep['o']}_")
+        if sweep["wouts"]:   # per-chunk partial weight gradients (transposed: C·K·K × O), summed after
+            wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS)
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
@@ -313,7 +319,7 @@ def window_binding(ctx: dict) -> dict:
     """:func:`indexed_binding` plus what a window kernel needs: argmax masks (int64, after
     the float arrays), the geometry scalars (integers with a minimum; some are extents, the
     rest follow the extents), the output-size rule per axis, the sample extent its threads
-    split, and its work buffers (per-thread im2col columns, per-thread weight-gradient slabs)."""
+    split, and its work buffers (per-thread im2col columns, per-chunk weight-gradient slabs)."""
     b = indexed_binding(ctx)
     masks = ctx["masks_in"] + ctx["masks_out"]
     b["pointers"] += masks
@@ -332,7 +338,7 @@ def window_binding(ctx: dict) -> dict:
         rows = [sweep["c"], idx["i"], idx["j"]]
         b["cols"] = {"slots": sweep["slots"], "rows": rows, "cols": [idx["h"], idx["w"]]}
         if ctx["wacc"]:
-            b["wacc"] = {"count": len(sweep["wouts"]), "rows": rows, "cols": [sweep["o"]]}
+            b["wacc"] = {"count": len(sweep["wouts"]), "chunks": WGRAD_CHUNKS, "rows": rows, "cols": [sweep["o"]]}
     return b
 
 
