@@ -646,7 +646,9 @@ class Sequential:
                         for g in grads:
                             np.clip(g, -clip_value, clip_value, out=g)
                     if clip_norm is not None:
-                        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+                        # pairwise sums, not BLAS dot (threaded above 10k elements: the norm
+                        # would depend on the thread count)
+                        norm = float(np.sqrt(sum(float(np.add.reduce(np.square(g), axis=None)) for g in grads)))
                         if norm > clip_norm:
                             for g in grads:
                                 g *= clip_norm / (norm + 1e-6)
