@@ -151,11 +151,13 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
 
 GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
 
-#: weight gradients sum per-sample GEMMs into min(N, WGRAD_CHUNKS) slabs, one per chunk of
-#: consecutive samples, then the slabs in chunk order: a count that depends on the batch size
-#: only, so a result is bitwise the same on any thread count (and up to this many threads share
-#: the sweep)
+#: weight gradients sum per-sample GEMMs into one slab per chunk of consecutive samples, then
+#: the slabs in chunk order: at most WGRAD_CHUNKS chunks (so at most that many threads share a
+#: weight-gradient sweep), more than two only while each chunk keeps WGRAD_CHUNK_WORK output
+#: positions (samples x H x W). The count depends on the shapes only, so a result is bitwise
+#: the same on any thread count.
 WGRAD_CHUNKS = 16
+WGRAD_CHUNK_WORK = 2048
 
 
 def lower_kernel(d: DerivedContraction, k: ContractionKernel) -> dict:
@@ -270,7 +272,7 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
         if sweep["wouts"]:   # per-chunk partial weight gradients (transposed: C·K·K × O), summed after
-            wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS)
+            wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS, WGRAD_CHUNK_WORK)
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")

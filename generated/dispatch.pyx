@@ -461,7 +461,7 @@ cdef class IndexedKernel:
                     ptrs[k] = <char*>views[held].buf
                     held += 1
                     k += 1
-                if self.wacc is not None:    # a slab per chunk of samples (the kernel's _P), not per thread
+                if self.wacc is not None:    # a slab per chunk of samples (at most this many), not per thread
                     wacc = _np.empty((self.wacc[0] * min(ext[self.parallel][0], self.wacc[3]),
                                       _product(ext, self.wacc[1]), _product(ext, self.wacc[2])), dtype=dt)
                     _acquire(&views[held], wacc, True)

@@ -184,6 +184,17 @@ cdef inline void _valid_range(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t off,
         lo[0] = hi[0]
 
 
+cdef inline Py_ssize_t _wgrad_chunks(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t most, Py_ssize_t work) noexcept nogil:
+    # the chunks of samples a weight-gradient sweep sums into slabs of their own: a power of two,
+    # at most `most` and N, two when N >= 2, more only while each chunk keeps `work` output
+    # positions (samples x HW), so that zeroing and summing the slabs stays small beside the
+    # chunks' GEMMs. It depends on the shapes only, never on the thread count.
+    cdef Py_ssize_t P = 2 if N >= 2 and most >= 2 else 1
+    while 2 * P <= most and 2 * P <= N and N * HW >= 2 * P * work:
+        P *= 2
+    return P
+
+
 cdef inline void _copy_short_f32(const float* src, Py_ssize_t n, float* dst) noexcept nogil:
     # dst[:n] = src[:n] in 32-byte moves, the last one overlapping the previous: no scalar tail
     cdef Py_ssize_t k = 0
@@ -301,19 +312,20 @@ cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                     dst += sh * W
 
 
-cdef void _sum_slabs_t_f32(const float* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, float* out,
-                          int T) noexcept nogil:
-    # out[o, r] += sum over p of acc[p, r, o], in slab order p = 0, 1, ... (the per-chunk
-    # partial weight gradients, accumulated transposed, see the wgrad GEMM): the same sums on
-    # any thread count, rows r split over threads
-    cdef Py_ssize_t p, r, o
-    cdef float s
-    for r in prange(R, num_threads=T, schedule="static"):
-        for o in range(O):
-            s = acc[r * O + o]
-            for p in range(1, P):
-                s = s + acc[(p * R + r) * O + o]
-            out[o * R + r] += s
+cdef void _sum_slabs_t_f32(float* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, float* out) noexcept nogil:
+    # out[o, r] += sum over p of acc[p, r, o] in slab order p = 0, 1, ... (the per-chunk partial
+    # weight gradients, accumulated transposed, see the wgrad GEMM): each slab added into slab 0
+    # (contiguous, vectorized), which is then added transposed
+    cdef Py_ssize_t p, e, r, o
+    cdef Py_ssize_t n = R * O
+    cdef float* a
+    for p in range(1, P):
+        a = acc + p * n
+        for e in range(n):
+            acc[e] = acc[e] + a[e]
+    for o in range(O):
+        for r in range(R):
+            out[o * R + r] += acc[r * O + o]
 
 
 cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
@@ -637,19 +649,20 @@ cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                     dst += sh * W
 
 
-cdef void _sum_slabs_t_f64(const double* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, double* out,
-                          int T) noexcept nogil:
-    # out[o, r] += sum over p of acc[p, r, o], in slab order p = 0, 1, ... (the per-chunk
-    # partial weight gradients, accumulated transposed, see the wgrad GEMM): the same sums on
-    # any thread count, rows r split over threads
-    cdef Py_ssize_t p, r, o
-    cdef double s
-    for r in prange(R, num_threads=T, schedule="static"):
-        for o in range(O):
-            s = acc[r * O + o]
-            for p in range(1, P):
-                s = s + acc[(p * R + r) * O + o]
-            out[o * R + r] += s
+cdef void _sum_slabs_t_f64(double* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, double* out) noexcept nogil:
+    # out[o, r] += sum over p of acc[p, r, o] in slab order p = 0, 1, ... (the per-chunk partial
+    # weight gradients, accumulated transposed, see the wgrad GEMM): each slab added into slab 0
+    # (contiguous, vectorized), which is then added transposed
+    cdef Py_ssize_t p, e, r, o
+    cdef Py_ssize_t n = R * O
+    cdef double* a
+    for p in range(1, P):
+        a = acc + p * n
+        for e in range(n):
+            acc[e] = acc[e] + a[e]
+    for o in range(O):
+        for r in range(R):
+            out[o * R + r] += acc[r * O + o]
 
 
 cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
@@ -4725,10 +4738,10 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -4741,7 +4754,7 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
                 _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
                 _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
 cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4773,10 +4786,10 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -4789,7 +4802,7 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
                 _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
                 _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_b
@@ -5059,10 +5072,10 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -5079,7 +5092,7 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
                 _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
                 _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5115,10 +5128,10 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -5135,7 +5148,7 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
                 _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
                 _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_b
@@ -5285,10 +5298,10 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -5301,7 +5314,7 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
                 _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
                 _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW, _T)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
 cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5333,10 +5346,10 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -5349,7 +5362,7 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
                 _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
                 _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW, _T)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_bl_b
@@ -6259,10 +6272,10 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(Rgb, 0, o_ * sizeof(float))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -6306,8 +6319,8 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
-    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -6357,10 +6370,10 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(Rgb, 0, o_ * sizeof(double))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -6404,8 +6417,8 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
-    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_rvjp_params
@@ -6450,10 +6463,10 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(Rgb, 0, o_ * sizeof(float))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -6480,8 +6493,8 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
-    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -6524,10 +6537,10 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(Rgb, 0, o_ * sizeof(double))
-    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the batch
-    # size only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
     # after, so that a result is bitwise the same on any thread count
-    cdef Py_ssize_t _P = n_ if n_ < 16 else 16
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
     cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
     cdef Py_ssize_t _p
     # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
@@ -6554,8 +6567,8 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW, _T)
-    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW, _T)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- avgpool2d_forward_jvp
