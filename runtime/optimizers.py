@@ -329,8 +329,12 @@ class Newton(Optimizer):
         if not np.isfinite(H).all():
             raise ValueError("Newton: the Hessian contains NaN or inf; no parameter was updated")
         g = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in grads])
-        lam, U = np.linalg.eigh((H + H.T) / 2)
-        step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
+        from threadpoolctl import threadpool_limits
+        # LAPACK/BLAS on one thread: a threaded eigh gave different bits on 1 and 2 threads (and
+        # was 4x slower on 2 threads for P = 1210, on this 2-core machine while others ran)
+        with threadpool_limits(1, user_api="blas"):
+            lam, U = np.linalg.eigh((H + H.T) / 2)
+            step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
         self.eigenvalues = lam
         self.t += 1
         i = 0
