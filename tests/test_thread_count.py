@@ -95,14 +95,17 @@ out["mlp_float64_clip_norm"] = digest(m)
 m = models.cnn(X.shape[1:], seed=0)
 m.fit(X[:160], y[:160], epochs=1, batch_size=32, optimizer=O.AdaHessian(lr=0.05, seed=0), verbose=0, seed=0)
 out["cnn_adahessian"] = digest(m)
+m = models.mlp(Xf.shape[1:], hidden=16, seed=0)
+m.fit(Xf[:200], y[:200], epochs=1, batch_size=100, optimizer=O.Newton(lr=1.0, damping=0.1), verbose=0, seed=0)
+out["mlp_newton"] = digest(m)
 print(json.dumps(out))
 """
 
 
 def test_seeded_training_is_bitwise_the_same_with_one_and_two_threads(tmp_path):
     """One seeded digits CNN (SGD), MLP with BatchNorm (Adam), float64 MLP with gradient-norm
-    clipping and CNN with AdaHessian, each trained in a process with OMP_NUM_THREADS=1 and one
-    with 2: the same weights, bit for bit."""
+    clipping, CNN with AdaHessian and MLP with Newton, each trained in a process with
+    OMP_NUM_THREADS=1 and one with 2: the same weights, bit for bit."""
     digests = {}
     for t in (1, 2):
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
