@@ -106,8 +106,9 @@ cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, 
     # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
     # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
     # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
-    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 96 rows or
-    # columns. The 96 was measured on 2 threads of this Zen 4: the digits forward
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
     # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
     # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
     # 64x4096·4096x256) columns won, 129 vs 96.
@@ -116,7 +117,7 @@ cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, 
     if <double>M * N * K < 131072.0:
         _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
-    while nb < 8 and (M if rows else N) >= 96 * 2 * nb:
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
         nb *= 2
     if T <= 1:
         for t in range(nb):
@@ -149,8 +150,9 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
     # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
     # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
     # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
-    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 96 rows or
-    # columns. The 96 was measured on 2 threads of this Zen 4: the digits forward
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
     # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
     # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
     # 64x4096·4096x256) columns won, 129 vs 96.
@@ -159,7 +161,7 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
     if <double>M * N * K < 131072.0:
         _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
-    while nb < 8 and (M if rows else N) >= 96 * 2 * nb:
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
         nb *= 2
     if T <= 1:
         for t in range(nb):

@@ -52,7 +52,8 @@ def test_conv_weight_gradients_are_bitwise_the_same_on_any_thread_count(N, H, W_
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N, I, O", [(64, 64, 33), (32, 64, 512), (200, 784, 10), (256, 129, 33), (512, 200, 64)])
+@pytest.mark.parametrize("N, I, O", [(64, 64, 33), (32, 64, 512), (200, 784, 10), (256, 129, 33), (1100, 64, 40),
+                                     (64, 2100, 256)])
 def test_dense_gemms_are_bitwise_the_same_on_any_thread_count(N, I, O, dtype):
     """GEMMs split into blocks fixed by the shape: OpenBLAS's result for a block of rows or
     columns is not always bitwise that part of the whole product (these shapes differed when
