@@ -151,6 +151,14 @@ def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
 
 GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
 
+#: weight gradients sum per-sample GEMMs into one slab per chunk of consecutive samples, then
+#: the slabs in chunk order: at most WGRAD_CHUNKS chunks (so at most that many threads share a
+#: weight-gradient sweep), more than two only while each chunk keeps WGRAD_CHUNK_WORK output
+#: positions (samples x H x W). The count depends on the shapes only, so a result is bitwise
+#: the same on any thread count.
+WGRAD_CHUNKS = 16
+WGRAD_CHUNK_WORK = 2048
+
 
 def lower_kernel(d: DerivedContraction, k: ContractionKernel) -> dict:
     """One derived kernel lowered to ops (each writing ``op["out"]``), with its arguments."""
@@ -263,8 +271,8 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     cols = wacc = None
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
-        if sweep["wouts"]:   # per-thread partial weight gradients (transposed: C·K·K × O), summed after
-            wacc = (cols[0], f"{sweep['o']}_")
+        if sweep["wouts"]:   # per-chunk partial weight gradients (transposed: C·K·K × O), summed after
+            wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS, WGRAD_CHUNK_WORK)
     samples = {op["n"] for op in ops if op["kind"] != "loop"}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
@@ -313,7 +321,7 @@ def window_binding(ctx: dict) -> dict:
     """:func:`indexed_binding` plus what a window kernel needs: argmax masks (int64, after
     the float arrays), the geometry scalars (integers with a minimum; some are extents, the
     rest follow the extents), the output-size rule per axis, the sample extent its threads
-    split, and its work buffers (per-thread im2col columns, per-thread weight-gradient slabs)."""
+    split, and its work buffers (per-thread im2col columns, per-chunk weight-gradient slabs)."""
     b = indexed_binding(ctx)
     masks = ctx["masks_in"] + ctx["masks_out"]
     b["pointers"] += masks
@@ -332,7 +340,7 @@ def window_binding(ctx: dict) -> dict:
         rows = [sweep["c"], idx["i"], idx["j"]]
         b["cols"] = {"slots": sweep["slots"], "rows": rows, "cols": [idx["h"], idx["w"]]}
         if ctx["wacc"]:
-            b["wacc"] = {"count": len(sweep["wouts"]), "rows": rows, "cols": [sweep["o"]]}
+            b["wacc"] = {"count": len(sweep["wouts"]), "chunks": WGRAD_CHUNKS, "rows": rows, "cols": [sweep["o"]]}
     return b
 
 

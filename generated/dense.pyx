@@ -76,58 +76,92 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
     dgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
 
 
+cdef inline void _gemm_block_f32(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, float alpha,
+                                  float* A, int lda, float* B_, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
+    cdef int E = M if rows else N
+    cdef int lo = <int>(<long long>E * t // B)
+    cdef int hi = <int>(<long long>E * (t + 1) // B)
+    if hi <= lo:
+        return
+    if rows:
+        _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                   beta, C + lo, ldc)
+
+
 cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                        float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
-    # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
-    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
-    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
-    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
-    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
-    cdef int t, lo, hi
-    if T <= 1 or <double>M * N * K < 131072.0:
+    # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
+    # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
+    # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
+    # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
+    # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
+    # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
+    # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
+    # 64x4096·4096x256) columns won, 129 vs 96.
+    cdef int t, nb = 2
+    cdef bint rows = M >= N or M >= 192
+    if <double>M * N * K < 131072.0:
         _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
-    elif M >= N or M >= 96 * T:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>M * t // T)
-            hi = <int>(<long long>M * (t + 1) // T)
-            if hi > lo:
-                _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        return
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
+        nb *= 2
+    if T <= 1:
+        for t in range(nb):
+            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>N * t // T)
-            hi = <int>(<long long>N * (t + 1) // T)
-            if hi > lo:
-                _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                           beta, C + lo, ldc)
+        for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
+            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline void _gemm_block_f64(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, double alpha,
+                                  double* A, int lda, double* B_, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
+    cdef int E = M if rows else N
+    cdef int lo = <int>(<long long>E * t // B)
+    cdef int hi = <int>(<long long>E * (t + 1) // B)
+    if hi <= lo:
+        return
+    if rows:
+        _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                   beta, C + lo, ldc)
 
 
 cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
                        double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
-    # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
-    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
-    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
-    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
-    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
-    cdef int t, lo, hi
-    if T <= 1 or <double>M * N * K < 131072.0:
+    # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
+    # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
+    # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
+    # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
+    # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
+    # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
+    # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
+    # 64x4096·4096x256) columns won, 129 vs 96.
+    cdef int t, nb = 2
+    cdef bint rows = M >= N or M >= 192
+    if <double>M * N * K < 131072.0:
         _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
-    elif M >= N or M >= 96 * T:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>M * t // T)
-            hi = <int>(<long long>M * (t + 1) // T)
-            if hi > lo:
-                _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        return
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
+        nb *= 2
+    if T <= 1:
+        for t in range(nb):
+            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>N * t // T)
-            hi = <int>(<long long>N * (t + 1) // T)
-            if hi > lo:
-                _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                           beta, C + lo, ldc)
+        for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
+            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
 import numpy as _np
 

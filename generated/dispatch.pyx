@@ -355,7 +355,8 @@ cdef class IndexedKernel:
         self.parallel = binding.get("parallel")
         cols, wacc = binding.get("cols"), binding.get("wacc")   # (count, row indices, column indices)
         self.cols = None if cols is None else (cols["slots"], tuple(cols["rows"]), tuple(cols["cols"]))
-        self.wacc = None if wacc is None else (wacc["count"], tuple(wacc["rows"]), tuple(wacc["cols"]))
+        self.wacc = None if wacc is None else (wacc["count"], tuple(wacc["rows"]), tuple(wacc["cols"]),
+                                               wacc["chunks"])
         self.mask_offsets = None if binding.get("mask_offsets") is None else tuple(binding["mask_offsets"])
         if (len(self.pointers) + 2 > _MAX_ARGS or len(self.extents) + len(self.geometry_scalars) > _MAX_ARGS
                 or f32 == 0 or f64 == 0):
@@ -460,9 +461,9 @@ cdef class IndexedKernel:
                     ptrs[k] = <char*>views[held].buf
                     held += 1
                     k += 1
-                if self.wacc is not None:
-                    wacc = _np.empty((self.wacc[0] * T, _product(ext, self.wacc[1]), _product(ext, self.wacc[2])),
-                                     dtype=dt)
+                if self.wacc is not None:    # a slab per chunk of samples (at most this many), not per thread
+                    wacc = _np.empty((self.wacc[0] * min(ext[self.parallel][0], self.wacc[3]),
+                                      _product(ext, self.wacc[1]), _product(ext, self.wacc[2])), dtype=dt)
                     _acquire(&views[held], wacc, True)
                     ptrs[k] = <char*>views[held].buf
                     held += 1

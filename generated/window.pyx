@@ -83,58 +83,92 @@ cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, 
     dgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
 
 
+cdef inline void _gemm_block_f32(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, float alpha,
+                                  float* A, int lda, float* B_, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
+    cdef int E = M if rows else N
+    cdef int lo = <int>(<long long>E * t // B)
+    cdef int hi = <int>(<long long>E * (t + 1) // B)
+    if hi <= lo:
+        return
+    if rows:
+        _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                   beta, C + lo, ldc)
+
+
 cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                        float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
-    # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
-    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
-    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
-    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
-    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
-    cdef int t, lo, hi
-    if T <= 1 or <double>M * N * K < 131072.0:
+    # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
+    # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
+    # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
+    # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
+    # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
+    # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
+    # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
+    # 64x4096·4096x256) columns won, 129 vs 96.
+    cdef int t, nb = 2
+    cdef bint rows = M >= N or M >= 192
+    if <double>M * N * K < 131072.0:
         _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
-    elif M >= N or M >= 96 * T:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>M * t // T)
-            hi = <int>(<long long>M * (t + 1) // T)
-            if hi > lo:
-                _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        return
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
+        nb *= 2
+    if T <= 1:
+        for t in range(nb):
+            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>N * t // T)
-            hi = <int>(<long long>N * (t + 1) // T)
-            if hi > lo:
-                _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                           beta, C + lo, ldc)
+        for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
+            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline void _gemm_block_f64(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, double alpha,
+                                  double* A, int lda, double* B_, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
+    cdef int E = M if rows else N
+    cdef int lo = <int>(<long long>E * t // B)
+    cdef int hi = <int>(<long long>E * (t + 1) // B)
+    if hi <= lo:
+        return
+    if rows:
+        _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                   beta, C + lo, ldc)
 
 
 cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
                        double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
-    # _gemm on T threads, each a block of C's rows when there are at least 96 per thread or
-    # at least as many rows as columns, else a block of its columns (single-threaded BLAS
-    # inside, see _parallel_enter); small products stay on one thread. The 96 was measured on
-    # 2 threads of this Zen 4: the digits forward 200x64·64x512 ran 162 GFLOP/s split by rows vs
-    # 126 by columns, the MLP weight pullback 256x128·128x784 183 vs 170; with fewer rows (the
-    # CIFAR fc's batch of 64, 64x4096·4096x256) columns won, 129 vs 96.
-    cdef int t, lo, hi
-    if T <= 1 or <double>M * N * K < 131072.0:
+    # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
+    # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
+    # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
+    # only, never on T: OpenBLAS's result for a block is not always bitwise that part of the
+    # whole product (64x64·64x33 and others differ in the last bits), so a fixed split keeps a
+    # result the same on any thread count. Two blocks, or 4 or 8 when each still has 256 rows or
+    # columns (for more threads; on one thread each block is a GEMM call of its own). The 192
+    # rows were measured on 2 threads of this Zen 4 (96 a thread): the digits forward
+    # 200x64·64x512 ran 162 GFLOP/s split by rows vs 126 by columns, the MLP weight pullback
+    # 256x128·128x784 183 vs 170; with fewer rows (the CIFAR fc's batch of 64,
+    # 64x4096·4096x256) columns won, 129 vs 96.
+    cdef int t, nb = 2
+    cdef bint rows = M >= N or M >= 192
+    if <double>M * N * K < 131072.0:
         _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
-    elif M >= N or M >= 96 * T:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>M * t // T)
-            hi = <int>(<long long>M * (t + 1) // T)
-            if hi > lo:
-                _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                           B, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        return
+    while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
+        nb *= 2
+    if T <= 1:
+        for t in range(nb):
+            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
-        for t in prange(T, num_threads=T, schedule="static"):
-            lo = <int>(<long long>N * t // T)
-            hi = <int>(<long long>N * (t + 1) // T)
-            if hi > lo:
-                _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                           beta, C + lo, ldc)
+        for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
+            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
 from cython.parallel cimport threadid
 import numpy as _np
@@ -150,6 +184,17 @@ cdef inline void _valid_range(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t off,
         hi[0] = n_out
     if lo[0] > hi[0]:
         lo[0] = hi[0]
+
+
+cdef inline Py_ssize_t _wgrad_chunks(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t most, Py_ssize_t work) noexcept nogil:
+    # the chunks of samples a weight-gradient sweep sums into slabs of their own: a power of two,
+    # at most `most` and N, two when N >= 2, more only while each chunk keeps `work` output
+    # positions (samples x HW), so that zeroing and summing the slabs stays small beside the
+    # chunks' GEMMs. It depends on the shapes only, never on the thread count.
+    cdef Py_ssize_t P = 2 if N >= 2 and most >= 2 else 1
+    while 2 * P <= most and 2 * P <= N and N * HW >= 2 * P * work:
+        P *= 2
+    return P
 
 
 cdef inline void _copy_short_f32(const float* src, Py_ssize_t n, float* dst) noexcept nogil:
@@ -269,14 +314,20 @@ cdef void _col2im_f32(const float* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t 
                     dst += sh * W
 
 
-cdef void _sum_slabs_t_f32(const float* acc, int T, Py_ssize_t R, Py_ssize_t O, float* out) noexcept nogil:
-    # out[o, r] += sum over t of acc[t, r, o]: the per-thread partial weight gradients, which
-    # the sweep accumulates transposed (see the wgrad GEMM)
-    cdef Py_ssize_t t, r, o
-    for t in range(T):
-        for o in range(O):
-            for r in range(R):
-                out[o * R + r] += acc[(t * R + r) * O + o]
+cdef void _sum_slabs_t_f32(float* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, float* out) noexcept nogil:
+    # out[o, r] += sum over p of acc[p, r, o] in slab order p = 0, 1, ... (the per-chunk partial
+    # weight gradients, accumulated transposed, see the wgrad GEMM): each slab added into slab 0
+    # (contiguous, vectorized), which is then added transposed
+    cdef Py_ssize_t p, e, r, o
+    cdef Py_ssize_t n = R * O
+    cdef float* a
+    for p in range(1, P):
+        a = acc + p * n
+        for e in range(n):
+            acc[e] = acc[e] + a[e]
+    for o in range(O):
+        for r in range(R):
+            out[o * R + r] += acc[r * O + o]
 
 
 cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
@@ -600,14 +651,20 @@ cdef void _col2im_f64(const double* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                     dst += sh * W
 
 
-cdef void _sum_slabs_t_f64(const double* acc, int T, Py_ssize_t R, Py_ssize_t O, double* out) noexcept nogil:
-    # out[o, r] += sum over t of acc[t, r, o]: the per-thread partial weight gradients, which
-    # the sweep accumulates transposed (see the wgrad GEMM)
-    cdef Py_ssize_t t, r, o
-    for t in range(T):
-        for o in range(O):
-            for r in range(R):
-                out[o * R + r] += acc[(t * R + r) * O + o]
+cdef void _sum_slabs_t_f64(double* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O, double* out) noexcept nogil:
+    # out[o, r] += sum over p of acc[p, r, o] in slab order p = 0, 1, ... (the per-chunk partial
+    # weight gradients, accumulated transposed, see the wgrad GEMM): each slab added into slab 0
+    # (contiguous, vectorized), which is then added transposed
+    cdef Py_ssize_t p, e, r, o
+    cdef Py_ssize_t n = R * O
+    cdef double* a
+    for p in range(1, P):
+        a = acc + p * n
+        for e in range(n):
+            acc[e] = acc[e] + a[e]
+    for o in range(O):
+        for r in range(R):
+            out[o * R + r] += acc[r * O + o]
 
 
 cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
@@ -1230,6 +1287,7 @@ MANIFEST = __import__('json').loads(r'''{
      },
      "wacc": {
       "count": 1,
+      "chunks": 16,
       "rows": [
        "c",
        "i",
@@ -1726,6 +1784,7 @@ MANIFEST = __import__('json').loads(r'''{
      },
      "wacc": {
       "count": 1,
+      "chunks": 16,
       "rows": [
        "c",
        "i",
@@ -2055,6 +2114,7 @@ MANIFEST = __import__('json').loads(r'''{
      },
      "wacc": {
       "count": 1,
+      "chunks": 16,
       "rows": [
        "c",
        "i",
@@ -2569,6 +2629,7 @@ MANIFEST = __import__('json').loads(r'''{
      },
      "wacc": {
       "count": 2,
+      "chunks": 16,
       "rows": [
        "c",
        "i",
@@ -2760,6 +2821,7 @@ MANIFEST = __import__('json').loads(r'''{
      },
      "wacc": {
       "count": 2,
+      "chunks": 16,
       "rows": [
        "c",
        "i",
@@ -4678,15 +4740,23 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
-        if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _use_1:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
 cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4718,15 +4788,23 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
-        if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _use_1:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_b
@@ -4996,19 +5074,27 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
-        if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
-        if _use_3:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _use_1:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _use_3:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5044,19 +5130,27 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
-        if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
-        if _use_3:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _use_1:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _use_3:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_b
@@ -5206,15 +5300,23 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(float))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(float))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
-        if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, hW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _use_1:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
 cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5246,15 +5348,23 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _use_0 = True
     cdef bint _use_1 = True
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(double))
-    memset(_wacc, 0, 1 * _T * c_ * i_ * j_ * o_ * sizeof(double))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
-        if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, hW)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _use_1:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_bl_b
@@ -6164,37 +6274,46 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(Rgb, 0, o_ * sizeof(float))
-    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(float))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
-        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
-        if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
-        if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_3:
-            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
-        if _use_4:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        _first = 1
-        if _use_5:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
-        _first = 1
-        if _use_6:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if _use_7:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
+        memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(float))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
+            memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
+            if _use_0:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
+            if _use_1:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _use_3:
+                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
+            if _use_4:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            _first = 1
+            if _use_5:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            _first = 1
+            if _use_6:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if _use_7:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6202,8 +6321,8 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
-    _sum_slabs_t_f32(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -6253,37 +6372,46 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(Rgb, 0, o_ * sizeof(double))
-    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(double))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
-        memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
-        if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
-        if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_3:
-            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
-        if _use_4:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        _first = 1
-        if _use_5:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
-        _first = 1
-        if _use_6:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if _use_7:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
+        memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(double))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
+            memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
+            if _use_0:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
+            if _use_1:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _use_3:
+                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
+            if _use_4:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            _first = 1
+            if _use_5:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            _first = 1
+            if _use_6:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if _use_7:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6291,8 +6419,8 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
-    _sum_slabs_t_f64(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_rvjp_params
@@ -6337,20 +6465,29 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(Rgb, 0, o_ * sizeof(float))
-    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(float))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
-        if _use_1:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_3:
-            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
-        if _use_4:
-            _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
+        memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(float))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _use_1:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _use_3:
+                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _use_4:
+                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6358,8 +6495,8 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f32(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
-    _sum_slabs_t_f32(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -6402,20 +6539,29 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(Rgb, 0, o_ * sizeof(double))
-    memset(_wacc, 0, 2 * _T * c_ * i_ * j_ * o_ * sizeof(double))
-    # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
-    for _n in prange(n_, num_threads=_T, schedule="static"):
+    # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
+    # only), each summed in sample order into its own slab, the slabs summed in chunk order
+    # after, so that a result is bitwise the same on any thread count
+    cdef Py_ssize_t _P = _wgrad_chunks(n_, h_ * w_, 16, 2048)
+    cdef Py_ssize_t _wsz = <Py_ssize_t>c_ * i_ * j_ * o_
+    cdef Py_ssize_t _p
+    # one sweep over the chunks of samples: each windowed source im2col'd once per sample, every
+    # GEMM term reading it on those columns
+    for _p in prange(_P, num_threads=_T, schedule="static"):
         _tid = threadid()
-        if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
-        if _use_1:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_2:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
-        if _use_3:
-            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
-        if _use_4:
-            _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _T + _tid) * c_ * i_ * j_ * o_, <int>o_)
+        memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
+        memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(double))
+        for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
+            if _use_0:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _use_1:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+            if _use_2:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _use_3:
+                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _use_4:
+                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6423,8 +6569,8 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
-    _sum_slabs_t_f64(_wacc + 0 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, gW)
-    _sum_slabs_t_f64(_wacc + 1 * _T * c_ * i_ * j_ * o_, _T, c_ * i_ * j_, o_, RgW)
+    _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
+    _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
 # ---------------------------------------------------------------- avgpool2d_forward_jvp

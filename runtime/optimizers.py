@@ -371,8 +371,10 @@ class Newton(Optimizer):
         if not np.isfinite(H).all():
             raise ValueError("Newton: the Hessian contains NaN or inf; no parameter was updated")
         g = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a in grads])
-        from ..blas_threads import like_kernels
-        with like_kernels():   # LAPACK under the kernels' thread count, not a BLAS pool of its own
+        from ..blas_threads import one_thread
+        # BLAS held at one thread, as the kernels hold it: a threaded eigh gave different bits on
+        # 1 and 2 threads (and was 4x slower on 2 threads for P = 1210 beside other jobs)
+        with one_thread():
             lam, U = np.linalg.eigh((H + H.T) / 2)
             step = U @ ((U.T @ g) / (np.abs(lam) + self.damping))
         self.eigenvalues = lam

@@ -346,14 +346,16 @@ def _uninformed_loss(model, out, y, dist) -> float:
 
 
 def global_norm(grads) -> float:
-    """The L2 norm of all gradients together, finite whenever every entry is: the squares are
-    summed in the arrays' dtype and, if that overflows (float32 entries past ~1e19), again in
-    float64 after scaling by the largest magnitude."""
-    total = sum(float(np.vdot(g, g)) for g in grads)
+    """The L2 norm of all gradients together, the same on any thread count (pairwise sums, not
+    BLAS dot, which OpenBLAS threads on long vectors: a float64 dot of 10^6 elements differed
+    between 1 and 2 threads) and finite whenever every entry is (if the squares overflow the
+    dtype, float32 entries past ~1e19, they are summed again in float64 after scaling)."""
+    total = sum(float(np.add.reduce(np.square(g), axis=None)) for g in grads)
     if np.isfinite(total):
         return float(np.sqrt(total))
     big = max(float(np.max(np.abs(g))) for g in grads if g.size)
-    return big * float(np.sqrt(sum(float(np.vdot(s, s)) for s in (np.asarray(g, np.float64) / big for g in grads))))
+    scaled = (np.asarray(g, np.float64) / big for g in grads)
+    return big * float(np.sqrt(sum(float(np.add.reduce(np.square(s), axis=None)) for s in scaled)))
 
 
 def _augmented(transform, xb, model, rng=None):

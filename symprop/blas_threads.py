@@ -57,27 +57,13 @@ def controls() -> tuple[tuple[int, int], ...] | None:
     return tuple(found) or None   # none found: the BLAS in use is not one we can see
 
 
-def kernel_threads() -> int:
-    """How many threads the generated kernels run: OpenMP's maximum (``OMP_NUM_THREADS``,
-    ``threadpoolctl.threadpool_limits(user_api="openmp")``), else the CPU count."""
-    try:
-        from threadpoolctl import threadpool_info
-        counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "openmp"]
-    except ImportError:
-        counts = []
-    if counts:
-        return max(1, min(counts))
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
-
-
-def like_kernels():
-    """A context in which NumPy's BLAS and LAPACK calls (e.g. Newton's eigensolve) run at most
-    as many threads as the kernels, so a user's thread setting bounds those calls too instead
-    of BLAS starting a pool of its own size beside them."""
+def one_thread():
+    """A context in which NumPy's BLAS and LAPACK calls (e.g. Newton's eigensolve) run on one
+    thread, as the kernels hold BLAS: results independent of the thread count, and no BLAS
+    pool spinning beside the kernels' OpenMP threads."""
     import contextlib
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return contextlib.nullcontext()
-    return threadpool_limits(limits=kernel_threads(), user_api="blas")
+    return threadpool_limits(limits=1, user_api="blas")
