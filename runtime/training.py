@@ -350,7 +350,8 @@ def global_norm(grads) -> float:
     BLAS dot, which OpenBLAS threads on long vectors: a float64 dot of 10^6 elements differed
     between 1 and 2 threads) and finite whenever every entry is (if the squares overflow the
     dtype, float32 entries past ~1e19, they are summed again in float64 after scaling)."""
-    total = sum(float(np.add.reduce(np.square(g), axis=None)) for g in grads)
+    with np.errstate(over="ignore"):
+        total = sum(float(np.add.reduce(np.square(g), axis=None)) for g in grads)
     if np.isfinite(total):
         return float(np.sqrt(total))
     big = max(float(np.max(np.abs(g))) for g in grads if g.size)

@@ -9,7 +9,7 @@ import pytest
 import sympy as sp
 
 from symprop.cli import _model_info
-from symprop.derive import ElementwiseSpec, builtins, derive_contraction, derive_elementwise, latex
+from symprop.derive import ElementwiseSpec, builtins, latex
 
 HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None and bool(
     shutil.which("kpsewhich") and subprocess.run(["kpsewhich", "lmodern.sty"], capture_output=True, text=True).stdout)
@@ -154,8 +154,8 @@ def test_the_document_prints_the_emitted_expressions(doc):
     printed, text = {}, _flat(doc.text)
     for p in doc.printed:
         printed.setdefault(p.kernel, []).append(p)
-    for spec in latex._elementwise_builtins().values():
-        for k in derive_elementwise(spec).kernels:
+    for spec in latex._elementwise_builtins().values():   # the derivations the kernels are emitted from
+        for k in latex._derive(spec).kernels:
             for o, e in k.outputs:
                 (p,) = [p for p in printed[k.name] if p.output == o]
                 assert p.expr == e, k.name
@@ -165,7 +165,7 @@ def test_the_document_prints_the_emitted_expressions(doc):
                 assert _equal(shown, e), k.name
                 assert _flat(latex.tex(p.shown)) in text, k.name
     for spec in {**builtins.CONTRACTIONS, **builtins.WINDOWS}.values():
-        for k in derive_contraction(spec).kernels:
+        for k in latex._derive(spec).kernels:
             assert any(p.expr == k.expr for p in printed[k.name]), k.name
             assert latex._kernel_ref(k.name) in doc.text and f"\\label{{eq:{k.name}}}" in doc.text \
                 or k.role == "forward", k.name
@@ -202,7 +202,7 @@ def test_compact_guards_equal_the_normalised_ones(layer):
     relations in canonical form), as the conditions in the derived pullback, and numerically on a
     grid of strides, dilations and paddings against a brute-force search for the output position."""
     spec = builtins.WINDOWS[layer]
-    d = derive_contraction(spec)
+    d = latex._derive(spec)
     (pw,) = d.vjps["x"].expr.atoms(sp.Piecewise)
     derived = {latex.canonical(c) for c in sp.And.make_args(pw.args[0].cond)}
     for m in spec.maps:
@@ -468,7 +468,7 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     """Becker-LeCun and Gauss-Newton rules printed for a layer follow from its own VJPs: for the
     dense layer they are the formulas the runtime evaluates with the pullback kernels on squared
     arrays (h_x = Σ_o W² h, diag W = Σ_n x² Σ_k S²)."""
-    d = derive_contraction(builtins.DENSE)
+    d = latex._derive(builtins.DENSE)
     n, o, i = (sp.Symbol(s, integer=True) for s in "noi")
     N, O, I = (sp.Symbol(s, integer=True, positive=True) for s in "NOI")
     W, x, h, S = (sp.IndexedBase(s) for s in ("W", "x", "H", "S"))
@@ -478,8 +478,8 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     gn_W = d.sqvjps["W"].definition
     assert gn_W == sp.Sum(S[k, n, o] ** 2 * x[n, i] ** 2, (k, 0, K - 1), (n, 0, N - 1))
     assert d.sqvjps["W"].mode == "factorized"
-    assert derive_contraction(builtins.CONV2D).sqvjps["W"].mode == "per_sample"
-    conv = latex.contraction_section(derive_contraction(builtins.CONV2D))
+    assert latex._derive(builtins.CONV2D).sqvjps["W"].mode == "per_sample"
+    conv = latex.contraction_section(latex._derive(builtins.CONV2D))
     assert "eq:conv2d_bl_x" in conv and "eq:conv2d:gn:W" in conv and "eq:conv2d:gn:b" in conv
     assert "{W}_{o,c,k,l}^{2}" in conv
 
