@@ -17,6 +17,7 @@ import time
 RUNS = [
     ("quick start MLP", []),
     ("quick start CNN", ["--model", "cnn"]),
+    ("CNN batchnorm dropout", ["--model", "cnn", "--batchnorm", "--dropout", "0.25"]),
     ("CNN batchnorm dropout adamw cosine", ["--model", "cnn", "--batchnorm", "--dropout", "0.25", "--optimizer",
                                            "adamw", "--schedule", "cosine", "--validation-split", "0.1",
                                            "--early-stopping", "5"]),
