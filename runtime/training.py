@@ -249,6 +249,13 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                 if cbs and stop_requested():
                     break
             done = epoch
+            with np.errstate(invalid="ignore", over="ignore"):   # a sum per weight array, once per epoch
+                finite = all(np.isfinite(np.add.reduce(p, axis=None)) or np.isfinite(p).all() for p in params)
+            if not finite:
+                restore()   # the epoch's last step overflowed a weight: no later loss would show it
+                raise _diverged(hist, f"fit: a weight became NaN or inf in the last step of epoch {epoch} "
+                                      f"({_step_sizes(model, optimizer)}); training stopped with the weights "
+                                      f"before that step; lower the step sizes named")
             if dist is not None:
                 optimizer._reduce = None
                 correct, count = (int(v) for v in dist.sum([correct, count]))

@@ -485,6 +485,16 @@ def test_a_growing_loss_stops_training_with_the_weights_before_it():
         small().fit(X, y, epochs=1, verbose=0, divergence_factor=0.5)
 
 
+def test_weights_overflowed_by_the_last_step_are_caught_and_restored():
+    rng = np.random.default_rng(0)
+    X, y = 100 * rng.normal(size=(8, 3)), rng.integers(0, 2, 8)
+    m = Sequential([L.Dense(3, 2)], dtype="float32")
+    before = [p.copy() for p in m.parameters()]
+    with pytest.raises(TrainingDiverged, match="a weight became NaN or inf in the last step of epoch 1"):
+        m.fit(X, y, epochs=1, batch_size=8, optimizer=O.SGD(3e38, momentum=0), verbose=0, divergence_factor=None)
+    assert all(np.array_equal(p, b) for p, b in zip(m.parameters(), before))
+
+
 def test_clip_norm_clips_a_float32_gradient_whose_norm_overflows():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(8, 3)), np.full((8, 1), 1.5e19)
