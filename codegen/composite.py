@@ -3,8 +3,8 @@
 Element arrays are flat views of an (A, C, B) array whose group index is the middle axis C
 (BatchNorm2D: (N, C, H·W); BatchNorm1D: (N, C, 1); Softmax: (1, N, K)). Every kernel runs,
 per group: its passes (each accumulates group sums in double over the A·B elements of the
-group, then computes the group values that follow), its group outputs, then one elementwise
-pass writing the element outputs. Groups are split across OpenMP threads.
+group, then computes the group values that follow, in double too), its group outputs, then
+one elementwise pass writing the element outputs. Groups are split across OpenMP threads.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def _body(ct: str, elem_in, passes, group_out, elem_out) -> dict:
     """Printed statements for one C type. ``passes``: [(sums, after)] with sums
     [(name, kind, expr)] and after [(name, expr)]."""
     P = lambda e: print_expr(e, ct)  # noqa: E731
+    # per-group values in double whatever the element type: a float32 group's variance may
+    # exceed float32 (inputs of 1e20: 1e40) while its 1/sqrt stays representable
+    G = lambda e: print_expr(e, "double")  # noqa: E731
     printed = []
     group_locals = []
     elem_locals = list(elem_in)
@@ -36,13 +39,13 @@ def _body(ct: str, elem_in, passes, group_out, elem_out) -> dict:
         elem_locals += [str(s) for s, _ in repl]
         printed.append({"temps": [(str(s), P(v)) for s, v in repl],
                         "sums": [(str(n), kind, P(r)) for (n, kind, _), r in zip(sums, reduced)],
-                        "after": [(str(n), P(e)) for n, e in after]})
+                        "after": [(str(n), G(e)) for n, e in after]})
         group_locals += [str(n) for n, _, _ in sums] + [str(n) for n, _ in after]
     repl, reduced = _cse([e for _, e in elem_out], "_u")
     elem_locals += [str(s) for s, _ in repl]
     final = {"temps": [(str(s), P(v)) for s, v in repl],
              "results": [(n, P(r)) for (n, _), r in zip(elem_out, reduced)]}
-    return {"passes": printed, "final": final, "group_out": [(n, P(e)) for n, e in group_out],
+    return {"passes": printed, "final": final, "group_out": [(n, G(e)) for n, e in group_out],
             "group_locals": list(dict.fromkeys(group_locals)), "elem_locals": list(dict.fromkeys(elem_locals))}
 
 

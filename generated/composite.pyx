@@ -828,7 +828,7 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
                 x = x_p[_i]
                 var = var + ((-mu + x)*(-mu + x))
         var = var/M
-        rstd = ((<float>1.0)/sqrtf(eps + var))
+        rstd = ((<double>1.0)/sqrt(eps + var))
         rstd_p[_c] = <float>(rstd)
         mu_p[_c] = <float>(mu)
         var_p[_c] = <float>(var)
@@ -1248,7 +1248,7 @@ cdef void _batchnorm_eval_forward_f32(char** _ap, const double* _sp, const Py_ss
         beta = beta_p[_c]
         running_mean = running_mean_p[_c]
         running_var = running_var_p[_c]
-        rstd = ((<float>1.0)/sqrtf(eps + running_var))
+        rstd = ((<double>1.0)/sqrt(eps + running_var))
         rstd_p[_c] = <float>(rstd)
         for _a in range(A):
             for _b in range(B):

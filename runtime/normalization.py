@@ -149,6 +149,10 @@ class _BatchNorm(CompositeLayer):
             raise ValueError(f"{self.name}: batch statistics need more than one value per channel in "
                              f"training, got input of shape {x.shape}")
         y, xhat, rstd, mu, var = self._run(self.train_kernels, "forward", {"x": x, **self._spec_arrays()}, rec)
+        if not np.isfinite(var).all():   # computed in double; only its float32 copy can overflow
+            c = int(np.argmin(np.isfinite(var)))
+            raise ValueError(f"{self.name}: the batch variance of channel {c} exceeds {x.dtype} (inputs up to "
+                             f"{float(np.abs(x).max()):.3g}); scale the inputs or use dtype='float64'")
         rec.update(xhat=xhat, rstd=rstd)
         if ctx.update_buffers:   # PyTorch: running ← (1 − m)·running + m·batch, unbiased variance
             m, n = self.momentum, A * B

@@ -287,3 +287,25 @@ def test_a_checkpoint_with_a_negative_running_variance_is_refused(tmp_path):
     m.save(tmp_path / "bn.npz")
     with pytest.raises(ValueError, match=r"BatchNorm1D\(4\) has a negative or non-finite running_var \(channel 2"):
         Sequential.load(tmp_path / "bn.npz")
+
+
+@pytest.mark.parametrize("scale", [1e18, 1e30, 3e38])
+def test_float32_batch_statistics_do_not_overflow(scale):
+    """Group values are computed in double: inputs near the float32 maximum normalise like the
+    same inputs scaled down, as long as the variance itself fits float32; beyond that the
+    forward refuses by name instead of returning beta with an infinite running variance."""
+    x = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
+    small = Sequential([L.BatchNorm1D(3)], dtype="float32").train()
+    ref = small.forward(x)
+    big = Sequential([L.BatchNorm1D(3)], dtype="float32").train()
+    xs = (x * np.float32(scale)).astype(np.float32)
+    if scale <= 1e18:                      # variance ~ 3e35: fits float32
+        assert np.allclose(big.forward(xs), ref, rtol=1e-4, atol=1e-5)
+        assert np.isfinite(big.buffers()[1]).all()
+    else:
+        with pytest.raises(ValueError, match=r"BatchNorm1D\(3\): the batch variance of channel 0 exceeds float32"):
+            big.forward(xs)
+        assert np.array_equal(big.buffers()[1], np.ones(3, np.float32))   # running statistics untouched
+    ev = Sequential([L.BatchNorm1D(3)], dtype="float32").eval()
+    ev.layers[0].running_var[...] = np.float32(3e38)   # eval with a huge running variance: finite outputs
+    assert np.isfinite(ev.forward(xs)).all()
