@@ -45,8 +45,8 @@ def test_two_ranks_equal_single_process_training(tmp_path, opt):
     ("raise", "rank 1 of 2 failed"), ("mismatch", "differs between ranks"), ("values", "differs between ranks"),
     ("labels", "differs between ranks"), ("seed", "differs between ranks"), ("exit", "rank(s) 1 did not start fit")])
 def test_a_failing_rank_ends_every_rank(mode, message):
-    """Within a bounded time: the start-up check waits SYMPROP_MPI_TIMEOUT (here 4 s) at most."""
-    r = mpirun(2, "rank_fails.py", mode, timeout=120, env=[("SYMPROP_MPI_TIMEOUT", "4")])
+    """Within a bounded time: the start-up check waits SYMPROP_MPI_TIMEOUT (here 2 s) at most."""
+    r = mpirun(2, "rank_fails.py", mode, timeout=120, env=[("SYMPROP_MPI_TIMEOUT", "2")])
     assert r.returncode != 0
     assert message in r.stderr, r.stderr[-2000:]
     assert "finished" not in r.stdout

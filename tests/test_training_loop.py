@@ -532,7 +532,7 @@ def _cli(*args, cwd):
 
 def test_cli_augments_plots_and_evaluates_with_a_class_report(tmp_path):
     pytest.importorskip("matplotlib")
-    r = _cli("train", "--model", "cnn", "--epochs", "2", "--augment", "shift,rotate", "--validation-split", "0.1",
+    r = _cli("train", "--model", "cnn", "--epochs", "1", "--augment", "shift,rotate", "--validation-split", "0.1",
              "--plot", "curves.png", "--save", "m.npz", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "augment shift,rotate" in r.stdout and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
