@@ -20,6 +20,15 @@ def _images(X: np.ndarray, owner: str) -> np.ndarray:
     return X
 
 
+def _windows(padded: np.ndarray, top: np.ndarray, left: np.ndarray, size: tuple) -> np.ndarray:
+    """Per image n the ``size`` window of ``padded`` (N, C, H', W') whose corner is
+    ``(top[n], left[n])``: one gather for the batch (shifts and crops)."""
+    n, c = padded.shape[:2]
+    rows = (top[:, None] + np.arange(size[0])[None, :])[:, None, :, None]   # (n, 1, h, 1)
+    cols = (left[:, None] + np.arange(size[1])[None, :])[:, None, None, :]  # (n, 1, 1, w)
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+
+
 class Transform:
     """Base class: ``transform(X, rng)`` returns the transformed batch (a new array)."""
 
@@ -48,9 +57,7 @@ class RandomShift(Transform):
         s = self.max_shift
         dy, dx = rng.integers(-s, s + 1, size=(2, n))
         padded = np.pad(X, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=self.fill)
-        rows = (np.arange(h)[None, :] + s - dy[:, None])[:, None, :, None]   # (n, 1, h, 1)
-        cols = (np.arange(w)[None, :] + s - dx[:, None])[:, None, None, :]   # (n, 1, 1, w)
-        return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+        return _windows(padded, s - dy, s - dx, (h, w))
 
 
 class RandomCrop(Transform):
@@ -72,9 +79,7 @@ class RandomCrop(Transform):
         padded = np.pad(X, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=self.fill)
         top = rng.integers(0, h + 2 * p - sh + 1, size=n)
         left = rng.integers(0, w + 2 * p - sw + 1, size=n)
-        rows = (top[:, None] + np.arange(sh)[None, :])[:, None, :, None]
-        cols = (left[:, None] + np.arange(sw)[None, :])[:, None, None, :]
-        return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+        return _windows(padded, top, left, (sh, sw))
 
 
 class RandomFlip(Transform):

@@ -40,14 +40,20 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
+def per_class(tp, pred, true):
+    """Precision, recall and F1 from true positives, predicted and actual counts (0 where a
+    count is 0, as sklearn's zero_division default)."""
+    p, r = _ratio(tp, pred), _ratio(tp, true)
+    return p, r, _ratio(2 * p * r, p + r)
+
+
 def _average(tp, pred, true, keep, average: str) -> tuple[float, float, float]:
     """Precision, recall and F1 from per-class counts (true positives, predicted, actual),
     ``average`` over the classes in ``keep``: "macro", "micro" or "weighted" (by support)."""
     if average == "micro":
-        p, r = _ratio(tp[keep].sum(), pred[keep].sum()), _ratio(tp[keep].sum(), true[keep].sum())
-        return float(p), float(r), float(_ratio(2 * p * r, p + r))
-    p, r = _ratio(tp, pred), _ratio(tp, true)
-    f = _ratio(2 * p * r, p + r)
+        p, r, f = per_class(tp[keep].sum(), pred[keep].sum(), true[keep].sum())
+        return float(p), float(r), float(f)
+    p, r, f = per_class(tp, pred, true)
     if not keep.any():
         return 0.0, 0.0, 0.0
     w = None

@@ -459,8 +459,7 @@ class Sequential:
         if not self.loss.classification:
             raise ValueError(f"predict_proba: needs a classification loss, the model's is {self.loss.name!r}; "
                              f"use predict()")
-        X = self._check_X(X)
-        out = np.concatenate([self._forward(X[i:i + batch_size])[0] for i in range(0, len(X), batch_size)])
+        out = self.outputs(X, batch_size)
         e = np.exp(out - out.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 

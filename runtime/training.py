@@ -95,7 +95,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
         divergence_factor):
     """``Sequential.fit``'s loop (see its docstring for the arguments)."""
     from . import augment as A
-    from .optimizers import Adam, check_int, check_real, get_optimizer
+    from .optimizers import Adam, _all_finite, check_int, check_real, get_optimizer
     from .schedules import get_schedule
     epochs = check_int("fit", "epochs", epochs)
     batch_size = check_int("fit", "batch_size", batch_size)
@@ -207,17 +207,17 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                 for c in cbs:
                     c.on_batch_begin(b, {"size": j - i})
                 loss, grads, tape = optimizer.loss_and_grad(model, xb, yb)   # X, y validated once above
-                where = f"at epoch {epoch}, batch {b}/{n_batches} ({_step_sizes(model, optimizer)})"
+                where = lambda: f"at epoch {epoch}, batch {b}/{n_batches} ({_step_sizes(model, optimizer)})"  # noqa: E731
                 if not np.isfinite(loss):
                     restore()
-                    raise _diverged(hist, f"fit: the loss became {loss} {where}; training stopped with the weights "
+                    raise _diverged(hist, f"fit: the loss became {loss} {where()}; training stopped with the weights "
                                           f"of the last finite loss; lower the step sizes named (the learning rate "
                                           f"first) or clip the gradients (clip_norm=)")
                 if reference is None:
                     reference = max(abs(loss), _uninformed_loss(model, tape.out, yb, dist))
                 elif factor is not None and reference > 0 and loss > factor * reference:
                     restore()
-                    raise _diverged(hist, f"fit: the loss grew to {loss:.4g} {where}, more than divergence_factor="
+                    raise _diverged(hist, f"fit: the loss grew to {loss:.4g} {where()}, more than divergence_factor="
                                           f"{factor:g} times {reference:.4g} (the first batch's loss, or an "
                                           f"uninformed predictor's if larger); training stopped with the weights "
                                           f"before that step; lower the learning rate, or turn this check off "
@@ -250,7 +250,7 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                     break
             done = epoch
             with np.errstate(invalid="ignore", over="ignore"):   # a sum per weight array, once per epoch
-                finite = all(np.isfinite(np.add.reduce(p, axis=None)) or np.isfinite(p).all() for p in params)
+                finite = all(_all_finite(p) for p in params)
             if not finite:
                 restore()   # the epoch's last step overflowed a weight: no later loss would show it
                 raise _diverged(hist, f"fit: a weight became NaN or inf in the last step of epoch {epoch} "

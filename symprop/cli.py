@@ -426,10 +426,9 @@ def class_report(C) -> list[str]:
     class, columns: predicted), as text lines."""
     import numpy as np
 
-    from .runtime.metrics import _ratio
-    tp, pred, true = np.diag(C), C.sum(axis=0), C.sum(axis=1)
-    p, r = _ratio(tp, pred), _ratio(tp, true)
-    f = _ratio(2 * p * r, p + r)
+    from .runtime.metrics import per_class
+    true = C.sum(axis=1)
+    p, r, f = per_class(np.diag(C), C.sum(axis=0), true)
     lines = [f"{'class':>5}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]
     lines += [f"{k:>5}  {p[k]:>9.4f}  {r[k]:>6.4f}  {f[k]:>6.4f}  {true[k]:>7}" for k in range(len(C))]
     w = max(4, len(str(int(C.max()))) + 1)
