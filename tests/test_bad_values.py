@@ -1,4 +1,4 @@
-"""Issue 15 item 3: bad values are refused with an error naming the argument; NumPy scalars are
+"""Bad values are refused with an error naming the argument; NumPy scalars are
 accepted where Python numbers are."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Every CLI error is one line on stderr with exit status 2 — never a traceback (issue 15 item 8)."""
+"""Every CLI error is one line on stderr with exit status 2 — never a traceback."""
 import subprocess
 import sys
 

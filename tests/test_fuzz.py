@@ -1,4 +1,4 @@
-"""Fuzzing the public entry points (issue 15): random architectures, shapes, dtypes, memory
+"""Fuzzing the public entry points: random architectures, shapes, dtypes, memory
 layouts and values through predict/forward/loss_and_grad/hvp/hessian_diagonal/evaluate/fit and
 the optimizers. Every case either returns what a float64 twin of the model returns (to float32
 accuracy) or raises a ValueError/TypeError; anything else — another exception, a wrong or

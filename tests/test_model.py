@@ -119,7 +119,7 @@ def test_cli_cnn_reaches_98_percent_on_digits(tmp_path):
 
 
 def test_cli_adahessian_trains_the_digits_cnn_to_98_percent(tmp_path):
-    """Issue 5's bar: AdaHessian (Hutchinson diagonal from exact HVPs) >= 98 % on the digits CNN."""
+    """The bar for AdaHessian (Hutchinson diagonal from exact HVPs) >= 98 % on the digits CNN."""
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--model", "cnn", "--optimizer", "adahessian"],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
