@@ -26,6 +26,14 @@ def _pointwise_context(d: PointwiseLossDerivation) -> dict:
             "grad_doc": str(d.grad_elem), "hess_doc": str(d.hess_elem)}
 
 
+def render_pointwise_losses_module(module: str, derivations: list[PointwiseLossDerivation]) -> str:
+    """A module with only pointwise losses (a user's ``losses.from_sympy``), compiled on the fly."""
+    specs = [{"name": d.name, "hash": d.hash} for d in derivations]
+    return render("losses.pyx.j2", module=module, specs=specs, ce=None,
+                  pointwise=[_pointwise_context(d) for d in derivations],
+                  doc="User loss kernels: value, gradient and Hessian-vector product.")
+
+
 def render_losses_module(module: str = "losses") -> str:
     ce = derive_softmax_cross_entropy()
     pw = [mse(), sigmoid_cross_entropy()]

@@ -102,20 +102,75 @@ class PointwiseLossDerivation:
         return hashlib.sha256((self.name + sp.srepr(self.elem)).encode()).hexdigest()[:16]
 
 
-def derive_pointwise_loss(name: str, elem: sp.Expr) -> PointwiseLossDerivation:
+def derive_pointwise_loss(name: str, elem: sp.Expr, real: bool = False) -> PointwiseLossDerivation:
     """Element loss, gradient and Hessian in their cheapest numerically sound forms (the
     elementwise rewriter: stable softplus/logistic identities, overflow guards), checked for
-    predictions up to the float32 range and a target of 0.5."""
+    predictions up to the float32 range and a target of 0.5. ``real``: ``elem`` is written in
+    real symbols ``a``, ``t`` (so |a − t| differentiates to a sign, not to complex parts)."""
     from .rewrite import _try, choose_form, clean_distributions
-    a, tt = sp.symbols("a t")
+    a, tt = sp.symbols("a t", real=True) if real else sp.symbols("a t")
     params = {tt: 0.5}
-    g_raw = clean_distributions(sp.diff(elem, a))
-    h_raw = clean_distributions(sp.diff(g_raw, a))
+    def signs(e):   # |u|' = sign(u): written as the branches the kernels print
+        return e.replace(sp.sign, lambda u: sp.Piecewise((1, u > 0), (-1, u < 0), (0, True)))
+    g_raw = signs(clean_distributions(sp.diff(elem, a)))
+    h_raw = signs(clean_distributions(sp.diff(g_raw, a)))
 
     def pick(raw):
         cands = [c for c in (_try(lambda: sp.factor(raw)), _try(lambda: sp.simplify(raw))) if c is not None]
         return choose_form(raw, cands, a, None, None, params).chosen
     return PointwiseLossDerivation(name=name, elem=pick(elem), grad_elem=pick(g_raw), hess_elem=pick(h_raw))
+
+
+@dataclass(frozen=True)
+class PointwiseLossSpec:
+    """A user's elementwise loss ``ℓ(z, t)`` (prediction ``z``, target ``t``), averaged over
+    all elements; its gradient and Hessian term are derived like the built-ins'."""
+    name: str
+    expr: sp.Expr
+    z: sp.Symbol
+    t: sp.Symbol
+    doc: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise SpecError(f"loss spec name {self.name!r} must be a Python identifier")
+        if not isinstance(self.expr, sp.Expr):
+            raise SpecError(f"loss {self.name!r}: expr must be a SymPy expression, got {type(self.expr).__name__}")
+        for role, s in (("z (the prediction)", self.z), ("t (the target)", self.t)):
+            if not isinstance(s, sp.Symbol):
+                raise SpecError(f"loss {self.name!r}: {role} must be a sympy.Symbol, got {s!r}")
+        if self.z == self.t:
+            raise SpecError(f"loss {self.name!r}: the prediction and the target must be different symbols")
+        extra = self.expr.free_symbols - {self.z, self.t}
+        if extra:
+            raise SpecError(f"loss {self.name!r}: unbound symbol(s) {sorted(map(str, extra))} in {self.expr}; "
+                            f"the loss may use only {self.z} and {self.t} (write constants as numbers)")
+        if not self.expr.has(self.z):
+            raise SpecError(f"loss {self.name!r}: {self.expr} does not depend on the prediction {self.z}")
+
+    @property
+    def canonical(self) -> sp.Expr:
+        """The expression in the kernel's own symbols (prediction ``a``, target ``t``)."""
+        a, tt = sp.symbols("a t", real=True)
+        return self.expr.xreplace({self.z: a, self.t: tt})
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256((self.name + sp.srepr(self.canonical)).encode()).hexdigest()[:16]
+
+
+def derive_user_loss(spec: PointwiseLossSpec) -> PointwiseLossDerivation:
+    """Derive a user's pointwise loss; a loss SymPy cannot differentiate twice is refused by name."""
+    try:
+        d = derive_pointwise_loss(spec.name, spec.canonical, real=True)
+    except SpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SymPy's errors name no spec
+        raise SpecError(f"loss {spec.name!r}: cannot derive {spec.expr}: {type(exc).__name__}: {exc}") from exc
+    for what, e in (("gradient", d.grad_elem), ("Hessian", d.hess_elem)):
+        if e.has(sp.Derivative, sp.Subs):
+            raise SpecError(f"loss {spec.name!r}: its {what} {e} is not in closed form")
+    return d
 
 
 def mse() -> PointwiseLossDerivation:

@@ -65,6 +65,8 @@ class Activation(SpecLayer):
 
     def config(self):
         cfg = {"type": "Activation", "name": self.kernel_name}
+        if self.spec is not None:   # a user spec: loaded back through custom_objects, checked by hash
+            cfg["hash"] = self.spec.hash
         if self.params:
             cfg["params"] = dict(self.params)
         return cfg

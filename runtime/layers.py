@@ -48,7 +48,12 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     if kind == "Activation":
         nm = cfg["name"]
         if custom_objects and nm in custom_objects:
-            return custom_objects[nm]
+            layer = custom_objects[nm]
+            have = getattr(getattr(layer, "spec", None), "hash", None)
+            if cfg.get("hash") is not None and have != cfg["hash"]:
+                raise ValueError(f"activation {nm!r} in custom_objects is not the one the model was saved with "
+                                 f"(spec hash {have} != {cfg['hash']})")
+            return layer
         if nm in activation_names():
             return Activation(nm, params=cfg.get("params"))
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")

@@ -165,13 +165,63 @@ class SigmoidCrossEntropy(MSE):
         return int(((out > 0) == (y > 0.5)).sum()), y.size
 
 
+class PointwiseLoss(MSE):
+    """A loss ``ℓ(z, t)`` written in SymPy (:func:`from_sympy`): mean over all elements of
+    predictions ``z`` and real targets ``t`` of the output's shape; its gradient and Hessian
+    term are derived and compiled like the built-ins'."""
+
+    def __init__(self, spec, module):
+        self.spec, self.module, self.name = spec, module, spec.name
+
+    @property
+    def hash(self) -> str:
+        return self.spec.hash
+
+    def _kernels(self):
+        return getattr(self.module, self.name), getattr(self.module, self.name + "_hvp")
+
+    def __repr__(self):
+        return f"losses.from_sympy({self.name!r}, {self.spec.expr})"
+
+
+def from_sympy(name: str, expr, z, t, verbose: bool = False) -> PointwiseLoss:
+    """Derive, generate and compile (cached by the spec's hash) an elementwise loss
+    ``ℓ(z, t)`` of a prediction ``z`` and a target ``t``, averaged over all elements::
+
+        z, t = sp.symbols("z t"); d = z - t
+        huber = losses.from_sympy("huber", sp.Piecewise((d**2 / 2, sp.Abs(d) <= 1), (sp.Abs(d) - sp.S.Half, True)), z, t)
+        Sequential([...], loss=huber)
+
+    Usable wherever a loss name is (``fit``, ``hvp``, every Hessian diagonal); checkpoints
+    store its name and hash, and :meth:`Sequential.load` takes it back through
+    ``custom_objects={"huber": huber}``."""
+    from ..codegen.build import load_or_build, lookup_spec, remember_spec
+    from ..codegen.losses import render_pointwise_losses_module
+    from ..derive.elementwise import SpecError
+    from ..derive.losses import PointwiseLossSpec, derive_user_loss
+
+    if name in LOSSES:
+        raise SpecError(f"losses.from_sympy: {name!r} is a built-in loss; choose another name")
+    spec = PointwiseLossSpec(name, expr, z, t)
+    stem = f"loss_{name}"
+    module = lookup_spec(stem, spec.hash)
+    if module is None:
+        text = render_pointwise_losses_module(stem, [derive_user_loss(spec)])
+        module, _ = load_or_build(stem, text, name, verbose=verbose)
+        remember_spec(stem, spec.hash, module)
+    return PointwiseLoss(spec, module)
+
+
 LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": SoftmaxCrossEntropy,
           "mse": MSE, "sigmoid_cross_entropy": SigmoidCrossEntropy}
 
 
-def get_loss(name) -> Loss:
+def get_loss(name, custom_objects: dict | None = None) -> Loss:
     if isinstance(name, Loss):
         return name
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    if custom_objects and isinstance(custom_objects.get(name), Loss):
+        return custom_objects[name]
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}, or a loss from "
+                         f"symprop.losses.from_sympy (to load a checkpoint: custom_objects={{{name!r}: loss}})")
     return LOSSES[name]()

@@ -575,6 +575,8 @@ class Sequential:
             first.setdefault(id(layer), k)
         cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
                "input_shape": list(self.input_shape), "l1": self.l1, "l2": self.l2}
+        if getattr(self.loss, "spec", None) is not None:   # a user loss: loaded back by name and hash
+            cfg["loss_hash"] = self.loss.spec.hash
         buffers = self.buffers()
         cfg["n_buffers"] = len(buffers)
         return checkpoint.save(path, cfg, self.parameters() + buffers)
@@ -632,8 +634,18 @@ class Sequential:
             except (KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
                                  f"({type(exc).__name__}: {exc})") from exc
+        loss = get_loss(cfg["loss"], custom_objects) if cfg.get("loss_hash") is None else None
+        if loss is None:
+            loss = (custom_objects or {}).get(cfg["loss"])
+            if loss is None:
+                raise ValueError(f"{path}: the model was trained with the user loss {cfg['loss']!r}; pass "
+                                 f"custom_objects={{{cfg['loss']!r}: symprop.losses.from_sympy(...)}} to load it")
+            if getattr(getattr(loss, "spec", None), "hash", None) != cfg["loss_hash"]:
+                raise ValueError(f"{path}: the loss {cfg['loss']!r} in custom_objects is not the one the model was "
+                                 f"saved with (spec hash {getattr(getattr(loss, 'spec', None), 'hash', None)} != "
+                                 f"{cfg['loss_hash']})")
         try:
-            return cls(layers, loss=cfg["loss"], dtype=cfg["dtype"], seed=cfg.get("seed", 0),
+            return cls(layers, loss=loss, dtype=cfg["dtype"], seed=cfg.get("seed", 0),
                        input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: the config does not describe a model ({type(exc).__name__}: {exc})") from exc
