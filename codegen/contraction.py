@@ -2,7 +2,9 @@
 
 Each term of a derived kernel ``out[idx] = Σ terms`` is recognized as one of
 - ``gemm``: Σ_k c·A[·,k]·B[k,·] (any index order -> transpose flags), via cython_blas;
-- ``loop``: a single array broadcast, copied or reduced into ``out`` (bias terms).
+- ``loop``: a single array broadcast, copied or reduced into ``out`` (bias terms);
+- ``product``: a product of several arrays, broadcast and possibly reduced into ``out``
+  (``x[n,o]·s[o]``, its pullback ``Σ_n g[n,o]·x[n,o]``), one serial loop nest.
 Anything else is refused with the term named, rather than lowered wrongly.
 """
 from __future__ import annotations
@@ -93,10 +95,46 @@ def _loop_op(k: ContractionKernel, t: Term) -> dict | None:
             "a_base": [str(i) if i not in tail else "0" for i in A.indices]}
 
 
+def _product_op(k: ContractionKernel, t: Term) -> dict | None:
+    if len(t.factors) < 2:
+        return None
+    out_idx, sums = list(k.out_indices), set(t.sums)
+    idx = [i for f in t.factors for i in f.indices]
+    if any(not isinstance(i, sp.Symbol) for i in idx) or not set(idx) <= set(out_idx) | sums:
+        return None
+    if len(set(t.factors)) != len(t.factors):   # a repeated factor (A·A) is a square: not this op
+        return None
+    # the largest array's memory order outermost-to-innermost, so the inner loop is contiguous
+    big = max(t.factors, key=lambda f: len(f.indices)).indices
+    big = big if len(big) >= len(out_idx) else tuple(out_idx)
+    order = list(dict.fromkeys(list(big) + out_idx + [i for i in idx if i not in big]))
+    return {"kind": "product", "order": [str(i) for i in order], "alpha": t.coeff,
+            "factors": [(str(f.base), [str(i) for i in f.indices]) for f in t.factors],
+            "arrays": list(dict.fromkeys(str(f.base) for f in t.factors))}
+
+
+def _product_loops(ops: list[dict], shapes: dict, extents: list) -> list[str]:
+    """Each product op's loops as ``(variable, extent name)``: an index that names no array
+    dimension (a summation variable such as ``j`` in ``x[n, j]``, or a renamed ``o'``) runs
+    over the extent of the dimension it indexes. Returns the extra loop variables to declare."""
+    extra = []
+    for op in (o for o in ops if o["kind"] == "product"):
+        ident = {v: v if v.isidentifier() else "_" + v.replace("'", "_b") for v in op["order"]}
+        loops = []
+        for v in op["order"]:
+            dim = v if v in extents else next(shapes[f][p] for f, fi in op["factors"] for p, w in enumerate(fi) if w == v)
+            loops.append((ident[v], dim))
+            if ident[v] not in extents and ident[v] not in extra:
+                extra.append(ident[v])
+        op["loops"] = loops
+        op["factors"] = [(f, [ident[w] for w in fi]) for f, fi in op["factors"]]
+    return extra
+
+
 def lower(k: ContractionKernel) -> list[dict]:
     ops = []
     for t in terms_of(k.expr):
-        op = _gemm_op(k, t) or _loop_op(k, t)
+        op = _gemm_op(k, t) or _loop_op(k, t) or _product_op(k, t)
         if op is None:
             raise LoweringError(f"{k.name}: cannot lower term {t.coeff}*{t.factors} summed over {t.sums}")
         ops.append(op)
@@ -152,11 +190,12 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     extents = list(dict.fromkeys(i for a in used + [k.out] for i in shapes[a]))
     for op in ops:
         op["out"] = k.out
+    loopvars = _product_loops(ops, shapes, extents)
     any_assign = any(o["assign"] for o in ops)
     return {"name": k.name, "role": k.role, "arrays": used, "def_arrays": def_arrays(used, squares),
             "squares": sorted(squares.items()), "out": k.out, "outs": [k.out], "shapes": shapes, "ops": ops,
             "calls_blas": any(op["kind"] == "gemm" for op in ops), "zero": [] if any_assign else [k.out],
-            "optional": optional, "extents": extents,
+            "optional": optional, "extents": extents, "loopvars": loopvars,
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
 
@@ -191,6 +230,7 @@ def fused_parts(spec, ctxs: list[dict], name: str, role: str, parts: list[str]) 
     return {"name": name, "role": role, "parts": parts, "arrays": arrays, "def_arrays": list(arrays),
             "squares": [], "out": outs[0], "outs": outs, "shapes": shapes, "ops": ops,
             "calls_blas": any(p["calls_blas"] for p in ps), "optional": optional, "extents": extents,
+            "loopvars": list(dict.fromkeys(v for p in ps for v in p.get("loopvars", []))),
             "zero": [o for p in ps for o in p["zero"]],
             "doc": f"fused {role}: " + "; ".join(p["doc"] for p in ps)}
 

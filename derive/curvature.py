@@ -30,7 +30,23 @@ def squared_jacobian(expr, masks=()):
     the incoming gradient replaced by the output-Hessian diagonal H, every other factor
     squared; 0/1 masks stay unsquared."""
     if isinstance(expr, sp.Add):
-        return sp.Add(*[squared_jacobian(t, masks) for t in expr.args])
+        # terms reading ḡ at the same position are one Jacobian entry: (c₁ + c₂)², not c₁² + c₂²
+        by_read, rest = {}, []
+        for term in expr.args:
+            reads = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Indexed) and f.base == g_base]
+            if len(reads) == 1 and not isinstance(term, sp.Sum):
+                by_read.setdefault(reads[0], []).append(term / reads[0])
+            else:
+                rest.append(term)
+        out = [squared_jacobian(term, masks) for term in rest]
+        for read, coeffs in by_read.items():
+            if len(coeffs) == 1:
+                out.append(squared_jacobian(coeffs[0] * read, masks))
+            elif any(str(a.base) in masks for c in coeffs for a in c.atoms(sp.Indexed)):
+                raise CurvatureError(f"a Jacobian entry {sp.Add(*coeffs)} mixes a 0/1 mask with other terms")
+            else:
+                out.append(sp.expand(sp.Add(*coeffs) ** 2 * h_base[read.indices]))
+        return sp.Add(*out)
     if isinstance(expr, sp.Sum):
         return sp.Sum(squared_jacobian(expr.function, masks), *expr.limits)
     if isinstance(expr, sp.Piecewise):
@@ -48,8 +64,14 @@ def squared_jacobian(expr, masks=()):
 
 
 def check_single_terms(expr, name: str):
-    """Every summation variable of every term appears in the indices ḡ is read at."""
-    for t in sp.Add.make_args(sp.expand(expr)):
+    """Every summation variable of every term appears in the indices ḡ is read at, and a sum
+    does not sit beside other terms (they could read ḡ at a position the sum covers, and the
+    Jacobian entry would be their sum: squaring termwise would drop the cross terms)."""
+    terms = sp.Add.make_args(sp.expand(expr))
+    if len(terms) > 1 and any(isinstance(t, sp.Sum) for t in terms):
+        raise CurvatureError(f"{name}: a sum beside other terms in {expr}: a Jacobian entry may be several "
+                             f"terms, so squaring termwise would be wrong")
+    for t in terms:
         sums = [lim[0] for lim in t.limits] if isinstance(t, sp.Sum) else []
         body = t.function if isinstance(t, sp.Sum) else t
         reads = [a for a in body.atoms(sp.Indexed) if a.base == g_base]

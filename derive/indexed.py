@@ -188,6 +188,9 @@ class DerivedContraction:
     raw_vjps: dict = field(default_factory=dict)  # wrt name -> diff(Σ ḡ·y, X[idx]) before delta collapse
     bls: dict = field(default_factory=dict)      # wrt name -> Becker–LeCun kernel (squared Jacobian entries)
     sqvjps: dict = field(default_factory=dict)   # param -> SquaredPullback (how sqvjp:<param> is formed)
+    #: why the Becker-LeCun roles (bl:) are absent, or None: they are optional, and a layer
+    #: without them refuses only the Becker-LeCun diagonal
+    no_curvature: str | None = None
 
     @property
     def kernels(self) -> list[ContractionKernel]:
@@ -227,14 +230,20 @@ def _curvature(d: DerivedContraction):
     """Becker–LeCun and per-sample squared pullbacks, from the layer's own VJPs."""
     from .curvature import (SquaredPullback, check_single_terms, per_sample_squared, squared_jacobian,
                             squared_pullback_mode)
+    from .curvature import CurvatureError
     spec = d.spec
     masks = tuple(spec.selects)
-    for name, k in d.vjps.items():
-        check_single_terms(k.expr, k.name)
-        d.bls[name] = ContractionKernel(f"{spec.name}_bl_{name}", "h" + name, k.out_indices,
-                                        squared_jacobian(k.expr, masks), f"bl:{name}")
+    try:   # Becker-LeCun needs every Jacobian entry as one term; absent (all arrays) otherwise
+        for name, k in d.vjps.items():
+            check_single_terms(k.expr, k.name)
+            d.bls[name] = ContractionKernel(f"{spec.name}_bl_{name}", "h" + name, k.out_indices,
+                                            squared_jacobian(k.expr, masks), f"bl:{name}")
+    except CurvatureError as exc:
+        d.bls, d.no_curvature = {}, str(exc)
+    # the per-sample squared pullbacks square a whole per-sample pullback: always defined
     batch = spec.out_indices[0]
     kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
     for name in spec.params:
         e = d.vjps[name].expr
-        d.sqvjps[name] = SquaredPullback(name, squared_pullback_mode(e, batch), per_sample_squared(e, batch, (kk, KK)))
+        mode = squared_pullback_mode(e, batch) if d.bls else "per_sample"
+        d.sqvjps[name] = SquaredPullback(name, mode, per_sample_squared(e, batch, (kk, KK)))

@@ -13,11 +13,12 @@ from .dropout import Dropout
 from .layer import Layer, SpecLayer
 from .normalization import BatchNorm1D, BatchNorm2D, CompositeLayer, Softmax
 from .residual import Residual
+from .user_layers import ContractionLayer, GroupLayer, from_spec
 
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
            "SiLU", "Swish", "GELU", "Mish", "PReLU", "LearnableActivation", "Conv2D",
            "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "BatchNorm1D", "BatchNorm2D", "Softmax", "CompositeLayer",
-           "activation_names", "from_config"]
+           "activation_names", "from_config", "from_spec", "ContractionLayer", "GroupLayer"]
 
 
 def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
@@ -57,4 +58,16 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         if nm in activation_names():
             return Activation(nm, params=cfg.get("params"))
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
+    if kind == "Spec":   # a layer from a user's spec: the spec comes back through custom_objects
+        nm = cfg["name"]
+        spec = (custom_objects or {}).get(nm)
+        if spec is None:
+            raise ValueError(f"the layer {nm!r} was built from a user spec: pass custom_objects={{'{nm}': spec}} "
+                             f"to load it")
+        if getattr(spec, "hash", None) != cfg.get("hash"):
+            raise ValueError(f"the spec {nm!r} in custom_objects is not the one the model was saved with (spec "
+                             f"hash {getattr(spec, 'hash', None)} != {cfg.get('hash')})")
+        if cfg.get("family") == "composite":
+            return from_spec(spec, axes=tuple(cfg["axes"]), **cfg.get("scalars", {}))
+        return from_spec(spec, **cfg.get("sizes", {}))
     raise ValueError(f"unknown layer type {kind!r} in checkpoint")

@@ -1,0 +1,354 @@
+"""Layers from specs a user writes: ``L.from_spec(spec, init=..., axes=..., **sizes)``.
+
+A spec is compiled on first use through the same derive → codegen path as the built-ins, into
+the cache keyed by its hash (like :meth:`Activation.from_sympy`). The layer classes here hold
+only what the spec cannot know: the sizes of its extents, the parameters' initial values and,
+for a composite spec, which axes one reduction group spans. Every pass is a role of the spec.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import register
+from .layer import EVAL, Context, SpecLayer, _backprop_batch_columns, batch_columns, check_float_input
+from .normalization import CompositeLayer
+
+
+def _compile(stem: str, spec, derive, render, verbose: bool):
+    """The registered module of ``spec`` (cache hit: no derivation); ``(module, derived|None)``."""
+    from ..codegen.build import load_or_build, lookup_spec, remember_spec
+    from ..derive.elementwise import SpecError
+    module, derived = lookup_spec(stem, spec.hash), None
+    if module is None:
+        derived = derive(spec)
+        try:
+            text = render(stem, [derived])
+        except (NotImplementedError, ValueError) as exc:   # LoweringError is a ValueError
+            raise SpecError(f"spec {spec.name!r}: cannot emit its kernels: {exc}") from exc
+        module, _ = load_or_build(stem, text, spec.name, verbose=verbose)
+        remember_spec(stem, spec.hash, module)
+    return register(module), derived
+
+
+def _initial(layer: str, name: str, how, shape: tuple, fan_in: int, dtype, rng) -> np.ndarray:
+    """A parameter's first value: a number, an array of its shape, ``f(shape, rng)``, or
+    ``"uniform"`` (PyTorch's Linear default, U(±1/√fan_in))."""
+    if isinstance(how, str):
+        if how != "uniform":
+            raise ValueError(f"{layer}: init for {name!r} must be a number, an array, a callable or "
+                             f"'uniform', got {how!r}")
+        bound = 1.0 / np.sqrt(max(fan_in, 1))
+        return rng.uniform(-bound, bound, shape).astype(dtype)
+    value = how(shape, rng) if callable(how) else how
+    try:
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
+    except ValueError:
+        raise ValueError(f"{layer}: init for {name!r} has shape {np.shape(value)}, the parameter {shape}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{layer}: init for {name!r} holds NaN or inf")
+    return np.array(arr, dtype=dtype)
+
+
+class ContractionLayer(SpecLayer):
+    """A layer from a user's :class:`ContractionSpec` (indexed: GEMM, broadcast and elementwise
+    products with parameters, reductions). The input's first index is the batch."""
+
+    def __init__(self, spec, init: dict | None = None, verbose: bool = False, **sizes):
+        from ..codegen.contraction import render_contraction_module
+        from ..derive.elementwise import SpecError
+        from ..derive.indexed import derive_contraction
+        if spec.maps:
+            raise SpecError(f"L.from_spec({spec.name!r}): window specs (affine index maps) from user code are "
+                            f"not supported yet; write the layer as a contraction")
+        if len(spec.inputs) != 1:
+            raise SpecError(f"L.from_spec({spec.name!r}): a layer has exactly one input array, the spec has "
+                            f"{sorted(spec.inputs)}")
+        (self.input_name, self.in_idx), = spec.inputs.items()
+        if spec.out_indices[0] != self.in_idx[0]:
+            raise SpecError(f"L.from_spec({spec.name!r}): the output's first index {spec.out_indices[0]} must be "
+                            f"the input's batch index {self.in_idx[0]}")
+        self.spec = spec
+        self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_contraction,
+                                              render_contraction_module, verbose)
+        names = {str(e) for e in spec.extents.values()}
+        unknown = sorted(set(sizes) - names)
+        if unknown:
+            raise TypeError(f"L.from_spec({spec.name!r}): unknown size(s) {unknown}; the spec's extents are {sorted(names)}")
+        self.sizes = {k: int(v) for k, v in sizes.items()}
+        for k, v in self.sizes.items():
+            if v <= 0:
+                raise ValueError(f"{self.name}: size {k} must be a positive integer, got {v}")
+        self.init = dict(init or {})
+        extra = sorted(set(self.init) - set(spec.params))
+        if extra:
+            raise TypeError(f"{self.name}: init for unknown parameter(s) {extra}; it has {sorted(spec.params)}")
+        self.arrays = {p: None for p in spec.params}
+        self._bind(self.module, spec.name)
+
+    @property
+    def name(self):
+        return f"{self.spec.name}({', '.join(f'{k}={v}' for k, v in sorted(self.sizes.items()))})"
+
+    @property
+    def derived(self):
+        """The spec's derivation (derived on first access after a cache hit)."""
+        if self._derived is None:
+            from ..derive.indexed import derive_contraction
+            self._derived = derive_contraction(self.spec)
+        return self._derived
+
+    def _extent(self, i):
+        return self.spec.extents[i].name
+
+    def _shape(self, idx) -> tuple | None:
+        dims = [self.sizes.get(self._extent(i)) for i in idx]
+        return None if None in dims else tuple(dims)
+
+    def parameters_known(self):
+        return all(self._shape(idx) is not None for idx in self.spec.params.values())
+
+    def init_parameters(self, dtype, rng):
+        dtype = np.dtype(dtype)
+        if not self.parameters_known():
+            return
+        for p, idx in self.spec.params.items():
+            if self.arrays[p] is not None:
+                if self.arrays[p].dtype != dtype:
+                    raise TypeError(f"{self.name}: already initialised as {self.arrays[p].dtype}, cannot join a "
+                                    f"{dtype} model")
+                continue
+            shape = self._shape(idx)
+            summed = [i for i in idx if i not in self.spec.out_indices]
+            fan_in = int(np.prod([self.sizes[self._extent(i)] for i in summed])) if summed else 1
+            self.arrays[p] = _initial(self.name, p, self.init.get(p, "uniform"), shape, fan_in, dtype, rng)
+
+    def build(self, input_shape, dtype, rng):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != len(self.in_idx) - 1:
+            raise ValueError(f"{self.name}: expects per-sample inputs of rank {len(self.in_idx) - 1} "
+                             f"({', '.join(self._extent(i) for i in self.in_idx[1:])}), got {input_shape}")
+        for i, d in zip(self.in_idx[1:], input_shape):
+            self.sizes.setdefault(self._extent(i), int(d))
+        self.init_parameters(dtype, rng)
+        return self.output_shape(input_shape)
+
+    def output_shape(self, input_shape):
+        want = tuple(self.sizes.get(self._extent(i)) for i in self.in_idx[1:])
+        if tuple(input_shape) != want:
+            raise ValueError(f"{self.name}: expects per-sample inputs of shape {want}, got {tuple(input_shape)}")
+        out = self._shape(self.spec.out_indices[1:])
+        if out is None:
+            missing = [self._extent(i) for i in self.spec.out_indices[1:] if self._extent(i) not in self.sizes]
+            raise ValueError(f"{self.name}: the output extent(s) {missing} are not fixed by the input; pass them "
+                             f"to L.from_spec (e.g. {missing[0]}=16)")
+        return out
+
+    def check_input(self, x):
+        x = check_float_input(self, x)
+        if self.arrays and next(iter(self.arrays.values())) is not None:
+            dt = next(iter(self.arrays.values())).dtype
+            if x.dtype != dt:
+                raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the layer's {dt}")
+        if x.ndim != len(self.in_idx):
+            raise ValueError(f"{self.name}: expected input of rank {len(self.in_idx)}, got shape {x.shape}")
+        return x
+
+    def spec_arrays(self):
+        return dict(self.arrays)
+
+    def trainable(self):
+        return tuple(self.spec.params)
+
+    def _no_curvature(self, method):
+        if not self.kernels.has(f"bl:{self.input_name}"):
+            raise ValueError(f"hessian_diagonal: method={method!r} is not available through {self.name}: its "
+                             f"pullbacks have no squared form ({self.derived.no_curvature}); "
+                             f"use method='hutchinson'")
+
+    def bl(self, rec, h, g):
+        self._no_curvature("becker_lecun")
+        return super().bl(rec, h, g)
+
+    def config(self):
+        return {"type": "Spec", "family": "contraction", "name": self.spec.name, "hash": self.spec.hash,
+                "sizes": dict(self.sizes)}
+
+
+class GroupLayer(CompositeLayer):
+    """A layer from a user's :class:`CompositeSpec`: the input viewed as (A, C, B) where one
+    reduction group is a row of B elements spanning ``axes``; group-level parameters (and the
+    spec's scalars) one value per group index along the kept axes."""
+
+    def __init__(self, spec, axes, init: dict | None = None, verbose: bool = False, **scalars):
+        from ..codegen.composite import render_composite_module
+        from ..derive.composite import derive_composite
+        from ..derive.elementwise import SpecError
+        if spec.constants or spec.stats:
+            raise SpecError(f"L.from_spec({spec.name!r}): composite specs with constants or running statistics "
+                            f"are not supported from user code yet")
+        if axes is None:
+            raise TypeError(f"L.from_spec({spec.name!r}): a composite spec needs axes=(...), the input axes one "
+                            f"reduction group spans (LayerNorm on (N, F): axes=(1,))")
+        axes = tuple(sorted({int(a) for a in np.atleast_1d(axes)}))
+        if not axes or axes[0] < 0:
+            raise ValueError(f"L.from_spec({spec.name!r}): axes must be non-negative input axes, got {axes}")
+        self.spec, self.axes = spec, axes
+        self.module, self.derived = _compile(f"user_{spec.name}", spec, derive_composite,
+                                             render_composite_module, verbose)
+        defaults = dict(spec.scalars)
+        unknown = sorted(set(scalars) - set(defaults))
+        if unknown:
+            raise TypeError(f"{self.name}: unknown scalar(s) {unknown}; the spec has {sorted(defaults) or 'none'}")
+        self._scalars = {k: float(scalars.get(k, v)) for k, v in defaults.items()}
+        self.init = dict(init or {})
+        names = [p.name for p in spec.params]
+        extra = sorted(set(self.init) - set(names))
+        if extra:
+            raise TypeError(f"{self.name}: init for unknown parameter(s) {extra}; it has {names}")
+        self.arrays = {p: None for p in names}
+        self.groups = None
+        from .kernels import SpecKernels
+        self.K = SpecKernels(self.module, spec.name, owner=self.name)
+
+    @property
+    def name(self):
+        return f"{self.spec.name}(axes={self.axes})"
+
+    def scalars(self):
+        return self._scalars
+
+    def layout(self, shape):
+        nd = len(shape)
+        if self.axes[-1] >= nd:
+            raise ValueError(f"{self.name}: axes {self.axes} do not exist in inputs of shape {shape}")
+        kept = [a for a in range(nd) if a not in self.axes]
+        if kept and kept != list(range(kept[0], kept[-1] + 1)):
+            raise ValueError(f"{self.name}: the kept axes {kept} of inputs {shape} must be adjacent (one group "
+                             f"index); reshape the input first")
+        k0, k1 = (kept[0], kept[-1] + 1) if kept else (0, 0)
+        prod = lambda s: int(np.prod(s, dtype=np.int64))   # noqa: E731
+        return prod(shape[:k0]), prod(shape[k0:k1]), prod(shape[k1:])
+
+    def parameters_known(self):
+        return not self.arrays or all(a is not None for a in self.arrays.values())
+
+    def build(self, input_shape, dtype, rng):
+        if 0 in self.axes:
+            raise ValueError(f"{self.name}: axis 0 is the batch; groups spanning samples (batch statistics) "
+                             f"need running statistics, not supported from user code")
+        # groups along the kept per-sample axes (the batch axis is kept: per-sample groups)
+        A, C, B = self.layout((2,) + tuple(input_shape))
+        per_sample = C // 2 if A == 1 else C
+        for p in self.arrays:
+            if self.arrays[p] is None:
+                self.arrays[p] = _initial(self.name, p, self.init.get(p, 1.0), (per_sample,), 1, dtype, rng)
+        self.groups = per_sample
+        return tuple(input_shape)
+
+    def parameters(self):
+        return [self.arrays[p] for p in self.arrays]
+
+    def trainable(self):
+        return tuple(self.arrays)
+
+    def _spec_arrays(self):
+        return dict(self.arrays)
+
+    def forward(self, x, ctx: Context = EVAL):
+        x = self.check_input(x)
+        A, C, B = self.layout(x.shape)
+        if self.arrays and C != self.groups * (x.shape[0] if A == 1 else 1):
+            raise ValueError(f"{self.name}: built for {self.groups} groups per sample, got input {x.shape}")
+        rec = self._record(x, self.K)
+        env = {"x": x, **self._group_arrays(x.shape[0], A)}
+        outs = self._run(self.K, "forward", env, rec)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for name, v in zip(self.K.roles["forward"].outputs, outs):
+            rec[name] = v
+        return outs[0], rec
+
+    def _group_arrays(self, n, A):
+        """Group-level parameters as the kernels read them: one value per (sample, group) row."""
+        if A != 1 or n == 1:
+            return dict(self.arrays)
+        return {p: np.tile(a, n) for p, a in self.arrays.items()}
+
+    def _env(self, rec, **arrays):
+        env = {k: v for k, v in rec.items() if not k.startswith("_")}
+        n = rec["_shapes"]["x"][0]
+        env.update(self._group_arrays(n, rec["_layout"][0]))
+        env.update(arrays)
+        return env
+
+    def _fold(self, rec, grads):
+        """Per-(sample, group) parameter pullbacks summed over the samples (tiling's adjoint)."""
+        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
+        if A != 1 or n == 1:
+            return grads
+        return [None if g is None else g.reshape(n, -1).sum(axis=0) for g in grads]
+
+    def vjp(self, rec, g, need_input=True):
+        gx, grads = super().vjp(rec, g, need_input)
+        return gx, self._fold(rec, grads)
+
+    def jvp(self, rec, Rx, Rparams):
+        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
+        tiled = [v if (A != 1 or n == 1 or v is None) else np.tile(v, n) for v in Rparams]
+        return CompositeLayer.jvp(self, rec, Rx, tiled)
+
+    def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
+        tiled = [v if (A != 1 or n == 1 or v is None) else np.tile(v, n) for v in Rparams]
+        Rgx, Rgrads = CompositeLayer.rvjp(self, rec, g, Rg, Rx, tiled, need_input)
+        return Rgx, self._fold(rec, Rgrads)
+
+    def bl(self, rec, h, g):
+        raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not available through a group reduction; "
+                         f"use method='gauss_newton' or 'hutchinson'")
+
+    def sq_param_grads(self, rec, S, w):
+        diag = [np.zeros_like(p) for p in self.parameters()]
+        if diag:
+            _backprop_batch_columns(self, rec, *batch_columns(S, w), diag, need_input=False)
+        return diag
+
+    def factor_backprop(self, rec, groups, g, exact, need_input=True):
+        if exact and need_input:
+            raise ValueError(f"hessian_diagonal: method='exact' is not available below {self.name} (its second "
+                             f"derivative couples the elements of a group); use method='gauss_newton' or "
+                             f"'hutchinson'")
+        return super().factor_backprop(rec, groups, g, False, need_input)
+
+    def config(self):
+        return {"type": "Spec", "family": "composite", "name": self.spec.name, "hash": self.spec.hash,
+                "axes": list(self.axes), "scalars": dict(self._scalars)}
+
+
+def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, **sizes_and_scalars):
+    """A layer from any spec a user writes (compiled once, cached by the spec's hash):
+
+    - :class:`ElementwiseSpec` → an activation (``sizes_and_scalars``: parameter values);
+      with ``learnable=(name,)`` one learnable parameter per channel (``num_parameters``);
+    - :class:`ContractionSpec` → :class:`ContractionLayer` (``sizes_and_scalars``: extents the
+      input does not fix, e.g. ``O=16``; ``init``: per parameter a number, array, callable
+      ``f(shape, rng)`` or ``"uniform"``, the default);
+    - :class:`CompositeSpec` → :class:`GroupLayer` (``axes``: the input axes one reduction
+      group spans; ``init``: group-level parameters' first value, default 1.0).
+    """
+    from ..derive.composite import CompositeSpec
+    from ..derive.elementwise import ElementwiseSpec, SpecError
+    from ..derive.indexed import ContractionSpec
+    from .activation import Activation
+    if isinstance(spec, ElementwiseSpec):
+        if spec.learnable:
+            raise SpecError(f"L.from_spec({spec.name!r}): learnable elementwise specs from user code are not "
+                            f"supported yet; write the learnable parameter into a ContractionSpec "
+                            f"(y[n,o] = f(x[n,o]) * s[o] + b[o])")
+        return Activation.from_sympy(spec.name, spec.expr, spec.var, spec.params, verbose=verbose,
+                                     **sizes_and_scalars)
+    if isinstance(spec, ContractionSpec):
+        return ContractionLayer(spec, init, verbose, **sizes_and_scalars)
+    if isinstance(spec, CompositeSpec):
+        return GroupLayer(spec, axes, init, verbose, **sizes_and_scalars)
+    raise TypeError(f"L.from_spec: expected an ElementwiseSpec, ContractionSpec or CompositeSpec, got "
+                    f"{type(spec).__name__}")
