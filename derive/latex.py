@@ -39,7 +39,7 @@ from .cost import summed_work
 from .elementwise import DerivedElementwise, ElementwiseSpec, derive_elementwise
 from .composite import CompositeSpec, DerivedComposite, derive_composite
 from .indexed import ContractionSpec, DerivedContraction, _expand, derive_contraction
-from .losses import derive_softmax_cross_entropy, mse, sigmoid_cross_entropy
+from .losses import PointwiseLossSpec, derive_softmax_cross_entropy, derive_user_loss, mse, sigmoid_cross_entropy
 
 
 #: non-ASCII characters of spec docstrings, in LaTeX
@@ -1387,6 +1387,31 @@ def losses_section(kernels: list | None = None) -> str:
     ])
 
 
+def user_loss_section(spec: PointwiseLossSpec, kernels: list | None = None) -> str:
+    """A loss written with ``losses.from_sympy``: its definition, and ℓ′, ℓ″ as differentiated
+    and in the forms its kernels compute."""
+    d = derive_user_loss(spec)
+    P = DerivationPrinter(names=LOSS_NAMES)
+    a, tt = sp.symbols("a t", real=True)
+    raw_g = sp.diff(spec.canonical, a)
+    label = f"eq:{spec.name}"
+    if kernels is not None:
+        kernels.append(KernelTable(_capitalised(spec.name.replace("_", " ")), spec.name, "l R l",
+                                   ("kernel", "computes", "eq."), [
+            (spec.name, "the loss and its gradient", f"\\eqref{{{label}:def}}, \\eqref{{{label}:grad}}"),
+            (spec.name + "_hvp", "the second derivative times the direction", f"\\eqref{{{label}:hess}}")]))
+    return "".join([
+        f"\\subsection{{{escape(_capitalised(spec.name.replace('_', ' ')))} (a loss written by the user)}}\n",
+        (escape(spec.doc) + " " if spec.doc else "")
+        + "Per element of the prediction $a$ and target $t$, averaged over all elements; the gradient as "
+        "differentiated and as the kernel computes it, and the second derivative:\n",
+        display([row(r"\ell(a, t)", spec.canonical, P, f"{label}:def"),
+                 row(r"\frac{\partial \ell}{\partial a}", raw_g, P, f"{label}:grad",
+                     then=None if sp.simplify(raw_g - d.grad_elem) == 0 and raw_g == d.grad_elem else d.grad_elem),
+                 row(r"\frac{\partial^2 \ell}{\partial a^2}", d.hess_elem, P, f"{label}:hess")]),
+    ])
+
+
 # ---------------------------------------------------------------- a model: shapes, composed chain rule, kernel order
 @dataclass
 class ModelLayer:
@@ -1734,7 +1759,10 @@ def builtin_layer_names() -> list[str]:
 
 def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
           losses: bool = True) -> Document:
-    """The document and the kernel expressions it prints (see :func:`document`)."""
+    """The document and the kernel expressions it prints (see :func:`document`); ``extra`` may
+    hold :class:`PointwiseLossSpec` s (user losses), printed after the built-in losses."""
+    user_losses = [s for s in extra if isinstance(s, PointwiseLossSpec)]
+    extra = [s for s in extra if not isinstance(s, PointwiseLossSpec)]
     if model is not None and not isinstance(model, ModelInfo):
         raise TypeError(f"latex: model must be a ModelInfo (see describe_model), got {type(model).__name__}")
     losses = losses or model is not None        # the model part refers to its loss's equations
@@ -1767,8 +1795,9 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
         parts.append((PART_BREAK if breaks else "") + COMPOSITE_INTRO)
         parts += [composite_section(_derive(s), tables) for s in cp]
         breaks = True
-    if losses:
-        parts.append((PART_BREAK if breaks else "") + losses_section(tables))
+    if losses or user_losses:
+        parts.append((PART_BREAK if breaks else "") + losses_section(tables)
+                     + "".join(user_loss_section(s, tables) for s in user_losses))
         breaks = True
     if model is not None:
         parts.append((PART_BREAK if breaks else "") + model_section(model))

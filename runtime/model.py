@@ -477,6 +477,49 @@ class Sequential:
             rows.append((layer.name, shape, n, ""))
         return rows
 
+    def specs(self) -> tuple[list[str], list]:
+        """``(built-in spec names, user specs)`` of every layer and the loss, in model order
+        (what :meth:`latex` documents)."""
+        from .kernels import SpecKernels
+        names, extra = [], []
+
+        def visit(obj):
+            if isinstance(obj, (list, tuple)):
+                for o in obj:
+                    visit(o)
+                return
+            if not isinstance(obj, Layer):
+                return
+            spec = getattr(obj, "spec", None)
+            if spec is not None and hasattr(spec, "hash"):
+                if all(spec is not e for e in extra):
+                    extra.append(spec)
+                return
+            for v in vars(obj).values():
+                if isinstance(v, SpecKernels) and v.spec not in names:
+                    names.append(v.spec)
+                elif isinstance(v, (Layer, list, tuple)):
+                    visit(v)
+        visit(self.layers)
+        if getattr(self.loss, "spec", None) is not None:
+            extra.append(self.loss.spec)
+        return names, extra
+
+    def latex(self, path=None) -> str:
+        """A LaTeX document of this model's layers and loss — built-ins and user specs alike —
+        with their derived chain rules and the forms the kernels compute (``path``: also write it)."""
+        from ..derive import latex as tex
+        names, extra = self.specs()
+        known = set(tex.builtin_layer_names())
+        text = tex.document([n for n in names if n in known], extra)
+        if path is not None:   # atomically: a reader never sees half a document
+            import os
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        return text
+
     def summary(self, print_fn=print) -> None:
         """Print the layers, their output shapes and parameter counts, and the total (as Keras's
         ``model.summary()``; pass ``print_fn`` to collect the lines instead)."""

@@ -337,19 +337,23 @@ def _model_info(name: str):
 
 
 def _load_specs(path: str) -> list:
-    """ElementwiseSpec/ContractionSpec/CompositeSpec objects defined at the top level of a
-    user's Python file."""
+    """ElementwiseSpec/ContractionSpec/CompositeSpec/PointwiseLossSpec objects defined at the top
+    level of a user's Python file (a loss from ``losses.from_sympy`` counts by its spec)."""
     import runpy
 
     from .derive import ContractionSpec, ElementwiseSpec
     from .derive.composite import CompositeSpec
+    from .derive.losses import PointwiseLossSpec
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--spec: no such file {path}")
-    kinds = (ElementwiseSpec, ContractionSpec, CompositeSpec)
-    found = [v for v in runpy.run_path(path).values() if isinstance(v, kinds)]
+    kinds = (ElementwiseSpec, ContractionSpec, CompositeSpec, PointwiseLossSpec)
+    values = runpy.run_path(path).values()
+    found = [v for v in values if isinstance(v, kinds)]
+    found += [v.spec for v in values if isinstance(getattr(v, "spec", None), PointwiseLossSpec) and v.spec not in found]
     if not found:
-        raise ValueError(f"--spec {path}: defines no ElementwiseSpec, ContractionSpec or CompositeSpec at top level")
+        raise ValueError(f"--spec {path}: defines no ElementwiseSpec, ContractionSpec, CompositeSpec or loss "
+                         f"spec at top level")
     return found
 
 

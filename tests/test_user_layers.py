@@ -240,3 +240,20 @@ def test_refusals_name_the_problem(rng):
         Sequential([L.from_spec(LINEAR)], input_shape=(4,))
     with pytest.raises(TypeError, match="ElementwiseSpec, ContractionSpec or CompositeSpec"):
         L.from_spec("relu")
+
+
+def test_model_latex_documents_user_layers_and_loss(tmp_path):
+    from symprop import losses
+    zz, tt = sp.symbols("z t")
+    huber = losses.from_sympy("huber", sp.Piecewise(((zz - tt) ** 2 / 2, sp.Abs(zz - tt) <= 1),
+                                                    (sp.Abs(zz - tt) - sp.S.Half, True)), zz, tt)
+    model = Sequential([L.Dense(4, 6), L.from_spec(NORMALIZE, axes=(1,)), L.from_spec(AFFINE), L.ReLU(),
+                        L.Dense(6, 1)], loss=huber)
+    names, extra = model.specs()
+    assert names == ["dense", "relu"] and [s.name for s in extra] == ["normalize", "affine", "huber"]
+    text = model.latex(tmp_path / "m.tex")
+    assert (tmp_path / "m.tex").read_text() == text
+    for needle in ("A learnable scale and shift", "Zero mean, unit variance per group",
+                   "Huber (a loss written by the user)", "huber\\_hvp", "affine\\_bl\\_x"):
+        assert needle in text, needle
+    assert "Sigmoid" not in text.split("\\section{Losses}")[0]   # only the model's activations
