@@ -51,9 +51,13 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         if custom_objects and nm in custom_objects:
             layer = custom_objects[nm]
             have = getattr(getattr(layer, "spec", None), "hash", None)
+            if hasattr(layer, "var") and hasattr(layer, "hash"):   # an ElementwiseSpec: its hash is the spec's
+                have = layer.hash
             if cfg.get("hash") is not None and have != cfg["hash"]:
                 raise ValueError(f"activation {nm!r} in custom_objects is not the one the model was saved with "
                                  f"(spec hash {have} != {cfg['hash']})")
+            if hasattr(layer, "var"):
+                return from_spec(layer, **cfg.get("params", {}))
             return layer
         if nm in activation_names():
             return Activation(nm, params=cfg.get("params"))

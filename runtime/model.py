@@ -683,10 +683,13 @@ class Sequential:
             if loss is None:
                 raise ValueError(f"{path}: the model was trained with the user loss {cfg['loss']!r}; pass "
                                  f"custom_objects={{{cfg['loss']!r}: symprop.losses.from_sympy(...)}} to load it")
-            if getattr(getattr(loss, "spec", None), "hash", None) != cfg["loss_hash"]:
+            spec = loss if hasattr(loss, "canonical") else getattr(loss, "spec", None)   # a loss or its spec
+            if getattr(spec, "hash", None) != cfg["loss_hash"]:
                 raise ValueError(f"{path}: the loss {cfg['loss']!r} in custom_objects is not the one the model was "
-                                 f"saved with (spec hash {getattr(getattr(loss, 'spec', None), 'hash', None)} != "
-                                 f"{cfg['loss_hash']})")
+                                 f"saved with (spec hash {getattr(spec, 'hash', None)} != {cfg['loss_hash']})")
+            if loss is spec:   # compiled (or taken from the cache) only once the hash matched
+                from .losses import from_sympy
+                loss = from_sympy(spec.name, spec.expr, spec.z, spec.t)
         try:
             return cls(layers, loss=loss, dtype=cfg["dtype"], seed=cfg.get("seed", 0),
                        input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))

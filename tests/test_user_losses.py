@@ -91,12 +91,15 @@ def test_trains_saves_and_loads_with_custom_objects(user_losses, tmp_path):
     model.save(path)
     with pytest.raises(ValueError, match="custom_objects=.*huber"):
         Sequential.load(path)
-    other = losses.from_sympy("huber", sp.Piecewise((d ** 2 / 2, sp.Abs(d) <= 2), (2 * sp.Abs(d) - 2, True)), z, t)
+    from symprop.specs import PointwiseLossSpec   # a spec is compiled only once its hash matched
+    other = PointwiseLossSpec("huber", sp.Piecewise((d ** 2 / 2, sp.Abs(d) <= 2), (2 * sp.Abs(d) - 2, True)), z, t)
     with pytest.raises(ValueError, match="not the one the model was saved with"):
         Sequential.load(path, custom_objects={"huber": other})
     back = Sequential.load(path, custom_objects={"huber": huber})
     assert back.loss is huber
     np.testing.assert_array_equal(back.predict(X), model.predict(X))
+    again = Sequential.load(path, custom_objects={"huber": huber.spec})
+    assert again.loss.spec == huber.spec
 
 
 def test_user_activation_hash_checked_on_load(tmp_path):
@@ -105,10 +108,12 @@ def test_user_activation_hash_checked_on_load(tmp_path):
     model = Sequential([L.Dense(3, 4), act, L.Dense(4, 2)], seed=0)
     path = tmp_path / "m.npz"
     model.save(path)
-    wrong = L.Activation.from_sympy("cube_tanh", sp.tanh(x) ** 5, x)
+    from symprop.specs import ElementwiseSpec
+    wrong = ElementwiseSpec("cube_tanh", sp.tanh(x) ** 5, x)
     with pytest.raises(ValueError, match="cube_tanh.*not the one the model was saved with"):
         Sequential.load(path, custom_objects={"cube_tanh": wrong})
     assert Sequential.load(path, custom_objects={"cube_tanh": act}).layers[1] is act
+    assert Sequential.load(path, custom_objects={"cube_tanh": act.spec}).layers[1].spec == act.spec
 
 
 @pytest.mark.parametrize("expr, syms, match", [
