@@ -77,8 +77,10 @@ class ElementwiseSpec:
 
     @property
     def canonical(self) -> sp.Basic:
-        """The expression in the canonical variable ``x``."""
-        return self.expr.subs(self.var, X) if self.var != X else self.expr
+        """The expression in the canonical variable ``x``; ``|u|`` written ``max(u, −u)`` (SymPy
+        differentiates ``Abs`` of a symbol not declared real into complex parts)."""
+        e = self.expr.subs(self.var, X) if self.var != X else self.expr
+        return e.replace(sp.Abs, lambda u: sp.Max(u, -u))
 
     @property
     def hash(self) -> str:

@@ -179,9 +179,14 @@ class LearnableActivation(SpecLayer):
     def name(self):
         return f"{self.kernel_name}({self.param_name}: {self.num_parameters})"
 
+    spec = None   # a user's spec (L.from_spec); built-ins: None
+
     def config(self):
-        return {"type": "LearnableActivation", "name": self.kernel_name, "num_parameters": self.num_parameters,
-                "init": self.init}
+        cfg = {"type": "LearnableActivation", "name": self.kernel_name, "num_parameters": self.num_parameters,
+               "init": self.init}
+        if self.spec is not None:   # loaded back through custom_objects, checked by hash
+            cfg["hash"] = self.spec.hash
+        return cfg
 
     def init_parameters(self, dtype, rng):
         dtype = np.dtype(dtype)

@@ -28,6 +28,17 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True),
                      dropconnect=cfg.get("dropconnect", 0.0))
     if kind == "LearnableActivation":
+        if cfg.get("hash") is not None:   # a user's learnable spec
+            nm = cfg["name"]
+            spec = (custom_objects or {}).get(nm)
+            spec = getattr(spec, "spec", spec)
+            if spec is None:
+                raise ValueError(f"the layer {nm!r} was built from a user spec: pass custom_objects={{'{nm}': spec}} "
+                                 f"to load it")
+            if getattr(spec, "hash", None) != cfg["hash"]:
+                raise ValueError(f"the spec {nm!r} in custom_objects is not the one the model was saved with (spec "
+                                 f"hash {getattr(spec, 'hash', None)} != {cfg['hash']})")
+            return from_spec(spec, num_parameters=cfg.get("num_parameters", 1), init=cfg.get("init"))
         return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
     if kind in ("BatchNorm1D", "BatchNorm2D"):
         return {"BatchNorm1D": BatchNorm1D, "BatchNorm2D": BatchNorm2D}[kind](

@@ -324,11 +324,28 @@ class GroupLayer(CompositeLayer):
                 "axes": list(self.axes), "scalars": dict(self._scalars)}
 
 
+def _learnable(spec, verbose: bool, num_parameters: int = 1, init: float | None = None):
+    """An elementwise spec with one learnable parameter (one value per channel on axis 1, or one
+    shared), compiled like the built-in PReLU (the channelwise family)."""
+    from ..codegen.channelwise import render_channelwise_module
+    from ..derive.elementwise import SpecError, derive_elementwise
+    from .activation import LearnableActivation
+    fixed = [p for p, _ in spec.params if p not in spec.learnable]
+    if fixed:
+        raise SpecError(f"L.from_spec({spec.name!r}): a learnable elementwise spec may have no fixed parameters "
+                        f"besides the learnable one, got {fixed}; write them as numbers")
+    module, _ = _compile(f"learn_{spec.name}", spec, derive_elementwise, render_channelwise_module, verbose)
+    layer = LearnableActivation(spec.name, num_parameters, init, module=module)
+    layer.spec = spec
+    return layer
+
+
 def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, **sizes_and_scalars):
     """A layer from any spec a user writes (compiled once, cached by the spec's hash):
 
     - :class:`ElementwiseSpec` → an activation (``sizes_and_scalars``: parameter values);
-      with ``learnable=(name,)`` one learnable parameter per channel (``num_parameters``);
+      with ``learnable=(name,)`` one learnable parameter, shared or one per channel on axis 1
+      (``num_parameters=C``, ``init=`` its first value; default the spec's);
     - :class:`ContractionSpec` → :class:`ContractionLayer` (``sizes_and_scalars``: extents the
       input does not fix, e.g. ``O=16``; ``init``: per parameter a number, array, callable
       ``f(shape, rng)`` or ``"uniform"``, the default);
@@ -341,9 +358,7 @@ def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, 
     from .activation import Activation
     if isinstance(spec, ElementwiseSpec):
         if spec.learnable:
-            raise SpecError(f"L.from_spec({spec.name!r}): learnable elementwise specs from user code are not "
-                            f"supported yet; write the learnable parameter into a ContractionSpec "
-                            f"(y[n,o] = f(x[n,o]) * s[o] + b[o])")
+            return _learnable(spec, verbose, **sizes_and_scalars)
         return Activation.from_sympy(spec.name, spec.expr, spec.var, spec.params, verbose=verbose,
                                      **sizes_and_scalars)
     if isinstance(spec, ContractionSpec):

@@ -257,3 +257,35 @@ def test_model_latex_documents_user_layers_and_loss(tmp_path):
                    "Huber (a loss written by the user)", "huber\\_hvp", "affine\\_bl\\_x"):
         assert needle in text, needle
     assert "Sigmoid" not in text.split("\\section{Losses}")[0]   # only the model's activations
+
+
+def test_learnable_elementwise_spec_from_user_code(rng, tmp_path):
+    """A learnable activation written by the user: y = x·tanh(a·x)... here a scaled softsign
+    x / (1 + |a·x|) with a learnable per channel, against PyTorch; and a checkpoint."""
+    from symprop.specs import ElementwiseSpec
+    xs, a = sp.symbols("x a")
+    spec = ElementwiseSpec("scaled_softsign", xs / (1 + sp.Abs(a * xs)), xs, (("a", 0.5),), learnable=("a",))
+    act = L.from_spec(spec, num_parameters=5, init=0.7)
+    model = Sequential([L.Dense(3, 5), act, L.Dense(5, 2)], dtype="float64", seed=0)
+    model.parameters()[2][:] = rng.uniform(0.2, 1.5, 5)
+    X, y = rng.normal(size=(6, 3)), rng.integers(0, 2, 6)
+    _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: (lambda av: h / (1 + torch.abs(av * h)))(next(it)),
+                                            dense]), X, y, rng, diagonals=())
+    path = tmp_path / "m.npz"
+    model.save(path)
+    with pytest.raises(ValueError, match="custom_objects=.*scaled_softsign"):
+        Sequential.load(path)
+    back = Sequential.load(path, custom_objects={"scaled_softsign": spec})
+    np.testing.assert_array_equal(back.parameters()[2], model.parameters()[2])
+    with pytest.raises(SpecError, match="no fixed parameters besides"):
+        L.from_spec(ElementwiseSpec("two_params", a * xs + sp.Symbol("c"), xs, (("a", 1.0), ("c", 0.0)),
+                                    learnable=("a",)))
+
+
+def test_abs_in_a_user_activation(rng):
+    """|x| in a spec differentiates as a sign (SymPy alone would give complex parts)."""
+    xs = sp.Symbol("x")
+    soft = L.Activation.from_sympy("softsign_abs", xs / (1 + sp.Abs(xs)), xs)
+    model = Sequential([L.Dense(3, 4), soft, L.Dense(4, 2)], dtype="float64", seed=0)
+    X, y = rng.normal(size=(5, 3)), rng.integers(0, 2, 5)
+    _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: F.softsign(h), dense]), X, y, rng, diagonals=())
