@@ -102,8 +102,6 @@ def _product_op(k: ContractionKernel, t: Term) -> dict | None:
     idx = [i for f in t.factors for i in f.indices]
     if any(not isinstance(i, sp.Symbol) for i in idx) or not set(idx) <= set(out_idx) | sums:
         return None
-    if len(set(t.factors)) != len(t.factors):   # a repeated factor (A·A) is a square: not this op
-        return None
     # the largest array's memory order outermost-to-innermost, so the inner loop is contiguous
     big = max(t.factors, key=lambda f: len(f.indices)).indices
     big = big if len(big) >= len(out_idx) else tuple(out_idx)
@@ -238,8 +236,10 @@ def fused_parts(spec, ctxs: list[dict], name: str, role: str, parts: list[str]) 
 def fused_contexts(d: DerivedContraction, ctxs: list[dict], fuse) -> list[dict]:
     """Every fused role the spec's kernels allow, built by ``fuse(spec, ctxs, name, role, parts)``."""
     s = d.spec
+    by_role = {c["role"]: c for c in ctxs}
     return [fuse(s, ctxs, kernel_name(s.name, role), role, parts)
-            for role, parts in fused_roles([c["role"] for c in ctxs], list(s.inputs), list(s.params)).items()]
+            for role, parts in fused_roles([c["role"] for c in ctxs], list(s.inputs), list(s.params)).items()
+            if not any(by_role[r]["squares"] for r in parts if r in by_role)]   # run unfused instead
 
 
 def sqvjp_contexts(d: DerivedContraction, ctxs: list[dict], scalars: list) -> list[dict]:

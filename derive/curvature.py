@@ -71,6 +71,10 @@ def check_single_terms(expr, name: str):
     if len(terms) > 1 and any(isinstance(t, sp.Sum) for t in terms):
         raise CurvatureError(f"{name}: a sum beside other terms in {expr}: a Jacobian entry may be several "
                              f"terms, so squaring termwise would be wrong")
+    reads = {a for t in terms for a in sp.Mul.make_args(t) if isinstance(a, sp.Indexed) and a.base == g_base}
+    if len(reads) > 1:   # g[n,o,p] and g[n,p,o] coincide on the diagonal: one entry, two terms
+        raise CurvatureError(f"{name}: terms read ḡ at {sorted(map(str, reads))}, positions that may coincide: "
+                             f"a Jacobian entry may be several terms, so squaring termwise would be wrong")
     for t in terms:
         sums = [lim[0] for lim in t.limits] if isinstance(t, sp.Sum) else []
         body = t.function if isinstance(t, sp.Sum) else t

@@ -53,13 +53,59 @@ class ContractionSpec:
 
     @property
     def hash(self) -> str:
-        text = "|".join([self.name, sp.srepr(self.expr), repr(sorted(self.arrays.items(), key=str)),
+        text = "|".join([self.name, self.output, sp.srepr(tuple(self.out_indices)),
+                         sp.srepr(tuple(sorted(self.extents.items(), key=str))),
+                         sp.srepr(self.expr), repr(sorted(self.arrays.items(), key=str)),
                          repr(sorted(self.constants.items(), key=str)), repr(sorted(self.selects.items())),
                          sp.srepr(tuple(self.scalars))] + [sp.srepr(tuple(vars(m).values())) for m in self.maps])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def base(self, name: str) -> sp.IndexedBase:
         return sp.IndexedBase(name)
+
+
+#: names the contraction kernels use for their own arrays
+RESERVED_ARRAYS = frozenset({"g", "H", "S", "w"})
+
+
+def check_contraction(spec: ContractionSpec) -> None:
+    """Refuse a spec whose arrays are read with indices other than declared (a read past the end
+    of an array), reserved names, parameters indexed by the batch, or sums over ranges other than
+    their index's extent — every error names the spec and the term."""
+    from .elementwise import SpecError
+    declared = spec.all_arrays
+    out = spec.output
+    names = list(declared) + [out]
+    for nm in names:
+        if nm in RESERVED_ARRAYS or nm.startswith("R") or nm.endswith("_sq") or \
+                any(nm == p + q for p in ("g", "h", "s") for q in declared):
+            raise SpecError(f"spec {spec.name!r}: the array name {nm!r} is reserved for the kernels' own arrays "
+                            f"(g, H, S, w, R…, …_sq, g<array>, h<array>, s<param>); rename it")
+    for idx in (spec.out_indices, *declared.values()):
+        for i in idx:
+            if i not in spec.extents:
+                raise SpecError(f"spec {spec.name!r}: index {i} has no extent in extents={spec.extents}")
+    batch = spec.out_indices[0]
+    for p, idx in spec.params.items():
+        if batch in idx:
+            raise SpecError(f"spec {spec.name!r}: parameter {p}{list(idx)} is indexed by the batch index {batch}")
+    for a in spec.expr.atoms(sp.Indexed):
+        nm = str(a.base)
+        if nm not in declared:
+            raise SpecError(f"spec {spec.name!r}: {a} reads {nm!r}, which is not among its inputs or parameters "
+                            f"{sorted(declared)}")
+        want = declared[nm]
+        if len(a.indices) != len(want):
+            raise SpecError(f"spec {spec.name!r}: {a} has {len(a.indices)} indices, {nm} is declared with {len(want)}")
+        for got, dim in zip(a.indices, want):
+            if isinstance(got, sp.Symbol) and got in spec.extents and spec.extents[got] != spec.extents[dim]:
+                raise SpecError(f"spec {spec.name!r}: {a} indexes axis {dim} of {nm} (extent {spec.extents[dim]}) "
+                                f"with {got} (extent {spec.extents[got]}): a read past the end of {nm}")
+    for s in spec.expr.atoms(sp.Sum):
+        for v, lo, hi in s.limits:
+            if v not in spec.extents or lo != 0 or sp.simplify(hi - (spec.extents[v] - 1)) != 0:
+                raise SpecError(f"spec {spec.name!r}: the sum over {v} runs over [{lo}, {hi}], not over its extent "
+                                f"[0, {spec.extents.get(v, '?')} - 1]")
 
 
 def _strip_range_guards(expr: sp.Basic) -> sp.Basic:

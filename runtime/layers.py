@@ -69,7 +69,12 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
                                  f"(spec hash {have} != {cfg['hash']})")
             if hasattr(layer, "var"):
                 return from_spec(layer, **cfg.get("params", {}))
+            if isinstance(layer, Activation) and cfg.get("params", {}) != layer.params:   # the saved values
+                return Activation(nm, module=layer.module, spec=layer.spec, params=cfg.get("params"))
             return layer
+        if cfg.get("hash") is not None:   # a user's spec, even when named like a built-in
+            raise ValueError(f"the activation {nm!r} was built from a user spec (hash {cfg['hash']}): pass "
+                             f"custom_objects={{'{nm}': spec_or_layer}} to load it")
         if nm in activation_names():
             return Activation(nm, params=cfg.get("params"))
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
@@ -84,5 +89,6 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
                              f"hash {getattr(spec, 'hash', None)} != {cfg.get('hash')})")
         if cfg.get("family") == "composite":
             return from_spec(spec, axes=tuple(cfg["axes"]), **cfg.get("scalars", {}))
-        return from_spec(spec, **cfg.get("sizes", {}))
+        # the checkpoint's arrays replace the values: zeros are only placeholders
+        return from_spec(spec, init={p: 0.0 for p in getattr(spec, "params", {})}, **cfg.get("sizes", {}))
     raise ValueError(f"unknown layer type {kind!r} in checkpoint")

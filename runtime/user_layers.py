@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import register
-from .layer import EVAL, Context, SpecLayer, _backprop_batch_columns, batch_columns, check_float_input
+from .layer import EVAL, Context, SpecLayer, check_float_input
 from .normalization import CompositeLayer
 
 
@@ -22,7 +22,15 @@ def _compile(stem: str, spec, derive, render, verbose: bool):
     if module is None:
         derived = derive(spec)
         try:
-            text = render(stem, [derived])
+            try:
+                text = render(stem, [derived])
+            except ValueError as exc:   # LoweringError; a Becker-LeCun kernel (squares of squares) may be
+                if not getattr(derived, "bls", None):   # the only one that cannot be emitted: drop it
+                    raise
+                derived.bls, derived.no_curvature = {}, f"its Becker-LeCun kernels cannot be emitted ({exc})"
+                for sq in derived.sqvjps.values():
+                    sq.mode = "per_sample"
+                text = render(stem, [derived])
         except (NotImplementedError, ValueError) as exc:   # LoweringError is a ValueError
             raise SpecError(f"spec {spec.name!r}: cannot emit its kernels: {exc}") from exc
         module, _ = load_or_build(stem, text, spec.name, verbose=verbose)
@@ -56,7 +64,7 @@ class ContractionLayer(SpecLayer):
     def __init__(self, spec, init: dict | None = None, verbose: bool = False, **sizes):
         from ..codegen.contraction import render_contraction_module
         from ..derive.elementwise import SpecError
-        from ..derive.indexed import derive_contraction
+        from ..derive.indexed import check_contraction, derive_contraction
         if spec.maps:
             raise SpecError(f"L.from_spec({spec.name!r}): window specs (affine index maps) from user code are "
                             f"not supported yet; write the layer as a contraction")
@@ -67,6 +75,7 @@ class ContractionLayer(SpecLayer):
         if spec.out_indices[0] != self.in_idx[0]:
             raise SpecError(f"L.from_spec({spec.name!r}): the output's first index {spec.out_indices[0]} must be "
                             f"the input's batch index {self.in_idx[0]}")
+        check_contraction(spec)
         self.spec = spec
         self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_contraction,
                                               render_contraction_module, verbose)
@@ -119,6 +128,10 @@ class ContractionLayer(SpecLayer):
                 continue
             shape = self._shape(idx)
             summed = [i for i in idx if i not in self.spec.out_indices]
+            if p not in self.init and not summed:
+                raise TypeError(f"{self.name}: give init={{{p!r}: ...}}: {p} is not summed over in the output, so "
+                                f"there is no fan-in to scale a random initialisation by (e.g. 1.0 for a scale, "
+                                f"0.0 for a shift)")
             fan_in = int(np.prod([self.sizes[self._extent(i)] for i in summed])) if summed else 1
             self.arrays[p] = _initial(self.name, p, self.init.get(p, "uniform"), shape, fan_in, dtype, rng)
 
@@ -159,7 +172,23 @@ class ContractionLayer(SpecLayer):
     def trainable(self):
         return tuple(self.spec.params)
 
+    def _nonlinear(self) -> list[str]:
+        """Arrays the layer is not linear in (their pullback still reads them): the exact and
+        Becker-LeCun diagonals would need its second derivative in them, which is not a role."""
+        import sympy as sp
+        return [a for a, k in self.derived.vjps.items() if k.expr.has(sp.IndexedBase(a))]
+
+    def factor_backprop(self, rec, groups, g, exact, need_input=True):
+        if exact and self._nonlinear():
+            raise ValueError(f"hessian_diagonal: method='exact' is not available through {self.name}: it is not "
+                             f"linear in {self._nonlinear()} and its second derivative is not a derived role; use "
+                             f"method='gauss_newton' or 'hutchinson'")
+        return super().factor_backprop(rec, groups, g, exact, need_input)
+
     def _no_curvature(self, method):
+        if self._nonlinear():
+            raise ValueError(f"hessian_diagonal: method={method!r} is not available through {self.name}: it is not "
+                             f"linear in {self._nonlinear()}; use method='gauss_newton' or 'hutchinson'")
         if not self.kernels.has(f"bl:{self.input_name}"):
             raise ValueError(f"hessian_diagonal: method={method!r} is not available through {self.name}: its "
                              f"pullbacks have no squared form ({self.derived.no_curvature}); "
@@ -193,8 +222,8 @@ class GroupLayer(CompositeLayer):
         if not axes or axes[0] < 0:
             raise ValueError(f"L.from_spec({spec.name!r}): axes must be non-negative input axes, got {axes}")
         self.spec, self.axes = spec, axes
-        self.module, self.derived = _compile(f"user_{spec.name}", spec, derive_composite,
-                                             render_composite_module, verbose)
+        self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_composite,
+                                              render_composite_module, verbose)
         defaults = dict(spec.scalars)
         unknown = sorted(set(scalars) - set(defaults))
         if unknown:
@@ -213,6 +242,14 @@ class GroupLayer(CompositeLayer):
     @property
     def name(self):
         return f"{self.spec.name}(axes={self.axes})"
+
+    @property
+    def derived(self):
+        """The spec's derivation (derived on first access after a cache hit)."""
+        if self._derived is None:
+            from ..derive.composite import derive_composite
+            self._derived = derive_composite(self.spec)
+        return self._derived
 
     def scalars(self):
         return self._scalars
@@ -239,6 +276,9 @@ class GroupLayer(CompositeLayer):
         # groups along the kept per-sample axes (the batch axis is kept: per-sample groups)
         A, C, B = self.layout((2,) + tuple(input_shape))
         per_sample = C // 2 if A == 1 else C
+        if self.groups is not None and self.groups != per_sample:
+            raise ValueError(f"{self.name}: already built for {self.groups} groups per sample; inputs "
+                             f"{tuple(input_shape)} have {per_sample} (a shared layer keeps one size)")
         for p in self.arrays:
             if self.arrays[p] is None:
                 self.arrays[p] = _initial(self.name, p, self.init.get(p, 1.0), (per_sample,), 1, dtype, rng)
@@ -306,13 +346,43 @@ class GroupLayer(CompositeLayer):
         raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not available through a group reduction; "
                          f"use method='gauss_newton' or 'hutchinson'")
 
+    def _nonlinear_params(self) -> list[str]:
+        """Parameters the output is not linear in — a reduction reads something they shape, or a
+        stage has a second derivative in what they shape: the exact diagonal would need that
+        second-order term, which is not a role."""
+        import sympy as sp
+        out = []
+        for p in self.spec.params:
+            shaped = {p}
+            for st in self.spec.stages:
+                if st.expr.free_symbols & shaped:
+                    reads = sorted(st.expr.free_symbols & shaped, key=str)
+                    if st.kind != "map" or any(sp.diff(st.expr, a, b) != 0 for a in reads for b in reads):
+                        out.append(p.name)
+                        break
+                    shaped.add(st.symbol)
+        return out
+
     def sq_param_grads(self, rec, S, w):
+        """Groups lie within one sample: a factor column's pullback per (sample, group) row is that
+        sample's, so each row is squared and weighted by its sample's sign before the rows of a
+        group are summed over the samples."""
         diag = [np.zeros_like(p) for p in self.parameters()]
-        if diag:
-            _backprop_batch_columns(self, rec, *batch_columns(S, w), diag, need_input=False)
+        if not diag:
+            return diag
+        n = rec["_shapes"]["x"][0]
+        for k in range(S.shape[0]):
+            _, rows = CompositeLayer.vjp(self, rec, np.ascontiguousarray(S[k]), need_input=False)
+            for d, r in zip(diag, rows):   # rows: (sample, group) in order (A == 1: the batch is kept)
+                d += (w[k][:, None] * r.reshape(n, -1) ** 2).sum(axis=0)
         return diag
 
     def factor_backprop(self, rec, groups, g, exact, need_input=True):
+        if exact:
+            own = self._nonlinear_params()
+            if own:
+                raise ValueError(f"hessian_diagonal: method='exact' is not available through {self.name}: it is not "
+                                 f"linear in its parameter(s) {own}; use method='gauss_newton' or 'hutchinson'")
         if exact and need_input:
             raise ValueError(f"hessian_diagonal: method='exact' is not available below {self.name} (its second "
                              f"derivative couples the elements of a group); use method='gauss_newton' or "

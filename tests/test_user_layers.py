@@ -64,17 +64,30 @@ def _check_against(model, torch_loss_of, X, y, rng, diagonals=("gauss_newton", "
     if "exact" in diagonals:
         d = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="exact")])
         assert rel_err(d, np.diag(H)) < 1e-9
+    if "gauss_newton" in diagonals:   # diag(Jᵀ H_out J) from torch's Jacobian and output Hessian
+        out = torch_loss_of.outputs(unflat(flat)).detach()
+        J = torch.autograd.functional.jacobian(lambda th: torch_loss_of.outputs(unflat(th)).reshape(-1), flat).numpy()
+        Ho = torch.autograd.functional.hessian(
+            lambda o: F.cross_entropy(o.reshape(out.shape), torch.tensor(y)), out.reshape(-1)).numpy()
+        ggn = np.einsum("ip,ij,jp->p", J, Ho, J)
+        d = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="gauss_newton")])
+        assert rel_err(d, ggn) < 1e-9
     return pt
 
 
 def _mlp_torch(X, y, pieces):
-    """A torch loss over parameters: Dense, then ``pieces`` (callables consuming params)."""
-    def loss_of(pt):
+    """A torch loss over parameters: ``pieces`` (callables consuming params) in order, then the
+    cross-entropy; ``.outputs(params)`` gives the network's outputs (for Gauss-Newton)."""
+    def outputs(pt):
         it = iter(pt)
         h = torch.tensor(X)
         for piece in pieces:
             h = piece(h, it)
-        return F.cross_entropy(h, torch.tensor(y))
+        return h
+
+    def loss_of(pt):
+        return F.cross_entropy(outputs(pt), torch.tensor(y))
+    loss_of.outputs = outputs
     return loss_of
 
 
@@ -122,9 +135,7 @@ def test_layernorm_from_two_specs_equals_pytorch(rng):
     X, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
     _check_against(model, _mlp_torch(X, y, [
         dense, lambda h, it: torch.tanh(F.layer_norm(h, (6,), next(it), next(it), eps=1e-5)), dense]),
-        X, y, rng, diagonals=())
-    gn = model.hessian_diagonal(X, y, method="gauss_newton")
-    assert all(np.isfinite(a).all() for a in gn)
+        X, y, rng, diagonals=("gauss_newton",))
     with pytest.raises(ValueError, match="exact.*normalize"):
         model.hessian_diagonal(X, y, method="exact")
 
@@ -134,7 +145,7 @@ def test_rmsnorm_equals_pytorch(rng):
     model = Sequential([L.Dense(4, 6), rms, L.Tanh(), L.Dense(6, 3)], dtype="float64", seed=1)
     X, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
     _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: torch.tanh(F.rms_norm(h, (6,), eps=1e-6)), dense]),
-                   X, y, rng, diagonals=())
+                   X, y, rng, diagonals=("gauss_newton",))
 
 
 def test_group_normalisation_with_group_parameters(rng):
@@ -151,7 +162,7 @@ def test_group_normalisation_with_group_parameters(rng):
         m = h.mean(dim=2, keepdim=True)
         v = ((h - m) ** 2).mean(dim=2, keepdim=True)
         return torch.tanh((g[None, :, None] * (h - m) / torch.sqrt(v + 1e-3) + bb[None, :, None]).reshape(len(h), -1))
-    _check_against(model, _mlp_torch(X, y, [gn, dense]), X, y, rng, diagonals=())
+    _check_against(model, _mlp_torch(X, y, [gn, dense]), X, y, rng, diagonals=("gauss_newton", "exact"))
 
 
 def test_two_terms_at_one_position_are_squared_together(rng):
@@ -173,7 +184,8 @@ def test_two_terms_at_one_position_are_squared_together(rng):
 
 def test_pullback_without_squared_form_refuses_only_becker_lecun(rng):
     """y[n,o] = x[n,o]·Σ_j x[n,j]: its input Jacobian is not diagonal, so there is no
-    Becker-LeCun role; HVPs, Gauss-Newton and Hutchinson still work."""
+    Becker-LeCun role, and it is not linear in x, so neither Becker-LeCun nor the exact diagonal
+    (which would need its second derivative) is offered; HVPs, Gauss-Newton and Hutchinson are."""
     j = sp.Symbol("j", integer=True)
     cross = ContractionSpec("times_row_sum", "y", (n, o), sp.Sum(x[n, o] * x[n, j], (j, 0, O - 1)),
                             inputs={"x": (n, o)}, params={}, extents={n: N, o: O, j: O})
@@ -182,25 +194,11 @@ def test_pullback_without_squared_form_refuses_only_becker_lecun(rng):
     model = Sequential([L.Dense(3, 4), layer, L.Tanh(), L.Dense(4, 2)], dtype="float64", seed=0)
     X, y = rng.normal(size=(5, 3)), rng.integers(0, 2, 5)
     _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: torch.tanh(h * h.sum(dim=1, keepdim=True)), dense]),
-                   X, y, rng, diagonals=())
-    with pytest.raises(ValueError, match="becker_lecun.*times_row_sum.*hutchinson"):
+                   X, y, rng, diagonals=("gauss_newton",))
+    with pytest.raises(ValueError, match="becker_lecun.*times_row_sum.*not linear in \\['x'\\]"):
         model.hessian_diagonal(X, y, method="becker_lecun")
-    # Gauss-Newton needs only the input pullback through a layer without parameters: Jᵀ H J
-    pt = _torch_params(model)
-    flat = torch.cat([p.reshape(-1) for p in pt]).detach()
-    sizes = [p.numel() for p in pt]
-
-    def outputs(th):
-        parts = list(torch.split(th, sizes))
-        h = F.linear(torch.tensor(X), parts[0].reshape(4, 3), parts[1])
-        return F.linear(torch.tanh(h * h.sum(dim=1, keepdim=True)), parts[2].reshape(2, 4), parts[3])
-    out = outputs(flat)
-    J = torch.autograd.functional.jacobian(outputs, flat).numpy()            # (N, K, P)
-    p = torch.softmax(out, dim=1).detach().numpy()
-    Hn = (np.einsum("nk,kl->nkl", p, np.eye(2)) - np.einsum("nk,nl->nkl", p, p)) / len(X)
-    ggn = np.einsum("nkp,nkl,nlp->p", J, Hn, J)
-    gn = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="gauss_newton")])
-    assert rel_err(gn, ggn) < 1e-9
+    with pytest.raises(ValueError, match="exact.*times_row_sum.*not linear in"):   # no residual role
+        model.hessian_diagonal(X, y, method="exact")
     assert all(np.isfinite(a).all() for a in model.hessian_diagonal(X, y, method="hutchinson", samples=4))
 
 
@@ -247,8 +245,8 @@ def test_model_latex_documents_user_layers_and_loss(tmp_path):
     zz, tt = sp.symbols("z t")
     huber = losses.from_sympy("huber", sp.Piecewise(((zz - tt) ** 2 / 2, sp.Abs(zz - tt) <= 1),
                                                     (sp.Abs(zz - tt) - sp.S.Half, True)), zz, tt)
-    model = Sequential([L.Dense(4, 6), L.from_spec(NORMALIZE, axes=(1,)), L.from_spec(AFFINE), L.ReLU(),
-                        L.Dense(6, 1)], loss=huber)
+    model = Sequential([L.Dense(4, 6), L.from_spec(NORMALIZE, axes=(1,)), L.from_spec(AFFINE, init={"s": 1, "b": 0}),
+                        L.ReLU(), L.Dense(6, 1)], loss=huber)
     names, extra = model.specs()
     assert names == ["dense", "relu"] and [s.name for s in extra] == ["normalize", "affine", "huber"]
     text = model.latex(tmp_path / "m.tex")
@@ -289,3 +287,104 @@ def test_abs_in_a_user_activation(rng):
     model = Sequential([L.Dense(3, 4), soft, L.Dense(4, 2)], dtype="float64", seed=0)
     X, y = rng.normal(size=(5, 3)), rng.integers(0, 2, 5)
     _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: F.softsign(h), dense]), X, y, rng, diagonals=())
+
+
+def test_spec_checks_refuse_reads_past_the_end_and_reserved_names():
+    p = sp.Symbol("p", integer=True)
+    P = sp.Symbol("P", integer=True, positive=True)
+    past_end = ContractionSpec("past_end", "y", (n, o), x[n, o] * s[o], inputs={"x": (n, o)}, params={"s": (p,)},
+                               extents={n: N, o: O, p: P})
+    with pytest.raises(SpecError, match=r"past_end.*s\[o\] indexes axis p of s .*read past the end"):
+        L.from_spec(past_end, P=2)
+    g = sp.IndexedBase("g")
+    with pytest.raises(SpecError, match="'g' is reserved"):
+        L.from_spec(ContractionSpec("named_g", "y", (n, o), x[n, o] * g[o], inputs={"x": (n, o)},
+                                    params={"g": (o,)}, extents={n: N, o: O}), init={"g": 1.0})
+    with pytest.raises(SpecError, match="indexed by the batch index n"):
+        L.from_spec(ContractionSpec("per_sample", "y", (n, o), x[n, o] * b[n], inputs={"x": (n, o)},
+                                    params={"b": (n,)}, extents={n: N, o: O}), init={"b": 1.0})
+    with pytest.raises(SpecError, match="runs over"):
+        L.from_spec(ContractionSpec("short_sum", "y", (n, o), sp.Sum(x[n, i] * W[o, i], (i, 0, I - 2)),
+                                    inputs={"x": (n, i)}, params={"W": (o, i)}, extents={n: N, o: O, i: I}), O=2)
+    with pytest.raises(TypeError, match="give init=.*'s'"):
+        Sequential([L.from_spec(AFFINE)], input_shape=(3,))
+
+
+def test_spec_hash_covers_output_indices():
+    p = sp.Symbol("p", integer=True)
+    a = ContractionSpec("perm", "y", (n, o, p), x[n, o, p], inputs={"x": (n, o, p)}, params={}, extents={n: N, o: O, p: O})
+    b2 = ContractionSpec("perm", "y", (n, p, o), x[n, o, p], inputs={"x": (n, o, p)}, params={}, extents={n: N, o: O, p: O})
+    assert a.hash != b2.hash
+    X = np.arange(2 * 3 * 3, dtype=float).reshape(2, 3, 3)
+    la, lb = L.from_spec(a), L.from_spec(b2)
+    np.testing.assert_array_equal(Sequential([lb], loss="mse", dtype="float64").predict(X), X.transpose(0, 2, 1))
+    np.testing.assert_array_equal(Sequential([la], loss="mse", dtype="float64").predict(X), X)
+
+
+def test_becker_lecun_refused_when_two_reads_can_coincide(rng):
+    """y[n,o,p] = x[n,o,p] + 2·x[n,p,o]: on o = p the entry is 3, not two entries 1 and 2."""
+    p = sp.Symbol("p", integer=True)
+    sym = ContractionSpec("plus_transpose", "y", (n, o, p), x[n, o, p] + 2 * x[n, p, o], inputs={"x": (n, o, p)},
+                          params={}, extents={n: N, o: O, p: O})
+    layer = L.from_spec(sym)
+    assert not layer.kernels.has("bl:x") and "may coincide" in layer.derived.no_curvature
+    model = Sequential([L.Dense(3, 4), L.from_spec(ContractionSpec("to_square", "y", (n, o, p), x[n, o] * x[n, p],
+                                                                   inputs={"x": (n, o)}, params={},
+                                                                   extents={n: N, o: O, p: O})),
+                        layer, L.Flatten(), L.Dense(16, 2)], dtype="float64", seed=0)
+    X, y = rng.normal(size=(3, 3)), rng.integers(0, 2, 3)
+    with pytest.raises(ValueError, match="becker_lecun"):
+        model.hessian_diagonal(X, y, method="becker_lecun")
+
+
+def test_squared_parameter_spec_runs_without_its_becker_lecun(rng):
+    """x·s²: the Becker-LeCun kernel would need s⁴ (not emitted): it is dropped, the rest works."""
+    spec = ContractionSpec("scale_sq", "y", (n, o), x[n, o] * s[o] ** 2, inputs={"x": (n, o)}, params={"s": (o,)},
+                           extents={n: N, o: O})
+    layer = L.from_spec(spec, init={"s": lambda shape, r: r.normal(size=shape)})
+    assert not layer.kernels.has("bl:x")
+    model = Sequential([L.Dense(3, 4), layer, L.Tanh(), L.Dense(4, 2)], dtype="float64", seed=0)
+    X, y = rng.normal(size=(5, 3)), rng.integers(0, 2, 5)
+    _check_against(model, _mlp_torch(X, y, [dense, lambda h, it: torch.tanh(h * next(it) ** 2), dense]), X, y, rng,
+                   diagonals=("gauss_newton",))
+    with pytest.raises(ValueError, match="exact.*not linear in \\['s'\\]"):
+        model.hessian_diagonal(X, y, method="exact")
+
+
+def test_group_layer_nonlinear_in_its_parameter_refuses_exact(rng):
+    gam2 = sp.Symbol("gamma")
+    spec = CompositeSpec("exp_scale_norm", X_, (Stage(mu, "mean", X_), Stage(var, "mean", (X_ - mu) ** 2),
+                                                Stage(rstd, "map", 1 / sp.sqrt(var + eps)),
+                                                Stage(Y_, "map", sp.exp(gam2) * (X_ - mu) * rstd)),
+                         saved=(Y_, rstd), params=(gam2,), scalars=(("eps", 1e-5),))
+    model = Sequential([L.from_spec(spec, axes=(2,), init={"gamma": 0.3}), L.Flatten(), L.Dense(6, 2)],
+                       dtype="float64", seed=0, input_shape=(2, 3))
+    X, y = rng.normal(size=(4, 2, 3)), rng.integers(0, 2, 4)
+    with pytest.raises(ValueError, match="exact.*not linear in its parameter.*gamma"):
+        model.hessian_diagonal(X, y, method="exact")
+
+
+def test_user_activation_named_like_a_builtin_needs_its_spec(tmp_path):
+    xs = sp.Symbol("x")
+    cube = L.Activation.from_sympy("tanh", xs ** 3, xs)     # shadows the built-in name
+    model = Sequential([L.Dense(2, 3), cube, L.Dense(3, 2)], seed=0)
+    model.save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="'tanh' was built from a user spec"):
+        Sequential.load(tmp_path / "m.npz")
+    back = Sequential.load(tmp_path / "m.npz", custom_objects={"tanh": cube})
+    X = np.ones((2, 2), np.float32)
+    np.testing.assert_array_equal(back.predict(X), model.predict(X))
+
+
+def test_float32_user_layers_match_float64(rng):
+    ln, aff = L.from_spec(NORMALIZE, axes=(1,)), L.from_spec(AFFINE, init={"s": 1.0, "b": 0.0})
+    m64 = Sequential([L.Dense(4, 6), ln, aff, L.Tanh(), L.Dense(6, 3)], dtype="float64", seed=0)
+    ln32, aff32 = L.from_spec(NORMALIZE, axes=(1,)), L.from_spec(AFFINE, init={"s": 1.0, "b": 0.0})
+    m32 = Sequential([L.Dense(4, 6), ln32, aff32, L.Tanh(), L.Dense(6, 3)], dtype="float32", seed=0)
+    for a, b2 in zip(m32.parameters(), m64.parameters()):
+        a[...] = b2
+    X, y = rng.normal(size=(7, 4)), rng.integers(0, 3, 7)
+    l64, g64 = m64.loss_and_grad(X, y)
+    l32, g32 = m32.loss_and_grad(X.astype(np.float32), y)
+    assert abs(l32 - l64) < 1e-5 * abs(l64)
+    assert max(rel_err(a, b2) for a, b2 in zip(g32, g64)) < 1e-4
