@@ -79,6 +79,29 @@ def test_a_steady_run_reuses_as_the_reference_does():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_a_re_estimate_updates_batchnorm_statistics_once():
+    """A failed trust test re-runs the batch for the estimate; the running statistics must see
+    that batch once, as with update_each=1 (the same probes: equal parameters and buffers)."""
+    quiet, loud = batches()
+
+    def bn_model():
+        m = Sequential([L.Dense(2, 3), L.BatchNorm1D(3), L.ReLU(), L.Dense(3, 2)], dtype="float64", seed=0)
+        m.train()
+        return m
+
+    got, want = bn_model(), bn_model()
+    opt, fresh = O.AdaHessian(lr=0.1, seed=5, update_each=5, estimate_warmup=0), O.AdaHessian(lr=0.1, seed=5)
+    for i, (X, y) in enumerate([quiet, loud]):
+        if i == 1:
+            opt._fresh_ratio = [0.0] * len(opt._fresh_ratio)   # any step now fails the trust test
+        for model, o in ((got, opt), (want, fresh)):
+            _, grads, _ = o.loss_and_grad(model, X, y)
+            o.step(model.parameters(), grads)
+    assert opt.reestimates == 1
+    assert all(rel_err(a, b) < 1e-12 for a, b in zip(got.parameters(), want.parameters()))
+    assert all(rel_err(a, b) < 1e-12 for a, b in zip(got.buffers(), want.buffers()))
+
+
 @pytest.mark.parametrize("dtype,k", [("float64", 1.0), ("float64", 0.5), ("float32", 1.0)])
 def test_ratio_kernel_is_the_update_kernels_step_over_lr(dtype, k):
     """adahessian_ratio (the trust test's measure) against NumPy and against the step the update
