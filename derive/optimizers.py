@@ -104,5 +104,21 @@ def adahessian_kernel(power=None) -> Kernel:
                   inplace={"m": "m", "s": "s", "p": "p"})
 
 
+def adahessian_ratio_kernel() -> Kernel:
+    """The per-entry step of :func:`adahessian_kernel` in units of lr, written into ``r`` and
+    nothing else updated: r = [s′ > 0]·|m′/bc1| / ((s′/bc2)^(k/2) + eps), with m′, s′ the moments
+    the update would form from (g, d, m, s). The runtime compares its maximum on a step that
+    would reuse a stale diagonal with its maximum on the last step with a fresh one (the
+    reuse trust test; ``runtime/optimizers.py``). The same expressions as the update, so the
+    ratio is the step the update would take."""
+    m_new = b1 * m1 + (1 - b1) * g
+    s_new = b2 * m2 + (1 - b2) * hd ** 2
+    seen = sp.Piecewise((1, s_new > 0), (0, True))
+    ratio = seen * sp.Abs(m_new / bc1) / ((s_new / bc2) ** (kpow / 2) + eps)
+    return Kernel(name="adahessian_ratio", inputs=["g", "d", "m", "s", "r"],
+                  scalars=["beta1", "beta2", "eps", "bc1", "bc2", "k"],
+                  outputs=[("r", ratio)], inplace={"r": "r"})
+
+
 OPTIMIZER_KERNELS = [sgd_kernel, nesterov_kernel, adagrad_kernel, rmsprop_kernel, adam_kernel, adamw_kernel,
-                     lambda: adahessian_kernel(1), adahessian_kernel]
+                     lambda: adahessian_kernel(1), adahessian_kernel, adahessian_ratio_kernel]

@@ -12,6 +12,7 @@
 # spec: adamw_update  hash: 9f3b7a0fb6b7015c
 # spec: adahessian_update  hash: aeb0780765ba80d7
 # spec: adahessian_update_pow  hash: 9d0d873159fae517
+# spec: adahessian_ratio  hash: 67fb8d2c66468ab5
 
 """Optimizer update kernels (in place).
 
@@ -488,6 +489,61 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "m = beta1*m + g*(1 - beta1); s = beta2*s + d**2*(1 - beta2); p = p*(-lr*wd + 1) - lr*(beta1*m + g*(1 - beta1))*Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))/(bc1*(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2)))"
    }
   }
+ },
+ "adahessian_ratio": {
+  "family": "elementwise",
+  "hash": "67fb8d2c66468ab5",
+  "inputs": [],
+  "params": [],
+  "output": "",
+  "scalars": [
+   "beta1",
+   "beta2",
+   "eps",
+   "bc1",
+   "bc2",
+   "k"
+  ],
+  "roles": {
+   "update": {
+    "kernel": "adahessian_ratio",
+    "call": [
+     "g",
+     "d",
+     "m",
+     "s",
+     "r",
+     "beta1",
+     "beta2",
+     "eps",
+     "bc1",
+     "bc2",
+     "k"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g",
+     "d",
+     "m",
+     "s",
+     "r"
+    ],
+    "optional": [],
+    "outputs": [],
+    "scalars": [
+     "beta1",
+     "beta2",
+     "eps",
+     "bc1",
+     "bc2",
+     "k"
+    ],
+    "written": [
+     "r"
+    ],
+    "doc": "r = Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))*Abs((beta1*m - g*(beta1 - 1))/bc1)/(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2))"
+   }
+  }
  }
 }''')
 
@@ -953,11 +1009,69 @@ cdef void _adahessian_update_pow_f64(char** _a, const double* _s, Py_ssize_t _n)
         s_p[_e] = _t1
         p_p[_e] = -_t0*lr*(<double>(_t1 > (<double>0.0)))/(bc1*(eps + pow(_t1/bc2, ((<double>0.5))*k))) - p*(lr*wd + (<double>-1.0))
 
-#: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("sgd_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update", "adamw_update", "adahessian_update", "adahessian_update_pow", )
+# ---------------------------------------------------------------- adahessian_ratio
+# r = Piecewise((1, beta2*s + d**2*(1 - beta2) > 0), (0, True))*Abs((beta1*m - g*(beta1 - 1))/bc1)/(eps + ((beta2*s + d**2*(1 - beta2))/bc2)**(k/2))
+cdef void _adahessian_ratio_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const float* g_p = <const float*>_a[0]
+    cdef const float* d_p = <const float*>_a[1]
+    cdef const float* m_p = <const float*>_a[2]
+    cdef const float* s_p = <const float*>_a[3]
+    cdef float* r_p = <float*>_a[4]
+    cdef float beta1 = <float>_s[0]
+    cdef float beta2 = <float>_s[1]
+    cdef float eps = <float>_s[2]
+    cdef float bc1 = <float>_s[3]
+    cdef float bc2 = <float>_s[4]
+    cdef float k = <float>_s[5]
+    cdef Py_ssize_t _e
+    cdef float g
+    cdef float d
+    cdef float m
+    cdef float s
+    cdef float r
+    cdef float _t0
+    for _e in range(_n):
+        g = g_p[_e]
+        d = d_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        r = r_p[_e]
+        _t0 = beta2*s - (d*d)*(beta2 + (<float>-1.0))
+        r_p[_e] = (<float>(_t0 > (<float>0.0)))*fabsf((beta1*m - g*(beta1 + (<float>-1.0)))/bc1)/(eps + powf(_t0/bc2, ((<float>0.5))*k))
 
-cdef _elementwise_t _TABLE_F32[8]
-cdef _elementwise_t _TABLE_F64[8]
+cdef void _adahessian_ratio_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+    cdef const double* g_p = <const double*>_a[0]
+    cdef const double* d_p = <const double*>_a[1]
+    cdef const double* m_p = <const double*>_a[2]
+    cdef const double* s_p = <const double*>_a[3]
+    cdef double* r_p = <double*>_a[4]
+    cdef double beta1 = <double>_s[0]
+    cdef double beta2 = <double>_s[1]
+    cdef double eps = <double>_s[2]
+    cdef double bc1 = <double>_s[3]
+    cdef double bc2 = <double>_s[4]
+    cdef double k = <double>_s[5]
+    cdef Py_ssize_t _e
+    cdef double g
+    cdef double d
+    cdef double m
+    cdef double s
+    cdef double r
+    cdef double _t0
+    for _e in range(_n):
+        g = g_p[_e]
+        d = d_p[_e]
+        m = m_p[_e]
+        s = s_p[_e]
+        r = r_p[_e]
+        _t0 = beta2*s - (d*d)*(beta2 + (<double>-1.0))
+        r_p[_e] = (<double>(_t0 > (<double>0.0)))*fabs((beta1*m - g*(beta1 + (<double>-1.0)))/bc1)/(eps + pow(_t0/bc2, ((<double>0.5))*k))
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("sgd_update", "nesterov_update", "adagrad_update", "rmsprop_update", "adam_update", "adamw_update", "adahessian_update", "adahessian_update_pow", "adahessian_ratio", )
+
+cdef _elementwise_t _TABLE_F32[9]
+cdef _elementwise_t _TABLE_F64[9]
 _TABLE_F32[0] = _sgd_update_f32
 _TABLE_F64[0] = _sgd_update_f64
 _TABLE_F32[1] = _nesterov_update_f32
@@ -974,8 +1088,10 @@ _TABLE_F32[6] = _adahessian_update_f32
 _TABLE_F64[6] = _adahessian_update_f64
 _TABLE_F32[7] = _adahessian_update_pow_f32
 _TABLE_F64[7] = _adahessian_update_pow_f64
+_TABLE_F32[8] = _adahessian_ratio_f32
+_TABLE_F64[8] = _adahessian_ratio_f64
 
 
 def kernel_table():
     """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
-    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(8)]
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(9)]

@@ -248,14 +248,26 @@ class AdaHessian(Optimizer):
     the first ``estimate_warmup`` steps re-estimate every step, so the bias-corrected second
     moment averages several batches before any estimate is reused; and an entry whose second
     moment is still exactly 0 (no estimate has seen the parameter active) is not moved
-    (see ``derive/optimizers.py``). ``estimate_warmup=0`` gives the reference schedule.
+    (see ``derive/optimizers.py``).
+
+    A third rule, ``reuse_trust`` ρ (default 2), is a documented deviation from the reference
+    (docs/adahessian-reuse.md): a step that would reuse a stale diagonal first computes the
+    largest per-entry step it would take, in units of lr (``|m̂|/(ŝ^(k/2) + eps)``, the generated
+    ``adahessian_ratio`` kernel); when that exceeds ρ times the same maximum on the last step
+    with a fresh estimate, the diagonal is re-estimated on the current batch instead (counted in
+    ``reestimates``) and the next scheduled estimate moves ``update_each`` steps on. A reused
+    estimate knows nothing of the batch it is applied to: after a loss spike a parameter whose
+    estimates were all ~0 (a unit inactive on every estimation batch) gets gradients of order 1
+    divided by ~eps, a step of ~lr·m/eps, which a fresh estimate — as ``update_each=1`` makes —
+    would have damped. ``estimate_warmup=0, reuse_trust=None`` give the reference schedule.
     """
     needs_hessian = True
 
     def __init__(self, lr: float = DEFAULTS["adahessian"]["lr"], betas=DEFAULTS["adahessian"]["betas"],
                  eps: float = DEFAULTS["adahessian"]["eps"], weight_decay: float = DEFAULTS["adahessian"]["weight_decay"],
                  hessian_power: float = 1.0, update_each: int = DEFAULTS["adahessian"]["update_each"], n_samples: int = 1,
-                 average_conv_kernel: bool = True, seed: int = 0, estimate_warmup: int = 10):
+                 average_conv_kernel: bool = True, seed: int = 0, estimate_warmup: int = 10,
+                 reuse_trust: float | None = 2.0):
         super().__init__(lr)
         self.betas = check_betas("AdaHessian", betas)
         self.b1, self.b2 = self.betas
@@ -264,6 +276,8 @@ class AdaHessian(Optimizer):
         self.update_each = check_int("AdaHessian", "update_each", update_each)
         self.n_samples = check_int("AdaHessian", "n_samples", n_samples)
         self.estimate_warmup = check_int("AdaHessian", "estimate_warmup", estimate_warmup, low=0)
+        self.reuse_trust = None if reuse_trust is None else check_real("AdaHessian", "reuse_trust", reuse_trust,
+                                                                      low=1)
         self.eps = check_real("AdaHessian", "eps", eps, low=0, low_open=True)
         self.weight_decay = check_real("AdaHessian", "weight_decay", weight_decay, low=0)
         if not isinstance(average_conv_kernel, (bool, np.bool_)):
@@ -274,15 +288,19 @@ class AdaHessian(Optimizer):
         self.rng = np.random.default_rng(self.seed)
         self.hessian_diag = None
         self._calls = 0
+        self._next_due = self.estimate_warmup   # first scheduled estimate after the warm-up
+        self._fresh = False                     # whether the diagonal for the next step is fresh
+        self._fresh_ratio = None                # per array: the largest step/lr at the last fresh step
+        self.reestimates = 0                    # estimates made because a reuse failed the trust test
 
-    def estimate(self, model, X, y):
+    def estimate(self, model, X, y, update_buffers: bool = True):
         """Loss, gradients and the (spatially averaged) Hutchinson diagonal. The first probe is
         drawn before the forward pass, so gradient and first Hessian-vector product come from
         one forward-over-reverse sweep (:meth:`Sequential.forward_over_reverse`: forward+JVP,
         then backward+R-op backward); further probes are R-op passes on the same tape."""
         from .curvature import hutchinson_from, rademacher
         v = rademacher(model.parameters(), self.rng)
-        tape, grads, hv = model.forward_over_reverse(X, y, v, update_buffers=True)
+        tape, grads, hv = model.forward_over_reverse(X, y, v, update_buffers=update_buffers)
         loss = tape.loss
         D = hutchinson_from(model, tape, v, hv, self.n_samples, self.rng)
         if self._reduce is not None:   # v ⊙ Hv is linear in H: averaged like the gradients
@@ -294,17 +312,46 @@ class AdaHessian(Optimizer):
         return loss, grads, D, tape
 
     def estimate_due(self) -> bool:
-        """Whether the next :meth:`loss_and_grad` re-estimates the diagonal."""
-        c, w = self._calls, self.estimate_warmup
-        return self.hessian_diag is None or c < w or (c - w) % self.update_each == 0
+        """Whether the next :meth:`loss_and_grad` re-estimates the diagonal on schedule (the
+        warm-up, then every ``update_each`` calls after the last estimate)."""
+        return self.hessian_diag is None or self._calls < self.estimate_warmup or self._calls >= self._next_due
+
+    def _estimated(self) -> None:
+        self._fresh = True
+        if self._calls > self.estimate_warmup:
+            self._next_due = self._calls - 1 + self.update_each
 
     def loss_and_grad(self, model, X, y):
         due = self.estimate_due()
         self._calls += 1
         if due:
             loss, grads, self.hessian_diag, tape = self.estimate(model, X, y)
+            self._estimated()
             return loss, grads, tape
-        return super().loss_and_grad(model, X, y)
+        loss, grads, tape = super().loss_and_grad(model, X, y)
+        self._fresh = False
+        if self.reuse_trust is not None and self._fresh_ratio is not None and self.state is not None:
+            ratio = self._step_ratios(grads, self.hessian_diag)
+            if any(r > self.reuse_trust * f for r, f in zip(ratio, self._fresh_ratio)):
+                # the stale diagonal would step further than any entry did on fresh curvature: estimate
+                # on this batch (its forward already updated the running statistics)
+                loss, grads, self.hessian_diag, tape = self.estimate(model, X, y, update_buffers=False)
+                self.reestimates += 1
+                self._estimated()
+        return loss, grads, tape
+
+    def _step_ratios(self, grads, D) -> list[float]:
+        """Per parameter array, the largest |step|/lr the next update would take with gradients
+        ``grads`` and diagonal ``D`` (the generated ``adahessian_ratio`` kernel, before any update)."""
+        t = self.t + 1
+        bc1, bc2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+        out = []
+        for (m, s), g, d in zip(self.state, grads, D):
+            r = np.empty_like(m)
+            _opt.adahessian_ratio(np.ascontiguousarray(g, dtype=m.dtype), np.ascontiguousarray(d, dtype=m.dtype),
+                                  m, s, r, self.b1, self.b2, self.eps, bc1, bc2, self.k)
+            out.append(float(r.max()) if r.size else 0.0)
+        return out
 
     def step(self, params, grads, hessian_diag=None):
         """Update in place; ``hessian_diag`` defaults to the estimate made by :meth:`loss_and_grad`."""
@@ -321,6 +368,11 @@ class AdaHessian(Optimizer):
                 raise ValueError(f"AdaHessian: Hessian diagonal {i} (shape {d.shape}) contains NaN or inf; "
                                  f"no parameter was updated")
         self._D = D
+        if self.reuse_trust is not None and self.update_each > 1 and (self._fresh or hessian_diag is not None):
+            self._check(params, grads)
+            if self.state is None:
+                self.state = self._init_state(params)
+            self._fresh_ratio = self._step_ratios(grads, D)
         super().step(params, grads)   # checks the gradients before updating anything
 
     def _init_state(self, params):

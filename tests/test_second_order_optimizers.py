@@ -45,15 +45,15 @@ def torch_adahessian(model, X, y, steps, *, lr, betas, eps, wd, k, seed, update_
 @pytest.mark.parametrize("k,wd,update_each,warmup", [(1.0, 0.0, 1, 0), (0.5, 0.01, 1, 10), (1.0, 0.001, 2, 0),
                                                      (1.0, 0.001, 2, 1), (0.5, 0.0, 3, 2)])
 def test_adahessian_steps_match_a_torch_reference(k, wd, update_each, warmup):
-    """estimate_warmup=0 is the reference schedule (re-estimate at steps 1, 1 + update_each, ...);
-    with a warm-up the first ``warmup`` steps re-estimate every step."""
+    """estimate_warmup=0, reuse_trust=None is the reference schedule (re-estimate at steps 1,
+    1 + update_each, ...); with a warm-up the first ``warmup`` steps re-estimate every step."""
     model = small_cnn()
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(5, 1, 4, 4)), rng.integers(0, 3, 5)
     hp = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-4, wd=wd, k=k, seed=7)
     want = torch_adahessian(model, X, y, 6, update_each=update_each, warmup=warmup, **hp)
     opt = O.AdaHessian(lr=0.05, betas=(0.9, 0.99), eps=1e-4, weight_decay=wd, hessian_power=k, seed=7,
-                       update_each=update_each, estimate_warmup=warmup)
+                       update_each=update_each, estimate_warmup=warmup, reuse_trust=None)
     params = model.parameters()
     for _ in range(6):
         _, grads, _ = opt.loss_and_grad(model, X, y)
