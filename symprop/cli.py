@@ -152,7 +152,7 @@ def optimizer_kwargs(args) -> dict:
     """The optimizer's keyword arguments from the flags: what the user gave, the model's weight
     decay (MODEL_RECIPES) when not, and the table's defaults (DEFAULTS, as in Python) for the rest."""
     given = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-             "update_each": args.update_each, "damping": args.damping}
+             "update_each": args.update_each, "damping": args.damping, "reuse_trust": args.reuse_trust}
     okw = {k: v for k, v in given.items() if v is not None}
     for k in okw:
         if k not in DEFAULTS[args.optimizer]:
@@ -482,6 +482,9 @@ def parser() -> argparse.ArgumentParser:
                    help="stop after N epochs without a lower validation loss; keep the best epoch's weights")
     t.add_argument("--update-each", type=int, default=None, help="AdaHessian: re-estimate the Hessian "
                    "diagonal every N steps (default 1)")
+    t.add_argument("--reuse-trust", type=float, default=None, help="AdaHessian with --update-each > 1: "
+                   "re-estimate instead of reusing when a step would exceed this many times the last fresh "
+                   "step's largest (default 2)")
     t.add_argument("--damping", type=float, default=None, help="Newton: damping added to |eigenvalues| "
                    f"(default {DEFAULTS['newton']['damping']})")
     t.add_argument("--hidden", type=int, default=None, help=f"MLP hidden units (default 512; newton {NEWTON_HIDDEN})")
