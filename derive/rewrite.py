@@ -46,9 +46,9 @@ def _np_nan_through(e, v):
 
 
 class at_infinity(sp.Function):
-    """``at_infinity(e, v, a, b)``: e where v is finite, a at v = +∞, b at v = −∞, and v itself
-    (NaN) where v is NaN: a form that evaluates inf·0 or inf/inf at ±∞ returns the
-    function's limits there. Printed as one select chain (``symprop_at_infinity``)."""
+    """``at_infinity(e, v, s, a)``: a where v = s·∞ (s = ±1), else e — a form that evaluates
+    inf·0 or inf/inf at ±∞ returns the function's limit there. Printed as one compare and
+    one select (``symprop_at_infinity``)."""
     nargs = 4
 
     def _latex(self, printer, exp=None):
@@ -57,13 +57,12 @@ class at_infinity(sp.Function):
         return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
 
 
-def _np_at_infinity(e, v, a, b):
-    v = np.asarray(v)
-    return np.where(np.isfinite(v), e, np.where(v > 0, a, np.where(v < 0, b, v)))
+def _np_at_infinity(e, v, s, a):
+    return np.where(np.asarray(v) == s * np.inf, a, e)
 
 
 #: what a guard adds to a form's op count (compares and selects, no libm call)
-GUARD_COST = {nan_through: 2, at_infinity: 4}
+GUARD_COST = {nan_through: 2, at_infinity: 2}
 
 
 def clean_distributions(expr: sp.Basic) -> sp.Basic:
@@ -114,6 +113,21 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
     for rule in (softplus, logistic, expm1_rule):
         expr = expr.replace(lambda e, r=rule: r(e) is not None, lambda e, r=rule: r(e))
     return expr
+
+
+def float_coefficients(expr: sp.Basic) -> sp.Basic:
+    """Irrational numeric coefficients folded into one float (√2·x/2 → 0.7071…·x): the kernel
+    then multiplies once, and the common-subexpression pass finds no √2·x to share — an
+    intermediate that overflows for |x| > 2.4e38 in float32 although the function does not."""
+    def fold(m):
+        coeff, rest = m.as_coeff_mul()
+        num = [a for a in rest if a.is_number]
+        if not num:
+            return m
+        c = sp.Mul(coeff, *num)
+        return sp.Mul(c.evalf(17), *[a for a in rest if not a.is_number], evaluate=True)
+    return expr.replace(lambda e: isinstance(e, sp.Mul) and any(a.is_number and not a.is_Rational for a in e.args),
+                        fold)
 
 
 #: wall-clock bounds on SymPy calls are for interactive user specs only; `symprop generate`
@@ -409,26 +423,28 @@ def check_nonfinite(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: 
 def guard_nonfinite(form: sp.Basic, textbook: sp.Basic, x: sp.Symbol, y: sp.Symbol | None,
                     forward: sp.Basic | None, params: dict) -> tuple[sp.Basic, int]:
     """``form`` made to return NaN at a NaN input and the limits of ``textbook`` at ±∞, with
-    the least guard that does it (checked with :func:`check_nonfinite`): none when the form
-    already does (``max(0, x)``, ``tanh``), ``nan_through`` when only NaN is lost (an Iverson
-    bracket, a ``finite_or`` fallback), ``at_infinity`` when a side gives inf·0 or inf/inf.
-    An infinite limit at ±∞ is written ±x (x is ±∞ there). Returns the form and the guard's
-    op cost."""
+    the least guarding that does it (checked with :func:`check_nonfinite`): none when the form
+    already does (``max(0, x)``, ``tanh``); ``at_infinity`` for a side that gives inf·0 or
+    inf/inf (an infinite limit written ±x, which is ±∞ there); then ``nan_through`` when a
+    NaN input still gives a number (an Iverson bracket, a ``finite_or`` fallback). Returns
+    the form and the guards' op cost."""
     limits = limits_at_infinity(textbook, x, params)
     faults = check_nonfinite(form, x, y, forward, params, limits)
-    if faults.ok:
-        return form, 0
-    if faults.plus or faults.minus:
-        def at(L, sign):
-            return sign * x if L == sp.oo else -sign * x if L == -sp.oo else L
-        guarded = at_infinity(form, x, at(limits[0], 1) if faults.plus else form,
-                              at(limits[1], -1) if faults.minus else form)
-    else:
-        guarded = nan_through(form, x if form.has(x) else y)
-    left = check_nonfinite(guarded, x, y, forward, params, limits)
-    if not left.ok:   # cannot happen for a guard that selects the limits; keep the check honest
-        raise ValueError(f"guarding {form} at NaN/±inf left {left}")
-    return guarded, GUARD_COST[type(guarded)]
+    cost = 0
+    for bad, sign, L in ((faults.plus, 1, limits[0]), (faults.minus, -1, limits[1])):
+        if bad:
+            value = sign * x if L == sp.oo else -sign * x if L == -sp.oo else L
+            form = at_infinity(form, x, sp.Integer(sign), value)
+            cost += GUARD_COST[at_infinity]
+    if cost:
+        faults = check_nonfinite(form, x, y, forward, params, limits)
+    if faults.nan:
+        form = nan_through(form, x if form.has(x) else y)
+        cost += GUARD_COST[nan_through]
+        faults = check_nonfinite(form, x, y, forward, params, limits)
+    if not faults.ok:   # cannot happen for guards that select the limits; keep the check honest
+        raise ValueError(f"guarding {form} at NaN/±inf left {faults}")
+    return form, cost
 
 
 @dataclass
@@ -462,7 +478,7 @@ def choose_form(textbook: sp.Basic, candidates: list[sp.Basic], x: sp.Symbol,
 
     pool, seen = [], set()
     for c in [textbook] + candidates:
-        for form in (c, _stable_rules(c)):
+        for form in (c, _stable_rules(c), float_coefficients(c), float_coefficients(_stable_rules(c))):
             if form is None or form in seen or form.has(sp.nan, sp.zoo, sp.oo):
                 continue
             if form.free_symbols - ({x} | ({y} if y is not None else set()) | set(params)):

@@ -1446,7 +1446,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-x)), x, x/(1 + exp(-x)), 0)"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "silu_vjp",
@@ -1470,7 +1470,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)"
+    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "jvp": {
     "kernel": "silu_jvp",
@@ -1494,7 +1494,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "rvjp:x": {
     "kernel": "silu_rvjp",
@@ -1522,7 +1522,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "silu_diag_backprop",
@@ -1548,7 +1548,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "silu_residual",
@@ -1602,7 +1602,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-x)), x, x/(1 + exp(-x)), 0); Ry = Rx*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "vjp+rvjp": {
     "kernel": "silu_vjp_rvjp",
@@ -1636,7 +1636,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0); Rgx = Rg*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
    }
   },
   "defaults": {}
@@ -1676,7 +1676,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0)"
+    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "swish_vjp",
@@ -1850,7 +1850,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)"
    },
    "vjp+rvjp": {
     "kernel": "swish_vjp_rvjp",
@@ -1924,7 +1924,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*(erf(sqrt(2)*x/2) + 1)/2, x, x*(erf(sqrt(2)*x/2) + 1)/2, 0)"
+    "doc": "y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "gelu_vjp",
@@ -1948,7 +1948,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "jvp": {
     "kernel": "gelu_jvp",
@@ -1972,7 +1972,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "rvjp:x": {
     "kernel": "gelu_rvjp",
@@ -2000,7 +2000,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "bl:x": {
     "kernel": "gelu_diag_backprop",
@@ -2026,7 +2026,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)"
+    "doc": "hx = H*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "residual": {
     "kernel": "gelu_residual",
@@ -2050,7 +2050,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)"
+    "doc": "r = g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "forward+jvp": {
     "kernel": "gelu_forward_jvp",
@@ -2080,7 +2080,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*(erf(sqrt(2)*x/2) + 1)/2, x, x*(erf(sqrt(2)*x/2) + 1)/2, 0); Ry = Rx*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "vjp+rvjp": {
     "kernel": "gelu_vjp_rvjp",
@@ -2114,7 +2114,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)"
+    "doc": "gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
    }
   },
   "defaults": {}
@@ -2149,7 +2149,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, x*tanh(log(exp(x) + 1)), 0)"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "mish_vjp",
@@ -2311,7 +2311,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, x*tanh(log(exp(x) + 1)), 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "vjp+rvjp": {
     "kernel": "mish_vjp_rvjp",
@@ -2588,7 +2588,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = at_infinity(l1*Max(-x, x) + l2*x**2/2, x, x, -x)"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x)"
    },
    "vjp:x": {
     "kernel": "penalty_vjp",
@@ -2617,7 +2617,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
    },
    "jvp": {
     "kernel": "penalty_jvp",
@@ -2646,7 +2646,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Ry = Rx*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
    },
    "rvjp:x": {
     "kernel": "penalty_rvjp",
@@ -2679,7 +2679,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Rgx = Rg*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x) + Rx*g*l2"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2"
    },
    "bl:x": {
     "kernel": "penalty_diag_backprop",
@@ -2710,7 +2710,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "hx = H*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)**2 + g*l2"
+    "doc": "hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)**2 + g*l2"
    },
    "residual": {
     "kernel": "penalty_residual",
@@ -2770,7 +2770,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = at_infinity(l1*Max(-x, x) + l2*x**2/2, x, x, -x); Ry = Rx*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
    },
    "vjp+rvjp": {
     "kernel": "penalty_vjp_rvjp",
@@ -2809,7 +2809,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x); Rgx = Rg*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x) + Rx*g*l2"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2"
    }
   },
   "defaults": {
@@ -4255,31 +4255,27 @@ cdef void _elu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Rgx_p[_e] = Rg*_t2 + Rx*g*((<double>0.0) if _t0 else _t1)
 
 # ---------------------------------------------------------------- silu_forward
-# y = at_infinity(x/(1 + exp(-x)), x, x/(1 + exp(-x)), 0)
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0)
 cdef void _silu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x/((<float>1.0) + expf(-x))
-        y_p[_e] = symprop_at_infinityf(_t0, x, _t0, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-x)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x/((<double>1.0) + exp(-x))
-        y_p[_e] = symprop_at_infinity(_t0, x, _t0, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-x)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_vjp
-# gx = g*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)
+# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4292,7 +4288,7 @@ cdef void _silu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         g = g_p[_e]
         _t0 = expf(-x)
-        gx_p[_e] = g*symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>0.0))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4306,10 +4302,10 @@ cdef void _silu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         g = g_p[_e]
         _t0 = exp(-x)
-        gx_p[_e] = g*symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>0.0))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_jvp
-# Ry = Rx*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)
+# Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4322,7 +4318,7 @@ cdef void _silu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = expf(-x)
-        Ry_p[_e] = Rx*symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4336,10 +4332,10 @@ cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = exp(-x)
-        Ry_p[_e] = Rx*symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_rvjp
-# Rgx = Rg*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4358,9 +4354,9 @@ cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = expf(-x)
-        _t1 = expf(x)
-        Rgx_p[_e] = Rg*symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*(-_t1*x + (<float>2.0)*_t1 + x + (<float>2.0))/((_t1 + (<float>1.0))*(_t1 + (<float>1.0))*(_t1 + (<float>1.0))), (<float>0.0)), x)
+        _t0 = expf(x)
+        _t1 = expf(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
 
 cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4380,12 +4376,12 @@ cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = exp(-x)
-        _t1 = exp(x)
-        Rgx_p[_e] = Rg*symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t1*x + (<double>2.0)*_t1 + x + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
+        _t0 = exp(x)
+        _t1 = exp(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_diag_backprop
-# hx = H*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4403,7 +4399,7 @@ cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         _t0 = expf(x)
         _t1 = expf(-x)
-        hx_p[_e] = H*((symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>0.0)))*(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
 
 cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4422,7 +4418,7 @@ cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         _t0 = exp(x)
         _t1 = exp(-x)
-        hx_p[_e] = H*((symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>0.0)))*(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_residual
 # r = g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
@@ -4455,7 +4451,7 @@ cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_forward_jvp
-# y = at_infinity(x/(1 + exp(-x)), x, x/(1 + exp(-x)), 0); Ry = Rx*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0)
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4466,15 +4462,13 @@ cdef void _silu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float Rx
     cdef float _t0
     cdef float _t1
-    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = expf(-x)
         _t1 = ((<float>1.0)/((_t0 + (<float>1.0))))
-        _t2 = _t1*x
-        y_p[_e] = symprop_at_infinityf(_t2, x, _t2, (<float>0.0))
-        Ry_p[_e] = Rx*symprop_at_infinityf(_t1 + x/(_t0 + expf(x) + (<float>2.0)), x, (<float>1.0), (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(_t1*x, x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(_t1 + x/(_t0 + expf(x) + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4486,18 +4480,16 @@ cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double Rx
     cdef double _t0
     cdef double _t1
-    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = exp(-x)
         _t1 = ((<double>1.0)/((_t0 + (<double>1.0))))
-        _t2 = _t1*x
-        y_p[_e] = symprop_at_infinity(_t2, x, _t2, (<double>0.0))
-        Ry_p[_e] = Rx*symprop_at_infinity(_t1 + x/(_t0 + exp(x) + (<double>2.0)), x, (<double>1.0), (<double>0.0))
+        y_p[_e] = symprop_at_infinity(_t1*x, x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(_t1 + x/(_t0 + exp(x) + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_vjp_rvjp
-# gx = g*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0); Rgx = Rg*at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4520,7 +4512,7 @@ cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rg = Rg_p[_e]
         _t0 = expf(-x)
         _t1 = expf(x)
-        _t2 = symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>0.0))
+        _t2 = symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*(-_t1*x + (<float>2.0)*_t1 + x + (<float>2.0))/((_t1 + (<float>1.0))*(_t1 + (<float>1.0))*(_t1 + (<float>1.0))), (<float>0.0)), x)
 
@@ -4546,23 +4538,21 @@ cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rg = Rg_p[_e]
         _t0 = exp(-x)
         _t1 = exp(x)
-        _t2 = symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>0.0))
+        _t2 = symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
         gx_p[_e] = _t2*g
         Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t1*x + (<double>2.0)*_t1 + x + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward
-# y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0)
+# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)
 cdef void _swish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x/((<float>1.0) + expf(-beta*x))
-        y_p[_e] = symprop_at_infinityf(_t0, x, _t0, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4570,11 +4560,9 @@ cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x/((<double>1.0) + exp(-beta*x))
-        y_p[_e] = symprop_at_infinity(_t0, x, _t0, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- swish_vjp
 # gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
@@ -4775,7 +4763,7 @@ cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward_jvp
-# y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
 cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4786,13 +4774,11 @@ cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noe
     cdef float x
     cdef float Rx
     cdef float _t0
-    cdef float _t1
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = x/((<float>1.0) + expf(-_t0))
-        y_p[_e] = symprop_at_infinityf(_t1, x, _t1, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-_t0)), x, (<float>-1.0), (<float>0.0))
         Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
 
 cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
@@ -4805,13 +4791,11 @@ cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noe
     cdef double x
     cdef double Rx
     cdef double _t0
-    cdef double _t1
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = x/((<double>1.0) + exp(-_t0))
-        y_p[_e] = symprop_at_infinity(_t1, x, _t1, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-_t0)), x, (<double>-1.0), (<double>0.0))
         Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- swish_vjp_rvjp
@@ -4875,35 +4859,27 @@ cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward
-# y = at_infinity(x*(erf(sqrt(2)*x/2) + 1)/2, x, x*(erf(sqrt(2)*x/2) + 1)/2, 0)
+# y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0)
 cdef void _gelu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
-    cdef float _t0
-    cdef float _t1
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = ((<float>0.5))*x
-        _t1 = _t0*(erff(sqrtf((<float>2.0))*_t0) + (<float>1.0))
-        y_p[_e] = symprop_at_infinityf(_t1, x, _t1, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(((<float>0.5))*x*(erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
-    cdef double _t0
-    cdef double _t1
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = ((<double>0.5))*x
-        _t1 = _t0*(erf(sqrt((<double>2.0))*_t0) + (<double>1.0))
-        y_p[_e] = symprop_at_infinity(_t1, x, _t1, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp
-# gx = g*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)
+# gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4911,12 +4887,10 @@ cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        _t0 = sqrtf((<float>2.0))*x
-        gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + ((<float>0.5))*erff(((<float>0.5))*_t0) + (<float>0.5), (<float>(x > (<float>0.0)))), x)
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*((<float>0.7978845608028654)*x*expf(-(<float>0.5)*(x*x)) + erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4925,15 +4899,13 @@ cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        _t0 = sqrt((<double>2.0))*x
-        gx_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.5))*_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + ((<double>0.5))*erf(((<double>0.5))*_t0) + (<double>0.5), (<double>(x > (<double>0.0)))), x)
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*((<double>0.7978845608028654)*x*exp(-(<double>0.5)*(x*x)) + erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_jvp
-# Ry = Rx*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)
+# Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4941,12 +4913,10 @@ cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrtf((<float>2.0))*x
-        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + ((<float>0.5))*erff(((<float>0.5))*_t0) + (<float>0.5), (<float>(x > (<float>0.0)))), x)
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*((<float>0.7978845608028654)*x*expf(-(<float>0.5)*(x*x)) + erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4955,15 +4925,13 @@ cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrt((<double>2.0))*x
-        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.5))*_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + ((<double>0.5))*erf(((<double>0.5))*_t0) + (<double>0.5), (<double>(x > (<double>0.0)))), x)
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*((<double>0.7978845608028654)*x*exp(-(<double>0.5)*(x*x)) + erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_rvjp
-# Rgx = Rg*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)
+# Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4977,18 +4945,14 @@ cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float Rg
     cdef float _t0
     cdef float _t1
-    cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = (x*x)
-        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
-        _t3 = _t0*x
-        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t2*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t3) + (<float>0.5), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0)), x)
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5003,21 +4967,17 @@ cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double Rg
     cdef double _t0
     cdef double _t1
-    cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = (x*x)
-        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
-        _t3 = _t0*x
-        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.5))*_t2*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t3) + (<double>0.5), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0)), x)
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_diag_backprop
-# hx = H*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)
+# hx = H*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5029,17 +4989,13 @@ cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
     cdef float H
     cdef float _t0
     cdef float _t1
-    cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = (x*x)
-        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
-        _t3 = _t0*x
-        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t2*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t3) + (<float>0.5), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t2*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t3) + (<float>0.5), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0)), x)
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5052,20 +5008,16 @@ cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
     cdef double H
     cdef double _t0
     cdef double _t1
-    cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = (x*x)
-        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
-        _t3 = _t0*x
-        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.5))*_t2*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t3) + (<double>0.5), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.5))*_t2*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t3) + (<double>0.5), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0)), x)
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_residual
-# r = g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)
+# r = g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5078,7 +5030,7 @@ cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.5)*sqrtf((<float>2.0))*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0)/sqrtf((<float>3.141592653589793)), (<float>0.0)), x)
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0), (<float>0.0)), x)
 
 cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5092,10 +5044,10 @@ cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_nan_through(symprop_finite_or(-(<double>0.5)*sqrt((<double>2.0))*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0)/sqrt((<double>3.141592653589793)), (<double>0.0)), x)
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward_jvp
-# y = at_infinity(x*(erf(sqrt(2)*x/2) + 1)/2, x, x*(erf(sqrt(2)*x/2) + 1)/2, 0); Ry = Rx*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5105,18 +5057,12 @@ cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float x
     cdef float Rx
     cdef float _t0
-    cdef float _t1
-    cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = ((<float>0.5))*x
-        _t2 = erff(_t0*_t1) + (<float>1.0)
-        _t3 = _t1*_t2
-        y_p[_e] = symprop_at_infinityf(_t3, x, _t3, (<float>0.0))
-        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t0*x*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + ((<float>0.5))*_t2, (<float>(x > (<float>0.0)))), x)
+        _t0 = erff((<float>0.7071067811865476)*x) + (<float>1.0)
+        y_p[_e] = symprop_at_infinityf(((<float>0.5))*_t0*x, x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*_t0 + (<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5127,21 +5073,15 @@ cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double x
     cdef double Rx
     cdef double _t0
-    cdef double _t1
-    cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = ((<double>0.5))*x
-        _t2 = erf(_t0*_t1) + (<double>1.0)
-        _t3 = _t1*_t2
-        y_p[_e] = symprop_at_infinity(_t3, x, _t3, (<double>0.0))
-        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.5))*_t0*x*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + ((<double>0.5))*_t2, (<double>(x > (<double>0.0)))), x)
+        _t0 = erf((<double>0.7071067811865476)*x) + (<double>1.0)
+        y_p[_e] = symprop_at_infinity(((<double>0.5))*_t0*x, x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*_t0 + (<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp_rvjp
-# gx = g*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2, Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0), x)
+# gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5157,20 +5097,16 @@ cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    cdef float _t3
-    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = _t0*x
-        _t2 = (x*x)
-        _t3 = expf(-(<float>0.5)*_t2)/sqrtf((<float>3.141592653589793))
-        _t4 = symprop_nan_throughf(symprop_finite_orf(((<float>0.5))*_t1*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t1) + (<float>0.5), (<float>(x > (<float>0.0)))), x)
-        gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.5)*_t0*_t3*(_t2 + (<float>-2.0)), (<float>0.0)), x)
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        _t2 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5187,44 +5123,36 @@ cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    cdef double _t3
-    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = _t0*x
-        _t2 = (x*x)
-        _t3 = exp(-(<double>0.5)*_t2)/sqrt((<double>3.141592653589793))
-        _t4 = symprop_nan_through(symprop_finite_or(((<double>0.5))*_t1*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t1) + (<double>0.5), (<double>(x > (<double>0.0)))), x)
-        gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.5)*_t0*_t3*(_t2 + (<double>-2.0)), (<double>0.0)), x)
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        _t2 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_forward
-# y = at_infinity(x*tanh(log(exp(x) + 1)), x, x*tanh(log(exp(x) + 1)), 0)
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0)
 cdef void _mish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x*tanhf(logf(expf(x) + (<float>1.0)))
-        y_p[_e] = symprop_at_infinityf(_t0, x, _t0, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(x*tanhf(logf(expf(x) + (<float>1.0))), x, (<float>-1.0), (<float>0.0))
 
 cdef void _mish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = x*tanh(log(exp(x) + (<double>1.0)))
-        y_p[_e] = symprop_at_infinity(_t0, x, _t0, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(x*tanh(log(exp(x) + (<double>1.0))), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- mish_vjp
 # gx = g*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
@@ -5465,7 +5393,7 @@ cdef void _mish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         r_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t1*y + _t1 + x + (<double>2.0))/(((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))*((cosh(log(_t0 + (<double>1.0))))*(cosh(log(_t0 + (<double>1.0)))))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_forward_jvp
-# y = at_infinity(x*tanh(log(exp(x) + 1)), x, x*tanh(log(exp(x) + 1)), 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5477,15 +5405,13 @@ cdef void _mish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
         _t2 = tanhf(logf(_t1))
-        _t3 = _t2*x
-        y_p[_e] = symprop_at_infinityf(_t3, x, _t3, (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(_t2*x, x, (<float>-1.0), (<float>0.0))
         Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0)))), x)
 
 cdef void _mish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
@@ -5499,15 +5425,13 @@ cdef void _mish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
         _t2 = tanh(log(_t1))
-        _t3 = _t2*x
-        y_p[_e] = symprop_at_infinity(_t3, x, _t3, (<double>0.0))
+        y_p[_e] = symprop_at_infinity(_t2*x, x, (<double>-1.0), (<double>0.0))
         Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- mish_vjp_rvjp
@@ -5785,7 +5709,7 @@ cdef void _dropout_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rgx_p[_e] = Rg*m
 
 # ---------------------------------------------------------------- penalty_forward
-# y = at_infinity(l1*Max(-x, x) + l2*x**2/2, x, x, -x)
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x)
 cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -5797,7 +5721,7 @@ cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexc
     for _e in range(_n):
         x = x_p[_e]
         _t0 = -x
-        y_p[_e] = symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, x, _t0)
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), x), x, (<float>-1.0), _t0)
 
 cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5810,10 +5734,10 @@ cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexc
     for _e in range(_n):
         x = x_p[_e]
         _t0 = -x
-        y_p[_e] = symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, x, _t0)
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), x), x, (<double>-1.0), _t0)
 
 # ---------------------------------------------------------------- penalty_vjp
-# gx = g*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
 cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5828,7 +5752,7 @@ cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x)
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
 
 cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5844,10 +5768,10 @@ cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x)
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
 
 # ---------------------------------------------------------------- penalty_jvp
-# Ry = Rx*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)
+# Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
 cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5862,7 +5786,7 @@ cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x)
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
 
 cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5878,10 +5802,10 @@ cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x)
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
 
 # ---------------------------------------------------------------- penalty_rvjp
-# Rgx = Rg*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x) + Rx*g*l2
+# Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2
 cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5902,7 +5826,7 @@ cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x) + Rx*g*l2
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x) + Rx*g*l2
 
 cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5924,10 +5848,10 @@ cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x) + Rx*g*l2
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x) + Rx*g*l2
 
 # ---------------------------------------------------------------- penalty_diag_backprop
-# hx = H*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)**2 + g*l2
+# hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)**2 + g*l2
 cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5945,7 +5869,7 @@ cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*((symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x))*(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x))) + g*l2
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x))*(symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x))) + g*l2
 
 cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5964,7 +5888,7 @@ cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n)
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*((symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x))*(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x))) + g*l2
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x))*(symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x))) + g*l2
 
 # ---------------------------------------------------------------- penalty_residual
 # r = g*l2
@@ -5989,7 +5913,7 @@ cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         r_p[_e] = g*l2
 
 # ---------------------------------------------------------------- penalty_forward_jvp
-# y = at_infinity(l1*Max(-x, x) + l2*x**2/2, x, x, -x); Ry = Rx*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x)
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
 cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -6007,8 +5931,8 @@ cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) n
         Rx = Rx_p[_e]
         _t0 = -x
         _t1 = l2*x
-        y_p[_e] = symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, x, _t0)
-        Ry_p[_e] = Rx*symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t1 + l1 if (x > (<float>0.0)) else _t1)), x, x, x)
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), x), x, (<float>-1.0), _t0)
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t1 + l1 if (x > (<float>0.0)) else _t1)), x, (<float>1.0), x), x, (<float>-1.0), x)
 
 cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -6027,11 +5951,11 @@ cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) n
         Rx = Rx_p[_e]
         _t0 = -x
         _t1 = l2*x
-        y_p[_e] = symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, x, _t0)
-        Ry_p[_e] = Rx*symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t1 + l1 if (x > (<double>0.0)) else _t1)), x, x, x)
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), x), x, (<double>-1.0), _t0)
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t1 + l1 if (x > (<double>0.0)) else _t1)), x, (<double>1.0), x), x, (<double>-1.0), x)
 
 # ---------------------------------------------------------------- penalty_vjp_rvjp
-# gx = g*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x); Rgx = Rg*at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, x, x) + Rx*g*l2
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2
 cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -6054,7 +5978,7 @@ cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, x, x)
+        _t1 = symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
         gx_p[_e] = _t1*g
         Rgx_p[_e] = Rg*_t1 + Rx*g*l2
 
@@ -6080,7 +6004,7 @@ cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, x, x)
+        _t1 = symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
         gx_p[_e] = _t1*g
         Rgx_p[_e] = Rg*_t1 + Rx*g*l2
 

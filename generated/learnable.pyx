@@ -440,7 +440,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0)",
+    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -1366,7 +1366,7 @@ cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _
 
 
 # ---------------------------------------------------------------- swish_learnable_forward
-# y = at_infinity(x/(1 + exp(-beta*x)), x, x/(1 + exp(-beta*x)), 0)
+# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)
 cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* beta_p = <const float*>_a[1]
@@ -1376,7 +1376,6 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef float x
     cdef float beta
-    cdef float _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1386,8 +1385,7 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                _t0 = x/((<float>1.0) + expf(-beta*x))
-                y_p[e] = symprop_at_infinityf(_t0, x, _t0, (<float>0.0))
+                y_p[e] = symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>-1.0), (<float>0.0))
     return 0
 
 cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1399,7 +1397,6 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef double x
     cdef double beta
-    cdef double _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1409,8 +1406,7 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                _t0 = x/((<double>1.0) + exp(-beta*x))
-                y_p[e] = symprop_at_infinity(_t0, x, _t0, (<double>0.0))
+                y_p[e] = symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>-1.0), (<double>0.0))
     return 0
 
 

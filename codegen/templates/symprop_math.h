@@ -39,10 +39,8 @@ static inline double symprop_finite_or(double e, double a) { return (e - e == 0.
  * (derive/rewrite.py: nan_through). */
 static inline float symprop_nan_throughf(float e, float v) { return (v != v) ? v : e; }
 static inline double symprop_nan_through(double e, double v) { return (v != v) ? v : e; }
-/* e where v is finite, a at v = +inf, b at v = -inf, v (NaN) where v is NaN: a form that gives
- * inf*0 or inf/inf at +-inf returns the function's limits (derive/rewrite.py: at_infinity). */
-static inline float symprop_at_infinityf(float e, float v, float a, float b) {
-    return (v - v == 0.0f) ? e : ((v > 0.0f) ? a : ((v < 0.0f) ? b : v)); }
-static inline double symprop_at_infinity(double e, double v, double a, double b) {
-    return (v - v == 0.0) ? e : ((v > 0.0) ? a : ((v < 0.0) ? b : v)); }
+/* a where v is s*inf (s = +-1, a literal), else e: a form that gives inf*0 or inf/inf at +-inf
+ * returns the function's limit there (derive/rewrite.py: at_infinity). */
+static inline float symprop_at_infinityf(float e, float v, float s, float a) { return (v == s * INFINITY) ? a : e; }
+static inline double symprop_at_infinity(double e, double v, double s, double a) { return (v == s * INFINITY) ? a : e; }
 #endif
