@@ -40,6 +40,11 @@ class nan_through(sp.Function):
     ``finite_or`` fallback). Printed as one select (``symprop_nan_through``)."""
     nargs = 2
 
+    def _latex(self, printer, exp=None):
+        """LaTeX shows the function; the guard only realizes it in floating point."""
+        out = printer._print(self.args[0])
+        return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
+
 
 def _np_nan_through(e, v):
     return np.where(np.isnan(v), v, e)
@@ -115,18 +120,57 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
+class Folded(sp.NumberSymbol):
+    """An irrational constant kept as one number (√2/2, 1/√(2π)): kernels and NumPy checks see
+    one float literal, LaTeX the exact value. Used by :func:`float_coefficients`."""
+    is_real = True
+    is_finite = True
+    is_irrational = True
+    __slots__ = ("exact",)
+
+    def __new__(cls, exact):
+        obj = sp.Expr.__new__(cls)
+        obj.exact = sp.sympify(exact)
+        return obj
+
+    def __getnewargs__(self):
+        return (self.exact,)
+
+    def _hashable_content(self):
+        return (self.exact,)
+
+    def __eq__(self, other):
+        return isinstance(other, Folded) and self.exact == other.exact
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = sp.NumberSymbol.__hash__
+
+    def _as_mpf_val(self, prec):
+        return self.exact.evalf(mpmath.libmp.prec_to_dps(prec) + 5)._as_mpf_val(prec)
+
+    def _latex(self, printer, exp=None):
+        out = printer._print(self.exact)
+        return out if exp is None else r"\left(" + out + r"\right)^{" + exp + "}"
+
+    def _sympyrepr(self, printer):
+        return f"Folded({printer._print(self.exact)})"
+
+    def _sympystr(self, printer):
+        return repr(float(self))
+
+
 def float_coefficients(expr: sp.Basic) -> sp.Basic:
-    """Irrational numeric coefficients folded into one float (√2·x/2 → 0.7071…·x): the kernel
-    then multiplies once, and the common-subexpression pass finds no √2·x to share — an
+    """Irrational numeric coefficients folded into one constant (√2·x/2 → 0.7071…·x): the kernel
+    multiplies once, and the common-subexpression pass finds no √2·x to share — an
     intermediate that overflows for |x| > 2.4e38 in float32 although the function does not."""
     def fold(m):
         coeff, rest = m.as_coeff_mul()
         num = [a for a in rest if a.is_number]
-        if not num:
-            return m
-        c = sp.Mul(coeff, *num)
-        return sp.Mul(c.evalf(17), *[a for a in rest if not a.is_number], evaluate=True)
-    return expr.replace(lambda e: isinstance(e, sp.Mul) and any(a.is_number and not a.is_Rational for a in e.args),
+        return sp.Mul(Folded(sp.Mul(coeff, *num)), *[a for a in rest if not a.is_number])
+    return expr.replace(lambda e: isinstance(e, sp.Mul) and any(a.is_number and not a.is_Rational
+                                                                 and not isinstance(a, Folded) for a in e.args),
                         fold)
 
 
@@ -492,7 +536,7 @@ def choose_form(textbook: sp.Basic, candidates: list[sp.Basic], x: sp.Symbol,
     if best != (0, 0):   # overflow at large |x|: guard the best forms with the limits at ±∞
         fallback = _limit_fallback(textbook, x, params)
         if fallback is not None:
-            ranked = sorted(pool, key=lambda cf: (cf[0].key, op_cost(cf[1]), sp.srepr(cf[1])))[:4]
+            ranked = sorted(pool, key=lambda cf: (cf[0].key, op_cost(cf[1]), sp.srepr(cf[1])))[:8]
             for _, form in ranked:
                 guarded = finite_or(form, fallback)
                 try:

@@ -1522,7 +1522,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "silu_diag_backprop",
@@ -1548,7 +1548,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "silu_residual",
@@ -1572,7 +1572,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "r = g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "forward+jvp": {
     "kernel": "silu_forward_jvp",
@@ -1636,7 +1636,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)"
+    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    }
   },
   "defaults": {}
@@ -1761,7 +1761,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "swish_diag_backprop",
@@ -1790,7 +1790,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "swish_residual",
@@ -1817,7 +1817,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "r = g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "forward+jvp": {
     "kernel": "swish_forward_jvp",
@@ -1887,7 +1887,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    }
   },
   "defaults": {
@@ -1924,7 +1924,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0)"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "gelu_vjp",
@@ -1948,7 +1948,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "jvp": {
     "kernel": "gelu_jvp",
@@ -1972,7 +1972,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "rvjp:x": {
     "kernel": "gelu_rvjp",
@@ -2000,7 +2000,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "bl:x": {
     "kernel": "gelu_diag_backprop",
@@ -2026,7 +2026,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
+    "doc": "hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "residual": {
     "kernel": "gelu_residual",
@@ -2050,7 +2050,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
+    "doc": "r = g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "forward+jvp": {
     "kernel": "gelu_forward_jvp",
@@ -2080,7 +2080,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "vjp+rvjp": {
     "kernel": "gelu_vjp_rvjp",
@@ -2114,7 +2114,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)"
+    "doc": "gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    }
   },
   "defaults": {}
@@ -4335,7 +4335,7 @@ cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_rvjp
-# Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4349,14 +4349,16 @@ cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float Rg
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = expf(x)
-        _t1 = expf(-x)
-        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = expf(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4371,17 +4373,19 @@ cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double Rg
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = exp(x)
-        _t1 = exp(-x)
-        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = exp(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_diag_backprop
-# hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4393,13 +4397,15 @@ cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
     cdef float H
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = expf(x)
-        _t1 = expf(-x)
-        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = expf(-x)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4412,16 +4418,18 @@ cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
     cdef double H
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = exp(x)
-        _t1 = exp(-x)
-        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = exp(-x)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_residual
-# r = g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# r = g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4430,11 +4438,13 @@ cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef float x
     cdef float g
     cdef float _t0
+    cdef float _t1
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = expf(x)
-        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t0*x + (<float>2.0)*_t0 + x + (<float>2.0))/((_t0 + (<float>1.0))*(_t0 + (<float>1.0))*(_t0 + (<float>1.0))), (<float>0.0)), x)
+        _t1 = _t0 + (<float>1.0)
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4444,11 +4454,13 @@ cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double x
     cdef double g
     cdef double _t0
+    cdef double _t1
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = exp(x)
-        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t0*(-_t0*x + (<double>2.0)*_t0 + x + (<double>2.0))/((_t0 + (<double>1.0))*(_t0 + (<double>1.0))*(_t0 + (<double>1.0))), (<double>0.0)), x)
+        _t1 = _t0 + (<double>1.0)
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_forward_jvp
 # y = at_infinity(x/(1 + exp(-x)), x, -1, 0); Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
@@ -4489,7 +4501,7 @@ cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(_t1 + x/(_t0 + exp(x) + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_vjp_rvjp
-# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-(x*exp(x) - x - 2*exp(x) - 2)*exp(x)/(exp(x) + 1)**3, 0), x)
+# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4505,6 +4517,7 @@ cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef float _t0
     cdef float _t1
     cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4513,8 +4526,9 @@ cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t0 = expf(-x)
         _t1 = expf(x)
         _t2 = symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        _t3 = _t1 + (<float>1.0)
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*(-_t1*x + (<float>2.0)*_t1 + x + (<float>2.0))/((_t1 + (<float>1.0))*(_t1 + (<float>1.0))*(_t1 + (<float>1.0))), (<float>0.0)), x)
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t3*_t3*_t3), (<float>0.0)), x)
 
 cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4531,6 +4545,7 @@ cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double _t0
     cdef double _t1
     cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4539,8 +4554,9 @@ cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t0 = exp(-x)
         _t1 = exp(x)
         _t2 = symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        _t3 = _t1 + (<double>1.0)
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t1*x + (<double>2.0)*_t1 + x + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward
 # y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)
@@ -4629,7 +4645,7 @@ cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- swish_rvjp
-# Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4653,7 +4669,7 @@ cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept n
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/(_t2*_t2*_t2), (<float>0.0)), x)
+        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4678,10 +4694,10 @@ cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept n
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/(_t2*_t2*_t2), (<double>0.0)), x)
+        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_diag_backprop
-# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4702,7 +4718,7 @@ cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) n
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/(_t2*_t2*_t2), (<float>0.0)), x)
+        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4724,10 +4740,10 @@ cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) n
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/(_t2*_t2*_t2), (<double>0.0)), x)
+        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_residual
-# r = g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4738,12 +4754,14 @@ cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef float g
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
         _t1 = expf(_t0)
-        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/((_t1 + (<float>1.0))*(_t1 + (<float>1.0))*(_t1 + (<float>1.0))), (<float>0.0)), x)
+        _t2 = _t1 + (<float>1.0)
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4755,12 +4773,14 @@ cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef double g
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
         _t1 = exp(_t0)
-        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
+        _t2 = _t1 + (<double>1.0)
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward_jvp
 # y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
@@ -4799,7 +4819,7 @@ cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noe
         Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- swish_vjp_rvjp
-# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4827,7 +4847,7 @@ cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t2 = _t1 + (<float>1.0)
         _t3 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
         gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/(_t2*_t2*_t2), (<float>0.0)), x)
+        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4856,10 +4876,10 @@ cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t2 = _t1 + (<double>1.0)
         _t3 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
         gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/(_t2*_t2*_t2), (<double>0.0)), x)
+        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward
-# y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0)
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0)
 cdef void _gelu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -4879,7 +4899,7 @@ cdef void _gelu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp
-# gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4890,7 +4910,7 @@ cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*((<float>0.7978845608028654)*x*expf(-(<float>0.5)*(x*x)) + erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4902,10 +4922,10 @@ cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*((<double>0.7978845608028654)*x*exp(-(<double>0.5)*(x*x)) + erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_jvp
-# Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4916,7 +4936,7 @@ cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*((<float>0.7978845608028654)*x*expf(-(<float>0.5)*(x*x)) + erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4928,10 +4948,10 @@ cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*((<double>0.7978845608028654)*x*exp(-(<double>0.5)*(x*x)) + erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_rvjp
-# Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
+# Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4952,7 +4972,7 @@ cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         Rg = Rg_p[_e]
         _t0 = (x*x)
         _t1 = expf(-(<float>0.5)*_t0)
-        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4974,10 +4994,10 @@ cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         Rg = Rg_p[_e]
         _t0 = (x*x)
         _t1 = exp(-(<double>0.5)*_t0)
-        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_diag_backprop
-# hx = H*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
+# hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4995,7 +5015,7 @@ cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         _t0 = (x*x)
         _t1 = expf(-(<float>0.5)*_t0)
-        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5014,10 +5034,10 @@ cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         _t0 = (x*x)
         _t1 = exp(-(<double>0.5)*_t0)
-        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_residual
-# r = g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
+# r = g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5030,7 +5050,7 @@ cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0), (<float>0.0)), x)
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0), (<float>0.0)), x)
 
 cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5044,10 +5064,10 @@ cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0), (<double>0.0)), x)
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward_jvp
-# y = at_infinity(x*(erf(0.70710678118654752*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5060,9 +5080,9 @@ cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = erff((<float>0.7071067811865476)*x) + (<float>1.0)
-        y_p[_e] = symprop_at_infinityf(((<float>0.5))*_t0*x, x, (<float>-1.0), (<float>0.0))
-        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*_t0 + (<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        _t0 = erff((<float>0.7071067811865476)*x)
+        y_p[_e] = symprop_at_infinityf(((<float>0.5))*x*(_t0 + (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*_t0 + (<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5076,12 +5096,12 @@ cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = erf((<double>0.7071067811865476)*x) + (<double>1.0)
-        y_p[_e] = symprop_at_infinity(((<double>0.5))*_t0*x, x, (<double>-1.0), (<double>0.0))
-        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*_t0 + (<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        _t0 = erf((<double>0.7071067811865476)*x)
+        y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(_t0 + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*_t0 + (<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp_rvjp
-# gx = g*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.39894228040143268*x*exp(-x**2/2) + erf(0.70710678118654752*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.39894228040143268*(x**2 - 2)*exp(-x**2/2), 0), x)
+# gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5106,7 +5126,7 @@ cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = expf(-(<float>0.5)*_t0)
         _t2 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(-(<float>0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5132,7 +5152,7 @@ cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = exp(-(<double>0.5)*_t0)
         _t2 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(-(<double>0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_forward
 # y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0)

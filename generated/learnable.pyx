@@ -598,7 +598,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
+    "doc": "Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -687,7 +687,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -806,7 +806,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "r = g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
+    "doc": "r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -1604,7 +1604,7 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
 
 
 # ---------------------------------------------------------------- swish_learnable_rvjp
-# Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1642,8 +1642,8 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
-                _t3 = _t1/(_t2*_t2*_t2)
-                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0))), (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0)), (<float>0.0)), x)
+                _t3 = _t1*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2)
+                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1683,8 +1683,8 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
-                _t3 = _t1/(_t2*_t2*_t2)
-                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0))), (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0)), (<double>0.0)), x)
+                _t3 = _t1*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2)
+                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
     return 0
 
 
@@ -1798,7 +1798,7 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
 
 
 # ---------------------------------------------------------------- swish_learnable_diag_backprop
-# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1829,7 +1829,7 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
-                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/(_t2*_t2*_t2), (<float>0.0)), x)
+                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1862,7 +1862,7 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
-                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/(_t2*_t2*_t2), (<double>0.0)), x)
+                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 
@@ -2043,7 +2043,7 @@ cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_s
 
 
 # ---------------------------------------------------------------- swish_learnable_residual
-# r = g*nan_through(finite_or(-beta*(beta*x*exp(beta*x) - beta*x - 2*exp(beta*x) - 2)*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -2057,6 +2057,7 @@ cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssi
     cdef float beta
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -2069,7 +2070,8 @@ cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssi
                 g = g_p[e]
                 _t0 = beta*x
                 _t1 = expf(_t0)
-                r_p[e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t0*_t1 + _t0 + (<float>2.0)*_t1 + (<float>2.0))/((_t1 + (<float>1.0))*(_t1 + (<float>1.0))*(_t1 + (<float>1.0))), (<float>0.0)), x)
+                _t2 = _t1 + (<float>1.0)
+                r_p[e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -2085,6 +2087,7 @@ cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssi
     cdef double beta
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -2097,7 +2100,8 @@ cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssi
                 g = g_p[e]
                 _t0 = beta*x
                 _t1 = exp(_t0)
-                r_p[e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*(-_t0*_t1 + _t0 + (<double>2.0)*_t1 + (<double>2.0))/((_t1 + (<double>1.0))*(_t1 + (<double>1.0))*(_t1 + (<double>1.0))), (<double>0.0)), x)
+                _t2 = _t1 + (<double>1.0)
+                r_p[e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 
