@@ -15,11 +15,11 @@ The oracle is torch.nn.functional (x·sigmoid(βx) for swish) with autograd firs
 derivatives, in float64. Where PyTorch's own formula gives NaN at ±inf (inf·0 in silu, gelu,
 mish and swish at −inf, their derivatives at ±inf) the mathematical limit exists and is the
 target: PyTorch's value at the first of ±1e300, ±1e100, ±1e30 where it is not NaN. Where
-PyTorch's derivative at a NaN input is a number (ReLU's and leaky ReLU's backward give 0 or
-α: they compare the input), symprop's is NaN — the stricter rule, asserted here. Leaky ReLU,
-PReLU and ELU at exactly 0 differ by convention (a kink of f or f'): PyTorch's leaky slope
-there is α, symprop's a.e. derivative [x > 0] + α[x < 0] is 0, and ELU's f''(0) is α on one
-side and 0 on the other; the test skips their derivative roles at 0 only.
+PyTorch's derivative at a NaN input is a number (ReLU's, leaky ReLU's and ELU's
+backward give 1, α and 1: they compare the input), symprop's is NaN — the stricter rule,
+asserted here. Leaky ReLU, PReLU and ELU at exactly 0 differ by convention (a kink of f or
+f'): PyTorch's leaky slope there is α, symprop's a.e. derivative [x > 0] + α[x < 0] is 0;
+ELU's f''(0) is α (PyTorch: 0); the test skips their derivative roles at 0 only.
 """
 import numpy as np
 import pytest
