@@ -361,10 +361,11 @@ def check_candidate(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: 
 
 
 def param_sets(params: dict) -> list[dict]:
-    """The parameter values every form is checked at: the defaults, and the nonzero ones
-    doubled and halved (a form whose overflow guard holds at β = 1 can give inf/inf at β = 2)."""
+    """The parameter values every form is checked at: the defaults, the nonzero ones doubled,
+    halved and negated (a form whose overflow guard holds at β = 1 can give inf/inf at β = 2,
+    and a learnable β can turn negative in training)."""
     out = [dict(params)]
-    for scale in (2.0, 0.5):
+    for scale in (2.0, 0.5, -1.0):
         scaled = {p: v * scale for p, v in params.items()}
         if scaled not in out:
             out.append(scaled)
@@ -385,29 +386,46 @@ def _branch_at(pw: sp.Piecewise, x: sp.Symbol, side) -> sp.Basic | None:
 _LIMITS: dict = {}
 
 
+def _one_sided_limit(e: sp.Basic, x: sp.Symbol, side):
+    """The limit of ``e`` at ``side`` (±∞) — a piecewise function's outermost branch's — when
+    SymPy finds a finite one or ±∞, else None."""
+    for pw in sorted(e.atoms(sp.Piecewise), key=sp.default_sort_key):
+        branch = _branch_at(pw, x, side)
+        if branch is None:
+            return None
+        e = e.xreplace({pw: branch})
+    L = _try(lambda: sp.limit(e, x, side), seconds=10)
+    ok = (L is not None and not L.has(x, sp.AccumBounds, sp.nan, sp.zoo)
+          and (L.is_finite or L in (sp.oo, -sp.oo)))
+    return L if ok else None
+
+
 def limits_at_infinity(textbook: sp.Basic, x: sp.Symbol, params: dict) -> tuple:
-    """(L+, L−): the limits of ``textbook`` at +∞ and −∞ with the parameters taken positive —
-    a finite expression in the parameters, ``oo`` or ``-oo`` — or None where SymPy finds none
-    (no limit, an oscillation, a timeout). A piecewise function's limit is its outermost
-    branch's."""
+    """(L+, L−): the limits of ``textbook`` at +∞ and −∞ — finite expressions in the
+    parameters, ``oo`` or ``-oo`` — or None where SymPy finds none (no limit, an oscillation,
+    a timeout). Derived with the parameters positive; a parameter whose sign changes a limit
+    (swish's β) gives cases ``Piecewise((L, p > 0), (L_neg, p < 0), (L at p = 0, True))``."""
     key = (textbook, x, tuple(sorted(map(str, params))))
     if key in _LIMITS:
         return _LIMITS[key]
     pos = {p: sp.Symbol(p.name, positive=True) for p in params}
-    e = textbook.xreplace(pos)
-    back = {v: k for k, v in pos.items()}
-    out = []
-    for side in (sp.oo, -sp.oo):
-        es = e
-        for pw in sorted(es.atoms(sp.Piecewise), key=sp.default_sort_key):
-            branch = _branch_at(pw, x, side)
-            es = es.xreplace({pw: branch}) if branch is not None and es is not None else None
-            if es is None:
-                break
-        L = None if es is None else _try(lambda es=es, side=side: sp.limit(es, x, side), seconds=10)
-        ok = (L is not None and not L.has(x, sp.AccumBounds, sp.nan, sp.zoo)
-              and (L.is_finite or L in (sp.oo, -sp.oo)))
-        out.append(L.xreplace(back) if ok else None)
+
+    def limit(expr, assume, side):
+        L = _one_sided_limit(expr.xreplace(assume), x, side)
+        return None if L is None else L.xreplace({v: k for k, v in assume.items()})
+
+    out = [limit(textbook, pos, side) for side in (sp.oo, -sp.oo)]
+    for p in params:
+        neg = {**pos, p: sp.Symbol(p.name, negative=True)}
+        for i, side in enumerate((sp.oo, -sp.oo)):
+            if out[i] is None:
+                continue
+            L_neg = limit(textbook, neg, side)
+            if L_neg == out[i]:
+                continue
+            L_zero = limit(textbook.subs(p, 0), pos, side)
+            out[i] = None if L_neg is None or L_zero is None else \
+                sp.Piecewise((out[i], p > 0), (L_neg, p < 0), (L_zero, True))
     _LIMITS[key] = tuple(out)
     return _LIMITS[key]
 
@@ -415,7 +433,7 @@ def limits_at_infinity(textbook: sp.Basic, x: sp.Symbol, params: dict) -> tuple:
 def _limit_fallback(textbook: sp.Basic, x: sp.Symbol, params: dict):
     """``Piecewise((L+, x > 0), (L−, True))`` with L± the finite limits of ``textbook`` at ±∞
     (parameters taken positive), or None when neither is finite."""
-    lims = [L if L is not None and L.is_finite is not False and L not in (sp.oo, -sp.oo) else None
+    lims = [L if L is not None and not L.has(sp.oo, -sp.oo) else None
             for L in limits_at_infinity(textbook, x, params)]
     if lims[0] is None and lims[1] is None:
         return None
@@ -455,7 +473,7 @@ def check_nonfinite(expr: sp.Basic, x: sp.Symbol, y: sp.Symbol | None, forward: 
             for side, v, L in (("plus", val[1], limits[0]), ("minus", val[2], limits[1])):
                 if L is None:
                     continue
-                want = float(L.subs({p: dt(pv) for p, pv in pset.items()}))
+                want = float(L.subs({p: float(pv) for p, pv in pset.items()}))
                 if np.isinf(want) or np.isnan(want):
                     bad = not v == want
                 else:
@@ -476,8 +494,8 @@ def guard_nonfinite(form: sp.Basic, textbook: sp.Basic, x: sp.Symbol, y: sp.Symb
     faults = check_nonfinite(form, x, y, forward, params, limits)
     cost = 0
     for bad, sign, L in ((faults.plus, 1, limits[0]), (faults.minus, -1, limits[1])):
-        if bad:
-            value = sign * x if L == sp.oo else -sign * x if L == -sp.oo else L
+        if bad:   # an infinite limit is ±x there (x = sign·∞)
+            value = L.xreplace({sp.oo: sign * x, sp.S.NegativeInfinity: -sign * x})
             form = at_infinity(form, x, sp.Integer(sign), value)
             cost += GUARD_COST[at_infinity]
     if cost:

@@ -1676,7 +1676,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))"
    },
    "vjp:x": {
     "kernel": "swish_vjp",
@@ -1703,7 +1703,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "jvp": {
     "kernel": "swish_jvp",
@@ -1730,7 +1730,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "rvjp:x": {
     "kernel": "swish_rvjp",
@@ -1761,7 +1761,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "swish_diag_backprop",
@@ -1790,7 +1790,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "swish_residual",
@@ -1850,7 +1850,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "vjp+rvjp": {
     "kernel": "swish_vjp_rvjp",
@@ -1887,7 +1887,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    }
   },
   "defaults": {
@@ -2588,7 +2588,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x)"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True)))"
    },
    "vjp:x": {
     "kernel": "penalty_vjp",
@@ -2617,7 +2617,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "jvp": {
     "kernel": "penalty_jvp",
@@ -2646,7 +2646,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "rvjp:x": {
     "kernel": "penalty_rvjp",
@@ -2679,7 +2679,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2"
    },
    "bl:x": {
     "kernel": "penalty_diag_backprop",
@@ -2710,7 +2710,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)**2 + g*l2"
+    "doc": "hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2"
    },
    "residual": {
     "kernel": "penalty_residual",
@@ -2770,7 +2770,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True))); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "vjp+rvjp": {
     "kernel": "penalty_vjp_rvjp",
@@ -2809,7 +2809,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2"
    }
   },
   "defaults": {
@@ -4559,16 +4559,18 @@ cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward
-# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))
 cdef void _swish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
+    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>-1.0), (<float>0.0))
+        _t0 = (beta > (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
 
 cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4576,12 +4578,14 @@ cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
+    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>-1.0), (<double>0.0))
+        _t0 = (beta > (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
 
 # ---------------------------------------------------------------- swish_vjp
-# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4591,11 +4595,15 @@ cdef void _swish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float x
     cdef float g
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
-        gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4606,14 +4614,18 @@ cdef void _swish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double x
     cdef double g
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
-        gx_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        gx_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_jvp
-# Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4623,11 +4635,15 @@ cdef void _swish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float x
     cdef float Rx
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4638,14 +4654,18 @@ cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double x
     cdef double Rx
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_rvjp
-# Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4661,6 +4681,8 @@ cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept n
     cdef float _t0
     cdef float _t1
     cdef float _t2
+    cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4669,7 +4691,9 @@ cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept n
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4686,6 +4710,8 @@ cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept n
     cdef double _t0
     cdef double _t1
     cdef double _t2
+    cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4694,10 +4720,12 @@ cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept n
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_diag_backprop
-# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4711,6 +4739,8 @@ cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) n
     cdef float _t0
     cdef float _t1
     cdef float _t2
+    cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4718,7 +4748,9 @@ cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) n
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4733,6 +4765,8 @@ cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) n
     cdef double _t0
     cdef double _t1
     cdef double _t2
+    cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4740,7 +4774,9 @@ cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) n
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_residual
 # r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
@@ -4783,7 +4819,7 @@ cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward_jvp
-# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4794,12 +4830,16 @@ cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noe
     cdef float x
     cdef float Rx
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-_t0)), x, (<float>-1.0), (<float>0.0))
-        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-_t0)), x, (<float>1.0), (x if _t1 else ((<float>0.0) if _t2 else x))), x, (<float>-1.0), ((<float>0.0) if _t1 else x))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4811,15 +4851,19 @@ cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noe
     cdef double x
     cdef double Rx
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-_t0)), x, (<double>-1.0), (<double>0.0))
-        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-_t0)), x, (<double>1.0), (x if _t1 else ((<double>0.0) if _t2 else x))), x, (<double>-1.0), ((<double>0.0) if _t1 else x))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_vjp_rvjp
-# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4837,6 +4881,8 @@ cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef float _t1
     cdef float _t2
     cdef float _t3
+    cdef float _t4
+    cdef float _t5
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4845,9 +4891,11 @@ cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        _t3 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
-        gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        _t5 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x)
+        gx_p[_e] = _t5*g
+        Rgx_p[_e] = Rg*_t5 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4866,6 +4914,8 @@ cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef double _t1
     cdef double _t2
     cdef double _t3
+    cdef double _t4
+    cdef double _t5
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
@@ -4874,9 +4924,11 @@ cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        _t3 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
-        gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        _t5 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x)
+        gx_p[_e] = _t5*g
+        Rgx_p[_e] = Rg*_t5 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward
 # y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0)
@@ -5729,7 +5781,7 @@ cdef void _dropout_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rgx_p[_e] = Rg*m
 
 # ---------------------------------------------------------------- penalty_forward
-# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x)
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True)))
 cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -5738,10 +5790,14 @@ cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexc
     cdef Py_ssize_t _e
     cdef float x
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         _t0 = -x
-        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), x), x, (<float>-1.0), _t0)
+        _t1 = (l2 > (<float>0.0))
+        _t2 = (l2 < (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<float>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
 
 cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5751,13 +5807,17 @@ cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexc
     cdef Py_ssize_t _e
     cdef double x
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         _t0 = -x
-        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), x), x, (<double>-1.0), _t0)
+        _t1 = (l2 > (<double>0.0))
+        _t2 = (l2 < (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<double>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
 
 # ---------------------------------------------------------------- penalty_vjp
-# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5768,11 +5828,17 @@ cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef float x
     cdef float g
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5784,14 +5850,20 @@ cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef double x
     cdef double g
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 # ---------------------------------------------------------------- penalty_jvp
-# Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
+# Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5802,11 +5874,17 @@ cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef float x
     cdef float Rx
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5818,14 +5896,20 @@ cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef double x
     cdef double Rx
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 # ---------------------------------------------------------------- penalty_rvjp
-# Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2
+# Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2
 cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5840,13 +5924,19 @@ cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef float Rx
     cdef float Rg
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x) + Rx*g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))) + Rx*g*l2
 
 cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5862,16 +5952,22 @@ cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef double Rx
     cdef double Rg
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x) + Rx*g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))) + Rx*g*l2
 
 # ---------------------------------------------------------------- penalty_diag_backprop
-# hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)**2 + g*l2
+# hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2
 cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5884,12 +5980,18 @@ cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
     cdef float g
     cdef float H
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x))*(symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x))) + g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
 cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5903,12 +6005,18 @@ cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n)
     cdef double g
     cdef double H
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x))*(symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x))) + g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
 # ---------------------------------------------------------------- penalty_residual
 # r = g*l2
@@ -5933,7 +6041,7 @@ cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         r_p[_e] = g*l2
 
 # ---------------------------------------------------------------- penalty_forward_jvp
-# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, x), x, -1, -x); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x)
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True))); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5946,13 +6054,17 @@ cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) n
     cdef float Rx
     cdef float _t0
     cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = -x
-        _t1 = l2*x
-        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), x), x, (<float>-1.0), _t0)
-        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t1 + l1 if (x > (<float>0.0)) else _t1)), x, (<float>1.0), x), x, (<float>-1.0), x)
+        _t1 = (l2 > (<float>0.0))
+        _t2 = (l2 < (<float>0.0))
+        _t3 = l2*x
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<float>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t3 + l1 if (x > (<float>0.0)) else _t3)), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else l1))), x, (<float>-1.0), (x if _t1 else (_t0 if _t2 else -l1)))
 
 cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5966,16 +6078,20 @@ cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) n
     cdef double Rx
     cdef double _t0
     cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = -x
-        _t1 = l2*x
-        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), x), x, (<double>-1.0), _t0)
-        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t1 + l1 if (x > (<double>0.0)) else _t1)), x, (<double>1.0), x), x, (<double>-1.0), x)
+        _t1 = (l2 > (<double>0.0))
+        _t2 = (l2 < (<double>0.0))
+        _t3 = l2*x
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<double>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t3 + l1 if (x > (<double>0.0)) else _t3)), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else l1))), x, (<double>-1.0), (x if _t1 else (_t0 if _t2 else -l1)))
 
 # ---------------------------------------------------------------- penalty_vjp_rvjp
-# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, x), x, -1, x) + Rx*g*l2
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2
 cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5992,15 +6108,21 @@ cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float Rg
     cdef float _t0
     cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), x), x, (<float>-1.0), x)
-        gx_p[_e] = _t1*g
-        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        _t4 = symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*l2
 
 cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -6018,15 +6140,21 @@ cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double Rg
     cdef double _t0
     cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), x), x, (<double>-1.0), x)
-        gx_p[_e] = _t1*g
-        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        _t4 = symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*l2
 
 #: the kernels of this module in table order (``kernel_table``)
 KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", "dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_diag_backprop", "dropout_forward_jvp", "dropout_vjp_rvjp", "penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_diag_backprop", "penalty_residual", "penalty_forward_jvp", "penalty_vjp_rvjp", )

@@ -440,7 +440,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)",
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -475,7 +475,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)",
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -554,7 +554,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)",
+    "doc": "Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -598,7 +598,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
+    "doc": "Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -687,7 +687,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -1366,7 +1366,7 @@ cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _
 
 
 # ---------------------------------------------------------------- swish_learnable_forward
-# y = at_infinity(x/(1 + exp(-beta*x)), x, -1, 0)
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))
 cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* beta_p = <const float*>_a[1]
@@ -1376,6 +1376,7 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef float x
     cdef float beta
+    cdef float _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1385,7 +1386,8 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                y_p[e] = symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>-1.0), (<float>0.0))
+                _t0 = (beta > (<float>0.0))
+                y_p[e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
     return 0
 
 cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1397,6 +1399,7 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef double x
     cdef double beta
+    cdef double _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1406,12 +1409,13 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                y_p[e] = symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>-1.0), (<double>0.0))
+                _t0 = (beta > (<double>0.0))
+                y_p[e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_vjp
-# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1424,6 +1428,8 @@ cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef float g
     cdef float beta
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1435,7 +1441,9 @@ cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t*
                 x = x_p[e]
                 g = g_p[e]
                 _t0 = beta*x
-                gx_p[e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
+                _t1 = (beta > (<float>0.0))
+                _t2 = (beta < (<float>0.0))
+                gx_p[e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1450,6 +1458,8 @@ cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef double g
     cdef double beta
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1461,7 +1471,9 @@ cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t*
                 x = x_p[e]
                 g = g_p[e]
                 _t0 = beta*x
-                gx_p[e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
+                _t1 = (beta > (<double>0.0))
+                _t2 = (beta < (<double>0.0))
+                gx_p[e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
@@ -1537,7 +1549,7 @@ cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssi
 
 
 # ---------------------------------------------------------------- swish_learnable_jvp
-# Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)
+# Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1554,6 +1566,8 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef float beta
     cdef float Rbeta
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1567,7 +1581,9 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
                 y = y_p[e]
                 Rx = Rx_p[e]
                 _t0 = beta*x
-                Ry_p[e] = Rbeta*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-_t0), (<float>0.0)), x) + Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x)
+                _t1 = (beta > (<float>0.0))
+                _t2 = (beta < (<float>0.0))
+                Ry_p[e] = Rbeta*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-_t0), (<float>0.0)), x) + Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1586,6 +1602,8 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef double beta
     cdef double Rbeta
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1599,12 +1617,14 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
                 y = y_p[e]
                 Rx = Rx_p[e]
                 _t0 = beta*x
-                Ry_p[e] = Rbeta*symprop_nan_through(symprop_finite_or((y*y)*exp(-_t0), (<double>0.0)), x) + Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x)
+                _t1 = (beta > (<double>0.0))
+                _t2 = (beta < (<double>0.0))
+                Ry_p[e] = Rbeta*symprop_nan_through(symprop_finite_or((y*y)*exp(-_t0), (<double>0.0)), x) + Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_rvjp
-# Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1626,6 +1646,8 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
     cdef float _t1
     cdef float _t2
     cdef float _t3
+    cdef float _t4
+    cdef float _t5
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1643,7 +1665,9 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
                 _t3 = _t1*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2)
-                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
+                _t4 = (beta > (<float>0.0))
+                _t5 = (beta < (<float>0.0))
+                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1667,6 +1691,8 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
     cdef double _t1
     cdef double _t2
     cdef double _t3
+    cdef double _t4
+    cdef double _t5
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1684,7 +1710,9 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
                 _t3 = _t1*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2)
-                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
+                _t4 = (beta > (<double>0.0))
+                _t5 = (beta < (<double>0.0))
+                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
     return 0
 
 
@@ -1798,7 +1826,7 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
 
 
 # ---------------------------------------------------------------- swish_learnable_diag_backprop
-# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1815,6 +1843,8 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
     cdef float _t0
     cdef float _t1
     cdef float _t2
+    cdef float _t3
+    cdef float _t4
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1829,7 +1859,9 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
-                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+                _t3 = (beta > (<float>0.0))
+                _t4 = (beta < (<float>0.0))
+                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1848,6 +1880,8 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
     cdef double _t0
     cdef double _t1
     cdef double _t2
+    cdef double _t3
+    cdef double _t4
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1862,7 +1896,9 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
-                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+                _t3 = (beta > (<double>0.0))
+                _t4 = (beta < (<double>0.0))
+                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 

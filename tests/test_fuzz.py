@@ -250,7 +250,7 @@ DRIVER = textwrap.dedent(r'''
                                               st.floats(allow_nan=False, allow_infinity=False)),
                                     min_size=n, max_size=n))
         dt = data.draw(st.sampled_from([np.float32, np.float64]))
-        factor = data.draw(st.sampled_from([1.0, 2.0, 0.5, 10.0, 0.1]))
+        factor = data.draw(st.sampled_from([1.0, 2.0, 0.5, 10.0, 0.1, -1.0, -2.0]))
         with np.errstate(all="ignore"):
             msgs = act_case(module, name, np.array(values, np.float64), dt, factor, data.draw(st.integers(0, 1000)))
         stats["cases"] += 1

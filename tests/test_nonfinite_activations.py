@@ -58,9 +58,10 @@ def _specs(registry_name):
 
 
 def param_sets(defaults: dict) -> list[dict]:
-    """Defaults, doubled and halved (what the derivation checks its forms at), and ×10, ×0.1."""
+    """Defaults, doubled, halved and negated (what the derivation checks its forms at), and
+    ×10, ×0.1, ×−2."""
     out = [dict(defaults)]
-    for s in (2.0, 0.5, 10.0, 0.1):
+    for s in (2.0, 0.5, -1.0, 10.0, 0.1, -2.0):
         d = {k: v * s for k, v in defaults.items()}
         if d not in out:
             out.append(d)
@@ -239,7 +240,7 @@ def _learnable_cases():
     assert set(specs) == set(LEARNABLE_TORCH)
     for name in sorted(specs):
         (p, d), = [(p, float(v)) for p, v in specs[name].params]
-        for v in (d, 2 * d, d / 2, 10 * d, d / 10):
+        for v in (d, 2 * d, d / 2, -d, 10 * d, d / 10, -2 * d):
             yield pytest.param(name, p, v, id=f"{name}-{v}")
 
 
