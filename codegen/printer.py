@@ -96,6 +96,13 @@ class CythonPrinter(C99CodePrinter):
         e, a = (self._print(v) for v in expr.args)
         return f"symprop_finite_or{self.sfx}({e}, {a})"
 
+    def _print_nan_through(self, expr):
+        e, v = (self._print(a) for a in expr.args)
+        return f"symprop_nan_through{self.sfx}({e}, {v})"
+
+    def _print_at_infinity(self, expr):
+        return f"symprop_at_infinity{self.sfx}({', '.join(self._print(a) for a in expr.args)})"
+
     def _print_Piecewise(self, expr):
         *pieces, last = expr.args
         if last.cond != sp.true:

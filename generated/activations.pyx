@@ -65,6 +65,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
+    float symprop_nan_throughf(float, float) nogil
+    double symprop_nan_through(double, double) nogil
+    float symprop_at_infinityf(float, float, float, float) nogil
+    double symprop_at_infinity(double, double, double, double) nogil
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 
@@ -577,7 +581,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*Piecewise((1, x > 0), (0, True))"
+    "doc": "gx = g*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    },
    "jvp": {
     "kernel": "relu_jvp",
@@ -601,7 +605,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*Piecewise((1, x > 0), (0, True))"
+    "doc": "Ry = Rx*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    },
    "rvjp:x": {
     "kernel": "relu_rvjp",
@@ -625,7 +629,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*Piecewise((1, x > 0), (0, True))"
+    "doc": "Rgx = Rg*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    },
    "bl:x": {
     "kernel": "relu_diag_backprop",
@@ -649,7 +653,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*Piecewise((1, x > 0), (0, True))"
+    "doc": "hx = H*nan_through(Piecewise((1, x > 0), (0, True)), x)**2"
    },
    "forward+jvp": {
     "kernel": "relu_forward_jvp",
@@ -679,7 +683,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))"
+    "doc": "y = Max(0, x); Ry = Rx*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    },
    "vjp+rvjp": {
     "kernel": "relu_vjp_rvjp",
@@ -711,7 +715,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))"
+    "doc": "gx = g*nan_through(Piecewise((1, x > 0), (0, True)), x); Rgx = Rg*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    }
   },
   "defaults": {}
@@ -822,7 +826,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)"
+    "doc": "Rgx = -Rg*expm1(-y) + Rx*g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    },
    "bl:x": {
     "kernel": "softplus_diag_backprop",
@@ -848,7 +852,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)"
+    "doc": "hx = H*expm1(-y)**2 + g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    },
    "residual": {
     "kernel": "softplus_residual",
@@ -872,7 +876,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*finite_or(exp(-2*y)*expm1(y), 0)"
+    "doc": "r = g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    },
    "forward+jvp": {
     "kernel": "softplus_forward_jvp",
@@ -936,7 +940,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)"
+    "doc": "gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    }
   },
   "defaults": {}
@@ -1003,7 +1007,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+    "doc": "gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    },
    "jvp": {
     "kernel": "leaky_relu_jvp",
@@ -1030,7 +1034,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+    "doc": "Ry = Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    },
    "rvjp:x": {
     "kernel": "leaky_relu_rvjp",
@@ -1057,7 +1061,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+    "doc": "Rgx = Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    },
    "bl:x": {
     "kernel": "leaky_relu_diag_backprop",
@@ -1084,7 +1088,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))"
+    "doc": "hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2"
    },
    "forward+jvp": {
     "kernel": "leaky_relu_forward_jvp",
@@ -1117,7 +1121,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+    "doc": "y = alpha*Min(0, x) + Max(0, x); Ry = Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    },
    "vjp+rvjp": {
     "kernel": "leaky_relu_vjp_rvjp",
@@ -1152,7 +1156,7 @@ MANIFEST = __import__('json').loads(r'''{
      "alpha"
     ],
     "written": [],
-    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))"
+    "doc": "gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x); Rgx = Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    }
   },
   "defaults": {
@@ -1442,7 +1446,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x/(1 + exp(-x))"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "silu_vjp",
@@ -1466,7 +1470,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "jvp": {
     "kernel": "silu_jvp",
@@ -1490,7 +1494,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+    "doc": "Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "rvjp:x": {
     "kernel": "silu_rvjp",
@@ -1518,7 +1522,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "silu_diag_backprop",
@@ -1544,7 +1548,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+    "doc": "hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "silu_residual",
@@ -1568,7 +1572,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+    "doc": "r = g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "forward+jvp": {
     "kernel": "silu_forward_jvp",
@@ -1598,7 +1602,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "vjp+rvjp": {
     "kernel": "silu_vjp_rvjp",
@@ -1632,7 +1636,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)"
+    "doc": "gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    }
   },
   "defaults": {}
@@ -1672,7 +1676,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = x/(1 + exp(-beta*x))"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))"
    },
    "vjp:x": {
     "kernel": "swish_vjp",
@@ -1699,7 +1703,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "jvp": {
     "kernel": "swish_jvp",
@@ -1726,7 +1730,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+    "doc": "Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "rvjp:x": {
     "kernel": "swish_rvjp",
@@ -1757,7 +1761,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+    "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "bl:x": {
     "kernel": "swish_diag_backprop",
@@ -1786,7 +1790,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "residual": {
     "kernel": "swish_residual",
@@ -1813,7 +1817,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+    "doc": "r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "forward+jvp": {
     "kernel": "swish_forward_jvp",
@@ -1846,7 +1850,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "vjp+rvjp": {
     "kernel": "swish_vjp_rvjp",
@@ -1883,7 +1887,7 @@ MANIFEST = __import__('json').loads(r'''{
      "beta"
     ],
     "written": [],
-    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)"
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    }
   },
   "defaults": {
@@ -1920,7 +1924,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x*(erf(sqrt(2)*x/2) + 1)/2"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "gelu_vjp",
@@ -1944,7 +1948,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+    "doc": "gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "jvp": {
     "kernel": "gelu_jvp",
@@ -1968,7 +1972,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+    "doc": "Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "rvjp:x": {
     "kernel": "gelu_rvjp",
@@ -1996,7 +2000,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "bl:x": {
     "kernel": "gelu_diag_backprop",
@@ -2022,7 +2026,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+    "doc": "hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "residual": {
     "kernel": "gelu_residual",
@@ -2046,7 +2050,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+    "doc": "r = g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "forward+jvp": {
     "kernel": "gelu_forward_jvp",
@@ -2076,7 +2080,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "vjp+rvjp": {
     "kernel": "gelu_vjp_rvjp",
@@ -2110,7 +2114,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)"
+    "doc": "gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    }
   },
   "defaults": {}
@@ -2145,7 +2149,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x*tanh(log(exp(x) + 1))"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0)"
    },
    "vjp:x": {
     "kernel": "mish_vjp",
@@ -2169,7 +2173,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "gx = g*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "jvp": {
     "kernel": "mish_jvp",
@@ -2193,7 +2197,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "rvjp:x": {
     "kernel": "mish_rvjp",
@@ -2223,7 +2227,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+    "doc": "Rgx = Rg*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    },
    "bl:x": {
     "kernel": "mish_diag_backprop",
@@ -2251,7 +2255,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+    "doc": "hx = H*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    },
    "residual": {
     "kernel": "mish_residual",
@@ -2277,7 +2281,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+    "doc": "r = g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    },
    "forward+jvp": {
     "kernel": "mish_forward_jvp",
@@ -2307,7 +2311,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "vjp+rvjp": {
     "kernel": "mish_vjp_rvjp",
@@ -2343,7 +2347,7 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "written": [],
-    "doc": "gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)"
+    "doc": "gx = g*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    }
   },
   "defaults": {}
@@ -2584,7 +2588,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = l1*Max(-x, x) + l2*x**2/2"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True)))"
    },
    "vjp:x": {
     "kernel": "penalty_vjp",
@@ -2613,7 +2617,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "jvp": {
     "kernel": "penalty_jvp",
@@ -2642,7 +2646,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+    "doc": "Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "rvjp:x": {
     "kernel": "penalty_rvjp",
@@ -2675,7 +2679,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+    "doc": "Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2"
    },
    "bl:x": {
     "kernel": "penalty_diag_backprop",
@@ -2706,7 +2710,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2"
+    "doc": "hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2"
    },
    "residual": {
     "kernel": "penalty_residual",
@@ -2766,7 +2770,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))"
+    "doc": "y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True))); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))"
    },
    "vjp+rvjp": {
     "kernel": "penalty_vjp_rvjp",
@@ -2805,7 +2809,7 @@ MANIFEST = __import__('json').loads(r'''{
      "l2"
     ],
     "written": [],
-    "doc": "gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2"
+    "doc": "gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2"
    }
   },
   "defaults": {
@@ -3337,7 +3341,7 @@ cdef void _relu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         y_p[_e] = symprop_fmax((<double>0.0), x)
 
 # ---------------------------------------------------------------- relu_vjp
-# gx = g*Piecewise((1, x > 0), (0, True))
+# gx = g*nan_through(Piecewise((1, x > 0), (0, True)), x)
 cdef void _relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3348,7 +3352,7 @@ cdef void _relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*(<float>(x > (<float>0.0)))
+        gx_p[_e] = g*symprop_nan_throughf((<float>(x > (<float>0.0))), x)
 
 cdef void _relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3360,10 +3364,10 @@ cdef void _relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*(<double>(x > (<double>0.0)))
+        gx_p[_e] = g*symprop_nan_through((<double>(x > (<double>0.0))), x)
 
 # ---------------------------------------------------------------- relu_jvp
-# Ry = Rx*Piecewise((1, x > 0), (0, True))
+# Ry = Rx*nan_through(Piecewise((1, x > 0), (0, True)), x)
 cdef void _relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -3374,7 +3378,7 @@ cdef void _relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_throughf((<float>(x > (<float>0.0))), x)
 
 cdef void _relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3386,10 +3390,10 @@ cdef void _relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_through((<double>(x > (<double>0.0))), x)
 
 # ---------------------------------------------------------------- relu_rvjp
-# Rgx = Rg*Piecewise((1, x > 0), (0, True))
+# Rgx = Rg*nan_through(Piecewise((1, x > 0), (0, True)), x)
 cdef void _relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rg_p = <const float*>_a[1]
@@ -3400,7 +3404,7 @@ cdef void _relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*(<float>(x > (<float>0.0)))
+        Rgx_p[_e] = Rg*symprop_nan_throughf((<float>(x > (<float>0.0))), x)
 
 cdef void _relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3412,10 +3416,10 @@ cdef void _relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*(<double>(x > (<double>0.0)))
+        Rgx_p[_e] = Rg*symprop_nan_through((<double>(x > (<double>0.0))), x)
 
 # ---------------------------------------------------------------- relu_diag_backprop
-# hx = H*Piecewise((1, x > 0), (0, True))
+# hx = H*nan_through(Piecewise((1, x > 0), (0, True)), x)**2
 cdef void _relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
@@ -3426,7 +3430,7 @@ cdef void _relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
     for _e in range(_n):
         x = x_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*(<float>(x > (<float>0.0)))
+        hx_p[_e] = H*((symprop_nan_throughf((<float>(x > (<float>0.0))), x))*(symprop_nan_throughf((<float>(x > (<float>0.0))), x)))
 
 cdef void _relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3438,10 +3442,10 @@ cdef void _relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
     for _e in range(_n):
         x = x_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*(<double>(x > (<double>0.0)))
+        hx_p[_e] = H*((symprop_nan_through((<double>(x > (<double>0.0))), x))*(symprop_nan_through((<double>(x > (<double>0.0))), x)))
 
 # ---------------------------------------------------------------- relu_forward_jvp
-# y = Max(0, x); Ry = Rx*Piecewise((1, x > 0), (0, True))
+# y = Max(0, x); Ry = Rx*nan_through(Piecewise((1, x > 0), (0, True)), x)
 cdef void _relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -3454,7 +3458,7 @@ cdef void _relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         x = x_p[_e]
         Rx = Rx_p[_e]
         y_p[_e] = symprop_fmaxf((<float>0.0), x)
-        Ry_p[_e] = Rx*(<float>(x > (<float>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_throughf((<float>(x > (<float>0.0))), x)
 
 cdef void _relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3468,10 +3472,10 @@ cdef void _relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         x = x_p[_e]
         Rx = Rx_p[_e]
         y_p[_e] = symprop_fmax((<double>0.0), x)
-        Ry_p[_e] = Rx*(<double>(x > (<double>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_through((<double>(x > (<double>0.0))), x)
 
 # ---------------------------------------------------------------- relu_vjp_rvjp
-# gx = g*Piecewise((1, x > 0), (0, True)); Rgx = Rg*Piecewise((1, x > 0), (0, True))
+# gx = g*nan_through(Piecewise((1, x > 0), (0, True)), x); Rgx = Rg*nan_through(Piecewise((1, x > 0), (0, True)), x)
 cdef void _relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3487,7 +3491,7 @@ cdef void _relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         Rg = Rg_p[_e]
-        _t0 = (<float>(x > (<float>0.0)))
+        _t0 = symprop_nan_throughf((<float>(x > (<float>0.0))), x)
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
@@ -3506,7 +3510,7 @@ cdef void _relu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         Rg = Rg_p[_e]
-        _t0 = (<double>(x > (<double>0.0)))
+        _t0 = symprop_nan_through((<double>(x > (<double>0.0))), x)
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
@@ -3583,7 +3587,7 @@ cdef void _softplus_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Ry_p[_e] = -Rx*expm1(-y)
 
 # ---------------------------------------------------------------- softplus_rvjp
-# Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
+# Rgx = -Rg*expm1(-y) + Rx*g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
 cdef void _softplus_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3600,7 +3604,7 @@ cdef void _softplus_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = -Rg*expm1f(-y) + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
+        Rgx_p[_e] = -Rg*expm1f(-y) + Rx*g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
 cdef void _softplus_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
@@ -3618,10 +3622,10 @@ cdef void _softplus_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
+        Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
 # ---------------------------------------------------------------- softplus_diag_backprop
-# hx = H*expm1(-y)**2 + g*finite_or(exp(-2*y)*expm1(y), 0)
+# hx = H*expm1(-y)**2 + g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
 cdef void _softplus_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3635,7 +3639,7 @@ cdef void _softplus_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n
         y = y_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
+        hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
 cdef void _softplus_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
@@ -3650,10 +3654,10 @@ cdef void _softplus_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n
         y = y_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
+        hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
 # ---------------------------------------------------------------- softplus_residual
-# r = g*finite_or(exp(-2*y)*expm1(y), 0)
+# r = g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
 cdef void _softplus_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3664,7 +3668,7 @@ cdef void _softplus_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noe
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        r_p[_e] = g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
 cdef void _softplus_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
@@ -3676,7 +3680,7 @@ cdef void _softplus_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noe
     for _e in range(_n):
         y = y_p[_e]
         g = g_p[_e]
-        r_p[_e] = g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
 # ---------------------------------------------------------------- softplus_forward_jvp
 # y = log1p(exp(-Abs(x))) + Max(0, x); Ry = -Rx*expm1(-log1p(exp(-Abs(x))) - Max(0, x))
@@ -3713,7 +3717,7 @@ cdef void _softplus_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) 
         Ry_p[_e] = -Rx*expm1(-_t0)
 
 # ---------------------------------------------------------------- softplus_vjp_rvjp
-# gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*finite_or(exp(-2*y)*expm1(y), 0)
+# gx = -g*expm1(-y); Rgx = -Rg*expm1(-y) + Rx*g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
 cdef void _softplus_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3734,7 +3738,7 @@ cdef void _softplus_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noe
         Rg = Rg_p[_e]
         _t0 = expm1f(-y)
         gx_p[_e] = -_t0*g
-        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0))
+        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
 cdef void _softplus_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
@@ -3756,7 +3760,7 @@ cdef void _softplus_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noe
         Rg = Rg_p[_e]
         _t0 = expm1(-y)
         gx_p[_e] = -_t0*g
-        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0))
+        Rgx_p[_e] = -Rg*_t0 + Rx*g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
 # ---------------------------------------------------------------- leaky_relu_forward
 # y = alpha*Min(0, x) + Max(0, x)
@@ -3781,7 +3785,7 @@ cdef void _leaky_relu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) no
         y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
 
 # ---------------------------------------------------------------- leaky_relu_vjp
-# gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef void _leaky_relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3793,7 +3797,7 @@ cdef void _leaky_relu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        gx_p[_e] = g*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
 
 cdef void _leaky_relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3806,10 +3810,10 @@ cdef void _leaky_relu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        gx_p[_e] = g*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        gx_p[_e] = g*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
 
 # ---------------------------------------------------------------- leaky_relu_jvp
-# Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# Ry = Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef void _leaky_relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -3821,7 +3825,7 @@ cdef void _leaky_relu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
 
 cdef void _leaky_relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3834,10 +3838,10 @@ cdef void _leaky_relu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
 
 # ---------------------------------------------------------------- leaky_relu_rvjp
-# Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# Rgx = Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef void _leaky_relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rg_p = <const float*>_a[1]
@@ -3849,7 +3853,7 @@ cdef void _leaky_relu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexc
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        Rgx_p[_e] = Rg*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
 
 cdef void _leaky_relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3862,10 +3866,10 @@ cdef void _leaky_relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexc
     for _e in range(_n):
         x = x_p[_e]
         Rg = Rg_p[_e]
-        Rgx_p[_e] = Rg*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        Rgx_p[_e] = Rg*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
 
 # ---------------------------------------------------------------- leaky_relu_diag_backprop
-# hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+# hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2
 cdef void _leaky_relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
@@ -3877,7 +3881,7 @@ cdef void _leaky_relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t 
     for _e in range(_n):
         x = x_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        hx_p[_e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
 
 cdef void _leaky_relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3890,10 +3894,10 @@ cdef void _leaky_relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t 
     for _e in range(_n):
         x = x_p[_e]
         H = H_p[_e]
-        hx_p[_e] = H*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        hx_p[_e] = H*((symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x))*(symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)))
 
 # ---------------------------------------------------------------- leaky_relu_forward_jvp
-# y = alpha*Min(0, x) + Max(0, x); Ry = Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# y = alpha*Min(0, x) + Max(0, x); Ry = Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef void _leaky_relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -3907,7 +3911,7 @@ cdef void _leaky_relu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n
         x = x_p[_e]
         Rx = Rx_p[_e]
         y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
-        Ry_p[_e] = Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
 
 cdef void _leaky_relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -3922,10 +3926,10 @@ cdef void _leaky_relu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n
         x = x_p[_e]
         Rx = Rx_p[_e]
         y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
-        Ry_p[_e] = Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        Ry_p[_e] = Rx*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
 
 # ---------------------------------------------------------------- leaky_relu_vjp_rvjp
-# gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True)); Rgx = Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x); Rgx = Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef void _leaky_relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -3942,7 +3946,7 @@ cdef void _leaky_relu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) n
         x = x_p[_e]
         g = g_p[_e]
         Rg = Rg_p[_e]
-        _t0 = (alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+        _t0 = symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
@@ -3962,7 +3966,7 @@ cdef void _leaky_relu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) n
         x = x_p[_e]
         g = g_p[_e]
         Rg = Rg_p[_e]
-        _t0 = (alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+        _t0 = symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
         gx_p[_e] = _t0*g
         Rgx_p[_e] = Rg*_t0
 
@@ -4251,7 +4255,7 @@ cdef void _elu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Rgx_p[_e] = Rg*_t2 + Rx*g*((<double>0.0) if _t0 else _t1)
 
 # ---------------------------------------------------------------- silu_forward
-# y = x/(1 + exp(-x))
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0)
 cdef void _silu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -4259,7 +4263,7 @@ cdef void _silu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x/((<float>1.0) + expf(-x))
+        y_p[_e] = symprop_at_infinityf(x/((<float>1.0) + expf(-x)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4268,10 +4272,10 @@ cdef void _silu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x/((<double>1.0) + exp(-x))
+        y_p[_e] = symprop_at_infinity(x/((<double>1.0) + exp(-x)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_vjp
-# gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4284,7 +4288,7 @@ cdef void _silu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         g = g_p[_e]
         _t0 = expf(-x)
-        gx_p[_e] = g*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4298,10 +4302,10 @@ cdef void _silu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         g = g_p[_e]
         _t0 = exp(-x)
-        gx_p[_e] = g*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_jvp
-# Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+# Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4314,7 +4318,7 @@ cdef void _silu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = expf(-x)
-        Ry_p[_e] = Rx*(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + expf(x) + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4328,10 +4332,10 @@ cdef void _silu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = exp(-x)
-        Ry_p[_e] = Rx*(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(x/(_t0 + exp(x) + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_rvjp
-# Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+# Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4351,10 +4355,10 @@ cdef void _silu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = expf(-x)
-        _t1 = expf(x)
-        _t2 = _t1 + (<float>1.0)
-        Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = expf(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4375,13 +4379,13 @@ cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = exp(-x)
-        _t1 = exp(x)
-        _t2 = _t1 + (<double>1.0)
-        Rgx_p[_e] = Rg*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = exp(-x)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_diag_backprop
-# hx = H*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))**2 + g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+# hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4398,10 +4402,10 @@ cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = expf(-x)
-        _t1 = expf(x)
-        _t2 = _t1 + (<float>1.0)
-        hx_p[_e] = H*((x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))*(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))))) + g*symprop_finite_orf(_t1*(-_t2*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t2*_t2*_t2), (<float>0.0))
+        _t0 = expf(x)
+        _t1 = _t0 + (<float>1.0)
+        _t2 = expf(-x)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4419,13 +4423,13 @@ cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = exp(-x)
-        _t1 = exp(x)
-        _t2 = _t1 + (<double>1.0)
-        hx_p[_e] = H*((x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))*(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))))) + g*symprop_finite_or(_t1*(-_t2*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t2*_t2*_t2), (<double>0.0))
+        _t0 = exp(x)
+        _t1 = _t0 + (<double>1.0)
+        _t2 = exp(-x)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_residual
-# r = g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+# r = g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4440,7 +4444,7 @@ cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
-        r_p[_e] = g*symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0))
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
 cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4456,10 +4460,10 @@ cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
-        r_p[_e] = g*symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0))
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- silu_forward_jvp
-# y = x/(1 + exp(-x)); Ry = Rx*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)))
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); Ry = Rx*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4475,8 +4479,8 @@ cdef void _silu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         Rx = Rx_p[_e]
         _t0 = expf(-x)
         _t1 = ((<float>1.0)/((_t0 + (<float>1.0))))
-        y_p[_e] = _t1*x
-        Ry_p[_e] = Rx*(_t1 + x/(_t0 + expf(x) + (<float>2.0)))
+        y_p[_e] = symprop_at_infinityf(_t1*x, x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(_t1 + x/(_t0 + expf(x) + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4493,11 +4497,11 @@ cdef void _silu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rx = Rx_p[_e]
         _t0 = exp(-x)
         _t1 = ((<double>1.0)/((_t0 + (<double>1.0))))
-        y_p[_e] = _t1*x
-        Ry_p[_e] = Rx*(_t1 + x/(_t0 + exp(x) + (<double>2.0)))
+        y_p[_e] = symprop_at_infinity(_t1*x, x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(_t1 + x/(_t0 + exp(x) + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- silu_vjp_rvjp
-# gx = g*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))); Rgx = Rg*(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x))) + Rx*g*finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0)
+# gx = g*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
 cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4521,10 +4525,10 @@ cdef void _silu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rg = Rg_p[_e]
         _t0 = expf(-x)
         _t1 = expf(x)
-        _t2 = x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0))))
+        _t2 = symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
         _t3 = _t1 + (<float>1.0)
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t3*_t3*_t3), (<float>0.0))
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t3*_t3*_t3), (<float>0.0)), x)
 
 cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4549,22 +4553,24 @@ cdef void _silu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rg = Rg_p[_e]
         _t0 = exp(-x)
         _t1 = exp(x)
-        _t2 = x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0))))
+        _t2 = symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
         _t3 = _t1 + (<double>1.0)
         gx_p[_e] = _t2*g
-        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0))
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t3*_t3*_t3), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward
-# y = x/(1 + exp(-beta*x))
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))
 cdef void _swish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef float beta = <float>_s[0]
     cdef Py_ssize_t _e
     cdef float x
+    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x/((<float>1.0) + expf(-beta*x))
+        _t0 = (beta > (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
 
 cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4572,12 +4578,14 @@ cdef void _swish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double beta = <double>_s[0]
     cdef Py_ssize_t _e
     cdef double x
+    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x/((<double>1.0) + exp(-beta*x))
+        _t0 = (beta > (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
 
 # ---------------------------------------------------------------- swish_vjp
-# gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4588,12 +4596,14 @@ cdef void _swish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float g
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        gx_p[_e] = g*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4605,15 +4615,17 @@ cdef void _swish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double g
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        gx_p[_e] = g*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        gx_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_jvp
-# Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4624,12 +4636,14 @@ cdef void _swish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float Rx
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4641,15 +4655,17 @@ cdef void _swish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double Rx
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_rvjp
-# Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4666,16 +4682,18 @@ cdef void _swish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept n
     cdef float _t1
     cdef float _t2
     cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        _t2 = expf(_t0)
-        _t3 = _t2 + (<float>1.0)
-        Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
+        _t1 = expf(_t0)
+        _t2 = _t1 + (<float>1.0)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4693,19 +4711,21 @@ cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept n
     cdef double _t1
     cdef double _t2
     cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        _t2 = exp(_t0)
-        _t3 = _t2 + (<double>1.0)
-        Rgx_p[_e] = Rg*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
+        _t1 = exp(_t0)
+        _t2 = _t1 + (<double>1.0)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_diag_backprop
-# hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4720,15 +4740,17 @@ cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) n
     cdef float _t1
     cdef float _t2
     cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        _t2 = expf(_t0)
-        _t3 = _t2 + (<float>1.0)
-        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
+        _t1 = expf(_t0)
+        _t2 = _t1 + (<float>1.0)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4744,18 +4766,20 @@ cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) n
     cdef double _t1
     cdef double _t2
     cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        _t2 = exp(_t0)
-        _t3 = _t2 + (<double>1.0)
-        hx_p[_e] = H*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))) + g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
+        _t1 = exp(_t0)
+        _t2 = _t1 + (<double>1.0)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_residual
-# r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4773,7 +4797,7 @@ cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t0 = beta*x
         _t1 = expf(_t0)
         _t2 = _t1 + (<float>1.0)
-        r_p[_e] = g*symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0))
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4792,10 +4816,10 @@ cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t0 = beta*x
         _t1 = exp(_t0)
         _t2 = _t1 + (<double>1.0)
-        r_p[_e] = g*symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0))
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- swish_forward_jvp
-# y = x/(1 + exp(-beta*x)); Ry = Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); Ry = Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4812,10 +4836,10 @@ cdef void _swish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noe
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        _t2 = ((<float>1.0)/((_t1 + (<float>1.0))))
-        y_p[_e] = _t2*x
-        Ry_p[_e] = Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + _t2)
+        _t1 = (beta > (<float>0.0))
+        _t2 = (beta < (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-_t0)), x, (<float>1.0), (x if _t1 else ((<float>0.0) if _t2 else x))), x, (<float>-1.0), ((<float>0.0) if _t1 else x))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
 
 cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4833,13 +4857,13 @@ cdef void _swish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noe
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        _t2 = ((<double>1.0)/((_t1 + (<double>1.0))))
-        y_p[_e] = _t2*x
-        Ry_p[_e] = Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + _t2)
+        _t1 = (beta > (<double>0.0))
+        _t2 = (beta < (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-_t0)), x, (<double>1.0), (x if _t1 else ((<double>0.0) if _t2 else x))), x, (<double>-1.0), ((<double>0.0) if _t1 else x))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
 
 # ---------------------------------------------------------------- swish_vjp_rvjp
-# gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))); Rgx = Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4858,18 +4882,20 @@ cdef void _swish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef float _t2
     cdef float _t3
     cdef float _t4
+    cdef float _t5
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = beta*x
-        _t1 = expf(-_t0)
-        _t2 = expf(_t0)
-        _t3 = _t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))
-        _t4 = _t2 + (<float>1.0)
-        gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0))
+        _t1 = expf(_t0)
+        _t2 = _t1 + (<float>1.0)
+        _t3 = (beta > (<float>0.0))
+        _t4 = (beta < (<float>0.0))
+        _t5 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x)
+        gx_p[_e] = _t5*g
+        Rgx_p[_e] = Rg*_t5 + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
 cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4889,45 +4915,43 @@ cdef void _swish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexce
     cdef double _t2
     cdef double _t3
     cdef double _t4
+    cdef double _t5
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = beta*x
-        _t1 = exp(-_t0)
-        _t2 = exp(_t0)
-        _t3 = _t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))
-        _t4 = _t2 + (<double>1.0)
-        gx_p[_e] = _t3*g
-        Rgx_p[_e] = Rg*_t3 + Rx*g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0))
+        _t1 = exp(_t0)
+        _t2 = _t1 + (<double>1.0)
+        _t3 = (beta > (<double>0.0))
+        _t4 = (beta < (<double>0.0))
+        _t5 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x)
+        gx_p[_e] = _t5*g
+        Rgx_p[_e] = Rg*_t5 + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward
-# y = x*(erf(sqrt(2)*x/2) + 1)/2
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0)
 cdef void _gelu_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
     cdef Py_ssize_t _e
     cdef float x
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = ((<float>0.5))*x
-        y_p[_e] = _t0*(erff(sqrtf((<float>2.0))*_t0) + (<float>1.0))
+        y_p[_e] = symprop_at_infinityf(((<float>0.5))*x*(erff((<float>0.7071067811865476)*x) + (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef double* y_p = <double*>_a[1]
     cdef Py_ssize_t _e
     cdef double x
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
-        _t0 = ((<double>0.5))*x
-        y_p[_e] = _t0*(erf(sqrt((<double>2.0))*_t0) + (<double>1.0))
+        y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(erf((<double>0.7071067811865476)*x) + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp
-# gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+# gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -4935,12 +4959,10 @@ cdef void _gelu_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef float x
     cdef float g
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        _t0 = sqrtf((<float>2.0))*x
-        gx_p[_e] = ((<float>0.5))*g*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4949,15 +4971,13 @@ cdef void _gelu_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef double x
     cdef double g
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
-        _t0 = sqrt((<double>2.0))*x
-        gx_p[_e] = ((<double>0.5))*g*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_jvp
-# Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+# Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -4965,12 +4985,10 @@ cdef void _gelu_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef float x
     cdef float Rx
-    cdef float _t0
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrtf((<float>2.0))*x
-        Ry_p[_e] = ((<float>0.5))*Rx*(_t0*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + erff(((<float>0.5))*_t0) + (<float>1.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -4979,15 +4997,13 @@ cdef void _gelu_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
     cdef Py_ssize_t _e
     cdef double x
     cdef double Rx
-    cdef double _t0
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrt((<double>2.0))*x
-        Ry_p[_e] = ((<double>0.5))*Rx*(_t0*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + erf(((<double>0.5))*_t0) + (<double>1.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_rvjp
-# Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+# Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5001,18 +5017,14 @@ cdef void _gelu_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef float Rg
     cdef float _t0
     cdef float _t1
-    cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = (x*x)
-        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
-        _t3 = _t0*x
-        Rgx_p[_e] = ((<float>0.5))*Rg*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0)) + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)) + Rx*g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5027,21 +5039,17 @@ cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
     cdef double Rg
     cdef double _t0
     cdef double _t1
-    cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = (x*x)
-        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
-        _t3 = _t0*x
-        Rgx_p[_e] = ((<double>0.5))*Rg*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0)) + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_diag_backprop
-# hx = H*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)**2 + g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+# hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5053,17 +5061,13 @@ cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
     cdef float H
     cdef float _t0
     cdef float _t1
-    cdef float _t2
-    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = (x*x)
-        _t2 = expf(-(<float>0.5)*_t1)/sqrtf((<float>3.141592653589793))
-        _t3 = _t0*x
-        hx_p[_e] = ((<float>0.25))*H*((_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))*(_t2*_t3 + erff(((<float>0.5))*_t3) + (<float>1.0))) + g*symprop_finite_orf(-(<float>0.5)*_t0*_t2*(_t1 + (<float>-2.0)), (<float>0.0))
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5076,20 +5080,16 @@ cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
     cdef double H
     cdef double _t0
     cdef double _t1
-    cdef double _t2
-    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = (x*x)
-        _t2 = exp(-(<double>0.5)*_t1)/sqrt((<double>3.141592653589793))
-        _t3 = _t0*x
-        hx_p[_e] = ((<double>0.25))*H*((_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))*(_t2*_t3 + erf(((<double>0.5))*_t3) + (<double>1.0))) + g*symprop_finite_or(-(<double>0.5)*_t0*_t2*(_t1 + (<double>-2.0)), (<double>0.0))
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_residual
-# r = g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+# r = g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5102,7 +5102,7 @@ cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_finite_orf(-(<float>0.5)*sqrtf((<float>2.0))*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0)/sqrtf((<float>3.141592653589793)), (<float>0.0))
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0), (<float>0.0)), x)
 
 cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5116,10 +5116,10 @@ cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         x = x_p[_e]
         g = g_p[_e]
         _t0 = (x*x)
-        r_p[_e] = g*symprop_finite_or(-(<double>0.5)*sqrt((<double>2.0))*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0)/sqrt((<double>3.141592653589793)), (<double>0.0))
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*(_t0 + (<double>-2.0))*exp(-(<double>0.5)*_t0), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- gelu_forward_jvp
-# y = x*(erf(sqrt(2)*x/2) + 1)/2; Ry = Rx*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2)
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); Ry = Rx*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5129,16 +5129,12 @@ cdef void _gelu_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float x
     cdef float Rx
     cdef float _t0
-    cdef float _t1
-    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = ((<float>0.5))*x
-        _t2 = erff(_t0*_t1) + (<float>1.0)
-        y_p[_e] = _t1*_t2
-        Ry_p[_e] = ((<float>0.5))*Rx*(_t0*x*expf(-(<float>0.5)*(x*x))/sqrtf((<float>3.141592653589793)) + _t2)
+        _t0 = erff((<float>0.7071067811865476)*x)
+        y_p[_e] = symprop_at_infinityf(((<float>0.5))*x*(_t0 + (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*_t0 + (<float>0.3989422804014327)*x*expf(-(<float>0.5)*(x*x)) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
 
 cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5149,19 +5145,15 @@ cdef void _gelu_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double x
     cdef double Rx
     cdef double _t0
-    cdef double _t1
-    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = ((<double>0.5))*x
-        _t2 = erf(_t0*_t1) + (<double>1.0)
-        y_p[_e] = _t1*_t2
-        Ry_p[_e] = ((<double>0.5))*Rx*(_t0*x*exp(-(<double>0.5)*(x*x))/sqrt((<double>3.141592653589793)) + _t2)
+        _t0 = erf((<double>0.7071067811865476)*x)
+        y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(_t0 + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity(((<double>0.5))*_t0 + (<double>0.3989422804014327)*x*exp(-(<double>0.5)*(x*x)) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- gelu_vjp_rvjp
-# gx = g*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2); Rgx = Rg*(sqrt(2)*x*exp(-x**2/2)/(2*sqrt(pi)) + erf(sqrt(2)*x/2)/2 + 1/2) + Rx*g*finite_or(-sqrt(2)*(x**2 - 2)*exp(-x**2/2)/(2*sqrt(pi)), 0)
+# gx = g*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
 cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5177,20 +5169,16 @@ cdef void _gelu_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    cdef float _t3
-    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrtf((<float>2.0))
-        _t1 = _t0*x
-        _t2 = (x*x)
-        _t3 = expf(-(<float>0.5)*_t2)/sqrtf((<float>3.141592653589793))
-        _t4 = ((<float>0.5))*_t1*_t3 + ((<float>0.5))*erff(((<float>0.5))*_t1) + (<float>0.5)
-        gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(-(<float>0.5)*_t0*_t3*(_t2 + (<float>-2.0)), (<float>0.0))
+        _t0 = (x*x)
+        _t1 = expf(-(<float>0.5)*_t0)
+        _t2 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
 cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5207,23 +5195,19 @@ cdef void _gelu_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    cdef double _t3
-    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
-        _t0 = sqrt((<double>2.0))
-        _t1 = _t0*x
-        _t2 = (x*x)
-        _t3 = exp(-(<double>0.5)*_t2)/sqrt((<double>3.141592653589793))
-        _t4 = ((<double>0.5))*_t1*_t3 + ((<double>0.5))*erf(((<double>0.5))*_t1) + (<double>0.5)
-        gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(-(<double>0.5)*_t0*_t3*(_t2 + (<double>-2.0)), (<double>0.0))
+        _t0 = (x*x)
+        _t1 = exp(-(<double>0.5)*_t0)
+        _t2 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+        gx_p[_e] = _t2*g
+        Rgx_p[_e] = Rg*_t2 + Rx*g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_forward
-# y = x*tanh(log(exp(x) + 1))
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0)
 cdef void _mish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -5231,7 +5215,7 @@ cdef void _mish_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef float x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x*tanhf(logf(expf(x) + (<float>1.0)))
+        y_p[_e] = symprop_at_infinityf(x*tanhf(logf(expf(x) + (<float>1.0))), x, (<float>-1.0), (<float>0.0))
 
 cdef void _mish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5240,10 +5224,10 @@ cdef void _mish_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef double x
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = x*tanh(log(exp(x) + (<double>1.0)))
+        y_p[_e] = symprop_at_infinity(x*tanh(log(exp(x) + (<double>1.0))), x, (<double>-1.0), (<double>0.0))
 
 # ---------------------------------------------------------------- mish_vjp
-# gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# gx = g*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5260,7 +5244,7 @@ cdef void _mish_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
         _t2 = tanhf(logf(_t1))
-        gx_p[_e] = g*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+        gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0)))), x)
 
 cdef void _mish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5278,10 +5262,10 @@ cdef void _mish_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
         _t2 = tanh(log(_t1))
-        gx_p[_e] = g*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+        gx_p[_e] = g*symprop_nan_through(symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- mish_jvp
-# Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5298,7 +5282,7 @@ cdef void _mish_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
         _t2 = tanhf(logf(_t1))
-        Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0)))), x)
 
 cdef void _mish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5316,10 +5300,10 @@ cdef void _mish_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
         _t2 = tanh(log(_t1))
-        Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- mish_rvjp
-# Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+# Rgx = Rg*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
 cdef void _mish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -5349,7 +5333,7 @@ cdef void _mish_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         _t2 = logf(_t1)
         _t3 = (<float>2.0)*_t0
         _t4 = tanhf(_t2)
-        Rgx_p[_e] = Rg*symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))) + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
 
 cdef void _mish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5380,10 +5364,10 @@ cdef void _mish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         _t2 = log(_t1)
         _t3 = (<double>2.0)*_t0
         _t4 = tanh(_t2)
-        Rgx_p[_e] = Rg*symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))) + Rx*g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+        Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_diag_backprop
-# hx = H*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))**2 + g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+# hx = H*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
 cdef void _mish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -5410,7 +5394,7 @@ cdef void _mish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         _t2 = logf(_t1)
         _t3 = (<float>2.0)*_t0
         _t4 = tanhf(_t2)
-        hx_p[_e] = H*((symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))*(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))))) + g*symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+        hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
 
 cdef void _mish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5438,10 +5422,10 @@ cdef void _mish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         _t2 = log(_t1)
         _t3 = (<double>2.0)*_t0
         _t4 = tanh(_t2)
-        hx_p[_e] = H*((symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))*(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))))) + g*symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+        hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_residual
-# r = g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+# r = g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
 cdef void _mish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -5459,7 +5443,7 @@ cdef void _mish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         _t0 = expf(x)
         _t1 = (<float>2.0)*_t0
-        r_p[_e] = g*symprop_finite_orf(((<float>0.25))*(-_t1*y + _t1 + x + (<float>2.0))/(((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))*((coshf(logf(_t0 + (<float>1.0))))*(coshf(logf(_t0 + (<float>1.0)))))), (<float>0.0))
+        r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t1*y + _t1 + x + (<float>2.0))/(((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))*((coshf(logf(_t0 + (<float>1.0))))*(coshf(logf(_t0 + (<float>1.0)))))), (<float>0.0)), x)
 
 cdef void _mish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5478,10 +5462,10 @@ cdef void _mish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         _t0 = exp(x)
         _t1 = (<double>2.0)*_t0
-        r_p[_e] = g*symprop_finite_or(((<double>0.25))*(-_t1*y + _t1 + x + (<double>2.0))/(((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))*((cosh(log(_t0 + (<double>1.0))))*(cosh(log(_t0 + (<double>1.0)))))), (<double>0.0))
+        r_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t1*y + _t1 + x + (<double>2.0))/(((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))*((cosh(log(_t0 + (<double>1.0))))*(cosh(log(_t0 + (<double>1.0)))))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- mish_forward_jvp
-# y = x*tanh(log(exp(x) + 1)); Ry = Rx*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); Ry = Rx*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5499,8 +5483,8 @@ cdef void _mish_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         _t0 = expf(x)
         _t1 = _t0 + (<float>1.0)
         _t2 = tanhf(logf(_t1))
-        y_p[_e] = _t2*x
-        Ry_p[_e] = Rx*symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0))))
+        y_p[_e] = symprop_at_infinityf(_t2*x, x, (<float>-1.0), (<float>0.0))
+        Ry_p[_e] = Rx*symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t2*_t2) + (<float>-1.0))/_t1 + _t2, (<float>(x > (<float>0.0)))), x)
 
 cdef void _mish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5519,11 +5503,11 @@ cdef void _mish_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         _t0 = exp(x)
         _t1 = _t0 + (<double>1.0)
         _t2 = tanh(log(_t1))
-        y_p[_e] = _t2*x
-        Ry_p[_e] = Rx*symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0))))
+        y_p[_e] = symprop_at_infinity(_t2*x, x, (<double>-1.0), (<double>0.0))
+        Ry_p[_e] = Rx*symprop_nan_through(symprop_finite_or(-_t0*x*((_t2*_t2) + (<double>-1.0))/_t1 + _t2, (<double>(x > (<double>0.0)))), x)
 
 # ---------------------------------------------------------------- mish_vjp_rvjp
-# gx = g*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); Rgx = Rg*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + Rx*g*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)
+# gx = g*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); Rgx = Rg*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
 cdef void _mish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5554,10 +5538,10 @@ cdef void _mish_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = _t0 + (<float>1.0)
         _t2 = logf(_t1)
         _t3 = tanhf(_t2)
-        _t4 = symprop_finite_orf(-_t0*x*((_t3*_t3) + (<float>-1.0))/_t1 + _t3, (<float>(x > (<float>0.0))))
+        _t4 = symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t3*_t3) + (<float>-1.0))/_t1 + _t3, (<float>(x > (<float>0.0)))), x)
         _t5 = (<float>2.0)*_t0
         gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_orf(((<float>0.25))*(-_t5*y + _t5 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t5*y + _t5 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
 
 cdef void _mish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5589,10 +5573,10 @@ cdef void _mish_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = _t0 + (<double>1.0)
         _t2 = log(_t1)
         _t3 = tanh(_t2)
-        _t4 = symprop_finite_or(-_t0*x*((_t3*_t3) + (<double>-1.0))/_t1 + _t3, (<double>(x > (<double>0.0))))
+        _t4 = symprop_nan_through(symprop_finite_or(-_t0*x*((_t3*_t3) + (<double>-1.0))/_t1 + _t3, (<double>(x > (<double>0.0)))), x)
         _t5 = (<double>2.0)*_t0
         gx_p[_e] = _t4*g
-        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_finite_or(((<double>0.25))*(-_t5*y + _t5 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
+        Rgx_p[_e] = Rg*_t4 + Rx*g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t5*y + _t5 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
 
 # ---------------------------------------------------------------- dropout_forward
 # y = m*x
@@ -5797,7 +5781,7 @@ cdef void _dropout_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rgx_p[_e] = Rg*m
 
 # ---------------------------------------------------------------- penalty_forward
-# y = l1*Max(-x, x) + l2*x**2/2
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True)))
 cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef float* y_p = <float*>_a[1]
@@ -5805,9 +5789,15 @@ cdef void _penalty_forward_f32(char** _a, const double* _s, Py_ssize_t _n) noexc
     cdef float l2 = <float>_s[1]
     cdef Py_ssize_t _e
     cdef float x
+    cdef float _t0
+    cdef float _t1
+    cdef float _t2
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
+        _t0 = -x
+        _t1 = (l2 > (<float>0.0))
+        _t2 = (l2 < (<float>0.0))
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<float>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
 
 cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5816,12 +5806,18 @@ cdef void _penalty_forward_f64(char** _a, const double* _s, Py_ssize_t _n) noexc
     cdef double l2 = <double>_s[1]
     cdef Py_ssize_t _e
     cdef double x
+    cdef double _t0
+    cdef double _t1
+    cdef double _t2
     for _e in range(_n):
         x = x_p[_e]
-        y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
+        _t0 = -x
+        _t1 = (l2 > (<double>0.0))
+        _t2 = (l2 < (<double>0.0))
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<double>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
 
 # ---------------------------------------------------------------- penalty_vjp
-# gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5832,11 +5828,17 @@ cdef void _penalty_vjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef float x
     cdef float g
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        gx_p[_e] = g*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5848,14 +5850,20 @@ cdef void _penalty_vjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef double x
     cdef double g
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         _t0 = l2*x
-        gx_p[_e] = g*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        gx_p[_e] = g*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 # ---------------------------------------------------------------- penalty_jvp
-# Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+# Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -5866,11 +5874,17 @@ cdef void _penalty_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef float x
     cdef float Rx
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5882,14 +5896,20 @@ cdef void _penalty_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept 
     cdef double x
     cdef double Rx
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
         _t0 = l2*x
-        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
 
 # ---------------------------------------------------------------- penalty_rvjp
-# Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+# Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2
 cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5904,13 +5924,19 @@ cdef void _penalty_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef float Rx
     cdef float Rg
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)) + Rx*g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        Rgx_p[_e] = Rg*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))) + Rx*g*l2
 
 cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5926,16 +5952,22 @@ cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
     cdef double Rx
     cdef double Rg
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        Rgx_p[_e] = Rg*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)) + Rx*g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))) + Rx*g*l2
 
 # ---------------------------------------------------------------- penalty_diag_backprop
-# hx = H*Piecewise(((-l1 + l2*x)**2, x < 0), ((l1 + l2*x)**2, x > 0), (l2**2*x**2, True)) + g*l2
+# hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2
 cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -5948,12 +5980,18 @@ cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
     cdef float g
     cdef float H
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<float>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<float>0.0)) else (l2*l2)*(x*x))) + g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
 cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -5967,12 +6005,18 @@ cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n)
     cdef double g
     cdef double H
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         H = H_p[_e]
         _t0 = l2*x
-        hx_p[_e] = H*(((-_t0 + l1)*(-_t0 + l1)) if (x < (<double>0.0)) else (((_t0 + l1)*(_t0 + l1)) if (x > (<double>0.0)) else (l2*l2)*(x*x))) + g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
 # ---------------------------------------------------------------- penalty_residual
 # r = g*l2
@@ -5997,7 +6041,7 @@ cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         r_p[_e] = g*l2
 
 # ---------------------------------------------------------------- penalty_forward_jvp
-# y = l1*Max(-x, x) + l2*x**2/2; Ry = Rx*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True))
+# y = at_infinity(at_infinity(l1*Max(-x, x) + l2*x**2/2, x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (x, True))), x, -1, Piecewise((-x, l2 > 0), (x, l2 < 0), (-x, True))); Ry = Rx*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))
 cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -6009,12 +6053,18 @@ cdef void _penalty_forward_jvp_f32(char** _a, const double* _s, Py_ssize_t _n) n
     cdef float x
     cdef float Rx
     cdef float _t0
+    cdef float _t1
+    cdef float _t2
+    cdef float _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = l2*x
-        y_p[_e] = l1*symprop_fmaxf(x, -x) + ((<float>0.5))*l2*(x*x)
-        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
+        _t0 = -x
+        _t1 = (l2 > (<float>0.0))
+        _t2 = (l2 < (<float>0.0))
+        _t3 = l2*x
+        y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(l1*symprop_fmaxf(_t0, x) + ((<float>0.5))*l2*(x*x), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<float>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
+        Ry_p[_e] = Rx*symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t3 + l1 if (x > (<float>0.0)) else _t3)), x, (<float>1.0), (x if _t1 else (_t0 if _t2 else l1))), x, (<float>-1.0), (x if _t1 else (_t0 if _t2 else -l1)))
 
 cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -6027,15 +6077,21 @@ cdef void _penalty_forward_jvp_f64(char** _a, const double* _s, Py_ssize_t _n) n
     cdef double x
     cdef double Rx
     cdef double _t0
+    cdef double _t1
+    cdef double _t2
+    cdef double _t3
     for _e in range(_n):
         x = x_p[_e]
         Rx = Rx_p[_e]
-        _t0 = l2*x
-        y_p[_e] = l1*symprop_fmax(x, -x) + ((<double>0.5))*l2*(x*x)
-        Ry_p[_e] = Rx*(-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
+        _t0 = -x
+        _t1 = (l2 > (<double>0.0))
+        _t2 = (l2 < (<double>0.0))
+        _t3 = l2*x
+        y_p[_e] = symprop_at_infinity(symprop_at_infinity(l1*symprop_fmax(_t0, x) + ((<double>0.5))*l2*(x*x), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else x))), x, (<double>-1.0), (_t0 if _t1 else (x if _t2 else _t0)))
+        Ry_p[_e] = Rx*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t3 + l1 if (x > (<double>0.0)) else _t3)), x, (<double>1.0), (x if _t1 else (_t0 if _t2 else l1))), x, (<double>-1.0), (x if _t1 else (_t0 if _t2 else -l1)))
 
 # ---------------------------------------------------------------- penalty_vjp_rvjp
-# gx = g*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)); Rgx = Rg*Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)) + Rx*g*l2
+# gx = g*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))); Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2
 cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -6052,15 +6108,21 @@ cdef void _penalty_vjp_rvjp_f32(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef float Rg
     cdef float _t0
     cdef float _t1
+    cdef float _t2
+    cdef float _t3
+    cdef float _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = (-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0))
-        gx_p[_e] = _t1*g
-        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+        _t1 = (l2 > (<float>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<float>0.0))
+        _t4 = symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*l2
 
 cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
@@ -6078,15 +6140,21 @@ cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
     cdef double Rg
     cdef double _t0
     cdef double _t1
+    cdef double _t2
+    cdef double _t3
+    cdef double _t4
     for _e in range(_n):
         x = x_p[_e]
         g = g_p[_e]
         Rx = Rx_p[_e]
         Rg = Rg_p[_e]
         _t0 = l2*x
-        _t1 = (-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0))
-        gx_p[_e] = _t1*g
-        Rgx_p[_e] = Rg*_t1 + Rx*g*l2
+        _t1 = (l2 > (<double>0.0))
+        _t2 = -x
+        _t3 = (l2 < (<double>0.0))
+        _t4 = symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1)))
+        gx_p[_e] = _t4*g
+        Rgx_p[_e] = Rg*_t4 + Rx*g*l2
 
 #: the kernels of this module in table order (``kernel_table``)
 KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", "dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_diag_backprop", "dropout_forward_jvp", "dropout_vjp_rvjp", "penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_diag_backprop", "penalty_residual", "penalty_forward_jvp", "penalty_vjp_rvjp", )

@@ -58,6 +58,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
+    float symprop_nan_throughf(float, float) nogil
+    double symprop_nan_through(double, double) nogil
+    float symprop_at_infinityf(float, float, float, float) nogil
+    double symprop_at_infinity(double, double, double, double) nogil
 from libc.math cimport INFINITY
 
 ctypedef void (*_composite_t)(char** arrays, const double* scalars, const Py_ssize_t* layout,

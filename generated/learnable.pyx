@@ -57,6 +57,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
+    float symprop_nan_throughf(float, float) nogil
+    double symprop_nan_through(double, double) nogil
+    float symprop_at_infinityf(float, float, float, float) nogil
+    double symprop_at_infinity(double, double, double, double) nogil
 
 ctypedef int (*_channelwise_t)(char** arrays, const double* scalars, const Py_ssize_t* sizes) noexcept nogil
 
@@ -133,7 +137,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "doc": "gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -203,7 +207,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Ry = Ralpha*Min(0, x) + Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "doc": "Ry = Ralpha*Min(0, x) + Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -244,7 +248,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgx = Ralpha*g*Piecewise((1, x < 0), (0, True)) + Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))",
+    "doc": "Rgx = Ralpha*g*nan_through(Piecewise((1, x < 0), (0, True)), x) + Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -284,7 +288,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgalpha = Rg*Min(0, x) + Rx*g*Piecewise((1, x < 0), (0, True))",
+    "doc": "Rgalpha = Rg*Min(0, x) + Rx*g*nan_through(Piecewise((1, x < 0), (0, True)), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -320,7 +324,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))",
+    "doc": "hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -436,7 +440,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "y = x/(1 + exp(-beta*x))",
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -471,7 +475,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))",
+    "doc": "gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -509,7 +513,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "gbeta = g*finite_or(y**2*exp(-beta*x), 0)",
+    "doc": "gbeta = g*nan_through(finite_or(y**2*exp(-beta*x), 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -550,7 +554,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Ry = Rbeta*finite_or(y**2*exp(-beta*x), 0) + Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))",
+    "doc": "Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -594,7 +598,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgx = Rbeta*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "doc": "Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -641,7 +645,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "Rgbeta = Rbeta*g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0) + Rg*finite_or(y**2*exp(-beta*x), 0) + Rx*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "doc": "Rgbeta = Rbeta*g*nan_through(finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0), x) + Rg*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -683,7 +687,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -724,7 +728,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "hbeta = H*finite_or(y**2*exp(-beta*x), 0)**2 + g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0)",
+    "doc": "hbeta = H*nan_through(finite_or(y**2*exp(-beta*x), 0), x)**2 + g*nan_through(finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -766,7 +770,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "sbeta = finite_or(y**2*exp(-beta*x), 0)",
+    "doc": "sbeta = nan_through(finite_or(y**2*exp(-beta*x), 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -802,7 +806,7 @@ MANIFEST = __import__('json').loads(r'''{
      }
     ],
     "scalars": [],
-    "doc": "r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
+    "doc": "r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
     "binding": {
      "family": "channelwise",
      "data": [
@@ -868,7 +872,7 @@ cdef int _prelu_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) n
 
 
 # ---------------------------------------------------------------- prelu_vjp
-# gx = g*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# gx = g*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef int _prelu_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -890,7 +894,7 @@ cdef int _prelu_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexc
                 e = base + s
                 x = x_p[e]
                 g = g_p[e]
-                gx_p[e] = g*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+                gx_p[e] = g*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -914,7 +918,7 @@ cdef int _prelu_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexc
                 e = base + s
                 x = x_p[e]
                 g = g_p[e]
-                gx_p[e] = g*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+                gx_p[e] = g*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
@@ -978,7 +982,7 @@ cdef int _prelu_vjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x)
 
 
 # ---------------------------------------------------------------- prelu_jvp
-# Ry = Ralpha*Min(0, x) + Rx*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# Ry = Ralpha*Min(0, x) + Rx*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef int _prelu_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* Rx_p = <const float*>_a[1]
@@ -1003,7 +1007,7 @@ cdef int _prelu_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexc
                 e = base + s
                 x = x_p[e]
                 Rx = Rx_p[e]
-                Ry_p[e] = Ralpha*symprop_fminf((<float>0.0), x) + Rx*(alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+                Ry_p[e] = Ralpha*symprop_fminf((<float>0.0), x) + Rx*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1030,12 +1034,12 @@ cdef int _prelu_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexc
                 e = base + s
                 x = x_p[e]
                 Rx = Rx_p[e]
-                Ry_p[e] = Ralpha*symprop_fmin((<double>0.0), x) + Rx*(alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+                Ry_p[e] = Ralpha*symprop_fmin((<double>0.0), x) + Rx*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
 # ---------------------------------------------------------------- prelu_rvjp
-# Rgx = Ralpha*g*Piecewise((1, x < 0), (0, True)) + Rg*Piecewise((alpha, x < 0), (1, x > 0), (0, True))
+# Rgx = Ralpha*g*nan_through(Piecewise((1, x < 0), (0, True)), x) + Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)
 cdef int _prelu_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1065,7 +1069,7 @@ cdef int _prelu_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noex
                 g = g_p[e]
                 Rg = Rg_p[e]
                 _t0 = (x < (<float>0.0))
-                Rgx_p[e] = Ralpha*g*(<float>_t0) + Rg*(alpha if _t0 else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+                Rgx_p[e] = Ralpha*g*symprop_nan_throughf((<float>_t0), x) + Rg*symprop_nan_throughf((alpha if _t0 else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1097,12 +1101,12 @@ cdef int _prelu_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noex
                 g = g_p[e]
                 Rg = Rg_p[e]
                 _t0 = (x < (<double>0.0))
-                Rgx_p[e] = Ralpha*g*(<double>_t0) + Rg*(alpha if _t0 else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+                Rgx_p[e] = Ralpha*g*symprop_nan_through((<double>_t0), x) + Rg*symprop_nan_through((alpha if _t0 else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
 # ---------------------------------------------------------------- prelu_rvjp_alpha
-# Rgalpha = Rg*Min(0, x) + Rx*g*Piecewise((1, x < 0), (0, True))
+# Rgalpha = Rg*Min(0, x) + Rx*g*nan_through(Piecewise((1, x < 0), (0, True)), x)
 cdef int _prelu_rvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1130,7 +1134,7 @@ cdef int _prelu_rvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x
                 g = g_p[e]
                 Rx = Rx_p[e]
                 Rg = Rg_p[e]
-                part = part + (Rg*symprop_fminf((<float>0.0), x) + Rx*g*(<float>(x < (<float>0.0))))
+                part = part + (Rg*symprop_fminf((<float>0.0), x) + Rx*g*symprop_nan_throughf((<float>(x < (<float>0.0))), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <float>acc[pc]
@@ -1164,7 +1168,7 @@ cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x
                 g = g_p[e]
                 Rx = Rx_p[e]
                 Rg = Rg_p[e]
-                part = part + (Rg*symprop_fmin((<double>0.0), x) + Rx*g*(<double>(x < (<double>0.0))))
+                part = part + (Rg*symprop_fmin((<double>0.0), x) + Rx*g*symprop_nan_through((<double>(x < (<double>0.0))), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <double>acc[pc]
@@ -1173,7 +1177,7 @@ cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x
 
 
 # ---------------------------------------------------------------- prelu_diag_backprop
-# hx = H*Piecewise((alpha**2, x < 0), (1, x > 0), (0, True))
+# hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2
 cdef int _prelu_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
@@ -1195,7 +1199,7 @@ cdef int _prelu_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t*
                 e = base + s
                 x = x_p[e]
                 H = H_p[e]
-                hx_p[e] = H*((alpha*alpha) if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0)))
+                hx_p[e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
     return 0
 
 cdef int _prelu_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1219,7 +1223,7 @@ cdef int _prelu_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t*
                 e = base + s
                 x = x_p[e]
                 H = H_p[e]
-                hx_p[e] = H*((alpha*alpha) if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0)))
+                hx_p[e] = H*((symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x))*(symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)))
     return 0
 
 
@@ -1362,7 +1366,7 @@ cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _
 
 
 # ---------------------------------------------------------------- swish_learnable_forward
-# y = x/(1 + exp(-beta*x))
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True)))
 cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* beta_p = <const float*>_a[1]
@@ -1372,6 +1376,7 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef float x
     cdef float beta
+    cdef float _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1381,7 +1386,8 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                y_p[e] = x/((<float>1.0) + expf(-beta*x))
+                _t0 = (beta > (<float>0.0))
+                y_p[e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
     return 0
 
 cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1393,6 +1399,7 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
     cdef double part
     cdef double x
     cdef double beta
+    cdef double _t0
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1402,12 +1409,13 @@ cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssiz
             for s in range(SS):
                 e = base + s
                 x = x_p[e]
-                y_p[e] = x/((<double>1.0) + exp(-beta*x))
+                _t0 = (beta > (<double>0.0))
+                y_p[e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_vjp
-# gx = g*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# gx = g*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1421,6 +1429,7 @@ cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef float beta
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1432,8 +1441,9 @@ cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t*
                 x = x_p[e]
                 g = g_p[e]
                 _t0 = beta*x
-                _t1 = expf(-_t0)
-                gx_p[e] = g*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+                _t1 = (beta > (<float>0.0))
+                _t2 = (beta < (<float>0.0))
+                gx_p[e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1449,6 +1459,7 @@ cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef double beta
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1460,13 +1471,14 @@ cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t*
                 x = x_p[e]
                 g = g_p[e]
                 _t0 = beta*x
-                _t1 = exp(-_t0)
-                gx_p[e] = g*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+                _t1 = (beta > (<double>0.0))
+                _t2 = (beta < (<double>0.0))
+                gx_p[e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_vjp_beta
-# gbeta = g*finite_or(y**2*exp(-beta*x), 0)
+# gbeta = g*nan_through(finite_or(y**2*exp(-beta*x), 0), x)
 cdef int _swish_learnable_vjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1494,7 +1506,7 @@ cdef int _swish_learnable_vjp_beta_f32(char** _a, const double* _s, const Py_ssi
                 x = x_p[e]
                 y = y_p[e]
                 g = g_p[e]
-                part = part + (g*symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)))
+                part = part + (g*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <float>acc[pc]
@@ -1528,7 +1540,7 @@ cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssi
                 x = x_p[e]
                 y = y_p[e]
                 g = g_p[e]
-                part = part + (g*symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)))
+                part = part + (g*symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <double>acc[pc]
@@ -1537,7 +1549,7 @@ cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssi
 
 
 # ---------------------------------------------------------------- swish_learnable_jvp
-# Ry = Rbeta*finite_or(y**2*exp(-beta*x), 0) + Rx*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# Ry = Rbeta*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1555,6 +1567,7 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef float Rbeta
     cdef float _t0
     cdef float _t1
+    cdef float _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1568,8 +1581,9 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
                 y = y_p[e]
                 Rx = Rx_p[e]
                 _t0 = beta*x
-                _t1 = expf(-_t0)
-                Ry_p[e] = Rbeta*symprop_finite_orf(_t1*(y*y), (<float>0.0)) + Rx*(_t0/(_t1 + expf(_t0) + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))
+                _t1 = (beta > (<float>0.0))
+                _t2 = (beta < (<float>0.0))
+                Ry_p[e] = Rbeta*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-_t0), (<float>0.0)), x) + Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1589,6 +1603,7 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef double Rbeta
     cdef double _t0
     cdef double _t1
+    cdef double _t2
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1602,13 +1617,14 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
                 y = y_p[e]
                 Rx = Rx_p[e]
                 _t0 = beta*x
-                _t1 = exp(-_t0)
-                Ry_p[e] = Rbeta*symprop_finite_or(_t1*(y*y), (<double>0.0)) + Rx*(_t0/(_t1 + exp(_t0) + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))
+                _t1 = (beta > (<double>0.0))
+                _t2 = (beta < (<double>0.0))
+                Ry_p[e] = Rbeta*symprop_nan_through(symprop_finite_or((y*y)*exp(-_t0), (<double>0.0)), x) + Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_rvjp
-# Rgx = Rbeta*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + Rg*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + Rx*g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# Rgx = Rbeta*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1631,6 +1647,7 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
     cdef float _t2
     cdef float _t3
     cdef float _t4
+    cdef float _t5
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1645,11 +1662,12 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
                 Rx = Rx_p[e]
                 Rg = Rg_p[e]
                 _t0 = beta*x
-                _t1 = expf(-_t0)
-                _t2 = expf(_t0)
-                _t3 = _t2 + (<float>1.0)
-                _t4 = _t2*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3)
-                Rgx_p[e] = Rbeta*g*symprop_finite_orf(_t4*x, (<float>0.0)) + Rg*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0))))) + Rx*g*symprop_finite_orf(_t4*beta, (<float>0.0))
+                _t1 = expf(_t0)
+                _t2 = _t1 + (<float>1.0)
+                _t3 = _t1*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2)
+                _t4 = (beta > (<float>0.0))
+                _t5 = (beta < (<float>0.0))
+                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1674,6 +1692,7 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
     cdef double _t2
     cdef double _t3
     cdef double _t4
+    cdef double _t5
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1688,16 +1707,17 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
                 Rx = Rx_p[e]
                 Rg = Rg_p[e]
                 _t0 = beta*x
-                _t1 = exp(-_t0)
-                _t2 = exp(_t0)
-                _t3 = _t2 + (<double>1.0)
-                _t4 = _t2*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3)
-                Rgx_p[e] = Rbeta*g*symprop_finite_or(_t4*x, (<double>0.0)) + Rg*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0))))) + Rx*g*symprop_finite_or(_t4*beta, (<double>0.0))
+                _t1 = exp(_t0)
+                _t2 = _t1 + (<double>1.0)
+                _t3 = _t1*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2)
+                _t4 = (beta > (<double>0.0))
+                _t5 = (beta < (<double>0.0))
+                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_rvjp_beta
-# Rgbeta = Rbeta*g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0) + Rg*finite_or(y**2*exp(-beta*x), 0) + Rx*g*finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# Rgbeta = Rbeta*g*nan_through(finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0), x) + Rg*nan_through(finite_or(y**2*exp(-beta*x), 0), x) + Rx*g*nan_through(finite_or(x*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_rvjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1744,7 +1764,7 @@ cdef int _swish_learnable_rvjp_beta_f32(char** _a, const double* _s, const Py_ss
                 _t2 = _t1*(y*y)
                 _t3 = expf(_t0)
                 _t4 = _t3 + (<float>1.0)
-                part = part + (Rbeta*g*symprop_finite_orf(_t2*((<float>2.0)*_t1*y - x), (<float>0.0)) + Rg*symprop_finite_orf(_t2, (<float>0.0)) + Rx*g*symprop_finite_orf(_t3*x*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0)))
+                part = part + (Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t2*((<float>2.0)*_t1*y - x), (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(_t2, (<float>0.0)), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*x*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <float>acc[pc]
@@ -1797,7 +1817,7 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
                 _t2 = _t1*(y*y)
                 _t3 = exp(_t0)
                 _t4 = _t3 + (<double>1.0)
-                part = part + (Rbeta*g*symprop_finite_or(_t2*((<double>2.0)*_t1*y - x), (<double>0.0)) + Rg*symprop_finite_or(_t2, (<double>0.0)) + Rx*g*symprop_finite_or(_t3*x*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0)))
+                part = part + (Rbeta*g*symprop_nan_through(symprop_finite_or(_t2*((<double>2.0)*_t1*y - x), (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(_t2, (<double>0.0)), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*x*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <double>acc[pc]
@@ -1806,7 +1826,7 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
 
 
 # ---------------------------------------------------------------- swish_learnable_diag_backprop
-# hx = H*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))**2 + g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -1824,6 +1844,7 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
     cdef float _t1
     cdef float _t2
     cdef float _t3
+    cdef float _t4
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1836,10 +1857,11 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
                 g = g_p[e]
                 H = H_p[e]
                 _t0 = beta*x
-                _t1 = expf(-_t0)
-                _t2 = expf(_t0)
-                _t3 = _t2 + (<float>1.0)
-                hx_p[e] = H*((_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))*(_t0/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))))) + g*symprop_finite_orf(_t2*beta*((<float>2.0)*_t0 - _t3*(_t0 + (<float>-2.0)))/(_t3*_t3*_t3), (<float>0.0))
+                _t1 = expf(_t0)
+                _t2 = _t1 + (<float>1.0)
+                _t3 = (beta > (<float>0.0))
+                _t4 = (beta < (<float>0.0))
+                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1859,6 +1881,7 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
     cdef double _t1
     cdef double _t2
     cdef double _t3
+    cdef double _t4
     for n in range(N):
         for c in range(C):
             pc = c if Cp > 1 else 0
@@ -1871,15 +1894,16 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
                 g = g_p[e]
                 H = H_p[e]
                 _t0 = beta*x
-                _t1 = exp(-_t0)
-                _t2 = exp(_t0)
-                _t3 = _t2 + (<double>1.0)
-                hx_p[e] = H*((_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))*(_t0/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))))) + g*symprop_finite_or(_t2*beta*((<double>2.0)*_t0 - _t3*(_t0 + (<double>-2.0)))/(_t3*_t3*_t3), (<double>0.0))
+                _t1 = exp(_t0)
+                _t2 = _t1 + (<double>1.0)
+                _t3 = (beta > (<double>0.0))
+                _t4 = (beta < (<double>0.0))
+                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 
 # ---------------------------------------------------------------- swish_learnable_diag_backprop_beta
-# hbeta = H*finite_or(y**2*exp(-beta*x), 0)**2 + g*finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0)
+# hbeta = H*nan_through(finite_or(y**2*exp(-beta*x), 0), x)**2 + g*nan_through(finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0), x)
 cdef int _swish_learnable_diag_backprop_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1914,7 +1938,7 @@ cdef int _swish_learnable_diag_backprop_beta_f32(char** _a, const double* _s, co
                 H = H_p[e]
                 _t0 = expf(-beta*x)
                 _t1 = _t0*(y*y)
-                part = part + (H*((symprop_finite_orf(_t1, (<float>0.0)))*(symprop_finite_orf(_t1, (<float>0.0)))) + g*symprop_finite_orf(_t1*((<float>2.0)*_t0*y - x), (<float>0.0)))
+                part = part + (H*((symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))*(symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*((<float>2.0)*_t0*y - x), (<float>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <float>acc[pc]
@@ -1955,7 +1979,7 @@ cdef int _swish_learnable_diag_backprop_beta_f64(char** _a, const double* _s, co
                 H = H_p[e]
                 _t0 = exp(-beta*x)
                 _t1 = _t0*(y*y)
-                part = part + (H*((symprop_finite_or(_t1, (<double>0.0)))*(symprop_finite_or(_t1, (<double>0.0)))) + g*symprop_finite_or(_t1*((<double>2.0)*_t0*y - x), (<double>0.0)))
+                part = part + (H*((symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))*(symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))) + g*symprop_nan_through(symprop_finite_or(_t1*((<double>2.0)*_t0*y - x), (<double>0.0)), x))
             acc[pc] += part
     for pc in range(Cp):
         _out_p[pc] = <double>acc[pc]
@@ -1964,7 +1988,7 @@ cdef int _swish_learnable_diag_backprop_beta_f64(char** _a, const double* _s, co
 
 
 # ---------------------------------------------------------------- swish_learnable_sqvjp_beta
-# sbeta = finite_or(y**2*exp(-beta*x), 0)
+# sbeta = nan_through(finite_or(y**2*exp(-beta*x), 0), x)
 cdef int _swish_learnable_sqvjp_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
@@ -1997,7 +2021,7 @@ cdef int _swish_learnable_sqvjp_beta_f32(char** _a, const double* _s, const Py_s
                     e = base + s
                     x = x_p[e]
                     y = y_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)))
+                    part = part + S_p[kk * N * C * SS + e] * (symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
                 if Cp > 1:
                     acc[pc] += wk * part * part
                 else:
@@ -2041,7 +2065,7 @@ cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_s
                     e = base + s
                     x = x_p[e]
                     y = y_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)))
+                    part = part + S_p[kk * N * C * SS + e] * (symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
                 if Cp > 1:
                     acc[pc] += wk * part * part
                 else:
@@ -2055,7 +2079,7 @@ cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_s
 
 
 # ---------------------------------------------------------------- swish_learnable_residual
-# r = g*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)
+# r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
 cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
@@ -2083,7 +2107,7 @@ cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssi
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
-                r_p[e] = g*symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0))
+                r_p[e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -2113,7 +2137,7 @@ cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssi
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
-                r_p[e] = g*symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0))
+                r_p[e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 

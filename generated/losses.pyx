@@ -50,6 +50,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
+    float symprop_nan_throughf(float, float) nogil
+    double symprop_nan_through(double, double) nogil
+    float symprop_at_infinityf(float, float, float, float) nogil
+    double symprop_at_infinity(double, double, double, double) nogil
 
 import numpy as _np
 
@@ -368,7 +372,7 @@ def mse_hvp(a, t, v, out):
     return out
 # ---------------------------------------------------------------- sigmoid_cross_entropy
 # element loss e(a, t) = -a*t + log1p(exp(-Abs(a))) + Max(0, a); mean over all elements
-# gradient  ∂e/∂a = -t + 1/(1 + exp(-a));  Hessian  ∂²e/∂a² = finite_or(exp(a)/(exp(a) + 1)**2, 0) (diagonal)
+# gradient  ∂e/∂a = -t + 1/(1 + exp(-a));  Hessian  ∂²e/∂a² = nan_through(finite_or(exp(a)/(exp(a) + 1)**2, 0), a) (diagonal)
 cdef double _sigmoid_cross_entropy_f32(const float* a_p, const float* t_p, float* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
     cdef Py_ssize_t e
     cdef float a, t
@@ -393,7 +397,7 @@ cdef void _sigmoid_cross_entropy_hvp_f32(const float* a_p, const float* t_p, con
     for e in range(size):
         a = a_p[e]
         t = t_p[e]
-        out_p[e] = scale * (symprop_finite_orf(expf(a)/((expf(a) + (<float>1.0))*(expf(a) + (<float>1.0))), (<float>0.0))) * v_p[e]
+        out_p[e] = scale * (symprop_nan_throughf(symprop_finite_orf(expf(a)/((expf(a) + (<float>1.0))*(expf(a) + (<float>1.0))), (<float>0.0)), a)) * v_p[e]
 
 cdef double _sigmoid_cross_entropy_f64(const double* a_p, const double* t_p, double* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
     cdef Py_ssize_t e
@@ -419,7 +423,7 @@ cdef void _sigmoid_cross_entropy_hvp_f64(const double* a_p, const double* t_p, c
     for e in range(size):
         a = a_p[e]
         t = t_p[e]
-        out_p[e] = scale * (symprop_finite_or(exp(a)/((exp(a) + (<double>1.0))*(exp(a) + (<double>1.0))), (<double>0.0))) * v_p[e]
+        out_p[e] = scale * (symprop_nan_through(symprop_finite_or(exp(a)/((exp(a) + (<double>1.0))*(exp(a) + (<double>1.0))), (<double>0.0)), a)) * v_p[e]
 
 
 def sigmoid_cross_entropy(a, t, grad=None):

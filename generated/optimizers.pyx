@@ -62,6 +62,10 @@ cdef extern from "symprop_math.h":
     double symprop_fmin(double, double) nogil
     float symprop_finite_orf(float, float) nogil
     double symprop_finite_or(double, double) nogil
+    float symprop_nan_throughf(float, float) nogil
+    double symprop_nan_through(double, double) nogil
+    float symprop_at_infinityf(float, float, float, float) nogil
+    double symprop_at_infinity(double, double, double, double) nogil
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 

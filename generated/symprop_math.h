@@ -24,14 +24,23 @@ SYMPROP_SIMD double log1p(double);
 SYMPROP_SIMD double expm1(double);
 SYMPROP_SIMD double pow(double, double);
 #endif
-/* fmax/fmin semantics (a NaN argument loses to a number) without a libm call, written as
- * selects so that loops vectorize; libm's fmaxf is not inlined without -ffinite-math-only. */
-static inline float symprop_fmaxf(float a, float b) { return (a > b || b != b) ? a : b; }
-static inline float symprop_fminf(float a, float b) { return (a < b || b != b) ? a : b; }
-static inline double symprop_fmax(double a, double b) { return (a > b || b != b) ? a : b; }
-static inline double symprop_fmin(double a, double b) { return (a < b || b != b) ? a : b; }
+/* max/min that propagate NaN (as torch.maximum/minimum and NumPy's maximum/minimum, which the
+ * derivation's numeric checks evaluate): max(0, NaN) is NaN, so ReLU passes NaN on. Written as
+ * selects so that loops vectorize (with a constant first argument, one compare and one blend). */
+static inline float symprop_fmaxf(float a, float b) { return (a > b || a != a) ? a : b; }
+static inline float symprop_fminf(float a, float b) { return (a < b || a != a) ? a : b; }
+static inline double symprop_fmax(double a, double b) { return (a > b || a != a) ? a : b; }
+static inline double symprop_fmin(double a, double b) { return (a < b || a != a) ? a : b; }
 /* e where it is finite, else a: replaces an overflowed intermediate (inf/inf, inf*0) by the
  * function's limit at +-inf (derive/rewrite.py: finite_or); a select, so loops vectorize. */
 static inline float symprop_finite_orf(float e, float a) { return (e - e == 0.0f) ? e : a; }
 static inline double symprop_finite_or(double e, double a) { return (e - e == 0.0) ? e : a; }
+/* v where v is NaN, else e: a NaN input stays NaN through a comparison or a finite_or fallback
+ * (derive/rewrite.py: nan_through). */
+static inline float symprop_nan_throughf(float e, float v) { return (v != v) ? v : e; }
+static inline double symprop_nan_through(double e, double v) { return (v != v) ? v : e; }
+/* a where v is s*inf (s = +-1, a literal), else e: a form that gives inf*0 or inf/inf at +-inf
+ * returns the function's limit there (derive/rewrite.py: at_infinity). */
+static inline float symprop_at_infinityf(float e, float v, float s, float a) { return (v == s * INFINITY) ? a : e; }
+static inline double symprop_at_infinity(double e, double v, double s, double a) { return (v == s * INFINITY) ? a : e; }
 #endif

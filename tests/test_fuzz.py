@@ -162,6 +162,104 @@ DRIVER = textwrap.dedent(r'''
             stats[kind] += 1
 
     fuzz()
+    # activation kernels, every role (fused ones included), with NaN, ±inf, the float32 and
+    # float64 maxima, subnormals and ordinary values mixed in one array (issue 27 item 3): a NaN
+    # input gives NaN in every output; any other input never gives NaN (every built-in
+    # activation has its limits at ±inf); float32 agrees with the float64 kernel wherever the
+    # float64 value is within float32's range (same infinity beyond it); fused roles agree
+    # with the separate ones. Learnable activations run with one channel per point, so their
+    # parameter pullbacks (sums over the batch) are per point too.
+    from symprop.runtime.kernels import SpecKernels, load
+    ACT_MODULES = [(load("activations"), n) for n in L.activation_names()] + \
+                  [(load("learnable"), n) for n in ("prelu", "swish_learnable")]
+    SPECIAL = [np.nan, np.inf, -np.inf, 3.4028235e38, -3.4028235e38, 1.7e308, -1.7e308, 1e4, -1e4,
+               88.7, -88.7, 709.0, -709.0, 0.0, -0.0, 1e-45, -1e-45, 1e-310]
+
+    def act_run(K, learn, role, env, dt, scalars, P):
+        shapes = {"x": env["x"].shape, "y": env["x"].shape}
+        if learn:
+            shapes[learn] = (P,)
+        return {k: np.asarray(v, np.float64).reshape(-1) for k, v in K.run_named(role, env, dt, scalars, shapes).items()}
+
+    def act_env(x, dt, learn, pvalue, rng_inputs):
+        P = x.size
+        arrays = {k: v.astype(dt) for k, v in rng_inputs.items()}
+        if learn:
+            env = {k: v.reshape(1, P, 1) for k, v in arrays.items() if k != "R" + learn}
+            env.update({"x": x.astype(dt).reshape(1, P, 1), learn: np.full(P, pvalue, dt),
+                        "R" + learn: arrays["R" + learn], "S": np.ones((1, 1, P, 1), dt), "w": np.ones((1, 1), dt)})
+        else:
+            env = dict(arrays, x=x.astype(dt))
+        return env
+
+    def act_case(module, name, x, dt, factor, seed):
+        K = SpecKernels(module, name)
+        defaults = K.entry["defaults"]
+        learn = K.params[0] if K.params else None      # the learnable parameter (channelwise specs)
+        scalars = {p: v * factor for p, v in defaults.items() if p != learn}
+        pvalue = defaults[learn] * factor if learn else None
+        P = x.size
+        r = np.random.default_rng(seed)
+        inputs = {k: r.choice([-1, 1], P) * r.uniform(0.5, 2, P) for k in ("g", "Rx", "Rg", "H")}
+        if learn:
+            inputs["R" + learn] = r.choice([-1, 1], P) * r.uniform(0.5, 2, P)
+        xd = x.astype(dt)
+        x64 = xd.astype(np.float64)
+        out = {}
+        for d in ((dt, np.float64) if dt == np.float32 else (np.float64,)):
+            env = act_env(x64, d, learn, pvalue, inputs)
+            env["y"] = next(iter(act_run(K, learn, "forward", env, d, scalars, P).values())).astype(d).reshape(env["x"].shape)
+            out[d] = {(role, o): v for role in K.roles for o, v in act_run(K, learn, role, env, d, scalars, P).items()}
+        msgs = []
+        nan_in = np.isnan(x64)
+        max32 = float(np.finfo(np.float32).max)
+        for (role, o), v64 in out[np.float64].items():
+            got = out[dt][(role, o)]
+            what = f"{name}(x{factor}) {np.dtype(dt).name} {role}:{o}"
+            if not np.isnan(got[nan_in]).all():
+                msgs.append(f"{what}: NaN input gave a number")
+            if np.isnan(v64[~nan_in]).any():
+                msgs.append(f"{what}: NaN at x={x64[~nan_in & np.isnan(v64)][:3]}")
+            if dt == np.float32:
+                inr = ~nan_in & (np.abs(v64) <= max32 * (1 - 1e-6))
+                err = np.abs(got[inr] - v64[inr]) / np.maximum(np.abs(v64[inr]), 1.0)
+                if not (np.isfinite(got[inr]).all() and (err <= 1e-4).all()):
+                    msgs.append(f"{what}: float32 off the float64 kernel at x={x64[inr][~(err <= 1e-4)][:3]}")
+                beyond = ~nan_in & np.isinf(v64)
+                if not np.array_equal(got[beyond], v64[beyond]):
+                    msgs.append(f"{what}: float32 at ±inf differs from float64")
+        for fused, parts in (("forward+jvp", ("forward", "jvp")), ("vjp+rvjp", ("vjp:x", "rvjp:x"))):
+            for (role, o), v in out[dt].items():
+                if role != fused:
+                    continue
+                sep = next(out[dt][(p, oo)] for p in parts for (pp, oo) in out[dt] if pp == p and oo == o)
+                both_nan = np.isnan(v) & np.isnan(sep)
+                close_ = both_nan | (v == sep) | (np.abs(v - sep) <= 1e-5 * np.maximum(np.abs(sep), 1.0))
+                if not close_.all():
+                    msgs.append(f"{name} {fused}:{o} differs from {parts} at x={x64[~close_][:3]}")
+        return msgs
+
+    @settings(max_examples=max(int(sys.argv[1]) // 2, 20), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz_activations(data):
+        module, name = data.draw(st.sampled_from(ACT_MODULES))
+        n = data.draw(st.integers(1, 24))
+        values = data.draw(st.lists(st.one_of(st.sampled_from(SPECIAL),
+                                              st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+                                              st.floats(allow_nan=False, allow_infinity=False)),
+                                    min_size=n, max_size=n))
+        dt = data.draw(st.sampled_from([np.float32, np.float64]))
+        factor = data.draw(st.sampled_from([1.0, 2.0, 0.5, 10.0, 0.1, -1.0, -2.0]))
+        with np.errstate(all="ignore"):
+            msgs = act_case(module, name, np.array(values, np.float64), dt, factor, data.draw(st.integers(0, 1000)))
+        stats["cases"] += 1
+        if msgs:
+            stats["garbage"].extend(msgs[:3])
+        else:
+            stats["ok"] += 1
+
+    fuzz_activations()
     # optimizers: random hyperparameters are accepted only when they are valid
     rng = np.random.default_rng(1)
     for _ in range(200):
