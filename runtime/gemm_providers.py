@@ -167,7 +167,7 @@ def scipy_blas() -> str:
         import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import threadpool_info
         for lib in threadpool_info():
-            if lib.get("user_api") == "blas" and "scipy" in lib.get("filepath", ""):
+            if lib.get("user_api") == "blas" and "scipy.libs" in lib.get("filepath", ""):
                 return f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')})"
     except Exception:
         pass
@@ -294,23 +294,21 @@ def _tuning_module():
     return importlib.import_module("symprop.generated.dense")
 
 
-def _threads() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.split(",")[0].strip().isdigit() and int(env.split(",")[0]) > 0:
-        n = min(n, int(env.split(",")[0]))
-    return max(n, 1)
-
-
-def measure(shape, providers, threads=None, rounds=5, target=2e-3) -> dict:
+def measure(shape, providers, threads=1, rounds=7, target=2e-3) -> dict:
     """Seconds per product of ``shape`` = (f64, split, ta, tb, M, N, K) on SciPy's BLAS and each
     provider: every provider timed in turn, ``rounds`` times, best kept (about ``target``
-    seconds a timing). Run with the BLAS held at one thread, as the kernels run it."""
+    seconds a timing). Run with the BLAS held at one thread, as the kernels run it.
+
+    A split product is timed on one thread by default, its blocks one after the other: the
+    kernels run the same blocks with the BLAS at one thread, only side by side, so the
+    provider fastest on a block is the fastest threaded too; and a one-thread timing is not
+    thrown off by another process taking a core (a 2-thread timing on this shared 2-core
+    machine varied 2-10x between runs, a 1-thread one by a few per cent)."""
     from ..blas_threads import one_thread
     f64, split, ta, tb, M, N, K = shape
     mod = _tuning_module()
     _install_into(mod, providers, {}, False, 0)
-    T = threads or _threads()
+    T = threads or 1
     names = ["scipy"] + [p.name for p in providers]
     with one_thread():
         t1 = mod._gemm_time(0, f64, split, ta, tb, M, N, K, T, 1)    # warm-up; sizes the timing
@@ -355,8 +353,7 @@ def tune(classes=None, builtin=True, force=False, providers=None, budget=None, l
         if providers:
             for key, shape in todo.items():
                 times = measure(shape, providers)
-                entry = {"shape": [int(v) for v in shape], "times": times, "choice": choose(times),
-                         "threads": _threads()}
+                entry = {"shape": [int(v) for v in shape], "times": times, "choice": choose(times)}
                 cache["classes"][key] = entry
                 if log:
                     log(entry)
@@ -498,6 +495,71 @@ def provider_of(f64, split, ta, tb, M, N, K) -> str:
         return names[_state.get("default", 0)] if _state else "scipy"
     key = _tuning_module()._gemm_class(f64, split, ta, tb, M, N, K)
     return names[_state["choices"].get(key, 0)]
+
+
+class using:
+    """Context: every product on provider ``name`` (as ``SYMPROP_GEMM=name`` would), the
+    process's choice restored on exit; for benchmarks comparing providers in one run."""
+
+    def __init__(self, name: str):
+        if name not in NAMES:
+            raise ValueError(f"unknown GEMM provider {name!r}; known: {', '.join(NAMES)}")
+        self.name = name
+
+    def __enter__(self):
+        setup()
+        providers = list(_state.get("providers", []))
+        if self.name != "scipy" and self.name not in [p.name for p in providers]:
+            p = load(self.name)
+            if p is None:
+                raise RuntimeError(f"the {self.name} GEMM provider is not installed; {_INSTALL_HINT[self.name]}")
+            providers.append(p)
+        slot = 0 if self.name == "scipy" else 1 + [p.name for p in providers].index(self.name)
+        with _lock:
+            for mod in _modules + [_tuning_module()]:
+                _install_into(mod, providers, {}, False, slot)
+        return self
+
+    def __exit__(self, *exc):
+        with _lock:
+            st = _state
+            for mod in _modules + [_tuning_module()]:
+                _install_into(mod, st.get("providers", []), st.get("choices", {}), st.get("active", False),
+                              st.get("default", 0))
+        return False
+
+
+def layer_products(model, batch: int) -> list:
+    """The GEMMs of a model's dense and convolution layers for a batch, as the kernels call them:
+    ``(layer name, role, (f64, split, ta, tb, M, N, K))``: a dense layer's forward x·Wᵀ, input
+    pullback g·W and weight pullback gᵀ·x (whole batch, split over threads); a convolution's
+    per-sample im2col products (forward W·cols, weight pullback cols·gᵀ, column pullback
+    Wᵀ·g; one call each, samples over threads)."""
+    from . import layers as L
+    f64 = str(getattr(model, "dtype", "float32")) == "float64"
+    out, shape = [], model.input_shape
+    for la in model.layers:
+        nxt = la.output_shape(shape)
+        if isinstance(la, L.Dense):
+            i, o = la.in_features, la.out_features
+            out += [(la.name, "forward", (f64, True, False, True, batch, o, i)),
+                    (la.name, "vjp x", (f64, True, False, False, batch, i, o)),
+                    (la.name, "vjp W", (f64, True, True, False, o, i, batch))]
+        elif isinstance(la, L.Conv2D):
+            kh, kw = la.kernel_size
+            ckk, hw, o = la.in_channels * kh * kw, nxt[1] * nxt[2], la.out_channels
+            out += [(la.name, "forward/sample", (f64, False, False, False, o, hw, ckk)),
+                    (la.name, "vjp W/sample", (f64, False, False, True, ckk, o, hw)),
+                    (la.name, "vjp cols/sample", (f64, False, True, False, ckk, hw, o))]
+        shape = nxt
+    return out
+
+
+def layer_report(model, batch: int) -> list:
+    """:func:`layer_products` with the provider each runs on in this process."""
+    return [{"layer": name, "role": role, "shape": "x".join(map(str, s[4:])),
+             "op": f"{'T' if s[2] else 'N'}{'T' if s[3] else 'N'}", "provider": provider_of(*s)}
+            for name, role, s in layer_products(model, batch)]
 
 
 def _reset_for_tests():
