@@ -49,8 +49,10 @@ MARGIN = 0.05
 MIN_WORK = 1 << 17
 #: cache file format
 FORMAT = 1
-#: at most this many classes measured at one start-up (the rest at the next)
-MAX_TUNE_AT_START = 64
+#: seconds of measuring at one start-up at most (the classes left are measured at the next)
+TUNE_SECONDS_AT_START = 2.0
+#: classes remembered as seen and not measured, at most
+MAX_SEEN = 512
 
 _lock = threading.RLock()
 _modules: list = []          # generated modules with a GEMM table, as registered
@@ -241,7 +243,7 @@ def write_cache(cache: dict, providers, path=None):
     path = Path(path or cache_path())
     data = {"format": FORMAT, "cpu": cpu(), "providers": _versions(providers),
             "classes": {str(k): v for k, v in sorted(cache["classes"].items())},
-            "seen": sorted(set(cache["seen"]) - set(cache["classes"]))}
+            "seen": sorted(set(cache["seen"]) - set(cache["classes"]))[:MAX_SEEN]}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -327,10 +329,11 @@ def choose(times: dict) -> str:
     return name if times[name] < (1 - MARGIN) * times["scipy"] else "scipy"
 
 
-def tune(classes=None, builtin=True, force=False, providers=None, budget=None, log=None) -> dict:
+def tune(classes=None, builtin=True, force=False, providers=None, budget=None, seconds=None, log=None) -> dict:
     """Measure the providers on the shape classes not measured yet on this CPU (all of them with
     ``force``): the built-in models' classes, those the kernels marked as seen, and ``classes``
     (keys or ``(f64, split, ta, tb, M, N, K)`` shapes); save the cache and install the choices.
+    ``budget``: at most this many classes; ``seconds``: stop measuring after this long.
     Returns ``{key: entry}`` of the cache (entry: shape, times, choice)."""
     with _lock:
         providers = available() if providers is None else providers
@@ -347,11 +350,15 @@ def tune(classes=None, builtin=True, force=False, providers=None, budget=None, l
         for c in classes or ():
             shape = decode(c) if isinstance(c, int) else tuple(c)
             todo.setdefault(mod._gemm_class(*shape), shape)
-        todo = {k: s for k, s in todo.items() if k not in cache["classes"] and s[4] * s[5] * s[6] >= MIN_WORK}
+        todo = {k: s for k, s in todo.items() if k not in cache["classes"] and _work(s) >= MIN_WORK}
         if budget is not None:
             todo = dict(list(todo.items())[:budget])
         if providers:
+            import time
+            start = time.perf_counter()
             for key, shape in todo.items():
+                if seconds is not None and time.perf_counter() - start > seconds:
+                    break
                 times = measure(shape, providers)
                 entry = {"shape": [int(v) for v in shape], "times": times, "choice": choose(times)}
                 cache["classes"][key] = entry
@@ -382,10 +389,16 @@ def _install(providers, classes):
 
 
 def _seen_now() -> list:
+    """Classes the kernels marked as seen and not measured, big enough to be worth measuring."""
     seen = set()
     for mod in _modules:
-        seen.update(k for k, slot in mod._gemm_classes().items() if slot is None)
+        seen.update(k for k, slot in mod._gemm_classes().items()
+                    if slot is None and _work(decode(k)) >= MIN_WORK)
     return sorted(seen)
+
+
+def _work(shape) -> int:
+    return shape[4] * shape[5] * shape[6]
 
 
 def forced() -> str | None:
@@ -433,7 +446,7 @@ def setup():
             if os.environ.get("SYMPROP_GEMM_TUNE", "1").strip().lower() in ("0", "no", "off", "false"):
                 _install(providers, read_cache(providers=providers)["classes"])
             else:
-                tune(providers=providers, budget=MAX_TUNE_AT_START)
+                tune(providers=providers, seconds=TUNE_SECONDS_AT_START)
         except Exception as e:      # a failed measurement must not stop the kernels: SciPy's BLAS
             import warnings
             warnings.warn(f"symprop: GEMM provider tuning failed ({type(e).__name__}: {e}); "
