@@ -203,6 +203,24 @@ def test_forcing_a_provider_that_is_not_installed_is_a_clear_error(name):
     assert f"SYMPROP_GEMM={name}" in r.stderr and "not installed" in r.stderr and "pip install" in r.stderr
 
 
+@pytest.mark.parametrize("name", ["openblas", "mkl"])
+def test_forcing_a_provider_that_failed_to_load_is_a_clear_error(monkeypatch, name):
+    """The same check in this process, with the provider made absent (runs where it is installed)."""
+    monkeypatch.setitem(G._loaded, name, None)
+    monkeypatch.setenv("SYMPROP_GEMM", name)
+    saved = dict(G._state), G._configured[0]
+    G._configured[0] = False
+    try:
+        with pytest.raises(RuntimeError, match=f"SYMPROP_GEMM={name}: the {name} GEMM provider is not installed; "
+                                                f"pip install 'symprop\\[{name}\\]'"):
+            G.setup()
+        assert G._configured[0] is False          # not configured: the next load raises again
+    finally:
+        G._state.clear()
+        G._state.update(saved[0])
+        G._configured[0] = saved[1]
+
+
 def test_an_unknown_provider_name_is_a_clear_error():
     r = _run("from symprop.runtime.kernels import load; load('dense')", SYMPROP_GEMM="atlas")
     assert r.returncode != 0 and "SYMPROP_GEMM='atlas'" in r.stderr and "scipy, openblas, mkl" in r.stderr
