@@ -2,8 +2,8 @@
 backward, side by side, on the benchmark's models (default: the CIFAR-style CNN at batch 256).
 
 Each library runs in a fresh subprocess of its own (peak RSS is per process): it imports its
-library (symprop: every kernel module loaded; PyTorch: one tiny forward and double backward
-so its lazily loaded code is in), builds the model and the batch, then resets the kernel's
+library (symprop: every kernel module loaded; both: a grad+HVP of a tiny network, so their
+lazily loaded code, BLAS kernels included, is in), builds the model and the batch, then resets the kernel's
 peak-RSS mark (``/proc/self/clear_refs``) and records the resident set before and the peak
 during ``--calls`` grad+HVPs. The *working memory* is that peak minus the resident set before:
 what grad+HVP needs beyond the weights, the batch and the libraries. It has to include the
@@ -42,7 +42,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def child(lib: str, case: str, batch: int, calls: int) -> dict:
+def child(lib: str, case: str, batch: int, calls: int, keep_tape: bool = False) -> dict:
     sys.path.insert(0, HERE)
     import numpy as np
     import bench
@@ -51,11 +51,18 @@ def child(lib: str, case: str, batch: int, calls: int) -> dict:
     v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in model.parameters()]
     if lib == "symprop":
         from symprop.runtime import kernels
+        from symprop.runtime.models import cifar_cnn
         for m in ("dense", "window", "activations", "composite", "losses", "optimizers"):
             kernels.load(m)
+        tiny = cifar_cnn((3, 8, 8), dtype="float32", seed=0)    # code paths (and BLAS kernels) paged in
+        tiny.hvp(np.zeros((2, 3, 8, 8), np.float32), np.zeros(2, np.int64), [np.ones_like(p) for p in tiny.parameters()])
 
         def run():
-            model.hvp(X, y, v, return_grad=True)
+            if keep_tape:    # the sweep that keeps its tape (what hvp() ran before it dropped it)
+                Xv, yv = model._check_batch(X, y)
+                model.forward_over_reverse(Xv, yv, model._check_direction(v), keep_tape=True)
+            else:
+                model.hvp(X, y, v, return_grad=True)
     else:
         import torch
         tnet = bench.torch_twin(model)
@@ -88,17 +95,19 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="subprocess pairs, interleaved (default 2)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep-tape", action="store_true",
+                    help="symprop keeps the whole tape (forward_over_reverse(keep_tape=True), as hvp() did before)")
     ap.add_argument("--child", choices=["symprop", "torch"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.case, args.batch, args.calls)))
+        print(json.dumps(child(args.child, args.case, args.batch, args.calls, args.keep_tape)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     runs = {"symprop": [], "torch": []}
     for _ in range(args.repeat):
         for lib in runs:
             out = subprocess.run([sys.executable, __file__, "--child", lib, "--case", args.case, "--batch",
-                                  str(args.batch), "--calls", str(args.calls)], env=env, capture_output=True,
+                                  str(args.batch), "--calls", str(args.calls)] + ["--keep-tape"] * args.keep_tape, env=env, capture_output=True,
                                  text=True, check=True)
             runs[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = {lib: min(r, key=lambda e: e["working_mib"]) for lib, r in runs.items()}

@@ -361,8 +361,8 @@ class Sequential:
         ``keep_tape`` the backward sweep drops each layer's record, tangent and output gradient
         once it has passed the layer, and the forward sweep keeps no input tangent that no
         backward role reads (activations, pooling); the tape then holds only the loss. On the
-        CIFAR CNN at batch 256 that took grad+HVP's working memory from 411 to 206 MiB
-        (PyTorch's double backward: 283-331 MiB; ``benchmarks/hvp_memory.py``)."""
+        CIFAR CNN at batch 256 that took grad+HVP's working memory from 411 to 203 MiB
+        (PyTorch's double backward: 279 MiB; ``benchmarks/hvp_memory.py``)."""
         params, slots = self.param_slots()
         parts = [[v[i] for i in s] for s in slots]
         ctx = self._context(update_buffers)
