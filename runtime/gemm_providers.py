@@ -13,15 +13,18 @@ a user installed as optional extras:
 
 A product's *shape class* is its dtype, transposes, whether a dense kernel splits it over
 threads (``_pgemm``) or a window kernel calls it per sample, and M, N, K each rounded up to
-2^k or 3·2^(k-1). The first time symprop's kernels load in a process, every class measured
-before on this CPU model (the user cache, ``$SYMPROP_CACHE/gemm/``) gets its provider; classes
-not measured yet (the built-in models' classes, and those the kernels marked as seen in earlier
-processes) are timed then, every available provider interleaved on the same product, and the
-fastest is chosen when it beats SciPy's by more than :data:`MARGIN` (so the choice is never
-slower than the old default by more than noise). The table does not change while the process
-runs (``symprop tune`` or :func:`tune` redo the measurements on demand): a shape always runs on
-one provider, so results stay independent of the thread count. Classes first seen in a process
-run on SciPy's BLAS there and are measured at the next start.
+2^k or 3·2^(k-1). The first time symprop's kernels load on a CPU model (no cache yet for it
+and the installed provider versions, ``$SYMPROP_CACHE/gemm/``), the built-in models' classes
+are timed, every available provider interleaved on the same product, and the fastest is
+chosen when it beats SciPy's by more than :data:`MARGIN` (so the choice is never slower than
+the old default by more than noise). Later processes read the cache. The kernels mark every
+class they meet that is not in the table as *seen* (it runs on SciPy's BLAS) and the seen
+classes are saved at exit; ``symprop tune`` (:func:`tune`) measures them, or
+``SYMPROP_GEMM_TUNE=seen`` measures them at the next start. The table never changes while a
+process runs, and by default only when the cache is first written or ``symprop tune`` runs:
+a shape runs on one provider, so results stay bitwise the same on any thread count and from
+one process to the next (measuring newly seen classes at each start would change a class's
+provider, and so the last bits of its products, between two runs).
 
 ``SYMPROP_GEMM=scipy|openblas|mkl`` forces one provider for every product (an absent one is an
 error); ``SYMPROP_GEMM_TUNE=0`` turns the measuring at start-up off (cached choices still apply).
@@ -58,6 +61,7 @@ _lock = threading.RLock()
 _modules: list = []          # generated modules with a GEMM table, as registered
 _state: dict = {}            # "providers": [Provider], "choices": {key: slot}, "active", "default", "forced"
 _configured = [False]
+_at_exit = [False]           # _save_seen registered
 
 
 class Provider:
@@ -329,7 +333,8 @@ def choose(times: dict) -> str:
     return name if times[name] < (1 - MARGIN) * times["scipy"] else "scipy"
 
 
-def tune(classes=None, builtin=True, force=False, providers=None, budget=None, seconds=None, log=None) -> dict:
+def tune(classes=None, builtin=True, force=False, providers=None, budget=None, seconds=None, log=None,
+         seen=True) -> dict:
     """Measure the providers on the shape classes not measured yet on this CPU (all of them with
     ``force``): the built-in models' classes, those the kernels marked as seen, and ``classes``
     (keys or ``(f64, split, ta, tb, M, N, K)`` shapes); save the cache and install the choices.
@@ -345,7 +350,7 @@ def tune(classes=None, builtin=True, force=False, providers=None, budget=None, s
         if builtin:
             for split, ta, tb, M, N, K in BUILTIN:
                 todo.setdefault(mod._gemm_class(False, split, ta, tb, M, N, K), (False, split, ta, tb, M, N, K))
-        for key in list(cache["seen"]) + _seen_now():
+        for key in (list(cache["seen"]) + _seen_now()) if seen else ():
             todo.setdefault(key, decode(key))
         for c in classes or ():
             shape = decode(c) if isinstance(c, int) else tuple(c)
@@ -416,8 +421,9 @@ def setup():
     controls are read, so a provider's own thread pool is held at one thread like SciPy's).
 
     ``SYMPROP_GEMM`` forces a provider (RuntimeError if it is not installed); otherwise the
-    cached choices apply and classes not measured yet are measured (unless
-    ``SYMPROP_GEMM_TUNE=0``)."""
+    cached choices apply. ``SYMPROP_GEMM_TUNE``: unset (default), measure the built-in classes
+    when this CPU has no cache yet; ``seen``, also measure the classes seen in earlier processes
+    (at most :data:`TUNE_SECONDS_AT_START` a start); ``0``, never measure at start-up."""
     with _lock:
         if _configured[0]:
             return
@@ -426,6 +432,8 @@ def setup():
             _configured[0] = True
             if name == "scipy":
                 _state.update(providers=[], choices={}, active=False, default=0, forced=name, classes={})
+                for mod in _modules:
+                    _install_into(mod, [], {}, False, 0)
                 return
             p = load(name)
             if p is None:
@@ -443,16 +451,20 @@ def setup():
             _state.update(providers=[], choices={}, active=False, default=0, forced=None, classes={})
             return
         try:
-            if os.environ.get("SYMPROP_GEMM_TUNE", "1").strip().lower() in ("0", "no", "off", "false"):
-                _install(providers, read_cache(providers=providers)["classes"])
+            mode = os.environ.get("SYMPROP_GEMM_TUNE", "").strip().lower()
+            cached = read_cache(providers=providers)["classes"]
+            if mode == "seen" or (not cached and mode not in ("0", "no", "off", "false")):
+                tune(providers=providers, seconds=TUNE_SECONDS_AT_START, seen=mode == "seen")
             else:
-                tune(providers=providers, seconds=TUNE_SECONDS_AT_START)
+                _install(providers, cached)
         except Exception as e:      # a failed measurement must not stop the kernels: SciPy's BLAS
             import warnings
             warnings.warn(f"symprop: GEMM provider tuning failed ({type(e).__name__}: {e}); "
                           f"using SciPy's BLAS", RuntimeWarning, stacklevel=2)
             _install([], {})
-        atexit.register(_save_seen)
+        if not _at_exit[0]:
+            atexit.register(_save_seen)
+            _at_exit[0] = True
 
 
 def attach(module):

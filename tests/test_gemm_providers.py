@@ -94,9 +94,9 @@ def test_the_kernels_mark_unknown_classes_and_keep_installed_choices(installed):
     assert D._gemm_classes().get(key, "absent") is None
     slot = len(PROVIDERS)          # the last installed provider (0, SciPy's, when none is installed)
     G._install_into(D, PROVIDERS, {key: slot}, True, 0)
-    assert D._gemm_classes() == {key: slot}
+    assert D._gemm_classes()[key] == slot
     y1 = D.dense_forward(x, W, b, np.empty((128, 256), np.float32))
-    assert D._gemm_classes() == {key: slot}
+    assert D._gemm_classes()[key] == slot
     assert np.allclose(y1, y0, rtol=1e-5, atol=1e-4) and np.allclose(y0, x @ W.T, rtol=1e-4, atol=1e-3)
 
 
@@ -108,6 +108,18 @@ def test_dimension_classes_round_up_to_powers_of_two_and_three_halves():
         M = G.decode(key)[4]
         assert M >= d and (M == 1 or G.decode(D._gemm_class(False, False, False, False, M, 1, 1))[4] == M)
         assert M < 2 * d or d == 1
+
+
+@pytest.fixture
+def restore_gemm():
+    """After the test (and after monkeypatch has restored the environment: request this fixture
+    before monkeypatch), configure the providers again from the real cache, as at start-up."""
+    yield
+    G._reset_for_tests()
+    G.setup()
+    for mod in list(G._modules):
+        st = G._state
+        G._install_into(mod, st["providers"], st["choices"], st["active"], st["default"])
 
 
 def _measured(monkeypatch, tmp_path):
@@ -135,18 +147,16 @@ class _FakeProvider(G.Provider):
         super().__init__("openblas", "fake", s, d, "scipy" if p is None else p.path)
 
 
-def test_tuner_measures_once_and_then_reads_the_cache(monkeypatch, tmp_path):
+def test_tuner_measures_once_and_then_reads_the_cache(restore_gemm, monkeypatch, tmp_path):
     calls = _measured(monkeypatch, tmp_path)
     fake = [_FakeProvider()]
-    try:
-        classes = G.tune(providers=fake, budget=3)
-        assert len(calls) == 3 and all(e["choice"] == "openblas" for e in classes.values())
-        assert G.read_cache(providers=fake)["classes"].keys() == classes.keys()
-        calls.clear()
-        G.tune(providers=fake, builtin=False)
-        assert calls == []                                  # everything cached: nothing timed
-    finally:
-        G._reset_for_tests()
+    classes = G.tune(providers=fake, seen=False)
+    n = len({D._gemm_class(False, *b) for b in G.BUILTIN})
+    assert len(calls) == n == len(classes) and all(e["choice"] == "openblas" for e in classes.values())
+    assert G.read_cache(providers=fake)["classes"].keys() == classes.keys()
+    calls.clear()
+    G.tune(providers=fake, seen=False)
+    assert calls == []                                  # everything cached: nothing timed
 
 
 @pytest.mark.parametrize("content", ["{not json", "", "[]", '{"format": 1}', "\x00\xff binary",
@@ -154,20 +164,17 @@ def test_tuner_measures_once_and_then_reads_the_cache(monkeypatch, tmp_path):
                                                                       "model": "17", "name": "x", "isa": []},
                                                  "providers": {}, "classes": {"5": {"choice": "mkl",
                                                                                     "times": {}}}, "seen": []})])
-def test_a_corrupt_or_foreign_cpu_cache_is_measured_anew(monkeypatch, tmp_path, content):
+def test_a_corrupt_or_foreign_cpu_cache_is_measured_anew(restore_gemm, monkeypatch, tmp_path, content):
     calls = _measured(monkeypatch, tmp_path)
     fake = [_FakeProvider()]
     path = G.cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
-    try:
-        assert G.read_cache(providers=fake) == {"classes": {}, "seen": []}
-        classes = G.tune(providers=fake, budget=2)
-        assert len(calls) == 2 and len(classes) == 2
-        data = json.loads(path.read_text())                 # replaced by a valid file for this CPU
-        assert data["cpu"] == G.cpu() and len(data["classes"]) == 2
-    finally:
-        G._reset_for_tests()
+    assert G.read_cache(providers=fake) == {"classes": {}, "seen": []}
+    classes = G.tune(providers=fake, budget=2)
+    assert len(calls) == 2 and len(classes) == 2
+    data = json.loads(path.read_text())                 # replaced by a valid file for this CPU
+    assert data["cpu"] == G.cpu() and len(data["classes"]) == 2
 
 
 def test_every_loaded_provider_is_held_at_one_thread_by_the_kernels():
@@ -181,6 +188,32 @@ def test_every_loaded_provider_is_held_at_one_thread_by_the_kernels():
     for p in PROVIDERS:
         assert any(os.path.realpath(p.path) == os.path.realpath(q) for q in paths), (p, paths)
     assert len(controls) == len(paths)
+
+
+def test_start_up_measures_only_when_this_cpu_has_no_cache(restore_gemm, monkeypatch, tmp_path):
+    """First start on a CPU: the built-in classes are measured and cached. Later starts read the
+    cache and measure nothing, even with classes seen since (their provider would change the
+    last bits of results between runs); SYMPROP_GEMM_TUNE=seen measures those too."""
+    calls = _measured(monkeypatch, tmp_path)
+    fake = [_FakeProvider()]
+    monkeypatch.setattr(G, "available", lambda: fake)
+    monkeypatch.delenv("SYMPROP_GEMM", raising=False)
+    monkeypatch.delenv("SYMPROP_GEMM_TUNE", raising=False)
+    seen_key = D._gemm_class(False, True, False, False, 96, 96, 96)
+    G._reset_for_tests()
+    G.setup()
+    assert len(calls) == len({D._gemm_class(False, *b) for b in G.BUILTIN})
+    cache = G.read_cache(providers=fake)
+    cache["seen"] = [seen_key]
+    G.write_cache(cache, fake)
+    calls.clear()
+    G._reset_for_tests()
+    G.setup()
+    assert calls == []
+    monkeypatch.setenv("SYMPROP_GEMM_TUNE", "seen")
+    G._reset_for_tests()
+    G.setup()
+    assert G.decode(seen_key) in calls       # (with any class this process's kernels marked)
 
 
 def test_tuner_keeps_scipy_unless_an_alternative_is_clearly_faster():
