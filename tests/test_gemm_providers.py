@@ -269,3 +269,24 @@ def test_a_forced_provider_runs_every_product(name, tmp_path):
     r = _run(code, SYMPROP_GEMM=name, SYMPROP_CACHE=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [name, name]
+
+
+def test_symprop_tune_prints_the_choice_per_class(tmp_path):
+    """`symprop tune --json` on a fresh cache: the CPU, and per built-in class the times of every
+    installed provider and the choice (none when only SciPy's BLAS is installed)."""
+    import shutil
+    exe = shutil.which("symprop") or pytest.skip("the symprop command is not installed")
+    r = subprocess.run([exe, "tune", "--json"], capture_output=True, text=True, timeout=300, cwd="/",
+                       env={**{k: v for k, v in os.environ.items() if k != "SYMPROP_GEMM"},
+                            "SYMPROP_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["cpu"] == G.cpu() and set(rep["providers"]) == set(NAMES)
+    if NAMES:
+        assert len(rep["classes"]) == len({D._gemm_class(False, *b) for b in G.BUILTIN})
+        for c in rep["classes"]:
+            assert set(c["us"]) == {"scipy", *NAMES} and c["choice"] in c["us"]
+            assert c["choice"] == "scipy" or c["us"][c["choice"]] < 0.95 * c["us"]["scipy"]
+    r = subprocess.run([exe, "tune"], capture_output=True, text=True, timeout=60, cwd="/",
+                       env={**os.environ, "SYMPROP_GEMM": "mkl"})
+    assert r.returncode != 0 and "unset it to tune" in r.stderr
