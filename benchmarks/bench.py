@@ -62,14 +62,18 @@ def median_time(fn, repeat: int = 7, min_round: float = 0.02) -> float:
 best_of = median_time   # the old name
 
 
-def interleaved(fns: dict, rounds: int = 3, repeat: int = 5) -> dict:
+def interleaved(fns: dict, rounds: int = 3, repeat: int = 5, contexts: dict | None = None) -> dict:
     """``{name: seconds}``: :func:`median_time` of each callable, ``rounds`` times, the
-    callables taking turns each round; the minimum over rounds (the least disturbed)."""
+    callables taking turns each round; the minimum over rounds (the least disturbed).
+    ``contexts``: per name a factory of a context entered around that callable's timing (the
+    GEMM provider of a "symprop on SciPy's BLAS" baseline)."""
+    import contextlib
     ts = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
             if f is not None:
-                ts[k].append(median_time(f, repeat))
+                with (contexts or {}).get(k, contextlib.nullcontext)():
+                    ts[k].append(median_time(f, repeat))
     return {k: (min(v) if v else None) for k, v in ts.items()}
 
 
@@ -118,6 +122,18 @@ def load_blas_libraries() -> None:
     for name in ("dense", "window", "activations", "composite", "losses", "optimizers"):
         kernels.load(name)
     import torch  # noqa: F401
+
+
+def machine_info() -> dict:
+    """Where the run happened: CPU model and ISA extensions, SciPy's BLAS, the GEMM providers
+    loaded (versions), the one forced by ``SYMPROP_GEMM`` if any, and the tuner's choice and
+    timings per shape class (``symprop.runtime.gemm_providers.report``)."""
+    from symprop.runtime import gemm_providers
+    gemm_providers.setup()
+    rep = gemm_providers.report()
+    import scipy
+    return {"cpu": rep["cpu"], "scipy": scipy.__version__, "scipy_blas": rep["scipy_blas"],
+            "gemm_providers": rep["providers"], "gemm_forced": rep["forced"], "gemm_classes": rep["classes"]}
 
 
 def sgemm_peak(threads: int, n: int = 1024, repeat: int = 9) -> dict:
@@ -202,10 +218,12 @@ def torch_adahessian_step(params, loss_fn, state, lr=0.15, betas=(0.9, 0.999), e
 
 
 def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 3, repeat: int = 5,
-            wait_quiet=None):
+            wait_quiet=None, gemm_baseline: bool = False):
     """Forward, SGD train step, gradient + exact HVP, Adam step and AdaHessian step: symprop,
     PyTorch and (``use_jax``) JAX, interleaved in the same run. ``wait_quiet()`` (if given) is
-    called before each row and returns the other processes' CPU share it saw."""
+    called before each row and returns the other processes' CPU share it saw. With
+    ``gemm_baseline`` symprop also runs with every GEMM on SciPy's BLAS (the default before
+    GEMM providers), interleaved: ``symprop_scipy_ms`` and the time the chosen providers save."""
     import torch
     from symprop import optimizers as O
 
@@ -263,8 +281,17 @@ def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 
     for what in WHATS:
         s, t = pairs[what]
         busy = wait_quiet() if wait_quiet else None
-        ts = interleaved({"symprop": s, "torch": t, "jax": jfns.get(what)}, rounds, repeat)
+        fns = {"symprop": s, "torch": t, "jax": jfns.get(what)}
+        if gemm_baseline:
+            from symprop.runtime import gemm_providers
+            fns["symprop_scipy"] = s
+        ts = interleaved(fns, rounds, repeat,
+                         contexts={"symprop_scipy": lambda: gemm_providers.using("scipy")} if gemm_baseline else None)
         row = {"case": name, "what": what, "gemm_mflop": flops[what] / 1e6, "busy": busy}
+        if gemm_baseline:
+            row["symprop_scipy_ms"] = 1e3 * ts["symprop_scipy"]
+            row["ratio_torch_scipy_gemm"] = ts["symprop_scipy"] / ts["torch"]
+            row["gemm_saving"] = 1 - ts["symprop"] / ts["symprop_scipy"]
         for lib in ("symprop", "torch", "jax"):
             sec = ts[lib]
             row[f"{lib}_ms"] = None if sec is None else 1e3 * sec
@@ -278,6 +305,8 @@ def compare(name, model, X, y, peak_gflops: float, use_jax: bool, rounds: int = 
                                         by["adahessian step"][f"{lib}_ms"] / by["adam step"][f"{lib}_ms"])
                   for lib in ("symprop", "torch", "jax")}
     rows.append({"case": name, "what": "adahessian/adam", **step_ratio})
+    from symprop.runtime import gemm_providers
+    rows.append({"case": name, "what": "gemm providers", "layers": gemm_providers.layer_report(model, len(X))})
     return rows
 
 
@@ -336,13 +365,17 @@ DIGITS_HIDDEN = 512    # the MLP of `symprop train` (runtime.models.mlp's defaul
 SETTLE_S = 0.3
 
 
-def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float = 1e-3) -> dict:
+def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float = 1e-3,
+                   gemm_baseline: bool = False) -> dict:
     """``symprop``'s ``fit`` vs scikit-learn's ``MLPClassifier.fit`` doing the same work: the
     digits training split (float32), 64-512-10 ReLU, Adam(lr) with batch ``batch``, ``epochs``
     shuffled epochs, no L2 (sklearn alpha=0), no early stopping, tol=0 with
     ``n_iter_no_change`` above ``epochs`` (so sklearn never stops early). Median of ``runs``
-    interleaved fits each, from the same initial weights every run (fresh models)."""
+    interleaved fits each, from the same initial weights every run (fresh models). With
+    ``gemm_baseline`` a third fit per run has every GEMM on SciPy's BLAS."""
     import warnings
+
+    from symprop.runtime import gemm_providers
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
@@ -351,8 +384,15 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
     from symprop.runtime.models import mlp
 
     (X, y), (Xt, yt) = load_digits()
-    ts, tk, acc_s, acc_k = [], [], [], []
+    ts, tk, t0s, acc_s, acc_k = [], [], [], [], []
     for r in range(runs):
+        if gemm_baseline:
+            model = mlp(X.shape[1:], classes=10, hidden=DIGITS_HIDDEN, activation="relu", dtype="float32", seed=r)
+            time.sleep(SETTLE_S)
+            with gemm_providers.using("scipy"):
+                t0 = time.perf_counter()
+                model.fit(X, y, epochs=epochs, batch_size=batch, optimizer=O.Adam(lr=lr), verbose=0)
+                t0s.append(time.perf_counter() - t0)
         model = mlp(X.shape[1:], classes=10, hidden=DIGITS_HIDDEN, activation="relu", dtype="float32", seed=r)
         time.sleep(SETTLE_S)
         t0 = time.perf_counter()
@@ -381,7 +421,10 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
             "symprop_ms_per_step": 1e3 * float(np.median(ts)) / steps,
             "sklearn_ms_per_step": 1e3 * float(np.median(tk)) / steps,
             "symprop_test_acc": float(np.mean(acc_s)), "sklearn_test_acc": float(np.mean(acc_k)),
-            "sklearn_dtype": str(clf.coefs_[0].dtype)}
+            "sklearn_dtype": str(clf.coefs_[0].dtype),
+            "symprop_scipy_gemm_s": float(np.median(t0s)) if t0s else None,
+            "ratio_sklearn_scipy_gemm": float(np.median(t0s) / np.median(tk)) if t0s else None,
+            "gemm_providers": gemm_providers.layer_report(model, batch)}
 
 
 def _fmt(v, spec):
@@ -391,7 +434,18 @@ def _fmt(v, spec):
     return DASH.rjust(int(width)) if width.isdigit() else DASH
 
 
+def print_machine(m: dict) -> None:
+    cpu = m["cpu"]
+    print(f"CPU: {cpu['name']} (vendor {cpu['vendor']}, family {cpu['family']} model {cpu['model']}; "
+          f"{' '.join(cpu['isa'])})")
+    prov = ", ".join(f"{n} {p['version']}" for n, p in m["gemm_providers"].items()) or "none"
+    print(f"BLAS: SciPy {m['scipy']} with {m['scipy_blas']}; GEMM providers: {prov}"
+          + (f"; forced: {m['gemm_forced']}" if m.get("gemm_forced") else ""))
+
+
 def print_table(res: dict) -> None:
+    if res.get("machine"):
+        print_machine(res["machine"])
     pk = res["peak"]
     print(f"sgemm peak ({pk['n']}x{pk['n']} square, {pk['threads']} threads, measured before each case): SciPy "
           f"OpenBLAS " + ", ".join(f"{c} {p['scipy_gflops']:.0f}" for c, p in res.get("peak_by_case", {}).items())
@@ -403,6 +457,12 @@ def print_table(res: dict) -> None:
     print(f"{'case':26s} {'what':16s} {'GEMM MF':>7s} {'symprop':>8s} {'torch':>8s} {'jax':>8s} "
           f"{'s/torch':>7s} {'s/jax':>6s}   roofline % s/t/j")
     for r in res["rows"]:
+        if r["what"] == "gemm providers":
+            by = {}
+            for e in r["layers"]:
+                by.setdefault(e["provider"], []).append(f"{e['layer']} {e['role']} {e['op']} {e['shape']}")
+            print(f"{r['case']:26s} GEMM providers: " + "; ".join(f"{p}: {', '.join(v)}" for p, v in by.items()))
+            continue
         if r["what"] == "adahessian/adam":
             print(f"{r['case']:26s} {'adahessian/adam':16s} {'':7s} {_fmt(r['symprop_step_ratio'], '7.2f')}x "
                   f"{_fmt(r['torch_step_ratio'], '7.2f')}x {_fmt(r['jax_step_ratio'], '7.2f')}x   (step-time ratios)")
@@ -412,12 +472,16 @@ def print_table(res: dict) -> None:
         print(f"{r['case']:26s} {r['what']:16s} {r['gemm_mflop']:7.1f} {_fmt(r['symprop_ms'], '8.3f')} "
               f"{_fmt(r['torch_ms'], '8.3f')} {_fmt(r['jax_ms'], '8.3f')} {_fmt(r['ratio_torch'], '7.2f')} "
               f"{_fmt(r['ratio_jax'], '6.2f')}   {roof}"
-              + (f"   busy {100 * r['busy']:.0f}%" if r.get("busy") is not None and r["busy"] >= 0.2 else ""))
+              + (f"   busy {100 * r['busy']:.0f}%" if r.get("busy") is not None and r["busy"] >= 0.2 else "")
+              + (f"   on SciPy's BLAS {r['symprop_scipy_ms']:.3f} ms, s/torch {r['ratio_torch_scipy_gemm']:.2f}"
+                 if r.get("symprop_scipy_ms") is not None else ""))
     d = res.get("digits")
     if d:
         print(f"{d['case']}: symprop fit {d['symprop_s']:.3f} s, sklearn MLPClassifier.fit {d['sklearn_s']:.3f} s "
               f"({d['sklearn_dtype']}) -> ratio {d['ratio_sklearn']:.2f}; per step {d['symprop_ms_per_step']:.3f} "
-              f"vs {d['sklearn_ms_per_step']:.3f} ms; test acc {d['symprop_test_acc']:.3f} vs {d['sklearn_test_acc']:.3f}")
+              f"vs {d['sklearn_ms_per_step']:.3f} ms; test acc {d['symprop_test_acc']:.3f} vs {d['sklearn_test_acc']:.3f}"
+              + (f"; on SciPy's BLAS {d['symprop_scipy_gemm_s']:.3f} s, ratio {d['ratio_sklearn_scipy_gemm']:.2f}"
+                 if d.get("symprop_scipy_gemm_s") else ""))
     if res.get("busy_before_case"):
         print("other processes' CPU use before each case: " + ", ".join(
             f"{c} {DASH if b is None else f'{100 * b:.0f}%'}" for c, b in res["busy_before_case"].items()))
@@ -437,6 +501,9 @@ def main(argv=None):
     ap.add_argument("--wait-quiet", type=float, default=2.0,
                     help="seconds to wait, before each case, for other processes to use < 20%% of the machine "
                          "(the load seen is printed either way)")
+    ap.add_argument("--gemm-baseline", action="store_true",
+                    help="also time symprop with every GEMM on SciPy's BLAS, interleaved (what the GEMM "
+                         "providers chosen by measurement save)")
     ap.add_argument("--digits-epochs", type=int, default=40, help="epochs of the digits case (default 40, "
                     "the CLI's for the MLP)")
     args = ap.parse_args(argv)
@@ -469,12 +536,12 @@ def main(argv=None):
         for c in cases:
             busy[c] = quiet()
             if c == "digits":
-                digits = digits_compare(args.digits_epochs)
+                digits = digits_compare(args.digits_epochs, gemm_baseline=args.gemm_baseline)
             else:
                 # the roofline of this case: the peak measured just before it, under the same load
                 peaks[c] = peak = sgemm_peak(args.threads)
                 rows += compare(*CASES[c](), peak_gflops=peak["scipy_gflops"], use_jax=use_jax, rounds=args.rounds,
-                                wait_quiet=quiet)
+                                wait_quiet=quiet, gemm_baseline=args.gemm_baseline)
         # the roofline: the best peak seen in the run (other processes only ever lower a measurement)
         peak = max(peaks.values(), key=lambda p: p["scipy_gflops"]) if peaks else sgemm_peak(args.threads)
         peak = {**peak, "torch_gflops": max(p["torch_gflops"] for p in peaks.values()) if peaks else peak["torch_gflops"]}
@@ -482,7 +549,7 @@ def main(argv=None):
             for lib in ("symprop", "torch", "jax"):
                 if r.get(f"{lib}_ms") is not None and "gemm_mflop" in r:
                     r[f"{lib}_roofline"] = r["gemm_mflop"] * 1e6 / (r[f"{lib}_ms"] * 1e-3 * peak["scipy_gflops"] * 1e9)
-    res = {"threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
+    res = {"machine": machine_info(), "threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
            "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy,
            # torch is imported first: its libgomp.so.1 is the one both libraries share, and it has
            # read its settings before symprop's runtime could bound the spin (runtime/openmp.py)

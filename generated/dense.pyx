@@ -61,22 +61,98 @@ cdef inline double _sum_f64(const double* a, Py_ssize_t n) noexcept nogil:
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+# GEMM providers. Slot 0 is SciPy's BLAS (scipy.linalg.cython_blas); the runtime
+# (symprop.runtime.gemm_providers) may install others (a Fortran ?gemm_ with 32-bit ints:
+# scipy-openblas32, MKL) and a choice of provider per shape class, measured on this CPU. A shape
+# class is (dtype, transposes, whether the product is split over threads, and M, N, K each
+# rounded up to 2^k or 3*2^(k-1)); the table maps a class to a provider, or marks it seen and
+# not yet measured (then slot 0). The table changes only when the runtime installs a new one,
+# never from inside a kernel, so within a process a shape always takes the same provider and
+# results do not depend on the thread count (a product's blocks depend on its shape only).
+ctypedef void (*_sgemm_t)(char* ta, char* tb, int* m, int* n, int* k, float* alpha, float* a, int* lda,
+                          float* b, int* ldb, float* beta, float* c, int* ldc) noexcept nogil
+ctypedef void (*_dgemm_t)(char* ta, char* tb, int* m, int* n, int* k, double* alpha, double* a, int* lda,
+                          double* b, int* ldb, double* beta, double* c, int* ldc) noexcept nogil
+cdef extern from *:
+    """
+    #include <time.h>
+    """
+    int __builtin_clz(unsigned int) nogil
+    ctypedef struct _timespec "struct timespec":
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int, _timespec*) nogil
+    int CLOCK_MONOTONIC
+cdef enum:
+    _GEMM_PROVIDERS = 8
+    _GEMM_SLOTS = 1024          # power of two
+    _GEMM_PROBES = 32
+    _GEMM_PENDING = 15          # state of a class seen but not measured
+cdef _sgemm_t _sgemm_of[_GEMM_PROVIDERS]
+cdef _dgemm_t _dgemm_of[_GEMM_PROVIDERS]
+cdef int _n_gemm_providers = 1
+_sgemm_of[0] = <_sgemm_t>sgemm
+_dgemm_of[0] = <_dgemm_t>dgemm
+# entries: 0 empty, else key << 4 | state (provider index, or _GEMM_PENDING)
+cdef unsigned long long _gemm_table[_GEMM_SLOTS]
+# whether to look products up at all (False: every product on _gemm_default, as with one
+# provider or one forced by the user)
+cdef bint _gemm_active = False
+cdef int _gemm_default = 0
+
+
+cdef inline int _dim_class(int d) noexcept nogil:
+    # index of the smallest of 1, 2, 3, 4, 6, 8, 12, ... at least d
+    cdef int k
+    if d <= 1:
+        return 0
+    k = 32 - __builtin_clz(<unsigned int>(d - 1))      # 2^(k-1) < d <= 2^k
+    if k >= 2 and d <= 3 << (k - 2):
+        return 2 * k - 1
+    return 2 * k
+
+
+cdef inline unsigned long long _gemm_key(int f64, bint split, bint ta, bint tb, int M, int N, int K) noexcept nogil:
+    return ((<unsigned long long>f64 << 21) | (<unsigned long long>split << 20) | (<unsigned long long>ta << 19)
+            | (<unsigned long long>tb << 18) | (<unsigned long long>_dim_class(M) << 12)
+            | (<unsigned long long>_dim_class(N) << 6) | <unsigned long long>_dim_class(K)) + 1
+
+
+cdef int _gemm_provider(int f64, bint split, bint ta, bint tb, int M, int N, int K) noexcept nogil:
+    # the provider of this shape's class; an unknown class is marked seen (for the tuner) and
+    # runs on slot 0. Concurrent markers may overwrite each other's new entry: a lost mark is
+    # made again at the next product of that class.
+    cdef unsigned long long key = _gemm_key(f64, split, ta, tb, M, N, K)
+    cdef unsigned long long e
+    cdef int i, h = <int>((key * 0x9E3779B97F4A7C15ULL) >> 54) & (_GEMM_SLOTS - 1)
+    cdef int s
+    for i in range(_GEMM_PROBES):
+        e = _gemm_table[(h + i) & (_GEMM_SLOTS - 1)]
+        if e == 0:
+            _gemm_table[(h + i) & (_GEMM_SLOTS - 1)] = (key << 4) | _GEMM_PENDING
+            return 0
+        if (e >> 4) == key:
+            s = <int>(e & 15)
+            return s if s < _n_gemm_providers else 0
+    return 0
+
+
+cdef inline void _gemm_on_f32(int p, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
+                              float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # row-major C[M,N] = alpha op(A) op(B) + beta C, as column-major C^T = op(B)^T op(A)^T, on provider p
+    cdef char cta = b'T' if ta else b'N'
+    cdef char ctb = b'T' if tb else b'N'
+    _sgemm_of[p](&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+
+
 cdef inline void _gemm_f32(bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
                            float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
-    # row-major C[M,N] = alpha op(A) op(B) + beta C, as column-major C^T = op(B)^T op(A)^T
-    cdef char cta = b'T' if ta else b'N'
-    cdef char ctb = b'T' if tb else b'N'
-    sgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+    # one product on one thread (a window kernel's per-sample GEMM), on its class's provider
+    cdef int p = _gemm_provider(0, False, ta, tb, M, N, K) if _gemm_active else _gemm_default
+    _gemm_on_f32(p, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
 
-cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
-                           double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
-    cdef char cta = b'T' if ta else b'N'
-    cdef char ctb = b'T' if tb else b'N'
-    dgemm(&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
-
-
-cdef inline void _gemm_block_f32(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, float alpha,
+cdef inline void _gemm_block_f32(int p, int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, float alpha,
                                   float* A, int lda, float* B_, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
     cdef int E = M if rows else N
@@ -85,15 +161,15 @@ cdef inline void _gemm_block_f32(int t, int B, bint rows, bint ta, bint tb, int 
     if hi <= lo:
         return
     if rows:
-        _gemm_f32(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        _gemm_on_f32(p, ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                      B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
     else:
-        _gemm_f32(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                   beta, C + lo, ldc)
+        _gemm_on_f32(p, ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                      beta, C + lo, ldc)
 
 
-cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
-                       float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
+cdef void _pgemm_on_f32(int p, int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
+                          float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
     # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
     # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
     # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
@@ -108,19 +184,41 @@ cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, 
     cdef int t, nb = 2
     cdef bint rows = M >= N or M >= 192
     if <double>M * N * K < 131072.0:
-        _gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        _gemm_on_f32(p, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
     while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
         nb *= 2
     if T <= 1:
         for t in range(nb):
-            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+            _gemm_block_f32(p, t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
         for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
-            _gemm_block_f32(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+            _gemm_block_f32(p, t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
 
-cdef inline void _gemm_block_f64(int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, double alpha,
+cdef void _pgemm_f32(int T, bint ta, bint tb, int M, int N, int K, float alpha, float* A, int lda,
+                       float* B, int ldb, float beta, float* C, int ldc) noexcept nogil:
+    # a dense kernel's GEMM (threaded in blocks, see _pgemm_on) on its class's provider
+    cdef int p = _gemm_provider(0, True, ta, tb, M, N, K) if _gemm_active else _gemm_default
+    _pgemm_on_f32(p, T, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline void _gemm_on_f64(int p, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                              double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # row-major C[M,N] = alpha op(A) op(B) + beta C, as column-major C^T = op(B)^T op(A)^T, on provider p
+    cdef char cta = b'T' if ta else b'N'
+    cdef char ctb = b'T' if tb else b'N'
+    _dgemm_of[p](&ctb, &cta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc)
+
+
+cdef inline void _gemm_f64(bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                           double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # one product on one thread (a window kernel's per-sample GEMM), on its class's provider
+    cdef int p = _gemm_provider(1, False, ta, tb, M, N, K) if _gemm_active else _gemm_default
+    _gemm_on_f64(p, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline void _gemm_block_f64(int p, int t, int B, bint rows, bint ta, bint tb, int M, int N, int K, double alpha,
                                   double* A, int lda, double* B_, int ldb, double beta, double* C, int ldc) noexcept nogil:
     # block t of B of _pgemm: C's rows (or columns) [E*t // B, E*(t+1) // B)
     cdef int E = M if rows else N
@@ -129,15 +227,15 @@ cdef inline void _gemm_block_f64(int t, int B, bint rows, bint ta, bint tb, int 
     if hi <= lo:
         return
     if rows:
-        _gemm_f64(ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
-                   B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
+        _gemm_on_f64(p, ta, tb, hi - lo, N, K, alpha, A + (lo if ta else <Py_ssize_t>lo * lda), lda,
+                      B_, ldb, beta, C + <Py_ssize_t>lo * ldc, ldc)
     else:
-        _gemm_f64(ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
-                   beta, C + lo, ldc)
+        _gemm_on_f64(p, ta, tb, M, hi - lo, K, alpha, A, lda, B_ + (<Py_ssize_t>lo * ldb if tb else lo), ldb,
+                      beta, C + lo, ldc)
 
 
-cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
-                       double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+cdef void _pgemm_on_f64(int p, int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                          double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
     # _gemm in blocks of C's rows when there are at least 192 or at least as many rows as
     # columns, else of its columns, the blocks shared out to T threads (single-threaded BLAS
     # inside, see _parallel_enter); small products in one block. The blocks depend on the shape
@@ -152,17 +250,144 @@ cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha,
     cdef int t, nb = 2
     cdef bint rows = M >= N or M >= 192
     if <double>M * N * K < 131072.0:
-        _gemm_f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        _gemm_on_f64(p, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
         return
     while nb < 8 and (M if rows else N) >= 256 * 2 * nb:
         nb *= 2
     if T <= 1:
         for t in range(nb):
-            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+            _gemm_block_f64(p, t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
     else:
         for t in prange(nb, num_threads=T if T < nb else nb, schedule="static"):
-            _gemm_block_f64(t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+            _gemm_block_f64(p, t, nb, rows, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 
+
+cdef void _pgemm_f64(int T, bint ta, bint tb, int M, int N, int K, double alpha, double* A, int lda,
+                       double* B, int ldb, double beta, double* C, int ldc) noexcept nogil:
+    # a dense kernel's GEMM (threaded in blocks, see _pgemm_on) on its class's provider
+    cdef int p = _gemm_provider(1, True, ta, tb, M, N, K) if _gemm_active else _gemm_default
+    _pgemm_on_f64(p, T, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+
+
+def _gemm_providers_install(providers, choices, bint active, int default=0):
+    """Install GEMM providers and the per-class choice (symprop.runtime.gemm_providers).
+
+    ``providers``: ``(sgemm, dgemm)`` function addresses for slots 1, 2, ... (Fortran
+    interface, 32-bit ints; slot 0 stays SciPy's); ``choices``: ``{class key: slot}``;
+    ``active``: look products up (and mark unknown classes seen) at all, else run every product
+    on slot ``default``. Classes seen and not in ``choices`` stay marked."""
+    global _n_gemm_providers, _gemm_active, _gemm_default
+    cdef int k
+    cdef unsigned long long e
+    if len(providers) >= _GEMM_PROVIDERS:
+        raise ValueError(f"at most {_GEMM_PROVIDERS - 1} extra GEMM providers, got {len(providers)}")
+    for key, slot in choices.items():
+        if not 0 <= slot <= len(providers):
+            raise ValueError(f"GEMM class {key}: provider slot {slot} of {len(providers) + 1}")
+    if not 0 <= default <= len(providers):
+        raise ValueError(f"default GEMM provider slot {default} of {len(providers) + 1}")
+    _gemm_active, _gemm_default = False, 0
+    seen = []
+    for k in range(_GEMM_SLOTS):
+        e = _gemm_table[k]
+        if e != 0 and (e & 15) == _GEMM_PENDING and int(e >> 4) not in choices:
+            seen.append(int(e >> 4))
+        _gemm_table[k] = 0
+    _n_gemm_providers = 1
+    for k, (s, d) in enumerate(providers):
+        if not s or not d:
+            raise ValueError("a GEMM provider needs both sgemm and dgemm addresses")
+        _sgemm_of[k + 1] = <_sgemm_t><size_t>s
+        _dgemm_of[k + 1] = <_dgemm_t><size_t>d
+    _n_gemm_providers = len(providers) + 1
+    for key, state in list(choices.items()) + [(key, _GEMM_PENDING) for key in seen]:
+        h = ((int(key) * 0x9E3779B97F4A7C15) % (1 << 64)) >> 54
+        for k in range(_GEMM_PROBES):
+            if _gemm_table[(h + k) & (_GEMM_SLOTS - 1)] == 0:
+                _gemm_table[(h + k) & (_GEMM_SLOTS - 1)] = (<unsigned long long>key << 4) | <unsigned long long>state
+                break
+    _gemm_default = default
+    _gemm_active = active
+
+
+def _gemm_classes():
+    """``{class key: slot or None (seen, not measured)}`` of this module's table."""
+    cdef int k
+    cdef unsigned long long e
+    found = {}
+    for k in range(_GEMM_SLOTS):
+        e = _gemm_table[k]
+        if e != 0:
+            found[int(e >> 4)] = None if (e & 15) == _GEMM_PENDING else int(e & 15)
+    return found
+
+
+def _gemm_class(bint f64, bint split, bint ta, bint tb, int M, int N, int K):
+    """The class key of a product (what the table is indexed by)."""
+    return int(_gemm_key(f64, split, ta, tb, M, N, K))
+
+
+def _gemm_time(int p, bint f64, bint split, bint ta, bint tb, int M, int N, int K, int T, int reps):
+    """Seconds for ``reps`` products C = op(A) op(B) of this shape on provider slot ``p``
+    (split over T threads as a dense kernel does if ``split``, else one call as a window kernel
+    makes), on random data; for the tuner (hold the BLAS at one thread while timing)."""
+    import numpy as _np
+    if not 0 <= p < _n_gemm_providers or M < 1 or N < 1 or K < 1 or reps < 1:
+        raise ValueError(f"_gemm_time: provider {p} of {_n_gemm_providers}, shape {M}x{N}x{K}, reps {reps}")
+    dt = _np.float64 if f64 else _np.float32
+    rng = _np.random.default_rng(0)
+    a = _np.ascontiguousarray(rng.standard_normal((K, M) if ta else (M, K)), dtype=dt)
+    b = _np.ascontiguousarray(rng.standard_normal((N, K) if tb else (K, N)), dtype=dt)
+    c = _np.zeros((M, N), dtype=dt)
+    cdef size_t pa = a.ctypes.data, pb = b.ctypes.data, pc = c.ctypes.data
+    cdef int lda = M if ta else K, ldb = K if tb else N, r
+    cdef _timespec t0, t1
+    with nogil:
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        for r in range(reps):
+            if f64:
+                if split:
+                    _pgemm_on_f64(p, T, ta, tb, M, N, K, 1.0, <double*>pa, lda, <double*>pb, ldb, 0.0, <double*>pc, N)
+                else:
+                    _gemm_on_f64(p, ta, tb, M, N, K, 1.0, <double*>pa, lda, <double*>pb, ldb, 0.0, <double*>pc, N)
+            else:
+                if split:
+                    _pgemm_on_f32(p, T, ta, tb, M, N, K, 1.0, <float*>pa, lda, <float*>pb, ldb, 0.0, <float*>pc, N)
+                else:
+                    _gemm_on_f32(p, ta, tb, M, N, K, 1.0, <float*>pa, lda, <float*>pb, ldb, 0.0, <float*>pc, N)
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+    return (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec)
+
+
+def _gemm_product(int p, bint split, bint ta, bint tb, A, B, int T=1):
+    """C = op(A) op(B) on provider slot ``p`` through the kernels' own GEMM path (for tests
+    comparing providers): A, B C-contiguous 2-D float32 or float64 of one dtype."""
+    import numpy as _np
+    if not 0 <= p < _n_gemm_providers:
+        raise ValueError(f"_gemm_product: provider {p} of {_n_gemm_providers}")
+    if A.dtype != B.dtype or A.dtype not in (_np.float32, _np.float64) or A.ndim != 2 or B.ndim != 2:
+        raise TypeError("_gemm_product: A and B must be 2-D float32 or float64 of one dtype")
+    A, B = _np.ascontiguousarray(A), _np.ascontiguousarray(B)
+    cdef int M = A.shape[1] if ta else A.shape[0], K = A.shape[0] if ta else A.shape[1]
+    cdef int N = B.shape[0] if tb else B.shape[1]
+    if (B.shape[1] if tb else B.shape[0]) != K:
+        raise ValueError(f"_gemm_product: inner sizes differ, {A.shape} and {B.shape}")
+    C = _np.zeros((M, N), dtype=A.dtype)
+    cdef size_t pa = A.ctypes.data, pb = B.ctypes.data, pc = C.ctypes.data
+    cdef int lda = A.shape[1], ldb = B.shape[1]
+    cdef bint f64 = A.dtype == _np.float64
+    with nogil:
+        if f64:
+            if split:
+                _pgemm_on_f64(p, T, ta, tb, M, N, K, 1.0, <double*>pa, lda, <double*>pb, ldb, 0.0, <double*>pc, N)
+            else:
+                _gemm_on_f64(p, ta, tb, M, N, K, 1.0, <double*>pa, lda, <double*>pb, ldb, 0.0, <double*>pc, N)
+        else:
+            if split:
+                _pgemm_on_f32(p, T, ta, tb, M, N, K, 1.0, <float*>pa, lda, <float*>pb, ldb, 0.0, <float*>pc, N)
+            else:
+                _gemm_on_f32(p, ta, tb, M, N, K, 1.0, <float*>pa, lda, <float*>pb, ldb, 0.0, <float*>pc, N)
+    return C
 import numpy as _np
 
 ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil

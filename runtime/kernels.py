@@ -24,6 +24,7 @@ import threading
 import numpy as np
 
 from .. import blas_threads
+from . import gemm_providers
 
 #: the fused roles (``codegen/fusion.py``)
 FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS = "forward+jvp", "vjp+rvjp", "vjp+rvjp:params"
@@ -44,6 +45,7 @@ def register(module):
                 dispatch = _dispatcher()
                 for name, kernel in dispatch.bind(module).items():
                     setattr(module, name, kernel)
+                gemm_providers.attach(module)
             _registered.add(id(module))
     return module
 
@@ -59,6 +61,7 @@ def _dispatcher():
     start its own pool inside our OpenMP loops)."""
     import scipy.linalg.cython_blas  # noqa: F401 — the BLAS the kernels call, loaded before the controls are read
     from ..generated import dispatch
+    gemm_providers.setup()      # loads the GEMM providers (their BLAS pools held like SciPy's)
     controls = blas_threads.controls()
     if controls != _dispatch_controls[0]:
         try:

@@ -58,6 +58,24 @@ class Tape:
         self.gs = None
 
 
+#: backward roles (what vjp_rvjp may run) as the manifest names them
+_BACKWARD_ROLES = ("vjp", "rvjp", "vjp+rvjp")
+
+
+def _backward_reads_input_tangent(layer) -> bool:
+    """Whether ``layer``'s pullback or R-op may read the tangent of its input (``Rx``): True
+    unless it is an activation or pooling layer whose generated backward roles (fused or
+    separate) take no ``R<input>`` argument per the manifest (their R-op is linear in ``Rg``
+    and the saved record), so the forward sweep need not keep that tangent alive."""
+    from .activation import Activation
+    from .conv import AvgPool2D, MaxPool2D
+    K = getattr(layer, "kernels", None)
+    if not isinstance(layer, (Activation, MaxPool2D, AvgPool2D)) or not hasattr(K, "roles"):
+        return True
+    name = "R" + K.input
+    return any(name in role.arrays for r, role in K.roles.items() if r.split(":")[0] in _BACKWARD_ROLES)
+
+
 def _sum_uses(acc: list, slots, values) -> None:
     """Add a layer's per-parameter results into ``acc`` at the parameters' slots (a shared
     parameter sums over its uses); a None value (no direction reached it) adds nothing."""
@@ -334,18 +352,24 @@ class Sequential:
         Hv = _zeros_where_none(Hv, params)
         return self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
-    def forward_over_reverse(self, X, y, v: list[np.ndarray], update_buffers: bool = False):
+    def forward_over_reverse(self, X, y, v: list[np.ndarray], update_buffers: bool = False, keep_tape: bool = True):
         """``(tape, grads, Hv)`` on a validated batch and direction, in two sweeps: every layer's
         forward and JVP together (one fused kernel per spec layer whose module has one), the
         loss with its gradient and Hessian-vector term, then every layer's pullback and its
         R-op together. The tape is what :meth:`trace` + :meth:`backward` with
-        ``keep_output_grads`` would leave (further :meth:`rop` calls may use it)."""
+        ``keep_output_grads`` would leave (further :meth:`rop` calls may use it). Without
+        ``keep_tape`` the backward sweep drops each layer's record, tangent and output gradient
+        once it has passed the layer, and the forward sweep keeps no input tangent that no
+        backward role reads (activations, pooling); the tape then holds only the loss. On the
+        CIFAR CNN at batch 256 that took grad+HVP's working memory from 411 to 203 MiB
+        (PyTorch's double backward: 279 MiB; ``benchmarks/hvp_memory.py``)."""
         params, slots = self.param_slots()
         parts = [[v[i] for i in s] for s in slots]
         ctx = self._context(update_buffers)
         out, Rx, recs, Rxs = X, None, [], []
         for layer, Rp in zip(self.layers, parts):
-            Rxs.append(Rx)
+            # a tangent no backward role reads is not kept (kept with the tape: rop may want it)
+            Rxs.append(Rx if keep_tape or _backward_reads_input_tangent(layer) else None)
             out, Rx, rec = layer.forward_jvp(out, Rx, Rp, ctx)
             recs.append(rec)
         loss, g, lctx = self.loss.value_and_grad(out, y)
@@ -353,12 +377,18 @@ class Sequential:
         Rg = self.loss.hvp(lctx, out, y, Rx if Rx is not None else np.zeros_like(out))
         grads, Hv = [None] * len(params), [None] * len(params)
         gs = [None] * len(self.layers)
+        if not keep_tape:
+            tape.records = tape.out = tape.loss_ctx = tape.grad_out = None
+            out = Rx = None
         for k in range(len(self.layers) - 1, -1, -1):
-            gs[k] = g
+            if keep_tape:
+                gs[k] = g
             g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
+            if not keep_tape:
+                recs[k] = Rxs[k] = None
             _sum_uses(grads, slots[k], pg)
             _sum_uses(Hv, slots[k], Rp)
-        tape.gs = gs
+        tape.gs = gs if keep_tape else None
         Hv = _zeros_where_none(Hv, params)
         return tape, self.add_penalty_terms(grads, "vjp:x"), self.add_penalty_terms(Hv, "rvjp:x", v=v)
 
@@ -384,7 +414,7 @@ class Sequential:
         and one backward+R-op sweep (:meth:`forward_over_reverse`)."""
         X, y = self._check_batch(X, y)
         v = self._check_direction(v)
-        tape, grads, hv = self.forward_over_reverse(X, y, v, update_buffers=False)
+        tape, grads, hv = self.forward_over_reverse(X, y, v, update_buffers=False, keep_tape=False)
         return (tape.loss, grads, hv) if return_grad else hv
 
     def hessian_diagonal(self, X, y, method: str = "exact", samples: int = 100, seed: int | None = None):

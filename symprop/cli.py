@@ -533,7 +533,48 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.set_defaults(fn=cmd_evaluate)
 
+    u = sub.add_parser("tune", help="measure the GEMM providers (SciPy's BLAS, [openblas], [mkl]) per shape class "
+                       "on this CPU and cache the fastest (docs/performance.md)")
+    u.add_argument("--keep", action="store_true", help="measure only classes not measured yet on this CPU")
+    u.add_argument("--json", action="store_true", help="print the report as JSON")
+    u.set_defaults(fn=cmd_tune)
+
     return p
+
+
+def cmd_tune(args) -> int:
+    """Time every installed GEMM provider on the built-in and seen shape classes; print the choice."""
+    import json
+    import os
+
+    from .runtime import gemm_providers as G
+    if os.environ.get("SYMPROP_GEMM"):
+        raise ValueError(f"SYMPROP_GEMM={os.environ['SYMPROP_GEMM']} forces a provider; unset it to tune")
+    os.environ["SYMPROP_GEMM_TUNE"] = "0"       # no start-up measuring before ours
+    from .runtime.kernels import load
+    load("dense")
+    providers = G.available()
+    G.tune(providers=providers, force=not args.keep)
+    rep = G.report()
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    cpu = rep["cpu"]
+    print(f"CPU: {cpu['name']} (family {cpu['family']} model {cpu['model']}); SciPy's BLAS: {rep['scipy_blas']}")
+    if not providers:
+        print("no other GEMM provider installed (pip install 'symprop[openblas]' or 'symprop[mkl]'): "
+              "every product runs on SciPy's BLAS")
+        return 0
+    print("providers: " + ", ".join(f"{n} {p['version']}" for n, p in rep["providers"].items()))
+    names = ["scipy"] + list(rep["providers"])
+    print(f"{'dtype':8s} {'split':5s} {'op':3s} {'M':>5s} {'N':>5s} {'K':>5s}  "
+          + " ".join(f"{n + ' us':>11s}" for n in names) + "  choice    saved")
+    for c in rep["classes"]:
+        print(f"{c['dtype']:8s} {'yes' if c['split'] else 'no':5s} {c['op']:3s} {c['M']:5d} {c['N']:5d} {c['K']:5d}  "
+              + " ".join(f"{c['us'].get(n, float('nan')):11.1f}" for n in names)
+              + f"  {c['choice']:8s} {100 * c['saved']:4.0f}%")
+    print(f"cached in {G.cache_path()}")
+    return 0
 
 
 def main(argv=None) -> int:
