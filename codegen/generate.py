@@ -10,12 +10,14 @@ from ..derive.elementwise import derive_elementwise
 from ..derive.indexed import derive_contraction
 from ..derive.optimizers import OPTIMIZER_KERNELS
 from ..derive.rewrite import unbounded
+from ..derive.taylor import derive_taylor
 from .channelwise import render_channelwise_module
 from .composite import render_composite_module
 from .contraction import render_contraction_module
 from .elementwise import render_elementwise_module
 from .losses import render_losses_module
 from .render import TEMPLATES, render
+from .taylor import render_taylor_module
 from .window import render_window_module
 
 MATH_HEADER = "symprop_math.h"
@@ -54,6 +56,9 @@ def _render_all(say) -> dict[str, str]:
     say("deriving conv2d and pooling (adjoint index maps)")
     files["window.pyx"] = render_window_module(
         "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])
+    say("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian)")
+    files["taylor.pyx"] = render_taylor_module(
+        "taylor", [derive_taylor(s) for s in builtins.ACTIVATIONS.values()])
     say("deriving losses")
     files["losses.pyx"] = render_losses_module("losses")
     say("deriving optimizer updates")
