@@ -93,9 +93,9 @@ class _Term:
         else:
             self.queries = ("u",) + tuple(k for k in keys.values() if k != "u")
         self.qsyms = sorted(keys, key=lambda s: s.name)
-        names = {"u": "N", "laplacian": "ΔN"}
-        self.needs = [names[k] if k in names else "∂" + (str(len(k)) if len(k) > 1 else "") + "N/∂"
-                      + str(coords[k[0]]) + (str(len(k)) if len(k) > 1 else "") for k in map(keys.get, self.qsyms)]
+        names, sup = {"u": "N", "laplacian": "ΔN"}, {1: "", 2: "²", 3: "³", 4: "⁴"}
+        self.needs = [names[k] if k in names else f"∂{sup[len(k)]}N/∂{coords[k[0]]}{sup[len(k)]}"
+                      for k in map(keys.get, self.qsyms)]
         self.keys = keys
         self.r = r
         args = list(coords) + self.qsyms

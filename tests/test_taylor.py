@@ -227,3 +227,23 @@ def test_bad_queries_are_refused_by_name(rng):
     conv = Sequential([L.Dense(2, 4), L.Activation("tanh"), L.Dropout(0.5), L.Dense(4, 1)], loss="mse")
     with pytest.raises(TypeError, match="Dropout"):
         conv.input_derivatives(X.astype(np.float32))
+
+
+def test_float32_coefficients_finite_and_accurate_up_to_1e4(rng):
+    """Stability: every role of every activation in float32 over |x| ≤ 1e4 (unit directions)
+    is finite and agrees with float64 (normwise, relative to the float64 values' scale)."""
+    x = np.concatenate([-np.logspace(-2, 4, 40), np.logspace(-2, 4, 40)]).reshape(8, 10)
+    dirs = {f"x{k}": rng.uniform(-1, 1, (2, 8, 10)) for k in range(1, 5)}
+    gs = {"gy": rng.uniform(-1, 1, (8, 10)), **{f"gy{k}": rng.uniform(-1, 1, (2, 8, 10)) for k in range(1, 5)}}
+    for name in NAMES:
+        for K in (2, 4):
+            env = {"x": x, **{f"x{k}": dirs[f"x{k}"] for k in range(1, K + 1)}}
+            o64 = run(name, f"taylor:{K}", dict(env))
+            o32 = run(name, f"taylor:{K}", {k: v.astype(np.float32) for k, v in env.items()})
+            genv = {**env, "y": o64["y"], **{k: gs[k] for k in ["gy"] + [f"gy{k}" for k in range(1, K + 1)]}}
+            v64 = run(name, f"vjp:taylor:{K}", dict(genv))
+            v32 = run(name, f"vjp:taylor:{K}", {k: np.asarray(v, np.float32) for k, v in genv.items()})
+            for a, b in [(o32[k], o64[k]) for k in o64] + [(v32[k], v64[k]) for k in v64]:
+                assert np.all(np.isfinite(a)), (name, K)
+                scale = max(np.max(np.abs(b)), 1.0)
+                assert np.max(np.abs(a - b)) / scale < 1e-3, (name, K)
