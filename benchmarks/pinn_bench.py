@@ -95,16 +95,20 @@ def fourth_order(torch, args):
     l1, _ = nested(TX)
     impls = {"symprop": lambda: problem.loss_and_grad(model, X), "torch nested": lambda: nested(TX)}
     times = {k: [] for k in impls}
+    cpu = {k: [] for k in impls}
     for fn in impls.values():
         fn()
     for _ in range(args.repeats):
         for k, fn in impls.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[k].append(1e3 * (time.perf_counter() - t0))
+            cpu[k].append(1e3 * (time.process_time() - c0))
     best = {k: min(v) for k, v in times.items()}
-    print(f"u_xxxx (1-D): symprop {best['symprop']:.2f} ms, torch nested {best['torch nested']:.2f} ms, ratio "
-          f"{best['symprop'] / best['torch nested']:.2f}x (loss agreement {abs(l0 - l1.item()) / abs(l1.item()):.1e})")
+    bcpu = {k: min(v) for k, v in cpu.items()}
+    print(f"u_xxxx (1-D): symprop {best['symprop']:.2f} ms (CPU {bcpu['symprop']:.2f}), torch nested "
+          f"{best['torch nested']:.2f} ms (CPU {bcpu['torch nested']:.2f}), ratio {best['symprop'] / best['torch nested']:.2f}x "
+          f"(CPU {bcpu['symprop'] / bcpu['torch nested']:.2f}x; loss agreement {abs(l0 - l1.item()) / abs(l1.item()):.1e})")
 
 
 def main(argv=None):
@@ -137,27 +141,34 @@ def main(argv=None):
             impls = {"symprop": lambda: problem.loss_and_grad(model, X), "torch nested": lambda: nested(TX),
                      "torch fwd-Laplacian": lambda: fwdlap(TX)}
             times = {k: [] for k in impls}
+            cpu = {k: [] for k in impls}
             for k, fn in impls.items():   # warm-up
                 fn()
             for _ in range(args.repeats):
                 for k, fn in impls.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     fn()
                     times[k].append(1e3 * (time.perf_counter() - t0))
+                    cpu[k].append(1e3 * (time.process_time() - c0))
             best = {k: min(v) for k, v in times.items()}
+            bcpu = {k: min(v) for k, v in cpu.items()}
             med = {k: statistics.median(v) for k, v in times.items()}
-            rows.append((d, best, med, agree, gerr))
-            print(f"d={d:2d}  " + "  ".join(f"{k} {best[k]:7.2f} ms (median {med[k]:7.2f})" for k in impls)
+            rows.append((d, best, bcpu, agree, gerr))
+            print(f"d={d:2d}  " + "  ".join(f"{k} {best[k]:7.2f} ms (median {med[k]:7.2f}, CPU {bcpu[k]:7.2f})"
+                                          for k in impls)
                   + f"  | symprop/nested {best['symprop'] / best['torch nested']:.2f}x, symprop/fwd-lap "
                   f"{best['symprop'] / best['torch fwd-Laplacian']:.2f}x  (loss agreement {agree:.1e}, "
                   f"grad {gerr:.1e})", flush=True)
         if args.fourth:
             fourth_order(torch, args)
-    print("\n| d | symprop | PyTorch nested autograd | PyTorch forward Laplacian by hand | ratio vs nested | ratio vs fwd-Lap |")
+    print(f"\nbest wall time (CPU time), {args.threads} thread(s):\n")
+    print("| d | symprop | PyTorch nested autograd | PyTorch forward Laplacian by hand | ratio vs nested | ratio vs fwd-Lap |")
     print("|---|---|---|---|---|---|")
-    for d, best, med, _, _ in rows:
-        print(f"| {d} | {best['symprop']:.1f} ms | {best['torch nested']:.1f} ms | {best['torch fwd-Laplacian']:.1f} ms | "
-              f"{best['symprop'] / best['torch nested']:.2f}× | {best['symprop'] / best['torch fwd-Laplacian']:.2f}× |")
+    for d, best, bcpu, _, _ in rows:
+        k = ("symprop", "torch nested", "torch fwd-Laplacian")
+        print(f"| {d} | " + " | ".join(f"{best[n]:.1f} ms ({bcpu[n]:.1f})" for n in k) +
+              f" | {best[k[0]] / best[k[1]]:.2f}× ({bcpu[k[0]] / bcpu[k[1]]:.2f}×) | "
+              f"{best[k[0]] / best[k[2]]:.2f}× ({bcpu[k[0]] / bcpu[k[2]]:.2f}×) |")
 
 
 if __name__ == "__main__":

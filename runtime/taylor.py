@@ -23,8 +23,12 @@ import importlib
 import numpy as np
 
 from .activation import Activation
+from .conv import AvgPool2D, Conv2D, Flatten
 from .dense import Dense
 from .kernels import manifest
+
+#: layers affine in their input, run by their own roles on the stacks (Dense has a fast path)
+AFFINE = (Conv2D, AvgPool2D)
 
 MAX_ORDER = 4
 _BASIC = ("u", "grad", "laplacian")
@@ -80,11 +84,10 @@ class InputDerivatives:
     (aligned with ``model.parameters()``)."""
 
     def __init__(self, model, which=()):
-        if model.input_shape is None or len(model.input_shape) != 1:
-            raise ValueError(f"input_derivatives: needs a model built for flat inputs (N, d); "
-                             f"it has input shape {model.input_shape}")
+        if model.input_shape is None:
+            raise ValueError("input_derivatives: the model is not built yet (pass input_shape= or call build())")
         self.model = model
-        self.d = model.input_shape[0]
+        self.d = int(np.prod(model.input_shape))   # image inputs: one coordinate per pixel and channel
         self.which = tuple(which) or _BASIC
         self.mode, self.coords, self.K = _parse(self.which, self.d)
         self.m = len(self.coords)
@@ -94,12 +97,12 @@ class InputDerivatives:
         self.table = table = manifest(module)
         self.kernels = module.KERNELS
         for layer in model.layers:
-            if isinstance(layer, Dense):   # evaluation mode: DropConnect is off
+            if isinstance(layer, (Dense, Flatten) + AFFINE):   # evaluation mode: DropConnect is off
                 continue
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
                 continue
-            raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense layers "
-                            f"and the built-in activations {sorted(table)}")
+            raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
+                            f"Conv2D, AvgPool2D, Flatten and the built-in activations {sorted(table)}")
 
     # ---------------------------------------------------------------- block layout
     def blocks(self, k: int):
@@ -112,10 +115,11 @@ class InputDerivatives:
         """The input stack: the value X and the path x(t) = X + t·e_i of every direction
         (first-order coefficient e_i, higher ones 0)."""
         N = X.shape[0]
-        S = np.zeros((self.B, N, self.d), dtype=X.dtype)
+        S = np.zeros((self.B, N) + X.shape[1:], dtype=X.dtype)
         S[0] = X
+        flat = S.reshape(self.B, N, self.d)
         for j, i in enumerate(self.coords):
-            S[self.blocks(1).start + j, :, i] = 1
+            flat[self.blocks(1).start + j, :, i] = 1
         return S
 
     # ---------------------------------------------------------------- sweeps
@@ -144,8 +148,6 @@ class InputDerivatives:
     def forward(self, X):
         model = self.model
         X = model._check_X(X)
-        if X.ndim != 2:
-            raise ValueError(f"input_derivatives: X must be (N, {self.d}), got {X.shape}")
         stack = self.seed(X)
         tape = []
         for layer in model.layers:
@@ -159,6 +161,13 @@ class InputDerivatives:
                 _call(R["jvp"], {"x": rest, "W": layer.W, "Rx": rest, "Ry": out[1:].reshape((B - 1) * N, -1)})
                 tape.append((layer, stack_in, out))
                 stack = out
+            elif isinstance(layer, Flatten):
+                tape.append((layer, stack, None))
+                stack = stack.reshape(stack.shape[:2] + (-1,))
+            elif isinstance(layer, AFFINE):
+                out = self._affine(layer, stack)
+                tape.append((layer, stack, out))
+                stack = out
             else:
                 kern, entry = self._kernel(layer, self.role)
                 out = np.empty_like(stack)
@@ -168,7 +177,43 @@ class InputDerivatives:
                 stack = out
         return self._results(stack), tape
 
+    @staticmethod
+    def _affine(layer, S):
+        """An affine layer on a stack: its ``forward`` role on the value block, its ``jvp``
+        role (the linear part) on every other block at once."""
+        K, B, N = layer.kernels, S.shape[0], S.shape[1]
+        arrays, sc = layer.spec_arrays(), layer.scalars()
+        out_shape = tuple(layer.output_shape(S.shape[2:]))
+        y0 = K.run("forward", {**arrays, "x": S[0]}, S.dtype, sc, {"x": S[0].shape, "y": (N,) + out_shape})
+        rest = S[1:].reshape(((B - 1) * N,) + S.shape[2:])
+        yr = K.run("jvp", {**arrays, "x": rest, "Rx": rest}, S.dtype, sc,
+                   {"x": rest.shape, "y": ((B - 1) * N,) + out_shape})
+        return np.concatenate([y0[None], yr.reshape((B - 1, N) + out_shape)])
+
+    @staticmethod
+    def _affine_back(layer, S, G, need_input):
+        """Pullbacks of :meth:`_affine`: a parameter the ``jvp`` role reads (a weight) over
+        every block at once, one it does not (an offset: the bias) over the value block."""
+        K, B, N = layer.kernels, S.shape[0], S.shape[1]
+        arrays, sc = layer.spec_arrays(), layer.scalars()
+        xf = S.reshape((B * N,) + S.shape[2:])
+        gf = G.reshape((B * N,) + G.shape[2:])
+        linear = set(K.roles["jvp"].arrays)
+        grads = []
+        for p in layer.trainable():
+            if p in linear:
+                env, shapes = {**arrays, "x": xf, "g": gf}, {"x": xf.shape, "y": gf.shape}
+            else:
+                env, shapes = {**arrays, "x": S[0], "g": G[0]}, {"x": S[0].shape, "y": G[0].shape}
+            grads.append(K.run(f"vjp:{p}", env, G.dtype, sc, shapes))
+        gx = None
+        if need_input:
+            gx = K.run("vjp:x", {**arrays, "x": xf, "g": gf}, G.dtype, sc,
+                       {"x": xf.shape, "y": gf.shape}).reshape(S.shape)
+        return grads, gx
+
     def _results(self, S):
+        S = S.reshape(S.shape[:2] + (-1,))
         F = S.shape[2]
         sq = (lambda a: a[..., 0]) if F == 1 else (lambda a: a)
         res = {}
@@ -209,8 +254,11 @@ class InputDerivatives:
 
     def backward(self, tape, cot: dict) -> list[np.ndarray]:
         model = self.model
-        last = tape[-1][2]
-        G = self.cotangent_stack(cot, last.shape[1], last.shape[2], last.dtype)
+        layer, stack_in, last = tape[-1]
+        if last is None:   # a model ending in Flatten
+            last = stack_in.reshape(stack_in.shape[:2] + (-1,))
+        flat = last.reshape(last.shape[:2] + (-1,))
+        G = self.cotangent_stack(cot, flat.shape[1], flat.shape[2], flat.dtype).reshape(last.shape)
         params, slots = model.param_slots()
         grads = [None] * len(params)
 
@@ -219,7 +267,13 @@ class InputDerivatives:
 
         for li in range(len(tape) - 1, -1, -1):
             layer, stack_in, out = tape[li]
-            if isinstance(layer, Dense):
+            if isinstance(layer, Flatten):
+                G = G.reshape(stack_in.shape)
+            elif isinstance(layer, AFFINE):
+                gs, G = self._affine_back(layer, stack_in, G, li > 0)
+                for slot, g in zip(slots[li], gs):
+                    add(slot, g)
+            elif isinstance(layer, Dense):
                 B, N, _ = stack_in.shape
                 R = layer.kernels.roles
                 x2, g2 = stack_in.reshape(B * N, -1), G.reshape(B * N, -1)

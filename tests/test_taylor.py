@@ -224,9 +224,9 @@ def test_bad_queries_are_refused_by_name(rng):
         model.input_derivatives(X, (2,))
     with pytest.raises(ValueError, match="query"):
         model.input_derivatives(X, "hessian")
-    conv = Sequential([L.Dense(2, 4), L.Activation("tanh"), L.Dropout(0.5), L.Dense(4, 1)], loss="mse")
+    drop = Sequential([L.Dense(2, 4), L.Activation("tanh"), L.Dropout(0.5), L.Dense(4, 1)], loss="mse")
     with pytest.raises(TypeError, match="Dropout"):
-        conv.input_derivatives(X.astype(np.float32))
+        drop.input_derivatives(X.astype(np.float32))
 
 
 def test_float32_coefficients_finite_and_accurate_up_to_1e4(rng):
@@ -247,3 +247,33 @@ def test_float32_coefficients_finite_and_accurate_up_to_1e4(rng):
                 assert np.all(np.isfinite(a)), (name, K)
                 scale = max(np.max(np.abs(b)), 1.0)
                 assert np.max(np.abs(a - b)) / scale < 1e-3, (name, K)
+
+
+def test_small_cnn_gradient_laplacian_and_parameter_gradient_match_torch(rng):
+    """Image-shaped inputs (N, 1, 4, 4): one coordinate per pixel; Conv2D and AvgPool2D run
+    their forward and jvp roles on the stacks, the bias only on the value block."""
+    model = Sequential([L.Conv2D(1, 2, 3, padding=1), L.Activation("tanh"), L.AvgPool2D(2), L.Flatten(),
+                        L.Dense(8, 3), L.Activation("softplus"), L.Dense(3, 1)],
+                       loss="mse", dtype="float64", seed=4, input_shape=(1, 4, 4))
+    X = rng.uniform(-1, 1, (3, 1, 4, 4))
+    sweep = InputDerivatives(model, ("u", "grad", "laplacian"))
+    res, tape = sweep.forward(X)
+    params = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    W1, b1, W2, b2, W3, b3 = params
+    F = torch.nn.functional
+
+    def f(x):
+        h = F.avg_pool2d(torch.tanh(F.conv2d(x, W1, b1, padding=1)), 2).flatten(1)
+        return F.linear(TORCH["softplus"](F.linear(h, W2, b2)), W3, b3)[:, 0]
+    tX = torch.tensor(X, requires_grad=True)
+    u = f(tX)
+    g = torch.autograd.grad(u.sum(), tX, create_graph=True)[0].reshape(3, 16)
+    lap = sum(torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0].reshape(3, 16)[:, i] for i in range(16))
+    assert rel_err(res["u"], u.detach().numpy()) < 1e-12
+    assert rel_err(res["grad"], g.detach().numpy()) < 1e-11
+    assert rel_err(res["laplacian"], lap.detach().numpy()) < 1e-10
+    cot = {q: rng.normal(size=np.shape(v)) for q, v in res.items()}
+    grads = sweep.backward(tape, cot)
+    total = sum((v * torch.tensor(cot[q])).sum() for q, v in (("u", u), ("grad", g), ("laplacian", lap)))
+    for a, b in zip(grads, torch.autograd.grad(total, params)):
+        assert rel_err(a, b.numpy()) < 1e-10
