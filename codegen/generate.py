@@ -41,8 +41,9 @@ def _render_all(say) -> dict[str, str]:
     # and which the weight penalty l1·|w| + (l2/2)·w², so the activation registry lists neither
     kinds = {**{n: "mask" for n in builtins.MASKS}, **{n: "penalty" for n in builtins.PENALTIES}}
     specs = [*builtins.ACTIVATIONS.values(), *builtins.MASKS.values(), *builtins.PENALTIES.values()]
+    elementwise = {s.name: derive_elementwise(s) for s in specs}
     files["activations.pyx"] = render_elementwise_module(
-        "activations", [derive_elementwise(s) for s in specs], kinds=kinds,
+        "activations", list(elementwise.values()), kinds=kinds,
         doc="Elementwise kernels: the activations, the dropout mask and the weight penalty.")
     say("deriving learnable activations")
     files["learnable.pyx"] = render_channelwise_module(
@@ -58,7 +59,7 @@ def _render_all(say) -> dict[str, str]:
         "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])
     say("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian)")
     files["taylor.pyx"] = render_taylor_module(
-        "taylor", [derive_taylor(s) for s in builtins.ACTIVATIONS.values()])
+        "taylor", [derive_taylor(s, base=elementwise[s.name]) for s in builtins.ACTIVATIONS.values()])
     say("deriving losses")
     files["losses.pyx"] = render_losses_module("losses")
     say("deriving optimizer updates")

@@ -38,6 +38,8 @@ from .rewrite import Choice, choose_form, clean_distributions, finite_or
 
 #: highest Taylor order of the roles (order-K VJPs need f^(K+1))
 MAX_ORDER = 4
+#: candidate forms larger than this (SymPy operation count) are not factored
+FACTOR_MAX_OPS = 120
 #: f', f'', …, f^(MAX_ORDER + 1) as abstract symbols; F0 is the output y
 F = [Y] + [sp.Symbol(f"F{j}") for j in range(1, MAX_ORDER + 2)]
 
@@ -224,7 +226,9 @@ def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = No
             raise SpecError(f"spec {spec.name!r}: derivative {j} of {f} is not in closed form")
         chained = _total_dx(forms[-1].chosen, forms[0].chosen)
         cands = [chained]
-        for fn in (sp.expand, sp.factor):
+        # factoring a large expression (Mish's f⁽⁵⁾) costs minutes and never wins: skipped
+        rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
+        for fn in rewrites:
             try:
                 cands.append(fn(chained))
             except Exception:  # noqa: BLE001 — a failed rewrite is a missing candidate
@@ -232,6 +236,11 @@ def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = No
         direct = raw.subs(f, Y)
         if direct != raw:
             cands.append(direct)
+        # f^(j-1) has finite limits at ±∞ for the activations, so f^(j) tends to 0 there:
+        # candidates guarded by 0 where they overflow (checked on the grid like every candidate;
+        # when none is exact, choose_form falls back to computing the limits, which for Mish's
+        # higher derivatives takes minutes)
+        cands += [finite_or(_unguard(c), 0) for c in list(cands)]
         forms.append(choose_form(raw, cands, X, Y, fwd, params))
     return base, forms
 
@@ -255,13 +264,15 @@ def _subs(e: sp.Basic, sub: dict) -> sp.Basic:
     return out.replace(lambda a: isinstance(a, dsum) and a.args[0] == 0, lambda a: sp.S.Zero)
 
 
-def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER) -> DerivedTaylor:
+def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
+                  base: DerivedElementwise | None = None) -> DerivedTaylor:
     """Every Taylor role of ``spec``: ``taylor:1..max_order``, ``laplacian`` and the VJP of
-    each (all inputs at once, one pass), realized with the spec's chosen derivative forms."""
+    each (all inputs at once, one pass), realized with the spec's chosen derivative forms.
+    ``base``: the spec's :func:`derive_elementwise` result when already derived."""
     if spec.learnable or spec.arrays:
         raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for elementwise maps without "
                         f"learnable parameters or mask arrays")
-    base, forms = derivative_forms(spec, upto=max_order + 1)
+    base, forms = derivative_forms(spec, base, upto=max_order + 1)
     chosen = [c.chosen for c in forms]
     roles = []
     for r in base_roles(max_order):

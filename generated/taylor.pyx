@@ -11,9 +11,9 @@
 # spec: leaky_relu  hash: 8104b0eee4e8c382
 # spec: elu  hash: 75aa3fa19d713668
 # spec: silu  hash: 652a30c9425ba55e
-# spec: swish  hash: 968ea24653048393
+# spec: swish  hash: 3c700aeecfb84ca7
 # spec: gelu  hash: 4041612665a111d5
-# spec: mish  hash: c03cbf4910bc4541
+# spec: mish  hash: 4386e2ccfcd7166b
 
 """Taylor-mode kernels (derivatives with respect to the input): tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish.
 
@@ -2490,7 +2490,7 @@ MANIFEST = __import__('json').loads(r'''{
  },
  "swish": {
   "family": "taylor",
-  "hash": "968ea24653048393",
+  "hash": "3c700aeecfb84ca7",
   "defaults": {
    "beta": 1.0
   },
@@ -2499,7 +2499,7 @@ MANIFEST = __import__('json').loads(r'''{
    "finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)",
    "finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0)",
    "finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0)",
-   "finite_or(beta**4*(beta*x*exp(4*beta*x) - 26*beta*x*exp(3*beta*x) + 66*beta*x*exp(2*beta*x) - 26*beta*x*exp(beta*x) + beta*x - 5*exp(4*beta*x) + 50*exp(3*beta*x) - 50*exp(beta*x) + 5)*exp(beta*x)/(exp(beta*x) + 1)**6, 0)"
+   "finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0)"
   ],
   "roles": {
    "taylor:1": {
@@ -2784,7 +2784,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx4",
      "beta"
     ],
-    "doc": "gx = gy*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + dsum(gy1*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy2*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy2*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 3*gy3*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy3*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*x1**4*finite_or(beta**4*(beta*x*exp(4*beta*x) - 26*beta*x*exp(3*beta*x) + 66*beta*x*exp(2*beta*x) - 26*beta*x*exp(beta*x) + beta*x - 5*exp(4*beta*x) + 50*exp(3*beta*x) - 50*exp(beta*x) + 5)*exp(beta*x)/(exp(beta*x) + 1)**6, 0) + 6*gy4*x1**2*x2*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 4*gy4*x1*x3*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*gy4*x2**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy4*x4*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx1 = gy1*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 2*gy2*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*(3*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)) + gy4*(4*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 12*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 4*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx2 = gy2*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 3*gy3*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*(6*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 6*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx3 = gy3*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 4*gy4*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0); gx4 = gy4*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
+    "doc": "gx = gy*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + dsum(gy1*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy2*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy2*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 3*gy3*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy3*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*x1**4*finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 6*gy4*x1**2*x2*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 4*gy4*x1*x3*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*gy4*x2**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy4*x4*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx1 = gy1*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 2*gy2*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*(3*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)) + gy4*(4*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 12*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 4*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx2 = gy2*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 3*gy3*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*(6*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 6*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx3 = gy3*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 4*gy4*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0); gx4 = gy4*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))"
    },
    "laplacian": {
     "kernel": "swish_laplacian",
@@ -3190,14 +3190,14 @@ MANIFEST = __import__('json').loads(r'''{
  },
  "mish": {
   "family": "taylor",
-  "hash": "c03cbf4910bc4541",
+  "hash": "4386e2ccfcd7166b",
   "defaults": {},
   "derivatives": [
    "finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))",
    "finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)",
-   "finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0)",
-   "finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0)",
-   "finite_or(-(tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(72*x*exp(4*x)*tanh(log(exp(x) + 1))**4 - 88*x*exp(4*x)*tanh(log(exp(x) + 1))**2 + 16*x*exp(4*x) - 120*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 24*x*exp(3*x)*tanh(log(exp(x) + 1))**2 + 116*x*exp(3*x)*tanh(log(exp(x) + 1)) + 19*x*exp(3*x) + 54*x*exp(2*x)*tanh(log(exp(x) + 1))**2 + 18*x*exp(2*x)*tanh(log(exp(x) + 1)) - 39*x*exp(2*x) - 6*x*exp(x)*tanh(log(exp(x) + 1)) - 11*x*exp(x) + x + 48*y*exp(4*x)*tanh(log(exp(x) + 1))**3 - 32*y*exp(4*x)*tanh(log(exp(x) + 1)) - 120*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 36*y*exp(3*x)*tanh(log(exp(x) + 1)) + 34*y*exp(3*x) + 96*y*exp(2*x)*tanh(log(exp(x) + 1)) + 42*y*exp(2*x) - 24*y*exp(x) - 120*exp(4*x)*tanh(log(exp(x) + 1))**3 + 80*exp(4*x)*tanh(log(exp(x) + 1)) - 120*exp(3*x)*tanh(log(exp(x) + 1))**3 + 180*exp(3*x)*tanh(log(exp(x) + 1))**2 + 120*exp(3*x)*tanh(log(exp(x) + 1)) - 55*exp(3*x) + 180*exp(2*x)*tanh(log(exp(x) + 1))**2 - 30*exp(2*x)*tanh(log(exp(x) + 1)) - 75*exp(2*x) - 70*exp(x)*tanh(log(exp(x) + 1)) - 15*exp(x) + 5)*exp(x)/(exp(x) + 1)**5, 0)"
+   "finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0)",
+   "finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0)",
+   "finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0)"
   ],
   "roles": {
    "taylor:1": {
@@ -3312,7 +3312,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx1",
      "gx2"
     ],
-    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    },
    "taylor:3": {
     "kernel": "mish_taylor3",
@@ -3343,7 +3343,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y2",
      "y3"
     ],
-    "doc": "y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    },
    "vjp:taylor:3": {
     "kernel": "mish_vjp_taylor3",
@@ -3384,7 +3384,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "gx3"
     ],
-    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 3*gy3*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 3*gy3*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    },
    "taylor:4": {
     "kernel": "mish_taylor4",
@@ -3419,7 +3419,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "y4"
     ],
-    "doc": "y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y4 = x1**4*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 6*x1**2*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 4*x1*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + 3*x2**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y4 = x1**4*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 6*x1**2*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 4*x1*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + 3*x2**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    },
    "vjp:taylor:4": {
     "kernel": "mish_vjp_taylor4",
@@ -3466,7 +3466,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "gx4"
     ],
-    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 3*gy3*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*x1**4*finite_or(-(tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(72*x*exp(4*x)*tanh(log(exp(x) + 1))**4 - 88*x*exp(4*x)*tanh(log(exp(x) + 1))**2 + 16*x*exp(4*x) - 120*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 24*x*exp(3*x)*tanh(log(exp(x) + 1))**2 + 116*x*exp(3*x)*tanh(log(exp(x) + 1)) + 19*x*exp(3*x) + 54*x*exp(2*x)*tanh(log(exp(x) + 1))**2 + 18*x*exp(2*x)*tanh(log(exp(x) + 1)) - 39*x*exp(2*x) - 6*x*exp(x)*tanh(log(exp(x) + 1)) - 11*x*exp(x) + x + 48*y*exp(4*x)*tanh(log(exp(x) + 1))**3 - 32*y*exp(4*x)*tanh(log(exp(x) + 1)) - 120*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 36*y*exp(3*x)*tanh(log(exp(x) + 1)) + 34*y*exp(3*x) + 96*y*exp(2*x)*tanh(log(exp(x) + 1)) + 42*y*exp(2*x) - 24*y*exp(x) - 120*exp(4*x)*tanh(log(exp(x) + 1))**3 + 80*exp(4*x)*tanh(log(exp(x) + 1)) - 120*exp(3*x)*tanh(log(exp(x) + 1))**3 + 180*exp(3*x)*tanh(log(exp(x) + 1))**2 + 120*exp(3*x)*tanh(log(exp(x) + 1)) - 55*exp(3*x) + 180*exp(2*x)*tanh(log(exp(x) + 1))**2 - 30*exp(2*x)*tanh(log(exp(x) + 1)) - 75*exp(2*x) - 70*exp(x)*tanh(log(exp(x) + 1)) - 15*exp(x) + 5)*exp(x)/(exp(x) + 1)**5, 0) + 6*gy4*x1**2*x2*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 4*gy4*x1*x3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*gy4*x2**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy4*x4*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)) + gy4*(4*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 12*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 4*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*(6*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 6*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 4*gy4*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx4 = gy4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 3*gy3*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*x1**4*finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0) + 6*gy4*x1**2*x2*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 4*gy4*x1*x3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*gy4*x2**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy4*x4*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)) + gy4*(4*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 12*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 4*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*(6*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 6*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 4*gy4*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx4 = gy4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    },
    "laplacian": {
     "kernel": "mish_laplacian",
@@ -3528,7 +3528,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gL",
      "gJ"
     ],
-    "doc": "gx = gLy*(L*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + dsum(J**2)*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0)) + gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(J*gJy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gL = gLy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); gJ = 2*J*gLy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gJy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
+    "doc": "gx = gLy*(L*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + dsum(J**2)*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0)) + gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(J*gJy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gL = gLy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); gJ = 2*J*gLy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gJy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))"
    }
   }
  }
@@ -13883,7 +13883,7 @@ cdef void _swish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_vjp_taylor4
-# gx = gy*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + dsum(gy1*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy2*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy2*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 3*gy3*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy3*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*x1**4*finite_or(beta**4*(beta*x*exp(4*beta*x) - 26*beta*x*exp(3*beta*x) + 66*beta*x*exp(2*beta*x) - 26*beta*x*exp(beta*x) + beta*x - 5*exp(4*beta*x) + 50*exp(3*beta*x) - 50*exp(beta*x) + 5)*exp(beta*x)/(exp(beta*x) + 1)**6, 0) + 6*gy4*x1**2*x2*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 4*gy4*x1*x3*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*gy4*x2**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy4*x4*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx1 = gy1*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 2*gy2*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*(3*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)) + gy4*(4*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 12*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 4*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx2 = gy2*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 3*gy3*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*(6*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 6*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx3 = gy3*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 4*gy4*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0); gx4 = gy4*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
+# gx = gy*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + dsum(gy1*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy2*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy2*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 3*gy3*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy3*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*x1**4*finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 6*gy4*x1**2*x2*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 4*gy4*x1*x3*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*gy4*x2**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + gy4*x4*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx1 = gy1*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 2*gy2*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy3*(3*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 3*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)) + gy4*(4*x1**3*finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0) + 12*x1*x2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 4*x3*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx2 = gy2*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 3*gy3*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0) + gy4*(6*x1**2*finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0) + 6*x2*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0)); gx3 = gy3*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x))) + 4*gy4*x1*finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0); gx4 = gy4*(beta*x/(exp(beta*x) + 2 + exp(-beta*x)) + 1/(1 + exp(-beta*x)))
 cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -13951,6 +13951,7 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float _t24
     cdef float _t25
     cdef float _t26
+    cdef float _t27
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -13991,39 +13992,40 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t12 = _t0*_t9
             _t13 = _t3*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<float>3.0))
             _t14 = symprop_finite_orf(_t13/(_t5*_t5*_t5*_t5), (<float>0.0))
-            _t15 = expf((<float>3.0)*_t0)
-            _t16 = (<float>4.0)*_t15
-            _t17 = _t0*_t3
-            _t18 = _t0*_t15
-            _t19 = _t3*(beta*beta*beta)*(_t1 - (<float>11.0)*_t12 - _t16 + (<float>11.0)*_t17 + _t18 + (<float>12.0)*_t3 + (<float>12.0)*_t9 + (<float>-4.0))
-            _t20 = symprop_finite_orf(-_t19/powf(_t5, (<float>5.0)), (<float>0.0))
-            _t21 = expf((<float>4.0)*_t0)
-            _t22 = (<float>5.0)*_t21
+            _t15 = _t3/powf(_t5, (<float>5.0))
+            _t16 = expf((<float>3.0)*_t0)
+            _t17 = (<float>4.0)*_t16
+            _t18 = _t0*_t3
+            _t19 = _t0*_t16 + _t1 - (<float>11.0)*_t12 - _t17 + (<float>11.0)*_t18 + (<float>12.0)*_t3 + (<float>12.0)*_t9 + (<float>-4.0)
+            _t20 = _t19*(beta*beta*beta)
+            _t21 = symprop_finite_orf(-_t15*_t20, (<float>0.0))
+            _t22 = (<float>5.0)*_t3
             _t23 = (<float>3.0)*_t14
-            _t24 = symprop_finite_orf(_t7*(_t0 - _t17 + (<float>2.0)*_t3 + (<float>2.0))/(_t10 + _t15 + (<float>3.0)*_t3 + (<float>1.0)), (<float>0.0))
-            _t25 = symprop_finite_orf(_t13/(_t11 + _t16 + _t21 + (<float>6.0)*_t9 + (<float>1.0)), (<float>0.0))
-            _t26 = (<float>3.0)*_t24
+            _t24 = symprop_finite_orf(_t7*(_t0 - _t18 + (<float>2.0)*_t3 + (<float>2.0))/(_t10 + _t16 + (<float>3.0)*_t3 + (<float>1.0)), (<float>0.0))
+            _t25 = expf((<float>4.0)*_t0)
+            _t26 = symprop_finite_orf(_t13/(_t11 + _t17 + _t25 + (<float>6.0)*_t9 + (<float>1.0)), (<float>0.0))
+            _t27 = (<float>3.0)*_t24
             _cs0_0_b[_i] = _t8
             _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t20
+            _cs0_3_b[_i] = _t21
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_finite_orf(_t3*(beta*beta*beta*beta)*(_t0*_t21 + _t0 + (<float>66.0)*_t12 + (<float>50.0)*_t15 - (<float>26.0)*_t17 - (<float>26.0)*_t18 - _t22 - (<float>50.0)*_t3 + (<float>5.0))/powf(_t5, (<float>6.0)), (<float>0.0))
+            _cs0_5_b[_i] = symprop_finite_orf(_t15*(beta*beta*beta*beta)*(-_t0*_t17 + _t0 + (<float>33.0)*_t12 + (<float>15.0)*_t16 - (<float>22.0)*_t18 + _t19*_t22/_t5 - (<float>35.0)*_t3 - (<float>25.0)*_t9 + (<float>5.0)), (<float>0.0))
             _cs0_6_b[_i] = _t23
             _cs0_7_b[_i] = _t8
             _cs0_8_b[_i] = _t23
             _cs0_9_b[_i] = (<float>4.0)*_t14
-            _cs0_10_b[_i] = (<float>6.0)*_t20
+            _cs0_10_b[_i] = (<float>6.0)*_t21
             _cd0_0_b[_i] = _t4
             _cd0_1_b[_i] = (<float>2.0)*_t24
-            _cd0_2_b[_i] = (<float>3.0)*_t25
-            _cd0_3_b[_i] = _t26
-            _cd0_4_b[_i] = (<float>4.0)*symprop_finite_orf(-_t19/((<float>10.0)*_t15 + _t22 + (<float>5.0)*_t3 + (<float>10.0)*_t9 + expf((<float>5.0)*_t0) + (<float>1.0)), (<float>0.0))
+            _cd0_2_b[_i] = (<float>3.0)*_t26
+            _cd0_3_b[_i] = _t27
+            _cd0_4_b[_i] = (<float>4.0)*symprop_finite_orf(-_t20*_t3/((<float>10.0)*_t16 + _t22 + (<float>5.0)*_t25 + (<float>10.0)*_t9 + expf((<float>5.0)*_t0) + (<float>1.0)), (<float>0.0))
             _cd0_5_b[_i] = (<float>4.0)*_t24
-            _cd0_6_b[_i] = (<float>12.0)*_t25
+            _cd0_6_b[_i] = (<float>12.0)*_t26
             _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t26
-            _cd1_2_b[_i] = (<float>6.0)*_t25
+            _cd1_1_b[_i] = _t27
+            _cd1_2_b[_i] = (<float>6.0)*_t26
             _cd1_3_b[_i] = (<float>6.0)*_t24
             _cd2_0_b[_i] = _t4
             _cd2_1_b[_i] = (<float>4.0)*_t8
@@ -14132,6 +14134,7 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double _t24
     cdef double _t25
     cdef double _t26
+    cdef double _t27
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -14172,39 +14175,40 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t12 = _t0*_t9
             _t13 = _t3*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<double>3.0))
             _t14 = symprop_finite_or(_t13/(_t5*_t5*_t5*_t5), (<double>0.0))
-            _t15 = exp((<double>3.0)*_t0)
-            _t16 = (<double>4.0)*_t15
-            _t17 = _t0*_t3
-            _t18 = _t0*_t15
-            _t19 = _t3*(beta*beta*beta)*(_t1 - (<double>11.0)*_t12 - _t16 + (<double>11.0)*_t17 + _t18 + (<double>12.0)*_t3 + (<double>12.0)*_t9 + (<double>-4.0))
-            _t20 = symprop_finite_or(-_t19/pow(_t5, (<double>5.0)), (<double>0.0))
-            _t21 = exp((<double>4.0)*_t0)
-            _t22 = (<double>5.0)*_t21
+            _t15 = _t3/pow(_t5, (<double>5.0))
+            _t16 = exp((<double>3.0)*_t0)
+            _t17 = (<double>4.0)*_t16
+            _t18 = _t0*_t3
+            _t19 = _t0*_t16 + _t1 - (<double>11.0)*_t12 - _t17 + (<double>11.0)*_t18 + (<double>12.0)*_t3 + (<double>12.0)*_t9 + (<double>-4.0)
+            _t20 = _t19*(beta*beta*beta)
+            _t21 = symprop_finite_or(-_t15*_t20, (<double>0.0))
+            _t22 = (<double>5.0)*_t3
             _t23 = (<double>3.0)*_t14
-            _t24 = symprop_finite_or(_t7*(_t0 - _t17 + (<double>2.0)*_t3 + (<double>2.0))/(_t10 + _t15 + (<double>3.0)*_t3 + (<double>1.0)), (<double>0.0))
-            _t25 = symprop_finite_or(_t13/(_t11 + _t16 + _t21 + (<double>6.0)*_t9 + (<double>1.0)), (<double>0.0))
-            _t26 = (<double>3.0)*_t24
+            _t24 = symprop_finite_or(_t7*(_t0 - _t18 + (<double>2.0)*_t3 + (<double>2.0))/(_t10 + _t16 + (<double>3.0)*_t3 + (<double>1.0)), (<double>0.0))
+            _t25 = exp((<double>4.0)*_t0)
+            _t26 = symprop_finite_or(_t13/(_t11 + _t17 + _t25 + (<double>6.0)*_t9 + (<double>1.0)), (<double>0.0))
+            _t27 = (<double>3.0)*_t24
             _cs0_0_b[_i] = _t8
             _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t20
+            _cs0_3_b[_i] = _t21
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_finite_or(_t3*(beta*beta*beta*beta)*(_t0*_t21 + _t0 + (<double>66.0)*_t12 + (<double>50.0)*_t15 - (<double>26.0)*_t17 - (<double>26.0)*_t18 - _t22 - (<double>50.0)*_t3 + (<double>5.0))/pow(_t5, (<double>6.0)), (<double>0.0))
+            _cs0_5_b[_i] = symprop_finite_or(_t15*(beta*beta*beta*beta)*(-_t0*_t17 + _t0 + (<double>33.0)*_t12 + (<double>15.0)*_t16 - (<double>22.0)*_t18 + _t19*_t22/_t5 - (<double>35.0)*_t3 - (<double>25.0)*_t9 + (<double>5.0)), (<double>0.0))
             _cs0_6_b[_i] = _t23
             _cs0_7_b[_i] = _t8
             _cs0_8_b[_i] = _t23
             _cs0_9_b[_i] = (<double>4.0)*_t14
-            _cs0_10_b[_i] = (<double>6.0)*_t20
+            _cs0_10_b[_i] = (<double>6.0)*_t21
             _cd0_0_b[_i] = _t4
             _cd0_1_b[_i] = (<double>2.0)*_t24
-            _cd0_2_b[_i] = (<double>3.0)*_t25
-            _cd0_3_b[_i] = _t26
-            _cd0_4_b[_i] = (<double>4.0)*symprop_finite_or(-_t19/((<double>10.0)*_t15 + _t22 + (<double>5.0)*_t3 + (<double>10.0)*_t9 + exp((<double>5.0)*_t0) + (<double>1.0)), (<double>0.0))
+            _cd0_2_b[_i] = (<double>3.0)*_t26
+            _cd0_3_b[_i] = _t27
+            _cd0_4_b[_i] = (<double>4.0)*symprop_finite_or(-_t20*_t3/((<double>10.0)*_t16 + _t22 + (<double>5.0)*_t25 + (<double>10.0)*_t9 + exp((<double>5.0)*_t0) + (<double>1.0)), (<double>0.0))
             _cd0_5_b[_i] = (<double>4.0)*_t24
-            _cd0_6_b[_i] = (<double>12.0)*_t25
+            _cd0_6_b[_i] = (<double>12.0)*_t26
             _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t26
-            _cd1_2_b[_i] = (<double>6.0)*_t25
+            _cd1_1_b[_i] = _t27
+            _cd1_2_b[_i] = (<double>6.0)*_t26
             _cd1_3_b[_i] = (<double>6.0)*_t24
             _cd2_0_b[_i] = _t4
             _cd2_1_b[_i] = (<double>4.0)*_t8
@@ -16551,7 +16555,7 @@ cdef void _mish_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor2
-# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16571,7 +16575,7 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_0_b[_B]
     cdef float _cs0_1_b[_B]
     cdef float _cs0_2_b[_B]
-    cdef float _t7_b[_B]
+    cdef float _t6_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -16579,6 +16583,8 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t10
     cdef float _t11
     cdef float _t12
+    cdef float _t13
+    cdef float _t14
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -16607,22 +16613,24 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = _t0 + (<float>1.0)
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
-            _t4 = (_t3*_t3) + (<float>-1.0)
-            _t5 = ((<float>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_finite_orf(_t3 - _t6*x, (<float>(x > (<float>0.0))))
-            _t8 = (<float>2.0)*_t0
-            _t9 = symprop_finite_orf(((<float>0.25))*(-_t8*y + _t8 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t10 = (<float>2.0)*x
-            _t11 = expf(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            _cs0_0_b[_i] = _t9
-            _cs0_1_b[_i] = symprop_finite_orf(_t6*((<float>6.0)*_t0*_t3*_t5 + (<float>3.0)*_t0*_t5*x + (<float>6.0)*_t0*_t5*y + (<float>3.0)*_t0*_t5 - (<float>4.0)*_t11*_t3*y - (<float>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<float>-3.0)), (<float>0.0))
-            _cs0_2_b[_i] = _t9
-            _cd0_0_b[_i] = _t7
-            _cd0_1_b[_i] = (<float>2.0)*_t9
-            _cd1_0_b[_i] = _t7
-            _t7_b[_i] = _t7
+            _t4 = ((<float>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t6 = symprop_finite_orf(_t5, (<float>(x > (<float>0.0))))
+            _t7 = (<float>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<float>2.0)
+            _t10 = ((<float>0.5))*x
+            _t11 = coshf(_t10)
+            _t12 = coshf(_t2)
+            _t13 = ((<float>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_finite_orf(_t13*_t9, (<float>0.0))
+            _cs0_0_b[_i] = _t14
+            _cs0_1_b[_i] = symprop_finite_orf(-_t13*(_t5*_t7 - _t7 + _t8 + (<float>-1.0) + _t4*_t7*_t9*sinhf(_t2)/_t12 + _t9*sinhf(_t10)/_t11), (<float>0.0))
+            _cs0_2_b[_i] = _t14
+            _cd0_0_b[_i] = _t6
+            _cd0_1_b[_i] = (<float>2.0)*_t14
+            _cd1_0_b[_i] = _t6
+            _t6_b[_i] = _t6
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -16635,9 +16643,9 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t7 = _t7_b[_i]
+            _t6 = _t6_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t7*gy
+            gx_p[_e] = _S0 + _t6*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16668,7 +16676,7 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_0_b[_B]
     cdef double _cs0_1_b[_B]
     cdef double _cs0_2_b[_B]
-    cdef double _t7_b[_B]
+    cdef double _t6_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -16676,6 +16684,8 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t10
     cdef double _t11
     cdef double _t12
+    cdef double _t13
+    cdef double _t14
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -16704,22 +16714,24 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = _t0 + (<double>1.0)
             _t2 = log(_t1)
             _t3 = tanh(_t2)
-            _t4 = (_t3*_t3) + (<double>-1.0)
-            _t5 = ((<double>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_finite_or(_t3 - _t6*x, (<double>(x > (<double>0.0))))
-            _t8 = (<double>2.0)*_t0
-            _t9 = symprop_finite_or(((<double>0.25))*(-_t8*y + _t8 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t10 = (<double>2.0)*x
-            _t11 = exp(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            _cs0_0_b[_i] = _t9
-            _cs0_1_b[_i] = symprop_finite_or(_t6*((<double>6.0)*_t0*_t3*_t5 + (<double>3.0)*_t0*_t5*x + (<double>6.0)*_t0*_t5*y + (<double>3.0)*_t0*_t5 - (<double>4.0)*_t11*_t3*y - (<double>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<double>-3.0)), (<double>0.0))
-            _cs0_2_b[_i] = _t9
-            _cd0_0_b[_i] = _t7
-            _cd0_1_b[_i] = (<double>2.0)*_t9
-            _cd1_0_b[_i] = _t7
-            _t7_b[_i] = _t7
+            _t4 = ((<double>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t6 = symprop_finite_or(_t5, (<double>(x > (<double>0.0))))
+            _t7 = (<double>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<double>2.0)
+            _t10 = ((<double>0.5))*x
+            _t11 = cosh(_t10)
+            _t12 = cosh(_t2)
+            _t13 = ((<double>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_finite_or(_t13*_t9, (<double>0.0))
+            _cs0_0_b[_i] = _t14
+            _cs0_1_b[_i] = symprop_finite_or(-_t13*(_t5*_t7 - _t7 + _t8 + (<double>-1.0) + _t4*_t7*_t9*sinh(_t2)/_t12 + _t9*sinh(_t10)/_t11), (<double>0.0))
+            _cs0_2_b[_i] = _t14
+            _cd0_0_b[_i] = _t6
+            _cd0_1_b[_i] = (<double>2.0)*_t14
+            _cd1_0_b[_i] = _t6
+            _t6_b[_i] = _t6
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -16732,9 +16744,9 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t7 = _t7_b[_i]
+            _t6 = _t6_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t7*gy
+            gx_p[_e] = _S0 + _t6*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16747,7 +16759,7 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_taylor3
-# y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16772,6 +16784,7 @@ cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t12
     cdef float _t13
     cdef float _t14
+    cdef float _t15
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -16796,23 +16809,24 @@ cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
             _t4 = _t3*x
-            _t5 = (_t3*_t3)
-            _t6 = _t5 + (<float>-1.0)
-            _t7 = ((<float>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_finite_orf(_t3 - _t8*x, (<float>(x > (<float>0.0))))
-            _t10 = (<float>2.0)*_t0
-            _t11 = symprop_finite_orf(((<float>0.25))*(-_t10*_t4 + _t10 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t12 = (<float>2.0)*x
-            _t13 = expf(_t12)/(_t1*_t1)
-            _t14 = _t12*_t13
+            _t5 = ((<float>1.0)/(_t1))
+            _t6 = -_t0*_t5*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t7 = symprop_finite_orf(_t6, (<float>(x > (<float>0.0))))
+            _t8 = (<float>2.0)*_t0
+            _t9 = _t4*_t8
+            _t10 = _t8 - _t9 + x + (<float>2.0)
+            _t11 = ((<float>0.5))*x
+            _t12 = coshf(_t11)
+            _t13 = coshf(_t2)
+            _t14 = ((<float>0.25))/((_t12*_t12)*(_t13*_t13))
+            _t15 = symprop_finite_orf(_t10*_t14, (<float>0.0))
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = symprop_finite_orf(_t8*((<float>6.0)*_t0*_t3*_t7*x + (<float>6.0)*_t0*_t3*_t7 + (<float>3.0)*_t0*_t7*x + (<float>3.0)*_t0*_t7 - (<float>6.0)*_t13*_t4 - (<float>4.0)*_t13*_t5*x - _t14*_t6 - _t14 - x + (<float>-3.0)), (<float>0.0))
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = (<float>3.0)*_t11
+            _cd0_0_b[_i] = _t7
+            _cd1_0_b[_i] = _t15
+            _cd1_1_b[_i] = _t7
+            _cd2_0_b[_i] = symprop_finite_orf(-_t14*(_t10*_t5*_t8*sinhf(_t2)/_t13 + _t10*sinhf(_t11)/_t12 + _t6*_t8 - _t8 + _t9 + (<float>-1.0)), (<float>0.0))
+            _cd2_1_b[_i] = _t7
+            _cd2_2_b[_i] = (<float>3.0)*_t15
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16848,6 +16862,7 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t12
     cdef double _t13
     cdef double _t14
+    cdef double _t15
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -16872,23 +16887,24 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = log(_t1)
             _t3 = tanh(_t2)
             _t4 = _t3*x
-            _t5 = (_t3*_t3)
-            _t6 = _t5 + (<double>-1.0)
-            _t7 = ((<double>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_finite_or(_t3 - _t8*x, (<double>(x > (<double>0.0))))
-            _t10 = (<double>2.0)*_t0
-            _t11 = symprop_finite_or(((<double>0.25))*(-_t10*_t4 + _t10 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t12 = (<double>2.0)*x
-            _t13 = exp(_t12)/(_t1*_t1)
-            _t14 = _t12*_t13
+            _t5 = ((<double>1.0)/(_t1))
+            _t6 = -_t0*_t5*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t7 = symprop_finite_or(_t6, (<double>(x > (<double>0.0))))
+            _t8 = (<double>2.0)*_t0
+            _t9 = _t4*_t8
+            _t10 = _t8 - _t9 + x + (<double>2.0)
+            _t11 = ((<double>0.5))*x
+            _t12 = cosh(_t11)
+            _t13 = cosh(_t2)
+            _t14 = ((<double>0.25))/((_t12*_t12)*(_t13*_t13))
+            _t15 = symprop_finite_or(_t10*_t14, (<double>0.0))
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = symprop_finite_or(_t8*((<double>6.0)*_t0*_t3*_t7*x + (<double>6.0)*_t0*_t3*_t7 + (<double>3.0)*_t0*_t7*x + (<double>3.0)*_t0*_t7 - (<double>6.0)*_t13*_t4 - (<double>4.0)*_t13*_t5*x - _t14*_t6 - _t14 - x + (<double>-3.0)), (<double>0.0))
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = (<double>3.0)*_t11
+            _cd0_0_b[_i] = _t7
+            _cd1_0_b[_i] = _t15
+            _cd1_1_b[_i] = _t7
+            _cd2_0_b[_i] = symprop_finite_or(-_t14*(_t10*_t5*_t8*sinh(_t2)/_t13 + _t10*sinh(_t11)/_t12 + _t6*_t8 - _t8 + _t9 + (<double>-1.0)), (<double>0.0))
+            _cd2_1_b[_i] = _t7
+            _cd2_2_b[_i] = (<double>3.0)*_t15
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16901,7 +16917,7 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor3
-# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 3*gy3*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 3*gy3*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16931,7 +16947,7 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_3_b[_B]
     cdef float _cs0_4_b[_B]
     cdef float _cs0_5_b[_B]
-    cdef float _t10_b[_B]
+    cdef float _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -16967,12 +16983,7 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t36
     cdef float _t37
     cdef float _t38
-    cdef float _t39
     cdef float _t4
-    cdef float _t40
-    cdef float _t41
-    cdef float _t42
-    cdef float _t43
     cdef float _t5
     cdef float _t6
     cdef float _t7
@@ -17003,57 +17014,52 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t4 = (_t3*_t3)
             _t5 = _t4 + (<float>-1.0)
             _t6 = ((<float>1.0)/(_t1))
-            _t7 = _t6*x
-            _t8 = _t0*_t7
-            _t9 = (<float>(x > (<float>0.0)))
-            _t10 = symprop_finite_orf(_t3 - _t5*_t8, _t9)
-            _t11 = (<float>2.0)*_t0
-            _t12 = symprop_finite_orf(((<float>0.25))*(-_t11*y + _t11 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t13 = ((<float>1.0)/(_t1*_t1))
-            _t14 = (<float>2.0)*x
-            _t15 = expf(_t14)
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<float>6.0)*y
-            _t19 = _t15*_t18
-            _t20 = (<float>4.0)*_t15*y
-            _t21 = _t20*_t3
-            _t22 = symprop_finite_orf(_t0*_t5*_t6*((<float>6.0)*_t0*_t3*_t6 + (<float>3.0)*_t0*_t6*x + (<float>6.0)*_t0*_t6*y + (<float>3.0)*_t0*_t6 - _t13*_t19 - _t13*_t21 - _t17*_t5 - _t17 - x + (<float>-3.0)), (<float>0.0))
-            _t23 = (<float>12.0)*_t15
-            _t24 = (<float>3.0)*x
-            _t25 = expf(_t24)
-            _t26 = _t25*y
-            _t27 = (<float>24.0)*_t3
-            _t28 = _t3*x
-            _t29 = _t15*_t27
-            _t30 = (<float>12.0)*_t25
-            _t31 = (<float>24.0)*_t4
-            _t32 = (_t3*_t3*_t3)
-            _t33 = (<float>3.0)*_t6
-            _t34 = ((<float>1.0)/((_t11 + _t15 + (<float>1.0))))
-            _t35 = (<float>3.0)*_t0
-            _t36 = _t34*_t35
-            _t37 = _t0*_t34
-            _t38 = _t24*_t37
-            _t39 = _t18*_t37
-            _t40 = ((<float>1.0)/(((<float>3.0)*_t15 + _t25 + _t35 + (<float>1.0))))
-            _t41 = _t19*_t40
-            _t42 = _t16*_t40
-            _t43 = (<float>3.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t22
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = symprop_finite_orf(_t0*(_t3 + (<float>-1.0))*(_t3 + (<float>1.0))*(_t0*_t27 + (<float>4.0)*_t0*x + (<float>12.0)*_t0*y + _t11*_t28 - _t15*_t31 + (<float>11.0)*_t15*x - _t16*_t3 - _t19 - _t23*_t4*x + _t23 - _t25*_t31 + (<float>8.0)*_t25 + (<float>12.0)*_t26*_t4 - (<float>4.0)*_t26 - _t28*_t30 - _t29*y + _t29 + _t30*_t32*x - x + (<float>-4.0))/(_t1*_t1*_t1*_t1), (<float>0.0))
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = (<float>3.0)*_t22
-            _cd0_0_b[_i] = symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t9)
-            _cd0_1_b[_i] = (<float>2.0)*_t12
-            _cd0_2_b[_i] = (<float>3.0)*symprop_finite_orf(-_t0*(_t20*_t32*_t40 - _t21*_t40 + (_t3*_t3*_t3*_t3)*_t42 + (<float>6.0)*_t3*_t37 - (<float>6.0)*_t32*_t37 + _t33*_t4 - _t33 - _t36*_t4 + _t36 - _t38*_t4 + _t38 - _t39*_t4 + _t39 + _t4*_t41 - _t4*_t42 + _t4*_t7 - _t41 - _t7), (<float>0.0))
-            _cd0_3_b[_i] = _t43
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t43
-            _cd2_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t7 = _t0*_t6
+            _t8 = _t7*x
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<float>(x > (<float>0.0)))
+            _t11 = symprop_finite_orf(_t9, _t10)
+            _t12 = (<float>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<float>2.0)
+            _t15 = ((<float>0.5))*x
+            _t16 = coshf(_t15)
+            _t17 = coshf(_t2)
+            _t18 = (<float>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<float>0.25))*_t18
+            _t20 = symprop_finite_orf(_t14*_t19, (<float>0.0))
+            _t21 = sinhf(_t15)/_t16
+            _t22 = sinhf(_t2)/_t17
+            _t23 = symprop_finite_orf(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<float>-1.0)), (<float>0.0))
+            _t24 = expf((<float>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<float>8.0)*_t25
+            _t27 = expf((<float>3.0)*x)
+            _t28 = ((<float>1.0)/(_t1*_t1*_t1))
+            _t29 = (<float>12.0)*_t25*x
+            _t30 = _t25*y
+            _t31 = (<float>24.0)*_t3
+            _t32 = ((<float>0.5))*_t0
+            _t33 = _t32*y
+            _t34 = _t24*_t6
+            _t35 = _t15*_t34
+            _t36 = _t22*_t7
+            _t37 = _t22*_t34
+            _t38 = (<float>3.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = symprop_finite_orf(_t5*_t7*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t25*_t31 - (<float>16.0)*_t25*_t4 - _t26*_t5 - _t26 + (<float>24.0)*_t27*_t28*_t3*y + (<float>8.0)*_t27*_t28*_t4*y + (<float>12.0)*_t27*_t28*_t5*x + (<float>16.0)*_t27*_t28*_t5*y + (<float>6.0)*_t27*_t28*x + (<float>22.0)*_t27*_t28*y - _t29*_t5 - _t29 - _t30*_t31 - (<float>36.0)*_t30 - x + (<float>-4.0)), (<float>0.0))
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = (<float>3.0)*_t23
+            _cd0_0_b[_i] = symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t10)
+            _cd0_1_b[_i] = (<float>2.0)*_t20
+            _cd0_2_b[_i] = (<float>3.0)*symprop_finite_orf(-_t18*(_t15*_t36 + _t21*_t32 - _t21*_t33 + ((<float>0.25))*_t21*x + ((<float>0.5))*_t21 + _t3*_t32 - _t32 + _t33 - _t35*_t4 + _t35 + _t36 - _t37*y + _t37 + (<float>-0.25)), (<float>0.0))
+            _cd0_3_b[_i] = _t38
+            _cd1_0_b[_i] = _t11
+            _cd1_1_b[_i] = _t38
+            _cd2_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17068,9 +17074,9 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17114,7 +17120,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_3_b[_B]
     cdef double _cs0_4_b[_B]
     cdef double _cs0_5_b[_B]
-    cdef double _t10_b[_B]
+    cdef double _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -17150,12 +17156,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t36
     cdef double _t37
     cdef double _t38
-    cdef double _t39
     cdef double _t4
-    cdef double _t40
-    cdef double _t41
-    cdef double _t42
-    cdef double _t43
     cdef double _t5
     cdef double _t6
     cdef double _t7
@@ -17186,57 +17187,52 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t4 = (_t3*_t3)
             _t5 = _t4 + (<double>-1.0)
             _t6 = ((<double>1.0)/(_t1))
-            _t7 = _t6*x
-            _t8 = _t0*_t7
-            _t9 = (<double>(x > (<double>0.0)))
-            _t10 = symprop_finite_or(_t3 - _t5*_t8, _t9)
-            _t11 = (<double>2.0)*_t0
-            _t12 = symprop_finite_or(((<double>0.25))*(-_t11*y + _t11 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t13 = ((<double>1.0)/(_t1*_t1))
-            _t14 = (<double>2.0)*x
-            _t15 = exp(_t14)
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<double>6.0)*y
-            _t19 = _t15*_t18
-            _t20 = (<double>4.0)*_t15*y
-            _t21 = _t20*_t3
-            _t22 = symprop_finite_or(_t0*_t5*_t6*((<double>6.0)*_t0*_t3*_t6 + (<double>3.0)*_t0*_t6*x + (<double>6.0)*_t0*_t6*y + (<double>3.0)*_t0*_t6 - _t13*_t19 - _t13*_t21 - _t17*_t5 - _t17 - x + (<double>-3.0)), (<double>0.0))
-            _t23 = (<double>12.0)*_t15
-            _t24 = (<double>3.0)*x
-            _t25 = exp(_t24)
-            _t26 = _t25*y
-            _t27 = (<double>24.0)*_t3
-            _t28 = _t3*x
-            _t29 = _t15*_t27
-            _t30 = (<double>12.0)*_t25
-            _t31 = (<double>24.0)*_t4
-            _t32 = (_t3*_t3*_t3)
-            _t33 = (<double>3.0)*_t6
-            _t34 = ((<double>1.0)/((_t11 + _t15 + (<double>1.0))))
-            _t35 = (<double>3.0)*_t0
-            _t36 = _t34*_t35
-            _t37 = _t0*_t34
-            _t38 = _t24*_t37
-            _t39 = _t18*_t37
-            _t40 = ((<double>1.0)/(((<double>3.0)*_t15 + _t25 + _t35 + (<double>1.0))))
-            _t41 = _t19*_t40
-            _t42 = _t16*_t40
-            _t43 = (<double>3.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t22
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = symprop_finite_or(_t0*(_t3 + (<double>-1.0))*(_t3 + (<double>1.0))*(_t0*_t27 + (<double>4.0)*_t0*x + (<double>12.0)*_t0*y + _t11*_t28 - _t15*_t31 + (<double>11.0)*_t15*x - _t16*_t3 - _t19 - _t23*_t4*x + _t23 - _t25*_t31 + (<double>8.0)*_t25 + (<double>12.0)*_t26*_t4 - (<double>4.0)*_t26 - _t28*_t30 - _t29*y + _t29 + _t30*_t32*x - x + (<double>-4.0))/(_t1*_t1*_t1*_t1), (<double>0.0))
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = (<double>3.0)*_t22
-            _cd0_0_b[_i] = symprop_finite_or(_t3 - _t4*_t8 + _t8, _t9)
-            _cd0_1_b[_i] = (<double>2.0)*_t12
-            _cd0_2_b[_i] = (<double>3.0)*symprop_finite_or(-_t0*(_t20*_t32*_t40 - _t21*_t40 + (_t3*_t3*_t3*_t3)*_t42 + (<double>6.0)*_t3*_t37 - (<double>6.0)*_t32*_t37 + _t33*_t4 - _t33 - _t36*_t4 + _t36 - _t38*_t4 + _t38 - _t39*_t4 + _t39 + _t4*_t41 - _t4*_t42 + _t4*_t7 - _t41 - _t7), (<double>0.0))
-            _cd0_3_b[_i] = _t43
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t43
-            _cd2_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t7 = _t0*_t6
+            _t8 = _t7*x
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<double>(x > (<double>0.0)))
+            _t11 = symprop_finite_or(_t9, _t10)
+            _t12 = (<double>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<double>2.0)
+            _t15 = ((<double>0.5))*x
+            _t16 = cosh(_t15)
+            _t17 = cosh(_t2)
+            _t18 = (<double>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<double>0.25))*_t18
+            _t20 = symprop_finite_or(_t14*_t19, (<double>0.0))
+            _t21 = sinh(_t15)/_t16
+            _t22 = sinh(_t2)/_t17
+            _t23 = symprop_finite_or(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<double>-1.0)), (<double>0.0))
+            _t24 = exp((<double>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<double>8.0)*_t25
+            _t27 = exp((<double>3.0)*x)
+            _t28 = ((<double>1.0)/(_t1*_t1*_t1))
+            _t29 = (<double>12.0)*_t25*x
+            _t30 = _t25*y
+            _t31 = (<double>24.0)*_t3
+            _t32 = ((<double>0.5))*_t0
+            _t33 = _t32*y
+            _t34 = _t24*_t6
+            _t35 = _t15*_t34
+            _t36 = _t22*_t7
+            _t37 = _t22*_t34
+            _t38 = (<double>3.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = symprop_finite_or(_t5*_t7*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t25*_t31 - (<double>16.0)*_t25*_t4 - _t26*_t5 - _t26 + (<double>24.0)*_t27*_t28*_t3*y + (<double>8.0)*_t27*_t28*_t4*y + (<double>12.0)*_t27*_t28*_t5*x + (<double>16.0)*_t27*_t28*_t5*y + (<double>6.0)*_t27*_t28*x + (<double>22.0)*_t27*_t28*y - _t29*_t5 - _t29 - _t30*_t31 - (<double>36.0)*_t30 - x + (<double>-4.0)), (<double>0.0))
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = (<double>3.0)*_t23
+            _cd0_0_b[_i] = symprop_finite_or(_t3 - _t4*_t8 + _t8, _t10)
+            _cd0_1_b[_i] = (<double>2.0)*_t20
+            _cd0_2_b[_i] = (<double>3.0)*symprop_finite_or(-_t18*(_t15*_t36 + _t21*_t32 - _t21*_t33 + ((<double>0.25))*_t21*x + ((<double>0.5))*_t21 + _t3*_t32 - _t32 + _t33 - _t35*_t4 + _t35 + _t36 - _t37*y + _t37 + (<double>-0.25)), (<double>0.0))
+            _cd0_3_b[_i] = _t38
+            _cd1_0_b[_i] = _t11
+            _cd1_1_b[_i] = _t38
+            _cd2_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17251,9 +17247,9 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17269,7 +17265,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_taylor4
-# y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y4 = x1**4*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 6*x1**2*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 4*x1*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + 3*x2**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# y = x*tanh(log(exp(x) + 1)); y1 = x1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y2 = x1**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y3 = x1**3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x1*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); y4 = x1**4*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 6*x1**2*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 4*x1*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + 3*x2**2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + x4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17310,6 +17306,10 @@ cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t20
     cdef float _t21
     cdef float _t22
+    cdef float _t23
+    cdef float _t24
+    cdef float _t25
+    cdef float _t26
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -17337,33 +17337,37 @@ cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t5 = (_t3*_t3)
             _t6 = _t5 + (<float>-1.0)
             _t7 = ((<float>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_finite_orf(_t3 - _t8*x, (<float>(x > (<float>0.0))))
-            _t10 = (<float>2.0)*_t0
-            _t11 = symprop_finite_orf(((<float>0.25))*(-_t10*_t4 + _t10 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t12 = (<float>2.0)*x
-            _t13 = expf(_t12)
-            _t14 = _t13/(_t1*_t1)
-            _t15 = _t12*_t14
-            _t16 = (<float>4.0)*x
-            _t17 = symprop_finite_orf(_t8*((<float>6.0)*_t0*_t3*_t7*x + (<float>6.0)*_t0*_t3*_t7 + (<float>3.0)*_t0*_t7*x + (<float>3.0)*_t0*_t7 - _t14*_t16*_t5 - (<float>6.0)*_t14*_t4 - _t15*_t6 - _t15 - x + (<float>-3.0)), (<float>0.0))
-            _t18 = (<float>3.0)*_t11
-            _t19 = expf((<float>3.0)*x)
-            _t20 = _t13*x
-            _t21 = (<float>24.0)*_t3
-            _t22 = (<float>24.0)*_t5
+            _t8 = _t0*_t7
+            _t9 = _t3 - _t6*_t8*x
+            _t10 = symprop_finite_orf(_t9, (<float>(x > (<float>0.0))))
+            _t11 = (<float>2.0)*_t0
+            _t12 = _t11*_t4
+            _t13 = _t11 - _t12 + x + (<float>2.0)
+            _t14 = ((<float>0.5))*x
+            _t15 = coshf(_t14)
+            _t16 = coshf(_t2)
+            _t17 = ((<float>0.25))/((_t15*_t15)*(_t16*_t16))
+            _t18 = symprop_finite_orf(_t13*_t17, (<float>0.0))
+            _t19 = symprop_finite_orf(-_t17*(_t11*_t13*_t7*sinhf(_t2)/_t16 + _t11*_t9 - _t11 + _t12 + _t13*sinhf(_t14)/_t15 + (<float>-1.0)), (<float>0.0))
+            _t20 = (<float>3.0)*_t18
+            _t21 = expf((<float>2.0)*x)/(_t1*_t1)
+            _t22 = (<float>8.0)*_t21
+            _t23 = expf((<float>3.0)*x)
+            _t24 = ((<float>1.0)/(_t1*_t1*_t1))
+            _t25 = (<float>12.0)*_t21*x
+            _t26 = _t21*_t5
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t17
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t18
-            _cd3_0_b[_i] = symprop_finite_orf(_t0*(_t3 + (<float>-1.0))*(_t3 + (<float>1.0))*(_t0*_t16 + _t0*_t21 + (<float>14.0)*_t0*_t4 + _t13*_t21 - _t13*_t22 - (<float>8.0)*_t13*_t4 + (<float>12.0)*_t13 - _t19*_t22 + (<float>24.0)*_t19*(_t3*_t3*_t3)*x - (<float>16.0)*_t19*_t4 + (<float>8.0)*_t19 - (<float>36.0)*_t20*_t5 + (<float>11.0)*_t20 - x + (<float>-4.0))/(_t1*_t1*_t1*_t1), (<float>0.0))
-            _cd3_1_b[_i] = _t18
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<float>4.0)*_t11
-            _cd3_4_b[_i] = (<float>6.0)*_t17
+            _cd0_0_b[_i] = _t10
+            _cd1_0_b[_i] = _t18
+            _cd1_1_b[_i] = _t10
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t10
+            _cd2_2_b[_i] = _t20
+            _cd3_0_b[_i] = symprop_finite_orf(_t6*_t8*((<float>14.0)*_t0*_t3*_t7*x + (<float>24.0)*_t0*_t3*_t7 + (<float>7.0)*_t0*_t7*x + (<float>12.0)*_t0*_t7 - (<float>24.0)*_t21*_t3 - (<float>36.0)*_t21*_t4 - _t22*_t6 - _t22 + (<float>8.0)*_t23*_t24*(_t3*_t3*_t3)*x + (<float>16.0)*_t23*_t24*_t3*_t6*x + (<float>22.0)*_t23*_t24*_t3*x + (<float>24.0)*_t23*_t24*_t5*x + (<float>12.0)*_t23*_t24*_t6*x + (<float>6.0)*_t23*_t24*x - _t25*_t6 - _t25 - (<float>24.0)*_t26*x - (<float>16.0)*_t26 - x + (<float>-4.0)), (<float>0.0))
+            _cd3_1_b[_i] = _t20
+            _cd3_2_b[_i] = _t10
+            _cd3_3_b[_i] = (<float>4.0)*_t18
+            _cd3_4_b[_i] = (<float>6.0)*_t19
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17417,6 +17421,10 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t20
     cdef double _t21
     cdef double _t22
+    cdef double _t23
+    cdef double _t24
+    cdef double _t25
+    cdef double _t26
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -17444,33 +17452,37 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t5 = (_t3*_t3)
             _t6 = _t5 + (<double>-1.0)
             _t7 = ((<double>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_finite_or(_t3 - _t8*x, (<double>(x > (<double>0.0))))
-            _t10 = (<double>2.0)*_t0
-            _t11 = symprop_finite_or(((<double>0.25))*(-_t10*_t4 + _t10 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t12 = (<double>2.0)*x
-            _t13 = exp(_t12)
-            _t14 = _t13/(_t1*_t1)
-            _t15 = _t12*_t14
-            _t16 = (<double>4.0)*x
-            _t17 = symprop_finite_or(_t8*((<double>6.0)*_t0*_t3*_t7*x + (<double>6.0)*_t0*_t3*_t7 + (<double>3.0)*_t0*_t7*x + (<double>3.0)*_t0*_t7 - _t14*_t16*_t5 - (<double>6.0)*_t14*_t4 - _t15*_t6 - _t15 - x + (<double>-3.0)), (<double>0.0))
-            _t18 = (<double>3.0)*_t11
-            _t19 = exp((<double>3.0)*x)
-            _t20 = _t13*x
-            _t21 = (<double>24.0)*_t3
-            _t22 = (<double>24.0)*_t5
+            _t8 = _t0*_t7
+            _t9 = _t3 - _t6*_t8*x
+            _t10 = symprop_finite_or(_t9, (<double>(x > (<double>0.0))))
+            _t11 = (<double>2.0)*_t0
+            _t12 = _t11*_t4
+            _t13 = _t11 - _t12 + x + (<double>2.0)
+            _t14 = ((<double>0.5))*x
+            _t15 = cosh(_t14)
+            _t16 = cosh(_t2)
+            _t17 = ((<double>0.25))/((_t15*_t15)*(_t16*_t16))
+            _t18 = symprop_finite_or(_t13*_t17, (<double>0.0))
+            _t19 = symprop_finite_or(-_t17*(_t11*_t13*_t7*sinh(_t2)/_t16 + _t11*_t9 - _t11 + _t12 + _t13*sinh(_t14)/_t15 + (<double>-1.0)), (<double>0.0))
+            _t20 = (<double>3.0)*_t18
+            _t21 = exp((<double>2.0)*x)/(_t1*_t1)
+            _t22 = (<double>8.0)*_t21
+            _t23 = exp((<double>3.0)*x)
+            _t24 = ((<double>1.0)/(_t1*_t1*_t1))
+            _t25 = (<double>12.0)*_t21*x
+            _t26 = _t21*_t5
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t17
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t18
-            _cd3_0_b[_i] = symprop_finite_or(_t0*(_t3 + (<double>-1.0))*(_t3 + (<double>1.0))*(_t0*_t16 + _t0*_t21 + (<double>14.0)*_t0*_t4 + _t13*_t21 - _t13*_t22 - (<double>8.0)*_t13*_t4 + (<double>12.0)*_t13 - _t19*_t22 + (<double>24.0)*_t19*(_t3*_t3*_t3)*x - (<double>16.0)*_t19*_t4 + (<double>8.0)*_t19 - (<double>36.0)*_t20*_t5 + (<double>11.0)*_t20 - x + (<double>-4.0))/(_t1*_t1*_t1*_t1), (<double>0.0))
-            _cd3_1_b[_i] = _t18
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<double>4.0)*_t11
-            _cd3_4_b[_i] = (<double>6.0)*_t17
+            _cd0_0_b[_i] = _t10
+            _cd1_0_b[_i] = _t18
+            _cd1_1_b[_i] = _t10
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t10
+            _cd2_2_b[_i] = _t20
+            _cd3_0_b[_i] = symprop_finite_or(_t6*_t8*((<double>14.0)*_t0*_t3*_t7*x + (<double>24.0)*_t0*_t3*_t7 + (<double>7.0)*_t0*_t7*x + (<double>12.0)*_t0*_t7 - (<double>24.0)*_t21*_t3 - (<double>36.0)*_t21*_t4 - _t22*_t6 - _t22 + (<double>8.0)*_t23*_t24*(_t3*_t3*_t3)*x + (<double>16.0)*_t23*_t24*_t3*_t6*x + (<double>22.0)*_t23*_t24*_t3*x + (<double>24.0)*_t23*_t24*_t5*x + (<double>12.0)*_t23*_t24*_t6*x + (<double>6.0)*_t23*_t24*x - _t25*_t6 - _t25 - (<double>24.0)*_t26*x - (<double>16.0)*_t26 - x + (<double>-4.0)), (<double>0.0))
+            _cd3_1_b[_i] = _t20
+            _cd3_2_b[_i] = _t10
+            _cd3_3_b[_i] = (<double>4.0)*_t18
+            _cd3_4_b[_i] = (<double>6.0)*_t19
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17485,7 +17497,7 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor4
-# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 3*gy3*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*x1**4*finite_or(-(tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(72*x*exp(4*x)*tanh(log(exp(x) + 1))**4 - 88*x*exp(4*x)*tanh(log(exp(x) + 1))**2 + 16*x*exp(4*x) - 120*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 24*x*exp(3*x)*tanh(log(exp(x) + 1))**2 + 116*x*exp(3*x)*tanh(log(exp(x) + 1)) + 19*x*exp(3*x) + 54*x*exp(2*x)*tanh(log(exp(x) + 1))**2 + 18*x*exp(2*x)*tanh(log(exp(x) + 1)) - 39*x*exp(2*x) - 6*x*exp(x)*tanh(log(exp(x) + 1)) - 11*x*exp(x) + x + 48*y*exp(4*x)*tanh(log(exp(x) + 1))**3 - 32*y*exp(4*x)*tanh(log(exp(x) + 1)) - 120*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 36*y*exp(3*x)*tanh(log(exp(x) + 1)) + 34*y*exp(3*x) + 96*y*exp(2*x)*tanh(log(exp(x) + 1)) + 42*y*exp(2*x) - 24*y*exp(x) - 120*exp(4*x)*tanh(log(exp(x) + 1))**3 + 80*exp(4*x)*tanh(log(exp(x) + 1)) - 120*exp(3*x)*tanh(log(exp(x) + 1))**3 + 180*exp(3*x)*tanh(log(exp(x) + 1))**2 + 120*exp(3*x)*tanh(log(exp(x) + 1)) - 55*exp(3*x) + 180*exp(2*x)*tanh(log(exp(x) + 1))**2 - 30*exp(2*x)*tanh(log(exp(x) + 1)) - 75*exp(2*x) - 70*exp(x)*tanh(log(exp(x) + 1)) - 15*exp(x) + 5)*exp(x)/(exp(x) + 1)**5, 0) + 6*gy4*x1**2*x2*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 4*gy4*x1*x3*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*gy4*x2**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + gy4*x4*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)) + gy4*(4*x1**3*finite_or((tanh(log(exp(x) + 1)) - 1)*(tanh(log(exp(x) + 1)) + 1)*(12*x*exp(3*x)*tanh(log(exp(x) + 1))**3 - 12*x*exp(3*x)*tanh(log(exp(x) + 1)) - 12*x*exp(2*x)*tanh(log(exp(x) + 1))**2 - 2*x*exp(2*x)*tanh(log(exp(x) + 1)) + 11*x*exp(2*x) + 2*x*exp(x)*tanh(log(exp(x) + 1)) + 4*x*exp(x) - x + 12*y*exp(3*x)*tanh(log(exp(x) + 1))**2 - 4*y*exp(3*x) - 24*y*exp(2*x)*tanh(log(exp(x) + 1)) - 6*y*exp(2*x) + 12*y*exp(x) - 24*exp(3*x)*tanh(log(exp(x) + 1))**2 + 8*exp(3*x) - 24*exp(2*x)*tanh(log(exp(x) + 1))**2 + 24*exp(2*x)*tanh(log(exp(x) + 1)) + 12*exp(2*x) + 24*exp(x)*tanh(log(exp(x) + 1)) - 4)*exp(x)/(exp(x) + 1)**4, 0) + 12*x1*x2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 4*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*(6*x1**2*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0) + 6*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 4*gy4*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx4 = gy4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# gx = gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(gy1*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy2*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy2*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 3*gy3*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy3*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*x1**4*finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0) + 6*gy4*x1**2*x2*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 4*gy4*x1*x3*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*gy4*x2**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + gy4*x4*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx1 = gy1*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 2*gy2*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy3*(3*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 3*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)) + gy4*(4*x1**3*finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0) + 12*x1*x2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 4*x3*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx2 = gy2*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 3*gy3*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gy4*(6*x1**2*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0) + 6*x2*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gx3 = gy3*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + 4*gy4*x1*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0); gx4 = gy4*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17530,7 +17542,7 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_7_b[_B]
     cdef float _cs0_8_b[_B]
     cdef float _cs0_9_b[_B]
-    cdef float _t10_b[_B]
+    cdef float _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -17607,6 +17619,9 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t73
     cdef float _t74
     cdef float _t75
+    cdef float _t76
+    cdef float _t77
+    cdef float _t78
     cdef float _t8
     cdef float _t9
     cdef float gy
@@ -17638,99 +17653,102 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t6 = ((<float>1.0)/(_t1))
             _t7 = _t6*x
             _t8 = _t0*_t7
-            _t9 = (<float>(x > (<float>0.0)))
-            _t10 = symprop_finite_orf(_t3 - _t5*_t8, _t9)
-            _t11 = (<float>2.0)*_t0
-            _t12 = symprop_finite_orf(((<float>0.25))*(-_t11*y + _t11 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t13 = ((<float>1.0)/(_t1*_t1))
-            _t14 = (<float>2.0)*x
-            _t15 = expf(_t14)
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<float>6.0)*_t15
-            _t19 = _t18*y
-            _t20 = _t15*y
-            _t21 = _t20*_t3
-            _t22 = (<float>4.0)*_t21
-            _t23 = symprop_finite_orf(_t0*_t5*_t6*((<float>6.0)*_t0*_t3*_t6 + (<float>3.0)*_t0*_t6*x + (<float>6.0)*_t0*_t6*y + (<float>3.0)*_t0*_t6 - _t13*_t19 - _t13*_t22 - _t17*_t5 - _t17 - x + (<float>-3.0)), (<float>0.0))
-            _t24 = (<float>24.0)*_t4
-            _t25 = (<float>3.0)*x
-            _t26 = expf(_t25)
-            _t27 = (<float>12.0)*_t15
-            _t28 = _t4*x
-            _t29 = (_t3*_t3*_t3)
-            _t30 = _t26*x
-            _t31 = (<float>12.0)*_t30
-            _t32 = _t26*y
-            _t33 = (<float>12.0)*_t32
-            _t34 = -x
-            _t35 = (<float>4.0)*_t26
-            _t36 = (<float>4.0)*x
-            _t37 = _t0*_t36
-            _t38 = (<float>11.0)*x
-            _t39 = _t0*y
-            _t40 = (<float>12.0)*_t39
-            _t41 = (<float>24.0)*_t3
-            _t42 = _t15*_t41
-            _t43 = _t15*_t3
-            _t44 = _t11*x
-            _t45 = _t0*_t41 - _t14*_t43 + _t15*_t38 - _t19 + (<float>8.0)*_t26 + _t27 - _t3*_t31 + _t3*_t44 + _t34 - _t35*y + _t37 + _t40 - _t42*y + _t42 + (<float>-4.0)
-            _t46 = _t0*(_t3 + (<float>-1.0))*(_t3 + (<float>1.0))
-            _t47 = symprop_finite_orf(_t46*(-_t15*_t24 - _t24*_t26 - _t27*_t28 + _t29*_t31 + _t33*_t4 + _t45)/(_t1*_t1*_t1*_t1), (<float>0.0))
-            _t48 = expf(_t36)
-            _t49 = _t48*x
-            _t50 = _t0*_t3
-            _t51 = (<float>6.0)*_t50
-            _t52 = (<float>120.0)*_t26
-            _t53 = _t3*_t48
-            _t54 = (<float>180.0)*_t4
-            _t55 = _t29*_t52
-            _t56 = _t29*_t48
-            _t57 = _t15*_t28
-            _t58 = (_t3*_t3*_t3*_t3)
-            _t59 = (<float>3.0)*_t23
-            _t60 = symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t9)
-            _t61 = (<float>3.0)*_t6
-            _t62 = ((<float>1.0)/((_t11 + _t15 + (<float>1.0))))
-            _t63 = (<float>3.0)*_t0
-            _t64 = _t62*_t63
-            _t65 = _t0*_t62
-            _t66 = _t25*_t65
-            _t67 = (<float>6.0)*_t39*_t62
-            _t68 = ((<float>1.0)/(((<float>3.0)*_t15 + _t26 + _t63 + (<float>1.0))))
-            _t69 = _t19*_t68
-            _t70 = _t15*_t4
-            _t71 = symprop_finite_orf(-_t0*(-_t14*_t68*_t70 + _t16*_t58*_t68 + (<float>4.0)*_t20*_t29*_t68 - _t22*_t68 - (<float>6.0)*_t29*_t65 + _t4*_t61 - _t4*_t64 - _t4*_t66 - _t4*_t67 + _t4*_t69 + _t4*_t7 + _t51*_t62 - _t61 + _t64 + _t66 + _t67 - _t69 - _t7), (<float>0.0))
-            _t72 = (<float>3.0)*_t12
-            _t73 = (<float>24.0)*_t29
-            _t74 = (<float>24.0)*_t58
-            _t75 = (<float>4.0)*_t12
-            _cs0_0_b[_i] = _t12
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<float>(x > (<float>0.0)))
+            _t11 = symprop_finite_orf(_t9, _t10)
+            _t12 = (<float>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<float>2.0)
+            _t15 = ((<float>0.5))*x
+            _t16 = coshf(_t15)
+            _t17 = coshf(_t2)
+            _t18 = (<float>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<float>0.25))*_t18
+            _t20 = symprop_finite_orf(_t14*_t19, (<float>0.0))
+            _t21 = sinhf(_t15)/_t16
+            _t22 = sinhf(_t2)/_t17
+            _t23 = symprop_finite_orf(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<float>-1.0)), (<float>0.0))
+            _t24 = expf((<float>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<float>8.0)*_t25
+            _t27 = expf((<float>3.0)*x)
+            _t28 = ((<float>1.0)/(_t1*_t1*_t1))
+            _t29 = _t25*x
+            _t30 = (<float>12.0)*_t29
+            _t31 = _t25*y
+            _t32 = (<float>24.0)*_t3
+            _t33 = _t25*_t4
+            _t34 = _t0*_t6
+            _t35 = _t34*_t5
+            _t36 = symprop_finite_orf(_t35*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t25*_t32 - _t26*_t5 - _t26 + (<float>24.0)*_t27*_t28*_t3*y + (<float>8.0)*_t27*_t28*_t4*y + (<float>12.0)*_t27*_t28*_t5*x + (<float>16.0)*_t27*_t28*_t5*y + (<float>6.0)*_t27*_t28*x + (<float>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - _t31*_t32 - (<float>36.0)*_t31 - (<float>16.0)*_t33 - x + (<float>-4.0)), (<float>0.0))
+            _t37 = _t27*_t28
+            _t38 = (<float>60.0)*_t25
+            _t39 = expf((<float>4.0)*x)
+            _t40 = _t39/(_t1*_t1*_t1*_t1)
+            _t41 = _t40*x
+            _t42 = _t37*x
+            _t43 = (<float>50.0)*_t29
+            _t44 = _t40*y
+            _t45 = _t37*y
+            _t46 = _t3*_t37
+            _t47 = _t3*_t44
+            _t48 = (_t3*_t3*_t3)
+            _t49 = (<float>3.0)*_t23
+            _t50 = symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t10)
+            _t51 = ((<float>0.5))*_t0
+            _t52 = _t51*y
+            _t53 = _t24*_t6
+            _t54 = _t15*_t53
+            _t55 = _t22*_t34
+            _t56 = _t22*_t53
+            _t57 = symprop_finite_orf(-_t18*(_t15*_t55 + _t21*_t51 - _t21*_t52 + ((<float>0.25))*_t21*x + ((<float>0.5))*_t21 + _t3*_t51 - _t4*_t54 - _t51 + _t52 + _t54 + _t55 - _t56*y + _t56 + (<float>-0.25)), (<float>0.0))
+            _t58 = (<float>3.0)*_t20
+            _t59 = (<float>4.0)*_t6
+            _t60 = _t0/(_t12 + _t24 + (<float>1.0))
+            _t61 = (<float>12.0)*_t60
+            _t62 = (<float>7.0)*_t60*x
+            _t63 = (<float>14.0)*_t60*y
+            _t64 = (<float>24.0)*_t48
+            _t65 = _t24/((<float>3.0)*_t0 + (<float>3.0)*_t24 + _t27 + (<float>1.0))
+            _t66 = (<float>36.0)*_t65*y
+            _t67 = _t32*_t65
+            _t68 = _t27/((<float>4.0)*_t0 + (<float>6.0)*_t24 + (<float>4.0)*_t27 + _t39 + (<float>1.0))
+            _t69 = (<float>6.0)*_t68
+            _t70 = (<float>24.0)*_t65
+            _t71 = _t64*_t65
+            _t72 = (_t3*_t3*_t3*_t3)
+            _t73 = _t65*x
+            _t74 = (<float>12.0)*_t72
+            _t75 = _t68*y
+            _t76 = (<float>18.0)*_t4
+            _t77 = _t68*x
+            _t78 = (<float>4.0)*_t20
+            _cs0_0_b[_i] = _t20
             _cs0_1_b[_i] = _t23
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = _t47
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = symprop_finite_orf(_t46*(_t0*_t38 + (<float>15.0)*_t0 - _t15*_t54 + (<float>39.0)*_t15*x + (<float>75.0)*_t15 - (<float>42.0)*_t20 - (<float>96.0)*_t21 + (<float>24.0)*_t26*_t28 - _t26*_t54 + (<float>55.0)*_t26 + (<float>88.0)*_t28*_t48 - (<float>116.0)*_t3*_t30 + (<float>36.0)*_t3*_t32 - _t3*_t52 - (<float>19.0)*_t30 - (<float>34.0)*_t32 + _t34 + (<float>24.0)*_t39 + _t4*_t52*y - (<float>18.0)*_t43*x + (<float>30.0)*_t43 - (<float>72.0)*_t49*_t58 - (<float>16.0)*_t49 + (<float>70.0)*_t50 + _t51*x + (<float>32.0)*_t53*y - (<float>80.0)*_t53 + _t55*x + _t55 - (<float>48.0)*_t56*y + (<float>120.0)*_t56 - (<float>54.0)*_t57 + (<float>-5.0))/powf(_t1, (<float>5.0)), (<float>0.0))
-            _cs0_6_b[_i] = _t59
-            _cs0_7_b[_i] = _t12
-            _cs0_8_b[_i] = _t59
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = _t36
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = symprop_finite_orf(-_t35*((<float>180.0)*_t25*_t3 + (<float>100.0)*_t3*_t31 - (<float>70.0)*_t3*_t34 - (<float>240.0)*_t3*_t45 + (<float>150.0)*_t31 + (<float>120.0)*_t33 - (<float>30.0)*_t34*y - (<float>35.0)*_t34 - (<float>120.0)*_t37*_t4 - (<float>40.0)*_t37*_t48 - (<float>60.0)*_t37*_t5 - (<float>30.0)*_t37 + _t38*_t5 + _t38 + (<float>80.0)*_t4*_t44 - (<float>80.0)*_t4*_t45 + (<float>16.0)*_t41*(_t5*_t5) + (<float>70.0)*_t41*_t5 + (<float>24.0)*_t41 - (<float>120.0)*_t42*_t5 - (<float>60.0)*_t42 + _t43*_t5 + _t43 + (<float>16.0)*_t44*_t48 + (<float>160.0)*_t44*_t5 + (<float>100.0)*_t44 - (<float>160.0)*_t45*_t5 - (<float>220.0)*_t45 - (<float>80.0)*_t46*_t5 - (<float>110.0)*_t46 + (<float>88.0)*_t47*_t5 + (<float>140.0)*_t47 - (<float>15.0)*_t8 + x + (<float>5.0)), (<float>0.0))
+            _cs0_6_b[_i] = _t49
+            _cs0_7_b[_i] = _t20
+            _cs0_8_b[_i] = _t49
             _cs0_9_b[_i] = (<float>4.0)*_t23
-            _cs0_10_b[_i] = (<float>6.0)*_t47
-            _cd0_0_b[_i] = _t60
-            _cd0_1_b[_i] = (<float>2.0)*_t12
-            _cd0_2_b[_i] = (<float>3.0)*_t71
-            _cd0_3_b[_i] = _t72
-            _cd0_4_b[_i] = (<float>4.0)*symprop_finite_orf(-_t0*(-_t0*_t73 - _t15*_t73 + _t15*_t74 + _t16*_t29 + _t19*_t4 + _t20*_t73 - (<float>32.0)*_t26*_t4 + _t26*_t74 + _t27*_t58*x + _t28 - _t29*_t44 - powf(_t3, (<float>5.0))*_t31 + _t30*_t73 + (<float>16.0)*_t32*_t4 - _t33*_t58 - _t37*_t4 - _t4*_t40 + (<float>4.0)*_t4 + _t45 - (<float>23.0)*_t57 - (<float>36.0)*_t70)/((<float>4.0)*_t0 + _t18 + _t35 + _t48 + (<float>1.0)), (<float>0.0))
-            _cd0_5_b[_i] = _t75
-            _cd0_6_b[_i] = (<float>12.0)*_t71
-            _cd1_0_b[_i] = _t60
-            _cd1_1_b[_i] = _t72
-            _cd1_2_b[_i] = (<float>6.0)*_t71
-            _cd1_3_b[_i] = (<float>6.0)*_t12
-            _cd2_0_b[_i] = _t10
-            _cd2_1_b[_i] = _t75
-            _cd3_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _cs0_10_b[_i] = (<float>6.0)*_t36
+            _cd0_0_b[_i] = _t50
+            _cd0_1_b[_i] = (<float>2.0)*_t20
+            _cd0_2_b[_i] = (<float>3.0)*_t57
+            _cd0_3_b[_i] = _t58
+            _cd0_4_b[_i] = (<float>4.0)*symprop_finite_orf(_t0*(-_t32*_t60 - _t32*_t75 - _t4*_t59 + _t4*_t61 + _t4*_t62 + _t4*_t63 - _t4*_t66 - _t4*_t7 + _t4*_t70 + (<float>12.0)*_t4*_t73 + _t59 + _t60*_t64 - _t61 - _t62 - _t63 + _t64*_t75 + _t66 + _t67*y + _t67 + _t69*x - _t69*y + _t7 - _t70*_t72 - _t71*y - _t71 + (<float>24.0)*_t72*_t75 - _t73*_t74 + _t74*_t77 - _t75*_t76 - _t76*_t77), (<float>0.0))
+            _cd0_5_b[_i] = _t78
+            _cd0_6_b[_i] = (<float>12.0)*_t57
+            _cd1_0_b[_i] = _t50
+            _cd1_1_b[_i] = _t58
+            _cd1_2_b[_i] = (<float>6.0)*_t57
+            _cd1_3_b[_i] = (<float>6.0)*_t20
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t78
+            _cd3_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17747,9 +17765,9 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17811,7 +17829,7 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_7_b[_B]
     cdef double _cs0_8_b[_B]
     cdef double _cs0_9_b[_B]
-    cdef double _t10_b[_B]
+    cdef double _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -17888,6 +17906,9 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t73
     cdef double _t74
     cdef double _t75
+    cdef double _t76
+    cdef double _t77
+    cdef double _t78
     cdef double _t8
     cdef double _t9
     cdef double gy
@@ -17919,99 +17940,102 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t6 = ((<double>1.0)/(_t1))
             _t7 = _t6*x
             _t8 = _t0*_t7
-            _t9 = (<double>(x > (<double>0.0)))
-            _t10 = symprop_finite_or(_t3 - _t5*_t8, _t9)
-            _t11 = (<double>2.0)*_t0
-            _t12 = symprop_finite_or(((<double>0.25))*(-_t11*y + _t11 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t13 = ((<double>1.0)/(_t1*_t1))
-            _t14 = (<double>2.0)*x
-            _t15 = exp(_t14)
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<double>6.0)*_t15
-            _t19 = _t18*y
-            _t20 = _t15*y
-            _t21 = _t20*_t3
-            _t22 = (<double>4.0)*_t21
-            _t23 = symprop_finite_or(_t0*_t5*_t6*((<double>6.0)*_t0*_t3*_t6 + (<double>3.0)*_t0*_t6*x + (<double>6.0)*_t0*_t6*y + (<double>3.0)*_t0*_t6 - _t13*_t19 - _t13*_t22 - _t17*_t5 - _t17 - x + (<double>-3.0)), (<double>0.0))
-            _t24 = (<double>24.0)*_t4
-            _t25 = (<double>3.0)*x
-            _t26 = exp(_t25)
-            _t27 = (<double>12.0)*_t15
-            _t28 = _t4*x
-            _t29 = (_t3*_t3*_t3)
-            _t30 = _t26*x
-            _t31 = (<double>12.0)*_t30
-            _t32 = _t26*y
-            _t33 = (<double>12.0)*_t32
-            _t34 = -x
-            _t35 = (<double>4.0)*_t26
-            _t36 = (<double>4.0)*x
-            _t37 = _t0*_t36
-            _t38 = (<double>11.0)*x
-            _t39 = _t0*y
-            _t40 = (<double>12.0)*_t39
-            _t41 = (<double>24.0)*_t3
-            _t42 = _t15*_t41
-            _t43 = _t15*_t3
-            _t44 = _t11*x
-            _t45 = _t0*_t41 - _t14*_t43 + _t15*_t38 - _t19 + (<double>8.0)*_t26 + _t27 - _t3*_t31 + _t3*_t44 + _t34 - _t35*y + _t37 + _t40 - _t42*y + _t42 + (<double>-4.0)
-            _t46 = _t0*(_t3 + (<double>-1.0))*(_t3 + (<double>1.0))
-            _t47 = symprop_finite_or(_t46*(-_t15*_t24 - _t24*_t26 - _t27*_t28 + _t29*_t31 + _t33*_t4 + _t45)/(_t1*_t1*_t1*_t1), (<double>0.0))
-            _t48 = exp(_t36)
-            _t49 = _t48*x
-            _t50 = _t0*_t3
-            _t51 = (<double>6.0)*_t50
-            _t52 = (<double>120.0)*_t26
-            _t53 = _t3*_t48
-            _t54 = (<double>180.0)*_t4
-            _t55 = _t29*_t52
-            _t56 = _t29*_t48
-            _t57 = _t15*_t28
-            _t58 = (_t3*_t3*_t3*_t3)
-            _t59 = (<double>3.0)*_t23
-            _t60 = symprop_finite_or(_t3 - _t4*_t8 + _t8, _t9)
-            _t61 = (<double>3.0)*_t6
-            _t62 = ((<double>1.0)/((_t11 + _t15 + (<double>1.0))))
-            _t63 = (<double>3.0)*_t0
-            _t64 = _t62*_t63
-            _t65 = _t0*_t62
-            _t66 = _t25*_t65
-            _t67 = (<double>6.0)*_t39*_t62
-            _t68 = ((<double>1.0)/(((<double>3.0)*_t15 + _t26 + _t63 + (<double>1.0))))
-            _t69 = _t19*_t68
-            _t70 = _t15*_t4
-            _t71 = symprop_finite_or(-_t0*(-_t14*_t68*_t70 + _t16*_t58*_t68 + (<double>4.0)*_t20*_t29*_t68 - _t22*_t68 - (<double>6.0)*_t29*_t65 + _t4*_t61 - _t4*_t64 - _t4*_t66 - _t4*_t67 + _t4*_t69 + _t4*_t7 + _t51*_t62 - _t61 + _t64 + _t66 + _t67 - _t69 - _t7), (<double>0.0))
-            _t72 = (<double>3.0)*_t12
-            _t73 = (<double>24.0)*_t29
-            _t74 = (<double>24.0)*_t58
-            _t75 = (<double>4.0)*_t12
-            _cs0_0_b[_i] = _t12
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<double>(x > (<double>0.0)))
+            _t11 = symprop_finite_or(_t9, _t10)
+            _t12 = (<double>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<double>2.0)
+            _t15 = ((<double>0.5))*x
+            _t16 = cosh(_t15)
+            _t17 = cosh(_t2)
+            _t18 = (<double>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<double>0.25))*_t18
+            _t20 = symprop_finite_or(_t14*_t19, (<double>0.0))
+            _t21 = sinh(_t15)/_t16
+            _t22 = sinh(_t2)/_t17
+            _t23 = symprop_finite_or(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<double>-1.0)), (<double>0.0))
+            _t24 = exp((<double>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<double>8.0)*_t25
+            _t27 = exp((<double>3.0)*x)
+            _t28 = ((<double>1.0)/(_t1*_t1*_t1))
+            _t29 = _t25*x
+            _t30 = (<double>12.0)*_t29
+            _t31 = _t25*y
+            _t32 = (<double>24.0)*_t3
+            _t33 = _t25*_t4
+            _t34 = _t0*_t6
+            _t35 = _t34*_t5
+            _t36 = symprop_finite_or(_t35*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t25*_t32 - _t26*_t5 - _t26 + (<double>24.0)*_t27*_t28*_t3*y + (<double>8.0)*_t27*_t28*_t4*y + (<double>12.0)*_t27*_t28*_t5*x + (<double>16.0)*_t27*_t28*_t5*y + (<double>6.0)*_t27*_t28*x + (<double>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - _t31*_t32 - (<double>36.0)*_t31 - (<double>16.0)*_t33 - x + (<double>-4.0)), (<double>0.0))
+            _t37 = _t27*_t28
+            _t38 = (<double>60.0)*_t25
+            _t39 = exp((<double>4.0)*x)
+            _t40 = _t39/(_t1*_t1*_t1*_t1)
+            _t41 = _t40*x
+            _t42 = _t37*x
+            _t43 = (<double>50.0)*_t29
+            _t44 = _t40*y
+            _t45 = _t37*y
+            _t46 = _t3*_t37
+            _t47 = _t3*_t44
+            _t48 = (_t3*_t3*_t3)
+            _t49 = (<double>3.0)*_t23
+            _t50 = symprop_finite_or(_t3 - _t4*_t8 + _t8, _t10)
+            _t51 = ((<double>0.5))*_t0
+            _t52 = _t51*y
+            _t53 = _t24*_t6
+            _t54 = _t15*_t53
+            _t55 = _t22*_t34
+            _t56 = _t22*_t53
+            _t57 = symprop_finite_or(-_t18*(_t15*_t55 + _t21*_t51 - _t21*_t52 + ((<double>0.25))*_t21*x + ((<double>0.5))*_t21 + _t3*_t51 - _t4*_t54 - _t51 + _t52 + _t54 + _t55 - _t56*y + _t56 + (<double>-0.25)), (<double>0.0))
+            _t58 = (<double>3.0)*_t20
+            _t59 = (<double>4.0)*_t6
+            _t60 = _t0/(_t12 + _t24 + (<double>1.0))
+            _t61 = (<double>12.0)*_t60
+            _t62 = (<double>7.0)*_t60*x
+            _t63 = (<double>14.0)*_t60*y
+            _t64 = (<double>24.0)*_t48
+            _t65 = _t24/((<double>3.0)*_t0 + (<double>3.0)*_t24 + _t27 + (<double>1.0))
+            _t66 = (<double>36.0)*_t65*y
+            _t67 = _t32*_t65
+            _t68 = _t27/((<double>4.0)*_t0 + (<double>6.0)*_t24 + (<double>4.0)*_t27 + _t39 + (<double>1.0))
+            _t69 = (<double>6.0)*_t68
+            _t70 = (<double>24.0)*_t65
+            _t71 = _t64*_t65
+            _t72 = (_t3*_t3*_t3*_t3)
+            _t73 = _t65*x
+            _t74 = (<double>12.0)*_t72
+            _t75 = _t68*y
+            _t76 = (<double>18.0)*_t4
+            _t77 = _t68*x
+            _t78 = (<double>4.0)*_t20
+            _cs0_0_b[_i] = _t20
             _cs0_1_b[_i] = _t23
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = _t47
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = symprop_finite_or(_t46*(_t0*_t38 + (<double>15.0)*_t0 - _t15*_t54 + (<double>39.0)*_t15*x + (<double>75.0)*_t15 - (<double>42.0)*_t20 - (<double>96.0)*_t21 + (<double>24.0)*_t26*_t28 - _t26*_t54 + (<double>55.0)*_t26 + (<double>88.0)*_t28*_t48 - (<double>116.0)*_t3*_t30 + (<double>36.0)*_t3*_t32 - _t3*_t52 - (<double>19.0)*_t30 - (<double>34.0)*_t32 + _t34 + (<double>24.0)*_t39 + _t4*_t52*y - (<double>18.0)*_t43*x + (<double>30.0)*_t43 - (<double>72.0)*_t49*_t58 - (<double>16.0)*_t49 + (<double>70.0)*_t50 + _t51*x + (<double>32.0)*_t53*y - (<double>80.0)*_t53 + _t55*x + _t55 - (<double>48.0)*_t56*y + (<double>120.0)*_t56 - (<double>54.0)*_t57 + (<double>-5.0))/pow(_t1, (<double>5.0)), (<double>0.0))
-            _cs0_6_b[_i] = _t59
-            _cs0_7_b[_i] = _t12
-            _cs0_8_b[_i] = _t59
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = _t36
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = symprop_finite_or(-_t35*((<double>180.0)*_t25*_t3 + (<double>100.0)*_t3*_t31 - (<double>70.0)*_t3*_t34 - (<double>240.0)*_t3*_t45 + (<double>150.0)*_t31 + (<double>120.0)*_t33 - (<double>30.0)*_t34*y - (<double>35.0)*_t34 - (<double>120.0)*_t37*_t4 - (<double>40.0)*_t37*_t48 - (<double>60.0)*_t37*_t5 - (<double>30.0)*_t37 + _t38*_t5 + _t38 + (<double>80.0)*_t4*_t44 - (<double>80.0)*_t4*_t45 + (<double>16.0)*_t41*(_t5*_t5) + (<double>70.0)*_t41*_t5 + (<double>24.0)*_t41 - (<double>120.0)*_t42*_t5 - (<double>60.0)*_t42 + _t43*_t5 + _t43 + (<double>16.0)*_t44*_t48 + (<double>160.0)*_t44*_t5 + (<double>100.0)*_t44 - (<double>160.0)*_t45*_t5 - (<double>220.0)*_t45 - (<double>80.0)*_t46*_t5 - (<double>110.0)*_t46 + (<double>88.0)*_t47*_t5 + (<double>140.0)*_t47 - (<double>15.0)*_t8 + x + (<double>5.0)), (<double>0.0))
+            _cs0_6_b[_i] = _t49
+            _cs0_7_b[_i] = _t20
+            _cs0_8_b[_i] = _t49
             _cs0_9_b[_i] = (<double>4.0)*_t23
-            _cs0_10_b[_i] = (<double>6.0)*_t47
-            _cd0_0_b[_i] = _t60
-            _cd0_1_b[_i] = (<double>2.0)*_t12
-            _cd0_2_b[_i] = (<double>3.0)*_t71
-            _cd0_3_b[_i] = _t72
-            _cd0_4_b[_i] = (<double>4.0)*symprop_finite_or(-_t0*(-_t0*_t73 - _t15*_t73 + _t15*_t74 + _t16*_t29 + _t19*_t4 + _t20*_t73 - (<double>32.0)*_t26*_t4 + _t26*_t74 + _t27*_t58*x + _t28 - _t29*_t44 - pow(_t3, (<double>5.0))*_t31 + _t30*_t73 + (<double>16.0)*_t32*_t4 - _t33*_t58 - _t37*_t4 - _t4*_t40 + (<double>4.0)*_t4 + _t45 - (<double>23.0)*_t57 - (<double>36.0)*_t70)/((<double>4.0)*_t0 + _t18 + _t35 + _t48 + (<double>1.0)), (<double>0.0))
-            _cd0_5_b[_i] = _t75
-            _cd0_6_b[_i] = (<double>12.0)*_t71
-            _cd1_0_b[_i] = _t60
-            _cd1_1_b[_i] = _t72
-            _cd1_2_b[_i] = (<double>6.0)*_t71
-            _cd1_3_b[_i] = (<double>6.0)*_t12
-            _cd2_0_b[_i] = _t10
-            _cd2_1_b[_i] = _t75
-            _cd3_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _cs0_10_b[_i] = (<double>6.0)*_t36
+            _cd0_0_b[_i] = _t50
+            _cd0_1_b[_i] = (<double>2.0)*_t20
+            _cd0_2_b[_i] = (<double>3.0)*_t57
+            _cd0_3_b[_i] = _t58
+            _cd0_4_b[_i] = (<double>4.0)*symprop_finite_or(_t0*(-_t32*_t60 - _t32*_t75 - _t4*_t59 + _t4*_t61 + _t4*_t62 + _t4*_t63 - _t4*_t66 - _t4*_t7 + _t4*_t70 + (<double>12.0)*_t4*_t73 + _t59 + _t60*_t64 - _t61 - _t62 - _t63 + _t64*_t75 + _t66 + _t67*y + _t67 + _t69*x - _t69*y + _t7 - _t70*_t72 - _t71*y - _t71 + (<double>24.0)*_t72*_t75 - _t73*_t74 + _t74*_t77 - _t75*_t76 - _t76*_t77), (<double>0.0))
+            _cd0_5_b[_i] = _t78
+            _cd0_6_b[_i] = (<double>12.0)*_t57
+            _cd1_0_b[_i] = _t50
+            _cd1_1_b[_i] = _t58
+            _cd1_2_b[_i] = (<double>6.0)*_t57
+            _cd1_3_b[_i] = (<double>6.0)*_t20
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t78
+            _cd3_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -18028,9 +18052,9 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -18191,7 +18215,7 @@ cdef void _mish_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ss
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_laplacian
-# gx = gLy*(L*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + dsum(J**2)*finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0)) + gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(J*gJy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gL = gLy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); gJ = 2*J*gLy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gJy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
+# gx = gLy*(L*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + dsum(J**2)*finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0)) + gy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))) + dsum(J*gJy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0)); gL = gLy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))); gJ = 2*J*gLy*finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0) + gJy*finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True)))
 cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -18210,13 +18234,17 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _cd0_1_b[_B]
     cdef float _cs1_0_b[_B]
     cdef float _t0_b[_B]
+    cdef float _t10_b[_B]
     cdef float _t11_b[_B]
     cdef float _t12_b[_B]
-    cdef float _t3_b[_B]
+    cdef float _t13_b[_B]
+    cdef float _t14_b[_B]
+    cdef float _t2_b[_B]
     cdef float _t4_b[_B]
     cdef float _t5_b[_B]
     cdef float _t6_b[_B]
     cdef float _t7_b[_B]
+    cdef float _t8_b[_B]
     cdef float _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float J
@@ -18228,6 +18256,8 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _t10
     cdef float _t11
     cdef float _t12
+    cdef float _t13
+    cdef float _t14
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -18256,28 +18286,34 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
             _t1 = _t0 + (<float>1.0)
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
-            _t4 = (_t3*_t3) + (<float>-1.0)
-            _t5 = ((<float>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_finite_orf(_t3 - _t6*x, (<float>(x > (<float>0.0))))
-            _t8 = (<float>2.0)*_t0
-            _t9 = symprop_finite_orf(((<float>0.25))*(-_t8*y + _t8 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0))
-            _t10 = (<float>2.0)*x
-            _t11 = expf(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            gL_p[_e] = _t7*gLy
-            _cs1_0_b[_i] = _t9
-            _cd0_0_b[_i] = (<float>2.0)*_t9*gLy
-            _cd0_1_b[_i] = _t7
+            _t4 = ((<float>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t6 = symprop_finite_orf(_t5, (<float>(x > (<float>0.0))))
+            _t7 = (<float>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<float>2.0)
+            _t10 = ((<float>0.5))*x
+            _t11 = coshf(_t10)
+            _t12 = coshf(_t2)
+            _t13 = ((<float>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_finite_orf(_t13*_t9, (<float>0.0))
+            gL_p[_e] = _t6*gLy
+            _cs1_0_b[_i] = _t14
+            _cd0_0_b[_i] = (<float>2.0)*_t14*gLy
+            _cd0_1_b[_i] = _t6
             _t0_b[_i] = _t0
-            _t3_b[_i] = _t3
+            _t2_b[_i] = _t2
             _t4_b[_i] = _t4
             _t5_b[_i] = _t5
             _t6_b[_i] = _t6
             _t7_b[_i] = _t7
+            _t8_b[_i] = _t8
             _t9_b[_i] = _t9
+            _t10_b[_i] = _t10
             _t11_b[_i] = _t11
             _t12_b[_i] = _t12
+            _t13_b[_i] = _t13
+            _t14_b[_i] = _t14
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -18289,23 +18325,25 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
                 _S1_b[_i] += (_cs1_0_b[_i]*J*gJy)
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
-            _t3 = _t3_b[_i]
+            _t2 = _t2_b[_i]
             _t4 = _t4_b[_i]
             _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
+            _t8 = _t8_b[_i]
             _t9 = _t9_b[_i]
+            _t10 = _t10_b[_i]
             _t11 = _t11_b[_i]
             _t12 = _t12_b[_i]
+            _t13 = _t13_b[_i]
+            _t14 = _t14_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t7*gy + gLy*(L*_t9 + _S0*symprop_finite_orf(_t6*((<float>6.0)*_t0*_t3*_t5 + (<float>3.0)*_t0*_t5*x + (<float>6.0)*_t0*_t5*y + (<float>3.0)*_t0*_t5 - (<float>4.0)*_t11*_t3*y - (<float>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<float>-3.0)), (<float>0.0)))
+            gx_p[_e] = _S1 + _t6*gy + gLy*(L*_t14 + _S0*symprop_finite_orf(_t13*((<float>2.0)*_t0 - _t5*_t7 - _t8 + (<float>1.0) - _t4*_t7*_t9*sinhf(_t2)/_t12 - _t9*sinhf(_t10)/_t11), (<float>0.0)))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -18332,13 +18370,17 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _cd0_1_b[_B]
     cdef double _cs1_0_b[_B]
     cdef double _t0_b[_B]
+    cdef double _t10_b[_B]
     cdef double _t11_b[_B]
     cdef double _t12_b[_B]
-    cdef double _t3_b[_B]
+    cdef double _t13_b[_B]
+    cdef double _t14_b[_B]
+    cdef double _t2_b[_B]
     cdef double _t4_b[_B]
     cdef double _t5_b[_B]
     cdef double _t6_b[_B]
     cdef double _t7_b[_B]
+    cdef double _t8_b[_B]
     cdef double _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double J
@@ -18350,6 +18392,8 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _t10
     cdef double _t11
     cdef double _t12
+    cdef double _t13
+    cdef double _t14
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -18378,28 +18422,34 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
             _t1 = _t0 + (<double>1.0)
             _t2 = log(_t1)
             _t3 = tanh(_t2)
-            _t4 = (_t3*_t3) + (<double>-1.0)
-            _t5 = ((<double>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_finite_or(_t3 - _t6*x, (<double>(x > (<double>0.0))))
-            _t8 = (<double>2.0)*_t0
-            _t9 = symprop_finite_or(((<double>0.25))*(-_t8*y + _t8 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0))
-            _t10 = (<double>2.0)*x
-            _t11 = exp(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            gL_p[_e] = _t7*gLy
-            _cs1_0_b[_i] = _t9
-            _cd0_0_b[_i] = (<double>2.0)*_t9*gLy
-            _cd0_1_b[_i] = _t7
+            _t4 = ((<double>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t6 = symprop_finite_or(_t5, (<double>(x > (<double>0.0))))
+            _t7 = (<double>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<double>2.0)
+            _t10 = ((<double>0.5))*x
+            _t11 = cosh(_t10)
+            _t12 = cosh(_t2)
+            _t13 = ((<double>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_finite_or(_t13*_t9, (<double>0.0))
+            gL_p[_e] = _t6*gLy
+            _cs1_0_b[_i] = _t14
+            _cd0_0_b[_i] = (<double>2.0)*_t14*gLy
+            _cd0_1_b[_i] = _t6
             _t0_b[_i] = _t0
-            _t3_b[_i] = _t3
+            _t2_b[_i] = _t2
             _t4_b[_i] = _t4
             _t5_b[_i] = _t5
             _t6_b[_i] = _t6
             _t7_b[_i] = _t7
+            _t8_b[_i] = _t8
             _t9_b[_i] = _t9
+            _t10_b[_i] = _t10
             _t11_b[_i] = _t11
             _t12_b[_i] = _t12
+            _t13_b[_i] = _t13
+            _t14_b[_i] = _t14
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -18411,23 +18461,25 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
                 _S1_b[_i] += (_cs1_0_b[_i]*J*gJy)
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
-            _t3 = _t3_b[_i]
+            _t2 = _t2_b[_i]
             _t4 = _t4_b[_i]
             _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
+            _t8 = _t8_b[_i]
             _t9 = _t9_b[_i]
+            _t10 = _t10_b[_i]
             _t11 = _t11_b[_i]
             _t12 = _t12_b[_i]
+            _t13 = _t13_b[_i]
+            _t14 = _t14_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t7*gy + gLy*(L*_t9 + _S0*symprop_finite_or(_t6*((<double>6.0)*_t0*_t3*_t5 + (<double>3.0)*_t0*_t5*x + (<double>6.0)*_t0*_t5*y + (<double>3.0)*_t0*_t5 - (<double>4.0)*_t11*_t3*y - (<double>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<double>-3.0)), (<double>0.0)))
+            gx_p[_e] = _S1 + _t6*gy + gLy*(L*_t14 + _S0*symprop_finite_or(_t13*((<double>2.0)*_t0 - _t5*_t7 - _t8 + (<double>1.0) - _t4*_t7*_t9*sinh(_t2)/_t12 - _t9*sinh(_t10)/_t11), (<double>0.0)))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i

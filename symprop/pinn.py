@@ -370,8 +370,33 @@ def heat1d() -> Problem:
                    reference=sp.exp(-t) * sp.sin(sp.pi * x), name="heat1d")
 
 
+def burgers_cole_hopf(X: np.ndarray, nu: float = 0.01 / np.pi, nodes: int = 250) -> np.ndarray:
+    """The exact solution of u_t + u·u_x = ν·u_xx, u(x, 0) = −sin πx, u(±1, t) = 0, by the
+    Cole–Hopf transform: u = −∫ sin π(x−η)·e^{−cos π(x−η)/(2πν)}·e^{−η²/(4νt)} dη / ∫ (the same
+    without the sine), with η = √(4νt)·z and Gauss–Hermite quadrature in z."""
+    z, w = np.polynomial.hermite.hermgauss(nodes)
+    x, tt = X[:, 0:1].astype(np.float64), X[:, 1:2].astype(np.float64)
+    s = x - np.sqrt(4 * nu * tt) * z[None, :]
+    e = -np.cos(np.pi * s) / (2 * np.pi * nu)
+    e = np.exp(e - e.max(axis=1, keepdims=True))
+    return -(w * np.sin(np.pi * s) * e).sum(1) / (w * e).sum(1)
+
+
+def burgers1d() -> Problem:
+    """u_t + u·u_x − (0.01/π)·u_xx = 0 on x ∈ [−1,1], t ∈ [0,1], u(x,0) = −sin πx,
+    u(±1,t) = 0 (soft conditions); reference: the Cole–Hopf solution (quadrature)."""
+    x, t = sp.symbols("x t")
+    u = sp.Function("u")(x, t)
+    nu = sp.Rational(1, 100) / sp.pi
+    return Problem(residual=u.diff(t) + u * u.diff(x) - nu * u.diff(x, 2), domain={x: (-1, 1), t: (0, 1)},
+                   conditions=[Condition(u + sp.sin(sp.pi * x), {t: 0}, weight=1.0, points=512),
+                               Condition(u, {x: (-1, 1)}, weight=1.0, points=256)],
+                   reference=burgers_cole_hopf, name="burgers1d")
+
+
 #: name -> (problem factory, network width, depth, fit arguments)
 PROBLEMS = {
     "poisson2d": (poisson2d, 32, 2, {"epochs": 1000, "points": 1024, "lr": 5e-3}),
     "heat1d": (heat1d, 32, 3, {"epochs": 2000, "points": 1024, "lr": 3e-3}),
+    "burgers1d": (burgers1d, 32, 4, {"epochs": 10000, "points": 2048, "lr": 2e-3}),
 }
