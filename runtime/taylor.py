@@ -123,9 +123,9 @@ class InputDerivatives:
         return S
 
     # ---------------------------------------------------------------- sweeps
-    def _names(self, stack, prefix=""):
-        """The role's array names bound to blocks of a stack (inputs, or with ``prefix``
-        ``g`` the cotangents, or outputs)."""
+    def _names(self, stack):
+        """The role's input names bound to blocks of a stack (prefixed with ``g``: the names
+        of the pullback's outputs)."""
         if self.mode == "laplacian":
             return {"x": stack[0], "J": stack[self.blocks(1)], "L": stack[self.blocks(2)][0]}
         env = {"x": stack[0]}
@@ -134,6 +134,8 @@ class InputDerivatives:
         return env
 
     def _out_names(self, stack):
+        """The role's output names bound to blocks of a stack (prefixed with ``g``: the
+        pullback's cotangent inputs)."""
         if self.mode == "laplacian":
             return {"y": stack[0], "Jy": stack[self.blocks(1)], "Ly": stack[self.blocks(2)][0]}
         env = {"y": stack[0]}

@@ -128,3 +128,33 @@ def test_poisson_trains_to_the_accuracy_goal():
                            schedule=kw.get("schedule"), seed=0, verbose=0)
     print(f"poisson2d: {hist.error[-1]:.2e} after {kw['epochs']} epochs, {time.perf_counter() - t0:.1f} s")
     assert hist.error[-1] <= 1e-3
+
+
+def test_cli_pinn_prints_progress_and_writes_the_plot(tmp_path, capsys):
+    from symprop import cli
+    png = tmp_path / "poisson.png"
+    assert cli.main(["pinn", "--problem", "poisson2d", "--epochs", "4", "--log-every", "2", "--points", "64",
+                     "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "needs N, ΔN" in out and "forward Laplacian" in out
+    assert out.count("rel. L2 error") == 2 and "relative L2 error" in out and png.stat().st_size > 10000
+    assert cli.main(["pinn", "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_burgers_reference_is_the_cole_hopf_solution():
+    """The quadrature reference: the initial condition at t = 0, odd in x, converged in the
+    number of nodes, and the residual of the PDE small by finite differences away from x = 0."""
+    X = np.c_[np.linspace(-1, 1, 9), np.zeros(9)]
+    assert np.allclose(pinn.burgers_cole_hopf(X), -np.sin(np.pi * X[:, 0]), atol=1e-12)
+    rng = np.random.default_rng(0)
+    P = np.c_[rng.uniform(0.2, 0.9, 50), rng.uniform(0.1, 0.9, 50)]
+    ref = pinn.burgers_cole_hopf
+    assert np.allclose(ref(P), -ref(P * [-1, 1]), atol=1e-12)
+    assert np.allclose(ref(P), ref(P, nodes=150), atol=1e-12)
+    h, nu = 1e-4, 0.01 / np.pi
+    u = ref(P)
+    ut = (ref(P + [0, h]) - ref(P - [0, h])) / (2 * h)
+    ux = (ref(P + [h, 0]) - ref(P - [h, 0])) / (2 * h)
+    uxx = (ref(P + [h, 0]) - 2 * u + ref(P - [h, 0])) / h ** 2
+    assert np.max(np.abs(ut + u * ux - nu * uxx)) < 1e-4
