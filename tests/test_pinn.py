@@ -158,3 +158,36 @@ def test_burgers_reference_is_the_cole_hopf_solution():
     ux = (ref(P + [h, 0]) - ref(P - [h, 0])) / (2 * h)
     uxx = (ref(P + [h, 0]) - 2 * u + ref(P - [h, 0])) / h ** 2
     assert np.max(np.abs(ut + u * ux - nu * uxx)) < 1e-4
+
+
+def test_soft_conditions_add_weighted_terms_matching_torch():
+    """heat1d's residual plus its two conditions (u(x,0) = sin πx, weight 1; a derivative
+    condition u_x(0,t) = 0 with weight 3): total loss and gradient against autograd."""
+    u = sp.Function("u")(x, t)
+    problem = pinn.Problem(residual=u.diff(t) - u.diff(x, 2) / sp.pi ** 2, domain={x: (0, 1), t: (0, 1)},
+                           conditions=[pinn.Condition(u - sp.sin(sp.pi * x), {t: 0}),
+                                       pinn.Condition(u.diff(x), {x: 0}, weight=3.0)])
+    model = pinn.mlp(2, width=6, depth=2, dtype="float64", seed=7)
+    rng = np.random.default_rng(3)
+    X = problem.sample_interior(20, rng)
+    Xc = [problem.sample_condition(c, 15, rng) for c in problem.conditions]
+    assert np.all(Xc[0][:, 1] == 0) and np.all(Xc[1][:, 0] == 0)
+    loss, grads = problem.total_loss_and_grad(model, X, Xc)
+    params = torch_params(model)
+
+    def derivs(P):
+        tP = torch.tensor(P, requires_grad=True)
+        uu = torch_u(model, params, tP)
+        g = torch.autograd.grad(uu.sum(), tP, create_graph=True)[0]
+        return tP, uu, g
+    tP, uu, g = derivs(X)
+    uxx = torch.autograd.grad(g[:, 0].sum(), tP, create_graph=True)[0][:, 0]
+    tl = ((g[:, 1] - uxx / np.pi ** 2) ** 2).mean()
+    tP, uu, g = derivs(Xc[0])
+    tl = tl + ((uu - torch.sin(np.pi * tP[:, 0])) ** 2).mean()
+    tP, uu, g = derivs(Xc[1])
+    tl = tl + 3.0 * (g[:, 0] ** 2).mean()
+    want = torch.autograd.grad(tl, params)
+    assert abs(loss - tl.item()) / tl.item() < 1e-12
+    for a, b in zip(grads, want):
+        assert rel_err(a, b.numpy()) < 1e-10
