@@ -559,7 +559,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_evaluate)
 
     q = sub.add_parser("pinn", help="train a physics-informed network on a PDE written in SymPy (symprop.pinn)")
-    q.add_argument("--problem", default="poisson2d", choices=["poisson2d", "heat1d", "burgers1d", "helmholtz2d"])
+    q.add_argument("--problem", default="poisson2d", choices=["poisson2d", "heat1d", "burgers1d"])
     q.add_argument("--epochs", type=int, default=None, help="default: the problem's (poisson2d 1000)")
     q.add_argument("--points", type=int, default=None, help="collocation points (default: the problem's)")
     q.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: the problem's)")

@@ -394,21 +394,9 @@ def burgers1d() -> Problem:
                    reference=burgers_cole_hopf, name="burgers1d")
 
 
-def helmholtz2d() -> Problem:
-    """Δu + u = q on [−1,1]², u = 0 on the boundary (hard factor (1−x²)(1−y²)), with q such that
-    u = sin πx · sin 4πy (PINNacle's Helmholtz 2-D case)."""
-    x, y = sp.symbols("x y")
-    u = sp.Function("u")(x, y)
-    exact = sp.sin(sp.pi * x) * sp.sin(4 * sp.pi * y)
-    q = sp.simplify(exact.diff(x, 2) + exact.diff(y, 2) + exact)
-    return Problem(residual=u.diff(x, 2) + u.diff(y, 2) + u - q, domain={x: (-1, 1), y: (-1, 1)},
-                   hard=(1 - x ** 2) * (1 - y ** 2), reference=exact, name="helmholtz2d")
-
-
 #: name -> (problem factory, network width, depth, fit arguments)
 PROBLEMS = {
     "poisson2d": (poisson2d, 32, 2, {"epochs": 1000, "points": 1024, "lr": 5e-3}),
     "heat1d": (heat1d, 32, 3, {"epochs": 2000, "points": 1024, "lr": 3e-3}),
     "burgers1d": (burgers1d, 32, 4, {"epochs": 10000, "points": 2048, "lr": 2e-3}),
-    "helmholtz2d": (helmholtz2d, 64, 3, {"epochs": 3000, "points": 4096, "lr": 2e-3}),
 }
