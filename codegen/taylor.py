@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derive.elementwise import X, Y
+from ..derive.elementwise import Y
 from ..derive.taylor import DerivedTaylor, TaylorRole, dsum
 from .config import DTYPES
 from .printer import print_expr
