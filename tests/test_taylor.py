@@ -277,3 +277,18 @@ def test_small_cnn_gradient_laplacian_and_parameter_gradient_match_torch(rng):
     total = sum((v * torch.tensor(cot[q])).sum() for q, v in (("u", u), ("grad", g), ("laplacian", lap)))
     for a, b in zip(grads, torch.autograd.grad(total, params)):
         assert rel_err(a, b.numpy()) < 1e-10
+
+
+def test_float32_sweep_agrees_with_float64(rng):
+    """The same weights in float32 and float64: u, ∇u, Δu and u_xxxx agree to float32 accuracy."""
+    m64 = mlp(rng, 3, [16, 16], "tanh")
+    m32 = mlp(rng, 3, [16, 16], "tanh", dtype="float32")
+    for p32, p64 in zip(m32.parameters(), m64.parameters()):
+        p32[...] = p64
+    X = rng.uniform(-1, 1, (50, 3))
+    for which in (("u", "grad", "laplacian"), ((0, 0, 0, 0), (2, 2))):
+        r64 = m64.input_derivatives(X, *which)
+        r32 = m32.input_derivatives(X.astype(np.float32), *which)
+        for q in which:
+            assert r32[q].dtype == np.float32
+            assert rel_err(r32[q], r64[q]) < 1e-4, q
