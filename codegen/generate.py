@@ -10,12 +10,14 @@ from ..derive.elementwise import derive_elementwise
 from ..derive.indexed import derive_contraction
 from ..derive.optimizers import OPTIMIZER_KERNELS
 from ..derive.rewrite import unbounded
+from ..derive.taylor import derive_taylor
 from .channelwise import render_channelwise_module
 from .composite import render_composite_module
 from .contraction import render_contraction_module
 from .elementwise import render_elementwise_module
 from .losses import render_losses_module
 from .render import TEMPLATES, render
+from .taylor import render_taylor_module
 from .window import render_window_module
 
 MATH_HEADER = "symprop_math.h"
@@ -39,8 +41,9 @@ def _render_all(say) -> dict[str, str]:
     # and which the weight penalty l1·|w| + (l2/2)·w², so the activation registry lists neither
     kinds = {**{n: "mask" for n in builtins.MASKS}, **{n: "penalty" for n in builtins.PENALTIES}}
     specs = [*builtins.ACTIVATIONS.values(), *builtins.MASKS.values(), *builtins.PENALTIES.values()]
+    elementwise = {s.name: derive_elementwise(s) for s in specs}
     files["activations.pyx"] = render_elementwise_module(
-        "activations", [derive_elementwise(s) for s in specs], kinds=kinds,
+        "activations", list(elementwise.values()), kinds=kinds,
         doc="Elementwise kernels: the activations, the dropout mask and the weight penalty.")
     say("deriving learnable activations")
     files["learnable.pyx"] = render_channelwise_module(
@@ -54,6 +57,9 @@ def _render_all(say) -> dict[str, str]:
     say("deriving conv2d and pooling (adjoint index maps)")
     files["window.pyx"] = render_window_module(
         "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])
+    say("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian)")
+    files["taylor.pyx"] = render_taylor_module(
+        "taylor", [derive_taylor(s, base=elementwise[s.name]) for s in builtins.ACTIVATIONS.values()])
     say("deriving losses")
     files["losses.pyx"] = render_losses_module("losses")
     say("deriving optimizer updates")

@@ -437,6 +437,14 @@ class Sequential:
         X, y = self._check_batch(X, y)
         return curvature.full_hessian(self, X, y, max_params)[2]
 
+    def input_derivatives(self, X, *which) -> dict:
+        """Derivatives of the output with respect to the input X (N, d), by Taylor-mode sweeps
+        of derived kernels (``runtime/taylor.py``): ``which`` among ``"u"``, ``"grad"``,
+        ``"laplacian"`` (the default: all three) and pure partials as coordinate tuples,
+        ``(0, 0, 0, 0)`` = ∂⁴u/∂x0⁴ (order ≤ 4). Returns ``{query: array}``."""
+        from .taylor import input_derivatives
+        return input_derivatives(self, X, *which)
+
     def outputs(self, X, batch_size: int = 1024) -> np.ndarray:
         """Raw network outputs (logits for classification) in evaluation mode, in batches."""
         from .optimizers import check_int

@@ -12,9 +12,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "layers", "optimizers", "__version__"]
+__all__ = ["Sequential", "layers", "optimizers", "pinn", "__version__"]
 
-_LAZY = {"layers": "symprop.runtime.layers", "optimizers": "symprop.runtime.optimizers"}
+_LAZY = {"layers": "symprop.runtime.layers", "optimizers": "symprop.runtime.optimizers", "pinn": "symprop.pinn"}
 
 
 def __getattr__(name):

@@ -442,6 +442,38 @@ def class_report(C) -> list[str]:
     return lines
 
 
+def cmd_pinn(args) -> int:
+    """Train a named PDE problem (symprop.pinn.PROBLEMS) and report the error per epoch."""
+    import time
+
+    from . import pinn
+    from .runtime.optimizers import Adam
+    factory, width, depth, kw = pinn.PROBLEMS[args.problem]
+    problem = factory()
+    epochs = args.epochs if args.epochs is not None else kw["epochs"]
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    model = pinn.mlp(len(problem.coords), width=args.width or width, depth=args.depth or depth,
+                     dtype=args.dtype, seed=args.seed)
+    term = problem.interior
+    hard = f" with u = ({problem.hard})·N" if problem.hard is not None else " with u = N"
+    sweep = "forward Laplacian" if term.mode == "laplacian" else "Taylor jets along the coordinates"
+    print(f"{args.problem}: {term.expr} = 0 on {dict(zip(map(str, problem.coords), problem.box.tolist()))}")
+    print(f"  {hard.strip()}: needs {', '.join(term.needs)} ({sweep}); network {len(problem.coords)}-"
+          f"{'-'.join([str(args.width or width)] * (args.depth or depth))}-1 tanh, "
+          f"{sum(p.size for p in model.parameters())} parameters, {args.dtype}")
+    t0 = time.perf_counter()
+    hist = problem.fit(model, epochs=epochs, points=args.points or kw["points"],
+                       optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
+                       schedule=kw.get("schedule"), seed=args.seed, log_every=args.log_every)
+    print(f"{args.problem}: relative L2 error {hist.error[-1]:.3e} after {epochs} epochs, "
+          f"{time.perf_counter() - t0:.1f} s")
+    if args.plot:
+        problem.plot(model, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``symprop`` argument parser (every subcommand and flag)."""
     p = _Parser(prog="symprop", description=__doc__)
@@ -538,6 +570,19 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--keep", action="store_true", help="measure only classes not measured yet on this CPU")
     u.add_argument("--json", action="store_true", help="print the report as JSON")
     u.set_defaults(fn=cmd_tune)
+
+    q = sub.add_parser("pinn", help="train a physics-informed network on a PDE written in SymPy (symprop.pinn)")
+    q.add_argument("--problem", default="poisson2d", choices=["poisson2d", "heat1d", "burgers1d"])
+    q.add_argument("--epochs", type=int, default=None, help="default: the problem's (poisson2d 1000)")
+    q.add_argument("--points", type=int, default=None, help="collocation points (default: the problem's)")
+    q.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: the problem's)")
+    q.add_argument("--width", type=int, default=None, help="hidden units per layer")
+    q.add_argument("--depth", type=int, default=None, help="hidden layers")
+    q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--log-every", type=int, default=100, help="print loss and error every N epochs")
+    q.add_argument("--plot", help="write solution, reference and error to this image")
+    q.set_defaults(fn=cmd_pinn)
 
     return p
 

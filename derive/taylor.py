@@ -1,0 +1,281 @@
+"""Taylor mode for elementwise specs: derivatives with respect to a layer's *input*, derived.
+
+For ``y = f(x)`` applied elementwise and an input moving along a curve ``x(t)`` with
+derivative coefficients ``x₁ … x_K`` (``x_k = dᵏx/dtᵏ``), the output's coefficients
+``y_k = dᵏ f(x(t))/dtᵏ`` are Faà di Bruno's combinations of ``f′ … f⁽ᵏ⁾``. They are found
+here by SymPy from a truncated Taylor series, not written down:
+
+=================  ===========================================================
+``taylor:K``       y, y₁ … y_K from x, x₁ … x_K (K = 1 … 4), one set of x_k per direction
+``laplacian``      the collapsed second-order sweep (the forward Laplacian): from z, the d
+                   first-order coefficients J and the summed second-order coefficient L,
+                   y = f(z), J_y = f′(z)·J, L_y = f′(z)·L + f″(z)·Σ_k J_k²
+``vjp:<role>``     the pullback of a role to each of its inputs (a role too: the VJP of a
+                   role is derived from the role's expressions by SymPy)
+=================  ===========================================================
+
+A role is written with abstract derivative symbols ``F1 … F5`` (f′ … f⁽⁵⁾, ``F0`` = y) so
+differentiating a role with respect to x is the chain rule ``dF_j/dx = F_{j+1}``; only at the
+end are the F_j replaced by their chosen forms (the same cost- and stability-checked choice
+as f′ and f″ of :mod:`derive.elementwise`, often written with the output y: tanh⁽ᵏ⁾ is a
+polynomial in y).
+
+Per-direction arrays (``J``, ``x_k``) have an extra leading axis of length d (the directions);
+``dsum(e)`` is the sum over that axis of a per-direction expression ``e``. A role's outputs are
+*point* outputs (one value per element) and *direction* outputs (one per element and
+direction); :func:`vjp_role` handles both, including the sums.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+
+from .elementwise import X, Y, DerivedElementwise, ElementwiseSpec, SpecError, derive_elementwise
+from .rewrite import Choice, choose_form, clean_distributions, finite_or
+
+#: highest Taylor order of the roles (order-K VJPs need f^(K+1))
+MAX_ORDER = 4
+#: candidate forms larger than this (SymPy operation count) are not factored
+FACTOR_MAX_OPS = 120
+#: f', f'', …, f^(MAX_ORDER + 1) as abstract symbols; F0 is the output y
+F = [Y] + [sp.Symbol(f"F{j}") for j in range(1, MAX_ORDER + 2)]
+
+
+class dsum(sp.Function):
+    """``dsum(e)``: Σ over the direction axis of the per-direction expression ``e``."""
+    nargs = 1
+
+
+@dataclass
+class TaylorRole:
+    """One Taylor-mode kernel: point and per-direction inputs and outputs (expressions in
+    ``F`` symbols until :func:`realize` substitutes the spec's chosen forms)."""
+    role: str
+    point_inputs: list[str]
+    dir_inputs: list[str]
+    point_outputs: list[tuple[str, sp.Basic]]
+    dir_outputs: list[tuple[str, sp.Basic]]
+    scalars: list[str] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.point_inputs + self.dir_inputs
+
+    @property
+    def outputs(self) -> list[str]:
+        return [o for o, _ in self.point_outputs] + [o for o, _ in self.dir_outputs]
+
+
+# ---------------------------------------------------------------- the rules, in F symbols
+
+@lru_cache(maxsize=None)
+def faa_di_bruno(K: int) -> tuple:
+    """``(y₁, …, y_K)`` in F₁…F_K and x₁…x_K: the coefficients of f(x(t)) at t = 0, from
+    the truncated series Σ_j F_j h^j/j! with h = Σ_i x_i tⁱ/i!."""
+    if not 1 <= K <= MAX_ORDER:
+        raise SpecError(f"Taylor order {K} is not supported (1 … {MAX_ORDER})")
+    t = sp.Dummy("t")
+    xs = sp.symbols(f"x1:{K + 1}")
+    h = sum(xs[i - 1] * t ** i / sp.factorial(i) for i in range(1, K + 1))
+    series = sum(F[j] * h ** j / sp.factorial(j) for j in range(1, K + 1))
+    return tuple(sp.expand(sp.diff(series, t, m).subs(t, 0)) for m in range(1, K + 1))
+
+
+def taylor_role(K: int) -> TaylorRole:
+    """``taylor:K``: y = f(x) and y_k (k = 1 … K) along every direction."""
+    ys = faa_di_bruno(K)
+    return TaylorRole(f"taylor:{K}", ["x"], [f"x{k}" for k in range(1, K + 1)],
+                      [("y", Y)], [(f"y{k}", e) for k, e in enumerate(ys, 1)])
+
+
+def laplacian_role() -> TaylorRole:
+    """The forward Laplacian, collapsed from ``taylor:2`` by summing over the directions:
+    Σ_k y₂ = Σ_k (F₂ x₁² + F₁ x₂) = F₂ Σ_k x₁² + F₁ L with x₁ → J, Σ_k x₂ → L."""
+    y1, y2 = faa_di_bruno(2)
+    x1, x2 = sp.symbols("x1 x2")
+    J, Lsym = sp.Symbol("J"), sp.Symbol("L")
+    collapsed = sp.S.Zero
+    for term in sp.Add.make_args(sp.expand(y2)):
+        point = sp.Mul(*[f for f in sp.Mul.make_args(term) if not f.has(x1, x2)])
+        per_dir = sp.Mul(*[f for f in sp.Mul.make_args(term) if f.has(x1, x2)])
+        if per_dir == x2:            # Σ_k x₂ is the incoming summed coefficient
+            collapsed += point * Lsym
+        else:
+            collapsed += point * dsum(per_dir.subs(x1, J))
+    return TaylorRole("laplacian", ["x", "L"], ["J"], [("y", Y), ("Ly", collapsed)], [("Jy", y1.subs(x1, J))])
+
+
+# ---------------------------------------------------------------- differentiation of roles
+
+def _d_point(expr: sp.Basic, a: sp.Symbol) -> sp.Basic:
+    """∂expr/∂a for a point symbol a (``x`` differentiates through the F chain)."""
+    sums = sorted(expr.atoms(dsum), key=sp.default_sort_key)
+    S = sp.symbols(f"_S0:{len(sums)}")
+    e = expr.xreplace(dict(zip(sums, S)))
+    if a == X:
+        out = sp.diff(e, X) + sum(sp.diff(e, F[j]) * F[j + 1] for j in range(len(F) - 1))
+    else:
+        out = sp.diff(e, a)
+    for s, sm in zip(S, sums):
+        inner = _d_point(sm.args[0], a)
+        if inner != 0:
+            out += sp.diff(e, s) * dsum(inner)
+    return out.xreplace(dict(zip(S, sums)))
+
+
+def _d_dir(expr: sp.Basic, b: sp.Symbol) -> sp.Basic:
+    """∂expr/∂b_k for a per-direction symbol b at one direction k: a point expression
+    depends on b_k only through its sums (∂ dsum(e)/∂b_k = ∂e/∂b at k)."""
+    sums = sorted(expr.atoms(dsum), key=sp.default_sort_key)
+    S = sp.symbols(f"_S0:{len(sums)}")
+    e = expr.xreplace(dict(zip(sums, S)))
+    out = sp.diff(e, b)
+    for s, sm in zip(S, sums):
+        out += sp.diff(e, s) * sp.diff(sm.args[0], b)
+    return out.xreplace(dict(zip(S, sums)))
+
+
+def cotangent(name: str) -> str:
+    return "g" + name
+
+
+def vjp_role(r: TaylorRole, wrt: list[str] | None = None) -> TaylorRole:
+    """The pullback of role ``r`` to its inputs ``wrt`` (default: all): with cotangents
+    ``g<out>`` of every output, ℓ = Σ_o g_o·P_o + Σ_k Σ_q g_q·Q_q and each output is
+    ``g<input>`` = ∂ℓ/∂input (a point or per-direction array, like the input)."""
+    wrt = list(r.inputs) if wrt is None else list(wrt)
+    unknown = [a for a in wrt if a not in r.inputs]
+    if unknown:
+        raise SpecError(f"role {r.role!r} has no input(s) {unknown}; it has {r.inputs}")
+    gp = [(sp.Symbol(cotangent(o)), e) for o, e in r.point_outputs]
+    gd = [(sp.Symbol(cotangent(o)), e) for o, e in r.dir_outputs]
+    point_out, dir_out = [], []
+    for a in wrt:
+        s = sp.Symbol(a)
+        if a in r.point_inputs:
+            total = sum((g * _d_point(e, s) for g, e in gp), sp.S.Zero)
+            per_dir = sum((g * _d_point(e, s) for g, e in gd), sp.S.Zero)
+            if per_dir != 0:
+                total += dsum(sp.expand(per_dir))
+            point_out.append((cotangent(a), total))
+        else:
+            total = sum((g * _d_dir(e, s) for g, e in gp), sp.S.Zero)
+            total += sum((g * sp.diff(e, s) for g, e in gd), sp.S.Zero)
+            dir_out.append((cotangent(a), total))
+    return TaylorRole(f"vjp:{r.role}" + ("" if wrt == r.inputs else ":" + ",".join(wrt)),
+                      r.point_inputs + [cotangent(o) for o, _ in r.point_outputs],
+                      r.dir_inputs + [cotangent(o) for o, _ in r.dir_outputs],
+                      point_out, dir_out)
+
+
+def base_roles(max_order: int = MAX_ORDER) -> list[TaylorRole]:
+    """Every forward role (``taylor:1`` … ``taylor:max_order``, ``laplacian``)."""
+    return [taylor_role(k) for k in range(1, max_order + 1)] + [laplacian_role()]
+
+
+# ---------------------------------------------------------------- the spec's f', …, f^(5)
+
+def _unguard(e: sp.Basic) -> sp.Basic:
+    return e.replace(lambda a: isinstance(a, finite_or), lambda a: a.args[0])
+
+
+def _total_dx(c: sp.Basic, d1: sp.Basic) -> sp.Basic:
+    """d/dx of a form in x and the output y (dy/dx = f′, in its chosen form ``d1``)."""
+    c = _unguard(c)
+    return clean_distributions(sp.diff(c, X) + sp.diff(c, Y) * _unguard(d1))
+
+
+@dataclass
+class DerivedTaylor:
+    """The Taylor roles of one elementwise spec, with the chosen f^(j) forms they use."""
+    spec: ElementwiseSpec
+    base: DerivedElementwise
+    derivatives: list[Choice]          # f', f'', …, f^(MAX_ORDER+1)
+    roles: list[TaylorRole]            # realized: F_j replaced, forward and vjp roles
+
+    @property
+    def name(self):
+        return self.spec.name
+
+    @property
+    def hash(self) -> str:
+        text = self.spec.hash + "|taylor|" + "|".join(
+            f"{r.role}:" + ";".join(f"{o}={sp.srepr(e)}" for o, e in r.point_outputs + r.dir_outputs)
+            for r in self.roles)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = None,
+                     upto: int = MAX_ORDER + 1) -> tuple[DerivedElementwise, list[Choice]]:
+    """f′ … f^(upto) in cheapest stable forms: f′ and f″ as :func:`derive_elementwise` chose
+    them, each higher one chosen among the textbook derivative and the total derivative of
+    the previous chosen form (which keeps forms in y: tanh‴ = −2(1−y²)(1−3y²)), expanded and
+    factored, checked numerically against 50-digit values by :func:`choose_form`."""
+    base = base or derive_elementwise(spec)
+    params = {sp.Symbol(p): float(v) for p, v in spec.params}
+    f = spec.canonical
+    fwd = base.forward.chosen
+    forms = [base.d1, base.d2]
+    raw = base.d2.textbook
+    for j in range(3, upto + 1):
+        raw = clean_distributions(sp.diff(raw, X))
+        if raw.has(sp.Derivative):
+            raise SpecError(f"spec {spec.name!r}: derivative {j} of {f} is not in closed form")
+        chained = _total_dx(forms[-1].chosen, forms[0].chosen)
+        cands = [chained]
+        # factoring a large expression (Mish's f⁽⁵⁾) costs minutes and never wins: skipped
+        rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
+        for fn in rewrites:
+            try:
+                cands.append(fn(chained))
+            except Exception:  # noqa: BLE001 — a failed rewrite is a missing candidate
+                pass
+        direct = raw.subs(f, Y)
+        if direct != raw:
+            cands.append(direct)
+        # f^(j-1) has finite limits at ±∞ for the activations, so f^(j) tends to 0 there:
+        # candidates guarded by 0 where they overflow (checked on the grid like every candidate;
+        # when none is exact, choose_form falls back to computing the limits, which for Mish's
+        # higher derivatives takes minutes)
+        cands += [finite_or(_unguard(c), 0) for c in list(cands)]
+        forms.append(choose_form(raw, cands, X, Y, fwd, params))
+    return base, forms
+
+
+def realize(r: TaylorRole, forms: list[sp.Basic], forward: sp.Basic, spec: ElementwiseSpec) -> TaylorRole:
+    """Replace F₁ … by the chosen forms; ``y`` stays a symbol (an input the kernel reads, or
+    for forward roles the output it computes first)."""
+    sub = {F[j]: forms[j - 1] for j in range(1, len(F))}
+    pts = [(o, _subs(e, sub)) for o, e in r.point_outputs]
+    dirs = [(o, _subs(e, sub)) for o, e in r.dir_outputs]
+    if any(o == "y" for o, _ in pts):            # forward role: y computed from x in the kernel
+        pts = [(o, forward if o == "y" else e) for o, e in pts]
+    used = set().union(*(e.free_symbols for _, e in pts + dirs))
+    scalars = [p for p, _ in spec.params if sp.Symbol(p) in used]
+    return TaylorRole(r.role, r.point_inputs, r.dir_inputs, pts, dirs, scalars)
+
+
+def _subs(e: sp.Basic, sub: dict) -> sp.Basic:
+    out = e.xreplace(sub)
+    # drop sums that became zero (ReLU: F₂ = 0)
+    return out.replace(lambda a: isinstance(a, dsum) and a.args[0] == 0, lambda a: sp.S.Zero)
+
+
+def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
+                  base: DerivedElementwise | None = None) -> DerivedTaylor:
+    """Every Taylor role of ``spec``: ``taylor:1..max_order``, ``laplacian`` and the VJP of
+    each (all inputs at once, one pass), realized with the spec's chosen derivative forms.
+    ``base``: the spec's :func:`derive_elementwise` result when already derived."""
+    if spec.learnable or spec.arrays:
+        raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for elementwise maps without "
+                        f"learnable parameters or mask arrays")
+    base, forms = derivative_forms(spec, base, upto=max_order + 1)
+    chosen = [c.chosen for c in forms]
+    roles = []
+    for r in base_roles(max_order):
+        roles.append(realize(r, chosen, base.forward.chosen, spec))
+        roles.append(realize(vjp_role(r), chosen, base.forward.chosen, spec))
+    return DerivedTaylor(spec=spec, base=base, derivatives=forms, roles=roles)
