@@ -82,7 +82,8 @@ class Case:
 
 def clear_types():
     from symprop.runtime.model import TrainingDiverged
-    kinds = [ValueError, TypeError, MemoryError, TimeoutError, TrainingDiverged]
+    kinds = [ValueError, TypeError, MemoryError, TimeoutError, TrainingDiverged,
+             FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError]
     try:
         from symprop.codegen.build import BuildError
         kinds.append(BuildError)
@@ -245,15 +246,17 @@ def torch_steps(kind, hp, p0, grads):
     return t.detach().numpy()
 
 
-def adahessian_reference(hp, p0, grads, Ds):
-    """The paper's update (with symprop's [s > 0] rule) in float64, then cast to the dtype."""
+def adahessian_reference(hp, p0, grads, Ds, kernel_dtype=np.float64):
+    """The paper's update (with symprop's [s > 0] rule) in float64; the moment rates β rounded
+    to ``kernel_dtype`` as the kernels (and torch.optim) see them, the bias corrections exact."""
     p = p0.astype(np.float64)
     m, s = np.zeros_like(p), np.zeros_like(p)
     b1, b2, k = hp["beta1"], hp["beta2"], hp["hessian_power"]
+    k1, k2 = (float(np.dtype(kernel_dtype).type(b)) for b in (b1, b2))
     with np.errstate(all="ignore"):
         for t, (g, D) in enumerate(zip(grads, Ds), start=1):
-            m = b1 * m + (1 - b1) * g
-            s = b2 * s + (1 - b2) * D.astype(np.float64) ** 2
+            m = k1 * m + (1 - k1) * g
+            s = k2 * s + (1 - k2) * D.astype(np.float64) ** 2
             step = hp["lr"] * (m / (1 - b1 ** t)) / ((s / (1 - b2 ** t)) ** (k / 2) + hp["eps"])
             p = p * (1 - hp["lr"] * hp["weight_decay"]) - np.where(s > 0, step, 0.0)
     return p
@@ -311,26 +314,56 @@ def _invalid(kind, hp):
             return True
         if k == "hessian_power" and v > 1:
             return True
-    return kind == "Nesterov" and hp["momentum"] == 0
+    return kind == "Nesterov" and hp.get("momentum") == 0
 
 
-def _expected_refusal(kind, hp, dtype):
-    """Substrings a refusal must contain: the hyperparameter's name (and the dtype when the value
-    only fails there), or None when the hyperparameters are valid in ``dtype``."""
-    bad = [LABEL.get(k, k) for k, v in hp.items() if _invalid(kind, {k: v}) or
-           (kind == "Nesterov" and k == "momentum" and v == 0)]
-    if bad:
-        return ["betas" if b.startswith("betas") else b for b in bad]
-    if kind == "Newton":     # its eigensolve runs in float64
+def _names(k):
+    return {"beta1": ["beta1", "betas[0]"], "beta2": ["beta2", "betas[1]"]}.get(k, [k])
+
+
+def _invalid_names(kind, hp):
+    """Substrings a refusal of out-of-domain hyperparameters must contain (None: all valid)."""
+    bad = [n for k, v in hp.items() if _invalid(kind, {k: v}) or (kind == "Nesterov" and k == "momentum" and v == 0)
+           for n in _names(k)]
+    return bad or None
+
+
+def _rounding_names(kind, hp, dtype):
+    """The hyperparameters that are valid but round to 0, 1 or inf in ``dtype`` (Newton: none,
+    its eigensolve runs in float64)."""
+    if kind == "Newton":
         return None
-    rounding = [LABEL.get(k, k) for k, v in hp.items() if rounds_badly(v, dtype, OPT_SPACE[kind][k][1])]
-    return rounding or None
+    bad = [n for k, v in hp.items() if rounds_badly(v, dtype, OPT_SPACE[kind][k][1]) for n in _names(k)]
+    return bad or None
 
 
 def _opt_step_case(kind, hp, dtype, shape, seed):
     repro = f"{opt_repro(kind, hp)}.step([p], [g]) x5, p{shape} {dtype}, seed {seed}"
-    refusal = _expected_refusal(kind, hp, dtype)
+    invalid = _invalid_names(kind, hp)
+    rounding = _rounding_names(kind, hp, dtype)
     case = Case(repro, None)
+
+    def oracle(p0, grads, extra):
+        """torch (or the NumPy reference) in ``dtype``; for hyperparameters that round in ``dtype``,
+        the float64 result of the exact values cast to ``dtype`` (a rounding that changes nothing
+        is then no fault); torch failing on a float32 value falls back to float64 too."""
+        def run(dt):
+            pp, gg = p0.astype(dt), [g.astype(dt) for g in grads]
+            if kind == "AdaHessian":
+                return adahessian_reference(hp, pp, gg, extra, dtype if not rounding else np.float64)
+            if kind == "Newton":
+                return newton_reference(hp, pp.reshape(-1), gg[0].astype(np.float64).reshape(-1), extra).reshape(
+                    p0.shape)
+            return torch_steps(kind, hp, pp, gg)
+        if kind in ("AdaHessian", "Newton") or rounding:
+            ref = run(np.float64)
+        else:
+            try:
+                return run(dtype)
+            except RuntimeError:       # torch: "value cannot be converted to type float without overflow"
+                ref = run(np.float64)
+        with np.errstate(all="ignore"):
+            return np.asarray(ref).astype(dtype)
 
     def fn():
         r = np.random.default_rng(seed)
@@ -338,26 +371,21 @@ def _opt_step_case(kind, hp, dtype, shape, seed):
         grads = [r.normal(size=shape).astype(dtype) for _ in range(5)]
         for g in grads:      # exact zeros: eps is what keeps 0/0 away
             g[r.random(shape) < 0.3] = 0
+        extra = None
         if kind == "AdaHessian":
-            Ds = [np.abs(r.normal(size=shape)).astype(dtype) * (r.random(shape) > 0.2) for _ in range(5)]
-            ref = adahessian_reference(hp, p0, grads, Ds).astype(dtype) if refusal is None else None
+            extra = [np.abs(r.normal(size=shape)).astype(dtype) * (r.random(shape) > 0.2) for _ in range(5)]
         elif kind == "Newton":
             P = p0.size
             A = r.normal(size=(P, P))
-            H = A @ A.T * (r.random() < 0.5) + np.diag(r.normal(size=P)) * 0.1
-            ref = newton_reference(hp, p0.reshape(-1), grads[0].astype(np.float64).reshape(-1), H)
-            with np.errstate(all="ignore"):
-                ref = ref.astype(dtype).reshape(shape)
-        else:
-            ref = torch_steps(kind, hp, p0, grads) if refusal is None else None
-        case.ctx["ref"] = ref
+            extra = A @ A.T * (r.random() < 0.5) + np.diag(r.normal(size=P)) * 0.1
+        case.ctx["ref"] = None if invalid else oracle(p0, grads, extra)
         opt = make_optimizer(kind, hp)
         p = p0.copy()
         if kind == "AdaHessian":
-            for g, D in zip(grads, Ds):
+            for g, D in zip(grads, extra):
                 opt.step([p], [g.copy()], hessian_diag=[D])
         elif kind == "Newton":
-            opt.step([p], [grads[0].copy()], hessian=H)
+            opt.step([p], [grads[0].copy()], hessian=extra)
         else:
             for g in grads:
                 opt.step([p], [g.copy()])
@@ -366,20 +394,26 @@ def _opt_step_case(kind, hp, dtype, shape, seed):
     def check(p):
         ref = case.ctx.get("ref")
         if ref is None:
-            return f"not refused although {refusal} is invalid or rounds to 0/1/inf in {dtype} (result finite: " \
-                   f"{all_finite(p)})"
+            return f"not refused although {invalid} is out of its domain (result finite: {all_finite(p)})"
         if not all_finite(p) and all_finite(ref):
-            return "non-finite weights where the oracle is finite"
-        if not all_finite(ref):   # IEEE overflow in the oracle too: the same values are right, a refusal too
-            return compare(p, ref, 1e-4 if dtype == "float32" else 1e-9)
-        return compare(p, ref, 2e-4 if dtype == "float32" else 1e-9, atol=1e-30)
+            return "non-finite weights where the oracle is finite" + (f" ({rounding} rounds in {dtype})"
+                                                                      if rounding else "")
+        if not all_finite(ref) and (np.isfinite(p) == np.isfinite(ref)).all():
+            # IEEE overflow of a representable step size, in the oracle too (opt.step does what
+            # torch.optim does; fit is what refuses it): NaN where the oracle has inf is the same fault
+            if compare(np.where(np.isfinite(p), p, 0), np.where(np.isfinite(ref), ref, 0), 2e-4, 1e-30) is None:
+                return "ok-correct", "overflows as the oracle does"
+        why = compare(p, ref, 2e-4 if dtype == "float32" else 1e-9, atol=1e-30)
+        return why and (why + (f" ({rounding} rounds to 0/1/inf in {dtype}; oracle: float64)" if rounding else ""))
 
     def clear(ctx):
-        if refusal is not None:
-            return refusal
+        if invalid:
+            return invalid
+        if rounding:
+            return rounding
         ref = ctx.get("ref")
         if ref is not None and not all_finite(ref):   # the oracle overflows: refusing is fine if named
-            return ["nan", "inf", "overflow", "finite"] + list(hp)
+            return ["nan", "inf", "overflow", "finite"] + [n for k in hp for n in _names(k)]
         return None
 
     case.fn, case.check, case.clear = fn, check, clear
@@ -390,32 +424,42 @@ def _opt_fit_case(kind, hp, dtype, seed, extra):
     shown = "".join(f", {k}={fmt(v)}" for k, v in extra.items())
     repro = f"Sequential([L.Dense(6, 8), L.Tanh(), L.Dense(8, 3)], dtype={dtype!r}).fit(X, y, epochs=2, " \
             f"batch_size=16, optimizer={opt_repro(kind, hp)}{shown}), seed {seed}"
-    refusal = _expected_refusal(kind, hp, dtype)
-    clip_bad = [k for k, v in extra.items() if not v > 0 or rounds_badly(v, dtype)]
+    invalid = _invalid_names(kind, hp)
+    rounding = (_rounding_names(kind, hp, dtype) or []) + \
+        [k for k, v in extra.items() if v > 0 and rounds_badly(v, dtype)]
+    invalid = (invalid or []) + [k for k, v in extra.items() if not v > 0 or not np.isfinite(v)]
     case = Case(repro, None)
 
-    def fn():
+    def train(dt):
         from symprop import Sequential, layers as L
         r = np.random.default_rng(seed)
         X, y = r.normal(size=(48, 6)), r.integers(0, 3, 48)
-        m = Sequential([L.Dense(6, 8), L.Tanh(), L.Dense(8, 3)], dtype=dtype, seed=seed % 1000)
-        case.ctx["before"] = [p.copy() for p in m.parameters()]
+        m = Sequential([L.Dense(6, 8), L.Tanh(), L.Dense(8, 3)], dtype=dt, seed=seed % 1000)
         h = m.fit(X, y, epochs=2, batch_size=16, optimizer=make_optimizer(kind, hp), verbose=0, **extra)
         return h, m.parameters()
+
+    def fn():
+        return train(dtype)
 
     def check(res):
         h, params = res
         if not all_finite(*params) or not all_finite(h["loss"]):
             return "fit returned non-finite weights or loss"
-        if refusal is not None:
-            return f"fit trained with {refusal} invalid or rounding to 0/1/inf in {dtype} (finite result)"
-        if clip_bad:
-            moved = any(not np.array_equal(a, b) for a, b in zip(params, case.ctx["before"]))
-            return f"{clip_bad} rounds to 0/inf in {dtype}: fit ran (weights moved: {moved})"
+        if invalid:
+            return f"fit trained with {invalid} out of its domain"
+        if rounding:   # the oracle: the same run in float64, where nothing rounds
+            try:
+                _, ref = train("float64")
+            except Exception as exc:  # noqa: BLE001
+                return f"{rounding} rounds in {dtype}; fit ran, while float64 raised {type(exc).__name__}: {exc}"
+            scale = max(float(np.max(np.abs(r))) for r in ref)
+            err = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref))
+            if err > 1e-3 * max(scale, 1.0):
+                return f"{rounding} rounds to 0/1/inf in {dtype}: weights off the float64 run by {err:.3g}"
         return None
 
     def clear(ctx):
-        names = list(refusal or []) + list(clip_bad)
+        names = list(invalid) + list(rounding)
         # divergence is a legitimate outcome of extreme step sizes when the message names them
         return names + ["training stopped"] + [f"{LABEL.get(k, k)}=" for k in hp]
 
@@ -484,17 +528,38 @@ def _bn_case(dtype, two_d, scale, eps, momentum, shift, const, seed):
         gamma, beta = r.uniform(0.5, 2, C), r.normal(size=C)
         layer.gamma[...], layer.beta[...] = gamma, beta
         rm0, rv0 = layer.running_mean.copy(), layer.running_var.copy()
+        # a constant channel: x - mean is exactly 0 and y = beta; torch's float64 mean of equal
+        # values can be 1 ulp off, giving ±gamma there (so can symprop's with a tiny eps): the
+        # train-mode oracle is torch with such channels zeroed, or torch on x as it is
+        axes = (0,) + tuple(range(2, x.ndim))
+        flat = np.moveaxis(x, 1, 0).reshape(C, -1)
+        constant = flat.max(axis=1) == flat.min(axis=1)
+        xr = x.copy()
+        xr[:, constant] = 0
         ref = torch_bn_reference(x, layer.gamma, layer.beta, rm0, rv0, eps, momentum, True)
-        case.ctx["ref"] = ref
+        ref2 = torch_bn_reference(x, layer.gamma, layer.beta, ref[1], ref[2], eps, momentum, True)
+        with np.errstate(over="ignore"):   # eval reads the running statistics as the layer stores them
+            stored = [np.asarray(a).astype(dtype) for a in (ref2[1], ref2[2])]
+        # eval in the direct form (torch folds it into x·scale + shift, which cancels catastrophically
+        # when the variance is 0 and eps tiny)
+        bshape = (1, C) + (1,) * (x.ndim - 2)
+        g64, b64 = (a.astype(np.float64).reshape(bshape) for a in (layer.gamma, layer.beta))
+        rm64, rv64 = (a.astype(np.float64).reshape(bshape) for a in stored)
+        with np.errstate(all="ignore"):
+            ref_eval = (g64 * (x.astype(np.float64) - rm64) / np.sqrt(rv64 + eps) + b64,)
+        exact = torch_bn_reference(xr, layer.gamma, layer.beta, rm0, rv0, eps, momentum, True)
+        case.ctx["alternatives"] = [(ref[0], ref[3], ref[4]), (exact[0], exact[3], exact[4])]
+        x64 = x.astype(np.float64)
+        big = np.maximum(np.abs(x64).max(axis=axes, keepdims=True), 1e-300)
+        xs = x64 / big                                       # scaled first: no overflow of the squares
+        with np.errstate(over="ignore"):
+            batch_var = ((xs - xs.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes) * big.reshape(-1) ** 2
+        case.ctx.update(ref=ref, ref2=ref2, ref_eval=ref_eval, batch_var=batch_var)
         m.train()
         loss, grads = m.loss_and_grad(x, np.zeros(shape))
         y = m.forward(np.ascontiguousarray(x))    # a second train forward: running stats twice
-        ref2 = torch_bn_reference(x, layer.gamma, layer.beta, ref[1], ref[2], eps, momentum, True)
-        case.ctx["ref2"] = ref2
         m.eval()
         ye = m.forward(x)
-        ref_eval = torch_bn_reference(x, layer.gamma, layer.beta, ref2[1], ref2[2], eps, momentum, False)
-        case.ctx["ref_eval"] = ref_eval
         return y, loss, grads, layer.running_mean.copy(), layer.running_var.copy(), ye
 
     def check(res):
@@ -505,23 +570,28 @@ def _bn_case(dtype, two_d, scale, eps, momentum, shift, const, seed):
             ok64 = [np.asarray(a).astype(dtype) for a in (ref2[0], ref2[1], ref2[2], ref_eval[0])]
         if not all_finite(ok64[1], ok64[2]):
             return f"not refused although the running statistics overflow {dtype} (got finite={all_finite(rm, rv)})"
-        why = compare(y, ref2[0], 0, atol=2e-3 if f32 else 1e-8) or \
-            compare(rm, ok64[1], 1e-5 if f32 else 1e-12, atol=1e-37) or \
-            compare(rv, ok64[2], 1e-5 if f32 else 1e-12, atol=1e-37) or \
-            compare(ye, ok64[3], 2e-3 if f32 else 1e-8, atol=2e-3 if f32 else 1e-8) or \
-            compare(grads[0], ref[3], 0, atol=2e-3 if f32 else 1e-8) or \
-            compare(grads[1], ref[4], 0, atol=2e-3 if f32 else 1e-8)
-        return why
+        t = 2e-3 if f32 else 1e-8
+        tiny = float(np.finfo(dtype).tiny)
+        train = [compare(y, ay, t, atol=t) or compare(grads[0], ag, t, atol=t) or compare(grads[1], ab, t, atol=t)
+                 for ay, ag, ab in case.ctx["alternatives"]]
+        if all(train):
+            shared = compare(case.ctx["alternatives"][0][0], case.ctx["alternatives"][1][0], t, atol=t)
+            return "train-mode output or gradients: " + train[-1] + \
+                (" (a constant channel: torch on x is off the exact y = beta too)" if shared else "")
+        return compare(rm, ok64[1], 1e-5 if f32 else 1e-12, atol=tiny) or \
+            compare(rv, ok64[2], 1e-5 if f32 else 1e-12, atol=tiny) or \
+            compare(ye, ok64[3], t, atol=t)
 
     def clear(ctx):
-        ref = ctx.get("ref")
-        x = ctx.get("x")
+        x, bv = ctx.get("x"), ctx.get("batch_var")
+        if x is not None and not np.isfinite(x).all():
+            return ["nan or inf", "contains nan"]
+        if bv is not None and (bv > np.finfo(dtype).max).any():   # the batch variance is beyond the dtype
+            return ["variance", "exceeds", "overflow"]
+        ref2 = ctx.get("ref2")
         with np.errstate(over="ignore"):
-            if x is not None and not np.isfinite(x).all():
-                return ["nan or inf", "contains nan"]
-            if ref is not None and not (np.isfinite(ref[2].astype(dtype)).all() and
-                                        np.isfinite(np.asarray(ref[1]).astype(dtype)).all()):
-                return ["variance", "exceeds", "overflow"]
+            if ref2 is not None and not np.isfinite(np.asarray(ref2[2]).astype(dtype)).all():
+                return ["variance", "exceeds", "overflow", "running"]
         return None
 
     case.fn, case.check, case.clear = fn, check, clear
@@ -643,10 +713,13 @@ def _bn_thread_case(i):
         from symprop import Sequential, layers as L
         r = np.random.default_rng(100 + i)
         X = (r.normal(size=(4, 8192)) * r.uniform(0.1, 10, 8192)).astype(np.float32)
-        serial = Sequential([L.BatchNorm1D(8192)], input_shape=(8192,)).train()
+        # momentum 0.01: after 200 updates the running statistics are still 13 % away from the
+        # batch's, so one lost or torn update shows (with 0.1 they would have converged)
+        serial = Sequential([L.BatchNorm1D(8192, momentum=0.01)], input_shape=(8192,)).train()
         for _ in range(200):
             serial.forward(X)
-        shared = Sequential([L.BatchNorm1D(8192)], input_shape=(8192,)).train()
+        serial_stats = [b.copy() for b in serial.buffers()]
+        shared = Sequential([L.BatchNorm1D(8192, momentum=0.01)], input_shape=(8192,)).train()
         outs, errors = [], []
 
         def work():
@@ -662,13 +735,13 @@ def _bn_thread_case(i):
             t.join()
         if errors:
             raise errors[0]
-        ref_out = serial.forward(X)   # one more forward: the output does not depend on running stats in train
-        return serial.buffers(), shared.buffers(), outs, ref_out
+        ref_out = serial.forward(X)   # train-mode outputs do not depend on the running statistics
+        return serial_stats, shared.buffers(), outs, ref_out
 
     def check(res):
         sb, hb, outs, ref_out = res
         for a, b in zip(hb, sb):
-            why = compare(a, b, 0)
+            why = compare(a, b, 1e-6)
             if why:
                 return "running statistics differ from serial: " + why
         bad = sum(compare(o, ref_out, 0) is not None for o in outs)
@@ -679,7 +752,8 @@ def _bn_thread_case(i):
 
 
 # ------------------------------------------------------------------ (3) activations
-SPECIAL = np.array([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e38, -1e38, 1e30, -1e30, 0.0, 1.0, -1.0])
+#: 0 is left out: the kinks' one-sided conventions (ReLU' = [x > 0]) are the activation tests' subject
+SPECIAL = np.array([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e38, -1e38, 1e30, -1e30, 1e4, -1e4, 1.0, -1.0])
 ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x"}
 
 
@@ -696,8 +770,10 @@ def _torch_native(name, params):
 
 def activation_oracle(name, x, params):
     """f, f', f'' of the activation at ``x`` in float64: torch's native function for f (its NaN/inf
-    semantics), autograd of the native (or the spec lambdified to torch) for f', f''; at ±inf the
-    derivatives' limits (taken at ±1e300, where every built-in has reached them)."""
+    semantics), autograd of the native (or the spec lambdified to torch) for f', f''. Beyond
+    |x| = 1e4 the derivatives are taken at ±1e4, where every built-in's have reached their limits
+    (torch's own double backward overflows to NaN for some, e.g. mish'' at 1e38); a NaN input
+    gives NaN in every role (the issue's "NaN in, NaN out"; torch's ReLU backward passes g there)."""
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     fn = _torch_native(name, params)
@@ -708,13 +784,16 @@ def activation_oracle(name, x, params):
     x64 = np.asarray(x, np.float64)
     with torch.no_grad():
         f = fn(torch.tensor(x64)).numpy()
-    xd = np.where(np.isinf(x64), np.sign(x64) * 1e300, x64)
-    xt = torch.tensor(xd, requires_grad=True)
-    y = fn(xt)
-    (d1,) = torch.autograd.grad(y.sum(), xt, create_graph=True)
-    d2 = torch.autograd.grad(d1.sum(), xt)[0] if d1.requires_grad else torch.zeros_like(xt)
-    d1, d2 = d1.detach().numpy(), d2.numpy()
-    return f, np.where(np.isinf(x64) & ~np.isfinite(d1), np.nan, d1), d2
+    def derivatives(bound):
+        xt = torch.tensor(np.clip(np.nan_to_num(x64, nan=0.0), -bound, bound), requires_grad=True)
+        (a,) = torch.autograd.grad(fn(xt).sum(), xt, create_graph=True)
+        b = torch.autograd.grad(a.sum(), xt)[0] if a.requires_grad else torch.zeros_like(xt)
+        return a.detach().numpy(), b.numpy()
+    d1, d2 = derivatives(1e4)
+    e1, e2 = derivatives(30.0)     # where torch's formula overflows at 1e4 (mish''), the limit at 30
+    d1, d2 = np.where(np.isnan(d1), e1, d1), np.where(np.isnan(d2), e2, d2)
+    nan = np.isnan(x64)
+    return f, np.where(nan, np.nan, d1), np.where(nan, np.nan, d2)
 
 
 def gen_activations(rng, n):
@@ -768,7 +847,7 @@ def _act_role_case(name, role, dtype, seed):
 
 def _act_model_case(name, dtype, seed):
     repro = f"Sequential([L.Dense(4, 4), L.Activation({name!r})], loss='mse', dtype={dtype!r}): hvp and " \
-            f"hessian_diagonal('exact'/'gauss_newton') with inputs up to 1e4·|W|, vs torch float64; seed {seed}"
+            f"hessian_diagonal('exact'/'gauss_newton') with inputs up to 30·|W|, vs torch float64; seed {seed}"
     case = Case(repro, None)
 
     def fn():
@@ -776,7 +855,7 @@ def _act_model_case(name, dtype, seed):
         from symprop import Sequential, layers as L
         r = np.random.default_rng(seed)
         m = Sequential([L.Dense(4, 4), L.Activation(name)], loss="mse", dtype=dtype, seed=seed % 100)
-        X = (r.normal(size=(6, 4)) * np.array([1, 30, 1e3, 1e4])).astype(dtype)
+        X = (r.normal(size=(6, 4)) * np.array([1, 3, 10, 30])).astype(dtype)
         y = r.normal(size=(6, 4)).astype(dtype)
         v = [r.normal(size=p.shape).astype(dtype) for p in m.parameters()]
         act = _torch_native(name, {}) or activation_oracle.__globals__["_torch_native"](name, {})
@@ -810,29 +889,31 @@ def _act_model_case(name, dtype, seed):
 
 def _learnable_case(which, dtype, special):
     repro = f"Sequential([L.{'PReLU()' if which == 'prelu' else 'Swish(learnable=True)'}], input_shape=(3,)) " \
-            f"with a parameter / input {special}, {dtype}"
+            f"with {'inputs ±3.4e38' if special == 'big' else 'its parameter = ' + special}, {dtype}: forward vs torch"
     case = Case(repro, None, clear=["nan or inf", "contains nan", "finite"])
 
     def fn():
+        import torch
         from symprop import Sequential, layers as L
         layer = L.PReLU() if which == "prelu" else L.Swish(learnable=True)
         m = Sequential([layer], loss="mse", dtype=dtype, input_shape=(3,))
-        X = np.array([[1.0, -2.0, 0.5]] * 2, dtype)
+        X = np.array([[1.0, -2.0, 0.5], [-0.5, 3.0, -1e4]], dtype)
+        w = {"nan": np.nan, "inf": np.inf}.get(special, 0.25 if which == "prelu" else 2.0)
         if special == "big":
             X = np.array([[3.4e38, -3.4e38, 1e30]] * 2, dtype)
-            m.parameters()[0][...] = 2.0 if which == "swish" else 0.25
-            return m.forward(X)
-        m.parameters()[0][...] = {"nan": np.nan, "inf": np.inf}[special]
+        m.parameters()[0][...] = w
+        xt, wt = torch.tensor(X.astype(np.float64)), torch.tensor(float(w), dtype=torch.float64)
+        with torch.no_grad():   # torch's PReLU semantics: x for x > 0, w·x otherwise (prelu(nan w) at x > 0 is x)
+            ref = torch.nn.functional.prelu(xt, wt.reshape(1)) if which == "prelu" else xt * torch.sigmoid(wt * xt)
+        with np.errstate(over="ignore"):
+            case.ctx["ref"] = ref.numpy().astype(dtype)
         return m.forward(X)
 
     def check(out):
-        if special == "big":
-            ref = np.array([[3.4e38, -3.4e38 * 0.25, 1e30]] * 2) if which == "prelu" else \
-                np.array([[3.4e38, 0.0, 1e30]] * 2)
-            with np.errstate(over="ignore"):
-                return compare(out, ref.astype(dtype), 1e-5, atol=1e-30)
-        return f"a {special} parameter gave {out.ravel()[:3]} without error" if all_finite(out) else \
-            "non-finite output from a non-finite parameter without error (torch: the same NaN; counted)"
+        ref = case.ctx["ref"]
+        if special in ("nan", "inf"):   # NaN in, NaN out: a NaN where torch's branch skips the parameter is fine
+            ref = np.where(np.isnan(out) & np.isfinite(ref), np.nan, ref)
+        return compare(out, ref, 1e-5, atol=1e-30)
 
     case.fn, case.check = fn, check
     return case
@@ -844,32 +925,34 @@ def gen_clip_norm(rng, n):
     for i in range(n):
         dtype = "float32" if i % 3 else "float64"
         if dtype == "float32":
-            scale = float(10 ** rng.uniform(-10, np.log10(1.8e19)))
+            scale = float(10 ** rng.uniform(-10, 20))
         else:
-            scale = float(10 ** rng.uniform(-10, 150))
+            scale = float(10 ** rng.uniform(-10, 160))
         clip = float(rng.choice([1e-6, 1e-3, 1.0, 10.0, 1e10, 1e30]))
-        cases.append(_clip_case(dtype, scale, clip, int(rng.integers(1 << 30))))
+        where = ["X", "y", "X,y"][i % 3]
+        cases.append(_clip_case(dtype, scale, clip, where, int(rng.integers(1 << 30))))
     return cases
 
 
-def _clip_case(dtype, scale, clip, seed):
-    repro = f"Sequential([L.Dense(5, 3)], loss='mse', dtype={dtype!r}).fit(X, y*{scale:.3g}, epochs=1, batch_size=N, " \
-            f"optimizer=O.SGD(1e-3, momentum=0), clip_norm={clip:g}); seed {seed}"
+def _clip_case(dtype, scale, clip, where, seed):
+    repro = f"Sequential([L.Dense(5, 3)], loss='mse', dtype={dtype!r}).fit(X, y, epochs=1, batch_size=N, " \
+            f"optimizer=O.SGD(1e-3, momentum=0), clip_norm={clip:g}) with {where} scaled by {scale:.3g}; seed {seed}"
     case = Case(repro, None)
 
     def fn():
         from symprop import Sequential, layers as L, optimizers as O
         r = np.random.default_rng(seed)
         N = int(r.integers(2, 12))
-        X = r.normal(size=(N, 5)).astype(dtype)
-        y = (r.normal(size=(N, 3)) * scale).astype(dtype)
+        X = (r.normal(size=(N, 5)) * (scale if "X" in where else 1)).astype(dtype)
+        y = (r.normal(size=(N, 3)) * (scale if "y" in where else 1)).astype(dtype)
+        case.ctx["loss64"] = None
         m = Sequential([L.Dense(5, 3)], loss="mse", dtype=dtype, seed=seed % 100)
         twin = Sequential([L.Dense(5, 3)], loss="mse", dtype="float64", seed=seed % 100)
         for a, b in zip(twin.parameters(), m.parameters()):
             a[...] = b
         before = [p.astype(np.float64) for p in m.parameters()]
-        _, g64 = twin.loss_and_grad(X.astype(np.float64), y.astype(np.float64))
-        case.ctx["g64"] = g64
+        loss64, g64 = twin.loss_and_grad(X.astype(np.float64), y.astype(np.float64))
+        case.ctx["g64"], case.ctx["loss64"] = g64, loss64
         m.fit(X, y, epochs=1, batch_size=N, optimizer=O.SGD(1e-3, momentum=0.0), clip_norm=clip, verbose=0,
               divergence_factor=None)
         return [p.astype(np.float64) - b for p, b in zip(m.parameters(), before)]
@@ -880,7 +963,8 @@ def _clip_case(dtype, scale, clip, seed):
             return "non-finite step"
         flat_d = np.concatenate([d.ravel() for d in delta])
         flat_g = np.concatenate([g.ravel() for g in g64])
-        norm = np.linalg.norm(flat_g)
+        big = float(np.max(np.abs(flat_g))) or 1.0
+        norm = big * float(np.linalg.norm(flat_g / big))      # no overflow of the squares
         want = -1e-3 * flat_g * (min(1.0, clip / (norm + 1e-6)) if norm > clip else 1.0)
         # float32 rounding of weights ~|w| limits how well a tiny step can be resolved
         atol = 1e-6 * max(1.0, 1e-3 * clip if norm > clip else 1e-3 * norm) if dtype == "float32" else 1e-12
@@ -889,8 +973,13 @@ def _clip_case(dtype, scale, clip, seed):
             return f"step {np.linalg.norm(flat_d):.4g} vs lr·min(|g|, clip) {np.linalg.norm(want):.4g}: {why}"
         return None
 
-    case.fn, case.check = fn, check
-    case.clear = ["overflow", "targets up to"]
+    def clear(ctx):     # a loss beyond the dtype cannot be trained on: refusing it is right if it says so
+        loss64 = ctx.get("loss64")
+        if loss64 is not None and loss64 > np.finfo(dtype).max:
+            return ["overflow", "exceeds", "beyond", "too large", "scale the inputs", "scale them"]
+        return None
+
+    case.fn, case.check, case.clear = fn, check, clear
     return case
 
 
@@ -1186,8 +1275,9 @@ if mode == "val_split_both": kw["validation_split"] = 0.25
 h = m.fit(X, y, **kw)
 print("finished", rank, float(h["loss"][-1]), flush=True)
 '''
-MPI_MODES = {"same": None, "val_split_both": None, "exit0": "did not start fit", "exit3": None, "raise_before": None,
-             "sleep_before": "did not start fit", "kill_before": None, "values": "differs between ranks",
+MPI_MODES = {"same": None, "val_split_both": None, "exit0": "did not start fit",
+             "exit3": ("did not start fit", "exited"), "raise_before": ("did not start fit", "broke before fit"),
+             "sleep_before": "did not start fit", "kill_before": ("signal", "killed", "exited"), "values": "differs between ranks",
              "labels": "differs between ranks", "shape": "differs between ranks", "fit_seed": "differs between ranks",
              "model_seed": "differs between ranks", "val_split": "differs between ranks",
              "batch_size": "differs between ranks", "epochs": "differs between ranks",
@@ -1242,11 +1332,9 @@ def _mpi_case(mode, rep):
                 f"valid run: rc {rc}, {finished} finished, losses {losses}, stderr {err.strip()[-300:]}"
         if rc == 0 or finished:
             return "silent-garbage", f"rc {rc}, {finished} rank(s) finished fit ({secs:.1f} s): " + out.strip()[-200:]
-        if expect is None:     # the user's own exception / exit: mpiexec must end every rank non-zero
-            return "clear-error", f"rc {rc} in {secs:.1f} s: " + err.strip().splitlines()[-1][:200] if err.strip() \
-                else f"rc {rc} in {secs:.1f} s"
-        if expect.lower() in err.lower():
-            line = next((ln for ln in err.splitlines() if expect.lower() in ln.lower()), "")
+        wants = (expect,) if isinstance(expect, str) else expect
+        line = next((ln for ln in err.splitlines() if any(w.lower() in ln.lower() for w in wants)), None)
+        if line is not None:
             return "clear-error", f"rc {rc} in {secs:.1f} s: {line.strip()[:250]}"
         return "generic-error", f"rc {rc} in {secs:.1f} s, stderr lacks {expect!r}: {err.strip()[-300:]}"
 
@@ -1290,7 +1378,7 @@ def gen_misuse(rng, n):
     cases += _seed_cases()
     cases += _huge_shape_cases()
     cases += _divergence_cases()
-    cases += _cache_cases()
+    cases += _cache_cases(n < 600)
     cases += _cli_cases()
     cases += _save_load_cases()
     k = 0
@@ -1316,7 +1404,8 @@ def _seed_case(where, seed):
              "fit": f"Sequential([L.Dense(2, 2)]).fit(X, y, epochs=1, seed={seed!r})",
              "AdaHessian": f"O.AdaHessian(seed={seed!r})",
              "hutchinson": f"m.hessian_diagonal(X, y, method='hutchinson', samples=2, seed={seed!r})"}[where]
-    valid = isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0
+    valid = (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0) or \
+        (seed is None and where in ("fit", "hutchinson"))
     case = Case(repro, None, clear=None if valid else ["seed"])
 
     def fn():
@@ -1340,7 +1429,7 @@ def _seed_case(where, seed):
 def _huge_shape_cases():
     srcs = ["L.Dense(10**9, 10**9)", "L.Dense(10**6, 10**6)", "L.Conv2D(10**5, 10**5, 100)", "L.BatchNorm1D(10**12)",
             "L.PReLU(num_parameters=10**12)", "L.Dense(2**62, 2)", "L.Dense(10**5, 10**5), dtype='float64'",
-            "L.Conv2D(3, 8, 3)], input_shape=(3, 10**6, 10**6)"]
+            "L.Conv2D(3, 8, 3), L.Flatten(), L.Dense(8 * 998 * 998, 10**4)], input_shape=(3, 1000, 1000)"]
     out = []
     for s in srcs:
         repro = f"Sequential([{s}])"
@@ -1348,9 +1437,9 @@ def _huge_shape_cases():
 
         def fn(s=s):
             from symprop import Sequential, layers as L
-            if s.endswith("input_shape=(3, 10**6, 10**6)"):
-                m = Sequential([L.Conv2D(3, 8, 3)], input_shape=(3, 10 ** 6, 10 ** 6))
-                return m.forward(np.zeros((1, 3, 10 ** 6, 10 ** 6), np.float32))
+            if s.endswith("input_shape=(3, 1000, 1000)"):   # the Dense is sized at build time
+                return Sequential([L.Conv2D(3, 8, 3), L.Flatten(), L.Dense(8 * 998 * 998, 10 ** 4)],
+                                  input_shape=(3, 1000, 1000))
             if "dtype" in s:
                 return Sequential([L.Dense(10 ** 5, 10 ** 5)], dtype="float64")
             return Sequential([eval(s, {"L": L})])
@@ -1401,8 +1490,9 @@ from pathlib import Path
 from symprop import layers as L
 x = sp.Symbol("x")
 mode = sys.argv[1]
-a = L.Activation.from_sympy("fi_cube_plus", x ** 3 + x, x)
-if mode != "fresh":
+if mode == "fresh":
+    a = L.Activation.from_sympy("fi_cube_plus", x ** 3 + x, x)
+else:   # damaged by a process that never loaded the module (truncating a mapped .so kills its process)
     root = Path(os.environ["SYMPROP_CACHE"])
     aliases = sorted(root.glob("*.module"))
     sos = [p for p in root.iterdir() if p.suffix == ".so"]
@@ -1431,10 +1521,27 @@ print("values", " ".join(repr(float(v)) for v in np.ravel(y)), flush=True)
 '''
 
 
-def _cache_cases():
-    modes = ["alias_bytes", "alias_empty", "alias_missing_module", "alias_path", "alias_dir", "alias_other",
-             "alias_unreadable", "so_truncated", "so_garbage"]
+def _cache_cases(quick):
+    """Each damaged alias costs a SymPy derivation (~25 s here): --quick runs four of them."""
+    modes = ["alias_bytes", "alias_other", "alias_unreadable", "so_truncated"] if quick else \
+        ["alias_bytes", "alias_empty", "alias_missing_module", "alias_path", "alias_dir", "alias_other",
+         "alias_unreadable", "so_truncated", "so_garbage"]
     return [_cache_case(m) for m in modes]
+
+
+_CACHE_TEMPLATE = []
+
+
+def _cache_template() -> str:
+    """A compile cache holding the test activation, built once per worker (copied per case)."""
+    if not _CACHE_TEMPLATE:
+        d = tempfile.mkdtemp(prefix="fi-cache-template-")
+        p = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, "fresh"], env=dict(os.environ, SYMPROP_CACHE=d),
+                           capture_output=True, text=True, timeout=300, cwd=d)
+        if p.returncode != 0:
+            raise RuntimeError(f"building the cache template failed: {p.stderr[-500:]}")
+        _CACHE_TEMPLATE.append(d)
+    return _CACHE_TEMPLATE[0]
 
 
 def _cache_case(mode):
@@ -1444,9 +1551,11 @@ def _cache_case(mode):
 
     def fn():
         d = tempfile.mkdtemp(prefix="fi-cache-")
+        shutil.rmtree(d)
+        shutil.copytree(_cache_template(), d, symlinks=True)
         env = dict(os.environ, SYMPROP_CACHE=d)
         try:
-            for script, arg in ((CACHE_SCRIPT, "fresh"), (CACHE_SCRIPT, mode), (CACHE_CHECK, "")):
+            for script, arg in ((CACHE_SCRIPT, mode), (CACHE_CHECK, "")):
                 p = subprocess.run([sys.executable, "-c", script, arg], env=env, capture_output=True, text=True,
                                    timeout=300, cwd=d)
                 if p.returncode != 0:
@@ -1489,7 +1598,7 @@ def _cli_cases():
         (["train", "--batch-size", "0"], "--batch-size"), (["train", "--optimizer", "foo"], "--optimizer"),
         (["train", "--dataset", "mnist"], "mnist"), (["train", "--dataset", "mnist", "--data-dir", "/nonexistent"],
                                                      "nonexistent"),
-        (["train", "--clip-norm", "-1"], "clip_norm"), (["train", "--clip-norm", "1e-50"], "clip_norm"),
+        (["train", "--clip-norm", "-1"], "clip_norm"), (["train", "--clip-norm", "1e-50"], None),
         (["train", "--clip-value", "0"], "clip_value"),
         (["train", "--validation-split", "1.5"], "validation_split"), (["train", "--seed", "-1"], "seed"),
         (["train", "--dtype", "float16"], "--dtype"), (["train", "--save", "/proc/fi/x.npz"], "--save"),
@@ -1515,6 +1624,8 @@ def _cli_cases():
     ]
     out = []
     for argv, name in flags:
+        if argv[0] == "train" and "--epochs" not in argv:   # a refusal comes first; a run that is not refused stays short
+            argv = argv + ["--epochs", "1"] + ([] if "--model" in argv or "--hidden" in argv else ["--hidden", "16"])
         repro = "symprop " + " ".join(argv)
         case = Case(repro, None, timeout=240)
 
@@ -1528,14 +1639,17 @@ def _cli_cases():
                 os.chdir(cwd)
                 shutil.rmtree(d, ignore_errors=True)
 
-        def check(res, name=name):
+        def check(res, name=name, argv=argv):
             rc, err = res
             lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-            if rc == 0:
-                return f"exit 0 (stderr: {err.strip()[-200:]})"
+            if rc == 0:   # None: a value that rounds harmlessly (clip_norm 1e-50: no step, as in float64)
+                return None if name is None else f"exit 0 (stderr: {err.strip()[-200:]})"
+            if name is None:
+                name = argv[1]
             if rc != 2 or len(lines) != 1 or "Traceback" in err:
                 return "generic-error", f"exit {rc}, {len(lines)} stderr lines: {err.strip()[-300:]}"
-            if name.lower() not in lines[0].lower():
+            if name.lower() not in lines[0].lower() and not any(v in lines[0] for v in argv[1:] if "/" in v or
+                                                                               "." in v):
                 return "generic-error", f"exit 2 but the message does not name {name!r}: {lines[0][:300]}"
             return "clear-error", lines[0][:300]
         case.fn, case.check = fn, check
@@ -1545,7 +1659,7 @@ def _cli_cases():
 
 def _save_load_cases():
     out = []
-    items = [("save to a directory", "m.save(tmpdir)", ["directory", "is a directory", "exists"]),
+    items = [("save to a directory", "m.save(tmpdir)  # documented: writes tmpdir.npz", None),
              ("save to /proc", "m.save('/proc/fi/m.npz')", ["/proc", "permission", "no such", "cannot"]),
              ("save unbuilt", "Sequential([L.Conv2D(1, 2, 3)]).save(f)", ["not built"]),
              ("save NaN weights", "m.parameters()[0][0] = nan; m.save(f)", ["nan or inf"]),
@@ -1586,7 +1700,16 @@ def _save_load_cases():
                 return Sequential.load(arg)
             finally:
                 shutil.rmtree(d, ignore_errors=True)
-        case.fn, case.check = fn, lambda v, label=label: f"{label}: no error ({v!r:.80})"
+        def check(v, label=label):
+            if label == "save to a directory":
+                from symprop import Sequential
+                try:
+                    back = Sequential.load(v)
+                finally:
+                    Path(v).unlink(missing_ok=True)
+                return None if len(back.parameters()) == 2 else "the saved file does not load back"
+            return f"{label}: no error ({v!r:.80})"
+        case.fn, case.check = fn, check
         out.append(case)
     return out
 
@@ -1605,7 +1728,7 @@ BAD_CLEAR = {
     "none": ["none", "must be", "expected", "array"], "ragged": ["ragged", "shape", "inhomogeneous", "sequence",
                                                                   "real numbers", "dtype"],
     "wrong_ndim": ["shape", "expected"], "wrong_features": ["shape", "expected"], "empty": ["empty"],
-    "nan": ["nan"], "inf": ["inf"], "huge_f32": ["inf", "overflow"], "scalar": ["shape", "expected", "batch"],
+    "nan": ["nan"], "inf": ["inf"], "huge_f32": ["inf", "overflow", "beyond"], "scalar": ["shape", "expected", "batch"],
     "labels_range": ["labels", "[0,", "lie in"], "labels_negative": ["labels", "lie in"],
     "labels_float": ["labels", "integers", "probabilit"], "labels_len": ["labels", "shape"],
     "labels_2d": ["labels", "shape", "probabilit"], "labels_nan": ["labels", "nan", "integers", "probabilit"],
@@ -1670,8 +1793,10 @@ def _bad_value(kind, good, r, labels=False):
 def _random_misuse_case(seed, k):
     r = np.random.default_rng(seed)
     target = TARGETS[k % len(TARGETS)]
-    kinds = BAD_KINDS if target not in ("predict", "forward", "outputs", "layer_forward", "predict_proba") else \
-        [b for b in BAD_KINDS if not b.startswith("labels")]
+    uses_labels = target in ("fit", "evaluate", "loss_and_grad", "hvp", "hessian_diagonal", "hessian")
+    kinds = [b for b in BAD_KINDS if uses_labels or not b.startswith("labels")]
+    if target == "layer_forward":   # a layer propagates NaN/inf as IEEE (the activation category's subject)
+        kinds = [b for b in kinds if b not in ("nan", "inf", "huge_f32")]
     kind = kinds[int(r.integers(len(kinds)))]
     dtype = ["float32", "float64"][int(r.integers(2))]
     conv = r.random() < 0.3
@@ -1680,10 +1805,17 @@ def _random_misuse_case(seed, k):
     if kind == "huge_f32" and dtype == "float64":
         dtype = "float32"
     repro = f"{'CNN' if conv else 'MLP'} {dtype}: model.{target}(...) with {arg} = {kind}; seed {seed}"
-    valid = kind in VALID_KINDS
-    if kind in ("huge_f32",) and arg in ("v", "g"):
-        valid = False
-    case = Case(repro, None, clear=None if valid else BAD_CLEAR.get(kind, ["shape"]) + ["contains nan or inf"])
+    valid = (kind in VALID_KINDS and not (target == "opt_step" and kind == "list")) or \
+        (target == "opt_step" and kind == "object_array")
+    # the layer-level API takes arrays of the layer's dtype; any result of an empty batch or (conv)
+    # another image size is fine there
+    anything = target == "layer_forward" and (kind == "empty" or (kind == "wrong_features" and conv))
+    clear = BAD_CLEAR.get(kind, ["shape"]) + ["contains nan or inf", "shape"]
+    if kind in ("string", "scalar", "none", "ragged", "list"):
+        clear += ["array"]
+    if valid:
+        clear = ["dtype", "numpy array"] if target == "layer_forward" else None
+    case = Case(repro, None, clear=clear)
 
     def build():
         from symprop import Sequential, layers as L
@@ -1764,7 +1896,7 @@ def _random_misuse_case(seed, k):
             Xb, X_equiv, yb = good_X, None, good_y
             case.ctx["v_equiv"] = None if eq0 is None else [eq0] + good_v[1:]
         case.ctx["ref"] = None
-        if valid:   # the oracle: the same call on the clean equivalent input, on a twin model
+        if valid and not anything:   # the oracle: the same call on the clean equivalent input, on a twin model
             m2, _, _ = build()
             for a, b in zip(m2.parameters(), m.parameters()):
                 a[...] = b
@@ -1774,6 +1906,8 @@ def _random_misuse_case(seed, k):
         return call(m, Xb, yb, vb)
 
     def check(res):
+        if anything:
+            return None if all_finite(*res) else "non-finite result"
         if not valid:
             return f"accepted {kind} for {arg} (finite result: {all_finite(*res)})"
         ref = case.ctx["ref"]
@@ -1812,7 +1946,7 @@ def worker(category, quick, seed, start):
     proto.write(json.dumps({"total": len(cases)}) + "\n")
     for i in range(start, len(cases)):
         c = cases[i]
-        proto.write(json.dumps({"start": i, "timeout": c.timeout}) + "\n")
+        proto.write(json.dumps({"start": i, "timeout": c.timeout, "repro": c.repro}) + "\n")
         t0 = time.perf_counter()
         outcome, detail = classify(c)
         proto.write(json.dumps({"i": i, "outcome": outcome, "detail": detail, "repro": c.repro,
@@ -1822,26 +1956,42 @@ def worker(category, quick, seed, start):
 
 def run_category(category, quick, seed, log):
     """Drive workers for one category; returns the list of case results."""
-    results, start, total = [], 0, None
+    results, start, total, repros = [], 0, None, {}
     script = str(Path(__file__).resolve())
     while True:
         cmd = [sys.executable, script, "--worker", category, "--seed", str(seed), "--start", str(start)] + \
             (["--quick"] if quick else [])
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, bufsize=0, start_new_session=True,
                              cwd=tempfile.gettempdir())
-        current, deadline, buf = None, time.monotonic() + 600, ""
-        finished = False
-        while True:
-            ready, _, _ = select.select([p.stdout], [], [], 1.0)
+        current, deadline, buf = None, time.monotonic() + 600, b""
+        finished, eof = False, False
+        fd = p.stdout.fileno()
+        while not eof:
+            # raw reads: a buffered readline would keep lines select() cannot see
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            lines = []
             if ready:
-                line = p.stdout.readline()
-                if not line:
-                    break
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    eof = True
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+            elif time.monotonic() > deadline:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                if current is not None:
+                    results.append({"i": current, "outcome": "hang", "detail": "no result within the case's timeout",
+                                    "repro": repros.get(current, f"{category} case {current}"), "seconds": None})
+                break
+            for line in lines:
+                if not line.strip():
+                    continue
                 msg = json.loads(line)
                 if "total" in msg:
                     total = msg["total"]
                 elif "start" in msg:
                     current = msg["start"]
+                    repros[current] = msg.get("repro", "")
                     deadline = time.monotonic() + msg["timeout"]
                 elif "i" in msg:
                     results.append(msg)
@@ -1849,20 +1999,13 @@ def run_category(category, quick, seed, log):
                     deadline = time.monotonic() + 600
                 elif msg.get("done"):
                     finished = True
-            elif time.monotonic() > deadline:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-                if current is not None:
-                    results.append({"i": current, "outcome": "hang", "detail": "no result within the case's timeout",
-                                    "repro": f"{category} case {current}", "seconds": None})
-                break
         rc = p.wait()
         if finished:
             break
         if current is not None and (not results or results[-1]["i"] != current):
             results.append({"i": current, "outcome": "crash" if rc < 0 else "generic-error",
                             "detail": f"worker exited with status {rc} during the case",
-                            "repro": f"{category} case {current}", "seconds": None})
+                            "repro": repros.get(current, f"{category} case {current}"), "seconds": None})
         start = (results[-1]["i"] + 1) if results else start + 1
         if total is not None and start >= total:
             break
