@@ -1934,6 +1934,40 @@ def cases_for(category, quick, seed):
     return GENERATORS[category](rng, SIZES[category][0 if quick else 1])
 
 
+# ------------------------------------------------------------------ self-test: undo fixes
+def _naive_global_norm(grads):
+    """The pre-fix clip norm: squares summed in the gradients' dtype (overflows past ~1e19 in float32)."""
+    return float(np.sqrt(sum(float(np.sum(np.square(g))) for g in grads)))
+
+
+SABOTAGE = {
+    "check_dtype": "optimizers no longer refuse hyperparameters that round to 0/1/inf in the parameters' dtype",
+    "global_norm": "clip_norm's global norm squares in the gradients' dtype",
+    "interop": "from_torch no longer refuses subclassed, replaced-forward, hooked modules",
+    "finite_weights": "from_torch copies NaN/inf tensors",
+}
+
+
+def sabotage(names):
+    """Put defects the issue's first round fixed back (``--sabotage``), so a run shows the harness
+    catches them (a harness that cannot fail proves nothing)."""
+    for name in names:
+        if name == "check_dtype":
+            from symprop.runtime.optimizers import Optimizer
+            Optimizer.check_dtype = lambda self, dtype: None
+        elif name == "global_norm":
+            from symprop.runtime import training
+            training.global_norm = _naive_global_norm
+        elif name == "interop":
+            import symprop.interop as I
+            I._check_plain = lambda where, mod: None
+        elif name == "finite_weights":
+            import symprop.interop as I
+            I._values = lambda where, mod, t: t.detach().cpu().numpy()
+        else:
+            raise SystemExit(f"unknown --sabotage {name!r}; choose from {sorted(SABOTAGE)}")
+
+
 # ------------------------------------------------------------------ worker / parent
 def worker(category, quick, seed, start):
     """Run the cases from ``start`` on, one JSON line each on the protocol fd (stdout is
@@ -1942,6 +1976,8 @@ def worker(category, quick, seed, start):
     os.dup2(2, 1)
     import warnings
     warnings.simplefilter("ignore")
+    if os.environ.get("FI_SABOTAGE"):
+        sabotage(os.environ["FI_SABOTAGE"].split(","))
     cases = cases_for(category, quick, seed)
     proto.write(json.dumps({"total": len(cases)}) + "\n")
     for i in range(start, len(cases)):
@@ -2057,7 +2093,12 @@ def main(argv=None):
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--list", action="store_true", help="print the cases' repro lines and exit")
+    ap.add_argument("--sabotage", help="self-test: undo fixes in the workers (comma-separated, or 'all': "
+                                       + ", ".join(SABOTAGE) + ")")
     args = ap.parse_args(argv)
+    if args.sabotage:
+        names = sorted(SABOTAGE) if args.sabotage == "all" else args.sabotage.split(",")
+        os.environ["FI_SABOTAGE"] = ",".join(names)
     if args.worker:
         worker(args.worker, args.quick, args.seed, args.start)
         return 0

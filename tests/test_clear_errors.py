@@ -67,3 +67,16 @@ def test_save_to_a_folder_is_refused_before_training(path, tmp_path, monkeypatch
     assert main(["train", "--epochs", "1", "--hidden", "4", "--save", path]) == 2
     err = capsys.readouterr().err
     assert f"--save {path}: is a directory" in err and "epoch" not in capsys.readouterr().out
+
+
+def test_a_loss_that_overflows_before_any_step_blames_the_data():
+    """Fault injection (clip_norm): float32 data of 4e19 make the first loss inf at the initial
+    weights; the message blamed the learning rate, which had not been used yet."""
+    rng = np.random.default_rng(0)
+    X, y = (rng.normal(size=(8, 5)) * 4e19).astype(np.float32), (rng.normal(size=(8, 3)) * 4e19).astype(np.float32)
+    m = Sequential([L.Dense(5, 3)], loss="mse")
+    before = [p.copy() for p in m.parameters()]
+    with pytest.raises(TrainingDiverged, match=r"loss is inf on the first batch, before any step: the data overflow "
+                                               r"the model's float32 .*inputs up to .*e\+19, targets up to"):
+        m.fit(X, y, epochs=1, batch_size=8, optimizer=O.SGD(1e-3), clip_norm=1.0, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.parameters()))
