@@ -1330,9 +1330,13 @@ def _mpi_case(mode, rep):
         try:
             out, err = p.communicate(timeout=90)
         except subprocess.TimeoutExpired:
+            ps = subprocess.run(["ps", "-s", str(p.pid), "-o", "pid,stat,wchan:20,args"], capture_output=True,
+                                text=True).stdout   # which process is stuck, for the report
             os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-            raise Hang(f"mpiexec did not return within 90 s (mode {mode})")
+            _, err = p.communicate()
+            stuck = "; ".join(" ".join(line.split()[:3] + [line.split()[-1]]) for line in ps.splitlines()[1:])
+            raise Hang(f"mpiexec did not return within 90 s (mode {mode}); alive: {stuck}; stderr: "
+                       f"{' '.join(err.split())[-300:]}")
         finally:
             shutil.rmtree(d, ignore_errors=True)
         return p.returncode, out, err, time.monotonic() - t0
