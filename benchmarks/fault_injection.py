@@ -47,7 +47,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import traceback
@@ -633,7 +632,6 @@ def _bn_checkpoint_case(i, seed):
     case = Case(repro, None, clear=None if valid else clear)
 
     def fn():
-        import zipfile
         from symprop import Sequential, layers as L
         r = np.random.default_rng(seed)
         if two_d:
@@ -705,7 +703,6 @@ def _bn_checkpoint_case(i, seed):
             return back.predict(X), back.outputs(X), m
         finally:
             shutil.rmtree(d, ignore_errors=True)
-            _ = zipfile
 
     def check(res):
         pred, out, m = res
@@ -1083,8 +1080,8 @@ def _interop_tamper_case(kind, make, how):
         else:
             mod.register_forward_pre_hook(lambda m, i: (2 * i[0],))
         seq = torch.nn.Sequential(mod)
-        return from_torch(seq, input_shape=(1, 4, 4) if kind in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d")
-                          else (2, 4, 4) if kind == "BatchNorm2d" else None)
+        return from_torch(seq, input_shape=(2, 4, 4) if kind == "BatchNorm2d" else
+                          (1, 4, 4) if kind in ("Conv2d", "MaxPool2d", "AvgPool2d") else None)
 
     def check(model):
         return f"imported a tampered {kind} ({how}) as {model.layers}"
