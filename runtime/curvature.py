@@ -129,6 +129,9 @@ def hutchinson_from(model, tape, v: list, hv: list, samples: int, rng: np.random
 def _hutchinson(model, tape, samples: int, seed):
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"hessian_diagonal: samples must be a positive integer, got {samples!r}")
+    if seed is not None:   # NumPy would take a bool or a list, and word a negative seed generically
+        from .model import check_seed
+        seed = check_seed("hessian_diagonal", seed)
     return hutchinson(model, tape, samples, np.random.default_rng(seed))
 
 

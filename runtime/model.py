@@ -42,6 +42,10 @@ def _memory_named(layer):
         yield
     except MemoryError as exc:
         raise MemoryError(f"{layer.name}: not enough memory for its parameters ({exc})") from exc
+    except ValueError as exc:   # NumPy: "array is too big" (more bytes than an address space holds)
+        if "too big" not in str(exc):
+            raise
+        raise MemoryError(f"{layer.name}: not enough memory for its parameters ({exc})") from exc
 
 
 class Tape:

@@ -156,11 +156,18 @@ class _BatchNorm(CompositeLayer):
         rec.update(xhat=xhat, rstd=rstd)
         if ctx.update_buffers:   # PyTorch: running ← (1 − m)·running + m·batch, unbiased variance
             m, n = self.momentum, A * B
+            # in double, then stored: in float32 a momentum such as 1e-50 would round to 0 (the
+            # statistics never move) and m·n/(n − 1)·var could overflow for a variance near the maximum
             with self._stats_lock:   # read-modify-write: threads sharing the layer must not interleave
-                self.running_mean *= 1 - m
-                self.running_mean += m * mu
-                self.running_var *= 1 - m
-                self.running_var += (m * n / (n - 1)) * var
+                new_var = (1 - m) * self.running_var.astype(np.float64) + (m * n / (n - 1)) * var.astype(np.float64)
+                if new_var.max(initial=0.0) > np.finfo(self.running_var.dtype).max:
+                    c = int(np.argmax(new_var))
+                    raise ValueError(f"{self.name}: the running variance of channel {c} would exceed "
+                                     f"{self.running_var.dtype} (batch variance {float(var[c]):.3g} times "
+                                     f"n/(n - 1) = {n / (n - 1):g}); scale the inputs or use dtype='float64'")
+                new_mean = (1 - m) * self.running_mean.astype(np.float64) + m * mu.astype(np.float64)
+                self.running_mean[...] = new_mean
+                self.running_var[...] = new_var
         return y, rec
 
     def check_state(self, where: str) -> None:

@@ -117,11 +117,21 @@ class Optimizer:
         if len(params) != len(grads):
             raise ValueError(f"{name}: {len(params)} parameters but {len(grads)} gradients")
         for i, (p, g) in enumerate(zip(params, grads)):
-            if not isinstance(g, np.ndarray) or p.shape != g.shape:
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"{name}: gradient {i} is a {type(g).__name__}, not a numpy array (parameter "
+                                f"{p.shape})")
+            if p.shape != g.shape:
                 raise ValueError(f"{name}: gradient {i} has shape {np.shape(g)}, parameter {p.shape}")
+            if np.iscomplexobj(g) or not (np.issubdtype(g.dtype, np.number) or g.dtype == object):
+                raise TypeError(f"{name}: gradient {i} has dtype {g.dtype}; gradients must be real numbers "
+                                f"(complex ones are not cast silently)")
             if not _all_finite(g):
                 raise ValueError(f"{name}: gradient {i} (shape {g.shape}) contains NaN or inf; "
                                  f"no parameter was updated")
+            if g.dtype != p.dtype and g.size and \
+                    float(np.max(np.abs(g))) > float(np.finfo(p.dtype).max):   # finite here, inf once cast
+                raise ValueError(f"{name}: gradient {i} holds values up to {float(np.max(np.abs(g))):.3g}, beyond "
+                                 f"the parameters' {p.dtype}; no parameter was updated")
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         """Update ``params`` in place. Every gradient is checked first (shapes, NaN/inf): a bad

@@ -208,6 +208,13 @@ def fit(model, X, y, *, epochs, batch_size, optimizer, validation_data, validati
                     c.on_batch_begin(b, {"size": j - i})
                 loss, grads, tape = optimizer.loss_and_grad(model, xb, yb)   # X, y validated once above
                 where = lambda: f"at epoch {epoch}, batch {b}/{n_batches} ({_step_sizes(model, optimizer)})"  # noqa: E731
+                if not np.isfinite(loss) and reference is None:   # no step taken yet: the step sizes are innocent
+                    restore()
+                    big = f", targets up to {float(np.abs(yb).max()):.3g}" if yb.dtype.kind == "f" and yb.size else ""
+                    raise _diverged(hist, f"fit: the loss is {loss} on the first batch, before any step: the data "
+                                          f"overflow the model's {model.dtype} at its current weights (inputs up to "
+                                          f"{float(np.abs(xb).max()):.3g}{big}); scale the inputs or targets, or use "
+                                          f"dtype='float64'")
                 if not np.isfinite(loss):
                     restore()
                     raise _diverged(hist, f"fit: the loss became {loss} {where()}; training stopped with the weights "

@@ -74,7 +74,7 @@ def _writable(path: str, flag: str) -> None:
     import os
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
+    if p.is_dir() or path.endswith(("/", os.sep)) or not p.name:
         raise ValueError(f"{flag} {path}: is a directory")
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: folder {parent} does not exist")
@@ -179,6 +179,9 @@ def cmd_train(args) -> int:
         if v is not None and v < 1:
             raise ValueError(f"{flag} must be a positive integer, got {v}")
     if args.save:
+        if args.save.endswith(("/", "\\")) or Path(args.save).name in ("", ".", ".."):
+            raise ValueError(f"--save {args.save}: is a directory; name a file in it (e.g. "
+                             f"{Path(args.save) / 'model.npz'})")
         _writable(args.save if args.save.endswith(".npz") else args.save + ".npz", "--save")
     if args.plot:
         from . import plot
