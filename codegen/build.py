@@ -156,6 +156,8 @@ def lookup_spec(stem: str, spec_hash: str):
         name = _alias(stem, spec_hash).read_text().strip()
     except (OSError, UnicodeDecodeError):   # unreadable or damaged: a miss (the rebuild rewrites it)
         return None
+    if not name.startswith(stem + "_") or not name.isidentifier():   # a damaged alias ("os"): a miss
+        return None
     if name in sys.modules:
         return sys.modules[name]
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"

@@ -91,9 +91,10 @@ class Optimizer:
             if not np.isfinite(c):
                 raise ValueError(f"{name}: {label}={v!r} overflows {dt} (the update kernels compute in the "
                                  f"parameters' dtype; use dtype='float64' or a smaller value)")
-            if v != 0 and c == 0:
-                raise ValueError(f"{name}: {label}={v!r} rounds to 0 in {dt} (the update kernels compute in the "
-                                 f"parameters' dtype); use at least {np.finfo(dt).tiny:.3g}")
+            if v != 0 and abs(c) < np.finfo(dt).tiny:   # 0, or subnormal: eps 1e-45 divided to inf
+                raise ValueError(f"{name}: {label}={v!r} {'rounds to 0' if c == 0 else 'is subnormal'} in {dt} (the "
+                                 f"update kernels compute in the parameters' dtype); use at least "
+                                 f"{np.finfo(dt).tiny:.3g}")
             if below_one and c == 1 and v < 1:
                 raise ValueError(f"{name}: {label}={v!r} rounds to 1 in {dt} (the update kernels compute in the "
                                  f"parameters' dtype); use at most {1 - np.finfo(dt).epsneg:.9g}")

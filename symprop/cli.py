@@ -626,7 +626,12 @@ def cmd_tune(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        p = parser()   # imports the runtime: a forced GEMM provider that is absent fails here
+    except Exception as exc:  # noqa: BLE001 — one line, never a traceback
+        print(f"symprop: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 2
+    args = p.parse_args(argv)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

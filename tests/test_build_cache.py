@@ -80,3 +80,13 @@ def test_unusable_cache_folder_falls_back_with_a_warning(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="cannot be created"):
         root = build._writable_root()
     assert root.is_dir() and os.access(root, os.W_OK)
+
+
+def test_an_alias_naming_another_module_is_a_miss(tmp_path, monkeypatch):
+    """An alias file that names an imported module (``os``) is not trusted as a cached spec."""
+    from symprop.codegen import build
+    monkeypatch.setenv("SYMPROP_CACHE", str(tmp_path))
+    alias = build._alias("act_probe", "0123456789abcdef")
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    alias.write_text("os\n")
+    assert build.lookup_spec("act_probe", "0123456789abcdef") is None

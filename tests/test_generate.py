@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (ROOT / "generated").is_dir(), reason="needs the source checkout")
+# deriving every spec takes minutes (the Taylor roles of every activation to order 5): slow; CI
+# also runs `symprop generate --check` on the checked-in tree before the tests
+pytestmark = [pytest.mark.skipif(not (ROOT / "generated").is_dir(), reason="needs the source checkout"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
     """One ``symprop generate`` through the CLI in another process, in a copy of the package
-    without compiled kernels (generation must not need them); deriving every spec takes ~25 s,
+    without compiled kernels (generation must not need them); deriving every spec takes minutes,
     so it runs once for the module. Returns the folder it wrote."""
     import os
     from conftest import kernelless_copy

@@ -144,6 +144,7 @@ def test_adahessian_leaves_entries_with_no_curvature_seen():
     (lambda: O.SGD(1e39), r"lr=1e\+39 overflows float32"),
     (lambda: O.Adam(betas=(0.9, 0.99999999)), r"betas\[1\]=0.99999999 rounds to 1 in float32"),
     (lambda: O.AdaHessian(weight_decay=1e39), r"weight_decay=1e\+39 overflows float32"),
+    (lambda: O.AdaHessian(eps=1e-45), r"eps=1e-45 is subnormal in float32"),   # 0-second-moment step: inf
 ])
 def test_hyperparameters_that_break_in_float32_are_refused_there_and_work_in_float64(make, message):
     p32, g32 = [np.ones(3, np.float32)], [np.zeros(3, np.float32)]
