@@ -164,7 +164,16 @@ class Distributed:
         """Print ``exc`` for this rank and abort every rank (a collective would otherwise hang)."""
         print(f"symprop: rank {self.rank} of {self.size} failed: {type(exc).__name__}: {exc}; aborting all ranks",
               file=sys.stderr, flush=True)
+        # a watchdog: if Abort itself does not return or end the process (seen once in ~50 runs
+        # with Open MPI 5 when the other rank had already exited), this rank exits anyway
+        import os
+        import threading
+        threading.Timer(ABORT_GRACE_S, lambda: os._exit(1)).start()
         self.comm.Abort(1)
+
+
+#: seconds a rank waits for ``MPI_Abort`` to end it before it exits by itself
+ABORT_GRACE_S = 10.0
 
 
 def get(distributed):
