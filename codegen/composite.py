@@ -63,9 +63,18 @@ def composite_kernels(d: DerivedComposite) -> list[dict]:
     passes = []
     if f.before:
         passes.append(([], f.before))
-    for sym, kind, expr, after in f.passes:
-        passes.append(([(sym, "max" if kind == "max" else "sum", expr)],
-                       ([(sym, sym / M)] if kind == "mean" else []) + after))
+    stages = list(f.passes)
+    for k, (sym, kind, expr, after) in enumerate(stages):
+        sums = [(sym, "max" if kind == "max" else "sum", expr)]
+        fix = []
+        prev = stages[k - 1] if k else None
+        if prev is not None and prev[1] == "mean" and kind in ("sum", "mean"):
+            # the previous mean, corrected in this pass (no extra pass over the data): m += Σ(e − m)/M
+            # makes a constant group's mean exact, so its centred values are exactly 0
+            corr = sp.Symbol(f"_corr_{prev[0]}")
+            sums.append((corr, "sum", prev[2] - prev[0]))
+            fix = [(prev[0], prev[0] + corr / M)]
+        passes.append((sums, fix + ([(sym, sym / M)] if kind == "mean" else []) + after))
     kernels = [_kernel(f"{spec.name}_forward", "forward", f.elem_in, f.group_in, scalars, passes,
                        f.group_out, f.elem_out, f"{spec.doc}: forward (stages in order)")]
     for role, rk in d.role_kernels.items():

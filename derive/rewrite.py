@@ -9,6 +9,8 @@ candidates with more bad points than the best are dropped, and the cheapest surv
 """
 from __future__ import annotations
 
+import functools
+
 import signal
 import threading
 from contextlib import contextmanager
@@ -79,8 +81,10 @@ def clean_distributions(expr: sp.Basic) -> sp.Basic:
     return expr
 
 
+@functools.lru_cache(maxsize=4096)
 def _stable_rules(expr: sp.Basic) -> sp.Basic:
-    """Rewrite known overflow/cancellation patterns into their stable equivalents."""
+    """Rewrite known overflow/cancellation patterns into their stable equivalents (memoised:
+    candidate forms of high-order derivatives are large and met several times)."""
     def softplus(e):
         # log(1 + exp(u)) -> max(u, 0) + log1p(exp(-|u|))
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Add):
@@ -116,7 +120,13 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
         return None
 
     for rule in (softplus, logistic, expm1_rule):
-        expr = expr.replace(lambda e, r=rule: r(e) is not None, lambda e, r=rule: r(e))
+        seen = {}   # each subexpression is tested once, not once in the test and again in the rewrite
+
+        def apply(e, r=rule, seen=seen):
+            if e not in seen:
+                seen[e] = r(e)
+            return seen[e]
+        expr = expr.replace(lambda e, f=apply: f(e) is not None, lambda e, f=apply: f(e))
     return expr
 
 
@@ -540,7 +550,8 @@ def choose_form(textbook: sp.Basic, candidates: list[sp.Basic], x: sp.Symbol,
 
     pool, seen = [], set()
     for c in [textbook] + candidates:
-        for form in (c, _stable_rules(c), float_coefficients(c), float_coefficients(_stable_rules(c))):
+        stable = _stable_rules(c)
+        for form in (c, stable, float_coefficients(c), float_coefficients(stable)):
             if form is None or form in seen or form.has(sp.nan, sp.zoo, sp.oo):
                 continue
             if form.free_symbols - ({x} | ({y} if y is not None else set()) | set(params)):

@@ -812,8 +812,10 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
     cdef double beta
     cdef double mu
     cdef double var
+    cdef double _corr_mu
     cdef double rstd
     cdef float x
+    cdef float _t1_0
     cdef float _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
@@ -826,11 +828,15 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
                 mu = mu + x
         mu = mu/M
         var = 0
+        _corr_mu = 0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                var = var + ((-mu + x)*(-mu + x))
+                _t1_0 = -mu + x
+                var = var + (_t1_0*_t1_0)
+                _corr_mu = _corr_mu + _t1_0
+        mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
         rstd_p[_c] = <float>(rstd)
@@ -861,8 +867,10 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
     cdef double beta
     cdef double mu
     cdef double var
+    cdef double _corr_mu
     cdef double rstd
     cdef double x
+    cdef double _t1_0
     cdef double _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
@@ -875,11 +883,15 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
                 mu = mu + x
         mu = mu/M
         var = 0
+        _corr_mu = 0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                var = var + ((-mu + x)*(-mu + x))
+                _t1_0 = -mu + x
+                var = var + (_t1_0*_t1_0)
+                _corr_mu = _corr_mu + _t1_0
+        mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
         rstd_p[_c] = <double>(rstd)

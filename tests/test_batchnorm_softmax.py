@@ -309,3 +309,19 @@ def test_float32_batch_statistics_do_not_overflow(scale):
     ev = Sequential([L.BatchNorm1D(3)], dtype="float32").eval()
     ev.layers[0].running_var[...] = np.float32(3e38)   # eval with a huge running variance: finite outputs
     assert np.isfinite(ev.forward(xs)).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_constant_channel_normalises_to_beta_exactly(dtype):
+    """A channel whose values are all equal: the mean is corrected in the variance pass
+    (m += Σ(x − m)/M), so every centred value is exactly 0 and y = β (a mean one ulp off made
+    y = ±γ + β in float64 with a small eps, as torch's batch_norm gives)."""
+    from symprop import layers as L
+    from symprop.runtime.layer import Context
+    bn = L.BatchNorm1D(3, eps=1e-300 if dtype == "float64" else 1e-30)
+    bn.init_parameters(dtype, np.random.default_rng(0))
+    bn.beta[:] = [0.5, -1.0, 2.0]
+    x = np.full((7, 3), 9.1e17 if dtype == "float64" else 3.3e7, dtype)
+    x[:, 1] = 0.1
+    y, _ = bn.forward(x, Context(training=True))
+    np.testing.assert_array_equal(y, np.broadcast_to(bn.beta, y.shape))
