@@ -179,7 +179,10 @@ def base_roles(max_order: int = MAX_ORDER) -> list[TaylorRole]:
 # ---------------------------------------------------------------- the spec's f', …, f^(5)
 
 def _unguard(e: sp.Basic) -> sp.Basic:
-    return e.replace(lambda a: isinstance(a, finite_or), lambda a: a.args[0])
+    """The function a chosen form computes, without its floating-point guards (overflow
+    fallbacks, NaN carriers, limits at ±∞): what is differentiated for the next order."""
+    from .rewrite import at_infinity, nan_through
+    return e.replace(lambda a: isinstance(a, (finite_or, nan_through, at_infinity)), lambda a: a.args[0])
 
 
 def _total_dx(c: sp.Basic, d1: sp.Basic) -> sp.Basic:

@@ -7,13 +7,13 @@
 # spec: tanh  hash: 4dff06bf79436ecb
 # spec: sigmoid  hash: d4ab06dbf8e358f0
 # spec: relu  hash: 7ee1b1b698b90df2
-# spec: softplus  hash: 86af1a4889bab17f
+# spec: softplus  hash: 2194478daecb653c
 # spec: leaky_relu  hash: 4694820691e55a40
 # spec: elu  hash: 75aa3fa19d713668
-# spec: silu  hash: 1e928f39a274edbf
-# spec: swish  hash: 06a0902e435b2192
-# spec: gelu  hash: 4aae060c2686ded6
-# spec: mish  hash: 2304ee499bc3b3c8
+# spec: silu  hash: be3ae41c72651cb2
+# spec: swish  hash: df9687fe9edd0ddb
+# spec: gelu  hash: 19e6af7001332684
+# spec: mish  hash: 62f216f9aa707732
 
 """Taylor-mode kernels (derivatives with respect to the input): tanh, sigmoid, relu, softplus, leaky_relu, elu, silu, swish, gelu, mish.
 
@@ -1118,14 +1118,14 @@ MANIFEST = __import__('json').loads(r'''{
  },
  "softplus": {
   "family": "taylor",
-  "hash": "86af1a4889bab17f",
+  "hash": "2194478daecb653c",
   "defaults": {},
   "derivatives": [
    "-expm1(-y)",
    "nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)",
-   "nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x)",
-   "nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x)",
-   "nan_through(finite_or(exp(x)/(exp(x) + 1) - 15*exp(2*x)/(exp(x) + 1)**2 + 50*exp(3*x)/(exp(x) + 1)**3 - 60*exp(4*x)/(exp(x) + 1)**4 + 24*exp(5*x)/(exp(x) + 1)**5, 0), x)"
+   "nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y)",
+   "nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y)",
+   "nan_through(finite_or(-(7*exp(3*y)*expm1(-y)**2 - 8*exp(2*y)*expm1(-y)**2*expm1(y) + 10*exp(2*y)*expm1(-y) - 14*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-4*y)*expm1(-y), 0), y)"
   ],
   "roles": {
    "taylor:1": {
@@ -1208,7 +1208,6 @@ MANIFEST = __import__('json').loads(r'''{
    "vjp:taylor:2": {
     "kernel": "softplus_vjp_taylor2",
     "point_inputs": [
-     "x",
      "y",
      "gy"
     ],
@@ -1227,7 +1226,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "call": [
-     "x",
      "y",
      "gy",
      "x1",
@@ -1238,7 +1236,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx1",
      "gx2"
     ],
-    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx2 = -gy2*expm1(-y)"
+    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx2 = -gy2*expm1(-y)"
    },
    "taylor:3": {
     "kernel": "softplus_taylor3",
@@ -1269,12 +1267,11 @@ MANIFEST = __import__('json').loads(r'''{
      "y2",
      "y3"
     ],
-    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y)"
+    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y)"
    },
    "vjp:taylor:3": {
     "kernel": "softplus_vjp_taylor3",
     "point_inputs": [
-     "x",
      "y",
      "gy"
     ],
@@ -1296,7 +1293,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "call": [
-     "x",
      "y",
      "gy",
      "x1",
@@ -1310,7 +1306,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "gx3"
     ],
-    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx3 = -gy3*expm1(-y)"
+    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 3*gy3*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx3 = -gy3*expm1(-y)"
    },
    "taylor:4": {
     "kernel": "softplus_taylor4",
@@ -1345,12 +1341,11 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "y4"
     ],
-    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y); y4 = x1**4*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*x1*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + 3*x2**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x4*expm1(-y)"
+    "doc": "y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y); y4 = x1**4*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 6*x1**2*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 4*x1*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + 3*x2**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x4*expm1(-y)"
    },
    "vjp:taylor:4": {
     "kernel": "softplus_vjp_taylor4",
     "point_inputs": [
-     "x",
      "y",
      "gy"
     ],
@@ -1375,7 +1370,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "call": [
-     "x",
      "y",
      "gy",
      "x1",
@@ -1392,7 +1386,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "gx4"
     ],
-    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*x1**4*nan_through(finite_or(exp(x)/(exp(x) + 1) - 15*exp(2*x)/(exp(x) + 1)**2 + 50*exp(3*x)/(exp(x) + 1)**3 - 60*exp(4*x)/(exp(x) + 1)**4 + 24*exp(5*x)/(exp(x) + 1)**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy4*x4*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)) + gy4*(4*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 12*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*(6*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx3 = -gy3*expm1(-y) + 4*gy4*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx4 = -gy4*expm1(-y)"
+    "doc": "gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 3*gy3*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*x1**4*nan_through(finite_or(-(7*exp(3*y)*expm1(-y)**2 - 8*exp(2*y)*expm1(-y)**2*expm1(y) + 10*exp(2*y)*expm1(-y) - 14*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-4*y)*expm1(-y), 0), y) + 6*gy4*x1**2*x2*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 4*gy4*x1*x3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*gy4*x2**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy4*x4*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)) + gy4*(4*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 12*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 4*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*(6*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 6*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx3 = -gy3*expm1(-y) + 4*gy4*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx4 = -gy4*expm1(-y)"
    },
    "laplacian": {
     "kernel": "softplus_laplacian",
@@ -1424,7 +1418,6 @@ MANIFEST = __import__('json').loads(r'''{
    "vjp:laplacian": {
     "kernel": "softplus_vjp_laplacian",
     "point_inputs": [
-     "x",
      "y",
      "L",
      "gy",
@@ -1443,7 +1436,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "scalars": [],
     "call": [
-     "x",
      "y",
      "L",
      "gy",
@@ -1454,7 +1446,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gL",
      "gJ"
     ],
-    "doc": "gx = gLy*(L*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + dsum(J**2)*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x)) - gy*expm1(-y) + dsum(J*gJy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gL = -gLy*expm1(-y); gJ = 2*J*gLy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - gJy*expm1(-y)"
+    "doc": "gx = gLy*(L*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + dsum(J**2)*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y)) - gy*expm1(-y) + dsum(J*gJy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gL = -gLy*expm1(-y); gJ = 2*J*gLy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - gJy*expm1(-y)"
    }
   }
  },
@@ -2168,14 +2160,14 @@ MANIFEST = __import__('json').loads(r'''{
  },
  "silu": {
   "family": "taylor",
-  "hash": "1e928f39a274edbf",
+  "hash": "be3ae41c72651cb2",
   "defaults": {},
   "derivatives": [
    "at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)",
    "nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)",
-   "nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x)",
-   "nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x)",
-   "nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 30*y*exp(-2*x)/(1 + exp(-x))**2 + 150*y*exp(-3*x)/(1 + exp(-x))**3 - 240*y*exp(-4*x)/(1 + exp(-x))**4 + 120*y*exp(-5*x)/(1 + exp(-x))**5 - 5*exp(-x)/(1 + exp(-x))**2 + 70*exp(-2*x)/(1 + exp(-x))**3 - 180*exp(-3*x)/(1 + exp(-x))**4 + 120*exp(-4*x)/(1 + exp(-x))**5, 0), x)"
+   "nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x)",
+   "nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x)",
+   "nan_through(finite_or((x*exp(4*x) - 26*x*exp(3*x) + 66*x*exp(2*x) - 26*x*exp(x) + x - 5*exp(4*x) + 50*exp(3*x) - 50*exp(x) + 5)*exp(x)/(exp(x) + 1)**6, 0), x)"
   ],
   "roles": {
    "taylor:1": {
@@ -2259,7 +2251,6 @@ MANIFEST = __import__('json').loads(r'''{
     "kernel": "silu_vjp_taylor2",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2278,7 +2269,6 @@ MANIFEST = __import__('json').loads(r'''{
     "scalars": [],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2288,7 +2278,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx1",
      "gx2"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "taylor:3": {
     "kernel": "silu_taylor3",
@@ -2319,13 +2309,12 @@ MANIFEST = __import__('json').loads(r'''{
      "y2",
      "y3"
     ],
-    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "vjp:taylor:3": {
     "kernel": "silu_vjp_taylor3",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2347,7 +2336,6 @@ MANIFEST = __import__('json').loads(r'''{
     "scalars": [],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2360,7 +2348,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "gx3"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "taylor:4": {
     "kernel": "silu_taylor4",
@@ -2395,13 +2383,12 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "y4"
     ],
-    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 4*x1*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 6*x1**2*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 4*x1*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "vjp:taylor:4": {
     "kernel": "silu_vjp_taylor4",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2426,7 +2413,6 @@ MANIFEST = __import__('json').loads(r'''{
     "scalars": [],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2442,7 +2428,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "gx4"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 30*y*exp(-2*x)/(1 + exp(-x))**2 + 150*y*exp(-3*x)/(1 + exp(-x))**3 - 240*y*exp(-4*x)/(1 + exp(-x))**4 + 120*y*exp(-5*x)/(1 + exp(-x))**5 - 5*exp(-x)/(1 + exp(-x))**2 + 70*exp(-2*x)/(1 + exp(-x))**3 - 180*exp(-3*x)/(1 + exp(-x))**4 + 120*exp(-4*x)/(1 + exp(-x))**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy4*x4*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 12*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 4*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 6*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx4 = gy4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or((x*exp(4*x) - 26*x*exp(3*x) + 66*x*exp(2*x) - 26*x*exp(x) + x - 5*exp(4*x) + 50*exp(3*x) - 50*exp(x) + 5)*exp(x)/(exp(x) + 1)**6, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 4*gy4*x1*x3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*gy4*x2**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy4*x4*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 12*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 4*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 6*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx4 = gy4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    },
    "laplacian": {
     "kernel": "silu_laplacian",
@@ -2475,7 +2461,6 @@ MANIFEST = __import__('json').loads(r'''{
     "kernel": "silu_vjp_laplacian",
     "point_inputs": [
      "x",
-     "y",
      "L",
      "gy",
      "gLy"
@@ -2494,7 +2479,6 @@ MANIFEST = __import__('json').loads(r'''{
     "scalars": [],
     "call": [
      "x",
-     "y",
      "L",
      "gy",
      "gLy",
@@ -2504,22 +2488,22 @@ MANIFEST = __import__('json').loads(r'''{
      "gL",
      "gJ"
     ],
-    "doc": "gx = gLy*(L*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x)) + gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gL = gLy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gJy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
+    "doc": "gx = gLy*(L*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x)) + gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gL = gLy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gJy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)"
    }
   }
  },
  "swish": {
   "family": "taylor",
-  "hash": "06a0902e435b2192",
+  "hash": "df9687fe9edd0ddb",
   "defaults": {
    "beta": 1.0
   },
   "derivatives": [
    "nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)",
    "nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)",
-   "nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x)",
-   "nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x)",
-   "nan_through(finite_or(beta**5*x*exp(-beta*x)/(1 + exp(-beta*x))**2 - 30*beta**5*x*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 150*beta**5*x*exp(-3*beta*x)/(1 + exp(-beta*x))**4 - 240*beta**5*x*exp(-4*beta*x)/(1 + exp(-beta*x))**5 + 120*beta**5*x*exp(-5*beta*x)/(1 + exp(-beta*x))**6 - 5*beta**4*exp(-beta*x)/(1 + exp(-beta*x))**2 + 70*beta**4*exp(-2*beta*x)/(1 + exp(-beta*x))**3 - 180*beta**4*exp(-3*beta*x)/(1 + exp(-beta*x))**4 + 120*beta**4*exp(-4*beta*x)/(1 + exp(-beta*x))**5, 0), x)"
+   "nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x)",
+   "nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x)",
+   "nan_through(finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x)"
   ],
   "roles": {
    "taylor:1": {
@@ -2612,7 +2596,6 @@ MANIFEST = __import__('json').loads(r'''{
     "kernel": "swish_vjp_taylor2",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2633,7 +2616,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2644,7 +2626,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "beta"
     ],
-    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "taylor:3": {
     "kernel": "swish_taylor3",
@@ -2678,13 +2660,12 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "beta"
     ],
-    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "vjp:taylor:3": {
     "kernel": "swish_vjp_taylor3",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2708,7 +2689,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2722,7 +2702,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "beta"
     ],
-    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "taylor:4": {
     "kernel": "swish_taylor4",
@@ -2760,13 +2740,12 @@ MANIFEST = __import__('json').loads(r'''{
      "y4",
      "beta"
     ],
-    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y4 = x1**4*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 4*x1*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y4 = x1**4*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 6*x1**2*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 4*x1*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "vjp:taylor:4": {
     "kernel": "swish_vjp_taylor4",
     "point_inputs": [
      "x",
-     "y",
      "gy"
     ],
     "dir_inputs": [
@@ -2793,7 +2772,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "call": [
      "x",
-     "y",
      "gy",
      "x1",
      "x2",
@@ -2810,7 +2788,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx4",
      "beta"
     ],
-    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(beta**5*x*exp(-beta*x)/(1 + exp(-beta*x))**2 - 30*beta**5*x*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 150*beta**5*x*exp(-3*beta*x)/(1 + exp(-beta*x))**4 - 240*beta**5*x*exp(-4*beta*x)/(1 + exp(-beta*x))**5 + 120*beta**5*x*exp(-5*beta*x)/(1 + exp(-beta*x))**6 - 5*beta**4*exp(-beta*x)/(1 + exp(-beta*x))**2 + 70*beta**4*exp(-2*beta*x)/(1 + exp(-beta*x))**3 - 180*beta**4*exp(-3*beta*x)/(1 + exp(-beta*x))**4 + 120*beta**4*exp(-4*beta*x)/(1 + exp(-beta*x))**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy4*x4*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 12*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 4*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 6*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 4*gy4*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx4 = gy4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*gy4*x2**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy4*x4*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 12*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 4*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 6*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 4*gy4*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx4 = gy4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    },
    "laplacian": {
     "kernel": "swish_laplacian",
@@ -2846,7 +2824,6 @@ MANIFEST = __import__('json').loads(r'''{
     "kernel": "swish_vjp_laplacian",
     "point_inputs": [
      "x",
-     "y",
      "L",
      "gy",
      "gLy"
@@ -2867,7 +2844,6 @@ MANIFEST = __import__('json').loads(r'''{
     ],
     "call": [
      "x",
-     "y",
      "L",
      "gy",
      "gLy",
@@ -2878,20 +2854,20 @@ MANIFEST = __import__('json').loads(r'''{
      "gJ",
      "beta"
     ],
-    "doc": "gx = gLy*(L*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x)) + gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(J*gJy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gL = gLy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); gJ = 2*J*gLy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gJy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
+    "doc": "gx = gLy*(L*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x)) + gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(J*gJy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gL = gLy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); gJ = 2*J*gLy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gJy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)"
    }
   }
  },
  "gelu": {
   "family": "taylor",
-  "hash": "4aae060c2686ded6",
+  "hash": "19e6af7001332684",
   "defaults": {},
   "derivatives": [
    "at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)",
    "nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)",
-   "nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x)",
-   "nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x)",
-   "nan_through(finite_or(0.3989422804014327*x**5*exp(-x**2/2) - 4.388365084415759*x**3*exp(-x**2/2) + 7.1809610472257885*x*exp(-x**2/2), 0), x)"
+   "nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x)",
+   "nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x)",
+   "nan_through(finite_or(--0.3989422804014327*x*(x - 3)*(x + 3)*(x**2 - 2)*exp(-x**2/2), 0), x)"
   ],
   "roles": {
    "taylor:1": {
@@ -3002,7 +2978,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx1",
      "gx2"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "taylor:3": {
     "kernel": "gelu_taylor3",
@@ -3033,7 +3009,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y2",
      "y3"
     ],
-    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "vjp:taylor:3": {
     "kernel": "gelu_vjp_taylor3",
@@ -3072,7 +3048,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "gx3"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "taylor:4": {
     "kernel": "gelu_taylor4",
@@ -3107,7 +3083,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "y4"
     ],
-    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 6*x1**2*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 4*x1*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + 3*x2**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 6*x1**2*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 4*x1*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + 3*x2**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "vjp:taylor:4": {
     "kernel": "gelu_vjp_taylor4",
@@ -3152,7 +3128,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "gx4"
     ],
-    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*x1**4*nan_through(finite_or(0.3989422804014327*x**5*exp(-x**2/2) - 4.388365084415759*x**3*exp(-x**2/2) + 7.1809610472257885*x*exp(-x**2/2), 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 4*gy4*x1*x3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*gy4*x2**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy4*x4*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 12*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 4*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 6*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx4 = gy4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*x1**4*nan_through(finite_or(--0.3989422804014327*x*(x - 3)*(x + 3)*(x**2 - 2)*exp(-x**2/2), 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 4*gy4*x1*x3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*gy4*x2**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy4*x4*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 12*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 4*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 6*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx4 = gy4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    },
    "laplacian": {
     "kernel": "gelu_laplacian",
@@ -3212,18 +3188,18 @@ MANIFEST = __import__('json').loads(r'''{
      "gL",
      "gJ"
     ],
-    "doc": "gx = gLy*(L*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + dsum(J**2)*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x)) + gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gL = gLy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gJy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
+    "doc": "gx = gLy*(L*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + dsum(J**2)*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x)) + gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gL = gLy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gJy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)"
    }
   }
  },
  "mish": {
   "family": "taylor",
-  "hash": "2304ee499bc3b3c8",
+  "hash": "62f216f9aa707732",
   "defaults": {},
   "derivatives": [
    "nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)",
    "nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)",
-   "nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x)",
+   "nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x)",
    "nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x)",
    "nan_through(finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0), x)"
   ],
@@ -3340,7 +3316,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx1",
      "gx2"
     ],
-    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "taylor:3": {
     "kernel": "mish_taylor3",
@@ -3371,7 +3347,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y2",
      "y3"
     ],
-    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "vjp:taylor:3": {
     "kernel": "mish_vjp_taylor3",
@@ -3412,7 +3388,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx2",
      "gx3"
     ],
-    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "taylor:4": {
     "kernel": "mish_taylor4",
@@ -3447,7 +3423,7 @@ MANIFEST = __import__('json').loads(r'''{
      "y3",
      "y4"
     ],
-    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y4 = x1**4*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x1**2*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 4*x1*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + 3*x2**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y4 = x1**4*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x1**2*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 4*x1*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + 3*x2**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "vjp:taylor:4": {
     "kernel": "mish_vjp_taylor4",
@@ -3494,7 +3470,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gx3",
      "gx4"
     ],
-    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*x1**4*nan_through(finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*gy4*x2**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy4*x4*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 12*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 4*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 6*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 4*gy4*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx4 = gy4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*x1**4*nan_through(finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*gy4*x2**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy4*x4*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 12*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 4*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 6*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 4*gy4*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx4 = gy4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    },
    "laplacian": {
     "kernel": "mish_laplacian",
@@ -3556,7 +3532,7 @@ MANIFEST = __import__('json').loads(r'''{
      "gL",
      "gJ"
     ],
-    "doc": "gx = gLy*(L*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + dsum(J**2)*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x)) + gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(J*gJy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gL = gLy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); gJ = 2*J*gLy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gJy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
+    "doc": "gx = gLy*(L*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + dsum(J**2)*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x)) + gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(J*gJy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gL = gLy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); gJ = 2*J*gLy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gJy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)"
    }
   }
  }
@@ -7585,19 +7561,18 @@ cdef void _softplus_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_vjp_taylor2
-# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx2 = -gy2*expm1(-y)
+# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx2 = -gy2*expm1(-y)
 cdef void _softplus_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* gy1_p = <const float*>_a[5]
-    cdef const float* gy2_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gx1_p = <float*>_a[8]
-    cdef float* gx2_p = <float*>_a[9]
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* gy1_p = <const float*>_a[4]
+    cdef const float* gy2_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gx1_p = <float*>_a[7]
+    cdef float* gx2_p = <float*>_a[8]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -7613,11 +7588,9 @@ cdef void _softplus_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float _t2
     cdef float _t3
     cdef float _t4
-    cdef float _t5
     cdef float gy
     cdef float gy1
     cdef float gy2
-    cdef float x
     cdef float x1
     cdef float x2
     cdef float y
@@ -7627,21 +7600,19 @@ cdef void _softplus_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
             _t0 = expm1f(-y)
-            _t1 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
-            _t2 = expf(x)
-            _t3 = _t2 + (<float>1.0)
-            _t4 = _t2/_t3
-            _t5 = -_t0
-            _cs0_0_b[_i] = _t1
-            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t4*(-(<float>3.0)*_t4 + (<float>1.0) + (<float>2.0)*expf((<float>2.0)*x)/(_t3*_t3)), (<float>0.0)), x)
-            _cs0_2_b[_i] = _t1
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<float>2.0)*_t1
-            _cd1_0_b[_i] = _t5
+            _t1 = expm1f(y)
+            _t2 = expf(-(<float>2.0)*y)
+            _t3 = symprop_nan_throughf(symprop_finite_orf(_t1*_t2, (<float>0.0)), y)
+            _t4 = -_t0
+            _cs0_0_b[_i] = _t3
+            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t0*_t2*(-(<float>2.0)*_t1 + expf(y)), (<float>0.0)), y)
+            _cs0_2_b[_i] = _t3
+            _cd0_0_b[_i] = _t4
+            _cd0_1_b[_i] = (<float>2.0)*_t3
+            _cd1_0_b[_i] = _t4
             _t0_b[_i] = _t0
             _S0_b[_i] = 0
         for _k in range(_d):
@@ -7671,16 +7642,15 @@ cdef void _softplus_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo,
 
 cdef void _softplus_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* gy1_p = <const double*>_a[5]
-    cdef const double* gy2_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gx1_p = <double*>_a[8]
-    cdef double* gx2_p = <double*>_a[9]
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* gy1_p = <const double*>_a[4]
+    cdef const double* gy2_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gx1_p = <double*>_a[7]
+    cdef double* gx2_p = <double*>_a[8]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -7696,11 +7666,9 @@ cdef void _softplus_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double _t2
     cdef double _t3
     cdef double _t4
-    cdef double _t5
     cdef double gy
     cdef double gy1
     cdef double gy2
-    cdef double x
     cdef double x1
     cdef double x2
     cdef double y
@@ -7710,21 +7678,19 @@ cdef void _softplus_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
             _t0 = expm1(-y)
-            _t1 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
-            _t2 = exp(x)
-            _t3 = _t2 + (<double>1.0)
-            _t4 = _t2/_t3
-            _t5 = -_t0
-            _cs0_0_b[_i] = _t1
-            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t4*(-(<double>3.0)*_t4 + (<double>1.0) + (<double>2.0)*exp((<double>2.0)*x)/(_t3*_t3)), (<double>0.0)), x)
-            _cs0_2_b[_i] = _t1
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<double>2.0)*_t1
-            _cd1_0_b[_i] = _t5
+            _t1 = expm1(y)
+            _t2 = exp(-(<double>2.0)*y)
+            _t3 = symprop_nan_through(symprop_finite_or(_t1*_t2, (<double>0.0)), y)
+            _t4 = -_t0
+            _cs0_0_b[_i] = _t3
+            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(-_t0*_t2*(-(<double>2.0)*_t1 + exp(y)), (<double>0.0)), y)
+            _cs0_2_b[_i] = _t3
+            _cd0_0_b[_i] = _t4
+            _cd0_1_b[_i] = (<double>2.0)*_t3
+            _cd1_0_b[_i] = _t4
             _t0_b[_i] = _t0
             _S0_b[_i] = 0
         for _k in range(_d):
@@ -7753,7 +7719,7 @@ cdef void _softplus_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo,
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_taylor3
-# y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y)
+# y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y)
 cdef void _softplus_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -7793,18 +7759,18 @@ cdef void _softplus_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t0 = symprop_fmaxf((<float>0.0), x)
             _t1 = log1pf(expf(-fabsf(x)))
             _t2 = _t0 + _t1
-            _t3 = -expm1f(-_t2)
-            _t4 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*_t0 - (<float>2.0)*_t1)*expm1f(_t2), (<float>0.0)), _t2)
-            _t5 = expf(x)
-            _t6 = _t5 + (<float>1.0)
-            _t7 = _t5/_t6
+            _t3 = expm1f(-_t2)
+            _t4 = -_t3
+            _t5 = expm1f(_t2)
+            _t6 = expf(-(<float>2.0)*_t0 - (<float>2.0)*_t1)
+            _t7 = symprop_nan_throughf(symprop_finite_orf(_t5*_t6, (<float>0.0)), _t2)
             y_p[_e] = _t2
-            _cd0_0_b[_i] = _t3
-            _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t3
-            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t7*(-(<float>3.0)*_t7 + (<float>1.0) + (<float>2.0)*expf((<float>2.0)*x)/(_t6*_t6)), (<float>0.0)), x)
-            _cd2_1_b[_i] = _t3
-            _cd2_2_b[_i] = (<float>3.0)*_t4
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t3*_t6*(-(<float>2.0)*_t5 + expf(_t2)), (<float>0.0)), _t2)
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = (<float>3.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -7855,18 +7821,18 @@ cdef void _softplus_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t0 = symprop_fmax((<double>0.0), x)
             _t1 = log1p(exp(-fabs(x)))
             _t2 = _t0 + _t1
-            _t3 = -expm1(-_t2)
-            _t4 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*_t0 - (<double>2.0)*_t1)*expm1(_t2), (<double>0.0)), _t2)
-            _t5 = exp(x)
-            _t6 = _t5 + (<double>1.0)
-            _t7 = _t5/_t6
+            _t3 = expm1(-_t2)
+            _t4 = -_t3
+            _t5 = expm1(_t2)
+            _t6 = exp(-(<double>2.0)*_t0 - (<double>2.0)*_t1)
+            _t7 = symprop_nan_through(symprop_finite_or(_t5*_t6, (<double>0.0)), _t2)
             y_p[_e] = _t2
-            _cd0_0_b[_i] = _t3
-            _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t3
-            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t7*(-(<double>3.0)*_t7 + (<double>1.0) + (<double>2.0)*exp((<double>2.0)*x)/(_t6*_t6)), (<double>0.0)), x)
-            _cd2_1_b[_i] = _t3
-            _cd2_2_b[_i] = (<double>3.0)*_t4
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(-_t3*_t6*(-(<double>2.0)*_t5 + exp(_t2)), (<double>0.0)), _t2)
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = (<double>3.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -7879,22 +7845,21 @@ cdef void _softplus_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_vjp_taylor3
-# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx3 = -gy3*expm1(-y)
+# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 3*gy3*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx3 = -gy3*expm1(-y)
 cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* gy1_p = <const float*>_a[6]
-    cdef const float* gy2_p = <const float*>_a[7]
-    cdef const float* gy3_p = <const float*>_a[8]
-    cdef float* gx_p = <float*>_a[9]
-    cdef float* gx1_p = <float*>_a[10]
-    cdef float* gx2_p = <float*>_a[11]
-    cdef float* gx3_p = <float*>_a[12]
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* gy1_p = <const float*>_a[5]
+    cdef const float* gy2_p = <const float*>_a[6]
+    cdef const float* gy3_p = <const float*>_a[7]
+    cdef float* gx_p = <float*>_a[8]
+    cdef float* gx1_p = <float*>_a[9]
+    cdef float* gx2_p = <float*>_a[10]
+    cdef float* gx3_p = <float*>_a[11]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -7909,7 +7874,7 @@ cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float _cs0_3_b[_B]
     cdef float _cs0_4_b[_B]
     cdef float _cs0_5_b[_B]
-    cdef float _t0_b[_B]
+    cdef float _t1_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -7929,7 +7894,6 @@ cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float gy1
     cdef float gy2
     cdef float gy3
-    cdef float x
     cdef float x1
     cdef float x2
     cdef float x3
@@ -7940,36 +7904,35 @@ cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expm1f(-y)
-            _t1 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
-            _t2 = expf(x)
-            _t3 = _t2 + (<float>1.0)
-            _t4 = ((<float>1.0)/(_t3))
-            _t5 = (<float>3.0)*_t2
-            _t6 = expf((<float>2.0)*x)
-            _t7 = _t6/(_t3*_t3)
-            _t8 = _t2*_t4
-            _t9 = symprop_nan_throughf(symprop_finite_orf(_t8*(-_t4*_t5 + (<float>2.0)*_t7 + (<float>1.0)), (<float>0.0)), x)
-            _t10 = expf((<float>3.0)*x)
-            _t11 = -_t0
-            _t12 = (<float>3.0)*_t1
-            _cs0_0_b[_i] = _t1
+            _t0 = -y
+            _t1 = expm1f(_t0)
+            _t2 = expm1f(y)
+            _t3 = (<float>2.0)*y
+            _t4 = expf(-_t3)
+            _t5 = symprop_nan_throughf(symprop_finite_orf(_t2*_t4, (<float>0.0)), y)
+            _t6 = expf(y)
+            _t7 = (<float>2.0)*_t2
+            _t8 = _t6 - _t7
+            _t9 = symprop_nan_throughf(symprop_finite_orf(-_t1*_t4*_t8, (<float>0.0)), y)
+            _t10 = -_t1
+            _t11 = expf(_t0)
+            _t12 = (<float>3.0)*_t5
+            _cs0_0_b[_i] = _t5
             _cs0_1_b[_i] = _t9
-            _cs0_2_b[_i] = _t1
-            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t8*(-(<float>6.0)*_t10/(_t3*_t3*_t3) + (<float>12.0)*_t7 - (<float>7.0)*_t8 + (<float>1.0)), (<float>0.0)), x)
-            _cs0_4_b[_i] = _t1
+            _cs0_2_b[_i] = _t5
+            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t1*(-(<float>4.0)*_t1*_t2*_t6 + (<float>3.0)*_t1*expf(_t3) + _t8)*expf(-(<float>3.0)*y), (<float>0.0)), y)
+            _cs0_4_b[_i] = _t5
             _cs0_5_b[_i] = (<float>3.0)*_t9
-            _cd0_0_b[_i] = _t11
-            _cd0_1_b[_i] = (<float>2.0)*_t1
-            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(_t2*(_t4 - _t5/((<float>2.0)*_t2 + _t6 + (<float>1.0)) + (<float>2.0)*_t6/(_t10 + _t5 + (<float>3.0)*_t6 + (<float>1.0))), (<float>0.0)), x)
+            _cd0_0_b[_i] = _t10
+            _cd0_1_b[_i] = (<float>2.0)*_t5
+            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(-_t1*_t11*(-_t11*_t7 + (<float>1.0)), (<float>0.0)), y)
             _cd0_3_b[_i] = _t12
-            _cd1_0_b[_i] = _t11
+            _cd1_0_b[_i] = _t10
             _cd1_1_b[_i] = _t12
-            _cd2_0_b[_i] = _t11
-            _t0_b[_i] = _t0
+            _cd2_0_b[_i] = _t10
+            _t1_b[_i] = _t1
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -7984,9 +7947,9 @@ cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo,
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 - _t0*gy
+            gx_p[_e] = _S0 - _t1*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8003,19 +7966,18 @@ cdef void _softplus_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo,
 
 cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* gy1_p = <const double*>_a[6]
-    cdef const double* gy2_p = <const double*>_a[7]
-    cdef const double* gy3_p = <const double*>_a[8]
-    cdef double* gx_p = <double*>_a[9]
-    cdef double* gx1_p = <double*>_a[10]
-    cdef double* gx2_p = <double*>_a[11]
-    cdef double* gx3_p = <double*>_a[12]
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* gy1_p = <const double*>_a[5]
+    cdef const double* gy2_p = <const double*>_a[6]
+    cdef const double* gy3_p = <const double*>_a[7]
+    cdef double* gx_p = <double*>_a[8]
+    cdef double* gx1_p = <double*>_a[9]
+    cdef double* gx2_p = <double*>_a[10]
+    cdef double* gx3_p = <double*>_a[11]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -8030,7 +7992,7 @@ cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double _cs0_3_b[_B]
     cdef double _cs0_4_b[_B]
     cdef double _cs0_5_b[_B]
-    cdef double _t0_b[_B]
+    cdef double _t1_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -8050,7 +8012,6 @@ cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double gy1
     cdef double gy2
     cdef double gy3
-    cdef double x
     cdef double x1
     cdef double x2
     cdef double x3
@@ -8061,36 +8022,35 @@ cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expm1(-y)
-            _t1 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
-            _t2 = exp(x)
-            _t3 = _t2 + (<double>1.0)
-            _t4 = ((<double>1.0)/(_t3))
-            _t5 = (<double>3.0)*_t2
-            _t6 = exp((<double>2.0)*x)
-            _t7 = _t6/(_t3*_t3)
-            _t8 = _t2*_t4
-            _t9 = symprop_nan_through(symprop_finite_or(_t8*(-_t4*_t5 + (<double>2.0)*_t7 + (<double>1.0)), (<double>0.0)), x)
-            _t10 = exp((<double>3.0)*x)
-            _t11 = -_t0
-            _t12 = (<double>3.0)*_t1
-            _cs0_0_b[_i] = _t1
+            _t0 = -y
+            _t1 = expm1(_t0)
+            _t2 = expm1(y)
+            _t3 = (<double>2.0)*y
+            _t4 = exp(-_t3)
+            _t5 = symprop_nan_through(symprop_finite_or(_t2*_t4, (<double>0.0)), y)
+            _t6 = exp(y)
+            _t7 = (<double>2.0)*_t2
+            _t8 = _t6 - _t7
+            _t9 = symprop_nan_through(symprop_finite_or(-_t1*_t4*_t8, (<double>0.0)), y)
+            _t10 = -_t1
+            _t11 = exp(_t0)
+            _t12 = (<double>3.0)*_t5
+            _cs0_0_b[_i] = _t5
             _cs0_1_b[_i] = _t9
-            _cs0_2_b[_i] = _t1
-            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t8*(-(<double>6.0)*_t10/(_t3*_t3*_t3) + (<double>12.0)*_t7 - (<double>7.0)*_t8 + (<double>1.0)), (<double>0.0)), x)
-            _cs0_4_b[_i] = _t1
+            _cs0_2_b[_i] = _t5
+            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(-_t1*(-(<double>4.0)*_t1*_t2*_t6 + (<double>3.0)*_t1*exp(_t3) + _t8)*exp(-(<double>3.0)*y), (<double>0.0)), y)
+            _cs0_4_b[_i] = _t5
             _cs0_5_b[_i] = (<double>3.0)*_t9
-            _cd0_0_b[_i] = _t11
-            _cd0_1_b[_i] = (<double>2.0)*_t1
-            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(_t2*(_t4 - _t5/((<double>2.0)*_t2 + _t6 + (<double>1.0)) + (<double>2.0)*_t6/(_t10 + _t5 + (<double>3.0)*_t6 + (<double>1.0))), (<double>0.0)), x)
+            _cd0_0_b[_i] = _t10
+            _cd0_1_b[_i] = (<double>2.0)*_t5
+            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(-_t1*_t11*(-_t11*_t7 + (<double>1.0)), (<double>0.0)), y)
             _cd0_3_b[_i] = _t12
-            _cd1_0_b[_i] = _t11
+            _cd1_0_b[_i] = _t10
             _cd1_1_b[_i] = _t12
-            _cd2_0_b[_i] = _t11
-            _t0_b[_i] = _t0
+            _cd2_0_b[_i] = _t10
+            _t1_b[_i] = _t1
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -8105,9 +8065,9 @@ cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo,
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 - _t0*gy
+            gx_p[_e] = _S0 - _t1*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8123,7 +8083,7 @@ cdef void _softplus_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo,
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_taylor4
-# y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y); y4 = x1**4*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*x1*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + 3*x2**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x4*expm1(-y)
+# y = log1p(exp(-Abs(x))) + Max(0, x); y1 = -x1*expm1(-y); y2 = x1**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x2*expm1(-y); y3 = x1**3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x1*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x3*expm1(-y); y4 = x1**4*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 6*x1**2*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 4*x1*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + 3*x2**2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - x4*expm1(-y)
 cdef void _softplus_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -8151,6 +8111,8 @@ cdef void _softplus_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t0
     cdef float _t1
     cdef float _t10
+    cdef float _t11
+    cdef float _t12
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -8174,26 +8136,28 @@ cdef void _softplus_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t0 = symprop_fmaxf((<float>0.0), x)
             _t1 = log1pf(expf(-fabsf(x)))
             _t2 = _t0 + _t1
-            _t3 = -expm1f(-_t2)
-            _t4 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*_t0 - (<float>2.0)*_t1)*expm1f(_t2), (<float>0.0)), _t2)
-            _t5 = expf(x)
-            _t6 = _t5 + (<float>1.0)
-            _t7 = _t5/_t6
-            _t8 = expf((<float>2.0)*x)/(_t6*_t6)
-            _t9 = symprop_nan_throughf(symprop_finite_orf(_t7*(-(<float>3.0)*_t7 + (<float>2.0)*_t8 + (<float>1.0)), (<float>0.0)), x)
-            _t10 = (<float>3.0)*_t4
+            _t3 = expm1f(-_t2)
+            _t4 = -_t3
+            _t5 = expm1f(_t2)
+            _t6 = (<float>2.0)*_t0 + (<float>2.0)*_t1
+            _t7 = expf(-_t6)
+            _t8 = symprop_nan_throughf(symprop_finite_orf(_t5*_t7, (<float>0.0)), _t2)
+            _t9 = expf(_t2)
+            _t10 = (<float>2.0)*_t5
+            _t11 = symprop_nan_throughf(symprop_finite_orf(-_t3*_t7*(-_t10 + _t9), (<float>0.0)), _t2)
+            _t12 = (<float>3.0)*_t8
             y_p[_e] = _t2
-            _cd0_0_b[_i] = _t3
-            _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t3
-            _cd2_0_b[_i] = _t9
-            _cd2_1_b[_i] = _t3
-            _cd2_2_b[_i] = _t10
-            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t7*(-(<float>7.0)*_t7 + (<float>12.0)*_t8 + (<float>1.0) - (<float>6.0)*expf((<float>3.0)*x)/(_t6*_t6*_t6)), (<float>0.0)), x)
-            _cd3_1_b[_i] = _t10
-            _cd3_2_b[_i] = _t3
-            _cd3_3_b[_i] = (<float>4.0)*_t4
-            _cd3_4_b[_i] = (<float>6.0)*_t9
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t8
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = _t12
+            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t3*(_t10 + (<float>4.0)*_t3*_t5*_t9 - (<float>3.0)*_t3*expf(_t6) - _t9)*expf(-(<float>3.0)*_t0 - (<float>3.0)*_t1), (<float>0.0)), _t2)
+            _cd3_1_b[_i] = _t12
+            _cd3_2_b[_i] = _t4
+            _cd3_3_b[_i] = (<float>4.0)*_t8
+            _cd3_4_b[_i] = (<float>6.0)*_t11
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8234,6 +8198,8 @@ cdef void _softplus_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t0
     cdef double _t1
     cdef double _t10
+    cdef double _t11
+    cdef double _t12
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -8257,26 +8223,28 @@ cdef void _softplus_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t0 = symprop_fmax((<double>0.0), x)
             _t1 = log1p(exp(-fabs(x)))
             _t2 = _t0 + _t1
-            _t3 = -expm1(-_t2)
-            _t4 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*_t0 - (<double>2.0)*_t1)*expm1(_t2), (<double>0.0)), _t2)
-            _t5 = exp(x)
-            _t6 = _t5 + (<double>1.0)
-            _t7 = _t5/_t6
-            _t8 = exp((<double>2.0)*x)/(_t6*_t6)
-            _t9 = symprop_nan_through(symprop_finite_or(_t7*(-(<double>3.0)*_t7 + (<double>2.0)*_t8 + (<double>1.0)), (<double>0.0)), x)
-            _t10 = (<double>3.0)*_t4
+            _t3 = expm1(-_t2)
+            _t4 = -_t3
+            _t5 = expm1(_t2)
+            _t6 = (<double>2.0)*_t0 + (<double>2.0)*_t1
+            _t7 = exp(-_t6)
+            _t8 = symprop_nan_through(symprop_finite_or(_t5*_t7, (<double>0.0)), _t2)
+            _t9 = exp(_t2)
+            _t10 = (<double>2.0)*_t5
+            _t11 = symprop_nan_through(symprop_finite_or(-_t3*_t7*(-_t10 + _t9), (<double>0.0)), _t2)
+            _t12 = (<double>3.0)*_t8
             y_p[_e] = _t2
-            _cd0_0_b[_i] = _t3
-            _cd1_0_b[_i] = _t4
-            _cd1_1_b[_i] = _t3
-            _cd2_0_b[_i] = _t9
-            _cd2_1_b[_i] = _t3
-            _cd2_2_b[_i] = _t10
-            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t7*(-(<double>7.0)*_t7 + (<double>12.0)*_t8 + (<double>1.0) - (<double>6.0)*exp((<double>3.0)*x)/(_t6*_t6*_t6)), (<double>0.0)), x)
-            _cd3_1_b[_i] = _t10
-            _cd3_2_b[_i] = _t3
-            _cd3_3_b[_i] = (<double>4.0)*_t4
-            _cd3_4_b[_i] = (<double>6.0)*_t9
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t8
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = _t12
+            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t3*(_t10 + (<double>4.0)*_t3*_t5*_t9 - (<double>3.0)*_t3*exp(_t6) - _t9)*exp(-(<double>3.0)*_t0 - (<double>3.0)*_t1), (<double>0.0)), _t2)
+            _cd3_1_b[_i] = _t12
+            _cd3_2_b[_i] = _t4
+            _cd3_3_b[_i] = (<double>4.0)*_t8
+            _cd3_4_b[_i] = (<double>6.0)*_t11
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8291,25 +8259,24 @@ cdef void _softplus_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_vjp_taylor4
-# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*x1**4*nan_through(finite_or(exp(x)/(exp(x) + 1) - 15*exp(2*x)/(exp(x) + 1)**2 + 50*exp(3*x)/(exp(x) + 1)**3 - 60*exp(4*x)/(exp(x) + 1)**4 + 24*exp(5*x)/(exp(x) + 1)**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + gy4*x4*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)) + gy4*(4*x1**3*nan_through(finite_or(exp(x)/(exp(x) + 1) - 7*exp(2*x)/(exp(x) + 1)**2 + 12*exp(3*x)/(exp(x) + 1)**3 - 6*exp(4*x)/(exp(x) + 1)**4, 0), x) + 12*x1*x2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*(6*x1**2*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx3 = -gy3*expm1(-y) + 4*gy4*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx4 = -gy4*expm1(-y)
+# gx = -gy*expm1(-y) + dsum(gy1*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy2*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy2*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 3*gy3*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy3*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*x1**4*nan_through(finite_or(-(7*exp(3*y)*expm1(-y)**2 - 8*exp(2*y)*expm1(-y)**2*expm1(y) + 10*exp(2*y)*expm1(-y) - 14*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-4*y)*expm1(-y), 0), y) + 6*gy4*x1**2*x2*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 4*gy4*x1*x3*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*gy4*x2**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + gy4*x4*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx1 = -gy1*expm1(-y) + 2*gy2*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy3*(3*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 3*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)) + gy4*(4*x1**3*nan_through(finite_or(-(3*exp(2*y)*expm1(-y) - 4*exp(y)*expm1(-y)*expm1(y) + exp(y) - 2*expm1(y))*exp(-3*y)*expm1(-y), 0), y) + 12*x1*x2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 4*x3*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx2 = -gy2*expm1(-y) + 3*gy3*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + gy4*(6*x1**2*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y) + 6*x2*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gx3 = -gy3*expm1(-y) + 4*gy4*x1*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y); gx4 = -gy4*expm1(-y)
 cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* x4_p = <const float*>_a[6]
-    cdef const float* gy1_p = <const float*>_a[7]
-    cdef const float* gy2_p = <const float*>_a[8]
-    cdef const float* gy3_p = <const float*>_a[9]
-    cdef const float* gy4_p = <const float*>_a[10]
-    cdef float* gx_p = <float*>_a[11]
-    cdef float* gx1_p = <float*>_a[12]
-    cdef float* gx2_p = <float*>_a[13]
-    cdef float* gx3_p = <float*>_a[14]
-    cdef float* gx4_p = <float*>_a[15]
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* x4_p = <const float*>_a[5]
+    cdef const float* gy1_p = <const float*>_a[6]
+    cdef const float* gy2_p = <const float*>_a[7]
+    cdef const float* gy3_p = <const float*>_a[8]
+    cdef const float* gy4_p = <const float*>_a[9]
+    cdef float* gx_p = <float*>_a[10]
+    cdef float* gx1_p = <float*>_a[11]
+    cdef float* gx2_p = <float*>_a[12]
+    cdef float* gx3_p = <float*>_a[13]
+    cdef float* gx4_p = <float*>_a[14]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -8336,7 +8303,7 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float _cs0_7_b[_B]
     cdef float _cs0_8_b[_B]
     cdef float _cs0_9_b[_B]
-    cdef float _t0_b[_B]
+    cdef float _t1_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -8353,6 +8320,10 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float _t19
     cdef float _t2
     cdef float _t20
+    cdef float _t21
+    cdef float _t22
+    cdef float _t23
+    cdef float _t24
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -8365,7 +8336,6 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
     cdef float gy2
     cdef float gy3
     cdef float gy4
-    cdef float x
     cdef float x1
     cdef float x2
     cdef float x3
@@ -8377,56 +8347,59 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expm1f(-y)
-            _t1 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
-            _t2 = expf(x)
-            _t3 = _t2 + (<float>1.0)
-            _t4 = ((<float>1.0)/(_t3))
-            _t5 = (<float>3.0)*_t2
-            _t6 = expf((<float>2.0)*x)
-            _t7 = _t6/(_t3*_t3)
-            _t8 = _t2*_t4
-            _t9 = symprop_nan_throughf(symprop_finite_orf(_t8*(-_t4*_t5 + (<float>2.0)*_t7 + (<float>1.0)), (<float>0.0)), x)
-            _t10 = expf((<float>3.0)*x)
-            _t11 = _t10/(_t3*_t3*_t3)
-            _t12 = symprop_nan_throughf(symprop_finite_orf(_t8*(-(<float>6.0)*_t11 + (<float>12.0)*_t7 - (<float>7.0)*_t8 + (<float>1.0)), (<float>0.0)), x)
-            _t13 = expf((<float>4.0)*x)
-            _t14 = (<float>3.0)*_t9
-            _t15 = -_t0
-            _t16 = ((<float>1.0)/(((<float>2.0)*_t2 + _t6 + (<float>1.0))))
-            _t17 = _t6/(_t10 + _t5 + (<float>3.0)*_t6 + (<float>1.0))
-            _t18 = symprop_nan_throughf(symprop_finite_orf(_t2*(-_t16*_t5 + (<float>2.0)*_t17 + _t4), (<float>0.0)), x)
-            _t19 = (<float>3.0)*_t1
-            _t20 = (<float>4.0)*_t1
-            _cs0_0_b[_i] = _t1
-            _cs0_1_b[_i] = _t9
-            _cs0_2_b[_i] = _t1
-            _cs0_3_b[_i] = _t12
-            _cs0_4_b[_i] = _t1
-            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t8*(-(<float>60.0)*_t11 + (<float>24.0)*_t13/(_t3*_t3*_t3*_t3) + (<float>50.0)*_t7 - (<float>15.0)*_t8 + (<float>1.0)), (<float>0.0)), x)
-            _cs0_6_b[_i] = _t14
-            _cs0_7_b[_i] = _t1
-            _cs0_8_b[_i] = _t14
-            _cs0_9_b[_i] = (<float>4.0)*_t9
-            _cs0_10_b[_i] = (<float>6.0)*_t12
-            _cd0_0_b[_i] = _t15
-            _cd0_1_b[_i] = (<float>2.0)*_t1
-            _cd0_2_b[_i] = (<float>3.0)*_t18
-            _cd0_3_b[_i] = _t19
-            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(-_t2*((<float>6.0)*_t10/((<float>4.0)*_t10 + _t13 + (<float>4.0)*_t2 + (<float>6.0)*_t6 + (<float>1.0)) + (<float>7.0)*_t16*_t2 - (<float>12.0)*_t17 - _t4), (<float>0.0)), x)
-            _cd0_5_b[_i] = _t20
-            _cd0_6_b[_i] = (<float>12.0)*_t18
-            _cd1_0_b[_i] = _t15
-            _cd1_1_b[_i] = _t19
-            _cd1_2_b[_i] = (<float>6.0)*_t18
-            _cd1_3_b[_i] = (<float>6.0)*_t1
-            _cd2_0_b[_i] = _t15
-            _cd2_1_b[_i] = _t20
-            _cd3_0_b[_i] = _t15
-            _t0_b[_i] = _t0
+            _t0 = -y
+            _t1 = expm1f(_t0)
+            _t2 = expm1f(y)
+            _t3 = (<float>2.0)*y
+            _t4 = expf(-_t3)
+            _t5 = _t2*_t4
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t5, (<float>0.0)), y)
+            _t7 = expf(y)
+            _t8 = (<float>2.0)*_t2
+            _t9 = _t7 - _t8
+            _t10 = symprop_nan_throughf(symprop_finite_orf(-_t1*_t4*_t9, (<float>0.0)), y)
+            _t11 = (<float>3.0)*y
+            _t12 = expf(_t3)
+            _t13 = (<float>3.0)*_t1
+            _t14 = (<float>4.0)*_t2
+            _t15 = _t1*_t7
+            _t16 = symprop_nan_throughf(symprop_finite_orf(-_t1*(_t12*_t13 - _t14*_t15 + _t9)*expf(-_t11), (<float>0.0)), y)
+            _t17 = (_t1*_t1)
+            _t18 = (<float>3.0)*_t10
+            _t19 = -_t1
+            _t20 = expf(_t0)
+            _t21 = _t1*_t20
+            _t22 = symprop_nan_throughf(symprop_finite_orf(-_t21*(-_t20*_t8 + (<float>1.0)), (<float>0.0)), y)
+            _t23 = (<float>3.0)*_t6
+            _t24 = (<float>4.0)*_t6
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t10
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t16
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t1*((<float>10.0)*_t1*_t12 - (<float>8.0)*_t12*_t17*_t2 - (<float>14.0)*_t15*_t2 + (<float>7.0)*_t17*expf(_t11) + _t9)*expf(-(<float>4.0)*y), (<float>0.0)), y)
+            _cs0_6_b[_i] = _t18
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t18
+            _cs0_9_b[_i] = (<float>4.0)*_t10
+            _cs0_10_b[_i] = (<float>6.0)*_t16
+            _cd0_0_b[_i] = _t19
+            _cd0_1_b[_i] = (<float>2.0)*_t6
+            _cd0_2_b[_i] = (<float>3.0)*_t22
+            _cd0_3_b[_i] = _t23
+            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(-_t21*(_t13 - _t14*_t21 + _t20 - (<float>2.0)*_t5), (<float>0.0)), y)
+            _cd0_5_b[_i] = _t24
+            _cd0_6_b[_i] = (<float>12.0)*_t22
+            _cd1_0_b[_i] = _t19
+            _cd1_1_b[_i] = _t23
+            _cd1_2_b[_i] = (<float>6.0)*_t22
+            _cd1_3_b[_i] = (<float>6.0)*_t6
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t24
+            _cd3_0_b[_i] = _t19
+            _t1_b[_i] = _t1
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -8443,9 +8416,9 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 - _t0*gy
+            gx_p[_e] = _S0 - _t1*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8465,22 +8438,21 @@ cdef void _softplus_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo,
 
 cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* x4_p = <const double*>_a[6]
-    cdef const double* gy1_p = <const double*>_a[7]
-    cdef const double* gy2_p = <const double*>_a[8]
-    cdef const double* gy3_p = <const double*>_a[9]
-    cdef const double* gy4_p = <const double*>_a[10]
-    cdef double* gx_p = <double*>_a[11]
-    cdef double* gx1_p = <double*>_a[12]
-    cdef double* gx2_p = <double*>_a[13]
-    cdef double* gx3_p = <double*>_a[14]
-    cdef double* gx4_p = <double*>_a[15]
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* x4_p = <const double*>_a[5]
+    cdef const double* gy1_p = <const double*>_a[6]
+    cdef const double* gy2_p = <const double*>_a[7]
+    cdef const double* gy3_p = <const double*>_a[8]
+    cdef const double* gy4_p = <const double*>_a[9]
+    cdef double* gx_p = <double*>_a[10]
+    cdef double* gx1_p = <double*>_a[11]
+    cdef double* gx2_p = <double*>_a[12]
+    cdef double* gx3_p = <double*>_a[13]
+    cdef double* gx4_p = <double*>_a[14]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -8507,7 +8479,7 @@ cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double _cs0_7_b[_B]
     cdef double _cs0_8_b[_B]
     cdef double _cs0_9_b[_B]
-    cdef double _t0_b[_B]
+    cdef double _t1_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -8524,6 +8496,10 @@ cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double _t19
     cdef double _t2
     cdef double _t20
+    cdef double _t21
+    cdef double _t22
+    cdef double _t23
+    cdef double _t24
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -8536,7 +8512,6 @@ cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo,
     cdef double gy2
     cdef double gy3
     cdef double gy4
-    cdef double x
     cdef double x1
     cdef double x2
     cdef double x3
@@ -8548,56 +8523,59 @@ cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo,
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expm1(-y)
-            _t1 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
-            _t2 = exp(x)
-            _t3 = _t2 + (<double>1.0)
-            _t4 = ((<double>1.0)/(_t3))
-            _t5 = (<double>3.0)*_t2
-            _t6 = exp((<double>2.0)*x)
-            _t7 = _t6/(_t3*_t3)
-            _t8 = _t2*_t4
-            _t9 = symprop_nan_through(symprop_finite_or(_t8*(-_t4*_t5 + (<double>2.0)*_t7 + (<double>1.0)), (<double>0.0)), x)
-            _t10 = exp((<double>3.0)*x)
-            _t11 = _t10/(_t3*_t3*_t3)
-            _t12 = symprop_nan_through(symprop_finite_or(_t8*(-(<double>6.0)*_t11 + (<double>12.0)*_t7 - (<double>7.0)*_t8 + (<double>1.0)), (<double>0.0)), x)
-            _t13 = exp((<double>4.0)*x)
-            _t14 = (<double>3.0)*_t9
-            _t15 = -_t0
-            _t16 = ((<double>1.0)/(((<double>2.0)*_t2 + _t6 + (<double>1.0))))
-            _t17 = _t6/(_t10 + _t5 + (<double>3.0)*_t6 + (<double>1.0))
-            _t18 = symprop_nan_through(symprop_finite_or(_t2*(-_t16*_t5 + (<double>2.0)*_t17 + _t4), (<double>0.0)), x)
-            _t19 = (<double>3.0)*_t1
-            _t20 = (<double>4.0)*_t1
-            _cs0_0_b[_i] = _t1
-            _cs0_1_b[_i] = _t9
-            _cs0_2_b[_i] = _t1
-            _cs0_3_b[_i] = _t12
-            _cs0_4_b[_i] = _t1
-            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t8*(-(<double>60.0)*_t11 + (<double>24.0)*_t13/(_t3*_t3*_t3*_t3) + (<double>50.0)*_t7 - (<double>15.0)*_t8 + (<double>1.0)), (<double>0.0)), x)
-            _cs0_6_b[_i] = _t14
-            _cs0_7_b[_i] = _t1
-            _cs0_8_b[_i] = _t14
-            _cs0_9_b[_i] = (<double>4.0)*_t9
-            _cs0_10_b[_i] = (<double>6.0)*_t12
-            _cd0_0_b[_i] = _t15
-            _cd0_1_b[_i] = (<double>2.0)*_t1
-            _cd0_2_b[_i] = (<double>3.0)*_t18
-            _cd0_3_b[_i] = _t19
-            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(-_t2*((<double>6.0)*_t10/((<double>4.0)*_t10 + _t13 + (<double>4.0)*_t2 + (<double>6.0)*_t6 + (<double>1.0)) + (<double>7.0)*_t16*_t2 - (<double>12.0)*_t17 - _t4), (<double>0.0)), x)
-            _cd0_5_b[_i] = _t20
-            _cd0_6_b[_i] = (<double>12.0)*_t18
-            _cd1_0_b[_i] = _t15
-            _cd1_1_b[_i] = _t19
-            _cd1_2_b[_i] = (<double>6.0)*_t18
-            _cd1_3_b[_i] = (<double>6.0)*_t1
-            _cd2_0_b[_i] = _t15
-            _cd2_1_b[_i] = _t20
-            _cd3_0_b[_i] = _t15
-            _t0_b[_i] = _t0
+            _t0 = -y
+            _t1 = expm1(_t0)
+            _t2 = expm1(y)
+            _t3 = (<double>2.0)*y
+            _t4 = exp(-_t3)
+            _t5 = _t2*_t4
+            _t6 = symprop_nan_through(symprop_finite_or(_t5, (<double>0.0)), y)
+            _t7 = exp(y)
+            _t8 = (<double>2.0)*_t2
+            _t9 = _t7 - _t8
+            _t10 = symprop_nan_through(symprop_finite_or(-_t1*_t4*_t9, (<double>0.0)), y)
+            _t11 = (<double>3.0)*y
+            _t12 = exp(_t3)
+            _t13 = (<double>3.0)*_t1
+            _t14 = (<double>4.0)*_t2
+            _t15 = _t1*_t7
+            _t16 = symprop_nan_through(symprop_finite_or(-_t1*(_t12*_t13 - _t14*_t15 + _t9)*exp(-_t11), (<double>0.0)), y)
+            _t17 = (_t1*_t1)
+            _t18 = (<double>3.0)*_t10
+            _t19 = -_t1
+            _t20 = exp(_t0)
+            _t21 = _t1*_t20
+            _t22 = symprop_nan_through(symprop_finite_or(-_t21*(-_t20*_t8 + (<double>1.0)), (<double>0.0)), y)
+            _t23 = (<double>3.0)*_t6
+            _t24 = (<double>4.0)*_t6
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t10
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t16
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(-_t1*((<double>10.0)*_t1*_t12 - (<double>8.0)*_t12*_t17*_t2 - (<double>14.0)*_t15*_t2 + (<double>7.0)*_t17*exp(_t11) + _t9)*exp(-(<double>4.0)*y), (<double>0.0)), y)
+            _cs0_6_b[_i] = _t18
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t18
+            _cs0_9_b[_i] = (<double>4.0)*_t10
+            _cs0_10_b[_i] = (<double>6.0)*_t16
+            _cd0_0_b[_i] = _t19
+            _cd0_1_b[_i] = (<double>2.0)*_t6
+            _cd0_2_b[_i] = (<double>3.0)*_t22
+            _cd0_3_b[_i] = _t23
+            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(-_t21*(_t13 - _t14*_t21 + _t20 - (<double>2.0)*_t5), (<double>0.0)), y)
+            _cd0_5_b[_i] = _t24
+            _cd0_6_b[_i] = (<double>12.0)*_t22
+            _cd1_0_b[_i] = _t19
+            _cd1_1_b[_i] = _t23
+            _cd1_2_b[_i] = (<double>6.0)*_t22
+            _cd1_3_b[_i] = (<double>6.0)*_t6
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t24
+            _cd3_0_b[_i] = _t19
+            _t1_b[_i] = _t1
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -8614,9 +8592,9 @@ cdef void _softplus_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo,
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 - _t0*gy
+            gx_p[_e] = _S0 - _t1*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8763,19 +8741,18 @@ cdef void _softplus_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
         _b0 += _n
 
 # ---------------------------------------------------------------- softplus_vjp_laplacian
-# gx = gLy*(L*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + dsum(J**2)*nan_through(finite_or(exp(x)/(exp(x) + 1) - 3*exp(2*x)/(exp(x) + 1)**2 + 2*exp(3*x)/(exp(x) + 1)**3, 0), x)) - gy*expm1(-y) + dsum(J*gJy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gL = -gLy*expm1(-y); gJ = 2*J*gLy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - gJy*expm1(-y)
+# gx = gLy*(L*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) + dsum(J**2)*nan_through(finite_or(-(exp(y) - 2*expm1(y))*exp(-2*y)*expm1(-y), 0), y)) - gy*expm1(-y) + dsum(J*gJy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)); gL = -gLy*expm1(-y); gJ = 2*J*gLy*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y) - gJy*expm1(-y)
 cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* L_p = <const float*>_a[2]
-    cdef const float* gy_p = <const float*>_a[3]
-    cdef const float* gLy_p = <const float*>_a[4]
-    cdef const float* J_p = <const float*>_a[5]
-    cdef const float* gJy_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gL_p = <float*>_a[8]
-    cdef float* gJ_p = <float*>_a[9]
+    cdef const float* y_p = <const float*>_a[0]
+    cdef const float* L_p = <const float*>_a[1]
+    cdef const float* gy_p = <const float*>_a[2]
+    cdef const float* gLy_p = <const float*>_a[3]
+    cdef const float* J_p = <const float*>_a[4]
+    cdef const float* gJy_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gL_p = <float*>_a[7]
+    cdef float* gJ_p = <float*>_a[8]
     cdef float _S0_b[_B]
     cdef float _S1_b[_B]
     cdef float _cd0_0_b[_B]
@@ -8783,8 +8760,8 @@ cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _l
     cdef float _cs1_0_b[_B]
     cdef float _t0_b[_B]
     cdef float _t1_b[_B]
+    cdef float _t2_b[_B]
     cdef float _t3_b[_B]
-    cdef float _t4_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float J
     cdef float L
@@ -8794,11 +8771,9 @@ cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _l
     cdef float _t1
     cdef float _t2
     cdef float _t3
-    cdef float _t4
     cdef float gJy
     cdef float gLy
     cdef float gy
-    cdef float x
     cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
@@ -8806,24 +8781,22 @@ cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _l
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = expm1f(-y)
-            _t1 = symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
-            _t2 = expf(x)
-            _t3 = _t2 + (<float>1.0)
-            _t4 = _t2/_t3
+            _t1 = expm1f(y)
+            _t2 = expf(-(<float>2.0)*y)
+            _t3 = symprop_nan_throughf(symprop_finite_orf(_t1*_t2, (<float>0.0)), y)
             gL_p[_e] = -_t0*gLy
-            _cs1_0_b[_i] = _t1
-            _cd0_0_b[_i] = (<float>2.0)*_t1*gLy
+            _cs1_0_b[_i] = _t3
+            _cd0_0_b[_i] = (<float>2.0)*_t3*gLy
             _cd0_1_b[_i] = -_t0
             _t0_b[_i] = _t0
             _t1_b[_i] = _t1
+            _t2_b[_i] = _t2
             _t3_b[_i] = _t3
-            _t4_b[_i] = _t4
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -8835,17 +8808,17 @@ cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _l
                 _S1_b[_i] += (_cs1_0_b[_i]*J*gJy)
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
+            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
             _t1 = _t1_b[_i]
+            _t2 = _t2_b[_i]
             _t3 = _t3_b[_i]
-            _t4 = _t4_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 - _t0*gy + gLy*(L*_t1 + _S0*symprop_nan_throughf(symprop_finite_orf(_t4*(-(<float>3.0)*_t4 + (<float>1.0) + (<float>2.0)*expf((<float>2.0)*x)/(_t3*_t3)), (<float>0.0)), x))
+            gx_p[_e] = _S1 - _t0*gy + gLy*(L*_t3 + _S0*symprop_nan_throughf(symprop_finite_orf(-_t0*_t2*(-(<float>2.0)*_t1 + expf(y)), (<float>0.0)), y))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -8856,16 +8829,15 @@ cdef void _softplus_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _l
 
 cdef void _softplus_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
-    cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* L_p = <const double*>_a[2]
-    cdef const double* gy_p = <const double*>_a[3]
-    cdef const double* gLy_p = <const double*>_a[4]
-    cdef const double* J_p = <const double*>_a[5]
-    cdef const double* gJy_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gL_p = <double*>_a[8]
-    cdef double* gJ_p = <double*>_a[9]
+    cdef const double* y_p = <const double*>_a[0]
+    cdef const double* L_p = <const double*>_a[1]
+    cdef const double* gy_p = <const double*>_a[2]
+    cdef const double* gLy_p = <const double*>_a[3]
+    cdef const double* J_p = <const double*>_a[4]
+    cdef const double* gJy_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gL_p = <double*>_a[7]
+    cdef double* gJ_p = <double*>_a[8]
     cdef double _S0_b[_B]
     cdef double _S1_b[_B]
     cdef double _cd0_0_b[_B]
@@ -8873,8 +8845,8 @@ cdef void _softplus_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _l
     cdef double _cs1_0_b[_B]
     cdef double _t0_b[_B]
     cdef double _t1_b[_B]
+    cdef double _t2_b[_B]
     cdef double _t3_b[_B]
-    cdef double _t4_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double J
     cdef double L
@@ -8884,11 +8856,9 @@ cdef void _softplus_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _l
     cdef double _t1
     cdef double _t2
     cdef double _t3
-    cdef double _t4
     cdef double gJy
     cdef double gLy
     cdef double gy
-    cdef double x
     cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
@@ -8896,24 +8866,22 @@ cdef void _softplus_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _l
             _n = _B
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
             y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = expm1(-y)
-            _t1 = symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
-            _t2 = exp(x)
-            _t3 = _t2 + (<double>1.0)
-            _t4 = _t2/_t3
+            _t1 = expm1(y)
+            _t2 = exp(-(<double>2.0)*y)
+            _t3 = symprop_nan_through(symprop_finite_or(_t1*_t2, (<double>0.0)), y)
             gL_p[_e] = -_t0*gLy
-            _cs1_0_b[_i] = _t1
-            _cd0_0_b[_i] = (<double>2.0)*_t1*gLy
+            _cs1_0_b[_i] = _t3
+            _cd0_0_b[_i] = (<double>2.0)*_t3*gLy
             _cd0_1_b[_i] = -_t0
             _t0_b[_i] = _t0
             _t1_b[_i] = _t1
+            _t2_b[_i] = _t2
             _t3_b[_i] = _t3
-            _t4_b[_i] = _t4
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -8925,17 +8893,17 @@ cdef void _softplus_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _l
                 _S1_b[_i] += (_cs1_0_b[_i]*J*gJy)
         for _i in range(_n):
             _e = _b0 + _i
-            x = x_p[_e]
+            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
             _t1 = _t1_b[_i]
+            _t2 = _t2_b[_i]
             _t3 = _t3_b[_i]
-            _t4 = _t4_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 - _t0*gy + gLy*(L*_t1 + _S0*symprop_nan_through(symprop_finite_or(_t4*(-(<double>3.0)*_t4 + (<double>1.0) + (<double>2.0)*exp((<double>2.0)*x)/(_t3*_t3)), (<double>0.0)), x))
+            gx_p[_e] = _S1 - _t0*gy + gLy*(L*_t3 + _S0*symprop_nan_through(symprop_finite_or(-_t0*_t2*(-(<double>2.0)*_t1 + exp(y)), (<double>0.0)), y))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11481,19 +11449,18 @@ cdef void _silu_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_vjp_taylor2
-# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* gy1_p = <const float*>_a[5]
-    cdef const float* gy2_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gx1_p = <float*>_a[8]
-    cdef float* gx2_p = <float*>_a[9]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* gy1_p = <const float*>_a[4]
+    cdef const float* gy2_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gx1_p = <float*>_a[7]
+    cdef float* gx2_p = <float*>_a[8]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -11501,7 +11468,7 @@ cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_0_b[_B]
     cdef float _cs0_1_b[_B]
     cdef float _cs0_2_b[_B]
-    cdef float _t4_b[_B]
+    cdef float _t2_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -11511,16 +11478,12 @@ cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t4
     cdef float _t5
     cdef float _t6
-    cdef float _t7
-    cdef float _t8
-    cdef float _t9
     cdef float gy
     cdef float gy1
     cdef float gy2
     cdef float x
     cdef float x1
     cdef float x2
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -11528,25 +11491,21 @@ cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = expf(x)
-            _t4 = symprop_at_infinityf(symprop_at_infinityf(_t2 + x/(_t0 + _t3 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t5 = _t3 + (<float>1.0)
-            _t6 = (<float>2.0)*x
-            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3*(-_t5*(x + (<float>-2.0)) + _t6)/(_t5*_t5*_t5), (<float>0.0)), x)
-            _t8 = ((<float>1.0)/(_t1*_t1))
-            _t9 = (<float>6.0)*_t0
-            _cs0_0_b[_i] = _t7
-            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t0*_t2*(-_t2*_t9*y - (<float>3.0)*_t2 + _t8*_t9 + (<float>6.0)*_t8*y*expf(-_t6) + y), (<float>0.0)), x)
-            _cs0_2_b[_i] = _t7
-            _cd0_0_b[_i] = _t4
-            _cd0_1_b[_i] = (<float>2.0)*_t7
-            _cd1_0_b[_i] = _t4
-            _t4_b[_i] = _t4
+            _t1 = expf(x)
+            _t2 = symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t3 = _t1 + (<float>1.0)
+            _t4 = (<float>2.0)*x
+            _t5 = symprop_nan_throughf(symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + _t4)/(_t3*_t3*_t3), (<float>0.0)), x)
+            _t6 = expf(_t4)
+            _cs0_0_b[_i] = _t5
+            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t1*(-(<float>4.0)*_t1*x + _t6*x - (<float>3.0)*_t6 + x + (<float>3.0))/(_t3*_t3*_t3*_t3), (<float>0.0)), x)
+            _cs0_2_b[_i] = _t5
+            _cd0_0_b[_i] = _t2
+            _cd0_1_b[_i] = (<float>2.0)*_t5
+            _cd1_0_b[_i] = _t2
+            _t2_b[_i] = _t2
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -11559,9 +11518,9 @@ cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t4 = _t4_b[_i]
+            _t2 = _t2_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t4*gy
+            gx_p[_e] = _S0 + _t2*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11576,15 +11535,14 @@ cdef void _silu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
 cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* gy1_p = <const double*>_a[5]
-    cdef const double* gy2_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gx1_p = <double*>_a[8]
-    cdef double* gx2_p = <double*>_a[9]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* gy1_p = <const double*>_a[4]
+    cdef const double* gy2_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gx1_p = <double*>_a[7]
+    cdef double* gx2_p = <double*>_a[8]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -11592,7 +11550,7 @@ cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_0_b[_B]
     cdef double _cs0_1_b[_B]
     cdef double _cs0_2_b[_B]
-    cdef double _t4_b[_B]
+    cdef double _t2_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -11602,16 +11560,12 @@ cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t4
     cdef double _t5
     cdef double _t6
-    cdef double _t7
-    cdef double _t8
-    cdef double _t9
     cdef double gy
     cdef double gy1
     cdef double gy2
     cdef double x
     cdef double x1
     cdef double x2
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -11619,25 +11573,21 @@ cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = exp(x)
-            _t4 = symprop_at_infinity(symprop_at_infinity(_t2 + x/(_t0 + _t3 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t5 = _t3 + (<double>1.0)
-            _t6 = (<double>2.0)*x
-            _t7 = symprop_nan_through(symprop_finite_or(_t3*(-_t5*(x + (<double>-2.0)) + _t6)/(_t5*_t5*_t5), (<double>0.0)), x)
-            _t8 = ((<double>1.0)/(_t1*_t1))
-            _t9 = (<double>6.0)*_t0
-            _cs0_0_b[_i] = _t7
-            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t0*_t2*(-_t2*_t9*y - (<double>3.0)*_t2 + _t8*_t9 + (<double>6.0)*_t8*y*exp(-_t6) + y), (<double>0.0)), x)
-            _cs0_2_b[_i] = _t7
-            _cd0_0_b[_i] = _t4
-            _cd0_1_b[_i] = (<double>2.0)*_t7
-            _cd1_0_b[_i] = _t4
-            _t4_b[_i] = _t4
+            _t1 = exp(x)
+            _t2 = symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t3 = _t1 + (<double>1.0)
+            _t4 = (<double>2.0)*x
+            _t5 = symprop_nan_through(symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + _t4)/(_t3*_t3*_t3), (<double>0.0)), x)
+            _t6 = exp(_t4)
+            _cs0_0_b[_i] = _t5
+            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t1*(-(<double>4.0)*_t1*x + _t6*x - (<double>3.0)*_t6 + x + (<double>3.0))/(_t3*_t3*_t3*_t3), (<double>0.0)), x)
+            _cs0_2_b[_i] = _t5
+            _cd0_0_b[_i] = _t2
+            _cd0_1_b[_i] = (<double>2.0)*_t5
+            _cd1_0_b[_i] = _t2
+            _t2_b[_i] = _t2
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -11650,9 +11600,9 @@ cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t4 = _t4_b[_i]
+            _t2 = _t2_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t4*gy
+            gx_p[_e] = _S0 + _t2*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11665,7 +11615,7 @@ cdef void _silu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_taylor3
-# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -11685,15 +11635,12 @@ cdef void _silu_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _t0
     cdef float _t1
-    cdef float _t10
     cdef float _t2
     cdef float _t3
     cdef float _t4
     cdef float _t5
     cdef float _t6
     cdef float _t7
-    cdef float _t8
-    cdef float _t9
     cdef float x
     cdef float x1
     cdef float x2
@@ -11706,23 +11653,20 @@ cdef void _silu_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = symprop_at_infinityf(_t2*x, x, (<float>-1.0), (<float>0.0))
-            _t4 = expf(x)
-            _t5 = symprop_at_infinityf(symprop_at_infinityf(_t2 + x/(_t0 + _t4 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t6 = _t4 + (<float>1.0)
-            _t7 = (<float>2.0)*x
-            _t8 = symprop_nan_throughf(symprop_finite_orf(_t4*(-_t6*(x + (<float>-2.0)) + _t7)/(_t6*_t6*_t6), (<float>0.0)), x)
-            _t9 = ((<float>1.0)/(_t1*_t1))
-            _t10 = (<float>6.0)*_t0
-            y_p[_e] = _t3
-            _cd0_0_b[_i] = _t5
-            _cd1_0_b[_i] = _t8
-            _cd1_1_b[_i] = _t5
-            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t0*_t2*(-_t10*_t2*_t3 + _t10*_t9 - (<float>3.0)*_t2 + (<float>6.0)*_t3*_t9*expf(-_t7) + _t3), (<float>0.0)), x)
-            _cd2_1_b[_i] = _t5
-            _cd2_2_b[_i] = (<float>3.0)*_t8
+            _t1 = ((<float>1.0)/((_t0 + (<float>1.0))))
+            _t2 = expf(x)
+            _t3 = symprop_at_infinityf(symprop_at_infinityf(_t1 + x/(_t0 + _t2 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t4 = _t2 + (<float>1.0)
+            _t5 = (<float>2.0)*x
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t2*(-_t4*(x + (<float>-2.0)) + _t5)/(_t4*_t4*_t4), (<float>0.0)), x)
+            _t7 = expf(_t5)
+            y_p[_e] = symprop_at_infinityf(_t1*x, x, (<float>-1.0), (<float>0.0))
+            _cd0_0_b[_i] = _t3
+            _cd1_0_b[_i] = _t6
+            _cd1_1_b[_i] = _t3
+            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t2*(-(<float>4.0)*_t2*x + _t7*x - (<float>3.0)*_t7 + x + (<float>3.0))/(_t4*_t4*_t4*_t4), (<float>0.0)), x)
+            _cd2_1_b[_i] = _t3
+            _cd2_2_b[_i] = (<float>3.0)*_t6
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11753,15 +11697,12 @@ cdef void _silu_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _t0
     cdef double _t1
-    cdef double _t10
     cdef double _t2
     cdef double _t3
     cdef double _t4
     cdef double _t5
     cdef double _t6
     cdef double _t7
-    cdef double _t8
-    cdef double _t9
     cdef double x
     cdef double x1
     cdef double x2
@@ -11774,23 +11715,20 @@ cdef void _silu_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = symprop_at_infinity(_t2*x, x, (<double>-1.0), (<double>0.0))
-            _t4 = exp(x)
-            _t5 = symprop_at_infinity(symprop_at_infinity(_t2 + x/(_t0 + _t4 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t6 = _t4 + (<double>1.0)
-            _t7 = (<double>2.0)*x
-            _t8 = symprop_nan_through(symprop_finite_or(_t4*(-_t6*(x + (<double>-2.0)) + _t7)/(_t6*_t6*_t6), (<double>0.0)), x)
-            _t9 = ((<double>1.0)/(_t1*_t1))
-            _t10 = (<double>6.0)*_t0
-            y_p[_e] = _t3
-            _cd0_0_b[_i] = _t5
-            _cd1_0_b[_i] = _t8
-            _cd1_1_b[_i] = _t5
-            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t0*_t2*(-_t10*_t2*_t3 + _t10*_t9 - (<double>3.0)*_t2 + (<double>6.0)*_t3*_t9*exp(-_t7) + _t3), (<double>0.0)), x)
-            _cd2_1_b[_i] = _t5
-            _cd2_2_b[_i] = (<double>3.0)*_t8
+            _t1 = ((<double>1.0)/((_t0 + (<double>1.0))))
+            _t2 = exp(x)
+            _t3 = symprop_at_infinity(symprop_at_infinity(_t1 + x/(_t0 + _t2 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t4 = _t2 + (<double>1.0)
+            _t5 = (<double>2.0)*x
+            _t6 = symprop_nan_through(symprop_finite_or(_t2*(-_t4*(x + (<double>-2.0)) + _t5)/(_t4*_t4*_t4), (<double>0.0)), x)
+            _t7 = exp(_t5)
+            y_p[_e] = symprop_at_infinity(_t1*x, x, (<double>-1.0), (<double>0.0))
+            _cd0_0_b[_i] = _t3
+            _cd1_0_b[_i] = _t6
+            _cd1_1_b[_i] = _t3
+            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t2*(-(<double>4.0)*_t2*x + _t7*x - (<double>3.0)*_t7 + x + (<double>3.0))/(_t4*_t4*_t4*_t4), (<double>0.0)), x)
+            _cd2_1_b[_i] = _t3
+            _cd2_2_b[_i] = (<double>3.0)*_t6
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11803,22 +11741,21 @@ cdef void _silu_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_vjp_taylor3
-# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* gy1_p = <const float*>_a[6]
-    cdef const float* gy2_p = <const float*>_a[7]
-    cdef const float* gy3_p = <const float*>_a[8]
-    cdef float* gx_p = <float*>_a[9]
-    cdef float* gx1_p = <float*>_a[10]
-    cdef float* gx2_p = <float*>_a[11]
-    cdef float* gx3_p = <float*>_a[12]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* gy1_p = <const float*>_a[5]
+    cdef const float* gy2_p = <const float*>_a[6]
+    cdef const float* gy3_p = <const float*>_a[7]
+    cdef float* gx_p = <float*>_a[8]
+    cdef float* gx1_p = <float*>_a[9]
+    cdef float* gx2_p = <float*>_a[10]
+    cdef float* gx3_p = <float*>_a[11]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -11833,7 +11770,7 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_3_b[_B]
     cdef float _cs0_4_b[_B]
     cdef float _cs0_5_b[_B]
-    cdef float _t5_b[_B]
+    cdef float _t3_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -11844,14 +11781,7 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t13
     cdef float _t14
     cdef float _t15
-    cdef float _t16
-    cdef float _t17
-    cdef float _t18
-    cdef float _t19
     cdef float _t2
-    cdef float _t20
-    cdef float _t21
-    cdef float _t22
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -11867,7 +11797,6 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float x1
     cdef float x2
     cdef float x3
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -11875,45 +11804,37 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = expf(x)
-            _t4 = ((<float>1.0)/((_t0 + _t3 + (<float>2.0))))
-            _t5 = symprop_at_infinityf(symprop_at_infinityf(_t2 + _t4*x, x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t6 = _t3 + (<float>1.0)
-            _t7 = (<float>2.0)*x
-            _t8 = symprop_nan_throughf(symprop_finite_orf(_t3*(-_t6*(x + (<float>-2.0)) + _t7)/(_t6*_t6*_t6), (<float>0.0)), x)
-            _t9 = ((<float>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<float>6.0)*y
-            _t12 = expf(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_throughf(symprop_finite_orf(_t14*((<float>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<float>3.0)*_t2 + y), (<float>0.0)), x)
-            _t16 = (<float>24.0)/(_t1*_t1*_t1)
-            _t17 = (<float>3.0)*x
-            _t18 = (<float>2.0)*_t3
-            _t19 = (<float>3.0)*_t3
-            _t20 = expf(_t7)
-            _t21 = ((<float>1.0)/((_t19 + (<float>3.0)*_t20 + expf(_t17) + (<float>1.0))))
-            _t22 = symprop_nan_throughf(symprop_finite_orf(_t21*_t3*(_t18 - _t3*x + x + (<float>2.0)), (<float>0.0)), x)
-            _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t15
-            _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t14*(-(<float>24.0)*_t10 + _t12*_t16 - (<float>36.0)*_t13*y + (<float>14.0)*_t14*y + _t16*y*expf(-_t17) + (<float>4.0)*_t2 - y), (<float>0.0)), x)
-            _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = (<float>3.0)*_t15
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<float>2.0)*_t22
-            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(_t11*_t21 - _t11/(_t18 + _t20 + (<float>1.0)) - (<float>3.0)*_t4 + (<float>6.0)/(_t0 + _t19 + _t20 + (<float>3.0)) + y/_t6, (<float>0.0)), x)
-            _cd0_3_b[_i] = (<float>3.0)*_t22
-            _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = (<float>3.0)*_t8
-            _cd2_0_b[_i] = _t5
-            _t5_b[_i] = _t5
+            _t0 = -x
+            _t1 = expf(_t0)
+            _t2 = expf(x)
+            _t3 = symprop_at_infinityf(symprop_at_infinityf(x/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t4 = _t2 + (<float>1.0)
+            _t5 = (<float>2.0)*x
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t2*(-_t4*(x + (<float>-2.0)) + _t5)/(_t4*_t4*_t4), (<float>0.0)), x)
+            _t7 = _t2*x
+            _t8 = expf(_t5)
+            _t9 = _t8*x
+            _t10 = (<float>3.0)*_t8
+            _t11 = _t2*(-_t10 - (<float>4.0)*_t7 + _t9 + x + (<float>3.0))
+            _t12 = symprop_nan_throughf(symprop_finite_orf(_t11/(_t4*_t4*_t4*_t4), (<float>0.0)), x)
+            _t13 = expf((<float>3.0)*x)
+            _t14 = (<float>4.0)*_t13
+            _t15 = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>2.0)*_t2 - _t7 + x + (<float>2.0))/(_t10 + _t13 + (<float>3.0)*_t2 + (<float>1.0)), (<float>0.0)), x)
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t12
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t2*(_t0 + _t13*x - _t14 + (<float>12.0)*_t2 + (<float>11.0)*_t7 + (<float>12.0)*_t8 - (<float>11.0)*_t9 + (<float>-4.0))/powf(_t4, (<float>5.0)), (<float>0.0)), x)
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = (<float>3.0)*_t12
+            _cd0_0_b[_i] = _t3
+            _cd0_1_b[_i] = (<float>2.0)*_t15
+            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(_t11/(_t14 + (<float>4.0)*_t2 + (<float>6.0)*_t8 + expf((<float>4.0)*x) + (<float>1.0)), (<float>0.0)), x)
+            _cd0_3_b[_i] = (<float>3.0)*_t15
+            _cd1_0_b[_i] = _t3
+            _cd1_1_b[_i] = (<float>3.0)*_t6
+            _cd2_0_b[_i] = _t3
+            _t3_b[_i] = _t3
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -11928,9 +11849,9 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t5 = _t5_b[_i]
+            _t3 = _t3_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t5*gy
+            gx_p[_e] = _S0 + _t3*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -11948,18 +11869,17 @@ cdef void _silu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
 cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* gy1_p = <const double*>_a[6]
-    cdef const double* gy2_p = <const double*>_a[7]
-    cdef const double* gy3_p = <const double*>_a[8]
-    cdef double* gx_p = <double*>_a[9]
-    cdef double* gx1_p = <double*>_a[10]
-    cdef double* gx2_p = <double*>_a[11]
-    cdef double* gx3_p = <double*>_a[12]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* gy1_p = <const double*>_a[5]
+    cdef const double* gy2_p = <const double*>_a[6]
+    cdef const double* gy3_p = <const double*>_a[7]
+    cdef double* gx_p = <double*>_a[8]
+    cdef double* gx1_p = <double*>_a[9]
+    cdef double* gx2_p = <double*>_a[10]
+    cdef double* gx3_p = <double*>_a[11]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -11974,7 +11894,7 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_3_b[_B]
     cdef double _cs0_4_b[_B]
     cdef double _cs0_5_b[_B]
-    cdef double _t5_b[_B]
+    cdef double _t3_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -11985,14 +11905,7 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t13
     cdef double _t14
     cdef double _t15
-    cdef double _t16
-    cdef double _t17
-    cdef double _t18
-    cdef double _t19
     cdef double _t2
-    cdef double _t20
-    cdef double _t21
-    cdef double _t22
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -12008,7 +11921,6 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double x1
     cdef double x2
     cdef double x3
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -12016,45 +11928,37 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = exp(x)
-            _t4 = ((<double>1.0)/((_t0 + _t3 + (<double>2.0))))
-            _t5 = symprop_at_infinity(symprop_at_infinity(_t2 + _t4*x, x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t6 = _t3 + (<double>1.0)
-            _t7 = (<double>2.0)*x
-            _t8 = symprop_nan_through(symprop_finite_or(_t3*(-_t6*(x + (<double>-2.0)) + _t7)/(_t6*_t6*_t6), (<double>0.0)), x)
-            _t9 = ((<double>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<double>6.0)*y
-            _t12 = exp(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_through(symprop_finite_or(_t14*((<double>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<double>3.0)*_t2 + y), (<double>0.0)), x)
-            _t16 = (<double>24.0)/(_t1*_t1*_t1)
-            _t17 = (<double>3.0)*x
-            _t18 = (<double>2.0)*_t3
-            _t19 = (<double>3.0)*_t3
-            _t20 = exp(_t7)
-            _t21 = ((<double>1.0)/((_t19 + (<double>3.0)*_t20 + exp(_t17) + (<double>1.0))))
-            _t22 = symprop_nan_through(symprop_finite_or(_t21*_t3*(_t18 - _t3*x + x + (<double>2.0)), (<double>0.0)), x)
-            _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t15
-            _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t14*(-(<double>24.0)*_t10 + _t12*_t16 - (<double>36.0)*_t13*y + (<double>14.0)*_t14*y + _t16*y*exp(-_t17) + (<double>4.0)*_t2 - y), (<double>0.0)), x)
-            _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = (<double>3.0)*_t15
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<double>2.0)*_t22
-            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(_t11*_t21 - _t11/(_t18 + _t20 + (<double>1.0)) - (<double>3.0)*_t4 + (<double>6.0)/(_t0 + _t19 + _t20 + (<double>3.0)) + y/_t6, (<double>0.0)), x)
-            _cd0_3_b[_i] = (<double>3.0)*_t22
-            _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = (<double>3.0)*_t8
-            _cd2_0_b[_i] = _t5
-            _t5_b[_i] = _t5
+            _t0 = -x
+            _t1 = exp(_t0)
+            _t2 = exp(x)
+            _t3 = symprop_at_infinity(symprop_at_infinity(x/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t4 = _t2 + (<double>1.0)
+            _t5 = (<double>2.0)*x
+            _t6 = symprop_nan_through(symprop_finite_or(_t2*(-_t4*(x + (<double>-2.0)) + _t5)/(_t4*_t4*_t4), (<double>0.0)), x)
+            _t7 = _t2*x
+            _t8 = exp(_t5)
+            _t9 = _t8*x
+            _t10 = (<double>3.0)*_t8
+            _t11 = _t2*(-_t10 - (<double>4.0)*_t7 + _t9 + x + (<double>3.0))
+            _t12 = symprop_nan_through(symprop_finite_or(_t11/(_t4*_t4*_t4*_t4), (<double>0.0)), x)
+            _t13 = exp((<double>3.0)*x)
+            _t14 = (<double>4.0)*_t13
+            _t15 = symprop_nan_through(symprop_finite_or(_t2*((<double>2.0)*_t2 - _t7 + x + (<double>2.0))/(_t10 + _t13 + (<double>3.0)*_t2 + (<double>1.0)), (<double>0.0)), x)
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t12
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(-_t2*(_t0 + _t13*x - _t14 + (<double>12.0)*_t2 + (<double>11.0)*_t7 + (<double>12.0)*_t8 - (<double>11.0)*_t9 + (<double>-4.0))/pow(_t4, (<double>5.0)), (<double>0.0)), x)
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = (<double>3.0)*_t12
+            _cd0_0_b[_i] = _t3
+            _cd0_1_b[_i] = (<double>2.0)*_t15
+            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(_t11/(_t14 + (<double>4.0)*_t2 + (<double>6.0)*_t8 + exp((<double>4.0)*x) + (<double>1.0)), (<double>0.0)), x)
+            _cd0_3_b[_i] = (<double>3.0)*_t15
+            _cd1_0_b[_i] = _t3
+            _cd1_1_b[_i] = (<double>3.0)*_t6
+            _cd2_0_b[_i] = _t3
+            _t3_b[_i] = _t3
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -12069,9 +11973,9 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t5 = _t5_b[_i]
+            _t3 = _t3_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t5*gy
+            gx_p[_e] = _S0 + _t3*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12087,7 +11991,7 @@ cdef void _silu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_taylor4
-# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 4*x1*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# y = at_infinity(x/(1 + exp(-x)), x, -1, 0); y1 = x1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 6*x1**2*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 4*x1*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + x4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -12118,10 +12022,6 @@ cdef void _silu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t11
     cdef float _t12
     cdef float _t13
-    cdef float _t14
-    cdef float _t15
-    cdef float _t16
-    cdef float _t17
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -12142,36 +12042,32 @@ cdef void _silu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = symprop_at_infinityf(_t2*x, x, (<float>-1.0), (<float>0.0))
-            _t4 = expf(x)
-            _t5 = symprop_at_infinityf(symprop_at_infinityf(_t2 + x/(_t0 + _t4 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t6 = _t4 + (<float>1.0)
-            _t7 = (<float>2.0)*x
-            _t8 = symprop_nan_throughf(symprop_finite_orf(_t4*(-_t6*(x + (<float>-2.0)) + _t7)/(_t6*_t6*_t6), (<float>0.0)), x)
-            _t9 = ((<float>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<float>6.0)*_t3
-            _t12 = expf(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_throughf(symprop_finite_orf(_t14*((<float>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<float>3.0)*_t2 + _t3), (<float>0.0)), x)
-            _t16 = (<float>3.0)*_t8
-            _t17 = (<float>24.0)/(_t1*_t1*_t1)
-            y_p[_e] = _t3
-            _cd0_0_b[_i] = _t5
-            _cd1_0_b[_i] = _t8
-            _cd1_1_b[_i] = _t5
-            _cd2_0_b[_i] = _t15
-            _cd2_1_b[_i] = _t5
-            _cd2_2_b[_i] = _t16
-            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t14*(-(<float>24.0)*_t10 + _t12*_t17 - (<float>36.0)*_t13*_t3 + (<float>14.0)*_t14*_t3 + _t17*_t3*expf(-(<float>3.0)*x) + (<float>4.0)*_t2 - _t3), (<float>0.0)), x)
-            _cd3_1_b[_i] = _t16
-            _cd3_2_b[_i] = _t5
-            _cd3_3_b[_i] = (<float>4.0)*_t8
-            _cd3_4_b[_i] = (<float>6.0)*_t15
+            _t0 = -x
+            _t1 = expf(_t0)
+            _t2 = ((<float>1.0)/((_t1 + (<float>1.0))))
+            _t3 = expf(x)
+            _t4 = symprop_at_infinityf(symprop_at_infinityf(_t2 + x/(_t1 + _t3 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t5 = _t3 + (<float>1.0)
+            _t6 = (<float>2.0)*x
+            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3*(-_t5*(x + (<float>-2.0)) + _t6)/(_t5*_t5*_t5), (<float>0.0)), x)
+            _t8 = _t3*x
+            _t9 = expf(_t6)
+            _t10 = _t9*x
+            _t11 = symprop_nan_throughf(symprop_finite_orf(_t3*(_t10 - (<float>4.0)*_t8 - (<float>3.0)*_t9 + x + (<float>3.0))/(_t5*_t5*_t5*_t5), (<float>0.0)), x)
+            _t12 = (<float>3.0)*_t7
+            _t13 = expf((<float>3.0)*x)
+            y_p[_e] = symprop_at_infinityf(_t2*x, x, (<float>-1.0), (<float>0.0))
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = _t12
+            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t3*(_t0 - (<float>11.0)*_t10 + _t13*x - (<float>4.0)*_t13 + (<float>12.0)*_t3 + (<float>11.0)*_t8 + (<float>12.0)*_t9 + (<float>-4.0))/powf(_t5, (<float>5.0)), (<float>0.0)), x)
+            _cd3_1_b[_i] = _t12
+            _cd3_2_b[_i] = _t4
+            _cd3_3_b[_i] = (<float>4.0)*_t7
+            _cd3_4_b[_i] = (<float>6.0)*_t11
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12215,10 +12111,6 @@ cdef void _silu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t11
     cdef double _t12
     cdef double _t13
-    cdef double _t14
-    cdef double _t15
-    cdef double _t16
-    cdef double _t17
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -12239,36 +12131,32 @@ cdef void _silu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = symprop_at_infinity(_t2*x, x, (<double>-1.0), (<double>0.0))
-            _t4 = exp(x)
-            _t5 = symprop_at_infinity(symprop_at_infinity(_t2 + x/(_t0 + _t4 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t6 = _t4 + (<double>1.0)
-            _t7 = (<double>2.0)*x
-            _t8 = symprop_nan_through(symprop_finite_or(_t4*(-_t6*(x + (<double>-2.0)) + _t7)/(_t6*_t6*_t6), (<double>0.0)), x)
-            _t9 = ((<double>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<double>6.0)*_t3
-            _t12 = exp(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_through(symprop_finite_or(_t14*((<double>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<double>3.0)*_t2 + _t3), (<double>0.0)), x)
-            _t16 = (<double>3.0)*_t8
-            _t17 = (<double>24.0)/(_t1*_t1*_t1)
-            y_p[_e] = _t3
-            _cd0_0_b[_i] = _t5
-            _cd1_0_b[_i] = _t8
-            _cd1_1_b[_i] = _t5
-            _cd2_0_b[_i] = _t15
-            _cd2_1_b[_i] = _t5
-            _cd2_2_b[_i] = _t16
-            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t14*(-(<double>24.0)*_t10 + _t12*_t17 - (<double>36.0)*_t13*_t3 + (<double>14.0)*_t14*_t3 + _t17*_t3*exp(-(<double>3.0)*x) + (<double>4.0)*_t2 - _t3), (<double>0.0)), x)
-            _cd3_1_b[_i] = _t16
-            _cd3_2_b[_i] = _t5
-            _cd3_3_b[_i] = (<double>4.0)*_t8
-            _cd3_4_b[_i] = (<double>6.0)*_t15
+            _t0 = -x
+            _t1 = exp(_t0)
+            _t2 = ((<double>1.0)/((_t1 + (<double>1.0))))
+            _t3 = exp(x)
+            _t4 = symprop_at_infinity(symprop_at_infinity(_t2 + x/(_t1 + _t3 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t5 = _t3 + (<double>1.0)
+            _t6 = (<double>2.0)*x
+            _t7 = symprop_nan_through(symprop_finite_or(_t3*(-_t5*(x + (<double>-2.0)) + _t6)/(_t5*_t5*_t5), (<double>0.0)), x)
+            _t8 = _t3*x
+            _t9 = exp(_t6)
+            _t10 = _t9*x
+            _t11 = symprop_nan_through(symprop_finite_or(_t3*(_t10 - (<double>4.0)*_t8 - (<double>3.0)*_t9 + x + (<double>3.0))/(_t5*_t5*_t5*_t5), (<double>0.0)), x)
+            _t12 = (<double>3.0)*_t7
+            _t13 = exp((<double>3.0)*x)
+            y_p[_e] = symprop_at_infinity(_t2*x, x, (<double>-1.0), (<double>0.0))
+            _cd0_0_b[_i] = _t4
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t4
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t4
+            _cd2_2_b[_i] = _t12
+            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(-_t3*(_t0 - (<double>11.0)*_t10 + _t13*x - (<double>4.0)*_t13 + (<double>12.0)*_t3 + (<double>11.0)*_t8 + (<double>12.0)*_t9 + (<double>-4.0))/pow(_t5, (<double>5.0)), (<double>0.0)), x)
+            _cd3_1_b[_i] = _t12
+            _cd3_2_b[_i] = _t4
+            _cd3_3_b[_i] = (<double>4.0)*_t7
+            _cd3_4_b[_i] = (<double>6.0)*_t11
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12283,25 +12171,24 @@ cdef void _silu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_vjp_taylor4
-# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 30*y*exp(-2*x)/(1 + exp(-x))**2 + 150*y*exp(-3*x)/(1 + exp(-x))**3 - 240*y*exp(-4*x)/(1 + exp(-x))**4 + 120*y*exp(-5*x)/(1 + exp(-x))**5 - 5*exp(-x)/(1 + exp(-x))**2 + 70*exp(-2*x)/(1 + exp(-x))**3 - 180*exp(-3*x)/(1 + exp(-x))**4 + 120*exp(-4*x)/(1 + exp(-x))**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + gy4*x4*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-y*exp(-x)/(1 + exp(-x)) + 14*y*exp(-2*x)/(1 + exp(-x))**2 - 36*y*exp(-3*x)/(1 + exp(-x))**3 + 24*y*exp(-4*x)/(1 + exp(-x))**4 + 4*exp(-x)/(1 + exp(-x))**2 - 24*exp(-2*x)/(1 + exp(-x))**3 + 24*exp(-3*x)/(1 + exp(-x))**4, 0), x) + 12*x1*x2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 4*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x) + 6*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx4 = gy4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or((x*exp(4*x) - 26*x*exp(3*x) + 66*x*exp(2*x) - 26*x*exp(x) + x - 5*exp(4*x) + 50*exp(3*x) - 50*exp(x) + 5)*exp(x)/(exp(x) + 1)**6, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 4*gy4*x1*x3*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*gy4*x2**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + gy4*x4*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx1 = gy1*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-(x*exp(3*x) - 11*x*exp(2*x) + 11*x*exp(x) - x - 4*exp(3*x) + 12*exp(2*x) + 12*exp(x) - 4)*exp(x)/(exp(x) + 1)**5, 0), x) + 12*x1*x2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 4*x3*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx2 = gy2*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x) + 6*x2*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gx3 = gy3*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x); gx4 = gy4*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* x4_p = <const float*>_a[6]
-    cdef const float* gy1_p = <const float*>_a[7]
-    cdef const float* gy2_p = <const float*>_a[8]
-    cdef const float* gy3_p = <const float*>_a[9]
-    cdef const float* gy4_p = <const float*>_a[10]
-    cdef float* gx_p = <float*>_a[11]
-    cdef float* gx1_p = <float*>_a[12]
-    cdef float* gx2_p = <float*>_a[13]
-    cdef float* gx3_p = <float*>_a[14]
-    cdef float* gx4_p = <float*>_a[15]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* x4_p = <const float*>_a[5]
+    cdef const float* gy1_p = <const float*>_a[6]
+    cdef const float* gy2_p = <const float*>_a[7]
+    cdef const float* gy3_p = <const float*>_a[8]
+    cdef const float* gy4_p = <const float*>_a[9]
+    cdef float* gx_p = <float*>_a[10]
+    cdef float* gx1_p = <float*>_a[11]
+    cdef float* gx2_p = <float*>_a[12]
+    cdef float* gx3_p = <float*>_a[13]
+    cdef float* gx4_p = <float*>_a[14]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
@@ -12328,7 +12215,7 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_7_b[_B]
     cdef float _cs0_8_b[_B]
     cdef float _cs0_9_b[_B]
-    cdef float _t5_b[_B]
+    cdef float _t3_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -12349,21 +12236,7 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t22
     cdef float _t23
     cdef float _t24
-    cdef float _t25
-    cdef float _t26
-    cdef float _t27
-    cdef float _t28
-    cdef float _t29
     cdef float _t3
-    cdef float _t30
-    cdef float _t31
-    cdef float _t32
-    cdef float _t33
-    cdef float _t34
-    cdef float _t35
-    cdef float _t36
-    cdef float _t37
-    cdef float _t38
     cdef float _t4
     cdef float _t5
     cdef float _t6
@@ -12380,7 +12253,6 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float x2
     cdef float x3
     cdef float x4
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -12388,73 +12260,58 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = expf(x)
-            _t4 = ((<float>1.0)/((_t0 + _t3 + (<float>2.0))))
-            _t5 = symprop_at_infinityf(symprop_at_infinityf(_t2 + _t4*x, x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t6 = _t3 + (<float>1.0)
-            _t7 = (<float>2.0)*x
-            _t8 = symprop_nan_throughf(symprop_finite_orf(_t3*(-_t6*(x + (<float>-2.0)) + _t7)/(_t6*_t6*_t6), (<float>0.0)), x)
-            _t9 = ((<float>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<float>6.0)*y
-            _t12 = expf(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_throughf(symprop_finite_orf(_t14*((<float>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<float>3.0)*_t2 + y), (<float>0.0)), x)
-            _t16 = ((<float>1.0)/(_t1*_t1*_t1))
-            _t17 = _t12*_t16
-            _t18 = (<float>24.0)*y
-            _t19 = (<float>3.0)*x
-            _t20 = expf(-_t19)
-            _t21 = _t16*_t20
-            _t22 = (<float>36.0)*y
-            _t23 = (<float>14.0)*y
-            _t24 = symprop_nan_throughf(symprop_finite_orf(_t14*(-(<float>24.0)*_t10 - _t13*_t22 + _t14*_t23 + (<float>24.0)*_t17 + _t18*_t21 + (<float>4.0)*_t2 - y), (<float>0.0)), x)
-            _t25 = (<float>120.0)/(_t1*_t1*_t1*_t1)
-            _t26 = (<float>4.0)*x
-            _t27 = (<float>3.0)*_t15
-            _t28 = (<float>2.0)*_t3
-            _t29 = (<float>3.0)*_t3
-            _t30 = expf(_t19)
-            _t31 = expf(_t7)
-            _t32 = ((<float>1.0)/((_t29 + _t30 + (<float>3.0)*_t31 + (<float>1.0))))
-            _t33 = symprop_nan_throughf(symprop_finite_orf(_t3*_t32*(_t28 - _t3*x + x + (<float>2.0)), (<float>0.0)), x)
-            _t34 = y/_t6
-            _t35 = ((<float>1.0)/((_t28 + _t31 + (<float>1.0))))
-            _t36 = ((<float>1.0)/((_t0 + _t29 + _t31 + (<float>3.0))))
-            _t37 = symprop_nan_throughf(symprop_finite_orf(_t11*_t32 - _t11*_t35 + _t34 + (<float>6.0)*_t36 - (<float>3.0)*_t4, (<float>0.0)), x)
-            _t38 = (<float>3.0)*_t33
-            _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t15
-            _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t24
-            _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t14*((<float>70.0)*_t10 + (<float>150.0)*_t13*y - (<float>30.0)*_t14*y - (<float>180.0)*_t17 - (<float>5.0)*_t2 + _t20*_t25 - (<float>240.0)*_t21*y + _t25*y*expf(-_t26) + y), (<float>0.0)), x)
-            _cs0_6_b[_i] = _t27
-            _cs0_7_b[_i] = _t8
-            _cs0_8_b[_i] = _t27
-            _cs0_9_b[_i] = (<float>4.0)*_t15
-            _cs0_10_b[_i] = (<float>6.0)*_t24
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<float>2.0)*_t33
-            _cd0_2_b[_i] = (<float>3.0)*_t37
-            _cd0_3_b[_i] = _t38
-            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(_t18/((<float>4.0)*_t3 + (<float>4.0)*_t30 + (<float>6.0)*_t31 + expf(_t26) + (<float>1.0)) - _t22*_t32 + _t23*_t35 - _t34 - (<float>24.0)*_t36 + (<float>4.0)*_t4 + (<float>24.0)/(_t0 + (<float>6.0)*_t3 + _t30 + (<float>4.0)*_t31 + (<float>4.0)), (<float>0.0)), x)
-            _cd0_5_b[_i] = (<float>4.0)*_t33
-            _cd0_6_b[_i] = (<float>12.0)*_t37
-            _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = _t38
-            _cd1_2_b[_i] = (<float>6.0)*_t37
-            _cd1_3_b[_i] = (<float>6.0)*_t33
-            _cd2_0_b[_i] = _t5
-            _cd2_1_b[_i] = (<float>4.0)*_t8
-            _cd3_0_b[_i] = _t5
-            _t5_b[_i] = _t5
+            _t0 = -x
+            _t1 = expf(_t0)
+            _t2 = expf(x)
+            _t3 = symprop_at_infinityf(symprop_at_infinityf(x/(_t1 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t1 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t4 = _t2 + (<float>1.0)
+            _t5 = (<float>2.0)*x
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t2*(-_t4*(x + (<float>-2.0)) + _t5)/(_t4*_t4*_t4), (<float>0.0)), x)
+            _t7 = (<float>4.0)*x
+            _t8 = expf(_t5)
+            _t9 = _t8*x
+            _t10 = (<float>3.0)*_t8
+            _t11 = _t2*(-_t10 - _t2*_t7 + _t9 + x + (<float>3.0))
+            _t12 = symprop_nan_throughf(symprop_finite_orf(_t11/(_t4*_t4*_t4*_t4), (<float>0.0)), x)
+            _t13 = _t2*x
+            _t14 = expf((<float>3.0)*x)
+            _t15 = _t14*x
+            _t16 = (<float>4.0)*_t14
+            _t17 = _t2*(_t0 + (<float>11.0)*_t13 + _t15 - _t16 + (<float>12.0)*_t2 + (<float>12.0)*_t8 - (<float>11.0)*_t9 + (<float>-4.0))
+            _t18 = symprop_nan_throughf(symprop_finite_orf(-_t17/powf(_t4, (<float>5.0)), (<float>0.0)), x)
+            _t19 = expf(_t7)
+            _t20 = (<float>5.0)*_t19
+            _t21 = (<float>3.0)*_t12
+            _t22 = symprop_nan_throughf(symprop_finite_orf(_t2*(-_t13 + (<float>2.0)*_t2 + x + (<float>2.0))/(_t10 + _t14 + (<float>3.0)*_t2 + (<float>1.0)), (<float>0.0)), x)
+            _t23 = symprop_nan_throughf(symprop_finite_orf(_t11/(_t16 + _t19 + (<float>4.0)*_t2 + (<float>6.0)*_t8 + (<float>1.0)), (<float>0.0)), x)
+            _t24 = (<float>3.0)*_t22
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t12
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t18
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t2*(-(<float>26.0)*_t13 + (<float>50.0)*_t14 - (<float>26.0)*_t15 + _t19*x - (<float>50.0)*_t2 - _t20 + (<float>66.0)*_t9 + x + (<float>5.0))/powf(_t4, (<float>6.0)), (<float>0.0)), x)
+            _cs0_6_b[_i] = _t21
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t21
+            _cs0_9_b[_i] = (<float>4.0)*_t12
+            _cs0_10_b[_i] = (<float>6.0)*_t18
+            _cd0_0_b[_i] = _t3
+            _cd0_1_b[_i] = (<float>2.0)*_t22
+            _cd0_2_b[_i] = (<float>3.0)*_t23
+            _cd0_3_b[_i] = _t24
+            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(-_t17/((<float>10.0)*_t14 + (<float>5.0)*_t2 + _t20 + (<float>10.0)*_t8 + expf((<float>5.0)*x) + (<float>1.0)), (<float>0.0)), x)
+            _cd0_5_b[_i] = (<float>4.0)*_t22
+            _cd0_6_b[_i] = (<float>12.0)*_t23
+            _cd1_0_b[_i] = _t3
+            _cd1_1_b[_i] = _t24
+            _cd1_2_b[_i] = (<float>6.0)*_t23
+            _cd1_3_b[_i] = (<float>6.0)*_t22
+            _cd2_0_b[_i] = _t3
+            _cd2_1_b[_i] = (<float>4.0)*_t6
+            _cd3_0_b[_i] = _t3
+            _t3_b[_i] = _t3
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -12471,9 +12328,9 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t5 = _t5_b[_i]
+            _t3 = _t3_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t5*gy
+            gx_p[_e] = _S0 + _t3*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12494,21 +12351,20 @@ cdef void _silu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
 cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* x4_p = <const double*>_a[6]
-    cdef const double* gy1_p = <const double*>_a[7]
-    cdef const double* gy2_p = <const double*>_a[8]
-    cdef const double* gy3_p = <const double*>_a[9]
-    cdef const double* gy4_p = <const double*>_a[10]
-    cdef double* gx_p = <double*>_a[11]
-    cdef double* gx1_p = <double*>_a[12]
-    cdef double* gx2_p = <double*>_a[13]
-    cdef double* gx3_p = <double*>_a[14]
-    cdef double* gx4_p = <double*>_a[15]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* x4_p = <const double*>_a[5]
+    cdef const double* gy1_p = <const double*>_a[6]
+    cdef const double* gy2_p = <const double*>_a[7]
+    cdef const double* gy3_p = <const double*>_a[8]
+    cdef const double* gy4_p = <const double*>_a[9]
+    cdef double* gx_p = <double*>_a[10]
+    cdef double* gx1_p = <double*>_a[11]
+    cdef double* gx2_p = <double*>_a[12]
+    cdef double* gx3_p = <double*>_a[13]
+    cdef double* gx4_p = <double*>_a[14]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
@@ -12535,7 +12391,7 @@ cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_7_b[_B]
     cdef double _cs0_8_b[_B]
     cdef double _cs0_9_b[_B]
-    cdef double _t5_b[_B]
+    cdef double _t3_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -12556,21 +12412,7 @@ cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t22
     cdef double _t23
     cdef double _t24
-    cdef double _t25
-    cdef double _t26
-    cdef double _t27
-    cdef double _t28
-    cdef double _t29
     cdef double _t3
-    cdef double _t30
-    cdef double _t31
-    cdef double _t32
-    cdef double _t33
-    cdef double _t34
-    cdef double _t35
-    cdef double _t36
-    cdef double _t37
-    cdef double _t38
     cdef double _t4
     cdef double _t5
     cdef double _t6
@@ -12587,7 +12429,6 @@ cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double x2
     cdef double x3
     cdef double x4
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -12595,73 +12436,58 @@ cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
-            _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = exp(x)
-            _t4 = ((<double>1.0)/((_t0 + _t3 + (<double>2.0))))
-            _t5 = symprop_at_infinity(symprop_at_infinity(_t2 + _t4*x, x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t6 = _t3 + (<double>1.0)
-            _t7 = (<double>2.0)*x
-            _t8 = symprop_nan_through(symprop_finite_or(_t3*(-_t6*(x + (<double>-2.0)) + _t7)/(_t6*_t6*_t6), (<double>0.0)), x)
-            _t9 = ((<double>1.0)/(_t1*_t1))
-            _t10 = _t0*_t9
-            _t11 = (<double>6.0)*y
-            _t12 = exp(-_t7)
-            _t13 = _t12*_t9
-            _t14 = _t0*_t2
-            _t15 = symprop_nan_through(symprop_finite_or(_t14*((<double>6.0)*_t10 + _t11*_t13 - _t11*_t14 - (<double>3.0)*_t2 + y), (<double>0.0)), x)
-            _t16 = ((<double>1.0)/(_t1*_t1*_t1))
-            _t17 = _t12*_t16
-            _t18 = (<double>24.0)*y
-            _t19 = (<double>3.0)*x
-            _t20 = exp(-_t19)
-            _t21 = _t16*_t20
-            _t22 = (<double>36.0)*y
-            _t23 = (<double>14.0)*y
-            _t24 = symprop_nan_through(symprop_finite_or(_t14*(-(<double>24.0)*_t10 - _t13*_t22 + _t14*_t23 + (<double>24.0)*_t17 + _t18*_t21 + (<double>4.0)*_t2 - y), (<double>0.0)), x)
-            _t25 = (<double>120.0)/(_t1*_t1*_t1*_t1)
-            _t26 = (<double>4.0)*x
-            _t27 = (<double>3.0)*_t15
-            _t28 = (<double>2.0)*_t3
-            _t29 = (<double>3.0)*_t3
-            _t30 = exp(_t19)
-            _t31 = exp(_t7)
-            _t32 = ((<double>1.0)/((_t29 + _t30 + (<double>3.0)*_t31 + (<double>1.0))))
-            _t33 = symprop_nan_through(symprop_finite_or(_t3*_t32*(_t28 - _t3*x + x + (<double>2.0)), (<double>0.0)), x)
-            _t34 = y/_t6
-            _t35 = ((<double>1.0)/((_t28 + _t31 + (<double>1.0))))
-            _t36 = ((<double>1.0)/((_t0 + _t29 + _t31 + (<double>3.0))))
-            _t37 = symprop_nan_through(symprop_finite_or(_t11*_t32 - _t11*_t35 + _t34 + (<double>6.0)*_t36 - (<double>3.0)*_t4, (<double>0.0)), x)
-            _t38 = (<double>3.0)*_t33
-            _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t15
-            _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t24
-            _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t14*((<double>70.0)*_t10 + (<double>150.0)*_t13*y - (<double>30.0)*_t14*y - (<double>180.0)*_t17 - (<double>5.0)*_t2 + _t20*_t25 - (<double>240.0)*_t21*y + _t25*y*exp(-_t26) + y), (<double>0.0)), x)
-            _cs0_6_b[_i] = _t27
-            _cs0_7_b[_i] = _t8
-            _cs0_8_b[_i] = _t27
-            _cs0_9_b[_i] = (<double>4.0)*_t15
-            _cs0_10_b[_i] = (<double>6.0)*_t24
-            _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<double>2.0)*_t33
-            _cd0_2_b[_i] = (<double>3.0)*_t37
-            _cd0_3_b[_i] = _t38
-            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(_t18/((<double>4.0)*_t3 + (<double>4.0)*_t30 + (<double>6.0)*_t31 + exp(_t26) + (<double>1.0)) - _t22*_t32 + _t23*_t35 - _t34 - (<double>24.0)*_t36 + (<double>4.0)*_t4 + (<double>24.0)/(_t0 + (<double>6.0)*_t3 + _t30 + (<double>4.0)*_t31 + (<double>4.0)), (<double>0.0)), x)
-            _cd0_5_b[_i] = (<double>4.0)*_t33
-            _cd0_6_b[_i] = (<double>12.0)*_t37
-            _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = _t38
-            _cd1_2_b[_i] = (<double>6.0)*_t37
-            _cd1_3_b[_i] = (<double>6.0)*_t33
-            _cd2_0_b[_i] = _t5
-            _cd2_1_b[_i] = (<double>4.0)*_t8
-            _cd3_0_b[_i] = _t5
-            _t5_b[_i] = _t5
+            _t0 = -x
+            _t1 = exp(_t0)
+            _t2 = exp(x)
+            _t3 = symprop_at_infinity(symprop_at_infinity(x/(_t1 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t1 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t4 = _t2 + (<double>1.0)
+            _t5 = (<double>2.0)*x
+            _t6 = symprop_nan_through(symprop_finite_or(_t2*(-_t4*(x + (<double>-2.0)) + _t5)/(_t4*_t4*_t4), (<double>0.0)), x)
+            _t7 = (<double>4.0)*x
+            _t8 = exp(_t5)
+            _t9 = _t8*x
+            _t10 = (<double>3.0)*_t8
+            _t11 = _t2*(-_t10 - _t2*_t7 + _t9 + x + (<double>3.0))
+            _t12 = symprop_nan_through(symprop_finite_or(_t11/(_t4*_t4*_t4*_t4), (<double>0.0)), x)
+            _t13 = _t2*x
+            _t14 = exp((<double>3.0)*x)
+            _t15 = _t14*x
+            _t16 = (<double>4.0)*_t14
+            _t17 = _t2*(_t0 + (<double>11.0)*_t13 + _t15 - _t16 + (<double>12.0)*_t2 + (<double>12.0)*_t8 - (<double>11.0)*_t9 + (<double>-4.0))
+            _t18 = symprop_nan_through(symprop_finite_or(-_t17/pow(_t4, (<double>5.0)), (<double>0.0)), x)
+            _t19 = exp(_t7)
+            _t20 = (<double>5.0)*_t19
+            _t21 = (<double>3.0)*_t12
+            _t22 = symprop_nan_through(symprop_finite_or(_t2*(-_t13 + (<double>2.0)*_t2 + x + (<double>2.0))/(_t10 + _t14 + (<double>3.0)*_t2 + (<double>1.0)), (<double>0.0)), x)
+            _t23 = symprop_nan_through(symprop_finite_or(_t11/(_t16 + _t19 + (<double>4.0)*_t2 + (<double>6.0)*_t8 + (<double>1.0)), (<double>0.0)), x)
+            _t24 = (<double>3.0)*_t22
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t12
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t18
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t2*(-(<double>26.0)*_t13 + (<double>50.0)*_t14 - (<double>26.0)*_t15 + _t19*x - (<double>50.0)*_t2 - _t20 + (<double>66.0)*_t9 + x + (<double>5.0))/pow(_t4, (<double>6.0)), (<double>0.0)), x)
+            _cs0_6_b[_i] = _t21
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t21
+            _cs0_9_b[_i] = (<double>4.0)*_t12
+            _cs0_10_b[_i] = (<double>6.0)*_t18
+            _cd0_0_b[_i] = _t3
+            _cd0_1_b[_i] = (<double>2.0)*_t22
+            _cd0_2_b[_i] = (<double>3.0)*_t23
+            _cd0_3_b[_i] = _t24
+            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(-_t17/((<double>10.0)*_t14 + (<double>5.0)*_t2 + _t20 + (<double>10.0)*_t8 + exp((<double>5.0)*x) + (<double>1.0)), (<double>0.0)), x)
+            _cd0_5_b[_i] = (<double>4.0)*_t22
+            _cd0_6_b[_i] = (<double>12.0)*_t23
+            _cd1_0_b[_i] = _t3
+            _cd1_1_b[_i] = _t24
+            _cd1_2_b[_i] = (<double>6.0)*_t23
+            _cd1_3_b[_i] = (<double>6.0)*_t22
+            _cd2_0_b[_i] = _t3
+            _cd2_1_b[_i] = (<double>4.0)*_t6
+            _cd3_0_b[_i] = _t3
+            _t3_b[_i] = _t3
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -12678,9 +12504,9 @@ cdef void _silu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t5 = _t5_b[_i]
+            _t3 = _t3_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t5*gy
+            gx_p[_e] = _S0 + _t3*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12827,31 +12653,28 @@ cdef void _silu_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ss
         _b0 += _n
 
 # ---------------------------------------------------------------- silu_vjp_laplacian
-# gx = gLy*(L*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(y*exp(-x)/(1 + exp(-x)) - 6*y*exp(-2*x)/(1 + exp(-x))**2 + 6*y*exp(-3*x)/(1 + exp(-x))**3 - 3*exp(-x)/(1 + exp(-x))**2 + 6*exp(-2*x)/(1 + exp(-x))**3, 0), x)) + gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gL = gLy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gJy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
+# gx = gLy*(L*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or((x*exp(2*x) - 4*x*exp(x) + x - 3*exp(2*x) + 3)*exp(x)/(exp(x) + 1)**4, 0), x)) + gy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)); gL = gLy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x) + gJy*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)
 cdef void _silu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* L_p = <const float*>_a[2]
-    cdef const float* gy_p = <const float*>_a[3]
-    cdef const float* gLy_p = <const float*>_a[4]
-    cdef const float* J_p = <const float*>_a[5]
-    cdef const float* gJy_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gL_p = <float*>_a[8]
-    cdef float* gJ_p = <float*>_a[9]
+    cdef const float* L_p = <const float*>_a[1]
+    cdef const float* gy_p = <const float*>_a[2]
+    cdef const float* gLy_p = <const float*>_a[3]
+    cdef const float* J_p = <const float*>_a[4]
+    cdef const float* gJy_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gL_p = <float*>_a[7]
+    cdef float* gJ_p = <float*>_a[8]
     cdef float _S0_b[_B]
     cdef float _S1_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
     cdef float _cs1_0_b[_B]
-    cdef float _t0_b[_B]
+    cdef float _t1_b[_B]
     cdef float _t2_b[_B]
-    cdef float _t4_b[_B]
+    cdef float _t3_b[_B]
+    cdef float _t5_b[_B]
     cdef float _t6_b[_B]
-    cdef float _t7_b[_B]
-    cdef float _t8_b[_B]
-    cdef float _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float J
     cdef float L
@@ -12864,14 +12687,10 @@ cdef void _silu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _t4
     cdef float _t5
     cdef float _t6
-    cdef float _t7
-    cdef float _t8
-    cdef float _t9
     cdef float gJy
     cdef float gLy
     cdef float gy
     cdef float x
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -12879,31 +12698,25 @@ cdef void _silu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = expf(-x)
-            _t1 = _t0 + (<float>1.0)
-            _t2 = ((<float>1.0)/(_t1))
-            _t3 = expf(x)
-            _t4 = symprop_at_infinityf(symprop_at_infinityf(_t2 + x/(_t0 + _t3 + (<float>2.0)), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t5 = _t3 + (<float>1.0)
-            _t6 = (<float>2.0)*x
-            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3*(-_t5*(x + (<float>-2.0)) + _t6)/(_t5*_t5*_t5), (<float>0.0)), x)
-            _t8 = ((<float>1.0)/(_t1*_t1))
-            _t9 = (<float>6.0)*_t0
-            gL_p[_e] = _t4*gLy
-            _cs1_0_b[_i] = _t7
-            _cd0_0_b[_i] = (<float>2.0)*_t7*gLy
-            _cd0_1_b[_i] = _t4
-            _t0_b[_i] = _t0
+            _t1 = expf(x)
+            _t2 = symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t1 + (<float>2.0)) + ((<float>1.0)/((_t0 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t3 = _t1 + (<float>1.0)
+            _t4 = (<float>2.0)*x
+            _t5 = symprop_nan_throughf(symprop_finite_orf(_t1*(-_t3*(x + (<float>-2.0)) + _t4)/(_t3*_t3*_t3), (<float>0.0)), x)
+            _t6 = expf(_t4)
+            gL_p[_e] = _t2*gLy
+            _cs1_0_b[_i] = _t5
+            _cd0_0_b[_i] = (<float>2.0)*_t5*gLy
+            _cd0_1_b[_i] = _t2
+            _t1_b[_i] = _t1
             _t2_b[_i] = _t2
-            _t4_b[_i] = _t4
+            _t3_b[_i] = _t3
+            _t5_b[_i] = _t5
             _t6_b[_i] = _t6
-            _t7_b[_i] = _t7
-            _t8_b[_i] = _t8
-            _t9_b[_i] = _t9
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -12916,20 +12729,17 @@ cdef void _silu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _t2 = _t2_b[_i]
-            _t4 = _t4_b[_i]
+            _t3 = _t3_b[_i]
+            _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
-            _t7 = _t7_b[_i]
-            _t8 = _t8_b[_i]
-            _t9 = _t9_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t4*gy + gLy*(L*_t7 + _S0*symprop_nan_throughf(symprop_finite_orf(_t0*_t2*(-_t2*_t9*y - (<float>3.0)*_t2 + _t8*_t9 + (<float>6.0)*_t8*y*expf(-_t6) + y), (<float>0.0)), x))
+            gx_p[_e] = _S1 + _t2*gy + gLy*(L*_t5 + _S0*symprop_nan_throughf(symprop_finite_orf(_t1*(-(<float>4.0)*_t1*x + _t6*x - (<float>3.0)*_t6 + x + (<float>3.0))/(_t3*_t3*_t3*_t3), (<float>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -12941,27 +12751,24 @@ cdef void _silu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
 cdef void _silu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* L_p = <const double*>_a[2]
-    cdef const double* gy_p = <const double*>_a[3]
-    cdef const double* gLy_p = <const double*>_a[4]
-    cdef const double* J_p = <const double*>_a[5]
-    cdef const double* gJy_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gL_p = <double*>_a[8]
-    cdef double* gJ_p = <double*>_a[9]
+    cdef const double* L_p = <const double*>_a[1]
+    cdef const double* gy_p = <const double*>_a[2]
+    cdef const double* gLy_p = <const double*>_a[3]
+    cdef const double* J_p = <const double*>_a[4]
+    cdef const double* gJy_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gL_p = <double*>_a[7]
+    cdef double* gJ_p = <double*>_a[8]
     cdef double _S0_b[_B]
     cdef double _S1_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
     cdef double _cs1_0_b[_B]
-    cdef double _t0_b[_B]
+    cdef double _t1_b[_B]
     cdef double _t2_b[_B]
-    cdef double _t4_b[_B]
+    cdef double _t3_b[_B]
+    cdef double _t5_b[_B]
     cdef double _t6_b[_B]
-    cdef double _t7_b[_B]
-    cdef double _t8_b[_B]
-    cdef double _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double J
     cdef double L
@@ -12974,14 +12781,10 @@ cdef void _silu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _t4
     cdef double _t5
     cdef double _t6
-    cdef double _t7
-    cdef double _t8
-    cdef double _t9
     cdef double gJy
     cdef double gLy
     cdef double gy
     cdef double x
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -12989,31 +12792,25 @@ cdef void _silu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = exp(-x)
-            _t1 = _t0 + (<double>1.0)
-            _t2 = ((<double>1.0)/(_t1))
-            _t3 = exp(x)
-            _t4 = symprop_at_infinity(symprop_at_infinity(_t2 + x/(_t0 + _t3 + (<double>2.0)), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t5 = _t3 + (<double>1.0)
-            _t6 = (<double>2.0)*x
-            _t7 = symprop_nan_through(symprop_finite_or(_t3*(-_t5*(x + (<double>-2.0)) + _t6)/(_t5*_t5*_t5), (<double>0.0)), x)
-            _t8 = ((<double>1.0)/(_t1*_t1))
-            _t9 = (<double>6.0)*_t0
-            gL_p[_e] = _t4*gLy
-            _cs1_0_b[_i] = _t7
-            _cd0_0_b[_i] = (<double>2.0)*_t7*gLy
-            _cd0_1_b[_i] = _t4
-            _t0_b[_i] = _t0
+            _t1 = exp(x)
+            _t2 = symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t1 + (<double>2.0)) + ((<double>1.0)/((_t0 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t3 = _t1 + (<double>1.0)
+            _t4 = (<double>2.0)*x
+            _t5 = symprop_nan_through(symprop_finite_or(_t1*(-_t3*(x + (<double>-2.0)) + _t4)/(_t3*_t3*_t3), (<double>0.0)), x)
+            _t6 = exp(_t4)
+            gL_p[_e] = _t2*gLy
+            _cs1_0_b[_i] = _t5
+            _cd0_0_b[_i] = (<double>2.0)*_t5*gLy
+            _cd0_1_b[_i] = _t2
+            _t1_b[_i] = _t1
             _t2_b[_i] = _t2
-            _t4_b[_i] = _t4
+            _t3_b[_i] = _t3
+            _t5_b[_i] = _t5
             _t6_b[_i] = _t6
-            _t7_b[_i] = _t7
-            _t8_b[_i] = _t8
-            _t9_b[_i] = _t9
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -13026,20 +12823,17 @@ cdef void _silu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
-            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
             _t2 = _t2_b[_i]
-            _t4 = _t4_b[_i]
+            _t3 = _t3_b[_i]
+            _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
-            _t7 = _t7_b[_i]
-            _t8 = _t8_b[_i]
-            _t9 = _t9_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t4*gy + gLy*(L*_t7 + _S0*symprop_nan_through(symprop_finite_or(_t0*_t2*(-_t2*_t9*y - (<double>3.0)*_t2 + _t8*_t9 + (<double>6.0)*_t8*y*exp(-_t6) + y), (<double>0.0)), x))
+            gx_p[_e] = _S1 + _t2*gy + gLy*(L*_t5 + _S0*symprop_nan_through(symprop_finite_or(_t1*(-(<double>4.0)*_t1*x + _t6*x - (<double>3.0)*_t6 + x + (<double>3.0))/(_t3*_t3*_t3*_t3), (<double>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -13343,19 +13137,18 @@ cdef void _swish_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_vjp_taylor2
-# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* gy1_p = <const float*>_a[5]
-    cdef const float* gy2_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gx1_p = <float*>_a[8]
-    cdef float* gx2_p = <float*>_a[9]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* gy1_p = <const float*>_a[4]
+    cdef const float* gy2_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gx1_p = <float*>_a[7]
+    cdef float* gx2_p = <float*>_a[8]
     cdef float beta = <float>_s[0]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
@@ -13369,10 +13162,6 @@ cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float _S0
     cdef float _t0
     cdef float _t1
-    cdef float _t10
-    cdef float _t11
-    cdef float _t12
-    cdef float _t13
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -13380,14 +13169,12 @@ cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float _t6
     cdef float _t7
     cdef float _t8
-    cdef float _t9
     cdef float gy
     cdef float gy1
     cdef float gy2
     cdef float x
     cdef float x1
     cdef float x2
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -13395,7 +13182,6 @@ cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = expf(_t0)
@@ -13405,14 +13191,9 @@ cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t5 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x)
             _t6 = (<float>2.0)*_t0
             _t7 = symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t2*(_t0 + (<float>-2.0)) + _t6)/(_t2*_t2*_t2), (<float>0.0)), x)
-            _t8 = expf(-_t0)
-            _t9 = _t8 + (<float>1.0)
-            _t10 = ((<float>1.0)/(_t9))
-            _t11 = beta*y
-            _t12 = ((<float>1.0)/(_t9*_t9))
-            _t13 = (<float>6.0)*_t8
+            _t8 = expf(_t6)
             _cs0_0_b[_i] = _t7
-            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t10*_t8*(beta*beta)*(-_t10*_t11*_t13 - (<float>3.0)*_t10 + (<float>6.0)*_t11*_t12*expf(-_t6) + _t11 + _t12*_t13), (<float>0.0)), x)
+            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t1*(beta*beta)*(-(<float>4.0)*_t0*_t1 + _t0*_t8 + _t0 - (<float>3.0)*_t8 + (<float>3.0))/(_t2*_t2*_t2*_t2), (<float>0.0)), x)
             _cs0_2_b[_i] = _t7
             _cd0_0_b[_i] = _t5
             _cd0_1_b[_i] = (<float>2.0)*_t7
@@ -13447,15 +13228,14 @@ cdef void _swish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
 cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* gy1_p = <const double*>_a[5]
-    cdef const double* gy2_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gx1_p = <double*>_a[8]
-    cdef double* gx2_p = <double*>_a[9]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* gy1_p = <const double*>_a[4]
+    cdef const double* gy2_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gx1_p = <double*>_a[7]
+    cdef double* gx2_p = <double*>_a[8]
     cdef double beta = <double>_s[0]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
@@ -13469,10 +13249,6 @@ cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double _S0
     cdef double _t0
     cdef double _t1
-    cdef double _t10
-    cdef double _t11
-    cdef double _t12
-    cdef double _t13
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -13480,14 +13256,12 @@ cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double _t6
     cdef double _t7
     cdef double _t8
-    cdef double _t9
     cdef double gy
     cdef double gy1
     cdef double gy2
     cdef double x
     cdef double x1
     cdef double x2
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -13495,7 +13269,6 @@ cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = exp(_t0)
@@ -13505,14 +13278,9 @@ cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t5 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x)
             _t6 = (<double>2.0)*_t0
             _t7 = symprop_nan_through(symprop_finite_or(_t1*beta*(-_t2*(_t0 + (<double>-2.0)) + _t6)/(_t2*_t2*_t2), (<double>0.0)), x)
-            _t8 = exp(-_t0)
-            _t9 = _t8 + (<double>1.0)
-            _t10 = ((<double>1.0)/(_t9))
-            _t11 = beta*y
-            _t12 = ((<double>1.0)/(_t9*_t9))
-            _t13 = (<double>6.0)*_t8
+            _t8 = exp(_t6)
             _cs0_0_b[_i] = _t7
-            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t10*_t8*(beta*beta)*(-_t10*_t11*_t13 - (<double>3.0)*_t10 + (<double>6.0)*_t11*_t12*exp(-_t6) + _t11 + _t12*_t13), (<double>0.0)), x)
+            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t1*(beta*beta)*(-(<double>4.0)*_t0*_t1 + _t0*_t8 + _t0 - (<double>3.0)*_t8 + (<double>3.0))/(_t2*_t2*_t2*_t2), (<double>0.0)), x)
             _cs0_2_b[_i] = _t7
             _cd0_0_b[_i] = _t5
             _cd0_1_b[_i] = (<double>2.0)*_t7
@@ -13545,7 +13313,7 @@ cdef void _swish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_taylor3
-# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -13566,11 +13334,6 @@ cdef void _swish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _t0
     cdef float _t1
-    cdef float _t10
-    cdef float _t11
-    cdef float _t12
-    cdef float _t13
-    cdef float _t14
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -13578,7 +13341,6 @@ cdef void _swish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef float _t6
     cdef float _t7
     cdef float _t8
-    cdef float _t9
     cdef float x
     cdef float x1
     cdef float x2
@@ -13591,27 +13353,21 @@ cdef void _swish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = beta*x
-            _t1 = expf(-_t0)
-            _t2 = _t1 + (<float>1.0)
-            _t3 = ((<float>1.0)/(_t2))
-            _t4 = (beta > (<float>0.0))
-            _t5 = (beta < (<float>0.0))
-            _t6 = symprop_at_infinityf(symprop_at_infinityf(_t3*x, x, (<float>1.0), (x if _t4 else ((<float>0.0) if _t5 else x))), x, (<float>-1.0), ((<float>0.0) if _t4 else x))
-            _t7 = expf(_t0)
-            _t8 = _t7 + (<float>1.0)
-            _t9 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t8)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x)
-            _t10 = (<float>2.0)*_t0
-            _t11 = symprop_nan_throughf(symprop_finite_orf(_t7*beta*(_t10 - _t8*(_t0 + (<float>-2.0)))/(_t8*_t8*_t8), (<float>0.0)), x)
-            _t12 = ((<float>1.0)/(_t2*_t2))
-            _t13 = (<float>6.0)*_t1
-            _t14 = _t6*beta
-            y_p[_e] = _t6
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t1*_t3*(beta*beta)*(_t12*_t13 + (<float>6.0)*_t12*_t14*expf(-_t10) - _t13*_t14*_t3 + _t14 - (<float>3.0)*_t3), (<float>0.0)), x)
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = (<float>3.0)*_t11
+            _t1 = (beta > (<float>0.0))
+            _t2 = (beta < (<float>0.0))
+            _t3 = expf(_t0)
+            _t4 = _t3 + (<float>1.0)
+            _t5 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t4)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
+            _t6 = (<float>2.0)*_t0
+            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3*beta*(-_t4*(_t0 + (<float>-2.0)) + _t6)/(_t4*_t4*_t4), (<float>0.0)), x)
+            _t8 = expf(_t6)
+            y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-_t0)), x, (<float>1.0), (x if _t1 else ((<float>0.0) if _t2 else x))), x, (<float>-1.0), ((<float>0.0) if _t1 else x))
+            _cd0_0_b[_i] = _t5
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t5
+            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t3*(beta*beta)*(-(<float>4.0)*_t0*_t3 + _t0*_t8 + _t0 - (<float>3.0)*_t8 + (<float>3.0))/(_t4*_t4*_t4*_t4), (<float>0.0)), x)
+            _cd2_1_b[_i] = _t5
+            _cd2_2_b[_i] = (<float>3.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -13643,11 +13399,6 @@ cdef void _swish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _t0
     cdef double _t1
-    cdef double _t10
-    cdef double _t11
-    cdef double _t12
-    cdef double _t13
-    cdef double _t14
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -13655,7 +13406,6 @@ cdef void _swish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef double _t6
     cdef double _t7
     cdef double _t8
-    cdef double _t9
     cdef double x
     cdef double x1
     cdef double x2
@@ -13668,27 +13418,21 @@ cdef void _swish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = beta*x
-            _t1 = exp(-_t0)
-            _t2 = _t1 + (<double>1.0)
-            _t3 = ((<double>1.0)/(_t2))
-            _t4 = (beta > (<double>0.0))
-            _t5 = (beta < (<double>0.0))
-            _t6 = symprop_at_infinity(symprop_at_infinity(_t3*x, x, (<double>1.0), (x if _t4 else ((<double>0.0) if _t5 else x))), x, (<double>-1.0), ((<double>0.0) if _t4 else x))
-            _t7 = exp(_t0)
-            _t8 = _t7 + (<double>1.0)
-            _t9 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t8)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x)
-            _t10 = (<double>2.0)*_t0
-            _t11 = symprop_nan_through(symprop_finite_or(_t7*beta*(_t10 - _t8*(_t0 + (<double>-2.0)))/(_t8*_t8*_t8), (<double>0.0)), x)
-            _t12 = ((<double>1.0)/(_t2*_t2))
-            _t13 = (<double>6.0)*_t1
-            _t14 = _t6*beta
-            y_p[_e] = _t6
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t1*_t3*(beta*beta)*(_t12*_t13 + (<double>6.0)*_t12*_t14*exp(-_t10) - _t13*_t14*_t3 + _t14 - (<double>3.0)*_t3), (<double>0.0)), x)
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = (<double>3.0)*_t11
+            _t1 = (beta > (<double>0.0))
+            _t2 = (beta < (<double>0.0))
+            _t3 = exp(_t0)
+            _t4 = _t3 + (<double>1.0)
+            _t5 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t4)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
+            _t6 = (<double>2.0)*_t0
+            _t7 = symprop_nan_through(symprop_finite_or(_t3*beta*(-_t4*(_t0 + (<double>-2.0)) + _t6)/(_t4*_t4*_t4), (<double>0.0)), x)
+            _t8 = exp(_t6)
+            y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-_t0)), x, (<double>1.0), (x if _t1 else ((<double>0.0) if _t2 else x))), x, (<double>-1.0), ((<double>0.0) if _t1 else x))
+            _cd0_0_b[_i] = _t5
+            _cd1_0_b[_i] = _t7
+            _cd1_1_b[_i] = _t5
+            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t3*(beta*beta)*(-(<double>4.0)*_t0*_t3 + _t0*_t8 + _t0 - (<double>3.0)*_t8 + (<double>3.0))/(_t4*_t4*_t4*_t4), (<double>0.0)), x)
+            _cd2_1_b[_i] = _t5
+            _cd2_2_b[_i] = (<double>3.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -13701,22 +13445,21 @@ cdef void _swish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_vjp_taylor3
-# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* gy1_p = <const float*>_a[6]
-    cdef const float* gy2_p = <const float*>_a[7]
-    cdef const float* gy3_p = <const float*>_a[8]
-    cdef float* gx_p = <float*>_a[9]
-    cdef float* gx1_p = <float*>_a[10]
-    cdef float* gx2_p = <float*>_a[11]
-    cdef float* gx3_p = <float*>_a[12]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* gy1_p = <const float*>_a[5]
+    cdef const float* gy2_p = <const float*>_a[6]
+    cdef const float* gy3_p = <const float*>_a[7]
+    cdef float* gx_p = <float*>_a[8]
+    cdef float* gx1_p = <float*>_a[9]
+    cdef float* gx2_p = <float*>_a[10]
+    cdef float* gx3_p = <float*>_a[11]
     cdef float beta = <float>_s[0]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
@@ -13746,16 +13489,7 @@ cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float _t16
     cdef float _t17
     cdef float _t18
-    cdef float _t19
     cdef float _t2
-    cdef float _t20
-    cdef float _t21
-    cdef float _t22
-    cdef float _t23
-    cdef float _t24
-    cdef float _t25
-    cdef float _t26
-    cdef float _t27
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -13771,7 +13505,6 @@ cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float x1
     cdef float x2
     cdef float x3
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -13779,7 +13512,6 @@ cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = expf(_t0)
@@ -13790,35 +13522,26 @@ cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t6 = (<float>2.0)*_t0
             _t7 = _t1*beta
             _t8 = symprop_nan_throughf(symprop_finite_orf(_t7*(-_t2*(_t0 + (<float>-2.0)) + _t6)/(_t2*_t2*_t2), (<float>0.0)), x)
-            _t9 = (beta*beta)
-            _t10 = beta*y
-            _t11 = expf(-_t0)
-            _t12 = _t11 + (<float>1.0)
-            _t13 = ((<float>1.0)/(_t12))
-            _t14 = ((<float>1.0)/(_t12*_t12))
-            _t15 = _t11*_t14
-            _t16 = (<float>6.0)*_t10
-            _t17 = expf(-_t6)
-            _t18 = _t14*_t17
-            _t19 = _t11*_t13
-            _t20 = symprop_nan_throughf(symprop_finite_orf(_t19*_t9*(_t10 - (<float>3.0)*_t13 + (<float>6.0)*_t15 + _t16*_t18 - _t16*_t19), (<float>0.0)), x)
-            _t21 = (<float>24.0)/(_t12*_t12*_t12)
-            _t22 = (<float>3.0)*_t0
-            _t23 = (<float>3.0)*_t1
-            _t24 = expf(_t6)
-            _t25 = ((<float>1.0)/((_t23 + (<float>3.0)*_t24 + expf(_t22) + (<float>1.0))))
-            _t26 = (<float>2.0)*_t1
-            _t27 = symprop_nan_throughf(symprop_finite_orf(_t25*_t7*(-_t0*_t1 + _t0 + _t26 + (<float>2.0)), (<float>0.0)), x)
+            _t9 = expf(_t6)
+            _t10 = (<float>3.0)*_t9
+            _t11 = (<float>4.0)*_t1
+            _t12 = _t0*_t9
+            _t13 = _t1*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<float>3.0))
+            _t14 = symprop_nan_throughf(symprop_finite_orf(_t13/(_t2*_t2*_t2*_t2), (<float>0.0)), x)
+            _t15 = expf((<float>3.0)*_t0)
+            _t16 = (<float>4.0)*_t15
+            _t17 = _t0*_t1
+            _t18 = symprop_nan_throughf(symprop_finite_orf(_t7*(_t0 + (<float>2.0)*_t1 - _t17 + (<float>2.0))/((<float>3.0)*_t1 + _t10 + _t15 + (<float>1.0)), (<float>0.0)), x)
             _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t20
+            _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t19*(beta*beta*beta)*(-(<float>36.0)*_t10*_t18 + (<float>14.0)*_t10*_t19 + _t10*_t21*expf(-_t22) - _t10 + (<float>4.0)*_t13 - (<float>24.0)*_t15 + _t17*_t21), (<float>0.0)), x)
+            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t1*(beta*beta*beta)*(_t0*_t15 - _t0 + (<float>12.0)*_t1 - (<float>11.0)*_t12 - _t16 + (<float>11.0)*_t17 + (<float>12.0)*_t9 + (<float>-4.0))/powf(_t2, (<float>5.0)), (<float>0.0)), x)
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = (<float>3.0)*_t20
+            _cs0_5_b[_i] = (<float>3.0)*_t14
             _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<float>2.0)*_t27
-            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(_t9*(_t10/_t2 + _t16*_t25 - _t16/(_t24 + _t26 + (<float>1.0)) + (<float>6.0)/(_t11 + _t23 + _t24 + (<float>3.0)) - (<float>3.0)/(_t1 + _t11 + (<float>2.0))), (<float>0.0)), x)
-            _cd0_3_b[_i] = (<float>3.0)*_t27
+            _cd0_1_b[_i] = (<float>2.0)*_t18
+            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(_t13/(_t11 + _t16 + (<float>6.0)*_t9 + expf((<float>4.0)*_t0) + (<float>1.0)), (<float>0.0)), x)
+            _cd0_3_b[_i] = (<float>3.0)*_t18
             _cd1_0_b[_i] = _t5
             _cd1_1_b[_i] = (<float>3.0)*_t8
             _cd2_0_b[_i] = _t5
@@ -13857,18 +13580,17 @@ cdef void _swish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
 cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* gy1_p = <const double*>_a[6]
-    cdef const double* gy2_p = <const double*>_a[7]
-    cdef const double* gy3_p = <const double*>_a[8]
-    cdef double* gx_p = <double*>_a[9]
-    cdef double* gx1_p = <double*>_a[10]
-    cdef double* gx2_p = <double*>_a[11]
-    cdef double* gx3_p = <double*>_a[12]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* gy1_p = <const double*>_a[5]
+    cdef const double* gy2_p = <const double*>_a[6]
+    cdef const double* gy3_p = <const double*>_a[7]
+    cdef double* gx_p = <double*>_a[8]
+    cdef double* gx1_p = <double*>_a[9]
+    cdef double* gx2_p = <double*>_a[10]
+    cdef double* gx3_p = <double*>_a[11]
     cdef double beta = <double>_s[0]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
@@ -13898,16 +13620,7 @@ cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double _t16
     cdef double _t17
     cdef double _t18
-    cdef double _t19
     cdef double _t2
-    cdef double _t20
-    cdef double _t21
-    cdef double _t22
-    cdef double _t23
-    cdef double _t24
-    cdef double _t25
-    cdef double _t26
-    cdef double _t27
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -13923,7 +13636,6 @@ cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double x1
     cdef double x2
     cdef double x3
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -13931,7 +13643,6 @@ cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = exp(_t0)
@@ -13942,35 +13653,26 @@ cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t6 = (<double>2.0)*_t0
             _t7 = _t1*beta
             _t8 = symprop_nan_through(symprop_finite_or(_t7*(-_t2*(_t0 + (<double>-2.0)) + _t6)/(_t2*_t2*_t2), (<double>0.0)), x)
-            _t9 = (beta*beta)
-            _t10 = beta*y
-            _t11 = exp(-_t0)
-            _t12 = _t11 + (<double>1.0)
-            _t13 = ((<double>1.0)/(_t12))
-            _t14 = ((<double>1.0)/(_t12*_t12))
-            _t15 = _t11*_t14
-            _t16 = (<double>6.0)*_t10
-            _t17 = exp(-_t6)
-            _t18 = _t14*_t17
-            _t19 = _t11*_t13
-            _t20 = symprop_nan_through(symprop_finite_or(_t19*_t9*(_t10 - (<double>3.0)*_t13 + (<double>6.0)*_t15 + _t16*_t18 - _t16*_t19), (<double>0.0)), x)
-            _t21 = (<double>24.0)/(_t12*_t12*_t12)
-            _t22 = (<double>3.0)*_t0
-            _t23 = (<double>3.0)*_t1
-            _t24 = exp(_t6)
-            _t25 = ((<double>1.0)/((_t23 + (<double>3.0)*_t24 + exp(_t22) + (<double>1.0))))
-            _t26 = (<double>2.0)*_t1
-            _t27 = symprop_nan_through(symprop_finite_or(_t25*_t7*(-_t0*_t1 + _t0 + _t26 + (<double>2.0)), (<double>0.0)), x)
+            _t9 = exp(_t6)
+            _t10 = (<double>3.0)*_t9
+            _t11 = (<double>4.0)*_t1
+            _t12 = _t0*_t9
+            _t13 = _t1*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<double>3.0))
+            _t14 = symprop_nan_through(symprop_finite_or(_t13/(_t2*_t2*_t2*_t2), (<double>0.0)), x)
+            _t15 = exp((<double>3.0)*_t0)
+            _t16 = (<double>4.0)*_t15
+            _t17 = _t0*_t1
+            _t18 = symprop_nan_through(symprop_finite_or(_t7*(_t0 + (<double>2.0)*_t1 - _t17 + (<double>2.0))/((<double>3.0)*_t1 + _t10 + _t15 + (<double>1.0)), (<double>0.0)), x)
             _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t20
+            _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t19*(beta*beta*beta)*(-(<double>36.0)*_t10*_t18 + (<double>14.0)*_t10*_t19 + _t10*_t21*exp(-_t22) - _t10 + (<double>4.0)*_t13 - (<double>24.0)*_t15 + _t17*_t21), (<double>0.0)), x)
+            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(-_t1*(beta*beta*beta)*(_t0*_t15 - _t0 + (<double>12.0)*_t1 - (<double>11.0)*_t12 - _t16 + (<double>11.0)*_t17 + (<double>12.0)*_t9 + (<double>-4.0))/pow(_t2, (<double>5.0)), (<double>0.0)), x)
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = (<double>3.0)*_t20
+            _cs0_5_b[_i] = (<double>3.0)*_t14
             _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<double>2.0)*_t27
-            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(_t9*(_t10/_t2 + _t16*_t25 - _t16/(_t24 + _t26 + (<double>1.0)) + (<double>6.0)/(_t11 + _t23 + _t24 + (<double>3.0)) - (<double>3.0)/(_t1 + _t11 + (<double>2.0))), (<double>0.0)), x)
-            _cd0_3_b[_i] = (<double>3.0)*_t27
+            _cd0_1_b[_i] = (<double>2.0)*_t18
+            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(_t13/(_t11 + _t16 + (<double>6.0)*_t9 + exp((<double>4.0)*_t0) + (<double>1.0)), (<double>0.0)), x)
+            _cd0_3_b[_i] = (<double>3.0)*_t18
             _cd1_0_b[_i] = _t5
             _cd1_1_b[_i] = (<double>3.0)*_t8
             _cd2_0_b[_i] = _t5
@@ -14007,7 +13709,7 @@ cdef void _swish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_taylor4
-# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y4 = x1**4*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 6*x1**2*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 4*x1*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# y = at_infinity(at_infinity(x/(1 + exp(-beta*x)), x, 1, Piecewise((x, beta > 0), (0, beta < 0), (x, True))), x, -1, Piecewise((0, beta > 0), (x, True))); y1 = x1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y2 = x1**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y3 = x1**3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x1*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); y4 = x1**4*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 6*x1**2*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 4*x1*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + 3*x2**2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + x4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -14040,14 +13742,7 @@ cdef void _swish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef float _t12
     cdef float _t13
     cdef float _t14
-    cdef float _t15
-    cdef float _t16
-    cdef float _t17
-    cdef float _t18
-    cdef float _t19
     cdef float _t2
-    cdef float _t20
-    cdef float _t21
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -14068,39 +13763,32 @@ cdef void _swish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = beta*x
-            _t1 = expf(-_t0)
-            _t2 = _t1 + (<float>1.0)
-            _t3 = ((<float>1.0)/(_t2))
-            _t4 = (beta > (<float>0.0))
-            _t5 = (beta < (<float>0.0))
-            _t6 = symprop_at_infinityf(symprop_at_infinityf(_t3*x, x, (<float>1.0), (x if _t4 else ((<float>0.0) if _t5 else x))), x, (<float>-1.0), ((<float>0.0) if _t4 else x))
-            _t7 = expf(_t0)
-            _t8 = _t7 + (<float>1.0)
-            _t9 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t8)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x)
-            _t10 = (<float>2.0)*_t0
-            _t11 = symprop_nan_throughf(symprop_finite_orf(_t7*beta*(_t10 - _t8*(_t0 + (<float>-2.0)))/(_t8*_t8*_t8), (<float>0.0)), x)
-            _t12 = ((<float>1.0)/(_t2*_t2))
-            _t13 = _t1*_t12
-            _t14 = _t6*beta
-            _t15 = (<float>6.0)*_t14
-            _t16 = expf(-_t10)
-            _t17 = _t12*_t16
-            _t18 = _t1*_t3
-            _t19 = symprop_nan_throughf(symprop_finite_orf(_t18*(beta*beta)*((<float>6.0)*_t13 + _t14 + _t15*_t17 - _t15*_t18 - (<float>3.0)*_t3), (<float>0.0)), x)
-            _t20 = (<float>3.0)*_t11
-            _t21 = (<float>24.0)/(_t2*_t2*_t2)
-            y_p[_e] = _t6
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t19
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t20
-            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t18*(beta*beta*beta)*(-(<float>24.0)*_t13 - (<float>36.0)*_t14*_t17 + (<float>14.0)*_t14*_t18 + _t14*_t21*expf(-(<float>3.0)*_t0) - _t14 + _t16*_t21 + (<float>4.0)*_t3), (<float>0.0)), x)
-            _cd3_1_b[_i] = _t20
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<float>4.0)*_t11
-            _cd3_4_b[_i] = (<float>6.0)*_t19
+            _t1 = -_t0
+            _t2 = (beta > (<float>0.0))
+            _t3 = (beta < (<float>0.0))
+            _t4 = expf(_t0)
+            _t5 = _t4 + (<float>1.0)
+            _t6 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t5)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t2 else ((<float>0.0) if _t3 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t2 else ((<float>1.0) if _t3 else (<float>0.5))))), x)
+            _t7 = (<float>2.0)*_t0
+            _t8 = symprop_nan_throughf(symprop_finite_orf(_t4*beta*(-_t5*(_t0 + (<float>-2.0)) + _t7)/(_t5*_t5*_t5), (<float>0.0)), x)
+            _t9 = expf(_t7)
+            _t10 = _t0*_t4
+            _t11 = _t0*_t9
+            _t12 = symprop_nan_throughf(symprop_finite_orf(_t4*(beta*beta)*(_t0 - (<float>4.0)*_t10 + _t11 - (<float>3.0)*_t9 + (<float>3.0))/(_t5*_t5*_t5*_t5), (<float>0.0)), x)
+            _t13 = (<float>3.0)*_t8
+            _t14 = expf((<float>3.0)*_t0)
+            y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/(expf(_t1) + (<float>1.0)), x, (<float>1.0), (x if _t2 else ((<float>0.0) if _t3 else x))), x, (<float>-1.0), ((<float>0.0) if _t2 else x))
+            _cd0_0_b[_i] = _t6
+            _cd1_0_b[_i] = _t8
+            _cd1_1_b[_i] = _t6
+            _cd2_0_b[_i] = _t12
+            _cd2_1_b[_i] = _t6
+            _cd2_2_b[_i] = _t13
+            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t4*(beta*beta*beta)*(_t0*_t14 + _t1 + (<float>11.0)*_t10 - (<float>11.0)*_t11 - (<float>4.0)*_t14 + (<float>12.0)*_t4 + (<float>12.0)*_t9 + (<float>-4.0))/powf(_t5, (<float>5.0)), (<float>0.0)), x)
+            _cd3_1_b[_i] = _t13
+            _cd3_2_b[_i] = _t6
+            _cd3_3_b[_i] = (<float>4.0)*_t8
+            _cd3_4_b[_i] = (<float>6.0)*_t12
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -14146,14 +13834,7 @@ cdef void _swish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
     cdef double _t12
     cdef double _t13
     cdef double _t14
-    cdef double _t15
-    cdef double _t16
-    cdef double _t17
-    cdef double _t18
-    cdef double _t19
     cdef double _t2
-    cdef double _t20
-    cdef double _t21
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -14174,39 +13855,32 @@ cdef void _swish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
             _e = _b0 + _i
             x = x_p[_e]
             _t0 = beta*x
-            _t1 = exp(-_t0)
-            _t2 = _t1 + (<double>1.0)
-            _t3 = ((<double>1.0)/(_t2))
-            _t4 = (beta > (<double>0.0))
-            _t5 = (beta < (<double>0.0))
-            _t6 = symprop_at_infinity(symprop_at_infinity(_t3*x, x, (<double>1.0), (x if _t4 else ((<double>0.0) if _t5 else x))), x, (<double>-1.0), ((<double>0.0) if _t4 else x))
-            _t7 = exp(_t0)
-            _t8 = _t7 + (<double>1.0)
-            _t9 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t8)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x)
-            _t10 = (<double>2.0)*_t0
-            _t11 = symprop_nan_through(symprop_finite_or(_t7*beta*(_t10 - _t8*(_t0 + (<double>-2.0)))/(_t8*_t8*_t8), (<double>0.0)), x)
-            _t12 = ((<double>1.0)/(_t2*_t2))
-            _t13 = _t1*_t12
-            _t14 = _t6*beta
-            _t15 = (<double>6.0)*_t14
-            _t16 = exp(-_t10)
-            _t17 = _t12*_t16
-            _t18 = _t1*_t3
-            _t19 = symprop_nan_through(symprop_finite_or(_t18*(beta*beta)*((<double>6.0)*_t13 + _t14 + _t15*_t17 - _t15*_t18 - (<double>3.0)*_t3), (<double>0.0)), x)
-            _t20 = (<double>3.0)*_t11
-            _t21 = (<double>24.0)/(_t2*_t2*_t2)
-            y_p[_e] = _t6
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t19
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t20
-            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t18*(beta*beta*beta)*(-(<double>24.0)*_t13 - (<double>36.0)*_t14*_t17 + (<double>14.0)*_t14*_t18 + _t14*_t21*exp(-(<double>3.0)*_t0) - _t14 + _t16*_t21 + (<double>4.0)*_t3), (<double>0.0)), x)
-            _cd3_1_b[_i] = _t20
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<double>4.0)*_t11
-            _cd3_4_b[_i] = (<double>6.0)*_t19
+            _t1 = -_t0
+            _t2 = (beta > (<double>0.0))
+            _t3 = (beta < (<double>0.0))
+            _t4 = exp(_t0)
+            _t5 = _t4 + (<double>1.0)
+            _t6 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t5)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t2 else ((<double>0.0) if _t3 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t2 else ((<double>1.0) if _t3 else (<double>0.5))))), x)
+            _t7 = (<double>2.0)*_t0
+            _t8 = symprop_nan_through(symprop_finite_or(_t4*beta*(-_t5*(_t0 + (<double>-2.0)) + _t7)/(_t5*_t5*_t5), (<double>0.0)), x)
+            _t9 = exp(_t7)
+            _t10 = _t0*_t4
+            _t11 = _t0*_t9
+            _t12 = symprop_nan_through(symprop_finite_or(_t4*(beta*beta)*(_t0 - (<double>4.0)*_t10 + _t11 - (<double>3.0)*_t9 + (<double>3.0))/(_t5*_t5*_t5*_t5), (<double>0.0)), x)
+            _t13 = (<double>3.0)*_t8
+            _t14 = exp((<double>3.0)*_t0)
+            y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/(exp(_t1) + (<double>1.0)), x, (<double>1.0), (x if _t2 else ((<double>0.0) if _t3 else x))), x, (<double>-1.0), ((<double>0.0) if _t2 else x))
+            _cd0_0_b[_i] = _t6
+            _cd1_0_b[_i] = _t8
+            _cd1_1_b[_i] = _t6
+            _cd2_0_b[_i] = _t12
+            _cd2_1_b[_i] = _t6
+            _cd2_2_b[_i] = _t13
+            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(-_t4*(beta*beta*beta)*(_t0*_t14 + _t1 + (<double>11.0)*_t10 - (<double>11.0)*_t11 - (<double>4.0)*_t14 + (<double>12.0)*_t4 + (<double>12.0)*_t9 + (<double>-4.0))/pow(_t5, (<double>5.0)), (<double>0.0)), x)
+            _cd3_1_b[_i] = _t13
+            _cd3_2_b[_i] = _t6
+            _cd3_3_b[_i] = (<double>4.0)*_t8
+            _cd3_4_b[_i] = (<double>6.0)*_t12
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -14221,25 +13895,24 @@ cdef void _swish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssi
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_vjp_taylor4
-# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(beta**5*x*exp(-beta*x)/(1 + exp(-beta*x))**2 - 30*beta**5*x*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 150*beta**5*x*exp(-3*beta*x)/(1 + exp(-beta*x))**4 - 240*beta**5*x*exp(-4*beta*x)/(1 + exp(-beta*x))**5 + 120*beta**5*x*exp(-5*beta*x)/(1 + exp(-beta*x))**6 - 5*beta**4*exp(-beta*x)/(1 + exp(-beta*x))**2 + 70*beta**4*exp(-2*beta*x)/(1 + exp(-beta*x))**3 - 180*beta**4*exp(-3*beta*x)/(1 + exp(-beta*x))**4 + 120*beta**4*exp(-4*beta*x)/(1 + exp(-beta*x))**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*gy4*x2**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + gy4*x4*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-beta**4*y*exp(-beta*x)/(1 + exp(-beta*x)) + 14*beta**4*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 - 36*beta**4*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**4*y*exp(-4*beta*x)/(1 + exp(-beta*x))**4 + 4*beta**3*exp(-beta*x)/(1 + exp(-beta*x))**2 - 24*beta**3*exp(-2*beta*x)/(1 + exp(-beta*x))**3 + 24*beta**3*exp(-3*beta*x)/(1 + exp(-beta*x))**4, 0), x) + 12*x1*x2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 4*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x) + 6*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 4*gy4*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx4 = gy4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# gx = gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(gy1*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy2*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy2*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy3*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*x1**4*nan_through(finite_or(-beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5 + 5*beta**4*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(2*beta*x)/(exp(beta*x) + 1)**6 - beta**3*(3*beta**2*x*exp(3*beta*x) - 22*beta**2*x*exp(2*beta*x) + 11*beta**2*x*exp(beta*x) - 11*beta*exp(3*beta*x) + 13*beta*exp(2*beta*x) + 23*beta*exp(beta*x) - beta)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*gy4*x2**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + gy4*x4*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx1 = gy1*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 2*gy2*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy3*(3*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 3*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-beta**3*(beta*x*exp(3*beta*x) - 11*beta*x*exp(2*beta*x) + 11*beta*x*exp(beta*x) - beta*x - 4*exp(3*beta*x) + 12*exp(2*beta*x) + 12*exp(beta*x) - 4)*exp(beta*x)/(exp(beta*x) + 1)**5, 0), x) + 12*x1*x2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 4*x3*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx2 = gy2*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 3*gy3*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gy4*(6*x1**2*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x) + 6*x2*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gx3 = gy3*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + 4*gy4*x1*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x); gx4 = gy4*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* gy_p = <const float*>_a[2]
-    cdef const float* x1_p = <const float*>_a[3]
-    cdef const float* x2_p = <const float*>_a[4]
-    cdef const float* x3_p = <const float*>_a[5]
-    cdef const float* x4_p = <const float*>_a[6]
-    cdef const float* gy1_p = <const float*>_a[7]
-    cdef const float* gy2_p = <const float*>_a[8]
-    cdef const float* gy3_p = <const float*>_a[9]
-    cdef const float* gy4_p = <const float*>_a[10]
-    cdef float* gx_p = <float*>_a[11]
-    cdef float* gx1_p = <float*>_a[12]
-    cdef float* gx2_p = <float*>_a[13]
-    cdef float* gx3_p = <float*>_a[14]
-    cdef float* gx4_p = <float*>_a[15]
+    cdef const float* gy_p = <const float*>_a[1]
+    cdef const float* x1_p = <const float*>_a[2]
+    cdef const float* x2_p = <const float*>_a[3]
+    cdef const float* x3_p = <const float*>_a[4]
+    cdef const float* x4_p = <const float*>_a[5]
+    cdef const float* gy1_p = <const float*>_a[6]
+    cdef const float* gy2_p = <const float*>_a[7]
+    cdef const float* gy3_p = <const float*>_a[8]
+    cdef const float* gy4_p = <const float*>_a[9]
+    cdef float* gx_p = <float*>_a[10]
+    cdef float* gx1_p = <float*>_a[11]
+    cdef float* gx2_p = <float*>_a[12]
+    cdef float* gx3_p = <float*>_a[13]
+    cdef float* gx4_p = <float*>_a[14]
     cdef float beta = <float>_s[0]
     cdef float _S0_b[_B]
     cdef float _cd0_0_b[_B]
@@ -14291,24 +13964,8 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float _t25
     cdef float _t26
     cdef float _t27
-    cdef float _t28
-    cdef float _t29
     cdef float _t3
-    cdef float _t30
-    cdef float _t31
-    cdef float _t32
-    cdef float _t33
-    cdef float _t34
-    cdef float _t35
-    cdef float _t36
-    cdef float _t37
-    cdef float _t38
-    cdef float _t39
     cdef float _t4
-    cdef float _t40
-    cdef float _t41
-    cdef float _t42
-    cdef float _t43
     cdef float _t5
     cdef float _t6
     cdef float _t7
@@ -14324,7 +13981,6 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef float x2
     cdef float x3
     cdef float x4
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -14332,7 +13988,6 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = expf(_t0)
@@ -14343,63 +13998,47 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t6 = (<float>2.0)*_t0
             _t7 = _t1*beta
             _t8 = symprop_nan_throughf(symprop_finite_orf(_t7*(-_t2*(_t0 + (<float>-2.0)) + _t6)/(_t2*_t2*_t2), (<float>0.0)), x)
-            _t9 = (beta*beta)
-            _t10 = beta*y
-            _t11 = expf(-_t0)
-            _t12 = _t11 + (<float>1.0)
-            _t13 = ((<float>1.0)/(_t12))
-            _t14 = ((<float>1.0)/(_t12*_t12))
-            _t15 = _t11*_t14
-            _t16 = expf(-_t6)
-            _t17 = _t14*_t16
-            _t18 = (<float>6.0)*_t10
-            _t19 = _t11*_t13
-            _t20 = symprop_nan_throughf(symprop_finite_orf(_t19*_t9*(_t10 - (<float>3.0)*_t13 + (<float>6.0)*_t15 + _t17*_t18 - _t18*_t19), (<float>0.0)), x)
-            _t21 = (beta*beta*beta)
-            _t22 = ((<float>1.0)/(_t12*_t12*_t12))
-            _t23 = (<float>24.0)*_t22
-            _t24 = (<float>3.0)*_t0
-            _t25 = expf(-_t24)
-            _t26 = (<float>36.0)*_t10
-            _t27 = (<float>14.0)*_t10
-            _t28 = symprop_nan_throughf(symprop_finite_orf(_t19*_t21*(_t10*_t23*_t25 - _t10 + (<float>4.0)*_t13 - (<float>24.0)*_t15 + _t16*_t23 - _t17*_t26 + _t19*_t27), (<float>0.0)), x)
-            _t29 = _t22*_t25
-            _t30 = (<float>4.0)*_t0
-            _t31 = (<float>3.0)*_t20
-            _t32 = expf(_t24)
-            _t33 = (<float>3.0)*_t1
-            _t34 = expf(_t6)
-            _t35 = ((<float>1.0)/((_t32 + _t33 + (<float>3.0)*_t34 + (<float>1.0))))
-            _t36 = (<float>2.0)*_t1
-            _t37 = symprop_nan_throughf(symprop_finite_orf(_t35*_t7*(-_t0*_t1 + _t0 + _t36 + (<float>2.0)), (<float>0.0)), x)
-            _t38 = _t10/_t2
-            _t39 = ((<float>1.0)/((_t1 + _t11 + (<float>2.0))))
-            _t40 = ((<float>1.0)/((_t34 + _t36 + (<float>1.0))))
-            _t41 = ((<float>1.0)/((_t11 + _t33 + _t34 + (<float>3.0))))
-            _t42 = symprop_nan_throughf(symprop_finite_orf(_t9*(_t18*_t35 - _t18*_t40 + _t38 - (<float>3.0)*_t39 + (<float>6.0)*_t41), (<float>0.0)), x)
-            _t43 = (<float>3.0)*_t37
+            _t9 = expf(_t6)
+            _t10 = (<float>3.0)*_t9
+            _t11 = (<float>4.0)*_t1
+            _t12 = _t0*_t9
+            _t13 = _t1*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<float>3.0))
+            _t14 = symprop_nan_throughf(symprop_finite_orf(_t13/(_t2*_t2*_t2*_t2), (<float>0.0)), x)
+            _t15 = _t1/powf(_t2, (<float>5.0))
+            _t16 = expf((<float>3.0)*_t0)
+            _t17 = (<float>4.0)*_t16
+            _t18 = _t0*_t1
+            _t19 = _t0*_t16 - _t0 + (<float>12.0)*_t1 - (<float>11.0)*_t12 - _t17 + (<float>11.0)*_t18 + (<float>12.0)*_t9 + (<float>-4.0)
+            _t20 = _t19*(beta*beta*beta)
+            _t21 = symprop_nan_throughf(symprop_finite_orf(-_t15*_t20, (<float>0.0)), x)
+            _t22 = (<float>5.0)*_t1
+            _t23 = (<float>3.0)*_t14
+            _t24 = symprop_nan_throughf(symprop_finite_orf(_t7*(_t0 + (<float>2.0)*_t1 - _t18 + (<float>2.0))/((<float>3.0)*_t1 + _t10 + _t16 + (<float>1.0)), (<float>0.0)), x)
+            _t25 = expf((<float>4.0)*_t0)
+            _t26 = symprop_nan_throughf(symprop_finite_orf(_t13/(_t11 + _t17 + _t25 + (<float>6.0)*_t9 + (<float>1.0)), (<float>0.0)), x)
+            _t27 = (<float>3.0)*_t24
             _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t20
+            _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t28
+            _cs0_3_b[_i] = _t21
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t15*(beta*beta*beta*beta)*((<float>150.0)*_t0*_t17 - (<float>30.0)*_t0*_t19 - (<float>240.0)*_t0*_t29 + _t0 + (<float>120.0)*_t0*expf(-_t30)/(_t12*_t12*_t12*_t12) - (<float>180.0)*_t17 + (<float>70.0)*_t19 + (<float>120.0)*_t29 + (<float>-5.0)), (<float>0.0)), x)
-            _cs0_6_b[_i] = _t31
+            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t15*(beta*beta*beta*beta)*(-_t0*_t17 + _t0 - (<float>35.0)*_t1 + (<float>33.0)*_t12 + (<float>15.0)*_t16 - (<float>22.0)*_t18 + _t19*_t22/_t2 - (<float>25.0)*_t9 + (<float>5.0)), (<float>0.0)), x)
+            _cs0_6_b[_i] = _t23
             _cs0_7_b[_i] = _t8
-            _cs0_8_b[_i] = _t31
-            _cs0_9_b[_i] = (<float>4.0)*_t20
-            _cs0_10_b[_i] = (<float>6.0)*_t28
+            _cs0_8_b[_i] = _t23
+            _cs0_9_b[_i] = (<float>4.0)*_t14
+            _cs0_10_b[_i] = (<float>6.0)*_t21
             _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<float>2.0)*_t37
-            _cd0_2_b[_i] = (<float>3.0)*_t42
-            _cd0_3_b[_i] = _t43
-            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(_t21*((<float>24.0)*_t10/((<float>4.0)*_t1 + (<float>4.0)*_t32 + (<float>6.0)*_t34 + expf(_t30) + (<float>1.0)) - _t26*_t35 + _t27*_t40 - _t38 + (<float>4.0)*_t39 - (<float>24.0)*_t41 + (<float>24.0)/((<float>6.0)*_t1 + _t11 + _t32 + (<float>4.0)*_t34 + (<float>4.0))), (<float>0.0)), x)
-            _cd0_5_b[_i] = (<float>4.0)*_t37
-            _cd0_6_b[_i] = (<float>12.0)*_t42
+            _cd0_1_b[_i] = (<float>2.0)*_t24
+            _cd0_2_b[_i] = (<float>3.0)*_t26
+            _cd0_3_b[_i] = _t27
+            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(-_t1*_t20/((<float>10.0)*_t16 + _t22 + (<float>5.0)*_t25 + (<float>10.0)*_t9 + expf((<float>5.0)*_t0) + (<float>1.0)), (<float>0.0)), x)
+            _cd0_5_b[_i] = (<float>4.0)*_t24
+            _cd0_6_b[_i] = (<float>12.0)*_t26
             _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = _t43
-            _cd1_2_b[_i] = (<float>6.0)*_t42
-            _cd1_3_b[_i] = (<float>6.0)*_t37
+            _cd1_1_b[_i] = _t27
+            _cd1_2_b[_i] = (<float>6.0)*_t26
+            _cd1_3_b[_i] = (<float>6.0)*_t24
             _cd2_0_b[_i] = _t5
             _cd2_1_b[_i] = (<float>4.0)*_t8
             _cd3_0_b[_i] = _t5
@@ -14443,21 +14082,20 @@ cdef void _swish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py
 cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* gy_p = <const double*>_a[2]
-    cdef const double* x1_p = <const double*>_a[3]
-    cdef const double* x2_p = <const double*>_a[4]
-    cdef const double* x3_p = <const double*>_a[5]
-    cdef const double* x4_p = <const double*>_a[6]
-    cdef const double* gy1_p = <const double*>_a[7]
-    cdef const double* gy2_p = <const double*>_a[8]
-    cdef const double* gy3_p = <const double*>_a[9]
-    cdef const double* gy4_p = <const double*>_a[10]
-    cdef double* gx_p = <double*>_a[11]
-    cdef double* gx1_p = <double*>_a[12]
-    cdef double* gx2_p = <double*>_a[13]
-    cdef double* gx3_p = <double*>_a[14]
-    cdef double* gx4_p = <double*>_a[15]
+    cdef const double* gy_p = <const double*>_a[1]
+    cdef const double* x1_p = <const double*>_a[2]
+    cdef const double* x2_p = <const double*>_a[3]
+    cdef const double* x3_p = <const double*>_a[4]
+    cdef const double* x4_p = <const double*>_a[5]
+    cdef const double* gy1_p = <const double*>_a[6]
+    cdef const double* gy2_p = <const double*>_a[7]
+    cdef const double* gy3_p = <const double*>_a[8]
+    cdef const double* gy4_p = <const double*>_a[9]
+    cdef double* gx_p = <double*>_a[10]
+    cdef double* gx1_p = <double*>_a[11]
+    cdef double* gx2_p = <double*>_a[12]
+    cdef double* gx3_p = <double*>_a[13]
+    cdef double* gx4_p = <double*>_a[14]
     cdef double beta = <double>_s[0]
     cdef double _S0_b[_B]
     cdef double _cd0_0_b[_B]
@@ -14509,24 +14147,8 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double _t25
     cdef double _t26
     cdef double _t27
-    cdef double _t28
-    cdef double _t29
     cdef double _t3
-    cdef double _t30
-    cdef double _t31
-    cdef double _t32
-    cdef double _t33
-    cdef double _t34
-    cdef double _t35
-    cdef double _t36
-    cdef double _t37
-    cdef double _t38
-    cdef double _t39
     cdef double _t4
-    cdef double _t40
-    cdef double _t41
-    cdef double _t42
-    cdef double _t43
     cdef double _t5
     cdef double _t6
     cdef double _t7
@@ -14542,7 +14164,6 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
     cdef double x2
     cdef double x3
     cdef double x4
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -14550,7 +14171,6 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             gy = gy_p[_e]
             _t0 = beta*x
             _t1 = exp(_t0)
@@ -14561,63 +14181,47 @@ cdef void _swish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py
             _t6 = (<double>2.0)*_t0
             _t7 = _t1*beta
             _t8 = symprop_nan_through(symprop_finite_or(_t7*(-_t2*(_t0 + (<double>-2.0)) + _t6)/(_t2*_t2*_t2), (<double>0.0)), x)
-            _t9 = (beta*beta)
-            _t10 = beta*y
-            _t11 = exp(-_t0)
-            _t12 = _t11 + (<double>1.0)
-            _t13 = ((<double>1.0)/(_t12))
-            _t14 = ((<double>1.0)/(_t12*_t12))
-            _t15 = _t11*_t14
-            _t16 = exp(-_t6)
-            _t17 = _t14*_t16
-            _t18 = (<double>6.0)*_t10
-            _t19 = _t11*_t13
-            _t20 = symprop_nan_through(symprop_finite_or(_t19*_t9*(_t10 - (<double>3.0)*_t13 + (<double>6.0)*_t15 + _t17*_t18 - _t18*_t19), (<double>0.0)), x)
-            _t21 = (beta*beta*beta)
-            _t22 = ((<double>1.0)/(_t12*_t12*_t12))
-            _t23 = (<double>24.0)*_t22
-            _t24 = (<double>3.0)*_t0
-            _t25 = exp(-_t24)
-            _t26 = (<double>36.0)*_t10
-            _t27 = (<double>14.0)*_t10
-            _t28 = symprop_nan_through(symprop_finite_or(_t19*_t21*(_t10*_t23*_t25 - _t10 + (<double>4.0)*_t13 - (<double>24.0)*_t15 + _t16*_t23 - _t17*_t26 + _t19*_t27), (<double>0.0)), x)
-            _t29 = _t22*_t25
-            _t30 = (<double>4.0)*_t0
-            _t31 = (<double>3.0)*_t20
-            _t32 = exp(_t24)
-            _t33 = (<double>3.0)*_t1
-            _t34 = exp(_t6)
-            _t35 = ((<double>1.0)/((_t32 + _t33 + (<double>3.0)*_t34 + (<double>1.0))))
-            _t36 = (<double>2.0)*_t1
-            _t37 = symprop_nan_through(symprop_finite_or(_t35*_t7*(-_t0*_t1 + _t0 + _t36 + (<double>2.0)), (<double>0.0)), x)
-            _t38 = _t10/_t2
-            _t39 = ((<double>1.0)/((_t1 + _t11 + (<double>2.0))))
-            _t40 = ((<double>1.0)/((_t34 + _t36 + (<double>1.0))))
-            _t41 = ((<double>1.0)/((_t11 + _t33 + _t34 + (<double>3.0))))
-            _t42 = symprop_nan_through(symprop_finite_or(_t9*(_t18*_t35 - _t18*_t40 + _t38 - (<double>3.0)*_t39 + (<double>6.0)*_t41), (<double>0.0)), x)
-            _t43 = (<double>3.0)*_t37
+            _t9 = exp(_t6)
+            _t10 = (<double>3.0)*_t9
+            _t11 = (<double>4.0)*_t1
+            _t12 = _t0*_t9
+            _t13 = _t1*(beta*beta)*(-_t0*_t11 + _t0 - _t10 + _t12 + (<double>3.0))
+            _t14 = symprop_nan_through(symprop_finite_or(_t13/(_t2*_t2*_t2*_t2), (<double>0.0)), x)
+            _t15 = _t1/pow(_t2, (<double>5.0))
+            _t16 = exp((<double>3.0)*_t0)
+            _t17 = (<double>4.0)*_t16
+            _t18 = _t0*_t1
+            _t19 = _t0*_t16 - _t0 + (<double>12.0)*_t1 - (<double>11.0)*_t12 - _t17 + (<double>11.0)*_t18 + (<double>12.0)*_t9 + (<double>-4.0)
+            _t20 = _t19*(beta*beta*beta)
+            _t21 = symprop_nan_through(symprop_finite_or(-_t15*_t20, (<double>0.0)), x)
+            _t22 = (<double>5.0)*_t1
+            _t23 = (<double>3.0)*_t14
+            _t24 = symprop_nan_through(symprop_finite_or(_t7*(_t0 + (<double>2.0)*_t1 - _t18 + (<double>2.0))/((<double>3.0)*_t1 + _t10 + _t16 + (<double>1.0)), (<double>0.0)), x)
+            _t25 = exp((<double>4.0)*_t0)
+            _t26 = symprop_nan_through(symprop_finite_or(_t13/(_t11 + _t17 + _t25 + (<double>6.0)*_t9 + (<double>1.0)), (<double>0.0)), x)
+            _t27 = (<double>3.0)*_t24
             _cs0_0_b[_i] = _t8
-            _cs0_1_b[_i] = _t20
+            _cs0_1_b[_i] = _t14
             _cs0_2_b[_i] = _t8
-            _cs0_3_b[_i] = _t28
+            _cs0_3_b[_i] = _t21
             _cs0_4_b[_i] = _t8
-            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t15*(beta*beta*beta*beta)*((<double>150.0)*_t0*_t17 - (<double>30.0)*_t0*_t19 - (<double>240.0)*_t0*_t29 + _t0 + (<double>120.0)*_t0*exp(-_t30)/(_t12*_t12*_t12*_t12) - (<double>180.0)*_t17 + (<double>70.0)*_t19 + (<double>120.0)*_t29 + (<double>-5.0)), (<double>0.0)), x)
-            _cs0_6_b[_i] = _t31
+            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t15*(beta*beta*beta*beta)*(-_t0*_t17 + _t0 - (<double>35.0)*_t1 + (<double>33.0)*_t12 + (<double>15.0)*_t16 - (<double>22.0)*_t18 + _t19*_t22/_t2 - (<double>25.0)*_t9 + (<double>5.0)), (<double>0.0)), x)
+            _cs0_6_b[_i] = _t23
             _cs0_7_b[_i] = _t8
-            _cs0_8_b[_i] = _t31
-            _cs0_9_b[_i] = (<double>4.0)*_t20
-            _cs0_10_b[_i] = (<double>6.0)*_t28
+            _cs0_8_b[_i] = _t23
+            _cs0_9_b[_i] = (<double>4.0)*_t14
+            _cs0_10_b[_i] = (<double>6.0)*_t21
             _cd0_0_b[_i] = _t5
-            _cd0_1_b[_i] = (<double>2.0)*_t37
-            _cd0_2_b[_i] = (<double>3.0)*_t42
-            _cd0_3_b[_i] = _t43
-            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(_t21*((<double>24.0)*_t10/((<double>4.0)*_t1 + (<double>4.0)*_t32 + (<double>6.0)*_t34 + exp(_t30) + (<double>1.0)) - _t26*_t35 + _t27*_t40 - _t38 + (<double>4.0)*_t39 - (<double>24.0)*_t41 + (<double>24.0)/((<double>6.0)*_t1 + _t11 + _t32 + (<double>4.0)*_t34 + (<double>4.0))), (<double>0.0)), x)
-            _cd0_5_b[_i] = (<double>4.0)*_t37
-            _cd0_6_b[_i] = (<double>12.0)*_t42
+            _cd0_1_b[_i] = (<double>2.0)*_t24
+            _cd0_2_b[_i] = (<double>3.0)*_t26
+            _cd0_3_b[_i] = _t27
+            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(-_t1*_t20/((<double>10.0)*_t16 + _t22 + (<double>5.0)*_t25 + (<double>10.0)*_t9 + exp((<double>5.0)*_t0) + (<double>1.0)), (<double>0.0)), x)
+            _cd0_5_b[_i] = (<double>4.0)*_t24
+            _cd0_6_b[_i] = (<double>12.0)*_t26
             _cd1_0_b[_i] = _t5
-            _cd1_1_b[_i] = _t43
-            _cd1_2_b[_i] = (<double>6.0)*_t42
-            _cd1_3_b[_i] = (<double>6.0)*_t37
+            _cd1_1_b[_i] = _t27
+            _cd1_2_b[_i] = (<double>6.0)*_t26
+            _cd1_3_b[_i] = (<double>6.0)*_t24
             _cd2_0_b[_i] = _t5
             _cd2_1_b[_i] = (<double>4.0)*_t8
             _cd3_0_b[_i] = _t5
@@ -14799,31 +14403,28 @@ cdef void _swish_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_s
         _b0 += _n
 
 # ---------------------------------------------------------------- swish_vjp_laplacian
-# gx = gLy*(L*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(beta**3*y*exp(-beta*x)/(1 + exp(-beta*x)) - 6*beta**3*y*exp(-2*beta*x)/(1 + exp(-beta*x))**2 + 6*beta**3*y*exp(-3*beta*x)/(1 + exp(-beta*x))**3 - 3*beta**2*exp(-beta*x)/(1 + exp(-beta*x))**2 + 6*beta**2*exp(-2*beta*x)/(1 + exp(-beta*x))**3, 0), x)) + gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(J*gJy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gL = gLy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); gJ = 2*J*gLy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gJy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
+# gx = gLy*(L*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + dsum(J**2)*nan_through(finite_or(beta**2*(beta*x*exp(2*beta*x) - 4*beta*x*exp(beta*x) + beta*x - 3*exp(2*beta*x) + 3)*exp(beta*x)/(exp(beta*x) + 1)**4, 0), x)) + gy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + dsum(J*gJy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)); gL = gLy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x); gJ = 2*J*gLy*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x) + gJy*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)
 cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
-    cdef const float* y_p = <const float*>_a[1]
-    cdef const float* L_p = <const float*>_a[2]
-    cdef const float* gy_p = <const float*>_a[3]
-    cdef const float* gLy_p = <const float*>_a[4]
-    cdef const float* J_p = <const float*>_a[5]
-    cdef const float* gJy_p = <const float*>_a[6]
-    cdef float* gx_p = <float*>_a[7]
-    cdef float* gL_p = <float*>_a[8]
-    cdef float* gJ_p = <float*>_a[9]
+    cdef const float* L_p = <const float*>_a[1]
+    cdef const float* gy_p = <const float*>_a[2]
+    cdef const float* gLy_p = <const float*>_a[3]
+    cdef const float* J_p = <const float*>_a[4]
+    cdef const float* gJy_p = <const float*>_a[5]
+    cdef float* gx_p = <float*>_a[6]
+    cdef float* gL_p = <float*>_a[7]
+    cdef float* gJ_p = <float*>_a[8]
     cdef float beta = <float>_s[0]
     cdef float _S0_b[_B]
     cdef float _S1_b[_B]
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
     cdef float _cs1_0_b[_B]
-    cdef float _t10_b[_B]
-    cdef float _t11_b[_B]
-    cdef float _t12_b[_B]
-    cdef float _t13_b[_B]
+    cdef float _t0_b[_B]
+    cdef float _t1_b[_B]
+    cdef float _t2_b[_B]
     cdef float _t5_b[_B]
-    cdef float _t6_b[_B]
     cdef float _t7_b[_B]
     cdef float _t8_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
@@ -14833,10 +14434,6 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
     cdef float _S1
     cdef float _t0
     cdef float _t1
-    cdef float _t10
-    cdef float _t11
-    cdef float _t12
-    cdef float _t13
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -14844,12 +14441,10 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
     cdef float _t6
     cdef float _t7
     cdef float _t8
-    cdef float _t9
     cdef float gJy
     cdef float gLy
     cdef float gy
     cdef float x
-    cdef float y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -14857,7 +14452,6 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
@@ -14869,24 +14463,17 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
             _t5 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x)
             _t6 = (<float>2.0)*_t0
             _t7 = symprop_nan_throughf(symprop_finite_orf(_t1*beta*(-_t2*(_t0 + (<float>-2.0)) + _t6)/(_t2*_t2*_t2), (<float>0.0)), x)
-            _t8 = expf(-_t0)
-            _t9 = _t8 + (<float>1.0)
-            _t10 = ((<float>1.0)/(_t9))
-            _t11 = beta*y
-            _t12 = ((<float>1.0)/(_t9*_t9))
-            _t13 = (<float>6.0)*_t8
+            _t8 = expf(_t6)
             gL_p[_e] = _t5*gLy
             _cs1_0_b[_i] = _t7
             _cd0_0_b[_i] = (<float>2.0)*_t7*gLy
             _cd0_1_b[_i] = _t5
+            _t0_b[_i] = _t0
+            _t1_b[_i] = _t1
+            _t2_b[_i] = _t2
             _t5_b[_i] = _t5
-            _t6_b[_i] = _t6
             _t7_b[_i] = _t7
             _t8_b[_i] = _t8
-            _t10_b[_i] = _t10
-            _t11_b[_i] = _t11
-            _t12_b[_i] = _t12
-            _t13_b[_i] = _t13
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -14902,17 +14489,15 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
+            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
+            _t2 = _t2_b[_i]
             _t5 = _t5_b[_i]
-            _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
             _t8 = _t8_b[_i]
-            _t10 = _t10_b[_i]
-            _t11 = _t11_b[_i]
-            _t12 = _t12_b[_i]
-            _t13 = _t13_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t5*gy + gLy*(L*_t7 + _S0*symprop_nan_throughf(symprop_finite_orf(_t10*_t8*(beta*beta)*(-_t10*_t11*_t13 - (<float>3.0)*_t10 + (<float>6.0)*_t11*_t12*expf(-_t6) + _t11 + _t12*_t13), (<float>0.0)), x))
+            gx_p[_e] = _S1 + _t5*gy + gLy*(L*_t7 + _S0*symprop_nan_throughf(symprop_finite_orf(_t1*(beta*beta)*(-(<float>4.0)*_t0*_t1 + _t0*_t8 + _t0 - (<float>3.0)*_t8 + (<float>3.0))/(_t2*_t2*_t2*_t2), (<float>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -14924,27 +14509,24 @@ cdef void _swish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, 
 cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
-    cdef const double* y_p = <const double*>_a[1]
-    cdef const double* L_p = <const double*>_a[2]
-    cdef const double* gy_p = <const double*>_a[3]
-    cdef const double* gLy_p = <const double*>_a[4]
-    cdef const double* J_p = <const double*>_a[5]
-    cdef const double* gJy_p = <const double*>_a[6]
-    cdef double* gx_p = <double*>_a[7]
-    cdef double* gL_p = <double*>_a[8]
-    cdef double* gJ_p = <double*>_a[9]
+    cdef const double* L_p = <const double*>_a[1]
+    cdef const double* gy_p = <const double*>_a[2]
+    cdef const double* gLy_p = <const double*>_a[3]
+    cdef const double* J_p = <const double*>_a[4]
+    cdef const double* gJy_p = <const double*>_a[5]
+    cdef double* gx_p = <double*>_a[6]
+    cdef double* gL_p = <double*>_a[7]
+    cdef double* gJ_p = <double*>_a[8]
     cdef double beta = <double>_s[0]
     cdef double _S0_b[_B]
     cdef double _S1_b[_B]
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
     cdef double _cs1_0_b[_B]
-    cdef double _t10_b[_B]
-    cdef double _t11_b[_B]
-    cdef double _t12_b[_B]
-    cdef double _t13_b[_B]
+    cdef double _t0_b[_B]
+    cdef double _t1_b[_B]
+    cdef double _t2_b[_B]
     cdef double _t5_b[_B]
-    cdef double _t6_b[_B]
     cdef double _t7_b[_B]
     cdef double _t8_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
@@ -14954,10 +14536,6 @@ cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, 
     cdef double _S1
     cdef double _t0
     cdef double _t1
-    cdef double _t10
-    cdef double _t11
-    cdef double _t12
-    cdef double _t13
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -14965,12 +14543,10 @@ cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, 
     cdef double _t6
     cdef double _t7
     cdef double _t8
-    cdef double _t9
     cdef double gJy
     cdef double gLy
     cdef double gy
     cdef double x
-    cdef double y
     while _b0 < _hi:
         _n = _hi - _b0
         if _n > _B:
@@ -14978,7 +14554,6 @@ cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, 
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
@@ -14990,24 +14565,17 @@ cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, 
             _t5 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x)
             _t6 = (<double>2.0)*_t0
             _t7 = symprop_nan_through(symprop_finite_or(_t1*beta*(-_t2*(_t0 + (<double>-2.0)) + _t6)/(_t2*_t2*_t2), (<double>0.0)), x)
-            _t8 = exp(-_t0)
-            _t9 = _t8 + (<double>1.0)
-            _t10 = ((<double>1.0)/(_t9))
-            _t11 = beta*y
-            _t12 = ((<double>1.0)/(_t9*_t9))
-            _t13 = (<double>6.0)*_t8
+            _t8 = exp(_t6)
             gL_p[_e] = _t5*gLy
             _cs1_0_b[_i] = _t7
             _cd0_0_b[_i] = (<double>2.0)*_t7*gLy
             _cd0_1_b[_i] = _t5
+            _t0_b[_i] = _t0
+            _t1_b[_i] = _t1
+            _t2_b[_i] = _t2
             _t5_b[_i] = _t5
-            _t6_b[_i] = _t6
             _t7_b[_i] = _t7
             _t8_b[_i] = _t8
-            _t10_b[_i] = _t10
-            _t11_b[_i] = _t11
-            _t12_b[_i] = _t12
-            _t13_b[_i] = _t13
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -15023,17 +14591,15 @@ cdef void _swish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, 
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
+            _t0 = _t0_b[_i]
+            _t1 = _t1_b[_i]
+            _t2 = _t2_b[_i]
             _t5 = _t5_b[_i]
-            _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
             _t8 = _t8_b[_i]
-            _t10 = _t10_b[_i]
-            _t11 = _t11_b[_i]
-            _t12 = _t12_b[_i]
-            _t13 = _t13_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t5*gy + gLy*(L*_t7 + _S0*symprop_nan_through(symprop_finite_or(_t10*_t8*(beta*beta)*(-_t10*_t11*_t13 - (<double>3.0)*_t10 + (<double>6.0)*_t11*_t12*exp(-_t6) + _t11 + _t12*_t13), (<double>0.0)), x))
+            gx_p[_e] = _S1 + _t5*gy + gLy*(L*_t7 + _S0*symprop_nan_through(symprop_finite_or(_t1*(beta*beta)*(-(<double>4.0)*_t0*_t1 + _t0*_t8 + _t0 - (<double>3.0)*_t8 + (<double>3.0))/(_t2*_t2*_t2*_t2), (<double>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -15303,7 +14869,7 @@ cdef void _gelu_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_vjp_taylor2
-# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -15350,7 +14916,7 @@ cdef void _gelu_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t3 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t2 + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
             _t4 = symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
             _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>0.3989422804014327)*_t0 + (<float>-1.5957691216057308)), (<float>0.0)), x)
+            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(-(<float>-0.3989422804014327)*_t2*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x)
             _cs0_2_b[_i] = _t4
             _cd0_0_b[_i] = _t3
             _cd0_1_b[_i] = (<float>2.0)*_t4
@@ -15428,7 +14994,7 @@ cdef void _gelu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t3 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t2 + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
             _t4 = symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
             _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t2*((<double>0.3989422804014327)*_t0 + (<double>-1.5957691216057308)), (<double>0.0)), x)
+            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(-(<double>-0.3989422804014327)*_t2*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x)
             _cs0_2_b[_i] = _t4
             _cd0_0_b[_i] = _t3
             _cd0_1_b[_i] = (<double>2.0)*_t4
@@ -15461,7 +15027,7 @@ cdef void _gelu_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_taylor3
-# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -15506,7 +15072,7 @@ cdef void _gelu_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _cd0_0_b[_i] = _t4
             _cd1_0_b[_i] = _t5
             _cd1_1_b[_i] = _t4
-            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t3*((<float>0.3989422804014327)*_t1 + (<float>-1.5957691216057308)), (<float>0.0)), x)
+            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(-(<float>-0.3989422804014327)*_t3*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x)
             _cd2_1_b[_i] = _t4
             _cd2_2_b[_i] = (<float>3.0)*_t5
         for _k in range(_d):
@@ -15564,7 +15130,7 @@ cdef void _gelu_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _cd0_0_b[_i] = _t4
             _cd1_0_b[_i] = _t5
             _cd1_1_b[_i] = _t4
-            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t3*((<double>0.3989422804014327)*_t1 + (<double>-1.5957691216057308)), (<double>0.0)), x)
+            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(-(<double>-0.3989422804014327)*_t3*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x)
             _cd2_1_b[_i] = _t4
             _cd2_2_b[_i] = (<double>3.0)*_t5
         for _k in range(_d):
@@ -15579,7 +15145,7 @@ cdef void _gelu_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_vjp_taylor3
-# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -15619,6 +15185,7 @@ cdef void _gelu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t5
     cdef float _t6
     cdef float _t7
+    cdef float _t8
     cdef float gy
     cdef float gy1
     cdef float gy2
@@ -15639,22 +15206,23 @@ cdef void _gelu_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = expf(-(<float>0.5)*_t0)
             _t2 = _t1*x
             _t3 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t2 + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t4 = symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
-            _t5 = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>0.3989422804014327)*_t0 + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _t6 = (<float>3.0)*_t5
-            _t7 = (<float>3.0)*_t4
-            _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = _t5
-            _cs0_2_b[_i] = _t4
-            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t1*((<float>2.7925959628100285)*_t0 + (<float>-0.3989422804014327)*(x*x*x*x) + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _cs0_4_b[_i] = _t4
-            _cs0_5_b[_i] = _t6
+            _t4 = (<float>-0.3989422804014327)*_t1
+            _t5 = symprop_nan_throughf(symprop_finite_orf(_t4*(_t0 + (<float>-2.0)), (<float>0.0)), x)
+            _t6 = (<float>-0.3989422804014327)*_t2
+            _t7 = symprop_nan_throughf(symprop_finite_orf(-_t6*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x)
+            _t8 = (<float>3.0)*_t5
+            _cs0_0_b[_i] = _t5
+            _cs0_1_b[_i] = _t7
+            _cs0_2_b[_i] = _t5
+            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t4*(-(<float>7.0)*_t0 + (x*x*x*x) + (<float>4.0)), (<float>0.0)), x)
+            _cs0_4_b[_i] = _t5
+            _cs0_5_b[_i] = (<float>3.0)*_t7
             _cd0_0_b[_i] = _t3
-            _cd0_1_b[_i] = (<float>2.0)*_t4
-            _cd0_2_b[_i] = _t6
-            _cd0_3_b[_i] = _t7
+            _cd0_1_b[_i] = (<float>2.0)*_t5
+            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(-_t6*(_t0 + (<float>-4.0)), (<float>0.0)), x)
+            _cd0_3_b[_i] = _t8
             _cd1_0_b[_i] = _t3
-            _cd1_1_b[_i] = _t7
+            _cd1_1_b[_i] = _t8
             _cd2_0_b[_i] = _t3
             _t3_b[_i] = _t3
             _S0_b[_i] = 0
@@ -15727,6 +15295,7 @@ cdef void _gelu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t5
     cdef double _t6
     cdef double _t7
+    cdef double _t8
     cdef double gy
     cdef double gy1
     cdef double gy2
@@ -15747,22 +15316,23 @@ cdef void _gelu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = exp(-(<double>0.5)*_t0)
             _t2 = _t1*x
             _t3 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t2 + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t4 = symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
-            _t5 = symprop_nan_through(symprop_finite_or(_t2*((<double>0.3989422804014327)*_t0 + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _t6 = (<double>3.0)*_t5
-            _t7 = (<double>3.0)*_t4
-            _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = _t5
-            _cs0_2_b[_i] = _t4
-            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t1*((<double>2.7925959628100285)*_t0 + (<double>-0.3989422804014327)*(x*x*x*x) + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _cs0_4_b[_i] = _t4
-            _cs0_5_b[_i] = _t6
+            _t4 = (<double>-0.3989422804014327)*_t1
+            _t5 = symprop_nan_through(symprop_finite_or(_t4*(_t0 + (<double>-2.0)), (<double>0.0)), x)
+            _t6 = (<double>-0.3989422804014327)*_t2
+            _t7 = symprop_nan_through(symprop_finite_or(-_t6*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x)
+            _t8 = (<double>3.0)*_t5
+            _cs0_0_b[_i] = _t5
+            _cs0_1_b[_i] = _t7
+            _cs0_2_b[_i] = _t5
+            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t4*(-(<double>7.0)*_t0 + (x*x*x*x) + (<double>4.0)), (<double>0.0)), x)
+            _cs0_4_b[_i] = _t5
+            _cs0_5_b[_i] = (<double>3.0)*_t7
             _cd0_0_b[_i] = _t3
-            _cd0_1_b[_i] = (<double>2.0)*_t4
-            _cd0_2_b[_i] = _t6
-            _cd0_3_b[_i] = _t7
+            _cd0_1_b[_i] = (<double>2.0)*_t5
+            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(-_t6*(_t0 + (<double>-4.0)), (<double>0.0)), x)
+            _cd0_3_b[_i] = _t8
             _cd1_0_b[_i] = _t3
-            _cd1_1_b[_i] = _t7
+            _cd1_1_b[_i] = _t8
             _cd2_0_b[_i] = _t3
             _t3_b[_i] = _t3
             _S0_b[_i] = 0
@@ -15797,7 +15367,7 @@ cdef void _gelu_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_taylor4
-# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 6*x1**2*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 4*x1*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + 3*x2**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# y = at_infinity(x*(erf(0.7071067811865476*x) + 1)/2, x, -1, 0); y1 = x1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y2 = x1**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y3 = x1**3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x1*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); y4 = x1**4*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 6*x1**2*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 4*x1*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + 3*x2**2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + x4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -15830,6 +15400,7 @@ cdef void _gelu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t5
     cdef float _t6
     cdef float _t7
+    cdef float _t8
     cdef float x
     cdef float x1
     cdef float x2
@@ -15847,21 +15418,22 @@ cdef void _gelu_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = expf(-(<float>0.5)*_t1)
             _t3 = _t2*x
             _t4 = symprop_at_infinityf(symprop_at_infinityf(((<float>0.5))*_t0 + (<float>0.3989422804014327)*_t3 + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t5 = symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t2*(_t1 + (<float>-2.0)), (<float>0.0)), x)
-            _t6 = symprop_nan_throughf(symprop_finite_orf(_t3*((<float>0.3989422804014327)*_t1 + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _t7 = (<float>3.0)*_t5
+            _t5 = (<float>-0.3989422804014327)*_t2
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t5*(_t1 + (<float>-2.0)), (<float>0.0)), x)
+            _t7 = symprop_nan_throughf(symprop_finite_orf(-(<float>-0.3989422804014327)*_t3*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x)
+            _t8 = (<float>3.0)*_t6
             y_p[_e] = symprop_at_infinityf(((<float>0.5))*x*(_t0 + (<float>1.0)), x, (<float>-1.0), (<float>0.0))
             _cd0_0_b[_i] = _t4
-            _cd1_0_b[_i] = _t5
+            _cd1_0_b[_i] = _t6
             _cd1_1_b[_i] = _t4
-            _cd2_0_b[_i] = _t6
+            _cd2_0_b[_i] = _t7
             _cd2_1_b[_i] = _t4
-            _cd2_2_b[_i] = _t7
-            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>2.7925959628100285)*_t1 + (<float>-0.3989422804014327)*(x*x*x*x) + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _cd3_1_b[_i] = _t7
+            _cd2_2_b[_i] = _t8
+            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t5*(-(<float>7.0)*_t1 + (x*x*x*x) + (<float>4.0)), (<float>0.0)), x)
+            _cd3_1_b[_i] = _t8
             _cd3_2_b[_i] = _t4
-            _cd3_3_b[_i] = (<float>4.0)*_t5
-            _cd3_4_b[_i] = (<float>6.0)*_t6
+            _cd3_3_b[_i] = (<float>4.0)*_t6
+            _cd3_4_b[_i] = (<float>6.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -15907,6 +15479,7 @@ cdef void _gelu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t5
     cdef double _t6
     cdef double _t7
+    cdef double _t8
     cdef double x
     cdef double x1
     cdef double x2
@@ -15924,21 +15497,22 @@ cdef void _gelu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = exp(-(<double>0.5)*_t1)
             _t3 = _t2*x
             _t4 = symprop_at_infinity(symprop_at_infinity(((<double>0.5))*_t0 + (<double>0.3989422804014327)*_t3 + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t5 = symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t2*(_t1 + (<double>-2.0)), (<double>0.0)), x)
-            _t6 = symprop_nan_through(symprop_finite_or(_t3*((<double>0.3989422804014327)*_t1 + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _t7 = (<double>3.0)*_t5
+            _t5 = (<double>-0.3989422804014327)*_t2
+            _t6 = symprop_nan_through(symprop_finite_or(_t5*(_t1 + (<double>-2.0)), (<double>0.0)), x)
+            _t7 = symprop_nan_through(symprop_finite_or(-(<double>-0.3989422804014327)*_t3*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x)
+            _t8 = (<double>3.0)*_t6
             y_p[_e] = symprop_at_infinity(((<double>0.5))*x*(_t0 + (<double>1.0)), x, (<double>-1.0), (<double>0.0))
             _cd0_0_b[_i] = _t4
-            _cd1_0_b[_i] = _t5
+            _cd1_0_b[_i] = _t6
             _cd1_1_b[_i] = _t4
-            _cd2_0_b[_i] = _t6
+            _cd2_0_b[_i] = _t7
             _cd2_1_b[_i] = _t4
-            _cd2_2_b[_i] = _t7
-            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t2*((<double>2.7925959628100285)*_t1 + (<double>-0.3989422804014327)*(x*x*x*x) + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _cd3_1_b[_i] = _t7
+            _cd2_2_b[_i] = _t8
+            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t5*(-(<double>7.0)*_t1 + (x*x*x*x) + (<double>4.0)), (<double>0.0)), x)
+            _cd3_1_b[_i] = _t8
             _cd3_2_b[_i] = _t4
-            _cd3_3_b[_i] = (<double>4.0)*_t5
-            _cd3_4_b[_i] = (<double>6.0)*_t6
+            _cd3_3_b[_i] = (<double>4.0)*_t6
+            _cd3_4_b[_i] = (<double>6.0)*_t7
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -15953,7 +15527,7 @@ cdef void _gelu_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_vjp_taylor4
-# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*x1**4*nan_through(finite_or(0.3989422804014327*x**5*exp(-x**2/2) - 4.388365084415759*x**3*exp(-x**2/2) + 7.1809610472257885*x*exp(-x**2/2), 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 4*gy4*x1*x3*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*gy4*x2**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + gy4*x4*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-0.3989422804014327*x**4*exp(-x**2/2) + 2.7925959628100285*x**2*exp(-x**2/2) - 1.5957691216057308*exp(-x**2/2), 0), x) + 12*x1*x2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 4*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x) + 6*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx4 = gy4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# gx = gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(gy1*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy2*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy2*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 3*gy3*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy3*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*x1**4*nan_through(finite_or(--0.3989422804014327*x*(x - 3)*(x + 3)*(x**2 - 2)*exp(-x**2/2), 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 4*gy4*x1*x3*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*gy4*x2**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + gy4*x4*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx1 = gy1*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 2*gy2*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 3*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-0.3989422804014327*(x**4 - 7*x**2 + 4)*exp(-x**2/2), 0), x) + 12*x1*x2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 4*x3*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx2 = gy2*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 3*gy3*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x) + 6*x2*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gx3 = gy3*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + 4*gy4*x1*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x); gx4 = gy4*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16003,6 +15577,9 @@ cdef void _gelu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t0
     cdef float _t1
     cdef float _t10
+    cdef float _t11
+    cdef float _t12
+    cdef float _t13
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -16033,37 +15610,40 @@ cdef void _gelu_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = expf(-(<float>0.5)*_t0)
             _t2 = _t1*x
             _t3 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t2 + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t4 = symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
-            _t5 = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>0.3989422804014327)*_t0 + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _t6 = (x*x*x*x)
-            _t7 = symprop_nan_throughf(symprop_finite_orf(_t1*((<float>2.7925959628100285)*_t0 + (<float>-0.3989422804014327)*_t6 + (<float>-1.5957691216057308)), (<float>0.0)), x)
-            _t8 = (<float>3.0)*_t5
-            _t9 = (<float>3.0)*_t4
-            _t10 = (<float>4.0)*_t4
-            _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = _t5
-            _cs0_2_b[_i] = _t4
-            _cs0_3_b[_i] = _t7
-            _cs0_4_b[_i] = _t4
-            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t2*((<float>-4.388365084415759)*_t0 + (<float>0.3989422804014327)*_t6 + (<float>7.1809610472257885)), (<float>0.0)), x)
-            _cs0_6_b[_i] = _t8
-            _cs0_7_b[_i] = _t4
-            _cs0_8_b[_i] = _t8
-            _cs0_9_b[_i] = (<float>4.0)*_t5
-            _cs0_10_b[_i] = (<float>6.0)*_t7
+            _t4 = _t0 + (<float>-2.0)
+            _t5 = (<float>-0.3989422804014327)*_t1
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t4*_t5, (<float>0.0)), x)
+            _t7 = (<float>-0.3989422804014327)*_t2
+            _t8 = symprop_nan_throughf(symprop_finite_orf(-_t7*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x)
+            _t9 = symprop_nan_throughf(symprop_finite_orf(_t5*(-(<float>7.0)*_t0 + (x*x*x*x) + (<float>4.0)), (<float>0.0)), x)
+            _t10 = (<float>3.0)*_t8
+            _t11 = symprop_nan_throughf(symprop_finite_orf(-_t7*(_t0 + (<float>-4.0)), (<float>0.0)), x)
+            _t12 = (<float>3.0)*_t6
+            _t13 = (<float>4.0)*_t6
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t8
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t9
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t4*_t7*(x + (<float>-3.0))*(x + (<float>3.0)), (<float>0.0)), x)
+            _cs0_6_b[_i] = _t10
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t10
+            _cs0_9_b[_i] = (<float>4.0)*_t8
+            _cs0_10_b[_i] = (<float>6.0)*_t9
             _cd0_0_b[_i] = _t3
-            _cd0_1_b[_i] = (<float>2.0)*_t4
-            _cd0_2_b[_i] = _t8
-            _cd0_3_b[_i] = _t9
-            _cd0_4_b[_i] = (<float>4.0)*_t7
-            _cd0_5_b[_i] = _t10
-            _cd0_6_b[_i] = (<float>12.0)*_t5
+            _cd0_1_b[_i] = (<float>2.0)*_t6
+            _cd0_2_b[_i] = (<float>3.0)*_t11
+            _cd0_3_b[_i] = _t12
+            _cd0_4_b[_i] = (<float>4.0)*_t9
+            _cd0_5_b[_i] = _t13
+            _cd0_6_b[_i] = (<float>12.0)*_t11
             _cd1_0_b[_i] = _t3
-            _cd1_1_b[_i] = _t9
-            _cd1_2_b[_i] = (<float>6.0)*_t5
-            _cd1_3_b[_i] = (<float>6.0)*_t4
+            _cd1_1_b[_i] = _t12
+            _cd1_2_b[_i] = (<float>6.0)*_t11
+            _cd1_3_b[_i] = (<float>6.0)*_t6
             _cd2_0_b[_i] = _t3
-            _cd2_1_b[_i] = _t10
+            _cd2_1_b[_i] = _t13
             _cd3_0_b[_i] = _t3
             _t3_b[_i] = _t3
             _S0_b[_i] = 0
@@ -16151,6 +15731,9 @@ cdef void _gelu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t0
     cdef double _t1
     cdef double _t10
+    cdef double _t11
+    cdef double _t12
+    cdef double _t13
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -16181,37 +15764,40 @@ cdef void _gelu_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = exp(-(<double>0.5)*_t0)
             _t2 = _t1*x
             _t3 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t2 + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t4 = symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
-            _t5 = symprop_nan_through(symprop_finite_or(_t2*((<double>0.3989422804014327)*_t0 + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _t6 = (x*x*x*x)
-            _t7 = symprop_nan_through(symprop_finite_or(_t1*((<double>2.7925959628100285)*_t0 + (<double>-0.3989422804014327)*_t6 + (<double>-1.5957691216057308)), (<double>0.0)), x)
-            _t8 = (<double>3.0)*_t5
-            _t9 = (<double>3.0)*_t4
-            _t10 = (<double>4.0)*_t4
-            _cs0_0_b[_i] = _t4
-            _cs0_1_b[_i] = _t5
-            _cs0_2_b[_i] = _t4
-            _cs0_3_b[_i] = _t7
-            _cs0_4_b[_i] = _t4
-            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(_t2*((<double>-4.388365084415759)*_t0 + (<double>0.3989422804014327)*_t6 + (<double>7.1809610472257885)), (<double>0.0)), x)
-            _cs0_6_b[_i] = _t8
-            _cs0_7_b[_i] = _t4
-            _cs0_8_b[_i] = _t8
-            _cs0_9_b[_i] = (<double>4.0)*_t5
-            _cs0_10_b[_i] = (<double>6.0)*_t7
+            _t4 = _t0 + (<double>-2.0)
+            _t5 = (<double>-0.3989422804014327)*_t1
+            _t6 = symprop_nan_through(symprop_finite_or(_t4*_t5, (<double>0.0)), x)
+            _t7 = (<double>-0.3989422804014327)*_t2
+            _t8 = symprop_nan_through(symprop_finite_or(-_t7*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x)
+            _t9 = symprop_nan_through(symprop_finite_or(_t5*(-(<double>7.0)*_t0 + (x*x*x*x) + (<double>4.0)), (<double>0.0)), x)
+            _t10 = (<double>3.0)*_t8
+            _t11 = symprop_nan_through(symprop_finite_or(-_t7*(_t0 + (<double>-4.0)), (<double>0.0)), x)
+            _t12 = (<double>3.0)*_t6
+            _t13 = (<double>4.0)*_t6
+            _cs0_0_b[_i] = _t6
+            _cs0_1_b[_i] = _t8
+            _cs0_2_b[_i] = _t6
+            _cs0_3_b[_i] = _t9
+            _cs0_4_b[_i] = _t6
+            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(-_t4*_t7*(x + (<double>-3.0))*(x + (<double>3.0)), (<double>0.0)), x)
+            _cs0_6_b[_i] = _t10
+            _cs0_7_b[_i] = _t6
+            _cs0_8_b[_i] = _t10
+            _cs0_9_b[_i] = (<double>4.0)*_t8
+            _cs0_10_b[_i] = (<double>6.0)*_t9
             _cd0_0_b[_i] = _t3
-            _cd0_1_b[_i] = (<double>2.0)*_t4
-            _cd0_2_b[_i] = _t8
-            _cd0_3_b[_i] = _t9
-            _cd0_4_b[_i] = (<double>4.0)*_t7
-            _cd0_5_b[_i] = _t10
-            _cd0_6_b[_i] = (<double>12.0)*_t5
+            _cd0_1_b[_i] = (<double>2.0)*_t6
+            _cd0_2_b[_i] = (<double>3.0)*_t11
+            _cd0_3_b[_i] = _t12
+            _cd0_4_b[_i] = (<double>4.0)*_t9
+            _cd0_5_b[_i] = _t13
+            _cd0_6_b[_i] = (<double>12.0)*_t11
             _cd1_0_b[_i] = _t3
-            _cd1_1_b[_i] = _t9
-            _cd1_2_b[_i] = (<double>6.0)*_t5
-            _cd1_3_b[_i] = (<double>6.0)*_t4
+            _cd1_1_b[_i] = _t12
+            _cd1_2_b[_i] = (<double>6.0)*_t11
+            _cd1_3_b[_i] = (<double>6.0)*_t6
             _cd2_0_b[_i] = _t3
-            _cd2_1_b[_i] = _t10
+            _cd2_1_b[_i] = _t13
             _cd3_0_b[_i] = _t3
             _t3_b[_i] = _t3
             _S0_b[_i] = 0
@@ -16375,7 +15961,7 @@ cdef void _gelu_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ss
         _b0 += _n
 
 # ---------------------------------------------------------------- gelu_vjp_laplacian
-# gx = gLy*(L*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + dsum(J**2)*nan_through(finite_or(0.3989422804014327*x**3*exp(-x**2/2) - 1.5957691216057308*x*exp(-x**2/2), 0), x)) + gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gL = gLy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gJy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
+# gx = gLy*(L*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + dsum(J**2)*nan_through(finite_or(--0.3989422804014327*x*(x - 2)*(x + 2)*exp(-x**2/2), 0), x)) + gy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + dsum(J*gJy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)); gL = gLy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0); gJ = 2*J*gLy*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x) + gJy*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)
 cdef void _gelu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16392,7 +15978,6 @@ cdef void _gelu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _cd0_0_b[_B]
     cdef float _cd0_1_b[_B]
     cdef float _cs1_0_b[_B]
-    cdef float _t0_b[_B]
     cdef float _t2_b[_B]
     cdef float _t3_b[_B]
     cdef float _t4_b[_B]
@@ -16422,14 +16007,13 @@ cdef void _gelu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
             gLy = gLy_p[_e]
             _t0 = (x*x)
             _t1 = expf(-(<float>0.5)*_t0)
-            _t2 = _t1*x
-            _t3 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t2 + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
-            _t4 = symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
-            gL_p[_e] = _t3*gLy
+            _t2 = symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0))
+            _t3 = (<float>-0.3989422804014327)*_t1
+            _t4 = symprop_nan_throughf(symprop_finite_orf(_t3*(_t0 + (<float>-2.0)), (<float>0.0)), x)
+            gL_p[_e] = _t2*gLy
             _cs1_0_b[_i] = _t4
             _cd0_0_b[_i] = (<float>2.0)*_t4*gLy
-            _cd0_1_b[_i] = _t3
-            _t0_b[_i] = _t0
+            _cd0_1_b[_i] = _t2
             _t2_b[_i] = _t2
             _t3_b[_i] = _t3
             _t4_b[_i] = _t4
@@ -16448,13 +16032,12 @@ cdef void _gelu_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
-            _t0 = _t0_b[_i]
             _t2 = _t2_b[_i]
             _t3 = _t3_b[_i]
             _t4 = _t4_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t3*gy + gLy*(L*_t4 + _S0*symprop_nan_throughf(symprop_finite_orf(_t2*((<float>0.3989422804014327)*_t0 + (<float>-1.5957691216057308)), (<float>0.0)), x))
+            gx_p[_e] = _S1 + _t2*gy + gLy*(L*_t4 + _S0*symprop_nan_throughf(symprop_finite_orf(-_t3*x*(x + (<float>-2.0))*(x + (<float>2.0)), (<float>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16479,7 +16062,6 @@ cdef void _gelu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _cd0_0_b[_B]
     cdef double _cd0_1_b[_B]
     cdef double _cs1_0_b[_B]
-    cdef double _t0_b[_B]
     cdef double _t2_b[_B]
     cdef double _t3_b[_B]
     cdef double _t4_b[_B]
@@ -16509,14 +16091,13 @@ cdef void _gelu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
             gLy = gLy_p[_e]
             _t0 = (x*x)
             _t1 = exp(-(<double>0.5)*_t0)
-            _t2 = _t1*x
-            _t3 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t2 + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
-            _t4 = symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
-            gL_p[_e] = _t3*gLy
+            _t2 = symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0))
+            _t3 = (<double>-0.3989422804014327)*_t1
+            _t4 = symprop_nan_through(symprop_finite_or(_t3*(_t0 + (<double>-2.0)), (<double>0.0)), x)
+            gL_p[_e] = _t2*gLy
             _cs1_0_b[_i] = _t4
             _cd0_0_b[_i] = (<double>2.0)*_t4*gLy
-            _cd0_1_b[_i] = _t3
-            _t0_b[_i] = _t0
+            _cd0_1_b[_i] = _t2
             _t2_b[_i] = _t2
             _t3_b[_i] = _t3
             _t4_b[_i] = _t4
@@ -16535,13 +16116,12 @@ cdef void _gelu_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
-            _t0 = _t0_b[_i]
             _t2 = _t2_b[_i]
             _t3 = _t3_b[_i]
             _t4 = _t4_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t3*gy + gLy*(L*_t4 + _S0*symprop_nan_through(symprop_finite_or(_t2*((<double>0.3989422804014327)*_t0 + (<double>-1.5957691216057308)), (<double>0.0)), x))
+            gx_p[_e] = _S1 + _t2*gy + gLy*(L*_t4 + _S0*symprop_nan_through(symprop_finite_or(-_t3*x*(x + (<double>-2.0))*(x + (<double>2.0)), (<double>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16849,7 +16429,7 @@ cdef void _mish_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor2
-# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -16869,7 +16449,7 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_0_b[_B]
     cdef float _cs0_1_b[_B]
     cdef float _cs0_2_b[_B]
-    cdef float _t7_b[_B]
+    cdef float _t6_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -16877,6 +16457,8 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t10
     cdef float _t11
     cdef float _t12
+    cdef float _t13
+    cdef float _t14
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -16905,22 +16487,24 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = _t0 + (<float>1.0)
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
-            _t4 = (_t3*_t3) + (<float>-1.0)
-            _t5 = ((<float>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t6*x, (<float>(x > (<float>0.0)))), x)
-            _t8 = (<float>2.0)*_t0
-            _t9 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t8*y + _t8 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t10 = (<float>2.0)*x
-            _t11 = expf(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            _cs0_0_b[_i] = _t9
-            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t6*((<float>6.0)*_t0*_t3*_t5 + (<float>3.0)*_t0*_t5*x + (<float>6.0)*_t0*_t5*y + (<float>3.0)*_t0*_t5 - (<float>4.0)*_t11*_t3*y - (<float>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<float>-3.0)), (<float>0.0)), x)
-            _cs0_2_b[_i] = _t9
-            _cd0_0_b[_i] = _t7
-            _cd0_1_b[_i] = (<float>2.0)*_t9
-            _cd1_0_b[_i] = _t7
-            _t7_b[_i] = _t7
+            _t4 = ((<float>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t5, (<float>(x > (<float>0.0)))), x)
+            _t7 = (<float>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<float>2.0)
+            _t10 = ((<float>0.5))*x
+            _t11 = coshf(_t10)
+            _t12 = coshf(_t2)
+            _t13 = ((<float>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_nan_throughf(symprop_finite_orf(_t13*_t9, (<float>0.0)), x)
+            _cs0_0_b[_i] = _t14
+            _cs0_1_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t13*(_t5*_t7 - _t7 + _t8 + (<float>-1.0) + _t4*_t7*_t9*sinhf(_t2)/_t12 + _t9*sinhf(_t10)/_t11), (<float>0.0)), x)
+            _cs0_2_b[_i] = _t14
+            _cd0_0_b[_i] = _t6
+            _cd0_1_b[_i] = (<float>2.0)*_t14
+            _cd1_0_b[_i] = _t6
+            _t6_b[_i] = _t6
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -16933,9 +16517,9 @@ cdef void _mish_vjp_taylor2_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t7 = _t7_b[_i]
+            _t6 = _t6_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t7*gy
+            gx_p[_e] = _S0 + _t6*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -16966,7 +16550,7 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_0_b[_B]
     cdef double _cs0_1_b[_B]
     cdef double _cs0_2_b[_B]
-    cdef double _t7_b[_B]
+    cdef double _t6_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -16974,6 +16558,8 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t10
     cdef double _t11
     cdef double _t12
+    cdef double _t13
+    cdef double _t14
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -17002,22 +16588,24 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t1 = _t0 + (<double>1.0)
             _t2 = log(_t1)
             _t3 = tanh(_t2)
-            _t4 = (_t3*_t3) + (<double>-1.0)
-            _t5 = ((<double>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_nan_through(symprop_finite_or(_t3 - _t6*x, (<double>(x > (<double>0.0)))), x)
-            _t8 = (<double>2.0)*_t0
-            _t9 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t8*y + _t8 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t10 = (<double>2.0)*x
-            _t11 = exp(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            _cs0_0_b[_i] = _t9
-            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(_t6*((<double>6.0)*_t0*_t3*_t5 + (<double>3.0)*_t0*_t5*x + (<double>6.0)*_t0*_t5*y + (<double>3.0)*_t0*_t5 - (<double>4.0)*_t11*_t3*y - (<double>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<double>-3.0)), (<double>0.0)), x)
-            _cs0_2_b[_i] = _t9
-            _cd0_0_b[_i] = _t7
-            _cd0_1_b[_i] = (<double>2.0)*_t9
-            _cd1_0_b[_i] = _t7
-            _t7_b[_i] = _t7
+            _t4 = ((<double>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t6 = symprop_nan_through(symprop_finite_or(_t5, (<double>(x > (<double>0.0)))), x)
+            _t7 = (<double>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<double>2.0)
+            _t10 = ((<double>0.5))*x
+            _t11 = cosh(_t10)
+            _t12 = cosh(_t2)
+            _t13 = ((<double>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_nan_through(symprop_finite_or(_t13*_t9, (<double>0.0)), x)
+            _cs0_0_b[_i] = _t14
+            _cs0_1_b[_i] = symprop_nan_through(symprop_finite_or(-_t13*(_t5*_t7 - _t7 + _t8 + (<double>-1.0) + _t4*_t7*_t9*sinh(_t2)/_t12 + _t9*sinh(_t10)/_t11), (<double>0.0)), x)
+            _cs0_2_b[_i] = _t14
+            _cd0_0_b[_i] = _t6
+            _cd0_1_b[_i] = (<double>2.0)*_t14
+            _cd1_0_b[_i] = _t6
+            _t6_b[_i] = _t6
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17030,9 +16618,9 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t7 = _t7_b[_i]
+            _t6 = _t6_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t7*gy
+            gx_p[_e] = _S0 + _t6*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17045,7 +16633,7 @@ cdef void _mish_vjp_taylor2_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_taylor3
-# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17069,6 +16657,8 @@ cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t11
     cdef float _t12
     cdef float _t13
+    cdef float _t14
+    cdef float _t15
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -17093,22 +16683,24 @@ cdef void _mish_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
             _t4 = symprop_at_infinityf(_t3*x, x, (<float>-1.0), (<float>0.0))
-            _t5 = (_t3*_t3) + (<float>-1.0)
-            _t6 = ((<float>1.0)/(_t1))
-            _t7 = _t0*_t5*_t6
-            _t8 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t7*x, (<float>(x > (<float>0.0)))), x)
-            _t9 = (<float>2.0)*_t0
-            _t10 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t4*_t9 + _t9 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t11 = (<float>2.0)*x
-            _t12 = expf(_t11)/(_t1*_t1)
-            _t13 = _t11*_t12
+            _t5 = ((<float>1.0)/(_t1))
+            _t6 = -_t0*_t5*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t7 = symprop_nan_throughf(symprop_finite_orf(_t6, (<float>(x > (<float>0.0)))), x)
+            _t8 = (<float>2.0)*_t0
+            _t9 = _t4*_t8
+            _t10 = _t8 - _t9 + x + (<float>2.0)
+            _t11 = ((<float>0.5))*x
+            _t12 = coshf(_t11)
+            _t13 = coshf(_t2)
+            _t14 = ((<float>0.25))/((_t12*_t12)*(_t13*_t13))
+            _t15 = symprop_nan_throughf(symprop_finite_orf(_t10*_t14, (<float>0.0)), x)
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t8
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t8
-            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t7*((<float>6.0)*_t0*_t3*_t6 + (<float>6.0)*_t0*_t4*_t6 + (<float>3.0)*_t0*_t6*x + (<float>3.0)*_t0*_t6 - (<float>4.0)*_t12*_t3*_t4 - (<float>6.0)*_t12*_t4 - _t13*_t5 - _t13 - x + (<float>-3.0)), (<float>0.0)), x)
-            _cd2_1_b[_i] = _t8
-            _cd2_2_b[_i] = (<float>3.0)*_t10
+            _cd0_0_b[_i] = _t7
+            _cd1_0_b[_i] = _t15
+            _cd1_1_b[_i] = _t7
+            _cd2_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t14*(_t10*_t5*_t8*sinhf(_t2)/_t13 + _t10*sinhf(_t11)/_t12 + _t6*_t8 - _t8 + _t9 + (<float>-1.0)), (<float>0.0)), x)
+            _cd2_1_b[_i] = _t7
+            _cd2_2_b[_i] = (<float>3.0)*_t15
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17143,6 +16735,8 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t11
     cdef double _t12
     cdef double _t13
+    cdef double _t14
+    cdef double _t15
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -17167,22 +16761,24 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t2 = log(_t1)
             _t3 = tanh(_t2)
             _t4 = symprop_at_infinity(_t3*x, x, (<double>-1.0), (<double>0.0))
-            _t5 = (_t3*_t3) + (<double>-1.0)
-            _t6 = ((<double>1.0)/(_t1))
-            _t7 = _t0*_t5*_t6
-            _t8 = symprop_nan_through(symprop_finite_or(_t3 - _t7*x, (<double>(x > (<double>0.0)))), x)
-            _t9 = (<double>2.0)*_t0
-            _t10 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t4*_t9 + _t9 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t11 = (<double>2.0)*x
-            _t12 = exp(_t11)/(_t1*_t1)
-            _t13 = _t11*_t12
+            _t5 = ((<double>1.0)/(_t1))
+            _t6 = -_t0*_t5*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t7 = symprop_nan_through(symprop_finite_or(_t6, (<double>(x > (<double>0.0)))), x)
+            _t8 = (<double>2.0)*_t0
+            _t9 = _t4*_t8
+            _t10 = _t8 - _t9 + x + (<double>2.0)
+            _t11 = ((<double>0.5))*x
+            _t12 = cosh(_t11)
+            _t13 = cosh(_t2)
+            _t14 = ((<double>0.25))/((_t12*_t12)*(_t13*_t13))
+            _t15 = symprop_nan_through(symprop_finite_or(_t10*_t14, (<double>0.0)), x)
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t8
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t8
-            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(_t7*((<double>6.0)*_t0*_t3*_t6 + (<double>6.0)*_t0*_t4*_t6 + (<double>3.0)*_t0*_t6*x + (<double>3.0)*_t0*_t6 - (<double>4.0)*_t12*_t3*_t4 - (<double>6.0)*_t12*_t4 - _t13*_t5 - _t13 - x + (<double>-3.0)), (<double>0.0)), x)
-            _cd2_1_b[_i] = _t8
-            _cd2_2_b[_i] = (<double>3.0)*_t10
+            _cd0_0_b[_i] = _t7
+            _cd1_0_b[_i] = _t15
+            _cd1_1_b[_i] = _t7
+            _cd2_0_b[_i] = symprop_nan_through(symprop_finite_or(-_t14*(_t10*_t5*_t8*sinh(_t2)/_t13 + _t10*sinh(_t11)/_t12 + _t6*_t8 - _t8 + _t9 + (<double>-1.0)), (<double>0.0)), x)
+            _cd2_1_b[_i] = _t7
+            _cd2_2_b[_i] = (<double>3.0)*_t15
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17195,7 +16791,7 @@ cdef void _mish_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor3
-# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17225,7 +16821,7 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_3_b[_B]
     cdef float _cs0_4_b[_B]
     cdef float _cs0_5_b[_B]
-    cdef float _t10_b[_B]
+    cdef float _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -17261,10 +16857,7 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t36
     cdef float _t37
     cdef float _t38
-    cdef float _t39
     cdef float _t4
-    cdef float _t40
-    cdef float _t41
     cdef float _t5
     cdef float _t6
     cdef float _t7
@@ -17295,55 +16888,52 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t4 = (_t3*_t3)
             _t5 = _t4 + (<float>-1.0)
             _t6 = ((<float>1.0)/(_t1))
-            _t7 = _t6*x
-            _t8 = _t0*_t7
-            _t9 = (<float>(x > (<float>0.0)))
-            _t10 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t5*_t8, _t9), x)
-            _t11 = (<float>2.0)*_t0
-            _t12 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t11*y + _t11 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t13 = (<float>2.0)*x
-            _t14 = expf(_t13)
-            _t15 = _t14/(_t1*_t1)
-            _t16 = _t13*_t15
-            _t17 = (<float>6.0)*y
-            _t18 = _t15*y
-            _t19 = (<float>4.0)*_t3
-            _t20 = _t0*_t5*_t6
-            _t21 = symprop_nan_throughf(symprop_finite_orf(_t20*((<float>6.0)*_t0*_t3*_t6 + (<float>3.0)*_t0*_t6*x + (<float>6.0)*_t0*_t6*y + (<float>3.0)*_t0*_t6 - _t15*_t17 - _t16*_t5 - _t16 - _t18*_t19 - x + (<float>-3.0)), (<float>0.0)), x)
-            _t22 = (<float>8.0)*_t15
-            _t23 = (<float>3.0)*x
-            _t24 = expf(_t23)
-            _t25 = ((<float>1.0)/(_t1*_t1*_t1))
-            _t26 = (<float>12.0)*_t15*x
-            _t27 = (<float>24.0)*_t3
-            _t28 = (<float>3.0)*_t6
-            _t29 = ((<float>1.0)/((_t11 + _t14 + (<float>1.0))))
-            _t30 = (<float>3.0)*_t0
-            _t31 = _t29*_t30
-            _t32 = _t0*_t29
-            _t33 = _t23*_t32
-            _t34 = _t17*_t32
-            _t35 = (<float>6.0)*_t32
-            _t36 = (_t3*_t3*_t3)
-            _t37 = _t14/((<float>3.0)*_t14 + _t24 + _t30 + (<float>1.0))
-            _t38 = _t17*_t37
-            _t39 = _t37*y
-            _t40 = _t13*_t37
-            _t41 = (<float>3.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t21
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t20*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t15*_t27 - (<float>16.0)*_t15*_t4 - _t18*_t27 - (<float>36.0)*_t18 - _t22*_t5 - _t22 + (<float>24.0)*_t24*_t25*_t3*y + (<float>8.0)*_t24*_t25*_t4*y + (<float>12.0)*_t24*_t25*_t5*x + (<float>16.0)*_t24*_t25*_t5*y + (<float>6.0)*_t24*_t25*x + (<float>22.0)*_t24*_t25*y - _t26*_t5 - _t26 - x + (<float>-4.0)), (<float>0.0)), x)
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = (<float>3.0)*_t21
-            _cd0_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t9), x)
-            _cd0_1_b[_i] = (<float>2.0)*_t12
-            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(-_t0*(-_t19*_t39 + _t28*_t4 - _t28 + (_t3*_t3*_t3*_t3)*_t40 + _t3*_t35 - _t31*_t4 + _t31 - _t33*_t4 + _t33 - _t34*_t4 + _t34 - _t35*_t36 + (<float>4.0)*_t36*_t39 + _t38*_t4 - _t38 - _t4*_t40 + _t4*_t7 - _t7), (<float>0.0)), x)
-            _cd0_3_b[_i] = _t41
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t41
-            _cd2_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t7 = _t0*_t6
+            _t8 = _t7*x
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<float>(x > (<float>0.0)))
+            _t11 = symprop_nan_throughf(symprop_finite_orf(_t9, _t10), x)
+            _t12 = (<float>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<float>2.0)
+            _t15 = ((<float>0.5))*x
+            _t16 = coshf(_t15)
+            _t17 = coshf(_t2)
+            _t18 = (<float>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<float>0.25))*_t18
+            _t20 = symprop_nan_throughf(symprop_finite_orf(_t14*_t19, (<float>0.0)), x)
+            _t21 = sinhf(_t15)/_t16
+            _t22 = sinhf(_t2)/_t17
+            _t23 = symprop_nan_throughf(symprop_finite_orf(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<float>-1.0)), (<float>0.0)), x)
+            _t24 = expf((<float>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<float>8.0)*_t25
+            _t27 = expf((<float>3.0)*x)
+            _t28 = ((<float>1.0)/(_t1*_t1*_t1))
+            _t29 = (<float>12.0)*_t25*x
+            _t30 = _t25*y
+            _t31 = (<float>24.0)*_t3
+            _t32 = ((<float>0.5))*_t0
+            _t33 = _t32*y
+            _t34 = _t24*_t6
+            _t35 = _t15*_t34
+            _t36 = _t22*_t7
+            _t37 = _t22*_t34
+            _t38 = (<float>3.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t5*_t7*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t25*_t31 - (<float>16.0)*_t25*_t4 - _t26*_t5 - _t26 + (<float>24.0)*_t27*_t28*_t3*y + (<float>8.0)*_t27*_t28*_t4*y + (<float>12.0)*_t27*_t28*_t5*x + (<float>16.0)*_t27*_t28*_t5*y + (<float>6.0)*_t27*_t28*x + (<float>22.0)*_t27*_t28*y - _t29*_t5 - _t29 - _t30*_t31 - (<float>36.0)*_t30 - x + (<float>-4.0)), (<float>0.0)), x)
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = (<float>3.0)*_t23
+            _cd0_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t10), x)
+            _cd0_1_b[_i] = (<float>2.0)*_t20
+            _cd0_2_b[_i] = (<float>3.0)*symprop_nan_throughf(symprop_finite_orf(-_t18*(_t15*_t36 + _t21*_t32 - _t21*_t33 + ((<float>0.25))*_t21*x + ((<float>0.5))*_t21 + _t3*_t32 - _t32 + _t33 - _t35*_t4 + _t35 + _t36 - _t37*y + _t37 + (<float>-0.25)), (<float>0.0)), x)
+            _cd0_3_b[_i] = _t38
+            _cd1_0_b[_i] = _t11
+            _cd1_1_b[_i] = _t38
+            _cd2_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17358,9 +16948,9 @@ cdef void _mish_vjp_taylor3_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17404,7 +16994,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_3_b[_B]
     cdef double _cs0_4_b[_B]
     cdef double _cs0_5_b[_B]
-    cdef double _t10_b[_B]
+    cdef double _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -17440,10 +17030,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t36
     cdef double _t37
     cdef double _t38
-    cdef double _t39
     cdef double _t4
-    cdef double _t40
-    cdef double _t41
     cdef double _t5
     cdef double _t6
     cdef double _t7
@@ -17474,55 +17061,52 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t4 = (_t3*_t3)
             _t5 = _t4 + (<double>-1.0)
             _t6 = ((<double>1.0)/(_t1))
-            _t7 = _t6*x
-            _t8 = _t0*_t7
-            _t9 = (<double>(x > (<double>0.0)))
-            _t10 = symprop_nan_through(symprop_finite_or(_t3 - _t5*_t8, _t9), x)
-            _t11 = (<double>2.0)*_t0
-            _t12 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t11*y + _t11 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t13 = (<double>2.0)*x
-            _t14 = exp(_t13)
-            _t15 = _t14/(_t1*_t1)
-            _t16 = _t13*_t15
-            _t17 = (<double>6.0)*y
-            _t18 = _t15*y
-            _t19 = (<double>4.0)*_t3
-            _t20 = _t0*_t5*_t6
-            _t21 = symprop_nan_through(symprop_finite_or(_t20*((<double>6.0)*_t0*_t3*_t6 + (<double>3.0)*_t0*_t6*x + (<double>6.0)*_t0*_t6*y + (<double>3.0)*_t0*_t6 - _t15*_t17 - _t16*_t5 - _t16 - _t18*_t19 - x + (<double>-3.0)), (<double>0.0)), x)
-            _t22 = (<double>8.0)*_t15
-            _t23 = (<double>3.0)*x
-            _t24 = exp(_t23)
-            _t25 = ((<double>1.0)/(_t1*_t1*_t1))
-            _t26 = (<double>12.0)*_t15*x
-            _t27 = (<double>24.0)*_t3
-            _t28 = (<double>3.0)*_t6
-            _t29 = ((<double>1.0)/((_t11 + _t14 + (<double>1.0))))
-            _t30 = (<double>3.0)*_t0
-            _t31 = _t29*_t30
-            _t32 = _t0*_t29
-            _t33 = _t23*_t32
-            _t34 = _t17*_t32
-            _t35 = (<double>6.0)*_t32
-            _t36 = (_t3*_t3*_t3)
-            _t37 = _t14/((<double>3.0)*_t14 + _t24 + _t30 + (<double>1.0))
-            _t38 = _t17*_t37
-            _t39 = _t37*y
-            _t40 = _t13*_t37
-            _t41 = (<double>3.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t21
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t20*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t15*_t27 - (<double>16.0)*_t15*_t4 - _t18*_t27 - (<double>36.0)*_t18 - _t22*_t5 - _t22 + (<double>24.0)*_t24*_t25*_t3*y + (<double>8.0)*_t24*_t25*_t4*y + (<double>12.0)*_t24*_t25*_t5*x + (<double>16.0)*_t24*_t25*_t5*y + (<double>6.0)*_t24*_t25*x + (<double>22.0)*_t24*_t25*y - _t26*_t5 - _t26 - x + (<double>-4.0)), (<double>0.0)), x)
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = (<double>3.0)*_t21
-            _cd0_0_b[_i] = symprop_nan_through(symprop_finite_or(_t3 - _t4*_t8 + _t8, _t9), x)
-            _cd0_1_b[_i] = (<double>2.0)*_t12
-            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(-_t0*(-_t19*_t39 + _t28*_t4 - _t28 + (_t3*_t3*_t3*_t3)*_t40 + _t3*_t35 - _t31*_t4 + _t31 - _t33*_t4 + _t33 - _t34*_t4 + _t34 - _t35*_t36 + (<double>4.0)*_t36*_t39 + _t38*_t4 - _t38 - _t4*_t40 + _t4*_t7 - _t7), (<double>0.0)), x)
-            _cd0_3_b[_i] = _t41
-            _cd1_0_b[_i] = _t10
-            _cd1_1_b[_i] = _t41
-            _cd2_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t7 = _t0*_t6
+            _t8 = _t7*x
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<double>(x > (<double>0.0)))
+            _t11 = symprop_nan_through(symprop_finite_or(_t9, _t10), x)
+            _t12 = (<double>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<double>2.0)
+            _t15 = ((<double>0.5))*x
+            _t16 = cosh(_t15)
+            _t17 = cosh(_t2)
+            _t18 = (<double>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<double>0.25))*_t18
+            _t20 = symprop_nan_through(symprop_finite_or(_t14*_t19, (<double>0.0)), x)
+            _t21 = sinh(_t15)/_t16
+            _t22 = sinh(_t2)/_t17
+            _t23 = symprop_nan_through(symprop_finite_or(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<double>-1.0)), (<double>0.0)), x)
+            _t24 = exp((<double>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<double>8.0)*_t25
+            _t27 = exp((<double>3.0)*x)
+            _t28 = ((<double>1.0)/(_t1*_t1*_t1))
+            _t29 = (<double>12.0)*_t25*x
+            _t30 = _t25*y
+            _t31 = (<double>24.0)*_t3
+            _t32 = ((<double>0.5))*_t0
+            _t33 = _t32*y
+            _t34 = _t24*_t6
+            _t35 = _t15*_t34
+            _t36 = _t22*_t7
+            _t37 = _t22*_t34
+            _t38 = (<double>3.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = symprop_nan_through(symprop_finite_or(_t5*_t7*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t25*_t31 - (<double>16.0)*_t25*_t4 - _t26*_t5 - _t26 + (<double>24.0)*_t27*_t28*_t3*y + (<double>8.0)*_t27*_t28*_t4*y + (<double>12.0)*_t27*_t28*_t5*x + (<double>16.0)*_t27*_t28*_t5*y + (<double>6.0)*_t27*_t28*x + (<double>22.0)*_t27*_t28*y - _t29*_t5 - _t29 - _t30*_t31 - (<double>36.0)*_t30 - x + (<double>-4.0)), (<double>0.0)), x)
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = (<double>3.0)*_t23
+            _cd0_0_b[_i] = symprop_nan_through(symprop_finite_or(_t3 - _t4*_t8 + _t8, _t10), x)
+            _cd0_1_b[_i] = (<double>2.0)*_t20
+            _cd0_2_b[_i] = (<double>3.0)*symprop_nan_through(symprop_finite_or(-_t18*(_t15*_t36 + _t21*_t32 - _t21*_t33 + ((<double>0.25))*_t21*x + ((<double>0.5))*_t21 + _t3*_t32 - _t32 + _t33 - _t35*_t4 + _t35 + _t36 - _t37*y + _t37 + (<double>-0.25)), (<double>0.0)), x)
+            _cd0_3_b[_i] = _t38
+            _cd1_0_b[_i] = _t11
+            _cd1_1_b[_i] = _t38
+            _cd2_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -17537,9 +17121,9 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17555,7 +17139,7 @@ cdef void _mish_vjp_taylor3_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_taylor4
-# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y4 = x1**4*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x1**2*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 4*x1*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + 3*x2**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# y = at_infinity(x*tanh(log(exp(x) + 1)), x, -1, 0); y1 = x1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y2 = x1**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y3 = x1**3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x1*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); y4 = x1**4*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 6*x1**2*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 4*x1*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + 3*x2**2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + x4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17596,6 +17180,11 @@ cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef float _t20
     cdef float _t21
     cdef float _t22
+    cdef float _t23
+    cdef float _t24
+    cdef float _t25
+    cdef float _t26
+    cdef float _t27
     cdef float _t3
     cdef float _t4
     cdef float _t5
@@ -17623,33 +17212,38 @@ cdef void _mish_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t5 = (_t3*_t3)
             _t6 = _t5 + (<float>-1.0)
             _t7 = ((<float>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t8*x, (<float>(x > (<float>0.0)))), x)
-            _t10 = (<float>2.0)*_t0
-            _t11 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t10*_t4 + _t10 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t12 = (<float>2.0)*x
-            _t13 = expf(_t12)/(_t1*_t1)
-            _t14 = _t12*_t13
-            _t15 = _t13*_t4
-            _t16 = symprop_nan_throughf(symprop_finite_orf(_t8*((<float>6.0)*_t0*_t3*_t7 + (<float>6.0)*_t0*_t4*_t7 + (<float>3.0)*_t0*_t7*x + (<float>3.0)*_t0*_t7 - (<float>6.0)*_t13*_t4 - _t14*_t6 - _t14 - (<float>4.0)*_t15*_t3 - x + (<float>-3.0)), (<float>0.0)), x)
-            _t17 = (<float>3.0)*_t11
-            _t18 = (<float>8.0)*_t13
-            _t19 = expf((<float>3.0)*x)
-            _t20 = ((<float>1.0)/(_t1*_t1*_t1))
-            _t21 = (<float>12.0)*_t13*x
-            _t22 = (<float>24.0)*_t3
+            _t8 = _t0*_t7
+            _t9 = _t3 - _t6*_t8*x
+            _t10 = symprop_nan_throughf(symprop_finite_orf(_t9, (<float>(x > (<float>0.0)))), x)
+            _t11 = (<float>2.0)*_t0
+            _t12 = _t11*_t4
+            _t13 = _t11 - _t12 + x + (<float>2.0)
+            _t14 = ((<float>0.5))*x
+            _t15 = coshf(_t14)
+            _t16 = coshf(_t2)
+            _t17 = ((<float>0.25))/((_t15*_t15)*(_t16*_t16))
+            _t18 = symprop_nan_throughf(symprop_finite_orf(_t13*_t17, (<float>0.0)), x)
+            _t19 = symprop_nan_throughf(symprop_finite_orf(-_t17*(_t11*_t13*_t7*sinhf(_t2)/_t16 + _t11*_t9 - _t11 + _t12 + _t13*sinhf(_t14)/_t15 + (<float>-1.0)), (<float>0.0)), x)
+            _t20 = (<float>3.0)*_t18
+            _t21 = expf((<float>2.0)*x)/(_t1*_t1)
+            _t22 = (<float>8.0)*_t21
+            _t23 = expf((<float>3.0)*x)
+            _t24 = ((<float>1.0)/(_t1*_t1*_t1))
+            _t25 = (<float>12.0)*_t21*x
+            _t26 = (<float>24.0)*_t3
+            _t27 = _t21*_t4
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t16
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t17
-            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t8*((<float>24.0)*_t0*_t3*_t7 + (<float>14.0)*_t0*_t4*_t7 + (<float>7.0)*_t0*_t7*x + (<float>12.0)*_t0*_t7 - _t13*_t22 - (<float>16.0)*_t13*_t5 - _t15*_t22 - (<float>36.0)*_t15 - _t18*_t6 - _t18 + (<float>24.0)*_t19*_t20*_t3*_t4 + (<float>8.0)*_t19*_t20*_t4*_t5 + (<float>16.0)*_t19*_t20*_t4*_t6 + (<float>22.0)*_t19*_t20*_t4 + (<float>12.0)*_t19*_t20*_t6*x + (<float>6.0)*_t19*_t20*x - _t21*_t6 - _t21 - x + (<float>-4.0)), (<float>0.0)), x)
-            _cd3_1_b[_i] = _t17
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<float>4.0)*_t11
-            _cd3_4_b[_i] = (<float>6.0)*_t16
+            _cd0_0_b[_i] = _t10
+            _cd1_0_b[_i] = _t18
+            _cd1_1_b[_i] = _t10
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t10
+            _cd2_2_b[_i] = _t20
+            _cd3_0_b[_i] = symprop_nan_throughf(symprop_finite_orf(_t6*_t8*((<float>24.0)*_t0*_t3*_t7 + (<float>14.0)*_t0*_t4*_t7 + (<float>7.0)*_t0*_t7*x + (<float>12.0)*_t0*_t7 - _t21*_t26 - (<float>16.0)*_t21*_t5 - _t22*_t6 - _t22 + (<float>24.0)*_t23*_t24*_t3*_t4 + (<float>8.0)*_t23*_t24*_t4*_t5 + (<float>16.0)*_t23*_t24*_t4*_t6 + (<float>22.0)*_t23*_t24*_t4 + (<float>12.0)*_t23*_t24*_t6*x + (<float>6.0)*_t23*_t24*x - _t25*_t6 - _t25 - _t26*_t27 - (<float>36.0)*_t27 - x + (<float>-4.0)), (<float>0.0)), x)
+            _cd3_1_b[_i] = _t20
+            _cd3_2_b[_i] = _t10
+            _cd3_3_b[_i] = (<float>4.0)*_t18
+            _cd3_4_b[_i] = (<float>6.0)*_t19
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17703,6 +17297,11 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
     cdef double _t20
     cdef double _t21
     cdef double _t22
+    cdef double _t23
+    cdef double _t24
+    cdef double _t25
+    cdef double _t26
+    cdef double _t27
     cdef double _t3
     cdef double _t4
     cdef double _t5
@@ -17730,33 +17329,38 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
             _t5 = (_t3*_t3)
             _t6 = _t5 + (<double>-1.0)
             _t7 = ((<double>1.0)/(_t1))
-            _t8 = _t0*_t6*_t7
-            _t9 = symprop_nan_through(symprop_finite_or(_t3 - _t8*x, (<double>(x > (<double>0.0)))), x)
-            _t10 = (<double>2.0)*_t0
-            _t11 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t10*_t4 + _t10 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t12 = (<double>2.0)*x
-            _t13 = exp(_t12)/(_t1*_t1)
-            _t14 = _t12*_t13
-            _t15 = _t13*_t4
-            _t16 = symprop_nan_through(symprop_finite_or(_t8*((<double>6.0)*_t0*_t3*_t7 + (<double>6.0)*_t0*_t4*_t7 + (<double>3.0)*_t0*_t7*x + (<double>3.0)*_t0*_t7 - (<double>6.0)*_t13*_t4 - _t14*_t6 - _t14 - (<double>4.0)*_t15*_t3 - x + (<double>-3.0)), (<double>0.0)), x)
-            _t17 = (<double>3.0)*_t11
-            _t18 = (<double>8.0)*_t13
-            _t19 = exp((<double>3.0)*x)
-            _t20 = ((<double>1.0)/(_t1*_t1*_t1))
-            _t21 = (<double>12.0)*_t13*x
-            _t22 = (<double>24.0)*_t3
+            _t8 = _t0*_t7
+            _t9 = _t3 - _t6*_t8*x
+            _t10 = symprop_nan_through(symprop_finite_or(_t9, (<double>(x > (<double>0.0)))), x)
+            _t11 = (<double>2.0)*_t0
+            _t12 = _t11*_t4
+            _t13 = _t11 - _t12 + x + (<double>2.0)
+            _t14 = ((<double>0.5))*x
+            _t15 = cosh(_t14)
+            _t16 = cosh(_t2)
+            _t17 = ((<double>0.25))/((_t15*_t15)*(_t16*_t16))
+            _t18 = symprop_nan_through(symprop_finite_or(_t13*_t17, (<double>0.0)), x)
+            _t19 = symprop_nan_through(symprop_finite_or(-_t17*(_t11*_t13*_t7*sinh(_t2)/_t16 + _t11*_t9 - _t11 + _t12 + _t13*sinh(_t14)/_t15 + (<double>-1.0)), (<double>0.0)), x)
+            _t20 = (<double>3.0)*_t18
+            _t21 = exp((<double>2.0)*x)/(_t1*_t1)
+            _t22 = (<double>8.0)*_t21
+            _t23 = exp((<double>3.0)*x)
+            _t24 = ((<double>1.0)/(_t1*_t1*_t1))
+            _t25 = (<double>12.0)*_t21*x
+            _t26 = (<double>24.0)*_t3
+            _t27 = _t21*_t4
             y_p[_e] = _t4
-            _cd0_0_b[_i] = _t9
-            _cd1_0_b[_i] = _t11
-            _cd1_1_b[_i] = _t9
-            _cd2_0_b[_i] = _t16
-            _cd2_1_b[_i] = _t9
-            _cd2_2_b[_i] = _t17
-            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t8*((<double>24.0)*_t0*_t3*_t7 + (<double>14.0)*_t0*_t4*_t7 + (<double>7.0)*_t0*_t7*x + (<double>12.0)*_t0*_t7 - _t13*_t22 - (<double>16.0)*_t13*_t5 - _t15*_t22 - (<double>36.0)*_t15 - _t18*_t6 - _t18 + (<double>24.0)*_t19*_t20*_t3*_t4 + (<double>8.0)*_t19*_t20*_t4*_t5 + (<double>16.0)*_t19*_t20*_t4*_t6 + (<double>22.0)*_t19*_t20*_t4 + (<double>12.0)*_t19*_t20*_t6*x + (<double>6.0)*_t19*_t20*x - _t21*_t6 - _t21 - x + (<double>-4.0)), (<double>0.0)), x)
-            _cd3_1_b[_i] = _t17
-            _cd3_2_b[_i] = _t9
-            _cd3_3_b[_i] = (<double>4.0)*_t11
-            _cd3_4_b[_i] = (<double>6.0)*_t16
+            _cd0_0_b[_i] = _t10
+            _cd1_0_b[_i] = _t18
+            _cd1_1_b[_i] = _t10
+            _cd2_0_b[_i] = _t19
+            _cd2_1_b[_i] = _t10
+            _cd2_2_b[_i] = _t20
+            _cd3_0_b[_i] = symprop_nan_through(symprop_finite_or(_t6*_t8*((<double>24.0)*_t0*_t3*_t7 + (<double>14.0)*_t0*_t4*_t7 + (<double>7.0)*_t0*_t7*x + (<double>12.0)*_t0*_t7 - _t21*_t26 - (<double>16.0)*_t21*_t5 - _t22*_t6 - _t22 + (<double>24.0)*_t23*_t24*_t3*_t4 + (<double>8.0)*_t23*_t24*_t4*_t5 + (<double>16.0)*_t23*_t24*_t4*_t6 + (<double>22.0)*_t23*_t24*_t4 + (<double>12.0)*_t23*_t24*_t6*x + (<double>6.0)*_t23*_t24*x - _t25*_t6 - _t25 - _t26*_t27 - (<double>36.0)*_t27 - x + (<double>-4.0)), (<double>0.0)), x)
+            _cd3_1_b[_i] = _t20
+            _cd3_2_b[_i] = _t10
+            _cd3_3_b[_i] = (<double>4.0)*_t18
+            _cd3_4_b[_i] = (<double>6.0)*_t19
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -17771,7 +17375,7 @@ cdef void _mish_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ssiz
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_taylor4
-# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*x1**4*nan_through(finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*gy4*x2**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + gy4*x4*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 12*x1*x2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 4*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x) + 6*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 4*gy4*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx4 = gy4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# gx = gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(gy1*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy2*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy2*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 3*gy3*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy3*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*x1**4*nan_through(finite_or(16*x*(1 - tanh(log(exp(x) + 1))**2)**3*exp(5*x)/(exp(x) + 1)**5 - 50*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 120*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 70*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 15*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 50*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 60*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 24*x*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 + 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 88*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 - 160*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(5*x)/(exp(x) + 1)**5 - 30*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 150*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 240*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 220*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**5 + 80*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**5 + 140*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**5 + 100*y*(1 - tanh(log(exp(x) + 1))**2)*exp(5*x)/(exp(x) + 1)**5 - 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 80*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 + 60*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + 5*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 70*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 35*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 120*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 180*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 60*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 40*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**3/(exp(x) + 1)**4 - 120*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 110*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 30*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4, 0), x) + 6*gy4*x1**2*x2*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 4*gy4*x1*x3*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*gy4*x2**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + gy4*x4*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx1 = gy1*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 2*gy2*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy3*(3*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 3*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)) + gy4*(4*x1**3*nan_through(finite_or(-12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 12*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 7*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 12*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*x*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 + 16*y*(1 - tanh(log(exp(x) + 1))**2)**2*exp(4*x)/(exp(x) + 1)**4 - 14*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 36*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 8*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**4 - 24*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**4 - 22*y*(1 - tanh(log(exp(x) + 1))**2)*exp(4*x)/(exp(x) + 1)**4 - 8*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + 4*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 24*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 12*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 16*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))**2/(exp(x) + 1)**3 + 24*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 8*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3, 0), x) + 12*x1*x2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 4*x3*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx2 = gy2*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 3*gy3*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gy4*(6*x1**2*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x) + 6*x2*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gx3 = gy3*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + 4*gy4*x1*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x); gx4 = gy4*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -17816,7 +17420,7 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _cs0_7_b[_B]
     cdef float _cs0_8_b[_B]
     cdef float _cs0_9_b[_B]
-    cdef float _t10_b[_B]
+    cdef float _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float _S0
     cdef float _t0
@@ -17896,11 +17500,7 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef float _t76
     cdef float _t77
     cdef float _t78
-    cdef float _t79
     cdef float _t8
-    cdef float _t80
-    cdef float _t81
-    cdef float _t82
     cdef float _t9
     cdef float gy
     cdef float gy1
@@ -17931,106 +17531,102 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t6 = ((<float>1.0)/(_t1))
             _t7 = _t6*x
             _t8 = _t0*_t7
-            _t9 = (<float>(x > (<float>0.0)))
-            _t10 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t5*_t8, _t9), x)
-            _t11 = (<float>2.0)*_t0
-            _t12 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t11*y + _t11 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t13 = (<float>2.0)*x
-            _t14 = expf(_t13)
-            _t15 = ((<float>1.0)/(_t1*_t1))
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<float>6.0)*_t14
-            _t19 = _t18*y
-            _t20 = _t16*y
-            _t21 = _t20*_t3
-            _t22 = _t0*_t6
-            _t23 = _t22*_t5
-            _t24 = symprop_nan_throughf(symprop_finite_orf(_t23*((<float>6.0)*_t0*_t3*_t6 + (<float>3.0)*_t0*_t6*x + (<float>6.0)*_t0*_t6*y + (<float>3.0)*_t0*_t6 - _t15*_t19 - _t17*_t5 - _t17 - (<float>4.0)*_t21 - x + (<float>-3.0)), (<float>0.0)), x)
-            _t25 = (<float>8.0)*_t16
-            _t26 = (<float>3.0)*x
-            _t27 = expf(_t26)
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<float>(x > (<float>0.0)))
+            _t11 = symprop_nan_throughf(symprop_finite_orf(_t9, _t10), x)
+            _t12 = (<float>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<float>2.0)
+            _t15 = ((<float>0.5))*x
+            _t16 = coshf(_t15)
+            _t17 = coshf(_t2)
+            _t18 = (<float>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<float>0.25))*_t18
+            _t20 = symprop_nan_throughf(symprop_finite_orf(_t14*_t19, (<float>0.0)), x)
+            _t21 = sinhf(_t15)/_t16
+            _t22 = sinhf(_t2)/_t17
+            _t23 = symprop_nan_throughf(symprop_finite_orf(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<float>-1.0)), (<float>0.0)), x)
+            _t24 = expf((<float>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<float>8.0)*_t25
+            _t27 = expf((<float>3.0)*x)
             _t28 = ((<float>1.0)/(_t1*_t1*_t1))
-            _t29 = _t16*x
+            _t29 = _t25*x
             _t30 = (<float>12.0)*_t29
-            _t31 = (<float>24.0)*_t3
-            _t32 = _t16*_t4
-            _t33 = symprop_nan_throughf(symprop_finite_orf(_t23*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t16*_t31 - _t20*_t31 - (<float>36.0)*_t20 - _t25*_t5 - _t25 + (<float>24.0)*_t27*_t28*_t3*y + (<float>8.0)*_t27*_t28*_t4*y + (<float>12.0)*_t27*_t28*_t5*x + (<float>16.0)*_t27*_t28*_t5*y + (<float>6.0)*_t27*_t28*x + (<float>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - (<float>16.0)*_t32 - x + (<float>-4.0)), (<float>0.0)), x)
-            _t34 = _t27*_t28
-            _t35 = (<float>60.0)*_t16
-            _t36 = expf((<float>4.0)*x)
-            _t37 = _t36/(_t1*_t1*_t1*_t1)
-            _t38 = _t37*x
-            _t39 = _t34*x
-            _t40 = (<float>50.0)*_t29
-            _t41 = _t37*y
-            _t42 = _t34*y
-            _t43 = _t3*_t34
-            _t44 = _t3*_t41
-            _t45 = (_t3*_t3*_t3)
-            _t46 = (<float>3.0)*_t24
-            _t47 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t9), x)
-            _t48 = (<float>3.0)*_t6
-            _t49 = ((<float>1.0)/((_t11 + _t14 + (<float>1.0))))
-            _t50 = (<float>3.0)*_t0
-            _t51 = _t49*_t50
-            _t52 = _t4*_t7
-            _t53 = _t0*_t49
-            _t54 = _t26*_t53
-            _t55 = (<float>6.0)*_t53
-            _t56 = _t55*y
-            _t57 = ((<float>1.0)/(((<float>3.0)*_t14 + _t27 + _t50 + (<float>1.0))))
-            _t58 = _t19*_t57
-            _t59 = _t14*_t57
-            _t60 = _t59*y
-            _t61 = (<float>4.0)*_t60
-            _t62 = _t13*_t59
-            _t63 = (_t3*_t3*_t3*_t3)
-            _t64 = symprop_nan_throughf(symprop_finite_orf(-_t0*(_t3*_t55 - _t3*_t61 + _t4*_t48 - _t4*_t51 - _t4*_t54 - _t4*_t56 + _t4*_t58 - _t4*_t62 - _t45*_t55 + _t45*_t61 - _t48 + _t51 + _t52 + _t54 + _t56 - _t58 + _t62*_t63 - _t7), (<float>0.0)), x)
-            _t65 = (<float>3.0)*_t12
-            _t66 = (<float>4.0)*_t6
-            _t67 = (<float>12.0)*_t53
-            _t68 = (<float>7.0)*_t53*x
-            _t69 = (<float>14.0)*_t53*y
-            _t70 = (<float>24.0)*_t45
-            _t71 = (<float>36.0)*_t60
-            _t72 = _t31*_t59
-            _t73 = _t27/((<float>4.0)*_t0 + _t18 + (<float>4.0)*_t27 + _t36 + (<float>1.0))
-            _t74 = (<float>6.0)*_t73
-            _t75 = (<float>24.0)*_t59
-            _t76 = _t59*_t70
-            _t77 = _t59*x
-            _t78 = (<float>12.0)*_t63
-            _t79 = _t73*y
-            _t80 = (<float>18.0)*_t4
-            _t81 = _t73*x
-            _t82 = (<float>4.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t24
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = _t33
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t23*((<float>180.0)*_t16*_t3 + (<float>150.0)*_t20 + (<float>100.0)*_t21 - (<float>70.0)*_t22*_t3 - (<float>30.0)*_t22*y - (<float>35.0)*_t22 - (<float>240.0)*_t3*_t42 + (<float>120.0)*_t32 - (<float>120.0)*_t34*_t4 - (<float>40.0)*_t34*_t45 - (<float>60.0)*_t34*_t5 - (<float>30.0)*_t34 + _t35*_t5 + _t35 + (<float>16.0)*_t38*(_t5*_t5) + (<float>70.0)*_t38*_t5 + (<float>24.0)*_t38 - (<float>120.0)*_t39*_t5 - (<float>60.0)*_t39 + (<float>80.0)*_t4*_t41 - (<float>80.0)*_t4*_t42 + _t40*_t5 + _t40 + (<float>16.0)*_t41*_t45 + (<float>160.0)*_t41*_t5 + (<float>100.0)*_t41 - (<float>160.0)*_t42*_t5 - (<float>220.0)*_t42 - (<float>80.0)*_t43*_t5 - (<float>110.0)*_t43 + (<float>88.0)*_t44*_t5 + (<float>140.0)*_t44 - (<float>15.0)*_t8 + x + (<float>5.0)), (<float>0.0)), x)
-            _cs0_6_b[_i] = _t46
-            _cs0_7_b[_i] = _t12
-            _cs0_8_b[_i] = _t46
-            _cs0_9_b[_i] = (<float>4.0)*_t24
-            _cs0_10_b[_i] = (<float>6.0)*_t33
-            _cd0_0_b[_i] = _t47
-            _cd0_1_b[_i] = (<float>2.0)*_t12
-            _cd0_2_b[_i] = (<float>3.0)*_t64
-            _cd0_3_b[_i] = _t65
-            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t31*_t53 - _t31*_t79 - _t4*_t66 + _t4*_t67 + _t4*_t68 + _t4*_t69 - _t4*_t71 + _t4*_t75 + (<float>12.0)*_t4*_t77 - _t52 + _t53*_t70 - _t63*_t75 + (<float>24.0)*_t63*_t79 + _t66 - _t67 - _t68 - _t69 + _t7 + _t70*_t79 + _t71 + _t72*y + _t72 + _t74*x - _t74*y - _t76*y - _t76 - _t77*_t78 + _t78*_t81 - _t79*_t80 - _t80*_t81), (<float>0.0)), x)
-            _cd0_5_b[_i] = _t82
-            _cd0_6_b[_i] = (<float>12.0)*_t64
-            _cd1_0_b[_i] = _t47
-            _cd1_1_b[_i] = _t65
-            _cd1_2_b[_i] = (<float>6.0)*_t64
-            _cd1_3_b[_i] = (<float>6.0)*_t12
-            _cd2_0_b[_i] = _t10
-            _cd2_1_b[_i] = _t82
-            _cd3_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t31 = _t25*y
+            _t32 = (<float>24.0)*_t3
+            _t33 = _t25*_t4
+            _t34 = _t0*_t6
+            _t35 = _t34*_t5
+            _t36 = symprop_nan_throughf(symprop_finite_orf(_t35*((<float>24.0)*_t0*_t3*_t6 + (<float>7.0)*_t0*_t6*x + (<float>14.0)*_t0*_t6*y + (<float>12.0)*_t0*_t6 - _t25*_t32 - _t26*_t5 - _t26 + (<float>24.0)*_t27*_t28*_t3*y + (<float>8.0)*_t27*_t28*_t4*y + (<float>12.0)*_t27*_t28*_t5*x + (<float>16.0)*_t27*_t28*_t5*y + (<float>6.0)*_t27*_t28*x + (<float>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - _t31*_t32 - (<float>36.0)*_t31 - (<float>16.0)*_t33 - x + (<float>-4.0)), (<float>0.0)), x)
+            _t37 = _t27*_t28
+            _t38 = (<float>60.0)*_t25
+            _t39 = expf((<float>4.0)*x)
+            _t40 = _t39/(_t1*_t1*_t1*_t1)
+            _t41 = _t40*x
+            _t42 = _t37*x
+            _t43 = (<float>50.0)*_t29
+            _t44 = _t40*y
+            _t45 = _t37*y
+            _t46 = _t3*_t37
+            _t47 = _t3*_t44
+            _t48 = (_t3*_t3*_t3)
+            _t49 = (<float>3.0)*_t23
+            _t50 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t4*_t8 + _t8, _t10), x)
+            _t51 = ((<float>0.5))*_t0
+            _t52 = _t51*y
+            _t53 = _t24*_t6
+            _t54 = _t15*_t53
+            _t55 = _t22*_t34
+            _t56 = _t22*_t53
+            _t57 = symprop_nan_throughf(symprop_finite_orf(-_t18*(_t15*_t55 + _t21*_t51 - _t21*_t52 + ((<float>0.25))*_t21*x + ((<float>0.5))*_t21 + _t3*_t51 - _t4*_t54 - _t51 + _t52 + _t54 + _t55 - _t56*y + _t56 + (<float>-0.25)), (<float>0.0)), x)
+            _t58 = (<float>3.0)*_t20
+            _t59 = (<float>4.0)*_t6
+            _t60 = _t0/(_t12 + _t24 + (<float>1.0))
+            _t61 = (<float>12.0)*_t60
+            _t62 = (<float>7.0)*_t60*x
+            _t63 = (<float>14.0)*_t60*y
+            _t64 = (<float>24.0)*_t48
+            _t65 = _t24/((<float>3.0)*_t0 + (<float>3.0)*_t24 + _t27 + (<float>1.0))
+            _t66 = (<float>36.0)*_t65*y
+            _t67 = _t32*_t65
+            _t68 = _t27/((<float>4.0)*_t0 + (<float>6.0)*_t24 + (<float>4.0)*_t27 + _t39 + (<float>1.0))
+            _t69 = (<float>6.0)*_t68
+            _t70 = (<float>24.0)*_t65
+            _t71 = _t64*_t65
+            _t72 = (_t3*_t3*_t3*_t3)
+            _t73 = _t65*x
+            _t74 = (<float>12.0)*_t72
+            _t75 = _t68*y
+            _t76 = (<float>18.0)*_t4
+            _t77 = _t68*x
+            _t78 = (<float>4.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = _t36
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = symprop_nan_throughf(symprop_finite_orf(-_t35*((<float>180.0)*_t25*_t3 + (<float>100.0)*_t3*_t31 - (<float>70.0)*_t3*_t34 - (<float>240.0)*_t3*_t45 + (<float>150.0)*_t31 + (<float>120.0)*_t33 - (<float>30.0)*_t34*y - (<float>35.0)*_t34 - (<float>120.0)*_t37*_t4 - (<float>40.0)*_t37*_t48 - (<float>60.0)*_t37*_t5 - (<float>30.0)*_t37 + _t38*_t5 + _t38 + (<float>80.0)*_t4*_t44 - (<float>80.0)*_t4*_t45 + (<float>16.0)*_t41*(_t5*_t5) + (<float>70.0)*_t41*_t5 + (<float>24.0)*_t41 - (<float>120.0)*_t42*_t5 - (<float>60.0)*_t42 + _t43*_t5 + _t43 + (<float>16.0)*_t44*_t48 + (<float>160.0)*_t44*_t5 + (<float>100.0)*_t44 - (<float>160.0)*_t45*_t5 - (<float>220.0)*_t45 - (<float>80.0)*_t46*_t5 - (<float>110.0)*_t46 + (<float>88.0)*_t47*_t5 + (<float>140.0)*_t47 - (<float>15.0)*_t8 + x + (<float>5.0)), (<float>0.0)), x)
+            _cs0_6_b[_i] = _t49
+            _cs0_7_b[_i] = _t20
+            _cs0_8_b[_i] = _t49
+            _cs0_9_b[_i] = (<float>4.0)*_t23
+            _cs0_10_b[_i] = (<float>6.0)*_t36
+            _cd0_0_b[_i] = _t50
+            _cd0_1_b[_i] = (<float>2.0)*_t20
+            _cd0_2_b[_i] = (<float>3.0)*_t57
+            _cd0_3_b[_i] = _t58
+            _cd0_4_b[_i] = (<float>4.0)*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t32*_t60 - _t32*_t75 - _t4*_t59 + _t4*_t61 + _t4*_t62 + _t4*_t63 - _t4*_t66 - _t4*_t7 + _t4*_t70 + (<float>12.0)*_t4*_t73 + _t59 + _t60*_t64 - _t61 - _t62 - _t63 + _t64*_t75 + _t66 + _t67*y + _t67 + _t69*x - _t69*y + _t7 - _t70*_t72 - _t71*y - _t71 + (<float>24.0)*_t72*_t75 - _t73*_t74 + _t74*_t77 - _t75*_t76 - _t76*_t77), (<float>0.0)), x)
+            _cd0_5_b[_i] = _t78
+            _cd0_6_b[_i] = (<float>12.0)*_t57
+            _cd1_0_b[_i] = _t50
+            _cd1_1_b[_i] = _t58
+            _cd1_2_b[_i] = (<float>6.0)*_t57
+            _cd1_3_b[_i] = (<float>6.0)*_t20
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t78
+            _cd3_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -18047,9 +17643,9 @@ cdef void _mish_vjp_taylor4_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -18111,7 +17707,7 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _cs0_7_b[_B]
     cdef double _cs0_8_b[_B]
     cdef double _cs0_9_b[_B]
-    cdef double _t10_b[_B]
+    cdef double _t11_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double _S0
     cdef double _t0
@@ -18191,11 +17787,7 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
     cdef double _t76
     cdef double _t77
     cdef double _t78
-    cdef double _t79
     cdef double _t8
-    cdef double _t80
-    cdef double _t81
-    cdef double _t82
     cdef double _t9
     cdef double gy
     cdef double gy1
@@ -18226,106 +17818,102 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
             _t6 = ((<double>1.0)/(_t1))
             _t7 = _t6*x
             _t8 = _t0*_t7
-            _t9 = (<double>(x > (<double>0.0)))
-            _t10 = symprop_nan_through(symprop_finite_or(_t3 - _t5*_t8, _t9), x)
-            _t11 = (<double>2.0)*_t0
-            _t12 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t11*y + _t11 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t13 = (<double>2.0)*x
-            _t14 = exp(_t13)
-            _t15 = ((<double>1.0)/(_t1*_t1))
-            _t16 = _t14*_t15
-            _t17 = _t13*_t16
-            _t18 = (<double>6.0)*_t14
-            _t19 = _t18*y
-            _t20 = _t16*y
-            _t21 = _t20*_t3
-            _t22 = _t0*_t6
-            _t23 = _t22*_t5
-            _t24 = symprop_nan_through(symprop_finite_or(_t23*((<double>6.0)*_t0*_t3*_t6 + (<double>3.0)*_t0*_t6*x + (<double>6.0)*_t0*_t6*y + (<double>3.0)*_t0*_t6 - _t15*_t19 - _t17*_t5 - _t17 - (<double>4.0)*_t21 - x + (<double>-3.0)), (<double>0.0)), x)
-            _t25 = (<double>8.0)*_t16
-            _t26 = (<double>3.0)*x
-            _t27 = exp(_t26)
+            _t9 = _t3 - _t5*_t8
+            _t10 = (<double>(x > (<double>0.0)))
+            _t11 = symprop_nan_through(symprop_finite_or(_t9, _t10), x)
+            _t12 = (<double>2.0)*_t0
+            _t13 = _t12*y
+            _t14 = _t12 - _t13 + x + (<double>2.0)
+            _t15 = ((<double>0.5))*x
+            _t16 = cosh(_t15)
+            _t17 = cosh(_t2)
+            _t18 = (<double>1.0)/((_t16*_t16)*(_t17*_t17))
+            _t19 = ((<double>0.25))*_t18
+            _t20 = symprop_nan_through(symprop_finite_or(_t14*_t19, (<double>0.0)), x)
+            _t21 = sinh(_t15)/_t16
+            _t22 = sinh(_t2)/_t17
+            _t23 = symprop_nan_through(symprop_finite_or(-_t19*(_t12*_t14*_t22*_t6 + _t12*_t9 - _t12 + _t13 + _t14*_t21 + (<double>-1.0)), (<double>0.0)), x)
+            _t24 = exp((<double>2.0)*x)
+            _t25 = _t24/(_t1*_t1)
+            _t26 = (<double>8.0)*_t25
+            _t27 = exp((<double>3.0)*x)
             _t28 = ((<double>1.0)/(_t1*_t1*_t1))
-            _t29 = _t16*x
+            _t29 = _t25*x
             _t30 = (<double>12.0)*_t29
-            _t31 = (<double>24.0)*_t3
-            _t32 = _t16*_t4
-            _t33 = symprop_nan_through(symprop_finite_or(_t23*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t16*_t31 - _t20*_t31 - (<double>36.0)*_t20 - _t25*_t5 - _t25 + (<double>24.0)*_t27*_t28*_t3*y + (<double>8.0)*_t27*_t28*_t4*y + (<double>12.0)*_t27*_t28*_t5*x + (<double>16.0)*_t27*_t28*_t5*y + (<double>6.0)*_t27*_t28*x + (<double>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - (<double>16.0)*_t32 - x + (<double>-4.0)), (<double>0.0)), x)
-            _t34 = _t27*_t28
-            _t35 = (<double>60.0)*_t16
-            _t36 = exp((<double>4.0)*x)
-            _t37 = _t36/(_t1*_t1*_t1*_t1)
-            _t38 = _t37*x
-            _t39 = _t34*x
-            _t40 = (<double>50.0)*_t29
-            _t41 = _t37*y
-            _t42 = _t34*y
-            _t43 = _t3*_t34
-            _t44 = _t3*_t41
-            _t45 = (_t3*_t3*_t3)
-            _t46 = (<double>3.0)*_t24
-            _t47 = symprop_nan_through(symprop_finite_or(_t3 - _t4*_t8 + _t8, _t9), x)
-            _t48 = (<double>3.0)*_t6
-            _t49 = ((<double>1.0)/((_t11 + _t14 + (<double>1.0))))
-            _t50 = (<double>3.0)*_t0
-            _t51 = _t49*_t50
-            _t52 = _t4*_t7
-            _t53 = _t0*_t49
-            _t54 = _t26*_t53
-            _t55 = (<double>6.0)*_t53
-            _t56 = _t55*y
-            _t57 = ((<double>1.0)/(((<double>3.0)*_t14 + _t27 + _t50 + (<double>1.0))))
-            _t58 = _t19*_t57
-            _t59 = _t14*_t57
-            _t60 = _t59*y
-            _t61 = (<double>4.0)*_t60
-            _t62 = _t13*_t59
-            _t63 = (_t3*_t3*_t3*_t3)
-            _t64 = symprop_nan_through(symprop_finite_or(-_t0*(_t3*_t55 - _t3*_t61 + _t4*_t48 - _t4*_t51 - _t4*_t54 - _t4*_t56 + _t4*_t58 - _t4*_t62 - _t45*_t55 + _t45*_t61 - _t48 + _t51 + _t52 + _t54 + _t56 - _t58 + _t62*_t63 - _t7), (<double>0.0)), x)
-            _t65 = (<double>3.0)*_t12
-            _t66 = (<double>4.0)*_t6
-            _t67 = (<double>12.0)*_t53
-            _t68 = (<double>7.0)*_t53*x
-            _t69 = (<double>14.0)*_t53*y
-            _t70 = (<double>24.0)*_t45
-            _t71 = (<double>36.0)*_t60
-            _t72 = _t31*_t59
-            _t73 = _t27/((<double>4.0)*_t0 + _t18 + (<double>4.0)*_t27 + _t36 + (<double>1.0))
-            _t74 = (<double>6.0)*_t73
-            _t75 = (<double>24.0)*_t59
-            _t76 = _t59*_t70
-            _t77 = _t59*x
-            _t78 = (<double>12.0)*_t63
-            _t79 = _t73*y
-            _t80 = (<double>18.0)*_t4
-            _t81 = _t73*x
-            _t82 = (<double>4.0)*_t12
-            _cs0_0_b[_i] = _t12
-            _cs0_1_b[_i] = _t24
-            _cs0_2_b[_i] = _t12
-            _cs0_3_b[_i] = _t33
-            _cs0_4_b[_i] = _t12
-            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(-_t23*((<double>180.0)*_t16*_t3 + (<double>150.0)*_t20 + (<double>100.0)*_t21 - (<double>70.0)*_t22*_t3 - (<double>30.0)*_t22*y - (<double>35.0)*_t22 - (<double>240.0)*_t3*_t42 + (<double>120.0)*_t32 - (<double>120.0)*_t34*_t4 - (<double>40.0)*_t34*_t45 - (<double>60.0)*_t34*_t5 - (<double>30.0)*_t34 + _t35*_t5 + _t35 + (<double>16.0)*_t38*(_t5*_t5) + (<double>70.0)*_t38*_t5 + (<double>24.0)*_t38 - (<double>120.0)*_t39*_t5 - (<double>60.0)*_t39 + (<double>80.0)*_t4*_t41 - (<double>80.0)*_t4*_t42 + _t40*_t5 + _t40 + (<double>16.0)*_t41*_t45 + (<double>160.0)*_t41*_t5 + (<double>100.0)*_t41 - (<double>160.0)*_t42*_t5 - (<double>220.0)*_t42 - (<double>80.0)*_t43*_t5 - (<double>110.0)*_t43 + (<double>88.0)*_t44*_t5 + (<double>140.0)*_t44 - (<double>15.0)*_t8 + x + (<double>5.0)), (<double>0.0)), x)
-            _cs0_6_b[_i] = _t46
-            _cs0_7_b[_i] = _t12
-            _cs0_8_b[_i] = _t46
-            _cs0_9_b[_i] = (<double>4.0)*_t24
-            _cs0_10_b[_i] = (<double>6.0)*_t33
-            _cd0_0_b[_i] = _t47
-            _cd0_1_b[_i] = (<double>2.0)*_t12
-            _cd0_2_b[_i] = (<double>3.0)*_t64
-            _cd0_3_b[_i] = _t65
-            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(_t0*(-_t31*_t53 - _t31*_t79 - _t4*_t66 + _t4*_t67 + _t4*_t68 + _t4*_t69 - _t4*_t71 + _t4*_t75 + (<double>12.0)*_t4*_t77 - _t52 + _t53*_t70 - _t63*_t75 + (<double>24.0)*_t63*_t79 + _t66 - _t67 - _t68 - _t69 + _t7 + _t70*_t79 + _t71 + _t72*y + _t72 + _t74*x - _t74*y - _t76*y - _t76 - _t77*_t78 + _t78*_t81 - _t79*_t80 - _t80*_t81), (<double>0.0)), x)
-            _cd0_5_b[_i] = _t82
-            _cd0_6_b[_i] = (<double>12.0)*_t64
-            _cd1_0_b[_i] = _t47
-            _cd1_1_b[_i] = _t65
-            _cd1_2_b[_i] = (<double>6.0)*_t64
-            _cd1_3_b[_i] = (<double>6.0)*_t12
-            _cd2_0_b[_i] = _t10
-            _cd2_1_b[_i] = _t82
-            _cd3_0_b[_i] = _t10
-            _t10_b[_i] = _t10
+            _t31 = _t25*y
+            _t32 = (<double>24.0)*_t3
+            _t33 = _t25*_t4
+            _t34 = _t0*_t6
+            _t35 = _t34*_t5
+            _t36 = symprop_nan_through(symprop_finite_or(_t35*((<double>24.0)*_t0*_t3*_t6 + (<double>7.0)*_t0*_t6*x + (<double>14.0)*_t0*_t6*y + (<double>12.0)*_t0*_t6 - _t25*_t32 - _t26*_t5 - _t26 + (<double>24.0)*_t27*_t28*_t3*y + (<double>8.0)*_t27*_t28*_t4*y + (<double>12.0)*_t27*_t28*_t5*x + (<double>16.0)*_t27*_t28*_t5*y + (<double>6.0)*_t27*_t28*x + (<double>22.0)*_t27*_t28*y - _t30*_t5 - _t30 - _t31*_t32 - (<double>36.0)*_t31 - (<double>16.0)*_t33 - x + (<double>-4.0)), (<double>0.0)), x)
+            _t37 = _t27*_t28
+            _t38 = (<double>60.0)*_t25
+            _t39 = exp((<double>4.0)*x)
+            _t40 = _t39/(_t1*_t1*_t1*_t1)
+            _t41 = _t40*x
+            _t42 = _t37*x
+            _t43 = (<double>50.0)*_t29
+            _t44 = _t40*y
+            _t45 = _t37*y
+            _t46 = _t3*_t37
+            _t47 = _t3*_t44
+            _t48 = (_t3*_t3*_t3)
+            _t49 = (<double>3.0)*_t23
+            _t50 = symprop_nan_through(symprop_finite_or(_t3 - _t4*_t8 + _t8, _t10), x)
+            _t51 = ((<double>0.5))*_t0
+            _t52 = _t51*y
+            _t53 = _t24*_t6
+            _t54 = _t15*_t53
+            _t55 = _t22*_t34
+            _t56 = _t22*_t53
+            _t57 = symprop_nan_through(symprop_finite_or(-_t18*(_t15*_t55 + _t21*_t51 - _t21*_t52 + ((<double>0.25))*_t21*x + ((<double>0.5))*_t21 + _t3*_t51 - _t4*_t54 - _t51 + _t52 + _t54 + _t55 - _t56*y + _t56 + (<double>-0.25)), (<double>0.0)), x)
+            _t58 = (<double>3.0)*_t20
+            _t59 = (<double>4.0)*_t6
+            _t60 = _t0/(_t12 + _t24 + (<double>1.0))
+            _t61 = (<double>12.0)*_t60
+            _t62 = (<double>7.0)*_t60*x
+            _t63 = (<double>14.0)*_t60*y
+            _t64 = (<double>24.0)*_t48
+            _t65 = _t24/((<double>3.0)*_t0 + (<double>3.0)*_t24 + _t27 + (<double>1.0))
+            _t66 = (<double>36.0)*_t65*y
+            _t67 = _t32*_t65
+            _t68 = _t27/((<double>4.0)*_t0 + (<double>6.0)*_t24 + (<double>4.0)*_t27 + _t39 + (<double>1.0))
+            _t69 = (<double>6.0)*_t68
+            _t70 = (<double>24.0)*_t65
+            _t71 = _t64*_t65
+            _t72 = (_t3*_t3*_t3*_t3)
+            _t73 = _t65*x
+            _t74 = (<double>12.0)*_t72
+            _t75 = _t68*y
+            _t76 = (<double>18.0)*_t4
+            _t77 = _t68*x
+            _t78 = (<double>4.0)*_t20
+            _cs0_0_b[_i] = _t20
+            _cs0_1_b[_i] = _t23
+            _cs0_2_b[_i] = _t20
+            _cs0_3_b[_i] = _t36
+            _cs0_4_b[_i] = _t20
+            _cs0_5_b[_i] = symprop_nan_through(symprop_finite_or(-_t35*((<double>180.0)*_t25*_t3 + (<double>100.0)*_t3*_t31 - (<double>70.0)*_t3*_t34 - (<double>240.0)*_t3*_t45 + (<double>150.0)*_t31 + (<double>120.0)*_t33 - (<double>30.0)*_t34*y - (<double>35.0)*_t34 - (<double>120.0)*_t37*_t4 - (<double>40.0)*_t37*_t48 - (<double>60.0)*_t37*_t5 - (<double>30.0)*_t37 + _t38*_t5 + _t38 + (<double>80.0)*_t4*_t44 - (<double>80.0)*_t4*_t45 + (<double>16.0)*_t41*(_t5*_t5) + (<double>70.0)*_t41*_t5 + (<double>24.0)*_t41 - (<double>120.0)*_t42*_t5 - (<double>60.0)*_t42 + _t43*_t5 + _t43 + (<double>16.0)*_t44*_t48 + (<double>160.0)*_t44*_t5 + (<double>100.0)*_t44 - (<double>160.0)*_t45*_t5 - (<double>220.0)*_t45 - (<double>80.0)*_t46*_t5 - (<double>110.0)*_t46 + (<double>88.0)*_t47*_t5 + (<double>140.0)*_t47 - (<double>15.0)*_t8 + x + (<double>5.0)), (<double>0.0)), x)
+            _cs0_6_b[_i] = _t49
+            _cs0_7_b[_i] = _t20
+            _cs0_8_b[_i] = _t49
+            _cs0_9_b[_i] = (<double>4.0)*_t23
+            _cs0_10_b[_i] = (<double>6.0)*_t36
+            _cd0_0_b[_i] = _t50
+            _cd0_1_b[_i] = (<double>2.0)*_t20
+            _cd0_2_b[_i] = (<double>3.0)*_t57
+            _cd0_3_b[_i] = _t58
+            _cd0_4_b[_i] = (<double>4.0)*symprop_nan_through(symprop_finite_or(_t0*(-_t32*_t60 - _t32*_t75 - _t4*_t59 + _t4*_t61 + _t4*_t62 + _t4*_t63 - _t4*_t66 - _t4*_t7 + _t4*_t70 + (<double>12.0)*_t4*_t73 + _t59 + _t60*_t64 - _t61 - _t62 - _t63 + _t64*_t75 + _t66 + _t67*y + _t67 + _t69*x - _t69*y + _t7 - _t70*_t72 - _t71*y - _t71 + (<double>24.0)*_t72*_t75 - _t73*_t74 + _t74*_t77 - _t75*_t76 - _t76*_t77), (<double>0.0)), x)
+            _cd0_5_b[_i] = _t78
+            _cd0_6_b[_i] = (<double>12.0)*_t57
+            _cd1_0_b[_i] = _t50
+            _cd1_1_b[_i] = _t58
+            _cd1_2_b[_i] = (<double>6.0)*_t57
+            _cd1_3_b[_i] = (<double>6.0)*_t20
+            _cd2_0_b[_i] = _t11
+            _cd2_1_b[_i] = _t78
+            _cd3_0_b[_i] = _t11
+            _t11_b[_i] = _t11
             _S0_b[_i] = 0
         for _k in range(_d):
             for _i in range(_n):
@@ -18342,9 +17930,9 @@ cdef void _mish_vjp_taylor4_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_
         for _i in range(_n):
             _e = _b0 + _i
             gy = gy_p[_e]
-            _t10 = _t10_b[_i]
+            _t11 = _t11_b[_i]
             _S0 = _S0_b[_i]
-            gx_p[_e] = _S0 + _t10*gy
+            gx_p[_e] = _S0 + _t11*gy
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -18505,7 +18093,7 @@ cdef void _mish_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, Py_ss
         _b0 += _n
 
 # ---------------------------------------------------------------- mish_vjp_laplacian
-# gx = gLy*(L*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + dsum(J**2)*nan_through(finite_or(-2*x*(1 - tanh(log(exp(x) + 1))**2)**2*exp(3*x)/(exp(x) + 1)**3 + x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 3*x*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 2*x*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 - 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2 + 4*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**3 + 6*y*(1 - tanh(log(exp(x) + 1))**2)*exp(3*x)/(exp(x) + 1)**3 + 3*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) - 6*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)*tanh(log(exp(x) + 1))/(exp(x) + 1)**2 - 3*(1 - tanh(log(exp(x) + 1))**2)*exp(2*x)/(exp(x) + 1)**2, 0), x)) + gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(J*gJy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gL = gLy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); gJ = 2*J*gLy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gJy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
+# gx = gLy*(L*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + dsum(J**2)*nan_through(finite_or(-(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)))*exp(x)/(2*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) + (-2*y*exp(x) + 2*exp(x) + 1)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*sinh(x/2)/(4*cosh(x/2)**3*cosh(log(exp(x) + 1))**2) - (x - 2*y*exp(x) + 2*exp(x) + 2)*exp(x)*sinh(log(exp(x) + 1))/(2*(exp(x) + 1)*cosh(x/2)**2*cosh(log(exp(x) + 1))**3), 0), x)) + gy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + dsum(J*gJy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)); gL = gLy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x); gJ = 2*J*gLy*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x) + gJy*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)
 cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, Py_ssize_t _hi,
                                    Py_ssize_t _stride, Py_ssize_t _d) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
@@ -18524,13 +18112,17 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _cd0_1_b[_B]
     cdef float _cs1_0_b[_B]
     cdef float _t0_b[_B]
+    cdef float _t10_b[_B]
     cdef float _t11_b[_B]
     cdef float _t12_b[_B]
-    cdef float _t3_b[_B]
+    cdef float _t13_b[_B]
+    cdef float _t14_b[_B]
+    cdef float _t2_b[_B]
     cdef float _t4_b[_B]
     cdef float _t5_b[_B]
     cdef float _t6_b[_B]
     cdef float _t7_b[_B]
+    cdef float _t8_b[_B]
     cdef float _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef float J
@@ -18542,6 +18134,8 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef float _t10
     cdef float _t11
     cdef float _t12
+    cdef float _t13
+    cdef float _t14
     cdef float _t2
     cdef float _t3
     cdef float _t4
@@ -18570,28 +18164,34 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
             _t1 = _t0 + (<float>1.0)
             _t2 = logf(_t1)
             _t3 = tanhf(_t2)
-            _t4 = (_t3*_t3) + (<float>-1.0)
-            _t5 = ((<float>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_nan_throughf(symprop_finite_orf(_t3 - _t6*x, (<float>(x > (<float>0.0)))), x)
-            _t8 = (<float>2.0)*_t0
-            _t9 = symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t8*y + _t8 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
-            _t10 = (<float>2.0)*x
-            _t11 = expf(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            gL_p[_e] = _t7*gLy
-            _cs1_0_b[_i] = _t9
-            _cd0_0_b[_i] = (<float>2.0)*_t9*gLy
-            _cd0_1_b[_i] = _t7
+            _t4 = ((<float>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<float>-1.0)) + _t3
+            _t6 = symprop_nan_throughf(symprop_finite_orf(_t5, (<float>(x > (<float>0.0)))), x)
+            _t7 = (<float>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<float>2.0)
+            _t10 = ((<float>0.5))*x
+            _t11 = coshf(_t10)
+            _t12 = coshf(_t2)
+            _t13 = ((<float>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_nan_throughf(symprop_finite_orf(_t13*_t9, (<float>0.0)), x)
+            gL_p[_e] = _t6*gLy
+            _cs1_0_b[_i] = _t14
+            _cd0_0_b[_i] = (<float>2.0)*_t14*gLy
+            _cd0_1_b[_i] = _t6
             _t0_b[_i] = _t0
-            _t3_b[_i] = _t3
+            _t2_b[_i] = _t2
             _t4_b[_i] = _t4
             _t5_b[_i] = _t5
             _t6_b[_i] = _t6
             _t7_b[_i] = _t7
+            _t8_b[_i] = _t8
             _t9_b[_i] = _t9
+            _t10_b[_i] = _t10
             _t11_b[_i] = _t11
             _t12_b[_i] = _t12
+            _t13_b[_i] = _t13
+            _t14_b[_i] = _t14
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -18604,22 +18204,25 @@ cdef void _mish_vjp_laplacian_f32(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
-            _t3 = _t3_b[_i]
+            _t2 = _t2_b[_i]
             _t4 = _t4_b[_i]
             _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
+            _t8 = _t8_b[_i]
             _t9 = _t9_b[_i]
+            _t10 = _t10_b[_i]
             _t11 = _t11_b[_i]
             _t12 = _t12_b[_i]
+            _t13 = _t13_b[_i]
+            _t14 = _t14_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t7*gy + gLy*(L*_t9 + _S0*symprop_nan_throughf(symprop_finite_orf(_t6*((<float>6.0)*_t0*_t3*_t5 + (<float>3.0)*_t0*_t5*x + (<float>6.0)*_t0*_t5*y + (<float>3.0)*_t0*_t5 - (<float>4.0)*_t11*_t3*y - (<float>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<float>-3.0)), (<float>0.0)), x))
+            gx_p[_e] = _S1 + _t6*gy + gLy*(L*_t14 + _S0*symprop_nan_throughf(symprop_finite_orf(_t13*((<float>2.0)*_t0 - _t5*_t7 - _t8 + (<float>1.0) - _t4*_t7*_t9*sinhf(_t2)/_t12 - _t9*sinhf(_t10)/_t11), (<float>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -18646,13 +18249,17 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _cd0_1_b[_B]
     cdef double _cs1_0_b[_B]
     cdef double _t0_b[_B]
+    cdef double _t10_b[_B]
     cdef double _t11_b[_B]
     cdef double _t12_b[_B]
-    cdef double _t3_b[_B]
+    cdef double _t13_b[_B]
+    cdef double _t14_b[_B]
+    cdef double _t2_b[_B]
     cdef double _t4_b[_B]
     cdef double _t5_b[_B]
     cdef double _t6_b[_B]
     cdef double _t7_b[_B]
+    cdef double _t8_b[_B]
     cdef double _t9_b[_B]
     cdef Py_ssize_t _b0 = _lo, _n, _i, _e, _k
     cdef double J
@@ -18664,6 +18271,8 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
     cdef double _t10
     cdef double _t11
     cdef double _t12
+    cdef double _t13
+    cdef double _t14
     cdef double _t2
     cdef double _t3
     cdef double _t4
@@ -18692,28 +18301,34 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
             _t1 = _t0 + (<double>1.0)
             _t2 = log(_t1)
             _t3 = tanh(_t2)
-            _t4 = (_t3*_t3) + (<double>-1.0)
-            _t5 = ((<double>1.0)/(_t1))
-            _t6 = _t0*_t4*_t5
-            _t7 = symprop_nan_through(symprop_finite_or(_t3 - _t6*x, (<double>(x > (<double>0.0)))), x)
-            _t8 = (<double>2.0)*_t0
-            _t9 = symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t8*y + _t8 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
-            _t10 = (<double>2.0)*x
-            _t11 = exp(_t10)/(_t1*_t1)
-            _t12 = _t10*_t11
-            gL_p[_e] = _t7*gLy
-            _cs1_0_b[_i] = _t9
-            _cd0_0_b[_i] = (<double>2.0)*_t9*gLy
-            _cd0_1_b[_i] = _t7
+            _t4 = ((<double>1.0)/(_t1))
+            _t5 = -_t0*_t4*x*((_t3*_t3) + (<double>-1.0)) + _t3
+            _t6 = symprop_nan_through(symprop_finite_or(_t5, (<double>(x > (<double>0.0)))), x)
+            _t7 = (<double>2.0)*_t0
+            _t8 = _t7*y
+            _t9 = _t7 - _t8 + x + (<double>2.0)
+            _t10 = ((<double>0.5))*x
+            _t11 = cosh(_t10)
+            _t12 = cosh(_t2)
+            _t13 = ((<double>0.25))/((_t11*_t11)*(_t12*_t12))
+            _t14 = symprop_nan_through(symprop_finite_or(_t13*_t9, (<double>0.0)), x)
+            gL_p[_e] = _t6*gLy
+            _cs1_0_b[_i] = _t14
+            _cd0_0_b[_i] = (<double>2.0)*_t14*gLy
+            _cd0_1_b[_i] = _t6
             _t0_b[_i] = _t0
-            _t3_b[_i] = _t3
+            _t2_b[_i] = _t2
             _t4_b[_i] = _t4
             _t5_b[_i] = _t5
             _t6_b[_i] = _t6
             _t7_b[_i] = _t7
+            _t8_b[_i] = _t8
             _t9_b[_i] = _t9
+            _t10_b[_i] = _t10
             _t11_b[_i] = _t11
             _t12_b[_i] = _t12
+            _t13_b[_i] = _t13
+            _t14_b[_i] = _t14
             _S0_b[_i] = 0
             _S1_b[_i] = 0
         for _k in range(_d):
@@ -18726,22 +18341,25 @@ cdef void _mish_vjp_laplacian_f64(char** _a, const double* _s, Py_ssize_t _lo, P
         for _i in range(_n):
             _e = _b0 + _i
             x = x_p[_e]
-            y = y_p[_e]
             L = L_p[_e]
             gy = gy_p[_e]
             gLy = gLy_p[_e]
             _t0 = _t0_b[_i]
-            _t3 = _t3_b[_i]
+            _t2 = _t2_b[_i]
             _t4 = _t4_b[_i]
             _t5 = _t5_b[_i]
             _t6 = _t6_b[_i]
             _t7 = _t7_b[_i]
+            _t8 = _t8_b[_i]
             _t9 = _t9_b[_i]
+            _t10 = _t10_b[_i]
             _t11 = _t11_b[_i]
             _t12 = _t12_b[_i]
+            _t13 = _t13_b[_i]
+            _t14 = _t14_b[_i]
             _S0 = _S0_b[_i]
             _S1 = _S1_b[_i]
-            gx_p[_e] = _S1 + _t7*gy + gLy*(L*_t9 + _S0*symprop_nan_through(symprop_finite_or(_t6*((<double>6.0)*_t0*_t3*_t5 + (<double>3.0)*_t0*_t5*x + (<double>6.0)*_t0*_t5*y + (<double>3.0)*_t0*_t5 - (<double>4.0)*_t11*_t3*y - (<double>6.0)*_t11*y - _t12*_t4 - _t12 - x + (<double>-3.0)), (<double>0.0)), x))
+            gx_p[_e] = _S1 + _t6*gy + gLy*(L*_t14 + _S0*symprop_nan_through(symprop_finite_or(_t13*((<double>2.0)*_t0 - _t5*_t7 - _t8 + (<double>1.0) - _t4*_t7*_t9*sinh(_t2)/_t12 - _t9*sinh(_t10)/_t11), (<double>0.0)), x))
         for _k in range(_d):
             for _i in range(_n):
                 _e = _k * _stride + _b0 + _i
@@ -19110,19 +18728,19 @@ KERNELS = {
                                  [], <size_t>_TABLE_F32[31], <size_t>_TABLE_F64[31]),
     "softplus_taylor2": TaylorKernel("softplus_taylor2", ['x'], ['x1', 'x2'], ['y'], ['y1', 'y2'],
                                  [], <size_t>_TABLE_F32[32], <size_t>_TABLE_F64[32]),
-    "softplus_vjp_taylor2": TaylorKernel("softplus_vjp_taylor2", ['x', 'y', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
+    "softplus_vjp_taylor2": TaylorKernel("softplus_vjp_taylor2", ['y', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
                                  [], <size_t>_TABLE_F32[33], <size_t>_TABLE_F64[33]),
     "softplus_taylor3": TaylorKernel("softplus_taylor3", ['x'], ['x1', 'x2', 'x3'], ['y'], ['y1', 'y2', 'y3'],
                                  [], <size_t>_TABLE_F32[34], <size_t>_TABLE_F64[34]),
-    "softplus_vjp_taylor3": TaylorKernel("softplus_vjp_taylor3", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
+    "softplus_vjp_taylor3": TaylorKernel("softplus_vjp_taylor3", ['y', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
                                  [], <size_t>_TABLE_F32[35], <size_t>_TABLE_F64[35]),
     "softplus_taylor4": TaylorKernel("softplus_taylor4", ['x'], ['x1', 'x2', 'x3', 'x4'], ['y'], ['y1', 'y2', 'y3', 'y4'],
                                  [], <size_t>_TABLE_F32[36], <size_t>_TABLE_F64[36]),
-    "softplus_vjp_taylor4": TaylorKernel("softplus_vjp_taylor4", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
+    "softplus_vjp_taylor4": TaylorKernel("softplus_vjp_taylor4", ['y', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
                                  [], <size_t>_TABLE_F32[37], <size_t>_TABLE_F64[37]),
     "softplus_laplacian": TaylorKernel("softplus_laplacian", ['x', 'L'], ['J'], ['y', 'Ly'], ['Jy'],
                                  [], <size_t>_TABLE_F32[38], <size_t>_TABLE_F64[38]),
-    "softplus_vjp_laplacian": TaylorKernel("softplus_vjp_laplacian", ['x', 'y', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
+    "softplus_vjp_laplacian": TaylorKernel("softplus_vjp_laplacian", ['y', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
                                  [], <size_t>_TABLE_F32[39], <size_t>_TABLE_F64[39]),
     "leaky_relu_taylor1": TaylorKernel("leaky_relu_taylor1", ['x'], ['x1'], ['y'], ['y1'],
                                  ['alpha'], <size_t>_TABLE_F32[40], <size_t>_TABLE_F64[40]),
@@ -19170,19 +18788,19 @@ KERNELS = {
                                  [], <size_t>_TABLE_F32[61], <size_t>_TABLE_F64[61]),
     "silu_taylor2": TaylorKernel("silu_taylor2", ['x'], ['x1', 'x2'], ['y'], ['y1', 'y2'],
                                  [], <size_t>_TABLE_F32[62], <size_t>_TABLE_F64[62]),
-    "silu_vjp_taylor2": TaylorKernel("silu_vjp_taylor2", ['x', 'y', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
+    "silu_vjp_taylor2": TaylorKernel("silu_vjp_taylor2", ['x', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
                                  [], <size_t>_TABLE_F32[63], <size_t>_TABLE_F64[63]),
     "silu_taylor3": TaylorKernel("silu_taylor3", ['x'], ['x1', 'x2', 'x3'], ['y'], ['y1', 'y2', 'y3'],
                                  [], <size_t>_TABLE_F32[64], <size_t>_TABLE_F64[64]),
-    "silu_vjp_taylor3": TaylorKernel("silu_vjp_taylor3", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
+    "silu_vjp_taylor3": TaylorKernel("silu_vjp_taylor3", ['x', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
                                  [], <size_t>_TABLE_F32[65], <size_t>_TABLE_F64[65]),
     "silu_taylor4": TaylorKernel("silu_taylor4", ['x'], ['x1', 'x2', 'x3', 'x4'], ['y'], ['y1', 'y2', 'y3', 'y4'],
                                  [], <size_t>_TABLE_F32[66], <size_t>_TABLE_F64[66]),
-    "silu_vjp_taylor4": TaylorKernel("silu_vjp_taylor4", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
+    "silu_vjp_taylor4": TaylorKernel("silu_vjp_taylor4", ['x', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
                                  [], <size_t>_TABLE_F32[67], <size_t>_TABLE_F64[67]),
     "silu_laplacian": TaylorKernel("silu_laplacian", ['x', 'L'], ['J'], ['y', 'Ly'], ['Jy'],
                                  [], <size_t>_TABLE_F32[68], <size_t>_TABLE_F64[68]),
-    "silu_vjp_laplacian": TaylorKernel("silu_vjp_laplacian", ['x', 'y', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
+    "silu_vjp_laplacian": TaylorKernel("silu_vjp_laplacian", ['x', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
                                  [], <size_t>_TABLE_F32[69], <size_t>_TABLE_F64[69]),
     "swish_taylor1": TaylorKernel("swish_taylor1", ['x'], ['x1'], ['y'], ['y1'],
                                  ['beta'], <size_t>_TABLE_F32[70], <size_t>_TABLE_F64[70]),
@@ -19190,19 +18808,19 @@ KERNELS = {
                                  ['beta'], <size_t>_TABLE_F32[71], <size_t>_TABLE_F64[71]),
     "swish_taylor2": TaylorKernel("swish_taylor2", ['x'], ['x1', 'x2'], ['y'], ['y1', 'y2'],
                                  ['beta'], <size_t>_TABLE_F32[72], <size_t>_TABLE_F64[72]),
-    "swish_vjp_taylor2": TaylorKernel("swish_vjp_taylor2", ['x', 'y', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
+    "swish_vjp_taylor2": TaylorKernel("swish_vjp_taylor2", ['x', 'gy'], ['x1', 'x2', 'gy1', 'gy2'], ['gx'], ['gx1', 'gx2'],
                                  ['beta'], <size_t>_TABLE_F32[73], <size_t>_TABLE_F64[73]),
     "swish_taylor3": TaylorKernel("swish_taylor3", ['x'], ['x1', 'x2', 'x3'], ['y'], ['y1', 'y2', 'y3'],
                                  ['beta'], <size_t>_TABLE_F32[74], <size_t>_TABLE_F64[74]),
-    "swish_vjp_taylor3": TaylorKernel("swish_vjp_taylor3", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
+    "swish_vjp_taylor3": TaylorKernel("swish_vjp_taylor3", ['x', 'gy'], ['x1', 'x2', 'x3', 'gy1', 'gy2', 'gy3'], ['gx'], ['gx1', 'gx2', 'gx3'],
                                  ['beta'], <size_t>_TABLE_F32[75], <size_t>_TABLE_F64[75]),
     "swish_taylor4": TaylorKernel("swish_taylor4", ['x'], ['x1', 'x2', 'x3', 'x4'], ['y'], ['y1', 'y2', 'y3', 'y4'],
                                  ['beta'], <size_t>_TABLE_F32[76], <size_t>_TABLE_F64[76]),
-    "swish_vjp_taylor4": TaylorKernel("swish_vjp_taylor4", ['x', 'y', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
+    "swish_vjp_taylor4": TaylorKernel("swish_vjp_taylor4", ['x', 'gy'], ['x1', 'x2', 'x3', 'x4', 'gy1', 'gy2', 'gy3', 'gy4'], ['gx'], ['gx1', 'gx2', 'gx3', 'gx4'],
                                  ['beta'], <size_t>_TABLE_F32[77], <size_t>_TABLE_F64[77]),
     "swish_laplacian": TaylorKernel("swish_laplacian", ['x', 'L'], ['J'], ['y', 'Ly'], ['Jy'],
                                  ['beta'], <size_t>_TABLE_F32[78], <size_t>_TABLE_F64[78]),
-    "swish_vjp_laplacian": TaylorKernel("swish_vjp_laplacian", ['x', 'y', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
+    "swish_vjp_laplacian": TaylorKernel("swish_vjp_laplacian", ['x', 'L', 'gy', 'gLy'], ['J', 'gJy'], ['gx', 'gL'], ['gJ'],
                                  ['beta'], <size_t>_TABLE_F32[79], <size_t>_TABLE_F64[79]),
     "gelu_taylor1": TaylorKernel("gelu_taylor1", ['x'], ['x1'], ['y'], ['y1'],
                                  [], <size_t>_TABLE_F32[80], <size_t>_TABLE_F64[80]),
