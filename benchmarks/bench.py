@@ -101,7 +101,7 @@ def gemm_flops(model, batch: int) -> dict:
     not needed); the JVP F for x·RWᵀ plus F for Rx·Wᵀ (Rx = 0 at the first layer); the R-op
     backward F + F for R∂W (Rg·x and g·Rx) and F + F for R∂x (Rg·W and g·RW), minus the Rx and
     ∂x terms at the first layer. So SGD/Adam step = 3F (first layer 2F) and grad+HVP = 9F
-    (first layer 4F), i.e. ≈ 3× a step, as in the issue."""
+    (first layer 4F), i.e. ≈ 3× a step."""
     per = layer_gemm_flops(model, batch)
     f = [v for _, v in per]
     if not f:

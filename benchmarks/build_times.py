@@ -6,7 +6,7 @@ folder), the wall time from the call to the first gradient of
 - ``L.Activation.from_sympy`` (GELU written by hand): derivation, rendering, Cython, gcc, import;
 - a user layer with parameters: a bias-free linear layer ``y[n,o] = Σ_i x[n,i]·W[o,i]``
   derived as a contraction spec and compiled through ``codegen.build.load_or_build`` (the path
-  a user contraction takes until the issue on user-written specs gives it a public call);
+  a user contraction takes before L.from_spec gave it a public call);
 
 then the same call again (a cache hit), and the bytes of C that Cython makes of every module of
 ``generated/`` (with the compiler directives of the install). Run it from the checkout::

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fault injection for symprop (issue 27): re-run the issue's categories and classify every case.
+"""Fault injection for symprop: re-run the hardening categories and classify every case.
 
     python benchmarks/fault_injection.py [--categories a,b] [--json out.json] [--quick] [--seed N]
 
@@ -794,7 +794,7 @@ def activation_oracle(name, x, params):
     semantics), autograd of the native (or the spec lambdified to torch) for f', f''. Beyond
     |x| = 1e4 the derivatives are taken at ±1e4, where every built-in's have reached their limits
     (torch's own double backward overflows to NaN for some, e.g. mish'' at 1e38); a NaN input
-    gives NaN in every role (the issue's "NaN in, NaN out"; torch's ReLU backward passes g there)."""
+    gives NaN in every role ("NaN in, NaN out"; torch's ReLU backward passes g there)."""
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     fn = _torch_native(name, params)
@@ -1982,7 +1982,7 @@ SABOTAGE = {
 
 
 def sabotage(names):
-    """Put defects the issue's first round fixed back (``--sabotage``), so a run shows the harness
+    """Put defects the first hardening round fixed back (``--sabotage``), so a run shows the harness
     catches them (a harness that cannot fail proves nothing)."""
     for name in names:
         if name == "check_dtype":

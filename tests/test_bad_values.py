@@ -46,7 +46,7 @@ def test_bad_call_values():
 
 
 def test_batchnorm_running_statistics_in_double_and_overflow_refused():
-    """Fault injection (issue 27): the running-statistics update ran in float32, so momentum 1e-50
+    """Fault injection: the running-statistics update ran in float32, so momentum 1e-50
     rounded to 0 (the statistics never moved) and momentum·n/(n−1)·var overflowed to an inf
     running_var silently (eval outputs then equal β)."""
     m = Sequential([L.BatchNorm1D(1, momentum=1e-50)], input_shape=(1,)).train()

@@ -163,7 +163,7 @@ DRIVER = textwrap.dedent(r'''
 
     fuzz()
     # activation kernels, every role (fused ones included), with NaN, ±inf, the float32 and
-    # float64 maxima, subnormals and ordinary values mixed in one array (issue 27 item 3): a NaN
+    # float64 maxima, subnormals and ordinary values mixed in one array: a NaN
     # input gives NaN in every output; any other input never gives NaN (every built-in
     # activation has its limits at ±inf); float32 agrees with the float64 kernel wherever the
     # float64 value is within float32's range (same infinity beyond it); fused roles agree

@@ -107,7 +107,7 @@ def test_cli_train_runs_and_saves(tmp_path):
 
 
 def test_cli_cnn_reaches_98_percent_on_digits(tmp_path):
-    """The issue's bar: `symprop train --model cnn` >= 98 % test accuracy on digits (defaults)."""
+    """The bar: `symprop train --model cnn` >= 98 % test accuracy on digits (defaults)."""
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--model", "cnn", "--save",
                         str(tmp_path / "cnn.npz")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""NaN and ±inf through every activation and every role (issue 27 item 3), against PyTorch.
+"""NaN and ±inf through every activation and every role, against PyTorch.
 
 What is guaranteed (docs/reliability-activations.md), for every registered activation and
 learnable activation, every role (forward, vjp, jvp, rvjp, residual, Becker–LeCun, the
@@ -276,7 +276,7 @@ def test_every_learnable_activation_role_at_nan_inf_and_float32_max(name, param,
 
 @pytest.mark.parametrize("make", ["ReLU", "LeakyReLU", "GELU", "SiLU", "Mish", "SoftPlus", "PReLU"])
 def test_layers_pass_nan_through_forward_and_backward(make):
-    """The issue's reproduction through the public layer API: L.ReLU().forward(NaN) is NaN,
+    """The reported reproduction through the public layer API: L.ReLU().forward(NaN) is NaN,
     and so is the gradient it passes back."""
     from symprop import layers as L
     layer = getattr(L, make)()

@@ -116,7 +116,7 @@ def test_bad_problems_are_refused_naming_the_term():
 
 
 def test_poisson_trains_to_the_accuracy_goal():
-    """The issue's goal: relative L2 error ≤ 1e-3 on the 101×101 grid (seeded, float32). One
+    """The goal: relative L2 error ≤ 1e-3 on the 101×101 grid (seeded, float32). One
     OpenMP thread: torch (imported by the tests) shares its libgomp, whose default spin-wait at
     every barrier makes two-thread kernels crawl on a shared machine (runtime/openmp.py)."""
     problem = pinn.poisson2d()
