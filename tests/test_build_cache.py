@@ -37,6 +37,7 @@ def _run(cache, mode):
     return r.stdout
 
 
+@pytest.mark.slow   # CI runs it with pytest -m slow
 def test_cache_hit_skips_derivation_and_a_corrupted_extension_or_alias_is_rebuilt(tmp_path):
     cache = tmp_path / "cache"
     out = _run(cache, "build")

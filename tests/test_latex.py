@@ -437,6 +437,7 @@ def test_fonts_are_vector_and_text_reads_back(pdfs):
 
 
 @needs_tex
+@pytest.mark.slow   # CI runs it with pytest -m slow
 def test_cli_latex_with_spec_file_and_model(tmp_path):
     spec = tmp_path / "myspec.py"
     spec.write_text("import sympy as sp\nfrom symprop.derive import ElementwiseSpec\nx = sp.Symbol('x')\n"

@@ -68,6 +68,7 @@ def test_optimizer_steps_match_torch(kind):
     assert np.max(np.abs(p - pt.detach().numpy())) < 1e-12
 
 
+@pytest.mark.slow   # CI runs it with pytest -m slow
 def test_fit_is_seeded_and_reaches_97_percent_on_digits():
     (X, y), (Xt, yt) = load_digits()
     accs = []
