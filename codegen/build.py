@@ -127,6 +127,33 @@ def load_or_build(stem: str, text: str, spec_name: str, verbose: bool = False):
     return _import(name, target), True
 
 
+def compile_spec(stem: str, spec, derive, render, verbose: bool = False):
+    """``(module, compiled, derived)`` for a user's spec: the cached module for its hash (no
+    derivation), or ``derive`` → ``render`` → compile, remembered under the hash. A spec whose
+    kernels cannot be emitted is a ``SpecError`` naming it; a Becker–LeCun kernel that is the only
+    one that cannot be emitted (squares of squares) is dropped instead, those roles being optional."""
+    from ..derive.elementwise import SpecError
+    module, derived = lookup_spec(stem, spec.hash), None
+    if module is not None:
+        return module, False, None
+    derived = derive(spec)
+    try:
+        try:
+            text = render(stem, [derived])
+        except ValueError as exc:   # LoweringError
+            if not getattr(derived, "bls", None):
+                raise
+            derived.bls, derived.no_curvature = {}, f"its Becker-LeCun kernels cannot be emitted ({exc})"
+            for sq in derived.sqvjps.values():
+                sq.mode = "per_sample"
+            text = render(stem, [derived])
+    except (NotImplementedError, ValueError) as exc:
+        raise SpecError(f"spec {spec.name!r}: cannot emit its kernels: {exc}") from exc
+    module, compiled = load_or_build(stem, text, spec.name, verbose=verbose)
+    remember_spec(stem, spec.hash, module)
+    return module, compiled, derived
+
+
 def _toolchain_hash() -> str:
     """A hash of everything that turns a spec into a module (derive, codegen, templates)."""
     global _TOOLCHAIN

@@ -77,22 +77,14 @@ class Activation(SpecLayer):
 
         ``params``: ``(("alpha", 0.01), ...)`` fixed parameters of ``expr`` with defaults
         (kernel scalars); ``values`` override them for this layer (``alpha=0.2``)."""
-        from ..codegen.build import load_or_build, lookup_spec, remember_spec
+        from ..codegen.build import compile_spec
         from ..codegen.elementwise import render_elementwise_module
-        from ..derive.elementwise import ElementwiseSpec, SpecError, derive_elementwise
+        from ..derive.elementwise import ElementwiseSpec, derive_elementwise
         from .kernels import register
 
         spec = ElementwiseSpec(name, expr, var, tuple(params))
-        module = lookup_spec(f"act_{name}", spec.hash)   # a cache hit skips the derivation
-        compiled, derived = False, None
-        if module is None:
-            derived = derive_elementwise(spec)
-            try:
-                text = render_elementwise_module(f"act_{name}", [derived])
-            except NotImplementedError as exc:
-                raise SpecError(f"spec {name!r}: cannot emit a kernel: {exc}") from exc
-            module, compiled = load_or_build(f"act_{name}", text, name, verbose=verbose)
-            remember_spec(f"act_{name}", spec.hash, module)
+        module, compiled, derived = compile_spec(f"act_{name}", spec, derive_elementwise, render_elementwise_module,
+                                                 verbose)
         layer = cls(name, module=register(module), spec=spec, params=values)
         layer.compiled = compiled
         layer._derived = derived

@@ -21,6 +21,21 @@ __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU
            "activation_names", "from_config", "from_spec", "ContractionLayer", "GroupLayer"]
 
 
+def custom_object(kind: str, name: str, saved_hash, custom_objects: dict | None):
+    """What ``custom_objects`` gives for the user-spec ``kind`` saved as ``name`` with spec hash
+    ``saved_hash`` (a spec, or a layer or loss carrying one); refused by name when absent or when
+    its hash is another (a checkpoint is never loaded onto other kernels)."""
+    obj = (custom_objects or {}).get(name)
+    if obj is None:
+        raise ValueError(f"the {kind} {name!r} was built from a user spec (hash {saved_hash}): pass "
+                         f"custom_objects={{'{name}': spec}} to load it")
+    have = getattr(getattr(obj, "spec", None) or obj, "hash", None)
+    if saved_hash is not None and have != saved_hash:
+        raise ValueError(f"the {kind} {name!r} in custom_objects is not the one the model was saved with (spec "
+                         f"hash {have} != {saved_hash})")
+    return obj
+
+
 def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     """Rebuild a layer from :meth:`Layer.config` (used by checkpoints; no pickle)."""
     kind = cfg.get("type")
@@ -29,16 +44,9 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
                      dropconnect=cfg.get("dropconnect", 0.0))
     if kind == "LearnableActivation":
         if cfg.get("hash") is not None:   # a user's learnable spec
-            nm = cfg["name"]
-            spec = (custom_objects or {}).get(nm)
-            spec = getattr(spec, "spec", spec)
-            if spec is None:
-                raise ValueError(f"the layer {nm!r} was built from a user spec: pass custom_objects={{'{nm}': spec}} "
-                                 f"to load it")
-            if getattr(spec, "hash", None) != cfg["hash"]:
-                raise ValueError(f"the spec {nm!r} in custom_objects is not the one the model was saved with (spec "
-                                 f"hash {getattr(spec, 'hash', None)} != {cfg['hash']})")
-            return from_spec(spec, num_parameters=cfg.get("num_parameters", 1), init=cfg.get("init"))
+            obj = custom_object("layer", cfg["name"], cfg["hash"], custom_objects)
+            return from_spec(getattr(obj, "spec", None) or obj, num_parameters=cfg.get("num_parameters", 1),
+                             init=cfg.get("init"))
         return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
     if kind in ("BatchNorm1D", "BatchNorm2D"):
         return {"BatchNorm1D": BatchNorm1D, "BatchNorm2D": BatchNorm2D}[kind](
@@ -59,34 +67,18 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         return Residual([from_config(c, custom_objects) for c in cfg["layers"]], cfg.get("projection"))
     if kind == "Activation":
         nm = cfg["name"]
-        if custom_objects and nm in custom_objects:
-            layer = custom_objects[nm]
-            have = getattr(getattr(layer, "spec", None), "hash", None)
-            if hasattr(layer, "var") and hasattr(layer, "hash"):   # an ElementwiseSpec: its hash is the spec's
-                have = layer.hash
-            if cfg.get("hash") is not None and have != cfg["hash"]:
-                raise ValueError(f"activation {nm!r} in custom_objects is not the one the model was saved with "
-                                 f"(spec hash {have} != {cfg['hash']})")
-            if hasattr(layer, "var"):
+        if (custom_objects and nm in custom_objects) or cfg.get("hash") is not None:   # a user's spec, even
+            layer = custom_object("activation", nm, cfg.get("hash"), custom_objects)   # named like a built-in
+            if hasattr(layer, "var"):   # an ElementwiseSpec
                 return from_spec(layer, **cfg.get("params", {}))
             if isinstance(layer, Activation) and cfg.get("params", {}) != layer.params:   # the saved values
                 return Activation(nm, module=layer.module, spec=layer.spec, params=cfg.get("params"))
             return layer
-        if cfg.get("hash") is not None:   # a user's spec, even when named like a built-in
-            raise ValueError(f"the activation {nm!r} was built from a user spec (hash {cfg['hash']}): pass "
-                             f"custom_objects={{'{nm}': spec_or_layer}} to load it")
         if nm in activation_names():
             return Activation(nm, params=cfg.get("params"))
         raise ValueError(f"unknown activation {nm!r}: pass custom_objects={{'{nm}': layer}} to load it")
     if kind == "Spec":   # a layer from a user's spec: the spec comes back through custom_objects
-        nm = cfg["name"]
-        spec = (custom_objects or {}).get(nm)
-        if spec is None:
-            raise ValueError(f"the layer {nm!r} was built from a user spec: pass custom_objects={{'{nm}': spec}} "
-                             f"to load it")
-        if getattr(spec, "hash", None) != cfg.get("hash"):
-            raise ValueError(f"the spec {nm!r} in custom_objects is not the one the model was saved with (spec "
-                             f"hash {getattr(spec, 'hash', None)} != {cfg.get('hash')})")
+        spec = custom_object("layer", cfg["name"], cfg.get("hash"), custom_objects)
         if cfg.get("family") == "composite":
             return from_spec(spec, axes=tuple(cfg["axes"]), **cfg.get("scalars", {}))
         # the checkpoint's arrays replace the values: zeros are only placeholders

@@ -195,7 +195,7 @@ def from_sympy(name: str, expr, z, t, verbose: bool = False) -> PointwiseLoss:
     Usable wherever a loss name is (``fit``, ``hvp``, every Hessian diagonal); checkpoints
     store its name and hash, and :meth:`Sequential.load` takes it back through
     ``custom_objects={"huber": huber}``."""
-    from ..codegen.build import load_or_build, lookup_spec, remember_spec
+    from ..codegen.build import compile_spec
     from ..codegen.losses import render_pointwise_losses_module
     from ..derive.elementwise import SpecError
     from ..derive.losses import PointwiseLossSpec, derive_user_loss
@@ -204,11 +204,7 @@ def from_sympy(name: str, expr, z, t, verbose: bool = False) -> PointwiseLoss:
         raise SpecError(f"losses.from_sympy: {name!r} is a built-in loss; choose another name")
     spec = PointwiseLossSpec(name, expr, z, t)
     stem = f"loss_{name}"
-    module = lookup_spec(stem, spec.hash)
-    if module is None:
-        text = render_pointwise_losses_module(stem, [derive_user_loss(spec)])
-        module, _ = load_or_build(stem, text, name, verbose=verbose)
-        remember_spec(stem, spec.hash, module)
+    module, _, _ = compile_spec(stem, spec, derive_user_loss, render_pointwise_losses_module, verbose)
     return PointwiseLoss(spec, module)
 
 

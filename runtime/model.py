@@ -9,7 +9,7 @@ import numpy as np
 
 from . import checkpoint
 from .layer import EVAL, Context, Layer
-from .layers import from_config
+from .layers import custom_object, from_config
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Optimizer
@@ -719,19 +719,13 @@ class Sequential:
             except (KeyError, TypeError, AttributeError, RecursionError) as exc:
                 raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
                                  f"({type(exc).__name__}: {exc})") from exc
-        loss = get_loss(cfg["loss"], custom_objects) if cfg.get("loss_hash") is None else None
-        if loss is None:
-            loss = (custom_objects or {}).get(cfg["loss"])
-            if loss is None:
-                raise ValueError(f"{path}: the model was trained with the user loss {cfg['loss']!r}; pass "
-                                 f"custom_objects={{{cfg['loss']!r}: symprop.losses.from_sympy(...)}} to load it")
-            spec = loss if hasattr(loss, "canonical") else getattr(loss, "spec", None)   # a loss or its spec
-            if getattr(spec, "hash", None) != cfg["loss_hash"]:
-                raise ValueError(f"{path}: the loss {cfg['loss']!r} in custom_objects is not the one the model was "
-                                 f"saved with (spec hash {getattr(spec, 'hash', None)} != {cfg['loss_hash']})")
-            if loss is spec:   # compiled (or taken from the cache) only once the hash matched
+        if cfg.get("loss_hash") is None:
+            loss = get_loss(cfg["loss"], custom_objects)
+        else:   # a user loss, or its spec (compiled, or taken from the cache, only once the hash matched)
+            loss = custom_object("loss", cfg["loss"], cfg["loss_hash"], custom_objects)
+            if hasattr(loss, "canonical"):
                 from .losses import from_sympy
-                loss = from_sympy(spec.name, spec.expr, spec.z, spec.t)
+                loss = from_sympy(loss.name, loss.expr, loss.z, loss.t)
         try:
             return cls(layers, loss=loss, dtype=cfg["dtype"], seed=cfg.get("seed", 0),
                        input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))

@@ -15,26 +15,9 @@ from .normalization import CompositeLayer
 
 
 def _compile(stem: str, spec, derive, render, verbose: bool):
-    """The registered module of ``spec`` (cache hit: no derivation); ``(module, derived|None)``."""
-    from ..codegen.build import load_or_build, lookup_spec, remember_spec
-    from ..derive.elementwise import SpecError
-    module, derived = lookup_spec(stem, spec.hash), None
-    if module is None:
-        derived = derive(spec)
-        try:
-            try:
-                text = render(stem, [derived])
-            except ValueError as exc:   # LoweringError; a Becker-LeCun kernel (squares of squares) may be
-                if not getattr(derived, "bls", None):   # the only one that cannot be emitted: drop it
-                    raise
-                derived.bls, derived.no_curvature = {}, f"its Becker-LeCun kernels cannot be emitted ({exc})"
-                for sq in derived.sqvjps.values():
-                    sq.mode = "per_sample"
-                text = render(stem, [derived])
-        except (NotImplementedError, ValueError) as exc:   # LoweringError is a ValueError
-            raise SpecError(f"spec {spec.name!r}: cannot emit its kernels: {exc}") from exc
-        module, _ = load_or_build(stem, text, spec.name, verbose=verbose)
-        remember_spec(stem, spec.hash, module)
+    """The registered module of ``spec`` and its derivation (None after a cache hit)."""
+    from ..codegen.build import compile_spec
+    module, _, derived = compile_spec(stem, spec, derive, render, verbose)
     return register(module), derived
 
 
@@ -203,6 +186,12 @@ class ContractionLayer(SpecLayer):
                 "sizes": dict(self.sizes)}
 
 
+def _per_row(a, n: int):
+    """A group-level array as the kernels read it, one value per (sample, group) row: the
+    per-sample groups tiled over the ``n`` samples (its adjoint is :meth:`GroupLayer._fold`)."""
+    return a if a is None or n == 1 else np.tile(a, n)
+
+
 class GroupLayer(CompositeLayer):
     """A layer from a user's :class:`CompositeSpec`: the input viewed as (A, C, B) where one
     reduction group is a row of B elements spanning ``axes``; group-level parameters (and the
@@ -273,9 +262,8 @@ class GroupLayer(CompositeLayer):
         if 0 in self.axes:
             raise ValueError(f"{self.name}: axis 0 is the batch; groups spanning samples (batch statistics) "
                              f"need running statistics, not supported from user code")
-        # groups along the kept per-sample axes (the batch axis is kept: per-sample groups)
-        A, C, B = self.layout((2,) + tuple(input_shape))
-        per_sample = C // 2 if A == 1 else C
+        # the batch axis is kept, so the layout is (1, N·groups, B): rows are (sample, group)
+        per_sample = self.layout((1,) + tuple(input_shape))[1]
         if self.groups is not None and self.groups != per_sample:
             raise ValueError(f"{self.name}: already built for {self.groups} groups per sample; inputs "
                              f"{tuple(input_shape)} have {per_sample} (a shared layer keeps one size)")
@@ -296,35 +284,27 @@ class GroupLayer(CompositeLayer):
 
     def forward(self, x, ctx: Context = EVAL):
         x = self.check_input(x)
-        A, C, B = self.layout(x.shape)
-        if self.arrays and C != self.groups * (x.shape[0] if A == 1 else 1):
+        if self.arrays and self.layout(x.shape)[1] != self.groups * x.shape[0]:
             raise ValueError(f"{self.name}: built for {self.groups} groups per sample, got input {x.shape}")
         rec = self._record(x, self.K)
-        env = {"x": x, **self._group_arrays(x.shape[0], A)}
+        env = {"x": x, **{p: _per_row(a, x.shape[0]) for p, a in self.arrays.items()}}
         outs = self._run(self.K, "forward", env, rec)
         outs = outs if isinstance(outs, tuple) else (outs,)
         for name, v in zip(self.K.roles["forward"].outputs, outs):
             rec[name] = v
         return outs[0], rec
 
-    def _group_arrays(self, n, A):
-        """Group-level parameters as the kernels read them: one value per (sample, group) row."""
-        if A != 1 or n == 1:
-            return dict(self.arrays)
-        return {p: np.tile(a, n) for p, a in self.arrays.items()}
-
     def _env(self, rec, **arrays):
         env = {k: v for k, v in rec.items() if not k.startswith("_")}
         n = rec["_shapes"]["x"][0]
-        env.update(self._group_arrays(n, rec["_layout"][0]))
+        env.update({p: _per_row(a, n) for p, a in self.arrays.items()})
         env.update(arrays)
         return env
 
-    def _fold(self, rec, grads):
+    @staticmethod
+    def _fold(rec, grads):
         """Per-(sample, group) parameter pullbacks summed over the samples (tiling's adjoint)."""
-        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
-        if A != 1 or n == 1:
-            return grads
+        n = rec["_shapes"]["x"][0]
         return [None if g is None else g.reshape(n, -1).sum(axis=0) for g in grads]
 
     def vjp(self, rec, g, need_input=True):
@@ -332,14 +312,12 @@ class GroupLayer(CompositeLayer):
         return gx, self._fold(rec, grads)
 
     def jvp(self, rec, Rx, Rparams):
-        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
-        tiled = [v if (A != 1 or n == 1 or v is None) else np.tile(v, n) for v in Rparams]
-        return CompositeLayer.jvp(self, rec, Rx, tiled)
+        n = rec["_shapes"]["x"][0]
+        return CompositeLayer.jvp(self, rec, Rx, [_per_row(v, n) for v in Rparams])
 
     def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        n, A = rec["_shapes"]["x"][0], rec["_layout"][0]
-        tiled = [v if (A != 1 or n == 1 or v is None) else np.tile(v, n) for v in Rparams]
-        Rgx, Rgrads = CompositeLayer.rvjp(self, rec, g, Rg, Rx, tiled, need_input)
+        n = rec["_shapes"]["x"][0]
+        Rgx, Rgrads = CompositeLayer.rvjp(self, rec, g, Rg, Rx, [_per_row(v, n) for v in Rparams], need_input)
         return Rgx, self._fold(rec, Rgrads)
 
     def bl(self, rec, h, g):
@@ -373,7 +351,7 @@ class GroupLayer(CompositeLayer):
         n = rec["_shapes"]["x"][0]
         for k in range(S.shape[0]):
             _, rows = CompositeLayer.vjp(self, rec, np.ascontiguousarray(S[k]), need_input=False)
-            for d, r in zip(diag, rows):   # rows: (sample, group) in order (A == 1: the batch is kept)
+            for d, r in zip(diag, rows):   # rows: (sample, group) in order
                 d += (w[k][:, None] * r.reshape(n, -1) ** 2).sum(axis=0)
         return diag
 
