@@ -119,6 +119,7 @@ def test_cli_cnn_reaches_98_percent_on_digits(tmp_path):
     assert r.returncode == 0 and f"accuracy {acc:.4f}" in r.stdout, (r.stdout, r.stderr)
 
 
+@pytest.mark.slow   # CI runs it with pytest -m slow
 def test_cli_adahessian_trains_the_digits_cnn_to_98_percent(tmp_path):
     """The bar for AdaHessian (Hutchinson diagonal from exact HVPs) >= 98 % on the digits CNN."""
     r = subprocess.run([sys.executable, "-m", "symprop.cli", "train", "--model", "cnn", "--optimizer", "adahessian"],
