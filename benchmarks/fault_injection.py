@@ -799,7 +799,7 @@ def activation_oracle(name, x, params):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     fn = _torch_native(name, params)
     if fn is None:
-        from conftest import torch_activation
+        from support.torch_oracles import torch_activation
         from symprop.derive.builtins import ACTIVATIONS
         fn = torch_activation(ACTIVATIONS[name], **params)
     x64 = np.asarray(x, np.float64)
@@ -887,7 +887,7 @@ def _act_model_case(name, dtype, seed):
         act = _torch_native(name, {}) or activation_oracle.__globals__["_torch_native"](name, {})
         if act is None:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from conftest import torch_activation
+            from support.torch_oracles import torch_activation
             from symprop.derive.builtins import ACTIVATIONS
             act = torch_activation(ACTIVATIONS[name])
         pt = [torch.tensor(p.astype(np.float64), requires_grad=True) for p in m.parameters()]
