@@ -266,7 +266,8 @@ def _shape_only_layers():
     builders of ``runtime/models.py`` run without compiled kernels."""
     import types
 
-    from .derive import builtins, latex
+    from . import document as latex
+    from .derive import builtins
 
     class Stub:
         def __init__(self, **cfg):
@@ -313,7 +314,7 @@ def _model_info(name: str):
     import sys
     import types
 
-    from .derive import latex
+    from . import document as latex
 
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_INPUTS)}")
@@ -361,7 +362,7 @@ def _load_specs(path: str) -> list:
 
 
 def cmd_latex(args) -> int:
-    from .derive import latex
+    from . import document as latex
 
     layers = None
     if args.layers is not None:

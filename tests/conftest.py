@@ -141,7 +141,7 @@ def kernelless_copy(root):
     from pathlib import Path
     pkg = Path(symprop.__file__).resolve().parent
     src = {"symprop": pkg}
-    for sub in ("derive", "codegen", "generated", "runtime"):
+    for sub in ("derive", "codegen", "generated", "runtime", "document"):
         src[f"symprop/{sub}"] = Path(__import__(f"symprop.{sub}", fromlist=["x"]).__file__).resolve().parent
     for rel, path in src.items():
         dst = root / rel
