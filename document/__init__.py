@@ -37,11 +37,11 @@ This package reads :mod:`symprop.derive` (and nothing of ``runtime`` at import t
     text = document.document(layers=["tanh", "conv2d"], extra=[my_spec], taylor=True)
     text = document.document(model=document.describe_model("m", (64,), configs))   # configs: Layer.config()
 """
-from .assemble import build, compile_pdf, document
+from .assemble import build, compile_pdf, document, model_info, problem_document
 from .derived import builtin_layer_names
 from .printer import escape
 from .prose import Document, command_tex
 from .shapes import ModelInfo, describe_model
 
 __all__ = ["build", "document", "compile_pdf", "builtin_layer_names", "describe_model", "ModelInfo",
-           "Document", "escape", "command_tex"]
+           "Document", "escape", "command_tex", "model_info", "problem_document"]

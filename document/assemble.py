@@ -1,5 +1,5 @@
-"""The whole document: notation, the layer parts, the losses, the model part and the
-appendix, assembled in order (:func:`build`, :func:`document`), and compiled to PDF
+"""The whole document: notation, the layer parts, the losses, the Taylor-mode part, a PDE
+problem, the model part and the appendix, assembled in order (:func:`build`, :func:`document`), and compiled to PDF
 (:func:`compile_pdf`)."""
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from .derived import _builtin_specs, _derive, builtin_layer_names
 from .elementwise import ELEMENTWISE_INTRO, elementwise_section
 from .losses import losses_section, user_loss_section
 from .model import model_section
+from .pde import pde_section
 from .prose import PREAMBLE, Document, notation
 from .schedule import model_schedule
-from .shapes import ModelInfo
+from .shapes import LOSS_TEXT, ModelInfo, describe_model, model_title
+from .sweep import laplacian_sweep_section, unswept
+from .taylor import taylor_part
 
 
 # ---------------------------------------------------------------- the document
@@ -26,14 +29,23 @@ PART_BREAK = "\\needlines{18}\\bigskip\n"
 
 
 def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
-          losses: bool = True) -> Document:
+          losses: bool = True, taylor: bool = False, sweep: ModelInfo | None = None,
+          problem=None) -> Document:
     """The document and the kernel expressions it prints (see :func:`document`); ``extra`` may
-    hold :class:`PointwiseLossSpec` s (user losses), printed after the built-in losses."""
+    hold :class:`PointwiseLossSpec` s (user losses), printed after the built-in losses.
+
+    ``taylor``: add the Taylor-mode part (the general rules, each activation's, and the
+    forward-Laplacian sweep of ``sweep`` — by default of ``model`` when every layer of it has a
+    Taylor rule); ``problem``: a :class:`symprop.pinn.Problem`, whose residual, needed
+    derivatives and cotangents follow the Taylor part (which it implies)."""
     user_losses = [s for s in extra if isinstance(s, PointwiseLossSpec)]
     extra = [s for s in extra if not isinstance(s, PointwiseLossSpec)]
     if model is not None and not isinstance(model, ModelInfo):
         raise TypeError(f"latex: model must be a ModelInfo (see describe_model), got {type(model).__name__}")
     losses = losses or model is not None        # the model part refers to its loss's equations
+    taylor = taylor or problem is not None or sweep is not None
+    if sweep is not None and not isinstance(sweep, ModelInfo):
+        raise TypeError(f"latex: sweep must be a ModelInfo (see describe_model), got {type(sweep).__name__}")
     known = builtin_layer_names()
     chosen = known if layers is None else list(layers)
     unknown = [n for n in chosen if n not in known]
@@ -67,6 +79,17 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
         parts.append((PART_BREAK if breaks else "") + losses_section(tables)
                      + "".join(user_loss_section(s, tables) for s in user_losses))
         breaks = True
+    if taylor:
+        if sweep is None and model is not None and not unswept(model):
+            sweep = model
+        text = laplacian_sweep_section(sweep, pde=problem is not None) if sweep is not None else ""
+        if model is not None and sweep is None:
+            text = (f"{model_title(model)[:1].upper() + model_title(model)[1:]} has no forward-Laplacian sweep: "
+                    f"{', '.join(unswept(model))} has no Taylor-mode rule.\n")
+        parts.append((PART_BREAK if breaks else "") + taylor_part(ew, printed, text))
+        breaks = True
+    if problem is not None:
+        parts.append(PART_BREAK + pde_section(problem))
     if model is not None:
         parts.append((PART_BREAK if breaks else "") + model_section(model))
         breaks = True
@@ -79,13 +102,14 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
 
 
 def document(layers: list[str] | None = None, extra: list = (), model: ModelInfo | None = None,
-             losses: bool = True) -> str:
+             losses: bool = True, taylor: bool = False, sweep: ModelInfo | None = None, problem=None) -> str:
     """The full document: notation, the elementwise layers, the dense and window layers, the
     composite layers (every built-in by default, or ``layers``, plus ``extra`` specs:
     :class:`ElementwiseSpec`, :class:`ContractionSpec` or :class:`CompositeSpec`), the losses
     and, with ``model`` (:func:`describe_model`), the model's shapes, composed chain rule and
-    kernel order."""
-    return build(layers, extra, model, losses).text
+    kernel order; ``taylor``, ``sweep`` and ``problem`` add the Taylor-mode part and a PDE problem
+    (:func:`build`)."""
+    return build(layers, extra, model, losses, taylor, sweep, problem).text
 
 
 def compile_pdf(text: str, pdf_path):
@@ -116,3 +140,33 @@ def compile_pdf(text: str, pdf_path):
         shutil.copyfile(Path(tmp) / "derivations.pdf", tmp_pdf)
         tmp_pdf.replace(pdf_path)
     return pdf_path
+
+
+def model_info(model, name: str = "") -> ModelInfo:
+    """A built runtime model (``Sequential``) described for the document from its layers'
+    configs (its checkpoint format): no kernels are called."""
+    if getattr(model, "input_shape", None) is None:
+        raise ValueError("latex: the model is not built yet (pass input_shape= or call build())")
+    loss = getattr(getattr(model, "loss", None), "name", "mse")
+    return describe_model(name or "the network", model.input_shape, [la.config() for la in model.layers],
+                          loss=loss if loss in LOSS_TEXT else "mse")
+
+
+def problem_document(problem, model=None, path=None) -> str:
+    """The document of a PDE problem (:class:`symprop.pinn.Problem`): the Taylor-mode rules
+    and, with ``model`` (a built ``Sequential``), its activations' sections and its
+    forward-Laplacian sweep; then the residual, the derivatives it needs and their cotangents.
+    ``path``: also write it (atomically)."""
+    layers, sweep = [], None
+    if model is not None:
+        sweep = model_info(model)
+        acts = builtin_layer_names()
+        layers = list(dict.fromkeys(la.spec for la in sweep.layers if la.kind == "Activation" and la.spec in acts))
+    text = document(layers=layers, losses=False, taylor=True, sweep=sweep, problem=problem)
+    if path is not None:
+        import os
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return text
