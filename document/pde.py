@@ -31,6 +31,18 @@ class PDEPrinter(DerivationPrinter):
                 names[s.name] = "N_{" + s.name[2:] + "}"
         super().__init__(names=names)
 
+    def _print_Mul(self, expr):
+        """The network's derivative last in a term: ``x y (x − 1)(y − 1) ΔN``."""
+        facs = sp.Mul.make_args(expr)
+        qs = [f for f in facs if isinstance(f, sp.Symbol) and f.name.startswith("N_")]
+        if len(qs) != 1 or len(facs) == 1:
+            return super()._print_Mul(expr)
+        rest = sp.Mul(*[f for f in facs if f is not qs[0]])
+        if rest == -1:
+            return "-" + self._print(qs[0])
+        t = self._print(rest)
+        return t + " " + self._print(qs[0]) if not isinstance(rest, sp.Add) else r"\left(" + t + r"\right) " + self._print(qs[0])
+
     def _print_Function(self, expr, exp=None):
         if isinstance(expr, AppliedUndef):
             name = self._print(sp.Symbol(expr.func.__name__))
@@ -65,18 +77,39 @@ def _sweep_words(term, d: int) -> str:
             f"{'s' if len(coords) > 1 else ''} {names} compute them: $1 + {K} \\cdot {len(coords)}$ arrays per layer")
 
 
+def _factored(e):
+    """``e`` factored when that is cheap and equal (display only)."""
+    if sp.count_ops(e) > 80:
+        return e
+    f = sp.factor(e)
+    return f if sp.expand(f - e) == 0 else e
+
+
+def collected(r, qsyms) -> sp.Expr:
+    """The residual grouped by the network's derivatives, each coefficient factored:
+    ``−h ΔN − 2 h_x N_x …`` rather than every product expanded (display only; equal to ``r``)."""
+    parts = sp.collect(sp.expand(r), list(qsyms), evaluate=False)
+    shown = sp.Add(*[_factored(c) * (q if q != 1 else 1) for q, c in parts.items()])
+    return shown if sp.expand(shown - r) == 0 else r
+
+
+def cotangents(term) -> list:
+    """[(q, ∂r/∂q)]: the cotangent of q is ∂(r²)/∂q = 2 r ∂r/∂q."""
+    return [(s, _factored(sp.diff(term.r, s))) for s in term.qsyms]
+
+
 def _cotangent_rows(term, P) -> list:
     """∂(r²)/∂q = 2 r ∂r/∂q for every quantity q the residual reads."""
     rows = []
-    for s in term.qsyms:
+    for s, dr in cotangents(term):
         lhs = r"\frac{\partial (r^2)}{\partial " + (tex(s, P) if s.name != "N_lap" else r"(\Delta N)") + "}"
-        rows.append(row(lhs, 2 * R * sp.diff(term.r, s), P))
+        rows.append(row(lhs, 2 * R * dr, P))
     return rows
 
 
 def term_block(term, P, label: str) -> str:
     """One residual term: r in N's derivatives, what it needs, and its cotangents."""
-    out = [display([row("r", term.r, P, label)])]
+    out = [display([row("r", collected(term.r, term.qsyms), P, label)])]
     out.append("It needs " + ", ".join(f"${tex(s, P)}$" for s in term.qsyms) + "; "
                + _sweep_words(term, len(term.coords)) + ". The cotangents of $r^2$:\n")
     out.append(display(_cotangent_rows(term, P)))
