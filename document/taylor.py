@@ -16,9 +16,10 @@ import sympy as sp
 from ..codegen.taylor import kernel_name
 from ..derive import builtins
 from ..derive.elementwise import ElementwiseSpec
+from ..derive.rewrite import at_infinity, finite_or, nan_through
 from ..derive.taylor import F, MAX_ORDER, derivative_forms, faa_di_bruno, laplacian_role, realize, vjp_role
 from .derived import _builtin_specs, _derive
-from .layout import display, row
+from .layout import LINE, Row, display, rhs_terms, row, tex_width
 from .printer import DerivationPrinter, tex
 from .prose import Printed, _is_word, _title
 from .simplify import display_form
@@ -131,14 +132,25 @@ def activation_taylor_section(spec, printed: list | None = None) -> str:
     forms = taylor_forms(spec)
     out = [f"\\needlines{{8}}\n\\subsection{{{_title(spec)}}}\\label{{sec:taylor:{spec.name}}}\n",
            f"With $f'$ and $f''$ of \\eqref{{eq:{spec.name}:d1}}--\\eqref{{eq:{spec.name}:d2}}:\n"]
-    rows = []
+    rows, notes = [], []
     for j in (3, 4):
         c = forms[j - 1]
         then = display_form(c.chosen) if c.chosen != c.textbook else None
         if then is not None and tex(then, P) == tex(display_form(c.textbook), P):
             then = None
-        rows.append(row(f"{ORDINAL[j]}(x)", display_form(c.textbook), P, f"eq:{spec.name}:d{j}", then=then))
+        if then is not None and tex_width(tex(then, P)) > 2 * LINE:
+            then, limit = unguarded(then)        # a guard's cases cannot break across lines
+            if limit is not None:
+                notes.append((f"${ORDINAL[j]}$", f"${tex(limit, P)}$"))
+        rows.append(_row_then(f"{ORDINAL[j]}(x)", display_form(c.textbook), then, P, f"eq:{spec.name}:d{j}"))
     out.append(display(rows))
+    if notes:
+        if len({lim for _, lim in notes}) == 1:
+            out.append(f"Where an intermediate overflows, the kernels use {notes[0][1]} for "
+                       + " and ".join(f for f, _ in notes) + ". ")
+        else:
+            out.append("Where an intermediate overflows, the kernels use "
+                       + "; ".join(f"{lim} for {f}" for f, lim in notes) + ". ")
     counts = [f"${ORDINAL[j]}$ {forms[j - 1].cost_before}" + (
         f"\\,$\\to$\\,{forms[j - 1].cost_after}" if forms[j - 1].chosen != forms[j - 1].textbook else "")
         for j in (3, 4)]
@@ -153,6 +165,29 @@ def activation_taylor_section(spec, printed: list | None = None) -> str:
         rows.append(row(tex(sp.Symbol(o), P), shown, P, f"eq:{spec.name}:lap" if o == "Ly" else None))
     out.append(display(rows))
     return "".join(out)
+
+
+def _row_then(lhs: str, expr, then, P, label: str) -> Row:
+    """``lhs = expr`` and, from a new line, ``= then`` — both broken between terms (a long
+    computed form, such as Mish's f⁽⁴⁾, runs over several lines)."""
+    terms = rhs_terms(expr, P)
+    if then is not None:
+        more = rhs_terms(then, P)
+        more[0][0] = "= " + more[0][0]
+        terms += more
+    return Row(lhs, terms, label)
+
+
+def unguarded(e) -> tuple:
+    """``(form, limit)``: a chosen form without its floating-point guards (``finite_or``'s
+    fallback ``limit``, or None), for a form too long to print as cases."""
+    limit = None
+    while isinstance(e, (finite_or, nan_through, at_infinity)):
+        if isinstance(e, finite_or):
+            limit = e.args[1]
+        e = e.args[0]
+    return e, limit
+
 
 
 def taylor_part(specs: list, printed: list | None = None, sweep: str = "") -> str:
