@@ -86,7 +86,7 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
         if model is not None and sweep is None:
             text = (f"{model_title(model)[:1].upper() + model_title(model)[1:]} has no forward-Laplacian sweep: "
                     f"{', '.join(unswept(model))} has no Taylor-mode rule.\n")
-        parts.append((PART_BREAK if breaks else "") + taylor_part(ew, printed, text))
+        parts.append((PART_BREAK if breaks else "") + taylor_part(ew, printed, text, tables))
         breaks = True
     if problem is not None:
         parts.append(PART_BREAK + pde_section(problem))

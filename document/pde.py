@@ -13,19 +13,15 @@ from __future__ import annotations
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
-from .layout import display, row
-from .printer import DerivationPrinter, escape, tex
-
-#: the symbol that stands for the residual in the cotangents 2 r ∂r/∂q
-R = sp.Symbol("r_res")
-
+from .layout import Row, display, row
+from .printer import DerivationPrinter, _neg, escape, tex
 
 class PDEPrinter(DerivationPrinter):
     """The document's printer for a PDE: the unknown u(x, y) as ``u``, its derivatives as
     ∂ᵏu/∂xᵏ, the network's derivatives as subscripts (N_x, N_xx) and ΔN."""
 
     def __init__(self, term):
-        names = {"r_res": "r", "N_lap": r"\Delta N", "N_": "N"}
+        names = {"N_lap": r"\Delta N", "N_": "N"}
         for s in term.qsyms:
             if s.name.startswith("N_") and s.name not in names:
                 names[s.name] = "N_{" + s.name[2:] + "}"
@@ -103,7 +99,18 @@ def _cotangent_rows(term, P) -> list:
     rows = []
     for s, dr in cotangents(term):
         lhs = r"\frac{\partial (r^2)}{\partial " + (tex(s, P) if s.name != "N_lap" else r"(\Delta N)") + "}"
-        rows.append(row(lhs, 2 * R * dr, P))
+        if dr == 0:
+            rows.append(Row(lhs, [["0"]]))
+            continue
+        c, rest = dr.as_coeff_Mul()           # 2 r ∂r/∂q with the number in front: −4 r · y (2x − 1)(y − 1)
+        c = 2 * c
+        if not c.is_Integer:                  # a fraction reads better inside: 2 r · (−1/(100π))
+            c, rest = sp.Integer(2), dr
+        t = ("-" if c < 0 else "") + ("" if abs(c) == 1 else tex(abs(c), P) + " ") + "r"
+        if rest != 1:
+            inner = tex(rest, P)
+            t += r" \cdot " + (r"\left(" + inner + r"\right)" if isinstance(rest, sp.Add) or _neg(rest) else inner)
+        rows.append(Row(lhs, [[t]]))
     return rows
 
 

@@ -18,6 +18,7 @@ from ..derive import builtins
 from ..derive.elementwise import ElementwiseSpec
 from ..derive.rewrite import at_infinity, finite_or, nan_through
 from ..derive.taylor import F, MAX_ORDER, derivative_forms, faa_di_bruno, laplacian_role, realize, vjp_role
+from .appendix import KernelTable
 from .derived import _builtin_specs, _derive
 from .layout import LINE, Row, display, rhs_terms, row, tex_width
 from .printer import DerivationPrinter, tex
@@ -125,13 +126,30 @@ def taylor_intro(P: DerivationPrinter | None = None) -> str:
     return "".join(out)
 
 
-def activation_taylor_section(spec, printed: list | None = None) -> str:
+def kernel_table(spec) -> KernelTable:
+    """The appendix table of an activation's Taylor-mode kernels (``generated/taylor``)."""
+    rows = [(kernel_name(spec.name, f"taylor:{k}"), "$y, y_1$" if k == 1 else f"$y, y_1, \\dots, y_{k}$",
+             "\\eqref{eq:taylor:fdb}") for k in range(1, MAX_ORDER + 1)]
+    rows.append((kernel_name(spec.name, "laplacian"), "$y, J^{y}_i, L^{y}$", f"\\eqref{{eq:{spec.name}:lap}}"))
+    rows += [(kernel_name(spec.name, f"vjp:taylor:{k}"), f"the pullback of the order-{k} rule", "")
+             for k in range(1, MAX_ORDER + 1)]
+    rows.append((kernel_name(spec.name, "vjp:laplacian"), "the pullback of the forward Laplacian",
+                 "\\eqref{eq:taylor:lapvjp}"))
+    return KernelTable(_title(spec) + ", Taylor mode", f"taylor:{spec.name}", "l R l",
+                       ("kernel", "computes", "eq."), rows)
+
+
+def activation_taylor_section(spec, printed: list | None = None, kernels: list | None = None) -> str:
     """One activation's Taylor rules: f‴, f⁽⁴⁾ as differentiated and as computed, and the
-    realized forward-Laplacian rule (recorded in ``printed`` under its kernel's name)."""
+    realized forward-Laplacian rule (recorded in ``printed`` under its kernel's name; its
+    kernels' appendix table appended to ``kernels``)."""
     P = TaylorPrinter(names={p: r"\mathrm{" + p + "}" for p, _ in spec.params if _is_word(p)})
     forms = taylor_forms(spec)
     out = [f"\\needlines{{8}}\n\\subsection{{{_title(spec)}}}\\label{{sec:taylor:{spec.name}}}\n",
-           f"With $f'$ and $f''$ of \\eqref{{eq:{spec.name}:d1}}--\\eqref{{eq:{spec.name}:d2}}:\n"]
+           f"With $f'$ and $f''$ of \\eqref{{eq:{spec.name}:d1}}--\\eqref{{eq:{spec.name}:d2}} (its Taylor-mode "
+           f"kernels are listed in Appendix~\\ref{{app:taylor:{spec.name}}}):\n"]
+    if kernels is not None:
+        kernels.append(kernel_table(spec))
     rows, notes = [], []
     for j in (3, 4):
         c = forms[j - 1]
@@ -190,8 +208,8 @@ def unguarded(e) -> tuple:
 
 
 
-def taylor_part(specs: list, printed: list | None = None, sweep: str = "") -> str:
+def taylor_part(specs: list, printed: list | None = None, sweep: str = "", kernels: list | None = None) -> str:
     """The Taylor-mode part: the general rules, one subsection per eligible activation in
     ``specs``, then ``sweep`` (a model's forward-Laplacian sweep, already printed)."""
     acts = [s for s in specs if taylor_eligible(s)]
-    return taylor_intro() + "".join(activation_taylor_section(s, printed) for s in acts) + sweep
+    return taylor_intro() + "".join(activation_taylor_section(s, printed, kernels) for s in acts) + sweep

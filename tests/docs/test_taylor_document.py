@@ -176,11 +176,11 @@ def test_problem_document_compiles(tmp_path):
 
 
 def test_cli_latex_taylor(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--taylor", "--layers", "sigmoid,dense",
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "latex", "--taylor", "--layers", "relu",
                         "-o", str(tmp_path / "d.tex")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "d.tex").read_text()
-    assert "\\label{sec:taylor:sigmoid}" in text and "\\label{sec:dense}" in text
+    assert "\\label{sec:taylor:relu}" in text and "\\label{app:taylor:relu}" in text and "\\label{sec:relu}" in text
 
 
 @pytest.mark.slow   # every activation's f''' and f'''' (Mish's alone take about 40 s)
