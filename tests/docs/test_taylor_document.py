@@ -189,3 +189,17 @@ def test_every_activation_taylor_document_compiles(tmp_path):
     doc = document.build(layers=list(builtins.ACTIVATIONS), losses=False, taylor=True, sweep=_mlp())
     _check_taylor_sections(doc, list(builtins.ACTIVATIONS))
     _no_layout_problems(_compile(tmp_path, doc.text))
+
+
+@pytest.mark.slow   # derives tanh's f''' and f'''' and trains one epoch
+def test_cli_pinn_latex(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "pinn", "--problem", "heat1d", "--epochs", "1",
+                        "--width", "4", "--depth", "1", "--latex", str(tmp_path / "heat.tex")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "heat.tex").read_text()
+    assert "\\section{A PDE problem: heat1d}" in text and "Taylor jets of order 2" in text
+    assert "\\label{sec:taylor:tanh}" in text and "\\label{sec:taylor:sweep}" in text
+    r = subprocess.run([sys.executable, "-m", "symprop.cli", "pinn", "--epochs", "1", "--latex",
+                        str(tmp_path / "nowhere" / "p.tex")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and "--latex" in r.stderr
