@@ -15,6 +15,7 @@ from sympy.printing.latex import LatexPrinter
 
 from ..derive.affine import AxisMap, _solution_condition
 from ..derive.indexed import _expand
+from ..derive.rewrite import Folded, at_infinity, nan_through
 
 
 #: non-ASCII characters of spec docstrings, in LaTeX
@@ -105,7 +106,13 @@ def _neg(e) -> bool:
 # ---------------------------------------------------------------- printer
 def _mathematical_names(expr):
     """``expm1(u)`` → ``e^u − 1`` and ``log1p(u)`` → ``log(1 + u)``: the same functions, as a reader
-    writes them (the kernels' accurate forms are an implementation detail)."""
+    writes them (the kernels' accurate forms are an implementation detail). The NaN and ±∞
+    selects (``nan_through``, ``at_infinity``) print as the function they guard, and a folded
+    float constant as its exact value — done here, before printing, so that a product puts a
+    guarded sum in parentheses and a sign folds into the constant (``−(−c)`` reads ``c``)."""
+    if isinstance(expr, sp.Basic):
+        expr = expr.replace(lambda e: isinstance(e, (nan_through, at_infinity)), lambda e: e.args[0])
+        expr = expr.replace(lambda e: isinstance(e, Folded), lambda e: e.exact)
     names = {"expm1": lambda u: sp.exp(u) - 1, "log1p": lambda u: sp.log(1 + u)}
     return expr.replace(lambda e: isinstance(e, sp.Function) and type(e).__name__ in names,
                         lambda e: names[type(e).__name__](*e.args))
