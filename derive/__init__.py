@@ -2,7 +2,7 @@
 
 Nothing in this package knows about code: it turns specs into simplified SymPy
 expressions (with recorded op counts) that ``symprop.codegen`` prints as kernels and
-``symprop.derive.latex`` prints as a document.
+``symprop.document`` prints as a LaTeX document. It imports neither of them.
 """
 from .elementwise import ElementwiseSpec, DerivedElementwise, derive_elementwise
 from .indexed import ContractionSpec, derive_contraction

@@ -550,7 +550,7 @@ class Sequential:
     def latex(self, path=None) -> str:
         """A LaTeX document of this model's layers and loss — built-ins and user specs alike —
         with their derived chain rules and the forms the kernels compute (``path``: also write it)."""
-        from ..derive import latex as tex
+        from .. import document as tex   # lazy: the runtime does not depend on the document backend
         names, extra = self.specs()
         known = set(tex.builtin_layer_names())
         text = tex.document([n for n in names if n in known], extra)

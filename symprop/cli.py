@@ -266,7 +266,8 @@ def _shape_only_layers():
     builders of ``runtime/models.py`` run without compiled kernels."""
     import types
 
-    from .derive import builtins, latex
+    from . import document as latex
+    from .derive import builtins
 
     class Stub:
         def __init__(self, **cfg):
@@ -313,7 +314,7 @@ def _model_info(name: str):
     import sys
     import types
 
-    from .derive import latex
+    from . import document as latex
 
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_INPUTS)}")
@@ -361,7 +362,7 @@ def _load_specs(path: str) -> list:
 
 
 def cmd_latex(args) -> int:
-    from .derive import latex
+    from . import document as latex
 
     layers = None
     if args.layers is not None:
@@ -388,8 +389,9 @@ def cmd_latex(args) -> int:
         raise ValueError(f"-o {out}: folder {out.parent} does not exist")
     n = len(latex.builtin_layer_names() if layers is None else layers) + len(extra)
     print(f"deriving {n} layer{'s' if n != 1 else ''} and the losses"
+          + (", the Taylor-mode rules" if args.taylor else "")
           + (f", and the model {args.model}" if model else "") + " ...", flush=True)
-    text = latex.document(layers=layers, extra=extra, model=model)
+    text = latex.document(layers=layers, extra=extra, model=model, taylor=args.taylor)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(out)
@@ -465,6 +467,12 @@ def cmd_pinn(args) -> int:
     print(f"  {hard.strip()}: needs {', '.join(term.needs)} ({sweep}); network {len(problem.coords)}-"
           f"{'-'.join([str(args.width or width)] * (args.depth or depth))}-1 tanh, "
           f"{sum(p.size for p in model.parameters())} parameters, {args.dtype}")
+    if args.latex:
+        out = Path(args.latex)
+        if not (out.parent if str(out.parent) else Path(".")).is_dir() or out.is_dir():
+            raise ValueError(f"--latex {out}: not a file in an existing folder")
+        problem.latex(out, model=model)
+        print(f"wrote {out} (the residual, its derivatives and the network's Taylor-mode sweep)")
     t0 = time.perf_counter()
     hist = problem.fit(model, epochs=epochs, points=args.points or kw["points"],
                        optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
@@ -560,6 +568,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", default="derivations.tex", help="the .tex file to write (default: %(default)s)")
     x.add_argument("--pdf", action="store_true",
                    help="also compile with pdflatex (no shell escape) into the same name with .pdf")
+    x.add_argument("--taylor", action="store_true",
+                   help="add the Taylor-mode part: each activation's Taylor rules and, with --model, its "
+                        "forward-Laplacian sweep")
     x.set_defaults(fn=cmd_latex)
 
     e = sub.add_parser("evaluate", help="evaluate a saved checkpoint on a test split")
@@ -585,6 +596,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--log-every", type=int, default=100, help="print loss and error every N epochs")
     q.add_argument("--plot", help="write solution, reference and error to this image")
+    q.add_argument("--latex", metavar="FILE.tex", help="write the problem's derivation as LaTeX before training")
     q.set_defaults(fn=cmd_pinn)
 
     return p

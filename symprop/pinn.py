@@ -235,6 +235,13 @@ class Problem:
                              f"{[str(c) for c in self.coords]}, got {X.shape}")
         return X
 
+    def latex(self, path=None, model=None) -> str:
+        """A LaTeX document of this problem: the residual, the derivatives it needs and
+        ∂(r²)/∂q, after the Taylor-mode rules; with ``model`` (built) also its activations'
+        rules and its forward-Laplacian sweep (``path``: also write it)."""
+        from .document import problem_document
+        return problem_document(self, model, path)
+
     # ---------------------------------------------------------------- samplers
     def sample_interior(self, n: int, rng) -> np.ndarray:
         lo, hi = self.box[:, 0], self.box[:, 1]

@@ -9,7 +9,9 @@ import pytest
 import sympy as sp
 
 from symprop.cli import _model_info
-from symprop.derive import ElementwiseSpec, builtins, latex
+from symprop import document
+from symprop.derive import ElementwiseSpec, builtins
+from symprop.document import contraction, derived, printer, prose, schedule, shapes, simplify
 
 HAS_TEX = shutil.which("pdflatex") is not None and shutil.which("pdftotext") is not None and bool(
     shutil.which("kpsewhich") and subprocess.run(["kpsewhich", "lmodern.sty"], capture_output=True, text=True).stdout)
@@ -23,7 +25,7 @@ def user_spec():
 
 @pytest.fixture(scope="module")
 def doc():
-    return latex.build(extra=[user_spec()], model=_model_info("lenet"))
+    return document.build(extra=[user_spec()], model=_model_info("lenet"))
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +58,10 @@ def pdfs(tmp_path_factory, pdf):
     """The full document and each ``--model`` document as the CLI writes it (the model's layers
     only), compiled once: {name: (pdf path, log text, tex)}."""
     out = {"full": (*pdf, None)}
-    known = latex.builtin_layer_names()
+    known = derived.builtin_layer_names()
     for name in MODELS:
         info = _model_info(name)
-        text = latex.document(layers=list(dict.fromkeys(la.spec for la in info.layers if la.spec in known)),
+        text = document.document(layers=list(dict.fromkeys(la.spec for la in info.layers if la.spec in known)),
                               model=info)
         out[name] = (*_compile(tmp_path_factory.mktemp(name), text), text)
     return out
@@ -74,11 +76,11 @@ def _section(full, name):
 
 def test_every_builtin_layer_has_its_section(full):
     """Titles in words (no typewriter, no underscores); the spec name given once, in the text."""
-    for name in latex.builtin_layer_names() + ["my_act"]:
+    for name in derived.builtin_layer_names() + ["my_act"]:
         sec = _section(full, name)
         title = re.match(r"\\subsection\{([^}]*)\}", sec).group(1)
         assert name == "my_act" or re.fullmatch(r"[A-Z][A-Za-z ,()-]+", title), (name, title)
-        assert sec.count(latex._kernel_ref(name)) == 1, name
+        assert sec.count(prose._kernel_ref(name)) == 1, name
         assert f"\\label{{app:{name}}}" in full, name         # its kernels' appendix table
     assert _section(full, "batchnorm_eval").startswith("\\subsection{Batch normalisation, evaluation mode}")
     assert _section(full, "tanh").startswith("\\subsection{Hyperbolic tangent}")
@@ -116,7 +118,7 @@ def test_mathematics_in_mathematical_notation_only(full):
     assert ("\\tau_1, \\tau_2" in table) == ("\\tau_{" in rest)   # it lists the symbols the document uses
     assert ("$\\guarded{e}{a}$" in table) == ("\\guarded{" in rest)
     body = full[full.index("\\begin{document}"):full.index("\\appendix")]
-    specs = {latex.escape(n) for n in latex.builtin_layer_names() + ["my_act"]}
+    specs = {printer.escape(n) for n in derived.builtin_layer_names() + ["my_act"]}
     for word in re.findall(r"\\texttt\{([^}]*)\}", body):   # before the appendix: spec names, files, commands only
         assert word in specs or word.endswith(".py") or word.startswith("symprop ") or "=" in word, word
     assert "\\texttt{symprop train -{}-{}model lenet}" in body     # a CLI flag set verbatim (no en dash)
@@ -158,8 +160,8 @@ def test_the_document_prints_the_emitted_expressions(doc):
     printed, text = {}, _flat(doc.text)
     for p in doc.printed:
         printed.setdefault(p.kernel, []).append(p)
-    for spec in latex._elementwise_builtins().values():   # the derivations the kernels are emitted from
-        for k in latex._derive(spec).kernels:
+    for spec in derived._elementwise_builtins().values():   # the derivations the kernels are emitted from
+        for k in derived._derive(spec).kernels:
             for o, e in k.outputs:
                 (p,) = [p for p in printed[k.name] if p.output == o]
                 assert p.expr == e, k.name
@@ -167,11 +169,11 @@ def test_the_document_prints_the_emitted_expressions(doc):
                 for t, v in reversed(p.temps):
                     shown = shown.subs(t, v)
                 assert _equal(shown, e), k.name
-                assert _flat(latex.tex(p.shown)) in text, k.name
+                assert _flat(printer.tex(p.shown)) in text, k.name
     for spec in {**builtins.CONTRACTIONS, **builtins.WINDOWS}.values():
-        for k in latex._derive(spec).kernels:
+        for k in derived._derive(spec).kernels:
             assert any(p.expr == k.expr for p in printed[k.name]), k.name
-            assert latex._kernel_ref(k.name) in doc.text and f"\\label{{eq:{k.name}}}" in doc.text \
+            assert prose._kernel_ref(k.name) in doc.text and f"\\label{{eq:{k.name}}}" in doc.text \
                 or k.role == "forward", k.name
 
 
@@ -193,7 +195,7 @@ def test_display_forms_keep_indices_and_read_well(full):
     assert "\\bar{g} y \\left(1 - y\\right)" in full          # sigmoid: σ' = y(1 − y), not −y(y − 1)
     x = sp.Symbol("x")
     for e in (-2 * (-x + 1), -x * (x - 1), 2 * x * (x - 1) * (x + 1)):
-        assert sp.expand(latex.display_form(e) - e) == 0
+        assert sp.expand(simplify.display_form(e) - e) == 0
 
 
 def _grid_values(m, s, d, p, H_out):
@@ -206,14 +208,14 @@ def test_compact_guards_equal_the_normalised_ones(layer):
     relations in canonical form), as the conditions in the derived pullback, and numerically on a
     grid of strides, dilations and paddings against a brute-force search for the output position."""
     spec = builtins.WINDOWS[layer]
-    d = latex._derive(spec)
+    d = derived._derive(spec)
     (pw,) = d.vjps["x"].expr.atoms(sp.Piecewise)
-    derived = {latex.canonical(c) for c in sp.And.make_args(pw.args[0].cond)}
+    conds = {printer.canonical(c) for c in sp.And.make_args(pw.args[0].cond)}
     for m in spec.maps:
-        gd = latex.CompactGuard(m)
+        gd = printer.CompactGuard(m)
         normal = gd.normalised()
-        assert {latex.canonical(c) for c in gd.conditions()} == {latex.canonical(c) for c in normal}
-        assert {latex.canonical(c) for c in normal} <= derived
+        assert {printer.canonical(c) for c in gd.conditions()} == {printer.canonical(c) for c in normal}
+        assert {printer.canonical(c) for c in normal} <= conds
         for s, dil, p, H_out in itertools.product((1, 2, 3), (1, 2) if m.dilation != 1 else (1,), (0, 1, 2), (1, 4)):
             vals = _grid_values(m, s, dil, p, H_out)
             for u, k in itertools.product(range(-1, H_out * s + 4), range(4)):
@@ -282,7 +284,7 @@ def test_model_shapes_match_torch():
         for m, la in zip(mods, info.layers):
             x = m(x)
             assert tuple(x.shape[1:]) == la.out_shape, (name, la.label)
-            assert sum(p.numel() for p in m.parameters()) == sum(latex._size(s) for _, s in la.params)
+            assert sum(p.numel() for p in m.parameters()) == sum(shapes._size(s) for _, s in la.params)
 
 
 def _collapse(names):
@@ -331,9 +333,9 @@ def test_kernel_schedule_is_what_the_runtime_runs(configs, shape):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((4,) + shape), rng.integers(0, 3, 4)
     v = [rng.standard_normal(p.shape) for p in model.parameters()]
-    info = latex.describe_model("m", shape, [la.config() for la in model.layers])
+    info = shapes.describe_model("m", shape, [la.config() for la in model.layers])
     sched = {k: _collapse([n for _, n, _ in steps if not n.startswith("softmax_cross_entropy")])
-             for k, steps in latex.kernel_schedule(info).items()}
+             for k, steps in schedule.kernel_schedule(info).items()}
     calls = {"loss_and_grad": lambda m: m.loss_and_grad(X, y), "hvp": lambda m: m.hvp(X, y, v)}
     for method in ("exact", "gauss_newton", "becker_lecun"):
         calls[method] = lambda m, method=method: m.hessian_diagonal(X, y, method=method)
@@ -344,9 +346,9 @@ def test_kernel_schedule_is_what_the_runtime_runs(configs, shape):
 
 
 def test_escape():
-    assert latex.escape("my_act#1%&\\") == r"my\_act\#1\%\&\textbackslash{}"
+    assert printer.escape("my_act#1%&\\") == r"my\_act\#1\%\&\textbackslash{}"
     with pytest.raises(ValueError, match="unknown layer"):
-        latex.document(layers=["nope"])
+        document.document(layers=["nope"])
 
 
 @needs_tex
@@ -473,7 +475,7 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     """Becker-LeCun and Gauss-Newton rules printed for a layer follow from its own VJPs: for the
     dense layer they are the formulas the runtime evaluates with the pullback kernels on squared
     arrays (h_x = Σ_o W² h, diag W = Σ_n x² Σ_k S²)."""
-    d = latex._derive(builtins.DENSE)
+    d = derived._derive(builtins.DENSE)
     n, o, i = (sp.Symbol(s, integer=True) for s in "noi")
     N, O, I = (sp.Symbol(s, integer=True, positive=True) for s in "NOI")
     W, x, h, S = (sp.IndexedBase(s) for s in ("W", "x", "H", "S"))
@@ -483,8 +485,8 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
     gn_W = d.sqvjps["W"].definition
     assert gn_W == sp.Sum(S[k, n, o] ** 2 * x[n, i] ** 2, (k, 0, K - 1), (n, 0, N - 1))
     assert d.sqvjps["W"].mode == "factorized"
-    assert latex._derive(builtins.CONV2D).sqvjps["W"].mode == "per_sample"
-    conv = latex.contraction_section(latex._derive(builtins.CONV2D))
+    assert derived._derive(builtins.CONV2D).sqvjps["W"].mode == "per_sample"
+    conv = contraction.contraction_section(derived._derive(builtins.CONV2D))
     assert "eq:conv2d_bl_x" in conv and "eq:conv2d:gn:W" in conv and "eq:conv2d:gn:b" in conv
     assert "{W}_{o,c,k,l}^{2}" in conv
 
@@ -492,14 +494,14 @@ def test_hessian_diagonal_rules_are_derived_from_the_pullbacks():
 def test_composite_sections_print_the_stage_by_stage_chain_rule(full):
     from symprop.derive.composite import derive_composite
     d = derive_composite(builtins.BATCHNORM)
-    P = latex.DerivationPrinter(arrays=["gamma", "beta"])
+    P = printer.DerivationPrinter(arrays=["gamma", "beta"])
     sec = _section(full, "batchnorm")
     app = full[full.index("\\label{app:batchnorm}"):]
     app = app[:app.index("\\subsection")]
     assert "Backward sweep." in sec
     for st, a in d.sweep:     # every stage's adjoint, as derived
-        assert latex.tex(d.pretty(a), P) in sec
-    assert latex.tex(d.pretty(d.vjp["x"]), P) in sec
+        assert printer.tex(d.pretty(a), P) in sec
+    assert printer.tex(d.pretty(d.vjp["x"]), P) in sec
     assert r"\sum_{\mathcal{G}}\!\left(\hat{x}\right) &= 0" in sec     # the identity mean(x) = μ implies
     assert app.count("\\texttt{batchnorm\\_rvjp} & ") == 1 and app.count(r"$\sum_{\mathcal{G}}", app.index("batchnorm\\_rvjp} & ")) >= 7
     s = _section(full, "softmax")

@@ -1,0 +1,112 @@
+"""A model as the document describes it: layers with output shapes and parameters, from
+their checkpoint configs by shape arithmetic alone (no kernels, no data).
+
+:func:`describe_model` holds the per-layer shape rules; it is the one place to replace when
+the layer definitions carry their own shape inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..derive import builtins
+from .printer import escape
+from .prose import MODEL_TITLES, TITLES
+
+
+@dataclass
+class ModelLayer:
+    """One layer of a model as the document describes it (from its checkpoint config)."""
+    kind: str                 # config type: Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, Activation
+    spec: str | None          # the spec whose kernels it runs (None: a reshape)
+    label: str                # in words, e.g. convolution, 1→6, 5×5, padding 2
+    out_shape: tuple          # per sample
+    params: list              # [(name, shape)]
+    config: dict
+
+
+@dataclass
+class ModelInfo:
+    """A model as the document describes it: layers with shapes and parameters, its loss, and
+    where it comes from (e.g. " as symprop train --model lenet builds it")."""
+    name: str
+    input_shape: tuple
+    layers: list
+    loss: str = "softmax_cross_entropy"
+    origin: str = ""
+
+    @property
+    def n_params(self) -> int:
+        return sum(_size(shape) for la in self.layers for _, shape in la.params)
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _window_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """PyTorch's output size ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 (as runtime/conv.py)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+#: per loss: its name in the text, the label of its definition and of its Hessian
+LOSS_TEXT = {"softmax_cross_entropy": ("softmax cross-entropy", "eq:ce:def", "eq:ce:hvp"),
+             "mse": ("mean squared error", "eq:mse:def", "eq:mse:hess"),
+             "sigmoid_cross_entropy": ("sigmoid cross-entropy", "eq:sce:def", "eq:sce:hess")}
+
+
+def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_cross_entropy",
+                   origin: str = "") -> ModelInfo:
+    """Shapes and parameters of a model from its layers' configs (``Layer.config()``, the
+    checkpoint format) by shape arithmetic alone: no kernels, no data."""
+    if loss not in LOSS_TEXT:
+        raise ValueError(f"latex: the model's loss {loss!r} is not one the document derives ({sorted(LOSS_TEXT)})")
+    shape = tuple(int(s) for s in input_shape)
+    layers = []
+    for cfg in configs:
+        t = cfg.get("type")
+        if t == "Dense":
+            if shape != (cfg["in_features"],):
+                raise ValueError(f"latex: Dense({cfg['in_features']} -> {cfg['out_features']}) after a layer "
+                                 f"giving {shape}")
+            o = cfg["out_features"]
+            params = [("W", (o, cfg["in_features"]))] + ([("b", (o,))] if cfg.get("bias", True) else [])
+            la = ModelLayer(t, "dense", f"Fully connected, {cfg['in_features']}$\\to${o}", (o,), params, cfg)
+        elif t == "Conv2D":
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cfg[k] for k in ("kernel_size", "stride", "padding", "dilation"))
+            o, c = cfg["out_channels"], cfg["in_channels"]
+            out = (o, _window_out(shape[1], kh, sh, ph, dh), _window_out(shape[2], kw, sw, pw, dw))
+            params = [("W", (o, c, kh, kw))] + ([("b", (o,))] if cfg.get("bias", True) else [])
+            extra = "".join(f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
+                            for nm, v, dflt in (("stride", (sh, sw), 1), ("padding", (ph, pw), 0),
+                                                ("dilation", (dh, dw), 1)) if v != (dflt, dflt))
+            la = ModelLayer(t, "conv2d", f"Convolution, {c}$\\to${o}, {kh}$\\times${kw}{extra}", out, params, cfg)
+        elif t in ("MaxPool2D", "AvgPool2D"):
+            (kh, kw), (sh, sw), (ph, pw) = (cfg[k] for k in ("kernel_size", "stride", "padding"))
+            out = (shape[0], _window_out(shape[1], kh, sh, ph), _window_out(shape[2], kw, sw, pw))
+            extra = "" if (sh, sw) == (kh, kw) else f", stride {sh}"
+            kind = "Max pooling" if t == "MaxPool2D" else "Average pooling"
+            la = ModelLayer(t, t.lower(), f"{kind}, {kh}$\\times${kw}{extra}", out, [], cfg)
+        elif t == "Flatten":
+            la = ModelLayer(t, None, "Flatten (a reshape)", (_size(shape),), [], cfg)
+        elif t == "Activation":
+            if cfg["name"] not in builtins.ACTIVATIONS:
+                raise ValueError(f"latex: activation {cfg['name']!r} is not a built-in spec")
+            la = ModelLayer(t, cfg["name"], TITLES.get(cfg["name"], escape(cfg["name"])), shape, [], cfg)
+        else:
+            raise ValueError(f"latex: no shape rule for layer type {t!r}")
+        layers.append(la)
+        shape = la.out_shape
+    return ModelInfo(name, tuple(int(s) for s in input_shape), layers, loss, origin)
+
+
+def _shape_tex(shape, batch: bool = True) -> str:
+    dims = (["N"] if batch else []) + [str(s) for s in shape]
+    return r"\mathbb{R}^{" + r" \times ".join(dims) + "}"
+
+
+def model_title(info: ModelInfo) -> str:
+    """The model's name in words (``LeNet-5``), for titles and text."""
+    return MODEL_TITLES.get(info.name, escape(info.name))
