@@ -32,18 +32,57 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 
 MAX_ORDER = 4
+_SUP = {1: "", 2: "²", 3: "³", 4: "⁴"}
 
 
-def _lambdify(args, expr):
-    fn = sp.lambdify(args, expr, modules="numpy")
-    return fn
+def _lambdify(args, expr, cse=False):
+    return sp.lambdify(args, expr, modules="numpy", cse=cse)
+
+
+def _partial_name(alpha, coords) -> str:
+    k = sum(alpha)
+    den = "".join(f"∂{c}{_SUP[n]}" for c, n in zip(coords, alpha) if n)
+    return f"∂{_SUP[k]}N/{den}"
+
+
+def _combination(r, syms: list):
+    """When r depends on the symbols ``syms`` only through one constant-coefficient linear
+    combination T = Σ c_s·s (its gradient in them is everywhere a constant vector times one
+    factor), ``(T, {s: c_s}, r written with T)``; else None."""
+    grads = [sp.diff(r, s) for s in syms]
+    ref = next((i for i, g in enumerate(grads) if g != 0), None)
+    if ref is None:
+        return None
+    ratios = [sp.simplify(g / grads[ref]) for g in grads]
+    if any(q.free_symbols for q in ratios):
+        return None
+    T = sp.Dummy("T")
+    others = [s for i, s in enumerate(syms) if i != ref]
+    r2 = sp.expand(r.subs(syms[ref], T - sum(q * s for q, s in zip(ratios, syms) if s is not syms[ref])))
+    if r2.has(*others):
+        return None
+    return T, dict(zip(syms, ratios)), r2
 
 
 class _Term:
     """One residual r(X; u, its derivatives) that must vanish on a set of points: the
-    derivatives of the network it needs, the sweep that computes them, r and ∂(r²)/∂q."""
+    derivatives of the network it needs, the sweep that computes exactly those, r and
+    ∂(r²)/∂q for every needed quantity q.
 
-    def __init__(self, expr, coords: list, u, hard, what: str):
+    The needed quantities are the value N and, per order k, either one constant-coefficient
+    combination Σ_α c_α ∂^α N (when r depends on the order-k partials only through it: ΔN,
+    Σ A_ij ∂²N/∂x_i∂x_j, Δ²N) or the partials one by one. Two sweeps can compute them, and the
+    cheaper (fewer coefficient blocks through the network) is used:
+
+    - ``laplacian``: order ≤ 2 with one second-order combination x ↦ xᵀAx: A = Σ_k s_k v_k v_kᵀ
+      (:func:`derive.taylor.factor_quadratic`), one forward-Laplacian sum per sign, the first
+      derivatives from the directions v_k (or an extra group along them);
+    - ``jet``: Taylor jets of order K along a smallest set of directions w with entries in
+      {−1, 0, 1} that gives every quantity as Σ_w λ_w D^k_w N (:func:`derive.taylor.directions_for`).
+    """
+
+    def __init__(self, expr, coords: list, u, hard, what: str, lift=None, propagation=None):
+        from .derive.taylor import directions_for, factor_quadratic
         expr = sp.sympify(expr)
         self.what, self.coords, self.expr = what, coords, expr
         free = sorted(map(str, expr.free_symbols - set(coords)))
@@ -53,93 +92,215 @@ class _Term:
         others = sorted({str(f.func) for f in expr.atoms(AppliedUndef)} - {str(u.func)})
         if others:
             raise ValueError(f"{what}: unknown function(s) {others} in {expr}; the unknown is {u}")
+        for D in expr.atoms(sp.Derivative):
+            order = sum(int(n) for _, n in D.variable_count)
+            if order > MAX_ORDER:
+                raise ValueError(f"{what}: {D} has order {order}; at most {MAX_ORDER} is supported")
         N = sp.Function("N")(*coords)
-        e = expr.subs(u, (hard * N) if hard is not None else N).doit()
+        Nu = (hard * N) if hard is not None else N
+        e = expr.subs(u, Nu + lift if lift is not None else Nu).doit()
         d = len(coords)
-        syms, keys = {}, {}
+        syms, alpha = {}, {}
         for D in sorted(e.atoms(sp.Derivative), key=sp.default_sort_key):
-            var = [v for v, n in D.variable_count for _ in range(int(n))]
-            orig = D.subs(N, u) if hard is None else D
-            if len(set(var)) > 1:
-                raise ValueError(f"{what}: the mixed partial {orig} is not supported (pure partials ∂ᵏu/∂x_iᵏ "
-                                 f"up to order {MAX_ORDER} and the Laplacian are)")
-            if len(var) > MAX_ORDER:
-                raise ValueError(f"{what}: {orig} has order {len(var)}; at most {MAX_ORDER} is supported")
-            key = (coords.index(var[0]),) * len(var)
-            s = sp.Symbol("N_" + "".join(str(coords[i]) for i in key))
-            syms[D], keys[s] = s, key
+            a = [0] * d
+            for v, n in D.variable_count:
+                a[coords.index(v)] += int(n)
+            if sum(a) > MAX_ORDER:
+                raise ValueError(f"{what}: {D} has order {sum(a)}; at most {MAX_ORDER} is supported")
+            s = sp.Symbol("N_" + "".join(str(c) * n for c, n in zip(coords, a)))
+            syms[D], alpha[s] = s, tuple(a)
         u0 = sp.Symbol("N_")
-        keys[u0] = "u"
         r = e.xreplace(syms).xreplace({N: u0})
         if r.has(sp.Derivative, AppliedUndef):
             raise ValueError(f"{what}: could not express {expr} in derivatives of the network")
-        # the forward Laplacian when second derivatives enter only through their sum
-        second = [s for s, k in keys.items() if k != "u" and len(k) == 2]
-        order = max([len(k) for k in keys.values() if k != "u"] or [0])
-        self.mode = "jet"
-        if second and order == 2 and len(second) == d:
-            Lsym = sp.Symbol("N_lap")
-            first_key = (0, 0)
-            s00 = next(s for s in second if keys[s] == first_key)
-            rL = sp.expand(r.subs(s00, Lsym - sum(s for s in second if s is not s00)))
-            if not rL.has(*second):
-                self.mode = "laplacian"
-                r = rL
-                for s in second:
-                    keys.pop(s)
-                keys[Lsym] = "laplacian"
-        if self.mode == "laplacian":
-            self.queries = ("u", "grad", "laplacian")
-        else:
-            self.queries = ("u",) + tuple(k for k in keys.values() if k != "u")
-        self.qsyms = sorted(keys, key=lambda s: s.name)
-        names, sup = {"u": "N", "laplacian": "ΔN"}, {1: "", 2: "²", 3: "³", 4: "⁴"}
-        self.needs = [names[k] if k in names else f"∂{sup[len(k)]}N/∂{coords[k[0]]}{sup[len(k)]}"
-                      for k in map(keys.get, self.qsyms)]
-        self.keys = keys
+        # the quantities: N, then per order one combination or the partials
+        items = []                      # (symbol, order, {α: c}, label)
+        for k in sorted({sum(a) for a in alpha.values()}):
+            ss = sorted([s for s in alpha if sum(alpha[s]) == k], key=lambda s: s.name)
+            comb = _combination(r, ss) if len(ss) > 1 else None
+            if comb is None:
+                items += [(s, k, {alpha[s]: sp.S.One}, _partial_name(alpha[s], coords)) for s in ss]
+                continue
+            T, coef, r = comb
+            Tsym = sp.Symbol(f"N_op{k}")
+            r = r.xreplace({T: Tsym})
+            cmap = {alpha[s]: c for s, c in coef.items()}
+            eye = {tuple(2 * (j == i) for j in range(d)): 1 for i in range(d)}
+            bih = {a: sp.Integer(2) if max(a) < 4 else sp.S.One for a in
+                   [tuple(2 * (j in (i, l)) if i != l else 4 * (j == i) for j in range(d))
+                    for i in range(d) for l in range(i, d)]}
+            label = ("ΔN" if cmap == eye else "Δ²N" if cmap == bih else
+                     "(" + " + ".join(f"{c}·{_partial_name(a, coords)}" for a, c in cmap.items()) + ")")
+            items.append((Tsym, k, cmap, label))
         self.r = r
-        args = list(coords) + self.qsyms
-        self._r = _lambdify(args, r)
-        # cotangents of the mean of r²: ∂(r²)/∂q, derived
-        self._dr2 = {s: _lambdify(args, sp.diff(r ** 2, s)) for s in self.qsyms}
-        self.hard = hard
-        self._hard = _lambdify(list(coords), hard) if hard is not None else None
+        self.qsyms = [u0] + [it[0] for it in items]
+        self.needs = ["N"] + [it[3] for it in items]
+        K = max([it[1] for it in items] or [0])
+        self.order = K
+        # the two sweeps, their costs (blocks through the network) and weight matrices
+        plans = {}
+        if K >= 1:
+            W, lams = directions_for([(k, c) for _, k, c, _ in items], d)
+            m = len(W)
+            Wm = np.zeros((len(self.qsyms), 1 + K * m))
+            Wm[0, 0] = 1
+            for row, ((_, k, _, _), lam) in enumerate(zip(items, lams), 1):
+                for j, l in enumerate(lam):
+                    Wm[row, 1 + (k - 1) * m + j] = float(l)
+            plans["jet"] = (1 + K * m, ("jet", np.array(W, dtype=float), K), Wm)
+        second = [it for it in items if it[1] == 2]
+        if K == 2 and len(second) == 1:
+            plans["laplacian"] = self._collapsed_plan(items, second[0][2], d, factor_quadratic)
+        elif K == 0:
+            plans["jet"] = (1, ("jet", np.eye(1, d), 1), np.eye(1, 2))
+        if propagation is not None:
+            if propagation not in ("laplacian", "jet"):
+                raise ValueError(f"{what}: propagation must be 'laplacian', 'jet' or None, got {propagation!r}")
+            if propagation not in plans:
+                raise ValueError(f"{what}: the collapsed second-order sweep ('laplacian') needs one second-order "
+                                 f"combination and no higher order; needs {self.needs}")
+            self.mode = propagation
+        else:
+            self.mode = min(plans, key=lambda p: (plans[p][0], p != "laplacian"))
+        self.cost, self.plan, self.weights = plans[self.mode]
+        self._sweeps = {}
+        # the residual and ∂r/∂q, derived; factors that depend only on X are computed once per point set
+        self._coef_fn, self._step = self._compile(r, coords, self.qsyms)
+        self._cache = (None, None)
+        self.hard, self.lift = hard, lift
 
-    def _quantity(self, res: dict, s):
-        k = self.keys[s]
-        if k in ("u", "laplacian"):
-            return res[k]
-        if self.mode == "laplacian":
-            return res["grad"][:, k[0]]
-        return res[k]
-
-    def _args(self, X, res):
-        return [X[:, j].astype(np.float64) for j in range(len(self.coords))] + \
-            [self._quantity(res, s).astype(np.float64) for s in self.qsyms]
-
-    def residual(self, X, res) -> np.ndarray:
-        return np.broadcast_to(np.asarray(self._r(*self._args(X, res)), dtype=np.float64), (X.shape[0],))
-
-    def loss_and_grad(self, model, X, weight: float = 1.0):
-        from .runtime.taylor import InputDerivatives
-        sweep = InputDerivatives(model, self.queries)
-        res, tape = sweep.forward(X)
-        if res["u"].ndim != 1:
-            raise ValueError(f"{self.what}: the network must have one output (a scalar u), it has "
-                             f"{res['u'].shape[1:]}")
-        args = self._args(X, res)
-        r = np.broadcast_to(np.asarray(self._r(*args), dtype=np.float64), (X.shape[0],))
-        n = X.shape[0]
-        cot = {}
-        for s in self.qsyms:
-            g = np.broadcast_to(np.asarray(self._dr2[s](*args), dtype=np.float64), (n,)) * (weight / n)
-            k = self.keys[s]
-            if self.mode == "laplacian" and isinstance(k, tuple):
-                cot.setdefault("grad", np.zeros((n, len(self.coords))))[:, k[0]] = g
+    @staticmethod
+    def _collapsed_plan(items, coeffs, d, factor_quadratic):
+        """The collapsed sweep for the order-2 combination ``coeffs`` (A_ii = c_{2e_i},
+        A_ij = c_{e_i+e_j}/2): groups of directions per sign, first-order quantities from the
+        directions' first coefficients (or an extra group along them)."""
+        A = sp.zeros(d, d)
+        for a, c in coeffs.items():
+            idx = [i for i in range(d) for _ in range(a[i])]
+            if idx[0] == idx[1]:
+                A[idx[0], idx[0]] = c
             else:
-                cot[k] = g
-        grads = sweep.backward(tape, cot)
-        return weight * float(np.mean(r * r)), grads
+                A[idx[0], idx[1]] = A[idx[1], idx[0]] = c / 2
+        fac = factor_quadratic(A)
+        groups, signs = [], []
+        for sign in (1, -1):
+            V = [np.array([float(x) for x in v]) for s, v in fac if s == sign]
+            if V:
+                groups.append(np.array(V))
+                signs.append(sign)
+        cols = np.concatenate(groups)
+        firsts = [it for it in items if it[1] == 1]
+        extra, fw = [], {}
+        for it in firsts:
+            b = np.array([float(it[2].get(tuple(int(j == i) for j in range(d)), 0)) for i in range(d)])
+            lam, *_ = np.linalg.lstsq(cols.T, b, rcond=None)
+            if np.linalg.norm(cols.T @ lam - b) <= 1e-12 * max(1.0, np.linalg.norm(b)):
+                fw[it[0]] = lam
+            else:
+                extra.append((it[0], b))
+        if extra:
+            groups.append(np.array([b for _, b in extra]))
+            signs.append(0)
+        G, rmax = len(groups), max(len(V) for V in groups)
+        R = 1 + sum(len(V) for V in groups) + G
+        Wm = np.zeros((1 + len(items), R))
+        Wm[0, 0] = 1
+        offsets = np.cumsum([1] + [len(V) for V in groups])
+        for row, it in enumerate(items, 1):
+            if it[1] == 2:
+                for g, sgn in enumerate(signs):
+                    Wm[row, 1 + sum(len(V) for V in groups) + g] = sgn
+            elif it[0] in fw:
+                Wm[row, 1:1 + len(cols)] = fw[it[0]]
+            else:
+                Wm[row, offsets[-2] + [s for s, _ in extra].index(it[0])] = 1
+        return G * (rmax + 2), ("laplacian", groups), Wm
+
+    @staticmethod
+    def _compile(r, coords, qsyms):
+        """NumPy functions SymPy generates: the factors of r's monomials in the quantities
+        (functions of X only, cached per point set) and, from them and the quantities, r and
+        ∂r/∂q (one function, common subexpressions shared)."""
+        coefs, rc = [], r
+        if r.is_polynomial(*qsyms):
+            P = sp.Poly(r, *qsyms)
+            rc = sp.S.Zero
+            for mon, c in P.terms():
+                term = sp.prod([q ** e for q, e in zip(qsyms, mon)])
+                if c.free_symbols:
+                    cs = sp.Symbol(f"_c{len(coefs)}")
+                    coefs.append(c)
+                    term = cs * term
+                else:
+                    term = c * term
+                rc += term
+            cargs = [sp.Symbol(f"_c{i}") for i in range(len(coefs))]
+        else:
+            coefs, cargs = list(coords), list(coords)
+        coef_fn = _lambdify(list(coords), coefs) if coefs else None
+        step = _lambdify(cargs + list(qsyms), [rc] + [sp.diff(rc, q) for q in qsyms], cse=True)
+        return coef_fn, step
+
+    def describe(self) -> str:
+        if self.mode == "laplacian":
+            groups = self.plan[1]
+            return f"forward Laplacian along {sum(len(V) for V in groups)} direction(s) in {len(groups)} group(s)"
+        W, K = self.plan[1], self.plan[2]
+        dirs = ", ".join("(" + ",".join(f"{v:g}" for v in w) + ")" for w in W)
+        return f"Taylor jets of order {K} along {dirs}"
+
+    def sweep(self, model):
+        from .runtime.taylor import CollapsedSecondOrder, DirectionalJets
+        key = id(model)
+        sw = self._sweeps.get(key)
+        if sw is None or sw.model is not model:
+            sw = (CollapsedSecondOrder(model, self.plan[1]) if self.mode == "laplacian"
+                  else DirectionalJets(model, self.plan[1], self.plan[2]))
+            self._sweeps = {key: sw}
+        return sw
+
+    def _coefficients(self, X):
+        if self._cache[0] is X:
+            return self._cache[1]
+        n = X.shape[0]
+        if self._coef_fn is None:
+            cs = []
+        else:
+            cs = [np.broadcast_to(np.asarray(c, dtype=np.float64), (n,))
+                  for c in self._coef_fn(*[X[:, j].astype(np.float64) for j in range(len(self.coords))])]
+        self._cache = (X, cs)
+        return cs
+
+    def quantities(self, model, X):
+        """(the sweep's tape, the quantities N, … (one row each, float64))."""
+        sw = self.sweep(model)
+        if sw.d != len(self.coords):
+            raise ValueError(f"{self.what}: the network takes {sw.d} inputs, the problem has "
+                             f"{len(self.coords)} coordinates {[str(c) for c in self.coords]}")
+        C, tape = sw.forward(X)
+        if C.ndim != 2:
+            raise ValueError(f"{self.what}: the network must have one output (a scalar u), it has {C.shape[2:]}")
+        return tape, self.weights @ C.astype(np.float64)
+
+    def evaluate(self, X, Q):
+        """r and ∂r/∂q on the points from the quantities Q."""
+        n = X.shape[0]
+        out = self._step(*self._coefficients(X), *Q)
+        return [np.broadcast_to(np.asarray(o, dtype=np.float64), (n,)) for o in out]
+
+    def residual(self, model, X) -> np.ndarray:
+        _, Q = self.quantities(model, X)
+        return self.evaluate(X, Q)[0]
+
+    def loss_and_grad(self, model, X, weight: float = 1.0, point_weights=None):
+        tape, Q = self.quantities(model, X)
+        r, *dr = self.evaluate(X, Q)
+        n = X.shape[0]
+        w = (weight / n) if point_weights is None else weight * point_weights / n
+        cotQ = np.stack(dr) * (2 * r * w)
+        grads = self.sweep(model).backward(tape, self.weights.T @ cotQ)
+        rr = r * r
+        return weight * float(np.mean(rr if point_weights is None else point_weights * rr)), grads
 
 
 @dataclass
@@ -166,7 +327,8 @@ class Problem:
     an optional hard-constraint factor (u = hard·N(X)), soft conditions and an optional
     reference solution (a SymPy expression in the coordinates, or a callable X → u)."""
 
-    def __init__(self, residual, domain: dict, hard=None, conditions=(), reference=None, name: str = "pde"):
+    def __init__(self, residual, domain: dict, hard=None, conditions=(), reference=None, name: str = "pde",
+                 lift=None, propagation=None):
         if not isinstance(domain, dict) or not domain:
             raise ValueError("Problem: domain must be a dict {coordinate symbol: (lo, hi)}")
         self.coords = list(domain)
@@ -186,16 +348,20 @@ class Problem:
         if tuple(self.u.args) != tuple(self.coords):
             raise ValueError(f"Problem: the unknown {self.u} must take the domain's coordinates "
                              f"{tuple(self.coords)} in that order")
-        if hard is not None:
-            hard = sp.sympify(hard)
-            extra = sorted(map(str, hard.free_symbols - set(self.coords)))
-            if extra or hard.has(AppliedUndef):
-                raise ValueError(f"Problem: hard factor {hard} may use only the coordinates, it has {extra}")
-        self.hard = hard
-        self.interior = _Term(residual, self.coords, self.u, hard, "residual")
+        for name_, e in (("hard factor", hard), ("lift", lift)):
+            if e is not None:
+                e = sp.sympify(e)
+                extra = sorted(map(str, e.free_symbols - set(self.coords)))
+                if extra or e.has(AppliedUndef):
+                    raise ValueError(f"Problem: {name_} {e} may use only the coordinates, it has {extra}")
+        self.hard = None if hard is None else sp.sympify(hard)
+        self.lift = None if lift is None else sp.sympify(lift)
+        self.interior = _Term(residual, self.coords, self.u, self.hard, "residual", self.lift, propagation)
         self.conditions = list(conditions)
-        self._cond_terms = [_Term(c.expr, self.coords, self.u, hard, f"condition {c.expr} on {c.on}")
+        self._cond_terms = [_Term(c.expr, self.coords, self.u, self.hard, f"condition {c.expr} on {c.on}", self.lift)
                             for c in self.conditions]
+        self._hard = None if self.hard is None else _lambdify(self.coords, self.hard)
+        self._lift = None if self.lift is None else _lambdify(self.coords, self.lift)
         for c in self.conditions:
             for s in c.on:
                 if s not in self.coords:
@@ -217,15 +383,17 @@ class Problem:
         return self.interior.loss_and_grad(model, self._check(model, X))
 
     def solution(self, model, X) -> np.ndarray:
-        """u at X: hard(X)·N(X), or N(X)."""
+        """u at X: lift(X) + hard(X)·N(X) (without ``lift``/``hard``: 0 and 1)."""
         X = self._check(model, X)
         out = model.outputs(X)
         if out.ndim != 2 or out.shape[1] != 1:
             raise ValueError(f"Problem: the network must have one output (a scalar u), it has {out.shape[1:]}")
         u = out[:, 0].astype(np.float64)
-        if self.hard is not None:
-            u = u * np.broadcast_to(self.interior._hard(*[X[:, j].astype(np.float64) for j in range(X.shape[1])]),
-                                    u.shape)
+        cols = [X[:, j].astype(np.float64) for j in range(X.shape[1])]
+        if self._hard is not None:
+            u = u * np.broadcast_to(self._hard(*cols), u.shape)
+        if self._lift is not None:
+            u = u + np.broadcast_to(self._lift(*cols), u.shape)
         return u
 
     def _check(self, model, X):
