@@ -290,7 +290,7 @@ def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
 # multinomial theorem D^k_w u = Σ_{|α|=k} (k!/α!)·w^α·∂^α u. A linear combination Σ_α c_α ∂^α u
 # of order-k partials (a mixed partial u_xy, the biharmonic Δ²u, Σ A_ij ∂²u/∂x_i∂x_j) is then
 # Σ_w λ_w D^k_w u for weights λ solving Σ_w λ_w (k!/α!) w^α = c_α — found here exactly by SymPy,
-# with a smallest set of directions w (entries in {−1, 0, 1}).
+# with a smallest set of integer directions w (entries in {−1, 0, 1} where they suffice).
 
 def multi_indices(k: int, d: int) -> list[tuple]:
     """Every α = (α_1 … α_d) with |α| = k, in a fixed order."""
@@ -313,20 +313,23 @@ def _target_vector(k: int, d: int, coeffs: dict) -> sp.Matrix:
     return sp.Matrix([sp.sympify(coeffs.get(a, 0)) for a in multi_indices(k, d)])
 
 
-def candidate_directions(d: int, coords) -> list[tuple]:
-    """Directions with entries in {−1, 0, 1} on ``coords`` (first nonzero entry +1): the
-    axes, then e_i ± e_j, then e_i ± e_j ± e_l."""
-    from itertools import combinations, product
+def candidate_directions(d: int, coords, max_entry: int = 1) -> list[tuple]:
+    """Integer directions on ``coords`` with entries in [−max_entry, max_entry], primitive
+    (gcd 1) and with a positive first nonzero entry, fewest nonzeros and smallest entries
+    first: the axes, then e_i ± e_j, … ."""
+    from itertools import product
+    from math import gcd
+    coords = sorted(coords)
     out = []
-    for size in range(1, min(3, len(coords)) + 1):
-        for sub in combinations(sorted(coords), size):
-            for signs in product((1, -1), repeat=size - 1):
-                w = [0] * d
-                w[sub[0]] = 1
-                for i, s in zip(sub[1:], signs):
-                    w[i] = s
-                out.append(tuple(w))
-    return out
+    for v in product(range(-max_entry, max_entry + 1), repeat=len(coords)):
+        nz = [a for a in v if a]
+        if not nz or nz[0] < 0 or gcd(*map(abs, nz)) != 1:
+            continue
+        w = [0] * d
+        for i, a in zip(coords, v):
+            w[i] = a
+        out.append(tuple(w))
+    return sorted(out, key=lambda w: (sum(1 for a in w if a), max(map(abs, w)), [-a for a in w]))
 
 
 def _numeric_targets(targets: list, d: int) -> list:
@@ -352,38 +355,46 @@ def _feasible(numeric: list, directions) -> bool:
     return True
 
 
-def directions_for(targets: list, d: int, max_subsets: int = 20000):
-    """A smallest set of directions W and exact weights such that every target (k, {α: c_α})
-    is Σ_w λ_w D^k_w u; returns ``(W, [λ per target])`` (λ aligned with W, SymPy numbers).
-    Subsets of the candidates are tried by increasing size (when there are too many, the
-    candidates are added in order and then pruned)."""
+def _smallest_subset(numeric, cands, max_subsets):
+    """The first feasible subset of ``cands`` by increasing size (when there are too many,
+    the candidates added in order until feasible, then pruned); None if none is."""
     from itertools import combinations
     from math import comb
-    coords = sorted({i for _, c in targets for a in c for i in range(d) if a[i]})
-    cands = candidate_directions(d, coords) if coords else [tuple(1 if i == 0 else 0 for i in range(d))]
-    numeric = _numeric_targets(targets, d)
-    W = None
     for size in range(1, len(cands) + 1):
         if comb(len(cands), size) > max_subsets:
             break
         for sub in combinations(cands, size):
             if _feasible(numeric, sub):
-                W = list(sub)
-                break
+                return list(sub)
+    W = []
+    for w in cands:
+        W.append(w)
+        if _feasible(numeric, W):
+            break
+    else:
+        return None
+    for w in list(reversed(W)):
+        rest = [v for v in W if v != w]
+        if rest and _feasible(numeric, rest):
+            W = rest
+    return W
+
+
+def directions_for(targets: list, d: int, max_subsets: int = 20000):
+    """A smallest set of directions W and exact weights such that every target (k, {α: c_α})
+    is Σ_w λ_w D^k_w u; returns ``(W, [λ per target])`` (λ aligned with W, SymPy numbers).
+    Subsets of the candidates (entries in {−1, 0, 1}, else up to ±2, ±3) are tried by
+    increasing size."""
+    coords = sorted({i for _, c in targets for a in c for i in range(d) if a[i]})
+    numeric = _numeric_targets(targets, d)
+    W = None
+    for max_entry in (1, 2, 3):
+        cands = candidate_directions(d, coords, max_entry) if coords else [tuple(int(i == 0) for i in range(d))]
+        W = _smallest_subset(numeric, cands, max_subsets)
         if W is not None:
             break
-    if W is None:   # greedy: add in order until feasible, then drop what is not needed
-        W = []
-        for w in cands:
-            W.append(w)
-            if _feasible(numeric, W):
-                break
-        else:
-            raise SpecError(f"no directions with entries in {{-1, 0, 1}} give {targets}")
-        for w in list(reversed(W)):
-            rest = [v for v in W if v != w]
-            if rest and _feasible(numeric, rest):
-                W = rest
+    if W is None:
+        raise SpecError(f"no directions with integer entries up to 3 give {targets}")
     weights = []
     for k, coeffs in targets:
         M, c = jet_matrix(k, d, W), _target_vector(k, d, coeffs)

@@ -82,6 +82,7 @@ class _Term:
     """
 
     def __init__(self, expr, coords: list, u, hard, what: str, lift=None, propagation=None):
+        from .derive.elementwise import SpecError
         from .derive.taylor import directions_for, factor_quadratic
         expr = sp.sympify(expr)
         self.what, self.coords, self.expr = what, coords, expr
@@ -140,7 +141,10 @@ class _Term:
         # the two sweeps, their costs (blocks through the network) and weight matrices
         plans = {}
         if K >= 1:
-            W, lams = directions_for([(k, c) for _, k, c, _ in items], d)
+            try:
+                W, lams = directions_for([(k, c) for _, k, c, _ in items], d)
+            except SpecError as e:
+                raise ValueError(f"{what}: {e}") from None
             m = len(W)
             Wm = np.zeros((len(self.qsyms), 1 + K * m))
             Wm[0, 0] = 1
@@ -382,6 +386,11 @@ class Problem:
         ``model.parameters()``."""
         return self.interior.loss_and_grad(model, self._check(model, X))
 
+    def residual(self, model, X) -> np.ndarray:
+        """The residual at the points X (N, d), through the sweep the problem chose: with a
+        residual such as ``u.diff(x, y)`` this is the network's mixed partial itself."""
+        return self.interior.residual(model, self._check(model, X))
+
     def solution(self, model, X) -> np.ndarray:
         """u at X: lift(X) + hard(X)·N(X) (without ``lift``/``hard``: 0 and 1)."""
         X = self._check(model, X)
@@ -441,11 +450,13 @@ class Problem:
 
     def fit(self, model, epochs: int = 1000, points: int = 1024, optimizer=None, schedule=None,
             seed: int = 0, resample: int = 0, log_every: int = 100, verbose: int = 1,
-            print_fn=print) -> History:
+            print_fn=print, lbfgs: int = 0, lbfgs_points: int | None = None) -> History:
         """Train ``model`` on ``points`` collocation points (redrawn every ``resample``
         epochs; 0: fixed), one optimizer step per epoch (full batch), printing the loss and
         the error against the reference every ``log_every`` epochs. ``schedule``: a
-        ``symprop`` learning-rate schedule (``lr_at(epoch, base)``)."""
+        ``symprop`` learning-rate schedule (``lr_at(epoch, base)``). ``lbfgs``: then that many
+        L-BFGS iterations (SciPy's L-BFGS-B, full batch on ``lbfgs_points`` fresh points,
+        default ``points``), counted on as epochs in the history."""
         from .runtime.optimizers import Adam
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         base = opt.lr
@@ -473,7 +484,58 @@ class Problem:
                 if verbose:
                     print_fn(f"epoch {epoch + 1:5d}  loss {loss:.3e}  rel. L2 error {hist.error[-1]:.3e}  "
                              f"{hist.seconds[-1]:.1f} s")
+        if lbfgs:
+            if lbfgs_points:
+                points = lbfgs_points
+            X, cond_X = draw()
+            self._lbfgs(model, X, cond_X, lbfgs, epochs, hist, t0, log_every, verbose, print_fn)
         return hist
+
+    def _lbfgs(self, model, X, cond_X, iterations, start, hist, t0, log_every, verbose, print_fn):
+        """L-BFGS (SciPy's L-BFGS-B, no bounds) on the parameters, full batch."""
+        from scipy.optimize import minimize
+        params = model.parameters()
+        sizes = [p.size for p in params]
+        state = {"it": start, "loss": float("nan")}
+
+        def put(v):
+            for p, a in zip(params, np.split(v, np.cumsum(sizes)[:-1])):
+                p[...] = a.reshape(p.shape)
+
+        def fun(v):
+            put(v)
+            loss, grads = self.total_loss_and_grad(model, X, cond_X)
+            state["loss"] = loss
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{self.name}: the loss became {loss} in L-BFGS iteration {state['it'] + 1}")
+            return loss, np.concatenate([g.ravel() for g in grads]).astype(np.float64)
+
+        def callback(intermediate_result=None):
+            state["it"] += 1
+            it = state["it"]
+            if (it - start) % log_every == 0 or it - start == iterations:
+                hist.epoch.append(it)
+                hist.loss.append(state["loss"])
+                hist.seconds.append(time.perf_counter() - t0)
+                hist.error.append(self.error(model))
+                if verbose:
+                    print_fn(f"L-BFGS {it:5d}  loss {state['loss']:.3e}  rel. L2 error {hist.error[-1]:.3e}  "
+                             f"{hist.seconds[-1]:.1f} s")
+
+        v0 = np.concatenate([p.ravel() for p in params]).astype(np.float64)
+        res = minimize(fun, v0, jac=True, method="L-BFGS-B", callback=callback,
+                       options={"maxiter": iterations, "maxfun": 2 * iterations, "maxcor": 50,
+                                "ftol": 0.0, "gtol": 0.0})
+        put(res.x)
+        if hist.epoch and hist.epoch[-1] != state["it"]:
+            loss, _ = self.total_loss_and_grad(model, X, cond_X)
+            hist.epoch.append(state["it"])
+            hist.loss.append(loss)
+            hist.seconds.append(time.perf_counter() - t0)
+            hist.error.append(self.error(model))
+            if verbose:
+                print_fn(f"L-BFGS {state['it']:5d}  loss {loss:.3e}  rel. L2 error {hist.error[-1]:.3e}  "
+                         f"{hist.seconds[-1]:.1f} s  (stopped: {res.message})")
 
     def plot(self, model, path: str, n: int = 101) -> None:
         """Solution, reference and error on the grid (2-D problems), written to ``path``."""
@@ -560,6 +622,84 @@ def burgers1d() -> Problem:
                    conditions=[Condition(u + sp.sin(sp.pi * x), {t: 0}, weight=1.0, points=512),
                                Condition(u, {x: (-1, 1)}, weight=1.0, points=256)],
                    reference=burgers_cole_hopf, name="burgers1d")
+
+
+def burgers1d_hard() -> Problem:
+    """Burgers as :func:`burgers1d` with the initial and boundary conditions built in:
+    u = −sin πx + t·(1 − x²)·N (the lift satisfies both, the factor vanishes on them)."""
+    x, t = sp.symbols("x t")
+    u = sp.Function("u")(x, t)
+    nu = sp.Rational(1, 100) / sp.pi
+    return Problem(residual=u.diff(t) + u * u.diff(x) - nu * u.diff(x, 2), domain={x: (-1, 1), t: (0, 1)},
+                   lift=-sp.sin(sp.pi * x), hard=t * (1 - x ** 2), reference=burgers_cole_hopf, name="burgers1d")
+
+
+def helmholtz2d() -> Problem:
+    """Δu + k²u = q on [−1,1]², u = 0 on the boundary (hard factor (1−x²)(1−y²)), k = 1,
+    q = (k² − π² − (4π)²)·sin πx·sin 4πy: exact solution sin πx·sin 4πy (a₁ = 1, a₂ = 4 of
+    Wang, Teng & Perdikaris 2021, the Helmholtz case PINN benchmarks use)."""
+    x, y = sp.symbols("x y")
+    u = sp.Function("u")(x, y)
+    exact = sp.sin(sp.pi * x) * sp.sin(4 * sp.pi * y)
+    q = (1 - sp.pi ** 2 - 16 * sp.pi ** 2) * exact
+    return Problem(residual=u.diff(x, 2) + u.diff(y, 2) + u - q, domain={x: (-1, 1), y: (-1, 1)},
+                   hard=(1 - x ** 2) * (1 - y ** 2), reference=exact, name="helmholtz2d")
+
+
+def allen_cahn_fd(nx: int = 2049, nt: int = 201, eps: float = 1e-4, gamma: float = 5.0):
+    """The Allen–Cahn reference by finite differences: u_t = eps·u_xx + gamma·(u − u³) on
+    x ∈ [−1,1], u(x,0) = x² cos πx, u(±1,t) = −1; second-order differences on ``nx`` points,
+    SciPy's BDF in time (rtol 1e-9); returns (x, t, U) with U[i, j] = u(x_j, t_i) on ``nt``
+    equally spaced times in [0, 1]."""
+    from scipy.integrate import solve_ivp
+    from scipy.sparse import diags
+    x = np.linspace(-1, 1, nx)
+    h = x[1] - x[0]
+    n = nx - 2
+    D = diags([np.ones(n - 1), -2 * np.ones(n), np.ones(n - 1)], [-1, 0, 1]) * (eps / h ** 2)
+    bc = np.zeros(n)
+    bc[0] = bc[-1] = -eps / h ** 2                 # u = −1 at both ends
+
+    def rhs(_, v):
+        return D @ v + bc + gamma * (v - v ** 3)
+
+    def jac(_, v):
+        return D + diags(gamma * (1 - 3 * v ** 2))
+
+    t = np.linspace(0, 1, nt)
+    sol = solve_ivp(rhs, (0, 1), (x ** 2 * np.cos(np.pi * x))[1:-1], method="BDF", t_eval=t, jac=jac,
+                    rtol=1e-9, atol=1e-11)
+    if not sol.success:
+        raise RuntimeError(f"allen_cahn_fd: the time integration failed: {sol.message}")
+    U = np.full((nt, nx), -1.0)
+    U[:, 1:-1] = sol.y.T
+    return x, t, U
+
+
+class AllenCahnReference:
+    """Callable X → u (X's columns x, t) interpolating :func:`allen_cahn_fd` (computed once)."""
+
+    def __init__(self, **fd):
+        self.fd, self._table = fd, None
+
+    def __call__(self, X):
+        from scipy.interpolate import RegularGridInterpolator
+        if self._table is None:
+            x, t, U = allen_cahn_fd(**self.fd)
+            self._table = RegularGridInterpolator((t, x), U, method="cubic")
+        X = np.asarray(X, dtype=np.float64)
+        return self._table(np.c_[X[:, 1], X[:, 0]])
+
+
+def allen_cahn1d() -> Problem:
+    """u_t − 10⁻⁴·u_xx + 5u³ − 5u = 0 on x ∈ [−1,1], t ∈ [0,1], u(x,0) = x² cos πx,
+    u(±1,t) = −1 (the Allen–Cahn case of Raissi et al. 2019, with Dirichlet ends), built in:
+    u = x² cos πx + t·(1 − x²)·N; reference by finite differences (:func:`allen_cahn_fd`)."""
+    x, t = sp.symbols("x t")
+    u = sp.Function("u")(x, t)
+    return Problem(residual=u.diff(t) - sp.Rational(1, 10000) * u.diff(x, 2) + 5 * u ** 3 - 5 * u,
+                   domain={x: (-1, 1), t: (0, 1)}, lift=x ** 2 * sp.cos(sp.pi * x), hard=t * (1 - x ** 2),
+                   reference=AllenCahnReference(), name="allen_cahn1d")
 
 
 #: name -> (problem factory, network width, depth, fit arguments)
