@@ -131,7 +131,7 @@ class _Term:
                    [tuple(2 * (j in (i, l)) if i != l else 4 * (j == i) for j in range(d))
                     for i in range(d) for l in range(i, d)]}
             label = ("ΔN" if cmap == eye else "Δ²N" if cmap == bih else
-                     "(" + " + ".join(f"{c}·{_partial_name(a, coords)}" for a, c in cmap.items()) + ")")
+                     "(" + sp.sstr(sum(c * sp.Symbol(_partial_name(a, coords)) for a, c in cmap.items())) + ")")
             items.append((Tsym, k, cmap, label))
         self.r = r
         self.qsyms = [u0] + [it[0] for it in items]
@@ -297,9 +297,13 @@ class _Term:
         return self.evaluate(X, Q)[0]
 
     def loss_and_grad(self, model, X, weight: float = 1.0, point_weights=None):
+        """weight·mean(w·r²) and its parameter gradient; ``point_weights``: per-point w, or a
+        function (X, r) → w (held constant in the gradient: causal weights)."""
         tape, Q = self.quantities(model, X)
         r, *dr = self.evaluate(X, Q)
         n = X.shape[0]
+        if callable(point_weights):
+            point_weights = point_weights(X, r)
         w = (weight / n) if point_weights is None else weight * point_weights / n
         cotQ = np.stack(dr) * (2 * r * w)
         grads = self.sweep(model).backward(tape, self.weights.T @ cotQ)
@@ -426,6 +430,15 @@ class Problem:
             X[which == f, j] = float(v)
         return X
 
+    def sample_by_residual(self, model, n: int, rng, pool: int = 4, k: float = 2.0, c: float = 1.0) -> np.ndarray:
+        """``n`` interior points drawn from ``pool``·n uniform ones with probability ∝
+        |r|^k / mean(|r|^k) + c (residual-based adaptive distribution, Wu et al. 2023): more
+        points where the residual is large (Burgers' shock), some everywhere."""
+        P = self._check(model, self.sample_interior(pool * n, rng))
+        rk = np.abs(self.interior.residual(model, P)) ** k
+        w = rk / max(float(rk.mean()), 1e-300) + c
+        return P[np.sort(rng.choice(len(P), n, replace=False, p=w / w.sum()))]
+
     def grid(self, n: int = 101) -> np.ndarray:
         axes = [np.linspace(lo, hi, n) for lo, hi in self.box]
         return np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1)
@@ -445,8 +458,27 @@ class Problem:
         return float(np.linalg.norm(u - ref) / max(np.linalg.norm(ref), 1e-300))
 
     # ---------------------------------------------------------------- training
-    def total_loss_and_grad(self, model, X, cond_X):
-        loss, grads = self.interior.loss_and_grad(model, X)
+    def causal_weights(self, coordinate, eps: float = 1.0, bins: int = 32):
+        """Causal training (Wang, Sankaran & Perdikaris 2022): the points binned along the time
+        ``coordinate``, bin i weighted by exp(−eps·Σ_{j<i} L_j), L_j the mean squared residual of
+        bin j — later times count once earlier ones are resolved. A function (X, r) → weights
+        for ``fit(point_weights=...)``; the weights are constants in the gradient."""
+        if coordinate not in self.coords:
+            raise ValueError(f"Problem.causal_weights: {coordinate} is not a coordinate of {self.coords}")
+        j = self.coords.index(coordinate)
+        lo, hi = self.box[j]
+
+        def weights(X, r):
+            b = np.minimum(((X[:, j] - lo) / (hi - lo) * bins).astype(int), bins - 1)
+            cnt = np.bincount(b, minlength=bins)
+            L = np.bincount(b, weights=r * r, minlength=bins) / np.maximum(cnt, 1)
+            w = np.exp(-eps * (np.cumsum(L) - L))
+            self.last_causal_min = float(w[cnt > 0].min())
+            return w[b] * (bins / max(1, int((cnt > 0).sum())))
+        return weights
+
+    def total_loss_and_grad(self, model, X, cond_X, point_weights=None):
+        loss, grads = self.interior.loss_and_grad(model, X, point_weights=point_weights)
         for c, term, Xc in zip(self.conditions, self._cond_terms, cond_X):
             lc, gc = term.loss_and_grad(model, Xc, c.weight)
             loss += lc
@@ -455,20 +487,26 @@ class Problem:
 
     def fit(self, model, epochs: int = 1000, points: int = 1024, optimizer=None, schedule=None,
             seed: int = 0, resample: int = 0, log_every: int = 100, verbose: int = 1,
-            print_fn=print, lbfgs: int = 0, lbfgs_points: int | None = None) -> History:
+            print_fn=print, lbfgs: int = 0, lbfgs_points: int | None = None, adaptive: bool = False,
+            point_weights=None) -> History:
         """Train ``model`` on ``points`` collocation points (redrawn every ``resample``
         epochs; 0: fixed), one optimizer step per epoch (full batch), printing the loss and
         the error against the reference every ``log_every`` epochs. ``schedule``: a
         ``symprop`` learning-rate schedule (``lr_at(epoch, base)``). ``lbfgs``: then that many
         L-BFGS iterations (SciPy's L-BFGS-B, full batch on ``lbfgs_points`` fresh points,
-        default ``points``), counted on as epochs in the history."""
+        default ``points``), counted on as epochs in the history. ``adaptive``: redraws (and
+        the L-BFGS points) by the residual (:meth:`sample_by_residual`), not uniformly.
+        ``point_weights``: weights of the interior points' squared residuals in the Adam steps,
+        e.g. :meth:`causal_weights`."""
         from .runtime.optimizers import Adam
         opt = optimizer if optimizer is not None else Adam(lr=1e-3)
         base = opt.lr
         rng = np.random.default_rng(seed)
-        draw = lambda: (self._check(model, self.sample_interior(points, rng)),  # noqa: E731
-                        [self._check(model, self.sample_condition(c, c.points, rng)) for c in self.conditions])
-        X, cond_X = draw()
+        def draw(first=False):
+            X = (self.sample_by_residual(model, points, rng) if adaptive and not first
+                 else self._check(model, self.sample_interior(points, rng)))
+            return X, [self._check(model, self.sample_condition(c, c.points, rng)) for c in self.conditions]
+        X, cond_X = draw(first=True)
         hist = History()
         params = model.parameters()
         t0 = time.perf_counter()
@@ -477,7 +515,7 @@ class Problem:
                 X, cond_X = draw()
             if schedule is not None:
                 opt.lr = schedule.lr_at(epoch, base)
-            loss, grads = self.total_loss_and_grad(model, X, cond_X)
+            loss, grads = self.total_loss_and_grad(model, X, cond_X, point_weights)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{self.name}: the loss became {loss} at epoch {epoch + 1}")
             opt.step(params, grads)

@@ -79,3 +79,41 @@ def test_problem_trains_to_its_recorded_accuracy(name, goal):
                            lbfgs_points=kw.get("lbfgs_points"), seed=0, verbose=0, log_every=500)
     print(f"{name}: {hist.error[-1]:.2e}, {time.perf_counter() - t0:.0f} s")
     assert hist.error[-1] <= goal
+
+
+def test_residual_based_sampling_puts_points_where_the_residual_is_large():
+    x, y = sp.symbols("x y")
+    u = sp.Function("u")(x, y)
+    problem = pinn.Problem(residual=u - 10 * sp.exp(-200 * (x - 0.5) ** 2), domain={x: (0, 1), y: (0, 1)})
+    model = pinn.mlp(2, 4, 1, dtype="float64", seed=0)
+    P = problem.sample_by_residual(model, 2000, np.random.default_rng(0))
+    near = np.mean(np.abs(P[:, 0] - 0.5) < 0.1)
+    assert P.shape == (2000, 2) and near > 0.35         # uniform: 0.2
+    assert len(np.unique(P, axis=0)) == 2000 and P.min() >= 0 and P.max() <= 1
+
+
+def test_causal_weights_follow_the_binned_residual_and_enter_the_gradient_as_constants():
+    problem = pinn.heat1d()
+    x, t = problem.coords
+    fn = problem.causal_weights(t, eps=2.0, bins=4)
+    X = np.c_[np.full(8, 0.5), [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9]]
+    r = np.array([1.0, 1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    L = np.array([1.0, 2.0, 0.0, 1.0])                 # bins [0,.25), [.25,.5), [.5,.75), [.75,1]
+    w = np.exp(-2.0 * np.array([0.0, 1.0, 3.0, 3.0]))
+    assert np.allclose(fn(X, r), np.repeat(w, 2)) and np.allclose(L, [1, 2, 0, 1])
+    # with weights: the loss is mean(w·r²), the gradient that of the weighted loss at fixed w
+    model = pinn.mlp(2, 5, 1, dtype="float64", seed=3)
+    P = problem.sample_interior(64, np.random.default_rng(1))
+    r0 = problem.residual(model, P)
+    wts = fn(P, r0)
+    loss, grads = problem.interior.loss_and_grad(model, P, point_weights=fn)
+    assert np.isclose(loss, np.mean(wts * r0 ** 2), rtol=1e-13)
+    params = model.parameters()
+    k, h = 3, 1e-6
+    old = params[0].flat[k]
+    params[0].flat[k] = old + h
+    lp = np.mean(wts * problem.residual(model, P) ** 2)
+    params[0].flat[k] = old - h
+    lm = np.mean(wts * problem.residual(model, P) ** 2)
+    params[0].flat[k] = old
+    assert abs((lp - lm) / (2 * h) - grads[0].flat[k]) < 1e-6 * max(1.0, abs(grads[0].flat[k]))
