@@ -77,8 +77,9 @@ class _Term:
     - ``laplacian``: order ≤ 2 with one second-order combination x ↦ xᵀAx: A = Σ_k s_k v_k v_kᵀ
       (:func:`derive.taylor.factor_quadratic`), one forward-Laplacian sum per sign, the first
       derivatives from the directions v_k (or an extra group along them);
-    - ``jet``: Taylor jets of order K along a smallest set of directions w with entries in
-      {−1, 0, 1} that gives every quantity as Σ_w λ_w D^k_w N (:func:`derive.taylor.directions_for`).
+    - ``jet``: Taylor jets of order K along a smallest set of integer directions w (entries in
+      {−1, 0, 1} where they suffice) that gives every quantity as Σ_w λ_w D^k_w N
+      (:func:`derive.taylor.directions_for`).
     """
 
     def __init__(self, expr, coords: list, u, hard, what: str, lift=None, propagation=None):
@@ -332,8 +333,11 @@ class History:
 
 class Problem:
     """A PDE residual = 0 on a box ``domain`` ({symbol: (lo, hi)}: X's columns in this order),
-    an optional hard-constraint factor (u = hard·N(X)), soft conditions and an optional
-    reference solution (a SymPy expression in the coordinates, or a callable X → u)."""
+    built-in conditions (u = lift(X) + hard(X)·N(X); either may be omitted), soft conditions and
+    an optional reference solution (a SymPy expression in the coordinates, or a callable X → u).
+    The residual may use any partial of u up to order 4; ``propagation`` forces the sweep
+    (``"laplacian"``: collapsed second order, ``"jet"``: jets along directions; default: the
+    cheaper)."""
 
     def __init__(self, residual, domain: dict, hard=None, conditions=(), reference=None, name: str = "pde",
                  lift=None, propagation=None):
