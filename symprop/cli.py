@@ -467,10 +467,11 @@ def cmd_pinn(args) -> int:
           f"{'-'.join([str(args.width or width)] * (args.depth or depth))}-1 tanh, "
           f"{sum(p.size for p in model.parameters())} parameters, {args.dtype}")
     t0 = time.perf_counter()
-    hist = problem.fit(model, epochs=epochs, points=args.points or kw["points"],
-                       optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
-                       schedule=kw.get("schedule"), seed=args.seed, log_every=args.log_every,
-                       resample=kw.get("resample", 0), lbfgs=lbfgs, lbfgs_points=kw.get("lbfgs_points"))
+    fit = {**pinn.fit_arguments(problem, kw), "epochs": epochs, "lbfgs": lbfgs, "points": args.points or kw["points"]}
+    if "point_weights" in fit:
+        print(f"  causal weights along {kw['causal'][0]} (eps {kw['causal'][1]:g}) in the Adam steps")
+    hist = problem.fit(model, optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
+                       seed=args.seed, log_every=args.log_every, **fit)
     print(f"{args.problem}: relative L2 error {hist.error[-1]:.3e} after {epochs} epochs"
           + (f" and {hist.epoch[-1] - epochs} L-BFGS iterations" if lbfgs else "")
           + f", {time.perf_counter() - t0:.1f} s")

@@ -749,11 +749,23 @@ def allen_cahn1d() -> Problem:
                    reference=AllenCahnReference(), name="allen_cahn1d")
 
 
-#: name -> (problem factory, network width, depth, fit arguments)
+#: name -> (problem factory, network width, depth, fit arguments); ``causal``: (time coordinate,
+#: eps) of :meth:`Problem.causal_weights` for the Adam steps
 PROBLEMS = {
     "poisson2d": (poisson2d, 32, 2, {"epochs": 1000, "points": 1024, "lr": 5e-3}),
     "heat1d": (heat1d, 32, 3, {"epochs": 2000, "points": 1024, "lr": 3e-3}),
     "burgers1d": (burgers1d_hard, 32, 4, {"epochs": 2000, "points": 4096, "lr": 2e-3, "lbfgs": 3000}),
-    "allen_cahn1d": (allen_cahn1d, 32, 4, {"epochs": 2000, "points": 4096, "lr": 2e-3, "lbfgs": 2000}),
-    "helmholtz2d": (helmholtz2d, 40, 3, {"epochs": 1000, "points": 2048, "lr": 2e-3, "lbfgs": 2000}),
+    "allen_cahn1d": (allen_cahn1d, 32, 4, {"epochs": 2000, "points": 4096, "lr": 2e-3, "lbfgs": 5000,
+                                           "causal": ("t", 10.0)}),
+    "helmholtz2d": (helmholtz2d, 40, 3, {"epochs": 1000, "points": 2048, "lr": 2e-3, "lbfgs": 5000}),
 }
+
+
+def fit_arguments(problem: Problem, kw: dict) -> dict:
+    """The keyword arguments of :meth:`Problem.fit` for a recipe of :data:`PROBLEMS`."""
+    out = {k: kw[k] for k in ("epochs", "points", "schedule", "resample", "lbfgs", "lbfgs_points") if k in kw}
+    if "causal" in kw:
+        name, eps = kw["causal"]
+        coord = next(c for c in problem.coords if str(c) == name)
+        out["point_weights"] = problem.causal_weights(coord, eps)
+    return out

@@ -62,10 +62,11 @@ def test_cli_runs_every_problem(name, capsys):
                      "--points", "32", "--width", "4", "--depth", "1"]) == 0
     out = capsys.readouterr().out
     assert f"{name}: relative L2 error" in out and "L-BFGS" in out and "needs N" in out
+    assert ("causal weights along t" in out) == (name == "allen_cahn1d")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,goal", [("burgers1d", 3e-2), ("helmholtz2d", 2e-2)])
+@pytest.mark.parametrize("name,goal", [("burgers1d", 5e-3), ("helmholtz2d", 1e-2)])
 def test_problem_trains_to_its_recorded_accuracy(name, goal):
     """The CLI default recipe (seeded, float32, one OpenMP thread) reaches the accuracy
     docs/pinn.md records (with a margin); time printed, not asserted."""
@@ -74,9 +75,8 @@ def test_problem_trains_to_its_recorded_accuracy(name, goal):
     model = pinn.mlp(len(problem.coords), width=width, depth=depth, dtype="float32", seed=0)
     t0 = time.perf_counter()
     with threadpool_limits(1, user_api="openmp"):
-        hist = problem.fit(model, epochs=kw["epochs"], points=kw["points"], optimizer=O.Adam(lr=kw["lr"]),
-                           schedule=kw.get("schedule"), resample=kw.get("resample", 0), lbfgs=kw.get("lbfgs", 0),
-                           lbfgs_points=kw.get("lbfgs_points"), seed=0, verbose=0, log_every=500)
+        hist = problem.fit(model, optimizer=O.Adam(lr=kw["lr"]), seed=0, verbose=0, log_every=500,
+                           **pinn.fit_arguments(problem, kw))
     print(f"{name}: {hist.error[-1]:.2e}, {time.perf_counter() - t0:.0f} s")
     assert hist.error[-1] <= goal
 
