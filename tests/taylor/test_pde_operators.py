@@ -268,3 +268,17 @@ def test_bad_operators_are_refused_naming_the_term():
         jets = DirectionalJets(pinn.mlp(2, 4, 1, dtype="float64"), np.ones((1, 2)), 2)
         C, tape = jets.forward(np.zeros((3, 2)))
         jets.backward(tape, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("expr_fn", [
+    lambda u: u.diff(t) + sp.Rational(3, 2) * u.diff(x),           # advection: one first-order combination
+    lambda u: u ** 3 - sp.cos(x) * u,                               # no derivative at all
+    lambda u: sp.sin(u.diff(x)) + x * u.diff(x, 2) + u.diff(t, 2),  # not polynomial; a variable coefficient
+])
+def test_first_order_zero_order_and_non_polynomial_residuals(expr_fn):
+    u = sp.Function("u")(x, t)
+    expr = expr_fn(u)
+    problem = pinn.Problem(residual=expr, domain={x: (0, 1), t: (0, 1)})
+    model = pinn.mlp(2, width=6, depth=2, dtype="float64", seed=6)
+    X = np.random.default_rng(6).random((13, 2))
+    check_problem(problem, model, X, expr, [x, t])
