@@ -55,7 +55,7 @@ def test_lbfgs_after_adam_lowers_the_loss_and_continues_the_history():
     assert hist.loss[-1] < 0.2 * hist.loss[1]
 
 
-@pytest.mark.parametrize("name", ["allen_cahn1d", "helmholtz2d", "burgers1d"])
+@pytest.mark.parametrize("name", ["allen_cahn1d", "helmholtz2d", "burgers1d", "heat1d"])
 def test_cli_runs_every_problem(name, capsys):
     from symprop import cli
     assert cli.main(["pinn", "--problem", name, "--epochs", "2", "--lbfgs", "2", "--log-every", "1",
