@@ -282,3 +282,146 @@ def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
         roles.append(realize(r, chosen, base.forward.chosen, spec))
         roles.append(realize(vjp_role(r), chosen, base.forward.chosen, spec))
     return DerivedTaylor(spec=spec, base=base, derivatives=forms, roles=roles)
+
+
+# ---------------------------------------------------------------- PDE operators along directions
+#
+# A Taylor sweep along a direction w gives D^k_w u = dᵏ/dtᵏ u(x + t·w) at t = 0 for k ≤ K; by the
+# multinomial theorem D^k_w u = Σ_{|α|=k} (k!/α!)·w^α·∂^α u. A linear combination Σ_α c_α ∂^α u
+# of order-k partials (a mixed partial u_xy, the biharmonic Δ²u, Σ A_ij ∂²u/∂x_i∂x_j) is then
+# Σ_w λ_w D^k_w u for weights λ solving Σ_w λ_w (k!/α!) w^α = c_α — found here exactly by SymPy,
+# with a smallest set of integer directions w (entries in {−1, 0, 1} where they suffice).
+
+def multi_indices(k: int, d: int) -> list[tuple]:
+    """Every α = (α_1 … α_d) with |α| = k, in a fixed order."""
+    if d == 1:
+        return [(k,)]
+    return [(a,) + rest for a in range(k, -1, -1) for rest in multi_indices(k - a, d - 1)]
+
+
+def jet_matrix(k: int, d: int, directions) -> sp.Matrix:
+    """M with M[α, w] = (k!/α!)·w^α: the order-k jet coefficients along ``directions`` are
+    Mᵀ·(∂^α u)_α."""
+    rows = []
+    for a in multi_indices(k, d):
+        c = sp.factorial(k) / sp.prod([sp.factorial(i) for i in a])
+        rows.append([c * sp.prod([sp.sympify(w[i]) ** a[i] for i in range(d)]) for w in directions])
+    return sp.Matrix(rows)
+
+
+def _target_vector(k: int, d: int, coeffs: dict) -> sp.Matrix:
+    return sp.Matrix([sp.sympify(coeffs.get(a, 0)) for a in multi_indices(k, d)])
+
+
+def candidate_directions(d: int, coords, max_entry: int = 1) -> list[tuple]:
+    """Integer directions on ``coords`` with entries in [−max_entry, max_entry], primitive
+    (gcd 1) and with a positive first nonzero entry, fewest nonzeros and smallest entries
+    first: the axes, then e_i ± e_j, … ."""
+    from itertools import product
+    from math import gcd
+    coords = sorted(coords)
+    out = []
+    for v in product(range(-max_entry, max_entry + 1), repeat=len(coords)):
+        nz = [a for a in v if a]
+        if not nz or nz[0] < 0 or gcd(*map(abs, nz)) != 1:
+            continue
+        w = [0] * d
+        for i, a in zip(coords, v):
+            w[i] = a
+        out.append(tuple(w))
+    return sorted(out, key=lambda w: (sum(1 for a in w if a), max(map(abs, w)), [-a for a in w]))
+
+
+def _numeric_targets(targets: list, d: int) -> list:
+    """(k, multi-indices, k!/α!, target vector) per target, in floats, for the subset search."""
+    import numpy as np
+    out = []
+    for k, coeffs in targets:
+        al = multi_indices(k, d)
+        fac = np.array([float(sp.factorial(k) / sp.prod([sp.factorial(i) for i in a])) for a in al])
+        c = np.array([float(sp.sympify(coeffs.get(a, 0)).evalf()) for a in al])
+        out.append((np.array(al, dtype=float), fac, c))
+    return out
+
+
+def _feasible(numeric: list, directions) -> bool:
+    import numpy as np
+    Wd = np.array(directions, dtype=float)
+    for al, fac, c in numeric:
+        M = fac[:, None] * np.prod(Wd[None, :, :] ** al[:, None, :], axis=2)
+        lam, *_ = np.linalg.lstsq(M, c, rcond=None)
+        if np.linalg.norm(M @ lam - c) > 1e-9 * max(1.0, np.linalg.norm(c)):
+            return False
+    return True
+
+
+def _smallest_subset(numeric, cands, max_subsets):
+    """The first feasible subset of ``cands`` by increasing size (when there are too many,
+    the candidates added in order until feasible, then pruned); None if none is."""
+    from itertools import combinations
+    from math import comb
+    for size in range(1, len(cands) + 1):
+        if comb(len(cands), size) > max_subsets:
+            break
+        for sub in combinations(cands, size):
+            if _feasible(numeric, sub):
+                return list(sub)
+    W = []
+    for w in cands:
+        W.append(w)
+        if _feasible(numeric, W):
+            break
+    else:
+        return None
+    for w in list(reversed(W)):
+        rest = [v for v in W if v != w]
+        if rest and _feasible(numeric, rest):
+            W = rest
+    return W
+
+
+def directions_for(targets: list, d: int, max_subsets: int = 20000):
+    """A smallest set of directions W and exact weights such that every target (k, {α: c_α})
+    is Σ_w λ_w D^k_w u; returns ``(W, [λ per target])`` (λ aligned with W, SymPy numbers).
+    Subsets of the candidates (entries in {−1, 0, 1}, else up to ±2, ±3) are tried by
+    increasing size."""
+    coords = sorted({i for _, c in targets for a in c for i in range(d) if a[i]})
+    numeric = _numeric_targets(targets, d)
+    W = None
+    for max_entry in (1, 2, 3):
+        cands = candidate_directions(d, coords, max_entry) if coords else [tuple(int(i == 0) for i in range(d))]
+        W = _smallest_subset(numeric, cands, max_subsets)
+        if W is not None:
+            break
+    if W is None:
+        raise SpecError(f"no directions with integer entries up to 3 give {targets}")
+    weights = []
+    for k, coeffs in targets:
+        M, c = jet_matrix(k, d, W), _target_vector(k, d, coeffs)
+        sol, params = M.gauss_jordan_solve(c)
+        sol = sol.subs({p: 0 for p in params})
+        weights.append([sp.nsimplify(s) if s.is_Rational else sp.simplify(s) for s in sol])
+    return W, weights
+
+
+def factor_quadratic(A: sp.Matrix) -> list[tuple[int, sp.Matrix]]:
+    """Σ_ij A_ij ξ_i ξ_j = Σ_k s_k (v_k·ξ)² with signs s_k = ±1 (Lagrange's completion of
+    squares, exact): the collapsed second-order sweep along the v_k gives Σ_ij A_ij ∂²u/∂x_i∂x_j
+    as Σ_k s_k D²_{v_k} u — one forward-Laplacian sum per sign."""
+    A = sp.Matrix(A)
+    if A.shape[0] != A.shape[1] or A != A.T:
+        raise SpecError(f"factor_quadratic: A must be square and symmetric, got {A}")
+    d = A.shape[0]
+    out = []
+    while any(sp.simplify(e) != 0 for e in A):
+        tries = [sp.Matrix([1 if j == i else 0 for j in range(d)]) for i in range(d)]
+        tries += [sp.Matrix([1 if j in (i, l) else 0 for j in range(d)]) for i in range(d) for l in range(i + 1, d)]
+        for w in tries:
+            q = sp.simplify((w.T * A * w)[0])
+            if q != 0:
+                break
+        Aw = A * w
+        v = (Aw / sp.sqrt(sp.Abs(q))).applyfunc(sp.simplify)
+        out.append((1 if q.is_positive else -1, v))
+        A = (A - Aw * Aw.T / q).applyfunc(sp.simplify)
+    return out

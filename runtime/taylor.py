@@ -306,3 +306,113 @@ def input_derivatives(model, X, *which) -> dict:
     partials as coordinate tuples (``(0, 0, 0, 0)``: ∂⁴u/∂x0⁴), each (N,) for a scalar output."""
     res, _ = InputDerivatives(model, which).forward(X)
     return res
+
+
+# ---------------------------------------------------------------- sweeps seeded with directions
+
+class DirectionalJets(InputDerivatives):
+    """Taylor jets of order K along arbitrary input directions (rows of ``directions``, (m, d)):
+    ``forward(X)`` gives the coefficients ``C`` (1 + K·m, N) — C[0] = u, C[1 + (k−1)·m + j] =
+    D^k_{w_j} u = dᵏ/dtᵏ u(X + t·w_j) at t = 0 — and ``backward(tape, G)`` the parameter
+    gradient of Σ G·C. The same ``taylor:K`` roles as the coordinate jets; only the seed differs
+    (its first-order blocks are the directions). Mixed partials and constant-coefficient
+    operators are linear combinations of these coefficients (:func:`derive.taylor.directions_for`)."""
+
+    def __init__(self, model, directions, order: int):
+        super().__init__(model, ("u",))
+        W = np.asarray(directions, dtype=np.float64)
+        if W.ndim != 2 or W.shape[1] != self.d or W.shape[0] < 1:
+            raise ValueError(f"DirectionalJets: directions must be (m, {self.d}) for this model's "
+                             f"{self.d} input coordinates, got {W.shape}")
+        if not 1 <= int(order) <= MAX_ORDER:
+            raise ValueError(f"DirectionalJets: order {order} is not supported (1 … {MAX_ORDER})")
+        self.directions = W
+        self.mode, self.K, self.m = "jet", int(order), W.shape[0]
+        self.coords = list(range(self.m))
+        self.B = 1 + self.K * self.m
+        self.role = f"taylor:{self.K}"
+
+    def seed(self, X):
+        S = np.zeros((self.B, X.shape[0]) + X.shape[1:], dtype=X.dtype)
+        S[0] = X
+        S[1:1 + self.m].reshape(self.m, X.shape[0], self.d)[:] = self.directions[:, None, :].astype(X.dtype)
+        return S
+
+    def _results(self, S):
+        S = S.reshape(S.shape[:2] + (-1,))
+        return S[..., 0] if S.shape[2] == 1 else S
+
+    def cotangent_stack(self, cot, N: int, F: int, dtype):
+        G = np.asarray(cot, dtype=dtype)
+        G = G[..., None] if F == 1 and G.ndim == 2 else G
+        if G.shape != (self.B, N, F):
+            raise ValueError(f"DirectionalJets: cotangents must be shaped like the coefficients "
+                             f"{(self.B, N) + ((F,) if F > 1 else ())}, got {np.shape(cot)}")
+        return np.ascontiguousarray(G)
+
+
+class CollapsedSecondOrder(InputDerivatives):
+    """The forward-Laplacian sweep along direction groups: for each group g (rows V_g of
+    ``groups``) the first-order coefficients D_v u (v ∈ V_g) and the collapsed sum
+    L_g = Σ_{v ∈ V_g} D²_v u — for A = Σ_g s_g V_gᵀV_g (signs s_g = ±1, :func:`derive.taylor.
+    factor_quadratic`) Σ_ij A_ij ∂²u/∂x_i∂x_j = Σ_g s_g L_g. The groups run as G copies of the
+    points in one sweep (one ``laplacian`` role per activation; a group with fewer directions is
+    padded with zero directions). ``forward(X)`` gives C (R, N): C[0] = u, then the first-order
+    coefficients of every group's directions in order, then L_1 … L_G; ``backward(tape, G)``
+    the parameter gradient of Σ G·C."""
+
+    def __init__(self, model, groups):
+        super().__init__(model, ("u",))
+        Vs = [np.asarray(V, dtype=np.float64) for V in groups]
+        if not Vs or any(V.ndim != 2 or V.shape[1] != self.d or V.shape[0] < 1 for V in Vs):
+            raise ValueError(f"CollapsedSecondOrder: groups must be non-empty (r_g, {self.d}) direction "
+                             f"matrices, got {[V.shape for V in Vs]}")
+        self.groups = Vs
+        self.r = max(V.shape[0] for V in Vs)
+        self.mode, self.role, self.K = "laplacian", "laplacian", 2
+        self.B = self.r + 2
+        self.R = 1 + sum(V.shape[0] for V in Vs) + len(Vs)
+
+    def blocks(self, k: int):
+        return slice(1, 1 + self.r) if k == 1 else slice(1 + self.r, 2 + self.r)
+
+    def seed(self, X):
+        N, G = X.shape[0], len(self.groups)
+        S = np.zeros((self.B, G * N) + X.shape[1:], dtype=X.dtype)
+        flat = S.reshape(self.B, G * N, self.d)
+        for g, V in enumerate(self.groups):
+            flat[0, g * N:(g + 1) * N] = X.reshape(N, self.d)
+            flat[1:1 + V.shape[0], g * N:(g + 1) * N] = V[:, None, :].astype(X.dtype)
+        return S
+
+    def _index(self):
+        """(block, group) of every coefficient C[i]."""
+        idx = [(0, 0)]
+        for g, V in enumerate(self.groups):
+            idx += [(1 + j, g) for j in range(V.shape[0])]
+        idx += [(1 + self.r, g) for g in range(len(self.groups))]
+        return idx
+
+    def _results(self, S):
+        S = S.reshape(S.shape[:2] + (-1,))
+        N = S.shape[1] // len(self.groups)
+        C = np.stack([S[b, g * N:(g + 1) * N] for b, g in self._index()])
+        return C[..., 0] if C.shape[2] == 1 else C
+
+    def cotangent_stack(self, cot, N: int, F: int, dtype):
+        C = np.asarray(cot, dtype=dtype)
+        C = C[..., None] if F == 1 and C.ndim == 2 else C
+        n = N // len(self.groups)
+        if C.shape != (self.R, n, F):
+            raise ValueError(f"CollapsedSecondOrder: cotangents must be shaped like the coefficients "
+                             f"{(self.R, n) + ((F,) if F > 1 else ())}, got {np.shape(cot)}")
+        G = np.zeros((self.B, N, F), dtype=dtype)
+        for i, (b, g) in enumerate(self._index()):
+            G[b, g * n:(g + 1) * n] += C[i]
+        return G
+
+
+def directional_derivatives(model, X, directions, order: int) -> np.ndarray:
+    """D^k_w u for k = 0 … order along every row w of ``directions`` (see :class:`DirectionalJets`)."""
+    C, _ = DirectionalJets(model, directions, order).forward(X)
+    return C

@@ -456,15 +456,16 @@ def cmd_pinn(args) -> int:
     factory, width, depth, kw = pinn.PROBLEMS[args.problem]
     problem = factory()
     epochs = args.epochs if args.epochs is not None else kw["epochs"]
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    lbfgs = args.lbfgs if args.lbfgs is not None else kw.get("lbfgs", 0)
+    if epochs < 0 or lbfgs < 0 or epochs + lbfgs < 1:
+        raise ValueError(f"--epochs must be at least 1 (or --lbfgs at least 1), got {epochs} and {lbfgs}")
     model = pinn.mlp(len(problem.coords), width=args.width or width, depth=args.depth or depth,
                      dtype=args.dtype, seed=args.seed)
     term = problem.interior
-    hard = f" with u = ({problem.hard})·N" if problem.hard is not None else " with u = N"
-    sweep = "forward Laplacian" if term.mode == "laplacian" else "Taylor jets along the coordinates"
+    form = "u = " + " + ".join(([f"{problem.lift}"] if problem.lift is not None else []) +
+                               [f"({problem.hard})·N" if problem.hard is not None else "N"])
     print(f"{args.problem}: {term.expr} = 0 on {dict(zip(map(str, problem.coords), problem.box.tolist()))}")
-    print(f"  {hard.strip()}: needs {', '.join(term.needs)} ({sweep}); network {len(problem.coords)}-"
+    print(f"  with {form}: needs {', '.join(term.needs)} ({term.describe()}); network {len(problem.coords)}-"
           f"{'-'.join([str(args.width or width)] * (args.depth or depth))}-1 tanh, "
           f"{sum(p.size for p in model.parameters())} parameters, {args.dtype}")
     if args.latex:
@@ -474,11 +475,14 @@ def cmd_pinn(args) -> int:
         problem.latex(out, model=model)
         print(f"wrote {out} (the residual, its derivatives and the network's Taylor-mode sweep)")
     t0 = time.perf_counter()
-    hist = problem.fit(model, epochs=epochs, points=args.points or kw["points"],
-                       optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
-                       schedule=kw.get("schedule"), seed=args.seed, log_every=args.log_every)
-    print(f"{args.problem}: relative L2 error {hist.error[-1]:.3e} after {epochs} epochs, "
-          f"{time.perf_counter() - t0:.1f} s")
+    fit = {**pinn.fit_arguments(problem, kw), "epochs": epochs, "lbfgs": lbfgs, "points": args.points or kw["points"]}
+    if "point_weights" in fit:
+        print(f"  causal weights along {kw['causal'][0]} (eps {kw['causal'][1]:g}) in the Adam steps")
+    hist = problem.fit(model, optimizer=Adam(lr=args.lr if args.lr is not None else kw["lr"]),
+                       seed=args.seed, log_every=args.log_every, **fit)
+    print(f"{args.problem}: relative L2 error {hist.error[-1]:.3e} after {epochs} epochs"
+          + (f" and {hist.epoch[-1] - epochs} L-BFGS iterations" if lbfgs else "")
+          + f", {time.perf_counter() - t0:.1f} s")
     if args.plot:
         problem.plot(model, args.plot)
         print(f"wrote {args.plot}")
@@ -586,8 +590,11 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(fn=cmd_tune)
 
     q = sub.add_parser("pinn", help="train a physics-informed network on a PDE written in SymPy (symprop.pinn)")
-    q.add_argument("--problem", default="poisson2d", choices=["poisson2d", "heat1d", "burgers1d"])
-    q.add_argument("--epochs", type=int, default=None, help="default: the problem's (poisson2d 1000)")
+    q.add_argument("--problem", default="poisson2d",
+                   choices=["poisson2d", "heat1d", "burgers1d", "allen_cahn1d", "helmholtz2d"])
+    q.add_argument("--epochs", type=int, default=None, help="Adam steps; default: the problem's (poisson2d 1000)")
+    q.add_argument("--lbfgs", type=int, default=None,
+                   help="L-BFGS iterations after the Adam steps (default: the problem's; poisson2d 0)")
     q.add_argument("--points", type=int, default=None, help="collocation points (default: the problem's)")
     q.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: the problem's)")
     q.add_argument("--width", type=int, default=None, help="hidden units per layer")
