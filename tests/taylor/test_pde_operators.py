@@ -12,7 +12,7 @@ from symprop import layers as L, pinn
 from symprop.derive.taylor import directions_for, factor_quadratic, jet_matrix, multi_indices
 from symprop.runtime.model import Sequential
 from symprop.runtime.taylor import CollapsedSecondOrder, DirectionalJets
-from conftest import rel_err
+from support.numeric import rel_err
 
 x, y, z, t = sp.symbols("x y z t")
 
