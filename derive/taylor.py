@@ -251,7 +251,7 @@ def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = No
 def realize(r: TaylorRole, forms: list[sp.Basic], forward: sp.Basic, spec: ElementwiseSpec) -> TaylorRole:
     """Replace F₁ … by the chosen forms; ``y`` stays a symbol (an input the kernel reads, or
     for forward roles the output it computes first)."""
-    sub = {F[j]: forms[j - 1] for j in range(1, len(F))}
+    sub = {F[j]: forms[j - 1] for j in range(1, min(len(F), len(forms) + 1))}   # roles to max_order use ≤ F_{max_order+1}
     pts = [(o, _subs(e, sub)) for o, e in r.point_outputs]
     dirs = [(o, _subs(e, sub)) for o, e in r.dir_outputs]
     if any(o == "y" for o, _ in pts):            # forward role: y computed from x in the kernel

@@ -26,12 +26,21 @@ import importlib
 import numpy as np
 
 from .activation import Activation
-from .conv import AvgPool2D, Conv2D, Flatten
+from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
+from .dropout import Dropout
 from .kernels import manifest
+from .layer import EVAL
+from .normalization import _BatchNorm
 
 #: layers affine in their input, run by their own roles on the stacks (Dense has a fast path)
 AFFINE = (Conv2D, AvgPool2D)
+#: layers affine in their input in evaluation mode whose parameters the linear part reads too
+#: (BatchNorm's γ): run through the layer's forward and pullback on all rows, f(0) taken off
+EVAL_AFFINE = (_BatchNorm,)
+#: piecewise-linear layers: every Taylor coefficient is pushed by the Jacobian at the value
+#: (the layer's ``jvp`` at the value block), its second and higher derivatives being zero
+PIECEWISE_LINEAR = (MaxPool2D,)
 
 MAX_ORDER = 4
 _BASIC = ("u", "grad", "laplacian")
@@ -59,6 +68,20 @@ def padding_rows(N: int, row_sizes, itemsize: int) -> int:
 def _module():
     mod = importlib.import_module("symprop.generated.taylor")
     return mod
+
+
+def user_taylor_module(spec, order: int, verbose: bool = False):
+    """The Taylor-mode kernels (``taylor:1 … taylor:order``, ``laplacian`` and their pullbacks)
+    of a user's elementwise spec, derived by :func:`derive.taylor.derive_taylor` and compiled
+    through :func:`codegen.build.compile_spec` (the same cache as its other kernels, keyed by
+    the spec's hash and the order)."""
+    from ..codegen.build import compile_spec
+    from ..codegen.taylor import render_taylor_module
+    from ..derive.taylor import derive_taylor
+    from .kernels import register
+    module, _, _ = compile_spec(f"taylor{order}_{spec.name}", spec,
+                                lambda sp_: derive_taylor(sp_, max_order=order), render_taylor_module, verbose)
+    return register(module)
 
 
 def _call(role, env: dict):
@@ -119,23 +142,42 @@ class InputDerivatives:
         module = _module()
         self.table = table = manifest(module)
         self.kernels = module.KERNELS
+        self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
         for layer in model.layers:
-            if isinstance(layer, (Dense, Flatten) + AFFINE):   # evaluation mode: DropConnect is off
+            if isinstance(layer, (Dense, Flatten) + AFFINE + PIECEWISE_LINEAR):   # DropConnect is off in eval
+                continue
+            if isinstance(layer, EVAL_AFFINE + (Dropout,)):
+                if model.training and not (isinstance(layer, Dropout) and layer.p == 0):
+                    raise ValueError(f"input_derivatives: {layer.name} is in training mode (the model's train() is "
+                                     f"on); derivatives with respect to the input are taken in evaluation mode "
+                                     f"({'the running statistics' if isinstance(layer, _BatchNorm) else 'no dropout'})"
+                                     f": call model.eval() first")
                 continue
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
+                self.layer_kernels[id(layer)] = (table[layer.kernel_name], module.KERNELS)
+                continue
+            if isinstance(layer, Activation) and layer.spec is not None:
+                order = 2 if self.mode == "laplacian" else self.K
+                mod = user_taylor_module(layer.spec, order)
+                self.layer_kernels[id(layer)] = (manifest(mod)[layer.spec.name], mod.KERNELS)
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
-                            f"Conv2D, AvgPool2D, Flatten and the built-in activations {sorted(table)}")
+                            f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
+                            f"the built-in activations {sorted(table)} and activations from "
+                            f"Activation.from_sympy")
 
     @staticmethod
     def _row_sizes(model) -> list[int]:
-        """Elements per sample of every layer's input and output (the stacks' row sizes)."""
+        """Elements per sample of the stacks the activations' kernels read and write (the
+        GEMMs do not mind aligned blocks); all stacks' when there is no activation."""
         shape = tuple(model.input_shape)
-        sizes = [int(np.prod(shape))]
+        sizes, acts = [int(np.prod(shape))], []
         for layer in model.layers:
+            if isinstance(layer, Activation):
+                acts.append(int(np.prod(shape)))
             shape = tuple(layer.output_shape(shape))
             sizes.append(int(np.prod(shape)))
-        return sizes
+        return sorted(set(acts or sizes))
 
     # ---------------------------------------------------------------- block layout
     def blocks(self, k: int):
@@ -189,8 +231,9 @@ class InputDerivatives:
         return env
 
     def _kernel(self, layer, role):
-        entry = self.table[layer.kernel_name]["roles"][role]
-        return self.kernels[entry["kernel"]], entry
+        spec_entry, kernels = self.layer_kernels[id(layer)]
+        entry = spec_entry["roles"][role]
+        return kernels[entry["kernel"]], entry
 
     def forward(self, X):
         model = self.model
@@ -219,6 +262,16 @@ class InputDerivatives:
                 out = self._affine(layer, stack, self.N)
                 tape.append((layer, stack, out))
                 stack = out
+            elif isinstance(layer, Dropout):      # the identity in evaluation mode
+                tape.append((layer, stack, stack))
+            elif isinstance(layer, EVAL_AFFINE):
+                out, rec = self._eval_affine(layer, stack)
+                tape.append((layer, stack, (out, rec)))
+                stack = out
+            elif isinstance(layer, PIECEWISE_LINEAR):
+                out, rec = self._piecewise_linear(layer, stack)
+                tape.append((layer, stack, (out, rec)))
+                stack = out
             else:
                 kern, entry = self._kernel(layer, self.role)
                 out = self._empty(stack)
@@ -246,6 +299,50 @@ class InputDerivatives:
             y[0, :N] += K.run("forward", {**arrays, "x": zero}, S.dtype, sc, {"x": zero.shape, "y": (1,) + out_shape})
         return y
 
+    def _eval_affine(self, layer, S):
+        """A layer affine in its input, f(x) = f(0) + A·x, whose parameters its linear part
+        reads as well (BatchNorm in evaluation mode): its forward on all rows at once, f(0) (its
+        forward at one zero sample) taken off every block but the value block."""
+        B, Np, N = S.shape[0], S.shape[1], self.N
+        y, rec = layer.forward(S.reshape((B * Np,) + S.shape[2:]), EVAL)
+        y = y.reshape((B, Np) + y.shape[1:])
+        zero = np.zeros((1,) + S.shape[2:], S.dtype)
+        f0, rec0 = layer.forward(zero, EVAL)
+        y[1:] -= f0
+        y[:, N:] = 0
+        return y, (rec, rec0)
+
+    def _eval_affine_back(self, layer, S, out, G, need_input):
+        """Pullbacks of :meth:`_eval_affine`: the layer's pullback on all rows, minus the
+        pullback at a zero sample of the cotangents of the blocks f(0) was taken off (summed
+        over their rows first: the pullback is linear in them and every row's input is 0)."""
+        B, Np = S.shape[0], S.shape[1]
+        rec, rec0 = out[1]
+        gx, grads = layer.vjp(rec, G.reshape((B * Np,) + G.shape[2:]), need_input)
+        g0 = G[1:].sum(axis=(0, 1))[None]
+        _, grads0 = layer.vjp(rec0, g0, False)
+        grads = [g - c for g, c in zip(grads, grads0)]
+        return grads, (gx.reshape(S.shape) if need_input else None)
+
+    def _piecewise_linear(self, layer, S):
+        """A piecewise-linear layer (max pooling): the value block through its forward, every
+        other block through its ``jvp`` at the value block."""
+        N = self.N
+        y0, rec = layer.forward(np.ascontiguousarray(S[0, :N]), EVAL)
+        y = np.zeros((S.shape[0], S.shape[1]) + y0.shape[1:], S.dtype)
+        y[0, :N] = y0
+        for k in range(1, S.shape[0]):
+            y[k, :N] = layer.jvp(rec, np.ascontiguousarray(S[k, :N]), [])
+        return y, rec
+
+    def _piecewise_linear_back(self, layer, S, out, G):
+        N = self.N
+        rec = out[1]
+        gx = np.zeros_like(S)
+        for k in range(S.shape[0]):
+            gx[k, :N] = layer.input_vjp(rec, np.ascontiguousarray(G[k, :N]))
+        return gx
+
     @staticmethod
     def _affine_back(layer, S, G, need_input, N):
         """Pullbacks of :meth:`_affine`: a parameter the ``jvp`` role reads (a weight) over
@@ -269,6 +366,7 @@ class InputDerivatives:
         return grads, gx
 
     def _results(self, S):
+        S = S[0] if isinstance(S, tuple) else S
         S = S.reshape(S.shape[:2] + (-1,))[:, :self.N]
         F = S.shape[2]
         sq = (lambda a: a[..., 0]) if F == 1 else (lambda a: a)
@@ -313,6 +411,8 @@ class InputDerivatives:
         layer, stack_in, last = tape[-1]
         if last is None:   # a model ending in Flatten
             last = stack_in.reshape(stack_in.shape[:2] + (-1,))
+        if isinstance(last, tuple):
+            last = last[0]
         flat = last.reshape(last.shape[:2] + (-1,))
         G = self.cotangent_stack(cot, self.N, flat.shape[2], flat.dtype).reshape(last.shape)
         params, slots = model.param_slots()
@@ -325,6 +425,15 @@ class InputDerivatives:
             layer, stack_in, out = tape[li]
             if isinstance(layer, Flatten):
                 G = G.reshape(stack_in.shape)
+            elif isinstance(layer, Dropout):
+                pass
+            elif isinstance(layer, EVAL_AFFINE):
+                gs, G = self._eval_affine_back(layer, stack_in, out, G, li > 0)
+                for slot, g in zip(slots[li], gs):
+                    add(slot, g)
+            elif isinstance(layer, PIECEWISE_LINEAR):
+                if li > 0:
+                    G = self._piecewise_linear_back(layer, stack_in, out, G)
             elif isinstance(layer, AFFINE):
                 gs, G = self._affine_back(layer, stack_in, G, li > 0, self.N)
                 for slot, g in zip(slots[li], gs):
