@@ -25,7 +25,7 @@ import importlib
 
 import numpy as np
 
-from .activation import Activation
+from .activation import Activation, LearnableActivation
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
@@ -156,10 +156,14 @@ class InputDerivatives:
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
                 self.layer_kernels[id(layer)] = (table[layer.kernel_name], module.KERNELS)
                 continue
-            if isinstance(layer, Activation) and layer.spec is not None:
+            if isinstance(layer, Activation) and layer.spec is not None or isinstance(layer, LearnableActivation):
+                spec = layer.spec
+                if spec is None:          # a built-in learnable activation: its spec from the registry
+                    from ..derive.builtins import LEARNABLE
+                    spec = LEARNABLE[layer.kernel_name]
                 order = 2 if self.mode == "laplacian" else self.K
-                mod = user_taylor_module(layer.spec, order)
-                self.layer_kernels[id(layer)] = (manifest(mod)[layer.spec.name], mod.KERNELS)
+                mod = user_taylor_module(spec, order)
+                self.layer_kernels[id(layer)] = (manifest(mod)[spec.name], mod.KERNELS)
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
@@ -230,6 +234,20 @@ class InputDerivatives:
             env[f"y{k}"] = S[self.blocks(k), :N]
         return env
 
+    def _activation_params(self, layer, stack) -> dict:
+        """An activation's parameters by name: fixed ones as scalars; a learnable one as a
+        point array (its value for every element: one per channel on axis 1, or shared),
+        broadcast over the samples without a copy."""
+        if not isinstance(layer, LearnableActivation):
+            return layer.params
+        feat = stack.shape[2:]
+        w = layer.weight
+        if layer.num_parameters > 1:
+            per_sample = np.broadcast_to(w.reshape((-1,) + (1,) * (len(feat) - 1)), feat)
+        else:
+            per_sample = np.broadcast_to(w.reshape((1,) * len(feat)), feat)
+        return {layer.param_name: np.broadcast_to(np.ascontiguousarray(per_sample), (self.N,) + feat)}
+
     def _kernel(self, layer, role):
         spec_entry, kernels = self.layer_kernels[id(layer)]
         entry = spec_entry["roles"][role]
@@ -275,7 +293,7 @@ class InputDerivatives:
             else:
                 kern, entry = self._kernel(layer, self.role)
                 out = self._empty(stack)
-                env = {**self._names(stack), **self._out_names(out), **layer.params}
+                env = {**self._names(stack), **self._out_names(out), **self._activation_params(layer, stack)}
                 kern(*[env[a] for a in entry["call"]])
                 tape.append((layer, stack, out))
                 stack = out
@@ -456,10 +474,16 @@ class InputDerivatives:
             else:
                 kern, entry = self._kernel(layer, "vjp:" + self.role)
                 gin = self._empty(stack_in)
-                env = {**self._names(stack_in), **layer.params, "y": out[0, :self.N]}
+                env = {**self._names(stack_in), **self._activation_params(layer, stack_in), "y": out[0, :self.N]}
                 env.update({"g" + k: v for k, v in self._out_names(G).items()})
                 env.update({"g" + k: v for k, v in self._names(gin).items()})
+                learnable = isinstance(layer, LearnableActivation)
+                if learnable:             # the parameter's pullback per element, summed below
+                    env["g" + layer.param_name] = per_element = np.empty_like(stack_in[0, :self.N])
                 kern(*[env[a] for a in entry["call"]])
+                if learnable:
+                    axes = (0,) + tuple(range(2, per_element.ndim)) if layer.num_parameters > 1 else None
+                    add(slots[li][0], np.asarray(per_element.sum(axis=axes), per_element.dtype).reshape(layer.weight.shape))
                 G = gin
         return [np.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 

@@ -110,9 +110,6 @@ def test_training_mode_and_unsupported_layers_are_refused_by_name(rng):
             model.input_derivatives(X)
         model.eval()
         assert np.isfinite(model.input_derivatives(X, "laplacian")["laplacian"]).all()
-    model = Sequential([L.Dense(2, 4), L.PReLU(), L.Dense(4, 1)], loss="mse", dtype="float64")
-    with pytest.raises(TypeError, match=r"prelu.*has no Taylor-mode sweep"):
-        model.input_derivatives(X)
     model = Sequential([L.Dense(2, 3), L.Softmax(), L.Dense(3, 1)], loss="mse", dtype="float64")
     with pytest.raises(TypeError, match=r"Softmax.*has no Taylor-mode sweep"):
         model.input_derivatives(X)
@@ -202,3 +199,43 @@ def test_user_activation_taylor_coefficients_float32_stable_up_to_1e4(user_activ
             assert a32.dtype == np.float32
             assert np.all(np.isfinite(a32)), (K, name)
             assert np.max(np.abs(a32 - b64)) / max(np.max(np.abs(b64)), 1.0) < 1e-3, (K, name)
+
+
+# ---------------------------------------------------------------- learnable activations
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", QUERIES)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_prelu_on_images_matches_nested_autograd(per_channel, which, rng):
+    """PReLU's Taylor roles and the pullback to its learnable slope (shared, or one per
+    channel of a Conv2D output), derived from its spec at first use."""
+    C = 2
+    model = Sequential([L.Conv2D(1, C, 3, padding=1), L.PReLU(C if per_channel else 1), L.Flatten(),
+                        L.Dense(C * 16, 3), L.Activation("tanh"), L.Dense(3, 1)],
+                       loss="mse", dtype="float64", seed=5, input_shape=(1, 4, 4))
+    model.layers[1].weight[...] = rng.uniform(0.1, 0.6, model.layers[1].weight.shape)
+    params = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    F = torch.nn.functional
+
+    def f(X):
+        Wc, bc, alpha, W1, b1, W2, b2 = params
+        h = F.prelu(F.conv2d(X, Wc, bc, padding=1), alpha).flatten(1)
+        return F.linear(torch.tanh(F.linear(h, W1, b1)), W2, b2)[:, 0]
+    X = rng.uniform(-1, 1, (3, 1, 4, 4))
+    check_sweep(model, f, params, X, which, rng)
+
+
+@pytest.mark.slow
+def test_learnable_swish_laplacian_and_its_parameter_gradient_match_nested_autograd(rng):
+    model = Sequential([L.Dense(2, 4), L.Swish(learnable=True, num_parameters=4), L.Dense(4, 1)],
+                       loss="mse", dtype="float64", seed=6)
+    model.layers[1].weight[...] = rng.uniform(0.5, 2.0, 4)
+    params = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    F = torch.nn.functional
+
+    def f(X):
+        W1, b1, beta, W2, b2 = params
+        h = F.linear(X, W1, b1)
+        return F.linear(h * torch.sigmoid(beta * h), W2, b2)[:, 0]
+    X = rng.uniform(-1, 1, (5, 2))
+    check_sweep(model, f, params, X, QUERIES[0], rng)
