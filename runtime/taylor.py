@@ -258,8 +258,12 @@ class InputDerivatives:
         X = model._check_X(X)
         stack = self.seed(X)
         tape = []
-        for layer in model.layers:
-            if isinstance(layer, Dense):
+        for li, layer in enumerate(model.layers):
+            if isinstance(layer, Dense) and li == 0:
+                out = self._seed_dense(layer, stack)
+                tape.append((layer, stack, out))
+                stack = out
+            elif isinstance(layer, Dense):
                 stack_in = stack
                 B, Np, _ = stack_in.shape
                 out = np.empty((B, Np, layer.out_features), dtype=X.dtype)
@@ -298,6 +302,35 @@ class InputDerivatives:
                 tape.append((layer, stack, out))
                 stack = out
         return self._results(stack), tape
+
+    def _unit_rows(self, dtype):
+        """The distinct input rows of the first-order blocks of the seed: e_i for each coordinate."""
+        return np.ascontiguousarray(np.eye(self.d, dtype=dtype)[self.coords])
+
+    def _seed_dense(self, layer, S):
+        """A first Dense layer on the seed stack: the value block through its ``forward`` role
+        (N rows); every first-order block's rows are one unit vector e_i, so its ``jvp`` role
+        runs on the m distinct rows once and the results are broadcast; the higher blocks
+        are zero in and out."""
+        N, R = self.N, layer.kernels.roles
+        out = np.zeros((S.shape[0], S.shape[1], layer.out_features), dtype=S.dtype)
+        _call(R["forward"], {"x": S[0, :N], "W": layer.W, "b": layer.b, "y": out[0, :N]})
+        E = self._unit_rows(S.dtype)
+        YE = np.empty((E.shape[0], layer.out_features), dtype=S.dtype)
+        _call(R["jvp"], {"x": E, "W": layer.W, "Rx": E, "Ry": YE})
+        out[self.blocks(1), :N] = YE[:, None, :]
+        return out
+
+    def _seed_dense_vjp_W(self, layer, S, G, gW):
+        """``vjp:W`` of :meth:`_seed_dense`: the value rows, plus the unit rows once with the
+        cotangents of their N copies summed (the pullback is linear in them)."""
+        N, R = self.N, layer.kernels.roles
+        _call(R["vjp:W"], {"x": S[0, :N], "g": G[0, :N], "gW": gW})
+        E = self._unit_rows(S.dtype)
+        gE = np.ascontiguousarray(G[self.blocks(1), :N].sum(axis=1))
+        part = np.empty_like(gW)
+        _call(R["vjp:W"], {"x": E, "g": gE, "gW": part})
+        gW += part
 
     @staticmethod
     def _affine(layer, S, N):
@@ -461,7 +494,10 @@ class InputDerivatives:
                 R = layer.kernels.roles
                 x2, g2 = stack_in.reshape(B * Np, -1), G.reshape(B * Np, -1)
                 gW = np.empty_like(layer.W)
-                _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
+                if li == 0:
+                    self._seed_dense_vjp_W(layer, stack_in, G, gW)
+                else:
+                    _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
                 add(slots[li][0], gW)
                 if layer.bias:
                     gb = np.empty_like(layer.b)
