@@ -321,6 +321,42 @@ class InputDerivatives:
         out[self.blocks(1), :N] = YE[:, None, :]
         return out
 
+    def _live_blocks(self, cot: dict):
+        """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
+        live = set()
+        for q, g in cot.items():
+            if g is None:
+                continue
+            if q == "u":
+                live.add(0)
+            elif q == "grad":
+                live.update(range(self.blocks(1).start, self.blocks(1).stop))
+            elif q == "laplacian":
+                live.update(range(self.blocks(2).start, self.blocks(2).stop))
+            else:
+                live.add(self.blocks(len(q)).start + self.coords.index(q[0]))
+        return None if len(live) == self.B else sorted(live)
+
+    def _dense_back_blocks(self, layer, S, G, live):
+        """The Dense pullbacks over the live blocks only (the others' cotangents are zero):
+        ``vjp:W`` summed over them, ``vjp:x`` into them, zero elsewhere."""
+        R, N = layer.kernels.roles, self.N
+        gW = np.zeros_like(layer.W)
+        part = np.empty_like(layer.W)
+        gx = np.zeros_like(S)
+        for b in live:
+            _call(R["vjp:W"], {"x": S[b], "g": G[b], "gW": part})
+            gW += part
+            _call(R["vjp:x"], {"W": layer.W, "g": G[b], "gx": gx[b]})
+        gb = None
+        if layer.bias:
+            gb = np.empty_like(layer.b)
+            if 0 in live:
+                _call(R["vjp:b"], {"g": G[0, :N], "gb": gb})
+            else:
+                gb[...] = 0
+        return gW, gb, gx
+
     def _seed_dense_vjp_W(self, layer, S, G, gW):
         """``vjp:W`` of :meth:`_seed_dense`: the value rows, plus the unit rows once with the
         cotangents of their N copies summed (the pullback is linear in them)."""
@@ -468,12 +504,24 @@ class InputDerivatives:
         G = self.cotangent_stack(cot, self.N, flat.shape[2], flat.dtype).reshape(last.shape)
         params, slots = model.param_slots()
         grads = [None] * len(params)
+        # blocks whose cotangents may be nonzero: those of the queried quantities, until an
+        # activation's pullback mixes them (a Poisson loss sees only the Laplacian block:
+        # the last Dense then pulls back one block, not d + 2)
+        live = self._live_blocks(cot)
 
         def add(slot, g):
             grads[slot] = g if grads[slot] is None else grads[slot] + g
 
         for li in range(len(tape) - 1, -1, -1):
             layer, stack_in, out = tape[li]
+            if isinstance(layer, Dense) and li > 0 and live is not None:
+                gW, gb, G = self._dense_back_blocks(layer, stack_in, G, live)
+                add(slots[li][0], gW)
+                if layer.bias:
+                    add(slots[li][1], gb)
+                continue
+            if not isinstance(layer, (Dense, Flatten, Dropout) + AFFINE + EVAL_AFFINE + PIECEWISE_LINEAR):
+                live = None
             if isinstance(layer, Flatten):
                 G = G.reshape(stack_in.shape)
             elif isinstance(layer, Dropout):
