@@ -12,11 +12,14 @@ maps to the same cache set and 4 KiB alias, and the activations' kernels ran 2�
 
 A Dense layer maps every block by the same linear map: its ``jvp`` role (the linear part)
 on all B·(N + p) rows at once, one GEMM (the zero padding rows stay zero), and its offset —
-the ``forward`` role at a zero input, the bias — added to the value block; an activation runs its derived Taylor role (``laplacian`` or ``taylor:K`` of
-``generated/taylor``) on the whole stack in one pass. The backward sweep runs the roles'
-derived pullbacks (``vjp:laplacian``, ``vjp:taylor:K``) and the Dense pullbacks on the
-stacks (``vjp:W`` and ``vjp:x`` over all rows at once: one GEMM each, the padding rows
-contributing zero; ``vjp:b`` on the value block only).
+the ``forward`` role at a zero input, the bias — added to the value block; an activation
+runs its derived Taylor role (``laplacian`` or ``taylor:K`` of ``generated/taylor``; for user
+and learnable activations of a module derived and compiled at first use) on the whole stack
+in one pass. The backward sweep runs the roles' derived pullbacks (``vjp:laplacian``,
+``vjp:taylor:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
+rows at once: one GEMM each, the padding rows contributing zero; ``vjp:b`` on the value block
+only). Affine layers in evaluation mode (BatchNorm, Dropout) and piecewise-linear ones
+(MaxPool2D) run their own forward, ``jvp`` and pullbacks on the blocks.
 Nothing here multiplies derivative factors: the sweeps only slice, stack and call roles.
 """
 from __future__ import annotations
@@ -167,8 +170,8 @@ class InputDerivatives:
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
-                            f"the built-in activations {sorted(table)} and activations from "
-                            f"Activation.from_sympy")
+                            f"the built-in activations {sorted(table)}, learnable activations and activations "
+                            f"from Activation.from_sympy")
 
     @staticmethod
     def _row_sizes(model) -> list[int]:
@@ -177,7 +180,7 @@ class InputDerivatives:
         shape = tuple(model.input_shape)
         sizes, acts = [int(np.prod(shape))], []
         for layer in model.layers:
-            if isinstance(layer, Activation):
+            if isinstance(layer, (Activation, LearnableActivation)):
                 acts.append(int(np.prod(shape)))
             shape = tuple(layer.output_shape(shape))
             sizes.append(int(np.prod(shape)))
