@@ -42,6 +42,8 @@ MAX_ORDER = 4
 FACTOR_MAX_OPS = 120
 #: f', f'', …, f^(MAX_ORDER + 1) as abstract symbols; F0 is the output y
 F = [Y] + [sp.Symbol(f"F{j}") for j in range(1, MAX_ORDER + 2)]
+#: ∂f^(j)/∂p for a learnable parameter p (P0 = ∂y/∂p), abstract like F
+P = [sp.Symbol(f"P{j}") for j in range(MAX_ORDER + 2)]
 
 
 class dsum(sp.Function):
@@ -171,6 +173,30 @@ def vjp_role(r: TaylorRole, wrt: list[str] | None = None) -> TaylorRole:
                       point_out, dir_out)
 
 
+def _d_param(expr: sp.Basic) -> sp.Basic:
+    """∂expr/∂p for a parameter p of f: every F_j (and y = F0) depends on p, ∂F_j/∂p = P_j;
+    the direction inputs do not."""
+    sums = sorted(expr.atoms(dsum), key=sp.default_sort_key)
+    S = sp.symbols(f"_S0:{len(sums)}")
+    e = expr.xreplace(dict(zip(sums, S)))
+    out = sum((sp.diff(e, F[j]) * P[j] for j in range(len(F))), sp.S.Zero)
+    for s, sm in zip(S, sums):
+        inner = _d_param(sm.args[0])
+        if inner != 0:
+            out += sp.diff(e, s) * dsum(inner)
+    return out.xreplace(dict(zip(S, sums)))
+
+
+def param_pullback(r: TaylorRole, p: str) -> tuple[str, sp.Basic]:
+    """The pullback of role ``r`` to a parameter p of f, per element (the runtime sums it over
+    the elements p is shared by): Σ_o g_o·∂P_o/∂p + Σ_k Σ_q g_q·∂Q_q/∂p."""
+    total = sum((sp.Symbol(cotangent(o)) * _d_param(e) for o, e in r.point_outputs), sp.S.Zero)
+    per_dir = sum((sp.Symbol(cotangent(o)) * _d_param(e) for o, e in r.dir_outputs), sp.S.Zero)
+    if per_dir != 0:
+        total += dsum(sp.expand(per_dir))
+    return cotangent(p), total
+
+
 def base_roles(max_order: int = MAX_ORDER) -> list[TaylorRole]:
     """Every forward role (``taylor:1`` … ``taylor:max_order``, ``laplacian``)."""
     return [taylor_role(k) for k in range(1, max_order + 1)] + [laplacian_role()]
@@ -198,6 +224,7 @@ class DerivedTaylor:
     base: DerivedElementwise
     derivatives: list[Choice]          # f', f'', …, f^(MAX_ORDER+1)
     roles: list[TaylorRole]            # realized: F_j replaced, forward and vjp roles
+    param_derivatives: list = field(default_factory=list)   # ∂f/∂p, ∂f'/∂p, … (learnable p)
 
     @property
     def name(self):
@@ -248,17 +275,22 @@ def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = No
     return base, forms
 
 
-def realize(r: TaylorRole, forms: list[sp.Basic], forward: sp.Basic, spec: ElementwiseSpec) -> TaylorRole:
-    """Replace F₁ … by the chosen forms; ``y`` stays a symbol (an input the kernel reads, or
-    for forward roles the output it computes first)."""
-    sub = {F[j]: forms[j - 1] for j in range(1, len(F))}
+def realize(r: TaylorRole, forms: list[sp.Basic], forward: sp.Basic, spec: ElementwiseSpec,
+            pforms: list[sp.Basic] = ()) -> TaylorRole:
+    """Replace F₁ … (and P₀ …, for a learnable parameter) by the chosen forms; ``y`` stays a
+    symbol (an input the kernel reads, or for forward roles the output it computes first); a
+    learnable parameter becomes a point input (one value per element)."""
+    sub = {F[j]: forms[j - 1] for j in range(1, min(len(F), len(forms) + 1))}   # roles to max_order use ≤ F_{max_order+1}
+    sub.update({P[j]: pforms[j] for j in range(len(pforms))})
     pts = [(o, _subs(e, sub)) for o, e in r.point_outputs]
     dirs = [(o, _subs(e, sub)) for o, e in r.dir_outputs]
     if any(o == "y" for o, _ in pts):            # forward role: y computed from x in the kernel
         pts = [(o, forward if o == "y" else e) for o, e in pts]
     used = set().union(*(e.free_symbols for _, e in pts + dirs))
-    scalars = [p for p, _ in spec.params if sp.Symbol(p) in used]
-    return TaylorRole(r.role, r.point_inputs, r.dir_inputs, pts, dirs, scalars)
+    used |= set().union(*(s.args[0].free_symbols for _, e in pts + dirs for s in e.atoms(dsum)))
+    scalars = [p for p, _ in spec.params if sp.Symbol(p) in used and p not in spec.learnable]
+    point_inputs = r.point_inputs + [p for p in spec.learnable if sp.Symbol(p) in used and p not in r.point_inputs]
+    return TaylorRole(r.role, point_inputs, r.dir_inputs, pts, dirs, scalars)
 
 
 def _subs(e: sp.Basic, sub: dict) -> sp.Basic:
@@ -272,16 +304,49 @@ def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
     """Every Taylor role of ``spec``: ``taylor:1..max_order``, ``laplacian`` and the VJP of
     each (all inputs at once, one pass), realized with the spec's chosen derivative forms.
     ``base``: the spec's :func:`derive_elementwise` result when already derived."""
-    if spec.learnable or spec.arrays:
+    if spec.arrays:
         raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for elementwise maps without "
-                        f"learnable parameters or mask arrays")
+                        f"mask arrays")
     base, forms = derivative_forms(spec, base, upto=max_order + 1)
     chosen = [c.chosen for c in forms]
+    pforms = param_derivative_forms(spec, base, forms, upto=max_order) if spec.learnable else []
+    pchosen = [c.chosen for c in pforms]
     roles = []
     for r in base_roles(max_order):
-        roles.append(realize(r, chosen, base.forward.chosen, spec))
-        roles.append(realize(vjp_role(r), chosen, base.forward.chosen, spec))
-    return DerivedTaylor(spec=spec, base=base, derivatives=forms, roles=roles)
+        roles.append(realize(r, chosen, base.forward.chosen, spec, pchosen))
+        v = vjp_role(r)
+        if spec.learnable:      # the parameter's per-element pullback, one more point output
+            v = TaylorRole(v.role, v.point_inputs, v.dir_inputs,
+                           v.point_outputs + [param_pullback(r, spec.learnable[0])], v.dir_outputs)
+        roles.append(realize(v, chosen, base.forward.chosen, spec, pchosen))
+    return DerivedTaylor(spec=spec, base=base, derivatives=forms, roles=roles, param_derivatives=pforms)
+
+
+def param_derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise, forms: list[Choice],
+                           upto: int) -> list[Choice]:
+    """∂f/∂p, ∂f′/∂p, …, ∂f^(upto)/∂p for the learnable p: ∂f/∂p and ∂f′/∂p as
+    :func:`derive_elementwise` chose them, each next one the total x-derivative of the previous
+    chosen form (or the textbook one), checked by :func:`choose_form` like f^(j)."""
+    p = sp.Symbol(spec.learnable[0])
+    params = {sp.Symbol(q): float(v) for q, v in spec.params}
+    f = spec.canonical
+    fwd = base.forward.chosen
+    ch = base.param_derivatives
+    out = [ch["f_p"], ch["f_xp"]]
+    raw = clean_distributions(sp.diff(f, p, 1, X, 1))
+    for j in range(2, upto + 1):
+        raw = clean_distributions(sp.diff(raw, X))
+        chained = _total_dx(out[-1].chosen, forms[0].chosen)
+        cands = [chained]
+        rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
+        for fn in rewrites:
+            try:
+                cands.append(fn(chained))
+            except Exception:  # noqa: BLE001 — a failed rewrite is a missing candidate
+                pass
+        cands += [finite_or(_unguard(c), 0) for c in list(cands)]
+        out.append(choose_form(raw, cands, X, Y, fwd, params))
+    return out[:upto + 1]
 
 
 # ---------------------------------------------------------------- PDE operators along directions

@@ -1,19 +1,25 @@
 """Derivatives of a model's output with respect to its *input*: Taylor-mode sweeps.
 
-Every array that flows through the network is a *stack* ``(B, N, F)`` of derivative
-coefficients of one layer's values along input directions:
+Every array that flows through the network is a *stack* ``(B, N + p, F)`` of derivative
+coefficients of one layer's values along input directions (rows N … N + p − 1 of every block
+are zero padding: without it the B blocks lie a power of two apart, every block's element e
+maps to the same cache set and 4 KiB alias, and the activations' kernels ran 2–3.7× slower):
 
 - ``laplacian`` mode (u, ∇u, Δu): B = d + 2 blocks — the value, the d first-order
   coefficients J_i = ∂/∂x_i and the summed second-order coefficient L = Σ_i ∂²/∂x_i²;
 - ``jet`` mode (pure partials ∂ᵏu/∂x_iᵏ, k ≤ 4): B = 1 + K·m blocks — the value, then for
   each order k = 1 … K the k-th coefficients along each of the m coordinate directions.
 
-A Dense layer maps every block by the same linear map (its ``forward`` role on the value
-block, its ``jvp`` role — the linear part, no bias — on the others, one GEMM for all of
-them); an activation runs its derived Taylor role (``laplacian`` or ``taylor:K`` of
-``generated/taylor``) on the whole stack in one pass. The backward sweep runs the roles'
-derived pullbacks (``vjp:laplacian``, ``vjp:taylor:K``) and the Dense pullbacks on the
-stacks (``vjp:W`` over every block at once: one GEMM; ``vjp:b`` on the value block only).
+A Dense layer maps every block by the same linear map: its ``jvp`` role (the linear part)
+on all B·(N + p) rows at once, one GEMM (the zero padding rows stay zero), and its offset —
+the ``forward`` role at a zero input, the bias — added to the value block; an activation
+runs its derived Taylor role (``laplacian`` or ``taylor:K`` of ``generated/taylor``; for user
+and learnable activations of a module derived and compiled at first use) on the whole stack
+in one pass. The backward sweep runs the roles' derived pullbacks (``vjp:laplacian``,
+``vjp:taylor:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
+rows at once: one GEMM each, the padding rows contributing zero; ``vjp:b`` on the value block
+only). Affine layers in evaluation mode (BatchNorm, Dropout) and piecewise-linear ones
+(MaxPool2D) run their own forward, ``jvp`` and pullbacks on the blocks.
 Nothing here multiplies derivative factors: the sweeps only slice, stack and call roles.
 """
 from __future__ import annotations
@@ -22,21 +28,63 @@ import importlib
 
 import numpy as np
 
-from .activation import Activation
-from .conv import AvgPool2D, Conv2D, Flatten
+from .activation import Activation, LearnableActivation
+from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
+from .dropout import Dropout
 from .kernels import manifest
+from .layer import EVAL
+from .normalization import _BatchNorm
 
 #: layers affine in their input, run by their own roles on the stacks (Dense has a fast path)
 AFFINE = (Conv2D, AvgPool2D)
+#: layers affine in their input in evaluation mode whose parameters the linear part reads too
+#: (BatchNorm's γ): run through the layer's forward and pullback on all rows, f(0) taken off
+EVAL_AFFINE = (_BatchNorm,)
+#: piecewise-linear layers: every Taylor coefficient is pushed by the Jacobian at the value
+#: (the layer's ``jvp`` at the value block), its second and higher derivatives being zero
+PIECEWISE_LINEAR = (MaxPool2D,)
 
 MAX_ORDER = 4
 _BASIC = ("u", "grad", "laplacian")
+#: padding rows are chosen so that consecutive blocks start this many bytes (mod 4 KiB) or more
+#: away from a 4 KiB boundary (measured: 64 B left the tanh forward Laplacian at d = 10 1.4×
+#: slower than 768 B … 1.3 KiB)
+_PAD_BYTES = 768
+
+
+def padding_rows(N: int, row_sizes, itemsize: int) -> int:
+    """Rows p appended to every block of a stack: the fewest (≤ 64) that move each block's
+    start, for every row size of the sweep, at least ``_PAD_BYTES`` away from a multiple of
+    4 KiB (the one giving the largest such distance when none does)."""
+    best, best_score = 1, -1
+    for p in range(1, 65):
+        score = min(min(((N + p) * f * itemsize) % 4096, 4096 - ((N + p) * f * itemsize) % 4096)
+                    for f in row_sizes)
+        if score >= _PAD_BYTES:
+            return p
+        if score > best_score:
+            best, best_score = p, score
+    return best
 
 
 def _module():
     mod = importlib.import_module("symprop.generated.taylor")
     return mod
+
+
+def user_taylor_module(spec, order: int, verbose: bool = False):
+    """The Taylor-mode kernels (``taylor:1 … taylor:order``, ``laplacian`` and their pullbacks)
+    of a user's elementwise spec, derived by :func:`derive.taylor.derive_taylor` and compiled
+    through :func:`codegen.build.compile_spec` (the same cache as its other kernels, keyed by
+    the spec's hash and the order)."""
+    from ..codegen.build import compile_spec
+    from ..codegen.taylor import render_taylor_module
+    from ..derive.taylor import derive_taylor
+    from .kernels import register
+    module, _, _ = compile_spec(f"taylor{order}_{spec.name}", spec,
+                                lambda sp_: derive_taylor(sp_, max_order=order), render_taylor_module, verbose)
+    return register(module)
 
 
 def _call(role, env: dict):
@@ -93,16 +141,50 @@ class InputDerivatives:
         self.m = len(self.coords)
         self.B = self.d + 2 if self.mode == "laplacian" else 1 + self.K * self.m
         self.role = "laplacian" if self.mode == "laplacian" else f"taylor:{self.K}"
+        self.row_sizes = self._row_sizes(model)
         module = _module()
         self.table = table = manifest(module)
         self.kernels = module.KERNELS
+        self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
         for layer in model.layers:
-            if isinstance(layer, (Dense, Flatten) + AFFINE):   # evaluation mode: DropConnect is off
+            if isinstance(layer, (Dense, Flatten) + AFFINE + PIECEWISE_LINEAR):   # DropConnect is off in eval
+                continue
+            if isinstance(layer, EVAL_AFFINE + (Dropout,)):
+                if model.training and not (isinstance(layer, Dropout) and layer.p == 0):
+                    raise ValueError(f"input_derivatives: {layer.name} is in training mode (the model's train() is "
+                                     f"on); derivatives with respect to the input are taken in evaluation mode "
+                                     f"({'the running statistics' if isinstance(layer, _BatchNorm) else 'no dropout'})"
+                                     f": call model.eval() first")
                 continue
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
+                self.layer_kernels[id(layer)] = (table[layer.kernel_name], module.KERNELS)
+                continue
+            if isinstance(layer, Activation) and layer.spec is not None or isinstance(layer, LearnableActivation):
+                spec = layer.spec
+                if spec is None:          # a built-in learnable activation: its spec from the registry
+                    from ..derive.builtins import LEARNABLE
+                    spec = LEARNABLE[layer.kernel_name]
+                order = 2 if self.mode == "laplacian" else self.K
+                mod = user_taylor_module(spec, order)
+                self.layer_kernels[id(layer)] = (manifest(mod)[spec.name], mod.KERNELS)
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
-                            f"Conv2D, AvgPool2D, Flatten and the built-in activations {sorted(table)}")
+                            f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
+                            f"the built-in activations {sorted(table)}, learnable activations and activations "
+                            f"from Activation.from_sympy")
+
+    @staticmethod
+    def _row_sizes(model) -> list[int]:
+        """Elements per sample of the stacks the activations' kernels read and write (the
+        GEMMs do not mind aligned blocks); all stacks' when there is no activation."""
+        shape = tuple(model.input_shape)
+        sizes, acts = [int(np.prod(shape))], []
+        for layer in model.layers:
+            if isinstance(layer, (Activation, LearnableActivation)):
+                acts.append(int(np.prod(shape)))
+            shape = tuple(layer.output_shape(shape))
+            sizes.append(int(np.prod(shape)))
+        return sorted(set(acts or sizes))
 
     # ---------------------------------------------------------------- block layout
     def blocks(self, k: int):
@@ -114,99 +196,258 @@ class InputDerivatives:
     def seed(self, X: np.ndarray) -> np.ndarray:
         """The input stack: the value X and the path x(t) = X + t·e_i of every direction
         (first-order coefficient e_i, higher ones 0)."""
-        N = X.shape[0]
-        S = np.zeros((self.B, N) + X.shape[1:], dtype=X.dtype)
-        S[0] = X
-        flat = S.reshape(self.B, N, self.d)
+        N = self.N = X.shape[0]
+        self.rows = N + padding_rows(N, self.row_sizes, X.dtype.itemsize)
+        S = np.zeros((self.B, self.rows) + X.shape[1:], dtype=X.dtype)
+        S[0, :N] = X
+        flat = S.reshape(self.B, self.rows, self.d)
         for j, i in enumerate(self.coords):
-            flat[self.blocks(1).start + j, :, i] = 1
+            flat[self.blocks(1).start + j, :N, i] = 1
         return S
+
+    def _empty(self, like_or_shape, dtype=None):
+        """A stack with its padding rows zero (their GEMM products then stay zero)."""
+        if isinstance(like_or_shape, np.ndarray):
+            out = np.empty_like(like_or_shape)
+        else:
+            out = np.empty(like_or_shape, dtype=dtype)
+        out[:, self.N:] = 0
+        return out
 
     # ---------------------------------------------------------------- sweeps
     def _names(self, stack):
         """The role's input names bound to blocks of a stack (prefixed with ``g``: the names
         of the pullback's outputs)."""
+        S, N = stack, self.N
         if self.mode == "laplacian":
-            return {"x": stack[0], "J": stack[self.blocks(1)], "L": stack[self.blocks(2)][0]}
-        env = {"x": stack[0]}
+            return {"x": S[0, :N], "J": S[self.blocks(1), :N], "L": S[self.blocks(2).start, :N]}
+        env = {"x": S[0, :N]}
         for k in range(1, self.K + 1):
-            env[f"x{k}"] = stack[self.blocks(k)]
+            env[f"x{k}"] = S[self.blocks(k), :N]
         return env
 
     def _out_names(self, stack):
         """The role's output names bound to blocks of a stack (prefixed with ``g``: the
         pullback's cotangent inputs)."""
+        S, N = stack, self.N
         if self.mode == "laplacian":
-            return {"y": stack[0], "Jy": stack[self.blocks(1)], "Ly": stack[self.blocks(2)][0]}
-        env = {"y": stack[0]}
+            return {"y": S[0, :N], "Jy": S[self.blocks(1), :N], "Ly": S[self.blocks(2).start, :N]}
+        env = {"y": S[0, :N]}
         for k in range(1, self.K + 1):
-            env[f"y{k}"] = stack[self.blocks(k)]
+            env[f"y{k}"] = S[self.blocks(k), :N]
         return env
 
+    def _activation_params(self, layer, stack) -> dict:
+        """An activation's parameters by name: fixed ones as scalars; a learnable one as a
+        point array (its value for every element: one per channel on axis 1, or shared),
+        broadcast over the samples without a copy."""
+        if not isinstance(layer, LearnableActivation):
+            return layer.params
+        feat = stack.shape[2:]
+        w = layer.weight
+        if layer.num_parameters > 1:
+            per_sample = np.broadcast_to(w.reshape((-1,) + (1,) * (len(feat) - 1)), feat)
+        else:
+            per_sample = np.broadcast_to(w.reshape((1,) * len(feat)), feat)
+        return {layer.param_name: np.broadcast_to(np.ascontiguousarray(per_sample), (self.N,) + feat)}
+
     def _kernel(self, layer, role):
-        entry = self.table[layer.kernel_name]["roles"][role]
-        return self.kernels[entry["kernel"]], entry
+        spec_entry, kernels = self.layer_kernels[id(layer)]
+        entry = spec_entry["roles"][role]
+        return kernels[entry["kernel"]], entry
 
     def forward(self, X):
         model = self.model
         X = model._check_X(X)
         stack = self.seed(X)
         tape = []
-        for layer in model.layers:
-            if isinstance(layer, Dense):
+        for li, layer in enumerate(model.layers):
+            if isinstance(layer, Dense) and li == 0:
+                out = self._seed_dense(layer, stack)
+                tape.append((layer, stack, out))
+                stack = out
+            elif isinstance(layer, Dense):
                 stack_in = stack
-                B, N, _ = stack_in.shape
-                out = np.empty((B, N, layer.out_features), dtype=X.dtype)
+                B, Np, _ = stack_in.shape
+                out = np.empty((B, Np, layer.out_features), dtype=X.dtype)
                 R = layer.kernels.roles
-                _call(R["forward"], {"x": stack_in[0], "W": layer.W, "b": layer.b, "y": out[0]})
-                rest = stack_in[1:].reshape((B - 1) * N, -1)
-                _call(R["jvp"], {"x": rest, "W": layer.W, "Rx": rest, "Ry": out[1:].reshape((B - 1) * N, -1)})
+                rows = stack_in.reshape(B * Np, -1)
+                _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows, "Ry": out.reshape(B * Np, -1)})
+                if layer.bias:      # the offset: the forward role at a zero input
+                    offset = np.empty((1, layer.out_features), dtype=X.dtype)
+                    _call(R["forward"], {"x": np.zeros((1, layer.in_features), X.dtype), "W": layer.W,
+                                         "b": layer.b, "y": offset})
+                    out[0, :self.N] += offset
                 tape.append((layer, stack_in, out))
                 stack = out
             elif isinstance(layer, Flatten):
                 tape.append((layer, stack, None))
                 stack = stack.reshape(stack.shape[:2] + (-1,))
             elif isinstance(layer, AFFINE):
-                out = self._affine(layer, stack)
+                out = self._affine(layer, stack, self.N)
                 tape.append((layer, stack, out))
+                stack = out
+            elif isinstance(layer, Dropout):      # the identity in evaluation mode
+                tape.append((layer, stack, stack))
+            elif isinstance(layer, EVAL_AFFINE):
+                out, rec = self._eval_affine(layer, stack)
+                tape.append((layer, stack, (out, rec)))
+                stack = out
+            elif isinstance(layer, PIECEWISE_LINEAR):
+                out, rec = self._piecewise_linear(layer, stack)
+                tape.append((layer, stack, (out, rec)))
                 stack = out
             else:
                 kern, entry = self._kernel(layer, self.role)
-                out = np.empty_like(stack)
-                env = {**self._names(stack), **self._out_names(out), **layer.params}
+                out = self._empty(stack)
+                env = {**self._names(stack), **self._out_names(out), **self._activation_params(layer, stack)}
                 kern(*[env[a] for a in entry["call"]])
                 tape.append((layer, stack, out))
                 stack = out
         return self._results(stack), tape
 
-    @staticmethod
-    def _affine(layer, S):
-        """An affine layer on a stack: its ``forward`` role on the value block, its ``jvp``
-        role (the linear part) on every other block at once."""
-        K, B, N = layer.kernels, S.shape[0], S.shape[1]
-        arrays, sc = layer.spec_arrays(), layer.scalars()
-        out_shape = tuple(layer.output_shape(S.shape[2:]))
-        y0 = K.run("forward", {**arrays, "x": S[0]}, S.dtype, sc, {"x": S[0].shape, "y": (N,) + out_shape})
-        rest = S[1:].reshape(((B - 1) * N,) + S.shape[2:])
-        yr = K.run("jvp", {**arrays, "x": rest, "Rx": rest}, S.dtype, sc,
-                   {"x": rest.shape, "y": ((B - 1) * N,) + out_shape})
-        return np.concatenate([y0[None], yr.reshape((B - 1, N) + out_shape)])
+    def _unit_rows(self, dtype):
+        """The distinct input rows of the first-order blocks of the seed: e_i for each coordinate."""
+        return np.ascontiguousarray(np.eye(self.d, dtype=dtype)[self.coords])
+
+    def _seed_dense(self, layer, S):
+        """A first Dense layer on the seed stack: the value block through its ``forward`` role
+        (N rows); every first-order block's rows are one unit vector e_i, so its ``jvp`` role
+        runs on the m distinct rows once and the results are broadcast; the higher blocks
+        are zero in and out."""
+        N, R = self.N, layer.kernels.roles
+        out = np.zeros((S.shape[0], S.shape[1], layer.out_features), dtype=S.dtype)
+        _call(R["forward"], {"x": S[0, :N], "W": layer.W, "b": layer.b, "y": out[0, :N]})
+        E = self._unit_rows(S.dtype)
+        YE = np.empty((E.shape[0], layer.out_features), dtype=S.dtype)
+        _call(R["jvp"], {"x": E, "W": layer.W, "Rx": E, "Ry": YE})
+        out[self.blocks(1), :N] = YE[:, None, :]
+        return out
+
+    def _live_blocks(self, cot: dict):
+        """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
+        live = set()
+        for q, g in cot.items():
+            if g is None:
+                continue
+            if q == "u":
+                live.add(0)
+            elif q == "grad":
+                live.update(range(self.blocks(1).start, self.blocks(1).stop))
+            elif q == "laplacian":
+                live.update(range(self.blocks(2).start, self.blocks(2).stop))
+            else:
+                live.add(self.blocks(len(q)).start + self.coords.index(q[0]))
+        return None if len(live) == self.B else sorted(live)
+
+    def _dense_back_blocks(self, layer, S, G, live):
+        """The Dense pullbacks over the live blocks only (the others' cotangents are zero):
+        ``vjp:W`` summed over them, ``vjp:x`` into them, zero elsewhere."""
+        R, N = layer.kernels.roles, self.N
+        gW = np.zeros_like(layer.W)
+        part = np.empty_like(layer.W)
+        gx = np.zeros_like(S)
+        for b in live:
+            _call(R["vjp:W"], {"x": S[b], "g": G[b], "gW": part})
+            gW += part
+            _call(R["vjp:x"], {"W": layer.W, "g": G[b], "gx": gx[b]})
+        gb = None
+        if layer.bias:
+            gb = np.empty_like(layer.b)
+            if 0 in live:
+                _call(R["vjp:b"], {"g": G[0, :N], "gb": gb})
+            else:
+                gb[...] = 0
+        return gW, gb, gx
+
+    def _seed_dense_vjp_W(self, layer, S, G, gW):
+        """``vjp:W`` of :meth:`_seed_dense`: the value rows, plus the unit rows once with the
+        cotangents of their N copies summed (the pullback is linear in them)."""
+        N, R = self.N, layer.kernels.roles
+        _call(R["vjp:W"], {"x": S[0, :N], "g": G[0, :N], "gW": gW})
+        E = self._unit_rows(S.dtype)
+        gE = np.ascontiguousarray(G[self.blocks(1), :N].sum(axis=1))
+        part = np.empty_like(gW)
+        _call(R["vjp:W"], {"x": E, "g": gE, "gW": part})
+        gW += part
 
     @staticmethod
-    def _affine_back(layer, S, G, need_input):
+    def _affine(layer, S, N):
+        """An affine layer on a stack: its ``jvp`` role (the linear part) on all rows at once
+        (zero padding rows stay zero), its offset (the ``forward`` role at a zero input, when
+        the layer has a parameter the linear part does not read: a bias) added to the value
+        block's N rows."""
+        K, B, Np = layer.kernels, S.shape[0], S.shape[1]
+        arrays, sc = layer.spec_arrays(), layer.scalars()
+        out_shape = tuple(layer.output_shape(S.shape[2:]))
+        rows = S.reshape((B * Np,) + S.shape[2:])
+        y = K.run("jvp", {**arrays, "x": rows, "Rx": rows}, S.dtype, sc,
+                  {"x": rows.shape, "y": (B * Np,) + out_shape}).reshape((B, Np) + out_shape)
+        linear = set(K.roles["jvp"].arrays)
+        if any(p not in linear for p in layer.trainable()):
+            zero = np.zeros((1,) + S.shape[2:], S.dtype)
+            y[0, :N] += K.run("forward", {**arrays, "x": zero}, S.dtype, sc, {"x": zero.shape, "y": (1,) + out_shape})
+        return y
+
+    def _eval_affine(self, layer, S):
+        """A layer affine in its input, f(x) = f(0) + A·x, whose parameters its linear part
+        reads as well (BatchNorm in evaluation mode): its forward on all rows at once, f(0) (its
+        forward at one zero sample) taken off every block but the value block."""
+        B, Np, N = S.shape[0], S.shape[1], self.N
+        y, rec = layer.forward(S.reshape((B * Np,) + S.shape[2:]), EVAL)
+        y = y.reshape((B, Np) + y.shape[1:])
+        zero = np.zeros((1,) + S.shape[2:], S.dtype)
+        f0, rec0 = layer.forward(zero, EVAL)
+        y[1:] -= f0
+        y[:, N:] = 0
+        return y, (rec, rec0)
+
+    def _eval_affine_back(self, layer, S, out, G, need_input):
+        """Pullbacks of :meth:`_eval_affine`: the layer's pullback on all rows, minus the
+        pullback at a zero sample of the cotangents of the blocks f(0) was taken off (summed
+        over their rows first: the pullback is linear in them and every row's input is 0)."""
+        B, Np = S.shape[0], S.shape[1]
+        rec, rec0 = out[1]
+        gx, grads = layer.vjp(rec, G.reshape((B * Np,) + G.shape[2:]), need_input)
+        g0 = G[1:].sum(axis=(0, 1))[None]
+        _, grads0 = layer.vjp(rec0, g0, False)
+        grads = [g - c for g, c in zip(grads, grads0)]
+        return grads, (gx.reshape(S.shape) if need_input else None)
+
+    def _piecewise_linear(self, layer, S):
+        """A piecewise-linear layer (max pooling): the value block through its forward, every
+        other block through its ``jvp`` at the value block."""
+        N = self.N
+        y0, rec = layer.forward(np.ascontiguousarray(S[0, :N]), EVAL)
+        y = np.zeros((S.shape[0], S.shape[1]) + y0.shape[1:], S.dtype)
+        y[0, :N] = y0
+        for k in range(1, S.shape[0]):
+            y[k, :N] = layer.jvp(rec, np.ascontiguousarray(S[k, :N]), [])
+        return y, rec
+
+    def _piecewise_linear_back(self, layer, S, out, G):
+        N = self.N
+        rec = out[1]
+        gx = np.zeros_like(S)
+        for k in range(S.shape[0]):
+            gx[k, :N] = layer.input_vjp(rec, np.ascontiguousarray(G[k, :N]))
+        return gx
+
+    @staticmethod
+    def _affine_back(layer, S, G, need_input, N):
         """Pullbacks of :meth:`_affine`: a parameter the ``jvp`` role reads (a weight) over
         every block at once, one it does not (an offset: the bias) over the value block."""
-        K, B, N = layer.kernels, S.shape[0], S.shape[1]
+        K, B, Np = layer.kernels, S.shape[0], S.shape[1]
         arrays, sc = layer.spec_arrays(), layer.scalars()
-        xf = S.reshape((B * N,) + S.shape[2:])
-        gf = G.reshape((B * N,) + G.shape[2:])
+        xf = S.reshape((B * Np,) + S.shape[2:])
+        gf = G.reshape((B * Np,) + G.shape[2:])
         linear = set(K.roles["jvp"].arrays)
         grads = []
         for p in layer.trainable():
             if p in linear:
                 env, shapes = {**arrays, "x": xf, "g": gf}, {"x": xf.shape, "y": gf.shape}
             else:
-                env, shapes = {**arrays, "x": S[0], "g": G[0]}, {"x": S[0].shape, "y": G[0].shape}
+                env, shapes = {**arrays, "x": S[0, :N], "g": G[0, :N]}, {"x": S[0, :N].shape, "y": G[0, :N].shape}
             grads.append(K.run(f"vjp:{p}", env, G.dtype, sc, shapes))
         gx = None
         if need_input:
@@ -215,7 +456,8 @@ class InputDerivatives:
         return grads, gx
 
     def _results(self, S):
-        S = S.reshape(S.shape[:2] + (-1,))
+        S = S[0] if isinstance(S, tuple) else S
+        S = S.reshape(S.shape[:2] + (-1,))[:, :self.N]
         F = S.shape[2]
         sq = (lambda a: a[..., 0]) if F == 1 else (lambda a: a)
         res = {}
@@ -235,21 +477,21 @@ class InputDerivatives:
 
     def cotangent_stack(self, cot: dict, N: int, F: int, dtype) -> np.ndarray:
         """The adjoint of :meth:`_results`: a stack of output cotangents."""
-        G = np.zeros((self.B, N, F), dtype=dtype)
+        G = np.zeros((self.B, self.rows, F), dtype=dtype)
         ex = (lambda a: np.asarray(a, dtype)[..., None]) if F == 1 else (lambda a: np.asarray(a, dtype))
         for q, g in cot.items():
             if g is None:
                 continue
             if q == "u":
-                G[0] += ex(g)
+                G[0, :N] += ex(g)
             elif q == "grad":
                 g = np.moveaxis(ex(g), 1, 0)
                 for i in range(self.d):
-                    G[self.blocks(1).start + self.coords.index(i)] += g[i]
+                    G[self.blocks(1).start + self.coords.index(i), :N] += g[i]
             elif q == "laplacian":
-                G[self.blocks(2)] += ex(g)[None]
+                G[self.blocks(2), :N] += ex(g)[None]
             elif q in self.which:
-                G[self.blocks(len(q)).start + self.coords.index(q[0])] += ex(g)
+                G[self.blocks(len(q)).start + self.coords.index(q[0]), :N] += ex(g)
             else:
                 raise ValueError(f"input_derivatives: cotangent for {q!r}, which was not computed")
         return G
@@ -259,44 +501,76 @@ class InputDerivatives:
         layer, stack_in, last = tape[-1]
         if last is None:   # a model ending in Flatten
             last = stack_in.reshape(stack_in.shape[:2] + (-1,))
+        if isinstance(last, tuple):
+            last = last[0]
         flat = last.reshape(last.shape[:2] + (-1,))
-        G = self.cotangent_stack(cot, flat.shape[1], flat.shape[2], flat.dtype).reshape(last.shape)
+        G = self.cotangent_stack(cot, self.N, flat.shape[2], flat.dtype).reshape(last.shape)
         params, slots = model.param_slots()
         grads = [None] * len(params)
+        # blocks whose cotangents may be nonzero: those of the queried quantities, until an
+        # activation's pullback mixes them (a Poisson loss sees only the Laplacian block:
+        # the last Dense then pulls back one block, not d + 2)
+        live = self._live_blocks(cot)
 
         def add(slot, g):
             grads[slot] = g if grads[slot] is None else grads[slot] + g
 
         for li in range(len(tape) - 1, -1, -1):
             layer, stack_in, out = tape[li]
+            if isinstance(layer, Dense) and li > 0 and live is not None:
+                gW, gb, G = self._dense_back_blocks(layer, stack_in, G, live)
+                add(slots[li][0], gW)
+                if layer.bias:
+                    add(slots[li][1], gb)
+                continue
+            if not isinstance(layer, (Dense, Flatten, Dropout) + AFFINE + EVAL_AFFINE + PIECEWISE_LINEAR):
+                live = None
             if isinstance(layer, Flatten):
                 G = G.reshape(stack_in.shape)
+            elif isinstance(layer, Dropout):
+                pass
+            elif isinstance(layer, EVAL_AFFINE):
+                gs, G = self._eval_affine_back(layer, stack_in, out, G, li > 0)
+                for slot, g in zip(slots[li], gs):
+                    add(slot, g)
+            elif isinstance(layer, PIECEWISE_LINEAR):
+                if li > 0:
+                    G = self._piecewise_linear_back(layer, stack_in, out, G)
             elif isinstance(layer, AFFINE):
-                gs, G = self._affine_back(layer, stack_in, G, li > 0)
+                gs, G = self._affine_back(layer, stack_in, G, li > 0, self.N)
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
             elif isinstance(layer, Dense):
-                B, N, _ = stack_in.shape
+                B, Np, _ = stack_in.shape
                 R = layer.kernels.roles
-                x2, g2 = stack_in.reshape(B * N, -1), G.reshape(B * N, -1)
+                x2, g2 = stack_in.reshape(B * Np, -1), G.reshape(B * Np, -1)
                 gW = np.empty_like(layer.W)
-                _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
+                if li == 0:
+                    self._seed_dense_vjp_W(layer, stack_in, G, gW)
+                else:
+                    _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
                 add(slots[li][0], gW)
                 if layer.bias:
                     gb = np.empty_like(layer.b)
-                    _call(R["vjp:b"], {"g": G[0], "gb": gb})
+                    _call(R["vjp:b"], {"g": G[0, :self.N], "gb": gb})
                     add(slots[li][1], gb)
                 if li > 0:
                     gx = np.empty_like(stack_in)
-                    _call(R["vjp:x"], {"W": layer.W, "g": g2, "gx": gx.reshape(B * N, -1)})
+                    _call(R["vjp:x"], {"W": layer.W, "g": g2, "gx": gx.reshape(B * Np, -1)})
                     G = gx
             else:
                 kern, entry = self._kernel(layer, "vjp:" + self.role)
-                gin = np.empty_like(stack_in)
-                env = {**self._names(stack_in), **layer.params, "y": out[0]}
+                gin = self._empty(stack_in)
+                env = {**self._names(stack_in), **self._activation_params(layer, stack_in), "y": out[0, :self.N]}
                 env.update({"g" + k: v for k, v in self._out_names(G).items()})
                 env.update({"g" + k: v for k, v in self._names(gin).items()})
+                learnable = isinstance(layer, LearnableActivation)
+                if learnable:             # the parameter's pullback per element, summed below
+                    env["g" + layer.param_name] = per_element = np.empty_like(stack_in[0, :self.N])
                 kern(*[env[a] for a in entry["call"]])
+                if learnable:
+                    axes = (0,) + tuple(range(2, per_element.ndim)) if layer.num_parameters > 1 else None
+                    add(slots[li][0], np.asarray(per_element.sum(axis=axes), per_element.dtype).reshape(layer.weight.shape))
                 G = gin
         return [np.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
