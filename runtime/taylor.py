@@ -262,7 +262,7 @@ class InputDerivatives:
         stack = self.seed(X)
         tape = []
         for li, layer in enumerate(model.layers):
-            if isinstance(layer, Dense) and li == 0:
+            if isinstance(layer, Dense) and li == 0 and self._unit_rows(X.dtype) is not None:
                 out = self._seed_dense(layer, stack)
                 tape.append((layer, stack, out))
                 stack = out
@@ -307,7 +307,9 @@ class InputDerivatives:
         return self._results(stack), tape
 
     def _unit_rows(self, dtype):
-        """The distinct input rows of the first-order blocks of the seed: e_i for each coordinate."""
+        """The distinct input rows of the first-order blocks of the seed (e_i for each
+        coordinate; one row per block, the same for every point), or None when a block's rows
+        differ between points (then a first Dense layer runs on every row)."""
         return np.ascontiguousarray(np.eye(self.d, dtype=dtype)[self.coords])
 
     def _seed_dense(self, layer, S):
@@ -545,7 +547,7 @@ class InputDerivatives:
                 R = layer.kernels.roles
                 x2, g2 = stack_in.reshape(B * Np, -1), G.reshape(B * Np, -1)
                 gW = np.empty_like(layer.W)
-                if li == 0:
+                if li == 0 and self._unit_rows(stack_in.dtype) is not None:
                     self._seed_dense_vjp_W(layer, stack_in, G, gW)
                 else:
                     _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
@@ -607,22 +609,32 @@ class DirectionalJets(InputDerivatives):
         self.role = f"taylor:{self.K}"
 
     def seed(self, X):
-        S = np.zeros((self.B, X.shape[0]) + X.shape[1:], dtype=X.dtype)
-        S[0] = X
-        S[1:1 + self.m].reshape(self.m, X.shape[0], self.d)[:] = self.directions[:, None, :].astype(X.dtype)
+        N = self.N = X.shape[0]
+        self.rows = N + padding_rows(N, self.row_sizes, X.dtype.itemsize)
+        S = np.zeros((self.B, self.rows) + X.shape[1:], dtype=X.dtype)
+        S[0, :N] = X
+        S[1:1 + self.m, :N].reshape(self.m, N, self.d)[:] = self.directions[:, None, :].astype(X.dtype)
         return S
 
+    def _unit_rows(self, dtype):
+        return np.ascontiguousarray(self.directions.astype(dtype))
+
+    def _live_blocks(self, cot):
+        return None
+
     def _results(self, S):
-        S = S.reshape(S.shape[:2] + (-1,))
+        S = S.reshape(S.shape[:2] + (-1,))[:, :self.N]
         return S[..., 0] if S.shape[2] == 1 else S
 
     def cotangent_stack(self, cot, N: int, F: int, dtype):
-        G = np.asarray(cot, dtype=dtype)
-        G = G[..., None] if F == 1 and G.ndim == 2 else G
-        if G.shape != (self.B, N, F):
+        C = np.asarray(cot, dtype=dtype)
+        C = C[..., None] if F == 1 and C.ndim == 2 else C
+        if C.shape != (self.B, N, F):
             raise ValueError(f"DirectionalJets: cotangents must be shaped like the coefficients "
                              f"{(self.B, N) + ((F,) if F > 1 else ())}, got {np.shape(cot)}")
-        return np.ascontiguousarray(G)
+        G = np.zeros((self.B, self.rows, F), dtype=dtype)
+        G[:, :N] = C
+        return G
 
 
 class CollapsedSecondOrder(InputDerivatives):
@@ -651,13 +663,25 @@ class CollapsedSecondOrder(InputDerivatives):
         return slice(1, 1 + self.r) if k == 1 else slice(1 + self.r, 2 + self.r)
 
     def seed(self, X):
-        N, G = X.shape[0], len(self.groups)
-        S = np.zeros((self.B, G * N) + X.shape[1:], dtype=X.dtype)
-        flat = S.reshape(self.B, G * N, self.d)
+        n, G = X.shape[0], len(self.groups)
+        self.n, N = n, G * n
+        self.N = N                       # the stack's real rows: every group's copy of the points
+        self.rows = N + padding_rows(N, self.row_sizes, X.dtype.itemsize)
+        S = np.zeros((self.B, self.rows) + X.shape[1:], dtype=X.dtype)
+        flat = S.reshape(self.B, self.rows, self.d)
         for g, V in enumerate(self.groups):
-            flat[0, g * N:(g + 1) * N] = X.reshape(N, self.d)
-            flat[1:1 + V.shape[0], g * N:(g + 1) * N] = V[:, None, :].astype(X.dtype)
+            flat[0, g * n:(g + 1) * n] = X.reshape(n, self.d)
+            flat[1:1 + V.shape[0], g * n:(g + 1) * n] = V[:, None, :].astype(X.dtype)
         return S
+
+    def _unit_rows(self, dtype):
+        """One group: its directions (the same rows for every point); several: None."""
+        if len(self.groups) == 1 and self.groups[0].shape[0] == self.r:
+            return np.ascontiguousarray(self.groups[0].astype(dtype))
+        return None
+
+    def _live_blocks(self, cot):
+        return None
 
     def _index(self):
         """(block, group) of every coefficient C[i]."""
@@ -669,18 +693,18 @@ class CollapsedSecondOrder(InputDerivatives):
 
     def _results(self, S):
         S = S.reshape(S.shape[:2] + (-1,))
-        N = S.shape[1] // len(self.groups)
-        C = np.stack([S[b, g * N:(g + 1) * N] for b, g in self._index()])
+        n = self.n
+        C = np.stack([S[b, g * n:(g + 1) * n] for b, g in self._index()])
         return C[..., 0] if C.shape[2] == 1 else C
 
     def cotangent_stack(self, cot, N: int, F: int, dtype):
         C = np.asarray(cot, dtype=dtype)
         C = C[..., None] if F == 1 and C.ndim == 2 else C
-        n = N // len(self.groups)
+        n = self.n
         if C.shape != (self.R, n, F):
             raise ValueError(f"CollapsedSecondOrder: cotangents must be shaped like the coefficients "
                              f"{(self.R, n) + ((F,) if F > 1 else ())}, got {np.shape(cot)}")
-        G = np.zeros((self.B, N, F), dtype=dtype)
+        G = np.zeros((self.B, self.rows, F), dtype=dtype)
         for i, (b, g) in enumerate(self._index()):
             G[b, g * n:(g + 1) * n] += C[i]
         return G

@@ -10,7 +10,8 @@ import torch
 from symprop import layers as L
 from symprop.runtime.model import Sequential
 from symprop.runtime.taylor import InputDerivatives, padding_rows
-from conftest import rel_err, torch_activation
+from support.numeric import rel_err
+from support.torch_oracles import torch_activation
 
 QUERIES = [("u", "grad", "laplacian"), ((0,), (1, 1), (2, 2, 2), (0, 0, 0, 0))]
 
