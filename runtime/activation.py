@@ -33,14 +33,20 @@ class Activation(SpecLayer):
 
     def __init__(self, kernel_name: str, module=None, spec=None, params: dict | None = None):
         self.kernel_name = kernel_name
-        self.module = module if module is not None else _builtin_module()
         self.spec = spec
-        table = manifest(self.module)
-        if kernel_name not in table or table[kernel_name].get("kind", "activation") != "activation":
-            known = names() if module is None else sorted(table)
-            raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {known} "
-                             f"(or build one with Activation.from_sympy)")
-        defaults = table[kernel_name].get("defaults", {})
+        if module is None:   # a built-in: checked against the spec table, kernels bound at first use
+            from ..derive.builtins import ACTIVATIONS
+            if kernel_name not in ACTIVATIONS:
+                raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are "
+                                 f"{sorted(ACTIVATIONS)} (or build one with Activation.from_sympy)")
+            defaults = dict(ACTIVATIONS[kernel_name].params)
+        else:
+            table = manifest(module)
+            if kernel_name not in table or table[kernel_name].get("kind", "activation") != "activation":
+                raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {sorted(table)} "
+                                 f"(or build one with Activation.from_sympy)")
+            defaults = table[kernel_name].get("defaults", {})
+        self._module = module
         params = dict(params or {})
         unknown = sorted(set(params) - set(defaults))
         if unknown:
@@ -52,7 +58,12 @@ class Activation(SpecLayer):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
                 raise ValueError(f"Activation({kernel_name}): {p} must be a finite number, got {v!r}")
             self.params[p] = float(v)
-        self._bind(self.module, kernel_name)
+        self._bind("activations" if module is None else module, kernel_name)
+
+    @property
+    def module(self):
+        """The compiled module of its kernels (a built-in's: loaded at first use)."""
+        return self._module if self._module is not None else _builtin_module()
 
     @property
     def name(self):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import load
+from .kernels import LazyModule
 
-_losses = load("losses")
+_losses = LazyModule("losses")   # loaded at first use
 
 
 class Loss:

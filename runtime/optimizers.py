@@ -10,10 +10,10 @@ import numbers
 
 import numpy as np
 
-from .kernels import load
+from .kernels import LazyModule
 from .optimizer_defaults import DEFAULTS
 
-_opt = load("optimizers")
+_opt = LazyModule("optimizers")   # loaded at first use
 
 
 def check_real(owner: str, name: str, v, *, low=None, low_open: bool = False, high=None,
