@@ -159,10 +159,11 @@ class SpecKernels:
         self.params = list(entry["params"])
         self.scalars = list(entry["scalars"])
         self.roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
-        fwd = self.roles["forward"]
-        # what the forward pass must keep for every later role: its input, outputs it reads
+        # what the forward pass must keep for every later role: its input, outputs it reads (a spec
+        # with no forward role, an update rule, keeps nothing)
+        fwd = self.roles.get("forward")
         read = {a for r, role in self.roles.items() if not r.startswith("forward") for a in role.arrays}
-        self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read)
+        self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read) if fwd is not None else ()
         # the output each single role writes (vjp:W -> gW), to pick a fused role's results
         self.output_of = {r: next(iter(role.outputs)) for r, role in self.roles.items() if role.outputs}
         # a role writing several pullbacks at once (a composite spec's ``vjp``: grad_x, grad_gamma,
