@@ -107,7 +107,7 @@ class Role:
     """One role of one spec: a bound kernel and how to call it."""
 
     __slots__ = ("name", "fn", "call", "kwargs", "arrays", "optional", "outputs", "directions",
-                 "linear_in_directions", "zero_fill", "positional_scalars")
+                 "linear_in_directions", "zero_fill", "positional_scalars", "returns")
 
     def __init__(self, module, name: str, entry: dict):
         self.name = name
@@ -115,6 +115,7 @@ class Role:
         self.call = tuple(entry["call"])
         self.kwargs = tuple(entry["kwargs"])
         self.positional_scalars = frozenset(entry.get("scalars", ()))   # elementwise kernels
+        self.returns = entry.get("returns")   # a loss kernel's value: returned first, before the outputs
         self.arrays = tuple(entry["arrays"])
         self.optional = frozenset(entry["optional"])
         self.outputs = {o["name"]: (o["like"], np.int64 if o["dtype"] == "int64" else None)
@@ -219,8 +220,7 @@ class SpecKernels:
                 elif v is None and a not in r.optional:
                     raise ValueError(f"{self.owner}: kernel {role!r} needs array {a!r}")
             args.append(v)
-        if r.kwargs:
-            r.fn(*args, **{k: scalars[k] for k in r.kwargs})
-        else:
-            r.fn(*args)
+        ret = r.fn(*args, **{k: scalars[k] for k in r.kwargs}) if r.kwargs else r.fn(*args)
+        if r.returns:
+            return [ret] + [outs[o] for o in r.outputs]
         return [outs[o] for o in r.outputs]
