@@ -262,6 +262,23 @@ class SpecLayer(Layer):
     def check_input(self, x) -> np.ndarray:
         return check_float_input(self, x)
 
+    def kernel_view(self, shape: tuple):
+        """The shape the kernels see for an input of ``shape``, or None to see it as it is (a
+        learnable activation's kernels see (N, C, rest)): the one reshape a layer may need."""
+        return None
+
+    @staticmethod
+    def _in(a, rec):
+        """An input- or output-shaped array as the kernels see it (the call's view)."""
+        if a is None or "_view" not in rec:
+            return a
+        return np.ascontiguousarray(a).reshape(rec["_view"][1])
+
+    @staticmethod
+    def _out(a, rec):
+        """A kernel result shaped like the input, back in the caller's shape."""
+        return a if a is None or "_view" not in rec else a.reshape(rec["_view"][0])
+
     def _env(self, rec: dict, **arrays) -> dict:
         env = self.spec_arrays()
         env.update(rec)
@@ -284,7 +301,13 @@ class SpecLayer(Layer):
     def _forward_env(self, x, arrays: dict | None = None):
         """The checked input, the output shapes and the environment of a forward role."""
         x = self.check_input(x)
+        caller = x.shape
+        view = self.kernel_view(caller)
+        if view is not None:
+            x = x.reshape(view)
         shapes = self.call_shapes(x)
+        if view is not None:
+            shapes["_caller"] = caller
         env = self.spec_arrays()
         if arrays:
             env.update(arrays)
@@ -302,6 +325,8 @@ class SpecLayer(Layer):
             rec[a] = env[a]
         if arrays:
             rec.update(arrays)
+        if "_caller" in shapes:   # the kernels see another shape (kernel_view): input-shaped arrays are reshaped
+            rec["_view"] = (shapes["_caller"], shapes[K.input])
         return rec
 
     def forward_call(self, x, arrays: dict | None = None, K=None):
@@ -316,79 +341,85 @@ class SpecLayer(Layer):
         """``arrays`` replace spec arrays for this call (e.g. DropConnect's masked weight);
         the record keeps them, so every later pass of the call sees the same arrays."""
         env, rec = self.forward_call(x, arrays)
-        return env[rec["_K"].output], rec
+        return self._out(env[rec["_K"].output], rec), rec
 
     def vjp(self, rec, g, need_input=True):
-        g = np.ascontiguousarray(g)
+        g = self._in(np.ascontiguousarray(g), rec)
         env = self._env(rec, g=g)
         K = rec["_K"]
         arrays = list(self.trainable()) + ([K.input] if need_input else [])
         outs = self._pullbacks("vjp", env, rec, g.dtype, arrays)
-        return (outs[-1] if need_input else None), outs[:len(self.trainable())]
+        return (self._out(outs[-1], rec) if need_input else None), outs[:len(self.trainable())]
 
     def input_vjp(self, rec, g):
-        g = np.ascontiguousarray(g)
-        return self._pullbacks("vjp", self._env(rec, g=g), rec, g.dtype, [rec["_K"].input])[0]
+        g = self._in(np.ascontiguousarray(g), rec)
+        return self._out(self._pullbacks("vjp", self._env(rec, g=g), rec, g.dtype, [rec["_K"].input])[0], rec)
 
-    def _directions(self, Rx, Rparams) -> dict:
-        d = {"R" + self.kernels.input: None if Rx is None else np.ascontiguousarray(Rx)}
+    def _directions(self, Rx, Rparams, rec=None) -> dict:
+        d = {"R" + self.kernels.input: None if Rx is None else self._in(np.ascontiguousarray(Rx), rec or {})}
         for p, v in zip(self.trainable(), Rparams):
             d["R" + p] = v
         return d
 
     def jvp(self, rec, Rx, Rparams):
-        env = self._env(rec, **self._directions(Rx, Rparams))
-        return self._run("jvp", env, rec, self._dtype(rec))
+        env = self._env(rec, **self._directions(Rx, Rparams, rec))
+        return self._out(self._run("jvp", env, rec, self._dtype(rec)), rec)
 
     def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        env = self._env(rec, g=np.ascontiguousarray(g), Rg=Rg, **self._directions(Rx, Rparams))
+        env = self._env(rec, g=self._in(np.ascontiguousarray(g), rec), Rg=self._in(Rg, rec),
+                        **self._directions(Rx, Rparams, rec))
         K = rec["_K"]
         n = len(self.trainable())
         outs = self._pullbacks("rvjp", env, rec, self._dtype(rec),
                                list(self.trainable()) + ([K.input] if need_input else []))
         Rgrads = [np.zeros_like(env[p]) if r is None else r for p, r in zip(self.trainable(), outs[:n])]
-        return (outs[n] if need_input else None), Rgrads
+        return (self._out(outs[n], rec) if need_input else None), Rgrads
 
     def forward_jvp(self, x, Rx, Rparams, ctx: Context = EVAL):
         K = self.kernels
         if not K.has(FORWARD_JVP):
             return super().forward_jvp(x, Rx, Rparams, ctx)
         x, shapes, env = self._forward_env(x)
-        env.update(self._directions(Rx, Rparams))
+        view = {"_view": (shapes["_caller"], x.shape)} if "_caller" in shapes else {}
+        env.update(self._directions(Rx, Rparams, view))
         scal = self.call_scalars(x.shape)
         outs = K.run_named(FORWARD_JVP, env, x.dtype, scal, shapes)
         env.update(outs)
-        return outs[K.output], outs["R" + K.output], self._record(env, shapes, x.dtype, None, K, scal)
+        rec = self._record(env, shapes, x.dtype, None, K, scal)
+        return self._out(outs[K.output], rec), self._out(outs["R" + K.output], rec), rec
 
     def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
         K = rec["_K"]
         role = VJP_RVJP_PARAMS if not need_input and K.has(VJP_RVJP_PARAMS) else VJP_RVJP
         if not K.has(role):
             return super().vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
-        env = self._env(rec, g=np.ascontiguousarray(g), Rg=Rg, **self._directions(Rx, Rparams))
+        env = self._env(rec, g=self._in(np.ascontiguousarray(g), rec), Rg=self._in(Rg, rec),
+                        **self._directions(Rx, Rparams, rec))
         outs = K.run_named(role, env, self._dtype(rec), rec["_scalars"], rec["_shapes"])
         of = K.output_of
         grads = [outs[of[f"vjp:{p}"]] for p in self.trainable()]
         Rgrads = [outs[of[f"rvjp:{p}"]] for p in self.trainable()]
         if not need_input:
             return None, grads, None, Rgrads
-        return outs[of[f"vjp:{K.input}"]], grads, outs[of[f"rvjp:{K.input}"]], Rgrads
+        return self._out(outs[of[f"vjp:{K.input}"]], rec), grads, self._out(outs[of[f"rvjp:{K.input}"]], rec), Rgrads
 
     def residual(self, rec, g):
         if not rec["_K"].has("residual"):   # f'' ≡ 0 (e.g. ReLU): no kernel
             return None
-        g = np.ascontiguousarray(g)
-        return self._run("residual", self._env(rec, g=g), rec, g.dtype)
+        g = self._in(np.ascontiguousarray(g), rec)
+        return self._out(self._run("residual", self._env(rec, g=g), rec, g.dtype), rec)
 
     def bl(self, rec, h, g):
-        h = np.ascontiguousarray(h)
-        env = self._env(rec, H=h, g=None if g is None else np.ascontiguousarray(g))
+        h = self._in(np.ascontiguousarray(h), rec)
+        env = self._env(rec, H=h, g=None if g is None else self._in(np.ascontiguousarray(g), rec))
         hx = self._run(f"bl:{rec['_K'].input}", env, rec, h.dtype)
-        return hx, [self._run(f"bl:{p}", env, rec, h.dtype) for p in self.trainable()]
+        return self._out(hx, rec), [self._run(f"bl:{p}", env, rec, h.dtype) for p in self.trainable()]
 
     def sq_param_grads(self, rec, S, w):
         if not self.trainable():
             return []
+        if "_view" in rec:
+            S = np.ascontiguousarray(S).reshape((S.shape[0],) + rec["_view"][1])
         env = self._env(rec, S=np.ascontiguousarray(S), w=np.ascontiguousarray(w, dtype=S.dtype))
         return [self._run(f"sqvjp:{p}", env, rec, S.dtype) for p in self.trainable()]
 
