@@ -8,6 +8,10 @@ padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), `
 ``Dropout``, ``BatchNorm1d``/``BatchNorm2d`` (affine, tracked running statistics, a numeric
 momentum; weights and running statistics copied) and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
 PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
+
+Built-in layers map through their definitions (``derive/builtins.py`` ``LAYERS``: each one's
+``torch`` counterpart names the torch.nn class, its arguments and arrays, and the torch settings
+we can represent); activations, PReLU and Dropout are mapped here.
 """
 from __future__ import annotations
 
