@@ -159,23 +159,25 @@ class SpecKernels:
         self.output = entry["output"]
         self.params = list(entry["params"])
         self.scalars = list(entry["scalars"])
-        self.roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
+        roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
         # what the forward pass must keep for every later role: its input, outputs it reads (a spec
         # with no forward role, an update rule, keeps nothing)
-        fwd = self.roles.get("forward")
-        read = {a for r, role in self.roles.items() if not r.startswith("forward") for a in role.arrays}
+        fwd = roles.get("forward")
+        read = {a for r, role in roles.items() if not r.startswith("forward") for a in role.arrays}
         self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read) if fwd is not None else ()
         # the output each single role writes (vjp:W -> gW), to pick a fused role's results
-        self.output_of = {r: next(iter(role.outputs)) for r, role in self.roles.items() if role.outputs}
+        output_of = {r: next(iter(role.outputs)) for r, role in roles.items() if role.outputs}
         # a role writing several pullbacks at once (a composite spec's ``vjp``: grad_x, grad_gamma,
         # ...; its ``rvjp``: Rgrad_x, ...) serves ``vjp:<array>`` for each array it writes
-        self.joint = {}
+        joint = {}
         for r in ("vjp", "rvjp"):
-            for o in (self.roles[r].outputs if r in self.roles else ()):
+            for o in (roles[r].outputs if r in roles else ()):
                 prefix = "grad_" if r == "vjp" else "Rgrad_"
                 if o.startswith(prefix):
-                    self.joint[f"{r}:{o[len(prefix):]}"] = r
-                    self.output_of[f"{r}:{o[len(prefix):]}"] = o
+                    joint[f"{r}:{o[len(prefix):]}"] = r
+                    output_of[f"{r}:{o[len(prefix):]}"] = o
+        # published whole (another thread may read a lazily bound spec while this one binds it)
+        self.output_of, self.joint, self.roles = output_of, joint, roles
 
     def has(self, role: str) -> bool:
         return role in self.roles
