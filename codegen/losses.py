@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..derive.losses import (PointwiseLossDerivation, SoftmaxCrossEntropyDerivation,
                              derive_softmax_cross_entropy, mse, sigmoid_cross_entropy)
 from .config import DTYPES
+from .manifest import spec_entry
 from .printer import print_expr
 from .render import render
 
@@ -26,11 +27,43 @@ def _pointwise_context(d: PointwiseLossDerivation) -> dict:
             "grad_doc": str(d.grad_elem), "hess_doc": str(d.hess_elem)}
 
 
+def _role(kernel: str, arrays: list, outputs: list, like: str) -> dict:
+    """A loss role: the kernel returns the loss (``value`` roles) or fills its outputs."""
+    role = {"kernel": kernel, "call": arrays + outputs, "kwargs": [], "arrays": arrays, "optional": [],
+            "outputs": [{"name": o, "like": like, "dtype": "float"} for o in outputs]}
+    if kernel.endswith("_hvp"):
+        return role
+    role["returns"] = "loss"
+    return role
+
+
+def loss_manifest(ce: SoftmaxCrossEntropyDerivation | None, pointwise: list) -> dict:
+    """Every loss spec's roles: ``value`` (returns the mean loss), ``value+grad`` (also writes
+    ∂L/∂z) and ``hvp`` (the loss Hessian w.r.t. z times v); the softmax cross-entropy has the
+    ``:soft`` variants for probability targets, and its ``hvp`` reads the probabilities its
+    ``value+grad`` wrote."""
+    table = {}
+    if ce is not None:
+        n = ce.name
+        table[n] = spec_entry("loss", n, ce.hash, ["z"], [], "loss", [], {
+            "value": _role(n, ["z", "labels"], [], "z"),
+            "value+grad": _role(n, ["z", "labels"], ["grad", "probs"], "z"),
+            "value:soft": _role(f"{n}_soft", ["z", "t"], [], "z"),
+            "value+grad:soft": _role(f"{n}_soft", ["z", "t"], ["grad", "probs"], "z"),
+            "hvp": _role(f"{n}_hvp", ["probs", "v"], ["out"], "z")})
+    for d in pointwise:
+        table[d.name] = spec_entry("loss", d.name, d.hash, ["z"], [], "loss", [], {
+            "value": _role(d.name, ["z", "t"], [], "z"),
+            "value+grad": _role(d.name, ["z", "t"], ["grad"], "z"),
+            "hvp": _role(f"{d.name}_hvp", ["z", "t", "v"], ["out"], "z")})
+    return table
+
+
 def render_pointwise_losses_module(module: str, derivations: list[PointwiseLossDerivation]) -> str:
     """A module with only pointwise losses (a user's ``losses.from_sympy``), compiled on the fly."""
     specs = [{"name": d.name, "hash": d.hash} for d in derivations]
     return render("losses.pyx.j2", module=module, specs=specs, ce=None,
-                  pointwise=[_pointwise_context(d) for d in derivations],
+                  pointwise=[_pointwise_context(d) for d in derivations], manifest=loss_manifest(None, derivations),
                   doc="User loss kernels: value, gradient and Hessian-vector product.")
 
 
@@ -39,5 +72,5 @@ def render_losses_module(module: str = "losses") -> str:
     pw = [mse(), sigmoid_cross_entropy()]
     specs = [{"name": ce.name, "hash": ce.hash}] + [{"name": d.name, "hash": d.hash} for d in pw]
     return render("losses.pyx.j2", module=module, specs=specs, ce=_ce_context(ce),
-                  pointwise=[_pointwise_context(d) for d in pw],
+                  pointwise=[_pointwise_context(d) for d in pw], manifest=loss_manifest(ce, pw),
                   doc="Loss kernels: value, gradient and Hessian-vector product per loss.")

@@ -1,4 +1,6 @@
-"""The built-in specs: activations, the dense layer, losses and optimizer updates."""
+"""The built-in specs (activations, layers, losses and optimizer updates) and the built-in
+layers' definitions (:data:`LAYERS`: each layer's spec and what the spec cannot know, read by
+the runtime, checkpoints, the CLI, the document and interop)."""
 from __future__ import annotations
 
 import sympy as sp
@@ -102,8 +104,6 @@ MAXPOOL2D = ContractionSpec(
     doc="max pooling, written as its local linearization: M is the one-hot argmax of each window "
         "(first maximum in row-major window order, as PyTorch), saved by the forward pass")
 
-CONTRACTIONS = {DENSE.name: DENSE}
-WINDOWS = {s.name: s for s in (CONV2D, AVGPOOL2D, MAXPOOL2D)}
 
 # ---------------------------------------------------------------- composite layers (stages)
 from .composite import CompositeSpec, Stage  # noqa: E402
@@ -144,4 +144,115 @@ SOFTMAX = CompositeSpec(
     saved=(_y,), groups="one sample: its K classes",
     doc="softmax over axis 1, shifted by the row maximum (exp never overflows)")
 
-COMPOSITES = {s.name: s for s in (BATCHNORM, BATCHNORM_EVAL, SOFTMAX)}
+# ---------------------------------------------------------------- the built-in layers
+# One definition each: the spec, the constructor arguments (and the spec symbols they fix), the
+# parameters (shapes from the spec's extents), the torch.nn counterpart and the document's words.
+# `symprop generate` emits the kernels of every spec named here into the layer's module; the
+# runtime class, from_config, checkpoints, summary(), the document, the CLI and interop read it.
+from .layerdef import Arg, LayerDef, Param, TorchDef  # noqa: E402
+
+
+def _geometry(args: dict, defaults: dict) -> str:
+    """``, stride 2, padding 1`` for the window arguments away from their defaults."""
+    out = ""
+    for nm, dflt in defaults.items():
+        v = args[nm]
+        if v != dflt:
+            out += f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
+    return out
+
+
+def _pool_padding(args: dict):
+    if any(2 * p > k for p, k in zip(args["padding"], args["kernel_size"])):
+        return (f"padding {args['padding']} must be at most half the kernel size {args['kernel_size']} "
+                f"(as in PyTorch)")
+    return None
+
+
+_BIAS = Arg("bias", "flag", True)
+_WEIGHTS = (Param("W", penalized=True), Param("b", when="bias"))
+
+
+def _pool(name: str, spec, words: str, torch_module: str, requires: dict, keywords=None) -> LayerDef:
+    return LayerDef(
+        name, spec, "window",
+        args=(Arg("kernel_size", "pair", binds=("K_h", "K_w")),
+              Arg("stride", "pair", None, binds=("s_h", "s_w"), default_from="kernel_size"),
+              Arg("padding", "pair", 0, binds=("p_h", "p_w"), minimum=0)),
+        checks=(_pool_padding,), title=name + "({kernel_size})",
+        label=lambda a: (f"{words}, {a['kernel_size'][0]}$\\times${a['kernel_size'][1]}"
+                         + ("" if a["stride"] == a["kernel_size"] else f", stride {a['stride'][0]}")),
+        torch=TorchDef(torch_module, {"kernel_size": "kernel_size", "stride": "stride", "padding": "padding"},
+                       requires=requires, keywords=keywords or {}),
+        doc=spec.doc)
+
+
+def _batchnorm(name: str, ranks: tuple) -> LayerDef:
+    return LayerDef(
+        name, BATCHNORM, "composite", specs=(BATCHNORM_EVAL,),
+        args=(Arg("num_features", "count"), Arg("eps", "positive", 1e-5), Arg("momentum", "fraction", 0.1)),
+        params=(Param("gamma", "ones", ("num_features",)), Param("beta", "zeros", ("num_features",))),
+        buffers=(Param("running_mean", "zeros", ("num_features",)), Param("running_var", "ones", ("num_features",))),
+        curvature=("exact", "gauss_newton", "hutchinson"),   # exact: in eval mode only
+        ranks=ranks, channels="num_features", title=name + "({num_features})",
+        label="Batch normalization, {num_features} channels",
+        torch=TorchDef(name.replace("D", "d"), {"num_features": "num_features", "eps": "eps", "momentum": "momentum"},
+                       {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
+                        "running_var": "running_var"},
+                       requires={"affine": (True,), "track_running_stats": (True,)}),
+        doc=BATCHNORM.doc)
+
+
+LAYERS = {d.name: d for d in (
+    LayerDef("Dense", DENSE, "dense",
+             args=(Arg("in_features", "count", binds=("I",)), Arg("out_features", "count", binds=("O",)), _BIAS,
+                   Arg("dropconnect", "rate", 0.0, omit_default=True)),
+             params=_WEIGHTS, title="Dense({in_features} -> {out_features})",
+             label="Fully connected, {in_features}$\\to${out_features}",
+             torch=TorchDef("Linear", {"in_features": "in_features", "out_features": "out_features", "bias": "bias"},
+                            {"W": "weight", "b": "bias"}),
+             doc=DENSE.doc),
+    LayerDef("Conv2D", CONV2D, "window",
+             args=(Arg("in_channels", "count", binds=("C_in",)), Arg("out_channels", "count", binds=("C_out",)),
+                   Arg("kernel_size", "pair", binds=("K_h", "K_w")), Arg("stride", "pair", 1, binds=("s_h", "s_w")),
+                   Arg("padding", "pair", 0, binds=("p_h", "p_w"), minimum=0),
+                   Arg("dilation", "pair", 1, binds=("d_h", "d_w")), _BIAS),
+             params=_WEIGHTS, title="Conv2D({in_channels} -> {out_channels}, {kernel_size})",
+             label=lambda a: (f"Convolution, {a['in_channels']}$\\to${a['out_channels']}, "
+                              f"{a['kernel_size'][0]}$\\times${a['kernel_size'][1]}"
+                              + _geometry(a, {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1)})),
+             torch=TorchDef("Conv2d", {k: k for k in ("in_channels", "out_channels", "kernel_size", "stride",
+                                                       "padding", "dilation", "bias")},
+                            {"W": "weight", "b": "bias"}, requires={"groups": (1,), "padding_mode": ("zeros",)}),
+             doc=CONV2D.doc),
+    _pool("AvgPool2D", AVGPOOL2D, "Average pooling", "AvgPool2d",
+          {"ceil_mode": (False,), "count_include_pad": (True,), "divisor_override": (None,)},
+          {"count_include_pad": True}),
+    _pool("MaxPool2D", MAXPOOL2D, "Max pooling", "MaxPool2d",
+          {"ceil_mode": (False,), "dilation": (1, (1, 1)), "return_indices": (False,)}),
+    LayerDef("Flatten", None, shape=lambda args, s: (int(sp.prod(s)),), title="Flatten",
+             label="Flatten (a reshape)",
+             torch=TorchDef("Flatten", requires={"start_dim": (1,), "end_dim": (-1,)}),
+             doc="(N, C, H, W) -> (N, C·H·W); a movement op whose pullback is the inverse reshape"),
+    _batchnorm("BatchNorm1D", (1, 2)),
+    _batchnorm("BatchNorm2D", (3,)),
+    LayerDef("Softmax", SOFTMAX, "composite", curvature=("gauss_newton", "hutchinson"), ranks=(1,),
+             title="Softmax", label="Softmax",
+             torch=TorchDef("Softmax", requires={"dim": (1, -1)}, keywords={"dim": 1}), doc=SOFTMAX.doc),
+)}
+
+
+def _specs(module: str) -> dict:
+    """Every spec the layers of ``module`` run, by name, in definition order (what
+    ``symprop generate`` emits into ``generated/<module>.pyx``)."""
+    out = {}
+    for d in LAYERS.values():
+        if d.module == module:
+            for s in (d.spec, *d.specs):
+                out.setdefault(s.name, s)
+    return out
+
+
+CONTRACTIONS = _specs("dense")
+WINDOWS = _specs("window")
+COMPOSITES = _specs("composite")

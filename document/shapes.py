@@ -46,11 +46,6 @@ def _size(shape) -> int:
     return n
 
 
-def _window_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
-    """PyTorch's output size ⌊(H + 2p − d(k − 1) − 1)/s⌋ + 1 (as runtime/conv.py)."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 #: per loss: its name in the text, the label of its definition and of its Hessian
 LOSS_TEXT = {"softmax_cross_entropy": ("softmax cross-entropy", "eq:ce:def", "eq:ce:hvp"),
              "mse": ("mean squared error", "eq:mse:def", "eq:mse:hess"),
@@ -67,30 +62,12 @@ def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_c
     layers = []
     for cfg in configs:
         t = cfg.get("type")
-        if t == "Dense":
-            if shape != (cfg["in_features"],):
-                raise ValueError(f"latex: Dense({cfg['in_features']} -> {cfg['out_features']}) after a layer "
-                                 f"giving {shape}")
-            o = cfg["out_features"]
-            params = [("W", (o, cfg["in_features"]))] + ([("b", (o,))] if cfg.get("bias", True) else [])
-            la = ModelLayer(t, "dense", f"Fully connected, {cfg['in_features']}$\\to${o}", (o,), params, cfg)
-        elif t == "Conv2D":
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (cfg[k] for k in ("kernel_size", "stride", "padding", "dilation"))
-            o, c = cfg["out_channels"], cfg["in_channels"]
-            out = (o, _window_out(shape[1], kh, sh, ph, dh), _window_out(shape[2], kw, sw, pw, dw))
-            params = [("W", (o, c, kh, kw))] + ([("b", (o,))] if cfg.get("bias", True) else [])
-            extra = "".join(f", {nm} {v[0]}" if v[0] == v[1] else f", {nm} {v[0]}$\\times${v[1]}"
-                            for nm, v, dflt in (("stride", (sh, sw), 1), ("padding", (ph, pw), 0),
-                                                ("dilation", (dh, dw), 1)) if v != (dflt, dflt))
-            la = ModelLayer(t, "conv2d", f"Convolution, {c}$\\to${o}, {kh}$\\times${kw}{extra}", out, params, cfg)
-        elif t in ("MaxPool2D", "AvgPool2D"):
-            (kh, kw), (sh, sw), (ph, pw) = (cfg[k] for k in ("kernel_size", "stride", "padding"))
-            out = (shape[0], _window_out(shape[1], kh, sh, ph), _window_out(shape[2], kw, sw, pw))
-            extra = "" if (sh, sw) == (kh, kw) else f", stride {sh}"
-            kind = "Max pooling" if t == "MaxPool2D" else "Average pooling"
-            la = ModelLayer(t, t.lower(), f"{kind}, {kh}$\\times${kw}{extra}", out, [], cfg)
-        elif t == "Flatten":
-            la = ModelLayer(t, None, "Flatten (a reshape)", (_size(shape),), [], cfg)
+        d = builtins.LAYERS.get(t)
+        if d is not None:   # a built-in layer: shape rule, parameters and words from its definition
+            args = d.bind(**d.args_from_config(cfg))
+            params = [(p.name, d.param_shape(p, args)) for p in d.params if p.name in d.trained(args)]
+            la = ModelLayer(t, d.spec.name if d.spec is not None else None, d.words(args),
+                            d.out_shape(args, shape), params, cfg)
         elif t == "Activation":
             if cfg["name"] not in builtins.ACTIVATIONS:
                 raise ValueError(f"latex: activation {cfg['name']!r} is not a built-in spec")

@@ -451,3 +451,274 @@ def sigmoid_cross_entropy_hvp(a, t, v, out):
     else:
         _sigmoid_cross_entropy_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size)
     return out
+
+
+#: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
+#: bl:<array>, sqvjp:<param>, ...) the kernel, its positional and keyword arguments, which
+#: arrays are optional directions, its outputs and the array each output is shaped like.
+#: symprop.runtime.kernels runs every layer by looking roles up here.
+MANIFEST = __import__('json').loads(r'''{
+ "softmax_cross_entropy": {
+  "family": "loss",
+  "hash": "586a200c60c7996a",
+  "inputs": [
+   "z"
+  ],
+  "params": [],
+  "output": "loss",
+  "scalars": [],
+  "roles": {
+   "value": {
+    "kernel": "softmax_cross_entropy",
+    "call": [
+     "z",
+     "labels"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "labels"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad": {
+    "kernel": "softmax_cross_entropy",
+    "call": [
+     "z",
+     "labels",
+     "grad",
+     "probs"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "labels"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     },
+     {
+      "name": "probs",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "value:soft": {
+    "kernel": "softmax_cross_entropy_soft",
+    "call": [
+     "z",
+     "t"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad:soft": {
+    "kernel": "softmax_cross_entropy_soft",
+    "call": [
+     "z",
+     "t",
+     "grad",
+     "probs"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     },
+     {
+      "name": "probs",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "hvp": {
+    "kernel": "softmax_cross_entropy_hvp",
+    "call": [
+     "probs",
+     "v",
+     "out"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "probs",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "out",
+      "like": "z",
+      "dtype": "float"
+     }
+    ]
+   }
+  }
+ },
+ "mse": {
+  "family": "loss",
+  "hash": "ebc158772041d770",
+  "inputs": [
+   "z"
+  ],
+  "params": [],
+  "output": "loss",
+  "scalars": [],
+  "roles": {
+   "value": {
+    "kernel": "mse",
+    "call": [
+     "z",
+     "t"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad": {
+    "kernel": "mse",
+    "call": [
+     "z",
+     "t",
+     "grad"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "hvp": {
+    "kernel": "mse_hvp",
+    "call": [
+     "z",
+     "t",
+     "v",
+     "out"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "out",
+      "like": "z",
+      "dtype": "float"
+     }
+    ]
+   }
+  }
+ },
+ "sigmoid_cross_entropy": {
+  "family": "loss",
+  "hash": "ea88ba3417df5936",
+  "inputs": [
+   "z"
+  ],
+  "params": [],
+  "output": "loss",
+  "scalars": [],
+  "roles": {
+   "value": {
+    "kernel": "sigmoid_cross_entropy",
+    "call": [
+     "z",
+     "t"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad": {
+    "kernel": "sigmoid_cross_entropy",
+    "call": [
+     "z",
+     "t",
+     "grad"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "hvp": {
+    "kernel": "sigmoid_cross_entropy_hvp",
+    "call": [
+     "z",
+     "t",
+     "v",
+     "out"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "out",
+      "like": "z",
+      "dtype": "float"
+     }
+    ]
+   }
+  }
+ }
+}''')

@@ -33,14 +33,20 @@ class Activation(SpecLayer):
 
     def __init__(self, kernel_name: str, module=None, spec=None, params: dict | None = None):
         self.kernel_name = kernel_name
-        self.module = module if module is not None else _builtin_module()
         self.spec = spec
-        table = manifest(self.module)
-        if kernel_name not in table or table[kernel_name].get("kind", "activation") != "activation":
-            known = names() if module is None else sorted(table)
-            raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {known} "
-                             f"(or build one with Activation.from_sympy)")
-        defaults = table[kernel_name].get("defaults", {})
+        if module is None:   # a built-in: checked against the spec table, kernels bound at first use
+            from ..derive.builtins import ACTIVATIONS
+            if kernel_name not in ACTIVATIONS:
+                raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are "
+                                 f"{sorted(ACTIVATIONS)} (or build one with Activation.from_sympy)")
+            defaults = dict(ACTIVATIONS[kernel_name].params)
+        else:
+            table = manifest(module)
+            if kernel_name not in table or table[kernel_name].get("kind", "activation") != "activation":
+                raise ValueError(f"Activation: unknown activation {kernel_name!r}; built-ins are {sorted(table)} "
+                                 f"(or build one with Activation.from_sympy)")
+            defaults = table[kernel_name].get("defaults", {})
+        self._module = module
         params = dict(params or {})
         unknown = sorted(set(params) - set(defaults))
         if unknown:
@@ -52,7 +58,12 @@ class Activation(SpecLayer):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
                 raise ValueError(f"Activation({kernel_name}): {p} must be a finite number, got {v!r}")
             self.params[p] = float(v)
-        self._bind(self.module, kernel_name)
+        self._bind("activations" if module is None else module, kernel_name)
+
+    @property
+    def module(self):
+        """The compiled module of its kernels (a built-in's: loaded at first use)."""
+        return self._module if self._module is not None else _builtin_module()
 
     @property
     def name(self):
@@ -147,8 +158,8 @@ class LearnableActivation(SpecLayer):
     """An elementwise layer with one learnable parameter, one value per channel (axis 1) or
     one shared value, from a spec of the channelwise family (``generated/learnable``).
 
-    The kernels see the data as (N, C, S); the parameter's pullback is their reduction over
-    N and S (and C when shared). Reshapes are all this class does.
+    The kernels see the data as (N, C, S) (:meth:`kernel_view`; the executor reshapes); the
+    parameter's pullback is their reduction over N and S (and C when shared).
     """
 
     def __init__(self, spec_name: str, num_parameters: int = 1, init: float | None = None, module=None):
@@ -207,56 +218,13 @@ class LearnableActivation(SpecLayer):
         self.output_shape(x.shape[1:])
         return x
 
-    @staticmethod
-    def _to3(a, rec):
-        return None if a is None else np.ascontiguousarray(a).reshape(rec["_shapes"]["x"])
-
-    @staticmethod
-    def _back(a, rec):
-        return None if a is None else a.reshape(rec["shape"])
-
-    def forward(self, x, ctx=None):
-        x = self.check_input(x)
-        y, rec = super().forward(x.reshape(x.shape[0], x.shape[1], -1))
-        rec["shape"] = x.shape
-        return y.reshape(x.shape), rec
-
-    def vjp(self, rec, g, need_input=True):
-        gx, grads = super().vjp(rec, self._to3(g, rec), need_input)
-        return self._back(gx, rec), grads
-
-    def forward_jvp(self, x, Rx, Rparams, ctx=None):   # Layer's composition, through the reshaping passes above
-        return super(SpecLayer, self).forward_jvp(x, Rx, Rparams, ctx)
-
-    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        return super(SpecLayer, self).vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
-
-    def input_vjp(self, rec, g):
-        return self._back(super().input_vjp(rec, self._to3(g, rec)), rec)
-
-    def jvp(self, rec, Rx, Rparams):
-        return self._back(super().jvp(rec, self._to3(Rx, rec), Rparams), rec)
-
-    def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        Rgx, Rgrads = super().rvjp(rec, self._to3(g, rec), self._to3(Rg, rec), self._to3(Rx, rec), Rparams,
-                                   need_input)
-        return self._back(Rgx, rec), Rgrads
-
-    def residual(self, rec, g):
-        return self._back(super().residual(rec, self._to3(g, rec)), rec)
-
-    def bl(self, rec, h, g):
-        hx, hp = super().bl(rec, self._to3(h, rec), self._to3(g, rec))
-        return self._back(hx, rec), hp
-
-    def sq_param_grads(self, rec, S, w):
-        return super().sq_param_grads(rec, np.ascontiguousarray(S).reshape((S.shape[0],) + rec["_shapes"]["x"]), w)
+    def kernel_view(self, shape):
+        return (shape[0], shape[1], -1) if len(shape) != 3 else None
 
     def factor_backprop(self, rec, groups, g, exact, need_input=True):
         new, diag = super().factor_backprop(rec, groups, g, exact, need_input)
         if exact:   # the parameter's own second-order term Σ f_pp·ḡ: its Becker–LeCun role at h = 0
-            g3 = self._to3(g, rec)
-            diag[0] = diag[0] + super().bl(rec, np.zeros_like(g3), g3)[1][0]
+            diag[0] = diag[0] + self.bl(rec, np.zeros_like(g), g)[1][0]
         return new, diag
 
 

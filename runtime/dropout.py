@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import SpecKernels, load
+from .kernels import SpecKernels
 from .layer import EVAL, Layer
 
 
@@ -20,7 +20,7 @@ def check_rate(layer: str, p) -> float:
 
 
 def mask_kernels() -> SpecKernels:
-    return SpecKernels(load("activations"), "dropout")   # a spec of kind "mask" there
+    return SpecKernels("activations", "dropout")   # a spec of kind "mask" there (bound at first use)
 
 
 def draw_mask(rng: np.random.Generator, shape: tuple, p: float, dtype) -> np.ndarray:
@@ -63,7 +63,6 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         self.p = check_rate("Dropout", p)
-        mask_kernels()   # fail at construction if the kernels are missing
 
     @property
     def name(self):

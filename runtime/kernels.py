@@ -26,8 +26,8 @@ import numpy as np
 from .. import blas_threads
 from . import gemm_providers
 
-#: the fused roles (``codegen/fusion.py``)
-FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS = "forward+jvp", "vjp+rvjp", "vjp+rvjp:params"
+#: the fused roles, named where codegen makes them
+from ..codegen.fusion import FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS  # noqa: E402,F401
 
 _lock = threading.Lock()
 _registered: set = set()
@@ -77,6 +77,19 @@ def load(name: str):
     return register(importlib.import_module(f"symprop.generated.{name}"))
 
 
+class LazyModule:
+    """A built-in generated module loaded at its first attribute access (so importing the
+    runtime, building and describing models need no compiled kernels)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(load(self._name), attr)
+
+
 def manifest(module) -> dict:
     table = getattr(module, "MANIFEST", None)
     if not isinstance(table, dict):
@@ -94,7 +107,7 @@ class Role:
     """One role of one spec: a bound kernel and how to call it."""
 
     __slots__ = ("name", "fn", "call", "kwargs", "arrays", "optional", "outputs", "directions",
-                 "linear_in_directions", "zero_fill", "positional_scalars")
+                 "linear_in_directions", "zero_fill", "positional_scalars", "returns")
 
     def __init__(self, module, name: str, entry: dict):
         self.name = name
@@ -102,6 +115,7 @@ class Role:
         self.call = tuple(entry["call"])
         self.kwargs = tuple(entry["kwargs"])
         self.positional_scalars = frozenset(entry.get("scalars", ()))   # elementwise kernels
+        self.returns = entry.get("returns")   # a loss kernel's value: returned first, before the outputs
         self.arrays = tuple(entry["arrays"])
         self.optional = frozenset(entry["optional"])
         self.outputs = {o["name"]: (o["like"], np.int64 if o["dtype"] == "int64" else None)
@@ -117,24 +131,53 @@ class SpecKernels:
     """The kernels of one spec in one compiled module, by role."""
 
     def __init__(self, module, spec: str, owner: str | None = None):
+        """``module``: a compiled module, or the name of a built-in one (then loaded, and the
+        spec looked up, at the first use of anything but ``spec`` and ``owner``)."""
+        self.spec, self.owner = spec, owner or spec
+        self._source = module
+        if not isinstance(module, str):
+            self._resolve()
+
+    def __getattr__(self, attr):   # only for attributes not set yet: a lazily bound built-in
+        if attr.startswith("__") or attr in ("_source", "spec", "owner"):
+            raise AttributeError(attr)
+        self._resolve()
+        return object.__getattribute__(self, attr)
+
+    def _resolve(self):
+        module, spec, owner = self._source, self.spec, self.owner
+        if isinstance(module, str):
+            module = load(module)
         table = manifest(register(module))
         if spec not in table:
             raise ValueError(f"{owner or spec}: no spec {spec!r} in {module.__name__} "
                              f"(it has {sorted(table)})")
         entry = table[spec]
-        self.module, self.spec, self.owner = module, spec, owner or spec
+        self.module = module
         self.entry = entry
         self.input = entry["inputs"][0] if entry["inputs"] else "x"
         self.output = entry["output"]
         self.params = list(entry["params"])
         self.scalars = list(entry["scalars"])
-        self.roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
-        fwd = self.roles["forward"]
-        # what the forward pass must keep for every later role: its input, outputs it reads
-        read = {a for r, role in self.roles.items() if not r.startswith("forward") for a in role.arrays}
-        self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read)
+        roles = {r: Role(module, r, e) for r, e in entry["roles"].items()}
+        # what the forward pass must keep for every later role: its input, outputs it reads (a spec
+        # with no forward role, an update rule, keeps nothing)
+        fwd = roles.get("forward")
+        read = {a for r, role in roles.items() if not r.startswith("forward") for a in role.arrays}
+        self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read) if fwd is not None else ()
         # the output each single role writes (vjp:W -> gW), to pick a fused role's results
-        self.output_of = {r: next(iter(role.outputs)) for r, role in self.roles.items() if role.outputs}
+        output_of = {r: next(iter(role.outputs)) for r, role in roles.items() if role.outputs}
+        # a role writing several pullbacks at once (a composite spec's ``vjp``: grad_x, grad_gamma,
+        # ...; its ``rvjp``: Rgrad_x, ...) serves ``vjp:<array>`` for each array it writes
+        joint = {}
+        for r in ("vjp", "rvjp"):
+            for o in (roles[r].outputs if r in roles else ()):
+                prefix = "grad_" if r == "vjp" else "Rgrad_"
+                if o.startswith(prefix):
+                    joint[f"{r}:{o[len(prefix):]}"] = r
+                    output_of[f"{r}:{o[len(prefix):]}"] = o
+        # published whole (another thread may read a lazily bound spec while this one binds it)
+        self.output_of, self.joint, self.roles = output_of, joint, roles
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -179,8 +222,7 @@ class SpecKernels:
                 elif v is None and a not in r.optional:
                     raise ValueError(f"{self.owner}: kernel {role!r} needs array {a!r}")
             args.append(v)
-        if r.kwargs:
-            r.fn(*args, **{k: scalars[k] for k in r.kwargs})
-        else:
-            r.fn(*args)
+        ret = r.fn(*args, **{k: scalars[k] for k in r.kwargs}) if r.kwargs else r.fn(*args)
+        if r.returns:
+            return [ret] + [outs[o] for o in r.outputs]
         return [outs[o] for o in r.outputs]

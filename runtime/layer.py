@@ -220,13 +220,19 @@ class Layer:
 
 
 class SpecLayer(Layer):
-    """A layer whose every pass is a role of one spec, run by the manifest executor.
+    """A layer whose every pass is a role of one spec, run by the manifest executor — the one
+    base of every layer with kernels: elementwise, learnable, contraction, window and composite.
 
     Subclasses give the spec's arrays (:meth:`spec_arrays`), the names of the trainable ones
     in ``parameters()`` order (:meth:`trainable`), the kernels' scalars and shape inference.
+    A forward call's record holds the kernels it ran (``_K``: a layer may pick them per call,
+    as BatchNorm does in train and eval mode), their scalars (``_scalars``), the output shapes
+    and the saved arrays; every later role of the call runs with those.
     """
 
     def _bind(self, module, spec: str):
+        """Run the roles of ``spec`` in ``module`` (a module object, or the name of a built-in
+        generated module, loaded at first use: describing a layer needs no compiled kernels)."""
         self.kernels = SpecKernels(module, spec, owner=self.name)
 
     def spec_arrays(self) -> dict:
@@ -244,8 +250,34 @@ class SpecLayer(Layer):
     def scalars(self) -> dict:
         return {}
 
+    def call_scalars(self, shape: tuple) -> dict:
+        """The kernels' scalars for an input of ``shape`` (a composite adds its layout)."""
+        return self.scalars()
+
+    def call_shapes(self, x) -> dict:
+        """Shapes of the arrays the kernels allocate, by canonical name, for the input ``x``."""
+        K = self.kernels
+        return {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
+
     def check_input(self, x) -> np.ndarray:
         return check_float_input(self, x)
+
+    def kernel_view(self, shape: tuple):
+        """The shape the kernels see for an input of ``shape``, or None to see it as it is (a
+        learnable activation's kernels see (N, C, rest)): the one reshape a layer may need."""
+        return None
+
+    @staticmethod
+    def _in(a, rec):
+        """An input- or output-shaped array as the kernels see it (the call's view)."""
+        if a is None or "_view" not in rec:
+            return a
+        return np.ascontiguousarray(a).reshape(rec["_view"][1])
+
+    @staticmethod
+    def _out(a, rec):
+        """A kernel result shaped like the input, back in the caller's shape."""
+        return a if a is None or "_view" not in rec else a.reshape(rec["_view"][0])
 
     def _env(self, rec: dict, **arrays) -> dict:
         env = self.spec_arrays()
@@ -254,109 +286,140 @@ class SpecLayer(Layer):
         return env
 
     def _run(self, role, env, rec, dtype):
-        return self.kernels.run(role, env, dtype, self.scalars(), rec["_shapes"])
+        return rec["_K"].run(role, env, dtype, rec["_scalars"], rec["_shapes"])
+
+    def _pullbacks(self, kind: str, env: dict, rec: dict, dtype, arrays) -> list:
+        """The ``kind`` (``vjp`` or ``rvjp``) roles of ``arrays``: one kernel each, or one kernel
+        for all when the spec has a joint role (a composite spec's ``vjp`` writes grad_x,
+        grad_gamma, ... at once)."""
+        K = rec["_K"]
+        if arrays and all(f"{kind}:{a}" in K.joint for a in arrays):
+            outs = K.run_named(kind, env, dtype, rec["_scalars"], rec["_shapes"])
+            return [outs.get(K.output_of[f"{kind}:{a}"]) for a in arrays]
+        return [self._run(f"{kind}:{a}", env, rec, dtype) for a in arrays]
 
     def _forward_env(self, x, arrays: dict | None = None):
         """The checked input, the output shapes and the environment of a forward role."""
         x = self.check_input(x)
-        K = self.kernels
-        shapes = {K.input: x.shape, K.output: (x.shape[0],) + self.output_shape(x.shape[1:])}
+        caller = x.shape
+        view = self.kernel_view(caller)
+        if view is not None:
+            x = x.reshape(view)
+        shapes = self.call_shapes(x)
+        if view is not None:
+            shapes["_caller"] = caller
         env = self.spec_arrays()
         if arrays:
             env.update(arrays)
-        env[K.input] = x
+        env[self.kernels.input] = x
         return x, shapes, env
 
-    def _record(self, env: dict, shapes: dict, dtype, arrays: dict | None = None) -> dict:
-        """What a forward call keeps for the later passes: the saved arrays (and ``arrays``)."""
-        rec = {"_shapes": shapes, "_dtype": dtype}
-        for a in self.kernels.saved:
+    def _record(self, env: dict, shapes: dict, dtype, arrays: dict | None = None, K=None,
+                scalars: dict | None = None) -> dict:
+        """What a forward call keeps for the later passes: its kernels and scalars, the saved
+        arrays (and ``arrays``)."""
+        K = K or self.kernels
+        rec = {"_shapes": shapes, "_dtype": dtype, "_K": K,
+               "_scalars": self.call_scalars(shapes[K.input]) if scalars is None else scalars}
+        for a in K.saved:
             rec[a] = env[a]
         if arrays:
             rec.update(arrays)
+        if "_caller" in shapes:   # the kernels see another shape (kernel_view): input-shaped arrays are reshaped
+            rec["_view"] = (shapes["_caller"], shapes[K.input])
         return rec
+
+    def forward_call(self, x, arrays: dict | None = None, K=None):
+        """Run the forward role: ``(env with every forward output, record)``."""
+        K = K or self.kernels
+        x, shapes, env = self._forward_env(x, arrays)
+        scal = self.call_scalars(x.shape)
+        env.update(K.run_named("forward", env, x.dtype, scal, shapes))
+        return env, self._record(env, shapes, x.dtype, arrays, K, scal)
 
     def forward(self, x, ctx: Context = EVAL, arrays: dict | None = None):
         """``arrays`` replace spec arrays for this call (e.g. DropConnect's masked weight);
         the record keeps them, so every later pass of the call sees the same arrays."""
-        K = self.kernels
-        x, shapes, env = self._forward_env(x, arrays)
-        res = K.run("forward", env, x.dtype, self.scalars(), shapes)
-        outs = res if isinstance(res, tuple) else (res,)
-        for name, v in zip(K.roles["forward"].outputs, outs):
-            env[name] = v
-        return outs[0], self._record(env, shapes, x.dtype, arrays)
+        env, rec = self.forward_call(x, arrays)
+        return self._out(env[rec["_K"].output], rec), rec
 
     def vjp(self, rec, g, need_input=True):
-        g = np.ascontiguousarray(g)
+        g = self._in(np.ascontiguousarray(g), rec)
         env = self._env(rec, g=g)
-        grads = [self._run(f"vjp:{p}", env, rec, g.dtype) for p in self.trainable()]
-        gx = self._run(f"vjp:{self.kernels.input}", env, rec, g.dtype) if need_input else None
-        return gx, grads
+        K = rec["_K"]
+        arrays = list(self.trainable()) + ([K.input] if need_input else [])
+        outs = self._pullbacks("vjp", env, rec, g.dtype, arrays)
+        return (self._out(outs[-1], rec) if need_input else None), outs[:len(self.trainable())]
 
     def input_vjp(self, rec, g):
-        g = np.ascontiguousarray(g)
-        return self._run(f"vjp:{self.kernels.input}", self._env(rec, g=g), rec, g.dtype)
+        g = self._in(np.ascontiguousarray(g), rec)
+        return self._out(self._pullbacks("vjp", self._env(rec, g=g), rec, g.dtype, [rec["_K"].input])[0], rec)
 
-    def _directions(self, Rx, Rparams) -> dict:
-        d = {"R" + self.kernels.input: Rx}
+    def _directions(self, Rx, Rparams, rec=None) -> dict:
+        d = {"R" + self.kernels.input: None if Rx is None else self._in(np.ascontiguousarray(Rx), rec or {})}
         for p, v in zip(self.trainable(), Rparams):
             d["R" + p] = v
         return d
 
     def jvp(self, rec, Rx, Rparams):
-        env = self._env(rec, **self._directions(Rx, Rparams))
-        return self._run("jvp", env, rec, self._dtype(rec))
+        env = self._env(rec, **self._directions(Rx, Rparams, rec))
+        return self._out(self._run("jvp", env, rec, self._dtype(rec)), rec)
 
     def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        env = self._env(rec, g=np.ascontiguousarray(g), Rg=Rg, **self._directions(Rx, Rparams))
-        dt = self._dtype(rec)
-        Rgrads = []
-        for p in self.trainable():
-            r = self._run(f"rvjp:{p}", env, rec, dt)
-            Rgrads.append(np.zeros_like(env[p]) if r is None else r)
-        Rgx = self._run(f"rvjp:{self.kernels.input}", env, rec, dt) if need_input else None
-        return Rgx, Rgrads
+        env = self._env(rec, g=self._in(np.ascontiguousarray(g), rec), Rg=self._in(Rg, rec),
+                        **self._directions(Rx, Rparams, rec))
+        K = rec["_K"]
+        n = len(self.trainable())
+        outs = self._pullbacks("rvjp", env, rec, self._dtype(rec),
+                               list(self.trainable()) + ([K.input] if need_input else []))
+        Rgrads = [np.zeros_like(env[p]) if r is None else r for p, r in zip(self.trainable(), outs[:n])]
+        return (self._out(outs[n], rec) if need_input else None), Rgrads
 
     def forward_jvp(self, x, Rx, Rparams, ctx: Context = EVAL):
         K = self.kernels
         if not K.has(FORWARD_JVP):
             return super().forward_jvp(x, Rx, Rparams, ctx)
         x, shapes, env = self._forward_env(x)
-        env.update(self._directions(Rx, Rparams))
-        outs = K.run_named(FORWARD_JVP, env, x.dtype, self.scalars(), shapes)
+        view = {"_view": (shapes["_caller"], x.shape)} if "_caller" in shapes else {}
+        env.update(self._directions(Rx, Rparams, view))
+        scal = self.call_scalars(x.shape)
+        outs = K.run_named(FORWARD_JVP, env, x.dtype, scal, shapes)
         env.update(outs)
-        return outs[K.output], outs["R" + K.output], self._record(env, shapes, x.dtype)
+        rec = self._record(env, shapes, x.dtype, None, K, scal)
+        return self._out(outs[K.output], rec), self._out(outs["R" + K.output], rec), rec
 
     def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        K = self.kernels
+        K = rec["_K"]
         role = VJP_RVJP_PARAMS if not need_input and K.has(VJP_RVJP_PARAMS) else VJP_RVJP
         if not K.has(role):
             return super().vjp_rvjp(rec, g, Rg, Rx, Rparams, need_input)
-        env = self._env(rec, g=np.ascontiguousarray(g), Rg=Rg, **self._directions(Rx, Rparams))
-        outs = K.run_named(role, env, self._dtype(rec), self.scalars(), rec["_shapes"])
+        env = self._env(rec, g=self._in(np.ascontiguousarray(g), rec), Rg=self._in(Rg, rec),
+                        **self._directions(Rx, Rparams, rec))
+        outs = K.run_named(role, env, self._dtype(rec), rec["_scalars"], rec["_shapes"])
         of = K.output_of
         grads = [outs[of[f"vjp:{p}"]] for p in self.trainable()]
         Rgrads = [outs[of[f"rvjp:{p}"]] for p in self.trainable()]
         if not need_input:
             return None, grads, None, Rgrads
-        return outs[of[f"vjp:{K.input}"]], grads, outs[of[f"rvjp:{K.input}"]], Rgrads
+        return self._out(outs[of[f"vjp:{K.input}"]], rec), grads, self._out(outs[of[f"rvjp:{K.input}"]], rec), Rgrads
 
     def residual(self, rec, g):
-        if not self.kernels.has("residual"):   # f'' ≡ 0 (e.g. ReLU): no kernel
+        if not rec["_K"].has("residual"):   # f'' ≡ 0 (e.g. ReLU): no kernel
             return None
-        g = np.ascontiguousarray(g)
-        return self._run("residual", self._env(rec, g=g), rec, g.dtype)
+        g = self._in(np.ascontiguousarray(g), rec)
+        return self._out(self._run("residual", self._env(rec, g=g), rec, g.dtype), rec)
 
     def bl(self, rec, h, g):
-        h = np.ascontiguousarray(h)
-        env = self._env(rec, H=h, g=None if g is None else np.ascontiguousarray(g))
-        hx = self._run(f"bl:{self.kernels.input}", env, rec, h.dtype)
-        return hx, [self._run(f"bl:{p}", env, rec, h.dtype) for p in self.trainable()]
+        h = self._in(np.ascontiguousarray(h), rec)
+        env = self._env(rec, H=h, g=None if g is None else self._in(np.ascontiguousarray(g), rec))
+        hx = self._run(f"bl:{rec['_K'].input}", env, rec, h.dtype)
+        return self._out(hx, rec), [self._run(f"bl:{p}", env, rec, h.dtype) for p in self.trainable()]
 
     def sq_param_grads(self, rec, S, w):
         if not self.trainable():
             return []
+        if "_view" in rec:
+            S = np.ascontiguousarray(S).reshape((S.shape[0],) + rec["_view"][1])
         env = self._env(rec, S=np.ascontiguousarray(S), w=np.ascontiguousarray(w, dtype=S.dtype))
         return [self._run(f"sqvjp:{p}", env, rec, S.dtype) for p in self.trainable()]
 

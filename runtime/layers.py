@@ -8,6 +8,7 @@ from __future__ import annotations
 from .activation import (ELU, GELU, Activation, LeakyReLU, LearnableActivation, Mish, PReLU, ReLU, Sigmoid, SiLU,
                          SoftPlus, Swish, Tanh, names as activation_names)
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
+from .defined import DefinedLayer, definitions, layer_class
 from .dense import Dense
 from .dropout import Dropout
 from .layer import Layer, SpecLayer
@@ -18,7 +19,14 @@ from .user_layers import ContractionLayer, GroupLayer, from_spec
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
            "SiLU", "Swish", "GELU", "Mish", "PReLU", "LearnableActivation", "Conv2D",
            "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "BatchNorm1D", "BatchNorm2D", "Softmax", "CompositeLayer",
-           "activation_names", "from_config", "from_spec", "ContractionLayer", "GroupLayer"]
+           "activation_names", "from_config", "from_spec", "ContractionLayer", "GroupLayer", "DefinedLayer"]
+
+# every built-in layer by its definition (derive/builtins.py LAYERS): a layer defined there and
+# nowhere else is L.<Name> through a class made from its definition
+for _name in definitions():
+    globals()[_name] = layer_class(_name)
+    if _name not in __all__:
+        __all__.append(_name)
 
 
 def custom_object(kind: str, name: str, saved_hash, custom_objects: dict | None):
@@ -39,30 +47,17 @@ def custom_object(kind: str, name: str, saved_hash, custom_objects: dict | None)
 def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
     """Rebuild a layer from :meth:`Layer.config` (used by checkpoints; no pickle)."""
     kind = cfg.get("type")
-    if kind == "Dense":
-        return Dense(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True),
-                     dropconnect=cfg.get("dropconnect", 0.0))
+    defs = definitions()
+    if kind in defs:   # a built-in layer: its definition says which arguments the config holds
+        return layer_class(kind)(**defs[kind].args_from_config(cfg))
     if kind == "LearnableActivation":
         if cfg.get("hash") is not None:   # a user's learnable spec
             obj = custom_object("layer", cfg["name"], cfg["hash"], custom_objects)
             return from_spec(getattr(obj, "spec", None) or obj, num_parameters=cfg.get("num_parameters", 1),
                              init=cfg.get("init"))
         return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
-    if kind in ("BatchNorm1D", "BatchNorm2D"):
-        return {"BatchNorm1D": BatchNorm1D, "BatchNorm2D": BatchNorm2D}[kind](
-            cfg["num_features"], eps=cfg.get("eps", 1e-5), momentum=cfg.get("momentum", 0.1))
-    if kind == "Softmax":
-        return Softmax()
     if kind == "Dropout":
         return Dropout(cfg["p"])
-    if kind == "Conv2D":
-        return Conv2D(cfg["in_channels"], cfg["out_channels"], tuple(cfg["kernel_size"]), tuple(cfg["stride"]),
-                      tuple(cfg["padding"]), tuple(cfg["dilation"]), bias=cfg["bias"])
-    if kind in ("MaxPool2D", "AvgPool2D"):
-        return {"MaxPool2D": MaxPool2D, "AvgPool2D": AvgPool2D}[kind](
-            tuple(cfg["kernel_size"]), tuple(cfg["stride"]), tuple(cfg["padding"]))
-    if kind == "Flatten":
-        return Flatten()
     if kind == "Residual":
         return Residual([from_config(c, custom_objects) for c in cfg["layers"]], cfg.get("projection"))
     if kind == "Activation":

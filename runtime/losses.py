@@ -1,11 +1,20 @@
-"""Losses: validate targets and call the generated loss kernels."""
+"""Losses: validate targets and run the generated loss kernels by role (``value``,
+``value+grad``, ``hvp``) through the manifest executor, as layers run theirs."""
 from __future__ import annotations
 
 import numpy as np
 
-from .kernels import load
+from .kernels import SpecKernels
 
-_losses = load("losses")
+_builtin: dict = {}
+
+
+def _kernels(spec: str) -> SpecKernels:
+    """The roles of the built-in loss ``spec`` (``generated/losses``, loaded at first use)."""
+    K = _builtin.get(spec)
+    if K is None:
+        K = _builtin[spec] = SpecKernels("losses", spec)
+    return K
 
 
 class Loss:
@@ -83,21 +92,23 @@ class SoftmaxCrossEntropy(Loss):
                              f"normalize them, e.g. t / t.sum(axis=1, keepdims=True)")
         return np.ascontiguousarray(y)
 
-    def value_and_grad(self, out, y):
-        grad, probs = np.empty_like(out), np.empty_like(out)
+    def _targets(self, out, y) -> tuple:
+        """The role suffix and environment of targets ``y``: labels, or probabilities (``:soft``)."""
         if y.ndim == 2:
-            loss = _losses.softmax_cross_entropy_soft(out, np.ascontiguousarray(y, dtype=out.dtype), grad, probs)
-        else:
-            loss = _losses.softmax_cross_entropy(out, y, grad, probs)
+            return ":soft", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)}
+        return "", {"z": out, "labels": y}
+
+    def value_and_grad(self, out, y):
+        soft, env = self._targets(out, y)
+        loss, grad, probs = _kernels(self.name).run("value+grad" + soft, env, out.dtype)
         return loss, grad, probs
 
     def value(self, out, y):
-        if y.ndim == 2:
-            return _losses.softmax_cross_entropy_soft(out, np.ascontiguousarray(y, dtype=out.dtype))
-        return _losses.softmax_cross_entropy(out, y)
+        soft, env = self._targets(out, y)
+        return _kernels(self.name).run("value" + soft, env, out.dtype)
 
     def hvp(self, ctx, out, y, v):
-        return _losses.softmax_cross_entropy_hvp(ctx, np.ascontiguousarray(v), np.empty_like(out))
+        return _kernels(self.name).run("hvp", {"probs": ctx, "v": np.ascontiguousarray(v), "z": out}, out.dtype)
 
     def predict(self, out):
         return out.argmax(axis=1)
@@ -124,20 +135,20 @@ class MSE(Loss):
             raise ValueError(f"{self.name}: targets of shape {y.shape} contain NaN or inf")
         return y
 
-    def _kernels(self):
-        return _losses.mse, _losses.mse_hvp
+    def kernels(self) -> SpecKernels:
+        return _kernels(self.name)
 
     def value_and_grad(self, out, y):
-        y = np.ascontiguousarray(y, dtype=out.dtype)
-        grad = np.empty_like(out)
-        return self._kernels()[0](out, y, grad), grad, None
+        loss, grad = self.kernels().run("value+grad", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)},
+                                        out.dtype)
+        return loss, grad, None
 
     def value(self, out, y):
-        return self._kernels()[0](out, np.ascontiguousarray(y, dtype=out.dtype))
+        return self.kernels().run("value", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)}, out.dtype)
 
     def hvp(self, ctx, out, y, v):
-        return self._kernels()[1](out, np.ascontiguousarray(y, dtype=out.dtype), np.ascontiguousarray(v),
-                               np.empty_like(out))
+        env = {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype), "v": np.ascontiguousarray(v)}
+        return self.kernels().run("hvp", env, out.dtype)
 
 
 class SigmoidCrossEntropy(MSE):
@@ -155,9 +166,6 @@ class SigmoidCrossEntropy(MSE):
             raise ValueError(f"{self.name}: targets must lie in [0, 1], got [{y.min()}, {y.max()}]")
         return y
 
-    def _kernels(self):
-        return _losses.sigmoid_cross_entropy, _losses.sigmoid_cross_entropy_hvp
-
     def predict(self, out):
         return (out > 0).astype(np.int64)
 
@@ -172,13 +180,14 @@ class PointwiseLoss(MSE):
 
     def __init__(self, spec, module):
         self.spec, self.module, self.name = spec, module, spec.name
+        self._K = SpecKernels(module, spec.name)
 
     @property
     def hash(self) -> str:
         return self.spec.hash
 
-    def _kernels(self):
-        return getattr(self.module, self.name), getattr(self.module, self.name + "_hvp")
+    def kernels(self) -> SpecKernels:
+        return self._K
 
     def __repr__(self):
         return f"losses.from_sympy({self.name!r}, {self.spec.expr})"

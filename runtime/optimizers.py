@@ -10,10 +10,24 @@ import numbers
 
 import numpy as np
 
-from .kernels import load
+from .kernels import LazyModule, SpecKernels
 from .optimizer_defaults import DEFAULTS
 
-_opt = load("optimizers")
+_opt = LazyModule("optimizers")   # the compiled update kernels, loaded at first use (tests call them directly)
+_rules: dict = {}
+
+
+def update(rule: str, **arrays_and_scalars) -> None:
+    """Run the ``update`` role of the update-rule spec ``rule`` (``generated/optimizers``) as its
+    manifest says: arrays and scalars by their names in the spec, passed in the manifest's call
+    order; the arrays it marks as written are updated in place (an update role allocates
+    nothing, so the kernel is called directly with the bound arguments)."""
+    bound = _rules.get(rule)
+    if bound is None:
+        role = SpecKernels("optimizers", rule, owner=rule).roles["update"]
+        bound = _rules[rule] = (role.fn, role.call)
+    fn, call = bound
+    fn(*[arrays_and_scalars[a] for a in call])
 
 
 def check_real(owner: str, name: str, v, *, low=None, low_open: bool = False, high=None,
@@ -166,8 +180,8 @@ class SGD(Optimizer):
         return [np.zeros_like(p) for p in params]
 
     def _update(self, i, p, g, v):
-        (_opt.nesterov_update if self.nesterov else _opt.sgd_update)(p, g, v, self.lr, self.momentum,
-                                                                      self.weight_decay)
+        update("nesterov_update" if self.nesterov else "sgd_update", p=p, g=g, v=v, lr=self.lr, mu=self.momentum,
+               wd=self.weight_decay)
 
 
 class AdaGrad(Optimizer):
@@ -185,7 +199,8 @@ class AdaGrad(Optimizer):
         return [np.zeros_like(p) for p in params]
 
     def _update(self, i, p, g, s):
-        _opt.adagrad_update(p, g, s, self.lr / (1 + (self.t - 1) * self.lr_decay), self.eps, self.weight_decay)
+        update("adagrad_update", p=p, g=g, s=s, lr=self.lr / (1 + (self.t - 1) * self.lr_decay), eps=self.eps,
+               wd=self.weight_decay)
 
 
 class RMSProp(Optimizer):
@@ -206,7 +221,8 @@ class RMSProp(Optimizer):
 
     def _update(self, i, p, g, state):
         s, v = state
-        _opt.rmsprop_update(p, g, s, v, self.lr, self.alpha, self.eps, self.momentum, self.weight_decay)
+        update("rmsprop_update", p=p, g=g, s=s, v=v, lr=self.lr, alpha=self.alpha, eps=self.eps, mu=self.momentum,
+               wd=self.weight_decay)
 
 
 RMSprop = RMSProp
@@ -230,8 +246,8 @@ class Adam(Optimizer):
 
     def _update(self, i, p, g, state):
         m, s = state
-        getattr(_opt, self._kernel)(p, g, m, s, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
-                                    1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+        update(self._kernel, p=p, g=g, m=m, s=s, lr=self.lr, beta1=self.b1, beta2=self.b2, eps=self.eps,
+               wd=self.weight_decay, bc1=1 - self.b1 ** self.t, bc2=1 - self.b2 ** self.t)
 
 
 class AdamW(Adam):
@@ -359,8 +375,8 @@ class AdaHessian(Optimizer):
         out = []
         for (m, s), g, d in zip(self.state, grads, D):
             r = np.empty_like(m)
-            _opt.adahessian_ratio(np.ascontiguousarray(g, dtype=m.dtype), np.ascontiguousarray(d, dtype=m.dtype),
-                                  m, s, r, self.b1, self.b2, self.eps, bc1, bc2, self.k)
+            update("adahessian_ratio", g=np.ascontiguousarray(g, dtype=m.dtype), d=np.ascontiguousarray(d, dtype=m.dtype),
+                   m=m, s=s, r=r, beta1=self.b1, beta2=self.b2, eps=self.eps, bc1=bc1, bc2=bc2, k=self.k)
             out.append(float(r.max()) if r.size else 0.0)
         return out
 
@@ -391,12 +407,12 @@ class AdaHessian(Optimizer):
 
     def _update(self, i, p, g, state):
         m, s = state
-        args = (p, g, self._D[i], m, s, self.lr, self.b1, self.b2, self.eps,
-                self.weight_decay, 1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+        args = dict(p=p, g=g, d=self._D[i], m=m, s=s, lr=self.lr, beta1=self.b1, beta2=self.b2, eps=self.eps,
+                    wd=self.weight_decay, bc1=1 - self.b1 ** self.t, bc2=1 - self.b2 ** self.t)
         if self.k == 1:
-            _opt.adahessian_update(*args)
+            update("adahessian_update", **args)
         else:
-            _opt.adahessian_update_pow(*args, self.k)
+            update("adahessian_update_pow", k=self.k, **args)
 
 
 class Newton(Optimizer):

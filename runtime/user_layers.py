@@ -225,8 +225,7 @@ class GroupLayer(CompositeLayer):
             raise TypeError(f"{self.name}: init for unknown parameter(s) {extra}; it has {names}")
         self.arrays = {p: None for p in names}
         self.groups = None
-        from .kernels import SpecKernels
-        self.K = SpecKernels(self.module, spec.name, owner=self.name)
+        self._bind(self.module, spec.name)
 
     @property
     def name(self):
@@ -279,25 +278,26 @@ class GroupLayer(CompositeLayer):
     def trainable(self):
         return tuple(self.arrays)
 
-    def _spec_arrays(self):
+    def spec_arrays(self):
         return dict(self.arrays)
 
-    def forward(self, x, ctx: Context = EVAL):
-        x = self.check_input(x)
+    def _tiled(self, n: int) -> dict:
+        return {p: _per_row(a, n) for p, a in self.arrays.items()}
+
+    def check_input(self, x):
+        x = super().check_input(x)
         if self.arrays and self.layout(x.shape)[1] != self.groups * x.shape[0]:
             raise ValueError(f"{self.name}: built for {self.groups} groups per sample, got input {x.shape}")
-        rec = self._record(x, self.K)
-        env = {"x": x, **{p: _per_row(a, x.shape[0]) for p, a in self.arrays.items()}}
-        outs = self._run(self.K, "forward", env, rec)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        for name, v in zip(self.K.roles["forward"].outputs, outs):
-            rec[name] = v
-        return outs[0], rec
+        return x
+
+    def _forward_env(self, x, arrays=None):
+        x, shapes, env = super()._forward_env(x, arrays)
+        env.update(self._tiled(x.shape[0]))
+        return x, shapes, env
 
     def _env(self, rec, **arrays):
-        env = {k: v for k, v in rec.items() if not k.startswith("_")}
-        n = rec["_shapes"]["x"][0]
-        env.update({p: _per_row(a, n) for p, a in self.arrays.items()})
+        env = super()._env(rec)
+        env.update(self._tiled(rec["_shapes"]["x"][0]))
         env.update(arrays)
         return env
 
@@ -313,11 +313,11 @@ class GroupLayer(CompositeLayer):
 
     def jvp(self, rec, Rx, Rparams):
         n = rec["_shapes"]["x"][0]
-        return CompositeLayer.jvp(self, rec, Rx, [_per_row(v, n) for v in Rparams])
+        return super().jvp(rec, Rx, [_per_row(v, n) for v in Rparams])
 
     def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
         n = rec["_shapes"]["x"][0]
-        Rgx, Rgrads = CompositeLayer.rvjp(self, rec, g, Rg, Rx, [_per_row(v, n) for v in Rparams], need_input)
+        Rgx, Rgrads = super().rvjp(rec, g, Rg, Rx, [_per_row(v, n) for v in Rparams], need_input)
         return Rgx, self._fold(rec, Rgrads)
 
     def bl(self, rec, h, g):

@@ -257,86 +257,18 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def _pair(v):
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
-def _shape_only_layers():
-    """Stand-ins for ``runtime.layers`` that only know configs and shapes, so the model
-    builders of ``runtime/models.py`` run without compiled kernels."""
-    import types
-
-    from . import document as latex
-    from .derive import builtins
-
-    class Stub:
-        def __init__(self, **cfg):
-            self.cfg = cfg
-
-        def config(self):
-            return dict(self.cfg)
-
-        def build(self, shape, dtype=None, rng=None):
-            return latex.describe_model("", shape, [self.cfg]).layers[0].out_shape
-
-    L = types.ModuleType("shape_only_layers")
-    L.Dense = lambda in_features, out_features, bias=True, **kw: Stub(
-        type="Dense", in_features=in_features, out_features=out_features, bias=bias)
-    L.Conv2D = lambda in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True: Stub(
-        type="Conv2D", in_channels=in_channels, out_channels=out_channels, kernel_size=_pair(kernel_size),
-        stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), bias=bias)
-
-    def pool(kind):
-        return lambda kernel_size, stride=None, padding=0: Stub(
-            type=kind, kernel_size=_pair(kernel_size), stride=_pair(kernel_size if stride is None else stride),
-            padding=_pair(padding))
-    L.MaxPool2D, L.AvgPool2D = pool("MaxPool2D"), pool("AvgPool2D")
-    L.Flatten = lambda: Stub(type="Flatten")
-    L.BUILTIN_ACTIVATIONS = {n: (lambda n=n: Stub(type="Activation", name=n)) for n in builtins.ACTIVATIONS}
-    for cls, n in (("Tanh", "tanh"), ("Sigmoid", "sigmoid"), ("ReLU", "relu"), ("SoftPlus", "softplus")):
-        setattr(L, cls, L.BUILTIN_ACTIVATIONS[n])
-    L.Activation = lambda name, **params: Stub(type="Activation", name=name, **({"params": params} if params else {}))
-
-    def missing(attr):
-        raise AttributeError(f"latex --model: no shape rule for layers.{attr}")
-    L.__getattr__ = missing
-
-    class Sequential:
-        def __init__(self, layers, loss="softmax_cross_entropy", input_shape=None, **kw):
-            self.layers, self.loss, self.input_shape = list(layers), loss, input_shape
-    return L, Sequential
-
-
 def _model_info(name: str):
     """A named model, as ``symprop train`` builds it, described for the document (configs,
-    shapes, parameter counts): ``runtime/models.py``'s builder run on shape-only layers."""
-    import importlib.util
-    import sys
-    import types
-
+    shapes, parameter counts). The builders of ``runtime/models.py`` run on the real layers:
+    kernels bind at first use, so building a model needs none compiled."""
     from . import document as latex
+    from .runtime.models import MODELS
 
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_INPUTS)}")
-    path = Path(importlib.util.find_spec("symprop.runtime").submodule_search_locations[0]) / "models.py"
-    L, Sequential = _shape_only_layers()
-    pkg, model_mod = types.ModuleType("_symprop_shapes"), types.ModuleType("_symprop_shapes.model")
-    pkg.__path__, pkg.layers, model_mod.Sequential = [], L, Sequential
-    saved = {k: sys.modules.get(k) for k in ("_symprop_shapes", "_symprop_shapes.layers", "_symprop_shapes.model")}
-    sys.modules.update({"_symprop_shapes": pkg, "_symprop_shapes.layers": L, "_symprop_shapes.model": model_mod})
-    try:
-        spec = importlib.util.spec_from_file_location("_symprop_shapes.models", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        shape = MODEL_INPUTS[name]
-        model = mod.MODELS[name](shape, classes=10)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss,
+    shape = MODEL_INPUTS[name]
+    model = MODELS[name](shape, classes=10)
+    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss.name,
                                 origin=f" that {latex.command_tex('symprop train --model ' + name)} builds")
 
 

@@ -8,6 +8,10 @@ padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), `
 ``Dropout``, ``BatchNorm1d``/``BatchNorm2d`` (affine, tracked running statistics, a numeric
 momentum; weights and running statistics copied) and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
 PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
+
+Built-in layers map through their definitions (``derive/builtins.py`` ``LAYERS``: each one's
+``torch`` counterpart names the torch.nn class, its arguments and arrays, and the torch settings
+we can represent); activations, PReLU and Dropout are mapped here.
 """
 from __future__ import annotations
 
@@ -71,37 +75,56 @@ def _unsupported(where, mod, why=""):
                       f"supported: {_SUPPORTED}")
 
 
+def _from_definition(where, mod, d):
+    """The built-in layer ``d`` equal to the torch module ``mod``: what we cannot represent
+    (``d.torch.requires``) refused by name, the arguments read from the module's attributes."""
+    from .runtime.defined import layer_class
+    for attr, allowed in d.torch.requires.items():
+        v = getattr(mod, attr)
+        if not any(v == a and type(v) is type(a) for a in allowed):
+            raise _unsupported(where, mod, f"{attr}={v!r} is not (only {' or '.join(map(repr, allowed))})")
+    args = {}
+    for ours, attr in d.torch.args.items():
+        v = getattr(mod, attr)
+        kind = next(a.kind for a in d.args if a.name == ours)
+        args[ours] = v if kind != "flag" or isinstance(v, bool) else v is not None   # bias: a tensor or None
+    try:
+        return layer_class(d.name)(**args)
+    except (TypeError, ValueError) as exc:
+        raise _unsupported(where, mod, str(exc)) from None
+
+
 def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = None, seed: int = 0):
     """The symprop model equivalent to the ``torch.nn.Sequential`` ``seq``, with copies of its
     weights. ``input_shape`` (per sample, e.g. ``(1, 28, 28)``) is needed when the first layer
     is not ``Linear``, unless the model is to be built on its first batch."""
     torch = _torch()
     from .runtime import layers as L
+    from .runtime.defined import definitions
     from .runtime.model import Sequential
 
     nn = torch.nn
+    by_torch = {d.torch.module: d for d in definitions().values() if d.torch is not None}
     if not isinstance(seq, nn.Sequential):
         raise ValueError(f"from_torch: expects a torch.nn.Sequential, got {type(seq).__name__}")
     _check_plain("(the Sequential)", seq)
     layers, weights, dtype = [], [], None
     for where, mod in _flat_modules(seq):
         kind = type(mod).__name__
-        if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)):
-            if getattr(mod, "weight", None) is None:
+        d = by_torch.get(type(mod).__name__)
+        arrays = dict(d.torch.arrays) if d is not None else {"alpha": "weight"} if isinstance(mod, nn.PReLU) else {}
+        tensors = [getattr(mod, a, None) for a in arrays.values()]
+        if arrays:
+            if tensors[0] is None:
                 raise _unsupported(where, mod, "affine=False")
-            dt = mod.weight.dtype
+            dt = tensors[0].dtype
             if dt not in (torch.float32, torch.float64):
                 raise _unsupported(where, mod, f"dtype {dt}")
             if dtype is not None and dt != dtype:
                 raise _unsupported(where, mod, f"dtype {dt} differs from an earlier layer's {dtype}")
             dtype = dt
-        if isinstance(mod, nn.Linear):
-            layer = L.Dense(mod.in_features, mod.out_features, bias=mod.bias is not None)
-        elif isinstance(mod, nn.Conv2d):
-            if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                raise _unsupported(where, mod, "groups, padding modes and string padding are not")
-            layer = L.Conv2D(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                             mod.dilation, bias=mod.bias is not None)
+        if d is not None:   # a built-in layer: arguments and arrays by its definition's torch counterpart
+            layer = _from_definition(where, mod, d)
         elif kind in _ACTIVATIONS and type(mod) is getattr(nn, kind):
             if kind == "Softplus" and (mod.beta != 1 or mod.threshold != 20):
                 raise _unsupported(where, mod, "only beta=1, threshold=20")
@@ -114,42 +137,14 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
             layer = L.Activation(_ACTIVATIONS[kind], params=params)
         elif isinstance(mod, nn.PReLU):
             layer = L.PReLU(mod.num_parameters)
-        elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if not mod.track_running_stats or mod.momentum is None:
-                raise _unsupported(where, mod, "track_running_stats=False and momentum=None (cumulative average)")
-            kind_ = L.BatchNorm1D if isinstance(mod, nn.BatchNorm1d) else L.BatchNorm2D
-            layer = kind_(mod.num_features, eps=mod.eps, momentum=mod.momentum)
-        elif isinstance(mod, nn.Softmax):
-            if mod.dim not in (1, -1):
-                raise _unsupported(where, mod, "only dim=1 on (N, K) inputs")
-            layer = L.Softmax()
         elif isinstance(mod, nn.Dropout) and type(mod) is nn.Dropout:
             if mod.p == 0:
                 continue
             layer = L.Dropout(mod.p)
-        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-            if mod.ceil_mode:
-                raise _unsupported(where, mod, "ceil_mode=True")
-            if isinstance(mod, nn.MaxPool2d):
-                if mod.dilation not in (1, (1, 1)) or mod.return_indices:
-                    raise _unsupported(where, mod, "dilation and return_indices")
-                layer = L.MaxPool2D(mod.kernel_size, mod.stride, mod.padding)
-            else:
-                if not mod.count_include_pad or mod.divisor_override is not None:
-                    raise _unsupported(where, mod, "count_include_pad=False and divisor_override")
-                layer = L.AvgPool2D(mod.kernel_size, mod.stride, mod.padding)
-        elif isinstance(mod, nn.Flatten):
-            if mod.start_dim != 1 or mod.end_dim != -1:
-                raise _unsupported(where, mod, "only start_dim=1, end_dim=-1")
-            layer = L.Flatten()
         else:
             raise _unsupported(where, mod)
         layers.append(layer)
-        weights.append([_values(where, mod, t) for t in (mod.weight, mod.bias) if t is not None]
-                       if isinstance(mod, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
-                       else [_values(where, mod, mod.weight)] if isinstance(mod, nn.PReLU) else [])
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            weights[-1] += [_values(where, mod, mod.running_mean), _values(where, mod, mod.running_var)]
+        weights.append([_values(where, mod, t) for t in tensors if t is not None])
     if not layers:
         raise ValueError("from_torch: the Sequential has no layers")
     np_dtype = "float64" if dtype == torch.float64 else "float32"
@@ -167,6 +162,7 @@ def to_torch(model):
     activations have no ``nn.Sequential`` equivalent here and raise a ValueError naming them."""
     torch = _torch()
     from .runtime import layers as L
+    from .runtime.defined import definitions, layer_class
 
     nn = torch.nn
     dt = torch.float64 if model.dtype == np.float64 else torch.float32
@@ -179,44 +175,33 @@ def to_torch(model):
             raise ValueError(f"to_torch: layer {k} ({layer.name}) uses DropConnect (p={layer.dropconnect}), which "
                              f"torch.nn has no module for; a plain Linear would silently drop it (build the model "
                              f"without dropconnect to export it)")
-        if isinstance(layer, L.Dense):
-            mod = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=dt)
-        elif isinstance(layer, L.Conv2D):
-            mod = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                            layer.dilation, bias=layer.bias, dtype=dt)
-        elif isinstance(layer, L.MaxPool2D):
-            mod = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, L.AvgPool2D):
-            mod = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
-        elif isinstance(layer, L.Flatten):
-            mod = nn.Flatten()
+        d = getattr(type(layer), "definition", None)
+        tensors = []
+        if d is not None and d.torch is not None and type(layer) is layer_class(d.name):
+            kw = {attr: layer.args[ours] for ours, attr in d.torch.args.items()}
+            if d.torch.arrays:
+                kw["dtype"] = dt
+            mod = getattr(nn, d.torch.module)(**kw, **d.torch.keywords)
+            tensors = [getattr(mod, a) for ours, a in d.torch.arrays.items()
+                       if ours in layer.trainable() or ours not in {p.name for p in d.params}]
         elif isinstance(layer, L.Activation) and layer.config().get("name") in _ACTIVATIONS.values() \
                 and layer.module is _builtin_activations():
             name = layer.config()["name"]
             kind = next(k2 for k2, v in _ACTIVATIONS.items() if v == name)
             kw = {_ACT_PARAMS[kind][0]: layer.params[_ACT_PARAMS[kind][1]]} if kind in _ACT_PARAMS else {}
             mod = getattr(nn, kind)(**kw)
-        elif isinstance(layer, L.LearnableActivation) and layer.kernel_name == "prelu":
+        elif isinstance(layer, L.LearnableActivation) and layer.kernel_name == "prelu" and layer.spec is None:
             mod = nn.PReLU(layer.num_parameters, dtype=dt)
-        elif isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
-            kind = nn.BatchNorm1d if isinstance(layer, L.BatchNorm1D) else nn.BatchNorm2d
-            mod = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum, dtype=dt)
-        elif isinstance(layer, L.Softmax):
-            mod = nn.Softmax(dim=1)
+            tensors = [mod.weight]
         elif isinstance(layer, L.Dropout):
             mod = nn.Dropout(layer.p)
         else:
+            supported = ", ".join(n for n, dd in definitions().items() if dd.torch is not None)
             raise ValueError(f"to_torch: layer {k} ({layer.name}) has no torch.nn equivalent here; supported: "
-                             f"Dense, Conv2D, MaxPool2D, AvgPool2D, Flatten, PReLU, BatchNorm1D/2D, Softmax, "
-                             f"Dropout, Activation ({', '.join(_ACTIVATIONS.values())})")
-        tensors = {L.Dense: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
-                   L.Conv2D: lambda m: [m.weight, m.bias] if layer.bias else [m.weight],
-                   L.LearnableActivation: lambda m: [m.weight],
-                   L.BatchNorm1D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var],
-                   L.BatchNorm2D: lambda m: [m.weight, m.bias, m.running_mean, m.running_var]}.get(type(layer))
-        if tensors is not None:
+                             f"{supported}, PReLU, Dropout, Activation ({', '.join(_ACTIVATIONS.values())})")
+        if tensors:
             with torch.no_grad():
-                for t, p in zip(tensors(mod), layer.parameters() + layer.buffers()):
+                for t, p in zip(tensors, layer.parameters() + layer.buffers()):
                     t.copy_(torch.from_numpy(np.ascontiguousarray(p)))
         made[id(layer)] = mod
         mods.append(mod)

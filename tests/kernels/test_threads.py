@@ -181,7 +181,7 @@ def test_openmp_spin_is_set_before_libgomp_loads(tmp_path):
     from symprop.runtime.openmp import SPINCOUNT
     code = ("import os; maps = lambda: open('/proc/self/maps').read(); import symprop.runtime; "
             "assert 'libgomp' not in maps(); v = os.environ.get('GOMP_SPINCOUNT'); "
-            "import symprop.runtime.optimizers; assert 'libgomp' in maps(); print(v)")
+            "from symprop.runtime.kernels import load; load('optimizers'); assert 'libgomp' in maps(); print(v)")
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "SYMPROP_OPENMP_SPIN")}
     run = lambda c, e: subprocess.run([sys.executable, "-c", c], env=e, cwd=tmp_path, capture_output=True,  # noqa: E731
                                       text=True)
