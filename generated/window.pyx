@@ -18,7 +18,7 @@ int threads)``: the arrays, argmax masks and work buffers in the order the manif
 buffers, holds BLAS at one thread and calls through the table. This module imports nothing
 from symprop.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int16_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
@@ -557,7 +557,7 @@ cdef void _sum_slabs_t_f32(float* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O,
 
 cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
-                                 float* y, int64_t* m) noexcept nogil:
+                                 float* y, int16_t* m) noexcept nogil:
     # one output at the border: window cells outside the input (padding) are skipped; a
     # window wholly outside gives -inf and offset -1
     cdef Py_ssize_t i, j, u, v
@@ -581,7 +581,7 @@ cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py
 
 
 cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
-                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, float* yr, int64_t* mr) noexcept nogil:
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, float* yr, int16_t* mr) noexcept nogil:
     # n interior outputs of a row (every window cell inside; src = their first window's first
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
@@ -619,7 +619,7 @@ cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH
 
 
 cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssize_t n,
-                                    float* yr, int64_t* mr) noexcept nogil:
+                                    float* yr, int16_t* mr) noexcept nogil:
     # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
     # second row): the four cells in registers, 4-5x faster than the general span
     cdef Py_ssize_t w
@@ -648,7 +648,7 @@ cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssiz
 
 cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t ph, Py_ssize_t pw, float* y, int64_t* M) noexcept nogil:
+                          Py_ssize_t ph, Py_ssize_t pw, float* y, int16_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
     # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
     # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
@@ -671,7 +671,7 @@ cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize
             _maxpool_one_f32(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
 
 
-cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_gather_f32(const float* x, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
                          float alpha, bint assign, float* out) noexcept nogil:
     # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
@@ -680,7 +680,7 @@ cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ss
     cdef Py_ssize_t h, w, u, v, kk
     cdef float val
     cdef const float* xr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef float* yr
     for h in range(HO):
         mr = M + h * WO
@@ -703,7 +703,7 @@ cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ss
             yr[w] = val if assign else yr[w] + val
 
 
-cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_scatter_f32(const float* g, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, float alpha, bint assign,
                           float* out) noexcept nogil:
@@ -714,7 +714,7 @@ cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_s
     cdef Py_ssize_t h, w, i, j, u, v, kk
     cdef float val
     cdef const float* gr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef float* orow
     if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
         for h in range(HO):
@@ -894,7 +894,7 @@ cdef void _sum_slabs_t_f64(double* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O
 
 cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
-                                 double* y, int64_t* m) noexcept nogil:
+                                 double* y, int16_t* m) noexcept nogil:
     # one output at the border: window cells outside the input (padding) are skipped; a
     # window wholly outside gives -inf and offset -1
     cdef Py_ssize_t i, j, u, v
@@ -918,7 +918,7 @@ cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, P
 
 
 cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
-                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, double* yr, int64_t* mr) noexcept nogil:
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, double* yr, int16_t* mr) noexcept nogil:
     # n interior outputs of a row (every window cell inside; src = their first window's first
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
@@ -956,7 +956,7 @@ cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t K
 
 
 cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssize_t n,
-                                    double* yr, int64_t* mr) noexcept nogil:
+                                    double* yr, int16_t* mr) noexcept nogil:
     # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
     # second row): the four cells in registers, 4-5x faster than the general span
     cdef Py_ssize_t w
@@ -985,7 +985,7 @@ cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssi
 
 cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t ph, Py_ssize_t pw, double* y, int64_t* M) noexcept nogil:
+                          Py_ssize_t ph, Py_ssize_t pw, double* y, int16_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
     # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
     # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
@@ -1008,7 +1008,7 @@ cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssiz
             _maxpool_one_f64(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
 
 
-cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_gather_f64(const double* x, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
                          double alpha, bint assign, double* out) noexcept nogil:
     # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
@@ -1017,7 +1017,7 @@ cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_s
     cdef Py_ssize_t h, w, u, v, kk
     cdef double val
     cdef const double* xr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef double* yr
     for h in range(HO):
         mr = M + h * WO
@@ -1040,7 +1040,7 @@ cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_s
             yr[w] = val if assign else yr[w] + val
 
 
-cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_scatter_f64(const double* g, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, double alpha, bint assign,
                           double* out) noexcept nogil:
@@ -1051,7 +1051,7 @@ cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_
     cdef Py_ssize_t h, w, i, j, u, v, kk
     cdef double val
     cdef const double* gr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef double* orow
     if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
         for h in range(HO):
@@ -3925,7 +3925,7 @@ MANIFEST = __import__('json').loads(r'''{
      {
       "name": "M",
       "like": "y",
-      "dtype": "int64"
+      "dtype": "int16"
      }
     ],
     "binding": {
@@ -4515,7 +4515,7 @@ MANIFEST = __import__('json').loads(r'''{
      {
       "name": "M",
       "like": "y",
-      "dtype": "int64"
+      "dtype": "int16"
      }
     ],
     "fuses": [
@@ -5991,7 +5991,7 @@ cdef int _avgpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
 cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* y = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6008,6 +6008,9 @@ cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f32(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
@@ -6016,7 +6019,7 @@ cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
 cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* y = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6033,6 +6036,9 @@ cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f64(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
@@ -6043,7 +6049,7 @@ cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
 cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* g = <float*>_a[0]
     cdef float* gx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6060,6 +6066,9 @@ cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6076,7 +6085,7 @@ cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
 cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* g = <double*>_a[0]
     cdef double* gx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6093,6 +6102,9 @@ cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6111,7 +6123,7 @@ cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
 cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* Rx = <float*>_a[0]
     cdef float* Ry = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6128,6 +6140,9 @@ cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6147,7 +6162,7 @@ cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
 cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* Rx = <double*>_a[0]
     cdef double* Ry = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6164,6 +6179,9 @@ cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6185,7 +6203,7 @@ cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
 cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* Rg = <float*>_a[0]
     cdef float* Rgx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6202,6 +6220,9 @@ cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6221,7 +6242,7 @@ cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept
 cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* Rg = <double*>_a[0]
     cdef double* Rgx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6238,6 +6259,9 @@ cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6259,7 +6283,7 @@ cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept
 cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* H = <float*>_a[0]
     cdef float* hx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6276,6 +6300,9 @@ cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6292,7 +6319,7 @@ cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
 cdef int _maxpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* H = <double*>_a[0]
     cdef double* hx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6309,6 +6336,9 @@ cdef int _maxpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7013,7 +7043,7 @@ cdef int _maxpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef float* Rx = <float*>_a[1]
     cdef float* y = <float*>_a[2]
     cdef float* Ry = <float*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -7030,6 +7060,9 @@ cdef int _maxpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7054,7 +7087,7 @@ cdef int _maxpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef double* Rx = <double*>_a[1]
     cdef double* y = <double*>_a[2]
     cdef double* Ry = <double*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -7071,6 +7104,9 @@ cdef int _maxpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7097,7 +7133,7 @@ cdef int _maxpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef float* Rg = <float*>_a[1]
     cdef float* gx = <float*>_a[2]
     cdef float* Rgx = <float*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -7114,6 +7150,9 @@ cdef int _maxpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7138,7 +7177,7 @@ cdef int _maxpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef double* Rg = <double*>_a[1]
     cdef double* gx = <double*>_a[2]
     cdef double* Rgx = <double*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -7155,6 +7194,9 @@ cdef int _maxpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:

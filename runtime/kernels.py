@@ -24,7 +24,10 @@ import threading
 import numpy as np
 
 from .. import blas_threads
-from . import gemm_providers
+from . import arena, gemm_providers
+
+#: integer output dtypes a manifest may name (argmax masks: int16)
+_INDEX_DTYPES = {"int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 #: the fused roles (``codegen/fusion.py``)
 FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS = "forward+jvp", "vjp+rvjp", "vjp+rvjp:params"
@@ -104,7 +107,7 @@ class Role:
         self.positional_scalars = frozenset(entry.get("scalars", ()))   # elementwise kernels
         self.arrays = tuple(entry["arrays"])
         self.optional = frozenset(entry["optional"])
-        self.outputs = {o["name"]: (o["like"], np.int64 if o["dtype"] == "int64" else None)
+        self.outputs = {o["name"]: (o["like"], _INDEX_DTYPES.get(o["dtype"]))
                         for o in entry["outputs"]}
         self.directions = tuple(a for a in self.arrays if _is_direction(a))
         # pushforwards and R-op pullbacks are linear in the directions: all absent -> zero
@@ -135,6 +138,8 @@ class SpecKernels:
         self.saved = tuple(a for a in (self.input, *fwd.outputs) if a in read)
         # the output each single role writes (vjp:W -> gW), to pick a fused role's results
         self.output_of = {r: next(iter(role.outputs)) for r, role in self.roles.items() if role.outputs}
+        # may write outputs over inputs (runtime/arena.py): indexwise kernels, nothing reduced
+        self.alias_safe = entry.get("family") == "elementwise" and not entry["params"]
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -170,7 +175,9 @@ class SpecKernels:
             elif out is not None:
                 like, odt = out
                 shape = shapes[like] if shapes and like in shapes else env[like].shape
-                v = np.empty(shape, odt or dtype)
+                v = arena.take(shape, odt or dtype) if self.alias_safe else None
+                if v is None:
+                    v = np.empty(shape, odt or dtype)
                 outs[a] = v
             else:
                 v = env.get(a)
