@@ -22,6 +22,25 @@ from libc.stdint cimport int16_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* a if take else b, on the bits: the argmax selects of max pooling as masks, not branches
+       (GCC compiled the conditional forms in short rows to compare-and-jump pairs, which
+       random data mispredicts) */
+    static inline float _select_f32(int take, float a, float b) {
+        uint32_t x, y, m = (uint32_t)0 - (uint32_t)(take != 0); float r;
+        memcpy(&x, &a, 4); memcpy(&y, &b, 4); x = (x & m) | (y & ~m); memcpy(&r, &x, 4); return r;
+    }
+    static inline double _select_f64(int take, double a, double b) {
+        uint64_t x, y, m = (uint64_t)0 - (uint64_t)(take != 0); double r;
+        memcpy(&x, &a, 8); memcpy(&y, &b, 8); x = (x & m) | (y & ~m); memcpy(&r, &x, 8); return r;
+    }
+    """
+    float _select_f32(int take, float a, float b) nogil
+    double _select_f64(int take, double a, double b) nogil
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange
 
@@ -586,7 +605,7 @@ cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
     cdef int64_t kk
-    cdef bint take
+    cdef int take
     cdef float val
     cdef const float* s
     for w in range(n):
@@ -602,20 +621,20 @@ cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH
                 for w in range(n):
                     val = s[w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             elif sw == 2:
                 for w in range(n):
                     val = s[2 * w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             else:
                 for w in range(n):
                     val = s[w * sw]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
 
 
 cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssize_t n,
@@ -626,22 +645,22 @@ cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssiz
     cdef const float* s1 = src + rstep
     cdef float best, val
     cdef int64_t arg
-    cdef bint take
+    cdef int take
     for w in range(n):
         best = src[2 * w]
         arg = 0
         val = src[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 1 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 1) & -take)
         val = s1[2 * w]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 2 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 2) & -take)
         val = s1[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 3 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 3) & -take)
         yr[w] = best
         mr[w] = arg
 
@@ -923,7 +942,7 @@ cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t K
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
     cdef int64_t kk
-    cdef bint take
+    cdef int take
     cdef double val
     cdef const double* s
     for w in range(n):
@@ -939,20 +958,20 @@ cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t K
                 for w in range(n):
                     val = s[w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             elif sw == 2:
                 for w in range(n):
                     val = s[2 * w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             else:
                 for w in range(n):
                     val = s[w * sw]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
 
 
 cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssize_t n,
@@ -963,22 +982,22 @@ cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssi
     cdef const double* s1 = src + rstep
     cdef double best, val
     cdef int64_t arg
-    cdef bint take
+    cdef int take
     for w in range(n):
         best = src[2 * w]
         arg = 0
         val = src[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 1 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 1) & -take)
         val = s1[2 * w]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 2 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 2) & -take)
         val = s1[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 3 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 3) & -take)
         yr[w] = best
         mr[w] = arg
 
