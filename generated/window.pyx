@@ -745,14 +745,14 @@ cdef void _mask_scatter_f32(const float* g, const int16_t* M, Py_ssize_t H, Py_s
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - 2 * i
-                        orow[2 * w] = val if kk == 0 else 0
-                        orow[2 * w + 1] = val if kk == 1 else 0
+                        orow[2 * w] = _select_f32(kk == 0, val, 0)
+                        orow[2 * w + 1] = _select_f32(kk == 1, val, 0)
                 else:
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - i * KW
                         for j in range(KW):
-                            orow[w * KW + j] = val if kk == j else 0
+                            orow[w * KW + j] = _select_f32(kk == j, val, 0)
                 if W > WO * KW:
                     memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(float))
         if H > HO * KH:
@@ -1082,14 +1082,14 @@ cdef void _mask_scatter_f64(const double* g, const int16_t* M, Py_ssize_t H, Py_
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - 2 * i
-                        orow[2 * w] = val if kk == 0 else 0
-                        orow[2 * w + 1] = val if kk == 1 else 0
+                        orow[2 * w] = _select_f64(kk == 0, val, 0)
+                        orow[2 * w + 1] = _select_f64(kk == 1, val, 0)
                 else:
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - i * KW
                         for j in range(KW):
-                            orow[w * KW + j] = val if kk == j else 0
+                            orow[w * KW + j] = _select_f64(kk == j, val, 0)
                 if W > WO * KW:
                     memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(double))
         if H > HO * KH:
