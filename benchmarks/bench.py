@@ -441,6 +441,17 @@ def print_machine(m: dict) -> None:
     prov = ", ".join(f"{n} {p['version']}" for n, p in m["gemm_providers"].items()) or "none"
     print(f"BLAS: SciPy {m['scipy']} with {m['scipy_blas']}; GEMM providers: {prov}"
           + (f"; forced: {m['gemm_forced']}" if m.get("gemm_forced") else ""))
+    chosen = [c for c in m.get("gemm_classes", []) if c["choice"] != "scipy" or c.get("overruled")]
+    if chosen:
+        print("GEMM tuner on this CPU (class: choice, time saved per product against SciPy's BLAS; "
+              "'overruled': a whole step ran slower with the per-product choice): " + "; ".join(
+                  f"{c['op']} {c['M']}x{c['N']}x{c['K']}{'' if c['split'] else ' per sample'}: "
+                  + (f"scipy (overruled, per product {c['overruled'].get('tuned_chose')})" if c.get("overruled")
+                     else f"{c['choice']} {100 * c['saved']:.0f}%") for c in chosen))
+    for r in m.get("gemm_validated") or []:
+        if r.get("ms"):
+            print(f"whole-step check, {r['model']}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in r["ms"].items())
+                  + f"; kept: {', '.join(r['kept']) or 'SciPy only'}")
 
 
 def print_table(res: dict) -> None:
@@ -473,7 +484,8 @@ def print_table(res: dict) -> None:
               f"{_fmt(r['torch_ms'], '8.3f')} {_fmt(r['jax_ms'], '8.3f')} {_fmt(r['ratio_torch'], '7.2f')} "
               f"{_fmt(r['ratio_jax'], '6.2f')}   {roof}"
               + (f"   busy {100 * r['busy']:.0f}%" if r.get("busy") is not None and r["busy"] >= 0.2 else "")
-              + (f"   on SciPy's BLAS {r['symprop_scipy_ms']:.3f} ms, s/torch {r['ratio_torch_scipy_gemm']:.2f}"
+              + (f"   on SciPy's BLAS {r['symprop_scipy_ms']:.3f} ms, s/torch {r['ratio_torch_scipy_gemm']:.2f}, "
+                 f"providers saved {100 * r['gemm_saving']:.0f}%"
                  if r.get("symprop_scipy_ms") is not None else ""))
     d = res.get("digits")
     if d:
@@ -504,6 +516,10 @@ def main(argv=None):
     ap.add_argument("--gemm-baseline", action="store_true",
                     help="also time symprop with every GEMM on SciPy's BLAS, interleaved (what the GEMM "
                          "providers chosen by measurement save)")
+    ap.add_argument("--validate", action="store_true",
+                    help="before timing, check the GEMM tuner's choice on each case's whole step, as "
+                         "`symprop tune` does (gemm_providers.validate): classes a step runs slower with go "
+                         "back to SciPy's BLAS")
     ap.add_argument("--digits-epochs", type=int, default=40, help="epochs of the digits case (default 40, "
                     "the CLI's for the MLP)")
     args = ap.parse_args(argv)
@@ -531,13 +547,17 @@ def main(argv=None):
         jax_version = f"{jax.__version__} ({jax.devices()[0].platform})"
     load_blas_libraries()   # before the limits: threadpoolctl limits only the libraries loaded
     with threadpool_limits(args.threads):
-        rows, digits, busy, peaks = [], None, {}, {}
+        rows, digits, busy, peaks, validated = [], None, {}, {}, []
         quiet = lambda: _machine.wait_quiet(timeout=args.wait_quiet)  # noqa: E731
         for c in cases:
             busy[c] = quiet()
             if c == "digits":
                 digits = digits_compare(args.digits_epochs, gemm_baseline=args.gemm_baseline)
             else:
+                if args.validate:
+                    from symprop.runtime import gemm_providers
+                    label, vmodel, vX, vy = CASES[c]()
+                    validated.append(gemm_providers.validate(vmodel, vX, vy, label=label))
                 # the roofline of this case: the peak measured just before it, under the same load
                 peaks[c] = peak = sgemm_peak(args.threads)
                 rows += compare(*CASES[c](), peak_gflops=peak["scipy_gflops"], use_jax=use_jax, rounds=args.rounds,
@@ -549,7 +569,7 @@ def main(argv=None):
             for lib in ("symprop", "torch", "jax"):
                 if r.get(f"{lib}_ms") is not None and "gemm_mflop" in r:
                     r[f"{lib}_roofline"] = r["gemm_mflop"] * 1e6 / (r[f"{lib}_ms"] * 1e-3 * peak["scipy_gflops"] * 1e9)
-    res = {"machine": machine_info(), "threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
+    res = {"machine": {**machine_info(), "gemm_validated": validated}, "threads": args.threads, "pinned_cores": pinned, "torch": torch.__version__, "jax": jax_version, "xla_flags": xla_flags,
            "peak": peak, "peak_by_case": peaks, "rows": rows, "digits": digits, "busy_before_case": busy,
            # torch is imported first: its libgomp.so.1 is the one both libraries share, and it has
            # read its settings before symprop's runtime could bound the spin (runtime/openmp.py)

@@ -25,7 +25,7 @@ def contraction_role(ctx: dict, canonical: dict, masks_in=(), masks_out=(), kwar
     """A contraction or window kernel, single or fused: array arguments (by canonical name),
     outputs (a fused kernel's are every part's, and it names the roles it fuses)."""
     outs = [{"name": o, "like": _like(ctx["shapes"][o], canonical), "dtype": "float"} for o in ctx["outs"]]
-    outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int64"} for mk in masks_out]
+    outs += [{"name": mk, "like": _like(ctx["shapes"][mk], canonical), "dtype": "int16"} for mk in masks_out]
     arrays = ctx.get("def_arrays", ctx["arrays"])
     role = {"kernel": ctx["name"],
             "call": list(arrays) + list(masks_in) + list(ctx["outs"]) + list(masks_out),

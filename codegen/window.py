@@ -14,8 +14,10 @@ Each term of a derived window kernel is recognized by its index structure, using
 :func:`~symprop.derive.affine.adjoint_delta` derived. A guarded adjoint gather is lowered as
 the scatter of the forward map (col2im), which visits only valid (h, i) pairs; an adjoint
 read *without* its guard is refused, since that is SymPy's silently wrong ``doit`` result.
-A mask ``M`` declared in ``spec.selects`` is a one-hot argmax stored as an int64 offset
-``i·K_w + j`` per output (the forward kernel computes it).
+A mask ``M`` declared in ``spec.selects`` is a one-hot argmax stored as an int16 offset
+``i·K_w + j`` per output (the forward kernel computes it; -1 for an empty window; windows
+of more than 32767 cells are refused). int16, not int64: the CIFAR CNN's masks at batch 256
+take 6 MiB instead of 24 of grad + HVP's working memory.
 """
 from __future__ import annotations
 
@@ -318,7 +320,7 @@ def window_role(ctx: dict, canonical: dict) -> dict:
 
 
 def window_binding(ctx: dict) -> dict:
-    """:func:`indexed_binding` plus what a window kernel needs: argmax masks (int64, after
+    """:func:`indexed_binding` plus what a window kernel needs: argmax masks (int16, after
     the float arrays), the geometry scalars (integers with a minimum; some are extents, the
     rest follow the extents), the output-size rule per axis, the sample extent its threads
     split, and its work buffers (per-thread im2col columns, per-chunk weight-gradient slabs)."""

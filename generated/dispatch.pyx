@@ -283,14 +283,14 @@ cdef class ElementwiseKernel:
                 PyBuffer_Release(&views[k])
 
 
-_I64 = _np.dtype(_np.int64)
+_I16 = _np.dtype(_np.int16)
 
 
 def _check_mask(str kernel, str name, a, bint writable):
     if not isinstance(a, _np.ndarray):
         raise TypeError(f"{kernel}: argument {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != _I64:
-        raise TypeError(f"{kernel}: argmax mask {name!r} has dtype {a.dtype}; expected int64")
+    if a.dtype != _I16:
+        raise TypeError(f"{kernel}: argmax mask {name!r} has dtype {a.dtype}; expected int16")
     if not a.flags.c_contiguous:
         raise ValueError(f"{kernel}: argmax mask {name!r} (shape {a.shape}) must be C-contiguous")
     if writable and not a.flags.writeable:
@@ -309,7 +309,7 @@ cdef class IndexedKernel:
     positional or by name, geometry scalars by name; absent directions are None and count as
     zero); writes and returns the outputs (and the argmax masks it makes).
 
-    Every array is C-contiguous, float32 or float64 (all one dtype; argmax masks int64), with
+    Every array is C-contiguous, float32 or float64 (all one dtype; argmax masks int16), with
     as many axes as its index names, and every index has one extent across the arrays."""
 
     cdef readonly str name
@@ -424,7 +424,7 @@ cdef class IndexedKernel:
         outs = tuple([env[o] for o in self.outputs])
         if any([v[0] == 0 for v in ext.values()]):
             for o in outs:
-                if o.dtype != _I64:
+                if o.dtype != _I16:
                     o[...] = 0
             return outs[0] if len(outs) == 1 else outs
         if self.mask_offsets is not None:
@@ -474,6 +474,10 @@ cdef class IndexedKernel:
         finally:
             for k in range(held):
                 PyBuffer_Release(&views[k])
+        if rc == -2:
+            extents = ", ".join(f"{n}={e[0]}" for n, e in ext.items())
+            raise ValueError(f"{self.name}: a window of more than 32767 cells ({extents}); argmax masks "
+                             f"hold int16 window offsets")
         if rc != 0:
             raise MemoryError(f"{self.name}: out of memory")
         return outs[0] if len(outs) == 1 else outs

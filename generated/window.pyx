@@ -18,10 +18,29 @@ int threads)``: the arrays, argmax masks and work buffers in the order the manif
 buffers, holds BLAS at one thread and calls through the table. This module imports nothing
 from symprop.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int16_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* a if take else b, on the bits: the argmax selects of max pooling as masks, not branches
+       (GCC compiled the conditional forms in short rows to compare-and-jump pairs, which
+       random data mispredicts) */
+    static inline float _select_f32(int take, float a, float b) {
+        uint32_t x, y, m = (uint32_t)0 - (uint32_t)(take != 0); float r;
+        memcpy(&x, &a, 4); memcpy(&y, &b, 4); x = (x & m) | (y & ~m); memcpy(&r, &x, 4); return r;
+    }
+    static inline double _select_f64(int take, double a, double b) {
+        uint64_t x, y, m = (uint64_t)0 - (uint64_t)(take != 0); double r;
+        memcpy(&x, &a, 8); memcpy(&y, &b, 8); x = (x & m) | (y & ~m); memcpy(&r, &x, 8); return r;
+    }
+    """
+    float _select_f32(int take, float a, float b) nogil
+    double _select_f64(int take, double a, double b) nogil
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange
 
@@ -557,7 +576,7 @@ cdef void _sum_slabs_t_f32(float* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O,
 
 cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
-                                 float* y, int64_t* m) noexcept nogil:
+                                 float* y, int16_t* m) noexcept nogil:
     # one output at the border: window cells outside the input (padding) are skipped; a
     # window wholly outside gives -inf and offset -1
     cdef Py_ssize_t i, j, u, v
@@ -581,12 +600,12 @@ cdef inline void _maxpool_one_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py
 
 
 cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
-                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, float* yr, int64_t* mr) noexcept nogil:
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, float* yr, int16_t* mr) noexcept nogil:
     # n interior outputs of a row (every window cell inside; src = their first window's first
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
     cdef int64_t kk
-    cdef bint take
+    cdef int take
     cdef float val
     cdef const float* s
     for w in range(n):
@@ -602,53 +621,53 @@ cdef inline void _maxpool_span_f32(const float* src, Py_ssize_t W, Py_ssize_t KH
                 for w in range(n):
                     val = s[w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             elif sw == 2:
                 for w in range(n):
                     val = s[2 * w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             else:
                 for w in range(n):
                     val = s[w * sw]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f32(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
 
 
 cdef inline void _maxpool_span22_f32(const float* src, Py_ssize_t rstep, Py_ssize_t n,
-                                    float* yr, int64_t* mr) noexcept nogil:
+                                    float* yr, int16_t* mr) noexcept nogil:
     # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
     # second row): the four cells in registers, 4-5x faster than the general span
     cdef Py_ssize_t w
     cdef const float* s1 = src + rstep
     cdef float best, val
     cdef int64_t arg
-    cdef bint take
+    cdef int take
     for w in range(n):
         best = src[2 * w]
         arg = 0
         val = src[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 1 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 1) & -take)
         val = s1[2 * w]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 2 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 2) & -take)
         val = s1[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 3 if take else arg
+        best = _select_f32(take, val, best)
+        arg = arg ^ ((arg ^ 3) & -take)
         yr[w] = best
         mr[w] = arg
 
 
 cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t ph, Py_ssize_t pw, float* y, int64_t* M) noexcept nogil:
+                          Py_ssize_t ph, Py_ssize_t pw, float* y, int16_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
     # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
     # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
@@ -671,7 +690,7 @@ cdef void _maxpool_rows_f32(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize
             _maxpool_one_f32(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
 
 
-cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_gather_f32(const float* x, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
                          float alpha, bint assign, float* out) noexcept nogil:
     # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
@@ -680,7 +699,7 @@ cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ss
     cdef Py_ssize_t h, w, u, v, kk
     cdef float val
     cdef const float* xr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef float* yr
     for h in range(HO):
         mr = M + h * WO
@@ -703,7 +722,7 @@ cdef void _mask_gather_f32(const float* x, const int64_t* M, Py_ssize_t H, Py_ss
             yr[w] = val if assign else yr[w] + val
 
 
-cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_scatter_f32(const float* g, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, float alpha, bint assign,
                           float* out) noexcept nogil:
@@ -714,7 +733,7 @@ cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_s
     cdef Py_ssize_t h, w, i, j, u, v, kk
     cdef float val
     cdef const float* gr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef float* orow
     if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
         for h in range(HO):
@@ -726,14 +745,14 @@ cdef void _mask_scatter_f32(const float* g, const int64_t* M, Py_ssize_t H, Py_s
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - 2 * i
-                        orow[2 * w] = val if kk == 0 else 0
-                        orow[2 * w + 1] = val if kk == 1 else 0
+                        orow[2 * w] = _select_f32(kk == 0, val, 0)
+                        orow[2 * w + 1] = _select_f32(kk == 1, val, 0)
                 else:
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - i * KW
                         for j in range(KW):
-                            orow[w * KW + j] = val if kk == j else 0
+                            orow[w * KW + j] = _select_f32(kk == j, val, 0)
                 if W > WO * KW:
                     memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(float))
         if H > HO * KH:
@@ -894,7 +913,7 @@ cdef void _sum_slabs_t_f64(double* acc, Py_ssize_t P, Py_ssize_t R, Py_ssize_t O
 
 cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t u0, Py_ssize_t v0, Py_ssize_t dh, Py_ssize_t dw,
-                                 double* y, int64_t* m) noexcept nogil:
+                                 double* y, int16_t* m) noexcept nogil:
     # one output at the border: window cells outside the input (padding) are skipped; a
     # window wholly outside gives -inf and offset -1
     cdef Py_ssize_t i, j, u, v
@@ -918,12 +937,12 @@ cdef inline void _maxpool_one_f64(const double* x, Py_ssize_t H, Py_ssize_t W, P
 
 
 cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t n,
-                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, double* yr, int64_t* mr) noexcept nogil:
+                                  Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, double* yr, int16_t* mr) noexcept nogil:
     # n interior outputs of a row (every window cell inside; src = their first window's first
     # cell): started from cell (0, 0), then one select pass per cell, vectorized along w
     cdef Py_ssize_t i, j, w
     cdef int64_t kk
-    cdef bint take
+    cdef int take
     cdef double val
     cdef const double* s
     for w in range(n):
@@ -939,53 +958,53 @@ cdef inline void _maxpool_span_f64(const double* src, Py_ssize_t W, Py_ssize_t K
                 for w in range(n):
                     val = s[w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             elif sw == 2:
                 for w in range(n):
                     val = s[2 * w]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
             else:
                 for w in range(n):
                     val = s[w * sw]
                     take = (val > yr[w]) | (val != val)
-                    yr[w] = val if take else yr[w]
-                    mr[w] = kk if take else mr[w]
+                    yr[w] = _select_f64(take, val, yr[w])
+                    mr[w] = mr[w] ^ ((mr[w] ^ kk) & -take)
 
 
 cdef inline void _maxpool_span22_f64(const double* src, Py_ssize_t rstep, Py_ssize_t n,
-                                    double* yr, int64_t* mr) noexcept nogil:
+                                    double* yr, int16_t* mr) noexcept nogil:
     # _maxpool_span for 2x2 windows at column stride 2 (rstep = input offset of the window's
     # second row): the four cells in registers, 4-5x faster than the general span
     cdef Py_ssize_t w
     cdef const double* s1 = src + rstep
     cdef double best, val
     cdef int64_t arg
-    cdef bint take
+    cdef int take
     for w in range(n):
         best = src[2 * w]
         arg = 0
         val = src[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 1 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 1) & -take)
         val = s1[2 * w]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 2 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 2) & -take)
         val = s1[2 * w + 1]
         take = (val > best) | (val != val)
-        best = val if take else best
-        arg = 3 if take else arg
+        best = _select_f64(take, val, best)
+        arg = arg ^ ((arg ^ 3) & -take)
         yr[w] = best
         mr[w] = arg
 
 
 cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                           Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t ph, Py_ssize_t pw, double* y, int64_t* M) noexcept nogil:
+                          Py_ssize_t ph, Py_ssize_t pw, double* y, int16_t* M) noexcept nogil:
     # one (n, c) plane: y[h, w] = max over the window, M[h, w] = its offset i*KW + j. The
     # first maximum in row-major window order wins and a NaN always wins (a later NaN replaces
     # an earlier one: PyTorch's rule). Outputs whose window lies inside ([hlo, hhi) x [wlo, whi))
@@ -1008,7 +1027,7 @@ cdef void _maxpool_rows_f64(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssiz
             _maxpool_one_f64(x, H, W, KH, KW, u0, w * sw - pw, dh, dw, y + h * WO + w, M + h * WO + w)
 
 
-cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_gather_f64(const double* x, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff,
                          double alpha, bint assign, double* out) noexcept nogil:
     # one (n, c) plane: out[h, w] (+)= alpha*x[h*sh + i*dh - ph, w*sw + j*dw - pw] at the argmax
@@ -1017,7 +1036,7 @@ cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_s
     cdef Py_ssize_t h, w, u, v, kk
     cdef double val
     cdef const double* xr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef double* yr
     for h in range(HO):
         mr = M + h * WO
@@ -1040,7 +1059,7 @@ cdef void _mask_gather_f64(const double* x, const int64_t* M, Py_ssize_t H, Py_s
             yr[w] = val if assign else yr[w] + val
 
 
-cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
+cdef void _mask_scatter_f64(const double* g, const int16_t* M, Py_ssize_t H, Py_ssize_t W, Py_ssize_t HO, Py_ssize_t WO,
                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* moff, double alpha, bint assign,
                           double* out) noexcept nogil:
@@ -1051,7 +1070,7 @@ cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_
     cdef Py_ssize_t h, w, i, j, u, v, kk
     cdef double val
     cdef const double* gr
-    cdef const int64_t* mr
+    cdef const int16_t* mr
     cdef double* orow
     if assign and KH == sh and KW == sw and dh == 1 and dw == 1 and ph == 0 and pw == 0:
         for h in range(HO):
@@ -1063,14 +1082,14 @@ cdef void _mask_scatter_f64(const double* g, const int64_t* M, Py_ssize_t H, Py_
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - 2 * i
-                        orow[2 * w] = val if kk == 0 else 0
-                        orow[2 * w + 1] = val if kk == 1 else 0
+                        orow[2 * w] = _select_f64(kk == 0, val, 0)
+                        orow[2 * w + 1] = _select_f64(kk == 1, val, 0)
                 else:
                     for w in range(WO):
                         val = alpha * gr[w]
                         kk = mr[w] - i * KW
                         for j in range(KW):
-                            orow[w * KW + j] = val if kk == j else 0
+                            orow[w * KW + j] = _select_f64(kk == j, val, 0)
                 if W > WO * KW:
                     memset(orow + WO * KW, 0, (W - WO * KW) * sizeof(double))
         if H > HO * KH:
@@ -3925,7 +3944,7 @@ MANIFEST = __import__('json').loads(r'''{
      {
       "name": "M",
       "like": "y",
-      "dtype": "int64"
+      "dtype": "int16"
      }
     ],
     "binding": {
@@ -4515,7 +4534,7 @@ MANIFEST = __import__('json').loads(r'''{
      {
       "name": "M",
       "like": "y",
-      "dtype": "int64"
+      "dtype": "int16"
      }
     ],
     "fuses": [
@@ -5991,7 +6010,7 @@ cdef int _avgpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
 cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* x = <float*>_a[0]
     cdef float* y = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6008,6 +6027,9 @@ cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f32(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
@@ -6016,7 +6038,7 @@ cdef int _maxpool2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
 cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* x = <double*>_a[0]
     cdef double* y = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6033,6 +6055,9 @@ cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     for _n in prange(n_, num_threads=_T, schedule="static"):
             for _c in range(c_):
                 _maxpool_rows_f64(&x[(((_n) * c_ + _c) * u_ + 0) * v_ + 0], u_, v_, i_, j_, h_, w_, s_h, s_w, 1, 1, p_h, p_w, &y[(((_n) * c_ + _c) * h_ + 0) * w_ + 0], &M[(((_n) * c_ + _c) * h_ + 0) * w_ + 0])
@@ -6043,7 +6068,7 @@ cdef int _maxpool2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
 cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* g = <float*>_a[0]
     cdef float* gx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6060,6 +6085,9 @@ cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6076,7 +6104,7 @@ cdef int _maxpool2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
 cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* g = <double*>_a[0]
     cdef double* gx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6093,6 +6121,9 @@ cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6111,7 +6142,7 @@ cdef int _maxpool2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
 cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* Rx = <float*>_a[0]
     cdef float* Ry = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6128,6 +6159,9 @@ cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6147,7 +6181,7 @@ cdef int _maxpool2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
 cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* Rx = <double*>_a[0]
     cdef double* Ry = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -6164,6 +6198,9 @@ cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6185,7 +6222,7 @@ cdef int _maxpool2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
 cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* Rg = <float*>_a[0]
     cdef float* Rgx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6202,6 +6239,9 @@ cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6221,7 +6261,7 @@ cdef int _maxpool2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept
 cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* Rg = <double*>_a[0]
     cdef double* Rgx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6238,6 +6278,9 @@ cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6259,7 +6302,7 @@ cdef int _maxpool2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept
 cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef float* H = <float*>_a[0]
     cdef float* hx = <float*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6276,6 +6319,9 @@ cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -6292,7 +6338,7 @@ cdef int _maxpool2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
 cdef int _maxpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef double* H = <double*>_a[0]
     cdef double* hx = <double*>_a[1]
-    cdef int64_t* M = <int64_t*>_a[2]
+    cdef int16_t* M = <int16_t*>_a[2]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -6309,6 +6355,9 @@ cdef int _maxpool2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7013,7 +7062,7 @@ cdef int _maxpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef float* Rx = <float*>_a[1]
     cdef float* y = <float*>_a[2]
     cdef float* Ry = <float*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -7030,6 +7079,9 @@ cdef int _maxpool2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7054,7 +7106,7 @@ cdef int _maxpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef double* Rx = <double*>_a[1]
     cdef double* y = <double*>_a[2]
     cdef double* Ry = <double*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t u_ = _x[2]
@@ -7071,6 +7123,9 @@ cdef int _maxpool2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7097,7 +7152,7 @@ cdef int _maxpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef float* Rg = <float*>_a[1]
     cdef float* gx = <float*>_a[2]
     cdef float* Rgx = <float*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -7114,6 +7169,9 @@ cdef int _maxpool2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef float _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:
@@ -7138,7 +7196,7 @@ cdef int _maxpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef double* Rg = <double*>_a[1]
     cdef double* gx = <double*>_a[2]
     cdef double* Rgx = <double*>_a[3]
-    cdef int64_t* M = <int64_t*>_a[4]
+    cdef int16_t* M = <int16_t*>_a[4]
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t h_ = _x[2]
@@ -7155,6 +7213,9 @@ cdef int _maxpool2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _n, _c, _h, _w, _i, _j, _u, _v, _kk
     cdef int _tid, _first
     cdef double _acc, _val
+    # argmax masks are int16 codes i*K_w + j (-1: an empty window)
+    if i_ * j_ > 32767:
+        return -2
     # window offsets (i*d_h, j*d_w) of each argmax code i*K_w + j, instead of a division per element
     cdef Py_ssize_t* _moff = <Py_ssize_t*>malloc(2 * i_ * j_ * sizeof(Py_ssize_t))
     if _moff == NULL:

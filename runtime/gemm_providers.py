@@ -26,6 +26,15 @@ a shape runs on one provider, so results stay bitwise the same on any thread cou
 one process to the next (measuring newly seen classes at each start would change a class's
 provider, and so the last bits of its products, between two runs).
 
+A split product is timed at the thread count the kernels will run it at (:func:`run_threads`),
+its blocks side by side. Per-product timings still do not see a whole step (products and
+elementwise kernels in turn, caches, threads side by side): on the Xeon family 6 model 207 the
+first tuner's one-thread timings chose MKL for the MLP's products and the whole SGD step ran
+slower at 2 threads. So ``symprop tune`` then times each built-in model's step
+(:func:`validate_builtin`; :func:`validate` for any model) with the tuned providers, with each
+layer's alone and with SciPy's only, and keeps a provider on a model's classes only where the
+step is faster by more than :data:`MARGIN`; the rest are *overruled* to SciPy's in the cache.
+
 ``SYMPROP_GEMM=scipy|openblas|mkl`` forces one provider for every product (an absent one is an
 error); ``SYMPROP_GEMM_TUNE=0`` turns the measuring at start-up off (cached choices still apply).
 A cache file that is unreadable, of another format, or written on another CPU model is measured
@@ -300,21 +309,35 @@ def _tuning_module():
     return importlib.import_module("symprop.generated.dense")
 
 
-def measure(shape, providers, threads=1, rounds=7, target=2e-3) -> dict:
-    """Seconds per product of ``shape`` = (f64, split, ta, tb, M, N, K) on SciPy's BLAS and each
-    provider: every provider timed in turn, ``rounds`` times, best kept (about ``target``
-    seconds a timing). Run with the BLAS held at one thread, as the kernels run it.
+def run_threads() -> int:
+    """The threads the kernels' parallel loops will use: ``OMP_NUM_THREADS`` if set, else the
+    cores this process may run on (what libgomp's ``omp_get_max_threads`` starts from)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
-    A split product is timed on one thread by default, its blocks one after the other: the
-    kernels run the same blocks with the BLAS at one thread, only side by side, so the
-    provider fastest on a block is the fastest threaded too; and a one-thread timing is not
-    thrown off by another process taking a core (a 2-thread timing on this shared 2-core
-    machine varied 2-10x between runs, a 1-thread one by a few per cent)."""
+
+def measure(shape, providers, threads=None, rounds=7, target=2e-3) -> dict:
+    """Seconds per product of ``shape`` = (f64, split, ta, tb, M, N, K) on SciPy's BLAS and each
+    provider: every provider timed in turn, ``rounds`` times, the least time kept (about
+    ``target`` seconds a timing), with every BLAS held at one thread as the kernels hold it.
+
+    A split product (a dense kernel's) is timed the way the kernels run it: its blocks side by
+    side on ``threads`` threads (default :func:`run_threads`). Timing the blocks one after the
+    other on one thread, as the first tuner did, ranked MKL first on the MLP's 784->256 and
+    256->128 products while the whole SGD step at 2 threads ran slower with them (1.36 vs
+    1.09 ms on the Xeon family 6 model 207): a provider's speed on one block alone does not
+    say how two blocks run side by side (shared caches and memory bandwidth, the two vCPUs'
+    placement on the host). A per-sample product (a window kernel's) is one call."""
     from ..blas_threads import one_thread
     f64, split, ta, tb, M, N, K = shape
     mod = _tuning_module()
     _install_into(mod, providers, {}, False, 0)
-    T = threads or 1
+    T = max(1, int(threads or run_threads())) if split else 1
     names = ["scipy"] + [p.name for p in providers]
     with one_thread():
         t1 = mod._gemm_time(0, f64, split, ta, tb, M, N, K, T, 1)    # warm-up; sizes the timing
@@ -334,14 +357,17 @@ def choose(times: dict) -> str:
 
 
 def tune(classes=None, builtin=True, force=False, providers=None, budget=None, seconds=None, log=None,
-         seen=True) -> dict:
+         seen=True, threads=None) -> dict:
     """Measure the providers on the shape classes not measured yet on this CPU (all of them with
     ``force``): the built-in models' classes, those the kernels marked as seen, and ``classes``
     (keys or ``(f64, split, ta, tb, M, N, K)`` shapes); save the cache and install the choices.
-    ``budget``: at most this many classes; ``seconds``: stop measuring after this long.
-    Returns ``{key: entry}`` of the cache (entry: shape, times, choice)."""
+    ``budget``: at most this many classes; ``seconds``: stop measuring after this long;
+    ``threads``: the thread count split products are timed at (default :func:`run_threads`).
+    The built-in models' whole steps are checked afterwards by :func:`validate_builtin`
+    (``symprop tune`` runs it). Returns ``{key: entry}`` of the cache (entry: shape, times, choice)."""
     with _lock:
         providers = available() if providers is None else providers
+        threads = max(1, int(threads or run_threads()))
         cache = read_cache(providers=providers)
         if force:
             cache["classes"] = {}
@@ -364,8 +390,9 @@ def tune(classes=None, builtin=True, force=False, providers=None, budget=None, s
             for key, shape in todo.items():
                 if seconds is not None and time.perf_counter() - start > seconds:
                     break
-                times = measure(shape, providers)
-                entry = {"shape": [int(v) for v in shape], "times": times, "choice": choose(times)}
+                times = measure(shape, providers, threads=threads)
+                entry = {"shape": [int(v) for v in shape], "times": times, "choice": choose(times),
+                         "threads": int(threads) if shape[1] else 1}
                 cache["classes"][key] = entry
                 if log:
                     log(entry)
@@ -507,7 +534,8 @@ def report() -> dict:
         classes.append({"key": key, "dtype": "float64" if f64 else "float32", "split": bool(split),
                         "op": f"{'T' if ta else 'N'}{'T' if tb else 'N'}", "M": M, "N": N, "K": K,
                         "choice": e["choice"], "us": {n: round(v * 1e6, 2) for n, v in t.items()},
-                        "saved": round(1 - t[e["choice"]] / t["scipy"], 3)})
+                        "saved": round(1 - t[e["choice"]] / t["scipy"], 3) if t.get("scipy") else 0.0,
+                        "threads": e.get("threads", 1), "overruled": e.get("overruled")})
     return {"cpu": cpu(), "scipy_blas": scipy_blas(),
             "providers": {p.name: {"version": p.version, "path": p.path} for p in _state.get("providers", [])},
             "forced": _state.get("forced"), "classes": classes}
@@ -577,6 +605,156 @@ def layer_products(model, batch: int) -> list:
                     (la.name, "vjp W/sample", (f64, False, False, True, ckk, o, hw)),
                     (la.name, "vjp cols/sample", (f64, False, True, False, ckk, hw, o))]
         shape = nxt
+    return out
+
+
+def _apply(choices: dict):
+    """Install ``choices`` (``{class key: slot}``) over the loaded providers in every module."""
+    providers = _state.get("providers", [])
+    for mod in _modules + [_tuning_module()]:
+        _install_into(mod, providers, choices, bool(providers), 0)
+
+
+def _time_configs(fn, configs: dict, rounds: int = 7, min_round: float = 0.01) -> dict:
+    """``{name: seconds per call}`` of ``fn`` under each table in ``configs``: the configurations
+    take turns, ``rounds`` times, each turn as many calls as last about ``min_round`` seconds;
+    the least mean over the turns (another process can only slow a turn down)."""
+    import time
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    number = max(1, int(min_round / max(time.perf_counter() - t0, 1e-7)))
+    best = {name: float("inf") for name in configs}
+    try:
+        for _ in range(rounds):
+            for name, choices in configs.items():
+                _apply(choices)
+                fn()
+                t0 = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - t0) / number)
+    finally:
+        _apply(_state.get("choices", {}))
+    return best
+
+
+def _training_step(model, X, y):
+    """One gradient evaluation of ``model`` on (X, y) (forward and backward, what an optimizer
+    step multiplies), with its parameters and buffers restored afterwards."""
+    from .optimizers import SGD
+    opt = SGD(lr=0.0)
+    Xv = model._check_X(X)
+    yv = model.loss.check_targets(y, len(Xv), (len(Xv),) + tuple(model.output_shape))
+    saved = [(b, b.copy()) for b in model.parameters() + model.buffers()]
+
+    def step():
+        opt.loss_and_grad(model, Xv, yv)
+
+    def restore():
+        for b, c in saved:
+            b[...] = c
+    return step, restore
+
+
+def validate(model, X, y, step=None, rounds=7, save=True, label=None) -> dict:
+    """Check the tuned choice on a whole step of ``model`` before keeping it: the step (default
+    one gradient evaluation on (X, y), the multiplications of an SGD step) is timed, interleaved,
+    with the tuned providers on this model's products, with each layer's tuned products alone
+    and with all of them on SciPy's BLAS. The fastest of those tables is kept if it beats
+    SciPy's by more than :data:`MARGIN`; otherwise SciPy's. The model's classes left out are
+    *overruled*: set to SciPy's in this process and (``save``) in the cache, with the step
+    times, so later processes keep them on SciPy's too. The per-product measurement cannot see
+    what a whole step does (products side by side on threads, caches between a product and the
+    elementwise kernels around it); this is the check that the choice is never slower than
+    SciPy's BLAS on the model that runs it.
+
+    Returns ``{"model", "batch", "ms": {table: ms}, "kept": [layer], "overruled": [class
+    key], "classes": [class key]}``."""
+    with _lock:
+        setup()
+        label = label or f"{type(model).__name__} {model.input_shape} b{len(X)}"
+        result = {"model": label, "batch": len(X), "ms": {}, "kept": [], "overruled": [], "classes": []}
+        if not _state.get("active"):
+            return result
+        mod = _tuning_module()
+        choices = dict(_state["choices"])
+        by_layer = {}
+        for name, _role, shape in layer_products(model, len(X)):
+            key = mod._gemm_class(*shape)
+            if choices.get(key, 0) != 0:
+                by_layer.setdefault(name, set()).add(key)
+        keys = set().union(*by_layer.values()) if by_layer else set()
+        result["classes"] = sorted(keys)
+        if not keys:
+            return result
+        base = {k: v for k, v in choices.items() if k not in keys}
+        configs = {"scipy": base, "tuned": choices}
+        if len(by_layer) > 1:
+            for name, ks in by_layer.items():
+                configs[f"only {name}"] = {**base, **{k: choices[k] for k in ks}}
+        restore = None
+        if step is None:
+            step, restore = _training_step(model, X, y)
+        try:
+            times = _time_configs(step, configs, rounds)
+        finally:
+            if restore is not None:
+                restore()
+        result["ms"] = {name: round(1e3 * t, 4) for name, t in times.items()}
+        best = min(times, key=times.get)
+        if times[best] >= (1 - MARGIN) * times["scipy"]:
+            best = "scipy"
+        kept = {k for k, v in configs[best].items() if k in keys}
+        result["kept"] = [name for name, ks in by_layer.items() if ks <= kept]
+        result["overruled"] = sorted(keys - kept)
+        if result["overruled"]:
+            classes = dict(_state.get("classes", {}))
+            for k in result["overruled"]:
+                entry = dict(classes.get(k, {"shape": list(decode(k)), "times": {}}))
+                entry["overruled"] = {"model": label, "tuned_chose": entry.get("choice"),
+                                      "step_ms": result["ms"]}
+                entry["choice"] = "scipy"
+                classes[k] = entry
+            providers = _state["providers"]
+            _install(providers, classes)
+            if save:
+                cache = read_cache(providers=providers)
+                cache["classes"].update({k: classes[k] for k in result["overruled"]})
+                write_cache(cache, providers)
+        return result
+
+
+def builtin_models() -> list:
+    """The built-in models whose products :data:`BUILTIN` lists, with a random batch each:
+    ``(label, model, X, y)`` (the MLP 784-256-128-10 at batch 128, the digits MLP 64-512-10
+    at 200, LeNet-5 and the CIFAR-style CNN at 64)."""
+    import numpy as np
+    from . import layers as L
+    from .model import Sequential
+    from .models import cifar_cnn, lenet
+    rng = np.random.default_rng(0)
+
+    def batch(shape, n, classes=10):
+        return rng.standard_normal((n,) + shape).astype(np.float32), rng.integers(0, classes, n)
+    mlp = Sequential([L.Dense(784, 256), L.Tanh(), L.Dense(256, 128), L.Tanh(), L.Dense(128, 10)],
+                     dtype="float32", seed=0)
+    digits = Sequential([L.Dense(64, 512), L.ReLU(), L.Dense(512, 10)], dtype="float32", seed=0)
+    return [("mlp 784-256-128-10 b128", mlp, *batch((784,), 128)),
+            ("digits mlp 64-512-10 b200", digits, *batch((64,), 200)),
+            ("lenet-5 b64", lenet((1, 28, 28), dtype="float32", seed=0), *batch((1, 28, 28), 64)),
+            ("cifar cnn b64", cifar_cnn((3, 32, 32), dtype="float32", seed=0), *batch((3, 32, 32), 64))]
+
+
+def validate_builtin(log=None, rounds=7) -> list:
+    """:func:`validate` on each of :func:`builtin_models` (what ``symprop tune`` runs after
+    measuring): a class a model's step runs slower with is overruled to SciPy's BLAS."""
+    out = []
+    for label, model, X, y in builtin_models():
+        r = validate(model, X, y, rounds=rounds, label=label)
+        out.append(r)
+        if log:
+            log(r)
     return out
 
 

@@ -24,7 +24,10 @@ import threading
 import numpy as np
 
 from .. import blas_threads
-from . import gemm_providers
+from . import arena, gemm_providers
+
+#: integer output dtypes a manifest may name (argmax masks: int16)
+_INDEX_DTYPES = {"int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 #: the fused roles, named where codegen makes them
 from ..codegen.fusion import FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS  # noqa: E402,F401
@@ -118,7 +121,7 @@ class Role:
         self.returns = entry.get("returns")   # a loss kernel's value: returned first, before the outputs
         self.arrays = tuple(entry["arrays"])
         self.optional = frozenset(entry["optional"])
-        self.outputs = {o["name"]: (o["like"], np.int64 if o["dtype"] == "int64" else None)
+        self.outputs = {o["name"]: (o["like"], _INDEX_DTYPES.get(o["dtype"]))
                         for o in entry["outputs"]}
         self.directions = tuple(a for a in self.arrays if _is_direction(a))
         # pushforwards and R-op pullbacks are linear in the directions: all absent -> zero
@@ -176,8 +179,10 @@ class SpecKernels:
                 if o.startswith(prefix):
                     joint[f"{r}:{o[len(prefix):]}"] = r
                     output_of[f"{r}:{o[len(prefix):]}"] = o
+        # may write outputs over inputs (runtime/arena.py): indexwise kernels, nothing reduced
+        alias_safe = entry.get("family") == "elementwise" and not entry["params"]
         # published whole (another thread may read a lazily bound spec while this one binds it)
-        self.output_of, self.joint, self.roles = output_of, joint, roles
+        self.output_of, self.joint, self.alias_safe, self.roles = output_of, joint, alias_safe, roles
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -213,7 +218,9 @@ class SpecKernels:
             elif out is not None:
                 like, odt = out
                 shape = shapes[like] if shapes and like in shapes else env[like].shape
-                v = np.empty(shape, odt or dtype)
+                v = arena.take(shape, odt or dtype) if self.alias_safe else None
+                if v is None:
+                    v = np.empty(shape, odt or dtype)
                 outs[a] = v
             else:
                 v = env.get(a)

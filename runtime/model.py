@@ -7,7 +7,7 @@ import contextlib
 
 import numpy as np
 
-from . import checkpoint
+from . import arena, checkpoint
 from .layer import EVAL, Context, Layer
 from .layers import custom_object, from_config
 from .losses import get_loss
@@ -387,7 +387,9 @@ class Sequential:
         for k in range(len(self.layers) - 1, -1, -1):
             if keep_tape:
                 gs[k] = g
-            g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
+            # without a tape nothing reads g, Rg after this layer: its outputs may reuse them
+            with arena.donated(g, Rg) if not keep_tape and arena.may_donate(self.layers[k]) else contextlib.nullcontext():
+                g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
             if not keep_tape:
                 recs[k] = Rxs[k] = None
             _sum_uses(grads, slots[k], pg)

@@ -519,6 +519,9 @@ def parser() -> argparse.ArgumentParser:
                        "on this CPU and cache the fastest (docs/performance.md)")
     u.add_argument("--keep", action="store_true", help="measure only classes not measured yet on this CPU")
     u.add_argument("--json", action="store_true", help="print the report as JSON")
+    u.add_argument("--no-validate", action="store_true",
+                   help="skip timing the built-in models' whole steps (a class a step runs slower with is "
+                        "kept on SciPy's BLAS)")
     u.set_defaults(fn=cmd_tune)
 
     q = sub.add_parser("pinn", help="train a physics-informed network on a PDE written in SymPy (symprop.pinn)")
@@ -554,9 +557,10 @@ def cmd_tune(args) -> int:
     load("dense")
     providers = G.available()
     G.tune(providers=providers, force=not args.keep)
+    checked = [] if args.no_validate or not providers else G.validate_builtin()
     rep = G.report()
     if args.json:
-        print(json.dumps(rep, indent=1))
+        print(json.dumps({**rep, "validated": checked}, indent=1))
         return 0
     cpu = rep["cpu"]
     print(f"CPU: {cpu['name']} (family {cpu['family']} model {cpu['model']}); SciPy's BLAS: {rep['scipy_blas']}")
@@ -571,7 +575,11 @@ def cmd_tune(args) -> int:
     for c in rep["classes"]:
         print(f"{c['dtype']:8s} {'yes' if c['split'] else 'no':5s} {c['op']:3s} {c['M']:5d} {c['N']:5d} {c['K']:5d}  "
               + " ".join(f"{c['us'].get(n, float('nan')):11.1f}" for n in names)
-              + f"  {c['choice']:8s} {100 * c['saved']:4.0f}%")
+              + f"  {c['choice']:8s} {100 * c['saved']:4.0f}%" + ("  (overruled by a whole step)" if c.get("overruled") else ""))
+    for r in checked:
+        ms = ", ".join(f"{k} {v:.3f}" for k, v in r["ms"].items())
+        print(f"whole step, {r['model']}: " + (f"ms {ms}; kept: {', '.join(r['kept']) or 'SciPy only'}"
+                                                if r["ms"] else "every product on SciPy's BLAS already"))
     print(f"cached in {G.cache_path()}")
     return 0
 

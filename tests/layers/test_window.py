@@ -100,7 +100,7 @@ def test_pooling_matches_torch(pool, ties, dtype):
             (gxt,) = torch.autograd.grad(yt, xt, torch.tensor(g.astype(np.float64)))
             Rx = rng.normal(size=x.shape).astype(dtype)
             if kind == "max":
-                y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int64), **geo)
+                y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int16), **geo)
                 gx = K.maxpool2d_vjp_x(g, M, np.empty_like(x), **geo)
                 ry = K.maxpool2d_jvp(Rx=Rx, M=M, Ry=np.empty_like(y), **geo)
                 rgx = K.maxpool2d_rvjp_x(Rg=g, M=M, Rgx=np.empty_like(x), **geo)
@@ -151,7 +151,7 @@ def test_maxpool_random_geometries_nan_match_torch(dtype):
         x.reshape(-1)[rng.choice(x.size, max(1, x.size // 40), replace=False)] = -np.inf
         geo = geo_pool(k, s, p)
         yt, idx = F.max_pool2d(torch.tensor(x), k, s, p, return_indices=True)
-        y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int64), **geo)
+        y, M = K.maxpool2d_forward(x, np.empty(yt.shape, dtype), np.empty(yt.shape, np.int16), **geo)
         assert np.array_equal(y, yt.numpy(), equal_nan=True), (k, s, p, H, W_)
         hh, ww = np.meshgrid(np.arange(y.shape[2]), np.arange(y.shape[3]), indexing="ij")
         u, v = hh * s[0] + M // k[1] - p[0], ww * s[1] + M % k[1] - p[1]
@@ -206,7 +206,7 @@ def test_window_kernel_errors_name_kernel_and_shapes():
         K.conv2d_forward(x, W, b, np.zeros((2, 4, 6, 6)), **{**geo, "s_h": 0})
     with pytest.raises(TypeError, match="dtype float32 but earlier"):
         K.conv2d_forward(x, W.astype(np.float32), b, np.zeros((2, 4, 6, 6)), **geo)
-    y, M = np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 4), np.int64)
+    y, M = np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 4), np.int16)
     pg = geo_pool((2, 2), None, (0, 0))
     with pytest.raises(TypeError, match="argmax mask 'M' has dtype int32"):
         K.maxpool2d_forward(x, y, M.astype(np.int32), **pg)
