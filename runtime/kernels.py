@@ -18,6 +18,7 @@ dispatcher never given the controls runs BLAS-calling kernels serially).
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import threading
 
@@ -28,6 +29,10 @@ from . import gemm_providers
 
 #: the fused roles (``codegen/fusion.py``)
 FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS = "forward+jvp", "vjp+rvjp", "vjp+rvjp:params"
+
+#: called as ``observer(spec_kernels, role, outputs)`` after every kernel call (the sweep
+#: engine's recording mode, ``runtime/sweep.py``); None: nobody observes
+OBSERVER: contextvars.ContextVar = contextvars.ContextVar("symprop_kernel_observer", default=None)
 
 _lock = threading.Lock()
 _registered: set = set()
@@ -183,4 +188,8 @@ class SpecKernels:
             r.fn(*args, **{k: scalars[k] for k in r.kwargs})
         else:
             r.fn(*args)
-        return [outs[o] for o in r.outputs]
+        res = [outs[o] for o in r.outputs]
+        observer = OBSERVER.get()
+        if observer is not None:
+            observer(self, role, res)
+        return res
