@@ -116,7 +116,7 @@ RVJP = Pass(
     doc="the R-op of every pullback (Hessian-vector products)")
 
 VJP_RVJP = Pass(
-    "vjp_rvjp", reverse=True, keep="g", kept_part=lambda c: c[0], reads=("Rx",), results=2,
+    "vjp_rvjp", reverse=True, keep="g", kept_part=lambda c: c[0], reads=("Rx",), results=2, empty=(None, None),
     step=lambda la, rec, c, kept, Rp, ni, o: _vjp_rvjp(la.vjp_rvjp(rec, c[0], c[1], kept["Rx"], Rp, ni)),
     doc="pullbacks and their R-ops together (fused kernels)")
 

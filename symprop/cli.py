@@ -335,8 +335,21 @@ def _model_info(name: str):
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
-    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss,
+    info = latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss,
                                 origin=f" that {latex.command_tex('symprop train --model ' + name)} builds")
+    info.schedule = _recorded_schedule(name)
+    return info
+
+
+def _recorded_schedule(name: str):
+    """The kernels each call of the named model runs, recorded by the sweep engine on a tiny
+    batch (``runtime/sweep.py``); None without compiled kernels."""
+    try:
+        from .runtime.models import MODELS
+        from .runtime.sweep import record_schedule
+    except ImportError:
+        return None
+    return record_schedule(MODELS[name](MODEL_INPUTS[name], classes=10))
 
 
 def _load_specs(path: str) -> list:
