@@ -206,24 +206,26 @@ def walk(p: Pass, layers: list, records, carry, *, kept: dict | None = None, dir
     n = len(layers)
     out = [None] * n
     keep = [None] * n if p.keep else None
-    order = range(n - 1, -1, -1) if p.reverse else range(n)
     where = _AT.get() if _LOG.get() is not None else None
-    for k in order:
+    step, reads, part = p.step, p.reads, p.kept_part
+    for k in (range(n - 1, -1, -1) if p.reverse else range(n)):
         la = layers[k]
         if keep is not None and (keep_if is None or keep_if(la)):
-            keep[k] = carry if p.kept_part is None else p.kept_part(carry)
-        ni = (need_input or k > 0) if p.reverse else True
-        token = _AT.set(where + (k,)) if where is not None else None
-        try:
-            carry, out[k] = p.step(la, None if records is None else records[k], carry,
-                                   {r: kept[r][k] for r in p.reads} if p.reads else None,
-                                   directions[k] if directions is not None else (), ni, opts)
-        finally:
-            if token is not None:
+            keep[k] = carry if part is None else part(carry)
+        args = (la, None if records is None else records[k], carry,
+                {r: kept[r][k] for r in reads} if reads else None,
+                () if directions is None else directions[k], need_input or k > 0 or not p.reverse, opts)
+        if where is None:
+            carry, out[k] = step(*args)
+        else:   # recording: the kernels this step runs are logged at the layer's position
+            token = _AT.set(where + (k,))
+            try:
+                carry, out[k] = step(*args)
+            finally:
                 _AT.reset(token)
         if release:
             records[k] = None
-            for r in p.reads:
+            for r in reads:
                 kept[r][k] = None
         if tidy is not None and carry is not None:
             carry = tidy(carry)
@@ -243,11 +245,6 @@ def split_uses(layers: list, flat) -> list[list]:
     return parts
 
 
-def concat_results(p: Pass, per_layer: list) -> tuple:
-    """Per-layer result tuples as ``p.results`` flat lists aligned with the concatenated uses."""
-    return tuple([a for res in per_layer for a in res[j]] for j in range(p.results))
-
-
 def through_branches(p: Pass, node, branches: list[list], record, carry, directions=None,
                      need_input: bool = True, opts: dict | None = None):
     """Run ``p`` through a fan-out node whose ``branches`` (chains; an empty chain is the
@@ -257,34 +254,36 @@ def through_branches(p: Pass, node, branches: list[list], record, carry, directi
     the carries its branches kept (a later pass reads them)."""
     if p.join is None and any(branches):
         raise ValueError(f"{node.name}: the {p.name} pass is not defined through a fan-out")
-    parts = split_uses([la for b in branches for la in b], directions)
-    rec = {"branches": [], "kept": {}} if p.makes_record else record
+    forward = p.makes_record
+    rec = {"branches": [], "kept": {}} if forward else record
+    parts = None if directions is None else split_uses([la for b in branches for la in b], directions)
     carries, results, kept_by_branch, i = [], [], [], 0
     where = _AT.get() if _LOG.get() is not None else None
     for b, chain in enumerate(branches):
-        dirs = parts[i:i + len(chain)] if parts is not None else None
-        i += len(chain)
-        token = _AT.set(where + (b,)) if where is not None else None
-        try:
-            c, out, keep = walk(p, chain, None if p.makes_record else rec["branches"][b], carry,
-                                kept={r: rec["kept"][r][b] for r in p.reads}, directions=dirs,
-                                need_input=need_input, opts=opts)
-        finally:
-            if token is not None:
+        args = (p, chain, None if forward else rec["branches"][b], carry)
+        kw = dict(kept={r: rec["kept"][r][b] for r in p.reads} if p.reads else None,
+                  directions=None if parts is None else parts[i:i + len(chain)], need_input=need_input, opts=opts)
+        if where is None:
+            c, out, keep = walk(*args, **kw)
+        else:   # recording: a branch layer's position is (node's, branch, its index)
+            token = _AT.set(where + (b,))
+            try:
+                c, out, keep = walk(*args, **kw)
+            finally:
                 _AT.reset(token)
+        i += len(chain)
         carries.append(c)
         kept_by_branch.append(keep)
-        if p.makes_record:
+        if forward:
             rec["branches"].append(out)
         else:
-            results.extend(out)
+            results += out
     if p.keep:
         rec["kept"][p.keep] = kept_by_branch
-    if p.reverse and not need_input:
-        carry = p.empty
-    else:
-        carry = p.join(carries, carry)
-    return (carry, rec) if p.makes_record else (carry, concat_results(p, results))
+    carry = p.empty if p.reverse and not need_input else p.join(carries, carry)
+    if forward:
+        return carry, rec
+    return carry, tuple([a for res in results for a in res[j]] for j in range(p.results))
 
 
 # ---------------------------------------------------------------- the schedule of a model's calls
