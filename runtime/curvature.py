@@ -66,7 +66,7 @@ def check_factor_size(n_elements: int, where: str):
 def loss_hessian_blocks(model, tape) -> np.ndarray:
     """(N, K, K): the per-sample loss Hessian at the tape's point (the loss's HVP kernel, once
     per output unit)."""
-    sweep.note(model.loss.name + "_hvp", "hessian_blocks", tape.out.shape)
+    sweep.note(model.loss.name + "_hvp", "hessian_blocks", (tape.out.shape,))
     return model.loss.hessian_blocks(tape.loss_ctx, tape.out, tape.y)
 
 

@@ -62,12 +62,12 @@ def sum_into_slots(n: int, slots: list, per_layer: list, which: int = 0, zeros_l
 
 
 def _loss_value_and_grad(model, out, y):
-    sweep.note(model.loss.name, "value_and_grad", out.shape)
+    sweep.note(model.loss.name, "value_and_grad", (out.shape,))
     return model.loss.value_and_grad(out, y)
 
 
 def _loss_hvp(model, ctx, out, y, Rx):
-    sweep.note(model.loss.name + "_hvp", "hvp", out.shape)
+    sweep.note(model.loss.name + "_hvp", "hvp", (out.shape,))
     return model.loss.hvp(ctx, out, y, Rx if Rx is not None else np.zeros_like(out))
 
 
