@@ -121,7 +121,7 @@ VJP_RVJP = Pass(
     doc="pullbacks and their R-ops together (fused kernels)")
 
 FACTOR = Pass(
-    "factor_backprop", reverse=True, reads=("g",), results=1, join=join_factor_groups, empty=[],
+    "factor_backprop", reverse=True, reads=("g",), results=1, join=join_factor_groups, empty=(),
     step=lambda la, rec, groups, kept, Rp, ni, o: _one(la.factor_backprop(rec, groups, kept["g"], o["exact"], ni)),
     doc="factor groups of the output Hessian; per-parameter Gauss-Newton (and exact) diagonals")
 
