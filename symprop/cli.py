@@ -343,12 +343,14 @@ def _model_info(name: str):
 
 def _recorded_schedule(name: str):
     """The kernels each call of the named model runs, recorded by the sweep engine on a tiny
-    batch (``runtime/sweep.py``); None without compiled kernels."""
+    batch (``runtime/sweep.py``); without compiled kernels, a clear error before any deriving."""
     try:
         from .runtime.models import MODELS
         from .runtime.sweep import record_schedule
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise ValueError(f"latex --model {name}: the document's kernel schedule is recorded by running the "
+                         f"model, which needs the compiled kernels ({exc}); run `pip install .` first, or "
+                         f"leave out --model") from exc
     return record_schedule(MODELS[name](MODEL_INPUTS[name], classes=10))
 
 
