@@ -1,9 +1,8 @@
 """The kernel schedule of a model: the kernels each training call runs, in order, and the
 appendix tables that list them.
 
-:func:`kernel_schedule` re-states the call order of ``runtime/model.py`` and
-``runtime/curvature.py`` (kept equal by a test that records the runtime's executor); it is the
-one place to replace when the schedule is recorded from the sweep engine instead.
+:func:`kernel_schedule` reads the schedule the runtime recorded (the sweep engine running the
+model's calls on a tiny batch, ``runtime/sweep.py``): nothing here knows the call order.
 """
 from __future__ import annotations
 
@@ -31,70 +30,20 @@ def _layer_roles(info: ModelInfo) -> list[dict]:
 
 
 def kernel_schedule(info: ModelInfo) -> dict:
-    """The kernels each training call runs, in order, as ``runtime/model.py`` and
-    ``runtime/curvature.py`` call them: ``{call: [(layer k or None, kernel name, note)]}``.
-    Reshapes (Flatten) run no kernel; the first layer computes no input gradient."""
-    L = info.layers
-    roles = _layer_roles(info)
-    pnames = [[p for p, _ in la.params] for la in L]
-    loss, loss_hvp = info.loss, info.loss + "_hvp"
-
-    forward = [(k + 1, roles[k]["forward"], "") for k in range(len(L)) if L[k].spec]
-    backward = [(None, loss, "the loss and its gradient")]
-    for k in range(len(L) - 1, -1, -1):
-        r = roles[k]
-        backward += [(k + 1, r[f"vjp:{p}"], "") for p in pnames[k]]
-        if k > 0 and L[k].spec:
-            backward.append((k + 1, r["vjp:x"], ""))
-    grad = forward + backward
-
-    rfwd, started = [], False
-    for k in range(len(L)):
-        started = started or bool(pnames[k])
-        if L[k].spec and (pnames[k] or started):      # a parameter-free layer before any parameter sees no direction
-            rfwd.append((k + 1, roles[k]["jvp"], ""))
-    rbwd = [(None, loss_hvp, "the loss Hessian times the pushed-forward direction")]
-    for k in range(len(L) - 1, -1, -1):
-        r = roles[k]
-        rbwd += [(k + 1, r[f"rvjp:{p}"], "") for p in pnames[k]]
-        if k > 0 and L[k].spec:
-            rbwd.append((k + 1, r["rvjp:x"], ""))
-
-    blocks = [(None, loss_hvp, "once per output unit: the loss Hessian blocks")]
-
-    def factor(exact: bool):
-        """Per layer, for each factor group: the squared parameter pullbacks, then the input
-        pullback of each column; with ``exact`` an activation's residual starts a new group."""
-        out, groups = list(blocks), 1
-        for k in range(len(L) - 1, -1, -1):
-            r = roles[k]
-            for _ in range(groups):
-                out += [(k + 1, r[f"sqvjp:{p}"], "per factor group") for p in pnames[k]]
-                if k > 0 and L[k].spec:
-                    out.append((k + 1, r["vjp:x"], "per column"))
-            if k > 0 and exact and "residual" in r:
-                out.append((k + 1, r["residual"], "a new group"))
-                groups += 1
-        return out
-
-    bl = list(blocks)
-    for k in range(len(L) - 1, -1, -1):
-        r = roles[k]
-        if L[k].spec:
-            bl.append((k + 1, r["bl:x"], ""))
-            bl += [(k + 1, r[f"bl:{p}"], "") for p in pnames[k]]
-    # hvp: forward over reverse, each layer's forward and JVP in one fused kernel, then its
-    # pullbacks and their R-ops in one (runtime Sequential.forward_over_reverse; the fused
-    # roles of codegen/fusion.py, which every family of the model part's layers emits)
-    fused = [(k + 1, f"{L[k].spec}_forward_jvp", "") for k in range(len(L)) if L[k].spec]
-    fused += [backward[0], rbwd[0]]
-    for k in range(len(L) - 1, -1, -1):
-        if L[k].spec:
-            first = k == 0 and pnames[k]           # the first layer needs no input gradient
-            fused.append((k + 1, f"{L[k].spec}_vjp_rvjp" + ("_params" if first else ""), ""))
-    return {"loss_and_grad": grad, "hvp": fused,
-            "exact": grad + factor(True), "gauss_newton": grad + factor(False),
-            "becker_lecun": grad + bl, "hutchinson": grad + rfwd + rbwd}
+    """The kernels each training call runs, in order, as the runtime recorded them: ``{call:
+    [(layer k or None for the loss, kernel name, note)]}`` from ``info.schedule``, the log of
+    the sweep engine running the model's calls on a tiny batch (``runtime/sweep.py``,
+    ``record_schedule``; entries with a ``position``, ``role`` and ``kernel``). A layer inside a
+    block counts as the block's layer k."""
+    if info.schedule is None:
+        raise ValueError("latex: the kernel schedule of a model is recorded by running it (the runtime's "
+                         "sweep.record_schedule); compile the kernels (pip install .) to document a model")
+    notes = {"residual": "a new group", "value_and_grad": "the loss and its gradient",
+             "hvp": "the loss Hessian times the pushed-forward direction",
+             "hessian_blocks": "once per output unit: the loss Hessian blocks"}
+    calls = ("loss_and_grad", "hvp", "exact", "gauss_newton", "becker_lecun", "hutchinson")
+    return {call: [(c.position[0] + 1 if c.position else None, c.kernel, notes.get(c.role, ""))
+                   for c in info.schedule.get(call, ())] for call in calls}
 
 
 def model_schedule(info: ModelInfo) -> str:

@@ -33,6 +33,7 @@ class ModelInfo:
     layers: list
     loss: str = "softmax_cross_entropy"
     origin: str = ""
+    schedule: dict | None = None   # the kernels each call runs, as recorded (see kernel_schedule)
 
     @property
     def n_params(self) -> int:

@@ -1,7 +1,8 @@
 """Hessian diagonals and the full Hessian of a :class:`Sequential`'s mean batch loss.
 
 All second derivatives come from generated kernels (the loss HVP, the layers' R-op and
-residual kernels); this module only composes them:
+residual kernels); this module only composes them, the sweeps through the layers being the
+sweep engine's (:data:`sweep.FACTOR`, :data:`sweep.BECKER_LECUN`):
 
 - ``hutchinson``: ``mean_s v_s ⊙ H v_s`` over Rademacher ``v_s`` (exact HVPs, one shared
   forward/backward pass);
@@ -19,6 +20,9 @@ residual kernels); this module only composes them:
 from __future__ import annotations
 
 import numpy as np
+
+from . import sweep
+from .passes import sum_into_slots
 
 #: "exact"/"gauss_newton" refuse factor groups larger than this many array elements
 #: (columns × batch × units at one layer; 2**26 float64 elements = 512 MiB).
@@ -59,10 +63,17 @@ def check_factor_size(n_elements: int, where: str):
                          f"method='becker_lecun' or method='hutchinson'")
 
 
+def loss_hessian_blocks(model, tape) -> np.ndarray:
+    """(N, K, K): the per-sample loss Hessian at the tape's point (the loss's HVP kernel, once
+    per output unit)."""
+    sweep.note(model.loss.name + "_hvp", "hessian_blocks", (tape.out.shape,))
+    return model.loss.hessian_blocks(tape.loss_ctx, tape.out, tape.y)
+
+
 def loss_factor(model, tape):
     """The per-sample loss Hessian at the tape's point as ``S diag(w) Sᵀ`` (eigh)."""
     out = tape.out
-    H = model.loss.hessian_blocks(tape.loss_ctx, out, tape.y)   # (N, K, K) from the generated HVP kernel
+    H = loss_hessian_blocks(model, tape)                 # (N, K, K) from the generated HVP kernel
     lam, U = np.linalg.eigh(H.astype(np.float64))      # H[n] = U[n] diag(lam[n]) U[n]ᵀ
     S = U * np.sqrt(np.abs(lam))[:, None, :]           # column k of sample n: S[n, :, k]
     k = S.shape[2]
@@ -71,37 +82,24 @@ def loss_factor(model, tape):
             np.sign(lam).T.astype(out.dtype))
 
 
-def _per_layer(model, tape, diag_of_layer):
-    """Run ``diag_of_layer(k, layer, record, g)`` from the last layer to the first; the
-    per-use parameter diagonals it returns land in ``parameters()`` order."""
+def _diagonal_sweep(model, tape, p, carry, **opts):
+    """Run the curvature pass ``p`` (:data:`sweep.FACTOR` or :data:`sweep.BECKER_LECUN`) from
+    the output's ``carry`` down the layers; the per-use diagonals land in ``parameters()``
+    order (a parameter is used once: shared parameters are refused before)."""
     params, slots = model.param_slots()
-    out = [None] * len(params)
-    for k in range(len(model.layers) - 1, -1, -1):
-        for i, d in zip(slots[k], diag_of_layer(k, model.layers[k], tape.records[k], tape.gs[k])):
-            out[i] = d
-    return out
+    tidy = (lambda groups: [(S, w) for S, w in groups if S.shape[0]]) if p is sweep.FACTOR else None
+    _, per_layer, _ = sweep.walk(p, model.layers, tape.records, carry, kept={"g": tape.gs}, need_input=False,
+                                 opts=opts, tidy=tidy)   # groups with no columns add nothing
+    return sum_into_slots(len(params), slots, per_layer)
 
 
 def _factor_diagonal(model, tape, exact: bool):
-    groups = [loss_factor(model, tape)]
-
-    def step(k, layer, rec, g):
-        nonlocal groups
-        groups, d = layer.factor_backprop(rec, groups, g, exact, need_input=k > 0)
-        groups = [(S, w) for S, w in groups if S.shape[0]]   # groups with no columns add nothing
-        return d
-    return _per_layer(model, tape, step)
+    return _diagonal_sweep(model, tape, sweep.FACTOR, [loss_factor(model, tape)], exact=exact)
 
 
 def _becker_lecun(model, tape):
-    h = np.ascontiguousarray(np.diagonal(model.loss.hessian_blocks(tape.loss_ctx, tape.out, tape.y),
-                                         axis1=1, axis2=2).reshape(tape.out.shape))
-
-    def step(k, layer, rec, g):
-        nonlocal h
-        h, d = layer.bl(rec, h, g)
-        return d
-    return _per_layer(model, tape, step)
+    h = np.ascontiguousarray(np.diagonal(loss_hessian_blocks(model, tape), axis1=1, axis2=2).reshape(tape.out.shape))
+    return _diagonal_sweep(model, tape, sweep.BECKER_LECUN, h)
 
 
 def hutchinson(model, tape, samples: int, rng: np.random.Generator) -> list[np.ndarray]:

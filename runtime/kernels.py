@@ -18,6 +18,7 @@ dispatcher never given the controls runs BLAS-calling kernels serially).
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import threading
 
@@ -31,6 +32,10 @@ _INDEX_DTYPES = {"int16": np.int16, "int32": np.int32, "int64": np.int64}
 
 #: the fused roles, named where codegen makes them
 from ..codegen.fusion import FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS  # noqa: E402,F401
+
+#: called as ``observer(spec_kernels, role, outputs)`` after every kernel call (the sweep
+#: engine's recording mode, ``runtime/sweep.py``); None: nobody observes
+OBSERVER: contextvars.ContextVar = contextvars.ContextVar("symprop_kernel_observer", default=None)
 
 _lock = threading.Lock()
 _registered: set = set()
@@ -230,6 +235,8 @@ class SpecKernels:
                     raise ValueError(f"{self.owner}: kernel {role!r} needs array {a!r}")
             args.append(v)
         ret = r.fn(*args, **{k: scalars[k] for k in r.kwargs}) if r.kwargs else r.fn(*args)
-        if r.returns:
-            return [ret] + [outs[o] for o in r.outputs]
-        return [outs[o] for o in r.outputs]
+        res = [outs[o] for o in r.outputs]
+        observer = OBSERVER.get()
+        if observer is not None:
+            observer(self, role, res)
+        return [ret] + res if r.returns else res

@@ -1,18 +1,23 @@
-"""``Sequential``: a stack of layers with a loss, trained by mini-batch optimization."""
+"""``Sequential``: a stack of layers with a loss, trained by mini-batch optimization.
+
+This module holds the model's construction, validation and public API. The work is elsewhere:
+the passes in ``passes.py`` (on the sweep engine, ``sweep.py``), the Hessian diagonals in
+``curvature.py``, the training loop in ``training.py``, the penalty in ``penalty.py``,
+persistence in ``persistence.py`` and the printed forms in ``summary.py``."""
 from __future__ import annotations
 
-import threading
-
 import contextlib
+import threading
 
 import numpy as np
 
-from . import arena, checkpoint
+from . import passes, persistence, summary
 from .layer import EVAL, Context, Layer
-from .layers import custom_object, from_config
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Optimizer
+from .passes import Tape  # noqa: F401 (public here too)
+from .penalty import Penalty
 from .training import DIVERGENCE_FACTOR, TrainingDiverged  # noqa: F401 (public here too)
 
 
@@ -48,50 +53,6 @@ def _memory_named(layer):
         raise MemoryError(f"{layer.name}: not enough memory for its parameters ({exc})") from exc
 
 
-class Tape:
-    """What one forward pass of a :class:`Sequential` saved, per call: each layer use's record,
-    the network output, the loss and its context (e.g. softmax probabilities) and, after
-    :meth:`Sequential.backward` with ``keep_output_grads``, each layer's output gradient.
-    Nothing per-call lives on layers or the model, so models and layers are reentrant."""
-
-    __slots__ = ("records", "out", "y", "loss", "loss_ctx", "grad_out", "gs")
-
-    def __init__(self, records, out, y, loss, loss_ctx, grad_out):
-        self.records, self.out, self.y = records, out, y
-        self.loss, self.loss_ctx, self.grad_out = loss, loss_ctx, grad_out
-        self.gs = None
-
-
-#: backward roles (what vjp_rvjp may run) as the manifest names them
-_BACKWARD_ROLES = ("vjp", "rvjp", "vjp+rvjp")
-
-
-def _backward_reads_input_tangent(layer) -> bool:
-    """Whether ``layer``'s pullback or R-op may read the tangent of its input (``Rx``): True
-    unless it is an activation or pooling layer whose generated backward roles (fused or
-    separate) take no ``R<input>`` argument per the manifest (their R-op is linear in ``Rg``
-    and the saved record), so the forward sweep need not keep that tangent alive."""
-    from .activation import Activation
-    from .conv import AvgPool2D, MaxPool2D
-    K = getattr(layer, "kernels", None)
-    if not isinstance(layer, (Activation, MaxPool2D, AvgPool2D)) or not hasattr(K, "roles"):
-        return True
-    name = "R" + K.input
-    return any(name in role.arrays for r, role in K.roles.items() if r.split(":")[0] in _BACKWARD_ROLES)
-
-
-def _sum_uses(acc: list, slots, values) -> None:
-    """Add a layer's per-parameter results into ``acc`` at the parameters' slots (a shared
-    parameter sums over its uses); a None value (no direction reached it) adds nothing."""
-    for i, a in zip(slots, values):
-        if a is not None:
-            acc[i] = a if acc[i] is None else acc[i] + a
-
-
-def _zeros_where_none(values: list, params: list) -> list:
-    return [np.zeros_like(p) if v is None else v for p, v in zip(params, values)]
-
-
 class Sequential:
     """Layers applied in order, then a loss that averages over the batch.
 
@@ -122,6 +83,7 @@ class Sequential:
                 raise ValueError(f"Sequential: {nm} must be a finite number >= 0, got {v!r}")
         self.l1, self.l2 = float(l1), float(l2)
         self.rng = np.random.default_rng(seed)
+        self.penalty = Penalty(self)
         self._build_lock = threading.Lock()
         tune_allocator()
         seen = set()
@@ -246,11 +208,7 @@ class Sequential:
         return Context(self.training, self.training and update_buffers, self.rng) if self.training else EVAL
 
     def _forward(self, X: np.ndarray, ctx: Context = EVAL):
-        out, recs = X, []
-        for layer in self.layers:
-            out, r = layer.forward(out, ctx)
-            recs.append(r)
-        return out, recs
+        return passes.forward(self, X, ctx)
 
     def forward(self, X) -> np.ndarray:
         """Network outputs (logits for classification), in the model's current mode; in train
@@ -262,7 +220,7 @@ class Sequential:
         tape = self.trace(X, y)
         return tape.loss, self.backward(tape)
 
-    # ------------------------------------------------------------ the passes, on a tape
+    # ------------------------------------------------------------ the passes, on a tape (passes.py)
     def trace(self, X, y, checked: bool = False, update_buffers: bool = True) -> Tape:
         """Forward pass and loss on a batch: the :class:`Tape` every later pass reads.
         ``checked``: X and y are already validated (the fit loop validates once);
@@ -270,70 +228,22 @@ class Sequential:
         pass False)."""
         if not checked:
             X, y = self._check_batch(X, y)
-        out, recs = self._forward(X, self._context(update_buffers))
-        loss, g, ctx = self.loss.value_and_grad(out, y)
-        return Tape(recs, out, y, float(loss) + self.penalty_value(), ctx, g)
-
-    # ------------------------------------------------------------ penalties
-    def _penalty(self):
-        """``(kernels, scalars, indices of penalized parameters)`` or None without a penalty."""
-        if not (self.l1 or self.l2):
-            return None
-        from .kernels import SpecKernels, load
-        params, _ = self.param_slots()
-        index = {id(p): i for i, p in enumerate(params)}
-        seen, idx = set(), []
-        for layer in self.layers:
-            for p in layer.penalized():
-                if id(p) not in seen and id(p) in index:
-                    seen.add(id(p))
-                    idx.append(index[id(p)])
-        return SpecKernels(load("activations"), "penalty"), {"l1": self.l1, "l2": self.l2}, idx
-
-    def _penalty_role(self, role, i, **arrays):
-        K, sc, _ = self._penalty()
-        p = self.parameters()[i]
-        return K.run(role, {"x": p, **arrays}, p.dtype, sc, {"x": p.shape, "y": p.shape})
+        return passes.trace(self, X, y, self._context(update_buffers))
 
     def penalty_value(self) -> float:
         """``l1·Σ|W| + (l2/2)·Σ W²`` over Dense and Conv2D weights (each shared weight once)."""
-        pen = self._penalty()
-        if pen is None:
-            return 0.0
-        return float(sum(self._penalty_role("forward", i).sum(dtype=np.float64) for i in pen[2]))
+        return self.penalty.value()
 
     def add_penalty_terms(self, out: list, role: str, **direction):
-        """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``) or Hessian diagonal
-        (``residual``) kernel output to ``out`` (aligned with parameters())."""
-        pen = self._penalty()
-        if pen is None:
-            return out
-        for i in pen[2]:
-            p = self.parameters()[i]
-            one = np.ones_like(p)
-            if role == "rvjp:x":
-                r = self._penalty_role(role, i, g=one, Rx=direction["v"][i], Rg=np.zeros_like(p))
-            else:
-                r = self._penalty_role(role, i, g=one)
-            if r is not None:
-                out[i] = out[i] + r
-        return out
+        """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``, direction ``v=``) or Hessian
+        diagonal (``residual``) kernel output to ``out`` (aligned with parameters())."""
+        return self.penalty.add(out, role, direction.get("v"))
 
     def backward(self, tape: Tape, keep_output_grads: bool = False) -> list[np.ndarray]:
         """Gradients of the tape's loss, aligned with :meth:`parameters` (summed over the uses
         of a shared parameter). ``keep_output_grads`` keeps each layer's output gradient on the
         tape for :meth:`rop` and the Hessian diagonals."""
-        params, slots = self.param_slots()
-        grads = [None] * len(params)
-        g = tape.grad_out
-        gs = [None] * len(self.layers)
-        for k in range(len(self.layers) - 1, -1, -1):
-            gs[k] = g
-            g, pg = self.layers[k].vjp(tape.records[k], g, need_input=k > 0)
-            _sum_uses(grads, slots[k], pg)
-        if keep_output_grads:
-            tape.gs = gs
-        return self.add_penalty_terms(grads, "vjp:x")
+        return passes.backward(self, tape, keep_output_grads)
 
     def rop(self, tape: Tape, v: list[np.ndarray]) -> list[np.ndarray]:
         """Exact Hessian-vector product at the tape's point (after ``backward(tape,
@@ -341,20 +251,7 @@ class Sequential:
         back (the R-op of every pullback). ``v`` is aligned with :meth:`parameters`."""
         if tape.gs is None:
             raise ValueError("Sequential.rop: call backward(tape, keep_output_grads=True) first")
-        v = self._check_direction(v)
-        params, slots = self.param_slots()
-        parts = [[v[i] for i in s] for s in slots]
-        Rxs, Rx = [], None
-        for layer, rec, Rp in zip(self.layers, tape.records, parts):
-            Rxs.append(Rx)
-            Rx = layer.jvp(rec, Rx, Rp)
-        Rg = self.loss.hvp(tape.loss_ctx, tape.out, tape.y, Rx if Rx is not None else np.zeros_like(tape.out))
-        Hv = [None] * len(params)
-        for k in range(len(self.layers) - 1, -1, -1):
-            Rg, Rp = self.layers[k].rvjp(tape.records[k], tape.gs[k], Rg, Rxs[k], parts[k], need_input=k > 0)
-            _sum_uses(Hv, slots[k], Rp)
-        Hv = _zeros_where_none(Hv, params)
-        return self.add_penalty_terms(Hv, "rvjp:x", v=v)
+        return passes.rop(self, tape, self._check_direction(v))
 
     def forward_over_reverse(self, X, y, v: list[np.ndarray], update_buffers: bool = False, keep_tape: bool = True):
         """``(tape, grads, Hv)`` on a validated batch and direction, in two sweeps: every layer's
@@ -367,36 +264,7 @@ class Sequential:
         backward role reads (activations, pooling); the tape then holds only the loss. On the
         CIFAR CNN at batch 256 that took grad+HVP's working memory from 411 to 203 MiB
         (PyTorch's double backward: 279 MiB; ``benchmarks/hvp_memory.py``)."""
-        params, slots = self.param_slots()
-        parts = [[v[i] for i in s] for s in slots]
-        ctx = self._context(update_buffers)
-        out, Rx, recs, Rxs = X, None, [], []
-        for layer, Rp in zip(self.layers, parts):
-            # a tangent no backward role reads is not kept (kept with the tape: rop may want it)
-            Rxs.append(Rx if keep_tape or _backward_reads_input_tangent(layer) else None)
-            out, Rx, rec = layer.forward_jvp(out, Rx, Rp, ctx)
-            recs.append(rec)
-        loss, g, lctx = self.loss.value_and_grad(out, y)
-        tape = Tape(recs, out, y, float(loss) + self.penalty_value(), lctx, g)
-        Rg = self.loss.hvp(lctx, out, y, Rx if Rx is not None else np.zeros_like(out))
-        grads, Hv = [None] * len(params), [None] * len(params)
-        gs = [None] * len(self.layers)
-        if not keep_tape:
-            tape.records = tape.out = tape.loss_ctx = tape.grad_out = None
-            out = Rx = None
-        for k in range(len(self.layers) - 1, -1, -1):
-            if keep_tape:
-                gs[k] = g
-            # without a tape nothing reads g, Rg after this layer: its outputs may reuse them
-            with arena.donated(g, Rg) if not keep_tape and arena.may_donate(self.layers[k]) else contextlib.nullcontext():
-                g, pg, Rg, Rp = self.layers[k].vjp_rvjp(recs[k], g, Rg, Rxs[k], parts[k], need_input=k > 0)
-            if not keep_tape:
-                recs[k] = Rxs[k] = None
-            _sum_uses(grads, slots[k], pg)
-            _sum_uses(Hv, slots[k], Rp)
-        tape.gs = gs if keep_tape else None
-        Hv = _zeros_where_none(Hv, params)
-        return tape, self.add_penalty_terms(grads, "vjp:x"), self.add_penalty_terms(Hv, "rvjp:x", v=v)
+        return passes.forward_over_reverse(self, X, y, v, self._context(update_buffers), keep_tape)
 
     # ------------------------------------------------------------ second order
     def _check_direction(self, v, what: str = "v") -> list[np.ndarray]:
@@ -510,83 +378,25 @@ class Sequential:
     def layer_table(self) -> list[tuple[str, tuple | None, int, str]]:
         """``(layer, per-sample output shape or None before building, parameter count, note)`` per
         layer use; a shared layer's parameters are counted at its first use."""
-        shape, rows, seen = self.input_shape, [], {}
-        for k, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape) if shape is not None else None
-            if id(layer) in seen:
-                rows.append((layer.name, shape, 0, f"shared with layer {seen[id(layer)]}"))
-                continue
-            seen[id(layer)] = k
-            n = sum(p.size for p in layer.parameters()) if shape is not None or layer.parameters_known() else 0
-            rows.append((layer.name, shape, n, ""))
-        return rows
+        return summary.layer_table(self)
 
     def specs(self) -> tuple[list[str], list]:
         """``(built-in spec names, user specs)`` of every layer and the loss, in model order
         (what :meth:`latex` documents)."""
-        from .kernels import SpecKernels
-        names, extra = [], []
-
-        def visit(obj):
-            if isinstance(obj, (list, tuple)):
-                for o in obj:
-                    visit(o)
-                return
-            if not isinstance(obj, Layer):
-                return
-            spec = getattr(obj, "spec", None)
-            if spec is not None and hasattr(spec, "hash"):
-                if all(spec is not e for e in extra):
-                    extra.append(spec)
-                return
-            for v in vars(obj).values():
-                if isinstance(v, SpecKernels) and v.spec not in names:
-                    names.append(v.spec)
-                elif isinstance(v, (Layer, list, tuple)):
-                    visit(v)
-        visit(self.layers)
-        if getattr(self.loss, "spec", None) is not None:
-            extra.append(self.loss.spec)
-        return names, extra
+        return summary.specs(self)
 
     def latex(self, path=None) -> str:
         """A LaTeX document of this model's layers and loss — built-ins and user specs alike —
         with their derived chain rules and the forms the kernels compute (``path``: also write it)."""
-        from .. import document as tex   # lazy: the runtime does not depend on the document backend
-        names, extra = self.specs()
-        known = set(tex.builtin_layer_names())
-        text = tex.document([n for n in names if n in known], extra)
-        if path is not None:   # atomically: a reader never sees half a document
-            import os
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        return text
+        return summary.latex(self, path)
 
     def summary(self, print_fn=print) -> None:
         """Print the layers, their output shapes and parameter counts, and the total (as Keras's
         ``model.summary()``; pass ``print_fn`` to collect the lines instead)."""
-        rows = self.layer_table()
-        head = ("#", "layer", "output shape", "params")
-        cells = [(str(k), name + (f"  ({note})" if note else ""),
-                  "(N, " + ", ".join(map(str, shape)) + ")" if shape is not None else "(not built)", f"{n:,}")
-                 for k, (name, shape, n, note) in enumerate(rows)]
-        w = [max(len(r[i]) for r in cells + [head]) for i in range(4)]
-        fmt = lambda r: f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
-        total = sum(r[2] for r in rows)
-        inp = "(N, " + ", ".join(map(str, self.input_shape)) + ")" if self.input_shape else "(not built yet)"
-        rule = "-" * len(fmt(head))
-        lines = [f"Sequential: input {inp}, loss {self.loss.name}, {self.dtype.name}", rule, fmt(head), rule]
-        lines += [fmt(r) for r in cells]
-        lines += [rule, f"total parameters: {total:,} ({total * self.dtype.itemsize / 1024:,.1f} KiB)"]
-        for line in lines:
-            print_fn(line)
+        summary.summary(self, print_fn)
 
     def __repr__(self):
-        inner = "".join(f"\n    {la!r}," for la in self.layers)
-        shape = f", input_shape={self.input_shape}" if self.input_shape is not None else ""
-        return f"Sequential([{inner}\n], loss={self.loss.name!r}, dtype={self.dtype.name!r}{shape})"
+        return summary.describe(self)
 
     # ------------------------------------------------------------ training
     def fit(self, X, y, epochs: int = 10, batch_size: int = 32, optimizer: Optimizer | str | None = None,
@@ -646,90 +456,14 @@ class Sequential:
             dist.abort(exc)
             raise
 
-    # ------------------------------------------------------------ persistence
+    # ------------------------------------------------------------ persistence (persistence.py)
     def save(self, path):
         """Write the architecture, weights and buffers to ``path`` (.npz, atomically)."""
-        if self.input_shape is None:
-            raise ValueError("Sequential.save: the model is not built yet (its input shape is unknown); "
-                             "pass input_shape= or run fit/forward first")
-        for i, a in enumerate(self.parameters() + self.buffers()):
-            if not np.isfinite(a).all():
-                raise ValueError(f"Sequential.save: array {i} holds NaN or inf values; refusing to write a "
-                                 f"checkpoint that cannot be loaded")
-        first, cfgs = {}, []
-        for k, layer in enumerate(self.layers):   # a layer used again is stored as a reference
-            cfgs.append({"type": "Shared", "index": first[id(layer)]} if id(layer) in first else layer.config())
-            first.setdefault(id(layer), k)
-        cfg = {"layers": cfgs, "loss": self.loss.name, "dtype": self.dtype.name, "seed": self.seed,
-               "input_shape": list(self.input_shape), "l1": self.l1, "l2": self.l2}
-        if getattr(self.loss, "spec", None) is not None:   # a user loss: loaded back by name and hash
-            cfg["loss_hash"] = self.loss.spec.hash
-        buffers = self.buffers()
-        cfg["n_buffers"] = len(buffers)
-        return checkpoint.save(path, cfg, self.parameters() + buffers)
+        return persistence.save(self, path)
 
     @classmethod
     def load(cls, path, custom_objects: dict | None = None) -> "Sequential":
         """Rebuild a model saved by :meth:`save` (no pickle). The architecture comes from the
         JSON config; every array's declared shape and dtype is checked against it before the
         array is read; malformed files raise ValueError naming the file."""
-        with checkpoint.Checkpoint(path) as ck:
-            model = cls._from_checkpoint_config(ck.path, ck.config, custom_objects)
-            nb = ck.config.get("n_buffers", 0)
-            if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= ck.n:
-                raise ValueError(f"{path}: invalid buffer count {nb!r} in the checkpoint")
-            params, buffers = model.parameters(), model.buffers()
-            if buffers and not nb:
-                raise ValueError(f"{path}: the model has buffers (running statistics) the checkpoint does not hold")
-            targets = params + buffers
-            if len(targets) != ck.n:
-                raise ValueError(f"{path}: checkpoint has {ck.n} arrays, the model {len(targets)}")
-            values = [ck.array(i, p.shape, p.dtype) for i, p in enumerate(targets)]
-        for p, a in zip(targets, values):
-            p[...] = a
-        for layer in model.layers:
-            check = getattr(layer, "check_state", None)
-            if check is not None:
-                check(str(path))
-        return model
-
-    @classmethod
-    def _from_checkpoint_config(cls, path, cfg: dict, custom_objects):
-        def need(key, kinds, what):
-            v = cfg.get(key)
-            if not isinstance(v, kinds) or isinstance(v, bool):
-                raise ValueError(f"{path}: config entry {key!r} must be {what}, got {v!r:.80}")
-            return v
-        layer_cfgs = need("layers", list, "a list of layer configs")
-        need("loss", str, "a loss name")
-        need("dtype", str, "a dtype name")
-        shape = need("input_shape", list, "a list of positive integers")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise ValueError(f"{path}: config entry 'input_shape' must be positive integers, got {shape!r:.80}")
-        layers = []
-        for c in layer_cfgs:
-            if not isinstance(c, dict):
-                raise ValueError(f"{path}: a layer config is a {type(c).__name__}, not an object")
-            if c.get("type") == "Shared":
-                k = c.get("index")
-                if not isinstance(k, int) or not 0 <= k < len(layers):
-                    raise ValueError(f"{path}: shared-layer reference {c} points at no earlier layer")
-                layers.append(layers[k])
-                continue
-            try:
-                layers.append(from_config(c, custom_objects))
-            except (KeyError, TypeError, AttributeError, RecursionError) as exc:
-                raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
-                                 f"({type(exc).__name__}: {exc})") from exc
-        if cfg.get("loss_hash") is None:
-            loss = get_loss(cfg["loss"], custom_objects)
-        else:   # a user loss, or its spec (compiled, or taken from the cache, only once the hash matched)
-            loss = custom_object("loss", cfg["loss"], cfg["loss_hash"], custom_objects)
-            if hasattr(loss, "canonical"):
-                from .losses import from_sympy
-                loss = from_sympy(loss.name, loss.expr, loss.z, loss.t)
-        try:
-            return cls(layers, loss=loss, dtype=cfg["dtype"], seed=cfg.get("seed", 0),
-                       input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: the config does not describe a model ({type(exc).__name__}: {exc})") from exc
+        return persistence.load(cls, path, custom_objects)

@@ -3,30 +3,17 @@
 ``P`` is the identity when the block keeps the shape, otherwise a learned projection
 (a strided 1×1 Conv2D for images, a Dense layer for vectors). The pullback of the fan-out
 ``x -> (block(x), P(x))`` is the sum of the two branch gradients; the pushforward of the
-fan-in is the sum of the branch directions. Composition only: every product is a sub-layer's.
+fan-in is the sum of the branch directions. Composition only: every product is a sub-layer's,
+and every pass is the sweep engine's (:func:`symprop.runtime.sweep.through_branches`).
 """
 from __future__ import annotations
 
 import threading
 
+from . import sweep
 from .conv import Conv2D, out_size
 from .dense import Dense
-from .layer import EVAL, Layer, batch_columns
-
-
-def _add(a, b):
-    """Sum of two arrays where ``None`` is zero."""
-    return b if a is None else a if b is None else a + b
-
-
-def split_uses(layers, flat: list) -> list[list]:
-    """Cut a list aligned with the layers' concatenated ``param_uses()`` into one list per layer."""
-    parts, i = [], 0
-    for la in layers:
-        n = len(la.param_uses())
-        parts.append(flat[i:i + n])
-        i += n
-    return parts
+from .layer import EVAL, Layer
 
 
 class Residual(Layer):
@@ -119,87 +106,45 @@ class Residual(Layer):
                 out.append(p)
         return out
 
-    # ------------------------------------------------------------ passes
+    # ------------------------------------------------------------ passes (runtime/sweep.py)
+    def branches(self) -> list[list]:
+        """The fan-out: the block, and the skip branch (the projection, or the identity: an
+        empty chain). The passes run both from the block's input and sum at the fan-in."""
+        return [self.block, [self.projection] if self.projection else []]
+
+    def _through(self, p, rec, carry, Rparams=None, need_input=True, **opts):
+        return sweep.through_branches(p, self, self.branches(), rec, carry, Rparams, need_input, opts)
+
     def forward(self, x, ctx=EVAL):
-        recs, out = [], x
-        for la in self.block:
-            out, r = la.forward(out, ctx)
-            recs.append(r)
-        if self.projection:
-            skip, prec = self.projection.forward(x, ctx)
-        else:
-            skip, prec = x, None
-        return out + skip, {"block": recs, "proj": prec, "gs": None, "Rxs": None}
+        return self._through(sweep.FORWARD, None, x, ctx=ctx)
+
+    def forward_jvp(self, x, Rx, Rparams, ctx=EVAL):
+        (y, Ry), rec = self._through(sweep.FORWARD_JVP, None, (x, Rx), Rparams, ctx=ctx)
+        return y, Ry, rec
 
     def vjp(self, rec, g, need_input=True):
-        grads = []
-        gb = g
-        gs = [None] * len(self.block)   # each block layer's output gradient, for the R-op
-        for k in range(len(self.block) - 1, -1, -1):
-            gs[k] = gb
-            gb, pg = self.block[k].vjp(rec["block"][k], gb, need_input=True)
-            grads[:0] = pg
-        rec["gs"] = gs
-        if self.projection:
-            gsk, pg = self.projection.vjp(rec["proj"], g, need_input=need_input)
-            grads += pg
-        else:
-            gsk = g
-        return (gb + gsk if need_input else None), grads
+        gx, (grads,) = self._through(sweep.BACKWARD, rec, g, None, need_input)
+        return gx, grads
 
     def input_vjp(self, rec, g):
-        gb = g
-        for k in range(len(self.block) - 1, -1, -1):
-            gb = self.block[k].input_vjp(rec["block"][k], gb)
-        return gb + (self.projection.input_vjp(rec["proj"], g) if self.projection else g)
+        return self._through(sweep.INPUT_VJP, rec, g)[0]
 
     def jvp(self, rec, Rx, Rparams):
-        parts = split_uses(self._parts(), Rparams)
-        Rxs = []   # each block layer's input direction, for the R-op pullback
-        Rb = Rx
-        for la, r, Rp in zip(self.block, rec["block"], parts):
-            Rxs.append(Rb)
-            Rb = la.jvp(r, Rb, Rp)
-        rec["Rxs"] = Rxs
-        Rs = self.projection.jvp(rec["proj"], Rx, parts[-1]) if self.projection else Rx
-        return _add(Rb, Rs)
+        # the branches' own tangents are kept in the record; the block's input tangent is Rx
+        return self._through(sweep.JVP, rec, Rx, Rparams)[0]
 
     def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        parts = split_uses(self._parts(), Rparams)
-        Rgrads = []
-        Rgb = Rg
-        for k in range(len(self.block) - 1, -1, -1):
-            Rgb, Rp = self.block[k].rvjp(rec["block"][k], rec["gs"][k], Rgb, rec["Rxs"][k], parts[k],
-                                         need_input=True)
-            Rgrads[:0] = Rp
-        if self.projection:
-            Rgs, Rp = self.projection.rvjp(rec["proj"], g, Rg, Rx, parts[-1], need_input=need_input)
-            Rgrads += Rp
-        else:
-            Rgs = Rg
-        return (_add(Rgb, Rgs) if need_input else None), Rgrads
+        # g and Rx are the branch layers' own, kept in the record by the backward and jvp passes
+        Rgx, (Rgrads,) = self._through(sweep.RVJP, rec, Rg, Rparams, need_input)
+        return Rgx, Rgrads
+
+    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
+        (gx, Rgx), (grads, Rgrads) = self._through(sweep.VJP_RVJP, rec, (g, Rg), Rparams, need_input)
+        return gx, grads, Rgx, Rgrads
 
     def factor_backprop(self, rec, groups, g, exact, need_input=True):
-        cur, diag = groups, []
-        for k in range(len(self.block) - 1, -1, -1):
-            cur, d = self.block[k].factor_backprop(rec["block"][k], cur, rec["gs"][k], exact, need_input=True)
-            diag[:0] = d
-        if self.projection:   # a linear map: no residual term of its own
-            skip, d = self.projection.factor_backprop(rec["proj"], groups, g, exact=False, need_input=need_input)
-            diag += d
-        else:
-            skip = groups
-        if not need_input:
-            return [], diag
-        # the fan-out's pullback adds the skip branch to the block branch, column by column;
-        # groups born inside the block (its residual terms) only come through the block
-        n = len(groups)
-        out = []
-        for (Sb, w), (Ss, ws) in zip(cur[:n], skip):
-            if w.ndim != ws.ndim:   # a batch-coupled layer in one branch: both as whole-batch columns
-                (Sb, w), (Ss, ws) = batch_columns(Sb, w), batch_columns(Ss, ws)
-            out.append((Sb + Ss, w))
-        return out + cur[n:], diag
+        groups, (diag,) = self._through(sweep.FACTOR, rec, groups, None, need_input, exact=exact)
+        return groups, diag
 
     def bl(self, rec, h, g):
         raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not defined through a skip connection "

@@ -268,8 +268,23 @@ def _model_info(name: str):
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_INPUTS)}")
     shape = MODEL_INPUTS[name]
     model = MODELS[name](shape, classes=10)
-    return latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss.name,
+    info = latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss.name,
                                 origin=f" that {latex.command_tex('symprop train --model ' + name)} builds")
+    info.schedule = _recorded_schedule(name)
+    return info
+
+
+def _recorded_schedule(name: str):
+    """The kernels each call of the named model runs, recorded by the sweep engine on a tiny
+    batch (``runtime/sweep.py``); without compiled kernels, a clear error before any deriving."""
+    from .runtime.models import MODELS
+    from .runtime.sweep import record_schedule
+    try:
+        return record_schedule(MODELS[name](MODEL_INPUTS[name], classes=10))
+    except ImportError as exc:
+        raise ValueError(f"latex --model {name}: the document's kernel schedule is recorded by running the "
+                         f"model, which needs the compiled kernels ({exc}); run `pip install .` first, or "
+                         f"leave out --model") from exc
 
 
 def _load_specs(path: str) -> list:

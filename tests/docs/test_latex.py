@@ -320,8 +320,9 @@ def _kernels_the_runtime_runs(model, call):
     ([("Conv2D", 1, 2, 3), ("Activation", "tanh"), ("MaxPool2D", 2), ("Flatten",), ("Dense", 18, 3)], (1, 8, 8)),
 ])
 def test_kernel_schedule_is_what_the_runtime_runs(configs, shape):
-    """The document's kernels per call (loss_and_grad, hvp, each Hessian diagonal) are the spec
-    kernels the runtime's executor actually calls, in the same order (loss kernels aside)."""
+    """The document's kernels per call (loss_and_grad, hvp, each Hessian diagonal), recorded by
+    the sweep engine, are the spec kernels the runtime's executor actually calls (intercepted
+    here independently), in the same order (loss kernels aside)."""
     import numpy as np
 
     from symprop import Sequential
@@ -334,7 +335,10 @@ def test_kernel_schedule_is_what_the_runtime_runs(configs, shape):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((4,) + shape), rng.integers(0, 3, 4)
     v = [rng.standard_normal(p.shape) for p in model.parameters()]
+    from symprop.runtime.sweep import record_schedule
+
     info = shapes.describe_model("m", shape, [la.config() for la in model.layers])
+    info.schedule = record_schedule(model)
     sched = {k: _collapse([n for _, n, _ in steps if not n.startswith("softmax_cross_entropy")])
              for k, steps in schedule.kernel_schedule(info).items()}
     calls = {"loss_and_grad": lambda m: m.loss_and_grad(X, y), "hvp": lambda m: m.hvp(X, y, v)}
