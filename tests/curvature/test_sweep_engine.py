@@ -5,7 +5,8 @@ diagonals; and its recording mode against the kernels the executor actually runs
 import numpy as np
 import pytest
 import torch
-from conftest import check_hvp_against_torch, flatten_torch, rel_err, torch_forward, torch_loss
+from support.numeric import rel_err
+from support.torch_oracles import check_hvp_against_torch, flatten_torch, torch_forward, torch_loss
 
 from symprop import Sequential
 from symprop import layers as L
