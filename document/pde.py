@@ -4,12 +4,13 @@ through a hard-constraint factor), the derivatives it needs and the sweep that c
 and the cotangents ∂(r²)/∂q that start the backward sweep.
 
 Everything is read from the problem's own derived terms (``problem.interior`` and one term
-per condition: ``expr``, ``r``, ``qsyms``, ``keys``, ``mode``, ``needs``); nothing is re-derived
+per condition: ``expr``, ``r``, ``qsyms``, ``needs``, ``mode``, ``plan``); nothing is re-derived
 here but the one-line ∂r/∂q the cotangent 2r·∂r/∂q is printed with (tested equal to
 ∂(r²)/∂q).
 """
 from __future__ import annotations
 
+import numpy as np
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
@@ -21,10 +22,15 @@ class PDEPrinter(DerivationPrinter):
     ∂ᵏu/∂xᵏ, the network's derivatives as subscripts (N_x, N_xx) and ΔN."""
 
     def __init__(self, term):
-        names = {"N_lap": r"\Delta N", "N_": "N"}
-        for s in term.qsyms:
-            if s.name.startswith("N_") and s.name not in names:
-                names[s.name] = "N_{" + s.name[2:] + "}"
+        names = {"N_": "N"}
+        for s, label in zip(term.qsyms, term.needs):
+            if s.name in names:
+                continue
+            names[s.name] = combination_tex(s, label) if s.name.startswith("N_op") else "N_{" + s.name[2:] + "}"
+        for cmap in getattr(term, "combinations", {}).values():   # the partials a combination sums
+            for a in cmap:
+                name = "".join(str(x) * n for x, n in zip(term.coords, a))
+                names.setdefault("N_" + name, "N_{" + name + "}")
         super().__init__(names=names)
 
     def _print_Mul(self, expr):
@@ -55,22 +61,45 @@ class PDEPrinter(DerivationPrinter):
         return r"\frac{" + num + "}{" + den + "}"
 
 
+def combination_tex(s, label: str) -> str:
+    """A constant-coefficient combination of the network's order-k partials (``N_op<k>``):
+    ΔN, Δ²N, or (for another combination) 𝓛_k N, defined in the text."""
+    return {"ΔN": r"\Delta N", "Δ²N": r"\Delta^{2} N"}.get(label, r"\mathcal{L}_{" + s.name[4:] + "} N")
+
+
+def _combination_words(term, P) -> str:
+    """The definition of every combination printed as 𝓛_k N: Σ_α c_α N_α."""
+    out = []
+    for s, label in zip(term.qsyms, term.needs):
+        if s.name.startswith("N_op") and label not in ("ΔN", "Δ²N"):
+            cmap = term.combinations[s]
+            shown = sp.Add(*[c * sp.Symbol("N_" + "".join(str(x) * n for x, n in zip(term.coords, a)))
+                             for a, c in cmap.items()])
+            out.append(f"${combination_tex(s, label)} = {tex(shown, P)}$")
+    return (" (" + ", ".join(out) + ")") if out else ""
+
+
 def _domain(problem, P) -> str:
     return ", ".join(f"${tex(c, P)} \\in [{lo:g}, {hi:g}]$" for c, (lo, hi) in zip(problem.coords, problem.box))
 
 
 def _sweep_words(term, d: int) -> str:
     if term.mode == "laplacian":
-        return (f"the second derivatives enter only through $\\Delta N$, so the forward Laplacian "
-                f"\\eqref{{eq:taylor:lap}} computes them: $d + 2 = {d + 2}$ arrays per layer, no Hessian")
-    K = max(len(k) for k in term.keys.values() if isinstance(k, tuple)) if any(
-        isinstance(k, tuple) for k in term.keys.values()) else 0
-    if K == 0:
+        groups = term.plan[1]
+        if len(groups) == 1 and len(groups[0]) == d and np.allclose(groups[0], np.eye(d)):
+            return (f"the second derivatives enter only through $\\Delta N$, so the forward Laplacian "
+                    f"\\eqref{{eq:taylor:lap}} computes them: $d + 2 = {d + 2}$ arrays per layer, no Hessian")
+        n = sum(len(V) for V in groups)
+        return (f"the second derivatives enter through one constant-coefficient combination, so the forward "
+                f"Laplacian \\eqref{{eq:taylor:lap}} runs along the {n} direction(s) of its factor in "
+                f"{len(groups)} group(s): {term.cost} arrays per layer, no Hessian")
+    W, K = term.plan[1], term.plan[2]
+    if term.order == 0:
         return "no derivative of $N$ enters, so the plain forward pass computes it"
-    coords = sorted({k[0] for k in term.keys.values() if isinstance(k, tuple)})
-    names = ", ".join(f"${tex(term.coords[i])}$" for i in coords)
-    return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along the coordinate"
-            f"{'s' if len(coords) > 1 else ''} {names} compute them: $1 + {K} \\cdot {len(coords)}$ arrays per layer")
+    dirs = ", ".join("$(" + ", ".join(f"{v:g}" for v in w) + ")$" for w in W)
+    return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along "
+            f"{'the direction' if len(W) == 1 else 'the directions'} {dirs} compute them: "
+            f"$1 + {K} \\cdot {len(W)} = {1 + K * len(W)}$ arrays per layer")
 
 
 def _factored(e):
@@ -98,7 +127,8 @@ def _cotangent_rows(term, P) -> list:
     """∂(r²)/∂q = 2 r ∂r/∂q for every quantity q the residual reads."""
     rows = []
     for s, dr in cotangents(term):
-        lhs = r"\frac{\partial (r^2)}{\partial " + (tex(s, P) if s.name != "N_lap" else r"(\Delta N)") + "}"
+        lhs = r"\frac{\partial (r^2)}{\partial " + (tex(s, P) if not s.name.startswith("N_op") else
+                                                    r"(" + tex(s, P) + ")") + "}"
         if dr == 0:
             rows.append(Row(lhs, [["0"]]))
             continue
@@ -117,7 +147,7 @@ def _cotangent_rows(term, P) -> list:
 def term_block(term, P, label: str) -> str:
     """One residual term: r in N's derivatives, what it needs, and its cotangents."""
     out = [display([row("r", collected(term.r, term.qsyms), P, label)])]
-    out.append("It needs " + ", ".join(f"${tex(s, P)}$" for s in term.qsyms) + "; "
+    out.append("It needs " + ", ".join(f"${tex(s, P)}$" for s in term.qsyms) + _combination_words(term, P) + "; "
                + _sweep_words(term, len(term.coords)) + ". The cotangents of $r^2$:\n")
     out.append(display(_cotangent_rows(term, P)))
     return "".join(out)

@@ -117,6 +117,7 @@ class _Term:
             raise ValueError(f"{what}: could not express {expr} in derivatives of the network")
         # the quantities: N, then per order one combination or the partials
         items = []                      # (symbol, order, {α: c}, label)
+        self.combinations = {}          # N_op<k> -> {α: c}: the combination it stands for
         for k in sorted({sum(a) for a in alpha.values()}):
             ss = sorted([s for s in alpha if sum(alpha[s]) == k], key=lambda s: s.name)
             comb = _combination(r, ss) if len(ss) > 1 else None
@@ -134,6 +135,7 @@ class _Term:
             label = ("ΔN" if cmap == eye else "Δ²N" if cmap == bih else
                      "(" + sp.sstr(sum(c * sp.Symbol(_partial_name(a, coords)) for a, c in cmap.items())) + ")")
             items.append((Tsym, k, cmap, label))
+            self.combinations[Tsym] = cmap
         self.r = r
         self.qsyms = [u0] + [it[0] for it in items]
         self.needs = ["N"] + [it[3] for it in items]

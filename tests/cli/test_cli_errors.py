@@ -36,6 +36,7 @@ def test_cli_errors_are_one_line_with_status_2(case, tmp_path):
     assert len(err) == 1 and message in err[0], r.stderr
 
 
+@pytest.mark.slow   # compiles or runs the CLI many times: the default suite's 5 minutes
 def test_cli_fuzz_random_train_arguments(tmp_path):
     """Random flag values (valid and not) for `symprop train`: exit 0, or 2 with one error line."""
     import random

@@ -139,14 +139,14 @@ def test_poisson_residual_its_derivatives_and_cotangents():
     assert "\\section{A PDE problem: poisson2d}" in text
     assert "\\frac{\\partial^{2} u}{\\partial x^{2}}" in text                 # as written, u's derivatives
     assert sp.expand(pde.collected(term.r, term.qsyms) - term.r) == 0
-    assert {s.name for s in term.qsyms} == {"N_", "N_lap", "N_x", "N_y"} and term.mode == "laplacian"
+    assert {s.name for s in term.qsyms} == {"N_", "N_op2", "N_x", "N_y"} and term.mode == "laplacian"
     assert "forward Laplacian" in text and "$d + 2 = 4$ arrays" in text
     for s, dr in pde.cotangents(term):
         assert sp.expand(2 * term.r * dr - sp.diff(term.r ** 2, s)) == 0, s
-        lhs = "\\partial " + (tex(s, P) if s.name != "N_lap" else "(\\Delta N)")
+        lhs = "\\partial " + (tex(s, P) if s.name != "N_op2" else "(\\Delta N)")
         assert lhs in text, s
     assert "N_{x}" in text and "\\Delta N" in text and "N_" + "}" not in text   # no raw SymPy names
-    assert not re.search(r"N_\{?(lap|)\}?[^a-z{]", text.replace("N_{x}", "").replace("N_{y}", ""))
+    assert not re.search(r"N_\{?(op2|)\}?[^a-z{]", text.replace("N_{x}", "").replace("N_{y}", ""))
 
 
 def test_a_jet_problem_names_its_sweep():

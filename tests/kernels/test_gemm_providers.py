@@ -271,6 +271,7 @@ def test_a_forced_provider_runs_every_product(name, tmp_path):
     assert r.stdout.split() == [name, name]
 
 
+@pytest.mark.slow   # compiles or runs the CLI many times: the default suite's 5 minutes
 def test_symprop_tune_prints_the_choice_per_class(tmp_path):
     """`symprop tune --json` on a fresh cache: the CPU, and per built-in class the times of every
     installed provider and the choice (none when only SciPy's BLAS is installed)."""

@@ -163,6 +163,7 @@ def test_activation_registry_and_errors():
     assert L.from_config(cfg).kernel_name == "tanh"
 
 
+@pytest.mark.slow   # compiles or runs the CLI many times: the default suite's 5 minutes
 def test_a_spec_line_added_to_builtins_gives_a_working_layer(tmp_path, monkeypatch):
     """One line in (a copy of) derive/builtins.py, regenerated, compiled: gradient and HVP equal
     PyTorch's through the same executor as every built-in."""
@@ -190,6 +191,7 @@ def test_a_spec_line_added_to_builtins_gives_a_working_layer(tmp_path, monkeypat
         F.linear(f(F.linear(torch.tensor(X), pt[0], pt[1])), pt[2], pt[3]), torch.tensor(y)))
 
 
+@pytest.mark.slow   # compiles or runs the CLI many times: the default suite's 5 minutes
 def test_latex_runs_without_compiled_kernels(tmp_path):
     """A copy of the package whose compiled kernels are deleted still exports LaTeX (that it
     also regenerates is tested in test_generate.py, whose one generate run happens there)."""
