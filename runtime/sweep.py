@@ -54,7 +54,7 @@ def join_sum(carries: list, incoming):
 def join_factor_groups(carries: list, incoming: list) -> list:
     """The factor groups of parallel branches at their common input: the groups that came in
     (the first ``len(incoming)`` of every branch) are summed column by column; groups born
-    inside a branch (an activation's residual term) pass on as they are."""
+    inside a branch (an activation's curvature term f″·ḡ) pass on as they are."""
     from .layer import batch_columns
     n = len(incoming)
     acc = carries[0]
