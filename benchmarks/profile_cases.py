@@ -136,7 +136,7 @@ def digits_case(batch: int = 200):
     """The digits case of bench.py: ``symprop train``'s MLP 64-512-10 ReLU on one batch of 200
     digits (what each of MLPClassifier-equivalent fit's steps does)."""
     from symprop.runtime.data import load_digits
-    from symprop.runtime.models import mlp
+    from symprop.runtime.named_models import mlp
 
     (X, y), _ = load_digits()
     model = mlp(X.shape[1:], classes=10, hidden=bench.DIGITS_HIDDEN, activation="relu", dtype="float32", seed=0)
