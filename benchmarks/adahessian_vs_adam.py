@@ -24,7 +24,7 @@ def run(model_name: str, opt_name: str, seed: int, epochs: int, batch_size: int,
 
     from symprop.cli import load_data
     from symprop.runtime import optimizers as O
-    from symprop.runtime.models import MODELS as BUILDERS
+    from symprop.runtime.named_models import MODELS as BUILDERS
 
     (X, y), (Xt, yt) = load_data("digits", None, "float32", model=model_name)
     model = BUILDERS[model_name](X.shape[1:], classes=10, dtype="float32", seed=seed)

@@ -13,7 +13,7 @@ import numpy as np
 
 def run(model_name: str, augment: str | None, seed: int) -> float:
     from symprop.cli import load_data
-    from symprop.runtime.models import MODELS
+    from symprop.runtime.named_models import MODELS
     from symprop.runtime.optimizer_defaults import MODEL_RECIPES
     from symprop import optimizers as O
 

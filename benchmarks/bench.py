@@ -323,7 +323,7 @@ def mlp_case(batch=128, sizes=(784, 256, 128, 10)):
 
 
 def lenet_case(batch=64):
-    from symprop.runtime.models import lenet
+    from symprop.runtime.named_models import lenet
 
     model = lenet((1, 28, 28), dtype="float32", seed=0)
     rng = np.random.default_rng(0)
@@ -332,7 +332,7 @@ def lenet_case(batch=64):
 
 
 def cifar_case(batch=64):
-    from symprop.runtime.models import cifar_cnn
+    from symprop.runtime.named_models import cifar_cnn
 
     model = cifar_cnn((3, 32, 32), dtype="float32", seed=0)
     rng = np.random.default_rng(0)
@@ -358,7 +358,7 @@ CASES = {"mlp": mlp_case, "lenet": lenet_case, "lenet_bn": lenet_bn_case, "cifar
 
 
 # ------------------------------------------------------------------ digits vs scikit-learn
-DIGITS_HIDDEN = 512    # the MLP of `symprop train` (runtime.models.mlp's default)
+DIGITS_HIDDEN = 512    # the MLP of `symprop train` (runtime.named_models.mlp's default)
 #: pause before each timed fit: the other library's idle BLAS workers (NumPy's OpenBLAS after
 #: scikit-learn, SciPy's after the peak measurement) busy-wait for ~0.1 s after their last call
 #: and would otherwise share the cores with the fit that follows (both libraries get the pause)
@@ -381,7 +381,7 @@ def digits_compare(epochs: int = 40, runs: int = 3, batch: int = 200, lr: float 
     from sklearn.neural_network import MLPClassifier
     from symprop import optimizers as O
     from symprop.runtime.data import load_digits
-    from symprop.runtime.models import mlp
+    from symprop.runtime.named_models import mlp
 
     (X, y), (Xt, yt) = load_digits()
     ts, tk, t0s, acc_s, acc_k = [], [], [], [], []

@@ -51,7 +51,7 @@ def child(lib: str, case: str, batch: int, calls: int, keep_tape: bool = False) 
     v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in model.parameters()]
     if lib == "symprop":
         from symprop.runtime import kernels
-        from symprop.runtime.models import cifar_cnn
+        from symprop.runtime.named_models import cifar_cnn
         for m in ("dense", "window", "activations", "composite", "losses", "optimizers"):
             kernels.load(m)
         tiny = cifar_cnn((3, 8, 8), dtype="float32", seed=0)    # code paths (and BLAS kernels) paged in

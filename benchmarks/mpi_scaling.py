@@ -8,7 +8,7 @@ import numpy as np
 
 from symprop import optimizers as O
 from symprop.runtime.distributed import Distributed
-from symprop.runtime.models import cifar_cnn
+from symprop.runtime.named_models import cifar_cnn
 
 
 def main(n=1024, batch=64, epochs=2):

@@ -136,7 +136,7 @@ def digits_case(batch: int = 200):
     """The digits case of bench.py: ``symprop train``'s MLP 64-512-10 ReLU on one batch of 200
     digits (what each of MLPClassifier-equivalent fit's steps does)."""
     from symprop.runtime.data import load_digits
-    from symprop.runtime.models import mlp
+    from symprop.runtime.named_models import mlp
 
     (X, y), _ = load_digits()
     model = mlp(X.shape[1:], classes=10, hidden=bench.DIGITS_HIDDEN, activation="relu", dtype="float32", seed=0)
@@ -167,7 +167,7 @@ def step_callables(model, X, y):
 def role_group(kind: str, role: str) -> str:
     if kind != "kernel":
         return kind
-    return role.split(":")[0] if role.split(":")[0] in ("vjp", "rvjp") else role
+    return role.split(":")[0] if role.split(":")[0] in ("vjp", "rvjp", "curv") else role
 
 
 def profile_step(prof: Profiler, fn, seconds: float) -> tuple[float, int]:
@@ -225,7 +225,7 @@ def print_profile(case: str, p: dict) -> None:
     for r in p["kernels"]:
         gf = f"{r['gflops']:8.0f}" if "gflops" in r else ""
         print(f"  {r['layer']:28s} {r['role']:12s} {r['calls']:5.1f} {r['us']:8.1f} {100 * r['us'] / 1e3 / inst:5.1f} {gf}")
-    order = ["forward", "vjp", "jvp", "rvjp", "residual", "loss", "probe", "optimizer", "executor", "python"]
+    order = ["forward", "vjp", "jvp", "rvjp", "curv", "loss", "probe", "optimizer", "executor", "python"]
     g = p["groups_us"]
     parts = [f"{k} {g[k]:.0f} us ({100 * g[k] / 1e3 / inst:.0f}%)" for k in order if k in g]
     parts += [f"{k} {v:.0f} us" for k, v in g.items() if k not in order]

@@ -13,7 +13,7 @@ rvjp (R-op backward)  R(∂L/∂x) = f''(x) · Rx · ḡ + f'(x) · R(ḡ)
 
 and two for Hessian diagonals: ``residual`` r = f''(x) · ḡ (the second-order term an
 elementwise map adds to the Hessian w.r.t. its input; omitted when f'' ≡ 0) and
-``diag_backprop`` h_x = f'(x)² · h + f''(x) · ḡ (Becker & LeCun's diagonal rule).
+``bl:x``          h_x = f'(x)² · h + f''(x) · ḡ (Becker & LeCun's diagonal rule).
 """
 from __future__ import annotations
 
@@ -173,10 +173,10 @@ def derive_elementwise(spec: ElementwiseSpec) -> DerivedElementwise:
         _kernel(f"{n}_vjp", [("gx", G * d1)], order, spec.params, "vjp:x"),
         _kernel(f"{n}_jvp", [("Ry", d1 * RX)], order, spec.params, "jvp"),
         _kernel(f"{n}_rvjp", [("Rgx", d2 * RX * G + d1 * RG)], order, spec.params, "rvjp:x"),
-        _kernel(f"{n}_diag_backprop", [("hx", d1 ** 2 * H + d2 * G)], order, spec.params, "bl:x"),
+        _kernel(f"{n}_bl_x", [("hx", d1 ** 2 * H + d2 * G)], order, spec.params, "bl:x"),
     ]
     if d2 != 0:
-        kernels.append(_kernel(f"{n}_residual", [("r", d2 * G)], order, spec.params, "residual"))
+        kernels.append(_kernel(f"{n}_curv_x", [("r", d2 * G)], order, spec.params, "curv:x"))
     derived = DerivedElementwise(spec=spec, forward=fwd, d1=chosen["d1"], d2=chosen["d2"], kernels=kernels)
     if spec.learnable:
         _learnable_kernels(derived, f, d1_raw, inverses, params)
@@ -217,10 +217,10 @@ def _learnable_kernels(d: DerivedElementwise, f, d1_raw, inverses, params):
                 learnable=L),
         _kernel(f"{n}_rvjp_{name}", [("Rg" + name, fxp * RX * G + fpp * RP * G + fp * RG)], order, spec.params,
                 f"rvjp:{name}", "sum", L),
-        _kernel(f"{n}_diag_backprop", [("hx", fx ** 2 * H + fxx * G)], order, spec.params, "bl:x", learnable=L),
-        _kernel(f"{n}_diag_backprop_{name}", [("h" + name, fp ** 2 * H + fpp * G)], order, spec.params,
+        _kernel(f"{n}_bl_x", [("hx", fx ** 2 * H + fxx * G)], order, spec.params, "bl:x", learnable=L),
+        _kernel(f"{n}_bl_{name}", [("h" + name, fp ** 2 * H + fpp * G)], order, spec.params,
                 f"bl:{name}", "sum", L),
         _kernel(f"{n}_sqvjp_{name}", [("s" + name, fp)], order, spec.params, f"sqvjp:{name}", "sqsum", L),
     ]
     if fxx != 0:
-        d.kernels.append(_kernel(f"{n}_residual", [("r", fxx * G)], order, spec.params, "residual", learnable=L))
+        d.kernels.append(_kernel(f"{n}_curv_x", [("r", fxx * G)], order, spec.params, "curv:x", learnable=L))

@@ -35,7 +35,7 @@ pullback with $\bar g$ replaced by $D$ and its Jacobian entries squared (off-dia
 Gauss--Newton factors the output Hessian per sample $n$ as $\sum_q \sigma_{q,n} S_q S_q^\top$ (columns
 $S_q$, signs $\sigma_{q,n} \in \{-1, 1\}$: the eigenvalues' signs); a parameter's diagonal is the signed sum over
 columns $q$ and samples of its squared per-sample pullback.
-The exact diagonal adds, at every activation before the layer, the residual $f''(x)\,\bar g$ as further
+The exact diagonal adds, at every activation before the layer, the curvature term $f''(x)\,\bar g$ as further
 columns.
 """
 
@@ -156,7 +156,7 @@ def hessian_diagonal_subsection(d: DerivedContraction, P: DerivationPrinter | No
     if d.sqvjps:
         kk, KK = sp.Symbol("k", integer=True), sp.Symbol("K", integer=True, positive=True)
         q, Q = sp.Symbol("q", integer=True), sp.Symbol("Q", integer=True, positive=True)
-        out.append("Gauss--Newton (and exact, with the residual columns), with $0 \\le q < Q$:\n")
+        out.append("Gauss--Newton (and exact, with the curvature-term columns), with $0 \\le q < Q$:\n")
         rows, modes = [], {}
         for wrt, sq in d.sqvjps.items():
             k = d.vjps[wrt]

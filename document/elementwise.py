@@ -26,7 +26,7 @@ D^x &= f'(x)^2 D + f''(x)\,\bar g. \label{eq:ew:second}
 \end{align}
 The pullback and pushforward \eqref{eq:ew:first} are the first-order products; the R-op of the pullback
 and Becker--LeCun's diagonal rule \eqref{eq:ew:second} the second-order ones. The term $r = f''(x)\,\bar g$
-is the residual an activation adds to the Hessian with respect to its input: the exact Hessian
+is the curvature term an activation adds to the Hessian with respect to its input: the exact Hessian
 diagonal includes it and the Gauss--Newton diagonal drops it. Each activation below gives its $f'$ and
 $f''$ as differentiated and (after the second $=$) in the cheapest form that is accurate on a grid of
 test points in float32 and float64, written with the saved output $y$ where that is cheaper, and the
@@ -35,7 +35,7 @@ kernels that compute these products with them.
 
 _EW_ROLE = {"forward": ("y = f(x)", "eq:{name}:def"), "vjp:x": (r"\bar g^x", "eq:ew:first"),
             "jvp": (r"\mathcal{R}\{y\}", "eq:ew:first"), "rvjp:x": (r"\mathcal{R}\{\bar g^x\}", "eq:ew:second"),
-            "bl:x": ("D^x", "eq:ew:second"), "residual": ("r", "eq:ew:second")}
+            "bl:x": ("D^x", "eq:ew:second"), "curv:x": ("r", "eq:ew:second")}
 
 
 def elementwise_section(d: DerivedElementwise, printed: list | None = None, kernels: list | None = None) -> str:

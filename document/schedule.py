@@ -38,7 +38,7 @@ def kernel_schedule(info: ModelInfo) -> dict:
     if info.schedule is None:
         raise ValueError("latex: the kernel schedule of a model is recorded by running it (the runtime's "
                          "sweep.record_schedule); compile the kernels (pip install .) to document a model")
-    notes = {"residual": "a new group", "value_and_grad": "the loss and its gradient",
+    notes = {"curv:x": "a new group", "value_and_grad": "the loss and its gradient",
              "hvp": "the loss Hessian times the pushed-forward direction",
              "hessian_blocks": "once per output unit: the loss Hessian blocks"}
     calls = ("loss_and_grad", "hvp", "exact", "gauss_newton", "becker_lecun", "hutchinson")
@@ -88,7 +88,7 @@ def model_schedule(info: ModelInfo) -> str:
                "Gauss--Newton factors it by an eigendecomposition into a group of columns $S_q$; layer by layer, "
                "from the last, each group gives every parameter's diagonal (one call of its kernel per group) and passes "
                "its columns down through the input pullback (one call per column; right column); the exact diagonal adds, at each activation with $f'' \\ne 0$, its "
-               "residual $f''(x)\\,\\bar g$ as a new group.\n")
+               "curvature term $f''(x)\\,\\bar g$ as a new group.\n")
     out.append("\\begin{center}\\small\n\\begin{tabularx}{\\linewidth}{@{}r l R R@{}}\n\\toprule\n"
                "$k$ & layer & Becker--LeCun & Gauss--Newton and exact\\\\\n\\midrule\n")
     bl = sched["becker_lecun"][n_grad:]

@@ -186,7 +186,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*(1 - y**2) + 2*Rx*g*y*(y - 1)*(y + 1)"
    },
    "bl:x": {
-    "kernel": "tanh_diag_backprop",
+    "kernel": "tanh_bl_x",
     "call": [
      "y",
      "g",
@@ -211,8 +211,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)"
    },
-   "residual": {
-    "kernel": "tanh_residual",
+   "curv:x": {
+    "kernel": "tanh_curv_x",
     "call": [
      "y",
      "g",
@@ -411,7 +411,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = -Rg*y*(y - 1) + Rx*g*y*(y - 1)*(2*y - 1)"
    },
    "bl:x": {
-    "kernel": "sigmoid_diag_backprop",
+    "kernel": "sigmoid_bl_x",
     "call": [
      "y",
      "g",
@@ -436,8 +436,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)"
    },
-   "residual": {
-    "kernel": "sigmoid_residual",
+   "curv:x": {
+    "kernel": "sigmoid_curv_x",
     "call": [
      "y",
      "g",
@@ -632,7 +632,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*nan_through(Piecewise((1, x > 0), (0, True)), x)"
    },
    "bl:x": {
-    "kernel": "relu_diag_backprop",
+    "kernel": "relu_bl_x",
     "call": [
      "x",
      "H",
@@ -829,7 +829,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = -Rg*expm1(-y) + Rx*g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    },
    "bl:x": {
-    "kernel": "softplus_diag_backprop",
+    "kernel": "softplus_bl_x",
     "call": [
      "y",
      "g",
@@ -854,8 +854,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*expm1(-y)**2 + g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)"
    },
-   "residual": {
-    "kernel": "softplus_residual",
+   "curv:x": {
+    "kernel": "softplus_curv_x",
     "call": [
      "y",
      "g",
@@ -1064,7 +1064,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)"
    },
    "bl:x": {
-    "kernel": "leaky_relu_diag_backprop",
+    "kernel": "leaky_relu_bl_x",
     "call": [
      "x",
      "H",
@@ -1286,7 +1286,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*Piecewise((1, x > 0), (alpha*exp(x), True)) + Rx*g*Piecewise((0, x > 0), (alpha*exp(x), True))"
    },
    "bl:x": {
-    "kernel": "elu_diag_backprop",
+    "kernel": "elu_bl_x",
     "call": [
      "x",
      "g",
@@ -1314,8 +1314,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))"
    },
-   "residual": {
-    "kernel": "elu_residual",
+   "curv:x": {
+    "kernel": "elu_curv_x",
     "call": [
      "x",
      "g",
@@ -1525,7 +1525,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
    "bl:x": {
-    "kernel": "silu_diag_backprop",
+    "kernel": "silu_bl_x",
     "call": [
      "x",
      "g",
@@ -1550,8 +1550,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)"
    },
-   "residual": {
-    "kernel": "silu_residual",
+   "curv:x": {
+    "kernel": "silu_curv_x",
     "call": [
      "x",
      "g",
@@ -1764,7 +1764,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x) + Rx*g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
    "bl:x": {
-    "kernel": "swish_diag_backprop",
+    "kernel": "swish_bl_x",
     "call": [
      "x",
      "g",
@@ -1792,8 +1792,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)"
    },
-   "residual": {
-    "kernel": "swish_residual",
+   "curv:x": {
+    "kernel": "swish_curv_x",
     "call": [
      "x",
      "g",
@@ -2003,7 +2003,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0) + Rx*g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
    "bl:x": {
-    "kernel": "gelu_diag_backprop",
+    "kernel": "gelu_bl_x",
     "call": [
      "x",
      "g",
@@ -2028,8 +2028,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)"
    },
-   "residual": {
-    "kernel": "gelu_residual",
+   "curv:x": {
+    "kernel": "gelu_curv_x",
     "call": [
      "x",
      "g",
@@ -2230,7 +2230,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x) + Rx*g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    },
    "bl:x": {
-    "kernel": "mish_diag_backprop",
+    "kernel": "mish_bl_x",
     "call": [
      "x",
      "y",
@@ -2257,8 +2257,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)"
    },
-   "residual": {
-    "kernel": "mish_residual",
+   "curv:x": {
+    "kernel": "mish_curv_x",
     "call": [
      "x",
      "y",
@@ -2459,7 +2459,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*m"
    },
    "bl:x": {
-    "kernel": "dropout_diag_backprop",
+    "kernel": "dropout_bl_x",
     "call": [
      "H",
      "m",
@@ -2682,7 +2682,7 @@ MANIFEST = __import__('json').loads(r'''{
     "doc": "Rgx = Rg*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True))) + Rx*g*l2"
    },
    "bl:x": {
-    "kernel": "penalty_diag_backprop",
+    "kernel": "penalty_bl_x",
     "call": [
      "x",
      "g",
@@ -2712,8 +2712,8 @@ MANIFEST = __import__('json').loads(r'''{
     "written": [],
     "doc": "hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2"
    },
-   "residual": {
-    "kernel": "penalty_residual",
+   "curv:x": {
+    "kernel": "penalty_curv_x",
     "call": [
      "g",
      "r",
@@ -2930,9 +2930,9 @@ cdef void _tanh_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*((y*y) + (<double>-1.0)) + (<double>2.0)*Rx*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-# ---------------------------------------------------------------- tanh_diag_backprop
+# ---------------------------------------------------------------- tanh_bl_x
 # hx = H*(1 - y**2)**2 + 2*g*y*(y - 1)*(y + 1)
-cdef void _tanh_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -2947,7 +2947,7 @@ cdef void _tanh_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         hx_p[_e] = H*(((y*y) + (<float>-1.0))*((y*y) + (<float>-1.0))) + (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -2962,9 +2962,9 @@ cdef void _tanh_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         hx_p[_e] = H*(((y*y) + (<double>-1.0))*((y*y) + (<double>-1.0))) + (<double>2.0)*g*y*(y + (<double>-1.0))*(y + (<double>1.0))
 
-# ---------------------------------------------------------------- tanh_residual
+# ---------------------------------------------------------------- tanh_curv_x
 # r = 2*g*y*(y - 1)*(y + 1)
-cdef void _tanh_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -2976,7 +2976,7 @@ cdef void _tanh_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         g = g_p[_e]
         r_p[_e] = (<float>2.0)*g*y*(y + (<float>-1.0))*(y + (<float>1.0))
 
-cdef void _tanh_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _tanh_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -3178,9 +3178,9 @@ cdef void _sigmoid_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         Rg = Rg_p[_e]
         Rgx_p[_e] = y*(-Rg + Rx*g*((<double>2.0)*y + (<double>-1.0)))*(y + (<double>-1.0))
 
-# ---------------------------------------------------------------- sigmoid_diag_backprop
+# ---------------------------------------------------------------- sigmoid_bl_x
 # hx = H*y**2*(y - 1)**2 + g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -3197,7 +3197,7 @@ cdef void _sigmoid_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
         _t0 = y*(y + (<float>-1.0))
         hx_p[_e] = _t0*(H*_t0 + g*((<float>2.0)*y + (<float>-1.0)))
 
-cdef void _sigmoid_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -3214,9 +3214,9 @@ cdef void _sigmoid_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n)
         _t0 = y*(y + (<double>-1.0))
         hx_p[_e] = _t0*(H*_t0 + g*((<double>2.0)*y + (<double>-1.0)))
 
-# ---------------------------------------------------------------- sigmoid_residual
+# ---------------------------------------------------------------- sigmoid_curv_x
 # r = g*y*(y - 1)*(2*y - 1)
-cdef void _sigmoid_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -3228,7 +3228,7 @@ cdef void _sigmoid_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         g = g_p[_e]
         r_p[_e] = g*y*(y + (<float>-1.0))*((<float>2.0)*y + (<float>-1.0))
 
-cdef void _sigmoid_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _sigmoid_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -3418,9 +3418,9 @@ cdef void _relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*symprop_nan_through((<double>(x > (<double>0.0))), x)
 
-# ---------------------------------------------------------------- relu_diag_backprop
+# ---------------------------------------------------------------- relu_bl_x
 # hx = H*nan_through(Piecewise((1, x > 0), (0, True)), x)**2
-cdef void _relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
     cdef float* hx_p = <float*>_a[2]
@@ -3432,7 +3432,7 @@ cdef void _relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         H = H_p[_e]
         hx_p[_e] = H*((symprop_nan_throughf((<float>(x > (<float>0.0))), x))*(symprop_nan_throughf((<float>(x > (<float>0.0))), x)))
 
-cdef void _relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _relu_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* H_p = <const double*>_a[1]
     cdef double* hx_p = <double*>_a[2]
@@ -3624,9 +3624,9 @@ cdef void _softplus_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcep
         Rg = Rg_p[_e]
         Rgx_p[_e] = -Rg*expm1(-y) + Rx*g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
-# ---------------------------------------------------------------- softplus_diag_backprop
+# ---------------------------------------------------------------- softplus_bl_x
 # hx = H*expm1(-y)**2 + g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
-cdef void _softplus_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -3641,7 +3641,7 @@ cdef void _softplus_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n
         H = H_p[_e]
         hx_p[_e] = H*((expm1f(-y))*(expm1f(-y))) + g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
-cdef void _softplus_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -3656,9 +3656,9 @@ cdef void _softplus_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n
         H = H_p[_e]
         hx_p[_e] = H*((expm1(-y))*(expm1(-y))) + g*symprop_nan_through(symprop_finite_or(exp(-(<double>2.0)*y)*expm1(y), (<double>0.0)), y)
 
-# ---------------------------------------------------------------- softplus_residual
+# ---------------------------------------------------------------- softplus_curv_x
 # r = g*nan_through(finite_or(exp(-2*y)*expm1(y), 0), y)
-cdef void _softplus_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* y_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -3670,7 +3670,7 @@ cdef void _softplus_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noe
         g = g_p[_e]
         r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(expf(-(<float>2.0)*y)*expm1f(y), (<float>0.0)), y)
 
-cdef void _softplus_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _softplus_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* y_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -3868,9 +3868,9 @@ cdef void _leaky_relu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexc
         Rg = Rg_p[_e]
         Rgx_p[_e] = Rg*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
 
-# ---------------------------------------------------------------- leaky_relu_diag_backprop
+# ---------------------------------------------------------------- leaky_relu_bl_x
 # hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2
-cdef void _leaky_relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
     cdef float* hx_p = <float*>_a[2]
@@ -3883,7 +3883,7 @@ cdef void _leaky_relu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t 
         H = H_p[_e]
         hx_p[_e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
 
-cdef void _leaky_relu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _leaky_relu_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* H_p = <const double*>_a[1]
     cdef double* hx_p = <double*>_a[2]
@@ -4096,9 +4096,9 @@ cdef void _elu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nog
         _t1 = alpha*exp(x)
         Rgx_p[_e] = Rg*((<double>1.0) if _t0 else _t1) + Rx*g*((<double>0.0) if _t0 else _t1)
 
-# ---------------------------------------------------------------- elu_diag_backprop
+# ---------------------------------------------------------------- elu_bl_x
 # hx = H*Piecewise((1, x > 0), (alpha**2*exp(2*x), True)) + g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -4116,7 +4116,7 @@ cdef void _elu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noe
         _t0 = (x > (<float>0.0))
         hx_p[_e] = H*((<float>1.0) if _t0 else (alpha*alpha)*expf((<float>2.0)*x)) + g*((<float>0.0) if _t0 else alpha*expf(x))
 
-cdef void _elu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -4134,9 +4134,9 @@ cdef void _elu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noe
         _t0 = (x > (<double>0.0))
         hx_p[_e] = H*((<double>1.0) if _t0 else (alpha*alpha)*exp((<double>2.0)*x)) + g*((<double>0.0) if _t0 else alpha*exp(x))
 
-# ---------------------------------------------------------------- elu_residual
+# ---------------------------------------------------------------- elu_curv_x
 # r = g*Piecewise((0, x > 0), (alpha*exp(x), True))
-cdef void _elu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -4149,7 +4149,7 @@ cdef void _elu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept
         g = g_p[_e]
         r_p[_e] = g*((<float>0.0) if (x > (<float>0.0)) else alpha*expf(x))
 
-cdef void _elu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _elu_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -4384,9 +4384,9 @@ cdef void _silu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         _t2 = exp(-x)
         Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- silu_diag_backprop
+# ---------------------------------------------------------------- silu_bl_x
 # hx = H*at_infinity(at_infinity(x/(exp(x) + 2 + exp(-x)) + 1/(1 + exp(-x)), x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
-cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -4407,7 +4407,7 @@ cdef void _silu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         _t2 = expf(-x)
         hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf(x/(_t0 + _t2 + (<float>2.0)) + ((<float>1.0)/((_t2 + (<float>1.0)))), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
-cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -4428,9 +4428,9 @@ cdef void _silu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         _t2 = exp(-x)
         hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity(x/(_t0 + _t2 + (<double>2.0)) + ((<double>1.0)/((_t2 + (<double>1.0)))), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or(_t0*(-_t1*(x + (<double>-2.0)) + (<double>2.0)*x)/(_t1*_t1*_t1), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- silu_residual
+# ---------------------------------------------------------------- silu_curv_x
 # r = g*nan_through(finite_or((2*x + (2 - x)*(exp(x) + 1))*exp(x)/(exp(x) + 1)**3, 0), x)
-cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -4446,7 +4446,7 @@ cdef void _silu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = _t0 + (<float>1.0)
         r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t0*(-_t1*(x + (<float>-2.0)) + (<float>2.0)*x)/(_t1*_t1*_t1), (<float>0.0)), x)
 
-cdef void _silu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _silu_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -4724,9 +4724,9 @@ cdef void _swish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept n
         _t4 = (beta < (<double>0.0))
         Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- swish_diag_backprop
+# ---------------------------------------------------------------- swish_bl_x
 # hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
-cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -4752,7 +4752,7 @@ cdef void _swish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) n
         _t4 = (beta < (<float>0.0))
         hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
-cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -4778,9 +4778,9 @@ cdef void _swish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) n
         _t4 = (beta < (<double>0.0))
         hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- swish_residual
+# ---------------------------------------------------------------- swish_curv_x
 # r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
-cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -4799,7 +4799,7 @@ cdef void _swish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexce
         _t2 = _t1 + (<float>1.0)
         r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
 
-cdef void _swish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _swish_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -5048,9 +5048,9 @@ cdef void _gelu_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         _t1 = exp(-(<double>0.5)*_t0)
         Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)) + Rx*g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- gelu_diag_backprop
+# ---------------------------------------------------------------- gelu_bl_x
 # hx = H*at_infinity(at_infinity(0.3989422804014327*x*exp(-x**2/2) + erf(0.7071067811865476*x)/2 + 1/2, x, 1, 1), x, -1, 0)**2 + g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
-cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -5069,7 +5069,7 @@ cdef void _gelu_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         _t1 = expf(-(<float>0.5)*_t0)
         hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))*(symprop_at_infinityf(symprop_at_infinityf((<float>0.3989422804014327)*_t1*x + ((<float>0.5))*erff((<float>0.7071067811865476)*x) + (<float>0.5), x, (<float>1.0), (<float>1.0)), x, (<float>-1.0), (<float>0.0)))) + g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*_t1*(_t0 + (<float>-2.0)), (<float>0.0)), x)
 
-cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -5088,9 +5088,9 @@ cdef void _gelu_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         _t1 = exp(-(<double>0.5)*_t0)
         hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))*(symprop_at_infinity(symprop_at_infinity((<double>0.3989422804014327)*_t1*x + ((<double>0.5))*erf((<double>0.7071067811865476)*x) + (<double>0.5), x, (<double>1.0), (<double>1.0)), x, (<double>-1.0), (<double>0.0)))) + g*symprop_nan_through(symprop_finite_or((<double>-0.3989422804014327)*_t1*(_t0 + (<double>-2.0)), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- gelu_residual
+# ---------------------------------------------------------------- gelu_curv_x
 # r = g*nan_through(finite_or(-0.3989422804014327*(x**2 - 2)*exp(-x**2/2), 0), x)
-cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* r_p = <float*>_a[2]
@@ -5104,7 +5104,7 @@ cdef void _gelu_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t0 = (x*x)
         r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf((<float>-0.3989422804014327)*(_t0 + (<float>-2.0))*expf(-(<float>0.5)*_t0), (<float>0.0)), x)
 
-cdef void _gelu_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _gelu_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* r_p = <double*>_a[2]
@@ -5366,9 +5366,9 @@ cdef void _mish_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept no
         _t4 = tanh(_t2)
         Rgx_p[_e] = Rg*symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x) + Rx*g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- mish_diag_backprop
+# ---------------------------------------------------------------- mish_bl_x
 # hx = H*nan_through(finite_or(x*(1 - tanh(log(exp(x) + 1))**2)*exp(x)/(exp(x) + 1) + tanh(log(exp(x) + 1)), Piecewise((1, x > 0), (0, True))), x)**2 + g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
-cdef void _mish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
     cdef const float* g_p = <const float*>_a[2]
@@ -5396,7 +5396,7 @@ cdef void _mish_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) no
         _t4 = tanhf(_t2)
         hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))), x))*(symprop_nan_throughf(symprop_finite_orf(-_t0*x*((_t4*_t4) + (<float>-1.0))/_t1 + _t4, (<float>(x > (<float>0.0)))), x))) + g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t3*y + _t3 + x + (<float>2.0))/(((coshf(_t2))*(coshf(_t2)))*((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))), (<float>0.0)), x)
 
-cdef void _mish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* y_p = <const double*>_a[1]
     cdef const double* g_p = <const double*>_a[2]
@@ -5424,9 +5424,9 @@ cdef void _mish_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) no
         _t4 = tanh(_t2)
         hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x))*(symprop_nan_through(symprop_finite_or(-_t0*x*((_t4*_t4) + (<double>-1.0))/_t1 + _t4, (<double>(x > (<double>0.0)))), x))) + g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(-_t3*y + _t3 + x + (<double>2.0))/(((cosh(_t2))*(cosh(_t2)))*((cosh(((<double>0.5))*x))*(cosh(((<double>0.5))*x)))), (<double>0.0)), x)
 
-# ---------------------------------------------------------------- mish_residual
+# ---------------------------------------------------------------- mish_curv_x
 # r = g*nan_through(finite_or((x - 2*y*exp(x) + 2*exp(x) + 2)/(4*cosh(x/2)**2*cosh(log(exp(x) + 1))**2), 0), x)
-cdef void _mish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
     cdef const float* g_p = <const float*>_a[2]
@@ -5445,7 +5445,7 @@ cdef void _mish_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcep
         _t1 = (<float>2.0)*_t0
         r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(-_t1*y + _t1 + x + (<float>2.0))/(((coshf(((<float>0.5))*x))*(coshf(((<float>0.5))*x)))*((coshf(logf(_t0 + (<float>1.0))))*(coshf(logf(_t0 + (<float>1.0)))))), (<float>0.0)), x)
 
-cdef void _mish_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _mish_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* y_p = <const double*>_a[1]
     cdef const double* g_p = <const double*>_a[2]
@@ -5682,9 +5682,9 @@ cdef void _dropout_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         m = m_p[_e]
         Rgx_p[_e] = Rg*m
 
-# ---------------------------------------------------------------- dropout_diag_backprop
+# ---------------------------------------------------------------- dropout_bl_x
 # hx = H*m**2
-cdef void _dropout_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* H_p = <const float*>_a[0]
     cdef const float* m_p = <const float*>_a[1]
     cdef float* hx_p = <float*>_a[2]
@@ -5696,7 +5696,7 @@ cdef void _dropout_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
         m = m_p[_e]
         hx_p[_e] = H*(m*m)
 
-cdef void _dropout_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _dropout_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* H_p = <const double*>_a[0]
     cdef const double* m_p = <const double*>_a[1]
     cdef double* hx_p = <double*>_a[2]
@@ -5966,9 +5966,9 @@ cdef void _penalty_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept
         _t3 = (l2 < (<double>0.0))
         Rgx_p[_e] = Rg*symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))) + Rx*g*l2
 
-# ---------------------------------------------------------------- penalty_diag_backprop
+# ---------------------------------------------------------------- penalty_bl_x
 # hx = H*at_infinity(at_infinity(Piecewise((-l1 + l2*x, x < 0), (l1 + l2*x, x > 0), (l2*x, True)), x, 1, Piecewise((x, l2 > 0), (-x, l2 < 0), (l1, True))), x, -1, Piecewise((x, l2 > 0), (-x, l2 < 0), (-l1, True)))**2 + g*l2
-cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_bl_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -5993,7 +5993,7 @@ cdef void _penalty_diag_backprop_f32(char** _a, const double* _s, Py_ssize_t _n)
         _t3 = (l2 < (<float>0.0))
         hx_p[_e] = H*((symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinityf(symprop_at_infinityf((-l1 + l2*x if (x < (<float>0.0)) else (_t0 + l1 if (x > (<float>0.0)) else _t0)), x, (<float>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<float>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
-cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_bl_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -6018,9 +6018,9 @@ cdef void _penalty_diag_backprop_f64(char** _a, const double* _s, Py_ssize_t _n)
         _t3 = (l2 < (<double>0.0))
         hx_p[_e] = H*((symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))*(symprop_at_infinity(symprop_at_infinity((-l1 + l2*x if (x < (<double>0.0)) else (_t0 + l1 if (x > (<double>0.0)) else _t0)), x, (<double>1.0), (x if _t1 else (_t2 if _t3 else l1))), x, (<double>-1.0), (x if _t1 else (_t2 if _t3 else -l1))))) + g*l2
 
-# ---------------------------------------------------------------- penalty_residual
+# ---------------------------------------------------------------- penalty_curv_x
 # r = g*l2
-cdef void _penalty_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_curv_x_f32(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const float* g_p = <const float*>_a[0]
     cdef float* r_p = <float*>_a[1]
     cdef float l2 = <float>_s[0]
@@ -6030,7 +6030,7 @@ cdef void _penalty_residual_f32(char** _a, const double* _s, Py_ssize_t _n) noex
         g = g_p[_e]
         r_p[_e] = g*l2
 
-cdef void _penalty_residual_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
+cdef void _penalty_curv_x_f64(char** _a, const double* _s, Py_ssize_t _n) noexcept nogil:
     cdef const double* g_p = <const double*>_a[0]
     cdef double* r_p = <double*>_a[1]
     cdef double l2 = <double>_s[0]
@@ -6157,7 +6157,7 @@ cdef void _penalty_vjp_rvjp_f64(char** _a, const double* _s, Py_ssize_t _n) noex
         Rgx_p[_e] = Rg*_t4 + Rx*g*l2
 
 #: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_diag_backprop", "tanh_residual", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_diag_backprop", "sigmoid_residual", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_diag_backprop", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_diag_backprop", "softplus_residual", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_diag_backprop", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_diag_backprop", "elu_residual", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_diag_backprop", "silu_residual", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_diag_backprop", "swish_residual", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_diag_backprop", "gelu_residual", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_diag_backprop", "mish_residual", "mish_forward_jvp", "mish_vjp_rvjp", "dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_diag_backprop", "dropout_forward_jvp", "dropout_vjp_rvjp", "penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_diag_backprop", "penalty_residual", "penalty_forward_jvp", "penalty_vjp_rvjp", )
+KERNELS = ("tanh_forward", "tanh_vjp", "tanh_jvp", "tanh_rvjp", "tanh_bl_x", "tanh_curv_x", "tanh_forward_jvp", "tanh_vjp_rvjp", "sigmoid_forward", "sigmoid_vjp", "sigmoid_jvp", "sigmoid_rvjp", "sigmoid_bl_x", "sigmoid_curv_x", "sigmoid_forward_jvp", "sigmoid_vjp_rvjp", "relu_forward", "relu_vjp", "relu_jvp", "relu_rvjp", "relu_bl_x", "relu_forward_jvp", "relu_vjp_rvjp", "softplus_forward", "softplus_vjp", "softplus_jvp", "softplus_rvjp", "softplus_bl_x", "softplus_curv_x", "softplus_forward_jvp", "softplus_vjp_rvjp", "leaky_relu_forward", "leaky_relu_vjp", "leaky_relu_jvp", "leaky_relu_rvjp", "leaky_relu_bl_x", "leaky_relu_forward_jvp", "leaky_relu_vjp_rvjp", "elu_forward", "elu_vjp", "elu_jvp", "elu_rvjp", "elu_bl_x", "elu_curv_x", "elu_forward_jvp", "elu_vjp_rvjp", "silu_forward", "silu_vjp", "silu_jvp", "silu_rvjp", "silu_bl_x", "silu_curv_x", "silu_forward_jvp", "silu_vjp_rvjp", "swish_forward", "swish_vjp", "swish_jvp", "swish_rvjp", "swish_bl_x", "swish_curv_x", "swish_forward_jvp", "swish_vjp_rvjp", "gelu_forward", "gelu_vjp", "gelu_jvp", "gelu_rvjp", "gelu_bl_x", "gelu_curv_x", "gelu_forward_jvp", "gelu_vjp_rvjp", "mish_forward", "mish_vjp", "mish_jvp", "mish_rvjp", "mish_bl_x", "mish_curv_x", "mish_forward_jvp", "mish_vjp_rvjp", "dropout_forward", "dropout_vjp", "dropout_jvp", "dropout_rvjp", "dropout_bl_x", "dropout_forward_jvp", "dropout_vjp_rvjp", "penalty_forward", "penalty_vjp", "penalty_jvp", "penalty_rvjp", "penalty_bl_x", "penalty_curv_x", "penalty_forward_jvp", "penalty_vjp_rvjp", )
 
 cdef _elementwise_t _TABLE_F32[93]
 cdef _elementwise_t _TABLE_F64[93]
@@ -6169,10 +6169,10 @@ _TABLE_F32[2] = _tanh_jvp_f32
 _TABLE_F64[2] = _tanh_jvp_f64
 _TABLE_F32[3] = _tanh_rvjp_f32
 _TABLE_F64[3] = _tanh_rvjp_f64
-_TABLE_F32[4] = _tanh_diag_backprop_f32
-_TABLE_F64[4] = _tanh_diag_backprop_f64
-_TABLE_F32[5] = _tanh_residual_f32
-_TABLE_F64[5] = _tanh_residual_f64
+_TABLE_F32[4] = _tanh_bl_x_f32
+_TABLE_F64[4] = _tanh_bl_x_f64
+_TABLE_F32[5] = _tanh_curv_x_f32
+_TABLE_F64[5] = _tanh_curv_x_f64
 _TABLE_F32[6] = _tanh_forward_jvp_f32
 _TABLE_F64[6] = _tanh_forward_jvp_f64
 _TABLE_F32[7] = _tanh_vjp_rvjp_f32
@@ -6185,10 +6185,10 @@ _TABLE_F32[10] = _sigmoid_jvp_f32
 _TABLE_F64[10] = _sigmoid_jvp_f64
 _TABLE_F32[11] = _sigmoid_rvjp_f32
 _TABLE_F64[11] = _sigmoid_rvjp_f64
-_TABLE_F32[12] = _sigmoid_diag_backprop_f32
-_TABLE_F64[12] = _sigmoid_diag_backprop_f64
-_TABLE_F32[13] = _sigmoid_residual_f32
-_TABLE_F64[13] = _sigmoid_residual_f64
+_TABLE_F32[12] = _sigmoid_bl_x_f32
+_TABLE_F64[12] = _sigmoid_bl_x_f64
+_TABLE_F32[13] = _sigmoid_curv_x_f32
+_TABLE_F64[13] = _sigmoid_curv_x_f64
 _TABLE_F32[14] = _sigmoid_forward_jvp_f32
 _TABLE_F64[14] = _sigmoid_forward_jvp_f64
 _TABLE_F32[15] = _sigmoid_vjp_rvjp_f32
@@ -6201,8 +6201,8 @@ _TABLE_F32[18] = _relu_jvp_f32
 _TABLE_F64[18] = _relu_jvp_f64
 _TABLE_F32[19] = _relu_rvjp_f32
 _TABLE_F64[19] = _relu_rvjp_f64
-_TABLE_F32[20] = _relu_diag_backprop_f32
-_TABLE_F64[20] = _relu_diag_backprop_f64
+_TABLE_F32[20] = _relu_bl_x_f32
+_TABLE_F64[20] = _relu_bl_x_f64
 _TABLE_F32[21] = _relu_forward_jvp_f32
 _TABLE_F64[21] = _relu_forward_jvp_f64
 _TABLE_F32[22] = _relu_vjp_rvjp_f32
@@ -6215,10 +6215,10 @@ _TABLE_F32[25] = _softplus_jvp_f32
 _TABLE_F64[25] = _softplus_jvp_f64
 _TABLE_F32[26] = _softplus_rvjp_f32
 _TABLE_F64[26] = _softplus_rvjp_f64
-_TABLE_F32[27] = _softplus_diag_backprop_f32
-_TABLE_F64[27] = _softplus_diag_backprop_f64
-_TABLE_F32[28] = _softplus_residual_f32
-_TABLE_F64[28] = _softplus_residual_f64
+_TABLE_F32[27] = _softplus_bl_x_f32
+_TABLE_F64[27] = _softplus_bl_x_f64
+_TABLE_F32[28] = _softplus_curv_x_f32
+_TABLE_F64[28] = _softplus_curv_x_f64
 _TABLE_F32[29] = _softplus_forward_jvp_f32
 _TABLE_F64[29] = _softplus_forward_jvp_f64
 _TABLE_F32[30] = _softplus_vjp_rvjp_f32
@@ -6231,8 +6231,8 @@ _TABLE_F32[33] = _leaky_relu_jvp_f32
 _TABLE_F64[33] = _leaky_relu_jvp_f64
 _TABLE_F32[34] = _leaky_relu_rvjp_f32
 _TABLE_F64[34] = _leaky_relu_rvjp_f64
-_TABLE_F32[35] = _leaky_relu_diag_backprop_f32
-_TABLE_F64[35] = _leaky_relu_diag_backprop_f64
+_TABLE_F32[35] = _leaky_relu_bl_x_f32
+_TABLE_F64[35] = _leaky_relu_bl_x_f64
 _TABLE_F32[36] = _leaky_relu_forward_jvp_f32
 _TABLE_F64[36] = _leaky_relu_forward_jvp_f64
 _TABLE_F32[37] = _leaky_relu_vjp_rvjp_f32
@@ -6245,10 +6245,10 @@ _TABLE_F32[40] = _elu_jvp_f32
 _TABLE_F64[40] = _elu_jvp_f64
 _TABLE_F32[41] = _elu_rvjp_f32
 _TABLE_F64[41] = _elu_rvjp_f64
-_TABLE_F32[42] = _elu_diag_backprop_f32
-_TABLE_F64[42] = _elu_diag_backprop_f64
-_TABLE_F32[43] = _elu_residual_f32
-_TABLE_F64[43] = _elu_residual_f64
+_TABLE_F32[42] = _elu_bl_x_f32
+_TABLE_F64[42] = _elu_bl_x_f64
+_TABLE_F32[43] = _elu_curv_x_f32
+_TABLE_F64[43] = _elu_curv_x_f64
 _TABLE_F32[44] = _elu_forward_jvp_f32
 _TABLE_F64[44] = _elu_forward_jvp_f64
 _TABLE_F32[45] = _elu_vjp_rvjp_f32
@@ -6261,10 +6261,10 @@ _TABLE_F32[48] = _silu_jvp_f32
 _TABLE_F64[48] = _silu_jvp_f64
 _TABLE_F32[49] = _silu_rvjp_f32
 _TABLE_F64[49] = _silu_rvjp_f64
-_TABLE_F32[50] = _silu_diag_backprop_f32
-_TABLE_F64[50] = _silu_diag_backprop_f64
-_TABLE_F32[51] = _silu_residual_f32
-_TABLE_F64[51] = _silu_residual_f64
+_TABLE_F32[50] = _silu_bl_x_f32
+_TABLE_F64[50] = _silu_bl_x_f64
+_TABLE_F32[51] = _silu_curv_x_f32
+_TABLE_F64[51] = _silu_curv_x_f64
 _TABLE_F32[52] = _silu_forward_jvp_f32
 _TABLE_F64[52] = _silu_forward_jvp_f64
 _TABLE_F32[53] = _silu_vjp_rvjp_f32
@@ -6277,10 +6277,10 @@ _TABLE_F32[56] = _swish_jvp_f32
 _TABLE_F64[56] = _swish_jvp_f64
 _TABLE_F32[57] = _swish_rvjp_f32
 _TABLE_F64[57] = _swish_rvjp_f64
-_TABLE_F32[58] = _swish_diag_backprop_f32
-_TABLE_F64[58] = _swish_diag_backprop_f64
-_TABLE_F32[59] = _swish_residual_f32
-_TABLE_F64[59] = _swish_residual_f64
+_TABLE_F32[58] = _swish_bl_x_f32
+_TABLE_F64[58] = _swish_bl_x_f64
+_TABLE_F32[59] = _swish_curv_x_f32
+_TABLE_F64[59] = _swish_curv_x_f64
 _TABLE_F32[60] = _swish_forward_jvp_f32
 _TABLE_F64[60] = _swish_forward_jvp_f64
 _TABLE_F32[61] = _swish_vjp_rvjp_f32
@@ -6293,10 +6293,10 @@ _TABLE_F32[64] = _gelu_jvp_f32
 _TABLE_F64[64] = _gelu_jvp_f64
 _TABLE_F32[65] = _gelu_rvjp_f32
 _TABLE_F64[65] = _gelu_rvjp_f64
-_TABLE_F32[66] = _gelu_diag_backprop_f32
-_TABLE_F64[66] = _gelu_diag_backprop_f64
-_TABLE_F32[67] = _gelu_residual_f32
-_TABLE_F64[67] = _gelu_residual_f64
+_TABLE_F32[66] = _gelu_bl_x_f32
+_TABLE_F64[66] = _gelu_bl_x_f64
+_TABLE_F32[67] = _gelu_curv_x_f32
+_TABLE_F64[67] = _gelu_curv_x_f64
 _TABLE_F32[68] = _gelu_forward_jvp_f32
 _TABLE_F64[68] = _gelu_forward_jvp_f64
 _TABLE_F32[69] = _gelu_vjp_rvjp_f32
@@ -6309,10 +6309,10 @@ _TABLE_F32[72] = _mish_jvp_f32
 _TABLE_F64[72] = _mish_jvp_f64
 _TABLE_F32[73] = _mish_rvjp_f32
 _TABLE_F64[73] = _mish_rvjp_f64
-_TABLE_F32[74] = _mish_diag_backprop_f32
-_TABLE_F64[74] = _mish_diag_backprop_f64
-_TABLE_F32[75] = _mish_residual_f32
-_TABLE_F64[75] = _mish_residual_f64
+_TABLE_F32[74] = _mish_bl_x_f32
+_TABLE_F64[74] = _mish_bl_x_f64
+_TABLE_F32[75] = _mish_curv_x_f32
+_TABLE_F64[75] = _mish_curv_x_f64
 _TABLE_F32[76] = _mish_forward_jvp_f32
 _TABLE_F64[76] = _mish_forward_jvp_f64
 _TABLE_F32[77] = _mish_vjp_rvjp_f32
@@ -6325,8 +6325,8 @@ _TABLE_F32[80] = _dropout_jvp_f32
 _TABLE_F64[80] = _dropout_jvp_f64
 _TABLE_F32[81] = _dropout_rvjp_f32
 _TABLE_F64[81] = _dropout_rvjp_f64
-_TABLE_F32[82] = _dropout_diag_backprop_f32
-_TABLE_F64[82] = _dropout_diag_backprop_f64
+_TABLE_F32[82] = _dropout_bl_x_f32
+_TABLE_F64[82] = _dropout_bl_x_f64
 _TABLE_F32[83] = _dropout_forward_jvp_f32
 _TABLE_F64[83] = _dropout_forward_jvp_f64
 _TABLE_F32[84] = _dropout_vjp_rvjp_f32
@@ -6339,10 +6339,10 @@ _TABLE_F32[87] = _penalty_jvp_f32
 _TABLE_F64[87] = _penalty_jvp_f64
 _TABLE_F32[88] = _penalty_rvjp_f32
 _TABLE_F64[88] = _penalty_rvjp_f64
-_TABLE_F32[89] = _penalty_diag_backprop_f32
-_TABLE_F64[89] = _penalty_diag_backprop_f64
-_TABLE_F32[90] = _penalty_residual_f32
-_TABLE_F64[90] = _penalty_residual_f64
+_TABLE_F32[89] = _penalty_bl_x_f32
+_TABLE_F64[89] = _penalty_bl_x_f64
+_TABLE_F32[90] = _penalty_curv_x_f32
+_TABLE_F64[90] = _penalty_curv_x_f64
 _TABLE_F32[91] = _penalty_forward_jvp_f32
 _TABLE_F64[91] = _penalty_forward_jvp_f64
 _TABLE_F32[92] = _penalty_vjp_rvjp_f32

@@ -302,7 +302,7 @@ MANIFEST = __import__('json').loads(r'''{
     }
    },
    "bl:x": {
-    "kernel": "prelu_diag_backprop",
+    "kernel": "prelu_bl_x",
     "call": [
      "x",
      "H",
@@ -338,7 +338,7 @@ MANIFEST = __import__('json').loads(r'''{
     }
    },
    "bl:alpha": {
-    "kernel": "prelu_diag_backprop_alpha",
+    "kernel": "prelu_bl_alpha",
     "call": [
      "x",
      "H",
@@ -663,7 +663,7 @@ MANIFEST = __import__('json').loads(r'''{
     }
    },
    "bl:x": {
-    "kernel": "swish_learnable_diag_backprop",
+    "kernel": "swish_learnable_bl_x",
     "call": [
      "x",
      "g",
@@ -702,7 +702,7 @@ MANIFEST = __import__('json').loads(r'''{
     }
    },
    "bl:beta": {
-    "kernel": "swish_learnable_diag_backprop_beta",
+    "kernel": "swish_learnable_bl_beta",
     "call": [
      "x",
      "y",
@@ -783,8 +783,8 @@ MANIFEST = __import__('json').loads(r'''{
      "reduce": "sqsum"
     }
    },
-   "residual": {
-    "kernel": "swish_learnable_residual",
+   "curv:x": {
+    "kernel": "swish_learnable_curv_x",
     "call": [
      "x",
      "g",
@@ -1176,9 +1176,9 @@ cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x
     return 0
 
 
-# ---------------------------------------------------------------- prelu_diag_backprop
+# ---------------------------------------------------------------- prelu_bl_x
 # hx = H*nan_through(Piecewise((alpha, x < 0), (1, x > 0), (0, True)), x)**2
-cdef int _prelu_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _prelu_bl_x_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
     cdef const float* alpha_p = <const float*>_a[2]
@@ -1202,7 +1202,7 @@ cdef int _prelu_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t*
                 hx_p[e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
     return 0
 
-cdef int _prelu_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _prelu_bl_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* H_p = <const double*>_a[1]
     cdef const double* alpha_p = <const double*>_a[2]
@@ -1227,9 +1227,9 @@ cdef int _prelu_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t*
     return 0
 
 
-# ---------------------------------------------------------------- prelu_diag_backprop_alpha
+# ---------------------------------------------------------------- prelu_bl_alpha
 # halpha = H*Min(0, x)**2
-cdef int _prelu_diag_backprop_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _prelu_bl_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
     cdef float* _out_p = <float*>_a[2]
@@ -1257,7 +1257,7 @@ cdef int _prelu_diag_backprop_alpha_f32(char** _a, const double* _s, const Py_ss
     free(acc)
     return 0
 
-cdef int _prelu_diag_backprop_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _prelu_bl_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* H_p = <const double*>_a[1]
     cdef double* _out_p = <double*>_a[2]
@@ -1825,9 +1825,9 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
     return 0
 
 
-# ---------------------------------------------------------------- swish_learnable_diag_backprop
+# ---------------------------------------------------------------- swish_learnable_bl_x
 # hx = H*nan_through(finite_or((beta*x + exp(beta*x) + 1)/(4*cosh(beta*x/2)**2), Piecewise((Piecewise((1, beta > 0), (0, beta < 0), (1/2, True)), x > 0), (Piecewise((0, beta > 0), (1, beta < 0), (1/2, True)), True))), x)**2 + g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
-cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_bl_x_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* H_p = <const float*>_a[2]
@@ -1864,7 +1864,7 @@ cdef int _swish_learnable_diag_backprop_f32(char** _a, const double* _s, const P
                 hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
-cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_bl_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* H_p = <const double*>_a[2]
@@ -1902,9 +1902,9 @@ cdef int _swish_learnable_diag_backprop_f64(char** _a, const double* _s, const P
     return 0
 
 
-# ---------------------------------------------------------------- swish_learnable_diag_backprop_beta
+# ---------------------------------------------------------------- swish_learnable_bl_beta
 # hbeta = H*nan_through(finite_or(y**2*exp(-beta*x), 0), x)**2 + g*nan_through(finite_or(-x*y**2*exp(-beta*x) + 2*y**3*exp(-2*beta*x), 0), x)
-cdef int _swish_learnable_diag_backprop_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_bl_beta_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* y_p = <const float*>_a[1]
     cdef const float* g_p = <const float*>_a[2]
@@ -1945,7 +1945,7 @@ cdef int _swish_learnable_diag_backprop_beta_f32(char** _a, const double* _s, co
     free(acc)
     return 0
 
-cdef int _swish_learnable_diag_backprop_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_bl_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* y_p = <const double*>_a[1]
     cdef const double* g_p = <const double*>_a[2]
@@ -2078,9 +2078,9 @@ cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_s
     return 0
 
 
-# ---------------------------------------------------------------- swish_learnable_residual
+# ---------------------------------------------------------------- swish_learnable_curv_x
 # r = g*nan_through(finite_or(beta*(2*beta*x + (-beta*x + 2)*(exp(beta*x) + 1))*exp(beta*x)/(exp(beta*x) + 1)**3, 0), x)
-cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_curv_x_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* beta_p = <const float*>_a[2]
@@ -2110,7 +2110,7 @@ cdef int _swish_learnable_residual_f32(char** _a, const double* _s, const Py_ssi
                 r_p[e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
-cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
+cdef int _swish_learnable_curv_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* beta_p = <const double*>_a[2]
@@ -2142,7 +2142,7 @@ cdef int _swish_learnable_residual_f64(char** _a, const double* _s, const Py_ssi
 
 
 #: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("prelu_forward", "prelu_vjp", "prelu_vjp_alpha", "prelu_jvp", "prelu_rvjp", "prelu_rvjp_alpha", "prelu_diag_backprop", "prelu_diag_backprop_alpha", "prelu_sqvjp_alpha", "swish_learnable_forward", "swish_learnable_vjp", "swish_learnable_vjp_beta", "swish_learnable_jvp", "swish_learnable_rvjp", "swish_learnable_rvjp_beta", "swish_learnable_diag_backprop", "swish_learnable_diag_backprop_beta", "swish_learnable_sqvjp_beta", "swish_learnable_residual", )
+KERNELS = ("prelu_forward", "prelu_vjp", "prelu_vjp_alpha", "prelu_jvp", "prelu_rvjp", "prelu_rvjp_alpha", "prelu_bl_x", "prelu_bl_alpha", "prelu_sqvjp_alpha", "swish_learnable_forward", "swish_learnable_vjp", "swish_learnable_vjp_beta", "swish_learnable_jvp", "swish_learnable_rvjp", "swish_learnable_rvjp_beta", "swish_learnable_bl_x", "swish_learnable_bl_beta", "swish_learnable_sqvjp_beta", "swish_learnable_curv_x", )
 
 cdef _channelwise_t _TABLE_F32[19]
 cdef _channelwise_t _TABLE_F64[19]
@@ -2158,10 +2158,10 @@ _TABLE_F32[4] = _prelu_rvjp_f32
 _TABLE_F64[4] = _prelu_rvjp_f64
 _TABLE_F32[5] = _prelu_rvjp_alpha_f32
 _TABLE_F64[5] = _prelu_rvjp_alpha_f64
-_TABLE_F32[6] = _prelu_diag_backprop_f32
-_TABLE_F64[6] = _prelu_diag_backprop_f64
-_TABLE_F32[7] = _prelu_diag_backprop_alpha_f32
-_TABLE_F64[7] = _prelu_diag_backprop_alpha_f64
+_TABLE_F32[6] = _prelu_bl_x_f32
+_TABLE_F64[6] = _prelu_bl_x_f64
+_TABLE_F32[7] = _prelu_bl_alpha_f32
+_TABLE_F64[7] = _prelu_bl_alpha_f64
 _TABLE_F32[8] = _prelu_sqvjp_alpha_f32
 _TABLE_F64[8] = _prelu_sqvjp_alpha_f64
 _TABLE_F32[9] = _swish_learnable_forward_f32
@@ -2176,14 +2176,14 @@ _TABLE_F32[13] = _swish_learnable_rvjp_f32
 _TABLE_F64[13] = _swish_learnable_rvjp_f64
 _TABLE_F32[14] = _swish_learnable_rvjp_beta_f32
 _TABLE_F64[14] = _swish_learnable_rvjp_beta_f64
-_TABLE_F32[15] = _swish_learnable_diag_backprop_f32
-_TABLE_F64[15] = _swish_learnable_diag_backprop_f64
-_TABLE_F32[16] = _swish_learnable_diag_backprop_beta_f32
-_TABLE_F64[16] = _swish_learnable_diag_backprop_beta_f64
+_TABLE_F32[15] = _swish_learnable_bl_x_f32
+_TABLE_F64[15] = _swish_learnable_bl_x_f64
+_TABLE_F32[16] = _swish_learnable_bl_beta_f32
+_TABLE_F64[16] = _swish_learnable_bl_beta_f64
 _TABLE_F32[17] = _swish_learnable_sqvjp_beta_f32
 _TABLE_F64[17] = _swish_learnable_sqvjp_beta_f64
-_TABLE_F32[18] = _swish_learnable_residual_f32
-_TABLE_F64[18] = _swish_learnable_residual_f64
+_TABLE_F32[18] = _swish_learnable_curv_x_f32
+_TABLE_F64[18] = _swish_learnable_curv_x_f64
 
 
 def kernel_table():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import load, manifest
-from .layer import SpecLayer
+from .layer_base import SpecLayer
 
 
 def _builtin_module():
@@ -163,7 +163,7 @@ class LearnableActivation(SpecLayer):
     """
 
     def __init__(self, spec_name: str, num_parameters: int = 1, init: float | None = None, module=None):
-        from .layer import check_positive_int
+        from .layer_base import check_positive_int
         self.kernel_name = spec_name
         self.module = module if module is not None else load("learnable")
         table = manifest(self.module)

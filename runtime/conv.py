@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .defined import DefinedLayer, defined
-from .layer import Layer
+from .layer_base import Layer
 
 
 def out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:

@@ -1,7 +1,7 @@
 """Hessian diagonals and the full Hessian of a :class:`Sequential`'s mean batch loss.
 
 All second derivatives come from generated kernels (the loss HVP, the layers' R-op and
-residual kernels); this module only composes them, the sweeps through the layers being the
+curvature-term kernels); this module only composes them, the sweeps through the layers being the
 sweep engine's (:data:`sweep.FACTOR`, :data:`sweep.BECKER_LECUN`):
 
 - ``hutchinson``: ``mean_s v_s ⊙ H v_s`` over Rademacher ``v_s`` (exact HVPs, one shared
@@ -10,11 +10,11 @@ sweep engine's (:data:`sweep.FACTOR`, :data:`sweep.BECKER_LECUN`):
   ``H_out = S diag(w) Sᵀ`` of the Hessian w.r.t. the network output (the per-sample loss
   Hessian, built from the loss's HVP kernel and factored by ``eigh``). Each parameter's
   diagonal is ``Σ_columns w·(per-sample gradient of the column)²``. ``exact`` also starts a
-  new factor group at every activation: ``diag(f''(x)·ḡ)``, the second-order residual, so
+  new factor group at every activation: ``diag(f''(x)·ḡ)``, the activation's curvature term, so
   the result is the true diagonal. Columns cost memory ``K × N × units``; see
   :data:`MAX_FACTOR_ELEMENTS`;
 - ``becker_lecun``: backprop of the diagonal alone (Becker & LeCun 1988), squared Jacobian
-  entries times the output diagonal plus the residual, off-diagonal terms dropped;
+  entries times the output diagonal plus the curvature term, off-diagonal terms dropped;
 - :func:`full_hessian`: one HVP per unit direction, for tiny models (Newton).
 """
 from __future__ import annotations
@@ -149,7 +149,7 @@ def hessian_diagonal(model, X: np.ndarray, y: np.ndarray, method: str, samples: 
         diag = _becker_lecun(model, tape)
     else:
         diag = _factor_diagonal(model, tape, exact=method == "exact")
-    return model.add_penalty_terms(diag, "residual")   # the penalty's own diagonal, l2 (its kernel)
+    return model.add_penalty_terms(diag, "curv:x")   # the penalty's own diagonal, l2 (its kernel)
 
 
 def full_hessian(model, X: np.ndarray, y: np.ndarray, max_params: int | None = None, return_tape=False):

@@ -3,7 +3,7 @@
 :class:`DefinedLayer` takes everything that is not a kernel from the layer's
 :class:`~symprop.derive.layerdef.LayerDef` — constructor arguments and their checks, parameter
 shapes and initialisation, the shape rule, the checkpoint config, the name — and runs every
-pass as a role of the spec (:class:`~symprop.runtime.layer.SpecLayer`). Kernels bind at first
+pass as a role of the spec (:class:`~symprop.runtime.layer_base.SpecLayer`). Kernels bind at first
 use, so building and describing a model needs no compiled kernels. A built-in layer with no
 hand-written class (a definition alone) gets one made here: :func:`layer_class`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layer import SpecLayer, check_float_input
+from .layer_base import SpecLayer, check_float_input
 
 _CLASSES: dict = {}
 

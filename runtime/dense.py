@@ -5,7 +5,7 @@ import numpy as np
 
 from .defined import DefinedLayer, defined
 from .dropout import MaskOps, draw_mask
-from .layer import EVAL, Layer
+from .layer_base import EVAL, Layer
 
 
 @defined("Dense")

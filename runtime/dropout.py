@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import SpecKernels
-from .layer import EVAL, Layer
+from .layer_base import EVAL, Layer
 
 
 def check_rate(layer: str, p) -> float:

@@ -473,8 +473,7 @@ def setup():
             return
         providers = available()
         _configured[0] = True
-        if not providers or not hasattr(_tuning_module(), "_gemm_class"):
-            # nothing to choose from (or modules generated before providers existed)
+        if not providers:   # nothing to choose from
             _state.update(providers=[], choices={}, active=False, default=0, forced=None, classes={})
             return
         try:
@@ -732,7 +731,7 @@ def builtin_models() -> list:
     import numpy as np
     from . import layers as L
     from .model import Sequential
-    from .models import cifar_cnn, lenet
+    from .named_models import cifar_cnn, lenet
     rng = np.random.default_rng(0)
 
     def batch(shape, n, classes=10):

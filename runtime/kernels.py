@@ -8,7 +8,7 @@ optional directions, and the array each output is shaped like. :class:`SpecKerne
 environment of named arrays (a forward record, parameters, gradients, directions) to those
 arguments, allocates the outputs and calls the kernel. It never multiplies anything itself.
 Callers use a fused role when :meth:`SpecKernels.has` says the module carries it and the
-separate roles otherwise (modules generated before fusion, user specs without an R-op).
+separate roles otherwise (a user spec without an R-op has no fused role).
 
 The loader also binds the kernels of every module with a kernel table to the shared
 dispatcher (``generated/dispatch``: one place that checks arrays, picks threads and holds BLAS

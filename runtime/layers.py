@@ -11,7 +11,7 @@ from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .defined import DefinedLayer, definitions, layer_class
 from .dense import Dense
 from .dropout import Dropout
-from .layer import Layer, SpecLayer
+from .layer_base import Layer, SpecLayer
 from .normalization import BatchNorm1D, BatchNorm2D, CompositeLayer, Softmax
 from .residual import Residual
 from .user_layers import ContractionLayer, GroupLayer, from_spec

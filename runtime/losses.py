@@ -118,9 +118,11 @@ class SoftmaxCrossEntropy(Loss):
         return int((out.argmax(axis=1) == labels).sum()), len(labels)
 
 
-class MSE(Loss):
-    """Mean squared error over all elements (as ``torch.nn.functional.mse_loss``)."""
-    name = "mse"
+class ElementwiseMeanLoss(Loss):
+    """A loss that is the mean over all elements of ``ℓ(z, t)``, real targets ``t`` shaped like
+    the output: its spec's ``value``, ``value+grad`` and ``hvp`` roles (MSE, sigmoid
+    cross-entropy, losses from :func:`from_sympy`)."""
+    name = None
 
     def check_targets(self, y, n, out_shape):
         y = np.asarray(y)
@@ -151,7 +153,12 @@ class MSE(Loss):
         return self.kernels().run("hvp", env, out.dtype)
 
 
-class SigmoidCrossEntropy(MSE):
+class MSE(ElementwiseMeanLoss):
+    """Mean squared error over all elements (as ``torch.nn.functional.mse_loss``)."""
+    name = "mse"
+
+
+class SigmoidCrossEntropy(ElementwiseMeanLoss):
     """Binary/multi-label cross-entropy of logits, mean over all elements (PyTorch's
     ``binary_cross_entropy_with_logits``): float targets in [0, 1] of the output's shape.
     Accuracy counts elements where ``logit > 0`` agrees with ``target > 0.5``."""
@@ -173,7 +180,7 @@ class SigmoidCrossEntropy(MSE):
         return int(((out > 0) == (y > 0.5)).sum()), y.size
 
 
-class PointwiseLoss(MSE):
+class PointwiseLoss(ElementwiseMeanLoss):
     """A loss ``ℓ(z, t)`` written in SymPy (:func:`from_sympy`): mean over all elements of
     predictions ``z`` and real targets ``t`` of the output's shape; its gradient and Hessian
     term are derived and compiled like the built-ins'."""

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from . import passes, persistence, summary
-from .layer import EVAL, Context, Layer
+from .layer_base import EVAL, Context, Layer
 from .losses import get_loss
 from .memory import tune_allocator
 from .optimizers import Optimizer

@@ -2,7 +2,7 @@
 
 A composite layer views its input as (A, C, B) with the group on the middle axis and runs
 the spec's fused kernels by role (forward, vjp, jvp, rvjp) through the same executor as every
-spec layer (:class:`~symprop.runtime.layer.SpecLayer`). Arguments, parameters, buffers and the
+spec layer (:class:`~symprop.runtime.layer_base.SpecLayer`). Arguments, parameters, buffers and the
 shape rule come from the layers' definitions (``derive/builtins.py``); the layer itself keeps
 only the bookkeeping of running statistics (PyTorch's update rule), which is not a derivative.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from .defined import DefinedMixin, defined
 from .kernels import SpecKernels
-from .layer import EVAL, Context, SpecLayer, _backprop_batch_columns, batch_columns, check_float_input
+from .layer_base import EVAL, Context, SpecLayer, _backprop_batch_columns, batch_columns, check_float_input
 
 
 class CompositeLayer(SpecLayer):

@@ -54,7 +54,7 @@ class Penalty:
 
     def add(self, out: list, role: str, v: list | None = None) -> list:
         """Add the penalty's gradient (``vjp:x``), HVP (``rvjp:x``, direction ``v``) or Hessian
-        diagonal (``residual``) to ``out`` (aligned with parameters())."""
+        diagonal (``curv:x``) to ``out`` (aligned with parameters())."""
         if not self.active:
             return out
         params = self.model.parameters()

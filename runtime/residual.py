@@ -13,7 +13,7 @@ import threading
 from . import sweep
 from .conv import Conv2D, out_size
 from .dense import Dense
-from .layer import EVAL, Layer
+from .layer_base import EVAL, Layer
 
 
 class Residual(Layer):

@@ -2,7 +2,7 @@
 the specs it is made of and the LaTeX document of them."""
 from __future__ import annotations
 
-from .layer import Layer
+from .layer_base import Layer
 
 
 def layer_table(model) -> list[tuple[str, tuple | None, int, str]]:

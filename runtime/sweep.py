@@ -1,7 +1,7 @@
 """The sweep engine: every pass over a model's layers, written once.
 
 A pass is a walk over a *chain* (a list of layers) in one direction, calling one method of
-the layer interface per layer (:class:`~symprop.runtime.layer.Layer`: ``forward``, ``vjp``,
+the layer interface per layer (:class:`~symprop.runtime.layer_base.Layer`: ``forward``, ``vjp``,
 ``jvp``, ``rvjp``, ``forward_jvp``, ``vjp_rvjp``, ``factor_backprop``, ``bl``) and carrying
 one value from layer to layer (the activation, the output gradient, a direction, the
 factor groups of the Hessian, ...). Each pass below is a short description: the direction,
@@ -54,8 +54,8 @@ def join_sum(carries: list, incoming):
 def join_factor_groups(carries: list, incoming: list) -> list:
     """The factor groups of parallel branches at their common input: the groups that came in
     (the first ``len(incoming)`` of every branch) are summed column by column; groups born
-    inside a branch (an activation's residual term) pass on as they are."""
-    from .layer import batch_columns
+    inside a branch (an activation's curvature term f″·ḡ) pass on as they are."""
+    from .layer_base import batch_columns
     n = len(incoming)
     acc = carries[0]
     for other in carries[1:]:

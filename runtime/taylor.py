@@ -33,7 +33,7 @@ from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
 from .kernels import manifest
-from .layer import EVAL
+from .layer_base import EVAL
 from .normalization import _BatchNorm
 
 #: layers affine in their input, run by their own roles on the stacks (Dense has a fast path)

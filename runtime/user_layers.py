@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import register
-from .layer import EVAL, Context, SpecLayer, check_float_input
+from .layer_base import EVAL, Context, SpecLayer, check_float_input
 from .normalization import CompositeLayer
 
 

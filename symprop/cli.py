@@ -110,7 +110,7 @@ def _save_or_recover(model, path: str):
 
 
 def build_model(args, X, y, yt):
-    from .runtime.models import MODELS
+    from .runtime.named_models import MODELS
 
     kw = {"hidden": args.hidden, "activation": args.activation} if args.model == "mlp" else {}
     if args.model == "cnn":
@@ -248,7 +248,7 @@ MODEL_INPUTS = {"mlp": (64,), "cnn": (1, 8, 8), "lenet": (1, 32, 32), "cifar_cnn
 
 
 def cmd_summary(args) -> int:
-    from .runtime.models import MODELS
+    from .runtime.named_models import MODELS
 
     if args.model not in MODELS:
         raise ValueError(f"unknown model {args.model!r}; choose from {sorted(MODELS)}")
@@ -259,10 +259,10 @@ def cmd_summary(args) -> int:
 
 def _model_info(name: str):
     """A named model, as ``symprop train`` builds it, described for the document (configs,
-    shapes, parameter counts). The builders of ``runtime/models.py`` run on the real layers:
+    shapes, parameter counts). The builders of ``runtime/named_models.py`` run on the real layers:
     kernels bind at first use, so building a model needs none compiled."""
     from . import document as latex
-    from .runtime.models import MODELS
+    from .runtime.named_models import MODELS
 
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODEL_INPUTS)}")
@@ -277,7 +277,7 @@ def _model_info(name: str):
 def _recorded_schedule(name: str):
     """The kernels each call of the named model runs, recorded by the sweep engine on a tiny
     batch (``runtime/sweep.py``); without compiled kernels, a clear error before any deriving."""
-    from .runtime.models import MODELS
+    from .runtime.named_models import MODELS
     from .runtime.sweep import record_schedule
     try:
         return record_schedule(MODELS[name](MODEL_INPUTS[name], classes=10))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from symprop.runtime import passes
-from symprop.runtime.models import cifar_cnn, lenet
+from symprop.runtime.named_models import cifar_cnn, lenet
 
 
 @pytest.mark.parametrize("make, shape", [(cifar_cnn, (3, 16, 16)), (lenet, (1, 28, 28))])

@@ -251,10 +251,10 @@ def test_model_shapes_parameters_and_chain_rule(full):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "lenet", "cifar_cnn"])
 def test_shape_only_layers_describe_the_real_model(name):
-    """``latex --model`` runs runtime/models.py on shape-only stand-ins (no kernels needed): their
+    """``latex --model`` runs runtime/named_models.py on shape-only stand-ins (no kernels needed): their
     configs and shapes must be the real model's."""
     from symprop.cli import MODEL_INPUTS
-    from symprop.runtime.models import MODELS
+    from symprop.runtime.named_models import MODELS
 
     real = MODELS[name](MODEL_INPUTS[name], classes=10)
     info = _model_info(name)

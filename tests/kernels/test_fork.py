@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from symprop.runtime.models import cnn
+from symprop.runtime.named_models import cnn
 
 
 def _child(model, X, y, q):

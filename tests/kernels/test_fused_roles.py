@@ -9,7 +9,7 @@ from symprop import optimizers as O
 from symprop.runtime.activation import names as activation_names
 from symprop.runtime.curvature import hutchinson, rademacher
 from symprop.runtime.kernels import FORWARD_JVP, VJP_RVJP, VJP_RVJP_PARAMS, SpecKernels
-from symprop.runtime.layer import Layer
+from symprop.runtime.layer_base import Layer
 
 from support.torch_oracles import torch_hvp
 from support.numeric import rel_err

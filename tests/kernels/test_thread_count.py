@@ -71,7 +71,7 @@ TRAIN = r"""
 import hashlib, json
 import numpy as np
 from symprop import optimizers as O
-from symprop.runtime import models
+from symprop.runtime import named_models as models
 from symprop.runtime.data import load_digits
 
 (X, y), _ = load_digits(flatten=False)

@@ -9,8 +9,8 @@ from support.torch_oracles import TORCH_ACTIVATIONS as TORCH, check_hvp_against_
 from support.numeric import rel_err
 
 A = load("activations")
-ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x", "residual": "residual",
-         "diag_backprop": "bl:x"}
+ROLES = {"forward": "forward", "vjp": "vjp:x", "jvp": "jvp", "rvjp": "rvjp:x", "curv": "curv:x",
+         "bl": "bl:x"}
 
 
 def run(name, which, **arrays):
@@ -121,8 +121,8 @@ def test_float32_is_finite_and_accurate_up_to_1e4(name):
         assert np.isfinite(got[k]).all(), (name, k, x64[~np.isfinite(got[k])])
         err = np.abs(got[k] - want[k]) / np.maximum(np.abs(want[k]), 1.0)
         assert err.max() < 1e-6, (name, k, x64[err.argmax()], got[k][err.argmax()], want[k][err.argmax()])
-    for which in ("residual", "diag_backprop"):
-        if which == "residual" and "residual" not in SpecKernels(A, name).roles:
+    for which in ("curv", "bl"):
+        if which == "curv" and "curv:x" not in SpecKernels(A, name).roles:
             continue
         out = run(name, which, x=x32, y=y, g=ones, H=ones)
         assert np.isfinite(out).all(), (name, which)

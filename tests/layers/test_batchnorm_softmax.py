@@ -298,7 +298,7 @@ def test_a_constant_channel_normalises_to_beta_exactly(dtype):
     (m += Σ(x − m)/M), so every centred value is exactly 0 and y = β (a mean one ulp off made
     y = ±γ + β in float64 with a small eps, as torch's batch_norm gives)."""
     from symprop import layers as L
-    from symprop.runtime.layer import Context
+    from symprop.runtime.layer_base import Context
     bn = L.BatchNorm1D(3, eps=1e-300 if dtype == "float64" else 1e-30)
     bn.init_parameters(dtype, np.random.default_rng(0))
     bn.beta[:] = [0.5, -1.0, 2.0]

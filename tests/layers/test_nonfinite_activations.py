@@ -141,7 +141,7 @@ def oracle(fn, x: np.ndarray, p: np.ndarray | None = None, spec=None, params=Non
 def expected_roles(w: dict, a: dict, param: str | None) -> dict:
     """Every role's outputs from f, its derivatives and the role inputs ``a``."""
     fx, fxx = w["fx"], w["fxx"]
-    out = {("forward", "y"): w["f"], ("vjp:x", "gx"): a["g"] * fx, ("residual", "r"): fxx * a["g"],
+    out = {("forward", "y"): w["f"], ("vjp:x", "gx"): a["g"] * fx, ("curv:x", "r"): fxx * a["g"],
            ("bl:x", "hx"): fx ** 2 * a["H"] + fxx * a["g"]}
     if param is None:
         out[("jvp", "Ry")] = fx * a["Rx"]

@@ -172,7 +172,7 @@ class Layer:
         """``Σ_k Σ_n w[k,n]·(J_θ(n)ᵀ S[k,n])²`` per parameter (the ``sqvjp`` roles)."""
         return []
 
-    def residual(self, rec, g):
+    def curvature_term(self, rec, g):
         """The diagonal second-order term ``f''·ḡ`` this layer adds at its input, or None."""
         return None
 
@@ -183,8 +183,8 @@ class Layer:
 
     def factor_backprop(self, rec, groups, g, exact: bool, need_input: bool = True):
         """Backprop factor groups ``[(S, w), ...]`` of the Hessian w.r.t. the output: the groups
-        at the input (plus this layer's residual group when ``exact``) and each parameter's
-        diagonal. Composition only: the kernels are the sqvjp, vjp and residual roles.
+        at the input (plus this layer's curvature-term group when ``exact``) and each parameter's
+        diagonal. Composition only: the kernels are the sqvjp, vjp and curv:x roles.
 
         A group is per sample (``w`` of shape (K, N): column k of sample n is ``S[k, n]``)
         or, below a layer that couples samples (BatchNorm), per batch (``w`` of shape (J,):
@@ -203,7 +203,7 @@ class Layer:
                 new.append((np.stack([self.input_vjp(rec, np.ascontiguousarray(s)) for s in S]), w))
         if not need_input:
             return [], diag
-        r = self.residual(rec, g) if exact else None
+        r = self.curvature_term(rec, g) if exact else None
         if r is not None:
             f = diagonal_factor(r, self.name)
             if f is not None:
@@ -403,11 +403,11 @@ class SpecLayer(Layer):
             return None, grads, None, Rgrads
         return self._out(outs[of[f"vjp:{K.input}"]], rec), grads, self._out(outs[of[f"rvjp:{K.input}"]], rec), Rgrads
 
-    def residual(self, rec, g):
-        if not rec["_K"].has("residual"):   # f'' ≡ 0 (e.g. ReLU): no kernel
+    def curvature_term(self, rec, g):
+        if not rec["_K"].has("curv:x"):   # f'' ≡ 0 (e.g. ReLU): no kernel
             return None
         g = self._in(np.ascontiguousarray(g), rec)
-        return self._out(self._run("residual", self._env(rec, g=g), rec, g.dtype), rec)
+        return self._out(self._run("curv:x", self._env(rec, g=g), rec, g.dtype), rec)
 
     def bl(self, rec, h, g):
         h = self._in(np.ascontiguousarray(h), rec)
