@@ -165,6 +165,7 @@ def test_group_normalisation_with_group_parameters(rng):
     _check_against(model, _mlp_torch(X, y, [gn, dense]), X, y, rng, diagonals=("gauss_newton", "exact"))
 
 
+@pytest.mark.slow   # compiles its own user spec (~9 s cold): the default suite's 5 minutes
 def test_two_terms_at_one_position_are_squared_together(rng):
     """y = x·s + x·b: the Jacobian entry is s + b, so Becker-LeCun squares (s + b), not s² + b²:
     the same diagonal as an affine layer with scale s + b."""
@@ -182,6 +183,7 @@ def test_two_terms_at_one_position_are_squared_together(rng):
         np.testing.assert_allclose(d1[k], d2[k], rtol=1e-12)
 
 
+@pytest.mark.slow   # compiles its own user spec (~9 s cold): the default suite's 5 minutes
 def test_pullback_without_squared_form_refuses_only_becker_lecun(rng):
     """y[n,o] = x[n,o]·Σ_j x[n,j]: its input Jacobian is not diagonal, so there is no
     Becker-LeCun role, and it is not linear in x, so neither Becker-LeCun nor the exact diagonal
@@ -310,6 +312,7 @@ def test_spec_checks_refuse_reads_past_the_end_and_reserved_names():
         Sequential([L.from_spec(AFFINE)], input_shape=(3,))
 
 
+@pytest.mark.slow   # compiles its own user spec (~9 s cold): the default suite's 5 minutes
 def test_spec_hash_covers_output_indices():
     p = sp.Symbol("p", integer=True)
     a = ContractionSpec("perm", "y", (n, o, p), x[n, o, p], inputs={"x": (n, o, p)}, params={}, extents={n: N, o: O, p: O})
@@ -321,6 +324,7 @@ def test_spec_hash_covers_output_indices():
     np.testing.assert_array_equal(Sequential([la], loss="mse", dtype="float64").predict(X), X)
 
 
+@pytest.mark.slow   # compiles its own user spec (~9 s cold): the default suite's 5 minutes
 def test_becker_lecun_refused_when_two_reads_can_coincide(rng):
     """y[n,o,p] = x[n,o,p] + 2·x[n,p,o]: on o = p the entry is 3, not two entries 1 and 2."""
     p = sp.Symbol("p", integer=True)

@@ -103,6 +103,7 @@ def test_trains_saves_and_loads_with_custom_objects(user_losses, tmp_path):
     assert again.loss.spec == huber.spec
 
 
+@pytest.mark.slow   # compiles its own user spec (~9 s cold): the default suite's 5 minutes
 def test_user_activation_hash_checked_on_load(tmp_path):
     x = sp.Symbol("x")
     act = L.Activation.from_sympy("cube_tanh", sp.tanh(x) ** 3, x)
