@@ -49,7 +49,7 @@ def test_check_catches_an_edit_and_names_the_file(fresh, tmp_path, monkeypatch, 
     from symprop import cli
     from symprop.codegen import generate as gen
     files = {p.name: p.read_text() for p in fresh.iterdir()}
-    monkeypatch.setattr(gen, "render_all", lambda progress=None: dict(files))
+    monkeypatch.setattr(gen, "render_all", lambda progress=None, only=None: dict(files))
     a = tmp_path / "a"
     shutil.copytree(fresh, a)
     assert cli.main(["generate", "--check", "--out", str(a)]) == 0
