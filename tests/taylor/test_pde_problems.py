@@ -66,10 +66,11 @@ def test_cli_runs_every_problem(name, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,goal", [("burgers1d", 5e-3), ("helmholtz2d", 1e-2), ("heat1d", 1e-4)])
+@pytest.mark.parametrize("name,goal", [("burgers1d", 1.45e-2), ("helmholtz2d", 1e-2), ("heat1d", 1e-4)])
 def test_problem_trains_to_its_recorded_accuracy(name, goal):
     """The CLI default recipe (seeded, float32, one OpenMP thread) reaches the accuracy
-    docs/pinn.md records (with a margin); time printed, not asserted."""
+    docs/pinn.md records (Burgers: PINNacle's plain-PINN figure, the issue's bar; the run is
+    sensitive to float32 summation order at the shock); time printed, not asserted."""
     factory, width, depth, kw = pinn.PROBLEMS[name]
     problem = factory()
     model = pinn.mlp(len(problem.coords), width=width, depth=depth, dtype="float32", seed=0)
