@@ -79,8 +79,11 @@ MODULES = {
 
 def render_module(name: str) -> str:
     """The text of one generated file (deterministic: no wall-clock limits)."""
-    with unbounded():
-        return MODULES[name][1]()
+    try:
+        with unbounded():
+            return MODULES[name][1]()
+    finally:
+        _DERIVED.clear()
 
 
 def render_all(progress=None, only=None) -> dict[str, str]:
@@ -88,14 +91,16 @@ def render_all(progress=None, only=None) -> dict[str, str]:
     ``only``: just these file names (e.g. ``{"dense.pyx"}`` after a change to one module's specs)."""
     say = progress or (lambda msg: None)
     files = {}
-    with unbounded():
-        for name, (message, renderer) in MODULES.items():
-            if only is not None and name not in only:
-                continue
-            if message:
-                say(message)
-            files[name] = renderer()
-    _DERIVED.clear()
+    try:
+        with unbounded():
+            for name, (message, renderer) in MODULES.items():
+                if only is not None and name not in only:
+                    continue
+                if message:
+                    say(message)
+                files[name] = renderer()
+    finally:   # the shared derivations live for one rendering only
+        _DERIVED.clear()
     return files
 
 

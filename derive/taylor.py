@@ -238,6 +238,20 @@ class DerivedTaylor:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _rewritten(chained) -> list:
+    """``chained`` and its expanded and factored forms: the candidates a next derivative is
+    chosen from (factoring a large expression, Mish's f⁽⁵⁾, costs minutes and never wins:
+    skipped; a failed rewrite is a missing candidate)."""
+    cands = [chained]
+    rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
+    for fn in rewrites:
+        try:
+            cands.append(fn(chained))
+        except Exception:  # noqa: BLE001
+            pass
+    return cands
+
+
 def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = None,
                      upto: int = MAX_ORDER + 1) -> tuple[DerivedElementwise, list[Choice]]:
     """f′ … f^(upto) in cheapest stable forms: f′ and f″ as :func:`derive_elementwise` chose
@@ -255,14 +269,7 @@ def derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise | None = No
         if raw.has(sp.Derivative):
             raise SpecError(f"spec {spec.name!r}: derivative {j} of {f} is not in closed form")
         chained = _total_dx(forms[-1].chosen, forms[0].chosen)
-        cands = [chained]
-        # factoring a large expression (Mish's f⁽⁵⁾) costs minutes and never wins: skipped
-        rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
-        for fn in rewrites:
-            try:
-                cands.append(fn(chained))
-            except Exception:  # noqa: BLE001 — a failed rewrite is a missing candidate
-                pass
+        cands = _rewritten(chained)
         direct = raw.subs(f, Y)
         if direct != raw:
             cands.append(direct)
@@ -337,13 +344,7 @@ def param_derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise, form
     for j in range(2, upto + 1):
         raw = clean_distributions(sp.diff(raw, X))
         chained = _total_dx(out[-1].chosen, forms[0].chosen)
-        cands = [chained]
-        rewrites = (sp.expand, sp.factor) if sp.count_ops(chained) <= FACTOR_MAX_OPS else (sp.expand,)
-        for fn in rewrites:
-            try:
-                cands.append(fn(chained))
-            except Exception:  # noqa: BLE001 — a failed rewrite is a missing candidate
-                pass
+        cands = _rewritten(chained)
         cands += [finite_or(_unguard(c), 0) for c in list(cands)]
         out.append(choose_form(raw, cands, X, Y, fwd, params))
     return out[:upto + 1]

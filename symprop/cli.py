@@ -270,17 +270,16 @@ def _model_info(name: str):
     model = MODELS[name](shape, classes=10)
     info = latex.describe_model(name, shape, [la.config() for la in model.layers], loss=model.loss.name,
                                 origin=f" that {latex.command_tex('symprop train --model ' + name)} builds")
-    info.schedule = _recorded_schedule(name)
+    info.schedule = _recorded_schedule(name, model)
     return info
 
 
-def _recorded_schedule(name: str):
+def _recorded_schedule(name: str, model):
     """The kernels each call of the named model runs, recorded by the sweep engine on a tiny
     batch (``runtime/sweep.py``); without compiled kernels, a clear error before any deriving."""
-    from .runtime.named_models import MODELS
     from .runtime.sweep import record_schedule
     try:
-        return record_schedule(MODELS[name](MODEL_INPUTS[name], classes=10))
+        return record_schedule(model)
     except ImportError as exc:
         raise ValueError(f"latex --model {name}: the document's kernel schedule is recorded by running the "
                          f"model, which needs the compiled kernels ({exc}); run `pip install .` first, or "
