@@ -144,12 +144,53 @@ SOFTMAX = CompositeSpec(
     saved=(_y,), groups="one sample: its K classes",
     doc="softmax over axis 1, shifted by the row maximum (exp never overflows)")
 
+# Per-sample normalisations, written as a user writes them (README, "Write your own layer"): a
+# composite spec over groups inside one sample, then a per-channel scale and shift. LayerNorm,
+# RMSNorm and GroupNorm (below) are these parts composed (runtime/composed.py).
+_ms = sp.Symbol("ms")
+STANDARDIZE = CompositeSpec(
+    name="standardize", input=_xe,
+    stages=(Stage(_mu, "mean", _xe),
+            Stage(_d, "map", _xe - _mu),
+            Stage(_var, "mean", _d ** 2),
+            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)),
+            Stage(_y, "map", _d * _rstd)),
+    saved=(_y, _rstd), scalars=(("eps", 1e-5),),
+    groups="one sample's normalized features (LayerNorm), or one group of its channels (GroupNorm)",
+    doc="zero mean and unit (biased) variance over each group of one sample")
+
+RMS_SCALE = CompositeSpec(
+    name="rms_scale", input=_xe,
+    stages=(Stage(_ms, "mean", _xe ** 2),
+            Stage(_rstd, "map", 1 / sp.sqrt(_ms + _eps)),
+            Stage(_y, "map", _xe * _rstd)),
+    saved=(_y, _rstd), scalars=(("eps", 1e-5),),
+    groups="one sample's normalized features",
+    doc="unit root mean square over each group of one sample")
+
+_p = sp.Symbol("p", integer=True)
+_P = sp.Symbol("P", integer=True, positive=True)
+_C = sp.Symbol("C", integer=True, positive=True)
+_gam, _bet = sp.IndexedBase("gamma"), sp.IndexedBase("beta")
+CHANNEL_AFFINE = ContractionSpec(
+    name="channel_affine", output="y", out_indices=(n, c, _p),
+    expr=_x[n, c, _p] * _gam[c] + _bet[c],
+    inputs={"x": (n, c, _p)}, params={"gamma": (c,), "beta": (c,)}, extents={n: N, c: _C, _p: _P},
+    doc="a learnable scale and shift per channel: y = γ·x + β")
+
+CHANNEL_SCALE = ContractionSpec(
+    name="channel_scale", output="y", out_indices=(n, c, _p),
+    expr=_x[n, c, _p] * _gam[c],
+    inputs={"x": (n, c, _p)}, params={"gamma": (c,)}, extents={n: N, c: _C, _p: _P},
+    doc="a learnable scale per channel: y = γ·x")
+
+
 # ---------------------------------------------------------------- the built-in layers
 # One definition each: the spec, the constructor arguments (and the spec symbols they fix), the
 # parameters (shapes from the spec's extents), the torch.nn counterpart and the document's words.
 # `symprop generate` emits the kernels of every spec named here into the layer's module; the
 # runtime class, from_config, checkpoints, summary(), the document, the CLI and interop read it.
-from .layerdef import Arg, LayerDef, Param, TorchDef  # noqa: E402
+from .layerdef import Arg, LayerDef, Param, TorchDef, family  # noqa: E402
 
 
 def _geometry(args: dict, defaults: dict) -> str:
@@ -203,6 +244,69 @@ def _batchnorm(name: str, ranks: tuple) -> LayerDef:
         doc=BATCHNORM.doc)
 
 
+def _trailing(name: str):
+    """LayerNorm's and RMSNorm's shape rule: the input's last dimensions are ``normalized_shape``."""
+    def rule(args: dict, s: tuple) -> tuple:
+        want = args["normalized_shape"]
+        if len(s) < len(want) or tuple(s[len(s) - len(want):]) != want:
+            raise ValueError(f"{name}({', '.join(map(str, want))}): expects per-sample inputs whose last "
+                             f"{len(want)} dimension(s) are {want}, got {s}")
+        return s
+    return rule
+
+
+def _channels_first(args: dict, s: tuple) -> tuple:
+    """GroupNorm's shape rule: per-sample inputs (C, ...) with C = num_channels."""
+    if not s or s[0] != args["num_channels"]:
+        raise ValueError(f"GroupNorm({args['num_groups']}, {args['num_channels']}): expects per-sample inputs "
+                         f"({args['num_channels']}, ...), got {s}")
+    return s
+
+
+def _groups_divide(args: dict):
+    if args["num_channels"] % args["num_groups"]:
+        return f"num_groups {args['num_groups']} must divide num_channels {args['num_channels']} (as in PyTorch)"
+    return None
+
+
+_NORMS_CURVATURE = ("exact", "gauss_newton", "hutchinson")   # exact: only as the first layer
+_AFFINE_PARTS = (CHANNEL_AFFINE, CHANNEL_SCALE)
+_NORMS = (
+    LayerDef("LayerNorm", STANDARDIZE, "composite", parts=_AFFINE_PARTS,
+             args=(Arg("normalized_shape", "shape"), Arg("eps", "positive", 1e-5),
+                   Arg("elementwise_affine", "flag", True), Arg("bias", "flag", True)),
+             params=(Param("gamma", "ones", ("normalized_shape",), when="elementwise_affine"),
+                     Param("beta", "zeros", ("normalized_shape",), when=("elementwise_affine", "bias"))),
+             curvature=_NORMS_CURVATURE, shape=_trailing("LayerNorm"), title="LayerNorm({normalized_shape})",
+             label="Layer normalization over {normalized_shape}",
+             torch=TorchDef("LayerNorm", {k: k for k in ("normalized_shape", "eps", "elementwise_affine", "bias")},
+                            {"gamma": "weight", "beta": "bias"}),
+             doc="layer normalization (PyTorch's LayerNorm): each sample standardized over its last dimensions "
+                 "(normalized_shape), then scaled and shifted elementwise (γ, β of normalized_shape, flattened)"),
+    LayerDef("RMSNorm", RMS_SCALE, "composite", parts=(CHANNEL_SCALE,),
+             args=(Arg("normalized_shape", "shape"), Arg("eps", "positive", None),
+                   Arg("elementwise_affine", "flag", True)),
+             params=(Param("gamma", "ones", ("normalized_shape",), when="elementwise_affine"),),
+             curvature=_NORMS_CURVATURE, shape=_trailing("RMSNorm"), title="RMSNorm({normalized_shape})",
+             label="RMS normalization over {normalized_shape}",
+             torch=TorchDef("RMSNorm", {k: k for k in ("normalized_shape", "eps", "elementwise_affine")},
+                            {"gamma": "weight"}),
+             doc="root-mean-square normalization (PyTorch's RMSNorm): each sample divided by the root mean square "
+                 "of its last dimensions (eps None: the dtype's machine epsilon), then scaled elementwise"),
+    LayerDef("GroupNorm", STANDARDIZE, "composite", parts=_AFFINE_PARTS,
+             args=(Arg("num_groups", "count"), Arg("num_channels", "count"), Arg("eps", "positive", 1e-5),
+                   Arg("affine", "flag", True)),
+             params=(Param("gamma", "ones", ("num_channels",), when="affine"),
+                     Param("beta", "zeros", ("num_channels",), when="affine")),
+             checks=(_groups_divide,), curvature=_NORMS_CURVATURE, shape=_channels_first,
+             title="GroupNorm({num_groups}, {num_channels})",
+             label="Group normalization, {num_channels} channels in {num_groups} groups",
+             torch=TorchDef("GroupNorm", {k: k for k in ("num_groups", "num_channels", "eps", "affine")},
+                            {"gamma": "weight", "beta": "bias"}),
+             doc="group normalization (PyTorch's GroupNorm): each sample's channels in num_groups groups, each "
+                 "group standardized over its channels and positions, then a per-channel scale and shift"),
+)
+
 LAYERS = {d.name: d for d in (
     LayerDef("Dense", DENSE, "dense",
              args=(Arg("in_features", "count", binds=("I",)), Arg("out_features", "count", binds=("O",)), _BIAS,
@@ -239,6 +343,7 @@ LAYERS = {d.name: d for d in (
     LayerDef("Softmax", SOFTMAX, "composite", curvature=("gauss_newton", "hutchinson"), ranks=(1,),
              title="Softmax", label="Softmax",
              torch=TorchDef("Softmax", requires={"dim": (1, -1)}, keywords={"dim": 1}), doc=SOFTMAX.doc),
+    *_NORMS,
 )}
 
 
@@ -249,6 +354,9 @@ def _specs(module: str) -> dict:
     for d in LAYERS.values():
         if d.module == module:
             for s in (d.spec, *d.specs):
+                out.setdefault(s.name, s)
+        for s in d.parts:
+            if family(s) == module:
                 out.setdefault(s.name, s)
     return out
 

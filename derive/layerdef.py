@@ -36,12 +36,22 @@ def _is_number(v) -> bool:
                                         type(v).__name__ in ("float64", "float32", "float16"))
 
 
+def family(spec) -> str:
+    """The generated module a spec's kernels go to: ``dense`` (a contraction), ``window`` (a
+    contraction with affine index maps) or ``composite`` (stages over groups)."""
+    if hasattr(spec, "stages"):
+        return "composite"
+    return "window" if getattr(spec, "maps", None) else "dense"
+
+
 @dataclass(frozen=True)
 class Arg:
     """A constructor argument. ``kind``: ``count`` (a positive integer), ``pair`` (an integer
     >= ``minimum`` or a pair of them, for the two spatial axes), ``flag`` (a bool), ``rate``
     (a probability in [0, 1)), ``positive`` (a finite number > 0), ``fraction`` (a finite
-    number in [0, 1]). ``binds``: the spec symbols its value fixes (a pair binds two)."""
+    number in [0, 1]), ``shape`` (a positive integer or a tuple of them: a normalized shape).
+    A default of None stays None (the layer resolves it, e.g. RMSNorm's eps from the dtype).
+    ``binds``: the spec symbols its value fixes (a pair binds two)."""
     name: str
     kind: str
     default: object = REQUIRED
@@ -62,6 +72,12 @@ class Arg:
                 raise ValueError(f"{layer}: {self.name} must be an integer >= {self.minimum} or a pair of them, "
                                  f"got {v!r}")
             return int(vals[0]), int(vals[1])
+        if self.kind == "shape":
+            vals = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+            if not vals or not all(_is_int(a) and a > 0 for a in vals):
+                raise ValueError(f"{layer}: {self.name} must be a positive integer or a non-empty tuple of them, "
+                                 f"got {v!r}")
+            return tuple(int(a) for a in vals)
         if self.kind == "flag":
             return bool(v)
         if self.kind == "rate":
@@ -77,7 +93,7 @@ class Arg:
         raise ValueError(f"{layer}: argument kind {self.kind!r} of {self.name} is not one of the known kinds")
 
     def to_config(self, v):
-        return list(v) if self.kind == "pair" else v
+        return list(v) if self.kind in ("pair", "shape") else v
 
 
 @dataclass(frozen=True)
@@ -86,11 +102,13 @@ class Param:
     PyTorch's default for Linear and Conv2d, the fan-in being the extents the spec sums
     over), ``ones`` or ``zeros``. ``shape``: for a composite spec, the arguments giving its
     group shape (an indexed spec's parameters take theirs from the spec's extents). ``when``:
-    a flag argument; while it is False the array is a constant zero, not trained."""
+    a flag argument (or a tuple of them, all must hold); while it is False the array is a
+    constant zero, not trained. An argument in ``shape`` that is itself a shape counts its
+    product (LayerNorm's γ over normalized_shape is stored flat)."""
     name: str
     init: str = "uniform"
     shape: tuple = ()
-    when: str | None = None
+    when: str | tuple | None = None
     penalized: bool = False
 
 
@@ -115,7 +133,9 @@ class LayerDef:
     ``specs``: further specs it runs (BatchNorm's eval-mode spec); ``title``/``label``: its
     name in messages and its words in the document (``str.format`` over the arguments);
     ``ranks``/``channels``: for a composite spec, the per-sample input ranks it accepts and
-    the argument per-sample axis 0 must equal; ``checks``: ``f(args) -> message or None``."""
+    the argument per-sample axis 0 must equal; ``checks``: ``f(args) -> message or None``;
+    ``parts``: specs of other families the layer composes after its own spec (LayerNorm's
+    per-channel scale and shift), emitted into their family's module."""
     name: str
     spec: object = None
     module: str | None = None
@@ -132,6 +152,7 @@ class LayerDef:
     checks: tuple = ()
     shape: object = None
     doc: str = ""
+    parts: tuple = ()
 
     # ------------------------------------------------------------ arguments and config
     def bind(self, *args, **kwargs) -> dict:
@@ -152,6 +173,9 @@ class LayerDef:
             v = given.get(a.name, a.default)
             if v is None and a.default_from is not None:
                 out[a.name] = out[a.default_from]
+                continue
+            if v is None and a.default is None:
+                out[a.name] = None
                 continue
             if v is REQUIRED:
                 raise TypeError(f"{self.name}() missing the argument {a.name!r}")
@@ -209,11 +233,18 @@ class LayerDef:
 
     def trained(self, args: dict) -> tuple:
         """Names of the trainable parameters (``parameters()`` order)."""
-        return tuple(p.name for p in self.params if p.when is None or args[p.when])
+        return tuple(p.name for p in self.params if self.active(p, args))
+
+    @staticmethod
+    def active(p: Param, args: dict) -> bool:
+        """Whether ``p`` is trained with these arguments (its ``when`` flags all hold)."""
+        if p.when is None:
+            return True
+        return all(args[w] for w in ((p.when,) if isinstance(p.when, str) else p.when))
 
     def param_shape(self, p: Param, args: dict) -> tuple:
         if p.shape or not hasattr(self.spec, "params"):
-            return tuple(args[a] for a in p.shape)
+            return tuple(math.prod(args[a]) if isinstance(args[a], tuple) else args[a] for a in p.shape)
         syms = self.symbols(args)
         idx = self.spec.all_arrays[p.name] if p.name in self.spec.all_arrays else ()
         return tuple(syms[self.spec.extents[i].name] for i in idx)

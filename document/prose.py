@@ -66,6 +66,15 @@ DESCRIPTIONS = {
                       r"$\hat\sigma^2$ (constants here) in place of the batch statistics.",
     "softmax": r"Softmax over the $K$ classes of a sample, shifted by the row maximum so that no exponential "
                r"overflows.",
+    "standardize": r"Standardisation over each group of one sample: its mean subtracted and divided by the "
+                   r"square root of its biased variance plus $\epsilon$ --- the normalisation of LayerNorm (the "
+                   r"group: the last dimensions of a sample) and of GroupNorm (the group: consecutive channels of a "
+                   r"sample and all their positions), before their scale and shift.",
+    "rms_scale": r"Division by the root mean square over each group of one sample (RMSNorm's normalisation, "
+                 r"the group being the sample's last dimensions), before its scale.",
+    "channel_affine": r"A learnable scale $\gamma$ and shift $\beta$ per channel $c$ of an input viewed as rows "
+                      r"$\times$ channels $\times$ positions: LayerNorm's and GroupNorm's elementwise affine map.",
+    "channel_scale": r"A learnable scale $\gamma$ per channel (RMSNorm's, and LayerNorm's without a bias).",
     "dense": r"The fully connected layer $y = x W^\top + b$ for a batch $x$ of $N$ rows, with $W$ of shape "
              r"$O \times I$ (PyTorch's layout).",
     "conv2d": r"Two-dimensional convolution (a cross-correlation, as in PyTorch) of an input of shape "
@@ -87,7 +96,9 @@ TITLES = {"tanh": "Hyperbolic tangent", "sigmoid": "Logistic sigmoid", "relu": "
           "dropout": "Dropout", "penalty": "Weight penalty", "dense": "Fully connected layer",
           "conv2d": "Two-dimensional convolution", "avgpool2d": "Average pooling", "maxpool2d": "Max pooling",
           "batchnorm": "Batch normalisation, training mode", "batchnorm_eval": "Batch normalisation, evaluation mode",
-          "softmax": "Softmax"}
+          "softmax": "Softmax", "standardize": "Standardisation (LayerNorm, GroupNorm)",
+          "rms_scale": "Root-mean-square scaling (RMSNorm)", "channel_affine": "Scale and shift per channel",
+          "channel_scale": "Scale per channel"}
 #: the named models' titles (``symprop train --model NAME``)
 MODEL_TITLES = {"lenet": "LeNet-5", "cnn": "a small convolutional network", "mlp": "a multilayer perceptron",
                 "cifar_cnn": "a convolutional network for CIFAR-10"}

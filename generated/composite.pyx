@@ -7,8 +7,10 @@
 # spec: batchnorm  hash: 342dcd0436e3c5fc
 # spec: batchnorm_eval  hash: f7e8a12e2ac50493
 # spec: softmax  hash: aae4d1188b307f0b
+# spec: standardize  hash: 5887377174b9140e
+# spec: rms_scale  hash: 52b120d795a6c358
 
-"""Composite kernels (group reductions + elementwise stages): batchnorm, batchnorm_eval, softmax.
+"""Composite kernels (group reductions + elementwise stages): batchnorm, batchnorm_eval, softmax, standardize, rms_scale.
 
 Plain C kernels, one signature for all (``void k(char** arrays, const double* scalars,
 const Py_ssize_t* layout, Py_ssize_t c0, Py_ssize_t c1)``: the element inputs, group inputs,
@@ -788,6 +790,410 @@ MANIFEST = __import__('json').loads(r'''{
   "constants": [],
   "saved": [
    "y"
+  ],
+  "stats": []
+ },
+ "standardize": {
+  "family": "composite",
+  "hash": "5887377174b9140e",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "eps"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "standardize_forward",
+    "call": [
+     "x",
+     "y",
+     "rstd"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "rstd",
+      "like": "group",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: forward (stages in order)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x",
+      "y"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp": {
+    "kernel": "standardize_vjp",
+    "call": [
+     "g",
+     "y",
+     "rstd",
+     "grad_x"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: vjp (grad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g",
+      "y",
+      "grad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "jvp": {
+    "kernel": "standardize_jvp",
+    "call": [
+     "Rx",
+     "y",
+     "rstd",
+     "Ry"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rx",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: jvp (Ry)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rx",
+      "y",
+      "Ry"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "rvjp": {
+    "kernel": "standardize_rvjp",
+    "call": [
+     "Rg",
+     "Rx",
+     "g",
+     "y",
+     "rstd",
+     "Rgrad_x"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rg",
+     "Rx",
+     "g",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgrad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: rvjp (Rgrad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rg",
+      "Rx",
+      "g",
+      "y",
+      "Rgrad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   }
+  },
+  "defaults": {
+   "eps": 1e-05
+  },
+  "constants": [],
+  "saved": [
+   "y",
+   "rstd"
+  ],
+  "stats": []
+ },
+ "rms_scale": {
+  "family": "composite",
+  "hash": "52b120d795a6c358",
+  "inputs": [
+   "x"
+  ],
+  "params": [],
+  "output": "y",
+  "scalars": [
+   "eps"
+  ],
+  "roles": {
+   "forward": {
+    "kernel": "rms_scale_forward",
+    "call": [
+     "x",
+     "y",
+     "rstd"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "rstd",
+      "like": "group",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: forward (stages in order)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x",
+      "y"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp": {
+    "kernel": "rms_scale_vjp",
+    "call": [
+     "g",
+     "y",
+     "rstd",
+     "grad_x"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: vjp (grad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g",
+      "y",
+      "grad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "jvp": {
+    "kernel": "rms_scale_jvp",
+    "call": [
+     "Rx",
+     "y",
+     "rstd",
+     "Ry"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rx",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: jvp (Ry)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rx",
+      "y",
+      "Ry"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "rvjp": {
+    "kernel": "rms_scale_rvjp",
+    "call": [
+     "Rg",
+     "Rx",
+     "g",
+     "y",
+     "rstd",
+     "Rgrad_x"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "Rg",
+     "Rx",
+     "g",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "Rgrad_x",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: rvjp (Rgrad_x)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "Rg",
+      "Rx",
+      "g",
+      "y",
+      "Rgrad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   }
+  },
+  "defaults": {
+   "eps": 1e-05
+  },
+  "constants": [],
+  "saved": [
+   "y",
+   "rstd"
   ],
   "stats": []
  }
@@ -1813,11 +2219,657 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
                 y = y_p[_i]
                 Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<double>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
 
-#: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", )
+# ---------------------------------------------------------------- standardize_forward
+# zero mean and unit (biased) variance over each group of one sample: forward (stages in order)
+cdef void _standardize_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x_p = <const float*>_ap[0]
+    cdef float* y_p = <float*>_ap[1]
+    cdef float* rstd_p = <float*>_ap[2]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double mu
+    cdef double var
+    cdef double _corr_mu
+    cdef double rstd
+    cdef float x
+    cdef float _t1_0
+    for _c in range(_c0, _c1):
+        mu = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                mu = mu + x
+        mu = mu/M
+        var = 0
+        _corr_mu = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                _t1_0 = -mu + x
+                var = var + (_t1_0*_t1_0)
+                _corr_mu = _corr_mu + _t1_0
+        mu = mu + _corr_mu/M
+        var = var/M
+        rstd = ((<double>1.0)/sqrt(eps + var))
+        rstd_p[_c] = <float>(rstd)
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                y_p[_i] = rstd*(-mu + x)
 
-cdef _composite_t _TABLE_F32[12]
-cdef _composite_t _TABLE_F64[12]
+cdef void _standardize_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x_p = <const double*>_ap[0]
+    cdef double* y_p = <double*>_ap[1]
+    cdef double* rstd_p = <double*>_ap[2]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double mu
+    cdef double var
+    cdef double _corr_mu
+    cdef double rstd
+    cdef double x
+    cdef double _t1_0
+    for _c in range(_c0, _c1):
+        mu = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                mu = mu + x
+        mu = mu/M
+        var = 0
+        _corr_mu = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                _t1_0 = -mu + x
+                var = var + (_t1_0*_t1_0)
+                _corr_mu = _corr_mu + _t1_0
+        mu = mu + _corr_mu/M
+        var = var/M
+        rstd = ((<double>1.0)/sqrt(eps + var))
+        rstd_p[_c] = <double>(rstd)
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                y_p[_i] = rstd*(-mu + x)
+
+# ---------------------------------------------------------------- standardize_vjp
+# zero mean and unit (biased) variance over each group of one sample: vjp (grad_x)
+cdef void _standardize_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* grad_x_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef float g
+    cdef float y
+    cdef float _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g
+                _sum1 = _sum1 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*y + g*rstd
+
+cdef void _standardize_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* grad_x_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double g
+    cdef double y
+    cdef double _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g
+                _sum1 = _sum1 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*y + g*rstd
+
+# ---------------------------------------------------------------- standardize_jvp
+# zero mean and unit (biased) variance over each group of one sample: jvp (Ry)
+cdef void _standardize_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* Ry_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef float Rx
+    cdef float y
+    cdef float _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rx
+                _sum1 = _sum1 + Rx*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                Ry_p[_i] = Rx*rstd - _sum0*_u0 - _sum1*_u0*y
+
+cdef void _standardize_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* Ry_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double Rx
+    cdef double y
+    cdef double _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rx
+                _sum1 = _sum1 + Rx*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                Ry_p[_i] = Rx*rstd - _sum0*_u0 - _sum1*_u0*y
+
+# ---------------------------------------------------------------- standardize_rvjp
+# zero mean and unit (biased) variance over each group of one sample: rvjp (Rgrad_x)
+cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_ap[0]
+    cdef const float* Rx_p = <const float*>_ap[1]
+    cdef const float* g_p = <const float*>_ap[2]
+    cdef const float* y_p = <const float*>_ap[3]
+    cdef const float* rstd_p = <const float*>_ap[4]
+    cdef float* Rgrad_x_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef float Rg
+    cdef float Rx
+    cdef float g
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rg
+                _sum1 = _sum1 + Rx
+                _sum2 = _sum2 + g
+                _sum3 = _sum3 + Rg*y
+                _sum4 = _sum4 + Rx*g
+                _sum5 = _sum5 + Rx*y
+                _sum6 = _sum6 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = ((<float>1.0)/(M))
+                _u1 = _u0*rstd
+                _u2 = (rstd*rstd)
+                _u3 = _u2/(M*M)
+                _u4 = _sum1*_u3
+                _u5 = _sum5*_u3
+                _u6 = _u0*_u2
+                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum6*_u6 - _sum0*_u1 + _sum2*_u4*y + _sum2*_u5 - _sum3*_u1*y - _sum4*_u6*y - _sum5*_u6*g + _sum6*_u4 + (<float>3.0)*_sum6*_u5*y
+
+cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_ap[0]
+    cdef const double* Rx_p = <const double*>_ap[1]
+    cdef const double* g_p = <const double*>_ap[2]
+    cdef const double* y_p = <const double*>_ap[3]
+    cdef const double* rstd_p = <const double*>_ap[4]
+    cdef double* Rgrad_x_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double Rg
+    cdef double Rx
+    cdef double g
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rg
+                _sum1 = _sum1 + Rx
+                _sum2 = _sum2 + g
+                _sum3 = _sum3 + Rg*y
+                _sum4 = _sum4 + Rx*g
+                _sum5 = _sum5 + Rx*y
+                _sum6 = _sum6 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = ((<double>1.0)/(M))
+                _u1 = _u0*rstd
+                _u2 = (rstd*rstd)
+                _u3 = _u2/(M*M)
+                _u4 = _sum1*_u3
+                _u5 = _sum5*_u3
+                _u6 = _u0*_u2
+                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum6*_u6 - _sum0*_u1 + _sum2*_u4*y + _sum2*_u5 - _sum3*_u1*y - _sum4*_u6*y - _sum5*_u6*g + _sum6*_u4 + (<double>3.0)*_sum6*_u5*y
+
+# ---------------------------------------------------------------- rms_scale_forward
+# unit root mean square over each group of one sample: forward (stages in order)
+cdef void _rms_scale_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x_p = <const float*>_ap[0]
+    cdef float* y_p = <float*>_ap[1]
+    cdef float* rstd_p = <float*>_ap[2]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double ms
+    cdef double rstd
+    cdef float x
+    for _c in range(_c0, _c1):
+        ms = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                ms = ms + (x*x)
+        ms = ms/M
+        rstd = ((<double>1.0)/sqrt(eps + ms))
+        rstd_p[_c] = <float>(rstd)
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                y_p[_i] = rstd*x
+
+cdef void _rms_scale_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x_p = <const double*>_ap[0]
+    cdef double* y_p = <double*>_ap[1]
+    cdef double* rstd_p = <double*>_ap[2]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double ms
+    cdef double rstd
+    cdef double x
+    for _c in range(_c0, _c1):
+        ms = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                ms = ms + (x*x)
+        ms = ms/M
+        rstd = ((<double>1.0)/sqrt(eps + ms))
+        rstd_p[_c] = <double>(rstd)
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x = x_p[_i]
+                y_p[_i] = rstd*x
+
+# ---------------------------------------------------------------- rms_scale_vjp
+# unit root mean square over each group of one sample: vjp (grad_x)
+cdef void _rms_scale_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* grad_x_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef float g
+    cdef float y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                grad_x_p[_i] = g*rstd - _sum0*rstd*y/M
+
+cdef void _rms_scale_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* grad_x_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double g
+    cdef double y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g = g_p[_i]
+                y = y_p[_i]
+                grad_x_p[_i] = g*rstd - _sum0*rstd*y/M
+
+# ---------------------------------------------------------------- rms_scale_jvp
+# unit root mean square over each group of one sample: jvp (Ry)
+cdef void _rms_scale_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rx_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* Ry_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef float Rx
+    cdef float y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rx*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                Ry_p[_i] = Rx*rstd - _sum0*rstd*y/M
+
+cdef void _rms_scale_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rx_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* Ry_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double Rx
+    cdef double y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rx*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rx = Rx_p[_i]
+                y = y_p[_i]
+                Ry_p[_i] = Rx*rstd - _sum0*rstd*y/M
+
+# ---------------------------------------------------------------- rms_scale_rvjp
+# unit root mean square over each group of one sample: rvjp (Rgrad_x)
+cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* Rg_p = <const float*>_ap[0]
+    cdef const float* Rx_p = <const float*>_ap[1]
+    cdef const float* g_p = <const float*>_ap[2]
+    cdef const float* y_p = <const float*>_ap[3]
+    cdef const float* rstd_p = <const float*>_ap[4]
+    cdef float* Rgrad_x_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef float Rg
+    cdef float Rx
+    cdef float g
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rg*y
+                _sum1 = _sum1 + Rx*g
+                _sum2 = _sum2 + Rx*y
+                _sum3 = _sum3 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = ((<float>1.0)/(M))
+                _u1 = (rstd*rstd)
+                _u2 = _u0*_u1
+                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum3*_u2 - _sum0*_u0*rstd*y - _sum1*_u2*y - _sum2*_u2*g + (<float>3.0)*_sum2*_sum3*_u1*y/(M*M)
+
+cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* Rg_p = <const double*>_ap[0]
+    cdef const double* Rx_p = <const double*>_ap[1]
+    cdef const double* g_p = <const double*>_ap[2]
+    cdef const double* y_p = <const double*>_ap[3]
+    cdef const double* rstd_p = <const double*>_ap[4]
+    cdef double* Rgrad_x_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double Rg
+    cdef double Rx
+    cdef double g
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + Rg*y
+                _sum1 = _sum1 + Rx*g
+                _sum2 = _sum2 + Rx*y
+                _sum3 = _sum3 + g*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                Rg = Rg_p[_i]
+                Rx = Rx_p[_i]
+                g = g_p[_i]
+                y = y_p[_i]
+                _u0 = ((<double>1.0)/(M))
+                _u1 = (rstd*rstd)
+                _u2 = _u0*_u1
+                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum3*_u2 - _sum0*_u0*rstd*y - _sum1*_u2*y - _sum2*_u2*g + (<double>3.0)*_sum2*_sum3*_u1*y/(M*M)
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", "standardize_forward", "standardize_vjp", "standardize_jvp", "standardize_rvjp", "rms_scale_forward", "rms_scale_vjp", "rms_scale_jvp", "rms_scale_rvjp", )
+
+cdef _composite_t _TABLE_F32[20]
+cdef _composite_t _TABLE_F64[20]
 _TABLE_F32[0] = _batchnorm_forward_f32
 _TABLE_F64[0] = _batchnorm_forward_f64
 _TABLE_F32[1] = _batchnorm_vjp_f32
@@ -1842,8 +2894,24 @@ _TABLE_F32[10] = _softmax_jvp_f32
 _TABLE_F64[10] = _softmax_jvp_f64
 _TABLE_F32[11] = _softmax_rvjp_f32
 _TABLE_F64[11] = _softmax_rvjp_f64
+_TABLE_F32[12] = _standardize_forward_f32
+_TABLE_F64[12] = _standardize_forward_f64
+_TABLE_F32[13] = _standardize_vjp_f32
+_TABLE_F64[13] = _standardize_vjp_f64
+_TABLE_F32[14] = _standardize_jvp_f32
+_TABLE_F64[14] = _standardize_jvp_f64
+_TABLE_F32[15] = _standardize_rvjp_f32
+_TABLE_F64[15] = _standardize_rvjp_f64
+_TABLE_F32[16] = _rms_scale_forward_f32
+_TABLE_F64[16] = _rms_scale_forward_f64
+_TABLE_F32[17] = _rms_scale_vjp_f32
+_TABLE_F64[17] = _rms_scale_vjp_f64
+_TABLE_F32[18] = _rms_scale_jvp_f32
+_TABLE_F64[18] = _rms_scale_jvp_f64
+_TABLE_F32[19] = _rms_scale_rvjp_f32
+_TABLE_F64[19] = _rms_scale_rvjp_f64
 
 
 def kernel_table():
     """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
-    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(12)]
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(20)]

@@ -5,8 +5,10 @@
 # Regenerate with `symprop generate`; `symprop generate --check` fails when this file drifts.
 # module: dense
 # spec: dense  hash: dfdd5223d2811a4e
+# spec: channel_affine  hash: d5146af9883bafd4
+# spec: channel_scale  hash: 428fcaa0ea440eb3
 
-"""Contraction kernels (GEMM-lowered): dense.
+"""Contraction kernels (GEMM-lowered): dense, channel_affine, channel_scale.
 
 Plain C kernels, one signature for all (``int k(char** arrays, const Py_ssize_t* extents,
 int threads)``, 0 on success: the arrays in the order the manifest's ``binding`` gives, NULL for an absent
@@ -1407,6 +1409,1851 @@ MANIFEST = __import__('json').loads(r'''{
     }
    }
   }
+ },
+ "channel_affine": {
+  "family": "contraction",
+  "hash": "d5146af9883bafd4",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "gamma",
+   "beta"
+  ],
+  "output": "y",
+  "scalars": [],
+  "arrays": {
+   "x": [
+    "n",
+    "c",
+    "p"
+   ],
+   "gamma": [
+    "c"
+   ],
+   "beta": [
+    "c"
+   ],
+   "y": [
+    "n",
+    "c",
+    "p"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "channel_affine_forward",
+    "call": [
+     "x",
+     "gamma",
+     "beta",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "beta"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "beta",
+      "y"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "beta": [
+       "c"
+      ],
+      "y": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp:x": {
+    "kernel": "channel_affine_vjp_x",
+    "call": [
+     "gamma",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "gamma",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "gamma",
+      "g",
+      "gx"
+     ],
+     "indices": {
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp:gamma": {
+    "kernel": "channel_affine_vjp_gamma",
+    "call": [
+     "x",
+     "g",
+     "ggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "ggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp:beta": {
+    "kernel": "channel_affine_vjp_beta",
+    "call": [
+     "g",
+     "gbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gbeta",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "g",
+      "gbeta"
+     ],
+     "indices": {
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gbeta": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "jvp": {
+    "kernel": "channel_affine_jvp",
+    "call": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma",
+     "Rbeta",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma",
+     "Rbeta"
+    ],
+    "optional": [
+     "Rgamma",
+     "Rx",
+     "Rbeta"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "Rx",
+      "Rgamma",
+      "Rbeta",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rbeta": [
+       "c"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "rvjp:x": {
+    "kernel": "channel_affine_rvjp_x",
+    "call": [
+     "gamma",
+     "g",
+     "Rgamma",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "gamma",
+     "g",
+     "Rgamma",
+     "Rg"
+    ],
+    "optional": [
+     "Rgamma",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "gamma",
+      "g",
+      "Rgamma",
+      "Rg",
+      "Rgx"
+     ],
+     "indices": {
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "rvjp:gamma": {
+    "kernel": "channel_affine_rvjp_gamma",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rg",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "Rggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "rvjp:beta": {
+    "kernel": "channel_affine_rvjp_beta",
+    "call": [
+     "Rg",
+     "Rgbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "Rg"
+    ],
+    "optional": [
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgbeta",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "Rg",
+      "Rgbeta"
+     ],
+     "indices": {
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgbeta": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "bl:x": {
+    "kernel": "channel_affine_bl_x",
+    "call": [
+     "H",
+     "gamma",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "gamma"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "gamma_sq",
+      "hx"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma_sq": [
+       "c"
+      ],
+      "hx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ]
+     },
+     "squares": [
+      [
+       "gamma_sq",
+       "gamma"
+      ]
+     ],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "bl:gamma": {
+    "kernel": "channel_affine_bl_gamma",
+    "call": [
+     "H",
+     "x",
+     "hgamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hgamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "x_sq",
+      "hgamma"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "p"
+      ],
+      "x_sq": [
+       "n",
+       "c",
+       "p"
+      ],
+      "hgamma": [
+       "c"
+      ],
+      "x": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [
+      [
+       "x_sq",
+       "x"
+      ]
+     ],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "bl:beta": {
+    "kernel": "channel_affine_bl_beta",
+    "call": [
+     "H",
+     "hbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hbeta",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "hbeta"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "p"
+      ],
+      "hbeta": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "sqvjp:gamma": {
+    "kernel": "channel_affine_sqvjp_gamma",
+    "call": [
+     "x",
+     "S",
+     "w",
+     "sgamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sgamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ]
+   },
+   "sqvjp:beta": {
+    "kernel": "channel_affine_sqvjp_beta",
+    "call": [
+     "S",
+     "w",
+     "sbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sbeta",
+      "like": "beta",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "channel_affine_forward_jvp",
+    "call": [
+     "x",
+     "gamma",
+     "beta",
+     "Rx",
+     "Rgamma",
+     "Rbeta",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "beta",
+     "Rx",
+     "Rgamma",
+     "Rbeta"
+    ],
+    "optional": [
+     "Rx",
+     "Rgamma",
+     "Rbeta"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "beta",
+      "Rx",
+      "Rgamma",
+      "Rbeta",
+      "y",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "beta": [
+       "c"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rbeta": [
+       "c"
+      ],
+      "y": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp+rvjp": {
+    "kernel": "channel_affine_vjp_rvjp",
+    "call": [
+     "x",
+     "gamma",
+     "g",
+     "Rx",
+     "Rgamma",
+     "Rg",
+     "gx",
+     "ggamma",
+     "gbeta",
+     "Rgx",
+     "Rggamma",
+     "Rgbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "g",
+     "Rx",
+     "Rgamma",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rgamma",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "gbeta",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgbeta",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "vjp:gamma",
+     "vjp:beta",
+     "rvjp:x",
+     "rvjp:gamma",
+     "rvjp:beta"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "g",
+      "Rx",
+      "Rgamma",
+      "Rg",
+      "gx",
+      "ggamma",
+      "gbeta",
+      "Rgx",
+      "Rggamma",
+      "Rgbeta"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ],
+      "gbeta": [
+       "c"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rggamma": [
+       "c"
+      ],
+      "Rgbeta": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp+rvjp:params": {
+    "kernel": "channel_affine_vjp_rvjp_params",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "ggamma",
+     "gbeta",
+     "Rggamma",
+     "Rgbeta"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "gbeta",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgbeta",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:gamma",
+     "vjp:beta",
+     "rvjp:gamma",
+     "rvjp:beta"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "ggamma",
+      "gbeta",
+      "Rggamma",
+      "Rgbeta"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ],
+      "gbeta": [
+       "c"
+      ],
+      "Rggamma": [
+       "c"
+      ],
+      "Rgbeta": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   }
+  }
+ },
+ "channel_scale": {
+  "family": "contraction",
+  "hash": "428fcaa0ea440eb3",
+  "inputs": [
+   "x"
+  ],
+  "params": [
+   "gamma"
+  ],
+  "output": "y",
+  "scalars": [],
+  "arrays": {
+   "x": [
+    "n",
+    "c",
+    "p"
+   ],
+   "gamma": [
+    "c"
+   ],
+   "y": [
+    "n",
+    "c",
+    "p"
+   ]
+  },
+  "roles": {
+   "forward": {
+    "kernel": "channel_scale_forward",
+    "call": [
+     "x",
+     "gamma",
+     "y"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "y"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "y": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp:x": {
+    "kernel": "channel_scale_vjp_x",
+    "call": [
+     "gamma",
+     "g",
+     "gx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "gamma",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "gamma",
+      "g",
+      "gx"
+     ],
+     "indices": {
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp:gamma": {
+    "kernel": "channel_scale_vjp_gamma",
+    "call": [
+     "x",
+     "g",
+     "ggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "ggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "jvp": {
+    "kernel": "channel_scale_jvp",
+    "call": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma"
+    ],
+    "optional": [
+     "Rgamma",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "Rx",
+      "Rgamma",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "rvjp:x": {
+    "kernel": "channel_scale_rvjp_x",
+    "call": [
+     "gamma",
+     "g",
+     "Rgamma",
+     "Rg",
+     "Rgx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "gamma",
+     "g",
+     "Rgamma",
+     "Rg"
+    ],
+    "optional": [
+     "Rgamma",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "gamma",
+      "g",
+      "Rgamma",
+      "Rg",
+      "Rgx"
+     ],
+     "indices": {
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "rvjp:gamma": {
+    "kernel": "channel_scale_rvjp_gamma",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "Rggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rg",
+     "Rx"
+    ],
+    "outputs": [
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "Rggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "bl:x": {
+    "kernel": "channel_scale_bl_x",
+    "call": [
+     "H",
+     "gamma",
+     "hx"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "gamma"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hx",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "gamma_sq",
+      "hx"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma_sq": [
+       "c"
+      ],
+      "hx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ]
+     },
+     "squares": [
+      [
+       "gamma_sq",
+       "gamma"
+      ]
+     ],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "bl:gamma": {
+    "kernel": "channel_scale_bl_gamma",
+    "call": [
+     "H",
+     "x",
+     "hgamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "H",
+     "x"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "hgamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "binding": {
+     "pointers": [
+      "H",
+      "x_sq",
+      "hgamma"
+     ],
+     "indices": {
+      "H": [
+       "n",
+       "c",
+       "p"
+      ],
+      "x_sq": [
+       "n",
+       "c",
+       "p"
+      ],
+      "hgamma": [
+       "c"
+      ],
+      "x": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [
+      [
+       "x_sq",
+       "x"
+      ]
+     ],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "sqvjp:gamma": {
+    "kernel": "channel_scale_sqvjp_gamma",
+    "call": [
+     "x",
+     "S",
+     "w",
+     "sgamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "S",
+     "w"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "sgamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ]
+   },
+   "forward+jvp": {
+    "kernel": "channel_scale_forward_jvp",
+    "call": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma",
+     "y",
+     "Ry"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "Rx",
+     "Rgamma"
+    ],
+    "optional": [
+     "Rx",
+     "Rgamma"
+    ],
+    "outputs": [
+     {
+      "name": "y",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Ry",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "forward",
+     "jvp"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "Rx",
+      "Rgamma",
+      "y",
+      "Ry"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "y": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Ry": [
+       "n",
+       "c",
+       "p"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp+rvjp": {
+    "kernel": "channel_scale_vjp_rvjp",
+    "call": [
+     "x",
+     "gamma",
+     "g",
+     "Rx",
+     "Rgamma",
+     "Rg",
+     "gx",
+     "ggamma",
+     "Rgx",
+     "Rggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "gamma",
+     "g",
+     "Rx",
+     "Rgamma",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rgamma",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rgx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:x",
+     "vjp:gamma",
+     "rvjp:x",
+     "rvjp:gamma"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "gamma",
+      "g",
+      "Rx",
+      "Rgamma",
+      "Rg",
+      "gx",
+      "ggamma",
+      "Rgx",
+      "Rggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gamma": [
+       "c"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rgamma": [
+       "c"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "gx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ],
+      "Rgx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "c",
+      "n",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   },
+   "vjp+rvjp:params": {
+    "kernel": "channel_scale_vjp_rvjp_params",
+    "call": [
+     "x",
+     "g",
+     "Rx",
+     "Rg",
+     "ggamma",
+     "Rggamma"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "x",
+     "g",
+     "Rx",
+     "Rg"
+    ],
+    "optional": [
+     "Rx",
+     "Rg"
+    ],
+    "outputs": [
+     {
+      "name": "ggamma",
+      "like": "gamma",
+      "dtype": "float"
+     },
+     {
+      "name": "Rggamma",
+      "like": "gamma",
+      "dtype": "float"
+     }
+    ],
+    "fuses": [
+     "vjp:gamma",
+     "rvjp:gamma"
+    ],
+    "binding": {
+     "pointers": [
+      "x",
+      "g",
+      "Rx",
+      "Rg",
+      "ggamma",
+      "Rggamma"
+     ],
+     "indices": {
+      "x": [
+       "n",
+       "c",
+       "p"
+      ],
+      "g": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rx": [
+       "n",
+       "c",
+       "p"
+      ],
+      "Rg": [
+       "n",
+       "c",
+       "p"
+      ],
+      "ggamma": [
+       "c"
+      ],
+      "Rggamma": [
+       "c"
+      ]
+     },
+     "squares": [],
+     "extents": [
+      "n",
+      "c",
+      "p"
+     ],
+     "calls_blas": false
+    }
+   }
+  }
  }
 }''')
 
@@ -1736,6 +3583,722 @@ cdef int _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
             hb[o] += (<double>1.0) * H[(n) * o_ + o]
     return 0
 
+# ---------------------------------------------------------------- channel_affine_forward
+# y[n, c, p] = beta[c] + gamma[c]*x[n, c, p]
+cdef int _channel_affine_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* beta = <float*>_a[2]
+    cdef float* y = <float*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * beta[c]
+    return 0
+
+cdef int _channel_affine_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* beta = <double*>_a[2]
+    cdef double* y = <double*>_a[3]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * beta[c]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_vjp_x
+# gx[n, c, p] = g[n, c, p]*gamma[c]
+cdef int _channel_affine_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* gamma = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* gamma = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_vjp_gamma
+# ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_vjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* ggamma = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* ggamma = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_vjp_beta
+# gbeta[c] = Sum(g[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_vjp_beta_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* g = <float*>_a[0]
+    cdef float* gbeta = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(gbeta, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+cdef int _channel_affine_vjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* g = <double*>_a[0]
+    cdef double* gbeta = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(gbeta, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_jvp
+# Ry[n, c, p] = Rbeta[c] + Rgamma[c]*x[n, c, p] + Rx[n, c, p]*gamma[c]
+cdef int _channel_affine_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rgamma = <float*>_a[3]
+    cdef float* Rbeta = <float*>_a[4]
+    cdef float* Ry = <float*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if Rbeta != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+    return 0
+
+cdef int _channel_affine_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rgamma = <double*>_a[3]
+    cdef double* Rbeta = <double*>_a[4]
+    cdef double* Ry = <double*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if Rbeta != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_rvjp_x
+# Rgx[n, c, p] = Rg[n, c, p]*gamma[c] + Rgamma[c]*g[n, c, p]
+cdef int _channel_affine_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* gamma = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rgamma = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rgx = <float*>_a[4]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* gamma = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rgamma = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rgx = <double*>_a[4]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_rvjp_gamma
+# Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rggamma = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rggamma, 0, c_ * sizeof(float))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rggamma = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rggamma, 0, c_ * sizeof(double))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_rvjp_beta
+# Rgbeta[c] = Sum(Rg[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_rvjp_beta_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* Rg = <float*>_a[0]
+    cdef float* Rgbeta = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rgbeta, 0, c_ * sizeof(float))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+cdef int _channel_affine_rvjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* Rg = <double*>_a[0]
+    cdef double* Rgbeta = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rgbeta, 0, c_ * sizeof(double))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_bl_x
+# hx[n, c, p] = H[n, c, p]*gamma_sq[c]
+cdef int _channel_affine_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* gamma_sq = <float*>_a[1]
+    cdef float* hx = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hx, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* gamma_sq = <double*>_a[1]
+    cdef double* hx = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hx, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_bl_gamma
+# hgamma[c] = Sum(H[n, c, p]*x_sq[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_bl_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* x_sq = <float*>_a[1]
+    cdef float* hgamma = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hgamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_affine_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* x_sq = <double*>_a[1]
+    cdef double* hgamma = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hgamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_bl_beta
+# hbeta[c] = Sum(H[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_bl_beta_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* hbeta = <float*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hbeta, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            hbeta[c] += (<float>1.0) * _sum_f32(&H[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+cdef int _channel_affine_bl_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* hbeta = <double*>_a[1]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hbeta, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            hbeta[c] += (<double>1.0) * _sum_f64(&H[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_forward
+# y[n, c, p] = gamma[c]*x[n, c, p]
+cdef int _channel_scale_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* y = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* y = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_vjp_x
+# gx[n, c, p] = g[n, c, p]*gamma[c]
+cdef int _channel_scale_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* gamma = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* gx = <float*>_a[2]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* gamma = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* gx = <double*>_a[2]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_vjp_gamma
+# ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_scale_vjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* ggamma = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* ggamma = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_jvp
+# Ry[n, c, p] = Rgamma[c]*x[n, c, p] + Rx[n, c, p]*gamma[c]
+cdef int _channel_scale_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rgamma = <float*>_a[3]
+    cdef float* Ry = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rgamma = <double*>_a[3]
+    cdef double* Ry = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_rvjp_x
+# Rgx[n, c, p] = Rg[n, c, p]*gamma[c] + Rgamma[c]*g[n, c, p]
+cdef int _channel_scale_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* gamma = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rgamma = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rgx = <float*>_a[4]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* gamma = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rgamma = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rgx = <double*>_a[4]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_rvjp_gamma
+# Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_scale_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* Rggamma = <float*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rggamma, 0, c_ * sizeof(float))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* Rggamma = <double*>_a[4]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(Rggamma, 0, c_ * sizeof(double))
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_bl_x
+# hx[n, c, p] = H[n, c, p]*gamma_sq[c]
+cdef int _channel_scale_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* gamma_sq = <float*>_a[1]
+    cdef float* hx = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hx, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* gamma_sq = <double*>_a[1]
+    cdef double* hx = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hx, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_bl_gamma
+# hgamma[c] = Sum(H[n, c, p]*x_sq[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_scale_bl_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* H = <float*>_a[0]
+    cdef float* x_sq = <float*>_a[1]
+    cdef float* hgamma = <float*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hgamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* H = <double*>_a[0]
+    cdef double* x_sq = <double*>_a[1]
+    cdef double* hgamma = <double*>_a[2]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(hgamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    return 0
+
 # ---------------------------------------------------------------- dense_forward_jvp
 # fused forward+jvp: y[n, o] = b[o] + Sum(W[o, i]*x[n, i], (i, 0, I - 1)); Ry[n, o] = Rb[o] + Sum(RW[o, i]*x[n, i], (i, 0, I - 1)) + Sum(Rx[n, i]*W[o, i], (i, 0, I - 1))
 cdef int _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -1938,11 +4501,517 @@ cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noe
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
     return 0
 
-#: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("dense_forward", "dense_vjp_x", "dense_vjp_W", "dense_vjp_b", "dense_jvp", "dense_rvjp_x", "dense_rvjp_W", "dense_rvjp_b", "dense_bl_x", "dense_bl_W", "dense_bl_b", "dense_forward_jvp", "dense_vjp_rvjp", "dense_vjp_rvjp_params", )
+# ---------------------------------------------------------------- channel_affine_forward_jvp
+# fused forward+jvp: y[n, c, p] = beta[c] + gamma[c]*x[n, c, p]; Ry[n, c, p] = Rbeta[c] + Rgamma[c]*x[n, c, p] + Rx[n, c, p]*gamma[c]
+cdef int _channel_affine_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* beta = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* Rgamma = <float*>_a[4]
+    cdef float* Rbeta = <float*>_a[5]
+    cdef float* y = <float*>_a[6]
+    cdef float* Ry = <float*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(float))
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * beta[c]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if Rbeta != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+    return 0
 
-cdef _indexed_t _TABLE_F32[14]
-cdef _indexed_t _TABLE_F64[14]
+cdef int _channel_affine_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* beta = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* Rgamma = <double*>_a[4]
+    cdef double* Rbeta = <double*>_a[5]
+    cdef double* y = <double*>_a[6]
+    cdef double* Ry = <double*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(double))
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * beta[c]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if Rbeta != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_vjp_rvjp
+# fused vjp+rvjp: gx[n, c, p] = g[n, c, p]*gamma[c]; ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); gbeta[c] = Sum(g[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rgx[n, c, p] = Rg[n, c, p]*gamma[c] + Rgamma[c]*g[n, c, p]; Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rgbeta[c] = Sum(Rg[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* g = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* Rgamma = <float*>_a[4]
+    cdef float* Rg = <float*>_a[5]
+    cdef float* gx = <float*>_a[6]
+    cdef float* ggamma = <float*>_a[7]
+    cdef float* gbeta = <float*>_a[8]
+    cdef float* Rgx = <float*>_a[9]
+    cdef float* Rggamma = <float*>_a[10]
+    cdef float* Rgbeta = <float*>_a[11]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
+    memset(ggamma, 0, c_ * sizeof(float))
+    memset(gbeta, 0, c_ * sizeof(float))
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    memset(Rggamma, 0, c_ * sizeof(float))
+    memset(Rgbeta, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+cdef int _channel_affine_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* g = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* Rgamma = <double*>_a[4]
+    cdef double* Rg = <double*>_a[5]
+    cdef double* gx = <double*>_a[6]
+    cdef double* ggamma = <double*>_a[7]
+    cdef double* gbeta = <double*>_a[8]
+    cdef double* Rgx = <double*>_a[9]
+    cdef double* Rggamma = <double*>_a[10]
+    cdef double* Rgbeta = <double*>_a[11]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
+    memset(ggamma, 0, c_ * sizeof(double))
+    memset(gbeta, 0, c_ * sizeof(double))
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    memset(Rggamma, 0, c_ * sizeof(double))
+    memset(Rgbeta, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+# ---------------------------------------------------------------- channel_affine_vjp_rvjp_params
+# fused vjp+rvjp:params: ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); gbeta[c] = Sum(g[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rgbeta[c] = Sum(Rg[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_affine_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* ggamma = <float*>_a[4]
+    cdef float* gbeta = <float*>_a[5]
+    cdef float* Rggamma = <float*>_a[6]
+    cdef float* Rgbeta = <float*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(float))
+    memset(gbeta, 0, c_ * sizeof(float))
+    memset(Rggamma, 0, c_ * sizeof(float))
+    memset(Rgbeta, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+cdef int _channel_affine_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* ggamma = <double*>_a[4]
+    cdef double* gbeta = <double*>_a[5]
+    cdef double* Rggamma = <double*>_a[6]
+    cdef double* Rgbeta = <double*>_a[7]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(double))
+    memset(gbeta, 0, c_ * sizeof(double))
+    memset(Rggamma, 0, c_ * sizeof(double))
+    memset(Rgbeta, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_forward_jvp
+# fused forward+jvp: y[n, c, p] = gamma[c]*x[n, c, p]; Ry[n, c, p] = Rgamma[c]*x[n, c, p] + Rx[n, c, p]*gamma[c]
+cdef int _channel_scale_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rgamma = <float*>_a[3]
+    cdef float* y = <float*>_a[4]
+    cdef float* Ry = <float*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(float))
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rgamma = <double*>_a[3]
+    cdef double* y = <double*>_a[4]
+    cdef double* Ry = <double*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(y, 0, n_ * c_ * p_ * sizeof(double))
+    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_vjp_rvjp
+# fused vjp+rvjp: gx[n, c, p] = g[n, c, p]*gamma[c]; ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rgx[n, c, p] = Rg[n, c, p]*gamma[c] + Rgamma[c]*g[n, c, p]; Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_scale_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* gamma = <float*>_a[1]
+    cdef float* g = <float*>_a[2]
+    cdef float* Rx = <float*>_a[3]
+    cdef float* Rgamma = <float*>_a[4]
+    cdef float* Rg = <float*>_a[5]
+    cdef float* gx = <float*>_a[6]
+    cdef float* ggamma = <float*>_a[7]
+    cdef float* Rgx = <float*>_a[8]
+    cdef float* Rggamma = <float*>_a[9]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
+    memset(ggamma, 0, c_ * sizeof(float))
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    memset(Rggamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* gamma = <double*>_a[1]
+    cdef double* g = <double*>_a[2]
+    cdef double* Rx = <double*>_a[3]
+    cdef double* Rgamma = <double*>_a[4]
+    cdef double* Rg = <double*>_a[5]
+    cdef double* gx = <double*>_a[6]
+    cdef double* ggamma = <double*>_a[7]
+    cdef double* Rgx = <double*>_a[8]
+    cdef double* Rggamma = <double*>_a[9]
+    cdef Py_ssize_t c_ = _x[0]
+    cdef Py_ssize_t n_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t c, n, p
+    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
+    memset(ggamma, 0, c_ * sizeof(double))
+    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    memset(Rggamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rgamma != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+# ---------------------------------------------------------------- channel_scale_vjp_rvjp_params
+# fused vjp+rvjp:params: ggamma[c] = Sum(g[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)); Rggamma[c] = Sum(Rg[n, c, p]*x[n, c, p], (n, 0, N - 1), (p, 0, P - 1)) + Sum(Rx[n, c, p]*g[n, c, p], (n, 0, N - 1), (p, 0, P - 1))
+cdef int _channel_scale_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef float* x = <float*>_a[0]
+    cdef float* g = <float*>_a[1]
+    cdef float* Rx = <float*>_a[2]
+    cdef float* Rg = <float*>_a[3]
+    cdef float* ggamma = <float*>_a[4]
+    cdef float* Rggamma = <float*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(float))
+    memset(Rggamma, 0, c_ * sizeof(float))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+cdef int _channel_scale_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
+    cdef double* x = <double*>_a[0]
+    cdef double* g = <double*>_a[1]
+    cdef double* Rx = <double*>_a[2]
+    cdef double* Rg = <double*>_a[3]
+    cdef double* ggamma = <double*>_a[4]
+    cdef double* Rggamma = <double*>_a[5]
+    cdef Py_ssize_t n_ = _x[0]
+    cdef Py_ssize_t c_ = _x[1]
+    cdef Py_ssize_t p_ = _x[2]
+    cdef Py_ssize_t n, c, p
+    memset(ggamma, 0, c_ * sizeof(double))
+    memset(Rggamma, 0, c_ * sizeof(double))
+    for n in range(n_):
+        for c in range(c_):
+            for p in range(p_):
+                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rg != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if Rx != NULL:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    return 0
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("dense_forward", "dense_vjp_x", "dense_vjp_W", "dense_vjp_b", "dense_jvp", "dense_rvjp_x", "dense_rvjp_W", "dense_rvjp_b", "dense_bl_x", "dense_bl_W", "dense_bl_b", "channel_affine_forward", "channel_affine_vjp_x", "channel_affine_vjp_gamma", "channel_affine_vjp_beta", "channel_affine_jvp", "channel_affine_rvjp_x", "channel_affine_rvjp_gamma", "channel_affine_rvjp_beta", "channel_affine_bl_x", "channel_affine_bl_gamma", "channel_affine_bl_beta", "channel_scale_forward", "channel_scale_vjp_x", "channel_scale_vjp_gamma", "channel_scale_jvp", "channel_scale_rvjp_x", "channel_scale_rvjp_gamma", "channel_scale_bl_x", "channel_scale_bl_gamma", "dense_forward_jvp", "dense_vjp_rvjp", "dense_vjp_rvjp_params", "channel_affine_forward_jvp", "channel_affine_vjp_rvjp", "channel_affine_vjp_rvjp_params", "channel_scale_forward_jvp", "channel_scale_vjp_rvjp", "channel_scale_vjp_rvjp_params", )
+
+cdef _indexed_t _TABLE_F32[39]
+cdef _indexed_t _TABLE_F64[39]
 _TABLE_F32[0] = _dense_forward_f32
 _TABLE_F64[0] = _dense_forward_f64
 _TABLE_F32[1] = _dense_vjp_x_f32
@@ -1965,17 +5034,67 @@ _TABLE_F32[9] = _dense_bl_W_f32
 _TABLE_F64[9] = _dense_bl_W_f64
 _TABLE_F32[10] = _dense_bl_b_f32
 _TABLE_F64[10] = _dense_bl_b_f64
-_TABLE_F32[11] = _dense_forward_jvp_f32
-_TABLE_F64[11] = _dense_forward_jvp_f64
-_TABLE_F32[12] = _dense_vjp_rvjp_f32
-_TABLE_F64[12] = _dense_vjp_rvjp_f64
-_TABLE_F32[13] = _dense_vjp_rvjp_params_f32
-_TABLE_F64[13] = _dense_vjp_rvjp_params_f64
+_TABLE_F32[11] = _channel_affine_forward_f32
+_TABLE_F64[11] = _channel_affine_forward_f64
+_TABLE_F32[12] = _channel_affine_vjp_x_f32
+_TABLE_F64[12] = _channel_affine_vjp_x_f64
+_TABLE_F32[13] = _channel_affine_vjp_gamma_f32
+_TABLE_F64[13] = _channel_affine_vjp_gamma_f64
+_TABLE_F32[14] = _channel_affine_vjp_beta_f32
+_TABLE_F64[14] = _channel_affine_vjp_beta_f64
+_TABLE_F32[15] = _channel_affine_jvp_f32
+_TABLE_F64[15] = _channel_affine_jvp_f64
+_TABLE_F32[16] = _channel_affine_rvjp_x_f32
+_TABLE_F64[16] = _channel_affine_rvjp_x_f64
+_TABLE_F32[17] = _channel_affine_rvjp_gamma_f32
+_TABLE_F64[17] = _channel_affine_rvjp_gamma_f64
+_TABLE_F32[18] = _channel_affine_rvjp_beta_f32
+_TABLE_F64[18] = _channel_affine_rvjp_beta_f64
+_TABLE_F32[19] = _channel_affine_bl_x_f32
+_TABLE_F64[19] = _channel_affine_bl_x_f64
+_TABLE_F32[20] = _channel_affine_bl_gamma_f32
+_TABLE_F64[20] = _channel_affine_bl_gamma_f64
+_TABLE_F32[21] = _channel_affine_bl_beta_f32
+_TABLE_F64[21] = _channel_affine_bl_beta_f64
+_TABLE_F32[22] = _channel_scale_forward_f32
+_TABLE_F64[22] = _channel_scale_forward_f64
+_TABLE_F32[23] = _channel_scale_vjp_x_f32
+_TABLE_F64[23] = _channel_scale_vjp_x_f64
+_TABLE_F32[24] = _channel_scale_vjp_gamma_f32
+_TABLE_F64[24] = _channel_scale_vjp_gamma_f64
+_TABLE_F32[25] = _channel_scale_jvp_f32
+_TABLE_F64[25] = _channel_scale_jvp_f64
+_TABLE_F32[26] = _channel_scale_rvjp_x_f32
+_TABLE_F64[26] = _channel_scale_rvjp_x_f64
+_TABLE_F32[27] = _channel_scale_rvjp_gamma_f32
+_TABLE_F64[27] = _channel_scale_rvjp_gamma_f64
+_TABLE_F32[28] = _channel_scale_bl_x_f32
+_TABLE_F64[28] = _channel_scale_bl_x_f64
+_TABLE_F32[29] = _channel_scale_bl_gamma_f32
+_TABLE_F64[29] = _channel_scale_bl_gamma_f64
+_TABLE_F32[30] = _dense_forward_jvp_f32
+_TABLE_F64[30] = _dense_forward_jvp_f64
+_TABLE_F32[31] = _dense_vjp_rvjp_f32
+_TABLE_F64[31] = _dense_vjp_rvjp_f64
+_TABLE_F32[32] = _dense_vjp_rvjp_params_f32
+_TABLE_F64[32] = _dense_vjp_rvjp_params_f64
+_TABLE_F32[33] = _channel_affine_forward_jvp_f32
+_TABLE_F64[33] = _channel_affine_forward_jvp_f64
+_TABLE_F32[34] = _channel_affine_vjp_rvjp_f32
+_TABLE_F64[34] = _channel_affine_vjp_rvjp_f64
+_TABLE_F32[35] = _channel_affine_vjp_rvjp_params_f32
+_TABLE_F64[35] = _channel_affine_vjp_rvjp_params_f64
+_TABLE_F32[36] = _channel_scale_forward_jvp_f32
+_TABLE_F64[36] = _channel_scale_forward_jvp_f64
+_TABLE_F32[37] = _channel_scale_vjp_rvjp_f32
+_TABLE_F64[37] = _channel_scale_vjp_rvjp_f64
+_TABLE_F32[38] = _channel_scale_vjp_rvjp_params_f32
+_TABLE_F64[38] = _channel_scale_vjp_rvjp_params_f64
 
 
 def kernel_table():
     """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
-    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(14)]
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(39)]
 
 
 def _bound(str name):
@@ -2019,3 +5138,83 @@ def dense_sqvjp_b(S, w, sb=None):
     # one product per sample: Σ_k w·(S·A)² = (Σ_k w S²)·A², the Becker-LeCun rule at H = Σ_k w S²
     H = _np.ascontiguousarray(_np.einsum("kn,kn...->n...", w, S * S), dtype=S.dtype)
     return _bound("dense_bl_b")(H=H, hb=sb)
+
+# ---------------------------------------------------------------- channel_affine_sqvjp_gamma
+# sgamma = Sum(Sum(S[k, n, c, p]*x[n, c, p], (p, 0, P - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def channel_affine_sqvjp_gamma(x, S, w, sgamma=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to gamma)²: the
+    gamma part of the Gauss–Newton / exact Hessian diagonal (per_sample).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sgamma``.
+    """
+    if sgamma is None:
+        raise TypeError("channel_affine_sqvjp_gamma: output array 'sgamma' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"channel_affine_sqvjp_gamma: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # a parameter shared across positions: the per-sample pullback, sample by sample, squared
+    sgamma[...] = 0
+    tmp = _np.empty_like(sgamma)
+    kernel = _bound("channel_affine_vjp_gamma")
+    for n in range(S.shape[1]):
+        x_n = x[n:n + 1]
+        for k in range(S.shape[0]):
+            if w[k, n] == 0:
+                continue
+            kernel(x=x_n, g=_np.ascontiguousarray(S[k, n:n + 1]), ggamma=tmp)
+            _np.multiply(tmp, tmp, out=tmp)
+            sgamma += w[k, n] * tmp
+    return sgamma
+
+# ---------------------------------------------------------------- channel_affine_sqvjp_beta
+# sbeta = Sum(Sum(S[k, n, c, p], (p, 0, P - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def channel_affine_sqvjp_beta(S, w, sbeta=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to beta)²: the
+    beta part of the Gauss–Newton / exact Hessian diagonal (per_sample).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sbeta``.
+    """
+    if sbeta is None:
+        raise TypeError("channel_affine_sqvjp_beta: output array 'sbeta' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"channel_affine_sqvjp_beta: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # a parameter shared across positions: the per-sample pullback, sample by sample, squared
+    sbeta[...] = 0
+    tmp = _np.empty_like(sbeta)
+    kernel = _bound("channel_affine_vjp_beta")
+    for n in range(S.shape[1]):
+        for k in range(S.shape[0]):
+            if w[k, n] == 0:
+                continue
+            kernel(g=_np.ascontiguousarray(S[k, n:n + 1]), gbeta=tmp)
+            _np.multiply(tmp, tmp, out=tmp)
+            sbeta += w[k, n] * tmp
+    return sbeta
+
+# ---------------------------------------------------------------- channel_scale_sqvjp_gamma
+# sgamma = Sum(Sum(S[k, n, c, p]*x[n, c, p], (p, 0, P - 1))**2, (k, 0, K - 1), (n, 0, N - 1)) (signs w[k,n] weight each term)
+def channel_scale_sqvjp_gamma(x, S, w, sgamma=None):
+    """Σ_k Σ_n w[k,n]·(per-sample pullback of factor column S[k] to gamma)²: the
+    gamma part of the Gauss–Newton / exact Hessian diagonal (per_sample).
+
+    S: (K, N, ...) factor columns at the output, w: (K, N) signs; writes and returns ``sgamma``.
+    """
+    if sgamma is None:
+        raise TypeError("channel_scale_sqvjp_gamma: output array 'sgamma' is required")
+    if not isinstance(S, _np.ndarray) or not isinstance(w, _np.ndarray) or S.ndim < 2 or w.shape != S.shape[:2]:
+        raise ValueError(f"channel_scale_sqvjp_gamma: S must be (K, N, ...) and w (K, N), got "
+                         f"{getattr(S, 'shape', type(S).__name__)} and {getattr(w, 'shape', type(w).__name__)}")
+    # a parameter shared across positions: the per-sample pullback, sample by sample, squared
+    sgamma[...] = 0
+    tmp = _np.empty_like(sgamma)
+    kernel = _bound("channel_scale_vjp_gamma")
+    for n in range(S.shape[1]):
+        x_n = x[n:n + 1]
+        for k in range(S.shape[0]):
+            if w[k, n] == 0:
+                continue
+            kernel(x=x_n, g=_np.ascontiguousarray(S[k, n:n + 1]), ggamma=tmp)
+            _np.multiply(tmp, tmp, out=tmp)
+            sgamma += w[k, n] * tmp
+    return sgamma

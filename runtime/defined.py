@@ -110,7 +110,7 @@ class DefinedMixin:
         fan = d.fan_in(self.args) if any(p.init == "uniform" for p in arrays) else 1
         for p in arrays:
             shape = d.param_shape(p, self.args)
-            how = "zeros" if p.when is not None and not self.args[p.when] else p.init   # off: a constant zero
+            how = p.init if d.active(p, self.args) else "zeros"   # off: a constant zero
             setattr(self, p.name, initial_array(how, shape, fan, dtype, rng))
 
     def output_shape(self, input_shape):

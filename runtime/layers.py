@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .activation import (ELU, GELU, Activation, LeakyReLU, LearnableActivation, Mish, PReLU, ReLU, Sigmoid, SiLU,
                          SoftPlus, Swish, Tanh, names as activation_names)
+from .composed import GroupNorm, LayerNorm, RMSNorm
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .defined import DefinedLayer, definitions, layer_class
 from .dense import Dense
@@ -18,7 +19,7 @@ from .user_layers import ContractionLayer, GroupLayer, from_spec
 
 __all__ = ["Layer", "SpecLayer", "Dense", "Activation", "Tanh", "Sigmoid", "ReLU", "SoftPlus", "LeakyReLU", "ELU",
            "SiLU", "Swish", "GELU", "Mish", "PReLU", "LearnableActivation", "Conv2D",
-           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "BatchNorm1D", "BatchNorm2D", "Softmax", "CompositeLayer",
+           "MaxPool2D", "AvgPool2D", "Flatten", "Residual", "Dropout", "BatchNorm1D", "BatchNorm2D", "LayerNorm", "RMSNorm", "GroupNorm", "Softmax", "CompositeLayer",
            "activation_names", "from_config", "from_spec", "ContractionLayer", "GroupLayer", "DefinedLayer"]
 
 # every built-in layer by its definition (derive/builtins.py LAYERS): a layer defined there and

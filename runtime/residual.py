@@ -4,19 +4,19 @@
 (a strided 1×1 Conv2D for images, a Dense layer for vectors). The pullback of the fan-out
 ``x -> (block(x), P(x))`` is the sum of the two branch gradients; the pushforward of the
 fan-in is the sum of the branch directions. Composition only: every product is a sub-layer's,
-and every pass is the sweep engine's (:func:`symprop.runtime.sweep.through_branches`).
+and every pass is the sweep engine's (:class:`~symprop.runtime.branched.BranchedLayer`).
 """
 from __future__ import annotations
 
 import threading
 
-from . import sweep
 from .conv import Conv2D, out_size
 from .dense import Dense
-from .layer_base import EVAL, Layer
+from .branched import BranchedLayer
+from .layer_base import Layer
 
 
-class Residual(Layer):
+class Residual(BranchedLayer):
     def __init__(self, layers: list, projection: bool | None = None):
         if not layers or not all(isinstance(la, Layer) for la in layers):
             raise TypeError("Residual: needs a non-empty list of symprop layers")
@@ -106,45 +106,11 @@ class Residual(Layer):
                 out.append(p)
         return out
 
-    # ------------------------------------------------------------ passes (runtime/sweep.py)
+    # ------------------------------------------------------------ passes (runtime/branched.py)
     def branches(self) -> list[list]:
         """The fan-out: the block, and the skip branch (the projection, or the identity: an
         empty chain). The passes run both from the block's input and sum at the fan-in."""
         return [self.block, [self.projection] if self.projection else []]
-
-    def _through(self, p, rec, carry, Rparams=None, need_input=True, **opts):
-        return sweep.through_branches(p, self, self.branches(), rec, carry, Rparams, need_input, opts)
-
-    def forward(self, x, ctx=EVAL):
-        return self._through(sweep.FORWARD, None, x, ctx=ctx)
-
-    def forward_jvp(self, x, Rx, Rparams, ctx=EVAL):
-        (y, Ry), rec = self._through(sweep.FORWARD_JVP, None, (x, Rx), Rparams, ctx=ctx)
-        return y, Ry, rec
-
-    def vjp(self, rec, g, need_input=True):
-        gx, (grads,) = self._through(sweep.BACKWARD, rec, g, None, need_input)
-        return gx, grads
-
-    def input_vjp(self, rec, g):
-        return self._through(sweep.INPUT_VJP, rec, g)[0]
-
-    def jvp(self, rec, Rx, Rparams):
-        # the branches' own tangents are kept in the record; the block's input tangent is Rx
-        return self._through(sweep.JVP, rec, Rx, Rparams)[0]
-
-    def rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        # g and Rx are the branch layers' own, kept in the record by the backward and jvp passes
-        Rgx, (Rgrads,) = self._through(sweep.RVJP, rec, Rg, Rparams, need_input)
-        return Rgx, Rgrads
-
-    def vjp_rvjp(self, rec, g, Rg, Rx, Rparams, need_input=True):
-        (gx, Rgx), (grads, Rgrads) = self._through(sweep.VJP_RVJP, rec, (g, Rg), Rparams, need_input)
-        return gx, grads, Rgx, Rgrads
-
-    def factor_backprop(self, rec, groups, g, exact, need_input=True):
-        groups, (diag,) = self._through(sweep.FACTOR, rec, groups, None, need_input, exact=exact)
-        return groups, diag
 
     def bl(self, rec, h, g):
         raise ValueError(f"{self.name}: the Becker-LeCun diagonal is not defined through a skip connection "

@@ -24,15 +24,16 @@ def specs(model) -> tuple[list[str], list]:
     """``(built-in spec names, user specs)`` of every layer and the loss, in model order
     (what :meth:`latex` documents)."""
     from .kernels import SpecKernels
-    names, extra = [], []
+    names, extra, seen = [], [], set()
 
     def visit(obj):
         if isinstance(obj, (list, tuple)):
             for o in obj:
                 visit(o)
             return
-        if not isinstance(obj, Layer):
+        if not isinstance(obj, Layer) or id(obj) in seen:   # a part refers back to its layer
             return
+        seen.add(id(obj))
         spec = getattr(obj, "spec", None)
         if spec is not None and hasattr(spec, "hash"):
             if all(spec is not e for e in extra):

@@ -254,11 +254,12 @@ def split_uses(layers: list, flat) -> list[list]:
 def through_branches(p: Pass, node, branches: list[list], record, carry, directions=None,
                      need_input: bool = True, opts: dict | None = None):
     """Run ``p`` through a fan-out node whose ``branches`` (chains; an empty chain is the
-    identity) all read the node's input and whose output is their sum. Returns ``(carry,
+    identity) all read the node's input and whose output is their sum (one branch: a
+    composition of its chain). Returns ``(carry,
     record)`` for a forward pass, else ``(carry, results)`` with the results as flat lists
     aligned with the node's parameter uses. The node's record holds each branch's records and
     the carries its branches kept (a later pass reads them)."""
-    if p.join is None and any(branches):
+    if p.join is None and len(branches) > 1 and any(branches):
         raise ValueError(f"{node.name}: the {p.name} pass is not defined through a fan-out")
     forward = p.makes_record
     rec = {"branches": [], "kept": {}} if forward else record
@@ -286,7 +287,10 @@ def through_branches(p: Pass, node, branches: list[list], record, carry, directi
             results += out
     if p.keep:
         rec["kept"][p.keep] = kept_by_branch
-    carry = p.empty if p.reverse and not need_input else p.join(carries, carry)
+    if p.reverse and not need_input:
+        carry = p.empty
+    else:   # one chain (a composition) needs no join
+        carry = carries[0] if len(carries) == 1 else p.join(carries, carry)
     if forward:
         return carry, rec
     return carry, tuple([a for res in results for a in res[j]] for j in range(p.results))

@@ -6,7 +6,8 @@ padding), ``ReLU``/``Tanh``/``Sigmoid``/``Softplus`` (default beta/threshold), `
 ``AvgPool2d`` (no ceil mode, dilation 1, ``count_include_pad=True``), ``Flatten`` (from dim 1),
 ``LeakyReLU``, ``ELU``, ``SiLU``, ``GELU`` (erf form), ``Mish``, ``PReLU``, ``Softmax(dim=1)``,
 ``Dropout``, ``BatchNorm1d``/``BatchNorm2d`` (affine, tracked running statistics, a numeric
-momentum; weights and running statistics copied) and nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
+momentum; weights and running statistics copied), ``LayerNorm``, ``RMSNorm``, ``GroupNorm`` and
+nested ``Sequential``s. Anything else raises a ValueError naming the module. Both layouts are
 PyTorch's, so weights are copied as they are; the dtype (float32/float64) is kept.
 
 Built-in layers map through their definitions (``derive/builtins.py`` ``LAYERS``: each one's
@@ -32,7 +33,7 @@ _ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus"
 #: torch attribute of each parameterized activation's fixed parameter
 _ACT_PARAMS = {"LeakyReLU": ("negative_slope", "alpha"), "ELU": ("alpha", "alpha")}
 _SUPPORTED = ("Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, SiLU, Mish, GELU, LeakyReLU, ELU, PReLU, Softmax, "
-              "Dropout, BatchNorm1d, BatchNorm2d, MaxPool2d, AvgPool2d, Flatten, Sequential")
+              "Dropout, BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm, GroupNorm, MaxPool2d, AvgPool2d, Flatten, Sequential")
 
 
 def _flat_modules(seq, prefix=""):
@@ -114,10 +115,8 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
         d = by_torch.get(type(mod).__name__)
         arrays = dict(d.torch.arrays) if d is not None else {"alpha": "weight"} if isinstance(mod, nn.PReLU) else {}
         tensors = [getattr(mod, a, None) for a in arrays.values()]
-        if arrays:
-            if tensors[0] is None:
-                raise _unsupported(where, mod, "affine=False")
-            dt = tensors[0].dtype
+        if any(t is not None for t in tensors):   # (LayerNorm without elementwise affine has none)
+            dt = next(t for t in tensors if t is not None).dtype
             if dt not in (torch.float32, torch.float64):
                 raise _unsupported(where, mod, f"dtype {dt}")
             if dtype is not None and dt != dtype:
@@ -151,7 +150,7 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
     model = Sequential(layers, loss=loss, dtype=np_dtype, seed=seed, input_shape=input_shape)
     for layer, ws in zip(layers, weights):
         for p, w in zip(layer.parameters() + layer.buffers(), ws):
-            p[...] = w
+            p[...] = w.reshape(p.shape)   # LayerNorm's γ over a normalized shape is stored flat
     model.train(seq.training)
     return model
 
@@ -202,7 +201,7 @@ def to_torch(model):
         if tensors:
             with torch.no_grad():
                 for t, p in zip(tensors, layer.parameters() + layer.buffers()):
-                    t.copy_(torch.from_numpy(np.ascontiguousarray(p)))
+                    t.copy_(torch.from_numpy(np.ascontiguousarray(p)).reshape(t.shape))
         made[id(layer)] = mod
         mods.append(mod)
     return nn.Sequential(*mods).train(model.training)

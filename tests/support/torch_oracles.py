@@ -72,6 +72,17 @@ def torch_forward(model, X, params):
                 h = F.avg_pool2d(h, la.kernel_size, la.stride, la.padding)
             elif isinstance(la, L.Flatten):
                 h = h.reshape(h.shape[0], -1)
+            elif isinstance(la, (L.LayerNorm, L.RMSNorm, L.GroupNorm)):
+                ws = [next(it) for _ in la.trainable()]
+                if isinstance(la, L.GroupNorm):
+                    h = F.group_norm(h, la.num_groups, *ws, eps=la.eps)
+                    continue
+                ns = la.normalized_shape
+                ws = [w.reshape(ns) for w in ws]
+                if isinstance(la, L.LayerNorm):
+                    h = F.layer_norm(h, ns, *(ws + [None] * (2 - len(ws))), eps=la.eps)
+                else:
+                    h = F.rms_norm(h, ns, *ws, eps=la.eps)
             elif isinstance(la, L.Residual):
                 out = run(la.block, h)
                 h = out + (run([la.projection], h) if la.projection else h)
