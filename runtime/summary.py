@@ -44,8 +44,8 @@ def specs(model) -> tuple[list[str], list]:
             elif isinstance(v, (Layer, list, tuple)):
                 visit(v)
     visit(model.layers)
-    if getattr(model.loss, "spec", None) is not None:
-        extra.append(model.loss.spec)
+    if getattr(model.loss, "spec", None) is not None and not getattr(model.loss, "builtin", False):
+        extra.append(model.loss.spec)   # a built-in written as a spec is in the losses section
     return names, extra
 
 
