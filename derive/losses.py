@@ -190,8 +190,20 @@ class PointwiseLossSpec:
         return hashlib.sha256((self.name + sp.srepr(self.canonical) + extra).encode()).hexdigest()[:16]
 
 
+#: spec -> its derivation, once per process (the document derives the built-in ones for every
+#: page it writes: several seconds each)
+_DERIVED: dict = {}
+
+
 def derive_user_loss(spec: PointwiseLossSpec) -> PointwiseLossDerivation:
-    """Derive a user's pointwise loss; a loss SymPy cannot differentiate twice is refused by name."""
+    """Derive a pointwise loss spec (a user's, or a built-in written as one); a loss SymPy cannot
+    differentiate twice is refused by name."""
+    if spec not in _DERIVED:
+        _DERIVED[spec] = _derive_user_loss(spec)
+    return _DERIVED[spec]
+
+
+def _derive_user_loss(spec: PointwiseLossSpec) -> PointwiseLossDerivation:
     try:
         d = derive_pointwise_loss(spec.name, spec.canonical, real=True, scalars=spec.scalar_symbols)
     except SpecError:
@@ -228,8 +240,9 @@ POINTWISE_LOSSES = {spec.name: spec for spec in (
     PointwiseLossSpec(
         "huber", sp.Piecewise((_d ** 2 / 2, sp.Abs(_d) <= _delta), (_delta * (sp.Abs(_d) - _delta / 2), True)),
         _zs, _ts, scalars=(("delta", 1.0),),
-        doc="Quadratic within δ of the target, linear beyond (PyTorch's HuberLoss)."),
+        doc="Quadratic within δ of the target, linear beyond: PyTorch's HuberLoss."),
     PointwiseLossSpec(
         "log_cosh", sp.log(sp.cosh(_d)), _zs, _ts,
-        doc="About (z − t)²/2 near the target and |z − t| − log 2 far from it."),
+        doc="About (a - t)²/2 near the target and |a - t| - log 2 far from it; the kernel computes "
+            "the form that cannot overflow."),
 )}

@@ -233,8 +233,8 @@ class Huber(SpecLoss):
     name = "huber"
     defaults = {"delta": 1.0}
 
-    def __init__(self, delta: float = 1.0):
-        super().__init__(delta=delta)
+    def __init__(self, delta: float = 1.0, **others):
+        super().__init__(delta=delta, **others)
         if not self.scalars["delta"] > 0:
             raise ValueError(f"Huber: delta must be positive (as PyTorch's HuberLoss), got {delta!r}")
 

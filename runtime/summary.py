@@ -89,4 +89,7 @@ def describe(model) -> str:
     """The model's ``repr``: its layers, loss, dtype and input shape."""
     inner = "".join(f"\n    {la!r}," for la in model.layers)
     shape = f", input_shape={model.input_shape}" if model.input_shape is not None else ""
-    return f"Sequential([{inner}\n], loss={model.loss.name!r}, dtype={model.dtype.name!r}{shape})"
+    loss = model.loss
+    # a built-in with other arguments than its defaults shows them: loss=Huber(delta=2)
+    shown = repr(loss) if getattr(loss, "builtin", False) and loss.scalars != loss.defaults else repr(loss.name)
+    return f"Sequential([{inner}\n], loss={shown}, dtype={model.dtype.name!r}{shape})"
