@@ -20,6 +20,8 @@ def _kernels(spec: str) -> SpecKernels:
 class Loss:
     name = "loss"
     classification = False
+    #: the loss's scalar arguments (Huber's delta) -> values, passed to its kernels
+    scalars: dict = {}
 
     def value_and_grad(self, out: np.ndarray, y: np.ndarray):
         """``(loss, ∂loss/∂out, ctx)``; ``ctx`` is what :meth:`hvp` needs at this point (per call:
@@ -123,8 +125,6 @@ class ElementwiseMeanLoss(Loss):
     the output: its spec's ``value``, ``value+grad`` and ``hvp`` roles (MSE, sigmoid
     cross-entropy, losses from :func:`from_sympy`)."""
     name = None
-    #: the loss's scalar arguments (Huber's delta) -> values, passed to its kernels
-    scalars: dict = {}
 
     def check_targets(self, y, n, out_shape):
         y = np.asarray(y)

@@ -250,3 +250,18 @@ def loss_from_torch(loss):
                              f"is the plain {kind}({attr}={want!r})" + (" (the mean over the batch)"
                                                                          if attr == "reduction" else ""))
     return get_loss(name, delta=float(loss.delta)) if name == "huber" else get_loss(name)
+
+
+def loss_to_torch(loss):
+    """The torch loss module computing ``loss`` (a name or one of our losses) as ours does — the
+    inverse of :func:`loss_from_torch`: ``nn.HuberLoss(delta=...)``, ``nn.MSELoss()``,
+    ``nn.CrossEntropyLoss()``, ``nn.BCEWithLogitsLoss()``; a loss torch.nn has no module for
+    (log-cosh, a user's) is refused by name."""
+    torch = _torch()
+    from .runtime.losses import LOSSES, get_loss
+    ours = get_loss(loss)
+    for kind, (name, _) in _TORCH_LOSSES.items():
+        if ours.name == name and type(ours) is LOSSES[name]:   # the built-in, not a user's loss of its name
+            return getattr(torch.nn, kind)(**ours.scalars)
+    raise ValueError(f"loss_to_torch: the loss {ours.name!r} has no torch.nn module; torch.nn has "
+                     f"{', '.join('nn.' + k for k in _TORCH_LOSSES)}")

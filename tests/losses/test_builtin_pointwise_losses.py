@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from support.numeric import rel_err
 from support.torch_oracles import check_hvp_against_torch, flatten_torch, torch_forward
 from symprop import Sequential, layers as L, losses, optimizers as O
-from symprop.interop import from_torch, loss_from_torch
+from symprop.interop import from_torch, loss_from_torch, loss_to_torch
 
 nn = torch.nn
 
@@ -156,6 +156,16 @@ def test_from_torch_takes_torch_loss_modules(module, name, targets):
     assert model.evaluate(X, y)["loss"] == pytest.approx(want, rel=1e-12)
 
 
+def test_loss_to_torch_is_the_inverse():
+    for ours in ("huber", losses.Huber(delta=0.25), "mse", "softmax_cross_entropy", "sigmoid_cross_entropy"):
+        mod = loss_to_torch(ours)
+        back = loss_from_torch(mod)
+        assert type(back) is type(losses.get_loss(ours)) and back.scalars == losses.get_loss(ours).scalars
+    assert loss_to_torch(losses.Huber(delta=0.25)).delta == 0.25
+    with pytest.raises(ValueError, match="loss_to_torch: the loss 'log_cosh' has no torch.nn module"):
+        loss_to_torch("log_cosh")
+
+
 def test_from_torch_keeps_string_and_symprop_losses():
     assert from_torch(_torch_mlp(), loss="log_cosh").loss.name == "log_cosh"
     h = losses.Huber(delta=2.0)
@@ -196,16 +206,26 @@ def test_misuse_refused_by_name():
 
 
 def test_user_loss_named_like_the_builtin_is_told_apart_on_load(tmp_path):
-    """A user's ``from_sympy("log_cosh", ...)`` with another expression is its own loss: its
-    checkpoint asks for it by name (the spec hash is not the built-in's)."""
+    """A user's ``from_sympy("huber", ...)`` (δ = 1 written as a number: the README's) is its own
+    loss: its checkpoint asks for it by name, as its spec hash is not the built-in's; the same
+    expression as the built-in log-cosh has the built-in's hash, so loads as the built-in. (The
+    specs are test_user_losses.py's: compiled once per cache.)"""
     import sympy as sp
     z, t = sp.symbols("z t")
-    mine = losses.from_sympy("log_cosh", sp.log(sp.cosh(2 * (z - t))) / 4, z, t)
+    d = z - t
+    mine = losses.from_sympy("huber", sp.Piecewise((d ** 2 / 2, sp.Abs(d) <= 1), (sp.Abs(d) - sp.S.Half, True)), z, t)
+    assert isinstance(mine, losses.PointwiseLoss) and mine.spec.hash != losses.Huber().spec.hash
     model = Sequential([L.Dense(3, 2)], loss=mine, dtype="float64", seed=0, input_shape=(3,))
     model.save(tmp_path / "m.npz")
-    with pytest.raises(ValueError, match=r"custom_objects=\{'log_cosh'"):
+    with pytest.raises(ValueError, match=r"custom_objects=\{'huber'"):
         Sequential.load(tmp_path / "m.npz")
-    assert Sequential.load(tmp_path / "m.npz", custom_objects={"log_cosh": mine}).loss is mine
+    back = Sequential.load(tmp_path / "m.npz", custom_objects={"huber": mine})
+    assert back.loss is mine
+    same = losses.from_sympy("log_cosh", sp.log(sp.cosh(z - t)), z, t)
+    assert same.spec.hash == losses.LogCosh().spec.hash
+    model = Sequential([L.Dense(3, 2)], loss=same, dtype="float64", seed=0, input_shape=(3,))
+    model.save(tmp_path / "c.npz")
+    assert isinstance(Sequential.load(tmp_path / "c.npz").loss, losses.LogCosh)
 
 
 def test_latex_documents_the_builtin_losses():
@@ -215,3 +235,28 @@ def test_latex_documents_the_builtin_losses():
                  "\\label{eq:loss:huber:def}", "\\delta = 1$ by default", "\\log{\\left(2 \\right)}"):
         assert text in page, text
     assert "written by the user" not in page
+
+
+@pytest.mark.slow   # compiles its own user spec (~10 s cold)
+def test_user_loss_with_a_scalar_argument(tmp_path):
+    """The door the built-in Huber came through, from user code: a pseudo-Huber loss with a
+    scalar δ, set per loss and kept by the checkpoint."""
+    import sympy as sp
+    z, t, delta = sp.symbols("z t delta")
+    pseudo = losses.from_sympy("pseudo_huber", delta ** 2 * (sp.sqrt(1 + ((z - t) / delta) ** 2) - 1), z, t,
+                               scalars={"delta": 1.0})
+    wide = pseudo.with_scalars(delta=2.5)
+    assert pseudo.scalars == {"delta": 1.0} and wide.scalars == {"delta": 2.5}
+    for loss, dl in ((pseudo, 1.0), (wide, 2.5)):
+        model = Sequential([L.Dense(4, 5), L.Tanh(), L.Dense(5, 2)], loss=loss, dtype="float64", seed=3)
+        rng = np.random.default_rng(4)
+        X, y = rng.normal(size=(6, 4)), rng.normal(size=(6, 2)) * 3
+        v = [rng.normal(size=p.shape) for p in model.parameters()]
+        check_hvp_against_torch(model, X, y, v, lambda pt: (dl ** 2 * (torch.sqrt(
+            1 + ((torch_forward(model, X, pt) - torch.tensor(y)) / dl) ** 2) - 1)).mean())
+    model.save(tmp_path / "p.npz")
+    back = Sequential.load(tmp_path / "p.npz", custom_objects={"pseudo_huber": pseudo})
+    assert back.loss.scalars == {"delta": 2.5}
+    np.testing.assert_array_equal(back.loss_and_grad(X, y)[1][0], model.loss_and_grad(X, y)[1][0])
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['beta'\]; it takes delta=1"):
+        pseudo.with_scalars(beta=1.0)
