@@ -91,25 +91,30 @@ def derive_softmax_cross_entropy() -> SoftmaxCrossEntropyDerivation:
 
 @dataclass
 class PointwiseLossDerivation:
-    """ℓ = scale · Σ e(a, t) over all elements; gradient and (diagonal) Hessian terms."""
+    """ℓ = scale · Σ e(a, t) over all elements; gradient and (diagonal) Hessian terms.
+    ``scalars``: names of the loss's scalar arguments (Huber's δ), kernel arguments."""
     name: str
     elem: sp.Expr
     grad_elem: sp.Expr
     hess_elem: sp.Expr
+    scalars: tuple = ()
 
     @property
     def hash(self):
-        return hashlib.sha256((self.name + sp.srepr(self.elem)).encode()).hexdigest()[:16]
+        extra = "".join(f"|{s}" for s in self.scalars)   # none: the hash of a loss without scalars
+        return hashlib.sha256((self.name + sp.srepr(self.elem) + extra).encode()).hexdigest()[:16]
 
 
-def derive_pointwise_loss(name: str, elem: sp.Expr, real: bool = False) -> PointwiseLossDerivation:
+def derive_pointwise_loss(name: str, elem: sp.Expr, real: bool = False,
+                          scalars: dict | None = None) -> PointwiseLossDerivation:
     """Element loss, gradient and Hessian in their cheapest numerically sound forms (the
-    elementwise rewriter: stable softplus/logistic identities, overflow guards), checked for
-    predictions up to the float32 range and a target of 0.5. ``real``: ``elem`` is written in
-    real symbols ``a``, ``t`` (so |a − t| differentiates to a sign, not to complex parts)."""
+    elementwise rewriter: stable softplus/logistic/log-cosh identities, overflow guards), checked
+    for predictions up to the float32 range, a target of 0.5 and ``scalars`` (symbol -> default
+    value; also at twice, half and minus it). ``real``: ``elem`` is written in real symbols
+    ``a``, ``t`` (so |a − t| differentiates to a sign, not to complex parts)."""
     from .rewrite import _try, choose_form, clean_distributions
     a, tt = sp.symbols("a t", real=True) if real else sp.symbols("a t")
-    params = {tt: 0.5}
+    params = {tt: 0.5, **(scalars or {})}
     def signs(e):   # |u|' = sign(u): written as the branches the kernels print
         return e.replace(sp.sign, lambda u: sp.Piecewise((1, u > 0), (-1, u < 0), (0, True)))
     g_raw = signs(clean_distributions(sp.diff(elem, a)))
@@ -118,18 +123,22 @@ def derive_pointwise_loss(name: str, elem: sp.Expr, real: bool = False) -> Point
     def pick(raw):
         cands = [c for c in (_try(lambda: sp.factor(raw)), _try(lambda: sp.simplify(raw))) if c is not None]
         return choose_form(raw, cands, a, None, None, params).chosen
-    return PointwiseLossDerivation(name=name, elem=pick(elem), grad_elem=pick(g_raw), hess_elem=pick(h_raw))
+    return PointwiseLossDerivation(name=name, elem=pick(elem), grad_elem=pick(g_raw), hess_elem=pick(h_raw),
+                                   scalars=tuple(str(s) for s in (scalars or {})))
 
 
 @dataclass(frozen=True)
 class PointwiseLossSpec:
     """A user's elementwise loss ``ℓ(z, t)`` (prediction ``z``, target ``t``), averaged over
-    all elements; its gradient and Hessian term are derived like the built-ins'."""
+    all elements; its gradient and Hessian term are derived like the built-ins'. ``scalars``:
+    ``(name, default)`` pairs of symbols in ``expr`` that are arguments of the loss (Huber's
+    ``delta``), given when the loss is made (``losses.get_loss("huber", delta=2.0)``)."""
     name: str
     expr: sp.Expr
     z: sp.Symbol
     t: sp.Symbol
     doc: str = ""
+    scalars: tuple = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -141,28 +150,62 @@ class PointwiseLossSpec:
                 raise SpecError(f"loss {self.name!r}: {role} must be a sympy.Symbol, got {s!r}")
         if self.z == self.t:
             raise SpecError(f"loss {self.name!r}: the prediction and the target must be different symbols")
-        extra = self.expr.free_symbols - {self.z, self.t}
+        names = []
+        for pair in self.scalars:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].isidentifier()
+                    and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)):
+                raise SpecError(f"loss {self.name!r}: scalars must be (name, default number) pairs, got {pair!r}")
+            names.append(pair[0])
+        if len(set(names)) != len(names) or {str(self.z), str(self.t), "a"} & set(names):
+            raise SpecError(f"loss {self.name!r}: scalar names {names} must be distinct and differ from "
+                            f"{self.z}, {self.t} and 'a'")
+        extra = {s for s in self.expr.free_symbols - {self.z, self.t} if s.name not in names}
         if extra:
             raise SpecError(f"loss {self.name!r}: unbound symbol(s) {sorted(map(str, extra))} in {self.expr}; "
-                            f"the loss may use only {self.z} and {self.t} (write constants as numbers)")
+                            f"the loss may use only {self.z}, {self.t}"
+                            + "".join(f", {n}" for n in names) + " (write constants as numbers)")
         if not self.expr.has(self.z):
             raise SpecError(f"loss {self.name!r}: {self.expr} does not depend on the prediction {self.z}")
 
     @property
+    def scalar_symbols(self) -> dict:
+        """The scalars as the kernel's real symbols -> their defaults."""
+        return {sp.Symbol(n, real=True): float(v) for n, v in self.scalars}
+
+    def defaults(self) -> dict:
+        """Scalar name -> default value."""
+        return {n: float(v) for n, v in self.scalars}
+
+    @property
     def canonical(self) -> sp.Expr:
-        """The expression in the kernel's own symbols (prediction ``a``, target ``t``)."""
+        """The expression in the kernel's own symbols (prediction ``a``, target ``t``, real scalars)."""
         a, tt = sp.symbols("a t", real=True)
-        return self.expr.xreplace({self.z: a, self.t: tt})
+        own = {s: sp.Symbol(s.name, real=True) for s in self.expr.free_symbols
+               if s.name in dict(self.scalars)}
+        return self.expr.xreplace({self.z: a, self.t: tt, **own})
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256((self.name + sp.srepr(self.canonical)).encode()).hexdigest()[:16]
+        extra = "".join(f"|{n}" for n, _ in self.scalars)   # none: a loss without scalars keeps its hash
+        return hashlib.sha256((self.name + sp.srepr(self.canonical) + extra).encode()).hexdigest()[:16]
+
+
+#: spec -> its derivation, once per process (the document derives the built-in ones for every
+#: page it writes: several seconds each)
+_DERIVED: dict = {}
 
 
 def derive_user_loss(spec: PointwiseLossSpec) -> PointwiseLossDerivation:
-    """Derive a user's pointwise loss; a loss SymPy cannot differentiate twice is refused by name."""
+    """Derive a pointwise loss spec (a user's, or a built-in written as one); a loss SymPy cannot
+    differentiate twice is refused by name."""
+    if spec not in _DERIVED:
+        _DERIVED[spec] = _derive_user_loss(spec)
+    return _DERIVED[spec]
+
+
+def _derive_user_loss(spec: PointwiseLossSpec) -> PointwiseLossDerivation:
     try:
-        d = derive_pointwise_loss(spec.name, spec.canonical, real=True)
+        d = derive_pointwise_loss(spec.name, spec.canonical, real=True, scalars=spec.scalar_symbols)
     except SpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - SymPy's errors name no spec
@@ -184,3 +227,22 @@ def sigmoid_cross_entropy() -> PointwiseLossDerivation:
     ``binary_cross_entropy_with_logits``), mean over all elements."""
     a, tt = sp.symbols("a t")
     return derive_pointwise_loss("sigmoid_cross_entropy", sp.log(1 + sp.exp(a)) - tt * a)
+
+
+# ---------------------------------------------------------------- built-in pointwise losses
+# Written exactly as a user writes a loss for ``losses.from_sympy``; ``symprop generate`` emits
+# their kernels into the built-in losses module (``codegen/losses.py``).
+_zs, _ts, _delta = sp.symbols("z t delta")
+_d = _zs - _ts
+
+#: name -> spec of every built-in loss written as a :class:`PointwiseLossSpec`
+POINTWISE_LOSSES = {spec.name: spec for spec in (
+    PointwiseLossSpec(
+        "huber", sp.Piecewise((_d ** 2 / 2, sp.Abs(_d) <= _delta), (_delta * (sp.Abs(_d) - _delta / 2), True)),
+        _zs, _ts, scalars=(("delta", 1.0),),
+        doc="Quadratic within δ of the target, linear beyond: PyTorch's HuberLoss."),
+    PointwiseLossSpec(
+        "log_cosh", sp.log(sp.cosh(_d)), _zs, _ts,
+        doc="About (a - t)²/2 near the target and |a - t| - log 2 far from it; the kernel computes "
+            "the form that cannot overflow."),
+)}

@@ -119,7 +119,14 @@ def _stable_rules(expr: sp.Basic) -> sp.Basic:
                         return -expm1((-other).args[0])
         return None
 
-    for rule in (softplus, logistic, expm1_rule):
+    def log_cosh(e):
+        # log(cosh(u)) -> |u| + log1p(exp(-2|u|)) - log(2): cosh overflows for |u| > 89 (float32)
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.cosh):
+            u = sp.Abs(e.args[0].args[0])
+            return u + log1p(sp.exp(-2 * u)) - sp.log(2)
+        return None
+
+    for rule in (softplus, logistic, expm1_rule, log_cosh):
         seen = {}   # each subexpression is tested once, not once in the test and again in the rewrite
 
         def apply(e, r=rule, seen=seen):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derive.losses import PointwiseLossSpec, derive_softmax_cross_entropy, derive_user_loss, mse, sigmoid_cross_entropy
+from ..derive.losses import (POINTWISE_LOSSES, PointwiseLossSpec, derive_softmax_cross_entropy, derive_user_loss,
+                             mse, sigmoid_cross_entropy)
 from .appendix import KernelTable
 from .layout import display, row
 from .printer import DerivationPrinter, escape, tex
@@ -22,7 +23,8 @@ def losses_section(kernels: list | None = None) -> str:
             ("mse", "the loss and its gradient", "\\eqref{eq:mse:def}, \\eqref{eq:mse:grad}"),
             ("mse_hvp", "the second derivative times the direction", "\\eqref{eq:mse:hess}"),
             ("sigmoid_cross_entropy", "the loss and its gradient", "\\eqref{eq:sce:def}, \\eqref{eq:sce:grad}"),
-            ("sigmoid_cross_entropy_hvp", "the second derivative times the direction", "\\eqref{eq:sce:hess}")]))
+            ("sigmoid_cross_entropy_hvp", "the second derivative times the direction", "\\eqref{eq:sce:hess}"),
+            *(row for spec in POINTWISE_LOSSES.values() for row in _kernel_rows(spec, builtin_label(spec.name)))]))
     ce = derive_softmax_cross_entropy()
     ms = mse()
     sc = sigmoid_cross_entropy()
@@ -57,28 +59,46 @@ def losses_section(kernels: list | None = None) -> str:
         display([row(r"\ell(a, t)", sc.elem, P, "eq:sce:def"),
                  row(r"\frac{\partial \ell}{\partial a}", display_form(sc.grad_elem), P, "eq:sce:grad"),
                  row(r"\frac{\partial^2 \ell}{\partial a^2}", sc.hess_elem, P, "eq:sce:hess")]),
+        *(_spec_section(spec, builtin_label(spec.name), "") for spec in POINTWISE_LOSSES.values()),
     ])
+
+
+def builtin_label(name: str) -> str:
+    """The equation label prefix of a built-in loss written as a spec (``eq:loss:huber``; a user's
+    loss of the same name is ``eq:huber``)."""
+    return f"eq:loss:{name}"
+
+
+def _kernel_rows(spec: PointwiseLossSpec, label: str) -> list:
+    return [(spec.name, "the loss and its gradient", f"\\eqref{{{label}:def}}, \\eqref{{{label}:grad}}"),
+            (spec.name + "_hvp", "the second derivative times the direction", f"\\eqref{{{label}:hess}}")]
 
 
 def user_loss_section(spec: PointwiseLossSpec, kernels: list | None = None) -> str:
     """A loss written with ``losses.from_sympy``: its definition, and ℓ′, ℓ″ as differentiated
     and in the forms its kernels compute."""
+    label = f"eq:{spec.name}"
+    if kernels is not None:
+        kernels.append(KernelTable(_capitalised(spec.name.replace("_", " ")), spec.name, "l R l",
+                                   ("kernel", "computes", "eq."), _kernel_rows(spec, label)))
+    return _spec_section(spec, label, " (a loss written by the user)")
+
+
+def _spec_section(spec: PointwiseLossSpec, label: str, note: str) -> str:
+    """A loss written as a :class:`PointwiseLossSpec` (a built-in, or the user's): its
+    definition, and ℓ′, ℓ″ as differentiated and in the forms its kernels compute."""
     d = derive_user_loss(spec)
     P = DerivationPrinter(names=LOSS_NAMES)
     a, tt = sp.symbols("a t", real=True)
     raw_g = sp.diff(spec.canonical, a)
-    label = f"eq:{spec.name}"
-    if kernels is not None:
-        kernels.append(KernelTable(_capitalised(spec.name.replace("_", " ")), spec.name, "l R l",
-                                   ("kernel", "computes", "eq."), [
-            (spec.name, "the loss and its gradient", f"\\eqref{{{label}:def}}, \\eqref{{{label}:grad}}"),
-            (spec.name + "_hvp", "the second derivative times the direction", f"\\eqref{{{label}:hess}}")]))
+    args = "".join(f", ${tex(sp.Symbol(n), P)} = {v:g}$ by default" for n, v in spec.scalars)
     return "".join([
-        f"\\subsection{{{escape(_capitalised(spec.name.replace('_', ' ')))} (a loss written by the user)}}\n",
+        f"\\subsection{{{escape(_capitalised(spec.name.replace('_', ' ')))}{note}}}\n",
         (escape(spec.doc) + " " if spec.doc else "")
-        + "Per element of the prediction $a$ and target $t$, averaged over all elements; the gradient as "
-        "differentiated and as the kernel computes it, and the second derivative:\n",
-        display([row(r"\ell(a, t)", spec.canonical, P, f"{label}:def"),
+        + "Per element of the prediction $a$ and target $t$" + args + ", averaged over all elements; the "
+        "gradient as differentiated and as the kernel computes it, and the second derivative:\n",
+        display([row(r"\ell(a, t)", spec.canonical, P, f"{label}:def",
+                     then=None if d.elem == spec.canonical else d.elem),   # a stable form the kernel computes
                  row(r"\frac{\partial \ell}{\partial a}", raw_g, P, f"{label}:grad",
                      then=None if sp.simplify(raw_g - d.grad_elem) == 0 and raw_g == d.grad_elem else d.grad_elem),
                  row(r"\frac{\partial^2 \ell}{\partial a^2}", d.hess_elem, P, f"{label}:hess")]),

@@ -50,7 +50,10 @@ def _size(shape) -> int:
 #: per loss: its name in the text, the label of its definition and of its Hessian
 LOSS_TEXT = {"softmax_cross_entropy": ("softmax cross-entropy", "eq:ce:def", "eq:ce:hvp"),
              "mse": ("mean squared error", "eq:mse:def", "eq:mse:hess"),
-             "sigmoid_cross_entropy": ("sigmoid cross-entropy", "eq:sce:def", "eq:sce:hess")}
+             "sigmoid_cross_entropy": ("sigmoid cross-entropy", "eq:sce:def", "eq:sce:hess"),
+             # the built-ins written as specs (document/losses.py builtin_label)
+             "huber": ("Huber loss", "eq:loss:huber:def", "eq:loss:huber:hess"),
+             "log_cosh": ("log-cosh loss", "eq:loss:log_cosh:def", "eq:loss:log_cosh:hess")}
 
 
 def describe_model(name: str, input_shape, configs: list, loss: str = "softmax_cross_entropy",

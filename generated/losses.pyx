@@ -7,6 +7,8 @@
 # spec: softmax_cross_entropy  hash: 586a200c60c7996a
 # spec: mse  hash: ebc158772041d770
 # spec: sigmoid_cross_entropy  hash: ea88ba3417df5936
+# spec: huber  hash: 43467ec869aed781
+# spec: log_cosh  hash: 36849169ea041c2b
 
 """Loss kernels: value, gradient and Hessian-vector product per loss."""
 cdef extern from "symprop_math.h":
@@ -451,6 +453,168 @@ def sigmoid_cross_entropy_hvp(a, t, v, out):
     else:
         _sigmoid_cross_entropy_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size)
     return out
+# ---------------------------------------------------------------- huber
+# element loss e(a, t) = Piecewise(((a - t)**2/2, delta >= Abs(a - t)), (delta*(-delta/2 + Abs(a - t)), True)); mean over all elements
+# gradient  ∂e/∂a = nan_through(Piecewise((a - t, delta >= Abs(a - t)), (Piecewise((delta, a > t), (-delta, a < t), (0, True)), True)), a);  Hessian  ∂²e/∂a² = nan_through(Piecewise((1, delta >= Abs(a - t)), (0, True)), a) (diagonal)
+cdef double _huber_f32(const float* a_p, const float* t_p, float* g_p, bint want_grad, Py_ssize_t size, float delta) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += (((<float>0.5))*((a - t)*(a - t)) if (delta >= fabsf(a - t)) else delta*(-(<float>0.5)*delta + fabsf(a - t)))
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (symprop_nan_throughf((a - t if (delta >= fabsf(a - t)) else (delta if (a > t) else (-delta if (a < t) else (<float>0.0)))), a))
+    return total / size
+
+
+cdef void _huber_hvp_f32(const float* a_p, const float* t_p, const float* v_p, float* out_p, Py_ssize_t size, float delta) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (symprop_nan_throughf((<float>(delta >= fabsf(a - t))), a)) * v_p[e]
+
+cdef double _huber_f64(const double* a_p, const double* t_p, double* g_p, bint want_grad, Py_ssize_t size, double delta) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += (((<double>0.5))*((a - t)*(a - t)) if (delta >= fabs(a - t)) else delta*(-(<double>0.5)*delta + fabs(a - t)))
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (symprop_nan_through((a - t if (delta >= fabs(a - t)) else (delta if (a > t) else (-delta if (a < t) else (<double>0.0)))), a))
+    return total / size
+
+
+cdef void _huber_hvp_f64(const double* a_p, const double* t_p, const double* v_p, double* out_p, Py_ssize_t size, double delta) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (symprop_nan_through((<double>(delta >= fabs(a - t))), a)) * v_p[e]
+
+
+def huber(a, t, grad=None, *, double delta):
+    """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
+    optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
+    dt = _check_arrays("huber", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
+    if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
+        raise ValueError(f"huber: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
+                         f"{getattr(grad, 'shape', None)} must have one non-empty shape")
+    cdef Py_ssize_t size = a.size
+    if dt == _F32:
+        return _huber_f32(<const float*>_addr(a), <const float*>_addr(t), <float*>_addr(grad), grad is not None, size, <float>delta)
+    else:
+        return _huber_f64(<const double*>_addr(a), <const double*>_addr(t), <double*>_addr(grad), grad is not None, size, <double>delta)
+
+
+def huber_hvp(a, t, v, out, *, double delta):
+    """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
+    dt = _check_arrays("huber_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
+    if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
+        raise ValueError(f"huber_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
+    cdef Py_ssize_t size = a.size
+    if dt == _F32:
+        _huber_hvp_f32(<const float*>_addr(a), <const float*>_addr(t), <const float*>_addr(v), <float*>_addr(out), size, <float>delta)
+    else:
+        _huber_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size, <double>delta)
+    return out
+# ---------------------------------------------------------------- log_cosh
+# element loss e(a, t) = Abs(a - t) + log1p(exp(-2*Abs(a - t))) - 0.6931471805599453; mean over all elements
+# gradient  ∂e/∂a = tanh(a - t);  Hessian  ∂²e/∂a² = cosh(a - t)**(-2) (diagonal)
+cdef double _log_cosh_f32(const float* a_p, const float* t_p, float* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += fabsf(a - t) + log1pf(expf(-(<float>2.0)*fabsf(a - t))) + (<float>-0.6931471805599453)
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (tanhf(a - t))
+    return total / size
+
+
+cdef void _log_cosh_hvp_f32(const float* a_p, const float* t_p, const float* v_p, float* out_p, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef float a, t
+    cdef float scale = (<float>1.0) / (<float>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (((<float>1.0)/((coshf(a - t))*(coshf(a - t))))) * v_p[e]
+
+cdef double _log_cosh_f64(const double* a_p, const double* t_p, double* g_p, bint want_grad, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    cdef double total = 0.0
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        total += fabs(a - t) + log1p(exp(-(<double>2.0)*fabs(a - t))) + (<double>-0.6931471805599453)
+    if want_grad:
+        for e in range(size):
+            a = a_p[e]
+            t = t_p[e]
+            g_p[e] = scale * (tanh(a - t))
+    return total / size
+
+
+cdef void _log_cosh_hvp_f64(const double* a_p, const double* t_p, const double* v_p, double* out_p, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t e
+    cdef double a, t
+    cdef double scale = (<double>1.0) / (<double>size)
+    for e in range(size):
+        a = a_p[e]
+        t = t_p[e]
+        out_p[e] = scale * (((<double>1.0)/((cosh(a - t))*(cosh(a - t))))) * v_p[e]
+
+
+def log_cosh(a, t, grad=None):
+    """Mean of e(a, t) over all elements of predictions ``a`` and targets ``t`` (same shape);
+    optionally writes ∂L/∂a into ``grad``. Returns the loss as a Python float."""
+    dt = _check_arrays("log_cosh", ("prediction", "target", "grad"), (a, t, grad), ("grad",))
+    if t is None or t.shape != a.shape or (grad is not None and grad.shape != a.shape) or a.size == 0:
+        raise ValueError(f"log_cosh: prediction {a.shape}, target {getattr(t, 'shape', None)} and grad "
+                         f"{getattr(grad, 'shape', None)} must have one non-empty shape")
+    cdef Py_ssize_t size = a.size
+    if dt == _F32:
+        return _log_cosh_f32(<const float*>_addr(a), <const float*>_addr(t), <float*>_addr(grad), grad is not None, size)
+    else:
+        return _log_cosh_f64(<const double*>_addr(a), <const double*>_addr(t), <double*>_addr(grad), grad is not None, size)
+
+
+def log_cosh_hvp(a, t, v, out):
+    """Loss Hessian-vector product w.r.t. the predictions (the Hessian is diagonal)."""
+    dt = _check_arrays("log_cosh_hvp", ("prediction", "target", "v", "out"), (a, t, v, out), ("out",))
+    if not (a.shape == t.shape == v.shape == out.shape) or a.size == 0:
+        raise ValueError(f"log_cosh_hvp: shapes {a.shape}, {t.shape}, {v.shape}, {out.shape} must be equal")
+    cdef Py_ssize_t size = a.size
+    if dt == _F32:
+        _log_cosh_hvp_f32(<const float*>_addr(a), <const float*>_addr(t), <const float*>_addr(v), <float*>_addr(out), size)
+    else:
+        _log_cosh_hvp_f64(<const double*>_addr(a), <const double*>_addr(t), <const double*>_addr(v), <double*>_addr(out), size)
+    return out
 
 
 #: The manifest: for every spec and role (forward, vjp:<array>, jvp, rvjp:<array>, residual,
@@ -698,6 +862,158 @@ MANIFEST = __import__('json').loads(r'''{
    },
    "hvp": {
     "kernel": "sigmoid_cross_entropy_hvp",
+    "call": [
+     "z",
+     "t",
+     "v",
+     "out"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "out",
+      "like": "z",
+      "dtype": "float"
+     }
+    ]
+   }
+  }
+ },
+ "huber": {
+  "family": "loss",
+  "hash": "43467ec869aed781",
+  "inputs": [
+   "z"
+  ],
+  "params": [],
+  "output": "loss",
+  "scalars": [
+   "delta"
+  ],
+  "roles": {
+   "value": {
+    "kernel": "huber",
+    "call": [
+     "z",
+     "t"
+    ],
+    "kwargs": [
+     "delta"
+    ],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad": {
+    "kernel": "huber",
+    "call": [
+     "z",
+     "t",
+     "grad"
+    ],
+    "kwargs": [
+     "delta"
+    ],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "hvp": {
+    "kernel": "huber_hvp",
+    "call": [
+     "z",
+     "t",
+     "v",
+     "out"
+    ],
+    "kwargs": [
+     "delta"
+    ],
+    "arrays": [
+     "z",
+     "t",
+     "v"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "out",
+      "like": "z",
+      "dtype": "float"
+     }
+    ]
+   }
+  }
+ },
+ "log_cosh": {
+  "family": "loss",
+  "hash": "36849169ea041c2b",
+  "inputs": [
+   "z"
+  ],
+  "params": [],
+  "output": "loss",
+  "scalars": [],
+  "roles": {
+   "value": {
+    "kernel": "log_cosh",
+    "call": [
+     "z",
+     "t"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [],
+    "returns": "loss"
+   },
+   "value+grad": {
+    "kernel": "log_cosh",
+    "call": [
+     "z",
+     "t",
+     "grad"
+    ],
+    "kwargs": [],
+    "arrays": [
+     "z",
+     "t"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "grad",
+      "like": "z",
+      "dtype": "float"
+     }
+    ],
+    "returns": "loss"
+   },
+   "hvp": {
+    "kernel": "log_cosh_hvp",
     "call": [
      "z",
      "t",

@@ -20,6 +20,8 @@ def _kernels(spec: str) -> SpecKernels:
 class Loss:
     name = "loss"
     classification = False
+    #: the loss's scalar arguments (Huber's delta) -> values, passed to its kernels
+    scalars: dict = {}
 
     def value_and_grad(self, out: np.ndarray, y: np.ndarray):
         """``(loss, ∂loss/∂out, ctx)``; ``ctx`` is what :meth:`hvp` needs at this point (per call:
@@ -142,15 +144,20 @@ class ElementwiseMeanLoss(Loss):
 
     def value_and_grad(self, out, y):
         loss, grad = self.kernels().run("value+grad", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)},
-                                        out.dtype)
+                                        out.dtype, self.scalars)
         return loss, grad, None
 
     def value(self, out, y):
-        return self.kernels().run("value", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)}, out.dtype)
+        return self.kernels().run("value", {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype)}, out.dtype,
+                                  self.scalars)
 
     def hvp(self, ctx, out, y, v):
         env = {"z": out, "t": np.ascontiguousarray(y, dtype=out.dtype), "v": np.ascontiguousarray(v)}
-        return self.kernels().run("hvp", env, out.dtype)
+        return self.kernels().run("hvp", env, out.dtype, self.scalars)
+
+    def config(self) -> dict:
+        """The scalar arguments a checkpoint keeps (empty for a loss without any)."""
+        return dict(self.scalars)
 
 
 class MSE(ElementwiseMeanLoss):
@@ -180,14 +187,77 @@ class SigmoidCrossEntropy(ElementwiseMeanLoss):
         return int(((out > 0) == (y > 0.5)).sum()), y.size
 
 
+def _scalar_values(owner: str, defaults: dict, given: dict) -> dict:
+    """``defaults`` updated with ``given``: known names only, finite real numbers."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"{owner}: unknown argument(s) {unknown}; it takes "
+                        + (", ".join(f"{k}={v:g}" for k, v in defaults.items()) or "none"))
+    values = {}
+    for k, v in {**defaults, **given}.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{owner}: {k} must be a real number, got {v!r}")
+        if not np.isfinite(v):
+            raise ValueError(f"{owner}: {k} must be finite, got {v!r}")
+        values[k] = float(v)
+    return values
+
+
+class SpecLoss(ElementwiseMeanLoss):
+    """A built-in loss written exactly as a user writes one — a :class:`PointwiseLossSpec` in
+    ``derive/losses.py``'s ``POINTWISE_LOSSES`` — whose kernels ``symprop generate`` emits into the
+    built-in losses module: usable by name, no compile at run time. Its scalar arguments are
+    keyword arguments (``Huber(delta=2.0)``, ``get_loss("huber", delta=2.0)``), kept by checkpoints."""
+    builtin = True
+    #: the spec's scalars -> defaults (``tests/losses/test_builtin_pointwise_losses.py`` checks
+    #: they are the spec's; the runtime reads no SymPy)
+    defaults: dict = {}
+
+    def __init__(self, **scalars):
+        self.scalars = _scalar_values(type(self).__name__, self.defaults, scalars)
+
+    @property
+    def spec(self):
+        """The loss's :class:`PointwiseLossSpec` (imports SymPy: documents, checkpoints' hash)."""
+        from ..derive.losses import POINTWISE_LOSSES
+        return POINTWISE_LOSSES[self.name]
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v:g}" for k, v in self.scalars.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Huber(SpecLoss):
+    """Huber loss, mean over all elements (PyTorch's ``nn.HuberLoss(reduction="mean", delta=...)``):
+    (z − t)²/2 within ``delta`` of the target, δ·(|z − t| − δ/2) beyond."""
+    name = "huber"
+    defaults = {"delta": 1.0}
+
+    def __init__(self, delta: float = 1.0, **others):
+        super().__init__(delta=delta, **others)
+        if not self.scalars["delta"] > 0:
+            raise ValueError(f"Huber: delta must be positive (as PyTorch's HuberLoss), got {delta!r}")
+
+
+class LogCosh(SpecLoss):
+    """Log-cosh loss ``log(cosh(z − t))``, mean over all elements; computed in the stable form
+    |z − t| + log1p(exp(−2|z − t|)) − log 2 the rewriter chose (cosh overflows beyond 89 in float32)."""
+    name = "log_cosh"
+
+
 class PointwiseLoss(ElementwiseMeanLoss):
     """A loss ``ℓ(z, t)`` written in SymPy (:func:`from_sympy`): mean over all elements of
     predictions ``z`` and real targets ``t`` of the output's shape; its gradient and Hessian
     term are derived and compiled like the built-ins'."""
 
-    def __init__(self, spec, module):
+    def __init__(self, spec, module, **scalars):
         self.spec, self.module, self.name = spec, module, spec.name
+        self.scalars = _scalar_values(f"loss {spec.name!r}", spec.defaults(), scalars)
         self._K = SpecKernels(module, spec.name)
+
+    def with_scalars(self, **scalars) -> "PointwiseLoss":
+        """The same compiled loss with other scalar values."""
+        return PointwiseLoss(self.spec, self.module, **{**self.scalars, **scalars})
 
     @property
     def hash(self) -> str:
@@ -200,7 +270,7 @@ class PointwiseLoss(ElementwiseMeanLoss):
         return f"losses.from_sympy({self.name!r}, {self.spec.expr})"
 
 
-def from_sympy(name: str, expr, z, t, verbose: bool = False) -> PointwiseLoss:
+def from_sympy(name: str, expr, z, t, verbose: bool = False, scalars: dict | None = None) -> PointwiseLoss:
     """Derive, generate and compile (cached by the spec's hash) an elementwise loss
     ``ℓ(z, t)`` of a prediction ``z`` and a target ``t``, averaged over all elements::
 
@@ -210,30 +280,45 @@ def from_sympy(name: str, expr, z, t, verbose: bool = False) -> PointwiseLoss:
 
     Usable wherever a loss name is (``fit``, ``hvp``, every Hessian diagonal); checkpoints
     store its name and hash, and :meth:`Sequential.load` takes it back through
-    ``custom_objects={"huber": huber}``."""
+    ``custom_objects={"huber": huber}``. ``scalars``: name -> default of symbols of ``expr`` that
+    are arguments of the loss (``{"delta": 1.0}``), set per loss with ``loss.with_scalars(delta=2.0)``.
+    The name of a built-in written the same way (``huber``, ``log_cosh``) may be reused: checkpoints
+    tell the two apart by the spec's hash."""
     from ..codegen.build import compile_spec
     from ..codegen.losses import render_pointwise_losses_module
     from ..derive.elementwise import SpecError
     from ..derive.losses import PointwiseLossSpec, derive_user_loss
 
-    if name in LOSSES:
+    if name in LOSSES and not issubclass(LOSSES[name], SpecLoss):
+        # its kernels come from no PointwiseLossSpec: no spec hash would tell a checkpoint's two apart
         raise SpecError(f"losses.from_sympy: {name!r} is a built-in loss; choose another name")
-    spec = PointwiseLossSpec(name, expr, z, t)
+    if scalars is not None and not isinstance(scalars, dict):
+        raise SpecError(f"losses.from_sympy: scalars must be a dict of name -> default, got {type(scalars).__name__}")
+    spec = PointwiseLossSpec(name, expr, z, t, scalars=tuple((scalars or {}).items()))
     stem = f"loss_{name}"
     module, _, _ = compile_spec(stem, spec, derive_user_loss, render_pointwise_losses_module, verbose)
     return PointwiseLoss(spec, module)
 
 
 LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "cross_entropy": SoftmaxCrossEntropy,
-          "mse": MSE, "sigmoid_cross_entropy": SigmoidCrossEntropy}
+          "mse": MSE, "sigmoid_cross_entropy": SigmoidCrossEntropy, "huber": Huber, "log_cosh": LogCosh}
 
 
-def get_loss(name, custom_objects: dict | None = None) -> Loss:
+def get_loss(name, custom_objects: dict | None = None, **scalars) -> Loss:
+    """The loss ``name`` (a built-in, or in ``custom_objects``); ``scalars``: its arguments
+    (``get_loss("huber", delta=2.0)``). A :class:`Loss` is returned as it is."""
     if isinstance(name, Loss):
+        if scalars:
+            raise TypeError(f"get_loss: arguments {sorted(scalars)} go to the loss's constructor, not with a "
+                            f"loss object ({name!r})")
         return name
     if custom_objects and isinstance(custom_objects.get(name), Loss):
-        return custom_objects[name]
+        loss = custom_objects[name]
+        return loss.with_scalars(**scalars) if scalars and hasattr(loss, "with_scalars") else loss
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}, or a loss from "
                          f"symprop.losses.from_sympy (to load a checkpoint: custom_objects={{{name!r}: loss}})")
-    return LOSSES[name]()
+    cls = LOSSES[name]
+    if scalars and not issubclass(cls, SpecLoss):
+        raise TypeError(f"loss {name!r} takes no arguments, got {sorted(scalars)}")
+    return cls(**scalars)

@@ -25,8 +25,10 @@ def save(model, path):
         first.setdefault(id(layer), k)
     cfg = {"layers": cfgs, "loss": model.loss.name, "dtype": model.dtype.name, "seed": model.seed,
            "input_shape": list(model.input_shape), "l1": model.l1, "l2": model.l2}
-    if getattr(model.loss, "spec", None) is not None:   # a user loss: loaded back by name and hash
+    if getattr(model.loss, "spec", None) is not None:   # a loss from a spec: loaded back by name and hash
         cfg["loss_hash"] = model.loss.spec.hash
+    if getattr(model.loss, "scalars", None):             # its arguments (Huber's delta)
+        cfg["loss_config"] = dict(model.loss.scalars)
     buffers = model.buffers()
     cfg["n_buffers"] = len(buffers)
     return checkpoint.save(path, cfg, model.parameters() + buffers)
@@ -84,15 +86,34 @@ def _from_checkpoint_config(cls, path, cfg: dict, custom_objects):
         except (KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"{path}: malformed layer config {str(c)[:120]} "
                              f"({type(exc).__name__}: {exc})") from exc
-    if cfg.get("loss_hash") is None:
-        loss = get_loss(cfg["loss"], custom_objects)
-    else:   # a user loss, or its spec (compiled, or taken from the cache, only once the hash matched)
-        loss = custom_object("loss", cfg["loss"], cfg["loss_hash"], custom_objects)
-        if hasattr(loss, "canonical"):
-            from .losses import from_sympy
-            loss = from_sympy(loss.name, loss.expr, loss.z, loss.t)
+    loss = _loss_from_config(path, cfg, custom_objects)
     try:
         return cls(layers, loss=loss, dtype=cfg["dtype"], seed=cfg.get("seed", 0),
                    input_shape=tuple(shape), l1=cfg.get("l1", 0.0), l2=cfg.get("l2", 0.0))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: the config does not describe a model ({type(exc).__name__}: {exc})") from exc
+
+
+def _loss_from_config(path, cfg: dict, custom_objects):
+    """The saved loss: a built-in by name; a loss from a spec by name and hash — a built-in
+    written as a spec (Huber) when the hash is the built-in's and ``custom_objects`` does not
+    name it, else the user's (given as a loss or a spec: compiled, or taken from the cache,
+    only once the hash matched); with its saved scalar arguments."""
+    from .losses import LOSSES, SpecLoss, from_sympy
+    name, saved_hash = cfg["loss"], cfg.get("loss_hash")
+    scalars = cfg.get("loss_config", {})
+    if not isinstance(scalars, dict) or not all(isinstance(k, str) for k in scalars):
+        raise ValueError(f"{path}: config entry 'loss_config' must map argument names to numbers, got {scalars!r:.80}")
+    try:
+        if saved_hash is None:
+            return get_loss(name, custom_objects, **scalars)
+        builtin = LOSSES.get(name)
+        if (not (custom_objects and name in custom_objects) and builtin is not None
+                and issubclass(builtin, SpecLoss) and builtin().spec.hash == saved_hash):
+            return builtin(**scalars)
+        loss = custom_object("loss", name, saved_hash, custom_objects)
+        if hasattr(loss, "canonical"):
+            loss = from_sympy(loss.name, loss.expr, loss.z, loss.t, scalars=loss.defaults())
+        return loss.with_scalars(**scalars) if scalars and hasattr(loss, "with_scalars") else loss
+    except TypeError as exc:
+        raise ValueError(f"{path}: the saved loss {name!r} does not take {scalars} ({exc})") from exc

@@ -45,8 +45,8 @@ def specs(model) -> tuple[list[str], list]:
             elif isinstance(v, (Layer, list, tuple)):
                 visit(v)
     visit(model.layers)
-    if getattr(model.loss, "spec", None) is not None:
-        extra.append(model.loss.spec)
+    if getattr(model.loss, "spec", None) is not None and not getattr(model.loss, "builtin", False):
+        extra.append(model.loss.spec)   # a built-in written as a spec is in the losses section
     return names, extra
 
 
@@ -90,4 +90,7 @@ def describe(model) -> str:
     """The model's ``repr``: its layers, loss, dtype and input shape."""
     inner = "".join(f"\n    {la!r}," for la in model.layers)
     shape = f", input_shape={model.input_shape}" if model.input_shape is not None else ""
-    return f"Sequential([{inner}\n], loss={model.loss.name!r}, dtype={model.dtype.name!r}{shape})"
+    loss = model.loss
+    # a built-in with other arguments than its defaults shows them: loss=Huber(delta=2)
+    shown = repr(loss) if getattr(loss, "builtin", False) and loss.scalars != loss.defaults else repr(loss.name)
+    return f"Sequential([{inner}\n], loss={shown}, dtype={model.dtype.name!r}{shape})"

@@ -300,7 +300,8 @@ def _load_specs(path: str) -> list:
     kinds = (ElementwiseSpec, ContractionSpec, CompositeSpec, PointwiseLossSpec)
     values = runpy.run_path(path).values()
     found = [v for v in values if isinstance(v, kinds)]
-    found += [v.spec for v in values if isinstance(getattr(v, "spec", None), PointwiseLossSpec) and v.spec not in found]
+    found += [v.spec for v in values if isinstance(getattr(v, "spec", None), PointwiseLossSpec) and v.spec not in found
+              and not getattr(v, "builtin", False)]   # a built-in loss (Huber) is in the losses section
     if not found:
         raise ValueError(f"--spec {path}: defines no ElementwiseSpec, ContractionSpec, CompositeSpec or loss "
                          f"spec at top level")

@@ -98,7 +98,8 @@ def _from_definition(where, mod, d):
 def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = None, seed: int = 0):
     """The symprop model equivalent to the ``torch.nn.Sequential`` ``seq``, with copies of its
     weights. ``input_shape`` (per sample, e.g. ``(1, 28, 28)``) is needed when the first layer
-    is not ``Linear``, unless the model is to be built on its first batch."""
+    is not ``Linear``, unless the model is to be built on its first batch. ``loss``: a loss name,
+    a symprop loss, or a torch loss module (see :func:`loss_from_torch`)."""
     torch = _torch()
     from .runtime import layers as L
     from .runtime.defined import definitions
@@ -147,7 +148,7 @@ def from_torch(seq, loss="softmax_cross_entropy", input_shape: tuple | None = No
     if not layers:
         raise ValueError("from_torch: the Sequential has no layers")
     np_dtype = "float64" if dtype == torch.float64 else "float32"
-    model = Sequential(layers, loss=loss, dtype=np_dtype, seed=seed, input_shape=input_shape)
+    model = Sequential(layers, loss=loss_from_torch(loss), dtype=np_dtype, seed=seed, input_shape=input_shape)
     for layer, ws in zip(layers, weights):
         for p, w in zip(layer.parameters() + layer.buffers(), ws):
             p[...] = w.reshape(p.shape)   # LayerNorm's γ over a normalized shape is stored flat
@@ -210,3 +211,56 @@ def to_torch(model):
 def _builtin_activations():
     from .runtime.kernels import load
     return load("activations")
+
+
+# ---------------------------------------------------------------- losses (torch loss modules)
+#: torch.nn loss class -> our loss name, and the settings (attribute: value) we compute exactly
+_TORCH_LOSSES = {
+    "MSELoss": ("mse", {"reduction": "mean"}),
+    "HuberLoss": ("huber", {"reduction": "mean"}),
+    "CrossEntropyLoss": ("softmax_cross_entropy", {"reduction": "mean", "weight": None, "ignore_index": -100,
+                                                   "label_smoothing": 0.0}),
+    "BCEWithLogitsLoss": ("sigmoid_cross_entropy", {"reduction": "mean", "weight": None, "pos_weight": None}),
+}
+
+
+def loss_from_torch(loss):
+    """Our loss for ``loss``: a torch loss module — ``nn.MSELoss``, ``nn.HuberLoss`` (its delta
+    kept), ``nn.CrossEntropyLoss`` (no class weights, label smoothing or ignore_index) or
+    ``nn.BCEWithLogitsLoss`` (no weight or pos_weight), each with ``reduction="mean"`` (the batch
+    mean our losses compute) — or, unchanged, a loss name or a symprop loss. Any other torch
+    module, or a setting we do not compute, is refused by name."""
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(loss, torch.nn.Module):
+        return loss   # a name or one of our losses: Sequential checks it
+    from .runtime.losses import get_loss
+    kind = type(loss).__name__
+    known = _TORCH_LOSSES.get(kind) if type(loss) is getattr(torch.nn, kind, None) else None
+    if known is None:
+        raise ValueError(f"from_torch: loss {kind} has no symprop equivalent; supported: "
+                         f"{', '.join('nn.' + k for k in _TORCH_LOSSES)} (reduction='mean'), or a loss name")
+    name, settings = known
+    for attr, want in settings.items():
+        have = getattr(loss, attr, None)
+        if (have is not None) if want is None else have != want:
+            shown = "set" if want is None else repr(have)
+            raise ValueError(f"from_torch: loss {kind} with {attr}={shown} is not supported: symprop's {name!r} "
+                             f"is the plain {kind}({attr}={want!r})" + (" (the mean over the batch)"
+                                                                         if attr == "reduction" else ""))
+    return get_loss(name, delta=float(loss.delta)) if name == "huber" else get_loss(name)
+
+
+def loss_to_torch(loss):
+    """The torch loss module computing ``loss`` (a name or one of our losses) as ours does — the
+    inverse of :func:`loss_from_torch`: ``nn.HuberLoss(delta=...)``, ``nn.MSELoss()``,
+    ``nn.CrossEntropyLoss()``, ``nn.BCEWithLogitsLoss()``; a loss torch.nn has no module for
+    (log-cosh, a user's) is refused by name."""
+    torch = _torch()
+    from .runtime.losses import LOSSES, get_loss
+    ours = get_loss(loss)
+    for kind, (name, _) in _TORCH_LOSSES.items():
+        if ours.name == name and type(ours) is LOSSES[name]:   # the built-in, not a user's loss of its name
+            return getattr(torch.nn, kind)(**ours.scalars)
+    raise ValueError(f"loss_to_torch: the loss {ours.name!r} has no torch.nn module; torch.nn has "
+                     f"{', '.join('nn.' + k for k in _TORCH_LOSSES)}")
