@@ -214,5 +214,7 @@ def test_refusals_name_the_problem():
         L.from_spec(SPEC, c=float("inf"))
     with pytest.raises(SpecError, match=r"learnable \['k'\] must be among its params"):
         ElementwiseSpec("bad", a * xs, xs, (("a", 1.0),), learnable=("a", "k"))
+    with pytest.raises(SpecError, match=r"names \['w'\] are reserved in a spec with learnable parameters"):
+        ElementwiseSpec("bad", a * xs + sp.Symbol("w"), xs, (("a", 1.0), ("w", 0.0)), learnable=("a",))
     with pytest.raises(SpecError, match="names a parameter twice"):
         ElementwiseSpec("bad", a * xs, xs, (("a", 1.0),), learnable=("a", "a"))
