@@ -160,6 +160,48 @@ def _finite(layer: str, what: str, v) -> float:
     return float(v)
 
 
+def learnable_arguments(layer: str, names: tuple, defaults: dict, num_parameters=1, init=None,
+                        params: dict | None = None):
+    """A learnable activation's arguments checked: ``({learnable: count}, {learnable: first
+    value}, {fixed parameter: value})`` for the learnable parameters ``names`` of a spec whose
+    parameters default to ``defaults`` (checked before a user's spec is compiled)."""
+    from .layer_base import check_positive_int
+    if isinstance(num_parameters, dict):
+        unknown = sorted(set(num_parameters) - set(names))
+        if unknown:
+            raise TypeError(f"{layer}: num_parameters for unknown parameter(s) {unknown}; the learnable ones are "
+                            f"{list(names)}")
+        counts = {p: num_parameters.get(p, 1) for p in names}
+    else:
+        counts = {p: num_parameters for p in names}
+    counts = {p: check_positive_int(layer, f"num_parameters of {p}", c) for p, c in counts.items()}
+    if len({c for c in counts.values() if c > 1}) > 1:
+        raise ValueError(f"{layer}: per-channel parameters must agree on the channel count, got {counts}")
+    if isinstance(init, dict):
+        unknown = sorted(set(init) - set(names))
+        if unknown:
+            raise TypeError(f"{layer}: init for unknown parameter(s) {unknown}; the learnable ones are {list(names)}")
+        inits = {p: init.get(p, defaults[p]) for p in names}
+    elif init is None:
+        inits = {p: defaults[p] for p in names}
+    elif len(names) == 1:
+        inits = {names[0]: init}
+    else:
+        raise ValueError(f"{layer}: init must be {{name: value}} for its learnable parameters {list(names)}, "
+                         f"got {init!r}")
+    inits = {p: _finite(layer, f"init of {p}", v) for p, v in inits.items()}
+    fixed = {q: v for q, v in defaults.items() if q not in names}
+    params = dict(params or {})
+    learnt = sorted(set(params) & set(names))
+    if learnt:
+        raise TypeError(f"{layer}: {learnt} are learnable; give their first values as init={{{learnt[0]!r}: ...}}")
+    unknown = sorted(set(params) - set(fixed))
+    if unknown:
+        raise TypeError(f"{layer}: unknown argument(s) {unknown}; it takes num_parameters, init and its fixed "
+                        f"parameters {sorted(fixed) or '(none)'}")
+    return counts, inits, {q: _finite(layer, q, params.get(q, d)) for q, d in fixed.items()}
+
+
 class LearnableActivation(SpecLayer):
     """An elementwise layer with learnable parameters, each one value per channel (axis 1) or
     one shared value, from a spec of the channelwise family (``generated/learnable``, or a
@@ -174,7 +216,6 @@ class LearnableActivation(SpecLayer):
     """
 
     def __init__(self, spec_name: str, num_parameters=1, init=None, module=None, params: dict | None = None):
-        from .layer_base import check_positive_int
         self.kernel_name = spec_name
         self.module = module if module is not None else load("learnable")
         table = manifest(self.module)
@@ -182,46 +223,9 @@ class LearnableActivation(SpecLayer):
             raise ValueError(f"LearnableActivation: unknown spec {spec_name!r}; have {sorted(table)}")
         entry = table[spec_name]
         self.param_names = tuple(entry["params"])
-        defaults = entry["defaults"]
-        names = self.param_names
-        if isinstance(num_parameters, dict):
-            unknown = sorted(set(num_parameters) - set(names))
-            if unknown:
-                raise TypeError(f"{spec_name}: num_parameters for unknown parameter(s) {unknown}; the learnable "
-                                 f"ones are {list(names)}")
-            counts = {p: num_parameters.get(p, 1) for p in names}
-        else:
-            counts = {p: num_parameters for p in names}
-        self.counts = {p: check_positive_int(spec_name, f"num_parameters of {p}", c) for p, c in counts.items()}
-        channels = sorted({c for c in self.counts.values() if c > 1})
-        if len(channels) > 1:
-            raise ValueError(f"{spec_name}: per-channel parameters must agree on the channel count, got "
-                             f"{self.counts}")
-        if isinstance(init, dict):
-            unknown = sorted(set(init) - set(names))
-            if unknown:
-                raise TypeError(f"{spec_name}: init for unknown parameter(s) {unknown}; the learnable ones are "
-                                 f"{list(names)}")
-            inits = {p: init.get(p, defaults[p]) for p in names}
-        elif init is None:
-            inits = {p: defaults[p] for p in names}
-        elif len(names) == 1:
-            inits = {names[0]: init}
-        else:
-            raise ValueError(f"{spec_name}: init must be {{name: value}} for its learnable parameters {list(names)}, "
-                             f"got {init!r}")
-        self.inits = {p: _finite(spec_name, f"init of {p}", v) for p, v in inits.items()}
-        fixed = {q: v for q, v in defaults.items() if q not in names}
-        params = dict(params or {})
-        learnt = sorted(set(params) & set(names))
-        if learnt:
-            raise TypeError(f"{spec_name}: {learnt} are learnable; give their first values as init={{name: value}}")
-        unknown = sorted(set(params) - set(fixed))
-        if unknown:
-            raise TypeError(f"{spec_name}: unknown parameter(s) {unknown}; its fixed parameters are "
-                            f"{sorted(fixed) or 'none'}")
-        self.params = {q: _finite(spec_name, q, params.get(q, d)) for q, d in fixed.items()}
-        self.arrays = {p: None for p in names}
+        self.counts, self.inits, self.params = learnable_arguments(spec_name, self.param_names, entry["defaults"],
+                                                                   num_parameters, init, params)
+        self.arrays = {p: None for p in self.param_names}
         self._bind(self.module, spec_name)
 
     # one learnable parameter (the built-ins PReLU and learnable Swish): its name, count, value

@@ -378,16 +378,10 @@ def _learnable(spec, verbose: bool, init=None, num_parameters=1, **fixed):
     parameters are fixed numbers, given as keywords (default the spec's)."""
     from ..codegen.channelwise import render_channelwise_module
     from ..derive.elementwise import derive_elementwise
-    from .activation import LearnableActivation
-    allowed = [p for p, _ in spec.params if p not in spec.learnable]
-    learnt = sorted(set(fixed) & set(spec.learnable))
-    if learnt:
-        raise TypeError(f"L.from_spec({spec.name!r}): {learnt} are learnable; give their first values as "
-                        f"init={{{learnt[0]!r}: ...}}")
-    unknown = sorted(set(fixed) - set(allowed))
-    if unknown:
-        raise TypeError(f"L.from_spec({spec.name!r}): unknown argument(s) {unknown}; it takes num_parameters, init "
-                        f"and its fixed parameters {allowed or '(none)'}")
+    from .activation import LearnableActivation, learnable_arguments
+    # the arguments checked before compiling (a misspelt name should not wait for the compiler)
+    learnable_arguments(f"L.from_spec({spec.name!r})", tuple(spec.learnable), {p: float(v) for p, v in spec.params},
+                        num_parameters, init, fixed)
     module, _ = _compile(f"learn_{spec.name}", spec, derive_elementwise, render_channelwise_module, verbose)
     layer = LearnableActivation(spec.name, num_parameters, init, module=module, params=fixed)
     layer.spec = spec
