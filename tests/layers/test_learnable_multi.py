@@ -136,6 +136,27 @@ def test_model_gradient_hvp_and_diagonals_equal_torch(kind, sharing, seed):
     assert rel_err(gn, gn_torch) < 1e-9
 
 
+@pytest.mark.parametrize("sharing", sorted(SHARING))
+def test_becker_lecun_terms_are_exact_at_the_output(sharing):
+    """At the output under the MSE loss the loss Hessian is diagonal, so the Becker–LeCun rule
+    for the activation's parameters, Σ (∂f/∂a)²·h + ∂²f/∂a²·ḡ, is their exact Hessian diagonal."""
+    rng = np.random.default_rng(7)
+    act = L.from_spec(SPEC, num_parameters=SHARING[sharing], c=0.1)
+    model = Sequential([L.Dense(4, C), act], loss="mse", dtype="float64", seed=2)
+    X, T = rng.normal(size=(5, 4)) * 1.5, rng.normal(size=(5, C))
+    model.forward(X)
+    for p in act.parameters():
+        p[:] = rng.uniform(0.5, 1.5, p.shape)
+    pt = [torch.tensor(p) for p in model.parameters()]
+
+    def loss_of(pa, pb):
+        return F.mse_loss(torch_act(F.linear(torch.tensor(X), pt[0], pt[1]), pa, pb, 0.1), torch.tensor(T))
+    H = torch.autograd.functional.hessian(loss_of, (pt[2], pt[3]))
+    bl = model.hessian_diagonal(X, T, "becker_lecun")
+    for k in range(2):
+        assert rel_err(bl[2 + k], torch.diagonal(H[k][k]).numpy()) < 1e-10
+
+
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_float32_matches_float64(kind):
     rng = np.random.default_rng(5)
