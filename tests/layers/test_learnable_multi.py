@@ -88,14 +88,14 @@ def _model(kind, sharing, seed, dtype="float64"):
 
 def _torch_loss(kind, X, y):
     def loss(pt):
-        if kind == "dense":
-            W1, b1, pa, pb, W2, b2 = pt
-            h = torch_act(F.linear(torch.tensor(X), W1, b1), pa, pb, 0.1)
-        else:
-            W1, b1, pa, pb, W2, b2 = pt
-            h = torch_act(F.conv2d(torch.tensor(X), W1, b1, padding=1), pa, pb, 0.1).reshape(X.shape[0], -1)
-        return F.cross_entropy(F.linear(h, W2, b2), torch.tensor(y))
+        return F.cross_entropy(_torch_logits(kind, X, pt), torch.tensor(y))
     return loss
+
+
+def _torch_logits(kind, X, pt):
+    W1, b1, pa, pb, W2, b2 = pt
+    pre = F.linear(torch.tensor(X), W1, b1) if kind == "dense" else F.conv2d(torch.tensor(X), W1, b1, padding=1)
+    return F.linear(torch_act(pre, pa, pb, 0.1).reshape(X.shape[0], -1), W2, b2)
 
 
 def _data(kind, rng, n=6):
@@ -125,9 +125,7 @@ def test_model_gradient_hvp_and_diagonals_equal_torch(kind, sharing, seed):
     assert rel_err(exact, np.diag(H)) < 1e-9
 
     def logits(th):
-        W1, b1, pa, pb, W2, b2 = unflatten(th)
-        pre = F.linear(torch.tensor(X), W1, b1) if kind == "dense" else F.conv2d(torch.tensor(X), W1, b1, padding=1)
-        return F.linear(torch_act(pre, pa, pb, 0.1).reshape(X.shape[0], -1), W2, b2)
+        return _torch_logits(kind, X, unflatten(th))
     J = torch.autograd.functional.jacobian(logits, flat).numpy()            # (N, K, P)
     p = torch.softmax(logits(flat), 1).numpy()
     Hz = (np.einsum("nk,kl->nkl", p, np.eye(3)) - np.einsum("nk,nl->nkl", p, p)) / len(y)
