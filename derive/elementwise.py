@@ -49,7 +49,7 @@ class ElementwiseSpec:
     params: tuple = ()  # ((name, default), ...)
     doc: str = ""
     arrays: tuple = ()  # constant input arrays of x's shape (e.g. a dropout mask), not differentiated
-    learnable: tuple = ()  # names of params that are trained (one value per channel, axis 1, or shared)
+    learnable: tuple = ()  # names of params that are trained (each one value per channel, axis 1, or shared)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -71,9 +71,12 @@ class ElementwiseSpec:
         unknown = set(self.learnable) - {p for p, _ in self.params}
         if unknown:
             raise SpecError(f"spec {self.name!r}: learnable {sorted(unknown)} must be among its params")
-        if len(self.learnable) > 1:
-            raise SpecError(f"spec {self.name!r}: at most one learnable parameter is supported, "
-                            f"got {list(self.learnable)}")
+        taken = [p for p, _ in self.params if p in ("S", "w") or p.startswith("_")] if self.learnable else []
+        if taken:   # the channelwise kernels' own names (factor columns, their weights, loop variables)
+            raise SpecError(f"spec {self.name!r}: parameter names {taken} are reserved in a spec with learnable "
+                            f"parameters (S, w and names starting with _); rename them")
+        if len(set(self.learnable)) != len(self.learnable):
+            raise SpecError(f"spec {self.name!r}: learnable {list(self.learnable)} names a parameter twice")
 
     @property
     def canonical(self) -> sp.Basic:
@@ -119,7 +122,7 @@ class DerivedElementwise:
     d1: Choice
     d2: Choice
     kernels: list[Kernel]
-    param_derivatives: dict = field(default_factory=dict)   # "f_p", "f_xp", "f_pp" -> Choice
+    param_derivatives: dict = field(default_factory=dict)   # "f_p:a", "f_xp:a", "f_pp:a,b" -> Choice
 
     @property
     def name(self):
@@ -192,35 +195,50 @@ def _choose(raw, f, inverses, fwd, params):
 
 
 def _learnable_kernels(d: DerivedElementwise, f, d1_raw, inverses, params):
-    """Kernels of a spec with a learnable parameter p (one value per channel, or shared): its
-    pullback, pushforward and R-op terms. A parameter's pullback is a sum over the axes p is
-    broadcast along (``reduce="sum"``); its Gauss–Newton role sums squared per-sample
-    pullbacks of factor columns (``reduce="sqsum"``)."""
+    """Kernels of a spec with learnable parameters (each one value per channel, or shared):
+    their pullbacks, the pushforward and the R-op terms. A parameter's pullback is a sum over
+    the axes it is broadcast along (``reduce="sum"``); its Gauss–Newton role sums squared
+    per-sample pullbacks of factor columns (``reduce="sqsum"``). ``param_derivatives`` keeps
+    the chosen ∂f/∂a (``f_p:a``), ∂f'/∂a (``f_xp:a``) and ∂²f/∂a∂b (``f_pp:a,b``)."""
     spec = d.spec
-    name = spec.learnable[0]
-    P, RP = sp.Symbol(name), sp.Symbol("R" + name)
-    fp_raw = clean_distributions(sp.diff(f, P))
-    raws = {"f_p": fp_raw, "f_xp": clean_distributions(sp.diff(d1_raw, P)),
-            "f_pp": clean_distributions(sp.diff(fp_raw, P))}
+    L = spec.learnable
+    Ps = {a: sp.Symbol(a) for a in L}
+    RPs = {a: sp.Symbol("R" + a) for a in L}
+    fp_raw = {a: clean_distributions(sp.diff(f, Ps[a])) for a in L}
+    raws = {}
+    for a in L:
+        raws[f"f_p:{a}"] = fp_raw[a]
+        raws[f"f_xp:{a}"] = clean_distributions(sp.diff(d1_raw, Ps[a]))
+        for b in L[L.index(a):]:   # symmetric: the upper triangle
+            raws[f"f_pp:{a},{b}"] = clean_distributions(sp.diff(fp_raw[a], Ps[b]))
     ch = {k: _choose(r, f, inverses, d.forward.chosen, params) for k, r in raws.items()}
     d.param_derivatives = ch
     fx, fxx = d.d1.chosen, d.d2.chosen
-    fp, fxp, fpp = (ch[k].chosen for k in ("f_p", "f_xp", "f_pp"))
-    order = ["x", "y", "g", "Rx", "Rg", "H", name, "R" + name]
-    n, L = spec.name, spec.learnable
-    d.kernels = [
-        _kernel(f"{n}_forward", [("y", d.forward.chosen)], order, spec.params, "forward", learnable=L),
-        _kernel(f"{n}_vjp", [("gx", G * fx)], order, spec.params, "vjp:x", learnable=L),
-        _kernel(f"{n}_vjp_{name}", [("g" + name, G * fp)], order, spec.params, f"vjp:{name}", "sum", L),
-        _kernel(f"{n}_jvp", [("Ry", fx * RX + fp * RP)], order, spec.params, "jvp", learnable=L),
-        _kernel(f"{n}_rvjp", [("Rgx", fxx * RX * G + fxp * RP * G + fx * RG)], order, spec.params, "rvjp:x",
-                learnable=L),
-        _kernel(f"{n}_rvjp_{name}", [("Rg" + name, fxp * RX * G + fpp * RP * G + fp * RG)], order, spec.params,
-                f"rvjp:{name}", "sum", L),
-        _kernel(f"{n}_bl_x", [("hx", fx ** 2 * H + fxx * G)], order, spec.params, "bl:x", learnable=L),
-        _kernel(f"{n}_bl_{name}", [("h" + name, fp ** 2 * H + fpp * G)], order, spec.params,
-                f"bl:{name}", "sum", L),
-        _kernel(f"{n}_sqvjp_{name}", [("s" + name, fp)], order, spec.params, f"sqvjp:{name}", "sqsum", L),
+    fp = {a: ch[f"f_p:{a}"].chosen for a in L}
+    fxp = {a: ch[f"f_xp:{a}"].chosen for a in L}
+
+    def fpp(a, b):
+        i, j = sorted((L.index(a), L.index(b)))
+        return ch[f"f_pp:{L[i]},{L[j]}"].chosen
+
+    order = ["x", "y", "g", "Rx", "Rg", "H"] + [s for a in L for s in (a, "R" + a)]
+    n, P = spec.name, spec.params
+    kernels = [
+        _kernel(f"{n}_forward", [("y", d.forward.chosen)], order, P, "forward", learnable=L),
+        _kernel(f"{n}_vjp", [("gx", G * fx)], order, P, "vjp:x", learnable=L),
     ]
+    kernels += [_kernel(f"{n}_vjp_{a}", [("g" + a, G * fp[a])], order, P, f"vjp:{a}", "sum", L) for a in L]
+    kernels += [
+        _kernel(f"{n}_jvp", [("Ry", fx * RX + sum(fp[a] * RPs[a] for a in L))], order, P, "jvp", learnable=L),
+        _kernel(f"{n}_rvjp", [("Rgx", fxx * RX * G + sum(fxp[a] * RPs[a] for a in L) * G + fx * RG)], order, P,
+                "rvjp:x", learnable=L),
+    ]
+    kernels += [_kernel(f"{n}_rvjp_{a}", [("Rg" + a, fxp[a] * RX * G + sum(fpp(a, b) * RPs[b] for b in L) * G
+                                           + fp[a] * RG)], order, P, f"rvjp:{a}", "sum", L) for a in L]
+    kernels.append(_kernel(f"{n}_bl_x", [("hx", fx ** 2 * H + fxx * G)], order, P, "bl:x", learnable=L))
+    kernels += [_kernel(f"{n}_bl_{a}", [("h" + a, fp[a] ** 2 * H + fpp(a, a) * G)], order, P, f"bl:{a}", "sum", L)
+                for a in L]
+    kernels += [_kernel(f"{n}_sqvjp_{a}", [("s" + a, fp[a])], order, P, f"sqvjp:{a}", "sqsum", L) for a in L]
     if fxx != 0:
-        d.kernels.append(_kernel(f"{n}_curv_x", [("r", fxx * G)], order, spec.params, "curv:x", learnable=L))
+        kernels.append(_kernel(f"{n}_curv_x", [("r", fxx * G)], order, P, "curv:x", learnable=L))
+    d.kernels = kernels

@@ -314,6 +314,9 @@ def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
     if spec.arrays:
         raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for elementwise maps without "
                         f"mask arrays")
+    if len(spec.learnable) > 1:
+        raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for at most one learnable parameter, "
+                        f"it has {list(spec.learnable)}")
     base, forms = derivative_forms(spec, base, upto=max_order + 1)
     chosen = [c.chosen for c in forms]
     pforms = param_derivative_forms(spec, base, forms, upto=max_order) if spec.learnable else []
@@ -339,7 +342,7 @@ def param_derivative_forms(spec: ElementwiseSpec, base: DerivedElementwise, form
     f = spec.canonical
     fwd = base.forward.chosen
     ch = base.param_derivatives
-    out = [ch["f_p"], ch["f_xp"]]
+    out = [ch[f"f_p:{p}"], ch[f"f_xp:{p}"]]
     raw = clean_distributions(sp.diff(f, p, 1, X, 1))
     for j in range(2, upto + 1):
         raw = clean_distributions(sp.diff(raw, X))

@@ -486,13 +486,15 @@ cdef class IndexedKernel:
 cdef class ChannelwiseKernel:
     """One channelwise kernel: ``kernel(*data, *channel, *outputs[, S, w], *scalars)``
     (positional or by name). Data arrays and pointwise outputs are (N, C, S), one shape;
-    channel arrays, and the output of a parameter pullback, are (C,) or (1,) (shared)."""
+    channel arrays, and the output of a parameter pullback, are (C,) or (1,) (shared): all
+    of one length, or each its own when the binding has ``counts`` (several parameters)."""
 
     cdef readonly str name
     cdef readonly str doc
     cdef readonly tuple arguments
     cdef tuple data, channel, outputs, arrays, scalars
     cdef object reduce
+    cdef bint counts
     cdef _channelwise_t f32
     cdef _channelwise_t f64
 
@@ -500,6 +502,7 @@ cdef class ChannelwiseKernel:
         self.name, self.doc = name, doc
         self.data, self.channel = tuple(binding["data"]), tuple(binding["channel"])
         self.reduce = binding["reduce"]
+        self.counts = bool(binding.get("counts"))
         self.outputs = tuple(outputs)
         self.arrays = self.data + self.channel + self.outputs + (("S", "w") if self.reduce == "sqsum" else ())
         self.scalars = tuple(scalars)
@@ -516,7 +519,7 @@ cdef class ChannelwiseKernel:
         cdef Py_buffer views[_MAX_ARGS]
         cdef char* ptrs[_MAX_ARGS]
         cdef double scal[_MAX_ARGS]
-        cdef Py_ssize_t xs[5]
+        cdef Py_ssize_t xs[5 + _MAX_ARGS]
         cdef int k, held = 0, status = 0
         cdef _channelwise_t fn
         env = _environment(self.name, self.arguments, args, kwargs)
@@ -532,13 +535,18 @@ cdef class ChannelwiseKernel:
             if env[a].shape != shape:
                 raise ValueError(f"{self.name}: {a} has shape {env[a].shape}, expected {shape}")
         N, C, SS = shape
-        Cp = env[self.channel[0] if self.channel else self.outputs[0]].shape[0]
+        if self.counts:   # each channel array shared or per channel on its own
+            Cp = env[self.outputs[0]].shape[0] if self.reduce else 1
+        else:
+            Cp = env[self.channel[0] if self.channel else self.outputs[0]].shape[0]
         for a in self.channel + (self.outputs if self.reduce else ()):
             arr = env[a]
             if arr.ndim != 1 or arr.shape[0] not in (1, C):
                 raise ValueError(f"{self.name}: {a} must have shape ({C},) or (1,), got {arr.shape}")
-            if arr.shape[0] != Cp:
+            if arr.shape[0] != Cp and not self.counts:
                 raise ValueError(f"{self.name}: {a} has {arr.shape[0]} channels, expected {Cp}")
+        for k, a in enumerate(self.channel):
+            xs[5 + k] = env[a].shape[0]
         K = 0
         if self.reduce == "sqsum":
             S, w = env["S"], env["w"]

@@ -11,7 +11,8 @@
 
 Plain C kernels, one signature for all (``int k(char** arrays, const double* scalars,
 const Py_ssize_t* sizes)``: the data arrays, channel arrays, outputs (and S, w for the
-Gauss-Newton role) in manifest call order; sizes N, C, S, Cp, K; -1 when out of memory),
+Gauss-Newton role) in manifest call order; sizes N, C, S, Cp, K, then each channel array's
+length (1: shared; Cp is a reduced output's); -1 when out of memory),
 collected in a table; the shared dispatcher (``symprop.generated.dispatch``) checks shapes
 and calls through the table. This module imports nothing from symprop.
 """
@@ -832,42 +833,44 @@ cdef int _prelu_forward_f32(char** _a, const double* _s, const Py_ssize_t* _x) n
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* alpha_p = <const float*>_a[1]
     cdef float* y_p = <float*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y_p[e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y_p[_e] = alpha*symprop_fminf((<float>0.0), x) + symprop_fmaxf((<float>0.0), x)
     return 0
 
 cdef int _prelu_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* alpha_p = <const double*>_a[1]
     cdef double* y_p = <double*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y_p[e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y_p[_e] = alpha*symprop_fmin((<double>0.0), x) + symprop_fmax((<double>0.0), x)
     return 0
 
 
@@ -878,23 +881,24 @@ cdef int _prelu_vjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexc
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* alpha_p = <const float*>_a[2]
     cdef float* gx_p = <float*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                gx_p[e] = g*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                gx_p[_e] = g*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -902,23 +906,24 @@ cdef int _prelu_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexc
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* alpha_p = <const double*>_a[2]
     cdef double* gx_p = <double*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                gx_p[e] = g*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                gx_p[_e] = g*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
@@ -928,56 +933,56 @@ cdef int _prelu_vjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x)
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* g_p = <const float*>_a[1]
     cdef float* _out_p = <float*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                part = part + (g*symprop_fminf((<float>0.0), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                _part = _part + (g*symprop_fminf((<float>0.0), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _prelu_vjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* g_p = <const double*>_a[1]
     cdef double* _out_p = <double*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                part = part + (g*symprop_fmin((<double>0.0), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                _part = _part + (g*symprop_fmin((<double>0.0), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -989,25 +994,27 @@ cdef int _prelu_jvp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noexc
     cdef const float* alpha_p = <const float*>_a[2]
     cdef const float* Ralpha_p = <const float*>_a[3]
     cdef float* Ry_p = <float*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Ralpha = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float Rx
     cdef float alpha
     cdef float Ralpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            Ralpha = Ralpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                Rx = Rx_p[e]
-                Ry_p[e] = Ralpha*symprop_fminf((<float>0.0), x) + Rx*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            Ralpha = Ralpha_p[_c * _st_Ralpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                Rx = Rx_p[_e]
+                Ry_p[_e] = Ralpha*symprop_fminf((<float>0.0), x) + Rx*symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1016,25 +1023,27 @@ cdef int _prelu_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexc
     cdef const double* alpha_p = <const double*>_a[2]
     cdef const double* Ralpha_p = <const double*>_a[3]
     cdef double* Ry_p = <double*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Ralpha = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double Rx
     cdef double alpha
     cdef double Ralpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            Ralpha = Ralpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                Rx = Rx_p[e]
-                Ry_p[e] = Ralpha*symprop_fmin((<double>0.0), x) + Rx*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            Ralpha = Ralpha_p[_c * _st_Ralpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                Rx = Rx_p[_e]
+                Ry_p[_e] = Ralpha*symprop_fmin((<double>0.0), x) + Rx*symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
@@ -1047,29 +1056,31 @@ cdef int _prelu_rvjp_f32(char** _a, const double* _s, const Py_ssize_t* _x) noex
     cdef const float* alpha_p = <const float*>_a[3]
     cdef const float* Ralpha_p = <const float*>_a[4]
     cdef float* Rgx_p = <float*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Ralpha = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float Rg
     cdef float alpha
     cdef float Ralpha
     cdef float _t0
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            Ralpha = Ralpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            Ralpha = Ralpha_p[_c * _st_Ralpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = (x < (<float>0.0))
-                Rgx_p[e] = Ralpha*g*symprop_nan_throughf((<float>_t0), x) + Rg*symprop_nan_throughf((alpha if _t0 else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
+                Rgx_p[_e] = Ralpha*g*symprop_nan_throughf((<float>_t0), x) + Rg*symprop_nan_throughf((alpha if _t0 else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)
     return 0
 
 cdef int _prelu_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1079,29 +1090,31 @@ cdef int _prelu_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noex
     cdef const double* alpha_p = <const double*>_a[3]
     cdef const double* Ralpha_p = <const double*>_a[4]
     cdef double* Rgx_p = <double*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Ralpha = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double Rg
     cdef double alpha
     cdef double Ralpha
     cdef double _t0
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            Ralpha = Ralpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            Ralpha = Ralpha_p[_c * _st_Ralpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = (x < (<double>0.0))
-                Rgx_p[e] = Ralpha*g*symprop_nan_through((<double>_t0), x) + Rg*symprop_nan_through((alpha if _t0 else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
+                Rgx_p[_e] = Ralpha*g*symprop_nan_through((<double>_t0), x) + Rg*symprop_nan_through((alpha if _t0 else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)
     return 0
 
 
@@ -1113,32 +1126,32 @@ cdef int _prelu_rvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x
     cdef const float* Rx_p = <const float*>_a[2]
     cdef const float* Rg_p = <const float*>_a[3]
     cdef float* _out_p = <float*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float Rx
     cdef float Rg
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
-                part = part + (Rg*symprop_fminf((<float>0.0), x) + Rx*g*symprop_nan_throughf((<float>(x < (<float>0.0))), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
+                _part = _part + (Rg*symprop_fminf((<float>0.0), x) + Rx*g*symprop_nan_throughf((<float>(x < (<float>0.0))), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1147,32 +1160,32 @@ cdef int _prelu_rvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x
     cdef const double* Rx_p = <const double*>_a[2]
     cdef const double* Rg_p = <const double*>_a[3]
     cdef double* _out_p = <double*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double Rx
     cdef double Rg
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
-                part = part + (Rg*symprop_fmin((<double>0.0), x) + Rx*g*symprop_nan_through((<double>(x < (<double>0.0))), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
+                _part = _part + (Rg*symprop_fmin((<double>0.0), x) + Rx*g*symprop_nan_through((<double>(x < (<double>0.0))), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1183,23 +1196,24 @@ cdef int _prelu_bl_x_f32(char** _a, const double* _s, const Py_ssize_t* _x) noex
     cdef const float* H_p = <const float*>_a[1]
     cdef const float* alpha_p = <const float*>_a[2]
     cdef float* hx_p = <float*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float H
     cdef float alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                H = H_p[e]
-                hx_p[e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                H = H_p[_e]
+                hx_p[_e] = H*((symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x))*(symprop_nan_throughf((alpha if (x < (<float>0.0)) else ((<float>1.0) if (x > (<float>0.0)) else (<float>0.0))), x)))
     return 0
 
 cdef int _prelu_bl_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1207,23 +1221,24 @@ cdef int _prelu_bl_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noex
     cdef const double* H_p = <const double*>_a[1]
     cdef const double* alpha_p = <const double*>_a[2]
     cdef double* hx_p = <double*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_alpha = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double H
     cdef double alpha
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            alpha = alpha_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                H = H_p[e]
-                hx_p[e] = H*((symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x))*(symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)))
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            alpha = alpha_p[_c * _st_alpha]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                H = H_p[_e]
+                hx_p[_e] = H*((symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x))*(symprop_nan_through((alpha if (x < (<double>0.0)) else ((<double>1.0) if (x > (<double>0.0)) else (<double>0.0))), x)))
     return 0
 
 
@@ -1233,56 +1248,56 @@ cdef int _prelu_bl_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _x) 
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* H_p = <const float*>_a[1]
     cdef float* _out_p = <float*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float H
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                H = H_p[e]
-                part = part + (H*(symprop_fminf((<float>0.0), x)*symprop_fminf((<float>0.0), x)))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                H = H_p[_e]
+                _part = _part + (H*(symprop_fminf((<float>0.0), x)*symprop_fminf((<float>0.0), x)))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _prelu_bl_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* H_p = <const double*>_a[1]
     cdef double* _out_p = <double*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double H
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                H = H_p[e]
-                part = part + (H*(symprop_fmin((<double>0.0), x)*symprop_fmin((<double>0.0), x)))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                H = H_p[_e]
+                _part = _part + (H*(symprop_fmin((<double>0.0), x)*symprop_fmin((<double>0.0), x)))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1293,37 +1308,37 @@ cdef int _prelu_sqvjp_alpha_f32(char** _a, const double* _s, const Py_ssize_t* _
     cdef float* _out_p = <float*>_a[1]
     cdef const float* S_p = <const float*>_a[2]
     cdef const float* w_p = <const float*>_a[3]
-    cdef Py_ssize_t K = _x[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef Py_ssize_t kk
-    cdef double wk, tot
-    cdef double part
+    cdef Py_ssize_t _K = _x[4]
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef Py_ssize_t _kk
+    cdef double _wk, _tot
+    cdef double _part
     cdef float x
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for kk in range(K):
-        for n in range(N):
-            wk = w_p[kk * N + n]
-            tot = 0
-            for c in range(C):
-                pc = c if Cp > 1 else 0
-                base = (n * C + c) * SS
-                part = 0
-                for s in range(SS):
-                    e = base + s
-                    x = x_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_fminf((<float>0.0), x))
-                if Cp > 1:
-                    acc[pc] += wk * part * part
+    for _kk in range(_K):
+        for _n in range(_N):
+            _wk = w_p[_kk * _N + _n]
+            _tot = 0
+            for _c in range(_C):
+                _pc = _c if _Cp > 1 else 0
+                _base = (_n * _C + _c) * _S
+                _part = 0
+                for _i in range(_S):
+                    _e = _base + _i
+                    x = x_p[_e]
+                    _part = _part + S_p[_kk * _N * _C * _S + _e] * (symprop_fminf((<float>0.0), x))
+                if _Cp > 1:
+                    _acc[_pc] += _wk * _part * _part
                 else:
-                    tot = tot + part
-            if Cp == 1:
-                acc[0] += wk * tot * tot
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+                    _tot = _tot + _part
+            if _Cp == 1:
+                _acc[0] += _wk * _tot * _tot
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1331,37 +1346,37 @@ cdef int _prelu_sqvjp_alpha_f64(char** _a, const double* _s, const Py_ssize_t* _
     cdef double* _out_p = <double*>_a[1]
     cdef const double* S_p = <const double*>_a[2]
     cdef const double* w_p = <const double*>_a[3]
-    cdef Py_ssize_t K = _x[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef Py_ssize_t kk
-    cdef double wk, tot
-    cdef double part
+    cdef Py_ssize_t _K = _x[4]
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef Py_ssize_t _kk
+    cdef double _wk, _tot
+    cdef double _part
     cdef double x
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for kk in range(K):
-        for n in range(N):
-            wk = w_p[kk * N + n]
-            tot = 0
-            for c in range(C):
-                pc = c if Cp > 1 else 0
-                base = (n * C + c) * SS
-                part = 0
-                for s in range(SS):
-                    e = base + s
-                    x = x_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_fmin((<double>0.0), x))
-                if Cp > 1:
-                    acc[pc] += wk * part * part
+    for _kk in range(_K):
+        for _n in range(_N):
+            _wk = w_p[_kk * _N + _n]
+            _tot = 0
+            for _c in range(_C):
+                _pc = _c if _Cp > 1 else 0
+                _base = (_n * _C + _c) * _S
+                _part = 0
+                for _i in range(_S):
+                    _e = _base + _i
+                    x = x_p[_e]
+                    _part = _part + S_p[_kk * _N * _C * _S + _e] * (symprop_fmin((<double>0.0), x))
+                if _Cp > 1:
+                    _acc[_pc] += _wk * _part * _part
                 else:
-                    tot = tot + part
-            if Cp == 1:
-                acc[0] += wk * tot * tot
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+                    _tot = _tot + _part
+            if _Cp == 1:
+                _acc[0] += _wk * _tot * _tot
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1371,46 +1386,48 @@ cdef int _swish_learnable_forward_f32(char** _a, const double* _s, const Py_ssiz
     cdef const float* x_p = <const float*>_a[0]
     cdef const float* beta_p = <const float*>_a[1]
     cdef float* y_p = <float*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float beta
     cdef float _t0
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
                 _t0 = (beta > (<float>0.0))
-                y_p[e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
+                y_p[_e] = symprop_at_infinityf(symprop_at_infinityf(x/((<float>1.0) + expf(-beta*x)), x, (<float>1.0), (x if _t0 else ((<float>0.0) if (beta < (<float>0.0)) else x))), x, (<float>-1.0), ((<float>0.0) if _t0 else x))
     return 0
 
 cdef int _swish_learnable_forward_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
     cdef const double* x_p = <const double*>_a[0]
     cdef const double* beta_p = <const double*>_a[1]
     cdef double* y_p = <double*>_a[2]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double beta
     cdef double _t0
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
                 _t0 = (beta > (<double>0.0))
-                y_p[e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
+                y_p[_e] = symprop_at_infinity(symprop_at_infinity(x/((<double>1.0) + exp(-beta*x)), x, (<double>1.0), (x if _t0 else ((<double>0.0) if (beta < (<double>0.0)) else x))), x, (<double>-1.0), ((<double>0.0) if _t0 else x))
     return 0
 
 
@@ -1421,29 +1438,30 @@ cdef int _swish_learnable_vjp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* beta_p = <const float*>_a[2]
     cdef float* gx_p = <float*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float beta
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
                 _t0 = beta*x
                 _t1 = (beta > (<float>0.0))
                 _t2 = (beta < (<float>0.0))
-                gx_p[e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
+                gx_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1451,29 +1469,30 @@ cdef int _swish_learnable_vjp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* beta_p = <const double*>_a[2]
     cdef double* gx_p = <double*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double beta
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
                 _t0 = beta*x
                 _t1 = (beta > (<double>0.0))
                 _t2 = (beta < (<double>0.0))
-                gx_p[e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
+                gx_p[_e] = g*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
@@ -1485,32 +1504,33 @@ cdef int _swish_learnable_vjp_beta_f32(char** _a, const double* _s, const Py_ssi
     cdef const float* g_p = <const float*>_a[2]
     cdef const float* beta_p = <const float*>_a[3]
     cdef float* _out_p = <float*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float y
     cdef float g
     cdef float beta
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                part = part + (g*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                _part = _part + (g*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1519,32 +1539,33 @@ cdef int _swish_learnable_vjp_beta_f64(char** _a, const double* _s, const Py_ssi
     cdef const double* g_p = <const double*>_a[2]
     cdef const double* beta_p = <const double*>_a[3]
     cdef double* _out_p = <double*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double y
     cdef double g
     cdef double beta
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                part = part + (g*symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                _part = _part + (g*symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1557,9 +1578,11 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef const float* beta_p = <const float*>_a[3]
     cdef const float* Rbeta_p = <const float*>_a[4]
     cdef float* Ry_p = <float*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float y
     cdef float Rx
@@ -1568,22 +1591,22 @@ cdef int _swish_learnable_jvp_f32(char** _a, const double* _s, const Py_ssize_t*
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                Rx = Rx_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                Rx = Rx_p[_e]
                 _t0 = beta*x
                 _t1 = (beta > (<float>0.0))
                 _t2 = (beta < (<float>0.0))
-                Ry_p[e] = Rbeta*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-_t0), (<float>0.0)), x) + Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
+                Ry_p[_e] = Rbeta*symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-_t0), (<float>0.0)), x) + Rx*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + expf(_t0) + (<float>1.0))/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t1 else ((<float>0.0) if _t2 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t1 else ((<float>1.0) if _t2 else (<float>0.5))))), x)
     return 0
 
 cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1593,9 +1616,11 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef const double* beta_p = <const double*>_a[3]
     cdef const double* Rbeta_p = <const double*>_a[4]
     cdef double* Ry_p = <double*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double y
     cdef double Rx
@@ -1604,22 +1629,22 @@ cdef int _swish_learnable_jvp_f64(char** _a, const double* _s, const Py_ssize_t*
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                Rx = Rx_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                Rx = Rx_p[_e]
                 _t0 = beta*x
                 _t1 = (beta > (<double>0.0))
                 _t2 = (beta < (<double>0.0))
-                Ry_p[e] = Rbeta*symprop_nan_through(symprop_finite_or((y*y)*exp(-_t0), (<double>0.0)), x) + Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
+                Ry_p[_e] = Rbeta*symprop_nan_through(symprop_finite_or((y*y)*exp(-_t0), (<double>0.0)), x) + Rx*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + exp(_t0) + (<double>1.0))/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t1 else ((<double>0.0) if _t2 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t1 else ((<double>1.0) if _t2 else (<double>0.5))))), x)
     return 0
 
 
@@ -1633,9 +1658,11 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
     cdef const float* beta_p = <const float*>_a[4]
     cdef const float* Rbeta_p = <const float*>_a[5]
     cdef float* Rgx_p = <float*>_a[6]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float Rx
@@ -1648,26 +1675,26 @@ cdef int _swish_learnable_rvjp_f32(char** _a, const double* _s, const Py_ssize_t
     cdef float _t3
     cdef float _t4
     cdef float _t5
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
                 _t3 = _t1*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2)
                 _t4 = (beta > (<float>0.0))
                 _t5 = (beta < (<float>0.0))
-                Rgx_p[e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
+                Rgx_p[_e] = Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t3*x, (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t4 else ((<float>0.0) if _t5 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t4 else ((<float>1.0) if _t5 else (<float>0.5))))), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*beta, (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1678,9 +1705,11 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
     cdef const double* beta_p = <const double*>_a[4]
     cdef const double* Rbeta_p = <const double*>_a[5]
     cdef double* Rgx_p = <double*>_a[6]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double Rx
@@ -1693,26 +1722,26 @@ cdef int _swish_learnable_rvjp_f64(char** _a, const double* _s, const Py_ssize_t
     cdef double _t3
     cdef double _t4
     cdef double _t5
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
                 _t3 = _t1*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2)
                 _t4 = (beta > (<double>0.0))
                 _t5 = (beta < (<double>0.0))
-                Rgx_p[e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
+                Rgx_p[_e] = Rbeta*g*symprop_nan_through(symprop_finite_or(_t3*x, (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t4 else ((<double>0.0) if _t5 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t4 else ((<double>1.0) if _t5 else (<double>0.5))))), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*beta, (<double>0.0)), x)
     return 0
 
 
@@ -1727,9 +1756,11 @@ cdef int _swish_learnable_rvjp_beta_f32(char** _a, const double* _s, const Py_ss
     cdef const float* beta_p = <const float*>_a[5]
     cdef const float* Rbeta_p = <const float*>_a[6]
     cdef float* _out_p = <float*>_a[7]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float y
     cdef float g
@@ -1742,33 +1773,33 @@ cdef int _swish_learnable_rvjp_beta_f32(char** _a, const double* _s, const Py_ss
     cdef float _t2
     cdef float _t3
     cdef float _t4
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = beta*x
                 _t1 = expf(-_t0)
                 _t2 = _t1*(y*y)
                 _t3 = expf(_t0)
                 _t4 = _t3 + (<float>1.0)
-                part = part + (Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t2*((<float>2.0)*_t1*y - x), (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(_t2, (<float>0.0)), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*x*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+                _part = _part + (Rbeta*g*symprop_nan_throughf(symprop_finite_orf(_t2*((<float>2.0)*_t1*y - x), (<float>0.0)), x) + Rg*symprop_nan_throughf(symprop_finite_orf(_t2, (<float>0.0)), x) + Rx*g*symprop_nan_throughf(symprop_finite_orf(_t3*x*((<float>2.0)*_t0 - _t4*(_t0 + (<float>-2.0)))/(_t4*_t4*_t4), (<float>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1780,9 +1811,11 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
     cdef const double* beta_p = <const double*>_a[5]
     cdef const double* Rbeta_p = <const double*>_a[6]
     cdef double* _out_p = <double*>_a[7]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _st_Rbeta = 1 if _x[6] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double y
     cdef double g
@@ -1795,33 +1828,33 @@ cdef int _swish_learnable_rvjp_beta_f64(char** _a, const double* _s, const Py_ss
     cdef double _t2
     cdef double _t3
     cdef double _t4
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            Rbeta = Rbeta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                Rx = Rx_p[e]
-                Rg = Rg_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            Rbeta = Rbeta_p[_c * _st_Rbeta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                Rx = Rx_p[_e]
+                Rg = Rg_p[_e]
                 _t0 = beta*x
                 _t1 = exp(-_t0)
                 _t2 = _t1*(y*y)
                 _t3 = exp(_t0)
                 _t4 = _t3 + (<double>1.0)
-                part = part + (Rbeta*g*symprop_nan_through(symprop_finite_or(_t2*((<double>2.0)*_t1*y - x), (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(_t2, (<double>0.0)), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*x*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+                _part = _part + (Rbeta*g*symprop_nan_through(symprop_finite_or(_t2*((<double>2.0)*_t1*y - x), (<double>0.0)), x) + Rg*symprop_nan_through(symprop_finite_or(_t2, (<double>0.0)), x) + Rx*g*symprop_nan_through(symprop_finite_or(_t3*x*((<double>2.0)*_t0 - _t4*(_t0 + (<double>-2.0)))/(_t4*_t4*_t4), (<double>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1833,9 +1866,10 @@ cdef int _swish_learnable_bl_x_f32(char** _a, const double* _s, const Py_ssize_t
     cdef const float* H_p = <const float*>_a[2]
     cdef const float* beta_p = <const float*>_a[3]
     cdef float* hx_p = <float*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float H
@@ -1845,23 +1879,23 @@ cdef int _swish_learnable_bl_x_f32(char** _a, const double* _s, const Py_ssize_t
     cdef float _t2
     cdef float _t3
     cdef float _t4
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                H = H_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                H = H_p[_e]
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
                 _t3 = (beta > (<float>0.0))
                 _t4 = (beta < (<float>0.0))
-                hx_p[e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+                hx_p[_e] = H*((symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))*(symprop_nan_throughf(symprop_finite_orf(((<float>0.25))*(_t0 + _t2)/((coshf(((<float>0.5))*_t0))*(coshf(((<float>0.5))*_t0))), (((<float>1.0) if _t3 else ((<float>0.0) if _t4 else (<float>0.5))) if (x > (<float>0.0)) else ((<float>0.0) if _t3 else ((<float>1.0) if _t4 else (<float>0.5))))), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_bl_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1870,9 +1904,10 @@ cdef int _swish_learnable_bl_x_f64(char** _a, const double* _s, const Py_ssize_t
     cdef const double* H_p = <const double*>_a[2]
     cdef const double* beta_p = <const double*>_a[3]
     cdef double* hx_p = <double*>_a[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double H
@@ -1882,23 +1917,23 @@ cdef int _swish_learnable_bl_x_f64(char** _a, const double* _s, const Py_ssize_t
     cdef double _t2
     cdef double _t3
     cdef double _t4
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
-                H = H_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
+                H = H_p[_e]
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
                 _t3 = (beta > (<double>0.0))
                 _t4 = (beta < (<double>0.0))
-                hx_p[e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+                hx_p[_e] = H*((symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))*(symprop_nan_through(symprop_finite_or(((<double>0.25))*(_t0 + _t2)/((cosh(((<double>0.5))*_t0))*(cosh(((<double>0.5))*_t0))), (((<double>1.0) if _t3 else ((<double>0.0) if _t4 else (<double>0.5))) if (x > (<double>0.0)) else ((<double>0.0) if _t3 else ((<double>1.0) if _t4 else (<double>0.5))))), x))) + g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 
@@ -1911,9 +1946,10 @@ cdef int _swish_learnable_bl_beta_f32(char** _a, const double* _s, const Py_ssiz
     cdef const float* H_p = <const float*>_a[3]
     cdef const float* beta_p = <const float*>_a[4]
     cdef float* _out_p = <float*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float y
     cdef float g
@@ -1921,28 +1957,28 @@ cdef int _swish_learnable_bl_beta_f32(char** _a, const double* _s, const Py_ssiz
     cdef float beta
     cdef float _t0
     cdef float _t1
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                H = H_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                H = H_p[_e]
                 _t0 = expf(-beta*x)
                 _t1 = _t0*(y*y)
-                part = part + (H*((symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))*(symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*((<float>2.0)*_t0*y - x), (<float>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+                _part = _part + (H*((symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))*(symprop_nan_throughf(symprop_finite_orf(_t1, (<float>0.0)), x))) + g*symprop_nan_throughf(symprop_finite_orf(_t1*((<float>2.0)*_t0*y - x), (<float>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _swish_learnable_bl_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -1952,9 +1988,10 @@ cdef int _swish_learnable_bl_beta_f64(char** _a, const double* _s, const Py_ssiz
     cdef const double* H_p = <const double*>_a[3]
     cdef const double* beta_p = <const double*>_a[4]
     cdef double* _out_p = <double*>_a[5]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double y
     cdef double g
@@ -1962,28 +1999,28 @@ cdef int _swish_learnable_bl_beta_f64(char** _a, const double* _s, const Py_ssiz
     cdef double beta
     cdef double _t0
     cdef double _t1
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                y = y_p[e]
-                g = g_p[e]
-                H = H_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                y = y_p[_e]
+                g = g_p[_e]
+                H = H_p[_e]
                 _t0 = exp(-beta*x)
                 _t1 = _t0*(y*y)
-                part = part + (H*((symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))*(symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))) + g*symprop_nan_through(symprop_finite_or(_t1*((<double>2.0)*_t0*y - x), (<double>0.0)), x))
-            acc[pc] += part
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+                _part = _part + (H*((symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))*(symprop_nan_through(symprop_finite_or(_t1, (<double>0.0)), x))) + g*symprop_nan_through(symprop_finite_or(_t1*((<double>2.0)*_t0*y - x), (<double>0.0)), x))
+            _acc[_pc] += _part
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -1996,41 +2033,42 @@ cdef int _swish_learnable_sqvjp_beta_f32(char** _a, const double* _s, const Py_s
     cdef float* _out_p = <float*>_a[3]
     cdef const float* S_p = <const float*>_a[4]
     cdef const float* w_p = <const float*>_a[5]
-    cdef Py_ssize_t K = _x[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef Py_ssize_t kk
-    cdef double wk, tot
-    cdef double part
+    cdef Py_ssize_t _K = _x[4]
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef Py_ssize_t _kk
+    cdef double _wk, _tot
+    cdef double _part
     cdef float x
     cdef float y
     cdef float beta
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for kk in range(K):
-        for n in range(N):
-            wk = w_p[kk * N + n]
-            tot = 0
-            for c in range(C):
-                pc = c if Cp > 1 else 0
-                beta = beta_p[pc]
-                base = (n * C + c) * SS
-                part = 0
-                for s in range(SS):
-                    e = base + s
-                    x = x_p[e]
-                    y = y_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
-                if Cp > 1:
-                    acc[pc] += wk * part * part
+    for _kk in range(_K):
+        for _n in range(_N):
+            _wk = w_p[_kk * _N + _n]
+            _tot = 0
+            for _c in range(_C):
+                _pc = _c if _Cp > 1 else 0
+                beta = beta_p[_c * _st_beta]
+                _base = (_n * _C + _c) * _S
+                _part = 0
+                for _i in range(_S):
+                    _e = _base + _i
+                    x = x_p[_e]
+                    y = y_p[_e]
+                    _part = _part + S_p[_kk * _N * _C * _S + _e] * (symprop_nan_throughf(symprop_finite_orf((y*y)*expf(-beta*x), (<float>0.0)), x))
+                if _Cp > 1:
+                    _acc[_pc] += _wk * _part * _part
                 else:
-                    tot = tot + part
-            if Cp == 1:
-                acc[0] += wk * tot * tot
-    for pc in range(Cp):
-        _out_p[pc] = <float>acc[pc]
-    free(acc)
+                    _tot = _tot + _part
+            if _Cp == 1:
+                _acc[0] += _wk * _tot * _tot
+    for _pc in range(_Cp):
+        _out_p[_pc] = <float>_acc[_pc]
+    free(_acc)
     return 0
 
 cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -2040,41 +2078,42 @@ cdef int _swish_learnable_sqvjp_beta_f64(char** _a, const double* _s, const Py_s
     cdef double* _out_p = <double*>_a[3]
     cdef const double* S_p = <const double*>_a[4]
     cdef const double* w_p = <const double*>_a[5]
-    cdef Py_ssize_t K = _x[4]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef Py_ssize_t kk
-    cdef double wk, tot
-    cdef double part
+    cdef Py_ssize_t _K = _x[4]
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef Py_ssize_t _kk
+    cdef double _wk, _tot
+    cdef double _part
     cdef double x
     cdef double y
     cdef double beta
-    cdef double* acc = <double*>calloc(Cp, sizeof(double))
-    if acc == NULL:
+    cdef double* _acc = <double*>calloc(_Cp, sizeof(double))
+    if _acc == NULL:
         return -1
-    for kk in range(K):
-        for n in range(N):
-            wk = w_p[kk * N + n]
-            tot = 0
-            for c in range(C):
-                pc = c if Cp > 1 else 0
-                beta = beta_p[pc]
-                base = (n * C + c) * SS
-                part = 0
-                for s in range(SS):
-                    e = base + s
-                    x = x_p[e]
-                    y = y_p[e]
-                    part = part + S_p[kk * N * C * SS + e] * (symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
-                if Cp > 1:
-                    acc[pc] += wk * part * part
+    for _kk in range(_K):
+        for _n in range(_N):
+            _wk = w_p[_kk * _N + _n]
+            _tot = 0
+            for _c in range(_C):
+                _pc = _c if _Cp > 1 else 0
+                beta = beta_p[_c * _st_beta]
+                _base = (_n * _C + _c) * _S
+                _part = 0
+                for _i in range(_S):
+                    _e = _base + _i
+                    x = x_p[_e]
+                    y = y_p[_e]
+                    _part = _part + S_p[_kk * _N * _C * _S + _e] * (symprop_nan_through(symprop_finite_or((y*y)*exp(-beta*x), (<double>0.0)), x))
+                if _Cp > 1:
+                    _acc[_pc] += _wk * _part * _part
                 else:
-                    tot = tot + part
-            if Cp == 1:
-                acc[0] += wk * tot * tot
-    for pc in range(Cp):
-        _out_p[pc] = <double>acc[pc]
-    free(acc)
+                    _tot = _tot + _part
+            if _Cp == 1:
+                _acc[0] += _wk * _tot * _tot
+    for _pc in range(_Cp):
+        _out_p[_pc] = <double>_acc[_pc]
+    free(_acc)
     return 0
 
 
@@ -2085,29 +2124,30 @@ cdef int _swish_learnable_curv_x_f32(char** _a, const double* _s, const Py_ssize
     cdef const float* g_p = <const float*>_a[1]
     cdef const float* beta_p = <const float*>_a[2]
     cdef float* r_p = <float*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef float x
     cdef float g
     cdef float beta
     cdef float _t0
     cdef float _t1
     cdef float _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
                 _t0 = beta*x
                 _t1 = expf(_t0)
                 _t2 = _t1 + (<float>1.0)
-                r_p[e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
+                r_p[_e] = g*symprop_nan_throughf(symprop_finite_orf(_t1*beta*((<float>2.0)*_t0 - _t2*(_t0 + (<float>-2.0)))/(_t2*_t2*_t2), (<float>0.0)), x)
     return 0
 
 cdef int _swish_learnable_curv_x_f64(char** _a, const double* _s, const Py_ssize_t* _x) noexcept nogil:
@@ -2115,29 +2155,30 @@ cdef int _swish_learnable_curv_x_f64(char** _a, const double* _s, const Py_ssize
     cdef const double* g_p = <const double*>_a[1]
     cdef const double* beta_p = <const double*>_a[2]
     cdef double* r_p = <double*>_a[3]
-    cdef Py_ssize_t N = _x[0], C = _x[1], SS = _x[2], Cp = _x[3]
-    cdef Py_ssize_t n, c, s, e, pc, base
-    cdef double part
+    cdef Py_ssize_t _N = _x[0], _C = _x[1], _S = _x[2], _Cp = _x[3]
+    cdef Py_ssize_t _st_beta = 1 if _x[5] > 1 else 0
+    cdef Py_ssize_t _n, _c, _i, _e, _pc, _base
+    cdef double _part
     cdef double x
     cdef double g
     cdef double beta
     cdef double _t0
     cdef double _t1
     cdef double _t2
-    for n in range(N):
-        for c in range(C):
-            pc = c if Cp > 1 else 0
-            beta = beta_p[pc]
-            base = (n * C + c) * SS
-            part = 0
-            for s in range(SS):
-                e = base + s
-                x = x_p[e]
-                g = g_p[e]
+    for _n in range(_N):
+        for _c in range(_C):
+            _pc = _c if _Cp > 1 else 0
+            beta = beta_p[_c * _st_beta]
+            _base = (_n * _C + _c) * _S
+            _part = 0
+            for _i in range(_S):
+                _e = _base + _i
+                x = x_p[_e]
+                g = g_p[_e]
                 _t0 = beta*x
                 _t1 = exp(_t0)
                 _t2 = _t1 + (<double>1.0)
-                r_p[e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
+                r_p[_e] = g*symprop_nan_through(symprop_finite_or(_t1*beta*((<double>2.0)*_t0 - _t2*(_t0 + (<double>-2.0)))/(_t2*_t2*_t2), (<double>0.0)), x)
     return 0
 
 

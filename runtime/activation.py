@@ -154,61 +154,140 @@ def Mish():
     return Activation("mish")
 
 
-class LearnableActivation(SpecLayer):
-    """An elementwise layer with one learnable parameter, one value per channel (axis 1) or
-    one shared value, from a spec of the channelwise family (``generated/learnable``).
+def _finite(layer: str, what: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+        raise ValueError(f"{layer}: {what} must be a finite number, got {v!r}")
+    return float(v)
 
-    The kernels see the data as (N, C, S) (:meth:`kernel_view`; the executor reshapes); the
+
+def learnable_arguments(layer: str, names: tuple, defaults: dict, num_parameters=1, init=None,
+                        params: dict | None = None):
+    """A learnable activation's arguments checked: ``({learnable: count}, {learnable: first
+    value}, {fixed parameter: value})`` for the learnable parameters ``names`` of a spec whose
+    parameters default to ``defaults`` (checked before a user's spec is compiled)."""
+    from .layer_base import check_positive_int
+    if isinstance(num_parameters, dict):
+        unknown = sorted(set(num_parameters) - set(names))
+        if unknown:
+            raise TypeError(f"{layer}: num_parameters for unknown parameter(s) {unknown}; the learnable ones are "
+                            f"{list(names)}")
+        counts = {p: num_parameters.get(p, 1) for p in names}
+    else:
+        counts = {p: num_parameters for p in names}
+    counts = {p: check_positive_int(layer, f"num_parameters of {p}", c) for p, c in counts.items()}
+    if len({c for c in counts.values() if c > 1}) > 1:
+        raise ValueError(f"{layer}: per-channel parameters must agree on the channel count, got {counts}")
+    if isinstance(init, dict):
+        unknown = sorted(set(init) - set(names))
+        if unknown:
+            raise TypeError(f"{layer}: init for unknown parameter(s) {unknown}; the learnable ones are {list(names)}")
+        inits = {p: init.get(p, defaults[p]) for p in names}
+    elif init is None:
+        inits = {p: defaults[p] for p in names}
+    elif len(names) == 1:
+        inits = {names[0]: init}
+    else:
+        raise ValueError(f"{layer}: init must be {{name: value}} for its learnable parameters {list(names)}, "
+                         f"got {init!r}")
+    inits = {p: _finite(layer, f"init of {p}", v) for p, v in inits.items()}
+    fixed = {q: v for q, v in defaults.items() if q not in names}
+    params = dict(params or {})
+    learnt = sorted(set(params) & set(names))
+    if learnt:
+        raise TypeError(f"{layer}: {learnt} are learnable; give their first values as init={{{learnt[0]!r}: ...}}")
+    unknown = sorted(set(params) - set(fixed))
+    if unknown:
+        raise TypeError(f"{layer}: unknown argument(s) {unknown}; it takes num_parameters, init and its fixed "
+                        f"parameters {sorted(fixed) or '(none)'}")
+    return counts, inits, {q: _finite(layer, q, params.get(q, d)) for q, d in fixed.items()}
+
+
+class LearnableActivation(SpecLayer):
+    """An elementwise layer with learnable parameters, each one value per channel (axis 1) or
+    one shared value, from a spec of the channelwise family (``generated/learnable``, or a
+    user's spec compiled by :func:`L.from_spec`); the spec's other parameters are fixed
+    numbers, like a plain activation's.
+
+    ``num_parameters``: one count for every learnable parameter (1: shared, C: per channel),
+    or ``{name: count}``; ``init``: a number (one learnable parameter) or ``{name: value}``,
+    the spec's value where absent; ``params``: the fixed parameters' values.
+    The kernels see the data as (N, C, S) (:meth:`kernel_view`; the executor reshapes); a
     parameter's pullback is their reduction over N and S (and C when shared).
     """
 
-    def __init__(self, spec_name: str, num_parameters: int = 1, init: float | None = None, module=None):
-        from .layer_base import check_positive_int
+    def __init__(self, spec_name: str, num_parameters=1, init=None, module=None, params: dict | None = None):
         self.kernel_name = spec_name
         self.module = module if module is not None else load("learnable")
         table = manifest(self.module)
         if spec_name not in table:
             raise ValueError(f"LearnableActivation: unknown spec {spec_name!r}; have {sorted(table)}")
-        self.param_name = table[spec_name]["params"][0]
-        self.num_parameters = check_positive_int(spec_name, "num_parameters", num_parameters)
-        init = table[spec_name]["defaults"][self.param_name] if init is None else init
-        if isinstance(init, bool) or not isinstance(init, (int, float, np.integer, np.floating)) or not np.isfinite(init):
-            raise ValueError(f"{spec_name}: init must be a finite number, got {init!r}")
-        self.init = float(init)
-        self.weight = None
+        entry = table[spec_name]
+        self.param_names = tuple(entry["params"])
+        self.counts, self.inits, self.params = learnable_arguments(spec_name, self.param_names, entry["defaults"],
+                                                                   num_parameters, init, params)
+        self.arrays = {p: None for p in self.param_names}
         self._bind(self.module, spec_name)
+
+    # one learnable parameter (the built-ins PReLU and learnable Swish): its name, count, value
+    @property
+    def param_name(self) -> str:
+        return self.param_names[0]
+
+    @property
+    def num_parameters(self):
+        """The count of every learnable parameter, or ``{name: count}`` when they differ."""
+        counts = set(self.counts.values())
+        return next(iter(counts)) if len(counts) == 1 else dict(self.counts)
+
+    @property
+    def init(self):
+        return self.inits[self.param_names[0]] if len(self.param_names) == 1 else dict(self.inits)
+
+    @property
+    def weight(self):
+        return self.arrays[self.param_names[0]]
 
     @property
     def name(self):
-        return f"{self.kernel_name}({self.param_name}: {self.num_parameters})"
+        learnt = ", ".join(f"{p}: {c}" for p, c in self.counts.items())
+        fixed = "".join(f", {q}={v:g}" for q, v in self.params.items())
+        return f"{self.kernel_name}({learnt}{fixed})"
 
     spec = None   # a user's spec (L.from_spec); built-ins: None
+
+    def scalars(self):
+        return self.params
 
     def config(self):
         cfg = {"type": "LearnableActivation", "name": self.kernel_name, "num_parameters": self.num_parameters,
                "init": self.init}
+        if self.params:
+            cfg["params"] = dict(self.params)
         if self.spec is not None:   # loaded back through custom_objects, checked by hash
             cfg["hash"] = self.spec.hash
         return cfg
 
     def init_parameters(self, dtype, rng):
         dtype = np.dtype(dtype)
-        if self.weight is not None:
-            if self.weight.dtype != dtype:
-                raise TypeError(f"{self.name}: already initialised as {self.weight.dtype}, cannot join a {dtype} model")
-            return
-        self.weight = np.full(self.num_parameters, self.init, dtype)
+        for p in self.param_names:
+            a = self.arrays[p]
+            if a is not None:
+                if a.dtype != dtype:
+                    raise TypeError(f"{self.name}: already initialised as {a.dtype}, cannot join a {dtype} model")
+                continue
+            self.arrays[p] = np.full(self.counts[p], self.inits[p], dtype)
 
     def spec_arrays(self):
-        return {self.param_name: self.weight}
+        return dict(self.arrays)
 
     def trainable(self):
-        return (self.param_name,)
+        return self.param_names
 
     def output_shape(self, input_shape):
-        if self.num_parameters > 1 and (len(input_shape) < 1 or input_shape[0] != self.num_parameters):
-            raise ValueError(f"{self.name}: {self.num_parameters} parameters need {self.num_parameters} channels "
-                             f"on axis 1, got per-sample inputs {tuple(input_shape)}")
+        for p, c in self.counts.items():
+            if c > 1 and (len(input_shape) < 1 or input_shape[0] != c):
+                raise ValueError(f"{self.name}: {c} parameters need {c} channels on axis 1 (num_parameters of "
+                                 f"{p}), got per-sample inputs {tuple(input_shape)}")
         return tuple(input_shape)
 
     def check_input(self, x):
@@ -223,8 +302,9 @@ class LearnableActivation(SpecLayer):
 
     def factor_backprop(self, rec, groups, g, exact, need_input=True):
         new, diag = super().factor_backprop(rec, groups, g, exact, need_input)
-        if exact:   # the parameter's own second-order term Σ f_pp·ḡ: its Becker–LeCun role at h = 0
-            diag[0] = diag[0] + self.bl(rec, np.zeros_like(g), g)[1][0]
+        if exact:   # each parameter's own second-order term Σ f_pp·ḡ: its Becker–LeCun role at h = 0
+            own = self.bl(rec, np.zeros_like(g), g)[1]
+            diag = [d + o for d, o in zip(diag, own)]
         return new, diag
 
 

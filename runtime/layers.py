@@ -55,8 +55,9 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         if cfg.get("hash") is not None:   # a user's learnable spec
             obj = custom_object("layer", cfg["name"], cfg["hash"], custom_objects)
             return from_spec(getattr(obj, "spec", None) or obj, num_parameters=cfg.get("num_parameters", 1),
-                             init=cfg.get("init"))
-        return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"))
+                             init=cfg.get("init"), **cfg.get("params", {}))
+        return LearnableActivation(cfg["name"], cfg.get("num_parameters", 1), cfg.get("init"),
+                                   params=cfg.get("params"))
     if kind == "Dropout":
         return Dropout(cfg["p"])
     if kind == "Residual":

@@ -249,7 +249,7 @@ class InputDerivatives:
             per_sample = np.broadcast_to(w.reshape((-1,) + (1,) * (len(feat) - 1)), feat)
         else:
             per_sample = np.broadcast_to(w.reshape((1,) * len(feat)), feat)
-        return {layer.param_name: np.broadcast_to(np.ascontiguousarray(per_sample), (self.N,) + feat)}
+        return {**layer.params, layer.param_name: np.broadcast_to(np.ascontiguousarray(per_sample), (self.N,) + feat)}
 
     def _kernel(self, layer, role):
         spec_entry, kernels = self.layer_kernels[id(layer)]

@@ -372,18 +372,18 @@ class GroupLayer(CompositeLayer):
                 "axes": list(self.axes), "scalars": dict(self._scalars)}
 
 
-def _learnable(spec, verbose: bool, num_parameters: int = 1, init: float | None = None):
-    """An elementwise spec with one learnable parameter (one value per channel on axis 1, or one
-    shared), compiled like the built-in PReLU (the channelwise family)."""
+def _learnable(spec, verbose: bool, init=None, num_parameters=1, **fixed):
+    """An elementwise spec with learnable parameters (each one value per channel on axis 1, or
+    one shared), compiled like the built-in PReLU (the channelwise family); its other
+    parameters are fixed numbers, given as keywords (default the spec's)."""
     from ..codegen.channelwise import render_channelwise_module
-    from ..derive.elementwise import SpecError, derive_elementwise
-    from .activation import LearnableActivation
-    fixed = [p for p, _ in spec.params if p not in spec.learnable]
-    if fixed:
-        raise SpecError(f"L.from_spec({spec.name!r}): a learnable elementwise spec may have no fixed parameters "
-                        f"besides the learnable one, got {fixed}; write them as numbers")
+    from ..derive.elementwise import derive_elementwise
+    from .activation import LearnableActivation, learnable_arguments
+    # the arguments checked before compiling (a misspelt name should not wait for the compiler)
+    learnable_arguments(f"L.from_spec({spec.name!r})", tuple(spec.learnable), {p: float(v) for p, v in spec.params},
+                        num_parameters, init, fixed)
     module, _ = _compile(f"learn_{spec.name}", spec, derive_elementwise, render_channelwise_module, verbose)
-    layer = LearnableActivation(spec.name, num_parameters, init, module=module)
+    layer = LearnableActivation(spec.name, num_parameters, init, module=module, params=fixed)
     layer.spec = spec
     return layer
 
@@ -392,8 +392,9 @@ def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, 
     """A layer from any spec a user writes (compiled once, cached by the spec's hash):
 
     - :class:`ElementwiseSpec` → an activation (``sizes_and_scalars``: parameter values);
-      with ``learnable=(name,)`` one learnable parameter, shared or one per channel on axis 1
-      (``num_parameters=C``, ``init=`` its first value; default the spec's);
+      with ``learnable=(name, ...)`` learnable parameters, each shared or one per channel on
+      axis 1 (``num_parameters=C``, or ``{name: C}``; ``init={name: value}``, default the
+      spec's value, or one number for one parameter); the other parameters fixed, by keyword;
     - :class:`ContractionSpec` → :class:`ContractionLayer` (``sizes_and_scalars``: extents the
       input does not fix, e.g. ``O=16``; ``init``: per parameter a number, array, callable
       ``f(shape, rng)`` or ``"uniform"``, the default);
@@ -406,7 +407,7 @@ def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, 
     from .activation import Activation
     if isinstance(spec, ElementwiseSpec):
         if spec.learnable:
-            return _learnable(spec, verbose, **sizes_and_scalars)
+            return _learnable(spec, verbose, init, **sizes_and_scalars)
         return Activation.from_sympy(spec.name, spec.expr, spec.var, spec.params, verbose=verbose,
                                      **sizes_and_scalars)
     if isinstance(spec, ContractionSpec):

@@ -32,8 +32,17 @@ _ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus"
                 "Mish": "mish", "GELU": "gelu", "LeakyReLU": "leaky_relu", "ELU": "elu"}
 #: torch attribute of each parameterized activation's fixed parameter
 _ACT_PARAMS = {"LeakyReLU": ("negative_slope", "alpha"), "ELU": ("alpha", "alpha")}
-_SUPPORTED = ("Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, SiLU, Mish, GELU, LeakyReLU, ELU, PReLU, Softmax, "
-              "Dropout, BatchNorm1d, BatchNorm2d, LayerNorm, RMSNorm, GroupNorm, MaxPool2d, AvgPool2d, Flatten, Sequential")
+
+
+def _supported() -> str:
+    """The torch.nn modules ``from_torch`` maps, read from the registries: every built-in layer
+    definition with a torch counterpart (``LAYERS``), the activations above that the activation
+    registry has, PReLU when the learnable registry has it, Dropout, and nested Sequentials."""
+    from .derive.builtins import ACTIVATIONS, LAYERS, LEARNABLE
+    names = [d.torch.module for d in LAYERS.values() if d.torch is not None]
+    names += [k for k, ours in _ACTIVATIONS.items() if ours in ACTIVATIONS]
+    names += ["PReLU"] if "prelu" in LEARNABLE else []
+    return ", ".join(dict.fromkeys(names + ["Dropout", "Sequential"]))
 
 
 def _flat_modules(seq, prefix=""):
@@ -73,7 +82,7 @@ def _values(where, mod, t):
 
 def _unsupported(where, mod, why=""):
     return ValueError(f"from_torch: module {where} ({mod!r}) is not supported{': ' + why if why else ''}; "
-                      f"supported: {_SUPPORTED}")
+                      f"supported: {_supported()}")
 
 
 def _from_definition(where, mod, d):

@@ -277,9 +277,8 @@ def test_learnable_elementwise_spec_from_user_code(rng, tmp_path):
         Sequential.load(path)
     back = Sequential.load(path, custom_objects={"scaled_softsign": spec})
     np.testing.assert_array_equal(back.parameters()[2], model.parameters()[2])
-    with pytest.raises(SpecError, match="no fixed parameters besides"):
-        L.from_spec(ElementwiseSpec("two_params", a * xs + sp.Symbol("c"), xs, (("a", 1.0), ("c", 0.0)),
-                                    learnable=("a",)))
+    with pytest.raises(TypeError, match=r"\['a'\] are learnable; give their first values as init"):
+        L.from_spec(spec, a=0.3)
 
 
 def test_abs_in_a_user_activation(rng):
