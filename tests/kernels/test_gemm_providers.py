@@ -81,6 +81,25 @@ def test_providers_agree_with_each_other_in_float64(installed):
         assert np.all(np.abs(C - ref) <= 1e-12 * (np.abs(A) @ np.abs(B)))
 
 
+@pytest.mark.parametrize("ta, tb", [(True, False), (False, True), (False, False), (True, True)])
+def test_tall_products_split_the_summed_dimension_the_same_on_any_thread_count(installed, ta, tb):
+    """A small output summed over many rows (a weight pullback over a Taylor stack) runs in
+    fixed chunks of the summed dimension: the float64 product, bitwise the same on 1 and 2
+    threads, for every transpose (chunk offsets into each operand's layout)."""
+    rng = np.random.default_rng(11)
+    M, N, K = 48, 40, 9001            # K >= 8192 and >= 16·max(M, N): two chunks, one odd-sized
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+        B = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
+        a, b = A.astype(np.float64), B.astype(np.float64)
+        a, b = (a.T if ta else a), (b.T if tb else b)
+        with one_thread():
+            C1 = installed._gemm_product(0, True, ta, tb, A, B, 1)
+            C2 = installed._gemm_product(0, True, ta, tb, A, B, 2)
+        assert np.array_equal(C1, C2)
+        assert np.max(np.abs(C1 - a @ b) / (np.abs(a) @ np.abs(b))) < tol
+
+
 def test_the_kernels_mark_unknown_classes_and_keep_installed_choices(installed):
     """A dense kernel's product of a class not in the table is marked seen (None, for the tuner)
     and runs on SciPy's BLAS; a class installed with a choice keeps it; results are the same."""
