@@ -64,6 +64,16 @@ class ContractionSpec:
         return sp.IndexedBase(name)
 
 
+def linear_in_inputs(spec: ContractionSpec) -> bool:
+    """Whether ``spec``'s output is linear in its input arrays (every input read scaled by t
+    scales the output by t): its Taylor coefficients of order ≥ 1 are then the linear part
+    applied to the input's (a convolution, a scale and shift), the offset only at order 0."""
+    t = sp.Dummy("t")
+    names = set(spec.inputs)
+    scaled = spec.expr.replace(lambda e: isinstance(e, sp.Indexed) and str(e.base) in names, lambda e: t * e)
+    return sp.simplify(sp.diff(scaled, t, 2)) == 0
+
+
 #: names the contraction kernels use for their own arrays
 RESERVED_ARRAYS = frozenset({"g", "H", "S", "w"})
 

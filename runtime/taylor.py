@@ -47,6 +47,25 @@ PIECEWISE_LINEAR = (MaxPool2D,)
 
 MAX_ORDER = 4
 _BASIC = ("u", "grad", "laplacian")
+_LINEAR: dict = {}
+
+
+def _user_spec_kind(layer):
+    """For a layer from a user's contraction or window spec (``L.from_spec``): ``"affine"``
+    when the spec is linear in its input (run as :data:`EVAL_AFFINE`: the layer's own forward
+    and pullback on every block, its value at a zero input taken off the higher blocks, so any
+    offset is right), ``"piecewise"`` when it selects by a max and has no parameters (a user
+    max pool: as :data:`PIECEWISE_LINEAR`), else None (no sweep)."""
+    from ..derive.indexed import ContractionSpec, linear_in_inputs
+    from .layer_base import SpecLayer
+    spec = getattr(layer, "spec", None)
+    if not isinstance(spec, ContractionSpec) or not isinstance(layer, SpecLayer) or isinstance(layer, (Dense,) + AFFINE):
+        return None
+    if spec.selects:
+        return None if spec.params else "piecewise"
+    if spec.hash not in _LINEAR:
+        _LINEAR[spec.hash] = linear_in_inputs(spec)
+    return "affine" if _LINEAR[spec.hash] else None
 #: padding rows are chosen so that consecutive blocks start this many bytes (mod 4 KiB) or more
 #: away from a 4 KiB boundary (measured: 64 B left the tanh forward Laplacian at d = 10 1.4×
 #: slower than 768 B … 1.3 KiB)
@@ -156,6 +175,8 @@ class InputDerivatives:
                                      f"({'the running statistics' if isinstance(layer, _BatchNorm) else 'no dropout'})"
                                      f": call model.eval() first")
                 continue
+            if _user_spec_kind(layer) is not None:   # a user's contraction or window spec
+                continue
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
                 self.layer_kernels[id(layer)] = (table[layer.kernel_name], module.KERNELS)
                 continue
@@ -170,8 +191,9 @@ class InputDerivatives:
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
-                            f"the built-in activations {sorted(table)}, learnable activations and activations "
-                            f"from Activation.from_sympy")
+                            f"the built-in activations {sorted(table)}, learnable activations, activations "
+                            f"from Activation.from_sympy and user specs (L.from_spec) linear in their input or "
+                            f"selecting by a max")
 
     @staticmethod
     def _row_sizes(model) -> list[int]:
@@ -289,11 +311,11 @@ class InputDerivatives:
                 stack = out
             elif isinstance(layer, Dropout):      # the identity in evaluation mode
                 tape.append((layer, stack, stack))
-            elif isinstance(layer, EVAL_AFFINE):
+            elif isinstance(layer, EVAL_AFFINE) or _user_spec_kind(layer) == "affine":
                 out, rec = self._eval_affine(layer, stack)
                 tape.append((layer, stack, (out, rec)))
                 stack = out
-            elif isinstance(layer, PIECEWISE_LINEAR):
+            elif isinstance(layer, PIECEWISE_LINEAR) or _user_spec_kind(layer) == "piecewise":
                 out, rec = self._piecewise_linear(layer, stack)
                 tape.append((layer, stack, (out, rec)))
                 stack = out
@@ -525,17 +547,19 @@ class InputDerivatives:
                 if layer.bias:
                     add(slots[li][1], gb)
                 continue
-            if not isinstance(layer, (Dense, Flatten, Dropout) + AFFINE + EVAL_AFFINE + PIECEWISE_LINEAR):
+            kind = _user_spec_kind(layer)
+            if not isinstance(layer, (Dense, Flatten, Dropout) + AFFINE + EVAL_AFFINE + PIECEWISE_LINEAR) \
+                    and kind is None:
                 live = None
             if isinstance(layer, Flatten):
                 G = G.reshape(stack_in.shape)
             elif isinstance(layer, Dropout):
                 pass
-            elif isinstance(layer, EVAL_AFFINE):
+            elif isinstance(layer, EVAL_AFFINE) or kind == "affine":
                 gs, G = self._eval_affine_back(layer, stack_in, out, G, li > 0)
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
-            elif isinstance(layer, PIECEWISE_LINEAR):
+            elif isinstance(layer, PIECEWISE_LINEAR) or kind == "piecewise":
                 if li > 0:
                     G = self._piecewise_linear_back(layer, stack_in, out, G)
             elif isinstance(layer, AFFINE):

@@ -240,3 +240,50 @@ def test_learnable_swish_laplacian_and_its_parameter_gradient_match_nested_autog
         return F.linear(h * torch.sigmoid(beta * h), W2, b2)[:, 0]
     X = rng.uniform(-1, 1, (5, 2))
     check_sweep(model, f, params, X, QUERIES[0], rng)
+
+
+# ---------------------------------------------------------------- user contraction specs
+
+def _user_specs():
+    from symprop.specs import ContractionSpec
+    n, o, i = sp.symbols("n o i", integer=True)
+    N, O, I = sp.symbols("N O I", integer=True, positive=True)
+    xb, s, b, W = (sp.IndexedBase(k) for k in ("x", "s", "b", "W"))
+    affine = ContractionSpec("t_affine", "y", (n, o), xb[n, o] * s[o] + b[o], inputs={"x": (n, o)},
+                             params={"s": (o,), "b": (o,)}, extents={n: N, o: O})
+    scaled = ContractionSpec("t_scaled_dense", "y", (n, o), sp.Sum(xb[n, i] * W[o, i] * s[o], (i, 0, I - 1)),
+                             inputs={"x": (n, i)}, params={"W": (o, i), "s": (o,)}, extents={n: N, o: O, i: I})
+    # an offset that reads the same parameter as the linear part: y = s·(x + 1)
+    shifted = ContractionSpec("t_shifted_scale", "y", (n, o), s[o] * (xb[n, o] + 1), inputs={"x": (n, o)},
+                              params={"s": (o,)}, extents={n: N, o: O})
+    square = ContractionSpec("t_square", "y", (n, o), xb[n, o] ** 2 * s[o], inputs={"x": (n, o)},
+                             params={"s": (o,)}, extents={n: N, o: O})
+    return affine, scaled, shifted, square
+
+
+@pytest.mark.parametrize("which", QUERIES)
+def test_user_specs_linear_in_their_input_match_nested_autograd(which, rng):
+    """User contraction specs (L.from_spec) in the sweep: a scale and shift, a weight-scaled dense
+    layer, and a scale whose offset reads the same parameter, inside an MLP."""
+    affine, scaled, shifted, _ = _user_specs()
+    model = Sequential([L.Dense(3, 5), L.from_spec(affine, init={"s": 1.0, "b": 0.0}), L.Activation("tanh"),
+                        L.from_spec(scaled, O=4, init={"s": 1.0}), L.from_spec(shifted, init={"s": 1.0}), L.Activation("softplus"),
+                        L.Dense(4, 1)], loss="mse", dtype="float64", seed=3, input_shape=(3,))
+    for p in model.parameters():
+        p[...] = rng.normal(size=p.shape)
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    W1, b1, s1, c1, W2, s2, s3, W4, b4 = tp
+
+    def f(X):
+        h = torch.tanh((X @ W1.T + b1) * s1 + c1)
+        h = torch.nn.functional.softplus(s3 * ((h @ W2.T) * s2 + 1))
+        return (h @ W4.T + b4)[:, 0]
+    check_sweep(model, f, tp, rng.uniform(-1, 1, (5, 3)), which, rng)
+
+
+def test_user_spec_nonlinear_in_its_input_is_refused_by_name():
+    *_, square = _user_specs()
+    model = Sequential([L.Dense(2, 3), L.from_spec(square, init={"s": 1.0}), L.Dense(3, 1)], loss="mse",
+                       dtype="float64", input_shape=(2,))
+    with pytest.raises(TypeError, match=r"t_square.*no Taylor-mode sweep.*linear in their input"):
+        model.input_derivatives(np.zeros((2, 2)))
