@@ -292,7 +292,11 @@ def decode(key: int) -> tuple:
 #: the built-in models' products (``benchmarks/bench.py``'s shapes), measured at the first start:
 #: (split, ta, tb, M, N, K) in float32 — the MLP 784-256-128-10 at batch 128 (forward, input and
 #: weight pullbacks), the digits MLP 64-512-10 at batch 200, the CIFAR CNN's per-sample im2col
-#: products (conv2) and its fc 4096->256 at batch 64
+#: products (conv2) and its fc 4096->256 at batch 64; then the Taylor-mode stacks of a PINN's
+#: width-64 MLP at 4,096 points (``benchmarks/pinn_bench.py``: the forward Laplacian at d = 2,
+#: 5 and 10 pushes 4, 7 and 12 coefficient blocks of ~4,100 rows through each 64x64 layer —
+#: its pushforward, input and weight pullbacks; MKL ran these 15-25 % faster than SciPy's
+#: OpenBLAS on the Xeon family 6 model 207)
 BUILTIN = (
     (1, 0, 1, 128, 256, 784), (1, 0, 0, 128, 784, 256), (1, 1, 0, 256, 784, 128),
     (1, 0, 1, 128, 128, 256), (1, 0, 0, 128, 256, 128), (1, 1, 0, 128, 256, 128),
@@ -301,6 +305,9 @@ BUILTIN = (
     (1, 0, 1, 64, 256, 4096), (1, 0, 0, 64, 4096, 256), (1, 1, 0, 256, 4096, 64),
     (0, 0, 0, 64, 256, 288), (0, 1, 0, 288, 256, 64), (0, 0, 1, 64, 288, 256),
     (0, 0, 0, 32, 1024, 27), (0, 0, 1, 32, 27, 1024),
+    (1, 0, 1, 16400, 64, 64), (1, 0, 0, 16400, 64, 64), (1, 1, 0, 64, 64, 16400),
+    (1, 0, 1, 28700, 64, 64), (1, 0, 0, 28700, 64, 64), (1, 1, 0, 64, 64, 28700),
+    (1, 0, 1, 49200, 64, 64), (1, 0, 0, 49200, 64, 64), (1, 1, 0, 64, 64, 49200),
 )
 
 
