@@ -91,22 +91,92 @@ def _plain(roles) -> tuple:
 
 
 def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
-    out = tuple(k.out_indices)
-    m0, m1 = spec.maps
+    """One term as an op: a broadcast/reduction loop, one of the im2col/col2im GEMM or pooling
+    patterns of a two-axis window, or else (a depthwise or 1-D window, any number of axes) the
+    generic guarded loop nest of :func:`_affine_op`."""
     facs = t["factors"]
     roles = {f: _roles(spec, f) for f in facs}
-    masks = [f for f in facs if str(f.base) in spec.selects]
-    data = [f for f in facs if f not in masks]
-    sums = set(t["sums"])
     name = f"{k.name}: term {t['coeff']}·{'·'.join(map(str, facs))} summed over {t['sums']}"
     has_adj = any(r[0] == "adj" for f in facs for r in roles[f])
     if has_adj and t["cond"] is None:
         raise LoweringError(f"{name}: adjoint window read without its integrality/range guard")
-    base = {"alpha": t["coeff"]}
+    masks = [f for f in facs if str(f.base) in spec.selects]
+    data = [f for f in facs if f not in masks]
     if len(data) == 1 and all(isinstance(e, sp.Symbol) for e in data[0].indices) and not masks:
         op = _loop_op(k, Term(t["coeff"], data, t["sums"]))
         if op is not None:
             return op
+    if len(spec.maps) == 2:
+        try:
+            return _pattern_op(spec, k, t, roles, name)
+        except LoweringError:
+            if masks:
+                raise
+    return _affine_op(spec, k, t, roles, name)
+
+
+def _conditions(cond) -> frozenset | None:
+    """A guard as a set of normalised conditions (``a ≥ b`` and ``b ≤ a`` both as ``a − b ≥ 0``;
+    the derivation distributes the divisions its own way)."""
+    if cond is None:
+        return None
+    out = set()
+    for c in sp.And.make_args(cond):
+        if isinstance(c, (sp.GreaterThan, sp.LessThan, sp.StrictGreaterThan, sp.StrictLessThan)):
+            strict = isinstance(c, (sp.StrictGreaterThan, sp.StrictLessThan))
+            diff = c.lhs - c.rhs if isinstance(c, (sp.GreaterThan, sp.StrictGreaterThan)) else c.rhs - c.lhs
+            out.add((">" if strict else ">=", sp.expand(diff)))
+        elif isinstance(c, sp.Eq):
+            out.add(("==", sp.expand(c.lhs - c.rhs)))
+        else:
+            out.add(("?", c))
+    return frozenset(out)
+
+
+def _affine_op(spec: ContractionSpec, k: ContractionKernel, t: dict, roles: dict, name: str) -> dict:
+    """Any product of arrays read plainly, through a window (``h·s + i·d − p``, zero outside the
+    input) or through its adjoint (``(u + p − i·d)/s`` under the derived guard), as one loop nest:
+    the output indices outermost (the first in parallel: disjoint writes), then the summed ones;
+    each read's bounds test sits right after the loops it depends on. Serves what the im2col
+    GEMM and pooling patterns do not (depthwise and 1-D or 3-D windows); the guard is checked to
+    be exactly the adjoint rule's, not printed."""
+    facs = t["factors"]
+    if any(str(f.base) in spec.selects for f in facs):
+        raise LoweringError(f"{name}: an argmax mask read outside max pooling's own pattern")
+    adj = list(dict.fromkeys(r[1] for f in facs for r in roles[f] if r[0] == "adj"))
+    want = sp.And(*[m.adjoint_guard() for m in adj]) if adj else None
+    if t["cond"] is not None and _conditions(t["cond"]) != _conditions(want):
+        raise LoweringError(f"{name}: its guard {t['cond']} is not the adjoint guard of its window reads")
+    for m in spec.maps:
+        for q in (m.stride, m.dilation, m.padding):
+            if not (isinstance(q, sp.Integer) or q in spec.scalars):
+                raise LoweringError(f"{name}: the window's stride, dilation and padding must each be an integer "
+                                    f"or one of the spec's scalars {list(spec.scalars)}, got {q}")
+    out = list(k.out_indices)
+    order = out + [s for s in t["sums"] if s not in out]
+    reads = [(str(f.base), roles[f]) for f in facs]
+    needed = set()
+    for _, idx in reads:
+        for kind, r in idx:
+            needed |= {r} if kind == "plain" else ({r.out, r.kernel} if kind == "fwd" else {r.inp, r.kernel})
+    missing = sorted(map(str, needed - set(order)))
+    if missing:
+        raise LoweringError(f"{name}: index(es) {missing} are neither output indices nor summed")
+    return {"kind": "affine", "alpha": t["coeff"], "order": order, "reads": reads, "sums": list(t["sums"]),
+            "out_idx": out,
+            "n": str(out[0]) if out[0] == spec.out_indices[0] else None,
+            "arrays": list(dict.fromkeys(str(f.base) for f in facs))}
+
+
+def _pattern_op(spec: ContractionSpec, k: ContractionKernel, t: dict, roles: dict, name: str) -> dict:
+    """The two-axis window patterns: im2col/col2im GEMMs, pooling gathers and scatters."""
+    out = tuple(k.out_indices)
+    m0, m1 = spec.maps
+    facs = t["factors"]
+    masks = [f for f in facs if str(f.base) in spec.selects]
+    data = [f for f in facs if f not in masks]
+    sums = set(t["sums"])
+    base = {"alpha": t["coeff"]}
     if len(data) == 2 and not masks:
         A, X = data
         if not _plain(roles[A]):
@@ -235,11 +305,89 @@ def _sweep(ctx: dict, gemm: list[dict]) -> dict:
             "slots": len(sources) + (1 if any(st["kind"] == "col2im" for st in steps) else 0)}
 
 
+def _flat(name: str, idx: list, dims: list) -> str:
+    """``name[i, j, k]`` of a C-contiguous array as a flat index (the template's ``at`` macro)."""
+    text = str(idx[0])
+    for i, dim in zip(idx[1:], dims[1:]):
+        text = f"({text}) * {dim}_ + {i}" if text.count(" ") else f"{text} * {dim}_ + {i}"
+    return f"{name}[{text}]"
+
+
+def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, taken: set) -> tuple[dict, list]:
+    """The loop nest of an ``affine`` op, per C type a list of lines (4 spaces a level), and the
+    variables it declares beyond the kernel's extents (loops over renamed indices, read offsets)."""
+    order, reads, out = op["order"], op["reads"], op["out"]
+    ident = {v: str(v) if str(v).isidentifier() else "_" + str(v).replace("'", "_b") for v in order}
+    clash = sorted(ident[v] for v in order if ident[v] in taken)
+    if clash:
+        raise LoweringError(f"{op['name']}: index name(s) {clash} clash with the spec's array or scalar names")
+
+    def extent(v):
+        if str(v) in extents:
+            return f"{v}_"
+        for arr, roles in reads:
+            for pos, (kind, r) in enumerate(roles):
+                if kind == "plain" and r == v:
+                    return f"{shapes[arr][pos]}_"
+        same = [ix for ix in extents if sp.Symbol(ix, integer=True) in spec.extents
+                and spec.extents[sp.Symbol(ix, integer=True)] == spec.extents.get(v)]
+        if not same:
+            raise LoweringError(f"{op['name']}: the extent of the summed index {v} is not determined by any argument")
+        return f"{same[0]}_"
+    depth = {v: n for n, v in enumerate(order)}
+    temps, texts, at_depth = {}, [], {}
+    for arr, roles in reads:
+        idx = []
+        for pos, (kind, r) in enumerate(roles):
+            if kind == "plain":
+                idx.append(ident[r])
+                continue
+            key = (kind, r)
+            if key not in temps:
+                t = temps[key] = f"_t{len(temps)}"
+                dim = shapes[arr][pos]
+                if kind == "fwd":
+                    code = [f"{t} = {ident[r.out]} * {r.stride} + {ident[r.kernel]} * {r.dilation} - {r.padding}",
+                            f"if 0 <= {t} < {dim}_:"]
+                    deps = (r.out, r.kernel)
+                else:
+                    code = [f"{t} = {ident[r.inp]} + {r.padding} - {ident[r.kernel]} * {r.dilation}"]
+                    if r.stride != 1:
+                        code += [f"if {t} % {r.stride} == 0:", f"{t} = {t} // {r.stride}"]
+                    code.append(f"if 0 <= {t} < {dim}_:")
+                    deps = (r.inp, r.kernel)
+                at_depth.setdefault(max(1, max(depth[v] for v in deps)), []).append(code)
+            idx.append(temps[key])
+        texts.append(_flat(arr, idx, shapes[arr]))
+    prod = " * ".join(texts)
+    target = _flat(out, [ident[v] for v in op["out_idx"]], shapes[out])
+    lines, level, acc = [], 0, None
+    n_out = len(op["out_idx"])
+    for n, v in enumerate(order):
+        loop = f'prange({extent(v)}, num_threads=_T, schedule="static")' if n == 0 else f"range({extent(v)})"
+        lines.append((level, f"for {ident[v]} in {loop}:"))
+        level += 1
+        for code in at_depth.get(n, ()):
+            for line in code:
+                lines.append((level, line))
+                if line.endswith(":"):
+                    level += 1
+        if n == n_out - 1 and op["sums"]:
+            acc = level
+            lines.append((level, "_acc = 0"))
+    if acc is None:
+        lines.append((level, f"{target} += {{alpha}} * {prod}"))
+    else:
+        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
+    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    extra = [ident[v] for v in order if str(v) not in extents] + list(temps.values())
+    return code, extra
+
+
 def layout(d: DerivedContraction, ctx: dict) -> dict:
     """Everything the template needs beyond the ops: guards, the sample sweep, column and
     weight-accumulator buffers, geometry, zeroing, threads."""
     spec = d.spec
-    m0, m1 = spec.maps
     ops = ctx["ops"]
     windowed = any(op["kind"] != "loop" for op in ops)
     # extent of index i is the C variable ``i_``; geometry scalars keep their names
@@ -268,14 +416,24 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
             "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
             "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
                        f" - 1) // {m.stride} + 1"})
-    idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
-           "i": str(m0.kernel), "j": str(m1.kernel)}
+    idx = {}
+    if len(spec.maps) == 2:   # the two-axis patterns' names (columns, masks, pooling loops)
+        m0, m1 = spec.maps
+        idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
+               "i": str(m0.kernel), "j": str(m1.kernel)}
+    decl = []
+    taken = set(ctx["arrays"]) | set(outs) | set(masks) | set(scalar_names)
+    for op in ops:
+        if op["kind"] == "affine":
+            op["name"] = ctx["name"]
+            op["code"], extra = _affine_code(spec, op, shapes, extents, taken)
+            decl += [v for v in extra if v not in decl]
     cols = wacc = None
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
         if sweep["wouts"]:   # per-chunk partial weight gradients (transposed: C·K·K × O), summed after
             wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS, WGRAD_CHUNK_WORK)
-    samples = {op["n"] for op in ops if op["kind"] != "loop"}
+    samples = {op["n"] for op in ops if op["kind"] != "loop" and op["n"] is not None}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
     for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
@@ -307,7 +465,7 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
             "parallel": samples.pop() if samples else None, "calls_blas": bool(gemm), "zero": zero,
             "sample_sizes": {o: " * ".join(f"{i}_" for i in shapes[o][1:]) for o in outs},
             "minimum": minimum, "extents": extents, "scalars": scalar_names, "scalar_extents": scalar_extents,
-            "geometry": geometry, "idx": idx}
+            "geometry": geometry, "idx": idx, "affine_decl": decl}
 
 
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
