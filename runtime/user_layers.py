@@ -155,10 +155,16 @@ class ContractionLayer(SpecLayer):
         if len(input_shape) != len(self.in_idx) - 1:
             raise ValueError(f"{self.name}: expects per-sample inputs of rank {len(self.in_idx) - 1} "
                              f"({', '.join(self._extent(i) for i in self.in_idx[1:])}), got {input_shape}")
+        before = dict(self.sizes)
         for i, d in zip(self.in_idx[1:], input_shape):
             self.sizes.setdefault(self._extent(i), int(d))
+        try:
+            out = self.output_shape(input_shape)
+        except ValueError:   # an input that does not fit leaves the layer as it was
+            self.sizes = before
+            raise
         self.init_parameters(dtype, rng)
-        return self.output_shape(input_shape)
+        return out
 
     def output_shape(self, input_shape):
         want = tuple(self.sizes.get(self._extent(i)) for i in self.in_idx[1:])
