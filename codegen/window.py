@@ -313,14 +313,119 @@ def _flat(name: str, idx: list, dims: list) -> str:
     return f"{name}[{text}]"
 
 
+def _ident(v) -> str:
+    return str(v) if str(v).isidentifier() else "_" + str(v).replace("'", "_b")
+
+
+def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) -> tuple[dict, list] | None:
+    """The loop nest of an ``affine`` op in scatter form, or None when it has none (its output's
+    first index is read through an adjoint). An adjoint read ``g[(u + p − i·d)/s]`` under its
+    guard, summed into ``out[u]``, is the forward map read backwards: loop over the output
+    position ``h`` instead of ``u`` and write ``out[h·s + i·d − p]`` (col2im's form: no
+    divisibility test, and the guard is exactly the range of ``h``). Loops: the output's first
+    index (in parallel: disjoint writes), the other plain indices, the kernel offsets, then the
+    window positions, each over the range whose reads land inside (``_valid_range``), so the
+    innermost loop runs along a row without tests; a sum the output does not depend on is
+    accumulated in a register."""
+    order, reads, out, out_idx = op["order"], op["reads"], op["out"], op["out_idx"]
+    adj = {r.inp: r for _, roles in reads for kind, r in roles if kind == "adj"}
+    if out_idx[0] in adj or any(m.out in order for m in adj.values()):
+        return None
+
+    def position(kind, r):
+        if kind == "plain":
+            return ("fwd", adj[r]) if r in adj else ("var", r)
+        return ("fwd", r) if kind == "fwd" else ("var", r.out)
+    out_pos = [position("plain", v) for v in out_idx]
+    read_pos = [(arr, [position(kind, r) for kind, r in roles]) for arr, roles in reads]
+    loops = list(dict.fromkeys(adj[v].out if v in adj else v for v in order))
+    fwd = list(dict.fromkeys(r for _, pos in [(out, out_pos)] + read_pos for kind, r in pos if kind == "fwd"))
+    outs_, kernels = {m.out for m in fwd}, {m.kernel for m in fwd}
+    first = loops[0]
+    order2 = [first] + [v for v in loops[1:] if v not in outs_ and v not in kernels]
+    order2 += [m.kernel for m in fwd if m.kernel in loops and m.kernel not in order2]
+    order2 += [m.out for m in fwd if m.out in loops and m.out not in order2]
+    order2 = list(dict.fromkeys(order2))
+    if set(order2) != set(loops):
+        return None
+    depth = {v: n for n, v in enumerate(order2)}
+    size_of = {}
+    for arr, pos in [(out, out_pos)] + read_pos:
+        for p_, (kind, r) in enumerate(pos):
+            if kind == "fwd":
+                size_of.setdefault(r, shapes[arr][p_])
+
+    def extent(v):
+        if str(v) in extents:
+            return f"{v}_"
+        for arr, pos in [(out, out_pos)] + read_pos:
+            for p_, (kind, r) in enumerate(pos):
+                if kind == "var" and r == v:
+                    return f"{shapes[arr][p_]}_"
+        raise LoweringError(f"{op['name']}: the extent of the summed index {v} is not determined by any argument")
+    temps, before, inside, bounds = {}, {}, {}, {}
+    for k, m in enumerate(fwd):
+        t = temps[m] = f"_t{k}"
+        off = f"{_ident(m.kernel)} * {m.dilation} - {m.padding}"
+        size = f"{size_of[m]}_"
+        if depth[m.kernel] < depth[m.out]:   # the range of h whose read h·s + off lands in [0, size)
+            lo, hi = f"_lo{k}", f"_hi{k}"
+            bounds[m.out] = (lo, hi)
+            before.setdefault(depth[m.kernel], []).extend([
+                f"{lo} = 0 if {off} >= 0 else ({m.stride} - 1 - ({off})) // {m.stride}",
+                f"{hi} = 0 if {size} - 1 - ({off}) < 0 else ({size} - 1 - ({off})) // {m.stride} + 1",
+                f"{hi} = {extent(m.out)} if {hi} > {extent(m.out)} else {hi}"])
+            inside.setdefault(depth[m.out], []).append(f"{t} = {_ident(m.out)} * {m.stride} + {off}")
+        else:
+            inside.setdefault(depth[m.kernel], []).extend([f"{t} = {_ident(m.out)} * {m.stride} + {off}",
+                                                            f"if 0 <= {t} < {size}:"])
+
+    def index(pos):
+        return [temps[r] if kind == "fwd" else _ident(r) for kind, r in pos]
+    prod = " * ".join(_flat(arr, index(pos), shapes[arr]) for arr, pos in read_pos)
+    target = _flat(out, index(out_pos), shapes[out])
+    needs = [v for kind, r in out_pos for v in ((r,) if kind == "var" else (r.out, r.kernel))]
+    d_out = max(depth[v] for v in needs)
+    lines, level, acc = [], 0, None
+    for n, v in enumerate(order2):
+        if n == 0:
+            loop = f'prange({extent(v)}, num_threads=_T, schedule="static")'
+        elif v in bounds:
+            loop = f"range({bounds[v][0]}, {bounds[v][1]})"
+        else:
+            loop = f"range({extent(v)})"
+        lines.append((level, f"for {_ident(v)} in {loop}:"))
+        level += 1
+        for line in inside.get(n, []) + before.get(n, []):
+            lines.append((level, line))
+            if line.endswith(":"):
+                level += 1
+        if n == d_out and n < len(order2) - 1:
+            acc = level
+            lines.append((level, "_acc = 0"))
+    if acc is None:
+        lines.append((level, f"{target} += {{alpha}} * {prod}"))
+    else:
+        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
+    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    extra = [_ident(v) for v in order2 if str(v) not in extents] + list(temps.values())
+    extra += [x for lo_hi in bounds.values() for x in lo_hi]
+    return code, extra
+
+
 def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, taken: set) -> tuple[dict, list]:
     """The loop nest of an ``affine`` op, per C type a list of lines (4 spaces a level), and the
-    variables it declares beyond the kernel's extents (loops over renamed indices, read offsets)."""
+    variables it declares beyond the kernel's extents (loops over renamed indices, read offsets):
+    the scatter form (:func:`_scatter_code`) where there is one, else a guarded gather."""
     order, reads, out = op["order"], op["reads"], op["out"]
-    ident = {v: str(v) if str(v).isidentifier() else "_" + str(v).replace("'", "_b") for v in order}
-    clash = sorted(ident[v] for v in order if ident[v] in taken)
+    ident = {v: _ident(v) for v in order}
+    ident.update({m.out: _ident(m.out) for _, roles in reads for kind, m in roles if kind == "adj"})
+    clash = sorted(x for x in ident.values() if x in taken)
     if clash:
         raise LoweringError(f"{op['name']}: index name(s) {clash} clash with the spec's array or scalar names")
+    scatter = _scatter_code(spec, op, shapes, extents)
+    if scatter is not None:
+        return scatter
 
     def extent(v):
         if str(v) in extents:
@@ -382,6 +487,14 @@ def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, t
     code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
     extra = [ident[v] for v in order if str(v) not in extents] + list(temps.values())
     return code, extra
+
+
+def _affine_parallel(ops: list) -> str | None:
+    """The index whose extent sizes the thread team of a kernel with no batch-parallel op: the
+    first index of its first ``affine`` op's output (a parameter's pullback, in parallel over
+    its first index), or None (serial)."""
+    first = next((op for op in ops if op["kind"] == "affine"), None)
+    return None if first is None else str(first["out_idx"][0])
 
 
 def layout(d: DerivedContraction, ctx: dict) -> dict:
@@ -462,7 +575,7 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     # gathers/scatters through an argmax mask (read, or made by the same kernel's forward part)
     moff = any(op.get("mask") for op in rest if op["kind"] in ("gather", "scatter"))
     return {**ctx, "ops": rest, "sweep": sweep, "moff": moff, "cols": cols, "wacc": wacc,
-            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemm), "zero": zero,
+            "parallel": samples.pop() if samples else _affine_parallel(rest), "calls_blas": bool(gemm), "zero": zero,
             "sample_sizes": {o: " * ".join(f"{i}_" for i in shapes[o][1:]) for o in outs},
             "minimum": minimum, "extents": extents, "scalars": scalar_names, "scalar_extents": scalar_extents,
             "geometry": geometry, "idx": idx, "affine_decl": decl}
