@@ -222,3 +222,24 @@ def test_what_the_window_lowering_cannot_emit_is_refused_by_name():
         L.from_spec(ContractionSpec("bad_extent", "y", (n, o, h), CONV1D.expr, inputs=CONV1D.inputs,
                                     params=CONV1D.params, extents=CONV1D.extents, maps=(bad_extent,),
                                     scalars=(s, p, d)), O=2, K=3, s=1, p=0, d=1)
+
+
+@pytest.mark.slow   # compiles a spec of its own (15-40 s cold on two shared cores)
+def test_parameter_read_through_the_window_equals_pytorch(rng):
+    """y[n,h] = Σ_i a[h·s+i−p]·x[n,h·s+i−p]: a parameter over input positions read through the
+    window. Its pullback's output index is the window's input position, read through the adjoint:
+    the guarded-gather form of the lowering (the other kernels take the scatter form)."""
+    a = sp.IndexedBase("a")
+    spec = ContractionSpec("windowed_weight", "y", (n, h),
+                           sp.Sum(a[POOL.forward_index()] * x[n, POOL.forward_index()], (i, 0, K - 1)),
+                           inputs={"x": (n, u)}, params={"a": (u,)}, extents={n: N, h: L_out, u: L_in, i: K},
+                           maps=(POOL,), scalars=(s, p, K))
+    layer = L.from_spec(spec, init={"a": lambda shape, r: r.normal(size=shape)}, K=3, s=2, p=1)
+    model = Sequential([L.Dense(4, 9), layer, L.Tanh(), L.Dense(5, 2)], dtype="float64", seed=0)
+    X, y = rng.normal(size=(5, 4)), rng.integers(0, 2, 5)
+
+    def torch_loss_of(pt):
+        hid = F.linear(torch.tensor(X), pt[0], pt[1]) * pt[2]
+        hid = torch.tanh(3 * F.avg_pool1d(hid[:, None], 3, 2, 1, count_include_pad=True)[:, 0])
+        return F.cross_entropy(F.linear(hid, pt[3], pt[4]), torch.tensor(y))
+    check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
