@@ -243,3 +243,29 @@ def test_parameter_read_through_the_window_equals_pytorch(rng):
         hid = torch.tanh(3 * F.avg_pool1d(hid[:, None], 3, 2, 1, count_include_pad=True)[:, 0])
         return F.cross_entropy(F.linear(hid, pt[3], pt[4]), torch.tensor(y))
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
+
+
+def test_hessian_diagonals_through_a_depthwise_layer(rng):
+    """The exact and Gauss-Newton diagonals through the user window layer (its per-sample squared
+    pullbacks and input pullbacks of factor columns) against PyTorch's full Hessian."""
+    from support.torch_oracles import flatten_torch
+    dw = L.from_spec(DEPTHWISE, init={"b": lambda shape, r: r.normal(size=shape)}, K_h=2, K_w=2, s=1, p=1, d=2)
+    model = Sequential([dw, L.Tanh(), L.Flatten(), L.Dense(2 * 2 * 3, 3)], dtype="float64", seed=0,
+                       input_shape=(2, 2, 3))
+    X, y = rng.normal(size=(3, 2, 2, 3)), rng.integers(0, 3, 3)
+
+    def outputs(pt):
+        hid = F.conv2d(torch.tensor(X), pt[0][:, None], pt[1], padding=1, dilation=2, groups=2)
+        return F.linear(torch.tanh(hid).reshape(len(X), -1), pt[2], pt[3])
+    pt = [torch.tensor(q) for q in model.parameters()]
+    flat, unflatten = flatten_torch(pt)
+    H = torch.autograd.functional.hessian(lambda th: F.cross_entropy(outputs(unflatten(th)), torch.tensor(y)), flat)
+    exact = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="exact")])
+    assert rel_err(exact, np.diag(H.numpy())) < 1e-10
+    out = outputs(pt).detach()
+    J = torch.autograd.functional.jacobian(lambda th: outputs(unflatten(th)).reshape(-1), flat).numpy()
+    Ho = torch.autograd.functional.hessian(lambda o: F.cross_entropy(o.reshape(out.shape), torch.tensor(y)),
+                                           out.reshape(-1)).numpy()
+    gn = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="gauss_newton")])
+    assert rel_err(gn, np.einsum("ip,ij,jp->p", J, Ho, J)) < 1e-10
+    assert all(np.isfinite(a).all() for a in model.hessian_diagonal(X, y, method="becker_lecun"))
