@@ -81,7 +81,9 @@ class ContractionLayer(SpecLayer):
         self.sizes = {}
         for k, v in sizes.items():
             if k in names:
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"L.from_spec({spec.name!r}): size {k} must be a positive integer, got {v!r}")
+                if v <= 0:
                     raise ValueError(f"L.from_spec({spec.name!r}): size {k} must be a positive integer, got {v!r}")
                 self.sizes[k] = int(v)
         self.init = dict(init or {})
@@ -258,6 +260,8 @@ def _check_maps(spec) -> None:
     (_, in_idx), = spec.inputs.items()
     for m in spec.maps:
         where = f"spec {spec.name!r}: the index map {m.forward_index()} (output {m.out}, kernel {m.kernel}, input {m.inp})"
+        if m.inp == in_idx[0]:
+            raise SpecError(f"{where}: a window cannot run along the batch index {m.inp}")
         if m.inp not in in_idx or m.out not in spec.out_indices:
             raise SpecError(f"{where}: its input index must index the input {in_idx} and its output index the "
                             f"output {spec.out_indices}")
