@@ -1,7 +1,7 @@
 """Window layers written in user code (``L.from_spec`` of a ContractionSpec with ``maps=``): a
-depthwise convolution, a 1-D convolution and a 1-D average pool, compiled through the window
-family — forward, parameter and input pullbacks, HVPs (torch double backward) against PyTorch's
-``F.conv2d(groups=C)``, ``F.conv1d`` and ``F.avg_pool1d`` in float64 on random shapes, strides,
+depthwise convolution, a 1-D convolution, a 1-D average pool and a 2-D max pool, compiled through
+the window family — forward, parameter and input pullbacks, HVPs (torch double backward) against
+PyTorch's ``F.conv2d(groups=C)``, ``F.conv1d``, ``F.avg_pool1d`` and ``F.max_pool2d`` in float64 on random shapes, strides,
 paddings and dilations; float32; training; checkpoints; the summary, the document; refusals."""
 import numpy as np
 import pytest
@@ -44,6 +44,21 @@ AVGPOOL1D = ContractionSpec(
     "avgpool1d", "y", (n, c, h), sp.Sum(x[n, c, POOL.forward_index()], (i, 0, K - 1)) / K,
     inputs={"x": (n, c, u)}, params={}, extents={n: N, c: C, h: L_out, u: L_in, i: K}, maps=(POOL,),
     scalars=(s, p, K), doc="1-D average pooling, zero padding counted")
+
+# max pooling as its local linearization: M[n,c,h,w,i,j] is the one-hot argmax of each window
+# (selects=), made by the forward pass and read by the pullbacks (the built-in MaxPool2D's form)
+s_h, s_w = sp.symbols("s_h s_w", integer=True, positive=True)
+p_h, p_w = sp.symbols("p_h p_w", integer=True, nonnegative=True)
+MAX_ROWS, MAX_COLS = AxisMap(h, i, u, s_h, sp.Integer(1), p_h, H_out, K_h, H), AxisMap(w, j, v, s_w, sp.Integer(1), p_w,
+                                                                                      W_out, K_w, W_)
+M = sp.IndexedBase("M")
+MAXPOOL = ContractionSpec(
+    "my_maxpool", "y", (n, c, h, w),
+    sp.Sum(M[n, c, h, w, i, j] * x[n, c, MAX_ROWS.forward_index(), MAX_COLS.forward_index()],
+           (i, 0, K_h - 1), (j, 0, K_w - 1)),
+    inputs={"x": (n, c, u, v)}, params={}, constants={"M": (n, c, h, w, i, j)}, selects={"M": ("max", "x")},
+    extents={n: N, c: C, h: H_out, w: W_out, u: H, v: W_, i: K_h, j: K_w}, maps=(MAX_ROWS, MAX_COLS),
+    scalars=(s_h, s_w, p_h, p_w, K_h, K_w), doc="max pooling written by the user")
 
 
 def _layer_against(layer, torch_fn, X, params, rng):
@@ -133,6 +148,22 @@ def test_user_average_pool_equals_F_avg_pool1d(seed):
     def torch_loss_of(pt):
         hid = F.prelu(torch.tensor(X), pt[0])
         hid = torch.tanh(F.avg_pool1d(hid, k, g["s"], g["p"], count_include_pad=True)).reshape(len(X), -1)
+        return F.cross_entropy(F.linear(hid, pt[1], pt[2]), torch.tensor(y))
+    check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
+
+
+@pytest.mark.parametrize("k, stride, pad", [(2, 2, 0), (3, 1, 1)])
+def test_user_max_pool_equals_F_max_pool2d(k, stride, pad, rng):
+    pool = L.from_spec(MAXPOOL, K_h=k, K_w=k, s_h=stride, s_w=stride, p_h=pad, p_w=pad)
+    _layer_against(pool, lambda xt: F.max_pool2d(xt, k, stride, pad), rng.normal(size=(2, 3, 6, 6)), [], rng)
+    ho = (6 + 2 * pad - k) // stride + 1
+    model = Sequential([L.PReLU(3), pool, L.Tanh(), L.Flatten(), L.Dense(3 * ho * ho, 2)], dtype="float64", seed=0,
+                       input_shape=(3, 6, 6))
+    model.parameters()[0][:] = rng.uniform(-1, 1, 3)
+    X, y = rng.normal(size=(4, 3, 6, 6)), rng.integers(0, 2, 4)
+
+    def torch_loss_of(pt):
+        hid = torch.tanh(F.max_pool2d(F.prelu(torch.tensor(X), pt[0]), k, stride, pad)).reshape(len(X), -1)
         return F.cross_entropy(F.linear(hid, pt[1], pt[2]), torch.tensor(y))
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
