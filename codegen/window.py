@@ -135,11 +135,10 @@ def _conditions(cond) -> frozenset | None:
 
 def _affine_op(spec: ContractionSpec, k: ContractionKernel, t: dict, roles: dict, name: str) -> dict:
     """Any product of arrays read plainly, through a window (``h·s + i·d − p``, zero outside the
-    input) or through its adjoint (``(u + p − i·d)/s`` under the derived guard), as one loop nest:
-    the output indices outermost (the first in parallel: disjoint writes), then the summed ones;
-    each read's bounds test sits right after the loops it depends on. Serves what the im2col
-    GEMM and pooling patterns do not (depthwise and 1-D or 3-D windows); the guard is checked to
-    be exactly the adjoint rule's, not printed."""
+    input) or through its adjoint (``(u + p − i·d)/s`` under the derived guard), as one loop nest
+    (:func:`_affine_code`: in scatter form where it has one, else a guarded gather). Serves what
+    the im2col GEMM and pooling patterns do not (depthwise and 1-D or 3-D windows); the guard is
+    checked to be exactly the adjoint rule's, never printed."""
     facs = t["factors"]
     if any(str(f.base) in spec.selects for f in facs):
         raise LoweringError(f"{name}: an argmax mask read outside max pooling's own pattern")

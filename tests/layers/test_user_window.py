@@ -336,3 +336,19 @@ def test_hessian_diagonals_through_a_depthwise_layer(rng):
     gn = np.concatenate([a.ravel() for a in model.hessian_diagonal(X, y, method="gauss_newton")])
     assert rel_err(gn, np.einsum("ip,ij,jp->p", J, Ho, J)) < 1e-10
     assert all(np.isfinite(a).all() for a in model.hessian_diagonal(X, y, method="becker_lecun"))
+
+
+def test_bitwise_the_same_on_one_and_two_threads(rng):
+    """Every loop nest writes each element from one thread in a fixed order (the parameters'
+    pullbacks in parallel over their first index): results do not depend on the thread count."""
+    from threadpoolctl import threadpool_limits
+    dw = L.from_spec(DEPTHWISE, init={"b": 0.1}, K_h=3, K_w=3, s=1, p=1, d=1)
+    model = Sequential([dw, L.Tanh(), L.Flatten(), L.Dense(8 * 12 * 12, 3)], seed=0, input_shape=(8, 12, 12))
+    X, y = rng.normal(size=(48, 8, 12, 12)).astype(np.float32), rng.integers(0, 3, 48)
+    v = [rng.normal(size=q.shape).astype(np.float32) for q in model.parameters()]
+    runs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="openmp"):
+            _, grads, hv = model.hvp(X, y, v, return_grad=True)
+            runs.append(grads + hv)
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
