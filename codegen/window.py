@@ -355,13 +355,14 @@ def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) 
                 size_of.setdefault(r, shapes[arr][p_])
 
     def extent(v):
-        if str(v) in extents:
-            return f"{v}_"
         for arr, pos in [(out, out_pos)] + read_pos:
             for p_, (kind, r) in enumerate(pos):
-                if kind == "var" and r == v:
+                if kind == "var" and r == v and str(v) not in extents:
                     return f"{shapes[arr][p_]}_"
-        raise LoweringError(f"{op['name']}: the extent of the summed index {v} is not determined by any argument")
+        same = _same_extent(spec, v, extents)
+        if same is None:
+            raise LoweringError(f"{op['name']}: the extent of the index {v} is not determined by any argument")
+        return f"{same}_"
     temps, before, inside, bounds = {}, {}, {}, {}
     for k, m in enumerate(fwd):
         t = temps[m] = f"_t{k}"
@@ -433,11 +434,10 @@ def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, t
             for pos, (kind, r) in enumerate(roles):
                 if kind == "plain" and r == v:
                     return f"{shapes[arr][pos]}_"
-        same = [ix for ix in extents if sp.Symbol(ix, integer=True) in spec.extents
-                and spec.extents[sp.Symbol(ix, integer=True)] == spec.extents.get(v)]
-        if not same:
-            raise LoweringError(f"{op['name']}: the extent of the summed index {v} is not determined by any argument")
-        return f"{same[0]}_"
+        same = _same_extent(spec, v, extents)
+        if same is None:
+            raise LoweringError(f"{op['name']}: the extent of the index {v} is not determined by any argument")
+        return f"{same}_"
     depth = {v: n for n, v in enumerate(order)}
     temps, texts, at_depth = {}, [], {}
     for arr, roles in reads:
@@ -488,6 +488,17 @@ def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, t
     return code, extra
 
 
+def _same_extent(spec: ContractionSpec, v, extents: list) -> str | None:
+    """The kernel's extent variable's index for ``v``: ``v`` itself when an argument has it, else
+    an index of the same extent that one has (three kernel offsets all of size K, where the
+    scalar K fixes one of them), else None."""
+    if str(v) in extents:
+        return str(v)
+    ext = spec.extents.get(v)
+    return next((ix for ix in extents if ext is not None and spec.extents.get(sp.Symbol(ix, integer=True)) == ext),
+                None)
+
+
 def _affine_parallel(ops: list) -> str | None:
     """The index whose extent sizes the thread team of a kernel with no batch-parallel op: the
     first index of its first ``affine`` op's output (a parameter's pullback, in parallel over
@@ -520,11 +531,13 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
     geometry = []
     for m in spec.maps if windowed else ():
+        named = {}
         for ix in (m.out, m.inp, m.kernel):
-            if str(ix) not in extents:
+            named[ix] = _same_extent(spec, ix, extents)
+            if named[ix] is None:
                 raise LoweringError(f"{ctx['name']}: the extent of {ix} is not determined by any argument")
         geometry.append({
-            "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
+            "out": f"{named[m.out]}_", "inp": f"{named[m.inp]}_", "k": f"{named[m.kernel]}_",
             "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
             "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
                        f" - 1) // {m.stride} + 1"})
@@ -616,6 +629,23 @@ def window_binding(ctx: dict) -> dict:
     return b
 
 
+def _libm(kernels: list) -> list:
+    """The libm functions the kernels' coefficients call (``pow(K, -6)`` in a 3-axis pool's
+    Becker-LeCun kernel), to cimport."""
+    import re
+    from .printer import MATH
+    known = MATH | {f + "f" for f in MATH}
+    found = set()
+    for ctx in kernels:
+        terms = list(ctx["ops"])
+        for st in (ctx.get("sweep") or {}).get("steps", []):
+            terms += st.get("terms", [st])
+        for op in terms:
+            for text in op.get("alpha_c", {}).values():
+                found |= set(re.findall(r"\b(\w+)\(", text)) & known
+    return sorted(found)
+
+
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     lowered = [[lower_kernel(d, k) for k in d.kernels] for d in derived]
     fused = [[layout(d, f) for f in fused_contexts(d, low, fuse_window)] for d, low in zip(derived, lowered)]
@@ -623,7 +653,7 @@ def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     kernels = [ctx for ctxs in contexts + fused for ctx in ctxs]
     sqs = [sqvjp_contexts(d, ctxs, [str(s) for s in d.spec.scalars]) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
-    return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
+    return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES, libm=_libm(kernels),
                   sqvjps=[f for fs in sqs for f in fs],
                   manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "

@@ -168,6 +168,33 @@ def test_user_max_pool_equals_F_max_pool2d(k, stride, pad, rng):
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
 
+def test_three_axis_average_pool_equals_F_avg_pool3d(rng):
+    """Three window axes (any number lowers: each its own map), one stride and padding for all."""
+    t, q, D, D_out = sp.Symbol("t", integer=True), sp.Symbol("q", integer=True), *sp.symbols("D D_out", integer=True,
+                                                                                                positive=True)
+    k3 = sp.Symbol("k", integer=True)
+    maps = (AxisMap(t, k3, q, s, sp.Integer(1), p, D_out, K, D), AxisMap(h, i, u, s, sp.Integer(1), p, H_out, K, H),
+            AxisMap(w, j, v, s, sp.Integer(1), p, W_out, K, W_))
+    spec = ContractionSpec("avgpool3d", "y", (n, c, t, h, w),
+                           sp.Sum(x[n, c, maps[0].forward_index(), maps[1].forward_index(), maps[2].forward_index()],
+                                  (k3, 0, K - 1), (i, 0, K - 1), (j, 0, K - 1)) / K ** 3,
+                           inputs={"x": (n, c, q, u, v)}, params={},
+                           extents={n: N, c: C, t: D_out, h: H_out, w: W_out, q: D, u: H, v: W_, k3: K, i: K, j: K},
+                           maps=maps, scalars=(s, p, K))
+    pool = L.from_spec(spec, K=2, s=2, p=1)
+    _layer_against(pool, lambda xt: F.avg_pool3d(xt, 2, 2, 1, count_include_pad=True), rng.normal(size=(2, 2, 3, 4, 5)),
+                   [], rng)
+    model = Sequential([L.PReLU(2), pool, L.Tanh(), L.Flatten(), L.Dense(2 * 2 * 3 * 3, 2)], dtype="float64", seed=0,
+                       input_shape=(2, 3, 4, 5))
+    model.parameters()[0][:] = rng.uniform(-1, 1, 2)
+    X, y = rng.normal(size=(3, 2, 3, 4, 5)), rng.integers(0, 2, 3)
+
+    def torch_loss_of(pt):
+        hid = F.avg_pool3d(F.prelu(torch.tensor(X), pt[0]), 2, 2, 1, count_include_pad=True)
+        return F.cross_entropy(F.linear(torch.tanh(hid).reshape(len(X), -1), pt[1], pt[2]), torch.tensor(y))
+    check_hvp_against_torch(model, X, y, [rng.normal(size=q_.shape) for q_ in model.parameters()], torch_loss_of)
+
+
 def test_float32_agrees_with_float64(rng):
     layers = lambda: [L.from_spec(DEPTHWISE, init={"b": 0.1}, K_h=3, K_w=3, s=2, p=1, d=1), L.Tanh(),  # noqa: E731
                       L.Flatten(), L.Dense(2 * 4 * 4, 3)]
