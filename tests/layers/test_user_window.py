@@ -168,6 +168,7 @@ def test_user_max_pool_equals_F_max_pool2d(k, stride, pad, rng):
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
 
+@pytest.mark.slow   # its own compile (~12 s cold); the default suite already pays for three window specs
 def test_three_axis_average_pool_equals_F_avg_pool3d(rng):
     """Three window axes (any number lowers: each its own map), one stride and padding for all."""
     t, q, D, D_out = sp.Symbol("t", integer=True), sp.Symbol("q", integer=True), *sp.symbols("D D_out", integer=True,
