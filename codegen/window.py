@@ -368,7 +368,7 @@ def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) 
         t = temps[m] = f"_t{k}"
         off = f"{_ident(m.kernel)} * {m.dilation} - {m.padding}"
         size = f"{size_of[m]}_"
-        if depth[m.kernel] < depth[m.out]:   # the range of h whose read h·s + off lands in [0, size)
+        if depth[m.kernel] < depth[m.out] and m.out not in bounds:   # the h whose h·s + off lands in [0, size)
             lo, hi = f"_lo{k}", f"_hi{k}"
             bounds[m.out] = (lo, hi)
             before.setdefault(depth[m.kernel], []).extend([
@@ -376,9 +376,9 @@ def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) 
                 f"{hi} = 0 if {size} - 1 - ({off}) < 0 else ({size} - 1 - ({off})) // {m.stride} + 1",
                 f"{hi} = {extent(m.out)} if {hi} > {extent(m.out)} else {hi}"])
             inside.setdefault(depth[m.out], []).append(f"{t} = {_ident(m.out)} * {m.stride} + {off}")
-        else:
-            inside.setdefault(depth[m.kernel], []).extend([f"{t} = {_ident(m.out)} * {m.stride} + {off}",
-                                                            f"if 0 <= {t} < {size}:"])
+        else:   # a test after both loops (a second window on the same position loop, or the offset inside)
+            inside.setdefault(max(depth[m.kernel], depth[m.out]), []).extend([
+                f"{t} = {_ident(m.out)} * {m.stride} + {off}", f"if 0 <= {t} < {size}:"])
 
     def index(pos):
         return [temps[r] if kind == "fwd" else _ident(r) for kind, r in pos]

@@ -379,3 +379,20 @@ def test_bitwise_the_same_on_one_and_two_threads(rng):
             _, grads, hv = model.hvp(X, y, v, return_grad=True)
             runs.append(grads + hv)
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
+def test_two_windows_on_one_output_position_are_refused_by_name():
+    """y[n,c,h] = Σ_ij x[n,c,h·s+i−p]·x[n,c,h·s+2j−p]: solving one window's adjoint for h puts the
+    other read at u − i + 2j, a composition of two maps that no loop nest here reads: refused with
+    the term named (before compiling anything)."""
+    j2, J = sp.Symbol("j", integer=True), sp.Symbol("J", integer=True, positive=True)
+    taps3 = AxisMap(h, i, u, s, sp.Integer(1), p, L_out, K, L_in)
+    taps2 = AxisMap(h, j2, u, s, sp.Integer(2), p, L_out, J, L_in)
+    spec = ContractionSpec("two_windows", "y", (n, c, h),
+                           sp.Sum(x[n, c, taps3.forward_index()] * x[n, c, taps2.forward_index()], (i, 0, K - 1),
+                                  (j2, 0, J - 1)),
+                           inputs={"x": (n, c, u)}, params={}, extents={n: N, c: C, h: L_out, u: L_in, i: K, j2: J},
+                           maps=(taps3, taps2), scalars=(s, p, K, J))
+    with pytest.raises(SpecError, match=r"two_windows.*index -i \+ 2\*j \+ u of x\[n, c, -i \+ 2\*j \+ u\] is "
+                                        r"neither a window read nor its adjoint"):
+        L.from_spec(spec, K=3, J=2, s=1, p=1)
