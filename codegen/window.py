@@ -91,22 +91,91 @@ def _plain(roles) -> tuple:
 
 
 def lower_term(spec: ContractionSpec, k: ContractionKernel, t: dict) -> dict:
-    out = tuple(k.out_indices)
-    m0, m1 = spec.maps
+    """One term as an op: a broadcast/reduction loop, one of the im2col/col2im GEMM or pooling
+    patterns of a two-axis window, or else (a depthwise or 1-D window, any number of axes) the
+    generic guarded loop nest of :func:`_affine_op`."""
     facs = t["factors"]
     roles = {f: _roles(spec, f) for f in facs}
-    masks = [f for f in facs if str(f.base) in spec.selects]
-    data = [f for f in facs if f not in masks]
-    sums = set(t["sums"])
     name = f"{k.name}: term {t['coeff']}·{'·'.join(map(str, facs))} summed over {t['sums']}"
     has_adj = any(r[0] == "adj" for f in facs for r in roles[f])
     if has_adj and t["cond"] is None:
         raise LoweringError(f"{name}: adjoint window read without its integrality/range guard")
-    base = {"alpha": t["coeff"]}
+    masks = [f for f in facs if str(f.base) in spec.selects]
+    data = [f for f in facs if f not in masks]
     if len(data) == 1 and all(isinstance(e, sp.Symbol) for e in data[0].indices) and not masks:
         op = _loop_op(k, Term(t["coeff"], data, t["sums"]))
         if op is not None:
             return op
+    if len(spec.maps) == 2:
+        try:
+            return _pattern_op(spec, k, t, roles, name)
+        except LoweringError:
+            if masks:
+                raise
+    return _affine_op(spec, k, t, roles, name)
+
+
+def _conditions(cond) -> frozenset | None:
+    """A guard as a set of normalised conditions (``a ≥ b`` and ``b ≤ a`` both as ``a − b ≥ 0``;
+    the derivation distributes the divisions its own way)."""
+    if cond is None:
+        return None
+    out = set()
+    for c in sp.And.make_args(cond):
+        if isinstance(c, (sp.GreaterThan, sp.LessThan, sp.StrictGreaterThan, sp.StrictLessThan)):
+            strict = isinstance(c, (sp.StrictGreaterThan, sp.StrictLessThan))
+            diff = c.lhs - c.rhs if isinstance(c, (sp.GreaterThan, sp.StrictGreaterThan)) else c.rhs - c.lhs
+            out.add((">" if strict else ">=", sp.expand(diff)))
+        elif isinstance(c, sp.Eq):
+            out.add(("==", sp.expand(c.lhs - c.rhs)))
+        else:
+            out.add(("?", c))
+    return frozenset(out)
+
+
+def _affine_op(spec: ContractionSpec, k: ContractionKernel, t: dict, roles: dict, name: str) -> dict:
+    """Any product of arrays read plainly, through a window (``h·s + i·d − p``, zero outside the
+    input) or through its adjoint (``(u + p − i·d)/s`` under the derived guard), as one loop nest
+    (:func:`_affine_code`: in scatter form where it has one, else a guarded gather). Serves what
+    the im2col GEMM and pooling patterns do not (depthwise and 1-D or 3-D windows); the guard is
+    checked to be exactly the adjoint rule's, never printed."""
+    facs = t["factors"]
+    if any(str(f.base) in spec.selects for f in facs):
+        raise LoweringError(f"{name}: an argmax mask read outside max pooling's own pattern")
+    adj = list(dict.fromkeys(r[1] for f in facs for r in roles[f] if r[0] == "adj"))
+    want = sp.And(*[m.adjoint_guard() for m in adj]) if adj else None
+    if t["cond"] is not None and _conditions(t["cond"]) != _conditions(want):
+        raise LoweringError(f"{name}: its guard {t['cond']} is not the adjoint guard of its window reads")
+    for m in spec.maps:
+        for q in (m.stride, m.dilation, m.padding):
+            if not (isinstance(q, sp.Integer) or q in spec.scalars):
+                raise LoweringError(f"{name}: the window's stride, dilation and padding must each be an integer "
+                                    f"or one of the spec's scalars {list(spec.scalars)}, got {q}")
+    out = list(k.out_indices)
+    order = out + [s for s in t["sums"] if s not in out]
+    reads = [(str(f.base), roles[f]) for f in facs]
+    needed = set()
+    for _, idx in reads:
+        for kind, r in idx:
+            needed |= {r} if kind == "plain" else ({r.out, r.kernel} if kind == "fwd" else {r.inp, r.kernel})
+    missing = sorted(map(str, needed - set(order)))
+    if missing:
+        raise LoweringError(f"{name}: index(es) {missing} are neither output indices nor summed")
+    return {"kind": "affine", "alpha": t["coeff"], "order": order, "reads": reads, "sums": list(t["sums"]),
+            "out_idx": out,
+            "n": str(out[0]) if out[0] == spec.out_indices[0] else None,
+            "arrays": list(dict.fromkeys(str(f.base) for f in facs))}
+
+
+def _pattern_op(spec: ContractionSpec, k: ContractionKernel, t: dict, roles: dict, name: str) -> dict:
+    """The two-axis window patterns: im2col/col2im GEMMs, pooling gathers and scatters."""
+    out = tuple(k.out_indices)
+    m0, m1 = spec.maps
+    facs = t["factors"]
+    masks = [f for f in facs if str(f.base) in spec.selects]
+    data = [f for f in facs if f not in masks]
+    sums = set(t["sums"])
+    base = {"alpha": t["coeff"]}
     if len(data) == 2 and not masks:
         A, X = data
         if not _plain(roles[A]):
@@ -235,11 +304,213 @@ def _sweep(ctx: dict, gemm: list[dict]) -> dict:
             "slots": len(sources) + (1 if any(st["kind"] == "col2im" for st in steps) else 0)}
 
 
+def _flat(name: str, idx: list, dims: list) -> str:
+    """``name[i, j, k]`` of a C-contiguous array as a flat index (the template's ``at`` macro)."""
+    text = str(idx[0])
+    for i, dim in zip(idx[1:], dims[1:]):
+        text = f"({text}) * {dim}_ + {i}" if text.count(" ") else f"{text} * {dim}_ + {i}"
+    return f"{name}[{text}]"
+
+
+def _ident(v) -> str:
+    return str(v) if str(v).isidentifier() else "_" + str(v).replace("'", "_b")
+
+
+def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) -> tuple[dict, list] | None:
+    """The loop nest of an ``affine`` op in scatter form, or None when it has none (its output's
+    first index is read through an adjoint). An adjoint read ``g[(u + p − i·d)/s]`` under its
+    guard, summed into ``out[u]``, is the forward map read backwards: loop over the output
+    position ``h`` instead of ``u`` and write ``out[h·s + i·d − p]`` (col2im's form: no
+    divisibility test, and the guard is exactly the range of ``h``). Loops: the output's first
+    index (in parallel: disjoint writes), the other plain indices, the kernel offsets, then the
+    window positions, each over the range whose reads land inside (``_valid_range``), so the
+    innermost loop runs along a row without tests; a sum the output does not depend on is
+    accumulated in a register."""
+    order, reads, out, out_idx = op["order"], op["reads"], op["out"], op["out_idx"]
+    adj = {r.inp: r for _, roles in reads for kind, r in roles if kind == "adj"}
+    if out_idx[0] in adj or any(m.out in order for m in adj.values()):
+        return None
+
+    def position(kind, r):
+        if kind == "plain":
+            return ("fwd", adj[r]) if r in adj else ("var", r)
+        return ("fwd", r) if kind == "fwd" else ("var", r.out)
+    out_pos = [position("plain", v) for v in out_idx]
+    read_pos = [(arr, [position(kind, r) for kind, r in roles]) for arr, roles in reads]
+    loops = list(dict.fromkeys(adj[v].out if v in adj else v for v in order))
+    fwd = list(dict.fromkeys(r for _, pos in [(out, out_pos)] + read_pos for kind, r in pos if kind == "fwd"))
+    outs_, kernels = {m.out for m in fwd}, {m.kernel for m in fwd}
+    first = loops[0]
+    order2 = [first] + [v for v in loops[1:] if v not in outs_ and v not in kernels]
+    order2 += [m.kernel for m in fwd if m.kernel in loops and m.kernel not in order2]
+    order2 += [m.out for m in fwd if m.out in loops and m.out not in order2]
+    order2 = list(dict.fromkeys(order2))
+    if set(order2) != set(loops):
+        return None
+    depth = {v: n for n, v in enumerate(order2)}
+    size_of = {}
+    for arr, pos in [(out, out_pos)] + read_pos:
+        for p_, (kind, r) in enumerate(pos):
+            if kind == "fwd":
+                size_of.setdefault(r, shapes[arr][p_])
+
+    def extent(v):
+        for arr, pos in [(out, out_pos)] + read_pos:
+            for p_, (kind, r) in enumerate(pos):
+                if kind == "var" and r == v and str(v) not in extents:
+                    return f"{shapes[arr][p_]}_"
+        same = _same_extent(spec, v, extents)
+        if same is None:
+            raise LoweringError(f"{op['name']}: the extent of the index {v} is not determined by any argument")
+        return f"{same}_"
+    temps, before, inside, bounds = {}, {}, {}, {}
+    for k, m in enumerate(fwd):
+        t = temps[m] = f"_t{k}"
+        off = f"{_ident(m.kernel)} * {m.dilation} - {m.padding}"
+        size = f"{size_of[m]}_"
+        if depth[m.kernel] < depth[m.out] and m.out not in bounds:   # the h whose h·s + off lands in [0, size)
+            lo, hi = f"_lo{k}", f"_hi{k}"
+            bounds[m.out] = (lo, hi)
+            before.setdefault(depth[m.kernel], []).extend([
+                f"{lo} = 0 if {off} >= 0 else ({m.stride} - 1 - ({off})) // {m.stride}",
+                f"{hi} = 0 if {size} - 1 - ({off}) < 0 else ({size} - 1 - ({off})) // {m.stride} + 1",
+                f"{hi} = {extent(m.out)} if {hi} > {extent(m.out)} else {hi}"])
+            inside.setdefault(depth[m.out], []).append(f"{t} = {_ident(m.out)} * {m.stride} + {off}")
+        else:   # a test after both loops (a second window on the same position loop, or the offset inside)
+            inside.setdefault(max(depth[m.kernel], depth[m.out]), []).extend([
+                f"{t} = {_ident(m.out)} * {m.stride} + {off}", f"if 0 <= {t} < {size}:"])
+
+    def index(pos):
+        return [temps[r] if kind == "fwd" else _ident(r) for kind, r in pos]
+    prod = " * ".join(_flat(arr, index(pos), shapes[arr]) for arr, pos in read_pos)
+    target = _flat(out, index(out_pos), shapes[out])
+    needs = [v for kind, r in out_pos for v in ((r,) if kind == "var" else (r.out, r.kernel))]
+    d_out = max(depth[v] for v in needs)
+    lines, level, acc = [], 0, None
+    for n, v in enumerate(order2):
+        if n == 0:
+            loop = f'prange({extent(v)}, num_threads=_T, schedule="static")'
+        elif v in bounds:
+            loop = f"range({bounds[v][0]}, {bounds[v][1]})"
+        else:
+            loop = f"range({extent(v)})"
+        lines.append((level, f"for {_ident(v)} in {loop}:"))
+        level += 1
+        for line in inside.get(n, []) + before.get(n, []):
+            lines.append((level, line))
+            if line.endswith(":"):
+                level += 1
+        if n == d_out and n < len(order2) - 1:
+            acc = level
+            lines.append((level, "_acc = 0"))
+    if acc is None:
+        lines.append((level, f"{target} += {{alpha}} * {prod}"))
+    else:
+        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
+    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    extra = [_ident(v) for v in order2 if str(v) not in extents] + list(temps.values())
+    extra += [x for lo_hi in bounds.values() for x in lo_hi]
+    return code, extra
+
+
+def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, taken: set) -> tuple[dict, list]:
+    """The loop nest of an ``affine`` op, per C type a list of lines (4 spaces a level), and the
+    variables it declares beyond the kernel's extents (loops over renamed indices, read offsets):
+    the scatter form (:func:`_scatter_code`) where there is one, else a guarded gather."""
+    order, reads, out = op["order"], op["reads"], op["out"]
+    ident = {v: _ident(v) for v in order}
+    ident.update({m.out: _ident(m.out) for _, roles in reads for kind, m in roles if kind == "adj"})
+    clash = sorted(x for x in ident.values() if x in taken)
+    if clash:
+        raise LoweringError(f"{op['name']}: index name(s) {clash} clash with the spec's array or scalar names")
+    scatter = _scatter_code(spec, op, shapes, extents)
+    if scatter is not None:
+        return scatter
+
+    def extent(v):
+        if str(v) in extents:
+            return f"{v}_"
+        for arr, roles in reads:
+            for pos, (kind, r) in enumerate(roles):
+                if kind == "plain" and r == v:
+                    return f"{shapes[arr][pos]}_"
+        same = _same_extent(spec, v, extents)
+        if same is None:
+            raise LoweringError(f"{op['name']}: the extent of the index {v} is not determined by any argument")
+        return f"{same}_"
+    depth = {v: n for n, v in enumerate(order)}
+    temps, texts, at_depth = {}, [], {}
+    for arr, roles in reads:
+        idx = []
+        for pos, (kind, r) in enumerate(roles):
+            if kind == "plain":
+                idx.append(ident[r])
+                continue
+            key = (kind, r)
+            if key not in temps:
+                t = temps[key] = f"_t{len(temps)}"
+                dim = shapes[arr][pos]
+                if kind == "fwd":
+                    code = [f"{t} = {ident[r.out]} * {r.stride} + {ident[r.kernel]} * {r.dilation} - {r.padding}",
+                            f"if 0 <= {t} < {dim}_:"]
+                    deps = (r.out, r.kernel)
+                else:
+                    code = [f"{t} = {ident[r.inp]} + {r.padding} - {ident[r.kernel]} * {r.dilation}"]
+                    if r.stride != 1:
+                        code += [f"if {t} % {r.stride} == 0:", f"{t} = {t} // {r.stride}"]
+                    code.append(f"if 0 <= {t} < {dim}_:")
+                    deps = (r.inp, r.kernel)
+                at_depth.setdefault(max(1, max(depth[v] for v in deps)), []).append(code)
+            idx.append(temps[key])
+        texts.append(_flat(arr, idx, shapes[arr]))
+    prod = " * ".join(texts)
+    target = _flat(out, [ident[v] for v in op["out_idx"]], shapes[out])
+    lines, level, acc = [], 0, None
+    n_out = len(op["out_idx"])
+    for n, v in enumerate(order):
+        loop = f'prange({extent(v)}, num_threads=_T, schedule="static")' if n == 0 else f"range({extent(v)})"
+        lines.append((level, f"for {ident[v]} in {loop}:"))
+        level += 1
+        for code in at_depth.get(n, ()):
+            for line in code:
+                lines.append((level, line))
+                if line.endswith(":"):
+                    level += 1
+        if n == n_out - 1 and op["sums"]:
+            acc = level
+            lines.append((level, "_acc = 0"))
+    if acc is None:
+        lines.append((level, f"{target} += {{alpha}} * {prod}"))
+    else:
+        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
+    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    extra = [ident[v] for v in order if str(v) not in extents] + list(temps.values())
+    return code, extra
+
+
+def _same_extent(spec: ContractionSpec, v, extents: list) -> str | None:
+    """The kernel's extent variable's index for ``v``: ``v`` itself when an argument has it, else
+    an index of the same extent that one has (three kernel offsets all of size K, where the
+    scalar K fixes one of them), else None."""
+    if str(v) in extents:
+        return str(v)
+    ext = spec.extents.get(v)
+    return next((ix for ix in extents if ext is not None and spec.extents.get(sp.Symbol(ix, integer=True)) == ext),
+                None)
+
+
+def _affine_parallel(ops: list) -> str | None:
+    """The index whose extent sizes the thread team of a kernel with no batch-parallel op: the
+    first index of its first ``affine`` op's output (a parameter's pullback, in parallel over
+    its first index), or None (serial)."""
+    first = next((op for op in ops if op["kind"] == "affine"), None)
+    return None if first is None else str(first["out_idx"][0])
+
+
 def layout(d: DerivedContraction, ctx: dict) -> dict:
     """Everything the template needs beyond the ops: guards, the sample sweep, column and
     weight-accumulator buffers, geometry, zeroing, threads."""
     spec = d.spec
-    m0, m1 = spec.maps
     ops = ctx["ops"]
     windowed = any(op["kind"] != "loop" for op in ops)
     # extent of index i is the C variable ``i_``; geometry scalars keep their names
@@ -260,22 +531,34 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     extents += [ix for ix in scalar_extents.values() if ix not in extents]
     geometry = []
     for m in spec.maps if windowed else ():
+        named = {}
         for ix in (m.out, m.inp, m.kernel):
-            if str(ix) not in extents:
+            named[ix] = _same_extent(spec, ix, extents)
+            if named[ix] is None:
                 raise LoweringError(f"{ctx['name']}: the extent of {ix} is not determined by any argument")
         geometry.append({
-            "out": f"{m.out}_", "inp": f"{m.inp}_", "k": f"{m.kernel}_",
+            "out": f"{named[m.out]}_", "inp": f"{named[m.inp]}_", "k": f"{named[m.kernel]}_",
             "s": str(m.stride), "d": str(m.dilation), "p": str(m.padding),
             "formula": f"{m.out_extent} = ({m.in_extent} + 2*{m.padding} - {m.dilation}*({m.kernel_extent} - 1)"
                        f" - 1) // {m.stride} + 1"})
-    idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
-           "i": str(m0.kernel), "j": str(m1.kernel)}
+    idx = {}
+    if len(spec.maps) == 2:   # the two-axis patterns' names (columns, masks, pooling loops)
+        m0, m1 = spec.maps
+        idx = {"h": str(m0.out), "w": str(m1.out), "u": str(m0.inp), "v": str(m1.inp),
+               "i": str(m0.kernel), "j": str(m1.kernel)}
+    decl = []
+    taken = set(ctx["arrays"]) | set(outs) | set(masks) | set(scalar_names)
+    for op in ops:
+        if op["kind"] == "affine":
+            op["name"] = ctx["name"]
+            op["code"], extra = _affine_code(spec, op, shapes, extents, taken)
+            decl += [v for v in extra if v not in decl]
     cols = wacc = None
     if sweep:
         cols = (f"{sweep['c']}_ * {idx['i']}_ * {idx['j']}_", f"{idx['h']}_ * {idx['w']}_")
         if sweep["wouts"]:   # per-chunk partial weight gradients (transposed: C·K·K × O), summed after
             wacc = (cols[0], f"{sweep['o']}_", WGRAD_CHUNKS, WGRAD_CHUNK_WORK)
-    samples = {op["n"] for op in ops if op["kind"] != "loop"}
+    samples = {op["n"] for op in ops if op["kind"] != "loop" and op["n"] is not None}
     if len(samples) > 1:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
     for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
@@ -304,10 +587,10 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
     # gathers/scatters through an argmax mask (read, or made by the same kernel's forward part)
     moff = any(op.get("mask") for op in rest if op["kind"] in ("gather", "scatter"))
     return {**ctx, "ops": rest, "sweep": sweep, "moff": moff, "cols": cols, "wacc": wacc,
-            "parallel": samples.pop() if samples else None, "calls_blas": bool(gemm), "zero": zero,
+            "parallel": samples.pop() if samples else _affine_parallel(rest), "calls_blas": bool(gemm), "zero": zero,
             "sample_sizes": {o: " * ".join(f"{i}_" for i in shapes[o][1:]) for o in outs},
             "minimum": minimum, "extents": extents, "scalars": scalar_names, "scalar_extents": scalar_extents,
-            "geometry": geometry, "idx": idx}
+            "geometry": geometry, "idx": idx, "affine_decl": decl}
 
 
 def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
@@ -346,14 +629,34 @@ def window_binding(ctx: dict) -> dict:
     return b
 
 
+def _libm(kernels: list) -> list:
+    """The libm functions the kernels' coefficients call (``pow(K, -6)`` in a 3-axis pool's
+    Becker-LeCun kernel), to cimport."""
+    import re
+    from .printer import MATH
+    known = MATH | {f + "f" for f in MATH}
+    found = set()
+    for ctx in kernels:
+        terms = list(ctx["ops"])
+        for st in (ctx.get("sweep") or {}).get("steps", []):
+            terms += st.get("terms", [st])
+        for op in terms:
+            for text in op.get("alpha_c", {}).values():
+                found |= set(re.findall(r"\b(\w+)\(", text)) & known
+    return sorted(found)
+
+
 def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     lowered = [[lower_kernel(d, k) for k in d.kernels] for d in derived]
-    fused = [[layout(d, f) for f in fused_contexts(d, low, fuse_window)] for d, low in zip(derived, lowered)]
+    # fused roles share im2col columns and argmax masks between their parts; loop nests share
+    # nothing, so a spec with one gets none (a quarter less to compile, one call per part instead)
+    fused = [[] if any(op["kind"] == "affine" for c in low for op in c["ops"]) else
+             [layout(d, f) for f in fused_contexts(d, low, fuse_window)] for d, low in zip(derived, lowered)]
     contexts = [[layout(d, c) for c in low] for d, low in zip(derived, lowered)]
     kernels = [ctx for ctxs in contexts + fused for ctx in ctxs]
     sqs = [sqvjp_contexts(d, ctxs, [str(s) for s in d.spec.scalars]) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
-    return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES,
+    return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES, libm=_libm(kernels),
                   sqvjps=[f for fs in sqs for f in fs],
                   manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "

@@ -37,6 +37,12 @@ class AxisMap:
         """The output position that reads input position ``inp`` through kernel offset ``kernel``."""
         return (self.inp + self.padding - self.kernel * self.dilation) / self.stride
 
+    def adjoint_guard(self) -> sp.Boolean:
+        """When the adjoint read is a real output position: ``[s | u + p − i·d]`` and
+        ``0 ≤ (u + p − i·d)/s ≤ H_out − 1`` (the guard :func:`adjoint_delta` derives)."""
+        return _solution_condition(sp.expand(self.inp + self.padding - self.kernel * self.dilation), self.stride,
+                                   (0, self.out_extent - 1))
+
     def is_forward(self, e: sp.Expr) -> bool:
         return sp.expand(e - self.forward_index()) == 0
 

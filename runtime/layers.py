@@ -79,5 +79,6 @@ def from_config(cfg: dict, custom_objects: dict | None = None) -> Layer:
         if cfg.get("family") == "composite":
             return from_spec(spec, axes=tuple(cfg["axes"]), **cfg.get("scalars", {}))
         # the checkpoint's arrays replace the values: zeros are only placeholders
-        return from_spec(spec, init={p: 0.0 for p in getattr(spec, "params", {})}, **cfg.get("sizes", {}))
+        return from_spec(spec, init={p: 0.0 for p in getattr(spec, "params", {})},
+                         **{**cfg.get("sizes", {}), **cfg.get("scalars", {})})   # scalars: a window spec's
     raise ValueError(f"unknown layer type {kind!r} in checkpoint")

@@ -42,15 +42,15 @@ def _initial(layer: str, name: str, how, shape: tuple, fan_in: int, dtype, rng) 
 
 class ContractionLayer(SpecLayer):
     """A layer from a user's :class:`ContractionSpec` (indexed: GEMM, broadcast and elementwise
-    products with parameters, reductions). The input's first index is the batch."""
+    products with parameters, reductions), or a window spec (affine index maps, ``maps=``:
+    convolutions and pooling of any number of axes, depthwise ones included) compiled by the
+    window family. The input's first index is the batch. A window spec's scalars (stride,
+    padding, dilation, a pooling kernel size) are given by name; its output extents follow from
+    the maps, ``(H + 2p − d(K − 1) − 1)//s + 1`` per axis."""
 
     def __init__(self, spec, init: dict | None = None, verbose: bool = False, **sizes):
-        from ..codegen.contraction import render_contraction_module
         from ..derive.elementwise import SpecError
         from ..derive.indexed import check_contraction, derive_contraction
-        if spec.maps:
-            raise SpecError(f"L.from_spec({spec.name!r}): window specs (affine index maps) from user code are "
-                            f"not supported yet; write the layer as a contraction")
         if len(spec.inputs) != 1:
             raise SpecError(f"L.from_spec({spec.name!r}): a layer has exactly one input array, the spec has "
                             f"{sorted(spec.inputs)}")
@@ -59,27 +59,52 @@ class ContractionLayer(SpecLayer):
             raise SpecError(f"L.from_spec({spec.name!r}): the output's first index {spec.out_indices[0]} must be "
                             f"the input's batch index {self.in_idx[0]}")
         check_contraction(spec)
+        if spec.maps:
+            _check_maps(spec)
         self.spec = spec
-        self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_contraction,
-                                              render_contraction_module, verbose)
         names = {str(e) for e in spec.extents.values()}
-        unknown = sorted(set(sizes) - names)
+        derived_extents = {m.out_extent.name for m in spec.maps}
+        scalar_names = [str(q) for q in spec.scalars]
+        unknown = sorted(set(sizes) - names - set(scalar_names))
         if unknown:
-            raise TypeError(f"L.from_spec({spec.name!r}): unknown size(s) {unknown}; the spec's extents are {sorted(names)}")
-        self.sizes = {k: int(v) for k, v in sizes.items()}
-        for k, v in self.sizes.items():
-            if v <= 0:
-                raise ValueError(f"{self.name}: size {k} must be a positive integer, got {v}")
+            raise TypeError(f"L.from_spec({spec.name!r}): unknown size(s) {unknown}; the spec's extents are "
+                            f"{sorted(names)}" + (f" and its scalars {scalar_names}" if scalar_names else ""))
+        given_out = sorted(set(sizes) & derived_extents - set(scalar_names))
+        if given_out:
+            raise TypeError(f"L.from_spec({spec.name!r}): {given_out} follow from the window's index maps and the "
+                            f"input; give the kernel sizes and scalars instead")
+        missing = [q for q in scalar_names if q not in sizes]
+        if missing:
+            raise TypeError(f"L.from_spec({spec.name!r}): give the spec's scalar(s) {missing} by name (e.g. "
+                            f"{missing[0]}=1)")
+        self._scalars = {str(q): _scalar(spec.name, q, sizes[str(q)]) for q in spec.scalars}
+        self.sizes = {}
+        for k, v in sizes.items():
+            if k in names:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"L.from_spec({spec.name!r}): size {k} must be a positive integer, got {v!r}")
+                if v <= 0:
+                    raise ValueError(f"L.from_spec({spec.name!r}): size {k} must be a positive integer, got {v!r}")
+                self.sizes[k] = int(v)
         self.init = dict(init or {})
         extra = sorted(set(self.init) - set(spec.params))
         if extra:
             raise TypeError(f"{self.name}: init for unknown parameter(s) {extra}; it has {sorted(spec.params)}")
         self.arrays = {p: None for p in spec.params}
+        # per window axis: input, kernel and output extent names; stride, dilation, padding values
+        self._windows = [(m.in_extent.name, m.kernel_extent.name, m.out_extent.name,
+                          *(self._scalars[str(q)] if str(q) in self._scalars else int(q)
+                            for q in (m.stride, m.dilation, m.padding))) for m in spec.maps]
+        self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_contraction, _renderer(spec), verbose)
         self._bind(self.module, spec.name)
 
     @property
     def name(self):
-        return f"{self.spec.name}({', '.join(f'{k}={v}' for k, v in sorted(self.sizes.items()))})"
+        given = {**self.sizes, **getattr(self, "_scalars", {})}
+        return f"{self.spec.name}({', '.join(f'{k}={v}' for k, v in sorted(given.items()))})"
+
+    def scalars(self):
+        return self._scalars
 
     @property
     def derived(self):
@@ -92,8 +117,17 @@ class ContractionLayer(SpecLayer):
     def _extent(self, i):
         return self.spec.extents[i].name
 
+    def _all_sizes(self) -> dict:
+        """The sizes, with each window axis's output extent once its input extent is known."""
+        sizes = dict(self.sizes)
+        for n_in, n_k, n_out, s, d, p in self._windows:
+            if n_in in sizes and n_k in sizes:
+                sizes[n_out] = (sizes[n_in] + 2 * p - d * (sizes[n_k] - 1) - 1) // s + 1
+        return sizes
+
     def _shape(self, idx) -> tuple | None:
-        dims = [self.sizes.get(self._extent(i)) for i in idx]
+        sizes = self._all_sizes()
+        dims = [sizes.get(self._extent(i)) for i in idx]
         return None if None in dims else tuple(dims)
 
     def parameters_known(self):
@@ -123,10 +157,16 @@ class ContractionLayer(SpecLayer):
         if len(input_shape) != len(self.in_idx) - 1:
             raise ValueError(f"{self.name}: expects per-sample inputs of rank {len(self.in_idx) - 1} "
                              f"({', '.join(self._extent(i) for i in self.in_idx[1:])}), got {input_shape}")
+        before = dict(self.sizes)
         for i, d in zip(self.in_idx[1:], input_shape):
             self.sizes.setdefault(self._extent(i), int(d))
+        try:
+            out = self.output_shape(input_shape)
+        except ValueError:   # an input that does not fit leaves the layer as it was
+            self.sizes = before
+            raise
         self.init_parameters(dtype, rng)
-        return self.output_shape(input_shape)
+        return out
 
     def output_shape(self, input_shape):
         want = tuple(self.sizes.get(self._extent(i)) for i in self.in_idx[1:])
@@ -134,9 +174,13 @@ class ContractionLayer(SpecLayer):
             raise ValueError(f"{self.name}: expects per-sample inputs of shape {want}, got {tuple(input_shape)}")
         out = self._shape(self.spec.out_indices[1:])
         if out is None:
-            missing = [self._extent(i) for i in self.spec.out_indices[1:] if self._extent(i) not in self.sizes]
+            sizes = self._all_sizes()
+            missing = [self._extent(i) for i in self.spec.out_indices[1:] if self._extent(i) not in sizes]
             raise ValueError(f"{self.name}: the output extent(s) {missing} are not fixed by the input; pass them "
                              f"to L.from_spec (e.g. {missing[0]}=16)")
+        if any(d < 1 for d in out):
+            raise ValueError(f"{self.name}: input of shape {tuple(input_shape)} is too small for its window "
+                             f"(output would be {out})")
         return out
 
     def check_input(self, x):
@@ -182,8 +226,54 @@ class ContractionLayer(SpecLayer):
         return super().bl(rec, h, g)
 
     def config(self):
-        return {"type": "Spec", "family": "contraction", "name": self.spec.name, "hash": self.spec.hash,
-                "sizes": dict(self.sizes)}
+        cfg = {"type": "Spec", "family": "contraction", "name": self.spec.name, "hash": self.spec.hash,
+               "sizes": dict(self.sizes)}
+        if self._scalars:
+            cfg["scalars"] = dict(self._scalars)
+        return cfg
+
+
+def _renderer(spec):
+    """The window family's renderer for a spec with affine index maps, else the contraction one's."""
+    if spec.maps:
+        from ..codegen.window import render_window_module
+        return render_window_module
+    from ..codegen.contraction import render_contraction_module
+    return render_contraction_module
+
+
+def _scalar(spec: str, sym, v) -> int:
+    """A window scalar's value: an integer, at least 1 for a positive symbol (a stride), at least
+    0 otherwise (a padding)."""
+    low = 1 if sym.is_positive else 0
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"L.from_spec({spec!r}): scalar {sym} must be an integer, got {v!r}")
+    if v < low:
+        raise ValueError(f"L.from_spec({spec!r}): scalar {sym} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _check_maps(spec) -> None:
+    """Refuse a window spec whose index maps do not fit its arrays (each names the map)."""
+    import sympy as sp
+    from ..derive.elementwise import SpecError
+    (_, in_idx), = spec.inputs.items()
+    for m in spec.maps:
+        where = f"spec {spec.name!r}: the index map {m.forward_index()} (output {m.out}, kernel {m.kernel}, input {m.inp})"
+        if m.inp == in_idx[0]:
+            raise SpecError(f"{where}: a window cannot run along the batch index {m.inp}")
+        if m.inp not in in_idx or m.out not in spec.out_indices:
+            raise SpecError(f"{where}: its input index must index the input {in_idx} and its output index the "
+                            f"output {spec.out_indices}")
+        for ix, ext in ((m.out, m.out_extent), (m.kernel, m.kernel_extent), (m.inp, m.in_extent)):
+            if spec.extents.get(ix) != ext:
+                raise SpecError(f"{where}: index {ix} has extent {spec.extents.get(ix)} in extents=, {ext} in the map")
+        for q in (m.stride, m.dilation, m.padding):
+            if not (isinstance(q, sp.Integer) or q in spec.scalars):
+                raise SpecError(f"{where}: stride, dilation and padding must each be an integer or one of the spec's "
+                                f"scalars {list(spec.scalars)}, got {q}")
+        if any(m.out_extent == q for q in spec.scalars):
+            raise SpecError(f"{where}: its output extent {m.out_extent} follows from the map; it cannot be a scalar")
 
 
 def _per_row(a, n: int):
