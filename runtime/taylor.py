@@ -29,6 +29,7 @@ import importlib
 import numpy as np
 
 from .activation import Activation, LearnableActivation
+from .branched import BranchedLayer
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
@@ -165,7 +166,17 @@ class InputDerivatives:
         self.table = table = manifest(module)
         self.kernels = module.KERNELS
         self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
-        for layer in model.layers:
+        self._bind_layers(model.layers)
+
+    def _bind_layers(self, layers):
+        """Check every layer of a chain (branches included) has a sweep; bind the activations'
+        Taylor kernels."""
+        model, module, table = self.model, _module(), self.table
+        for layer in layers:
+            if isinstance(layer, BranchedLayer):   # a fan-out: its branches' layers
+                for chain in layer.branches():
+                    self._bind_layers(chain)
+                continue
             if isinstance(layer, (Dense, Flatten) + AFFINE + PIECEWISE_LINEAR):   # DropConnect is off in eval
                 continue
             if isinstance(layer, EVAL_AFFINE + (Dropout,)):
@@ -192,8 +203,8 @@ class InputDerivatives:
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
                             f"the built-in activations {sorted(table)}, learnable activations, activations "
-                            f"from Activation.from_sympy and user specs (L.from_spec) linear in their input or "
-                            f"selecting by a max")
+                            f"from Activation.from_sympy, user specs (L.from_spec) linear in their input or "
+                            f"selecting by a max, and residual blocks of these")
 
     @staticmethod
     def _row_sizes(model) -> list[int]:
@@ -281,23 +292,36 @@ class InputDerivatives:
     def forward(self, X):
         model = self.model
         X = model._check_X(X)
-        stack = self.seed(X)
+        stack, tape = self._forward_chain(model.layers, self.seed(X), top=True)
+        return self._results(stack), tape
+
+    def _forward_chain(self, layers, stack, top=False):
+        """The stack through a chain of layers: ``(stack, tape)``; ``top``: the model's own
+        chain (its first Dense layer reads the seed's unit rows)."""
         tape = []
-        for li, layer in enumerate(model.layers):
-            if isinstance(layer, Dense) and li == 0 and self._unit_rows(X.dtype) is not None:
+        for li, layer in enumerate(layers):
+            if isinstance(layer, BranchedLayer):   # a fan-out (Residual): the branches' stacks summed
+                out, subtapes = None, []
+                for chain in layer.branches():
+                    y, sub = self._forward_chain(chain, stack)
+                    subtapes.append(sub)
+                    out = y if out is None else out + y
+                tape.append((layer, stack, (out, subtapes)))
+                stack = out
+            elif isinstance(layer, Dense) and top and li == 0 and self._unit_rows(stack.dtype) is not None:
                 out = self._seed_dense(layer, stack)
                 tape.append((layer, stack, out))
                 stack = out
             elif isinstance(layer, Dense):
                 stack_in = stack
                 B, Np, _ = stack_in.shape
-                out = np.empty((B, Np, layer.out_features), dtype=X.dtype)
+                out = np.empty((B, Np, layer.out_features), dtype=stack.dtype)
                 R = layer.kernels.roles
                 rows = stack_in.reshape(B * Np, -1)
                 _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows, "Ry": out.reshape(B * Np, -1)})
                 if layer.bias:      # the offset: the forward role at a zero input
-                    offset = np.empty((1, layer.out_features), dtype=X.dtype)
-                    _call(R["forward"], {"x": np.zeros((1, layer.in_features), X.dtype), "W": layer.W,
+                    offset = np.empty((1, layer.out_features), dtype=stack.dtype)
+                    _call(R["forward"], {"x": np.zeros((1, layer.in_features), stack.dtype), "W": layer.W,
                                          "b": layer.b, "y": offset})
                     out[0, :self.N] += offset
                 tape.append((layer, stack_in, out))
@@ -326,7 +350,7 @@ class InputDerivatives:
                 kern(*[env[a] for a in entry["call"]])
                 tape.append((layer, stack, out))
                 stack = out
-        return self._results(stack), tape
+        return stack, tape
 
     def _unit_rows(self, dtype):
         """The distinct input rows of the first-order blocks of the seed (e_i for each
@@ -539,9 +563,31 @@ class InputDerivatives:
         def add(slot, g):
             grads[slot] = g if grads[slot] is None else grads[slot] + g
 
+        self._backward_chain(tape, G, live, slots, add, top=True)
+        return [np.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    def _backward_chain(self, tape, G, live, slots, add, top=False):
+        """Pull the cotangent stack ``G`` back through a chain's tape, adding each parameter's
+        gradient through ``add(slot, g)`` (``slots[k]``: layer k's parameter-use slots);
+        returns the cotangent stack at the chain's input (unchanged past the model's first
+        layer, whose input gradient is not needed). ``live``: the blocks ``G`` may be nonzero
+        in (None: all)."""
         for li in range(len(tape) - 1, -1, -1):
             layer, stack_in, out = tape[li]
-            if isinstance(layer, Dense) and li > 0 and live is not None:
+            first = top and li == 0          # the model's first layer: no input gradient needed
+            if isinstance(layer, BranchedLayer):   # a fan-out: each branch pulls G back, summed
+                uses, k, Gin = slots[li], 0, None
+                for chain, sub in zip(layer.branches(), out[1]):
+                    chain_slots = []
+                    for la in chain:
+                        n = len(la.param_uses())
+                        chain_slots.append(uses[k:k + n])
+                        k += n
+                    g = self._backward_chain(sub, G, None, chain_slots, add)
+                    Gin = g if Gin is None else Gin + g
+                G, live = Gin, None
+                continue
+            if isinstance(layer, Dense) and not first and live is not None:
                 gW, gb, G = self._dense_back_blocks(layer, stack_in, G, live)
                 add(slots[li][0], gW)
                 if layer.bias:
@@ -556,14 +602,14 @@ class InputDerivatives:
             elif isinstance(layer, Dropout):
                 pass
             elif isinstance(layer, EVAL_AFFINE) or kind == "affine":
-                gs, G = self._eval_affine_back(layer, stack_in, out, G, li > 0)
+                gs, G = self._eval_affine_back(layer, stack_in, out, G, not first)
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
             elif isinstance(layer, PIECEWISE_LINEAR) or kind == "piecewise":
-                if li > 0:
+                if not first:
                     G = self._piecewise_linear_back(layer, stack_in, out, G)
             elif isinstance(layer, AFFINE):
-                gs, G = self._affine_back(layer, stack_in, G, li > 0, self.N)
+                gs, G = self._affine_back(layer, stack_in, G, not first, self.N)
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
             elif isinstance(layer, Dense):
@@ -571,7 +617,7 @@ class InputDerivatives:
                 R = layer.kernels.roles
                 x2, g2 = stack_in.reshape(B * Np, -1), G.reshape(B * Np, -1)
                 gW = np.empty_like(layer.W)
-                if li == 0 and self._unit_rows(stack_in.dtype) is not None:
+                if first and self._unit_rows(stack_in.dtype) is not None:
                     self._seed_dense_vjp_W(layer, stack_in, G, gW)
                 else:
                     _call(R["vjp:W"], {"x": x2, "g": g2, "gW": gW})
@@ -580,7 +626,7 @@ class InputDerivatives:
                     gb = np.empty_like(layer.b)
                     _call(R["vjp:b"], {"g": G[0, :self.N], "gb": gb})
                     add(slots[li][1], gb)
-                if li > 0:
+                if not first:
                     gx = np.empty_like(stack_in)
                     _call(R["vjp:x"], {"W": layer.W, "g": g2, "gx": gx.reshape(B * Np, -1)})
                     G = gx
@@ -598,7 +644,7 @@ class InputDerivatives:
                     axes = (0,) + tuple(range(2, per_element.ndim)) if layer.num_parameters > 1 else None
                     add(slots[li][0], np.asarray(per_element.sum(axis=axes), per_element.dtype).reshape(layer.weight.shape))
                 G = gin
-        return [np.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return G
 
 
 def input_derivatives(model, X, *which) -> dict:

@@ -287,3 +287,44 @@ def test_user_spec_nonlinear_in_its_input_is_refused_by_name():
                        dtype="float64", input_shape=(2,))
     with pytest.raises(TypeError, match=r"t_square.*no Taylor-mode sweep.*linear in their input"):
         model.input_derivatives(np.zeros((2, 2)))
+
+
+# ---------------------------------------------------------------- residual blocks
+
+@pytest.mark.parametrize("which", QUERIES)
+def test_residual_blocks_match_nested_autograd(which, rng):
+    """Residual blocks in the sweep (the branches' coefficient stacks summed; their pullbacks
+    summed at the fan-out): an identity skip around Dense-tanh-Dense, then a projected skip
+    (a learned Dense) around Dense-softplus, on an MLP."""
+    model = Sequential([L.Dense(3, 5), L.Residual([L.Dense(5, 5), L.Activation("tanh"), L.Dense(5, 5)]),
+                        L.Activation("tanh"), L.Residual([L.Dense(5, 4), L.Activation("softplus")]),
+                        L.Dense(4, 1)], loss="mse", dtype="float64", seed=4, input_shape=(3,))
+    for p in model.parameters():
+        p[...] = rng.normal(size=p.shape) / 2
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    W0, b0, W1, b1, W2, b2, W3, b3, P, c, W4, b4 = tp
+    lin = torch.nn.functional.linear
+
+    def f(X):
+        h = lin(X, W0, b0)
+        h = torch.tanh(h + lin(torch.tanh(lin(h, W1, b1)), W2, b2))
+        h = torch.nn.functional.softplus(lin(h, W3, b3)) + lin(h, P, c)
+        return lin(h, W4, b4)[:, 0]
+    check_sweep(model, f, tp, rng.uniform(-1, 1, (4, 3)), which, rng)
+
+
+def test_residual_block_first_and_a_norm_refused_by_name(rng):
+    """A residual block as the model's first layer (the seed goes through both branches), and
+    a LayerNorm inside a block refused naming it."""
+    model = Sequential([L.Residual([L.Dense(2, 2), L.Activation("tanh")]), L.Dense(2, 1)], loss="mse",
+                       dtype="float64", seed=1, input_shape=(2,))
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    W, b, V, c = tp
+
+    def f(X):
+        return torch.nn.functional.linear(torch.tanh(torch.nn.functional.linear(X, W, b)) + X, V, c)[:, 0]
+    check_sweep(model, f, tp, rng.uniform(-1, 1, (3, 2)), ("u", "grad", "laplacian"), rng)
+    bad = Sequential([L.Dense(2, 4), L.Residual([L.LayerNorm(4), L.Dense(4, 4)]), L.Dense(4, 1)], loss="mse",
+                     dtype="float64", input_shape=(2,))
+    with pytest.raises(TypeError, match=r"LayerNorm\(4\) has no Taylor-mode sweep"):
+        bad.input_derivatives(np.zeros((2, 2)))
