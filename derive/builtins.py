@@ -249,7 +249,7 @@ def _trailing(name: str):
     def rule(args: dict, s: tuple) -> tuple:
         want = args["normalized_shape"]
         if len(s) < len(want) or tuple(s[len(s) - len(want):]) != want:
-            raise ValueError(f"{name}({', '.join(map(str, want))}): expects per-sample inputs whose last "
+            raise ValueError(f"{LAYERS[name].layer_name(args)}: expects per-sample inputs whose last "
                              f"{len(want)} dimension(s) are {want}, got {s}")
         return s
     return rule
@@ -258,7 +258,7 @@ def _trailing(name: str):
 def _channels_first(args: dict, s: tuple) -> tuple:
     """GroupNorm's shape rule: per-sample inputs (C, ...) with C = num_channels."""
     if not s or s[0] != args["num_channels"]:
-        raise ValueError(f"GroupNorm({args['num_groups']}, {args['num_channels']}): expects per-sample inputs "
+        raise ValueError(f"{LAYERS['GroupNorm'].layer_name(args)}: expects per-sample inputs "
                          f"({args['num_channels']}, ...), got {s}")
     return s
 

@@ -71,10 +71,13 @@ class ElementwiseSpec:
         unknown = set(self.learnable) - {p for p, _ in self.params}
         if unknown:
             raise SpecError(f"spec {self.name!r}: learnable {sorted(unknown)} must be among its params")
-        taken = [p for p, _ in self.params if p in ("S", "w") or p.startswith("_")] if self.learnable else []
-        if taken:   # the channelwise kernels' own names (factor columns, their weights, loop variables)
+        own = {"S", "w"} | {f"{pre}{q}" for q in self.learnable for pre in ("R", "g", "Rg")}
+        taken = [p for p, _ in self.params if p in own or p.startswith("_")] if self.learnable else []
+        if taken:   # the channelwise kernels' own names (factor columns, their weights, loop variables,
+            # a learnable parameter's direction R<p> and pullbacks g<p>, Rg<p>)
             raise SpecError(f"spec {self.name!r}: parameter names {taken} are reserved in a spec with learnable "
-                            f"parameters (S, w and names starting with _); rename them")
+                            f"parameters (S, w, R<p>, g<p> and Rg<p> for a learnable p, names starting with _); "
+                            f"rename them")
         if len(set(self.learnable)) != len(self.learnable):
             raise SpecError(f"spec {self.name!r}: learnable {list(self.learnable)} names a parameter twice")
 

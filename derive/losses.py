@@ -127,6 +127,10 @@ def derive_pointwise_loss(name: str, elem: sp.Expr, real: bool = False,
                                    scalars=tuple(str(s) for s in (scalars or {})))
 
 
+#: names a pointwise loss kernel uses itself (prediction, target, locals, arguments)
+RESERVED_SCALARS = frozenset({"a", "t", "e", "scale", "total", "size", "grad", "dt", "want_grad"})
+
+
 @dataclass(frozen=True)
 class PointwiseLossSpec:
     """A user's elementwise loss ``ℓ(z, t)`` (prediction ``z``, target ``t``), averaged over
@@ -156,9 +160,13 @@ class PointwiseLossSpec:
                     and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)):
                 raise SpecError(f"loss {self.name!r}: scalars must be (name, default number) pairs, got {pair!r}")
             names.append(pair[0])
-        if len(set(names)) != len(names) or {str(self.z), str(self.t), "a"} & set(names):
+        if len(set(names)) != len(names) or {str(self.z), str(self.t)} & set(names):
             raise SpecError(f"loss {self.name!r}: scalar names {names} must be distinct and differ from "
-                            f"{self.z}, {self.t} and 'a'")
+                            f"{self.z} and {self.t}")
+        taken = sorted(n for n in names if n in RESERVED_SCALARS or n.endswith("_p") or n.startswith("_"))
+        if taken:   # the kernel's own names: its prediction a, target t and locals
+            raise SpecError(f"loss {self.name!r}: scalar name(s) {taken} are the kernels' own "
+                            f"({', '.join(sorted(RESERVED_SCALARS))}, …_p, _…); rename them")
         extra = {s for s in self.expr.free_symbols - {self.z, self.t} if s.name not in names}
         if extra:
             raise SpecError(f"loss {self.name!r}: unbound symbol(s) {sorted(map(str, extra))} in {self.expr}; "

@@ -432,7 +432,10 @@ def limits_at_infinity(textbook: sp.Basic, x: sp.Symbol, params: dict) -> tuple:
         return None if L is None else L.xreplace({v: k for k, v in assume.items()})
 
     out = [limit(textbook, pos, side) for side in (sp.oo, -sp.oo)]
+    present = {s.name for s in textbook.free_symbols}
     for p in params:
+        if p.name not in present:   # its sign cannot change a limit (a pullback to another parameter)
+            continue
         neg = {**pos, p: sp.Symbol(p.name, negative=True)}
         for i, side in enumerate((sp.oo, -sp.oo)):
             if out[i] is None:

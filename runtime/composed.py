@@ -38,7 +38,10 @@ class _Normalize(_Part, CompositeLayer):
         self._bind("composite", spec)
 
     def scalars(self):
-        return {"eps": self.owner.eps_value}
+        return {"eps": self.owner.eps_value(None)}
+
+    def call_scalars(self, shape, dtype=None):
+        return {**super().call_scalars(shape, dtype), "eps": self.owner.eps_value(dtype)}
 
     def layout(self, shape):
         size = self.owner.group_size(shape)
@@ -78,7 +81,6 @@ class _NormLayer(DefinedMixin, BranchedLayer):
 
     def __init__(self, *args, **kwargs):
         self._define(*args, **kwargs)
-        self._dtype = None
         d = self.definition
         self.parts = [_Normalize(self, d.spec.name)]
         if self._trained:
@@ -88,17 +90,12 @@ class _NormLayer(DefinedMixin, BranchedLayer):
     def branches(self):
         return [self.parts]
 
-    def init_parameters(self, dtype, rng):
-        self._dtype = np.dtype(dtype)
-        super().init_parameters(dtype, rng)
-
-    @property
-    def eps_value(self) -> float:
+    def eps_value(self, dtype) -> float:
         """``eps``, or when None (RMSNorm's default, as PyTorch) the machine epsilon of the
-        model's dtype."""
+        input's dtype (float32's when unknown)."""
         if self.eps is not None:
             return self.eps
-        return float(np.finfo(self._dtype if self._dtype is not None else np.float32).eps)
+        return float(np.finfo(dtype if dtype is not None else np.float32).eps)
 
     def bl(self, rec, h, g):
         self.refuse_curvature("becker_lecun", " (the normalisation couples the elements of a group)")

@@ -250,8 +250,9 @@ class SpecLayer(Layer):
     def scalars(self) -> dict:
         return {}
 
-    def call_scalars(self, shape: tuple) -> dict:
-        """The kernels' scalars for an input of ``shape`` (a composite adds its layout)."""
+    def call_scalars(self, shape: tuple, dtype=None) -> dict:
+        """The kernels' scalars for an input of ``shape`` and ``dtype`` (a composite adds its
+        layout; RMSNorm's default eps is the dtype's machine epsilon)."""
         return self.scalars()
 
     def call_shapes(self, x) -> dict:
@@ -320,7 +321,7 @@ class SpecLayer(Layer):
         arrays (and ``arrays``)."""
         K = K or self.kernels
         rec = {"_shapes": shapes, "_dtype": dtype, "_K": K,
-               "_scalars": self.call_scalars(shapes[K.input]) if scalars is None else scalars}
+               "_scalars": self.call_scalars(shapes[K.input], dtype) if scalars is None else scalars}
         for a in K.saved:
             rec[a] = env[a]
         if arrays:
@@ -333,7 +334,7 @@ class SpecLayer(Layer):
         """Run the forward role: ``(env with every forward output, record)``."""
         K = K or self.kernels
         x, shapes, env = self._forward_env(x, arrays)
-        scal = self.call_scalars(x.shape)
+        scal = self.call_scalars(x.shape, x.dtype)
         env.update(K.run_named("forward", env, x.dtype, scal, shapes))
         return env, self._record(env, shapes, x.dtype, arrays, K, scal)
 
@@ -382,7 +383,7 @@ class SpecLayer(Layer):
         x, shapes, env = self._forward_env(x)
         view = {"_view": (shapes["_caller"], x.shape)} if "_caller" in shapes else {}
         env.update(self._directions(Rx, Rparams, view))
-        scal = self.call_scalars(x.shape)
+        scal = self.call_scalars(x.shape, x.dtype)
         outs = K.run_named(FORWARD_JVP, env, x.dtype, scal, shapes)
         env.update(outs)
         rec = self._record(env, shapes, x.dtype, None, K, scal)

@@ -24,7 +24,7 @@ class CompositeLayer(SpecLayer):
     def layout(self, shape: tuple) -> tuple:
         raise NotImplementedError
 
-    def call_scalars(self, shape):
+    def call_scalars(self, shape, dtype=None):
         A, C, B = self.layout(shape)
         return {**self.scalars(), "A": A, "C": C, "B": B}
 

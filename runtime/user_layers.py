@@ -77,7 +77,8 @@ class ContractionLayer(SpecLayer):
         if missing:
             raise TypeError(f"L.from_spec({spec.name!r}): give the spec's scalar(s) {missing} by name (e.g. "
                             f"{missing[0]}=1)")
-        self._scalars = {str(q): _scalar(spec.name, q, sizes[str(q)]) for q in spec.scalars}
+        divisors = {q for m in spec.maps for q in (m.stride, m.dilation)}   # strides and dilations divide
+        self._scalars = {str(q): _scalar(spec.name, q, sizes[str(q)], q in divisors) for q in spec.scalars}
         self.sizes = {}
         for k, v in sizes.items():
             if k in names:
@@ -242,10 +243,10 @@ def _renderer(spec):
     return render_contraction_module
 
 
-def _scalar(spec: str, sym, v) -> int:
-    """A window scalar's value: an integer, at least 1 for a positive symbol (a stride), at least
-    0 otherwise (a padding)."""
-    low = 1 if sym.is_positive else 0
+def _scalar(spec: str, sym, v, divisor: bool = False) -> int:
+    """A window scalar's value: an integer, at least 1 for a stride or dilation (``divisor``) or a
+    positive symbol, at least 0 otherwise (a padding)."""
+    low = 1 if divisor or sym.is_positive else 0
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"L.from_spec({spec!r}): scalar {sym} must be an integer, got {v!r}")
     if v < low:

@@ -98,6 +98,12 @@ def test_tall_products_split_the_summed_dimension_the_same_on_any_thread_count(i
             C2 = installed._gemm_product(0, True, ta, tb, A, B, 2)
         assert np.array_equal(C1, C2)
         assert np.max(np.abs(C1 - a @ b) / (np.abs(a) @ np.abs(b))) < tol
+        if ta and not tb:   # the chunks' products (one GEMM call each) summed in order, bit for bit
+            h = K // 2
+            with one_thread():
+                parts = [installed._gemm_product(0, False, True, False, np.ascontiguousarray(A[lo:hi]),
+                                                 np.ascontiguousarray(B[lo:hi]), 1) for lo, hi in ((0, h), (h, K))]
+            assert np.array_equal(C1, parts[0] + parts[1])
 
 
 def test_the_kernels_mark_unknown_classes_and_keep_installed_choices(installed):
