@@ -106,6 +106,7 @@ def test_depthwise_convolution_equals_grouped_conv2d(seed):
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
 
+@pytest.mark.slow   # its own compile (~9 s cold): the default suite keeps the depthwise spec the docs share
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_conv1d_equals_F_conv1d(seed):
     rng = np.random.default_rng(seed)
@@ -128,6 +129,7 @@ def test_conv1d_equals_F_conv1d(seed):
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
 
+@pytest.mark.slow   # its own compile (~6 s cold)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_user_average_pool_equals_F_avg_pool1d(seed):
     rng = np.random.default_rng(seed)

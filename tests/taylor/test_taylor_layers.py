@@ -249,9 +249,10 @@ def _user_specs():
     n, o, i = sp.symbols("n o i", integer=True)
     N, O, I = sp.symbols("N O I", integer=True, positive=True)
     xb, s, b, W = (sp.IndexedBase(k) for k in ("x", "s", "b", "W"))
-    affine = ContractionSpec("t_affine", "y", (n, o), xb[n, o] * s[o] + b[o], inputs={"x": (n, o)},
+    # the first two are the README's specs (same names and hashes: one compile serves both)
+    affine = ContractionSpec("affine", "y", (n, o), xb[n, o] * s[o] + b[o], inputs={"x": (n, o)},
                              params={"s": (o,), "b": (o,)}, extents={n: N, o: O})
-    scaled = ContractionSpec("t_scaled_dense", "y", (n, o), sp.Sum(xb[n, i] * W[o, i] * s[o], (i, 0, I - 1)),
+    scaled = ContractionSpec("scaled_dense", "y", (n, o), sp.Sum(xb[n, i] * W[o, i] * s[o], (i, 0, I - 1)),
                              inputs={"x": (n, i)}, params={"W": (o, i), "s": (o,)}, extents={n: N, o: O, i: I})
     # an offset that reads the same parameter as the linear part: y = s·(x + 1)
     shifted = ContractionSpec("t_shifted_scale", "y", (n, o), s[o] * (xb[n, o] + 1), inputs={"x": (n, o)},
