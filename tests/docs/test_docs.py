@@ -7,6 +7,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: pages whose examples compile several user specs of their own (a cold cache pays ~40 s):
+#: run with the slow tests (CI runs both sets)
+SLOW_PAGES = {"api.md"}
 
 
 def python_blocks(path):
@@ -22,7 +25,8 @@ def test_readme_is_short_and_links_pages_that_exist():
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p
+                                  for p in PAGES], ids=lambda p: p.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     import symprop.runtime.data as data
 

@@ -15,6 +15,10 @@ from symprop.specs import ElementwiseSpec
 from support.numeric import rel_err
 from support.torch_oracles import check_hvp_against_torch, flatten_torch
 
+#: the spec's derivation and compile take ~40 s on a cold cache: the file runs with the slow
+#: tests (CI runs both sets); tests/layers/test_user_layers.py keeps one learnable spec in the default set
+pytestmark = pytest.mark.slow
+
 xs, a, b, c = sp.symbols("x a b c")
 SPEC = ElementwiseSpec("scaled_tanh", a * sp.tanh(b * xs) + c * xs, xs, (("a", 1.0), ("b", 0.5), ("c", 0.0)),
                        doc="a·tanh(b·x) + c·x, a and b learnable", learnable=("a", "b"))

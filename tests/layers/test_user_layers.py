@@ -107,6 +107,7 @@ def test_affine_layer_equals_pytorch(seed):
     assert aff.arrays["b"].tolist() == [0.5] * 5
 
 
+@pytest.mark.slow   # compiles a spec of its own (~5 s cold); the README's specs cover contractions by default
 def test_bias_free_linear_from_spec(rng):
     lin = L.from_spec(LINEAR, O=4)   # I comes from the input; W initialised U(±1/sqrt(I))
     model = Sequential([lin, L.Tanh(), L.Dense(4, 3)], dtype="float64", seed=0, input_shape=(5,))
@@ -340,6 +341,7 @@ def test_becker_lecun_refused_when_two_reads_can_coincide(rng):
         model.hessian_diagonal(X, y, method="becker_lecun")
 
 
+@pytest.mark.slow   # compiles a spec of its own (~7 s cold)
 def test_squared_parameter_spec_runs_without_its_becker_lecun(rng):
     """x·s²: the Becker-LeCun kernel would need s⁴ (not emitted): it is dropped, the rest works."""
     spec = ContractionSpec("scale_sq", "y", (n, o), x[n, o] * s[o] ** 2, inputs={"x": (n, o)}, params={"s": (o,)},

@@ -153,6 +153,7 @@ def test_user_average_pool_equals_F_avg_pool1d(seed):
     check_hvp_against_torch(model, X, y, [rng.normal(size=q.shape) for q in model.parameters()], torch_loss_of)
 
 
+@pytest.mark.slow   # the max-pool spec's own compile (~7 s cold); the default suite keeps the depthwise one
 @pytest.mark.parametrize("k, stride, pad", [(2, 2, 0), (3, 1, 1)])
 def test_user_max_pool_equals_F_max_pool2d(k, stride, pad, rng):
     pool = L.from_spec(MAXPOOL, K_h=k, K_w=k, s_h=stride, s_w=stride, p_h=pad, p_w=pad)
@@ -211,6 +212,7 @@ def test_float32_agrees_with_float64(rng):
     assert max(rel_err(a, b32) for a, b32 in zip(g32, g64)) < 1e-4
 
 
+@pytest.mark.slow   # the max-pool spec (see above)
 def test_pool_model_trains_and_round_trips(tmp_path):
     """A parameter-free window layer (its scalars in the checkpoint) in a model on digits read as
     (N, 8 rows, 8 columns): trains, saves, loads by name and hash, predicts the same."""

@@ -262,6 +262,7 @@ def _user_specs():
     return affine, scaled, shifted, square
 
 
+@pytest.mark.slow   # compiles user specs (~6 s cold); the residual tests below stay in the default set
 @pytest.mark.parametrize("which", QUERIES)
 def test_user_specs_linear_in_their_input_match_nested_autograd(which, rng):
     """User contraction specs (L.from_spec) in the sweep: a scale and shift, a weight-scaled dense
@@ -282,6 +283,7 @@ def test_user_specs_linear_in_their_input_match_nested_autograd(which, rng):
     check_sweep(model, f, tp, rng.uniform(-1, 1, (5, 3)), which, rng)
 
 
+@pytest.mark.slow   # compiles a spec of its own (~5 s cold)
 def test_user_spec_nonlinear_in_its_input_is_refused_by_name():
     *_, square = _user_specs()
     model = Sequential([L.Dense(2, 3), L.from_spec(square, init={"s": 1.0}), L.Dense(3, 1)], loss="mse",

@@ -142,6 +142,7 @@ def test_cli_newton_refuses_a_big_model_and_trains_a_tiny_one(tmp_path):
     assert acc > 0.5, r.stdout
 
 
+@pytest.mark.slow   # a CLI training run (~7 s); the 10-seed recipe check is slow too
 def test_cli_adahessian_reusing_estimates_trains_with_the_documented_recipe(tmp_path):
     """update_each=5 (one estimate per five steps) with a cosine schedule: >= 98 % on the digits
     CNN (the reference schedule without the zero rule and warm-up collapsed or diverged)."""

@@ -41,9 +41,13 @@ def test_two_ranks_equal_single_process_training(tmp_path, opt):
             assert np.array_equal(b[k], c[k]), f"ranks differ in {k}"      # bitwise identical
 
 
+_SLOW = pytest.mark.slow   # each variant starts two MPI ranks (~1.5 s): three run in the default set
+
+
 @pytest.mark.parametrize("mode, message", [
-    ("raise", "rank 1 of 2 failed"), ("mismatch", "differs between ranks"), ("values", "differs between ranks"),
-    ("labels", "differs between ranks"), ("seed", "differs between ranks"), ("exit", "rank(s) 1 did not start fit")])
+    ("raise", "rank 1 of 2 failed"), pytest.param("mismatch", "differs between ranks", marks=_SLOW),
+    ("values", "differs between ranks"), pytest.param("labels", "differs between ranks", marks=_SLOW),
+    pytest.param("seed", "differs between ranks", marks=_SLOW), ("exit", "rank(s) 1 did not start fit")])
 def test_a_failing_rank_ends_every_rank(mode, message):
     """Within a bounded time: the start-up check waits SYMPROP_MPI_TIMEOUT (here 2 s) at most."""
     r = mpirun(2, "rank_fails.py", mode, timeout=120, env=[("SYMPROP_MPI_TIMEOUT", "2")])
