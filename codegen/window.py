@@ -316,6 +316,31 @@ def _ident(v) -> str:
     return str(v) if str(v).isidentifier() else "_" + str(v).replace("'", "_b")
 
 
+def _loop_nest(op: dict, loops: list, body: dict, acc_at: int | None, target: str, prod: str) -> dict:
+    """Per C type the lines of an ``affine`` op's loop nest (4 spaces a level): ``loops`` are
+    ``(variable, range arguments)`` outermost first, the first run in parallel (``prange``: its
+    writes are disjoint); ``body[n]`` the lines after loop n's header (a line ending in ``:``
+    opens a level); innermost ``target += alpha·prod``, through a register ``_acc`` opened after
+    loop ``acc_at`` when the sum runs deeper than the output's indices (None: directly)."""
+    lines, level, acc = [], 0, None
+    for n, (var, args) in enumerate(loops):
+        loop = f'prange({args}, num_threads=_T, schedule="static")' if n == 0 else f"range({args})"
+        lines.append((level, f"for {var} in {loop}:"))
+        level += 1
+        for line in body.get(n, ()):
+            lines.append((level, line))
+            if line.endswith(":"):
+                level += 1
+        if n == acc_at:
+            acc = level
+            lines.append((level, "_acc = 0"))
+    if acc is None:
+        lines.append((level, f"{target} += {{alpha}} * {prod}"))
+    else:
+        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
+    return {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+
+
 def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) -> tuple[dict, list] | None:
     """The loop nest of an ``affine`` op in scatter form, or None when it has none (its output's
     first index is read through an adjoint). An adjoint read ``g[(u + p − i·d)/s]`` under its
@@ -386,28 +411,10 @@ def _scatter_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list) 
     target = _flat(out, index(out_pos), shapes[out])
     needs = [v for kind, r in out_pos for v in ((r,) if kind == "var" else (r.out, r.kernel))]
     d_out = max(depth[v] for v in needs)
-    lines, level, acc = [], 0, None
-    for n, v in enumerate(order2):
-        if n == 0:
-            loop = f'prange({extent(v)}, num_threads=_T, schedule="static")'
-        elif v in bounds:
-            loop = f"range({bounds[v][0]}, {bounds[v][1]})"
-        else:
-            loop = f"range({extent(v)})"
-        lines.append((level, f"for {_ident(v)} in {loop}:"))
-        level += 1
-        for line in inside.get(n, []) + before.get(n, []):
-            lines.append((level, line))
-            if line.endswith(":"):
-                level += 1
-        if n == d_out and n < len(order2) - 1:
-            acc = level
-            lines.append((level, "_acc = 0"))
-    if acc is None:
-        lines.append((level, f"{target} += {{alpha}} * {prod}"))
-    else:
-        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
-    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    loops = [(_ident(v), f"{bounds[v][0]}, {bounds[v][1]}" if v in bounds and n > 0 else extent(v))
+             for n, v in enumerate(order2)]
+    body = {n: inside.get(n, []) + before.get(n, []) for n in range(len(order2))}
+    code = _loop_nest(op, loops, body, d_out if d_out < len(order2) - 1 else None, target, prod)
     extra = [_ident(v) for v in order2 if str(v) not in extents] + list(temps.values())
     extra += [x for lo_hi in bounds.values() for x in lo_hi]
     return code, extra
@@ -465,25 +472,9 @@ def _affine_code(spec: ContractionSpec, op: dict, shapes: dict, extents: list, t
         texts.append(_flat(arr, idx, shapes[arr]))
     prod = " * ".join(texts)
     target = _flat(out, [ident[v] for v in op["out_idx"]], shapes[out])
-    lines, level, acc = [], 0, None
-    n_out = len(op["out_idx"])
-    for n, v in enumerate(order):
-        loop = f'prange({extent(v)}, num_threads=_T, schedule="static")' if n == 0 else f"range({extent(v)})"
-        lines.append((level, f"for {ident[v]} in {loop}:"))
-        level += 1
-        for code in at_depth.get(n, ()):
-            for line in code:
-                lines.append((level, line))
-                if line.endswith(":"):
-                    level += 1
-        if n == n_out - 1 and op["sums"]:
-            acc = level
-            lines.append((level, "_acc = 0"))
-    if acc is None:
-        lines.append((level, f"{target} += {{alpha}} * {prod}"))
-    else:
-        lines += [(level, f"_acc = _acc + {prod}"), (acc, f"{target} += {{alpha}} * _acc")]
-    code = {ct: ["    " * lv + text.replace("{alpha}", op["alpha_c"][ct]) for lv, text in lines] for ct, _, _ in DTYPES}
+    loops = [(ident[v], extent(v)) for v in order]
+    body = {n: [line for code in at_depth.get(n, ()) for line in code] for n in range(len(order))}
+    code = _loop_nest(op, loops, body, len(op["out_idx"]) - 1 if op["sums"] else None, target, prod)
     extra = [ident[v] for v in order if str(v) not in extents] + list(temps.values())
     return code, extra
 
