@@ -113,13 +113,16 @@ _mu, _var, _d = sp.Symbol("mu"), sp.Symbol("var"), sp.Symbol("d")
 _rstd, _xhat, _y = sp.Symbol("rstd", positive=True), sp.Symbol("xhat"), sp.Symbol("y")
 _gamma, _beta, _eps = sp.Symbol("gamma"), sp.Symbol("beta"), sp.Symbol("eps")
 _rmean, _rvar = sp.Symbol("running_mean"), sp.Symbol("running_var")
+#: a group's mean, centred values, biased variance and 1/sqrt(var + eps): BatchNorm's stages
+#: over a channel, LayerNorm's and GroupNorm's over a group inside one sample
+_MOMENTS = (Stage(_mu, "mean", _xe),
+            Stage(_d, "map", _xe - _mu),
+            Stage(_var, "mean", _d ** 2),
+            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)))
 
 BATCHNORM = CompositeSpec(
     name="batchnorm", input=_xe,
-    stages=(Stage(_mu, "mean", _xe),
-            Stage(_d, "map", _xe - _mu),
-            Stage(_var, "mean", _d ** 2),
-            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)),
+    stages=(*_MOMENTS,
             Stage(_xhat, "map", _d * _rstd),
             Stage(_y, "map", _gamma * _xhat + _beta)),
     saved=(_xhat, _rstd), params=(_gamma, _beta), scalars=(("eps", 1e-5),), stats=(_mu, _var),
@@ -150,11 +153,7 @@ SOFTMAX = CompositeSpec(
 _ms = sp.Symbol("ms")
 STANDARDIZE = CompositeSpec(
     name="standardize", input=_xe,
-    stages=(Stage(_mu, "mean", _xe),
-            Stage(_d, "map", _xe - _mu),
-            Stage(_var, "mean", _d ** 2),
-            Stage(_rstd, "map", 1 / sp.sqrt(_var + _eps)),
-            Stage(_y, "map", _d * _rstd)),
+    stages=(*_MOMENTS, Stage(_y, "map", _d * _rstd)),
     saved=(_y, _rstd), scalars=(("eps", 1e-5),),
     groups="one sample's normalized features (LayerNorm), or one group of its channels (GroupNorm)",
     doc="zero mean and unit (biased) variance over each group of one sample")
