@@ -51,12 +51,17 @@ CYTHON_DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": Fa
                      "binding": False, "auto_pickle": False}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def build_jobs() -> int:
     """Parallel Cython and C compiler jobs: every core (``SYMPROP_BUILD_JOBS`` overrides)."""
     env = os.environ.get("SYMPROP_BUILD_JOBS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()

@@ -319,13 +319,11 @@ def _tuning_module():
 def run_threads() -> int:
     """The threads the kernels' parallel loops will use: ``OMP_NUM_THREADS`` if set, else the
     cores this process may run on (what libgomp's ``omp_get_max_threads`` starts from)."""
+    from ..codegen.flags import usable_cores
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def measure(shape, providers, threads=None, rounds=7, target=2e-3) -> dict:
