@@ -8,20 +8,18 @@ from symprop import layers as L
 from support.numeric import rel_err
 
 
-def _torch_max(*args):
-    ts = [a for a in args if isinstance(a, torch.Tensor)]
-    out = ts[0]
-    for a in args:
-        out = torch.maximum(out, a if isinstance(a, torch.Tensor) else torch.full_like(ts[0], float(a)))
-    return out
+def _torch_extreme(pick):
+    """SymPy's Max/Min of tensors and numbers, elementwise (``pick``: torch.maximum or minimum)."""
+    def fn(*args):
+        ts = [a for a in args if isinstance(a, torch.Tensor)]
+        out = ts[0]
+        for a in args:
+            out = pick(out, a if isinstance(a, torch.Tensor) else torch.full_like(ts[0], float(a)))
+        return out
+    return fn
 
 
-def _torch_min(*args):
-    ts = [a for a in args if isinstance(a, torch.Tensor)]
-    out = ts[0]
-    for a in args:
-        out = torch.minimum(out, a if isinstance(a, torch.Tensor) else torch.full_like(ts[0], float(a)))
-    return out
+_torch_max, _torch_min = _torch_extreme(torch.maximum), _torch_extreme(torch.minimum)
 
 
 def _torch_or_math(name):
