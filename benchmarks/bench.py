@@ -357,6 +357,42 @@ def lenet_bn_case(batch=64):
 CASES = {"mlp": mlp_case, "lenet": lenet_case, "lenet_bn": lenet_bn_case, "cifar": cifar_case}
 
 
+def step_pairs(case: str):
+    """``(name, model, batch size, {what: (symprop step, PyTorch step)})`` for case ``case``: the forward,
+    an SGD step (momentum 0.9) and grad + HVP, the same weights and batch on both sides."""
+    import torch
+    from symprop import optimizers as O
+    name, model, X, y = CASES[case]()
+    params = model.parameters()
+    rng = np.random.default_rng(1)
+    v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in params]
+    sgd = O.SGD(lr=0.01, momentum=0.9)
+    Xv, yv = model._check_X(X), model.loss.check_targets(y, len(X), (len(X),) + model.output_shape)
+    tnet = torch_twin(model)
+    tparams = list(tnet.parameters())
+    tsgd = torch.optim.SGD(tparams, lr=0.01, momentum=0.9)
+    Xt, yt, vt = torch.from_numpy(X), torch.from_numpy(y), [torch.from_numpy(a) for a in v]
+
+    def step():
+        _, g, _ = sgd.loss_and_grad(model, Xv, yv)
+        sgd.step(params, g)
+
+    def tstep():
+        tsgd.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(tnet(Xt), yt).backward()
+        tsgd.step()
+
+    def thvp():
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(tnet(Xt), yt), tparams, create_graph=True)
+        torch.autograd.grad(grads, tparams, vt)
+
+    def tfwd():
+        with torch.no_grad():
+            tnet(Xt)
+    return name, model, len(X), {"forward": (lambda: model.forward(X), tfwd), "sgd step": (step, tstep),
+                                 "grad+hvp": (lambda: model.hvp(X, y, v, return_grad=True), thvp)}
+
+
 # ------------------------------------------------------------------ digits vs scikit-learn
 DIGITS_HIDDEN = 512    # the MLP of `symprop train` (runtime.named_models.mlp's default)
 #: pause before each timed fit: the other library's idle BLAS workers (NumPy's OpenBLAS after

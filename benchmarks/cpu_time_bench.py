@@ -23,8 +23,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,40 +36,9 @@ def least_cpu(fn, number: int) -> float:
 
 def case_rows(case: str, rounds: int, min_round: float = 0.03) -> list:
     import bench
-    import torch
-    from symprop import optimizers as O
     from symprop.runtime import gemm_providers as G
 
-    name, model, X, y = bench.CASES[case]()
-    params = model.parameters()
-    rng = np.random.default_rng(1)
-    v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in params]
-    sgd = O.SGD(lr=0.01, momentum=0.9)
-    Xv, yv = model._check_X(X), model.loss.check_targets(y, len(X), (len(X),) + model.output_shape)
-    tnet = bench.torch_twin(model)
-    tparams = list(tnet.parameters())
-    tsgd = torch.optim.SGD(tparams, lr=0.01, momentum=0.9)
-    Xt, yt, vt = torch.from_numpy(X), torch.from_numpy(y), [torch.from_numpy(a) for a in v]
-
-    def step():
-        _, g, _ = sgd.loss_and_grad(model, Xv, yv)
-        sgd.step(params, g)
-
-    def tstep():
-        tsgd.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(tnet(Xt), yt).backward()
-        tsgd.step()
-
-    def thvp():
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(tnet(Xt), yt), tparams, create_graph=True)
-        torch.autograd.grad(grads, tparams, vt)
-
-    def tfwd():
-        with torch.no_grad():
-            tnet(Xt)
-
-    pairs = {"forward": (lambda: model.forward(X), tfwd), "sgd step": (step, tstep),
-             "grad+hvp": (lambda: model.hvp(X, y, v, return_grad=True), thvp)}
+    name, model, batch, pairs = bench.step_pairs(case)
     rows = []
     for what, (s, t) in pairs.items():
         fns = {"symprop": (s, contextlib.nullcontext), "symprop_scipy": (s, lambda: G.using("scipy")),
@@ -93,7 +60,7 @@ def case_rows(case: str, rounds: int, min_round: float = 0.03) -> list:
                      "ratio_torch": best["symprop"] / best["torch"],
                      "ratio_torch_scipy_gemm": best["symprop_scipy"] / best["torch"],
                      "gemm_saving": 1 - best["symprop"] / best["symprop_scipy"]})
-    rows.append({"case": name, "what": "gemm providers", "layers": G.layer_report(model, len(X))})
+    rows.append({"case": name, "what": "gemm providers", "layers": G.layer_report(model, batch)})
     return rows
 
 

@@ -14,44 +14,7 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def rows(case: str):
-    import bench
-    import torch
-    from symprop import optimizers as O
-    name, model, X, y = bench.CASES[case]()
-    params = model.parameters()
-    rng = np.random.default_rng(1)
-    v = [rng.choice(np.array([-1, 1], np.float32), size=p.shape) for p in params]
-    sgd = O.SGD(lr=0.01, momentum=0.9)
-    Xv, yv = model._check_X(X), model.loss.check_targets(y, len(X), (len(X),) + model.output_shape)
-    tnet = bench.torch_twin(model)
-    tparams = list(tnet.parameters())
-    tsgd = torch.optim.SGD(tparams, lr=0.01, momentum=0.9)
-    Xt, yt, vt = torch.from_numpy(X), torch.from_numpy(y), [torch.from_numpy(a) for a in v]
-
-    def step():
-        _, g, _ = sgd.loss_and_grad(model, Xv, yv)
-        sgd.step(params, g)
-
-    def tstep():
-        tsgd.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(tnet(Xt), yt).backward()
-        tsgd.step()
-
-    def thvp():
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(tnet(Xt), yt), tparams, create_graph=True)
-        torch.autograd.grad(grads, tparams, vt)
-
-    def tfwd():
-        with torch.no_grad():
-            tnet(Xt)
-    return name, model, {"forward": (lambda: model.forward(X), tfwd), "sgd step": (step, tstep),
-                         "grad+hvp": (lambda: model.hvp(X, y, v, return_grad=True), thvp)}
 
 
 def least(fn, ctx, number):
@@ -69,13 +32,14 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    import bench
     import torch
     from symprop.runtime import gemm_providers as G
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     G.setup()
     out = {"cpu": G.cpu(), "threads": torch.get_num_threads(), "providers": G.report()["providers"], "rows": []}
     for case in args.cases.split(","):
-        name, model, fns = rows(case)
+        name, model, batch, fns = bench.step_pairs(case)
         for what, (s, t) in fns.items():
             t0 = time.perf_counter()
             s()
@@ -94,7 +58,7 @@ def main(argv=None):
                 print(f"{name:26s} {what:10s} chosen {row['chosen_ms']:8.3f} ms, SciPy's BLAS {row['scipy_ms']:8.3f}, "
                       f"torch {row['torch_ms']:8.3f}; s/torch {row['ratio_torch']:.2f} (SciPy's BLAS "
                       f"{row['ratio_torch_scipy_gemm']:.2f}); saved {100 * row['saved']:.0f} %", flush=True)
-        out.setdefault("layers", {})[name] = G.layer_report(model, 128 if case == "mlp" else 64)
+        out.setdefault("layers", {})[name] = G.layer_report(model, batch)
     if args.json:
         print(json.dumps(out, indent=1))
 
