@@ -163,15 +163,16 @@ class InputDerivatives:
         self.role = "laplacian" if self.mode == "laplacian" else f"taylor:{self.K}"
         self.row_sizes = self._row_sizes(model)
         module = _module()
-        self.table = table = manifest(module)
+        self.table = manifest(module)
         self.kernels = module.KERNELS
         self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
+        self.spec_kinds = {}             # id(user spec layer) -> "affine" or "piecewise" (_user_spec_kind)
         self._bind_layers(model.layers)
 
     def _bind_layers(self, layers):
         """Check every layer of a chain (branches included) has a sweep; bind the activations'
         Taylor kernels."""
-        model, module, table = self.model, _module(), self.table
+        model, table = self.model, self.table
         for layer in layers:
             if isinstance(layer, BranchedLayer):   # a fan-out: its branches' layers
                 for chain in layer.branches():
@@ -186,10 +187,12 @@ class InputDerivatives:
                                      f"({'the running statistics' if isinstance(layer, _BatchNorm) else 'no dropout'})"
                                      f": call model.eval() first")
                 continue
-            if _user_spec_kind(layer) is not None:   # a user's contraction or window spec
+            kind = _user_spec_kind(layer)
+            if kind is not None:   # a user's contraction or window spec: how the sweep runs it
+                self.spec_kinds[id(layer)] = kind
                 continue
             if isinstance(layer, Activation) and layer.spec is None and layer.kernel_name in table:
-                self.layer_kernels[id(layer)] = (table[layer.kernel_name], module.KERNELS)
+                self.layer_kernels[id(layer)] = (table[layer.kernel_name], self.kernels)
                 continue
             if isinstance(layer, Activation) and layer.spec is not None or isinstance(layer, LearnableActivation):
                 spec = layer.spec
@@ -335,11 +338,11 @@ class InputDerivatives:
                 stack = out
             elif isinstance(layer, Dropout):      # the identity in evaluation mode
                 tape.append((layer, stack, stack))
-            elif isinstance(layer, EVAL_AFFINE) or _user_spec_kind(layer) == "affine":
+            elif isinstance(layer, EVAL_AFFINE) or self.spec_kinds.get(id(layer)) == "affine":
                 out, rec = self._eval_affine(layer, stack)
                 tape.append((layer, stack, (out, rec)))
                 stack = out
-            elif isinstance(layer, PIECEWISE_LINEAR) or _user_spec_kind(layer) == "piecewise":
+            elif isinstance(layer, PIECEWISE_LINEAR) or self.spec_kinds.get(id(layer)) == "piecewise":
                 out, rec = self._piecewise_linear(layer, stack)
                 tape.append((layer, stack, (out, rec)))
                 stack = out
@@ -593,7 +596,7 @@ class InputDerivatives:
                 if layer.bias:
                     add(slots[li][1], gb)
                 continue
-            kind = _user_spec_kind(layer)
+            kind = self.spec_kinds.get(id(layer))
             if not isinstance(layer, (Dense, Flatten, Dropout) + AFFINE + EVAL_AFFINE + PIECEWISE_LINEAR) \
                     and kind is None:
                 live = None
