@@ -215,7 +215,7 @@ _WEIGHTS = (Param("W", penalized=True), Param("b", when="bias"))
 
 def _pool(name: str, spec, words: str, torch_module: str, requires: dict, keywords=None) -> LayerDef:
     return LayerDef(
-        name, spec, "window",
+        name, spec,
         args=(Arg("kernel_size", "pair", binds=("K_h", "K_w")),
               Arg("stride", "pair", None, binds=("s_h", "s_w"), default_from="kernel_size"),
               Arg("padding", "pair", 0, binds=("p_h", "p_w"), minimum=0)),
@@ -229,7 +229,7 @@ def _pool(name: str, spec, words: str, torch_module: str, requires: dict, keywor
 
 def _batchnorm(name: str, ranks: tuple) -> LayerDef:
     return LayerDef(
-        name, BATCHNORM, "composite", specs=(BATCHNORM_EVAL,),
+        name, BATCHNORM, specs=(BATCHNORM_EVAL,),
         args=(Arg("num_features", "count"), Arg("eps", "positive", 1e-5), Arg("momentum", "fraction", 0.1)),
         params=(Param("gamma", "ones", ("num_features",)), Param("beta", "zeros", ("num_features",))),
         buffers=(Param("running_mean", "zeros", ("num_features",)), Param("running_var", "ones", ("num_features",))),
@@ -271,7 +271,7 @@ def _groups_divide(args: dict):
 _NORMS_CURVATURE = ("exact", "gauss_newton", "hutchinson")   # exact: only as the first layer
 _AFFINE_PARTS = (CHANNEL_AFFINE, CHANNEL_SCALE)
 _NORMS = (
-    LayerDef("LayerNorm", STANDARDIZE, "composite", parts=_AFFINE_PARTS,
+    LayerDef("LayerNorm", STANDARDIZE, parts=_AFFINE_PARTS,
              args=(Arg("normalized_shape", "shape"), Arg("eps", "positive", 1e-5),
                    Arg("elementwise_affine", "flag", True), Arg("bias", "flag", True)),
              params=(Param("gamma", "ones", ("normalized_shape",), when="elementwise_affine"),
@@ -282,7 +282,7 @@ _NORMS = (
                             {"gamma": "weight", "beta": "bias"}),
              doc="layer normalization (PyTorch's LayerNorm): each sample standardized over its last dimensions "
                  "(normalized_shape), then scaled and shifted elementwise (γ, β of normalized_shape, flattened)"),
-    LayerDef("RMSNorm", RMS_SCALE, "composite", parts=(CHANNEL_SCALE,),
+    LayerDef("RMSNorm", RMS_SCALE, parts=(CHANNEL_SCALE,),
              args=(Arg("normalized_shape", "shape"), Arg("eps", "positive", None),
                    Arg("elementwise_affine", "flag", True)),
              params=(Param("gamma", "ones", ("normalized_shape",), when="elementwise_affine"),),
@@ -292,7 +292,7 @@ _NORMS = (
                             {"gamma": "weight"}),
              doc="root-mean-square normalization (PyTorch's RMSNorm): each sample divided by the root mean square "
                  "of its last dimensions (eps None: the dtype's machine epsilon), then scaled elementwise"),
-    LayerDef("GroupNorm", STANDARDIZE, "composite", parts=_AFFINE_PARTS,
+    LayerDef("GroupNorm", STANDARDIZE, parts=_AFFINE_PARTS,
              args=(Arg("num_groups", "count"), Arg("num_channels", "count"), Arg("eps", "positive", 1e-5),
                    Arg("affine", "flag", True)),
              params=(Param("gamma", "ones", ("num_channels",), when="affine"),
@@ -307,7 +307,7 @@ _NORMS = (
 )
 
 LAYERS = {d.name: d for d in (
-    LayerDef("Dense", DENSE, "dense",
+    LayerDef("Dense", DENSE,
              args=(Arg("in_features", "count", binds=("I",)), Arg("out_features", "count", binds=("O",)), _BIAS,
                    Arg("dropconnect", "rate", 0.0, omit_default=True)),
              params=_WEIGHTS, title="Dense({in_features} -> {out_features})",
@@ -315,7 +315,7 @@ LAYERS = {d.name: d for d in (
              torch=TorchDef("Linear", {"in_features": "in_features", "out_features": "out_features", "bias": "bias"},
                             {"W": "weight", "b": "bias"}),
              doc=DENSE.doc),
-    LayerDef("Conv2D", CONV2D, "window",
+    LayerDef("Conv2D", CONV2D,
              args=(Arg("in_channels", "count", binds=("C_in",)), Arg("out_channels", "count", binds=("C_out",)),
                    Arg("kernel_size", "pair", binds=("K_h", "K_w")), Arg("stride", "pair", 1, binds=("s_h", "s_w")),
                    Arg("padding", "pair", 0, binds=("p_h", "p_w"), minimum=0),
@@ -339,7 +339,7 @@ LAYERS = {d.name: d for d in (
              doc="(N, C, H, W) -> (N, C·H·W); a movement op whose pullback is the inverse reshape"),
     _batchnorm("BatchNorm1D", (1, 2)),
     _batchnorm("BatchNorm2D", (3,)),
-    LayerDef("Softmax", SOFTMAX, "composite", curvature=("gauss_newton", "hutchinson"), ranks=(1,),
+    LayerDef("Softmax", SOFTMAX, curvature=("gauss_newton", "hutchinson"), ranks=(1,),
              title="Softmax", label="Softmax",
              torch=TorchDef("Softmax", requires={"dim": (1, -1)}, keywords={"dim": 1}), doc=SOFTMAX.doc),
     *_NORMS,
@@ -351,10 +351,7 @@ def _specs(module: str) -> dict:
     ``symprop generate`` emits into ``generated/<module>.pyx``)."""
     out = {}
     for d in LAYERS.values():
-        if d.module == module:
-            for s in (d.spec, *d.specs):
-                out.setdefault(s.name, s)
-        for s in d.parts:
+        for s in (d.spec, *d.specs, *d.parts) if d.spec is not None else ():
             if family(s) == module:
                 out.setdefault(s.name, s)
     return out

@@ -129,7 +129,8 @@ class TorchDef:
 @dataclass(frozen=True)
 class LayerDef:
     """A built-in layer. ``spec``: its ContractionSpec or CompositeSpec (None: a movement op
-    with an explicit ``shape`` rule); ``module``: the generated module of its kernels;
+    with an explicit ``shape`` rule); ``module``: the generated module of its kernels (by
+    default its spec's :func:`family`; another is refused);
     ``specs``: further specs it runs (BatchNorm's eval-mode spec); ``title``/``label``: its
     name in messages and its words in the document (``str.format`` over the arguments);
     ``ranks``/``channels``: for a composite spec, the per-sample input ranks it accepts and
@@ -153,6 +154,14 @@ class LayerDef:
     shape: object = None
     doc: str = ""
     parts: tuple = ()
+
+    def __post_init__(self):
+        if self.spec is None:
+            return
+        if self.module is None:
+            object.__setattr__(self, "module", family(self.spec))   # frozen: set once, here
+        elif self.module != family(self.spec):
+            raise ValueError(f"{self.name}: module {self.module!r} is not its spec's family {family(self.spec)!r}")
 
     # ------------------------------------------------------------ arguments and config
     def bind(self, *args, **kwargs) -> dict:
