@@ -52,6 +52,9 @@ class cached_build_ext(build_ext):
         if cache["restore"](key, target):
             print(f"symprop: {ext.name} unchanged, taken from the build cache")
             return
+        # the key decides: setuptools' own check (the .so newer than its sources) would keep a
+        # build made with other flags (SYMPROP_PORTABLE, another CPU) and store it under this key
+        self.force = True
         super().build_extension(ext)
         cache["store"](key, target)
 

@@ -69,7 +69,7 @@ class Profiler:
         return wrapper
 
     def install(self, model):
-        from symprop.runtime import curvature, kernels, losses, optimizers
+        from symprop.runtime import curvature, kernels, optimizers
 
         labels = {}
         for i, la in enumerate(model.layers):
@@ -97,7 +97,7 @@ class Profiler:
         self._undo.append((kernels.SpecKernels, "_call", orig_run))
         kernels.SpecKernels._call = run
 
-        for mod, attr, kind in ((losses, "_losses", "loss"), (optimizers, "_opt", "optimizer")):
+        for mod, attr, kind in ((optimizers, "_opt", "optimizer"),):   # losses run through SpecKernels._call
             real = getattr(mod, attr)
             proxy = type("Timed", (), {})()
             for name in dir(real):

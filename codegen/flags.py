@@ -8,9 +8,12 @@ import sys
 
 
 def _isa_flags() -> list:
-    """AVX2+FMA (x86-64-v3) when the building CPU has it: libmvec's 8-wide tanhf/expf are
-    ~3x faster than the SSE ones. Kernels are compiled where they run (pip install from
-    source); set SYMPROP_PORTABLE=1 to build for any x86-64."""
+    """The widest of x86-64-v4 (AVX-512) and x86-64-v3 (AVX2+FMA) the building CPU has: libmvec's
+    8-wide tanhf/expf are ~3x faster than the SSE ones, and its 16-wide AVX-512 ones faster
+    again (32k floats on the Xeon family 6 model 207: tanhf 27.2 -> 10.9 us, expf 13.2 -> 8.1,
+    log1pf 29.3 -> 15.9, expm1f 31.2 -> 13.5). Kernels are compiled where they run (pip install
+    from source; the compile cache keys modules by these flags too, ``isa_tag``); set
+    SYMPROP_PORTABLE=1 to build for any x86-64."""
     if os.environ.get("SYMPROP_PORTABLE") or platform.machine() != "x86_64":
         return []
     try:
@@ -18,8 +21,19 @@ def _isa_flags() -> list:
             info = f.read(100000)
     except OSError:
         return []
-    need = ("avx2", "fma", "bmi2", "movbe")
-    return ["-march=x86-64-v3"] if all(f" {n}" in info for n in need) else []
+    v3 = ("avx2", "fma", "bmi2", "movbe")
+    v4 = v3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+    for level, need in (("x86-64-v4", v4), ("x86-64-v3", v3)):
+        if all(f" {n}" in info for n in need):
+            return [f"-march={level}"]
+    return []
+
+
+def isa_tag() -> str:
+    """The ISA flags a module is compiled with, as text (part of a cached module's name, so a
+    cache folder shared by machines of different CPUs never hands one an instruction set it
+    lacks)."""
+    return " ".join(_isa_flags() + os.environ.get("SYMPROP_CFLAGS", "").split())
 
 
 def extension_kwargs() -> dict:

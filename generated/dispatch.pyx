@@ -132,6 +132,16 @@ cdef void _parallel_leave(bint held):
 cdef enum:
     _GRAIN = 32768
     _MAX_ARGS = 32
+    _VECTOR = 64     # elements: a multiple of every SIMD width (16 floats in AVX-512) and cache line
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t n, int t, int T) noexcept nogil:
+    # where thread t of T starts on an elementwise loop of n: a multiple of _VECTOR elements, so
+    # every chunk but the last is whole vectors and each element meets the same (vector or
+    # scalar-remainder) libm variant as on one thread: results bitwise the same on any count
+    if t >= T:
+        return n
+    return (n * t // T) // _VECTOR * _VECTOR
+
 
 ctypedef void (*_elementwise_t)(char** arrays, const double* scalars, Py_ssize_t n) noexcept nogil
 ctypedef int (*_indexed_t)(char** arrays, const Py_ssize_t* extents, int threads) noexcept nogil
@@ -271,12 +281,11 @@ cdef class ElementwiseKernel:
                 if chunks == NULL:
                     raise MemoryError()
                 for t in range(T):
-                    lo = n * t // T
                     for k in range(na):
-                        chunks[t * na + k] = base[k] + lo * itemsize
+                        chunks[t * na + k] = base[k] + _chunk_start(n, t, T) * itemsize
                 with nogil:
                     for t in prange(T, num_threads=T, schedule="static"):
-                        fn(&chunks[t * na], scal, n * (t + 1) // T - n * t // T)
+                        fn(&chunks[t * na], scal, _chunk_start(n, t + 1, T) - _chunk_start(n, t, T))
                 free(chunks)
         finally:
             for k in range(held):
