@@ -190,9 +190,13 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
         op["out"] = k.out
     loopvars = _product_loops(ops, shapes, extents)
     any_assign = any(o["assign"] for o in ops)
+    # an output every term of which is optional is written by the first term present (``lazy``:
+    # codegen/templates/contraction.pyx.j2), not zeroed up front and accumulated into
+    zero = [] if any_assign else [k.out]
+    lazy = [o for o in zero if ops and all(op["guard"] for op in ops)]
     return {"name": k.name, "role": k.role, "arrays": used, "def_arrays": def_arrays(used, squares),
             "squares": sorted(squares.items()), "out": k.out, "outs": [k.out], "shapes": shapes, "ops": ops,
-            "calls_blas": any(op["kind"] == "gemm" for op in ops), "zero": [] if any_assign else [k.out],
+            "calls_blas": any(op["kind"] == "gemm" for op in ops), "zero": [o for o in zero if o not in lazy], "lazy": lazy,
             "optional": optional, "extents": extents, "loopvars": loopvars,
             "doc": f"{k.out}[{', '.join(map(str, k.out_indices))}] = {k.expr}"}
 
@@ -229,7 +233,7 @@ def fused_parts(spec, ctxs: list[dict], name: str, role: str, parts: list[str]) 
             "squares": [], "out": outs[0], "outs": outs, "shapes": shapes, "ops": ops,
             "calls_blas": any(p["calls_blas"] for p in ps), "optional": optional, "extents": extents,
             "loopvars": list(dict.fromkeys(v for p in ps for v in p.get("loopvars", []))),
-            "zero": [o for p in ps for o in p["zero"]],
+            "zero": [o for p in ps for o in p["zero"]], "lazy": [o for p in ps for o in p.get("lazy", [])],
             "doc": f"fused {role}: " + "; ".join(p["doc"] for p in ps)}
 
 

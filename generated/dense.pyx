@@ -3481,15 +3481,22 @@ cdef int _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(Ry, 0, n_ * o_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     if RW != NULL:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0), Ry, <int>o_)
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0) if _wrote_Ry else (<float>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rx != NULL:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0), Ry, <int>o_)
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0) if _wrote_Ry else (<float>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rb != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * o_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * o_ * sizeof(float))
     return 0
 
 cdef int _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3503,15 +3510,22 @@ cdef int _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(Ry, 0, n_ * o_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     if RW != NULL:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0), Ry, <int>o_)
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0) if _wrote_Ry else (<double>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rx != NULL:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0), Ry, <int>o_)
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0) if _wrote_Ry else (<double>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rb != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * o_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * o_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_rvjp_x
@@ -3526,11 +3540,15 @@ cdef int _dense_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    memset(Rgx, 0, n_ * i_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
     if RW != NULL:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0), Rgx, <int>i_)
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0) if _wrote_Rgx else (<float>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0), Rgx, <int>i_)
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0) if _wrote_Rgx else (<float>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * i_ * sizeof(float))
     return 0
 
 cdef int _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3543,11 +3561,15 @@ cdef int _dense_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
-    memset(Rgx, 0, n_ * i_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
     if RW != NULL:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0), Rgx, <int>i_)
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0) if _wrote_Rgx else (<double>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0), Rgx, <int>i_)
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0) if _wrote_Rgx else (<double>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * i_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_rvjp_W
@@ -3562,11 +3584,15 @@ cdef int _dense_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(RgW, 0, o_ * i_ * sizeof(float))
+    cdef bint _wrote_RgW = False
     if Rg != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(float))
     return 0
 
 cdef int _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3579,11 +3605,15 @@ cdef int _dense_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(RgW, 0, o_ * i_ * sizeof(double))
+    cdef bint _wrote_RgW = False
     if Rg != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_rvjp_b
@@ -3594,11 +3624,16 @@ cdef int _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    memset(Rgb, 0, o_ * sizeof(float))
+    cdef bint _wrote_Rgb = False
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(float))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(float))
     return 0
 
 cdef int _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3607,11 +3642,16 @@ cdef int _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t n_ = _x[0]
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
-    memset(Rgb, 0, o_ * sizeof(double))
+    cdef bint _wrote_Rgb = False
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(double))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_bl_x
@@ -3835,22 +3875,33 @@ cdef int _channel_affine_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
     if Rbeta != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3864,22 +3915,33 @@ cdef int _channel_affine_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
     if Rbeta != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_rvjp_x
@@ -3894,17 +3956,25 @@ cdef int _channel_affine_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3917,17 +3987,25 @@ cdef int _channel_affine_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_rvjp_gamma
@@ -3942,17 +4020,25 @@ cdef int _channel_affine_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rggamma, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rggamma = False
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3965,17 +4051,25 @@ cdef int _channel_affine_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rggamma, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rggamma = False
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_rvjp_beta
@@ -3987,11 +4081,16 @@ cdef int _channel_affine_rvjp_beta_f32(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rgbeta, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rgbeta = False
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(float))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_rvjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4001,11 +4100,16 @@ cdef int _channel_affine_rvjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rgbeta, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rgbeta = False
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(double))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_bl_x
@@ -4208,17 +4312,25 @@ cdef int _channel_scale_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4231,17 +4343,25 @@ cdef int _channel_scale_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_rvjp_x
@@ -4256,17 +4376,25 @@ cdef int _channel_scale_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noex
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4279,17 +4407,25 @@ cdef int _channel_scale_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noex
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_rvjp_gamma
@@ -4304,17 +4440,25 @@ cdef int _channel_scale_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rggamma, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rggamma = False
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4327,17 +4471,25 @@ cdef int _channel_scale_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(Rggamma, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rggamma = False
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_bl_x
@@ -4419,19 +4571,26 @@ cdef int _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(Ry, 0, n_ * o_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, W, <int>i_, (<float>0.0), y, <int>o_)
     for n in range(n_):
         for o in range(o_):
             y[(n) * o_ + o] += (<float>1.0) * b[o]
     if RW != NULL:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0), Ry, <int>o_)
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0) if _wrote_Ry else (<float>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rx != NULL:
-        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0), Ry, <int>o_)
+        _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), Rx, <int>i_, W, <int>i_, (<float>1.0) if _wrote_Ry else (<float>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rb != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * o_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * o_ * sizeof(float))
     return 0
 
 cdef int _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4447,19 +4606,26 @@ cdef int _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t i_ = _x[1]
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
-    memset(Ry, 0, n_ * o_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, W, <int>i_, (<double>0.0), y, <int>o_)
     for n in range(n_):
         for o in range(o_):
             y[(n) * o_ + o] += (<double>1.0) * b[o]
     if RW != NULL:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0), Ry, <int>o_)
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0) if _wrote_Ry else (<double>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rx != NULL:
-        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0), Ry, <int>o_)
+        _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), Rx, <int>i_, W, <int>i_, (<double>1.0) if _wrote_Ry else (<double>0.0), Ry, <int>o_)
+        _wrote_Ry = True
     if Rb != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * o_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for o in range(o_):
                 Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * o_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_vjp_rvjp
@@ -4482,26 +4648,39 @@ cdef int _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
     memset(gb, 0, o_ * sizeof(float))
-    memset(Rgx, 0, n_ * i_ * sizeof(float))
-    memset(RgW, 0, o_ * i_ * sizeof(float))
-    memset(Rgb, 0, o_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_RgW = False
+    cdef bint _wrote_Rgb = False
     _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, W, <int>i_, (<float>0.0), gx, <int>i_)
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * g[(n) * o_ + o]
     if RW != NULL:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0), Rgx, <int>i_)
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0) if _wrote_Rgx else (<float>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0), Rgx, <int>i_)
+        _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), Rg, <int>o_, W, <int>i_, (<float>1.0) if _wrote_Rgx else (<float>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(float))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * i_ * sizeof(float))
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(float))
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(float))
     return 0
 
 cdef int _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4522,26 +4701,39 @@ cdef int _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t n_ = _x[2]
     cdef Py_ssize_t o, i, n
     memset(gb, 0, o_ * sizeof(double))
-    memset(Rgx, 0, n_ * i_ * sizeof(double))
-    memset(RgW, 0, o_ * i_ * sizeof(double))
-    memset(Rgb, 0, o_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_RgW = False
+    cdef bint _wrote_Rgb = False
     _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, W, <int>i_, (<double>0.0), gx, <int>i_)
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * g[(n) * o_ + o]
     if RW != NULL:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0), Rgx, <int>i_)
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0) if _wrote_Rgx else (<double>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0), Rgx, <int>i_)
+        _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), Rg, <int>o_, W, <int>i_, (<double>1.0) if _wrote_Rgx else (<double>0.0), Rgx, <int>i_)
+        _wrote_Rgx = True
     if Rg != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(double))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * i_ * sizeof(double))
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(double))
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- dense_vjp_rvjp_params
@@ -4560,20 +4752,29 @@ cdef int _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     memset(gb, 0, o_ * sizeof(float))
-    memset(RgW, 0, o_ * i_ * sizeof(float))
-    memset(Rgb, 0, o_ * sizeof(float))
+    cdef bint _wrote_RgW = False
+    cdef bint _wrote_Rgb = False
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * g[(n) * o_ + o]
     if Rg != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0), RgW, <int>i_)
+        _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, Rx, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(float))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(float))
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(float))
     return 0
 
 cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4590,20 +4791,29 @@ cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     memset(gb, 0, o_ * sizeof(double))
-    memset(RgW, 0, o_ * i_ * sizeof(double))
-    memset(Rgb, 0, o_ * sizeof(double))
+    cdef bint _wrote_RgW = False
+    cdef bint _wrote_Rgb = False
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * g[(n) * o_ + o]
     if Rg != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rx != NULL:
-        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0), RgW, <int>i_)
+        _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, Rx, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
+        _wrote_RgW = True
     if Rg != NULL:
+        if not _wrote_Rgb:
+            memset(Rgb, 0, o_ * sizeof(double))
+            _wrote_Rgb = True
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+    if not _wrote_RgW:
+        memset(RgW, 0, o_ * i_ * sizeof(double))
+    if not _wrote_Rgb:
+        memset(Rgb, 0, o_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_forward_jvp
@@ -4622,7 +4832,7 @@ cdef int _channel_affine_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(y, 0, n_ * c_ * p_ * sizeof(float))
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4632,20 +4842,31 @@ cdef int _channel_affine_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T
             for p in range(p_):
                 y[((n) * c_ + c) * p_ + p] += (<float>1.0) * beta[c]
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
     if Rbeta != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4662,7 +4883,7 @@ cdef int _channel_affine_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(y, 0, n_ * c_ * p_ * sizeof(double))
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4672,20 +4893,31 @@ cdef int _channel_affine_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T
             for p in range(p_):
                 y[((n) * c_ + c) * p_ + p] += (<double>1.0) * beta[c]
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
     if Rbeta != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_vjp_rvjp
@@ -4710,9 +4942,9 @@ cdef int _channel_affine_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) n
     memset(gx, 0, n_ * c_ * p_ * sizeof(float))
     memset(ggamma, 0, c_ * sizeof(float))
     memset(gbeta, 0, c_ * sizeof(float))
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
-    memset(Rggamma, 0, c_ * sizeof(float))
-    memset(Rgbeta, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_Rggamma = False
+    cdef bint _wrote_Rgbeta = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4725,29 +4957,50 @@ cdef int _channel_affine_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) n
         for c in range(c_):
             gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(float))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4770,9 +5023,9 @@ cdef int _channel_affine_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) n
     memset(gx, 0, n_ * c_ * p_ * sizeof(double))
     memset(ggamma, 0, c_ * sizeof(double))
     memset(gbeta, 0, c_ * sizeof(double))
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
-    memset(Rggamma, 0, c_ * sizeof(double))
-    memset(Rgbeta, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_Rggamma = False
+    cdef bint _wrote_Rgbeta = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4785,29 +5038,50 @@ cdef int _channel_affine_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) n
         for c in range(c_):
             gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(double))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_affine_vjp_rvjp_params
@@ -4827,8 +5101,8 @@ cdef int _channel_affine_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, in
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(float))
     memset(gbeta, 0, c_ * sizeof(float))
-    memset(Rggamma, 0, c_ * sizeof(float))
-    memset(Rgbeta, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rggamma = False
+    cdef bint _wrote_Rgbeta = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4837,19 +5111,32 @@ cdef int _channel_affine_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, in
         for c in range(c_):
             gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(float))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_affine_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4867,8 +5154,8 @@ cdef int _channel_affine_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, in
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(double))
     memset(gbeta, 0, c_ * sizeof(double))
-    memset(Rggamma, 0, c_ * sizeof(double))
-    memset(Rgbeta, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rggamma = False
+    cdef bint _wrote_Rgbeta = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4877,19 +5164,32 @@ cdef int _channel_affine_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, in
         for c in range(c_):
             gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgbeta:
+            memset(Rgbeta, 0, c_ * sizeof(double))
+            _wrote_Rgbeta = True
         for n in range(n_):
             for c in range(c_):
                 Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
+    if not _wrote_Rgbeta:
+        memset(Rgbeta, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_forward_jvp
@@ -4906,21 +5206,29 @@ cdef int _channel_scale_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(y, 0, n_ * c_ * p_ * sizeof(float))
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+    cdef bint _wrote_Ry = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
                 y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4935,21 +5243,29 @@ cdef int _channel_scale_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(y, 0, n_ * c_ * p_ * sizeof(double))
-    memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+    cdef bint _wrote_Ry = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
                 y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rgamma != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Ry:
+            memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Ry = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+    if not _wrote_Ry:
+        memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_vjp_rvjp
@@ -4971,8 +5287,8 @@ cdef int _channel_scale_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t c, n, p
     memset(gx, 0, n_ * c_ * p_ * sizeof(float))
     memset(ggamma, 0, c_ * sizeof(float))
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
-    memset(Rggamma, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_Rggamma = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -4982,25 +5298,41 @@ cdef int _channel_scale_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) no
             for p in range(p_):
                 ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5020,8 +5352,8 @@ cdef int _channel_scale_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t c, n, p
     memset(gx, 0, n_ * c_ * p_ * sizeof(double))
     memset(ggamma, 0, c_ * sizeof(double))
-    memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
-    memset(Rggamma, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rgx = False
+    cdef bint _wrote_Rggamma = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
@@ -5031,25 +5363,41 @@ cdef int _channel_scale_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) no
             for p in range(p_):
                 ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rgamma != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rgx:
+            memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+            _wrote_Rgx = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rgx:
+        memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
     return 0
 
 # ---------------------------------------------------------------- channel_scale_vjp_rvjp_params
@@ -5066,21 +5414,29 @@ cdef int _channel_scale_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(float))
-    memset(Rggamma, 0, c_ * sizeof(float))
+    cdef bint _wrote_Rggamma = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
                 ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(float))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(float))
     return 0
 
 cdef int _channel_scale_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5095,21 +5451,29 @@ cdef int _channel_scale_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(double))
-    memset(Rggamma, 0, c_ * sizeof(double))
+    cdef bint _wrote_Rggamma = False
     for n in range(n_):
         for c in range(c_):
             for p in range(p_):
                 ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rg != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
     if Rx != NULL:
+        if not _wrote_Rggamma:
+            memset(Rggamma, 0, c_ * sizeof(double))
+            _wrote_Rggamma = True
         for n in range(n_):
             for c in range(c_):
                 for p in range(p_):
                     Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+    if not _wrote_Rggamma:
+        memset(Rggamma, 0, c_ * sizeof(double))
     return 0
 
 #: the kernels of this module in table order (``kernel_table``)
