@@ -106,7 +106,7 @@ ctypedef void (*_taylor_t)(char** arrays, const Py_ssize_t* rs, const Py_ssize_t
                           Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t d) noexcept nogil
 
 cdef enum:
-    _B = 128
+    _B = 64
     _MAX_ARGS = 32
     # elements x directions per thread below which a kernel stays on one thread
     _GRAIN = 65536
