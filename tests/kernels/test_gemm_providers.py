@@ -87,7 +87,7 @@ def test_tall_products_split_the_summed_dimension_the_same_on_any_thread_count(i
     fixed chunks of the summed dimension: the float64 product, bitwise the same on 1 and 2
     threads, for every transpose (chunk offsets into each operand's layout)."""
     rng = np.random.default_rng(11)
-    M, N, K = 48, 40, 9001            # K >= 8192 and >= 16·max(M, N): two chunks, one odd-sized
+    M, N, K = 48, 40, 9001            # K >= 8192 and >= 16·max(M, N): K // 2048 = 4 chunks, odd-sized
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         A = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
         B = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
@@ -99,11 +99,15 @@ def test_tall_products_split_the_summed_dimension_the_same_on_any_thread_count(i
         assert np.array_equal(C1, C2)
         assert np.max(np.abs(C1 - a @ b) / (np.abs(a) @ np.abs(b))) < tol
         if ta and not tb:   # the chunks' products (one GEMM call each) summed in order, bit for bit
-            h = K // 2
+            nb = K // 2048
+            bounds = [(K * t // nb, K * (t + 1) // nb) for t in range(nb)]
             with one_thread():
                 parts = [installed._gemm_product(0, False, True, False, np.ascontiguousarray(A[lo:hi]),
-                                                 np.ascontiguousarray(B[lo:hi]), 1) for lo, hi in ((0, h), (h, K))]
-            assert np.array_equal(C1, parts[0] + parts[1])
+                                                 np.ascontiguousarray(B[lo:hi]), 1) for lo, hi in bounds]
+            total = parts[0]
+            for p in parts[1:]:
+                total = total + p
+            assert np.array_equal(C1, total)
 
 
 def test_the_kernels_mark_unknown_classes_and_keep_installed_choices(installed):
