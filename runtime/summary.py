@@ -79,7 +79,9 @@ def summary(model, print_fn=print) -> None:
     total = sum(r[2] for r in rows)
     inp = "(N, " + ", ".join(map(str, model.input_shape)) + ")" if model.input_shape else "(not built yet)"
     rule = "-" * len(fmt(head))
-    lines = [f"Sequential: input {inp}, loss {model.loss.name}, {model.dtype.name}", rule, fmt(head), rule]
+    scalars = getattr(model.loss, "scalars", None) or {}
+    loss = model.loss.name + ("(" + ", ".join(f"{k}={v:g}" for k, v in scalars.items()) + ")" if scalars else "")
+    lines = [f"Sequential: input {inp}, loss {loss}, {model.dtype.name}", rule, fmt(head), rule]
     lines += [fmt(r) for r in cells]
     lines += [rule, f"total parameters: {total:,} ({total * model.dtype.itemsize / 1024:,.1f} KiB)"]
     for line in lines:

@@ -260,3 +260,17 @@ def test_user_loss_with_a_scalar_argument(tmp_path):
     np.testing.assert_array_equal(back.loss_and_grad(X, y)[1][0], model.loss_and_grad(X, y)[1][0])
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['beta'\]; it takes delta=1"):
         pseudo.with_scalars(beta=1.0)
+
+
+def test_summary_names_the_loss_with_its_scalars():
+    """``summary()`` shows a loss's scalars (Huber's δ): two models differing only in δ print
+    differently; a loss without scalars prints its bare name."""
+    lines = {}
+    for key, loss in (("huber2", losses.Huber(delta=2.0)), ("huber", "huber"), ("mse", "mse")):
+        m = Sequential([L.Dense(4, 3)], loss=loss, seed=0, input_shape=(4,))
+        out = []
+        m.summary(print_fn=out.append)
+        lines[key] = out[0]
+    assert "loss huber(delta=2)," in lines["huber2"]
+    assert "loss huber(delta=1)," in lines["huber"]
+    assert "loss mse," in lines["mse"]
