@@ -80,7 +80,7 @@ def clean_stale(root: Path) -> int:
 
 
 def _module_name(stem: str, text: str) -> str:
-    digest = hashlib.sha256((text + "\n# flags: " + flags.isa_tag()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((text + "\n# flags: " + flags.compile_tag()).encode()).hexdigest()[:16]
     return f"{stem}_{digest}"
 
 

@@ -12,7 +12,7 @@ def _isa_flags() -> list:
     8-wide tanhf/expf are ~3x faster than the SSE ones, and its 16-wide AVX-512 ones faster
     again (32k floats on the Xeon family 6 model 207: tanhf 27.2 -> 10.9 us, expf 13.2 -> 8.1,
     log1pf 29.3 -> 15.9, expm1f 31.2 -> 13.5). Kernels are compiled where they run (pip install
-    from source; the compile cache keys modules by these flags too, ``isa_tag``); set
+    from source; the compile cache keys modules by these flags too, ``compile_tag``); set
     SYMPROP_PORTABLE=1 to build for any x86-64."""
     if os.environ.get("SYMPROP_PORTABLE") or platform.machine() != "x86_64":
         return []
@@ -29,11 +29,11 @@ def _isa_flags() -> list:
     return []
 
 
-def isa_tag() -> str:
-    """The ISA flags a module is compiled with, as text (part of a cached module's name, so a
-    cache folder shared by machines of different CPUs never hands one an instruction set it
-    lacks)."""
-    return " ".join(_isa_flags() + _alias_check_flags() + os.environ.get("SYMPROP_CFLAGS", "").split())
+def compile_tag() -> str:
+    """The compile flags of every module (:func:`extension_kwargs`), as text: part of a cached
+    module's name, so a cache folder shared by machines of different CPUs (or flags) never hands
+    one an instruction set it lacks."""
+    return " ".join(extension_kwargs()["extra_compile_args"])
 
 
 def _alias_check_flags() -> list:
