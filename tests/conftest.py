@@ -1,7 +1,8 @@
 """Test-wide settings: BLAS provider, the seeded ``rng`` fixture, and the ``slow`` marker.
 
 Imports neither torch nor a compiled kernel, so ``pytest tests/derive tests/codegen`` runs in an
-environment with only the core dependencies. Shared helpers live in ``tests/support``."""
+environment with only the core dependencies and pytest-xdist (pyproject's ``-n 2``; without
+xdist add ``-o addopts=``). Shared helpers live in ``tests/support``."""
 import os
 
 # every product on SciPy's BLAS unless a test chooses (tests/kernels/test_gemm_providers.py): the
