@@ -146,6 +146,17 @@ def _parse(which, d: int):
     return "jet", sorted(coords), max(K, 1)
 
 
+class SeedStack:
+    """The stack after a first Dense layer on the seed, kept unmaterialized for the activation
+    that reads it: the value block is N real rows, but every other block's rows are the same
+    for all points (a first-order block: the Dense's ``jvp`` of one seed direction; a higher
+    one: zero), so they are passed to the activation's kernels as read-only views with row
+    stride 0 (the kernels take any row stride) instead of d·N rows written and read again."""
+
+    def __init__(self, shape, dtype, names: dict):
+        self.shape, self.dtype, self.names = shape, dtype, names
+
+
 class InputDerivatives:
     """A derivative query bound to a model: ``forward(X)`` gives ``({query: array}, tape)``,
     ``backward(tape, {query: cotangent})`` the parameter gradient of Σ cotangent·derivative
@@ -245,6 +256,8 @@ class InputDerivatives:
         """A stack with its padding rows zero (their GEMM products then stay zero)."""
         if isinstance(like_or_shape, np.ndarray):
             out = np.empty_like(like_or_shape)
+        elif isinstance(like_or_shape, SeedStack):
+            out = np.empty(like_or_shape.shape, dtype=like_or_shape.dtype)
         else:
             out = np.empty(like_or_shape, dtype=dtype)
         out[:, self.N:] = 0
@@ -255,6 +268,8 @@ class InputDerivatives:
         """The role's input names bound to blocks of a stack (prefixed with ``g``: the names
         of the pullback's outputs)."""
         S, N = stack, self.N
+        if isinstance(S, SeedStack):
+            return S.names
         if self.mode == "laplacian":
             return {"x": S[0, :N], "J": S[self.blocks(1), :N], "L": S[self.blocks(2).start, :N]}
         env = {"x": S[0, :N]}
@@ -312,7 +327,8 @@ class InputDerivatives:
                 tape.append((layer, stack, (out, subtapes)))
                 stack = out
             elif isinstance(layer, Dense) and top and li == 0 and self._unit_rows(stack.dtype) is not None:
-                out = self._seed_dense(layer, stack)
+                lazy = li + 1 < len(layers) and id(layers[li + 1]) in self.layer_kernels
+                out = self._seed_dense(layer, stack, lazy)
                 tape.append((layer, stack, out))
                 stack = out
             elif isinstance(layer, Dense):
@@ -361,19 +377,36 @@ class InputDerivatives:
         differ between points (then a first Dense layer runs on every row)."""
         return np.ascontiguousarray(np.eye(self.d, dtype=dtype)[self.coords])
 
-    def _seed_dense(self, layer, S):
+    def _seed_dense(self, layer, S, lazy: bool = False):
         """A first Dense layer on the seed stack: the value block through its ``forward`` role
         (N rows); every first-order block's rows are one unit vector e_i, so its ``jvp`` role
         runs on the m distinct rows once and the results are broadcast; the higher blocks
-        are zero in and out."""
+        are zero in and out. ``lazy`` (an activation reads the result next): a
+        :class:`SeedStack`, the broadcast blocks not written."""
         N, R = self.N, layer.kernels.roles
-        out = np.zeros((S.shape[0], S.shape[1], layer.out_features), dtype=S.dtype)
-        _call(R["forward"], {"x": S[0, :N], "W": layer.W, "b": layer.b, "y": out[0, :N]})
+        F = layer.out_features
         E = self._unit_rows(S.dtype)
-        YE = np.empty((E.shape[0], layer.out_features), dtype=S.dtype)
+        YE = np.empty((E.shape[0], F), dtype=S.dtype)
         _call(R["jvp"], {"x": E, "W": layer.W, "Rx": E, "Ry": YE})
+        if lazy:
+            value = np.empty((N, F), dtype=S.dtype)
+            _call(R["forward"], {"x": S[0, :N], "W": layer.W, "b": layer.b, "y": value})
+            return SeedStack((S.shape[0], S.shape[1], F), S.dtype, self._seed_names(value, YE))
+        out = np.zeros((S.shape[0], S.shape[1], F), dtype=S.dtype)
+        _call(R["forward"], {"x": S[0, :N], "W": layer.W, "b": layer.b, "y": out[0, :N]})
         out[self.blocks(1), :N] = YE[:, None, :]
         return out
+
+    def _seed_names(self, value, YE):
+        """:meth:`_names` of the stack whose value block is ``value`` and whose first-order
+        blocks' rows are the rows of ``YE`` (the same for every point), higher blocks zero:
+        the broadcast blocks as row-stride-0 views."""
+        N, F = value.shape
+        per_dir = np.broadcast_to(YE[:, None, :], (YE.shape[0], N, F))
+        if self.mode == "laplacian":
+            return {"x": value, "J": per_dir, "L": np.broadcast_to(np.zeros(F, value.dtype), (N, F))}
+        zero = np.broadcast_to(np.zeros((YE.shape[0], 1, F), value.dtype), per_dir.shape)
+        return {"x": value, "x1": per_dir, **{f"x{k}": zero for k in range(2, self.K + 1)}}
 
     def _live_blocks(self, cot: dict):
         """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""

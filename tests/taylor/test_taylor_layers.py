@@ -102,6 +102,23 @@ def test_mlp_with_batchnorm1d_on_features_matches_nested_autograd(which, rng):
     check_sweep(model, f, params, X, which, rng)
 
 
+@pytest.mark.parametrize("which", QUERIES)
+@pytest.mark.parametrize("second", ["tanh", "dense"])
+def test_first_dense_feeding_an_activation_is_not_materialized(second, which, rng):
+    """After a first Dense on the seed, the blocks other than the value are the same for every
+    point: an activation next reads them as row-stride-0 views (SeedStack); any other next
+    layer gets them written out. Both paths against nested autograd."""
+    from symprop.runtime.taylor import SeedStack
+    nxt = L.Activation("tanh") if second == "tanh" else L.Dense(5, 5)
+    model = Sequential([L.Dense(3, 5), nxt, L.Activation("softplus"), L.Dense(5, 1)], loss="mse",
+                       dtype="float64", seed=4)
+    X = rng.uniform(-1, 1, (9, 3))
+    f, params = torch_of(model)
+    check_sweep(model, f, params, X, which, rng)
+    _, tape = InputDerivatives(model, which).forward(X)
+    assert isinstance(tape[0][2], SeedStack) == (second == "tanh")
+
+
 def test_training_mode_and_unsupported_layers_are_refused_by_name(rng):
     X = rng.uniform(size=(3, 2))
     for layer in (L.BatchNorm1D(4), L.Dropout(0.5)):
