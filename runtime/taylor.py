@@ -336,13 +336,16 @@ class InputDerivatives:
                 B, Np, _ = stack_in.shape
                 out = np.empty((B, Np, layer.out_features), dtype=stack.dtype)
                 R = layer.kernels.roles
-                rows = stack_in.reshape(B * Np, -1)
-                _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows, "Ry": out.reshape(B * Np, -1)})
-                if layer.bias:      # the offset: the forward role at a zero input
-                    offset = np.empty((1, layer.out_features), dtype=stack.dtype)
-                    _call(R["forward"], {"x": np.zeros((1, layer.in_features), stack.dtype), "W": layer.W,
-                                         "b": layer.b, "y": offset})
-                    out[0, :self.N] += offset
+                if layer.bias:      # the value block through the forward role (with the bias), the rest linear
+                    _call(R["forward"], {"x": stack_in[0, :self.N], "W": layer.W, "b": layer.b, "y": out[0, :self.N]})
+                    out[0, self.N:] = 0
+                    first_row = 1
+                else:
+                    first_row = 0
+                if B > first_row:
+                    rows = stack_in[first_row:].reshape((B - first_row) * Np, -1)
+                    _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows,
+                                     "Ry": out[first_row:].reshape((B - first_row) * Np, -1)})
                 tape.append((layer, stack_in, out))
                 stack = out
             elif isinstance(layer, Flatten):
