@@ -117,6 +117,22 @@ def test_non_finite_gradient_is_refused_and_nothing_changes(make, bad):
     assert opt.t == 1
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_finite_check_on_large_gradients(dtype, rng):
+    """The check sums g² (NaN and inf propagate): a finite gradient whose g² overflows is still
+    finite and is applied; one NaN or inf anywhere in a large gradient is refused."""
+    big = np.finfo(dtype).max / 4
+    params = [np.zeros(1000, dtype=dtype)]
+    opt = O.SGD(lr=1e-300 if dtype == "float64" else 1e-37, momentum=0)
+    opt.step(params, [np.full(1000, big, dtype=dtype)])
+    assert np.all(np.isfinite(params[0])) and np.all(params[0] < 0)
+    for bad in (np.nan, np.inf, -np.inf):
+        g = rng.normal(size=(300, 70)).astype(dtype)
+        g[rng.integers(300), rng.integers(70)] = bad
+        with pytest.raises(ValueError, match="gradient 0 .*NaN or inf"):
+            O.SGD().step([np.zeros((300, 70), dtype=dtype)], [g])
+
+
 def test_adahessian_refuses_non_finite_gradient_or_diagonal():
     opt = O.AdaHessian()
     params = [np.ones(3)]
