@@ -65,7 +65,7 @@ MODULES = {
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])),
     "window.pyx": ("deriving conv2d and pooling (adjoint index maps)", lambda: render_window_module(
         "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])),
-    "taylor.pyx": ("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian)",
+    "taylor.pyx": ("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian, collapsed jets)",
                    _taylor),
     "losses.pyx": ("deriving losses", lambda: render_losses_module("losses")),
     "optimizers.pyx": ("deriving optimizer updates", lambda: render_elementwise_module(

@@ -110,6 +110,32 @@ def laplacian_role() -> TaylorRole:
     return TaylorRole("laplacian", ["x", "L"], ["J"], [("y", Y), ("Ly", collapsed)], [("Jy", y1.subs(x1, J))])
 
 
+def collapsed_role(K: int) -> TaylorRole:
+    """``collapsed:K``: ``taylor:K`` with the order-K coefficient summed over the directions
+    with constant weights c_j (collapsed Taylor mode): from x, the per-direction x₁ … x_{K−1}
+    and T = Σ_j c_j x_K⁽ʲ⁾, the outputs y, y₁ … y_{K−1} per direction and
+    T_y = Σ_j c_j y_K⁽ʲ⁾ = F₁ T + Σ_j c_j (y_K⁽ʲ⁾ − F₁ x_K⁽ʲ⁾) (y_K is linear in x_K with
+    coefficient F₁). A combination Σ_j c_j D^K_{w_j} u (Δ²u from jets along a few directions)
+    then travels as one block instead of m."""
+    if not 2 <= K <= MAX_ORDER:
+        raise SpecError(f"collapsed Taylor order {K} is not supported (2 … {MAX_ORDER})")
+    ys = faa_di_bruno(K)
+    xK, c, T = sp.Symbol(f"x{K}"), sp.Symbol("c"), sp.Symbol("T")
+    rest = sp.expand(ys[-1] - F[1] * xK)
+    assert not rest.has(xK), rest
+    Ty = F[1] * T + dsum(sp.expand(c * rest))
+    return TaylorRole(f"collapsed:{K}", ["x", "T"], ["c"] + [f"x{k}" for k in range(1, K)],
+                      [("y", Y), ("Ty", Ty)], [(f"y{k}", e) for k, e in enumerate(ys[:-1], 1)])
+
+
+def role_vjp(r: TaylorRole) -> TaylorRole:
+    """The pullback of a forward role to the inputs that carry coefficients (not a collapsed
+    role's weights c, which are constants), named ``vjp:<role>``."""
+    wrt = [a for a in r.inputs if a != "c"]
+    v = vjp_role(r, wrt)
+    return TaylorRole(f"vjp:{r.role}", v.point_inputs, v.dir_inputs, v.point_outputs, v.dir_outputs, v.scalars)
+
+
 # ---------------------------------------------------------------- differentiation of roles
 
 def _d_point(expr: sp.Basic, a: sp.Symbol) -> sp.Basic:
@@ -198,8 +224,10 @@ def param_pullback(r: TaylorRole, p: str) -> tuple[str, sp.Basic]:
 
 
 def base_roles(max_order: int = MAX_ORDER) -> list[TaylorRole]:
-    """Every forward role (``taylor:1`` … ``taylor:max_order``, ``laplacian``)."""
-    return [taylor_role(k) for k in range(1, max_order + 1)] + [laplacian_role()]
+    """Every forward role (``taylor:1`` … ``taylor:max_order``, ``laplacian``, ``collapsed:3``
+    … ``collapsed:max_order``)."""
+    return ([taylor_role(k) for k in range(1, max_order + 1)] + [laplacian_role()]
+            + [collapsed_role(k) for k in range(3, max_order + 1)])
 
 
 # ---------------------------------------------------------------- the spec's f', …, f^(5)
@@ -324,7 +352,7 @@ def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
     roles = []
     for r in base_roles(max_order):
         roles.append(realize(r, chosen, base.forward.chosen, spec, pchosen))
-        v = vjp_role(r)
+        v = role_vjp(r)
         if spec.learnable:      # the parameter's per-element pullback, one more point output
             v = TaylorRole(v.role, v.point_inputs, v.dir_inputs,
                            v.point_outputs + [param_pullback(r, spec.learnable[0])], v.dir_outputs)

@@ -97,6 +97,12 @@ def _sweep_words(term, d: int) -> str:
     if term.order == 0:
         return "no derivative of $N$ enters, so the plain forward pass computes it"
     dirs = ", ".join("$(" + ", ".join(f"{v:g}" for v in w) + ")$" for w in W)
+    if term.mode == "collapsed":
+        m = len(W)
+        return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along the "
+                f"directions {dirs}, the order-{K} coefficient carried as one weighted sum over them "
+                f"(collapsed Taylor mode), compute them: $2 + {K - 1} \\cdot {m} = {2 + (K - 1) * m}$ arrays per "
+                f"layer instead of ${1 + K * m}$")
     return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along "
             f"{'the direction' if len(W) == 1 else 'the directions'} {dirs} compute them: "
             f"$1 + {K} \\cdot {len(W)} = {1 + K * len(W)}$ arrays per layer")

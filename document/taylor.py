@@ -17,7 +17,7 @@ from ..codegen.taylor import kernel_name
 from ..derive import builtins
 from ..derive.elementwise import ElementwiseSpec
 from ..derive.rewrite import at_infinity, finite_or, nan_through
-from ..derive.taylor import F, MAX_ORDER, derivative_forms, faa_di_bruno, laplacian_role, realize, vjp_role
+from ..derive.taylor import F, MAX_ORDER, collapsed_role, derivative_forms, faa_di_bruno, laplacian_role, realize, vjp_role
 from .appendix import KernelTable
 from .derived import _builtin_specs, _derive
 from .layout import LINE, Row, display, rhs_terms, row, tex_width
@@ -29,7 +29,8 @@ from .simplify import display_form
 TAYLOR_NAMES = {"F1": "f'", "F2": "f''", "F3": "f'''", "F4": "f^{(4)}", "F5": "f^{(5)}",
                 "J": "J_{i}", "Jy": "J^{y}_{i}", "L": "L", "Ly": "L^{y}",
                 "gy": r"\bar{g}^{y}", "gJy": r"\bar{g}^{J^{y}}_{i}", "gLy": r"\bar{g}^{L^{y}}",
-                "gx": r"\bar{g}^{x}", "gJ": r"\bar{g}^{J}_{i}", "gL": r"\bar{g}^{L}"}
+                "gx": r"\bar{g}^{x}", "gJ": r"\bar{g}^{J}_{i}", "gL": r"\bar{g}^{L}",
+                "T": "T", "Ty": "T^{y}", "c": "c_{i}", **{f"x{k}i": f"x_{{{k},i}}" for k in range(1, 5)}}
 #: what each derivative is called in the text
 ORDINAL = {3: "f'''", 4: "f^{(4)}"}
 
@@ -117,6 +118,16 @@ def taylor_intro(P: DerivationPrinter | None = None) -> str:
                "$f'''$ entering through $L^y$:\n")
     out.append(display([row(tex(sp.Symbol(o), P), e, P, "eq:taylor:lapvjp" if o == "gx" else None)
                         for o, e in back.point_outputs + back.dir_outputs]))
+    col = collapsed_role(MAX_ORDER)
+    out.append(f"An operator of order ${MAX_ORDER}$ such as $\\Delta^2 u$ is a weighted sum "
+               f"$\\sum_i c_i \\,\\mathrm{{d}}^{MAX_ORDER} u(x + t w_i)/\\mathrm{{d}}t^{MAX_ORDER}$ of jets along a few directions "
+               f"$w_i$. The top coefficient enters $y_{MAX_ORDER}$ only through $f' x_{MAX_ORDER}$, so it can travel as one "
+               f"weighted sum $T = \\sum_i c_i x_{{{MAX_ORDER},i}}$ (collapsed Taylor mode), the lower coefficients per "
+               f"direction as before; the role \\texttt{{collapsed:{MAX_ORDER}}} (and \\texttt{{collapsed:3}}) computes\n")
+    per_dir = {sp.Symbol(f"x{k}"): sp.Symbol(f"x{k}i") for k in range(1, MAX_ORDER)}
+    out.append(display([row(tex(sp.Symbol(o), P), e.xreplace(per_dir), P, "eq:taylor:col" if o == "Ty" else None)
+                        for o, e in col.point_outputs if o != "y"]))
+    out.append("and its pullback is derived from it like the forward Laplacian's.\n")
     out.append("Dense and convolution layers are affine in their input: every coefficient goes through "
                "the same linear map, and the bias enters the value only (its derivative along the input "
                "is zero). Each activation below gives $f'''$ and $f^{(4)}$ as differentiated and in the "
@@ -135,6 +146,10 @@ def kernel_table(spec) -> KernelTable:
              for k in range(1, MAX_ORDER + 1)]
     rows.append((kernel_name(spec.name, "vjp:laplacian"), "the pullback of the forward Laplacian",
                  "\\eqref{eq:taylor:lapvjp}"))
+    rows += [(kernel_name(spec.name, f"collapsed:{k}"), f"$y, y_1, \\dots, y_{k - 1}, T^{{y}}$", "\\eqref{eq:taylor:col}")
+             for k in range(3, MAX_ORDER + 1)]
+    rows += [(kernel_name(spec.name, f"vjp:collapsed:{k}"), f"the pullback of the collapsed order-{k} rule", "")
+             for k in range(3, MAX_ORDER + 1)]
     return KernelTable(_title(spec) + ", Taylor mode", f"taylor:{spec.name}", "l R l",
                        ("kernel", "computes", "eq."), rows)
 

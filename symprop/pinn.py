@@ -155,20 +155,36 @@ class _Term:
                 for j, l in enumerate(lam):
                     Wm[row, 1 + (k - 1) * m + j] = float(l)
             plans["jet"] = (1 + K * m, ("jet", np.array(W, dtype=float), K), Wm)
+            top = [lam for (_, k, _, _), lam in zip(items, lams) if k == K]
+            if K >= 3 and m > 1 and len(top) == 1:   # one order-K quantity: its coefficient collapsed
+                B = 2 + (K - 1) * m
+                Wc = np.zeros((len(self.qsyms), B))
+                Wc[0, 0] = 1
+                for row, ((_, k, _, _), lam) in enumerate(zip(items, lams), 1):
+                    if k == K:
+                        Wc[row, B - 1] = 1
+                    else:
+                        for j, l in enumerate(lam):
+                            Wc[row, 1 + (k - 1) * m + j] = float(l)
+                plans["collapsed"] = (B, ("collapsed", np.array(W, dtype=float), K,
+                                          np.array([float(l) for l in top[0]])), Wc)
         second = [it for it in items if it[1] == 2]
         if K == 2 and len(second) == 1:
             plans["laplacian"] = self._collapsed_plan(items, second[0][2], d, factor_quadratic)
         elif K == 0:
             plans["jet"] = (1, ("jet", np.eye(1, d), 1), np.eye(1, 2))
         if propagation is not None:
-            if propagation not in ("laplacian", "jet"):
-                raise ValueError(f"{what}: propagation must be 'laplacian', 'jet' or None, got {propagation!r}")
+            if propagation not in ("laplacian", "jet", "collapsed"):
+                raise ValueError(f"{what}: propagation must be 'laplacian', 'jet', 'collapsed' or None, "
+                                 f"got {propagation!r}")
             if propagation not in plans:
                 raise ValueError(f"{what}: the collapsed second-order sweep ('laplacian') needs one second-order "
-                                 f"combination and no higher order; needs {self.needs}")
+                                 f"combination and no higher order; the collapsed jets ('collapsed') one "
+                                 f"quantity of order 3 or 4 (the highest) along several directions; "
+                                 f"needs {self.needs}")
             self.mode = propagation
-        else:
-            self.mode = min(plans, key=lambda p: (plans[p][0], p != "laplacian"))
+        else:   # the fewest blocks; on a tie the forward Laplacian, then plain jets
+            self.mode = min(plans, key=lambda p: (plans[p][0], ("laplacian", "jet", "collapsed").index(p)))
         self.cost, self.plan, self.weights = plans[self.mode]
         self._sweeps = {}
         # the residual and ∂r/∂q, derived; factors that depend only on X are computed once per point set
@@ -254,15 +270,22 @@ class _Term:
             return f"forward Laplacian along {sum(len(V) for V in groups)} direction(s) in {len(groups)} group(s)"
         W, K = self.plan[1], self.plan[2]
         dirs = ", ".join("(" + ",".join(f"{v:g}" for v in w) + ")" for w in W)
+        if self.mode == "collapsed":
+            return (f"Taylor jets of order {K} along {dirs}, the order-{K} coefficient collapsed "
+                    f"(weights " + ", ".join(f"{c:g}" for c in self.plan[3]) + ")")
         return f"Taylor jets of order {K} along {dirs}"
 
     def sweep(self, model):
-        from .runtime.taylor import CollapsedSecondOrder, DirectionalJets
+        from .runtime.taylor import CollapsedJets, CollapsedSecondOrder, DirectionalJets
         key = id(model)
         sw = self._sweeps.get(key)
         if sw is None or sw.model is not model:
-            sw = (CollapsedSecondOrder(model, self.plan[1]) if self.mode == "laplacian"
-                  else DirectionalJets(model, self.plan[1], self.plan[2]))
+            if self.mode == "laplacian":
+                sw = CollapsedSecondOrder(model, self.plan[1])
+            elif self.mode == "collapsed":
+                sw = CollapsedJets(model, self.plan[1], self.plan[2], self.plan[3])
+            else:
+                sw = DirectionalJets(model, self.plan[1], self.plan[2])
             self._sweeps = {key: sw}
         return sw
 

@@ -11,7 +11,7 @@ import torch
 from symprop import layers as L, pinn
 from symprop.derive.taylor import directions_for, factor_quadratic, jet_matrix, multi_indices
 from symprop.runtime.model import Sequential
-from symprop.runtime.taylor import CollapsedSecondOrder, DirectionalJets
+from symprop.runtime.taylor import CollapsedJets, CollapsedSecondOrder, DirectionalJets
 from support.numeric import rel_err
 
 x, y, z, t = sp.symbols("x y z t")
@@ -146,16 +146,20 @@ def test_space_time_derivatives_with_lift_and_hard_factor():
     assert np.allclose(problem.solution(model, np.c_[[-1.0, 1.0], [0.3, 0.8]]), 0, atol=1e-15)
 
 
+@pytest.mark.parametrize("propagation", [None, "jet"])
 @pytest.mark.parametrize("d", [2, 3])
-def test_biharmonic(d):
+def test_biharmonic(d, propagation):
+    """Δ²u − u: by default the order-4 coefficient collapsed (one weighted sum over the m
+    directions: 2 + 3m blocks), or plain jets (1 + 4m)."""
     c = [x, y, z][:d]
     u = sp.Function("u")(*c)
     lap = lambda e: sum(e.diff(v, 2) for v in c)  # noqa: E731
     expr = lap(lap(u)) - u
-    problem = pinn.Problem(residual=expr, domain={v: (0, 1) for v in c})
+    problem = pinn.Problem(residual=expr, domain={v: (0, 1) for v in c}, propagation=propagation)
     term = problem.interior
-    assert term.needs == ["N", "Δ²N"] and term.mode == "jet"
-    assert term.plan[1].shape[0] == {2: 4, 3: 7}[d]        # directions; 3, 6 partials of order 4 otherwise 5, 15
+    m = {2: 4, 3: 7}[d]                                     # directions; 3, 6 partials of order 4 otherwise 5, 15
+    assert term.needs == ["N", "Δ²N"] and term.mode == (propagation or "collapsed")
+    assert term.plan[1].shape[0] == m and term.cost == (1 + 4 * m if propagation else 2 + 3 * m)
     model = pinn.mlp(d, width=5, depth=2, dtype="float64", seed=d)
     X = np.random.default_rng(d).random((9, d))
     check_problem(problem, model, X, expr, c, tol=1e-9 if d == 3 else 1e-10)
@@ -238,6 +242,19 @@ def test_direction_seeded_sweeps_and_their_parameter_gradient(kind):
     for a, b in zip(grads, ref):
         assert rel_err(a, b.numpy()) < 1e-10
 
+    if kind == "mlp":   # the order-3 coefficient collapsed with weights c: Σ_j c_j D³_{w_j}
+        c = rng.standard_normal(len(W))
+        cj = CollapsedJets(model, W, 3, c)
+        C, tape = cj.forward(X)
+        want = [f(tX)] + [D(k, w) for k in (1, 2) for w in W] + [sum(cw * D(3, w) for cw, w in zip(c, W))]
+        assert C.shape == (2 + 2 * len(W), X.shape[0])
+        assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
+        G = rng.standard_normal(C.shape)
+        grads = cj.backward(tape, G)
+        ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
+        for a, b in zip(grads, ref):
+            assert rel_err(a, b.numpy()) < 1e-10
+
     groups = [W, rng.standard_normal((1, d))]
     col = CollapsedSecondOrder(model, groups)
     C, tape = col.forward(X)
@@ -264,6 +281,13 @@ def test_bad_operators_are_refused_naming_the_term():
         pinn.Problem(residual=u.diff(x, 4) + 2 * u.diff(x, 2, y, 2) + u.diff(y, 4), domain=dom, propagation="laplacian")
     with pytest.raises(ValueError, match="propagation must be"):
         pinn.Problem(residual=u.diff(x, y), domain=dom, propagation="hessian")
+    with pytest.raises(ValueError, match="collapsed jets .* one quantity of order 3 or 4"):
+        pinn.Problem(residual=u.diff(x, 4) * u.diff(y, 4), domain=dom, propagation="collapsed")
+    model = pinn.mlp(2, width=3, depth=1, dtype="float64")
+    with pytest.raises(ValueError, match="weights must be 2 finite numbers"):
+        CollapsedJets(model, np.eye(2), 4, [1.0])
+    with pytest.raises(ValueError, match="order 2 is not supported"):
+        CollapsedJets(model, np.eye(2), 2, [1.0, 1.0])
     problem = pinn.Problem(residual=u.diff(x, y), domain=dom)
     two = Sequential([L.Dense(2, 3), L.Tanh(), L.Dense(3, 2)], loss="mse", dtype="float64", seed=0)
     with pytest.raises(ValueError, match=r"residual: the network must have one output"):

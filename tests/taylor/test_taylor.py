@@ -22,7 +22,7 @@ def test_every_activation_has_taylor_roles():
     assert sorted(ACTIVATIONS) == NAMES
     for name in NAMES:
         roles = set(TABLE[name]["roles"])
-        assert {f"taylor:{k}" for k in range(1, 5)} | {"laplacian"} <= roles
+        assert {f"taylor:{k}" for k in range(1, 5)} | {"laplacian", "collapsed:3", "collapsed:4"} <= roles
         assert {"vjp:" + r for r in roles if not r.startswith("vjp:")} <= roles
 
 
@@ -110,6 +110,40 @@ def test_forward_laplacian_role_and_its_pullback_match_nested_autograd(name, rng
     got = run(name, "vjp:laplacian", {"x": x, "J": J, "L": Lap, "y": out["y"], **gs})
     for nm, w in zip(["gx", "gJ", "gL"], want):
         assert rel_err(got[nm], w.numpy()) < 1e-10, (name, nm)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("K", [3, 4])
+def test_collapsed_role_and_its_pullback_match_nested_autograd(name, K, rng):
+    """``collapsed:K`` against order-K jets by nested autograd: y, y_k (k < K) per direction and
+    T_y = Σ_j c_j y_K⁽ʲ⁾ from T = Σ_j c_j x_K⁽ʲ⁾ (each direction's x_K = T/(d·c_j)); the
+    pullback to x, T and x_k against reverse mode over those jets."""
+    N, F, d = 4, 3, 3
+    x = points(rng, (N, F))
+    xs = [rng.normal(size=(d, N, F)) for _ in range(K - 1)]
+    Tin, c = rng.normal(size=(N, F)), rng.uniform(0.5, 2, d) * rng.choice([-1, 1], d)
+    cw = np.broadcast_to(c[:, None, None], (d, N, F)).copy()
+    env = {"x": x, "T": Tin, "c": cw, **{f"x{k}": xs[k - 1] for k in range(1, K)}}
+    out = run(name, f"collapsed:{K}", dict(env))
+    tx, tT = torch.tensor(x, requires_grad=True), torch.tensor(Tin, requires_grad=True)
+    txs = [torch.tensor(a, requires_grad=True) for a in xs]
+    jets = [torch_jet(name, tx, [xk[i] for xk in txs] + [tT / (d * c[i])]) for i in range(d)]
+    ty = jets[0][0]
+    tys = [torch.stack([j[k] for j in jets]) for k in range(1, K)]
+    tTy = sum(c[i] * jets[i][K] for i in range(d))
+    assert rel_err(out["y"], ty.detach().numpy()) < 1e-12
+    for k in range(1, K):
+        assert rel_err(out[f"y{k}"], tys[k - 1].detach().numpy()) < 1e-10, (name, K, k)
+    assert rel_err(out["Ty"], tTy.detach().numpy()) < 1e-10, (name, K)
+    gs = {"gy": rng.normal(size=(N, F)), "gTy": rng.normal(size=(N, F)),
+          **{f"gy{k}": rng.normal(size=(d, N, F)) for k in range(1, K)}}
+    total = (ty * torch.tensor(gs["gy"])).sum() + (tTy * torch.tensor(gs["gTy"])).sum() + sum(
+        (tys[k - 1] * torch.tensor(gs[f"gy{k}"])).sum() for k in range(1, K))
+    want = torch.autograd.grad(total, [tx, tT] + txs, allow_unused=True)
+    got = run(name, f"vjp:collapsed:{K}", {**env, "y": out["y"], **gs})
+    for nm, w in zip(["gx", "gT"] + [f"gx{k}" for k in range(1, K)], want):
+        w = np.zeros_like(got[nm]) if w is None else w.numpy()
+        assert rel_err(got[nm], w) < 1e-10, (name, K, nm)
 
 
 def test_float32_kernels_agree_with_float64(rng):

@@ -185,6 +185,30 @@ def test_user_activation_sweeps_match_nested_autograd(user_activation, which, rn
 
 
 @pytest.mark.slow
+def test_user_activation_in_direction_seeded_and_collapsed_jets(user_activation, rng):
+    """The sweeps pinn builds (DirectionalJets, CollapsedJets: order 4 along directions) bind a
+    user activation's module for order 4, not for the query-less default of 2: the biharmonic
+    Δ²u of a 2-input MLP with it against nested autograd."""
+    import sympy as sp_
+    from symprop import pinn
+    xs, ys = sp_.symbols("xs ys")
+    u = sp_.Function("u")(xs, ys)
+    model = user_mlp(user_activation, 2, 3)
+    f, _ = torch_user_mlp(model, user_activation)
+    X = rng.uniform(-1, 1, (5, 2))
+    tX = torch.tensor(X, requires_grad=True)
+
+    def d(v, i):
+        return torch.autograd.grad(v.sum(), tX, create_graph=True)[0][:, i]
+    v = f(tX)
+    want = d(d(d(d(v, 0), 0), 0), 0) + 2 * d(d(d(d(v, 0), 0), 1), 1) + d(d(d(d(v, 1), 1), 1), 1)
+    for propagation in ("jet", "collapsed"):
+        problem = pinn.Problem(residual=u.diff(xs, 4) + 2 * u.diff(xs, 2, ys, 2) + u.diff(ys, 4),
+                               domain={xs: (-1, 1), ys: (-1, 1)}, propagation=propagation)
+        assert rel_err(problem.residual(model, X), want.detach().numpy()) < 1e-9, propagation
+
+
+@pytest.mark.slow
 def test_user_activation_taylor_coefficients_float32_stable_up_to_1e4(user_activation, rng):
     """Every Taylor role of the user activation in float32 over |x| ≤ 1e4 is finite and agrees
     with float64 (normwise, relative to the float64 values' scale), pullbacks included."""
