@@ -127,7 +127,7 @@ def taylor_intro(P: DerivationPrinter | None = None) -> str:
     per_dir = {sp.Symbol(f"x{k}"): sp.Symbol(f"x{k}i") for k in range(1, MAX_ORDER)}
     out.append(display([row(tex(sp.Symbol(o), P), e.xreplace(per_dir), P, "eq:taylor:col" if o == "Ty" else None)
                         for o, e in col.point_outputs if o != "y"]))
-    out.append("and its pullback is derived from it like the forward Laplacian's.\n")
+    out.append("and its pullback is derived from it like the forward Laplacian's.\n\n")
     out.append("Dense and convolution layers are affine in their input: every coefficient goes through "
                "the same linear map, and the bias enters the value only (its derivative along the input "
                "is zero). Each activation below gives $f'''$ and $f^{(4)}$ as differentiated and in the "
@@ -146,7 +146,8 @@ def kernel_table(spec) -> KernelTable:
              for k in range(1, MAX_ORDER + 1)]
     rows.append((kernel_name(spec.name, "vjp:laplacian"), "the pullback of the forward Laplacian",
                  "\\eqref{eq:taylor:lapvjp}"))
-    rows += [(kernel_name(spec.name, f"collapsed:{k}"), f"$y, y_1, \\dots, y_{k - 1}, T^{{y}}$", "\\eqref{eq:taylor:col}")
+    rows += [(kernel_name(spec.name, f"collapsed:{k}"), "$y, " + ", ".join(f"y_{j}" for j in range(1, k)) + ", T^{y}$",
+              "\\eqref{eq:taylor:col}")
              for k in range(3, MAX_ORDER + 1)]
     rows += [(kernel_name(spec.name, f"vjp:collapsed:{k}"), f"the pullback of the collapsed order-{k} rule", "")
              for k in range(3, MAX_ORDER + 1)]
