@@ -8,15 +8,20 @@ maps to the same cache set and 4 KiB alias, and the activations' kernels ran 2�
 - ``laplacian`` mode (u, ∇u, Δu): B = d + 2 blocks — the value, the d first-order
   coefficients J_i = ∂/∂x_i and the summed second-order coefficient L = Σ_i ∂²/∂x_i²;
 - ``jet`` mode (pure partials ∂ᵏu/∂x_iᵏ, k ≤ 4): B = 1 + K·m blocks — the value, then for
-  each order k = 1 … K the k-th coefficients along each of the m coordinate directions.
+  each order k = 1 … K the k-th coefficients along each of the m coordinate directions
+  (:class:`DirectionalJets`: along any directions);
+- ``collapsed`` mode (:class:`CollapsedJets`, K = 3, 4): B = 2 + (K − 1)·m — the order-K
+  coefficients as one weighted sum over the directions (the activations' ``collapsed:K`` roles).
 
 A Dense layer maps every block by the same linear map: its ``jvp`` role (the linear part)
 on all B·(N + p) rows at once, one GEMM (the zero padding rows stay zero), and its offset —
 the ``forward`` role at a zero input, the bias — added to the value block; an activation
-runs its derived Taylor role (``laplacian`` or ``taylor:K`` of ``generated/taylor``; for user
-and learnable activations of a module derived and compiled at first use) on the whole stack
-in one pass. The backward sweep runs the roles' derived pullbacks (``vjp:laplacian``,
-``vjp:taylor:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
+runs its derived Taylor role (``laplacian``, ``taylor:K`` or ``collapsed:K`` of
+``generated/taylor``; for user and learnable activations of a module derived and compiled at
+first use) on the whole stack in one pass (after a first Dense layer, whose non-value blocks
+are the same for every point, it reads them as row-stride-0 views: :class:`SeedStack`). The
+backward sweep runs the roles' derived pullbacks (``vjp:laplacian``, ``vjp:taylor:K``,
+``vjp:collapsed:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
 rows at once: one GEMM each, the padding rows contributing zero; ``vjp:b`` on the value block
 only). Affine layers in evaluation mode (BatchNorm, Dropout) and piecewise-linear ones
 (MaxPool2D) run their own forward, ``jvp`` and pullbacks on the blocks.
@@ -94,7 +99,8 @@ def _module():
 
 
 def user_taylor_module(spec, order: int, verbose: bool = False):
-    """The Taylor-mode kernels (``taylor:1 … taylor:order``, ``laplacian`` and their pullbacks)
+    """The Taylor-mode kernels (``taylor:1 … taylor:order``, ``laplacian``, ``collapsed:3 …
+    collapsed:order`` and their pullbacks)
     of a user's elementwise spec, derived by :func:`derive.taylor.derive_taylor` and compiled
     through :func:`codegen.build.compile_spec` (the same cache as its other kernels, keyed by
     the spec's hash and the order)."""
@@ -162,7 +168,7 @@ class InputDerivatives:
     ``backward(tape, {query: cotangent})`` the parameter gradient of Σ cotangent·derivative
     (aligned with ``model.parameters()``)."""
 
-    def __init__(self, model, which=()):
+    def __init__(self, model, which=(), bind: bool = True):
         if model.input_shape is None:
             raise ValueError("input_derivatives: the model is not built yet (pass input_shape= or call build())")
         self.model = model
@@ -178,7 +184,8 @@ class InputDerivatives:
         self.kernels = module.KERNELS
         self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
         self.spec_kinds = {}             # id(user spec layer) -> "affine" or "piecewise" (_user_spec_kind)
-        self._bind_layers(model.layers)
+        if bind:                         # (a subclass that sets its own order binds after it)
+            self._bind_layers(model.layers)
 
     def _bind_layers(self, layers):
         """Check every layer of a chain (branches included) has a sweep; bind the activations'
@@ -336,16 +343,13 @@ class InputDerivatives:
                 B, Np, _ = stack_in.shape
                 out = np.empty((B, Np, layer.out_features), dtype=stack.dtype)
                 R = layer.kernels.roles
-                if layer.bias:      # the value block through the forward role (with the bias), the rest linear
-                    _call(R["forward"], {"x": stack_in[0, :self.N], "W": layer.W, "b": layer.b, "y": out[0, :self.N]})
-                    out[0, self.N:] = 0
-                    first_row = 1
-                else:
-                    first_row = 0
-                if B > first_row:
-                    rows = stack_in[first_row:].reshape((B - first_row) * Np, -1)
-                    _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows,
-                                     "Ry": out[first_row:].reshape((B - first_row) * Np, -1)})
+                rows = stack_in.reshape(B * Np, -1)
+                _call(R["jvp"], {"x": rows, "W": layer.W, "Rx": rows, "Ry": out.reshape(B * Np, -1)})
+                if layer.bias:      # the offset: the forward role at a zero input
+                    offset = np.empty((1, layer.out_features), dtype=stack.dtype)
+                    _call(R["forward"], {"x": np.zeros((1, layer.in_features), stack.dtype), "W": layer.W,
+                                         "b": layer.b, "y": offset})
+                    out[0, :self.N] += offset
                 tape.append((layer, stack_in, out))
                 stack = out
             elif isinstance(layer, Flatten):
@@ -406,13 +410,9 @@ class InputDerivatives:
         the broadcast blocks as row-stride-0 views."""
         N, F = value.shape
         per_dir = np.broadcast_to(YE[:, None, :], (YE.shape[0], N, F))
-        zero_point = np.broadcast_to(np.zeros(F, value.dtype), (N, F))
         if self.mode == "laplacian":
-            return {"x": value, "J": per_dir, "L": zero_point}
+            return {"x": value, "J": per_dir, "L": np.broadcast_to(np.zeros(F, value.dtype), (N, F))}
         zero = np.broadcast_to(np.zeros((YE.shape[0], 1, F), value.dtype), per_dir.shape)
-        if self.mode == "collapsed":
-            return {"x": value, "x1": per_dir, **{f"x{k}": zero for k in range(2, self.K)}, "T": zero_point,
-                    "c": self._weights((N, F), value.dtype)}
         return {"x": value, "x1": per_dir, **{f"x{k}": zero for k in range(2, self.K + 1)}}
 
     def _live_blocks(self, cot: dict):
@@ -681,7 +681,7 @@ class InputDerivatives:
                 env.update({"g" + k: v for k, v in self._names(gin).items()})
                 learnable = isinstance(layer, LearnableActivation)
                 if learnable:             # the parameter's pullback per element, summed below
-                    env["g" + layer.param_name] = per_element = np.empty_like(stack_in[0, :self.N])
+                    env["g" + layer.param_name] = per_element = np.empty_like(env["x"])
                 kern(*[env[a] for a in entry["call"]])
                 if learnable:
                     axes = (0,) + tuple(range(2, per_element.ndim)) if layer.num_parameters > 1 else None
@@ -708,7 +708,7 @@ class DirectionalJets(InputDerivatives):
     operators are linear combinations of these coefficients (:func:`derive.taylor.directions_for`)."""
 
     def __init__(self, model, directions, order: int):
-        super().__init__(model, ("u",))
+        super().__init__(model, ("u",), bind=False)
         W = np.asarray(directions, dtype=np.float64)
         if W.ndim != 2 or W.shape[1] != self.d or W.shape[0] < 1:
             raise ValueError(f"DirectionalJets: directions must be (m, {self.d}) for this model's "
@@ -720,8 +720,7 @@ class DirectionalJets(InputDerivatives):
         self.coords = list(range(self.m))
         self.B = 1 + self.K * self.m
         self.role = f"taylor:{self.K}"
-        self.layer_kernels, self.spec_kinds = {}, {}
-        self._bind_layers(model.layers)     # again: user activations' modules for order K, not 2
+        self._bind_layers(model.layers)     # user and learnable activations' modules for order K
 
     def seed(self, X):
         N = self.N = X.shape[0]
@@ -854,8 +853,15 @@ class CollapsedJets(DirectionalJets):
 
     def _weights(self, shape, dtype):
         """The weights as a per-direction array (m, N, …): one row per direction, row stride 0."""
-        row = np.ascontiguousarray(np.broadcast_to(self.c.astype(dtype)[:, None, None], (self.m, 1) + tuple(shape[1:])))
+        c = self.c.astype(dtype).reshape((self.m,) + (1,) * len(shape))
+        row = np.ascontiguousarray(np.broadcast_to(c, (self.m, 1) + tuple(shape[1:])))
         return np.broadcast_to(row, (self.m,) + tuple(shape))
+
+    def _seed_names(self, value, YE):
+        env = super()._seed_names(value, YE)
+        env["T"] = env.pop(f"x{self.K}")[0]        # zero: row stride 0
+        env["c"] = self._weights(value.shape, value.dtype)
+        return env
 
     def _names(self, stack):
         env = super()._names(stack)

@@ -157,15 +157,10 @@ class _Term:
             plans["jet"] = (1 + K * m, ("jet", np.array(W, dtype=float), K), Wm)
             top = [lam for (_, k, _, _), lam in zip(items, lams) if k == K]
             if K >= 3 and m > 1 and len(top) == 1:   # one order-K quantity: its coefficient collapsed
-                B = 2 + (K - 1) * m
+                B = 2 + (K - 1) * m                   # the jets' blocks to order K − 1, then the sum
                 Wc = np.zeros((len(self.qsyms), B))
-                Wc[0, 0] = 1
-                for row, ((_, k, _, _), lam) in enumerate(zip(items, lams), 1):
-                    if k == K:
-                        Wc[row, B - 1] = 1
-                    else:
-                        for j, l in enumerate(lam):
-                            Wc[row, 1 + (k - 1) * m + j] = float(l)
+                Wc[:, :B - 1] = Wm[:, :B - 1]
+                Wc[[row for row, it in enumerate(items, 1) if it[1] == K], B - 1] = 1
                 plans["collapsed"] = (B, ("collapsed", np.array(W, dtype=float), K,
                                           np.array([float(l) for l in top[0]])), Wc)
         second = [it for it in items if it[1] == 2]

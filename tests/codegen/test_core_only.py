@@ -29,7 +29,7 @@ def test_derive_and_codegen_tests_run_without_torch_or_kernels(tmp_path):
     (site / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": str(site), "SYMPROP_CORE_ONLY": "1",
            "SYMPROP_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
                         str(ROOT / "tests" / "derive"), str(ROOT / "tests" / "codegen")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

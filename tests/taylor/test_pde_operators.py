@@ -165,6 +165,19 @@ def test_biharmonic(d, propagation):
     check_problem(problem, model, X, expr, c, tol=1e-9 if d == 3 else 1e-10)
 
 
+def test_collapsed_jets_with_a_zero_weight():
+    """KdV-like u_t + u·u_x + u_xxx: jets along t and x, the order-3 sum with weights (0, 1)
+    (the t direction is there for u_t only); collapsed (6 blocks) against autograd."""
+    u = sp.Function("u")(t, x)
+    expr = u.diff(t) + u * u.diff(x) + u.diff(x, 3)
+    problem = pinn.Problem(residual=expr, domain={t: (0, 1), x: (-1, 1)})
+    term = problem.interior
+    assert term.mode == "collapsed" and term.cost == 6 and sorted(term.plan[3]) == [0, 1]
+    model = pinn.mlp(2, width=5, depth=2, activation="sigmoid", dtype="float64", seed=3)
+    X = np.random.default_rng(3).random((8, 2))
+    check_problem(problem, model, X, expr, [t, x])
+
+
 def test_order_three_and_four_mixed_partials_with_hard_factor():
     """u_xxyy and u_xyy as separate quantities (a product: no combination), u = x·y·N."""
     u = sp.Function("u")(x, y)
@@ -208,7 +221,8 @@ def _torch_cnn(model):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_direction_seeded_sweeps_and_their_parameter_gradient(kind):
-    """DirectionalJets (order 3; 2 on the CNN) and CollapsedSecondOrder (two groups) on random directions:
+    """DirectionalJets (order 3; 2 on the CNN), CollapsedJets (order 3, random weights) and
+    CollapsedSecondOrder (two groups) on random directions:
     coefficients against nested autograd, the parameter gradient of Σ G·C
     against reverse mode over them."""
     rng = np.random.default_rng(5)
@@ -242,18 +256,20 @@ def test_direction_seeded_sweeps_and_their_parameter_gradient(kind):
     for a, b in zip(grads, ref):
         assert rel_err(a, b.numpy()) < 1e-10
 
-    if kind == "mlp":   # the order-3 coefficient collapsed with weights c: Σ_j c_j D³_{w_j}
-        c = rng.standard_normal(len(W))
-        cj = CollapsedJets(model, W, 3, c)
-        C, tape = cj.forward(X)
-        want = [f(tX)] + [D(k, w) for k in (1, 2) for w in W] + [sum(cw * D(3, w) for cw, w in zip(c, W))]
-        assert C.shape == (2 + 2 * len(W), X.shape[0])
-        assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
-        G = rng.standard_normal(C.shape)
-        grads = cj.backward(tape, G)
-        ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
-        for a, b in zip(grads, ref):
-            assert rel_err(a, b.numpy()) < 1e-10
+    # the order-3 coefficient collapsed with weights c: Σ_j c_j D³_{w_j} (on the CNN the weights
+    # are (m, N, C, H, W) arrays with C = m = 2 channels: a broadcast on the wrong axis would pass shapes)
+    c = rng.standard_normal(len(W))
+    cj = CollapsedJets(model, W, 3, c)
+    C, tape = cj.forward(X)
+    want = [f(tX)] + [D(k, w) for k in (1, 2) for w in W] + [sum(cw * D(3, w) for cw, w in zip(c, W))]
+    assert C.shape == (2 + 2 * len(W), X.shape[0])
+    assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
+    G = rng.standard_normal(C.shape)
+    grads = cj.backward(tape, G)
+    ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
+    for a, b in zip(grads, ref):
+        assert rel_err(a, b.numpy()) < 1e-10
+
 
     groups = [W, rng.standard_normal((1, d))]
     col = CollapsedSecondOrder(model, groups)

@@ -155,6 +155,13 @@ def test_float32_kernels_agree_with_float64(rng):
         for k in o64:
             assert o32[k].dtype == np.float32
             assert rel_err(o32[k], o64[k]) < 1e-4, (name, k)
+        col = {"x": x, "T": rng.normal(size=(64, 8)), "c": np.broadcast_to(rng.normal(size=(3, 1, 1)), (3, 64, 8)).copy(),
+               **{f"x{k}": xs[f"x{k}"] for k in range(1, 4)}}
+        o64 = run(name, "collapsed:4", col)
+        o32 = run(name, "collapsed:4", {k: v.astype(np.float32) for k, v in col.items()})
+        for k in o64:
+            assert o32[k].dtype == np.float32
+            assert rel_err(o32[k], o64[k]) < 1e-4, (name, "collapsed", k)
 
 
 # ---------------------------------------------------------------- network sweeps
