@@ -156,6 +156,16 @@ def test_a_jet_problem_names_its_sweep():
     assert "N_{xx}" in text and "N_{t}" in text
 
 
+def test_a_collapsed_jet_problem_names_its_sweep():
+    import sympy as sp
+    from symprop import pinn
+    x, y = sp.symbols("x y")
+    u = sp.Function("u")(x, y)
+    problem = pinn.Problem(residual=u.diff(x, 4) + 2 * u.diff(x, 2, y, 2) + u.diff(y, 4) - 1, domain={x: (0, 1), y: (0, 1)})
+    text = pde.pde_section(problem)
+    assert "collapsed Taylor mode" in text and "$2 + 3 \\cdot 4 = 14$ arrays per layer instead of $17$" in text
+
+
 def test_build_refuses_a_non_model_sweep():
     with pytest.raises(TypeError, match="sweep must be a ModelInfo"):
         document.build(layers=[], sweep="mlp")

@@ -246,42 +246,33 @@ def test_direction_seeded_sweeps_and_their_parameter_gradient(kind):
             v = (torch.autograd.grad(v.sum(), tX, create_graph=True)[0] * wt).flatten(1).sum(1)
         return v
     K = 3 if kind == "mlp" else 2
-    jets = DirectionalJets(model, W, K)
-    C, tape = jets.forward(X)
-    want = [f(tX)] + [D(k, w) for k in range(1, K + 1) for w in W]
-    assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
-    G = rng.standard_normal(C.shape)
-    grads = jets.backward(tape, G)
-    ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
-    for a, b in zip(grads, ref):
-        assert rel_err(a, b.numpy()) < 1e-10
-
+    check_seeded(DirectionalJets(model, W, K), X, [f(tX)] + [D(k, w) for k in range(1, K + 1) for w in W], params, rng)
     # the order-3 coefficient collapsed with weights c: Σ_j c_j D³_{w_j} (on the CNN the weights
     # are (m, N, C, H, W) arrays with C = m = 2 channels: a broadcast on the wrong axis would pass shapes)
     c = rng.standard_normal(len(W))
-    cj = CollapsedJets(model, W, 3, c)
-    C, tape = cj.forward(X)
-    want = [f(tX)] + [D(k, w) for k in (1, 2) for w in W] + [sum(cw * D(3, w) for cw, w in zip(c, W))]
+    C = check_seeded(CollapsedJets(model, W, 3, c), X,
+                     [f(tX)] + [D(k, w) for k in (1, 2) for w in W] + [sum(cw * D(3, w) for cw, w in zip(c, W))],
+                     params, rng)
     assert C.shape == (2 + 2 * len(W), X.shape[0])
-    assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
-    G = rng.standard_normal(C.shape)
-    grads = cj.backward(tape, G)
-    ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
-    for a, b in zip(grads, ref):
-        assert rel_err(a, b.numpy()) < 1e-10
-
-
     groups = [W, rng.standard_normal((1, d))]
-    col = CollapsedSecondOrder(model, groups)
-    C, tape = col.forward(X)
-    want = [f(tX)] + [D(1, w) for V in groups for w in V] + [sum(D(2, w) for w in V) for V in groups]
+    C = check_seeded(CollapsedSecondOrder(model, groups), X,
+                     [f(tX)] + [D(1, w) for V in groups for w in V] + [sum(D(2, w) for w in V) for V in groups],
+                     params, rng)
     assert C.shape == (1 + 3 + 2, X.shape[0])
-    assert rel_err(C, torch.stack(want).detach().numpy()) < 1e-10
+
+
+def check_seeded(sweep, X, want, params, rng):
+    """A direction-seeded sweep's coefficients against ``want`` (nested autograd) and the
+    parameter gradient of Σ G·C (random G) against reverse mode over them; returns C."""
+    want = torch.stack(want)
+    C, tape = sweep.forward(X)
+    assert rel_err(C, want.detach().numpy()) < 1e-10
     G = rng.standard_normal(C.shape)
-    grads = col.backward(tape, G)
-    ref = grad((torch.stack(want) * torch.tensor(G)).sum(), params)
+    grads = sweep.backward(tape, G)
+    ref = grad((want * torch.tensor(G)).sum(), params)
     for a, b in zip(grads, ref):
         assert rel_err(a, b.numpy()) < 1e-10
+    return C
 
 
 def test_bad_operators_are_refused_naming_the_term():
