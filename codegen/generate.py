@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from pathlib import Path
 
 from ..derive import builtins
@@ -48,9 +49,23 @@ def _elementwise(spec):
     return _DERIVED[spec.name]
 
 
-def _taylor():
-    return render_taylor_module(
-        "taylor", [derive_taylor(s, base=_elementwise(s)) for s in builtins.ACTIVATIONS.values()])
+def _taylor_derived() -> tuple:
+    """Every activation's Taylor derivation, shared by the two Taylor modules."""
+    if "taylor derivations" not in _DERIVED:
+        _DERIVED["taylor derivations"] = tuple(derive_taylor(s, base=_elementwise(s))
+                                               for s in builtins.ACTIVATIONS.values())
+    return _DERIVED["taylor derivations"]
+
+
+def _taylor_part(collapsed: bool):
+    """The built-in activations' Taylor roles in two modules that compile in parallel at
+    install: ``taylor`` (taylor:K, laplacian, their pullbacks) and ``taylor_collapsed``
+    (collapsed:K and pullbacks); the runtime merges their manifests."""
+    def render_part():
+        parts = [replace(d, roles=[r for r in d.roles if ("collapsed:" in r.role) == collapsed])
+                 for d in _taylor_derived()]
+        return render_taylor_module("taylor_collapsed" if collapsed else "taylor", parts)
+    return render_part
 
 
 #: every generated file: name -> (progress message, renderer); a renderer derives its specs
@@ -65,8 +80,9 @@ MODULES = {
         "dense", [derive_contraction(s) for s in builtins.CONTRACTIONS.values()])),
     "window.pyx": ("deriving conv2d and pooling (adjoint index maps)", lambda: render_window_module(
         "window", [derive_contraction(s) for s in builtins.WINDOWS.values()])),
-    "taylor.pyx": ("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian, collapsed jets)",
-                   _taylor),
+    "taylor.pyx": ("deriving Taylor-mode roles (input derivatives to order 4, the forward Laplacian)",
+                   _taylor_part(False)),
+    "taylor_collapsed.pyx": ("collapsed Taylor jets (orders 3, 4)", _taylor_part(True)),
     "losses.pyx": ("deriving losses", lambda: render_losses_module("losses")),
     "optimizers.pyx": ("deriving optimizer updates", lambda: render_elementwise_module(
         "optimizers", [], [k() for k in OPTIMIZER_KERNELS], doc="Optimizer update kernels (in place).")),

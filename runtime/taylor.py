@@ -30,6 +30,7 @@ Nothing here multiplies derivative factors: the sweeps only slice, stack and cal
 from __future__ import annotations
 
 import importlib
+import types
 
 import numpy as np
 
@@ -93,9 +94,22 @@ def padding_rows(N: int, row_sizes, itemsize: int) -> int:
     return best
 
 
+_MERGED = None
+
+
 def _module():
-    mod = importlib.import_module("symprop.generated.taylor")
-    return mod
+    """The built-in activations' Taylor kernels: ``generated/taylor`` and
+    ``generated/taylor_collapsed`` (two modules so they compile in parallel at install) as one
+    module-like view, their manifests merged per activation."""
+    global _MERGED
+    if _MERGED is None:
+        base = importlib.import_module("symprop.generated.taylor")
+        extra = importlib.import_module("symprop.generated.taylor_collapsed")
+        table = {name: {**entry, "roles": {**entry["roles"], **extra.MANIFEST.get(name, {}).get("roles", {})}}
+                 for name, entry in manifest(base).items()}
+        _MERGED = types.SimpleNamespace(__name__=base.__name__, MANIFEST=table,
+                                        KERNELS={**base.KERNELS, **extra.KERNELS})
+    return _MERGED
 
 
 def user_taylor_module(spec, order: int, verbose: bool = False):
