@@ -17,8 +17,8 @@ A Dense layer maps every block by the same linear map: its ``jvp`` role (the lin
 on all B·(N + p) rows at once, one GEMM (the zero padding rows stay zero), and its offset —
 the ``forward`` role at a zero input, the bias — added to the value block; an activation
 runs its derived Taylor role (``laplacian``, ``taylor:K`` or ``collapsed:K`` of
-``generated/taylor``; for user and learnable activations of a module derived and compiled at
-first use) on the whole stack in one pass (after a first Dense layer, whose non-value blocks
+``generated/taylor`` and ``generated/taylor_collapsed``; for user and learnable activations of
+a module derived and compiled at first use) on the whole stack in one pass (after a first Dense layer, whose non-value blocks
 are the same for every point, it reads them as row-stride-0 views: :class:`SeedStack`). The
 backward sweep runs the roles' derived pullbacks (``vjp:laplacian``, ``vjp:taylor:K``,
 ``vjp:collapsed:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
