@@ -337,7 +337,8 @@ def _subs(e: sp.Basic, sub: dict) -> sp.Basic:
 def derive_taylor(spec: ElementwiseSpec, max_order: int = MAX_ORDER,
                   base: DerivedElementwise | None = None) -> DerivedTaylor:
     """Every Taylor role of ``spec``: ``taylor:1..max_order``, ``laplacian``,
-    ``collapsed:3..max_order`` and the VJP of each (all coefficient inputs at once, one pass), realized with the spec's chosen derivative forms.
+    ``collapsed:3..max_order`` and the VJP of each (all coefficient inputs at once, one pass),
+    realized with the spec's chosen derivative forms.
     ``base``: the spec's :func:`derive_elementwise` result when already derived."""
     if spec.arrays:
         raise SpecError(f"spec {spec.name!r}: Taylor roles are derived for elementwise maps without "

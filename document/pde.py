@@ -97,15 +97,14 @@ def _sweep_words(term, d: int) -> str:
     if term.order == 0:
         return "no derivative of $N$ enters, so the plain forward pass computes it"
     dirs = ", ".join("$(" + ", ".join(f"{v:g}" for v in w) + ")$" for w in W)
+    m = len(W)
+    jets = (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along "
+            f"{'the direction' if m == 1 else 'the directions'} {dirs}")
     if term.mode == "collapsed":
-        m = len(W)
-        return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along the "
-                f"directions {dirs}, the order-{K} coefficient carried as one weighted sum over them "
-                f"(collapsed Taylor mode), compute them: $2 + {K - 1} \\cdot {m} = {2 + (K - 1) * m}$ arrays per "
-                f"layer instead of ${1 + K * m}$")
-    return (f"Taylor jets of order {K} (Fa\\`a di Bruno's rules \\eqref{{eq:taylor:fdb}}) along "
-            f"{'the direction' if len(W) == 1 else 'the directions'} {dirs} compute them: "
-            f"$1 + {K} \\cdot {len(W)} = {1 + K * len(W)}$ arrays per layer")
+        return (f"{jets}, the order-{K} coefficient carried as one weighted sum over them (collapsed Taylor "
+                f"mode), compute them: $2 + {K - 1} \\cdot {m} = {2 + (K - 1) * m}$ arrays per layer instead "
+                f"of ${1 + K * m}$")
+    return f"{jets} compute them: $1 + {K} \\cdot {m} = {1 + K * m}$ arrays per layer"
 
 
 def _factored(e):

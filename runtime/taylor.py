@@ -18,8 +18,9 @@ on all B·(N + p) rows at once, one GEMM (the zero padding rows stay zero), and 
 the ``forward`` role at a zero input, the bias — added to the value block; an activation
 runs its derived Taylor role (``laplacian``, ``taylor:K`` or ``collapsed:K`` of
 ``generated/taylor`` and ``generated/taylor_collapsed``; for user and learnable activations of
-a module derived and compiled at first use) on the whole stack in one pass (after a first Dense layer, whose non-value blocks
-are the same for every point, it reads them as row-stride-0 views: :class:`SeedStack`). The
+a module derived and compiled at first use) on the whole stack in one pass (after a first
+Dense layer, whose non-value blocks are the same for every point, it reads them as
+row-stride-0 views: :class:`SeedStack`). The
 backward sweep runs the roles' derived pullbacks (``vjp:laplacian``, ``vjp:taylor:K``,
 ``vjp:collapsed:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
 rows at once: one GEMM each, the padding rows contributing zero; ``vjp:b`` on the value block
@@ -871,19 +872,19 @@ class CollapsedJets(DirectionalJets):
         row = np.ascontiguousarray(np.broadcast_to(c, (self.m, 1) + tuple(shape[1:])))
         return np.broadcast_to(row, (self.m,) + tuple(shape))
 
-    def _seed_names(self, value, YE):
-        env = super()._seed_names(value, YE)
-        env["T"] = env.pop(f"x{self.K}")[0]        # zero: row stride 0
-        env["c"] = self._weights(value.shape, value.dtype)
-        return env
-
-    def _names(self, stack):
-        env = super()._names(stack)
-        if isinstance(stack, SeedStack):
-            return env
+    def _collapse(self, env: dict) -> dict:
+        """Jet-mode input names turned into the ``collapsed:K`` role's: the one order-K block
+        is the point input T, and the weights c are added."""
         env["T"] = env.pop(f"x{self.K}")[0]
         env["c"] = self._weights(env["x"].shape, env["x"].dtype)
         return env
+
+    def _seed_names(self, value, YE):
+        return self._collapse(super()._seed_names(value, YE))
+
+    def _names(self, stack):
+        env = super()._names(stack)
+        return env if isinstance(stack, SeedStack) else self._collapse(env)
 
     def _out_names(self, stack):
         env = super()._out_names(stack)
