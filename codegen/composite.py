@@ -17,6 +17,10 @@ from .printer import print_expr
 from .render import render
 
 LAYOUT = ["A", "C", "B"]
+#: Taylor roles a composite module carries: orders 1-2 (the forward Laplacian, second-order PDEs);
+#: a sweep of order 3-4 compiles the spec's module with them on first use (runtime/taylor.py), as
+#: their pullbacks are long (order 4 alone would quadruple the module's C)
+TAYLOR_ORDER = 2
 
 
 def _cse(exprs: list, prefix: str):
@@ -56,7 +60,7 @@ def _kernel(name: str, role: str, elem_in, group_in, scalars, passes, group_out,
             "scalars": list(scalars), "bodies": bodies, "doc": doc}
 
 
-def composite_kernels(d: DerivedComposite) -> list[dict]:
+def composite_kernels(d: DerivedComposite, taylor_order: int = TAYLOR_ORDER) -> list[dict]:
     spec = d.spec
     scalars = [s.name for s in d.scalars]
     f = d.forward
@@ -77,9 +81,12 @@ def composite_kernels(d: DerivedComposite) -> list[dict]:
         passes.append((sums, fix + ([(sym, sym / M)] if kind == "mean" else []) + after))
     kernels = [_kernel(f"{spec.name}_forward", "forward", f.elem_in, f.group_in, scalars, passes,
                        f.group_out, f.elem_out, f"{spec.doc}: forward (stages in order)")]
-    for role, rk in d.role_kernels.items():
+    roles = dict(d.role_kernels)
+    if d.taylor_able:   # input derivatives (runtime/taylor.py): the Taylor roles and their pullbacks
+        roles.update(d.taylor_kernels(taylor_order))
+    for role, rk in roles.items():
         rpasses = [([(s, "sum", e) for s, e in rk.sums], [])] if rk.sums else []
-        kernels.append(_kernel(f"{spec.name}_{role}", role, rk.elem_in, rk.group_in, scalars, rpasses,
+        kernels.append(_kernel(f"{spec.name}_{role.replace(':', '_')}", role, rk.elem_in, rk.group_in, scalars, rpasses,
                                rk.group_out, rk.elem_out,
                                f"{spec.doc}: {role} ({', '.join(n for n, _ in rk.elem_out + rk.group_out)})"))
     return kernels
@@ -98,10 +105,11 @@ def composite_role(d: DerivedComposite, k: dict) -> dict:
                         "group": k["group_in"] + k["group_out"], "scalars": k["scalars"]}}
 
 
-def render_composite_module(module: str, derived: list[DerivedComposite], doc: str = "") -> str:
+def render_composite_module(module: str, derived: list[DerivedComposite], doc: str = "",
+                            taylor_order: int = TAYLOR_ORDER) -> str:
     kernels, table = [], {}
     for d in derived:
-        ks = composite_kernels(d)
+        ks = composite_kernels(d, taylor_order)
         kernels += ks
         spec = d.spec
         table[spec.name] = spec_entry(

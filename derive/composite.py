@@ -287,34 +287,87 @@ class DerivedComposite:
 
     def rop(self, e):
         """The R-op (directional derivative along the tangents and Rg) of a canonical form."""
+        tan = self.tangents
+        return self.directional(e, lambda s: RG if s == G else tan.get(s))
+
+    def directional(self, e, tangent_of):
+        """The directional derivative of a canonical form, ``tangent_of(symbol)`` giving each
+        symbol's tangent (None: constant); a group sum's tangent is the sum of its monomial's."""
         atoms = _sorted_atoms(e)
         dummies = {a: sp.Dummy(f"s{i}") for i, a in enumerate(atoms)}
         e2 = e.xreplace(dummies)
-        tan = self.tangents
-        total = sp.S.Zero
-        for s in _sorted(e2.free_symbols):
-            if s == G:
-                t = RG
-            elif s in tan:
-                t = tan[s]
-            else:
-                continue
-            total += sp.diff(e2, s) * t
         back = {v: k for k, v in dummies.items()}
-        total = total.xreplace(back)
+        total = self._along(e2, tangent_of).xreplace(back)
         for a, dmy in dummies.items():
-            total += sp.diff(e2, dmy).xreplace(back) * GroupSum(self.rop_elem(a.args[0]))
+            total += sp.diff(e2, dmy).xreplace(back) * GroupSum(self._along(a.args[0], tangent_of))
         return self.canon(total)
 
-    def rop_elem(self, e):
-        """R-op of an element-level monomial inside a group sum (no nested sums)."""
-        tan = self.tangents
+    @staticmethod
+    def _along(e, tangent_of):
         out = sp.S.Zero
         for s in _sorted(e.free_symbols):
-            t = RG if s == G else tan.get(s)
+            t = tangent_of(s)
             if t is not None:
                 out += sp.diff(e, s) * t
         return out
+
+    # ------------------------------------------------------------ Taylor mode (input derivatives)
+    @property
+    def taylor_able(self) -> bool:
+        """Taylor roles are derived for specs without parameters or constants (softmax and the
+        per-sample normalisations; their scale and shift is a layer of its own)."""
+        return not self.spec.params and not self.spec.constants
+
+    def _path(self, K: int):
+        """The path x(t) = x + t·x1 + t²/2·x2 + …: its coefficient symbols x1…xK (x1 is the
+        stages' tangent direction Rx) and the cotangent symbols g1…gK, all element-level."""
+        names = {s.name for s in self.level} | {s.name for s in self.saved}
+        xs = [sp.Symbol(f"x{k}") for k in range(1, K + 1)]
+        gs = [sp.Symbol(f"g{k}") for k in range(1, K + 1)]
+        clash = sorted(names & {s.name for s in xs + gs})
+        if clash:
+            raise SpecError(f"composite {self.spec.name!r}: stage names {clash} are the Taylor coefficients' "
+                            f"names; rename them")
+        self.elem_syms |= set(xs) | set(gs)
+        return xs, gs
+
+    def path_derivative(self, e, xs):
+        """d/dt at t = 0 of a canonical form evaluated along the path (Rx = x1, x_k' = x_(k+1);
+        ``g`` and every cotangent constant): a JVP of a role is a role."""
+        tan = self.tangents
+        ren = {self.tangent[self.x]: xs[0]}
+        nxt = {x: (xs[k + 1] if k + 1 < len(xs) else None) for k, x in enumerate(xs)}
+
+        def tangent_of(s):
+            if s in nxt:
+                return nxt[s]
+            t = None if s == G else tan.get(s)
+            return None if t is None else t.xreplace(ren)
+        return self.directional(e, tangent_of)
+
+    def taylor(self, K: int) -> tuple[dict, dict]:
+        """``taylor:K``: the output's coefficients y1…yK along one direction (y_k the k-th
+        derivative in t of y(x(t))), each the path derivative of the one before from y1 =
+        the JVP; and its pullback: the cotangent of x_j is Σ_{k≥j} C(k, j)·P_(k−j)(g_k), P_m
+        the m-th path derivative of the VJP with its cotangent held fixed (∂y_k/∂x_j is
+        C(k, j) times the (k−j)-th derivative of the Jacobian along the path); x's own
+        cotangent leaves out g (the ``vjp`` role's part). Written with x1 for Rx."""
+        if not self.taylor_able:
+            raise SpecError(f"composite {self.spec.name!r}: Taylor roles are derived for specs without "
+                            f"parameters or constants")
+        xs, gs = self._path(K)
+        ren = {self.tangent[self.x]: xs[0]}
+        ys = [self.jvp.xreplace(ren)]
+        for _ in range(1, K):
+            ys.append(self.path_derivative(ys[-1], xs))
+        P = [self.vjp[self.x.name].xreplace(ren)]
+        for _ in range(K):
+            P.append(self.path_derivative(P[-1], xs))
+        at = lambda m, k: P[m].xreplace({G: gs[k - 1]})  # noqa: E731
+        pull = {"gx": self.canon(sum((at(k, k) for k in range(1, K + 1)), sp.S.Zero))}
+        for j in range(1, K + 1):
+            pull[f"gx{j}"] = self.canon(sum((sp.binomial(k, j) * at(k - j, k) for k in range(j, K + 1)), sp.S.Zero))
+        return {f"y{k}": y for k, y in enumerate(ys, 1)}, pull
 
     # ------------------------------------------------------------ results
     @cached_property
@@ -365,6 +418,22 @@ class DerivedComposite:
             missing = [a for a in rk.elem_in + rk.group_in
                        if a not in {s.name for s in self.saved} | {p.name for p in self.params}
                        | {c.name for c in self.spec.constants} | {"g", "Rg"} | set(rk.directions)]
+            if missing:
+                raise SpecError(f"composite {self.spec.name!r}: role {rk.role} reads {missing}, which "
+                                f"the forward pass does not save; add them to saved")
+        return out
+
+    def taylor_kernels(self, max_order: int = 4) -> dict:
+        """``taylor:K`` and ``vjp:taylor:K`` for K = 1 … max_order (specs without parameters)."""
+        out = {}
+        for K in range(1, max_order + 1):
+            fwd, pull = self.taylor(K)
+            out[f"taylor:{K}"] = self._role(f"taylor:{K}", fwd, [])
+            out[f"vjp:taylor:{K}"] = self._role(f"vjp:taylor:{K}", pull, [])
+        known = {s.name for s in self.saved} | {f"x{k}" for k in range(1, max_order + 1)} \
+            | {f"g{k}" for k in range(1, max_order + 1)}
+        for rk in out.values():
+            missing = [a for a in rk.elem_in + rk.group_in if a not in known]
             if missing:
                 raise SpecError(f"composite {self.spec.name!r}: role {rk.role} reads {missing}, which "
                                 f"the forward pass does not save; add them to saved")

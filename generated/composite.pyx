@@ -784,6 +784,193 @@ MANIFEST = __import__('json').loads(r'''{
      "group": [],
      "scalars": []
     }
+   },
+   "taylor:1": {
+    "kernel": "softmax_taylor_1",
+    "call": [
+     "x1",
+     "y",
+     "y1"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:1 (y1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "y",
+      "y1"
+     ],
+     "group": [],
+     "scalars": []
+    }
+   },
+   "vjp:taylor:1": {
+    "kernel": "softmax_vjp_taylor_1",
+    "call": [
+     "g1",
+     "x1",
+     "y",
+     "gx",
+     "gx1"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "x1",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:1 (gx, gx1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "x1",
+      "y",
+      "gx",
+      "gx1"
+     ],
+     "group": [],
+     "scalars": []
+    }
+   },
+   "taylor:2": {
+    "kernel": "softmax_taylor_2",
+    "call": [
+     "x1",
+     "x2",
+     "y",
+     "y1",
+     "y2"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "x2",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "y2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:2 (y1, y2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "x2",
+      "y",
+      "y1",
+      "y2"
+     ],
+     "group": [],
+     "scalars": []
+    }
+   },
+   "vjp:taylor:2": {
+    "kernel": "softmax_vjp_taylor_2",
+    "call": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y",
+     "gx",
+     "gx1",
+     "gx2"
+    ],
+    "kwargs": [
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:2 (gx, gx1, gx2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "g2",
+      "x1",
+      "x2",
+      "y",
+      "gx",
+      "gx1",
+      "gx2"
+     ],
+     "group": [],
+     "scalars": []
+    }
    }
   },
   "defaults": {},
@@ -975,6 +1162,221 @@ MANIFEST = __import__('json').loads(r'''{
       "g",
       "y",
       "Rgrad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "taylor:1": {
+    "kernel": "standardize_taylor_1",
+    "call": [
+     "x1",
+     "y",
+     "rstd",
+     "y1"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: taylor:1 (y1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "y",
+      "y1"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp:taylor:1": {
+    "kernel": "standardize_vjp_taylor_1",
+    "call": [
+     "g1",
+     "x1",
+     "y",
+     "rstd",
+     "gx",
+     "gx1"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "x1",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: vjp:taylor:1 (gx, gx1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "x1",
+      "y",
+      "gx",
+      "gx1"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "taylor:2": {
+    "kernel": "standardize_taylor_2",
+    "call": [
+     "x1",
+     "x2",
+     "y",
+     "rstd",
+     "y1",
+     "y2"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "x2",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "y2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: taylor:2 (y1, y2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "x2",
+      "y",
+      "y1",
+      "y2"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp:taylor:2": {
+    "kernel": "standardize_vjp_taylor_2",
+    "call": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y",
+     "rstd",
+     "gx",
+     "gx1",
+     "gx2"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "zero mean and unit (biased) variance over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "g2",
+      "x1",
+      "x2",
+      "y",
+      "gx",
+      "gx1",
+      "gx2"
      ],
      "group": [
       "rstd"
@@ -1177,6 +1579,221 @@ MANIFEST = __import__('json').loads(r'''{
       "g",
       "y",
       "Rgrad_x"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "taylor:1": {
+    "kernel": "rms_scale_taylor_1",
+    "call": [
+     "x1",
+     "y",
+     "rstd",
+     "y1"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: taylor:1 (y1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "y",
+      "y1"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp:taylor:1": {
+    "kernel": "rms_scale_vjp_taylor_1",
+    "call": [
+     "g1",
+     "x1",
+     "y",
+     "rstd",
+     "gx",
+     "gx1"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "x1",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: vjp:taylor:1 (gx, gx1)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "x1",
+      "y",
+      "gx",
+      "gx1"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "taylor:2": {
+    "kernel": "rms_scale_taylor_2",
+    "call": [
+     "x1",
+     "x2",
+     "y",
+     "rstd",
+     "y1",
+     "y2"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "x1",
+     "x2",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "y1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "y2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: taylor:2 (y1, y2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "x1",
+      "x2",
+      "y",
+      "y1",
+      "y2"
+     ],
+     "group": [
+      "rstd"
+     ],
+     "scalars": [
+      "eps"
+     ]
+    }
+   },
+   "vjp:taylor:2": {
+    "kernel": "rms_scale_vjp_taylor_2",
+    "call": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y",
+     "rstd",
+     "gx",
+     "gx1",
+     "gx2"
+    ],
+    "kwargs": [
+     "eps",
+     "A",
+     "C",
+     "B"
+    ],
+    "arrays": [
+     "g1",
+     "g2",
+     "x1",
+     "x2",
+     "y",
+     "rstd"
+    ],
+    "optional": [],
+    "outputs": [
+     {
+      "name": "gx",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx1",
+      "like": "x",
+      "dtype": "float"
+     },
+     {
+      "name": "gx2",
+      "like": "x",
+      "dtype": "float"
+     }
+    ],
+    "doc": "unit root mean square over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)",
+    "binding": {
+     "family": "composite",
+     "elem": [
+      "g1",
+      "g2",
+      "x1",
+      "x2",
+      "y",
+      "gx",
+      "gx1",
+      "gx2"
      ],
      "group": [
       "rstd"
@@ -2219,6 +2836,390 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
                 y = y_p[_i]
                 Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<double>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
 
+# ---------------------------------------------------------------- softmax_taylor_1
+# softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:1 (y1)
+cdef void _softmax_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef float* y1_p = <float*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef float x1
+    cdef float y
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = -_sum0*y + x1*y
+
+cdef void _softmax_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef double* y1_p = <double*>_ap[2]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double x1
+    cdef double y
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = -_sum0*y + x1*y
+
+# ---------------------------------------------------------------- softmax_vjp_taylor_1
+# softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:1 (gx, gx1)
+cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* x1_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef float* gx_p = <float*>_ap[3]
+    cdef float* gx1_p = <float*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef float g1
+    cdef float x1
+    cdef float y
+    cdef float _t0_0
+    cdef float _u0
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _t0_0 = g1*y
+                _sum0 = _sum0 + _t0_0
+                _sum1 = _sum1 + x1*y
+                _sum2 = _sum2 + _t0_0*x1
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = _sum0*y
+                gx_p[_i] = (<float>2.0)*_sum0*_sum1*y - _sum1*g1*y - _sum2*y - _u0*x1 + g1*x1*y
+                gx1_p[_i] = -_u0 + g1*y
+
+cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* x1_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef double* gx_p = <double*>_ap[3]
+    cdef double* gx1_p = <double*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double g1
+    cdef double x1
+    cdef double y
+    cdef double _t0_0
+    cdef double _u0
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _t0_0 = g1*y
+                _sum0 = _sum0 + _t0_0
+                _sum1 = _sum1 + x1*y
+                _sum2 = _sum2 + _t0_0*x1
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = _sum0*y
+                gx_p[_i] = (<double>2.0)*_sum0*_sum1*y - _sum1*g1*y - _sum2*y - _u0*x1 + g1*x1*y
+                gx1_p[_i] = -_u0 + g1*y
+
+# ---------------------------------------------------------------- softmax_taylor_2
+# softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:2 (y1, y2)
+cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* x2_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef float* y1_p = <float*>_ap[3]
+    cdef float* y2_p = <float*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef float x1
+    cdef float x2
+    cdef float y
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+                _sum1 = _sum1 + (x1*x1)*y
+                _sum2 = _sum2 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = -_sum0*y + x1*y
+                y2_p[_i] = (<float>2.0)*(_sum0*_sum0)*y - (<float>2.0)*_sum0*x1*y - _sum1*y - _sum2*y + (x1*x1)*y + x2*y
+
+cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* x2_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef double* y1_p = <double*>_ap[3]
+    cdef double* y2_p = <double*>_ap[4]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double x1
+    cdef double x2
+    cdef double y
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+                _sum1 = _sum1 + (x1*x1)*y
+                _sum2 = _sum2 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = -_sum0*y + x1*y
+                y2_p[_i] = (<double>2.0)*(_sum0*_sum0)*y - (<double>2.0)*_sum0*x1*y - _sum1*y - _sum2*y + (x1*x1)*y + x2*y
+
+# ---------------------------------------------------------------- softmax_vjp_taylor_2
+# softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:2 (gx, gx1, gx2)
+cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* g2_p = <const float*>_ap[1]
+    cdef const float* x1_p = <const float*>_ap[2]
+    cdef const float* x2_p = <const float*>_ap[3]
+    cdef const float* y_p = <const float*>_ap[4]
+    cdef float* gx_p = <float*>_ap[5]
+    cdef float* gx1_p = <float*>_ap[6]
+    cdef float* gx2_p = <float*>_ap[7]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef double _sum8
+    cdef float g1
+    cdef float g2
+    cdef float x1
+    cdef float x2
+    cdef float y
+    cdef float _t0_0
+    cdef float _t0_1
+    cdef float _t0_2
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        _sum8 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _t0_0 = g1*y
+                _t0_1 = g2*y
+                _t0_2 = (x1*x1)
+                _sum0 = _sum0 + _t0_0
+                _sum1 = _sum1 + _t0_1
+                _sum2 = _sum2 + x1*y
+                _sum3 = _sum3 + _t0_2*y
+                _sum4 = _sum4 + x2*y
+                _sum5 = _sum5 + _t0_0*x1
+                _sum6 = _sum6 + _t0_1*x1
+                _sum7 = _sum7 + _t0_1*_t0_2
+                _sum8 = _sum8 + _t0_1*x2
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = _sum0*y
+                _u1 = _sum1*y
+                _u2 = g2*y
+                _u3 = (<float>2.0)*_sum6*y
+                _u4 = (x1*x1)
+                _u5 = (<float>2.0)*_sum2*_u2
+                _u6 = (_sum2*_sum2)
+                gx_p[_i] = (<float>2.0)*_sum0*_sum2*y + (<float>4.0)*_sum1*_sum2*x1*y + (<float>2.0)*_sum1*_sum3*y + (<float>2.0)*_sum1*_sum4*y + (<float>4.0)*_sum2*_sum6*y - _sum2*g1*y - _sum3*_u2 - _sum4*_u2 - _sum5*y - _sum7*y - _sum8*y - _u0*x1 - _u1*_u4 - (<float>6.0)*_u1*_u6 - _u1*x2 - _u3*x1 + _u4*g2*y - _u5*x1 + (<float>2.0)*_u6*g2*y + g1*x1*y + g2*x2*y
+                gx1_p[_i] = (<float>4.0)*_sum1*_sum2*y - _u0 - (<float>2.0)*_u1*x1 - _u3 - _u5 + g1*y + (<float>2.0)*g2*x1*y
+                gx2_p[_i] = -_u1 + g2*y
+
+cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* g2_p = <const double*>_ap[1]
+    cdef const double* x1_p = <const double*>_ap[2]
+    cdef const double* x2_p = <const double*>_ap[3]
+    cdef const double* y_p = <const double*>_ap[4]
+    cdef double* gx_p = <double*>_ap[5]
+    cdef double* gx1_p = <double*>_ap[6]
+    cdef double* gx2_p = <double*>_ap[7]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef double _sum8
+    cdef double g1
+    cdef double g2
+    cdef double x1
+    cdef double x2
+    cdef double y
+    cdef double _t0_0
+    cdef double _t0_1
+    cdef double _t0_2
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    for _c in range(_c0, _c1):
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        _sum8 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _t0_0 = g1*y
+                _t0_1 = g2*y
+                _t0_2 = (x1*x1)
+                _sum0 = _sum0 + _t0_0
+                _sum1 = _sum1 + _t0_1
+                _sum2 = _sum2 + x1*y
+                _sum3 = _sum3 + _t0_2*y
+                _sum4 = _sum4 + x2*y
+                _sum5 = _sum5 + _t0_0*x1
+                _sum6 = _sum6 + _t0_1*x1
+                _sum7 = _sum7 + _t0_1*_t0_2
+                _sum8 = _sum8 + _t0_1*x2
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = _sum0*y
+                _u1 = _sum1*y
+                _u2 = g2*y
+                _u3 = (<double>2.0)*_sum6*y
+                _u4 = (x1*x1)
+                _u5 = (<double>2.0)*_sum2*_u2
+                _u6 = (_sum2*_sum2)
+                gx_p[_i] = (<double>2.0)*_sum0*_sum2*y + (<double>4.0)*_sum1*_sum2*x1*y + (<double>2.0)*_sum1*_sum3*y + (<double>2.0)*_sum1*_sum4*y + (<double>4.0)*_sum2*_sum6*y - _sum2*g1*y - _sum3*_u2 - _sum4*_u2 - _sum5*y - _sum7*y - _sum8*y - _u0*x1 - _u1*_u4 - (<double>6.0)*_u1*_u6 - _u1*x2 - _u3*x1 + _u4*g2*y - _u5*x1 + (<double>2.0)*_u6*g2*y + g1*x1*y + g2*x2*y
+                gx1_p[_i] = (<double>4.0)*_sum1*_sum2*y - _u0 - (<double>2.0)*_u1*x1 - _u3 - _u5 + g1*y + (<double>2.0)*g2*x1*y
+                gx2_p[_i] = -_u1 + g2*y
+
 # ---------------------------------------------------------------- standardize_forward
 # zero mean and unit (biased) variance over each group of one sample: forward (stages in order)
 cdef void _standardize_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
@@ -2583,6 +3584,626 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
                 _u6 = _u0*_u2
                 Rgrad_x_p[_i] = Rg*rstd - Rx*_sum6*_u6 - _sum0*_u1 + _sum2*_u4*y + _sum2*_u5 - _sum3*_u1*y - _sum4*_u6*y - _sum5*_u6*g + _sum6*_u4 + (<double>3.0)*_sum6*_u5*y
 
+# ---------------------------------------------------------------- standardize_taylor_1
+# zero mean and unit (biased) variance over each group of one sample: taylor:1 (y1)
+cdef void _standardize_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* y1_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef float x1
+    cdef float y
+    cdef float _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1
+                _sum1 = _sum1 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                y1_p[_i] = -_sum0*_u0 - _sum1*_u0*y + rstd*x1
+
+cdef void _standardize_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* y1_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double x1
+    cdef double y
+    cdef double _u0
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1
+                _sum1 = _sum1 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = rstd/M
+                y1_p[_i] = -_sum0*_u0 - _sum1*_u0*y + rstd*x1
+
+# ---------------------------------------------------------------- standardize_vjp_taylor_1
+# zero mean and unit (biased) variance over each group of one sample: vjp:taylor:1 (gx, gx1)
+cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* x1_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* gx_p = <float*>_ap[4]
+    cdef float* gx1_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef float g1
+    cdef float x1
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1
+                _sum1 = _sum1 + x1
+                _sum2 = _sum2 + g1*x1
+                _sum3 = _sum3 + g1*y
+                _sum4 = _sum4 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = _u0/(M*M)
+                _u2 = _sum0*_u1
+                _u3 = _sum3*_u1
+                _u4 = ((<float>1.0)/(M))
+                _u5 = _u0*_u4
+                _u6 = _u4*rstd
+                gx_p[_i] = _sum1*_u2*y + _sum1*_u3 - _sum2*_u5*y - _sum3*_u5*x1 + _sum4*_u2 + (<float>3.0)*_sum4*_u3*y - _sum4*_u5*g1
+                gx1_p[_i] = -_sum0*_u6 - _sum3*_u6*y + g1*rstd
+
+cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* x1_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* gx_p = <double*>_ap[4]
+    cdef double* gx1_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double g1
+    cdef double x1
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1
+                _sum1 = _sum1 + x1
+                _sum2 = _sum2 + g1*x1
+                _sum3 = _sum3 + g1*y
+                _sum4 = _sum4 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = _u0/(M*M)
+                _u2 = _sum0*_u1
+                _u3 = _sum3*_u1
+                _u4 = ((<double>1.0)/(M))
+                _u5 = _u0*_u4
+                _u6 = _u4*rstd
+                gx_p[_i] = _sum1*_u2*y + _sum1*_u3 - _sum2*_u5*y - _sum3*_u5*x1 + _sum4*_u2 + (<double>3.0)*_sum4*_u3*y - _sum4*_u5*g1
+                gx1_p[_i] = -_sum0*_u6 - _sum3*_u6*y + g1*rstd
+
+# ---------------------------------------------------------------- standardize_taylor_2
+# zero mean and unit (biased) variance over each group of one sample: taylor:2 (y1, y2)
+cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* x2_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* y1_p = <float*>_ap[4]
+    cdef float* y2_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef float x1
+    cdef float x2
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    cdef float _u7
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1
+                _sum1 = _sum1 + (x1*x1)
+                _sum2 = _sum2 + x2
+                _sum3 = _sum3 + x1*y
+                _sum4 = _sum4 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<float>1.0)/(M))
+                _u1 = _u0*rstd
+                _u2 = _u1*y
+                _u3 = ((<float>1.0)/(M*M))
+                _u4 = (rstd*rstd)
+                _u5 = (<float>2.0)*_sum3*_u4
+                _u6 = _u4*y
+                _u7 = _u3*_u6
+                y1_p[_i] = -_sum0*_u1 - _sum3*_u2 + rstd*x1
+                y2_p[_i] = (_sum0*_sum0)*_u7 + _sum0*_u3*_u5 - _sum1*_u0*_u6 - _sum2*_u1 + (<float>3.0)*(_sum3*_sum3)*_u7 - _sum4*_u2 - _u0*_u5*x1 + rstd*x2
+
+cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* x2_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* y1_p = <double*>_ap[4]
+    cdef double* y2_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double x1
+    cdef double x2
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    cdef double _u7
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1
+                _sum1 = _sum1 + (x1*x1)
+                _sum2 = _sum2 + x2
+                _sum3 = _sum3 + x1*y
+                _sum4 = _sum4 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<double>1.0)/(M))
+                _u1 = _u0*rstd
+                _u2 = _u1*y
+                _u3 = ((<double>1.0)/(M*M))
+                _u4 = (rstd*rstd)
+                _u5 = (<double>2.0)*_sum3*_u4
+                _u6 = _u4*y
+                _u7 = _u3*_u6
+                y1_p[_i] = -_sum0*_u1 - _sum3*_u2 + rstd*x1
+                y2_p[_i] = (_sum0*_sum0)*_u7 + _sum0*_u3*_u5 - _sum1*_u0*_u6 - _sum2*_u1 + (<double>3.0)*(_sum3*_sum3)*_u7 - _sum4*_u2 - _u0*_u5*x1 + rstd*x2
+
+# ---------------------------------------------------------------- standardize_vjp_taylor_2
+# zero mean and unit (biased) variance over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)
+cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* g2_p = <const float*>_ap[1]
+    cdef const float* x1_p = <const float*>_ap[2]
+    cdef const float* x2_p = <const float*>_ap[3]
+    cdef const float* y_p = <const float*>_ap[4]
+    cdef const float* rstd_p = <const float*>_ap[5]
+    cdef float* gx_p = <float*>_ap[6]
+    cdef float* gx1_p = <float*>_ap[7]
+    cdef float* gx2_p = <float*>_ap[8]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef double _sum8
+    cdef double _sum9
+    cdef double _sum10
+    cdef double _sum11
+    cdef float g1
+    cdef float g2
+    cdef float x1
+    cdef float x2
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    cdef float _u7
+    cdef float _u8
+    cdef float _u9
+    cdef float _u10
+    cdef float _u11
+    cdef float _u12
+    cdef float _u13
+    cdef float _u14
+    cdef float _u15
+    cdef float _u16
+    cdef float _u17
+    cdef float _u18
+    cdef float _u19
+    cdef float _u20
+    cdef float _u21
+    cdef float _u22
+    cdef float _u23
+    cdef float _u24
+    cdef float _u25
+    cdef float _u26
+    cdef float _u27
+    cdef float _u28
+    cdef float _u29
+    cdef float _u30
+    cdef float _u31
+    cdef float _u32
+    cdef float _u33
+    cdef float _u34
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        _sum8 = 0
+        _sum9 = 0
+        _sum10 = 0
+        _sum11 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1
+                _sum1 = _sum1 + g2
+                _sum2 = _sum2 + x1
+                _sum3 = _sum3 + (x1*x1)
+                _sum4 = _sum4 + x2
+                _sum5 = _sum5 + g1*x1
+                _sum6 = _sum6 + g1*y
+                _sum7 = _sum7 + g2*x1
+                _sum8 = _sum8 + g2*x2
+                _sum9 = _sum9 + g2*y
+                _sum10 = _sum10 + x1*y
+                _sum11 = _sum11 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = ((<float>1.0)/(M*M))
+                _u2 = _u0*_u1
+                _u3 = _sum0*_u2
+                _u4 = _sum1*_u2
+                _u5 = (rstd*rstd*rstd)
+                _u6 = _u1*_u5
+                _u7 = _sum1*_u6
+                _u8 = _sum2*_u2
+                _u9 = _sum9*_u2
+                _u10 = (<float>2.0)*_sum7
+                _u11 = ((<float>1.0)/(M))
+                _u12 = _u0*_u11
+                _u13 = _sum10*_u12
+                _u14 = _u11*_u5
+                _u15 = _u12*y
+                _u16 = _u12*x1
+                _u17 = _sum2*y
+                _u18 = (_sum2*_sum2)
+                _u19 = _u6*g2
+                _u20 = _u5/(M*M*M)
+                _u21 = _sum9*_u20
+                _u22 = (<float>6.0)*_sum10
+                _u23 = (<float>3.0)*y
+                _u24 = _u22*y
+                _u25 = _sum9*_u6
+                _u26 = (_sum10*_sum10)
+                _u27 = (<float>3.0)*_u26
+                _u28 = _sum1*_u20
+                _u29 = (<float>3.0)*_u18
+                _u30 = _u21*y
+                _u31 = _u11*rstd
+                _u32 = _u31*y
+                _u33 = (<float>2.0)*_u4
+                _u34 = (<float>2.0)*_sum9
+                gx_p[_i] = _sum10*_sum6*_u2*_u23 + _sum10*_u3 - _sum11*_u12*g2 + _sum11*_u23*_u9 + _sum11*_u4 + _sum2*_u10*_u6 - _sum2*_u21*_u22 + (<float>2.0)*_sum2*_u7*x1 - _sum3*_u14*g2 + _sum3*_u23*_u25 + _sum3*_u7 + _sum4*_u4*y + _sum4*_u9 - _sum5*_u15 - _sum6*_u16 + _sum6*_u8 + _sum7*_u24*_u6 - _sum8*_u15 - _sum9*_u12*x2 - _u10*_u14*x1 - _u13*g1 - _u17*_u22*_u28 + _u17*_u3 + _u18*_u19 + _u19*_u27 + _u22*_u25*x1 - (<float>15.0)*_u26*_u30 - _u27*_u28 - _u28*_u29 - _u29*_u30
+                gx1_p[_i] = -_sum0*_u31 + _sum10*_u33 - _sum6*_u32 - _u10*_u15 - (<float>2.0)*_u13*g2 - _u16*_u34 + _u17*_u33 + _u24*_u9 + _u34*_u8 + g1*rstd
+                gx2_p[_i] = -_sum1*_u31 - _sum9*_u32 + g2*rstd
+
+cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* g2_p = <const double*>_ap[1]
+    cdef const double* x1_p = <const double*>_ap[2]
+    cdef const double* x2_p = <const double*>_ap[3]
+    cdef const double* y_p = <const double*>_ap[4]
+    cdef const double* rstd_p = <const double*>_ap[5]
+    cdef double* gx_p = <double*>_ap[6]
+    cdef double* gx1_p = <double*>_ap[7]
+    cdef double* gx2_p = <double*>_ap[8]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef double _sum8
+    cdef double _sum9
+    cdef double _sum10
+    cdef double _sum11
+    cdef double g1
+    cdef double g2
+    cdef double x1
+    cdef double x2
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    cdef double _u7
+    cdef double _u8
+    cdef double _u9
+    cdef double _u10
+    cdef double _u11
+    cdef double _u12
+    cdef double _u13
+    cdef double _u14
+    cdef double _u15
+    cdef double _u16
+    cdef double _u17
+    cdef double _u18
+    cdef double _u19
+    cdef double _u20
+    cdef double _u21
+    cdef double _u22
+    cdef double _u23
+    cdef double _u24
+    cdef double _u25
+    cdef double _u26
+    cdef double _u27
+    cdef double _u28
+    cdef double _u29
+    cdef double _u30
+    cdef double _u31
+    cdef double _u32
+    cdef double _u33
+    cdef double _u34
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        _sum8 = 0
+        _sum9 = 0
+        _sum10 = 0
+        _sum11 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1
+                _sum1 = _sum1 + g2
+                _sum2 = _sum2 + x1
+                _sum3 = _sum3 + (x1*x1)
+                _sum4 = _sum4 + x2
+                _sum5 = _sum5 + g1*x1
+                _sum6 = _sum6 + g1*y
+                _sum7 = _sum7 + g2*x1
+                _sum8 = _sum8 + g2*x2
+                _sum9 = _sum9 + g2*y
+                _sum10 = _sum10 + x1*y
+                _sum11 = _sum11 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = ((<double>1.0)/(M*M))
+                _u2 = _u0*_u1
+                _u3 = _sum0*_u2
+                _u4 = _sum1*_u2
+                _u5 = (rstd*rstd*rstd)
+                _u6 = _u1*_u5
+                _u7 = _sum1*_u6
+                _u8 = _sum2*_u2
+                _u9 = _sum9*_u2
+                _u10 = (<double>2.0)*_sum7
+                _u11 = ((<double>1.0)/(M))
+                _u12 = _u0*_u11
+                _u13 = _sum10*_u12
+                _u14 = _u11*_u5
+                _u15 = _u12*y
+                _u16 = _u12*x1
+                _u17 = _sum2*y
+                _u18 = (_sum2*_sum2)
+                _u19 = _u6*g2
+                _u20 = _u5/(M*M*M)
+                _u21 = _sum9*_u20
+                _u22 = (<double>6.0)*_sum10
+                _u23 = (<double>3.0)*y
+                _u24 = _u22*y
+                _u25 = _sum9*_u6
+                _u26 = (_sum10*_sum10)
+                _u27 = (<double>3.0)*_u26
+                _u28 = _sum1*_u20
+                _u29 = (<double>3.0)*_u18
+                _u30 = _u21*y
+                _u31 = _u11*rstd
+                _u32 = _u31*y
+                _u33 = (<double>2.0)*_u4
+                _u34 = (<double>2.0)*_sum9
+                gx_p[_i] = _sum10*_sum6*_u2*_u23 + _sum10*_u3 - _sum11*_u12*g2 + _sum11*_u23*_u9 + _sum11*_u4 + _sum2*_u10*_u6 - _sum2*_u21*_u22 + (<double>2.0)*_sum2*_u7*x1 - _sum3*_u14*g2 + _sum3*_u23*_u25 + _sum3*_u7 + _sum4*_u4*y + _sum4*_u9 - _sum5*_u15 - _sum6*_u16 + _sum6*_u8 + _sum7*_u24*_u6 - _sum8*_u15 - _sum9*_u12*x2 - _u10*_u14*x1 - _u13*g1 - _u17*_u22*_u28 + _u17*_u3 + _u18*_u19 + _u19*_u27 + _u22*_u25*x1 - (<double>15.0)*_u26*_u30 - _u27*_u28 - _u28*_u29 - _u29*_u30
+                gx1_p[_i] = -_sum0*_u31 + _sum10*_u33 - _sum6*_u32 - _u10*_u15 - (<double>2.0)*_u13*g2 - _u16*_u34 + _u17*_u33 + _u24*_u9 + _u34*_u8 + g1*rstd
+                gx2_p[_i] = -_sum1*_u31 - _sum9*_u32 + g2*rstd
+
 # ---------------------------------------------------------------- rms_scale_forward
 # unit root mean square over each group of one sample: forward (stages in order)
 cdef void _rms_scale_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
@@ -2865,11 +4486,453 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
                 _u2 = _u0*_u1
                 Rgrad_x_p[_i] = Rg*rstd - Rx*_sum3*_u2 - _sum0*_u0*rstd*y - _sum1*_u2*y - _sum2*_u2*g + (<double>3.0)*_sum2*_sum3*_u1*y/(M*M)
 
-#: the kernels of this module in table order (``kernel_table``)
-KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", "standardize_forward", "standardize_vjp", "standardize_jvp", "standardize_rvjp", "rms_scale_forward", "rms_scale_vjp", "rms_scale_jvp", "rms_scale_rvjp", )
+# ---------------------------------------------------------------- rms_scale_taylor_1
+# unit root mean square over each group of one sample: taylor:1 (y1)
+cdef void _rms_scale_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* y_p = <const float*>_ap[1]
+    cdef const float* rstd_p = <const float*>_ap[2]
+    cdef float* y1_p = <float*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef float x1
+    cdef float y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = rstd*x1 - _sum0*rstd*y/M
 
-cdef _composite_t _TABLE_F32[20]
-cdef _composite_t _TABLE_F64[20]
+cdef void _rms_scale_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* y_p = <const double*>_ap[1]
+    cdef const double* rstd_p = <const double*>_ap[2]
+    cdef double* y1_p = <double*>_ap[3]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double x1
+    cdef double y
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                y1_p[_i] = rstd*x1 - _sum0*rstd*y/M
+
+# ---------------------------------------------------------------- rms_scale_vjp_taylor_1
+# unit root mean square over each group of one sample: vjp:taylor:1 (gx, gx1)
+cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* x1_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* gx_p = <float*>_ap[4]
+    cdef float* gx1_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef float g1
+    cdef float x1
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1*x1
+                _sum1 = _sum1 + g1*y
+                _sum2 = _sum2 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = ((<float>1.0)/(M))
+                _u2 = _u0*_u1
+                gx_p[_i] = -_sum0*_u2*y - _sum1*_u2*x1 - _sum2*_u2*g1 + (<float>3.0)*_sum1*_sum2*_u0*y/(M*M)
+                gx1_p[_i] = -_sum1*_u1*rstd*y + g1*rstd
+
+cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* x1_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* gx_p = <double*>_ap[4]
+    cdef double* gx1_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double g1
+    cdef double x1
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + g1*x1
+                _sum1 = _sum1 + g1*y
+                _sum2 = _sum2 + x1*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                x1 = x1_p[_i]
+                y = y_p[_i]
+                _u0 = (rstd*rstd)
+                _u1 = ((<double>1.0)/(M))
+                _u2 = _u0*_u1
+                gx_p[_i] = -_sum0*_u2*y - _sum1*_u2*x1 - _sum2*_u2*g1 + (<double>3.0)*_sum1*_sum2*_u0*y/(M*M)
+                gx1_p[_i] = -_sum1*_u1*rstd*y + g1*rstd
+
+# ---------------------------------------------------------------- rms_scale_taylor_2
+# unit root mean square over each group of one sample: taylor:2 (y1, y2)
+cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* x1_p = <const float*>_ap[0]
+    cdef const float* x2_p = <const float*>_ap[1]
+    cdef const float* y_p = <const float*>_ap[2]
+    cdef const float* rstd_p = <const float*>_ap[3]
+    cdef float* y1_p = <float*>_ap[4]
+    cdef float* y2_p = <float*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef float x1
+    cdef float x2
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + (x1*x1)
+                _sum1 = _sum1 + x1*y
+                _sum2 = _sum2 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<float>1.0)/(M))
+                _u1 = _u0*y
+                _u2 = _u1*rstd
+                _u3 = (rstd*rstd)
+                y1_p[_i] = -_sum1*_u2 + rstd*x1
+                y2_p[_i] = -_sum0*_u1*_u3 - (<float>2.0)*_sum1*_u0*_u3*x1 - _sum2*_u2 + rstd*x2 + (<float>3.0)*(_sum1*_sum1)*_u3*y/(M*M)
+
+cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* x1_p = <const double*>_ap[0]
+    cdef const double* x2_p = <const double*>_ap[1]
+    cdef const double* y_p = <const double*>_ap[2]
+    cdef const double* rstd_p = <const double*>_ap[3]
+    cdef double* y1_p = <double*>_ap[4]
+    cdef double* y2_p = <double*>_ap[5]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double x1
+    cdef double x2
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + (x1*x1)
+                _sum1 = _sum1 + x1*y
+                _sum2 = _sum2 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<double>1.0)/(M))
+                _u1 = _u0*y
+                _u2 = _u1*rstd
+                _u3 = (rstd*rstd)
+                y1_p[_i] = -_sum1*_u2 + rstd*x1
+                y2_p[_i] = -_sum0*_u1*_u3 - (<double>2.0)*_sum1*_u0*_u3*x1 - _sum2*_u2 + rstd*x2 + (<double>3.0)*(_sum1*_sum1)*_u3*y/(M*M)
+
+# ---------------------------------------------------------------- rms_scale_vjp_taylor_2
+# unit root mean square over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)
+cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const float* g1_p = <const float*>_ap[0]
+    cdef const float* g2_p = <const float*>_ap[1]
+    cdef const float* x1_p = <const float*>_ap[2]
+    cdef const float* x2_p = <const float*>_ap[3]
+    cdef const float* y_p = <const float*>_ap[4]
+    cdef const float* rstd_p = <const float*>_ap[5]
+    cdef float* gx_p = <float*>_ap[6]
+    cdef float* gx1_p = <float*>_ap[7]
+    cdef float* gx2_p = <float*>_ap[8]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef float g1
+    cdef float g2
+    cdef float x1
+    cdef float x2
+    cdef float y
+    cdef float _u0
+    cdef float _u1
+    cdef float _u2
+    cdef float _u3
+    cdef float _u4
+    cdef float _u5
+    cdef float _u6
+    cdef float _u7
+    cdef float _u8
+    cdef float _u9
+    cdef float _u10
+    cdef float _u11
+    cdef float _u12
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + (x1*x1)
+                _sum1 = _sum1 + g1*x1
+                _sum2 = _sum2 + g1*y
+                _sum3 = _sum3 + g2*x1
+                _sum4 = _sum4 + g2*x2
+                _sum5 = _sum5 + g2*y
+                _sum6 = _sum6 + x1*y
+                _sum7 = _sum7 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<float>1.0)/(M))
+                _u1 = _u0*g2
+                _u2 = (rstd*rstd*rstd)
+                _u3 = (rstd*rstd)
+                _u4 = _u0*_u3
+                _u5 = _u4*y
+                _u6 = _u4*x1
+                _u7 = _u1*_u3
+                _u8 = (<float>2.0)*_sum3
+                _u9 = ((<float>1.0)/(M*M))
+                _u10 = (_sum6*_sum6)
+                _u11 = _sum5*y
+                _u12 = _u0*rstd
+                gx_p[_i] = (<float>3.0)*_sum0*_sum5*_u2*_u9*y - _sum0*_u1*_u2 - _sum1*_u5 + (<float>3.0)*_sum2*_sum6*_u3*_u9*y - _sum2*_u6 + (<float>6.0)*_sum3*_sum6*_u2*_u9*y - _sum4*_u5 + (<float>6.0)*_sum5*_sum6*_u2*_u9*x1 + (<float>3.0)*_sum5*_sum7*_u3*_u9*y - _sum5*_u4*x2 - _sum6*_u4*g1 - _sum7*_u7 - _u0*_u2*_u8*x1 + (<float>3.0)*_u10*_u2*_u9*g2 - (<float>15.0)*_u10*_u11*_u2/(M*M*M)
+                gx1_p[_i] = -_sum2*_u12*y + (<float>6.0)*_sum5*_sum6*_u3*_u9*y - (<float>2.0)*_sum5*_u6 - (<float>2.0)*_sum6*_u7 - _u5*_u8 + g1*rstd
+                gx2_p[_i] = -_u11*_u12 + g2*rstd
+
+cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
+    cdef const double* g1_p = <const double*>_ap[0]
+    cdef const double* g2_p = <const double*>_ap[1]
+    cdef const double* x1_p = <const double*>_ap[2]
+    cdef const double* x2_p = <const double*>_ap[3]
+    cdef const double* y_p = <const double*>_ap[4]
+    cdef const double* rstd_p = <const double*>_ap[5]
+    cdef double* gx_p = <double*>_ap[6]
+    cdef double* gx1_p = <double*>_ap[7]
+    cdef double* gx2_p = <double*>_ap[8]
+    cdef double eps = _sp[0]
+    cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
+    cdef Py_ssize_t _c, _a, _b, _i
+    cdef double M = <double>(A * B)
+    cdef double rstd
+    cdef double _sum0
+    cdef double _sum1
+    cdef double _sum2
+    cdef double _sum3
+    cdef double _sum4
+    cdef double _sum5
+    cdef double _sum6
+    cdef double _sum7
+    cdef double g1
+    cdef double g2
+    cdef double x1
+    cdef double x2
+    cdef double y
+    cdef double _u0
+    cdef double _u1
+    cdef double _u2
+    cdef double _u3
+    cdef double _u4
+    cdef double _u5
+    cdef double _u6
+    cdef double _u7
+    cdef double _u8
+    cdef double _u9
+    cdef double _u10
+    cdef double _u11
+    cdef double _u12
+    for _c in range(_c0, _c1):
+        rstd = rstd_p[_c]
+        _sum0 = 0
+        _sum1 = 0
+        _sum2 = 0
+        _sum3 = 0
+        _sum4 = 0
+        _sum5 = 0
+        _sum6 = 0
+        _sum7 = 0
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _sum0 = _sum0 + (x1*x1)
+                _sum1 = _sum1 + g1*x1
+                _sum2 = _sum2 + g1*y
+                _sum3 = _sum3 + g2*x1
+                _sum4 = _sum4 + g2*x2
+                _sum5 = _sum5 + g2*y
+                _sum6 = _sum6 + x1*y
+                _sum7 = _sum7 + x2*y
+        for _a in range(A):
+            for _b in range(B):
+                _i = (_a * C + _c) * B + _b
+                g1 = g1_p[_i]
+                g2 = g2_p[_i]
+                x1 = x1_p[_i]
+                x2 = x2_p[_i]
+                y = y_p[_i]
+                _u0 = ((<double>1.0)/(M))
+                _u1 = _u0*g2
+                _u2 = (rstd*rstd*rstd)
+                _u3 = (rstd*rstd)
+                _u4 = _u0*_u3
+                _u5 = _u4*y
+                _u6 = _u4*x1
+                _u7 = _u1*_u3
+                _u8 = (<double>2.0)*_sum3
+                _u9 = ((<double>1.0)/(M*M))
+                _u10 = (_sum6*_sum6)
+                _u11 = _sum5*y
+                _u12 = _u0*rstd
+                gx_p[_i] = (<double>3.0)*_sum0*_sum5*_u2*_u9*y - _sum0*_u1*_u2 - _sum1*_u5 + (<double>3.0)*_sum2*_sum6*_u3*_u9*y - _sum2*_u6 + (<double>6.0)*_sum3*_sum6*_u2*_u9*y - _sum4*_u5 + (<double>6.0)*_sum5*_sum6*_u2*_u9*x1 + (<double>3.0)*_sum5*_sum7*_u3*_u9*y - _sum5*_u4*x2 - _sum6*_u4*g1 - _sum7*_u7 - _u0*_u2*_u8*x1 + (<double>3.0)*_u10*_u2*_u9*g2 - (<double>15.0)*_u10*_u11*_u2/(M*M*M)
+                gx1_p[_i] = -_sum2*_u12*y + (<double>6.0)*_sum5*_sum6*_u3*_u9*y - (<double>2.0)*_sum5*_u6 - (<double>2.0)*_sum6*_u7 - _u5*_u8 + g1*rstd
+                gx2_p[_i] = -_u11*_u12 + g2*rstd
+
+#: the kernels of this module in table order (``kernel_table``)
+KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", "softmax_taylor_1", "softmax_vjp_taylor_1", "softmax_taylor_2", "softmax_vjp_taylor_2", "standardize_forward", "standardize_vjp", "standardize_jvp", "standardize_rvjp", "standardize_taylor_1", "standardize_vjp_taylor_1", "standardize_taylor_2", "standardize_vjp_taylor_2", "rms_scale_forward", "rms_scale_vjp", "rms_scale_jvp", "rms_scale_rvjp", "rms_scale_taylor_1", "rms_scale_vjp_taylor_1", "rms_scale_taylor_2", "rms_scale_vjp_taylor_2", )
+
+cdef _composite_t _TABLE_F32[32]
+cdef _composite_t _TABLE_F64[32]
 _TABLE_F32[0] = _batchnorm_forward_f32
 _TABLE_F64[0] = _batchnorm_forward_f64
 _TABLE_F32[1] = _batchnorm_vjp_f32
@@ -2894,24 +4957,48 @@ _TABLE_F32[10] = _softmax_jvp_f32
 _TABLE_F64[10] = _softmax_jvp_f64
 _TABLE_F32[11] = _softmax_rvjp_f32
 _TABLE_F64[11] = _softmax_rvjp_f64
-_TABLE_F32[12] = _standardize_forward_f32
-_TABLE_F64[12] = _standardize_forward_f64
-_TABLE_F32[13] = _standardize_vjp_f32
-_TABLE_F64[13] = _standardize_vjp_f64
-_TABLE_F32[14] = _standardize_jvp_f32
-_TABLE_F64[14] = _standardize_jvp_f64
-_TABLE_F32[15] = _standardize_rvjp_f32
-_TABLE_F64[15] = _standardize_rvjp_f64
-_TABLE_F32[16] = _rms_scale_forward_f32
-_TABLE_F64[16] = _rms_scale_forward_f64
-_TABLE_F32[17] = _rms_scale_vjp_f32
-_TABLE_F64[17] = _rms_scale_vjp_f64
-_TABLE_F32[18] = _rms_scale_jvp_f32
-_TABLE_F64[18] = _rms_scale_jvp_f64
-_TABLE_F32[19] = _rms_scale_rvjp_f32
-_TABLE_F64[19] = _rms_scale_rvjp_f64
+_TABLE_F32[12] = _softmax_taylor_1_f32
+_TABLE_F64[12] = _softmax_taylor_1_f64
+_TABLE_F32[13] = _softmax_vjp_taylor_1_f32
+_TABLE_F64[13] = _softmax_vjp_taylor_1_f64
+_TABLE_F32[14] = _softmax_taylor_2_f32
+_TABLE_F64[14] = _softmax_taylor_2_f64
+_TABLE_F32[15] = _softmax_vjp_taylor_2_f32
+_TABLE_F64[15] = _softmax_vjp_taylor_2_f64
+_TABLE_F32[16] = _standardize_forward_f32
+_TABLE_F64[16] = _standardize_forward_f64
+_TABLE_F32[17] = _standardize_vjp_f32
+_TABLE_F64[17] = _standardize_vjp_f64
+_TABLE_F32[18] = _standardize_jvp_f32
+_TABLE_F64[18] = _standardize_jvp_f64
+_TABLE_F32[19] = _standardize_rvjp_f32
+_TABLE_F64[19] = _standardize_rvjp_f64
+_TABLE_F32[20] = _standardize_taylor_1_f32
+_TABLE_F64[20] = _standardize_taylor_1_f64
+_TABLE_F32[21] = _standardize_vjp_taylor_1_f32
+_TABLE_F64[21] = _standardize_vjp_taylor_1_f64
+_TABLE_F32[22] = _standardize_taylor_2_f32
+_TABLE_F64[22] = _standardize_taylor_2_f64
+_TABLE_F32[23] = _standardize_vjp_taylor_2_f32
+_TABLE_F64[23] = _standardize_vjp_taylor_2_f64
+_TABLE_F32[24] = _rms_scale_forward_f32
+_TABLE_F64[24] = _rms_scale_forward_f64
+_TABLE_F32[25] = _rms_scale_vjp_f32
+_TABLE_F64[25] = _rms_scale_vjp_f64
+_TABLE_F32[26] = _rms_scale_jvp_f32
+_TABLE_F64[26] = _rms_scale_jvp_f64
+_TABLE_F32[27] = _rms_scale_rvjp_f32
+_TABLE_F64[27] = _rms_scale_rvjp_f64
+_TABLE_F32[28] = _rms_scale_taylor_1_f32
+_TABLE_F64[28] = _rms_scale_taylor_1_f64
+_TABLE_F32[29] = _rms_scale_vjp_taylor_1_f32
+_TABLE_F64[29] = _rms_scale_vjp_taylor_1_f64
+_TABLE_F32[30] = _rms_scale_taylor_2_f32
+_TABLE_F64[30] = _rms_scale_taylor_2_f64
+_TABLE_F32[31] = _rms_scale_vjp_taylor_2_f32
+_TABLE_F64[31] = _rms_scale_vjp_taylor_2_f64
 
 
 def kernel_table():
     """``[(float32 address, float64 address)]`` of every kernel, in ``KERNELS`` order."""
-    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(20)]
+    return [(<size_t>_TABLE_F32[k], <size_t>_TABLE_F64[k]) for k in range(32)]

@@ -37,18 +37,20 @@ import numpy as np
 
 from .activation import Activation, LearnableActivation
 from .branched import BranchedLayer
+from .composed import _ScaleShift
 from .conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from .dense import Dense
 from .dropout import Dropout
 from .kernels import manifest
 from .layer_base import EVAL
-from .normalization import _BatchNorm
+from .normalization import CompositeLayer, _BatchNorm
 
 #: layers affine in their input, run by their own roles on the stacks (Dense has a fast path)
 AFFINE = (Conv2D, AvgPool2D)
-#: layers affine in their input in evaluation mode whose parameters the linear part reads too
-#: (BatchNorm's γ): run through the layer's forward and pullback on all rows, f(0) taken off
-EVAL_AFFINE = (_BatchNorm,)
+#: layers affine in their input (in evaluation mode) whose parameters the linear part reads too
+#: (BatchNorm's γ, a norm's scale and shift): run through the layer's forward and pullback on
+#: all rows, f(0) taken off
+EVAL_AFFINE = (_BatchNorm, _ScaleShift)
 #: piecewise-linear layers: every Taylor coefficient is pushed by the Jacobian at the value
 #: (the layer's ``jvp`` at the value block), its second and higher derivatives being zero
 PIECEWISE_LINEAR = (MaxPool2D,)
@@ -128,6 +130,38 @@ def user_taylor_module(spec, order: int, verbose: bool = False):
     return register(module)
 
 
+def composite_taylor_kernels(layer, order: int):
+    """The kernels of a composite layer's spec with its ``taylor:order`` role and pullback
+    (derived from the spec's stages, ``DerivedComposite.taylor``): the layer's own module when
+    it carries them (orders 1-2 of the built-ins), else the spec's module compiled with
+    orders up to ``order`` on first use (cached like a user spec's). A spec with parameters
+    or constants (train-mode BatchNorm) has none: refused by name."""
+    from .kernels import SpecKernels
+    K = layer.kernels
+    if K.has(f"taylor:{order}"):
+        return K
+    spec = getattr(layer, "spec", None)
+    if spec is None:
+        from ..derive.builtins import COMPOSITES
+        spec = COMPOSITES.get(K.spec)
+    if spec is None or spec.params or spec.constants:
+        raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep: Taylor roles are derived "
+                        f"for composite specs without parameters or constants (its spec "
+                        f"{getattr(spec, 'name', K.spec)!r} has {[p.name for p in getattr(spec, 'params', ())]})")
+    if order not in _COMPOSITE_MODULES.setdefault(spec.hash, {}):
+        from ..codegen.build import compile_spec
+        from ..codegen.composite import render_composite_module
+        from ..derive.composite import derive_composite
+        from .kernels import register
+        module, _, _ = compile_spec(f"ctaylor{order}_{spec.name}", spec, derive_composite,
+                                    lambda stem, ds: render_composite_module(stem, ds, taylor_order=order))
+        _COMPOSITE_MODULES[spec.hash][order] = SpecKernels(register(module), spec.name, owner=layer.name)
+    return _COMPOSITE_MODULES[spec.hash][order]
+
+
+_COMPOSITE_MODULES: dict = {}   # spec hash -> {order: SpecKernels}
+
+
 def _call(role, env: dict):
     """Call a bound kernel of a spec role (``runtime/kernels.Role``) with arrays by name
     (outputs included: preallocated views of the stacks)."""
@@ -199,6 +233,7 @@ class InputDerivatives:
         self.kernels = module.KERNELS
         self.layer_kernels = {}          # id(activation) -> (its Taylor manifest entry, its kernels)
         self.spec_kinds = {}             # id(user spec layer) -> "affine" or "piecewise" (_user_spec_kind)
+        self.composites = {}             # id(composite layer) -> the SpecKernels with its Taylor roles
         if bind:                         # (a subclass that sets its own order binds after it)
             self._bind_layers(model.layers)
 
@@ -211,7 +246,7 @@ class InputDerivatives:
                 for chain in layer.branches():
                     self._bind_layers(chain)
                 continue
-            if isinstance(layer, (Dense, Flatten) + AFFINE + PIECEWISE_LINEAR):   # DropConnect is off in eval
+            if isinstance(layer, (Dense, Flatten, _ScaleShift) + AFFINE + PIECEWISE_LINEAR):   # DropConnect is off in eval
                 continue
             if isinstance(layer, EVAL_AFFINE + (Dropout,)):
                 if model.training and not (isinstance(layer, Dropout) and layer.p == 0):
@@ -236,8 +271,12 @@ class InputDerivatives:
                 mod = user_taylor_module(spec, order)
                 self.layer_kernels[id(layer)] = (manifest(mod)[spec.name], mod.KERNELS)
                 continue
+            if isinstance(layer, CompositeLayer):   # softmax, a normalisation, a user's composite spec
+                self.composites[id(layer)] = composite_taylor_kernels(layer, 2 if self.mode == "laplacian" else self.K)
+                continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
+                            f"Softmax, LayerNorm, RMSNorm, GroupNorm, composite specs without parameters, "
                             f"the built-in activations {sorted(table)}, learnable activations, activations "
                             f"from Activation.from_sympy, user specs (L.from_spec) linear in their input or "
                             f"selecting by a max, and residual blocks of these")
@@ -384,6 +423,10 @@ class InputDerivatives:
                 out, rec = self._piecewise_linear(layer, stack)
                 tape.append((layer, stack, (out, rec)))
                 stack = out
+            elif id(layer) in self.composites:
+                out, rec = self._composite(layer, stack)
+                tape.append((layer, stack, (out, rec)))
+                stack = out
             else:
                 kern, entry = self._kernel(layer, self.role)
                 out = self._empty(stack)
@@ -429,6 +472,70 @@ class InputDerivatives:
             return {"x": value, "J": per_dir, "L": np.broadcast_to(np.zeros(F, value.dtype), (N, F))}
         zero = np.broadcast_to(np.zeros((YE.shape[0], 1, F), value.dtype), per_dir.shape)
         return {"x": value, "x1": per_dir, **{f"x{k}": zero for k in range(2, self.K + 1)}}
+
+    def _direction_blocks(self):
+        """Per direction j, the stack blocks of its coefficients of order 1 … K (laplacian
+        mode: its Jacobian column, then the Laplacian block for the first direction only; the
+        Laplacian is Dy[L] + Σ_j D²y[J_j, J_j], the order-2 coefficient along each column with
+        L entering once)."""
+        if self.mode == "laplacian":
+            J, L = self.blocks(1), self.blocks(2).start
+            return [(b, L if j == 0 else None) for j, b in enumerate(range(J.start, J.stop))]
+        return [tuple(self.blocks(k).start + j for k in range(1, self.K + 1)) for j in range(self.m)]
+
+    def _composite(self, layer, S):
+        """A composite layer (softmax, a normalisation): its forward on the value block, then
+        its derived ``taylor:K`` role along each direction; in laplacian mode the directions'
+        order-2 coefficients are summed into the Laplacian block."""
+        N, kern = self.N, self.composites[id(layer)]
+        out = self._empty(S)
+        y, rec = layer.forward(S[0, :N])
+        out[0, :N] = y
+        lap = self.mode == "laplacian"
+        order = 2 if lap else self.K
+        zero = None
+        for j, blocks in enumerate(self._direction_blocks()):
+            env = dict(rec)
+            for k, b in enumerate(blocks, 1):
+                if b is None:
+                    zero = np.zeros_like(y) if zero is None else zero
+                env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
+            res = kern.run_named(f"taylor:{order}", env, y.dtype, rec["_scalars"], rec["_shapes"])
+            out[blocks[0], :N] = layer._out(res["y1"], rec)
+            if lap and j:
+                out[self.blocks(2).start, :N] += layer._out(res["y2"], rec)
+            else:
+                for k in range(2, order + 1):
+                    out[self.blocks(k).start if lap else blocks[k - 1], :N] = layer._out(res[f"y{k}"], rec)
+        return out, rec
+
+    def _composite_back(self, layer, S, rec, G):
+        """The pullback of :meth:`_composite`: the ``vjp`` role on the value cotangent plus,
+        per direction, the derived ``vjp:taylor:K`` (its x-cotangents summed over directions)."""
+        N, kern = self.N, self.composites[id(layer)]
+        lap = self.mode == "laplacian"
+        order = 2 if lap else self.K
+        gin = self._empty(S)
+        gin[0, :N] = layer.input_vjp(rec, G[0, :N])
+        zero = None
+        for j, blocks in enumerate(self._direction_blocks()):
+            env = dict(rec)
+            for k, b in enumerate(blocks, 1):
+                if b is None:
+                    zero = np.zeros_like(gin[0, :N]) if zero is None else zero
+                env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
+            outs = [blocks[0]] + [self.blocks(2).start] if lap else list(blocks)
+            for k, b in enumerate(outs, 1):
+                env[f"g{k}"] = layer._in(np.ascontiguousarray(G[b, :N]), rec)
+            res = kern.run_named(f"vjp:taylor:{order}", env, G.dtype, rec["_scalars"], rec["_shapes"])
+            gin[0, :N] += layer._out(res["gx"], rec)
+            gin[blocks[0], :N] = layer._out(res["gx1"], rec)
+            if not lap:
+                for k in range(2, order + 1):
+                    gin[blocks[k - 1], :N] = layer._out(res[f"gx{k}"], rec)
+            elif j == 0:
+                gin[self.blocks(2).start, :N] = layer._out(res["gx2"], rec)
+        return gin
 
     def _live_blocks(self, cot: dict):
         """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
@@ -670,6 +777,9 @@ class InputDerivatives:
                 gs, G = self._affine_back(layer, stack_in, G, not first, self.N)
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
+            elif id(layer) in self.composites:
+                if not first:
+                    G = self._composite_back(layer, stack_in, out[1], G)
             elif isinstance(layer, Dense):
                 B, Np, _ = stack_in.shape
                 R = layer.kernels.roles
@@ -852,6 +962,11 @@ class CollapsedJets(DirectionalJets):
         if not 3 <= int(order) <= MAX_ORDER:
             raise ValueError(f"CollapsedJets: order {order} is not supported (3 … {MAX_ORDER}; order 2 is the "
                              f"forward Laplacian, CollapsedSecondOrder)")
+        composite = next((la for la in _chain_layers(model.layers)
+                          if isinstance(la, CompositeLayer) and not isinstance(la, _BatchNorm)), None)
+        if composite is not None:
+            raise TypeError(f"CollapsedJets: {composite.name} has no collapsed sweep (a composite layer needs each "
+                            f"direction's order-{order} coefficient); use the plain jets (propagation='jet')")
         super().__init__(model, directions, order)
         c = np.asarray(weights, dtype=np.float64)
         if c.shape != (self.m,) or not np.all(np.isfinite(c)):
@@ -890,6 +1005,15 @@ class CollapsedJets(DirectionalJets):
         env = super()._out_names(stack)
         env["Ty"] = env.pop(f"y{self.K}")[0]
         return env
+
+
+def _chain_layers(layers):
+    """Every layer of a chain, branches' layers included."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, BranchedLayer):
+            for chain in layer.branches():
+                yield from _chain_layers(chain)
 
 
 def directional_derivatives(model, X, directions, order: int) -> np.ndarray:

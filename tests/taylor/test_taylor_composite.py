@@ -1,0 +1,170 @@
+"""Taylor-mode sweeps through composite layers — Softmax, LayerNorm, RMSNorm and GroupNorm, run
+by their specs' derived ``taylor:K`` roles and pullbacks (``DerivedComposite.taylor``) — against
+PyTorch nested autograd in float64: the forward Laplacian, orders 1–4 along coordinates, the
+anisotropic (collapsed second-order) sweep, and the parameter gradient of Σ cotangent·derivative.
+
+The oracle writes the normalisations and softmax with primitive ops: PyTorch 2.13's own
+``layer_norm`` gives wrong third derivatives (its double backward is not differentiated
+correctly: ∂³/∂x0³ of Σ v·layer_norm(x) differs from the same formula written out by 0.3 in a
+case of O(1) values), which would fail any order-3 check here."""
+import numpy as np
+import pytest
+import torch
+
+from symprop import layers as L
+from symprop.runtime.model import Sequential
+from symprop.runtime.taylor import CollapsedJets, CollapsedSecondOrder, InputDerivatives
+from support.numeric import rel_err
+
+F = 6          # features the composite layer sees
+EPS = 1e-5
+
+
+def _layernorm(h, p):
+    mu = h.mean(1, keepdim=True)
+    var = ((h - mu) ** 2).mean(1, keepdim=True)
+    return (h - mu) / torch.sqrt(var + EPS) * p[0] + p[1]
+
+
+def _rmsnorm(h, p):
+    return h / torch.sqrt((h ** 2).mean(1, keepdim=True) + EPS) * p[0]
+
+
+def _groupnorm(h, p):   # 2 groups of 3 channels
+    g = h.reshape(h.shape[0], 2, F // 2)
+    mu = g.mean(2, keepdim=True)
+    var = ((g - mu) ** 2).mean(2, keepdim=True)
+    return ((g - mu) / torch.sqrt(var + EPS)).reshape(h.shape) * p[0] + p[1]
+
+
+def _softmax(h, p):
+    e = torch.exp(h - h.max(1, keepdim=True).values.detach())
+    return e / e.sum(1, keepdim=True)
+
+
+#: layer, the same function in torch primitives (given its parameters)
+NORMS = {
+    "softmax": (lambda: L.Softmax(), _softmax),
+    "layernorm": (lambda: L.LayerNorm(F, eps=EPS), _layernorm),
+    "rmsnorm": (lambda: L.RMSNorm(F, eps=EPS), _rmsnorm),
+    "groupnorm": (lambda: L.GroupNorm(2, F, eps=EPS), _groupnorm),
+}
+
+
+def model_and_torch(norm, rng, residual=False):
+    """Dense(3, 6) → tanh → the composite layer (inside a residual block when ``residual``) →
+    Dense(6, 4) → softplus → Dense(4, 1), random weights, and the same function in torch."""
+    make, fn = NORMS[norm]
+    mid = L.Residual([make()]) if residual else make()
+    model = Sequential([L.Dense(3, F), L.Activation("tanh"), mid, L.Dense(F, 4), L.Activation("softplus"),
+                        L.Dense(4, 1)], loss="mse", dtype="float64", seed=5, input_shape=(3,))
+    for p in model.parameters():
+        p[...] = rng.normal(size=p.shape)
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    lin, k = torch.nn.functional.linear, len(tp) - 6
+
+    def f(X):
+        h = torch.tanh(lin(X, tp[0], tp[1]))
+        h = fn(h, tp[2:2 + k]) + (h if residual else 0)
+        h = torch.nn.functional.softplus(lin(h, tp[2 + k], tp[3 + k]))
+        return lin(h, tp[4 + k], tp[5 + k])[:, 0]
+    return model, f, tp
+
+
+def nested(f, X, which):
+    tX = torch.tensor(X, requires_grad=True)
+    u = f(tX)
+    g = torch.autograd.grad(u.sum(), tX, create_graph=True)[0]
+    out = {}
+    for q in which:
+        if q == "u":
+            out[q] = u
+        elif q == "grad":
+            out[q] = g
+        elif q == "laplacian":
+            out[q] = sum(torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0][:, i] for i in range(X.shape[1]))
+        else:
+            v = u
+            for _ in q:
+                v = torch.autograd.grad(v.sum(), tX, create_graph=True)[0][:, q[0]]
+            out[q] = v
+    return out
+
+
+def check(model, f, tp, X, which, rng, tol=1e-10):
+    sweep = InputDerivatives(model, which)
+    res, tape = sweep.forward(X)
+    want = nested(f, X, which)
+    for q in which:
+        assert rel_err(res[q], want[q].detach().numpy()) < tol, q
+    cot = {q: rng.normal(size=np.shape(v)) for q, v in res.items()}
+    grads = sweep.backward(tape, cot)
+    total = sum((want[q] * torch.tensor(cot[q])).sum() for q in which)
+    for i, (a, b) in enumerate(zip(grads, torch.autograd.grad(total, tp, allow_unused=True))):
+        assert rel_err(a, np.zeros_like(a) if b is None else b.numpy()) < tol, (which, i)
+
+
+@pytest.mark.parametrize("which", [("u", "grad", "laplacian"), ((0,), (1, 1))])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_composite_layers_match_nested_autograd(norm, which, rng):
+    """Orders 1-2 (the built-in composite module's roles): the forward Laplacian and jets."""
+    model, f, tp = model_and_torch(norm, rng)
+    check(model, f, tp, rng.uniform(-1, 1, (7, 3)), which, rng)
+
+
+@pytest.mark.slow   # compiles each spec's order-4 Taylor module (~10 s cold each)
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_composite_layers_orders_3_and_4_match_nested_autograd(norm, rng):
+    model, f, tp = model_and_torch(norm, rng, residual=norm == "layernorm")
+    check(model, f, tp, rng.uniform(-1, 1, (5, 3)), ((2, 2, 2), (0, 0, 0, 0), (1,)), rng)
+
+
+def test_layernorm_in_a_residual_block_matches_nested_autograd(rng):
+    model, f, tp = model_and_torch("layernorm", rng, residual=True)
+    check(model, f, tp, rng.uniform(-1, 1, (4, 3)), ("u", "grad", "laplacian"), rng)
+
+
+def test_anisotropic_sweep_through_layernorm_matches_the_hessian(rng):
+    """CollapsedSecondOrder (Σ_ij A_ij ∂²u/∂x_i∂x_j by direction groups) through a LayerNorm:
+    each group's collapsed sum against vᵀHv from torch's Hessian, and its parameter gradient."""
+    model, f, tp = model_and_torch("layernorm", rng)
+    X = rng.uniform(-1, 1, (4, 3))
+    groups = [rng.normal(size=(2, 3)), rng.normal(size=(1, 3))]
+    sweep = CollapsedSecondOrder(model, groups)
+    C, tape = sweep.forward(X)
+    tX = torch.tensor(X, requires_grad=True)
+    u = f(tX)
+    g = torch.autograd.grad(u.sum(), tX, create_graph=True)[0]
+    H = torch.stack([torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0] for i in range(3)], 1)
+    want = [u] + [g @ torch.tensor(v) for V in groups for v in V]
+    want += [sum(torch.einsum("i,nij,j->n", torch.tensor(v), H, torch.tensor(v)) for v in V) for V in groups]
+    want = torch.stack(want)
+    assert rel_err(C, want.detach().numpy()) < 1e-10
+    cot = rng.normal(size=C.shape)
+    grads = sweep.backward(tape, cot)
+    tgrads = torch.autograd.grad((want * torch.tensor(cot)).sum(), tp)
+    for a, b in zip(grads, tgrads):
+        assert rel_err(a, b.numpy()) < 1e-10
+
+
+def test_collapsed_jets_refuse_a_composite_layer_by_name(rng):
+    model, _, _ = model_and_torch("rmsnorm", rng)
+    with pytest.raises(TypeError, match=r"RMSNorm\(6\) has no collapsed sweep.*propagation='jet'"):
+        CollapsedJets(model, np.eye(3)[:2], 4, [1.0, 1.0])
+
+
+def test_float32_sweep_through_softmax_and_layernorm_agrees_with_float64(rng):
+    """The float32 kernels (group sums in double) against the float64 sweep."""
+    for norm in ("softmax", "layernorm"):
+        model, _, _ = model_and_torch(norm, rng)
+        make, _ = NORMS[norm]
+        model32 = Sequential([L.Dense(3, F), L.Activation("tanh"), make(), L.Dense(F, 4), L.Activation("softplus"),
+                              L.Dense(4, 1)], loss="mse", dtype="float32", input_shape=(3,))
+        for p, q in zip(model32.parameters(), model.parameters()):
+            p[...] = q
+        X = rng.uniform(-1, 1, (16, 3))
+        want = model.input_derivatives(X, "u", "grad", "laplacian")
+        got = model32.input_derivatives(X.astype(np.float32), "u", "grad", "laplacian")
+        for q in want:
+            assert got[q].dtype == np.float32
+            assert rel_err(got[q], want[q]) < 1e-4, (norm, q)
