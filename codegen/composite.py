@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derive.composite import M, DerivedComposite
+from ..derive.composite import TAYLOR_ORDER, M, DerivedComposite
 from .config import DTYPES
 from .manifest import spec_entry
 from .printer import print_expr
 from .render import render
 
 LAYOUT = ["A", "C", "B"]
-#: Taylor roles a composite module carries: orders 1-2 (the forward Laplacian, second-order PDEs);
-#: a sweep of order 3-4 compiles the spec's module with them on first use (runtime/taylor.py), as
-#: their pullbacks are long (order 4 alone would quadruple the module's C)
-TAYLOR_ORDER = 2
 
 
 def _cse(exprs: list, prefix: str):

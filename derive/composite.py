@@ -37,6 +37,10 @@ G, RG = sp.Symbol("g"), sp.Symbol("Rg")
 #: number of elements in one group
 M = sp.Symbol("M", positive=True, integer=True)
 KINDS = ("map", "sum", "mean", "max")
+#: Taylor roles a composite module carries: orders 1-2 (the forward Laplacian, second-order PDEs);
+#: a sweep of order 3-4 compiles the spec's module with them on first use (runtime/taylor.py), as
+#: their pullbacks are long (order 4 alone would quadruple the module's C)
+TAYLOR_ORDER = 2
 
 
 class GroupSum(sp.Function):

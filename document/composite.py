@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..derive.composite import DerivedComposite
+from ..derive.composite import TAYLOR_ORDER, DerivedComposite
 from .appendix import KernelTable
 from .layout import display, row
 from .printer import DerivationPrinter, escape, tex
@@ -62,10 +62,23 @@ def composite_section(d: DerivedComposite, kernels: list | None = None) -> str:
     rows += [row(r"\mathcal{R}\{\bar{g}^{" + tex(sp.Symbol(k), P) + r"}\}", e, P, f"eq:{s.name}:rvjp:{k}")
              for k, e in d.rvjp.items()]
     out.append(display(rows))
+    roles = dict(d.role_kernels)
+    if d.taylor_able:
+        taylor, _ = d.taylor(2)
+        out.append(r"\paragraph{Taylor mode.} Along a path of the input $x(t) = x + t\,x_1 + \tfrac{t^2}{2}x_2 + "
+                   r"\dots$ the output's coefficients are $y_1 = \mathcal{R}\{y\}$ with $\mathcal{R}\{x\} = x_1$, "
+                   "then each the derivative of the one before along the path (the same stage-by-stage "
+                   "differentiation as the R-op); the second:\n")
+        out.append(display([row("y_{2}", sp.expand(taylor["y2"]), P, f"eq:{s.name}:taylor2")]))
+        out.append(r"The pullback of the coefficients follows from $\partial y_k/\partial x_j = \binom{k}{j}"
+                   r"\,\frac{d^{k-j}}{dt^{k-j}}J(x(t))$: the cotangent of $x_j$ is $\sum_{k \ge j}\binom{k}{j}$ "
+                   r"times the $(k-j)$-th path derivative of the pullback with the cotangent $\bar{g}_k$ held fixed. "
+                   f"Orders 1--{TAYLOR_ORDER} are emitted with the layer's kernels, orders 3--4 on first use.\n\n")
+        roles.update(d.taylor_kernels(TAYLOR_ORDER))
     table = [(s.name + "_forward", "the stages in order, one pass per reduction")]
-    for role, rk in d.role_kernels.items():
+    for role, rk in roles.items():
         sums = ", ".join(f"$\\sum_{{\\mathcal{{G}}}} {tex(e, P)}$" for _, e in rk.sums)
-        table.append((s.name + "_" + role, sums or "no group sum"))
+        table.append((s.name + "_" + role.replace(":", "_"), sums or "no group sum"))
     if kernels is not None:
         kernels.append(KernelTable(_title(s), s.name, "l R", ("kernel", "the group sums of its one pass per group"),
                                    table))

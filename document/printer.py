@@ -185,8 +185,9 @@ class DerivationPrinter(LatexPrinter):
             return False
         return super()._needs_mul_brackets(expr, first=first, last=last)
 
-    def _print_GroupSum(self, expr):
-        return r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
+    def _print_GroupSum(self, expr, exp=None):
+        body = r"\sum_{\mathcal{G}}\!\left(" + self._print(expr.args[0]) + r"\right)"
+        return body if exp is None else r"\left(" + body + r"\right)^{" + exp + "}"
 
     def doprint(self, expr):
         """Print ``expr`` with the kernels' numerically motivated functions in their mathematical
