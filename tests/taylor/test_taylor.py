@@ -266,9 +266,6 @@ def test_bad_queries_are_refused_by_name(rng):
         model.input_derivatives(X, (2,))
     with pytest.raises(ValueError, match="query"):
         model.input_derivatives(X, "hessian")
-    softmax = Sequential([L.Dense(2, 4), L.Activation("tanh"), L.Softmax(), L.Dense(4, 1)], loss="mse")
-    with pytest.raises(TypeError, match="Softmax"):
-        softmax.input_derivatives(X.astype(np.float32))
 
 
 def test_float32_coefficients_finite_and_accurate_up_to_1e4(rng):
