@@ -149,3 +149,29 @@ def flatten_torch(pt):
             i += n
         return parts
     return flat, unflatten
+
+
+def nested_input_derivatives(f, X, which, d=None):
+    """{query: tensor} by nested autograd of ``f`` (keeping the graph) at X (N, *shape), one
+    coordinate per element of a sample (``d`` of them): "u", "grad", "laplacian" or a pure
+    partial as a coordinate tuple."""
+    d = int(np.prod(X.shape[1:])) if d is None else d
+    tX = torch.tensor(X, requires_grad=True)
+    N = X.shape[0]
+    u = f(tX)
+    flat = lambda t: t.reshape(N, d)  # noqa: E731
+    g = flat(torch.autograd.grad(u.sum(), tX, create_graph=True)[0])
+    out = {}
+    for q in which:
+        if q == "u":
+            out[q] = u
+        elif q == "grad":
+            out[q] = g
+        elif q == "laplacian":
+            out[q] = sum(flat(torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0])[:, i] for i in range(d))
+        else:
+            v = u
+            for _ in q:
+                v = flat(torch.autograd.grad(v.sum(), tX, create_graph=True)[0])[:, q[0]]
+            out[q] = v
+    return out

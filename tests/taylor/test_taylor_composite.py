@@ -15,6 +15,7 @@ from symprop import layers as L
 from symprop.runtime.model import Sequential
 from symprop.runtime.taylor import CollapsedJets, CollapsedSecondOrder, InputDerivatives
 from support.numeric import rel_err
+from support.torch_oracles import nested_input_derivatives as nested
 
 F = 6          # features the composite layer sees
 EPS = 1e-5
@@ -69,26 +70,6 @@ def model_and_torch(norm, rng, residual=False):
         h = torch.nn.functional.softplus(lin(h, tp[2 + k], tp[3 + k]))
         return lin(h, tp[4 + k], tp[5 + k])[:, 0]
     return model, f, tp
-
-
-def nested(f, X, which):
-    tX = torch.tensor(X, requires_grad=True)
-    u = f(tX)
-    g = torch.autograd.grad(u.sum(), tX, create_graph=True)[0]
-    out = {}
-    for q in which:
-        if q == "u":
-            out[q] = u
-        elif q == "grad":
-            out[q] = g
-        elif q == "laplacian":
-            out[q] = sum(torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0][:, i] for i in range(X.shape[1]))
-        else:
-            v = u
-            for _ in q:
-                v = torch.autograd.grad(v.sum(), tX, create_graph=True)[0][:, q[0]]
-            out[q] = v
-    return out
 
 
 def check(model, f, tp, X, which, rng, tol=1e-10):

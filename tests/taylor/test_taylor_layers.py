@@ -11,32 +11,9 @@ from symprop import layers as L
 from symprop.runtime.model import Sequential
 from symprop.runtime.taylor import InputDerivatives, padding_rows
 from support.numeric import rel_err
-from support.torch_oracles import torch_activation
+from support.torch_oracles import nested_input_derivatives as nested, torch_activation
 
 QUERIES = [("u", "grad", "laplacian"), ((0,), (1, 1), (2, 2, 2), (0, 0, 0, 0))]
-
-
-def nested(f, X, which, d):
-    """{query: tensor} by nested autograd of ``f`` (keeping the graph) at X (N, *shape)."""
-    tX = torch.tensor(X, requires_grad=True)
-    N = X.shape[0]
-    u = f(tX)
-    flat = lambda t: t.reshape(N, d)  # noqa: E731
-    g = flat(torch.autograd.grad(u.sum(), tX, create_graph=True)[0])
-    out = {}
-    for q in which:
-        if q == "u":
-            out[q] = u
-        elif q == "grad":
-            out[q] = g
-        elif q == "laplacian":
-            out[q] = sum(flat(torch.autograd.grad(g[:, i].sum(), tX, create_graph=True)[0])[:, i] for i in range(d))
-        else:
-            v = u
-            for _ in q:
-                v = flat(torch.autograd.grad(v.sum(), tX, create_graph=True)[0])[:, q[0]]
-            out[q] = v
-    return out
 
 
 def check_sweep(model, f, params, X, which, rng, tol=1e-10):
