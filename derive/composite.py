@@ -318,9 +318,15 @@ class DerivedComposite:
     # ------------------------------------------------------------ Taylor mode (input derivatives)
     @property
     def taylor_able(self) -> bool:
-        """Taylor roles are derived for specs without parameters or constants (softmax and the
-        per-sample normalisations; their scale and shift is a layer of its own)."""
-        return not self.spec.params and not self.spec.constants
+        """Taylor roles are derived for specs without constants or batch statistics: softmax,
+        the per-sample normalisations, a user's group spec with or without group parameters
+        (not train-mode batch normalisation, whose statistics couple the samples)."""
+        return not self.spec.constants and not self.spec.stats
+
+    def _path_renames(self, xs) -> dict:
+        """The first-order tangents as the path's: Rx is x1, the parameters' directions zero
+        (parameters do not move along an input path)."""
+        return {self.tangent[self.x]: xs[0], **{self.tangent[p]: sp.S.Zero for p in self.params}}
 
     def _path(self, K: int):
         """The path x(t) = x + t·x1 + t²/2·x2 + …: its coefficient symbols x1…xK (x1 is the
@@ -339,13 +345,14 @@ class DerivedComposite:
         """d/dt at t = 0 of a canonical form evaluated along the path (Rx = x1, x_k' = x_(k+1);
         ``g`` and every cotangent constant): a JVP of a role is a role."""
         tan = self.tangents
-        ren = {self.tangent[self.x]: xs[0]}
+        ren = self._path_renames(xs)
         nxt = {x: (xs[k + 1] if k + 1 < len(xs) else None) for k, x in enumerate(xs)}
+        fixed = {G, *self.params}
 
         def tangent_of(s):
             if s in nxt:
                 return nxt[s]
-            t = None if s == G else tan.get(s)
+            t = None if s in fixed else tan.get(s)
             return None if t is None else t.xreplace(ren)
         return self.directional(e, tangent_of)
 
@@ -355,22 +362,30 @@ class DerivedComposite:
         the JVP; and its pullback: the cotangent of x_j is Σ_{k≥j} C(k, j)·P_(k−j)(g_k), P_m
         the m-th path derivative of the VJP with its cotangent held fixed (∂y_k/∂x_j is
         C(k, j) times the (k−j)-th derivative of the Jacobian along the path); x's own
-        cotangent leaves out g (the ``vjp`` role's part). Written with x1 for Rx."""
+        cotangent leaves out g (the ``vjp`` role's part). A group parameter's cotangent is
+        Σ_k P_k(g_k) of its own VJP (∂y_k/∂p is the k-th path derivative of ∂y/∂p), named
+        ``grad_<p>`` as the ``vjp`` role's. Written with x1 for Rx."""
         if not self.taylor_able:
-            raise SpecError(f"composite {self.spec.name!r}: Taylor roles are derived for specs without "
-                            f"parameters or constants")
+            raise SpecError(f"composite {self.spec.name!r}: Taylor roles are not derived for specs with "
+                            f"constants or batch statistics")
         xs, gs = self._path(K)
-        ren = {self.tangent[self.x]: xs[0]}
-        ys = [self.jvp.xreplace(ren)]
+        ren = self._path_renames(xs)
+        ys = [self.canon(self.jvp.xreplace(ren))]
         for _ in range(1, K):
             ys.append(self.path_derivative(ys[-1], xs))
-        P = [self.vjp[self.x.name].xreplace(ren)]
-        for _ in range(K):
-            P.append(self.path_derivative(P[-1], xs))
-        at = lambda m, k: P[m].xreplace({G: gs[k - 1]})  # noqa: E731
-        pull = {"gx": self.canon(sum((at(k, k) for k in range(1, K + 1)), sp.S.Zero))}
-        for j in range(1, K + 1):
-            pull[f"gx{j}"] = self.canon(sum((sp.binomial(k, j) * at(k - j, k) for k in range(j, K + 1)), sp.S.Zero))
+        pull = {}
+        for name in [self.x.name] + [p.name for p in self.params]:
+            P = [self.canon(self.vjp[name].xreplace(ren))]
+            for _ in range(K):
+                P.append(self.path_derivative(P[-1], xs))
+            at = lambda m, k: P[m].xreplace({G: gs[k - 1]})  # noqa: E731
+            if name != self.x.name:
+                pull[f"grad_{name}"] = self.canon(sum((at(k, k) for k in range(1, K + 1)), sp.S.Zero))
+                continue
+            pull["gx"] = self.canon(sum((at(k, k) for k in range(1, K + 1)), sp.S.Zero))
+            for j in range(1, K + 1):
+                pull[f"gx{j}"] = self.canon(sum((sp.binomial(k, j) * at(k - j, k) for k in range(j, K + 1)),
+                                                sp.S.Zero))
         return {f"y{k}": y for k, y in enumerate(ys, 1)}, pull
 
     # ------------------------------------------------------------ results
@@ -428,14 +443,14 @@ class DerivedComposite:
         return out
 
     def taylor_kernels(self, max_order: int = 4) -> dict:
-        """``taylor:K`` and ``vjp:taylor:K`` for K = 1 … max_order (specs without parameters)."""
+        """``taylor:K`` and ``vjp:taylor:K`` for K = 1 … max_order (:attr:`taylor_able` specs)."""
         out = {}
         for K in range(1, max_order + 1):
             fwd, pull = self.taylor(K)
             out[f"taylor:{K}"] = self._role(f"taylor:{K}", fwd, [])
             out[f"vjp:taylor:{K}"] = self._role(f"vjp:taylor:{K}", pull, [])
-        known = {s.name for s in self.saved} | {f"x{k}" for k in range(1, max_order + 1)} \
-            | {f"g{k}" for k in range(1, max_order + 1)}
+        known = {s.name for s in self.saved} | {p.name for p in self.params} \
+            | {f"x{k}" for k in range(1, max_order + 1)} | {f"g{k}" for k in range(1, max_order + 1)}
         for rk in out.values():
             missing = [a for a in rk.elem_in + rk.group_in if a not in known]
             if missing:

@@ -24,6 +24,12 @@ class CompositeLayer(SpecLayer):
     def layout(self, shape: tuple) -> tuple:
         raise NotImplementedError
 
+    @staticmethod
+    def _fold(rec, grads):
+        """The kernels' parameter pullbacks as the parameters' gradients (a user's group layer
+        tiles its parameters per sample and sums them back)."""
+        return list(grads)
+
     def call_scalars(self, shape, dtype=None):
         A, C, B = self.layout(shape)
         return {**self.scalars(), "A": A, "C": C, "B": B}

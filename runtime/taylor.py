@@ -134,8 +134,9 @@ def composite_taylor_kernels(layer, order: int):
     """The kernels of a composite layer's spec with its ``taylor:order`` role and pullback
     (derived from the spec's stages, ``DerivedComposite.taylor``): the layer's own module when
     it carries them (orders 1-2 of the built-ins), else the spec's module compiled with
-    orders up to ``order`` on first use (cached like a user spec's). A spec with parameters
-    or constants (train-mode BatchNorm) has none: refused by name."""
+    orders up to ``order`` on first use (cached like a user spec's). A spec with constants or
+    batch statistics (BatchNorm, which runs as an affine layer in evaluation mode) has none:
+    refused by name."""
     from .kernels import SpecKernels
     K = layer.kernels
     if K.has(f"taylor:{order}"):
@@ -144,10 +145,10 @@ def composite_taylor_kernels(layer, order: int):
     if spec is None:
         from ..derive.builtins import COMPOSITES
         spec = COMPOSITES.get(K.spec)
-    if spec is None or spec.params or spec.constants:
+    if spec is None or spec.constants or spec.stats:
         raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep: Taylor roles are derived "
-                        f"for composite specs without parameters or constants (its spec "
-                        f"{getattr(spec, 'name', K.spec)!r} has {[p.name for p in getattr(spec, 'params', ())]})")
+                        f"for composite specs without constants or batch statistics (spec "
+                        f"{getattr(spec, 'name', K.spec)!r})")
     if order not in _COMPOSITE_MODULES.setdefault(spec.hash, {}):
         from ..codegen.build import compile_spec
         from ..codegen.composite import render_composite_module
@@ -276,7 +277,7 @@ class InputDerivatives:
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
-                            f"Softmax, LayerNorm, RMSNorm, GroupNorm, composite specs without parameters, "
+                            f"Softmax, LayerNorm, RMSNorm, GroupNorm, user composite specs, "
                             f"the built-in activations {sorted(table)}, learnable activations, activations "
                             f"from Activation.from_sympy, user specs (L.from_spec) linear in their input or "
                             f"selecting by a max, and residual blocks of these")
@@ -495,7 +496,7 @@ class InputDerivatives:
         order = 2 if lap else self.K
         zero = None
         for j, blocks in enumerate(self._direction_blocks()):
-            env = dict(rec)
+            env = layer._env(rec)
             for k, b in enumerate(blocks, 1):
                 if b is None:
                     zero = np.zeros_like(y) if zero is None else zero
@@ -509,25 +510,37 @@ class InputDerivatives:
                     out[self.blocks(k).start if lap else blocks[k - 1], :N] = layer._out(res[f"y{k}"], rec)
         return out, rec
 
-    def _composite_back(self, layer, S, rec, G):
+    def _composite_back(self, layer, S, rec, G, need_input=True):
         """The pullback of :meth:`_composite`: the ``vjp`` role on the value cotangent plus,
-        per direction, the derived ``vjp:taylor:K`` (its x-cotangents summed over directions)."""
+        per direction, the derived ``vjp:taylor:K`` (its x- and parameter cotangents summed
+        over directions). ``(parameter gradients, input cotangent stack or None)``."""
         N, kern = self.N, self.composites[id(layer)]
         lap = self.mode == "laplacian"
         order = 2 if lap else self.K
-        gin = self._empty(S)
-        gin[0, :N] = layer.input_vjp(rec, G[0, :N])
+        if not need_input and not layer.trainable():
+            return [], None
+        g0, grads = layer.vjp(rec, G[0, :N], need_input)
+        grads = [np.array(g, copy=True) for g in grads]
+        names = [f"grad_{p}" for p in layer.trainable()]
+        gin = None
+        if need_input:
+            gin = self._empty(S)
+            gin[0, :N] = g0
         zero = None
         for j, blocks in enumerate(self._direction_blocks()):
-            env = dict(rec)
+            env = layer._env(rec)
             for k, b in enumerate(blocks, 1):
                 if b is None:
-                    zero = np.zeros_like(gin[0, :N]) if zero is None else zero
+                    zero = np.zeros_like(G[0, :N]) if zero is None else zero
                 env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
             outs = [blocks[0]] + [self.blocks(2).start] if lap else list(blocks)
             for k, b in enumerate(outs, 1):
                 env[f"g{k}"] = layer._in(np.ascontiguousarray(G[b, :N]), rec)
             res = kern.run_named(f"vjp:taylor:{order}", env, G.dtype, rec["_scalars"], rec["_shapes"])
+            for g, part in zip(grads, layer._fold(rec, [res[name] for name in names])):
+                g += part
+            if not need_input:
+                continue
             gin[0, :N] += layer._out(res["gx"], rec)
             gin[blocks[0], :N] = layer._out(res["gx1"], rec)
             if not lap:
@@ -535,7 +548,7 @@ class InputDerivatives:
                     gin[blocks[k - 1], :N] = layer._out(res[f"gx{k}"], rec)
             elif j == 0:
                 gin[self.blocks(2).start, :N] = layer._out(res["gx2"], rec)
-        return gin
+        return grads, gin
 
     def _live_blocks(self, cot: dict):
         """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
@@ -778,8 +791,9 @@ class InputDerivatives:
                 for slot, g in zip(slots[li], gs):
                     add(slot, g)
             elif id(layer) in self.composites:
-                if not first:
-                    G = self._composite_back(layer, stack_in, out[1], G)
+                gs, G = self._composite_back(layer, stack_in, out[1], G, not first)
+                for slot, g in zip(slots[li], gs):
+                    add(slot, g)
             elif isinstance(layer, Dense):
                 B, Np, _ = stack_in.shape
                 R = layer.kernels.roles

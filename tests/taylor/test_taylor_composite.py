@@ -149,3 +149,83 @@ def test_float32_sweep_through_softmax_and_layernorm_agrees_with_float64(rng):
         for q in want:
             assert got[q].dtype == np.float32
             assert rel_err(got[q], want[q]) < 1e-4, (norm, q)
+
+
+@pytest.mark.slow   # compiles the README's three user specs (~15 s cold)
+def test_user_composite_spec_of_the_readme_in_the_sweep_matches_nested_autograd(rng):
+    """The README's LayerNorm written by a user — ``normalize`` (a CompositeSpec) between a
+    weight-scaled dense layer and a scale-and-shift (ContractionSpecs linear in their input) —
+    in the forward-Laplacian sweep and in order-1/2 jets: the user composite's own module
+    carries the derived Taylor roles."""
+    import sympy as sp
+    from symprop.specs import CompositeSpec, ContractionSpec, Stage
+    n, o, i = sp.symbols("n o i", integer=True)
+    N, O, I = sp.symbols("N O I", integer=True, positive=True)
+    x, s, b, W = (sp.IndexedBase(a) for a in ("x", "s", "b", "W"))
+    affine = ContractionSpec("affine", "y", (n, o), x[n, o] * s[o] + b[o], inputs={"x": (n, o)},
+                             params={"s": (o,), "b": (o,)}, extents={n: N, o: O})
+    scaled = ContractionSpec("scaled_dense", "y", (n, o), sp.Sum(x[n, i] * W[o, i] * s[o], (i, 0, I - 1)),
+                             inputs={"x": (n, i)}, params={"W": (o, i), "s": (o,)}, extents={n: N, o: O, i: I})
+    X_, mu, var, rstd, Y_, eps = sp.symbols("x mu var rstd y eps")
+    normalize = CompositeSpec("normalize", X_, (Stage(mu, "mean", X_), Stage(var, "mean", (X_ - mu) ** 2),
+                                                Stage(rstd, "map", 1 / sp.sqrt(var + eps)),
+                                                Stage(Y_, "map", (X_ - mu) * rstd)),
+                              saved=(Y_, rstd), scalars=(("eps", EPS),))
+    model = Sequential([L.from_spec(scaled, O=F, init={"s": 1.0}), L.Activation("tanh"),
+                        L.from_spec(normalize, axes=(1,)),
+                        L.from_spec(affine, init={"s": 1.0, "b": 0.0}), L.Activation("softplus"), L.Dense(F, 1)],
+                       loss="mse", dtype="float64", seed=2, input_shape=(3,))
+    for p in model.parameters():
+        p[...] = rng.normal(size=p.shape)
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    Wt, st, sa, ba, Wd, bd = tp
+
+    def f(X):
+        h = torch.tanh((X @ Wt.T) * st)
+        h = torch.nn.functional.softplus(_layernorm(h, [sa, ba]))
+        return (h @ Wd.T + bd)[:, 0]
+    X = rng.uniform(-1, 1, (5, 3))
+    for which in (("u", "grad", "laplacian"), ((0,), (2, 2))):
+        check(model, f, tp, X, which, rng)
+
+
+@pytest.mark.slow   # compiles two user specs (~10 s cold each)
+def test_user_composite_specs_with_group_parameters_match_nested_autograd(rng):
+    """A user's group specs with parameters in the sweeps: a gain-and-offset standardisation
+    (linear in its parameters) and a softmax with a learnable temperature (nonlinear in it),
+    one group per sample; the parameters' pullbacks come from the derived vjp:taylor roles."""
+    import sympy as sp
+    from symprop.specs import CompositeSpec, Stage
+    x, mu, d, var, rstd, y, a, c, eps = sp.symbols("x mu d var rstd y a c eps")
+    gain = CompositeSpec("gain_norm", x, (Stage(mu, "mean", x), Stage(d, "map", x - mu), Stage(var, "mean", d ** 2),
+                                          Stage(rstd, "map", 1 / sp.sqrt(var + eps)),
+                                          Stage(y, "map", a * d * rstd + c)),
+                         saved=(y, rstd), params=(a, c), scalars=(("eps", EPS),))
+    m, e, s_, tau = sp.symbols("m e s tau")
+    temp = CompositeSpec("temp_softmax", x, (Stage(m, "max", x), Stage(e, "map", sp.exp(tau * (x - m))),
+                                             Stage(s_, "sum", e), Stage(y, "map", e / s_)),
+                         saved=(y,), params=(tau,))
+
+    def torch_gain(h, p):
+        mu = h.mean(1, keepdim=True)
+        v = ((h - mu) ** 2).mean(1, keepdim=True)
+        return p[0] * (h - mu) / torch.sqrt(v + EPS) + p[1]
+
+    def torch_temp(h, p):
+        z = p[0] * (h - h.max(1, keepdim=True).values.detach())
+        return torch.exp(z) / torch.exp(z).sum(1, keepdim=True)
+    for spec, fn, init in ((gain, torch_gain, {"a": 1.3, "c": -0.2}), (temp, torch_temp, {"tau": 0.7})):
+        model = Sequential([L.Dense(3, F), L.Activation("tanh"), L.from_spec(spec, axes=(1,), init=init),
+                            L.Dense(F, 1)], loss="mse", dtype="float64", seed=6, input_shape=(3,))
+        for p in model.parameters():
+            if p.size > 1:
+                p[...] = rng.normal(size=p.shape)
+        tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+        k = len(tp) - 4
+
+        def f(X, fn=fn, tp=tp, k=k):
+            h = fn(torch.tanh(X @ tp[0].T + tp[1]), tp[2:2 + k])
+            return (h @ tp[2 + k].T + tp[3 + k])[:, 0]
+        X = rng.uniform(-1, 1, (5, 3))
+        for which in (("u", "grad", "laplacian"), ((0,), (2, 2), (1, 1, 1))):
+            check(model, f, tp, X, which, rng)
