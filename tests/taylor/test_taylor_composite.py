@@ -229,3 +229,10 @@ def test_user_composite_specs_with_group_parameters_match_nested_autograd(rng):
         X = rng.uniform(-1, 1, (5, 3))
         for which in (("u", "grad", "laplacian"), ((0,), (2, 2), (1, 1, 1))):
             check(model, f, tp, X, which, rng)
+        first = Sequential([L.from_spec(spec, axes=(1,), init=init), L.Dense(3, 1)], loss="mse", dtype="float64",
+                           seed=7, input_shape=(3,))   # first: no input cotangent, but its parameters' gradients
+        tq = [torch.tensor(p, requires_grad=True) for p in first.parameters()]
+
+        def g(X, fn=fn, tq=tq):
+            return (fn(X, tq[:-2]) @ tq[-2].T + tq[-1])[:, 0]
+        check(first, g, tq, X, ("u", "grad", "laplacian"), rng)
