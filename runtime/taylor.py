@@ -475,39 +475,50 @@ class InputDerivatives:
         return {"x": value, "x1": per_dir, **{f"x{k}": zero for k in range(2, self.K + 1)}}
 
     def _direction_blocks(self):
-        """Per direction j, the stack blocks of its coefficients of order 1 … K (laplacian
-        mode: its Jacobian column, then the Laplacian block for the first direction only; the
-        Laplacian is Dy[L] + Σ_j D²y[J_j, J_j], the order-2 coefficient along each column with
-        L entering once)."""
+        """How a composite layer's ``taylor:K`` role runs along each direction j: ``(ins,
+        outs)``, the stack blocks of its coefficients x1 … xK (None: zero) and where its y1 … yK
+        go, each ``(block, None)`` (written) or ``(block, w)`` (w·y_k added). Laplacian mode: the
+        Jacobian column, and the Laplacian block for the first direction only; the Laplacian
+        is Dy[L] + Σ_j D²y[J_j, J_j], the directions' order-2 coefficients summed."""
         if self.mode == "laplacian":
             J, L = self.blocks(1), self.blocks(2).start
-            return [(b, L if j == 0 else None) for j, b in enumerate(range(J.start, J.stop))]
-        return [tuple(self.blocks(k).start + j for k in range(1, self.K + 1)) for j in range(self.m)]
+            return [((b, L if j == 0 else None), ((b, None), (L, None if j == 0 else 1.0)))
+                    for j, b in enumerate(range(J.start, J.stop))]
+        dirs = []
+        for j in range(self.m):
+            blocks = tuple(self.blocks(k).start + j for k in range(1, self.K + 1))
+            dirs.append((blocks, tuple((b, None) for b in blocks)))
+        return dirs
+
+    def _linear_blocks(self):
+        """Blocks that enter a composite layer only through its Jacobian (the collapsed jets'
+        order-K sum): ``[(input block, output block)]``, pushed by ``taylor:1`` (y1 = Dy[x1])
+        before the directions add to the output block."""
+        return []
 
     def _composite(self, layer, S):
         """A composite layer (softmax, a normalisation): its forward on the value block, then
-        its derived ``taylor:K`` role along each direction; in laplacian mode the directions'
-        order-2 coefficients are summed into the Laplacian block."""
+        its derived ``taylor:K`` role along each direction (:meth:`_direction_blocks`)."""
         N, kern = self.N, self.composites[id(layer)]
         out = self._empty(S)
         y, rec = layer.forward(S[0, :N])
         out[0, :N] = y
-        lap = self.mode == "laplacian"
-        order = 2 if lap else self.K
-        zero = None
-        for j, blocks in enumerate(self._direction_blocks()):
+        order = 2 if self.mode == "laplacian" else self.K
+        zero = np.zeros_like(y)
+        for bi, bo in self._linear_blocks():
+            env = {**layer._env(rec), "x1": layer._in(S[bi, :N], rec)}
+            out[bo, :N] = layer._out(kern.run_named("taylor:1", env, y.dtype, rec["_scalars"], rec["_shapes"])["y1"], rec)
+        for ins, outs in self._direction_blocks():
             env = layer._env(rec)
-            for k, b in enumerate(blocks, 1):
-                if b is None:
-                    zero = np.zeros_like(y) if zero is None else zero
+            for k, b in enumerate(ins, 1):
                 env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
             res = kern.run_named(f"taylor:{order}", env, y.dtype, rec["_scalars"], rec["_shapes"])
-            out[blocks[0], :N] = layer._out(res["y1"], rec)
-            if lap and j:
-                out[self.blocks(2).start, :N] += layer._out(res["y2"], rec)
-            else:
-                for k in range(2, order + 1):
-                    out[self.blocks(k).start if lap else blocks[k - 1], :N] = layer._out(res[f"y{k}"], rec)
+            for k, (b, w) in enumerate(outs, 1):
+                v = layer._out(res[f"y{k}"], rec)
+                if w is None:
+                    out[b, :N] = v
+                else:
+                    out[b, :N] += v if w == 1 else w * v
         return out, rec
 
     def _composite_back(self, layer, S, rec, G, need_input=True):
@@ -515,8 +526,7 @@ class InputDerivatives:
         per direction, the derived ``vjp:taylor:K`` (its x- and parameter cotangents summed
         over directions). ``(parameter gradients, input cotangent stack or None)``."""
         N, kern = self.N, self.composites[id(layer)]
-        lap = self.mode == "laplacian"
-        order = 2 if lap else self.K
+        order = 2 if self.mode == "laplacian" else self.K
         if not need_input and not layer.trainable():
             return [], None
         g0, grads = layer.vjp(rec, G[0, :N], need_input)
@@ -526,28 +536,24 @@ class InputDerivatives:
         if need_input:
             gin = self._empty(S)
             gin[0, :N] = g0
-        zero = None
-        for j, blocks in enumerate(self._direction_blocks()):
+        zero = np.zeros_like(G[0, :N])
+        runs = [((bi,), ((bo, None),), 1) for bi, bo in self._linear_blocks()]
+        runs += [(ins, outs, order) for ins, outs in self._direction_blocks()]
+        for ins, outs, K in runs:
             env = layer._env(rec)
-            for k, b in enumerate(blocks, 1):
-                if b is None:
-                    zero = np.zeros_like(G[0, :N]) if zero is None else zero
+            for k, b in enumerate(ins, 1):
                 env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
-            outs = [blocks[0]] + [self.blocks(2).start] if lap else list(blocks)
-            for k, b in enumerate(outs, 1):
-                env[f"g{k}"] = layer._in(np.ascontiguousarray(G[b, :N]), rec)
-            res = kern.run_named(f"vjp:taylor:{order}", env, G.dtype, rec["_scalars"], rec["_shapes"])
+            for k, (b, w) in enumerate(outs, 1):
+                g = np.ascontiguousarray(G[b, :N])
+                env[f"g{k}"] = layer._in(g if w is None or w == 1 else w * g, rec)
+            res = kern.run_named(f"vjp:taylor:{K}", env, G.dtype, rec["_scalars"], rec["_shapes"])
             for g, part in zip(grads, layer._fold(rec, [res[name] for name in names])):
                 g += part
-            if not need_input:
-                continue
-            gin[0, :N] += layer._out(res["gx"], rec)
-            gin[blocks[0], :N] = layer._out(res["gx1"], rec)
-            if not lap:
-                for k in range(2, order + 1):
-                    gin[blocks[k - 1], :N] = layer._out(res[f"gx{k}"], rec)
-            elif j == 0:
-                gin[self.blocks(2).start, :N] = layer._out(res["gx2"], rec)
+            if need_input:
+                gin[0, :N] += layer._out(res["gx"], rec)
+                for k, b in enumerate(ins, 1):
+                    if b is not None:
+                        gin[b, :N] = layer._out(res[f"gx{k}"], rec)
         return grads, gin
 
     def _live_blocks(self, cot: dict):
@@ -976,11 +982,6 @@ class CollapsedJets(DirectionalJets):
         if not 3 <= int(order) <= MAX_ORDER:
             raise ValueError(f"CollapsedJets: order {order} is not supported (3 … {MAX_ORDER}; order 2 is the "
                              f"forward Laplacian, CollapsedSecondOrder)")
-        composite = next((la for la in _chain_layers(model.layers)
-                          if isinstance(la, CompositeLayer) and not isinstance(la, _BatchNorm)), None)
-        if composite is not None:
-            raise TypeError(f"CollapsedJets: {composite.name} has no collapsed sweep (a composite layer needs each "
-                            f"direction's order-{order} coefficient); use the plain jets (propagation='jet')")
         super().__init__(model, directions, order)
         c = np.asarray(weights, dtype=np.float64)
         if c.shape != (self.m,) or not np.all(np.isfinite(c)):
@@ -994,6 +995,21 @@ class CollapsedJets(DirectionalJets):
         if k == self.K:
             return slice(self.B - 1, self.B)
         return super().blocks(k)
+
+    def _direction_blocks(self):
+        """A composite layer along direction j: its orders below K as in the plain jets, its
+        order-K coefficient with x_K = 0, added with weight c_j to T (T_y = Dy[T] + Σ_j c_j·y_K⁽ʲ⁾
+        at x_K⁽ʲ⁾ = 0: y_K is Dy[x_K] plus terms of the lower orders)."""
+        T = self.blocks(self.K).start
+        dirs = []
+        for j in range(self.m):
+            lower = tuple(self.blocks(k).start + j for k in range(1, self.K))
+            dirs.append((lower + (None,), tuple((b, None) for b in lower) + ((T, float(self.c[j])),)))
+        return dirs
+
+    def _linear_blocks(self):
+        T = self.blocks(self.K).start
+        return [(T, T)]
 
     def _weights(self, shape, dtype):
         """The weights as a per-direction array (m, N, …): one row per direction, row stride 0."""
@@ -1019,15 +1035,6 @@ class CollapsedJets(DirectionalJets):
         env = super()._out_names(stack)
         env["Ty"] = env.pop(f"y{self.K}")[0]
         return env
-
-
-def _chain_layers(layers):
-    """Every layer of a chain, branches' layers included."""
-    for layer in layers:
-        yield layer
-        if isinstance(layer, BranchedLayer):
-            for chain in layer.branches():
-                yield from _chain_layers(chain)
 
 
 def directional_derivatives(model, X, directions, order: int) -> np.ndarray:

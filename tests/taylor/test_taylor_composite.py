@@ -128,10 +128,25 @@ def test_anisotropic_sweep_through_layernorm_matches_the_hessian(rng):
         assert rel_err(a, b.numpy()) < 1e-10
 
 
-def test_collapsed_jets_refuse_a_composite_layer_by_name(rng):
+@pytest.mark.slow   # compiles the order-4 Taylor module of rms_scale (shared with the test above)
+def test_collapsed_jets_through_a_composite_layer_match_the_plain_jets(rng):
+    """The collapsed order-4 sweep through RMSNorm (T = Dy[T] plus the directions' order-4
+    coefficients at x_4 = 0, weighted, some weights negative or zero) against the plain jets'
+    coefficients combined with the weights, and their parameter gradients."""
+    from symprop.runtime.taylor import DirectionalJets
     model, _, _ = model_and_torch("rmsnorm", rng)
-    with pytest.raises(TypeError, match=r"RMSNorm\(6\) has no collapsed sweep.*propagation='jet'"):
-        CollapsedJets(model, np.eye(3)[:2], 4, [1.0, 1.0])
+    X = rng.uniform(-1, 1, (6, 3))
+    W, c, K = rng.normal(size=(3, 3)), np.array([1.5, -0.7, 0.0]), 4
+    jets, col = DirectionalJets(model, W, K), CollapsedJets(model, W, K, c)
+    (Cj, tj), (Cc, tc) = jets.forward(X), col.forward(X)
+    m = len(c)
+    top = slice(1 + (K - 1) * m, 1 + K * m)
+    assert rel_err(Cc[:-1], Cj[:top.start]) < 1e-12
+    assert rel_err(Cc[-1], np.tensordot(c, Cj[top], 1)) < 1e-10
+    G = rng.normal(size=Cc.shape)
+    Gj = np.concatenate([G[:-1], c[:, None] * G[-1][None]])
+    for a, b in zip(col.backward(tc, G), jets.backward(tj, Gj)):
+        assert rel_err(a, b) < 1e-10
 
 
 def test_float32_sweep_through_softmax_and_layernorm_agrees_with_float64(rng):
