@@ -331,13 +331,15 @@ class DerivedComposite:
     def _path(self, K: int):
         """The path x(t) = x + t·x1 + t²/2·x2 + …: its coefficient symbols x1…xK (x1 is the
         stages' tangent direction Rx) and the cotangent symbols g1…gK, all element-level."""
-        names = {s.name for s in self.level} | {s.name for s in self.saved}
+        names = {s.name for s in self.level} | {s.name for s in self.saved} | {s.name for s in self.scalars}
         xs = [sp.Symbol(f"x{k}") for k in range(1, K + 1)]
         gs = [sp.Symbol(f"g{k}") for k in range(1, K + 1)]
-        clash = sorted(names & {s.name for s in xs + gs})
+        reserved = {s.name for s in xs + gs} | {"gx"} | {f"gx{k}" for k in range(1, K + 1)} \
+            | {f"y{k}" for k in range(1, K + 1)}
+        clash = sorted(names & reserved)
         if clash:
-            raise SpecError(f"composite {self.spec.name!r}: stage names {clash} are the Taylor coefficients' "
-                            f"names; rename them")
+            raise SpecError(f"composite {self.spec.name!r}: the names {clash} (of its input, stages or scalars) "
+                            f"are the Taylor roles' arrays; rename them")
         self.elem_syms |= set(xs) | set(gs)
         return xs, gs
 
@@ -356,6 +358,25 @@ class DerivedComposite:
             return None if t is None else t.xreplace(ren)
         return self.directional(e, tangent_of)
 
+    def _series(self, K: int):
+        """(x1…xK, g1…gK, y1…yK, {array: [P_0 … P_K]}): the output's coefficients and the
+        VJPs' path derivatives to order K, each derived once (extended on demand)."""
+        xs, gs = self._path(K)
+        ser = self.__dict__.setdefault("_taylor_series", {"ys": [], "P": {}})
+        ren = self._path_renames(xs)
+        ys = ser["ys"]
+        if not ys:
+            ys.append(self.canon(self.jvp.xreplace(ren)))
+        while len(ys) < K:
+            ys.append(self.path_derivative(ys[-1], xs))
+        for name in [self.x.name] + [p.name for p in self.params]:
+            P = ser["P"].setdefault(name, [])
+            if not P:
+                P.append(self.canon(self.vjp[name].xreplace(ren)))
+            while len(P) < K + 1:
+                P.append(self.path_derivative(P[-1], xs))
+        return xs, gs, ys[:K], {n: P[:K + 1] for n, P in ser["P"].items()}
+
     def taylor(self, K: int) -> tuple[dict, dict]:
         """``taylor:K``: the output's coefficients y1…yK along one direction (y_k the k-th
         derivative in t of y(x(t))), each the path derivative of the one before from y1 =
@@ -368,17 +389,10 @@ class DerivedComposite:
         if not self.taylor_able:
             raise SpecError(f"composite {self.spec.name!r}: Taylor roles are not derived for specs with "
                             f"constants or batch statistics")
-        xs, gs = self._path(K)
-        ren = self._path_renames(xs)
-        ys = [self.canon(self.jvp.xreplace(ren))]
-        for _ in range(1, K):
-            ys.append(self.path_derivative(ys[-1], xs))
+        xs, gs, ys, series = self._series(K)
         pull = {}
-        for name in [self.x.name] + [p.name for p in self.params]:
-            P = [self.canon(self.vjp[name].xreplace(ren))]
-            for _ in range(K):
-                P.append(self.path_derivative(P[-1], xs))
-            at = lambda m, k: P[m].xreplace({G: gs[k - 1]})  # noqa: E731
+        for name, P in series.items():
+            at = lambda m, k, P=P: P[m].xreplace({G: gs[k - 1]})  # noqa: E731
             if name != self.x.name:
                 pull[f"grad_{name}"] = self.canon(sum((at(k, k) for k in range(1, K + 1)), sp.S.Zero))
                 continue
@@ -412,7 +426,9 @@ class DerivedComposite:
         return sp.factor_terms(sp.collect(e, _sorted_atoms(e)))
 
     # ------------------------------------------------------------ lowering
-    def _role(self, role: str, outputs: dict, directions: list) -> RoleKernel:
+    def _role(self, role: str, outputs: dict, directions: list, elem: tuple = ()) -> RoleKernel:
+        """``elem``: outputs written per element even when their expression is group-level
+        (a Taylor coefficient that simplifies to 0 or a constant is still one per element)."""
         exprs = list(outputs.values())
         atoms = sorted({a for e in exprs for a in _sorted_atoms(e)}, key=sp.default_sort_key)
         sums = [(sp.Symbol(f"_sum{i}"), a.args[0]) for i, a in enumerate(atoms)]
@@ -420,7 +436,7 @@ class DerivedComposite:
         elem_out, group_out = [], []
         for name, e in outputs.items():
             e = e.xreplace(rep)
-            (elem_out if self.has_elem(e) else group_out).append((name, e))
+            (elem_out if self.has_elem(e) or name in elem else group_out).append((name, e))
         reads = set().union(*(e.free_symbols for _, e in sums + elem_out + group_out)) if exprs else set()
         reads -= {s for s, _ in sums} | {M} | set(self.scalars)
         elem_in = [s.name for s in _sorted(reads) if s in self.elem_syms]
@@ -434,28 +450,28 @@ class DerivedComposite:
                "jvp": self._role("jvp", {"Ry": self.jvp}, dirs),
                "rvjp": self._role("rvjp", {f"Rgrad_{k}": v for k, v in self.rvjp.items()}, ["Rg"] + dirs)}
         for rk in out.values():
-            missing = [a for a in rk.elem_in + rk.group_in
-                       if a not in {s.name for s in self.saved} | {p.name for p in self.params}
-                       | {c.name for c in self.spec.constants} | {"g", "Rg"} | set(rk.directions)]
-            if missing:
-                raise SpecError(f"composite {self.spec.name!r}: role {rk.role} reads {missing}, which "
-                                f"the forward pass does not save; add them to saved")
+            self._check_reads(rk, {c.name for c in self.spec.constants} | {"g", "Rg"} | set(rk.directions))
         return out
+
+    def _check_reads(self, rk: RoleKernel, inputs: set):
+        """A role may read the saved arrays, the parameters and its own ``inputs``, nothing else."""
+        known = {s.name for s in self.saved} | {p.name for p in self.params} | inputs
+        missing = [a for a in rk.elem_in + rk.group_in if a not in known]
+        if missing:
+            raise SpecError(f"composite {self.spec.name!r}: role {rk.role} reads {missing}, which "
+                            f"the forward pass does not save; add them to saved")
 
     def taylor_kernels(self, max_order: int = 4) -> dict:
         """``taylor:K`` and ``vjp:taylor:K`` for K = 1 … max_order (:attr:`taylor_able` specs)."""
         out = {}
         for K in range(1, max_order + 1):
             fwd, pull = self.taylor(K)
-            out[f"taylor:{K}"] = self._role(f"taylor:{K}", fwd, [])
-            out[f"vjp:taylor:{K}"] = self._role(f"vjp:taylor:{K}", pull, [])
-        known = {s.name for s in self.saved} | {p.name for p in self.params} \
-            | {f"x{k}" for k in range(1, max_order + 1)} | {f"g{k}" for k in range(1, max_order + 1)}
+            per_element = tuple(fwd) + tuple(n for n in pull if not n.startswith("grad_"))
+            out[f"taylor:{K}"] = self._role(f"taylor:{K}", fwd, [], per_element)
+            out[f"vjp:taylor:{K}"] = self._role(f"vjp:taylor:{K}", pull, [], per_element)
+        coefficients = {f"{a}{k}" for a in "xg" for k in range(1, max_order + 1)}
         for rk in out.values():
-            missing = [a for a in rk.elem_in + rk.group_in if a not in known]
-            if missing:
-                raise SpecError(f"composite {self.spec.name!r}: role {rk.role} reads {missing}, which "
-                                f"the forward pass does not save; add them to saved")
+            self._check_reads(rk, coefficients)
         return out
 
     @cached_property

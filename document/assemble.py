@@ -84,8 +84,10 @@ def build(layers: list[str] | None = None, extra: list = (), model: ModelInfo | 
             sweep = model
         text = laplacian_sweep_section(sweep, pde=problem is not None) if sweep is not None else ""
         if model is not None and sweep is None:
-            text = (f"{model_title(model)[:1].upper() + model_title(model)[1:]} has no forward-Laplacian sweep: "
-                    f"{', '.join(unswept(model))} has no Taylor-mode rule.\n")
+            text = (f"{model_title(model)[:1].upper() + model_title(model)[1:]}'s forward-Laplacian sweep is not "
+                    f"written out here: the document writes it for dense, convolution, average-pooling and "
+                    f"activation layers, not for {', '.join(unswept(model))} (the runtime sweeps them "
+                    f"through their own rules).\n")
         parts.append((PART_BREAK if breaks else "") + taylor_part(ew, printed, text, tables))
         breaks = True
     if problem is not None:

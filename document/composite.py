@@ -27,6 +27,18 @@ _KIND = {"map": "", "sum": r"\sum_{\mathcal{G}}", "mean": r"\frac{1}{M}\sum_{\ma
          "max": r"\max_{\mathcal{G}}"}
 
 
+def _taylor_or_none(d: DerivedComposite):
+    """The spec's order-2 Taylor coefficients, or None when it has no Taylor roles (constants,
+    batch statistics, or names that clash with the roles' arrays: said when a sweep needs them)."""
+    from ..derive.elementwise import SpecError
+    if not d.taylor_able:
+        return None
+    try:
+        return d.taylor(2)[0]
+    except SpecError:
+        return None
+
+
 def composite_section(d: DerivedComposite, kernels: list | None = None) -> str:
     """A composite layer: its stages, the backward sweep stage by stage, the identities the
     reductions imply, the simplified pullbacks, the JVP and the R-op (its appendix table of
@@ -63,8 +75,8 @@ def composite_section(d: DerivedComposite, kernels: list | None = None) -> str:
              for k, e in d.rvjp.items()]
     out.append(display(rows))
     roles = dict(d.role_kernels)
-    if d.taylor_able:
-        taylor, _ = d.taylor(2)
+    taylor = _taylor_or_none(d)
+    if taylor is not None:
         out.append(r"\paragraph{Taylor mode.} Along a path of the input $x(t) = x + t\,x_1 + \tfrac{t^2}{2}x_2 + "
                    r"\dots$ the output's coefficients are $y_1 = \mathcal{R}\{y\}$ with $\mathcal{R}\{x\} = x_1$, "
                    "then each the derivative of the one before along the path (the same stage-by-stage "

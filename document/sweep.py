@@ -14,7 +14,8 @@ from .printer import tex
 from .shapes import ModelInfo, _shape_tex, _size, model_title
 from .taylor import TaylorPrinter
 
-#: layer kinds the Taylor-mode sweep runs (runtime/taylor.py); max pooling has no Taylor rule
+#: layer kinds whose rows the document's forward-Laplacian sweep writes out (the runtime sweeps
+#: more: max pooling, normalisations, composite layers, runtime/taylor.py)
 SWEPT = ("Dense", "Conv2D", "AvgPool2D", "Flatten", "Activation")
 
 
@@ -44,8 +45,8 @@ def laplacian_sweep_section(info: ModelInfo, pde: bool = False) -> str:
     backward sweep, layer by layer with shapes (``pde``: the document has a PDE part to cite)."""
     bad = unswept(info)
     if bad:
-        raise ValueError(f"latex: {model_title(info)} has no forward-Laplacian sweep: {', '.join(bad)} "
-                         f"has no Taylor-mode rule (supported: {', '.join(SWEPT)})")
+        raise ValueError(f"latex: the document does not write out {model_title(info)}'s forward-Laplacian sweep: "
+                         f"{', '.join(bad)} is not one of the layers it writes (supported: {', '.join(SWEPT)})")
     d = _size(info.input_shape)
     K = len(info.layers)
     xs = [info.input_shape] + [la.out_shape for la in info.layers]

@@ -25,12 +25,17 @@ backward sweep runs the roles' derived pullbacks (``vjp:laplacian``, ``vjp:taylo
 ``vjp:collapsed:K``) and the Dense pullbacks on the stacks (``vjp:W`` and ``vjp:x`` over all
 rows at once: one GEMM each, the padding rows contributing zero; ``vjp:b`` on the value block
 only). Affine layers in evaluation mode (BatchNorm, Dropout) and piecewise-linear ones
-(MaxPool2D) run their own forward, ``jvp`` and pullbacks on the blocks.
-Nothing here multiplies derivative factors: the sweeps only slice, stack and call roles.
+(MaxPool2D) run their own forward, ``jvp`` and pullbacks on the blocks; composite layers
+(Softmax, LayerNorm/RMSNorm/GroupNorm, a user's ``CompositeSpec``) run their specs' derived
+``taylor:K`` roles and pullbacks once per direction (``DerivedComposite.taylor``).
+Nothing here multiplies derivative factors: the sweeps slice, stack and call roles, and sum
+a composite layer's per-direction coefficients (the Laplacian's Σ_j, the collapsed block's
+Σ_j c_j with the operator's constant weights).
 """
 from __future__ import annotations
 
 import importlib
+import threading
 import types
 
 import numpy as np
@@ -134,9 +139,9 @@ def composite_taylor_kernels(layer, order: int):
     """The kernels of a composite layer's spec with its ``taylor:order`` role and pullback
     (derived from the spec's stages, ``DerivedComposite.taylor``): the layer's own module when
     it carries them (orders 1-2 of the built-ins), else the spec's module compiled with
-    orders up to ``order`` on first use (cached like a user spec's). A spec with constants or
-    batch statistics (BatchNorm, which runs as an affine layer in evaluation mode) has none:
-    refused by name."""
+    orders up to ``order`` on first use (cached like a user spec's; a module of a higher order
+    serves a lower one). A spec with constants or batch statistics (BatchNorm, which runs as an
+    affine layer in evaluation mode) has none: refused by name."""
     from .kernels import SpecKernels
     K = layer.kernels
     if K.has(f"taylor:{order}"):
@@ -149,18 +154,27 @@ def composite_taylor_kernels(layer, order: int):
         raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep: Taylor roles are derived "
                         f"for composite specs without constants or batch statistics (spec "
                         f"{getattr(spec, 'name', K.spec)!r})")
-    if order not in _COMPOSITE_MODULES.setdefault(spec.hash, {}):
+    with _COMPOSITE_LOCK:
+        have = _COMPOSITE_MODULES.setdefault(spec.hash, {})
+        done = [k for k in have if k >= order]
+        if done:
+            return have[min(done)]
         from ..codegen.build import compile_spec
         from ..codegen.composite import render_composite_module
         from ..derive.composite import derive_composite
+        from ..derive.elementwise import SpecError
         from .kernels import register
-        module, _, _ = compile_spec(f"ctaylor{order}_{spec.name}", spec, derive_composite,
-                                    lambda stem, ds: render_composite_module(stem, ds, taylor_order=order))
-        _COMPOSITE_MODULES[spec.hash][order] = SpecKernels(register(module), spec.name, owner=layer.name)
-    return _COMPOSITE_MODULES[spec.hash][order]
+        try:
+            module, _, _ = compile_spec(f"ctaylor{order}_{spec.name}", spec, derive_composite,
+                                        lambda stem, ds: render_composite_module(stem, ds, taylor_order=order))
+        except SpecError as exc:
+            raise SpecError(f"input_derivatives: {layer.name}: {exc}") from exc
+        have[order] = SpecKernels(register(module), spec.name)
+        return have[order]
 
 
 _COMPOSITE_MODULES: dict = {}   # spec hash -> {order: SpecKernels}
+_COMPOSITE_LOCK = threading.Lock()   # one compile of a spec's module at a time
 
 
 def _call(role, env: dict):
@@ -268,12 +282,11 @@ class InputDerivatives:
                 if spec is None:          # a built-in learnable activation: its spec from the registry
                     from ..derive.builtins import LEARNABLE
                     spec = LEARNABLE[layer.kernel_name]
-                order = 2 if self.mode == "laplacian" else self.K
-                mod = user_taylor_module(spec, order)
+                mod = user_taylor_module(spec, self.taylor_order)
                 self.layer_kernels[id(layer)] = (manifest(mod)[spec.name], mod.KERNELS)
                 continue
             if isinstance(layer, CompositeLayer):   # softmax, a normalisation, a user's composite spec
-                self.composites[id(layer)] = composite_taylor_kernels(layer, 2 if self.mode == "laplacian" else self.K)
+                self.composites[id(layer)] = composite_taylor_kernels(layer, self.taylor_order)
                 continue
             raise TypeError(f"input_derivatives: {layer.name} has no Taylor-mode sweep; supported are Dense, "
                             f"Conv2D, AvgPool2D, MaxPool2D, Flatten, BatchNorm1D/2D and Dropout (evaluation mode), "
@@ -281,6 +294,11 @@ class InputDerivatives:
                             f"the built-in activations {sorted(table)}, learnable activations, activations "
                             f"from Activation.from_sympy, user specs (L.from_spec) linear in their input or "
                             f"selecting by a max, and residual blocks of these")
+
+    @property
+    def taylor_order(self) -> int:
+        """The order of the Taylor roles this sweep runs (the forward Laplacian: 2)."""
+        return 2 if self.mode == "laplacian" else self.K
 
     @staticmethod
     def _row_sizes(model) -> list[int]:
@@ -496,23 +514,30 @@ class InputDerivatives:
         before the directions add to the output block."""
         return []
 
+    def _composite_runs(self):
+        """The composite layer's role calls of this sweep: ``(order, ins, outs)`` — the
+        blocks pushed through the Jacobian alone (``taylor:1``), then each direction's
+        ``taylor:K`` (:meth:`_direction_blocks`)."""
+        runs = [(1, (bi,), ((bo, None),)) for bi, bo in self._linear_blocks()]
+        return runs + [(self.taylor_order, ins, outs) for ins, outs in self._direction_blocks()]
+
+    def _composite_env(self, layer, rec, S, ins, zero):
+        env = layer._env(rec)
+        for k, b in enumerate(ins, 1):
+            env[f"x{k}"] = layer._in(zero if b is None else S[b, :self.N], rec)
+        return env
+
     def _composite(self, layer, S):
         """A composite layer (softmax, a normalisation): its forward on the value block, then
-        its derived ``taylor:K`` role along each direction (:meth:`_direction_blocks`)."""
+        its derived Taylor roles (:meth:`_composite_runs`)."""
         N, kern = self.N, self.composites[id(layer)]
         out = self._empty(S)
         y, rec = layer.forward(S[0, :N])
         out[0, :N] = y
-        order = 2 if self.mode == "laplacian" else self.K
         zero = np.zeros_like(y)
-        for bi, bo in self._linear_blocks():
-            env = {**layer._env(rec), "x1": layer._in(S[bi, :N], rec)}
-            out[bo, :N] = layer._out(kern.run_named("taylor:1", env, y.dtype, rec["_scalars"], rec["_shapes"])["y1"], rec)
-        for ins, outs in self._direction_blocks():
-            env = layer._env(rec)
-            for k, b in enumerate(ins, 1):
-                env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
-            res = kern.run_named(f"taylor:{order}", env, y.dtype, rec["_scalars"], rec["_shapes"])
+        for K, ins, outs in self._composite_runs():
+            env = self._composite_env(layer, rec, S, ins, zero)
+            res = kern.run_named(f"taylor:{K}", env, y.dtype, rec["_scalars"], rec["_shapes"])
             for k, (b, w) in enumerate(outs, 1):
                 v = layer._out(res[f"y{k}"], rec)
                 if w is None:
@@ -522,11 +547,10 @@ class InputDerivatives:
         return out, rec
 
     def _composite_back(self, layer, S, rec, G, need_input=True):
-        """The pullback of :meth:`_composite`: the ``vjp`` role on the value cotangent plus,
-        per direction, the derived ``vjp:taylor:K`` (its x- and parameter cotangents summed
-        over directions). ``(parameter gradients, input cotangent stack or None)``."""
+        """The pullback of :meth:`_composite`: the ``vjp`` role on the value cotangent plus
+        the derived ``vjp:taylor:K`` of every run (x- and parameter cotangents summed over
+        the runs). ``(parameter gradients, input cotangent stack or None)``."""
         N, kern = self.N, self.composites[id(layer)]
-        order = 2 if self.mode == "laplacian" else self.K
         if not need_input and not layer.trainable():
             return [], None
         g0, grads = layer.vjp(rec, G[0, :N], need_input)
@@ -537,12 +561,8 @@ class InputDerivatives:
             gin = self._empty(S)
             gin[0, :N] = g0
         zero = np.zeros_like(G[0, :N])
-        runs = [((bi,), ((bo, None),), 1) for bi, bo in self._linear_blocks()]
-        runs += [(ins, outs, order) for ins, outs in self._direction_blocks()]
-        for ins, outs, K in runs:
-            env = layer._env(rec)
-            for k, b in enumerate(ins, 1):
-                env[f"x{k}"] = layer._in(zero if b is None else S[b, :N], rec)
+        for K, ins, outs in self._composite_runs():
+            env = self._composite_env(layer, rec, S, ins, zero)
             for k, (b, w) in enumerate(outs, 1):
                 g = np.ascontiguousarray(G[b, :N])
                 env[f"g{k}"] = layer._in(g if w is None or w == 1 else w * g, rec)

@@ -302,8 +302,11 @@ class GroupLayer(CompositeLayer):
         if not axes or axes[0] < 0:
             raise ValueError(f"L.from_spec({spec.name!r}): axes must be non-negative input axes, got {axes}")
         self.spec, self.axes = spec, axes
+        # without Taylor roles: a layer used for input derivatives compiles them on first use
+        # (runtime/taylor.py), the others need not derive or compile them
         self.module, self._derived = _compile(f"user_{spec.name}", spec, derive_composite,
-                                              render_composite_module, verbose)
+                                              lambda stem, ds: render_composite_module(stem, ds, taylor_order=0),
+                                              verbose)
         defaults = dict(spec.scalars)
         unknown = sorted(set(scalars) - set(defaults))
         if unknown:

@@ -81,7 +81,9 @@ def check(model, f, tp, X, which, rng, tol=1e-10):
     cot = {q: rng.normal(size=np.shape(v)) for q, v in res.items()}
     grads = sweep.backward(tape, cot)
     total = sum((want[q] * torch.tensor(cot[q])).sum() for q in which)
-    for i, (a, b) in enumerate(zip(grads, torch.autograd.grad(total, tp, allow_unused=True))):
+    tgrads = torch.autograd.grad(total, tp, allow_unused=True)
+    assert len(grads) == len(tgrads)
+    for i, (a, b) in enumerate(zip(grads, tgrads)):
         assert rel_err(a, np.zeros_like(a) if b is None else b.numpy()) < tol, (which, i)
 
 
@@ -251,3 +253,44 @@ def test_user_composite_specs_with_group_parameters_match_nested_autograd(rng):
         def g(X, fn=fn, tq=tq):
             return (fn(X, tq[:-2]) @ tq[-2].T + tq[-1])[:, 0]
         check(first, g, tq, X, ("u", "grad", "laplacian"), rng)
+
+
+def test_names_that_clash_with_the_taylor_arrays_are_refused_by_name():
+    """A stage or scalar named like a Taylor role's array (x1, g2, y1, gx) would be read in its
+    place: refused when the Taylor roles are derived, naming the spec and the names."""
+    import sympy as sp
+    from symprop.derive.composite import DerivedComposite
+    from symprop.derive.elementwise import SpecError
+    from symprop.specs import CompositeSpec, Stage
+    x, mu, x1, y, g2 = sp.symbols("x mu x1 y g2")
+    stage = CompositeSpec("clash_stage", x, (Stage(mu, "mean", x), Stage(x1, "map", x - mu), Stage(y, "map", x1 * 2)),
+                          saved=(y,))
+    scalar = CompositeSpec("clash_scalar", x, (Stage(mu, "mean", x), Stage(y, "map", (x - mu) * g2)),
+                           saved=(y,), scalars=(("g2", 1.0),))
+    for spec, names in ((stage, r"\['x1'\]"), (scalar, r"\['g2'\]")):
+        d = DerivedComposite(spec)
+        d.role_kernels                       # its first- and second-order roles are unaffected
+        with pytest.raises(SpecError, match=rf"{spec.name}.*{names}.*Taylor roles' arrays"):
+            d.taylor_kernels(2)
+
+
+@pytest.mark.slow   # compiles a user spec and its Taylor module
+def test_a_composite_spec_linear_in_its_input_runs_in_the_sweep(rng):
+    """Centering, y = x − mean(x): its pullback does not depend on x, so the Taylor pullback's
+    x-cotangent is 0 and its higher coefficients vanish — still written per element."""
+    import sympy as sp
+    from symprop.specs import CompositeSpec, Stage
+    x, mu, y = sp.symbols("x mu y")
+    center = CompositeSpec("center", x, (Stage(mu, "mean", x), Stage(y, "map", x - mu)), saved=(y,))
+    model = Sequential([L.Dense(3, F), L.Activation("tanh"), L.from_spec(center, axes=(1,)),
+                        L.Activation("softplus"), L.Dense(F, 1)], loss="mse", dtype="float64", seed=8,
+                       input_shape=(3,))
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+
+    def f(X):
+        h = torch.tanh(X @ tp[0].T + tp[1])
+        h = torch.nn.functional.softplus(h - h.mean(1, keepdim=True))
+        return (h @ tp[2].T + tp[3])[:, 0]
+    X = rng.uniform(-1, 1, (5, 3))
+    for which in (("u", "grad", "laplacian"), ((0,), (1, 1))):
+        check(model, f, tp, X, which, rng)
