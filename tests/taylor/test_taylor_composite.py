@@ -294,3 +294,26 @@ def test_a_composite_spec_linear_in_its_input_runs_in_the_sweep(rng):
     X = rng.uniform(-1, 1, (5, 3))
     for which in (("u", "grad", "laplacian"), ((0,), (1, 1))):
         check(model, f, tp, X, which, rng)
+
+
+@pytest.mark.parametrize("which", [("u", "grad", "laplacian"), ((0,), (5, 5))])
+def test_groupnorm_on_images_matches_nested_autograd(which, rng):
+    """GroupNorm on (N, C, H, W) feature maps (groups of channels and their pixels; the scale
+    and shift per channel) between Conv2D layers, one input coordinate per pixel."""
+    model = Sequential([L.Conv2D(1, 4, 3, padding=1), L.Activation("tanh"), L.GroupNorm(2, 4, eps=EPS),
+                        L.Activation("softplus"), L.Flatten(), L.Dense(4 * 16, 1)],
+                       loss="mse", dtype="float64", seed=9, input_shape=(1, 4, 4))
+    for p in model.parameters():
+        p[...] = rng.normal(size=p.shape)
+    tp = [torch.tensor(p, requires_grad=True) for p in model.parameters()]
+    Wc, bc, gam, bet, Wd, bd = tp
+
+    def f(X):
+        h = torch.tanh(torch.nn.functional.conv2d(X, Wc, bc, padding=1))
+        g = h.reshape(h.shape[0], 2, -1)
+        mu = g.mean(2, keepdim=True)
+        var = ((g - mu) ** 2).mean(2, keepdim=True)
+        h = ((g - mu) / torch.sqrt(var + EPS)).reshape(h.shape) * gam[None, :, None, None] + bet[None, :, None, None]
+        h = torch.nn.functional.softplus(h)
+        return (h.reshape(h.shape[0], -1) @ Wd.T + bd)[:, 0]
+    check(model, f, tp, rng.uniform(-1, 1, (3, 1, 4, 4)), which, rng)
