@@ -317,3 +317,22 @@ def test_groupnorm_on_images_matches_nested_autograd(which, rng):
         h = torch.nn.functional.softplus(h)
         return (h.reshape(h.shape[0], -1) @ Wd.T + bd)[:, 0]
     check(model, f, tp, rng.uniform(-1, 1, (3, 1, 4, 4)), which, rng)
+
+
+@pytest.mark.slow   # the order-4 Taylor modules (shared with the tests above)
+def test_float32_orders_3_and_4_through_composite_layers_agree_with_float64(rng):
+    """The float32 order-3/4 kernels of softmax and the normalisations against float64."""
+    for norm in ("softmax", "layernorm", "rmsnorm"):
+        model, _, _ = model_and_torch(norm, rng)
+        make, _ = NORMS[norm]
+        model32 = Sequential([L.Dense(3, F), L.Activation("tanh"), make(), L.Dense(F, 4), L.Activation("softplus"),
+                              L.Dense(4, 1)], loss="mse", dtype="float32", input_shape=(3,))
+        for p, q in zip(model32.parameters(), model.parameters()):
+            p[...] = q
+        X = rng.uniform(-1, 1, (16, 3))
+        which = ((0, 0, 0), (1, 1, 1, 1))
+        want = model.input_derivatives(X, *which)
+        got = model32.input_derivatives(X.astype(np.float32), *which)
+        for q in which:
+            assert got[q].dtype == np.float32 and np.isfinite(got[q]).all()
+            assert rel_err(got[q], want[q]) < 1e-4, (norm, q)   # measured 3e-7 … 2e-6
