@@ -358,11 +358,16 @@ class DerivedComposite:
             return None if t is None else t.xreplace(ren)
         return self.directional(e, tangent_of)
 
+    @cached_property
+    def _taylor_series(self) -> dict:
+        """The coefficients and path derivatives derived so far (:meth:`_series`)."""
+        return {"ys": [], "P": {}}
+
     def _series(self, K: int):
         """(x1…xK, g1…gK, y1…yK, {array: [P_0 … P_K]}): the output's coefficients and the
         VJPs' path derivatives to order K, each derived once (extended on demand)."""
         xs, gs = self._path(K)
-        ser = self.__dict__.setdefault("_taylor_series", {"ys": [], "P": {}})
+        ser = self._taylor_series
         ren = self._path_renames(xs)
         ys = ser["ys"]
         if not ys:

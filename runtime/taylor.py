@@ -126,13 +126,11 @@ def user_taylor_module(spec, order: int, verbose: bool = False):
     of a user's elementwise spec, derived by :func:`derive.taylor.derive_taylor` and compiled
     through :func:`codegen.build.compile_spec` (the same cache as its other kernels, keyed by
     the spec's hash and the order)."""
-    from ..codegen.build import compile_spec
     from ..codegen.taylor import render_taylor_module
     from ..derive.taylor import derive_taylor
-    from .kernels import register
-    module, _, _ = compile_spec(f"taylor{order}_{spec.name}", spec,
-                                lambda sp_: derive_taylor(sp_, max_order=order), render_taylor_module, verbose)
-    return register(module)
+    from .user_layers import _compile
+    return _compile(f"taylor{order}_{spec.name}", spec, lambda sp_: derive_taylor(sp_, max_order=order),
+                    render_taylor_module, verbose)[0]
 
 
 def composite_taylor_kernels(layer, order: int):
@@ -159,17 +157,16 @@ def composite_taylor_kernels(layer, order: int):
         done = [k for k in have if k >= order]
         if done:
             return have[min(done)]
-        from ..codegen.build import compile_spec
         from ..codegen.composite import render_composite_module
         from ..derive.composite import derive_composite
         from ..derive.elementwise import SpecError
-        from .kernels import register
+        from .user_layers import _compile
         try:
-            module, _, _ = compile_spec(f"ctaylor{order}_{spec.name}", spec, derive_composite,
-                                        lambda stem, ds: render_composite_module(stem, ds, taylor_order=order))
+            module, _ = _compile(f"ctaylor{order}_{spec.name}", spec, derive_composite,
+                                 lambda stem, ds: render_composite_module(stem, ds, taylor_order=order), False)
         except SpecError as exc:
             raise SpecError(f"input_derivatives: {layer.name}: {exc}") from exc
-        have[order] = SpecKernels(register(module), spec.name)
+        have[order] = SpecKernels(module, spec.name)
         return have[order]
 
 
