@@ -181,6 +181,13 @@ def _call(role, env: dict):
     role.fn(*args)
 
 
+def _nonzero_blocks(cot, G):
+    """Sorted blocks of a cotangent stack that are not all zero (a Poisson loss reaches the
+    Laplacian block only), or None for all of them."""
+    live = [b for b in range(G.shape[0]) if G[b].any()]
+    return None if len(live) == G.shape[0] else live
+
+
 def _parse(which, d: int):
     """(mode, coords, K) of a derivative query; refuses what is not supported, by name."""
     if not which:
@@ -573,7 +580,7 @@ class InputDerivatives:
                         gin[b, :N] = layer._out(res[f"gx{k}"], rec)
         return grads, gin
 
-    def _live_blocks(self, cot: dict):
+    def _live_blocks(self, cot: dict, G):
         """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
         live = set()
         for q, g in cot.items():
@@ -759,7 +766,7 @@ class InputDerivatives:
         # blocks whose cotangents may be nonzero: those of the queried quantities, until an
         # activation's pullback mixes them (a Poisson loss sees only the Laplacian block:
         # the last Dense then pulls back one block, not d + 2)
-        live = self._live_blocks(cot)
+        live = self._live_blocks(cot, G)
 
         def add(slot, g):
             grads[slot] = g if grads[slot] is None else grads[slot] + g
@@ -895,8 +902,7 @@ class DirectionalJets(InputDerivatives):
     def _unit_rows(self, dtype):
         return np.ascontiguousarray(self.directions.astype(dtype))
 
-    def _live_blocks(self, cot):
-        return None
+    _live_blocks = staticmethod(_nonzero_blocks)
 
     def _results(self, S):
         S = S.reshape(S.shape[:2] + (-1,))[:, :self.N]
@@ -956,8 +962,7 @@ class CollapsedSecondOrder(InputDerivatives):
             return np.ascontiguousarray(self.groups[0].astype(dtype))
         return None
 
-    def _live_blocks(self, cot):
-        return None
+    _live_blocks = staticmethod(_nonzero_blocks)
 
     def _index(self):
         """(block, group) of every coefficient C[i]."""
