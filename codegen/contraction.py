@@ -129,6 +129,92 @@ def _product_loops(ops: list[dict], shapes: dict, extents: list) -> list[str]:
     return extra
 
 
+def _is_pointwise(op: dict, out_idx: list) -> bool:
+    """An unguarded term that reads every array at output indices only (no sum): y = γ·x + β."""
+    if op["guard"]:
+        return False
+    if op["kind"] == "product":
+        return all(i in out_idx for _, fi in op["factors"] for i in fi)
+    return op["kind"] == "loop" and not op["tail"] and set(op["a_idx"]) <= set(out_idx)
+
+
+def _variants(loops: list, arrays: list) -> list[dict]:
+    """A nest's loops and its arrays' ``(indices, dims)``, and, when its innermost extent may be
+    1 at run time (LayerNorm's scale and shift sees (rows, channels, 1)), a copy without that
+    loop first: there the next loop is the contiguous one, which the compiler vectorizes (the
+    general nest runs a one-trip inner loop per element, ~10x slower)."""
+    full = {"cond": None, "serial": None, "loops": loops, "arrays": arrays}
+    if len(loops) < 2 or not all(i.isidentifier() for idx, _ in arrays for i in idx):
+        return [full]
+    var, dim = loops[-1]
+    dropped = []
+    for idx, dims in arrays:
+        keep = [(i, d) for i, d in zip(idx, dims) if i != var]
+        dropped.append(([i for i, _ in keep], [d for _, d in keep]) if keep else (["0"], ["_"]))
+    return [{"cond": f"{dim}_ == 1", "serial": None, "loops": loops[:-1], "arrays": dropped}, full]
+
+
+def _nest(out: str, out_dims: list, loops: list, terms: list, assign: bool, guard: list) -> dict:
+    """A loop nest op: ``out[…] (+)= Σ alpha · Π factors`` over ``loops``; ``terms``:
+    ``(alpha_c, [(array, indices)])``; dims from the arrays' shapes."""
+    return {"kind": "nest", "out": out, "assign": assign, "guard": guard, "terms": terms,
+            "out_dims": out_dims, "loops": loops}
+
+
+def _nests(ops: list[dict], shapes: dict, out: str) -> list[dict]:
+    """The non-GEMM ops as loop nests: the pointwise ones (no sum, unguarded) merged into one
+    pass that writes the output (after the GEMMs, or first and assigning when no GEMM
+    assigns: no memset), each other product or tail-less broadcast a nest of its own; a
+    reduction over trailing indices stays a ``loop`` (summed by a helper), with a nest for
+    the trailing extent 1 in front."""
+    out_idx = shapes[out]
+
+    def term(op):
+        if op["kind"] == "product":
+            return op["alpha_c"], op["factors"], op["loops"]
+        return op["alpha_c"], [(op["A"], op["a_idx"])], [(v, v) for v in op["order"]]
+
+    def finish(nest):
+        arrays = [(out_idx, out_idx)] + [(fi, shapes[f]) for _, fs in nest["terms"] for f, fi in fs]
+        nest["variants"] = []
+        for v in _variants(nest["loops"], arrays):
+            it = iter(v["arrays"][1:])
+            v["lhs"] = v["arrays"][0]
+            v["terms"] = [(a, [(f, *next(it)) for f, _ in fs]) for a, fs in nest["terms"]]
+            nest["variants"].append(v)
+        return nest
+
+    pointwise = [op for op in ops if op["kind"] != "gemm" and _is_pointwise(op, out_idx)]
+    rest = []
+    for op in ops:
+        if op in pointwise:
+            continue
+        if op["kind"] == "product" or (op["kind"] == "loop" and not op["tail"]):
+            a, fs, loops = term(op)
+            op = finish(_nest(out, out_idx, loops, [(a, fs)], False, op["guard"]))
+        elif op["kind"] == "loop":
+            tail = set(op["tail"])
+            loops = [(v, v) for v in op["outer"]]
+            nest = finish(_nest(out, out_idx, loops, [(op["alpha_c"], [(op["A"], op["a_base"])])], False,
+                                op["guard"]))
+            if len(loops) >= 1 and all(i.isidentifier() for i in op["a_idx"]):
+                one = " and ".join(f"{t}_ == 1" for t in op["tail"])
+                nest["variants"] = [{**nest["variants"][-1], "cond": one}, {"cond": None, "serial": op}]
+            else:
+                nest["variants"] = [{"cond": None, "serial": op}]
+            op = nest
+        rest.append(op)
+    if not pointwise:
+        return rest
+    loops = [(v, v) for v in out_idx]
+    merged = finish(_nest(out, out_idx, loops, [term(op)[:2] for op in pointwise], False, []))
+    if any(op["assign"] for op in rest):
+        at = max(i for i, op in enumerate(rest) if op["kind"] == "gemm") + 1
+        return rest[:at] + [merged] + rest[at:]
+    merged["assign"] = True
+    return [merged] + rest
+
+
 def lower(k: ContractionKernel) -> list[dict]:
     ops = []
     for t in terms_of(k.expr):
@@ -189,6 +275,7 @@ def kernel_context(d: DerivedContraction, k: ContractionKernel) -> dict:
     for op in ops:
         op["out"] = k.out
     loopvars = _product_loops(ops, shapes, extents)
+    ops = _nests(ops, shapes, k.out)
     any_assign = any(o["assign"] for o in ops)
     # an output every term of which is optional is written by the first term present (``lazy``:
     # codegen/templates/contraction.pyx.j2), not zeroed up front and accumulated into

@@ -3380,9 +3380,14 @@ cdef int _dense_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, W, <int>i_, (<float>0.0), y, <int>o_)
-    for n in range(n_):
-        for o in range(o_):
-            y[(n) * o_ + o] += (<float>1.0) * b[o]
+    if o_ == 1:
+        for n in range(n_):
+            y[n] += (<float>1.0) * b[0]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                y[(n) * o_ + o] += (<float>1.0) * b[o]
+
     return 0
 
 cdef int _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3395,9 +3400,14 @@ cdef int _dense_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t o_ = _x[2]
     cdef Py_ssize_t n, i, o
     _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, W, <int>i_, (<double>0.0), y, <int>o_)
-    for n in range(n_):
-        for o in range(o_):
-            y[(n) * o_ + o] += (<double>1.0) * b[o]
+    if o_ == 1:
+        for n in range(n_):
+            y[n] += (<double>1.0) * b[0]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                y[(n) * o_ + o] += (<double>1.0) * b[o]
+
     return 0
 
 # ---------------------------------------------------------------- dense_vjp_x
@@ -3457,9 +3467,14 @@ cdef int _dense_vjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
     memset(gb, 0, o_ * sizeof(float))
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<float>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * g[(n) * o_ + o]
+
     return 0
 
 cdef int _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3469,9 +3484,14 @@ cdef int _dense_vjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
     memset(gb, 0, o_ * sizeof(double))
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<double>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * g[(n) * o_ + o]
+
     return 0
 
 # ---------------------------------------------------------------- dense_jvp
@@ -3498,9 +3518,14 @@ cdef int _dense_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * o_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for o in range(o_):
-                Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+        if o_ == 1:
+            for n in range(n_):
+                Ry[n] += (<float>1.0) * Rb[0]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * o_ * sizeof(float))
     return 0
@@ -3527,9 +3552,14 @@ cdef int _dense_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * o_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for o in range(o_):
-                Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+        if o_ == 1:
+            for n in range(n_):
+                Ry[n] += (<double>1.0) * Rb[0]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * o_ * sizeof(double))
     return 0
@@ -3635,9 +3665,14 @@ cdef int _dense_rvjp_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(float))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<float>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_Rgb:
         memset(Rgb, 0, o_ * sizeof(float))
     return 0
@@ -3653,9 +3688,14 @@ cdef int _dense_rvjp_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(double))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<double>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_Rgb:
         memset(Rgb, 0, o_ * sizeof(double))
     return 0
@@ -3717,9 +3757,14 @@ cdef int _dense_bl_b_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
     memset(hb, 0, o_ * sizeof(float))
-    for n in range(n_):
-        for o in range(o_):
-            hb[o] += (<float>1.0) * H[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            hb[0] += (<float>1.0) * H[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<float>1.0) * H[(n) * o_ + o]
+
     return 0
 
 cdef int _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3729,9 +3774,14 @@ cdef int _dense_bl_b_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t o_ = _x[1]
     cdef Py_ssize_t n, o
     memset(hb, 0, o_ * sizeof(double))
-    for n in range(n_):
-        for o in range(o_):
-            hb[o] += (<double>1.0) * H[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            hb[0] += (<double>1.0) * H[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                hb[o] += (<double>1.0) * H[(n) * o_ + o]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_forward
@@ -3745,15 +3795,16 @@ cdef int _channel_affine_forward_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * beta[c]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<float>1.0) * gamma[c] * x[(n) * c_ + c] + (<float>1.0) * beta[c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p] + (<float>1.0) * beta[c]
+
     return 0
 
 cdef int _channel_affine_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3765,15 +3816,16 @@ cdef int _channel_affine_forward_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * beta[c]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<double>1.0) * gamma[c] * x[(n) * c_ + c] + (<double>1.0) * beta[c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p] + (<double>1.0) * beta[c]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_vjp_x
@@ -3786,11 +3838,16 @@ cdef int _channel_affine_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noex
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<float>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_affine_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3801,11 +3858,16 @@ cdef int _channel_affine_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noex
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<double>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_vjp_gamma
@@ -3819,10 +3881,16 @@ cdef int _channel_affine_vjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_affine_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3834,10 +3902,16 @@ cdef int _channel_affine_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) 
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_vjp_beta
@@ -3850,9 +3924,15 @@ cdef int _channel_affine_vjp_beta_f32(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(gbeta, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+
     return 0
 
 cdef int _channel_affine_vjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -3863,9 +3943,15 @@ cdef int _channel_affine_vjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(gbeta, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_jvp
@@ -3886,26 +3972,44 @@ cdef int _channel_affine_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if Rbeta != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rbeta[c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -3926,26 +4030,44 @@ cdef int _channel_affine_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if Rbeta != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rbeta[c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -3967,18 +4089,30 @@ cdef int _channel_affine_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noe
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -3998,18 +4132,30 @@ cdef int _channel_affine_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noe
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -4031,18 +4177,30 @@ cdef int _channel_affine_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T)
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(float))
     return 0
@@ -4062,18 +4220,30 @@ cdef int _channel_affine_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T)
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(double))
     return 0
@@ -4092,9 +4262,15 @@ cdef int _channel_affine_rvjp_beta_f32(char** _a, const Py_ssize_t* _x, int _T) 
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(float))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rgbeta:
         memset(Rgbeta, 0, c_ * sizeof(float))
     return 0
@@ -4111,9 +4287,15 @@ cdef int _channel_affine_rvjp_beta_f64(char** _a, const Py_ssize_t* _x, int _T) 
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(double))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rgbeta:
         memset(Rgbeta, 0, c_ * sizeof(double))
     return 0
@@ -4128,11 +4310,16 @@ cdef int _channel_affine_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexc
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(hx, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hx[(n) * c_ + c] = (<float>1.0) * gamma_sq[c] * H[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_affine_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4143,11 +4330,16 @@ cdef int _channel_affine_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexc
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(hx, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hx[(n) * c_ + c] = (<double>1.0) * gamma_sq[c] * H[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_bl_gamma
@@ -4161,10 +4353,16 @@ cdef int _channel_affine_bl_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hgamma, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hgamma[c] += (<float>1.0) * H[(n) * c_ + c] * x_sq[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_affine_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4176,10 +4374,16 @@ cdef int _channel_affine_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hgamma, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hgamma[c] += (<double>1.0) * H[(n) * c_ + c] * x_sq[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_affine_bl_beta
@@ -4192,9 +4396,15 @@ cdef int _channel_affine_bl_beta_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hbeta, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            hbeta[c] += (<float>1.0) * _sum_f32(&H[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hbeta[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                hbeta[c] += (<float>1.0) * _sum_f32(&H[((n) * c_ + c) * p_ + 0], p_)
+
     return 0
 
 cdef int _channel_affine_bl_beta_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4205,9 +4415,15 @@ cdef int _channel_affine_bl_beta_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hbeta, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            hbeta[c] += (<double>1.0) * _sum_f64(&H[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hbeta[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                hbeta[c] += (<double>1.0) * _sum_f64(&H[((n) * c_ + c) * p_ + 0], p_)
+
     return 0
 
 # ---------------------------------------------------------------- channel_scale_forward
@@ -4220,11 +4436,16 @@ cdef int _channel_scale_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<float>1.0) * gamma[c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_scale_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4235,11 +4456,16 @@ cdef int _channel_scale_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<double>1.0) * gamma[c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_scale_vjp_x
@@ -4252,11 +4478,16 @@ cdef int _channel_scale_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexc
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<float>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_scale_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4267,11 +4498,16 @@ cdef int _channel_scale_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexc
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<double>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_scale_vjp_gamma
@@ -4285,10 +4521,16 @@ cdef int _channel_scale_vjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_scale_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4300,10 +4542,16 @@ cdef int _channel_scale_vjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_scale_jvp
@@ -4323,18 +4571,30 @@ cdef int _channel_scale_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -4354,18 +4614,30 @@ cdef int _channel_scale_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -4387,18 +4659,30 @@ cdef int _channel_scale_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noex
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -4418,18 +4702,30 @@ cdef int _channel_scale_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noex
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -4451,18 +4747,30 @@ cdef int _channel_scale_rvjp_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) 
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(float))
     return 0
@@ -4482,18 +4790,30 @@ cdef int _channel_scale_rvjp_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) 
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(double))
     return 0
@@ -4508,11 +4828,16 @@ cdef int _channel_scale_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(hx, 0, n_ * c_ * p_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hx[(n) * c_ + c] = (<float>1.0) * gamma_sq[c] * H[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_scale_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4523,11 +4848,16 @@ cdef int _channel_scale_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(hx, 0, n_ * c_ * p_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hx[(n) * c_ + c] = (<double>1.0) * gamma_sq[c] * H[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma_sq[c] * H[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- channel_scale_bl_gamma
@@ -4541,10 +4871,16 @@ cdef int _channel_scale_bl_gamma_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hgamma, 0, c_ * sizeof(float))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hgamma[c] += (<float>1.0) * H[(n) * c_ + c] * x_sq[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hgamma[c] += (<float>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+
     return 0
 
 cdef int _channel_scale_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4556,10 +4892,16 @@ cdef int _channel_scale_bl_gamma_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
     memset(hgamma, 0, c_ * sizeof(double))
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                hgamma[c] += (<double>1.0) * H[(n) * c_ + c] * x_sq[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    hgamma[c] += (<double>1.0) * H[((n) * c_ + c) * p_ + p] * x_sq[((n) * c_ + c) * p_ + p]
+
     return 0
 
 # ---------------------------------------------------------------- dense_forward_jvp
@@ -4579,9 +4921,14 @@ cdef int _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t n, i, o
     cdef bint _wrote_Ry = False
     _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, W, <int>i_, (<float>0.0), y, <int>o_)
-    for n in range(n_):
-        for o in range(o_):
-            y[(n) * o_ + o] += (<float>1.0) * b[o]
+    if o_ == 1:
+        for n in range(n_):
+            y[n] += (<float>1.0) * b[0]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                y[(n) * o_ + o] += (<float>1.0) * b[o]
+
     if RW != NULL:
         _pgemm_f32(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<float>1.0), x, <int>i_, RW, <int>i_, (<float>1.0) if _wrote_Ry else (<float>0.0), Ry, <int>o_)
         _wrote_Ry = True
@@ -4592,9 +4939,14 @@ cdef int _dense_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcep
         if not _wrote_Ry:
             memset(Ry, 0, n_ * o_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for o in range(o_):
-                Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+        if o_ == 1:
+            for n in range(n_):
+                Ry[n] += (<float>1.0) * Rb[0]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[(n) * o_ + o] += (<float>1.0) * Rb[o]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * o_ * sizeof(float))
     return 0
@@ -4614,9 +4966,14 @@ cdef int _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
     cdef Py_ssize_t n, i, o
     cdef bint _wrote_Ry = False
     _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, W, <int>i_, (<double>0.0), y, <int>o_)
-    for n in range(n_):
-        for o in range(o_):
-            y[(n) * o_ + o] += (<double>1.0) * b[o]
+    if o_ == 1:
+        for n in range(n_):
+            y[n] += (<double>1.0) * b[0]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                y[(n) * o_ + o] += (<double>1.0) * b[o]
+
     if RW != NULL:
         _pgemm_f64(_T, 0, 1, <int>n_, <int>o_, <int>i_, (<double>1.0), x, <int>i_, RW, <int>i_, (<double>1.0) if _wrote_Ry else (<double>0.0), Ry, <int>o_)
         _wrote_Ry = True
@@ -4627,9 +4984,14 @@ cdef int _dense_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcep
         if not _wrote_Ry:
             memset(Ry, 0, n_ * o_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for o in range(o_):
-                Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+        if o_ == 1:
+            for n in range(n_):
+                Ry[n] += (<double>1.0) * Rb[0]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Ry[(n) * o_ + o] += (<double>1.0) * Rb[o]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * o_ * sizeof(double))
     return 0
@@ -4659,9 +5021,14 @@ cdef int _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _wrote_Rgb = False
     _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, W, <int>i_, (<float>0.0), gx, <int>i_)
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<float>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * g[(n) * o_ + o]
+
     if RW != NULL:
         _pgemm_f32(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<float>1.0), g, <int>o_, RW, <int>i_, (<float>1.0) if _wrote_Rgx else (<float>0.0), Rgx, <int>i_)
         _wrote_Rgx = True
@@ -4678,9 +5045,14 @@ cdef int _dense_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(float))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<float>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * i_ * sizeof(float))
     if not _wrote_RgW:
@@ -4712,9 +5084,14 @@ cdef int _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _wrote_Rgb = False
     _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, W, <int>i_, (<double>0.0), gx, <int>i_)
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<double>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * g[(n) * o_ + o]
+
     if RW != NULL:
         _pgemm_f64(_T, 0, 0, <int>n_, <int>i_, <int>o_, (<double>1.0), g, <int>o_, RW, <int>i_, (<double>1.0) if _wrote_Rgx else (<double>0.0), Rgx, <int>i_)
         _wrote_Rgx = True
@@ -4731,9 +5108,14 @@ cdef int _dense_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(double))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<double>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * i_ * sizeof(double))
     if not _wrote_RgW:
@@ -4761,9 +5143,14 @@ cdef int _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef bint _wrote_RgW = False
     cdef bint _wrote_Rgb = False
     _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), g, <int>o_, x, <int>i_, (<float>0.0), gW, <int>i_)
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<float>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<float>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<float>1.0) * g[(n) * o_ + o]
+
     if Rg != NULL:
         _pgemm_f32(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<float>1.0), Rg, <int>o_, x, <int>i_, (<float>1.0) if _wrote_RgW else (<float>0.0), RgW, <int>i_)
         _wrote_RgW = True
@@ -4774,9 +5161,14 @@ cdef int _dense_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) noe
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(float))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<float>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<float>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_RgW:
         memset(RgW, 0, o_ * i_ * sizeof(float))
     if not _wrote_Rgb:
@@ -4800,9 +5192,14 @@ cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noe
     cdef bint _wrote_RgW = False
     cdef bint _wrote_Rgb = False
     _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), g, <int>o_, x, <int>i_, (<double>0.0), gW, <int>i_)
-    for n in range(n_):
-        for o in range(o_):
-            gb[o] += (<double>1.0) * g[(n) * o_ + o]
+    if o_ == 1:
+        for n in range(n_):
+            gb[0] += (<double>1.0) * g[n]
+    else:
+        for n in range(n_):
+            for o in range(o_):
+                gb[o] += (<double>1.0) * g[(n) * o_ + o]
+
     if Rg != NULL:
         _pgemm_f64(_T, 1, 0, <int>o_, <int>i_, <int>n_, (<double>1.0), Rg, <int>o_, x, <int>i_, (<double>1.0) if _wrote_RgW else (<double>0.0), RgW, <int>i_)
         _wrote_RgW = True
@@ -4813,9 +5210,14 @@ cdef int _dense_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) noe
         if not _wrote_Rgb:
             memset(Rgb, 0, o_ * sizeof(double))
             _wrote_Rgb = True
-        for n in range(n_):
-            for o in range(o_):
-                Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+        if o_ == 1:
+            for n in range(n_):
+                Rgb[0] += (<double>1.0) * Rg[n]
+        else:
+            for n in range(n_):
+                for o in range(o_):
+                    Rgb[o] += (<double>1.0) * Rg[(n) * o_ + o]
+
     if not _wrote_RgW:
         memset(RgW, 0, o_ * i_ * sizeof(double))
     if not _wrote_Rgb:
@@ -4837,40 +5239,59 @@ cdef int _channel_affine_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(float))
     cdef bint _wrote_Ry = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * beta[c]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<float>1.0) * gamma[c] * x[(n) * c_ + c] + (<float>1.0) * beta[c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p] + (<float>1.0) * beta[c]
+
     if Rgamma != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if Rbeta != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rbeta[c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rbeta[c]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -4888,40 +5309,59 @@ cdef int _channel_affine_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(double))
     cdef bint _wrote_Ry = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * beta[c]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<double>1.0) * gamma[c] * x[(n) * c_ + c] + (<double>1.0) * beta[c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p] + (<double>1.0) * beta[c]
+
     if Rgamma != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if Rbeta != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rbeta[c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rbeta[c]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -4945,62 +5385,109 @@ cdef int _channel_affine_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
     memset(ggamma, 0, c_ * sizeof(float))
     memset(gbeta, 0, c_ * sizeof(float))
     cdef bint _wrote_Rgx = False
     cdef bint _wrote_Rggamma = False
     cdef bint _wrote_Rgbeta = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<float>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+
     if Rgamma != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(float))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     if not _wrote_Rggamma:
@@ -5026,62 +5513,109 @@ cdef int _channel_affine_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) n
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
     memset(ggamma, 0, c_ * sizeof(double))
     memset(gbeta, 0, c_ * sizeof(double))
     cdef bint _wrote_Rgx = False
     cdef bint _wrote_Rggamma = False
     cdef bint _wrote_Rgbeta = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<double>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+
     if Rgamma != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(double))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     if not _wrote_Rggamma:
@@ -5109,36 +5643,66 @@ cdef int _channel_affine_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, in
     memset(gbeta, 0, c_ * sizeof(float))
     cdef bint _wrote_Rggamma = False
     cdef bint _wrote_Rgbeta = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<float>1.0) * _sum_f32(&g[((n) * c_ + c) * p_ + 0], p_)
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(float))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<float>1.0) * _sum_f32(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(float))
     if not _wrote_Rgbeta:
@@ -5162,36 +5726,66 @@ cdef int _channel_affine_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, in
     memset(gbeta, 0, c_ * sizeof(double))
     cdef bint _wrote_Rggamma = False
     cdef bint _wrote_Rgbeta = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + 0]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                gbeta[c] += (<double>1.0) * _sum_f64(&g[((n) * c_ + c) * p_ + 0], p_)
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgbeta:
             memset(Rgbeta, 0, c_ * sizeof(double))
             _wrote_Rgbeta = True
-        for n in range(n_):
-            for c in range(c_):
-                Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + 0]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgbeta[c] += (<double>1.0) * _sum_f64(&Rg[((n) * c_ + c) * p_ + 0], p_)
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(double))
     if not _wrote_Rgbeta:
@@ -5211,28 +5805,45 @@ cdef int _channel_scale_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(float))
     cdef bint _wrote_Ry = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<float>1.0) * gamma[c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rgamma != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(float))
     return 0
@@ -5248,28 +5859,45 @@ cdef int _channel_scale_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T)
     cdef Py_ssize_t c_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t n, c, p
-    memset(y, 0, n_ * c_ * p_ * sizeof(double))
     cdef bint _wrote_Ry = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                y[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                y[(n) * c_ + c] = (<double>1.0) * gamma[c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    y[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rgamma != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Ry:
             memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Ry = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Ry[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rx[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Ry[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rx[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Ry:
         memset(Ry, 0, n_ * c_ * p_ * sizeof(double))
     return 0
@@ -5291,50 +5919,85 @@ cdef int _channel_scale_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(float))
     memset(ggamma, 0, c_ * sizeof(float))
     cdef bint _wrote_Rgx = False
     cdef bint _wrote_Rggamma = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<float>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<float>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rgamma != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<float>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<float>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(float))
     if not _wrote_Rggamma:
@@ -5356,50 +6019,85 @@ cdef int _channel_scale_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t n_ = _x[1]
     cdef Py_ssize_t p_ = _x[2]
     cdef Py_ssize_t c, n, p
-    memset(gx, 0, n_ * c_ * p_ * sizeof(double))
     memset(ggamma, 0, c_ * sizeof(double))
     cdef bint _wrote_Rgx = False
     cdef bint _wrote_Rggamma = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                gx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                gx[(n) * c_ + c] = (<double>1.0) * gamma[c] * g[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    gx[((n) * c_ + c) * p_ + p] = (<double>1.0) * gamma[c] * g[((n) * c_ + c) * p_ + p]
+
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rgamma != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * Rgamma[c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * Rgamma[c] * g[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rgx:
             memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
             _wrote_Rgx = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rgx[(n) * c_ + c] += (<double>1.0) * gamma[c] * Rg[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rgx[((n) * c_ + c) * p_ + p] += (<double>1.0) * gamma[c] * Rg[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rgx:
         memset(Rgx, 0, n_ * c_ * p_ * sizeof(double))
     if not _wrote_Rggamma:
@@ -5421,26 +6119,44 @@ cdef int _channel_scale_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(float))
     cdef bint _wrote_Rggamma = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<float>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<float>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(float))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<float>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<float>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(float))
     return 0
@@ -5458,26 +6174,44 @@ cdef int _channel_scale_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int
     cdef Py_ssize_t n, c, p
     memset(ggamma, 0, c_ * sizeof(double))
     cdef bint _wrote_Rggamma = False
-    for n in range(n_):
-        for c in range(c_):
-            for p in range(p_):
-                ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+    if p_ == 1:
+        for n in range(n_):
+            for c in range(c_):
+                ggamma[c] += (<double>1.0) * g[(n) * c_ + c] * x[(n) * c_ + c]
+    else:
+        for n in range(n_):
+            for c in range(c_):
+                for p in range(p_):
+                    ggamma[c] += (<double>1.0) * g[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rg != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rg[(n) * c_ + c] * x[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rg[((n) * c_ + c) * p_ + p] * x[((n) * c_ + c) * p_ + p]
+
     if Rx != NULL:
         if not _wrote_Rggamma:
             memset(Rggamma, 0, c_ * sizeof(double))
             _wrote_Rggamma = True
-        for n in range(n_):
-            for c in range(c_):
-                for p in range(p_):
-                    Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+        if p_ == 1:
+            for n in range(n_):
+                for c in range(c_):
+                    Rggamma[c] += (<double>1.0) * Rx[(n) * c_ + c] * g[(n) * c_ + c]
+        else:
+            for n in range(n_):
+                for c in range(c_):
+                    for p in range(p_):
+                        Rggamma[c] += (<double>1.0) * Rx[((n) * c_ + c) * p_ + p] * g[((n) * c_ + c) * p_ + p]
+
     if not _wrote_Rggamma:
         memset(Rggamma, 0, c_ * sizeof(double))
     return 0
