@@ -193,7 +193,6 @@ def _nests(ops: list[dict], shapes: dict, out: str) -> list[dict]:
             a, fs, loops = term(op)
             op = finish(_nest(out, out_idx, loops, [(a, fs)], False, op["guard"]))
         elif op["kind"] == "loop":
-            tail = set(op["tail"])
             loops = [(v, v) for v in op["outer"]]
             nest = finish(_nest(out, out_idx, loops, [(op["alpha_c"], [(op["A"], op["a_base"])])], False,
                                 op["guard"]))

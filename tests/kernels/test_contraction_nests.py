@@ -5,10 +5,8 @@ variant without the one-trip inner loop) and outputs filled with NaN before the 
 assigns must not read its output, one that accumulates must start from zero)."""
 import numpy as np
 import pytest
-
-from symprop.runtime import layers as L
-
 from support.numeric import rel_err
+from symprop.runtime import layers as L
 
 
 def _call(kernels, role, env, dtype):
