@@ -19,6 +19,11 @@ from .render import render
 LAYOUT = ["A", "C", "B"]
 
 
+#: independent partial sums per group reduction (codegen/templates/composite.pyx.j2): eight
+#: float32 elements fill an AVX2 load, which GCC then vectorizes into two registers of four
+#: double sums (at four lanes it found no vector type for the float loads and stayed scalar)
+SUM_LANES = 8
+
 def _cse(exprs: list, prefix: str):
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
     return repl, reduced
@@ -116,6 +121,6 @@ def render_composite_module(module: str, derived: list[DerivedComposite], doc: s
         table[spec.name]["saved"] = [s.name for s in spec.saved]
         table[spec.name]["stats"] = [s.name for s in spec.stats]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
-    return render("composite.pyx.j2", module=module, specs=specs, kernels=kernels, manifest=table,
+    return render("composite.pyx.j2", module=module, specs=specs, kernels=kernels, manifest=table, lanes=SUM_LANES,
                   doc=doc or f"Composite kernels (group reductions + elementwise stages): "
                              f"{', '.join(s['name'] for s in specs)}.")

@@ -1816,6 +1816,7 @@ MANIFEST = __import__('json').loads(r'''{
  }
 }''')
 
+
 # ---------------------------------------------------------------- batchnorm_forward
 # batch normalization (train mode): batch mean and biased variance per channel: forward (stages in order)
 cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
@@ -1829,7 +1830,7 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
     cdef float* var_p = <float*>_ap[7]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double beta
@@ -1837,28 +1838,63 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _mu_l[8]
+    cdef double _var_l[8]
+    cdef double __corr_mu_l[8]
     cdef float x
     cdef float _t1_0
     cdef float _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         beta = beta_p[_c]
-        mu = 0
+        for _l in range(8):
+            _mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _mu_l[_l] = _mu_l[_l] + x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                mu = mu + x
+                _mu_l[0] = _mu_l[0] + x
+
+        mu = _mu_l[0]
+        for _l in range(1, 8):
+            mu = mu + _mu_l[_l]
         mu = mu/M
-        var = 0
-        _corr_mu = 0
+        for _l in range(8):
+            _var_l[_l] = 0
+        for _l in range(8):
+            __corr_mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _t1_0 = -mu + x
+                    _var_l[_l] = _var_l[_l] + (_t1_0*_t1_0)
+                    __corr_mu_l[_l] = __corr_mu_l[_l] + _t1_0
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
                 _t1_0 = -mu + x
-                var = var + (_t1_0*_t1_0)
-                _corr_mu = _corr_mu + _t1_0
+                _var_l[0] = _var_l[0] + (_t1_0*_t1_0)
+                __corr_mu_l[0] = __corr_mu_l[0] + _t1_0
+
+        var = _var_l[0]
+        for _l in range(1, 8):
+            var = var + _var_l[_l]
+        _corr_mu = __corr_mu_l[0]
+        for _l in range(1, 8):
+            _corr_mu = _corr_mu + __corr_mu_l[_l]
         mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
@@ -1884,7 +1920,7 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
     cdef double* var_p = <double*>_ap[7]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double beta
@@ -1892,28 +1928,63 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _mu_l[8]
+    cdef double _var_l[8]
+    cdef double __corr_mu_l[8]
     cdef double x
     cdef double _t1_0
     cdef double _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         beta = beta_p[_c]
-        mu = 0
+        for _l in range(8):
+            _mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _mu_l[_l] = _mu_l[_l] + x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                mu = mu + x
+                _mu_l[0] = _mu_l[0] + x
+
+        mu = _mu_l[0]
+        for _l in range(1, 8):
+            mu = mu + _mu_l[_l]
         mu = mu/M
-        var = 0
-        _corr_mu = 0
+        for _l in range(8):
+            _var_l[_l] = 0
+        for _l in range(8):
+            __corr_mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _t1_0 = -mu + x
+                    _var_l[_l] = _var_l[_l] + (_t1_0*_t1_0)
+                    __corr_mu_l[_l] = __corr_mu_l[_l] + _t1_0
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
                 _t1_0 = -mu + x
-                var = var + (_t1_0*_t1_0)
-                _corr_mu = _corr_mu + _t1_0
+                _var_l[0] = _var_l[0] + (_t1_0*_t1_0)
+                __corr_mu_l[0] = __corr_mu_l[0] + _t1_0
+
+        var = _var_l[0]
+        for _l in range(1, 8):
+            var = var + _var_l[_l]
+        _corr_mu = __corr_mu_l[0]
+        for _l in range(1, 8):
+            _corr_mu = _corr_mu + __corr_mu_l[_l]
         mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
@@ -1940,27 +2011,48 @@ cdef void _batchnorm_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef float* grad_beta_p = <float*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float g
     cdef float xhat
     cdef float _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <float>(_sum1)
         grad_beta_p[_c] = <float>(_sum0)
         for _a in range(A):
@@ -1981,27 +2073,48 @@ cdef void _batchnorm_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double* grad_beta_p = <double*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double g
     cdef double xhat
     cdef double _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <double>(_sum1)
         grad_beta_p[_c] = <double>(_sum0)
         for _a in range(A):
@@ -2024,7 +2137,7 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef float* Ry_p = <float*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rbeta
     cdef double Rgamma
@@ -2032,6 +2145,8 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float Rx
     cdef float xhat
     cdef float _u0
@@ -2041,15 +2156,34 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rx
-                _sum1 = _sum1 + Rx*xhat
+                __sum0_l[0] = __sum0_l[0] + Rx
+                __sum1_l[0] = __sum1_l[0] + Rx*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2069,7 +2203,7 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double* Ry_p = <double*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rbeta
     cdef double Rgamma
@@ -2077,6 +2211,8 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double Rx
     cdef double xhat
     cdef double _u0
@@ -2086,15 +2222,34 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rx
-                _sum1 = _sum1 + Rx*xhat
+                __sum0_l[0] = __sum0_l[0] + Rx
+                __sum1_l[0] = __sum1_l[0] + Rx*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2119,7 +2274,7 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef float* Rgrad_beta_p = <float*>_ap[9]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rgamma
     cdef double gamma
@@ -2131,6 +2286,13 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
     cdef float Rg
     cdef float Rx
     cdef float g
@@ -2145,27 +2307,73 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rx
+                    __sum2_l[_l] = __sum2_l[_l] + g
+                    __sum3_l[_l] = __sum3_l[_l] + Rg*xhat
+                    __sum4_l[_l] = __sum4_l[_l] + Rx*g
+                    __sum5_l[_l] = __sum5_l[_l] + Rx*xhat
+                    __sum6_l[_l] = __sum6_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rx
-                _sum2 = _sum2 + g
-                _sum3 = _sum3 + Rg*xhat
-                _sum4 = _sum4 + Rx*g
-                _sum5 = _sum5 + Rx*xhat
-                _sum6 = _sum6 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rx
+                __sum2_l[0] = __sum2_l[0] + g
+                __sum3_l[0] = __sum3_l[0] + Rg*xhat
+                __sum4_l[0] = __sum4_l[0] + Rx*g
+                __sum5_l[0] = __sum5_l[0] + Rx*xhat
+                __sum6_l[0] = __sum6_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
         Rgrad_gamma_p[_c] = <float>(_sum3 + _sum4*rstd - _sum1*_sum2*rstd/M - _sum5*_sum6*rstd/M)
         Rgrad_beta_p[_c] = <float>(_sum0)
         for _a in range(A):
@@ -2196,7 +2404,7 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double* Rgrad_beta_p = <double*>_ap[9]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rgamma
     cdef double gamma
@@ -2208,6 +2416,13 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
     cdef double Rg
     cdef double Rx
     cdef double g
@@ -2222,27 +2437,73 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rx
+                    __sum2_l[_l] = __sum2_l[_l] + g
+                    __sum3_l[_l] = __sum3_l[_l] + Rg*xhat
+                    __sum4_l[_l] = __sum4_l[_l] + Rx*g
+                    __sum5_l[_l] = __sum5_l[_l] + Rx*xhat
+                    __sum6_l[_l] = __sum6_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rx
-                _sum2 = _sum2 + g
-                _sum3 = _sum3 + Rg*xhat
-                _sum4 = _sum4 + Rx*g
-                _sum5 = _sum5 + Rx*xhat
-                _sum6 = _sum6 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rx
+                __sum2_l[0] = __sum2_l[0] + g
+                __sum3_l[0] = __sum3_l[0] + Rg*xhat
+                __sum4_l[0] = __sum4_l[0] + Rx*g
+                __sum5_l[0] = __sum5_l[0] + Rx*xhat
+                __sum6_l[0] = __sum6_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
         Rgrad_gamma_p[_c] = <double>(_sum3 + _sum4*rstd - _sum1*_sum2*rstd/M - _sum5*_sum6*rstd/M)
         Rgrad_beta_p[_c] = <double>(_sum0)
         for _a in range(A):
@@ -2273,7 +2534,7 @@ cdef void _batchnorm_eval_forward_f32(char** _ap, const double* _sp, const Py_ss
     cdef float* rstd_p = <float*>_ap[7]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double beta
@@ -2308,7 +2569,7 @@ cdef void _batchnorm_eval_forward_f64(char** _ap, const double* _sp, const Py_ss
     cdef double* rstd_p = <double*>_ap[7]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double beta
@@ -2344,26 +2605,47 @@ cdef void _batchnorm_eval_vjp_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef float* grad_beta_p = <float*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float g
     cdef float xhat
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <float>(_sum1)
         grad_beta_p[_c] = <float>(_sum0)
         for _a in range(A):
@@ -2383,26 +2665,47 @@ cdef void _batchnorm_eval_vjp_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double* grad_beta_p = <double*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double gamma
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double g
     cdef double xhat
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*xhat
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*xhat
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*xhat
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <double>(_sum1)
         grad_beta_p[_c] = <double>(_sum0)
         for _a in range(A):
@@ -2424,7 +2727,7 @@ cdef void _batchnorm_eval_jvp_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef float* Ry_p = <float*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rbeta
     cdef double Rgamma
@@ -2454,7 +2757,7 @@ cdef void _batchnorm_eval_jvp_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double* Ry_p = <double*>_ap[6]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rbeta
     cdef double Rgamma
@@ -2489,7 +2792,7 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
     cdef float* Rgrad_beta_p = <float*>_ap[9]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rgamma
     cdef double gamma
@@ -2497,6 +2800,9 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef float Rg
     cdef float Rx
     cdef float g
@@ -2505,19 +2811,45 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rg*xhat
+                    __sum2_l[_l] = __sum2_l[_l] + Rx*g
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rg*xhat
-                _sum2 = _sum2 + Rx*g
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rg*xhat
+                __sum2_l[0] = __sum2_l[0] + Rx*g
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         Rgrad_gamma_p[_c] = <float>(_sum1 + _sum2*rstd)
         Rgrad_beta_p[_c] = <float>(_sum0)
         for _a in range(A):
@@ -2542,7 +2874,7 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
     cdef double* Rgrad_beta_p = <double*>_ap[9]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double Rgamma
     cdef double gamma
@@ -2550,6 +2882,9 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef double Rg
     cdef double Rx
     cdef double g
@@ -2558,19 +2893,45 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    xhat = xhat_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rg*xhat
+                    __sum2_l[_l] = __sum2_l[_l] + Rx*g
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rg*xhat
-                _sum2 = _sum2 + Rx*g
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rg*xhat
+                __sum2_l[0] = __sum2_l[0] + Rx*g
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         Rgrad_gamma_p[_c] = <double>(_sum1 + _sum2*rstd)
         Rgrad_beta_p[_c] = <double>(_sum0)
         for _a in range(A):
@@ -2588,25 +2949,55 @@ cdef void _softmax_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef const float* x_p = <const float*>_ap[0]
     cdef float* y_p = <float*>_ap[1]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double m
     cdef double s
+    cdef double _m_l[8]
+    cdef double _s_l[8]
     cdef float x
     for _c in range(_c0, _c1):
-        m = -INFINITY
+        for _l in range(8):
+            _m_l[_l] = -INFINITY
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    if x > _m_l[_l]:
+                        _m_l[_l] = x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                if x > m:
-                    m = x
-        s = 0
+                if x > _m_l[0]:
+                    _m_l[0] = x
+
+        m = _m_l[0]
+        for _l in range(1, 8):
+            if _m_l[_l] > m:
+                m = _m_l[_l]
+        for _l in range(8):
+            _s_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _s_l[_l] = _s_l[_l] + expf(-m + x)
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                s = s + expf(-m + x)
+                _s_l[0] = _s_l[0] + expf(-m + x)
+
+        s = _s_l[0]
+        for _l in range(1, 8):
+            s = s + _s_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2617,25 +3008,55 @@ cdef void _softmax_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef const double* x_p = <const double*>_ap[0]
     cdef double* y_p = <double*>_ap[1]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double m
     cdef double s
+    cdef double _m_l[8]
+    cdef double _s_l[8]
     cdef double x
     for _c in range(_c0, _c1):
-        m = -INFINITY
+        for _l in range(8):
+            _m_l[_l] = -INFINITY
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    if x > _m_l[_l]:
+                        _m_l[_l] = x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                if x > m:
-                    m = x
-        s = 0
+                if x > _m_l[0]:
+                    _m_l[0] = x
+
+        m = _m_l[0]
+        for _l in range(1, 8):
+            if _m_l[_l] > m:
+                m = _m_l[_l]
+        for _l in range(8):
+            _s_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _s_l[_l] = _s_l[_l] + exp(-m + x)
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                s = s + exp(-m + x)
+                _s_l[0] = _s_l[0] + exp(-m + x)
+
+        s = _s_l[0]
+        for _l in range(1, 8):
+            s = s + _s_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2649,19 +3070,34 @@ cdef void _softmax_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp,
     cdef const float* y_p = <const float*>_ap[1]
     cdef float* grad_x_p = <float*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float g
     cdef float y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g*y
+                __sum0_l[0] = __sum0_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2674,19 +3110,34 @@ cdef void _softmax_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp,
     cdef const double* y_p = <const double*>_ap[1]
     cdef double* grad_x_p = <double*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double g
     cdef double y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g*y
+                __sum0_l[0] = __sum0_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2701,19 +3152,34 @@ cdef void _softmax_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp,
     cdef const float* y_p = <const float*>_ap[1]
     cdef float* Ry_p = <float*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float Rx
     cdef float y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2726,19 +3192,34 @@ cdef void _softmax_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp,
     cdef const double* y_p = <const double*>_ap[1]
     cdef double* Ry_p = <double*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double Rx
     cdef double y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2755,34 +3236,70 @@ cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp
     cdef const float* y_p = <const float*>_ap[3]
     cdef float* Rgrad_x_p = <float*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
     cdef float Rg
     cdef float Rx
     cdef float g
     cdef float y
     cdef float _t0_0
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = Rx*y
+                    __sum0_l[_l] = __sum0_l[_l] + Rg*y
+                    __sum1_l[_l] = __sum1_l[_l] + _t0_0
+                    __sum2_l[_l] = __sum2_l[_l] + g*y
+                    __sum3_l[_l] = __sum3_l[_l] + _t0_0*g
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
                 _t0_0 = Rx*y
-                _sum0 = _sum0 + Rg*y
-                _sum1 = _sum1 + _t0_0
-                _sum2 = _sum2 + g*y
-                _sum3 = _sum3 + _t0_0*g
+                __sum0_l[0] = __sum0_l[0] + Rg*y
+                __sum1_l[0] = __sum1_l[0] + _t0_0
+                __sum2_l[0] = __sum2_l[0] + g*y
+                __sum3_l[0] = __sum3_l[0] + _t0_0*g
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2799,34 +3316,70 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
     cdef const double* y_p = <const double*>_ap[3]
     cdef double* Rgrad_x_p = <double*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
     cdef double Rg
     cdef double Rx
     cdef double g
     cdef double y
     cdef double _t0_0
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = Rx*y
+                    __sum0_l[_l] = __sum0_l[_l] + Rg*y
+                    __sum1_l[_l] = __sum1_l[_l] + _t0_0
+                    __sum2_l[_l] = __sum2_l[_l] + g*y
+                    __sum3_l[_l] = __sum3_l[_l] + _t0_0*g
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
                 _t0_0 = Rx*y
-                _sum0 = _sum0 + Rg*y
-                _sum1 = _sum1 + _t0_0
-                _sum2 = _sum2 + g*y
-                _sum3 = _sum3 + _t0_0*g
+                __sum0_l[0] = __sum0_l[0] + Rg*y
+                __sum1_l[0] = __sum1_l[0] + _t0_0
+                __sum2_l[0] = __sum2_l[0] + g*y
+                __sum3_l[0] = __sum3_l[0] + _t0_0*g
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2843,19 +3396,34 @@ cdef void _softmax_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef const float* y_p = <const float*>_ap[1]
     cdef float* y1_p = <float*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float x1
     cdef float y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2868,19 +3436,34 @@ cdef void _softmax_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef const double* y_p = <const double*>_ap[1]
     cdef double* y1_p = <double*>_ap[2]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double x1
     cdef double y
     for _c in range(_c0, _c1):
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2897,30 +3480,59 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float* gx_p = <float*>_ap[3]
     cdef float* gx1_p = <float*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef float g1
     cdef float x1
     cdef float y
     cdef float _t0_0
     cdef float _u0
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = g1*y
+                    __sum0_l[_l] = __sum0_l[_l] + _t0_0
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+                    __sum2_l[_l] = __sum2_l[_l] + _t0_0*x1
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
                 _t0_0 = g1*y
-                _sum0 = _sum0 + _t0_0
-                _sum1 = _sum1 + x1*y
-                _sum2 = _sum2 + _t0_0*x1
+                __sum0_l[0] = __sum0_l[0] + _t0_0
+                __sum1_l[0] = __sum1_l[0] + x1*y
+                __sum2_l[0] = __sum2_l[0] + _t0_0*x1
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2938,30 +3550,59 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double* gx_p = <double*>_ap[3]
     cdef double* gx1_p = <double*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef double g1
     cdef double x1
     cdef double y
     cdef double _t0_0
     cdef double _u0
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = g1*y
+                    __sum0_l[_l] = __sum0_l[_l] + _t0_0
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+                    __sum2_l[_l] = __sum2_l[_l] + _t0_0*x1
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
                 _t0_0 = g1*y
-                _sum0 = _sum0 + _t0_0
-                _sum1 = _sum1 + x1*y
-                _sum2 = _sum2 + _t0_0*x1
+                __sum0_l[0] = __sum0_l[0] + _t0_0
+                __sum1_l[0] = __sum1_l[0] + x1*y
+                __sum2_l[0] = __sum2_l[0] + _t0_0*x1
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2981,27 +3622,55 @@ cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef float* y1_p = <float*>_ap[3]
     cdef float* y2_p = <float*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef float x1
     cdef float x2
     cdef float y
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+                    __sum1_l[_l] = __sum1_l[_l] + (x1*x1)*y
+                    __sum2_l[_l] = __sum2_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
-                _sum1 = _sum1 + (x1*x1)*y
-                _sum2 = _sum2 + x2*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+                __sum1_l[0] = __sum1_l[0] + (x1*x1)*y
+                __sum2_l[0] = __sum2_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3018,27 +3687,55 @@ cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double* y1_p = <double*>_ap[3]
     cdef double* y2_p = <double*>_ap[4]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef double x1
     cdef double x2
     cdef double y
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+                    __sum1_l[_l] = __sum1_l[_l] + (x1*x1)*y
+                    __sum2_l[_l] = __sum2_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
-                _sum1 = _sum1 + (x1*x1)*y
-                _sum2 = _sum2 + x2*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+                __sum1_l[0] = __sum1_l[0] + (x1*x1)*y
+                __sum2_l[0] = __sum2_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3060,7 +3757,7 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float* gx1_p = <float*>_ap[6]
     cdef float* gx2_p = <float*>_ap[7]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
@@ -3071,6 +3768,15 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum6
     cdef double _sum7
     cdef double _sum8
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
+    cdef double __sum8_l[8]
     cdef float g1
     cdef float g2
     cdef float x1
@@ -3087,18 +3793,50 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float _u5
     cdef float _u6
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
-        _sum8 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        for _l in range(8):
+            __sum8_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = g1*y
+                    _t0_1 = g2*y
+                    _t0_2 = (x1*x1)
+                    __sum0_l[_l] = __sum0_l[_l] + _t0_0
+                    __sum1_l[_l] = __sum1_l[_l] + _t0_1
+                    __sum2_l[_l] = __sum2_l[_l] + x1*y
+                    __sum3_l[_l] = __sum3_l[_l] + _t0_2*y
+                    __sum4_l[_l] = __sum4_l[_l] + x2*y
+                    __sum5_l[_l] = __sum5_l[_l] + _t0_0*x1
+                    __sum6_l[_l] = __sum6_l[_l] + _t0_1*x1
+                    __sum7_l[_l] = __sum7_l[_l] + _t0_1*_t0_2
+                    __sum8_l[_l] = __sum8_l[_l] + _t0_1*x2
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
@@ -3107,15 +3845,43 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
                 _t0_0 = g1*y
                 _t0_1 = g2*y
                 _t0_2 = (x1*x1)
-                _sum0 = _sum0 + _t0_0
-                _sum1 = _sum1 + _t0_1
-                _sum2 = _sum2 + x1*y
-                _sum3 = _sum3 + _t0_2*y
-                _sum4 = _sum4 + x2*y
-                _sum5 = _sum5 + _t0_0*x1
-                _sum6 = _sum6 + _t0_1*x1
-                _sum7 = _sum7 + _t0_1*_t0_2
-                _sum8 = _sum8 + _t0_1*x2
+                __sum0_l[0] = __sum0_l[0] + _t0_0
+                __sum1_l[0] = __sum1_l[0] + _t0_1
+                __sum2_l[0] = __sum2_l[0] + x1*y
+                __sum3_l[0] = __sum3_l[0] + _t0_2*y
+                __sum4_l[0] = __sum4_l[0] + x2*y
+                __sum5_l[0] = __sum5_l[0] + _t0_0*x1
+                __sum6_l[0] = __sum6_l[0] + _t0_1*x1
+                __sum7_l[0] = __sum7_l[0] + _t0_1*_t0_2
+                __sum8_l[0] = __sum8_l[0] + _t0_1*x2
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
+        _sum8 = __sum8_l[0]
+        for _l in range(1, 8):
+            _sum8 = _sum8 + __sum8_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3145,7 +3911,7 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double* gx1_p = <double*>_ap[6]
     cdef double* gx2_p = <double*>_ap[7]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double _sum0
     cdef double _sum1
@@ -3156,6 +3922,15 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum6
     cdef double _sum7
     cdef double _sum8
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
+    cdef double __sum8_l[8]
     cdef double g1
     cdef double g2
     cdef double x1
@@ -3172,18 +3947,50 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _u5
     cdef double _u6
     for _c in range(_c0, _c1):
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
-        _sum8 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        for _l in range(8):
+            __sum8_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    _t0_0 = g1*y
+                    _t0_1 = g2*y
+                    _t0_2 = (x1*x1)
+                    __sum0_l[_l] = __sum0_l[_l] + _t0_0
+                    __sum1_l[_l] = __sum1_l[_l] + _t0_1
+                    __sum2_l[_l] = __sum2_l[_l] + x1*y
+                    __sum3_l[_l] = __sum3_l[_l] + _t0_2*y
+                    __sum4_l[_l] = __sum4_l[_l] + x2*y
+                    __sum5_l[_l] = __sum5_l[_l] + _t0_0*x1
+                    __sum6_l[_l] = __sum6_l[_l] + _t0_1*x1
+                    __sum7_l[_l] = __sum7_l[_l] + _t0_1*_t0_2
+                    __sum8_l[_l] = __sum8_l[_l] + _t0_1*x2
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
@@ -3192,15 +3999,43 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
                 _t0_0 = g1*y
                 _t0_1 = g2*y
                 _t0_2 = (x1*x1)
-                _sum0 = _sum0 + _t0_0
-                _sum1 = _sum1 + _t0_1
-                _sum2 = _sum2 + x1*y
-                _sum3 = _sum3 + _t0_2*y
-                _sum4 = _sum4 + x2*y
-                _sum5 = _sum5 + _t0_0*x1
-                _sum6 = _sum6 + _t0_1*x1
-                _sum7 = _sum7 + _t0_1*_t0_2
-                _sum8 = _sum8 + _t0_1*x2
+                __sum0_l[0] = __sum0_l[0] + _t0_0
+                __sum1_l[0] = __sum1_l[0] + _t0_1
+                __sum2_l[0] = __sum2_l[0] + x1*y
+                __sum3_l[0] = __sum3_l[0] + _t0_2*y
+                __sum4_l[0] = __sum4_l[0] + x2*y
+                __sum5_l[0] = __sum5_l[0] + _t0_0*x1
+                __sum6_l[0] = __sum6_l[0] + _t0_1*x1
+                __sum7_l[0] = __sum7_l[0] + _t0_1*_t0_2
+                __sum8_l[0] = __sum8_l[0] + _t0_1*x2
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
+        _sum8 = __sum8_l[0]
+        for _l in range(1, 8):
+            _sum8 = _sum8 + __sum8_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3228,31 +4063,66 @@ cdef void _standardize_forward_f32(char** _ap, const double* _sp, const Py_ssize
     cdef float* rstd_p = <float*>_ap[2]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double mu
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _mu_l[8]
+    cdef double _var_l[8]
+    cdef double __corr_mu_l[8]
     cdef float x
     cdef float _t1_0
     for _c in range(_c0, _c1):
-        mu = 0
+        for _l in range(8):
+            _mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _mu_l[_l] = _mu_l[_l] + x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                mu = mu + x
+                _mu_l[0] = _mu_l[0] + x
+
+        mu = _mu_l[0]
+        for _l in range(1, 8):
+            mu = mu + _mu_l[_l]
         mu = mu/M
-        var = 0
-        _corr_mu = 0
+        for _l in range(8):
+            _var_l[_l] = 0
+        for _l in range(8):
+            __corr_mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _t1_0 = -mu + x
+                    _var_l[_l] = _var_l[_l] + (_t1_0*_t1_0)
+                    __corr_mu_l[_l] = __corr_mu_l[_l] + _t1_0
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
                 _t1_0 = -mu + x
-                var = var + (_t1_0*_t1_0)
-                _corr_mu = _corr_mu + _t1_0
+                _var_l[0] = _var_l[0] + (_t1_0*_t1_0)
+                __corr_mu_l[0] = __corr_mu_l[0] + _t1_0
+
+        var = _var_l[0]
+        for _l in range(1, 8):
+            var = var + _var_l[_l]
+        _corr_mu = __corr_mu_l[0]
+        for _l in range(1, 8):
+            _corr_mu = _corr_mu + __corr_mu_l[_l]
         mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
@@ -3269,31 +4139,66 @@ cdef void _standardize_forward_f64(char** _ap, const double* _sp, const Py_ssize
     cdef double* rstd_p = <double*>_ap[2]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double mu
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _mu_l[8]
+    cdef double _var_l[8]
+    cdef double __corr_mu_l[8]
     cdef double x
     cdef double _t1_0
     for _c in range(_c0, _c1):
-        mu = 0
+        for _l in range(8):
+            _mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _mu_l[_l] = _mu_l[_l] + x
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                mu = mu + x
+                _mu_l[0] = _mu_l[0] + x
+
+        mu = _mu_l[0]
+        for _l in range(1, 8):
+            mu = mu + _mu_l[_l]
         mu = mu/M
-        var = 0
-        _corr_mu = 0
+        for _l in range(8):
+            _var_l[_l] = 0
+        for _l in range(8):
+            __corr_mu_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _t1_0 = -mu + x
+                    _var_l[_l] = _var_l[_l] + (_t1_0*_t1_0)
+                    __corr_mu_l[_l] = __corr_mu_l[_l] + _t1_0
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
                 _t1_0 = -mu + x
-                var = var + (_t1_0*_t1_0)
-                _corr_mu = _corr_mu + _t1_0
+                _var_l[0] = _var_l[0] + (_t1_0*_t1_0)
+                __corr_mu_l[0] = __corr_mu_l[0] + _t1_0
+
+        var = _var_l[0]
+        for _l in range(1, 8):
+            var = var + _var_l[_l]
+        _corr_mu = __corr_mu_l[0]
+        for _l in range(1, 8):
+            _corr_mu = _corr_mu + __corr_mu_l[_l]
         mu = mu + _corr_mu/M
         var = var/M
         rstd = ((<double>1.0)/sqrt(eps + var))
@@ -3313,25 +4218,46 @@ cdef void _standardize_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef float* grad_x_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float g
     cdef float y
     cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*y
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3347,25 +4273,46 @@ cdef void _standardize_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double* grad_x_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double g
     cdef double y
     cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g
+                    __sum1_l[_l] = __sum1_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g
-                _sum1 = _sum1 + g*y
+                __sum0_l[0] = __sum0_l[0] + g
+                __sum1_l[0] = __sum1_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3383,25 +4330,46 @@ cdef void _standardize_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef float* Ry_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float Rx
     cdef float y
     cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx
-                _sum1 = _sum1 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx
+                __sum1_l[0] = __sum1_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3417,25 +4385,46 @@ cdef void _standardize_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double* Ry_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double Rx
     cdef double y
     cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx
-                _sum1 = _sum1 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx
+                __sum1_l[0] = __sum1_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3455,7 +4444,7 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef float* Rgrad_x_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3465,6 +4454,13 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
     cdef float Rg
     cdef float Rx
     cdef float g
@@ -3478,27 +4474,73 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef float _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rx
+                    __sum2_l[_l] = __sum2_l[_l] + g
+                    __sum3_l[_l] = __sum3_l[_l] + Rg*y
+                    __sum4_l[_l] = __sum4_l[_l] + Rx*g
+                    __sum5_l[_l] = __sum5_l[_l] + Rx*y
+                    __sum6_l[_l] = __sum6_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rx
-                _sum2 = _sum2 + g
-                _sum3 = _sum3 + Rg*y
-                _sum4 = _sum4 + Rx*g
-                _sum5 = _sum5 + Rx*y
-                _sum6 = _sum6 + g*y
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rx
+                __sum2_l[0] = __sum2_l[0] + g
+                __sum3_l[0] = __sum3_l[0] + Rg*y
+                __sum4_l[0] = __sum4_l[0] + Rx*g
+                __sum5_l[0] = __sum5_l[0] + Rx*y
+                __sum6_l[0] = __sum6_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3524,7 +4566,7 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double* Rgrad_x_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3534,6 +4576,13 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
     cdef double Rg
     cdef double Rx
     cdef double g
@@ -3547,27 +4596,73 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg
+                    __sum1_l[_l] = __sum1_l[_l] + Rx
+                    __sum2_l[_l] = __sum2_l[_l] + g
+                    __sum3_l[_l] = __sum3_l[_l] + Rg*y
+                    __sum4_l[_l] = __sum4_l[_l] + Rx*g
+                    __sum5_l[_l] = __sum5_l[_l] + Rx*y
+                    __sum6_l[_l] = __sum6_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rg
-                _sum1 = _sum1 + Rx
-                _sum2 = _sum2 + g
-                _sum3 = _sum3 + Rg*y
-                _sum4 = _sum4 + Rx*g
-                _sum5 = _sum5 + Rx*y
-                _sum6 = _sum6 + g*y
+                __sum0_l[0] = __sum0_l[0] + Rg
+                __sum1_l[0] = __sum1_l[0] + Rx
+                __sum2_l[0] = __sum2_l[0] + g
+                __sum3_l[0] = __sum3_l[0] + Rg*y
+                __sum4_l[0] = __sum4_l[0] + Rx*g
+                __sum5_l[0] = __sum5_l[0] + Rx*y
+                __sum6_l[0] = __sum6_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3593,25 +4688,46 @@ cdef void _standardize_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float* y1_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef float x1
     cdef float y
     cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1
-                _sum1 = _sum1 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1
+                __sum1_l[0] = __sum1_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3627,25 +4743,46 @@ cdef void _standardize_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double* y1_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
     cdef double x1
     cdef double y
     cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1
-                _sum1 = _sum1 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1
+                __sum1_l[0] = __sum1_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3665,7 +4802,7 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef float* gx1_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3673,6 +4810,11 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
     cdef float g1
     cdef float x1
     cdef float y
@@ -3685,22 +4827,57 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef float _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1
+                    __sum1_l[_l] = __sum1_l[_l] + x1
+                    __sum2_l[_l] = __sum2_l[_l] + g1*x1
+                    __sum3_l[_l] = __sum3_l[_l] + g1*y
+                    __sum4_l[_l] = __sum4_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1
-                _sum1 = _sum1 + x1
-                _sum2 = _sum2 + g1*x1
-                _sum3 = _sum3 + g1*y
-                _sum4 = _sum4 + x1*y
+                __sum0_l[0] = __sum0_l[0] + g1
+                __sum1_l[0] = __sum1_l[0] + x1
+                __sum2_l[0] = __sum2_l[0] + g1*x1
+                __sum3_l[0] = __sum3_l[0] + g1*y
+                __sum4_l[0] = __sum4_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3726,7 +4903,7 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double* gx1_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3734,6 +4911,11 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
     cdef double g1
     cdef double x1
     cdef double y
@@ -3746,22 +4928,57 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1
+                    __sum1_l[_l] = __sum1_l[_l] + x1
+                    __sum2_l[_l] = __sum2_l[_l] + g1*x1
+                    __sum3_l[_l] = __sum3_l[_l] + g1*y
+                    __sum4_l[_l] = __sum4_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1
-                _sum1 = _sum1 + x1
-                _sum2 = _sum2 + g1*x1
-                _sum3 = _sum3 + g1*y
-                _sum4 = _sum4 + x1*y
+                __sum0_l[0] = __sum0_l[0] + g1
+                __sum1_l[0] = __sum1_l[0] + x1
+                __sum2_l[0] = __sum2_l[0] + g1*x1
+                __sum3_l[0] = __sum3_l[0] + g1*y
+                __sum4_l[0] = __sum4_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3789,7 +5006,7 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float* y2_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3797,6 +5014,11 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
     cdef float x1
     cdef float x2
     cdef float y
@@ -3810,22 +5032,57 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float _u7
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1
+                    __sum1_l[_l] = __sum1_l[_l] + (x1*x1)
+                    __sum2_l[_l] = __sum2_l[_l] + x2
+                    __sum3_l[_l] = __sum3_l[_l] + x1*y
+                    __sum4_l[_l] = __sum4_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1
-                _sum1 = _sum1 + (x1*x1)
-                _sum2 = _sum2 + x2
-                _sum3 = _sum3 + x1*y
-                _sum4 = _sum4 + x2*y
+                __sum0_l[0] = __sum0_l[0] + x1
+                __sum1_l[0] = __sum1_l[0] + (x1*x1)
+                __sum2_l[0] = __sum2_l[0] + x2
+                __sum3_l[0] = __sum3_l[0] + x1*y
+                __sum4_l[0] = __sum4_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3852,7 +5109,7 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double* y2_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3860,6 +5117,11 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
     cdef double x1
     cdef double x2
     cdef double y
@@ -3873,22 +5135,57 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _u7
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1
+                    __sum1_l[_l] = __sum1_l[_l] + (x1*x1)
+                    __sum2_l[_l] = __sum2_l[_l] + x2
+                    __sum3_l[_l] = __sum3_l[_l] + x1*y
+                    __sum4_l[_l] = __sum4_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1
-                _sum1 = _sum1 + (x1*x1)
-                _sum2 = _sum2 + x2
-                _sum3 = _sum3 + x1*y
-                _sum4 = _sum4 + x2*y
+                __sum0_l[0] = __sum0_l[0] + x1
+                __sum1_l[0] = __sum1_l[0] + (x1*x1)
+                __sum2_l[0] = __sum2_l[0] + x2
+                __sum3_l[0] = __sum3_l[0] + x1*y
+                __sum4_l[0] = __sum4_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3920,7 +5217,7 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef float* gx2_p = <float*>_ap[8]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -3935,6 +5232,18 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef double _sum9
     cdef double _sum10
     cdef double _sum11
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
+    cdef double __sum8_l[8]
+    cdef double __sum9_l[8]
+    cdef double __sum10_l[8]
+    cdef double __sum11_l[8]
     cdef float g1
     cdef float g2
     cdef float x1
@@ -3977,38 +5286,110 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef float _u34
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
-        _sum8 = 0
-        _sum9 = 0
-        _sum10 = 0
-        _sum11 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        for _l in range(8):
+            __sum8_l[_l] = 0
+        for _l in range(8):
+            __sum9_l[_l] = 0
+        for _l in range(8):
+            __sum10_l[_l] = 0
+        for _l in range(8):
+            __sum11_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1
+                    __sum1_l[_l] = __sum1_l[_l] + g2
+                    __sum2_l[_l] = __sum2_l[_l] + x1
+                    __sum3_l[_l] = __sum3_l[_l] + (x1*x1)
+                    __sum4_l[_l] = __sum4_l[_l] + x2
+                    __sum5_l[_l] = __sum5_l[_l] + g1*x1
+                    __sum6_l[_l] = __sum6_l[_l] + g1*y
+                    __sum7_l[_l] = __sum7_l[_l] + g2*x1
+                    __sum8_l[_l] = __sum8_l[_l] + g2*x2
+                    __sum9_l[_l] = __sum9_l[_l] + g2*y
+                    __sum10_l[_l] = __sum10_l[_l] + x1*y
+                    __sum11_l[_l] = __sum11_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1
-                _sum1 = _sum1 + g2
-                _sum2 = _sum2 + x1
-                _sum3 = _sum3 + (x1*x1)
-                _sum4 = _sum4 + x2
-                _sum5 = _sum5 + g1*x1
-                _sum6 = _sum6 + g1*y
-                _sum7 = _sum7 + g2*x1
-                _sum8 = _sum8 + g2*x2
-                _sum9 = _sum9 + g2*y
-                _sum10 = _sum10 + x1*y
-                _sum11 = _sum11 + x2*y
+                __sum0_l[0] = __sum0_l[0] + g1
+                __sum1_l[0] = __sum1_l[0] + g2
+                __sum2_l[0] = __sum2_l[0] + x1
+                __sum3_l[0] = __sum3_l[0] + (x1*x1)
+                __sum4_l[0] = __sum4_l[0] + x2
+                __sum5_l[0] = __sum5_l[0] + g1*x1
+                __sum6_l[0] = __sum6_l[0] + g1*y
+                __sum7_l[0] = __sum7_l[0] + g2*x1
+                __sum8_l[0] = __sum8_l[0] + g2*x2
+                __sum9_l[0] = __sum9_l[0] + g2*y
+                __sum10_l[0] = __sum10_l[0] + x1*y
+                __sum11_l[0] = __sum11_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
+        _sum8 = __sum8_l[0]
+        for _l in range(1, 8):
+            _sum8 = _sum8 + __sum8_l[_l]
+        _sum9 = __sum9_l[0]
+        for _l in range(1, 8):
+            _sum9 = _sum9 + __sum9_l[_l]
+        _sum10 = __sum10_l[0]
+        for _l in range(1, 8):
+            _sum10 = _sum10 + __sum10_l[_l]
+        _sum11 = __sum11_l[0]
+        for _l in range(1, 8):
+            _sum11 = _sum11 + __sum11_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4068,7 +5449,7 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double* gx2_p = <double*>_ap[8]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -4083,6 +5464,18 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double _sum9
     cdef double _sum10
     cdef double _sum11
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
+    cdef double __sum8_l[8]
+    cdef double __sum9_l[8]
+    cdef double __sum10_l[8]
+    cdef double __sum11_l[8]
     cdef double g1
     cdef double g2
     cdef double x1
@@ -4125,38 +5518,110 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double _u34
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
-        _sum8 = 0
-        _sum9 = 0
-        _sum10 = 0
-        _sum11 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        for _l in range(8):
+            __sum8_l[_l] = 0
+        for _l in range(8):
+            __sum9_l[_l] = 0
+        for _l in range(8):
+            __sum10_l[_l] = 0
+        for _l in range(8):
+            __sum11_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1
+                    __sum1_l[_l] = __sum1_l[_l] + g2
+                    __sum2_l[_l] = __sum2_l[_l] + x1
+                    __sum3_l[_l] = __sum3_l[_l] + (x1*x1)
+                    __sum4_l[_l] = __sum4_l[_l] + x2
+                    __sum5_l[_l] = __sum5_l[_l] + g1*x1
+                    __sum6_l[_l] = __sum6_l[_l] + g1*y
+                    __sum7_l[_l] = __sum7_l[_l] + g2*x1
+                    __sum8_l[_l] = __sum8_l[_l] + g2*x2
+                    __sum9_l[_l] = __sum9_l[_l] + g2*y
+                    __sum10_l[_l] = __sum10_l[_l] + x1*y
+                    __sum11_l[_l] = __sum11_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1
-                _sum1 = _sum1 + g2
-                _sum2 = _sum2 + x1
-                _sum3 = _sum3 + (x1*x1)
-                _sum4 = _sum4 + x2
-                _sum5 = _sum5 + g1*x1
-                _sum6 = _sum6 + g1*y
-                _sum7 = _sum7 + g2*x1
-                _sum8 = _sum8 + g2*x2
-                _sum9 = _sum9 + g2*y
-                _sum10 = _sum10 + x1*y
-                _sum11 = _sum11 + x2*y
+                __sum0_l[0] = __sum0_l[0] + g1
+                __sum1_l[0] = __sum1_l[0] + g2
+                __sum2_l[0] = __sum2_l[0] + x1
+                __sum3_l[0] = __sum3_l[0] + (x1*x1)
+                __sum4_l[0] = __sum4_l[0] + x2
+                __sum5_l[0] = __sum5_l[0] + g1*x1
+                __sum6_l[0] = __sum6_l[0] + g1*y
+                __sum7_l[0] = __sum7_l[0] + g2*x1
+                __sum8_l[0] = __sum8_l[0] + g2*x2
+                __sum9_l[0] = __sum9_l[0] + g2*y
+                __sum10_l[0] = __sum10_l[0] + x1*y
+                __sum11_l[0] = __sum11_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
+        _sum8 = __sum8_l[0]
+        for _l in range(1, 8):
+            _sum8 = _sum8 + __sum8_l[_l]
+        _sum9 = __sum9_l[0]
+        for _l in range(1, 8):
+            _sum9 = _sum9 + __sum9_l[_l]
+        _sum10 = __sum10_l[0]
+        for _l in range(1, 8):
+            _sum10 = _sum10 + __sum10_l[_l]
+        _sum11 = __sum11_l[0]
+        for _l in range(1, 8):
+            _sum11 = _sum11 + __sum11_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4212,18 +5677,32 @@ cdef void _rms_scale_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
     cdef float* rstd_p = <float*>_ap[2]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double ms
     cdef double rstd
+    cdef double _ms_l[8]
     cdef float x
     for _c in range(_c0, _c1):
-        ms = 0
+        for _l in range(8):
+            _ms_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _ms_l[_l] = _ms_l[_l] + (x*x)
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                ms = ms + (x*x)
+                _ms_l[0] = _ms_l[0] + (x*x)
+
+        ms = _ms_l[0]
+        for _l in range(1, 8):
+            ms = ms + _ms_l[_l]
         ms = ms/M
         rstd = ((<double>1.0)/sqrt(eps + ms))
         rstd_p[_c] = <float>(rstd)
@@ -4239,18 +5718,32 @@ cdef void _rms_scale_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
     cdef double* rstd_p = <double*>_ap[2]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double ms
     cdef double rstd
+    cdef double _ms_l[8]
     cdef double x
     for _c in range(_c0, _c1):
-        ms = 0
+        for _l in range(8):
+            _ms_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x = x_p[_i]
+                    _ms_l[_l] = _ms_l[_l] + (x*x)
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x = x_p[_i]
-                ms = ms + (x*x)
+                _ms_l[0] = _ms_l[0] + (x*x)
+
+        ms = _ms_l[0]
+        for _l in range(1, 8):
+            ms = ms + _ms_l[_l]
         ms = ms/M
         rstd = ((<double>1.0)/sqrt(eps + ms))
         rstd_p[_c] = <double>(rstd)
@@ -4269,21 +5762,36 @@ cdef void _rms_scale_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef float* grad_x_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float g
     cdef float y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g*y
+                __sum0_l[0] = __sum0_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4298,21 +5806,36 @@ cdef void _rms_scale_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double* grad_x_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double g
     cdef double y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g*y
+                __sum0_l[0] = __sum0_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4329,21 +5852,36 @@ cdef void _rms_scale_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef float* Ry_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float Rx
     cdef float y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4358,21 +5896,36 @@ cdef void _rms_scale_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double* Ry_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double Rx
     cdef double y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rx = Rx_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rx*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rx*y
+                __sum0_l[0] = __sum0_l[0] + Rx*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4391,13 +5944,17 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef float* Rgrad_x_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
     cdef float Rg
     cdef float Rx
     cdef float g
@@ -4407,21 +5964,52 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef float _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg*y
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*g
+                    __sum2_l[_l] = __sum2_l[_l] + Rx*y
+                    __sum3_l[_l] = __sum3_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rg*y
-                _sum1 = _sum1 + Rx*g
-                _sum2 = _sum2 + Rx*y
-                _sum3 = _sum3 + g*y
+                __sum0_l[0] = __sum0_l[0] + Rg*y
+                __sum1_l[0] = __sum1_l[0] + Rx*g
+                __sum2_l[0] = __sum2_l[0] + Rx*y
+                __sum3_l[0] = __sum3_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4443,13 +6031,17 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double* Rgrad_x_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
     cdef double Rg
     cdef double Rx
     cdef double g
@@ -4459,21 +6051,52 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    Rg = Rg_p[_i]
+                    Rx = Rx_p[_i]
+                    g = g_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + Rg*y
+                    __sum1_l[_l] = __sum1_l[_l] + Rx*g
+                    __sum2_l[_l] = __sum2_l[_l] + Rx*y
+                    __sum3_l[_l] = __sum3_l[_l] + g*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 Rg = Rg_p[_i]
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + Rg*y
-                _sum1 = _sum1 + Rx*g
-                _sum2 = _sum2 + Rx*y
-                _sum3 = _sum3 + g*y
+                __sum0_l[0] = __sum0_l[0] + Rg*y
+                __sum1_l[0] = __sum1_l[0] + Rx*g
+                __sum2_l[0] = __sum2_l[0] + Rx*y
+                __sum3_l[0] = __sum3_l[0] + g*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4495,21 +6118,36 @@ cdef void _rms_scale_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef float* y1_p = <float*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef float x1
     cdef float y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4524,21 +6162,36 @@ cdef void _rms_scale_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double* y1_p = <double*>_ap[3]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double __sum0_l[8]
     cdef double x1
     cdef double y
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + x1*y
+                __sum0_l[0] = __sum0_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4557,12 +6210,15 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
     cdef float* gx1_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef float g1
     cdef float x1
     cdef float y
@@ -4571,18 +6227,43 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
     cdef float _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1*x1
+                    __sum1_l[_l] = __sum1_l[_l] + g1*y
+                    __sum2_l[_l] = __sum2_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1*x1
-                _sum1 = _sum1 + g1*y
-                _sum2 = _sum2 + x1*y
+                __sum0_l[0] = __sum0_l[0] + g1*x1
+                __sum1_l[0] = __sum1_l[0] + g1*y
+                __sum2_l[0] = __sum2_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4604,12 +6285,15 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
     cdef double* gx1_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef double g1
     cdef double x1
     cdef double y
@@ -4618,18 +6302,43 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    x1 = x1_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + g1*x1
+                    __sum1_l[_l] = __sum1_l[_l] + g1*y
+                    __sum2_l[_l] = __sum2_l[_l] + x1*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + g1*x1
-                _sum1 = _sum1 + g1*y
-                _sum2 = _sum2 + x1*y
+                __sum0_l[0] = __sum0_l[0] + g1*x1
+                __sum1_l[0] = __sum1_l[0] + g1*y
+                __sum2_l[0] = __sum2_l[0] + x1*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4653,12 +6362,15 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef float* y2_p = <float*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef float x1
     cdef float x2
     cdef float y
@@ -4668,18 +6380,43 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef float _u3
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + (x1*x1)
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+                    __sum2_l[_l] = __sum2_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + (x1*x1)
-                _sum1 = _sum1 + x1*y
-                _sum2 = _sum2 + x2*y
+                __sum0_l[0] = __sum0_l[0] + (x1*x1)
+                __sum1_l[0] = __sum1_l[0] + x1*y
+                __sum2_l[0] = __sum2_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4702,12 +6439,15 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double* y2_p = <double*>_ap[5]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
     cdef double x1
     cdef double x2
     cdef double y
@@ -4717,18 +6457,43 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double _u3
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + (x1*x1)
+                    __sum1_l[_l] = __sum1_l[_l] + x1*y
+                    __sum2_l[_l] = __sum2_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + (x1*x1)
-                _sum1 = _sum1 + x1*y
-                _sum2 = _sum2 + x2*y
+                __sum0_l[0] = __sum0_l[0] + (x1*x1)
+                __sum1_l[0] = __sum1_l[0] + x1*y
+                __sum2_l[0] = __sum2_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4756,7 +6521,7 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef float* gx2_p = <float*>_ap[8]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -4767,6 +6532,14 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef double _sum5
     cdef double _sum6
     cdef double _sum7
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
     cdef float g1
     cdef float g2
     cdef float x1
@@ -4787,30 +6560,82 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef float _u12
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + (x1*x1)
+                    __sum1_l[_l] = __sum1_l[_l] + g1*x1
+                    __sum2_l[_l] = __sum2_l[_l] + g1*y
+                    __sum3_l[_l] = __sum3_l[_l] + g2*x1
+                    __sum4_l[_l] = __sum4_l[_l] + g2*x2
+                    __sum5_l[_l] = __sum5_l[_l] + g2*y
+                    __sum6_l[_l] = __sum6_l[_l] + x1*y
+                    __sum7_l[_l] = __sum7_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + (x1*x1)
-                _sum1 = _sum1 + g1*x1
-                _sum2 = _sum2 + g1*y
-                _sum3 = _sum3 + g2*x1
-                _sum4 = _sum4 + g2*x2
-                _sum5 = _sum5 + g2*y
-                _sum6 = _sum6 + x1*y
-                _sum7 = _sum7 + x2*y
+                __sum0_l[0] = __sum0_l[0] + (x1*x1)
+                __sum1_l[0] = __sum1_l[0] + g1*x1
+                __sum2_l[0] = __sum2_l[0] + g1*y
+                __sum3_l[0] = __sum3_l[0] + g2*x1
+                __sum4_l[0] = __sum4_l[0] + g2*x2
+                __sum5_l[0] = __sum5_l[0] + g2*y
+                __sum6_l[0] = __sum6_l[0] + x1*y
+                __sum7_l[0] = __sum7_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4848,7 +6673,7 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double* gx2_p = <double*>_ap[8]
     cdef double eps = _sp[0]
     cdef Py_ssize_t A = _lp[0], C = _lp[1], B = _lp[2]
-    cdef Py_ssize_t _c, _a, _b, _i
+    cdef Py_ssize_t _c, _a, _b, _i, _i0, _l, _Bv
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
@@ -4859,6 +6684,14 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _sum5
     cdef double _sum6
     cdef double _sum7
+    cdef double __sum0_l[8]
+    cdef double __sum1_l[8]
+    cdef double __sum2_l[8]
+    cdef double __sum3_l[8]
+    cdef double __sum4_l[8]
+    cdef double __sum5_l[8]
+    cdef double __sum6_l[8]
+    cdef double __sum7_l[8]
     cdef double g1
     cdef double g2
     cdef double x1
@@ -4879,30 +6712,82 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _u12
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
-        _sum0 = 0
-        _sum1 = 0
-        _sum2 = 0
-        _sum3 = 0
-        _sum4 = 0
-        _sum5 = 0
-        _sum6 = 0
-        _sum7 = 0
+        for _l in range(8):
+            __sum0_l[_l] = 0
+        for _l in range(8):
+            __sum1_l[_l] = 0
+        for _l in range(8):
+            __sum2_l[_l] = 0
+        for _l in range(8):
+            __sum3_l[_l] = 0
+        for _l in range(8):
+            __sum4_l[_l] = 0
+        for _l in range(8):
+            __sum5_l[_l] = 0
+        for _l in range(8):
+            __sum6_l[_l] = 0
+        for _l in range(8):
+            __sum7_l[_l] = 0
+        _Bv = B - B % 8
         for _a in range(A):
-            for _b in range(B):
-                _i = (_a * C + _c) * B + _b
+            _i0 = (_a * C + _c) * B
+            for _b in range(0, _Bv, 8):
+                for _l in range(8):
+                    _i = _i0 + _b + _l
+                    g1 = g1_p[_i]
+                    g2 = g2_p[_i]
+                    x1 = x1_p[_i]
+                    x2 = x2_p[_i]
+                    y = y_p[_i]
+                    __sum0_l[_l] = __sum0_l[_l] + (x1*x1)
+                    __sum1_l[_l] = __sum1_l[_l] + g1*x1
+                    __sum2_l[_l] = __sum2_l[_l] + g1*y
+                    __sum3_l[_l] = __sum3_l[_l] + g2*x1
+                    __sum4_l[_l] = __sum4_l[_l] + g2*x2
+                    __sum5_l[_l] = __sum5_l[_l] + g2*y
+                    __sum6_l[_l] = __sum6_l[_l] + x1*y
+                    __sum7_l[_l] = __sum7_l[_l] + x2*y
+
+            for _b in range(_Bv, B):
+                _i = _i0 + _b
                 g1 = g1_p[_i]
                 g2 = g2_p[_i]
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _sum0 = _sum0 + (x1*x1)
-                _sum1 = _sum1 + g1*x1
-                _sum2 = _sum2 + g1*y
-                _sum3 = _sum3 + g2*x1
-                _sum4 = _sum4 + g2*x2
-                _sum5 = _sum5 + g2*y
-                _sum6 = _sum6 + x1*y
-                _sum7 = _sum7 + x2*y
+                __sum0_l[0] = __sum0_l[0] + (x1*x1)
+                __sum1_l[0] = __sum1_l[0] + g1*x1
+                __sum2_l[0] = __sum2_l[0] + g1*y
+                __sum3_l[0] = __sum3_l[0] + g2*x1
+                __sum4_l[0] = __sum4_l[0] + g2*x2
+                __sum5_l[0] = __sum5_l[0] + g2*y
+                __sum6_l[0] = __sum6_l[0] + x1*y
+                __sum7_l[0] = __sum7_l[0] + x2*y
+
+        _sum0 = __sum0_l[0]
+        for _l in range(1, 8):
+            _sum0 = _sum0 + __sum0_l[_l]
+        _sum1 = __sum1_l[0]
+        for _l in range(1, 8):
+            _sum1 = _sum1 + __sum1_l[_l]
+        _sum2 = __sum2_l[0]
+        for _l in range(1, 8):
+            _sum2 = _sum2 + __sum2_l[_l]
+        _sum3 = __sum3_l[0]
+        for _l in range(1, 8):
+            _sum3 = _sum3 + __sum3_l[_l]
+        _sum4 = __sum4_l[0]
+        for _l in range(1, 8):
+            _sum4 = _sum4 + __sum4_l[_l]
+        _sum5 = __sum5_l[0]
+        for _l in range(1, 8):
+            _sum5 = _sum5 + __sum5_l[_l]
+        _sum6 = __sum6_l[0]
+        for _l in range(1, 8):
+            _sum6 = _sum6 + __sum6_l[_l]
+        _sum7 = __sum7_l[0]
+        for _l in range(1, 8):
+            _sum7 = _sum7 + __sum7_l[_l]
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
