@@ -24,6 +24,7 @@ LAYOUT = ["A", "C", "B"]
 #: double sums (at four lanes it found no vector type for the float loads and stayed scalar)
 SUM_LANES = 8
 
+
 def _cse(exprs: list, prefix: str):
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
     return repl, reduced
@@ -46,12 +47,69 @@ def _body(ct: str, elem_in, passes, group_out, elem_out) -> dict:
                         "sums": [(str(n), kind, P(r)) for (n, kind, _), r in zip(sums, reduced)],
                         "after": [(str(n), G(e)) for n, e in after]})
         group_locals += [str(n) for n, _, _ in sums] + [str(n) for n, _ in after]
-    repl, reduced = _cse([e for _, e in elem_out], "_u")
+    hoisted, outs = hoist_group_parts([e for _, e in elem_out], set(map(str, elem_in)))
+    hrepl, hreduced = _cse([e for _, e in hoisted], "_hc")
+    hoisted = [(str(s), G(v)) for s, v in hrepl] + [(str(n), G(e)) for (n, _), e in zip(hoisted, hreduced)]
+    group_locals += [n for n, _ in hoisted]
+    repl, reduced = _cse(outs, "_u")
     elem_locals += [str(s) for s, _ in repl]
     final = {"temps": [(str(s), P(v)) for s, v in repl],
              "results": [(n, P(r)) for (n, _), r in zip(elem_out, reduced)]}
     return {"passes": printed, "final": final, "group_out": [(n, G(e)) for n, e in group_out],
+            "hoisted": hoisted,
             "group_locals": list(dict.fromkeys(group_locals)), "elem_locals": list(dict.fromkeys(elem_locals))}
+
+
+def hoist_group_parts(exprs: list, elem_names: set) -> tuple[list, list]:
+    """The elementwise outputs with every part that does not depend on an element input
+    taken out as a per-group value: ``(group values [(symbol, expr)], rewritten outputs)``.
+    In each sum or product the terms or factors free of element inputs are combined into
+    one group value (a normalisation's order-2 Taylor pullback: ~150 operations per element
+    became ~20, the rest once per group); nothing is expanded or reordered beyond that, so a
+    constant group still normalises to exactly 0."""
+    defs: dict = {}
+
+    def elem(e) -> bool:
+        return any(s.name in elem_names for s in e.free_symbols)
+
+    def name(e):
+        if e.is_Atom or (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
+            return e
+        if e not in defs:
+            defs[e] = sp.Symbol(f"_h{len(defs)}")
+        return defs[e]
+
+    def walk(e):
+        if not elem(e):
+            return name(e)
+        if e.is_Add or e.is_Mul:
+            parts = [walk(a) for a in e.args if elem(a)]
+            if e.is_Add:
+                parts = collect(parts)
+            rest = [a for a in e.args if not elem(a)]
+            if rest:
+                parts.insert(0, name(e.func(*rest)))
+            return e.func(*parts, evaluate=False)
+        if e.is_Atom or not e.args:
+            return e
+        return e.func(*[walk(a) if elem(a) else name(a) for a in e.args])
+
+    def collect(terms):
+        """Terms with the same element part summed into one: a·y + b·y → (a + b)·y."""
+        by = {}
+        for t in terms:
+            g = [a for a in sp.Mul.make_args(t) if not elem(a)]
+            by.setdefault(sp.Mul(*[a for a in sp.Mul.make_args(t) if elem(a)]), []).append((t, g))
+        out = []
+        for e, ts in by.items():
+            if len(ts) == 1:
+                out.append(ts[0][0])
+            else:
+                out.append(sp.Mul(name(sp.Add(*[sp.Mul(*g) for _, g in ts])), e, evaluate=False))
+        return out
+
+    outs = [walk(sp.sympify(e)) for e in exprs]
+    return [(s, e) for e, s in defs.items()], outs
 
 
 def _kernel(name: str, role: str, elem_in, group_in, scalars, passes, group_out, elem_out, doc) -> dict:

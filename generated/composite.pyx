@@ -1838,6 +1838,7 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _h0
     cdef double _mu_l[8]
     cdef double _var_l[8]
     cdef double __corr_mu_l[8]
@@ -1901,13 +1902,14 @@ cdef void _batchnorm_forward_f32(char** _ap, const double* _sp, const Py_ssize_t
         rstd_p[_c] = <float>(rstd)
         mu_p[_c] = <float>(mu)
         var_p[_c] = <float>(var)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                _u0 = rstd*(-mu + x)
-                y_p[_i] = _u0*gamma + beta
-                xhat_p[_i] = _u0
+                _u0 = -mu + x
+                y_p[_i] = _h0*_u0 + beta
+                xhat_p[_i] = _u0*rstd
 
 cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x_p = <const double*>_ap[0]
@@ -1928,6 +1930,7 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
     cdef double var
     cdef double _corr_mu
     cdef double rstd
+    cdef double _h0
     cdef double _mu_l[8]
     cdef double _var_l[8]
     cdef double __corr_mu_l[8]
@@ -1991,13 +1994,14 @@ cdef void _batchnorm_forward_f64(char** _ap, const double* _sp, const Py_ssize_t
         rstd_p[_c] = <double>(rstd)
         mu_p[_c] = <double>(mu)
         var_p[_c] = <double>(var)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                _u0 = rstd*(-mu + x)
-                y_p[_i] = _u0*gamma + beta
-                xhat_p[_i] = _u0
+                _u0 = -mu + x
+                y_p[_i] = _h0*_u0 + beta
+                xhat_p[_i] = _u0*rstd
 
 # ---------------------------------------------------------------- batchnorm_vjp
 # batch normalization (train mode): batch mean and biased variance per channel: vjp (grad_x, grad_gamma, grad_beta)
@@ -2017,11 +2021,15 @@ cdef void _batchnorm_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float g
     cdef float xhat
-    cdef float _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
@@ -2055,13 +2063,17 @@ cdef void _batchnorm_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
             _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <float>(_sum1)
         grad_beta_p[_c] = <float>(_sum0)
+        _hc0 = gamma*rstd
+        _hc1 = _hc0/M
+        _h0 = _hc0
+        _h1 = -_hc1*_sum1
+        _h2 = -_hc1*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = gamma*rstd/M
-                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*xhat + g*gamma*rstd
+                grad_x_p[_i] = _h0*g + _h1*xhat + _h2
 
 cdef void _batchnorm_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g_p = <const double*>_ap[0]
@@ -2079,11 +2091,15 @@ cdef void _batchnorm_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double g
     cdef double xhat
-    cdef double _u0
     for _c in range(_c0, _c1):
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
@@ -2117,13 +2133,17 @@ cdef void _batchnorm_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
             _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <double>(_sum1)
         grad_beta_p[_c] = <double>(_sum0)
+        _hc0 = gamma*rstd
+        _hc1 = _hc0/M
+        _h0 = _hc0
+        _h1 = -_hc1*_sum1
+        _h2 = -_hc1*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = gamma*rstd/M
-                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*xhat + g*gamma*rstd
+                grad_x_p[_i] = _h0*g + _h1*xhat + _h2
 
 # ---------------------------------------------------------------- batchnorm_jvp
 # batch normalization (train mode): batch mean and biased variance per channel: jvp (Ry)
@@ -2145,12 +2165,16 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float Rx
     cdef float xhat
-    cdef float _u0
-    cdef float _u1
     for _c in range(_c0, _c1):
         Rbeta = Rbeta_p[_c]
         Rgamma = Rgamma_p[_c]
@@ -2184,14 +2208,18 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = gamma*rstd
+        _hc1 = _hc0/M
+        _h0 = _hc0
+        _h1 = -_hc1*_sum1
+        _h2 = Rgamma + _h1
+        _h3 = Rbeta - _hc1*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = gamma*rstd
-                _u1 = _u0/M
-                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_u0 - _sum0*_u1 - _sum1*_u1*xhat
+                Ry_p[_i] = Rx*_h0 + _h2*xhat + _h3
 
 cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rx_p = <const double*>_ap[0]
@@ -2211,12 +2239,16 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double Rx
     cdef double xhat
-    cdef double _u0
-    cdef double _u1
     for _c in range(_c0, _c1):
         Rbeta = Rbeta_p[_c]
         Rgamma = Rgamma_p[_c]
@@ -2250,14 +2282,18 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = gamma*rstd
+        _hc1 = _hc0/M
+        _h0 = _hc0
+        _h1 = -_hc1*_sum1
+        _h2 = Rgamma + _h1
+        _h3 = Rbeta - _hc1*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = gamma*rstd
-                _u1 = _u0/M
-                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_u0 - _sum0*_u1 - _sum1*_u1*xhat
+                Ry_p[_i] = Rx*_h0 + _h2*xhat + _h3
 
 # ---------------------------------------------------------------- batchnorm_rvjp
 # batch normalization (train mode): batch mean and biased variance per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
@@ -2286,6 +2322,28 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -2297,12 +2355,6 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef float Rx
     cdef float g
     cdef float xhat
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
     for _c in range(_c0, _c1):
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
@@ -2376,6 +2428,28 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
             _sum6 = _sum6 + __sum6_l[_l]
         Rgrad_gamma_p[_c] = <float>(_sum3 + _sum4*rstd - _sum1*_sum2*rstd/M - _sum5*_sum6*rstd/M)
         Rgrad_beta_p[_c] = <float>(_sum0)
+        _hc0 = gamma*rstd
+        _hc1 = Rgamma*rstd
+        _hc2 = ((<double>1.0)/(M))
+        _hc3 = _hc2*_sum6
+        _hc4 = (rstd*rstd)
+        _hc5 = _hc4*gamma
+        _hc6 = _hc0*_hc2
+        _hc7 = _hc2*_hc5
+        _hc8 = ((<double>1.0)/(M*M))
+        _hc9 = _hc5*_hc8
+        _h0 = _hc0
+        _h1 = _hc1
+        _h2 = -_hc1*_hc3
+        _h3 = -_hc3*_hc5
+        _h4 = -_hc6*_sum3
+        _h5 = -_hc7*_sum4
+        _h6 = -_hc7*_sum5
+        _h7 = _hc9*_sum1*_sum2
+        _h8 = (<double>3.0)*_hc9*_sum5*_sum6
+        _h9 = _h1 + _h6
+        _h10 = _h2 + _h4 + _h5 + _h7 + _h8
+        _h11 = -_hc1*_hc2*_sum2 + _hc4*_hc8*_sum1*_sum6*gamma + _hc4*_hc8*_sum2*_sum5*gamma - _hc6*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2383,13 +2457,7 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = Rgamma*_u0*rstd
-                _u2 = _u0*gamma*rstd
-                _u3 = (rstd*rstd)
-                _u4 = _u0*_u3*gamma
-                _u5 = ((<float>1.0)/(M*M))
-                Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd - Rx*_sum6*_u4 - _sum0*_u2 + _sum1*_sum2*_u3*_u5*gamma*xhat + _sum1*_sum6*_u3*_u5*gamma + _sum2*_sum5*_u3*_u5*gamma - _sum2*_u1 - _sum3*_u2*xhat - _sum4*_u4*xhat + (<float>3.0)*_sum5*_sum6*_u3*_u5*gamma*xhat - _sum5*_u4*g - _sum6*_u1*xhat
+                Rgrad_x_p[_i] = Rg*_h0 + Rx*_h3 + _h10*xhat + _h11 + _h9*g
 
 cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rg_p = <const double*>_ap[0]
@@ -2416,6 +2484,28 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -2427,12 +2517,6 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double Rx
     cdef double g
     cdef double xhat
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
     for _c in range(_c0, _c1):
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
@@ -2506,6 +2590,28 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
             _sum6 = _sum6 + __sum6_l[_l]
         Rgrad_gamma_p[_c] = <double>(_sum3 + _sum4*rstd - _sum1*_sum2*rstd/M - _sum5*_sum6*rstd/M)
         Rgrad_beta_p[_c] = <double>(_sum0)
+        _hc0 = gamma*rstd
+        _hc1 = Rgamma*rstd
+        _hc2 = ((<double>1.0)/(M))
+        _hc3 = _hc2*_sum6
+        _hc4 = (rstd*rstd)
+        _hc5 = _hc4*gamma
+        _hc6 = _hc0*_hc2
+        _hc7 = _hc2*_hc5
+        _hc8 = ((<double>1.0)/(M*M))
+        _hc9 = _hc5*_hc8
+        _h0 = _hc0
+        _h1 = _hc1
+        _h2 = -_hc1*_hc3
+        _h3 = -_hc3*_hc5
+        _h4 = -_hc6*_sum3
+        _h5 = -_hc7*_sum4
+        _h6 = -_hc7*_sum5
+        _h7 = _hc9*_sum1*_sum2
+        _h8 = (<double>3.0)*_hc9*_sum5*_sum6
+        _h9 = _h1 + _h6
+        _h10 = _h2 + _h4 + _h5 + _h7 + _h8
+        _h11 = -_hc1*_hc2*_sum2 + _hc4*_hc8*_sum1*_sum6*gamma + _hc4*_hc8*_sum2*_sum5*gamma - _hc6*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2513,13 +2619,7 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = Rgamma*_u0*rstd
-                _u2 = _u0*gamma*rstd
-                _u3 = (rstd*rstd)
-                _u4 = _u0*_u3*gamma
-                _u5 = ((<double>1.0)/(M*M))
-                Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd - Rx*_sum6*_u4 - _sum0*_u2 + _sum1*_sum2*_u3*_u5*gamma*xhat + _sum1*_sum6*_u3*_u5*gamma + _sum2*_sum5*_u3*_u5*gamma - _sum2*_u1 - _sum3*_u2*xhat - _sum4*_u4*xhat + (<double>3.0)*_sum5*_sum6*_u3*_u5*gamma*xhat - _sum5*_u4*g - _sum6*_u1*xhat
+                Rgrad_x_p[_i] = Rg*_h0 + Rx*_h3 + _h10*xhat + _h11 + _h9*g
 
 # ---------------------------------------------------------------- batchnorm_eval_forward
 # batch normalization (eval mode): the running statistics, per channel: forward (stages in order)
@@ -2541,6 +2641,7 @@ cdef void _batchnorm_eval_forward_f32(char** _ap, const double* _sp, const Py_ss
     cdef double running_mean
     cdef double running_var
     cdef double rstd
+    cdef double _h0
     cdef float x
     cdef float _u0
     for _c in range(_c0, _c1):
@@ -2550,13 +2651,14 @@ cdef void _batchnorm_eval_forward_f32(char** _ap, const double* _sp, const Py_ss
         running_var = running_var_p[_c]
         rstd = ((<double>1.0)/sqrt(eps + running_var))
         rstd_p[_c] = <float>(rstd)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                _u0 = rstd*(-running_mean + x)
-                y_p[_i] = _u0*gamma + beta
-                xhat_p[_i] = _u0
+                _u0 = -running_mean + x
+                y_p[_i] = _h0*_u0 + beta
+                xhat_p[_i] = _u0*rstd
 
 cdef void _batchnorm_eval_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x_p = <const double*>_ap[0]
@@ -2576,6 +2678,7 @@ cdef void _batchnorm_eval_forward_f64(char** _ap, const double* _sp, const Py_ss
     cdef double running_mean
     cdef double running_var
     cdef double rstd
+    cdef double _h0
     cdef double x
     cdef double _u0
     for _c in range(_c0, _c1):
@@ -2585,13 +2688,14 @@ cdef void _batchnorm_eval_forward_f64(char** _ap, const double* _sp, const Py_ss
         running_var = running_var_p[_c]
         rstd = ((<double>1.0)/sqrt(eps + running_var))
         rstd_p[_c] = <double>(rstd)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                _u0 = rstd*(-running_mean + x)
-                y_p[_i] = _u0*gamma + beta
-                xhat_p[_i] = _u0
+                _u0 = -running_mean + x
+                y_p[_i] = _h0*_u0 + beta
+                xhat_p[_i] = _u0*rstd
 
 # ---------------------------------------------------------------- batchnorm_eval_vjp
 # batch normalization (eval mode): the running statistics, per channel: vjp (grad_x, grad_gamma, grad_beta)
@@ -2611,6 +2715,7 @@ cdef void _batchnorm_eval_vjp_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float g
@@ -2648,12 +2753,13 @@ cdef void _batchnorm_eval_vjp_f32(char** _ap, const double* _sp, const Py_ssize_
             _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <float>(_sum1)
         grad_beta_p[_c] = <float>(_sum0)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                grad_x_p[_i] = g*gamma*rstd
+                grad_x_p[_i] = _h0*g
 
 cdef void _batchnorm_eval_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g_p = <const double*>_ap[0]
@@ -2671,6 +2777,7 @@ cdef void _batchnorm_eval_vjp_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double g
@@ -2708,12 +2815,13 @@ cdef void _batchnorm_eval_vjp_f64(char** _ap, const double* _sp, const Py_ssize_
             _sum1 = _sum1 + __sum1_l[_l]
         grad_gamma_p[_c] = <double>(_sum1)
         grad_beta_p[_c] = <double>(_sum0)
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                grad_x_p[_i] = g*gamma*rstd
+                grad_x_p[_i] = _h0*g
 
 # ---------------------------------------------------------------- batchnorm_eval_jvp
 # batch normalization (eval mode): the running statistics, per channel: jvp (Ry)
@@ -2733,6 +2841,7 @@ cdef void _batchnorm_eval_jvp_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef double Rgamma
     cdef double gamma
     cdef double rstd
+    cdef double _h0
     cdef float Rx
     cdef float xhat
     for _c in range(_c0, _c1):
@@ -2740,12 +2849,13 @@ cdef void _batchnorm_eval_jvp_f32(char** _ap, const double* _sp, const Py_ssize_
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*gamma*rstd
+                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_h0
 
 cdef void _batchnorm_eval_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rx_p = <const double*>_ap[0]
@@ -2763,6 +2873,7 @@ cdef void _batchnorm_eval_jvp_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double Rgamma
     cdef double gamma
     cdef double rstd
+    cdef double _h0
     cdef double Rx
     cdef double xhat
     for _c in range(_c0, _c1):
@@ -2770,12 +2881,13 @@ cdef void _batchnorm_eval_jvp_f64(char** _ap, const double* _sp, const Py_ssize_
         Rgamma = Rgamma_p[_c]
         gamma = gamma_p[_c]
         rstd = rstd_p[_c]
+        _h0 = gamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 xhat = xhat_p[_i]
-                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*gamma*rstd
+                Ry_p[_i] = Rbeta + Rgamma*xhat + Rx*_h0
 
 # ---------------------------------------------------------------- batchnorm_eval_rvjp
 # batch normalization (eval mode): the running statistics, per channel: rvjp (Rgrad_x, Rgrad_gamma, Rgrad_beta)
@@ -2800,6 +2912,8 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -2852,6 +2966,8 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
             _sum2 = _sum2 + __sum2_l[_l]
         Rgrad_gamma_p[_c] = <float>(_sum1 + _sum2*rstd)
         Rgrad_beta_p[_c] = <float>(_sum0)
+        _h0 = gamma*rstd
+        _h1 = Rgamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2859,7 +2975,7 @@ cdef void _batchnorm_eval_rvjp_f32(char** _ap, const double* _sp, const Py_ssize
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd
+                Rgrad_x_p[_i] = Rg*_h0 + _h1*g
 
 cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rg_p = <const double*>_ap[0]
@@ -2882,6 +2998,8 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -2934,6 +3052,8 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
             _sum2 = _sum2 + __sum2_l[_l]
         Rgrad_gamma_p[_c] = <double>(_sum1 + _sum2*rstd)
         Rgrad_beta_p[_c] = <double>(_sum0)
+        _h0 = gamma*rstd
+        _h1 = Rgamma*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2941,7 +3061,7 @@ cdef void _batchnorm_eval_rvjp_f64(char** _ap, const double* _sp, const Py_ssize
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 xhat = xhat_p[_i]
-                Rgrad_x_p[_i] = Rg*gamma*rstd + Rgamma*g*rstd
+                Rgrad_x_p[_i] = Rg*_h0 + _h1*g
 
 # ---------------------------------------------------------------- softmax_forward
 # softmax over axis 1, shifted by the row maximum (exp never overflows): forward (stages in order)
@@ -2953,6 +3073,7 @@ cdef void _softmax_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double M = <double>(A * B)
     cdef double m
     cdef double s
+    cdef double _h0
     cdef double _m_l[8]
     cdef double _s_l[8]
     cdef float x
@@ -2998,11 +3119,12 @@ cdef void _softmax_forward_f32(char** _ap, const double* _sp, const Py_ssize_t* 
         s = _s_l[0]
         for _l in range(1, 8):
             s = s + _s_l[_l]
+        _h0 = ((<double>1.0)/(s))
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                y_p[_i] = expf(-m + x)/s
+                y_p[_i] = _h0*expf(-m + x)
 
 cdef void _softmax_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x_p = <const double*>_ap[0]
@@ -3012,6 +3134,7 @@ cdef void _softmax_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double M = <double>(A * B)
     cdef double m
     cdef double s
+    cdef double _h0
     cdef double _m_l[8]
     cdef double _s_l[8]
     cdef double x
@@ -3057,11 +3180,12 @@ cdef void _softmax_forward_f64(char** _ap, const double* _sp, const Py_ssize_t* 
         s = _s_l[0]
         for _l in range(1, 8):
             s = s + _s_l[_l]
+        _h0 = ((<double>1.0)/(s))
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x = x_p[_i]
-                y_p[_i] = exp(-m + x)/s
+                y_p[_i] = _h0*exp(-m + x)
 
 # ---------------------------------------------------------------- softmax_vjp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): vjp (grad_x)
@@ -3103,7 +3227,7 @@ cdef void _softmax_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp,
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                grad_x_p[_i] = -_sum0*y + g*y
+                grad_x_p[_i] = (-_sum0)*y + g*y
 
 cdef void _softmax_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g_p = <const double*>_ap[0]
@@ -3143,7 +3267,7 @@ cdef void _softmax_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp,
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                grad_x_p[_i] = -_sum0*y + g*y
+                grad_x_p[_i] = (-_sum0)*y + g*y
 
 # ---------------------------------------------------------------- softmax_jvp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): jvp (Ry)
@@ -3185,7 +3309,7 @@ cdef void _softmax_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp,
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                Ry_p[_i] = Rx*y - _sum0*y
+                Ry_p[_i] = Rx*y + (-_sum0)*y
 
 cdef void _softmax_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rx_p = <const double*>_ap[0]
@@ -3225,7 +3349,7 @@ cdef void _softmax_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp,
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                Ry_p[_i] = Rx*y - _sum0*y
+                Ry_p[_i] = Rx*y + (-_sum0)*y
 
 # ---------------------------------------------------------------- softmax_rvjp
 # softmax over axis 1, shifted by the row maximum (exp never overflows): rvjp (Rgrad_x)
@@ -3242,6 +3366,8 @@ cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3300,6 +3426,8 @@ cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp
         _sum3 = __sum3_l[0]
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
+        _h0 = (<double>2.0)*_sum1*_sum2
+        _h1 = _h0 - _sum0 - _sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3307,7 +3435,7 @@ cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<float>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
+                Rgrad_x_p[_i] = Rg*y + Rx*(-_sum2)*y + Rx*g*y + _h1*y + (-_sum1)*g*y
 
 cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rg_p = <const double*>_ap[0]
@@ -3322,6 +3450,8 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3380,6 +3510,8 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
         _sum3 = __sum3_l[0]
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
+        _h0 = (<double>2.0)*_sum1*_sum2
+        _h1 = _h0 - _sum0 - _sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3387,7 +3519,7 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                Rgrad_x_p[_i] = Rg*y - Rx*_sum2*y + Rx*g*y - _sum0*y + (<double>2.0)*_sum1*_sum2*y - _sum1*g*y - _sum3*y
+                Rgrad_x_p[_i] = Rg*y + Rx*(-_sum2)*y + Rx*g*y + _h1*y + (-_sum1)*g*y
 
 # ---------------------------------------------------------------- softmax_taylor_1
 # softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:1 (y1)
@@ -3429,7 +3561,7 @@ cdef void _softmax_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_t*
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = -_sum0*y + x1*y
+                y1_p[_i] = (-_sum0)*y + x1*y
 
 cdef void _softmax_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -3469,7 +3601,7 @@ cdef void _softmax_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t*
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = -_sum0*y + x1*y
+                y1_p[_i] = (-_sum0)*y + x1*y
 
 # ---------------------------------------------------------------- softmax_vjp_taylor_1
 # softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:1 (gx, gx1)
@@ -3485,6 +3617,8 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3493,6 +3627,7 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float y
     cdef float _t0_0
     cdef float _u0
+    cdef float _u1
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -3533,15 +3668,18 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _h0 = (<double>2.0)*_sum0*_sum1
+        _h1 = _h0 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = _sum0*y
-                gx_p[_i] = (<float>2.0)*_sum0*_sum1*y - _sum1*g1*y - _sum2*y - _u0*x1 + g1*x1*y
-                gx1_p[_i] = -_u0 + g1*y
+                _u0 = g1*y
+                _u1 = -_sum0
+                gx_p[_i] = _h1*y + (-_sum1)*g1*y + _u0*x1 + _u1*x1*y
+                gx1_p[_i] = _u0 + _u1*y
 
 cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -3555,6 +3693,8 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3563,6 +3703,7 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double y
     cdef double _t0_0
     cdef double _u0
+    cdef double _u1
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -3603,15 +3744,18 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _h0 = (<double>2.0)*_sum0*_sum1
+        _h1 = _h0 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = _sum0*y
-                gx_p[_i] = (<double>2.0)*_sum0*_sum1*y - _sum1*g1*y - _sum2*y - _u0*x1 + g1*x1*y
-                gx1_p[_i] = -_u0 + g1*y
+                _u0 = g1*y
+                _u1 = -_sum0
+                gx_p[_i] = _h1*y + (-_sum1)*g1*y + _u0*x1 + _u1*x1*y
+                gx1_p[_i] = _u0 + _u1*y
 
 # ---------------------------------------------------------------- softmax_taylor_2
 # softmax over axis 1, shifted by the row maximum (exp never overflows): taylor:2 (y1, y2)
@@ -3627,12 +3771,16 @@ cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef float x1
     cdef float x2
     cdef float y
+    cdef float _u0
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -3671,14 +3819,18 @@ cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t*
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _h0 = (<double>2.0)*(_sum0*_sum0)
+        _h1 = -(<double>2.0)*_sum0
+        _h2 = _h0 - _sum1 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = -_sum0*y + x1*y
-                y2_p[_i] = (<float>2.0)*(_sum0*_sum0)*y - (<float>2.0)*_sum0*x1*y - _sum1*y - _sum2*y + (x1*x1)*y + x2*y
+                _u0 = x1*y
+                y1_p[_i] = (-_sum0)*y + _u0
+                y2_p[_i] = _h1*_u0 + _h2*y + (x1*x1)*y + x2*y
 
 cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -3692,12 +3844,16 @@ cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef double x1
     cdef double x2
     cdef double y
+    cdef double _u0
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -3736,14 +3892,18 @@ cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t*
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _h0 = (<double>2.0)*(_sum0*_sum0)
+        _h1 = -(<double>2.0)*_sum0
+        _h2 = _h0 - _sum1 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = -_sum0*y + x1*y
-                y2_p[_i] = (<double>2.0)*(_sum0*_sum0)*y - (<double>2.0)*_sum0*x1*y - _sum1*y - _sum2*y + (x1*x1)*y + x2*y
+                _u0 = x1*y
+                y1_p[_i] = (-_sum0)*y + _u0
+                y2_p[_i] = _h1*_u0 + _h2*y + (x1*x1)*y + x2*y
 
 # ---------------------------------------------------------------- softmax_vjp_taylor_2
 # softmax over axis 1, shifted by the row maximum (exp never overflows): vjp:taylor:2 (gx, gx1, gx2)
@@ -3768,6 +3928,23 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum6
     cdef double _sum7
     cdef double _sum8
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3790,8 +3967,6 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float _u2
     cdef float _u3
     cdef float _u4
-    cdef float _u5
-    cdef float _u6
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -3882,6 +4057,23 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
         _sum8 = __sum8_l[0]
         for _l in range(1, 8):
             _sum8 = _sum8 + __sum8_l[_l]
+        _hc0 = (_sum2*_sum2)
+        _hc1 = (<double>2.0)*_sum2
+        _hc2 = (<double>2.0)*_sum1
+        _hc3 = (<double>4.0)*_sum2
+        _h0 = -(<double>6.0)*_hc0*_sum1
+        _h1 = -(<double>2.0)*_sum6
+        _h2 = _hc1*_sum0
+        _h3 = _hc2*_sum3
+        _h4 = _hc2*_sum4
+        _h5 = (<double>2.0)*_hc0
+        _h6 = _hc3*_sum6
+        _h7 = -_hc1
+        _h8 = _hc3*_sum1
+        _h9 = _h0 + _h2 + _h3 + _h4 + _h6 - _sum5 - _sum7 - _sum8
+        _h10 = _h1 + _h8 - _sum0
+        _h11 = _h5 - _sum3 - _sum4
+        _h12 = -_hc2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3890,16 +4082,14 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = _sum0*y
-                _u1 = _sum1*y
-                _u2 = g2*y
-                _u3 = (<float>2.0)*_sum6*y
+                _u0 = x1*y
+                _u1 = g2*y
+                _u2 = _u0*g2
+                _u3 = -_sum1
                 _u4 = (x1*x1)
-                _u5 = (<float>2.0)*_sum2*_u2
-                _u6 = (_sum2*_sum2)
-                gx_p[_i] = (<float>2.0)*_sum0*_sum2*y + (<float>4.0)*_sum1*_sum2*x1*y + (<float>2.0)*_sum1*_sum3*y + (<float>2.0)*_sum1*_sum4*y + (<float>4.0)*_sum2*_sum6*y - _sum2*g1*y - _sum3*_u2 - _sum4*_u2 - _sum5*y - _sum7*y - _sum8*y - _u0*x1 - _u1*_u4 - (<float>6.0)*_u1*_u6 - _u1*x2 - _u3*x1 + _u4*g2*y - _u5*x1 + (<float>2.0)*_u6*g2*y + g1*x1*y + g2*x2*y
-                gx1_p[_i] = (<float>4.0)*_sum1*_sum2*y - _u0 - (<float>2.0)*_u1*x1 - _u3 - _u5 + g1*y + (<float>2.0)*g2*x1*y
-                gx2_p[_i] = -_u1 + g2*y
+                gx_p[_i] = _h10*_u0 + _h11*_u1 + _h7*_u2 + _h9*y + (-_sum2)*g1*y + _u0*g1 + _u1*_u4 + _u1*x2 + _u3*_u4*y + _u3*x2*y
+                gx1_p[_i] = _h10*y + _h12*_u0 + _h7*_u1 + (<float>2.0)*_u2 + g1*y
+                gx2_p[_i] = _u1 + _u3*y
 
 cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -3922,6 +4112,23 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum6
     cdef double _sum7
     cdef double _sum8
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -3944,8 +4151,6 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _u2
     cdef double _u3
     cdef double _u4
-    cdef double _u5
-    cdef double _u6
     for _c in range(_c0, _c1):
         for _l in range(8):
             __sum0_l[_l] = 0
@@ -4036,6 +4241,23 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
         _sum8 = __sum8_l[0]
         for _l in range(1, 8):
             _sum8 = _sum8 + __sum8_l[_l]
+        _hc0 = (_sum2*_sum2)
+        _hc1 = (<double>2.0)*_sum2
+        _hc2 = (<double>2.0)*_sum1
+        _hc3 = (<double>4.0)*_sum2
+        _h0 = -(<double>6.0)*_hc0*_sum1
+        _h1 = -(<double>2.0)*_sum6
+        _h2 = _hc1*_sum0
+        _h3 = _hc2*_sum3
+        _h4 = _hc2*_sum4
+        _h5 = (<double>2.0)*_hc0
+        _h6 = _hc3*_sum6
+        _h7 = -_hc1
+        _h8 = _hc3*_sum1
+        _h9 = _h0 + _h2 + _h3 + _h4 + _h6 - _sum5 - _sum7 - _sum8
+        _h10 = _h1 + _h8 - _sum0
+        _h11 = _h5 - _sum3 - _sum4
+        _h12 = -_hc2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4044,16 +4266,14 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = _sum0*y
-                _u1 = _sum1*y
-                _u2 = g2*y
-                _u3 = (<double>2.0)*_sum6*y
+                _u0 = x1*y
+                _u1 = g2*y
+                _u2 = _u0*g2
+                _u3 = -_sum1
                 _u4 = (x1*x1)
-                _u5 = (<double>2.0)*_sum2*_u2
-                _u6 = (_sum2*_sum2)
-                gx_p[_i] = (<double>2.0)*_sum0*_sum2*y + (<double>4.0)*_sum1*_sum2*x1*y + (<double>2.0)*_sum1*_sum3*y + (<double>2.0)*_sum1*_sum4*y + (<double>4.0)*_sum2*_sum6*y - _sum2*g1*y - _sum3*_u2 - _sum4*_u2 - _sum5*y - _sum7*y - _sum8*y - _u0*x1 - _u1*_u4 - (<double>6.0)*_u1*_u6 - _u1*x2 - _u3*x1 + _u4*g2*y - _u5*x1 + (<double>2.0)*_u6*g2*y + g1*x1*y + g2*x2*y
-                gx1_p[_i] = (<double>4.0)*_sum1*_sum2*y - _u0 - (<double>2.0)*_u1*x1 - _u3 - _u5 + g1*y + (<double>2.0)*g2*x1*y
-                gx2_p[_i] = -_u1 + g2*y
+                gx_p[_i] = _h10*_u0 + _h11*_u1 + _h7*_u2 + _h9*y + (-_sum2)*g1*y + _u0*g1 + _u1*_u4 + _u1*x2 + _u3*_u4*y + _u3*x2*y
+                gx1_p[_i] = _h10*y + _h12*_u0 + _h7*_u1 + (<double>2.0)*_u2 + g1*y
+                gx2_p[_i] = _u1 + _u3*y
 
 # ---------------------------------------------------------------- standardize_forward
 # zero mean and unit (biased) variance over each group of one sample: forward (stages in order)
@@ -4223,11 +4443,13 @@ cdef void _standardize_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float g
     cdef float y
-    cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4258,13 +4480,15 @@ cdef void _standardize_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*y + g*rstd
+                grad_x_p[_i] = _h0*y + _h1 + g*rstd
 
 cdef void _standardize_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g_p = <const double*>_ap[0]
@@ -4278,11 +4502,13 @@ cdef void _standardize_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double g
     cdef double y
-    cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4313,13 +4539,15 @@ cdef void _standardize_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                grad_x_p[_i] = -_sum0*_u0 - _sum1*_u0*y + g*rstd
+                grad_x_p[_i] = _h0*y + _h1 + g*rstd
 
 # ---------------------------------------------------------------- standardize_jvp
 # zero mean and unit (biased) variance over each group of one sample: jvp (Ry)
@@ -4335,11 +4563,13 @@ cdef void _standardize_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float Rx
     cdef float y
-    cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4370,13 +4600,15 @@ cdef void _standardize_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* 
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                Ry_p[_i] = Rx*rstd - _sum0*_u0 - _sum1*_u0*y
+                Ry_p[_i] = Rx*rstd + _h0*y + _h1
 
 cdef void _standardize_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rx_p = <const double*>_ap[0]
@@ -4390,11 +4622,13 @@ cdef void _standardize_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double Rx
     cdef double y
-    cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4425,13 +4659,15 @@ cdef void _standardize_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* 
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                Ry_p[_i] = Rx*rstd - _sum0*_u0 - _sum1*_u0*y
+                Ry_p[_i] = Rx*rstd + _h0*y + _h1
 
 # ---------------------------------------------------------------- standardize_rvjp
 # zero mean and unit (biased) variance over each group of one sample: rvjp (Rgrad_x)
@@ -4454,6 +4690,21 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -4465,13 +4716,6 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef float Rx
     cdef float g
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
-    cdef float _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4541,6 +4785,21 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
         _sum6 = __sum6_l[0]
         for _l in range(1, 8):
             _sum6 = _sum6 + __sum6_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = _hc1*rstd
+        _hc4 = _hc0/(M*M)
+        _hc5 = _hc4*_sum1
+        _hc6 = _hc4*_sum5
+        _h0 = -_hc2*_sum6
+        _h1 = -_hc3*_sum3
+        _h2 = -_hc2*_sum4
+        _h3 = -_hc2*_sum5
+        _h4 = _hc5*_sum2
+        _h5 = (<double>3.0)*_hc6*_sum6
+        _h6 = _h1 + _h2 + _h4 + _h5
+        _h7 = -_hc3*_sum0 + _hc5*_sum6 + _hc6*_sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4548,14 +4807,7 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = _u0*rstd
-                _u2 = (rstd*rstd)
-                _u3 = _u2/(M*M)
-                _u4 = _sum1*_u3
-                _u5 = _sum5*_u3
-                _u6 = _u0*_u2
-                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum6*_u6 - _sum0*_u1 + _sum2*_u4*y + _sum2*_u5 - _sum3*_u1*y - _sum4*_u6*y - _sum5*_u6*g + _sum6*_u4 + (<float>3.0)*_sum6*_u5*y
+                Rgrad_x_p[_i] = Rg*rstd + Rx*_h0 + _h3*g + _h6*y + _h7
 
 cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rg_p = <const double*>_ap[0]
@@ -4576,6 +4828,21 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum4
     cdef double _sum5
     cdef double _sum6
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -4587,13 +4854,6 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double Rx
     cdef double g
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
-    cdef double _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4663,6 +4923,21 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
         _sum6 = __sum6_l[0]
         for _l in range(1, 8):
             _sum6 = _sum6 + __sum6_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = _hc1*rstd
+        _hc4 = _hc0/(M*M)
+        _hc5 = _hc4*_sum1
+        _hc6 = _hc4*_sum5
+        _h0 = -_hc2*_sum6
+        _h1 = -_hc3*_sum3
+        _h2 = -_hc2*_sum4
+        _h3 = -_hc2*_sum5
+        _h4 = _hc5*_sum2
+        _h5 = (<double>3.0)*_hc6*_sum6
+        _h6 = _h1 + _h2 + _h4 + _h5
+        _h7 = -_hc3*_sum0 + _hc5*_sum6 + _hc6*_sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4670,14 +4945,7 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = _u0*rstd
-                _u2 = (rstd*rstd)
-                _u3 = _u2/(M*M)
-                _u4 = _sum1*_u3
-                _u5 = _sum5*_u3
-                _u6 = _u0*_u2
-                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum6*_u6 - _sum0*_u1 + _sum2*_u4*y + _sum2*_u5 - _sum3*_u1*y - _sum4*_u6*y - _sum5*_u6*g + _sum6*_u4 + (<double>3.0)*_sum6*_u5*y
+                Rgrad_x_p[_i] = Rg*rstd + Rx*_h0 + _h3*g + _h6*y + _h7
 
 # ---------------------------------------------------------------- standardize_taylor_1
 # zero mean and unit (biased) variance over each group of one sample: taylor:1 (y1)
@@ -4693,11 +4961,13 @@ cdef void _standardize_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef float x1
     cdef float y
-    cdef float _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4728,13 +4998,15 @@ cdef void _standardize_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                y1_p[_i] = -_sum0*_u0 - _sum1*_u0*y + rstd*x1
+                y1_p[_i] = _h0*y + _h1 + rstd*x1
 
 cdef void _standardize_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -4748,11 +5020,13 @@ cdef void _standardize_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double rstd
     cdef double _sum0
     cdef double _sum1
+    cdef double _hc0
+    cdef double _h0
+    cdef double _h1
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double x1
     cdef double y
-    cdef double _u0
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4783,13 +5057,15 @@ cdef void _standardize_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
         _sum1 = __sum1_l[0]
         for _l in range(1, 8):
             _sum1 = _sum1 + __sum1_l[_l]
+        _hc0 = rstd/M
+        _h0 = -_hc0*_sum1
+        _h1 = -_hc0*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = rstd/M
-                y1_p[_i] = -_sum0*_u0 - _sum1*_u0*y + rstd*x1
+                y1_p[_i] = _h0*y + _h1 + rstd*x1
 
 # ---------------------------------------------------------------- standardize_vjp_taylor_1
 # zero mean and unit (biased) variance over each group of one sample: vjp:taylor:1 (gx, gx1)
@@ -4810,6 +5086,22 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -4818,13 +5110,6 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef float g1
     cdef float x1
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
-    cdef float _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4878,21 +5163,30 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
         _sum4 = __sum4_l[0]
         for _l in range(1, 8):
             _sum4 = _sum4 + __sum4_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = _hc0/(M*M)
+        _hc4 = _hc3*_sum0
+        _hc5 = _hc3*_sum3
+        _hc6 = _hc1*rstd
+        _h0 = -_hc2*_sum2
+        _h1 = -_hc2*_sum3
+        _h2 = -_hc2*_sum4
+        _h3 = _hc4*_sum1
+        _h4 = (<double>3.0)*_hc5*_sum4
+        _h5 = _h0 + _h3 + _h4
+        _h6 = _hc4*_sum4 + _hc5*_sum1
+        _h7 = -_hc6*_sum3
+        _h8 = -_hc6*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = _u0/(M*M)
-                _u2 = _sum0*_u1
-                _u3 = _sum3*_u1
-                _u4 = ((<float>1.0)/(M))
-                _u5 = _u0*_u4
-                _u6 = _u4*rstd
-                gx_p[_i] = _sum1*_u2*y + _sum1*_u3 - _sum2*_u5*y - _sum3*_u5*x1 + _sum4*_u2 + (<float>3.0)*_sum4*_u3*y - _sum4*_u5*g1
-                gx1_p[_i] = -_sum0*_u6 - _sum3*_u6*y + g1*rstd
+                gx_p[_i] = _h1*x1 + _h2*g1 + _h5*y + _h6
+                gx1_p[_i] = _h7*y + _h8 + g1*rstd
 
 cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -4911,6 +5205,22 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -4919,13 +5229,6 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double g1
     cdef double x1
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
-    cdef double _u6
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -4979,21 +5282,30 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
         _sum4 = __sum4_l[0]
         for _l in range(1, 8):
             _sum4 = _sum4 + __sum4_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = _hc0/(M*M)
+        _hc4 = _hc3*_sum0
+        _hc5 = _hc3*_sum3
+        _hc6 = _hc1*rstd
+        _h0 = -_hc2*_sum2
+        _h1 = -_hc2*_sum3
+        _h2 = -_hc2*_sum4
+        _h3 = _hc4*_sum1
+        _h4 = (<double>3.0)*_hc5*_sum4
+        _h5 = _h0 + _h3 + _h4
+        _h6 = _hc4*_sum4 + _hc5*_sum1
+        _h7 = -_hc6*_sum3
+        _h8 = -_hc6*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = _u0/(M*M)
-                _u2 = _sum0*_u1
-                _u3 = _sum3*_u1
-                _u4 = ((<double>1.0)/(M))
-                _u5 = _u0*_u4
-                _u6 = _u4*rstd
-                gx_p[_i] = _sum1*_u2*y + _sum1*_u3 - _sum2*_u5*y - _sum3*_u5*x1 + _sum4*_u2 + (<double>3.0)*_sum4*_u3*y - _sum4*_u5*g1
-                gx1_p[_i] = -_sum0*_u6 - _sum3*_u6*y + g1*rstd
+                gx_p[_i] = _h1*x1 + _h2*g1 + _h5*y + _h6
+                gx1_p[_i] = _h7*y + _h8 + g1*rstd
 
 # ---------------------------------------------------------------- standardize_taylor_2
 # zero mean and unit (biased) variance over each group of one sample: taylor:2 (y1, y2)
@@ -5014,6 +5326,21 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -5022,14 +5349,6 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef float x1
     cdef float x2
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
-    cdef float _u6
-    cdef float _u7
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -5083,22 +5402,29 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
         _sum4 = __sum4_l[0]
         for _l in range(1, 8):
             _sum4 = _sum4 + __sum4_l[_l]
+        _hc0 = ((<double>1.0)/(M))
+        _hc1 = _hc0*rstd
+        _hc2 = (rstd*rstd)
+        _hc3 = ((<double>1.0)/(M*M))
+        _hc4 = _hc2*_hc3
+        _hc5 = _hc0*_hc2
+        _h0 = -_hc1*_sum3
+        _h1 = -_hc1*_sum0
+        _h2 = _hc4*(_sum0*_sum0)
+        _h3 = -_hc5*_sum1
+        _h4 = -_hc1*_sum4
+        _h5 = -(<double>2.0)*_hc5*_sum3
+        _h6 = (<double>3.0)*_hc4*(_sum3*_sum3)
+        _h7 = _h2 + _h3 + _h4 + _h6
+        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc2*_hc3*_sum0*_sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = _u0*rstd
-                _u2 = _u1*y
-                _u3 = ((<float>1.0)/(M*M))
-                _u4 = (rstd*rstd)
-                _u5 = (<float>2.0)*_sum3*_u4
-                _u6 = _u4*y
-                _u7 = _u3*_u6
-                y1_p[_i] = -_sum0*_u1 - _sum3*_u2 + rstd*x1
-                y2_p[_i] = (_sum0*_sum0)*_u7 + _sum0*_u3*_u5 - _sum1*_u0*_u6 - _sum2*_u1 + (<float>3.0)*(_sum3*_sum3)*_u7 - _sum4*_u2 - _u0*_u5*x1 + rstd*x2
+                y1_p[_i] = _h0*y + _h1 + rstd*x1
+                y2_p[_i] = _h5*x1 + _h7*y + _h8 + rstd*x2
 
 cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -5117,6 +5443,21 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum2
     cdef double _sum3
     cdef double _sum4
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -5125,14 +5466,6 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double x1
     cdef double x2
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
-    cdef double _u6
-    cdef double _u7
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -5186,22 +5519,29 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
         _sum4 = __sum4_l[0]
         for _l in range(1, 8):
             _sum4 = _sum4 + __sum4_l[_l]
+        _hc0 = ((<double>1.0)/(M))
+        _hc1 = _hc0*rstd
+        _hc2 = (rstd*rstd)
+        _hc3 = ((<double>1.0)/(M*M))
+        _hc4 = _hc2*_hc3
+        _hc5 = _hc0*_hc2
+        _h0 = -_hc1*_sum3
+        _h1 = -_hc1*_sum0
+        _h2 = _hc4*(_sum0*_sum0)
+        _h3 = -_hc5*_sum1
+        _h4 = -_hc1*_sum4
+        _h5 = -(<double>2.0)*_hc5*_sum3
+        _h6 = (<double>3.0)*_hc4*(_sum3*_sum3)
+        _h7 = _h2 + _h3 + _h4 + _h6
+        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc2*_hc3*_sum0*_sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = _u0*rstd
-                _u2 = _u1*y
-                _u3 = ((<double>1.0)/(M*M))
-                _u4 = (rstd*rstd)
-                _u5 = (<double>2.0)*_sum3*_u4
-                _u6 = _u4*y
-                _u7 = _u3*_u6
-                y1_p[_i] = -_sum0*_u1 - _sum3*_u2 + rstd*x1
-                y2_p[_i] = (_sum0*_sum0)*_u7 + _sum0*_u3*_u5 - _sum1*_u0*_u6 - _sum2*_u1 + (<double>3.0)*(_sum3*_sum3)*_u7 - _sum4*_u2 - _u0*_u5*x1 + rstd*x2
+                y1_p[_i] = _h0*y + _h1 + rstd*x1
+                y2_p[_i] = _h5*x1 + _h7*y + _h8 + rstd*x2
 
 # ---------------------------------------------------------------- standardize_vjp_taylor_2
 # zero mean and unit (biased) variance over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)
@@ -5232,6 +5572,69 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef double _sum9
     cdef double _sum10
     cdef double _sum11
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
+    cdef double _hc14
+    cdef double _hc15
+    cdef double _hc16
+    cdef double _hc17
+    cdef double _hc18
+    cdef double _hc19
+    cdef double _hc20
+    cdef double _hc21
+    cdef double _hc22
+    cdef double _hc23
+    cdef double _hc24
+    cdef double _hc25
+    cdef double _hc26
+    cdef double _hc27
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
+    cdef double _h13
+    cdef double _h14
+    cdef double _h15
+    cdef double _h16
+    cdef double _h17
+    cdef double _h18
+    cdef double _h19
+    cdef double _h20
+    cdef double _h21
+    cdef double _h22
+    cdef double _h23
+    cdef double _h24
+    cdef double _h25
+    cdef double _h26
+    cdef double _h27
+    cdef double _h28
+    cdef double _h29
+    cdef double _h30
+    cdef double _h31
+    cdef double _h32
+    cdef double _h33
+    cdef double _h34
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -5249,41 +5652,6 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef float x1
     cdef float x2
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
-    cdef float _u6
-    cdef float _u7
-    cdef float _u8
-    cdef float _u9
-    cdef float _u10
-    cdef float _u11
-    cdef float _u12
-    cdef float _u13
-    cdef float _u14
-    cdef float _u15
-    cdef float _u16
-    cdef float _u17
-    cdef float _u18
-    cdef float _u19
-    cdef float _u20
-    cdef float _u21
-    cdef float _u22
-    cdef float _u23
-    cdef float _u24
-    cdef float _u25
-    cdef float _u26
-    cdef float _u27
-    cdef float _u28
-    cdef float _u29
-    cdef float _u30
-    cdef float _u31
-    cdef float _u32
-    cdef float _u33
-    cdef float _u34
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -5390,6 +5758,69 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
         _sum11 = __sum11_l[0]
         for _l in range(1, 8):
             _sum11 = _sum11 + __sum11_l[_l]
+        _hc0 = (_sum2*_sum2)
+        _hc1 = (rstd*rstd*rstd)
+        _hc2 = ((<double>1.0)/(M*M))
+        _hc3 = _hc1*_hc2
+        _hc4 = (rstd*rstd)
+        _hc5 = ((<double>1.0)/(M))
+        _hc6 = _hc4*_hc5
+        _hc7 = _hc6*_sum10
+        _hc8 = _hc1*_hc5
+        _hc9 = _hc6*_sum9
+        _hc10 = (<double>2.0)*_sum7
+        _hc11 = (_sum10*_sum10)
+        _hc12 = (<double>3.0)*_hc3
+        _hc13 = _hc2*_hc4
+        _hc14 = _hc13*_sum0
+        _hc15 = _hc13*_sum1
+        _hc16 = _hc1/(M*M*M)
+        _hc17 = _hc16*_sum9
+        _hc18 = (<double>3.0)*_hc0
+        _hc19 = _hc3*_sum1
+        _hc20 = (<double>2.0)*_sum2
+        _hc21 = _hc13*_sum6
+        _hc22 = _hc13*_sum9
+        _hc23 = (<double>6.0)*_sum10
+        _hc24 = _hc23*_hc3
+        _hc25 = _hc16*_sum1
+        _hc26 = _hc23*_sum2
+        _hc27 = _hc5*rstd
+        _h0 = _hc0*_hc3
+        _h1 = -_hc7
+        _h2 = -_hc6*_sum11
+        _h3 = -_hc8*_sum3
+        _h4 = -_hc6*_sum5
+        _h5 = -_hc6*_sum6
+        _h6 = -_hc6*_sum8
+        _h7 = -_hc9
+        _h8 = -_hc10*_hc8
+        _h9 = _hc11*_hc12
+        _h10 = _hc14*_sum2
+        _h11 = _hc15*_sum4
+        _h12 = -(<double>15.0)*_hc11*_hc17
+        _h13 = -_hc17*_hc18
+        _h14 = _hc19*_hc20
+        _h15 = (<double>3.0)*_hc21*_sum10
+        _h16 = (<double>3.0)*_hc22*_sum11
+        _h17 = _hc12*_sum3*_sum9
+        _h18 = _hc24*_sum7
+        _h19 = _hc24*_sum9
+        _h20 = -_hc25*_hc26
+        _h21 = _h0 + _h2 + _h3 + _h9
+        _h22 = _h10 + _h11 + _h12 + _h13 + _h15 + _h16 + _h17 + _h18 + _h20 + _h4 + _h6
+        _h23 = _h14 + _h19 + _h5 + _h8
+        _h24 = _hc10*_hc3*_sum2 - (<double>3.0)*_hc11*_hc25 + _hc14*_sum10 + _hc15*_sum11 - _hc17*_hc26 - _hc18*_hc25 + _hc19*_sum3 + _hc21*_sum2 + _hc22*_sum4
+        _h25 = -_hc27*_sum6
+        _h26 = -(<double>2.0)*_hc7
+        _h27 = -_hc10*_hc6
+        _h28 = -(<double>2.0)*_hc9
+        _h29 = _hc15*_hc20
+        _h30 = _hc22*_hc23
+        _h31 = _h25 + _h27 + _h29 + _h30
+        _h32 = (<double>2.0)*_hc15*_sum10 + _hc20*_hc22 - _hc27*_sum0
+        _h33 = -_hc27*_sum9
+        _h34 = -_hc27*_sum1
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5398,44 +5829,9 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = ((<float>1.0)/(M*M))
-                _u2 = _u0*_u1
-                _u3 = _sum0*_u2
-                _u4 = _sum1*_u2
-                _u5 = (rstd*rstd*rstd)
-                _u6 = _u1*_u5
-                _u7 = _sum1*_u6
-                _u8 = _sum2*_u2
-                _u9 = _sum9*_u2
-                _u10 = (<float>2.0)*_sum7
-                _u11 = ((<float>1.0)/(M))
-                _u12 = _u0*_u11
-                _u13 = _sum10*_u12
-                _u14 = _u11*_u5
-                _u15 = _u12*y
-                _u16 = _u12*x1
-                _u17 = _sum2*y
-                _u18 = (_sum2*_sum2)
-                _u19 = _u6*g2
-                _u20 = _u5/(M*M*M)
-                _u21 = _sum9*_u20
-                _u22 = (<float>6.0)*_sum10
-                _u23 = (<float>3.0)*y
-                _u24 = _u22*y
-                _u25 = _sum9*_u6
-                _u26 = (_sum10*_sum10)
-                _u27 = (<float>3.0)*_u26
-                _u28 = _sum1*_u20
-                _u29 = (<float>3.0)*_u18
-                _u30 = _u21*y
-                _u31 = _u11*rstd
-                _u32 = _u31*y
-                _u33 = (<float>2.0)*_u4
-                _u34 = (<float>2.0)*_sum9
-                gx_p[_i] = _sum10*_sum6*_u2*_u23 + _sum10*_u3 - _sum11*_u12*g2 + _sum11*_u23*_u9 + _sum11*_u4 + _sum2*_u10*_u6 - _sum2*_u21*_u22 + (<float>2.0)*_sum2*_u7*x1 - _sum3*_u14*g2 + _sum3*_u23*_u25 + _sum3*_u7 + _sum4*_u4*y + _sum4*_u9 - _sum5*_u15 - _sum6*_u16 + _sum6*_u8 + _sum7*_u24*_u6 - _sum8*_u15 - _sum9*_u12*x2 - _u10*_u14*x1 - _u13*g1 - _u17*_u22*_u28 + _u17*_u3 + _u18*_u19 + _u19*_u27 + _u22*_u25*x1 - (<float>15.0)*_u26*_u30 - _u27*_u28 - _u28*_u29 - _u29*_u30
-                gx1_p[_i] = -_sum0*_u31 + _sum10*_u33 - _sum6*_u32 - _u10*_u15 - (<float>2.0)*_u13*g2 - _u16*_u34 + _u17*_u33 + _u24*_u9 + _u34*_u8 + g1*rstd
-                gx2_p[_i] = -_sum1*_u31 - _sum9*_u32 + g2*rstd
+                gx_p[_i] = _h1*g1 + _h21*g2 + _h22*y + _h23*x1 + _h24 + _h7*x2
+                gx1_p[_i] = _h26*g2 + _h28*x1 + _h31*y + _h32 + g1*rstd
+                gx2_p[_i] = _h33*y + _h34 + g2*rstd
 
 cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -5464,6 +5860,69 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double _sum9
     cdef double _sum10
     cdef double _sum11
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
+    cdef double _hc14
+    cdef double _hc15
+    cdef double _hc16
+    cdef double _hc17
+    cdef double _hc18
+    cdef double _hc19
+    cdef double _hc20
+    cdef double _hc21
+    cdef double _hc22
+    cdef double _hc23
+    cdef double _hc24
+    cdef double _hc25
+    cdef double _hc26
+    cdef double _hc27
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
+    cdef double _h13
+    cdef double _h14
+    cdef double _h15
+    cdef double _h16
+    cdef double _h17
+    cdef double _h18
+    cdef double _h19
+    cdef double _h20
+    cdef double _h21
+    cdef double _h22
+    cdef double _h23
+    cdef double _h24
+    cdef double _h25
+    cdef double _h26
+    cdef double _h27
+    cdef double _h28
+    cdef double _h29
+    cdef double _h30
+    cdef double _h31
+    cdef double _h32
+    cdef double _h33
+    cdef double _h34
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -5481,41 +5940,6 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double x1
     cdef double x2
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
-    cdef double _u6
-    cdef double _u7
-    cdef double _u8
-    cdef double _u9
-    cdef double _u10
-    cdef double _u11
-    cdef double _u12
-    cdef double _u13
-    cdef double _u14
-    cdef double _u15
-    cdef double _u16
-    cdef double _u17
-    cdef double _u18
-    cdef double _u19
-    cdef double _u20
-    cdef double _u21
-    cdef double _u22
-    cdef double _u23
-    cdef double _u24
-    cdef double _u25
-    cdef double _u26
-    cdef double _u27
-    cdef double _u28
-    cdef double _u29
-    cdef double _u30
-    cdef double _u31
-    cdef double _u32
-    cdef double _u33
-    cdef double _u34
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -5622,6 +6046,69 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
         _sum11 = __sum11_l[0]
         for _l in range(1, 8):
             _sum11 = _sum11 + __sum11_l[_l]
+        _hc0 = (_sum2*_sum2)
+        _hc1 = (rstd*rstd*rstd)
+        _hc2 = ((<double>1.0)/(M*M))
+        _hc3 = _hc1*_hc2
+        _hc4 = (rstd*rstd)
+        _hc5 = ((<double>1.0)/(M))
+        _hc6 = _hc4*_hc5
+        _hc7 = _hc6*_sum10
+        _hc8 = _hc1*_hc5
+        _hc9 = _hc6*_sum9
+        _hc10 = (<double>2.0)*_sum7
+        _hc11 = (_sum10*_sum10)
+        _hc12 = (<double>3.0)*_hc3
+        _hc13 = _hc2*_hc4
+        _hc14 = _hc13*_sum0
+        _hc15 = _hc13*_sum1
+        _hc16 = _hc1/(M*M*M)
+        _hc17 = _hc16*_sum9
+        _hc18 = (<double>3.0)*_hc0
+        _hc19 = _hc3*_sum1
+        _hc20 = (<double>2.0)*_sum2
+        _hc21 = _hc13*_sum6
+        _hc22 = _hc13*_sum9
+        _hc23 = (<double>6.0)*_sum10
+        _hc24 = _hc23*_hc3
+        _hc25 = _hc16*_sum1
+        _hc26 = _hc23*_sum2
+        _hc27 = _hc5*rstd
+        _h0 = _hc0*_hc3
+        _h1 = -_hc7
+        _h2 = -_hc6*_sum11
+        _h3 = -_hc8*_sum3
+        _h4 = -_hc6*_sum5
+        _h5 = -_hc6*_sum6
+        _h6 = -_hc6*_sum8
+        _h7 = -_hc9
+        _h8 = -_hc10*_hc8
+        _h9 = _hc11*_hc12
+        _h10 = _hc14*_sum2
+        _h11 = _hc15*_sum4
+        _h12 = -(<double>15.0)*_hc11*_hc17
+        _h13 = -_hc17*_hc18
+        _h14 = _hc19*_hc20
+        _h15 = (<double>3.0)*_hc21*_sum10
+        _h16 = (<double>3.0)*_hc22*_sum11
+        _h17 = _hc12*_sum3*_sum9
+        _h18 = _hc24*_sum7
+        _h19 = _hc24*_sum9
+        _h20 = -_hc25*_hc26
+        _h21 = _h0 + _h2 + _h3 + _h9
+        _h22 = _h10 + _h11 + _h12 + _h13 + _h15 + _h16 + _h17 + _h18 + _h20 + _h4 + _h6
+        _h23 = _h14 + _h19 + _h5 + _h8
+        _h24 = _hc10*_hc3*_sum2 - (<double>3.0)*_hc11*_hc25 + _hc14*_sum10 + _hc15*_sum11 - _hc17*_hc26 - _hc18*_hc25 + _hc19*_sum3 + _hc21*_sum2 + _hc22*_sum4
+        _h25 = -_hc27*_sum6
+        _h26 = -(<double>2.0)*_hc7
+        _h27 = -_hc10*_hc6
+        _h28 = -(<double>2.0)*_hc9
+        _h29 = _hc15*_hc20
+        _h30 = _hc22*_hc23
+        _h31 = _h25 + _h27 + _h29 + _h30
+        _h32 = (<double>2.0)*_hc15*_sum10 + _hc20*_hc22 - _hc27*_sum0
+        _h33 = -_hc27*_sum9
+        _h34 = -_hc27*_sum1
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5630,44 +6117,9 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = ((<double>1.0)/(M*M))
-                _u2 = _u0*_u1
-                _u3 = _sum0*_u2
-                _u4 = _sum1*_u2
-                _u5 = (rstd*rstd*rstd)
-                _u6 = _u1*_u5
-                _u7 = _sum1*_u6
-                _u8 = _sum2*_u2
-                _u9 = _sum9*_u2
-                _u10 = (<double>2.0)*_sum7
-                _u11 = ((<double>1.0)/(M))
-                _u12 = _u0*_u11
-                _u13 = _sum10*_u12
-                _u14 = _u11*_u5
-                _u15 = _u12*y
-                _u16 = _u12*x1
-                _u17 = _sum2*y
-                _u18 = (_sum2*_sum2)
-                _u19 = _u6*g2
-                _u20 = _u5/(M*M*M)
-                _u21 = _sum9*_u20
-                _u22 = (<double>6.0)*_sum10
-                _u23 = (<double>3.0)*y
-                _u24 = _u22*y
-                _u25 = _sum9*_u6
-                _u26 = (_sum10*_sum10)
-                _u27 = (<double>3.0)*_u26
-                _u28 = _sum1*_u20
-                _u29 = (<double>3.0)*_u18
-                _u30 = _u21*y
-                _u31 = _u11*rstd
-                _u32 = _u31*y
-                _u33 = (<double>2.0)*_u4
-                _u34 = (<double>2.0)*_sum9
-                gx_p[_i] = _sum10*_sum6*_u2*_u23 + _sum10*_u3 - _sum11*_u12*g2 + _sum11*_u23*_u9 + _sum11*_u4 + _sum2*_u10*_u6 - _sum2*_u21*_u22 + (<double>2.0)*_sum2*_u7*x1 - _sum3*_u14*g2 + _sum3*_u23*_u25 + _sum3*_u7 + _sum4*_u4*y + _sum4*_u9 - _sum5*_u15 - _sum6*_u16 + _sum6*_u8 + _sum7*_u24*_u6 - _sum8*_u15 - _sum9*_u12*x2 - _u10*_u14*x1 - _u13*g1 - _u17*_u22*_u28 + _u17*_u3 + _u18*_u19 + _u19*_u27 + _u22*_u25*x1 - (<double>15.0)*_u26*_u30 - _u27*_u28 - _u28*_u29 - _u29*_u30
-                gx1_p[_i] = -_sum0*_u31 + _sum10*_u33 - _sum6*_u32 - _u10*_u15 - (<double>2.0)*_u13*g2 - _u16*_u34 + _u17*_u33 + _u24*_u9 + _u34*_u8 + g1*rstd
-                gx2_p[_i] = -_sum1*_u31 - _sum9*_u32 + g2*rstd
+                gx_p[_i] = _h1*g1 + _h21*g2 + _h22*y + _h23*x1 + _h24 + _h7*x2
+                gx1_p[_i] = _h26*g2 + _h28*x1 + _h31*y + _h32 + g1*rstd
+                gx2_p[_i] = _h33*y + _h34 + g2*rstd
 
 # ---------------------------------------------------------------- rms_scale_forward
 # unit root mean square over each group of one sample: forward (stages in order)
@@ -5766,6 +6218,7 @@ cdef void _rms_scale_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef float g
     cdef float y
@@ -5792,12 +6245,13 @@ cdef void _rms_scale_vjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                grad_x_p[_i] = g*rstd - _sum0*rstd*y/M
+                grad_x_p[_i] = _h0*y + g*rstd
 
 cdef void _rms_scale_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g_p = <const double*>_ap[0]
@@ -5810,6 +6264,7 @@ cdef void _rms_scale_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef double g
     cdef double y
@@ -5836,12 +6291,13 @@ cdef void _rms_scale_vjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g = g_p[_i]
                 y = y_p[_i]
-                grad_x_p[_i] = g*rstd - _sum0*rstd*y/M
+                grad_x_p[_i] = _h0*y + g*rstd
 
 # ---------------------------------------------------------------- rms_scale_jvp
 # unit root mean square over each group of one sample: jvp (Ry)
@@ -5856,6 +6312,7 @@ cdef void _rms_scale_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef float Rx
     cdef float y
@@ -5882,12 +6339,13 @@ cdef void _rms_scale_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                Ry_p[_i] = Rx*rstd - _sum0*rstd*y/M
+                Ry_p[_i] = Rx*rstd + _h0*y
 
 cdef void _rms_scale_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rx_p = <const double*>_ap[0]
@@ -5900,6 +6358,7 @@ cdef void _rms_scale_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef double Rx
     cdef double y
@@ -5926,12 +6385,13 @@ cdef void _rms_scale_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 Rx = Rx_p[_i]
                 y = y_p[_i]
-                Ry_p[_i] = Rx*rstd - _sum0*rstd*y/M
+                Ry_p[_i] = Rx*rstd + _h0*y
 
 # ---------------------------------------------------------------- rms_scale_rvjp
 # unit root mean square over each group of one sample: rvjp (Rgrad_x)
@@ -5951,6 +6411,15 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -5959,9 +6428,6 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef float Rx
     cdef float g
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6010,6 +6476,15 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
         _sum3 = __sum3_l[0]
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _h0 = -_hc2*_sum3
+        _h1 = -_hc1*_sum0*rstd
+        _h2 = -_hc2*_sum1
+        _h3 = -_hc2*_sum2
+        _h4 = (<double>3.0)*_hc0*_sum2*_sum3/(M*M)
+        _h5 = _h1 + _h2 + _h4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6017,10 +6492,7 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = (rstd*rstd)
-                _u2 = _u0*_u1
-                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum3*_u2 - _sum0*_u0*rstd*y - _sum1*_u2*y - _sum2*_u2*g + (<float>3.0)*_sum2*_sum3*_u1*y/(M*M)
+                Rgrad_x_p[_i] = Rg*rstd + Rx*_h0 + _h3*g + _h5*y
 
 cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* Rg_p = <const double*>_ap[0]
@@ -6038,6 +6510,15 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _sum1
     cdef double _sum2
     cdef double _sum3
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -6046,9 +6527,6 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double Rx
     cdef double g
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6097,6 +6575,15 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
         _sum3 = __sum3_l[0]
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _h0 = -_hc2*_sum3
+        _h1 = -_hc1*_sum0*rstd
+        _h2 = -_hc2*_sum1
+        _h3 = -_hc2*_sum2
+        _h4 = (<double>3.0)*_hc0*_sum2*_sum3/(M*M)
+        _h5 = _h1 + _h2 + _h4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6104,10 +6591,7 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
                 Rx = Rx_p[_i]
                 g = g_p[_i]
                 y = y_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = (rstd*rstd)
-                _u2 = _u0*_u1
-                Rgrad_x_p[_i] = Rg*rstd - Rx*_sum3*_u2 - _sum0*_u0*rstd*y - _sum1*_u2*y - _sum2*_u2*g + (<double>3.0)*_sum2*_sum3*_u1*y/(M*M)
+                Rgrad_x_p[_i] = Rg*rstd + Rx*_h0 + _h3*g + _h5*y
 
 # ---------------------------------------------------------------- rms_scale_taylor_1
 # unit root mean square over each group of one sample: taylor:1 (y1)
@@ -6122,6 +6606,7 @@ cdef void _rms_scale_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef float x1
     cdef float y
@@ -6148,12 +6633,13 @@ cdef void _rms_scale_taylor_1_f32(char** _ap, const double* _sp, const Py_ssize_
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = rstd*x1 - _sum0*rstd*y/M
+                y1_p[_i] = _h0*y + rstd*x1
 
 cdef void _rms_scale_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -6166,6 +6652,7 @@ cdef void _rms_scale_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double M = <double>(A * B)
     cdef double rstd
     cdef double _sum0
+    cdef double _h0
     cdef double __sum0_l[8]
     cdef double x1
     cdef double y
@@ -6192,12 +6679,13 @@ cdef void _rms_scale_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_
         _sum0 = __sum0_l[0]
         for _l in range(1, 8):
             _sum0 = _sum0 + __sum0_l[_l]
+        _h0 = -_sum0*rstd/M
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                y1_p[_i] = rstd*x1 - _sum0*rstd*y/M
+                y1_p[_i] = _h0*y + rstd*x1
 
 # ---------------------------------------------------------------- rms_scale_vjp_taylor_1
 # unit root mean square over each group of one sample: vjp:taylor:1 (gx, gx1)
@@ -6216,15 +6704,21 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef float g1
     cdef float x1
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6264,17 +6758,23 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _h0 = -_hc2*_sum0
+        _h1 = -_hc2*_sum1
+        _h2 = -_hc2*_sum2
+        _h3 = (<double>3.0)*_hc0*_sum1*_sum2/(M*M)
+        _h4 = _h0 + _h3
+        _h5 = -_hc1*_sum1*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = ((<float>1.0)/(M))
-                _u2 = _u0*_u1
-                gx_p[_i] = -_sum0*_u2*y - _sum1*_u2*x1 - _sum2*_u2*g1 + (<float>3.0)*_sum1*_sum2*_u0*y/(M*M)
-                gx1_p[_i] = -_sum1*_u1*rstd*y + g1*rstd
+                gx_p[_i] = _h1*x1 + _h2*g1 + _h4*y
+                gx1_p[_i] = _h5*y + g1*rstd
 
 cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -6291,15 +6791,21 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef double g1
     cdef double x1
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6339,17 +6845,23 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _hc0 = (rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _h0 = -_hc2*_sum0
+        _h1 = -_hc2*_sum1
+        _h2 = -_hc2*_sum2
+        _h3 = (<double>3.0)*_hc0*_sum1*_sum2/(M*M)
+        _h4 = _h0 + _h3
+        _h5 = -_hc1*_sum1*rstd
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 g1 = g1_p[_i]
                 x1 = x1_p[_i]
                 y = y_p[_i]
-                _u0 = (rstd*rstd)
-                _u1 = ((<double>1.0)/(M))
-                _u2 = _u0*_u1
-                gx_p[_i] = -_sum0*_u2*y - _sum1*_u2*x1 - _sum2*_u2*g1 + (<double>3.0)*_sum1*_sum2*_u0*y/(M*M)
-                gx1_p[_i] = -_sum1*_u1*rstd*y + g1*rstd
+                gx_p[_i] = _h1*x1 + _h2*g1 + _h4*y
+                gx1_p[_i] = _h5*y + g1*rstd
 
 # ---------------------------------------------------------------- rms_scale_taylor_2
 # unit root mean square over each group of one sample: taylor:2 (y1, y2)
@@ -6368,16 +6880,22 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef float x1
     cdef float x2
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6417,18 +6935,24 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _hc0 = ((<double>1.0)/(M))
+        _hc1 = _hc0*rstd
+        _hc2 = (rstd*rstd)
+        _hc3 = _hc0*_hc2
+        _h0 = -_hc1*_sum1
+        _h1 = -_hc3*_sum0
+        _h2 = -_hc1*_sum2
+        _h3 = -(<double>2.0)*_hc3*_sum1
+        _h4 = (<double>3.0)*_hc2*(_sum1*_sum1)/(M*M)
+        _h5 = _h1 + _h2 + _h4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = _u0*y
-                _u2 = _u1*rstd
-                _u3 = (rstd*rstd)
-                y1_p[_i] = -_sum1*_u2 + rstd*x1
-                y2_p[_i] = -_sum0*_u1*_u3 - (<float>2.0)*_sum1*_u0*_u3*x1 - _sum2*_u2 + rstd*x2 + (<float>3.0)*(_sum1*_sum1)*_u3*y/(M*M)
+                y1_p[_i] = _h0*y + rstd*x1
+                y2_p[_i] = _h3*x1 + _h5*y + rstd*x2
 
 cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* x1_p = <const double*>_ap[0]
@@ -6445,16 +6969,22 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
     cdef double x1
     cdef double x2
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6494,18 +7024,24 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
+        _hc0 = ((<double>1.0)/(M))
+        _hc1 = _hc0*rstd
+        _hc2 = (rstd*rstd)
+        _hc3 = _hc0*_hc2
+        _h0 = -_hc1*_sum1
+        _h1 = -_hc3*_sum0
+        _h2 = -_hc1*_sum2
+        _h3 = -(<double>2.0)*_hc3*_sum1
+        _h4 = (<double>3.0)*_hc2*(_sum1*_sum1)/(M*M)
+        _h5 = _h1 + _h2 + _h4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = _u0*y
-                _u2 = _u1*rstd
-                _u3 = (rstd*rstd)
-                y1_p[_i] = -_sum1*_u2 + rstd*x1
-                y2_p[_i] = -_sum0*_u1*_u3 - (<double>2.0)*_sum1*_u0*_u3*x1 - _sum2*_u2 + rstd*x2 + (<double>3.0)*(_sum1*_sum1)*_u3*y/(M*M)
+                y1_p[_i] = _h0*y + rstd*x1
+                y2_p[_i] = _h3*x1 + _h5*y + rstd*x2
 
 # ---------------------------------------------------------------- rms_scale_vjp_taylor_2
 # unit root mean square over each group of one sample: vjp:taylor:2 (gx, gx1, gx2)
@@ -6532,6 +7068,47 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef double _sum5
     cdef double _sum6
     cdef double _sum7
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
+    cdef double _hc14
+    cdef double _hc15
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
+    cdef double _h13
+    cdef double _h14
+    cdef double _h15
+    cdef double _h16
+    cdef double _h17
+    cdef double _h18
+    cdef double _h19
+    cdef double _h20
+    cdef double _h21
+    cdef double _h22
+    cdef double _h23
+    cdef double _h24
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -6545,19 +7122,6 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef float x1
     cdef float x2
     cdef float y
-    cdef float _u0
-    cdef float _u1
-    cdef float _u2
-    cdef float _u3
-    cdef float _u4
-    cdef float _u5
-    cdef float _u6
-    cdef float _u7
-    cdef float _u8
-    cdef float _u9
-    cdef float _u10
-    cdef float _u11
-    cdef float _u12
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6636,6 +7200,47 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
         _sum7 = __sum7_l[0]
         for _l in range(1, 8):
             _sum7 = _sum7 + __sum7_l[_l]
+        _hc0 = (rstd*rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = (rstd*rstd)
+        _hc4 = _hc1*_hc3
+        _hc5 = _hc4*_sum5
+        _hc6 = _hc4*_sum6
+        _hc7 = (<double>2.0)*_sum3
+        _hc8 = _hc0*(_sum6*_sum6)
+        _hc9 = ((<double>1.0)/(M*M))
+        _hc10 = (<double>3.0)*_hc9
+        _hc11 = _hc10*_sum5
+        _hc12 = _hc3*_sum6
+        _hc13 = (<double>6.0)*_hc9
+        _hc14 = _hc0*_hc13*_sum6
+        _hc15 = _hc1*rstd
+        _h0 = -_hc2*_sum0
+        _h1 = -_hc4*_sum1
+        _h2 = -_hc4*_sum2
+        _h3 = -_hc4*_sum4
+        _h4 = -_hc5
+        _h5 = -_hc6
+        _h6 = -_hc4*_sum7
+        _h7 = -_hc2*_hc7
+        _h8 = _hc10*_hc8
+        _h9 = -(<double>15.0)*_hc8*_sum5/(M*M*M)
+        _h10 = _hc0*_hc11*_sum0
+        _h11 = _hc10*_hc12*_sum2
+        _h12 = _hc11*_hc3*_sum7
+        _h13 = _hc14*_sum3
+        _h14 = _hc14*_sum5
+        _h15 = _h0 + _h6 + _h8
+        _h16 = _h1 + _h10 + _h11 + _h12 + _h13 + _h3 + _h9
+        _h17 = _h14 + _h2 + _h7
+        _h18 = -_hc15*_sum2
+        _h19 = -_hc4*_hc7
+        _h20 = -(<double>2.0)*_hc5
+        _h21 = -(<double>2.0)*_hc6
+        _h22 = _hc12*_hc13*_sum5
+        _h23 = _h18 + _h19 + _h22
+        _h24 = -_hc15*_sum5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6644,22 +7249,9 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<float>1.0)/(M))
-                _u1 = _u0*g2
-                _u2 = (rstd*rstd*rstd)
-                _u3 = (rstd*rstd)
-                _u4 = _u0*_u3
-                _u5 = _u4*y
-                _u6 = _u4*x1
-                _u7 = _u1*_u3
-                _u8 = (<float>2.0)*_sum3
-                _u9 = ((<float>1.0)/(M*M))
-                _u10 = (_sum6*_sum6)
-                _u11 = _sum5*y
-                _u12 = _u0*rstd
-                gx_p[_i] = (<float>3.0)*_sum0*_sum5*_u2*_u9*y - _sum0*_u1*_u2 - _sum1*_u5 + (<float>3.0)*_sum2*_sum6*_u3*_u9*y - _sum2*_u6 + (<float>6.0)*_sum3*_sum6*_u2*_u9*y - _sum4*_u5 + (<float>6.0)*_sum5*_sum6*_u2*_u9*x1 + (<float>3.0)*_sum5*_sum7*_u3*_u9*y - _sum5*_u4*x2 - _sum6*_u4*g1 - _sum7*_u7 - _u0*_u2*_u8*x1 + (<float>3.0)*_u10*_u2*_u9*g2 - (<float>15.0)*_u10*_u11*_u2/(M*M*M)
-                gx1_p[_i] = -_sum2*_u12*y + (<float>6.0)*_sum5*_sum6*_u3*_u9*y - (<float>2.0)*_sum5*_u6 - (<float>2.0)*_sum6*_u7 - _u5*_u8 + g1*rstd
-                gx2_p[_i] = -_u11*_u12 + g2*rstd
+                gx_p[_i] = _h15*g2 + _h16*y + _h17*x1 + _h4*x2 + _h5*g1
+                gx1_p[_i] = _h20*x1 + _h21*g2 + _h23*y + g1*rstd
+                gx2_p[_i] = _h24*y + g2*rstd
 
 cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp, Py_ssize_t _c0, Py_ssize_t _c1) noexcept nogil:
     cdef const double* g1_p = <const double*>_ap[0]
@@ -6684,6 +7276,47 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _sum5
     cdef double _sum6
     cdef double _sum7
+    cdef double _hc0
+    cdef double _hc1
+    cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
+    cdef double _hc14
+    cdef double _hc15
+    cdef double _h0
+    cdef double _h1
+    cdef double _h2
+    cdef double _h3
+    cdef double _h4
+    cdef double _h5
+    cdef double _h6
+    cdef double _h7
+    cdef double _h8
+    cdef double _h9
+    cdef double _h10
+    cdef double _h11
+    cdef double _h12
+    cdef double _h13
+    cdef double _h14
+    cdef double _h15
+    cdef double _h16
+    cdef double _h17
+    cdef double _h18
+    cdef double _h19
+    cdef double _h20
+    cdef double _h21
+    cdef double _h22
+    cdef double _h23
+    cdef double _h24
     cdef double __sum0_l[8]
     cdef double __sum1_l[8]
     cdef double __sum2_l[8]
@@ -6697,19 +7330,6 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double x1
     cdef double x2
     cdef double y
-    cdef double _u0
-    cdef double _u1
-    cdef double _u2
-    cdef double _u3
-    cdef double _u4
-    cdef double _u5
-    cdef double _u6
-    cdef double _u7
-    cdef double _u8
-    cdef double _u9
-    cdef double _u10
-    cdef double _u11
-    cdef double _u12
     for _c in range(_c0, _c1):
         rstd = rstd_p[_c]
         for _l in range(8):
@@ -6788,6 +7408,47 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
         _sum7 = __sum7_l[0]
         for _l in range(1, 8):
             _sum7 = _sum7 + __sum7_l[_l]
+        _hc0 = (rstd*rstd*rstd)
+        _hc1 = ((<double>1.0)/(M))
+        _hc2 = _hc0*_hc1
+        _hc3 = (rstd*rstd)
+        _hc4 = _hc1*_hc3
+        _hc5 = _hc4*_sum5
+        _hc6 = _hc4*_sum6
+        _hc7 = (<double>2.0)*_sum3
+        _hc8 = _hc0*(_sum6*_sum6)
+        _hc9 = ((<double>1.0)/(M*M))
+        _hc10 = (<double>3.0)*_hc9
+        _hc11 = _hc10*_sum5
+        _hc12 = _hc3*_sum6
+        _hc13 = (<double>6.0)*_hc9
+        _hc14 = _hc0*_hc13*_sum6
+        _hc15 = _hc1*rstd
+        _h0 = -_hc2*_sum0
+        _h1 = -_hc4*_sum1
+        _h2 = -_hc4*_sum2
+        _h3 = -_hc4*_sum4
+        _h4 = -_hc5
+        _h5 = -_hc6
+        _h6 = -_hc4*_sum7
+        _h7 = -_hc2*_hc7
+        _h8 = _hc10*_hc8
+        _h9 = -(<double>15.0)*_hc8*_sum5/(M*M*M)
+        _h10 = _hc0*_hc11*_sum0
+        _h11 = _hc10*_hc12*_sum2
+        _h12 = _hc11*_hc3*_sum7
+        _h13 = _hc14*_sum3
+        _h14 = _hc14*_sum5
+        _h15 = _h0 + _h6 + _h8
+        _h16 = _h1 + _h10 + _h11 + _h12 + _h13 + _h3 + _h9
+        _h17 = _h14 + _h2 + _h7
+        _h18 = -_hc15*_sum2
+        _h19 = -_hc4*_hc7
+        _h20 = -(<double>2.0)*_hc5
+        _h21 = -(<double>2.0)*_hc6
+        _h22 = _hc12*_hc13*_sum5
+        _h23 = _h18 + _h19 + _h22
+        _h24 = -_hc15*_sum5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6796,22 +7457,9 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
                 x1 = x1_p[_i]
                 x2 = x2_p[_i]
                 y = y_p[_i]
-                _u0 = ((<double>1.0)/(M))
-                _u1 = _u0*g2
-                _u2 = (rstd*rstd*rstd)
-                _u3 = (rstd*rstd)
-                _u4 = _u0*_u3
-                _u5 = _u4*y
-                _u6 = _u4*x1
-                _u7 = _u1*_u3
-                _u8 = (<double>2.0)*_sum3
-                _u9 = ((<double>1.0)/(M*M))
-                _u10 = (_sum6*_sum6)
-                _u11 = _sum5*y
-                _u12 = _u0*rstd
-                gx_p[_i] = (<double>3.0)*_sum0*_sum5*_u2*_u9*y - _sum0*_u1*_u2 - _sum1*_u5 + (<double>3.0)*_sum2*_sum6*_u3*_u9*y - _sum2*_u6 + (<double>6.0)*_sum3*_sum6*_u2*_u9*y - _sum4*_u5 + (<double>6.0)*_sum5*_sum6*_u2*_u9*x1 + (<double>3.0)*_sum5*_sum7*_u3*_u9*y - _sum5*_u4*x2 - _sum6*_u4*g1 - _sum7*_u7 - _u0*_u2*_u8*x1 + (<double>3.0)*_u10*_u2*_u9*g2 - (<double>15.0)*_u10*_u11*_u2/(M*M*M)
-                gx1_p[_i] = -_sum2*_u12*y + (<double>6.0)*_sum5*_sum6*_u3*_u9*y - (<double>2.0)*_sum5*_u6 - (<double>2.0)*_sum6*_u7 - _u5*_u8 + g1*rstd
-                gx2_p[_i] = -_u11*_u12 + g2*rstd
+                gx_p[_i] = _h15*g2 + _h16*y + _h17*x1 + _h4*x2 + _h5*g1
+                gx1_p[_i] = _h20*x1 + _h21*g2 + _h23*y + g1*rstd
+                gx2_p[_i] = _h24*y + g2*rstd
 
 #: the kernels of this module in table order (``kernel_table``)
 KERNELS = ("batchnorm_forward", "batchnorm_vjp", "batchnorm_jvp", "batchnorm_rvjp", "batchnorm_eval_forward", "batchnorm_eval_vjp", "batchnorm_eval_jvp", "batchnorm_eval_rvjp", "softmax_forward", "softmax_vjp", "softmax_jvp", "softmax_rvjp", "softmax_taylor_1", "softmax_vjp_taylor_1", "softmax_taylor_2", "softmax_vjp_taylor_2", "standardize_forward", "standardize_vjp", "standardize_jvp", "standardize_rvjp", "standardize_taylor_1", "standardize_vjp_taylor_1", "standardize_taylor_2", "standardize_vjp_taylor_2", "rms_scale_forward", "rms_scale_vjp", "rms_scale_jvp", "rms_scale_rvjp", "rms_scale_taylor_1", "rms_scale_vjp_taylor_1", "rms_scale_taylor_2", "rms_scale_vjp_taylor_2", )
