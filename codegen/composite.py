@@ -73,8 +73,9 @@ def hoist_group_parts(exprs: list, elem_names: set) -> tuple[list, list]:
         return any(s.name in elem_names for s in e.free_symbols)
 
     def name(e):
-        if e.is_Atom or (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
-            return e
+        if not isinstance(e, sp.Expr) or e.is_Atom or \
+                (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
+            return e        # conditions stay where they are; atoms and negated atoms are free
         if e not in defs:
             defs[e] = sp.Symbol(f"_h{len(defs)}")
         return defs[e]

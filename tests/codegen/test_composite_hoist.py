@@ -78,3 +78,16 @@ def test_the_generated_kernels_compute_group_values_once_per_group():
     _, _, body = k["bodies"][0]
     assert body["hoisted"] and all(n in body["group_locals"] for n, _ in body["hoisted"])
     assert not any("_sum" in rhs for _, rhs in body["final"]["results"] + body["final"]["temps"])
+
+
+def test_conditions_and_functions_of_group_values():
+    """A user's stage may branch on a group value or apply a function to one: the branch
+    condition stays in place, the function's argument is hoisted, values unchanged."""
+    x, a, b, s = sp.symbols("x a b s")
+    exprs = [sp.Piecewise((x * a * b, s > 0), (x - a, True)), sp.exp(a * b) * x + sp.log(a + b)]
+    defs, outs = hoist_group_parts(exprs, {"x"})
+    assert defs
+    back = _substituted(defs, outs)
+    for vals in ({x: 0.3, a: 1.7, b: 0.4, s: 1.0}, {x: -2.0, a: 0.9, b: 1.1, s: -1.0}):
+        for e, r in zip(exprs, back):
+            assert abs(float(e.subs(vals)) - float(r.subs(vals))) <= 1e-14
