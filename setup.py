@@ -5,7 +5,6 @@ extension is kept in a build cache keyed by its C source, headers, flags, compil
 (``codegen/build_cache.py``): installing an extra after the base install, or reinstalling an
 unchanged checkout, compiles nothing.
 """
-import os
 import runpy
 from pathlib import Path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import register
-from .layer_base import EVAL, Context, SpecLayer, check_float_input
+from .layer_base import SpecLayer, check_float_input
 from .normalization import CompositeLayer
 
 
@@ -496,7 +496,7 @@ def from_spec(spec, init: dict | None = None, axes=None, verbose: bool = False, 
       group spans; ``init``: group-level parameters' first value, default 1.0).
     """
     from ..derive.composite import CompositeSpec
-    from ..derive.elementwise import ElementwiseSpec, SpecError
+    from ..derive.elementwise import ElementwiseSpec
     from ..derive.indexed import ContractionSpec
     from .activation import Activation
     if isinstance(spec, ElementwiseSpec):

@@ -5,7 +5,6 @@ kept), from_torch with torch loss modules, and misuse refused by name."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from support.numeric import rel_err
 from support.torch_oracles import check_hvp_against_torch, flatten_torch, torch_forward
