@@ -25,8 +25,8 @@ LAYOUT = ["A", "C", "B"]
 SUM_LANES = 8
 
 
-def _cse(exprs: list, prefix: str):
-    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), order="canonical")
+def _cse(exprs: list, prefix: str, exclude=()):
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix, exclude=set(exclude)), order="canonical")
     return repl, reduced
 
 
@@ -48,8 +48,15 @@ def _body(ct: str, elem_in, passes, group_out, elem_out) -> dict:
                         "after": [(str(n), G(e)) for n, e in after]})
         group_locals += [str(n) for n, _, _ in sums] + [str(n) for n, _ in after]
     hoisted, outs = hoist_group_parts([e for _, e in elem_out], set(map(str, elem_in)))
-    hrepl, hreduced = _cse([e for _, e in hoisted], "_hc")
-    hoisted = [(str(s), G(v)) for s, v in hrepl] + [(str(n), G(e)) for (n, _), e in zip(hoisted, hreduced)]
+    # a group value may read earlier ones (a + b summed for a·y + b·y): written out in the
+    # originals before the shared parts are found, so every temporary reads only what the
+    # passes computed (a temporary of two values printed before them would read stale ones)
+    env = {}
+    for n, e in hoisted:
+        env[n] = e.xreplace(env)
+    taken = set().union(*[e.free_symbols for e in env.values()], *[sp.sympify(e).free_symbols for _, e in elem_out])
+    hrepl, hreduced = _cse(list(env.values()), "_hc", exclude=taken)
+    hoisted = [(str(s), G(v)) for s, v in hrepl] + [(str(n), G(e)) for n, e in zip(env, hreduced)]
     group_locals += [n for n, _ in hoisted]
     repl, reduced = _cse(outs, "_u")
     elem_locals += [str(s) for s, _ in repl]
@@ -68,6 +75,8 @@ def hoist_group_parts(exprs: list, elem_names: set) -> tuple[list, list]:
     became ~20, the rest once per group); nothing is expanded or reordered beyond that, so a
     constant group still normalises to exactly 0."""
     defs: dict = {}
+    exprs = [sp.sympify(e) for e in exprs]
+    names = sp.numbered_symbols("_h", exclude=set().union(*[e.free_symbols for e in exprs]))
 
     def elem(e) -> bool:
         return any(s.name in elem_names for s in e.free_symbols)
@@ -77,7 +86,7 @@ def hoist_group_parts(exprs: list, elem_names: set) -> tuple[list, list]:
                 (e.is_Mul and len(e.args) == 2 and e.args[0] == -1 and e.args[1].is_Atom):
             return e        # conditions stay where they are; atoms and negated atoms are free
         if e not in defs:
-            defs[e] = sp.Symbol(f"_h{len(defs)}")
+            defs[e] = next(names)
         return defs[e]
 
     def walk(e):
@@ -109,7 +118,7 @@ def hoist_group_parts(exprs: list, elem_names: set) -> tuple[list, list]:
                 out.append(sp.Mul(name(sp.Add(*[sp.Mul(*g) for _, g in ts])), e, evaluate=False))
         return out
 
-    outs = [walk(sp.sympify(e)) for e in exprs]
+    outs = [walk(e) for e in exprs]
     return [(s, e) for e, s in defs.items()], outs
 
 

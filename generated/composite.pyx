@@ -2167,6 +2167,7 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double _sum1
     cdef double _hc0
     cdef double _hc1
+    cdef double _hc2
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -2210,9 +2211,10 @@ cdef void _batchnorm_jvp_f32(char** _ap, const double* _sp, const Py_ssize_t* _l
             _sum1 = _sum1 + __sum1_l[_l]
         _hc0 = gamma*rstd
         _hc1 = _hc0/M
+        _hc2 = -_hc1*_sum1
         _h0 = _hc0
-        _h1 = -_hc1*_sum1
-        _h2 = Rgamma + _h1
+        _h1 = _hc2
+        _h2 = Rgamma + _hc2
         _h3 = Rbeta - _hc1*_sum0
         for _a in range(A):
             for _b in range(B):
@@ -2241,6 +2243,7 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
     cdef double _sum1
     cdef double _hc0
     cdef double _hc1
+    cdef double _hc2
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -2284,9 +2287,10 @@ cdef void _batchnorm_jvp_f64(char** _ap, const double* _sp, const Py_ssize_t* _l
             _sum1 = _sum1 + __sum1_l[_l]
         _hc0 = gamma*rstd
         _hc1 = _hc0/M
+        _hc2 = -_hc1*_sum1
         _h0 = _hc0
-        _h1 = -_hc1*_sum1
-        _h2 = Rgamma + _h1
+        _h1 = _hc2
+        _h2 = Rgamma + _hc2
         _h3 = Rbeta - _hc1*_sum0
         for _a in range(A):
             for _b in range(B):
@@ -2332,6 +2336,10 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _hc7
     cdef double _hc8
     cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -2432,24 +2440,28 @@ cdef void _batchnorm_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
         _hc1 = Rgamma*rstd
         _hc2 = ((<double>1.0)/(M))
         _hc3 = _hc2*_sum6
-        _hc4 = (rstd*rstd)
-        _hc5 = _hc4*gamma
-        _hc6 = _hc0*_hc2
-        _hc7 = _hc2*_hc5
-        _hc8 = ((<double>1.0)/(M*M))
-        _hc9 = _hc5*_hc8
+        _hc4 = _hc1*_hc3
+        _hc5 = (rstd*rstd)
+        _hc6 = _hc5*gamma
+        _hc7 = _hc0*_hc2
+        _hc8 = _hc7*_sum3
+        _hc9 = _hc2*_hc6
+        _hc10 = _hc9*_sum4
+        _hc11 = -_hc9*_sum5
+        _hc12 = ((<double>1.0)/(M*M))
+        _hc13 = _hc12*_hc6
         _h0 = _hc0
         _h1 = _hc1
-        _h2 = -_hc1*_hc3
-        _h3 = -_hc3*_hc5
-        _h4 = -_hc6*_sum3
-        _h5 = -_hc7*_sum4
-        _h6 = -_hc7*_sum5
-        _h7 = _hc9*_sum1*_sum2
-        _h8 = (<double>3.0)*_hc9*_sum5*_sum6
-        _h9 = _h1 + _h6
-        _h10 = _h2 + _h4 + _h5 + _h7 + _h8
-        _h11 = -_hc1*_hc2*_sum2 + _hc4*_hc8*_sum1*_sum6*gamma + _hc4*_hc8*_sum2*_sum5*gamma - _hc6*_sum0
+        _h2 = -_hc4
+        _h3 = -_hc3*_hc6
+        _h4 = -_hc8
+        _h5 = -_hc10
+        _h6 = _hc11
+        _h7 = _hc13*_sum1*_sum2
+        _h8 = (<double>3.0)*_hc13*_sum5*_sum6
+        _h9 = _hc1 + _hc11
+        _h10 = -_hc10 + _hc12*_hc5*_sum1*_sum2*gamma + (<double>3.0)*_hc12*_hc5*_sum5*_sum6*gamma - _hc4 - _hc8
+        _h11 = -_hc1*_hc2*_sum2 + _hc12*_hc5*_sum1*_sum6*gamma + _hc12*_hc5*_sum2*_sum5*gamma - _hc7*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -2494,6 +2506,10 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _hc7
     cdef double _hc8
     cdef double _hc9
+    cdef double _hc10
+    cdef double _hc11
+    cdef double _hc12
+    cdef double _hc13
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -2594,24 +2610,28 @@ cdef void _batchnorm_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
         _hc1 = Rgamma*rstd
         _hc2 = ((<double>1.0)/(M))
         _hc3 = _hc2*_sum6
-        _hc4 = (rstd*rstd)
-        _hc5 = _hc4*gamma
-        _hc6 = _hc0*_hc2
-        _hc7 = _hc2*_hc5
-        _hc8 = ((<double>1.0)/(M*M))
-        _hc9 = _hc5*_hc8
+        _hc4 = _hc1*_hc3
+        _hc5 = (rstd*rstd)
+        _hc6 = _hc5*gamma
+        _hc7 = _hc0*_hc2
+        _hc8 = _hc7*_sum3
+        _hc9 = _hc2*_hc6
+        _hc10 = _hc9*_sum4
+        _hc11 = -_hc9*_sum5
+        _hc12 = ((<double>1.0)/(M*M))
+        _hc13 = _hc12*_hc6
         _h0 = _hc0
         _h1 = _hc1
-        _h2 = -_hc1*_hc3
-        _h3 = -_hc3*_hc5
-        _h4 = -_hc6*_sum3
-        _h5 = -_hc7*_sum4
-        _h6 = -_hc7*_sum5
-        _h7 = _hc9*_sum1*_sum2
-        _h8 = (<double>3.0)*_hc9*_sum5*_sum6
-        _h9 = _h1 + _h6
-        _h10 = _h2 + _h4 + _h5 + _h7 + _h8
-        _h11 = -_hc1*_hc2*_sum2 + _hc4*_hc8*_sum1*_sum6*gamma + _hc4*_hc8*_sum2*_sum5*gamma - _hc6*_sum0
+        _h2 = -_hc4
+        _h3 = -_hc3*_hc6
+        _h4 = -_hc8
+        _h5 = -_hc10
+        _h6 = _hc11
+        _h7 = _hc13*_sum1*_sum2
+        _h8 = (<double>3.0)*_hc13*_sum5*_sum6
+        _h9 = _hc1 + _hc11
+        _h10 = -_hc10 + _hc12*_hc5*_sum1*_sum2*gamma + (<double>3.0)*_hc12*_hc5*_sum5*_sum6*gamma - _hc4 - _hc8
+        _h11 = -_hc1*_hc2*_sum2 + _hc12*_hc5*_sum1*_sum6*gamma + _hc12*_hc5*_sum2*_sum5*gamma - _hc7*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3427,7 +3447,7 @@ cdef void _softmax_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _lp
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
         _h0 = (<double>2.0)*_sum1*_sum2
-        _h1 = _h0 - _sum0 - _sum3
+        _h1 = -_sum0 + (<double>2.0)*_sum1*_sum2 - _sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3511,7 +3531,7 @@ cdef void _softmax_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _lp
         for _l in range(1, 8):
             _sum3 = _sum3 + __sum3_l[_l]
         _h0 = (<double>2.0)*_sum1*_sum2
-        _h1 = _h0 - _sum0 - _sum3
+        _h1 = -_sum0 + (<double>2.0)*_sum1*_sum2 - _sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3617,6 +3637,7 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
     cdef double _h0
     cdef double _h1
     cdef double __sum0_l[8]
@@ -3668,8 +3689,9 @@ cdef void _softmax_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ssiz
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
-        _h0 = (<double>2.0)*_sum0*_sum1
-        _h1 = _h0 - _sum2
+        _hc0 = (<double>2.0)*_sum0*_sum1
+        _h0 = _hc0
+        _h1 = _hc0 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3693,6 +3715,7 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
     cdef double _h0
     cdef double _h1
     cdef double __sum0_l[8]
@@ -3744,8 +3767,9 @@ cdef void _softmax_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ssiz
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
-        _h0 = (<double>2.0)*_sum0*_sum1
-        _h1 = _h0 - _sum2
+        _hc0 = (<double>2.0)*_sum0*_sum1
+        _h0 = _hc0
+        _h1 = _hc0 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3771,6 +3795,7 @@ cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -3819,9 +3844,10 @@ cdef void _softmax_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_t*
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
-        _h0 = (<double>2.0)*(_sum0*_sum0)
+        _hc0 = (_sum0*_sum0)
+        _h0 = (<double>2.0)*_hc0
         _h1 = -(<double>2.0)*_sum0
-        _h2 = _h0 - _sum1 - _sum2
+        _h2 = (<double>2.0)*_hc0 - _sum1 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3844,6 +3870,7 @@ cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _sum0
     cdef double _sum1
     cdef double _sum2
+    cdef double _hc0
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -3892,9 +3919,10 @@ cdef void _softmax_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_t*
         _sum2 = __sum2_l[0]
         for _l in range(1, 8):
             _sum2 = _sum2 + __sum2_l[_l]
-        _h0 = (<double>2.0)*(_sum0*_sum0)
+        _hc0 = (_sum0*_sum0)
+        _h0 = (<double>2.0)*_hc0
         _h1 = -(<double>2.0)*_sum0
-        _h2 = _h0 - _sum1 - _sum2
+        _h2 = (<double>2.0)*_hc0 - _sum1 - _sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -3932,6 +3960,12 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _hc1
     cdef double _hc2
     cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -4058,22 +4092,28 @@ cdef void _softmax_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
         for _l in range(1, 8):
             _sum8 = _sum8 + __sum8_l[_l]
         _hc0 = (_sum2*_sum2)
-        _hc1 = (<double>2.0)*_sum2
-        _hc2 = (<double>2.0)*_sum1
-        _hc3 = (<double>4.0)*_sum2
-        _h0 = -(<double>6.0)*_hc0*_sum1
-        _h1 = -(<double>2.0)*_sum6
-        _h2 = _hc1*_sum0
-        _h3 = _hc2*_sum3
-        _h4 = _hc2*_sum4
+        _hc1 = -(<double>6.0)*_hc0*_sum1
+        _hc2 = (<double>2.0)*_sum6
+        _hc3 = (<double>2.0)*_sum2
+        _hc4 = _hc3*_sum0
+        _hc5 = (<double>2.0)*_sum1
+        _hc6 = _hc5*_sum3
+        _hc7 = _hc5*_sum4
+        _hc8 = (<double>4.0)*_sum2
+        _hc9 = _hc8*_sum6
+        _h0 = _hc1
+        _h1 = -_hc2
+        _h2 = _hc4
+        _h3 = _hc6
+        _h4 = _hc7
         _h5 = (<double>2.0)*_hc0
-        _h6 = _hc3*_sum6
-        _h7 = -_hc1
-        _h8 = _hc3*_sum1
-        _h9 = _h0 + _h2 + _h3 + _h4 + _h6 - _sum5 - _sum7 - _sum8
-        _h10 = _h1 + _h8 - _sum0
-        _h11 = _h5 - _sum3 - _sum4
-        _h12 = -_hc2
+        _h6 = _hc9
+        _h7 = -_hc3
+        _h8 = _hc8*_sum1
+        _h9 = _hc1 + _hc4 + _hc6 + _hc7 + _hc9 - _sum5 - _sum7 - _sum8
+        _h10 = -_hc2 - _sum0 + (<double>4.0)*_sum1*_sum2
+        _h11 = (<double>2.0)*_hc0 - _sum3 - _sum4
+        _h12 = -_hc5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4116,6 +4156,12 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _hc1
     cdef double _hc2
     cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -4242,22 +4288,28 @@ cdef void _softmax_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
         for _l in range(1, 8):
             _sum8 = _sum8 + __sum8_l[_l]
         _hc0 = (_sum2*_sum2)
-        _hc1 = (<double>2.0)*_sum2
-        _hc2 = (<double>2.0)*_sum1
-        _hc3 = (<double>4.0)*_sum2
-        _h0 = -(<double>6.0)*_hc0*_sum1
-        _h1 = -(<double>2.0)*_sum6
-        _h2 = _hc1*_sum0
-        _h3 = _hc2*_sum3
-        _h4 = _hc2*_sum4
+        _hc1 = -(<double>6.0)*_hc0*_sum1
+        _hc2 = (<double>2.0)*_sum6
+        _hc3 = (<double>2.0)*_sum2
+        _hc4 = _hc3*_sum0
+        _hc5 = (<double>2.0)*_sum1
+        _hc6 = _hc5*_sum3
+        _hc7 = _hc5*_sum4
+        _hc8 = (<double>4.0)*_sum2
+        _hc9 = _hc8*_sum6
+        _h0 = _hc1
+        _h1 = -_hc2
+        _h2 = _hc4
+        _h3 = _hc6
+        _h4 = _hc7
         _h5 = (<double>2.0)*_hc0
-        _h6 = _hc3*_sum6
-        _h7 = -_hc1
-        _h8 = _hc3*_sum1
-        _h9 = _h0 + _h2 + _h3 + _h4 + _h6 - _sum5 - _sum7 - _sum8
-        _h10 = _h1 + _h8 - _sum0
-        _h11 = _h5 - _sum3 - _sum4
-        _h12 = -_hc2
+        _h6 = _hc9
+        _h7 = -_hc3
+        _h8 = _hc8*_sum1
+        _h9 = _hc1 + _hc4 + _hc6 + _hc7 + _hc9 - _sum5 - _sum7 - _sum8
+        _h10 = -_hc2 - _sum0 + (<double>4.0)*_sum1*_sum2
+        _h11 = (<double>2.0)*_hc0 - _sum3 - _sum4
+        _h12 = -_hc5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4697,6 +4749,9 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _hc4
     cdef double _hc5
     cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -4789,17 +4844,20 @@ cdef void _standardize_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t*
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
         _hc3 = _hc1*rstd
-        _hc4 = _hc0/(M*M)
-        _hc5 = _hc4*_sum1
-        _hc6 = _hc4*_sum5
+        _hc4 = _hc3*_sum3
+        _hc5 = _hc2*_sum4
+        _hc6 = ((<double>1.0)/(M*M))
+        _hc7 = _hc0*_hc6
+        _hc8 = _hc7*_sum1
+        _hc9 = _hc7*_sum5
         _h0 = -_hc2*_sum6
-        _h1 = -_hc3*_sum3
-        _h2 = -_hc2*_sum4
+        _h1 = -_hc4
+        _h2 = -_hc5
         _h3 = -_hc2*_sum5
-        _h4 = _hc5*_sum2
-        _h5 = (<double>3.0)*_hc6*_sum6
-        _h6 = _h1 + _h2 + _h4 + _h5
-        _h7 = -_hc3*_sum0 + _hc5*_sum6 + _hc6*_sum2
+        _h4 = _hc8*_sum2
+        _h5 = (<double>3.0)*_hc9*_sum6
+        _h6 = _hc0*_hc6*_sum1*_sum2 + (<double>3.0)*_hc0*_hc6*_sum5*_sum6 - _hc4 - _hc5
+        _h7 = -_hc3*_sum0 + _hc8*_sum6 + _hc9*_sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -4835,6 +4893,9 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
     cdef double _hc4
     cdef double _hc5
     cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -4927,17 +4988,20 @@ cdef void _standardize_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t*
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
         _hc3 = _hc1*rstd
-        _hc4 = _hc0/(M*M)
-        _hc5 = _hc4*_sum1
-        _hc6 = _hc4*_sum5
+        _hc4 = _hc3*_sum3
+        _hc5 = _hc2*_sum4
+        _hc6 = ((<double>1.0)/(M*M))
+        _hc7 = _hc0*_hc6
+        _hc8 = _hc7*_sum1
+        _hc9 = _hc7*_sum5
         _h0 = -_hc2*_sum6
-        _h1 = -_hc3*_sum3
-        _h2 = -_hc2*_sum4
+        _h1 = -_hc4
+        _h2 = -_hc5
         _h3 = -_hc2*_sum5
-        _h4 = _hc5*_sum2
-        _h5 = (<double>3.0)*_hc6*_sum6
-        _h6 = _h1 + _h2 + _h4 + _h5
-        _h7 = -_hc3*_sum0 + _hc5*_sum6 + _hc6*_sum2
+        _h4 = _hc8*_sum2
+        _h5 = (<double>3.0)*_hc9*_sum6
+        _h6 = _hc0*_hc6*_sum1*_sum2 + (<double>3.0)*_hc0*_hc6*_sum5*_sum6 - _hc4 - _hc5
+        _h7 = -_hc3*_sum0 + _hc8*_sum6 + _hc9*_sum2
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5093,6 +5157,9 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
     cdef double _hc4
     cdef double _hc5
     cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -5166,19 +5233,22 @@ cdef void _standardize_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _hc3 = _hc0/(M*M)
-        _hc4 = _hc3*_sum0
-        _hc5 = _hc3*_sum3
-        _hc6 = _hc1*rstd
-        _h0 = -_hc2*_sum2
+        _hc3 = -_hc2*_sum2
+        _hc4 = _hc0/(M*M)
+        _hc5 = _hc4*_sum0
+        _hc6 = _hc5*_sum1
+        _hc7 = _hc4*_sum3
+        _hc8 = (<double>3.0)*_hc7*_sum4
+        _hc9 = _hc1*rstd
+        _h0 = _hc3
         _h1 = -_hc2*_sum3
         _h2 = -_hc2*_sum4
-        _h3 = _hc4*_sum1
-        _h4 = (<double>3.0)*_hc5*_sum4
-        _h5 = _h0 + _h3 + _h4
-        _h6 = _hc4*_sum4 + _hc5*_sum1
-        _h7 = -_hc6*_sum3
-        _h8 = -_hc6*_sum0
+        _h3 = _hc6
+        _h4 = _hc8
+        _h5 = _hc3 + _hc6 + _hc8
+        _h6 = _hc5*_sum4 + _hc7*_sum1
+        _h7 = -_hc9*_sum3
+        _h8 = -_hc9*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5212,6 +5282,9 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
     cdef double _hc4
     cdef double _hc5
     cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -5285,19 +5358,22 @@ cdef void _standardize_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _hc3 = _hc0/(M*M)
-        _hc4 = _hc3*_sum0
-        _hc5 = _hc3*_sum3
-        _hc6 = _hc1*rstd
-        _h0 = -_hc2*_sum2
+        _hc3 = -_hc2*_sum2
+        _hc4 = _hc0/(M*M)
+        _hc5 = _hc4*_sum0
+        _hc6 = _hc5*_sum1
+        _hc7 = _hc4*_sum3
+        _hc8 = (<double>3.0)*_hc7*_sum4
+        _hc9 = _hc1*rstd
+        _h0 = _hc3
         _h1 = -_hc2*_sum3
         _h2 = -_hc2*_sum4
-        _h3 = _hc4*_sum1
-        _h4 = (<double>3.0)*_hc5*_sum4
-        _h5 = _h0 + _h3 + _h4
-        _h6 = _hc4*_sum4 + _hc5*_sum1
-        _h7 = -_hc6*_sum3
-        _h8 = -_hc6*_sum0
+        _h3 = _hc6
+        _h4 = _hc8
+        _h5 = _hc3 + _hc6 + _hc8
+        _h6 = _hc5*_sum4 + _hc7*_sum1
+        _h7 = -_hc9*_sum3
+        _h8 = -_hc9*_sum0
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5332,6 +5408,10 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
     cdef double _hc3
     cdef double _hc4
     cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -5404,19 +5484,23 @@ cdef void _standardize_taylor_2_f32(char** _ap, const double* _sp, const Py_ssiz
             _sum4 = _sum4 + __sum4_l[_l]
         _hc0 = ((<double>1.0)/(M))
         _hc1 = _hc0*rstd
-        _hc2 = (rstd*rstd)
-        _hc3 = ((<double>1.0)/(M*M))
-        _hc4 = _hc2*_hc3
-        _hc5 = _hc0*_hc2
+        _hc2 = (_sum0*_sum0)
+        _hc3 = (rstd*rstd)
+        _hc4 = ((<double>1.0)/(M*M))
+        _hc5 = _hc3*_hc4
+        _hc6 = _hc0*_hc3
+        _hc7 = _hc6*_sum1
+        _hc8 = _hc1*_sum4
+        _hc9 = (_sum3*_sum3)
         _h0 = -_hc1*_sum3
         _h1 = -_hc1*_sum0
-        _h2 = _hc4*(_sum0*_sum0)
-        _h3 = -_hc5*_sum1
-        _h4 = -_hc1*_sum4
-        _h5 = -(<double>2.0)*_hc5*_sum3
-        _h6 = (<double>3.0)*_hc4*(_sum3*_sum3)
-        _h7 = _h2 + _h3 + _h4 + _h6
-        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc2*_hc3*_sum0*_sum3
+        _h2 = _hc2*_hc5
+        _h3 = -_hc7
+        _h4 = -_hc8
+        _h5 = -(<double>2.0)*_hc6*_sum3
+        _h6 = (<double>3.0)*_hc5*_hc9
+        _h7 = _hc2*_hc3*_hc4 + (<double>3.0)*_hc3*_hc4*_hc9 - _hc7 - _hc8
+        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc3*_hc4*_sum0*_sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5449,6 +5533,10 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
     cdef double _hc3
     cdef double _hc4
     cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
+    cdef double _hc8
+    cdef double _hc9
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -5521,19 +5609,23 @@ cdef void _standardize_taylor_2_f64(char** _ap, const double* _sp, const Py_ssiz
             _sum4 = _sum4 + __sum4_l[_l]
         _hc0 = ((<double>1.0)/(M))
         _hc1 = _hc0*rstd
-        _hc2 = (rstd*rstd)
-        _hc3 = ((<double>1.0)/(M*M))
-        _hc4 = _hc2*_hc3
-        _hc5 = _hc0*_hc2
+        _hc2 = (_sum0*_sum0)
+        _hc3 = (rstd*rstd)
+        _hc4 = ((<double>1.0)/(M*M))
+        _hc5 = _hc3*_hc4
+        _hc6 = _hc0*_hc3
+        _hc7 = _hc6*_sum1
+        _hc8 = _hc1*_sum4
+        _hc9 = (_sum3*_sum3)
         _h0 = -_hc1*_sum3
         _h1 = -_hc1*_sum0
-        _h2 = _hc4*(_sum0*_sum0)
-        _h3 = -_hc5*_sum1
-        _h4 = -_hc1*_sum4
-        _h5 = -(<double>2.0)*_hc5*_sum3
-        _h6 = (<double>3.0)*_hc4*(_sum3*_sum3)
-        _h7 = _h2 + _h3 + _h4 + _h6
-        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc2*_hc3*_sum0*_sum3
+        _h2 = _hc2*_hc5
+        _h3 = -_hc7
+        _h4 = -_hc8
+        _h5 = -(<double>2.0)*_hc6*_sum3
+        _h6 = (<double>3.0)*_hc5*_hc9
+        _h7 = _hc2*_hc3*_hc4 + (<double>3.0)*_hc3*_hc4*_hc9 - _hc7 - _hc8
+        _h8 = -_hc1*_sum2 + (<double>2.0)*_hc3*_hc4*_sum0*_sum3
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5600,6 +5692,23 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
     cdef double _hc25
     cdef double _hc26
     cdef double _hc27
+    cdef double _hc28
+    cdef double _hc29
+    cdef double _hc30
+    cdef double _hc31
+    cdef double _hc32
+    cdef double _hc33
+    cdef double _hc34
+    cdef double _hc35
+    cdef double _hc36
+    cdef double _hc37
+    cdef double _hc38
+    cdef double _hc39
+    cdef double _hc40
+    cdef double _hc41
+    cdef double _hc42
+    cdef double _hc43
+    cdef double _hc44
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -5766,61 +5875,78 @@ cdef void _standardize_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_
         _hc5 = ((<double>1.0)/(M))
         _hc6 = _hc4*_hc5
         _hc7 = _hc6*_sum10
-        _hc8 = _hc1*_hc5
-        _hc9 = _hc6*_sum9
-        _hc10 = (<double>2.0)*_sum7
-        _hc11 = (_sum10*_sum10)
-        _hc12 = (<double>3.0)*_hc3
-        _hc13 = _hc2*_hc4
-        _hc14 = _hc13*_sum0
-        _hc15 = _hc13*_sum1
-        _hc16 = _hc1/(M*M*M)
-        _hc17 = _hc16*_sum9
-        _hc18 = (<double>3.0)*_hc0
-        _hc19 = _hc3*_sum1
-        _hc20 = (<double>2.0)*_sum2
-        _hc21 = _hc13*_sum6
-        _hc22 = _hc13*_sum9
-        _hc23 = (<double>6.0)*_sum10
-        _hc24 = _hc23*_hc3
-        _hc25 = _hc16*_sum1
-        _hc26 = _hc23*_sum2
-        _hc27 = _hc5*rstd
+        _hc8 = _hc6*_sum11
+        _hc9 = _hc1*_hc5
+        _hc10 = _hc9*_sum3
+        _hc11 = -_hc6*_sum5
+        _hc12 = _hc6*_sum6
+        _hc13 = -_hc6*_sum8
+        _hc14 = _hc6*_sum9
+        _hc15 = (<double>2.0)*_sum7
+        _hc16 = _hc15*_hc9
+        _hc17 = (_sum10*_sum10)
+        _hc18 = (<double>3.0)*_hc3
+        _hc19 = _hc2*_hc4
+        _hc20 = _hc19*_sum0
+        _hc21 = _hc20*_sum2
+        _hc22 = _hc19*_sum1
+        _hc23 = _hc22*_sum4
+        _hc24 = _hc1/(M*M*M)
+        _hc25 = _hc24*_sum9
+        _hc26 = -(<double>15.0)*_hc17*_hc25
+        _hc27 = (<double>3.0)*_hc0
+        _hc28 = -_hc25*_hc27
+        _hc29 = _hc3*_sum1
+        _hc30 = (<double>2.0)*_sum2
+        _hc31 = _hc19*_sum6
+        _hc32 = (<double>3.0)*_hc31*_sum10
+        _hc33 = _hc19*_sum9
+        _hc34 = (<double>3.0)*_hc33*_sum11
+        _hc35 = _hc18*_sum3*_sum9
+        _hc36 = (<double>6.0)*_sum10
+        _hc37 = _hc3*_hc36
+        _hc38 = _hc37*_sum7
+        _hc39 = _hc24*_sum1
+        _hc40 = _hc36*_sum2
+        _hc41 = -_hc39*_hc40
+        _hc42 = _hc5*rstd
+        _hc43 = _hc42*_sum6
+        _hc44 = _hc15*_hc6
         _h0 = _hc0*_hc3
         _h1 = -_hc7
-        _h2 = -_hc6*_sum11
-        _h3 = -_hc8*_sum3
-        _h4 = -_hc6*_sum5
-        _h5 = -_hc6*_sum6
-        _h6 = -_hc6*_sum8
-        _h7 = -_hc9
-        _h8 = -_hc10*_hc8
-        _h9 = _hc11*_hc12
-        _h10 = _hc14*_sum2
-        _h11 = _hc15*_sum4
-        _h12 = -(<double>15.0)*_hc11*_hc17
-        _h13 = -_hc17*_hc18
-        _h14 = _hc19*_hc20
-        _h15 = (<double>3.0)*_hc21*_sum10
-        _h16 = (<double>3.0)*_hc22*_sum11
-        _h17 = _hc12*_sum3*_sum9
-        _h18 = _hc24*_sum7
-        _h19 = _hc24*_sum9
-        _h20 = -_hc25*_hc26
-        _h21 = _h0 + _h2 + _h3 + _h9
-        _h22 = _h10 + _h11 + _h12 + _h13 + _h15 + _h16 + _h17 + _h18 + _h20 + _h4 + _h6
-        _h23 = _h14 + _h19 + _h5 + _h8
-        _h24 = _hc10*_hc3*_sum2 - (<double>3.0)*_hc11*_hc25 + _hc14*_sum10 + _hc15*_sum11 - _hc17*_hc26 - _hc18*_hc25 + _hc19*_sum3 + _hc21*_sum2 + _hc22*_sum4
-        _h25 = -_hc27*_sum6
+        _h2 = -_hc8
+        _h3 = -_hc10
+        _h4 = _hc11
+        _h5 = -_hc12
+        _h6 = _hc13
+        _h7 = -_hc14
+        _h8 = -_hc16
+        _h9 = _hc17*_hc18
+        _h10 = _hc21
+        _h11 = _hc23
+        _h12 = _hc26
+        _h13 = _hc28
+        _h14 = _hc29*_hc30
+        _h15 = _hc32
+        _h16 = _hc34
+        _h17 = _hc35
+        _h18 = _hc38
+        _h19 = _hc37*_sum9
+        _h20 = _hc41
+        _h21 = _hc0*_hc1*_hc2 + (<double>3.0)*_hc1*_hc17*_hc2 - _hc10 - _hc8
+        _h22 = _hc11 + _hc13 + _hc21 + _hc23 + _hc26 + _hc28 + _hc32 + _hc34 + _hc35 + _hc38 + _hc41
+        _h23 = (<double>2.0)*_hc1*_hc2*_sum1*_sum2 + (<double>6.0)*_hc1*_hc2*_sum10*_sum9 - _hc12 - _hc16
+        _h24 = _hc15*_hc3*_sum2 - (<double>3.0)*_hc17*_hc39 + _hc20*_sum10 + _hc22*_sum11 - _hc25*_hc40 - _hc27*_hc39 + _hc29*_sum3 + _hc31*_sum2 + _hc33*_sum4
+        _h25 = -_hc43
         _h26 = -(<double>2.0)*_hc7
-        _h27 = -_hc10*_hc6
-        _h28 = -(<double>2.0)*_hc9
-        _h29 = _hc15*_hc20
-        _h30 = _hc22*_hc23
-        _h31 = _h25 + _h27 + _h29 + _h30
-        _h32 = (<double>2.0)*_hc15*_sum10 + _hc20*_hc22 - _hc27*_sum0
-        _h33 = -_hc27*_sum9
-        _h34 = -_hc27*_sum1
+        _h27 = -_hc44
+        _h28 = -(<double>2.0)*_hc14
+        _h29 = _hc22*_hc30
+        _h30 = _hc33*_hc36
+        _h31 = (<double>2.0)*_hc2*_hc4*_sum1*_sum2 + (<double>6.0)*_hc2*_hc4*_sum10*_sum9 - _hc43 - _hc44
+        _h32 = (<double>2.0)*_hc22*_sum10 + _hc30*_hc33 - _hc42*_sum0
+        _h33 = -_hc42*_sum9
+        _h34 = -_hc42*_sum1
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -5888,6 +6014,23 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
     cdef double _hc25
     cdef double _hc26
     cdef double _hc27
+    cdef double _hc28
+    cdef double _hc29
+    cdef double _hc30
+    cdef double _hc31
+    cdef double _hc32
+    cdef double _hc33
+    cdef double _hc34
+    cdef double _hc35
+    cdef double _hc36
+    cdef double _hc37
+    cdef double _hc38
+    cdef double _hc39
+    cdef double _hc40
+    cdef double _hc41
+    cdef double _hc42
+    cdef double _hc43
+    cdef double _hc44
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6054,61 +6197,78 @@ cdef void _standardize_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_
         _hc5 = ((<double>1.0)/(M))
         _hc6 = _hc4*_hc5
         _hc7 = _hc6*_sum10
-        _hc8 = _hc1*_hc5
-        _hc9 = _hc6*_sum9
-        _hc10 = (<double>2.0)*_sum7
-        _hc11 = (_sum10*_sum10)
-        _hc12 = (<double>3.0)*_hc3
-        _hc13 = _hc2*_hc4
-        _hc14 = _hc13*_sum0
-        _hc15 = _hc13*_sum1
-        _hc16 = _hc1/(M*M*M)
-        _hc17 = _hc16*_sum9
-        _hc18 = (<double>3.0)*_hc0
-        _hc19 = _hc3*_sum1
-        _hc20 = (<double>2.0)*_sum2
-        _hc21 = _hc13*_sum6
-        _hc22 = _hc13*_sum9
-        _hc23 = (<double>6.0)*_sum10
-        _hc24 = _hc23*_hc3
-        _hc25 = _hc16*_sum1
-        _hc26 = _hc23*_sum2
-        _hc27 = _hc5*rstd
+        _hc8 = _hc6*_sum11
+        _hc9 = _hc1*_hc5
+        _hc10 = _hc9*_sum3
+        _hc11 = -_hc6*_sum5
+        _hc12 = _hc6*_sum6
+        _hc13 = -_hc6*_sum8
+        _hc14 = _hc6*_sum9
+        _hc15 = (<double>2.0)*_sum7
+        _hc16 = _hc15*_hc9
+        _hc17 = (_sum10*_sum10)
+        _hc18 = (<double>3.0)*_hc3
+        _hc19 = _hc2*_hc4
+        _hc20 = _hc19*_sum0
+        _hc21 = _hc20*_sum2
+        _hc22 = _hc19*_sum1
+        _hc23 = _hc22*_sum4
+        _hc24 = _hc1/(M*M*M)
+        _hc25 = _hc24*_sum9
+        _hc26 = -(<double>15.0)*_hc17*_hc25
+        _hc27 = (<double>3.0)*_hc0
+        _hc28 = -_hc25*_hc27
+        _hc29 = _hc3*_sum1
+        _hc30 = (<double>2.0)*_sum2
+        _hc31 = _hc19*_sum6
+        _hc32 = (<double>3.0)*_hc31*_sum10
+        _hc33 = _hc19*_sum9
+        _hc34 = (<double>3.0)*_hc33*_sum11
+        _hc35 = _hc18*_sum3*_sum9
+        _hc36 = (<double>6.0)*_sum10
+        _hc37 = _hc3*_hc36
+        _hc38 = _hc37*_sum7
+        _hc39 = _hc24*_sum1
+        _hc40 = _hc36*_sum2
+        _hc41 = -_hc39*_hc40
+        _hc42 = _hc5*rstd
+        _hc43 = _hc42*_sum6
+        _hc44 = _hc15*_hc6
         _h0 = _hc0*_hc3
         _h1 = -_hc7
-        _h2 = -_hc6*_sum11
-        _h3 = -_hc8*_sum3
-        _h4 = -_hc6*_sum5
-        _h5 = -_hc6*_sum6
-        _h6 = -_hc6*_sum8
-        _h7 = -_hc9
-        _h8 = -_hc10*_hc8
-        _h9 = _hc11*_hc12
-        _h10 = _hc14*_sum2
-        _h11 = _hc15*_sum4
-        _h12 = -(<double>15.0)*_hc11*_hc17
-        _h13 = -_hc17*_hc18
-        _h14 = _hc19*_hc20
-        _h15 = (<double>3.0)*_hc21*_sum10
-        _h16 = (<double>3.0)*_hc22*_sum11
-        _h17 = _hc12*_sum3*_sum9
-        _h18 = _hc24*_sum7
-        _h19 = _hc24*_sum9
-        _h20 = -_hc25*_hc26
-        _h21 = _h0 + _h2 + _h3 + _h9
-        _h22 = _h10 + _h11 + _h12 + _h13 + _h15 + _h16 + _h17 + _h18 + _h20 + _h4 + _h6
-        _h23 = _h14 + _h19 + _h5 + _h8
-        _h24 = _hc10*_hc3*_sum2 - (<double>3.0)*_hc11*_hc25 + _hc14*_sum10 + _hc15*_sum11 - _hc17*_hc26 - _hc18*_hc25 + _hc19*_sum3 + _hc21*_sum2 + _hc22*_sum4
-        _h25 = -_hc27*_sum6
+        _h2 = -_hc8
+        _h3 = -_hc10
+        _h4 = _hc11
+        _h5 = -_hc12
+        _h6 = _hc13
+        _h7 = -_hc14
+        _h8 = -_hc16
+        _h9 = _hc17*_hc18
+        _h10 = _hc21
+        _h11 = _hc23
+        _h12 = _hc26
+        _h13 = _hc28
+        _h14 = _hc29*_hc30
+        _h15 = _hc32
+        _h16 = _hc34
+        _h17 = _hc35
+        _h18 = _hc38
+        _h19 = _hc37*_sum9
+        _h20 = _hc41
+        _h21 = _hc0*_hc1*_hc2 + (<double>3.0)*_hc1*_hc17*_hc2 - _hc10 - _hc8
+        _h22 = _hc11 + _hc13 + _hc21 + _hc23 + _hc26 + _hc28 + _hc32 + _hc34 + _hc35 + _hc38 + _hc41
+        _h23 = (<double>2.0)*_hc1*_hc2*_sum1*_sum2 + (<double>6.0)*_hc1*_hc2*_sum10*_sum9 - _hc12 - _hc16
+        _h24 = _hc15*_hc3*_sum2 - (<double>3.0)*_hc17*_hc39 + _hc20*_sum10 + _hc22*_sum11 - _hc25*_hc40 - _hc27*_hc39 + _hc29*_sum3 + _hc31*_sum2 + _hc33*_sum4
+        _h25 = -_hc43
         _h26 = -(<double>2.0)*_hc7
-        _h27 = -_hc10*_hc6
-        _h28 = -(<double>2.0)*_hc9
-        _h29 = _hc15*_hc20
-        _h30 = _hc22*_hc23
-        _h31 = _h25 + _h27 + _h29 + _h30
-        _h32 = (<double>2.0)*_hc15*_sum10 + _hc20*_hc22 - _hc27*_sum0
-        _h33 = -_hc27*_sum9
-        _h34 = -_hc27*_sum1
+        _h27 = -_hc44
+        _h28 = -(<double>2.0)*_hc14
+        _h29 = _hc22*_hc30
+        _h30 = _hc33*_hc36
+        _h31 = (<double>2.0)*_hc2*_hc4*_sum1*_sum2 + (<double>6.0)*_hc2*_hc4*_sum10*_sum9 - _hc43 - _hc44
+        _h32 = (<double>2.0)*_hc22*_sum10 + _hc30*_hc33 - _hc42*_sum0
+        _h33 = -_hc42*_sum9
+        _h34 = -_hc42*_sum1
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6414,6 +6574,9 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _hc0
     cdef double _hc1
     cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6479,12 +6642,15 @@ cdef void _rms_scale_rvjp_f32(char** _ap, const double* _sp, const Py_ssize_t* _
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
+        _hc3 = _hc1*_sum0*rstd
+        _hc4 = _hc2*_sum1
+        _hc5 = ((<double>1.0)/(M*M))
         _h0 = -_hc2*_sum3
-        _h1 = -_hc1*_sum0*rstd
-        _h2 = -_hc2*_sum1
+        _h1 = -_hc3
+        _h2 = -_hc4
         _h3 = -_hc2*_sum2
-        _h4 = (<double>3.0)*_hc0*_sum2*_sum3/(M*M)
-        _h5 = _h1 + _h2 + _h4
+        _h4 = (<double>3.0)*_hc0*_hc5*_sum2*_sum3
+        _h5 = (<double>3.0)*_hc0*_hc5*_sum2*_sum3 - _hc3 - _hc4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6513,6 +6679,9 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
     cdef double _hc0
     cdef double _hc1
     cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6578,12 +6747,15 @@ cdef void _rms_scale_rvjp_f64(char** _ap, const double* _sp, const Py_ssize_t* _
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
+        _hc3 = _hc1*_sum0*rstd
+        _hc4 = _hc2*_sum1
+        _hc5 = ((<double>1.0)/(M*M))
         _h0 = -_hc2*_sum3
-        _h1 = -_hc1*_sum0*rstd
-        _h2 = -_hc2*_sum1
+        _h1 = -_hc3
+        _h2 = -_hc4
         _h3 = -_hc2*_sum2
-        _h4 = (<double>3.0)*_hc0*_sum2*_sum3/(M*M)
-        _h5 = _h1 + _h2 + _h4
+        _h4 = (<double>3.0)*_hc0*_hc5*_sum2*_sum3
+        _h5 = (<double>3.0)*_hc0*_hc5*_sum2*_sum3 - _hc3 - _hc4
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6707,6 +6879,8 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
     cdef double _hc0
     cdef double _hc1
     cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6761,11 +6935,13 @@ cdef void _rms_scale_vjp_taylor_1_f32(char** _ap, const double* _sp, const Py_ss
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _h0 = -_hc2*_sum0
+        _hc3 = _hc2*_sum0
+        _hc4 = ((<double>1.0)/(M*M))
+        _h0 = -_hc3
         _h1 = -_hc2*_sum1
         _h2 = -_hc2*_sum2
-        _h3 = (<double>3.0)*_hc0*_sum1*_sum2/(M*M)
-        _h4 = _h0 + _h3
+        _h3 = (<double>3.0)*_hc0*_hc4*_sum1*_sum2
+        _h4 = (<double>3.0)*_hc0*_hc4*_sum1*_sum2 - _hc3
         _h5 = -_hc1*_sum1*rstd
         for _a in range(A):
             for _b in range(B):
@@ -6794,6 +6970,8 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _hc0
     cdef double _hc1
     cdef double _hc2
+    cdef double _hc3
+    cdef double _hc4
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6848,11 +7026,13 @@ cdef void _rms_scale_vjp_taylor_1_f64(char** _ap, const double* _sp, const Py_ss
         _hc0 = (rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _h0 = -_hc2*_sum0
+        _hc3 = _hc2*_sum0
+        _hc4 = ((<double>1.0)/(M*M))
+        _h0 = -_hc3
         _h1 = -_hc2*_sum1
         _h2 = -_hc2*_sum2
-        _h3 = (<double>3.0)*_hc0*_sum1*_sum2/(M*M)
-        _h4 = _h0 + _h3
+        _h3 = (<double>3.0)*_hc0*_hc4*_sum1*_sum2
+        _h4 = (<double>3.0)*_hc0*_hc4*_sum1*_sum2 - _hc3
         _h5 = -_hc1*_sum1*rstd
         for _a in range(A):
             for _b in range(B):
@@ -6884,6 +7064,10 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
     cdef double _hc1
     cdef double _hc2
     cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -6939,12 +7123,16 @@ cdef void _rms_scale_taylor_2_f32(char** _ap, const double* _sp, const Py_ssize_
         _hc1 = _hc0*rstd
         _hc2 = (rstd*rstd)
         _hc3 = _hc0*_hc2
+        _hc4 = _hc3*_sum0
+        _hc5 = _hc1*_sum2
+        _hc6 = ((<double>1.0)/(M*M))
+        _hc7 = (_sum1*_sum1)
         _h0 = -_hc1*_sum1
-        _h1 = -_hc3*_sum0
-        _h2 = -_hc1*_sum2
+        _h1 = -_hc4
+        _h2 = -_hc5
         _h3 = -(<double>2.0)*_hc3*_sum1
-        _h4 = (<double>3.0)*_hc2*(_sum1*_sum1)/(M*M)
-        _h5 = _h1 + _h2 + _h4
+        _h4 = (<double>3.0)*_hc2*_hc6*_hc7
+        _h5 = (<double>3.0)*_hc2*_hc6*_hc7 - _hc4 - _hc5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -6973,6 +7161,10 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
     cdef double _hc1
     cdef double _hc2
     cdef double _hc3
+    cdef double _hc4
+    cdef double _hc5
+    cdef double _hc6
+    cdef double _hc7
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -7028,12 +7220,16 @@ cdef void _rms_scale_taylor_2_f64(char** _ap, const double* _sp, const Py_ssize_
         _hc1 = _hc0*rstd
         _hc2 = (rstd*rstd)
         _hc3 = _hc0*_hc2
+        _hc4 = _hc3*_sum0
+        _hc5 = _hc1*_sum2
+        _hc6 = ((<double>1.0)/(M*M))
+        _hc7 = (_sum1*_sum1)
         _h0 = -_hc1*_sum1
-        _h1 = -_hc3*_sum0
-        _h2 = -_hc1*_sum2
+        _h1 = -_hc4
+        _h2 = -_hc5
         _h3 = -(<double>2.0)*_hc3*_sum1
-        _h4 = (<double>3.0)*_hc2*(_sum1*_sum1)/(M*M)
-        _h5 = _h1 + _h2 + _h4
+        _h4 = (<double>3.0)*_hc2*_hc6*_hc7
+        _h5 = (<double>3.0)*_hc2*_hc6*_hc7 - _hc4 - _hc5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -7084,6 +7280,20 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
     cdef double _hc13
     cdef double _hc14
     cdef double _hc15
+    cdef double _hc16
+    cdef double _hc17
+    cdef double _hc18
+    cdef double _hc19
+    cdef double _hc20
+    cdef double _hc21
+    cdef double _hc22
+    cdef double _hc23
+    cdef double _hc24
+    cdef double _hc25
+    cdef double _hc26
+    cdef double _hc27
+    cdef double _hc28
+    cdef double _hc29
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -7203,44 +7413,58 @@ cdef void _rms_scale_vjp_taylor_2_f32(char** _ap, const double* _sp, const Py_ss
         _hc0 = (rstd*rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _hc3 = (rstd*rstd)
-        _hc4 = _hc1*_hc3
-        _hc5 = _hc4*_sum5
-        _hc6 = _hc4*_sum6
-        _hc7 = (<double>2.0)*_sum3
-        _hc8 = _hc0*(_sum6*_sum6)
-        _hc9 = ((<double>1.0)/(M*M))
-        _hc10 = (<double>3.0)*_hc9
-        _hc11 = _hc10*_sum5
-        _hc12 = _hc3*_sum6
-        _hc13 = (<double>6.0)*_hc9
-        _hc14 = _hc0*_hc13*_sum6
-        _hc15 = _hc1*rstd
-        _h0 = -_hc2*_sum0
-        _h1 = -_hc4*_sum1
-        _h2 = -_hc4*_sum2
-        _h3 = -_hc4*_sum4
-        _h4 = -_hc5
-        _h5 = -_hc6
-        _h6 = -_hc4*_sum7
-        _h7 = -_hc2*_hc7
-        _h8 = _hc10*_hc8
-        _h9 = -(<double>15.0)*_hc8*_sum5/(M*M*M)
-        _h10 = _hc0*_hc11*_sum0
-        _h11 = _hc10*_hc12*_sum2
-        _h12 = _hc11*_hc3*_sum7
-        _h13 = _hc14*_sum3
-        _h14 = _hc14*_sum5
-        _h15 = _h0 + _h6 + _h8
-        _h16 = _h1 + _h10 + _h11 + _h12 + _h13 + _h3 + _h9
-        _h17 = _h14 + _h2 + _h7
-        _h18 = -_hc15*_sum2
-        _h19 = -_hc4*_hc7
-        _h20 = -(<double>2.0)*_hc5
-        _h21 = -(<double>2.0)*_hc6
-        _h22 = _hc12*_hc13*_sum5
-        _h23 = _h18 + _h19 + _h22
-        _h24 = -_hc15*_sum5
+        _hc3 = _hc2*_sum0
+        _hc4 = (rstd*rstd)
+        _hc5 = _hc1*_hc4
+        _hc6 = -_hc5*_sum1
+        _hc7 = _hc5*_sum2
+        _hc8 = -_hc5*_sum4
+        _hc9 = _hc5*_sum5
+        _hc10 = _hc5*_sum6
+        _hc11 = _hc5*_sum7
+        _hc12 = (<double>2.0)*_sum3
+        _hc13 = _hc12*_hc2
+        _hc14 = (_sum6*_sum6)
+        _hc15 = _hc0*_hc14
+        _hc16 = ((<double>1.0)/(M*M))
+        _hc17 = (<double>3.0)*_hc16
+        _hc18 = -(<double>15.0)*_hc15*_sum5/(M*M*M)
+        _hc19 = _hc17*_sum5
+        _hc20 = _hc0*_hc19*_sum0
+        _hc21 = _hc4*_sum6
+        _hc22 = _hc17*_hc21*_sum2
+        _hc23 = _hc19*_hc4*_sum7
+        _hc24 = (<double>6.0)*_hc16
+        _hc25 = _hc0*_hc24*_sum6
+        _hc26 = _hc25*_sum3
+        _hc27 = _hc1*rstd
+        _hc28 = _hc27*_sum2
+        _hc29 = _hc12*_hc5
+        _h0 = -_hc3
+        _h1 = _hc6
+        _h2 = -_hc7
+        _h3 = _hc8
+        _h4 = -_hc9
+        _h5 = -_hc10
+        _h6 = -_hc11
+        _h7 = -_hc13
+        _h8 = _hc15*_hc17
+        _h9 = _hc18
+        _h10 = _hc20
+        _h11 = _hc22
+        _h12 = _hc23
+        _h13 = _hc26
+        _h14 = _hc25*_sum5
+        _h15 = (<double>3.0)*_hc0*_hc14*_hc16 - _hc11 - _hc3
+        _h16 = _hc18 + _hc20 + _hc22 + _hc23 + _hc26 + _hc6 + _hc8
+        _h17 = (<double>6.0)*_hc0*_hc16*_sum5*_sum6 - _hc13 - _hc7
+        _h18 = -_hc28
+        _h19 = -_hc29
+        _h20 = -(<double>2.0)*_hc9
+        _h21 = -(<double>2.0)*_hc10
+        _h22 = _hc21*_hc24*_sum5
+        _h23 = (<double>6.0)*_hc16*_hc4*_sum5*_sum6 - _hc28 - _hc29
+        _h24 = -_hc27*_sum5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b
@@ -7292,6 +7516,20 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
     cdef double _hc13
     cdef double _hc14
     cdef double _hc15
+    cdef double _hc16
+    cdef double _hc17
+    cdef double _hc18
+    cdef double _hc19
+    cdef double _hc20
+    cdef double _hc21
+    cdef double _hc22
+    cdef double _hc23
+    cdef double _hc24
+    cdef double _hc25
+    cdef double _hc26
+    cdef double _hc27
+    cdef double _hc28
+    cdef double _hc29
     cdef double _h0
     cdef double _h1
     cdef double _h2
@@ -7411,44 +7649,58 @@ cdef void _rms_scale_vjp_taylor_2_f64(char** _ap, const double* _sp, const Py_ss
         _hc0 = (rstd*rstd*rstd)
         _hc1 = ((<double>1.0)/(M))
         _hc2 = _hc0*_hc1
-        _hc3 = (rstd*rstd)
-        _hc4 = _hc1*_hc3
-        _hc5 = _hc4*_sum5
-        _hc6 = _hc4*_sum6
-        _hc7 = (<double>2.0)*_sum3
-        _hc8 = _hc0*(_sum6*_sum6)
-        _hc9 = ((<double>1.0)/(M*M))
-        _hc10 = (<double>3.0)*_hc9
-        _hc11 = _hc10*_sum5
-        _hc12 = _hc3*_sum6
-        _hc13 = (<double>6.0)*_hc9
-        _hc14 = _hc0*_hc13*_sum6
-        _hc15 = _hc1*rstd
-        _h0 = -_hc2*_sum0
-        _h1 = -_hc4*_sum1
-        _h2 = -_hc4*_sum2
-        _h3 = -_hc4*_sum4
-        _h4 = -_hc5
-        _h5 = -_hc6
-        _h6 = -_hc4*_sum7
-        _h7 = -_hc2*_hc7
-        _h8 = _hc10*_hc8
-        _h9 = -(<double>15.0)*_hc8*_sum5/(M*M*M)
-        _h10 = _hc0*_hc11*_sum0
-        _h11 = _hc10*_hc12*_sum2
-        _h12 = _hc11*_hc3*_sum7
-        _h13 = _hc14*_sum3
-        _h14 = _hc14*_sum5
-        _h15 = _h0 + _h6 + _h8
-        _h16 = _h1 + _h10 + _h11 + _h12 + _h13 + _h3 + _h9
-        _h17 = _h14 + _h2 + _h7
-        _h18 = -_hc15*_sum2
-        _h19 = -_hc4*_hc7
-        _h20 = -(<double>2.0)*_hc5
-        _h21 = -(<double>2.0)*_hc6
-        _h22 = _hc12*_hc13*_sum5
-        _h23 = _h18 + _h19 + _h22
-        _h24 = -_hc15*_sum5
+        _hc3 = _hc2*_sum0
+        _hc4 = (rstd*rstd)
+        _hc5 = _hc1*_hc4
+        _hc6 = -_hc5*_sum1
+        _hc7 = _hc5*_sum2
+        _hc8 = -_hc5*_sum4
+        _hc9 = _hc5*_sum5
+        _hc10 = _hc5*_sum6
+        _hc11 = _hc5*_sum7
+        _hc12 = (<double>2.0)*_sum3
+        _hc13 = _hc12*_hc2
+        _hc14 = (_sum6*_sum6)
+        _hc15 = _hc0*_hc14
+        _hc16 = ((<double>1.0)/(M*M))
+        _hc17 = (<double>3.0)*_hc16
+        _hc18 = -(<double>15.0)*_hc15*_sum5/(M*M*M)
+        _hc19 = _hc17*_sum5
+        _hc20 = _hc0*_hc19*_sum0
+        _hc21 = _hc4*_sum6
+        _hc22 = _hc17*_hc21*_sum2
+        _hc23 = _hc19*_hc4*_sum7
+        _hc24 = (<double>6.0)*_hc16
+        _hc25 = _hc0*_hc24*_sum6
+        _hc26 = _hc25*_sum3
+        _hc27 = _hc1*rstd
+        _hc28 = _hc27*_sum2
+        _hc29 = _hc12*_hc5
+        _h0 = -_hc3
+        _h1 = _hc6
+        _h2 = -_hc7
+        _h3 = _hc8
+        _h4 = -_hc9
+        _h5 = -_hc10
+        _h6 = -_hc11
+        _h7 = -_hc13
+        _h8 = _hc15*_hc17
+        _h9 = _hc18
+        _h10 = _hc20
+        _h11 = _hc22
+        _h12 = _hc23
+        _h13 = _hc26
+        _h14 = _hc25*_sum5
+        _h15 = (<double>3.0)*_hc0*_hc14*_hc16 - _hc11 - _hc3
+        _h16 = _hc18 + _hc20 + _hc22 + _hc23 + _hc26 + _hc6 + _hc8
+        _h17 = (<double>6.0)*_hc0*_hc16*_sum5*_sum6 - _hc13 - _hc7
+        _h18 = -_hc28
+        _h19 = -_hc29
+        _h20 = -(<double>2.0)*_hc9
+        _h21 = -(<double>2.0)*_hc10
+        _h22 = _hc21*_hc24*_sum5
+        _h23 = (<double>6.0)*_hc16*_hc4*_sum5*_sum6 - _hc28 - _hc29
+        _h24 = -_hc27*_sum5
         for _a in range(A):
             for _b in range(B):
                 _i = (_a * C + _c) * B + _b

@@ -2,10 +2,12 @@
 built-in composite kernel's elementwise outputs, rewritten, equal the derived expressions at
 random values, with fewer operations per element; a centred value stays exactly 0 on a
 constant group."""
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
-from symprop.codegen.composite import composite_kernels, hoist_group_parts
+from symprop.codegen.composite import _body, composite_kernels, hoist_group_parts
 from symprop.derive import builtins
 from symprop.derive.composite import derive_composite
 
@@ -91,3 +93,24 @@ def test_conditions_and_functions_of_group_values():
     for vals in ({x: 0.3, a: 1.7, b: 0.4, s: 1.0}, {x: -2.0, a: 0.9, b: 1.1, s: -1.0}):
         for e, r in zip(exprs, back):
             assert abs(float(e.subs(vals)) - float(r.subs(vals))) <= 1e-14
+
+
+def test_group_values_are_printed_after_what_they_read():
+    """A value that sums two others (p·q·x + r·s·x: (p·q + r·s)·x) shared between two outputs:
+    every printed group statement reads only the passes' values and statements above it."""
+    x, p, q, r, s, t = sp.symbols("x p q r s t")
+    body = _body("double", [x], [], [], [("y1", p * q * x + r * s * x), ("y2", p * q * x + r * s * x + t * x)])
+    done = {"p", "q", "r", "s", "t", "M"}
+    for lhs, rhs in body["hoisted"]:
+        read = set(re.findall(r"[A-Za-z_]\w*", rhs)) - {"double"}
+        assert read <= done, (lhs, rhs, read - done)
+        done.add(lhs)
+
+
+def test_a_stage_named_like_a_group_value_keeps_its_name():
+    """A user's group value called _h0 (or _hc0) is not taken for a hoisted value."""
+    x, h0, hc0, a = sp.symbols("x _h0 _hc0 a")
+    defs, outs = hoist_group_parts([h0 * a * x + hc0 * a], {"x"})
+    assert all(str(n) not in ("_h0", "_hc0") for n, _ in defs)
+    body = _body("double", [x], [], [], [("y", h0 * a * x + hc0 * a * a * x + hc0 * a)])
+    assert not {"_h0", "_hc0"} & {n for n, _ in body["hoisted"]}
