@@ -181,7 +181,7 @@ def _call(role, env: dict):
     role.fn(*args)
 
 
-def _nonzero_blocks(cot, G):
+def _nonzero_blocks(G):
     """Sorted blocks of a cotangent stack that are not all zero (a Poisson loss reaches the
     Laplacian block only), or None for all of them."""
     live = [b for b in range(G.shape[0]) if G[b].any()]
@@ -580,22 +580,6 @@ class InputDerivatives:
                         gin[b, :N] = layer._out(res[f"gx{k}"], rec)
         return grads, gin
 
-    def _live_blocks(self, cot: dict, G):
-        """Sorted blocks of the output stack a cotangent reaches, or None for all of them."""
-        live = set()
-        for q, g in cot.items():
-            if g is None:
-                continue
-            if q == "u":
-                live.add(0)
-            elif q == "grad":
-                live.update(range(self.blocks(1).start, self.blocks(1).stop))
-            elif q == "laplacian":
-                live.update(range(self.blocks(2).start, self.blocks(2).stop))
-            else:
-                live.add(self.blocks(len(q)).start + self.coords.index(q[0]))
-        return None if len(live) == self.B else sorted(live)
-
     def _dense_back_blocks(self, layer, S, G, live):
         """The Dense pullbacks over the live blocks only (the others' cotangents are zero):
         ``vjp:W`` summed over them, ``vjp:x`` into them, zero elsewhere."""
@@ -763,10 +747,10 @@ class InputDerivatives:
         G = self.cotangent_stack(cot, self.N, flat.shape[2], flat.dtype).reshape(last.shape)
         params, slots = model.param_slots()
         grads = [None] * len(params)
-        # blocks whose cotangents may be nonzero: those of the queried quantities, until an
-        # activation's pullback mixes them (a Poisson loss sees only the Laplacian block:
-        # the last Dense then pulls back one block, not d + 2)
-        live = self._live_blocks(cot, G)
+        # blocks whose cotangents are nonzero, until an activation's pullback mixes them (a
+        # Poisson loss sees only the Laplacian block: the last Dense then pulls back one block,
+        # not d + 2)
+        live = _nonzero_blocks(G)
 
         def add(slot, g):
             grads[slot] = g if grads[slot] is None else grads[slot] + g
@@ -902,8 +886,6 @@ class DirectionalJets(InputDerivatives):
     def _unit_rows(self, dtype):
         return np.ascontiguousarray(self.directions.astype(dtype))
 
-    _live_blocks = staticmethod(_nonzero_blocks)
-
     def _results(self, S):
         S = S.reshape(S.shape[:2] + (-1,))[:, :self.N]
         return S[..., 0] if S.shape[2] == 1 else S
@@ -961,8 +943,6 @@ class CollapsedSecondOrder(InputDerivatives):
         if len(self.groups) == 1 and self.groups[0].shape[0] == self.r:
             return np.ascontiguousarray(self.groups[0].astype(dtype))
         return None
-
-    _live_blocks = staticmethod(_nonzero_blocks)
 
     def _index(self):
         """(block, group) of every coefficient C[i]."""
