@@ -154,11 +154,10 @@ def _variants(loops: list, arrays: list) -> list[dict]:
     return [{"cond": f"{dim}_ == 1", "serial": None, "loops": loops[:-1], "arrays": dropped}, full]
 
 
-def _nest(out: str, out_dims: list, loops: list, terms: list, assign: bool, guard: list) -> dict:
+def _nest(out: str, loops: list, terms: list, assign: bool, guard: list) -> dict:
     """A loop nest op: ``out[…] (+)= Σ alpha · Π factors`` over ``loops``; ``terms``:
     ``(alpha_c, [(array, indices)])``; dims from the arrays' shapes."""
-    return {"kind": "nest", "out": out, "assign": assign, "guard": guard, "terms": terms,
-            "out_dims": out_dims, "loops": loops}
+    return {"kind": "nest", "out": out, "assign": assign, "guard": guard, "terms": terms, "loops": loops}
 
 
 def _nests(ops: list[dict], shapes: dict, out: str) -> list[dict]:
@@ -191,10 +190,10 @@ def _nests(ops: list[dict], shapes: dict, out: str) -> list[dict]:
             continue
         if op["kind"] == "product" or (op["kind"] == "loop" and not op["tail"]):
             a, fs, loops = term(op)
-            op = finish(_nest(out, out_idx, loops, [(a, fs)], False, op["guard"]))
+            op = finish(_nest(out, loops, [(a, fs)], False, op["guard"]))
         elif op["kind"] == "loop":
             loops = [(v, v) for v in op["outer"]]
-            nest = finish(_nest(out, out_idx, loops, [(op["alpha_c"], [(op["A"], op["a_base"])])], False,
+            nest = finish(_nest(out, loops, [(op["alpha_c"], [(op["A"], op["a_base"])])], False,
                                 op["guard"]))
             if len(loops) >= 1 and all(i.isidentifier() for i in op["a_idx"]):
                 one = " and ".join(f"{t}_ == 1" for t in op["tail"])
@@ -206,7 +205,7 @@ def _nests(ops: list[dict], shapes: dict, out: str) -> list[dict]:
     if not pointwise:
         return rest
     loops = [(v, v) for v in out_idx]
-    merged = finish(_nest(out, out_idx, loops, [term(op)[:2] for op in pointwise], False, []))
+    merged = finish(_nest(out, loops, [term(op)[:2] for op in pointwise], False, []))
     if any(op["assign"] for op in rest):
         at = max(i for i, op in enumerate(rest) if op["kind"] == "gemm") + 1
         return rest[:at] + [merged] + rest[at:]
