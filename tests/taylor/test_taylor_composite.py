@@ -151,15 +151,21 @@ def test_collapsed_jets_through_a_composite_layer_match_the_plain_jets(rng):
         assert rel_err(a, b) < 1e-10
 
 
+def float32_twin(norm, rng):
+    """(the float64 model of :func:`model_and_torch`, the same network in float32)."""
+    model, _, _ = model_and_torch(norm, rng)
+    make, _ = NORMS[norm]
+    model32 = Sequential([L.Dense(3, F), L.Activation("tanh"), make(), L.Dense(F, 4), L.Activation("softplus"),
+                          L.Dense(4, 1)], loss="mse", dtype="float32", input_shape=(3,))
+    for p, q in zip(model32.parameters(), model.parameters()):
+        p[...] = q
+    return model, model32
+
+
 def test_float32_sweep_through_softmax_and_layernorm_agrees_with_float64(rng):
     """The float32 kernels (group sums in double) against the float64 sweep."""
     for norm in ("softmax", "layernorm"):
-        model, _, _ = model_and_torch(norm, rng)
-        make, _ = NORMS[norm]
-        model32 = Sequential([L.Dense(3, F), L.Activation("tanh"), make(), L.Dense(F, 4), L.Activation("softplus"),
-                              L.Dense(4, 1)], loss="mse", dtype="float32", input_shape=(3,))
-        for p, q in zip(model32.parameters(), model.parameters()):
-            p[...] = q
+        model, model32 = float32_twin(norm, rng)
         X = rng.uniform(-1, 1, (16, 3))
         want = model.input_derivatives(X, "u", "grad", "laplacian")
         got = model32.input_derivatives(X.astype(np.float32), "u", "grad", "laplacian")
@@ -323,12 +329,7 @@ def test_groupnorm_on_images_matches_nested_autograd(which, rng):
 def test_float32_orders_3_and_4_through_composite_layers_agree_with_float64(rng):
     """The float32 order-3/4 kernels of softmax and the normalisations against float64."""
     for norm in ("softmax", "layernorm", "rmsnorm"):
-        model, _, _ = model_and_torch(norm, rng)
-        make, _ = NORMS[norm]
-        model32 = Sequential([L.Dense(3, F), L.Activation("tanh"), make(), L.Dense(F, 4), L.Activation("softplus"),
-                              L.Dense(4, 1)], loss="mse", dtype="float32", input_shape=(3,))
-        for p, q in zip(model32.parameters(), model.parameters()):
-            p[...] = q
+        model, model32 = float32_twin(norm, rng)
         X = rng.uniform(-1, 1, (16, 3))
         which = ((0, 0, 0), (1, 1, 1, 1))
         want = model.input_derivatives(X, *which)
