@@ -41,6 +41,343 @@ cdef extern from *:
     """
     float _select_f32(int take, float a, float b) nogil
     double _select_f64(int take, double a, double b) nogil
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    typedef float _vec_f32 __attribute__((vector_size(32)));
+    static inline _vec_f32 _vload_f32(const float* p) { _vec_f32 v; memcpy(&v, p, 32); return v; }
+    static inline _vec_f32 _vsplat_f32(float a) { _vec_f32 v = { a, a, a, a, a, a, a, a }; return v; }
+
+    /* dst[c, r, q] = src[c, r - top, q - left] inside the C x H x W planes, 0 elsewhere (a negative
+       top or left crops); dst is C x HP x WP */
+    static void _pad_planes_f32(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                                Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, float* dst) {
+        Py_ssize_t lo = left < 0 ? 0 : (left > WP ? WP : left);
+        Py_ssize_t hi = W + left > WP ? WP : W + left;
+        if (hi < lo) hi = lo;
+        for (Py_ssize_t c = 0; c < C; c++)
+            for (Py_ssize_t r = 0; r < HP; r++) {
+                float* d = dst + (c * HP + r) * WP;
+                Py_ssize_t u = r - top;
+                if (u < 0 || u >= H || hi == lo) { memset(d, 0, WP * sizeof(float)); continue; }
+                if (lo > 0) memset(d, 0, lo * sizeof(float));
+                memcpy(d + lo, src + (c * H + u) * W + lo - left, (hi - lo) * sizeof(float));
+                if (hi < WP) memset(d + hi, 0, (WP - hi) * sizeof(float));
+            }
+    }
+
+    /* packed[cb][ci][i][j][b] = weight(4 cb + b, ci, i, j) at the given (signed) strides, 0 past CO:
+       the forward's weights, or the input pullback's (channels swapped, taps flipped) */
+    static void _pack_weights_f32(const float* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+                                  Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, float* packed) {
+        for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++)
+            for (Py_ssize_t ci = 0; ci < CI; ci++)
+                for (Py_ssize_t i = 0; i < KH; i++)
+                    for (Py_ssize_t j = 0; j < KW; j++)
+                        for (Py_ssize_t b = 0; b < 4; b++) {
+                            Py_ssize_t co = 4 * cb + b;
+                            *packed++ = co < CO ? A[co * s_co + ci * s_ci + i * s_i + j * s_j] : 0;
+                        }
+    }
+
+    /* out[co, h, w] += alpha * sum_{ci,i,j} weight(co, ci, i, j) * xp[ci, h*sh + i*dh, w + j*dw] for
+       the CO x HO x WO output (weights packed); xp is CI x HP x WP with WP >= the tile-rounded WO +
+       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored) */
+    static void _direct_conv_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+                                 const float* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+                                 Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        Py_ssize_t taps = CI * KH * KW;
+        for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++) {
+            Py_ssize_t nb = CO - 4 * cb < 4 ? CO - 4 * cb : 4;
+            for (Py_ssize_t h = 0; h < HO; h++)
+                for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
+                    _vec_f32 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+                    const float* ap = packed + cb * taps * 4;
+                    for (Py_ssize_t ci = 0; ci < CI; ci++)
+                        for (Py_ssize_t i = 0; i < KH; i++) {
+                            const float* xr = xp + (ci * HP + h * sh + i * dh) * WP + w0;
+                            for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                                _vec_f32 x0 = _vload_f32(xr + j * dw), x1 = _vload_f32(xr + j * dw + L);
+                                _vec_f32 b0 = _vsplat_f32(ap[0]), b1 = _vsplat_f32(ap[1]);
+                                _vec_f32 b2 = _vsplat_f32(ap[2]), b3 = _vsplat_f32(ap[3]);
+                                a00 += b0 * x0; a01 += b0 * x1; a10 += b1 * x0; a11 += b1 * x1;
+                                a20 += b2 * x0; a21 += b2 * x1; a30 += b3 * x0; a31 += b3 * x1;
+                            }
+                        }
+                    _vec_f32 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+                    Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L;
+                    for (Py_ssize_t b = 0; b < nb; b++) {
+                        float* o = out + ((4 * cb + b) * HO + h) * WO + w0;
+                        if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                            _vec_f32 y0 = _vload_f32(o) + _vsplat_f32(alpha) * acc[b][0];
+                            _vec_f32 y1 = _vload_f32(o + L) + _vsplat_f32(alpha) * acc[b][1];
+                            memcpy(o, &y0, 32);
+                            memcpy(o + L, &y1, 32);
+                        } else {
+                            for (Py_ssize_t l = 0; l < n; l++)
+                                o[l] += alpha * acc[b][l / L][l % L];
+                        }
+                    }
+                }
+        }
+    }
+
+    /* gT[k, co] = g[co, k] for the CO x HW plane, CO8 columns (zero past CO); blocks of 8
+       positions, so each row of g is read 8 at a time (a column walk at a 4 KiB stride maps
+       every read to one L1 set) */
+    static void _transpose_planes_f32(const float* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, float* gT) {
+        for (Py_ssize_t k0 = 0; k0 < HW; k0 += 8) {
+            Py_ssize_t nk = HW - k0 < 8 ? HW - k0 : 8;
+            for (Py_ssize_t co = 0; co < CO; co++) {
+                const float* s = g + co * HW + k0;
+                for (Py_ssize_t kk = 0; kk < nk; kk++)
+                    gT[(k0 + kk) * CO8 + co] = s[kk];
+            }
+            for (Py_ssize_t kk = 0; kk < nk; kk++)
+                for (Py_ssize_t co = CO; co < CO8; co++)
+                    gT[(k0 + kk) * CO8 + co] = 0;
+        }
+    }
+
+    /* slab[t*CO + co] += alpha * sum_{h,w} g[co, h, w] * xp[off[t] + h*sh*WP + w] over the taps
+       t = (ci, i, j) (off[t] = (ci*HP + i*dh)*WP + j*dw), with gT = g transposed, CO8 columns: one
+       vector of channels x 8 taps when CO8 is one vector, else 2 vectors x 4 taps */
+    static void _direct_wgrad_f32(const float* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
+                                  const float* gT, Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO,
+                                  Py_ssize_t sh, float alpha, float* slab) {
+        const Py_ssize_t L = 8;
+        Py_ssize_t o[8];
+        if (CO8 == L) {
+            for (Py_ssize_t t0 = 0; t0 < T; t0 += 8) {
+                Py_ssize_t nt = T - t0 < 8 ? T - t0 : 8;
+                for (Py_ssize_t k = 0; k < 8; k++) o[k] = off[k < nt ? t0 + k : t0];
+                _vec_f32 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+                const float* gp = gT;
+                for (Py_ssize_t h = 0; h < HO; h++) {
+                    const float* xr = xp + h * sh * WP;
+                    for (Py_ssize_t w = 0; w < WO; w++, gp += L) {
+                        _vec_f32 gv = _vload_f32(gp);
+                        a0 += gv * _vsplat_f32(xr[w + o[0]]); a1 += gv * _vsplat_f32(xr[w + o[1]]);
+                        a2 += gv * _vsplat_f32(xr[w + o[2]]); a3 += gv * _vsplat_f32(xr[w + o[3]]);
+                        a4 += gv * _vsplat_f32(xr[w + o[4]]); a5 += gv * _vsplat_f32(xr[w + o[5]]);
+                        a6 += gv * _vsplat_f32(xr[w + o[6]]); a7 += gv * _vsplat_f32(xr[w + o[7]]);
+                    }
+                }
+                _vec_f32 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+                for (Py_ssize_t k = 0; k < nt; k++)
+                    for (Py_ssize_t co = 0; co < CO; co++)
+                        slab[(t0 + k) * CO + co] += alpha * acc[k][co];
+            }
+            return;
+        }
+        for (Py_ssize_t c0 = 0; c0 < CO8; c0 += 2 * L) {
+            Py_ssize_t nc = CO - c0 < 2 * L ? CO - c0 : 2 * L;
+            for (Py_ssize_t t0 = 0; t0 < T; t0 += 4) {
+                Py_ssize_t nt = T - t0 < 4 ? T - t0 : 4;
+                for (Py_ssize_t k = 0; k < 4; k++) o[k] = off[k < nt ? t0 + k : t0];
+                _vec_f32 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+                const float* gp = gT + c0;
+                for (Py_ssize_t h = 0; h < HO; h++) {
+                    const float* xr = xp + h * sh * WP;
+                    for (Py_ssize_t w = 0; w < WO; w++, gp += CO8) {
+                        _vec_f32 g0 = _vload_f32(gp), g1 = _vload_f32(gp + L);
+                        _vec_f32 x0 = _vsplat_f32(xr[w + o[0]]), x1 = _vsplat_f32(xr[w + o[1]]);
+                        _vec_f32 x2 = _vsplat_f32(xr[w + o[2]]), x3 = _vsplat_f32(xr[w + o[3]]);
+                        a00 += g0 * x0; a01 += g1 * x0; a10 += g0 * x1; a11 += g1 * x1;
+                        a20 += g0 * x2; a21 += g1 * x2; a30 += g0 * x3; a31 += g1 * x3;
+                    }
+                }
+                _vec_f32 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+                for (Py_ssize_t k = 0; k < nt; k++)
+                    for (Py_ssize_t co = 0; co < nc; co++)
+                        slab[(t0 + k) * CO + c0 + co] += alpha * acc[k][co / L][co % L];
+            }
+        }
+    }
+    typedef double _vec_f64 __attribute__((vector_size(32)));
+    static inline _vec_f64 _vload_f64(const double* p) { _vec_f64 v; memcpy(&v, p, 32); return v; }
+    static inline _vec_f64 _vsplat_f64(double a) { _vec_f64 v = { a, a, a, a }; return v; }
+
+    /* dst[c, r, q] = src[c, r - top, q - left] inside the C x H x W planes, 0 elsewhere (a negative
+       top or left crops); dst is C x HP x WP */
+    static void _pad_planes_f64(const double* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                                Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, double* dst) {
+        Py_ssize_t lo = left < 0 ? 0 : (left > WP ? WP : left);
+        Py_ssize_t hi = W + left > WP ? WP : W + left;
+        if (hi < lo) hi = lo;
+        for (Py_ssize_t c = 0; c < C; c++)
+            for (Py_ssize_t r = 0; r < HP; r++) {
+                double* d = dst + (c * HP + r) * WP;
+                Py_ssize_t u = r - top;
+                if (u < 0 || u >= H || hi == lo) { memset(d, 0, WP * sizeof(double)); continue; }
+                if (lo > 0) memset(d, 0, lo * sizeof(double));
+                memcpy(d + lo, src + (c * H + u) * W + lo - left, (hi - lo) * sizeof(double));
+                if (hi < WP) memset(d + hi, 0, (WP - hi) * sizeof(double));
+            }
+    }
+
+    /* packed[cb][ci][i][j][b] = weight(4 cb + b, ci, i, j) at the given (signed) strides, 0 past CO:
+       the forward's weights, or the input pullback's (channels swapped, taps flipped) */
+    static void _pack_weights_f64(const double* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+                                  Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, double* packed) {
+        for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++)
+            for (Py_ssize_t ci = 0; ci < CI; ci++)
+                for (Py_ssize_t i = 0; i < KH; i++)
+                    for (Py_ssize_t j = 0; j < KW; j++)
+                        for (Py_ssize_t b = 0; b < 4; b++) {
+                            Py_ssize_t co = 4 * cb + b;
+                            *packed++ = co < CO ? A[co * s_co + ci * s_ci + i * s_i + j * s_j] : 0;
+                        }
+    }
+
+    /* out[co, h, w] += alpha * sum_{ci,i,j} weight(co, ci, i, j) * xp[ci, h*sh + i*dh, w + j*dw] for
+       the CO x HO x WO output (weights packed); xp is CI x HP x WP with WP >= the tile-rounded WO +
+       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored) */
+    static void _direct_conv_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+                                 const double* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+                                 Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        Py_ssize_t taps = CI * KH * KW;
+        for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++) {
+            Py_ssize_t nb = CO - 4 * cb < 4 ? CO - 4 * cb : 4;
+            for (Py_ssize_t h = 0; h < HO; h++)
+                for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
+                    _vec_f64 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+                    const double* ap = packed + cb * taps * 4;
+                    for (Py_ssize_t ci = 0; ci < CI; ci++)
+                        for (Py_ssize_t i = 0; i < KH; i++) {
+                            const double* xr = xp + (ci * HP + h * sh + i * dh) * WP + w0;
+                            for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                                _vec_f64 x0 = _vload_f64(xr + j * dw), x1 = _vload_f64(xr + j * dw + L);
+                                _vec_f64 b0 = _vsplat_f64(ap[0]), b1 = _vsplat_f64(ap[1]);
+                                _vec_f64 b2 = _vsplat_f64(ap[2]), b3 = _vsplat_f64(ap[3]);
+                                a00 += b0 * x0; a01 += b0 * x1; a10 += b1 * x0; a11 += b1 * x1;
+                                a20 += b2 * x0; a21 += b2 * x1; a30 += b3 * x0; a31 += b3 * x1;
+                            }
+                        }
+                    _vec_f64 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+                    Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L;
+                    for (Py_ssize_t b = 0; b < nb; b++) {
+                        double* o = out + ((4 * cb + b) * HO + h) * WO + w0;
+                        if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                            _vec_f64 y0 = _vload_f64(o) + _vsplat_f64(alpha) * acc[b][0];
+                            _vec_f64 y1 = _vload_f64(o + L) + _vsplat_f64(alpha) * acc[b][1];
+                            memcpy(o, &y0, 32);
+                            memcpy(o + L, &y1, 32);
+                        } else {
+                            for (Py_ssize_t l = 0; l < n; l++)
+                                o[l] += alpha * acc[b][l / L][l % L];
+                        }
+                    }
+                }
+        }
+    }
+
+    /* gT[k, co] = g[co, k] for the CO x HW plane, CO8 columns (zero past CO); blocks of 8
+       positions, so each row of g is read 8 at a time (a column walk at a 4 KiB stride maps
+       every read to one L1 set) */
+    static void _transpose_planes_f64(const double* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, double* gT) {
+        for (Py_ssize_t k0 = 0; k0 < HW; k0 += 8) {
+            Py_ssize_t nk = HW - k0 < 8 ? HW - k0 : 8;
+            for (Py_ssize_t co = 0; co < CO; co++) {
+                const double* s = g + co * HW + k0;
+                for (Py_ssize_t kk = 0; kk < nk; kk++)
+                    gT[(k0 + kk) * CO8 + co] = s[kk];
+            }
+            for (Py_ssize_t kk = 0; kk < nk; kk++)
+                for (Py_ssize_t co = CO; co < CO8; co++)
+                    gT[(k0 + kk) * CO8 + co] = 0;
+        }
+    }
+
+    /* slab[t*CO + co] += alpha * sum_{h,w} g[co, h, w] * xp[off[t] + h*sh*WP + w] over the taps
+       t = (ci, i, j) (off[t] = (ci*HP + i*dh)*WP + j*dw), with gT = g transposed, CO8 columns: one
+       vector of channels x 8 taps when CO8 is one vector, else 2 vectors x 4 taps */
+    static void _direct_wgrad_f64(const double* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
+                                  const double* gT, Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO,
+                                  Py_ssize_t sh, double alpha, double* slab) {
+        const Py_ssize_t L = 4;
+        Py_ssize_t o[8];
+        if (CO8 == L) {
+            for (Py_ssize_t t0 = 0; t0 < T; t0 += 8) {
+                Py_ssize_t nt = T - t0 < 8 ? T - t0 : 8;
+                for (Py_ssize_t k = 0; k < 8; k++) o[k] = off[k < nt ? t0 + k : t0];
+                _vec_f64 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+                const double* gp = gT;
+                for (Py_ssize_t h = 0; h < HO; h++) {
+                    const double* xr = xp + h * sh * WP;
+                    for (Py_ssize_t w = 0; w < WO; w++, gp += L) {
+                        _vec_f64 gv = _vload_f64(gp);
+                        a0 += gv * _vsplat_f64(xr[w + o[0]]); a1 += gv * _vsplat_f64(xr[w + o[1]]);
+                        a2 += gv * _vsplat_f64(xr[w + o[2]]); a3 += gv * _vsplat_f64(xr[w + o[3]]);
+                        a4 += gv * _vsplat_f64(xr[w + o[4]]); a5 += gv * _vsplat_f64(xr[w + o[5]]);
+                        a6 += gv * _vsplat_f64(xr[w + o[6]]); a7 += gv * _vsplat_f64(xr[w + o[7]]);
+                    }
+                }
+                _vec_f64 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+                for (Py_ssize_t k = 0; k < nt; k++)
+                    for (Py_ssize_t co = 0; co < CO; co++)
+                        slab[(t0 + k) * CO + co] += alpha * acc[k][co];
+            }
+            return;
+        }
+        for (Py_ssize_t c0 = 0; c0 < CO8; c0 += 2 * L) {
+            Py_ssize_t nc = CO - c0 < 2 * L ? CO - c0 : 2 * L;
+            for (Py_ssize_t t0 = 0; t0 < T; t0 += 4) {
+                Py_ssize_t nt = T - t0 < 4 ? T - t0 : 4;
+                for (Py_ssize_t k = 0; k < 4; k++) o[k] = off[k < nt ? t0 + k : t0];
+                _vec_f64 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+                const double* gp = gT + c0;
+                for (Py_ssize_t h = 0; h < HO; h++) {
+                    const double* xr = xp + h * sh * WP;
+                    for (Py_ssize_t w = 0; w < WO; w++, gp += CO8) {
+                        _vec_f64 g0 = _vload_f64(gp), g1 = _vload_f64(gp + L);
+                        _vec_f64 x0 = _vsplat_f64(xr[w + o[0]]), x1 = _vsplat_f64(xr[w + o[1]]);
+                        _vec_f64 x2 = _vsplat_f64(xr[w + o[2]]), x3 = _vsplat_f64(xr[w + o[3]]);
+                        a00 += g0 * x0; a01 += g1 * x0; a10 += g0 * x1; a11 += g1 * x1;
+                        a20 += g0 * x2; a21 += g1 * x2; a30 += g0 * x3; a31 += g1 * x3;
+                    }
+                }
+                _vec_f64 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+                for (Py_ssize_t k = 0; k < nt; k++)
+                    for (Py_ssize_t co = 0; co < nc; co++)
+                        slab[(t0 + k) * CO + c0 + co] += alpha * acc[k][co / L][co % L];
+            }
+        }
+    }
+    /* which lowering the convolution sweeps take: SYMPROP_CONV_LOWERING=im2col forces im2col + GEMM
+       (the comparison the tests and benchmarks make); anything else lets a sweep run direct where
+       its geometry allows */
+    static int _conv_direct_allowed(void) {
+        const char* v = getenv("SYMPROP_CONV_LOWERING");
+        return !(v != NULL && strcmp(v, "im2col") == 0);
+    }
+    """
+    void _pad_planes_f32(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left,
+                         Py_ssize_t HP, Py_ssize_t WP, float* dst) nogil
+    void _pack_weights_f32(const float* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+                           Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, float* packed) nogil
+    void _direct_conv_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP, const float* packed,
+                          Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh,
+                          Py_ssize_t dh, Py_ssize_t dw, float alpha, float* out) nogil
+    void _transpose_planes_f32(const float* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, float* gT) nogil
+    void _direct_wgrad_f32(const float* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T, const float* gT,
+                           Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, float alpha,
+                           float* slab) nogil
+    void _pad_planes_f64(const double* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left,
+                         Py_ssize_t HP, Py_ssize_t WP, double* dst) nogil
+    void _pack_weights_f64(const double* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+                           Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, double* packed) nogil
+    void _direct_conv_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP, const double* packed,
+                          Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh,
+                          Py_ssize_t dh, Py_ssize_t dw, double alpha, double* out) nogil
+    void _transpose_planes_f64(const double* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, double* gT) nogil
+    void _direct_wgrad_f64(const double* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T, const double* gT,
+                           Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, double alpha,
+                           double* slab) nogil
+    int _conv_direct_allowed() nogil
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
@@ -4928,19 +5265,60 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk1 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f32(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
                     y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * b[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
     return 0
 
 cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -4971,19 +5349,60 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk1 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f64(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
                     y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * b[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_x
@@ -5014,16 +5433,57 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef float _acc, _val
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk0 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f32(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
     return 0
 
 cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5052,16 +5512,57 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef double _acc, _val
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk0 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f64(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_W
@@ -5094,6 +5595,37 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5108,9 +5640,18 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
@@ -5142,6 +5683,37 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5156,9 +5728,18 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     return 0
 
@@ -5232,24 +5813,79 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _use_1 = RW != NULL
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk1 = NULL
+    cdef float* _pk3 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f32(RW, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _direct and _use_3 and not _failed:
+            _pk3 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk3 == NULL
+            if not _failed:
+                _pack_weights_f32(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk3)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            free(_pk3)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _direct:
+                _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+            else:
+                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk3, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     if Rb != NULL:
         for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
                         Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * Rb[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
+    free(_pk3)
     return 0
 
 cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5284,24 +5920,79 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _use_1 = RW != NULL
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk1 = NULL
+    cdef double* _pk3 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f64(RW, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _direct and _use_3 and not _failed:
+            _pk3 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk3 == NULL
+            if not _failed:
+                _pack_weights_f64(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk3)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            free(_pk3)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _direct:
+                _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+            else:
+                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk3, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     if Rb != NULL:
         for n in prange(n_, num_threads=_T, schedule="static"):
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
                         Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * Rb[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
+    free(_pk3)
     return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_x
@@ -5335,19 +6026,72 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = RW != NULL
     cdef bint _use_1 = Rg != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk0 = NULL
+    cdef float* _pk1 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f32(RW + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _direct_t and _use_1 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk1 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f32(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk1)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            free(_pk1)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if _use_1:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            if _use_1:
+                _pad_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk1, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if _use_1:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
+    free(_pk1)
     return 0
 
 cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5379,19 +6123,72 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = RW != NULL
     cdef bint _use_1 = Rg != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk0 = NULL
+    cdef double* _pk1 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f64(RW + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _direct_t and _use_1 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk1 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f64(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk1)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            free(_pk1)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if _use_1:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            if _use_1:
+                _pad_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk1, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if _use_1:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
+    free(_pk1)
     return 0
 
 # ---------------------------------------------------------------- conv2d_rvjp_W
@@ -5428,6 +6225,37 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_1 = Rg != NULL
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5442,13 +6270,29 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
@@ -5484,6 +6328,37 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _use_1 = Rg != NULL
     cdef bint _use_2 = Rx != NULL
     cdef bint _use_3 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5498,13 +6373,29 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
 
@@ -5574,16 +6465,57 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef float _acc, _val
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk0 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f32(W_sq + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f32(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f32(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
     return 0
 
 cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -5612,16 +6544,57 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef double _acc, _val
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = False and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk0 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_0 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk0 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk0 == NULL
+            if not _failed:
+                _pack_weights_f64(W_sq + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk0)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk0)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
-        _first = 1
-        if _use_0:
-            _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
-            _first = 0
-        if not _first:
-            _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        if _direct_t:
+            if _use_0:
+                _pad_planes_f64(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk0, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+        else:
+            _first = 1
+            if _use_0:
+                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W_sq, <int>(c_ * i_ * j_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_))
+                _first = 0
+            if not _first:
+                _col2im_f64(_cols + (_tid * 1 + 0) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &hx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+    free(_dbuf)
+    free(_off)
+    free(_pk0)
     return 0
 
 # ---------------------------------------------------------------- conv2d_bl_W
@@ -5654,6 +6627,37 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5668,9 +6672,18 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
@@ -5702,6 +6715,37 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _colsz = <Py_ssize_t><int>(c_ * i_ * j_) * <int>(h_ * w_)
     cdef bint _use_0 = True
     cdef bint _use_1 = True
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(hW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     # weight gradients in a fixed order: _P chunks of consecutive samples (_P depends on the shapes
     # only), each summed in sample order into its own slab, the slabs summed in chunk order
@@ -5716,9 +6760,18 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), &H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, hW)
     return 0
 
@@ -6519,21 +7572,82 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _use_2 = RW != NULL
     cdef bint _use_3 = Rx != NULL
     cdef bint _use_4 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk1 = NULL
+    cdef float* _pk2 = NULL
+    cdef float* _pk4 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f32(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _direct and _use_2 and not _failed:
+            _pk2 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk2 == NULL
+            if not _failed:
+                _pack_weights_f32(RW, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk2)
+        if _direct and _use_4 and not _failed:
+            _pk4 = <float*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(float))
+            _failed = _pk4 == NULL
+            if not _failed:
+                _pack_weights_f32(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk4)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            free(_pk2)
+            free(_pk4)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(float) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk2, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_3:
-            _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _direct:
+                _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+            else:
+                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f32(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk4, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
@@ -6545,6 +7659,11 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
                 for h in range(h_):
                     for w in range(w_):
                         Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * Rb[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
+    free(_pk2)
+    free(_pk4)
     return 0
 
 cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil:
@@ -6582,21 +7701,82 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _use_2 = RW != NULL
     cdef bint _use_3 = Rx != NULL
     cdef bint _use_4 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk1 = NULL
+    cdef double* _pk2 = NULL
+    cdef double* _pk4 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and _use_1 and not _failed:
+            _pk1 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk1 == NULL
+            if not _failed:
+                _pack_weights_f64(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk1)
+        if _direct and _use_2 and not _failed:
+            _pk2 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk2 == NULL
+            if not _failed:
+                _pack_weights_f64(RW, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk2)
+        if _direct and _use_4 and not _failed:
+            _pk4 = <double*>malloc((o_ + 3) // 4 * 4 * <int>(c_ * i_ * j_) * sizeof(double))
+            _failed = _pk4 == NULL
+            if not _failed:
+                _pack_weights_f64(W, <int>(c_ * i_ * j_), i_ * j_, j_, 1, o_, c_, i_, j_, _pk4)
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk1)
+            free(_pk2)
+            free(_pk4)
+            return -1
     # one sweep over samples: each windowed source im2col'd once, every GEMM term reading it on those columns
     for _n in prange(n_, num_threads=_T, schedule="static"):
         _tid = threadid()
         memset(&y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         memset(&Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], 0, sizeof(double) * o_ * h_ * w_)
         if _use_0:
-            _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+            if _direct:
+                _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+            else:
+                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_2:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk2, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), RW, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
         if _use_3:
-            _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+            if _direct:
+                _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+            else:
+                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
-            _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
+            if _direct:
+                _direct_conv_f64(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk4, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
+            else:
+                _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
     for n in prange(n_, num_threads=_T, schedule="static"):
         for o in range(o_):
             for h in range(h_):
@@ -6608,6 +7788,11 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
                 for h in range(h_):
                     for w in range(w_):
                         Ry[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * Rb[o]
+    free(_dbuf)
+    free(_off)
+    free(_pk1)
+    free(_pk2)
+    free(_pk4)
     return 0
 
 # ---------------------------------------------------------------- conv2d_vjp_rvjp
@@ -6655,6 +7840,61 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _use_5 = True
     cdef bint _use_6 = RW != NULL
     cdef bint _use_7 = Rg != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef float* _pk5 = NULL
+    cdef float* _pk6 = NULL
+    cdef float* _pk7 = NULL
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_5 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk5 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk5 == NULL
+            if not _failed:
+                _pack_weights_f32(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk5)
+        if _direct_t and _use_6 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk6 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk6 == NULL
+            if not _failed:
+                _pack_weights_f32(RW + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk6)
+        if _direct_t and _use_7 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk7 = <float*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(float))
+            _failed = _pk7 == NULL
+            if not _failed:
+                _pack_weights_f32(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk7)
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk5)
+            free(_pk6)
+            free(_pk7)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
@@ -6675,30 +7915,61 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             if _use_0:
-                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
             if _use_1:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
             if _use_4:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
-            _first = 1
-            if _use_5:
-                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if not _first:
-                _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
-            _first = 1
-            if _use_6:
-                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if _use_7:
-                _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if not _first:
-                _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _direct_t:
+                if _use_5:
+                    _pad_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk5, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            else:
+                _first = 1
+                if _use_5:
+                    _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if not _first:
+                    _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            if _direct_t:
+                if _use_6:
+                    _pad_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk6, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+                if _use_7:
+                    _pad_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f32(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk7, c_, i_, j_, u_, v_, 1, d_h, d_w, (<float>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            else:
+                _first = 1
+                if _use_6:
+                    _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if _use_7:
+                    _gemm_f32(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<float>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>0.0) if _first else (<float>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if not _first:
+                    _col2im_f32(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6706,6 +7977,11 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    free(_dbuf)
+    free(_off)
+    free(_pk5)
+    free(_pk6)
+    free(_pk7)
     _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
@@ -6753,6 +8029,61 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _use_5 = True
     cdef bint _use_6 = RW != NULL
     cdef bint _use_7 = Rg != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    cdef double* _pk5 = NULL
+    cdef double* _pk6 = NULL
+    cdef double* _pk7 = NULL
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct_t and _use_5 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk5 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk5 == NULL
+            if not _failed:
+                _pack_weights_f64(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk5)
+        if _direct_t and _use_6 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk6 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk6 == NULL
+            if not _failed:
+                _pack_weights_f64(RW + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk6)
+        if _direct_t and _use_7 and not _failed:
+            # the input pullback as a direct convolution of the cotangent: channels swapped, taps flipped
+            _pk7 = <double*>malloc((c_ + 3) // 4 * 4 * o_ * i_ * j_ * sizeof(double))
+            _failed = _pk7 == NULL
+            if not _failed:
+                _pack_weights_f64(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk7)
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            free(_pk5)
+            free(_pk6)
+            free(_pk7)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
@@ -6773,30 +8104,61 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             if _use_0:
-                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
             if _use_1:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
             if _use_4:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
-            _first = 1
-            if _use_5:
-                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if not _first:
-                _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
-            _first = 1
-            if _use_6:
-                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if _use_7:
-                _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
-                _first = 0
-            if not _first:
-                _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+            if _direct_t:
+                if _use_5:
+                    _pad_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk5, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            else:
+                _first = 1
+                if _use_5:
+                    _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if not _first:
+                    _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            if _direct_t:
+                if _use_6:
+                    _pad_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk6, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+                if _use_7:
+                    _pad_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, h_, w_, (i_ - 1) * d_h - p_h, (j_ - 1) * d_w - p_w, _HG, _WG, _dbuf + _tid * _dsz + _goff)
+                    _direct_conv_f64(_dbuf + _tid * _dsz + _goff, o_, _HG, _WG, _pk7, c_, i_, j_, u_, v_, 1, d_h, d_w, (<double>1.0), &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
+            else:
+                _first = 1
+                if _use_6:
+                    _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), RW, <int>(c_ * i_ * j_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if _use_7:
+                    _gemm_f64(1, 0, <int>(c_ * i_ * j_), <int>(h_ * w_), <int>o_, (<double>1.0), W, <int>(c_ * i_ * j_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>0.0) if _first else (<double>1.0), _cols + (_tid * 3 + 2) * _colsz, <int>(h_ * w_))
+                    _first = 0
+                if not _first:
+                    _col2im_f64(_cols + (_tid * 3 + 2) * _colsz, c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, &Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0])
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6804,6 +8166,11 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    free(_dbuf)
+    free(_off)
+    free(_pk5)
+    free(_pk6)
+    free(_pk7)
     _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
@@ -6846,6 +8213,37 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _use_2 = Rg != NULL
     cdef bint _use_3 = Rx != NULL
     cdef bint _use_4 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef float* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(float))
     memset(gb, 0, o_ * sizeof(float))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(float))
@@ -6864,15 +8262,33 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_4:
-                _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<float>1.0) * _sum_f32(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6880,6 +8296,8 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<float>1.0) * _sum_f32(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f32(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     _sum_slabs_t_f32(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
@@ -6920,6 +8338,37 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _use_2 = Rg != NULL
     cdef bint _use_3 = Rx != NULL
     cdef bint _use_4 = Rx != NULL
+    # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
+    # the input pullback at stride 1; per thread the padded planes of each source, the padded
+    # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
+    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _direct = True and _allowed and s_w == 1
+    cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
+    cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
+    cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
+    cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
+    cdef Py_ssize_t _xsz = c_ * _HP * _WP
+    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef double* _dbuf = NULL
+    cdef Py_ssize_t* _off = NULL
+    cdef bint _failed = False
+    if _direct or _direct_t:
+        _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
+        _failed = _dbuf == NULL
+        if _direct and not _failed:
+            _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
+            _failed = _off == NULL
+            if not _failed:
+                for _kk in range(<int>(c_ * i_ * j_)):
+                    _off[_kk] = ((_kk // (i_ * j_)) * _HP + (_kk // j_ % i_) * d_h) * _WP + (_kk % j_) * d_w
+        if _failed:
+            free(_dbuf)
+            free(_off)
+            return -1
     memset(gW, 0, o_ * c_ * i_ * j_ * sizeof(double))
     memset(gb, 0, o_ * sizeof(double))
     memset(RgW, 0, o_ * c_ * i_ * j_ * sizeof(double))
@@ -6938,15 +8387,33 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
+                else:
+                    _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
+                if _direct:
+                    _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
+                else:
+                    _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_4:
-                _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
+                if _direct:
+                    _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
+                    _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
+                else:
+                    _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
     for n in range(n_):
         for o in range(o_):
             gb[o] += (<double>1.0) * _sum_f64(&g[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
@@ -6954,6 +8421,8 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         for n in range(n_):
             for o in range(o_):
                 Rgb[o] += (<double>1.0) * _sum_f64(&Rg[(((n) * o_ + o) * h_ + 0) * w_ + 0], h_ * w_)
+    free(_dbuf)
+    free(_off)
     _sum_slabs_t_f64(_wacc + 0 * _P * _wsz, _P, c_ * i_ * j_, o_, gW)
     _sum_slabs_t_f64(_wacc + 1 * _P * _wsz, _P, c_ * i_ * j_, o_, RgW)
     return 0
