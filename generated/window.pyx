@@ -44,7 +44,6 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    #include <stdlib.h>
     typedef float _vec_f32 __attribute__((vector_size(32)));
     static inline _vec_f32 _vload_f32(const float* p) { _vec_f32 v; memcpy(&v, p, 32); return v; }
     static inline _vec_f32 _vsplat_f32(float a) { _vec_f32 v = { a, a, a, a, a, a, a, a }; return v; }
@@ -347,13 +346,6 @@ cdef extern from *:
             }
         }
     }
-    /* which lowering the convolution sweeps take: SYMPROP_CONV_LOWERING=im2col forces im2col + GEMM
-       (the comparison the tests and benchmarks make); anything else lets a sweep run direct where
-       its geometry allows */
-    static int _conv_direct_allowed(void) {
-        const char* v = getenv("SYMPROP_CONV_LOWERING");
-        return !(v != NULL && strcmp(v, "im2col") == 0);
-    }
     """
     void _pad_planes_f32(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top, Py_ssize_t left,
                          Py_ssize_t HP, Py_ssize_t WP, float* dst) nogil
@@ -377,7 +369,16 @@ cdef extern from *:
     void _direct_wgrad_f64(const double* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T, const double* gT,
                            Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO, Py_ssize_t sh, double alpha,
                            double* slab) nogil
-    int _conv_direct_allowed() nogil
+
+
+# whether a convolution sweep may take the direct lowering where its geometry allows (False: im2col
+# + GEMM everywhere); set through symprop.runtime.conv_lowering, read once per kernel call
+cdef bint _conv_direct = True
+
+
+def _set_conv_lowering(bint direct):
+    global _conv_direct
+    _conv_direct = direct
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
@@ -5268,7 +5269,7 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5352,7 +5353,7 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5436,7 +5437,7 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5515,7 +5516,7 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5598,7 +5599,7 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5686,7 +5687,7 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5816,7 +5817,7 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -5923,7 +5924,7 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6029,7 +6030,7 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6126,7 +6127,7 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6228,7 +6229,7 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6331,7 +6332,7 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6468,7 +6469,7 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6547,7 +6548,7 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6630,7 +6631,7 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -6718,7 +6719,7 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -7575,7 +7576,7 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -7704,7 +7705,7 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -7843,7 +7844,7 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -8032,7 +8033,7 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -8216,7 +8217,7 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
@@ -8341,7 +8342,7 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     # the direct lowering (_direct_conv): the forward and weight-pullback terms at column stride 1,
     # the input pullback at stride 1; per thread the padded planes of each source, the padded
     # cotangent planes of the input pullback and the transposed cotangent of the weight pullback
-    cdef bint _allowed = _conv_direct_allowed()
+    cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1

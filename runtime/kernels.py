@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from .. import blas_threads
-from . import arena, gemm_providers
+from . import arena, conv_lowering, gemm_providers
 
 #: integer output dtypes a manifest may name (argmax masks: int16)
 _INDEX_DTYPES = {"int16": np.int16, "int32": np.int32, "int64": np.int64}
@@ -54,6 +54,7 @@ def register(module):
                 for name, kernel in dispatch.bind(module).items():
                     setattr(module, name, kernel)
                 gemm_providers.attach(module)
+                conv_lowering.attach(module)
             _registered.add(id(module))
     return module
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from symprop import Sequential, layers as L
+from symprop.runtime import conv_lowering
 from symprop.runtime.kernels import load
 
 K = load("window")   # the loader binds table kernels to the dispatcher
@@ -32,6 +33,14 @@ CONV_GRID = [
     (1, 2, 2, 8, 11, (3, 3), (1, 1), (0, 2), (2, 1)),
     # the one-long-copy path ('same' output width at stride 1) with dilation 2
     (2, 2, 3, 10, 9, (3, 3), (1, 1), (2, 2), (2, 2)),
+    # the direct lowering's tiles: rows wider than one tile with a tail (37), channel blocks of 4
+    # with a tail (9 and 6 outputs, 9 inputs), weight-pullback channel vectors past 16 (19 and 33),
+    # stride 2 down the rows only (direct forward, im2col input pullback), padding wider than the
+    # kernel reaches (cropping in the pullback's padded cotangent)
+    (2, 3, 9, 5, 37, (2, 4), (1, 1), (1, 2), (1, 1)),
+    (1, 9, 6, 12, 20, (3, 3), (1, 1), (1, 1), (2, 1)),
+    (2, 2, 19, 6, 17, (3, 2), (2, 1), (1, 0), (1, 2)),
+    (1, 4, 33, 4, 9, (1, 3), (1, 1), (2, 3), (1, 1)),
 ]
 
 
@@ -39,9 +48,15 @@ def geo_conv(s, p, d):
     return dict(s_h=s[0], s_w=s[1], p_h=p[0], p_w=p[1], d_h=d[0], d_w=d[1])
 
 
+@pytest.mark.parametrize("lowering", ["direct", "im2col"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_GRID)
-def test_conv2d_kernels_match_torch(case, dtype):
+def test_conv2d_kernels_match_torch(case, dtype, lowering):
+    with conv_lowering.using(lowering):
+        _conv2d_kernels_match_torch(case, dtype)
+
+
+def _conv2d_kernels_match_torch(case, dtype):
     N, C, O, H, W_, k, s, p, d = case
     rng = np.random.default_rng(sum(case[:5]))
     x, W, b = (rng.normal(size=sh).astype(dtype) for sh in ((N, C, H, W_), (O, C) + k, (O,)))

@@ -1,0 +1,68 @@
+"""Which lowering the window kernels' convolution sweeps take: ``"direct"`` (the default) or
+``"im2col"``.
+
+Both compute the same derived terms. ``direct`` reads a zero-padded copy of each sample's planes
+and runs the taps in registers (forward and weight pullback at column stride 1, input pullback at
+stride 1; other geometries take im2col + GEMM as before); ``im2col`` copies the windows into
+columns and runs one GEMM per sample, on the GEMM provider the tuner chose. The switch is for
+comparison (``benchmarks/conv_lowering.py``, the tests) and as a fallback; set it with
+``SYMPROP_CONV_LOWERING`` before the first kernel runs, or with :func:`using` / :func:`set_lowering`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+LOWERINGS = ("direct", "im2col")
+
+_lock = threading.Lock()
+_modules: list = []       # registered generated modules with a window sweep
+
+
+def _check(mode) -> str:
+    if mode not in LOWERINGS:
+        raise ValueError(f"convolution lowering must be one of {LOWERINGS}, got {mode!r}"
+                         + (" (from SYMPROP_CONV_LOWERING)" if mode == os.environ.get("SYMPROP_CONV_LOWERING") else ""))
+    return mode
+
+
+_current = [_check(os.environ.get("SYMPROP_CONV_LOWERING") or "direct")]
+
+
+def current() -> str:
+    """The lowering the convolution sweeps take now."""
+    return _current[0]
+
+
+def attach(module):
+    """Give a newly registered generated module the current lowering (modules without a
+    convolution sweep are left alone)."""
+    if hasattr(module, "_set_conv_lowering"):
+        with _lock:
+            if module not in _modules:
+                _modules.append(module)
+            module._set_conv_lowering(_current[0] == "direct")
+    return module
+
+
+def set_lowering(mode: str) -> str:
+    """Make every loaded and later loaded window module take ``mode``; returns the previous one.
+    A kernel running in another thread finishes with the lowering it started with."""
+    _check(mode)
+    with _lock:
+        previous = _current[0]
+        _current[0] = mode
+        for mod in _modules:
+            mod._set_conv_lowering(mode == "direct")
+    return previous
+
+
+@contextlib.contextmanager
+def using(mode: str):
+    """``with conv_lowering.using("im2col"): ...`` — the lowering for the block, restored after."""
+    previous = set_lowering(mode)
+    try:
+        yield
+    finally:
+        set_lowering(previous)
