@@ -554,6 +554,10 @@ def layout(d: DerivedContraction, ctx: dict) -> dict:
         raise LoweringError(f"{ctx['name']}: window terms loop over different sample indices {sorted(samples)}")
     for op in rest:   # a loop whose outer index is the output's first writes disjoint slices
         op["par"] = bool(samples) and op["kind"] == "loop" and op["order"][0] == shapes[op["out"]][0]
+        # such a loop over the sweep's samples, adding to an output the sweep fills (a bias), runs
+        # per sample right after the sweep's steps, while that sample's output is in cache
+        op["epilogue"] = bool(sweep) and op["par"] and op["order"][0] == sweep["n"] \
+            and op["out"] in sweep["memset"] and not set(op["arrays"]) & set(outs)
     # zero each output per sample in the sweep, per sample in its first sample loop (a mask
     # gather/scatter assigns instead), not at all when an argmax forward assigns every
     # element, else serially before anything runs

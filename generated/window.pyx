@@ -5312,7 +5312,7 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
                 _direct_conv_f32(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<float>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    for n in prange(n_, num_threads=_T, schedule="static"):
+        n = _n
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
@@ -5396,7 +5396,7 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
                 _direct_conv_f64(_dbuf + _tid * _dsz + 0 * _xsz, c_, _HP, _WP, _pk1, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 1 + 0) * _colsz, <int>(h_ * w_), (<double>1.0), &y[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    for n in prange(n_, num_threads=_T, schedule="static"):
+        n = _n
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
@@ -5877,8 +5877,8 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
                 _direct_conv_f32(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk3, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    if Rb != NULL:
-        for n in prange(n_, num_threads=_T, schedule="static"):
+        if Rb != NULL:
+            n = _n
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
@@ -5984,8 +5984,8 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
                 _direct_conv_f64(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk3, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    if Rb != NULL:
-        for n in prange(n_, num_threads=_T, schedule="static"):
+        if Rb != NULL:
+            n = _n
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
@@ -7649,13 +7649,13 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
                 _direct_conv_f32(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk4, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f32(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<float>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<float>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    for n in prange(n_, num_threads=_T, schedule="static"):
+        n = _n
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
                     y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<float>1.0) * b[o]
-    if Rb != NULL:
-        for n in prange(n_, num_threads=_T, schedule="static"):
+        if Rb != NULL:
+            n = _n
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
@@ -7778,13 +7778,13 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
                 _direct_conv_f64(_dbuf + _tid * _dsz + 1 * _xsz, c_, _HP, _WP, _pk4, o_, i_, j_, h_, w_, s_h, d_h, d_w, (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0])
             else:
                 _gemm_f64(0, 0, <int>o_, <int>(h_ * w_), <int>(c_ * i_ * j_), (<double>1.0), W, <int>(c_ * i_ * j_), _cols + (_tid * 2 + 1) * _colsz, <int>(h_ * w_), (<double>1.0), &Ry[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_))
-    for n in prange(n_, num_threads=_T, schedule="static"):
+        n = _n
         for o in range(o_):
             for h in range(h_):
                 for w in range(w_):
                     y[(((n) * o_ + o) * h_ + h) * w_ + w] += (<double>1.0) * b[o]
-    if Rb != NULL:
-        for n in prange(n_, num_threads=_T, schedule="static"):
+        if Rb != NULL:
+            n = _n
             for o in range(o_):
                 for h in range(h_):
                     for w in range(w_):
