@@ -80,46 +80,333 @@ cdef extern from *:
                         }
     }
 
+    /* one tile of the direct convolution: channels boff .. boff + 4 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_4x1_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const float* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        _vec_f32 a000 = {0}, a001 = {0}, a100 = {0}, a101 = {0}, a200 = {0}, a201 = {0}, a300 = {0}, a301 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const float* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f32 x00 = _vload_f32(xr0 + j * dw), x01 = _vload_f32(xr0 + j * dw + L);
+                    _vec_f32 k0 = _vsplat_f32(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    _vec_f32 k1 = _vsplat_f32(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                    _vec_f32 k2 = _vsplat_f32(ap[2]);
+                    a200 += k2 * x00; a201 += k2 * x01;
+                    _vec_f32 k3 = _vsplat_f32(ap[3]);
+                    a300 += k3 * x00; a301 += k3 * x01;
+                }
+            }
+        _vec_f32 va = _vsplat_f32(alpha);
+        {
+            float* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a000, y1 = _vload_f32(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a100, y1 = _vload_f32(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 2) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a200, y1 = _vload_f32(o + L) + va * a201;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a200[l] : a201[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 3) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a300, y1 = _vload_f32(o + L) + va * a301;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a300[l] : a301[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 2 of the packed block ap
+       (4 weights per tap), rows h .. h + 2, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_2x2_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const float* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        _vec_f32 a000 = {0}, a001 = {0}, a010 = {0}, a011 = {0}, a100 = {0}, a101 = {0}, a110 = {0}, a111 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const float* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                const float* xr1 = xp + (ci * HP + (h + 1) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f32 x00 = _vload_f32(xr0 + j * dw), x01 = _vload_f32(xr0 + j * dw + L);
+                    _vec_f32 x10 = _vload_f32(xr1 + j * dw), x11 = _vload_f32(xr1 + j * dw + L);
+                    _vec_f32 k0 = _vsplat_f32(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    a010 += k0 * x10; a011 += k0 * x11;
+                    _vec_f32 k1 = _vsplat_f32(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                    a110 += k1 * x10; a111 += k1 * x11;
+                }
+            }
+        _vec_f32 va = _vsplat_f32(alpha);
+        {
+            float* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a000, y1 = _vload_f32(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 0) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a010, y1 = _vload_f32(o + L) + va * a011;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a010[l] : a011[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a100, y1 = _vload_f32(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 1) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a110, y1 = _vload_f32(o + L) + va * a111;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a110[l] : a111[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 2 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_2x1_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const float* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        _vec_f32 a000 = {0}, a001 = {0}, a100 = {0}, a101 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const float* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f32 x00 = _vload_f32(xr0 + j * dw), x01 = _vload_f32(xr0 + j * dw + L);
+                    _vec_f32 k0 = _vsplat_f32(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    _vec_f32 k1 = _vsplat_f32(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                }
+            }
+        _vec_f32 va = _vsplat_f32(alpha);
+        {
+            float* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a000, y1 = _vload_f32(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a100, y1 = _vload_f32(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 1 of the packed block ap
+       (4 weights per tap), rows h .. h + 4, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_1x4_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const float* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        _vec_f32 a000 = {0}, a001 = {0}, a010 = {0}, a011 = {0}, a020 = {0}, a021 = {0}, a030 = {0}, a031 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const float* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                const float* xr1 = xp + (ci * HP + (h + 1) * sh + i * dh) * WP + w0;
+                const float* xr2 = xp + (ci * HP + (h + 2) * sh + i * dh) * WP + w0;
+                const float* xr3 = xp + (ci * HP + (h + 3) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f32 x00 = _vload_f32(xr0 + j * dw), x01 = _vload_f32(xr0 + j * dw + L);
+                    _vec_f32 x10 = _vload_f32(xr1 + j * dw), x11 = _vload_f32(xr1 + j * dw + L);
+                    _vec_f32 x20 = _vload_f32(xr2 + j * dw), x21 = _vload_f32(xr2 + j * dw + L);
+                    _vec_f32 x30 = _vload_f32(xr3 + j * dw), x31 = _vload_f32(xr3 + j * dw + L);
+                    _vec_f32 k0 = _vsplat_f32(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    a010 += k0 * x10; a011 += k0 * x11;
+                    a020 += k0 * x20; a021 += k0 * x21;
+                    a030 += k0 * x30; a031 += k0 * x31;
+                }
+            }
+        _vec_f32 va = _vsplat_f32(alpha);
+        {
+            float* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a000, y1 = _vload_f32(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 0) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a010, y1 = _vload_f32(o + L) + va * a011;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a010[l] : a011[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 0) * HO + h + 2) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a020, y1 = _vload_f32(o + L) + va * a021;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a020[l] : a021[l - L]);
+            }
+        }
+        {
+            float* o = out + ((co0 + 0) * HO + h + 3) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a030, y1 = _vload_f32(o + L) + va * a031;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a030[l] : a031[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 1 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_1x1_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const float* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            float alpha, float* out) {
+        const Py_ssize_t L = 8;
+        _vec_f32 a000 = {0}, a001 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const float* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f32 x00 = _vload_f32(xr0 + j * dw), x01 = _vload_f32(xr0 + j * dw + L);
+                    _vec_f32 k0 = _vsplat_f32(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                }
+            }
+        _vec_f32 va = _vsplat_f32(alpha);
+        {
+            float* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f32 y0 = _vload_f32(o) + va * a000, y1 = _vload_f32(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+    }
+
     /* out[co, h, w] += alpha * sum_{ci,i,j} weight(co, ci, i, j) * xp[ci, h*sh + i*dh, w + j*dw] for
        the CO x HO x WO output (weights packed); xp is CI x HP x WP with WP >= the tile-rounded WO +
-       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored) */
+       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored). Tiles of 8
+       accumulators: 4 channels x 1 row, and for the last block's 1-3 channels 2 x 2 and 1 x 4
+       (so that 6 output channels run as 4 + 2, not as 8 with 2 idle) */
     static void _direct_conv_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
                                  const float* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
                                  Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, float alpha, float* out) {
         const Py_ssize_t L = 8;
         Py_ssize_t taps = CI * KH * KW;
         for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++) {
-            Py_ssize_t nb = CO - 4 * cb < 4 ? CO - 4 * cb : 4;
-            for (Py_ssize_t h = 0; h < HO; h++)
-                for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
-                    _vec_f32 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-                    const float* ap = packed + cb * taps * 4;
-                    for (Py_ssize_t ci = 0; ci < CI; ci++)
-                        for (Py_ssize_t i = 0; i < KH; i++) {
-                            const float* xr = xp + (ci * HP + h * sh + i * dh) * WP + w0;
-                            for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
-                                _vec_f32 x0 = _vload_f32(xr + j * dw), x1 = _vload_f32(xr + j * dw + L);
-                                _vec_f32 b0 = _vsplat_f32(ap[0]), b1 = _vsplat_f32(ap[1]);
-                                _vec_f32 b2 = _vsplat_f32(ap[2]), b3 = _vsplat_f32(ap[3]);
-                                a00 += b0 * x0; a01 += b0 * x1; a10 += b1 * x0; a11 += b1 * x1;
-                                a20 += b2 * x0; a21 += b2 * x1; a30 += b3 * x0; a31 += b3 * x1;
-                            }
-                        }
-                    _vec_f32 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-                    Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L;
-                    for (Py_ssize_t b = 0; b < nb; b++) {
-                        float* o = out + ((4 * cb + b) * HO + h) * WO + w0;
-                        if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
-                            _vec_f32 y0 = _vload_f32(o) + _vsplat_f32(alpha) * acc[b][0];
-                            _vec_f32 y1 = _vload_f32(o + L) + _vsplat_f32(alpha) * acc[b][1];
-                            memcpy(o, &y0, 32);
-                            memcpy(o + L, &y1, 32);
-                        } else {
-                            for (Py_ssize_t l = 0; l < n; l++)
-                                o[l] += alpha * acc[b][l / L][l % L];
-                        }
-                    }
+            const float* ap = packed + cb * taps * 4;
+            Py_ssize_t co0 = 4 * cb, nb = CO - co0 < 4 ? CO - co0 : 4;
+            for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
+                Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L, h, boff = 0;
+                if (nb == 4) {
+                    for (h = 0; h < HO; h++)
+                        _direct_tile_4x1_f32(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    continue;
                 }
+                if (nb >= 2) {
+                    for (h = 0; h + 1 < HO; h += 2)
+                        _direct_tile_2x2_f32(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    if (h < HO)
+                        _direct_tile_2x1_f32(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    boff = 2;
+                }
+                if (nb - boff == 1) {
+                    for (h = 0; h + 3 < HO; h += 4)
+                        _direct_tile_1x4_f32(xp, CI, HP, WP, ap, boff, co0 + boff, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    for (; h < HO; h++)
+                        _direct_tile_1x1_f32(xp, CI, HP, WP, ap, boff, co0 + boff, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                }
+            }
         }
     }
 
@@ -231,46 +518,333 @@ cdef extern from *:
                         }
     }
 
+    /* one tile of the direct convolution: channels boff .. boff + 4 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_4x1_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const double* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        _vec_f64 a000 = {0}, a001 = {0}, a100 = {0}, a101 = {0}, a200 = {0}, a201 = {0}, a300 = {0}, a301 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const double* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f64 x00 = _vload_f64(xr0 + j * dw), x01 = _vload_f64(xr0 + j * dw + L);
+                    _vec_f64 k0 = _vsplat_f64(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    _vec_f64 k1 = _vsplat_f64(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                    _vec_f64 k2 = _vsplat_f64(ap[2]);
+                    a200 += k2 * x00; a201 += k2 * x01;
+                    _vec_f64 k3 = _vsplat_f64(ap[3]);
+                    a300 += k3 * x00; a301 += k3 * x01;
+                }
+            }
+        _vec_f64 va = _vsplat_f64(alpha);
+        {
+            double* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a000, y1 = _vload_f64(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a100, y1 = _vload_f64(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 2) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a200, y1 = _vload_f64(o + L) + va * a201;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a200[l] : a201[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 3) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a300, y1 = _vload_f64(o + L) + va * a301;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a300[l] : a301[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 2 of the packed block ap
+       (4 weights per tap), rows h .. h + 2, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_2x2_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const double* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        _vec_f64 a000 = {0}, a001 = {0}, a010 = {0}, a011 = {0}, a100 = {0}, a101 = {0}, a110 = {0}, a111 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const double* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                const double* xr1 = xp + (ci * HP + (h + 1) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f64 x00 = _vload_f64(xr0 + j * dw), x01 = _vload_f64(xr0 + j * dw + L);
+                    _vec_f64 x10 = _vload_f64(xr1 + j * dw), x11 = _vload_f64(xr1 + j * dw + L);
+                    _vec_f64 k0 = _vsplat_f64(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    a010 += k0 * x10; a011 += k0 * x11;
+                    _vec_f64 k1 = _vsplat_f64(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                    a110 += k1 * x10; a111 += k1 * x11;
+                }
+            }
+        _vec_f64 va = _vsplat_f64(alpha);
+        {
+            double* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a000, y1 = _vload_f64(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 0) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a010, y1 = _vload_f64(o + L) + va * a011;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a010[l] : a011[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a100, y1 = _vload_f64(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 1) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a110, y1 = _vload_f64(o + L) + va * a111;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a110[l] : a111[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 2 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_2x1_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const double* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        _vec_f64 a000 = {0}, a001 = {0}, a100 = {0}, a101 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const double* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f64 x00 = _vload_f64(xr0 + j * dw), x01 = _vload_f64(xr0 + j * dw + L);
+                    _vec_f64 k0 = _vsplat_f64(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    _vec_f64 k1 = _vsplat_f64(ap[1]);
+                    a100 += k1 * x00; a101 += k1 * x01;
+                }
+            }
+        _vec_f64 va = _vsplat_f64(alpha);
+        {
+            double* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a000, y1 = _vload_f64(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 1) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a100, y1 = _vload_f64(o + L) + va * a101;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a100[l] : a101[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 1 of the packed block ap
+       (4 weights per tap), rows h .. h + 4, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_1x4_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const double* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        _vec_f64 a000 = {0}, a001 = {0}, a010 = {0}, a011 = {0}, a020 = {0}, a021 = {0}, a030 = {0}, a031 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const double* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                const double* xr1 = xp + (ci * HP + (h + 1) * sh + i * dh) * WP + w0;
+                const double* xr2 = xp + (ci * HP + (h + 2) * sh + i * dh) * WP + w0;
+                const double* xr3 = xp + (ci * HP + (h + 3) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f64 x00 = _vload_f64(xr0 + j * dw), x01 = _vload_f64(xr0 + j * dw + L);
+                    _vec_f64 x10 = _vload_f64(xr1 + j * dw), x11 = _vload_f64(xr1 + j * dw + L);
+                    _vec_f64 x20 = _vload_f64(xr2 + j * dw), x21 = _vload_f64(xr2 + j * dw + L);
+                    _vec_f64 x30 = _vload_f64(xr3 + j * dw), x31 = _vload_f64(xr3 + j * dw + L);
+                    _vec_f64 k0 = _vsplat_f64(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                    a010 += k0 * x10; a011 += k0 * x11;
+                    a020 += k0 * x20; a021 += k0 * x21;
+                    a030 += k0 * x30; a031 += k0 * x31;
+                }
+            }
+        _vec_f64 va = _vsplat_f64(alpha);
+        {
+            double* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a000, y1 = _vload_f64(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 0) * HO + h + 1) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a010, y1 = _vload_f64(o + L) + va * a011;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a010[l] : a011[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 0) * HO + h + 2) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a020, y1 = _vload_f64(o + L) + va * a021;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a020[l] : a021[l - L]);
+            }
+        }
+        {
+            double* o = out + ((co0 + 0) * HO + h + 3) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a030, y1 = _vload_f64(o + L) + va * a031;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a030[l] : a031[l - L]);
+            }
+        }
+    }
+
+    /* one tile of the direct convolution: channels boff .. boff + 1 of the packed block ap
+       (4 weights per tap), rows h .. h + 1, 2 vectors along w from w0 (n of them stored) */
+    static inline void _direct_tile_1x1_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+            const double* ap, Py_ssize_t boff, Py_ssize_t co0, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
+            Py_ssize_t WO, Py_ssize_t h, Py_ssize_t w0, Py_ssize_t n, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw,
+            double alpha, double* out) {
+        const Py_ssize_t L = 4;
+        _vec_f64 a000 = {0}, a001 = {0};
+        ap += boff;
+        for (Py_ssize_t ci = 0; ci < CI; ci++)
+            for (Py_ssize_t i = 0; i < KH; i++) {
+                const double* xr0 = xp + (ci * HP + (h + 0) * sh + i * dh) * WP + w0;
+                for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
+                    _vec_f64 x00 = _vload_f64(xr0 + j * dw), x01 = _vload_f64(xr0 + j * dw + L);
+                    _vec_f64 k0 = _vsplat_f64(ap[0]);
+                    a000 += k0 * x00; a001 += k0 * x01;
+                }
+            }
+        _vec_f64 va = _vsplat_f64(alpha);
+        {
+            double* o = out + ((co0 + 0) * HO + h + 0) * WO + w0;
+            if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
+                _vec_f64 y0 = _vload_f64(o) + va * a000, y1 = _vload_f64(o + L) + va * a001;
+                memcpy(o, &y0, 32);
+                memcpy(o + L, &y1, 32);
+            } else {
+                for (Py_ssize_t l = 0; l < n; l++)
+                    o[l] += alpha * (l < L ? a000[l] : a001[l - L]);
+            }
+        }
+    }
+
     /* out[co, h, w] += alpha * sum_{ci,i,j} weight(co, ci, i, j) * xp[ci, h*sh + i*dh, w + j*dw] for
        the CO x HO x WO output (weights packed); xp is CI x HP x WP with WP >= the tile-rounded WO +
-       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored) */
+       (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored). Tiles of 8
+       accumulators: 4 channels x 1 row, and for the last block's 1-3 channels 2 x 2 and 1 x 4
+       (so that 6 output channels run as 4 + 2, not as 8 with 2 idle) */
     static void _direct_conv_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
                                  const double* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
                                  Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, double alpha, double* out) {
         const Py_ssize_t L = 4;
         Py_ssize_t taps = CI * KH * KW;
         for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++) {
-            Py_ssize_t nb = CO - 4 * cb < 4 ? CO - 4 * cb : 4;
-            for (Py_ssize_t h = 0; h < HO; h++)
-                for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
-                    _vec_f64 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-                    const double* ap = packed + cb * taps * 4;
-                    for (Py_ssize_t ci = 0; ci < CI; ci++)
-                        for (Py_ssize_t i = 0; i < KH; i++) {
-                            const double* xr = xp + (ci * HP + h * sh + i * dh) * WP + w0;
-                            for (Py_ssize_t j = 0; j < KW; j++, ap += 4) {
-                                _vec_f64 x0 = _vload_f64(xr + j * dw), x1 = _vload_f64(xr + j * dw + L);
-                                _vec_f64 b0 = _vsplat_f64(ap[0]), b1 = _vsplat_f64(ap[1]);
-                                _vec_f64 b2 = _vsplat_f64(ap[2]), b3 = _vsplat_f64(ap[3]);
-                                a00 += b0 * x0; a01 += b0 * x1; a10 += b1 * x0; a11 += b1 * x1;
-                                a20 += b2 * x0; a21 += b2 * x1; a30 += b3 * x0; a31 += b3 * x1;
-                            }
-                        }
-                    _vec_f64 acc[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-                    Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L;
-                    for (Py_ssize_t b = 0; b < nb; b++) {
-                        double* o = out + ((4 * cb + b) * HO + h) * WO + w0;
-                        if (n == 2 * L) {   /* a whole tile: vector read-modify-writes */
-                            _vec_f64 y0 = _vload_f64(o) + _vsplat_f64(alpha) * acc[b][0];
-                            _vec_f64 y1 = _vload_f64(o + L) + _vsplat_f64(alpha) * acc[b][1];
-                            memcpy(o, &y0, 32);
-                            memcpy(o + L, &y1, 32);
-                        } else {
-                            for (Py_ssize_t l = 0; l < n; l++)
-                                o[l] += alpha * acc[b][l / L][l % L];
-                        }
-                    }
+            const double* ap = packed + cb * taps * 4;
+            Py_ssize_t co0 = 4 * cb, nb = CO - co0 < 4 ? CO - co0 : 4;
+            for (Py_ssize_t w0 = 0; w0 < WO; w0 += 2 * L) {
+                Py_ssize_t n = WO - w0 < 2 * L ? WO - w0 : 2 * L, h, boff = 0;
+                if (nb == 4) {
+                    for (h = 0; h < HO; h++)
+                        _direct_tile_4x1_f64(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    continue;
                 }
+                if (nb >= 2) {
+                    for (h = 0; h + 1 < HO; h += 2)
+                        _direct_tile_2x2_f64(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    if (h < HO)
+                        _direct_tile_2x1_f64(xp, CI, HP, WP, ap, 0, co0, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    boff = 2;
+                }
+                if (nb - boff == 1) {
+                    for (h = 0; h + 3 < HO; h += 4)
+                        _direct_tile_1x4_f64(xp, CI, HP, WP, ap, boff, co0 + boff, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                    for (; h < HO; h++)
+                        _direct_tile_1x1_f64(xp, CI, HP, WP, ap, boff, co0 + boff, KH, KW, HO, WO, h, w0, n, sh, dh, dw, alpha, out);
+                }
+            }
         }
     }
 
