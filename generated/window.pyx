@@ -5846,6 +5846,9 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -5854,7 +5857,7 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -5879,7 +5882,7 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
         if _use_0:
             if _direct:
                 _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -5930,6 +5933,9 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -5938,7 +5944,7 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -5963,7 +5969,7 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
         if _use_0:
             if _direct:
                 _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -6014,6 +6020,9 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6022,7 +6031,7 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6093,6 +6102,9 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6101,7 +6113,7 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6176,6 +6188,9 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6184,14 +6199,14 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -6215,12 +6230,12 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -6264,6 +6279,9 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6272,14 +6290,14 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -6303,12 +6321,12 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -6394,6 +6412,9 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6402,7 +6423,7 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6434,7 +6455,7 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         if _use_0:
             if _direct:
                 _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -6444,7 +6465,7 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         if _use_2:
             if _direct:
                 _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
             if _direct:
@@ -6501,6 +6522,9 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6509,7 +6533,7 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6541,7 +6565,7 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         if _use_0:
             if _direct:
                 _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -6551,7 +6575,7 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
         if _use_2:
             if _direct:
                 _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_3:
             if _direct:
@@ -6607,6 +6631,9 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6615,7 +6642,7 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6704,6 +6731,9 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6712,7 +6742,7 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -6806,6 +6836,9 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6814,14 +6847,14 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -6845,23 +6878,23 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -6909,6 +6942,9 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -6917,14 +6953,14 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -6948,23 +6984,23 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -7046,6 +7082,9 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -7054,7 +7093,7 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -7125,6 +7164,9 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -7133,7 +7175,7 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -7208,6 +7250,9 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -7216,14 +7261,14 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -7247,12 +7292,12 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -7296,6 +7341,9 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -7304,14 +7352,14 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -7335,12 +7383,12 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
         memset(_wacc + _p * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&x_sq[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 1 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&H[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
@@ -8153,6 +8201,9 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8161,7 +8212,7 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -8201,7 +8252,7 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
         if _use_0:
             if _direct:
                 _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -8216,7 +8267,7 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
         if _use_3:
             if _direct:
                 _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
             if _direct:
@@ -8282,6 +8333,9 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8290,7 +8344,7 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and False else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -8330,7 +8384,7 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
         if _use_0:
             if _direct:
                 _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
         if _use_1:
             if _direct:
@@ -8345,7 +8399,7 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
         if _use_3:
             if _direct:
                 _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-            else:
+            if not _direct:
                 _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
         if _use_4:
             if _direct:
@@ -8421,6 +8475,9 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8429,7 +8486,7 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -8457,7 +8514,7 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             _failed = _pk7 == NULL
             if not _failed:
                 _pack_weights_f32(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk7)
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -8490,29 +8547,29 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(float) * c_ * u_ * v_)
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
                     _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
             if _use_4:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
@@ -8610,6 +8667,9 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8618,7 +8678,7 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
@@ -8646,7 +8706,7 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             _failed = _pk7 == NULL
             if not _failed:
                 _pack_weights_f64(W + (i_ - 1) * j_ + j_ - 1, i_ * j_, <int>(c_ * i_ * j_), -j_, -1, c_, o_, i_, j_, _pk7)
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -8679,29 +8739,29 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
             memset(&gx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             memset(&Rgx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], 0, sizeof(double) * c_ * u_ * v_)
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
                     _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 3 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 3 + 1) * _colsz)
             if _use_4:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
@@ -8794,6 +8854,9 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8802,14 +8865,14 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -8837,29 +8900,29 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
         memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(float))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
                     _gemm_f32(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<float>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<float>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f32(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_4:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f32(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f32(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<float>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
@@ -8919,6 +8982,9 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
+    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
+    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _HG = u_ + (i_ - 1) * d_h
@@ -8927,14 +8993,14 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
     cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
-    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct and True else 0)
+    cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     if _direct or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
-        if _direct and not _failed:
+        if _direct_w and not _failed:
             _off = <Py_ssize_t*>malloc(<int>(c_ * i_ * j_) * sizeof(Py_ssize_t))
             _failed = _off == NULL
             if not _failed:
@@ -8962,29 +9028,29 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
         memset(_wacc + (1 * _P + _p) * _wsz, 0, _wsz * sizeof(double))
         for _n in range(n_ * _p // _P, n_ * (_p + 1) // _P):
             if _use_0:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 0 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&x[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 0) * _colsz)
             if _use_1:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (0 * _P + _p) * _wsz)
                 else:
                     _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (0 * _P + _p) * _wsz, <int>o_)
             if _use_2:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 0 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
                     _gemm_f64(0, 1, <int>(c_ * i_ * j_), <int>o_, <int>(h_ * w_), (<double>1.0), _cols + (_tid * 2 + 0) * _colsz, <int>(h_ * w_), &Rg[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], <int>(h_ * w_), (<double>1.0), _wacc + (1 * _P + _p) * _wsz, <int>o_)
             if _use_3:
-                if _direct:
+                if _direct_w:
                     _pad_planes_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, p_h, p_w, _HP, _WP, _dbuf + _tid * _dsz + 1 * _xsz)
-                else:
+                if not _direct_w:
                     _im2col_f64(&Rx[(((_n) * c_ + 0) * u_ + 0) * v_ + 0], c_, u_, v_, i_, j_, h_, w_, s_h, s_w, d_h, d_w, p_h, p_w, _cols + (_tid * 2 + 1) * _colsz)
             if _use_4:
-                if _direct:
+                if _direct_w:
                     _transpose_planes_f64(&g[(((_n) * o_ + 0) * h_ + 0) * w_ + 0], o_, <int>(h_ * w_), _CO8, _dbuf + _tid * _dsz + _toff)
                     _direct_wgrad_f64(_dbuf + _tid * _dsz + 1 * _xsz, _WP, _off, <int>(c_ * i_ * j_), _dbuf + _tid * _dsz + _toff, o_, _CO8, h_, w_, s_h, (<double>1.0), _wacc + (1 * _P + _p) * _wsz)
                 else:
