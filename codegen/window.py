@@ -229,6 +229,11 @@ GEMM_KINDS = ("im2col_gemm", "im2col_wgrad", "col2im_gemm")
 #: the same on any thread count.
 WGRAD_CHUNKS = 16
 WGRAD_CHUNK_WORK = 2048
+#: a weight pullback of at least this many output channels over at least this many taps (C·K_h·K_w)
+#: stays im2col + GEMM under the direct lowering: there one GEMM per sample is large enough for
+#: OpenBLAS to beat the direct kernel (1.1-1.2x on the CIFAR CNN's conv2, 64 channels x 288 taps,
+#: AMD EPYC Zen 3); runtime.conv_lowering.takes_direct reads the same numbers
+DIRECT_WGRAD_GEMM = (64, 256)
 
 
 def lower_kernel(d: DerivedContraction, k: ContractionKernel) -> dict:
@@ -652,6 +657,7 @@ def render_window_module(module: str, derived: list[DerivedContraction]) -> str:
     sqs = [sqvjp_contexts(d, ctxs, [str(s) for s in d.spec.scalars]) for d, ctxs in zip(derived, contexts)]
     specs = [{"name": d.spec.name, "hash": d.spec.hash} for d in derived]
     return render("window.pyx.j2", module=module, specs=specs, kernels=kernels, dtypes=DTYPES, libm=_libm(kernels),
+                  direct_wgrad_gemm=DIRECT_WGRAD_GEMM,
                   sqvjps=[f for fs in sqs for f in fs],
                   manifest=indexed_manifest("window", derived, contexts, window_role, sqs, fused),
                   doc="Window kernels (conv via im2col/col2im + GEMM, pooling): "

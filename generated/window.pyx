@@ -5846,8 +5846,8 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -5933,8 +5933,8 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -6020,8 +6020,8 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -6102,8 +6102,8 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -6188,8 +6188,8 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -6279,8 +6279,8 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -6412,8 +6412,8 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -6522,8 +6522,8 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -6631,8 +6631,8 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -6731,8 +6731,8 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -6836,8 +6836,8 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -6942,8 +6942,8 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -7082,8 +7082,8 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -7164,8 +7164,8 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = False and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -7250,8 +7250,8 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -7341,8 +7341,8 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -8201,8 +8201,8 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -8333,8 +8333,8 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -8475,8 +8475,8 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -8667,8 +8667,8 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = True and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w
@@ -8854,8 +8854,8 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 15) // 16 * 16 + (j_ - 1) * d_w
@@ -8982,8 +8982,8 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef bint _allowed = _conv_direct
     cdef bint _direct = True and _allowed and s_w == 1
     cdef bint _direct_t = False and _allowed and s_h == 1 and s_w == 1
-    # a weight pullback of >= 64 output channels over >= 256 taps stays a GEMM per sample: there
-    # OpenBLAS ran 1.1-1.2x faster than the direct kernel (CIFAR CNN conv2, AMD EPYC Zen 3)
+    # a weight pullback of many output channels over many taps stays a GEMM per sample (the
+    # large GEMM beats the direct kernel there: codegen/window.py, DIRECT_WGRAD_GEMM)
     cdef bint _direct_w = _direct and not (o_ >= 64 and <int>(c_ * i_ * j_) >= 256)
     cdef Py_ssize_t _HP = (h_ - 1) * s_h + (i_ - 1) * d_h + 1
     cdef Py_ssize_t _WP = (w_ + 7) // 8 * 8 + (j_ - 1) * d_w

@@ -35,6 +35,21 @@ def current() -> str:
     return _current[0]
 
 
+def takes_direct(role: str, stride, out_channels: int, taps: int) -> bool:
+    """Whether a convolution's ``role`` ("forward", "vjp W" or "vjp x", as
+    ``gemm_providers.layer_products`` names them) runs direct under the current lowering, for a
+    ``stride`` (rows, columns), ``out_channels`` and ``taps`` = C·K_h·K_w — the rule the
+    generated sweeps apply (codegen/window.py, templates/window.pyx.j2)."""
+    from ..codegen.window import DIRECT_WGRAD_GEMM
+    if _current[0] != "direct" or stride[1] != 1:
+        return False
+    if role == "vjp x":
+        return stride[0] == 1
+    if role == "vjp W":
+        return not (out_channels >= DIRECT_WGRAD_GEMM[0] and taps >= DIRECT_WGRAD_GEMM[1])
+    return role == "forward"
+
+
 def attach(module):
     """Give a newly registered generated module the current lowering (modules without a
     convolution sweep are left alone)."""

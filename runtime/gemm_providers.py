@@ -53,6 +53,8 @@ import sys
 import threading
 from pathlib import Path
 
+from . import conv_lowering
+
 #: provider names in slot order after SciPy's (slot 0)
 NAMES = ("scipy", "openblas", "mkl")
 #: an alternative must be this much faster than SciPy's BLAS (relative time) to be chosen
@@ -591,7 +593,8 @@ def layer_products(model, batch: int) -> list:
     ``(layer name, role, (f64, split, ta, tb, M, N, K))``: a dense layer's forward x·Wᵀ, input
     pullback g·W and weight pullback gᵀ·x (whole batch, split over threads); a convolution's
     per-sample im2col products (forward W·cols, weight pullback cols·gᵀ, column pullback
-    Wᵀ·g; one call each, samples over threads)."""
+    Wᵀ·g; one call each, samples over threads) — those its direct lowering does not replace
+    (``conv_lowering.takes_direct``)."""
     from . import layers as L
     f64 = str(getattr(model, "dtype", "float32")) == "float64"
     out, shape = [], model.input_shape
@@ -605,9 +608,11 @@ def layer_products(model, batch: int) -> list:
         elif isinstance(la, L.Conv2D):
             kh, kw = la.kernel_size
             ckk, hw, o = la.in_channels * kh * kw, nxt[1] * nxt[2], la.out_channels
-            out += [(la.name, "forward/sample", (f64, False, False, False, o, hw, ckk)),
-                    (la.name, "vjp W/sample", (f64, False, False, True, ckk, o, hw)),
-                    (la.name, "vjp cols/sample", (f64, False, True, False, ckk, hw, o))]
+            for role, label, shape in (("forward", "forward/sample", (o, hw, ckk)),
+                                       ("vjp W", "vjp W/sample", (ckk, o, hw)),
+                                       ("vjp x", "vjp cols/sample", (ckk, hw, o))):
+                if not conv_lowering.takes_direct(role, la.stride, o, ckk):
+                    out.append((la.name, label, (f64, False, role == "vjp x", role == "vjp W") + shape))
         shape = nxt
     return out
 

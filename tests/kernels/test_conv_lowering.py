@@ -79,3 +79,33 @@ def test_lowering_switch_checks_and_restores():
     with conv_lowering.using("im2col"):
         assert conv_lowering.current() == "im2col"
     assert conv_lowering.current() == before
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("O, C", [(5, 3), (64, 29)])
+def test_takes_direct_names_the_products_that_run_direct(stride, O, C):
+    """``conv_lowering.takes_direct`` (what ``gemm_providers.layer_products`` lists from) says
+    which products the generated sweeps run direct: the others give bitwise their im2col + GEMM
+    result, and a direct forward or input pullback sums its taps in another order."""
+    rng = np.random.default_rng(O + C + stride[0])
+    N, H, W, k = 2, 9, 11, 3
+    geo = dict(s_h=stride[0], s_w=stride[1], p_h=1, p_w=1, d_h=1, d_w=1)
+    HO, WO = (H + 2 - k) // stride[0] + 1, (W + 2 - k) // stride[1] + 1
+    x = rng.normal(size=(N, C, H, W)).astype(np.float32)
+    w = rng.normal(size=(O, C, k, k)).astype(np.float32)
+    g = rng.normal(size=(N, O, HO, WO)).astype(np.float32)
+    calls = {"forward": lambda: K.conv2d_forward(x, w, np.zeros(O, np.float32), np.empty(g.shape, np.float32), **geo),
+             "vjp W": lambda: K.conv2d_vjp_W(x, g, np.empty_like(w), **geo),
+             "vjp x": lambda: K.conv2d_vjp_x(w, g, np.empty_like(x), **geo)}
+    for role, call in calls.items():
+        with conv_lowering.using("im2col"):
+            ref = call()
+            assert not conv_lowering.takes_direct(role, stride, O, C * k * k)
+        with conv_lowering.using("direct"):
+            got = call()
+            direct = conv_lowering.takes_direct(role, stride, O, C * k * k)
+        if not direct:      # the same GEMM path: bitwise the same result
+            assert np.array_equal(got, ref), (role, stride, O, C)
+        elif role != "vjp W":   # (a weight pullback sums positions in the GEMM's order: it may agree)
+            assert not np.array_equal(got, ref), (role, stride, O, C)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
