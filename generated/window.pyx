@@ -44,13 +44,22 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* the helpers below run once per sample or call: compiled once each, not inlined (or cloned)
+       into the kernels that call them */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define _SWEEP_HELPER static __attribute__((noinline, noclone))
+    #elif defined(__GNUC__)
+    #define _SWEEP_HELPER static __attribute__((noinline))
+    #else
+    #define _SWEEP_HELPER static
+    #endif
     typedef float _vec_f32 __attribute__((vector_size(32)));
     static inline _vec_f32 _vload_f32(const float* p) { _vec_f32 v; memcpy(&v, p, 32); return v; }
     static inline _vec_f32 _vsplat_f32(float a) { _vec_f32 v = { a, a, a, a, a, a, a, a }; return v; }
 
     /* dst[c, r, q] = src[c, r - top, q - left] inside the C x H x W planes, 0 elsewhere (a negative
        top or left crops); dst is C x HP x WP */
-    static void _pad_planes_f32(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+    _SWEEP_HELPER void _pad_planes_f32(const float* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
                                 Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, float* dst) {
         Py_ssize_t lo = left < 0 ? 0 : (left > WP ? WP : left);
         Py_ssize_t hi = W + left > WP ? WP : W + left;
@@ -68,7 +77,7 @@ cdef extern from *:
 
     /* packed[cb][ci][i][j][b] = weight(4 cb + b, ci, i, j) at the given (signed) strides, 0 past CO:
        the forward's weights, or the input pullback's (channels swapped, taps flipped) */
-    static void _pack_weights_f32(const float* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+    _SWEEP_HELPER void _pack_weights_f32(const float* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
                                   Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, float* packed) {
         for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++)
             for (Py_ssize_t ci = 0; ci < CI; ci++)
@@ -378,7 +387,7 @@ cdef extern from *:
        (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored). Tiles of 8
        accumulators: 4 channels x 1 row, and for the last block's 1-3 channels 2 x 2 and 1 x 4
        (so that 6 output channels run as 4 + 2, not as 8 with 2 idle) */
-    static void _direct_conv_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+    _SWEEP_HELPER void _direct_conv_f32(const float* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
                                  const float* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
                                  Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, float alpha, float* out) {
         const Py_ssize_t L = 8;
@@ -413,7 +422,7 @@ cdef extern from *:
     /* gT[k, co] = g[co, k] for the CO x HW plane, CO8 columns (zero past CO); blocks of 8
        positions, so each row of g is read 8 at a time (a column walk at a 4 KiB stride maps
        every read to one L1 set) */
-    static void _transpose_planes_f32(const float* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, float* gT) {
+    _SWEEP_HELPER void _transpose_planes_f32(const float* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, float* gT) {
         for (Py_ssize_t k0 = 0; k0 < HW; k0 += 8) {
             Py_ssize_t nk = HW - k0 < 8 ? HW - k0 : 8;
             for (Py_ssize_t co = 0; co < CO; co++) {
@@ -430,7 +439,7 @@ cdef extern from *:
     /* slab[t*CO + co] += alpha * sum_{h,w} g[co, h, w] * xp[off[t] + h*sh*WP + w] over the taps
        t = (ci, i, j) (off[t] = (ci*HP + i*dh)*WP + j*dw), with gT = g transposed, CO8 columns: one
        vector of channels x 8 taps when CO8 is one vector, else 2 vectors x 4 taps */
-    static void _direct_wgrad_f32(const float* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
+    _SWEEP_HELPER void _direct_wgrad_f32(const float* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
                                   const float* gT, Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO,
                                   Py_ssize_t sh, float alpha, float* slab) {
         const Py_ssize_t L = 8;
@@ -488,7 +497,7 @@ cdef extern from *:
 
     /* dst[c, r, q] = src[c, r - top, q - left] inside the C x H x W planes, 0 elsewhere (a negative
        top or left crops); dst is C x HP x WP */
-    static void _pad_planes_f64(const double* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+    _SWEEP_HELPER void _pad_planes_f64(const double* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
                                 Py_ssize_t left, Py_ssize_t HP, Py_ssize_t WP, double* dst) {
         Py_ssize_t lo = left < 0 ? 0 : (left > WP ? WP : left);
         Py_ssize_t hi = W + left > WP ? WP : W + left;
@@ -506,7 +515,7 @@ cdef extern from *:
 
     /* packed[cb][ci][i][j][b] = weight(4 cb + b, ci, i, j) at the given (signed) strides, 0 past CO:
        the forward's weights, or the input pullback's (channels swapped, taps flipped) */
-    static void _pack_weights_f64(const double* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
+    _SWEEP_HELPER void _pack_weights_f64(const double* A, Py_ssize_t s_co, Py_ssize_t s_ci, Py_ssize_t s_i, Py_ssize_t s_j,
                                   Py_ssize_t CO, Py_ssize_t CI, Py_ssize_t KH, Py_ssize_t KW, double* packed) {
         for (Py_ssize_t cb = 0; cb < (CO + 3) / 4; cb++)
             for (Py_ssize_t ci = 0; ci < CI; ci++)
@@ -816,7 +825,7 @@ cdef extern from *:
        (KW - 1)*dw, so a tile reads past WO only into the padding (lanes not stored). Tiles of 8
        accumulators: 4 channels x 1 row, and for the last block's 1-3 channels 2 x 2 and 1 x 4
        (so that 6 output channels run as 4 + 2, not as 8 with 2 idle) */
-    static void _direct_conv_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
+    _SWEEP_HELPER void _direct_conv_f64(const double* xp, Py_ssize_t CI, Py_ssize_t HP, Py_ssize_t WP,
                                  const double* packed, Py_ssize_t CO, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t HO,
                                  Py_ssize_t WO, Py_ssize_t sh, Py_ssize_t dh, Py_ssize_t dw, double alpha, double* out) {
         const Py_ssize_t L = 4;
@@ -851,7 +860,7 @@ cdef extern from *:
     /* gT[k, co] = g[co, k] for the CO x HW plane, CO8 columns (zero past CO); blocks of 8
        positions, so each row of g is read 8 at a time (a column walk at a 4 KiB stride maps
        every read to one L1 set) */
-    static void _transpose_planes_f64(const double* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, double* gT) {
+    _SWEEP_HELPER void _transpose_planes_f64(const double* g, Py_ssize_t CO, Py_ssize_t HW, Py_ssize_t CO8, double* gT) {
         for (Py_ssize_t k0 = 0; k0 < HW; k0 += 8) {
             Py_ssize_t nk = HW - k0 < 8 ? HW - k0 : 8;
             for (Py_ssize_t co = 0; co < CO; co++) {
@@ -868,7 +877,7 @@ cdef extern from *:
     /* slab[t*CO + co] += alpha * sum_{h,w} g[co, h, w] * xp[off[t] + h*sh*WP + w] over the taps
        t = (ci, i, j) (off[t] = (ci*HP + i*dh)*WP + j*dw), with gT = g transposed, CO8 columns: one
        vector of channels x 8 taps when CO8 is one vector, else 2 vectors x 4 taps */
-    static void _direct_wgrad_f64(const double* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
+    _SWEEP_HELPER void _direct_wgrad_f64(const double* xp, Py_ssize_t WP, const Py_ssize_t* off, Py_ssize_t T,
                                   const double* gT, Py_ssize_t CO, Py_ssize_t CO8, Py_ssize_t HO, Py_ssize_t WO,
                                   Py_ssize_t sh, double alpha, double* slab) {
         const Py_ssize_t L = 4;
