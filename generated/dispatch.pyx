@@ -331,6 +331,7 @@ cdef class IndexedKernel:
     cdef dict indices, minimum, scalar_extents, binding
     cdef list geometry
     cdef object parallel, cols, wacc, mask_offsets
+    cdef object _last     # (shapes and scalars, extents) of the last call
     cdef bint calls_blas
     cdef _indexed_t f32
     cdef _indexed_t f64
@@ -377,6 +378,34 @@ cdef class IndexedKernel:
         kw = "".join([f", {s}" for s in self.scalars])
         return f"<indexed kernel {self.name}({', '.join(self.arguments)}{', *' if kw else ''}{kw})>"
 
+    cdef dict _extents(self, dict env, dict scal):
+        """``{index: (extent, the array or scalar it came from)}`` of one call, checked: every
+        array's rank, one extent per index across the arrays, the windows' output-size rule."""
+        ext = {}
+        for s, ix in self.scalar_extents.items():
+            ext[ix] = (int(scal[s]), s)
+        for a in self.pointers:
+            arr = env[a]
+            if arr is None:
+                continue
+            idx = self.indices[a]
+            if arr.ndim != len(idx):
+                raise ValueError(f"{self.name}: {a} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
+            for ax, ix in enumerate(idx):
+                if ext.setdefault(ix, (arr.shape[ax], a))[0] != arr.shape[ax]:
+                    raise ValueError(f"{self.name}: {a} has shape {arr.shape} but index {ix} has extent "
+                                     f"{ext[ix][0]} in {ext[ix][1]}")
+        for out_ix, in_ix, k_ix, s_, d_, p_, formula in self.geometry:
+            n_in, n_k, n_out = ext[in_ix][0], ext[k_ix][0], ext[out_ix][0]
+            st = scal[s_] if s_ in scal else s_        # a scalar's name, or a literal (an int)
+            di = scal[d_] if d_ in scal else d_
+            pa = scal[p_] if p_ in scal else p_
+            size = (n_in + 2 * pa - di * (n_k - 1) - 1) // st + 1
+            if n_out != size:
+                raise ValueError(f"{self.name}: output extent {n_out} does not match {formula} "
+                                 f"= {size} for input extent {n_in}, kernel {n_k}")
+        return ext
+
     def __call__(self, *args, **kwargs):
         cdef Py_buffer views[_MAX_ARGS]
         cdef char* ptrs[_MAX_ARGS]
@@ -404,32 +433,19 @@ cdef class IndexedKernel:
             _check_mask(self.name, mk, env[mk], mk in self.outputs)
         for sq, base in self.squares:
             env[sq] = _np.square(env[base])   # the squared Jacobian entries of the Becker-LeCun rule
-        ext = {}
         for s, v in scal.items():
             if (type(v) is not int and (not isinstance(v, (int, _np.integer)) or isinstance(v, bool))) or v < self.minimum[s]:
                 raise ValueError(f"{self.name}: {s} must be an integer >= {self.minimum[s]}, got {v!r}")
-        for s, ix in self.scalar_extents.items():
-            ext[ix] = (int(scal[s]), s)
-        for a in self.pointers:
-            arr = env[a]
-            if arr is None:
-                continue
-            idx = self.indices[a]
-            if arr.ndim != len(idx):
-                raise ValueError(f"{self.name}: {a} must be {len(idx)}-D ({', '.join(idx)}), got shape {arr.shape}")
-            for ax, ix in enumerate(idx):
-                if ext.setdefault(ix, (arr.shape[ax], a))[0] != arr.shape[ax]:
-                    raise ValueError(f"{self.name}: {a} has shape {arr.shape} but index {ix} has extent "
-                                     f"{ext[ix][0]} in {ext[ix][1]}")
-        for out_ix, in_ix, k_ix, s_, d_, p_, formula in self.geometry:
-            n_in, n_k, n_out = ext[in_ix][0], ext[k_ix][0], ext[out_ix][0]
-            st = scal[s_] if s_ in scal else s_        # a scalar's name, or a literal (an int)
-            di = scal[d_] if d_ in scal else d_
-            pa = scal[p_] if p_ in scal else p_
-            size = (n_in + 2 * pa - di * (n_k - 1) - 1) // st + 1
-            if n_out != size:
-                raise ValueError(f"{self.name}: output extent {n_out} does not match {formula} "
-                                 f"= {size} for input extent {n_in}, kernel {n_k}")
+        # the extents follow from the shapes and scalars alone: a call with the same ones as the
+        # last (a training loop's) takes the extents that call checked
+        key = (tuple([None if env[a] is None else env[a].shape for a in self.pointers]),
+               tuple([int(scal[s]) for s in self.scalars]))
+        last = self._last
+        if last is not None and last[0] == key:
+            ext = last[1]
+        else:
+            ext = self._extents(env, scal)
+            self._last = (key, ext)
         outs = tuple([env[o] for o in self.outputs])
         if any([v[0] == 0 for v in ext.values()]):
             for o in outs:

@@ -176,3 +176,28 @@ def test_masks_and_penalties_share_the_activations_module_but_not_its_registry()
     for name in ("dropout", "penalty"):
         with pytest.raises(ValueError, match=rf"unknown activation '{name}'"):
             L.Activation(name)
+
+
+def test_a_call_like_the_last_reuses_its_extents_and_any_other_is_checked_again():
+    """The dispatcher keeps the extents of the last call's shapes and scalars: the same call
+    again gives the same result, and a call that differs in a shape, a scalar, the dtype or an
+    absent direction is checked as if it were the first."""
+    K = load("window")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 7, 7))
+    W, b = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    geo = dict(s_h=2, s_w=2, p_h=1, p_w=1, d_h=1, d_w=1)
+    y1 = K.conv2d_forward(x, W, b, np.empty((2, 4, 4, 4)), **geo)
+    y2 = K.conv2d_forward(x, W, b, np.empty((2, 4, 4, 4)), **geo)
+    assert np.array_equal(y1, y2)
+    with pytest.raises(ValueError, match=r"output extent 4 does not match .* = 7"):
+        K.conv2d_forward(x, W, b, np.empty((2, 4, 4, 4)), **{**geo, "s_h": 1})       # a scalar differs
+    with pytest.raises(ValueError, match=r"W has shape \(4, 2, 3, 3\) but index c has extent 3"):
+        K.conv2d_forward(x, W[:, :2].copy(), b, np.empty((2, 4, 4, 4)), **geo)       # a shape differs
+    K.conv2d_forward(x, W, b, np.empty((2, 4, 4, 4)), **geo)
+    with pytest.raises(TypeError, match=r"has dtype float32 but earlier arguments are float64"):
+        K.conv2d_forward(x, W, b, np.empty((2, 4, 4, 4), np.float32), **geo)           # the dtype differs
+    Ry = K.conv2d_jvp(x, W, Rx=x, RW=None, Rb=None, Ry=np.empty((2, 4, 4, 4)), **geo)
+    with pytest.raises(ValueError, match=r"Rx has shape \(2, 3, 7, 6\) but index v has extent 7"):
+        K.conv2d_jvp(x, W, Rx=x[..., :6].copy(), RW=None, Rb=None, Ry=np.empty((2, 4, 4, 4)), **geo)
+    assert np.array_equal(K.conv2d_jvp(x, W, Rx=x, RW=None, Rb=None, Ry=np.empty((2, 4, 4, 4)), **geo), Ry)
