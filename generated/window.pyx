@@ -5864,14 +5864,17 @@ cdef int _conv2d_forward_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef float* _pk1 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -5951,14 +5954,17 @@ cdef int _conv2d_forward_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept n
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef double* _pk1 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -6038,14 +6044,17 @@ cdef int _conv2d_vjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef float* _pk0 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -6120,14 +6129,17 @@ cdef int _conv2d_vjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef double* _pk0 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -6206,13 +6218,16 @@ cdef int _conv2d_vjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -6297,13 +6312,16 @@ cdef int _conv2d_vjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nog
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -6430,7 +6448,10 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
@@ -6438,7 +6459,7 @@ cdef int _conv2d_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _failed = False
     cdef float* _pk1 = NULL
     cdef float* _pk3 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -6540,7 +6561,10 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
@@ -6548,7 +6572,7 @@ cdef int _conv2d_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogil
     cdef bint _failed = False
     cdef double* _pk1 = NULL
     cdef double* _pk3 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -6649,7 +6673,10 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
@@ -6657,7 +6684,7 @@ cdef int _conv2d_rvjp_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _failed = False
     cdef float* _pk0 = NULL
     cdef float* _pk1 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -6749,7 +6776,10 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
@@ -6757,7 +6787,7 @@ cdef int _conv2d_rvjp_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef bint _failed = False
     cdef double* _pk0 = NULL
     cdef double* _pk1 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -6854,13 +6884,16 @@ cdef int _conv2d_rvjp_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -6960,13 +6993,16 @@ cdef int _conv2d_rvjp_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept no
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -7100,14 +7136,17 @@ cdef int _conv2d_bl_x_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef float* _pk0 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -7182,14 +7221,17 @@ cdef int _conv2d_bl_x_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 0 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 0 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
     cdef double* _pk0 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_t and _use_0 and not _failed:
@@ -7268,13 +7310,16 @@ cdef int _conv2d_bl_W_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -7359,13 +7404,16 @@ cdef int _conv2d_bl_W_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept nogi
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 1 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 1 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -8219,7 +8267,10 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef float* _dbuf = NULL
@@ -8228,7 +8279,7 @@ cdef int _conv2d_forward_jvp_f32(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef float* _pk1 = NULL
     cdef float* _pk2 = NULL
     cdef float* _pk4 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -8351,7 +8402,10 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and False else 0)
     cdef double* _dbuf = NULL
@@ -8360,7 +8414,7 @@ cdef int _conv2d_forward_jvp_f64(char** _a, const Py_ssize_t* _x, int _T) noexce
     cdef double* _pk1 = NULL
     cdef double* _pk2 = NULL
     cdef double* _pk4 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct and _use_1 and not _failed:
@@ -8493,7 +8547,10 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
@@ -8502,7 +8559,7 @@ cdef int _conv2d_vjp_rvjp_f32(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef float* _pk5 = NULL
     cdef float* _pk6 = NULL
     cdef float* _pk7 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_t and _use_5 and not _failed:
@@ -8685,7 +8742,10 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
@@ -8694,7 +8754,7 @@ cdef int _conv2d_vjp_rvjp_f64(char** _a, const Py_ssize_t* _x, int _T) noexcept 
     cdef double* _pk5 = NULL
     cdef double* _pk6 = NULL
     cdef double* _pk7 = NULL
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_t and _use_5 and not _failed:
@@ -8872,13 +8932,16 @@ cdef int _conv2d_vjp_rvjp_params_f32(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t _WG = (v_ + 15) // 16 * 16 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 8 if o_ <= 8 else (o_ + 15) // 16 * 16
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef float* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <float*>malloc(_T * _dsz * sizeof(float))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:
@@ -9000,13 +9063,16 @@ cdef int _conv2d_vjp_rvjp_params_f64(char** _a, const Py_ssize_t* _x, int _T) no
     cdef Py_ssize_t _WG = (v_ + 7) // 8 * 8 + (j_ - 1) * d_w
     cdef Py_ssize_t _CO8 = 4 if o_ <= 4 else (o_ + 7) // 8 * 8
     cdef Py_ssize_t _xsz = c_ * _HP * _WP
-    cdef Py_ssize_t _goff = 2 * _xsz if _direct else 0
+    # the padded planes are made when a forward term runs direct, or (a kernel of weight
+    # pullbacks only) when they do
+    cdef bint _padded = _direct_w
+    cdef Py_ssize_t _goff = 2 * _xsz if _padded else 0
     cdef Py_ssize_t _toff = _goff + (o_ * _HG * _WG if _direct_t else 0)
     cdef Py_ssize_t _dsz = _toff + (h_ * w_ * _CO8 if _direct_w and True else 0)
     cdef double* _dbuf = NULL
     cdef Py_ssize_t* _off = NULL
     cdef bint _failed = False
-    if _direct or _direct_t:
+    if _padded or _direct_t:
         _dbuf = <double*>malloc(_T * _dsz * sizeof(double))
         _failed = _dbuf == NULL
         if _direct_w and not _failed:

@@ -28,6 +28,8 @@ def _check(mode) -> str:
 
 
 _current = [_check(os.environ.get("SYMPROP_CONV_LOWERING") or "direct")]
+_base = [_current[0]]     # the lowering outside every `using` block
+_overrides: list = []     # the open `using` blocks' modes, as [mode] cells in the order they opened
 
 
 def current() -> str:
@@ -61,23 +63,38 @@ def attach(module):
     return module
 
 
+def _apply(mode: str) -> None:
+    # with _lock held
+    _current[0] = mode
+    for mod in _modules:
+        mod._set_conv_lowering(mode == "direct")
+
+
 def set_lowering(mode: str) -> str:
-    """Make every loaded and later loaded window module take ``mode``; returns the previous one.
-    A kernel running in another thread finishes with the lowering it started with."""
+    """Make every loaded and later loaded window module take ``mode`` (outside any open
+    :func:`using` block, which keeps its own until it ends); returns the previous one. A kernel
+    running in another thread finishes with the lowering it started with."""
     _check(mode)
     with _lock:
         previous = _current[0]
-        _current[0] = mode
-        for mod in _modules:
-            mod._set_conv_lowering(mode == "direct")
+        _base[0] = mode
+        _apply(_overrides[-1][0] if _overrides else mode)
     return previous
 
 
 @contextlib.contextmanager
 def using(mode: str):
-    """``with conv_lowering.using("im2col"): ...`` — the lowering for the block, restored after."""
-    previous = set_lowering(mode)
+    """``with conv_lowering.using("im2col"): ...`` — the lowering for the block. The lowering is
+    one per process: blocks open at once (other threads) take the latest one opened, and when a
+    block ends the latest still open (or the lowering outside them all) comes back."""
+    _check(mode)
+    cell = [mode]
+    with _lock:
+        _overrides.append(cell)
+        _apply(mode)
     try:
         yield
     finally:
-        set_lowering(previous)
+        with _lock:
+            _overrides[:] = [c for c in _overrides if c is not cell]
+            _apply(_overrides[-1][0] if _overrides else _base[0])

@@ -109,3 +109,31 @@ def test_takes_direct_names_the_products_that_run_direct(stride, O, C):
         elif role != "vjp W":   # (a weight pullback sums positions in the GEMM's order: it may agree)
             assert not np.array_equal(got, ref), (role, stride, O, C)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_using_blocks_open_in_two_threads_restore_in_any_order():
+    """The lowering is one per process: while blocks of two threads overlap, the latest opened
+    holds; when one ends the other's comes back, and after both the lowering outside them."""
+    import threading
+    before = conv_lowering.current()
+    a_in, b_in, a_out, b_seen = threading.Event(), threading.Event(), threading.Event(), []
+
+    def thread_a():
+        with conv_lowering.using("im2col"):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(5)
+        with conv_lowering.using("direct"):
+            b_in.set()
+            a_out.wait(5)
+            b_seen.append(conv_lowering.current())
+    ts = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert b_seen == ["direct"]        # A's block ended inside B's: B keeps its own
+    assert conv_lowering.current() == before
